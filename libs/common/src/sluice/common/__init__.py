@@ -1,0 +1,1 @@
+"""Shared plumbing for Sluice services (settings, logging, events, Mongo, gRPC, supervisor)."""

@@ -1,0 +1,137 @@
+"""How to launch the real servers Sluice runs on: nats-server, SecantusDB and Envoy.
+
+Each function returns a `ProcessSpec` for the supervisor; the test harness and
+`sluice up` use the same ones, so tests run what users run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sluice.common.health import GrpcHealthCheck, HttpCheck, MongoPingCheck
+from sluice.common.supervisor import ProcessSpec
+
+ENVOY_BOOTSTRAP = Path("deploy") / "envoy" / "bootstrap.yaml"
+
+
+def nats_spec(
+    *, host: str, port: int, monitor_port: int, data_dir: Path, name: str = "nats"
+) -> ProcessSpec:
+    return ProcessSpec(
+        name=name,
+        argv=[
+            "nats-server",
+            "--addr",
+            host,
+            "--port",
+            str(port),
+            "--http_port",
+            str(monitor_port),
+            "--jetstream",
+            "--store_dir",
+            str(data_dir),
+            "--server_name",
+            "sluice",
+        ],
+        health=HttpCheck(f"http://{host}:{monitor_port}/healthz?js-enabled-only=true"),
+        ports=[port, monitor_port],
+        host=host,
+        address=f"nats://{host}:{port}",
+    )
+
+
+def mongo_spec(
+    *, host: str, port: int, data_dir: Path | None, name: str = "mongodb"
+) -> ProcessSpec:
+    """SecantusDB, a single-node server speaking MongoDB's wire protocol (None = in memory)."""
+    uri = f"mongodb://{host}:{port}/?directConnection=true"
+    return ProcessSpec(
+        name=name,
+        argv=[
+            "secantusd-py",
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--storage-path",
+            str(data_dir) if data_dir else ":memory:",
+            "--log-level",
+            "WARNING",
+        ],
+        health=MongoPingCheck(uri),
+        ports=[port],
+        host=host,
+        address=uri,
+        stop_timeout_s=20.0,  # WiredTiger checkpoints on a clean shutdown
+    )
+
+
+def render_envoy_bootstrap(
+    template: Path, *, admin_port: int, xds_host: str, xds_port: int, node_id: str
+) -> dict[str, Any]:
+    config: dict[str, Any] = yaml.safe_load(template.read_text())
+    config["node"]["id"] = node_id
+    config["admin"]["address"]["socket_address"]["port_value"] = admin_port
+    xds = config["static_resources"]["clusters"][0]
+    endpoint = xds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+    endpoint["address"]["socket_address"].update(address=xds_host, port_value=xds_port)
+    return config
+
+
+def envoy_spec(
+    *,
+    host: str,
+    admin_port: int,
+    bootstrap: Path,
+    listener_ports: list[int],
+    concurrency: int = 1,
+    name: str = "envoy",
+) -> ProcessSpec:
+    return ProcessSpec(
+        name=name,
+        argv=[
+            "envoy",
+            "-c",
+            str(bootstrap),
+            "--concurrency",
+            str(concurrency),
+            "--disable-hot-restart",  # several Envoys (tests, platform) share one machine
+            "--log-level",
+            "warning",
+        ],
+        health=HttpCheck(f"http://{host}:{admin_port}/ready"),
+        ports=[admin_port, *listener_ports],
+        host=host,
+        address=f"http://{host}:{admin_port}",
+    )
+
+
+def python_service_spec(
+    *, name: str, module: str, host: str, port: int, env: dict[str, str], python: str
+) -> ProcessSpec:
+    """One of our services, `python -m <module>`, healthy when its gRPC health says SERVING."""
+    return ProcessSpec(
+        name=name,
+        argv=[python, "-m", module],
+        health=GrpcHealthCheck(f"{host}:{port}"),
+        env=env,
+        ports=[port],
+        host=host,
+        address=f"{host}:{port}",
+    )
+
+
+def find_project_file(relative: Path, *, start: Path | None = None) -> Path:
+    """Find a file of the Sluice checkout (deploy/..., examples/...) from cwd or this module."""
+    anchors = [start or Path.cwd(), Path(__file__).resolve()]
+    for anchor in anchors:
+        for folder in [anchor, *anchor.parents]:
+            candidate = folder / relative
+            if candidate.is_file():
+                return candidate
+    raise FileNotFoundError(
+        f"{relative} not found above {anchors[0]} (run from the Sluice checkout)"
+    )

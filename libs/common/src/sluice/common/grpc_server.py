@@ -1,0 +1,220 @@
+"""gRPC aio server bootstrap shared by every Sluice service.
+
+Gives each service: the standard health service (grpc.health.v1), server
+reflection, an interceptor that binds a correlation id and logs each call,
+optional bearer-token authentication, and a graceful stop.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from typing import Any, TypeAlias
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from sluice.common.log import bind_correlation_id, get_logger
+
+CORRELATION_HEADER = "x-correlation-id"
+ACTOR_KEY = "actor"
+# Methods anyone may call: load balancers and grpcurl need them without credentials.
+PUBLIC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+log = get_logger(__name__)
+
+# grpc ships no type stubs: its handler objects are typed as Any.
+Handler: TypeAlias = Any
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]]
+
+
+def _metadata(details: grpc.HandlerCallDetails) -> dict[str, str]:
+    return {k: v for k, v in (details.invocation_metadata or ()) if isinstance(v, str)}
+
+
+def _wrap(handler: Handler, around: Callable[[Any], Any]) -> Handler:
+    """Rebuild `handler` with each behaviour passed through `around`."""
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(
+            around(handler.unary_unary),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(
+            around(handler.unary_stream),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(
+            around(handler.stream_unary),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    return grpc.stream_stream_rpc_method_handler(
+        around(handler.stream_stream),
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+def _is_streaming_response(handler: Handler) -> bool:
+    return bool(handler.unary_stream or handler.stream_stream)
+
+
+class CorrelationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Binds `x-correlation-id` (or a new one) for the call and logs its outcome."""
+
+    async def intercept_service(
+        self, continuation: Continuation, details: grpc.HandlerCallDetails
+    ) -> Handler | None:
+        handler = await continuation(details)
+        if handler is None or details.method.startswith(PUBLIC_PREFIXES):
+            return handler
+        method = details.method
+        cid = _metadata(details).get(CORRELATION_HEADER)
+
+        def around(behaviour: Any) -> Any:
+            if _is_streaming_response(handler):
+
+                async def streaming(
+                    request: Any, context: grpc.aio.ServicerContext
+                ) -> AsyncIterator[Any]:
+                    with structlog.contextvars.bound_contextvars():
+                        bind_correlation_id(cid)
+                        started = time.perf_counter()
+                        try:
+                            async for item in behaviour(request, context):
+                                yield item
+                        finally:
+                            _log_call(method, context, started)
+
+                return streaming
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                with structlog.contextvars.bound_contextvars():
+                    bind_correlation_id(cid)
+                    started = time.perf_counter()
+                    try:
+                        return await behaviour(request, context)
+                    finally:
+                        _log_call(method, context, started)
+
+            return unary
+
+        return _wrap(handler, around)
+
+
+def _log_call(method: str, context: grpc.aio.ServicerContext, started: float) -> None:
+    code = context.code()
+    name = code.name if isinstance(code, grpc.StatusCode) else "OK"
+    log.info(
+        "grpc_call", method=method, code=name, ms=round((time.perf_counter() - started) * 1000, 2)
+    )
+
+
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Rejects calls without `authorization: Bearer <token>` with UNAUTHENTICATED.
+
+    Health and reflection stay open. The caller's identity (`actor` metadata,
+    default "admin") is only trusted once the token matched.
+    """
+
+    def __init__(self, token: str):
+        if not token:
+            raise ValueError("an admin token is required")
+        self._expected = f"Bearer {token}".encode()
+
+    async def intercept_service(
+        self, continuation: Continuation, details: grpc.HandlerCallDetails
+    ) -> Handler | None:
+        handler = await continuation(details)
+        if handler is None or details.method.startswith(PUBLIC_PREFIXES):
+            return handler
+        given = _metadata(details).get("authorization", "").encode()
+        if hmac.compare_digest(given, self._expected):
+            return handler
+        reason = "missing credentials" if not given else "invalid credentials"
+
+        def around(_: Any) -> Any:
+            if _is_streaming_response(handler):
+
+                async def deny_stream(
+                    request: Any, context: grpc.aio.ServicerContext
+                ) -> AsyncIterator[Any]:
+                    await context.abort(grpc.StatusCode.UNAUTHENTICATED, _deny_message(reason))
+                    yield  # pragma: no cover - abort raises
+
+                return deny_stream
+
+            async def deny(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, _deny_message(reason))
+
+            return deny
+
+        return _wrap(handler, around)
+
+
+def _deny_message(reason: str) -> str:
+    return (
+        f"{reason}: send 'authorization: Bearer <admin token>' "
+        "(the token `sluice up` wrote to <state dir>/admin-token)"
+    )
+
+
+def actor_of(context: grpc.aio.ServicerContext) -> str:
+    """Who made the call, for the audit trail (set by the SDK from the user name)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == ACTOR_KEY and isinstance(value, str) and value:
+            return value
+    return "admin"
+
+
+class GrpcServer:
+    """A grpc.aio server with health, reflection and Sluice's interceptors."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        service_names: Sequence[str],
+        register: Callable[[grpc.aio.Server], None],
+        admin_token: str | None = None,
+        extra_interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
+    ):
+        interceptors: list[grpc.aio.ServerInterceptor] = [CorrelationInterceptor()]
+        if admin_token:
+            interceptors.append(BearerTokenInterceptor(admin_token))
+        interceptors.extend(extra_interceptors)
+        self._server = grpc.aio.server(interceptors=interceptors)
+        self._health = health.aio.HealthServicer()
+        self._service_names = list(service_names)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        register(self._server)
+        reflection.enable_server_reflection(
+            [*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
+        )
+        self.port = self._server.add_insecure_port(f"{host}:{port}")
+        if self.port == 0:
+            raise OSError(f"could not bind gRPC port {host}:{port}")
+        self.address = f"{host}:{self.port}"
+
+    async def start(self) -> None:
+        await self._server.start()
+        for name in ["", *self._service_names]:
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("grpc_server_started", address=self.address, services=self._service_names)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Report NOT_SERVING, let in-flight calls finish for `grace` seconds, then stop."""
+        await self._health.enter_graceful_shutdown()
+        await self._server.stop(grace)
+        log.info("grpc_server_stopped", address=self.address)
+
+    async def wait_for_termination(self) -> None:
+        await self._server.wait_for_termination()

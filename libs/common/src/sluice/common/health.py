@@ -1,0 +1,99 @@
+"""Health checks the supervisor polls: each answers "is it up?" quickly and never raises."""
+
+from __future__ import annotations
+
+import socket
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+@dataclass(frozen=True)
+class TcpCheck:
+    host: str
+    port: int
+
+    def __call__(self) -> bool:
+        try:
+            with socket.create_connection((self.host, self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def describe(self) -> str:
+        return f"tcp://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class HttpCheck:
+    url: str
+    expect_status: int = 200
+
+    def __call__(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.url, timeout=1.0) as response:  # noqa: S310 - our loopback URL
+                return int(response.status) == self.expect_status
+        except (urllib.error.URLError, OSError, ValueError):
+            return False
+
+    def describe(self) -> str:
+        return self.url
+
+
+@dataclass(frozen=True)
+class GrpcHealthCheck:
+    """grpc.health.v1 Check of the server (service "") or of one service."""
+
+    address: str
+    service: str = ""
+
+    def __call__(self) -> bool:
+        try:
+            with grpc.insecure_channel(self.address) as channel:
+                stub = health_pb2_grpc.HealthStub(channel)
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=self.service), timeout=1.0)
+                return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+        except grpc.RpcError:
+            return False
+
+    def describe(self) -> str:
+        return f"grpc://{self.address}"
+
+
+@dataclass(frozen=True)
+class MongoPingCheck:
+    uri: str
+
+    def __call__(self) -> bool:
+        from pymongo import MongoClient
+        from pymongo.errors import PyMongoError
+
+        try:
+            client: MongoClient[dict[str, object]] = MongoClient(
+                self.uri, serverSelectionTimeoutMS=1000, connectTimeoutMS=1000
+            )
+            with client:
+                client.admin.command("ping")
+                return True
+        except PyMongoError:
+            return False
+
+    def describe(self) -> str:
+        return self.uri
+
+
+def check_from_probe(probe: str) -> TcpCheck | HttpCheck | GrpcHealthCheck | MongoPingCheck:
+    """Rebuild a check from its `describe()` string (as stored in the platform state)."""
+    if probe.startswith(("http://", "https://")):
+        return HttpCheck(probe)
+    if probe.startswith("grpc://"):
+        return GrpcHealthCheck(probe.removeprefix("grpc://"))
+    if probe.startswith("mongodb://"):
+        return MongoPingCheck(probe)
+    if probe.startswith("tcp://"):
+        host, _, port = probe.removeprefix("tcp://").rpartition(":")
+        return TcpCheck(host, int(port))
+    raise ValueError(f"unknown probe {probe!r}")

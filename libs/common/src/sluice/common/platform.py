@@ -1,0 +1,286 @@
+"""The local platform behind `sluice up`, `sluice status` and `sluice down`.
+
+`up` starts, in order and each only once healthy: nats-server (unless
+SLUICE_NATS_URL names one), SecantusDB (unless SLUICE_MONGODB_URI names a
+MongoDB), every Sluice service installed so far, and Envoy last. What runs
+where is written to <state dir>/platform.json, which `status` and `down`
+read, and which the CLI reads to find the registry and the admin token.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import os
+import secrets
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel
+
+from sluice.common.components import (
+    ENVOY_BOOTSTRAP,
+    envoy_spec,
+    find_project_file,
+    mongo_spec,
+    nats_spec,
+    python_service_spec,
+    render_envoy_bootstrap,
+)
+from sluice.common.health import check_from_probe
+from sluice.common.settings import Settings
+from sluice.common.supervisor import (
+    ProcessSpec,
+    RunningProcess,
+    Supervisor,
+    free_port,
+    is_alive,
+    stop_process,
+)
+
+STATE_FILE = "platform.json"
+
+
+@dataclass(frozen=True)
+class ServiceDef:
+    name: str
+    module: str
+    port_field: str  # the field of settings.ports holding its gRPC port
+
+
+# Start order matters only for readiness: producers of state before consumers.
+SERVICES = (
+    ServiceDef("registry", "sluice.registry", "registry"),
+    ServiceDef("provisioner", "sluice.provisioner", "provisioner"),
+    ServiceDef("traffic", "sluice.traffic", "xds"),
+    ServiceDef("metrics", "sluice.metrics", "metrics"),
+    ServiceDef("batch", "sluice.batch", "batch"),
+)
+
+
+def installed_services() -> list[ServiceDef]:
+    """The services that exist in this installation (`python -m` can find them)."""
+    return [s for s in SERVICES if importlib.util.find_spec(s.module) is not None]
+
+
+class PlatformState(BaseModel):
+    started_at: datetime
+    state_dir: Path
+    nats_url: str
+    mongodb_uri: str
+    registry_address: str | None
+    envoy_http_port: int | None
+    envoy_https_port: int | None
+    envoy_admin_port: int
+    domain: str
+    processes: list[RunningProcess]
+
+
+class ComponentStatus(BaseModel):
+    name: str
+    address: str
+    pid: int
+    running: bool
+    healthy: bool
+    log_path: Path
+
+
+def _secret_file(path: Path, make: str) -> str:
+    """Read a secret from `path`, creating it (mode 0600) with `make` the first time."""
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(make + "\n")
+    return make
+
+
+class LocalPlatform:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.state_dir = settings.state_dir.absolute()
+        self.state_file = self.state_dir / STATE_FILE
+
+    # -- state ---------------------------------------------------------------
+
+    def load_state(self) -> PlatformState | None:
+        if not self.state_file.exists():
+            return None
+        return PlatformState.model_validate_json(self.state_file.read_text())
+
+    def _save_state(self, state: PlatformState) -> None:
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(state.model_dump_json(indent=2))
+        tmp.replace(self.state_file)
+
+    def admin_token(self) -> str:
+        return self.settings.admin_token or _secret_file(
+            self.state_dir / "admin-token", secrets.token_urlsafe(32)
+        )
+
+    def secret_key(self) -> str:
+        return self.settings.secret_key or _secret_file(
+            self.state_dir / "secret.key", base64.urlsafe_b64encode(os.urandom(32)).decode()
+        )
+
+    # -- up / down / status --------------------------------------------------
+
+    def up(
+        self, on_started: Callable[[RunningProcess], None] | None = None
+    ) -> tuple[PlatformState, bool]:
+        """Start everything; returns (state, already_running). Harmless when already up."""
+        existing = self.load_state()
+        if existing and existing.processes and all(is_alive(p) for p in existing.processes):
+            return existing, True
+        if existing:  # leftovers of a crash: stop what survived, start clean
+            self._stop(existing.processes)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        specs, state = self._plan()
+        supervisor = Supervisor(self.state_dir / "logs")
+        state.processes = supervisor.start_all(specs, on_started=on_started)
+        self._save_state(state)
+        return state, False
+
+    def down(self) -> list[RunningProcess]:
+        """Stop every process `up` started, newest first; data stays in the state dir."""
+        state = self.load_state()
+        if state is None:
+            return []
+        stopped = [p for p in state.processes if is_alive(p)]
+        self._stop(state.processes)
+        self.state_file.unlink(missing_ok=True)
+        return stopped
+
+    def status(self) -> list[ComponentStatus]:
+        state = self.load_state()
+        if state is None:
+            return []
+        result = []
+        for proc in state.processes:
+            running = is_alive(proc)
+            healthy = running and bool(proc.probe) and check_from_probe(proc.probe)()
+            result.append(
+                ComponentStatus(
+                    name=proc.name,
+                    address=proc.address,
+                    pid=proc.pid,
+                    running=running,
+                    healthy=healthy,
+                    log_path=proc.log_path,
+                )
+            )
+        return result
+
+    @staticmethod
+    def _stop(processes: list[RunningProcess]) -> None:
+        for proc in reversed(processes):
+            stop_process(proc)
+
+    # -- the plan ------------------------------------------------------------
+
+    def _port(self, configured: int) -> int:
+        return configured or free_port(self.settings.host)
+
+    def _plan(self) -> tuple[list[ProcessSpec], PlatformState]:
+        s = self.settings
+        host = s.host
+        data = self.state_dir / "data"
+        specs: list[ProcessSpec] = []
+
+        nats_url = s.nats_url
+        if not nats_url:
+            nats = nats_spec(
+                host=host,
+                port=self._port(s.nats_port),
+                monitor_port=self._port(s.nats_monitor_port),
+                data_dir=data / "nats",
+            )
+            specs.append(nats)
+            nats_url = nats.address
+
+        mongodb_uri = s.mongodb_uri
+        if not mongodb_uri:
+            (data / "mongodb").mkdir(parents=True, exist_ok=True)
+            mongo = mongo_spec(
+                host=host, port=self._port(s.mongodb_port), data_dir=data / "mongodb"
+            )
+            specs.append(mongo)
+            mongodb_uri = mongo.address
+
+        ports = {f: self._port(getattr(s.ports, f)) for f in type(s.ports).model_fields}
+        env = self._service_env(nats_url, mongodb_uri, ports)
+        services = installed_services()
+        for svc in services:
+            specs.append(
+                python_service_spec(
+                    name=svc.name,
+                    module=svc.module,
+                    host=host,
+                    port=ports[svc.port_field],
+                    env={**env, "SLUICE_SERVICE_NAME": svc.name},
+                    python=sys.executable,
+                )
+            )
+
+        admin_port = self._port(s.envoy.admin_port)
+        bootstrap = self.state_dir / "envoy" / "bootstrap.yaml"
+        bootstrap.parent.mkdir(parents=True, exist_ok=True)
+        config = render_envoy_bootstrap(
+            find_project_file(ENVOY_BOOTSTRAP),
+            admin_port=admin_port,
+            xds_host=host,
+            xds_port=ports["xds"],
+            node_id="sluice-gateway",
+        )
+        bootstrap.write_text(yaml.safe_dump(config, sort_keys=False))
+        listener_ports = [s.envoy.https_port] + (
+            [s.envoy.http_port] if s.envoy.http_enabled else []
+        )
+        specs.append(
+            envoy_spec(
+                host=host, admin_port=admin_port, bootstrap=bootstrap, listener_ports=listener_ports
+            )
+        )
+
+        has_registry = any(svc.name == "registry" for svc in services)
+        state = PlatformState(
+            started_at=datetime.now(UTC),
+            state_dir=self.state_dir,
+            nats_url=nats_url,
+            mongodb_uri=mongodb_uri,
+            registry_address=f"{host}:{ports['registry']}" if has_registry else None,
+            envoy_http_port=s.envoy.http_port if s.envoy.http_enabled else None,
+            envoy_https_port=s.envoy.https_port,
+            envoy_admin_port=admin_port,
+            domain=s.domain,
+            processes=[],
+        )
+        return specs, state
+
+    def _service_env(
+        self, nats_url: str, mongodb_uri: str, ports: dict[str, int]
+    ) -> dict[str, str]:
+        s = self.settings
+        env = {
+            "SLUICE_STATE_DIR": str(self.state_dir),
+            "SLUICE_HOST": s.host,
+            "SLUICE_DOMAIN": s.domain,
+            "SLUICE_NATS_URL": nats_url,
+            "SLUICE_MONGODB_URI": mongodb_uri,
+            "SLUICE_MONGODB_DATABASE": s.mongodb_database,
+            "SLUICE_ADMIN_TOKEN": self.admin_token(),
+            "SLUICE_SECRET_KEY": self.secret_key(),
+            "SLUICE_REGISTRY_ADDRESS": f"{s.host}:{ports['registry']}",
+            "SLUICE_LOG_FORMAT": "json",
+            "SLUICE_LOG_LEVEL": s.log_level,
+            "SLUICE_ENVOY__HTTP_PORT": str(s.envoy.http_port),
+            "SLUICE_ENVOY__HTTPS_PORT": str(s.envoy.https_port),
+            "SLUICE_ENVOY__HTTP_ENABLED": str(s.envoy.http_enabled).lower(),
+        }
+        env.update({f"SLUICE_PORTS__{name.upper()}": str(port) for name, port in ports.items()})
+        return env

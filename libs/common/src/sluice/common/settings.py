@@ -1,0 +1,71 @@
+"""Settings: every port, URI and secret in one place, read from `SLUICE_*` variables.
+
+Nested groups use a double underscore: `SLUICE_ENVOY__HTTP_PORT=8080`.
+A port of 0 means "pick a free loopback port at start-up".
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class EnvoySettings(BaseModel):
+    http_port: int = 8080
+    https_port: int = 8443
+    admin_port: int = 0
+    http_enabled: bool = True
+
+
+class ServicePorts(BaseModel):
+    """gRPC ports of the control-plane services (0 = free port)."""
+
+    registry: int = 50051
+    provisioner: int = 0
+    xds: int = 0
+    batch: int = 0
+    metrics: int = 0
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SLUICE_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    state_dir: Path = Path(".sluice")
+    host: str = "127.0.0.1"
+    # Scoring hosts are <endpoint>.<domain>; *.localhost resolves to loopback everywhere.
+    domain: str = "sluice.localhost"
+
+    mongodb_uri: str | None = Field(
+        default=None, description="A real MongoDB; unset = run the embedded SecantusDB"
+    )
+    mongodb_database: str = "sluice"
+    mongodb_port: int = 0
+
+    nats_url: str | None = Field(default=None, description="A running NATS; unset = run one")
+    nats_port: int = 0
+    nats_monitor_port: int = 0
+    events_stream: str = "SLUICE_EVENTS"
+    events_subject_prefix: str = "sluice.events"
+
+    ports: ServicePorts = ServicePorts()
+    envoy: EnvoySettings = EnvoySettings()
+
+    registry_address: str | None = Field(
+        default=None, description="host:port of the registry; unset = the local platform's"
+    )
+    admin_token: str | None = None
+    # Fernet key (urlsafe base64, 32 bytes) that encrypts endpoint keys at rest.
+    secret_key: str | None = None
+
+    log_level: str = "info"
+    log_format: Literal["auto", "console", "json"] = "auto"
+    service_name: str = "sluice"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.state_dir / "logs"

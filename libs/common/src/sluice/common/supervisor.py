@@ -1,0 +1,234 @@
+"""Start, health-check and stop child processes, each with its log in a file.
+
+`sluice up` and the test fixtures both use it. Children run in their own
+session (process group), so stopping one stops everything it spawned, and a
+child outlives the command that started it (`sluice up` returns, `sluice
+down` stops them later from the recorded pid and start time). Every failure
+is a `ComponentError` whose message names the component and its log file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import psutil
+from pydantic import BaseModel
+
+
+class HealthCheck(Protocol):
+    def __call__(self) -> bool: ...
+
+    def describe(self) -> str: ...
+
+
+class ComponentError(RuntimeError):
+    """A component could not start (or stop); the message is one line for a human."""
+
+    def __init__(self, component: str, problem: str, log_path: Path | None = None):
+        self.component = component
+        self.problem = problem
+        self.log_path = log_path
+        where = f" (see {log_path})" if log_path else ""
+        super().__init__(f"{component}: {problem}{where}")
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    name: str
+    argv: Sequence[str]
+    health: HealthCheck
+    env: Mapping[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
+    # Ports the process will bind; checked before start so a clash is named clearly.
+    ports: Sequence[int] = ()
+    host: str = "127.0.0.1"
+    start_timeout_s: float = 60.0
+    stop_timeout_s: float = 10.0
+    address: str = ""  # what to show users: a URL or host:port
+
+
+class RunningProcess(BaseModel):
+    """What is needed to find a child again from another command (`sluice down`)."""
+
+    name: str
+    pid: int
+    create_time: float
+    log_path: Path
+    address: str = ""
+    probe: str = ""  # HealthCheck.describe() of the spec; `sluice status` re-checks it
+    stop_timeout_s: float = 10.0
+
+
+def resolve_binary(name: str) -> str | None:
+    """Find an executable beside the running interpreter (the project's venv), else on PATH."""
+    if os.sep in name:
+        return name if os.access(name, os.X_OK) else None
+    beside = Path(sys.executable).absolute().parent / name
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which(name)
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+        return False
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+class Supervisor:
+    """Starts children detached from this process; remembers them to stop them."""
+
+    def __init__(self, logs_dir: Path, *, poll_interval_s: float = 0.05):
+        self.logs_dir = logs_dir
+        self._poll = poll_interval_s
+        self.running: list[RunningProcess] = []
+
+    def start(self, spec: ProcessSpec) -> RunningProcess:
+        log_path = self.logs_dir / f"{spec.name}.log"
+        binary = resolve_binary(spec.argv[0])
+        if binary is None:
+            raise ComponentError(
+                spec.name, f"binary {spec.argv[0]!r} not found (run `make setup`)", None
+            )
+        for port in spec.ports:
+            if port and port_in_use(spec.host, port):
+                raise ComponentError(spec.name, f"port {spec.host}:{port} is already in use", None)
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        with log_path.open("ab") as log_file:
+            log_file.write(
+                f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} starting {spec.name}\n".encode()
+            )
+            log_file.flush()
+            process = subprocess.Popen(
+                [binary, *spec.argv[1:]],
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **spec.env},
+                cwd=spec.cwd,
+                start_new_session=True,
+            )
+        running = RunningProcess(
+            name=spec.name,
+            pid=process.pid,
+            create_time=psutil.Process(process.pid).create_time(),
+            log_path=log_path,
+            address=spec.address,
+            probe=spec.health.describe(),
+            stop_timeout_s=spec.stop_timeout_s,
+        )
+        try:
+            self._wait_healthy(spec, process, log_path)
+        except ComponentError:
+            stop_process(running)
+            raise
+        self.running.append(running)
+        return running
+
+    def _wait_healthy(
+        self, spec: ProcessSpec, process: subprocess.Popen[bytes], log_path: Path
+    ) -> None:
+        deadline = time.monotonic() + spec.start_timeout_s
+        while time.monotonic() < deadline:
+            code = process.poll()
+            if code is not None:
+                raise ComponentError(
+                    spec.name, f"exited with code {code} during start-up", log_path
+                )
+            if spec.health():
+                return
+            time.sleep(self._poll)
+        raise ComponentError(
+            spec.name,
+            f"not healthy after {spec.start_timeout_s:.0f}s ({spec.health.describe()})",
+            log_path,
+        )
+
+    def start_all(
+        self,
+        specs: Sequence[ProcessSpec],
+        *,
+        on_started: Callable[[RunningProcess], None] | None = None,
+    ) -> list[RunningProcess]:
+        """Start `specs` in order; on any failure stop those already started and re-raise."""
+        started: list[RunningProcess] = []
+        try:
+            for spec in specs:
+                proc = self.start(spec)
+                started.append(proc)
+                if on_started:
+                    on_started(proc)
+        except BaseException:
+            for proc in reversed(started):
+                stop_process(proc)
+                self.running.remove(proc)
+            raise
+        return started
+
+    def stop_all(self) -> None:
+        """Stop every child this supervisor started, newest first."""
+        while self.running:
+            stop_process(self.running.pop())
+
+
+def is_alive(proc: RunningProcess) -> bool:
+    """True if the recorded process still runs (the same one: pids get reused)."""
+    try:
+        ps = psutil.Process(proc.pid)
+        return (
+            abs(ps.create_time() - proc.create_time) < 0.01 and ps.status() != psutil.STATUS_ZOMBIE
+        )
+    except psutil.Error:
+        return False
+
+
+def stop_process(proc: RunningProcess) -> None:
+    """SIGTERM the child's process group, wait, then SIGKILL what is left. Idempotent."""
+    if not is_alive(proc):
+        _reap(proc.pid)
+        return
+    _signal_group(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + proc.stop_timeout_s
+    while time.monotonic() < deadline:
+        _reap(proc.pid)
+        if not is_alive(proc):
+            break
+        time.sleep(0.05)
+    else:
+        _signal_group(proc.pid, signal.SIGKILL)
+    # Children that left the group are still descendants of nobody we know; the
+    # group kill above is what catches grandchildren (e.g. worker processes).
+    _signal_group(proc.pid, signal.SIGKILL)
+    _reap(proc.pid)
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+def _reap(pid: int) -> None:
+    """Collect our own exited child so it does not linger as a zombie."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)

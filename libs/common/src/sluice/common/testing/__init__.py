@@ -1,0 +1,1 @@
+"""Test harness: real servers for a test session, isolated per test (see plugin.py)."""

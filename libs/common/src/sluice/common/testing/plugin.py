@@ -1,0 +1,172 @@
+"""pytest plugin: real nats-server, SecantusDB and Envoy for a test session.
+
+Loaded for the whole repository through `-p sluice.common.testing.plugin`.
+Servers start lazily, once per session, on free loopback ports; each test
+gets its own Mongo database, JetStream stream and subject prefix (uuid
+names), so tests never see each other's data. Point the same tests at
+external servers with SLUICE_TEST_MONGODB_URI and SLUICE_TEST_NATS_URL.
+
+Tests that use any fixture here that needs a server are marked
+`integration` automatically; `pytest -m "not integration"` runs the rest.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+from faststream.nats import NatsBroker
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+
+from sluice.common.components import (
+    ENVOY_BOOTSTRAP,
+    envoy_spec,
+    find_project_file,
+    mongo_spec,
+    nats_spec,
+    render_envoy_bootstrap,
+)
+from sluice.common.events import ensure_events_stream
+from sluice.common.mongo import Document, create_mongo_client
+from sluice.common.settings import Settings
+from sluice.common.supervisor import Supervisor, free_port
+
+SERVER_FIXTURES = {
+    "nats_url",
+    "mongodb_uri",
+    "sluice_settings",
+    "mongo_db",
+    "nats_broker",
+    "envoy_gateway",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def session_supervisor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Supervisor]:
+    supervisor = Supervisor(tmp_path_factory.mktemp("server-logs"))
+    yield supervisor
+    supervisor.stop_all()
+
+
+@pytest.fixture(scope="session")
+def nats_url(session_supervisor: Supervisor, tmp_path_factory: pytest.TempPathFactory) -> str:
+    external = os.environ.get("SLUICE_TEST_NATS_URL")
+    if external:
+        return external
+    spec = nats_spec(
+        host="127.0.0.1",
+        port=free_port(),
+        monitor_port=free_port(),
+        data_dir=tmp_path_factory.mktemp("nats"),
+    )
+    session_supervisor.start(spec)
+    return spec.address
+
+
+@pytest.fixture(scope="session")
+def mongodb_uri(session_supervisor: Supervisor) -> str:
+    external = os.environ.get("SLUICE_TEST_MONGODB_URI")
+    if external:
+        return external
+    spec = mongo_spec(host="127.0.0.1", port=free_port(), data_dir=None)
+    session_supervisor.start(spec)
+    return spec.address
+
+
+@pytest.fixture
+def test_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+@pytest.fixture
+def sluice_settings(nats_url: str, mongodb_uri: str, tmp_path: Path, test_id: str) -> Settings:
+    """Settings for one test: its own database, stream, subject prefix and state dir."""
+    return Settings(
+        state_dir=tmp_path / "state",
+        nats_url=nats_url,
+        mongodb_uri=mongodb_uri,
+        mongodb_database=f"t_{test_id}",
+        events_stream=f"SLUICE_EVENTS_{test_id}",
+        events_subject_prefix=f"t{test_id}.sluice.events",
+        admin_token=f"test-admin-{test_id}",
+        log_format="json",
+    )
+
+
+@pytest.fixture
+async def mongo_db(sluice_settings: Settings) -> AsyncIterator[AsyncDatabase[Document]]:
+    assert sluice_settings.mongodb_uri
+    client: AsyncMongoClient[Document] = create_mongo_client(
+        sluice_settings.mongodb_uri, appname="tests"
+    )
+    db = client[sluice_settings.mongodb_database]
+    yield db
+    await client.drop_database(db.name)
+    await client.close()
+
+
+@pytest.fixture
+async def nats_broker(sluice_settings: Settings) -> AsyncIterator[NatsBroker]:
+    """A connected broker with this test's events stream declared."""
+    assert sluice_settings.nats_url
+    broker = NatsBroker(sluice_settings.nats_url, logger=None)
+    await broker.connect()
+    await ensure_events_stream(
+        broker,
+        stream=sluice_settings.events_stream,
+        subject_prefix=sluice_settings.events_subject_prefix,
+    )
+    yield broker
+    await broker.connection.jetstream().delete_stream(sluice_settings.events_stream)
+    await broker.stop()
+
+
+@dataclass(frozen=True)
+class EnvoyGateway:
+    """A running Envoy whose ADS cluster points at `xds_port` (serve xDS there)."""
+
+    admin_url: str
+    xds_port: int
+    node_id: str
+
+
+@pytest.fixture(scope="session")
+def envoy_gateway(
+    session_supervisor: Supervisor, tmp_path_factory: pytest.TempPathFactory
+) -> EnvoyGateway:
+    folder = tmp_path_factory.mktemp("envoy")
+    admin_port, xds_port = free_port(), free_port()
+    config = render_envoy_bootstrap(
+        find_project_file(ENVOY_BOOTSTRAP),
+        admin_port=admin_port,
+        xds_host="127.0.0.1",
+        xds_port=xds_port,
+        node_id="sluice-test-gateway",
+    )
+    bootstrap = folder / "bootstrap.yaml"
+    bootstrap.write_text(yaml.safe_dump(config))
+    spec = envoy_spec(
+        host="127.0.0.1", admin_port=admin_port, bootstrap=bootstrap, listener_ports=[]
+    )
+    session_supervisor.start(spec)
+    return EnvoyGateway(admin_url=spec.address, xds_port=xds_port, node_id="sluice-test-gateway")
+
+
+@pytest.fixture
+def supervisor(tmp_path: Path) -> Iterator[Supervisor]:
+    """A supervisor for processes one test starts (our services); stops them afterwards."""
+    sup = Supervisor(tmp_path / "logs")
+    yield sup
+    sup.stop_all()

@@ -1,0 +1,1 @@
+"""Generated from proto/sluice/v1 by `make proto`; do not edit."""
