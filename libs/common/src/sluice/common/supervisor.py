@@ -104,16 +104,19 @@ class Supervisor:
         self._poll = poll_interval_s
         self.running: list[RunningProcess] = []
 
-    def start(self, spec: ProcessSpec) -> RunningProcess:
-        log_path = self.logs_dir / f"{spec.name}.log"
+    def preflight(self, spec: ProcessSpec) -> str:
+        """Check the binary exists and the ports are free; return the binary's path."""
         binary = resolve_binary(spec.argv[0])
         if binary is None:
-            raise ComponentError(
-                spec.name, f"binary {spec.argv[0]!r} not found (run `make setup`)", None
-            )
+            raise ComponentError(spec.name, f"binary {spec.argv[0]!r} not found (run `make setup`)")
         for port in spec.ports:
             if port and port_in_use(spec.host, port):
-                raise ComponentError(spec.name, f"port {spec.host}:{port} is already in use", None)
+                raise ComponentError(spec.name, f"port {spec.host}:{port} is already in use")
+        return binary
+
+    def start(self, spec: ProcessSpec) -> RunningProcess:
+        binary = self.preflight(spec)
+        log_path = self.logs_dir / f"{spec.name}.log"
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as log_file:
             log_file.write(
@@ -161,7 +164,7 @@ class Supervisor:
             time.sleep(self._poll)
         raise ComponentError(
             spec.name,
-            f"not healthy after {spec.start_timeout_s:.0f}s ({spec.health.describe()})",
+            f"not healthy after {spec.start_timeout_s:g}s ({spec.health.describe()})",
             log_path,
         )
 
@@ -171,7 +174,12 @@ class Supervisor:
         *,
         on_started: Callable[[RunningProcess], None] | None = None,
     ) -> list[RunningProcess]:
-        """Start `specs` in order; on any failure stop those already started and re-raise."""
+        """Start `specs` in order; on any failure stop those already started and re-raise.
+
+        Binaries and ports of every spec are checked first, so a clash starts nothing.
+        """
+        for spec in specs:
+            self.preflight(spec)
         started: list[RunningProcess] = []
         try:
             for spec in specs:

@@ -1,0 +1,57 @@
+"""Logging renders JSON with the bound correlation id; settings read SLUICE_* variables."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sluice.common.settings import Settings
+
+SCRIPT = """
+from sluice.common.log import configure_logging, get_logger, bind_correlation_id
+import logging
+configure_logging(level="info", fmt="json", service="registry")
+bind_correlation_id("abc123")
+get_logger("t").info("deployment_ready", endpoint="e1", deployment="blue")
+get_logger("t").debug("hidden")
+logging.getLogger("grpc").warning("from stdlib")
+"""
+
+
+def test_json_logs_carry_service_and_correlation_id() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, check=True, timeout=60
+    )
+    lines = [json.loads(line) for line in result.stderr.splitlines()]
+    assert len(lines) == 2
+    first = lines[0]
+    assert first["event"] == "deployment_ready"
+    assert first["correlation_id"] == "abc123"
+    assert first["service"] == "registry"
+    assert first["level"] == "info"
+    assert {"endpoint": "e1", "deployment": "blue"}.items() <= first.items()
+    assert lines[1]["event"] == "from stdlib"
+    assert lines[1]["correlation_id"] == "abc123"
+
+
+def test_settings_read_prefixed_and_nested_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLUICE_STATE_DIR", "/tmp/x")
+    monkeypatch.setenv("SLUICE_ENVOY__HTTP_PORT", "9090")
+    monkeypatch.setenv("SLUICE_PORTS__REGISTRY", "6000")
+    monkeypatch.setenv("SLUICE_MONGODB_URI", "mongodb://db:27017")
+    s = Settings()
+    assert s.state_dir == Path("/tmp/x")
+    assert s.envoy.http_port == 9090
+    assert s.ports.registry == 6000
+    assert s.mongodb_uri == "mongodb://db:27017"
+    assert s.logs_dir == Path("/tmp/x/logs")
+
+
+def test_settings_reject_a_bad_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLUICE_ENVOY__HTTP_PORT", "eighty")
+    with pytest.raises(ValueError, match="http_port"):
+        Settings()
