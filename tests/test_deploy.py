@@ -1,0 +1,137 @@
+"""deploy/compose and deploy/k8s are for users (no Docker here): validate them offline.
+
+Compose against the Compose specification schema, every Kubernetes object against
+the Kubernetes schemas (strict), and every Envoy bootstrap with `envoy --mode validate`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from sluice.common.platform import SERVICES
+from sluice.common.supervisor import resolve_binary
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = ROOT / "deploy" / "compose" / "compose.yaml"
+K8S = ROOT / "deploy" / "k8s" / "base"
+BOOTSTRAP = ROOT / "deploy" / "envoy" / "bootstrap.yaml"
+KNOWN_MODULES = {s.module for s in SERVICES}
+
+
+def k8s_objects() -> list[tuple[str, dict[str, Any]]]:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    objects = []
+    for name in kustomization["resources"]:
+        for doc in yaml.safe_load_all((K8S / name).read_text()):
+            objects.append((f"{name}:{doc['kind']}/{doc['metadata']['name']}", doc))
+    return objects
+
+
+def test_compose_file_follows_the_compose_spec() -> None:
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "check-jsonschema"),
+            "--builtin-schema",
+            "vendor.compose-spec",
+            str(COMPOSE),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_runs_only_services_that_exist() -> None:
+    compose = yaml.safe_load(COMPOSE.read_text())
+    modules = {
+        svc["command"][0]
+        for svc in compose["services"].values()
+        if svc.get("image") == "sluice:dev"
+    }
+    assert modules == {"sluice.registry", "sluice.provisioner", "sluice.traffic"}
+    assert modules <= KNOWN_MODULES
+    for module in modules:
+        assert importlib.util.find_spec(module) is not None, f"{module} is not a Sluice package"
+
+
+@pytest.mark.parametrize(
+    ("where", "obj"), k8s_objects(), ids=lambda v: v if isinstance(v, str) else ""
+)
+def test_kubernetes_object_is_valid(where: str, obj: dict[str, Any]) -> None:
+    kubernetes_validate.validate(obj, kubernetes_validate.latest_version(), strict=True)
+
+
+def test_kustomization_lists_every_manifest_and_the_secret_keys() -> None:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    manifests = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert set(kustomization["resources"]) == manifests
+    example = (K8S / "secrets.env.example").read_text()
+    keys = {
+        line.split("=")[0] for line in example.splitlines() if line and not line.startswith("#")
+    }
+    assert keys == {"SLUICE_ADMIN_TOKEN", "SLUICE_SECRET_KEY"}
+
+
+def test_kubernetes_services_run_existing_modules() -> None:
+    for where, obj in k8s_objects():
+        if obj["kind"] != "Deployment":
+            continue
+        for container in obj["spec"]["template"]["spec"]["containers"]:
+            if container["image"] == "sluice":
+                module = container["args"][0]
+                assert module in KNOWN_MODULES, where
+                assert importlib.util.find_spec(module) is not None, where
+
+
+def _without_xds_address(config: dict[str, Any]) -> dict[str, Any]:
+    clusters = config["static_resources"]["clusters"]
+    clusters[0].pop("type")
+    clusters[0].pop("load_assignment")
+    return config
+
+
+def deployed_bootstraps() -> dict[str, str]:
+    envoy_k8s = next(
+        doc
+        for doc in yaml.safe_load_all((K8S / "envoy.yaml").read_text())
+        if doc["kind"] == "ConfigMap"
+    )
+    return {
+        "compose": (COMPOSE.parent / "envoy.yaml").read_text(),
+        "k8s": envoy_k8s["data"]["bootstrap.yaml"],
+    }
+
+
+@pytest.mark.parametrize("where", ["compose", "k8s"])
+def test_deployed_envoy_bootstraps_match_the_local_one(where: str) -> None:
+    local = _without_xds_address(yaml.safe_load(BOOTSTRAP.read_text()))
+    deployed = _without_xds_address(yaml.safe_load(deployed_bootstraps()[where]))
+    assert deployed == local
+
+
+@pytest.mark.parametrize("where", ["local", "compose", "k8s"])
+def test_envoy_accepts_the_bootstrap(where: str, tmp_path: Path) -> None:
+    text = BOOTSTRAP.read_text() if where == "local" else deployed_bootstraps()[where]
+    path = tmp_path / "bootstrap.yaml"
+    path.write_text(text)
+    envoy = resolve_binary("envoy")
+    assert envoy, "envoy is installed by `make setup`"
+    result = subprocess.run(
+        [envoy, "--mode", "validate", "-c", str(path), "--disable-hot-restart"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "OK" in result.stdout + result.stderr
