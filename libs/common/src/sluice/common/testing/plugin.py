@@ -34,7 +34,8 @@ from sluice.common.components import (
 )
 from sluice.common.events import ensure_events_stream
 from sluice.common.mongo import Document, create_mongo_client
-from sluice.common.settings import Settings
+from sluice.common.platform import LocalPlatform, PlatformState
+from sluice.common.settings import EnvoySettings, ServicePorts, Settings
 from sluice.common.supervisor import Supervisor, free_port
 
 SERVER_FIXTURES = {
@@ -170,3 +171,21 @@ def supervisor(tmp_path: Path) -> Iterator[Supervisor]:
     sup = Supervisor(tmp_path / "logs")
     yield sup
     sup.stop_all()
+
+
+@pytest.fixture(scope="session")
+def local_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlatformState]:
+    """The whole platform, started exactly as `sluice up` does, on free ports, for end-to-end tests.
+
+    Shared by the session: tests isolate themselves with unique endpoint names.
+    """
+    state_dir = tmp_path_factory.mktemp("platform")
+    settings = Settings(
+        state_dir=state_dir,
+        envoy=EnvoySettings(http_port=free_port(), https_port=free_port()),
+        ports=ServicePorts(registry=free_port()),
+    )
+    platform = LocalPlatform(settings)
+    state, _ = platform.up()
+    yield state
+    platform.down()
