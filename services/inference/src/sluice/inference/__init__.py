@@ -1,0 +1,1 @@
+"""Sluice model server: Azure ML scoring scripts behind HTTP `/score`."""
