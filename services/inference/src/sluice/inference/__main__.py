@@ -1,0 +1,24 @@
+"""`python -m sluice.inference --model PATH --code DIR --scoring-script score.py [--port N] ...`"""
+
+from __future__ import annotations
+
+import sys
+
+import uvloop
+
+from sluice.common.log import configure_logging
+from sluice.inference.app import serve
+from sluice.inference.config import parse_args
+from sluice.inference.workers import run_workers
+
+
+def main() -> None:
+    config = parse_args()
+    configure_logging(level=config.log_level, fmt=config.log_format, service="inference")
+    if config.workers > 1 and config.listen_fd is None:
+        sys.exit(run_workers(config))
+    sys.exit(uvloop.run(serve(config)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,287 @@
+"""Composition root of the inference server: routes, start-up, init(), shutdown.
+
+Routes (Azure's, plus readiness and the Open Inference Protocol's health):
+
+    GET  /                   liveness: 200 "Healthy" (503 once too many runs are stuck)
+    GET  /ready              readiness: 200 only after init() returned
+    GET  /v2/health/live     the same as /, in OIP form
+    GET  /v2/health/ready    the same as /ready, in OIP form
+    POST /score              run(); GET /score passes the query parameters
+    GET  /swagger.json       when the script declares a schema (404 otherwise)
+
+The server listens at once, so liveness answers while the script is imported
+and init() runs on a thread; /score answers 503 until then. A failing import
+or init() logs the traceback and ends the process with exit code 3.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import gc
+import itertools
+import socket
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import structlog
+from prometheus_client import CollectorRegistry
+
+from sluice.common.runtime import wait_for_shutdown_signal
+from sluice.inference.builtin import builtin_scorer
+from sluice.inference.config import ServerConfig
+from sluice.inference.dispatch import Dispatcher, Limits, Outcome
+from sluice.inference.http import Connection, Header, HttpRequest
+from sluice.inference.metrics import Metrics, serve_metrics
+from sluice.inference.output import JSON, NotSerializable, Reply, encode, json_reply
+from sluice.inference.script import BadInput, Scorer, load_script, set_model_dir
+from sluice.inference.swagger import swagger_document
+
+EXIT_INIT_FAILED = 3
+MAX_REQUEST_ID = 100  # Azure's limit on x-request-id
+TEXT: Header = (b"content-type", b"text/plain; charset=utf-8")
+
+log = structlog.get_logger("sluice.inference")
+
+
+class InferenceApp:
+    """Answers every HTTP request; scoring goes through the dispatcher once init() is done."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self.scorer: Scorer | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.swagger: bytes | None = None
+        self.stopping = False
+        self._ids = RequestIds()
+
+    @property
+    def ready(self) -> bool:
+        return self.scorer is not None and not self.stopping
+
+    @property
+    def live(self) -> bool:
+        return self.dispatcher is None or self.dispatcher.healthy
+
+    def start_scoring(self, scorer: Scorer, dispatcher: Dispatcher, swagger: bytes | None) -> None:
+        self.dispatcher = dispatcher
+        self.swagger = swagger
+        self.scorer = scorer
+
+    def handle(self, request: HttpRequest, conn: Connection) -> None:
+        started = time.perf_counter()
+        request_id = self._ids.for_request(request)
+        path = request.path
+        if path == "/score":
+            self._score(request, conn, request_id, started)
+            return
+        if request.method != "GET":
+            reply = json_reply(405, {"message": f"{request.method} is not allowed on {path}"})
+        elif path in ("/", "/v2/health/live"):
+            reply = self._liveness(path)
+        elif path in ("/ready", "/v2/health/ready"):
+            reply = json_reply(200 if self.ready else 503, {"ready": self.ready})
+        elif path == "/swagger.json":
+            reply = self._swagger()
+        else:
+            reply = json_reply(404, {"message": f"no route {path}"})
+        self._send(request, conn, request_id, started, "other", reply)
+
+    def _liveness(self, path: str) -> Reply:
+        if path == "/v2/health/live":
+            return json_reply(200 if self.live else 503, {"live": self.live})
+        if self.live:
+            return Reply(200, [TEXT], b"Healthy")
+        return Reply(503, [TEXT], b"Unhealthy: run() calls that timed out still hold every thread")
+
+    def _swagger(self) -> Reply:
+        if self.swagger is not None:
+            return Reply(200, [JSON], self.swagger)
+        return json_reply(404, {"message": "no schema: run() has no inference_schema decorators"})
+
+    def _score(self, request: HttpRequest, conn: Connection, rid: str, started: float) -> None:
+        scorer, dispatcher = self.scorer, self.dispatcher
+        if request.method == "OPTIONS":
+            self._send(request, conn, rid, started, "/score", Reply(200, [], b""))
+        elif request.method not in ("POST", "GET"):
+            reply = json_reply(405, {"message": f"{request.method} is not allowed on /score"})
+            self._send(request, conn, rid, started, "/score", reply)
+        elif scorer is None or dispatcher is None or self.stopping:
+            reply = json_reply(503, {"message": "not ready: init() has not finished"})
+            self._send(request, conn, rid, started, "/score", reply)
+        else:
+            try:
+                call = scorer.prepare(request)
+            except BadInput as exc:
+                self.metrics.error("bad_input")
+                reply = json_reply(400, {"message": str(exc)})
+                self._send(request, conn, rid, started, "/score", reply)
+                return
+
+            def finish(outcome: Outcome) -> None:
+                reply = self._scored(outcome, rid)
+                self._send(request, conn, rid, started, "/score", reply)
+
+            dispatcher.submit(call, finish)
+
+    def _scored(self, outcome: Outcome, rid: str) -> Reply:
+        limits = self.dispatcher.limits if self.dispatcher else None
+        if outcome.kind == "ok":
+            self.metrics.run_latency.observe(outcome.run_seconds)
+            try:
+                reply = encode(outcome.value)
+            except NotSerializable as exc:
+                self.metrics.error("bad_output")
+                log.error("run_output_not_serializable", request_id=rid, error=str(exc))
+                return json_reply(500, {"message": str(exc)})
+            reply.headers.append((b"x-ms-run-fn-exec-ms", b"%.3f" % (outcome.run_seconds * 1e3)))
+            return reply
+        if outcome.kind == "error":
+            error = outcome.error
+            if isinstance(error, BadInput):
+                self.metrics.error("bad_input")
+                return json_reply(400, {"message": str(error)})
+            self.metrics.error("run_failed")
+            log.error("run_failed", request_id=rid, exc_info=error)
+            message = f"run() failed: {type(error).__name__}: {error}"
+            reply = json_reply(500, {"message": message})
+            reply.headers.append((b"x-ms-run-function-failed", b"True"))
+            return reply
+        if outcome.kind == "timeout":
+            self.metrics.error("timeout")
+            timeout_ms = limits.timeout_s * 1000 if limits else 0
+            log.warning("run_timed_out", request_id=rid, timeout_ms=timeout_ms)
+            return json_reply(408, {"message": f"run() did not finish within {timeout_ms:g} ms"})
+        self.metrics.error("rejected")
+        pending = limits.max_concurrent + limits.max_queue if limits else 0
+        return json_reply(
+            429, {"message": f"too many pending requests: {pending} already running or queued"}
+        )
+
+    def _send(
+        self,
+        request: HttpRequest,
+        conn: Connection,
+        rid: str,
+        started: float,
+        route: str,
+        reply: Reply,
+    ) -> None:
+        headers = reply.headers
+        headers.append((b"x-request-id", rid.encode("latin-1")))
+        conn.respond(request, reply.status, headers, reply.body)
+        self.metrics.observe(route, reply.status, time.perf_counter() - started)
+
+
+class RequestIds:
+    """Unique request ids, cheaply: a random per-process prefix and a counter (uuid4 costs 2 us)."""
+
+    def __init__(self) -> None:
+        self._prefix = uuid.uuid4().hex[:16]
+        self._count = itertools.count(1)
+
+    def for_request(self, request: HttpRequest) -> str:
+        """The caller's `x-request-id` when it has one (up to 100 characters), else a new id."""
+        given = request.header(b"x-request-id")
+        if given and len(given) <= MAX_REQUEST_ID:
+            return given.decode("latin-1")
+        return f"{self._prefix}-{next(self._count):08x}"
+
+
+def load_scorer(config: ServerConfig) -> Scorer:
+    """Import the scoring script (or pick the built-in scorer), check it, and call init()."""
+    set_model_dir(config.model)
+    script = config.script_path
+    if script is not None:
+        assert config.code is not None
+        functions = load_script(script, config.code)
+    else:
+        assert config.model is not None
+        functions = builtin_scorer(config.model)
+    scorer = Scorer(functions)
+    log.info("init_started", script=functions.origin)
+    started = time.perf_counter()
+    scorer.init()
+    log.info("init_finished", seconds=round(time.perf_counter() - started, 3))
+    return scorer
+
+
+async def serve(config: ServerConfig, registry: CollectorRegistry | None = None) -> int:
+    """Run the server until SIGTERM/SIGINT; return the process exit code."""
+    loop = asyncio.get_running_loop()
+    registry = registry or CollectorRegistry()
+    metrics = Metrics(registry)
+    if config.metrics_port and config.listen_fd is None:
+        serve_metrics(config.host, config.metrics_port, registry)
+    app = InferenceApp(metrics)
+    server = await loop.create_server(
+        lambda: Connection(app.handle, config.max_payload_bytes),
+        sock=_listening_socket(config),
+        backlog=2048,
+    )
+    log.info(
+        "listening",
+        address=f"http://{config.host}:{config.port}",
+        metrics_port=config.metrics_port or None,
+        model_dir=_model_dir_text(config.model),
+    )
+    stop = loop.create_task(wait_for_shutdown_signal())
+    init = loop.run_in_executor(None, contextvars.copy_context().run, load_scorer, config)
+    first: list[asyncio.Future[Any]] = [stop, init]
+    await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
+    if not init.done():
+        log.info("stopped_during_init")
+        return 0
+    try:
+        scorer = init.result()
+    except BaseException as exc:
+        log.error("init_failed", exc_info=exc)
+        server.close()
+        stop.cancel()
+        return EXIT_INIT_FAILED
+    limits = Limits(
+        max_concurrent=config.max_concurrent_requests,
+        max_queue=config.max_queue,
+        timeout_s=config.request_timeout_ms / 1000,
+    )
+    dispatcher = Dispatcher(limits, is_async=scorer.is_async, on_in_flight=metrics.in_flight.set)
+    app.start_scoring(scorer, dispatcher, swagger_document(config.code, scorer.schema))
+    # What init() loaded lives as long as the process: keep it out of the garbage
+    # collector's scans, which otherwise walk the whole model on every full collection.
+    gc.freeze()
+    log.info("ready", limits=str(limits))
+    await stop
+    await _drain(app, server, dispatcher, limits.timeout_s)
+    return 0
+
+
+async def _drain(
+    app: InferenceApp, server: asyncio.Server, dispatcher: Dispatcher, timeout_s: float
+) -> None:
+    """Stop taking requests and let those in flight finish (at most one request timeout)."""
+    app.stopping = True
+    server.close()
+    await dispatcher.wait_idle(timeout_s)
+    dispatcher.shutdown()
+    log.info("stopped", unfinished=dispatcher.in_flight)
+
+
+def _listening_socket(config: ServerConfig) -> socket.socket:
+    if config.listen_fd is not None:
+        return socket.socket(fileno=config.listen_fd)
+    return bind_socket(config.host, config.port)
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def _model_dir_text(model: Path | None) -> str | None:
+    return str(model.resolve().parent) if model is not None else None

@@ -1,0 +1,118 @@
+"""Command line of the inference server, and the settings it yields."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_PORT = 5001  # the port of Azure's inference server
+DEFAULT_TIMEOUT_MS = 5000  # Azure's request_timeout_ms default
+DEFAULT_MAX_PAYLOAD = 100 * 1024 * 1024  # Azure documents no limit; this one keeps memory bounded
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    model: Path | None
+    code: Path | None
+    scoring_script: str | None
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    metrics_port: int = 0  # 0 = no metrics server
+    workers: int = 1
+    max_concurrent_requests: int = 1
+    max_queue: int = 1
+    request_timeout_ms: int = DEFAULT_TIMEOUT_MS
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD
+    log_level: str = "info"
+    log_format: str = "auto"
+    listen_fd: int | None = None  # set by the parent for worker processes
+
+    @property
+    def script_path(self) -> Path | None:
+        if self.scoring_script is None:
+            return None
+        return (self.code or Path.cwd()) / self.scoring_script
+
+    def worker_argv(self, listen_fd: int) -> list[str]:
+        """The arguments of one worker process that accepts on the parent's socket."""
+        argv = [
+            "--host", self.host,
+            "--port", str(self.port),
+            "--max-concurrent-requests", str(self.max_concurrent_requests),
+            "--max-queue", str(self.max_queue),
+            "--request-timeout-ms", str(self.request_timeout_ms),
+            "--max-payload-bytes", str(self.max_payload_bytes),
+            "--log-level", self.log_level,
+            "--log-format", self.log_format,
+            "--listen-fd", str(listen_fd),
+        ]  # fmt: skip
+        if self.model is not None:
+            argv += ["--model", str(self.model)]
+        if self.code is not None:
+            argv += ["--code", str(self.code)]
+        if self.scoring_script is not None:
+            argv += ["--scoring-script", self.scoring_script]
+        return argv
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m sluice.inference",
+        description="Serve an Azure ML scoring script (init/run) or a model file over HTTP.",
+    )
+    p.add_argument("--model", type=Path, help="model file or folder (sets AZUREML_MODEL_DIR)")
+    p.add_argument("--code", type=Path, help="folder of the scoring script (put on sys.path)")
+    p.add_argument("--scoring-script", help="script path inside --code; omit for a built-in scorer")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT)
+    p.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics; 0 = none")
+    p.add_argument("--workers", type=_positive, default=1, help="worker processes")
+    p.add_argument(
+        "--max-concurrent-requests", type=_positive, default=1, help="run() calls at once"
+    )
+    p.add_argument(
+        "--max-queue", type=int, default=None, help="requests waiting (default: as concurrent)"
+    )
+    p.add_argument("--request-timeout-ms", type=_positive, default=DEFAULT_TIMEOUT_MS)
+    p.add_argument("--max-payload-bytes", type=_positive, default=DEFAULT_MAX_PAYLOAD)
+    p.add_argument("--log-level", default="info")
+    p.add_argument("--log-format", choices=["auto", "console", "json"], default="auto")
+    p.add_argument("--listen-fd", type=int, default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
+    p = parser()
+    args = p.parse_args(argv)
+    if args.scoring_script is None and args.model is None:
+        p.error("give --scoring-script (with --code) or, for a built-in scorer, --model")
+    if args.scoring_script is not None and args.code is None:
+        p.error("--scoring-script needs --code, the folder that holds it")
+    max_queue = args.max_concurrent_requests if args.max_queue is None else args.max_queue
+    if max_queue < 0:
+        p.error("--max-queue must be 0 or more")
+    return ServerConfig(
+        model=args.model,
+        code=args.code,
+        scoring_script=args.scoring_script,
+        host=args.host,
+        port=args.port,
+        metrics_port=args.metrics_port,
+        workers=args.workers,
+        max_concurrent_requests=args.max_concurrent_requests,
+        max_queue=max_queue,
+        request_timeout_ms=args.request_timeout_ms,
+        max_payload_bytes=args.max_payload_bytes,
+        log_level=args.log_level,
+        log_format=args.log_format,
+        listen_fd=args.listen_fd,
+    )

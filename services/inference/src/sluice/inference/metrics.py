@@ -1,0 +1,93 @@
+"""Prometheus metrics of one inference server, served on their own port.
+
+With several worker processes each worker writes its values to files in
+`PROMETHEUS_MULTIPROC_DIR` (prometheus_client's multiprocess mode) and the
+parent process serves their sum; with one process the values live in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    start_http_server,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+
+# Scoring on loopback takes tens of microseconds to seconds.
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0
+)  # fmt: skip
+
+
+class Metrics:
+    """Counters the server updates per request; label children are cached for speed."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "sluice_inference_requests",
+            "HTTP requests answered, by route and status code",
+            ["route", "status"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "sluice_inference_request_duration_seconds",
+            "Time from a request's arrival to its answer, by route",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.run_latency = Histogram(
+            "sluice_inference_run_duration_seconds",
+            "Time spent in the scoring script's run()",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "sluice_inference_requests_in_flight",
+            "Scoring requests being run or waiting for a slot",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.errors = Counter(
+            "sluice_inference_errors",
+            "Scoring requests that failed, by kind",
+            ["kind"],
+            registry=registry,
+        )
+        self._requests: dict[tuple[str, int], Callable[[], None]] = {}
+        self._latency: dict[str, Callable[[float], None]] = {}
+        self._errors: dict[str, Callable[[], None]] = {}
+
+    def observe(self, route: str, status: int, seconds: float) -> None:
+        key = (route, status)
+        count = self._requests.get(key)
+        if count is None:
+            count = self._requests[key] = self.requests.labels(route, str(status)).inc
+        count()
+        timer = self._latency.get(route)
+        if timer is None:
+            timer = self._latency[route] = self.latency.labels(route).observe
+        timer(seconds)
+
+    def error(self, kind: str) -> None:
+        count = self._errors.get(kind)
+        if count is None:
+            count = self._errors[kind] = self.errors.labels(kind).inc
+        count()
+
+
+def multiprocess_registry() -> CollectorRegistry:
+    """A registry that sums the files every worker writes in PROMETHEUS_MULTIPROC_DIR."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return registry
+
+
+def serve_metrics(host: str, port: int, registry: CollectorRegistry) -> None:
+    """Serve `registry` at http://host:port/metrics from a background thread of this process."""
+    start_http_server(port, addr=host, registry=registry)
