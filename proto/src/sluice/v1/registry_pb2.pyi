@@ -566,6 +566,8 @@ Global___RequestSettings: _TypeAlias = RequestSettings  # noqa: Y015
 
 @_typing.final
 class Probe(_message.Message):
+    """Fields are optional where 0 is a meaningful value different from the default."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     INITIAL_DELAY_S_FIELD_NUMBER: _builtins.int
@@ -586,17 +588,36 @@ class Probe(_message.Message):
     def __init__(
         self,
         *,
-        initial_delay_s: _builtins.int = ...,
-        period_s: _builtins.int = ...,
-        timeout_s: _builtins.int = ...,
-        success_threshold: _builtins.int = ...,
-        failure_threshold: _builtins.int = ...,
+        initial_delay_s: _builtins.int | None = ...,
+        period_s: _builtins.int | None = ...,
+        timeout_s: _builtins.int | None = ...,
+        success_threshold: _builtins.int | None = ...,
+        failure_threshold: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_failure_threshold", b"_failure_threshold", "_initial_delay_s", b"_initial_delay_s", "_period_s", b"_period_s", "_success_threshold", b"_success_threshold", "_timeout_s", b"_timeout_s", "failure_threshold", b"failure_threshold", "initial_delay_s", b"initial_delay_s", "period_s", b"period_s", "success_threshold", b"success_threshold", "timeout_s", b"timeout_s"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["failure_threshold", b"failure_threshold", "initial_delay_s", b"initial_delay_s", "period_s", b"period_s", "success_threshold", b"success_threshold", "timeout_s", b"timeout_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_failure_threshold", b"_failure_threshold", "_initial_delay_s", b"_initial_delay_s", "_period_s", b"_period_s", "_success_threshold", b"_success_threshold", "_timeout_s", b"_timeout_s", "failure_threshold", b"failure_threshold", "initial_delay_s", b"initial_delay_s", "period_s", b"period_s", "success_threshold", b"success_threshold", "timeout_s", b"timeout_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__failure_threshold: _TypeAlias = _typing.Literal["failure_threshold"]  # noqa: Y015
+    _WhichOneofArgType__failure_threshold: _TypeAlias = _typing.Literal["_failure_threshold", b"_failure_threshold"]  # noqa: Y015
+    _WhichOneofReturnType__initial_delay_s: _TypeAlias = _typing.Literal["initial_delay_s"]  # noqa: Y015
+    _WhichOneofArgType__initial_delay_s: _TypeAlias = _typing.Literal["_initial_delay_s", b"_initial_delay_s"]  # noqa: Y015
+    _WhichOneofReturnType__period_s: _TypeAlias = _typing.Literal["period_s"]  # noqa: Y015
+    _WhichOneofArgType__period_s: _TypeAlias = _typing.Literal["_period_s", b"_period_s"]  # noqa: Y015
+    _WhichOneofReturnType__success_threshold: _TypeAlias = _typing.Literal["success_threshold"]  # noqa: Y015
+    _WhichOneofArgType__success_threshold: _TypeAlias = _typing.Literal["_success_threshold", b"_success_threshold"]  # noqa: Y015
+    _WhichOneofReturnType__timeout_s: _TypeAlias = _typing.Literal["timeout_s"]  # noqa: Y015
+    _WhichOneofArgType__timeout_s: _TypeAlias = _typing.Literal["_timeout_s", b"_timeout_s"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__failure_threshold) -> _WhichOneofReturnType__failure_threshold | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__initial_delay_s) -> _WhichOneofReturnType__initial_delay_s | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__period_s) -> _WhichOneofReturnType__period_s | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__success_threshold) -> _WhichOneofReturnType__success_threshold | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__timeout_s) -> _WhichOneofReturnType__timeout_s | None: ...
 
 Global___Probe: _TypeAlias = Probe  # noqa: Y015
 
@@ -619,16 +640,18 @@ class ScaleSettings(_message.Message):
         self,
         *,
         type: _builtins.str = ...,
-        min_instances: _builtins.int = ...,
+        min_instances: _builtins.int | None = ...,
         max_instances: _builtins.int = ...,
         target_utilization_percentage: _builtins.int = ...,
         polling_interval_s: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_min_instances", b"_min_instances", "min_instances", b"min_instances"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_instances", b"max_instances", "min_instances", b"min_instances", "polling_interval_s", b"polling_interval_s", "target_utilization_percentage", b"target_utilization_percentage", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_min_instances", b"_min_instances", "max_instances", b"max_instances", "min_instances", b"min_instances", "polling_interval_s", b"polling_interval_s", "target_utilization_percentage", b"target_utilization_percentage", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__min_instances: _TypeAlias = _typing.Literal["min_instances"]  # noqa: Y015
+    _WhichOneofArgType__min_instances: _TypeAlias = _typing.Literal["_min_instances", b"_min_instances"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_instances) -> _WhichOneofReturnType__min_instances | None: ...
 
 Global___ScaleSettings: _TypeAlias = ScaleSettings  # noqa: Y015
 
@@ -1256,14 +1279,16 @@ class RetrySettings(_message.Message):
     def __init__(
         self,
         *,
-        max_retries: _builtins.int = ...,
+        max_retries: _builtins.int | None = ...,
         timeout_s: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_retries", b"_max_retries", "max_retries", b"max_retries"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_retries", b"max_retries", "timeout_s", b"timeout_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_retries", b"_max_retries", "max_retries", b"max_retries", "timeout_s", b"timeout_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__max_retries: _TypeAlias = _typing.Literal["max_retries"]  # noqa: Y015
+    _WhichOneofArgType__max_retries: _TypeAlias = _typing.Literal["_max_retries", b"_max_retries"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_retries) -> _WhichOneofReturnType__max_retries | None: ...
 
 Global___RetrySettings: _TypeAlias = RetrySettings  # noqa: Y015
 
@@ -1323,15 +1348,17 @@ class BatchSettings(_message.Message):
         output_action: Global___OutputAction.ValueType = ...,
         output_file_name: _builtins.str = ...,
         retry_settings: Global___RetrySettings | None = ...,
-        error_threshold: _builtins.int = ...,
+        error_threshold: _builtins.int | None = ...,
         logging_level: _builtins.str = ...,
         environment_variables: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["retry_settings", b"retry_settings"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_error_threshold", b"_error_threshold", "error_threshold", b"error_threshold", "retry_settings", b"retry_settings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["environment_variables", b"environment_variables", "error_threshold", b"error_threshold", "logging_level", b"logging_level", "max_concurrency_per_instance", b"max_concurrency_per_instance", "mini_batch_size", b"mini_batch_size", "output_action", b"output_action", "output_file_name", b"output_file_name", "retry_settings", b"retry_settings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_error_threshold", b"_error_threshold", "environment_variables", b"environment_variables", "error_threshold", b"error_threshold", "logging_level", b"logging_level", "max_concurrency_per_instance", b"max_concurrency_per_instance", "mini_batch_size", b"mini_batch_size", "output_action", b"output_action", "output_file_name", b"output_file_name", "retry_settings", b"retry_settings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__error_threshold: _TypeAlias = _typing.Literal["error_threshold"]  # noqa: Y015
+    _WhichOneofArgType__error_threshold: _TypeAlias = _typing.Literal["_error_threshold", b"_error_threshold"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__error_threshold) -> _WhichOneofReturnType__error_threshold | None: ...
 
 Global___BatchSettings: _TypeAlias = BatchSettings  # noqa: Y015
 

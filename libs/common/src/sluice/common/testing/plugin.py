@@ -13,6 +13,7 @@ Tests that use any fixture here that needs a server are marked
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cryptography.fernet import Fernet
 from faststream.nats import NatsBroker
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
@@ -30,13 +32,14 @@ from sluice.common.components import (
     find_project_file,
     mongo_spec,
     nats_spec,
+    python_service_spec,
     render_envoy_bootstrap,
 )
 from sluice.common.events import ensure_events_stream
 from sluice.common.mongo import Document, create_mongo_client
 from sluice.common.platform import LocalPlatform, PlatformState
 from sluice.common.settings import EnvoySettings, ServicePorts, Settings
-from sluice.common.supervisor import Supervisor, free_port
+from sluice.common.supervisor import RunningProcess, Supervisor, free_port, stop_process
 
 SERVER_FIXTURES = {
     "nats_url",
@@ -45,6 +48,7 @@ SERVER_FIXTURES = {
     "mongo_db",
     "nats_broker",
     "envoy_gateway",
+    "start_service",
 }
 
 
@@ -102,6 +106,7 @@ def sluice_settings(nats_url: str, mongodb_uri: str, tmp_path: Path, test_id: st
         events_stream=f"SLUICE_EVENTS_{test_id}",
         events_subject_prefix=f"t{test_id}.sluice.events",
         admin_token=f"test-admin-{test_id}",
+        secret_key=Fernet.generate_key().decode(),
         log_format="json",
     )
 
@@ -189,3 +194,65 @@ def local_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platfor
     state, _ = platform.up()
     yield state
     platform.down()
+
+
+def service_env(settings: Settings) -> dict[str, str]:
+    """The SLUICE_* environment a service process needs to run with `settings`."""
+    env = {
+        "SLUICE_STATE_DIR": str(settings.state_dir),
+        "SLUICE_HOST": settings.host,
+        "SLUICE_DOMAIN": settings.domain,
+        "SLUICE_NATS_URL": settings.nats_url or "",
+        "SLUICE_MONGODB_URI": settings.mongodb_uri or "",
+        "SLUICE_MONGODB_DATABASE": settings.mongodb_database,
+        "SLUICE_EVENTS_STREAM": settings.events_stream,
+        "SLUICE_EVENTS_SUBJECT_PREFIX": settings.events_subject_prefix,
+        "SLUICE_ADMIN_TOKEN": settings.admin_token or "",
+        "SLUICE_SECRET_KEY": settings.secret_key or "",
+        "SLUICE_LOG_FORMAT": "json",
+        "SLUICE_LOG_LEVEL": "debug",
+    }
+    for field in type(settings.ports).model_fields:
+        env[f"SLUICE_PORTS__{field.upper()}"] = str(getattr(settings.ports, field))
+    return env
+
+
+@dataclass(frozen=True)
+class RunningService:
+    """One of our services started by a test, with the settings it runs with."""
+
+    address: str
+    settings: Settings
+    process: RunningProcess
+
+
+class ServiceStarter:
+    """Starts our services as real processes (`python -m sluice.<name>`) for one test."""
+
+    def __init__(self, settings: Settings, supervisor: Supervisor):
+        self.settings = settings
+        self._supervisor = supervisor
+
+    def __call__(self, name: str, *, port_field: str | None = None) -> RunningService:
+        port = free_port()
+        ports = self.settings.ports.model_copy(update={port_field or name: port})
+        self.settings = self.settings.model_copy(update={"ports": ports})
+        spec = python_service_spec(
+            name=name,
+            module=f"sluice.{name}",
+            host="127.0.0.1",
+            port=port,
+            env={**os.environ, **service_env(self.settings), "SLUICE_SERVICE_NAME": name},
+            python=sys.executable,
+        )
+        process = self._supervisor.start(spec)
+        return RunningService(address=spec.address, settings=self.settings, process=process)
+
+    def stop(self, service: RunningService) -> None:
+        stop_process(service.process)
+
+
+@pytest.fixture
+def start_service(sluice_settings: Settings, supervisor: Supervisor) -> ServiceStarter:
+    """`start_service("registry")` runs the registry with this test's settings."""
+    return ServiceStarter(sluice_settings, supervisor)

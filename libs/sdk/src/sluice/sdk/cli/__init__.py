@@ -9,10 +9,19 @@ import sys
 
 import typer
 
+from sluice.common.artifacts import ArtifactError
 from sluice.common.supervisor import ComponentError
-from sluice.sdk.cli import platform_cmds
+from sluice.sdk.cli import (
+    batch_deployment,
+    batch_endpoint,
+    online_deployment,
+    online_endpoint,
+    platform_cmds,
+)
 from sluice.sdk.cli.errors import CliError
 from sluice.sdk.cli.output import err_console
+from sluice.sdk.client import SluiceError
+from sluice.sdk.specs import SpecError
 
 app = typer.Typer(
     name="sluice",
@@ -24,12 +33,16 @@ app = typer.Typer(
 app.command("up")(platform_cmds.up)
 app.command("status")(platform_cmds.status)
 app.command("down")(platform_cmds.down)
+app.add_typer(online_endpoint.app, name="online-endpoint")
+app.add_typer(online_deployment.app, name="online-deployment")
+app.add_typer(batch_endpoint.app, name="batch-endpoint")
+app.add_typer(batch_deployment.app, name="batch-deployment")
 
 
 def main() -> None:
     """Entry point: user errors print one line and exit 1, never a traceback."""
     try:
         app()
-    except (CliError, ComponentError) as exc:
+    except (CliError, ComponentError, SluiceError, SpecError, ArtifactError) as exc:
         err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(1)

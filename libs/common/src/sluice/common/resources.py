@@ -1,0 +1,247 @@
+"""The stored shape of endpoints and deployments, shared by every service.
+
+The registry writes these documents; the provisioner, the traffic controller
+and the batch runner read them (ARCHITECTURE.md, principle 1: every service
+rebuilds its view from MongoDB). Field names follow the protobuf messages in
+proto/sluice/v1, so converting is mechanical, but no protobuf type appears
+here. Enumerations use Azure's spelling (`key`, `aml_token`, `Succeeded`).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ONLINE_ENDPOINTS = "online_endpoints"
+ONLINE_DEPLOYMENTS = "online_deployments"
+BATCH_ENDPOINTS = "batch_endpoints"
+BATCH_DEPLOYMENTS = "batch_deployments"
+
+
+class AuthMode(StrEnum):
+    key = "key"
+    aml_token = "aml_token"  # noqa: S105 - a mode name, not a secret
+
+
+class ComputeKind(StrEnum):
+    managed = "managed"
+    kubernetes = "kubernetes"
+
+
+class ProvisioningState(StrEnum):
+    creating = "Creating"
+    provisioning = "Provisioning"
+    updating = "Updating"
+    deleting = "Deleting"
+    succeeded = "Succeeded"
+    failed = "Failed"
+    canceled = "Canceled"
+
+
+class OutputAction(StrEnum):
+    append_row = "append_row"
+    summary_only = "summary_only"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# ---- building blocks ---------------------------------------------------------
+
+
+class ArtifactRef(_Model):
+    """A model or code folder in the artifact store, addressed by content."""
+
+    digest: str  # "sha256:<hex>"
+    name: str
+    is_directory: bool = False
+
+
+class ModelRef(_Model):
+    """Exactly one of: an uploaded artifact, or a registered model "name:version"."""
+
+    artifact: ArtifactRef | None = None
+    registered: str | None = None
+
+
+class CodeConfiguration(_Model):
+    code: ArtifactRef | None = None
+    scoring_script: str = ""
+
+
+class EnvironmentSpec(_Model):
+    conda_file: str = ""  # the conda YAML's content
+    image: str = ""
+    registered: str = ""
+    pip_requirements: tuple[str, ...] = ()
+
+
+class RequestSettings(_Model):
+    request_timeout_ms: int = 5000
+    max_concurrent_requests_per_instance: int = 1
+    max_queue_wait_ms: int = 500
+
+
+class Probe(_Model):
+    initial_delay_s: int = 10
+    period_s: int = 10
+    timeout_s: int = 2
+    success_threshold: int = 1
+    failure_threshold: int = 30
+
+
+class ScaleSettings(_Model):
+    type: str = "default"
+    min_instances: int = 1
+    max_instances: int = 1
+    target_utilization_percentage: int = 70
+    polling_interval_s: int = 1
+
+
+class ResourceRequirements(_Model):
+    requests: dict[str, str] = Field(default_factory=dict)
+    limits: dict[str, str] = Field(default_factory=dict)
+
+
+class RetrySettings(_Model):
+    max_retries: int = 3
+    timeout_s: int = 30
+
+
+class BatchSettings(_Model):
+    max_concurrency_per_instance: int = 1
+    mini_batch_size: int = 10
+    output_action: OutputAction = OutputAction.append_row
+    output_file_name: str = "predictions.csv"
+    retry_settings: RetrySettings = RetrySettings()
+    error_threshold: int = -1
+    logging_level: str = "info"
+    environment_variables: dict[str, str] = Field(default_factory=dict)
+
+
+# ---- specs: what the user asks for ---------------------------------------------
+
+
+class OnlineEndpointSpec(_Model):
+    name: str
+    description: str = ""
+    tags: dict[str, str] = Field(default_factory=dict)
+    auth_mode: AuthMode = AuthMode.key
+    kind: ComputeKind = ComputeKind.managed
+    compute: str = ""
+    traffic: dict[str, int] = Field(default_factory=dict)
+    mirror_traffic: dict[str, int] = Field(default_factory=dict)
+
+
+class OnlineDeploymentSpec(_Model):
+    name: str
+    endpoint_name: str
+    description: str = ""
+    tags: dict[str, str] = Field(default_factory=dict)
+    kind: ComputeKind = ComputeKind.managed
+    model: ModelRef = ModelRef()
+    code_configuration: CodeConfiguration = CodeConfiguration()
+    environment: EnvironmentSpec = EnvironmentSpec()
+    instance_type: str = "Standard_DS3_v2"
+    instance_count: int = 1
+    environment_variables: dict[str, str] = Field(default_factory=dict)
+    request_settings: RequestSettings = RequestSettings()
+    liveness_probe: Probe = Probe()
+    readiness_probe: Probe = Probe()
+    scale_settings: ScaleSettings = ScaleSettings()
+    resources: ResourceRequirements = ResourceRequirements()
+    app_insights_enabled: bool = False
+
+
+class BatchEndpointSpec(_Model):
+    name: str
+    description: str = ""
+    tags: dict[str, str] = Field(default_factory=dict)
+    auth_mode: AuthMode = AuthMode.aml_token
+    default_deployment: str = ""
+
+
+class BatchDeploymentSpec(_Model):
+    name: str
+    endpoint_name: str
+    description: str = ""
+    tags: dict[str, str] = Field(default_factory=dict)
+    model: ModelRef = ModelRef()
+    code_configuration: CodeConfiguration = CodeConfiguration()
+    environment: EnvironmentSpec = EnvironmentSpec()
+    compute: str = ""
+    instance_count: int = 1
+    settings: BatchSettings = BatchSettings()
+
+
+# ---- stored documents -----------------------------------------------------------
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Meta(_Model):
+    """Bookkeeping of every stored resource. `version` grows with each spec change."""
+
+    version: int = 1
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    created_by: str = ""
+    provisioning_state: ProvisioningState = ProvisioningState.creating
+    status_message: str = ""
+
+
+class Instance(_Model):
+    """One running copy of a deployment; written by the provisioner."""
+
+    id: str
+    address: str  # host:port of its inference server
+    ready: bool = False
+    started_at: datetime = Field(default_factory=utcnow)
+
+
+class OnlineEndpointDoc(_Model):
+    spec: OnlineEndpointSpec
+    meta: Meta
+    # Endpoint keys, encrypted with the platform's secret key (sluice.common.secretbox).
+    keys: dict[str, str] = Field(default_factory=dict)
+
+
+class OnlineDeploymentDoc(_Model):
+    spec: OnlineDeploymentSpec
+    meta: Meta
+    instances: tuple[Instance, ...] = ()
+
+
+class BatchEndpointDoc(_Model):
+    spec: BatchEndpointSpec
+    meta: Meta
+
+
+class BatchDeploymentDoc(_Model):
+    spec: BatchDeploymentSpec
+    meta: Meta
+
+
+def deployment_id(endpoint_name: str, name: str) -> str:
+    """The `_id` of a deployment document: unique within its endpoint."""
+    return f"{endpoint_name}/{name}"
+
+
+def to_document(doc: BaseModel, _id: str) -> dict[str, Any]:
+    """The MongoDB document for a stored resource (JSON types only: ISO dates sort as text)."""
+    return {"_id": _id, **doc.model_dump(mode="json")}
+
+
+# Tokens for aml_token endpoints: the registry signs them, the gateway verifies them.
+TOKEN_ISSUER = "sluice-registry"  # noqa: S105 - an issuer name, not a secret
+
+
+def token_audience(endpoint_name: str) -> str:
+    """The `aud` of tokens for one endpoint: a token for one endpoint fails on another."""
+    return f"sluice-endpoint/{endpoint_name}"

@@ -1,0 +1,126 @@
+"""`sluice batch-deployment ...`: create, update, show, list, delete."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from sluice.common.resources import BatchDeploymentDoc
+from sluice.sdk.cli.common import FileOption, SetOption, dump, optional_path, registry, warn
+from sluice.sdk.cli.errors import CliError
+from sluice.sdk.cli.output import OutputFormat, OutputOption, err_console, render
+from sluice.sdk.specs import load_batch_deployment
+
+app = typer.Typer(
+    help="Batch deployments: the model and code a batch job runs.", no_args_is_help=True
+)
+
+COLUMNS = ["name", "endpoint", "instances", "mini_batch_size", "output_action", "error_threshold"]
+NameOption = typer.Option(None, "--name", "-n", help="deployment name (overrides the YAML's)")
+EndpointOption = typer.Option(None, "--endpoint-name", "-e", help="endpoint (overrides the YAML's)")
+
+
+def view(doc: BatchDeploymentDoc) -> dict[str, Any]:
+    s = doc.spec.settings
+    return {
+        "name": doc.spec.name,
+        "endpoint": doc.spec.endpoint_name,
+        "instances": doc.spec.instance_count,
+        "mini_batch_size": s.mini_batch_size,
+        "output_action": s.output_action.value,
+        "error_threshold": s.error_threshold,
+        "version": doc.meta.version,
+    }
+
+
+def show_one(doc: BatchDeploymentDoc, output: OutputFormat) -> None:
+    if output is OutputFormat.table:
+        render(view(doc), output, columns=COLUMNS)
+    else:
+        render(dump(doc), output)
+
+
+@app.command()
+def create(
+    file: Path | None = FileOption,
+    name: str | None = NameOption,
+    endpoint_name: str | None = EndpointOption,
+    set_: list[str] = SetOption,
+    set_default: bool = typer.Option(False, "--set-default", help="make it the endpoint's default"),
+    output: OutputFormat = OutputOption,
+) -> None:
+    """Create a batch deployment from an Azure ML batch deployment YAML."""
+    with registry() as client:
+        loaded = load_batch_deployment(
+            optional_path(file), client.upload, set_, name=name, endpoint_name=endpoint_name
+        )
+        warn(loaded.warnings)
+        doc = client.create_batch_deployment(loaded.spec, set_default=set_default)
+    err_console.print(f"Created batch deployment {doc.spec.name} of {doc.spec.endpoint_name}.")
+    show_one(doc, output)
+
+
+@app.command()
+def update(
+    file: Path | None = FileOption,
+    name: str | None = NameOption,
+    endpoint_name: str | None = EndpointOption,
+    set_: list[str] = SetOption,
+    output: OutputFormat = OutputOption,
+) -> None:
+    """Update a batch deployment from its YAML."""
+    if file is None:
+        raise CliError("give --file with the deployment's YAML (and --set to override fields)")
+    with registry() as client:
+        loaded = load_batch_deployment(
+            optional_path(file), client.upload, set_, name=name, endpoint_name=endpoint_name
+        )
+        warn(loaded.warnings)
+        doc = client.update_batch_deployment(loaded.spec)
+    err_console.print(f"Updated batch deployment {doc.spec.name} of {doc.spec.endpoint_name}.")
+    show_one(doc, output)
+
+
+@app.command()
+def show(
+    name: str = typer.Option(..., "--name", "-n"),
+    endpoint_name: str = typer.Option(..., "--endpoint-name", "-e"),
+    output: OutputFormat = OutputOption,
+) -> None:
+    """Show one batch deployment."""
+    with registry() as client:
+        show_one(client.get_batch_deployment(endpoint_name, name), output)
+
+
+@app.command("list")
+def list_(
+    endpoint_name: str = typer.Option(..., "--endpoint-name", "-e"),
+    output: OutputFormat = OutputOption,
+) -> None:
+    """List the deployments of a batch endpoint."""
+    with registry() as client:
+        docs = client.list_batch_deployments(endpoint_name)
+    if output is OutputFormat.table:
+        render(
+            [view(d) for d in docs],
+            output,
+            columns=COLUMNS,
+            title=f"Deployments of {endpoint_name}",
+        )
+    else:
+        render([dump(d) for d in docs], output)
+
+
+@app.command()
+def delete(
+    name: str = typer.Option(..., "--name", "-n"),
+    endpoint_name: str = typer.Option(..., "--endpoint-name", "-e"),
+    yes: bool = typer.Option(False, "--yes", "-y", help="accepted for Azure compatibility"),
+) -> None:
+    """Delete a batch deployment (make another one the default first)."""
+    del yes
+    with registry() as client:
+        client.delete_batch_deployment(endpoint_name, name)
+    err_console.print(f"Deleted batch deployment {name} of {endpoint_name}.")

@@ -1,0 +1,117 @@
+"""`sluice batch-endpoint ...`: create, update, show, list, delete."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from sluice.sdk.cli.common import FileOption, SetOption, dump, optional_path, registry, warn
+from sluice.sdk.cli.errors import CliError
+from sluice.sdk.cli.output import OutputFormat, OutputOption, err_console, render
+from sluice.sdk.client import BatchEndpoint
+from sluice.sdk.specs import load_batch_endpoint
+
+app = typer.Typer(
+    help="Batch endpoints: asynchronous scoring jobs over data sets.", no_args_is_help=True
+)
+
+COLUMNS = ["name", "auth_mode", "default_deployment", "state", "scoring_uri"]
+NameOption = typer.Option(None, "--name", "-n", help="endpoint name (overrides the YAML's)")
+
+
+def view(endpoint: BatchEndpoint) -> dict[str, Any]:
+    doc = endpoint.doc
+    return {
+        "name": doc.spec.name,
+        "auth_mode": doc.spec.auth_mode.value,
+        "default_deployment": doc.spec.default_deployment or "-",
+        "state": doc.meta.provisioning_state.value,
+        "version": doc.meta.version,
+        "scoring_uri": endpoint.scoring_uri,
+    }
+
+
+def show_one(endpoint: BatchEndpoint, output: OutputFormat) -> None:
+    if output is OutputFormat.table:
+        render(view(endpoint), output, columns=COLUMNS)
+    else:
+        render(dump(endpoint.doc) | {"scoring_uri": endpoint.scoring_uri}, output)
+
+
+@app.command()
+def create(
+    file: Path | None = FileOption,
+    name: str | None = NameOption,
+    set_: list[str] = SetOption,
+    output: OutputFormat = OutputOption,
+) -> None:
+    """Create a batch endpoint from an Azure ML batch endpoint YAML."""
+    loaded = load_batch_endpoint(optional_path(file), set_, name=name)
+    warn(loaded.warnings)
+    with registry() as client:
+        endpoint = client.create_batch_endpoint(loaded.spec)
+    err_console.print(f"Created batch endpoint {endpoint.doc.spec.name}.")
+    show_one(endpoint, output)
+
+
+@app.command()
+def update(
+    file: Path | None = FileOption,
+    name: str | None = NameOption,
+    set_: list[str] = SetOption,
+    output: OutputFormat = OutputOption,
+) -> None:
+    """Update description, tags or the default deployment (`--set defaults.deployment_name=d`)."""
+    if file is None and not name:
+        raise CliError("give --file or --name")
+    with registry() as client:
+        base = None
+        if file is None:
+            assert name is not None
+            current = client.get_batch_endpoint(name).doc.spec
+            base = {
+                "name": current.name,
+                "description": current.description,
+                "tags": current.tags,
+                "auth_mode": current.auth_mode.value,
+                "defaults": {"deployment_name": current.default_deployment or None},
+            }
+        loaded = load_batch_endpoint(optional_path(file), set_, name=name, base=base)
+        warn(loaded.warnings)
+        endpoint = client.update_batch_endpoint(loaded.spec)
+    err_console.print(f"Updated batch endpoint {endpoint.doc.spec.name}.")
+    show_one(endpoint, output)
+
+
+@app.command()
+def show(
+    name: str = typer.Option(..., "--name", "-n"), output: OutputFormat = OutputOption
+) -> None:
+    """Show one batch endpoint."""
+    with registry() as client:
+        show_one(client.get_batch_endpoint(name), output)
+
+
+@app.command("list")
+def list_(output: OutputFormat = OutputOption) -> None:
+    """List every batch endpoint."""
+    with registry() as client:
+        endpoints = client.list_batch_endpoints()
+    if output is OutputFormat.table:
+        render([view(e) for e in endpoints], output, columns=COLUMNS, title="Batch endpoints")
+    else:
+        render([dump(e.doc) | {"scoring_uri": e.scoring_uri} for e in endpoints], output)
+
+
+@app.command()
+def delete(
+    name: str = typer.Option(..., "--name", "-n"),
+    yes: bool = typer.Option(False, "--yes", "-y", help="accepted for Azure compatibility"),
+) -> None:
+    """Delete a batch endpoint and its deployments."""
+    del yes
+    with registry() as client:
+        client.delete_batch_endpoint(name)
+    err_console.print(f"Deleted batch endpoint {name} and its deployments.")

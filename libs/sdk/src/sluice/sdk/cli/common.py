@@ -1,0 +1,93 @@
+"""Pieces every resource command shares: options, the client, views, waiting."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from sluice.common.platform import LocalPlatform
+from sluice.common.resources import OnlineDeploymentDoc, ProvisioningState
+from sluice.common.settings import Settings
+from sluice.sdk.cli.errors import CliError
+from sluice.sdk.cli.output import err_console
+from sluice.sdk.client import RegistryClient
+
+FileOption = typer.Option(None, "--file", "-f", help="Azure ML CLI v2 YAML file")
+SetOption = typer.Option(
+    [], "--set", help="override a YAML field, e.g. --set instance_count=2 (repeatable)"
+)
+NoWaitOption = typer.Option(False, "--no-wait", help="return at once instead of waiting")
+
+TERMINAL = {ProvisioningState.succeeded, ProvisioningState.failed, ProvisioningState.canceled}
+
+
+@contextmanager
+def registry() -> Iterator[RegistryClient]:
+    with RegistryClient.connect() as client:
+        yield client
+
+
+def warn(messages: Sequence[str]) -> None:
+    for message in messages:
+        err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+
+def parse_shares(values: Sequence[str], option: str) -> dict[str, int]:
+    """`["blue=90 green=10"]` or `["blue=90", "green=10"]` -> {"blue": 90, "green": 10}."""
+    shares: dict[str, int] = {}
+    for item in " ".join(values).replace(",", " ").split():
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise CliError(f"{option} {item!r}: use deployment=percent, e.g. {option} blue=90")
+        try:
+            shares[name] = int(value)
+        except ValueError:
+            raise CliError(
+                f"{option} {item!r}: the share must be a whole number 0-100, got {value!r}"
+            ) from None
+    return shares
+
+
+def provisioner_running(settings: Settings) -> bool:
+    """False when the local platform runs no provisioner: nothing will start deployments."""
+    if settings.registry_address:
+        return True  # a remote platform: assume it is complete
+    state = LocalPlatform(settings).load_state()
+    return state is not None and any(p.name == "provisioner" for p in state.processes)
+
+
+def wait_for_deployment(
+    fetch: Callable[[], OnlineDeploymentDoc], *, what: str, timeout_s: float = 900
+) -> OnlineDeploymentDoc:
+    """Poll until the deployment reaches a terminal state, with a spinner."""
+    deadline = time.monotonic() + timeout_s
+    doc = fetch()
+    with err_console.status(f"{what}: {doc.meta.provisioning_state.value}…") as status:
+        while doc.meta.provisioning_state not in TERMINAL:
+            if time.monotonic() > deadline:
+                raise CliError(
+                    f"{what} is still {doc.meta.provisioning_state.value} after {timeout_s:.0f}s; "
+                    "check `sluice online-deployment get-logs`"
+                )
+            time.sleep(0.3)
+            doc = fetch()
+            status.update(f"{what}: {doc.meta.provisioning_state.value}…")
+    return doc
+
+
+def optional_path(value: Path | None) -> Path | None:
+    return value.expanduser() if value else None
+
+
+def shares_text(shares: dict[str, int]) -> str:
+    return " ".join(f"{k}={v}" for k, v in sorted(shares.items())) or "-"
+
+
+def dump(value: Any) -> Any:
+    """Plain data for -o json|yaml."""
+    return value.model_dump(mode="json") if hasattr(value, "model_dump") else value

@@ -1,0 +1,179 @@
+"""`sluice online-deployment ...`: create, update, show, list, delete."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from sluice.common.resources import OnlineDeploymentDoc, ProvisioningState
+from sluice.common.settings import Settings
+from sluice.sdk.cli.common import (
+    FileOption,
+    NoWaitOption,
+    SetOption,
+    dump,
+    optional_path,
+    provisioner_running,
+    registry,
+    wait_for_deployment,
+    warn,
+)
+from sluice.sdk.cli.errors import CliError
+from sluice.sdk.cli.output import OutputFormat, OutputOption, err_console, render
+from sluice.sdk.client import RegistryClient
+from sluice.sdk.specs import load_online_deployment
+
+app = typer.Typer(
+    help="Online deployments: the model, code and compute behind an endpoint.", no_args_is_help=True
+)
+
+COLUMNS = ["name", "endpoint", "state", "instances", "instance_type", "model", "version"]
+NameOption = typer.Option(None, "--name", "-n", help="deployment name (overrides the YAML's)")
+EndpointOption = typer.Option(None, "--endpoint-name", "-e", help="endpoint (overrides the YAML's)")
+
+
+def view(doc: OnlineDeploymentDoc) -> dict[str, Any]:
+    model = doc.spec.model
+    return {
+        "name": doc.spec.name,
+        "endpoint": doc.spec.endpoint_name,
+        "state": doc.meta.provisioning_state.value,
+        "instances": f"{sum(i.ready for i in doc.instances)}/{doc.spec.instance_count}",
+        "instance_type": doc.spec.instance_type,
+        "model": model.registered or (model.artifact.name if model.artifact else "-"),
+        "version": doc.meta.version,
+        "message": doc.meta.status_message,
+    }
+
+
+def show_one(doc: OnlineDeploymentDoc, output: OutputFormat) -> None:
+    if output is OutputFormat.table:
+        row = view(doc)
+        render(row, output, columns=COLUMNS + (["message"] if row["message"] else []))
+    else:
+        render(dump(doc), output)
+
+
+def _finish(
+    client: RegistryClient, doc: OnlineDeploymentDoc, no_wait: bool, verb: str
+) -> OnlineDeploymentDoc:
+    spec = doc.spec
+    what = f"deployment {spec.name} of {spec.endpoint_name}"
+    if no_wait:
+        err_console.print(f"{verb} {what}; it is {doc.meta.provisioning_state.value} (--no-wait).")
+        return doc
+    if not provisioner_running(Settings()):
+        err_console.print(
+            f"{verb} {what}. It is {doc.meta.provisioning_state.value}: it is stored, but no "
+            "provisioner runs on this platform yet, so no instance will start."
+        )
+        return doc
+    doc = wait_for_deployment(
+        lambda: client.get_online_deployment(spec.endpoint_name, spec.name), what=what
+    )
+    if doc.meta.provisioning_state is ProvisioningState.failed:
+        raise CliError(f"{what} failed: {doc.meta.status_message}")
+    err_console.print(f"{verb} {what}: {doc.meta.provisioning_state.value}.")
+    return doc
+
+
+@app.command()
+def create(
+    file: Path | None = FileOption,
+    name: str | None = NameOption,
+    endpoint_name: str | None = EndpointOption,
+    set_: list[str] = SetOption,
+    all_traffic: bool = typer.Option(False, "--all-traffic", help="send 100% of traffic to it"),
+    no_wait: bool = NoWaitOption,
+    output: OutputFormat = OutputOption,
+) -> None:
+    """Create a deployment from an Azure ML deployment YAML (model and code are uploaded)."""
+    with registry() as client:
+        loaded = load_online_deployment(
+            optional_path(file), client.upload, set_, name=name, endpoint_name=endpoint_name
+        )
+        warn(loaded.warnings)
+        doc = client.create_online_deployment(loaded.spec)
+        doc = _finish(client, doc, no_wait, "Created")
+        if all_traffic:
+            client.set_traffic(
+                doc.spec.endpoint_name,
+                {doc.spec.name: 100}
+                | {
+                    d.spec.name: 0
+                    for d in client.list_online_deployments(doc.spec.endpoint_name)
+                    if d.spec.name != doc.spec.name
+                },
+            )
+            err_console.print(
+                f"All traffic of {doc.spec.endpoint_name} now goes to {doc.spec.name}."
+            )
+    show_one(doc, output)
+
+
+@app.command()
+def update(
+    file: Path | None = FileOption,
+    name: str | None = NameOption,
+    endpoint_name: str | None = EndpointOption,
+    set_: list[str] = SetOption,
+    no_wait: bool = NoWaitOption,
+    output: OutputFormat = OutputOption,
+) -> None:
+    """Update a deployment from its YAML; instances roll without downtime."""
+    if file is None:
+        raise CliError("give --file with the deployment's YAML (and --set to override fields)")
+    with registry() as client:
+        loaded = load_online_deployment(
+            optional_path(file), client.upload, set_, name=name, endpoint_name=endpoint_name
+        )
+        warn(loaded.warnings)
+        doc = client.update_online_deployment(loaded.spec)
+        doc = _finish(client, doc, no_wait, "Updated")
+    show_one(doc, output)
+
+
+@app.command()
+def show(
+    name: str = typer.Option(..., "--name", "-n"),
+    endpoint_name: str = typer.Option(..., "--endpoint-name", "-e"),
+    output: OutputFormat = OutputOption,
+) -> None:
+    """Show one deployment: state, instances, model."""
+    with registry() as client:
+        show_one(client.get_online_deployment(endpoint_name, name), output)
+
+
+@app.command("list")
+def list_(
+    endpoint_name: str = typer.Option(..., "--endpoint-name", "-e"),
+    output: OutputFormat = OutputOption,
+) -> None:
+    """List the deployments of an endpoint."""
+    with registry() as client:
+        docs = client.list_online_deployments(endpoint_name)
+    if output is OutputFormat.table:
+        render(
+            [view(d) for d in docs],
+            output,
+            columns=COLUMNS,
+            title=f"Deployments of {endpoint_name}",
+        )
+    else:
+        render([dump(d) for d in docs], output)
+
+
+@app.command()
+def delete(
+    name: str = typer.Option(..., "--name", "-n"),
+    endpoint_name: str = typer.Option(..., "--endpoint-name", "-e"),
+    yes: bool = typer.Option(False, "--yes", "-y", help="accepted for Azure compatibility"),
+    no_wait: bool = NoWaitOption,
+) -> None:
+    """Delete a deployment that no longer takes live or mirrored traffic."""
+    del yes, no_wait
+    with registry() as client:
+        client.delete_online_deployment(endpoint_name, name)
+    err_console.print(f"Deleted deployment {name} of {endpoint_name}.")

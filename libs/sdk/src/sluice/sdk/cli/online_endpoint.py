@@ -1,0 +1,199 @@
+"""`sluice online-endpoint ...`: create, update, show, list, delete, credentials."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from sluice.common.resources import AuthMode
+from sluice.sdk.cli.common import (
+    FileOption,
+    NoWaitOption,
+    SetOption,
+    dump,
+    optional_path,
+    parse_shares,
+    registry,
+    shares_text,
+    warn,
+)
+from sluice.sdk.cli.errors import CliError
+from sluice.sdk.cli.output import OutputFormat, OutputOption, err_console, render
+from sluice.sdk.client import OnlineEndpoint
+from sluice.sdk.specs import load_online_endpoint
+
+app = typer.Typer(
+    help="Online endpoints: stable, authenticated scoring URLs.", no_args_is_help=True
+)
+
+COLUMNS = ["name", "auth_mode", "traffic", "mirror_traffic", "state", "scoring_uri"]
+NameOption = typer.Option(None, "--name", "-n", help="endpoint name (overrides the YAML's)")
+TrafficOption = typer.Option(
+    [], "--traffic", help="merge shares into the split, e.g. --traffic 'blue=90 green=10'"
+)
+MirrorOption = typer.Option(
+    [], "--mirror-traffic", help="merge mirror shares, e.g. --mirror-traffic green=10"
+)
+
+
+def view(endpoint: OnlineEndpoint) -> dict[str, Any]:
+    doc = endpoint.doc
+    return {
+        "name": doc.spec.name,
+        "auth_mode": doc.spec.auth_mode.value,
+        "kind": doc.spec.kind.value,
+        "traffic": shares_text(doc.spec.traffic),
+        "mirror_traffic": shares_text(doc.spec.mirror_traffic),
+        "state": doc.meta.provisioning_state.value,
+        "version": doc.meta.version,
+        "scoring_uri": endpoint.scoring_uri,
+    }
+
+
+def show_one(endpoint: OnlineEndpoint, output: OutputFormat) -> None:
+    if output is OutputFormat.table:
+        render(view(endpoint), output, columns=COLUMNS)
+        return
+    full = dump(endpoint.doc) | {
+        "scoring_uri": endpoint.scoring_uri,
+        "swagger_uri": endpoint.swagger_uri,
+    }
+    render(full, output)
+
+
+@app.command()
+def create(
+    file: Path | None = FileOption,
+    name: str | None = NameOption,
+    set_: list[str] = SetOption,
+    output: OutputFormat = OutputOption,
+) -> None:
+    """Create an endpoint from an Azure ML endpoint YAML."""
+    loaded = load_online_endpoint(optional_path(file), set_, name=name)
+    warn(loaded.warnings)
+    with registry() as client:
+        endpoint = client.create_online_endpoint(loaded.spec)
+    err_console.print(f"Created online endpoint {endpoint.doc.spec.name}.")
+    show_one(endpoint, output)
+
+
+@app.command()
+def update(
+    file: Path | None = FileOption,
+    name: str | None = NameOption,
+    set_: list[str] = SetOption,
+    traffic: list[str] = TrafficOption,
+    mirror_traffic: list[str] = MirrorOption,
+    no_wait: bool = NoWaitOption,
+    output: OutputFormat = OutputOption,
+) -> None:
+    """Update description, tags or auth mode, and merge traffic shares.
+
+    Traffic is only changed by what you name (`--traffic green=10 blue=90`,
+    `--set traffic.green=10`, or a `traffic:` map in the YAML); deployments you
+    do not name keep their share, and the result must sum to 100.
+    """
+    if file is None and not name:
+        raise CliError("give --file or --name")
+    traffic_sets = [s for s in set_ if s.startswith(("traffic.", "mirror_traffic."))]
+    field_sets = [s for s in set_ if s not in traffic_sets]
+    with registry() as client:
+        base = None
+        if file is None:
+            assert name is not None
+            current = client.get_online_endpoint(name).doc.spec
+            base = {
+                "name": current.name,
+                "description": current.description,
+                "tags": current.tags,
+                "auth_mode": current.auth_mode.value,
+                **({"compute": current.compute} if current.compute else {}),
+            }
+        loaded = load_online_endpoint(optional_path(file), field_sets, name=name, base=base)
+        warn(loaded.warnings)
+        spec = loaded.spec
+        shares = dict(spec.traffic) if "traffic" in loaded.named else None
+        mirror = dict(spec.mirror_traffic) if "mirror_traffic" in loaded.named else None
+        for item in traffic_sets:
+            key, _, value = item.partition("=")
+            field, _, deployment = key.partition(".")
+            change = parse_shares([f"{deployment}={value}"], "--set")
+            if field == "traffic":
+                shares = {**(shares or {}), **change}
+            else:
+                mirror = {**(mirror or {}), **change}
+        if traffic:
+            shares = {**(shares or {}), **parse_shares(traffic, "--traffic")}
+        if mirror_traffic:
+            mirror = {**(mirror or {}), **parse_shares(mirror_traffic, "--mirror-traffic")}
+        spec = spec.model_copy(update={"traffic": shares or {}, "mirror_traffic": mirror or {}})
+        endpoint = client.update_online_endpoint(
+            spec, with_traffic=shares is not None, with_mirror_traffic=mirror is not None
+        )
+    del no_wait  # traffic changes wait for traffic.applied once the traffic controller exists
+    err_console.print(f"Updated online endpoint {endpoint.doc.spec.name}.")
+    show_one(endpoint, output)
+
+
+@app.command()
+def show(
+    name: str = typer.Option(..., "--name", "-n"), output: OutputFormat = OutputOption
+) -> None:
+    """Show one endpoint: its traffic split, state and scoring URI."""
+    with registry() as client:
+        show_one(client.get_online_endpoint(name), output)
+
+
+@app.command("list")
+def list_(output: OutputFormat = OutputOption) -> None:
+    """List every online endpoint."""
+    with registry() as client:
+        endpoints = client.list_online_endpoints()
+    if output is OutputFormat.table:
+        render([view(e) for e in endpoints], output, columns=COLUMNS, title="Online endpoints")
+    else:
+        render([dump(e.doc) | {"scoring_uri": e.scoring_uri} for e in endpoints], output)
+
+
+@app.command()
+def delete(
+    name: str = typer.Option(..., "--name", "-n"),
+    yes: bool = typer.Option(False, "--yes", "-y", help="accepted for Azure compatibility"),
+    no_wait: bool = NoWaitOption,
+) -> None:
+    """Delete an endpoint and all of its deployments; the name is free again at once."""
+    del yes, no_wait
+    with registry() as client:
+        client.delete_online_endpoint(name)
+    err_console.print(f"Deleted online endpoint {name} and its deployments.")
+
+
+@app.command("get-credentials")
+def get_credentials(
+    name: str = typer.Option(..., "--name", "-n"), output: OutputFormat = OutputOption
+) -> None:
+    """Print the endpoint's keys (key auth) or a fresh token and its expiry (aml_token)."""
+    with registry() as client:
+        creds = client.get_credentials(name)
+    if creds.auth_mode is AuthMode.key:
+        data: dict[str, Any] = {
+            "primaryKey": creds.primary_key,
+            "secondaryKey": creds.secondary_key,
+        }
+    else:
+        expiry = creds.expiry_time.isoformat() if creds.expiry_time else ""
+        data = {"accessToken": creds.access_token, "tokenType": "Bearer", "expiryTimeUtc": expiry}
+    render(data, output)
+
+
+@app.command("regenerate-keys")
+def regenerate_keys(
+    name: str = typer.Option(..., "--name", "-n"),
+    key_type: str = typer.Option("primary", "--key-type", help="primary or secondary"),
+) -> None:
+    """Replace one key; clients using the other keep working."""
+    with registry() as client:
+        client.regenerate_key(name, key_type)
+    err_console.print(f"Regenerated the {key_type} key of {name}.")

@@ -1,0 +1,343 @@
+"""Python client for the registry's gRPC API.
+
+`RegistryClient.connect()` finds the local platform (address and admin token
+from `.sluice/`) unless `SLUICE_REGISTRY_ADDRESS` / `SLUICE_ADMIN_TOKEN` say
+otherwise. Every call raises `SluiceError` with the server's message on
+failure; the resource models of `sluice.common.resources` go in and come out.
+"""
+
+from __future__ import annotations
+
+import getpass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+
+from sluice.common.artifacts import chunks, pack
+from sluice.common.platform import LocalPlatform
+from sluice.common.protoconv import M, to_model, to_proto
+from sluice.common.resources import (
+    ArtifactRef,
+    AuthMode,
+    BatchDeploymentDoc,
+    BatchDeploymentSpec,
+    BatchEndpointDoc,
+    BatchEndpointSpec,
+    OnlineDeploymentDoc,
+    OnlineDeploymentSpec,
+    OnlineEndpointDoc,
+    OnlineEndpointSpec,
+)
+from sluice.common.settings import Settings
+from sluice.v1 import common_pb2, registry_pb2, registry_pb2_grpc
+
+T = TypeVar("T")
+PAGE_SIZE = 500
+
+
+class SluiceError(Exception):
+    """A call the platform refused; `code` is the gRPC status name (NOT_FOUND, ...)."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class OnlineEndpoint:
+    doc: OnlineEndpointDoc
+    scoring_uri: str
+    swagger_uri: str
+
+
+@dataclass(frozen=True)
+class BatchEndpoint:
+    doc: BatchEndpointDoc
+    scoring_uri: str
+
+
+@dataclass(frozen=True)
+class Credentials:
+    auth_mode: AuthMode
+    primary_key: str = ""
+    secondary_key: str = ""
+    access_token: str = ""
+    expiry_time: datetime | None = None
+
+
+def _doc(message: Any, model: type[M]) -> M:
+    return to_model(message, model, exclude=("scoring_uri", "swagger_uri"))
+
+
+class RegistryClient:
+    def __init__(self, address: str, token: str, *, actor: str | None = None):
+        self.address = address
+        self._channel = grpc.insecure_channel(address)
+        self._stub = registry_pb2_grpc.RegistryStub(self._channel)
+        self._metadata = (
+            ("authorization", f"Bearer {token}"),
+            ("actor", actor or getpass.getuser()),
+        )
+
+    @classmethod
+    def connect(cls, settings: Settings | None = None) -> RegistryClient:
+        """A client for the configured registry, or for the local platform's."""
+        settings = settings or Settings()
+        platform = LocalPlatform(settings)
+        address = settings.registry_address
+        if not address:
+            state = platform.load_state()
+            if state is None or not state.registry_address:
+                raise SluiceError(
+                    "UNAVAILABLE",
+                    "the platform is not running: start it with `sluice up` "
+                    "(or set SLUICE_REGISTRY_ADDRESS)",
+                )
+            address = state.registry_address
+        token = settings.admin_token
+        if not token:
+            token_file = platform.state_dir / "admin-token"
+            if not token_file.exists():
+                raise SluiceError("UNAUTHENTICATED", f"no admin token in {token_file}")
+            token = token_file.read_text().strip()
+        return cls(address, token)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> RegistryClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def _call(self, method: Callable[..., T], request: Any) -> T:
+        try:
+            return method(request, metadata=self._metadata, timeout=30)
+        except grpc.RpcError as exc:
+            code = exc.code()
+            if code is grpc.StatusCode.UNAVAILABLE:
+                raise SluiceError(
+                    "UNAVAILABLE",
+                    f"cannot reach the registry at {self.address}: is the platform up "
+                    "(`sluice status`)?",
+                ) from None
+            raise SluiceError(code.name, exc.details() or code.name) from None
+
+    def _paged(
+        self, method: Callable[..., Any], request_type: Any, field: str, **fields: Any
+    ) -> Iterator[Any]:
+        """Every item of a paginated List call, fetching pages as they are consumed."""
+        token = ""
+        while True:
+            page = common_pb2.PageRequest(page_size=PAGE_SIZE, page_token=token)
+            response = self._call(method, request_type(page=page, **fields))
+            yield from getattr(response, field)
+            token = response.page.next_page_token
+            if not token:
+                return
+
+    # ---- artifacts ----------------------------------------------------------------------
+
+    def upload(self, path: Path) -> ArtifactRef:
+        """Pack a file or folder canonically and store it; the same content gives the same ref."""
+        archive = pack(path)
+        first = True
+
+        def requests() -> Iterator[registry_pb2.ArtifactChunk]:
+            nonlocal first
+            for data in chunks(archive) if archive else [b""]:
+                if first:
+                    first = False
+                    yield registry_pb2.ArtifactChunk(
+                        name=path.resolve().name, is_directory=path.is_dir(), data=data
+                    )
+                else:
+                    yield registry_pb2.ArtifactChunk(data=data)
+
+        ref = self._call(self._stub.UploadArtifact, requests())
+        return ArtifactRef(digest=ref.digest, name=ref.name, is_directory=ref.is_directory)
+
+    # ---- online endpoints ---------------------------------------------------------------
+
+    @staticmethod
+    def _online_endpoint(msg: Any) -> OnlineEndpoint:
+        return OnlineEndpoint(
+            doc=_doc(msg, OnlineEndpointDoc),
+            scoring_uri=msg.scoring_uri,
+            swagger_uri=msg.swagger_uri,
+        )
+
+    def create_online_endpoint(self, spec: OnlineEndpointSpec) -> OnlineEndpoint:
+        request = registry_pb2.CreateOnlineEndpointRequest(
+            spec=to_proto(spec, registry_pb2.OnlineEndpointSpec())
+        )
+        return self._online_endpoint(self._call(self._stub.CreateOnlineEndpoint, request))
+
+    def get_online_endpoint(self, name: str) -> OnlineEndpoint:
+        request = registry_pb2.GetOnlineEndpointRequest(name=name)
+        return self._online_endpoint(self._call(self._stub.GetOnlineEndpoint, request))
+
+    def list_online_endpoints(self) -> list[OnlineEndpoint]:
+        items = self._paged(
+            self._stub.ListOnlineEndpoints, registry_pb2.ListOnlineEndpointsRequest, "endpoints"
+        )
+        return [self._online_endpoint(m) for m in items]
+
+    def update_online_endpoint(
+        self,
+        spec: OnlineEndpointSpec,
+        *,
+        with_traffic: bool,
+        with_mirror_traffic: bool,
+        expected_version: int | None = None,
+    ) -> OnlineEndpoint:
+        request = registry_pb2.UpdateOnlineEndpointRequest(
+            spec=to_proto(spec, registry_pb2.OnlineEndpointSpec()),
+            has_traffic=with_traffic,
+            has_mirror_traffic=with_mirror_traffic,
+            expected_version=expected_version,
+        )
+        return self._online_endpoint(self._call(self._stub.UpdateOnlineEndpoint, request))
+
+    def set_traffic(
+        self, name: str, shares: dict[str, int], *, mirror: bool = False
+    ) -> OnlineEndpoint:
+        request = registry_pb2.SetTrafficRequest(endpoint_name=name, traffic=shares)
+        method = self._stub.SetMirrorTraffic if mirror else self._stub.SetTraffic
+        return self._online_endpoint(self._call(method, request))
+
+    def delete_online_endpoint(self, name: str) -> None:
+        self._call(
+            self._stub.DeleteOnlineEndpoint, registry_pb2.DeleteOnlineEndpointRequest(name=name)
+        )
+
+    def get_credentials(self, name: str) -> Credentials:
+        msg = self._call(
+            self._stub.GetCredentials, registry_pb2.GetCredentialsRequest(endpoint_name=name)
+        )
+        mode = (
+            AuthMode.aml_token if msg.auth_mode == common_pb2.AUTH_MODE_AML_TOKEN else AuthMode.key
+        )
+        return Credentials(
+            auth_mode=mode,
+            primary_key=msg.primary_key,
+            secondary_key=msg.secondary_key,
+            access_token=msg.access_token,
+            expiry_time=msg.expiry_time.ToDatetime() if msg.HasField("expiry_time") else None,
+        )
+
+    def regenerate_key(self, name: str, key_type: str) -> OnlineEndpoint:
+        which = {
+            "primary": registry_pb2.KEY_TYPE_PRIMARY,
+            "secondary": registry_pb2.KEY_TYPE_SECONDARY,
+        }
+        request = registry_pb2.RegenerateKeysRequest(
+            endpoint_name=name, key_type=which.get(key_type, registry_pb2.KEY_TYPE_UNSPECIFIED)
+        )
+        return self._online_endpoint(self._call(self._stub.RegenerateKeys, request))
+
+    def jwks(self) -> str:
+        return str(self._call(self._stub.GetJwks, registry_pb2.GetJwksRequest()).json)
+
+    # ---- online deployments -------------------------------------------------------------
+
+    def create_online_deployment(self, spec: OnlineDeploymentSpec) -> OnlineDeploymentDoc:
+        request = registry_pb2.CreateOnlineDeploymentRequest(
+            spec=to_proto(spec, registry_pb2.OnlineDeploymentSpec())
+        )
+        return _doc(self._call(self._stub.CreateOnlineDeployment, request), OnlineDeploymentDoc)
+
+    def get_online_deployment(self, endpoint: str, name: str) -> OnlineDeploymentDoc:
+        request = registry_pb2.GetDeploymentRequest(endpoint_name=endpoint, name=name)
+        return _doc(self._call(self._stub.GetOnlineDeployment, request), OnlineDeploymentDoc)
+
+    def list_online_deployments(self, endpoint: str) -> list[OnlineDeploymentDoc]:
+        items = self._paged(
+            self._stub.ListOnlineDeployments,
+            registry_pb2.ListDeploymentsRequest,
+            "deployments",
+            endpoint_name=endpoint,
+        )
+        return [_doc(m, OnlineDeploymentDoc) for m in items]
+
+    def update_online_deployment(
+        self, spec: OnlineDeploymentSpec, expected_version: int | None = None
+    ) -> OnlineDeploymentDoc:
+        request = registry_pb2.UpdateOnlineDeploymentRequest(
+            spec=to_proto(spec, registry_pb2.OnlineDeploymentSpec()),
+            expected_version=expected_version,
+        )
+        return _doc(self._call(self._stub.UpdateOnlineDeployment, request), OnlineDeploymentDoc)
+
+    def delete_online_deployment(self, endpoint: str, name: str) -> None:
+        request = registry_pb2.DeleteDeploymentRequest(endpoint_name=endpoint, name=name)
+        self._call(self._stub.DeleteOnlineDeployment, request)
+
+    # ---- batch --------------------------------------------------------------------------
+
+    @staticmethod
+    def _batch_endpoint(msg: Any) -> BatchEndpoint:
+        return BatchEndpoint(doc=_doc(msg, BatchEndpointDoc), scoring_uri=msg.scoring_uri)
+
+    def create_batch_endpoint(self, spec: BatchEndpointSpec) -> BatchEndpoint:
+        request = registry_pb2.CreateBatchEndpointRequest(
+            spec=to_proto(spec, registry_pb2.BatchEndpointSpec())
+        )
+        return self._batch_endpoint(self._call(self._stub.CreateBatchEndpoint, request))
+
+    def get_batch_endpoint(self, name: str) -> BatchEndpoint:
+        request = registry_pb2.GetBatchEndpointRequest(name=name)
+        return self._batch_endpoint(self._call(self._stub.GetBatchEndpoint, request))
+
+    def list_batch_endpoints(self) -> list[BatchEndpoint]:
+        items = self._paged(
+            self._stub.ListBatchEndpoints, registry_pb2.ListBatchEndpointsRequest, "endpoints"
+        )
+        return [self._batch_endpoint(m) for m in items]
+
+    def update_batch_endpoint(self, spec: BatchEndpointSpec) -> BatchEndpoint:
+        request = registry_pb2.UpdateBatchEndpointRequest(
+            spec=to_proto(spec, registry_pb2.BatchEndpointSpec())
+        )
+        return self._batch_endpoint(self._call(self._stub.UpdateBatchEndpoint, request))
+
+    def delete_batch_endpoint(self, name: str) -> None:
+        self._call(
+            self._stub.DeleteBatchEndpoint, registry_pb2.DeleteBatchEndpointRequest(name=name)
+        )
+
+    def create_batch_deployment(
+        self, spec: BatchDeploymentSpec, *, set_default: bool = False
+    ) -> BatchDeploymentDoc:
+        request = registry_pb2.CreateBatchDeploymentRequest(
+            spec=to_proto(spec, registry_pb2.BatchDeploymentSpec()), set_default=set_default
+        )
+        return _doc(self._call(self._stub.CreateBatchDeployment, request), BatchDeploymentDoc)
+
+    def get_batch_deployment(self, endpoint: str, name: str) -> BatchDeploymentDoc:
+        request = registry_pb2.GetDeploymentRequest(endpoint_name=endpoint, name=name)
+        return _doc(self._call(self._stub.GetBatchDeployment, request), BatchDeploymentDoc)
+
+    def list_batch_deployments(self, endpoint: str) -> list[BatchDeploymentDoc]:
+        items = self._paged(
+            self._stub.ListBatchDeployments,
+            registry_pb2.ListDeploymentsRequest,
+            "deployments",
+            endpoint_name=endpoint,
+        )
+        return [_doc(m, BatchDeploymentDoc) for m in items]
+
+    def update_batch_deployment(self, spec: BatchDeploymentSpec) -> BatchDeploymentDoc:
+        request = registry_pb2.UpdateBatchDeploymentRequest(
+            spec=to_proto(spec, registry_pb2.BatchDeploymentSpec())
+        )
+        return _doc(self._call(self._stub.UpdateBatchDeployment, request), BatchDeploymentDoc)
+
+    def delete_batch_deployment(self, endpoint: str, name: str) -> None:
+        request = registry_pb2.DeleteDeploymentRequest(endpoint_name=endpoint, name=name)
+        self._call(self._stub.DeleteBatchDeployment, request)

@@ -1,0 +1,526 @@
+"""Azure ML CLI v2 YAML files -> Sluice resource specs.
+
+The models below accept the YAML schemas of managed and kubernetes online
+endpoints/deployments and batch endpoints/deployments (both the newer
+`settings:` block and the older top-level batch keys), with `$schema`.
+Fields that only make sense on Azure are accepted and reported as warnings;
+unknown fields are errors. Relative paths resolve against the YAML's folder.
+`--set a.b=value` overrides apply to the YAML before validation, as in Azure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from sluice.common.resources import (
+    ArtifactRef,
+    AuthMode,
+    BatchDeploymentSpec,
+    BatchEndpointSpec,
+    BatchSettings,
+    CodeConfiguration,
+    ComputeKind,
+    EnvironmentSpec,
+    ModelRef,
+    OnlineDeploymentSpec,
+    OnlineEndpointSpec,
+    OutputAction,
+    Probe,
+    RequestSettings,
+    ResourceRequirements,
+    RetrySettings,
+    ScaleSettings,
+)
+
+Uploader = Callable[[Path], ArtifactRef]
+S = TypeVar("S")
+
+# Fields that name Azure resources or features with no local meaning.
+AZURE_ONLY = frozenset(
+    {
+        "identity",
+        "public_network_access",
+        "egress_public_network_access",
+        "data_collector",
+        "private_network_connection",
+        "model_mount_path",
+        "with_package",
+        "properties",
+        "location",
+    }
+)
+
+
+class SpecError(ValueError):
+    """A YAML file Sluice cannot use; the message names the file and the field."""
+
+
+class _Azure(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    schema_: str | None = Field(default=None, alias="$schema")
+
+
+def _strip_azureml(ref: str) -> str:
+    """`azureml:my-model:1` -> `my-model:1` (and `azureml://...` asset ids kept as given)."""
+    return ref.removeprefix("azureml:") if not ref.startswith("azureml://") else ref
+
+
+# ---- online endpoint ----------------------------------------------------------------------
+
+
+class AzureOnlineEndpoint(_Azure):
+    name: str
+    description: str = ""
+    tags: dict[str, str] = Field(default_factory=dict)
+    auth_mode: Literal["key", "aml_token", "aad_token"] = "key"
+    traffic: dict[str, int] | None = None
+    mirror_traffic: dict[str, int] | None = None
+    compute: str | None = None
+    kind: str | None = None
+
+    def to_spec(self) -> OnlineEndpointSpec:
+        kubernetes = bool(self.compute) or "kubernetes" in (self.schema_ or "").lower()
+        return OnlineEndpointSpec(
+            name=self.name,
+            description=self.description,
+            tags=self.tags,
+            # aad_token is accepted for compatibility and treated as aml_token (SPEC.md).
+            auth_mode=AuthMode.key if self.auth_mode == "key" else AuthMode.aml_token,
+            kind=ComputeKind.kubernetes if kubernetes else ComputeKind.managed,
+            compute=_strip_azureml(self.compute or ""),
+            traffic=self.traffic or {},
+            mirror_traffic=self.mirror_traffic or {},
+        )
+
+
+# ---- shared deployment parts ---------------------------------------------------------------
+
+
+class AzureModel(_Azure):
+    path: str | None = None
+    name: str | None = None
+    version: str | int | None = None
+    type: str | None = None
+    description: str | None = None
+
+
+class AzureCode(_Azure):
+    code: str
+    scoring_script: str
+
+
+class AzureEnvironment(_Azure):
+    conda_file: str | None = None
+    image: str | None = None
+    name: str | None = None
+    version: str | int | None = None
+    description: str | None = None
+    build: dict[str, Any] | None = None
+    inference_config: dict[str, Any] | None = None
+    os_type: str | None = None
+
+
+class _Resolver:
+    """Resolves relative paths against the YAML's folder and uploads artifacts."""
+
+    def __init__(self, base: Path, upload: Uploader):
+        self.base = base
+        self._upload = upload
+
+    def path(self, value: str, field: str) -> Path:
+        path = (self.base / value).resolve()
+        if not path.exists():
+            raise SpecError(f"{field}: {value!r} does not exist (looked for {path})")
+        return path
+
+    def model(self, model: str | AzureModel | None) -> ModelRef:
+        if model is None:
+            return ModelRef()
+        if isinstance(model, str):
+            if model.startswith("azureml:"):
+                return ModelRef(registered=_strip_azureml(model))
+            return ModelRef(artifact=self._upload(self.path(model, "model")))
+        if model.path:
+            return ModelRef(artifact=self._upload(self.path(model.path, "model.path")))
+        if model.name:
+            return ModelRef(registered=f"{model.name}:{model.version or 'latest'}")
+        raise SpecError("model needs `path` (a file or folder) or `name` and `version`")
+
+    def code(self, code: AzureCode | None) -> CodeConfiguration:
+        if code is None:
+            return CodeConfiguration()
+        folder = self.path(code.code, "code_configuration.code")
+        if not (folder / code.scoring_script).is_file():
+            raise SpecError(
+                f"code_configuration.scoring_script: {code.scoring_script!r} is not a file in "
+                f"{folder}"
+            )
+        return CodeConfiguration(code=self._upload(folder), scoring_script=code.scoring_script)
+
+    def environment(self, env: str | AzureEnvironment | None) -> EnvironmentSpec:
+        if env is None:
+            return EnvironmentSpec()
+        if isinstance(env, str):
+            return EnvironmentSpec(registered=_strip_azureml(env))
+        if env.conda_file is None and env.image is None and env.name and env.version:
+            return EnvironmentSpec(registered=f"{env.name}:{env.version}")
+        conda = ""
+        if env.conda_file:
+            conda = self.path(env.conda_file, "environment.conda_file").read_text()
+        if env.build:
+            raise SpecError(
+                "environment.build (a Docker build context) is not supported; "
+                "use conda_file and/or image"
+            )
+        return EnvironmentSpec(conda_file=conda, image=env.image or "")
+
+
+# ---- online deployment -----------------------------------------------------------------------
+
+
+class AzureRequestSettings(_Azure):
+    request_timeout_ms: int = 5000
+    max_concurrent_requests_per_instance: int = 1
+    max_queue_wait_ms: int = 500
+
+
+class AzureProbe(_Azure):
+    initial_delay: int = 10
+    period: int = 10
+    timeout: int = 2
+    success_threshold: int = 1
+    failure_threshold: int = 30
+
+    def to_spec(self) -> Probe:
+        return Probe(
+            initial_delay_s=self.initial_delay,
+            period_s=self.period,
+            timeout_s=self.timeout,
+            success_threshold=self.success_threshold,
+            failure_threshold=self.failure_threshold,
+        )
+
+
+class AzureScaleSettings(_Azure):
+    type: Literal["default", "target_utilization"] = "default"
+    min_instances: int = 1
+    max_instances: int = 1
+    target_utilization_percentage: int = 70
+    polling_interval: int = 1
+
+
+class AzureResources(_Azure):
+    requests: dict[str, str] = Field(default_factory=dict)
+    limits: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("requests", "limits", mode="before")
+    @classmethod
+    def _as_text(cls, value: Any) -> Any:
+        return {k: str(v) for k, v in value.items()} if isinstance(value, Mapping) else value
+
+
+class AzureOnlineDeployment(_Azure):
+    name: str
+    endpoint_name: str
+    description: str = ""
+    tags: dict[str, str] = Field(default_factory=dict)
+    type: Literal["managed", "kubernetes"] | None = None
+    model: str | AzureModel | None = None
+    code_configuration: AzureCode | None = None
+    environment: str | AzureEnvironment | None = None
+    instance_type: str = "Standard_DS3_v2"
+    instance_count: int = 1
+    environment_variables: dict[str, str] = Field(default_factory=dict)
+    request_settings: AzureRequestSettings = AzureRequestSettings()
+    liveness_probe: AzureProbe = AzureProbe()
+    readiness_probe: AzureProbe = AzureProbe()
+    scale_settings: AzureScaleSettings = AzureScaleSettings()
+    resources: AzureResources = AzureResources()
+    app_insights_enabled: bool = False
+
+    @field_validator("environment_variables", mode="before")
+    @classmethod
+    def _env_as_text(cls, value: Any) -> Any:
+        return {k: str(v) for k, v in value.items()} if isinstance(value, Mapping) else value
+
+    def to_spec(self, resolve: _Resolver) -> OnlineDeploymentSpec:
+        kubernetes = self.type == "kubernetes" or "kubernetes" in (self.schema_ or "").lower()
+        scale = self.scale_settings
+        return OnlineDeploymentSpec(
+            name=self.name,
+            endpoint_name=self.endpoint_name,
+            description=self.description,
+            tags=self.tags,
+            kind=ComputeKind.kubernetes if kubernetes else ComputeKind.managed,
+            model=resolve.model(self.model),
+            code_configuration=resolve.code(self.code_configuration),
+            environment=resolve.environment(self.environment),
+            instance_type=self.instance_type,
+            instance_count=self.instance_count,
+            environment_variables=self.environment_variables,
+            request_settings=RequestSettings(
+                **self.request_settings.model_dump(exclude={"schema_"})
+            ),
+            liveness_probe=self.liveness_probe.to_spec(),
+            readiness_probe=self.readiness_probe.to_spec(),
+            scale_settings=ScaleSettings(
+                type=scale.type,
+                min_instances=scale.min_instances,
+                max_instances=scale.max_instances,
+                target_utilization_percentage=scale.target_utilization_percentage,
+                polling_interval_s=scale.polling_interval,
+            ),
+            resources=ResourceRequirements(
+                requests=self.resources.requests, limits=self.resources.limits
+            ),
+            app_insights_enabled=self.app_insights_enabled,
+        )
+
+
+# ---- batch ---------------------------------------------------------------------------------------
+
+
+class AzureBatchDefaults(_Azure):
+    deployment_name: str | None = None
+
+
+class AzureBatchEndpoint(_Azure):
+    name: str
+    description: str = ""
+    tags: dict[str, str] = Field(default_factory=dict)
+    auth_mode: Literal["aad_token", "aml_token", "key"] = "aad_token"
+    defaults: AzureBatchDefaults = AzureBatchDefaults()
+
+    def to_spec(self) -> BatchEndpointSpec:
+        return BatchEndpointSpec(
+            name=self.name,
+            description=self.description,
+            tags=self.tags,
+            auth_mode=AuthMode.key if self.auth_mode == "key" else AuthMode.aml_token,
+            default_deployment=self.defaults.deployment_name or "",
+        )
+
+
+class AzureRetrySettings(_Azure):
+    max_retries: int = 3
+    timeout: int = 30
+
+
+class AzureBatchSettings(_Azure):
+    max_concurrency_per_instance: int = 1
+    mini_batch_size: int = 10
+    output_action: Literal["append_row", "summary_only"] = "append_row"
+    output_file_name: str = "predictions.csv"
+    retry_settings: AzureRetrySettings = AzureRetrySettings()
+    error_threshold: int = -1
+    logging_level: str = "info"
+    environment_variables: dict[str, str] = Field(default_factory=dict)
+
+    def to_spec(self) -> BatchSettings:
+        return BatchSettings(
+            max_concurrency_per_instance=self.max_concurrency_per_instance,
+            mini_batch_size=self.mini_batch_size,
+            output_action=OutputAction(self.output_action),
+            output_file_name=self.output_file_name,
+            retry_settings=RetrySettings(
+                max_retries=self.retry_settings.max_retries,
+                timeout_s=self.retry_settings.timeout,
+            ),
+            error_threshold=self.error_threshold,
+            logging_level=self.logging_level,
+            environment_variables=self.environment_variables,
+        )
+
+
+BATCH_SETTING_KEYS = frozenset(AzureBatchSettings.model_fields) - {"schema_"}
+
+
+class AzureBatchResources(_Azure):
+    instance_count: int = 1
+
+
+class AzureBatchDeployment(_Azure):
+    name: str
+    endpoint_name: str
+    description: str = ""
+    tags: dict[str, str] = Field(default_factory=dict)
+    type: Literal["model"] = "model"
+    model: str | AzureModel | None = None
+    code_configuration: AzureCode | None = None
+    environment: str | AzureEnvironment | None = None
+    compute: str = ""
+    resources: AzureBatchResources = AzureBatchResources()
+    settings: AzureBatchSettings = AzureBatchSettings()
+
+    def to_spec(self, resolve: _Resolver) -> BatchDeploymentSpec:
+        return BatchDeploymentSpec(
+            name=self.name,
+            endpoint_name=self.endpoint_name,
+            description=self.description,
+            tags=self.tags,
+            model=resolve.model(self.model),
+            code_configuration=resolve.code(self.code_configuration),
+            environment=resolve.environment(self.environment),
+            compute=_strip_azureml(self.compute),
+            instance_count=self.resources.instance_count,
+            settings=self.settings.to_spec(),
+        )
+
+
+# ---- loading -------------------------------------------------------------------------------------
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_sets(data: dict[str, Any], sets: Sequence[str]) -> dict[str, Any]:
+    """Apply Azure-style `--set a.b=value` overrides (values parsed as YAML scalars)."""
+    for item in sets:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SpecError(f"--set {item!r}: use key=value, e.g. --set instance_count=2")
+        parts = key.split(".")
+        node = data
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise SpecError(f"--set {item!r}: {part!r} is not a mapping")
+            node = child
+        node[parts[-1]] = _parse_value(value)
+    return data
+
+
+def read_yaml(path: Path | None, sets: Sequence[str] = ()) -> dict[str, Any]:
+    """The YAML mapping in `path` (or {} without a file) with `--set` overrides applied."""
+    data: Any = {}
+    if path is not None:
+        if not path.is_file():
+            raise SpecError(f"{path}: no such file")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or str(exc)
+            raise SpecError(f"{path}:{where}: invalid YAML: {problem}") from None
+        if not isinstance(data, dict):
+            raise SpecError(f"{path}: expected a mapping of fields, got {type(data).__name__}")
+    return apply_sets(data, sets)
+
+
+def _split_azure_only(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    ignored = sorted(k for k in data if k in AZURE_ONLY)
+    return {k: v for k, v in data.items() if k not in AZURE_ONLY}, ignored
+
+
+def _validate(model: type[Any], data: dict[str, Any], source: str) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-"))
+        message = first["msg"]
+        if first["type"] == "extra_forbidden":
+            message = "unknown field (check the spelling against the Azure ML schema)"
+        elif first["type"] == "missing":
+            message = "required field is missing"
+        extra = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+        raise SpecError(f"{source}: {where}: {message}{extra}") from None
+
+
+@dataclass(frozen=True)
+class Loaded(Generic[S]):
+    spec: S
+    warnings: list[str]
+    # Top-level fields the YAML (with --set) named: tells "traffic: {}" from no traffic at all.
+    named: frozenset[str] = frozenset()
+
+
+def _prepare(
+    path: Path | None,
+    sets: Sequence[str],
+    overrides: Mapping[str, str | None],
+    base: Mapping[str, Any] | None = None,
+) -> tuple[dict[str, Any], list[str], str]:
+    data = apply_sets(dict(base), sets) if base is not None else read_yaml(path, sets)
+    data.update({k: v for k, v in overrides.items() if v})
+    data, ignored = _split_azure_only(data)
+    source = str(path) if path else "command line"
+    warnings = [f"{source}: {key} is an Azure-only field; ignored" for key in ignored]
+    return data, warnings, source
+
+
+def load_online_endpoint(
+    path: Path | None,
+    sets: Sequence[str] = (),
+    *,
+    name: str | None = None,
+    base: Mapping[str, Any] | None = None,
+) -> Loaded[OnlineEndpointSpec]:
+    """From a YAML file, or from `base` (the stored endpoint) when updating by name."""
+    data, warnings, source = _prepare(path, sets, {"name": name}, base)
+    model: AzureOnlineEndpoint = _validate(AzureOnlineEndpoint, data, source)
+    return Loaded(model.to_spec(), warnings, frozenset(data))
+
+
+def load_online_deployment(
+    path: Path | None,
+    upload: Uploader,
+    sets: Sequence[str] = (),
+    *,
+    name: str | None = None,
+    endpoint_name: str | None = None,
+) -> Loaded[OnlineDeploymentSpec]:
+    data, warnings, source = _prepare(path, sets, {"name": name, "endpoint_name": endpoint_name})
+    model: AzureOnlineDeployment = _validate(AzureOnlineDeployment, data, source)
+    base = path.parent if path else Path.cwd()
+    return Loaded(model.to_spec(_Resolver(base, upload)), warnings)
+
+
+def load_batch_endpoint(
+    path: Path | None,
+    sets: Sequence[str] = (),
+    *,
+    name: str | None = None,
+    base: Mapping[str, Any] | None = None,
+) -> Loaded[BatchEndpointSpec]:
+    data, warnings, source = _prepare(path, sets, {"name": name}, base)
+    model: AzureBatchEndpoint = _validate(AzureBatchEndpoint, data, source)
+    return Loaded(model.to_spec(), warnings)
+
+
+def load_batch_deployment(
+    path: Path | None,
+    upload: Uploader,
+    sets: Sequence[str] = (),
+    *,
+    name: str | None = None,
+    endpoint_name: str | None = None,
+) -> Loaded[BatchDeploymentSpec]:
+    data, warnings, source = _prepare(path, sets, {"name": name, "endpoint_name": endpoint_name})
+    # The older schema puts batch settings at the top level; fold them into `settings:`.
+    legacy = {k: data.pop(k) for k in list(data) if k in BATCH_SETTING_KEYS}
+    if legacy:
+        settings = data.setdefault("settings", {})
+        if not isinstance(settings, dict):
+            raise SpecError(f"{source}: settings: expected a mapping")
+        clash = sorted(set(legacy) & set(settings))
+        if clash:
+            raise SpecError(
+                f"{source}: {', '.join(clash)} given both at the top level and under settings:"
+            )
+        settings.update(legacy)
+    model: AzureBatchDeployment = _validate(AzureBatchDeployment, data, source)
+    base = path.parent if path else Path.cwd()
+    return Loaded(model.to_spec(_Resolver(base, upload)), warnings)

@@ -1,0 +1,1 @@
+"""Sluice registry: the source of truth for endpoints, deployments, traffic and credentials."""

@@ -1,0 +1,336 @@
+"""gRPC face of the registry: protobuf <-> resource models, domain errors -> status codes.
+
+The only module of the registry that imports generated protobuf code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from functools import wraps
+from typing import Any
+
+import grpc
+
+from sluice.common.artifacts import ArtifactError, ArtifactStore
+from sluice.common.grpc_server import actor_of
+from sluice.common.protoconv import ConversionError, M, to_model, to_proto
+from sluice.common.resources import (
+    BatchDeploymentDoc,
+    BatchDeploymentSpec,
+    BatchEndpointDoc,
+    BatchEndpointSpec,
+    OnlineDeploymentDoc,
+    OnlineDeploymentSpec,
+    OnlineEndpointDoc,
+    OnlineEndpointSpec,
+)
+from sluice.registry.credentials import Token
+from sluice.registry.domain import (
+    AlreadyExists,
+    Conflict,
+    DomainError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
+from sluice.registry.service import RegistryService
+from sluice.v1 import common_pb2, registry_pb2, registry_pb2_grpc
+
+CODES: dict[type[DomainError], grpc.StatusCode] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    Conflict: grpc.StatusCode.ABORTED,
+}
+
+# ---- error mapping -----------------------------------------------------------------------
+
+Behaviour = Callable[..., Awaitable[Any]]
+
+
+def domain_errors(behaviour: Behaviour) -> Behaviour:
+    """Turn a DomainError into the matching gRPC status with its message."""
+
+    @wraps(behaviour)
+    async def call(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await behaviour(self, request, context)
+        except DomainError as exc:
+            await context.abort(CODES[type(exc)], str(exc))
+
+    return call
+
+
+def _spec(message: Any, model: type[M]) -> M:
+    try:
+        return to_model(message, model)
+    except ConversionError as exc:
+        raise InvalidArgument(str(exc)) from exc
+
+
+def _expected(request: Any) -> int | None:
+    return request.expected_version if request.HasField("expected_version") else None
+
+
+class RegistryApi(registry_pb2_grpc.RegistryServicer):
+    def __init__(self, service: RegistryService, artifacts: ArtifactStore, scoring_base: str):
+        self._svc = service
+        self._artifacts = artifacts
+        # "https://{name}.sluice.localhost:8443": scoring URIs are derived, never stored.
+        self._scoring_base = scoring_base
+
+    # ---- views ----------------------------------------------------------------------------
+
+    def _online_endpoint(self, doc: OnlineEndpointDoc) -> registry_pb2.OnlineEndpoint:
+        msg = to_proto(doc, registry_pb2.OnlineEndpoint())
+        base = self._scoring_base.format(name=doc.spec.name)
+        msg.scoring_uri = f"{base}/score"
+        msg.swagger_uri = f"{base}/swagger.json"
+        return msg
+
+    @staticmethod
+    def _online_deployment(doc: OnlineDeploymentDoc) -> registry_pb2.OnlineDeployment:
+        return to_proto(doc, registry_pb2.OnlineDeployment())
+
+    def _batch_endpoint(self, doc: BatchEndpointDoc) -> registry_pb2.BatchEndpoint:
+        msg = to_proto(doc, registry_pb2.BatchEndpoint())
+        msg.scoring_uri = self._scoring_base.format(name=doc.spec.name) + "/jobs"
+        return msg
+
+    @staticmethod
+    def _batch_deployment(doc: BatchDeploymentDoc) -> registry_pb2.BatchDeployment:
+        return to_proto(doc, registry_pb2.BatchDeployment())
+
+    @staticmethod
+    def _token(token: Token) -> registry_pb2.Credentials:
+        msg = registry_pb2.Credentials(
+            auth_mode=common_pb2.AUTH_MODE_AML_TOKEN, access_token=token.value
+        )
+        msg.expiry_time.FromDatetime(token.expires_at)
+        msg.refresh_after_time.FromDatetime(token.refresh_after)
+        return msg
+
+    # ---- online endpoints -----------------------------------------------------------------
+
+    @domain_errors
+    async def CreateOnlineEndpoint(self, request: Any, context: Any) -> Any:
+        spec = _spec(request.spec, OnlineEndpointSpec)
+        return self._online_endpoint(
+            await self._svc.create_online_endpoint(spec, actor_of(context))
+        )
+
+    @domain_errors
+    async def GetOnlineEndpoint(self, request: Any, context: Any) -> Any:
+        return self._online_endpoint(await self._svc.get_online_endpoint(request.name))
+
+    @domain_errors
+    async def ListOnlineEndpoints(self, request: Any, context: Any) -> Any:
+        page = await self._svc.list_online_endpoints(
+            request.page.page_size, request.page.page_token
+        )
+        return registry_pb2.ListOnlineEndpointsResponse(
+            endpoints=[self._online_endpoint(d) for d in page.items],
+            page=common_pb2.PageResponse(next_page_token=page.next_token),
+        )
+
+    @domain_errors
+    async def UpdateOnlineEndpoint(self, request: Any, context: Any) -> Any:
+        spec = _spec(request.spec, OnlineEndpointSpec)
+        doc = await self._svc.update_online_endpoint(
+            spec,
+            traffic=dict(request.spec.traffic) if request.has_traffic else None,
+            mirror_traffic=(
+                dict(request.spec.mirror_traffic) if request.has_mirror_traffic else None
+            ),
+            expected_version=_expected(request),
+            actor=actor_of(context),
+        )
+        return self._online_endpoint(doc)
+
+    @domain_errors
+    async def DeleteOnlineEndpoint(self, request: Any, context: Any) -> Any:
+        await self._svc.delete_online_endpoint(request.name, actor_of(context))
+        return registry_pb2.DeleteResponse()
+
+    async def _set_traffic(
+        self, request: Any, context: Any, *, mirror: bool
+    ) -> registry_pb2.OnlineEndpoint:
+        shares: Mapping[str, int] = dict(request.traffic)
+        doc = await self._svc.set_traffic(
+            request.endpoint_name,
+            traffic=None if mirror else shares,
+            mirror_traffic=shares if mirror else None,
+            expected_version=_expected(request),
+            actor=actor_of(context),
+        )
+        return self._online_endpoint(doc)
+
+    @domain_errors
+    async def SetTraffic(self, request: Any, context: Any) -> Any:
+        return await self._set_traffic(request, context, mirror=False)
+
+    @domain_errors
+    async def SetMirrorTraffic(self, request: Any, context: Any) -> Any:
+        return await self._set_traffic(request, context, mirror=True)
+
+    @domain_errors
+    async def GetCredentials(self, request: Any, context: Any) -> Any:
+        creds = await self._svc.get_credentials(request.endpoint_name, actor_of(context))
+        if creds.token is not None:
+            return self._token(creds.token)
+        return registry_pb2.Credentials(
+            auth_mode=common_pb2.AUTH_MODE_KEY,
+            primary_key=creds.primary_key,
+            secondary_key=creds.secondary_key,
+        )
+
+    @domain_errors
+    async def RegenerateKeys(self, request: Any, context: Any) -> Any:
+        which = {
+            registry_pb2.KEY_TYPE_PRIMARY: "primary",
+            registry_pb2.KEY_TYPE_SECONDARY: "secondary",
+        }
+        doc = await self._svc.regenerate_key(
+            request.endpoint_name, which.get(request.key_type, "unspecified"), actor_of(context)
+        )
+        return self._online_endpoint(doc)
+
+    @domain_errors
+    async def GetToken(self, request: Any, context: Any) -> Any:
+        return self._token(await self._svc.get_token(request.endpoint_name, actor_of(context)))
+
+    @domain_errors
+    async def GetJwks(self, request: Any, context: Any) -> Any:
+        return registry_pb2.Jwks(json=self._svc.jwks, issuer="sluice-registry")
+
+    # ---- online deployments ---------------------------------------------------------------
+
+    @domain_errors
+    async def CreateOnlineDeployment(self, request: Any, context: Any) -> Any:
+        spec = _spec(request.spec, OnlineDeploymentSpec)
+        doc = await self._svc.create_online_deployment(spec, actor_of(context))
+        return self._online_deployment(doc)
+
+    @domain_errors
+    async def GetOnlineDeployment(self, request: Any, context: Any) -> Any:
+        doc = await self._svc.get_online_deployment(request.endpoint_name, request.name)
+        return self._online_deployment(doc)
+
+    @domain_errors
+    async def ListOnlineDeployments(self, request: Any, context: Any) -> Any:
+        page = await self._svc.list_online_deployments(
+            request.endpoint_name, request.page.page_size, request.page.page_token
+        )
+        return registry_pb2.ListOnlineDeploymentsResponse(
+            deployments=[self._online_deployment(d) for d in page.items],
+            page=common_pb2.PageResponse(next_page_token=page.next_token),
+        )
+
+    @domain_errors
+    async def UpdateOnlineDeployment(self, request: Any, context: Any) -> Any:
+        spec = _spec(request.spec, OnlineDeploymentSpec)
+        doc = await self._svc.update_online_deployment(spec, _expected(request), actor_of(context))
+        return self._online_deployment(doc)
+
+    @domain_errors
+    async def DeleteOnlineDeployment(self, request: Any, context: Any) -> Any:
+        await self._svc.delete_online_deployment(
+            request.endpoint_name, request.name, actor_of(context)
+        )
+        return registry_pb2.DeleteResponse()
+
+    # ---- batch ----------------------------------------------------------------------------
+
+    @domain_errors
+    async def CreateBatchEndpoint(self, request: Any, context: Any) -> Any:
+        spec = _spec(request.spec, BatchEndpointSpec)
+        return self._batch_endpoint(await self._svc.create_batch_endpoint(spec, actor_of(context)))
+
+    @domain_errors
+    async def GetBatchEndpoint(self, request: Any, context: Any) -> Any:
+        return self._batch_endpoint(await self._svc.get_batch_endpoint(request.name))
+
+    @domain_errors
+    async def ListBatchEndpoints(self, request: Any, context: Any) -> Any:
+        page = await self._svc.list_batch_endpoints(request.page.page_size, request.page.page_token)
+        return registry_pb2.ListBatchEndpointsResponse(
+            endpoints=[self._batch_endpoint(d) for d in page.items],
+            page=common_pb2.PageResponse(next_page_token=page.next_token),
+        )
+
+    @domain_errors
+    async def UpdateBatchEndpoint(self, request: Any, context: Any) -> Any:
+        spec = _spec(request.spec, BatchEndpointSpec)
+        doc = await self._svc.update_batch_endpoint(spec, _expected(request), actor_of(context))
+        return self._batch_endpoint(doc)
+
+    @domain_errors
+    async def DeleteBatchEndpoint(self, request: Any, context: Any) -> Any:
+        await self._svc.delete_batch_endpoint(request.name, actor_of(context))
+        return registry_pb2.DeleteResponse()
+
+    @domain_errors
+    async def SetDefaultDeployment(self, request: Any, context: Any) -> Any:
+        doc = await self._svc.set_default_deployment(
+            request.endpoint_name, request.deployment_name, actor_of(context)
+        )
+        return self._batch_endpoint(doc)
+
+    @domain_errors
+    async def CreateBatchDeployment(self, request: Any, context: Any) -> Any:
+        spec = _spec(request.spec, BatchDeploymentSpec)
+        doc = await self._svc.create_batch_deployment(spec, request.set_default, actor_of(context))
+        return self._batch_deployment(doc)
+
+    @domain_errors
+    async def GetBatchDeployment(self, request: Any, context: Any) -> Any:
+        doc = await self._svc.get_batch_deployment(request.endpoint_name, request.name)
+        return self._batch_deployment(doc)
+
+    @domain_errors
+    async def ListBatchDeployments(self, request: Any, context: Any) -> Any:
+        page = await self._svc.list_batch_deployments(
+            request.endpoint_name, request.page.page_size, request.page.page_token
+        )
+        return registry_pb2.ListBatchDeploymentsResponse(
+            deployments=[self._batch_deployment(d) for d in page.items],
+            page=common_pb2.PageResponse(next_page_token=page.next_token),
+        )
+
+    @domain_errors
+    async def UpdateBatchDeployment(self, request: Any, context: Any) -> Any:
+        spec = _spec(request.spec, BatchDeploymentSpec)
+        doc = await self._svc.update_batch_deployment(spec, _expected(request), actor_of(context))
+        return self._batch_deployment(doc)
+
+    @domain_errors
+    async def DeleteBatchDeployment(self, request: Any, context: Any) -> Any:
+        await self._svc.delete_batch_deployment(
+            request.endpoint_name, request.name, actor_of(context)
+        )
+        return registry_pb2.DeleteResponse()
+
+    # ---- artifacts ------------------------------------------------------------------------
+
+    async def UploadArtifact(
+        self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> Any:
+        first = await anext(request_iterator, None)
+        if first is None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty upload")
+            raise AssertionError("unreachable: abort raises")
+
+        async def data() -> AsyncIterator[bytes]:
+            yield first.data
+            async for chunk in request_iterator:
+                yield chunk.data
+
+        try:
+            ref = await self._artifacts.ingest(first.name, first.is_directory, data())
+        except ArtifactError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise AssertionError("unreachable: abort raises") from exc
+        return common_pb2.ArtifactRef(
+            digest=ref.digest, name=ref.name, is_directory=ref.is_directory
+        )

@@ -1,0 +1,87 @@
+"""Composition root of the registry: build every object, serve, close."""
+
+from __future__ import annotations
+
+from sluice.common.artifacts import ArtifactStore
+from sluice.common.events import EventPublisher, create_broker, ensure_events_stream
+from sluice.common.grpc_server import GrpcServer
+from sluice.common.log import get_logger
+from sluice.common.mongo import create_mongo_client, database, require_uri
+from sluice.common.runtime import wait_for_shutdown_signal
+from sluice.common.secretbox import SecretBox
+from sluice.common.settings import Settings
+from sluice.registry.api import RegistryApi
+from sluice.registry.credentials import TokenIssuer
+from sluice.registry.events import NatsChangeEvents
+from sluice.registry.service import RegistryService
+from sluice.registry.store import RegistryStore
+from sluice.v1 import registry_pb2, registry_pb2_grpc
+
+log = get_logger(__name__)
+SERVICE_NAME = registry_pb2.DESCRIPTOR.services_by_name["Registry"].full_name
+
+
+def scoring_base(settings: Settings) -> str:
+    """`https://{name}.<domain>[:port]`: the host-based scoring address of an endpoint."""
+    port = settings.envoy.https_port
+    suffix = "" if port == 443 else f":{port}"
+    return f"https://{{name}}.{settings.domain}{suffix}"
+
+
+def artifact_store(settings: Settings) -> ArtifactStore:
+    return ArtifactStore(settings.state_dir.absolute() / "artifacts")
+
+
+async def load_token_issuer(store: RegistryStore, secrets: SecretBox) -> TokenIssuer:
+    """The signing key is created once, kept encrypted in MongoDB and shared by replicas."""
+    if await store.signing_key() is None:
+        await store.add_signing_key(secrets.encrypt(TokenIssuer.generate_private_key_pem()))
+    stored = await store.signing_key()
+    assert stored is not None
+    return TokenIssuer(secrets.decrypt(stored))
+
+
+async def serve(settings: Settings) -> None:
+    if not settings.admin_token or not settings.secret_key:
+        raise RuntimeError(
+            "SLUICE_ADMIN_TOKEN and SLUICE_SECRET_KEY must be set (`sluice up` sets both)"
+        )
+    mongo = create_mongo_client(require_uri(settings), appname="sluice-registry")
+    broker = create_broker(settings, client_name="sluice-registry")
+    await broker.connect()
+    try:
+        await ensure_events_stream(
+            broker, stream=settings.events_stream, subject_prefix=settings.events_subject_prefix
+        )
+        secrets = SecretBox(settings.secret_key)
+        store = RegistryStore(database(mongo, settings))
+        await store.ensure_indexes()
+        artifacts = artifact_store(settings)
+        publisher = EventPublisher(
+            broker,
+            source="sluice/registry",
+            subject_prefix=settings.events_subject_prefix,
+            stream=settings.events_stream,
+        )
+        service = RegistryService(
+            store,
+            NatsChangeEvents(publisher),
+            secrets,
+            await load_token_issuer(store, secrets),
+            artifacts,
+        )
+        api = RegistryApi(service, artifacts, scoring_base(settings))
+        server = GrpcServer(
+            host=settings.host,
+            port=settings.ports.registry,
+            service_names=[SERVICE_NAME],
+            register=lambda s: registry_pb2_grpc.add_RegistryServicer_to_server(api, s),
+            admin_token=settings.admin_token,
+        )
+        await server.start()
+        signal = await wait_for_shutdown_signal()
+        log.info("registry_stopping", signal=signal.name)
+        await server.stop()
+    finally:
+        await broker.stop()
+        await mongo.close()

@@ -1,0 +1,570 @@
+"""The registry's use cases: validate, store, publish one event per change.
+
+Every rejected call raises before anything is written, so stored state is
+unchanged. Read-modify-write calls are conditional on the version they read;
+when the caller gave no `expected_version`, a lost race is retried on fresh
+state (the merge is re-validated), otherwise it is reported as a conflict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+
+from sluice.common.artifacts import ArtifactStore
+from sluice.common.log import get_logger
+from sluice.common.resources import (
+    ArtifactRef,
+    AuthMode,
+    BatchDeploymentDoc,
+    BatchDeploymentSpec,
+    BatchEndpointDoc,
+    BatchEndpointSpec,
+    Meta,
+    OnlineDeploymentDoc,
+    OnlineDeploymentSpec,
+    OnlineEndpointDoc,
+    OnlineEndpointSpec,
+    ProvisioningState,
+    deployment_id,
+    utcnow,
+)
+from sluice.common.secretbox import SecretBox
+from sluice.registry import domain
+from sluice.registry.credentials import Token, TokenIssuer, new_key
+from sluice.registry.domain import Conflict, FailedPrecondition, InvalidArgument, NotFound
+from sluice.registry.events import ChangeEvents
+from sluice.registry.store import Page, RegistryStore
+
+log = get_logger(__name__)
+T = TypeVar("T")
+RETRIES = 5
+MAX_PAGE = 1000
+DEFAULT_PAGE = 100
+
+
+@dataclass(frozen=True)
+class EndpointCredentials:
+    auth_mode: AuthMode
+    primary_key: str = ""
+    secondary_key: str = ""
+    token: Token | None = None
+
+
+def _bump(meta: Meta, state: ProvisioningState | None = None) -> Meta:
+    changes: dict[str, object] = {"version": meta.version + 1, "updated_at": utcnow()}
+    if state is not None:
+        changes["provisioning_state"] = state
+        changes["status_message"] = ""
+    return meta.model_copy(update=changes)
+
+
+def _page_size(size: int) -> int:
+    if size < 0 or size > MAX_PAGE:
+        raise InvalidArgument(f"page_size must be between 1 and {MAX_PAGE}, got {size}")
+    return size or DEFAULT_PAGE
+
+
+async def _with_retries(expected_version: int | None, attempt: Callable[[], Awaitable[T]]) -> T:
+    """Run a read-modify-write; retry lost races unless the caller pinned a version."""
+    for _ in range(RETRIES if expected_version is None else 1):
+        try:
+            return await attempt()
+        except Conflict:
+            if expected_version is not None:
+                raise
+    raise Conflict("too many concurrent changes to the same resource; retry")
+
+
+def _check_expected(meta: Meta, expected_version: int | None, what: str) -> None:
+    if expected_version is not None and expected_version != meta.version:
+        raise Conflict(
+            f"{what} is at version {meta.version}, not {expected_version}; read it again and retry"
+        )
+
+
+class RegistryService:
+    def __init__(
+        self,
+        store: RegistryStore,
+        events: ChangeEvents,
+        secrets: SecretBox,
+        tokens: TokenIssuer,
+        artifacts: ArtifactStore,
+    ):
+        self._store = store
+        self._events = events
+        self._secrets = secrets
+        self._tokens = tokens
+        self._artifacts = artifacts
+
+    # ---- online endpoints -------------------------------------------------------------
+
+    async def create_online_endpoint(
+        self, spec: OnlineEndpointSpec, actor: str
+    ) -> OnlineEndpointDoc:
+        domain.check_online_endpoint(spec)
+        if any(spec.traffic.values()) or any(spec.mirror_traffic.values()):
+            raise InvalidArgument(
+                f"endpoint {spec.name!r} has no deployments yet, so its traffic must be empty; "
+                "create the deployments, then set traffic"
+            )
+        spec = spec.model_copy(update={"traffic": {}, "mirror_traffic": {}})
+        doc = OnlineEndpointDoc(
+            spec=spec,
+            meta=Meta(created_by=actor, provisioning_state=ProvisioningState.succeeded),
+            keys={
+                "primary": self._secrets.encrypt(new_key()),
+                "secondary": self._secrets.encrypt(new_key()),
+            },
+        )
+        await self._store.online_endpoints.insert(spec.name, doc)
+        log.info("endpoint_created", endpoint=spec.name, actor=actor)
+        await self._events.changed("endpoint", "created", name=spec.name, version=1, actor=actor)
+        return doc
+
+    async def get_online_endpoint(self, name: str) -> OnlineEndpointDoc:
+        doc = await self._store.online_endpoints.get(name)
+        if doc is None:
+            raise NotFound(
+                f"online endpoint {name!r} does not exist (`sluice online-endpoint list`)"
+            )
+        return doc
+
+    async def list_online_endpoints(self, size: int, after: str) -> Page[OnlineEndpointDoc]:
+        return await self._store.online_endpoints.page(size=_page_size(size), after=after)
+
+    async def _deployment_names(self, endpoint: str) -> list[str]:
+        docs = await self._store.online_deployments.find({"spec.endpoint_name": endpoint})
+        return [d.spec.name for d in docs]
+
+    async def update_online_endpoint(
+        self,
+        spec: OnlineEndpointSpec,
+        *,
+        traffic: Mapping[str, int] | None,
+        mirror_traffic: Mapping[str, int] | None,
+        expected_version: int | None,
+        actor: str,
+    ) -> OnlineEndpointDoc:
+        """Replace description, tags and auth mode; merge traffic/mirror maps if given."""
+        domain.check_online_endpoint(spec)
+
+        async def attempt() -> OnlineEndpointDoc:
+            current = await self.get_online_endpoint(spec.name)
+            _check_expected(current.meta, expected_version, f"endpoint {spec.name!r}")
+            if spec.kind is not current.spec.kind:
+                raise InvalidArgument(
+                    f"endpoint {spec.name!r} is {current.spec.kind.value}; the kind cannot change"
+                )
+            updated = current.spec.model_copy(
+                update={
+                    "description": spec.description,
+                    "tags": spec.tags,
+                    "auth_mode": spec.auth_mode,
+                    "compute": spec.compute,
+                }
+            )
+            return await self._store_traffic(current, updated, traffic, mirror_traffic, actor)
+
+        return await _with_retries(expected_version, attempt)
+
+    async def set_traffic(
+        self,
+        name: str,
+        *,
+        traffic: Mapping[str, int] | None,
+        mirror_traffic: Mapping[str, int] | None,
+        expected_version: int | None,
+        actor: str,
+    ) -> OnlineEndpointDoc:
+        async def attempt() -> OnlineEndpointDoc:
+            current = await self.get_online_endpoint(name)
+            _check_expected(current.meta, expected_version, f"endpoint {name!r}")
+            return await self._store_traffic(current, current.spec, traffic, mirror_traffic, actor)
+
+        return await _with_retries(expected_version, attempt)
+
+    async def _store_traffic(
+        self,
+        current: OnlineEndpointDoc,
+        spec: OnlineEndpointSpec,
+        traffic: Mapping[str, int] | None,
+        mirror: Mapping[str, int] | None,
+        actor: str,
+    ) -> OnlineEndpointDoc:
+        deployments = await self._deployment_names(spec.name)
+        new_traffic = dict(current.spec.traffic)
+        if traffic is not None:
+            new_traffic = domain.merge_traffic(current.spec.traffic, traffic, deployments)
+        new_mirror = dict(current.spec.mirror_traffic)
+        if mirror is not None:
+            new_mirror = domain.merge_mirror(
+                current.spec.mirror_traffic, mirror, new_traffic, deployments
+            )
+        else:
+            domain.check_mirror(new_mirror, new_traffic)
+        spec = spec.model_copy(update={"traffic": new_traffic, "mirror_traffic": new_mirror})
+        doc = current.model_copy(update={"spec": spec, "meta": _bump(current.meta)})
+        await self._store.online_endpoints.replace(
+            spec.name, doc, expected_version=current.meta.version
+        )
+        version = doc.meta.version
+        await self._events.changed(
+            "endpoint", "updated", name=spec.name, version=version, actor=actor
+        )
+        if new_traffic != current.spec.traffic or new_mirror != current.spec.mirror_traffic:
+            log.info("traffic_changed", endpoint=spec.name, traffic=new_traffic, mirror=new_mirror)
+            await self._events.changed(
+                "traffic",
+                "changed",
+                name=spec.name,
+                version=version,
+                actor=actor,
+                extra={"traffic": new_traffic, "mirror_traffic": new_mirror},
+            )
+        return doc
+
+    async def delete_online_endpoint(self, name: str, actor: str) -> None:
+        """Delete the endpoint and its deployments; the name is free again at once."""
+        endpoint = await self.get_online_endpoint(name)
+        deployments = await self._store.online_deployments.find({"spec.endpoint_name": name})
+        await self._store.online_endpoints.delete(name)
+        await self._store.online_deployments.delete_many({"spec.endpoint_name": name})
+        for dep in deployments:
+            await self._events.changed(
+                "deployment",
+                "deleted",
+                name=dep.spec.name,
+                endpoint=name,
+                version=dep.meta.version,
+                actor=actor,
+            )
+        log.info("endpoint_deleted", endpoint=name, deployments=len(deployments), actor=actor)
+        await self._events.changed(
+            "endpoint", "deleted", name=name, version=endpoint.meta.version, actor=actor
+        )
+
+    # ---- credentials ------------------------------------------------------------------
+
+    async def get_credentials(self, name: str, actor: str) -> EndpointCredentials:
+        endpoint = await self.get_online_endpoint(name)
+        if endpoint.spec.auth_mode is AuthMode.aml_token:
+            token = self._tokens.issue(name, subject=actor)
+            return EndpointCredentials(auth_mode=AuthMode.aml_token, token=token)
+        return EndpointCredentials(
+            auth_mode=AuthMode.key,
+            primary_key=self._secrets.decrypt(endpoint.keys["primary"]),
+            secondary_key=self._secrets.decrypt(endpoint.keys["secondary"]),
+        )
+
+    async def get_token(self, name: str, actor: str) -> Token:
+        endpoint = await self.get_online_endpoint(name)
+        if endpoint.spec.auth_mode is not AuthMode.aml_token:
+            raise FailedPrecondition(
+                f"endpoint {name!r} uses key auth; get its keys with "
+                f"`sluice online-endpoint get-credentials --name {name}`"
+            )
+        return self._tokens.issue(name, subject=actor)
+
+    async def regenerate_key(self, name: str, which: str, actor: str) -> OnlineEndpointDoc:
+        if which not in ("primary", "secondary"):
+            raise InvalidArgument(f"key type must be 'primary' or 'secondary', got {which!r}")
+
+        async def attempt() -> OnlineEndpointDoc:
+            current = await self.get_online_endpoint(name)
+            if current.spec.auth_mode is not AuthMode.key:
+                raise FailedPrecondition(
+                    f"endpoint {name!r} uses {current.spec.auth_mode.value} auth and has no keys"
+                )
+            keys = {**current.keys, which: self._secrets.encrypt(new_key())}
+            doc = current.model_copy(update={"keys": keys, "meta": _bump(current.meta)})
+            await self._store.online_endpoints.replace(
+                name, doc, expected_version=current.meta.version
+            )
+            return doc
+
+        doc = await _with_retries(None, attempt)
+        log.info("keys_regenerated", endpoint=name, key_type=which, actor=actor)
+        await self._events.changed(
+            "keys",
+            "regenerated",
+            name=name,
+            version=doc.meta.version,
+            actor=actor,
+            extra={"key_type": which},
+        )
+        return doc
+
+    @property
+    def jwks(self) -> str:
+        return self._tokens.jwks
+
+    # ---- online deployments ---------------------------------------------------------------
+
+    def _check_artifacts(self, *refs: ArtifactRef | None) -> None:
+        for ref in refs:
+            if ref is not None and not self._artifacts.exists(ref):
+                raise InvalidArgument(
+                    f"artifact {ref.name!r} ({ref.digest}) was not uploaded; "
+                    "upload it with UploadArtifact first (the CLI does this for you)"
+                )
+
+    async def create_online_deployment(
+        self, spec: OnlineDeploymentSpec, actor: str
+    ) -> OnlineDeploymentDoc:
+        endpoint = await self.get_online_endpoint(spec.endpoint_name)
+        domain.check_online_deployment(spec, endpoint.spec)
+        self._check_artifacts(spec.model.artifact, spec.code_configuration.code)
+        doc = OnlineDeploymentDoc(spec=spec, meta=Meta(created_by=actor))
+        await self._store.online_deployments.insert(
+            deployment_id(spec.endpoint_name, spec.name), doc
+        )
+        log.info("deployment_created", endpoint=spec.endpoint_name, deployment=spec.name)
+        await self._events.changed(
+            "deployment",
+            "created",
+            name=spec.name,
+            endpoint=spec.endpoint_name,
+            version=1,
+            actor=actor,
+        )
+        return doc
+
+    async def get_online_deployment(self, endpoint: str, name: str) -> OnlineDeploymentDoc:
+        doc = await self._store.online_deployments.get(deployment_id(endpoint, name))
+        if doc is None:
+            await self.get_online_endpoint(endpoint)
+            raise NotFound(
+                f"deployment {name!r} does not exist in endpoint {endpoint!r} "
+                f"(`sluice online-deployment list --endpoint-name {endpoint}`)"
+            )
+        return doc
+
+    async def list_online_deployments(
+        self, endpoint: str, size: int, after: str
+    ) -> Page[OnlineDeploymentDoc]:
+        await self.get_online_endpoint(endpoint)
+        return await self._store.online_deployments.page(
+            size=_page_size(size), after=after, where={"spec.endpoint_name": endpoint}
+        )
+
+    async def update_online_deployment(
+        self, spec: OnlineDeploymentSpec, expected_version: int | None, actor: str
+    ) -> OnlineDeploymentDoc:
+        endpoint = await self.get_online_endpoint(spec.endpoint_name)
+        domain.check_online_deployment(spec, endpoint.spec)
+        self._check_artifacts(spec.model.artifact, spec.code_configuration.code)
+
+        async def attempt() -> OnlineDeploymentDoc:
+            current = await self.get_online_deployment(spec.endpoint_name, spec.name)
+            _check_expected(current.meta, expected_version, f"deployment {spec.name!r}")
+            meta = _bump(current.meta, ProvisioningState.updating)
+            doc = current.model_copy(update={"spec": spec, "meta": meta})
+            await self._store.online_deployments.replace(
+                deployment_id(spec.endpoint_name, spec.name),
+                doc,
+                expected_version=current.meta.version,
+            )
+            return doc
+
+        doc = await _with_retries(expected_version, attempt)
+        await self._events.changed(
+            "deployment",
+            "updated",
+            name=spec.name,
+            endpoint=spec.endpoint_name,
+            version=doc.meta.version,
+            actor=actor,
+        )
+        return doc
+
+    async def delete_online_deployment(self, endpoint_name: str, name: str, actor: str) -> None:
+        endpoint = await self.get_online_endpoint(endpoint_name)
+        deployment = await self.get_online_deployment(endpoint_name, name)
+        domain.check_deletable(name, endpoint.spec.traffic, endpoint.spec.mirror_traffic)
+        await self._store.online_deployments.delete(deployment_id(endpoint_name, name))
+        log.info("deployment_deleted", endpoint=endpoint_name, deployment=name, actor=actor)
+        await self._events.changed(
+            "deployment",
+            "deleted",
+            name=name,
+            endpoint=endpoint_name,
+            version=deployment.meta.version,
+            actor=actor,
+        )
+
+    # ---- batch endpoints ------------------------------------------------------------------
+
+    async def create_batch_endpoint(self, spec: BatchEndpointSpec, actor: str) -> BatchEndpointDoc:
+        domain.check_batch_endpoint(spec)
+        if spec.default_deployment:
+            raise InvalidArgument(
+                f"batch endpoint {spec.name!r} has no deployments yet; create one with "
+                "`sluice batch-deployment create --set-default` instead of naming a default"
+            )
+        doc = BatchEndpointDoc(
+            spec=spec, meta=Meta(created_by=actor, provisioning_state=ProvisioningState.succeeded)
+        )
+        await self._store.batch_endpoints.insert(spec.name, doc)
+        await self._events.changed(
+            "batch_endpoint", "created", name=spec.name, version=1, actor=actor
+        )
+        return doc
+
+    async def get_batch_endpoint(self, name: str) -> BatchEndpointDoc:
+        doc = await self._store.batch_endpoints.get(name)
+        if doc is None:
+            raise NotFound(f"batch endpoint {name!r} does not exist (`sluice batch-endpoint list`)")
+        return doc
+
+    async def list_batch_endpoints(self, size: int, after: str) -> Page[BatchEndpointDoc]:
+        return await self._store.batch_endpoints.page(size=_page_size(size), after=after)
+
+    async def update_batch_endpoint(
+        self, spec: BatchEndpointSpec, expected_version: int | None, actor: str
+    ) -> BatchEndpointDoc:
+        domain.check_batch_endpoint(spec)
+
+        async def attempt() -> BatchEndpointDoc:
+            current = await self.get_batch_endpoint(spec.name)
+            _check_expected(current.meta, expected_version, f"batch endpoint {spec.name!r}")
+            default = spec.default_deployment or current.spec.default_deployment
+            if default != current.spec.default_deployment:
+                await self.get_batch_deployment(spec.name, default)
+            updated = spec.model_copy(update={"default_deployment": default})
+            doc = current.model_copy(update={"spec": updated, "meta": _bump(current.meta)})
+            await self._store.batch_endpoints.replace(
+                spec.name, doc, expected_version=current.meta.version
+            )
+            return doc
+
+        doc = await _with_retries(expected_version, attempt)
+        await self._events.changed(
+            "batch_endpoint", "updated", name=spec.name, version=doc.meta.version, actor=actor
+        )
+        return doc
+
+    async def set_default_deployment(
+        self, endpoint_name: str, deployment: str, actor: str
+    ) -> BatchEndpointDoc:
+        current = await self.get_batch_endpoint(endpoint_name)
+        spec = current.spec.model_copy(update={"default_deployment": deployment})
+        return await self.update_batch_endpoint(spec, None, actor)
+
+    async def delete_batch_endpoint(self, name: str, actor: str) -> None:
+        endpoint = await self.get_batch_endpoint(name)
+        deployments = await self._store.batch_deployments.find({"spec.endpoint_name": name})
+        await self._store.batch_endpoints.delete(name)
+        await self._store.batch_deployments.delete_many({"spec.endpoint_name": name})
+        for dep in deployments:
+            await self._events.changed(
+                "batch_deployment",
+                "deleted",
+                name=dep.spec.name,
+                endpoint=name,
+                version=dep.meta.version,
+                actor=actor,
+            )
+        await self._events.changed(
+            "batch_endpoint", "deleted", name=name, version=endpoint.meta.version, actor=actor
+        )
+
+    # ---- batch deployments ----------------------------------------------------------------
+
+    async def create_batch_deployment(
+        self, spec: BatchDeploymentSpec, set_default: bool, actor: str
+    ) -> BatchDeploymentDoc:
+        endpoint = await self.get_batch_endpoint(spec.endpoint_name)
+        domain.check_batch_deployment(spec)
+        self._check_artifacts(spec.model.artifact, spec.code_configuration.code)
+        doc = BatchDeploymentDoc(
+            spec=spec, meta=Meta(created_by=actor, provisioning_state=ProvisioningState.succeeded)
+        )
+        await self._store.batch_deployments.insert(
+            deployment_id(spec.endpoint_name, spec.name), doc
+        )
+        await self._events.changed(
+            "batch_deployment",
+            "created",
+            name=spec.name,
+            endpoint=spec.endpoint_name,
+            version=1,
+            actor=actor,
+        )
+        if set_default or not endpoint.spec.default_deployment:
+            await self.set_default_deployment(spec.endpoint_name, spec.name, actor)
+        return doc
+
+    async def get_batch_deployment(self, endpoint: str, name: str) -> BatchDeploymentDoc:
+        doc = await self._store.batch_deployments.get(deployment_id(endpoint, name))
+        if doc is None:
+            await self.get_batch_endpoint(endpoint)
+            raise NotFound(
+                f"deployment {name!r} does not exist in batch endpoint {endpoint!r} "
+                f"(`sluice batch-deployment list --endpoint-name {endpoint}`)"
+            )
+        return doc
+
+    async def list_batch_deployments(
+        self, endpoint: str, size: int, after: str
+    ) -> Page[BatchDeploymentDoc]:
+        await self.get_batch_endpoint(endpoint)
+        return await self._store.batch_deployments.page(
+            size=_page_size(size), after=after, where={"spec.endpoint_name": endpoint}
+        )
+
+    async def update_batch_deployment(
+        self, spec: BatchDeploymentSpec, expected_version: int | None, actor: str
+    ) -> BatchDeploymentDoc:
+        domain.check_batch_deployment(spec)
+        self._check_artifacts(spec.model.artifact, spec.code_configuration.code)
+
+        async def attempt() -> BatchDeploymentDoc:
+            current = await self.get_batch_deployment(spec.endpoint_name, spec.name)
+            _check_expected(current.meta, expected_version, f"deployment {spec.name!r}")
+            doc = current.model_copy(update={"spec": spec, "meta": _bump(current.meta)})
+            await self._store.batch_deployments.replace(
+                deployment_id(spec.endpoint_name, spec.name),
+                doc,
+                expected_version=current.meta.version,
+            )
+            return doc
+
+        doc = await _with_retries(expected_version, attempt)
+        await self._events.changed(
+            "batch_deployment",
+            "updated",
+            name=spec.name,
+            endpoint=spec.endpoint_name,
+            version=doc.meta.version,
+            actor=actor,
+        )
+        return doc
+
+    async def delete_batch_deployment(self, endpoint_name: str, name: str, actor: str) -> None:
+        endpoint = await self.get_batch_endpoint(endpoint_name)
+        deployment = await self.get_batch_deployment(endpoint_name, name)
+        others = await self._store.batch_deployments.find({"spec.endpoint_name": endpoint_name})
+        if endpoint.spec.default_deployment == name and len(others) > 1:
+            raise FailedPrecondition(
+                f"deployment {name!r} is the default of batch endpoint {endpoint_name!r}; make "
+                "another one the default first (`sluice batch-endpoint update --name "
+                f"{endpoint_name} --set defaults.deployment_name=<other>`)"
+            )
+        await self._store.batch_deployments.delete(deployment_id(endpoint_name, name))
+        if endpoint.spec.default_deployment == name:
+            spec = endpoint.spec.model_copy(update={"default_deployment": ""})
+            doc = endpoint.model_copy(update={"spec": spec, "meta": _bump(endpoint.meta)})
+            await self._store.batch_endpoints.replace(
+                endpoint_name, doc, expected_version=endpoint.meta.version
+            )
+        await self._events.changed(
+            "batch_deployment",
+            "deleted",
+            name=name,
+            endpoint=endpoint_name,
+            version=deployment.meta.version,
+            actor=actor,
+        )
