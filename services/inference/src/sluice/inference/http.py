@@ -85,6 +85,7 @@ class Connection(asyncio.Protocol):
         self._waiting: deque[HttpRequest] = deque()  # parsed, not yet handled
         self._busy = False  # a request was handed to the handler and not answered yet
         self._paused = False
+        self._too_large = False
 
     # asyncio.Protocol
 
@@ -101,12 +102,12 @@ class Connection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             self._fail(HTTPStatus.BAD_REQUEST, b"protocol upgrades are not supported")
         except httptools.HttpParserError:
-            self._fail(HTTPStatus.BAD_REQUEST, b"malformed HTTP request")
-        except _BodyTooLarge:
-            self._fail(
-                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                f"request body is larger than {self._max_body} bytes".encode(),
-            )
+            # httptools wraps exceptions of our callbacks in HttpParserCallbackError.
+            if self._too_large:
+                message = f"request body is larger than {self._max_body} bytes"
+                self._fail(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, message.encode())
+            else:
+                self._fail(HTTPStatus.BAD_REQUEST, b"malformed HTTP request")
 
     # httptools callbacks
 
@@ -131,6 +132,7 @@ class Connection(asyncio.Protocol):
         request.keep_alive = self._parser.should_keep_alive()
         length = request.header(b"content-length")
         if length is not None and length.isdigit() and int(length) > self._max_body:
+            self._too_large = True
             raise _BodyTooLarge
         if request.header(b"expect") == b"100-continue":
             self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -138,6 +140,7 @@ class Connection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self._body_size += len(body)
         if self._body_size > self._max_body:
+            self._too_large = True
             raise _BodyTooLarge
         self._body.append(body)
 

@@ -1,0 +1,210 @@
+"""Azure's scoring contract, errors and request limits, against one real server process.
+
+The script below does what each request's "op" asks, so one server (two
+concurrent runs, one queued, 500 ms timeout, 2 kB payload limit) covers the
+contract. Runs go to worker threads here (more than one concurrent run);
+test_lifecycle.py covers the inline path.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from inference_testing import Server, start_server, wait_until, write_script
+
+from sluice.common.supervisor import Supervisor
+
+SCRIPT = """
+import json, os, threading, time
+import numpy as np
+from azureml.contrib.services.aml_response import AMLResponse
+
+release = threading.Event()
+init_calls = 0
+
+def init():
+    global init_calls, weights, model_dir
+    init_calls += 1
+    model_dir = os.environ["AZUREML_MODEL_DIR"]
+    with open(os.path.join(model_dir, "model", "weights.txt")) as f:
+        weights = f.read().strip()
+
+def run(raw_data):
+    request = json.loads(raw_data)
+    op = request.get("op")
+    if op == "info":
+        return {"type": type(raw_data).__name__, "model_dir": model_dir, "weights": weights,
+                "init_calls": init_calls, "pid": os.getpid()}
+    if op == "echo":
+        return request
+    if op == "fail":
+        raise ValueError("the model cannot score this")
+    if op == "sleep":
+        time.sleep(request["seconds"])
+        return "slept"
+    if op == "numpy":
+        return np.arange(3) * 1.5
+    if op == "bytes":
+        return b"\\x00raw"
+    if op == "text":
+        return "plain"
+    if op == "status":
+        return {"created": True}, 201
+    if op == "aml":
+        return AMLResponse("teapot", 418, {"x-model": "m1"})
+    if op == "object":
+        return object()
+    return {"unknown": op}
+"""
+
+
+@pytest.fixture(scope="module")
+def model_parent(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    parent = tmp_path_factory.mktemp("models")
+    (parent / "model").mkdir()
+    (parent / "model" / "weights.txt").write_text("w-42\n")
+    return parent
+
+
+@pytest.fixture(scope="module")
+def server(
+    module_supervisor: Supervisor, tmp_path_factory: pytest.TempPathFactory, model_parent: Path
+) -> Server:
+    code = write_script(tmp_path_factory.mktemp("code"), SCRIPT)
+    return start_server(
+        module_supervisor,
+        "contract",
+        code=code,
+        model=model_parent / "model",
+        extra=[
+            "--max-concurrent-requests", "2",
+            "--max-queue", "1",
+            "--request-timeout-ms", "500",
+            "--max-payload-bytes", "2000",
+        ],
+    )  # fmt: skip
+
+
+def test_model_dir_is_the_folder_that_contains_the_model_and_init_runs_once(
+    server: Server, model_parent: Path
+) -> None:
+    info = server.post({"op": "info"}).json()
+    assert info["model_dir"] == str(model_parent.resolve())
+    assert info["weights"] == "w-42"
+    assert info["init_calls"] == 1
+    assert info["type"] == "str"
+
+
+def test_run_receives_the_body_as_text_and_its_value_comes_back_as_json(server: Server) -> None:
+    reply = server.post({"op": "echo", "values": [1, 2.5, "x"]})
+    assert reply.status == 200
+    assert reply.headers["content-type"] == "application/json"
+    assert reply.json() == {"op": "echo", "values": [1, 2.5, "x"]}
+    assert float(reply.headers["x-ms-run-fn-exec-ms"]) >= 0
+
+
+def test_request_id_is_echoed_or_generated(server: Server) -> None:
+    given = server.post({"op": "echo"}, headers={"x-request-id": "abc-123"})
+    assert given.headers["x-request-id"] == "abc-123"
+    first, second = server.post({"op": "echo"}), server.post({"op": "echo"})
+    assert first.headers["x-request-id"]
+    assert first.headers["x-request-id"] != second.headers["x-request-id"]
+
+
+def test_values_that_are_not_plain_json(server: Server) -> None:
+    assert server.post({"op": "numpy"}).json() == [0.0, 1.5, 3.0]
+    raw = server.post({"op": "bytes"})
+    assert (raw.body, raw.headers["content-type"]) == (b"\x00raw", "application/octet-stream")
+    assert server.post({"op": "text"}).json() == "plain"  # a JSON string, as on Azure
+    status = server.post({"op": "status"})
+    assert (status.status, status.json()) == (201, {"created": True})
+    aml = server.post({"op": "aml"})
+    assert (aml.status, aml.body, aml.headers["x-model"]) == (418, b"teapot", "m1")
+
+
+def test_unserializable_value_is_a_500_that_names_the_type(server: Server) -> None:
+    reply = server.post({"op": "object"})
+    assert reply.status == 500
+    assert "object" in reply.json()["message"]
+
+
+def test_failing_run_is_a_500_with_the_message_and_the_server_keeps_serving(
+    server: Server,
+) -> None:
+    reply = server.post({"op": "fail"}, headers={"x-request-id": "req-fail-1"})
+    assert reply.status == 500
+    assert reply.json()["message"] == "run() failed: ValueError: the model cannot score this"
+    assert reply.headers["x-ms-run-function-failed"] == "True"
+    assert server.post({"op": "echo"}).status == 200
+    failures = [
+        json.loads(line) for line in server.log().splitlines() if '"run_failed"' in line
+    ]
+    assert any(
+        f["request_id"] == "req-fail-1" and "Traceback" in f["exception"] for f in failures
+    )
+
+
+def test_payload_over_the_limit_is_413(server: Server) -> None:
+    reply = server.post({"op": "echo", "pad": "x" * 3000})
+    assert reply.status == 413
+    assert "2000" in reply.json()["message"]
+    assert server.post({"op": "echo"}).status == 200
+
+
+def test_slow_run_is_408_and_the_server_is_not_wedged(server: Server) -> None:
+    reply = server.post({"op": "sleep", "seconds": 3})
+    assert reply.status == 408
+    assert "500 ms" in reply.json()["message"]
+    # Both slots answer again although the timed-out call still sleeps on its thread.
+    with ThreadPoolExecutor(2) as pool:
+        statuses = list(pool.map(lambda _: server.post({"op": "echo"}).status, range(2)))
+    assert statuses == [200, 200]
+    assert server.get("/").status == 200
+
+
+def test_requests_beyond_slots_and_queue_are_429(server: Server) -> None:
+    with ThreadPoolExecutor(3) as pool:
+        slow = [pool.submit(server.post, {"op": "sleep", "seconds": 0.3}) for _ in range(3)]
+        wait_until(
+            lambda: "sluice_inference_requests_in_flight 3.0" in server.metrics(),
+            "two runs and one queued request",
+        )
+        rejected = server.post({"op": "echo"})
+        assert rejected.status == 429
+        assert "too many pending requests" in rejected.json()["message"]
+        assert sorted(f.result().status for f in slow)[:2] == [200, 200]
+
+
+def test_health_readiness_and_unknown_routes(server: Server) -> None:
+    live = server.get("/")
+    assert (live.status, live.body) == (200, b"Healthy")
+    assert server.get("/ready").json() == {"ready": True}
+    assert server.get("/v2/health/ready").status == 200
+    assert server.get("/v2/health/live").json() == {"live": True}
+    assert server.get("/swagger.json").status == 404  # run() declares no schema
+    assert server.get("/nope").status == 404
+    assert server.post("{}", path="/ready").status == 405
+
+
+def test_get_score_passes_the_query_as_json(server: Server) -> None:
+    reply = server.get("/score?op=echo&n=3&tag=a&tag=b")
+    assert reply.json() == {"op": "echo", "n": 3, "tag": ["a", "b"]}
+
+
+def test_invalid_utf8_body_is_400(server: Server) -> None:
+    assert server.post(b"\xff\xfe").status == 400
+
+
+def test_metrics_count_requests_errors_and_latency(server: Server) -> None:
+    server.post({"op": "echo"})
+    server.post({"op": "fail"})
+    text = server.metrics()
+    ok = re.search(r'sluice_inference_requests_total\{route="/score",status="200"\} (\d+)', text)
+    assert ok and int(float(ok.group(1))) >= 1
+    assert re.search(r'sluice_inference_errors_total\{kind="run_failed"\} [1-9]', text)
+    assert 'sluice_inference_request_duration_seconds_bucket{le="0.005",route="/score"}' in text
+    assert "sluice_inference_run_duration_seconds_count" in text
