@@ -38,9 +38,7 @@ def request(
     try:
         conn.request(method, path, body=body, headers=headers or {})
         reply = conn.getresponse()
-        return Response(
-            reply.status, {k.lower(): v for k, v in reply.getheaders()}, reply.read()
-        )
+        return Response(reply.status, {k.lower(): v for k, v in reply.getheaders()}, reply.read())
     finally:
         conn.close()
 

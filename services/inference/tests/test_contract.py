@@ -33,7 +33,7 @@ def init():
     with open(os.path.join(model_dir, "model", "weights.txt")) as f:
         weights = f.read().strip()
 
-def run(raw_data):
+def run(raw_data, request_headers):
     request = json.loads(raw_data)
     op = request.get("op")
     if op == "info":
@@ -58,6 +58,8 @@ def run(raw_data):
         return AMLResponse("teapot", 418, {"x-model": "m1"})
     if op == "object":
         return object()
+    if op == "headers":
+        return request_headers.get("X-Custom")
     return {"unknown": op}
 """
 
@@ -107,6 +109,10 @@ def test_run_receives_the_body_as_text_and_its_value_comes_back_as_json(server: 
     assert float(reply.headers["x-ms-run-fn-exec-ms"]) >= 0
 
 
+def test_run_with_request_headers_receives_them(server: Server) -> None:
+    assert server.post({"op": "headers"}, headers={"X-Custom": "c1"}).json() == "c1"
+
+
 def test_request_id_is_echoed_or_generated(server: Server) -> None:
     given = server.post({"op": "echo"}, headers={"x-request-id": "abc-123"})
     assert given.headers["x-request-id"] == "abc-123"
@@ -140,12 +146,8 @@ def test_failing_run_is_a_500_with_the_message_and_the_server_keeps_serving(
     assert reply.json()["message"] == "run() failed: ValueError: the model cannot score this"
     assert reply.headers["x-ms-run-function-failed"] == "True"
     assert server.post({"op": "echo"}).status == 200
-    failures = [
-        json.loads(line) for line in server.log().splitlines() if '"run_failed"' in line
-    ]
-    assert any(
-        f["request_id"] == "req-fail-1" and "Traceback" in f["exception"] for f in failures
-    )
+    failures = [json.loads(line) for line in server.log().splitlines() if '"run_failed"' in line]
+    assert any(f["request_id"] == "req-fail-1" and "Traceback" in f["exception"] for f in failures)
 
 
 def test_payload_over_the_limit_is_413(server: Server) -> None:

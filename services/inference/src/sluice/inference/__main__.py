@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import uvloop
@@ -17,7 +18,12 @@ def main() -> None:
     configure_logging(level=config.log_level, fmt=config.log_format, service="inference")
     if config.workers > 1 and config.listen_fd is None:
         sys.exit(run_workers(config))
-    sys.exit(uvloop.run(serve(config)))
+    code = uvloop.run(serve(config))
+    # A run() that outlived its timeout may still hold a thread; the interpreter's normal
+    # exit would wait for it forever, so leave without joining threads.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -59,7 +59,7 @@ class AMLRequest:
         self.path = path
         self.full_path = f"{path}?{query}"
         self.query_string = query.encode()
-        self.headers = _CaseInsensitive(headers)
+        self.headers = Headers(headers)
         self.args = dict(parse_qsl(query))
         self.data = body
 
@@ -94,7 +94,9 @@ def wants_raw_request(run: Callable[..., Any]) -> bool:
     return False
 
 
-class _CaseInsensitive(dict[str, str]):
+class Headers(dict[str, str]):
+    """Request headers; names are looked up case-insensitively, as in flask."""
+
     def __init__(self, headers: Mapping[str, str]) -> None:
         super().__init__({k.lower(): v for k, v in headers.items()})
 

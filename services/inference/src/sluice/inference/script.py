@@ -27,7 +27,7 @@ from urllib.parse import parse_qsl
 
 import orjson
 
-from sluice.inference.compat import AMLRequest, install_azure_shims, wants_raw_request
+from sluice.inference.compat import AMLRequest, Headers, install_azure_shims, wants_raw_request
 from sluice.inference.http import HttpRequest
 
 Call = Callable[[], Any]
@@ -147,8 +147,8 @@ class Scorer:
         return kwargs
 
 
-def _headers(request: HttpRequest) -> dict[str, str]:
-    return {k.decode("latin-1"): v.decode("latin-1") for k, v in request.headers}
+def _headers(request: HttpRequest) -> Headers:
+    return Headers({k.decode("latin-1"): v.decode("latin-1") for k, v in request.headers})
 
 
 def _query_values(query: str) -> dict[str, Any]:

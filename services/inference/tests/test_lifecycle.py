@@ -1,0 +1,152 @@
+"""Start-up and shutdown of real server processes: readiness, failing init, workers."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from inference_testing import server_argv, start_server, wait_until, write_script
+
+from sluice.common.supervisor import Supervisor, free_port, is_alive, stop_process
+
+SLOW_INIT = """
+import os, time
+from pathlib import Path
+
+def init():
+    release = Path(__file__).with_name("release")
+    deadline = time.monotonic() + 30
+    while not release.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+def run(raw_data):
+    return "scored"
+"""
+
+
+def test_readiness_turns_true_only_after_init_returns(
+    supervisor: Supervisor, tmp_path: Path
+) -> None:
+    code = write_script(tmp_path / "code", SLOW_INIT)
+    server = start_server(supervisor, "slow-init", code=code, ready=False)
+    assert server.get("/").status == 200  # alive while init() runs
+    assert server.get("/ready").status == 503
+    assert server.get("/v2/health/ready").json() == {"ready": False}
+    early = server.post("{}")
+    assert early.status == 503
+    assert "init()" in early.json()["message"]
+    (code / "release").touch()
+    server.wait_ready()
+    assert server.post("{}").json() == "scored"
+
+
+def run_to_exit(tmp_path: Path, script: str) -> subprocess.CompletedProcess[str]:
+    code = write_script(tmp_path / "code", script)
+    return subprocess.run(
+        server_argv(port=free_port(), code=code),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_failing_init_exits_non_zero_with_the_traceback(tmp_path: Path) -> None:
+    script = """
+    def init():
+        raise ValueError("cannot load the model file")
+
+    def run(raw_data):
+        return None
+    """
+    result = run_to_exit(tmp_path, script)
+    assert result.returncode == 3
+    assert "init_failed" in result.stderr
+    assert "Traceback" in result.stderr
+    assert "ValueError: cannot load the model file" in result.stderr
+
+
+def test_script_without_run_exits_non_zero_and_says_so(tmp_path: Path) -> None:
+    result = run_to_exit(tmp_path, "def init():\n    pass\n")
+    assert result.returncode == 3
+    assert "has no run() function" in result.stderr
+
+
+def test_script_that_fails_to_import_exits_non_zero(tmp_path: Path) -> None:
+    result = run_to_exit(tmp_path, "import no_such_module_here\n")
+    assert result.returncode == 3
+    assert "No module named 'no_such_module_here'" in result.stderr
+
+
+def test_bad_arguments_exit_with_usage(tmp_path: Path) -> None:
+    result = subprocess.run(
+        server_argv(port=free_port()), capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 2
+    assert "--scoring-script" in result.stderr
+
+
+PID_SCRIPT = """
+import os
+
+def init():
+    pass
+
+def run(raw_data):
+    return os.getpid()
+"""
+
+
+def test_workers_share_the_port_and_the_metrics(supervisor: Supervisor, tmp_path: Path) -> None:
+    code = write_script(tmp_path / "code", PID_SCRIPT)
+    server = start_server(supervisor, "workers", code=code, extra=["--workers", "2"])
+    pids: set[int] = set()
+
+    def both_answered() -> bool:
+        reply = server.post("{}")  # a new connection each time
+        if reply.status == 200:
+            pids.add(reply.json())
+        return len(pids) == 2
+
+    wait_until(both_answered, "answers from two worker processes")
+    assert server.process.pid not in pids
+    wait_until(
+        lambda: 'sluice_inference_requests_total{route="/score",status="200"}' in server.metrics(),
+        "the parent to serve the workers' metrics",
+    )
+
+
+def test_sigterm_stops_the_server(supervisor: Supervisor, tmp_path: Path) -> None:
+    code = write_script(tmp_path / "code", PID_SCRIPT)
+    server = start_server(supervisor, "stop", code=code)
+    stop_process(server.process)
+    assert not is_alive(server.process)
+    assert '"stopped"' in server.log()
+
+
+ASYNC_RUN = """
+import asyncio
+
+def init():
+    pass
+
+async def run(raw_data):
+    await asyncio.sleep(0)
+    return {"async": raw_data}
+"""
+
+
+def test_async_run_is_awaited(supervisor: Supervisor, tmp_path: Path) -> None:
+    code = write_script(tmp_path / "code", ASYNC_RUN)
+    server = start_server(supervisor, "async", code=code)
+    assert server.post("x").json() == {"async": "x"}
+
+
+@pytest.mark.parametrize("timeout_ms", ["0", "-5"])
+def test_non_positive_timeout_is_refused(tmp_path: Path, timeout_ms: str) -> None:
+    code = write_script(tmp_path / "code", PID_SCRIPT)
+    argv = server_argv(port=free_port(), code=code, extra=["--request-timeout-ms", timeout_ms])
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2
+    assert "at least 1" in result.stderr
