@@ -53,22 +53,38 @@ def parse_shares(values: Sequence[str], option: str) -> dict[str, int]:
     return shares
 
 
-def provisioner_running(settings: Settings) -> bool:
-    """False when the local platform runs no provisioner: nothing will start deployments."""
-    if settings.registry_address:
-        return True  # a remote platform: assume it is complete
+def provisioner_running(settings: Settings) -> bool | None:
+    """Whether the local platform runs a provisioner; None when it cannot be told (remote)."""
     state = LocalPlatform(settings).load_state()
-    return state is not None and any(p.name == "provisioner" for p in state.processes)
+    if state is None:
+        return None if settings.registry_address else False
+    return any(p.name == "provisioner" for p in state.processes)
 
 
 def wait_for_deployment(
-    fetch: Callable[[], OnlineDeploymentDoc], *, what: str, timeout_s: float = 900
+    fetch: Callable[[], OnlineDeploymentDoc],
+    *,
+    what: str,
+    timeout_s: float = 900,
+    pickup_timeout_s: float | None = None,
 ) -> OnlineDeploymentDoc:
-    """Poll until the deployment reaches a terminal state, with a spinner."""
-    deadline = time.monotonic() + timeout_s
+    """Poll until the deployment reaches a terminal state, with a spinner.
+
+    With `pickup_timeout_s`, give up early (returning the doc) if nothing moves it
+    out of `Creating` in that time: no provisioner is watching.
+    """
+    started = time.monotonic()
+    deadline = started + timeout_s
     doc = fetch()
     with err_console.status(f"{what}: {doc.meta.provisioning_state.value}…") as status:
         while doc.meta.provisioning_state not in TERMINAL:
+            waited = time.monotonic() - started
+            if (
+                pickup_timeout_s is not None
+                and waited > pickup_timeout_s
+                and doc.meta.provisioning_state is ProvisioningState.creating
+            ):
+                return doc
             if time.monotonic() > deadline:
                 raise CliError(
                     f"{what} is still {doc.meta.provisioning_state.value} after {timeout_s:.0f}s; "

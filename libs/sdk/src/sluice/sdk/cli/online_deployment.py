@@ -29,6 +29,7 @@ app = typer.Typer(
     help="Online deployments: the model, code and compute behind an endpoint.", no_args_is_help=True
 )
 
+PICKUP_TIMEOUT_S = 15.0
 COLUMNS = ["name", "endpoint", "state", "instances", "instance_type", "model", "version"]
 NameOption = typer.Option(None, "--name", "-n", help="deployment name (overrides the YAML's)")
 EndpointOption = typer.Option(None, "--endpoint-name", "-e", help="endpoint (overrides the YAML's)")
@@ -64,15 +65,24 @@ def _finish(
     if no_wait:
         err_console.print(f"{verb} {what}; it is {doc.meta.provisioning_state.value} (--no-wait).")
         return doc
-    if not provisioner_running(Settings()):
+    running = provisioner_running(Settings())
+    if running is False:
         err_console.print(
             f"{verb} {what}. It is {doc.meta.provisioning_state.value}: it is stored, but no "
-            "provisioner runs on this platform yet, so no instance will start."
+            "provisioner runs on this platform, so no instance will start."
         )
         return doc
     doc = wait_for_deployment(
-        lambda: client.get_online_deployment(spec.endpoint_name, spec.name), what=what
+        lambda: client.get_online_deployment(spec.endpoint_name, spec.name),
+        what=what,
+        pickup_timeout_s=None if running else PICKUP_TIMEOUT_S,
     )
+    if doc.meta.provisioning_state is ProvisioningState.creating:
+        err_console.print(
+            f"{verb} {what}, but it is still Creating after {PICKUP_TIMEOUT_S:.0f}s: no "
+            "provisioner has picked it up. Check the platform's provisioner."
+        )
+        return doc
     if doc.meta.provisioning_state is ProvisioningState.failed:
         raise CliError(f"{what} failed: {doc.meta.status_message}")
     err_console.print(f"{verb} {what}: {doc.meta.provisioning_state.value}.")

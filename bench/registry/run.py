@@ -1,0 +1,145 @@
+"""Registry latency at 10 and at 1,000 endpoints (x 2 deployments each).
+
+Starts real nats-server, SecantusDB and the registry process on free ports,
+then, for a small and a large registry, measures per-call latency of create
+(endpoint + 2 deployments), get and a full paginated list through the gRPC
+client. The ratio large/small shows how cost grows with size: get should stay
+flat (an `_id` lookup); list grows with what it returns, per item it should not.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from cryptography.fernet import Fernet
+
+from sluice.common.components import mongo_spec, nats_spec, python_service_spec
+from sluice.common.resources import (
+    ArtifactRef,
+    CodeConfiguration,
+    ModelRef,
+    OnlineDeploymentSpec,
+    OnlineEndpointSpec,
+)
+from sluice.common.settings import Settings
+from sluice.common.supervisor import Supervisor, free_port
+from sluice.common.testing.plugin import service_env
+from sluice.sdk.client import RegistryClient
+
+SIZES = (10, 1000)
+SAMPLES = 200  # get calls per size
+
+
+def timed(call: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    call()
+    return (time.perf_counter() - started) * 1000
+
+
+def fill(client: RegistryClient, start: int, stop: int, model: ArtifactRef) -> list[float]:
+    """Create endpoints start..stop-1 with blue and green; per-endpoint create latency (ms)."""
+    times = []
+    for i in range(start, stop):
+        name = f"bench-{i:05d}"
+
+        def create(name: str = name) -> None:
+            client.create_online_endpoint(OnlineEndpointSpec(name=name))
+            for dep in ("blue", "green"):
+                client.create_online_deployment(
+                    OnlineDeploymentSpec(
+                        name=dep,
+                        endpoint_name=name,
+                        model=ModelRef(artifact=model),
+                        code_configuration=CodeConfiguration(),
+                    )
+                )
+
+        times.append(timed(create))
+    return times
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="sluice-bench-") as tmp:
+        root = Path(tmp)
+        sup = Supervisor(root / "logs")
+        try:
+            nats = sup.start(
+                nats_spec(
+                    host="127.0.0.1",
+                    port=free_port(),
+                    monitor_port=free_port(),
+                    data_dir=root / "nats",
+                )
+            )
+            mongo = sup.start(mongo_spec(host="127.0.0.1", port=free_port(), data_dir=None))
+            settings = Settings(
+                state_dir=root / "state",
+                nats_url=nats.address,
+                mongodb_uri=mongo.address,
+                admin_token="bench",
+                secret_key=Fernet.generate_key().decode(),
+            )
+            port = free_port()
+            settings = settings.model_copy(
+                update={"ports": settings.ports.model_copy(update={"registry": port})}
+            )
+            sup.start(
+                python_service_spec(
+                    name="registry",
+                    module="sluice.registry",
+                    host="127.0.0.1",
+                    port=port,
+                    env={**os.environ, **service_env(settings), "SLUICE_LOG_LEVEL": "warning"},
+                    python=sys.executable,
+                )
+            )
+            (root / "model").mkdir()
+            (root / "model/model.pkl").write_bytes(b"bench model")
+            with RegistryClient(f"127.0.0.1:{port}", "bench") as client:
+                model = client.upload(root / "model")
+                rows = []
+                created = 0
+                for size in SIZES:
+                    creates = fill(client, created, size, model)
+                    created = size
+                    gets = [
+                        timed(lambda i=i, n=size: client.get_online_endpoint(f"bench-{i % n:05d}"))
+                        for i in range(SAMPLES)
+                    ]
+                    lists = [timed(client.list_online_endpoints) for _ in range(5)]
+                    listed = len(client.list_online_endpoints())
+                    deps = timed(lambda: client.list_online_deployments("bench-00000"))
+                    rows.append(
+                        (
+                            size,
+                            statistics.median(creates),
+                            statistics.median(gets),
+                            statistics.median(lists),
+                            listed,
+                            deps,
+                        )
+                    )
+        finally:
+            sup.stop_all()
+
+    header = ("endpoints", "create ms", "get ms", "list ms", "list/item ms", "deps list ms")
+    print(" ".join(f"{h:>13}" for h in header))
+    for size, create, get, list_ms, listed, deps in rows:
+        cells = (size, f"{create:.2f}", f"{get:.2f}", f"{list_ms:.1f}", f"{list_ms / listed:.3f}")
+        print(" ".join(f"{c:>13}" for c in (*cells, f"{deps:.2f}")))
+    small, large = rows
+    per_item = (large[3] / large[4]) / (small[3] / small[4])
+    print(
+        f"ratio {large[0]}/{small[0]} endpoints: create x{large[1] / small[1]:.2f}, "
+        f"get x{large[2] / small[2]:.2f}, list per item x{per_item:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()

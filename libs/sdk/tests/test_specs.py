@@ -1,0 +1,146 @@
+"""Azure ML CLI v2 YAML -> Sluice specs: schemas, defaults, paths, overrides, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sluice.common.resources import ArtifactRef, AuthMode, ComputeKind, OutputAction
+from sluice.sdk.specs import (
+    SpecError,
+    apply_sets,
+    load_batch_deployment,
+    load_online_deployment,
+    load_online_endpoint,
+)
+
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
+
+
+def fake_upload(path: Path) -> ArtifactRef:
+    """Stands in for the registry upload: records the resolved path as the name."""
+    return ArtifactRef(digest="sha256:" + "0" * 64, name=str(path), is_directory=path.is_dir())
+
+
+def write(tmp_path: Path, text: str, name: str = "spec.yml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_endpoint_yaml_with_schema_and_aad_token(tmp_path: Path) -> None:
+    spec = load_online_endpoint(
+        write(
+            tmp_path,
+            "$schema: https://azuremlschemas.azureedge.net/latest/kubernetesOnlineEndpoint.schema.json\n"
+            "name: k8s-ep\nauth_mode: aad_token\ncompute: azureml:my-cluster\n",
+        )
+    ).spec
+    assert spec.auth_mode is AuthMode.aml_token
+    assert spec.kind is ComputeKind.kubernetes and spec.compute == "my-cluster"
+
+
+def test_deployment_paths_resolve_against_the_yaml_folder(tmp_path: Path) -> None:
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model/model.pkl").write_bytes(b"x")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src/score.py").write_text("def init(): pass\n")
+    (tmp_path / "env.yml").write_text("dependencies:\n  - pip:\n      - scikit-learn\n")
+    spec = load_online_deployment(
+        write(
+            tmp_path,
+            "name: blue\nendpoint_name: ep1\nmodel:\n  path: model\n"
+            "code_configuration:\n  code: src\n  scoring_script: score.py\n"
+            "environment:\n  conda_file: env.yml\n"
+            "liveness_probe:\n  initial_delay: 0\n  period: 3\n"
+            "scale_settings:\n  type: target_utilization\n  min_instances: 1\n  max_instances: 4\n",
+        ),
+        fake_upload,
+    ).spec
+    assert spec.model.artifact is not None
+    assert spec.model.artifact.name == str(tmp_path / "model") and spec.model.artifact.is_directory
+    assert spec.code_configuration.scoring_script == "score.py"
+    assert "scikit-learn" in spec.environment.conda_file
+    assert spec.liveness_probe.initial_delay_s == 0 and spec.liveness_probe.period_s == 3
+    assert spec.readiness_probe.failure_threshold == 30
+    assert spec.request_settings.request_timeout_ms == 5000
+    assert spec.scale_settings.max_instances == 4
+
+
+def test_registered_model_and_environment_references(tmp_path: Path) -> None:
+    spec = load_online_deployment(
+        write(
+            tmp_path,
+            "name: blue\nendpoint_name: ep1\nmodel: azureml:diabetes:3\n"
+            "environment: azureml:sklearn-env:1\n",
+        ),
+        fake_upload,
+    ).spec
+    assert spec.model.registered == "diabetes:3"
+    assert spec.environment.registered == "sklearn-env:1"
+
+
+def test_missing_scoring_script_is_named(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    path = write(
+        tmp_path,
+        "name: blue\nendpoint_name: ep1\n"
+        "code_configuration:\n  code: src\n  scoring_script: score.py\n",
+    )
+    with pytest.raises(SpecError, match=r"'score\.py' is not a file"):
+        load_online_deployment(path, fake_upload)
+
+
+def test_errors_name_the_field(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="instance_count: Input should be a valid integer"):
+        load_online_deployment(
+            write(tmp_path, "name: blue\nendpoint_name: ep\ninstance_count: many\n"), fake_upload
+        )
+    with pytest.raises(SpecError, match="endpoint_name: required field is missing"):
+        load_online_deployment(write(tmp_path, "name: blue\n"), fake_upload)
+    with pytest.raises(SpecError, match="line 2"):
+        load_online_endpoint(write(tmp_path, "name: a\n  b: [\n"))
+    with pytest.raises(SpecError, match="expected a mapping"):
+        load_online_endpoint(write(tmp_path, "- just\n- a list\n"))
+
+
+def test_set_overrides_nest_and_parse_scalars() -> None:
+    data = apply_sets({"a": {"b": 1}}, ["a.c=2", "d=true", "e.f.g=text"])
+    assert data == {"a": {"b": 1, "c": 2}, "d": True, "e": {"f": {"g": "text"}}}
+    with pytest.raises(SpecError, match="use key=value"):
+        apply_sets({}, ["novalue"])
+
+
+def test_batch_deployment_example_and_legacy_form(tmp_path: Path) -> None:
+    (tmp_path / "model").mkdir()
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code/driver.py").write_text("def run(b): return b\n")
+    common = (
+        "name: nightly\nendpoint_name: be1\nmodel:\n  path: model\n"
+        "code_configuration:\n  code: code\n  scoring_script: driver.py\n"
+    )
+    new = load_batch_deployment(
+        write(
+            tmp_path, common + "settings:\n  mini_batch_size: 5\n  output_action: summary_only\n"
+        ),
+        fake_upload,
+    ).spec
+    old = load_batch_deployment(
+        write(tmp_path, common + "mini_batch_size: 5\noutput_action: summary_only\n"), fake_upload
+    ).spec
+    assert new.settings == old.settings
+    assert new.settings.output_action is OutputAction.summary_only
+    with pytest.raises(SpecError, match="both at the top level and under settings"):
+        load_batch_deployment(
+            write(tmp_path, common + "mini_batch_size: 5\nsettings:\n  mini_batch_size: 6\n"),
+            fake_upload,
+        )
+
+
+def test_the_shipped_examples_load() -> None:
+    if not (EXAMPLES / "online/model-1/model").exists():
+        pytest.skip("example models not trained (python examples/train_models.py)")
+    for name in ("blue-deployment.yml", "green-deployment.yml"):
+        spec = load_online_deployment(EXAMPLES / "online" / name, fake_upload).spec
+        assert spec.endpoint_name == "my-endpoint"

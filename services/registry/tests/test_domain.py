@@ -1,0 +1,90 @@
+"""The registry's rules as pure functions: names, traffic merges, mirror limits, deletes."""
+
+from __future__ import annotations
+
+import pytest
+
+from sluice.common.resources import ComputeKind, OnlineDeploymentSpec, OnlineEndpointSpec
+from sluice.registry import domain
+from sluice.registry.domain import FailedPrecondition, InvalidArgument
+
+
+@pytest.mark.parametrize("name", ["abc", "my-endpoint", "A1-b2", "x" * 32])
+def test_valid_names(name: str) -> None:
+    domain.check_name("endpoint", name)
+
+
+@pytest.mark.parametrize("name", ["ab", "x" * 33, "1abc", "-abc", "abc-", "a_bc", "a.bc", ""])
+def test_invalid_names(name: str) -> None:
+    with pytest.raises(InvalidArgument, match="use 3-32 characters"):
+        domain.check_name("endpoint", name)
+
+
+def test_traffic_merge_touches_only_named_deployments() -> None:
+    merged = domain.merge_traffic(
+        {"blue": 90, "green": 10}, {"blue": 80, "red": 10}, ["blue", "green", "red"]
+    )
+    assert merged == {"blue": 80, "green": 10, "red": 10}
+
+
+def test_traffic_all_zero_is_allowed_and_zero_shares_are_dropped() -> None:
+    assert domain.merge_traffic({"blue": 100}, {"blue": 0}, ["blue"]) == {}
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"blue": 50}, "sums to 50"),
+        ({"gone": 0}, "'gone', which does not exist"),
+        ({"blue": -1}, "whole percentage"),
+        ({"blue": 150}, "whole percentage"),
+        ({"blue": True}, "whole percentage"),
+    ],
+)
+def test_traffic_errors(changes: dict[str, int], message: str) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        domain.merge_traffic({}, changes, ["blue"])
+
+
+def test_mirror_rules() -> None:
+    assert domain.merge_mirror({}, {"green": 50}, {"blue": 100}, ["blue", "green"]) == {"green": 50}
+    with pytest.raises(InvalidArgument, match="most allowed is 50%"):
+        domain.merge_mirror({}, {"green": 51}, {"blue": 100}, ["blue", "green"])
+    with pytest.raises(InvalidArgument, match="one deployment only"):
+        domain.merge_mirror({"green": 10}, {"red": 10}, {"blue": 100}, ["blue", "green", "red"])
+    with pytest.raises(InvalidArgument, match="cannot also receive mirrored traffic"):
+        domain.merge_mirror({}, {"blue": 10}, {"blue": 100}, ["blue", "green"])
+
+
+def test_moving_live_traffic_onto_the_mirror_target_is_refused() -> None:
+    with pytest.raises(InvalidArgument, match="cannot also receive mirrored traffic"):
+        domain.check_mirror({"green": 10}, {"blue": 90, "green": 10})
+
+
+def test_deleting_a_deployment_with_traffic_says_how_to_fix_it() -> None:
+    with pytest.raises(FailedPrecondition, match="--traffic blue=0"):
+        domain.check_deletable("blue", {"blue": 100}, {})
+    with pytest.raises(FailedPrecondition, match="--mirror-traffic green=0"):
+        domain.check_deletable("green", {"blue": 100}, {"green": 10})
+    domain.check_deletable("green", {"blue": 100}, {})
+
+
+def test_deployment_kind_must_match_the_endpoint() -> None:
+    endpoint = OnlineEndpointSpec(
+        name="k8s-endpoint", kind=ComputeKind.kubernetes, compute="cluster"
+    )
+    spec = OnlineDeploymentSpec(
+        name="blue",
+        endpoint_name="k8s-endpoint",
+        model={"registered": "m:1"},  # type: ignore[arg-type]
+    )
+    with pytest.raises(InvalidArgument, match="use the matching deployment schema"):
+        domain.check_online_deployment(spec, endpoint)
+
+
+def test_a_deployment_needs_a_model_or_code() -> None:
+    endpoint = OnlineEndpointSpec(name="endpoint")
+    with pytest.raises(InvalidArgument, match="needs a model"):
+        domain.check_online_deployment(
+            OnlineDeploymentSpec(name="blue", endpoint_name="endpoint"), endpoint
+        )

@@ -1,0 +1,245 @@
+"""The `sluice` CLI against a real registry: Azure YAML files in, one clear line out on errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sluice.common.platform import PlatformState
+from sluice.common.testing.plugin import RunningService
+
+pytestmark = pytest.mark.integration
+
+
+class Cli:
+    def __init__(self, env: dict[str, str], cwd: Path):
+        self._env = env
+        self._cwd = cwd
+
+    def __call__(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "sluice.sdk.cli", *args],
+            capture_output=True,
+            text=True,
+            env=self._env,
+            cwd=self._cwd,
+            timeout=60,
+            check=False,
+        )
+        if ok:
+            assert result.returncode == 0, result.stderr
+        return result
+
+    def json(self, *args: str) -> object:
+        return json.loads(self(*args, "-o", "json").stdout)
+
+    def error(self, *args: str) -> str:
+        """Run a command that must fail: exit 1, one line on stderr, no traceback."""
+        result = self(*args, ok=False)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "Traceback" not in result.stderr
+        lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert len(lines) == 1, result.stderr
+        return lines[0]
+
+
+@pytest.fixture
+def cli(registry: RunningService, examples: Path) -> Cli:
+    env = {
+        **os.environ,
+        "SLUICE_REGISTRY_ADDRESS": registry.address,
+        "SLUICE_ADMIN_TOKEN": registry.settings.admin_token or "",
+        "SLUICE_STATE_DIR": str(registry.settings.state_dir),
+        "NO_COLOR": "1",
+        "COLUMNS": "200",
+    }
+    return Cli(env, examples / "online")
+
+
+def test_create_show_list_and_traffic(cli: Cli) -> None:
+    cli("online-endpoint", "create", "-f", "endpoint.yml")
+    created = cli("online-deployment", "create", "-f", "blue-deployment.yml", "--no-wait")
+    assert "blue" in created.stdout and "Creating" in created.stdout
+    assert "it is Creating (--no-wait)" in created.stderr
+    shown = cli.json("online-deployment", "show", "-n", "blue", "-e", "my-endpoint")
+    assert isinstance(shown, dict) and shown["meta"]["provisioning_state"] == "Creating"
+    cli("online-deployment", "create", "-f", "green-deployment.yml", "--no-wait")
+    cli("online-endpoint", "update", "-n", "my-endpoint", "--set", "traffic.blue=100")
+    endpoint = cli.json(
+        "online-endpoint", "update", "-n", "my-endpoint", "--traffic", "blue=90 green=10"
+    )
+    assert isinstance(endpoint, dict) and endpoint["spec"]["traffic"] == {"blue": 90, "green": 10}
+    # Re-applying the YAML (no traffic in it) keeps the split.
+    again = cli.json("online-endpoint", "update", "-f", "endpoint.yml")
+    assert isinstance(again, dict) and again["spec"]["traffic"] == {"blue": 90, "green": 10}
+    table = cli("online-endpoint", "list").stdout
+    assert "my-endpoint" in table and "blue=90 green=10" in table
+    listed = cli.json("online-deployment", "list", "-e", "my-endpoint")
+    assert isinstance(listed, list) and [d["spec"]["name"] for d in listed] == ["blue", "green"]
+    as_yaml = yaml.safe_load(
+        cli("online-endpoint", "show", "-n", "my-endpoint", "-o", "yaml").stdout
+    )
+    assert as_yaml["scoring_uri"].endswith("/score")
+    keys = cli.json("online-endpoint", "get-credentials", "-n", "my-endpoint")
+    assert isinstance(keys, dict) and keys["primaryKey"] != keys["secondaryKey"]
+
+
+def test_every_rule_reports_one_clear_line(cli: Cli, examples: Path) -> None:
+    online = examples / "online"
+    cli("online-endpoint", "create", "-f", "endpoint.yml")
+    cli("online-deployment", "create", "-f", "blue-deployment.yml", "--no-wait")
+    cli("online-endpoint", "update", "-n", "my-endpoint", "--traffic", "blue=100")
+    before = cli.json("online-endpoint", "show", "-n", "my-endpoint")
+    blue_before = cli.json("online-deployment", "show", "-n", "blue", "-e", "my-endpoint")
+
+    (online / "broken.yml").write_text("name: x\n  auth_mode: [key\n")
+    (online / "unknown-field.yml").write_text("name: other-endpoint\nauth_mod: key\n")
+    (online / "azure-only.yml").write_text("name: azure-fields\npublic_network_access: disabled\n")
+    (online / "missing-code.yml").write_text(
+        (online / "blue-deployment.yml").read_text().replace("model-1/onlinescoring/", "nowhere/")
+    )
+    cases = [
+        (["online-endpoint", "create", "-f", "broken.yml"], "invalid YAML"),
+        (["online-endpoint", "create", "-f", "unknown-field.yml"], "auth_mod: unknown field"),
+        (["online-endpoint", "create", "-f", "nope.yml"], "no such file"),
+        (["online-endpoint", "create", "-f", "endpoint.yml", "--set", "name=1abc"], "is invalid"),
+        (
+            ["online-endpoint", "create", "-f", "endpoint.yml", "--set", "auth_mode=cert"],
+            "auth_mode",
+        ),
+        (["online-endpoint", "create", "-f", "endpoint.yml"], "already exists"),
+        (["online-endpoint", "update", "-n", "my-endpoint", "--traffic", "blue=90"], "sums to 90"),
+        (["online-endpoint", "update", "-n", "my-endpoint", "--traffic", "red=0"], "'red'"),
+        (
+            ["online-endpoint", "update", "-n", "my-endpoint", "--traffic", "blue=ten"],
+            "whole number",
+        ),
+        (
+            ["online-endpoint", "update", "-n", "my-endpoint", "--mirror-traffic", "blue=10"],
+            "cannot also receive mirrored traffic",
+        ),
+        (
+            [
+                "online-deployment",
+                "create",
+                "-f",
+                "blue-deployment.yml",
+                "--set",
+                "name=green",
+                "--set",
+                "instance_count=0",
+            ],
+            "instance_count must be between 1 and 100",
+        ),
+        (
+            [
+                "online-deployment",
+                "create",
+                "-f",
+                "blue-deployment.yml",
+                "--set",
+                "name=green",
+                "--set",
+                "request_settings.request_timeout_ms=999999",
+            ],
+            "request_timeout_ms must be between 1 and 180000",
+        ),
+        (
+            ["online-deployment", "create", "-f", "missing-code.yml", "--set", "name=green"],
+            "does not exist",
+        ),
+        (["online-deployment", "create", "-f", "blue-deployment.yml"], "already exists"),
+        (
+            ["online-deployment", "delete", "-n", "blue", "-e", "my-endpoint"],
+            "still takes 100% of live traffic",
+        ),
+        (["online-endpoint", "show", "-n", "no-such-endpoint"], "does not exist"),
+        (
+            ["online-endpoint", "regenerate-keys", "-n", "my-endpoint", "--key-type", "third"],
+            "primary",
+        ),
+    ]
+    for args, message in cases:
+        line = cli.error(*args)
+        assert message in line, (args, line)
+    warned = cli("online-endpoint", "create", "-f", "azure-only.yml")
+    assert "public_network_access is an Azure-only field; ignored" in warned.stderr
+    assert cli.json("online-endpoint", "show", "-n", "my-endpoint") == before
+    assert cli.json("online-deployment", "show", "-n", "blue", "-e", "my-endpoint") == blue_before
+
+
+def test_batch_endpoint_and_both_settings_forms(cli: Cli, examples: Path) -> None:
+    batch = examples / "batch"
+    cli("batch-endpoint", "create", "-f", str(batch / "endpoint.yml"))
+    cli("batch-deployment", "create", "-f", str(batch / "deployment.yml"))
+    dep = cli.json("batch-deployment", "show", "-n", "ridge", "-e", "diabetes-batch")
+    assert isinstance(dep, dict)
+    assert dep["spec"]["settings"]["mini_batch_size"] == 10
+    assert dep["spec"]["settings"]["retry_settings"] == {"max_retries": 3, "timeout_s": 30}
+    assert dep["spec"]["instance_count"] == 2
+    # The older schema: batch settings at the top level.
+    legacy = yaml.safe_load((batch / "deployment.yml").read_text())
+    settings = legacy.pop("settings")
+    legacy.update(name="legacy", **settings)
+    legacy["error_threshold"] = 0
+    (batch / "legacy.yml").write_text(yaml.safe_dump(legacy))
+    cli("batch-deployment", "create", "-f", str(batch / "legacy.yml"))
+    old = cli.json("batch-deployment", "show", "-n", "legacy", "-e", "diabetes-batch")
+    assert isinstance(old, dict) and old["spec"]["settings"]["error_threshold"] == 0
+    endpoint = cli.json("batch-endpoint", "show", "-n", "diabetes-batch")
+    assert isinstance(endpoint, dict) and endpoint["spec"]["default_deployment"] == "ridge"
+    line = cli.error("batch-deployment", "delete", "-n", "ridge", "-e", "diabetes-batch")
+    assert "is the default" in line
+    cli(
+        "batch-endpoint",
+        "update",
+        "-n",
+        "diabetes-batch",
+        "--set",
+        "defaults.deployment_name=legacy",
+    )
+    cli("batch-deployment", "delete", "-n", "ridge", "-e", "diabetes-batch")
+    assert (
+        cli.json("batch-endpoint", "show", "-n", "diabetes-batch")["spec"]["default_deployment"]
+        == "legacy"
+    )  # type: ignore[index]
+
+
+def test_the_local_platform_runs_the_registry(
+    local_platform: PlatformState, tmp_path: Path
+) -> None:
+    """`sluice up` started a registry; the CLI finds it and its token from the state directory."""
+    env = {
+        **os.environ,
+        "SLUICE_STATE_DIR": str(local_platform.state_dir),
+        "NO_COLOR": "1",
+        "COLUMNS": "200",
+    }
+    env.pop("SLUICE_REGISTRY_ADDRESS", None)
+    env.pop("SLUICE_ADMIN_TOKEN", None)
+    cli = Cli(env, tmp_path)
+    assert local_platform.registry_address
+    cli("online-endpoint", "create", "--name", "platform-check")
+    examples = Path(__file__).resolve().parents[1] / "examples/online"
+    if not (examples / "model-1/model").exists():
+        subprocess.run([sys.executable, str(examples.parent / "train_models.py")], check=True)
+    created = cli(
+        "online-deployment",
+        "create",
+        "-f",
+        str(examples / "blue-deployment.yml"),
+        "--set",
+        "endpoint_name=platform-check",
+    )
+    if not any(p.name == "provisioner" for p in local_platform.processes):
+        assert "no provisioner runs on this platform" in created.stderr
+    shown = cli.json("online-endpoint", "show", "-n", "platform-check")
+    assert isinstance(shown, dict) and shown["meta"]["created_by"]
+    cli("online-endpoint", "delete", "-n", "platform-check")
+    assert "does not exist" in cli.error("online-endpoint", "show", "-n", "platform-check")
