@@ -1,0 +1,350 @@
+"""Sluice's inference server against Azure's azureml-inference-server-http, same model, one run.
+
+`uv run --no-sync python bench/run.py inference` (or this file directly):
+
+1. trains a Ridge regression on sklearn's bundled diabetes data and writes
+   it with the same score.py that both servers load (AZUREML_MODEL_DIR layout);
+2. measures the ceiling: calls/s of that run() alone in a loop, in-process;
+3. installs azureml-inference-server-http (and the same numpy, scikit-learn
+   and joblib versions) into its own virtualenv under the cache folder;
+4. serves the script with each server, one worker each, and drives both
+   with wrk (1 thread, 16 connections, 10 s after a 2 s warm-up);
+5. measures Sluice's latency at 70% of its peak with an open-loop load
+   generator (below): requests leave on a fixed schedule, and latency counts
+   from the scheduled time, so a stall shows up in p99 instead of slowing
+   the sender (wrk2 is not packaged here; wrk's Lua delay() only knows whole
+   milliseconds per connection, too coarse to hold a rate).
+
+Sluice runs with --max-queue 64: its default queue (as many as the concurrent
+runs) would answer wrk's 16 connections with 429 while it warms up, which is
+right behind a gateway but not what a throughput test measures.
+Cache: $SLUICE_BENCH_CACHE or ~/.cache/sluice-bench.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from collections import deque
+from pathlib import Path
+from typing import Any, NamedTuple
+
+CACHE = Path(os.environ.get("SLUICE_BENCH_CACHE", Path.home() / ".cache" / "sluice-bench"))
+WORK = CACHE / "inference"
+AZURE_VENV = CACHE / "azureml-server"
+UV = shutil.which("uv") or "uv"
+WRK = shutil.which("wrk")
+CONNECTIONS = 16
+SECONDS = 10
+BODY = '{"data": [[0.038, 0.050, 0.061, 0.021, -0.044, -0.034, -0.043, -0.002, 0.019, -0.017]]}'
+
+SCORE_PY = """
+import json
+import os
+
+import joblib
+
+
+def init():
+    global model
+    model = joblib.load(os.path.join(os.environ["AZUREML_MODEL_DIR"], "model", "model.pkl"))
+
+
+def run(raw_data):
+    data = json.loads(raw_data)["data"]
+    return model.predict(data).tolist()
+"""
+
+
+class Result(NamedTuple):  # not a dataclass: bench/run.py loads this file outside sys.modules
+    rps: float
+    p50_ms: float
+    p99_ms: float
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def prepare_model() -> Path:
+    """Train the model and write score.py; return the folder that holds `model/` and `code/`."""
+    import joblib
+    from sklearn.datasets import load_diabetes
+    from sklearn.linear_model import Ridge
+
+    features, target = load_diabetes(return_X_y=True)
+    (WORK / "model").mkdir(parents=True, exist_ok=True)
+    (WORK / "code").mkdir(exist_ok=True)
+    joblib.dump(Ridge(alpha=0.1).fit(features, target), WORK / "model" / "model.pkl")
+    (WORK / "code" / "score.py").write_text(textwrap.dedent(SCORE_PY))
+    return WORK
+
+
+def ceiling(work: Path, seconds: float = 3.0) -> float:
+    """Calls per second of run() alone, in this process."""
+    os.environ["AZUREML_MODEL_DIR"] = str(work)
+    spec = importlib.util.spec_from_file_location("bench_score", work / "code" / "score.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.init()
+    for _ in range(2000):
+        module.run(BODY)
+    calls, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        for _ in range(500):
+            module.run(BODY)
+        calls += 500
+    return calls / (time.perf_counter() - started)
+
+
+def ensure_azure_server() -> Path:
+    """azmlinfsrv in its own virtualenv, with this environment's model libraries."""
+    from importlib import metadata
+
+    binary = AZURE_VENV / "bin" / "azmlinfsrv"
+    pins = [f"{name}=={metadata.version(name)}" for name in ("numpy", "scikit-learn", "joblib")]
+    marker = AZURE_VENV / "pins.txt"
+    if binary.exists() and marker.exists() and marker.read_text() == "\n".join(pins):
+        return binary
+    subprocess.run([UV, "venv", "-q", "--clear", "-p", "3.11", str(AZURE_VENV)], check=True)
+    env = {**os.environ, "VIRTUAL_ENV": str(AZURE_VENV)}
+    subprocess.run(
+        [UV, "pip", "install", "-q", "azureml-inference-server-http", *pins], check=True, env=env
+    )
+    marker.write_text("\n".join(pins))
+    return binary
+
+
+def wait_for(
+    url: str, deadline_s: float = 120.0, process: subprocess.Popen[bytes] | None = None
+) -> None:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as reply:  # noqa: S310 - loopback
+                if reply.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer 200 within {deadline_s:g}s")
+
+
+def start(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, 15)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, 9)
+            process.wait()
+
+
+def wrk(url: str, seconds: int) -> Result:
+    script = WORK / "post.lua"
+    script.write_text(
+        f"wrk.method = 'POST'\nwrk.body = '{BODY}'\n"
+        "wrk.headers['Content-Type'] = 'application/json'\n"
+    )
+    assert WRK is not None
+    out = subprocess.run(
+        [WRK, "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    if "Non-2xx" in out or "Socket errors" in out:
+        raise RuntimeError(f"errors under load:\n{out}")
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    return Result(rps, _wrk_percentile(out, "50%"), _wrk_percentile(out, "99%"))
+
+
+def _wrk_percentile(out: str, which: str) -> float:
+    match = re.search(rf"{re.escape(which)}\s+([\d.]+)(us|ms|s)", out)
+    assert match, out
+    scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}[match.group(2)]
+    return float(match.group(1)) * scale
+
+
+class _Client(asyncio.Protocol):
+    """One keep-alive connection of the open-loop generator: one request at a time."""
+
+    def __init__(self, done: Any) -> None:
+        import httptools
+
+        self.done = done
+        self.parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.due = 0.0
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed_data(data)
+
+    def on_message_complete(self) -> None:
+        self.done(self, self.parser.get_status_code())
+
+
+async def open_loop(port: int, rate: float, seconds: float, connections: int = 64) -> Result:
+    """Send `rate` requests/s on a fixed schedule; latency counts from each scheduled time."""
+    loop = asyncio.get_running_loop()
+    request = (
+        "POST /score HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(BODY)}\r\n\r\n{BODY}"
+    ).encode()
+    idle: deque[_Client] = deque()
+    backlog: deque[float] = deque()
+    latencies: list[float] = []
+    errors = 0
+    all_answered = asyncio.Event()
+    total = int(rate * seconds)
+
+    def send(client: _Client, due: float) -> None:
+        client.due = due
+        assert client.transport is not None
+        client.transport.write(request)
+
+    def done(client: _Client, status: int) -> None:
+        nonlocal errors
+        latencies.append(loop.time() - client.due)
+        errors += status != 200
+        if len(latencies) == total:
+            all_answered.set()
+        if backlog:
+            send(client, backlog.popleft())
+        else:
+            idle.append(client)
+
+    for _ in range(connections):
+        _, client = await loop.create_connection(lambda: _Client(done), "127.0.0.1", port)
+        idle.append(client)
+    started = loop.time()
+    for i in range(total):
+        due = started + i / rate
+        if due > loop.time():
+            await asyncio.sleep(due - loop.time())
+        if idle:
+            send(idle.popleft(), due)
+        else:
+            backlog.append(due)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(all_answered.wait(), 10)
+    elapsed = loop.time() - started
+    if errors or len(latencies) < total:
+        raise RuntimeError(f"open loop: {errors} errors, {total - len(latencies)} unanswered")
+    latencies.sort()
+    return Result(
+        total / elapsed,
+        latencies[len(latencies) // 2] * 1e3,
+        latencies[int(len(latencies) * 0.99)] * 1e3,
+    )
+
+
+def serve_and_measure(
+    name: str, argv: list[str], env: dict[str, str], probe: str, port: int
+) -> Result:
+    process = start(argv, env, WORK / f"{name}.log")
+    try:
+        wait_for(f"http://127.0.0.1:{port}{probe}", process=process)
+        wrk(f"http://127.0.0.1:{port}/score", 2)  # warm-up
+        return wrk(f"http://127.0.0.1:{port}/score", SECONDS)
+    finally:
+        stop(process)
+
+
+def main() -> None:
+    if WRK is None:
+        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=False)  # noqa: S607
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is needed: apt-get install -y wrk")
+    globals()["WRK"] = shutil.which("wrk")
+    work = prepare_model()
+    calls = ceiling(work)
+    print(f"ceiling: run() alone {calls:,.0f} calls/s", flush=True)
+    azure_bin = ensure_azure_server()
+    env = {**os.environ, "AZUREML_MODEL_DIR": str(work)}
+
+    azure_port = free_port()
+    azure = serve_and_measure(
+        "azure",
+        [
+            str(azure_bin),
+            "--entry_script",
+            str(work / "code" / "score.py"),
+            "--port",
+            str(azure_port),
+        ],
+        {**env, "WORKER_COUNT": "1"},
+        "/",
+        azure_port,
+    )
+    sluice_port = free_port()
+    sluice_argv = [
+        sys.executable, "-m", "sluice.inference",
+        "--model", str(work / "model"), "--code", str(work / "code"),
+        "--scoring-script", "score.py", "--port", str(sluice_port),
+        "--max-queue", "64", "--log-format", "json",
+    ]  # fmt: skip
+    sluice = serve_and_measure("sluice", sluice_argv, env, "/ready", sluice_port)
+
+    process = start(sluice_argv, env, WORK / "sluice-open-loop.log")
+    try:
+        wait_for(f"http://127.0.0.1:{sluice_port}/ready", process=process)
+        wrk(f"http://127.0.0.1:{sluice_port}/score", 2)  # warm-up: past the measuring phase
+        import uvloop
+
+        at70 = uvloop.run(open_loop(sluice_port, rate=0.7 * sluice.rps, seconds=SECONDS))
+    finally:
+        stop(process)
+
+    report(calls, azure, sluice, at70)
+
+
+def report(calls: float, azure: Result, sluice: Result, at70: Result) -> None:
+    ratio = sluice.rps / azure.rps
+    share = sluice.rps / calls
+    print()
+    print("| server (1 worker, wrk -t1 -c16 -d10s) | RPS | p50 ms | p99 ms |")
+    print("|---|---:|---:|---:|")
+    for name, result in (("azureml-inference-server-http", azure), ("sluice.inference", sluice)):
+        print(f"| {name} | {result.rps:,.0f} | {result.p50_ms:.2f} | {result.p99_ms:.2f} |")
+    print(
+        f"| sluice.inference, open loop at 70% of its peak ({at70.rps:,.0f}/s) | {at70.rps:,.0f} "
+        f"| {at70.p50_ms:.2f} | {at70.p99_ms:.2f} |"
+    )
+    print(f"| run() alone in a loop (ceiling) | {calls:,.0f} | | |")
+    print()
+    print(f"Sluice / Azure RPS: {ratio:.1f}x (target >= 4x) {'MET' if ratio >= 4 else 'MISSED'}")
+    print(f"Sluice / ceiling: {share:.0%} (target >= 40%) {'MET' if share >= 0.4 else 'MISSED'}")
+    print(
+        f"p99 at 70% of peak: {at70.p99_ms:.2f} ms (target <= 5 ms) "
+        f"{'MET' if at70.p99_ms <= 5 else 'MISSED'}"
+    )
+
+
+if __name__ == "__main__":
+    main()
