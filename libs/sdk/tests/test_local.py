@@ -47,6 +47,7 @@ def runner(tmp_path: Path) -> Iterator[LocalRunner]:
         runner.stop(deployment.endpoint, deployment.deployment)
 
 
+@pytest.mark.integration  # starts inference server processes
 def test_start_invoke_logs_list_and_stop(runner: LocalRunner, project: Path) -> None:
     info = runner.start(
         "my-endpoint",
@@ -87,6 +88,7 @@ def test_start_invoke_logs_list_and_stop(runner: LocalRunner, project: Path) -> 
     assert later.list() == []
 
 
+@pytest.mark.integration  # starts inference server processes
 def test_failing_init_is_an_error_with_the_traceback(runner: LocalRunner, project: Path) -> None:
     (project / "onlinescoring" / "score.py").write_text(
         "def init():\n    raise ValueError('model file is corrupt')\n\ndef run(raw):\n    pass\n"
@@ -137,6 +139,7 @@ def test_missing_requirements_of_a_conda_file(tmp_path: Path) -> None:
     assert missing_requirements(["structlog", "nothing-here-abc"]) == ["nothing-here-abc"]
 
 
+@pytest.mark.integration  # starts inference server processes
 def test_start_reports_missing_requirements(runner: LocalRunner, project: Path) -> None:
     info = runner.start(
         "req-endpoint",

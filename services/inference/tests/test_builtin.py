@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from inference_testing import server_argv, start_server
 
 from sluice.common.supervisor import Supervisor, free_port
+from sluice.inference.testing import server_argv, start_server
+
+pytestmark = pytest.mark.integration  # starts inference server processes
 
 np = pytest.importorskip("numpy")
 pytest.importorskip("sklearn")

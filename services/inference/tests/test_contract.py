@@ -14,9 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from inference_testing import Server, start_server, wait_until, write_script
 
 from sluice.common.supervisor import Supervisor
+from sluice.inference.testing import Server, start_server, wait_until, write_script
+
+pytestmark = pytest.mark.integration  # starts inference server processes
 
 SCRIPT = """
 import json, os, threading, time

@@ -6,9 +6,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from inference_testing import server_argv, start_server, wait_until, write_script
 
 from sluice.common.supervisor import Supervisor, free_port, is_alive, stop_process
+from sluice.inference.testing import server_argv, start_server, wait_until, write_script
+
+pytestmark = pytest.mark.integration  # starts inference server processes
 
 SLOW_INIT = """
 import os, time

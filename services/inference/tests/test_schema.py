@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from inference_testing import Server, start_server, write_script
 
 from sluice.common.supervisor import Supervisor
+from sluice.inference.testing import Server, start_server, write_script
+
+pytestmark = pytest.mark.integration  # starts inference server processes
 
 SCHEMA_SCRIPT = """
 import numpy as np

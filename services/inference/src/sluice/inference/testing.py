@@ -1,4 +1,4 @@
-"""Helpers of the inference tests: start real server processes, talk to them over HTTP."""
+"""Test helpers: start real inference server processes and talk to them over HTTP."""
 
 from __future__ import annotations
 
