@@ -1,0 +1,1 @@
+"""Sluice traffic controller: Envoy configuration over xDS."""

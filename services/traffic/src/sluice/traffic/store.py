@@ -1,0 +1,145 @@
+"""The only MongoDB code of the traffic controller: endpoint documents -> domain values.
+
+It only reads: the registry writes endpoints, deployments and keys, the
+provisioner writes instances. Keys are decrypted here (SecretBox) and leave
+this module only inside `KeyAuth`, whose repr hides them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from pymongo.asynchronous.database import AsyncDatabase
+
+from sluice.common.log import get_logger
+from sluice.common.mongo import Document
+from sluice.common.resources import (
+    ONLINE_DEPLOYMENTS,
+    ONLINE_ENDPOINTS,
+    AuthMode,
+    OnlineDeploymentDoc,
+    OnlineEndpointDoc,
+    token_audience,
+)
+from sluice.common.secretbox import SecretBox, SecretBoxError
+from sluice.traffic.domain import (
+    Auth,
+    Deployment,
+    Endpoint,
+    KeyAuth,
+    TokenAuth,
+    Upstream,
+    live_shares,
+    mirror_share,
+)
+
+log = get_logger(__name__)
+
+
+def _load(model: type[Any], raw: Mapping[str, Any]) -> Any:
+    return model.model_validate({k: v for k, v in raw.items() if k != "_id"})
+
+
+class TrafficStore:
+    def __init__(self, db: AsyncDatabase[Document], secrets: SecretBox):
+        self._endpoints = db[ONLINE_ENDPOINTS]
+        self._deployments = db[ONLINE_DEPLOYMENTS]
+        self._secrets = secrets
+
+    async def all_endpoints(self) -> dict[str, Endpoint]:
+        endpoints = await self._endpoints.find({}).to_list()
+        deployments = await self._deployments.find({}).to_list()
+        by_endpoint: dict[str, list[Mapping[str, Any]]] = {}
+        for raw in deployments:
+            by_endpoint.setdefault(raw.get("spec", {}).get("endpoint_name", ""), []).append(raw)
+        result = {}
+        for raw in endpoints:
+            ep = await self._endpoint(raw, by_endpoint.get(str(raw["_id"]), []))
+            if ep is not None:
+                result[ep.name] = ep
+        return result
+
+    async def endpoint(self, name: str) -> Endpoint | None:
+        """The endpoint's current state, or None once it is deleted (or unreadable)."""
+        raw = await self._endpoints.find_one({"_id": name})
+        if raw is None:
+            return None
+        deployments = await self._deployments.find({"spec.endpoint_name": name}).to_list()
+        return await self._endpoint(raw, deployments)
+
+    async def _endpoint(
+        self, raw: Mapping[str, Any], deployment_raws: Iterable[Mapping[str, Any]]
+    ) -> Endpoint | None:
+        try:
+            doc: OnlineEndpointDoc = _load(OnlineEndpointDoc, raw)
+            docs: list[OnlineDeploymentDoc] = [_load(OnlineDeploymentDoc, d) for d in deployment_raws]
+            auth = self._auth(doc)
+        except (ValueError, SecretBoxError, KeyError) as exc:
+            # One unreadable document must not stop the gateway serving the others.
+            log.error("endpoint_unreadable", endpoint=raw.get("_id"), error=str(exc))
+            return None
+        deployments = tuple(
+            sorted([await self._deployment(d) for d in docs], key=lambda d: d.name)
+        )
+        names = {d.name for d in deployments}
+        live = live_shares(doc.spec.traffic, names)
+        return Endpoint(
+            name=doc.spec.name,
+            version=doc.meta.version,
+            auth=auth,
+            traffic=live,
+            mirror=mirror_share(doc.spec.mirror_traffic, names, live),
+            deployments=deployments,
+        )
+
+    def _auth(self, doc: OnlineEndpointDoc) -> Auth:
+        if doc.spec.auth_mode is AuthMode.aml_token:
+            return TokenAuth(audience=token_audience(doc.spec.name))
+        keys = tuple(
+            self._secrets.decrypt(doc.keys[which])
+            for which in ("primary", "secondary")
+            if doc.keys.get(which)
+        )
+        return KeyAuth(keys=keys)
+
+    async def _deployment(self, doc: OnlineDeploymentDoc) -> Deployment:
+        spec = doc.spec
+        upstreams = []
+        for instance in doc.instances:
+            if not instance.ready:
+                continue
+            upstream = await _resolved(instance.address, spec.endpoint_name, spec.name)
+            if upstream is not None:
+                upstreams.append(upstream)
+        return Deployment(
+            endpoint=spec.endpoint_name,
+            name=spec.name,
+            version=doc.meta.version,
+            request_timeout_ms=spec.request_settings.request_timeout_ms,
+            max_concurrent_requests_per_instance=spec.request_settings.max_concurrent_requests_per_instance,
+            instances=tuple(sorted(set(upstreams), key=lambda u: (u.host, u.port))),
+        )
+
+
+async def _resolved(address: str, endpoint: str, deployment: str) -> Upstream | None:
+    """EDS takes IP addresses only: a host name (a pod's DNS name, `localhost`) is resolved."""
+    try:
+        upstream = Upstream.parse(address)
+    except ValueError as exc:
+        log.error("instance_address_invalid", endpoint=endpoint, deployment=deployment, error=str(exc))
+        return None
+    if upstream.is_ip:
+        return upstream
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            upstream.host, upstream.port, type=socket.SOCK_STREAM
+        )
+    except OSError as exc:
+        log.warning(
+            "instance_unresolvable", endpoint=endpoint, deployment=deployment, error=str(exc)
+        )
+        return None
+    return Upstream(host=str(infos[0][4][0]), port=upstream.port)

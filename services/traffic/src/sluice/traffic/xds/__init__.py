@@ -1,0 +1,1 @@
+"""xDS: Envoy resources, versioned snapshots and the ADS server."""

@@ -1,0 +1,72 @@
+"""Builds snapshots from domain values, reusing each endpoint's resources while it is unchanged.
+
+An endpoint's resources (clusters, load assignments, virtual host, path
+routes) depend only on its `Endpoint` value and the domain, so they are
+built and packed once per distinct value; with 1,000 endpoints a change to
+one rebuilds one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from envoy.config.route.v3 import route_components_pb2
+from google.protobuf import any_pb2
+
+from sluice.traffic.domain import Endpoint, Gateway
+from sluice.traffic.xds import resources as r
+from sluice.traffic.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, Snapshot
+
+
+@dataclass(frozen=True)
+class EndpointResources:
+    clusters: tuple[tuple[str, any_pb2.Any], ...]
+    assignments: tuple[tuple[str, any_pb2.Any], ...]
+    vhost: route_components_pb2.VirtualHost
+    path_routes: list[route_components_pb2.Route]
+
+
+def endpoint_resources(ep: Endpoint, domain: str) -> EndpointResources:
+    return EndpointResources(
+        clusters=tuple((d.cluster, r.pack(r.deployment_cluster(d))) for d in ep.deployments),
+        assignments=tuple((d.cluster, r.pack(r.load_assignment(d))) for d in ep.deployments),
+        vhost=r.virtual_host(ep, domain),
+        path_routes=r.path_routes(ep),
+    )
+
+
+class SnapshotBuilder:
+    def __init__(self) -> None:
+        self._cache: dict[tuple[Endpoint, str], EndpointResources] = {}
+        self._gateway: tuple[Gateway, dict[str, list[tuple[str, any_pb2.Any]]]] | None = None
+
+    def build(self, gateway: Gateway, endpoints: Iterable[Endpoint]) -> Snapshot:
+        eps = sorted(endpoints, key=lambda e: e.name)
+        parts = [self._endpoint(ep, gateway.domain) for ep in eps]
+        self._cache = {(ep, gateway.domain): part for ep, part in zip(eps, parts, strict=True)}
+        base = self._gateway_resources(gateway)
+        table = r.route_configuration((p.vhost for p in parts), (p.path_routes for p in parts))
+        resources: dict[str, list[tuple[str, any_pb2.Any]]] = {
+            CLUSTER: [c for p in parts for c in p.clusters] + base[CLUSTER],
+            ENDPOINT: [a for p in parts for a in p.assignments],
+            LISTENER: base[LISTENER],
+            ROUTE: [(r.ROUTE_CONFIG, r.pack(table))],
+            SECRET: base[SECRET],
+        }
+        return Snapshot.build(resources)
+
+    def _endpoint(self, ep: Endpoint, domain: str) -> EndpointResources:
+        cached = self._cache.get((ep, domain))
+        return cached if cached is not None else endpoint_resources(ep, domain)
+
+    def _gateway_resources(self, gateway: Gateway) -> Mapping[str, list[tuple[str, any_pb2.Any]]]:
+        if self._gateway is not None and self._gateway[0] == gateway:
+            return self._gateway[1]
+        built: dict[str, list[tuple[str, any_pb2.Any]]] = {
+            CLUSTER: [(r.ALS_CLUSTER, r.pack(r.als_cluster(gateway.als)))] if gateway.als else [],
+            LISTENER: [(lst.name, r.pack(lst)) for lst in r.listeners(gateway)],
+            SECRET: [(r.TLS_SECRET, r.pack(r.tls_secret(gateway)))],
+        }
+        self._gateway = (gateway, built)
+        return built

@@ -1,0 +1,663 @@
+"""Envoy resources for the gateway, built from the domain values.
+
+One endpoint becomes: a cluster (EDS) and a load assignment per deployment,
+a virtual host for `<endpoint>.<domain>`, and routes under
+`/endpoints/<endpoint>/` in the catch-all virtual host. Routes in order:
+one per deployment matching the `azureml-model-deployment` header (works at
+0% traffic, never mirrored), a 404 for any other value of that header, then
+the weighted split (with the mirror policy) or a 404 when no deployment has
+traffic.
+
+Auth runs in Envoy before any upstream is touched. Key endpoints: the RBAC
+filter, per route, allows `Authorization: Bearer <primary|secondary>`. We use
+RBAC rather than `api_key_auth` because Envoy 1.40 marks `api_key_auth`
+work-in-progress and outside its threat model, while RBAC is stable and
+hardened; RBAC's 403 is turned into Azure's 401 by the local reply mapper.
+A regenerated key is a route-table change only (RDS), so it takes effect in
+one push without touching listeners or connections. Token endpoints:
+`jwt_authn` checks signature, issuer and expiry against the registry's JWKS
+(inline in the listener, pushed over xDS), writes the payload to metadata,
+and the per-route RBAC policy requires the endpoint's audience. The
+credential is removed before the request goes upstream, and no access log
+records it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from envoy.config.accesslog.v3 import accesslog_pb2
+from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
+from envoy.config.core.v3 import (
+    address_pb2,
+    base_pb2,
+    config_source_pb2,
+    grpc_service_pb2,
+    health_check_pb2,
+    protocol_pb2,
+    substitution_format_string_pb2,
+)
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.rbac.v3 import rbac_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.access_loggers.grpc.v3 import als_pb2
+from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_pb2
+from envoy.extensions.filters.http.lua.v3 import lua_pb2
+from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_filter_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2 as tls_common_pb2
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from envoy.type.matcher.v3 import metadata_pb2, string_pb2, value_pb2
+from envoy.type.v3 import percent_pb2
+from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
+
+from sluice.common.resources import TOKEN_ISSUER
+from sluice.traffic.domain import (
+    DEPLOYMENT_HEADER,
+    PATH_PREFIX,
+    Deployment,
+    Endpoint,
+    Gateway,
+    KeyAuth,
+    Listen,
+    TokenAuth,
+)
+
+ROUTE_CONFIG = "sluice_routes"
+TLS_SECRET = "sluice_tls"
+ALS_CLUSTER = "sluice_als"
+JWT_FILTER = "envoy.filters.http.jwt_authn"
+RBAC_FILTER = "envoy.filters.http.rbac"
+LUA_FILTER = "envoy.filters.http.lua"
+JWT_PROVIDER = "sluice"
+JWT_REQUIREMENT = "endpoint-token"
+JWT_PAYLOAD_KEY = "jwt_payload"
+CATCH_ALL_VHOST = "sluice_catch_all"
+
+# Azure's gateway answers a model's non-2xx with 424 and passes the model's status on in
+# headers (SPEC "Invocation"). Only upstream answers carry x-envoy-upstream-service-time,
+# so Envoy's own replies (401, 404, 408, 429, 503) are left alone; so are the codes that
+# mean the same at the gateway (408 timeout, 413 too large, 429 too busy, 503 not ready).
+MODEL_ERROR_LUA = """\
+local reasons = {[400] = "Bad Request", [404] = "Not Found", [405] = "Method Not Allowed",
+  [500] = "Internal Server Error", [502] = "Bad Gateway", [504] = "Gateway Timeout"}
+local passed = {[408] = true, [413] = true, [429] = true, [503] = true}
+function envoy_on_response(handle)
+  local headers = handle:headers()
+  if headers:get("x-envoy-upstream-service-time") == nil then return end
+  local status = headers:get(":status")
+  local code = tonumber(status)
+  if code == nil or (code >= 200 and code < 300) or passed[code] then return end
+  headers:replace("ms-azureml-model-error-statuscode", status)
+  headers:replace("ms-azureml-model-error-reason", reasons[code] or "Model Error")
+  headers:replace(":status", "424")
+end
+"""
+
+
+def pack(message: object) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message, deterministic=True)  # stable bytes: versions are content hashes
+    return packed
+
+
+def _ms(milliseconds: int) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromMilliseconds(milliseconds)
+    return d
+
+
+def _s(seconds: float) -> duration_pb2.Duration:
+    return _ms(int(seconds * 1000))
+
+
+def _ads() -> config_source_pb2.ConfigSource:
+    return config_source_pb2.ConfigSource(
+        ads=config_source_pb2.AggregatedConfigSource(),
+        resource_api_version=config_source_pb2.V3,
+    )
+
+
+def _header(name: str, value: str) -> base_pb2.HeaderValueOption:
+    return base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key=name, value=value),
+        append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+    )
+
+
+def _socket(host: str, port: int) -> address_pb2.Address:
+    return address_pb2.Address(
+        socket_address=address_pb2.SocketAddress(address=host, port_value=port)
+    )
+
+
+# ---- clusters and endpoints ----------------------------------------------------------
+
+
+def _http1_options() -> any_pb2.Any:
+    return pack(
+        http_protocol_options_pb2.HttpProtocolOptions(
+            explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
+                http_protocol_options=protocol_pb2.Http1ProtocolOptions()
+            ),
+            common_http_protocol_options=protocol_pb2.HttpProtocolOptions(idle_timeout=_s(60)),
+        )
+    )
+
+
+def deployment_cluster(dep: Deployment) -> cluster_pb2.Cluster:
+    """An EDS cluster: least-request balancing, Azure's in-flight limit as circuit breaker
+    (overflow -> 429), active health checks on the inference server's /ready, and outlier
+    detection that ejects instances failing at the connection level (not on model 500s)."""
+    limit = dep.max_in_flight
+    return cluster_pb2.Cluster(
+        name=dep.cluster,
+        type=cluster_pb2.Cluster.EDS,
+        eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(eds_config=_ads()),
+        connect_timeout=_s(1),
+        lb_policy=cluster_pb2.Cluster.LEAST_REQUEST,
+        circuit_breakers=circuit_breaker_pb2.CircuitBreakers(
+            thresholds=[
+                circuit_breaker_pb2.CircuitBreakers.Thresholds(
+                    max_connections=wrappers_pb2.UInt32Value(value=limit),
+                    max_pending_requests=wrappers_pb2.UInt32Value(value=limit),
+                    max_requests=wrappers_pb2.UInt32Value(value=limit),
+                    max_retries=wrappers_pb2.UInt32Value(value=3),
+                )
+            ]
+        ),
+        outlier_detection=outlier_detection_pb2.OutlierDetection(
+            split_external_local_origin_errors=True,
+            consecutive_local_origin_failure=wrappers_pb2.UInt32Value(value=3),
+            enforcing_consecutive_local_origin_failure=wrappers_pb2.UInt32Value(value=100),
+            consecutive_gateway_failure=wrappers_pb2.UInt32Value(value=3),
+            enforcing_consecutive_gateway_failure=wrappers_pb2.UInt32Value(value=100),
+            enforcing_consecutive_5xx=wrappers_pb2.UInt32Value(value=0),
+            enforcing_success_rate=wrappers_pb2.UInt32Value(value=0),
+            interval=_s(5),
+            base_ejection_time=_s(10),
+            max_ejection_percent=wrappers_pb2.UInt32Value(value=50),
+        ),
+        health_checks=[
+            health_check_pb2.HealthCheck(
+                timeout=_s(1),
+                interval=_s(5),
+                no_traffic_interval=_s(30),
+                unhealthy_threshold=wrappers_pb2.UInt32Value(value=2),
+                healthy_threshold=wrappers_pb2.UInt32Value(value=1),
+                http_health_check=health_check_pb2.HealthCheck.HttpHealthCheck(path="/ready"),
+            )
+        ],
+        typed_extension_protocol_options={
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _http1_options()
+        },
+    )
+
+
+def load_assignment(dep: Deployment) -> endpoint_pb2.ClusterLoadAssignment:
+    return endpoint_pb2.ClusterLoadAssignment(
+        cluster_name=dep.cluster,
+        endpoints=[
+            endpoint_components_pb2.LocalityLbEndpoints(
+                lb_endpoints=[
+                    endpoint_components_pb2.LbEndpoint(
+                        endpoint=endpoint_components_pb2.Endpoint(
+                            address=_socket(u.host, u.port)
+                        )
+                    )
+                    for u in dep.instances
+                ]
+            )
+        ],
+    )
+
+
+def als_cluster(target: Listen) -> cluster_pb2.Cluster:
+    options = http_protocol_options_pb2.HttpProtocolOptions(
+        explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
+            http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
+        )
+    )
+    return cluster_pb2.Cluster(
+        name=ALS_CLUSTER,
+        type=cluster_pb2.Cluster.STATIC,
+        connect_timeout=_s(1),
+        load_assignment=endpoint_pb2.ClusterLoadAssignment(
+            cluster_name=ALS_CLUSTER,
+            endpoints=[
+                endpoint_components_pb2.LocalityLbEndpoints(
+                    lb_endpoints=[
+                        endpoint_components_pb2.LbEndpoint(
+                            endpoint=endpoint_components_pb2.Endpoint(
+                                address=_socket(target.host, target.port)
+                            )
+                        )
+                    ]
+                )
+            ],
+        ),
+        typed_extension_protocol_options={
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": pack(options)
+        },
+    )
+
+
+# ---- routes ----------------------------------------------------------------------------
+
+
+def _rbac_per_route(auth: KeyAuth | TokenAuth | None) -> any_pb2.Any:
+    """None disables the listener's deny-all RBAC for this route (404 answers)."""
+    if auth is None:
+        return pack(rbac_filter_pb2.RBACPerRoute())
+    if isinstance(auth, KeyAuth):
+        principals = [
+            rbac_pb2.Principal(
+                header=route_components_pb2.HeaderMatcher(
+                    name="authorization",
+                    string_match=string_pb2.StringMatcher(exact=f"Bearer {key}"),
+                )
+            )
+            for key in auth.keys
+        ]
+    else:
+        principals = [
+            rbac_pb2.Principal(
+                sourced_metadata=rbac_pb2.SourcedMetadata(
+                    metadata_matcher=metadata_pb2.MetadataMatcher(
+                        filter=JWT_FILTER,
+                        path=[
+                            metadata_pb2.MetadataMatcher.PathSegment(key=JWT_PAYLOAD_KEY),
+                            metadata_pb2.MetadataMatcher.PathSegment(key="aud"),
+                        ],
+                        value=value_pb2.ValueMatcher(
+                            string_match=string_pb2.StringMatcher(exact=auth.audience)
+                        ),
+                    )
+                )
+            )
+        ]
+    policy = rbac_pb2.Policy(permissions=[rbac_pb2.Permission(any=True)], principals=principals)
+    return pack(
+        rbac_filter_pb2.RBACPerRoute(
+            rbac=rbac_filter_pb2.RBAC(
+                rules=rbac_pb2.RBAC(action=rbac_pb2.RBAC.ALLOW, policies={"endpoint": policy})
+            )
+        )
+    )
+
+
+def _jwt_per_route(auth: KeyAuth | TokenAuth | None) -> any_pb2.Any:
+    if isinstance(auth, TokenAuth):
+        return pack(jwt_pb2.PerRouteConfig(requirement_name=JWT_REQUIREMENT))
+    return pack(jwt_pb2.PerRouteConfig(disabled=True))
+
+
+def _filters(auth: KeyAuth | TokenAuth | None) -> dict[str, any_pb2.Any]:
+    return {JWT_FILTER: _jwt_per_route(auth), RBAC_FILTER: _rbac_per_route(auth)}
+
+
+def _retry_policy() -> route_components_pb2.RetryPolicy:
+    """Retry what never reached a model (connect failure, reset) on another instance."""
+    return route_components_pb2.RetryPolicy(
+        retry_on="connect-failure,reset,refused-stream",
+        num_retries=wrappers_pb2.UInt32Value(value=2),
+        retry_host_predicate=[
+            route_components_pb2.RetryPolicy.RetryHostPredicate(
+                name="envoy.retry_host_predicates.previous_hosts",
+                typed_config=pack(previous_hosts_pb2.PreviousHostsPredicate()),
+            )
+        ],
+        host_selection_retry_max_attempts=3,
+    )
+
+
+def _action(
+    *,
+    timeout_ms: int,
+    prefix: str | None,
+    cluster: str | None = None,
+    weighted: route_components_pb2.WeightedCluster | None = None,
+    mirror: Iterable[route_components_pb2.RouteAction.RequestMirrorPolicy] = (),
+) -> route_components_pb2.RouteAction:
+    action = route_components_pb2.RouteAction(
+        timeout=_ms(timeout_ms),
+        retry_policy=_retry_policy(),
+        request_mirror_policies=list(mirror),
+    )
+    if cluster is not None:
+        action.cluster = cluster
+    if weighted is not None:
+        action.weighted_clusters.CopyFrom(weighted)
+    if prefix is not None:
+        action.prefix_rewrite = "/"
+    return action
+
+
+def _match(prefix: str | None, *headers: route_components_pb2.HeaderMatcher) -> object:
+    return route_components_pb2.RouteMatch(prefix=prefix or "/", headers=list(headers))
+
+
+def _not_found(name: str, match: object, message: str) -> route_components_pb2.Route:
+    return route_components_pb2.Route(
+        name=name,
+        match=match,
+        direct_response=route_components_pb2.DirectResponseAction(
+            status=404, body=base_pb2.DataSource(inline_string=message)
+        ),
+        typed_per_filter_config=_filters(None),
+    )
+
+
+def endpoint_routes(ep: Endpoint, prefix: str | None) -> list[route_components_pb2.Route]:
+    """The routes of one endpoint, under `prefix` (rewritten to `/`) or at its own host."""
+    strip = ["authorization"] if isinstance(ep.auth, KeyAuth) else []
+    filters = _filters(ep.auth)
+    tag = f"{ep.name}{'@path' if prefix else ''}"
+    routes = []
+    for dep in ep.deployments:
+        pin = route_components_pb2.HeaderMatcher(
+            name=DEPLOYMENT_HEADER, string_match=string_pb2.StringMatcher(exact=dep.name)
+        )
+        routes.append(
+            route_components_pb2.Route(
+                name=f"{tag}/pin/{dep.name}",
+                match=_match(prefix, pin),
+                route=_action(timeout_ms=dep.request_timeout_ms, prefix=prefix, cluster=dep.cluster),
+                response_headers_to_add=[_header(DEPLOYMENT_HEADER, dep.name)],
+                request_headers_to_remove=strip,
+                typed_per_filter_config=filters,
+            )
+        )
+    any_pin = route_components_pb2.HeaderMatcher(name=DEPLOYMENT_HEADER, present_match=True)
+    routes.append(
+        _protected_not_found(
+            f"{tag}/pin/unknown",
+            _match(prefix, any_pin),
+            f"endpoint {ep.name!r} has no deployment of the name given in the "
+            f"{DEPLOYMENT_HEADER} header",
+            filters,
+        )
+    )
+    routes.append(_default_route(ep, prefix, tag, strip, filters))
+    return routes
+
+
+def _protected_not_found(
+    name: str, match: object, message: str, filters: dict[str, any_pb2.Any]
+) -> route_components_pb2.Route:
+    """A 404 that still requires the endpoint's credentials (no probing deployment names)."""
+    route = _not_found(name, match, message)
+    route.typed_per_filter_config.clear()
+    for key, value in filters.items():
+        route.typed_per_filter_config[key].CopyFrom(value)
+    return route
+
+
+def _default_route(
+    ep: Endpoint,
+    prefix: str | None,
+    tag: str,
+    strip: list[str],
+    filters: dict[str, any_pb2.Any],
+) -> route_components_pb2.Route:
+    if not ep.traffic:
+        return _protected_not_found(
+            f"{tag}/split",
+            _match(prefix),
+            f"endpoint {ep.name!r} has no deployment with traffic above 0%: set traffic, or "
+            f"name a deployment in the {DEPLOYMENT_HEADER} header",
+            filters,
+        )
+    weighted = route_components_pb2.WeightedCluster(
+        clusters=[
+            route_components_pb2.WeightedCluster.ClusterWeight(
+                name=ep_cluster(ep, share.deployment),
+                weight=wrappers_pb2.UInt32Value(value=share.percent),
+                response_headers_to_add=[_header(DEPLOYMENT_HEADER, share.deployment)],
+            )
+            for share in ep.traffic
+        ]
+    )
+    mirror = []
+    if ep.mirror is not None:
+        mirror.append(
+            route_components_pb2.RouteAction.RequestMirrorPolicy(
+                cluster=ep_cluster(ep, ep.mirror.deployment),
+                # Without a fraction a mirror policy copies every request.
+                runtime_fraction=base_pb2.RuntimeFractionalPercent(
+                    default_value=percent_pb2.FractionalPercent(
+                        numerator=ep.mirror.percent,
+                        denominator=percent_pb2.FractionalPercent.HUNDRED,
+                    ),
+                    runtime_key=f"sluice.mirror.{ep.name}",
+                ),
+            )
+        )
+    return route_components_pb2.Route(
+        name=f"{tag}/split",
+        match=_match(prefix),
+        route=_action(
+            timeout_ms=ep.split_timeout_ms(), prefix=prefix, weighted=weighted, mirror=mirror
+        ),
+        request_headers_to_remove=strip,
+        typed_per_filter_config=filters,
+    )
+
+
+def ep_cluster(ep: Endpoint, deployment: str) -> str:
+    dep = ep.deployment(deployment)
+    if dep is None:
+        raise ValueError(f"endpoint {ep.name!r} routes to unknown deployment {deployment!r}")
+    return dep.cluster
+
+
+def virtual_host(ep: Endpoint, domain: str) -> route_components_pb2.VirtualHost:
+    host = f"{ep.host}.{domain.lower()}"
+    return route_components_pb2.VirtualHost(
+        name=f"endpoint:{ep.name}",
+        domains=[host, f"{host}:*"],
+        routes=endpoint_routes(ep, None),
+    )
+
+
+def path_routes(ep: Endpoint) -> list[route_components_pb2.Route]:
+    return endpoint_routes(ep, f"{PATH_PREFIX}{ep.name}/")
+
+
+def route_configuration(
+    vhosts: Iterable[route_components_pb2.VirtualHost],
+    path_route_lists: Iterable[list[route_components_pb2.Route]],
+) -> route_pb2.RouteConfiguration:
+    catch_all = route_components_pb2.VirtualHost(name=CATCH_ALL_VHOST, domains=["*"])
+    for routes in path_route_lists:
+        catch_all.routes.extend(routes)
+    catch_all.routes.append(
+        _not_found(
+            "unknown-endpoint",
+            _match(None),
+            "no online endpoint answers here: use https://<endpoint>.<domain>/score or "
+            "/endpoints/<endpoint>/score",
+        )
+    )
+    return route_pb2.RouteConfiguration(
+        name=ROUTE_CONFIG,
+        virtual_hosts=[*vhosts, catch_all],
+        validate_clusters=wrappers_pb2.BoolValue(value=False),
+    )
+
+
+# ---- listeners -------------------------------------------------------------------------
+
+
+def _json_body(message: str | None = None) -> substitution_format_string_pb2.SubstitutionFormatString:
+    fields = {
+        "message": struct_pb2.Value(string_value=message or "%LOCAL_REPLY_BODY%"),
+        "status": struct_pb2.Value(string_value="%RESPONSE_CODE%"),
+        "request_id": struct_pb2.Value(string_value="%REQ(X-REQUEST-ID)%"),
+    }
+    return substitution_format_string_pb2.SubstitutionFormatString(
+        json_format=struct_pb2.Struct(fields=fields),
+        content_type="application/json",
+    )
+
+
+def _mapper(
+    flags: list[str] | None, status_in: int | None, status_out: int, message: str
+) -> hcm_pb2.ResponseMapper:
+    if flags is not None:
+        where = accesslog_pb2.AccessLogFilter(
+            response_flag_filter=accesslog_pb2.ResponseFlagFilter(flags=flags)
+        )
+    else:
+        where = accesslog_pb2.AccessLogFilter(
+            status_code_filter=accesslog_pb2.StatusCodeFilter(
+                comparison=accesslog_pb2.ComparisonFilter(
+                    op=accesslog_pb2.ComparisonFilter.EQ,
+                    value=base_pb2.RuntimeUInt32(
+                        default_value=status_in or 0, runtime_key="sluice.unused"
+                    ),
+                )
+            )
+        )
+    return hcm_pb2.ResponseMapper(
+        filter=where,
+        status_code=wrappers_pb2.UInt32Value(value=status_out),
+        body_format_override=_json_body(message),
+    )
+
+
+def local_replies() -> hcm_pb2.LocalReplyConfig:
+    """Envoy's own answers as Azure's status codes, each with a JSON body."""
+    return hcm_pb2.LocalReplyConfig(
+        mappers=[
+            # RBAC denies with 403; for a missing or wrong key Azure answers 401.
+            _mapper(
+                None,
+                403,
+                401,
+                "missing or invalid credentials: send 'Authorization: Bearer <key or token>' "
+                "(sluice online-endpoint get-credentials)",
+            ),
+            _mapper(
+                ["UO"],
+                None,
+                429,
+                "too many pending requests: more than 2 x max_concurrent_requests_per_instance "
+                "x instances are in flight for this deployment; retry with backoff",
+            ),
+            _mapper(
+                ["UT"], None, 408, "the model did not answer within request_timeout_ms"
+            ),
+            _mapper(
+                ["UH"], None, 503, "no ready instance of this deployment (yet)"
+            ),
+        ],
+        body_format=_json_body(),
+    )
+
+
+def _als(target: Listen) -> accesslog_pb2.AccessLog:
+    config = als_pb2.HttpGrpcAccessLogConfig(
+        common_config=als_pb2.CommonGrpcAccessLogConfig(
+            log_name="sluice_gateway",
+            grpc_service=grpc_service_pb2.GrpcService(
+                envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=ALS_CLUSTER)
+            ),
+            transport_api_version=config_source_pb2.V3,
+            buffer_flush_interval=_s(1),
+        ),
+        # Never the authorization header: keys and tokens stay out of access logs.
+        additional_response_headers_to_log=[DEPLOYMENT_HEADER],
+    )
+    return accesslog_pb2.AccessLog(name="envoy.access_loggers.http_grpc", typed_config=pack(config))
+
+
+def _http_filters(jwks: str) -> list[hcm_pb2.HttpFilter]:
+    jwt = jwt_pb2.JwtAuthentication(
+        providers={
+            JWT_PROVIDER: jwt_pb2.JwtProvider(
+                issuer=TOKEN_ISSUER,
+                local_jwks=base_pb2.DataSource(inline_string=jwks),
+                from_headers=[jwt_pb2.JwtHeader(name="authorization", value_prefix="Bearer ")],
+                forward=False,
+                payload_in_metadata=JWT_PAYLOAD_KEY,
+            )
+        },
+        requirement_map={JWT_REQUIREMENT: jwt_pb2.JwtRequirement(provider_name=JWT_PROVIDER)},
+    )
+    # Deny everything a route does not allow explicitly.
+    deny_all = rbac_filter_pb2.RBAC(rules=rbac_pb2.RBAC(action=rbac_pb2.RBAC.ALLOW))
+    lua = lua_pb2.Lua(default_source_code=base_pb2.DataSource(inline_string=MODEL_ERROR_LUA))
+    return [
+        hcm_pb2.HttpFilter(name=JWT_FILTER, typed_config=pack(jwt)),
+        hcm_pb2.HttpFilter(name=RBAC_FILTER, typed_config=pack(deny_all)),
+        hcm_pb2.HttpFilter(name=LUA_FILTER, typed_config=pack(lua)),
+        hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router())),
+    ]
+
+
+def _connection_manager(name: str, gateway: Gateway) -> hcm_pb2.HttpConnectionManager:
+    return hcm_pb2.HttpConnectionManager(
+        stat_prefix=name,
+        codec_type=hcm_pb2.HttpConnectionManager.AUTO,
+        rds=hcm_pb2.Rds(config_source=_ads(), route_config_name=ROUTE_CONFIG),
+        http_filters=_http_filters(gateway.jwks),
+        local_reply_config=local_replies(),
+        always_set_request_id_in_response=True,
+        use_remote_address=wrappers_pb2.BoolValue(value=True),
+        normalize_path=wrappers_pb2.BoolValue(value=True),
+        merge_slashes=True,
+        access_log=[_als(gateway.als)] if gateway.als else [],
+    )
+
+
+def _listener(
+    name: str, listen: Listen, gateway: Gateway, transport: base_pb2.TransportSocket | None
+) -> listener_pb2.Listener:
+    chain = listener_components_pb2.FilterChain(
+        filters=[
+            listener_components_pb2.Filter(
+                name="envoy.filters.network.http_connection_manager",
+                typed_config=pack(_connection_manager(name, gateway)),
+            )
+        ]
+    )
+    if transport is not None:
+        chain.transport_socket.CopyFrom(transport)
+    return listener_pb2.Listener(
+        name=name, address=_socket(listen.host, listen.port), filter_chains=[chain]
+    )
+
+
+def listeners(gateway: Gateway) -> list[listener_pb2.Listener]:
+    tls = tls_pb2.DownstreamTlsContext(
+        common_tls_context=tls_pb2.CommonTlsContext(
+            tls_certificate_sds_secret_configs=[
+                secret_pb2.SdsSecretConfig(name=TLS_SECRET, sds_config=_ads())
+            ],
+            alpn_protocols=["h2", "http/1.1"],
+        )
+    )
+    transport = base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=pack(tls))
+    result = [_listener("sluice_https", gateway.https, gateway, transport)]
+    if gateway.http is not None:
+        result.append(_listener("sluice_http", gateway.http, gateway, None))
+    return result
+
+
+def tls_secret(gateway: Gateway) -> secret_pb2.Secret:
+    return secret_pb2.Secret(
+        name=TLS_SECRET,
+        tls_certificate=tls_common_pb2.TlsCertificate(
+            certificate_chain=base_pb2.DataSource(
+                inline_bytes=gateway.tls.certificate_chain
+            ),
+            private_key=base_pb2.DataSource(inline_bytes=gateway.tls.private_key),
+        ),
+    )

@@ -1,0 +1,83 @@
+"""A snapshot as one static Envoy bootstrap: for `envoy --mode validate` and for reading.
+
+EDS clusters get their load assignment inline, listeners their route table
+inline, secrets go to `static_resources.secrets`, so Envoy can check the
+whole configuration without an xDS server.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
+from google.protobuf import json_format
+
+from sluice.traffic.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, Snapshot
+
+
+def _unpack(packed: Any, message: Any) -> Any:
+    packed.Unpack(message)
+    return message
+
+
+def resources_json(snapshot: Snapshot) -> dict[str, Any]:
+    """Every resource as Envoy's JSON, by type and name (what golden files hold)."""
+    return {
+        type_url.rsplit(".", 1)[-1]: {
+            name: json_format.MessageToDict(packed) for name, packed in items.items()
+        }
+        for type_url, items in snapshot.resources.items()
+    }
+
+
+def static_bootstrap(snapshot: Snapshot, *, admin_port: int = 0) -> dict[str, Any]:
+    routes = {
+        name: _unpack(p, route_pb2.RouteConfiguration()) for name, p in snapshot.resources[ROUTE].items()
+    }
+    assignments = {
+        name: _unpack(p, endpoint_pb2.ClusterLoadAssignment())
+        for name, p in snapshot.resources[ENDPOINT].items()
+    }
+    clusters = []
+    for packed in snapshot.resources[CLUSTER].values():
+        cluster = _unpack(packed, cluster_pb2.Cluster())
+        if cluster.type == cluster_pb2.Cluster.EDS:
+            cluster.type = cluster_pb2.Cluster.STATIC
+            cluster.ClearField("eds_cluster_config")
+            cluster.load_assignment.CopyFrom(assignments[cluster.name])
+        clusters.append(json_format.MessageToDict(cluster))
+    listeners = []
+    for packed in snapshot.resources[LISTENER].values():
+        listener = _unpack(packed, listener_pb2.Listener())
+        for chain in listener.filter_chains:
+            for f in chain.filters:
+                hcm = hcm_pb2.HttpConnectionManager()
+                if f.typed_config.Unpack(hcm) and hcm.HasField("rds"):
+                    table = routes[hcm.rds.route_config_name]
+                    hcm.ClearField("rds")
+                    hcm.route_config.CopyFrom(table)
+                    f.typed_config.Pack(hcm)
+            if chain.HasField("transport_socket"):
+                tls = tls_pb2.DownstreamTlsContext()
+                chain.transport_socket.typed_config.Unpack(tls)
+                for sds in tls.common_tls_context.tls_certificate_sds_secret_configs:
+                    sds.ClearField("sds_config")
+                chain.transport_socket.typed_config.Pack(tls)
+        listeners.append(json_format.MessageToDict(listener))
+    secrets = [
+        json_format.MessageToDict(_unpack(p, secret_pb2.Secret()))
+        for p in snapshot.resources[SECRET].values()
+    ]
+    return {
+        "admin": {
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}
+        },
+        "static_resources": {"listeners": listeners, "clusters": clusters, "secrets": secrets},
+    }
