@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -212,3 +213,52 @@ def test_metrics_count_requests_errors_and_latency(server: Server) -> None:
     assert re.search(r'sluice_inference_errors_total\{kind="run_failed"\} [1-9]', text)
     assert 'sluice_inference_request_duration_seconds_bucket{le="0.005",route="/score"}' in text
     assert "sluice_inference_run_duration_seconds_count" in text
+
+
+def raw_exchange(server: Server, data: bytes, expect_responses: int) -> bytes:
+    """Send raw bytes on one connection; read until `expect_responses` answers arrived."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(data)
+        received = b""
+        while received.count(b"HTTP/1.1 ") < expect_responses or not received.endswith(b"}"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+        return received
+
+
+def post_bytes(body: str, extra: str = "") -> bytes:
+    return (
+        f"POST /score HTTP/1.1\r\nHost: t\r\nContent-Length: {len(body)}\r\n{extra}\r\n{body}"
+    ).encode()
+
+
+def test_pipelined_requests_are_answered_in_order(server: Server) -> None:
+    first = post_bytes('{"op": "sleep", "seconds": 0.05}')
+    second = post_bytes('{"op": "echo", "n": 2}')
+    received = raw_exchange(server, first + second, expect_responses=2)
+    assert received.index(b'"slept"') < received.index(b'{"op":"echo","n":2}')
+
+
+def test_malformed_request_is_400_and_closes(server: Server) -> None:
+    received = raw_exchange(server, b"NOT HTTP AT ALL\r\n\r\n", expect_responses=1)
+    assert received.startswith(b"HTTP/1.1 400 ")
+    assert b"connection: close" in received
+
+
+def test_expect_100_continue_is_honoured(server: Server) -> None:
+    body = '{"op": "echo"}'
+    head = f"POST /score HTTP/1.1\r\nHost: t\r\nContent-Length: {len(body)}\r\n"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(f"{head}Expect: 100-continue\r\n\r\n".encode())
+        assert sock.recv(1024).startswith(b"HTTP/1.1 100 Continue")
+        sock.sendall(body.encode())
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 OK")
+
+
+def test_chunked_request_body(server: Server) -> None:
+    body = b'{"op": "echo", "chunked": true}'
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    data = b"POST /score HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked
+    assert b'{"op":"echo","chunked":true}' in raw_exchange(server, data, expect_responses=1)

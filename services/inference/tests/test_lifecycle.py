@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -152,3 +153,29 @@ def test_non_positive_timeout_is_refused(tmp_path: Path, timeout_ms: str) -> Non
     result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 2
     assert "at least 1" in result.stderr
+
+
+SLEEPER = """
+import time
+
+def init():
+    pass
+
+def run(raw_data):
+    time.sleep(float(raw_data))
+    return "done"
+"""
+
+
+def test_liveness_fails_while_timed_out_runs_hold_every_spare_thread(
+    supervisor: Supervisor, tmp_path: Path
+) -> None:
+    code = write_script(tmp_path / "code", SLEEPER)
+    extra = ["--max-concurrent-requests", "4", "--max-queue", "0", "--request-timeout-ms", "200"]
+    server = start_server(supervisor, "stuck", code=code, extra=extra)
+    with ThreadPoolExecutor(4) as pool:
+        statuses = list(pool.map(lambda _: server.post("1.5").status, range(4)))
+    assert statuses == [408] * 4
+    assert server.get("/").status == 503  # four runs still sleep on their threads
+    wait_until(lambda: server.get("/").status == 200, "the stuck runs to return")
+    assert server.post("0").json() == "done"
