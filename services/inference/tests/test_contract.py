@@ -61,6 +61,12 @@ def run(raw_data, request_headers):
         return AMLResponse("teapot", 418, {"x-model": "m1"})
     if op == "object":
         return object()
+    if op == "broken-response":
+        class Broken:
+            status_code = 200
+            def get_data(self):
+                raise RuntimeError("no body")
+        return Broken()
     if op == "headers":
         return request_headers.get("X-Custom")
     return {"unknown": op}
@@ -139,6 +145,12 @@ def test_unserializable_value_is_a_500_that_names_the_type(server: Server) -> No
     reply = server.post({"op": "object"})
     assert reply.status == 500
     assert "object" in reply.json()["message"]
+
+
+def test_response_object_that_breaks_is_a_500_not_a_hang(server: Server) -> None:
+    reply = server.post({"op": "broken-response"})
+    assert reply.status == 500
+    assert "no body" in reply.json()["message"]
 
 
 def test_failing_run_is_a_500_with_the_message_and_the_server_keeps_serving(

@@ -121,7 +121,11 @@ class InferenceApp:
                 return
 
             def finish(outcome: Outcome) -> None:
-                reply = self._scored(outcome, rid)
+                try:
+                    reply = self._scored(outcome, rid)
+                except Exception as exc:  # e.g. a response object whose get_data() raises
+                    log.error("reply_failed", request_id=rid, exc_info=exc)
+                    reply = json_reply(500, {"message": f"cannot send run()'s answer: {exc}"})
                 self._send(request, conn, rid, started, "/score", reply)
 
             dispatcher.submit(call, finish)
