@@ -106,7 +106,9 @@ class Endpoint:
     def split_timeout_ms(self) -> int:
         """The timeout of the weighted route: one route carries one timeout, so the split uses
         the longest of its deployments' (each inference server enforces its own exactly)."""
-        timeouts = [d.request_timeout_ms for s in self.traffic if (d := self.deployment(s.deployment))]
+        timeouts = [
+            d.request_timeout_ms for s in self.traffic if (d := self.deployment(s.deployment))
+        ]
         return max(timeouts, default=0)
 
 

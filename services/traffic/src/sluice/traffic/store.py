@@ -75,15 +75,15 @@ class TrafficStore:
     ) -> Endpoint | None:
         try:
             doc: OnlineEndpointDoc = _load(OnlineEndpointDoc, raw)
-            docs: list[OnlineDeploymentDoc] = [_load(OnlineDeploymentDoc, d) for d in deployment_raws]
+            docs: list[OnlineDeploymentDoc] = [
+                _load(OnlineDeploymentDoc, d) for d in deployment_raws
+            ]
             auth = self._auth(doc)
         except (ValueError, SecretBoxError, KeyError) as exc:
             # One unreadable document must not stop the gateway serving the others.
             log.error("endpoint_unreadable", endpoint=raw.get("_id"), error=str(exc))
             return None
-        deployments = tuple(
-            sorted([await self._deployment(d) for d in docs], key=lambda d: d.name)
-        )
+        deployments = tuple(sorted([await self._deployment(d) for d in docs], key=lambda d: d.name))
         names = {d.name for d in deployments}
         live = live_shares(doc.spec.traffic, names)
         return Endpoint(
@@ -129,7 +129,9 @@ async def _resolved(address: str, endpoint: str, deployment: str) -> Upstream | 
     try:
         upstream = Upstream.parse(address)
     except ValueError as exc:
-        log.error("instance_address_invalid", endpoint=endpoint, deployment=deployment, error=str(exc))
+        log.error(
+            "instance_address_invalid", endpoint=endpoint, deployment=deployment, error=str(exc)
+        )
         return None
     if upstream.is_ip:
         return upstream

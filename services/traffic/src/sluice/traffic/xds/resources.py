@@ -56,6 +56,7 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.matcher.v3 import metadata_pb2, string_pb2, value_pb2
 from envoy.type.v3 import percent_pb2
 from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
+from google.protobuf.message import Message
 
 from sluice.common.resources import TOKEN_ISSUER
 from sluice.traffic.domain import (
@@ -70,7 +71,7 @@ from sluice.traffic.domain import (
 )
 
 ROUTE_CONFIG = "sluice_routes"
-TLS_SECRET = "sluice_tls"
+TLS_SECRET = "sluice_tls"  # noqa: S105 - the name of an SDS resource, not a secret
 ALS_CLUSTER = "sluice_als"
 JWT_FILTER = "envoy.filters.http.jwt_authn"
 RBAC_FILTER = "envoy.filters.http.rbac"
@@ -101,7 +102,7 @@ end
 """
 
 
-def pack(message: object) -> any_pb2.Any:
+def pack(message: Message) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message, deterministic=True)  # stable bytes: versions are content hashes
     return packed
@@ -207,9 +208,7 @@ def load_assignment(dep: Deployment) -> endpoint_pb2.ClusterLoadAssignment:
             endpoint_components_pb2.LocalityLbEndpoints(
                 lb_endpoints=[
                     endpoint_components_pb2.LbEndpoint(
-                        endpoint=endpoint_components_pb2.Endpoint(
-                            address=_socket(u.host, u.port)
-                        )
+                        endpoint=endpoint_components_pb2.Endpoint(address=_socket(u.host, u.port))
                     )
                     for u in dep.instances
                 ]
@@ -368,7 +367,9 @@ def endpoint_routes(ep: Endpoint, prefix: str | None) -> list[route_components_p
             route_components_pb2.Route(
                 name=f"{tag}/pin/{dep.name}",
                 match=_match(prefix, pin),
-                route=_action(timeout_ms=dep.request_timeout_ms, prefix=prefix, cluster=dep.cluster),
+                route=_action(
+                    timeout_ms=dep.request_timeout_ms, prefix=prefix, cluster=dep.cluster
+                ),
                 response_headers_to_add=[_header(DEPLOYMENT_HEADER, dep.name)],
                 request_headers_to_remove=strip,
                 typed_per_filter_config=filters,
@@ -495,7 +496,9 @@ def route_configuration(
 # ---- listeners -------------------------------------------------------------------------
 
 
-def _json_body(message: str | None = None) -> substitution_format_string_pb2.SubstitutionFormatString:
+def _json_body(
+    message: str | None = None,
+) -> substitution_format_string_pb2.SubstitutionFormatString:
     fields = {
         "message": struct_pb2.Value(string_value=message or "%LOCAL_REPLY_BODY%"),
         "status": struct_pb2.Value(string_value="%RESPONSE_CODE%"),
@@ -551,12 +554,8 @@ def local_replies() -> hcm_pb2.LocalReplyConfig:
                 "too many pending requests: more than 2 x max_concurrent_requests_per_instance "
                 "x instances are in flight for this deployment; retry with backoff",
             ),
-            _mapper(
-                ["UT"], None, 408, "the model did not answer within request_timeout_ms"
-            ),
-            _mapper(
-                ["UH"], None, 503, "no ready instance of this deployment (yet)"
-            ),
+            _mapper(["UT"], None, 408, "the model did not answer within request_timeout_ms"),
+            _mapper(["UH"], None, 503, "no ready instance of this deployment (yet)"),
         ],
         body_format=_json_body(),
     )
@@ -598,7 +597,9 @@ def _http_filters(jwks: str) -> list[hcm_pb2.HttpFilter]:
         hcm_pb2.HttpFilter(name=JWT_FILTER, typed_config=pack(jwt)),
         hcm_pb2.HttpFilter(name=RBAC_FILTER, typed_config=pack(deny_all)),
         hcm_pb2.HttpFilter(name=LUA_FILTER, typed_config=pack(lua)),
-        hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router())),
+        hcm_pb2.HttpFilter(
+            name="envoy.filters.http.router", typed_config=pack(router_pb2.Router())
+        ),
     ]
 
 
@@ -655,9 +656,7 @@ def tls_secret(gateway: Gateway) -> secret_pb2.Secret:
     return secret_pb2.Secret(
         name=TLS_SECRET,
         tls_certificate=tls_common_pb2.TlsCertificate(
-            certificate_chain=base_pb2.DataSource(
-                inline_bytes=gateway.tls.certificate_chain
-            ),
+            certificate_chain=base_pb2.DataSource(inline_bytes=gateway.tls.certificate_chain),
             private_key=base_pb2.DataSource(inline_bytes=gateway.tls.private_key),
         ),
     )

@@ -69,6 +69,7 @@ class Stream:
         self.answered = asyncio.Condition()
         self._nonces = itertools.count(1)
         self.closed = False
+        self.requests = 0  # requests received, to wait for "something new" without races
 
     def next_nonce(self) -> str:
         return str(next(self._nonces))
@@ -119,7 +120,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         for stream in self._streams:
             stream.wake.set()
 
-    async def wait_applied(self, snapshot: Snapshot, timeout: float | None) -> Result:
+    async def wait_applied(self, snapshot: Snapshot, deadline_s: float | None) -> Result:
         """Wait until every connected Envoy ACKed `snapshot` (and at least one is connected),
         or one NACKed part of it."""
 
@@ -149,13 +150,13 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
                 return result
 
         try:
-            return await asyncio.wait_for(wait(), timeout)
+            return await asyncio.wait_for(wait(), deadline_s)
         except TimeoutError:
             return Result(Outcome.TIMEOUT)
 
     # ---- the gRPC service ----------------------------------------------------------------
 
-    async def StreamAggregatedResources(
+    async def StreamAggregatedResources(  # noqa: N802 - the proto's method name
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
         stream = Stream(context.peer())
@@ -174,7 +175,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             await self._notify()
             log.info("xds_stream_closed", stream=stream.id, node=stream.node)
 
-    async def DeltaAggregatedResources(
+    async def DeltaAggregatedResources(  # noqa: N802 - the proto's method name
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
         await context.abort(
@@ -191,10 +192,13 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         finally:
             stream.closed = True
             stream.wake.set()
+        async with stream.answered:
+            stream.answered.notify_all()
 
     async def _on_request(self, stream: Stream, request: Any) -> None:
         if request.node.id and not stream.node:
             stream.node = request.node.id
+        stream.requests += 1
         type_url = request.type_url
         sub = stream.subs.setdefault(type_url, Subscription())
         if request.response_nonce and request.response_nonce != sub.sent_nonce:
@@ -231,27 +235,39 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             self._changed.notify_all()
 
     async def _responses(self, stream: Stream) -> AsyncIterator[Any]:
+        """Push phase by phase; within a phase keep answering new subscriptions (Envoy asks
+        for a new cluster's endpoints before it ACKs the clusters) until all is answered."""
         for i, phase in enumerate(PUSH_PHASES):
-            sent = []
-            for type_url in phase:
-                response = self._response(stream, type_url)
-                if response is not None:
-                    sent.append(type_url)
-                    yield response
-            if sent and i + 1 < len(PUSH_PHASES):
-                await self._await_answers(stream, sent)
+            last_phase = i + 1 == len(PUSH_PHASES)
+            deadline = asyncio.get_running_loop().time() + PHASE_ACK_TIMEOUT_S
+            while True:
+                seen = stream.requests
+                for type_url in phase:
+                    response = self._response(stream, type_url)
+                    if response is not None:
+                        yield response
+                awaiting = [t for t in phase if t in stream.subs and stream.subs[t].awaiting]
+                if last_phase or not awaiting or stream.closed:
+                    break
+                if not await self._next_request(stream, seen, deadline):
+                    log.warning(
+                        "xds_phase_unanswered",
+                        node=stream.node,
+                        types=[short(t) for t in awaiting],
+                    )
+                    break
 
-    async def _await_answers(self, stream: Stream, types: list[str]) -> None:
-        async def answered() -> None:
-            async with stream.answered:
-                await stream.answered.wait_for(
-                    lambda: stream.closed or not any(stream.subs[t].awaiting for t in types)
-                )
-
+    async def _next_request(self, stream: Stream, seen: int, deadline: float) -> bool:
+        """Wait until the stream has had more than `seen` requests; False at the deadline."""
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            return False
         try:
-            await asyncio.wait_for(answered(), PHASE_ACK_TIMEOUT_S)
+            async with asyncio.timeout(remaining), stream.answered:
+                await stream.answered.wait_for(lambda: stream.requests > seen or stream.closed)
         except TimeoutError:
-            log.warning("xds_phase_unanswered", node=stream.node, types=[short(t) for t in types])
+            return False
+        return True
 
     def _response(self, stream: Stream, type_url: str) -> Any | None:
         snapshot = self._snapshot

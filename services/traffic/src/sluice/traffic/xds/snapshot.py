@@ -104,7 +104,9 @@ class Snapshot:
             packed.Unpack(table)
             unknown = sorted(referenced_clusters(table) - set(clusters))
             if unknown:
-                raise InconsistentSnapshot(f"routes of {table.name} name unknown clusters {unknown}")
+                raise InconsistentSnapshot(
+                    f"routes of {table.name} name unknown clusters {unknown}"
+                )
         for packed in self.resources[LISTENER].values():
             listener = listener_pb2.Listener()
             packed.Unpack(listener)
@@ -140,7 +142,9 @@ def _listener_references(listener: listener_pb2.Listener) -> tuple[set[str], set
         if chain.HasField("transport_socket"):
             tls = tls_pb2.DownstreamTlsContext()
             if chain.transport_socket.typed_config.Unpack(tls):
-                secrets.update(s.name for s in tls.common_tls_context.tls_certificate_sds_secret_configs)
+                secrets.update(
+                    s.name for s in tls.common_tls_context.tls_certificate_sds_secret_configs
+                )
     return routes, secrets
 
 

@@ -39,7 +39,8 @@ def resources_json(snapshot: Snapshot) -> dict[str, Any]:
 
 def static_bootstrap(snapshot: Snapshot, *, admin_port: int = 0) -> dict[str, Any]:
     routes = {
-        name: _unpack(p, route_pb2.RouteConfiguration()) for name, p in snapshot.resources[ROUTE].items()
+        name: _unpack(p, route_pb2.RouteConfiguration())
+        for name, p in snapshot.resources[ROUTE].items()
     }
     assignments = {
         name: _unpack(p, endpoint_pb2.ClusterLoadAssignment())

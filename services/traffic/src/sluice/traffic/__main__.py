@@ -1,0 +1,17 @@
+"""`python -m sluice.traffic`: load settings, configure logging, serve ADS."""
+
+from sluice.common.log import configure_logging
+from sluice.common.runtime import run
+from sluice.common.settings import Settings
+from sluice.traffic.app import serve
+from sluice.traffic.settings import TrafficSettings
+
+
+def main() -> None:
+    settings = Settings(service_name="traffic")
+    configure_logging(level=settings.log_level, fmt=settings.log_format, service="traffic")
+    run(lambda: serve(settings, TrafficSettings()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""Composition root of the traffic controller: build every object, serve ADS, close."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+from pathlib import Path
+
+from envoy.service.discovery.v3 import ads_pb2_grpc
+
+from sluice.common.events import EventPublisher, create_broker, ensure_events_stream
+from sluice.common.grpc_server import GrpcServer
+from sluice.common.log import get_logger
+from sluice.common.mongo import create_mongo_client, database, require_uri
+from sluice.common.runtime import wait_for_shutdown_signal
+from sluice.common.secretbox import SecretBox
+from sluice.common.settings import Settings
+from sluice.traffic.controller import Controller, Timing
+from sluice.traffic.domain import Gateway, Listen, Upstream
+from sluice.traffic.events import EventListener, NatsOutcomes
+from sluice.traffic.jwks import RegistryJwks
+from sluice.traffic.settings import TrafficSettings
+from sluice.traffic.store import TrafficStore
+from sluice.traffic.tls import ensure_local_certificate, load_material
+from sluice.traffic.xds.server import SERVICE_NAME, AdsServer
+
+log = get_logger(__name__)
+JWKS_WAIT_S = 3.0  # at start, how long to wait for the registry before serving without keys
+
+
+def certificate_files(settings: Settings, traffic: TrafficSettings) -> tuple[Path, Path]:
+    if traffic.tls_cert_file and traffic.tls_key_file:
+        return traffic.tls_cert_file, traffic.tls_key_file
+    return ensure_local_certificate(settings.state_dir.absolute() / "tls", settings.domain)
+
+
+def als_target(settings: Settings, traffic: TrafficSettings) -> Listen | None:
+    if traffic.als_address:
+        upstream = Upstream.parse(traffic.als_address)
+        return Listen(upstream.host, upstream.port)
+    if settings.ports.metrics and importlib.util.find_spec("sluice.metrics") is not None:
+        return Listen(settings.host, settings.ports.metrics)
+    return None
+
+
+class GatewaySource:
+    """The gateway-wide settings; re-reads the certificate files each time (rotation)."""
+
+    def __init__(self, settings: Settings, traffic: TrafficSettings):
+        self._settings = settings
+        self._cert, self._key = certificate_files(settings, traffic)
+        host = traffic.listen_host or settings.host
+        self._https = Listen(host, settings.envoy.https_port)
+        self._http = Listen(host, settings.envoy.http_port) if settings.envoy.http_enabled else None
+        self._als = als_target(settings, traffic)
+
+    def __call__(self, jwks: str) -> Gateway:
+        return Gateway(
+            domain=self._settings.domain,
+            https=self._https,
+            http=self._http,
+            tls=load_material(self._cert, self._key),
+            jwks=jwks,
+            als=self._als,
+        )
+
+
+async def serve(settings: Settings, traffic: TrafficSettings) -> None:
+    if not settings.secret_key:
+        raise RuntimeError("SLUICE_SECRET_KEY must be set (`sluice up` sets it)")
+    mongo = create_mongo_client(require_uri(settings), appname="sluice-traffic")
+    broker = create_broker(settings, client_name="sluice-traffic")
+    await broker.connect()
+    try:
+        await ensure_events_stream(
+            broker, stream=settings.events_stream, subject_prefix=settings.events_subject_prefix
+        )
+        publisher = EventPublisher(
+            broker,
+            source="sluice/traffic",
+            subject_prefix=settings.events_subject_prefix,
+            stream=settings.events_stream,
+        )
+        ads = AdsServer()
+        jwks = RegistryJwks(settings.registry_address, settings.admin_token)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(jwks.refresh(), JWKS_WAIT_S)
+        controller = Controller(
+            store=TrafficStore(database(mongo, settings), SecretBox(settings.secret_key)),
+            server=ads,
+            outcomes=NatsOutcomes(publisher),
+            jwks=jwks,
+            gateway=GatewaySource(settings, traffic),
+            timing=Timing(
+                debounce_s=traffic.debounce_ms / 1000, resync_s=traffic.resync_interval_s
+            ),
+        )
+        listener = EventListener(broker, settings.events_subject_prefix, controller)
+        await listener.start()
+        # The first snapshot exists before Envoy can connect: it never sees an empty config.
+        await controller.sync_once()
+        # No admin token here: Envoy cannot send one. The port stays on loopback by default.
+        server = GrpcServer(
+            host=settings.host,
+            port=settings.ports.xds,
+            service_names=[SERVICE_NAME],
+            register=lambda s: ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
+                ads, s
+            ),
+        )
+        await server.start()
+        reconciler = asyncio.create_task(controller.run())
+        signal = await wait_for_shutdown_signal()
+        log.info("traffic_stopping", signal=signal.name)
+        reconciler.cancel()
+        await listener.stop()
+        await server.stop(grace=1.0)
+    finally:
+        await broker.stop()
+        await mongo.close()

@@ -1,0 +1,249 @@
+"""The reconciler: desired state (MongoDB) -> snapshot -> Envoy's ACK -> `traffic.applied`.
+
+Loop: wait for a change hint (event) or the periodic resync, let a burst of
+hints settle (debounce), re-read what changed, build a snapshot, check it,
+publish it make-before-break, and report what Envoy did with it.
+
+A NACK must not take other endpoints down with the one that caused it. The
+controller remembers, per endpoint, the state in the last ACKed snapshot
+(`accepted`); after a NACK the endpoints that changed since then are the
+suspects. One suspect: its new state is rejected (reported with Envoy's
+error, not retried until it changes again) and it keeps serving its last
+accepted state. Several: half of them are held back at their accepted state
+and the rest retried; the held half follows after the next ACK - a binary
+search that isolates the culprit in a few pushes. Gateway-wide settings
+(certificate, token keys) are one more suspect, under the key "".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+
+from sluice.common.log import get_logger
+from sluice.traffic.domain import Endpoint, Gateway, without_host_conflicts
+from sluice.traffic.events import Outcomes
+from sluice.traffic.jwks import PLACEHOLDER_JWKS, RegistryJwks
+from sluice.traffic.store import TrafficStore
+from sluice.traffic.xds.builder import SnapshotBuilder
+from sluice.traffic.xds.server import AdsServer, Outcome, Result
+from sluice.traffic.xds.snapshot import CLUSTER, InconsistentSnapshot, Snapshot, short
+
+log = get_logger(__name__)
+GATEWAY = ""  # the suspect key of gateway-wide settings
+T = TypeVar("T", Endpoint, Gateway)
+
+
+@dataclass(frozen=True)
+class Timing:
+    debounce_s: float = 0.02
+    resync_s: float = 30.0
+    staged_ack_timeout_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class Published:
+    """A snapshot and the inputs it was built from."""
+
+    snapshot: Snapshot
+    endpoints: Mapping[str, Endpoint]
+    gateway: Gateway
+
+
+class Controller:
+    def __init__(
+        self,
+        *,
+        store: TrafficStore,
+        server: AdsServer,
+        outcomes: Outcomes,
+        jwks: RegistryJwks,
+        gateway: Callable[[str], Gateway],
+        timing: Timing = Timing(),
+    ):
+        self._store = store
+        self._server = server
+        self._outcomes = outcomes
+        self._jwks = jwks
+        self._gateway = gateway
+        self._timing = timing
+        self._builder = SnapshotBuilder()
+        self._desired: dict[str, Endpoint] = {}
+        self._accepted: dict[str, Endpoint] = {}
+        self._accepted_gateway: Gateway | None = None
+        self._rejected: dict[str, Endpoint | Gateway] = {}
+        self._held: set[str] = set()
+        self._dirty: set[str] = set()
+        self._dirty_all = True
+        self._refresh_jwks = True
+        self._wake = asyncio.Event()
+        self._conflicts: frozenset[str] = frozenset()
+        self._watcher: asyncio.Task[None] | None = None
+        self.last_published: Published | None = None
+
+    # ---- inputs ------------------------------------------------------------------------
+
+    def mark_dirty(self, endpoint: str | None, *, refresh_jwks: bool = False) -> None:
+        """Re-read `endpoint` (None: everything) soon."""
+        if endpoint is None:
+            self._dirty_all = True
+        else:
+            self._dirty.add(endpoint)
+        self._refresh_jwks = self._refresh_jwks or refresh_jwks
+        self._wake.set()
+
+    # ---- the loop -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Reconcile until cancelled."""
+        try:
+            while True:
+                try:
+                    await self.sync_once()
+                except InconsistentSnapshot as exc:
+                    log.error("snapshot_inconsistent", error=str(exc))
+                except Exception:  # a bad read or build must not end the reconciler
+                    log.exception("sync_failed")
+                    self._dirty_all = True
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self._timing.resync_s)
+                except TimeoutError:
+                    self.mark_dirty(None)
+                await asyncio.sleep(self._timing.debounce_s)  # let a burst of hints settle
+        finally:
+            if self._watcher is not None:
+                self._watcher.cancel()
+
+    async def sync_once(self) -> None:
+        self._wake.clear()
+        if self._refresh_jwks or self._jwks.current is None:
+            self._refresh_jwks = False
+            await self._jwks.refresh()
+        await self._reload()
+        gateway = self._gateway(self._jwks.current or PLACEHOLDER_JWKS)
+        chosen, chosen_gateway = self._choose(gateway)
+        snapshot = self._builder.build(chosen_gateway, chosen.values())
+        current = self._server.snapshot
+        if current is not None and current.id == snapshot.id:
+            return
+        snapshot.check()
+        await self._publish(Published(snapshot, chosen, chosen_gateway))
+
+    async def _reload(self) -> None:
+        if self._dirty_all:
+            self._dirty_all = False
+            self._dirty.clear()
+            self._desired = await self._store.all_endpoints()
+            return
+        names, self._dirty = self._dirty, set()
+        for name in names:
+            ep = await self._store.endpoint(name)
+            if ep is None:
+                self._desired.pop(name, None)
+            else:
+                self._desired[name] = ep
+
+    def _choose(self, gateway: Gateway) -> tuple[dict[str, Endpoint], Gateway]:
+        """What to serve: the desired state, except states Envoy rejected and held suspects."""
+        endpoints, conflicts = without_host_conflicts(list(self._desired.values()))
+        names = frozenset(c.endpoint for c in conflicts)
+        if names != self._conflicts:
+            for c in conflicts:
+                log.error("endpoint_host_conflict", endpoint=c.endpoint, taken_by=c.taken_by)
+            self._conflicts = names
+        chosen = {}
+        for ep in endpoints:
+            use = self._pick(ep.name, ep, self._accepted.get(ep.name))
+            if use is not None:
+                chosen[ep.name] = use
+        chosen_gateway = self._pick(GATEWAY, gateway, self._accepted_gateway) or gateway
+        return chosen, chosen_gateway
+
+    def _pick(self, key: str, desired: T, accepted: T | None) -> T | None:
+        rejected = self._rejected.get(key)
+        if rejected is not None and rejected != desired:
+            del self._rejected[key]  # it changed since: worth another try
+            rejected = None
+        if key in self._held or rejected is not None:
+            return accepted
+        return desired
+
+    # ---- publishing ---------------------------------------------------------------------
+
+    async def _publish(self, published: Published) -> None:
+        snapshot = published.snapshot
+        previous = self._server.snapshot
+        stale = previous.names(CLUSTER) - snapshot.names(CLUSTER) if previous else frozenset()
+        if stale and self._server.streams:
+            # Make before break: routes move off the stale clusters before they go.
+            staged = snapshot.with_clusters_of(previous, stale) if previous else snapshot
+            self._server.set_snapshot(staged)
+            result = await self._server.wait_applied(staged, self._timing.staged_ack_timeout_s)
+            if result.outcome is Outcome.NACKED:
+                await self._on_nack(
+                    Published(staged, published.endpoints, published.gateway), result
+                )
+                return
+        if self._watcher is not None:
+            self._watcher.cancel()
+        self._server.set_snapshot(snapshot)
+        self.last_published = published
+        log.info(
+            "snapshot_published",
+            snapshot=snapshot.id,
+            endpoints=len(published.endpoints),
+            clusters=len(snapshot.resources[CLUSTER]),
+            streams=self._server.streams,
+        )
+        self._watcher = asyncio.create_task(self._watch(published))
+
+    async def _watch(self, published: Published) -> None:
+        result = await self._server.wait_applied(published.snapshot, None)
+        if result.outcome is Outcome.ACKED:
+            await self._on_ack(published)
+        elif result.outcome is Outcome.NACKED:
+            await self._on_nack(published, result)
+
+    async def _on_ack(self, published: Published) -> None:
+        self._accepted = dict(published.endpoints)
+        self._accepted_gateway = published.gateway
+        versions = {name: ep.version for name, ep in published.endpoints.items()}
+        log.info("snapshot_applied", snapshot=published.snapshot.id, endpoints=len(versions))
+        with contextlib.suppress(Exception):
+            await self._outcomes.applied(published.snapshot.id, versions)
+        if self._held:
+            self._held.clear()  # the held suspects get their turn
+            self._wake.set()
+
+    async def _on_nack(self, published: Published, result: Result) -> None:
+        rejection = result.rejection
+        assert rejection is not None
+        suspects = [
+            name
+            for name, ep in sorted(published.endpoints.items())
+            if self._accepted.get(name) != ep
+        ]
+        if published.gateway != self._accepted_gateway:
+            suspects.insert(0, GATEWAY)
+        log.error(
+            "snapshot_rejected",
+            snapshot=published.snapshot.id,
+            type=short(rejection.type_url),
+            node=rejection.node,
+            error=rejection.error,
+            suspects=suspects,
+        )
+        if len(suspects) == 1:
+            key = suspects[0]
+            self._rejected[key] = published.gateway if key == GATEWAY else published.endpoints[key]
+        elif suspects:
+            self._held.update(suspects[len(suspects) // 2 :])
+        versions = {n: published.endpoints[n].version for n in suspects if n != GATEWAY}
+        with contextlib.suppress(Exception):
+            await self._outcomes.rejected(
+                published.snapshot.id, short(rejection.type_url), rejection.error, versions
+            )
+        self._wake.set()
