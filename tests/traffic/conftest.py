@@ -7,16 +7,18 @@ stream, so a test sees only its own endpoints.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import pytest
 from faststream.nats import NatsBroker
 from pymongo.asynchronous.database import AsyncDatabase
 
+from sluice.common.events import EventEnvelope, parse_envelope
 from sluice.common.mongo import Document
 from sluice.common.settings import Settings
 from sluice.common.supervisor import Supervisor, free_port
-from sluice.common.testing.plugin import EnvoyGateway
+from sluice.common.testing.plugin import EnvoyGateway, RunningService
 from sluice.traffic.testing import GatewayPorts, Traffic, Upstream, World, start_controller
 
 
@@ -57,3 +59,38 @@ def world(
     mongo_db: AsyncDatabase[Document], sluice_settings: Settings, nats_broker: NatsBroker
 ) -> World:
     return World(mongo_db, sluice_settings, nats_broker)
+
+
+@pytest.fixture
+def traffic_with_registry(
+    registry: RunningService,
+    supervisor: Supervisor,
+    envoy_gateway: EnvoyGateway,
+    gateway_ports: GatewayPorts,
+    nats_broker: NatsBroker,
+) -> Traffic:
+    """A traffic controller that fetches the token keys (JWKS) from a running registry."""
+    return start_controller(
+        registry.settings,
+        supervisor,
+        envoy_gateway,
+        gateway_ports,
+        {"SLUICE_REGISTRY_ADDRESS": registry.address},
+    )
+
+
+@pytest.fixture
+async def traffic_events(
+    nats_broker: NatsBroker, sluice_settings: Settings
+) -> AsyncIterator[list[EventEnvelope]]:
+    """Every `traffic.*` event of this test, as it arrives."""
+    seen: list[EventEnvelope] = []
+
+    async def collect(msg: Any) -> None:
+        seen.append(parse_envelope(msg.data))
+
+    sub = await nats_broker.connection.subscribe(
+        f"{sluice_settings.events_subject_prefix}.traffic.>", cb=collect
+    )
+    yield seen
+    await sub.unsubscribe()

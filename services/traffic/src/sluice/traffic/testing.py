@@ -70,6 +70,7 @@ class Upstream:
         self.behaviour = Behaviour()
         self.scored = 0
         self.seen_authorization: list[str] = []
+        self.bodies: list[bytes] = []
         self._lock = threading.Lock()
         upstream = self
 
@@ -95,6 +96,7 @@ class Upstream:
                 with upstream._lock:
                     upstream.scored += 1
                     upstream.seen_authorization.append(self.headers.get("authorization") or "")
+                    upstream.bodies.append(body)
                 behaviour = upstream.behaviour
                 if behaviour.delay_s:
                     time.sleep(behaviour.delay_s)

@@ -1,0 +1,80 @@
+"""Azure's gateway status codes, mirroring and retries, through the real gateway."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from sluice.common.supervisor import free_port
+from sluice.traffic.testing import Behaviour, Traffic, Upstream, World, eventually
+
+KEY = "primary-key-1"
+
+
+async def test_model_errors_timeouts_overload_and_no_instance(
+    traffic: Traffic, world: World, upstreams: Callable[[str], Upstream]
+) -> None:
+    failing, slow, busy = upstreams("failing"), upstreams("slow"), upstreams("busy")
+    failing.behaviour = Behaviour(status=500)
+    slow.behaviour = Behaviour(delay_s=1.0)
+    busy.behaviour = Behaviour(delay_s=0.5)
+    await world.deployment("codes", "failing", [failing.address])
+    await world.deployment("codes", "slow", [slow.address], timeout_ms=200)
+    await world.deployment("codes", "busy", [busy.address], concurrency=1)
+    await world.deployment("codes", "empty", [])
+    await world.endpoint("codes", traffic={"failing": 100})
+    eventually(lambda: traffic.score("codes", KEY, deployment="empty")[0], lambda s: s == 503)
+
+    # A model's non-2xx becomes 424 with its status and reason in headers; the body is kept.
+    status, headers, body = traffic.score("codes", KEY)
+    assert status == 424
+    assert headers["ms-azureml-model-error-statuscode"] == "500"
+    assert headers["ms-azureml-model-error-reason"] == "Internal Server Error"
+    assert json.loads(body)["deployment"] == "failing"
+
+    status, _, body = traffic.score("codes", KEY, deployment="slow")
+    assert status == 408 and "request_timeout_ms" in json.loads(body)["message"]
+
+    status, _, body = traffic.score("codes", KEY, deployment="empty")
+    assert status == 503 and "ready instance" in json.loads(body)["message"]
+
+    # 1 instance x concurrency 1: more than 2 in flight fail fast with 429.
+    with ThreadPoolExecutor(6) as pool:
+        statuses = list(
+            pool.map(lambda _: traffic.score("codes", KEY, deployment="busy")[0], range(6))
+        )
+    assert statuses.count(429) >= 1 and statuses.count(200) >= 2, statuses
+    assert set(statuses) <= {200, 429}
+
+
+async def test_connect_failures_are_retried_on_another_instance(
+    traffic: Traffic, world: World, upstreams: Callable[[str], Upstream]
+) -> None:
+    live = upstreams("blue")
+    dead = f"127.0.0.1:{free_port()}"  # nothing listens here
+    await world.deployment("retry", "blue", [dead, live.address])
+    await world.endpoint("retry", traffic={"blue": 100})
+    eventually(lambda: traffic.score("retry", KEY)[0], lambda s: s == 200)
+    assert [traffic.score("retry", KEY)[0] for _ in range(30)] == [200] * 30
+
+
+async def test_mirror_copies_a_share_of_unpinned_requests(
+    traffic: Traffic, world: World, upstreams: Callable[[str], Upstream]
+) -> None:
+    blue, green = upstreams("blue"), upstreams("green")
+    await world.deployment("mirrored", "blue", [blue.address])
+    await world.deployment("mirrored", "green", [green.address])
+    await world.endpoint("mirrored", traffic={"blue": 100}, mirror={"green": 50})
+    eventually(lambda: traffic.score("mirrored", KEY)[0], lambda s: s == 200)
+
+    for _ in range(50):  # pinned requests are never mirrored
+        assert traffic.score("mirrored", KEY, deployment="blue", body=b"pinned")[0] == 200
+    served = {
+        traffic.score("mirrored", KEY, body=b"live")[1]["azureml-model-deployment"]
+        for _ in range(400)
+    }
+    assert served == {"blue"}  # clients only ever get the live answer
+    mirrored = eventually(lambda: green.bodies.count(b"live"), lambda n: n >= 140)
+    assert mirrored <= 260, mirrored  # about half of 400
+    assert b"pinned" not in green.bodies
