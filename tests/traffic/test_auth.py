@@ -33,7 +33,7 @@ async def test_keys_primary_secondary_and_rotation(
     assert traffic.score("keyed", creds.secondary_key, tls=True)[0] == 200
     before = blue.scored
     for key in (None, "wrong-key", creds.primary_key[:-1]):
-        status, headers, body = traffic.score("keyed", key)
+        status, _, body = traffic.score("keyed", key)
         assert status == 401, key
         assert "credentials" in json.loads(body)["message"]
     # Unauthenticated calls never reach an instance, not even to learn deployment names.

@@ -1,0 +1,120 @@
+"""Golden JSON of the generated Envoy resources, and Envoy's own verdict on them.
+
+Regenerate after an intended change with `SLUICE_UPDATE_GOLDEN=1 pytest services/traffic`
+and review the diff like code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from sluice.traffic.domain import (
+    Deployment,
+    Endpoint,
+    Gateway,
+    KeyAuth,
+    Listen,
+    Share,
+    TlsMaterial,
+    TokenAuth,
+    Upstream,
+)
+from sluice.traffic.jwks import PLACEHOLDER_JWKS
+from sluice.traffic.tls import ensure_local_certificate, load_material
+from sluice.traffic.xds.builder import SnapshotBuilder
+from sluice.traffic.xds.snapshot import Snapshot
+from sluice.traffic.xds.static import resources_json, static_bootstrap
+
+GOLDEN = Path(__file__).parent / "golden"
+UPDATE = os.environ.get("SLUICE_UPDATE_GOLDEN") == "1"
+
+
+def world() -> list[Endpoint]:
+    blue = Deployment(
+        "shop", "blue", 3, 5000, 2, (Upstream("127.0.0.1", 5001), Upstream("127.0.0.1", 5002))
+    )
+    green = Deployment("shop", "green", 1, 10000, 1, (Upstream("127.0.0.1", 5003),))
+    shadow = Deployment("shop", "shadow", 1, 5000, 1, ())
+    shop = Endpoint(
+        name="shop",
+        version=7,
+        auth=KeyAuth(("fake-primary", "fake-secondary")),
+        traffic=(Share("blue", 90), Share("green", 10)),
+        mirror=Share("shadow", 20),
+        deployments=(blue, green, shadow),
+    )
+    tokened = Endpoint(
+        name="Tokened",
+        version=1,
+        auth=TokenAuth("sluice-endpoint/Tokened"),
+        traffic=(),
+        mirror=None,
+        deployments=(Deployment("Tokened", "only", 1, 5000, 1, (Upstream("::1", 6000),)),),
+    )
+    return [shop, tokened]
+
+
+def gateway(tls: TlsMaterial, *, als: bool = True) -> Gateway:
+    return Gateway(
+        domain="sluice.localhost",
+        https=Listen("127.0.0.1", 8443),
+        http=Listen("127.0.0.1", 8080),
+        tls=tls,
+        jwks=PLACEHOLDER_JWKS,
+        als=Listen("127.0.0.1", 9090) if als else None,
+    )
+
+
+def snapshot(tls: TlsMaterial) -> Snapshot:
+    snap = SnapshotBuilder().build(gateway(tls), world())
+    snap.check()
+    return snap
+
+
+def test_resources_match_the_golden_file() -> None:
+    snap = snapshot(TlsMaterial(b"-----FAKE CERTIFICATE-----", b"-----FAKE KEY-----"))
+    got = {"versions": dict(snap.versions), "resources": resources_json(snap)}
+    path = GOLDEN / "snapshot.json"
+    if UPDATE:
+        path.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
+    expected = json.loads(path.read_text())
+    assert got["resources"] == expected["resources"], "regenerate with SLUICE_UPDATE_GOLDEN=1"
+    assert got["versions"] == expected["versions"]
+
+
+def test_envoy_accepts_the_configuration(tmp_path: Path) -> None:
+    envoy = shutil.which("envoy")
+    if envoy is None:
+        pytest.skip("no envoy binary (install the 'platform' dependency group)")
+    cert, key = ensure_local_certificate(tmp_path / "tls", "sluice.localhost")
+    config = tmp_path / "static.json"
+    config.write_text(json.dumps(static_bootstrap(snapshot(load_material(cert, key)))))
+    result = subprocess.run(
+        [envoy, "--mode", "validate", "-c", str(config), "--log-level", "critical"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_versions_are_content_hashes() -> None:
+    tls = TlsMaterial(b"c", b"k")
+    a = SnapshotBuilder().build(gateway(tls), world())
+    b = SnapshotBuilder().build(gateway(tls), list(reversed(world())))
+    assert a.versions == b.versions and a.id == b.id
+    moved = world()
+    moved[0] = Endpoint(**{**moved[0].__dict__, "traffic": (Share("blue", 80), Share("green", 20))})
+    c = SnapshotBuilder().build(gateway(tls), moved)
+    changed = {t for t in a.versions if a.versions[t] != c.versions[t]}
+    assert changed == {"type.googleapis.com/envoy.config.route.v3.RouteConfiguration"}
+
+
+def test_keys_never_appear_in_a_repr() -> None:
+    assert "fake-primary" not in repr(world()[0])
