@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,3 +37,34 @@ def examples(tmp_path: Path) -> Path:
         (copy / folder).mkdir(parents=True)
         (copy / folder / "sklearn_regression_model.pkl").write_bytes(b"stand-in model bytes")
     return copy
+
+
+@pytest.fixture(scope="session")
+def trained_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """examples/ with its models trained once per session (scikit-learn's diabetes data)."""
+    copy = tmp_path_factory.mktemp("trained") / "examples"
+    shutil.copytree(EXAMPLES, copy, ignore=shutil.ignore_patterns("model", "__pycache__"))
+    subprocess.run([sys.executable, str(copy / "train_models.py")], check=True, timeout=120)
+    return copy
+
+
+@pytest.fixture
+def trained_examples(trained_models: Path, tmp_path: Path) -> Path:
+    """A private copy of the trained examples, safe to edit."""
+    copy = tmp_path / "trained-examples"
+    shutil.copytree(trained_models, copy)
+    return copy
+
+
+@pytest.fixture(scope="session")
+def envs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Built environments shared by the session's provisioners (as on one real host)."""
+    return tmp_path_factory.mktemp("envs")
+
+
+@pytest.fixture
+def provisioner(
+    start_service: ServiceStarter, registry: RunningService, envs_dir: Path
+) -> RunningService:
+    start_service.settings = start_service.settings.model_copy(update={"envs_dir": envs_dir})
+    return start_service("provisioner")

@@ -52,6 +52,8 @@ def configure_logging(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(log_level, logging.INFO))
+    # One line per outgoing HTTP request (probes) would drown everything else.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def _strip_meta() -> list[structlog.types.Processor]:

@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     # Fernet key (urlsafe base64, 32 bytes) that encrypts endpoint keys at rest.
     secret_key: str | None = None
 
+    # Where the provisioner caches built environments (default <state_dir>/envs).
+    envs_dir: Path | None = None
+
     log_level: str = "info"
     log_format: Literal["auto", "console", "json"] = "auto"
     service_name: str = "sluice"

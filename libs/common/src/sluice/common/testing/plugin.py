@@ -212,6 +212,8 @@ def service_env(settings: Settings) -> dict[str, str]:
         "SLUICE_LOG_FORMAT": "json",
         "SLUICE_LOG_LEVEL": "debug",
     }
+    if settings.envs_dir is not None:
+        env["SLUICE_ENVS_DIR"] = str(settings.envs_dir)
     for field in type(settings.ports).model_fields:
         env[f"SLUICE_PORTS__{field.upper()}"] = str(getattr(settings.ports, field))
     return env

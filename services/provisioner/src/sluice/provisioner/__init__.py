@@ -1,0 +1,1 @@
+"""Sluice provisioner: the reconciler that runs deployments as inference-server instances."""

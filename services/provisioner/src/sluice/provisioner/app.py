@@ -1,0 +1,97 @@
+"""Composition root of the provisioner: build every object, reconcile, serve, close."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from sluice.common.artifacts import ArtifactStore
+from sluice.common.events import EventPublisher, create_broker, ensure_events_stream
+from sluice.common.grpc_server import GrpcServer
+from sluice.common.log import get_logger
+from sluice.common.mongo import create_mongo_client, database, require_uri
+from sluice.common.runtime import wait_for_shutdown_signal
+from sluice.common.settings import Settings
+from sluice.provisioner.api import ProvisionerApi
+from sluice.provisioner.catalogue import Catalogue
+from sluice.provisioner.environments import EnvironmentBuilder
+from sluice.provisioner.events import ProvisionerEvents, RegistryEvents
+from sluice.provisioner.local import LocalBackend
+from sluice.provisioner.reconciler import Context, Reconciler
+from sluice.provisioner.store import ProvisionerStore
+from sluice.v1 import provisioner_pb2, provisioner_pb2_grpc
+
+log = get_logger(__name__)
+SERVICE_NAME = provisioner_pb2.DESCRIPTOR.services_by_name["Provisioner"].full_name
+RESYNC_S = 10.0
+
+
+async def resync_forever(reconciler: Reconciler) -> None:
+    """The safety net: every deployment is looked at again even if an event was missed."""
+    while True:
+        await reconciler.resync()
+        await asyncio.sleep(RESYNC_S)
+
+
+async def serve(settings: Settings) -> None:
+    state_dir = settings.state_dir.absolute()
+    mongo = create_mongo_client(require_uri(settings), appname="sluice-provisioner")
+    broker = create_broker(settings, client_name="sluice-provisioner")
+    await broker.connect()
+    backend = LocalBackend(state_dir / "instances", host=settings.host)
+    tasks: list[asyncio.Task[None]] = []
+    consumer: RegistryEvents | None = None
+    try:
+        await ensure_events_stream(
+            broker, stream=settings.events_stream, subject_prefix=settings.events_subject_prefix
+        )
+        store = ProvisionerStore(database(mongo, settings))
+        await store.ensure_indexes()
+        environments = EnvironmentBuilder((settings.envs_dir or state_dir / "envs").absolute())
+        publisher = EventPublisher(
+            broker,
+            source="sluice/provisioner",
+            subject_prefix=settings.events_subject_prefix,
+            stream=settings.events_stream,
+        )
+        usage_prefix = settings.events_subject_prefix.rsplit(".", 1)[0] + ".usage"
+        ctx = Context(
+            store=store,
+            backend=backend,
+            environments=environments,
+            artifacts=ArtifactStore(state_dir / "artifacts"),
+            catalogue=Catalogue.load(),
+            events=ProvisionerEvents(publisher, broker, usage_prefix),
+        )
+        reconciler = Reconciler(ctx)
+        consumer = RegistryEvents(
+            broker, stream=settings.events_stream, prefix=settings.events_subject_prefix
+        )
+        api = ProvisionerApi(store, backend, environments)
+        server = GrpcServer(
+            host=settings.host,
+            port=settings.ports.provisioner,
+            service_names=[SERVICE_NAME],
+            register=lambda s: provisioner_pb2_grpc.add_ProvisionerServicer_to_server(api, s),
+            admin_token=settings.admin_token,
+        )
+        tasks = [
+            asyncio.create_task(consumer.run(reconciler.touch, reconciler.touch_endpoint)),
+            asyncio.create_task(resync_forever(reconciler)),
+        ]
+        await server.start()
+        signal = await wait_for_shutdown_signal()
+        log.info("provisioner_stopping", signal=signal.name)
+        await server.stop()
+        await reconciler.shutdown()
+    finally:
+        if consumer is not None:
+            consumer.stop()
+        for task in tasks:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=3)
+        await backend.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(broker.stop(), timeout=3)
+        await mongo.close()

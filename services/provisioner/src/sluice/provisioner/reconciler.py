@@ -1,0 +1,442 @@
+"""The reconciler: desired state (a deployment document) vs actual state (instances).
+
+One `DeploymentWorker` per deployment serialises everything that happens to
+it. It converges whenever an event wakes it and on a short tick, which also
+drives the probes:
+
+- a new spec version is prepared (artifacts, environment, instance type),
+  then rolled: new instances start (one at a time while old ones serve),
+  each old instance stops as soon as a new one is ready;
+- `instance_count` changes add or remove instances without touching the
+  healthy ones;
+- an instance that exits, fails liveness `failure_threshold` times or grows
+  past its memory ceiling is replaced (auto-recovery); the deployment stays
+  `Succeeded` while at least one instance serves;
+- an instance that exits before it is ready failed its `init()`: the version
+  is marked `Failed` with the exit code and the last log lines, and the
+  previous version's instances (if any) keep serving;
+- a deleted deployment's instances stop after a short drain, once the
+  traffic controller has had time to route around them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from sluice.common.artifacts import ArtifactError, ArtifactStore
+from sluice.common.log import get_logger
+from sluice.common.resources import ArtifactRef, Instance, OnlineDeploymentDoc, ProvisioningState
+from sluice.provisioner.catalogue import Catalogue, InstanceType, UnknownInstanceType
+from sluice.provisioner.environments import EnvironmentBuilder, EnvironmentError_
+from sluice.provisioner.events import ProvisionerEvents
+from sluice.provisioner.local import InstancePlan, LocalBackend, LocalInstance, tail
+from sluice.provisioner.store import ProvisionerStore
+
+log = get_logger(__name__)
+
+TICK_S = 0.1  # while instances are starting
+IDLE_TICK_S = 1.0
+DRAIN_S = 1.0
+LOG_LINES_IN_ERRORS = 20
+USAGE_EVERY_S = 5.0
+
+
+class PrepareError(Exception):
+    """A spec version cannot run (missing artifact, environment build, instance type)."""
+
+
+@dataclass(frozen=True)
+class Generation:
+    """Everything needed to start instances of one spec version."""
+
+    version: int
+    doc: OnlineDeploymentDoc
+    plan: InstancePlan
+    instance_type: InstanceType
+
+
+@dataclass(frozen=True)
+class Context:
+    store: ProvisionerStore
+    backend: LocalBackend
+    environments: EnvironmentBuilder
+    artifacts: ArtifactStore
+    catalogue: Catalogue
+    events: ProvisionerEvents
+
+
+class DeploymentWorker:
+    def __init__(self, key: str, ctx: Context):
+        self.key = key
+        self.endpoint, _, self.name = key.partition("/")
+        self._ctx = ctx
+        self.instances: list[LocalInstance] = []
+        self.generation: Generation | None = None
+        self.failed_version: int | None = None
+        self._succeeded_version: int | None = None
+        self._published: list[Instance] | None = None
+        self._wake = asyncio.Event()
+        self._last_liveness: dict[str, float] = {}
+        self._last_usage = 0.0
+        self.done = False
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        while not self.done:
+            try:
+                await self.converge()
+            except Exception:  # a bug here must not stop every other deployment
+                log.exception("reconcile_failed", deployment=self.key)
+            if self.done:
+                return
+            tick = TICK_S if any(not i.ready for i in self.instances) else IDLE_TICK_S
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=tick)
+            self._wake.clear()
+
+    # ---- one pass ------------------------------------------------------------------------
+
+    async def converge(self) -> None:
+        doc = await self._ctx.store.deployment(self.key)
+        if doc is None:
+            await self._teardown()
+            return
+        version = doc.meta.version
+        new_version = self.generation is None or self.generation.version != version
+        if new_version and self.failed_version != version and not await self._prepare(doc):
+            await self._publish_instances()
+            return
+        await self._reap(doc)
+        await self._probe(doc)
+        if self.failed_version != version and self.generation is not None:
+            await self._scale(self.generation)
+        await self._publish_instances()
+        await self._report(doc)
+        await self._sample_usage()
+
+    async def _prepare(self, doc: OnlineDeploymentDoc) -> bool:
+        version = doc.meta.version
+        if self.generation is not None and _same_runtime(self.generation.doc, doc):
+            # Only the count (or labels) changed: keep every healthy instance.
+            for inst in self.instances:
+                if inst.spec_version == self.generation.version:
+                    inst.spec_version = version
+            self.generation = Generation(
+                version, doc, self.generation.plan, self.generation.instance_type
+            )
+            if self._succeeded_version == self.generation.version:
+                self._succeeded_version = None
+            return True
+        state = (
+            ProvisioningState.updating
+            if self._succeeded_version
+            else ProvisioningState.provisioning
+        )
+        await self._ctx.store.set_state(self.key, version, state)
+        try:
+            self.generation = await self._generation(doc)
+        except PrepareError as exc:
+            await self._fail(version, str(exc))
+            return False
+        log.info("deployment_prepared", deployment=self.key, version=version)
+        return True
+
+    async def _generation(self, doc: OnlineDeploymentDoc) -> Generation:
+        spec = doc.spec
+        try:
+            instance_type = self._ctx.catalogue.resolve(spec.instance_type)
+            model = self._path(spec.model.artifact) if spec.model.artifact else None
+            if spec.model.registered:
+                raise PrepareError(
+                    f"model {spec.model.registered!r} is a registered model reference; Sluice has "
+                    "no model registry yet: give the model's `path:` instead"
+                )
+            code = spec.code_configuration
+            code_path = self._path(code.code) if code.code else None
+        except (UnknownInstanceType, ArtifactError) as exc:
+            raise PrepareError(str(exc)) from exc
+        try:
+            env = await self._ctx.environments.ensure(spec.environment)
+        except EnvironmentError_ as exc:
+            raise PrepareError(str(exc)) from exc
+        for warning in env.warnings:
+            log.warning("environment_warning", deployment=self.key, warning=warning)
+        plan = InstancePlan(
+            python=env.python,
+            model=model,
+            code=code_path,
+            scoring_script=code.scoring_script or None,
+        )
+        return Generation(doc.meta.version, doc, plan, instance_type)
+
+    def _path(self, ref: ArtifactRef) -> Path:
+        path = self._ctx.artifacts.path_of(ref)
+        if not path.exists():
+            raise ArtifactError(f"artifact {ref.name!r} ({ref.digest}) is missing from the store")
+        return path
+
+    # ---- actual state ------------------------------------------------------------------------
+
+    async def _reap(self, doc: OnlineDeploymentDoc) -> None:
+        """Drop instances that exited; an exit before ready is a failed init()."""
+        for inst in [i for i in self.instances if not i.alive]:
+            self.instances.remove(inst)
+            code = inst.exit_code()
+            reason = f"exited with code {code}"
+            await self._stopped(inst, reason)
+            if not inst.ready and inst.spec_version == doc.meta.version:
+                await self._fail(
+                    inst.spec_version,
+                    f"instance {inst.id} {reason} before it was ready (init() failed?). "
+                    f"Last log lines:\n{tail(inst.log_path, LOG_LINES_IN_ERRORS)}",
+                )
+            else:
+                log.warning("instance_died", deployment=self.key, instance=inst.id, code=code)
+
+    async def _probe(self, doc: OnlineDeploymentDoc) -> None:
+        spec = doc.spec
+        now = time.monotonic()
+        for inst in list(self.instances):
+            age = time.time() - inst.started_at.timestamp()
+            if not inst.ready:
+                ready_probe = spec.readiness_probe
+                if await self._ctx.backend.probe(inst, "/ready", ready_probe.timeout_s):
+                    inst.ready = True
+                    log.info(
+                        "instance_ready",
+                        deployment=self.key,
+                        instance=inst.id,
+                        address=inst.address,
+                    )
+                    await self._ctx.events.publish(
+                        "instance", "ready", endpoint=self.endpoint, deployment=self.name,
+                        instance=inst.id, address=inst.address,
+                    )  # fmt: skip
+                    continue
+                deadline = (
+                    ready_probe.initial_delay_s
+                    + ready_probe.failure_threshold * ready_probe.period_s
+                )
+                if age > deadline:
+                    await self._replace(inst, f"not ready after {deadline}s")
+                    await self._fail(
+                        inst.spec_version, f"instance {inst.id} was not ready within {deadline}s"
+                    )
+                continue
+            live = spec.liveness_probe
+            if (
+                age < live.initial_delay_s
+                or now - self._last_liveness.get(inst.id, 0) < live.period_s
+            ):
+                if inst.rss() > inst.memory_limit:
+                    await self._replace(inst, f"memory above {inst.memory_limit} bytes")
+                continue
+            self._last_liveness[inst.id] = now
+            if await self._ctx.backend.probe(inst, "/", live.timeout_s):
+                inst.liveness_failures = 0
+            else:
+                inst.liveness_failures += 1
+                if inst.liveness_failures >= live.failure_threshold:
+                    await self._replace(inst, f"failed liveness {inst.liveness_failures} times")
+
+    async def _scale(self, gen: Generation) -> None:
+        desired = gen.doc.spec.instance_count
+        current = [i for i in self.instances if i.spec_version == gen.version]
+        old = [i for i in self.instances if i.spec_version != gen.version]
+        starting = [i for i in current if not i.ready]
+        # Roll: while old instances serve, surge one new instance at a time.
+        if len(current) < desired and (not old or not starting):
+            count = 1 if old else desired - len(current)
+            for _ in range(count):
+                await self._start(gen)
+        ready_new = sum(i.ready for i in current)
+        for inst in sorted(old, key=lambda i: i.started_at):
+            if ready_new + len([o for o in old if o in self.instances]) <= desired:
+                break
+            await self._stop(inst, "replaced by a newer version")
+        extra = len(current) - desired
+        for inst in sorted(current, key=lambda i: (i.ready, i.started_at))[: max(0, extra)]:
+            await self._stop(inst, "scaled in")
+
+    async def _start(self, gen: Generation) -> None:
+        inst = self._ctx.backend.start(gen.doc.spec, gen.version, gen.plan, gen.instance_type)
+        self.instances.append(inst)
+        log.info("instance_started", deployment=self.key, instance=inst.id, version=gen.version)
+        await self._ctx.store.instance_started(
+            instance_id=inst.id,
+            endpoint=self.endpoint,
+            deployment=self.name,
+            instance_type=gen.instance_type.name,
+            price_per_hour=gen.instance_type.price_per_hour,
+            started_at=inst.started_at,
+        )
+
+    async def _replace(self, inst: LocalInstance, reason: str) -> None:
+        log.warning("instance_replaced", deployment=self.key, instance=inst.id, reason=reason)
+        await self._stop(inst, reason)
+
+    async def _stop(self, inst: LocalInstance, reason: str) -> None:
+        if inst in self.instances:
+            self.instances.remove(inst)
+        await self._publish_instances()  # out of routing first
+        await asyncio.to_thread(self._ctx.backend.stop, inst)
+        await self._stopped(inst, reason)
+
+    async def _stopped(self, inst: LocalInstance, reason: str) -> None:
+        self._last_liveness.pop(inst.id, None)
+        await self._ctx.store.instance_stopped(inst.id, reason)
+        await self._ctx.events.publish(
+            "instance", "stopped", endpoint=self.endpoint, deployment=self.name,
+            instance=inst.id, reason=reason,
+        )  # fmt: skip
+
+    async def _teardown(self) -> None:
+        if self.instances:
+            await asyncio.sleep(DRAIN_S)  # the traffic controller drops the routes meanwhile
+            for inst in list(self.instances):
+                await self._stop(inst, "deployment deleted")
+        self.done = True
+        log.info("deployment_removed", deployment=self.key)
+
+    async def stop_all(self, reason: str) -> None:
+        for inst in list(self.instances):
+            await self._stop(inst, reason)
+
+    # ---- reporting ---------------------------------------------------------------------------
+
+    async def _publish_instances(self) -> None:
+        view = [
+            Instance(id=i.id, address=i.address, ready=i.ready, started_at=i.started_at)
+            for i in self.instances
+            if i.alive
+        ]
+        if view != self._published:
+            await self._ctx.store.set_instances(self.key, view)
+            self._published = view
+
+    async def _report(self, doc: OnlineDeploymentDoc) -> None:
+        version = doc.meta.version
+        if self.failed_version == version or self.generation is None:
+            return
+        current_ready = [i for i in self.instances if i.spec_version == version and i.ready]
+        old_left = [i for i in self.instances if i.spec_version != version]
+        if (
+            self._succeeded_version != version
+            and len(current_ready) >= doc.spec.instance_count
+            and not old_left
+        ):
+            self._succeeded_version = version
+            await self._ctx.store.set_state(self.key, version, ProvisioningState.succeeded)
+            log.info("deployment_ready", deployment=self.key, version=version)
+            await self._ctx.events.publish(
+                "deployment", "ready", endpoint=self.endpoint, deployment=self.name, version=version
+            )
+
+    async def _fail(self, version: int, message: str) -> None:
+        if self.failed_version == version:
+            return
+        self.failed_version = version
+        for inst in [i for i in self.instances if i.spec_version == version]:
+            await self._stop(inst, "deployment version failed")
+        if self.generation is not None and self.generation.version == version:
+            self.generation = None
+        log.error("deployment_failed", deployment=self.key, version=version, reason=message)
+        await self._ctx.store.set_state(self.key, version, ProvisioningState.failed, message)
+        await self._ctx.events.publish(
+            "deployment", "failed", endpoint=self.endpoint, deployment=self.name,
+            version=version, reason=message[:2000],
+        )  # fmt: skip
+
+    async def _sample_usage(self) -> None:
+        now = time.monotonic()
+        if now - self._last_usage < USAGE_EVERY_S or not self.instances:
+            return
+        self._last_usage = now
+        for inst in self.instances:
+            sample = usage_sample(inst)
+            if sample is not None:
+                await self._ctx.events.usage(self.endpoint, self.name, sample)
+
+
+# Fields that can change without restarting instances.
+SCALING_FIELDS = frozenset({"instance_count", "scale_settings", "description", "tags"})
+
+
+def _same_runtime(old: OnlineDeploymentDoc, new: OnlineDeploymentDoc) -> bool:
+    keep = set(type(new.spec).model_fields) - SCALING_FIELDS
+    return old.spec.model_dump(include=keep) == new.spec.model_dump(include=keep)
+
+
+def usage_sample(inst: LocalInstance) -> dict[str, object] | None:
+    """CPU % and resident memory of an instance and its worker processes."""
+    try:
+        root = psutil.Process(inst.process.pid)
+        procs = [root, *root.children(recursive=True)]
+        cpu = sum(p.cpu_percent(interval=None) for p in procs)
+        rss = sum(p.memory_info().rss for p in procs)
+    except psutil.Error:
+        return None
+    return {
+        "instance": inst.id,
+        "endpoint": inst.endpoint,
+        "deployment": inst.deployment,
+        "cpu_percent": round(cpu, 1),
+        "rss_bytes": rss,
+        "memory_limit_bytes": inst.memory_limit,
+        "time": time.time(),
+    }
+
+
+class Reconciler:
+    """Keeps one worker per deployment and routes wake-ups to it."""
+
+    def __init__(self, ctx: Context):
+        self._ctx = ctx
+        self._workers: dict[str, DeploymentWorker] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    def worker(self, key: str) -> DeploymentWorker | None:
+        return self._workers.get(key)
+
+    async def touch(self, key: str) -> None:
+        worker = self._workers.get(key)
+        if worker is None or worker.done:
+            worker = DeploymentWorker(key, self._ctx)
+            self._workers[key] = worker
+            task = asyncio.create_task(worker.run(), name=f"deployment {key}")
+            self._tasks[key] = task
+            task.add_done_callback(functools.partial(self._forget, key))
+        worker.wake()
+
+    def _forget(self, key: str, _task: asyncio.Task[None]) -> None:
+        worker = self._workers.get(key)
+        if worker is not None and worker.done:
+            self._workers.pop(key, None)
+            self._tasks.pop(key, None)
+
+    async def touch_endpoint(self, endpoint: str) -> None:
+        for key in list(self._workers):
+            if key.startswith(endpoint + "/"):
+                await self.touch(key)
+
+    async def resync(self) -> None:
+        """Wake every deployment in MongoDB and every one that still has instances."""
+        keys: Iterable[str] = set(await self._ctx.store.deployment_keys()) | set(self._workers)
+        for key in keys:
+            await self.touch(key)
+
+    async def shutdown(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+        for worker in self._workers.values():
+            await worker.stop_all("provisioner stopping")

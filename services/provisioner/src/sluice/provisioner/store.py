@@ -1,0 +1,90 @@
+"""The provisioner's MongoDB code: read deployments, write their status and instances.
+
+Status writes are conditional on the spec version they are about, so a
+result for an old version never overwrites the state of a newer one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from pymongo.asynchronous.database import AsyncDatabase
+
+from sluice.common.mongo import Document
+from sluice.common.resources import (
+    ONLINE_DEPLOYMENTS,
+    Instance,
+    OnlineDeploymentDoc,
+    ProvisioningState,
+    utcnow,
+)
+
+INSTANCE_HISTORY = "instance_history"
+
+
+class ProvisionerStore:
+    def __init__(self, db: AsyncDatabase[Document]):
+        self._deployments = db[ONLINE_DEPLOYMENTS]
+        self._history = db[INSTANCE_HISTORY]
+
+    async def ensure_indexes(self) -> None:
+        await self._history.create_index([("endpoint", 1), ("deployment", 1), ("started_at", 1)])
+
+    async def deployment(self, key: str) -> OnlineDeploymentDoc | None:
+        raw = await self._deployments.find_one({"_id": key})
+        if raw is None:
+            return None
+        return OnlineDeploymentDoc.model_validate({k: v for k, v in raw.items() if k != "_id"})
+
+    async def deployment_keys(self) -> list[str]:
+        return [str(raw["_id"]) async for raw in self._deployments.find({}, {"_id": 1})]
+
+    async def set_state(
+        self, key: str, version: int, state: ProvisioningState, message: str = ""
+    ) -> bool:
+        result = await self._deployments.update_one(
+            {"_id": key, "meta.version": version},
+            {
+                "$set": {
+                    "meta.provisioning_state": state.value,
+                    "meta.status_message": message,
+                    "meta.updated_at": utcnow().isoformat(),
+                }
+            },
+        )
+        return result.modified_count == 1
+
+    async def set_instances(self, key: str, instances: Sequence[Instance]) -> None:
+        await self._deployments.update_one(
+            {"_id": key}, {"$set": {"instances": [i.model_dump(mode="json") for i in instances]}}
+        )
+
+    async def instance_started(
+        self,
+        *,
+        instance_id: str,
+        endpoint: str,
+        deployment: str,
+        instance_type: str,
+        price_per_hour: float,
+        started_at: datetime,
+    ) -> None:
+        """Start of an instance-hour interval: what cost accounting sums up."""
+        await self._history.insert_one(
+            {
+                "_id": instance_id,
+                "endpoint": endpoint,
+                "deployment": deployment,
+                "instance_type": instance_type,
+                "price_per_hour": price_per_hour,
+                "started_at": started_at.isoformat(),
+                "stopped_at": None,
+            }
+        )
+
+    async def instance_stopped(self, instance_id: str, reason: str) -> None:
+        await self._history.update_one(
+            {"_id": instance_id},
+            {"$set": {"stopped_at": utcnow().isoformat(), "stop_reason": reason}},
+        )

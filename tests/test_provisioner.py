@@ -1,0 +1,204 @@
+"""The provisioner as a real process, with the registry: deployments become serving instances."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import httpx
+import psutil
+import pytest
+
+from sluice.common.resources import OnlineDeploymentDoc, ProvisioningState
+from sluice.common.testing.plugin import RunningService
+from sluice.sdk.client import RegistryClient
+from sluice.sdk.specs import load_online_deployment, load_online_endpoint
+
+pytestmark = pytest.mark.integration
+T = TypeVar("T")
+
+
+def wait_for(condition: Callable[[], T | None], what: str, timeout: float = 60) -> T:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def deploy(
+    client: RegistryClient, examples: Path, name: str = "blue", sets: tuple[str, ...] = ()
+) -> None:
+    """Create the example endpoint (once) and a deployment without extra environment."""
+    try:
+        client.get_online_endpoint("my-endpoint")
+    except Exception:
+        client.create_online_endpoint(load_online_endpoint(examples / "online/endpoint.yml").spec)
+    spec = load_online_deployment(
+        examples / "online/blue-deployment.yml",
+        client.upload,
+        ["environment=null", "instance_count=1", *sets],
+        name=name,
+    ).spec
+    client.create_online_deployment(spec)
+
+
+def state(client: RegistryClient, name: str = "blue") -> OnlineDeploymentDoc:
+    return client.get_online_deployment("my-endpoint", name)
+
+
+def settled(client: RegistryClient, name: str = "blue") -> OnlineDeploymentDoc | None:
+    doc = state(client, name)
+    terminal = {ProvisioningState.succeeded, ProvisioningState.failed}
+    return doc if doc.meta.provisioning_state in terminal else None
+
+
+def score(address: str) -> list[float]:
+    body = (Path(__file__).parents[1] / "examples/online/sample-request.json").read_bytes()
+    response = httpx.post(f"http://{address}/score", content=body, timeout=10)
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert isinstance(result, list)
+    return result
+
+
+def test_a_deployment_becomes_ready_and_serves(
+    provisioner: RunningService, client: RegistryClient, trained_examples: Path
+) -> None:
+    deploy(client, trained_examples, sets=("instance_count=2",))
+    doc = wait_for(lambda: settled(client), "blue to settle")
+    assert doc.meta.provisioning_state is ProvisioningState.succeeded, doc.meta.status_message
+    ready = [i for i in doc.instances if i.ready]
+    assert len(ready) == 2
+    predictions = [score(i.address) for i in ready]
+    assert predictions[0] == predictions[1] and len(predictions[0]) == 2
+
+
+def test_failing_init_fails_the_deployment_with_its_traceback(
+    provisioner: RunningService, client: RegistryClient, trained_examples: Path
+) -> None:
+    script = trained_examples / "online/model-1/onlinescoring/score.py"
+    script.write_text(
+        "def init():\n    raise RuntimeError('model file is corrupt: cannot unpickle')\n\n"
+        "def run(raw):\n    return raw\n"
+    )
+    deploy(client, trained_examples)
+    doc = wait_for(lambda: settled(client), "blue to settle")
+    assert doc.meta.provisioning_state is ProvisioningState.failed
+    assert "model file is corrupt: cannot unpickle" in doc.meta.status_message
+    assert "init() failed" in doc.meta.status_message
+    assert not doc.instances
+
+
+def test_a_crashed_instance_is_replaced(
+    provisioner: RunningService, client: RegistryClient, trained_examples: Path
+) -> None:
+    deploy(client, trained_examples)
+    doc = wait_for(lambda: settled(client), "blue to settle")
+    (first,) = doc.instances
+    pid = next(
+        c.pid
+        for c in psutil.Process(provisioner.process.pid).children(recursive=True)
+        if str(first.address.split(":")[1]) in " ".join(c.cmdline())
+    )
+    os.kill(pid, signal.SIGKILL)
+    replaced = wait_for(
+        lambda: [i for i in state(client).instances if i.ready and i.id != first.id],
+        "a replacement instance",
+    )
+    assert state(client).meta.provisioning_state is ProvisioningState.succeeded
+    score(replaced[0].address)
+
+
+def test_update_rolls_and_scale_keeps_healthy_instances(
+    provisioner: RunningService, client: RegistryClient, trained_examples: Path
+) -> None:
+    deploy(client, trained_examples)
+    doc = wait_for(lambda: settled(client), "blue to settle")
+    (original,) = doc.instances
+    # Scale out: the original instance stays.
+    client.update_online_deployment(doc.spec.model_copy(update={"instance_count": 2}))
+    scaled = wait_for(
+        lambda: (d := settled(client)) and len([i for i in d.instances if i.ready]) == 2 and d,
+        "two ready instances",
+    )
+    assert original.id in {i.id for i in scaled.instances}
+    # A new model version rolls every instance; the endpoint never has zero ready instances.
+    green_model = load_online_deployment(
+        trained_examples / "online/green-deployment.yml", client.upload
+    ).spec.model
+    client.update_online_deployment(scaled.spec.model_copy(update={"model": green_model}))
+    seen_ready: list[int] = []
+
+    def rolled() -> OnlineDeploymentDoc | None:
+        d = state(client)
+        seen_ready.append(len([i for i in d.instances if i.ready]))
+        done = d.meta.provisioning_state is ProvisioningState.succeeded and d.meta.version == 3
+        return (
+            d
+            if done and not {i.id for i in d.instances} & {i.id for i in scaled.instances}
+            else None
+        )
+
+    final = wait_for(rolled, "the rollout")
+    assert min(seen_ready) >= 1
+    assert len(final.instances) == 2
+
+
+def test_deleting_stops_instances_and_logs_are_served(
+    provisioner: RunningService, client: RegistryClient, trained_examples: Path
+) -> None:
+    import grpc
+
+    from sluice.v1 import provisioner_pb2, provisioner_pb2_grpc
+
+    deploy(client, trained_examples)
+    doc = wait_for(lambda: settled(client), "blue to settle")
+    (inst,) = doc.instances
+    token = provisioner.settings.admin_token
+    with grpc.insecure_channel(provisioner.address) as channel:
+        stub = provisioner_pb2_grpc.ProvisionerStub(channel)
+        logs = stub.GetLogs(
+            provisioner_pb2.GetLogsRequest(endpoint_name="my-endpoint", deployment_name="blue"),
+            metadata=(("authorization", f"Bearer {token}"),),
+        )
+    assert logs.instance_id == inst.id and logs.text
+    client.delete_online_endpoint("my-endpoint")
+
+    def gone() -> bool:
+        try:
+            httpx.get(f"http://{inst.address}/", timeout=0.5)
+        except httpx.HTTPError:
+            return True
+        return False
+
+    wait_for(gone, "the instance to stop", timeout=20)
+
+
+def test_environment_from_conda_file_is_built_once_and_shared(
+    provisioner: RunningService, client: RegistryClient, trained_examples: Path, envs_dir: Path
+) -> None:
+    client.create_online_endpoint(
+        load_online_endpoint(trained_examples / "online/endpoint.yml").spec
+    )
+    for name in ("blue", "green"):
+        spec = load_online_deployment(
+            trained_examples / "online/blue-deployment.yml", client.upload, name=name
+        ).spec
+        client.create_online_deployment(spec)
+    for name in ("blue", "green"):
+        doc = wait_for(lambda n=name: settled(client, n), f"{name} to settle", timeout=180)
+        assert doc.meta.provisioning_state is ProvisioningState.succeeded, doc.meta.status_message
+        score(doc.instances[0].address)
+    built = [p for p in envs_dir.iterdir() if p.is_dir()]
+    assert len(built) == 1
+    log = next(envs_dir.glob("*.log")).read_text()
+    assert "azureml-defaults" in log and "Sluice's inference server replaces it" in log
+    assert json.dumps(sorted(p.name for p in built))
