@@ -33,7 +33,13 @@ from sluice.common.resources import (
     OnlineEndpointSpec,
 )
 from sluice.common.settings import Settings
-from sluice.v1 import common_pb2, registry_pb2, registry_pb2_grpc
+from sluice.v1 import (
+    common_pb2,
+    provisioner_pb2,
+    provisioner_pb2_grpc,
+    registry_pb2,
+    registry_pb2_grpc,
+)
 
 T = TypeVar("T")
 PAGE_SIZE = 500
@@ -341,3 +347,47 @@ class RegistryClient:
     def delete_batch_deployment(self, endpoint: str, name: str) -> None:
         request = registry_pb2.DeleteDeploymentRequest(endpoint_name=endpoint, name=name)
         self._call(self._stub.DeleteBatchDeployment, request)
+
+
+@dataclass(frozen=True)
+class InstanceLogs:
+    text: str
+    instance_id: str
+    path: str
+
+
+def get_logs(
+    endpoint: str,
+    deployment: str,
+    *,
+    lines: int = 0,
+    container: str = "",
+    settings: Settings | None = None,
+) -> InstanceLogs:
+    """The log of a deployment's newest instance (or of its environment build)."""
+    settings = settings or Settings()
+    platform = LocalPlatform(settings)
+    address = settings.provisioner_address
+    if not address:
+        state = platform.load_state()
+        found = [p for p in (state.processes if state else []) if p.name == "provisioner"]
+        if not found:
+            raise SluiceError(
+                "UNAVAILABLE",
+                "no provisioner runs on this platform (`sluice status`); "
+                "set SLUICE_PROVISIONER_ADDRESS for a remote one",
+            )
+        address = found[0].address
+    token = settings.admin_token or (platform.state_dir / "admin-token").read_text().strip()
+    request = provisioner_pb2.GetLogsRequest(
+        endpoint_name=endpoint, deployment_name=deployment, lines=lines, container=container
+    )
+    with grpc.insecure_channel(address) as channel:
+        stub = provisioner_pb2_grpc.ProvisionerStub(channel)
+        try:
+            reply = stub.GetLogs(
+                request, metadata=(("authorization", f"Bearer {token}"),), timeout=30
+            )
+        except grpc.RpcError as exc:
+            raise SluiceError(exc.code().name, exc.details() or exc.code().name) from None
+    return InstanceLogs(text=reply.text, instance_id=reply.instance_id, path=reply.path)

@@ -524,3 +524,60 @@ def load_batch_deployment(
     model: AzureBatchDeployment = _validate(AzureBatchDeployment, data, source)
     base = path.parent if path else Path.cwd()
     return Loaded(model.to_spec(_Resolver(base, upload)), warnings)
+
+
+@dataclass(frozen=True)
+class LocalFiles:
+    """A deployment YAML read for `--local`: the user's own files, nothing uploaded."""
+
+    name: str
+    endpoint_name: str
+    model: Path | None
+    code: Path | None
+    scoring_script: str | None
+    conda_file: Path | None
+    request_settings: RequestSettings
+    environment_variables: dict[str, str]
+    warnings: list[str]
+
+
+def load_local_deployment(
+    path: Path | None,
+    sets: Sequence[str] = (),
+    *,
+    name: str | None = None,
+    endpoint_name: str | None = None,
+) -> LocalFiles:
+    data, warnings, source = _prepare(path, sets, {"name": name, "endpoint_name": endpoint_name})
+    model: AzureOnlineDeployment = _validate(AzureOnlineDeployment, data, source)
+    resolve = _Resolver(
+        path.parent if path else Path.cwd(), lambda p: ArtifactRef(digest="", name="")
+    )
+    model_path: Path | None = None
+    if isinstance(model.model, AzureModel) and model.model.path:
+        model_path = resolve.path(model.model.path, "model.path")
+    elif isinstance(model.model, str) and not model.model.startswith("azureml:"):
+        model_path = resolve.path(model.model, "model")
+    elif model.model is not None:
+        warnings.append("a registered model cannot run locally; give the model's path")
+    code = model.code_configuration
+    code_path = resolve.path(code.code, "code_configuration.code") if code else None
+    if code and code_path and not (code_path / code.scoring_script).is_file():
+        raise SpecError(
+            f"code_configuration.scoring_script: {code.scoring_script!r} is not a file "
+            f"in {code_path}"
+        )
+    conda: Path | None = None
+    if isinstance(model.environment, AzureEnvironment) and model.environment.conda_file:
+        conda = resolve.path(model.environment.conda_file, "environment.conda_file")
+    return LocalFiles(
+        name=model.name,
+        endpoint_name=model.endpoint_name,
+        model=model_path,
+        code=code_path,
+        scoring_script=code.scoring_script if code else None,
+        conda_file=conda,
+        request_settings=RequestSettings(**model.request_settings.model_dump(exclude={"schema_"})),
+        environment_variables=model.environment_variables,
+        warnings=warnings,
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,7 @@ import typer
 
 from sluice.common.resources import OnlineDeploymentDoc, ProvisioningState
 from sluice.common.settings import Settings
+from sluice.sdk.cli import local_cmds
 from sluice.sdk.cli.common import (
     FileOption,
     NoWaitOption,
@@ -22,7 +24,7 @@ from sluice.sdk.cli.common import (
 )
 from sluice.sdk.cli.errors import CliError
 from sluice.sdk.cli.output import OutputFormat, OutputOption, err_console, render
-from sluice.sdk.client import RegistryClient
+from sluice.sdk.client import RegistryClient, get_logs
 from sluice.sdk.specs import load_online_deployment
 
 app = typer.Typer(
@@ -30,6 +32,9 @@ app = typer.Typer(
 )
 
 PICKUP_TIMEOUT_S = 15.0
+LocalOption = typer.Option(
+    False, "--local", help="run on this machine with no control plane (the same inference server)"
+)
 COLUMNS = ["name", "endpoint", "state", "instances", "instance_type", "model", "version"]
 NameOption = typer.Option(None, "--name", "-n", help="deployment name (overrides the YAML's)")
 EndpointOption = typer.Option(None, "--endpoint-name", "-e", help="endpoint (overrides the YAML's)")
@@ -97,9 +102,13 @@ def create(
     set_: list[str] = SetOption,
     all_traffic: bool = typer.Option(False, "--all-traffic", help="send 100% of traffic to it"),
     no_wait: bool = NoWaitOption,
+    local: bool = LocalOption,
     output: OutputFormat = OutputOption,
 ) -> None:
     """Create a deployment from an Azure ML deployment YAML (model and code are uploaded)."""
+    if local:
+        local_cmds.create(optional_path(file), set_, name, endpoint_name, output)
+        return
     with registry() as client:
         loaded = load_online_deployment(
             optional_path(file), client.upload, set_, name=name, endpoint_name=endpoint_name
@@ -158,10 +167,16 @@ def show(
 
 @app.command("list")
 def list_(
-    endpoint_name: str = typer.Option(..., "--endpoint-name", "-e"),
+    endpoint_name: str | None = typer.Option(None, "--endpoint-name", "-e"),
+    local: bool = LocalOption,
     output: OutputFormat = OutputOption,
 ) -> None:
-    """List the deployments of an endpoint."""
+    """List the deployments of an endpoint (or every local deployment with --local)."""
+    if local:
+        local_cmds.list_(output)
+        return
+    if not endpoint_name:
+        raise CliError("give --endpoint-name (or --local)")
     with registry() as client:
         docs = client.list_online_deployments(endpoint_name)
     if output is OutputFormat.table:
@@ -181,9 +196,33 @@ def delete(
     endpoint_name: str = typer.Option(..., "--endpoint-name", "-e"),
     yes: bool = typer.Option(False, "--yes", "-y", help="accepted for Azure compatibility"),
     no_wait: bool = NoWaitOption,
+    local: bool = LocalOption,
 ) -> None:
     """Delete a deployment that no longer takes live or mirrored traffic."""
     del yes, no_wait
+    if local:
+        local_cmds.delete(endpoint_name, name)
+        return
     with registry() as client:
         client.delete_online_deployment(endpoint_name, name)
     err_console.print(f"Deleted deployment {name} of {endpoint_name}.")
+
+
+@app.command("get-logs")
+def get_logs_(
+    name: str = typer.Option(..., "--name", "-n"),
+    endpoint_name: str = typer.Option(..., "--endpoint-name", "-e"),
+    lines: int = typer.Option(0, "--lines", "-l", help="last N lines (default 200)"),
+    container: str = typer.Option(
+        "inference-server", "--container", help="inference-server or storage-initializer"
+    ),
+    local: bool = LocalOption,
+) -> None:
+    """Print the log of the deployment's newest instance (or of its environment build)."""
+    if local:
+        sys.stdout.write(local_cmds.logs(endpoint_name, name, lines or None) + "\n")
+        return
+    logs = get_logs(endpoint_name, name, lines=lines, container=container)
+    if logs.instance_id:
+        err_console.print(f"instance {logs.instance_id} ({logs.path})")
+    sys.stdout.write(logs.text + "\n")

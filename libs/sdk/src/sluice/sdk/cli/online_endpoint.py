@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 import typer
 
+from sluice.common.platform import LocalPlatform
 from sluice.common.resources import AuthMode
+from sluice.common.settings import Settings
+from sluice.sdk.cli import local_cmds
 from sluice.sdk.cli.common import (
     FileOption,
     NoWaitOption,
@@ -22,6 +26,8 @@ from sluice.sdk.cli.common import (
 from sluice.sdk.cli.errors import CliError
 from sluice.sdk.cli.output import OutputFormat, OutputOption, err_console, render
 from sluice.sdk.client import OnlineEndpoint
+from sluice.sdk.invoke import DEPLOYMENT_HEADER
+from sluice.sdk.invoke import invoke as gateway_invoke
 from sluice.sdk.specs import load_online_endpoint
 
 app = typer.Typer(
@@ -63,14 +69,26 @@ def show_one(endpoint: OnlineEndpoint, output: OutputFormat) -> None:
     render(full, output)
 
 
+LocalOption = typer.Option(False, "--local", help="the local endpoint (no control plane)")
+RequestFileOption = typer.Option(..., "--request-file", "-r", help="the request body")
+
+
 @app.command()
 def create(
     file: Path | None = FileOption,
     name: str | None = NameOption,
     set_: list[str] = SetOption,
+    local: bool = LocalOption,
     output: OutputFormat = OutputOption,
 ) -> None:
     """Create an endpoint from an Azure ML endpoint YAML."""
+    if local:
+        spec = load_online_endpoint(optional_path(file), set_, name=name).spec
+        err_console.print(
+            f"Local endpoint {spec.name} needs nothing running: start a deployment with "
+            f"`sluice online-deployment create --local -f <deployment.yml>`."
+        )
+        return
     loaded = load_online_endpoint(optional_path(file), set_, name=name)
     warn(loaded.warnings)
     with registry() as client:
@@ -162,9 +180,13 @@ def delete(
     name: str = typer.Option(..., "--name", "-n"),
     yes: bool = typer.Option(False, "--yes", "-y", help="accepted for Azure compatibility"),
     no_wait: bool = NoWaitOption,
+    local: bool = LocalOption,
 ) -> None:
     """Delete an endpoint and all of its deployments; the name is free again at once."""
     del yes, no_wait
+    if local:
+        local_cmds.delete(name, None)
+        return
     with registry() as client:
         client.delete_online_endpoint(name)
     err_console.print(f"Deleted online endpoint {name} and its deployments.")
@@ -197,3 +219,35 @@ def regenerate_keys(
     with registry() as client:
         client.regenerate_key(name, key_type)
     err_console.print(f"Regenerated the {key_type} key of {name}.")
+
+
+@app.command()
+def invoke(
+    name: str = typer.Option(..., "--name", "-n"),
+    request_file: Path = RequestFileOption,
+    deployment_name: str | None = typer.Option(
+        None, "--deployment-name", "-d", help="pin this deployment (works at 0% traffic)"
+    ),
+    local: bool = LocalOption,
+) -> None:
+    """Score the endpoint: POST the file to /score, through the gateway with its credentials."""
+    if not request_file.is_file():
+        raise CliError(f"{request_file}: no such file")
+    body = request_file.read_bytes()
+    if local:
+        status, reply = local_cmds.invoke(name, deployment_name, body)
+        served = deployment_name or ""
+    else:
+        state = LocalPlatform(Settings()).load_state()
+        if state is None:
+            raise CliError("the platform is not running: start it with `sluice up`")
+        with registry() as client:
+            status, headers, reply = gateway_invoke(
+                name, body, deployment_name, client=client, platform_state=state
+            )
+        served = dict((k.lower(), v) for k, v in headers).get(DEPLOYMENT_HEADER, "")
+    if served:
+        err_console.print(f"served by {served}")
+    if not 200 <= status < 300:
+        raise CliError(f"HTTP {status}: {reply.decode(errors='replace').strip()[:500]}")
+    sys.stdout.write(reply.decode(errors="replace") + "\n")

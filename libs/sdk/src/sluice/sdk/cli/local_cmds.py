@@ -1,0 +1,88 @@
+"""The `--local` side of the online commands: the inference server on this machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sluice.common.settings import Settings
+from sluice.sdk.cli.common import warn
+from sluice.sdk.cli.errors import CliError
+from sluice.sdk.cli.output import OutputFormat, err_console, render
+from sluice.sdk.local import LocalDeployment, LocalRunError, LocalRunner
+from sluice.sdk.specs import load_local_deployment
+
+
+def runner() -> LocalRunner:
+    return LocalRunner(Settings().state_dir.absolute())
+
+
+def view(dep: LocalDeployment) -> dict[str, object]:
+    return {
+        "endpoint": dep.endpoint,
+        "name": dep.deployment,
+        "state": "Succeeded" if dep.alive else "Stopped",
+        "scoring_uri": dep.scoring_uri,
+        "log": str(dep.log_path),
+    }
+
+
+def create(
+    file: Path | None,
+    sets: list[str],
+    name: str | None,
+    endpoint_name: str | None,
+    output: OutputFormat,
+) -> None:
+    files = load_local_deployment(file, sets, name=name, endpoint_name=endpoint_name)
+    warn(files.warnings)
+    with err_console.status(f"Starting {files.name} locally (init() runs now)…"):
+        try:
+            dep = runner().start(
+                files.endpoint_name,
+                files.name,
+                files.model,
+                files.code,
+                files.scoring_script,
+                files.request_settings,
+                requirements=files.conda_file,
+                environment_variables=files.environment_variables,
+            )
+        except LocalRunError as exc:
+            raise CliError(str(exc)) from None
+    if dep.missing_requirements:
+        warn(
+            [
+                "this Python environment lacks "
+                + ", ".join(dep.missing_requirements)
+                + " from the deployment's environment; install them if the script needs them"
+            ]
+        )
+    err_console.print(f"Local deployment {dep.deployment} of {dep.endpoint} is ready.")
+    render(view(dep), output)
+
+
+def invoke(endpoint: str, deployment: str | None, body: bytes) -> tuple[int, bytes]:
+    try:
+        response = runner().invoke(endpoint, body, deployment)
+    except LocalRunError as exc:
+        raise CliError(str(exc)) from None
+    return response.status, response.body
+
+
+def logs(endpoint: str, deployment: str, lines: int | None) -> str:
+    try:
+        return runner().logs(endpoint, deployment, lines)
+    except LocalRunError as exc:
+        raise CliError(str(exc)) from None
+
+
+def delete(endpoint: str, deployment: str | None) -> None:
+    stopped = runner().stop(endpoint, deployment)
+    if not stopped:
+        what = f"deployment {deployment} of {endpoint}" if deployment else f"endpoint {endpoint}"
+        raise CliError(f"no local {what} is running (`sluice online-deployment list --local`)")
+    err_console.print(f"Stopped local deployment(s) {', '.join(stopped)} of {endpoint}.")
+
+
+def list_(output: OutputFormat) -> None:
+    render([view(d) for d in runner().list()], output, title="Local deployments")

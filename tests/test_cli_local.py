@@ -1,0 +1,69 @@
+"""`--local`: a deployment on this machine with no control plane, driven through the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def sluice(state: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SLUICE_STATE_DIR": str(state), "NO_COLOR": "1", "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "sluice.sdk.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_local_create_invoke_logs_delete(trained_examples: Path, tmp_path: Path) -> None:
+    online = trained_examples / "online"
+    state = tmp_path / "state"
+    created = sluice(
+        state, online, "online-deployment", "create", "--local", "-f", "blue-deployment.yml"
+    )
+    assert created.returncode == 0, created.stderr
+    assert "is ready" in created.stderr
+    scored = sluice(state, online, "online-endpoint", "invoke", "--local", "-n", "my-endpoint",
+                    "--request-file", "sample-request.json")  # fmt: skip
+    assert scored.returncode == 0, scored.stderr
+    predictions = json.loads(scored.stdout)
+    assert isinstance(predictions, list) and len(predictions) == 2
+    logs = sluice(state, online, "online-deployment", "get-logs", "--local", "-n", "blue",
+                  "-e", "my-endpoint")  # fmt: skip
+    assert "model 1: request received" in logs.stdout
+    (online / "bad.json").write_text("{not json")
+    failed = sluice(state, online, "online-endpoint", "invoke", "--local", "-n", "my-endpoint",
+                    "--request-file", "bad.json")  # fmt: skip
+    assert failed.returncode == 1 and failed.stderr.startswith("error: HTTP 500")
+    assert "Traceback" not in failed.stderr
+    deleted = sluice(state, online, "online-deployment", "delete", "--local", "-n", "blue",
+                     "-e", "my-endpoint")  # fmt: skip
+    assert deleted.returncode == 0, deleted.stderr
+    gone = sluice(state, online, "online-endpoint", "invoke", "--local", "-n", "my-endpoint",
+                  "--request-file", "sample-request.json")  # fmt: skip
+    assert gone.returncode == 1 and "no local deployment" in gone.stderr
+
+
+def test_local_init_failure_is_reported_with_its_traceback(
+    trained_examples: Path, tmp_path: Path
+) -> None:
+    online = trained_examples / "online"
+    (online / "model-1/onlinescoring/score.py").write_text(
+        "def init():\n    raise ValueError('weights file missing')\n\ndef run(r):\n    return r\n"
+    )
+    created = sluice(tmp_path / "state", online, "online-deployment", "create", "--local",
+                     "-f", "blue-deployment.yml")  # fmt: skip
+    assert created.returncode == 1
+    assert "weights file missing" in created.stderr
+    assert created.stderr.count("error:") == 1
