@@ -4,17 +4,21 @@
 
 1. trains a Ridge regression on sklearn's bundled diabetes data and writes
    it with the same score.py that both servers load (AZUREML_MODEL_DIR layout);
-2. measures the ceiling: calls/s of that run() alone in a loop, in-process;
+2. measures the ceiling: calls/s of that run() alone in a loop, in-process
+   (2 s before each round of step 4; the best one is reported);
 3. installs azureml-inference-server-http (and the same numpy, scikit-learn
    and joblib versions) into its own virtualenv under the cache folder;
-4. serves the script with each server, one worker each, and drives both
-   with wrk (1 thread, 16 connections, 10 s after a 2 s warm-up);
-5. measures Sluice's latency at 70% of its peak with an open-loop load
-   generator (below; three 5 s rounds, the median round reported): requests
-   leave on a fixed schedule and latency counts from the scheduled time, so a
-   stall shows up in p99 instead of slowing the sender (wrk2 is not packaged
-   here; wrk's Lua delay() only knows whole milliseconds per connection, too
-   coarse to hold a rate).
+4. starts both servers, one worker each, warms each up (2 s of load), then
+   drives them with wrk (1 thread, 16 connections) in alternating 5 s rounds,
+   three each, and reports each server's median round: on this shared 2-core
+   machine a burst from another process then cannot spoil one server's
+   whole measurement;
+5. measures Sluice's latency at 70% of its median peak with an open-loop
+   load generator (below; three 5 s rounds, the median round reported):
+   requests leave on a fixed schedule and latency counts from the scheduled
+   time, so a stall shows up in p99 instead of slowing the sender (wrk2 is
+   not packaged here; wrk's Lua delay() only knows whole milliseconds per
+   connection, too coarse to hold a rate).
 
 Sluice runs with --max-queue 64: its default queue (as many as the concurrent
 runs) would answer wrk's 16 connections with 429 while it warms up, which is
@@ -48,11 +52,8 @@ AZURE_VENV = CACHE / "azureml-server"
 UV = shutil.which("uv") or "uv"
 WRK = shutil.which("wrk")
 CONNECTIONS = 16
-SECONDS = 10
-# The open-loop measurement is repeated and the median round reported: on a shared 2-core
-# machine one round can catch another process's burst.
-OPEN_LOOP_ROUNDS = 3
-OPEN_LOOP_SECONDS = 5
+SECONDS = 5  # per round
+ROUNDS = 3  # each figure is the median round: one round can catch another process's burst
 BODY = '{"data": [[0.038, 0.050, 0.061, 0.021, -0.044, -0.034, -0.043, -0.002, 0.019, -0.017]]}'
 
 SCORE_PY = """
@@ -99,8 +100,8 @@ def prepare_model() -> Path:
     return WORK
 
 
-def ceiling(work: Path, seconds: float = 3.0) -> float:
-    """Calls per second of run() alone, in this process."""
+def load_run(work: Path) -> Any:
+    """The script's run(), after its init(), loaded in this process."""
     os.environ["AZUREML_MODEL_DIR"] = str(work)
     spec = importlib.util.spec_from_file_location("bench_score", work / "code" / "score.py")
     assert spec is not None and spec.loader is not None
@@ -109,10 +110,15 @@ def ceiling(work: Path, seconds: float = 3.0) -> float:
     module.init()
     for _ in range(2000):
         module.run(BODY)
+    return module.run
+
+
+def ceiling(run: Any, seconds: float) -> float:
+    """Calls per second of run() alone in a loop."""
     calls, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
         for _ in range(500):
-            module.run(BODY)
+            run(BODY)
         calls += 500
     return calls / (time.perf_counter() - started)
 
@@ -326,18 +332,6 @@ async def open_loop(port: int, rate: float, seconds: float, connections: int = 6
     )
 
 
-def serve_and_measure(
-    name: str, argv: list[str], env: dict[str, str], probe: str, port: int
-) -> Result:
-    process = start(argv, env, WORK / f"{name}.log")
-    try:
-        wait_for(f"http://127.0.0.1:{port}{probe}", process=process)
-        peak(port, 2)  # warm-up
-        return peak(port, SECONDS)
-    finally:
-        stop(process)
-
-
 def ensure_wrk() -> str | None:
     """wrk from Debian's packages, installed if missing; None when apt cannot provide it."""
     if shutil.which("wrk") is None and shutil.which("apt-get") is not None:
@@ -351,64 +345,71 @@ def main() -> None:
     if WRK is None:
         print("wrk is not available: using the Python closed-loop generator", flush=True)
     work = prepare_model()
-    calls = ceiling(work)
-    print(f"ceiling: run() alone {calls:,.0f} calls/s", flush=True)
+    run = load_run(work)
     azure_bin = ensure_azure_server()
     env = {**os.environ, "AZUREML_MODEL_DIR": str(work)}
-
-    azure_port = free_port()
-    azure = serve_and_measure(
-        "azure",
-        [
-            str(azure_bin),
-            "--entry_script",
-            str(work / "code" / "score.py"),
-            "--port",
-            str(azure_port),
-        ],
-        {**env, "WORKER_COUNT": "1"},
-        "/",
-        azure_port,
-    )
-    sluice_port = free_port()
+    azure_port, sluice_port = free_port(), free_port()
+    azure_argv = [str(azure_bin), "--entry_script", str(work / "code" / "score.py")]
     sluice_argv = [
         sys.executable, "-m", "sluice.inference",
         "--model", str(work / "model"), "--code", str(work / "code"),
         "--scoring-script", "score.py", "--port", str(sluice_port),
         "--max-queue", "64", "--log-format", "json",
     ]  # fmt: skip
-    sluice = serve_and_measure("sluice", sluice_argv, env, "/ready", sluice_port)
-
-    process = start(sluice_argv, env, WORK / "sluice-open-loop.log")
+    azure_process = start(
+        [*azure_argv, "--port", str(azure_port)],
+        {**env, "WORKER_COUNT": "1"},
+        WORK / "azure.log",
+    )
+    sluice_process = start(sluice_argv, env, WORK / "sluice.log")
     try:
-        wait_for(f"http://127.0.0.1:{sluice_port}/ready", process=process)
-        peak(sluice_port, 2)  # warm-up: past the measuring phase
-        rounds = [
-            uvloop.run(open_loop(sluice_port, rate=0.7 * sluice.rps, seconds=OPEN_LOOP_SECONDS))
-            for _ in range(OPEN_LOOP_ROUNDS)
+        wait_for(f"http://127.0.0.1:{azure_port}/", process=azure_process)
+        wait_for(f"http://127.0.0.1:{sluice_port}/ready", process=sluice_process)
+        peak(azure_port, 2)  # warm-up
+        peak(sluice_port, 2)  # warm-up: Sluice leaves its measuring phase here
+        # Alternate the two servers so that a burst from another process on this shared
+        # machine cannot land on one server's whole measurement; report the median round.
+        azure_rounds: list[Result] = []
+        sluice_rounds: list[Result] = []
+        ceilings: list[float] = []
+        for _ in range(ROUNDS):
+            ceilings.append(ceiling(run, 2.0))
+            azure_rounds.append(peak(azure_port, SECONDS))
+            sluice_rounds.append(peak(sluice_port, SECONDS))
+        print("ceiling rounds, calls/s:", [round(c) for c in ceilings], flush=True)
+        print("RPS rounds: azure", [round(r.rps) for r in azure_rounds], flush=True)
+        print("RPS rounds: sluice", [round(r.rps) for r in sluice_rounds], flush=True)
+        azure, sluice = median(azure_rounds, "rps"), median(sluice_rounds, "rps")
+        open_rounds = [
+            uvloop.run(open_loop(sluice_port, rate=0.7 * sluice.rps, seconds=SECONDS))
+            for _ in range(ROUNDS)
         ]
-        print("open loop rounds, p99 ms:", [round(r.p99_ms, 2) for r in rounds], flush=True)
-        at70 = sorted(rounds, key=lambda r: r.p99_ms)[OPEN_LOOP_ROUNDS // 2]
+        print("open loop rounds, p99 ms:", [round(r.p99_ms, 2) for r in open_rounds], flush=True)
+        at70 = median(open_rounds, "p99_ms")
     finally:
-        stop(process)
+        stop(azure_process)
+        stop(sluice_process)
+    report(max(ceilings), azure, sluice, at70)
 
-    report(calls, azure, sluice, at70)
+
+def median(results: list[Result], key: str) -> Result:
+    return sorted(results, key=lambda r: float(getattr(r, key)))[len(results) // 2]
 
 
 def report(calls: float, azure: Result, sluice: Result, at70: Result) -> None:
     ratio = sluice.rps / azure.rps
     share = sluice.rps / calls
     print()
-    print("| server (1 worker, wrk -t1 -c16 -d10s) | RPS | p50 ms | p99 ms |")
+    print(f"| server (1 worker, {ROUNDS} x {SECONDS} s, median round) | RPS | p50 ms | p99 ms |")
     print("|---|---:|---:|---:|")
     for name, result in (("azureml-inference-server-http", azure), ("sluice.inference", sluice)):
         print(f"| {name} | {result.rps:,.0f} | {result.p50_ms:.2f} | {result.p99_ms:.2f} |")
     print(
-        f"| sluice.inference, open loop at 70% of its peak (median of {OPEN_LOOP_ROUNDS} rounds) "
+        f"| sluice.inference, open loop at 70% of its peak "
         f"| {at70.rps:,.0f} "
         f"| {at70.p50_ms:.2f} | {at70.p99_ms:.2f} |"
     )
-    print(f"| run() alone in a loop (ceiling) | {calls:,.0f} | | |")
+    print(f"| run() alone in a loop (ceiling, best of {ROUNDS}) | {calls:,.0f} | | |")
     print()
     print(f"Sluice / Azure RPS: {ratio:.1f}x (target >= 4x) {'MET' if ratio >= 4 else 'MISSED'}")
     print(f"Sluice / ceiling: {share:.0%} (target >= 40%) {'MET' if share >= 0.4 else 'MISSED'}")
