@@ -83,6 +83,7 @@ class Controller:
         self._conflicts: frozenset[str] = frozenset()
         self._watcher: asyncio.Task[None] | None = None
         self.last_published: Published | None = None
+        self._applied_id: str | None = None
 
     # ---- inputs ------------------------------------------------------------------------
 
@@ -128,6 +129,7 @@ class Controller:
         snapshot = self._builder.build(chosen_gateway, chosen.values())
         current = self._server.snapshot
         if current is not None and current.id == snapshot.id:
+            await self._same_config(Published(snapshot, chosen, chosen_gateway))
             return
         snapshot.check()
         await self._publish(Published(snapshot, chosen, chosen_gateway))
@@ -190,6 +192,7 @@ class Controller:
         if self._watcher is not None:
             self._watcher.cancel()
         self._server.set_snapshot(snapshot)
+        self._applied_id = None
         self.last_published = published
         log.info(
             "snapshot_published",
@@ -200,17 +203,29 @@ class Controller:
         )
         self._watcher = asyncio.create_task(self._watch(published))
 
+    async def _same_config(self, published: Published) -> None:
+        """New endpoint versions that change nothing in Envoy (a description, a tag): they are
+        live as soon as the current snapshot is, and `traffic.applied` must say so."""
+        last = self.last_published
+        if last is None or _versions(last) == _versions(published):
+            return
+        self.last_published = published
+        if self._applied_id == published.snapshot.id:
+            await self._on_ack(published)
+
     async def _watch(self, published: Published) -> None:
         result = await self._server.wait_applied(published.snapshot, None)
+        latest = self.last_published or published
         if result.outcome is Outcome.ACKED:
-            await self._on_ack(published)
+            await self._on_ack(latest if latest.snapshot.id == published.snapshot.id else published)
         elif result.outcome is Outcome.NACKED:
             await self._on_nack(published, result)
 
     async def _on_ack(self, published: Published) -> None:
+        self._applied_id = published.snapshot.id
         self._accepted = dict(published.endpoints)
         self._accepted_gateway = published.gateway
-        versions = {name: ep.version for name, ep in published.endpoints.items()}
+        versions = _versions(published)
         log.info("snapshot_applied", snapshot=published.snapshot.id, endpoints=len(versions))
         with contextlib.suppress(Exception):
             await self._outcomes.applied(published.snapshot.id, versions)
@@ -247,3 +262,7 @@ class Controller:
                 published.snapshot.id, short(rejection.type_url), rejection.error, versions
             )
         self._wake.set()
+
+
+def _versions(published: Published) -> dict[str, int]:
+    return {name: ep.version for name, ep in published.endpoints.items()}

@@ -1,0 +1,394 @@
+"""The gateway's cost and the control plane's speed.
+
+1. Throughput and latency through Envoy vs directly to the same inference
+   server (the example sklearn model, one row per request): wrk, c=32 for
+   throughput (ratio routed/direct), c=1 closed loop for the added p50/p99.
+2. Traffic change -> served (Envoy ACK) latency: the endpoint document changes
+   and its event is published, as the registry does; timed until the
+   controller's `traffic.applied` names the new endpoint version.
+3. 1,000 endpoints x 2 deployments: snapshot build, consistency check, and push
+   until a real Envoy ACKed every type; then one endpoint's change on top.
+
+Everything runs on loopback: nats-server, SecantusDB, Envoy (`--concurrency 1`),
+the inference server, the traffic controller process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from cryptography.fernet import Fernet
+from envoy.service.discovery.v3 import ads_pb2_grpc
+from faststream.nats import NatsBroker
+
+from sluice.common.components import (
+    ENVOY_BOOTSTRAP,
+    envoy_spec,
+    find_project_file,
+    mongo_spec,
+    nats_spec,
+    python_service_spec,
+    render_envoy_bootstrap,
+)
+from sluice.common.events import ensure_events_stream, parse_envelope
+from sluice.common.grpc_server import GrpcServer
+from sluice.common.health import HttpCheck
+from sluice.common.mongo import create_mongo_client
+from sluice.common.settings import EnvoySettings, Settings
+from sluice.common.supervisor import ProcessSpec, Supervisor, free_port
+from sluice.common.testing.plugin import service_env
+from sluice.traffic.domain import (
+    Deployment,
+    Endpoint,
+    Gateway,
+    KeyAuth,
+    Listen,
+    Share,
+    Upstream,
+)
+from sluice.traffic.jwks import PLACEHOLDER_JWKS
+from sluice.traffic.testing import World
+from sluice.traffic.tls import ensure_local_certificate, load_material
+from sluice.traffic.xds.builder import SnapshotBuilder
+from sluice.traffic.xds.server import SERVICE_NAME, AdsServer, Outcome
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = ROOT / "examples/online/model-1"
+BODY = json.dumps({"data": [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]]})
+KEY = "bench-primary-key"
+DOMAIN = "sluice.localhost"
+
+
+def envoy_process(sup: Supervisor, root: Path, name: str, xds_port: int) -> None:
+    admin = free_port()
+    config = render_envoy_bootstrap(
+        find_project_file(ENVOY_BOOTSTRAP),
+        admin_port=admin,
+        xds_host="127.0.0.1",
+        xds_port=xds_port,
+        node_id=f"bench-{name}",
+    )
+    path = root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    sup.start(
+        envoy_spec(host="127.0.0.1", admin_port=admin, bootstrap=path, listener_ports=[], name=name)
+    )
+
+
+def wrk(url: str, connections: int, seconds: int, headers: dict[str, str]) -> dict[str, float]:
+    script = Path(tempfile.mkstemp(suffix=".lua")[1])
+    lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(BODY)}"]
+    lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items()]
+    script.write_text("\n".join(lines) + "\n")
+    out = subprocess.run(
+        [
+            shutil.which("wrk") or "/usr/bin/wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    script.unlink()
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if non_2xx:
+        raise RuntimeError(f"wrk saw errors against {url}:\n{out}")
+
+    def ms(label: str) -> float:
+        m = re.search(rf"\s{label}%\s+([\d.]+)(us|ms|s)", out)
+        assert m, out
+        value, unit = float(m.group(1)), m.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    assert rps, out
+    return {"rps": float(rps.group(1)), "p50": ms("50"), "p99": ms("99")}
+
+
+def measure_hop(direct: str, routed: str, host: str) -> list[str]:
+    routed_headers = {
+        "Host": host,
+        "Authorization": f"Bearer {KEY}",
+        "Content-Type": "application/json",
+    }
+    direct_headers = {"Content-Type": "application/json"}
+    wrk(direct, 8, 2, direct_headers)  # warm up both paths
+    wrk(routed, 8, 2, routed_headers)
+    thr = {"direct": [], "routed": []}
+    lat = {"direct": [], "routed": []}
+    for _ in range(2):  # alternate, keep the best of each: the machine is noisy
+        thr["direct"].append(wrk(direct, 32, 6, direct_headers))
+        thr["routed"].append(wrk(routed, 32, 6, routed_headers))
+        lat["direct"].append(wrk(direct, 1, 5, direct_headers))
+        lat["routed"].append(wrk(routed, 1, 5, routed_headers))
+    d_rps = max(r["rps"] for r in thr["direct"])
+    r_rps = max(r["rps"] for r in thr["routed"])
+    d50 = min(r["p50"] for r in lat["direct"])
+    r50 = min(r["p50"] for r in lat["routed"])
+    d99 = min(r["p99"] for r in lat["direct"])
+    r99 = min(r["p99"] for r in lat["routed"])
+    return [
+        f"| throughput, c=32 (req/s) | {d_rps:,.0f} | {r_rps:,.0f} | ratio {r_rps / d_rps:.3f} |",
+        f"| latency p50, c=1 (ms) | {d50:.3f} | {r50:.3f} | added {r50 - d50:+.3f} ms |",
+        f"| latency p99, c=1 (ms) | {d99:.3f} | {r99:.3f} | added {r99 - d99:+.3f} ms |",
+    ]
+
+
+async def measure_change_latency(
+    world: World, broker: NatsBroker, prefix: str, n: int
+) -> list[str]:
+    applied: dict[int, float] = {}
+
+    async def on_applied(msg: Any) -> None:
+        event = parse_envelope(msg.data)
+        version = event.data.get("endpoints", {}).get("bench")
+        if version is not None:
+            applied.setdefault(int(version), time.perf_counter())
+
+    sub = await broker.connection.subscribe(f"{prefix}.traffic.applied", cb=on_applied)
+    latencies = []
+    for i in range(n):
+        version = 100 + i
+        shares = {"blue": 90, "green": 10} if i % 2 else {"blue": 100, "green": 0}
+        started = time.perf_counter()
+        await world.endpoint(
+            "bench", traffic=shares, keys=(KEY, "bench-secondary"), version=version
+        )
+        deadline = time.monotonic() + 10
+        while version not in applied:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"version {version} never applied")
+            await asyncio.sleep(0.001)
+        latencies.append((applied[version] - started) * 1000)
+    await sub.unsubscribe()
+    latencies.sort()
+    p50 = statistics.median(latencies)
+    p95 = latencies[int(0.95 * (len(latencies) - 1))]
+    return [
+        f"| traffic change -> Envoy ACK -> traffic.applied ({n} changes) | p50 {p50:.1f} ms "
+        f"| p95 {p95:.1f} ms | max {latencies[-1]:.1f} ms |"
+    ]
+
+
+async def measure_large_snapshot(root: Path, sup: Supervisor, n_endpoints: int) -> list[str]:
+    cert, key = ensure_local_certificate(root / "tls-large", DOMAIN)
+    gateway = Gateway(
+        domain=DOMAIN,
+        https=Listen("127.0.0.1", free_port()),
+        http=Listen("127.0.0.1", free_port()),
+        tls=load_material(cert, key),
+        jwks=PLACEHOLDER_JWKS,
+    )
+    dead_port = free_port()  # instances nobody serves: health checks fail fast, as for a cold fleet
+
+    def endpoint(i: int, blue_share: int) -> Endpoint:
+        name = f"ep-{i:05d}"
+        deps = tuple(
+            Deployment(name, d, 1, 5000, 1, (Upstream("127.0.0.1", dead_port),))
+            for d in ("blue", "green")
+        )
+        return Endpoint(
+            name=name,
+            version=1,
+            auth=KeyAuth((f"key-{i}-a", f"key-{i}-b")),
+            traffic=(Share("blue", blue_share), Share("green", 100 - blue_share)),
+            mirror=None,
+            deployments=deps,
+        )
+
+    ads = AdsServer()
+    xds_port = free_port()
+    server = GrpcServer(
+        host="127.0.0.1",
+        port=xds_port,
+        service_names=[SERVICE_NAME],
+        register=lambda s: ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(ads, s),
+    )
+    await server.start()
+    builder = SnapshotBuilder()
+    try:
+        envoy_process(sup, root, "envoy-large", xds_port)
+        endpoints = [endpoint(i, 90) for i in range(n_endpoints)]
+        t0 = time.perf_counter()
+        snapshot = builder.build(gateway, endpoints)
+        t1 = time.perf_counter()
+        snapshot.check()
+        t2 = time.perf_counter()
+        ads.set_snapshot(snapshot)
+        result = await ads.wait_applied(snapshot, 60)
+        t3 = time.perf_counter()
+        assert result.outcome is Outcome.ACKED, result
+        endpoints[7] = endpoint(7, 50)
+        t4 = time.perf_counter()
+        changed = builder.build(gateway, endpoints)
+        changed.check()
+        ads.set_snapshot(changed)
+        result = await ads.wait_applied(changed, 60)
+        t5 = time.perf_counter()
+        assert result.outcome is Outcome.ACKED, result
+    finally:
+        await server.stop(0)
+    return [
+        f"| {n_endpoints:,} endpoints x 2 deployments, first push | build {1000 * (t1 - t0):.0f} ms "
+        f"| check {1000 * (t2 - t1):.0f} ms | push + ACK {1000 * (t3 - t2):.0f} ms "
+        f"| total {1000 * (t3 - t0):.0f} ms |",
+        f"| same, one endpoint's traffic changes | | | | total {1000 * (t5 - t4):.0f} ms |",
+    ]
+
+
+async def control_plane(root: Path, sup: Supervisor, settings: Settings) -> list[str]:
+    broker = NatsBroker(settings.nats_url, logger=None)
+    await broker.connect()
+    await ensure_events_stream(
+        broker, stream=settings.events_stream, subject_prefix=settings.events_subject_prefix
+    )
+    assert settings.mongodb_uri
+    mongo = create_mongo_client(settings.mongodb_uri, appname="bench")
+    try:
+        world = World(mongo[settings.mongodb_database], settings, broker)
+        rows = await measure_change_latency(world, broker, settings.events_subject_prefix, 40)
+        rows += await measure_large_snapshot(root, sup, 1000)
+        return rows
+    finally:
+        await mongo.close()
+        await broker.stop()
+
+
+async def setup_endpoint(settings: Settings, inference: str) -> None:
+    broker = NatsBroker(settings.nats_url, logger=None)
+    await broker.connect()
+    await ensure_events_stream(
+        broker, stream=settings.events_stream, subject_prefix=settings.events_subject_prefix
+    )
+    assert settings.mongodb_uri
+    mongo = create_mongo_client(settings.mongodb_uri, appname="bench")
+    try:
+        world = World(mongo[settings.mongodb_database], settings, broker)
+        await world.deployment("bench", "blue", [inference], concurrency=32)
+        await world.deployment("bench", "green", [inference], concurrency=32)
+        await world.endpoint("bench", traffic={"blue": 100}, keys=(KEY, "bench-secondary"))
+    finally:
+        await mongo.close()
+        await broker.stop()
+
+
+def inference_argv(port: int) -> list[str]:
+    return [
+        sys.executable, "-m", "sluice.inference",
+        "--model", str(MODEL / "model"), "--code", str(MODEL / "onlinescoring"),
+        "--scoring-script", "score.py", "--port", str(port),
+        "--max-concurrent-requests", "32", "--max-queue", "64", "--log-level", "warning",
+    ]  # fmt: skip
+
+
+def wait_routed(port: int) -> None:
+    import http.client
+
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request(
+                "POST",
+                "/score",
+                BODY,
+                {"Host": f"bench.{DOMAIN}", "Authorization": f"Bearer {KEY}"},
+            )
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError("the gateway never routed the bench endpoint")
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="sluice-bench-traffic-") as tmp:
+        root = Path(tmp)
+        sup = Supervisor(root / "logs")
+        try:
+            nats = sup.start(
+                nats_spec(
+                    host="127.0.0.1",
+                    port=free_port(),
+                    monitor_port=free_port(),
+                    data_dir=root / "nats",
+                )
+            )
+            mongo = sup.start(mongo_spec(host="127.0.0.1", port=free_port(), data_dir=None))
+            http_port, xds_port, inference_port = free_port(), free_port(), free_port()
+            settings = Settings(
+                state_dir=root / "state",
+                nats_url=nats.address,
+                mongodb_uri=mongo.address,
+                mongodb_database="bench",
+                secret_key=Fernet.generate_key().decode(),
+                envoy=EnvoySettings(http_port=http_port, https_port=free_port()),
+            )
+            settings = settings.model_copy(
+                update={"ports": settings.ports.model_copy(update={"xds": xds_port})}
+            )
+            sup.start(
+                ProcessSpec(
+                    name="inference",
+                    argv=inference_argv(inference_port),
+                    health=HttpCheck(f"http://127.0.0.1:{inference_port}/ready"),
+                    env={**os.environ},
+                    ports=[inference_port],
+                )
+            )
+            env = {
+                **os.environ,
+                **service_env(settings),
+                "SLUICE_ENVOY__HTTP_PORT": str(http_port),
+                "SLUICE_ENVOY__HTTPS_PORT": str(settings.envoy.https_port),
+                "SLUICE_LOG_LEVEL": "info",
+                "SLUICE_TRAFFIC_DEBOUNCE_MS": "20",
+            }
+            sup.start(
+                python_service_spec(
+                    name="traffic",
+                    module="sluice.traffic",
+                    host="127.0.0.1",
+                    port=xds_port,
+                    env=env,
+                    python=sys.executable,
+                )
+            )
+            envoy_process(sup, root, "envoy", xds_port)
+            asyncio.run(setup_endpoint(settings, f"127.0.0.1:{inference_port}"))
+            wait_routed(http_port)
+            rows = ["| path | direct | through Envoy | |", "|---|---:|---:|---|"]
+            rows += measure_hop(
+                f"http://127.0.0.1:{inference_port}/score",
+                f"http://127.0.0.1:{http_port}/score",
+                f"bench.{DOMAIN}",
+            )
+            print("\n".join(rows), flush=True)
+            control = ["", "| control plane | | | | |", "|---|---|---|---|---|"]
+            control += asyncio.run(control_plane(root, sup, settings))
+            print("\n".join(control), flush=True)
+        finally:
+            sup.stop_all()
+
+
+if __name__ == "__main__":
+    main()
