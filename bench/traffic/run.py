@@ -247,7 +247,8 @@ async def measure_large_snapshot(root: Path, sup: Supervisor, n_endpoints: int) 
     finally:
         await server.stop(0)
     return [
-        f"| {n_endpoints:,} endpoints x 2 deployments, first push | build {1000 * (t1 - t0):.0f} ms "
+        f"| {n_endpoints:,} endpoints x 2 deployments, first push "
+        f"| build {1000 * (t1 - t0):.0f} ms "
         f"| check {1000 * (t2 - t1):.0f} ms | push + ACK {1000 * (t3 - t2):.0f} ms "
         f"| total {1000 * (t3 - t0):.0f} ms |",
         f"| same, one endpoint's traffic changes | | | | total {1000 * (t5 - t4):.0f} ms |",
