@@ -103,10 +103,11 @@ def test_a_crashed_instance_is_replaced(
     deploy(client, trained_examples)
     doc = wait_for(lambda: settled(client), "blue to settle")
     (first,) = doc.instances
+    port = int(first.address.split(":")[1])
     pid = next(
         c.pid
-        for c in psutil.Process(provisioner.process.pid).children(recursive=True)
-        if str(first.address.split(":")[1]) in " ".join(c.cmdline())
+        for c in psutil.net_connections("tcp")
+        if c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN and c.pid
     )
     os.kill(pid, signal.SIGKILL)
     replaced = wait_for(

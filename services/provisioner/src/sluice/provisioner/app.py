@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 
 from sluice.common.artifacts import ArtifactStore
 from sluice.common.events import EventPublisher, create_broker, ensure_events_stream
@@ -80,6 +81,7 @@ async def serve(settings: Settings) -> None:
             asyncio.create_task(resync_forever(reconciler)),
         ]
         await server.start()
+        backend.warm_up(sys.executable)
         signal = await wait_for_shutdown_signal()
         log.info("provisioner_stopping", signal=signal.name)
         await server.stop()

@@ -8,6 +8,7 @@ enforces by replacing an instance whose resident memory exceeds it.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -24,6 +25,8 @@ from sluice.common.supervisor import free_port
 from sluice.provisioner.catalogue import InstanceType
 
 STOP_GRACE_S = 5.0
+# What spares import ahead of time: the usual scoring-script libraries (missing ones are skipped).
+PRELOAD = ("numpy", "pandas", "sklearn", "sklearn.linear_model", "sklearn.ensemble", "joblib")
 
 
 @dataclass
@@ -72,13 +75,59 @@ class InstancePlan:
     scoring_script: str | None
 
 
+class SparePool:
+    """One pre-started spare process per environment (see spare.py)."""
+
+    def __init__(self, logs_root: Path, preload: tuple[str, ...] = PRELOAD):
+        self._logs = logs_root / "spares"
+        self._preload = preload
+        self._spares: dict[str, subprocess.Popen[bytes]] = {}
+
+    def take(self, python: str) -> subprocess.Popen[bytes] | None:
+        spare = self._spares.pop(python, None)
+        if spare is None or spare.poll() is not None:
+            return None
+        return spare
+
+    def replenish(self, python: str) -> None:
+        """Start a spare for `python` unless one is waiting."""
+        current = self._spares.get(python)
+        if current is not None and current.poll() is None:
+            return
+        self._logs.mkdir(parents=True, exist_ok=True)
+        with (self._logs / f"{uuid.uuid4().hex[:8]}.log").open("ab") as out:
+            self._spares[python] = subprocess.Popen(
+                [python, "-m", "sluice.provisioner.spare", *self._preload],
+                stdin=subprocess.PIPE,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def close(self) -> None:
+        for spare in self._spares.values():
+            if spare.stdin is not None:
+                with contextlib.suppress(OSError):
+                    spare.stdin.close()  # no job: the spare exits
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                spare.wait(timeout=STOP_GRACE_S)
+            if spare.poll() is None:
+                spare.kill()
+        self._spares.clear()
+
+
 class LocalBackend:
     def __init__(self, logs_root: Path, host: str = "127.0.0.1"):
         self.logs_root = logs_root
         self.host = host
         self._http = httpx.AsyncClient(timeout=2.0)
+        self._spares = SparePool(logs_root)
+
+    def warm_up(self, python: str) -> None:
+        """Have a spare ready for `python` before the first deployment asks for one."""
+        self._spares.replenish(python)
 
     async def close(self) -> None:
+        self._spares.close()
         await self._http.aclose()
 
     def instance_logs(self, endpoint: str, deployment: str) -> Path:
@@ -94,12 +143,10 @@ class LocalBackend:
         instance_id = uuid.uuid4().hex[:8]
         port = free_port(self.host)
         rs = spec.request_settings
-        workers = max(
-            1,
-            min(instance_type.vcpus, os.cpu_count() or 1, rs.max_concurrent_requests_per_instance),
-        )
+        # Concurrency follows max_concurrent_requests_per_instance inside one process; more
+        # processes only when asked with Azure's own knob, WORKER_COUNT (each one loads the model).
+        workers = _worker_count(spec.environment_variables.get("WORKER_COUNT"), instance_type)
         argv = [
-            plan.python, "-m", "sluice.inference",
             "--host", self.host,
             "--port", str(port),
             "--workers", str(workers),
@@ -117,21 +164,29 @@ class LocalBackend:
         folder.mkdir(parents=True, exist_ok=True)
         log_path = folder / f"{instance_id}.log"
         env = {
-            **os.environ,
             **spec.environment_variables,
             "AZUREML_DEPLOYMENT_NAME": spec.name,
             "AZUREML_ENDPOINT_NAME": spec.endpoint_name,
             "SLUICE_INSTANCE_ID": instance_id,
         }
-        with log_path.open("ab") as out:
-            process = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=str(plan.code) if plan.code else None,
-            )
+        cwd = str(plan.code) if plan.code else None
+        process = self._spares.take(plan.python)
+        if process is not None:
+            job = {"argv": argv, "env": env, "cwd": cwd, "log": str(log_path)}
+            assert process.stdin is not None
+            process.stdin.write((json.dumps(job) + "\n").encode())
+            process.stdin.close()
+        else:
+            with log_path.open("ab") as out:
+                process = subprocess.Popen(
+                    [plan.python, "-m", "sluice.inference", *argv],
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env={**os.environ, **env},
+                    cwd=cwd,
+                )
+        self._spares.replenish(plan.python)
         return LocalInstance(
             id=instance_id,
             endpoint=spec.endpoint_name,

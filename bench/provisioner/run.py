@@ -1,0 +1,189 @@
+"""How fast a deployment serves: create -> Succeeded, recovery, cold environment build.
+
+Starts real nats-server, SecantusDB, the registry and the provisioner, trains
+the example sklearn model, then measures through the registry API:
+
+- warm: create -> `Succeeded` with the environment already built (median of 5);
+- baseline, same run: a cold `python -m sluice.inference` start of the same
+  model and script until /ready (what every instance would cost without the
+  provisioner's pre-started spare processes);
+- recovery: SIGKILL an instance -> a replacement is ready (median of 3);
+- cold: create -> `Succeeded` with a new environment (virtualenv built by uv,
+  package cache warm).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+from cryptography.fernet import Fernet
+
+from sluice.common.components import mongo_spec, nats_spec, python_service_spec
+from sluice.common.resources import EnvironmentSpec, OnlineDeploymentDoc, ProvisioningState
+from sluice.common.settings import Settings
+from sluice.common.supervisor import Supervisor, free_port
+from sluice.common.testing.plugin import service_env
+from sluice.sdk.client import RegistryClient
+from sluice.sdk.specs import load_online_deployment, load_online_endpoint
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+TERMINAL = {ProvisioningState.succeeded, ProvisioningState.failed}
+
+
+def wait(condition: Callable[[], object], timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met")
+        time.sleep(0.02)
+
+
+def settled(client: RegistryClient, name: str) -> OnlineDeploymentDoc | None:
+    doc = client.get_online_deployment("bench-endpoint", name)
+    return doc if doc.meta.provisioning_state in TERMINAL else None
+
+
+def create_and_wait(client: RegistryClient, name: str, env: EnvironmentSpec) -> float:
+    spec = load_online_deployment(
+        EXAMPLES / "online/blue-deployment.yml",
+        client.upload,
+        ["environment=null"],
+        name=name,
+        endpoint_name="bench-endpoint",
+    ).spec.model_copy(update={"environment": env})
+    started = time.perf_counter()
+    client.create_online_deployment(spec)
+    wait(lambda: settled(client, name))
+    elapsed = time.perf_counter() - started
+    doc = settled(client, name)
+    assert doc is not None and doc.meta.provisioning_state is ProvisioningState.succeeded, doc
+    return elapsed
+
+
+def cold_start_baseline() -> float:
+    port = free_port()
+    model = EXAMPLES / "online/model-1/model"
+    code = EXAMPLES / "online/model-1/onlinescoring"
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sluice.inference", "--model", str(model), "--code", str(code),
+         "--scoring-script", "score.py", "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+
+        def ready() -> bool:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1) as r:
+                    return bool(r.status == 200)
+            except OSError:
+                return False
+
+        wait(ready)
+        return time.perf_counter() - started
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def recovery(client: RegistryClient, name: str) -> float:
+    (inst,) = client.get_online_deployment("bench-endpoint", name).instances
+    port = int(inst.address.split(":")[1])
+    pid = next(
+        c.pid
+        for c in psutil.net_connections("tcp")
+        if c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN and c.pid
+    )
+    started = time.perf_counter()
+    os.kill(pid, signal.SIGKILL)
+    wait(
+        lambda: any(
+            i.ready and i.id != inst.id
+            for i in client.get_online_deployment("bench-endpoint", name).instances
+        )
+    )
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    subprocess.run([sys.executable, str(EXAMPLES / "train_models.py")], check=True)
+    with tempfile.TemporaryDirectory(prefix="sluice-bench-") as tmp:
+        root = Path(tmp)
+        sup = Supervisor(root / "logs")
+        try:
+            nats = sup.start(
+                nats_spec(
+                    host="127.0.0.1",
+                    port=free_port(),
+                    monitor_port=free_port(),
+                    data_dir=root / "nats",
+                )
+            )
+            mongo = sup.start(mongo_spec(host="127.0.0.1", port=free_port(), data_dir=None))
+            settings = Settings(
+                state_dir=root / "state",
+                nats_url=nats.address,
+                mongodb_uri=mongo.address,
+                admin_token="bench",
+                secret_key=Fernet.generate_key().decode(),
+            )
+            ports = settings.ports.model_copy(
+                update={"registry": free_port(), "provisioner": free_port()}
+            )
+            settings = settings.model_copy(update={"ports": ports})
+            env = {**os.environ, **service_env(settings), "SLUICE_LOG_LEVEL": "warning"}
+            for name, port in (("registry", ports.registry), ("provisioner", ports.provisioner)):
+                spec = python_service_spec(
+                    name=name,
+                    module=f"sluice.{name}",
+                    host="127.0.0.1",
+                    port=port,
+                    env=env,
+                    python=sys.executable,
+                )
+                sup.start(spec)
+            with RegistryClient(f"127.0.0.1:{ports.registry}", "bench") as client:
+                client.create_online_endpoint(
+                    load_online_endpoint(
+                        EXAMPLES / "online/endpoint.yml", name="bench-endpoint"
+                    ).spec
+                )
+                baseline = [cold_start_baseline() for _ in range(3)]
+                warm = []
+                for i in range(5):
+                    warm.append(create_and_wait(client, f"warm-{i}", EnvironmentSpec()))
+                    time.sleep(1.0)  # let the next spare finish importing, as between user actions
+                recoveries = []
+                for _ in range(3):
+                    recoveries.append(recovery(client, "warm-0"))
+                    time.sleep(1.0)
+                cold = create_and_wait(
+                    client,
+                    "cold-env",
+                    EnvironmentSpec(pip_requirements=("joblib", "tabulate==0.9.0")),
+                )
+        finally:
+            sup.stop_all()
+    base = statistics.median(baseline)
+    print(f"{'measure':<48} {'seconds':>8}")
+    print(f"{'cold inference-server start to /ready (baseline)':<48} {base:>8.2f}")
+    print(f"{'create -> Succeeded, cached env (median of 5)':<48} {statistics.median(warm):>8.2f}")
+    print(
+        f"{'kill -9 -> replacement ready (median of 3)':<48} {statistics.median(recoveries):>8.2f}"
+    )
+    print(f"{'create -> Succeeded, new environment (cold)':<48} {cold:>8.2f}")
+    print(f"ratio create/cold-start: {statistics.median(warm) / base:.2f}")
+
+
+if __name__ == "__main__":
+    main()
