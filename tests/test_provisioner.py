@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from sluice.common.resources import OnlineDeploymentDoc, ProvisioningState
-from sluice.common.testing.plugin import RunningService
+from sluice.common.testing.plugin import RunningService, ServiceStarter
 from sluice.sdk.client import RegistryClient
 from sluice.sdk.specs import load_online_deployment, load_online_endpoint
 
@@ -203,3 +203,27 @@ def test_environment_from_conda_file_is_built_once_and_shared(
     log = next(envs_dir.glob("*.log")).read_text()
     assert "azureml-defaults" in log and "Sluice's inference server replaces it" in log
     assert json.dumps(sorted(p.name for p in built))
+
+
+def test_a_killed_provisioner_is_replaced_without_duplicate_instances(
+    provisioner: RunningService,
+    client: RegistryClient,
+    trained_examples: Path,
+    start_service: ServiceStarter,
+) -> None:
+    deploy(client, trained_examples, sets=("instance_count=2",))
+    doc = wait_for(lambda: settled(client), "blue to settle")
+    old = {i.address for i in doc.instances}
+    os.kill(provisioner.process.pid, signal.SIGKILL)  # its instances keep running, orphaned
+    start_service("provisioner")
+
+    def replaced() -> OnlineDeploymentDoc | None:
+        d = state(client)
+        ready = [i for i in d.instances if i.ready]
+        return d if len(ready) == 2 and not {i.address for i in ready} & old else None
+
+    final = wait_for(replaced, "fresh instances from the new provisioner")
+    assert final.meta.provisioning_state is ProvisioningState.succeeded
+    for address in old:  # the orphans are gone: nothing answers at their addresses
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://{address}/", timeout=0.5)

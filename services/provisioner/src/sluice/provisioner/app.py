@@ -65,6 +65,7 @@ async def serve(settings: Settings) -> None:
             events=ProvisionerEvents(publisher, broker, usage_prefix),
         )
         reconciler = Reconciler(ctx)
+        await reconciler.reap_orphans()
         consumer = RegistryEvents(
             broker, stream=settings.events_stream, prefix=settings.events_subject_prefix
         )

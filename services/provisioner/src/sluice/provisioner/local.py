@@ -230,6 +230,29 @@ class LocalBackend:
                 child.kill()
 
 
+def reap_orphan(address: str) -> bool:
+    """Stop an inference server a previous provisioner left running at `address` (host:port).
+
+    Only a process that listens there and runs our inference server (or a spare)
+    is stopped. Returns whether one was.
+    """
+    port = int(address.rsplit(":", 1)[1])
+    for conn in psutil.net_connections("tcp"):
+        if not (conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN):
+            continue
+        if not conn.pid:
+            continue
+        with contextlib.suppress(psutil.Error):
+            proc = psutil.Process(conn.pid)
+            command = " ".join(proc.cmdline())
+            if "sluice.inference" in command or "sluice.provisioner.spare" in command:
+                for child in proc.children(recursive=True):
+                    child.kill()
+                proc.kill()
+                return True
+    return False
+
+
 def _worker_count(requested: str | None, instance_type: InstanceType) -> int:
     if not requested or not requested.isdigit() or int(requested) < 1:
         return 1

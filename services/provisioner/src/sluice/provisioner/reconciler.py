@@ -37,7 +37,7 @@ from sluice.common.resources import ArtifactRef, Instance, OnlineDeploymentDoc, 
 from sluice.provisioner.catalogue import Catalogue, InstanceType, UnknownInstanceType
 from sluice.provisioner.environments import EnvironmentBuilder, EnvironmentError_
 from sluice.provisioner.events import ProvisionerEvents
-from sluice.provisioner.local import InstancePlan, LocalBackend, LocalInstance, tail
+from sluice.provisioner.local import InstancePlan, LocalBackend, LocalInstance, reap_orphan, tail
 from sluice.provisioner.store import ProvisionerStore
 
 log = get_logger(__name__)
@@ -126,6 +126,9 @@ class DeploymentWorker:
 
     async def _prepare(self, doc: OnlineDeploymentDoc) -> bool:
         version = doc.meta.version
+        if doc.meta.provisioning_state is ProvisioningState.succeeded:
+            # Already served once (a provisioner restart): it stays Succeeded while it recovers.
+            self._succeeded_version = version
         if self.generation is not None and _same_runtime(self.generation.doc, doc):
             # Only the count (or labels) changed: keep every healthy instance.
             for inst in self.instances:
@@ -134,15 +137,14 @@ class DeploymentWorker:
             self.generation = Generation(
                 version, doc, self.generation.plan, self.generation.instance_type
             )
-            if self._succeeded_version == self.generation.version:
-                self._succeeded_version = None
             return True
-        state = (
-            ProvisioningState.updating
-            if self._succeeded_version
-            else ProvisioningState.provisioning
-        )
-        await self._ctx.store.set_state(self.key, version, state)
+        if self._succeeded_version != version:
+            state = (
+                ProvisioningState.updating
+                if self._succeeded_version
+                else ProvisioningState.provisioning
+            )
+            await self._ctx.store.set_state(self.key, version, state)
         try:
             self.generation = await self._generation(doc)
         except PrepareError as exc:
@@ -428,6 +430,22 @@ class Reconciler:
         for key in list(self._workers):
             if key.startswith(endpoint + "/"):
                 await self.touch(key)
+
+    async def reap_orphans(self) -> None:
+        """At start: instances recorded by a provisioner that died are stopped, then replaced.
+
+        A provisioner that was killed outright leaves its instances running; adopting
+        them would mean trusting processes we did not start, so they are replaced.
+        """
+        for key in await self._ctx.store.deployment_keys():
+            doc = await self._ctx.store.deployment(key)
+            if doc is None or not doc.instances:
+                continue
+            for inst in doc.instances:
+                if await asyncio.to_thread(reap_orphan, inst.address):
+                    log.warning("orphan_instance_stopped", deployment=key, instance=inst.id)
+                await self._ctx.store.instance_stopped(inst.id, "provisioner restarted")
+            await self._ctx.store.set_instances(key, [])
 
     async def resync(self) -> None:
         """Wake every deployment in MongoDB and every one that still has instances."""
