@@ -1,0 +1,157 @@
+"""End to end through the CLI on the local platform (`sluice up`): deployments that run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import psutil
+import pytest
+
+from sluice.common.platform import PlatformState
+
+pytestmark = pytest.mark.integration
+T = TypeVar("T")
+
+
+class Cli:
+    def __init__(self, state: PlatformState, cwd: Path):
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")},
+            "SLUICE_STATE_DIR": str(state.state_dir),
+            "NO_COLOR": "1",
+            "COLUMNS": "200",
+        }
+        self.cwd = cwd
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "sluice.sdk.cli", *args],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            cwd=self.cwd,
+            timeout=300,
+            check=False,
+        )
+
+    def ok(self, *args: str) -> subprocess.CompletedProcess[str]:
+        result = self.run(*args)
+        assert result.returncode == 0, result.stderr
+        return result
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.ok(*args, "-o", "json").stdout)
+
+
+def wait_for(condition: Callable[[], T | None], what: str, timeout: float = 60) -> T:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def score(address: str) -> Any:
+    body = b'{"data": [[1,2,3,4,5,6,7,8,9,10]]}'
+    response = httpx.post(f"http://{address}/score", content=body, timeout=10)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def listening_pid(address: str) -> int:
+    port = int(address.split(":")[1])
+    return next(
+        c.pid
+        for c in psutil.net_connections("tcp")
+        if c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN and c.pid
+    )
+
+
+def test_deployment_lifecycle_through_the_cli(
+    local_platform: PlatformState, trained_examples: Path
+) -> None:
+    online = trained_examples / "online"
+    cli = Cli(local_platform, online)
+    endpoint = "cli-lifecycle"
+    common = ("--set", f"endpoint_name={endpoint}", "--set", "environment=null")
+    cli.ok("online-endpoint", "create", "-f", "endpoint.yml", "--name", endpoint)
+    created = cli.ok("online-deployment", "create", "-f", "blue-deployment.yml", *common)
+    assert "Succeeded" in created.stderr
+
+    def show() -> dict[str, Any]:
+        doc: dict[str, Any] = cli.json("online-deployment", "show", "-n", "blue", "-e", endpoint)
+        return doc
+
+    (first,) = show()["instances"]
+    assert len(score(first["address"])) == 1
+
+    # kill -9 an instance: the provisioner replaces it.
+    os.kill(listening_pid(first["address"]), signal.SIGKILL)
+    wait_for(
+        lambda: [i for i in show()["instances"] if i["ready"] and i["id"] != first["id"]],
+        "a replacement",
+    )
+
+    # Scale 1 -> 3 -> 1.
+    for count in (3, 1):
+        cli.ok("online-deployment", "update", "-f", "blue-deployment.yml", *common,
+               "--set", f"instance_count={count}")  # fmt: skip
+        doc = show()
+        assert doc["meta"]["provisioning_state"] == "Succeeded"
+        assert len([i for i in doc["instances"] if i["ready"]]) == count
+
+    # New scoring code: the new code serves, the old instances are gone.
+    before = {i["id"] for i in show()["instances"]}
+    script = online / "model-1/onlinescoring/score.py"
+    script.write_text(
+        script.read_text().replace("return result.tolist()", 'return {"v2": result.tolist()}')
+    )
+    cli.ok("online-deployment", "update", "-f", "blue-deployment.yml", *common)
+    doc = show()
+    assert not before & {i["id"] for i in doc["instances"]}
+    assert "v2" in score(doc["instances"][0]["address"])
+
+    logs = cli.ok("online-deployment", "get-logs", "-n", "blue", "-e", endpoint, "--lines", "50")
+    assert "model 1: request received" in logs.stdout
+
+
+def test_failures_say_why(local_platform: PlatformState, trained_examples: Path) -> None:
+    online = trained_examples / "online"
+    cli = Cli(local_platform, online)
+    endpoint = "cli-failures"
+    cli.ok("online-endpoint", "create", "-f", "endpoint.yml", "--name", endpoint)
+    script = online / "model-1/onlinescoring/score.py"
+    script.write_text(
+        "def init():\n    raise RuntimeError('cannot open model weights')\n\n"
+        "def run(raw):\n    return raw\n"
+    )
+    broken = cli.run("online-deployment", "create", "-f", "blue-deployment.yml",
+                     "--set", f"endpoint_name={endpoint}", "--set", "environment=null")  # fmt: skip
+    assert broken.returncode == 1
+    assert "cannot open model weights" in broken.stderr and "Traceback" in broken.stderr
+    logs = cli.ok("online-deployment", "get-logs", "-n", "blue", "-e", endpoint)
+    assert "RuntimeError: cannot open model weights" in logs.stdout
+
+    (online / "bad-env.yml").write_text(
+        "dependencies:\n  - pip:\n      - sluice-no-such-package-anywhere==9.9.9\n"
+    )
+    bad_env = cli.run("online-deployment", "create", "-f", "blue-deployment.yml", "--name", "green",
+                      "--set", f"endpoint_name={endpoint}",
+                      "--set", "environment.conda_file=bad-env.yml")  # fmt: skip
+    assert bad_env.returncode == 1
+    assert "environment build failed" in bad_env.stderr
+    assert "sluice-no-such-package-anywhere" in bad_env.stderr
+    build_log = cli.ok("online-deployment", "get-logs", "-n", "green", "-e", endpoint,
+                       "--container", "storage-initializer")  # fmt: skip
+    assert "sluice-no-such-package-anywhere" in build_log.stdout
