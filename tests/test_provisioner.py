@@ -227,3 +227,28 @@ def test_a_killed_provisioner_is_replaced_without_duplicate_instances(
     for address in old:  # the orphans are gone: nothing answers at their addresses
         with pytest.raises(httpx.HTTPError):
             httpx.get(f"http://{address}/", timeout=0.5)
+
+
+def test_kubernetes_deployment_without_a_cluster_fails_saying_so(
+    provisioner: RunningService, client: RegistryClient, trained_examples: Path
+) -> None:
+    endpoint = load_online_endpoint(
+        trained_examples / "online/endpoint.yml", ["compute=azureml:k8s-cluster"], name="k8s-ep"
+    ).spec
+    client.create_online_endpoint(endpoint)
+    spec = load_online_deployment(
+        trained_examples / "online/blue-deployment.yml",
+        client.upload,
+        ["type=kubernetes", "environment=null"],
+        endpoint_name="k8s-ep",
+    ).spec
+    client.create_online_deployment(spec)
+    doc = wait_for(
+        lambda: (
+            (d := client.get_online_deployment("k8s-ep", "blue")).meta.provisioning_state
+            is ProvisioningState.failed
+            and d
+        ),
+        "Failed",
+    )
+    assert "set SLUICE_KUBECONFIG" in doc.meta.status_message

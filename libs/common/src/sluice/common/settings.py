@@ -67,6 +67,10 @@ class Settings(BaseSettings):
 
     # Where the provisioner caches built environments (default <state_dir>/envs).
     envs_dir: Path | None = None
+    # Kubernetes online deployments run on this cluster (unset: they fail, saying so).
+    kubeconfig: Path | None = None
+    kubernetes_namespace: str = "sluice"
+    kubernetes_image: str = "sluice:dev"
 
     log_level: str = "info"
     log_format: Literal["auto", "console", "json"] = "auto"

@@ -17,6 +17,7 @@ from sluice.provisioner.api import ProvisionerApi
 from sluice.provisioner.catalogue import Catalogue
 from sluice.provisioner.environments import EnvironmentBuilder
 from sluice.provisioner.events import ProvisionerEvents, RegistryEvents
+from sluice.provisioner.kubernetes import ClusterSettings, KubernetesBackend
 from sluice.provisioner.local import LocalBackend
 from sluice.provisioner.reconciler import Context, Reconciler
 from sluice.provisioner.store import ProvisionerStore
@@ -25,6 +26,15 @@ from sluice.v1 import provisioner_pb2, provisioner_pb2_grpc
 log = get_logger(__name__)
 SERVICE_NAME = provisioner_pb2.DESCRIPTOR.services_by_name["Provisioner"].full_name
 RESYNC_S = 10.0
+
+
+def kubernetes_backend(settings: Settings) -> KubernetesBackend | None:
+    if settings.kubeconfig is None:
+        return None
+    cluster = ClusterSettings(
+        namespace=settings.kubernetes_namespace, image=settings.kubernetes_image
+    )
+    return KubernetesBackend(str(settings.kubeconfig), cluster)
 
 
 async def resync_forever(reconciler: Reconciler) -> None:
@@ -63,6 +73,7 @@ async def serve(settings: Settings) -> None:
             artifacts=ArtifactStore(state_dir / "artifacts"),
             catalogue=Catalogue.load(),
             events=ProvisionerEvents(publisher, broker, usage_prefix),
+            kubernetes=kubernetes_backend(settings),
         )
         reconciler = Reconciler(ctx)
         await reconciler.reap_orphans()

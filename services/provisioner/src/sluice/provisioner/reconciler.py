@@ -33,10 +33,17 @@ import psutil
 
 from sluice.common.artifacts import ArtifactError, ArtifactStore
 from sluice.common.log import get_logger
-from sluice.common.resources import ArtifactRef, Instance, OnlineDeploymentDoc, ProvisioningState
+from sluice.common.resources import (
+    ArtifactRef,
+    ComputeKind,
+    Instance,
+    OnlineDeploymentDoc,
+    ProvisioningState,
+)
 from sluice.provisioner.catalogue import Catalogue, InstanceType, UnknownInstanceType
 from sluice.provisioner.environments import EnvironmentBuilder, EnvironmentError_
 from sluice.provisioner.events import ProvisionerEvents
+from sluice.provisioner.kubernetes import KubernetesBackend
 from sluice.provisioner.local import InstancePlan, LocalBackend, LocalInstance, reap_orphan, tail
 from sluice.provisioner.store import ProvisionerStore
 
@@ -71,6 +78,7 @@ class Context:
     artifacts: ArtifactStore
     catalogue: Catalogue
     events: ProvisionerEvents
+    kubernetes: KubernetesBackend | None = None
 
 
 class DeploymentWorker:
@@ -86,6 +94,7 @@ class DeploymentWorker:
         self._wake = asyncio.Event()
         self._last_liveness: dict[str, float] = {}
         self._last_usage = 0.0
+        self._kubernetes = False
         self.done = False
 
     def wake(self) -> None:
@@ -111,6 +120,9 @@ class DeploymentWorker:
         if doc is None:
             await self._teardown()
             return
+        if doc.spec.kind is ComputeKind.kubernetes:
+            await self._converge_kubernetes(doc)
+            return
         version = doc.meta.version
         new_version = self.generation is None or self.generation.version != version
         if new_version and self.failed_version != version and not await self._prepare(doc):
@@ -123,6 +135,41 @@ class DeploymentWorker:
         await self._publish_instances()
         await self._report(doc)
         await self._sample_usage()
+
+    async def _converge_kubernetes(self, doc: OnlineDeploymentDoc) -> None:
+        """Kubernetes runs, probes and rolls the instances; this applies and reports."""
+        version = doc.meta.version
+        kube = self._ctx.kubernetes
+        if self.failed_version == version:
+            return
+        if kube is None:
+            await self._fail(
+                version,
+                "this is a kubernetes deployment, but the provisioner has no cluster: set "
+                "SLUICE_KUBECONFIG (and SLUICE_KUBERNETES_NAMESPACE / _IMAGE) and restart it",
+            )
+            return
+        self._kubernetes = True
+        if self.generation is None or self.generation.version != version:
+            try:
+                await asyncio.to_thread(kube.apply, doc)
+            except Exception as exc:  # the API server's answer is the reason to show
+                await self._fail(version, f"applying to the cluster failed: {exc}")
+                return
+            self.generation = Generation(
+                version,
+                doc,
+                InstancePlan("", None, None, None),
+                self._ctx.catalogue.resolve(doc.spec.instance_type),
+            )
+        ready = await asyncio.to_thread(kube.ready_replicas, self.endpoint, self.name)
+        if ready >= doc.spec.instance_count and self._succeeded_version != version:
+            address = kube.service_address(self.endpoint, self.name)
+            await self._ctx.store.set_instances(
+                self.key, [Instance(id=f"svc-{self.name}", address=address, ready=True)]
+            )
+            self._succeeded_version = version
+            await self._ctx.store.set_state(self.key, version, ProvisioningState.succeeded)
 
     async def _prepare(self, doc: OnlineDeploymentDoc) -> bool:
         version = doc.meta.version
@@ -303,6 +350,8 @@ class DeploymentWorker:
         )  # fmt: skip
 
     async def _teardown(self) -> None:
+        if self._kubernetes and self._ctx.kubernetes is not None:
+            await asyncio.to_thread(self._ctx.kubernetes.delete, self.endpoint, self.name)
         if self.instances:
             await asyncio.sleep(DRAIN_S)  # the traffic controller drops the routes meanwhile
             for inst in list(self.instances):
