@@ -116,5 +116,15 @@ def test_versions_are_content_hashes() -> None:
     assert changed == {"type.googleapis.com/envoy.config.route.v3.RouteConfiguration"}
 
 
+def test_plain_http_can_be_turned_off() -> None:
+    tls = TlsMaterial(b"c", b"k")
+    on = SnapshotBuilder().build(gateway(tls), world())
+    off_gateway = Gateway(**{**gateway(tls).__dict__, "http": None})
+    off = SnapshotBuilder().build(off_gateway, world())
+    listeners = "type.googleapis.com/envoy.config.listener.v3.Listener"
+    assert sorted(on.resources[listeners]) == ["sluice_http", "sluice_https"]
+    assert sorted(off.resources[listeners]) == ["sluice_https"]
+
+
 def test_keys_never_appear_in_a_repr() -> None:
     assert "fake-primary" not in repr(world()[0])

@@ -34,6 +34,7 @@ from sluice.traffic.xds.snapshot import CLUSTER, InconsistentSnapshot, Snapshot,
 
 log = get_logger(__name__)
 GATEWAY = ""  # the suspect key of gateway-wide settings
+RETRY_S = 1.0  # after a failed sync (MongoDB away), try again this soon
 T = TypeVar("T", Endpoint, Gateway)
 
 
@@ -109,6 +110,8 @@ class Controller:
                 except Exception:  # a bad read or build must not end the reconciler
                     log.exception("sync_failed")
                     self._dirty_all = True
+                    await asyncio.sleep(RETRY_S)
+                    self._wake.set()
                 try:
                     await asyncio.wait_for(self._wake.wait(), self._timing.resync_s)
                 except TimeoutError:

@@ -65,8 +65,8 @@ class EventListener:
         try:
             event = parse_envelope(msg.data)
         except ValidationError:
+            # Not one of ours (or garbled): the periodic resync covers whatever it meant.
             log.warning("event_unreadable", subject=msg.subject)
-            self._sink.mark_dirty(None)
             return
         if event.type in OWN:
             return

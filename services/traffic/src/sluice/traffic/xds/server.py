@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -98,11 +98,10 @@ class Result:
 class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
     """Serves the current snapshot to every connected Envoy (one writer for all of them)."""
 
-    def __init__(self, on_rejected: Callable[[Rejection], None] | None = None):
+    def __init__(self) -> None:
         self._snapshot: Snapshot | None = None
         self._streams: set[Stream] = set()
         self._changed = asyncio.Condition()
-        self._on_rejected = on_rejected
 
     # ---- what the controller uses ------------------------------------------------------
 
@@ -217,8 +216,6 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
                     kept=request.version_info,
                     error=sub.last_error,
                 )
-                if self._on_rejected is not None:
-                    self._on_rejected(Rejection(type_url, bad, sub.last_error, stream.node))
             else:
                 sub.acked = request.version_info
                 log.debug("xds_ack", node=stream.node, type=short(type_url), version=sub.acked)
