@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
+import time
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
+from sluice.common.events import EventEnvelope
 from sluice.traffic.testing import Traffic, Upstream, World, eventually
 
 KEY = "primary-key-1"
@@ -59,3 +64,68 @@ async def test_split_follows_the_weights(
     )
     assert abs(served["green"] / 2000 - 0.30) <= 0.05, served
     assert served["blue"] + served["green"] == 2000
+
+
+async def test_safe_rollout_steps_fail_no_request(
+    traffic: Traffic,
+    world: World,
+    upstreams: Callable[[str], Upstream],
+    traffic_events: list[EventEnvelope],
+) -> None:
+    """Blue 100% -> green created at 0% -> mirror 10% -> 90/10 -> 0/100 -> blue deleted,
+    with a client sending requests all the while (stand-in instances; the provisioner's
+    end-to-end version lives with the platform tests)."""
+    blue, green = upstreams("blue"), upstreams("green")
+    await world.deployment("roll", "blue", [blue.address])
+    await world.endpoint("roll", traffic={"blue": 100})
+    eventually(lambda: traffic.score("roll", KEY)[0], lambda s: s == 200)
+
+    statuses: Counter[int] = Counter()
+    served: Counter[str] = Counter()
+    stop = threading.Event()
+
+    def client() -> None:
+        while not stop.is_set():
+            status, headers, _ = traffic.score("roll", KEY)
+            statuses[status] += 1
+            served[headers.get("azureml-model-deployment", "")] += 1
+
+    worker = threading.Thread(target=client)
+    worker.start()
+    try:
+        version = 1
+
+        async def step(**endpoint: Any) -> None:
+            nonlocal version
+            version += 1
+            await world.endpoint("roll", version=version, **endpoint)
+            await wait_applied(traffic_events, "roll", version)
+
+        await world.deployment("roll", "green", [green.address])
+        await step(traffic={"blue": 100, "green": 0})
+        assert traffic.score("roll", KEY, deployment="green")[0] == 200
+        await step(traffic={"blue": 100, "green": 0}, mirror={"green": 10})
+        await step(traffic={"blue": 90, "green": 10})
+        await step(traffic={"blue": 0, "green": 100})
+        await world.delete_deployment("roll", "blue")
+        await step(traffic={"green": 100})
+        blue.close()  # the provisioner stops blue's instances once it is out of routing
+        before = sum(statuses.values())
+        eventually(lambda: sum(statuses.values()), lambda n: n > before + 50)
+    finally:
+        stop.set()
+        worker.join()
+    assert set(statuses) == {200}, statuses
+    assert served["green"] > 0 and served["blue"] > 0
+
+
+async def wait_applied(events: list[EventEnvelope], endpoint: str, version: int) -> None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if any(
+            e.type == "sluice.traffic.applied" and e.data["endpoints"].get(endpoint) == version
+            for e in events
+        ):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{endpoint} v{version} never applied")

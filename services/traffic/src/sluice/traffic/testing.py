@@ -311,6 +311,16 @@ class World:
             actor="t",
         )
 
+    async def delete_deployment(self, endpoint: str, name: str) -> None:
+        await self._db[ONLINE_DEPLOYMENTS].delete_one({"_id": deployment_id(endpoint, name)})
+        await self._events.publish(
+            "deployment",
+            "deleted",
+            subject=f"{endpoint}/{name}",
+            data={"name": name, "endpoint": endpoint, "version": 1},
+            actor="t",
+        )
+
     async def raw_deployment_update(self, endpoint: str, name: str, fields: dict[str, Any]) -> None:
         """Set fields the registry would never write (to provoke a NACK)."""
         await self._db[ONLINE_DEPLOYMENTS].update_one(
