@@ -36,9 +36,11 @@ def test_readiness_turns_true_only_after_init_returns(
     assert server.get("/").status == 200  # alive while init() runs
     assert server.get("/ready").status == 503
     assert server.get("/v2/health/ready").json() == {"ready": False}
-    early = server.post("{}")
-    assert early.status == 503
-    assert "init()" in early.json()["message"]
+    for rid in ("first", "second"):  # the same refusal twice: each carries only its own id
+        early = server.post("{}", headers={"x-request-id": rid})
+        assert early.status == 503
+        assert "init()" in early.json()["message"]
+        assert [v for k, v in early.raw_headers if k.lower() == "x-request-id"] == [rid]
     (code / "release").touch()
     server.wait_ready()
     assert server.post("{}").json() == "scored"

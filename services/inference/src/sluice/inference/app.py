@@ -42,6 +42,7 @@ from sluice.inference.swagger import swagger_document
 EXIT_INIT_FAILED = 3
 MAX_REQUEST_ID = 100  # Azure's limit on x-request-id
 TEXT: Header = (b"content-type", b"text/plain; charset=utf-8")
+NOT_READY = Reply(503, [JSON], b'{"message":"not ready: init() has not finished"}')
 
 log = structlog.get_logger("sluice.inference")
 
@@ -103,32 +104,39 @@ class InferenceApp:
 
     def _score(self, request: HttpRequest, conn: Connection, rid: str, started: float) -> None:
         scorer, dispatcher = self.scorer, self.dispatcher
-        if request.method == "OPTIONS":
-            self._send(request, conn, rid, started, "/score", Reply(200, [], b""))
-        elif request.method not in ("POST", "GET"):
-            reply = json_reply(405, {"message": f"{request.method} is not allowed on /score"})
+        refusal = self._refusal(request)
+        if refusal is not None or scorer is None or dispatcher is None:
+            self._send(request, conn, rid, started, "/score", refusal or NOT_READY)
+            return
+        try:
+            call = scorer.prepare(request)
+        except BadInput as exc:
+            self.metrics.error("bad_input")
+            reply = json_reply(400, {"message": str(exc)})
             self._send(request, conn, rid, started, "/score", reply)
-        elif scorer is None or dispatcher is None or self.stopping:
-            reply = json_reply(503, {"message": "not ready: init() has not finished"})
-            self._send(request, conn, rid, started, "/score", reply)
-        else:
+            return
+
+        def finish(outcome: Outcome) -> None:
             try:
-                call = scorer.prepare(request)
-            except BadInput as exc:
-                self.metrics.error("bad_input")
-                reply = json_reply(400, {"message": str(exc)})
-                self._send(request, conn, rid, started, "/score", reply)
-                return
+                answer = self._scored(outcome, rid)
+            except Exception as exc:  # e.g. a response object whose get_data() raises
+                log.error("reply_failed", request_id=rid, exc_info=exc)
+                answer = json_reply(500, {"message": f"cannot send run()'s answer: {exc}"})
+            self._send(request, conn, rid, started, "/score", answer)
 
-            def finish(outcome: Outcome) -> None:
-                try:
-                    reply = self._scored(outcome, rid)
-                except Exception as exc:  # e.g. a response object whose get_data() raises
-                    log.error("reply_failed", request_id=rid, exc_info=exc)
-                    reply = json_reply(500, {"message": f"cannot send run()'s answer: {exc}"})
-                self._send(request, conn, rid, started, "/score", reply)
+        dispatcher.submit(call, finish)
 
-            dispatcher.submit(call, finish)
+    def _refusal(self, request: HttpRequest) -> Reply | None:
+        """The answer when /score cannot run this request; None when it can."""
+        if request.method == "OPTIONS":
+            return Reply(200, [], b"")
+        if request.method not in ("POST", "GET"):
+            return json_reply(405, {"message": f"{request.method} is not allowed on /score"})
+        if self.stopping:
+            return json_reply(503, {"message": "shutting down"})
+        if self.scorer is None or self.dispatcher is None:
+            return NOT_READY
+        return None
 
     def _scored(self, outcome: Outcome, rid: str) -> Reply:
         limits = self.dispatcher.limits if self.dispatcher else None
@@ -173,8 +181,7 @@ class InferenceApp:
         route: str,
         reply: Reply,
     ) -> None:
-        headers = reply.headers
-        headers.append((b"x-request-id", rid.encode("latin-1")))
+        headers = [*reply.headers, (b"x-request-id", rid.encode("latin-1"))]
         conn.respond(request, reply.status, headers, reply.body)
         self.metrics.observe(route, reply.status, time.perf_counter() - started)
 

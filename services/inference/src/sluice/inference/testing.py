@@ -21,6 +21,7 @@ class Response:
     status: int
     headers: dict[str, str]
     body: bytes
+    raw_headers: list[tuple[str, str]]
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -38,7 +39,8 @@ def request(
     try:
         conn.request(method, path, body=body, headers=headers or {})
         reply = conn.getresponse()
-        return Response(reply.status, {k.lower(): v for k, v in reply.getheaders()}, reply.read())
+        raw = reply.getheaders()
+        return Response(reply.status, {k.lower(): v for k, v in raw}, reply.read(), raw)
     finally:
         conn.close()
 
