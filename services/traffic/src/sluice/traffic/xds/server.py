@@ -58,10 +58,8 @@ class Subscription:
 class Stream:
     """What the server knows about one connected Envoy."""
 
-    _ids = itertools.count(1)
-
-    def __init__(self, peer: str):
-        self.id = next(self._ids)
+    def __init__(self, stream_id: int, peer: str):
+        self.id = stream_id
         self.peer = peer
         self.node = ""
         self.subs: dict[str, Subscription] = {}
@@ -102,6 +100,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         self._snapshot: Snapshot | None = None
         self._streams: set[Stream] = set()
         self._changed = asyncio.Condition()
+        self._stream_ids = itertools.count(1)
 
     # ---- what the controller uses ------------------------------------------------------
 
@@ -158,7 +157,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
     async def StreamAggregatedResources(  # noqa: N802 - the proto's method name
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
-        stream = Stream(context.peer())
+        stream = Stream(next(self._stream_ids), context.peer())
         self._streams.add(stream)
         reader = asyncio.create_task(self._read(stream, request_iterator))
         log.info("xds_stream_opened", stream=stream.id, peer=stream.peer)
