@@ -11,8 +11,9 @@ setup: ## install uv (with pip) if missing, then the workspace and its binaries 
 	@$(UV) sync --all-packages --locked --quiet
 	@$(UV) run --no-sync python -c "import sluice.common, sluice.sdk, sluice.v1" && echo "setup: workspace ready"
 
-up: setup ## start the local platform (and the demo endpoint once it exists)
+up: setup ## start the local platform and the demo endpoint (blue/green at 90/10, scored through Envoy)
 	@$(UV) run --no-sync sluice up
+	@$(UV) run --no-sync sluice demo
 
 down: ## stop everything `make up` started; data stays in .sluice/
 	@$(UV) run --no-sync sluice down

@@ -14,6 +14,7 @@ from sluice.common.supervisor import ComponentError
 from sluice.sdk.cli import (
     batch_deployment,
     batch_endpoint,
+    demo,
     online_deployment,
     online_endpoint,
     platform_cmds,
@@ -33,6 +34,7 @@ app = typer.Typer(
 app.command("up")(platform_cmds.up)
 app.command("status")(platform_cmds.status)
 app.command("down")(platform_cmds.down)
+app.command("demo")(demo.demo)
 app.add_typer(online_endpoint.app, name="online-endpoint")
 app.add_typer(online_deployment.app, name="online-deployment")
 app.add_typer(batch_endpoint.app, name="batch-endpoint")

@@ -1,0 +1,187 @@
+"""The safe rollout, end to end on the local platform, with a client sending all the while.
+
+blue 100% -> create green (0%) -> pin reaches green -> mirror 10% to green
+(clients only see blue; green counts the copies) -> 90/10 -> 0/100 -> delete
+blue. Real registry, provisioner, traffic controller, Envoy and inference
+servers; zero failed client requests is the assertion.
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from sluice.common.platform import PlatformState
+from sluice.common.resources import ProvisioningState
+from sluice.common.settings import Settings
+from sluice.sdk.client import RegistryClient, get_logs
+from sluice.sdk.invoke import DEPLOYMENT_HEADER, GatewayTarget, send
+from sluice.sdk.specs import load_online_deployment, load_online_endpoint
+
+pytestmark = pytest.mark.integration
+T = TypeVar("T")
+ENDPOINT = "rollout-e2e"
+BODY = b'{"data": [[1,2,3,4,5,6,7,8,9,10]]}'
+
+
+def wait_for(condition: Callable[[], T | None], what: str, timeout: float = 90) -> T:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class SteadyClient:
+    """Scores the endpoint in a loop through Envoy and tallies who answered and any failure."""
+
+    def __init__(self, state: PlatformState, key: str):
+        self._target = GatewayTarget.of_platform(state)
+        self._host = f"{ENDPOINT}.{state.domain}"
+        self._headers = [("Authorization", f"Bearer {key}"), ("Content-Type", "application/json")]
+        self.served: collections.Counter[str] = collections.Counter()
+        self.failures: list[str] = []
+        self.total = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                status, headers, body = send(
+                    self._target, host=self._host, path="/score", body=BODY, headers=self._headers
+                )
+            except OSError as exc:
+                self.failures.append(f"connection: {exc}")
+                continue
+            self.total += 1
+            if status != 200:
+                self.failures.append(f"HTTP {status}: {body[:200]!r}")
+                continue
+            served = dict((k.lower(), v) for k, v in headers).get(DEPLOYMENT_HEADER, "?")
+            self.served[served] += 1
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def window(self, requests: int = 60) -> collections.Counter[str]:
+        """Who served the next `requests` requests."""
+        before = self.served.copy()
+        target = self.total + requests
+        wait_for(lambda: self.total >= target, f"{requests} more requests", timeout=60)
+        return self.served - before
+
+
+def green_requests(settings: Settings) -> int:
+    """Requests green's instance received (its score.py logs one line per request)."""
+    text = get_logs(ENDPOINT, "green", lines=100_000, settings=settings).text
+    return len(re.findall("model 2: request received", text))
+
+
+def test_safe_rollout_loses_no_request(
+    local_platform: PlatformState, trained_examples: Path
+) -> None:
+    online = trained_examples / "online"
+    settings = Settings(state_dir=local_platform.state_dir)
+    with RegistryClient.connect(settings) as client:
+        client.create_online_endpoint(
+            load_online_endpoint(online / "endpoint.yml", name=ENDPOINT).spec
+        )
+
+        def deploy(name: str) -> None:
+            spec = load_online_deployment(
+                online / f"{name}-deployment.yml",
+                client.upload,
+                ["environment=null", "instance_count=2"],
+                endpoint_name=ENDPOINT,
+            ).spec
+            client.create_online_deployment(spec)
+            doc = wait_for(
+                lambda: (
+                    (d := client.get_online_deployment(ENDPOINT, name)).meta.provisioning_state
+                    in (ProvisioningState.succeeded, ProvisioningState.failed)
+                    and d
+                ),
+                f"{name} to settle",
+            )
+            assert doc.meta.provisioning_state is ProvisioningState.succeeded, (
+                doc.meta.status_message
+            )
+
+        deploy("blue")
+        client.set_traffic(ENDPOINT, {"blue": 100})
+        key = client.get_credentials(ENDPOINT).primary_key
+        steady = SteadyClient(local_platform, key)
+        wait_for(
+            lambda: (
+                send(
+                    steady._target,
+                    host=steady._host,
+                    path="/score",
+                    body=BODY,
+                    headers=steady._headers,
+                )[0]
+                == 200
+            ),
+            "blue to be routed",
+        )
+        steady.start()
+        try:
+            assert set(steady.window()) == {"blue"}
+
+            # Green at 0%: the pin header reaches it, the split does not.
+            deploy("green")
+            pinned = wait_for(
+                lambda: (
+                    (
+                        r := send(
+                            steady._target,
+                            host=steady._host,
+                            path="/score",
+                            body=BODY,
+                            headers=[*steady._headers, (DEPLOYMENT_HEADER, "green")],
+                        )
+                    )[0]
+                    == 200
+                    and r
+                ),
+                "the pin to reach green",
+            )
+            assert dict((k.lower(), v) for k, v in pinned[1])[DEPLOYMENT_HEADER] == "green"
+            assert set(steady.window()) == {"blue"}
+
+            # Mirror 10% to green: clients still only see blue; green receives copies.
+            before = green_requests(settings)
+            client.set_traffic(ENDPOINT, {"green": 10}, mirror=True)
+            wait_for(lambda: green_requests(settings) > before, "mirrored copies at green")
+            assert set(steady.window(100)) == {"blue"}
+            client.set_traffic(ENDPOINT, {"green": 0}, mirror=True)
+
+            # 90/10, then 0/100.
+            client.set_traffic(ENDPOINT, {"blue": 90, "green": 10})
+            wait_for(lambda: steady.window(40)["green"] > 0, "green to take live traffic")
+            client.set_traffic(ENDPOINT, {"blue": 0, "green": 100})
+            wait_for(lambda: set(steady.window(40)) == {"green"}, "green to take everything")
+
+            # Delete blue while the client keeps going.
+            client.delete_online_deployment(ENDPOINT, "blue")
+            assert set(steady.window(100)) == {"green"}
+        finally:
+            steady.stop()
+        client.delete_online_endpoint(ENDPOINT)
+
+    assert steady.total > 300
+    assert steady.failures == [], steady.failures[:5]
