@@ -155,3 +155,30 @@ def test_failures_say_why(local_platform: PlatformState, trained_examples: Path)
     build_log = cli.ok("online-deployment", "get-logs", "-n", "green", "-e", endpoint,
                        "--container", "storage-initializer")  # fmt: skip
     assert "sluice-no-such-package-anywhere" in build_log.stdout
+
+
+def test_make_up_demo_then_traffic_and_invoke(
+    local_platform: PlatformState, tmp_path: Path
+) -> None:
+    """What the README's first command ends with, then the lines it tells the user to try."""
+    cli = Cli(local_platform, tmp_path)
+    demo = cli.ok("demo")
+    assert "answered through Envoy" in demo.stdout
+    assert "https://my-endpoint." in demo.stdout and "get-credentials" in demo.stdout
+    moved = cli.ok(
+        "online-endpoint", "update", "-n", "my-endpoint", "--traffic", "blue=0 green=100"
+    )
+    assert "The gateway serves the new traffic split." in moved.stderr
+    request = Path(__file__).resolve().parents[1] / "examples/online/sample-request.json"
+    scored = cli.ok(
+        "online-endpoint", "invoke", "-n", "my-endpoint", "--request-file", str(request)
+    )
+    assert "served by green" in scored.stderr and len(json.loads(scored.stdout)) == 2
+    pinned = cli.ok("online-endpoint", "invoke", "-n", "my-endpoint", "--deployment-name", "blue",
+                    "--request-file", str(request))  # fmt: skip
+    assert "served by blue" in pinned.stderr
+    unknown = cli.run("online-endpoint", "invoke", "-n", "my-endpoint", "--deployment-name", "red",
+                      "--request-file", str(request))  # fmt: skip
+    assert unknown.returncode == 1 and "HTTP 404" in unknown.stderr
+    again = cli.ok("demo")  # idempotent: keeps what exists
+    assert "answered through Envoy" in again.stdout

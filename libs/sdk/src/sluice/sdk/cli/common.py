@@ -13,6 +13,7 @@ import typer
 from sluice.common.platform import LocalPlatform
 from sluice.common.resources import OnlineDeploymentDoc, ProvisioningState
 from sluice.common.settings import Settings
+from sluice.sdk.applied import AppliedWatcher
 from sluice.sdk.cli.errors import CliError
 from sluice.sdk.cli.output import err_console
 from sluice.sdk.client import RegistryClient
@@ -107,3 +108,16 @@ def shares_text(shares: dict[str, int]) -> str:
 def dump(value: Any) -> Any:
     """Plain data for -o json|yaml."""
     return value.model_dump(mode="json") if hasattr(value, "model_dump") else value
+
+
+@contextmanager
+def applied_watcher(*, enabled: bool) -> Iterator[AppliedWatcher | None]:
+    """A watcher for `traffic.applied` when the platform runs a traffic controller, else None."""
+    settings = Settings()
+    state = LocalPlatform(settings).load_state()
+    has_gateway = state is not None and any(p.name == "traffic" for p in state.processes)
+    if not enabled or state is None or not has_gateway:
+        yield None
+        return
+    with AppliedWatcher(state.nats_url, settings.events_subject_prefix) as watcher:
+        yield watcher

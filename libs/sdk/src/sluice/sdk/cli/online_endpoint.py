@@ -11,11 +11,13 @@ import typer
 from sluice.common.platform import LocalPlatform
 from sluice.common.resources import AuthMode
 from sluice.common.settings import Settings
+from sluice.sdk.applied import NotApplied
 from sluice.sdk.cli import local_cmds
 from sluice.sdk.cli.common import (
     FileOption,
     NoWaitOption,
     SetOption,
+    applied_watcher,
     dump,
     optional_path,
     parse_shares,
@@ -147,10 +149,18 @@ def update(
         if mirror_traffic:
             mirror = {**(mirror or {}), **parse_shares(mirror_traffic, "--mirror-traffic")}
         spec = spec.model_copy(update={"traffic": shares or {}, "mirror_traffic": mirror or {}})
-        endpoint = client.update_online_endpoint(
-            spec, with_traffic=shares is not None, with_mirror_traffic=mirror is not None
-        )
-    del no_wait  # traffic changes wait for traffic.applied once the traffic controller exists
+        traffic_changes = shares is not None or mirror is not None
+        with applied_watcher(enabled=traffic_changes and not no_wait) as watcher:
+            endpoint = client.update_online_endpoint(
+                spec, with_traffic=shares is not None, with_mirror_traffic=mirror is not None
+            )
+            if watcher is not None:
+                with err_console.status("Waiting until the gateway serves the new split…"):
+                    try:
+                        watcher.wait(endpoint.doc.spec.name, endpoint.doc.meta.version)
+                    except NotApplied as exc:
+                        raise CliError(str(exc)) from None
+                err_console.print("The gateway serves the new traffic split.")
     err_console.print(f"Updated online endpoint {endpoint.doc.spec.name}.")
     show_one(endpoint, output)
 
