@@ -26,13 +26,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psutil
-from cryptography.fernet import Fernet
 
-from sluice.common.components import mongo_spec, nats_spec, python_service_spec
 from sluice.common.resources import EnvironmentSpec, OnlineDeploymentDoc, ProvisioningState
-from sluice.common.settings import Settings
-from sluice.common.supervisor import Supervisor, free_port
-from sluice.common.testing.plugin import service_env
+from sluice.common.supervisor import free_port
+from sluice.common.testing.stack import servers, start_services
 from sluice.sdk.client import RegistryClient
 from sluice.sdk.specs import load_online_deployment, load_online_endpoint
 
@@ -117,63 +114,28 @@ def recovery(client: RegistryClient, name: str) -> float:
 
 def main() -> None:
     subprocess.run([sys.executable, str(EXAMPLES / "train_models.py")], check=True)
-    with tempfile.TemporaryDirectory(prefix="sluice-bench-") as tmp:
-        root = Path(tmp)
-        sup = Supervisor(root / "logs")
-        try:
-            nats = sup.start(
-                nats_spec(
-                    host="127.0.0.1",
-                    port=free_port(),
-                    monitor_port=free_port(),
-                    data_dir=root / "nats",
-                )
+    with (
+        tempfile.TemporaryDirectory(prefix="sluice-bench-") as tmp,
+        servers(Path(tmp)) as (sup, settings),
+    ):
+        settings = start_services(sup, settings, ["registry", "provisioner"])
+        with RegistryClient(f"127.0.0.1:{settings.ports.registry}", "bench") as client:
+            endpoint = load_online_endpoint(EXAMPLES / "online/endpoint.yml", name="bench-endpoint")
+            client.create_online_endpoint(endpoint.spec)
+            baseline = [cold_start_baseline() for _ in range(3)]
+            warm = []
+            for i in range(5):
+                warm.append(create_and_wait(client, f"warm-{i}", EnvironmentSpec()))
+                time.sleep(1.0)  # let the next spare finish importing, as between user actions
+            recoveries = []
+            for _ in range(3):
+                recoveries.append(recovery(client, "warm-0"))
+                time.sleep(1.0)
+            cold = create_and_wait(
+                client,
+                "cold-env",
+                EnvironmentSpec(pip_requirements=("joblib", "tabulate==0.9.0")),
             )
-            mongo = sup.start(mongo_spec(host="127.0.0.1", port=free_port(), data_dir=None))
-            settings = Settings(
-                state_dir=root / "state",
-                nats_url=nats.address,
-                mongodb_uri=mongo.address,
-                admin_token="bench",
-                secret_key=Fernet.generate_key().decode(),
-            )
-            ports = settings.ports.model_copy(
-                update={"registry": free_port(), "provisioner": free_port()}
-            )
-            settings = settings.model_copy(update={"ports": ports})
-            env = {**os.environ, **service_env(settings), "SLUICE_LOG_LEVEL": "warning"}
-            for name, port in (("registry", ports.registry), ("provisioner", ports.provisioner)):
-                spec = python_service_spec(
-                    name=name,
-                    module=f"sluice.{name}",
-                    host="127.0.0.1",
-                    port=port,
-                    env=env,
-                    python=sys.executable,
-                )
-                sup.start(spec)
-            with RegistryClient(f"127.0.0.1:{ports.registry}", "bench") as client:
-                client.create_online_endpoint(
-                    load_online_endpoint(
-                        EXAMPLES / "online/endpoint.yml", name="bench-endpoint"
-                    ).spec
-                )
-                baseline = [cold_start_baseline() for _ in range(3)]
-                warm = []
-                for i in range(5):
-                    warm.append(create_and_wait(client, f"warm-{i}", EnvironmentSpec()))
-                    time.sleep(1.0)  # let the next spare finish importing, as between user actions
-                recoveries = []
-                for _ in range(3):
-                    recoveries.append(recovery(client, "warm-0"))
-                    time.sleep(1.0)
-                cold = create_and_wait(
-                    client,
-                    "cold-env",
-                    EnvironmentSpec(pip_requirements=("joblib", "tabulate==0.9.0")),
-                )
-        finally:
-            sup.stop_all()
     base = statistics.median(baseline)
     print(f"{'measure':<48} {'seconds':>8}")
     print(f"{'cold inference-server start to /ready (baseline)':<48} {base:>8.2f}")

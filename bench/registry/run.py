@@ -9,17 +9,12 @@ flat (an `_id` lookup); list grows with what it returns, per item it should not.
 
 from __future__ import annotations
 
-import os
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from cryptography.fernet import Fernet
-
-from sluice.common.components import mongo_spec, nats_spec, python_service_spec
 from sluice.common.resources import (
     ArtifactRef,
     CodeConfiguration,
@@ -27,9 +22,7 @@ from sluice.common.resources import (
     OnlineDeploymentSpec,
     OnlineEndpointSpec,
 )
-from sluice.common.settings import Settings
-from sluice.common.supervisor import Supervisor, free_port
-from sluice.common.testing.plugin import service_env
+from sluice.common.testing.stack import servers, start_services
 from sluice.sdk.client import RegistryClient
 
 SIZES = (10, 1000)
@@ -64,74 +57,45 @@ def fill(client: RegistryClient, start: int, stop: int, model: ArtifactRef) -> l
     return times
 
 
+def measure(client: RegistryClient, model: ArtifactRef) -> list[tuple[float, ...]]:
+    rows: list[tuple[float, ...]] = []
+    created = 0
+    for size in SIZES:
+        creates = fill(client, created, size, model)
+        created = size
+        gets = [
+            timed(lambda i=i, n=size: client.get_online_endpoint(f"bench-{i % n:05d}"))
+            for i in range(SAMPLES)
+        ]
+        lists = [timed(client.list_online_endpoints) for _ in range(5)]
+        listed = len(client.list_online_endpoints())
+        deps = timed(lambda: client.list_online_deployments("bench-00000"))
+        medians = (statistics.median(creates), statistics.median(gets), statistics.median(lists))
+        rows.append((size, *medians, listed, deps))
+    return rows
+
+
 def main() -> None:
-    with tempfile.TemporaryDirectory(prefix="sluice-bench-") as tmp:
-        root = Path(tmp)
-        sup = Supervisor(root / "logs")
-        try:
-            nats = sup.start(
-                nats_spec(
-                    host="127.0.0.1",
-                    port=free_port(),
-                    monitor_port=free_port(),
-                    data_dir=root / "nats",
-                )
-            )
-            mongo = sup.start(mongo_spec(host="127.0.0.1", port=free_port(), data_dir=None))
-            settings = Settings(
-                state_dir=root / "state",
-                nats_url=nats.address,
-                mongodb_uri=mongo.address,
-                admin_token="bench",
-                secret_key=Fernet.generate_key().decode(),
-            )
-            port = free_port()
-            settings = settings.model_copy(
-                update={"ports": settings.ports.model_copy(update={"registry": port})}
-            )
-            sup.start(
-                python_service_spec(
-                    name="registry",
-                    module="sluice.registry",
-                    host="127.0.0.1",
-                    port=port,
-                    env={**os.environ, **service_env(settings), "SLUICE_LOG_LEVEL": "warning"},
-                    python=sys.executable,
-                )
-            )
-            (root / "model").mkdir()
-            (root / "model/model.pkl").write_bytes(b"bench model")
-            with RegistryClient(f"127.0.0.1:{port}", "bench") as client:
-                model = client.upload(root / "model")
-                rows = []
-                created = 0
-                for size in SIZES:
-                    creates = fill(client, created, size, model)
-                    created = size
-                    gets = [
-                        timed(lambda i=i, n=size: client.get_online_endpoint(f"bench-{i % n:05d}"))
-                        for i in range(SAMPLES)
-                    ]
-                    lists = [timed(client.list_online_endpoints) for _ in range(5)]
-                    listed = len(client.list_online_endpoints())
-                    deps = timed(lambda: client.list_online_deployments("bench-00000"))
-                    rows.append(
-                        (
-                            size,
-                            statistics.median(creates),
-                            statistics.median(gets),
-                            statistics.median(lists),
-                            listed,
-                            deps,
-                        )
-                    )
-        finally:
-            sup.stop_all()
+    with (
+        tempfile.TemporaryDirectory(prefix="sluice-bench-") as tmp,
+        servers(Path(tmp)) as (sup, settings),
+    ):
+        settings = start_services(sup, settings, ["registry"])
+        (Path(tmp) / "model").mkdir()
+        (Path(tmp) / "model/model.pkl").write_bytes(b"bench model")
+        with RegistryClient(f"127.0.0.1:{settings.ports.registry}", "bench") as client:
+            rows = measure(client, client.upload(Path(tmp) / "model"))
 
     header = ("endpoints", "create ms", "get ms", "list ms", "list/item ms", "deps list ms")
     print(" ".join(f"{h:>13}" for h in header))
     for size, create, get, list_ms, listed, deps in rows:
-        cells = (size, f"{create:.2f}", f"{get:.2f}", f"{list_ms:.1f}", f"{list_ms / listed:.3f}")
+        cells = (
+            int(size),
+            f"{create:.2f}",
+            f"{get:.2f}",
+            f"{list_ms:.1f}",
+            f"{list_ms / listed:.3f}",
+        )
         print(" ".join(f"{c:>13}" for c in (*cells, f"{deps:.2f}")))
     small, large = rows
     per_item = (large[3] / large[4]) / (small[3] / small[4])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -138,9 +139,14 @@ def test_batch_deployment_example_and_legacy_form(tmp_path: Path) -> None:
         )
 
 
-def test_the_shipped_examples_load() -> None:
-    if not (EXAMPLES / "online/model-1/model").exists():
-        pytest.skip("example models not trained (python examples/train_models.py)")
+def test_the_shipped_examples_load(tmp_path: Path) -> None:
+    copy = tmp_path / "examples"
+    shutil.copytree(EXAMPLES, copy, ignore=shutil.ignore_patterns("model"))
+    for folder in ("online/model-1/model", "online/model-2/model", "batch/model"):
+        (copy / folder).mkdir(parents=True)  # stand-ins for the trained models
     for name in ("blue-deployment.yml", "green-deployment.yml"):
-        spec = load_online_deployment(EXAMPLES / "online" / name, fake_upload).spec
+        spec = load_online_deployment(copy / "online" / name, fake_upload).spec
         assert spec.endpoint_name == "my-endpoint"
+        assert spec.request_settings.max_concurrent_requests_per_instance == 4
+    batch = load_batch_deployment(copy / "batch/deployment.yml", fake_upload).spec
+    assert batch.compute == "batch-cluster" and batch.settings.max_concurrency_per_instance == 2
