@@ -101,6 +101,11 @@ def demo() -> None:
     ca = state.state_dir / "tls" / "ca.crt"
     rel = Path(request).resolve()
     console.print(f"\n[bold]{ENDPOINT}[/] answered through Envoy (served by {served}): {answer}\n")
+    console.print(
+        "(The commands below run in this checkout's environment: `source .venv/bin/activate`, "
+        "or prefix them with `uv run`.)",
+        highlight=False,
+    )
     console.print(f"Scoring URI:   {uri}")
     console.print(f"Get the key:   sluice online-endpoint get-credentials -n {ENDPOINT}")
     console.print(
