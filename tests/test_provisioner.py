@@ -8,7 +8,7 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 import psutil
@@ -252,3 +252,30 @@ def test_kubernetes_deployment_without_a_cluster_fails_saying_so(
         "Failed",
     )
     assert "set SLUICE_KUBECONFIG" in doc.meta.status_message
+
+
+async def test_status_transitions_are_published(
+    provisioner: RunningService, client: RegistryClient, trained_examples: Path, nats_broker: Any
+) -> None:
+    import asyncio
+    import json as _json
+
+    from nats.js.api import ConsumerConfig, DeliverPolicy
+
+    await asyncio.to_thread(deploy, client, trained_examples)
+    await asyncio.to_thread(wait_for, lambda: settled(client), "blue to settle")
+    settings = provisioner.settings
+    sub = await nats_broker.connection.jetstream().pull_subscribe(
+        f"{settings.events_subject_prefix}.>",
+        durable="transitions-test",
+        stream=settings.events_stream,
+        config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+    )
+    kinds: list[str] = []
+    for msg in await sub.fetch(50, timeout=5):
+        body = _json.loads(msg.data)
+        if body["data"].get("name") == "blue":
+            kinds.append(body["type"].removeprefix("sluice."))
+    assert kinds[0] == "deployment.created"
+    assert kinds.index("deployment.provisioning") < kinds.index("instance.ready")
+    assert kinds.index("instance.ready") < kinds.index("deployment.ready")

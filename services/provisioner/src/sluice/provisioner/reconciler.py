@@ -192,6 +192,10 @@ class DeploymentWorker:
                 else ProvisioningState.provisioning
             )
             await self._ctx.store.set_state(self.key, version, state)
+            await self._ctx.events.publish(
+                "deployment", state.value.lower(), endpoint=self.endpoint,
+                deployment=self.name, version=version,
+            )  # fmt: skip
         try:
             self.generation = await self._generation(doc)
         except PrepareError as exc:
