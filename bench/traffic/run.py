@@ -45,6 +45,7 @@ from sluice.common.components import (
 from sluice.common.events import ensure_events_stream, parse_envelope
 from sluice.common.grpc_server import GrpcServer
 from sluice.common.health import HttpCheck
+from sluice.common.log import configure_logging
 from sluice.common.mongo import create_mongo_client
 from sluice.common.settings import EnvoySettings, Settings
 from sluice.common.supervisor import ProcessSpec, Supervisor, free_port
@@ -322,6 +323,7 @@ def wait_routed(port: int) -> None:
 
 
 def main() -> None:
+    configure_logging(level="warning")  # the in-process ADS server would log every push
     with tempfile.TemporaryDirectory(prefix="sluice-bench-traffic-") as tmp:
         root = Path(tmp)
         sup = Supervisor(root / "logs")
