@@ -68,3 +68,25 @@ def test_object_names_are_dns_labels() -> None:
     name = object_name("a" * 40, "b" * 40)
     assert len(name) <= 63 and not name.endswith("-")
     assert object_name("My_Endpoint", "Blue") == "my-endpoint-blue"
+
+
+def test_target_utilization_becomes_a_horizontal_pod_autoscaler() -> None:
+    from sluice.common.resources import ScaleSettings
+
+    scaled = doc(
+        scale_settings=ScaleSettings(
+            type="target_utilization",
+            min_instances=2,
+            max_instances=6,
+            target_utilization_percentage=65,
+        )
+    )
+    objects = render(scaled, ClusterSettings())
+    for obj in objects:
+        kubernetes_validate.validate(obj, kubernetes_validate.latest_version(), strict=True)
+    deployment, _, hpa = objects
+    assert "replicas" not in deployment["spec"]
+    assert hpa["kind"] == "HorizontalPodAutoscaler"
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 6)
+    target = hpa["spec"]["metrics"][0]["resource"]["target"]
+    assert target == {"type": "Utilization", "averageUtilization": 65}

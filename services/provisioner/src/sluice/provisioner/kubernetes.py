@@ -93,7 +93,7 @@ def render(doc: OnlineDeploymentDoc, cluster: ClusterSettings) -> list[dict[str,
     resources = {k: v for k, v in spec.resources.model_dump().items() if v}
     if resources:
         container["resources"] = resources
-    deployment = {
+    deployment: dict[str, Any] = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {
@@ -136,7 +136,37 @@ def render(doc: OnlineDeploymentDoc, cluster: ClusterSettings) -> list[dict[str,
             "ports": [{"name": "http", "port": INFERENCE_PORT, "targetPort": "http"}],
         },
     }
-    return [deployment, service]
+    objects = [deployment, service]
+    scale = spec.scale_settings
+    if scale.type == "target_utilization":
+        # Azure's kubernetes target_utilization is a CPU target: the cluster's HPA does it.
+        objects.append(
+            {
+                "apiVersion": "autoscaling/v2",
+                "kind": "HorizontalPodAutoscaler",
+                "metadata": {"name": name, "namespace": cluster.namespace, "labels": labels},
+                "spec": {
+                    "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+                    "minReplicas": max(1, scale.min_instances),
+                    "maxReplicas": scale.max_instances,
+                    "metrics": [
+                        {
+                            "type": "Resource",
+                            "resource": {
+                                "name": "cpu",
+                                "target": {
+                                    "type": "Utilization",
+                                    "averageUtilization": scale.target_utilization_percentage,
+                                },
+                            },
+                        }
+                    ],
+                },
+            }
+        )
+        # The autoscaler owns the replica count from now on.
+        del deployment["spec"]["replicas"]
+    return objects
 
 
 class KubernetesBackend:
