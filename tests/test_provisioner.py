@@ -279,3 +279,49 @@ async def test_status_transitions_are_published(
     assert kinds[0] == "deployment.created"
     assert kinds.index("deployment.provisioning") < kinds.index("instance.ready")
     assert kinds.index("instance.ready") < kinds.index("deployment.ready")
+
+
+def test_target_utilization_scales_out_under_load_and_back_in(
+    provisioner: RunningService, client: RegistryClient, trained_examples: Path
+) -> None:
+    import threading
+
+    script = trained_examples / "online/model-1/onlinescoring/score.py"
+    script.write_text(
+        "import time\n\ndef init():\n    pass\n\n"
+        "def run(raw):\n    started = time.perf_counter()\n"
+        "    while time.perf_counter() - started < 0.02:\n        pass\n    return 1\n"
+    )
+    deploy(
+        client,
+        trained_examples,
+        sets=(
+            "scale_settings.type=target_utilization",
+            "scale_settings.min_instances=1",
+            "scale_settings.max_instances=2",
+            "scale_settings.target_utilization_percentage=30",
+            "scale_settings.polling_interval=1",
+            "request_settings.max_concurrent_requests_per_instance=1",
+        ),
+    )
+    (first,) = wait_for(lambda: settled(client), "blue to settle").instances
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client() as http:
+            while not stop.is_set():
+                http.post(f"http://{first.address}/score", content=b"{}", timeout=5)
+
+    worker = threading.Thread(target=load, daemon=True)
+    worker.start()
+    try:
+        wait_for(
+            lambda: len([i for i in state(client).instances if i.ready]) == 2,
+            "a second instance under load",
+            timeout=60,
+        )
+    finally:
+        stop.set()
+        worker.join(timeout=10)
+    wait_for(lambda: len(state(client).instances) == 1, "scale back in once idle", timeout=60)
+    assert state(client).meta.provisioning_state is ProvisioningState.succeeded

@@ -13,7 +13,7 @@ import os
 import signal
 import subprocess
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -43,9 +43,16 @@ class LocalInstance:
     log_path: Path
     started_at: datetime
     memory_limit: int
+    workers: int = 1
     ready: bool = False
     liveness_failures: int = 0
     readiness_failures: int = 0
+    # The last measurement (see `measure`): CPU % over the previous interval, resident bytes.
+    cpu_percent: float = 0.0
+    rss_bytes: int = 0
+    measured: bool = False
+    _procs: dict[int, psutil.Process] = field(default_factory=dict)
+    _readings: int = 0
 
     @property
     def address(self) -> str:
@@ -63,6 +70,28 @@ class LocalInstance:
             return int(psutil.Process(self.process.pid).memory_info().rss)
         except psutil.Error:
             return 0
+
+    def measure(self) -> None:
+        """Refresh `cpu_percent` (100 = one core, since the previous call) and `rss_bytes`
+        of the instance and its worker processes."""
+        usage = self._usage()
+        if usage is not None:
+            self.cpu_percent, self.rss_bytes = usage
+            # The first CPU reading has nothing to compare with (it reads 0): not a measurement.
+            self.measured = bool(self._procs) and self._readings > 0
+            self._readings += 1
+
+    def _usage(self) -> tuple[float, int] | None:
+        try:
+            root = self._procs.setdefault(self.process.pid, psutil.Process(self.process.pid))
+            for child in root.children(recursive=True):
+                self._procs.setdefault(child.pid, child)
+            live = [p for p in self._procs.values() if p.is_running()]
+            cpu = sum(p.cpu_percent(interval=None) for p in live)
+            rss = sum(p.memory_info().rss for p in live)
+        except psutil.Error:
+            return None
+        return cpu, rss
 
 
 @dataclass(frozen=True)
@@ -198,6 +227,7 @@ class LocalBackend:
             log_path=log_path,
             started_at=datetime.now(UTC),
             memory_limit=instance_type.memory_bytes,
+            workers=workers,
         )
 
     async def probe(self, instance: LocalInstance, path: str, timeout_s: float) -> bool:

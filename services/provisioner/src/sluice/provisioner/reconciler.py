@@ -29,8 +29,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-
 from sluice.common.artifacts import ArtifactError, ArtifactStore
 from sluice.common.log import get_logger
 from sluice.common.resources import (
@@ -40,6 +38,7 @@ from sluice.common.resources import (
     OnlineDeploymentDoc,
     ProvisioningState,
 )
+from sluice.provisioner.autoscaler import Autoscaler
 from sluice.provisioner.catalogue import Catalogue, InstanceType, UnknownInstanceType
 from sluice.provisioner.environments import EnvironmentBuilder, EnvironmentError_
 from sluice.provisioner.events import ProvisionerEvents
@@ -54,6 +53,7 @@ IDLE_TICK_S = 1.0
 DRAIN_S = 1.0
 LOG_LINES_IN_ERRORS = 20
 USAGE_EVERY_S = 5.0
+MEASURE_EVERY_S = 1.0
 
 
 class PrepareError(Exception):
@@ -95,6 +95,9 @@ class DeploymentWorker:
         self._last_liveness: dict[str, float] = {}
         self._last_usage = 0.0
         self._kubernetes = False
+        self._autoscaler: Autoscaler | None = None
+        self._last_autoscale = 0.0
+        self._last_measure = 0.0
         self.done = False
 
     def wake(self) -> None:
@@ -130,6 +133,8 @@ class DeploymentWorker:
             return
         await self._reap(doc)
         await self._probe(doc)
+        self._measure()
+        self._autoscale(doc)
         if self.failed_version != version and self.generation is not None:
             await self._scale(self.generation)
         await self._publish_instances()
@@ -303,7 +308,7 @@ class DeploymentWorker:
                     await self._replace(inst, f"failed liveness {inst.liveness_failures} times")
 
     async def _scale(self, gen: Generation) -> None:
-        desired = gen.doc.spec.instance_count
+        desired = self._desired_count(gen.doc)
         current = [i for i in self.instances if i.spec_version == gen.version]
         old = [i for i in self.instances if i.spec_version != gen.version]
         starting = [i for i in current if not i.ready]
@@ -367,6 +372,59 @@ class DeploymentWorker:
         for inst in list(self.instances):
             await self._stop(inst, reason)
 
+    # ---- autoscaling (scale_settings: target_utilization) -----------------------------------
+
+    def _measure(self) -> None:
+        """One CPU/memory measurement per instance per second, shared by autoscaling and
+        the usage samples."""
+        now = time.monotonic()
+        if now - self._last_measure < MEASURE_EVERY_S:
+            return
+        self._last_measure = now
+        for inst in self.instances:
+            inst.measure()
+
+    def _desired_count(self, doc: OnlineDeploymentDoc) -> int:
+        if doc.spec.scale_settings.type != "target_utilization":
+            return doc.spec.instance_count
+        if self._autoscaler is None:
+            scale = doc.spec.scale_settings
+            start = min(max(doc.spec.instance_count, scale.min_instances, 1), scale.max_instances)
+            self._autoscaler = Autoscaler(desired=start)
+        scale = doc.spec.scale_settings
+        return min(max(self._autoscaler.desired, scale.min_instances, 1), scale.max_instances)
+
+    def _autoscale(self, doc: OnlineDeploymentDoc) -> None:
+        scale = doc.spec.scale_settings
+        if scale.type != "target_utilization":
+            self._autoscaler = None
+            return
+        now = time.monotonic()
+        if now - self._last_autoscale < scale.polling_interval_s:
+            return
+        self._last_autoscale = now
+        serving = [
+            i
+            for i in self.instances
+            if i.ready and i.spec_version == doc.meta.version and i.measured
+        ]
+        if not serving:
+            return
+        busy = sum(i.cpu_percent for i in serving)
+        capacity = sum(100 * i.workers for i in serving)
+        utilization = busy / capacity
+        before = self._desired_count(doc)
+        assert self._autoscaler is not None
+        after = self._autoscaler.poll(utilization, scale)
+        if after != before:
+            log.info(
+                "autoscaled",
+                deployment=self.key,
+                utilization=round(utilization, 3),
+                instances_before=before,
+                instances_after=after,
+            )
+
     # ---- reporting ---------------------------------------------------------------------------
 
     async def _publish_instances(self) -> None:
@@ -387,7 +445,7 @@ class DeploymentWorker:
         old_left = [i for i in self.instances if i.spec_version != version]
         if (
             self._succeeded_version != version
-            and len(current_ready) >= doc.spec.instance_count
+            and len(current_ready) >= self._desired_count(doc)
             and not old_left
         ):
             self._succeeded_version = version
@@ -418,9 +476,8 @@ class DeploymentWorker:
             return
         self._last_usage = now
         for inst in self.instances:
-            sample = usage_sample(inst)
-            if sample is not None:
-                await self._ctx.events.usage(self.endpoint, self.name, sample)
+            if inst.measured:
+                await self._ctx.events.usage(self.endpoint, self.name, usage_sample(inst))
 
 
 # Fields that can change without restarting instances.
@@ -432,21 +489,14 @@ def _same_runtime(old: OnlineDeploymentDoc, new: OnlineDeploymentDoc) -> bool:
     return old.spec.model_dump(include=keep) == new.spec.model_dump(include=keep)
 
 
-def usage_sample(inst: LocalInstance) -> dict[str, object] | None:
+def usage_sample(inst: LocalInstance) -> dict[str, object]:
     """CPU % and resident memory of an instance and its worker processes."""
-    try:
-        root = psutil.Process(inst.process.pid)
-        procs = [root, *root.children(recursive=True)]
-        cpu = sum(p.cpu_percent(interval=None) for p in procs)
-        rss = sum(p.memory_info().rss for p in procs)
-    except psutil.Error:
-        return None
     return {
         "instance": inst.id,
         "endpoint": inst.endpoint,
         "deployment": inst.deployment,
-        "cpu_percent": round(cpu, 1),
-        "rss_bytes": rss,
+        "cpu_percent": round(inst.cpu_percent, 1),
+        "rss_bytes": inst.rss_bytes,
         "memory_limit_bytes": inst.memory_limit,
         "time": time.time(),
     }

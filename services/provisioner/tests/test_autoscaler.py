@@ -1,0 +1,34 @@
+"""The autoscaling rule (HPA's): proportional, bounded, quick out, slow in."""
+
+from __future__ import annotations
+
+from sluice.common.resources import ScaleSettings
+from sluice.provisioner.autoscaler import SCALE_IN_POLLS, Autoscaler, wanted
+
+SCALE = ScaleSettings(
+    type="target_utilization", min_instances=1, max_instances=5, target_utilization_percentage=50
+)
+
+
+def test_wanted_is_proportional_and_bounded() -> None:
+    assert wanted(2, 1.0, SCALE) == 4  # twice the target: twice the instances
+    assert wanted(2, 0.52, SCALE) == 2  # within 10% of the target: no change
+    assert wanted(4, 0.1, SCALE) == 1
+    assert wanted(4, 5.0, SCALE) == 5  # never above max_instances
+    assert wanted(3, 0.0, SCALE) == 1  # never below min_instances
+
+
+def test_scale_out_at_once_scale_in_after_a_streak() -> None:
+    scaler = Autoscaler(desired=1)
+    assert scaler.poll(1.0, SCALE) == 2
+    for _ in range(SCALE_IN_POLLS - 1):
+        assert scaler.poll(0.05, SCALE) == 2
+    assert scaler.poll(0.05, SCALE) == 1
+
+
+def test_a_busy_poll_breaks_the_scale_in_streak() -> None:
+    scaler = Autoscaler(desired=3)
+    for _ in range(SCALE_IN_POLLS - 1):
+        scaler.poll(0.05, SCALE)
+    scaler.poll(0.5, SCALE)
+    assert scaler.poll(0.05, SCALE) == 3
