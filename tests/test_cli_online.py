@@ -182,3 +182,31 @@ def test_make_up_demo_then_traffic_and_invoke(
     assert unknown.returncode == 1 and "HTTP 404" in unknown.stderr
     again = cli.ok("demo")  # idempotent: keeps what exists
     assert "answered through Envoy" in again.stdout
+
+
+def test_open_inference_protocol_through_the_gateway(local_platform: PlatformState) -> None:
+    """KServe/Triton-style clients: `POST /v2/models/<deployment>/infer` through Envoy."""
+    from sluice.common.settings import Settings
+    from sluice.sdk.client import RegistryClient
+    from sluice.sdk.invoke import GatewayTarget, send
+
+    Cli(local_platform, Path.cwd()).ok("demo")  # my-endpoint with blue and green
+    with RegistryClient.connect(Settings(state_dir=local_platform.state_dir)) as client:
+        key = client.get_credentials("my-endpoint").primary_key
+    request = {"inputs": [{"name": "x", "shape": [1, 10], "datatype": "FP64",
+                           "data": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]}]}  # fmt: skip
+    status, headers, body = send(
+        GatewayTarget.of_platform(local_platform),
+        host=f"my-endpoint.{local_platform.domain}",
+        path="/v2/models/green/infer",
+        body=json.dumps(request).encode(),
+        headers=[
+            ("Authorization", f"Bearer {key}"),
+            ("Content-Type", "application/json"),
+            ("azureml-model-deployment", "green"),
+        ],
+    )
+    assert status == 200, body
+    output = json.loads(body)["outputs"][0]
+    assert output["name"] == "predict" and output["shape"] == [1]
+    assert dict((k.lower(), v) for k, v in headers)["azureml-model-deployment"] == "green"

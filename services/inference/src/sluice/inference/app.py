@@ -8,6 +8,8 @@ Routes (Azure's, plus readiness and the Open Inference Protocol's health):
     GET  /v2/health/ready    the same as /ready, in OIP form
     POST /score              run(); GET /score passes the query parameters
     GET  /swagger.json       when the script declares a schema (404 otherwise)
+    GET  /v2, /v2/models/<m>[/ready], POST /v2/models/<m>/infer
+                             the Open Inference Protocol around the same run() (oip.py)
 
 The server listens at once, so liveness answers while the script is imported
 and init() runs on a thread; /score answers 503 until then. A failing import
@@ -20,16 +22,19 @@ import asyncio
 import contextvars
 import gc
 import itertools
+import os
 import socket
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+import orjson
 import structlog
 from prometheus_client import CollectorRegistry
 
 from sluice.common.runtime import wait_for_shutdown_signal
+from sluice.inference import oip
 from sluice.inference.builtin import builtin_scorer
 from sluice.inference.config import ServerConfig
 from sluice.inference.dispatch import Dispatcher, Limits, Outcome
@@ -50,8 +55,9 @@ log = structlog.get_logger("sluice.inference")
 class InferenceApp:
     """Answers every HTTP request; scoring goes through the dispatcher once init() is done."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, model_name: str = "model") -> None:
         self.metrics = metrics
+        self.model_name = model_name
         self.scorer: Scorer | None = None
         self.dispatcher: Dispatcher | None = None
         self.swagger: bytes | None = None
@@ -78,6 +84,10 @@ class InferenceApp:
         if path == "/score":
             self._score(request, conn, request_id, started)
             return
+        oip_route = oip.route(path)
+        if oip_route is not None:
+            self._oip(oip_route, request, conn, request_id, started)
+            return
         if request.method != "GET":
             reply = json_reply(405, {"message": f"{request.method} is not allowed on {path}"})
         elif path in ("/", "/v2/health/live"):
@@ -86,6 +96,8 @@ class InferenceApp:
             reply = json_reply(200 if self.ready else 503, {"ready": self.ready})
         elif path == "/swagger.json":
             reply = self._swagger()
+        elif path == "/v2":
+            reply = Reply(200, [JSON], oip.server_metadata())
         else:
             reply = json_reply(404, {"message": f"no route {path}"})
         self._send(request, conn, request_id, started, "other", reply)
@@ -123,6 +135,61 @@ class InferenceApp:
                 log.error("reply_failed", request_id=rid, exc_info=exc)
                 answer = json_reply(500, {"message": f"cannot send run()'s answer: {exc}"})
             self._send(request, conn, rid, started, "/score", answer)
+
+        dispatcher.submit(call, finish)
+
+    def _oip(
+        self,
+        route: oip.OipRoute,
+        request: HttpRequest,
+        conn: Connection,
+        rid: str,
+        started: float,
+    ) -> None:
+        if route.model != self.model_name:
+            reply = json_reply(
+                404, {"error": f"no model {route.model!r}; this is {self.model_name!r}"}
+            )
+        elif route.action == "metadata":
+            reply = Reply(200, [JSON], oip.model_metadata(self.model_name))
+        elif route.action == "ready":
+            reply = json_reply(200 if self.ready else 503, {"ready": self.ready})
+        elif request.method != "POST":
+            reply = json_reply(405, {"error": "inference needs POST"})
+        else:
+            self._infer(request, conn, rid, started)
+            return
+        self._send(request, conn, rid, started, "/v2/infer", reply)
+
+    def _infer(self, request: HttpRequest, conn: Connection, rid: str, started: float) -> None:
+        """An OIP inference: tensors in, the same scorer, one output tensor out."""
+        scorer, dispatcher = self.scorer, self.dispatcher
+        refusal = self._refusal(request)
+        if refusal is not None or scorer is None or dispatcher is None:
+            self._send(request, conn, rid, started, "/v2/infer", refusal or NOT_READY)
+            return
+        try:
+            body, oip_id = oip.request_body(request.body)
+            scored = HttpRequest("POST", b"/score", request.headers, body, request.keep_alive)
+            call = scorer.prepare(scored)
+        except (oip.OipError, BadInput) as exc:
+            self.metrics.error("bad_input")
+            self._send(
+                request, conn, rid, started, "/v2/infer", json_reply(400, {"error": str(exc)})
+            )
+            return
+
+        def finish(outcome: Outcome) -> None:
+            answer = self._scored(outcome, rid)
+            if outcome.kind == "ok" and answer.status == 200:
+                try:
+                    value = orjson.loads(answer.body)
+                    answer = Reply(
+                        200, answer.headers, oip.response_body(self.model_name, value, oip_id)
+                    )
+                except orjson.JSONDecodeError:
+                    answer = json_reply(500, {"error": "run() did not answer JSON"})
+            self._send(request, conn, rid, started, "/v2/infer", answer)
 
         dispatcher.submit(call, finish)
 
@@ -219,6 +286,14 @@ def load_scorer(config: ServerConfig) -> Scorer:
     return scorer
 
 
+def model_name(model: Path | None) -> str:
+    """The model's name in OIP routes: the deployment's, else the model file's or folder's."""
+    deployment = os.environ.get("AZUREML_DEPLOYMENT_NAME")
+    if deployment:
+        return deployment
+    return model.stem if model is not None else "model"
+
+
 async def serve(config: ServerConfig, registry: CollectorRegistry | None = None) -> int:
     """Run the server until SIGTERM/SIGINT; return the process exit code."""
     loop = asyncio.get_running_loop()
@@ -226,7 +301,7 @@ async def serve(config: ServerConfig, registry: CollectorRegistry | None = None)
     metrics = Metrics(registry)
     if config.metrics_port and config.listen_fd is None:
         serve_metrics(config.host, config.metrics_port, registry)
-    app = InferenceApp(metrics)
+    app = InferenceApp(metrics, model_name(config.model))
     server = await loop.create_server(
         lambda: Connection(app.handle, config.max_payload_bytes),
         sock=_listening_socket(config),
