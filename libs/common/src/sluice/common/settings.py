@@ -67,8 +67,9 @@ class Settings(BaseSettings):
 
     # Where the provisioner caches built environments (default <state_dir>/envs).
     envs_dir: Path | None = None
-    # Kubernetes online deployments run on this cluster (unset: they fail, saying so).
-    kubeconfig: Path | None = None
+    # Kubernetes online deployments run on this cluster: a kubeconfig path, or "in-cluster"
+    # (the pod's service account). Unset: they fail, saying so.
+    kubeconfig: str | None = None
     kubernetes_namespace: str = "sluice"
     kubernetes_image: str = "sluice:dev"
 

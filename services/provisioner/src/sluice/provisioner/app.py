@@ -34,7 +34,7 @@ def kubernetes_backend(settings: Settings) -> KubernetesBackend | None:
     cluster = ClusterSettings(
         namespace=settings.kubernetes_namespace, image=settings.kubernetes_image
     )
-    return KubernetesBackend(str(settings.kubeconfig), cluster)
+    return KubernetesBackend(settings.kubeconfig, cluster)
 
 
 async def resync_forever(reconciler: Reconciler) -> None:

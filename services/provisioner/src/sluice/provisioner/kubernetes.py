@@ -18,6 +18,7 @@ from sluice.common.resources import OnlineDeploymentDoc, Probe
 INFERENCE_PORT = 5001
 ARTIFACTS_MOUNT = "/var/lib/sluice"
 MANAGED_BY = "sluice-provisioner"
+IN_CLUSTER = "in-cluster"  # SLUICE_KUBECONFIG value: use the pod's service account
 
 
 def object_name(endpoint: str, deployment: str) -> str:
@@ -30,7 +31,7 @@ def object_name(endpoint: str, deployment: str) -> str:
 class ClusterSettings:
     namespace: str = "sluice"
     image: str = "sluice:dev"
-    artifacts_claim: str = "sluice-artifacts"
+    artifacts_claim: str = "sluice-state"  # deploy/k8s/base/config.yaml
 
 
 def _probe(path: str, probe: Probe) -> dict[str, Any]:
@@ -175,7 +176,10 @@ class KubernetesBackend:
     def __init__(self, kubeconfig: str, cluster: ClusterSettings):
         from kubernetes import client, config  # imported only when a cluster is configured
 
-        config.load_kube_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+        if kubeconfig == IN_CLUSTER:
+            config.load_incluster_config()  # type: ignore[no-untyped-call]
+        else:
+            config.load_kube_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
         self._api = client.ApiClient()
         self._apps = client.AppsV1Api(self._api)
         self._core = client.CoreV1Api(self._api)
