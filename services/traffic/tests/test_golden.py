@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
-
+from sluice.common.supervisor import resolve_binary
 from sluice.traffic.domain import (
     Deployment,
     Endpoint,
@@ -89,9 +87,8 @@ def test_resources_match_the_golden_file() -> None:
 
 
 def test_envoy_accepts_the_configuration(tmp_path: Path) -> None:
-    envoy = shutil.which("envoy")
-    if envoy is None:
-        pytest.skip("no envoy binary (install the 'platform' dependency group)")
+    envoy = resolve_binary("envoy")
+    assert envoy, "envoy is installed by `make setup` (the 'platform' dependency group)"
     cert, key = ensure_local_certificate(tmp_path / "tls", "sluice.localhost")
     config = tmp_path / "static.json"
     config.write_text(json.dumps(static_bootstrap(snapshot(load_material(cert, key)))))

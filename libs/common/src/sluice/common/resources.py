@@ -9,9 +9,10 @@ here. Enumerations use Azure's spelling (`key`, `aml_token`, `Succeeded`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -19,6 +20,8 @@ ONLINE_ENDPOINTS = "online_endpoints"
 ONLINE_DEPLOYMENTS = "online_deployments"
 BATCH_ENDPOINTS = "batch_endpoints"
 BATCH_DEPLOYMENTS = "batch_deployments"
+
+DocT = TypeVar("DocT", bound=BaseModel)
 
 
 class AuthMode(StrEnum):
@@ -231,6 +234,11 @@ class BatchDeploymentDoc(_Model):
 def deployment_id(endpoint_name: str, name: str) -> str:
     """The `_id` of a deployment document: unique within its endpoint."""
     return f"{endpoint_name}/{name}"
+
+
+def from_document(model: type[DocT], raw: Mapping[str, Any]) -> DocT:
+    """A stored resource from its MongoDB document (the inverse of `to_document`)."""
+    return model.model_validate({k: v for k, v in raw.items() if k != "_id"})
 
 
 def to_document(doc: BaseModel, _id: str) -> dict[str, Any]:

@@ -127,6 +127,24 @@ class AzureEnvironment(_Azure):
     os_type: str | None = None
 
 
+def resolve_path(base: Path, value: str, field: str) -> Path:
+    """`value` relative to the YAML's folder `base`; it must exist."""
+    path = (base / value).resolve()
+    if not path.exists():
+        raise SpecError(f"{field}: {value!r} does not exist (looked for {path})")
+    return path
+
+
+def code_folder(base: Path, code: AzureCode) -> Path:
+    """The code folder, checked to hold the scoring script."""
+    folder = resolve_path(base, code.code, "code_configuration.code")
+    if not (folder / code.scoring_script).is_file():
+        raise SpecError(
+            f"code_configuration.scoring_script: {code.scoring_script!r} is not a file in {folder}"
+        )
+    return folder
+
+
 class _Resolver:
     """Resolves relative paths against the YAML's folder and uploads artifacts."""
 
@@ -135,10 +153,7 @@ class _Resolver:
         self._upload = upload
 
     def path(self, value: str, field: str) -> Path:
-        path = (self.base / value).resolve()
-        if not path.exists():
-            raise SpecError(f"{field}: {value!r} does not exist (looked for {path})")
-        return path
+        return resolve_path(self.base, value, field)
 
     def model(self, model: str | AzureModel | None) -> ModelRef:
         if model is None:
@@ -156,12 +171,7 @@ class _Resolver:
     def code(self, code: AzureCode | None) -> CodeConfiguration:
         if code is None:
             return CodeConfiguration()
-        folder = self.path(code.code, "code_configuration.code")
-        if not (folder / code.scoring_script).is_file():
-            raise SpecError(
-                f"code_configuration.scoring_script: {code.scoring_script!r} is not a file in "
-                f"{folder}"
-            )
+        folder = code_folder(self.base, code)
         return CodeConfiguration(code=self._upload(folder), scoring_script=code.scoring_script)
 
     def environment(self, env: str | AzureEnvironment | None) -> EnvironmentSpec:
@@ -550,26 +560,19 @@ def load_local_deployment(
 ) -> LocalFiles:
     data, warnings, source = _prepare(path, sets, {"name": name, "endpoint_name": endpoint_name})
     model: AzureOnlineDeployment = _validate(AzureOnlineDeployment, data, source)
-    resolve = _Resolver(
-        path.parent if path else Path.cwd(), lambda p: ArtifactRef(digest="", name="")
-    )
+    base = path.parent if path else Path.cwd()
     model_path: Path | None = None
     if isinstance(model.model, AzureModel) and model.model.path:
-        model_path = resolve.path(model.model.path, "model.path")
+        model_path = resolve_path(base, model.model.path, "model.path")
     elif isinstance(model.model, str) and not model.model.startswith("azureml:"):
-        model_path = resolve.path(model.model, "model")
+        model_path = resolve_path(base, model.model, "model")
     elif model.model is not None:
         warnings.append("a registered model cannot run locally; give the model's path")
     code = model.code_configuration
-    code_path = resolve.path(code.code, "code_configuration.code") if code else None
-    if code and code_path and not (code_path / code.scoring_script).is_file():
-        raise SpecError(
-            f"code_configuration.scoring_script: {code.scoring_script!r} is not a file "
-            f"in {code_path}"
-        )
+    code_path = code_folder(base, code) if code else None
     conda: Path | None = None
     if isinstance(model.environment, AzureEnvironment) and model.environment.conda_file:
-        conda = resolve.path(model.environment.conda_file, "environment.conda_file")
+        conda = resolve_path(base, model.environment.conda_file, "environment.conda_file")
     return LocalFiles(
         name=model.name,
         endpoint_name=model.endpoint_name,

@@ -16,7 +16,7 @@ from sluice.common.settings import Settings
 from sluice.provisioner.api import ProvisionerApi
 from sluice.provisioner.catalogue import Catalogue
 from sluice.provisioner.environments import EnvironmentBuilder
-from sluice.provisioner.events import ProvisionerEvents, RegistryEvents
+from sluice.provisioner.events import SOURCE, ProvisionerEvents, RegistryEvents
 from sluice.provisioner.kubernetes import ClusterSettings, KubernetesBackend
 from sluice.provisioner.local import LocalBackend
 from sluice.provisioner.reconciler import Context, Reconciler
@@ -61,7 +61,7 @@ async def serve(settings: Settings) -> None:
         environments = EnvironmentBuilder((settings.envs_dir or state_dir / "envs").absolute())
         publisher = EventPublisher(
             broker,
-            source="sluice/provisioner",
+            source=SOURCE,
             subject_prefix=settings.events_subject_prefix,
             stream=settings.events_stream,
         )

@@ -20,6 +20,7 @@ from sluice.common.resources import deployment_id
 
 log = get_logger(__name__)
 DURABLE = "provisioner"
+SOURCE = "sluice/provisioner"  # the CloudEvents source of what this service publishes
 
 
 class RegistryEvents:
@@ -68,13 +69,23 @@ class RegistryEvents:
             entity = msg.subject.removeprefix(self._prefix + ".").split(".")[0]
             with contextlib.suppress(ValueError):
                 envelope = parse_envelope(msg.data)
-                bind_correlation_id(envelope.correlationid)
-                data = envelope.data
-                if entity == "deployment":
-                    await on_deployment(deployment_id(str(data["endpoint"]), str(data["name"])))
-                elif entity == "endpoint":
-                    await on_endpoint(str(data["name"]))
+                # Our own progress reports would only wake the worker that sent them.
+                if envelope.source != SOURCE:
+                    bind_correlation_id(envelope.correlationid)
+                    await self._dispatch(entity, envelope.data, on_deployment, on_endpoint)
             await msg.ack()
+
+    @staticmethod
+    async def _dispatch(
+        entity: str,
+        data: dict[str, Any],
+        on_deployment: Callable[[str], Awaitable[None]],
+        on_endpoint: Callable[[str], Awaitable[None]],
+    ) -> None:
+        if entity == "deployment":
+            await on_deployment(deployment_id(str(data["endpoint"]), str(data["name"])))
+        elif entity == "endpoint":
+            await on_endpoint(str(data["name"]))
 
 
 class ProvisionerEvents:

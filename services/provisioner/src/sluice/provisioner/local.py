@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -64,12 +65,6 @@ class LocalInstance:
 
     def exit_code(self) -> int | None:
         return self.process.poll()
-
-    def rss(self) -> int:
-        try:
-            return int(psutil.Process(self.process.pid).memory_info().rss)
-        except psutil.Error:
-            return 0
 
     def measure(self) -> None:
         """Refresh `cpu_percent` (100 = one core, since the previous call) and `rss_bytes`
@@ -260,15 +255,16 @@ class LocalBackend:
                 child.kill()
 
 
-def reap_orphan(address: str) -> bool:
-    """Stop an inference server a previous provisioner left running at `address` (host:port).
+def reap_orphans(addresses: Collection[str]) -> set[str]:
+    """Stop inference servers a previous provisioner left listening at `addresses` (host:port).
 
     Only a process that listens there and runs our inference server (or a spare)
-    is stopped. Returns whether one was.
+    is stopped. Returns the addresses where one was.
     """
-    port = int(address.rsplit(":", 1)[1])
-    for conn in psutil.net_connections("tcp"):
-        if not (conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN):
+    ports = {int(address.rsplit(":", 1)[1]): address for address in addresses}
+    stopped: set[str] = set()
+    for conn in psutil.net_connections("tcp"):  # one scan of the socket table for all of them
+        if not (conn.laddr and conn.laddr.port in ports and conn.status == psutil.CONN_LISTEN):
             continue
         if not conn.pid:
             continue
@@ -279,8 +275,8 @@ def reap_orphan(address: str) -> bool:
                 for child in proc.children(recursive=True):
                     child.kill()
                 proc.kill()
-                return True
-    return False
+                stopped.add(ports[conn.laddr.port])
+    return stopped
 
 
 def _worker_count(requested: str | None, instance_type: InstanceType) -> int:

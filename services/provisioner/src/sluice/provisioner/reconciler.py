@@ -43,7 +43,7 @@ from sluice.provisioner.catalogue import Catalogue, InstanceType, UnknownInstanc
 from sluice.provisioner.environments import EnvironmentBuilder, EnvironmentError_
 from sluice.provisioner.events import ProvisionerEvents
 from sluice.provisioner.kubernetes import KubernetesBackend
-from sluice.provisioner.local import InstancePlan, LocalBackend, LocalInstance, reap_orphan, tail
+from sluice.provisioner.local import InstancePlan, LocalBackend, LocalInstance, reap_orphans, tail
 from sluice.provisioner.store import ProvisionerStore
 
 log = get_logger(__name__)
@@ -94,7 +94,7 @@ class DeploymentWorker:
         self._wake = asyncio.Event()
         self._last_liveness: dict[str, float] = {}
         self._last_usage = 0.0
-        self._kubernetes = False
+        self._applied_version: int | None = None  # kubernetes: the spec version on the cluster
         self._autoscaler: Autoscaler | None = None
         self._last_autoscale = 0.0
         self._last_measure = 0.0
@@ -154,19 +154,13 @@ class DeploymentWorker:
                 "SLUICE_KUBECONFIG (and SLUICE_KUBERNETES_NAMESPACE / _IMAGE) and restart it",
             )
             return
-        self._kubernetes = True
-        if self.generation is None or self.generation.version != version:
+        if self._applied_version != version:
             try:
                 await asyncio.to_thread(kube.apply, doc)
             except Exception as exc:  # the API server's answer is the reason to show
                 await self._fail(version, f"applying to the cluster failed: {exc}")
                 return
-            self.generation = Generation(
-                version,
-                doc,
-                InstancePlan("", None, None, None),
-                self._ctx.catalogue.resolve(doc.spec.instance_type),
-            )
+            self._applied_version = version
         ready = await asyncio.to_thread(kube.ready_replicas, self.endpoint, self.name)
         if ready >= doc.spec.instance_count and self._succeeded_version != version:
             address = kube.service_address(self.endpoint, self.name)
@@ -291,13 +285,14 @@ class DeploymentWorker:
                         inst.spec_version, f"instance {inst.id} was not ready within {deadline}s"
                     )
                 continue
+            if inst.rss_bytes > inst.memory_limit:  # measured once a second by _measure
+                await self._replace(inst, f"memory above {inst.memory_limit} bytes")
+                continue
             live = spec.liveness_probe
             if (
                 age < live.initial_delay_s
                 or now - self._last_liveness.get(inst.id, 0) < live.period_s
             ):
-                if inst.rss() > inst.memory_limit:
-                    await self._replace(inst, f"memory above {inst.memory_limit} bytes")
                 continue
             self._last_liveness[inst.id] = now
             if await self._ctx.backend.probe(inst, "/", live.timeout_s):
@@ -359,7 +354,7 @@ class DeploymentWorker:
         )  # fmt: skip
 
     async def _teardown(self) -> None:
-        if self._kubernetes and self._ctx.kubernetes is not None:
+        if self._applied_version is not None and self._ctx.kubernetes is not None:
             await asyncio.to_thread(self._ctx.kubernetes.delete, self.endpoint, self.name)
         if self.instances:
             await asyncio.sleep(DRAIN_S)  # the traffic controller drops the routes meanwhile
@@ -540,12 +535,12 @@ class Reconciler:
         A provisioner that was killed outright leaves its instances running; adopting
         them would mean trusting processes we did not start, so they are replaced.
         """
-        for key in await self._ctx.store.deployment_keys():
-            doc = await self._ctx.store.deployment(key)
-            if doc is None or not doc.instances:
-                continue
-            for inst in doc.instances:
-                if await asyncio.to_thread(reap_orphan, inst.address):
+        recorded = await self._ctx.store.recorded_instances()
+        addresses = {inst.address for instances in recorded.values() for inst in instances}
+        stopped = await asyncio.to_thread(reap_orphans, addresses)
+        for key, instances in recorded.items():
+            for inst in instances:
+                if inst.address in stopped:
                     log.warning("orphan_instance_stopped", deployment=key, instance=inst.id)
                 await self._ctx.store.instance_stopped(inst.id, "provisioner restarted")
             await self._ctx.store.set_instances(key, [])

@@ -17,6 +17,7 @@ from sluice.common.resources import (
     Instance,
     OnlineDeploymentDoc,
     ProvisioningState,
+    from_document,
     utcnow,
 )
 
@@ -35,10 +36,18 @@ class ProvisionerStore:
         raw = await self._deployments.find_one({"_id": key})
         if raw is None:
             return None
-        return OnlineDeploymentDoc.model_validate({k: v for k, v in raw.items() if k != "_id"})
+        return from_document(OnlineDeploymentDoc, raw)
 
     async def deployment_keys(self) -> list[str]:
         return [str(raw["_id"]) async for raw in self._deployments.find({}, {"_id": 1})]
+
+    async def recorded_instances(self) -> dict[str, list[Instance]]:
+        """The instances every deployment lists, by deployment key (one query)."""
+        found: dict[str, list[Instance]] = {}
+        async for raw in self._deployments.find({}, {"instances": 1}):
+            if raw.get("instances"):
+                found[str(raw["_id"])] = [Instance.model_validate(i) for i in raw["instances"]]
+        return found
 
     async def set_state(
         self, key: str, version: int, state: ProvisioningState, message: str = ""

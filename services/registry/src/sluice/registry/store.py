@@ -28,6 +28,7 @@ from sluice.common.resources import (
     BatchEndpointDoc,
     OnlineDeploymentDoc,
     OnlineEndpointDoc,
+    from_document,
     to_document,
 )
 from sluice.registry.domain import AlreadyExists, Conflict
@@ -61,7 +62,7 @@ class Collection(Generic[DocT]):
         self._foreign = foreign_fields | {"_id"}
 
     def _load(self, raw: Mapping[str, Any]) -> DocT:
-        return self._model.model_validate({k: v for k, v in raw.items() if k != "_id"})
+        return from_document(self._model, raw)
 
     async def insert(self, _id: str, doc: DocT) -> None:
         try:

@@ -22,6 +22,7 @@ from sluice.common.resources import (
     AuthMode,
     OnlineDeploymentDoc,
     OnlineEndpointDoc,
+    from_document,
     token_audience,
 )
 from sluice.common.secretbox import SecretBox, SecretBoxError
@@ -37,10 +38,6 @@ from sluice.traffic.domain import (
 )
 
 log = get_logger(__name__)
-
-
-def _load(model: type[Any], raw: Mapping[str, Any]) -> Any:
-    return model.model_validate({k: v for k, v in raw.items() if k != "_id"})
 
 
 class TrafficStore:
@@ -74,9 +71,9 @@ class TrafficStore:
         self, raw: Mapping[str, Any], deployment_raws: Iterable[Mapping[str, Any]]
     ) -> Endpoint | None:
         try:
-            doc: OnlineEndpointDoc = _load(OnlineEndpointDoc, raw)
+            doc: OnlineEndpointDoc = from_document(OnlineEndpointDoc, raw)
             docs: list[OnlineDeploymentDoc] = [
-                _load(OnlineDeploymentDoc, d) for d in deployment_raws
+                from_document(OnlineDeploymentDoc, d) for d in deployment_raws
             ]
             auth = self._auth(doc)
         except (ValueError, SecretBoxError, KeyError) as exc:

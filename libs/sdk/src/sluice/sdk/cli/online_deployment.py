@@ -117,14 +117,9 @@ def create(
         doc = client.create_online_deployment(loaded.spec)
         doc = _finish(client, doc, no_wait, "Created")
         if all_traffic:
+            current = client.get_online_endpoint(doc.spec.endpoint_name).doc.spec.traffic
             client.set_traffic(
-                doc.spec.endpoint_name,
-                {doc.spec.name: 100}
-                | {
-                    d.spec.name: 0
-                    for d in client.list_online_deployments(doc.spec.endpoint_name)
-                    if d.spec.name != doc.spec.name
-                },
+                doc.spec.endpoint_name, {name: 0 for name in current} | {doc.spec.name: 100}
             )
             err_console.print(
                 f"All traffic of {doc.spec.endpoint_name} now goes to {doc.spec.name}."
