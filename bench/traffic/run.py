@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from cryptography.fernet import Fernet
 from envoy.service.discovery.v3 import ads_pb2_grpc
 from faststream.nats import NatsBroker
 
@@ -39,8 +38,6 @@ from sluice.common.components import (
     ENVOY_BOOTSTRAP,
     envoy_spec,
     find_project_file,
-    mongo_spec,
-    nats_spec,
     python_service_spec,
     render_envoy_bootstrap,
 )
@@ -52,6 +49,7 @@ from sluice.common.mongo import create_mongo_client
 from sluice.common.settings import EnvoySettings, Settings
 from sluice.common.supervisor import ProcessSpec, Supervisor, free_port
 from sluice.common.testing.plugin import service_env
+from sluice.common.testing.stack import servers
 from sluice.traffic.domain import (
     Deployment,
     Endpoint,
@@ -369,81 +367,63 @@ def wait_routed(port: int) -> None:
 
 def main() -> None:
     configure_logging(level="warning")  # the in-process ADS server would log every push
-    with tempfile.TemporaryDirectory(prefix="sluice-bench-traffic-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="sluice-bench-traffic-") as tmp,
+        servers(Path(tmp)) as (sup, base),
+    ):
         root = Path(tmp)
-        sup = Supervisor(root / "logs")
-        try:
-            nats = sup.start(
-                nats_spec(
-                    host="127.0.0.1",
-                    port=free_port(),
-                    monitor_port=free_port(),
-                    data_dir=root / "nats",
-                )
-            )
-            mongo = sup.start(mongo_spec(host="127.0.0.1", port=free_port(), data_dir=None))
-            http_port, xds_port, inference_port = free_port(), free_port(), free_port()
-            settings = Settings(
-                state_dir=root / "state",
-                nats_url=nats.address,
-                mongodb_uri=mongo.address,
-                mongodb_database="bench",
-                secret_key=Fernet.generate_key().decode(),
-                envoy=EnvoySettings(http_port=http_port, https_port=free_port()),
-            )
-            settings = settings.model_copy(
-                update={"ports": settings.ports.model_copy(update={"xds": xds_port})}
-            )
-            inference = sup.start(
-                ProcessSpec(
-                    name="inference",
-                    argv=inference_argv(inference_port),
-                    health=HttpCheck(f"http://127.0.0.1:{inference_port}/ready"),
-                    env={**os.environ},
-                    ports=[inference_port],
-                )
-            )
-            env = {
-                **os.environ,
-                **service_env(settings),
-                "SLUICE_ENVOY__HTTP_PORT": str(http_port),
-                "SLUICE_ENVOY__HTTPS_PORT": str(settings.envoy.https_port),
-                "SLUICE_LOG_LEVEL": "info",
-                "SLUICE_TRAFFIC_DEBOUNCE_MS": "20",
+        http_port, xds_port, inference_port = free_port(), free_port(), free_port()
+        settings = base.model_copy(
+            update={
+                "mongodb_database": "bench",
+                "envoy": EnvoySettings(http_port=http_port, https_port=free_port()),
+                "ports": base.ports.model_copy(update={"xds": xds_port}),
             }
-            sup.start(
-                python_service_spec(
-                    name="traffic",
-                    module="sluice.traffic",
-                    host="127.0.0.1",
-                    port=xds_port,
-                    env=env,
-                    python=sys.executable,
-                )
+        )
+        inference = sup.start(
+            ProcessSpec(
+                name="inference",
+                argv=inference_argv(inference_port),
+                health=HttpCheck(f"http://127.0.0.1:{inference_port}/ready"),
+                env={**os.environ},
+                ports=[inference_port],
             )
-            envoy_pid = envoy_process(sup, root, "envoy", xds_port)
-            asyncio.run(setup_endpoint(settings, f"127.0.0.1:{inference_port}"))
-            wait_routed(http_port)
-            rows = ["| path | direct | through Envoy | |", "|---|---:|---:|---|"]
-            rows += measure_hop(
-                f"http://127.0.0.1:{inference_port}/score",
-                f"http://127.0.0.1:{http_port}/score",
-                f"bench.{DOMAIN}",
+        )
+        env = {
+            **os.environ,
+            **service_env(settings),
+            "SLUICE_ENVOY__HTTP_PORT": str(http_port),
+            "SLUICE_ENVOY__HTTPS_PORT": str(settings.envoy.https_port),
+            "SLUICE_LOG_LEVEL": "info",
+            "SLUICE_TRAFFIC_DEBOUNCE_MS": "20",
+        }
+        sup.start(
+            python_service_spec(
+                name="traffic",
+                module="sluice.traffic",
+                host="127.0.0.1",
+                port=xds_port,
+                env=env,
+                python=sys.executable,
             )
-            rows += measure_pinned(
-                f"http://127.0.0.1:{inference_port}/score",
-                f"http://127.0.0.1:{http_port}/score",
-                f"bench.{DOMAIN}",
-                inference.pid,
-                envoy_pid,
-            )
-            print("\n".join(rows), flush=True)
-            control = ["", "| control plane | | | | |", "|---|---|---|---|---|"]
-            control += asyncio.run(control_plane(root, sup, settings))
-            print("\n".join(control), flush=True)
-        finally:
-            sup.stop_all()
-
-
-if __name__ == "__main__":
-    main()
+        )
+        envoy_pid = envoy_process(sup, root, "envoy", xds_port)
+        asyncio.run(setup_endpoint(settings, f"127.0.0.1:{inference_port}"))
+        wait_routed(http_port)
+        rows = ["| path | direct | through Envoy | |", "|---|---:|---:|---|"]
+        rows += measure_hop(
+            f"http://127.0.0.1:{inference_port}/score",
+            f"http://127.0.0.1:{http_port}/score",
+            f"bench.{DOMAIN}",
+        )
+        rows += measure_pinned(
+            f"http://127.0.0.1:{inference_port}/score",
+            f"http://127.0.0.1:{http_port}/score",
+            f"bench.{DOMAIN}",
+            inference.pid,
+            envoy_pid,
+        )
+        print("\n".join(rows), flush=True)
+        control = ["", "| control plane | | | | |", "|---|---|---|---|---|"]
+        control += asyncio.run(control_plane(root, sup, settings))
+        print("\n".join(control), flush=True)

@@ -32,7 +32,7 @@ from sluice.common.components import (
     render_envoy_bootstrap,
 )
 from sluice.common.health import check_from_probe
-from sluice.common.settings import Settings
+from sluice.common.settings import ServicePorts, Settings, service_env
 from sluice.common.supervisor import (
     ProcessSpec,
     RunningProcess,
@@ -266,21 +266,15 @@ class LocalPlatform:
         self, nats_url: str, mongodb_uri: str, ports: dict[str, int]
     ) -> dict[str, str]:
         s = self.settings
-        env = {
-            "SLUICE_STATE_DIR": str(self.state_dir),
-            "SLUICE_HOST": s.host,
-            "SLUICE_DOMAIN": s.domain,
-            "SLUICE_NATS_URL": nats_url,
-            "SLUICE_MONGODB_URI": mongodb_uri,
-            "SLUICE_MONGODB_DATABASE": s.mongodb_database,
-            "SLUICE_ADMIN_TOKEN": self.admin_token(),
-            "SLUICE_SECRET_KEY": self.secret_key(),
-            "SLUICE_REGISTRY_ADDRESS": f"{s.host}:{ports['registry']}",
-            "SLUICE_LOG_FORMAT": "json",
-            "SLUICE_LOG_LEVEL": s.log_level,
-            "SLUICE_ENVOY__HTTP_PORT": str(s.envoy.http_port),
-            "SLUICE_ENVOY__HTTPS_PORT": str(s.envoy.https_port),
-            "SLUICE_ENVOY__HTTP_ENABLED": str(s.envoy.http_enabled).lower(),
-        }
-        env.update({f"SLUICE_PORTS__{name.upper()}": str(port) for name, port in ports.items()})
-        return env
+        resolved = s.model_copy(
+            update={
+                "state_dir": self.state_dir,
+                "nats_url": nats_url,
+                "mongodb_uri": mongodb_uri,
+                "admin_token": self.admin_token(),
+                "secret_key": self.secret_key(),
+                "registry_address": f"{s.host}:{ports['registry']}",
+                "ports": ServicePorts(**ports),
+            }
+        )
+        return service_env(resolved)

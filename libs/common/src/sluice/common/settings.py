@@ -80,3 +80,34 @@ class Settings(BaseSettings):
     @property
     def logs_dir(self) -> Path:
         return self.state_dir / "logs"
+
+
+def service_env(settings: Settings) -> dict[str, str]:
+    """The SLUICE_* environment that makes a service process run with `settings`.
+
+    What `sluice up`, the test harness and the benchmarks give the services they start.
+    """
+    env = {
+        "SLUICE_STATE_DIR": str(settings.state_dir),
+        "SLUICE_HOST": settings.host,
+        "SLUICE_DOMAIN": settings.domain,
+        "SLUICE_NATS_URL": settings.nats_url or "",
+        "SLUICE_MONGODB_URI": settings.mongodb_uri or "",
+        "SLUICE_MONGODB_DATABASE": settings.mongodb_database,
+        "SLUICE_EVENTS_STREAM": settings.events_stream,
+        "SLUICE_EVENTS_SUBJECT_PREFIX": settings.events_subject_prefix,
+        "SLUICE_ADMIN_TOKEN": settings.admin_token or "",
+        "SLUICE_SECRET_KEY": settings.secret_key or "",
+        "SLUICE_LOG_FORMAT": "json",
+        "SLUICE_LOG_LEVEL": settings.log_level,
+        "SLUICE_ENVOY__HTTP_PORT": str(settings.envoy.http_port),
+        "SLUICE_ENVOY__HTTPS_PORT": str(settings.envoy.https_port),
+        "SLUICE_ENVOY__HTTP_ENABLED": str(settings.envoy.http_enabled).lower(),
+    }
+    if settings.registry_address:
+        env["SLUICE_REGISTRY_ADDRESS"] = settings.registry_address
+    if settings.envs_dir is not None:
+        env["SLUICE_ENVS_DIR"] = str(settings.envs_dir)
+    for field in type(settings.ports).model_fields:
+        env[f"SLUICE_PORTS__{field.upper()}"] = str(getattr(settings.ports, field))
+    return env

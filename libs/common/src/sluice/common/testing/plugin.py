@@ -39,6 +39,7 @@ from sluice.common.events import ensure_events_stream
 from sluice.common.mongo import Document, create_mongo_client
 from sluice.common.platform import LocalPlatform, PlatformState
 from sluice.common.settings import EnvoySettings, ServicePorts, Settings
+from sluice.common.settings import service_env as settings_service_env
 from sluice.common.supervisor import RunningProcess, Supervisor, free_port, stop_process
 
 SERVER_FIXTURES = {
@@ -197,26 +198,8 @@ def local_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platfor
 
 
 def service_env(settings: Settings) -> dict[str, str]:
-    """The SLUICE_* environment a service process needs to run with `settings`."""
-    env = {
-        "SLUICE_STATE_DIR": str(settings.state_dir),
-        "SLUICE_HOST": settings.host,
-        "SLUICE_DOMAIN": settings.domain,
-        "SLUICE_NATS_URL": settings.nats_url or "",
-        "SLUICE_MONGODB_URI": settings.mongodb_uri or "",
-        "SLUICE_MONGODB_DATABASE": settings.mongodb_database,
-        "SLUICE_EVENTS_STREAM": settings.events_stream,
-        "SLUICE_EVENTS_SUBJECT_PREFIX": settings.events_subject_prefix,
-        "SLUICE_ADMIN_TOKEN": settings.admin_token or "",
-        "SLUICE_SECRET_KEY": settings.secret_key or "",
-        "SLUICE_LOG_FORMAT": "json",
-        "SLUICE_LOG_LEVEL": "debug",
-    }
-    if settings.envs_dir is not None:
-        env["SLUICE_ENVS_DIR"] = str(settings.envs_dir)
-    for field in type(settings.ports).model_fields:
-        env[f"SLUICE_PORTS__{field.upper()}"] = str(getattr(settings.ports, field))
-    return env
+    """The environment of a service a test starts: `settings`, logging at debug level."""
+    return {**settings_service_env(settings), "SLUICE_LOG_LEVEL": "debug"}
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,8 @@ from pathlib import Path
 from cryptography.fernet import Fernet
 
 from sluice.common.components import mongo_spec, nats_spec, python_service_spec
-from sluice.common.settings import Settings
+from sluice.common.settings import Settings, service_env
 from sluice.common.supervisor import Supervisor, free_port
-from sluice.common.testing.plugin import service_env
 
 
 @contextmanager
@@ -57,7 +56,7 @@ def start_services(supervisor: Supervisor, settings: Settings, names: Sequence[s
     """Start `python -m sluice.<name>` for each name on a free port; the updated settings."""
     ports = settings.ports.model_copy(update={name: free_port() for name in names})
     settings = settings.model_copy(update={"ports": ports})
-    env = {**os.environ, **service_env(settings), "SLUICE_LOG_LEVEL": settings.log_level}
+    env = {**os.environ, **service_env(settings)}
     for name in names:
         supervisor.start(
             python_service_spec(
