@@ -119,7 +119,7 @@ def deployed_bootstraps() -> dict[str, str]:
 def test_deployed_envoy_bootstraps_match_the_local_one(where: str) -> None:
     local = _without_xds_address(yaml.safe_load(BOOTSTRAP.read_text()))
     deployed = _without_xds_address(yaml.safe_load(deployed_bootstraps()[where]))
-    assert deployed == local
+    assert deployed == local, "out of step: run `uv run python scripts/gen_envoy_bootstraps.py`"
 
 
 @pytest.mark.parametrize("where", ["local", "compose", "k8s"])

@@ -210,6 +210,15 @@ class GrpcServer:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("grpc_server_started", address=self.address, services=self._service_names)
 
+    async def set_serving(self, service: str, serving: bool) -> None:
+        """Report one more health `service` (e.g. "a gateway is connected") as up or down."""
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        await self._health.set(service, status)
+
     async def stop(self, grace: float = 5.0) -> None:
         """Report NOT_SERVING, let in-flight calls finish for `grace` seconds, then stop."""
         await self._health.enter_graceful_shutdown()

@@ -23,7 +23,7 @@ from sluice.traffic.jwks import RegistryJwks
 from sluice.traffic.settings import TrafficSettings
 from sluice.traffic.store import TrafficStore
 from sluice.traffic.tls import ensure_local_certificate, load_material
-from sluice.traffic.xds.server import SERVICE_NAME, AdsServer
+from sluice.traffic.xds.server import GATEWAY_HEALTH, SERVICE_NAME, AdsServer
 
 log = get_logger(__name__)
 JWKS_WAIT_S = 3.0  # at start, how long to wait for the registry before serving without keys
@@ -82,7 +82,8 @@ async def serve(settings: Settings, traffic: TrafficSettings) -> None:
             subject_prefix=settings.events_subject_prefix,
             stream=settings.events_stream,
         )
-        ads = AdsServer()
+        # `server` exists before the first Envoy can connect (it is started below).
+        ads = AdsServer(on_connected=lambda up: server.set_serving(GATEWAY_HEALTH, up))
         jwks = RegistryJwks(settings.registry_address, settings.admin_token)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(jwks.refresh(), JWKS_WAIT_S)

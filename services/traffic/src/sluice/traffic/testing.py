@@ -28,6 +28,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from sluice.common.components import python_service_spec
 from sluice.common.events import EventPublisher
+from sluice.common.health import GrpcHealthCheck
 from sluice.common.mongo import Document
 from sluice.common.resources import (
     ONLINE_DEPLOYMENTS,
@@ -49,6 +50,7 @@ from sluice.common.settings import EnvoySettings, Settings
 from sluice.common.supervisor import RunningProcess, Supervisor, stop_process
 from sluice.common.testing.plugin import EnvoyGateway, service_env
 from sluice.sdk.invoke import GatewayTarget, send
+from sluice.traffic.xds.server import GATEWAY_HEALTH
 
 Headers = list[tuple[str, str]]
 
@@ -209,6 +211,10 @@ def start_controller(
         python=sys.executable,
     )
     process = supervisor.start(spec)
+    # Started is not enough: the session Envoy must have opened its stream to *this* controller
+    # (it re-connects within about a second of the previous one stopping).
+    gateway = GrpcHealthCheck(f"127.0.0.1:{envoy.xds_port}", service=GATEWAY_HEALTH)
+    eventually(gateway, bool, deadline_s=10)
     return Traffic(
         settings=settings,
         process=process,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -38,6 +38,9 @@ from sluice.traffic.xds.snapshot import (
 
 log = get_logger(__name__)
 SERVICE_NAME = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+# A grpc.health.v1 service name that is SERVING while at least one Envoy is connected (its
+# stream open and its node known): what `sluice status` and the test harness wait on.
+GATEWAY_HEALTH = "sluice.traffic.Gateway"
 PHASE_ACK_TIMEOUT_S = 5.0
 
 
@@ -96,11 +99,13 @@ class Result:
 class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
     """Serves the current snapshot to every connected Envoy (one writer for all of them)."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_connected: Callable[[bool], Awaitable[None]] | None = None) -> None:
         self._snapshot: Snapshot | None = None
         self._streams: set[Stream] = set()
         self._changed = asyncio.Condition()
         self._stream_ids = itertools.count(1)
+        self._on_connected = on_connected
+        self._connected = False
 
     # ---- what the controller uses ------------------------------------------------------
 
@@ -111,6 +116,15 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
     @property
     def streams(self) -> int:
         return len(self._streams)
+
+    async def _report_connected(self) -> None:
+        """Tell `on_connected` when the first Envoy arrives and when the last one leaves."""
+        connected = any(stream.node for stream in self._streams)
+        if connected != self._connected:
+            self._connected = connected
+            log.info("gateway_connected" if connected else "gateway_disconnected")
+            if self._on_connected is not None:
+                await self._on_connected(connected)
 
     def set_snapshot(self, snapshot: Snapshot) -> None:
         """Make `snapshot` current and push it to every stream (checked by the caller)."""
@@ -171,6 +185,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             reader.cancel()
             self._streams.discard(stream)
             await self._notify()
+            await self._report_connected()
             log.info("xds_stream_closed", stream=stream.id, node=stream.node)
 
     async def DeltaAggregatedResources(  # noqa: N802 - the proto's method name
@@ -196,6 +211,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
     async def _on_request(self, stream: Stream, request: Any) -> None:
         if request.node.id and not stream.node:
             stream.node = request.node.id
+            await self._report_connected()
         stream.requests += 1
         type_url = request.type_url
         sub = stream.subs.setdefault(type_url, Subscription())

@@ -1,0 +1,48 @@
+"""Write the compose and Kubernetes copies of Envoy's bootstrap from deploy/envoy/bootstrap.yaml.
+
+The three differ only in where the ADS cluster points (`traffic:18000`, found by DNS).
+`tests/test_deploy.py` fails when a copy is out of step; run this after editing the local one:
+
+    uv run python scripts/gen_envoy_bootstraps.py
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCAL = ROOT / "deploy" / "envoy" / "bootstrap.yaml"
+COMPOSE = ROOT / "deploy" / "compose" / "envoy.yaml"
+K8S = ROOT / "deploy" / "k8s" / "base" / "envoy.yaml"
+COMPOSE_HEADER = (
+    "# Envoy bootstrap for deploy/compose: the same as deploy/envoy/bootstrap.yaml with the\n"
+    "# ADS cluster pointing at the `traffic` service (scripts/gen_envoy_bootstraps.py writes it).\n"
+)
+
+
+def deployed(local: dict[str, Any]) -> dict[str, Any]:
+    """The local bootstrap with the ADS cluster found by DNS at `traffic:18000`."""
+    config = copy.deepcopy(local)
+    xds = config["static_resources"]["clusters"][0]
+    xds["type"] = "STRICT_DNS"
+    endpoint = xds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+    endpoint["address"]["socket_address"].update(address="traffic", port_value=18000)
+    return config
+
+
+def main() -> None:
+    text = yaml.safe_dump(deployed(yaml.safe_load(LOCAL.read_text())), sort_keys=False)
+    COMPOSE.write_text(COMPOSE_HEADER + text)
+    docs = list(yaml.safe_load_all(K8S.read_text()))
+    config_map = next(d for d in docs if d["kind"] == "ConfigMap")
+    config_map["data"]["bootstrap.yaml"] = text
+    head = K8S.read_text().split("\n", 1)[0]
+    K8S.write_text(head + "\n" + yaml.safe_dump_all(docs, sort_keys=False))
+
+
+if __name__ == "__main__":
+    main()
