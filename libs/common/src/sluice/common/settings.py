@@ -6,11 +6,24 @@ A port of 0 means "pick a free loopback port at start-up".
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_state_dir() -> Path:
+    """Where the platform keeps its state when `SLUICE_STATE_DIR` is unset.
+
+    One per user, independent of the current folder, so `sluice` finds the platform it
+    started from anywhere (Azure's CLI has no notion of a project folder either):
+    `$XDG_STATE_HOME/sluice`, else `~/.local/state/sluice`.
+    """
+    xdg = os.environ.get("XDG_STATE_HOME", "")
+    base = Path(xdg) if Path(xdg).is_absolute() else Path.home() / ".local" / "state"
+    return base / "sluice"
 
 
 class EnvoySettings(BaseModel):
@@ -35,7 +48,7 @@ class Settings(BaseSettings):
         env_prefix="SLUICE_", env_nested_delimiter="__", extra="ignore"
     )
 
-    state_dir: Path = Path(".sluice")
+    state_dir: Path = Field(default_factory=default_state_dir)
     host: str = "127.0.0.1"
     # Scoring hosts are <endpoint>.<domain>; *.localhost resolves to loopback everywhere.
     domain: str = "sluice.localhost"

@@ -1,9 +1,10 @@
 """Python client for the registry's gRPC API.
 
 `RegistryClient.connect()` finds the local platform (address and admin token
-from `.sluice/`) unless `SLUICE_REGISTRY_ADDRESS` / `SLUICE_ADMIN_TOKEN` say
-otherwise. Every call raises `SluiceError` with the server's message on
-failure; the resource models of `sluice.common.resources` go in and come out.
+from the per-user state folder, `sluice.common.settings.default_state_dir()`)
+unless `SLUICE_REGISTRY_ADDRESS` / `SLUICE_ADMIN_TOKEN` say otherwise. Every call
+raises `SluiceError` with the server's message on failure; the resource
+models of `sluice.common.resources` go in and come out.
 """
 
 from __future__ import annotations
@@ -100,8 +101,9 @@ class RegistryClient:
             if state is None or not state.registry_address:
                 raise SluiceError(
                     "UNAVAILABLE",
-                    "the platform is not running: start it with `sluice up` "
-                    "(or set SLUICE_REGISTRY_ADDRESS)",
+                    f"the platform is not running (no platform in {platform.state_dir}): "
+                    "start it with `sluice up`, or set SLUICE_STATE_DIR to the folder of "
+                    "a running one (or SLUICE_REGISTRY_ADDRESS)",
                 )
             address = state.registry_address
         token = settings.admin_token

@@ -41,10 +41,16 @@ def up(output: OutputFormat = OutputOption) -> None:
 
 def status(output: OutputFormat = OutputOption) -> None:
     """Show each component of the local platform and whether it is healthy."""
-    components = LocalPlatform(Settings()).status()
+    platform = LocalPlatform(Settings())
+    components = platform.status()
     if not components:
-        err_console.print("The platform is not running (start it with `sluice up`).")
+        err_console.print(
+            f"No platform runs from {platform.state_dir} (start it with `sluice up`, "
+            "or set SLUICE_STATE_DIR to the folder of a running one).",
+            markup=False,
+        )
         raise typer.Exit(code=3)
+    err_console.print(f"Platform in {platform.state_dir}", markup=False)
     rows = [
         {
             "component": c.name,
