@@ -44,6 +44,21 @@ class MetricsStub:
                 request_serializer=sluice_dot_v1_dot_metrics__pb2.GetCostsRequest.SerializeToString,
                 response_deserializer=sluice_dot_v1_dot_metrics__pb2.CostReport.FromString,
                 _registered_method=True)
+        self.CreateAlertRule = channel.unary_unary(
+                '/sluice.v1.Metrics/CreateAlertRule',
+                request_serializer=sluice_dot_v1_dot_metrics__pb2.AlertRule.SerializeToString,
+                response_deserializer=sluice_dot_v1_dot_metrics__pb2.AlertRule.FromString,
+                _registered_method=True)
+        self.ListAlertRules = channel.unary_unary(
+                '/sluice.v1.Metrics/ListAlertRules',
+                request_serializer=sluice_dot_v1_dot_metrics__pb2.ListAlertRulesRequest.SerializeToString,
+                response_deserializer=sluice_dot_v1_dot_metrics__pb2.ListAlertRulesResponse.FromString,
+                _registered_method=True)
+        self.DeleteAlertRule = channel.unary_unary(
+                '/sluice.v1.Metrics/DeleteAlertRule',
+                request_serializer=sluice_dot_v1_dot_metrics__pb2.DeleteAlertRuleRequest.SerializeToString,
+                response_deserializer=sluice_dot_v1_dot_metrics__pb2.DeleteAlertRuleResponse.FromString,
+                _registered_method=True)
 
 
 class MetricsServicer:
@@ -61,6 +76,24 @@ class MetricsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateAlertRule(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAlertRules(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteAlertRule(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MetricsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -73,6 +106,21 @@ def add_MetricsServicer_to_server(servicer, server):
                     servicer.GetCosts,
                     request_deserializer=sluice_dot_v1_dot_metrics__pb2.GetCostsRequest.FromString,
                     response_serializer=sluice_dot_v1_dot_metrics__pb2.CostReport.SerializeToString,
+            ),
+            'CreateAlertRule': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateAlertRule,
+                    request_deserializer=sluice_dot_v1_dot_metrics__pb2.AlertRule.FromString,
+                    response_serializer=sluice_dot_v1_dot_metrics__pb2.AlertRule.SerializeToString,
+            ),
+            'ListAlertRules': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAlertRules,
+                    request_deserializer=sluice_dot_v1_dot_metrics__pb2.ListAlertRulesRequest.FromString,
+                    response_serializer=sluice_dot_v1_dot_metrics__pb2.ListAlertRulesResponse.SerializeToString,
+            ),
+            'DeleteAlertRule': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteAlertRule,
+                    request_deserializer=sluice_dot_v1_dot_metrics__pb2.DeleteAlertRuleRequest.FromString,
+                    response_serializer=sluice_dot_v1_dot_metrics__pb2.DeleteAlertRuleResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -129,6 +177,87 @@ class Metrics:
             '/sluice.v1.Metrics/GetCosts',
             sluice_dot_v1_dot_metrics__pb2.GetCostsRequest.SerializeToString,
             sluice_dot_v1_dot_metrics__pb2.CostReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateAlertRule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sluice.v1.Metrics/CreateAlertRule',
+            sluice_dot_v1_dot_metrics__pb2.AlertRule.SerializeToString,
+            sluice_dot_v1_dot_metrics__pb2.AlertRule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAlertRules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sluice.v1.Metrics/ListAlertRules',
+            sluice_dot_v1_dot_metrics__pb2.ListAlertRulesRequest.SerializeToString,
+            sluice_dot_v1_dot_metrics__pb2.ListAlertRulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteAlertRule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sluice.v1.Metrics/DeleteAlertRule',
+            sluice_dot_v1_dot_metrics__pb2.DeleteAlertRuleRequest.SerializeToString,
+            sluice_dot_v1_dot_metrics__pb2.DeleteAlertRuleResponse.FromString,
             options,
             channel_credentials,
             insecure,

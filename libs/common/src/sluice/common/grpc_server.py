@@ -1,7 +1,8 @@
 """gRPC aio server bootstrap shared by every Sluice service.
 
 Gives each service: the standard health service (grpc.health.v1), server
-reflection, an interceptor that binds a correlation id and logs each call,
+reflection, Prometheus counts and timings of every call (method, code), an
+interceptor that binds a correlation id and logs each call,
 optional bearer-token authentication, and a graceful stop.
 """
 
@@ -18,6 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from sluice.common.log import bind_correlation_id, get_logger
+from sluice.common.prometheus import GRPC_CALLS, GRPC_SECONDS
 
 CORRELATION_HEADER = "x-correlation-id"
 ACTOR_KEY = "actor"
@@ -117,6 +119,57 @@ def _log_call(method: str, context: grpc.aio.ServicerContext, started: float) ->
     )
 
 
+def _code_name(context: grpc.aio.ServicerContext) -> str:
+    code = context.code()
+    return code.name if isinstance(code, grpc.StatusCode) else "OK"
+
+
+class GrpcMetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Counts and times every call of the server it is installed on."""
+
+    async def intercept_service(
+        self, continuation: Continuation, details: grpc.HandlerCallDetails
+    ) -> Handler | None:
+        handler = await continuation(details)
+        if handler is None:
+            return handler
+        method = details.method
+
+        def done(context: grpc.aio.ServicerContext, started: float, failed: bool) -> None:
+            code = "UNKNOWN" if failed and _code_name(context) == "OK" else _code_name(context)
+            GRPC_CALLS.labels(method, code).inc()
+            GRPC_SECONDS.labels(method).observe(time.perf_counter() - started)
+
+        def around(behaviour: Any) -> Any:
+            if _is_streaming_response(handler):
+
+                async def streaming(
+                    request: Any, context: grpc.aio.ServicerContext
+                ) -> AsyncIterator[Any]:
+                    started, failed = time.perf_counter(), True
+                    try:
+                        async for item in behaviour(request, context):
+                            yield item
+                        failed = False
+                    finally:
+                        done(context, started, failed)
+
+                return streaming
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                started, failed = time.perf_counter(), True
+                try:
+                    result = await behaviour(request, context)
+                    failed = False
+                    return result
+                finally:
+                    done(context, started, failed)
+
+            return unary
+
+        return _wrap(handler, around)
+
+
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Rejects calls without `authorization: Bearer <token>` with UNAUTHENTICATED.
 
@@ -124,16 +177,17 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     default "admin") is only trusted once the token matched.
     """
 
-    def __init__(self, token: str):
+    def __init__(self, token: str, public: Sequence[str] = ()):
         if not token:
             raise ValueError("an admin token is required")
         self._expected = f"Bearer {token}".encode()
+        self._public = (*PUBLIC_PREFIXES, *public)
 
     async def intercept_service(
         self, continuation: Continuation, details: grpc.HandlerCallDetails
     ) -> Handler | None:
         handler = await continuation(details)
-        if handler is None or details.method.startswith(PUBLIC_PREFIXES):
+        if handler is None or details.method.startswith(self._public):
             return handler
         given = _metadata(details).get("authorization", "").encode()
         if hmac.compare_digest(given, self._expected):
@@ -185,11 +239,18 @@ class GrpcServer:
         service_names: Sequence[str],
         register: Callable[[grpc.aio.Server], None],
         admin_token: str | None = None,
+        public_services: Sequence[str] = (),
         extra_interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
     ):
-        interceptors: list[grpc.aio.ServerInterceptor] = [CorrelationInterceptor()]
+        """`public_services` need no admin token (besides health and reflection): callers
+        that cannot send one, such as Envoy's access-log stream."""
+        interceptors: list[grpc.aio.ServerInterceptor] = [
+            GrpcMetricsInterceptor(),
+            CorrelationInterceptor(),
+        ]
         if admin_token:
-            interceptors.append(BearerTokenInterceptor(admin_token))
+            public = [f"/{name}/" for name in public_services]
+            interceptors.append(BearerTokenInterceptor(admin_token, public))
         interceptors.extend(extra_interceptors)
         self._server = grpc.aio.server(interceptors=interceptors)
         self._health = health.aio.HealthServicer()

@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     kubernetes_namespace: str = "sluice"
     kubernetes_image: str = "sluice:dev"
 
+    # Where the service serves Prometheus' /metrics over HTTP (0 = a free port; unset = off).
+    prometheus_port: int | None = None
+
     log_level: str = "info"
     log_format: Literal["auto", "console", "json"] = "auto"
     service_name: str = "sluice"

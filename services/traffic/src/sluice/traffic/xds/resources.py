@@ -28,6 +28,7 @@ from collections.abc import Iterable
 
 from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
+from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
 from envoy.config.core.v3 import (
     address_pb2,
     base_pb2,
@@ -54,6 +55,8 @@ from envoy.extensions.transport_sockets.tls.v3 import common_pb2 as tls_common_p
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.matcher.v3 import metadata_pb2, string_pb2, value_pb2
+from envoy.type.metadata.v3 import metadata_pb2 as metadata_key_pb2
+from envoy.type.tracing.v3 import custom_tag_pb2
 from envoy.type.v3 import percent_pb2
 from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
 from google.protobuf.message import Message
@@ -80,6 +83,17 @@ JWT_PROVIDER = "sluice"
 JWT_REQUIREMENT = "endpoint-token"
 JWT_PAYLOAD_KEY = "jwt_payload"
 CATCH_ALL_VHOST = "sluice_catch_all"
+# Attribution for the metrics service: every cluster and endpoint route carries
+# `filter_metadata["sluice"] = {endpoint, deployment}`, and the access loggers copy it into
+# custom tags, so access-log entries name their deployment without parsing resource names.
+METADATA_NAMESPACE = "sluice"
+TAG_ENDPOINT = "sluice.endpoint"  # from the upstream cluster (the deployment that served)
+TAG_DEPLOYMENT = "sluice.deployment"
+TAG_ROUTE_ENDPOINT = "sluice.route_endpoint"  # from the route: also for Envoy's own replies
+TAG_MIRROR = "sluice.mirror"  # "1" on the entries of mirrored copies
+# Envoy logs a mirrored copy only through the router's upstream log, which also sees every
+# primary attempt; this header, set on the copies alone, selects them.
+MIRROR_HEADER = "x-sluice-mirror"
 
 # Azure's gateway answers a model's non-2xx with 424 and passes the model's status on in
 # headers (SPEC "Invocation"). Only upstream answers carry x-envoy-upstream-service-time,
@@ -138,6 +152,12 @@ def _socket(host: str, port: int) -> address_pb2.Address:
     )
 
 
+def _metadata(**fields: str) -> base_pb2.Metadata:
+    values = struct_pb2.Struct()
+    values.update(fields)
+    return base_pb2.Metadata(filter_metadata={METADATA_NAMESPACE: values})
+
+
 # ---- clusters and endpoints ----------------------------------------------------------
 
 
@@ -159,6 +179,7 @@ def deployment_cluster(dep: Deployment) -> cluster_pb2.Cluster:
     limit = dep.max_in_flight
     return cluster_pb2.Cluster(
         name=dep.cluster,
+        metadata=_metadata(endpoint=dep.endpoint, deployment=dep.name),
         type=cluster_pb2.Cluster.EDS,
         eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(eds_config=_ads()),
         connect_timeout=_s(1),
@@ -367,6 +388,7 @@ def endpoint_routes(ep: Endpoint, prefix: str | None) -> list[route_components_p
             route_components_pb2.Route(
                 name=f"{tag}/pin/{dep.name}",
                 match=_match(prefix, pin),
+                metadata=_metadata(endpoint=ep.name, deployment=dep.name),
                 route=_action(
                     timeout_ms=dep.request_timeout_ms, prefix=prefix, cluster=dep.cluster
                 ),
@@ -379,6 +401,7 @@ def endpoint_routes(ep: Endpoint, prefix: str | None) -> list[route_components_p
     routes.append(
         _protected_not_found(
             f"{tag}/pin/unknown",
+            ep.name,
             _match(prefix, any_pin),
             f"endpoint {ep.name!r} has no deployment of the name given in the "
             f"{DEPLOYMENT_HEADER} header",
@@ -390,10 +413,11 @@ def endpoint_routes(ep: Endpoint, prefix: str | None) -> list[route_components_p
 
 
 def _protected_not_found(
-    name: str, match: object, message: str, filters: dict[str, any_pb2.Any]
+    name: str, endpoint: str, match: object, message: str, filters: dict[str, any_pb2.Any]
 ) -> route_components_pb2.Route:
     """A 404 that still requires the endpoint's credentials (no probing deployment names)."""
     route = _not_found(name, match, message)
+    route.metadata.CopyFrom(_metadata(endpoint=endpoint))
     route.typed_per_filter_config.clear()
     for key, value in filters.items():
         route.typed_per_filter_config[key].CopyFrom(value)
@@ -410,6 +434,7 @@ def _default_route(
     if not ep.traffic:
         return _protected_not_found(
             f"{tag}/split",
+            ep.name,
             _match(prefix),
             f"endpoint {ep.name!r} has no deployment with traffic above 0%: set traffic, or "
             f"name a deployment in the {DEPLOYMENT_HEADER} header",
@@ -438,11 +463,17 @@ def _default_route(
                     ),
                     runtime_key=f"sluice.mirror.{ep.name}",
                 ),
+                request_headers_mutations=[
+                    mutation_rules_pb2.HeaderMutation(
+                        append=_header(MIRROR_HEADER, "1"),
+                    )
+                ],
             )
         )
     return route_components_pb2.Route(
         name=f"{tag}/split",
         match=_match(prefix),
+        metadata=_metadata(endpoint=ep.name),
         route=_action(
             timeout_ms=ep.split_timeout_ms(), prefix=prefix, weighted=weighted, mirror=mirror
         ),
@@ -490,6 +521,8 @@ def route_configuration(
         name=ROUTE_CONFIG,
         virtual_hosts=[*vhosts, catch_all],
         validate_clusters=wrappers_pb2.BoolValue(value=False),
+        # Only the mirror policy sets it: a client's copy must not pass as a mirrored one.
+        request_headers_to_remove=[MIRROR_HEADER],
     )
 
 
@@ -561,23 +594,67 @@ def local_replies() -> hcm_pb2.LocalReplyConfig:
     )
 
 
-def _als(target: Listen) -> accesslog_pb2.AccessLog:
+def _metadata_tag(tag: str, kind: metadata_key_pb2.MetadataKind, key: str) -> object:
+    return custom_tag_pb2.CustomTag(
+        tag=tag,
+        metadata=custom_tag_pb2.CustomTag.Metadata(
+            kind=kind,
+            metadata_key=metadata_key_pb2.MetadataKey(
+                key=METADATA_NAMESPACE,
+                path=[metadata_key_pb2.MetadataKey.PathSegment(key=key)],
+            ),
+        ),
+    )
+
+
+def _attribution_tags(*, mirror: bool) -> list[object]:
+    cluster = metadata_key_pb2.MetadataKind(cluster=metadata_key_pb2.MetadataKind.Cluster())
+    route = metadata_key_pb2.MetadataKind(route=metadata_key_pb2.MetadataKind.Route())
+    tags = [
+        _metadata_tag(TAG_ENDPOINT, cluster, "endpoint"),
+        _metadata_tag(TAG_DEPLOYMENT, cluster, "deployment"),
+        _metadata_tag(TAG_ROUTE_ENDPOINT, route, "endpoint"),
+    ]
+    if mirror:
+        tags.append(
+            custom_tag_pb2.CustomTag(
+                tag=TAG_MIRROR, literal=custom_tag_pb2.CustomTag.Literal(value="1")
+            )
+        )
+    return tags
+
+
+def _als(target: Listen, *, mirror: bool = False) -> accesslog_pb2.AccessLog:
+    """The gRPC access log: the connection manager's (one entry per client request), or with
+    `mirror` the router's upstream log restricted to mirrored copies (one per copy)."""
     config = als_pb2.HttpGrpcAccessLogConfig(
         common_config=als_pb2.CommonGrpcAccessLogConfig(
-            log_name="sluice_gateway",
+            log_name="sluice_mirror" if mirror else "sluice_gateway",
             grpc_service=grpc_service_pb2.GrpcService(
                 envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=ALS_CLUSTER)
             ),
             transport_api_version=config_source_pb2.V3,
             buffer_flush_interval=_s(1),
+            custom_tags=_attribution_tags(mirror=mirror),
         ),
         # Never the authorization header: keys and tokens stay out of access logs.
         additional_response_headers_to_log=[DEPLOYMENT_HEADER],
     )
-    return accesslog_pb2.AccessLog(name="envoy.access_loggers.http_grpc", typed_config=pack(config))
+    log = accesslog_pb2.AccessLog(name="envoy.access_loggers.http_grpc", typed_config=pack(config))
+    if mirror:
+        log.filter.CopyFrom(
+            accesslog_pb2.AccessLogFilter(
+                header_filter=accesslog_pb2.HeaderFilter(
+                    header=route_components_pb2.HeaderMatcher(
+                        name=MIRROR_HEADER, present_match=True
+                    )
+                )
+            )
+        )
+    return log
 
 
-def _http_filters(jwks: str) -> list[hcm_pb2.HttpFilter]:
+def _http_filters(jwks: str, als: Listen | None) -> list[hcm_pb2.HttpFilter]:
     jwt = jwt_pb2.JwtAuthentication(
         providers={
             JWT_PROVIDER: jwt_pb2.JwtProvider(
@@ -598,7 +675,10 @@ def _http_filters(jwks: str) -> list[hcm_pb2.HttpFilter]:
         hcm_pb2.HttpFilter(name=RBAC_FILTER, typed_config=pack(deny_all)),
         hcm_pb2.HttpFilter(name=LUA_FILTER, typed_config=pack(lua)),
         hcm_pb2.HttpFilter(
-            name="envoy.filters.http.router", typed_config=pack(router_pb2.Router())
+            name="envoy.filters.http.router",
+            typed_config=pack(
+                router_pb2.Router(upstream_log=[_als(als, mirror=True)] if als else [])
+            ),
         ),
     ]
 
@@ -608,7 +688,7 @@ def _connection_manager(name: str, gateway: Gateway) -> hcm_pb2.HttpConnectionMa
         stat_prefix=name,
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
         rds=hcm_pb2.Rds(config_source=_ads(), route_config_name=ROUTE_CONFIG),
-        http_filters=_http_filters(gateway.jwks),
+        http_filters=_http_filters(gateway.jwks, gateway.als),
         local_reply_config=local_replies(),
         always_set_request_id_in_response=True,
         use_remote_address=wrappers_pb2.BoolValue(value=True),

@@ -1,0 +1,1 @@
+"""Sluice metrics & cost aggregator."""

@@ -1,0 +1,17 @@
+"""`python -m sluice.metrics`: load settings, configure logging, serve."""
+
+from sluice.common.log import configure_logging
+from sluice.common.runtime import run
+from sluice.common.settings import Settings
+from sluice.metrics.app import serve
+from sluice.metrics.settings import MetricsSettings
+
+
+def main() -> None:
+    settings = Settings(service_name="metrics")
+    configure_logging(level=settings.log_level, fmt=settings.log_format, service="metrics")
+    run(lambda: serve(settings, MetricsSettings()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""Alert rules: a metric of an endpoint or deployment, aggregated over a window, compared
+with a threshold; true for `for_s` seconds it fires, false again it resolves.
+
+Rules and their state live in MongoDB (`alert_rules`), so a restart neither forgets
+a firing alert nor fires it twice. Firing and resolving publish CloudEvents
+`sluice.alert.fired` / `sluice.alert.resolved` (subject: the rule's name) on
+`<prefix>.alert.fired|resolved`, with the value that decided it.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from pymongo.asynchronous.database import AsyncDatabase
+
+from sluice.common.events import EventPublisher
+from sluice.common.log import get_logger
+from sluice.common.mongo import Document
+from sluice.metrics import query
+from sluice.metrics.store import MetricsStore
+
+log = get_logger(__name__)
+ALERT_RULES = "alert_rules"
+ACTOR = "sluice/metrics"
+METRICS = tuple(query.Step(0).values(60))  # the Azure names a rule can watch
+AGGREGATIONS: dict[str, Callable[[list[float]], float]] = {
+    "avg": lambda v: sum(v) / len(v),
+    "min": min,
+    "max": max,
+    "total": sum,
+    "count": lambda v: float(len(v)),
+}
+OPERATORS: dict[str, Callable[[float, float], bool]] = {
+    ">": operator.gt,
+    ">=": operator.ge,
+    "<": operator.lt,
+    "<=": operator.le,
+    "==": operator.eq,
+    "!=": operator.ne,
+}
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+
+
+class RuleError(ValueError):
+    """A rule that cannot be evaluated; the message names the field and what is allowed."""
+
+
+def validate(rule: Document, bucket_s: int) -> None:
+    if not NAME.match(rule["name"]):
+        raise RuleError(
+            f"name {rule['name']!r} must be 1-63 letters, digits, '-' or '_', starting with a "
+            "letter or digit"
+        )
+    if rule["metric"] not in METRICS:
+        raise RuleError(f"unknown metric {rule['metric']!r}: use one of {', '.join(METRICS)}")
+    if rule["aggregation"] not in AGGREGATIONS:
+        raise RuleError(
+            f"unknown aggregation {rule['aggregation']!r}: use one of {', '.join(AGGREGATIONS)}"
+        )
+    if rule["operator"] not in OPERATORS:
+        raise RuleError(f"unknown operator {rule['operator']!r}: use one of {' '.join(OPERATORS)}")
+    if not rule["endpoint"]:
+        raise RuleError("scope.endpoint is required")
+    if rule["window_s"] < bucket_s:
+        raise RuleError(
+            f"window {rule['window_s']}s is shorter than the metrics' {bucket_s}s granularity"
+        )
+    if rule["for_s"] < 0:
+        raise RuleError(f"for {rule['for_s']}s must not be negative")
+
+
+def evaluate(docs: list[Document], rule: Document, now: float, bucket_s: int) -> float | None:
+    """The rule's aggregated value over its window (None: no data to compare)."""
+    series = query.steps(docs, step_s=bucket_s, total_only=not rule["deployment"])
+    steps = series.get(rule["deployment"] or query.ENDPOINT_TOTAL, {})
+    oldest = now - rule["window_s"]
+    oldest -= oldest % bucket_s
+    values = [
+        v
+        for start, step in steps.items()
+        if start >= oldest and (v := step.values(bucket_s)[rule["metric"]]) is not None
+    ]
+    if rule["aggregation"] in ("total", "count") and not values:
+        return 0.0
+    return AGGREGATIONS[rule["aggregation"]](values) if values else None
+
+
+class AlertRules:
+    """Storage of the rules and their state."""
+
+    def __init__(self, db: AsyncDatabase[Document]):
+        self._rules = db[ALERT_RULES]
+
+    async def create(self, rule: Document) -> Document:
+        doc = {**rule, "_id": rule["name"], "state": "ok", "state_since": None, "last_value": None}
+        await self._rules.insert_one(doc)
+        return doc
+
+    async def list(self, endpoint: str | None = None) -> list[Document]:
+        found = self._rules.find({"endpoint": endpoint} if endpoint else {}).sort("_id", 1)
+        return [doc async for doc in found]
+
+    async def delete(self, name: str) -> bool:
+        return (await self._rules.delete_one({"_id": name})).deleted_count == 1
+
+    async def set_state(self, name: str, state: str, since: datetime | None, value: Any) -> None:
+        await self._rules.update_one(
+            {"_id": name}, {"$set": {"state": state, "state_since": since, "last_value": value}}
+        )
+
+
+class AlertEvaluator:
+    """Runs every rule once per call of `tick` (the aggregator calls it every few seconds)."""
+
+    def __init__(
+        self, rules: AlertRules, store: MetricsStore, publisher: EventPublisher, bucket_s: int
+    ):
+        self._rules = rules
+        self._store = store
+        self._publisher = publisher
+        self._bucket_s = bucket_s
+
+    async def tick(self, now: datetime | None = None) -> None:
+        now = now or datetime.now(UTC)
+        for rule in await self._rules.list():
+            try:
+                await self._one(rule, now)
+            except Exception as exc:  # one broken rule must not stop the others
+                log.warning("alert_rule_failed", rule=rule["_id"], error=str(exc))
+
+    async def _one(self, rule: Document, now: datetime) -> None:
+        epoch = now.timestamp()
+        start = datetime.fromtimestamp(epoch - rule["window_s"] - self._bucket_s, UTC)
+        end = datetime.fromtimestamp(epoch + self._bucket_s, UTC)
+        docs = await self._store.minutes(rule["endpoint"], rule["deployment"] or None, start, end)
+        value = evaluate(docs, rule, epoch, self._bucket_s)
+        breached = value is not None and OPERATORS[rule["operator"]](value, rule["threshold"])
+        state, since = rule["state"], rule.get("state_since")
+        if since is not None and since.tzinfo is None:
+            since = since.replace(tzinfo=UTC)
+        if breached and state == "ok":
+            state, since = "pending", now
+        held = since is not None and (now - since).total_seconds() >= rule["for_s"]
+        if breached and state == "pending" and held:
+            state, since = "firing", now
+            await self._publish("fired", rule, value)
+        if not breached and state == "firing":
+            await self._publish("resolved", rule, value)
+            state, since = "ok", now
+        elif not breached and state == "pending":
+            state, since = "ok", now
+        await self._rules.set_state(rule["_id"], state, since, value)
+
+    async def _publish(self, verb: str, rule: Document, value: float | None) -> None:
+        data = {
+            "rule": rule["_id"],
+            "metric": rule["metric"],
+            "endpoint": rule["endpoint"],
+            "deployment": rule["deployment"] or None,
+            "aggregation": rule["aggregation"],
+            "operator": rule["operator"],
+            "threshold": rule["threshold"],
+            "window_s": rule["window_s"],
+            "for_s": rule["for_s"],
+            "value": value,
+        }
+        await self._publisher.publish("alert", verb, subject=rule["_id"], data=data, actor=ACTOR)
+        log.info(f"alert_{verb}", **data)

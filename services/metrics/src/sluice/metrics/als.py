@@ -1,0 +1,102 @@
+"""Envoy's gRPC access-log service (envoy.service.accesslog.v3): entries -> minute buckets.
+
+The traffic controller puts `{endpoint, deployment}` metadata on every cluster and
+endpoint route, and tells Envoy's access loggers to copy it into custom tags
+(sluice.traffic.xds.resources). Attribution reads those tags only, never resource
+names. Entries of the router's mirror log carry the `sluice.mirror` tag: they count
+for the mirror target and as mirrored. Envoy's own replies before any upstream (401,
+404) carry only the route's endpoint and are kept under deployment "".
+
+Adding an entry is plain dictionary arithmetic on the event loop (no await), which
+is what keeps ingest above 30,000 entries/s on one core (bench/metrics).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+import grpc
+from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
+
+from sluice.common.log import get_logger
+from sluice.metrics.buckets import FAILURE_FLAGS, Buckets
+from sluice.metrics.sketch import key_of
+
+log = get_logger(__name__)
+SERVICE_NAME = "envoy.service.accesslog.v3.AccessLogService"
+# Set by the traffic controller (sluice.traffic.xds.resources.TAG_*).
+TAG_ENDPOINT = "sluice.endpoint"
+TAG_DEPLOYMENT = "sluice.deployment"
+TAG_ROUTE_ENDPOINT = "sluice.route_endpoint"
+TAG_MIRROR = "sluice.mirror"
+STATUS_CLASSES = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
+
+
+class IngestStats:
+    """Counters of the receiver itself, exported on /metrics."""
+
+    def __init__(self) -> None:
+        self.entries = 0
+        self.unattributed = 0  # no endpoint tag: requests for no endpoint (the catch-all 404)
+        self.streams = 0
+
+
+def _ms(duration: Any) -> float:
+    return float(duration.seconds * 1000.0 + duration.nanos / 1e6)
+
+
+def add_entries(buckets: Buckets, stats: IngestStats, entries: Iterable[Any]) -> None:
+    """Count HTTPAccessLogEntry messages into `buckets`."""
+    for entry in entries:
+        stats.entries += 1
+        common = entry.common_properties
+        tags = common.custom_tags
+        endpoint = tags.get(TAG_ENDPOINT) or tags.get(TAG_ROUTE_ENDPOINT)
+        if not endpoint:
+            stats.unattributed += 1
+            continue
+        deployment = tags.get(TAG_DEPLOYMENT, "")
+        bucket = buckets.get(endpoint, deployment, common.start_time.seconds, TAG_MIRROR in tags)
+        bucket.requests += 1
+        if common.HasField("time_to_last_downstream_tx_byte"):
+            latency = _ms(common.time_to_last_downstream_tx_byte)
+        else:  # the mirror log (upstream side): until the copy's answer was read
+            latency = _ms(common.time_to_last_upstream_rx_byte)
+        bucket.latency_sum_ms += latency
+        k = key_of(latency)
+        bucket.latency[k] = bucket.latency.get(k, 0) + 1
+        response = entry.response
+        code = response.response_code.value
+        cls = STATUS_CLASSES.get(code // 100, "0xx")  # 0: no response at all
+        bucket.status_class[cls] = bucket.status_class.get(cls, 0) + 1
+        scode = str(code)
+        bucket.status_code[scode] = bucket.status_code.get(scode, 0) + 1
+        request = entry.request
+        bucket.bytes_in += request.request_headers_bytes + request.request_body_bytes
+        bucket.bytes_out += response.response_headers_bytes + response.response_body_bytes
+        if code >= 400 or code == 0:
+            flags = common.response_flags
+            for flag, name in FAILURE_FLAGS.items():
+                if getattr(flags, flag):
+                    bucket.failures[name] = bucket.failures.get(name, 0) + 1
+
+
+class AccessLogReceiver(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[misc]
+    """Each Envoy worker holds one stream per log name; entries arrive in batches."""
+
+    def __init__(self, buckets: Buckets, stats: IngestStats):
+        self._buckets = buckets
+        self.stats = stats
+
+    async def StreamAccessLogs(  # noqa: N802 - the proto's method name
+        self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> Any:
+        self.stats.streams += 1
+        try:
+            async for message in request_iterator:
+                if message.HasField("http_logs"):
+                    add_entries(self._buckets, self.stats, message.http_logs.log_entry)
+        finally:
+            self.stats.streams -= 1
+        return als_pb2.StreamAccessLogsResponse()

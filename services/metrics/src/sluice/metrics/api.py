@@ -1,0 +1,289 @@
+"""gRPC face of the aggregator: metrics over a window at a step, costs, alert rules."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, NoReturn
+
+import grpc
+from google.protobuf import timestamp_pb2
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+from sluice.common.mongo import Document
+from sluice.common.resources import ONLINE_DEPLOYMENTS, ONLINE_ENDPOINTS, deployment_id
+from sluice.metrics import alerts, costs, query, sketch
+from sluice.metrics.store import MetricsStore
+from sluice.v1 import metrics_pb2, metrics_pb2_grpc
+
+MAX_POINTS = 50_000  # per series: 34 days at one minute
+
+
+class InvalidArgument(ValueError):
+    pass
+
+
+class NotFound(LookupError):
+    pass
+
+
+class AlreadyExists(ValueError):
+    pass
+
+
+def window_of(request_window: Any, *, default_s: float = 3600) -> tuple[datetime, datetime]:
+    """(start, end) of a TimeWindow; end defaults to now, start to end - `default_s`."""
+    now = datetime.now(UTC)
+    end = request_window.end.ToDatetime(UTC) if request_window.HasField("end") else now
+    if request_window.HasField("start"):
+        start = request_window.start.ToDatetime(UTC)
+    else:
+        start = datetime.fromtimestamp(end.timestamp() - default_s, UTC)
+    if start >= end:
+        raise InvalidArgument(
+            f"window start {start.isoformat()} is not before its end {end.isoformat()}"
+        )
+    return start, end
+
+
+def _timestamp(epoch: int) -> Any:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromSeconds(epoch)
+    return ts
+
+
+def point_of(deployment: str, step: query.Step, step_s: int) -> Any:
+    p50, p90, p95, p99 = step.quantiles()
+    values = step.values(step_s)
+    return metrics_pb2.MetricPoint(
+        time=_timestamp(step.start),
+        deployment_name=deployment,
+        requests=step.requests,
+        mirrored_requests=step.mirrored,
+        requests_per_minute=step.requests / (step_s / 60),
+        latency_avg_ms=values["RequestLatency"] or 0.0,
+        latency_p50_ms=p50 or 0.0,
+        latency_p90_ms=p90 or 0.0,
+        latency_p95_ms=p95 or 0.0,
+        latency_p99_ms=p99 or 0.0,
+        responses_by_status_class=step.status_class,
+        responses_by_status_code=step.status_code,
+        failures=step.failures,
+        bytes_in=step.bytes_in,
+        bytes_out=step.bytes_out,
+        instance_count=step.instance_count,
+        cpu_utilization_percent=values["CpuUtilizationPercentage"] or 0.0,
+        memory_utilization_percent=values["CpuMemoryUtilizationPercentage"] or 0.0,
+    )
+
+
+class MetricsQueries:
+    """The use cases behind the API (and the CLI through it)."""
+
+    def __init__(
+        self, db: AsyncDatabase[Document], store: MetricsStore, currency: str, bucket_s: int
+    ):
+        self._db = db
+        self._store = store
+        self._currency = currency
+        self._bucket_s = bucket_s
+
+    async def cost_report(self, request: Any) -> Any:
+        start, end = window_of(request.window, default_s=86400)
+        if request.deployment_name and not request.endpoint_name:
+            raise InvalidArgument("deployment_name needs endpoint_name")
+        if request.endpoint_name:
+            await self.check_scope(request.endpoint_name, request.deployment_name, for_costs=True)
+        records = await costs.history(
+            self._db, start, end, request.endpoint_name or None, request.deployment_name or None
+        )
+        lines = costs.cost_lines(records, start, end, datetime.now(UTC))
+        report = metrics_pb2.CostReport(
+            currency=self._currency,
+            lines=[
+                metrics_pb2.CostLine(
+                    endpoint_name=line.endpoint,
+                    deployment_name=line.deployment,
+                    instance_type=line.instance_type,
+                    instance_hours=line.instance_hours,
+                    hourly_price=line.hourly_price,
+                    cost=line.cost,
+                    kind=line.kind,
+                    running_instances=line.running,
+                )
+                for line in lines
+            ],
+            total=sum(line.cost for line in lines),
+        )
+        report.window.start.FromDatetime(start)
+        report.window.end.FromDatetime(end)
+        return report
+
+    async def check_scope(
+        self, endpoint: str, deployment: str, *, for_costs: bool = False, metrics: bool = True
+    ) -> None:
+        """An endpoint (deployment) that exists, or existed long enough to have metrics."""
+        if not endpoint:
+            raise InvalidArgument("endpoint_name is required")
+        if deployment:
+            known = await self._db[ONLINE_DEPLOYMENTS].find_one(
+                {"_id": deployment_id(endpoint, deployment)}, {"_id": 1}
+            )
+        else:
+            known = await self._db[ONLINE_ENDPOINTS].find_one({"_id": endpoint}, {"_id": 1})
+        if known is not None:
+            return
+        if for_costs:
+            where = {"endpoint": endpoint, **({"deployment": deployment} if deployment else {})}
+            if await self._db[costs.INSTANCE_HISTORY].find_one(where, {"_id": 1}):
+                return
+        elif metrics and await self._store.has_endpoint(endpoint, deployment or None):
+            return
+        what = f"deployment {deployment!r} of endpoint" if deployment else "endpoint"
+        if not (for_costs or metrics):
+            raise NotFound(f"{what} {endpoint!r} does not exist")
+        recorded = "costs" if for_costs else "metrics"
+        raise NotFound(f"{what} {endpoint!r} does not exist and has no recorded {recorded}")
+
+    async def endpoint_metrics(self, request: Any) -> Any:
+        step_s = request.step_s or self._bucket_s
+        if step_s < self._bucket_s or step_s % self._bucket_s:
+            raise InvalidArgument(
+                f"step_s must be a positive multiple of {self._bucket_s}, got {step_s}"
+            )
+        start, end = window_of(request.window)
+        if (end - start).total_seconds() / step_s > MAX_POINTS:
+            raise InvalidArgument(
+                f"window/step gives more than {MAX_POINTS} points: use a larger step"
+            )
+        await self.check_scope(request.endpoint_name, request.deployment_name)
+        docs = await self._store.minutes(
+            request.endpoint_name, request.deployment_name or None, start, end
+        )
+        series = query.steps(docs, step_s=step_s)
+        if request.deployment_name:
+            series.pop(query.ENDPOINT_TOTAL, None)
+        points = [
+            point_of(dep, step, step_s)
+            for dep in sorted(series)
+            for _, step in sorted(series[dep].items())
+        ]
+        return metrics_pb2.EndpointMetrics(
+            endpoint_name=request.endpoint_name,
+            points=points,
+            step_s=step_s,
+            latency_relative_accuracy=sketch.RELATIVE_ACCURACY,
+        )
+
+
+ERRORS = (InvalidArgument, NotFound, AlreadyExists)
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> NoReturn:
+    if isinstance(exc, NotFound):
+        code = grpc.StatusCode.NOT_FOUND
+    elif isinstance(exc, AlreadyExists):
+        code = grpc.StatusCode.ALREADY_EXISTS
+    else:
+        code = grpc.StatusCode.INVALID_ARGUMENT
+    await context.abort(code, str(exc))
+    raise AssertionError("unreachable: abort raises")
+
+
+def rule_of(request: Any) -> dict[str, Any]:
+    return {
+        "name": request.name,
+        "metric": request.metric,
+        "endpoint": request.endpoint_name,
+        "deployment": request.deployment_name,
+        "aggregation": request.aggregation or "avg",
+        "operator": request.operator,
+        "threshold": request.threshold,
+        "window_s": request.window_s,
+        "for_s": request.for_s,
+        "description": request.description,
+    }
+
+
+def rule_message(doc: Document) -> Any:
+    message = metrics_pb2.AlertRule(
+        name=doc["_id"],
+        metric=doc["metric"],
+        endpoint_name=doc["endpoint"],
+        deployment_name=doc["deployment"],
+        aggregation=doc["aggregation"],
+        operator=doc["operator"],
+        threshold=doc["threshold"],
+        window_s=doc["window_s"],
+        for_s=doc["for_s"],
+        description=doc.get("description", ""),
+        state=doc.get("state") or "ok",
+        last_value=doc.get("last_value") or 0.0,
+    )
+    if doc.get("state_since") is not None:
+        message.state_since.FromDatetime(doc["state_since"])
+    return message
+
+
+class AlertAdmin:
+    """Create, list and delete alert rules, with the checks that make bad rules fail early."""
+
+    def __init__(self, rules: alerts.AlertRules, queries: MetricsQueries, bucket_s: int):
+        self._rules = rules
+        self._queries = queries
+        self._bucket_s = bucket_s
+
+    async def create(self, request: Any) -> Any:
+        rule = rule_of(request)
+        try:
+            alerts.validate(rule, self._bucket_s)
+        except alerts.RuleError as exc:
+            raise InvalidArgument(str(exc)) from exc
+        await self._queries.check_scope(rule["endpoint"], rule["deployment"], metrics=False)
+        try:
+            doc = await self._rules.create(rule)
+        except DuplicateKeyError as exc:
+            raise AlreadyExists(f"alert rule {rule['name']!r} already exists") from exc
+        return rule_message(doc)
+
+    async def list(self, request: Any) -> Any:
+        docs = await self._rules.list(request.endpoint_name or None)
+        return metrics_pb2.ListAlertRulesResponse(rules=[rule_message(d) for d in docs])
+
+    async def delete(self, request: Any) -> Any:
+        if not await self._rules.delete(request.name):
+            raise NotFound(f"alert rule {request.name!r} does not exist")
+        return metrics_pb2.DeleteAlertRuleResponse()
+
+
+class MetricsApi(metrics_pb2_grpc.MetricsServicer):
+    def __init__(self, queries: MetricsQueries, admin: AlertAdmin):
+        self._queries = queries
+        self._admin = admin
+
+    async def GetEndpointMetrics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await self._queries.endpoint_metrics(request)
+        except ERRORS as exc:
+            await _abort(context, exc)
+
+    async def GetCosts(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await self._queries.cost_report(request)
+        except ERRORS as exc:
+            await _abort(context, exc)
+
+    async def CreateAlertRule(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await self._admin.create(request)
+        except ERRORS as exc:
+            await _abort(context, exc)
+
+    async def ListAlertRules(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._admin.list(request)
+
+    async def DeleteAlertRule(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await self._admin.delete(request)
+        except ERRORS as exc:
+            await _abort(context, exc)

@@ -1,0 +1,121 @@
+"""Composition root of the metrics & cost aggregator: build every object, serve, close."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from envoy.service.accesslog.v3 import als_pb2_grpc
+from prometheus_client import REGISTRY
+
+from sluice.common.events import EventPublisher, create_broker, ensure_events_stream
+from sluice.common.grpc_server import GrpcServer
+from sluice.common.log import get_logger
+from sluice.common.mongo import create_mongo_client, database, require_uri
+from sluice.common.prometheus import start_exporter
+from sluice.common.runtime import wait_for_shutdown_signal
+from sluice.common.settings import Settings
+from sluice.metrics.alerts import AlertEvaluator, AlertRules
+from sluice.metrics.als import SERVICE_NAME as ALS_SERVICE
+from sluice.metrics.als import AccessLogReceiver, IngestStats
+from sluice.metrics.api import AlertAdmin, MetricsApi, MetricsQueries
+from sluice.metrics.buckets import Buckets
+from sluice.metrics.flusher import Flusher
+from sluice.metrics.live import LiveView
+from sluice.metrics.settings import MetricsSettings
+from sluice.metrics.store import MetricsStore
+from sluice.metrics.usage import subscribe_usage, usage_subject
+from sluice.v1 import metrics_pb2_grpc
+
+log = get_logger(__name__)
+SERVICE_NAME = "sluice.v1.Metrics"
+
+
+def snapshot_prefix(events_subject_prefix: str) -> str:
+    """`sluice.events` -> `sluice.metrics` (same root as events and usage samples)."""
+    return events_subject_prefix.rsplit(".", 1)[0] + ".metrics"
+
+
+async def every(interval_s: float, *jobs: Any) -> None:
+    """Run each async job every `interval_s`; a failing job is logged and retried."""
+    while True:
+        await asyncio.sleep(interval_s)
+        for job in jobs:
+            try:
+                await job()
+            except Exception as exc:
+                log.warning(
+                    "periodic_job_failed", job=getattr(job, "__name__", "?"), error=str(exc)
+                )
+
+
+async def serve(settings: Settings, metrics: MetricsSettings) -> None:
+    mongo = create_mongo_client(require_uri(settings), appname="sluice-metrics")
+    db = database(mongo, settings)
+    store = MetricsStore(db)
+    await store.ensure_indexes(metrics.retention_days * 86400)
+    buckets = Buckets(metrics.bucket_s)
+    stats = IngestStats()
+    broker = create_broker(settings, client_name="sluice-metrics")
+    subscribe_usage(broker, usage_subject(settings.events_subject_prefix), buckets)
+    await broker.start()
+    await ensure_events_stream(
+        broker, stream=settings.events_stream, subject_prefix=settings.events_subject_prefix
+    )
+    publisher = EventPublisher(
+        broker,
+        source="sluice/metrics",
+        subject_prefix=settings.events_subject_prefix,
+        stream=settings.events_stream,
+    )
+    flusher = Flusher(
+        buckets,
+        store,
+        interval_s=metrics.flush_interval_s,
+        max_pending=metrics.max_pending_buckets,
+    )
+    receiver = AccessLogReceiver(buckets, stats)
+    queries = MetricsQueries(db, store, metrics.currency, metrics.bucket_s)
+    rules = AlertRules(db)
+    api = MetricsApi(queries, AlertAdmin(rules, queries, metrics.bucket_s))
+    live = LiveView(store, metrics.bucket_s, stats, flusher)
+    REGISTRY.register(live)
+    evaluator = AlertEvaluator(rules, store, publisher, metrics.bucket_s)
+    prefix = snapshot_prefix(settings.events_subject_prefix)
+
+    async def snapshots() -> None:
+        await live.refresh()
+        await live.publish(broker, prefix)
+
+    def register(server: object) -> None:
+        als_pb2_grpc.add_AccessLogServiceServicer_to_server(receiver, server)
+        metrics_pb2_grpc.add_MetricsServicer_to_server(api, server)
+
+    server = GrpcServer(
+        host=settings.host,
+        port=settings.ports.metrics,
+        service_names=[SERVICE_NAME, ALS_SERVICE],
+        register=register,
+        admin_token=settings.admin_token,
+        # Envoy cannot send the admin token; the port stays on loopback by default.
+        public_services=[ALS_SERVICE],
+    )
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        await server.start()
+        start_exporter(settings)
+        tasks.append(asyncio.create_task(flusher.run(), name="flusher"))
+        tasks.append(
+            asyncio.create_task(
+                every(metrics.snapshot_interval_s, snapshots, evaluator.tick), name="live"
+            )
+        )
+        signal = await wait_for_shutdown_signal()
+        log.info("metrics_stopping", signal=signal.name)
+        await server.stop(grace=1.0)
+        for task in tasks:
+            task.cancel()
+        await flusher.close()
+    finally:
+        await broker.stop()
+        await mongo.close()

@@ -1,0 +1,151 @@
+"""Requests through the real gateway appear, exactly, in the right deployment's metrics.
+
+Envoy (session), our traffic controller and metrics service as processes, model-server
+stand-ins: a 70/30 split with a 50% mirror, every request counted where it was served,
+mirrored copies counted for the mirror target only, Envoy's own 401s for the endpoint,
+and latency quantiles within the sketch's error of what the client measured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import pytest
+
+from sluice.common.supervisor import Supervisor
+from sluice.common.testing.plugin import EnvoyGateway, ServiceStarter
+from sluice.traffic.testing import GatewayPorts, Upstream, World, eventually, start_controller
+from sluice.v1 import metrics_pb2, metrics_pb2_grpc
+
+pytestmark = pytest.mark.integration
+KEY = "primary-key-1"
+N = 120
+LOOPBACK_MS = 10.0  # the client's side of a request on a busy 2-core machine
+
+
+def quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[round(q * (len(ordered) - 1))]
+
+
+def by_deployment(points: Any) -> dict[str, dict[str, float]]:
+    """Sum of requests and mirrored copies per deployment over every point."""
+    out: dict[str, dict[str, float]] = {}
+    for p in points:
+        row = out.setdefault(p.deployment_name, {"requests": 0, "mirrored": 0})
+        row["requests"] += p.requests
+        row["mirrored"] += p.mirrored_requests
+    return out
+
+
+async def test_requests_through_envoy_are_counted_exactly_where_served(
+    start_service: ServiceStarter,
+    supervisor: Supervisor,
+    envoy_gateway: EnvoyGateway,
+    gateway_ports: GatewayPorts,
+    world: World,
+    upstreams: Callable[[str], Upstream],
+) -> None:
+    metrics = start_service("metrics")
+    traffic = start_controller(
+        metrics.settings,
+        supervisor,
+        envoy_gateway,
+        gateway_ports,
+        {"SLUICE_TRAFFIC_ALS_ADDRESS": metrics.address},
+    )
+    blue, green, shadow = upstreams("blue"), upstreams("green"), upstreams("shadow")
+    blue.behaviour.delay_s = 0.02
+    green.behaviour.delay_s = 0.05
+    for up in (blue, green, shadow):
+        await world.deployment("metered", up.name, [up.address])
+    await world.endpoint("metered", traffic={"blue": 70, "green": 30}, mirror={"shadow": 50})
+    await asyncio.to_thread(
+        eventually,
+        lambda: traffic.score("metered", KEY)[1].get("azureml-model-deployment"),
+        lambda d: d in ("blue", "green"),
+    )
+    # The warm-up requests are counted too: start from what the upstreams saw so far.
+    await asyncio.sleep(0)  # (the counts below are read after the load)
+
+    latencies: dict[str, list[float]] = {"blue": [], "green": []}
+
+    def load() -> None:
+        for _ in range(N):
+            started = time.perf_counter()
+            status, headers, _ = traffic.score("metered", KEY)
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            assert status == 200
+            latencies[headers["azureml-model-deployment"]].append(elapsed_ms)
+        for _ in range(5):
+            assert traffic.score("metered", "wrong-key")[0] == 401
+
+    await asyncio.to_thread(load)
+    finished = time.monotonic()
+    served = {"blue": blue.scored, "green": green.scored}
+    copies = eventually(lambda: shadow.scored, lambda n: n > 0)  # copies are asynchronous
+
+    channel = grpc.aio.insecure_channel(metrics.address)
+    stub = metrics_pb2_grpc.MetricsStub(channel)
+    auth = (("authorization", f"Bearer {metrics.settings.admin_token}"),)
+    request = metrics_pb2.GetEndpointMetricsRequest(endpoint_name="metered")
+    try:
+        counted: dict[str, dict[str, float]] = {}
+        while time.monotonic() - finished < 5:
+            copies = shadow.scored
+            counted = by_deployment((await stub.GetEndpointMetrics(request, metadata=auth)).points)
+            want_total = served["blue"] + served["green"] + 5
+            if (
+                counted.get("", {}).get("requests") == want_total
+                and counted.get("shadow", {}).get("requests") == copies
+            ):
+                break
+            await asyncio.sleep(0.2)
+        assert counted["blue"] == {"requests": served["blue"], "mirrored": 0}
+        assert counted["green"] == {"requests": served["green"], "mirrored": 0}
+        assert counted["shadow"] == {"requests": copies, "mirrored": copies}
+        # The endpoint's total is what clients sent: the 401s in, the mirrored copies out.
+        assert counted[""]["requests"] == served["blue"] + served["green"] + 5
+        assert counted[""]["mirrored"] == 0
+
+        # Quantiles: Envoy measures from the first byte in to the last byte out, which is
+        # what the client saw minus the client's own side of the loopback: never more than
+        # the client's quantile (+ the sketch's 1%), and less by at most LOOPBACK_MS.
+        one = await stub.GetEndpointMetrics(
+            metrics_pb2.GetEndpointMetricsRequest(
+                endpoint_name="metered", deployment_name="blue", step_s=3600
+            ),
+            metadata=auth,
+        )
+        points = [p for p in one.points if p.deployment_name == "blue"]
+        if len(points) == 1:  # the load did not straddle an hour boundary
+            point = points[0]
+            accuracy = one.latency_relative_accuracy
+            assert accuracy == pytest.approx(0.01)
+            for q, got in ((0.5, point.latency_p50_ms), (0.9, point.latency_p90_ms)):
+                client = quantile(latencies["blue"], q)
+                assert client * (1 - accuracy) - LOOPBACK_MS <= got <= client * (1 + accuracy), (
+                    q,
+                    got,
+                )
+
+        # Bad input: a clear error, naming the problem.
+        with pytest.raises(grpc.aio.AioRpcError) as missing:
+            await stub.GetEndpointMetrics(
+                metrics_pb2.GetEndpointMetricsRequest(endpoint_name="nope"), metadata=auth
+            )
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+        assert "'nope'" in (missing.value.details() or "")
+        inverted = metrics_pb2.GetEndpointMetricsRequest(endpoint_name="metered")
+        inverted.window.start.FromSeconds(int(time.time()))
+        inverted.window.end.FromSeconds(int(time.time()) - 60)
+        with pytest.raises(grpc.aio.AioRpcError) as bad:
+            await stub.GetEndpointMetrics(inverted, metadata=auth)
+        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "not before its end" in (bad.value.details() or "")
+    finally:
+        await channel.close()
