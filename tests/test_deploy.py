@@ -58,9 +58,14 @@ def test_compose_runs_only_services_that_exist() -> None:
         for svc in compose["services"].values()
         if svc.get("image") == "sluice:dev"
     }
-    # Exactly the always-on control-plane services that exist so far (batch joins compose
-    # with its issue).
-    always_on = {"sluice.registry", "sluice.provisioner", "sluice.traffic", "sluice.metrics"}
+    # Exactly the always-on control-plane services that exist so far.
+    always_on = {
+        "sluice.registry",
+        "sluice.provisioner",
+        "sluice.traffic",
+        "sluice.metrics",
+        "sluice.batch",
+    }
     assert modules == {svc.module for svc in installed_services()} & always_on
     assert modules <= KNOWN_MODULES
     for module in modules:

@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
+from sluice.common.catalogue import Catalogue, UnknownInstanceType
+from sluice.common.environments import resolve
 from sluice.common.resources import EnvironmentSpec
-from sluice.provisioner.catalogue import Catalogue, UnknownInstanceType
-from sluice.provisioner.environments import resolve
 
 CONDA = """
 name: model-env

@@ -26,37 +26,39 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from sluice.v1 import common_pb2 as sluice_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15sluice/v1/batch.proto\x12\tsluice.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16sluice/v1/common.proto\"\xa6\x02\n\x0cJobOverrides\x12\x1c\n\x0fmini_batch_size\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x1b\n\x0einstance_count\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x1c\n\x0f\x65rror_threshold\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x18\n\x0bmax_retries\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x16\n\ttimeout_s\x18\x05 \x01(\x05H\x04\x88\x01\x01\x12\x1d\n\x10output_file_name\x18\x06 \x01(\tH\x05\x88\x01\x01\x42\x12\n\x10_mini_batch_sizeB\x11\n\x0f_instance_countB\x12\n\x10_error_thresholdB\x0e\n\x0c_max_retriesB\x0c\n\n_timeout_sB\x13\n\x11_output_file_name\"\xae\x01\n\x1aInvokeBatchEndpointRequest\x12\x15\n\rendpoint_name\x18\x01 \x01(\t\x12\x17\n\x0f\x64\x65ployment_name\x18\x02 \x01(\t\x12\r\n\x05input\x18\x03 \x01(\t\x12\x13\n\x0boutput_path\x18\x04 \x01(\t\x12*\n\toverrides\x18\x05 \x01(\x0b\x32\x17.sluice.v1.JobOverrides\x12\x10\n\x08job_name\x18\x06 \x01(\t\"\xa5\x01\n\x0bJobProgress\x12\x1a\n\x12mini_batches_total\x18\x01 \x01(\x05\x12\x19\n\x11mini_batches_done\x18\x02 \x01(\x05\x12\x1b\n\x13mini_batches_failed\x18\x03 \x01(\x05\x12\x13\n\x0b\x66iles_total\x18\x04 \x01(\x05\x12\x17\n\x0f\x66iles_succeeded\x18\x05 \x01(\x05\x12\x14\n\x0c\x66iles_failed\x18\x06 \x01(\x05\"R\n\x08JobError\x12\x12\n\nmini_batch\x18\x01 \x01(\x05\x12\r\n\x05\x66iles\x18\x02 \x03(\t\x12\x11\n\texception\x18\x03 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\x05\"\x80\x03\n\x03Job\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rendpoint_name\x18\x02 \x01(\t\x12\x17\n\x0f\x64\x65ployment_name\x18\x03 \x01(\t\x12\"\n\x05state\x18\x04 \x01(\x0e\x32\x13.sluice.v1.JobState\x12(\n\x08progress\x18\x05 \x01(\x0b\x32\x16.sluice.v1.JobProgress\x12\r\n\x05input\x18\x06 \x01(\t\x12\x13\n\x0boutput_path\x18\x07 \x01(\t\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\x06\x65rrors\x18\x0b \x03(\x0b\x32\x13.sluice.v1.JobError\x12\x16\n\x0estatus_message\x18\x0c \x01(\t\"\x1d\n\rGetJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"g\n\x0fListJobsRequest\x12\x15\n\rendpoint_name\x18\x01 \x01(\t\x12\x17\n\x0f\x64\x65ployment_name\x18\x02 \x01(\t\x12$\n\x04page\x18\x03 \x01(\x0b\x32\x16.sluice.v1.PageRequest\"W\n\x10ListJobsResponse\x12\x1c\n\x04jobs\x18\x01 \x03(\x0b\x32\x0e.sluice.v1.Job\x12%\n\x04page\x18\x02 \x01(\x0b\x32\x17.sluice.v1.PageResponse\" \n\x10\x43\x61ncelJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"4\n\x14StreamJobLogsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\"T\n\nJobLogLine\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0c\n\x04line\x18\x03 \x01(\t*\x99\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_COMPLETED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x16\n\x12JOB_STATE_CANCELED\x10\x05\x32\xd3\x02\n\x05\x42\x61tch\x12L\n\x13InvokeBatchEndpoint\x12%.sluice.v1.InvokeBatchEndpointRequest\x1a\x0e.sluice.v1.Job\x12\x32\n\x06GetJob\x12\x18.sluice.v1.GetJobRequest\x1a\x0e.sluice.v1.Job\x12\x43\n\x08ListJobs\x12\x1a.sluice.v1.ListJobsRequest\x1a\x1b.sluice.v1.ListJobsResponse\x12\x38\n\tCancelJob\x12\x1b.sluice.v1.CancelJobRequest\x1a\x0e.sluice.v1.Job\x12I\n\rStreamJobLogs\x12\x1f.sluice.v1.StreamJobLogsRequest\x1a\x15.sluice.v1.JobLogLine0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15sluice/v1/batch.proto\x12\tsluice.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16sluice/v1/common.proto\"\xf2\x02\n\x0cJobOverrides\x12\x1c\n\x0fmini_batch_size\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x1b\n\x0einstance_count\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x1c\n\x0f\x65rror_threshold\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x18\n\x0bmax_retries\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x16\n\ttimeout_s\x18\x05 \x01(\x05H\x04\x88\x01\x01\x12\x1d\n\x10output_file_name\x18\x06 \x01(\tH\x05\x88\x01\x01\x12)\n\x1cmax_concurrency_per_instance\x18\x07 \x01(\x05H\x06\x88\x01\x01\x42\x12\n\x10_mini_batch_sizeB\x11\n\x0f_instance_countB\x12\n\x10_error_thresholdB\x0e\n\x0c_max_retriesB\x0c\n\n_timeout_sB\x13\n\x11_output_file_nameB\x1f\n\x1d_max_concurrency_per_instance\"\xc2\x01\n\x1aInvokeBatchEndpointRequest\x12\x15\n\rendpoint_name\x18\x01 \x01(\t\x12\x17\n\x0f\x64\x65ployment_name\x18\x02 \x01(\t\x12\r\n\x05input\x18\x03 \x01(\t\x12\x13\n\x0boutput_path\x18\x04 \x01(\t\x12*\n\toverrides\x18\x05 \x01(\x0b\x32\x17.sluice.v1.JobOverrides\x12\x10\n\x08job_name\x18\x06 \x01(\t\x12\x12\n\ninput_type\x18\x07 \x01(\t\"\xa5\x01\n\x0bJobProgress\x12\x1a\n\x12mini_batches_total\x18\x01 \x01(\x05\x12\x19\n\x11mini_batches_done\x18\x02 \x01(\x05\x12\x1b\n\x13mini_batches_failed\x18\x03 \x01(\x05\x12\x13\n\x0b\x66iles_total\x18\x04 \x01(\x05\x12\x17\n\x0f\x66iles_succeeded\x18\x05 \x01(\x05\x12\x14\n\x0c\x66iles_failed\x18\x06 \x01(\x05\"R\n\x08JobError\x12\x12\n\nmini_batch\x18\x01 \x01(\x05\x12\r\n\x05\x66iles\x18\x02 \x03(\t\x12\x11\n\texception\x18\x03 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\x05\"\xcd\x03\n\x03Job\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rendpoint_name\x18\x02 \x01(\t\x12\x17\n\x0f\x64\x65ployment_name\x18\x03 \x01(\t\x12\"\n\x05state\x18\x04 \x01(\x0e\x32\x13.sluice.v1.JobState\x12(\n\x08progress\x18\x05 \x01(\x0b\x32\x16.sluice.v1.JobProgress\x12\r\n\x05input\x18\x06 \x01(\t\x12\x13\n\x0boutput_path\x18\x07 \x01(\t\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\x06\x65rrors\x18\x0b \x03(\x0b\x32\x13.sluice.v1.JobError\x12\x16\n\x0estatus_message\x18\x0c \x01(\t\x12 \n\x04\x63ost\x18\r \x01(\x0b\x32\x12.sluice.v1.JobCost\x12\x18\n\x10output_file_name\x18\x0e \x01(\t\x12\x0f\n\x07workers\x18\x0f \x01(\x05\"^\n\x07JobCost\x12\x15\n\rinstance_type\x18\x01 \x01(\t\x12\x16\n\x0eworker_seconds\x18\x02 \x01(\x01\x12\x16\n\x0eprice_per_hour\x18\x03 \x01(\x01\x12\x0c\n\x04\x63ost\x18\x04 \x01(\x01\"\x1d\n\rGetJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"g\n\x0fListJobsRequest\x12\x15\n\rendpoint_name\x18\x01 \x01(\t\x12\x17\n\x0f\x64\x65ployment_name\x18\x02 \x01(\t\x12$\n\x04page\x18\x03 \x01(\x0b\x32\x16.sluice.v1.PageRequest\"W\n\x10ListJobsResponse\x12\x1c\n\x04jobs\x18\x01 \x03(\x0b\x32\x0e.sluice.v1.Job\x12%\n\x04page\x18\x02 \x01(\x0b\x32\x17.sluice.v1.PageResponse\" \n\x10\x43\x61ncelJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"4\n\x14StreamJobLogsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\"T\n\nJobLogLine\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0c\n\x04line\x18\x03 \x01(\t*\x99\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_COMPLETED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x16\n\x12JOB_STATE_CANCELED\x10\x05\x32\xd3\x02\n\x05\x42\x61tch\x12L\n\x13InvokeBatchEndpoint\x12%.sluice.v1.InvokeBatchEndpointRequest\x1a\x0e.sluice.v1.Job\x12\x32\n\x06GetJob\x12\x18.sluice.v1.GetJobRequest\x1a\x0e.sluice.v1.Job\x12\x43\n\x08ListJobs\x12\x1a.sluice.v1.ListJobsRequest\x1a\x1b.sluice.v1.ListJobsResponse\x12\x38\n\tCancelJob\x12\x1b.sluice.v1.CancelJobRequest\x1a\x0e.sluice.v1.Job\x12I\n\rStreamJobLogs\x12\x1f.sluice.v1.StreamJobLogsRequest\x1a\x15.sluice.v1.JobLogLine0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sluice.v1.batch_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_JOBSTATE']._serialized_start=1606
-  _globals['_JOBSTATE']._serialized_end=1759
+  _globals['_JOBSTATE']._serialized_start=1875
+  _globals['_JOBSTATE']._serialized_end=2028
   _globals['_JOBOVERRIDES']._serialized_start=94
-  _globals['_JOBOVERRIDES']._serialized_end=388
-  _globals['_INVOKEBATCHENDPOINTREQUEST']._serialized_start=391
-  _globals['_INVOKEBATCHENDPOINTREQUEST']._serialized_end=565
-  _globals['_JOBPROGRESS']._serialized_start=568
-  _globals['_JOBPROGRESS']._serialized_end=733
-  _globals['_JOBERROR']._serialized_start=735
-  _globals['_JOBERROR']._serialized_end=817
-  _globals['_JOB']._serialized_start=820
-  _globals['_JOB']._serialized_end=1204
-  _globals['_GETJOBREQUEST']._serialized_start=1206
-  _globals['_GETJOBREQUEST']._serialized_end=1235
-  _globals['_LISTJOBSREQUEST']._serialized_start=1237
-  _globals['_LISTJOBSREQUEST']._serialized_end=1340
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1342
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1429
-  _globals['_CANCELJOBREQUEST']._serialized_start=1431
-  _globals['_CANCELJOBREQUEST']._serialized_end=1463
-  _globals['_STREAMJOBLOGSREQUEST']._serialized_start=1465
-  _globals['_STREAMJOBLOGSREQUEST']._serialized_end=1517
-  _globals['_JOBLOGLINE']._serialized_start=1519
-  _globals['_JOBLOGLINE']._serialized_end=1603
-  _globals['_BATCH']._serialized_start=1762
-  _globals['_BATCH']._serialized_end=2101
+  _globals['_JOBOVERRIDES']._serialized_end=464
+  _globals['_INVOKEBATCHENDPOINTREQUEST']._serialized_start=467
+  _globals['_INVOKEBATCHENDPOINTREQUEST']._serialized_end=661
+  _globals['_JOBPROGRESS']._serialized_start=664
+  _globals['_JOBPROGRESS']._serialized_end=829
+  _globals['_JOBERROR']._serialized_start=831
+  _globals['_JOBERROR']._serialized_end=913
+  _globals['_JOB']._serialized_start=916
+  _globals['_JOB']._serialized_end=1377
+  _globals['_JOBCOST']._serialized_start=1379
+  _globals['_JOBCOST']._serialized_end=1473
+  _globals['_GETJOBREQUEST']._serialized_start=1475
+  _globals['_GETJOBREQUEST']._serialized_end=1504
+  _globals['_LISTJOBSREQUEST']._serialized_start=1506
+  _globals['_LISTJOBSREQUEST']._serialized_end=1609
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1611
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1698
+  _globals['_CANCELJOBREQUEST']._serialized_start=1700
+  _globals['_CANCELJOBREQUEST']._serialized_end=1732
+  _globals['_STREAMJOBLOGSREQUEST']._serialized_start=1734
+  _globals['_STREAMJOBLOGSREQUEST']._serialized_end=1786
+  _globals['_JOBLOGLINE']._serialized_start=1788
+  _globals['_JOBLOGLINE']._serialized_end=1872
+  _globals['_BATCH']._serialized_start=2031
+  _globals['_BATCH']._serialized_end=2370
 # @@protoc_insertion_point(module_scope)

@@ -56,12 +56,14 @@ class JobOverrides(_message.Message):
     MAX_RETRIES_FIELD_NUMBER: _builtins.int
     TIMEOUT_S_FIELD_NUMBER: _builtins.int
     OUTPUT_FILE_NAME_FIELD_NUMBER: _builtins.int
+    MAX_CONCURRENCY_PER_INSTANCE_FIELD_NUMBER: _builtins.int
     mini_batch_size: _builtins.int
     instance_count: _builtins.int
     error_threshold: _builtins.int
     max_retries: _builtins.int
     timeout_s: _builtins.int
     output_file_name: _builtins.str
+    max_concurrency_per_instance: _builtins.int
     def __init__(
         self,
         *,
@@ -71,15 +73,18 @@ class JobOverrides(_message.Message):
         max_retries: _builtins.int | None = ...,
         timeout_s: _builtins.int | None = ...,
         output_file_name: _builtins.str | None = ...,
+        max_concurrency_per_instance: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_error_threshold", b"_error_threshold", "_instance_count", b"_instance_count", "_max_retries", b"_max_retries", "_mini_batch_size", b"_mini_batch_size", "_output_file_name", b"_output_file_name", "_timeout_s", b"_timeout_s", "error_threshold", b"error_threshold", "instance_count", b"instance_count", "max_retries", b"max_retries", "mini_batch_size", b"mini_batch_size", "output_file_name", b"output_file_name", "timeout_s", b"timeout_s"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_error_threshold", b"_error_threshold", "_instance_count", b"_instance_count", "_max_concurrency_per_instance", b"_max_concurrency_per_instance", "_max_retries", b"_max_retries", "_mini_batch_size", b"_mini_batch_size", "_output_file_name", b"_output_file_name", "_timeout_s", b"_timeout_s", "error_threshold", b"error_threshold", "instance_count", b"instance_count", "max_concurrency_per_instance", b"max_concurrency_per_instance", "max_retries", b"max_retries", "mini_batch_size", b"mini_batch_size", "output_file_name", b"output_file_name", "timeout_s", b"timeout_s"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_error_threshold", b"_error_threshold", "_instance_count", b"_instance_count", "_max_retries", b"_max_retries", "_mini_batch_size", b"_mini_batch_size", "_output_file_name", b"_output_file_name", "_timeout_s", b"_timeout_s", "error_threshold", b"error_threshold", "instance_count", b"instance_count", "max_retries", b"max_retries", "mini_batch_size", b"mini_batch_size", "output_file_name", b"output_file_name", "timeout_s", b"timeout_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_error_threshold", b"_error_threshold", "_instance_count", b"_instance_count", "_max_concurrency_per_instance", b"_max_concurrency_per_instance", "_max_retries", b"_max_retries", "_mini_batch_size", b"_mini_batch_size", "_output_file_name", b"_output_file_name", "_timeout_s", b"_timeout_s", "error_threshold", b"error_threshold", "instance_count", b"instance_count", "max_concurrency_per_instance", b"max_concurrency_per_instance", "max_retries", b"max_retries", "mini_batch_size", b"mini_batch_size", "output_file_name", b"output_file_name", "timeout_s", b"timeout_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__error_threshold: _TypeAlias = _typing.Literal["error_threshold"]  # noqa: Y015
     _WhichOneofArgType__error_threshold: _TypeAlias = _typing.Literal["_error_threshold", b"_error_threshold"]  # noqa: Y015
     _WhichOneofReturnType__instance_count: _TypeAlias = _typing.Literal["instance_count"]  # noqa: Y015
     _WhichOneofArgType__instance_count: _TypeAlias = _typing.Literal["_instance_count", b"_instance_count"]  # noqa: Y015
+    _WhichOneofReturnType__max_concurrency_per_instance: _TypeAlias = _typing.Literal["max_concurrency_per_instance"]  # noqa: Y015
+    _WhichOneofArgType__max_concurrency_per_instance: _TypeAlias = _typing.Literal["_max_concurrency_per_instance", b"_max_concurrency_per_instance"]  # noqa: Y015
     _WhichOneofReturnType__max_retries: _TypeAlias = _typing.Literal["max_retries"]  # noqa: Y015
     _WhichOneofArgType__max_retries: _TypeAlias = _typing.Literal["_max_retries", b"_max_retries"]  # noqa: Y015
     _WhichOneofReturnType__mini_batch_size: _TypeAlias = _typing.Literal["mini_batch_size"]  # noqa: Y015
@@ -92,6 +97,8 @@ class JobOverrides(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__error_threshold) -> _WhichOneofReturnType__error_threshold | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__instance_count) -> _WhichOneofReturnType__instance_count | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_concurrency_per_instance) -> _WhichOneofReturnType__max_concurrency_per_instance | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_retries) -> _WhichOneofReturnType__max_retries | None: ...
     @_typing.overload
@@ -113,6 +120,7 @@ class InvokeBatchEndpointRequest(_message.Message):
     OUTPUT_PATH_FIELD_NUMBER: _builtins.int
     OVERRIDES_FIELD_NUMBER: _builtins.int
     JOB_NAME_FIELD_NUMBER: _builtins.int
+    INPUT_TYPE_FIELD_NUMBER: _builtins.int
     endpoint_name: _builtins.str
     deployment_name: _builtins.str
     """empty = the endpoint's default deployment"""
@@ -122,6 +130,8 @@ class InvokeBatchEndpointRequest(_message.Message):
     """empty = <state>/jobs/<job>/outputs"""
     job_name: _builtins.str
     """optional; generated when empty"""
+    input_type: _builtins.str
+    """"uri_folder" (default) or "uri_file", as `az ml batch-endpoint invoke --input-type`."""
     @_builtins.property
     def overrides(self) -> Global___JobOverrides: ...
     def __init__(
@@ -133,10 +143,11 @@ class InvokeBatchEndpointRequest(_message.Message):
         output_path: _builtins.str = ...,
         overrides: Global___JobOverrides | None = ...,
         job_name: _builtins.str = ...,
+        input_type: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["overrides", b"overrides"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment_name", b"deployment_name", "endpoint_name", b"endpoint_name", "input", b"input", "job_name", b"job_name", "output_path", b"output_path", "overrides", b"overrides"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment_name", b"deployment_name", "endpoint_name", b"endpoint_name", "input", b"input", "input_type", b"input_type", "job_name", b"job_name", "output_path", b"output_path", "overrides", b"overrides"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -223,6 +234,9 @@ class Job(_message.Message):
     ENDED_AT_FIELD_NUMBER: _builtins.int
     ERRORS_FIELD_NUMBER: _builtins.int
     STATUS_MESSAGE_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
+    OUTPUT_FILE_NAME_FIELD_NUMBER: _builtins.int
+    WORKERS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     endpoint_name: _builtins.str
     deployment_name: _builtins.str
@@ -230,6 +244,10 @@ class Job(_message.Message):
     input: _builtins.str
     output_path: _builtins.str
     status_message: _builtins.str
+    output_file_name: _builtins.str
+    """the file under output_path (append_row)"""
+    workers: _builtins.int
+    """instance_count x max_concurrency_per_instance"""
     @_builtins.property
     def progress(self) -> Global___JobProgress: ...
     @_builtins.property
@@ -240,6 +258,8 @@ class Job(_message.Message):
     def ended_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def errors(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobError]: ...
+    @_builtins.property
+    def cost(self) -> Global___JobCost: ...
     def __init__(
         self,
         *,
@@ -255,14 +275,48 @@ class Job(_message.Message):
         ended_at: _timestamp_pb2.Timestamp | None = ...,
         errors: _abc.Iterable[Global___JobError] | None = ...,
         status_message: _builtins.str = ...,
+        cost: Global___JobCost | None = ...,
+        output_file_name: _builtins.str = ...,
+        workers: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "ended_at", b"ended_at", "progress", b"progress", "started_at", b"started_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "created_at", b"created_at", "ended_at", b"ended_at", "progress", b"progress", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "deployment_name", b"deployment_name", "ended_at", b"ended_at", "endpoint_name", b"endpoint_name", "errors", b"errors", "input", b"input", "name", b"name", "output_path", b"output_path", "progress", b"progress", "started_at", b"started_at", "state", b"state", "status_message", b"status_message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "created_at", b"created_at", "deployment_name", b"deployment_name", "ended_at", b"ended_at", "endpoint_name", b"endpoint_name", "errors", b"errors", "input", b"input", "name", b"name", "output_file_name", b"output_file_name", "output_path", b"output_path", "progress", b"progress", "started_at", b"started_at", "state", b"state", "status_message", b"status_message", "workers", b"workers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Job: _TypeAlias = Job  # noqa: Y015
+
+@_typing.final
+class JobCost(_message.Message):
+    """What a job's compute cost: its workers' seconds at the instance type's hourly price."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCE_TYPE_FIELD_NUMBER: _builtins.int
+    WORKER_SECONDS_FIELD_NUMBER: _builtins.int
+    PRICE_PER_HOUR_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
+    instance_type: _builtins.str
+    worker_seconds: _builtins.float
+    price_per_hour: _builtins.float
+    cost: _builtins.float
+    """USD"""
+    def __init__(
+        self,
+        *,
+        instance_type: _builtins.str = ...,
+        worker_seconds: _builtins.float = ...,
+        price_per_hour: _builtins.float = ...,
+        cost: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "instance_type", b"instance_type", "price_per_hour", b"price_per_hour", "worker_seconds", b"worker_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobCost: _TypeAlias = JobCost  # noqa: Y015
 
 @_typing.final
 class GetJobRequest(_message.Message):

@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     provisioner_address: str | None = Field(
         default=None, description="host:port of the provisioner; unset = the local platform's"
     )
+    batch_address: str | None = Field(
+        default=None, description="host:port of the batch service; unset = the local platform's"
+    )
     admin_token: str | None = None
     # Fernet key (urlsafe base64, 32 bytes) that encrypts endpoint keys at rest.
     secret_key: str | None = None

@@ -6,7 +6,7 @@ from typing import Any
 
 import grpc
 
-from sluice.provisioner.environments import EnvironmentBuilder, resolve
+from sluice.common.environments import EnvironmentBuilder, resolve
 from sluice.provisioner.local import LocalBackend, tail
 from sluice.provisioner.store import ProvisionerStore
 from sluice.v1 import provisioner_pb2, provisioner_pb2_grpc

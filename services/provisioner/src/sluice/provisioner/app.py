@@ -7,6 +7,8 @@ import contextlib
 import sys
 
 from sluice.common.artifacts import ArtifactStore
+from sluice.common.catalogue import Catalogue
+from sluice.common.environments import EnvironmentBuilder
 from sluice.common.events import EventPublisher, create_broker, ensure_events_stream
 from sluice.common.grpc_server import GrpcServer
 from sluice.common.log import get_logger
@@ -14,8 +16,6 @@ from sluice.common.mongo import create_mongo_client, database, require_uri
 from sluice.common.runtime import wait_for_shutdown_signal
 from sluice.common.settings import Settings
 from sluice.provisioner.api import ProvisionerApi
-from sluice.provisioner.catalogue import Catalogue
-from sluice.provisioner.environments import EnvironmentBuilder
 from sluice.provisioner.events import SOURCE, ProvisionerEvents, RegistryEvents
 from sluice.provisioner.kubernetes import ClusterSettings, KubernetesBackend
 from sluice.provisioner.local import LocalBackend

@@ -21,9 +21,9 @@ from pathlib import Path
 import httpx
 import psutil
 
+from sluice.common.catalogue import InstanceType
 from sluice.common.resources import OnlineDeploymentSpec
 from sluice.common.supervisor import free_port
-from sluice.provisioner.catalogue import InstanceType
 
 STOP_GRACE_S = 5.0
 # What spares import ahead of time: the usual scoring-script libraries (missing ones are skipped).

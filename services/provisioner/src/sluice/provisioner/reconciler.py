@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sluice.common.artifacts import ArtifactError, ArtifactStore
+from sluice.common.catalogue import Catalogue, InstanceType, UnknownInstanceType
+from sluice.common.environments import EnvironmentBuilder, EnvironmentError_
 from sluice.common.log import get_logger
 from sluice.common.resources import (
     ArtifactRef,
@@ -39,8 +41,6 @@ from sluice.common.resources import (
     ProvisioningState,
 )
 from sluice.provisioner.autoscaler import Autoscaler
-from sluice.provisioner.catalogue import Catalogue, InstanceType, UnknownInstanceType
-from sluice.provisioner.environments import EnvironmentBuilder, EnvironmentError_
 from sluice.provisioner.events import ProvisionerEvents
 from sluice.provisioner.kubernetes import KubernetesBackend
 from sluice.provisioner.local import InstancePlan, LocalBackend, LocalInstance, reap_orphans, tail

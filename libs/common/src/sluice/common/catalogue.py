@@ -32,9 +32,7 @@ class Catalogue:
 
     @classmethod
     def load(cls) -> Catalogue:
-        data = yaml.safe_load(
-            files("sluice.provisioner").joinpath("instance_types.yaml").read_text()
-        )
+        data = yaml.safe_load(files("sluice.common").joinpath("instance_types.yaml").read_text())
         types = {name: InstanceType(name=name, **fields) for name, fields in data["types"].items()}
         return cls(types, data["default"])
 

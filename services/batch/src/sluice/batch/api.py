@@ -1,0 +1,159 @@
+"""gRPC face of the batch service: protobuf <-> jobs, service errors -> status codes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from functools import wraps
+from typing import Any
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from sluice.batch.jobs import Job
+from sluice.batch.service import (
+    AlreadyExists,
+    BatchService,
+    InvalidArgument,
+    InvokeRequest,
+    NotFound,
+    Overrides,
+)
+from sluice.common.grpc_server import actor_of
+from sluice.v1 import batch_pb2, batch_pb2_grpc, common_pb2
+
+CODES: dict[type[Exception], grpc.StatusCode] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+}
+MAX_PAGE = 500
+Behaviour = Callable[..., Awaitable[Any]]
+
+
+def errors(behaviour: Behaviour) -> Behaviour:
+    @wraps(behaviour)
+    async def call(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await behaviour(self, request, context)
+        except (InvalidArgument, NotFound, AlreadyExists) as exc:
+            await context.abort(CODES[type(exc)], str(exc))
+
+    return call
+
+
+def _timestamp(value: datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(value.astimezone(UTC))
+    return stamp
+
+
+def to_proto(job: Job) -> batch_pb2.Job:
+    p = job.progress
+    msg = batch_pb2.Job(
+        name=job.name,
+        endpoint_name=job.endpoint_name,
+        deployment_name=job.deployment_name,
+        state=batch_pb2.JobState.Value(f"JOB_STATE_{job.state.name.upper()}"),
+        progress=batch_pb2.JobProgress(
+            mini_batches_total=p.mini_batches_total,
+            mini_batches_done=p.mini_batches_done,
+            mini_batches_failed=p.mini_batches_failed,
+            files_total=p.files_total,
+            files_succeeded=p.files_succeeded,
+            files_failed=p.files_failed,
+        ),
+        input=job.input,
+        output_path=job.output_path,
+        errors=[
+            batch_pb2.JobError(
+                mini_batch=e.mini_batch, files=e.files, exception=e.exception, attempts=e.attempts
+            )
+            for e in job.errors
+        ],
+        status_message=job.status_message,
+        cost=batch_pb2.JobCost(
+            instance_type=job.cost.instance_type,
+            worker_seconds=job.cost.worker_seconds,
+            price_per_hour=job.cost.price_per_hour,
+            cost=job.cost.cost,
+        ),
+        output_file_name=job.settings.output_file_name,
+        workers=job.workers,
+    )
+    for field, value in (
+        ("created_at", job.created_at),
+        ("started_at", job.started_at),
+        ("ended_at", job.ended_at),
+    ):
+        stamp = _timestamp(value)
+        if stamp is not None:
+            getattr(msg, field).CopyFrom(stamp)
+    return msg
+
+
+def _overrides(msg: Any) -> Overrides:
+    def get(field: str) -> Any:
+        return getattr(msg, field) if msg.HasField(field) else None
+
+    return Overrides(
+        mini_batch_size=get("mini_batch_size"),
+        instance_count=get("instance_count"),
+        error_threshold=get("error_threshold"),
+        max_retries=get("max_retries"),
+        timeout_s=get("timeout_s"),
+        output_file_name=get("output_file_name"),
+        max_concurrency_per_instance=get("max_concurrency_per_instance"),
+    )
+
+
+class BatchApi(batch_pb2_grpc.BatchServicer):
+    def __init__(self, service: BatchService):
+        self._svc = service
+
+    @errors
+    async def InvokeBatchEndpoint(self, request: Any, context: Any) -> Any:
+        job = await self._svc.invoke(
+            InvokeRequest(
+                endpoint_name=request.endpoint_name,
+                deployment_name=request.deployment_name,
+                input=request.input,
+                input_type=request.input_type,
+                output_path=request.output_path,
+                job_name=request.job_name,
+                overrides=_overrides(request.overrides),
+            ),
+            actor_of(context),
+        )
+        return to_proto(job)
+
+    @errors
+    async def GetJob(self, request: Any, context: Any) -> Any:
+        return to_proto(await self._svc.get(request.name))
+
+    @errors
+    async def ListJobs(self, request: Any, context: Any) -> Any:
+        size = min(request.page.page_size or 100, MAX_PAGE)
+        jobs, token = await self._svc.store.page(
+            endpoint=request.endpoint_name,
+            deployment=request.deployment_name,
+            size=size,
+            after=request.page.page_token,
+        )
+        return batch_pb2.ListJobsResponse(
+            jobs=[to_proto(j) for j in jobs],
+            page=common_pb2.PageResponse(next_page_token=token),
+        )
+
+    @errors
+    async def CancelJob(self, request: Any, context: Any) -> Any:
+        return to_proto(await self._svc.cancel(request.name))
+
+    async def StreamJobLogs(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        try:
+            async for source, line in self._svc.follow_logs(request.name, request.follow):
+                yield batch_pb2.JobLogLine(source=source, line=line)
+        except NotFound as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))

@@ -1,0 +1,123 @@
+"""A job's input: a folder, a file, or a `file://` / `http(s)://` URI, as a list of files.
+
+Resolved at invoke time, so an unknown, empty or unreadable input is refused
+with a clear message instead of becoming a job that fails later. Folders are
+walked recursively in a stable (sorted) order; hidden files are skipped.
+Remote files are downloaded into the job's scratch folder with a size limit.
+`azureml:` data assets are refused until Sluice has data assets.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import httpx
+
+from sluice.batch.jobs import MAX_FILES
+
+MAX_DOWNLOAD_BYTES = 1 << 30  # 1 GiB per downloaded file
+DOWNLOAD_TIMEOUT_S = 60.0
+
+
+class InputError(ValueError):
+    """The input cannot be used; the message says why and what would work."""
+
+
+def _check_type(input_type: str) -> str:
+    kind = input_type or "uri_folder"
+    if kind not in {"uri_folder", "uri_file"}:
+        raise InputError(f"--input-type {input_type!r}: use uri_folder or uri_file")
+    return kind
+
+
+def list_folder(folder: Path) -> list[Path]:
+    """Every readable file under `folder`, recursively, sorted by relative path."""
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found.extend(Path(dirpath) / f for f in sorted(filenames) if not f.startswith("."))
+    return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def _readable(path: Path) -> None:
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise InputError(f"input file {path} cannot be read: {exc.strerror}") from None
+
+
+def resolve_local(path: Path, input_type: str) -> list[Path]:
+    kind = _check_type(input_type)
+    if not path.is_absolute():
+        raise InputError(f"input path {str(path)!r} must be absolute (the CLI makes it so)")
+    if not path.exists():
+        raise InputError(f"input {path} does not exist")
+    if path.is_dir():
+        if kind == "uri_file":
+            raise InputError(f"input {path} is a folder but --input-type is uri_file")
+        files = list_folder(path)
+        if not files:
+            raise InputError(f"input folder {path} has no files")
+    else:
+        files = [path]
+    if len(files) > MAX_FILES:
+        raise InputError(f"input has {len(files)} files; a job takes at most {MAX_FILES}")
+    for file in files:
+        _readable(file)
+    return files
+
+
+async def download(url: str, scratch: Path, *, limit: int = MAX_DOWNLOAD_BYTES) -> Path:
+    """Fetch one http(s) file into `scratch`, refusing more than `limit` bytes."""
+    name = Path(unquote(urlparse(url).path)).name or "input"
+    scratch.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - one small local mkdir
+    target = scratch / name
+    size = 0
+    try:
+        async with (
+            httpx.AsyncClient(timeout=DOWNLOAD_TIMEOUT_S, follow_redirects=True) as client,
+            client.stream("GET", url) as response,
+        ):
+            if response.status_code != 200:
+                raise InputError(f"input {url} answered HTTP {response.status_code}")
+            declared = int(response.headers.get("content-length") or 0)
+            if declared > limit:
+                raise InputError(f"input {url} is {declared} bytes; the limit is {limit}")
+            with target.open("wb") as out:
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > limit:
+                        raise InputError(f"input {url} is larger than the limit of {limit} bytes")
+                    out.write(chunk)
+    except httpx.HTTPError as exc:
+        raise InputError(f"input {url} cannot be downloaded: {exc}") from None
+    if size == 0:
+        raise InputError(f"input {url} is empty")
+    return target
+
+
+async def resolve(text: str, input_type: str, scratch: Path) -> list[Path]:
+    """The files of an input, in the order mini-batches are cut from them."""
+    text = text.strip()
+    if not text:
+        raise InputError("--input is required: a folder, a file, or a file:// or https:// URI")
+    if text.startswith("azureml:"):
+        raise InputError(
+            f"input {text!r} names a registered data asset; Sluice has no data assets yet "
+            "(they come with the assets issue): pass a folder, a file or a URI instead"
+        )
+    scheme = urlparse(text).scheme
+    if scheme in {"http", "https"}:
+        if _check_type(input_type) == "uri_folder" and input_type:
+            raise InputError(f"input {text} is a single remote file: use --input-type uri_file")
+        return [await download(text, scratch / "inputs")]
+    if scheme == "file":
+        return resolve_local(Path(unquote(urlparse(text).path)), input_type)
+    if scheme and len(scheme) > 1:  # a one-letter scheme is a Windows drive, not a URI
+        raise InputError(
+            f"input {text!r}: {scheme}:// is not supported; use a path, file:// or http(s)://"
+        )
+    return resolve_local(Path(text), input_type)

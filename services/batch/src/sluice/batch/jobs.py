@@ -1,0 +1,194 @@
+"""Batch jobs as MongoDB documents (collection `batch_jobs`), with Azure's states.
+
+A job is written once by InvokeBatchEndpoint (Queued) and then only by the
+runner that owns it: state changes are conditional on the current state, so
+a cancel and a completion racing each other leave exactly one of them.
+Progress counters are recomputed from the results stream and written whole,
+so a restarted runner rebuilds the same numbers instead of adding twice.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from pymongo import DESCENDING, ReturnDocument
+from pymongo.asynchronous.database import AsyncDatabase
+
+from sluice.common.mongo import Document
+from sluice.common.resources import BatchSettings, utcnow
+
+BATCH_JOBS = "batch_jobs"
+# A job lists its input files in its document; Mongo documents stop at 16 MB.
+MAX_FILES = 100_000
+
+
+class JobState(StrEnum):
+    queued = "Queued"
+    running = "Running"
+    completed = "Completed"
+    failed = "Failed"
+    canceled = "Canceled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({JobState.completed, JobState.failed, JobState.canceled})
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class Progress(_Model):
+    mini_batches_total: int = 0
+    mini_batches_done: int = 0
+    mini_batches_failed: int = 0
+    files_total: int = 0
+    files_succeeded: int = 0
+    files_failed: int = 0
+
+
+class JobError(_Model):
+    """A mini-batch that failed after its retries: which files, which exception."""
+
+    mini_batch: int
+    files: tuple[str, ...]
+    exception: str
+    attempts: int
+
+
+class Cost(_Model):
+    instance_type: str = ""
+    worker_seconds: float = 0.0
+    price_per_hour: float = 0.0
+
+    @property
+    def cost(self) -> float:
+        return round(self.worker_seconds / 3600 * self.price_per_hour, 6)
+
+
+class Job(_Model):
+    name: str
+    endpoint_name: str
+    deployment_name: str
+    deployment_version: int
+    state: JobState = JobState.queued
+    input: str  # what the user gave
+    files: tuple[str, ...]  # the resolved input, in order
+    output_path: str
+    settings: BatchSettings  # the deployment's, with the job's overrides applied
+    instance_count: int = 1
+    instance_type: str = ""
+    progress: Progress = Progress()
+    errors: tuple[JobError, ...] = ()
+    status_message: str = ""
+    cost: Cost = Cost()
+    cancel_requested: bool = False
+    published: bool = False  # every mini-batch is on the work queue
+    worker_pids: tuple[int, ...] = ()  # this host's workers, stopped by a resuming runner
+    created_by: str = ""
+    created_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+
+    @property
+    def workers(self) -> int:
+        return self.instance_count * self.settings.max_concurrency_per_instance
+
+    def mini_batches(self) -> list[list[str]]:
+        size = self.settings.mini_batch_size
+        return [list(self.files[i : i + size]) for i in range(0, len(self.files), size)]
+
+
+def _document(job: Job) -> Document:
+    return {"_id": job.name, **job.model_dump(mode="json")}
+
+
+def _job(raw: Document) -> Job:
+    return Job.model_validate({k: v for k, v in raw.items() if k != "_id"})
+
+
+class JobStore:
+    def __init__(self, db: AsyncDatabase[Document]):
+        self._jobs = db[BATCH_JOBS]
+
+    async def ensure_indexes(self) -> None:
+        await self._jobs.create_index([("endpoint_name", 1), ("created_at", DESCENDING)])
+        await self._jobs.create_index([("state", 1)])
+
+    async def insert(self, job: Job) -> None:
+        await self._jobs.insert_one(_document(job))
+
+    async def get(self, name: str) -> Job | None:
+        raw = await self._jobs.find_one({"_id": name})
+        return None if raw is None else _job(raw)
+
+    async def page(
+        self, *, endpoint: str, deployment: str, size: int, after: str
+    ) -> tuple[list[Job], str]:
+        """Newest first; the page token is the last job's name."""
+        where: dict[str, Any] = {}
+        if endpoint:
+            where["endpoint_name"] = endpoint
+        if deployment:
+            where["deployment_name"] = deployment
+        if after:
+            last = await self._jobs.find_one({"_id": after}, {"created_at": 1})
+            if last is not None:
+                where["$or"] = [
+                    {"created_at": {"$lt": last["created_at"]}},
+                    {"created_at": last["created_at"], "_id": {"$lt": after}},
+                ]
+        cursor = self._jobs.find(where).sort([("created_at", -1), ("_id", -1)]).limit(size + 1)
+        jobs = [_job(raw) async for raw in cursor]
+        more = len(jobs) > size
+        jobs = jobs[:size]
+        return jobs, (jobs[-1].name if more and jobs else "")
+
+    async def unfinished(self) -> list[Job]:
+        states = [JobState.queued.value, JobState.running.value]
+        return [_job(raw) async for raw in self._jobs.find({"state": {"$in": states}})]
+
+    async def update(self, name: str, **fields: Any) -> Job | None:
+        """Set fields (JSON-able values or models) and return the job as it now is."""
+        values = {
+            k: v.model_dump(mode="json") if isinstance(v, BaseModel) else _plain(v)
+            for k, v in fields.items()
+        }
+        raw = await self._jobs.find_one_and_update(
+            {"_id": name}, {"$set": values}, return_document=ReturnDocument.AFTER
+        )
+        return None if raw is None else _job(raw)
+
+    async def transition(
+        self, name: str, to: JobState, *, when: set[JobState], **fields: Any
+    ) -> Job | None:
+        """Move to `to` only from one of the `when` states; None if the job was elsewhere."""
+        values = {
+            "state": to.value,
+            **{
+                k: v.model_dump(mode="json") if isinstance(v, BaseModel) else _plain(v)
+                for k, v in fields.items()
+            },
+        }
+        raw = await self._jobs.find_one_and_update(
+            {"_id": name, "state": {"$in": [s.value for s in when]}},
+            {"$set": values},
+            return_document=ReturnDocument.AFTER,
+        )
+        return None if raw is None else _job(raw)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, StrEnum):
+        return value.value
+    return value

@@ -1,0 +1,121 @@
+"""Output of `append_row` jobs, in Azure's format, assembled from per-mini-batch parts.
+
+Each mini-batch's rows go to their own part file, named by the mini-batch's
+index and replaced atomically, so a mini-batch that runs twice (a worker
+killed after writing, a redelivery) still appears once. When the job ends
+the parts are concatenated in index order: every row once, in input order.
+
+Azure's format (docs, and the samples that read it back with
+`pd.read_csv(..., header=None, sep=" ")`): no header row; a DataFrame's rows
+are written space-separated without its index; every other returned item is
+one line, `str(item)`. A `.parquet` output file name with DataFrame results
+gives a Parquet file instead.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+PART_DIGITS = 8
+
+
+class OutputError(ValueError):
+    """run() returned something Azure's append_row cannot write."""
+
+
+def part_path(parts: Path, mini_batch: int, parquet: bool) -> Path:
+    return parts / f"{mini_batch:0{PART_DIGITS}d}.{'parquet' if parquet else 'txt'}"
+
+
+def is_parquet(output_file_name: str) -> bool:
+    return output_file_name.lower().endswith(".parquet")
+
+
+def _is_frame(result: Any) -> bool:
+    return type(result).__name__ == "DataFrame" and hasattr(result, "to_csv")
+
+
+def count_rows(result: Any) -> int:
+    """How many items run() returned (each counts as one success, as on Azure)."""
+    if result is None or isinstance(result, str | bytes):
+        raise OutputError(
+            f"run() must return a list or a pandas DataFrame, not {type(result).__name__}"
+        )
+    try:
+        return len(result)
+    except TypeError:
+        raise OutputError(
+            f"run() must return a list or a pandas DataFrame, not {type(result).__name__}"
+        ) from None
+
+
+def write_part(result: Any, parts: Path, mini_batch: int, output_file_name: str) -> int:
+    """Write one mini-batch's rows atomically; returns the row count."""
+    rows = count_rows(result)
+    parquet = is_parquet(output_file_name)
+    if parquet and not _is_frame(result):
+        raise OutputError(
+            f"output_file_name {output_file_name!r} is Parquet: run() must return a pandas "
+            f"DataFrame, not {type(result).__name__}"
+        )
+    target = part_path(parts, mini_batch, parquet)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    parts.mkdir(parents=True, exist_ok=True)
+    if parquet:
+        result.to_parquet(tmp, index=False)
+    elif _is_frame(result):
+        result.to_csv(tmp, sep=" ", header=False, index=False, lineterminator="\n")
+    else:
+        with tmp.open("w", encoding="utf-8") as out:
+            out.writelines(f"{item}\n" for item in result)
+    tmp.replace(target)
+    # A redelivered mini-batch may change kind (text <-> parquet): keep only the latest.
+    part_path(parts, mini_batch, not parquet).unlink(missing_ok=True)
+    return rows
+
+
+def merge_parts(parts: Path, mini_batches: Sequence[int], target: Path) -> int:
+    """Concatenate the parts of `mini_batches`, in order, into `target`; returns bytes written.
+
+    Streams file to file (Parquet: row group by row group), so memory stays
+    bounded whatever the job's size.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    if is_parquet(target.name):
+        _merge_parquet(parts, mini_batches, tmp)
+    else:
+        with tmp.open("wb") as out:
+            for index in mini_batches:
+                part = part_path(parts, index, parquet=False)
+                if part.exists():
+                    with part.open("rb") as src:
+                        shutil.copyfileobj(src, out, 1 << 20)
+    tmp.replace(target)
+    return target.stat().st_size
+
+
+def _merge_parquet(parts: Path, mini_batches: Sequence[int], tmp: Path) -> None:
+    import pyarrow.parquet as pq  # type: ignore[import-untyped]
+
+    writer: Any = None
+    try:
+        for index in mini_batches:
+            part = part_path(parts, index, parquet=True)
+            if not part.exists():
+                continue
+            source = pq.ParquetFile(part)
+            for group in range(source.num_row_groups):
+                table = source.read_row_group(group)
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, table.schema)
+                writer.write_table(table)
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:  # no mini-batch returned rows
+        tmp.write_bytes(b"")

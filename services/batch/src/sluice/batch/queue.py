@@ -1,0 +1,118 @@
+"""The JetStream streams of one job: its work queue and its results.
+
+- `BATCH_WORK_<job>`: retention *work-queue*, one message per mini-batch
+  (`Nats-Msg-Id` = job + index, so a runner that publishes again after a
+  restart adds nothing); one durable pull consumer, `workers`, shared by every
+  worker, with the job's ack-wait and `max_retries + 1` deliveries.
+- `BATCH_RESULTS_<job>`: one subject per mini-batch and one message kept per
+  subject, so the latest outcome of each mini-batch is all there is; the
+  runner replays it from the start after a restart to rebuild progress.
+
+Both streams are deleted when the job ends; the job document keeps the totals.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+from faststream.nats import NatsBroker
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import NotFoundError
+
+DURABLE = "workers"
+# Heartbeats keep a long run() alive; a dead worker's mini-batch comes back after this.
+MAX_ACK_WAIT_S = 5.0
+
+
+@dataclass(frozen=True)
+class JobQueue:
+    job: str
+    prefix: str  # e.g. "sluice.batch"
+
+    @property
+    def work_stream(self) -> str:
+        return f"BATCH_WORK_{self.job}"
+
+    @property
+    def work_subject(self) -> str:
+        return f"{self.prefix}.{self.job}.work"
+
+    @property
+    def results_stream(self) -> str:
+        return f"BATCH_RESULTS_{self.job}"
+
+    @property
+    def results_prefix(self) -> str:
+        return f"{self.prefix}.{self.job}.results"
+
+    @staticmethod
+    def ack_wait(timeout_s: float) -> float:
+        return max(1.0, min(float(timeout_s), MAX_ACK_WAIT_S))
+
+    async def declare(self, broker: NatsBroker, *, timeout_s: float, max_retries: int) -> None:
+        """Create (or keep) both streams and the workers' consumer; idempotent."""
+        js = broker.connection.jetstream()
+        await _ensure_stream(
+            js,
+            StreamConfig(
+                name=self.work_stream,
+                subjects=[self.work_subject],
+                retention=RetentionPolicy.WORK_QUEUE,
+                storage=StorageType.FILE,
+                duplicate_window=3600,
+            ),
+        )
+        await _ensure_stream(
+            js,
+            StreamConfig(
+                name=self.results_stream,
+                subjects=[f"{self.results_prefix}.>"],
+                storage=StorageType.FILE,
+                max_msgs_per_subject=1,
+            ),
+        )
+        try:
+            await js.consumer_info(self.work_stream, DURABLE)
+        except NotFoundError:
+            await js.add_consumer(
+                self.work_stream,
+                ConsumerConfig(
+                    durable_name=DURABLE,
+                    ack_policy=AckPolicy.EXPLICIT,
+                    deliver_policy=DeliverPolicy.ALL,
+                    ack_wait=self.ack_wait(timeout_s),
+                    max_deliver=max_retries + 1,
+                    max_ack_pending=-1,
+                ),
+            )
+
+    async def publish(self, broker: NatsBroker, index: int, body: bytes) -> None:
+        await broker.publish(
+            body,
+            self.work_subject,
+            headers={"Nats-Msg-Id": f"{self.job}-{index}"},
+            stream=self.work_stream,
+            timeout=10.0,
+        )
+
+    async def delete(self, broker: NatsBroker) -> None:
+        js = broker.connection.jetstream()
+        for stream in (self.work_stream, self.results_stream):
+            with contextlib.suppress(NotFoundError):
+                await js.delete_stream(stream)
+
+
+async def _ensure_stream(js: Any, config: StreamConfig) -> None:
+    try:
+        await js.stream_info(config.name)
+    except NotFoundError:
+        await js.add_stream(config)

@@ -1,0 +1,441 @@
+"""The runner: takes one job from Queued to Completed, Failed or Canceled.
+
+It builds (or reuses) the deployment's environment, puts every mini-batch on
+the job's work queue, starts `instance_count x max_concurrency_per_instance`
+workers and then only watches: results arrive on the results stream,
+progress is recomputed from them and written to the job, dead workers are
+replaced, the error threshold and cancel requests are checked. When every
+mini-batch has an outcome the parts are joined into the output file, the
+workers are stopped (compute exists only while the job runs) and the cost is
+recorded. A runner stopped with its service leaves the job Running; the next
+runner picks it up where the streams say it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+from faststream.nats import JStream, NatsBroker
+from nats.js.api import DeliverPolicy
+
+from sluice.batch.environment import model_environment
+from sluice.batch.jobs import Cost, Job, JobError, JobState, JobStore, Progress
+from sluice.batch.output import merge_parts
+from sluice.batch.queue import JobQueue
+from sluice.batch.worker import (
+    CONFIG_ENV,
+    EXIT_INIT_FAILED,
+    MiniBatch,
+    MiniBatchResult,
+    WorkerConfig,
+)
+from sluice.common.artifacts import ArtifactStore
+from sluice.common.catalogue import Catalogue, UnknownInstanceType
+from sluice.common.environments import EnvironmentBuilder, EnvironmentError_
+from sluice.common.log import get_logger
+from sluice.common.resources import (
+    BATCH_DEPLOYMENTS,
+    BatchDeploymentDoc,
+    BatchDeploymentSpec,
+    EnvironmentSpec,
+    OutputAction,
+    deployment_id,
+    from_document,
+    utcnow,
+)
+
+log = get_logger(__name__)
+TICK_S = 0.25
+STOP_GRACE_S = 5.0
+LOG_LINES_IN_ERRORS = 20
+
+
+class JobAborted(Exception):
+    """The job cannot go on; the message becomes its status message."""
+
+
+@dataclass
+class RunnerContext:
+    store: JobStore
+    db: Any  # AsyncDatabase: the registry's deployments
+    broker: NatsBroker
+    nats_url: str
+    subject_prefix: str  # "sluice.batch"
+    jobs_dir: Path
+    environments: EnvironmentBuilder
+    artifacts: ArtifactStore
+    catalogue: Catalogue
+    on_state: Callable[[Job], Awaitable[None]]  # publishes the job's state-change event
+
+
+def tail(path: Path, lines: int = LOG_LINES_IN_ERRORS) -> str:
+    if not path.exists():
+        return ""
+    with path.open("rb") as handle:
+        return b"".join(deque(handle, maxlen=lines)).decode(errors="replace").rstrip()
+
+
+class JobLog:
+    """The runner's log of one job (`<job>/logs/runner.log`), streamable like the workers'."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+
+    def __call__(self, message: str) -> None:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+        with self.path.open("a") as out:
+            out.write(f"{stamp} {message}\n")
+
+
+@dataclass
+class WorkerProcess:
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    started: float = field(default_factory=time.monotonic)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+def job_dir(jobs_dir: Path, name: str) -> Path:
+    return jobs_dir / name
+
+
+def stop_leftover_workers(pids: tuple[int, ...], job: str) -> None:
+    """Workers a previous runner of this host left behind (its service was killed)."""
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            if CONFIG_ENV in proc.environ() and job in proc.environ()[CONFIG_ENV]:
+                proc.kill()
+        except (psutil.Error, OSError):
+            continue
+
+
+class JobRunner:
+    def __init__(self, ctx: RunnerContext, job: Job):
+        self.ctx = ctx
+        self.job = job
+        self.dir = job_dir(ctx.jobs_dir, job.name)
+        self.log = JobLog(self.dir / "logs" / "runner.log")
+        self.queue = JobQueue(job.name, ctx.subject_prefix)
+        self.results: dict[int, MiniBatchResult] = {}
+        self.workers: list[WorkerProcess] = []
+        self.worker_seconds = job.cost.worker_seconds
+        self.restarts = 0
+        self._changed = asyncio.Event()
+
+    # ---- the job's life ----------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run the job to its end; a CancelledError (service stopping) leaves it Running."""
+        subscriber: Any = None
+        try:
+            await self._start()
+            config = await self._prepare()
+            subscriber = await self._follow_results()
+            await self._start_workers(config)
+            final = await self._watch(config)
+            await self._finish(final)
+        except JobAborted as exc:
+            self.log(f"job failed: {exc}")
+            await self._finish(JobState.failed, str(exc))
+        except asyncio.CancelledError:
+            self.log("runner stopping with its service; the job resumes when it restarts")
+            self._stop_workers()
+            raise
+        except Exception as exc:
+            log.exception("job_runner_crashed", job=self.job.name)
+            await self._finish(JobState.failed, f"the batch runner failed: {exc!r}")
+        finally:
+            self._stop_workers()
+            if subscriber is not None:
+                with contextlib.suppress(Exception):
+                    await subscriber.stop()
+
+    async def _start(self) -> None:
+        if self.job.state is JobState.queued:
+            started = await self.ctx.store.transition(
+                self.job.name,
+                JobState.running,
+                when={JobState.queued},
+                started_at=utcnow(),
+            )
+            if started is None:
+                raise JobAborted("the job left Queued while it was being started")
+            self.job = started
+            await self.ctx.on_state(self.job)
+            self.log(
+                f"job {self.job.name} running: {len(self.job.files)} files, "
+                f"{len(self.job.mini_batches())} mini-batches, {self.job.workers} workers"
+            )
+        else:
+            self.log(f"resuming job {self.job.name}")
+            stop_leftover_workers(self.job.worker_pids, self.job.name)
+
+    async def _prepare(self) -> WorkerConfig:
+        job = self.job
+        raw = await self.ctx.db[BATCH_DEPLOYMENTS].find_one(
+            {"_id": deployment_id(job.endpoint_name, job.deployment_name)}
+        )
+        if raw is None:
+            raise JobAborted(f"deployment {job.deployment_name!r} was deleted")
+        deployment = from_document(BatchDeploymentDoc, raw).spec
+        model = code = None
+        if deployment.model.artifact:
+            model = self.ctx.artifacts.path_of(deployment.model.artifact)
+        if deployment.code_configuration.code:
+            code = self.ctx.artifacts.path_of(deployment.code_configuration.code)
+        self.log("preparing the deployment's environment")
+        try:
+            env = await self.ctx.environments.ensure(environment_for(deployment, model))
+        except EnvironmentError_ as exc:
+            raise JobAborted(str(exc)) from exc
+        for warning in env.warnings:
+            self.log(f"warning: {warning}")
+        s = job.settings
+        await self.queue.declare(
+            self.ctx.broker,
+            timeout_s=s.retry_settings.timeout_s,
+            max_retries=s.retry_settings.max_retries,
+        )
+        if not job.published:
+            for index, files in enumerate(job.mini_batches()):
+                body = MiniBatch(index=index, files=files).model_dump_json().encode()
+                await self.queue.publish(self.ctx.broker, index, body)
+            updated = await self.ctx.store.update(job.name, published=True)
+            self.job = updated or job
+            self.log(f"{len(job.mini_batches())} mini-batches queued")
+        self.python = env.python
+        self.cwd = code or self.dir
+        return WorkerConfig(
+            nats_url=self.ctx.nats_url,
+            job=job.name,
+            worker="",
+            stream=self.queue.work_stream,
+            subject=self.queue.work_subject,
+            durable="workers",
+            results_stream=self.queue.results_stream,
+            results_prefix=self.queue.results_prefix,
+            parts=str(self.dir / "parts"),
+            output_path=job.output_path,
+            output_file_name=s.output_file_name,
+            append_row=s.output_action is OutputAction.append_row,
+            timeout_s=s.retry_settings.timeout_s,
+            ack_wait_s=JobQueue.ack_wait(s.retry_settings.timeout_s),
+            max_deliver=s.retry_settings.max_retries + 1,
+            model=str(model) if model else None,
+            code=str(code) if code else None,
+            scoring_script=deployment.code_configuration.scoring_script or None,
+        )
+
+    async def _follow_results(self) -> Any:
+        """Replay every mini-batch outcome so far, then follow new ones."""
+        subscriber = self.ctx.broker.subscriber(
+            f"{self.queue.results_prefix}.>",
+            stream=JStream(self.queue.results_stream, declare=False),
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.ALL,
+            persistent=False,
+        )
+
+        async def on_result(result: MiniBatchResult) -> None:
+            self.results[result.index] = result
+            self._changed.set()
+
+        subscriber(on_result)
+        await subscriber.start()
+        return subscriber
+
+    # ---- workers -----------------------------------------------------------------------
+
+    async def _start_workers(self, config: WorkerConfig) -> None:
+        self.config = config
+        for n in range(self.job.workers):
+            self._spawn(f"worker-{n}")
+        await self._record_pids()
+
+    def _spawn(self, name: str) -> None:
+        log_path = self.dir / "logs" / f"{name}.log"
+        cfg = self.config.model_copy(update={"worker": name})
+        env = {
+            **os.environ,
+            **self.job.settings.environment_variables,
+            CONFIG_ENV: cfg.model_dump_json(),
+            "PYTHONUNBUFFERED": "1",
+        }
+        with log_path.open("ab") as out:
+            process = subprocess.Popen(
+                [self.python, "-m", "sluice.batch.worker"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=self.cwd,
+                start_new_session=True,
+            )
+        self.workers.append(WorkerProcess(name, process, log_path))
+        self.log(f"{name} started (pid {process.pid})")
+
+    async def _record_pids(self) -> None:
+        pids = tuple(w.process.pid for w in self.workers)
+        await self.ctx.store.update(self.job.name, worker_pids=pids)
+
+    async def _reap_workers(self) -> None:
+        """Replace workers that died; a failed init() ends the job with its traceback."""
+        for worker in [w for w in self.workers if w.process.poll() is not None]:
+            code = worker.process.returncode
+            self.workers.remove(worker)
+            self.worker_seconds += time.monotonic() - worker.started
+            if code == EXIT_INIT_FAILED:
+                raise JobAborted(
+                    f"{worker.name}: init() failed. Last log lines:\n{tail(worker.log_path)}"
+                )
+            self.restarts += 1
+            self.log(f"{worker.name} exited with code {code}; starting a new one")
+            if self.restarts > 3 * self.job.workers + 3:
+                raise JobAborted(
+                    f"workers keep dying ({self.restarts} restarts). Last log lines of "
+                    f"{worker.name}:\n{tail(worker.log_path)}"
+                )
+            self._spawn(worker.name)
+            await self._record_pids()
+
+    def _stop_workers(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+            self.worker_seconds += time.monotonic() - worker.started
+        if self.workers:
+            self.log(f"{len(self.workers)} workers stopped")
+        self.workers = []
+
+    # ---- watching ----------------------------------------------------------------------
+
+    def _progress(self) -> tuple[Progress, tuple[JobError, ...]]:
+        batches = self.job.mini_batches()
+        done = [r for r in self.results.values() if r.ok]
+        failed = [r for r in self.results.values() if not r.ok]
+        errors = tuple(
+            JobError(
+                mini_batch=r.index,
+                files=tuple(batches[r.index]) if r.index < len(batches) else (),
+                exception=r.error,
+                attempts=r.attempts,
+            )
+            for r in sorted(failed, key=lambda r: r.index)
+        )
+        progress = Progress(
+            mini_batches_total=len(batches),
+            mini_batches_done=len(done),
+            mini_batches_failed=len(failed),
+            files_total=len(self.job.files),
+            files_succeeded=sum(r.files for r in done),
+            files_failed=sum(r.files for r in failed),
+        )
+        return progress, errors
+
+    def _cost(self) -> Cost:
+        running = sum(time.monotonic() - w.started for w in self.workers)
+        return self.job.cost.model_copy(update={"worker_seconds": self.worker_seconds + running})
+
+    async def _watch(self, config: WorkerConfig) -> JobState:
+        del config
+        total = len(self.job.mini_batches())
+        written: Progress | None = None
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), timeout=TICK_S)
+            self._changed.clear()
+            progress, errors = self._progress()
+            if progress != written:
+                await self.ctx.store.update(
+                    self.job.name, progress=progress, errors=errors, cost=self._cost()
+                )
+                written = progress
+            threshold = self.job.settings.error_threshold
+            if threshold != -1 and progress.files_failed > threshold:
+                first = errors[0]
+                names = ", ".join(Path(f).name for f in first.files)
+                raise JobAborted(
+                    f"{progress.files_failed} files failed, more than error_threshold={threshold}; "
+                    f"first: mini-batch {first.mini_batch} ({names}): {first.exception}"
+                )
+            if len(self.results) >= total:
+                return JobState.completed
+            current = await self.ctx.store.get(self.job.name)
+            if current is not None and current.cancel_requested:
+                return JobState.canceled
+            await self._reap_workers()
+
+    async def _finish(self, state: JobState, message: str = "") -> None:
+        self._stop_workers()
+        progress, errors = self._progress()
+        done = sorted(i for i, r in self.results.items() if r.ok)
+        s = self.job.settings
+        if s.output_action is OutputAction.append_row and done:
+            target = Path(self.job.output_path) / s.output_file_name
+            size = await asyncio.to_thread(merge_parts, self.dir / "parts", done, target)
+            self.log(f"output written: {target} ({size} bytes)")
+        if state is JobState.completed and not message:
+            message = f"{progress.files_succeeded} of {progress.files_total} files scored" + (
+                f"; {progress.files_failed} failed" if progress.files_failed else ""
+            )
+        ended = await self.ctx.store.transition(
+            self.job.name,
+            state,
+            when={JobState.queued, JobState.running},
+            ended_at=utcnow(),
+            progress=progress,
+            errors=errors,
+            status_message=message,
+            cost=self._cost(),
+            worker_pids=(),
+        )
+        await self.queue.delete(self.ctx.broker)
+        if ended is not None:
+            self.job = ended
+            await self.ctx.on_state(ended)
+            self.log(
+                f"job {state.value}: {message} (cost {ended.cost.cost:.6f} USD for "
+                f"{ended.cost.worker_seconds:.1f} worker-seconds)"
+            )
+
+
+def environment_for(deployment: BatchDeploymentSpec, model: Path | None) -> EnvironmentSpec:
+    """The deployment's environment; for a script-less MLflow model, the model's own."""
+    spec = deployment.environment
+    if spec.conda_file or spec.pip_requirements or spec.image or spec.registered:
+        return spec
+    if model is not None and not deployment.code_configuration.scoring_script:
+        return model_environment(model)
+    return spec
+
+
+def instance_type_of(catalogue: Catalogue, compute: str) -> tuple[str, float]:
+    """A batch deployment's `compute` names its instance type when it is one; else the default."""
+    try:
+        found = catalogue.resolve(compute)
+    except UnknownInstanceType:
+        found = catalogue.resolve("")
+    return found.name, found.price_per_hour

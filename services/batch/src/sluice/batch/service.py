@@ -1,0 +1,294 @@
+"""The batch service's behaviour: invoke, read, cancel, follow logs; one runner per live job.
+
+Invoke checks everything it can before the job exists (endpoint, deployment,
+settings, the input itself), so a bad request is refused at once and never
+becomes a job that fails later; one invoke creates exactly one job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import shutil
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sluice.batch import inputs
+from sluice.batch.jobs import Cost, Job, JobState, JobStore
+from sluice.batch.runner import JobRunner, RunnerContext, instance_type_of, job_dir
+from sluice.common.artifacts import ArtifactError
+from sluice.common.log import get_logger
+from sluice.common.resources import (
+    BATCH_DEPLOYMENTS,
+    BATCH_ENDPOINTS,
+    BatchDeploymentDoc,
+    BatchEndpointDoc,
+    BatchSettings,
+    deployment_id,
+    from_document,
+)
+
+log = get_logger(__name__)
+JOB_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+DATASTORE_URI = re.compile(r"^azureml://datastores/([^/]+)/paths/(.*)$")
+CANCEL_WAIT_S = 10.0
+
+
+class InvalidArgument(ValueError):
+    pass
+
+
+class NotFound(LookupError):
+    pass
+
+
+class AlreadyExists(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """`--set` values of one invoke; None = the deployment's."""
+
+    mini_batch_size: int | None = None
+    instance_count: int | None = None
+    error_threshold: int | None = None
+    max_retries: int | None = None
+    timeout_s: int | None = None
+    output_file_name: str | None = None
+    max_concurrency_per_instance: int | None = None
+
+
+@dataclass(frozen=True)
+class InvokeRequest:
+    endpoint_name: str
+    deployment_name: str = ""
+    input: str = ""
+    input_type: str = ""
+    output_path: str = ""
+    job_name: str = ""
+    overrides: Overrides = Overrides()
+
+
+def _at_least(name: str, value: int | None, low: int) -> None:
+    if value is not None and value < low:
+        raise InvalidArgument(f"{name} must be at least {low}, got {value}")
+
+
+def apply_overrides(settings: BatchSettings, o: Overrides) -> BatchSettings:
+    _at_least("mini_batch_size", o.mini_batch_size, 1)
+    _at_least("instance_count", o.instance_count, 1)
+    _at_least("error_threshold", o.error_threshold, -1)
+    _at_least("retry_settings.max_retries", o.max_retries, 0)
+    _at_least("retry_settings.timeout", o.timeout_s, 1)
+    _at_least("max_concurrency_per_instance", o.max_concurrency_per_instance, 1)
+    name = o.output_file_name
+    if name is not None and (not name or "/" in name or name in {".", ".."}):
+        raise InvalidArgument(f"output_file_name {name!r} must be a plain file name")
+    retry = settings.retry_settings.model_copy(
+        update={
+            k: v
+            for k, v in {"max_retries": o.max_retries, "timeout_s": o.timeout_s}.items()
+            if v is not None
+        }
+    )
+    update: dict[str, Any] = {
+        k: v
+        for k, v in {
+            "mini_batch_size": o.mini_batch_size,
+            "error_threshold": o.error_threshold,
+            "output_file_name": o.output_file_name,
+            "max_concurrency_per_instance": o.max_concurrency_per_instance,
+        }.items()
+        if v is not None
+    }
+    return settings.model_copy(update={**update, "retry_settings": retry})
+
+
+class BatchService:
+    def __init__(self, ctx: RunnerContext, state_dir: Path):
+        self.ctx = ctx
+        self.store: JobStore = ctx.store
+        self.datastore = state_dir / "datastore"
+        self._runners: dict[str, asyncio.Task[None]] = {}
+
+    # ---- runners -----------------------------------------------------------------------
+
+    def _launch(self, job: Job) -> None:
+        task = asyncio.create_task(JobRunner(self.ctx, job).run(), name=f"job-{job.name}")
+        self._runners[job.name] = task
+        task.add_done_callback(lambda _: self._runners.pop(job.name, None))
+
+    async def resume(self) -> None:
+        """Start a runner for every job a previous run of the service left unfinished."""
+        for job in await self.store.unfinished():
+            if job.name not in self._runners:
+                log.info("job_resuming", job=job.name, state=job.state.value)
+                self._launch(job)
+
+    async def shutdown(self) -> None:
+        tasks = list(self._runners.values())
+        for task in tasks:
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    # ---- invoke ------------------------------------------------------------------------
+
+    def _output_path(self, given: str, job: str) -> Path:
+        if not given:
+            return self.datastore / "workspaceblobstore" / "azureml" / job / "score"
+        match = DATASTORE_URI.match(given)
+        if match:
+            return self.datastore / match.group(1) / match.group(2).strip("/")
+        path = Path(given.removeprefix("file://"))
+        if not path.is_absolute():
+            raise InvalidArgument(f"--output-path {given!r} must be absolute or azureml://...")
+        return path
+
+    async def invoke(self, request: InvokeRequest, actor: str) -> Job:
+        raw = await self.ctx.db[BATCH_ENDPOINTS].find_one({"_id": request.endpoint_name})
+        if raw is None:
+            raise NotFound(
+                f"batch endpoint {request.endpoint_name!r} does not exist "
+                "(`sluice batch-endpoint list`)"
+            )
+        endpoint = from_document(BatchEndpointDoc, raw)
+        name = request.deployment_name or endpoint.spec.default_deployment
+        if not name:
+            raise InvalidArgument(
+                "Set a default deployment or provide a deployment name through cli command."
+            )
+        raw = await self.ctx.db[BATCH_DEPLOYMENTS].find_one(
+            {"_id": deployment_id(endpoint.spec.name, name)}
+        )
+        if raw is None:
+            raise NotFound(
+                f"deployment {name!r} does not exist in batch endpoint {endpoint.spec.name!r}"
+            )
+        deployment = from_document(BatchDeploymentDoc, raw)
+        spec = deployment.spec
+        if spec.model.registered:
+            raise InvalidArgument(
+                f"model {spec.model.registered!r} is a registered model; Sluice has no model "
+                "registry yet: give the deployment's model a path"
+            )
+        for ref in (spec.model.artifact, spec.code_configuration.code):
+            if ref is not None and not self.ctx.artifacts.exists(ref):
+                raise InvalidArgument(f"artifact {ref.name!r} ({ref.digest}) is missing")
+        if not spec.code_configuration.scoring_script and not (
+            spec.model.artifact
+            and (self.ctx.artifacts.path_of(spec.model.artifact) / "MLmodel").is_file()
+        ):
+            raise InvalidArgument(
+                f"deployment {name!r} has no scoring script and its model is not an MLflow "
+                "model: add code_configuration.scoring_script"
+            )
+        settings = apply_overrides(spec.settings, request.overrides)
+        instance_count = request.overrides.instance_count or spec.instance_count
+        job_name = request.job_name or f"batchjob-{uuid.uuid4().hex[:16]}"
+        if not JOB_NAME.match(job_name):
+            raise InvalidArgument(
+                f"job name {job_name!r}: lower-case letters, digits, '-' and '_' (at most 63)"
+            )
+        if await self.store.get(job_name) is not None:
+            raise AlreadyExists(f"job {job_name!r} already exists")
+        output = self._output_path(request.output_path, job_name)
+        scratch = job_dir(self.ctx.jobs_dir, job_name)
+        try:
+            files = await inputs.resolve(request.input, request.input_type, scratch)
+        except (inputs.InputError, ArtifactError) as exc:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise InvalidArgument(str(exc)) from None
+        instance_type, price = instance_type_of(self.ctx.catalogue, spec.compute)
+        job = Job(
+            name=job_name,
+            endpoint_name=endpoint.spec.name,
+            deployment_name=name,
+            deployment_version=deployment.meta.version,
+            input=request.input,
+            files=tuple(str(f) for f in files),
+            output_path=str(output),
+            settings=settings,
+            instance_count=instance_count,
+            instance_type=instance_type,
+            cost=Cost(instance_type=instance_type, price_per_hour=price),
+            created_by=actor,
+        )
+        job = job.model_copy(
+            update={
+                "progress": job.progress.model_copy(
+                    update={
+                        "mini_batches_total": len(job.mini_batches()),
+                        "files_total": len(files),
+                    }
+                )
+            }
+        )
+        await self.store.insert(job)
+        await self.ctx.on_state(job)
+        self._launch(job)
+        return job
+
+    # ---- reads and cancel --------------------------------------------------------------
+
+    async def get(self, name: str) -> Job:
+        job = await self.store.get(name)
+        if job is None:
+            raise NotFound(f"job {name!r} does not exist (`sluice job list`)")
+        return job
+
+    async def cancel(self, name: str) -> Job:
+        job = await self.get(name)
+        if job.state.terminal:
+            raise InvalidArgument(f"job {name!r} is already {job.state.value}")
+        if job.state is JobState.queued:
+            canceled = await self.store.transition(
+                name, JobState.canceled, when={JobState.queued}, cancel_requested=True
+            )
+            if canceled is not None:
+                await self.ctx.on_state(canceled)
+                return canceled
+        await self.store.update(name, cancel_requested=True)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CANCEL_WAIT_S
+        while loop.time() < deadline:
+            job = await self.get(name)
+            if job.state.terminal:
+                return job
+            await asyncio.sleep(0.1)
+        return job
+
+    # ---- logs --------------------------------------------------------------------------
+
+    def log_files(self, name: str) -> list[Path]:
+        folder = job_dir(self.ctx.jobs_dir, name) / "logs"
+        runner = folder / "runner.log"
+        workers = sorted(folder.glob("worker-*.log"), key=lambda p: int(p.stem.split("-")[1]))
+        return ([runner] if runner.exists() else []) + workers
+
+    async def follow_logs(self, name: str, follow: bool) -> AsyncIterator[tuple[str, str]]:
+        """(source, line) of the runner's and every worker's log; with `follow`, to the end."""
+        await self.get(name)
+        offsets: dict[Path, int] = {}
+        while True:
+            for path in self.log_files(name):
+                start = offsets.get(path, 0)
+                with path.open("rb") as handle:
+                    handle.seek(start)
+                    data = handle.read()
+                complete = data[: data.rfind(b"\n") + 1]
+                offsets[path] = start + len(complete)
+                for line in complete.decode(errors="replace").splitlines():
+                    yield path.stem, line
+            if not follow:
+                return
+            job = await self.get(name)
+            if job.state.terminal and name not in self._runners:
+                follow = False  # one more pass picks up the last lines
+                continue
+            await asyncio.sleep(0.3)

@@ -1,0 +1,229 @@
+"""`python -m sluice.batch.worker`: one batch worker, run in the deployment's environment.
+
+It needs only NATS and the shared state folder (the artifact store, the
+job's parts folder), so a worker on another machine can join a job. It
+calls the scoring script's `init()` once, then pulls mini-batches one at a
+time from the job's work-queue stream and calls `run(mini_batch)` with the
+list of file paths, as Azure does.
+
+Each message stays un-acked while run() works; the worker sends "in
+progress" heartbeats so a short ack-wait detects a dead worker quickly
+while a long run() is not redelivered. A worker killed mid-batch leaves the
+message un-acked and JetStream gives it to another worker. A run() that
+raises is redelivered until its attempts (`max_retries` + 1) are used up,
+then reported failed; a run() that overruns `retry_settings.timeout` is
+given up the same way, and this worker exits (its thread cannot be stopped)
+for the runner to replace. Results go to the job's results stream, one
+subject per mini-batch, so a mini-batch that runs twice is counted once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from faststream.middlewares import AckPolicy
+from faststream.nats import JStream, NatsBroker, PullSub
+from faststream.nats.annotations import NatsMessage
+from nats.js.api import ConsumerConfig
+from pydantic import BaseModel
+
+from sluice.batch.output import write_part
+from sluice.common.runtime import wait_for_shutdown_signal
+
+CONFIG_ENV = "SLUICE_BATCH_WORKER"
+EXIT_INIT_FAILED = 3
+EXIT_TIMED_OUT = 4
+
+
+class WorkerConfig(BaseModel):
+    """What the runner tells a worker (as JSON in $SLUICE_BATCH_WORKER)."""
+
+    nats_url: str
+    job: str
+    worker: str
+    stream: str
+    subject: str
+    durable: str
+    results_stream: str
+    results_prefix: str
+    parts: str
+    output_path: str
+    output_file_name: str
+    append_row: bool
+    timeout_s: float
+    ack_wait_s: float
+    max_deliver: int
+    model: str | None = None
+    code: str | None = None
+    scoring_script: str | None = None
+
+
+class MiniBatch(BaseModel):
+    index: int
+    files: list[str]
+
+
+class MiniBatchResult(BaseModel):
+    """One mini-batch's outcome, published on `<results_prefix>.<index>`."""
+
+    index: int
+    ok: bool
+    files: int
+    rows: int = 0
+    error: str = ""
+    attempts: int = 1
+    worker: str = ""
+    seconds: float = 0.0
+
+
+def say(message: str) -> None:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+    print(f"{stamp} {message}", flush=True)
+
+
+def load_functions(cfg: WorkerConfig) -> Any:
+    """The deployment's scoring functions: its script, or the MLflow batch scorer."""
+    if cfg.model:
+        os.environ["AZUREML_MODEL_DIR"] = str(Path(cfg.model).resolve().parent)
+    os.environ["AZUREML_BI_OUTPUT_PATH"] = cfg.output_path
+    if cfg.scoring_script and cfg.code:
+        from sluice.inference.script import load_script
+
+        return load_script(Path(cfg.code) / cfg.scoring_script, Path(cfg.code))
+    from sluice.batch.mlflow_scorer import MlflowBatchScorer
+
+    if not cfg.model:
+        raise RuntimeError("the deployment has neither a scoring script nor a model")
+    return MlflowBatchScorer(Path(cfg.model)).functions()
+
+
+class Worker:
+    def __init__(self, cfg: WorkerConfig, functions: Any):
+        self.cfg = cfg
+        self.functions = functions
+        # Per-message logs at DEBUG (hidden); handler errors still reach the worker's log.
+        self.broker = NatsBroker(
+            cfg.nats_url, name=f"sluice-batch-{cfg.worker}", log_level=logging.DEBUG
+        )
+        self.timed_out = asyncio.Event()
+
+    def _score(self, batch: MiniBatch) -> int:
+        result = self.functions.run(batch.files)
+        if not self.cfg.append_row:
+            from sluice.batch.output import count_rows
+
+            return count_rows(result)
+        return write_part(result, Path(self.cfg.parts), batch.index, self.cfg.output_file_name)
+
+    async def _report(self, result: MiniBatchResult) -> None:
+        await self.broker.publish(
+            result.model_dump_json().encode(),
+            f"{self.cfg.results_prefix}.{result.index}",
+            stream=self.cfg.results_stream,
+            timeout=10.0,
+        )
+
+    async def handle(self, batch: MiniBatch, msg: NatsMessage) -> None:
+        attempt = msg.raw_message.metadata.num_delivered
+        last = attempt >= self.cfg.max_deliver
+        say(f"mini-batch {batch.index} attempt {attempt}: {len(batch.files)} files")
+        started = time.monotonic()
+        work = asyncio.ensure_future(asyncio.to_thread(self._score, batch))
+        heartbeat = max(0.2, self.cfg.ack_wait_s / 3)
+        while not work.done():
+            await asyncio.wait([work], timeout=heartbeat)
+            if work.done():
+                break
+            if time.monotonic() - started > self.cfg.timeout_s:
+                error = f"run() did not finish within retry_settings.timeout={self.cfg.timeout_s}s"
+                await self._failed(msg, batch, attempt, last, error, started)
+                self.timed_out.set()  # run() still holds a thread: leave, the runner restarts us
+                return
+            await msg.in_progress()
+        try:
+            rows = work.result()
+        except Exception:
+            await self._failed(msg, batch, attempt, last, traceback.format_exc(), started)
+            return
+        seconds = time.monotonic() - started
+        await self._report(
+            MiniBatchResult(
+                index=batch.index,
+                ok=True,
+                files=len(batch.files),
+                rows=rows,
+                attempts=attempt,
+                worker=self.cfg.worker,
+                seconds=seconds,
+            )
+        )
+        await msg.ack()
+        say(f"mini-batch {batch.index} done: {rows} rows in {seconds * 1000:.1f} ms")
+
+    async def _failed(
+        self, msg: Any, batch: MiniBatch, attempt: int, last: bool, error: str, started: float
+    ) -> None:
+        say(f"mini-batch {batch.index} attempt {attempt} failed:\n{error.rstrip()}")
+        if not last:
+            await msg.nack()
+            return
+        await self._report(
+            MiniBatchResult(
+                index=batch.index,
+                ok=False,
+                files=len(batch.files),
+                error=error.strip().splitlines()[-1] if error.strip() else "failed",
+                attempts=attempt,
+                worker=self.cfg.worker,
+                seconds=time.monotonic() - started,
+            )
+        )
+        await msg.ack()
+
+    async def serve(self) -> int:
+        cfg = self.cfg
+        subscriber = self.broker.subscriber(
+            cfg.subject,
+            stream=JStream(cfg.stream, declare=False),
+            durable=cfg.durable,
+            pull_sub=PullSub(batch_size=1, timeout=1.0),
+            config=ConsumerConfig(ack_wait=cfg.ack_wait_s, max_deliver=cfg.max_deliver),
+            ack_policy=AckPolicy.MANUAL,
+        )
+        subscriber(self.handle)
+        await self.broker.start()
+        say(f"{cfg.worker} pulling mini-batches of job {cfg.job}")
+        stop = asyncio.ensure_future(wait_for_shutdown_signal())
+        timed_out = asyncio.ensure_future(self.timed_out.wait())
+        await asyncio.wait([stop, timed_out], return_when=asyncio.FIRST_COMPLETED)
+        if timed_out.done():
+            say(f"{cfg.worker} exits: a run() overran its timeout and still holds a thread")
+            os._exit(EXIT_TIMED_OUT)
+        stop.cancel()
+        await asyncio.wait_for(self.broker.stop(), timeout=5)
+        say(f"{cfg.worker} stopped")
+        return 0
+
+
+def main() -> None:
+    cfg = WorkerConfig.model_validate_json(os.environ[CONFIG_ENV])
+    say(f"{cfg.worker} starting (python {sys.version.split()[0]}, pid {os.getpid()})")
+    try:
+        functions = load_functions(cfg)
+        functions.init()
+    except Exception:
+        say(f"init() failed:\n{traceback.format_exc().rstrip()}")
+        sys.exit(EXIT_INIT_FAILED)
+    say("init() done")
+    sys.exit(asyncio.run(Worker(cfg, functions).serve()))
+
+
+if __name__ == "__main__":
+    main()
