@@ -1,16 +1,18 @@
 """Environments: a deployment's conda file / pip list becomes a cached virtualenv.
 
-The environment is resolved to a sorted list of pip requirements, hashed,
-and built once with uv into `<root>/<hash>/`; every deployment with the same
-requirements shares it. The virtualenv also sees the platform's own packages
-(through a `.pth` hook placed *after* its site-packages), so the inference
-server runs in it while the user's pins take precedence.
+The environment is resolved to a sorted list of pip requirements (conda match
+specs are translated by `sluice.common.conda`) and an interpreter, hashed, and
+built once with uv into `<root>/<hash>/`; every deployment with the same
+requirements and interpreter shares it. The virtualenv also sees the
+platform's own packages (through a `.pth` hook placed *after* its
+site-packages), so the inference server runs in it while the user's pins take
+precedence.
 
-What cannot be honoured is said, not skipped silently: conda-only entries are
-installed from PyPI under the same name (warned), a Python version other than
-the platform's is warned about, and Azure runtime packages the inference
-server replaces (`azureml-defaults`, `azureml-inference-server-http`) are
-left out with a warning.
+What cannot be honoured is said, not skipped silently: conda packages
+installed from PyPI, skipped system libraries, a `python=` that no interpreter
+here satisfies (`interpreters.choose`), and the Azure runtime packages the
+inference server replaces (`azureml-defaults`, `azureml-inference-server-http`)
+all become warnings in the build log and the provisioner's log.
 """
 
 from __future__ import annotations
@@ -18,24 +20,26 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import re
 import shutil
 import sys
 import sysconfig
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
 
+from sluice.common.conda import CondaSpecError, parse_conda_file
 from sluice.common.log import get_logger
 from sluice.common.resources import EnvironmentSpec
+from sluice.common import interpreters
+from sluice.common.interpreters import Interpreter
 
 log = get_logger(__name__)
 
 # Provided by Sluice's inference server (the scoring runtime they would bring on Azure).
 REPLACED_BY_SLUICE = frozenset({"azureml-defaults", "azureml-inference-server-http"})
-CONDA_ONLY = frozenset({"pip", "python", "setuptools", "wheel"})
-NAME_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)")
 
 
 class EnvironmentError_(RuntimeError):  # noqa: N801 - avoid shadowing the builtin EnvironmentError
@@ -45,13 +49,12 @@ class EnvironmentError_(RuntimeError):  # noqa: N801 - avoid shadowing the built
 @dataclass(frozen=True)
 class ResolvedEnvironment:
     requirements: tuple[str, ...]
+    interpreter: Interpreter
     warnings: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
-        text = "\n".join(
-            [f"python={sys.version_info[0]}.{sys.version_info[1]}", *self.requirements]
-        )
+        text = "\n".join([f"python={self.interpreter.version}", *self.requirements])
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -64,49 +67,47 @@ class Environment:
 
 
 def _package_name(requirement: str) -> str:
-    match = NAME_RE.match(requirement.strip())
-    return match.group(1).lower().replace("_", "-") if match else requirement.lower()
+    try:
+        return canonicalize_name(Requirement(requirement).name)
+    except InvalidRequirement:
+        return requirement.strip().lower()
 
 
-def resolve(spec: EnvironmentSpec) -> ResolvedEnvironment:
-    """The pip requirements an environment spec asks for, plus what could not be honoured."""
+def resolve(spec: EnvironmentSpec, available: Sequence[Interpreter] = ()) -> ResolvedEnvironment:
+    """The pip requirements and interpreter an environment spec asks for, plus caveats.
+
+    `available` are the machine's interpreters (`interpreters.discover()`); the
+    platform's own is always a candidate. A conda file that cannot be read
+    raises `EnvironmentError_` (the registry refuses such files at create time).
+    """
     requirements: list[str] = list(spec.pip_requirements)
     warnings: list[str] = []
-    if spec.registered:
+    if spec.registered and not (spec.conda_file or spec.pip_requirements):
         warnings.append(
-            f"registered environment {spec.registered!r} cannot be fetched here; using the "
+            f"registered environment {spec.registered!r} has no packages; using the "
             "platform's environment"
         )
     if spec.image:
         warnings.append(f"image {spec.image!r} is ignored by the local backend")
+    python = ""
     if spec.conda_file:
-        conda = yaml.safe_load(spec.conda_file) or {}
-        for dep in conda.get("dependencies", []) or []:
-            if isinstance(dep, dict):
-                requirements.extend(str(r) for r in dep.get("pip", []) or [])
-                continue
-            text = str(dep)
-            name = _package_name(text.split("=")[0])
-            if name == "python":
-                wanted = text.partition("=")[2].lstrip("=")
-                have = f"{sys.version_info[0]}.{sys.version_info[1]}"
-                if wanted and not have.startswith(wanted) and not wanted.startswith(have):
-                    warnings.append(f"conda asks for python {wanted}; instances run Python {have}")
-                continue
-            if name in CONDA_ONLY:
-                continue
-            version = text.partition("=")[2].lstrip("=")
-            requirements.append(f"{name}=={version}" if version and "*" not in version else name)
-            warnings.append(
-                f"conda package {text!r} is installed from PyPI as {requirements[-1]!r}"
-            )
+        try:
+            conda = parse_conda_file(spec.conda_file)
+        except CondaSpecError as exc:
+            raise EnvironmentError_(str(exc)) from None
+        requirements.extend(conda.requirements)
+        warnings.extend(conda.warnings)
+        python = conda.python
+    choice = interpreters.choose(python, available, interpreters.platform_interpreter())
+    if choice.warning:
+        warnings.append(choice.warning)
     kept: list[str] = []
     for req in requirements:
         if _package_name(req) in REPLACED_BY_SLUICE:
             warnings.append(f"{req!r} is not installed: Sluice's inference server replaces it")
         elif req.strip() and req.strip() not in kept:
             kept.append(req.strip())
-    return ResolvedEnvironment(tuple(sorted(kept)), tuple(warnings))
+    return ResolvedEnvironment(tuple(sorted(kept)), choice.interpreter, tuple(warnings))
 
 
 def _uv() -> str:
@@ -124,16 +125,27 @@ def _uv() -> str:
 class EnvironmentBuilder:
     """Builds and caches virtualenvs under `root`, one per distinct requirement set."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, available: Sequence[Interpreter] | None = None):
         self.root = root
         self._locks: dict[str, asyncio.Lock] = {}
+        self._available = available
+
+    @property
+    def interpreters(self) -> Sequence[Interpreter]:
+        """The machine's interpreters, looked up once (a few subprocesses)."""
+        if self._available is None:
+            self._available = interpreters.discover()
+        return self._available
+
+    def resolve(self, spec: EnvironmentSpec) -> ResolvedEnvironment:
+        return resolve(spec, self.interpreters)
 
     def log_path(self, key: str) -> Path:
         return self.root / f"{key}.log"
 
     async def ensure(self, spec: EnvironmentSpec) -> Environment:
-        resolved = resolve(spec)
-        if not resolved.requirements:
+        resolved = self.resolve(spec)
+        if not resolved.requirements and resolved.interpreter.path == sys.executable:
             return Environment(sys.executable, "platform", None, resolved.warnings)
         key = resolved.key
         lock = self._locks.setdefault(key, asyncio.Lock())
@@ -151,21 +163,25 @@ class EnvironmentBuilder:
         with log_path.open("w") as out:
             for warning in resolved.warnings:
                 out.write(f"warning: {warning}\n")
+            out.write(f"python: {resolved.interpreter.path} ({resolved.interpreter.version})\n")
             out.write("requirements:\n" + "".join(f"  {r}\n" for r in resolved.requirements))
         log.info("environment_building", key=resolved.key, requirements=resolved.requirements)
         uv = _uv()
-        await self._run([uv, "venv", "--python", sys.executable, "--quiet", str(venv)], log_path)
         await self._run(
-            [
-                uv,
-                "pip",
-                "install",
-                "--python",
-                str(venv / "bin" / "python"),
-                *resolved.requirements,
-            ],
-            log_path,
+            [uv, "venv", "--python", resolved.interpreter.path, "--quiet", str(venv)], log_path
         )
+        if resolved.requirements:
+            await self._run(
+                [
+                    uv,
+                    "pip",
+                    "install",
+                    "--python",
+                    str(venv / "bin" / "python"),
+                    *resolved.requirements,
+                ],
+                log_path,
+            )
         self._link_platform(venv)
         (venv / ".ready").write_text("\n".join(resolved.requirements) + "\n")
         log.info("environment_ready", key=resolved.key)

@@ -6,7 +6,7 @@ from typing import Any
 
 import grpc
 
-from sluice.common.environments import EnvironmentBuilder, resolve
+from sluice.common.environments import EnvironmentBuilder
 from sluice.provisioner.local import LocalBackend, tail
 from sluice.provisioner.store import ProvisionerStore
 from sluice.v1 import provisioner_pb2, provisioner_pb2_grpc
@@ -39,7 +39,7 @@ class ProvisionerApi(provisioner_pb2_grpc.ProvisionerServicer):
             )
             raise AssertionError("unreachable: abort raises")
         if container == "storage-initializer":
-            resolved = resolve(doc.spec.environment)
+            resolved = self._envs.resolve(doc.spec.environment)
             if not resolved.requirements:
                 text = "\n".join(
                     ["environment: the platform's own (no extra requirements)", *resolved.warnings]

@@ -1,0 +1,106 @@
+"""Which Python an environment runs with, given the `python=` its conda file asks for.
+
+Instances import the inference server from the platform's own site-packages
+(compiled for the platform's Python minor version), so an environment can use
+any interpreter *of that minor version* found on the machine: `python=3.11.2`
+is honoured with `/usr/bin/python3.11` when that is 3.11.2. Any other request
+(`python=3.8`) falls back to the platform's interpreter, and the choice is
+returned as a warning for the deployment's logs. Nothing is downloaded: uv's
+Python downloads are not reachable here.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
+
+PROBE = "import sys; print('.'.join(map(str, sys.version_info[:3])))"
+PROBE_TIMEOUT_S = 5
+
+
+@dataclass(frozen=True)
+class Interpreter:
+    path: str
+    version: Version
+
+    @property
+    def minor(self) -> tuple[int, int]:
+        return (self.version.major, self.version.minor)
+
+
+@dataclass(frozen=True)
+class Choice:
+    interpreter: Interpreter
+    warning: str = ""
+
+
+def platform_interpreter() -> Interpreter:
+    return Interpreter(sys.executable, Version(".".join(map(str, sys.version_info[:3]))))
+
+
+def _candidates() -> list[str]:
+    """Executables named python3.N on PATH, in the usual system places and pyenv's versions."""
+    folders = [*os.environ.get("PATH", "").split(os.pathsep), "/usr/bin", "/usr/local/bin"]
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    found: list[str] = []
+    for folder in [*folders, *(str(p / "bin") for p in sorted(pyenv.glob("*")))]:
+        if "shims" in folder:  # pyenv's shims fail for versions that are not selected
+            continue
+        if not folder:
+            continue
+        for path in sorted(Path(folder).glob("python3.[0-9]*")):
+            if path.name[-1].isdigit() and os.access(path, os.X_OK):
+                real = str(path.resolve())
+                if real not in found:
+                    found.append(real)
+    return found
+
+
+def discover() -> list[Interpreter]:
+    """Every Python 3 interpreter on the machine that answers with its version."""
+    interpreters: list[Interpreter] = []
+    for path in _candidates():
+        try:
+            out = subprocess.run(
+                [path, "-c", PROBE],
+                capture_output=True,
+                text=True,
+                timeout=PROBE_TIMEOUT_S,
+                check=True,
+            ).stdout.strip()
+            interpreters.append(Interpreter(path, Version(out)))
+        except (OSError, subprocess.SubprocessError, ValueError):
+            continue
+    return interpreters
+
+
+def choose(specifier: str, available: Sequence[Interpreter], platform: Interpreter) -> Choice:
+    """The interpreter for `python<specifier>`: the platform's if it fits, else one of its minor."""
+    if not specifier:
+        return Choice(platform)
+    wanted = SpecifierSet(specifier)
+    if wanted.contains(platform.version, prereleases=True):
+        return Choice(platform)
+    same_minor = [i for i in available if i.minor == platform.minor]
+    for interpreter in sorted(same_minor, key=lambda i: i.version, reverse=True):
+        if wanted.contains(interpreter.version, prereleases=True):
+            return Choice(interpreter)
+    fitting = sorted({str(i.version) for i in available if wanted.contains(i.version)})
+    why = (
+        f"Python {', '.join(fitting)} is on this machine, but the inference server runs on "
+        f"Python {platform.minor[0]}.{platform.minor[1]} only"
+        if fitting
+        else "no such interpreter is on this machine and none can be downloaded"
+    )
+    return Choice(
+        platform,
+        f"conda asks for python{specifier}; {why}: instances run Python {platform.version} "
+        f"({platform.path}) instead",
+    )
