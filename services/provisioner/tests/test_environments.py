@@ -7,11 +7,11 @@ import sys
 import pytest
 from packaging.version import Version
 
+from sluice.common import interpreters
 from sluice.common.catalogue import Catalogue, UnknownInstanceType
 from sluice.common.environments import EnvironmentError_, resolve
-from sluice.common.resources import EnvironmentSpec
-from sluice.common import interpreters
 from sluice.common.interpreters import Interpreter, choose
+from sluice.common.resources import EnvironmentSpec
 
 CONDA = """
 name: model-env

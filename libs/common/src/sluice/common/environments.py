@@ -30,11 +30,11 @@ from pathlib import Path
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
+from sluice.common import interpreters
 from sluice.common.conda import CondaSpecError, parse_conda_file
+from sluice.common.interpreters import Interpreter
 from sluice.common.log import get_logger
 from sluice.common.resources import EnvironmentSpec
-from sluice.common import interpreters
-from sluice.common.interpreters import Interpreter
 
 log = get_logger(__name__)
 
