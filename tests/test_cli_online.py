@@ -164,7 +164,7 @@ def test_make_up_demo_then_traffic_and_invoke(
     cli = Cli(local_platform, tmp_path)
     demo = cli.ok("demo")
     assert "answered through Envoy" in demo.stdout
-    assert "https://my-endpoint." in demo.stdout and "get-credentials" in demo.stdout
+    assert "/endpoints/my-endpoint/score" in demo.stdout and "get-credentials" in demo.stdout
     moved = cli.ok(
         "online-endpoint", "update", "-n", "my-endpoint", "--traffic", "blue=0 green=100"
     )
@@ -182,6 +182,44 @@ def test_make_up_demo_then_traffic_and_invoke(
     assert unknown.returncode == 1 and "HTTP 404" in unknown.stderr
     again = cli.ok("demo")  # idempotent: keeps what exists
     assert "answered through Envoy" in again.stdout
+
+
+URLLIB_CLIENT = """
+import json, sys, urllib.request
+uri, key, body = sys.argv[1:]
+request = urllib.request.Request(uri, data=body.encode(), headers={
+    "Authorization": "Bearer " + key, "Content-Type": "application/json"})
+with urllib.request.urlopen(request, timeout=30) as reply:
+    print(json.dumps({"status": reply.status, "body": json.loads(reply.read())}))
+"""
+
+
+def test_scoring_uri_from_show_works_in_plain_urllib_after_tls_trust(
+    local_platform: PlatformState, tmp_path: Path
+) -> None:
+    """Azure's pattern: take `scoring_uri` from `show`, POST with the key, no special client."""
+    cli = Cli(local_platform, tmp_path)
+    cli.ok("demo")
+    uri = cli.json("online-endpoint", "show", "-n", "my-endpoint")["scoring_uri"]
+    assert uri == f"https://localhost:{local_platform.envoy_https_port}/endpoints/my-endpoint/score"
+    key = cli.json("online-endpoint", "get-credentials", "-n", "my-endpoint")["primaryKey"]
+    trusted = cli.ok("tls", "trust", "--no-system")
+    bundle = local_platform.state_dir / "tls" / "trust-bundle.pem"
+    assert f"wrote {bundle}" in trusted.stdout and "System store unchanged" in trusted.stdout
+
+    def urllib_client(**env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", URLLIB_CLIENT, uri, key, '{"data": [[1,2,3,4,5,6,7,8,9,10]]}'],
+            capture_output=True, text=True, timeout=60, check=False,
+            env={"PATH": os.environ["PATH"], **env},
+        )  # fmt: skip
+
+    untrusted = urllib_client()
+    assert untrusted.returncode != 0 and "CERTIFICATE_VERIFY_FAILED" in untrusted.stderr
+    scored = urllib_client(SSL_CERT_FILE=str(bundle))
+    assert scored.returncode == 0, scored.stderr
+    answer = json.loads(scored.stdout)
+    assert answer["status"] == 200 and len(answer["body"]) == 1
 
 
 def test_open_inference_protocol_through_the_gateway(local_platform: PlatformState) -> None:

@@ -31,8 +31,8 @@ def test_endpoint_and_deployment_round_trip(client: RegistryClient, examples: Pa
     create_blue(client, examples)
     endpoint = client.get_online_endpoint("my-endpoint")
     assert endpoint.doc.spec.auth_mode is AuthMode.key
-    assert endpoint.scoring_uri.startswith("https://my-endpoint.sluice.localhost")
-    assert endpoint.scoring_uri.endswith("/score")
+    assert endpoint.scoring_uri.startswith("https://localhost:")
+    assert endpoint.scoring_uri.endswith("/endpoints/my-endpoint/score")
     blue = client.get_online_deployment("my-endpoint", "blue")
     assert blue.meta.provisioning_state is ProvisioningState.creating
     assert blue.spec.code_configuration.scoring_script == "score.py"

@@ -77,7 +77,8 @@ class RegistryApi(registry_pb2_grpc.RegistryServicer):
     def __init__(self, service: RegistryService, artifacts: ArtifactStore, scoring_base: str):
         self._svc = service
         self._artifacts = artifacts
-        # "https://{name}.sluice.localhost:8443": scoring URIs are derived, never stored.
+        # "https://localhost:8443/endpoints/{name}" (see app.scoring_base): scoring URIs
+        # are derived, never stored.
         self._scoring_base = scoring_base
 
     # ---- views ----------------------------------------------------------------------------

@@ -22,9 +22,18 @@ SERVICE_NAME = registry_pb2.DESCRIPTOR.services_by_name["Registry"].full_name
 
 
 def scoring_base(settings: Settings) -> str:
-    """`https://{name}.<domain>[:port]`: the host-based scoring address of an endpoint."""
+    """The address an endpoint's `scoring_uri` and `swagger_uri` start with.
+
+    A real domain: `https://{name}.<domain>[:port]`, host-based like Azure's. The local
+    platform's `*.localhost` domain: `https://localhost[:port]/endpoints/{name}` instead,
+    because only some resolvers (systemd-resolved, curl's own) map `<x>.localhost` to
+    loopback, while `localhost` resolves for every client; the gateway serves both.
+    """
     port = settings.envoy.https_port
     suffix = "" if port == 443 else f":{port}"
+    domain = settings.domain.lower().rstrip(".")
+    if domain == "localhost" or domain.endswith(".localhost"):
+        return f"https://localhost{suffix}/endpoints/{{name}}"
     return f"https://{{name}}.{settings.domain}{suffix}"
 
 

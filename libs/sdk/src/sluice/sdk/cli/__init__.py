@@ -18,6 +18,7 @@ from sluice.sdk.cli import (
     online_deployment,
     online_endpoint,
     platform_cmds,
+    tls_cmds,
 )
 from sluice.sdk.cli.errors import CliError
 from sluice.sdk.cli.output import err_console
@@ -39,6 +40,7 @@ app.add_typer(online_endpoint.app, name="online-endpoint")
 app.add_typer(online_deployment.app, name="online-deployment")
 app.add_typer(batch_endpoint.app, name="batch-endpoint")
 app.add_typer(batch_deployment.app, name="batch-deployment")
+app.add_typer(tls_cmds.app, name="tls")
 
 
 def main() -> None:

@@ -115,7 +115,8 @@ def demo() -> None:
         "With curl:     KEY=$(sluice online-endpoint get-credentials -n my-endpoint -o json "
         "| python3 -c 'import json,sys; print(json.load(sys.stdin)[\"primaryKey\"])')\n"
         f'               curl --cacert {ca} -H "Authorization: Bearer $KEY" '
-        f"-H 'Content-Type: application/json' -d @{rel} {uri}",
+        f"-H 'Content-Type: application/json' -d @{rel} {uri}\n"
+        "               (after `sluice tls trust`, curl and Python need no --cacert)",
         soft_wrap=True,
         highlight=False,
     )
