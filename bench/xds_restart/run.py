@@ -139,7 +139,7 @@ async def measure(sup: Supervisor, root: Path, base: Settings, variant: str) -> 
             await world.endpoint(
                 "bench", traffic={"blue": 100 - i % 2 * 10, "green": i % 2 * 10}, version=version
             )
-            await until(lambda v=version: v in applied, f"version {version} applied")  # type: ignore[misc]
+            await until(lambda v=version: v in applied, f"version {version} applied")
             seconds.append(applied[version] - started)
             parts[variant].append((up - started, back - up))
     finally:

@@ -25,10 +25,17 @@ async def test_model_errors_timeouts_overload_and_no_instance(
     await world.deployment("codes", "empty", [])
     await world.endpoint("codes", traffic={"failing": 100})
     eventually(lambda: traffic.score("codes", KEY, deployment="empty")[0], lambda s: s == 503)
+    # Envoy routes to a new instance once its first active health check answered; on a
+    # loaded machine that can come after the routes. Wait for that, not for a fixed time.
+    for name in ("failing", "slow", "busy"):
+        eventually(
+            lambda name=name: traffic.score("codes", KEY, deployment=name),
+            lambda r: r[0] != 503 or b"ready instance" not in r[2],
+        )
 
     # A model's non-2xx becomes 424 with its status and reason in headers; the body is kept.
     status, headers, body = traffic.score("codes", KEY)
-    assert status == 424
+    assert status == 424, (status, body)
     assert headers["ms-azureml-model-error-statuscode"] == "500"
     assert headers["ms-azureml-model-error-reason"] == "Internal Server Error"
     assert json.loads(body)["deployment"] == "failing"
