@@ -64,13 +64,15 @@ async def test_requests_through_envoy_are_counted_exactly_where_served(
     for up in (blue, green, shadow):
         await world.deployment("metered", up.name, [up.address])
     await world.endpoint("metered", traffic={"blue": 70, "green": 30}, mirror={"shadow": 50})
-    await asyncio.to_thread(
-        eventually,
-        lambda: traffic.score("metered", KEY)[1].get("azureml-model-deployment"),
-        lambda d: d in ("blue", "green"),
-    )
-    # The warm-up requests are counted too: start from what the upstreams saw so far.
-    await asyncio.sleep(0)  # (the counts below are read after the load)
+    # Both live deployments answer before the load starts (Envoy routes a new instance once
+    # its first health check passed, which can come after the routes on a loaded machine).
+    # The warm-up requests are counted too: the counts below are what the upstreams saw.
+    for name in ("blue", "green"):
+        await asyncio.to_thread(
+            eventually,
+            lambda name=name: traffic.score("metered", KEY, deployment=name)[0],
+            lambda status: status == 200,
+        )
 
     latencies: dict[str, list[float]] = {"blue": [], "green": []}
 
