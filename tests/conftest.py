@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sluice.common.testing.plugin import RunningService, ServiceStarter
+from sluice.common.testing.plugin import RunningService, ServiceStarter, traversable_dir
 from sluice.sdk.client import RegistryClient
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -57,9 +57,10 @@ def trained_examples(trained_models: Path, tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def envs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def envs_dir() -> Iterator[Path]:
     """Built environments shared by the session's provisioners (as on one real host)."""
-    return tmp_path_factory.mktemp("envs")
+    with traversable_dir("sluice-envs-") as folder:
+        yield folder
 
 
 @pytest.fixture

@@ -98,7 +98,10 @@ def resolve(spec: EnvironmentSpec, available: Sequence[Interpreter] = ()) -> Res
         requirements.extend(conda.requirements)
         warnings.extend(conda.warnings)
         python = conda.python
-    choice = interpreters.choose(python, available, interpreters.platform_interpreter())
+    platform, usable = interpreters.for_deployment_users(
+        interpreters.platform_interpreter(), available
+    )
+    choice = interpreters.choose(python, usable, platform)
     if choice.warning:
         warnings.append(choice.warning)
     kept: list[str] = []
@@ -158,6 +161,7 @@ class EnvironmentBuilder:
 
     async def _build(self, venv: Path, resolved: ResolvedEnvironment) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+        self.root.chmod(0o755)  # no secrets here; deployments' own users run these
         log_path = self.log_path(resolved.key)
         shutil.rmtree(venv, ignore_errors=True)
         with log_path.open("w") as out:

@@ -12,6 +12,7 @@ Python downloads are not reachable here.
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -104,3 +105,33 @@ def choose(specifier: str, available: Sequence[Interpreter], platform: Interpret
         f"conda asks for python{specifier}; {why}: instances run Python {platform.version} "
         f"({platform.path}) instead",
     )
+
+
+def runnable_by_others(path: str) -> bool:
+    """Whether a user other than the platform's can run this interpreter (symlinks resolved):
+    every folder on the way traversable by others, the file executable by others."""
+    real = Path(path).resolve()
+    if not real.is_file():
+        return False
+    return all(p.stat().st_mode & stat.S_IXOTH for p in [real, *real.parents])
+
+
+def for_deployment_users(
+    platform: Interpreter, available: Sequence[Interpreter]
+) -> tuple[Interpreter, list[Interpreter]]:
+    """(platform, available) reduced to what deployment users can run.
+
+    As root the provisioner runs each deployment as a user of its own
+    (sluice.provisioner.isolation), who cannot run an interpreter in a private
+    home such as /root/.pyenv; then one of the platform's minor version that
+    they can run stands in for the platform's. Not root: unchanged.
+    """
+    if os.geteuid() != 0:
+        return platform, list(available)
+    usable = [i for i in available if runnable_by_others(i.path)]
+    if runnable_by_others(platform.path):
+        return platform, usable
+    same_minor = [i for i in usable if i.minor == platform.minor]
+    if not same_minor:
+        return platform, usable  # instances fail to start, saying the interpreter is private
+    return max(same_minor, key=lambda i: i.version), usable

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sys
 
 from sluice.common.artifacts import ArtifactStore
 from sluice.common.catalogue import Catalogue
@@ -13,6 +12,7 @@ from sluice.common.events import EventPublisher, create_broker, ensure_events_st
 from sluice.common.grpc_server import GrpcServer
 from sluice.common.log import get_logger
 from sluice.common.mongo import create_mongo_client, database, require_uri
+from sluice.common.resources import EnvironmentSpec
 from sluice.common.runtime import wait_for_shutdown_signal
 from sluice.common.settings import Settings
 from sluice.provisioner.api import ProvisionerApi
@@ -49,7 +49,7 @@ async def serve(settings: Settings) -> None:
     mongo = create_mongo_client(require_uri(settings), appname="sluice-provisioner")
     broker = create_broker(settings, client_name="sluice-provisioner")
     await broker.connect()
-    backend = LocalBackend(state_dir / "instances", host=settings.host)
+    backend = LocalBackend(state_dir / "instances", host=settings.host, state_dir=state_dir)
     tasks: list[asyncio.Task[None]] = []
     consumer: RegistryEvents | None = None
     try:
@@ -93,7 +93,7 @@ async def serve(settings: Settings) -> None:
             asyncio.create_task(resync_forever(reconciler)),
         ]
         await server.start()
-        backend.warm_up(sys.executable)
+        backend.warm_up((await environments.ensure(EnvironmentSpec())).python)
         signal = await wait_for_shutdown_signal()
         log.info("provisioner_stopping", signal=signal.name)
         await server.stop()

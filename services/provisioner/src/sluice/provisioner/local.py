@@ -8,8 +8,10 @@ enforces by replacing an instance whose resident memory exceeds it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import uuid
@@ -17,6 +19,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -24,6 +27,18 @@ import psutil
 from sluice.common.catalogue import InstanceType
 from sluice.common.resources import OnlineDeploymentSpec
 from sluice.common.supervisor import free_port
+from sluice.provisioner.isolation import (
+    Account,
+    IsolationError,
+    account_for,
+    harden_state_dir,
+    instance_env,
+    make_private_dir,
+    private_copy,
+    reachable_by_others,
+    remove_account,
+    spare_env,
+)
 
 STOP_GRACE_S = 5.0
 # What spares import ahead of time: the usual scoring-script libraries (missing ones are skipped).
@@ -91,12 +106,18 @@ class LocalInstance:
 
 @dataclass(frozen=True)
 class InstancePlan:
-    """What to run: resolved paths and the interpreter of the deployment's environment."""
+    """What to run: resolved paths and the interpreter of the deployment's environment.
+
+    `LocalBackend.prepare` turns the artifact store's paths into the deployment's private
+    copies and adds who runs it (`account`) and its HOME (`home`).
+    """
 
     python: str
     model: Path | None
     code: Path | None
     scoring_script: str | None
+    account: Account | None = None
+    home: Path | None = None
 
 
 class SparePool:
@@ -125,6 +146,8 @@ class SparePool:
                 stdin=subprocess.PIPE,
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                env=spare_env(),  # nothing of the platform's: it becomes deployment code
+                cwd="/",
             )
 
     def close(self) -> None:
@@ -140,9 +163,12 @@ class SparePool:
 
 
 class LocalBackend:
-    def __init__(self, logs_root: Path, host: str = "127.0.0.1"):
+    def __init__(self, logs_root: Path, host: str = "127.0.0.1", state_dir: Path | None = None):
         self.logs_root = logs_root
         self.host = host
+        self.state_dir = state_dir or logs_root.parent
+        self.workspaces = self.state_dir / "workspaces"
+        self._copies: dict[Path, set[str]] = {}  # workspace -> digests of the latest plan
         self._http = httpx.AsyncClient(timeout=2.0)
         self._spares = SparePool(logs_root)
 
@@ -156,6 +182,54 @@ class LocalBackend:
 
     def instance_logs(self, endpoint: str, deployment: str) -> Path:
         return self.logs_root / endpoint / deployment
+
+    def workspace(self, endpoint: str, deployment: str) -> Path:
+        return self.workspaces / endpoint / deployment
+
+    def prepare(self, spec: OnlineDeploymentSpec, plan: InstancePlan) -> InstancePlan:
+        """The deployment's user, and private copies of its model and code in its workspace.
+
+        Blocking (copies files): call it from a thread. Raises IsolationError.
+        """
+        harden_state_dir(self.state_dir)
+        account = account_for(spec.endpoint_name, spec.name)
+        folder = self.workspace(spec.endpoint_name, spec.name)
+        for shared in (self.workspaces, folder.parent):
+            shared.mkdir(parents=True, exist_ok=True)
+            shared.chmod(0o711)
+        blocked = reachable_by_others(folder.parent) if account.switches else None
+        if blocked is not None:
+            raise IsolationError(
+                f"the deployment's user cannot reach its workspace {folder}: {blocked} is "
+                "private (chmod o+x it, or put the state directory somewhere traversable)"
+            )
+        make_private_dir(folder, account)
+        home = make_private_dir(folder / "home", account)
+        copies = make_private_dir(folder / "artifacts", account)
+        # Copies are named by the artifact's digest (a scale change copies nothing); those of
+        # this plan and the previous one (whose instances may still run) are kept.
+        sources = [p for p in (plan.model, plan.code) if p is not None]
+        digests = {p.parent.name for p in sources}
+        keep = digests | self._copies.get(folder, set())
+        for old in copies.iterdir():
+            if old.name not in keep:
+                shutil.rmtree(old, ignore_errors=True)
+        self._copies[folder] = digests
+        model = code = None
+        if plan.model is not None:
+            model = private_copy(plan.model, copies / plan.model.parent.name, account)
+            model /= plan.model.name
+        if plan.code is not None:
+            code = private_copy(plan.code, copies / plan.code.parent.name, account)
+            code /= plan.code.name
+        return dataclasses.replace(plan, model=model, code=code, account=account, home=home)
+
+    def remove_workspace(self, endpoint: str, deployment: str) -> None:
+        """Delete a deleted deployment's files and user (its instances have stopped)."""
+        folder = self.workspace(endpoint, deployment)
+        self._copies.pop(folder, None)
+        shutil.rmtree(folder, ignore_errors=True)
+        remove_account(endpoint, deployment)
 
     def start(
         self,
@@ -187,28 +261,35 @@ class LocalBackend:
         folder = self.instance_logs(spec.endpoint_name, spec.name)
         folder.mkdir(parents=True, exist_ok=True)
         log_path = folder / f"{instance_id}.log"
-        env = {
-            **spec.environment_variables,
-            "AZUREML_DEPLOYMENT_NAME": spec.name,
-            "AZUREML_ENDPOINT_NAME": spec.endpoint_name,
-            "SLUICE_INSTANCE_ID": instance_id,
-        }
-        cwd = str(plan.code) if plan.code else None
+        if plan.account is None or plan.home is None:
+            raise IsolationError("start() needs a plan from prepare()")
+        account = plan.account
+        env = instance_env(
+            spec, instance_id, plan.python, plan.home, plan.code, plan.scoring_script
+        )
+        cwd = str(plan.code) if plan.code else str(plan.home)
         process = self._spares.take(plan.python)
         if process is not None:
-            job = {"argv": argv, "env": env, "cwd": cwd, "log": str(log_path)}
+            job: dict[str, object] = {"argv": argv, "env": env, "cwd": cwd, "log": str(log_path)}
+            if account.switches:
+                job["user"] = [account.uid, account.gid]
             assert process.stdin is not None
             process.stdin.write((json.dumps(job) + "\n").encode())
             process.stdin.close()
         else:
+            switch: dict[str, Any] = {}
+            if account.switches:
+                switch = {"user": account.uid, "group": account.gid, "extra_groups": []}
             with log_path.open("ab") as out:
                 process = subprocess.Popen(
                     [plan.python, "-m", "sluice.inference", *argv],
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=subprocess.STDOUT,
-                    env={**os.environ, **env},
+                    env=env,
                     cwd=cwd,
+                    umask=0o077,
+                    **switch,
                 )
         self._spares.replenish(plan.python)
         return LocalInstance(

@@ -42,6 +42,7 @@ from sluice.common.resources import (
 )
 from sluice.provisioner.autoscaler import Autoscaler
 from sluice.provisioner.events import ProvisionerEvents
+from sluice.provisioner.isolation import IsolationError
 from sluice.provisioner.kubernetes import KubernetesBackend
 from sluice.provisioner.local import InstancePlan, LocalBackend, LocalInstance, reap_orphans, tail
 from sluice.provisioner.store import ProvisionerStore
@@ -229,6 +230,10 @@ class DeploymentWorker:
             code=code_path,
             scoring_script=code.scoring_script or None,
         )
+        try:  # the deployment's own user and private copies of its files (isolation.py)
+            plan = await asyncio.to_thread(self._ctx.backend.prepare, spec, plan)
+        except (IsolationError, OSError) as exc:
+            raise PrepareError(f"cannot isolate the deployment: {exc}") from exc
         return Generation(doc.meta.version, doc, plan, instance_type)
 
     def _path(self, ref: ArtifactRef) -> Path:
@@ -243,6 +248,7 @@ class DeploymentWorker:
         """Drop instances that exited; an exit before ready is a failed init()."""
         for inst in [i for i in self.instances if not i.alive]:
             self.instances.remove(inst)
+            await self._publish_instances()  # gone before the state says why
             code = inst.exit_code()
             reason = f"exited with code {code}"
             await self._stopped(inst, reason)
@@ -360,6 +366,7 @@ class DeploymentWorker:
             await asyncio.sleep(DRAIN_S)  # the traffic controller drops the routes meanwhile
             for inst in list(self.instances):
                 await self._stop(inst, "deployment deleted")
+        await asyncio.to_thread(self._ctx.backend.remove_workspace, self.endpoint, self.name)
         self.done = True
         log.info("deployment_removed", deployment=self.key)
 

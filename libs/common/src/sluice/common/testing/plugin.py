@@ -13,9 +13,12 @@ Tests that use any fixture here that needs a server are marked
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +62,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
+@contextmanager
+def traversable_dir(prefix: str) -> Iterator[Path]:
+    """A temporary folder other users may pass through (not list), removed afterwards.
+
+    As root the provisioner runs each deployment as a user of its own, who must reach its
+    workspace in the state dir; pytest's own temporary folders are private (and shared by
+    every pytest run on the machine), so state dirs live in folders of their own.
+    """
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    folder.chmod(0o711)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def session_supervisor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Supervisor]:
     supervisor = Supervisor(tmp_path_factory.mktemp("server-logs"))
@@ -97,10 +116,16 @@ def test_id() -> str:
 
 
 @pytest.fixture
-def sluice_settings(nats_url: str, mongodb_uri: str, tmp_path: Path, test_id: str) -> Settings:
+def state_root() -> Iterator[Path]:
+    with traversable_dir("sluice-test-") as folder:
+        yield folder
+
+
+@pytest.fixture
+def sluice_settings(nats_url: str, mongodb_uri: str, state_root: Path, test_id: str) -> Settings:
     """Settings for one test: its own database, stream, subject prefix and state dir."""
     return Settings(
-        state_dir=tmp_path / "state",
+        state_dir=state_root / "state",
         nats_url=nats_url,
         mongodb_uri=mongodb_uri,
         mongodb_database=f"t_{test_id}",
@@ -180,12 +205,16 @@ def supervisor(tmp_path: Path) -> Iterator[Supervisor]:
 
 
 @pytest.fixture(scope="session")
-def local_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlatformState]:
+def local_platform() -> Iterator[PlatformState]:
     """The whole platform, started exactly as `sluice up` does, on free ports, for end-to-end tests.
 
     Shared by the session: tests isolate themselves with unique endpoint names.
     """
-    state_dir = tmp_path_factory.mktemp("platform")
+    with traversable_dir("sluice-platform-") as state_dir:
+        yield from _platform(state_dir)
+
+
+def _platform(state_dir: Path) -> Iterator[PlatformState]:
     settings = Settings(
         state_dir=state_dir,
         envoy=EnvoySettings(http_port=free_port(), https_port=free_port()),

@@ -1,0 +1,221 @@
+"""Keeping deployment code away from the platform on the local backend.
+
+A deployment's `score.py` is somebody else's code running on the platform's
+machine. What the local backend does about it:
+
+- **Environment**: an instance starts from an explicit, minimal environment
+  (`instance_env`): PATH/HOME/LANG/TMPDIR, Azure's documented variables
+  (`AZUREML_MODEL_DIR` is set by the inference server, `AML_APP_ROOT`,
+  `AZUREML_ENTRY_SCRIPT`, `AZUREML_DEPLOYMENT_NAME`, ...) and the deployment's
+  own `environment_variables`. Nothing of the platform's (`SLUICE_ADMIN_TOKEN`,
+  `SLUICE_SECRET_KEY`, `SLUICE_MONGODB_URI`, ...) is passed on.
+- **Identity**: when the platform runs as root, each deployment runs as a user
+  of its own, `sluice-d-<hash of endpoint/deployment>` (created with
+  `useradd`, removed when the deployment is deleted), so it can read neither
+  the platform's files nor another deployment's. Run as another user, the
+  platform cannot switch users: deployments run as that user, and only the
+  environment and the file modes below separate them.
+- **Interpreter**: deployment users must be able to run Python; as root,
+  environments use only interpreters they can run
+  (`sluice.common.interpreters.for_deployment_users`).
+- **Files**: the state directory is traversable but not listable (0711) and
+  everything in it is private to the platform user (0700/0600) except the
+  built environments (`envs/`, no secrets, readable by all) and
+  `workspaces/<endpoint>/<deployment>/` (0700, owned by the deployment's
+  user), which holds a private copy of the deployment's model and code and
+  its HOME/TMPDIR.
+
+What it cannot do: there is no network namespace, so an instance can still
+open connections to loopback services (every one of them requires a
+credential it does not have) and to the outside; there are no CPU or memory
+cgroups (the provisioner replaces an instance over its memory limit);
+processes of all users are visible in /proc (not their environments). The
+Kubernetes backend adds a pod security context, NetworkPolicy and no
+service-account token (see kubernetes.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from sluice.common.resources import OnlineDeploymentSpec
+
+# Entries of the state directory that deployment users need to reach.
+SHARED_ENTRIES = frozenset({"envs", "workspaces"})
+BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
+USER_PREFIX = "sluice-d-"
+USERADD_ATTEMPTS_S = 10.0  # /etc/passwd is locked while another useradd runs
+
+
+class IsolationError(RuntimeError):
+    """A deployment cannot be given its own user or workspace; the message says why."""
+
+
+@dataclass(frozen=True)
+class Account:
+    """Who an instance runs as."""
+
+    name: str
+    uid: int
+    gid: int
+
+    @property
+    def switches(self) -> bool:
+        """True when the instance runs as a user other than the platform's."""
+        return self.uid != os.geteuid()
+
+
+def isolating() -> bool:
+    """Deployments get users of their own only when the platform may create and become them."""
+    return os.geteuid() == 0
+
+
+def user_name(endpoint: str, deployment: str) -> str:
+    digest = hashlib.sha256(f"{endpoint}/{deployment}".encode()).hexdigest()[:12]
+    return USER_PREFIX + digest
+
+
+def account_for(endpoint: str, deployment: str) -> Account:
+    """The deployment's own user (created on first use) as root, else the platform's user."""
+    if not isolating():
+        me = pwd.getpwuid(os.geteuid())
+        return Account(me.pw_name, me.pw_uid, me.pw_gid)
+    name = user_name(endpoint, deployment)
+    deadline = time.monotonic() + USERADD_ATTEMPTS_S
+    while True:
+        with contextlib.suppress(KeyError):
+            entry = pwd.getpwnam(name)
+            return Account(name, entry.pw_uid, entry.pw_gid)
+        useradd = [_tool("useradd"), "--user-group", "--no-create-home"]
+        useradd += ["--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", name]
+        result = subprocess.run(useradd, capture_output=True, text=True, check=False)
+        if result.returncode == 0 or time.monotonic() > deadline:
+            with contextlib.suppress(KeyError):
+                entry = pwd.getpwnam(name)
+                return Account(name, entry.pw_uid, entry.pw_gid)
+            raise IsolationError(
+                f"cannot create the deployment's user {name} (useradd: "
+                f"{result.stderr.strip() or result.returncode})"
+            )
+        time.sleep(0.1)  # another useradd holds the lock on /etc/passwd
+
+
+def remove_account(endpoint: str, deployment: str) -> None:
+    """Delete the deployment's user (root only; its processes are stopped by then)."""
+    if isolating():
+        userdel = [_tool("userdel"), user_name(endpoint, deployment)]
+        subprocess.run(userdel, capture_output=True, check=False)
+
+
+def _tool(name: str) -> str:
+    found = shutil.which(name, path="/usr/sbin:/sbin:/usr/bin:/bin")
+    if found is None:
+        raise IsolationError(f"{name} is not installed: each deployment needs a user of its own")
+    return found
+
+
+def instance_env(
+    spec: OnlineDeploymentSpec,
+    instance_id: str,
+    python: str,
+    home: Path,
+    code: Path | None,
+    scoring_script: str | None,
+) -> dict[str, str]:
+    """The whole environment of an instance: basics, Azure's variables, the deployment's own."""
+    env = {
+        **spec.environment_variables,
+        "PATH": f"{Path(python).parent}:{BASE_PATH}",
+        "HOME": str(home),
+        "TMPDIR": str(home),
+        "LANG": "C.UTF-8",
+        "PYTHONUNBUFFERED": "1",
+        "AZUREML_DEPLOYMENT_NAME": spec.name,
+        "AZUREML_ENDPOINT_NAME": spec.endpoint_name,
+        "SLUICE_INSTANCE_ID": instance_id,
+    }
+    if code is not None:
+        env["AML_APP_ROOT"] = str(code)
+        env["AZUREML_SOURCE_DIRECTORY"] = str(code)
+    if scoring_script:
+        env["AZUREML_ENTRY_SCRIPT"] = scoring_script
+    return env
+
+
+def spare_env() -> dict[str, str]:
+    """The environment a spare process starts with (it becomes an instance later)."""
+    return {"PATH": BASE_PATH, "LANG": "C.UTF-8", "HOME": "/nonexistent"}
+
+
+# ---- files ---------------------------------------------------------------------------------
+
+
+def harden_state_dir(state_dir: Path) -> None:
+    """State dir 0711, its entries private to the platform user except the shared ones."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    state_dir.chmod(0o711)
+    for entry in state_dir.iterdir():
+        if entry.name in SHARED_ENTRIES or entry.is_symlink():
+            continue
+        entry.chmod(0o700 if entry.is_dir() else 0o600)
+
+
+def reachable_by_others(path: Path) -> Path | None:
+    """The first folder on the way to `path` that other users cannot traverse, or None."""
+    for folder in [*reversed(path.absolute().parents), path]:
+        if folder.exists() and not folder.stat().st_mode & stat.S_IXOTH:
+            return folder
+    return None
+
+
+def private_copy(source: Path, target: Path, account: Account) -> Path:
+    """Copy an artifact to `target`, owned by `account` and readable only by it."""
+    if target.exists():
+        return target
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True, mode=0o700)
+    copied = partial / source.name
+    if source.is_dir():
+        shutil.copytree(source, copied, symlinks=True)
+    else:
+        shutil.copy2(source, copied)
+    _own_privately(partial, account)
+    partial.rename(target)
+    return target
+
+
+def _own_privately(tree: Path, account: Account) -> None:
+    for dirpath, dirnames, filenames in os.walk(tree):
+        here = Path(dirpath)
+        _chown(here, account)
+        here.chmod(0o700)
+        for name in dirnames:
+            if (here / name).is_symlink():
+                _chown(here / name, account)
+        for name in filenames:
+            file = here / name
+            _chown(file, account)
+            if not file.is_symlink():
+                file.chmod(0o500 if file.stat().st_mode & stat.S_IXUSR else 0o400)
+
+
+def _chown(path: Path, account: Account) -> None:
+    if account.switches:
+        os.lchown(path, account.uid, account.gid)
+
+
+def make_private_dir(path: Path, account: Account) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    _chown(path, account)
+    path.chmod(0o700)
+    return path

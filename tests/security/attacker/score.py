@@ -1,0 +1,89 @@
+"""A hostile scoring script: looks for everything of the platform's it can reach.
+
+run() returns what it found; the tests assert that none of it is a secret.
+"""
+
+import os
+from pathlib import Path
+
+DENIED = "denied"
+
+
+def init():
+    pass
+
+
+def _read(path: Path) -> str:
+    try:
+        if path.is_dir():
+            return "listed: " + ", ".join(sorted(p.name for p in path.iterdir()))
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return "missing"
+    except PermissionError:
+        return DENIED
+
+
+def _walk(root: Path) -> dict:
+    found = {}
+    try:
+        for dirpath, _, filenames in os.walk(
+            root, onerror=lambda e: found.update({str(root): DENIED})
+        ):
+            for name in filenames:
+                found[str(Path(dirpath) / name)] = _read(Path(dirpath) / name)
+    except OSError:
+        found[str(root)] = DENIED
+    return found
+
+
+def _processes() -> list:
+    """Every other process's environment and command line that can be read."""
+    readable = []
+    for entry in Path("/proc").iterdir():
+        pid = entry.name
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        for part in ("environ", "cmdline"):
+            try:
+                text = (
+                    Path(f"/proc/{pid}/{part}")
+                    .read_bytes()
+                    .replace(b"\0", b" ")
+                    .decode(errors="replace")
+                )
+            except OSError:
+                continue
+            readable.append(f"{pid}/{part}: {text}")
+    return readable
+
+
+def run(raw_data):
+    state = Path(os.environ["PROBE_STATE_DIR"])
+    victim = Path(os.environ["PROBE_VICTIM_WORKSPACE"])
+    files = {
+        str(p): _read(p)
+        for p in [
+            state,
+            state / "admin-token",
+            state / "secret.key",
+            state / "platform.json",
+            state / "tls",
+            state / "tls" / "ca.key",
+            state / "tls" / "gateway.key",
+            state / "artifacts",
+            state / "data",
+            state / "logs",
+            state / "instances",
+            state / "workspaces",
+            victim,
+        ]
+    }
+    files.update(_walk(victim))
+    files.update(_walk(state / "artifacts"))
+    return {
+        "uid": os.getuid(),
+        "env": dict(os.environ),
+        "files": files,
+        "processes": _processes(),
+    }
