@@ -198,8 +198,13 @@ def test_environment_from_conda_file_is_built_once_and_shared(
         doc = wait_for(lambda n=name: settled(client, n), f"{name} to settle", timeout=180)
         assert doc.meta.provisioning_state is ProvisioningState.succeeded, doc.meta.status_message
         score(doc.instances[0].address)
-    # (as root, "platform-*" is the stand-in for the platform's own interpreter: isolation.py)
-    built = [p for p in envs_dir.iterdir() if p.is_dir() and not p.name.startswith("platform-")]
+    # As root, an environment without packages may also be there: the platform's interpreter's
+    # stand-in for deployment users (interpreters.for_deployment_users).
+    built = [
+        p
+        for p in envs_dir.iterdir()
+        if (p / ".ready").is_file() and p.joinpath(".ready").read_text().strip()
+    ]
     assert len(built) == 1
     log = (envs_dir / f"{built[0].name}.log").read_text()
     assert "azureml-defaults" in log and "Sluice's inference server replaces it" in log

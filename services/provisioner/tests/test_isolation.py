@@ -1,0 +1,102 @@
+"""Unit tests of what isolation.py promises (the attack itself: tests/security)."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from packaging.version import Version
+
+from sluice.common.interpreters import Interpreter, for_deployment_users, runnable_by_others
+from sluice.common.resources import OnlineDeploymentSpec
+from sluice.common.testing.plugin import traversable_dir
+from sluice.provisioner.isolation import (
+    Account,
+    harden_state_dir,
+    instance_env,
+    private_copy,
+    reachable_by_others,
+    user_name,
+)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.lstat().st_mode)
+
+
+def test_instance_environment_holds_nothing_of_the_platforms(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("SLUICE_ADMIN_TOKEN", "platform-secret")
+    spec = OnlineDeploymentSpec(
+        name="blue", endpoint_name="ep", environment_variables={"MY_SETTING": "1"}
+    )
+    env = instance_env(spec, "i1", "/envs/x/bin/python", tmp_path, tmp_path / "code", "score.py")
+    assert "platform-secret" not in env.values()
+    assert {k for k in env if k.startswith("SLUICE_")} == {"SLUICE_INSTANCE_ID"}
+    assert env["MY_SETTING"] == "1"
+    assert env["AZUREML_ENTRY_SCRIPT"] == "score.py"
+    assert env["HOME"] == str(tmp_path)
+    assert env["PATH"].startswith("/envs/x/bin:")
+
+
+def test_state_dir_is_private_except_shared_folders(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    (state / "tls").mkdir(parents=True)
+    (state / "envs").mkdir()
+    (state / "admin-token").write_text("x")
+    (state / "admin-token").chmod(0o644)
+    harden_state_dir(state)
+    assert mode(state) == 0o711
+    assert mode(state / "tls") == 0o700
+    assert mode(state / "admin-token") == 0o600
+    assert mode(state / "envs") == 0o755
+
+
+def test_private_copy_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    source = tmp_path / "model"
+    source.mkdir()
+    (source / "weights.bin").write_text("w")
+    (source / "weights.bin").chmod(0o644)
+    me = Account("me", os.geteuid(), os.getegid())
+    target = private_copy(source, tmp_path / "copy", me)
+    assert mode(target) == 0o700
+    assert mode(target / "model") == 0o700
+    assert mode(target / "model" / "weights.bin") == 0o400
+    assert private_copy(source, tmp_path / "copy", me) == target  # copied once
+
+
+def test_a_private_folder_on_the_way_is_named() -> None:
+    with traversable_dir("sluice-unit-") as root:
+        private = root / "private"
+        (private / "inner").mkdir(parents=True)
+        private.chmod(0o700)
+        assert reachable_by_others(private / "inner") == private
+        private.chmod(0o711)
+        assert reachable_by_others(private / "inner") is None
+
+
+def test_user_names_are_short_and_stable() -> None:
+    name = user_name("endpoint-with-a-long-name", "deployment")
+    assert name == user_name("endpoint-with-a-long-name", "deployment")
+    assert name != user_name("endpoint-with-a-long-name", "other")
+    assert len(name) <= 32  # useradd's limit
+
+
+def test_deployment_users_get_an_interpreter_they_can_run(tmp_path: Path) -> None:
+    private = tmp_path / "home"
+    (private / "bin").mkdir(parents=True)
+    own = private / "bin" / "python3.11"
+    own.write_text("")
+    own.chmod(0o755)
+    private.chmod(0o700)
+    assert not runnable_by_others(str(own))
+    platform = Interpreter(str(own), Version("3.11.7"))
+    system = Interpreter("/bin/sh", Version("3.11.2"))
+    chosen, usable = for_deployment_users(platform, [platform, system])
+    if os.geteuid() == 0:
+        assert chosen == system and usable == [system]
+    else:
+        assert chosen == platform
