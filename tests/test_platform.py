@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -74,6 +75,15 @@ def test_up_status_up_again_down(state: Path) -> None:
     status = run_cli(state, "status", "-o", "json")
     assert status.returncode == 0, status.stdout + status.stderr
     assert {row["state"] for row in json.loads(status.stdout)} == {"healthy"}
+
+    # Every service serves its own Prometheus /metrics, counting its gRPC calls (health
+    # checks included) by method and code.
+    scrape = json.loads((state / "platform.json").read_text())["prometheus"]
+    assert {"registry", "provisioner", "traffic", "metrics"} <= scrape.keys()
+    for name, url in scrape.items():
+        with urllib.request.urlopen(url, timeout=10) as page:  # noqa: S310 - loopback http
+            text = page.read().decode()
+        assert 'sluice_grpc_server_handled_total{code="OK",method="/grpc.health.v1' in text, name
 
     again = run_cli(state, "up", "-o", "json")
     assert again.returncode == 0

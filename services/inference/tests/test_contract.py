@@ -97,6 +97,7 @@ def server(
             "--request-timeout-ms", "500",
             "--max-payload-bytes", "2000",
         ],
+        scope=("shop", "contract"),
     )  # fmt: skip
 
 
@@ -187,7 +188,10 @@ def test_requests_beyond_slots_and_queue_are_429(server: Server) -> None:
     with ThreadPoolExecutor(3) as pool:
         slow = [pool.submit(server.post, {"op": "sleep", "seconds": 0.3}) for _ in range(3)]
         wait_until(
-            lambda: "sluice_inference_requests_in_flight 3.0" in server.metrics(),
+            lambda: (
+                'sluice_inference_requests_in_flight{deployment="contract",endpoint="shop"} 3.0'
+                in server.metrics()
+            ),
             "two runs and one queued request",
         )
         rejected = server.post({"op": "echo"})
@@ -220,11 +224,20 @@ def test_metrics_count_requests_errors_and_latency(server: Server) -> None:
     server.post({"op": "echo"})
     server.post({"op": "fail"})
     text = server.metrics()
-    ok = re.search(r'sluice_inference_requests_total\{route="/score",status="200"\} (\d+)', text)
+    scope = 'deployment="contract",endpoint="shop"'  # Azure's dimensions, on every family
+    ok = re.search(
+        r"sluice_inference_requests_total\{" + scope + r',route="/score",status="200"\} (\d+)',
+        text,
+    )
     assert ok and int(float(ok.group(1))) >= 1
-    assert re.search(r'sluice_inference_errors_total\{kind="run_failed"\} [1-9]', text)
-    assert 'sluice_inference_request_duration_seconds_bucket{le="0.005",route="/score"}' in text
-    assert "sluice_inference_run_duration_seconds_count" in text
+    assert re.search(
+        r"sluice_inference_errors_total\{" + scope + r',kind="run_failed"\} [1-9]', text
+    )
+    assert (
+        "sluice_inference_request_duration_seconds_bucket{" + scope + ',le="0.005",route="/score"}'
+        in text
+    )
+    assert "sluice_inference_run_duration_seconds_count{" + scope + "}" in text
 
 
 def raw_exchange(server: Server, data: bytes, expect_responses: int) -> bytes:

@@ -117,7 +117,10 @@ def test_workers_share_the_port_and_the_metrics(supervisor: Supervisor, tmp_path
     wait_until(both_answered, "answers from two worker processes")
     assert server.process.pid not in pids
     wait_until(
-        lambda: 'sluice_inference_requests_total{route="/score",status="200"}' in server.metrics(),
+        lambda: (
+            'sluice_inference_requests_total{deployment="",endpoint="",route="/score",status="200"}'
+            in server.metrics()
+        ),
         "the parent to serve the workers' metrics",
     )
 

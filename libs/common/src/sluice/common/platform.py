@@ -78,6 +78,8 @@ class PlatformState(BaseModel):
     envoy_admin_port: int
     domain: str
     processes: list[RunningProcess]
+    # service -> its Prometheus scrape URL (http://host:port/metrics)
+    prometheus: dict[str, str] = {}
 
 
 class ComponentStatus(BaseModel):
@@ -215,6 +217,8 @@ class LocalPlatform:
         ports = {f: self._port(getattr(s.ports, f)) for f in type(s.ports).model_fields}
         env = self._service_env(nats_url, mongodb_uri, ports)
         services = installed_services()
+        # Each service's own Prometheus /metrics (gRPC calls, reconciles, xDS, event lag).
+        prometheus = {svc.name: free_port(host) for svc in services}
         for svc in services:
             specs.append(
                 python_service_spec(
@@ -222,7 +226,11 @@ class LocalPlatform:
                     module=svc.module,
                     host=host,
                     port=ports[svc.port_field],
-                    env={**env, "SLUICE_SERVICE_NAME": svc.name},
+                    env={
+                        **env,
+                        "SLUICE_SERVICE_NAME": svc.name,
+                        "SLUICE_PROMETHEUS_PORT": str(prometheus[svc.name]),
+                    },
                     python=sys.executable,
                 )
             )
@@ -259,6 +267,7 @@ class LocalPlatform:
             envoy_admin_port=admin_port,
             domain=s.domain,
             processes=[],
+            prometheus={name: f"http://{host}:{port}/metrics" for name, port in prometheus.items()},
         )
         return specs, state
 

@@ -10,6 +10,9 @@ provisioner, the traffic controller and the event subscribers fill in.
 
 from __future__ import annotations
 
+import time
+from datetime import datetime
+
 from prometheus_client import Counter, Histogram, start_http_server
 
 from sluice.common.log import get_logger
@@ -43,6 +46,11 @@ EVENT_LAG_SECONDS = Histogram(
     ["service"],
     buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 300),
 )
+
+
+def observe_lag(service: str, published: datetime) -> None:
+    """Record how long an event took from its publication to `service`'s handler."""
+    EVENT_LAG_SECONDS.labels(service).observe(max(0.0, time.time() - published.timestamp()))
 
 
 def start_exporter(settings: Settings) -> int | None:

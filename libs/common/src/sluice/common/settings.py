@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     batch_address: str | None = Field(
         default=None, description="host:port of the batch service; unset = the local platform's"
     )
+    metrics_address: str | None = Field(
+        default=None, description="host:port of the metrics service; unset = the local platform's"
+    )
     admin_token: str | None = None
     # Fernet key (urlsafe base64, 32 bytes) that encrypts endpoint keys at rest.
     secret_key: str | None = None

@@ -18,6 +18,7 @@ from sluice.common.events import EventPublisher, create_broker, ensure_events_st
 from sluice.common.grpc_server import GrpcServer
 from sluice.common.log import get_logger
 from sluice.common.mongo import create_mongo_client, database, require_uri
+from sluice.common.prometheus import start_exporter
 from sluice.common.runtime import wait_for_shutdown_signal
 from sluice.common.settings import Settings
 from sluice.v1 import batch_pb2, batch_pb2_grpc
@@ -96,6 +97,7 @@ async def serve(settings: Settings) -> None:
             admin_token=settings.admin_token,
         )
         await server.start()
+        start_exporter(settings)
         await service.resume()
         signal = await wait_for_shutdown_signal()
         log.info("batch_stopping", signal=signal.name)

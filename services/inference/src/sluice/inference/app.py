@@ -39,7 +39,7 @@ from sluice.inference.builtin import builtin_scorer
 from sluice.inference.config import ServerConfig
 from sluice.inference.dispatch import Dispatcher, Limits, Outcome
 from sluice.inference.http import Connection, Header, HttpRequest
-from sluice.inference.metrics import Metrics, serve_metrics
+from sluice.inference.metrics import Metrics, scope_from_env, serve_metrics
 from sluice.inference.output import JSON, NotSerializable, Reply, encode, json_reply
 from sluice.inference.script import BadInput, Scorer, load_script, set_model_dir
 from sluice.inference.swagger import swagger_document
@@ -298,7 +298,7 @@ async def serve(config: ServerConfig, registry: CollectorRegistry | None = None)
     """Run the server until SIGTERM/SIGINT; return the process exit code."""
     loop = asyncio.get_running_loop()
     registry = registry or CollectorRegistry()
-    metrics = Metrics(registry)
+    metrics = Metrics(registry, scope_from_env())
     if config.metrics_port and config.listen_fd is None:
         serve_metrics(config.host, config.metrics_port, registry)
     app = InferenceApp(metrics, model_name(config.model))

@@ -7,6 +7,7 @@ parent process serves their sum; with one process the values live in memory.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 from prometheus_client import (
@@ -24,39 +25,55 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 
 
+# Every family carries the instance's endpoint and deployment (Azure's dimensions), so
+# one Prometheus scrape of many instances is grouped the way the metrics service is.
+SCOPE = ["endpoint", "deployment"]
+
+
+def scope_from_env() -> tuple[str, str]:
+    """The provisioner names the instance's endpoint and deployment (Azure's variables)."""
+    return (
+        os.environ.get("AZUREML_ENDPOINT_NAME", ""),
+        os.environ.get("AZUREML_DEPLOYMENT_NAME", ""),
+    )
+
+
 class Metrics:
     """Counters the server updates per request; label children are cached for speed."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, scope: tuple[str, str] = ("", "")) -> None:
+        self._scope = scope
         self.requests = Counter(
             "sluice_inference_requests",
             "HTTP requests answered, by route and status code",
-            ["route", "status"],
+            [*SCOPE, "route", "status"],
             registry=registry,
         )
         self.latency = Histogram(
             "sluice_inference_request_duration_seconds",
             "Time from a request's arrival to its answer, by route",
-            ["route"],
+            [*SCOPE, "route"],
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
         self.run_latency = Histogram(
             "sluice_inference_run_duration_seconds",
             "Time spent in the scoring script's run()",
+            SCOPE,
             buckets=LATENCY_BUCKETS,
             registry=registry,
-        )
+        ).labels(*scope)
         self.in_flight = Gauge(
             "sluice_inference_requests_in_flight",
             "Scoring requests being run or waiting for a slot",
+            SCOPE,
             registry=registry,
             multiprocess_mode="livesum",
-        )
+        ).labels(*scope)
         self.errors = Counter(
             "sluice_inference_errors",
             "Scoring requests that failed, by kind",
-            ["kind"],
+            [*SCOPE, "kind"],
             registry=registry,
         )
         self._requests: dict[tuple[str, int], Callable[[], None]] = {}
@@ -67,17 +84,17 @@ class Metrics:
         key = (route, status)
         count = self._requests.get(key)
         if count is None:
-            count = self._requests[key] = self.requests.labels(route, str(status)).inc
+            count = self._requests[key] = self.requests.labels(*self._scope, route, str(status)).inc
         count()
         timer = self._latency.get(route)
         if timer is None:
-            timer = self._latency[route] = self.latency.labels(route).observe
+            timer = self._latency[route] = self.latency.labels(*self._scope, route).observe
         timer(seconds)
 
     def error(self, kind: str) -> None:
         count = self._errors.get(kind)
         if count is None:
-            count = self._errors[kind] = self.errors.labels(kind).inc
+            count = self._errors[kind] = self.errors.labels(*self._scope, kind).inc
         count()
 
 

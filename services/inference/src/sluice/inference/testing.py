@@ -108,8 +108,11 @@ def start_server(
     model: Path | None = None,
     extra: Sequence[str] = (),
     ready: bool = True,
+    scope: tuple[str, str] | None = None,
 ) -> Server:
-    """Start a server (healthy = liveness answers) and, unless told not to, wait for readiness."""
+    """Start a server (healthy = liveness answers) and, unless told not to, wait for readiness.
+
+    `scope` = (endpoint, deployment) as the provisioner sets them (AZUREML_*_NAME)."""
     port, metrics_port = free_port(), free_port()
     argv = server_argv(
         port=port, code=code, model=model, extra=[*extra, "--metrics-port", str(metrics_port)]
@@ -121,6 +124,9 @@ def start_server(
         ports=[port, metrics_port],
         start_timeout_s=30,
         stop_timeout_s=5,
+        env={"AZUREML_ENDPOINT_NAME": scope[0], "AZUREML_DEPLOYMENT_NAME": scope[1]}
+        if scope
+        else {},
     )
     server = Server(port, metrics_port, supervisor.start(spec))
     if ready:

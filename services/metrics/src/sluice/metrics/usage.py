@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from faststream.nats import NatsBroker
+from faststream.nats import NatsBroker, NatsMessage
 from pydantic import BaseModel, ValidationError
 
 from sluice.common.log import get_logger
@@ -41,9 +41,10 @@ def subscribe_usage(broker: NatsBroker, subject: str, buckets: Buckets) -> None:
     """Register the subscriber (before `broker.start()`)."""
 
     @broker.subscriber(subject)
-    async def on_usage(body: bytes) -> None:
+    async def on_usage(message: NatsMessage) -> None:
+        # The raw body: FastStream would decode JSON into a dict before any model sees it.
         try:
-            sample = UsageSample.model_validate_json(body)
+            sample = UsageSample.model_validate_json(message.body)
         except ValidationError as exc:
             log.warning("usage_sample_invalid", error=str(exc)[:300])
             return

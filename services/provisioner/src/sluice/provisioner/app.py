@@ -12,6 +12,7 @@ from sluice.common.events import EventPublisher, create_broker, ensure_events_st
 from sluice.common.grpc_server import GrpcServer
 from sluice.common.log import get_logger
 from sluice.common.mongo import create_mongo_client, database, require_uri
+from sluice.common.prometheus import start_exporter
 from sluice.common.resources import EnvironmentSpec
 from sluice.common.runtime import wait_for_shutdown_signal
 from sluice.common.settings import Settings
@@ -93,6 +94,7 @@ async def serve(settings: Settings) -> None:
             asyncio.create_task(resync_forever(reconciler)),
         ]
         await server.start()
+        start_exporter(settings)
         backend.warm_up((await environments.ensure(EnvironmentSpec())).python)
         signal = await wait_for_shutdown_signal()
         log.info("provisioner_stopping", signal=signal.name)

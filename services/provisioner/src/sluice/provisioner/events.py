@@ -16,6 +16,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from sluice.common.events import EventPublisher, parse_envelope
 from sluice.common.log import bind_correlation_id, get_logger
+from sluice.common.prometheus import observe_lag
 from sluice.common.resources import deployment_id
 
 log = get_logger(__name__)
@@ -71,6 +72,7 @@ class RegistryEvents:
                 envelope = parse_envelope(msg.data)
                 # Our own progress reports would only wake the worker that sent them.
                 if envelope.source != SOURCE:
+                    observe_lag("provisioner", envelope.time)
                     bind_correlation_id(envelope.correlationid)
                     await self._dispatch(entity, envelope.data, on_deployment, on_endpoint)
             await msg.ack()

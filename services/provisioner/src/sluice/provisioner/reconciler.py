@@ -33,6 +33,7 @@ from sluice.common.artifacts import ArtifactError, ArtifactStore
 from sluice.common.catalogue import Catalogue, InstanceType, UnknownInstanceType
 from sluice.common.environments import EnvironmentBuilder, EnvironmentError_
 from sluice.common.log import get_logger
+from sluice.common.prometheus import RECONCILE_SECONDS
 from sluice.common.resources import (
     ArtifactRef,
     ComputeKind,
@@ -107,7 +108,8 @@ class DeploymentWorker:
     async def run(self) -> None:
         while not self.done:
             try:
-                await self.converge()
+                with RECONCILE_SECONDS.labels("provisioner").time():
+                    await self.converge()
             except Exception:  # a bug here must not stop every other deployment
                 log.exception("reconcile_failed", deployment=self.key)
             if self.done:

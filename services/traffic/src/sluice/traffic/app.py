@@ -13,6 +13,7 @@ from sluice.common.events import EventPublisher, create_broker, ensure_events_st
 from sluice.common.grpc_server import GrpcServer
 from sluice.common.log import get_logger
 from sluice.common.mongo import create_mongo_client, database, require_uri
+from sluice.common.prometheus import start_exporter
 from sluice.common.runtime import wait_for_shutdown_signal
 from sluice.common.secretbox import SecretBox
 from sluice.common.settings import Settings
@@ -111,6 +112,7 @@ async def serve(settings: Settings, traffic: TrafficSettings) -> None:
             ),
         )
         await server.start()
+        start_exporter(settings)
         reconciler = asyncio.create_task(controller.run())
         signal = await wait_for_shutdown_signal()
         log.info("traffic_stopping", signal=signal.name)

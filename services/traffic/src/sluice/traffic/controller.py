@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from sluice.common.log import get_logger
+from sluice.common.prometheus import RECONCILE_SECONDS
 from sluice.traffic.domain import Endpoint, Gateway, without_host_conflicts
 from sluice.traffic.events import Outcomes
 from sluice.traffic.jwks import PLACEHOLDER_JWKS, RegistryJwks
@@ -122,6 +123,10 @@ class Controller:
                 self._watcher.cancel()
 
     async def sync_once(self) -> None:
+        with RECONCILE_SECONDS.labels("traffic").time():
+            await self._sync()
+
+    async def _sync(self) -> None:
         self._wake.clear()
         if self._refresh_jwks or self._jwks.current is None:
             self._refresh_jwks = False

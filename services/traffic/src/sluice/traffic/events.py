@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from sluice.common.events import EventPublisher, parse_envelope
 from sluice.common.log import get_logger
+from sluice.common.prometheus import observe_lag
 
 log = get_logger(__name__)
 ACTOR = "sluice/traffic"
@@ -70,6 +71,7 @@ class EventListener:
             return
         if event.type in OWN:
             return
+        observe_lag("traffic", event.time)
         endpoint = endpoint_of(event.type, event.data)
         log.debug("event_received", type=event.type, endpoint=endpoint)
         self._sink.mark_dirty(endpoint, refresh_jwks=event.type in JWKS_HINTS)

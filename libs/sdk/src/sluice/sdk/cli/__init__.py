@@ -12,6 +12,7 @@ import typer
 from sluice.common.artifacts import ArtifactError
 from sluice.common.supervisor import ComponentError
 from sluice.sdk.cli import (
+    alert,
     batch_deployment,
     batch_endpoint,
     demo,
@@ -41,6 +42,7 @@ app.add_typer(online_deployment.app, name="online-deployment")
 app.add_typer(batch_endpoint.app, name="batch-endpoint")
 app.add_typer(batch_deployment.app, name="batch-deployment")
 app.add_typer(tls_cmds.app, name="tls")
+app.add_typer(alert.app, name="alert")
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ from sluice.common.platform import LocalPlatform
 from sluice.common.resources import AuthMode
 from sluice.common.settings import Settings
 from sluice.sdk.applied import NotApplied
-from sluice.sdk.cli import local_cmds
+from sluice.sdk.cli import local_cmds, metrics_cmds
 from sluice.sdk.cli.common import (
     FileOption,
     NoWaitOption,
@@ -261,3 +261,7 @@ def invoke(
     if not 200 <= status < 300:
         raise CliError(f"HTTP {status}: {reply.decode(errors='replace').strip()[:500]}")
     sys.stdout.write(reply.decode(errors="replace") + "\n")
+
+
+app.command("metrics")(metrics_cmds.metrics)
+app.command("show-costs")(metrics_cmds.show_costs)

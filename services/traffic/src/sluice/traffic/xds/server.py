@@ -28,6 +28,7 @@ import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from sluice.common.log import get_logger
+from sluice.common.prometheus import XDS_PUSHES, XDS_RESPONSES
 from sluice.traffic.xds.snapshot import (
     ALL_TYPES,
     PUSH_PHASES,
@@ -223,6 +224,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
                 bad = sub.sent_version or ""
                 sub.nacked.add(bad)
                 sub.last_error = request.error_detail.message
+                XDS_RESPONSES.labels(short(type_url), "nack").inc()
                 log.warning(
                     "xds_nack",
                     node=stream.node,
@@ -233,6 +235,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
                 )
             else:
                 sub.acked = request.version_info
+                XDS_RESPONSES.labels(short(type_url), "ack").inc()
                 log.debug("xds_ack", node=stream.node, type=short(type_url), version=sub.acked)
         else:
             sub.acked = request.version_info or None
@@ -301,6 +304,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         nonce = stream.next_nonce()
         sub.sent_version, sub.sent_nonce, sub.sent_names = version, nonce, sub.names
         sub.awaiting = True
+        XDS_PUSHES.labels(short(type_url)).inc()
         log.debug(
             "xds_push", node=stream.node, type=short(type_url), version=version, n=len(resources)
         )
