@@ -21,6 +21,7 @@ async def test_usage_samples_fill_the_minute_buckets(
     broker = NatsBroker(sluice_settings.nats_url, logger=None)
     subscribe_usage(broker, subject, buckets)
     await broker.start()
+    await broker.connection.flush()  # the server has our subscription before we publish
     try:
         now = time.time()
         root = subject.removesuffix(".*.*")
