@@ -7,6 +7,8 @@ the Kubernetes schemas (strict), and every Envoy bootstrap with `envoy --mode va
 from __future__ import annotations
 
 import importlib.util
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -143,3 +145,50 @@ def test_envoy_accepts_the_bootstrap(where: str, tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "OK" in result.stdout + result.stderr
+
+
+GRAFANA = Path(__file__).resolve().parents[1] / "deploy" / "grafana" / "sluice-endpoints.json"
+SUFFIXES = ("_total", "_bucket", "_count", "_sum", "_created")
+
+
+def exported_metric_names() -> set[str]:
+    """Every family a Sluice service exports: the metrics service's Azure view and own
+    counters, the shared control-plane families, the inference server's."""
+    from prometheus_client import CollectorRegistry
+
+    from sluice.common import prometheus
+    from sluice.inference.metrics import Metrics
+    from sluice.metrics.als import IngestStats
+    from sluice.metrics.buckets import Buckets
+    from sluice.metrics.flusher import Flusher
+    from sluice.metrics.live import LiveView
+
+    flusher = Flusher(Buckets(), None, interval_s=1, max_pending=1)  # type: ignore[arg-type]
+    view = LiveView(None, 60, IngestStats(), flusher)  # type: ignore[arg-type]
+    view.latest = {("e", "d"): (0, dict.fromkeys(["RequestsPerMinute"], 1.0))}
+    names = {family.name for family in view.collect()}
+    registry = CollectorRegistry()
+    Metrics(registry)
+    names |= {family.name for family in registry.collect()}
+    for value in vars(prometheus).values():
+        if hasattr(value, "_name") and hasattr(value, "describe"):
+            names.add(value._name)
+    return names
+
+
+def test_grafana_dashboard_queries_only_exported_metrics() -> None:
+    dashboard = json.loads(GRAFANA.read_text())
+    assert dashboard["uid"] and dashboard["title"]
+    variables = {v["name"] for v in dashboard["templating"]["list"]}
+    assert {"datasource", "endpoint", "deployment"} <= variables
+    exported = exported_metric_names()
+    assert "azureml_requests_per_minute" in exported
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids)) >= 8
+    for panel in dashboard["panels"]:
+        assert {"x", "y", "w", "h"} <= panel["gridPos"].keys(), panel["title"]
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            for name in re.findall(r"\b(?:azureml|sluice)_[a-z0-9_]+", target["expr"]):
+                base = next((name[: -len(s)] for s in SUFFIXES if name.endswith(s)), name)
+                assert base in exported, f"{panel['title']}: {name} is not exported by Sluice"
