@@ -18,7 +18,14 @@ import pytest
 
 from sluice.common.supervisor import Supervisor
 from sluice.common.testing.plugin import EnvoyGateway, ServiceStarter
-from sluice.traffic.testing import GatewayPorts, Upstream, World, eventually, start_controller
+from sluice.traffic.testing import (
+    GatewayPorts,
+    Upstream,
+    World,
+    eventually,
+    healthy_hosts,
+    start_controller,
+)
 from sluice.v1 import metrics_pb2, metrics_pb2_grpc
 
 pytestmark = pytest.mark.integration
@@ -64,15 +71,19 @@ async def test_requests_through_envoy_are_counted_exactly_where_served(
     for up in (blue, green, shadow):
         await world.deployment("metered", up.name, [up.address])
     await world.endpoint("metered", traffic={"blue": 70, "green": 30}, mirror={"shadow": 50})
-    # Both live deployments answer before the load starts (Envoy routes a new instance once
-    # its first health check passed, which can come after the routes on a loaded machine).
-    # The warm-up requests are counted too: the counts below are what the upstreams saw.
-    for name in ("blue", "green"):
+    # Envoy has health-checked every instance before the first request: a request that found
+    # no healthy host would be counted for the endpoint but reach no upstream.
+    for name in ("blue", "green", "shadow"):
         await asyncio.to_thread(
-            eventually,
-            lambda name=name: traffic.score("metered", KEY, deployment=name)[0],
-            lambda status: status == 200,
+            eventually, lambda name=name: healthy_hosts(traffic, "metered", name), bool
         )
+    # Then the routes: until they exist, requests are 404s that belong to no endpoint.
+    await asyncio.to_thread(
+        eventually,
+        lambda: traffic.score("metered", KEY)[1].get("azureml-model-deployment"),
+        lambda d: d in ("blue", "green"),
+    )
+    # The warm-up requests are counted too: the counts below are what the upstreams saw.
 
     latencies: dict[str, list[float]] = {"blue": [], "green": []}
 

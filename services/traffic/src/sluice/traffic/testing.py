@@ -17,6 +17,7 @@ import os
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -50,6 +51,7 @@ from sluice.common.settings import EnvoySettings, Settings
 from sluice.common.supervisor import RunningProcess, Supervisor, stop_process
 from sluice.common.testing.plugin import EnvoyGateway, service_env
 from sluice.sdk.invoke import GatewayTarget, send
+from sluice.traffic.domain import cluster_name
 from sluice.traffic.xds.server import GATEWAY_HEALTH
 
 Headers = list[tuple[str, str]]
@@ -224,6 +226,22 @@ def start_controller(
             "127.0.0.1", ports.https, tls=True, ca_file=settings.state_dir / "tls" / "ca.crt"
         ),
         extra_env=dict(extra_env or {}),
+    )
+
+
+def healthy_hosts(traffic: Traffic, endpoint: str, deployment: str) -> int:
+    """How many hosts of the deployment's cluster Envoy counts as healthy (admin /clusters).
+
+    Envoy routes to a new host once its first active health check passed, which on a loaded
+    machine can come after the routes: tests that count requests wait on this without sending
+    any (a request that found no healthy host is still a request the endpoint saw).
+    """
+    url = f"{traffic.envoy.admin_url}/clusters"
+    with urllib.request.urlopen(url, timeout=5) as reply:  # noqa: S310 - Envoy's loopback admin
+        lines = reply.read().decode().splitlines()
+    prefix = f"{cluster_name(endpoint, deployment)}::"
+    return sum(
+        1 for line in lines if line.startswith(prefix) and line.endswith("::health_flags::healthy")
     )
 
 
