@@ -43,6 +43,7 @@ from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.rbac.v3 import rbac_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.access_loggers.grpc.v3 import als_pb2
+from envoy.extensions.filters.http.buffer.v3 import buffer_pb2
 from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_pb2
 from envoy.extensions.filters.http.lua.v3 import lua_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_filter_pb2
@@ -87,6 +88,7 @@ CATCH_ALL_VHOST = "sluice_catch_all"
 # `filter_metadata["sluice"] = {endpoint, deployment}`, and the access loggers copy it into
 # custom tags, so access-log entries name their deployment without parsing resource names.
 METADATA_NAMESPACE = "sluice"
+MAX_REQUEST_BYTES = 100 * 1024 * 1024  # the inference server's default payload limit
 TAG_ENDPOINT = "sluice.endpoint"  # from the upstream cluster (the deployment that served)
 TAG_DEPLOYMENT = "sluice.deployment"
 TAG_ROUTE_ENDPOINT = "sluice.route_endpoint"  # from the route: also for Envoy's own replies
@@ -144,6 +146,19 @@ def _header(name: str, value: str) -> base_pb2.HeaderValueOption:
         header=base_pb2.HeaderValue(key=name, value=value),
         append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
     )
+
+
+# `azureml-model-deployment` on answers: the deployment of the instance that answered, read
+# from the instance's (EDS host) metadata. Envoy's own replies (401, 404, 429, 503) have no
+# upstream host, so the value is empty and Envoy leaves the header out: a caller that has not
+# proved who it is learns no deployment name.
+SERVED_BY = base_pb2.HeaderValueOption(
+    header=base_pb2.HeaderValue(
+        key=DEPLOYMENT_HEADER, value=f"%UPSTREAM_METADATA({METADATA_NAMESPACE}:deployment)%"
+    ),
+    append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+    keep_empty_value=False,
+)
 
 
 def _socket(host: str, port: int) -> address_pb2.Address:
@@ -229,7 +244,8 @@ def load_assignment(dep: Deployment) -> endpoint_pb2.ClusterLoadAssignment:
             endpoint_components_pb2.LocalityLbEndpoints(
                 lb_endpoints=[
                     endpoint_components_pb2.LbEndpoint(
-                        endpoint=endpoint_components_pb2.Endpoint(address=_socket(u.host, u.port))
+                        endpoint=endpoint_components_pb2.Endpoint(address=_socket(u.host, u.port)),
+                        metadata=_metadata(deployment=dep.name),
                     )
                     for u in dep.instances
                 ]
@@ -392,7 +408,7 @@ def endpoint_routes(ep: Endpoint, prefix: str | None) -> list[route_components_p
                 route=_action(
                     timeout_ms=dep.request_timeout_ms, prefix=prefix, cluster=dep.cluster
                 ),
-                response_headers_to_add=[_header(DEPLOYMENT_HEADER, dep.name)],
+                response_headers_to_add=[SERVED_BY],
                 request_headers_to_remove=strip,
                 typed_per_filter_config=filters,
             )
@@ -445,7 +461,7 @@ def _default_route(
             route_components_pb2.WeightedCluster.ClusterWeight(
                 name=ep_cluster(ep, share.deployment),
                 weight=wrappers_pb2.UInt32Value(value=share.percent),
-                response_headers_to_add=[_header(DEPLOYMENT_HEADER, share.deployment)],
+                response_headers_to_add=[SERVED_BY],
             )
             for share in ep.traffic
         ]
@@ -670,7 +686,14 @@ def _http_filters(jwks: str, als: Listen | None) -> list[hcm_pb2.HttpFilter]:
     # Deny everything a route does not allow explicitly.
     deny_all = rbac_filter_pb2.RBAC(rules=rbac_pb2.RBAC(action=rbac_pb2.RBAC.ALLOW))
     lua = lua_pb2.Lua(default_source_code=base_pb2.DataSource(inline_string=MODEL_ERROR_LUA))
+    # The whole request is read before any filter may answer on its own (401, 404, 429, 503).
+    # Answering earlier forces Envoy to end the exchange abnormally: `connection: close` on
+    # HTTP/1.1, and on HTTP/2 a RST_STREAM after the reply, which RFC 9113 allows but which
+    # common clients (curl 7.88, Debian 12's) report as an error instead of the status.
+    # The limit is the inference server's; above it the gateway answers 413 itself.
+    buffer = buffer_pb2.Buffer(max_request_bytes=wrappers_pb2.UInt32Value(value=MAX_REQUEST_BYTES))
     return [
+        hcm_pb2.HttpFilter(name="envoy.filters.http.buffer", typed_config=pack(buffer)),
         hcm_pb2.HttpFilter(name=JWT_FILTER, typed_config=pack(jwt)),
         hcm_pb2.HttpFilter(name=RBAC_FILTER, typed_config=pack(deny_all)),
         hcm_pb2.HttpFilter(name=LUA_FILTER, typed_config=pack(lua)),
