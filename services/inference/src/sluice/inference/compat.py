@@ -1,7 +1,8 @@
 """Azure's helper classes for scoring scripts, so they import unchanged.
 
-Scripts written for Azure import `AMLResponse` (to set a status code or
-headers) and `AMLRequest`/`rawhttp` (to receive the raw request) from
+Scripts written for Azure import `AMLResponse` (to set a status code,
+headers or content type) and `AMLRequest`/`rawhttp` (to receive the raw
+request: files, form, stream...) from
 `azureml.contrib.services` or `azureml_inference_server_http.api`. When those
 packages are not installed, `install_azure_shims` registers modules of the
 same names that hold the classes below. It never shadows a real install: if
@@ -11,20 +12,31 @@ any `azureml` package exists, the script's environment must provide them.
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import sys
 from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl
+from urllib.parse import unquote_to_bytes
+
+from werkzeug.wrappers import Request, Response
 
 RAWHTTP_ATTR = "__sluice_rawhttp__"
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class AMLResponse:
-    """A response with its own status code and headers, as Azure's `AMLResponse`."""
+class AMLResponse(Response):
+    """Azure's `AMLResponse`: a flask (werkzeug) response with Azure's constructor.
+
+    `json_str` sends `json.dumps(message)` as application/json; `None` sends `{}`;
+    anything else is the body as flask takes it (str or bytes), `text/html` unless the
+    script sets `mimetype`/`content_type`. A header value with commas becomes repeated
+    headers, and `x-ms-run-function-failed` is always set, as Azure's server does.
+    """
+
+    default_mimetype = "text/html"  # flask's, which Azure's class derives from
 
     def __init__(
         self,
@@ -34,44 +46,66 @@ class AMLResponse:
         json_str: bool = False,
         run_function_failed: bool = False,
     ) -> None:
-        self.status_code = int(status_code)
-        self.headers: dict[str, str] = dict(response_headers or {})
         if message is None:
-            self.body, self.content_type = b"{}", "application/json"
+            super().__init__("{}", status=int(status_code), mimetype="application/json")
         elif json_str:
-            self.body, self.content_type = json.dumps(message).encode(), "application/json"
-        elif isinstance(message, bytes | bytearray):
-            self.body, self.content_type = bytes(message), "application/octet-stream"
+            super().__init__(
+                json.dumps(message), status=int(status_code), mimetype="application/json"
+            )
         else:
-            self.body, self.content_type = str(message).encode(), "text/html; charset=utf-8"
-        self.headers.setdefault("Content-Type", self.content_type)
+            super().__init__(message, status=int(status_code))
+        for name, value in (response_headers or {}).items():
+            parts = [p.strip() for p in str(value).split(",")] if "," in str(value) else [value]
+            self.headers.remove(name)
+            for part in parts:
+                self.headers.add(name, part)
         self.headers["x-ms-run-function-failed"] = str(run_function_failed)
 
-    def get_data(self) -> bytes:
-        return self.body
 
+class AMLRequest(Request):
+    """The request a `@rawhttp` run() receives: Azure's is flask's request class, so this is
+    werkzeug's (`files`, `form`, `stream`, `args`, `headers`, `mimetype`, `get_json()`...)."""
 
-class AMLRequest:
-    """The raw request a `@rawhttp` run() receives: the parts of flask's request scripts use."""
+    # flask's limits: form fields in memory up to 500 kB (files spill to temporary files).
+    max_form_memory_size = 500_000
 
-    def __init__(self, method: str, path: str, query: str, headers: Mapping[str, str], body: bytes):
-        self.method = method
-        self.path = path
-        self.full_path = f"{path}?{query}"
-        self.query_string = query.encode()
-        self.headers = Headers(headers)
-        self.args = dict(parse_qsl(query))
-        self.data = body
-
-    def get_data(self, as_text: bool = False) -> bytes | str:
-        return self.data.decode("utf-8") if as_text else self.data
-
-    def get_json(self) -> Any:
-        return json.loads(self.data)
-
-    @property
-    def json(self) -> Any:
-        return self.get_json()
+    @classmethod
+    def from_http(
+        cls, method: str, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> AMLRequest:
+        """Build the WSGI environ werkzeug parses from what our HTTP layer read."""
+        raw_path, _, query = target.partition(b"?")
+        environ: dict[str, Any] = {
+            "REQUEST_METHOD": method,
+            "SCRIPT_NAME": "",
+            "PATH_INFO": unquote_to_bytes(raw_path).decode("latin-1"),
+            "QUERY_STRING": query.decode("latin-1"),
+            "SERVER_NAME": "localhost",
+            "SERVER_PORT": "80",
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            "CONTENT_LENGTH": str(len(body)),
+            "wsgi.version": (1, 0),
+            "wsgi.url_scheme": "http",
+            "wsgi.input": io.BytesIO(body),
+            "wsgi.errors": sys.stderr,
+            "wsgi.multithread": True,
+            "wsgi.multiprocess": False,
+            "wsgi.run_once": False,
+        }
+        for name, value in headers:
+            key = name.decode("latin-1").upper().replace("-", "_")
+            text = value.decode("latin-1")
+            if key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+                if key == "CONTENT_TYPE":
+                    environ[key] = text
+                continue
+            if key == "HOST":
+                host, _, port = text.rpartition(":") if ":" in text else (text, "", "")
+                environ["SERVER_NAME"] = host or text
+                environ["SERVER_PORT"] = port or "80"
+            wsgi_key = f"HTTP_{key}"
+            environ[wsgi_key] = f"{environ[wsgi_key]},{text}" if wsgi_key in environ else text
+        return cls(environ)
 
 
 def rawhttp(func: F) -> F:

@@ -104,8 +104,8 @@ class Scorer:
         """A call of run() with this request's input; raises `BadInput`."""
         run = self.functions.run
         if self.raw_request:
-            data: Any = AMLRequest(
-                request.method, request.path, request.query, _headers(request), request.body
+            data: Any = AMLRequest.from_http(
+                request.method, request.target, request.headers, request.body
             )
             kwargs = {self._params[0].name: data}
         elif self.schema is not None:
