@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from sluice.common.supervisor import Supervisor
+from sluice.inference.swagger import swagger_documents
 from sluice.inference.testing import Server, start_server, write_script
 
 pytestmark = pytest.mark.integration  # starts inference server processes
@@ -44,7 +46,62 @@ def run(request):
     return AMLResponse(request.get_data(as_text=True).upper(), 202, {"x-seen": seen})
 """
 
+# Azure's "Power BI compatible" sample (how-to-deploy-advanced-entry-script): nested numpy,
+# pandas and standard inputs under `Inputs`, optional `GlobalParameters`, `Results` out.
+POWER_BI_SCRIPT = """
+import numpy as np
+import pandas as pd
+from inference_schema.schema_decorators import input_schema, output_schema
+from inference_schema.parameter_types.numpy_parameter_type import NumpyParameterType
+from inference_schema.parameter_types.pandas_parameter_type import PandasParameterType
+from inference_schema.parameter_types.standard_py_parameter_type import (
+    StandardPythonParameterType,
+)
+
+def init():
+    pass
+
+numpy_sample_input = NumpyParameterType(np.array([[1, 2, 3], [3, 2, 1]], dtype="float64"))
+pandas_sample_input = PandasParameterType(
+    pd.DataFrame({"name": ["Sarah", "John"], "age": [25, 26]})
+)
+standard_sample_input = StandardPythonParameterType(0.0)
+sample_input = StandardPythonParameterType(
+    {"input1": numpy_sample_input, "input2": pandas_sample_input, "input3": standard_sample_input}
+)
+sample_global_parameters = StandardPythonParameterType(1.0)
+outputs = StandardPythonParameterType({"Results": StandardPythonParameterType([1.0, 1.0])})
+
+@input_schema("Inputs", sample_input)
+@input_schema("GlobalParameters", sample_global_parameters, optional=True)
+@output_schema(outputs)
+def run(Inputs, GlobalParameters=1.0):
+    frame = Inputs["input2"]
+    return {"Results": [
+        type(Inputs["input1"]).__name__, Inputs["input1"].sum() * GlobalParameters,
+        type(frame).__name__, frame["age"].sum(), Inputs["input3"],
+    ]}
+"""
+
+# A pandas frame alone, records orient (inference-schema's default), no GlobalParameters.
+PANDAS_SCRIPT = """
+import pandas as pd
+from inference_schema.schema_decorators import input_schema, output_schema
+from inference_schema.parameter_types.pandas_parameter_type import PandasParameterType
+from inference_schema.parameter_types.numpy_parameter_type import NumpyParameterType
+import numpy as np
+
+def init():
+    pass
+
+@input_schema("data", PandasParameterType(pd.DataFrame({"x": [1.0], "label": ["a"]})))
+@output_schema(NumpyParameterType(np.array([1.0])))
+def run(data):
+    return (data["x"] * 2).to_numpy()
+"""
+
 USER_SWAGGER = {"swagger": "2.0", "info": {"title": "mine", "version": "7"}}
+USER_OPENAPI = {"openapi": "3.0.1", "info": {"title": "mine", "version": "7"}}
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +116,24 @@ def schema_server(
 def raw_server(module_supervisor: Supervisor, tmp_path_factory: pytest.TempPathFactory) -> Server:
     code = write_script(tmp_path_factory.mktemp("raw"), RAW_SCRIPT)
     (code / "swagger.json").write_text(json.dumps(USER_SWAGGER))
+    (code / "swagger3.json").write_text(json.dumps(USER_OPENAPI))
     return start_server(module_supervisor, "raw", code=code)
+
+
+@pytest.fixture(scope="module")
+def power_bi_server(
+    module_supervisor: Supervisor, tmp_path_factory: pytest.TempPathFactory
+) -> Server:
+    code = write_script(tmp_path_factory.mktemp("powerbi"), POWER_BI_SCRIPT)
+    return start_server(module_supervisor, "powerbi", code=code)
+
+
+@pytest.fixture(scope="module")
+def pandas_server(
+    module_supervisor: Supervisor, tmp_path_factory: pytest.TempPathFactory
+) -> Server:
+    code = write_script(tmp_path_factory.mktemp("pandas"), PANDAS_SCRIPT)
+    return start_server(module_supervisor, "pandas", code=code)
 
 
 def test_decorated_run_gets_parsed_and_converted_arguments(schema_server: Server) -> None:
@@ -92,3 +166,55 @@ def test_rawhttp_run_gets_the_request_and_answers_with_aml_response(raw_server: 
 
 def test_users_own_swagger_json_is_served(raw_server: Server) -> None:
     assert raw_server.get("/swagger.json").json() == USER_SWAGGER
+
+
+def test_users_own_openapi3_file_is_served_for_version_3(raw_server: Server) -> None:
+    assert raw_server.get("/swagger.json?version=2").json() == USER_SWAGGER
+    assert raw_server.get("/swagger.json?version=3").json() == USER_OPENAPI
+    assert raw_server.get("/swagger.json?version=3.0").json() == USER_OPENAPI
+    generated = raw_server.get("/swagger.json?version=3.1").json()  # no swagger3.1.json
+    assert generated["openapi"] == "3.1.0"
+    assert generated["components"]["schemas"]["ServiceInput"] == {"type": "object", "example": {}}
+    unknown = raw_server.get("/swagger.json?version=4")
+    assert unknown.status == 404 and "use 2, 3 or 3.1" in unknown.json()["message"]
+
+
+def test_nested_numpy_pandas_standard_inputs_with_global_parameters(
+    power_bi_server: Server,
+) -> None:
+    inputs = {
+        "input1": [[1, 2, 3], [4, 5, 6]],
+        "input2": [{"name": "Ann", "age": 30}, {"name": "Bo", "age": 12}],
+        "input3": 7.5,
+    }
+    reply = power_bi_server.post({"Inputs": inputs, "GlobalParameters": 2.0})
+    assert reply.status == 200, reply.body
+    assert reply.json() == {"Results": ["ndarray", 42.0, "DataFrame", 42, 7.5]}
+    without = power_bi_server.post({"Inputs": inputs})  # GlobalParameters is optional
+    assert without.json()["Results"][1] == 21.0
+    swagger = power_bi_server.get("/swagger.json?version=3").json()
+    schemas = swagger["components"]["schemas"]
+    assert set(schemas["ServiceInput"]["properties"]) == {"Inputs", "GlobalParameters"}
+    nested = schemas["ServiceInput"]["properties"]["Inputs"]["properties"]
+    assert nested["input1"]["type"] == "array" and nested["input2"]["type"] == "array"
+    assert schemas["ServiceOutput"]["properties"]["Results"]["type"] == "array"
+
+
+def test_pandas_frame_without_global_parameters(pandas_server: Server) -> None:
+    reply = pandas_server.post({"data": [{"x": 1.5, "label": "a"}, {"x": 2.0, "label": "b"}]})
+    assert reply.status == 200, reply.body
+    assert reply.json() == [3.0, 4.0]
+    swagger = pandas_server.get("/swagger.json").json()
+    frame = swagger["definitions"]["ServiceInput"]["properties"]["data"]
+    assert frame["type"] == "array" and set(frame["items"]["properties"]) == {"x", "label"}
+
+
+def test_swagger2_json_is_the_version_2_fallback(tmp_path: Path) -> None:
+    (tmp_path / "swagger2.json").write_text(json.dumps(USER_SWAGGER))
+    docs = swagger_documents(tmp_path, None)
+    assert json.loads(docs.for_query(None) or b"") == USER_SWAGGER
+    assert json.loads(docs.for_query("2.0") or b"") == USER_SWAGGER
+    assert json.loads(docs.for_query("3") or b"")["openapi"] == "3.0.1"
+    assert docs.for_query("latest") is None
+    (tmp_path / "swagger.json").write_text(json.dumps({"swagger": "2.0", "first": True}))
+    assert json.loads(swagger_documents(tmp_path, None).for_query("2") or b"")["first"] is True

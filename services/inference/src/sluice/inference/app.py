@@ -7,7 +7,7 @@ Routes (Azure's, plus readiness and the Open Inference Protocol's health):
     GET  /v2/health/live     the same as /, in OIP form
     GET  /v2/health/ready    the same as /ready, in OIP form
     POST /score              run(); GET /score passes the query parameters
-    GET  /swagger.json       when the script declares a schema (404 otherwise)
+    GET  /swagger.json       ?version=2|3|3.1: the code folder's file or one generated
     GET  /v2, /v2/models/<m>[/ready], POST /v2/models/<m>/infer
                              the Open Inference Protocol around the same run() (oip.py)
 
@@ -28,6 +28,7 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 import structlog
@@ -42,7 +43,7 @@ from sluice.inference.http import Connection, Header, HttpRequest
 from sluice.inference.metrics import Metrics, scope_from_env, serve_metrics
 from sluice.inference.output import JSON, NotSerializable, Reply, encode, json_reply
 from sluice.inference.script import BadInput, Scorer, load_script, set_model_dir
-from sluice.inference.swagger import swagger_document
+from sluice.inference.swagger import SwaggerDocuments, swagger_documents
 
 EXIT_INIT_FAILED = 3
 MAX_REQUEST_ID = 100  # Azure's limit on x-request-id
@@ -60,7 +61,7 @@ class InferenceApp:
         self.model_name = model_name
         self.scorer: Scorer | None = None
         self.dispatcher: Dispatcher | None = None
-        self.swagger: bytes | None = None
+        self.swagger: SwaggerDocuments | None = None
         self.stopping = False
         self._ids = RequestIds()
 
@@ -72,7 +73,9 @@ class InferenceApp:
     def live(self) -> bool:
         return self.dispatcher is None or self.dispatcher.healthy
 
-    def start_scoring(self, scorer: Scorer, dispatcher: Dispatcher, swagger: bytes | None) -> None:
+    def start_scoring(
+        self, scorer: Scorer, dispatcher: Dispatcher, swagger: SwaggerDocuments
+    ) -> None:
         self.dispatcher = dispatcher
         self.swagger = swagger
         self.scorer = scorer
@@ -95,7 +98,7 @@ class InferenceApp:
         elif path in ("/ready", "/v2/health/ready"):
             reply = json_reply(200 if self.ready else 503, {"ready": self.ready})
         elif path == "/swagger.json":
-            reply = self._swagger()
+            reply = self._swagger(request.query)
         elif path == "/v2":
             reply = Reply(200, [JSON], oip.server_metadata())
         else:
@@ -109,10 +112,16 @@ class InferenceApp:
             return Reply(200, [TEXT], b"Healthy")
         return Reply(503, [TEXT], b"Unhealthy: run() calls that timed out still hold every thread")
 
-    def _swagger(self) -> Reply:
-        if self.swagger is not None:
-            return Reply(200, [JSON], self.swagger)
-        return json_reply(404, {"message": "no schema: run() has no inference_schema decorators"})
+    def _swagger(self, query: str) -> Reply:
+        if self.swagger is None:
+            return NOT_READY
+        version = dict(parse_qsl(query)).get("version")
+        document = self.swagger.for_query(version)
+        if document is None:
+            return json_reply(
+                404, {"message": f"no swagger of version {version!r}: use 2, 3 or 3.1"}
+            )
+        return Reply(200, [JSON], document)
 
     def _score(self, request: HttpRequest, conn: Connection, rid: str, started: float) -> None:
         scorer, dispatcher = self.scorer, self.dispatcher
@@ -333,7 +342,7 @@ async def serve(config: ServerConfig, registry: CollectorRegistry | None = None)
         timeout_s=config.request_timeout_ms / 1000,
     )
     dispatcher = Dispatcher(limits, is_async=scorer.is_async, on_in_flight=metrics.in_flight.set)
-    app.start_scoring(scorer, dispatcher, swagger_document(config.code, scorer.schema))
+    app.start_scoring(scorer, dispatcher, swagger_documents(config.code, scorer.schema))
     # What init() loaded lives as long as the process: keep it out of the garbage
     # collector's scans, which otherwise walk the whole model on every full collection.
     gc.freeze()
