@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import http.client
+import json
+import os
+import signal
+import socket
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -40,6 +45,7 @@ def test_readiness_turns_true_only_after_init_returns(
         early = server.post("{}", headers={"x-request-id": rid})
         assert early.status == 503
         assert "init()" in early.json()["message"]
+        assert early.headers["x-sluice-not-processed"] == "true"  # the gateway may retry it
         assert [v for k, v in early.raw_headers if k.lower() == "x-request-id"] == [rid]
     (code / "release").touch()
     server.wait_ready()
@@ -131,6 +137,54 @@ def test_sigterm_stops_the_server(supervisor: Supervisor, tmp_path: Path) -> Non
     stop_process(server.process)
     assert not is_alive(server.process)
     assert '"stopped"' in server.log()
+
+
+SLOW_RUN = """
+import time
+from pathlib import Path
+
+def init():
+    pass
+
+def run(raw_data):
+    Path(__file__).with_name("running").touch()
+    time.sleep(1.0)
+    return "finished"
+"""
+
+
+def test_sigterm_finishes_requests_in_flight_and_refuses_new_ones_retriably(
+    supervisor: Supervisor, tmp_path: Path
+) -> None:
+    code = write_script(tmp_path / "code", SLOW_RUN)
+    server = start_server(supervisor, "drain", code=code)
+    idle = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    idle.request("GET", "/")  # a kept-alive connection, as the gateway's pool holds them
+    assert idle.getresponse().read() == b"Healthy"
+    with ThreadPoolExecutor(1) as pool:
+        in_flight = pool.submit(server.post, "{}")
+        wait_until((code / "running").exists, "run() to start")
+        os.kill(server.process.pid, signal.SIGTERM)
+        wait_until(lambda: not _accepts(server.port), "the listener to close")
+        # A request on a connection opened before SIGTERM: refused before processing, marked
+        # for the gateway to retry elsewhere, and the connection closed.
+        idle.request("POST", "/score", body=b"{}", headers={"Content-Type": "application/json"})
+        refused = idle.getresponse()
+        assert refused.status == 503
+        assert refused.getheader("x-sluice-not-processed") == "true"
+        assert refused.getheader("connection") == "close"
+        assert json.loads(refused.read()) == {"message": "shutting down"}
+        assert in_flight.result().json() == "finished"
+    wait_until(lambda: not is_alive(server.process), "the server to exit")
+    assert '"unfinished": 0' in server.log()
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
 
 
 ASYNC_RUN = """

@@ -34,6 +34,7 @@ import orjson
 import structlog
 from prometheus_client import CollectorRegistry
 
+from sluice.common.headers import NOT_PROCESSED_HEADER
 from sluice.common.runtime import wait_for_shutdown_signal
 from sluice.inference import oip
 from sluice.inference.builtin import builtin_scorer
@@ -48,7 +49,11 @@ from sluice.inference.swagger import SwaggerDocuments, swagger_documents
 EXIT_INIT_FAILED = 3
 MAX_REQUEST_ID = 100  # Azure's limit on x-request-id
 TEXT: Header = (b"content-type", b"text/plain; charset=utf-8")
-NOT_READY = Reply(503, [JSON], b'{"message":"not ready: init() has not finished"}')
+# Refusals before any processing carry NOT_PROCESSED_HEADER: the gateway may retry them
+# on another instance (and retries nothing else).
+NOT_PROCESSED: Header = (NOT_PROCESSED_HEADER.encode(), b"true")
+NOT_READY = Reply(503, [JSON, NOT_PROCESSED], b'{"message":"not ready: init() has not finished"}')
+SHUTTING_DOWN = Reply(503, [JSON, NOT_PROCESSED], b'{"message":"shutting down"}')
 
 log = structlog.get_logger("sluice.inference")
 
@@ -209,7 +214,8 @@ class InferenceApp:
         if request.method not in ("POST", "GET"):
             return json_reply(405, {"message": f"{request.method} is not allowed on /score"})
         if self.stopping:
-            return json_reply(503, {"message": "shutting down"})
+            request.keep_alive = False  # and close: the client's next request goes elsewhere
+            return SHUTTING_DOWN
         if self.scorer is None or self.dispatcher is None:
             return NOT_READY
         return None

@@ -21,6 +21,7 @@ from sluice.provisioner.events import SOURCE, ProvisionerEvents, RegistryEvents
 from sluice.provisioner.kubernetes import ClusterSettings, KubernetesBackend
 from sluice.provisioner.local import LocalBackend
 from sluice.provisioner.reconciler import Context, Reconciler
+from sluice.provisioner.routing import AppliedListener, RoutingView
 from sluice.provisioner.store import ProvisionerStore
 from sluice.v1 import provisioner_pb2, provisioner_pb2_grpc
 
@@ -53,6 +54,7 @@ async def serve(settings: Settings) -> None:
     backend = LocalBackend(state_dir / "instances", host=settings.host, state_dir=state_dir)
     tasks: list[asyncio.Task[None]] = []
     consumer: RegistryEvents | None = None
+    applied: AppliedListener | None = None
     try:
         await ensure_events_stream(
             broker, stream=settings.events_stream, subject_prefix=settings.events_subject_prefix
@@ -74,9 +76,14 @@ async def serve(settings: Settings) -> None:
             artifacts=ArtifactStore(state_dir / "artifacts"),
             catalogue=Catalogue.load(),
             events=ProvisionerEvents(publisher, broker, usage_prefix),
+            routing=RoutingView(),
             kubernetes=kubernetes_backend(settings),
         )
         reconciler = Reconciler(ctx)
+        applied = AppliedListener(
+            broker, settings.events_subject_prefix, ctx.routing, reconciler.routing_changed
+        )
+        await applied.start()
         await reconciler.reap_orphans()
         consumer = RegistryEvents(
             broker, stream=settings.events_stream, prefix=settings.events_subject_prefix
@@ -103,6 +110,9 @@ async def serve(settings: Settings) -> None:
     finally:
         if consumer is not None:
             consumer.stop()
+        if applied is not None:
+            with contextlib.suppress(Exception):
+                await applied.stop()
         for task in tasks:
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -61,6 +61,10 @@ class LocalInstance:
     memory_limit: int
     workers: int = 1
     ready: bool = False
+    ready_at: float = 0.0  # time.monotonic() when it passed readiness
+    draining: bool = False  # out of routing; stopped once the gateway no longer routes it
+    draining_since: float = 0.0
+    drain_reason: str = ""
     liveness_failures: int = 0
     readiness_failures: int = 0
     # The last measurement (see `measure`): CPU % over the previous interval, resident bytes.

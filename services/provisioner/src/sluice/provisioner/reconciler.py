@@ -5,8 +5,11 @@ it. It converges whenever an event wakes it and on a short tick, which also
 drives the probes:
 
 - a new spec version is prepared (artifacts, environment, instance type),
-  then rolled: new instances start (one at a time while old ones serve),
-  each old instance stops as soon as a new one is ready;
+  then rolled make-before-break (domain.plan): a new instance starts (one at
+  a time while old ones serve); once it is ready and the gateway routes it
+  (`traffic.applied`), an old instance leaves routing (`instance.draining`);
+  once the gateway no longer routes it, it gets SIGTERM, finishes what it
+  has in flight and exits;
 - `instance_count` changes add or remove instances without touching the
   healthy ones;
 - an instance that exits, fails liveness `failure_threshold` times or grows
@@ -15,8 +18,7 @@ drives the probes:
 - an instance that exits before it is ready failed its `init()`: the version
   is marked `Failed` with the exit code and the last log lines, and the
   previous version's instances (if any) keep serving;
-- a deleted deployment's instances stop after a short drain, once the
-  traffic controller has had time to route around them.
+- a deleted deployment's instances drain the same way before they stop.
 """
 
 from __future__ import annotations
@@ -42,17 +44,18 @@ from sluice.common.resources import (
     ProvisioningState,
 )
 from sluice.provisioner.autoscaler import Autoscaler
+from sluice.provisioner.domain import Desired, Drain, Observed, Start, Stop, plan
 from sluice.provisioner.events import ProvisionerEvents
 from sluice.provisioner.isolation import IsolationError
 from sluice.provisioner.kubernetes import KubernetesBackend
 from sluice.provisioner.local import InstancePlan, LocalBackend, LocalInstance, reap_orphans, tail
+from sluice.provisioner.routing import ROUTE_WAIT_S, RoutingView
 from sluice.provisioner.store import ProvisionerStore
 
 log = get_logger(__name__)
 
 TICK_S = 0.1  # while instances are starting
 IDLE_TICK_S = 1.0
-DRAIN_S = 1.0
 LOG_LINES_IN_ERRORS = 20
 USAGE_EVERY_S = 5.0
 MEASURE_EVERY_S = 1.0
@@ -80,6 +83,7 @@ class Context:
     artifacts: ArtifactStore
     catalogue: Catalogue
     events: ProvisionerEvents
+    routing: RoutingView
     kubernetes: KubernetesBackend | None = None
 
 
@@ -114,7 +118,8 @@ class DeploymentWorker:
                 log.exception("reconcile_failed", deployment=self.key)
             if self.done:
                 return
-            tick = TICK_S if any(not i.ready for i in self.instances) else IDLE_TICK_S
+            busy = any(not i.ready or i.draining for i in self.instances)
+            tick = TICK_S if busy else IDLE_TICK_S
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=tick)
             self._wake.clear()
@@ -134,12 +139,11 @@ class DeploymentWorker:
         if new_version and self.failed_version != version and not await self._prepare(doc):
             await self._publish_instances()
             return
-        await self._reap(doc)
+        await self._reap(version)
         await self._probe(doc)
         self._measure()
         self._autoscale(doc)
-        if self.failed_version != version and self.generation is not None:
-            await self._scale(self.generation)
+        await self._act(self._desired(doc))
         await self._publish_instances()
         await self._report(doc)
         await self._sample_usage()
@@ -246,15 +250,17 @@ class DeploymentWorker:
 
     # ---- actual state ------------------------------------------------------------------------
 
-    async def _reap(self, doc: OnlineDeploymentDoc) -> None:
-        """Drop instances that exited; an exit before ready is a failed init()."""
+    async def _reap(self, version: int | None) -> None:
+        """Drop instances that exited; an exit before ready (of `version`) is a failed init()."""
         for inst in [i for i in self.instances if not i.alive]:
             self.instances.remove(inst)
             await self._publish_instances()  # gone before the state says why
             code = inst.exit_code()
             reason = f"exited with code {code}"
             await self._stopped(inst, reason)
-            if not inst.ready and inst.spec_version == doc.meta.version:
+            if inst.draining:
+                continue
+            if not inst.ready and inst.spec_version == version:
                 await self._fail(
                     inst.spec_version,
                     f"instance {inst.id} {reason} before it was ready (init() failed?). "
@@ -268,16 +274,22 @@ class DeploymentWorker:
         now = time.monotonic()
         for inst in list(self.instances):
             age = time.time() - inst.started_at.timestamp()
+            if inst.draining:
+                continue
             if not inst.ready:
                 ready_probe = spec.readiness_probe
                 if await self._ctx.backend.probe(inst, "/ready", ready_probe.timeout_s):
                     inst.ready = True
+                    inst.ready_at = time.monotonic()
                     log.info(
                         "instance_ready",
                         deployment=self.key,
                         instance=inst.id,
                         address=inst.address,
                     )
+                    # The ready flag is written first: the event makes the traffic
+                    # controller re-read it.
+                    await self._publish_instances()
                     await self._ctx.events.publish(
                         "instance", "ready", endpoint=self.endpoint, deployment=self.name,
                         instance=inst.id, address=inst.address,
@@ -310,24 +322,46 @@ class DeploymentWorker:
                 if inst.liveness_failures >= live.failure_threshold:
                     await self._replace(inst, f"failed liveness {inst.liveness_failures} times")
 
-    async def _scale(self, gen: Generation) -> None:
-        desired = self._desired_count(gen.doc)
-        current = [i for i in self.instances if i.spec_version == gen.version]
-        old = [i for i in self.instances if i.spec_version != gen.version]
-        starting = [i for i in current if not i.ready]
-        # Roll: while old instances serve, surge one new instance at a time.
-        if len(current) < desired and (not old or not starting):
-            count = 1 if old else desired - len(current)
-            for _ in range(count):
-                await self._start(gen)
-        ready_new = sum(i.ready for i in current)
-        for inst in sorted(old, key=lambda i: i.started_at):
-            if ready_new + len([o for o in old if o in self.instances]) <= desired:
-                break
-            await self._stop(inst, "replaced by a newer version")
-        extra = len(current) - desired
-        for inst in sorted(current, key=lambda i: (i.ready, i.started_at))[: max(0, extra)]:
-            await self._stop(inst, "scaled in")
+    def _desired(self, doc: OnlineDeploymentDoc) -> Desired:
+        gen = self.generation
+        runnable = gen is not None and gen.version == doc.meta.version
+        runnable = runnable and self.failed_version != doc.meta.version
+        return Desired(doc.meta.version, self._desired_count(doc), runnable)
+
+    def _observe(self) -> list[Observed]:
+        """The instances as the planner sees them, with what the gateway routes."""
+        now = time.monotonic()
+        observed = []
+        for inst in self.instances:
+            routes = self._ctx.routing.routes(self.key, inst.address)
+            routed = inst.ready and (routes is not False or now - inst.ready_at > ROUTE_WAIT_S)
+            unrouted = inst.draining and (
+                routes is not True or now - inst.draining_since > ROUTE_WAIT_S
+            )
+            observed.append(
+                Observed(
+                    id=inst.id,
+                    version=inst.spec_version,
+                    started=inst.started_at.timestamp(),
+                    ready=inst.ready,
+                    routed=routed,
+                    draining=inst.draining,
+                    unrouted=unrouted,
+                    drain_reason=inst.drain_reason,
+                )
+            )
+        return observed
+
+    async def _act(self, desired: Desired | None) -> None:
+        by_id = {i.id: i for i in self.instances}
+        for action in plan(desired, self._observe()):
+            if isinstance(action, Start):
+                assert self.generation is not None
+                await self._start(self.generation)
+            elif isinstance(action, Drain):
+                await self._drain(by_id[action.instance], action.reason)
+            elif isinstance(action, Stop):
+                await self._stop(by_id[action.instance], action.reason)
 
     async def _start(self, gen: Generation) -> None:
         inst = self._ctx.backend.start(gen.doc.spec, gen.version, gen.plan, gen.instance_type)
@@ -344,12 +378,25 @@ class DeploymentWorker:
 
     async def _replace(self, inst: LocalInstance, reason: str) -> None:
         log.warning("instance_replaced", deployment=self.key, instance=inst.id, reason=reason)
-        await self._stop(inst, reason)
+        await self._drain(inst, reason)
+
+    async def _drain(self, inst: LocalInstance, reason: str) -> None:
+        """Out of routing; `plan` stops it once the gateway no longer routes it."""
+        if inst.draining:
+            return
+        inst.draining, inst.draining_since, inst.drain_reason = True, time.monotonic(), reason
+        await self._publish_instances()
+        log.info("instance_draining", deployment=self.key, instance=inst.id, reason=reason)
+        await self._ctx.events.publish(
+            "instance", "draining", endpoint=self.endpoint, deployment=self.name,
+            instance=inst.id, address=inst.address, reason=reason,
+        )  # fmt: skip
 
     async def _stop(self, inst: LocalInstance, reason: str) -> None:
+        """SIGTERM: the instance answers what it has in flight and exits."""
         if inst in self.instances:
             self.instances.remove(inst)
-        await self._publish_instances()  # out of routing first
+        await self._publish_instances()
         await asyncio.to_thread(self._ctx.backend.stop, inst)
         await self._stopped(inst, reason)
 
@@ -362,12 +409,14 @@ class DeploymentWorker:
         )  # fmt: skip
 
     async def _teardown(self) -> None:
+        """Drain and stop every instance (over several passes), then end the worker."""
         if self._applied_version is not None and self._ctx.kubernetes is not None:
             await asyncio.to_thread(self._ctx.kubernetes.delete, self.endpoint, self.name)
+            self._applied_version = None
+        await self._reap(None)
+        await self._act(None)
         if self.instances:
-            await asyncio.sleep(DRAIN_S)  # the traffic controller drops the routes meanwhile
-            for inst in list(self.instances):
-                await self._stop(inst, "deployment deleted")
+            return
         await asyncio.to_thread(self._ctx.backend.remove_workspace, self.endpoint, self.name)
         self.done = True
         log.info("deployment_removed", deployment=self.key)
@@ -435,7 +484,7 @@ class DeploymentWorker:
         view = [
             Instance(id=i.id, address=i.address, ready=i.ready, started_at=i.started_at)
             for i in self.instances
-            if i.alive
+            if i.alive and not i.draining
         ]
         if view != self._published:
             await self._ctx.store.set_instances(self.key, view)
@@ -445,7 +494,9 @@ class DeploymentWorker:
         version = doc.meta.version
         if self.failed_version == version or self.generation is None:
             return
-        current_ready = [i for i in self.instances if i.spec_version == version and i.ready]
+        current_ready = [
+            i for i in self.instances if i.spec_version == version and i.ready and not i.draining
+        ]
         old_left = [i for i in self.instances if i.spec_version != version]
         if (
             self._succeeded_version != version
@@ -464,7 +515,7 @@ class DeploymentWorker:
             return
         self.failed_version = version
         for inst in [i for i in self.instances if i.spec_version == version]:
-            await self._stop(inst, "deployment version failed")
+            await self._drain(inst, "deployment version failed")
         if self.generation is not None and self.generation.version == version:
             self.generation = None
         log.error("deployment_failed", deployment=self.key, version=version, reason=message)
@@ -516,6 +567,12 @@ class Reconciler:
 
     def worker(self, key: str) -> DeploymentWorker | None:
         return self._workers.get(key)
+
+    async def routing_changed(self, key: str) -> None:
+        """The gateway's routing of deployment `key` changed: its worker may go on."""
+        worker = self._workers.get(key)
+        if worker is not None:
+            worker.wake()
 
     async def touch(self, key: str) -> None:
         worker = self._workers.get(key)

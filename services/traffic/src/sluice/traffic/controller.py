@@ -4,15 +4,10 @@ Loop: wait for a change hint (event) or the periodic resync, let a burst of
 hints settle (debounce), re-read what changed, build a snapshot, check it,
 publish it make-before-break, and report what Envoy did with it.
 
-A NACK must not take other endpoints down with the one that caused it. The
-controller remembers, per endpoint, the state in the last ACKed snapshot
-(`accepted`); after a NACK the endpoints that changed since then are the
-suspects. One suspect: its new state is rejected (reported with Envoy's
-error, not retried until it changes again) and it keeps serving its last
-accepted state. Several: half of them are held back at their accepted state
-and the rest retried; the held half follows after the next ACK - a binary
-search that isolates the culprit in a few pushes. Gateway-wide settings
-(certificate, token keys) are one more suspect, under the key "".
+A NACK must not take other endpoints down with the one that caused it: what
+to publish after a NACK (the suspects' last accepted states, a binary search
+over several suspects) is `isolation.NackIsolation`; gateway-wide settings
+(certificate, token keys) are one more suspect there, under the key "".
 """
 
 from __future__ import annotations
@@ -21,12 +16,12 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TypeVar
 
 from sluice.common.log import get_logger
 from sluice.common.prometheus import RECONCILE_SECONDS
 from sluice.traffic.domain import Endpoint, Gateway, without_host_conflicts
 from sluice.traffic.events import Outcomes
+from sluice.traffic.isolation import GATEWAY, NackIsolation
 from sluice.traffic.jwks import PLACEHOLDER_JWKS, RegistryJwks
 from sluice.traffic.store import TrafficStore
 from sluice.traffic.xds.builder import SnapshotBuilder
@@ -34,9 +29,7 @@ from sluice.traffic.xds.server import AdsServer, Outcome, Result
 from sluice.traffic.xds.snapshot import CLUSTER, InconsistentSnapshot, Snapshot, short
 
 log = get_logger(__name__)
-GATEWAY = ""  # the suspect key of gateway-wide settings
 RETRY_S = 1.0  # after a failed sync (MongoDB away), try again this soon
-T = TypeVar("T", Endpoint, Gateway)
 
 
 @dataclass(frozen=True)
@@ -74,10 +67,7 @@ class Controller:
         self._timing = timing
         self._builder = SnapshotBuilder()
         self._desired: dict[str, Endpoint] = {}
-        self._accepted: dict[str, Endpoint] = {}
-        self._accepted_gateway: Gateway | None = None
-        self._rejected: dict[str, Endpoint | Gateway] = {}
-        self._held: set[str] = set()
+        self._isolation: NackIsolation[Endpoint | Gateway] = NackIsolation()
         self._dirty: set[str] = set()
         self._dirty_all = True
         self._refresh_jwks = True
@@ -164,22 +154,14 @@ class Controller:
             for c in conflicts:
                 log.error("endpoint_host_conflict", endpoint=c.endpoint, taken_by=c.taken_by)
             self._conflicts = names
-        chosen = {}
-        for ep in endpoints:
-            use = self._pick(ep.name, ep, self._accepted.get(ep.name))
-            if use is not None:
-                chosen[ep.name] = use
-        chosen_gateway = self._pick(GATEWAY, gateway, self._accepted_gateway) or gateway
-        return chosen, chosen_gateway
-
-    def _pick(self, key: str, desired: T, accepted: T | None) -> T | None:
-        rejected = self._rejected.get(key)
-        if rejected is not None and rejected != desired:
-            del self._rejected[key]  # it changed since: worth another try
-            rejected = None
-        if key in self._held or rejected is not None:
-            return accepted
-        return desired
+        desired: dict[str, Endpoint | Gateway] = {ep.name: ep for ep in endpoints}
+        desired[GATEWAY] = gateway
+        chosen = self._isolation.choose(desired)
+        chosen_gateway = chosen.pop(GATEWAY, gateway)
+        assert isinstance(chosen_gateway, Gateway)
+        return {name: ep for name, ep in chosen.items() if isinstance(ep, Endpoint)}, (
+            chosen_gateway
+        )
 
     # ---- publishing ---------------------------------------------------------------------
 
@@ -231,26 +213,18 @@ class Controller:
 
     async def _on_ack(self, published: Published) -> None:
         self._applied_id = published.snapshot.id
-        self._accepted = dict(published.endpoints)
-        self._accepted_gateway = published.gateway
+        released = self._isolation.on_ack(_states(published))
         versions = _versions(published)
         log.info("snapshot_applied", snapshot=published.snapshot.id, endpoints=len(versions))
         with contextlib.suppress(Exception):
-            await self._outcomes.applied(published.snapshot.id, versions)
-        if self._held:
-            self._held.clear()  # the held suspects get their turn
-            self._wake.set()
+            await self._outcomes.applied(published.snapshot.id, versions, routed(published))
+        if released:
+            self._wake.set()  # the held suspects get their turn
 
     async def _on_nack(self, published: Published, result: Result) -> None:
         rejection = result.rejection
         assert rejection is not None
-        suspects = [
-            name
-            for name, ep in sorted(published.endpoints.items())
-            if self._accepted.get(name) != ep
-        ]
-        if published.gateway != self._accepted_gateway:
-            suspects.insert(0, GATEWAY)
+        suspects = self._isolation.on_nack(_states(published))
         log.error(
             "snapshot_rejected",
             snapshot=published.snapshot.id,
@@ -259,17 +233,26 @@ class Controller:
             error=rejection.error,
             suspects=suspects,
         )
-        if len(suspects) == 1:
-            key = suspects[0]
-            self._rejected[key] = published.gateway if key == GATEWAY else published.endpoints[key]
-        elif suspects:
-            self._held.update(suspects[len(suspects) // 2 :])
         versions = {n: published.endpoints[n].version for n in suspects if n != GATEWAY}
         with contextlib.suppress(Exception):
             await self._outcomes.rejected(
                 published.snapshot.id, short(rejection.type_url), rejection.error, versions
             )
         self._wake.set()
+
+
+def routed(published: Published) -> dict[str, list[str]]:
+    """`endpoint/deployment` -> the instance addresses Envoy balances over: what the
+    provisioner waits for before it stops an instance (make before break)."""
+    return {
+        f"{ep.name}/{dep.name}": [u.address for u in dep.instances]
+        for ep in published.endpoints.values()
+        for dep in ep.deployments
+    }
+
+
+def _states(published: Published) -> dict[str, Endpoint | Gateway]:
+    return {**published.endpoints, GATEWAY: published.gateway}
 
 
 def _versions(published: Published) -> dict[str, int]:

@@ -33,6 +33,11 @@ class Upstream:
         return cls(host=host.strip("[]"), port=int(port))
 
     @property
+    def address(self) -> str:
+        """`host:port`, the form instances are recorded in (`[host]:port` for IPv6)."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
     def is_ip(self) -> bool:
         try:
             ipaddress.ip_address(self.host)

@@ -78,7 +78,9 @@ class EventListener:
 
 
 class Outcomes(Protocol):
-    async def applied(self, snapshot: str, endpoints: Mapping[str, int]) -> None: ...
+    async def applied(
+        self, snapshot: str, endpoints: Mapping[str, int], routed: Mapping[str, list[str]]
+    ) -> None: ...
 
     async def rejected(
         self, snapshot: str, resource_type: str, error: str, endpoints: Mapping[str, int]
@@ -91,12 +93,16 @@ class NatsOutcomes:
     def __init__(self, publisher: EventPublisher):
         self._publisher = publisher
 
-    async def applied(self, snapshot: str, endpoints: Mapping[str, int]) -> None:
+    async def applied(
+        self, snapshot: str, endpoints: Mapping[str, int], routed: Mapping[str, list[str]]
+    ) -> None:
+        """`endpoints`: name -> version now live; `routed`: `endpoint/deployment` -> the
+        instance addresses Envoy now balances over."""
         await self._publisher.publish(
             "traffic",
             "applied",
             subject=None,
-            data={"snapshot": snapshot, "endpoints": dict(endpoints)},
+            data={"snapshot": snapshot, "endpoints": dict(endpoints), "routed": dict(routed)},
             actor=ACTOR,
         )
 

@@ -62,6 +62,7 @@ from envoy.type.v3 import percent_pb2
 from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
+from sluice.common.headers import NOT_PROCESSED_HEADER
 from sluice.common.resources import TOKEN_ISSUER
 from sluice.traffic.domain import (
     DEPLOYMENT_HEADER,
@@ -199,13 +200,23 @@ def deployment_cluster(dep: Deployment) -> cluster_pb2.Cluster:
         eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(eds_config=_ads()),
         connect_timeout=_s(1),
         lb_policy=cluster_pb2.Cluster.LEAST_REQUEST,
+        # An instance EDS no longer lists leaves the balancer at once, healthy or not: the
+        # provisioner stops an instance only after this configuration is applied.
+        ignore_health_on_host_removal=True,
         circuit_breakers=circuit_breaker_pb2.CircuitBreakers(
             thresholds=[
                 circuit_breaker_pb2.CircuitBreakers.Thresholds(
                     max_connections=wrappers_pb2.UInt32Value(value=limit),
                     max_pending_requests=wrappers_pb2.UInt32Value(value=limit),
                     max_requests=wrappers_pb2.UInt32Value(value=limit),
-                    max_retries=wrappers_pb2.UInt32Value(value=3),
+                    # Retries only repeat requests no model has seen (see _retry_policy), so
+                    # every request in flight may have one: a budget of 100% never turns a
+                    # retry into an overflow, which Envoy would answer as a misleading 429.
+                    # The budget replaces max_retries (whose fixed 3 did exactly that).
+                    retry_budget=circuit_breaker_pb2.CircuitBreakers.Thresholds.RetryBudget(
+                        budget_percent=percent_pb2.Percent(value=100.0),
+                        min_retry_concurrency=wrappers_pb2.UInt32Value(value=limit),
+                    ),
                 )
             ]
         ),
@@ -339,9 +350,17 @@ def _filters(auth: KeyAuth | TokenAuth | None) -> dict[str, any_pb2.Any]:
 
 
 def _retry_policy() -> route_components_pb2.RetryPolicy:
-    """Retry what never reached a model (connect failure, reset) on another instance."""
+    """Retry what never reached a model on another instance: a failed connect, a reset or
+    refused stream, and the inference server's refusal before processing (a draining or
+    not-yet-ready server marks its 503 with NOT_PROCESSED_HEADER; no other answer is retried, so a
+    model never runs a request twice because of the gateway)."""
     return route_components_pb2.RetryPolicy(
-        retry_on="connect-failure,reset,refused-stream",
+        retry_on="connect-failure,reset,refused-stream,retriable-headers",
+        retriable_headers=[
+            route_components_pb2.HeaderMatcher(
+                name=NOT_PROCESSED_HEADER, string_match=string_pb2.StringMatcher(exact="true")
+            )
+        ],
         num_retries=wrappers_pb2.UInt32Value(value=2),
         retry_host_predicate=[
             route_components_pb2.RetryPolicy.RetryHostPredicate(
