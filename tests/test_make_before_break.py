@@ -42,6 +42,7 @@ def wait_for(condition: Callable[[], T | None], what: str, timeout: float = 90) 
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+@pytest.mark.timeout(400)  # four changes under load, on a shared 2-core machine
 def test_rolls_and_scale_in_fail_no_request(
     local_platform: PlatformState, trained_examples: Path
 ) -> None:
