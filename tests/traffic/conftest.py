@@ -69,14 +69,8 @@ def traffic_with_registry(
     gateway_ports: GatewayPorts,
     nats_broker: NatsBroker,
 ) -> Traffic:
-    """A traffic controller that fetches the token keys (JWKS) from a running registry."""
-    return start_controller(
-        registry.settings,
-        supervisor,
-        envoy_gateway,
-        gateway_ports,
-        {"SLUICE_REGISTRY_ADDRESS": registry.address},
-    )
+    """A traffic controller on a running registry's database (the JWKS is read there)."""
+    return start_controller(registry.settings, supervisor, envoy_gateway, gateway_ports)
 
 
 @pytest.fixture

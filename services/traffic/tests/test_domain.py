@@ -14,7 +14,7 @@ from sluice.traffic.domain import (
     mirror_share,
     without_host_conflicts,
 )
-from sluice.traffic.events import endpoint_of
+from sluice.traffic.events import Mentions, endpoint_of
 from sluice.traffic.xds import resources as r
 from sluice.traffic.xds.snapshot import CLUSTER, ENDPOINT, ROUTE, InconsistentSnapshot, Snapshot
 
@@ -76,10 +76,13 @@ def test_upstream_addresses(address: str, expected: Upstream) -> None:
 
 
 def test_events_name_their_endpoint() -> None:
-    assert endpoint_of("sluice.deployment.updated", {"name": "blue", "endpoint": "shop"}) == "shop"
-    assert endpoint_of("sluice.traffic.changed", {"name": "shop"}) == "shop"
-    assert endpoint_of("sluice.keys.regenerated", {"name": "shop"}) == "shop"
-    assert endpoint_of("sluice.instance.ready", {"id": "x"}) is None
+    about = Mentions.model_validate
+    assert endpoint_of(
+        "sluice.deployment.updated", about({"name": "blue", "endpoint": "shop"})
+    ) == ("shop")
+    assert endpoint_of("sluice.traffic.changed", about({"name": "shop"})) == "shop"
+    assert endpoint_of("sluice.keys.regenerated", about({"name": "shop"})) == "shop"
+    assert endpoint_of("sluice.instance.ready", about({"id": "x"})) is None
 
 
 def test_inconsistent_snapshots_are_refused() -> None:

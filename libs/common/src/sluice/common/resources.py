@@ -1,10 +1,11 @@
 """The stored shape of endpoints and deployments, shared by every service.
 
-The registry writes these documents; the provisioner, the traffic controller
-and the batch runner read them (ARCHITECTURE.md, principle 1: every service
-rebuilds its view from MongoDB). Field names follow the protobuf messages in
-proto/sluice/v1, so converting is mechanical, but no protobuf type appears
-here. Enumerations use Azure's spelling (`key`, `aml_token`, `Succeeded`).
+Each document has one writer: the registry writes endpoints, deployments and
+the JWKS, the provisioner writes instances; the other services read them
+(ARCHITECTURE.md, principle 1: every service rebuilds its view from MongoDB).
+Field names follow the protobuf messages in proto/sluice/v1, so converting is
+mechanical, but no protobuf type appears here. Enumerations use Azure's
+spelling (`key`, `aml_token`, `Succeeded`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,11 @@ ONLINE_ENDPOINTS = "online_endpoints"
 ONLINE_DEPLOYMENTS = "online_deployments"
 BATCH_ENDPOINTS = "batch_endpoints"
 BATCH_DEPLOYMENTS = "batch_deployments"
+# Written by the provisioner only: the instances of each online deployment (`InstancesDoc`).
+DEPLOYMENT_INSTANCES = "deployment_instances"
+# Written by the registry only: the public keys of its tokens, `{_id: JWKS_ID, jwks: <json>}`.
+JWKS = "jwks"
+JWKS_ID = "current"
 
 DocT = TypeVar("DocT", bound=BaseModel)
 
@@ -216,8 +222,21 @@ class OnlineEndpointDoc(_Model):
 
 
 class OnlineDeploymentDoc(_Model):
+    """Stored in `online_deployments`; written by the registry only."""
+
     spec: OnlineDeploymentSpec
     meta: Meta
+
+
+class DeploymentInstancesDoc(_Model):
+    """Stored in `deployment_instances` (`_id` as the deployment's); the provisioner writes it."""
+
+    instances: tuple[Instance, ...] = ()
+
+
+class OnlineDeployment(OnlineDeploymentDoc):
+    """What readers see: the registry's document joined with the provisioner's instances."""
+
     instances: tuple[Instance, ...] = ()
 
 
@@ -237,8 +256,12 @@ def deployment_id(endpoint_name: str, name: str) -> str:
 
 
 def from_document(model: type[DocT], raw: Mapping[str, Any]) -> DocT:
-    """A stored resource from its MongoDB document (the inverse of `to_document`)."""
-    return model.model_validate({k: v for k, v in raw.items() if k != "_id"})
+    """A stored resource from its MongoDB document (the inverse of `to_document`).
+
+    Fields whose name starts with `_` are the writer's bookkeeping (`_id`, the
+    registry's case-folded `_key`), not part of the resource.
+    """
+    return model.model_validate({k: v for k, v in raw.items() if not k.startswith("_")})
 
 
 def to_document(doc: BaseModel, _id: str) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from sluice.common.resources import (
     BatchDeploymentSpec,
     BatchEndpointDoc,
     BatchEndpointSpec,
-    OnlineDeploymentDoc,
+    OnlineDeployment,
     OnlineDeploymentSpec,
     OnlineEndpointDoc,
     OnlineEndpointSpec,
@@ -254,33 +254,33 @@ class RegistryClient:
 
     # ---- online deployments -------------------------------------------------------------
 
-    def create_online_deployment(self, spec: OnlineDeploymentSpec) -> OnlineDeploymentDoc:
+    def create_online_deployment(self, spec: OnlineDeploymentSpec) -> OnlineDeployment:
         request = registry_pb2.CreateOnlineDeploymentRequest(
             spec=to_proto(spec, registry_pb2.OnlineDeploymentSpec())
         )
-        return _doc(self._call(self._stub.CreateOnlineDeployment, request), OnlineDeploymentDoc)
+        return _doc(self._call(self._stub.CreateOnlineDeployment, request), OnlineDeployment)
 
-    def get_online_deployment(self, endpoint: str, name: str) -> OnlineDeploymentDoc:
+    def get_online_deployment(self, endpoint: str, name: str) -> OnlineDeployment:
         request = registry_pb2.GetDeploymentRequest(endpoint_name=endpoint, name=name)
-        return _doc(self._call(self._stub.GetOnlineDeployment, request), OnlineDeploymentDoc)
+        return _doc(self._call(self._stub.GetOnlineDeployment, request), OnlineDeployment)
 
-    def list_online_deployments(self, endpoint: str) -> list[OnlineDeploymentDoc]:
+    def list_online_deployments(self, endpoint: str) -> list[OnlineDeployment]:
         items = self._paged(
             self._stub.ListOnlineDeployments,
             registry_pb2.ListDeploymentsRequest,
             "deployments",
             endpoint_name=endpoint,
         )
-        return [_doc(m, OnlineDeploymentDoc) for m in items]
+        return [_doc(m, OnlineDeployment) for m in items]
 
     def update_online_deployment(
         self, spec: OnlineDeploymentSpec, expected_version: int | None = None
-    ) -> OnlineDeploymentDoc:
+    ) -> OnlineDeployment:
         request = registry_pb2.UpdateOnlineDeploymentRequest(
             spec=to_proto(spec, registry_pb2.OnlineDeploymentSpec()),
             expected_version=expected_version,
         )
-        return _doc(self._call(self._stub.UpdateOnlineDeployment, request), OnlineDeploymentDoc)
+        return _doc(self._call(self._stub.UpdateOnlineDeployment, request), OnlineDeployment)
 
     def delete_online_deployment(self, endpoint: str, name: str) -> None:
         request = registry_pb2.DeleteDeploymentRequest(endpoint_name=endpoint, name=name)

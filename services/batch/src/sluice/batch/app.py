@@ -15,6 +15,7 @@ from sluice.common.artifacts import ArtifactStore
 from sluice.common.catalogue import Catalogue
 from sluice.common.environments import EnvironmentBuilder
 from sluice.common.events import EventPublisher, create_broker, ensure_events_stream
+from sluice.common.events.catalogue import BATCH_JOB, BatchJobChanged
 from sluice.common.grpc_server import GrpcServer
 from sluice.common.log import get_logger
 from sluice.common.mongo import create_mongo_client, database, require_uri
@@ -38,17 +39,16 @@ def job_event(publisher: EventPublisher) -> Callable[[Job], Awaitable[None]]:
     async def publish(job: Job) -> None:
         """`sluice.events.batch.job.<state>`: thin, consumers re-read the job (GetJob)."""
         await publisher.publish(
-            "batch.job",
-            job.state.value.lower(),
+            BATCH_JOB[job.state.value.lower()],
+            BatchJobChanged(
+                name=job.name,
+                endpoint=job.endpoint_name,
+                deployment=job.deployment_name,
+                state=job.state.value,
+                progress=job.progress.model_dump(),
+                cost={**job.cost.model_dump(), "cost": job.cost.cost},
+            ),
             subject=job.name,
-            data={
-                "name": job.name,
-                "endpoint": job.endpoint_name,
-                "deployment": job.deployment_name,
-                "state": job.state.value,
-                "progress": job.progress.model_dump(),
-                "cost": {**job.cost.model_dump(), "cost": job.cost.cost},
-            },
             actor=job.created_by or ACTOR,
         )
 

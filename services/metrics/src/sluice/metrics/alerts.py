@@ -18,6 +18,7 @@ from typing import Any
 from pymongo.asynchronous.database import AsyncDatabase
 
 from sluice.common.events import EventPublisher
+from sluice.common.events.catalogue import ALERT_FIRED, ALERT_RESOLVED, AlertChanged
 from sluice.common.log import get_logger
 from sluice.common.mongo import Document
 from sluice.metrics import query
@@ -156,17 +157,18 @@ class AlertEvaluator:
         await self._rules.set_state(rule["_id"], state, since, value)
 
     async def _publish(self, verb: str, rule: Document, value: float | None) -> None:
-        data = {
-            "rule": rule["_id"],
-            "metric": rule["metric"],
-            "endpoint": rule["endpoint"],
-            "deployment": rule["deployment"] or None,
-            "aggregation": rule["aggregation"],
-            "operator": rule["operator"],
-            "threshold": rule["threshold"],
-            "window_s": rule["window_s"],
-            "for_s": rule["for_s"],
-            "value": value,
-        }
-        await self._publisher.publish("alert", verb, subject=rule["_id"], data=data, actor=ACTOR)
-        log.info(f"alert_{verb}", **data)
+        data = AlertChanged(
+            rule=rule["_id"],
+            metric=rule["metric"],
+            endpoint=rule["endpoint"],
+            deployment=rule["deployment"] or None,
+            aggregation=rule["aggregation"],
+            operator=rule["operator"],
+            threshold=rule["threshold"],
+            window_s=rule["window_s"],
+            for_s=rule["for_s"],
+            value=value,
+        )
+        spec = ALERT_FIRED if verb == "fired" else ALERT_RESOLVED
+        await self._publisher.publish(spec, data, subject=rule["_id"], actor=ACTOR)
+        log.info(f"alert_{verb}", **data.model_dump())

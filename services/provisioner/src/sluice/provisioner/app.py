@@ -8,7 +8,13 @@ import contextlib
 from sluice.common.artifacts import ArtifactStore
 from sluice.common.catalogue import Catalogue
 from sluice.common.environments import EnvironmentBuilder
-from sluice.common.events import EventPublisher, create_broker, ensure_events_stream
+from sluice.common.events import (
+    EventPublisher,
+    Outbox,
+    OutboxRelay,
+    create_broker,
+    ensure_events_stream,
+)
 from sluice.common.grpc_server import GrpcServer
 from sluice.common.log import get_logger
 from sluice.common.mongo import create_mongo_client, database, require_uri
@@ -17,11 +23,11 @@ from sluice.common.resources import EnvironmentSpec
 from sluice.common.runtime import wait_for_shutdown_signal
 from sluice.common.settings import Settings
 from sluice.provisioner.api import ProvisionerApi
-from sluice.provisioner.events import SOURCE, ProvisionerEvents, RegistryEvents
+from sluice.provisioner.events import SOURCE, ProvisionerEvents, subscribe_registry_events
 from sluice.provisioner.kubernetes import ClusterSettings, KubernetesBackend
 from sluice.provisioner.local import LocalBackend
 from sluice.provisioner.reconciler import Context, Reconciler
-from sluice.provisioner.routing import AppliedListener, RoutingView
+from sluice.provisioner.routing import RoutingView, subscribe_applied
 from sluice.provisioner.store import ProvisionerStore
 from sluice.v1 import provisioner_pb2, provisioner_pb2_grpc
 
@@ -53,13 +59,12 @@ async def serve(settings: Settings) -> None:
     await broker.connect()
     backend = LocalBackend(state_dir / "instances", host=settings.host, state_dir=state_dir)
     tasks: list[asyncio.Task[None]] = []
-    consumer: RegistryEvents | None = None
-    applied: AppliedListener | None = None
     try:
         await ensure_events_stream(
             broker, stream=settings.events_stream, subject_prefix=settings.events_subject_prefix
         )
-        store = ProvisionerStore(database(mongo, settings))
+        db = database(mongo, settings)
+        store = ProvisionerStore(db)
         await store.ensure_indexes()
         environments = EnvironmentBuilder((settings.envs_dir or state_dir / "envs").absolute())
         publisher = EventPublisher(
@@ -68,6 +73,8 @@ async def serve(settings: Settings) -> None:
             subject_prefix=settings.events_subject_prefix,
             stream=settings.events_stream,
         )
+        outbox = Outbox(db, publisher)
+        await outbox.ensure_indexes()
         usage_prefix = settings.events_subject_prefix.rsplit(".", 1)[0] + ".usage"
         ctx = Context(
             store=store,
@@ -75,18 +82,24 @@ async def serve(settings: Settings) -> None:
             environments=environments,
             artifacts=ArtifactStore(state_dir / "artifacts"),
             catalogue=Catalogue.load(),
-            events=ProvisionerEvents(publisher, broker, usage_prefix),
+            events=ProvisionerEvents(outbox, broker, usage_prefix),
             routing=RoutingView(),
             kubernetes=kubernetes_backend(settings),
         )
         reconciler = Reconciler(ctx)
-        applied = AppliedListener(
-            broker, settings.events_subject_prefix, ctx.routing, reconciler.routing_changed
-        )
-        await applied.start()
         await reconciler.reap_orphans()
-        consumer = RegistryEvents(
-            broker, stream=settings.events_stream, prefix=settings.events_subject_prefix
+        subscribe_applied(
+            broker,
+            stream=settings.events_stream,
+            prefix=settings.events_subject_prefix,
+            view=ctx.routing,
+            on_change=reconciler.routing_changed,
+        )
+        subscribe_registry_events(
+            broker,
+            stream=settings.events_stream,
+            prefix=settings.events_subject_prefix,
+            wakeups=reconciler,
         )
         api = ProvisionerApi(store, backend, environments)
         server = GrpcServer(
@@ -96,10 +109,12 @@ async def serve(settings: Settings) -> None:
             register=lambda s: provisioner_pb2_grpc.add_ProvisionerServicer_to_server(api, s),
             admin_token=settings.admin_token,
         )
+        relay = OutboxRelay(outbox, publisher)
         tasks = [
-            asyncio.create_task(consumer.run(reconciler.touch, reconciler.touch_endpoint)),
+            asyncio.create_task(relay.run()),
             asyncio.create_task(resync_forever(reconciler)),
         ]
+        await broker.start()
         await server.start()
         start_exporter(settings)
         backend.warm_up((await environments.ensure(EnvironmentSpec())).python)
@@ -107,12 +122,9 @@ async def serve(settings: Settings) -> None:
         log.info("provisioner_stopping", signal=signal.name)
         await server.stop()
         await reconciler.shutdown()
+        with contextlib.suppress(Exception):  # what is left is relayed at the next start
+            await asyncio.wait_for(relay.drain(), timeout=3)
     finally:
-        if consumer is not None:
-            consumer.stop()
-        if applied is not None:
-            with contextlib.suppress(Exception):
-                await applied.stop()
         for task in tasks:
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -1,113 +1,104 @@
 """The provisioner on NATS: a durable consumer of registry events, and its own events.
 
-Handlers are idempotent: an event only says "look at deployment X again".
+Handlers are idempotent: an event only says "look at deployment X again". The
+consumer is filtered to the registry's deployment and endpoint events, so the
+provisioner never receives its own progress reports.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Annotated, Protocol
 
 from faststream.nats import NatsBroker
-from nats.errors import TimeoutError as NatsTimeout
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from faststream.nats.subscriber.usecases import PullStreamSubscriber
+from pydantic import Field
 
-from sluice.common.events import EventPublisher, parse_envelope
-from sluice.common.log import bind_correlation_id, get_logger
+from sluice.common.events import CloudEvent, Outbox, durable_subscriber, spec_for
+from sluice.common.events.catalogue import (
+    DEPLOYMENT_CREATED,
+    DEPLOYMENT_DELETED,
+    DEPLOYMENT_UPDATED,
+    ENDPOINT_CREATED,
+    ENDPOINT_DELETED,
+    ENDPOINT_UPDATED,
+    PROVISIONER,
+    DeploymentChanged,
+    EndpointChanged,
+)
+from sluice.common.log import bind_correlation_id
 from sluice.common.prometheus import observe_lag
 from sluice.common.resources import deployment_id
 
-log = get_logger(__name__)
-DURABLE = "provisioner"
-SOURCE = "sluice/provisioner"  # the CloudEvents source of what this service publishes
+DURABLE = "provisioner-registry-events"
+SOURCE = PROVISIONER  # the CloudEvents source of what this service publishes
+REGISTRY_EVENTS = (
+    DEPLOYMENT_CREATED,
+    DEPLOYMENT_UPDATED,
+    DEPLOYMENT_DELETED,
+    ENDPOINT_CREATED,
+    ENDPOINT_UPDATED,
+    ENDPOINT_DELETED,
+)
+RegistryChange = Annotated[DeploymentChanged | EndpointChanged, Field(discriminator="kind")]
 
 
-class RegistryEvents:
-    """Pulls `deployment.*` and `endpoint.*` events and calls `on_deployment(key)`."""
+class RegistryChangeEvent(CloudEvent[RegistryChange]):
+    """A registry event about a deployment or an endpoint."""
 
-    def __init__(self, broker: NatsBroker, *, stream: str, prefix: str):
-        self._broker = broker
-        self._stream = stream
-        self._prefix = prefix
-        self._stopped = False
 
-    def stop(self) -> None:
-        """End `run()` after the current fetch (nats-py may swallow a cancellation mid-fetch)."""
-        self._stopped = True
+class Wakeups(Protocol):
+    async def touch(self, key: str) -> None: ...
 
-    async def run(
-        self,
-        on_deployment: Callable[[str], Awaitable[None]],
-        on_endpoint: Callable[[str], Awaitable[None]],
-    ) -> None:
-        js = self._broker.connection.jetstream()
-        sub = await js.pull_subscribe(
-            f"{self._prefix}.>",
-            durable=DURABLE,
-            stream=self._stream,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.NEW, ack_policy=AckPolicy.EXPLICIT),
-        )
-        try:
-            while not self._stopped:
-                await self._pull(sub, on_deployment, on_endpoint)
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+    async def touch_endpoint(self, endpoint: str) -> None: ...
 
-    async def _pull(
-        self,
-        sub: Any,
-        on_deployment: Callable[[str], Awaitable[None]],
-        on_endpoint: Callable[[str], Awaitable[None]],
-    ) -> None:
-        try:
-            messages = await sub.fetch(64, timeout=1.0)
-        except NatsTimeout:
-            return
-        for msg in messages:
-            entity = msg.subject.removeprefix(self._prefix + ".").split(".")[0]
-            with contextlib.suppress(ValueError):
-                envelope = parse_envelope(msg.data)
-                # Our own progress reports would only wake the worker that sent them.
-                if envelope.source != SOURCE:
-                    observe_lag("provisioner", envelope.time)
-                    bind_correlation_id(envelope.correlationid)
-                    await self._dispatch(entity, envelope.data, on_deployment, on_endpoint)
-            await msg.ack()
 
-    @staticmethod
-    async def _dispatch(
-        entity: str,
-        data: dict[str, Any],
-        on_deployment: Callable[[str], Awaitable[None]],
-        on_endpoint: Callable[[str], Awaitable[None]],
-    ) -> None:
-        if entity == "deployment":
-            await on_deployment(deployment_id(str(data["endpoint"]), str(data["name"])))
-        elif entity == "endpoint":
-            await on_endpoint(str(data["name"]))
+def subscribe_registry_events(
+    broker: NatsBroker, *, stream: str, prefix: str, wakeups: Wakeups
+) -> PullStreamSubscriber:
+    """Wake the deployment (or every deployment of the endpoint) an event names."""
+    subscriber = durable_subscriber(
+        broker,
+        stream=stream,
+        prefix=prefix,
+        durable=DURABLE,
+        events=REGISTRY_EVENTS,
+        description="The provisioner looks at the named deployment (or endpoint) again.",
+    )
+
+    @subscriber
+    async def on_registry_change(event: RegistryChangeEvent) -> None:
+        observe_lag("provisioner", event.time)
+        bind_correlation_id(event.correlationid)
+        if isinstance(event.data, DeploymentChanged):
+            await wakeups.touch(deployment_id(event.data.endpoint, event.data.name))
+        else:
+            await wakeups.touch_endpoint(event.data.name)
+
+    return subscriber
 
 
 class ProvisionerEvents:
-    """What the provisioner announces: instances ready/stopped, deployments ready/failed."""
+    """What the provisioner announces: instances ready/stopped, deployments ready/failed.
 
-    def __init__(self, publisher: EventPublisher, broker: NatsBroker, usage_prefix: str):
-        self._publisher = publisher
+    Events go to the outbox (MongoDB) and reach NATS through the relay: a NATS
+    outage delays them and a MongoDB failure raises; nothing is dropped silently.
+    """
+
+    def __init__(self, outbox: Outbox, broker: NatsBroker, usage_prefix: str):
+        self._outbox = outbox
         self._broker = broker
         self._usage_prefix = usage_prefix
 
     async def publish(
         self, entity: str, verb: str, *, endpoint: str, deployment: str, **data: object
     ) -> None:
-        payload: dict[str, object] = {"endpoint": endpoint, "name": deployment, **data}
-        try:
-            await self._publisher.publish(
-                entity, verb, subject=f"{endpoint}/{deployment}", data=payload, actor="provisioner"
-            )
-        except TimeoutError as exc:
-            log.warning("event_not_published", entity=entity, verb=verb, error=str(exc))
+        """`sluice.<entity>.<verb>` about one deployment; the payload is validated by its model."""
+        spec = spec_for(entity, verb)
+        payload = spec.payload.model_validate({"endpoint": endpoint, "name": deployment, **data})
+        await self._outbox.add(
+            spec, payload, subject=f"{endpoint}/{deployment}", actor="provisioner"
+        )
 
     async def usage(self, endpoint: str, deployment: str, sample: dict[str, object]) -> None:
         """A usage sample on core NATS (not kept in the events stream): for the metrics service."""

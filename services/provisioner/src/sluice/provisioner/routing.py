@@ -2,8 +2,8 @@
 `traffic.applied` (every connected Envoy ACKed a configuration balancing over them).
 
 The provisioner stops an instance only once the gateway no longer routes it, and
-lets an old instance go only once a new one is routed (domain.plan). A plain
-core-NATS subscription keeps the delay to the event's own: nothing here needs
+lets an old instance go only once a new one is routed (domain.plan). An ephemeral
+JetStream consumer of new `traffic.applied` events is enough: nothing here needs
 history, since a missed event is covered by the next one or by the waiting limit
 (ROUTE_WAIT_S), after which the worker goes ahead as if the gateway had answered.
 """
@@ -11,12 +11,12 @@ history, since a missed event is covered by the next one or by the waiting limit
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any
 
 from faststream.nats import NatsBroker
-from pydantic import ValidationError
+from faststream.nats.subscriber.usecases import PushStreamSubscriber
 
-from sluice.common.events import parse_envelope
+from sluice.common.events import CloudEvent, fanout_subscriber
+from sluice.common.events.catalogue import TRAFFIC_APPLIED, TrafficApplied
 from sluice.common.log import get_logger
 
 log = get_logger(__name__)
@@ -52,36 +52,27 @@ class RoutingView:
         return _normal(address) in addresses
 
 
-class AppliedListener:
-    """Feeds `traffic.applied` events into a RoutingView and says which deployments changed."""
+def subscribe_applied(
+    broker: NatsBroker,
+    *,
+    stream: str,
+    prefix: str,
+    view: RoutingView,
+    on_change: Callable[[str], Awaitable[None]],
+) -> PushStreamSubscriber:
+    """Feed every new `traffic.applied` into `view`; call `on_change` per deployment that moved."""
+    subscriber = fanout_subscriber(
+        broker,
+        stream=stream,
+        prefix=prefix,
+        events=[TRAFFIC_APPLIED],
+        title="provisioner <- traffic.applied",
+        description="The provisioner learns which instances the gateway routes (ephemeral).",
+    )
 
-    def __init__(
-        self,
-        broker: NatsBroker,
-        subject_prefix: str,
-        view: RoutingView,
-        on_change: Callable[[str], Awaitable[None]],
-    ):
-        self._broker = broker
-        self._subject = f"{subject_prefix}.traffic.applied"
-        self._view = view
-        self._on_change = on_change
-        self._subscription: Any = None
+    @subscriber
+    async def on_applied(event: CloudEvent[TrafficApplied]) -> None:
+        for key in view.update(event.data.routed):
+            await on_change(key)
 
-    async def start(self) -> None:
-        self._subscription = await self._broker.connection.subscribe(self._subject, cb=self._on_msg)
-
-    async def stop(self) -> None:
-        if self._subscription is not None:
-            await self._subscription.unsubscribe()
-
-    async def _on_msg(self, msg: Any) -> None:
-        try:
-            routed = parse_envelope(msg.data).data.get("routed")
-        except ValidationError:
-            log.warning("event_unreadable", subject=msg.subject)
-            return
-        if not isinstance(routed, dict):
-            return  # an older traffic controller: the waiting limit covers it
-        for key in self._view.update(routed):
-            await self._on_change(key)
+    return subscriber

@@ -1,5 +1,7 @@
 """The provisioner's MongoDB code: read deployments, write their status and instances.
 
+Instances live in the provisioner's own collection (`deployment_instances`),
+so no other service writes them and the registry never overwrites them.
 Status writes are conditional on the spec version they are about, so a
 result for an old version never overwrites the state of a newer one.
 """
@@ -13,11 +15,14 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from sluice.common.mongo import Document
 from sluice.common.resources import (
+    DEPLOYMENT_INSTANCES,
     ONLINE_DEPLOYMENTS,
+    DeploymentInstancesDoc,
     Instance,
     OnlineDeploymentDoc,
     ProvisioningState,
     from_document,
+    to_document,
     utcnow,
 )
 
@@ -28,6 +33,7 @@ class ProvisionerStore:
     def __init__(self, db: AsyncDatabase[Document]):
         self._deployments = db[ONLINE_DEPLOYMENTS]
         self._history = db[INSTANCE_HISTORY]
+        self._instances = db[DEPLOYMENT_INSTANCES]
 
     async def ensure_indexes(self) -> None:
         await self._history.create_index([("endpoint", 1), ("deployment", 1), ("started_at", 1)])
@@ -44,9 +50,10 @@ class ProvisionerStore:
     async def recorded_instances(self) -> dict[str, list[Instance]]:
         """The instances every deployment lists, by deployment key (one query)."""
         found: dict[str, list[Instance]] = {}
-        async for raw in self._deployments.find({}, {"instances": 1}):
-            if raw.get("instances"):
-                found[str(raw["_id"])] = [Instance.model_validate(i) for i in raw["instances"]]
+        async for raw in self._instances.find({}):
+            doc = from_document(DeploymentInstancesDoc, raw)
+            if doc.instances:
+                found[str(raw["_id"])] = list(doc.instances)
         return found
 
     async def set_state(
@@ -65,9 +72,11 @@ class ProvisionerStore:
         return result.modified_count == 1
 
     async def set_instances(self, key: str, instances: Sequence[Instance]) -> None:
-        await self._deployments.update_one(
-            {"_id": key}, {"$set": {"instances": [i.model_dump(mode="json") for i in instances]}}
-        )
+        if not instances:
+            await self._instances.delete_one({"_id": key})
+            return
+        doc = DeploymentInstancesDoc(instances=tuple(instances))
+        await self._instances.replace_one({"_id": key}, to_document(doc, key), upsert=True)
 
     async def instance_started(
         self,

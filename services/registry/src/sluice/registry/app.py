@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 from sluice.common.artifacts import ArtifactStore
-from sluice.common.events import EventPublisher, create_broker, ensure_events_stream
+from sluice.common.events import (
+    EventPublisher,
+    Outbox,
+    OutboxRelay,
+    create_broker,
+    ensure_events_stream,
+)
+from sluice.common.events.catalogue import REGISTRY
 from sluice.common.grpc_server import GrpcServer
 from sluice.common.log import get_logger
 from sluice.common.mongo import create_mongo_client, database, require_uri
@@ -13,7 +23,6 @@ from sluice.common.secretbox import SecretBox
 from sluice.common.settings import Settings
 from sluice.registry.api import RegistryApi
 from sluice.registry.credentials import TokenIssuer
-from sluice.registry.events import NatsChangeEvents
 from sluice.registry.service import RegistryService
 from sluice.registry.store import RegistryStore
 from sluice.v1 import registry_pb2, registry_pb2_grpc
@@ -64,22 +73,22 @@ async def serve(settings: Settings) -> None:
             broker, stream=settings.events_stream, subject_prefix=settings.events_subject_prefix
         )
         secrets = SecretBox(settings.secret_key)
-        store = RegistryStore(database(mongo, settings))
-        await store.ensure_indexes()
-        artifacts = artifact_store(settings)
+        db = database(mongo, settings)
         publisher = EventPublisher(
             broker,
-            source="sluice/registry",
+            source=REGISTRY,
             subject_prefix=settings.events_subject_prefix,
             stream=settings.events_stream,
         )
-        service = RegistryService(
-            store,
-            NatsChangeEvents(publisher),
-            secrets,
-            await load_token_issuer(store, secrets),
-            artifacts,
-        )
+        outbox = Outbox(db, publisher)
+        await outbox.ensure_indexes()
+        store = RegistryStore(db, outbox)
+        await store.ensure_indexes()
+        tokens = await load_token_issuer(store, secrets)
+        await store.publish_jwks(tokens.jwks)
+        artifacts = artifact_store(settings)
+        service = RegistryService(store, secrets, tokens, artifacts)
+        relay = asyncio.create_task(OutboxRelay(outbox, publisher).run())
         api = RegistryApi(service, artifacts, scoring_base(settings))
         server = GrpcServer(
             host=settings.host,
@@ -93,6 +102,9 @@ async def serve(settings: Settings) -> None:
         signal = await wait_for_shutdown_signal()
         log.info("registry_stopping", signal=signal.name)
         await server.stop()
+        relay.cancel()
+        with contextlib.suppress(Exception):  # what is left is relayed at the next start
+            await asyncio.wait_for(OutboxRelay(outbox, publisher).drain(), timeout=3)
     finally:
         await broker.stop()
         await mongo.close()

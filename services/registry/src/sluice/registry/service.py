@@ -1,9 +1,12 @@
-"""The registry's use cases: validate, store, publish one event per change.
+"""The registry's use cases: validate, then store each change with its events.
 
 Every rejected call raises before anything is written, so stored state is
-unchanged. Read-modify-write calls are conditional on the version they read;
-when the caller gave no `expected_version`, a lost race is retried on fresh
-state (the merge is re-validated), otherwise it is reported as a conflict.
+unchanged. Each change and the events that announce it are written in one
+MongoDB transaction (the outbox, sluice.common.events): both or neither, and
+a NATS outage cannot fail the call. Read-modify-write calls are conditional on
+the version they read; when the caller gave no `expected_version`, a lost race
+is retried on fresh state (the merge is re-validated), otherwise it is
+reported as a conflict.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from sluice.common.artifacts import ArtifactStore
+from sluice.common.events import catalogue as ev
 from sluice.common.log import get_logger
 from sluice.common.resources import (
     ArtifactRef,
@@ -22,6 +26,7 @@ from sluice.common.resources import (
     BatchEndpointDoc,
     BatchEndpointSpec,
     Meta,
+    OnlineDeployment,
     OnlineDeploymentDoc,
     OnlineDeploymentSpec,
     OnlineEndpointDoc,
@@ -34,7 +39,6 @@ from sluice.common.secretbox import SecretBox
 from sluice.registry import domain
 from sluice.registry.credentials import Token, TokenIssuer, new_key
 from sluice.registry.domain import Conflict, FailedPrecondition, InvalidArgument, NotFound
-from sluice.registry.events import ChangeEvents
 from sluice.registry.store import Page, RegistryStore
 
 log = get_logger(__name__)
@@ -58,6 +62,11 @@ def _bump(meta: Meta, state: ProvisioningState | None = None) -> Meta:
         changes["provisioning_state"] = state
         changes["status_message"] = ""
     return meta.model_copy(update=changes)
+
+
+def _subject(doc: OnlineDeploymentDoc | BatchDeploymentDoc) -> str:
+    """The CloudEvents subject of a deployment event: `<endpoint>/<name>`."""
+    return f"{doc.spec.endpoint_name}/{doc.spec.name}"
 
 
 def _page_size(size: int) -> int:
@@ -88,13 +97,11 @@ class RegistryService:
     def __init__(
         self,
         store: RegistryStore,
-        events: ChangeEvents,
         secrets: SecretBox,
         tokens: TokenIssuer,
         artifacts: ArtifactStore,
     ):
         self._store = store
-        self._events = events
         self._secrets = secrets
         self._tokens = tokens
         self._artifacts = artifacts
@@ -119,9 +126,11 @@ class RegistryService:
                 "secondary": self._secrets.encrypt(new_key()),
             },
         )
-        await self._store.online_endpoints.insert(spec.name, doc)
+        async with self._store.transaction() as tx:
+            await tx.online_endpoints.insert(spec.name, doc)
+            data = ev.EndpointChanged(name=spec.name, version=1)
+            tx.emit(ev.ENDPOINT_CREATED, data, subject=spec.name, actor=actor)
         log.info("endpoint_created", endpoint=spec.name, actor=actor)
-        await self._events.changed("endpoint", "created", name=spec.name, version=1, actor=actor)
         return doc
 
     async def get_online_endpoint(self, name: str) -> OnlineEndpointDoc:
@@ -207,44 +216,48 @@ class RegistryService:
             domain.check_mirror(new_mirror, new_traffic)
         spec = spec.model_copy(update={"traffic": new_traffic, "mirror_traffic": new_mirror})
         doc = current.model_copy(update={"spec": spec, "meta": _bump(current.meta)})
-        await self._store.online_endpoints.replace(
-            spec.name, doc, expected_version=current.meta.version
-        )
         version = doc.meta.version
-        await self._events.changed(
-            "endpoint", "updated", name=spec.name, version=version, actor=actor
+        traffic_changed = (
+            new_traffic != current.spec.traffic or new_mirror != current.spec.mirror_traffic
         )
-        if new_traffic != current.spec.traffic or new_mirror != current.spec.mirror_traffic:
+        async with self._store.transaction() as tx:
+            await tx.online_endpoints.replace(spec.name, doc, expected_version=current.meta.version)
+            data = ev.EndpointChanged(name=spec.name, version=version)
+            tx.emit(ev.ENDPOINT_UPDATED, data, subject=spec.name, actor=actor)
+            if traffic_changed:
+                split = ev.TrafficChanged(
+                    name=spec.name, version=version, traffic=new_traffic, mirror_traffic=new_mirror
+                )
+                tx.emit(ev.TRAFFIC_CHANGED, split, subject=spec.name, actor=actor)
+        if traffic_changed:
             log.info("traffic_changed", endpoint=spec.name, traffic=new_traffic, mirror=new_mirror)
-            await self._events.changed(
-                "traffic",
-                "changed",
-                name=spec.name,
-                version=version,
-                actor=actor,
-                extra={"traffic": new_traffic, "mirror_traffic": new_mirror},
-            )
         return doc
 
     async def delete_online_endpoint(self, name: str, actor: str) -> None:
         """Delete the endpoint and its deployments; the name is free again at once."""
-        endpoint = await self.get_online_endpoint(name)
-        deployments = await self._store.online_deployments.find({"spec.endpoint_name": name})
-        await self._store.online_endpoints.delete(name)
-        await self._store.online_deployments.delete_many({"spec.endpoint_name": name})
-        for dep in deployments:
-            await self._events.changed(
-                "deployment",
-                "deleted",
-                name=dep.spec.name,
-                endpoint=name,
-                version=dep.meta.version,
-                actor=actor,
-            )
-        log.info("endpoint_deleted", endpoint=name, deployments=len(deployments), actor=actor)
-        await self._events.changed(
-            "endpoint", "deleted", name=name, version=endpoint.meta.version, actor=actor
-        )
+
+        async def attempt() -> int:
+            async with self._store.transaction() as tx:
+                # In the transaction: a deployment created concurrently touched the
+                # endpoint, so one of the two transactions conflicts and is retried.
+                endpoint = await tx.online_endpoints.get(name)
+                if endpoint is None:
+                    raise NotFound(f"online endpoint {name!r} does not exist")
+                deployments = await tx.online_deployments.find({"spec.endpoint_name": name})
+                await tx.online_deployments.delete_many({"spec.endpoint_name": name})
+                await tx.online_endpoints.delete(name)
+                for dep in deployments:
+                    data = ev.DeploymentChanged(
+                        name=dep.spec.name, endpoint=name, version=dep.meta.version
+                    )
+                    tx.emit(ev.DEPLOYMENT_DELETED, data, subject=_subject(dep), actor=actor)
+                gone = ev.EndpointChanged(name=name, version=endpoint.meta.version)
+                tx.emit(ev.ENDPOINT_DELETED, gone, subject=name, actor=actor)
+                return len(deployments)
+
+        await self.get_online_endpoint(name)
+        count = await _with_retries(None, attempt)
+        log.info("endpoint_deleted", endpoint=name, deployments=count, actor=actor)
 
     # ---- credentials ------------------------------------------------------------------
 
@@ -280,21 +293,14 @@ class RegistryService:
                 )
             keys = {**current.keys, which: self._secrets.encrypt(new_key())}
             doc = current.model_copy(update={"keys": keys, "meta": _bump(current.meta)})
-            await self._store.online_endpoints.replace(
-                name, doc, expected_version=current.meta.version
-            )
+            async with self._store.transaction() as tx:
+                await tx.online_endpoints.replace(name, doc, expected_version=current.meta.version)
+                data = ev.KeysRegenerated(name=name, version=doc.meta.version, key_type=which)
+                tx.emit(ev.KEYS_REGENERATED, data, subject=name, actor=actor)
             return doc
 
         doc = await _with_retries(None, attempt)
         log.info("keys_regenerated", endpoint=name, key_type=which, actor=actor)
-        await self._events.changed(
-            "keys",
-            "regenerated",
-            name=name,
-            version=doc.meta.version,
-            actor=actor,
-            extra={"key_type": which},
-        )
         return doc
 
     @property
@@ -318,21 +324,25 @@ class RegistryService:
         domain.check_online_deployment(spec, endpoint.spec)
         self._check_artifacts(spec.model.artifact, spec.code_configuration.code)
         doc = OnlineDeploymentDoc(spec=spec, meta=Meta(created_by=actor))
-        await self._store.online_deployments.insert(
-            deployment_id(spec.endpoint_name, spec.name), doc
-        )
+
+        async def attempt() -> None:
+            async with self._store.transaction() as tx:
+                # Writing the endpoint makes a concurrent endpoint delete conflict with
+                # this transaction: the deployment is never stored under a deleted endpoint.
+                if not await tx.online_endpoints.touch(spec.endpoint_name):
+                    raise NotFound(f"online endpoint {spec.endpoint_name!r} was deleted meanwhile")
+                await tx.online_deployments.insert(
+                    deployment_id(spec.endpoint_name, spec.name), doc
+                )
+                data = ev.DeploymentChanged(name=spec.name, endpoint=spec.endpoint_name, version=1)
+                tx.emit(ev.DEPLOYMENT_CREATED, data, subject=_subject(doc), actor=actor)
+
+        await _with_retries(None, attempt)
         log.info("deployment_created", endpoint=spec.endpoint_name, deployment=spec.name)
-        await self._events.changed(
-            "deployment",
-            "created",
-            name=spec.name,
-            endpoint=spec.endpoint_name,
-            version=1,
-            actor=actor,
-        )
         return doc
 
-    async def get_online_deployment(self, endpoint: str, name: str) -> OnlineDeploymentDoc:
+    async def get_online_deployment(self, endpoint: str, name: str) -> OnlineDeployment:
+        """The deployment with the instances the provisioner reports for it."""
         doc = await self._store.online_deployments.get(deployment_id(endpoint, name))
         if doc is None:
             await self.get_online_endpoint(endpoint)
@@ -340,15 +350,17 @@ class RegistryService:
                 f"deployment {name!r} does not exist in endpoint {endpoint!r} "
                 f"(`sluice online-deployment list --endpoint-name {endpoint}`)"
             )
-        return doc
+        (joined,) = await self._store.with_instances([doc])
+        return joined
 
     async def list_online_deployments(
         self, endpoint: str, size: int, after: str
-    ) -> Page[OnlineDeploymentDoc]:
+    ) -> Page[OnlineDeployment]:
         await self.get_online_endpoint(endpoint)
-        return await self._store.online_deployments.page(
+        page = await self._store.online_deployments.page(
             size=_page_size(size), after=after, where={"spec.endpoint_name": endpoint}
         )
+        return Page(await self._store.with_instances(page.items), page.next_token)
 
     async def update_online_deployment(
         self, spec: OnlineDeploymentSpec, expected_version: int | None, actor: str
@@ -361,39 +373,32 @@ class RegistryService:
             current = await self.get_online_deployment(spec.endpoint_name, spec.name)
             _check_expected(current.meta, expected_version, f"deployment {spec.name!r}")
             meta = _bump(current.meta, ProvisioningState.updating)
-            doc = current.model_copy(update={"spec": spec, "meta": meta})
-            await self._store.online_deployments.replace(
-                deployment_id(spec.endpoint_name, spec.name),
-                doc,
-                expected_version=current.meta.version,
-            )
+            doc = OnlineDeploymentDoc(spec=spec, meta=meta)
+            async with self._store.transaction() as tx:
+                await tx.online_deployments.replace(
+                    deployment_id(spec.endpoint_name, spec.name),
+                    doc,
+                    expected_version=current.meta.version,
+                )
+                data = ev.DeploymentChanged(
+                    name=spec.name, endpoint=spec.endpoint_name, version=meta.version
+                )
+                tx.emit(ev.DEPLOYMENT_UPDATED, data, subject=_subject(doc), actor=actor)
             return doc
 
-        doc = await _with_retries(expected_version, attempt)
-        await self._events.changed(
-            "deployment",
-            "updated",
-            name=spec.name,
-            endpoint=spec.endpoint_name,
-            version=doc.meta.version,
-            actor=actor,
-        )
-        return doc
+        return await _with_retries(expected_version, attempt)
 
     async def delete_online_deployment(self, endpoint_name: str, name: str, actor: str) -> None:
         endpoint = await self.get_online_endpoint(endpoint_name)
         deployment = await self.get_online_deployment(endpoint_name, name)
         domain.check_deletable(name, endpoint.spec.traffic, endpoint.spec.mirror_traffic)
-        await self._store.online_deployments.delete(deployment_id(endpoint_name, name))
+        async with self._store.transaction() as tx:
+            await tx.online_deployments.delete(deployment_id(endpoint_name, name))
+            data = ev.DeploymentChanged(
+                name=name, endpoint=endpoint_name, version=deployment.meta.version
+            )
+            tx.emit(ev.DEPLOYMENT_DELETED, data, subject=_subject(deployment), actor=actor)
         log.info("deployment_deleted", endpoint=endpoint_name, deployment=name, actor=actor)
-        await self._events.changed(
-            "deployment",
-            "deleted",
-            name=name,
-            endpoint=endpoint_name,
-            version=deployment.meta.version,
-            actor=actor,
-        )
 
     # ---- batch endpoints ------------------------------------------------------------------
 
@@ -407,10 +412,10 @@ class RegistryService:
         doc = BatchEndpointDoc(
             spec=spec, meta=Meta(created_by=actor, provisioning_state=ProvisioningState.succeeded)
         )
-        await self._store.batch_endpoints.insert(spec.name, doc)
-        await self._events.changed(
-            "batch_endpoint", "created", name=spec.name, version=1, actor=actor
-        )
+        async with self._store.transaction() as tx:
+            await tx.batch_endpoints.insert(spec.name, doc)
+            data = ev.BatchEndpointChanged(name=spec.name, version=1)
+            tx.emit(ev.BATCH_ENDPOINT_CREATED, data, subject=spec.name, actor=actor)
         return doc
 
     async def get_batch_endpoint(self, name: str) -> BatchEndpointDoc:
@@ -435,16 +440,15 @@ class RegistryService:
                 await self.get_batch_deployment(spec.name, default)
             updated = spec.model_copy(update={"default_deployment": default})
             doc = current.model_copy(update={"spec": updated, "meta": _bump(current.meta)})
-            await self._store.batch_endpoints.replace(
-                spec.name, doc, expected_version=current.meta.version
-            )
+            async with self._store.transaction() as tx:
+                await tx.batch_endpoints.replace(
+                    spec.name, doc, expected_version=current.meta.version
+                )
+                data = ev.BatchEndpointChanged(name=spec.name, version=doc.meta.version)
+                tx.emit(ev.BATCH_ENDPOINT_UPDATED, data, subject=spec.name, actor=actor)
             return doc
 
-        doc = await _with_retries(expected_version, attempt)
-        await self._events.changed(
-            "batch_endpoint", "updated", name=spec.name, version=doc.meta.version, actor=actor
-        )
-        return doc
+        return await _with_retries(expected_version, attempt)
 
     async def set_default_deployment(
         self, endpoint_name: str, deployment: str, actor: str
@@ -454,22 +458,24 @@ class RegistryService:
         return await self.update_batch_endpoint(spec, None, actor)
 
     async def delete_batch_endpoint(self, name: str, actor: str) -> None:
-        endpoint = await self.get_batch_endpoint(name)
-        deployments = await self._store.batch_deployments.find({"spec.endpoint_name": name})
-        await self._store.batch_endpoints.delete(name)
-        await self._store.batch_deployments.delete_many({"spec.endpoint_name": name})
-        for dep in deployments:
-            await self._events.changed(
-                "batch_deployment",
-                "deleted",
-                name=dep.spec.name,
-                endpoint=name,
-                version=dep.meta.version,
-                actor=actor,
-            )
-        await self._events.changed(
-            "batch_endpoint", "deleted", name=name, version=endpoint.meta.version, actor=actor
-        )
+        async def attempt() -> None:
+            async with self._store.transaction() as tx:
+                endpoint = await tx.batch_endpoints.get(name)
+                if endpoint is None:
+                    raise NotFound(f"batch endpoint {name!r} does not exist")
+                deployments = await tx.batch_deployments.find({"spec.endpoint_name": name})
+                await tx.batch_deployments.delete_many({"spec.endpoint_name": name})
+                await tx.batch_endpoints.delete(name)
+                for dep in deployments:
+                    data = ev.BatchDeploymentChanged(
+                        name=dep.spec.name, endpoint=name, version=dep.meta.version
+                    )
+                    tx.emit(ev.BATCH_DEPLOYMENT_DELETED, data, subject=_subject(dep), actor=actor)
+                gone = ev.BatchEndpointChanged(name=name, version=endpoint.meta.version)
+                tx.emit(ev.BATCH_ENDPOINT_DELETED, gone, subject=name, actor=actor)
+
+        await self.get_batch_endpoint(name)
+        await _with_retries(None, attempt)
 
     # ---- batch deployments ----------------------------------------------------------------
 
@@ -482,17 +488,18 @@ class RegistryService:
         doc = BatchDeploymentDoc(
             spec=spec, meta=Meta(created_by=actor, provisioning_state=ProvisioningState.succeeded)
         )
-        await self._store.batch_deployments.insert(
-            deployment_id(spec.endpoint_name, spec.name), doc
-        )
-        await self._events.changed(
-            "batch_deployment",
-            "created",
-            name=spec.name,
-            endpoint=spec.endpoint_name,
-            version=1,
-            actor=actor,
-        )
+
+        async def attempt() -> None:
+            async with self._store.transaction() as tx:
+                if not await tx.batch_endpoints.touch(spec.endpoint_name):
+                    raise NotFound(f"batch endpoint {spec.endpoint_name!r} was deleted meanwhile")
+                await tx.batch_deployments.insert(deployment_id(spec.endpoint_name, spec.name), doc)
+                data = ev.BatchDeploymentChanged(
+                    name=spec.name, endpoint=spec.endpoint_name, version=1
+                )
+                tx.emit(ev.BATCH_DEPLOYMENT_CREATED, data, subject=_subject(doc), actor=actor)
+
+        await _with_retries(None, attempt)
         if set_default or not endpoint.spec.default_deployment:
             await self.set_default_deployment(spec.endpoint_name, spec.name, actor)
         return doc
@@ -525,23 +532,19 @@ class RegistryService:
             current = await self.get_batch_deployment(spec.endpoint_name, spec.name)
             _check_expected(current.meta, expected_version, f"deployment {spec.name!r}")
             doc = current.model_copy(update={"spec": spec, "meta": _bump(current.meta)})
-            await self._store.batch_deployments.replace(
-                deployment_id(spec.endpoint_name, spec.name),
-                doc,
-                expected_version=current.meta.version,
-            )
+            async with self._store.transaction() as tx:
+                await tx.batch_deployments.replace(
+                    deployment_id(spec.endpoint_name, spec.name),
+                    doc,
+                    expected_version=current.meta.version,
+                )
+                data = ev.BatchDeploymentChanged(
+                    name=spec.name, endpoint=spec.endpoint_name, version=doc.meta.version
+                )
+                tx.emit(ev.BATCH_DEPLOYMENT_UPDATED, data, subject=_subject(doc), actor=actor)
             return doc
 
-        doc = await _with_retries(expected_version, attempt)
-        await self._events.changed(
-            "batch_deployment",
-            "updated",
-            name=spec.name,
-            endpoint=spec.endpoint_name,
-            version=doc.meta.version,
-            actor=actor,
-        )
-        return doc
+        return await _with_retries(expected_version, attempt)
 
     async def delete_batch_deployment(self, endpoint_name: str, name: str, actor: str) -> None:
         endpoint = await self.get_batch_endpoint(endpoint_name)
@@ -553,18 +556,17 @@ class RegistryService:
                 "another one the default first (`sluice batch-endpoint update --name "
                 f"{endpoint_name} --set defaults.deployment_name=<other>`)"
             )
-        await self._store.batch_deployments.delete(deployment_id(endpoint_name, name))
-        if endpoint.spec.default_deployment == name:
-            spec = endpoint.spec.model_copy(update={"default_deployment": ""})
-            doc = endpoint.model_copy(update={"spec": spec, "meta": _bump(endpoint.meta)})
-            await self._store.batch_endpoints.replace(
-                endpoint_name, doc, expected_version=endpoint.meta.version
+        async with self._store.transaction() as tx:
+            await tx.batch_deployments.delete(deployment_id(endpoint_name, name))
+            if endpoint.spec.default_deployment == name:
+                spec = endpoint.spec.model_copy(update={"default_deployment": ""})
+                doc = endpoint.model_copy(update={"spec": spec, "meta": _bump(endpoint.meta)})
+                await tx.batch_endpoints.replace(
+                    endpoint_name, doc, expected_version=endpoint.meta.version
+                )
+                data = ev.BatchEndpointChanged(name=endpoint_name, version=doc.meta.version)
+                tx.emit(ev.BATCH_ENDPOINT_UPDATED, data, subject=endpoint_name, actor=actor)
+            gone = ev.BatchDeploymentChanged(
+                name=name, endpoint=endpoint_name, version=deployment.meta.version
             )
-        await self._events.changed(
-            "batch_deployment",
-            "deleted",
-            name=name,
-            endpoint=endpoint_name,
-            version=deployment.meta.version,
-            actor=actor,
-        )
+            tx.emit(ev.BATCH_DEPLOYMENT_DELETED, gone, subject=_subject(deployment), actor=actor)

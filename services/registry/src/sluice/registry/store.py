@@ -8,32 +8,42 @@ stored one moved on. Names are `_id`s, so uniqueness is the database's job.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 from pymongo import ASCENDING
+from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
+from sluice.common.events import Outbox, Transaction
 from sluice.common.mongo import Document
 from sluice.common.resources import (
     BATCH_DEPLOYMENTS,
     BATCH_ENDPOINTS,
+    DEPLOYMENT_INSTANCES,
+    JWKS,
+    JWKS_ID,
     ONLINE_DEPLOYMENTS,
     ONLINE_ENDPOINTS,
     BatchDeploymentDoc,
     BatchEndpointDoc,
+    DeploymentInstancesDoc,
+    OnlineDeployment,
     OnlineDeploymentDoc,
     OnlineEndpointDoc,
+    deployment_id,
     from_document,
     to_document,
 )
 from sluice.registry.domain import AlreadyExists, Conflict
 
 SIGNING_KEYS = "signing_keys"
+KEY = "_key"  # the case-folded `_id`, unique: names differing only by case are one name
 
 DocT = TypeVar("DocT", bound=BaseModel)
 
@@ -52,38 +62,57 @@ class Collection(Generic[DocT]):
         collection: AsyncCollection[Document],
         model: type[DocT],
         kind: str,
-        *,
-        foreign_fields: frozenset[str] = frozenset(),
+        session: AsyncClientSession | None = None,
     ):
         self._c = collection
         self._model = model
         self.kind = kind
-        # Fields other services write (a deployment's instances): never overwritten here.
-        self._foreign = foreign_fields | {"_id"}
+        self._s = session  # set: every call is part of that session's transaction
 
     def _load(self, raw: Mapping[str, Any]) -> DocT:
         return from_document(self._model, raw)
 
+    def _document(self, _id: str, doc: DocT) -> Document:
+        return {**to_document(doc, _id), KEY: _id.casefold()}
+
     async def insert(self, _id: str, doc: DocT) -> None:
+        """Store a new resource; refused if its name, ignoring case, is taken.
+
+        Host names are case-insensitive, so `My-Endpoint` would take over
+        `my-endpoint`'s scoring host: the unique index on `_key` refuses it.
+        """
         try:
-            await self._c.insert_one(to_document(doc, _id))
+            await self._c.insert_one(self._document(_id, doc), session=self._s)
         except DuplicateKeyError as exc:
+            # Outside the transaction: the server aborted it on the duplicate key.
+            taken = await self._c.find_one({KEY: _id.casefold()}, {"_id": 1})
+            if taken is None or taken["_id"] == _id:
+                raise AlreadyExists(
+                    f"{self.kind} {_id!r} already exists; use `update` to change it"
+                ) from exc
             raise AlreadyExists(
-                f"{self.kind} {_id!r} already exists; use `update` to change it"
+                f"{self.kind} {_id!r} differs from the existing {taken['_id']!r} only by case; "
+                "names are case-insensitive (they are host names): choose another name"
             ) from exc
 
+    async def touch(self, _id: str) -> bool:
+        """Write the document without changing it, so a concurrent delete conflicts with us."""
+        result = await self._c.update_one({"_id": _id}, {"$inc": {"_touched": 1}}, session=self._s)
+        return result.matched_count == 1
+
     async def get(self, _id: str) -> DocT | None:
-        raw = await self._c.find_one({"_id": _id})
+        raw = await self._c.find_one({"_id": _id}, session=self._s)
         return None if raw is None else self._load(raw)
 
     async def replace(self, _id: str, doc: DocT, *, expected_version: int) -> None:
         """Store `doc` if the stored version is still `expected_version`."""
-        fields = {k: v for k, v in to_document(doc, _id).items() if k not in self._foreign}
-        result = await self._c.update_one(
-            {"_id": _id, "meta.version": expected_version}, {"$set": fields}
+        result = await self._c.replace_one(
+            {"_id": _id, "meta.version": expected_version},
+            self._document(_id, doc),
+            session=self._s,
         )
         if result.matched_count == 0:
-            current = await self._c.find_one({"_id": _id}, {"meta.version": 1})
+            current = await self._c.find_one({"_id": _id}, {"meta.version": 1}, session=self._s)
             if current is None:
                 raise Conflict(f"{self.kind} {_id!r} was deleted meanwhile")
             raise Conflict(
@@ -92,7 +121,7 @@ class Collection(Generic[DocT]):
             )
 
     async def delete(self, _id: str) -> bool:
-        result = await self._c.delete_one({"_id": _id})
+        result = await self._c.delete_one({"_id": _id}, session=self._s)
         return result.deleted_count == 1
 
     async def page(
@@ -102,39 +131,104 @@ class Collection(Generic[DocT]):
         query: dict[str, Any] = dict(where or {})
         if after:
             query["_id"] = {"$gt": after}
-        raws = await self._c.find(query).sort("_id", ASCENDING).limit(size + 1).to_list()
+        cursor = self._c.find(query, session=self._s).sort("_id", ASCENDING).limit(size + 1)
+        raws = await cursor.to_list()
         items = [self._load(raw) for raw in raws[:size]]
         next_token = str(raws[size - 1]["_id"]) if len(raws) > size else ""
         return Page(items=items, next_token=next_token)
 
     async def find(self, where: Mapping[str, Any]) -> list[DocT]:
-        raws = await self._c.find(dict(where)).sort("_id", ASCENDING).to_list()
+        raws = await self._c.find(dict(where), session=self._s).sort("_id", ASCENDING).to_list()
         return [self._load(raw) for raw in raws]
 
     async def delete_many(self, where: Mapping[str, Any]) -> None:
-        await self._c.delete_many(dict(where))
+        await self._c.delete_many(dict(where), session=self._s)
 
 
-class RegistryStore:
-    def __init__(self, db: AsyncDatabase[Document]):
-        self._db = db
-        self.online_endpoints = Collection(db[ONLINE_ENDPOINTS], OnlineEndpointDoc, "endpoint")
+class Collections:
+    """The registry's four resource collections, optionally inside one transaction."""
+
+    def __init__(self, db: AsyncDatabase[Document], session: AsyncClientSession | None = None):
+        self.online_endpoints = Collection(
+            db[ONLINE_ENDPOINTS], OnlineEndpointDoc, "endpoint", session
+        )
         self.online_deployments = Collection(
-            db[ONLINE_DEPLOYMENTS],
-            OnlineDeploymentDoc,
-            "deployment",
-            foreign_fields=frozenset({"instances"}),
+            db[ONLINE_DEPLOYMENTS], OnlineDeploymentDoc, "deployment", session
         )
-        self.batch_endpoints = Collection(db[BATCH_ENDPOINTS], BatchEndpointDoc, "batch endpoint")
+        self.batch_endpoints = Collection(
+            db[BATCH_ENDPOINTS], BatchEndpointDoc, "batch endpoint", session
+        )
         self.batch_deployments = Collection(
-            db[BATCH_DEPLOYMENTS], BatchDeploymentDoc, "batch deployment"
+            db[BATCH_DEPLOYMENTS], BatchDeploymentDoc, "batch deployment", session
         )
+
+
+class Writes(Collections):
+    """The collections inside a transaction, and the events that commit with it."""
+
+    def __init__(self, db: AsyncDatabase[Document], tx: Transaction):
+        super().__init__(db, tx.session)
+        self.emit = tx.emit
+
+
+class RegistryStore(Collections):
+    """Reads go straight to the collections; every write goes through `transaction()`."""
+
+    def __init__(self, db: AsyncDatabase[Document], outbox: Outbox):
+        super().__init__(db)
+        self._db = db
+        self._outbox = outbox
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Writes]:
+        """One MongoDB transaction: its writes and its events are stored together or not at all.
+
+        A transaction that lost a race with another one is reported as `Conflict`
+        (the service retries those that the caller did not pin to a version).
+        """
+        try:
+            async with self._outbox.transaction() as tx:
+                yield Writes(self._db, tx)
+        except PyMongoError as exc:
+            if exc.has_error_label("TransientTransactionError"):
+                raise Conflict(f"a concurrent change got there first; retry ({exc})") from exc
+            raise
 
     async def ensure_indexes(self) -> None:
         for name in (ONLINE_DEPLOYMENTS, BATCH_DEPLOYMENTS):
             await self._db[name].create_index(
                 [("spec.endpoint_name", ASCENDING), ("spec.name", ASCENDING)], unique=True
             )
+        for name in (ONLINE_ENDPOINTS, ONLINE_DEPLOYMENTS, BATCH_ENDPOINTS, BATCH_DEPLOYMENTS):
+            await self._migrate(self._db[name])
+            await self._db[name].create_index([(KEY, ASCENDING)], unique=True, sparse=True)
+
+    @staticmethod
+    async def _migrate(collection: AsyncCollection[Document]) -> None:
+        """Documents stored before `_key` existed get one; instances left the deployments."""
+        async for raw in collection.find({KEY: {"$exists": False}}, {"_id": 1}):
+            await collection.update_one(
+                {"_id": raw["_id"]}, {"$set": {KEY: str(raw["_id"]).casefold()}}
+            )
+        await collection.update_many(
+            {"instances": {"$exists": True}}, {"$unset": {"instances": ""}}
+        )
+
+    async def with_instances(self, docs: list[OnlineDeploymentDoc]) -> list[OnlineDeployment]:
+        """`docs` joined with the instances the provisioner stored (read here, written there)."""
+        keys = [deployment_id(d.spec.endpoint_name, d.spec.name) for d in docs]
+        raws = await self._db[DEPLOYMENT_INSTANCES].find({"_id": {"$in": keys}}).to_list()
+        found = {str(r["_id"]): from_document(DeploymentInstancesDoc, r).instances for r in raws}
+        return [
+            OnlineDeployment(spec=d.spec, meta=d.meta, instances=found.get(key, ()))
+            for d, key in zip(docs, keys, strict=True)
+        ]
+
+    async def publish_jwks(self, jwks: str) -> None:
+        """Store the token keys where the traffic controller reads them (this is their writer)."""
+        await self._db[JWKS].replace_one(
+            {"_id": JWKS_ID}, {"_id": JWKS_ID, "jwks": jwks}, upsert=True
+        )
 
     async def signing_key(self) -> str | None:
         raw = await self._db[SIGNING_KEYS].find_one({"_id": "current"})

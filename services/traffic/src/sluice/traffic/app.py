@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.util
 from pathlib import Path
 
@@ -19,15 +18,14 @@ from sluice.common.secretbox import SecretBox
 from sluice.common.settings import Settings
 from sluice.traffic.controller import Controller, Timing
 from sluice.traffic.domain import Gateway, Listen, Upstream
-from sluice.traffic.events import EventListener, NatsOutcomes
-from sluice.traffic.jwks import RegistryJwks
+from sluice.traffic.events import NatsOutcomes, subscribe_routing_events
+from sluice.traffic.jwks import StoredJwks
 from sluice.traffic.settings import TrafficSettings
 from sluice.traffic.store import TrafficStore
 from sluice.traffic.tls import ensure_local_certificate, load_material
 from sluice.traffic.xds.server import GATEWAY_HEALTH, SERVICE_NAME, AdsServer
 
 log = get_logger(__name__)
-JWKS_WAIT_S = 3.0  # at start, how long to wait for the registry before serving without keys
 
 
 def certificate_files(settings: Settings, traffic: TrafficSettings) -> tuple[Path, Path]:
@@ -85,21 +83,24 @@ async def serve(settings: Settings, traffic: TrafficSettings) -> None:
         )
         # `server` exists before the first Envoy can connect (it is started below).
         ads = AdsServer(on_connected=lambda up: server.set_serving(GATEWAY_HEALTH, up))
-        jwks = RegistryJwks(settings.registry_address, settings.admin_token)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(jwks.refresh(), JWKS_WAIT_S)
+        db = database(mongo, settings)
         controller = Controller(
-            store=TrafficStore(database(mongo, settings), SecretBox(settings.secret_key)),
+            store=TrafficStore(db, SecretBox(settings.secret_key)),
             server=ads,
             outcomes=NatsOutcomes(publisher),
-            jwks=jwks,
+            jwks=StoredJwks(db),
             gateway=GatewaySource(settings, traffic),
             timing=Timing(
                 debounce_s=traffic.debounce_ms / 1000, resync_s=traffic.resync_interval_s
             ),
         )
-        listener = EventListener(broker, settings.events_subject_prefix, controller)
-        await listener.start()
+        subscribe_routing_events(
+            broker,
+            stream=settings.events_stream,
+            prefix=settings.events_subject_prefix,
+            sink=controller,
+        )
+        await broker.start()
         # The first snapshot exists before Envoy can connect: it never sees an empty config.
         await controller.sync_once()
         # No admin token here: Envoy cannot send one. The port stays on loopback by default.
@@ -117,7 +118,6 @@ async def serve(settings: Settings, traffic: TrafficSettings) -> None:
         signal = await wait_for_shutdown_signal()
         log.info("traffic_stopping", signal=signal.name)
         reconciler.cancel()
-        await listener.stop()
         await server.stop(grace=1.0)
     finally:
         await broker.stop()

@@ -22,7 +22,7 @@ from sluice.common.prometheus import RECONCILE_SECONDS
 from sluice.traffic.domain import Endpoint, Gateway, without_host_conflicts
 from sluice.traffic.events import Outcomes
 from sluice.traffic.isolation import GATEWAY, NackIsolation
-from sluice.traffic.jwks import PLACEHOLDER_JWKS, RegistryJwks
+from sluice.traffic.jwks import PLACEHOLDER_JWKS, StoredJwks
 from sluice.traffic.store import TrafficStore
 from sluice.traffic.xds.builder import SnapshotBuilder
 from sluice.traffic.xds.server import AdsServer, Outcome, Result
@@ -55,7 +55,7 @@ class Controller:
         store: TrafficStore,
         server: AdsServer,
         outcomes: Outcomes,
-        jwks: RegistryJwks,
+        jwks: StoredJwks,
         gateway: Callable[[str], Gateway],
         timing: Timing = Timing(),
     ):

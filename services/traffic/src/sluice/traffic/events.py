@@ -3,78 +3,83 @@
 Every event of the platform is a hint to re-read MongoDB (principle 1): the
 handler only marks what to re-read (one endpoint when the event names it,
 everything otherwise), so lost, late or repeated events are harmless. The
-subscription is a plain core-NATS one on `<prefix>.>`: the controller needs
-no history, since it rebuilds from MongoDB at start and on every resync.
+consumer is an ephemeral JetStream one that starts at new events and is
+filtered to what changes routing; the controller needs no history, since it
+rebuilds from MongoDB at start and on every resync.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Protocol
 
 from faststream.nats import NatsBroker
-from pydantic import ValidationError
+from faststream.nats.subscriber.usecases import PushStreamSubscriber
 
-from sluice.common.events import EventPublisher, parse_envelope
+from sluice.common.events import CloudEvent, EventPublisher, Payload, fanout_subscriber
+from sluice.common.events.catalogue import (
+    ENDPOINT_CREATED,
+    ENDPOINT_UPDATED,
+    KEYS_REGENERATED,
+    TRAFFIC_APPLIED,
+    TRAFFIC_CHANGED,
+    TRAFFIC_REJECTED,
+    TrafficApplied,
+    TrafficRejected,
+)
 from sluice.common.log import get_logger
 from sluice.common.prometheus import observe_lag
 
 log = get_logger(__name__)
 ACTOR = "sluice/traffic"
+# What changes routing: endpoints, keys, traffic splits, deployments and their instances.
+ROUTING_EVENTS = ("endpoint.>", "keys.>", TRAFFIC_CHANGED, "deployment.>", "instance.>")
 # Endpoint-level events whose payload `name` is the endpoint itself.
 ENDPOINT_ENTITIES = frozenset({"endpoint", "traffic", "keys"})
-# Our own output: never a reason to rebuild.
-OWN = frozenset({"sluice.traffic.applied", "sluice.traffic.rejected"})
-# Events after which the registry's JWKS may be worth fetching again.
-JWKS_HINTS = frozenset(
-    {"sluice.endpoint.created", "sluice.endpoint.updated", "sluice.keys.regenerated"}
-)
+# Events after which the registry's JWKS may be worth reading again.
+JWKS_HINTS = frozenset({ENDPOINT_CREATED.type, ENDPOINT_UPDATED.type, KEYS_REGENERATED.type})
+
+
+class Mentions(Payload):
+    """What the controller reads of any routing event: whom it is about."""
+
+    name: str | None = None
+    endpoint: str | None = None
 
 
 class ChangeSink(Protocol):
     def mark_dirty(self, endpoint: str | None, *, refresh_jwks: bool = False) -> None: ...
 
 
-def endpoint_of(event_type: str, data: Mapping[str, Any]) -> str | None:
+def endpoint_of(event_type: str, data: Mentions) -> str | None:
     """The endpoint an event is about, or None when it could be anything."""
-    if isinstance(data.get("endpoint"), str):
-        return str(data["endpoint"])
+    if data.endpoint is not None:
+        return data.endpoint
     entity = event_type.split(".")[1] if event_type.count(".") >= 2 else ""
-    if entity in ENDPOINT_ENTITIES and isinstance(data.get("name"), str):
-        return str(data["name"])
-    return None
+    return data.name if entity in ENDPOINT_ENTITIES else None
 
 
-class EventListener:
-    """Subscribes to every platform event and forwards "re-read this" to the controller."""
+def subscribe_routing_events(
+    broker: NatsBroker, *, stream: str, prefix: str, sink: ChangeSink
+) -> PushStreamSubscriber:
+    """Forward "re-read this endpoint" to the controller for every routing event."""
+    subscriber = fanout_subscriber(
+        broker,
+        stream=stream,
+        prefix=prefix,
+        events=ROUTING_EVENTS,
+        title="traffic <- routing events",
+        description="The traffic controller re-reads the endpoint an event names (ephemeral).",
+    )
 
-    def __init__(self, broker: NatsBroker, subject_prefix: str, sink: ChangeSink):
-        self._broker = broker
-        self._subject = f"{subject_prefix}.>"
-        self._sink = sink
-        self._subscription: Any = None
-
-    async def start(self) -> None:
-        self._subscription = await self._broker.connection.subscribe(self._subject, cb=self._on_msg)
-        log.info("events_subscribed", subject=self._subject)
-
-    async def stop(self) -> None:
-        if self._subscription is not None:
-            await self._subscription.unsubscribe()
-
-    async def _on_msg(self, msg: Any) -> None:
-        try:
-            event = parse_envelope(msg.data)
-        except ValidationError:
-            # Not one of ours (or garbled): the periodic resync covers whatever it meant.
-            log.warning("event_unreadable", subject=msg.subject)
-            return
-        if event.type in OWN:
-            return
+    @subscriber
+    async def on_routing_event(event: CloudEvent[Mentions]) -> None:
         observe_lag("traffic", event.time)
         endpoint = endpoint_of(event.type, event.data)
         log.debug("event_received", type=event.type, endpoint=endpoint)
-        self._sink.mark_dirty(endpoint, refresh_jwks=event.type in JWKS_HINTS)
+        sink.mark_dirty(endpoint, refresh_jwks=event.type in JWKS_HINTS)
+
+    return subscriber
 
 
 class Outcomes(Protocol):
@@ -88,7 +93,11 @@ class Outcomes(Protocol):
 
 
 class NatsOutcomes:
-    """Publishes what Envoy did with a snapshot, so the CLI can wait until a change is live."""
+    """Publishes what Envoy did with a snapshot, so the CLI can wait until a change is live.
+
+    Straight to JetStream (no outbox): these describe no stored state, and a
+    lost one only makes a waiting CLI fall back to its timeout.
+    """
 
     def __init__(self, publisher: EventPublisher):
         self._publisher = publisher
@@ -98,26 +107,13 @@ class NatsOutcomes:
     ) -> None:
         """`endpoints`: name -> version now live; `routed`: `endpoint/deployment` -> the
         instance addresses Envoy now balances over."""
-        await self._publisher.publish(
-            "traffic",
-            "applied",
-            subject=None,
-            data={"snapshot": snapshot, "endpoints": dict(endpoints), "routed": dict(routed)},
-            actor=ACTOR,
-        )
+        data = TrafficApplied(snapshot=snapshot, endpoints=dict(endpoints), routed=dict(routed))
+        await self._publisher.publish(TRAFFIC_APPLIED, data, subject=None, actor=ACTOR)
 
     async def rejected(
         self, snapshot: str, resource_type: str, error: str, endpoints: Mapping[str, int]
     ) -> None:
-        await self._publisher.publish(
-            "traffic",
-            "rejected",
-            subject=None,
-            data={
-                "snapshot": snapshot,
-                "type": resource_type,
-                "error": error,
-                "endpoints": dict(endpoints),
-            },
-            actor=ACTOR,
+        data = TrafficRejected(
+            snapshot=snapshot, type=resource_type, error=error, endpoints=dict(endpoints)
         )
+        await self._publisher.publish(TRAFFIC_REJECTED, data, subject=None, actor=ACTOR)

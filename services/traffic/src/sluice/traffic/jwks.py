@@ -1,18 +1,22 @@
 """The registry's token keys (JWKS), which Envoy's jwt_authn needs inline.
 
-Fetched over the registry's gRPC `GetJwks` at start and again on endpoint and
-key events. Until it is known, the gateway carries `PLACEHOLDER_JWKS`, a public
-key whose private half was thrown away: every token fails (401), nothing is
-let through, and the listener stays valid.
+The registry stores its JWKS in MongoDB (collection `jwks`, written by the
+registry only); the controller reads it there at start and again on endpoint
+and key events. Until it is known, the gateway carries `PLACEHOLDER_JWKS`, a
+public key whose private half was thrown away: every token fails (401),
+nothing is let through, and the listener stays valid.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import PyMongoError
+
 from sluice.common.log import get_logger
-from sluice.sdk.client import RegistryClient, SluiceError
+from sluice.common.mongo import Document
+from sluice.common.resources import JWKS, JWKS_ID
 
 log = get_logger(__name__)
 
@@ -34,29 +38,24 @@ PLACEHOLDER_JWKS = json.dumps(
 )
 
 
-class RegistryJwks:
-    """Reads the JWKS from the registry; remembers the last one it got."""
+class StoredJwks:
+    """Reads the JWKS the registry published; remembers the last one it got."""
 
-    def __init__(self, address: str | None, admin_token: str | None):
-        self._address = address
-        self._token = admin_token
+    def __init__(self, db: AsyncDatabase[Document]):
+        self._c = db[JWKS]
         self.current: str | None = None
 
     async def refresh(self) -> str | None:
-        """The registry's JWKS now, or the last known one (None before the first success)."""
-        if not self._address or not self._token:
-            return self.current
+        """The stored JWKS now, or the last known one (None before the registry stored one)."""
         try:
-            fetched = await asyncio.to_thread(self._fetch, self._address, self._token)
-        except SluiceError as exc:
-            log.warning("jwks_unavailable", registry=self._address, error=str(exc))
+            raw = await self._c.find_one({"_id": JWKS_ID})
+        except PyMongoError as exc:
+            log.warning("jwks_unavailable", error=str(exc))
             return self.current
+        if raw is None:
+            return self.current
+        fetched = str(raw["jwks"])
         if fetched != self.current:
             log.info("jwks_updated", keys=len(json.loads(fetched).get("keys", [])))
             self.current = fetched
         return self.current
-
-    @staticmethod
-    def _fetch(address: str, token: str) -> str:
-        with RegistryClient(address, token, actor="sluice/traffic") as client:
-            return client.jwks()

@@ -1,8 +1,9 @@
 """The only MongoDB code of the traffic controller: endpoint documents -> domain values.
 
 It only reads: the registry writes endpoints, deployments and keys, the
-provisioner writes instances. Keys are decrypted here (SecretBox) and leave
-this module only inside `KeyAuth`, whose repr hides them.
+provisioner writes instances (in their own collection, joined here). Keys
+are decrypted here (SecretBox) and leave this module only inside `KeyAuth`,
+whose repr hides them.
 """
 
 from __future__ import annotations
@@ -17,11 +18,15 @@ from pymongo.asynchronous.database import AsyncDatabase
 from sluice.common.log import get_logger
 from sluice.common.mongo import Document
 from sluice.common.resources import (
+    DEPLOYMENT_INSTANCES,
     ONLINE_DEPLOYMENTS,
     ONLINE_ENDPOINTS,
     AuthMode,
+    DeploymentInstancesDoc,
+    Instance,
     OnlineDeploymentDoc,
     OnlineEndpointDoc,
+    deployment_id,
     from_document,
     token_audience,
 )
@@ -44,20 +49,32 @@ class TrafficStore:
     def __init__(self, db: AsyncDatabase[Document], secrets: SecretBox):
         self._endpoints = db[ONLINE_ENDPOINTS]
         self._deployments = db[ONLINE_DEPLOYMENTS]
+        self._instances = db[DEPLOYMENT_INSTANCES]
         self._secrets = secrets
 
     async def all_endpoints(self) -> dict[str, Endpoint]:
         endpoints = await self._endpoints.find({}).to_list()
         deployments = await self._deployments.find({}).to_list()
+        instances = await self._instances_of({})
         by_endpoint: dict[str, list[Mapping[str, Any]]] = {}
         for raw in deployments:
             by_endpoint.setdefault(raw.get("spec", {}).get("endpoint_name", ""), []).append(raw)
         result = {}
         for raw in endpoints:
-            ep = await self._endpoint(raw, by_endpoint.get(str(raw["_id"]), []))
+            ep = await self._endpoint(raw, by_endpoint.get(str(raw["_id"]), []), instances)
             if ep is not None:
                 result[ep.name] = ep
         return result
+
+    async def _instances_of(self, query: Mapping[str, Any]) -> dict[str, tuple[Instance, ...]]:
+        """The provisioner's instances by deployment key; an unreadable entry counts as none."""
+        found = {}
+        for raw in await self._instances.find(dict(query)).to_list():
+            try:
+                found[str(raw["_id"])] = from_document(DeploymentInstancesDoc, raw).instances
+            except ValueError as exc:
+                log.error("instances_unreadable", deployment=raw.get("_id"), error=str(exc))
+        return found
 
     async def endpoint(self, name: str) -> Endpoint | None:
         """The endpoint's current state, or None once it is deleted (or unreadable)."""
@@ -65,10 +82,16 @@ class TrafficStore:
         if raw is None:
             return None
         deployments = await self._deployments.find({"spec.endpoint_name": name}).to_list()
-        return await self._endpoint(raw, deployments)
+        keys = [str(d["_id"]) for d in deployments]
+        return await self._endpoint(
+            raw, deployments, await self._instances_of({"_id": {"$in": keys}})
+        )
 
     async def _endpoint(
-        self, raw: Mapping[str, Any], deployment_raws: Iterable[Mapping[str, Any]]
+        self,
+        raw: Mapping[str, Any],
+        deployment_raws: Iterable[Mapping[str, Any]],
+        instances: Mapping[str, tuple[Instance, ...]],
     ) -> Endpoint | None:
         try:
             doc: OnlineEndpointDoc = from_document(OnlineEndpointDoc, raw)
@@ -80,7 +103,12 @@ class TrafficStore:
             # One unreadable document must not stop the gateway serving the others.
             log.error("endpoint_unreadable", endpoint=raw.get("_id"), error=str(exc))
             return None
-        deployments = tuple(sorted([await self._deployment(d) for d in docs], key=lambda d: d.name))
+        deployments = tuple(
+            sorted(
+                [await self._deployment(d, instances.get(_key(d), ())) for d in docs],
+                key=lambda d: d.name,
+            )
+        )
         names = {d.name for d in deployments}
         live = live_shares(doc.spec.traffic, names)
         return Endpoint(
@@ -102,10 +130,12 @@ class TrafficStore:
         )
         return KeyAuth(keys=keys)
 
-    async def _deployment(self, doc: OnlineDeploymentDoc) -> Deployment:
+    async def _deployment(
+        self, doc: OnlineDeploymentDoc, instances: Iterable[Instance]
+    ) -> Deployment:
         spec = doc.spec
         upstreams = []
-        for instance in doc.instances:
+        for instance in instances:
             if not instance.ready:
                 continue
             upstream = await _resolved(instance.address, spec.endpoint_name, spec.name)
@@ -119,6 +149,10 @@ class TrafficStore:
             max_concurrent_requests_per_instance=spec.request_settings.max_concurrent_requests_per_instance,
             instances=tuple(sorted(set(upstreams), key=lambda u: (u.host, u.port))),
         )
+
+
+def _key(doc: OnlineDeploymentDoc) -> str:
+    return deployment_id(doc.spec.endpoint_name, doc.spec.name)
 
 
 async def _resolved(address: str, endpoint: str, deployment: str) -> Upstream | None:

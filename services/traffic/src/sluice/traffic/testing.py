@@ -29,12 +29,21 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from sluice.common.components import python_service_spec
 from sluice.common.events import EventPublisher
+from sluice.common.events.catalogue import (
+    DEPLOYMENT_DELETED,
+    DEPLOYMENT_UPDATED,
+    ENDPOINT_UPDATED,
+    DeploymentChanged,
+    EndpointChanged,
+)
 from sluice.common.health import GrpcHealthCheck
 from sluice.common.mongo import Document
 from sluice.common.resources import (
+    DEPLOYMENT_INSTANCES,
     ONLINE_DEPLOYMENTS,
     ONLINE_ENDPOINTS,
     AuthMode,
+    DeploymentInstancesDoc,
     Instance,
     Meta,
     OnlineDeploymentDoc,
@@ -296,9 +305,8 @@ class World:
         await self._db[ONLINE_ENDPOINTS].replace_one(
             {"_id": name}, to_document(doc, name), upsert=True
         )
-        await self._events.publish(
-            "endpoint", "updated", subject=name, data={"name": name, "version": version}, actor="t"
-        )
+        data = EndpointChanged(name=name, version=version)
+        await self._events.publish(ENDPOINT_UPDATED, data, subject=name, actor="t")
 
     async def deployment(
         self,
@@ -319,30 +327,27 @@ class World:
                 ),
             ),
             meta=Meta(provisioning_state=ProvisioningState.succeeded),
+        )
+        running = DeploymentInstancesDoc(
             instances=tuple(
                 Instance(id=f"{name}-{i}", address=a, ready=True) for i, a in enumerate(instances)
-            ),
+            )
         )
         _id = deployment_id(endpoint, name)
         await self._db[ONLINE_DEPLOYMENTS].replace_one(
             {"_id": _id}, to_document(doc, _id), upsert=True
         )
-        await self._events.publish(
-            "deployment",
-            "updated",
-            subject=_id,
-            data={"name": name, "endpoint": endpoint, "version": 1},
-            actor="t",
+        await self._db[DEPLOYMENT_INSTANCES].replace_one(
+            {"_id": _id}, to_document(running, _id), upsert=True
         )
+        data = DeploymentChanged(name=name, endpoint=endpoint, version=1)
+        await self._events.publish(DEPLOYMENT_UPDATED, data, subject=_id, actor="t")
 
     async def delete_deployment(self, endpoint: str, name: str) -> None:
         await self._db[ONLINE_DEPLOYMENTS].delete_one({"_id": deployment_id(endpoint, name)})
+        data = DeploymentChanged(name=name, endpoint=endpoint, version=1)
         await self._events.publish(
-            "deployment",
-            "deleted",
-            subject=f"{endpoint}/{name}",
-            data={"name": name, "endpoint": endpoint, "version": 1},
-            actor="t",
+            DEPLOYMENT_DELETED, data, subject=f"{endpoint}/{name}", actor="t"
         )
 
     async def raw_deployment_update(self, endpoint: str, name: str, fields: dict[str, Any]) -> None:
@@ -350,12 +355,9 @@ class World:
         await self._db[ONLINE_DEPLOYMENTS].update_one(
             {"_id": deployment_id(endpoint, name)}, {"$set": fields}
         )
+        data = DeploymentChanged(name=name, endpoint=endpoint, version=2)
         await self._events.publish(
-            "deployment",
-            "updated",
-            subject=f"{endpoint}/{name}",
-            data={"name": name, "endpoint": endpoint, "version": 2},
-            actor="t",
+            DEPLOYMENT_UPDATED, data, subject=f"{endpoint}/{name}", actor="t"
         )
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import typer
 
 from sluice.common.platform import LocalPlatform
-from sluice.common.resources import OnlineDeploymentDoc, ProvisioningState
+from sluice.common.resources import OnlineDeployment, ProvisioningState
 from sluice.common.settings import Settings
 from sluice.sdk.applied import AppliedWatcher
 from sluice.sdk.cli.errors import CliError
@@ -63,12 +63,12 @@ def provisioner_running(settings: Settings) -> bool | None:
 
 
 def wait_for_deployment(
-    fetch: Callable[[], OnlineDeploymentDoc],
+    fetch: Callable[[], OnlineDeployment],
     *,
     what: str,
     timeout_s: float = 900,
     pickup_timeout_s: float | None = None,
-) -> OnlineDeploymentDoc:
+) -> OnlineDeployment:
     """Poll until the deployment reaches a terminal state, with a spinner.
 
     With `pickup_timeout_s`, give up early (returning the doc) if nothing moves it

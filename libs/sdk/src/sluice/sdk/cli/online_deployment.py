@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from sluice.common.resources import OnlineDeploymentDoc, ProvisioningState
+from sluice.common.resources import OnlineDeployment, ProvisioningState
 from sluice.common.settings import Settings
 from sluice.sdk.cli import local_cmds
 from sluice.sdk.cli.common import (
@@ -40,7 +40,7 @@ NameOption = typer.Option(None, "--name", "-n", help="deployment name (overrides
 EndpointOption = typer.Option(None, "--endpoint-name", "-e", help="endpoint (overrides the YAML's)")
 
 
-def view(doc: OnlineDeploymentDoc) -> dict[str, Any]:
+def view(doc: OnlineDeployment) -> dict[str, Any]:
     model = doc.spec.model
     return {
         "name": doc.spec.name,
@@ -54,7 +54,7 @@ def view(doc: OnlineDeploymentDoc) -> dict[str, Any]:
     }
 
 
-def show_one(doc: OnlineDeploymentDoc, output: OutputFormat) -> None:
+def show_one(doc: OnlineDeployment, output: OutputFormat) -> None:
     if output is OutputFormat.table:
         row = view(doc)
         render(row, output, columns=COLUMNS + (["message"] if row["message"] else []))
@@ -63,8 +63,8 @@ def show_one(doc: OnlineDeploymentDoc, output: OutputFormat) -> None:
 
 
 def _finish(
-    client: RegistryClient, doc: OnlineDeploymentDoc, no_wait: bool, verb: str
-) -> OnlineDeploymentDoc:
+    client: RegistryClient, doc: OnlineDeployment, no_wait: bool, verb: str
+) -> OnlineDeployment:
     spec = doc.spec
     what = f"deployment {spec.name} of {spec.endpoint_name}"
     if no_wait:
