@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
 from sluice.common.artifacts import chunks, pack
 from sluice.common.platform import LocalPlatform
@@ -76,7 +77,7 @@ class Credentials:
     expiry_time: datetime | None = None
 
 
-def _doc(message: Any, model: type[M]) -> M:
+def _doc(message: Message, model: type[M]) -> M:
     return to_model(message, model, exclude=("scoring_uri", "swagger_uri"))
 
 
@@ -123,7 +124,7 @@ class RegistryClient:
     def __exit__(self, *_: object) -> None:
         self.close()
 
-    def _call(self, method: Callable[..., T], request: Any) -> T:
+    def _call(self, method: Callable[..., T], request: Message | Iterator[Message]) -> T:
         try:
             return method(request, metadata=self._metadata, timeout=30)
         except grpc.RpcError as exc:
@@ -173,7 +174,7 @@ class RegistryClient:
     # ---- online endpoints ---------------------------------------------------------------
 
     @staticmethod
-    def _online_endpoint(msg: Any) -> OnlineEndpoint:
+    def _online_endpoint(msg: registry_pb2.OnlineEndpoint) -> OnlineEndpoint:
         return OnlineEndpoint(
             doc=_doc(msg, OnlineEndpointDoc),
             scoring_uri=msg.scoring_uri,
@@ -289,7 +290,7 @@ class RegistryClient:
     # ---- batch --------------------------------------------------------------------------
 
     @staticmethod
-    def _batch_endpoint(msg: Any) -> BatchEndpoint:
+    def _batch_endpoint(msg: registry_pb2.BatchEndpoint) -> BatchEndpoint:
         return BatchEndpoint(doc=_doc(msg, BatchEndpointDoc), scoring_uri=msg.scoring_uri)
 
     def create_batch_endpoint(self, spec: BatchEndpointSpec) -> BatchEndpoint:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import grpc
 
 from sluice.common.environments import EnvironmentBuilder
@@ -21,7 +19,9 @@ class ProvisionerApi(provisioner_pb2_grpc.ProvisionerServicer):
         self._backend = backend
         self._envs = envs
 
-    async def GetLogs(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def GetLogs(
+        self, request: provisioner_pb2.GetLogsRequest, context: grpc.aio.ServicerContext
+    ) -> provisioner_pb2.Logs:
         lines = request.lines or DEFAULT_LINES
         container = request.container or "inference-server"
         if container not in CONTAINERS:

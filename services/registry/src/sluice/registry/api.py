@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from functools import wraps
-from typing import Any
+from typing import Literal, Protocol, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
 from sluice.common.artifacts import ArtifactError, ArtifactStore
 from sluice.common.grpc_server import actor_of
@@ -46,30 +47,42 @@ CODES: dict[type[DomainError], grpc.StatusCode] = {
 
 # ---- error mapping -----------------------------------------------------------------------
 
-Behaviour = Callable[..., Awaitable[Any]]
+Api = TypeVar("Api")
+Request = TypeVar("Request", bound=Message)
+Response = TypeVar("Response", bound=Message)
+Behaviour = Callable[[Api, Request, grpc.aio.ServicerContext], Awaitable[Response]]
 
 
-def domain_errors(behaviour: Behaviour) -> Behaviour:
+def domain_errors(
+    behaviour: Behaviour[Api, Request, Response],
+) -> Behaviour[Api, Request, Response]:
     """Turn a DomainError into the matching gRPC status with its message."""
 
     @wraps(behaviour)
-    async def call(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def call(self: Api, request: Request, context: grpc.aio.ServicerContext) -> Response:
         try:
             return await behaviour(self, request, context)
         except DomainError as exc:
             await context.abort(CODES[type(exc)], str(exc))
+            raise AssertionError("unreachable: abort raises") from exc
 
     return call
 
 
-def _spec(message: Any, model: type[M]) -> M:
+class _Versioned(Protocol):
+    expected_version: int
+
+    def HasField(self, field_name: Literal["expected_version"]) -> bool: ...
+
+
+def _spec(message: Message, model: type[M]) -> M:
     try:
         return to_model(message, model)
     except ConversionError as exc:
         raise InvalidArgument(str(exc)) from exc
 
 
-def _expected(request: Any) -> int | None:
+def _expected(request: _Versioned) -> int | None:
     return request.expected_version if request.HasField("expected_version") else None
 
 
@@ -115,18 +128,24 @@ class RegistryApi(registry_pb2_grpc.RegistryServicer):
     # ---- online endpoints -----------------------------------------------------------------
 
     @domain_errors
-    async def CreateOnlineEndpoint(self, request: Any, context: Any) -> Any:
+    async def CreateOnlineEndpoint(
+        self, request: registry_pb2.CreateOnlineEndpointRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.OnlineEndpoint:
         spec = _spec(request.spec, OnlineEndpointSpec)
         return self._online_endpoint(
             await self._svc.create_online_endpoint(spec, actor_of(context))
         )
 
     @domain_errors
-    async def GetOnlineEndpoint(self, request: Any, context: Any) -> Any:
+    async def GetOnlineEndpoint(
+        self, request: registry_pb2.GetOnlineEndpointRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.OnlineEndpoint:
         return self._online_endpoint(await self._svc.get_online_endpoint(request.name))
 
     @domain_errors
-    async def ListOnlineEndpoints(self, request: Any, context: Any) -> Any:
+    async def ListOnlineEndpoints(
+        self, request: registry_pb2.ListOnlineEndpointsRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.ListOnlineEndpointsResponse:
         page = await self._svc.list_online_endpoints(
             request.page.page_size, request.page.page_token
         )
@@ -136,7 +155,9 @@ class RegistryApi(registry_pb2_grpc.RegistryServicer):
         )
 
     @domain_errors
-    async def UpdateOnlineEndpoint(self, request: Any, context: Any) -> Any:
+    async def UpdateOnlineEndpoint(
+        self, request: registry_pb2.UpdateOnlineEndpointRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.OnlineEndpoint:
         spec = _spec(request.spec, OnlineEndpointSpec)
         doc = await self._svc.update_online_endpoint(
             spec,
@@ -150,12 +171,18 @@ class RegistryApi(registry_pb2_grpc.RegistryServicer):
         return self._online_endpoint(doc)
 
     @domain_errors
-    async def DeleteOnlineEndpoint(self, request: Any, context: Any) -> Any:
+    async def DeleteOnlineEndpoint(
+        self, request: registry_pb2.DeleteOnlineEndpointRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.DeleteResponse:
         await self._svc.delete_online_endpoint(request.name, actor_of(context))
         return registry_pb2.DeleteResponse()
 
     async def _set_traffic(
-        self, request: Any, context: Any, *, mirror: bool
+        self,
+        request: registry_pb2.SetTrafficRequest,
+        context: grpc.aio.ServicerContext,
+        *,
+        mirror: bool,
     ) -> registry_pb2.OnlineEndpoint:
         shares: Mapping[str, int] = dict(request.traffic)
         doc = await self._svc.set_traffic(
@@ -168,15 +195,21 @@ class RegistryApi(registry_pb2_grpc.RegistryServicer):
         return self._online_endpoint(doc)
 
     @domain_errors
-    async def SetTraffic(self, request: Any, context: Any) -> Any:
+    async def SetTraffic(
+        self, request: registry_pb2.SetTrafficRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.OnlineEndpoint:
         return await self._set_traffic(request, context, mirror=False)
 
     @domain_errors
-    async def SetMirrorTraffic(self, request: Any, context: Any) -> Any:
+    async def SetMirrorTraffic(
+        self, request: registry_pb2.SetTrafficRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.OnlineEndpoint:
         return await self._set_traffic(request, context, mirror=True)
 
     @domain_errors
-    async def GetCredentials(self, request: Any, context: Any) -> Any:
+    async def GetCredentials(
+        self, request: registry_pb2.GetCredentialsRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.Credentials:
         creds = await self._svc.get_credentials(request.endpoint_name, actor_of(context))
         if creds.token is not None:
             return self._token(creds.token)
@@ -187,7 +220,9 @@ class RegistryApi(registry_pb2_grpc.RegistryServicer):
         )
 
     @domain_errors
-    async def RegenerateKeys(self, request: Any, context: Any) -> Any:
+    async def RegenerateKeys(
+        self, request: registry_pb2.RegenerateKeysRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.OnlineEndpoint:
         which = {
             registry_pb2.KEY_TYPE_PRIMARY: "primary",
             registry_pb2.KEY_TYPE_SECONDARY: "secondary",
@@ -198,28 +233,38 @@ class RegistryApi(registry_pb2_grpc.RegistryServicer):
         return self._online_endpoint(doc)
 
     @domain_errors
-    async def GetToken(self, request: Any, context: Any) -> Any:
+    async def GetToken(
+        self, request: registry_pb2.GetTokenRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.Credentials:
         return self._token(await self._svc.get_token(request.endpoint_name, actor_of(context)))
 
     @domain_errors
-    async def GetJwks(self, request: Any, context: Any) -> Any:
+    async def GetJwks(
+        self, request: registry_pb2.GetJwksRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.Jwks:
         return registry_pb2.Jwks(json=self._svc.jwks, issuer="sluice-registry")
 
     # ---- online deployments ---------------------------------------------------------------
 
     @domain_errors
-    async def CreateOnlineDeployment(self, request: Any, context: Any) -> Any:
+    async def CreateOnlineDeployment(
+        self, request: registry_pb2.CreateOnlineDeploymentRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.OnlineDeployment:
         spec = _spec(request.spec, OnlineDeploymentSpec)
         doc = await self._svc.create_online_deployment(spec, actor_of(context))
         return self._online_deployment(doc)
 
     @domain_errors
-    async def GetOnlineDeployment(self, request: Any, context: Any) -> Any:
+    async def GetOnlineDeployment(
+        self, request: registry_pb2.GetDeploymentRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.OnlineDeployment:
         doc = await self._svc.get_online_deployment(request.endpoint_name, request.name)
         return self._online_deployment(doc)
 
     @domain_errors
-    async def ListOnlineDeployments(self, request: Any, context: Any) -> Any:
+    async def ListOnlineDeployments(
+        self, request: registry_pb2.ListDeploymentsRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.ListOnlineDeploymentsResponse:
         page = await self._svc.list_online_deployments(
             request.endpoint_name, request.page.page_size, request.page.page_token
         )
@@ -229,13 +274,17 @@ class RegistryApi(registry_pb2_grpc.RegistryServicer):
         )
 
     @domain_errors
-    async def UpdateOnlineDeployment(self, request: Any, context: Any) -> Any:
+    async def UpdateOnlineDeployment(
+        self, request: registry_pb2.UpdateOnlineDeploymentRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.OnlineDeployment:
         spec = _spec(request.spec, OnlineDeploymentSpec)
         doc = await self._svc.update_online_deployment(spec, _expected(request), actor_of(context))
         return self._online_deployment(doc)
 
     @domain_errors
-    async def DeleteOnlineDeployment(self, request: Any, context: Any) -> Any:
+    async def DeleteOnlineDeployment(
+        self, request: registry_pb2.DeleteDeploymentRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.DeleteResponse:
         await self._svc.delete_online_deployment(
             request.endpoint_name, request.name, actor_of(context)
         )
@@ -244,16 +293,22 @@ class RegistryApi(registry_pb2_grpc.RegistryServicer):
     # ---- batch ----------------------------------------------------------------------------
 
     @domain_errors
-    async def CreateBatchEndpoint(self, request: Any, context: Any) -> Any:
+    async def CreateBatchEndpoint(
+        self, request: registry_pb2.CreateBatchEndpointRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.BatchEndpoint:
         spec = _spec(request.spec, BatchEndpointSpec)
         return self._batch_endpoint(await self._svc.create_batch_endpoint(spec, actor_of(context)))
 
     @domain_errors
-    async def GetBatchEndpoint(self, request: Any, context: Any) -> Any:
+    async def GetBatchEndpoint(
+        self, request: registry_pb2.GetBatchEndpointRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.BatchEndpoint:
         return self._batch_endpoint(await self._svc.get_batch_endpoint(request.name))
 
     @domain_errors
-    async def ListBatchEndpoints(self, request: Any, context: Any) -> Any:
+    async def ListBatchEndpoints(
+        self, request: registry_pb2.ListBatchEndpointsRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.ListBatchEndpointsResponse:
         page = await self._svc.list_batch_endpoints(request.page.page_size, request.page.page_token)
         return registry_pb2.ListBatchEndpointsResponse(
             endpoints=[self._batch_endpoint(d) for d in page.items],
@@ -261,36 +316,48 @@ class RegistryApi(registry_pb2_grpc.RegistryServicer):
         )
 
     @domain_errors
-    async def UpdateBatchEndpoint(self, request: Any, context: Any) -> Any:
+    async def UpdateBatchEndpoint(
+        self, request: registry_pb2.UpdateBatchEndpointRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.BatchEndpoint:
         spec = _spec(request.spec, BatchEndpointSpec)
         doc = await self._svc.update_batch_endpoint(spec, _expected(request), actor_of(context))
         return self._batch_endpoint(doc)
 
     @domain_errors
-    async def DeleteBatchEndpoint(self, request: Any, context: Any) -> Any:
+    async def DeleteBatchEndpoint(
+        self, request: registry_pb2.DeleteBatchEndpointRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.DeleteResponse:
         await self._svc.delete_batch_endpoint(request.name, actor_of(context))
         return registry_pb2.DeleteResponse()
 
     @domain_errors
-    async def SetDefaultDeployment(self, request: Any, context: Any) -> Any:
+    async def SetDefaultDeployment(
+        self, request: registry_pb2.SetDefaultDeploymentRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.BatchEndpoint:
         doc = await self._svc.set_default_deployment(
             request.endpoint_name, request.deployment_name, actor_of(context)
         )
         return self._batch_endpoint(doc)
 
     @domain_errors
-    async def CreateBatchDeployment(self, request: Any, context: Any) -> Any:
+    async def CreateBatchDeployment(
+        self, request: registry_pb2.CreateBatchDeploymentRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.BatchDeployment:
         spec = _spec(request.spec, BatchDeploymentSpec)
         doc = await self._svc.create_batch_deployment(spec, request.set_default, actor_of(context))
         return self._batch_deployment(doc)
 
     @domain_errors
-    async def GetBatchDeployment(self, request: Any, context: Any) -> Any:
+    async def GetBatchDeployment(
+        self, request: registry_pb2.GetDeploymentRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.BatchDeployment:
         doc = await self._svc.get_batch_deployment(request.endpoint_name, request.name)
         return self._batch_deployment(doc)
 
     @domain_errors
-    async def ListBatchDeployments(self, request: Any, context: Any) -> Any:
+    async def ListBatchDeployments(
+        self, request: registry_pb2.ListDeploymentsRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.ListBatchDeploymentsResponse:
         page = await self._svc.list_batch_deployments(
             request.endpoint_name, request.page.page_size, request.page.page_token
         )
@@ -300,13 +367,17 @@ class RegistryApi(registry_pb2_grpc.RegistryServicer):
         )
 
     @domain_errors
-    async def UpdateBatchDeployment(self, request: Any, context: Any) -> Any:
+    async def UpdateBatchDeployment(
+        self, request: registry_pb2.UpdateBatchDeploymentRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.BatchDeployment:
         spec = _spec(request.spec, BatchDeploymentSpec)
         doc = await self._svc.update_batch_deployment(spec, _expected(request), actor_of(context))
         return self._batch_deployment(doc)
 
     @domain_errors
-    async def DeleteBatchDeployment(self, request: Any, context: Any) -> Any:
+    async def DeleteBatchDeployment(
+        self, request: registry_pb2.DeleteDeploymentRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.DeleteResponse:
         await self._svc.delete_batch_deployment(
             request.endpoint_name, request.name, actor_of(context)
         )
@@ -315,8 +386,10 @@ class RegistryApi(registry_pb2_grpc.RegistryServicer):
     # ---- artifacts ------------------------------------------------------------------------
 
     async def UploadArtifact(
-        self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
-    ) -> Any:
+        self,
+        request_iterator: AsyncIterator[registry_pb2.ArtifactChunk],
+        context: grpc.aio.ServicerContext,
+    ) -> common_pb2.ArtifactRef:
         first = await anext(request_iterator, None)
         if first is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty upload")
