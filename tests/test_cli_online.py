@@ -7,8 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,6 +15,7 @@ import psutil
 import pytest
 
 from sluice.common.platform import PlatformState
+from sluice.common.testing.wait import wait_for
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")
@@ -50,16 +49,6 @@ class Cli:
 
     def json(self, *args: str) -> Any:
         return json.loads(self.ok(*args, "-o", "json").stdout)
-
-
-def wait_for(condition: Callable[[], T | None], what: str, timeout: float = 60) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def score(address: str) -> Any:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -16,21 +14,12 @@ import pytest
 
 from sluice.common.resources import OnlineDeployment, ProvisioningState
 from sluice.common.testing.plugin import RunningService, ServiceStarter
+from sluice.common.testing.wait import wait_for
 from sluice.sdk.client import RegistryClient
 from sluice.sdk.specs import load_online_deployment, load_online_endpoint
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")
-
-
-def wait_for(condition: Callable[[], T | None], what: str, timeout: float = 60) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def deploy(
@@ -180,7 +169,7 @@ def test_deleting_stops_instances_and_logs_are_served(
             return True
         return False
 
-    wait_for(gone, "the instance to stop", timeout=20)
+    wait_for(gone, "the instance to stop", deadline=20)
 
 
 def test_environment_from_conda_file_is_built_once_and_shared(
@@ -195,7 +184,7 @@ def test_environment_from_conda_file_is_built_once_and_shared(
         ).spec
         client.create_online_deployment(spec)
     for name in ("blue", "green"):
-        doc = wait_for(lambda n=name: settled(client, n), f"{name} to settle", timeout=180)
+        doc = wait_for(lambda n=name: settled(client, n), f"{name} to settle", deadline=180)
         assert doc.meta.provisioning_state is ProvisioningState.succeeded, doc.meta.status_message
         score(doc.instances[0].address)
     # As root, an environment without packages may also be there: the platform's interpreter's
@@ -329,5 +318,5 @@ def test_target_utilization_scales_out_under_load_and_back_in(
     finally:
         stop.set()
         worker.join(timeout=10)
-    wait_for(lambda: len(state(client).instances) == 1, "scale back in once idle", timeout=60)
+    wait_for(lambda: len(state(client).instances) == 1, "scale back in once idle", deadline=60)
     assert state(client).meta.provisioning_state is ProvisioningState.succeeded

@@ -20,19 +20,11 @@ from sluice.common.mongo import Document
 from sluice.common.resources import ONLINE_DEPLOYMENTS, ONLINE_ENDPOINTS, OnlineEndpointSpec
 from sluice.common.supervisor import Supervisor, free_port, stop_process
 from sluice.common.testing.plugin import ServiceStarter
+from sluice.common.testing.wait import wait_for_async
 from sluice.sdk.client import RegistryClient, SluiceError
 from sluice.sdk.specs import load_online_deployment
 
 pytestmark = pytest.mark.integration
-
-
-async def _wait_for(condition, what: str, deadline_s: float = 30):  # type: ignore[no-untyped-def]
-    end = asyncio.get_running_loop().time() + deadline_s
-    while not (result := await condition()):
-        if asyncio.get_running_loop().time() > end:
-            raise AssertionError(f"{what}: not within {deadline_s}s")
-        await asyncio.sleep(0.1)
-    return result
 
 
 async def test_a_nats_outage_delays_events_but_fails_no_call(
@@ -55,7 +47,7 @@ async def test_a_nats_outage_delays_events_but_fails_no_call(
 
     with RegistryClient(registry.address, settings.admin_token, actor="tester") as client:
         client.create_online_endpoint(OnlineEndpointSpec(name="before-outage"))
-        await _wait_for(outbox_empty, "the relay delivers the first event")
+        await wait_for_async(outbox_empty, "the relay delivers the first event")
         stop_process(process)
         # NATS is gone: the call still succeeds, its event waits in the outbox.
         client.create_online_endpoint(OnlineEndpointSpec(name="during-outage"))
@@ -76,7 +68,7 @@ async def test_a_nats_outage_delays_events_but_fails_no_call(
             stream=settings.events_stream,
             config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
         )
-        await _wait_for(outbox_empty, "the relay delivers the stored event", deadline_s=60)
+        await wait_for_async(outbox_empty, "the relay delivers the stored event")
         messages = await sub.fetch(10, timeout=5)
         for m in messages:
             await m.ack()

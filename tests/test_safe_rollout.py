@@ -11,8 +11,6 @@ from __future__ import annotations
 import collections
 import re
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -21,6 +19,7 @@ import pytest
 from sluice.common.platform import PlatformState
 from sluice.common.resources import ProvisioningState
 from sluice.common.settings import Settings
+from sluice.common.testing.wait import wait_for
 from sluice.sdk.client import RegistryClient, get_logs
 from sluice.sdk.invoke import DEPLOYMENT_HEADER, GatewayTarget, send
 from sluice.sdk.specs import load_online_deployment, load_online_endpoint
@@ -29,16 +28,6 @@ pytestmark = pytest.mark.integration
 T = TypeVar("T")
 ENDPOINT = "rollout-e2e"
 BODY = b'{"data": [[1,2,3,4,5,6,7,8,9,10]]}'
-
-
-def wait_for(condition: Callable[[], T | None], what: str, timeout: float = 90) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 class SteadyClient:
@@ -81,7 +70,7 @@ class SteadyClient:
         """Who served the next `requests` requests."""
         before = self.served.copy()
         target = self.total + requests
-        wait_for(lambda: self.total >= target, f"{requests} more requests", timeout=60)
+        wait_for(lambda: self.total >= target, f"{requests} more requests", deadline=60)
         return self.served - before
 
 
@@ -116,6 +105,7 @@ def test_safe_rollout_loses_no_request(
                     and d
                 ),
                 f"{name} to settle",
+                deadline=90,
             )
             assert doc.meta.provisioning_state is ProvisioningState.succeeded, (
                 doc.meta.status_message
@@ -137,6 +127,7 @@ def test_safe_rollout_loses_no_request(
                 == 200
             ),
             "blue to be routed",
+            deadline=90,
         )
         steady.start()
         try:
@@ -159,6 +150,7 @@ def test_safe_rollout_loses_no_request(
                     and r
                 ),
                 "the pin to reach green",
+                deadline=90,
             )
             assert dict((k.lower(), v) for k, v in pinned[1])[DEPLOYMENT_HEADER] == "green"
             assert set(steady.window()) == {"blue"}
@@ -166,15 +158,15 @@ def test_safe_rollout_loses_no_request(
             # Mirror 10% to green: clients still only see blue; green receives copies.
             before = green_requests(settings)
             client.set_traffic(ENDPOINT, {"green": 10}, mirror=True)
-            wait_for(lambda: green_requests(settings) > before, "mirrored copies at green")
+            wait_for(lambda: green_requests(settings) > before, "mirrored copies at green", 90)
             assert set(steady.window(100)) == {"blue"}
             client.set_traffic(ENDPOINT, {"green": 0}, mirror=True)
 
             # 90/10, then 0/100.
             client.set_traffic(ENDPOINT, {"blue": 90, "green": 10})
-            wait_for(lambda: steady.window(40)["green"] > 0, "green to take live traffic")
+            wait_for(lambda: steady.window(40)["green"] > 0, "green to take live traffic", 90)
             client.set_traffic(ENDPOINT, {"blue": 0, "green": 100})
-            wait_for(lambda: set(steady.window(40)) == {"green"}, "green to take everything")
+            wait_for(lambda: set(steady.window(40)) == {"green"}, "green to take everything", 90)
 
             # Delete blue while the client keeps going.
             client.delete_online_deployment(ENDPOINT, "blue")
