@@ -1,25 +1,41 @@
-"""The batch service as a real process: jobs through the work queue, end to end.
+"""Batch jobs end to end through the `sluice` CLI, on real processes.
 
 Real nats-server, SecantusDB, registry and batch service; workers are real
-processes running real scoring scripts over small CSV folders.
+processes running real scoring scripts over small CSV folders. Each test
+says what Azure's batch endpoints promise and checks the output file row by
+row.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
+from faststream.nats import NatsBroker
 
+from sluice.batch.worker import CONFIG_ENV
 from sluice.common.testing.plugin import RunningService, ServiceStarter
-from sluice.sdk.batch import BatchClient, state_name
+from sluice.sdk.batch import TERMINAL, BatchClient, state_name
 from sluice.sdk.client import RegistryClient
 from sluice.sdk.specs import load_batch_deployment, load_batch_endpoint
 
-pytestmark = pytest.mark.integration
+# Each test starts worker processes that import pandas; on a loaded 2-core machine that
+# alone can take tens of seconds.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
+# Azure-style scoring script: one line per input row, "file,x,prediction".
 SCRIPT = """\
 import os
 import time
@@ -36,19 +52,35 @@ def run(mini_batch):
     rows = []
     for path in mini_batch:
         name = os.path.basename(path)
-        if name.startswith("bad"):
+        if "bad" in name:
             raise ValueError(f"cannot score {name}")
-        delay = float(os.environ.get("DELAY_S", "0"))
-        if delay:
-            time.sleep(delay)
-        frame = pd.read_csv(path)
-        for x in frame["x"]:
+        time.sleep(float(os.environ.get("DELAY_S", "0")))
+        for x in pd.read_csv(path)["x"]:
             rows.append(f"{name},{x},{x * factor}")
     return rows
 """
 
+# Returns a DataFrame, as most of Azure's samples do.
+FRAME_SCRIPT = """\
+import os
 
-def wait_for(check: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
+import pandas as pd
+
+
+def init():
+    pass
+
+
+def run(mini_batch):
+    frames = []
+    for path in mini_batch:
+        data = pd.read_csv(path)
+        frames.append(pd.DataFrame({"file": os.path.basename(path), "y": data["x"] * 2}))
+    return pd.concat(frames)
+"""
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 90.0, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = check()
@@ -58,6 +90,53 @@ def wait_for(check: Callable[[], Any], timeout: float = 60.0, what: str = "condi
     raise AssertionError(f"timed out waiting for {what}")
 
 
+class Cli:
+    """`sluice ...` as a subprocess, pointed at this test's services.
+
+    Waiting polls the batch service in-process (a CLI start costs seconds on a busy
+    machine); what a test asserts comes from the CLI.
+    """
+
+    def __init__(self, env: dict[str, str], cwd: Path):
+        self.env = env
+        self.cwd = cwd
+
+    def state(self, name: str) -> Any:
+        with BatchClient(self.env["SLUICE_BATCH_ADDRESS"], self.env["SLUICE_ADMIN_TOKEN"]) as c:
+            return c.get(name)
+
+    def __call__(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "sluice.sdk.cli", *args],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            cwd=self.cwd,
+            timeout=180,
+            check=False,
+        )
+        if ok:
+            assert result.returncode == 0, result.stdout + result.stderr
+        return result
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self(*args, "-o", "json").stdout)
+
+    def error(self, *args: str) -> str:
+        result = self(*args, ok=False)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "Traceback" not in result.stderr
+        return result.stderr
+
+    def job(self, name: str) -> dict[str, Any]:
+        found: dict[str, Any] = self.json("job", "show", "-n", name)
+        return found
+
+    def finished(self, name: str, timeout: float = 120) -> dict[str, Any]:
+        wait_for(lambda: state_name(self.state(name)) in TERMINAL, timeout, f"job {name} to end")
+        return self.job(name)
+
+
 @pytest.fixture
 def batch(start_service: ServiceStarter, registry: RunningService) -> RunningService:
     del registry
@@ -65,20 +144,30 @@ def batch(start_service: ServiceStarter, registry: RunningService) -> RunningSer
 
 
 @pytest.fixture
-def jobs(batch: RunningService) -> Iterator[BatchClient]:
-    assert batch.settings.admin_token
-    with BatchClient(batch.address, batch.settings.admin_token, actor="tester") as c:
-        yield c
+def cli(batch: RunningService, registry: RunningService, tmp_path: Path) -> Cli:
+    env = {
+        **os.environ,
+        "SLUICE_REGISTRY_ADDRESS": registry.address,
+        "SLUICE_BATCH_ADDRESS": batch.address,
+        "SLUICE_ADMIN_TOKEN": batch.settings.admin_token or "",
+        "SLUICE_STATE_DIR": str(batch.settings.state_dir),
+        "NO_COLOR": "1",
+        "COLUMNS": "200",
+    }
+    return Cli(env, tmp_path)
 
 
 def make_csvs(
-    folder: Path, files: int, rows: int, bad: tuple[int, ...] = (), prefix: str = "f"
+    folder: Path, files: int, rows: int, *, prefix: str = "f", bad: tuple[int, ...] = ()
 ) -> list[str]:
-    """CSV files <prefix>000.csv... with column x; returns the expected output lines in order."""
+    """CSV files <prefix>000.csv... (<prefix>000-bad.csv for `bad`) with a column x.
+
+    Returns the lines SCRIPT writes for them, in file order.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     expected = []
     for i in range(files):
-        name = f"{'bad' if i in bad else prefix}{i:03d}.csv"
+        name = f"{prefix}{i:03d}{'-bad' if i in bad else ''}.csv"
         values = [(ord(prefix[0]) * 100 + i) * 1000 + r for r in range(rows)]
         (folder / name).write_text("x\n" + "".join(f"{v}\n" for v in values))
         if i not in bad:
@@ -86,45 +175,299 @@ def make_csvs(
     return expected
 
 
-def deploy(client: RegistryClient, tmp: Path, endpoint: str, settings: str = "") -> None:
-    code = tmp / "code"
-    code.mkdir(exist_ok=True)
-    (code / "score.py").write_text(SCRIPT)
-    (tmp / "endpoint.yml").write_text(f"name: {endpoint}\n")
-    (tmp / "deployment.yml").write_text(
-        f"name: dep1\nendpoint_name: {endpoint}\ntype: model\n"
+def deploy(
+    cli: Cli,
+    endpoint: str,
+    *,
+    script: str = SCRIPT,
+    name: str = "score",
+    settings: str = "",
+    env: dict[str, str] | None = None,
+    with_cli: bool = False,
+) -> None:
+    """A batch endpoint and its default deployment running `script` (2 workers, 2 files each)."""
+    folder = cli.cwd / f"{endpoint}-{name}"
+    (folder / "code").mkdir(parents=True)
+    (folder / "code" / "score.py").write_text(script)
+    (folder / "endpoint.yml").write_text(f"name: {endpoint}\n")
+    variables = "".join(f"    {k}: '{v}'\n" for k, v in (env or {}).items())
+    (folder / "deployment.yml").write_text(
+        f"name: {name}\nendpoint_name: {endpoint}\ntype: model\n"
         "code_configuration: {code: code/, scoring_script: score.py}\n"
         "resources: {instance_count: 1}\n"
-        f"settings:\n  mini_batch_size: 2\n  max_concurrency_per_instance: 2\n{settings}"
+        "settings:\n  mini_batch_size: 2\n  max_concurrency_per_instance: 2\n"
+        "  retry_settings: {max_retries: 1, timeout: 30}\n"
+        + (f"  environment_variables:\n{variables}" if variables else "")
+        + settings
     )
-    client.create_batch_endpoint(load_batch_endpoint(tmp / "endpoint.yml").spec)
-    spec = load_batch_deployment(tmp / "deployment.yml", client.upload).spec
-    client.create_batch_deployment(spec, set_default=True)
+    if with_cli:
+        cli("batch-endpoint", "create", "-f", str(folder / "endpoint.yml"))
+        cli("batch-deployment", "create", "-f", str(folder / "deployment.yml"), "--set-default")
+        return
+    with RegistryClient(cli.env["SLUICE_REGISTRY_ADDRESS"], cli.env["SLUICE_ADMIN_TOKEN"]) as c:
+        c.create_batch_endpoint(load_batch_endpoint(folder / "endpoint.yml").spec)
+        spec = load_batch_deployment(folder / "deployment.yml", c.upload).spec
+        c.create_batch_deployment(spec, set_default=True)
 
 
-def finished(jobs: BatchClient, name: str, timeout: float = 90) -> Any:
-    return wait_for(
-        lambda: (
-            (j := jobs.get(name)) and state_name(j) in {"Completed", "Failed", "Canceled"} and j
-        ),
-        timeout,
-        f"job {name} to end",
+def invoke(cli: Cli, endpoint: str, data: Path | str, *extra: str) -> dict[str, Any]:
+    job: dict[str, Any] = cli.json(
+        "batch-endpoint", "invoke", "-n", endpoint, "--input", str(data), *extra
     )
+    return job
 
 
-def test_folder_of_csvs_every_row_once_in_order(
-    client: RegistryClient, jobs: BatchClient, tmp_path: Path
+def output_lines(job: dict[str, Any]) -> list[str]:
+    return (Path(job["output_path"]) / job["output_file_name"]).read_text().splitlines()
+
+
+def workers_of(job: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if job in proc.environ().get(CONFIG_ENV, ""):
+                found.append(proc)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+def test_folder_of_csvs_every_row_once_in_order(cli: Cli, batch: RunningService) -> None:
+    deploy(cli, "csv-batch", with_cli=True)
+    data = cli.cwd / "data"
+    # Files in stable order by relative path: g000, g001, then sub/f000 ... sub/f004.
+    expected = make_csvs(data, 2, 2, prefix="g") + make_csvs(data / "sub", 5, 3)
+    result = cli(
+        "batch-endpoint", "invoke", "-n", "csv-batch", "--input", "data", "--stream", "-o", "json"
+    )
+    job = json.loads(result.stdout)
+    assert job["status"] == "Completed", job["status_message"]
+    assert output_lines(job) == expected
+    assert job["progress"]["mini_batches_total"] == job["progress"]["mini_batches_done"] == 4
+    assert job["progress"]["files_succeeded"] == 7 and job["progress"]["files_failed"] == 0
+    assert job["workers"] == 2
+    assert job["cost"]["worker_seconds"] > 0 and job["cost"]["cost"] > 0
+    assert job["cost"]["instance_type"] == "Standard_DS3_v2"
+    # Jobs are listed per endpoint and per deployment, and their logs kept and streamable.
+    assert [j["name"] for j in cli.json("batch-endpoint", "list-jobs", "-n", "csv-batch")] == [
+        job["name"]
+    ]
+    listed = cli.json("batch-deployment", "list-jobs", "-n", "score", "-e", "csv-batch")
+    assert [j["status"] for j in listed] == ["Completed"]
+    logs = cli("job", "stream", "-n", job["name"]).stdout
+    assert "runner" in logs and "worker-0" in logs and "worker-1" in logs
+    assert "init() done" in logs and "mini-batch 3 done" in logs
+    # Downloaded as Azure's samples read it: named-outputs/score/<file>.
+    cli("job", "download", "-n", job["name"], "--download-path", "dl")
+    assert (cli.cwd / "dl/named-outputs/score/predictions.csv").read_text().splitlines() == (
+        expected
+    )
+    # Compute exists only while the job runs.
+    assert workers_of(job["name"]) == []
+
+
+async def test_state_changes_are_events(cli: Cli, batch: RunningService) -> None:
+    settings = batch.settings
+    assert settings.nats_url
+    broker = NatsBroker(settings.nats_url, logger=None)
+    await broker.connect()
+    try:
+        deploy(cli, "event-batch")
+        make_csvs(cli.cwd / "data", 1, 1)
+        job = invoke(cli, "event-batch", cli.cwd / "data")
+        cli.finished(job["name"])
+        js = broker.connection.jetstream()
+        sub = await js.subscribe(
+            f"{settings.events_subject_prefix}.batch.job.>",
+            stream=settings.events_stream,
+            ordered_consumer=True,
+        )
+        seen = []
+        while len(seen) < 3:
+            msg = await sub.next_msg(timeout=10)
+            event = json.loads(msg.data)
+            if event["subject"] == job["name"]:
+                seen.append((msg.subject.rsplit(".", 1)[1], event["data"]["state"]))
+        assert seen == [("queued", "Queued"), ("running", "Running"), ("completed", "Completed")]
+        await sub.unsubscribe()
+    finally:
+        await broker.stop()
+
+
+def test_dataframe_rows_space_separated_and_parquet(cli: Cli) -> None:
+    deploy(cli, "frame-batch", script=FRAME_SCRIPT)
+    make_csvs(cli.cwd / "data", 3, 2)
+    job = cli.finished(invoke(cli, "frame-batch", cli.cwd / "data")["name"])
+    # Azure's append_row: DataFrame rows without header or index, separated by spaces.
+    assert output_lines(job)[:3] == ["f000.csv 20400000", "f000.csv 20400002", "f001.csv 20402000"]
+    assert len(output_lines(job)) == 6
+    parquet = cli.finished(
+        invoke(cli, "frame-batch", cli.cwd / "data", "--set", "output_file_name=scores.parquet")[
+            "name"
+        ]
+    )
+    import pandas as pd
+
+    frame = pd.read_parquet(Path(parquet["output_path"]) / "scores.parquet")
+    assert list(frame.columns) == ["file", "y"]
+    assert frame["y"].tolist() == [20400000, 20400002, 20402000, 20402002, 20404000, 20404002]
+
+
+def test_error_threshold_fails_or_completes(cli: Cli) -> None:
+    deploy(cli, "err-batch", settings="  error_threshold: -1\n")
+    expected = make_csvs(cli.cwd / "data", 6, 1, bad=(1, 4))
+    job = cli.finished(invoke(cli, "err-batch", cli.cwd / "data")["name"])
+    # -1: failures never fail the job; the good mini-batch's rows are all there.
+    assert job["status"] == "Completed"
+    assert job["progress"]["files_failed"] == 4  # two mini-batches of two files each
+    assert job["progress"]["mini_batches_failed"] == 2
+    # Mini-batches [f000, bad001] and [bad004, f005] failed; [f002, f003] was written.
+    assert output_lines(job) == [line for line in expected if line.startswith(("f002", "f003"))]
+    errors = job["errors"]
+    assert [e["mini_batch"] for e in errors] == [0, 2]
+    assert errors[0]["files"][1].endswith("f001-bad.csv")
+    assert "ValueError: cannot score f001-bad.csv" in errors[0]["exception"]
+    assert errors[0]["attempts"] == 2  # max_retries=1: tried twice
+    failed = cli.finished(
+        invoke(cli, "err-batch", cli.cwd / "data", "--set", "error_threshold=1")["name"]
+    )
+    assert failed["status"] == "Failed"
+    assert "more than error_threshold=1" in failed["status_message"]
+    assert "bad" in failed["status_message"] and "cannot score" in failed["status_message"]
+    assert workers_of(failed["name"]) == []
+
+
+def test_worker_killed_mid_batch_every_row_once(cli: Cli, batch: RunningService) -> None:
+    deploy(cli, "kill-batch", env={"DELAY_S": "1"})
+    expected = make_csvs(cli.cwd / "data", 8, 3)
+    job = invoke(cli, "kill-batch", cli.cwd / "data")
+    logs = Path(batch.settings.state_dir) / "jobs" / job["name"] / "logs"
+    # Kill worker-0 while it holds a mini-batch (started, not done).
+    wait_for(lambda: "attempt 1" in _read(logs / "worker-0.log"), what="worker-0 busy")
+    victim = [p for p in workers_of(job["name"]) if "worker-0" in p.environ()[CONFIG_ENV]]
+    assert len(victim) == 1
+    # Deployment code sees none of the platform's secrets.
+    assert not {"SLUICE_ADMIN_TOKEN", "SLUICE_SECRET_KEY", "SLUICE_MONGODB_URI"} & set(
+        victim[0].environ()
+    )
+    victim[0].send_signal(signal.SIGKILL)
+    done = cli.finished(job["name"])
+    assert done["status"] == "Completed", done["status_message"]
+    assert output_lines(done) == expected
+    assert done["progress"]["mini_batches_done"] == 4
+    assert "exited with code -9" in _read(logs / "runner.log")
+    # The killed worker's mini-batch came back (un-acked) and ran again.
+    assert any("attempt 2" in _read(log) for log in logs.glob("worker-*.log"))
+
+
+def test_cancel_stops_workers(cli: Cli) -> None:
+    deploy(cli, "cancel-batch", env={"DELAY_S": "2"})
+    make_csvs(cli.cwd / "data", 10, 1)
+    job = invoke(cli, "cancel-batch", cli.cwd / "data")
+    wait_for(lambda: len(workers_of(job["name"])) == 2, what="workers")
+    canceled = cli.json("job", "cancel", "-n", job["name"])
+    assert canceled["status"] == "Canceled"
+    assert workers_of(job["name"]) == []
+    assert "already Canceled" in cli.error("job", "cancel", "-n", job["name"])
+
+
+def test_service_restart_resumes_the_job(
+    cli: Cli, batch: RunningService, start_service: ServiceStarter
 ) -> None:
-    deploy(client, tmp_path, "csv-batch")
-    # Sorted by relative path: g000.csv, g001.csv, then sub/f000.csv ... sub/f004.csv.
-    expected = make_csvs(tmp_path / "data", 2, 2, prefix="g")
-    expected += make_csvs(tmp_path / "data" / "sub", 5, 3)
-    job = jobs.invoke("csv-batch", input=str(tmp_path / "data"))
-    assert state_name(job) == "Queued"
-    assert job.progress.mini_batches_total == 4 and job.progress.files_total == 7
-    done = finished(jobs, job.name)
-    assert state_name(done) == "Completed", done.status_message
-    out = Path(done.output_path) / "predictions.csv"
-    assert out.read_text().splitlines() == expected
-    assert done.progress.mini_batches_done == 4 and done.progress.files_succeeded == 7
-    assert done.cost.worker_seconds > 0 and done.cost.cost > 0
+    deploy(cli, "resume-batch", env={"DELAY_S": "0.3"})
+    expected = make_csvs(cli.cwd / "data", 12, 2)
+    job = invoke(cli, "resume-batch", cli.cwd / "data")
+    wait_for(lambda: cli.state(job["name"]).progress.mini_batches_done >= 1, what="progress")
+    start_service.stop(batch)
+    again = start_service("batch")
+    cli.env["SLUICE_BATCH_ADDRESS"] = again.address
+    done = cli.finished(job["name"])
+    assert done["status"] == "Completed", done["status_message"]
+    assert output_lines(done) == expected
+    runner_log = _read(Path(again.settings.state_dir) / "jobs" / job["name"] / "logs/runner.log")
+    assert "resuming job" in runner_log
+
+
+def test_bad_inputs_are_refused_at_invoke(cli: Cli) -> None:
+    deploy(cli, "bad-batch")
+    (cli.cwd / "empty").mkdir()
+    assert "does not exist" in cli.error(
+        "batch-endpoint", "invoke", "-n", "bad-batch", "--input", "file:///no/such/folder"
+    )
+    assert "has no files" in cli.error(
+        "batch-endpoint", "invoke", "-n", "bad-batch", "--input", "empty"
+    )
+    assert "no data assets yet" in cli.error(
+        "batch-endpoint", "invoke", "-n", "bad-batch", "--input", "azureml:my-data:1"
+    )
+    assert "cannot be downloaded" in cli.error(
+        "batch-endpoint", "invoke", "-n", "bad-batch", "--input", "http://127.0.0.1:9/x.csv"
+    )
+    assert "mini_batch_size must be at least 1" in cli.error(
+        "batch-endpoint", "invoke", "-n", "bad-batch", "--input", ".", "-m", "0"
+    )
+    # Nothing was created by any of them.
+    assert cli.json("job", "list") == []
+
+
+def test_http_input_is_downloaded(cli: Cli) -> None:
+    deploy(cli, "http-batch")
+    served = cli.cwd / "served"
+    expected = make_csvs(served, 1, 3)
+    handler = partial(SimpleHTTPRequestHandler, directory=str(served))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/f000.csv"
+        job = cli.finished(invoke(cli, "http-batch", url, "--input-type", "uri_file")["name"])
+    finally:
+        server.shutdown()
+    assert job["status"] == "Completed", job["status_message"]
+    assert output_lines(job) == expected
+
+
+def test_mlflow_model_without_script(cli: Cli, mlflow_model: Path) -> None:
+    folder = cli.cwd / "mlflow"
+    folder.mkdir()
+    (folder / "endpoint.yml").write_text("name: mlflow-batch\n")
+    (folder / "deployment.yml").write_text(
+        f"name: mlflow\nendpoint_name: mlflow-batch\ntype: model\nmodel:\n  path: {mlflow_model}\n"
+        "settings: {mini_batch_size: 2}\n"
+    )
+    with RegistryClient(cli.env["SLUICE_REGISTRY_ADDRESS"], cli.env["SLUICE_ADMIN_TOKEN"]) as c:
+        c.create_batch_endpoint(load_batch_endpoint(folder / "endpoint.yml").spec)
+        c.create_batch_deployment(
+            load_batch_deployment(folder / "deployment.yml", c.upload).spec, set_default=True
+        )
+    data = cli.cwd / "data"
+    data.mkdir()
+    (data / "a.csv").write_text("x\n1.0\n2.0\n")
+    (data / "b.csv").write_text("x\n10.0\n")
+    job = cli.finished(invoke(cli, "mlflow-batch", data)["name"])
+    assert job["status"] == "Completed", job["status_message"]
+    # Azure's MLflow batch output: row, prediction, file.
+    rows = [line.split(",") for line in output_lines(job)]
+    assert [(r[0], round(float(r[1]), 6), r[2]) for r in rows] == [
+        ("0", 3.0, "a.csv"),
+        ("1", 5.0, "a.csv"),
+        ("0", 21.0, "b.csv"),
+    ]
+
+
+@pytest.fixture(scope="session")
+def mlflow_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """y = 2x + 1 as an MLflow sklearn model (saved in a subprocess: MLflow imports slowly)."""
+    target = tmp_path_factory.mktemp("mlflow") / "model"
+    code = (
+        "import sys, pandas as pd, mlflow.sklearn\n"
+        "from sklearn.linear_model import LinearRegression\n"
+        "m = LinearRegression().fit(pd.DataFrame({'x': [1.0, 2.0, 3.0]}), [3.0, 5.0, 7.0])\n"
+        "mlflow.sklearn.save_model(m, sys.argv[1], serialization_format='cloudpickle')\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(target)], check=True, timeout=300)
+    return target
+
+
+def _read(path: Path) -> str:
+    return path.read_text() if path.exists() else ""

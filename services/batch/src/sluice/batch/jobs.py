@@ -156,10 +156,7 @@ class JobStore:
 
     async def update(self, name: str, **fields: Any) -> Job | None:
         """Set fields (JSON-able values or models) and return the job as it now is."""
-        values = {
-            k: v.model_dump(mode="json") if isinstance(v, BaseModel) else _plain(v)
-            for k, v in fields.items()
-        }
+        values = {k: _plain(v) for k, v in fields.items()}
         raw = await self._jobs.find_one_and_update(
             {"_id": name}, {"$set": values}, return_document=ReturnDocument.AFTER
         )
@@ -169,13 +166,7 @@ class JobStore:
         self, name: str, to: JobState, *, when: set[JobState], **fields: Any
     ) -> Job | None:
         """Move to `to` only from one of the `when` states; None if the job was elsewhere."""
-        values = {
-            "state": to.value,
-            **{
-                k: v.model_dump(mode="json") if isinstance(v, BaseModel) else _plain(v)
-                for k, v in fields.items()
-            },
-        }
+        values = {"state": to.value, **{k: _plain(v) for k, v in fields.items()}}
         raw = await self._jobs.find_one_and_update(
             {"_id": name, "state": {"$in": [s.value for s in when]}},
             {"$set": values},
@@ -185,9 +176,12 @@ class JobStore:
 
 
 def _plain(value: Any) -> Any:
+    """A field value as stored: models, dates and enums as JSON types (like `_document`)."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
     if isinstance(value, datetime):
         return value.isoformat()
-    if isinstance(value, tuple):
+    if isinstance(value, tuple | list):
         return [_plain(v) for v in value]
     if isinstance(value, StrEnum):
         return value.value

@@ -106,16 +106,45 @@ class WorkerProcess:
     log_path: Path
     started: float = field(default_factory=time.monotonic)
 
-    def stop(self) -> None:
+    def signal(self, sig: signal.Signals) -> None:
         if self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+                os.killpg(self.process.pid, sig)
+
+
+async def stop_all(workers: list[WorkerProcess]) -> None:
+    """SIGTERM every worker, SIGKILL those still there after the grace period."""
+    for worker in workers:
+        worker.signal(signal.SIGTERM)
+    exits = [asyncio.ensure_future(asyncio.to_thread(w.process.wait)) for w in workers]
+    if not exits:
+        return
+    _, pending = await asyncio.wait(exits, timeout=STOP_GRACE_S)
+    for worker in workers:
+        worker.signal(signal.SIGKILL)
+    if pending:
+        await asyncio.wait(pending)
+
+
+def worker_env(job: Job, python: str, home: Path, cfg: WorkerConfig) -> dict[str, str]:
+    """A worker's whole environment: nothing of the platform's (no admin token, secret key or
+    database URI reaches deployment code), Azure's variables and the deployment's own."""
+    env = {
+        **job.settings.environment_variables,
+        "PATH": f"{Path(python).parent}:/usr/local/bin:/usr/bin:/bin",
+        "HOME": str(home),
+        "TMPDIR": str(home),
+        "LANG": "C.UTF-8",
+        "PYTHONUNBUFFERED": "1",
+        "AZUREML_DEPLOYMENT_NAME": job.deployment_name,
+        "AZUREML_ENDPOINT_NAME": job.endpoint_name,
+        CONFIG_ENV: cfg.model_dump_json(),
+    }
+    if cfg.code:
+        env["AML_APP_ROOT"] = env["AZUREML_SOURCE_DIRECTORY"] = cfg.code
+    if cfg.scoring_script:
+        env["AZUREML_ENTRY_SCRIPT"] = cfg.scoring_script
+    return env
 
 
 def job_dir(jobs_dir: Path, name: str) -> Path:
@@ -163,13 +192,16 @@ class JobRunner:
             await self._finish(JobState.failed, str(exc))
         except asyncio.CancelledError:
             self.log("runner stopping with its service; the job resumes when it restarts")
-            self._stop_workers()
+            await self._stop_workers()
             raise
         except Exception as exc:
             log.exception("job_runner_crashed", job=self.job.name)
-            await self._finish(JobState.failed, f"the batch runner failed: {exc!r}")
+            try:
+                await self._finish(JobState.failed, f"the batch runner failed: {exc!r}")
+            except Exception:  # the job stays Running; a restarted service resumes it
+                log.exception("job_finish_failed", job=self.job.name)
         finally:
-            self._stop_workers()
+            await self._stop_workers()
             if subscriber is not None:
                 with contextlib.suppress(Exception):
                     await subscriber.stop()
@@ -279,12 +311,7 @@ class JobRunner:
     def _spawn(self, name: str) -> None:
         log_path = self.dir / "logs" / f"{name}.log"
         cfg = self.config.model_copy(update={"worker": name})
-        env = {
-            **os.environ,
-            **self.job.settings.environment_variables,
-            CONFIG_ENV: cfg.model_dump_json(),
-            "PYTHONUNBUFFERED": "1",
-        }
+        env = worker_env(self.job, self.python, self.dir, cfg)
         with log_path.open("ab") as out:
             process = subprocess.Popen(
                 [self.python, "-m", "sluice.batch.worker"],
@@ -322,9 +349,9 @@ class JobRunner:
             self._spawn(worker.name)
             await self._record_pids()
 
-    def _stop_workers(self) -> None:
+    async def _stop_workers(self) -> None:
+        await stop_all(self.workers)
         for worker in self.workers:
-            worker.stop()
             self.worker_seconds += time.monotonic() - worker.started
         if self.workers:
             self.log(f"{len(self.workers)} workers stopped")
@@ -389,7 +416,7 @@ class JobRunner:
             await self._reap_workers()
 
     async def _finish(self, state: JobState, message: str = "") -> None:
-        self._stop_workers()
+        await self._stop_workers()
         progress, errors = self._progress()
         done = sorted(i for i, r in self.results.items() if r.ok)
         s = self.job.settings

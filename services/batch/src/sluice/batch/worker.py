@@ -222,7 +222,10 @@ def main() -> None:
         say(f"init() failed:\n{traceback.format_exc().rstrip()}")
         sys.exit(EXIT_INIT_FAILED)
     say("init() done")
-    sys.exit(asyncio.run(Worker(cfg, functions).serve()))
+    code = asyncio.run(Worker(cfg, functions).serve())
+    # Leave at once: libraries a scoring script imports may hold non-daemon threads.
+    sys.stdout.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from sluice.sdk.cli import (
     batch_deployment,
     batch_endpoint,
     demo,
+    job,
     online_deployment,
     online_endpoint,
     platform_cmds,
@@ -43,6 +44,7 @@ app.add_typer(batch_endpoint.app, name="batch-endpoint")
 app.add_typer(batch_deployment.app, name="batch-deployment")
 app.add_typer(tls_cmds.app, name="tls")
 app.add_typer(alert.app, name="alert")
+app.add_typer(job.app, name="job")
 
 
 def main() -> None:

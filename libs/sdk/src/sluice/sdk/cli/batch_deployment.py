@@ -1,4 +1,4 @@
-"""`sluice batch-deployment ...`: create, update, show, list, delete."""
+"""`sluice batch-deployment ...`: create, update, show, list, delete, list-jobs."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 import typer
 
 from sluice.common.resources import BatchDeploymentDoc
+from sluice.sdk.cli import job as jobs
 from sluice.sdk.cli.common import FileOption, SetOption, dump, optional_path, registry, warn
 from sluice.sdk.cli.errors import CliError
 from sluice.sdk.cli.output import OutputFormat, OutputOption, err_console, render
@@ -124,3 +125,15 @@ def delete(
     with registry() as client:
         client.delete_batch_deployment(endpoint_name, name)
     err_console.print(f"Deleted batch deployment {name} of {endpoint_name}.")
+
+
+@app.command("list-jobs")
+def list_jobs(
+    name: str = typer.Option(..., "--name", "-n"),
+    endpoint_name: str = typer.Option(..., "--endpoint-name", "-e"),
+    output: OutputFormat = OutputOption,
+) -> None:
+    """List the jobs this deployment ran, newest first."""
+    with jobs.batch_client() as client:
+        found = client.list(endpoint=endpoint_name, deployment=name)
+    jobs.show_jobs(found, output, f"Jobs of {endpoint_name}/{name}")

@@ -1,4 +1,4 @@
-"""`sluice batch-endpoint ...`: create, update, show, list, delete."""
+"""`sluice batch-endpoint ...`: create, update, show, list, delete, invoke, list-jobs."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 
 import typer
 
+from sluice.sdk.cli import job as jobs
 from sluice.sdk.cli.common import FileOption, SetOption, dump, optional_path, registry, warn
 from sluice.sdk.cli.errors import CliError
 from sluice.sdk.cli.output import OutputFormat, OutputOption, err_console, render
@@ -19,6 +20,9 @@ app = typer.Typer(
 
 COLUMNS = ["name", "auth_mode", "default_deployment", "state", "scoring_uri"]
 NameOption = typer.Option(None, "--name", "-n", help="endpoint name (overrides the YAML's)")
+JobSetOption = typer.Option(
+    [], "--set", help="job settings, e.g. --set mini_batch_size=5 error_threshold=2"
+)
 
 
 def view(endpoint: BatchEndpoint) -> dict[str, Any]:
@@ -115,3 +119,48 @@ def delete(
     with registry() as client:
         client.delete_batch_endpoint(name)
     err_console.print(f"Deleted batch endpoint {name} and its deployments.")
+
+
+@app.command()
+def invoke(
+    name: str = typer.Option(..., "--name", "-n", help="the batch endpoint"),
+    input_: str = typer.Option(
+        ..., "--input", "-i", help="a local folder or file, a file:// or http(s):// URI"
+    ),
+    deployment_name: str = typer.Option(
+        "", "--deployment-name", "-d", help="default: the endpoint's default deployment"
+    ),
+    input_type: str = typer.Option("", "--input-type", help="uri_folder (default) or uri_file"),
+    output_path: str = typer.Option(
+        "", "--output-path", help="a folder, or azureml://datastores/<ds>/paths/<p>"
+    ),
+    set_: list[str] = JobSetOption,
+    mini_batch_size: int | None = typer.Option(None, "--mini-batch-size", "-m"),
+    instance_count: int | None = typer.Option(None, "--instance-count", "-c"),
+    job_name: str = typer.Option("", "--job-name", help="default: a generated batchjob-<id>"),
+    stream: bool = typer.Option(False, "--stream", help="follow the job to its end"),
+    output: OutputFormat = OutputOption,
+) -> None:
+    """Start a batch job over a folder, a file or a URI; prints the job at once."""
+    jobs.invoke(
+        name,
+        input_,
+        deployment_name,
+        input_type,
+        output_path,
+        set_,
+        mini_batch_size,
+        instance_count,
+        job_name,
+        stream,
+        output,
+    )
+
+
+@app.command("list-jobs")
+def list_jobs(
+    name: str = typer.Option(..., "--name", "-n"), output: OutputFormat = OutputOption
+) -> None:
+    """List the endpoint's jobs, newest first."""
+    with jobs.batch_client() as client:
+        jobs.show_jobs(client.list(endpoint=name), output, f"Jobs of {name}")

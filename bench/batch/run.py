@@ -1,0 +1,295 @@
+"""Batch jobs: rows/s against a plain pandas + sklearn loop, per-mini-batch overhead, memory.
+
+Starts real nats-server, SecantusDB, the registry and the batch service,
+writes a folder of CSV files and trains a small scikit-learn forest, then:
+
+- baseline, same run: one process reads each file with pandas, predicts and
+  writes the rows (the loop a user would write instead of a batch job);
+- the same scoring script as a batch job with 1 and with 2 workers
+  (max_concurrency_per_instance); rows/s over the job's run (first
+  mini-batch taken to last one done, timed by the results the workers
+  report) and end to end (invoke to Completed, worker start-up included);
+- overhead: a job of many one-row files, one file per mini-batch, one
+  worker: wall time per mini-batch minus the time spent inside run();
+- memory: a 1M-row job (one file per 100k rows); peak RSS of the batch
+  service and of each worker, which must not grow with the job's size.
+
+Every model call is single-threaded (OMP/BLAS threads = 1) on both sides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import psutil
+from faststream.nats import NatsBroker
+
+from sluice.batch.worker import CONFIG_ENV, MiniBatchResult
+from sluice.common.testing.stack import servers, start_services
+from sluice.sdk.batch import BatchClient, parse_overrides, state_name
+from sluice.sdk.client import RegistryClient
+from sluice.sdk.specs import load_batch_deployment, load_batch_endpoint
+
+for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[var] = "1"
+
+FEATURES = 8
+FILES = int(os.environ.get("BENCH_BATCH_FILES", "24"))
+ROWS_PER_FILE = int(os.environ.get("BENCH_BATCH_ROWS", "20000"))
+
+SCRIPT = """\
+import os
+
+import joblib
+import pandas as pd
+
+
+def init():
+    global model
+    model = joblib.load(os.path.join(os.environ["AZUREML_MODEL_DIR"], "model.joblib"))
+
+
+def run(mini_batch):
+    frames = []
+    for path in mini_batch:
+        data = pd.read_csv(path)
+        y = model.predict(data.values)
+        frames.append(pd.DataFrame({"file": os.path.basename(path), "y": y}))
+    return pd.concat(frames)
+"""
+
+TRIVIAL = """\
+def init():
+    pass
+
+
+def run(mini_batch):
+    return [f"{path},1" for path in mini_batch]
+"""
+
+
+def write_data(folder: Path, files: int, rows: int, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    for i in range(files):
+        frame = pd.DataFrame(
+            rng.normal(size=(rows, FEATURES)), columns=[f"f{j}" for j in range(FEATURES)]
+        )
+        frame.to_csv(folder / f"part-{i:04d}.csv", index=False)
+
+
+def train(model_dir: Path) -> Any:
+    import joblib
+    from sklearn.ensemble import RandomForestRegressor
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2000, FEATURES))
+    y = x @ rng.normal(size=FEATURES) + rng.normal(size=2000) * 0.1
+    model = RandomForestRegressor(n_estimators=30, max_depth=8, n_jobs=1, random_state=0).fit(x, y)
+    model_dir.mkdir(parents=True)
+    joblib.dump(model, model_dir / "model.joblib")
+    return model
+
+
+def baseline(model: Any, data: Path, out: Path) -> tuple[float, int]:
+    """The single-process loop: read, predict, append the rows as Azure would."""
+    started = time.perf_counter()
+    rows = 0
+    with out.open("w") as handle:
+        for path in sorted(data.iterdir()):
+            frame = pd.read_csv(path)
+            result = pd.DataFrame({"file": path.name, "y": model.predict(frame.values)})
+            result.to_csv(handle, sep=" ", header=False, index=False)
+            rows += len(result)
+    return time.perf_counter() - started, rows
+
+
+class ResultWatch:
+    """Records when each mini-batch's result arrives (a core NATS subscription, on a thread)."""
+
+    def __init__(self, nats_url: str, subject: str):
+        self.arrivals: list[tuple[float, MiniBatchResult]] = []
+        self._nats_url = nats_url
+        self._subject = subject
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=asyncio.run, args=(self._main(),), daemon=True)
+        self._thread.start()
+        if not self._ready.wait(30):
+            raise TimeoutError("cannot subscribe to the results")
+
+    async def _main(self) -> None:
+        broker = NatsBroker(self._nats_url, logger=None)
+        await broker.connect()
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+
+        async def on_msg(msg: Any) -> None:
+            self.arrivals.append((time.monotonic(), MiniBatchResult.model_validate_json(msg.data)))
+
+        sub = await broker.connection.subscribe(self._subject, cb=on_msg)
+        self._ready.set()
+        await self._stop.wait()
+        await sub.unsubscribe()
+        await broker.stop()
+
+    def close(self) -> None:
+        assert self._loop is not None and self._stop is not None
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+
+def peak_rss(job: str, batch_pid: int, stop: threading.Event, peaks: dict[str, int]) -> None:
+    while not stop.is_set():
+        for proc in psutil.process_iter(["pid"]):
+            try:
+                key = "service" if proc.pid == batch_pid else None
+                if key is None and job in proc.environ().get(CONFIG_ENV, ""):
+                    key = f"worker-{proc.pid}"
+                if key:
+                    peaks[key] = max(peaks.get(key, 0), proc.memory_info().rss)
+            except (psutil.Error, OSError):
+                continue
+        time.sleep(0.2)
+
+
+def run_job(
+    jobs: BatchClient, nats_url: str, data: Path, sets: list[str]
+) -> tuple[Any, float, list[tuple[float, MiniBatchResult]]]:
+    name = f"bench-{int(time.time() * 1000) % 10**9}"
+    watch = ResultWatch(nats_url, f"sluice.batch.{name}.results.>")
+    started = time.monotonic()
+    jobs.invoke("bench-batch", input=str(data), overrides=parse_overrides(sets), job_name=name)
+    while state_name(job := jobs.get(name)) not in {"Completed", "Failed", "Canceled"}:
+        time.sleep(0.05)
+    elapsed = time.monotonic() - started
+    watch.close()
+    assert state_name(job) == "Completed", job.status_message
+    return job, elapsed, sorted(watch.arrivals, key=lambda a: a[0])
+
+
+def window(arrivals: list[tuple[float, MiniBatchResult]]) -> float:
+    """First mini-batch started (its arrival minus its run time) to the last one done."""
+    first_done, first = arrivals[0]
+    return arrivals[-1][0] - (first_done - first.seconds)
+
+
+def main() -> None:
+    load = os.getloadavg()
+    print(
+        f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs"
+    )
+    with tempfile.TemporaryDirectory(prefix="sluice-bench-batch-") as tmp:
+        root = Path(tmp)
+        data = root / "data"
+        write_data(data, FILES, ROWS_PER_FILE)
+        model = train(root / "model")
+        (root / "code").mkdir()
+        (root / "code" / "score.py").write_text(SCRIPT)
+        (root / "endpoint.yml").write_text("name: bench-batch\n")
+        (root / "deployment.yml").write_text(
+            "name: forest\nendpoint_name: bench-batch\ntype: model\nmodel: {path: model/}\n"
+            "code_configuration: {code: code/, scoring_script: score.py}\n"
+            "environment_variables: {OMP_NUM_THREADS: '1'}\n"
+            "settings: {mini_batch_size: 2, max_concurrency_per_instance: 1}\n"
+        )
+        total_rows = FILES * ROWS_PER_FILE
+        base_s, base_rows = baseline(model, data, root / "baseline.txt")
+        base_rate = base_rows / base_s
+        print(f"baseline loop: {base_rows} rows in {base_s:.2f}s = {base_rate:,.0f} rows/s")
+
+        with servers(root / "platform") as (supervisor, settings):
+            settings = start_services(supervisor, settings, ["registry", "batch"])
+            assert settings.nats_url and settings.admin_token
+            registry = f"127.0.0.1:{settings.ports.registry}"
+            address = f"127.0.0.1:{settings.ports.batch}"
+            with RegistryClient(registry, settings.admin_token) as client:
+                client.create_batch_endpoint(load_batch_endpoint(root / "endpoint.yml").spec)
+                spec = load_batch_deployment(root / "deployment.yml", client.upload).spec
+                client.create_batch_deployment(spec, set_default=True)
+            batch_pid = next(p.pid for p in supervisor.running if p.name == "batch")
+            with BatchClient(address, settings.admin_token) as jobs:
+                rates = {}
+                for workers in (1, 2):
+                    job, elapsed, arrivals = run_job(
+                        jobs, settings.nats_url, data, [f"max_concurrency_per_instance={workers}"]
+                    )
+                    out = Path(job.output_path) / "predictions.csv"
+                    assert out.read_bytes() == (root / "baseline.txt").read_bytes()
+                    steady = total_rows / window(arrivals)
+                    rates[workers] = steady
+                    print(
+                        f"job, {workers} worker(s): {steady:,.0f} rows/s while running "
+                        f"({steady / base_rate:.2f}x baseline), {total_rows / elapsed:,.0f} rows/s "
+                        f"end to end ({total_rows / elapsed / base_rate:.2f}x, {elapsed:.1f}s "
+                        "incl. worker start-up); output identical to the loop's"
+                    )
+
+                tiny = root / "tiny"
+                tiny.mkdir()
+                for i in range(200):
+                    (tiny / f"t{i:04d}.csv").write_text("x\n1\n")
+                (root / "code" / "score.py").write_text(TRIVIAL)
+                with RegistryClient(registry, settings.admin_token) as client:
+                    spec = load_batch_deployment(
+                        root / "deployment.yml", client.upload, name="trivial"
+                    ).spec
+                    client.create_batch_deployment(spec, set_default=True)
+                job, elapsed, arrivals = run_job(
+                    jobs, settings.nats_url, tiny, ["mini_batch_size=1"]
+                )
+                gaps = [b[0] - a[0] - b[1].seconds for a, b in itertools.pairwise(arrivals)]
+                print(
+                    f"per-mini-batch overhead (1 worker, 200 one-file mini-batches): median "
+                    f"{statistics.median(gaps) * 1000:.2f} ms, p90 "
+                    f"{statistics.quantiles(gaps, n=10)[-1] * 1000:.2f} ms"
+                )
+
+                big = root / "big"
+                write_data(big, 10, 100_000, seed=2)
+                (root / "code" / "score.py").write_text(SCRIPT)
+                with RegistryClient(registry, settings.admin_token) as client:
+                    spec = load_batch_deployment(
+                        root / "deployment.yml", client.upload, name="forest2"
+                    ).spec
+                    client.create_batch_deployment(spec, set_default=True)
+                peaks: dict[str, int] = {}
+                stop = threading.Event()
+                sampler = threading.Thread(
+                    target=peak_rss, args=("bench-", batch_pid, stop, peaks), daemon=True
+                )
+                sampler.start()
+                job, elapsed, _ = run_job(
+                    jobs,
+                    settings.nats_url,
+                    big,
+                    ["mini_batch_size=1", "max_concurrency_per_instance=2"],
+                )
+                stop.set()
+                sampler.join()
+                size = (Path(job.output_path) / "predictions.csv").stat().st_size
+                workers_mb = [v / 2**20 for k, v in peaks.items() if k.startswith("worker")]
+                print(
+                    f"1M rows ({size / 2**20:.0f} MB output) in {elapsed:.1f}s: peak RSS batch "
+                    f"service {peaks.get('service', 0) / 2**20:.0f} MB, workers "
+                    f"{max(workers_mb, default=0):.0f} MB each at most"
+                )
+    load = os.getloadavg()
+    print(f"load average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

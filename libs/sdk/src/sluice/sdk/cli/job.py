@@ -1,0 +1,194 @@
+"""`sluice job ...` and the batch-job verbs of the endpoint commands, as `az ml` has them.
+
+`batch-endpoint invoke` prints the job at once (with `--stream`, follows it
+with a progress bar to the end); `job show|list|stream|cancel|download`
+manage it afterwards. `job download` copies the `score` output to
+`<download-path>/named-outputs/score/`, the layout Azure's samples read.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from sluice.sdk.batch import TERMINAL, BatchClient, job_view, parse_overrides, state_name
+from sluice.sdk.cli.errors import CliError
+from sluice.sdk.cli.output import OutputFormat, OutputOption, console, err_console, render
+
+app = typer.Typer(help="Batch jobs: show, list, follow, cancel, download.", no_args_is_help=True)
+
+COLUMNS = ["name", "status", "endpoint_name", "deployment_name", "progress", "cost"]
+JobNameOption = typer.Option(..., "--name", "-n", help="the job's name")
+
+
+@contextmanager
+def batch_client() -> Iterator[BatchClient]:
+    with BatchClient.connect() as client:
+        yield client
+
+
+def _row(job: Any) -> dict[str, Any]:
+    view = job_view(job)
+    p = view["progress"]
+    view["progress"] = (
+        f"{p['mini_batches_done'] + p['mini_batches_failed']}/{p['mini_batches_total']} "
+        f"mini-batches, {p['files_failed']} files failed"
+    )
+    view["cost"] = f"{view['cost']['cost']:.6f} USD"
+    return view
+
+
+def show_job(job: Any, output: OutputFormat) -> None:
+    if output is OutputFormat.table:
+        render(_row(job), output, columns=[*COLUMNS, "output_path", "status_message"])
+    else:
+        render(job_view(job), output)
+
+
+def show_jobs(jobs: list[Any], output: OutputFormat, title: str) -> None:
+    if output is OutputFormat.table:
+        render([_row(j) for j in jobs], output, columns=COLUMNS, title=title)
+    else:
+        render([job_view(j) for j in jobs], output)
+
+
+def follow_progress(client: BatchClient, name: str) -> Any:
+    """A progress bar over mini-batches until the job ends; returns the final job."""
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("mini-batches, {task.fields[failed]} failed"),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=False,
+    ) as bar:
+        job = client.get(name)
+        task = bar.add_task(
+            state_name(job), total=job.progress.mini_batches_total or None, failed=0
+        )
+        while True:
+            p = job.progress
+            bar.update(
+                task,
+                description=f"{name} {state_name(job)}",
+                completed=p.mini_batches_done + p.mini_batches_failed,
+                total=p.mini_batches_total or None,
+                failed=p.mini_batches_failed,
+            )
+            if state_name(job) in TERMINAL:
+                return job
+            time.sleep(0.5)
+            job = client.get(name)
+
+
+def local_input(value: str) -> str:
+    """Local paths become absolute (the service resolves them); URIs pass through."""
+    if "://" in value or value.startswith("azureml:"):
+        return value
+    path = Path(value).expanduser()
+    if not path.exists():
+        raise CliError(f"--input {value}: no such file or folder")
+    return str(path.resolve())
+
+
+def invoke(
+    name: str,
+    input_: str,
+    deployment_name: str,
+    input_type: str,
+    output_path: str,
+    set_: list[str],
+    mini_batch_size: int | None,
+    instance_count: int | None,
+    job_name: str,
+    stream: bool,
+    output: OutputFormat,
+) -> None:
+    overrides = parse_overrides(set_)
+    if mini_batch_size is not None:
+        overrides.mini_batch_size = mini_batch_size
+    if instance_count is not None:
+        overrides.instance_count = instance_count
+    if output_path and "://" not in output_path:
+        output_path = str(Path(output_path).expanduser().resolve())
+    with batch_client() as client:
+        job = client.invoke(
+            name,
+            input=local_input(input_),
+            deployment=deployment_name,
+            input_type=input_type,
+            output_path=output_path,
+            overrides=overrides,
+            job_name=job_name,
+        )
+        err_console.print(f"Created job {job.name} ({job.progress.files_total} files).")
+        if stream:
+            job = follow_progress(client, job.name)
+    show_job(job, output)
+    if stream and state_name(job) != "Completed":
+        raise CliError(f"job {job.name} {state_name(job)}: {job.status_message}")
+
+
+@app.command()
+def show(name: str = JobNameOption, output: OutputFormat = OutputOption) -> None:
+    """Show a job: state, progress, errors, output and cost."""
+    with batch_client() as client:
+        show_job(client.get(name), output)
+
+
+@app.command("list")
+def list_(
+    endpoint_name: str = typer.Option("", "--endpoint-name", "-e", help="only this endpoint's"),
+    output: OutputFormat = OutputOption,
+) -> None:
+    """List batch jobs, newest first."""
+    with batch_client() as client:
+        show_jobs(client.list(endpoint=endpoint_name), output, "Jobs")
+
+
+@app.command()
+def stream(name: str = JobNameOption) -> None:
+    """Follow a job's logs (the runner's and every worker's) until it ends."""
+    with batch_client() as client:
+        for line in client.logs(name, follow=True):
+            console.print(f"[dim]{line.source}[/] {line.line}", highlight=False, soft_wrap=True)
+        job = client.get(name)
+    err_console.print(f"Job {name}: {state_name(job)}. {job.status_message}", highlight=False)
+
+
+@app.command()
+def cancel(name: str = JobNameOption, output: OutputFormat = OutputOption) -> None:
+    """Cancel a queued or running job: its workers stop, it ends Canceled."""
+    with batch_client() as client:
+        job = client.cancel(name)
+    err_console.print(f"Job {name}: {state_name(job)}.")
+    show_job(job, output)
+
+
+@app.command()
+def download(
+    name: str = JobNameOption,
+    output_name: str = typer.Option("score", "--output-name", help="the job's output: score"),
+    download_path: str = typer.Option(".", "--download-path", "-p", help="target folder"),
+) -> None:
+    """Copy a finished job's output to <download-path>/named-outputs/score/."""
+    if output_name != "score":
+        raise CliError(f"--output-name {output_name!r}: a batch job has one output, 'score'")
+    with batch_client() as client:
+        job = client.get(name)
+    if state_name(job) not in TERMINAL:
+        raise CliError(f"job {name} is {state_name(job)}: download it once it has ended")
+    source = Path(job.output_path)
+    if not source.is_dir():
+        raise CliError(f"job {name} has no output at {source} (summary_only, or another host)")
+    target = Path(download_path).expanduser().resolve() / "named-outputs" / "score"
+    shutil.copytree(source, target, dirs_exist_ok=True)
+    err_console.print(f"Downloaded {name}'s output to {target}")

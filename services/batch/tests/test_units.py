@@ -1,0 +1,136 @@
+"""The batch runner's pure parts: inputs, Azure's output format, parts, overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from sluice.batch.inputs import InputError, resolve
+from sluice.batch.jobs import Job
+from sluice.batch.output import OutputError, merge_parts, write_part
+from sluice.batch.service import InvalidArgument, Overrides, apply_overrides
+from sluice.common.resources import BatchSettings
+
+
+async def test_folder_files_recursive_in_stable_order(tmp_path: Path) -> None:
+    for name in ["b.csv", "a.csv", "sub/z.csv", "sub/deeper/c.csv", ".hidden", "aa/x.csv"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x\n1\n")
+    files = await resolve(str(tmp_path), "", tmp_path / "scratch")
+    assert [f.relative_to(tmp_path).as_posix() for f in files] == [
+        "a.csv",
+        "aa/x.csv",
+        "b.csv",
+        "sub/deeper/c.csv",
+        "sub/z.csv",
+    ]
+    assert await resolve(f"file://{tmp_path}/b.csv", "uri_file", tmp_path) == [tmp_path / "b.csv"]
+
+
+@pytest.mark.parametrize(
+    ("given", "kind", "message"),
+    [
+        ("", "", "--input is required"),
+        ("{tmp}/missing", "", "does not exist"),
+        ("{tmp}/empty", "", "has no files"),
+        ("{tmp}/empty", "uri_file", "is a folder but --input-type is uri_file"),
+        ("{tmp}/data.csv", "mltable", "use uri_folder or uri_file"),
+        ("azureml:sales:1", "", "no data assets yet"),
+        ("azureml:sales@latest", "", "assets issue"),
+        ("ftp://host/x.csv", "", "ftp:// is not supported"),
+        ("s3://bucket/x.csv", "", "s3:// is not supported"),
+        ("relative/path", "", "must be absolute"),
+        ("http://127.0.0.1:9/x.csv", "", "cannot be downloaded"),
+        ("http://127.0.0.1:9/x.csv", "uri_folder", "use --input-type uri_file"),
+    ],
+)
+async def test_bad_inputs_say_why(tmp_path: Path, given: str, kind: str, message: str) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "data.csv").write_text("x\n1\n")
+    with pytest.raises(InputError, match=message.replace("(", r"\(")):
+        await resolve(given.format(tmp=tmp_path), kind, tmp_path / "scratch")
+
+
+def test_list_rows_one_line_each_str(tmp_path: Path) -> None:
+    rows = write_part(["a,1", 2, {"k": 3}], tmp_path, 0, "predictions.csv")
+    assert rows == 3
+    assert (tmp_path / "00000000.txt").read_text() == "a,1\n2\n{'k': 3}\n"
+
+
+def test_dataframe_rows_space_separated_no_header_no_index(tmp_path: Path) -> None:
+    frame = pd.DataFrame({"file": ["a.csv", "b c.csv"], "score": [0.5, 1.0]}, index=[7, 8])
+    assert write_part(frame, tmp_path, 3, "predictions.csv") == 2
+    assert (tmp_path / "00000003.txt").read_text() == 'a.csv 0.5\n"b c.csv" 1.0\n'
+
+
+def test_parts_join_in_order_and_a_rerun_replaces(tmp_path: Path) -> None:
+    parts = tmp_path / "parts"
+    write_part(["two"], parts, 2, "p.csv")
+    write_part(["zero"], parts, 0, "p.csv")
+    write_part(["one-old"], parts, 1, "p.csv")
+    write_part(["one"], parts, 1, "p.csv")  # a redelivered mini-batch
+    merge_parts(parts, [0, 1, 2], tmp_path / "out" / "p.csv")
+    assert (tmp_path / "out" / "p.csv").read_text() == "zero\none\ntwo\n"
+
+
+def test_parquet_output_needs_dataframes(tmp_path: Path) -> None:
+    parts = tmp_path / "parts"
+    write_part(pd.DataFrame({"y": [1, 2]}), parts, 0, "out.parquet")
+    write_part(pd.DataFrame({"y": [3]}), parts, 1, "out.parquet")
+    merge_parts(parts, [0, 1], tmp_path / "out.parquet")
+    assert pd.read_parquet(tmp_path / "out.parquet")["y"].tolist() == [1, 2, 3]
+    with pytest.raises(OutputError, match="must return a pandas DataFrame"):
+        write_part(["a"], parts, 2, "out.parquet")
+
+
+@pytest.mark.parametrize("bad", [None, "text", 3])
+def test_run_must_return_rows(tmp_path: Path, bad: object) -> None:
+    with pytest.raises(OutputError, match="list or a pandas DataFrame"):
+        write_part(bad, tmp_path, 0, "p.csv")
+
+
+def test_overrides_apply_and_are_checked() -> None:
+    base = BatchSettings()
+    changed = apply_overrides(
+        base, Overrides(mini_batch_size=3, max_retries=0, timeout_s=5, output_file_name="x.csv")
+    )
+    assert changed.mini_batch_size == 3 and changed.output_file_name == "x.csv"
+    assert changed.retry_settings.max_retries == 0 and changed.retry_settings.timeout_s == 5
+    assert changed.error_threshold == base.error_threshold
+    with pytest.raises(InvalidArgument, match="error_threshold must be at least -1"):
+        apply_overrides(base, Overrides(error_threshold=-2))
+    with pytest.raises(InvalidArgument, match="plain file name"):
+        apply_overrides(base, Overrides(output_file_name="../x.csv"))
+
+
+def test_mini_batches_cut_by_file_count() -> None:
+    job = Job(
+        name="j",
+        endpoint_name="e",
+        deployment_name="d",
+        deployment_version=1,
+        input="/in",
+        files=tuple(f"/in/{i}" for i in range(5)),
+        output_path="/out",
+        settings=BatchSettings(mini_batch_size=2, max_concurrency_per_instance=3),
+        instance_count=2,
+    )
+    assert job.mini_batches() == [["/in/0", "/in/1"], ["/in/2", "/in/3"], ["/in/4"]]
+    assert job.workers == 6
+
+
+def test_mlflow_requirements_met_by_the_platform_are_left_out(tmp_path: Path) -> None:
+    from importlib import metadata
+
+    from sluice.batch.environment import model_environment
+
+    pandas = metadata.version("pandas")
+    skinny = metadata.version("mlflow-skinny")
+    (tmp_path / "requirements.txt").write_text(
+        f"mlflow=={skinny}\npandas=={pandas}\n"
+        'colorama==0.4.6; sys_platform == "win32"\n'
+        "pandas-extra-thing==1.0\n# comment\n"
+    )
+    assert model_environment(tmp_path).pip_requirements == ("pandas-extra-thing==1.0",)
