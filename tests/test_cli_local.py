@@ -34,6 +34,17 @@ def test_local_create_invoke_logs_delete(trained_examples: Path, tmp_path: Path)
     )
     assert created.returncode == 0, created.stderr
     assert "is ready" in created.stderr
+    shown = json.loads(sluice(state, online, "online-endpoint", "show", "--local",
+                              "-n", "my-endpoint", "-o", "json").stdout)  # fmt: skip
+    assert shown["provisioning_state"] == "Succeeded" and shown["deployments"] == "blue"
+    assert shown["scoring_uri"].startswith("http://127.0.0.1:")
+    dep = json.loads(sluice(state, online, "online-deployment", "show", "--local", "-n", "blue",
+                            "-e", "my-endpoint", "-o", "json").stdout)  # fmt: skip
+    assert (dep["name"], dep["state"], dep["scoring_uri"]) == (
+        "blue", "Succeeded", shown["scoring_uri"])  # fmt: skip
+    missing = sluice(state, online, "online-deployment", "show", "--local", "-n", "red",
+                     "-e", "my-endpoint")  # fmt: skip
+    assert missing.returncode == 1 and "no local deployment red of my-endpoint" in missing.stderr
     scored = sluice(state, online, "online-endpoint", "invoke", "--local", "-n", "my-endpoint",
                     "--request-file", "sample-request.json")  # fmt: skip
     assert scored.returncode == 0, scored.stderr
@@ -67,3 +78,8 @@ def test_local_init_failure_is_reported_with_its_traceback(
     assert created.returncode == 1
     assert "weights file missing" in created.stderr
     assert created.stderr.count("error:") == 1
+    # The traceback reads as lines, not as one JSON string with escaped newlines.
+    lines = [line.strip() for line in created.stderr.splitlines()]
+    assert "Traceback (most recent call last):" in lines
+    assert "ValueError: weights file missing" in lines
+    assert "\\n" not in created.stderr

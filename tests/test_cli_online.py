@@ -129,6 +129,10 @@ def test_failures_say_why(local_platform: PlatformState, trained_examples: Path)
                      "--set", f"endpoint_name={endpoint}", "--set", "environment=null")  # fmt: skip
     assert broken.returncode == 1
     assert "cannot open model weights" in broken.stderr and "Traceback" in broken.stderr
+    lines = [line.strip() for line in broken.stderr.splitlines()]
+    assert "Traceback (most recent call last):" in lines  # readable lines, not a JSON string
+    assert "RuntimeError: cannot open model weights" in lines
+    assert "\\n" not in broken.stderr
     logs = cli.ok("online-deployment", "get-logs", "-n", "blue", "-e", endpoint)
     assert "RuntimeError: cannot open model weights" in logs.stdout
 

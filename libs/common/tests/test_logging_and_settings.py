@@ -55,3 +55,25 @@ def test_settings_reject_a_bad_port(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SLUICE_ENVOY__HTTP_PORT", "eighty")
     with pytest.raises(ValueError, match="http_port"):
         Settings()
+
+
+def test_readable_log_unfolds_tracebacks_and_keeps_other_lines() -> None:
+    from sluice.common.log import readable_log
+
+    entry = {
+        "event": "init_failed",
+        "level": "error",
+        "timestamp": "2026-01-01T00:00:00Z",
+        "service": "inference",
+        "exception": 'Traceback (most recent call last):\n  File "score.py", line 2\n'
+        "SyntaxError: invalid syntax",
+    }
+    text = readable_log(json.dumps(entry) + "\nplain stderr line\n[1, 2]")
+    assert text.splitlines() == [
+        "2026-01-01T00:00:00Z error init_failed service=inference",
+        "Traceback (most recent call last):",
+        '  File "score.py", line 2',
+        "SyntaxError: invalid syntax",
+        "plain stderr line",
+        "[1, 2]",
+    ]

@@ -42,6 +42,23 @@ def test_endpoint_yaml_with_schema_and_aad_token(tmp_path: Path) -> None:
     assert spec.kind is ComputeKind.kubernetes and spec.compute == "my-cluster"
 
 
+@pytest.mark.parametrize(
+    ("written", "mode"),
+    [("Key", AuthMode.key), ("KEY", AuthMode.key), ("AML_Token", AuthMode.aml_token)],
+)
+def test_auth_mode_is_read_without_regard_to_case(
+    tmp_path: Path, written: str, mode: AuthMode
+) -> None:
+    """Azure's Kubernetes endpoint sample writes `auth_mode: Key`."""
+    spec = load_online_endpoint(write(tmp_path, f"name: ep\nauth_mode: {written}\n")).spec
+    assert spec.auth_mode is mode
+
+
+def test_unknown_auth_mode_is_still_refused(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="auth_mode"):
+        load_online_endpoint(write(tmp_path, "name: ep\nauth_mode: password\n"))
+
+
 def test_deployment_paths_resolve_against_the_yaml_folder(tmp_path: Path) -> None:
     (tmp_path / "model").mkdir()
     (tmp_path / "model/model.pkl").write_bytes(b"x")

@@ -7,6 +7,7 @@ The correlation id travels in contextvars: bind it at every entry point
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import uuid
@@ -79,3 +80,28 @@ def current_correlation_id() -> str | None:
 def get_logger(name: str | None = None) -> structlog.stdlib.BoundLogger:
     logger: structlog.stdlib.BoundLogger = structlog.get_logger(name)
     return logger
+
+
+def readable_log(text: str) -> str:
+    """JSON log lines as a person reads them: `time level event key=value`, and an
+    exception's traceback as its own lines instead of one JSON string full of `\\n`.
+
+    For log excerpts shown to users (a failed init() in `create`'s error); lines that
+    are not JSON objects pass through unchanged.
+    """
+    out: list[str] = []
+    for line in text.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            entry = None
+        if not isinstance(entry, dict):
+            out.append(line)
+            continue
+        exception = entry.pop("exception", None)
+        head = [str(entry.pop(k)) for k in ("timestamp", "level", "event") if k in entry]
+        rest = [f"{k}={v}" for k, v in entry.items()]
+        out.append(" ".join(head + rest))
+        if exception:
+            out.extend(str(exception).splitlines())
+    return "\n".join(out)

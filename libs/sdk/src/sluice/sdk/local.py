@@ -28,6 +28,7 @@ import yaml
 from pydantic import BaseModel
 
 from sluice.common.health import HttpCheck
+from sluice.common.log import readable_log
 from sluice.common.resources import RequestSettings
 from sluice.common.supervisor import (
     ComponentError,
@@ -269,7 +270,7 @@ class LocalRunner:
         tail = _tail(log_path, LOG_LINES_IN_ERRORS) if log_path.exists() else ""
         return (
             f"local deployment {endpoint}/{deployment} failed to start: {error.problem}\n"
-            f"--- last lines of {log_path}:\n{_readable_log(tail)}"
+            f"--- last lines of {log_path}:\n{readable_log(tail)}"
         )
 
 
@@ -278,25 +279,6 @@ def _tail(path: Path, lines: int | None) -> str:
     if lines is None:
         return text
     return "\n".join(text.splitlines()[-lines:]) + ("\n" if text else "")
-
-
-def _readable_log(text: str) -> str:
-    """JSON log lines with their exception tracebacks unfolded, so the error reads as text."""
-    out: list[str] = []
-    for line in text.splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            out.append(line)
-            continue
-        if not isinstance(entry, dict):
-            out.append(line)
-            continue
-        exception = entry.pop("exception", None)
-        out.append(json.dumps(entry))
-        if exception:
-            out.append(str(exception))
-    return "\n".join(out)
 
 
 # ---- environment requirements ------------------------------------------------------------

@@ -61,6 +61,11 @@ class SpecError(ValueError):
     """A YAML file Sluice cannot use; the message names the file and the field."""
 
 
+def _lower_mode(value: object) -> object:
+    """Azure reads `auth_mode` without regard to case (its Kubernetes sample writes `Key`)."""
+    return value.lower() if isinstance(value, str) else value
+
+
 class _Azure(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -84,6 +89,8 @@ class AzureOnlineEndpoint(_Azure):
     mirror_traffic: dict[str, int] | None = None
     compute: str | None = None
     kind: str | None = None
+
+    _auth_mode_case = field_validator("auth_mode", mode="before")(_lower_mode)
 
     def to_spec(self) -> OnlineEndpointSpec:
         kubernetes = bool(self.compute) or "kubernetes" in (self.schema_ or "").lower()
@@ -307,6 +314,8 @@ class AzureBatchEndpoint(_Azure):
     tags: dict[str, str] = Field(default_factory=dict)
     auth_mode: Literal["aad_token", "aml_token", "key"] = "aad_token"
     defaults: AzureBatchDefaults = AzureBatchDefaults()
+
+    _auth_mode_case = field_validator("auth_mode", mode="before")(_lower_mode)
 
     def to_spec(self) -> BatchEndpointSpec:
         return BatchEndpointSpec(

@@ -34,7 +34,7 @@ from pathlib import Path
 from sluice.common.artifacts import ArtifactError, ArtifactStore
 from sluice.common.catalogue import Catalogue, InstanceType, UnknownInstanceType
 from sluice.common.environments import EnvironmentBuilder, EnvironmentError_
-from sluice.common.log import get_logger
+from sluice.common.log import get_logger, readable_log
 from sluice.common.prometheus import RECONCILE_SECONDS
 from sluice.common.resources import (
     ArtifactRef,
@@ -264,7 +264,7 @@ class DeploymentWorker:
                 await self._fail(
                     inst.spec_version,
                     f"instance {inst.id} {reason} before it was ready (init() failed?). "
-                    f"Last log lines:\n{tail(inst.log_path, LOG_LINES_IN_ERRORS)}",
+                    f"Last log lines:\n{readable_log(tail(inst.log_path, LOG_LINES_IN_ERRORS))}",
                 )
             else:
                 log.warning("instance_died", deployment=self.key, instance=inst.id, code=code)

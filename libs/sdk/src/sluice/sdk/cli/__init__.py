@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 
 import typer
+from rich.markup import escape
 
 from sluice.common.artifacts import ArtifactError
 from sluice.common.supervisor import ComponentError
@@ -52,5 +53,5 @@ def main() -> None:
     try:
         app()
     except (CliError, ComponentError, SluiceError, SpecError, ArtifactError) as exc:
-        err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(1)

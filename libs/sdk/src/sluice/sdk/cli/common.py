@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 
 from sluice.common.platform import LocalPlatform
 from sluice.common.resources import OnlineDeployment, ProvisioningState
@@ -35,7 +36,7 @@ def registry() -> Iterator[RegistryClient]:
 
 def warn(messages: Sequence[str]) -> None:
     for message in messages:
-        err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+        err_console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def parse_shares(values: Sequence[str], option: str) -> dict[str, int]:

@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from rich.markup import escape
+
 from sluice.common.components import find_project_file
 from sluice.common.platform import LocalPlatform, PlatformState
 from sluice.common.resources import ProvisioningState
@@ -100,7 +102,9 @@ def demo() -> None:
         uri = client.get_online_endpoint(ENDPOINT).scoring_uri
     ca = state.state_dir / "tls" / "ca.crt"
     rel = Path(request).resolve()
-    console.print(f"\n[bold]{ENDPOINT}[/] answered through Envoy (served by {served}): {answer}\n")
+    console.print(
+        f"\n[bold]{ENDPOINT}[/] answered through Envoy (served by {served}): {escape(answer)}\n"
+    )
     console.print(
         "(The commands below run in this checkout's environment: `source .venv/bin/activate`, "
         "or prefix them with `uv run`.)",

@@ -84,5 +84,34 @@ def delete(endpoint: str, deployment: str | None) -> None:
     err_console.print(f"Stopped local deployment(s) {', '.join(stopped)} of {endpoint}.")
 
 
+def show_endpoint(endpoint: str, output: OutputFormat) -> None:
+    """`online-endpoint show --local`: the endpoint its local deployments make up."""
+    deployments = [d for d in runner().list() if d.endpoint == endpoint]
+    if not deployments:
+        raise CliError(f"no local endpoint {endpoint} (`sluice online-deployment list --local`)")
+    alive = [d for d in deployments if d.alive]
+    uri = (alive or deployments)[0].scoring_uri
+    shown = {
+        "name": endpoint,
+        "auth_mode": "key",  # not enforced locally, as on Azure's local endpoints
+        "provisioning_state": "Succeeded" if alive else "Stopped",
+        "scoring_uri": uri,
+        "swagger_uri": uri.removesuffix("/score") + "/swagger.json",
+        "deployments": ", ".join(d.deployment for d in deployments),
+    }
+    render(shown, output)
+
+
+def show_deployment(endpoint: str, deployment: str, output: OutputFormat) -> None:
+    """`online-deployment show --local`."""
+    found = [d for d in runner().list() if (d.endpoint, d.deployment) == (endpoint, deployment)]
+    if not found:
+        raise CliError(
+            f"no local deployment {deployment} of {endpoint} "
+            "(`sluice online-deployment list --local`)"
+        )
+    render(view(found[0]), output)
+
+
 def list_(output: OutputFormat) -> None:
     render([view(d) for d in runner().list()], output, title="Local deployments")

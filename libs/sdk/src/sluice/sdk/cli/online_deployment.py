@@ -153,9 +153,13 @@ def update(
 def show(
     name: str = typer.Option(..., "--name", "-n"),
     endpoint_name: str = typer.Option(..., "--endpoint-name", "-e"),
+    local: bool = LocalOption,
     output: OutputFormat = OutputOption,
 ) -> None:
     """Show one deployment: state, instances, model."""
+    if local:
+        local_cmds.show_deployment(endpoint_name, name, output)
+        return
     with registry() as client:
         show_one(client.get_online_deployment(endpoint_name, name), output)
 

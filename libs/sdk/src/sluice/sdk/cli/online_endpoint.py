@@ -167,9 +167,14 @@ def update(
 
 @app.command()
 def show(
-    name: str = typer.Option(..., "--name", "-n"), output: OutputFormat = OutputOption
+    name: str = typer.Option(..., "--name", "-n"),
+    local: bool = LocalOption,
+    output: OutputFormat = OutputOption,
 ) -> None:
     """Show one endpoint: its traffic split, state and scoring URI."""
+    if local:
+        local_cmds.show_endpoint(name, output)
+        return
     with registry() as client:
         show_one(client.get_online_endpoint(name), output)
 

@@ -12,6 +12,7 @@ import typer
 import yaml
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 console = Console()
 err_console = Console(stderr=True)
@@ -62,14 +63,15 @@ def _all_keys(rows: Sequence[Row]) -> list[str]:
     return keys
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any) -> Text:
+    """A table cell as plain text: user data is never read as Rich markup (`x[bold]`)."""
     if value is None:
-        return ""
+        return Text("")
     if isinstance(value, Mapping):
-        return ", ".join(f"{k}={v}" for k, v in value.items())
+        return Text(", ".join(f"{k}={v}" for k, v in value.items()))
     if isinstance(value, list | tuple):
-        return ", ".join(str(v) for v in value)
-    return str(value)
+        return Text(", ".join(str(v) for v in value))
+    return Text(str(value))
 
 
 def _plain(value: Any) -> Any:
