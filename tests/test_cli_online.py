@@ -73,16 +73,21 @@ def test_deployment_lifecycle_through_the_cli(
     online = trained_examples / "online"
     cli = Cli(local_platform, online)
     endpoint = "cli-lifecycle"
-    common = ("--set", f"endpoint_name={endpoint}", "--set", "environment=null")
+    # The YAML's `image:` stays (without its conda file, so nothing is built): the platform
+    # cannot honour it, and says so in create's output and on the deployment's status.
+    common = ("--set", f"endpoint_name={endpoint}", "--set", "environment.conda_file=null")
     cli.ok("online-endpoint", "create", "-f", "endpoint.yml", "--name", endpoint)
     created = cli.ok("online-deployment", "create", "-f", "blue-deployment.yml", *common)
     assert "Succeeded" in created.stderr
+    ignored = "image 'mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu20.04:latest' is ignored"
+    assert f"warning: {ignored}" in created.stderr
 
     def show() -> dict[str, Any]:
         doc: dict[str, Any] = cli.json("online-deployment", "show", "-n", "blue", "-e", endpoint)
         return doc
 
     (first,) = show()["instances"]
+    assert f"warning: {ignored}" in show()["meta"]["status_message"]
     assert len(score(first["address"])) == 1
 
     # kill -9 an instance: the provisioner replaces it.

@@ -32,3 +32,11 @@ def test_errors_keep_square_brackets(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     with err_console.capture() as captured, pytest.raises(SystemExit):
         main()
     assert f"no platform in {tmp_path}/[red]state[/red]" in captured.get()
+
+
+def test_substitution_warnings_are_read_from_the_status_message() -> None:
+    from sluice.common.resources import Meta
+
+    meta = Meta(status_message="warning: python=3.12 runs on 3.11\nwarning: image 'x' is ignored")
+    assert meta.warnings == ["python=3.12 runs on 3.11", "image 'x' is ignored"]
+    assert Meta(status_message="instance exited").warnings == []

@@ -194,6 +194,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+# A Succeeded deployment's status message holds one line per substitution the platform made
+# (python version, ignored image, replaced environment), each starting with this prefix.
+STATUS_WARNING_PREFIX = "warning: "
+
+
 class Meta(_Model):
     """Bookkeeping of every stored resource. `version` grows with each spec change."""
 
@@ -203,6 +208,15 @@ class Meta(_Model):
     created_by: str = ""
     provisioning_state: ProvisioningState = ProvisioningState.creating
     status_message: str = ""
+
+    @property
+    def warnings(self) -> list[str]:
+        """The substitution warnings in `status_message`."""
+        return [
+            line.removeprefix(STATUS_WARNING_PREFIX)
+            for line in self.status_message.splitlines()
+            if line.startswith(STATUS_WARNING_PREFIX)
+        ]
 
 
 class Instance(_Model):

@@ -37,6 +37,7 @@ from sluice.common.environments import EnvironmentBuilder, EnvironmentError_
 from sluice.common.log import get_logger, readable_log
 from sluice.common.prometheus import RECONCILE_SECONDS
 from sluice.common.resources import (
+    STATUS_WARNING_PREFIX,
     ArtifactRef,
     ComputeKind,
     Instance,
@@ -73,6 +74,13 @@ class Generation:
     doc: OnlineDeploymentDoc
     plan: InstancePlan
     instance_type: InstanceType
+    # What the environment could not honour (python version, image, curated environment...),
+    # kept on the deployment's status once it succeeds and printed by create/update.
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def status_message(self) -> str:
+        return "\n".join(f"{STATUS_WARNING_PREFIX}{w}" for w in self.warnings)
 
 
 @dataclass(frozen=True)
@@ -188,7 +196,11 @@ class DeploymentWorker:
                 if inst.spec_version == self.generation.version:
                     inst.spec_version = version
             self.generation = Generation(
-                version, doc, self.generation.plan, self.generation.instance_type
+                version,
+                doc,
+                self.generation.plan,
+                self.generation.instance_type,
+                self.generation.warnings,
             )
             return True
         if self._succeeded_version != version:
@@ -240,7 +252,7 @@ class DeploymentWorker:
             plan = await asyncio.to_thread(self._ctx.backend.prepare, spec, plan)
         except (IsolationError, OSError) as exc:
             raise PrepareError(f"cannot isolate the deployment: {exc}") from exc
-        return Generation(doc.meta.version, doc, plan, instance_type)
+        return Generation(doc.meta.version, doc, plan, instance_type, env.warnings)
 
     def _path(self, ref: ArtifactRef) -> Path:
         path = self._ctx.artifacts.path_of(ref)
@@ -504,7 +516,9 @@ class DeploymentWorker:
             and not old_left
         ):
             self._succeeded_version = version
-            await self._ctx.store.set_state(self.key, version, ProvisioningState.succeeded)
+            await self._ctx.store.set_state(
+                self.key, version, ProvisioningState.succeeded, self.generation.status_message
+            )
             log.info("deployment_ready", deployment=self.key, version=version)
             await self._ctx.events.publish(
                 "deployment", "ready", endpoint=self.endpoint, deployment=self.name, version=version

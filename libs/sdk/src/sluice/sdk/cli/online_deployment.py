@@ -90,6 +90,7 @@ def _finish(
         return doc
     if doc.meta.provisioning_state is ProvisioningState.failed:
         raise CliError(f"{what} failed: {doc.meta.status_message}")
+    warn(doc.meta.warnings)
     err_console.print(f"{verb} {what}: {doc.meta.provisioning_state.value}.")
     return doc
 
