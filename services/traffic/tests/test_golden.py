@@ -37,7 +37,9 @@ def world() -> list[Endpoint]:
     blue = Deployment(
         "shop", "blue", 3, 5000, 2, (Upstream("127.0.0.1", 5001), Upstream("127.0.0.1", 5002))
     )
-    green = Deployment("shop", "green", 1, 10000, 1, (Upstream("127.0.0.1", 5003),))
+    green = Deployment(
+        "shop", "green", 1, 10000, 1, (Upstream("127.0.0.1", 5003),), "fake-gateway-secret"
+    )
     shadow = Deployment("shop", "shadow", 1, 5000, 1, ())
     shop = Endpoint(
         name="shop",
@@ -125,3 +127,4 @@ def test_plain_http_can_be_turned_off() -> None:
 
 def test_keys_never_appear_in_a_repr() -> None:
     assert "fake-primary" not in repr(world()[0])
+    assert "fake-gateway-secret" not in repr(world()[0])

@@ -8,6 +8,9 @@ configure the gateway.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+
 from cryptography.fernet import Fernet, InvalidToken
 
 
@@ -17,6 +20,7 @@ class SecretBoxError(RuntimeError):
 
 class SecretBox:
     def __init__(self, key: str):
+        self._key = key
         try:
             self._fernet = Fernet(key.encode())
         except (ValueError, TypeError) as exc:
@@ -37,3 +41,7 @@ class SecretBox:
                 "stored secret cannot be decrypted: SLUICE_SECRET_KEY differs from the key "
                 "it was written with"
             ) from exc
+
+    def derive(self, purpose: str) -> str:
+        """A secret for `purpose` derived from the platform's key (HMAC-SHA256, hex)."""
+        return hmac.new(self._key.encode(), purpose.encode(), hashlib.sha256).hexdigest()

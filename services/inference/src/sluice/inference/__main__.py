@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 
 import uvloop
 
+from sluice.common import gateway_auth
 from sluice.common.log import configure_logging
 from sluice.inference.app import serve
 from sluice.inference.config import parse_args
@@ -14,7 +16,9 @@ from sluice.inference.workers import run_workers
 
 
 def main() -> None:
-    config = parse_args()
+    # Out of the environment before the scoring script is imported (workers get it back).
+    secret = os.environ.pop(gateway_auth.ENV, None) or None
+    config = dataclasses.replace(parse_args(), gateway_secret=secret)
     configure_logging(level=config.log_level, fmt=config.log_format, service="inference")
     if config.workers > 1 and config.listen_fd is None:
         sys.exit(run_workers(config))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import gc
+import hmac
 import itertools
 import os
 import socket
@@ -34,6 +35,7 @@ import orjson
 import structlog
 from prometheus_client import CollectorRegistry
 
+from sluice.common import gateway_auth
 from sluice.common.headers import NOT_PROCESSED_HEADER
 from sluice.common.runtime import wait_for_shutdown_signal
 from sluice.inference import oip
@@ -49,6 +51,9 @@ from sluice.inference.swagger import SwaggerDocuments, swagger_documents
 EXIT_INIT_FAILED = 3
 MAX_REQUEST_ID = 100  # Azure's limit on x-request-id
 TEXT: Header = (b"content-type", b"text/plain; charset=utf-8")
+FORBIDDEN = Reply(403, [JSON], b'{"message":"only the gateway may call this instance"}')
+GATEWAY_HEADER = gateway_auth.HEADER.encode()
+HEALTH_PATHS = frozenset({"/", "/ready", "/v2/health/live", "/v2/health/ready"})
 # Refusals before any processing carry NOT_PROCESSED_HEADER: the gateway may retry them
 # on another instance (and retries nothing else).
 NOT_PROCESSED: Header = (NOT_PROCESSED_HEADER.encode(), b"true")
@@ -61,8 +66,11 @@ log = structlog.get_logger("sluice.inference")
 class InferenceApp:
     """Answers every HTTP request; scoring goes through the dispatcher once init() is done."""
 
-    def __init__(self, metrics: Metrics, model_name: str = "model") -> None:
+    def __init__(
+        self, metrics: Metrics, model_name: str = "model", gateway_secret: str | None = None
+    ) -> None:
         self.metrics = metrics
+        self._gateway_secret = gateway_secret.encode() if gateway_secret else None
         self.model_name = model_name
         self.scorer: Scorer | None = None
         self.dispatcher: Dispatcher | None = None
@@ -89,6 +97,9 @@ class InferenceApp:
         started = time.perf_counter()
         request_id = self._ids.for_request(request)
         path = request.path
+        if self._gateway_secret is not None and not self._from_gateway(request, path):
+            self._send(request, conn, request_id, started, "other", FORBIDDEN)
+            return
         if path == "/score":
             self._score(request, conn, request_id, started)
             return
@@ -109,6 +120,13 @@ class InferenceApp:
         else:
             reply = json_reply(404, {"message": f"no route {path}"})
         self._send(request, conn, request_id, started, "other", reply)
+
+    def _from_gateway(self, request: HttpRequest, path: str) -> bool:
+        """Health probes are open; everything else carries the gateway's secret header."""
+        if path in HEALTH_PATHS:
+            return True
+        given = request.header(GATEWAY_HEADER)
+        return given is not None and hmac.compare_digest(given, self._gateway_secret or b"")
 
     def _liveness(self, path: str) -> Reply:
         if path == "/v2/health/live":
@@ -316,7 +334,7 @@ async def serve(config: ServerConfig, registry: CollectorRegistry | None = None)
     metrics = Metrics(registry, scope_from_env())
     if config.metrics_port and config.listen_fd is None:
         serve_metrics(config.host, config.metrics_port, registry)
-    app = InferenceApp(metrics, model_name(config.model))
+    app = InferenceApp(metrics, model_name(config.model), config.gateway_secret)
     server = await loop.create_server(
         lambda: Connection(app.handle, config.max_payload_bytes),
         sock=_listening_socket(config),

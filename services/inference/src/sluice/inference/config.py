@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_PORT = 5001  # the port of Azure's inference server
@@ -28,6 +28,9 @@ class ServerConfig:
     log_level: str = "info"
     log_format: str = "auto"
     listen_fd: int | None = None  # set by the parent for worker processes
+    # Requests must carry it in the x-sluice-gateway header (sluice.common.gateway_auth);
+    # None = any caller (a server run by hand or by `--local`).
+    gateway_secret: str | None = field(default=None, repr=False)
 
     @property
     def script_path(self) -> Path | None:

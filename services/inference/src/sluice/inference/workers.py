@@ -18,6 +18,7 @@ from types import FrameType
 
 import structlog
 
+from sluice.common import gateway_auth
 from sluice.inference.app import bind_socket
 from sluice.inference.config import ServerConfig
 from sluice.inference.metrics import multiprocess_registry, serve_metrics
@@ -29,6 +30,8 @@ def run_workers(config: ServerConfig) -> int:
     sock = bind_socket(config.host, config.port)
     with tempfile.TemporaryDirectory(prefix="sluice-metrics-") as metrics_dir:
         env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
+        if config.gateway_secret:
+            env[gateway_auth.ENV] = config.gateway_secret
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
         if config.metrics_port:
             serve_metrics(config.host, config.metrics_port, multiprocess_registry())

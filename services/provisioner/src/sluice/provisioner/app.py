@@ -57,7 +57,12 @@ async def serve(settings: Settings) -> None:
     mongo = create_mongo_client(require_uri(settings), appname="sluice-provisioner")
     broker = create_broker(settings, client_name="sluice-provisioner")
     await broker.connect()
-    backend = LocalBackend(state_dir / "instances", host=settings.host, state_dir=state_dir)
+    backend = LocalBackend(
+        state_dir / "instances",
+        host=settings.host,
+        state_dir=state_dir,
+        secret_key=settings.secret_key,
+    )
     tasks: list[asyncio.Task[None]] = []
     try:
         await ensure_events_stream(

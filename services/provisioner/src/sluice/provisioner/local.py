@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 import psutil
 
+from sluice.common import gateway_auth
 from sluice.common.catalogue import InstanceType
 from sluice.common.resources import OnlineDeploymentSpec
 from sluice.common.supervisor import free_port
@@ -167,9 +168,16 @@ class SparePool:
 
 
 class LocalBackend:
-    def __init__(self, logs_root: Path, host: str = "127.0.0.1", state_dir: Path | None = None):
+    def __init__(
+        self,
+        logs_root: Path,
+        host: str = "127.0.0.1",
+        state_dir: Path | None = None,
+        secret_key: str | None = None,
+    ):
         self.logs_root = logs_root
         self.host = host
+        self._secret_key = secret_key  # derives each deployment's gateway secret
         self.state_dir = state_dir or logs_root.parent
         self.workspaces = self.state_dir / "workspaces"
         self._copies: dict[Path, set[str]] = {}  # workspace -> digests of the latest plan
@@ -271,6 +279,9 @@ class LocalBackend:
         env = instance_env(
             spec, instance_id, plan.python, plan.home, plan.code, plan.scoring_script
         )
+        if self._secret_key:  # only the gateway may call it (sluice.common.gateway_auth)
+            secret = gateway_auth.secret_for(self._secret_key, spec.endpoint_name, spec.name)
+            env[gateway_auth.ENV] = secret
         cwd = str(plan.code) if plan.code else str(plan.home)
         process = self._spares.take(plan.python)
         if process is not None:

@@ -17,7 +17,7 @@ from sluice.common.runtime import wait_for_shutdown_signal
 from sluice.common.secretbox import SecretBox
 from sluice.common.settings import Settings
 from sluice.traffic.controller import Controller, Timing
-from sluice.traffic.domain import Gateway, Listen, Upstream
+from sluice.traffic.domain import Gateway, Limits, Listen, Upstream
 from sluice.traffic.events import NatsOutcomes, subscribe_routing_events
 from sluice.traffic.jwks import StoredJwks
 from sluice.traffic.settings import TrafficSettings
@@ -53,6 +53,11 @@ class GatewaySource:
         self._https = Listen(host, settings.envoy.https_port)
         self._http = Listen(host, settings.envoy.http_port) if settings.envoy.http_enabled else None
         self._als = als_target(settings, traffic)
+        self._limits = Limits(
+            max_request_bytes=traffic.max_request_bytes,
+            headers_timeout_s=traffic.request_headers_timeout_s,
+            receive_timeout_s=traffic.request_receive_timeout_s,
+        )
 
     def __call__(self, jwks: str) -> Gateway:
         return Gateway(
@@ -62,6 +67,7 @@ class GatewaySource:
             tls=load_material(self._cert, self._key),
             jwks=jwks,
             als=self._als,
+            limits=self._limits,
         )
 
 

@@ -54,6 +54,8 @@ class Deployment:
     request_timeout_ms: int
     max_concurrent_requests_per_instance: int
     instances: tuple[Upstream, ...]  # ready ones only, sorted
+    # Sent to its instances, which refuse requests without it (sluice.common.gateway_auth).
+    gateway_secret: str = field(default="", repr=False)
 
     @property
     def cluster(self) -> str:
@@ -179,6 +181,22 @@ class TlsMaterial:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """What one client request may cost before any instance sees it.
+
+    The gateway reads each request whole before anything answers it (so a slow
+    sender holds no instance's slot, and an early 401 does not break clients).
+    Azure documents no request size limit; 16 MiB bounds what one request may
+    hold in the gateway's memory (SLUICE_TRAFFIC_MAX_REQUEST_BYTES raises it,
+    up to the inference server's own 100 MiB).
+    """
+
+    max_request_bytes: int = 16 * 1024 * 1024
+    headers_timeout_s: float = 10.0  # the request line and headers, else the connection closes
+    receive_timeout_s: float = 30.0  # the whole request, body included, else 408
+
+
+@dataclass(frozen=True)
 class Gateway:
     """Gateway-wide settings: listeners, certificate, token keys, access-log sink."""
 
@@ -188,3 +206,4 @@ class Gateway:
     tls: TlsMaterial
     jwks: str  # the registry's public keys (JSON); a key nobody holds until it is known
     als: Listen | None = None  # the access-log (ALS) receiver, when one runs
+    limits: Limits = Limits()

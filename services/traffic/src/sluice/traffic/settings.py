@@ -19,5 +19,9 @@ class TrafficSettings(BaseSettings):
     als_address: str | None = None
     # Where Envoy's listeners bind; unset = SLUICE_HOST (loopback locally).
     listen_host: str | None = None
+    # Per-request limits of the gateway (traffic.domain.Limits).
+    max_request_bytes: int = 16 * 1024 * 1024
+    request_headers_timeout_s: float = 10.0
+    request_receive_timeout_s: float = 30.0
     debounce_ms: int = 20
     resync_interval_s: float = 30.0

@@ -15,6 +15,7 @@ from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
+from sluice.common import gateway_auth
 from sluice.common.log import get_logger
 from sluice.common.mongo import Document
 from sluice.common.resources import (
@@ -148,6 +149,9 @@ class TrafficStore:
             request_timeout_ms=spec.request_settings.request_timeout_ms,
             max_concurrent_requests_per_instance=spec.request_settings.max_concurrent_requests_per_instance,
             instances=tuple(sorted(set(upstreams), key=lambda u: (u.host, u.port))),
+            gateway_secret=self._secrets.derive(
+                gateway_auth.purpose(spec.endpoint_name, spec.name)
+            ),
         )
 
 

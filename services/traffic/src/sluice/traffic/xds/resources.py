@@ -44,10 +44,12 @@ from envoy.config.rbac.v3 import rbac_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.access_loggers.grpc.v3 import als_pb2
 from envoy.extensions.filters.http.buffer.v3 import buffer_pb2
+from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
 from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_pb2
 from envoy.extensions.filters.http.lua.v3 import lua_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_filter_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.http.upstream_codec.v3 import upstream_codec_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
@@ -62,6 +64,7 @@ from envoy.type.v3 import percent_pb2
 from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
+from sluice.common.gateway_auth import HEADER
 from sluice.common.headers import NOT_PROCESSED_HEADER
 from sluice.common.resources import TOKEN_ISSUER
 from sluice.traffic.domain import (
@@ -71,6 +74,7 @@ from sluice.traffic.domain import (
     Endpoint,
     Gateway,
     KeyAuth,
+    Limits,
     Listen,
     TokenAuth,
 )
@@ -89,7 +93,6 @@ CATCH_ALL_VHOST = "sluice_catch_all"
 # `filter_metadata["sluice"] = {endpoint, deployment}`, and the access loggers copy it into
 # custom tags, so access-log entries name their deployment without parsing resource names.
 METADATA_NAMESPACE = "sluice"
-MAX_REQUEST_BYTES = 100 * 1024 * 1024  # the inference server's default payload limit
 TAG_ENDPOINT = "sluice.endpoint"  # from the upstream cluster (the deployment that served)
 TAG_DEPLOYMENT = "sluice.deployment"
 TAG_ROUTE_ENDPOINT = "sluice.route_endpoint"  # from the route: also for Envoy's own replies
@@ -177,15 +180,38 @@ def _metadata(**fields: str) -> base_pb2.Metadata:
 # ---- clusters and endpoints ----------------------------------------------------------
 
 
-def _http1_options() -> any_pb2.Any:
+def _http1_options(filters: Iterable[hcm_pb2.HttpFilter] = ()) -> any_pb2.Any:
     return pack(
         http_protocol_options_pb2.HttpProtocolOptions(
             explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
                 http_protocol_options=protocol_pb2.Http1ProtocolOptions()
             ),
             common_http_protocol_options=protocol_pb2.HttpProtocolOptions(idle_timeout=_s(60)),
+            http_filters=list(filters),
         )
     )
+
+
+def _upstream_filters(dep: Deployment) -> list[hcm_pb2.HttpFilter]:
+    """What only the way to this deployment's instances adds (upstream filters of its cluster,
+    so pinned, split and mirrored requests alike): the deployment's gateway secret, which its
+    instances require (sluice.common.gateway_auth)."""
+    mutation = header_mutation_pb2.HeaderMutation(
+        mutations=header_mutation_pb2.Mutations(
+            request_mutations=[
+                mutation_rules_pb2.HeaderMutation(append=_header(HEADER, dep.gateway_secret))
+            ]
+            if dep.gateway_secret
+            else [],
+        )
+    )
+    return [
+        hcm_pb2.HttpFilter(name="envoy.filters.http.header_mutation", typed_config=pack(mutation)),
+        hcm_pb2.HttpFilter(
+            name="envoy.filters.http.upstream_codec",
+            typed_config=pack(upstream_codec_pb2.UpstreamCodec()),
+        ),
+    ]
 
 
 def deployment_cluster(dep: Deployment) -> cluster_pb2.Cluster:
@@ -243,7 +269,9 @@ def deployment_cluster(dep: Deployment) -> cluster_pb2.Cluster:
             )
         ],
         typed_extension_protocol_options={
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _http1_options()
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _http1_options(
+                _upstream_filters(dep)
+            )
         },
     )
 
@@ -603,7 +631,7 @@ def _mapper(
     )
 
 
-def local_replies() -> hcm_pb2.LocalReplyConfig:
+def local_replies(limits: Limits) -> hcm_pb2.LocalReplyConfig:
     """Envoy's own answers as Azure's status codes, each with a JSON body."""
     return hcm_pb2.LocalReplyConfig(
         mappers=[
@@ -623,6 +651,19 @@ def local_replies() -> hcm_pb2.LocalReplyConfig:
                 "x instances are in flight for this deployment; retry with backoff",
             ),
             _mapper(["UT"], None, 408, "the model did not answer within request_timeout_ms"),
+            _mapper(
+                None,
+                408,
+                408,
+                f"the request was not received within {limits.receive_timeout_s:g} s",
+            ),
+            _mapper(
+                None,
+                413,
+                413,
+                f"the request body is larger than the gateway's limit of "
+                f"{limits.max_request_bytes} bytes",
+            ),
             _mapper(["UH"], None, 503, "no ready instance of this deployment (yet)"),
         ],
         body_format=_json_body(),
@@ -689,7 +730,7 @@ def _als(target: Listen, *, mirror: bool = False) -> accesslog_pb2.AccessLog:
     return log
 
 
-def _http_filters(jwks: str, als: Listen | None) -> list[hcm_pb2.HttpFilter]:
+def _http_filters(jwks: str, als: Listen | None, limits: Limits) -> list[hcm_pb2.HttpFilter]:
     jwt = jwt_pb2.JwtAuthentication(
         providers={
             JWT_PROVIDER: jwt_pb2.JwtProvider(
@@ -709,8 +750,11 @@ def _http_filters(jwks: str, als: Listen | None) -> list[hcm_pb2.HttpFilter]:
     # Answering earlier forces Envoy to end the exchange abnormally: `connection: close` on
     # HTTP/1.1, and on HTTP/2 a RST_STREAM after the reply, which RFC 9113 allows but which
     # common clients (curl 7.88, Debian 12's) report as an error instead of the status.
-    # The limit is the inference server's; above it the gateway answers 413 itself.
-    buffer = buffer_pb2.Buffer(max_request_bytes=wrappers_pb2.UInt32Value(value=MAX_REQUEST_BYTES))
+    # Buffered whole, a slow sender holds no instance's slot; above the gateway's limit
+    # (traffic.domain.Limits) it answers 413 itself.
+    buffer = buffer_pb2.Buffer(
+        max_request_bytes=wrappers_pb2.UInt32Value(value=limits.max_request_bytes)
+    )
     return [
         hcm_pb2.HttpFilter(name="envoy.filters.http.buffer", typed_config=pack(buffer)),
         hcm_pb2.HttpFilter(name=JWT_FILTER, typed_config=pack(jwt)),
@@ -730,8 +774,10 @@ def _connection_manager(name: str, gateway: Gateway) -> hcm_pb2.HttpConnectionMa
         stat_prefix=name,
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
         rds=hcm_pb2.Rds(config_source=_ads(), route_config_name=ROUTE_CONFIG),
-        http_filters=_http_filters(gateway.jwks, gateway.als),
-        local_reply_config=local_replies(),
+        http_filters=_http_filters(gateway.jwks, gateway.als, gateway.limits),
+        local_reply_config=local_replies(gateway.limits),
+        request_headers_timeout=_s(gateway.limits.headers_timeout_s),
+        request_timeout=_s(gateway.limits.receive_timeout_s),
         always_set_request_id_in_response=True,
         use_remote_address=wrappers_pb2.BoolValue(value=True),
         normalize_path=wrappers_pb2.BoolValue(value=True),
