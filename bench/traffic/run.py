@@ -34,6 +34,7 @@ import yaml
 from envoy.service.discovery.v3 import ads_pb2_grpc
 from faststream.nats import NatsBroker
 
+from sluice.common import gateway_auth
 from sluice.common.components import (
     ENVOY_BOOTSTRAP,
     envoy_spec,
@@ -140,7 +141,12 @@ def wrk(
 
 
 def measure_pinned(
-    direct: str, routed: str, host: str, inference_pid: int, envoy_pid: int
+    direct: str,
+    routed: str,
+    host: str,
+    inference_pid: int,
+    envoy_pid: int,
+    direct_headers: dict[str, str],
 ) -> list[str]:
     """The same throughput with the model server on a core of its own (wrk and Envoy share
     the other), as a gateway runs in production: the hop's cost without CPU contention."""
@@ -153,7 +159,7 @@ def measure_pinned(
     try:
         runs = {"direct": [], "routed": []}
         for _ in range(2):
-            runs["direct"].append(wrk(direct, 32, 6, {"Content-Type": "application/json"}, {0}))
+            runs["direct"].append(wrk(direct, 32, 6, direct_headers, {0}))
             runs["routed"].append(wrk(routed, 32, 6, routed_headers, {0}))
     finally:
         all_cpus = set(range(os.cpu_count() or 1))
@@ -167,13 +173,12 @@ def measure_pinned(
     ]
 
 
-def measure_hop(direct: str, routed: str, host: str) -> list[str]:
+def measure_hop(direct: str, routed: str, host: str, direct_headers: dict[str, str]) -> list[str]:
     routed_headers = {
         "Host": host,
         "Authorization": f"Bearer {KEY}",
         "Content-Type": "application/json",
     }
-    direct_headers = {"Content-Type": "application/json"}
     wrk(direct, 8, 2, direct_headers)  # warm up both paths
     wrk(routed, 8, 2, routed_headers)
     thr = {"direct": [], "routed": []}
@@ -380,12 +385,15 @@ def main() -> None:
                 "ports": base.ports.model_copy(update={"xds": xds_port}),
             }
         )
+        # The instance requires the gateway's header (gateway_auth); direct calls carry it too.
+        secret = gateway_auth.secret_for(settings.secret_key or "", "bench", "blue")
+        direct_headers = {"Content-Type": "application/json", gateway_auth.HEADER: secret}
         inference = sup.start(
             ProcessSpec(
                 name="inference",
                 argv=inference_argv(inference_port),
                 health=HttpCheck(f"http://127.0.0.1:{inference_port}/ready"),
-                env={**os.environ},
+                env={**os.environ, gateway_auth.ENV: secret},
                 ports=[inference_port],
             )
         )
@@ -415,6 +423,7 @@ def main() -> None:
             f"http://127.0.0.1:{inference_port}/score",
             f"http://127.0.0.1:{http_port}/score",
             f"bench.{DOMAIN}",
+            direct_headers,
         )
         rows += measure_pinned(
             f"http://127.0.0.1:{inference_port}/score",
@@ -422,6 +431,7 @@ def main() -> None:
             f"bench.{DOMAIN}",
             inference.pid,
             envoy_pid,
+            direct_headers,
         )
         print("\n".join(rows), flush=True)
         control = ["", "| control plane | | | | |", "|---|---|---|---|---|"]

@@ -56,5 +56,6 @@ def test_score_py_finds_no_platform_secret_and_no_other_deployments_files(
     for path in (state, state / "admin-token", state / "secret.key", state / "tls" / "ca.key"):
         assert found["files"][str(path)] == "denied", path
     assert found["files"][str(state / "workspaces" / ENDPOINT / "victim")] == "denied"
+    assert found["envoy_admin"] == "denied"  # a Unix socket in a private folder
     if os.geteuid() == 0:  # the platform can switch users: each deployment runs as its own
         assert pwd.getpwuid(found["uid"]).pw_name == user_name(ENDPOINT, "attacker")

@@ -22,7 +22,6 @@ def platform_state(traffic: Traffic) -> PlatformState:
         registry_address=None,
         envoy_http_port=traffic.http.port,
         envoy_https_port=traffic.https.port,
-        envoy_admin_port=0,
         domain=traffic.settings.domain,
         processes=[],
     )

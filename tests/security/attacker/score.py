@@ -4,6 +4,7 @@ run() returns what it found; the tests assert that none of it is a secret.
 """
 
 import os
+import socket
 from pathlib import Path
 
 DENIED = "denied"
@@ -58,6 +59,19 @@ def _processes() -> list:
     return readable
 
 
+def _envoy_admin(state: Path) -> str:
+    """Envoy's /config_dump holds every key and gateway secret."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(str(state / "envoy" / "admin.sock"))
+            s.sendall(b"GET /config_dump HTTP/1.0\r\n\r\n")
+            return s.recv(1 << 20).decode(errors="replace")
+    except PermissionError:
+        return DENIED
+    except OSError as exc:
+        return f"error: {exc}"
+
+
 def run(raw_data):
     state = Path(os.environ["PROBE_STATE_DIR"])
     victim = Path(os.environ["PROBE_VICTIM_WORKSPACE"])
@@ -86,4 +100,5 @@ def run(raw_data):
         "env": dict(os.environ),
         "files": files,
         "processes": _processes(),
+        "envoy_admin": _envoy_admin(state),
     }

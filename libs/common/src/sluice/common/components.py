@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from sluice.common.health import GrpcHealthCheck, HttpCheck, MongoPingCheck
+from sluice.common.health import GrpcHealthCheck, HttpCheck, MongoPingCheck, UnixHttpCheck
 from sluice.common.supervisor import ProcessSpec
 
 ENVOY_BOOTSTRAP = Path("deploy") / "envoy" / "bootstrap.yaml"
@@ -70,11 +70,24 @@ def mongo_spec(
 
 
 def render_envoy_bootstrap(
-    template: Path, *, admin_port: int, xds_host: str, xds_port: int, node_id: str
+    template: Path,
+    *,
+    admin_port: int = 0,
+    xds_host: str,
+    xds_port: int,
+    node_id: str,
+    admin_socket: Path | None = None,
 ) -> dict[str, Any]:
+    """The bootstrap with its ports filled in. With `admin_socket`, Envoy's admin interface
+    (which shows every key and gateway secret in /config_dump) listens on that Unix socket,
+    mode 0600, instead of a loopback port any local process, deployment code included,
+    could reach."""
     config: dict[str, Any] = yaml.safe_load(template.read_text())
     config["node"]["id"] = node_id
-    config["admin"]["address"]["socket_address"]["port_value"] = admin_port
+    if admin_socket is not None:
+        config["admin"]["address"] = {"pipe": {"path": str(admin_socket), "mode": 0o600}}
+    else:
+        config["admin"]["address"]["socket_address"]["port_value"] = admin_port
     xds = config["static_resources"]["clusters"][0]
     endpoint = xds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
     endpoint["address"]["socket_address"].update(address=xds_host, port_value=xds_port)
@@ -84,12 +97,20 @@ def render_envoy_bootstrap(
 def envoy_spec(
     *,
     host: str,
-    admin_port: int,
+    admin_port: int = 0,
     bootstrap: Path,
     listener_ports: list[int],
     concurrency: int = 1,
     name: str = "envoy",
+    admin_socket: Path | None = None,
 ) -> ProcessSpec:
+    """Envoy with its admin interface on `admin_socket` when given, else on `admin_port`."""
+    health: HttpCheck | UnixHttpCheck = HttpCheck(f"http://{host}:{admin_port}/ready")
+    address = f"http://{host}:{admin_port}"
+    admin_ports = [admin_port]
+    if admin_socket is not None:
+        health = UnixHttpCheck(str(admin_socket), "/ready")
+        address, admin_ports = health.describe().partition("#")[0], []
     return ProcessSpec(
         name=name,
         argv=[
@@ -102,10 +123,10 @@ def envoy_spec(
             "--log-level",
             "warning",
         ],
-        health=HttpCheck(f"http://{host}:{admin_port}/ready"),
-        ports=[admin_port, *listener_ports],
+        health=health,
+        ports=[*admin_ports, *listener_ports],
         host=host,
-        address=f"http://{host}:{admin_port}",
+        address=address,
     )
 
 

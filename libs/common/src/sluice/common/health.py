@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import socket
 import urllib.error
 import urllib.request
@@ -41,6 +42,46 @@ class HttpCheck:
 
     def describe(self) -> str:
         return self.url
+
+
+class _UnixHttpConnection(http.client.HTTPConnection):
+    def __init__(self, socket_path: str, timeout: float):
+        super().__init__("localhost", timeout=timeout)
+        self._socket_path = socket_path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self._socket_path)
+        self.sock = sock
+
+
+def unix_http_get(socket_path: str, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    """GET `path` from an HTTP server on a Unix socket (Envoy's admin): (status, body)."""
+    conn = _UnixHttpConnection(socket_path, timeout)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+@dataclass(frozen=True)
+class UnixHttpCheck:
+    """An HTTP GET on a Unix socket, e.g. Envoy's admin `/ready`."""
+
+    socket_path: str
+    path: str = "/ready"
+
+    def __call__(self) -> bool:
+        try:
+            return unix_http_get(self.socket_path, self.path, timeout=1.0)[0] == 200
+        except OSError:
+            return False
+
+    def describe(self) -> str:
+        return f"unix://{self.socket_path}#{self.path}"
 
 
 @dataclass(frozen=True)
@@ -85,10 +126,15 @@ class MongoPingCheck:
         return self.uri
 
 
-def check_from_probe(probe: str) -> TcpCheck | HttpCheck | GrpcHealthCheck | MongoPingCheck:
+def check_from_probe(
+    probe: str,
+) -> TcpCheck | HttpCheck | UnixHttpCheck | GrpcHealthCheck | MongoPingCheck:
     """Rebuild a check from its `describe()` string (as stored in the platform state)."""
     if probe.startswith(("http://", "https://")):
         return HttpCheck(probe)
+    if probe.startswith("unix://"):
+        socket_path, _, path = probe.removeprefix("unix://").partition("#")
+        return UnixHttpCheck(socket_path, path or "/")
     if probe.startswith("grpc://"):
         return GrpcHealthCheck(probe.removeprefix("grpc://"))
     if probe.startswith("mongodb://"):

@@ -75,7 +75,7 @@ class PlatformState(BaseModel):
     registry_address: str | None
     envoy_http_port: int | None
     envoy_https_port: int | None
-    envoy_admin_port: int
+    envoy_admin_socket: Path | None = None  # Envoy's admin interface (mode 0600)
     domain: str
     processes: list[RunningProcess]
     # service -> its Prometheus scrape URL (http://host:port/metrics)
@@ -235,12 +235,12 @@ class LocalPlatform:
                 )
             )
 
-        admin_port = self._port(s.envoy.admin_port)
         bootstrap = self.state_dir / "envoy" / "bootstrap.yaml"
-        bootstrap.parent.mkdir(parents=True, exist_ok=True)
+        bootstrap.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        admin_socket = bootstrap.parent / "admin.sock"  # private: /config_dump shows keys
         config = render_envoy_bootstrap(
             find_project_file(ENVOY_BOOTSTRAP),
-            admin_port=admin_port,
+            admin_socket=admin_socket,
             xds_host=host,
             xds_port=ports["xds"],
             node_id="sluice-gateway",
@@ -251,7 +251,10 @@ class LocalPlatform:
         )
         specs.append(
             envoy_spec(
-                host=host, admin_port=admin_port, bootstrap=bootstrap, listener_ports=listener_ports
+                host=host,
+                admin_socket=admin_socket,
+                bootstrap=bootstrap,
+                listener_ports=listener_ports,
             )
         )
 
@@ -264,7 +267,7 @@ class LocalPlatform:
             registry_address=f"{host}:{ports['registry']}" if has_registry else None,
             envoy_http_port=s.envoy.http_port if s.envoy.http_enabled else None,
             envoy_https_port=s.envoy.https_port,
-            envoy_admin_port=admin_port,
+            envoy_admin_socket=admin_socket,
             domain=s.domain,
             processes=[],
             prometheus={name: f"http://{host}:{port}/metrics" for name, port in prometheus.items()},
