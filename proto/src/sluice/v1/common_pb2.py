@@ -25,19 +25,19 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16sluice/v1/common.proto\x12\tsluice.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe5\x01\n\x0cResourceMeta\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12.\n\ncreated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\x04 \x01(\t\x12\x38\n\x12provisioning_state\x18\x05 \x01(\x0e\x32\x1c.sluice.v1.ProvisioningState\x12\x16\n\x0estatus_message\x18\x06 \x01(\t\"4\n\x0bPageRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"\'\n\x0cPageResponse\x12\x17\n\x0fnext_page_token\x18\x01 \x01(\t\"A\n\x0b\x41rtifactRef\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x14\n\x0cis_directory\x18\x03 \x01(\x08\"V\n\x08ModelRef\x12*\n\x08\x61rtifact\x18\x01 \x01(\x0b\x32\x16.sluice.v1.ArtifactRefH\x00\x12\x14\n\nregistered\x18\x02 \x01(\tH\x00\x42\x08\n\x06source\"Q\n\x11\x43odeConfiguration\x12$\n\x04\x63ode\x18\x01 \x01(\x0b\x32\x16.sluice.v1.ArtifactRef\x12\x16\n\x0escoring_script\x18\x02 \x01(\t\"b\n\x0f\x45nvironmentSpec\x12\x12\n\nconda_file\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\t\x12\x12\n\nregistered\x18\x03 \x01(\t\x12\x18\n\x10pip_requirements\x18\x04 \x03(\t\"`\n\nTimeWindow\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xa1\x02\n\x11ProvisioningState\x12\"\n\x1ePROVISIONING_STATE_UNSPECIFIED\x10\x00\x12\x1f\n\x1bPROVISIONING_STATE_CREATING\x10\x01\x12#\n\x1fPROVISIONING_STATE_PROVISIONING\x10\x02\x12\x1f\n\x1bPROVISIONING_STATE_UPDATING\x10\x03\x12\x1f\n\x1bPROVISIONING_STATE_DELETING\x10\x04\x12 \n\x1cPROVISIONING_STATE_SUCCEEDED\x10\x05\x12\x1d\n\x19PROVISIONING_STATE_FAILED\x10\x06\x12\x1f\n\x1bPROVISIONING_STATE_CANCELED\x10\x07*Q\n\x08\x41uthMode\x12\x19\n\x15\x41UTH_MODE_UNSPECIFIED\x10\x00\x12\x11\n\rAUTH_MODE_KEY\x10\x01\x12\x17\n\x13\x41UTH_MODE_AML_TOKEN\x10\x02*b\n\x0b\x43omputeKind\x12\x1c\n\x18\x43OMPUTE_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43OMPUTE_KIND_MANAGED\x10\x01\x12\x1b\n\x17\x43OMPUTE_KIND_KUBERNETES\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16sluice/v1/common.proto\x12\tsluice.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe5\x01\n\x0cResourceMeta\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12.\n\ncreated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\x04 \x01(\t\x12\x38\n\x12provisioning_state\x18\x05 \x01(\x0e\x32\x1c.sluice.v1.ProvisioningState\x12\x16\n\x0estatus_message\x18\x06 \x01(\t\"4\n\x0bPageRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"\'\n\x0cPageResponse\x12\x17\n\x0fnext_page_token\x18\x01 \x01(\t\"A\n\x0b\x41rtifactRef\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x14\n\x0cis_directory\x18\x03 \x01(\x08\"e\n\x08ModelRef\x12*\n\x08\x61rtifact\x18\x01 \x01(\x0b\x32\x16.sluice.v1.ArtifactRefH\x00\x12\x14\n\nregistered\x18\x02 \x01(\tH\x00\x12\r\n\x05\x61sset\x18\x03 \x01(\tB\x08\n\x06source\"Q\n\x11\x43odeConfiguration\x12$\n\x04\x63ode\x18\x01 \x01(\x0b\x32\x16.sluice.v1.ArtifactRef\x12\x16\n\x0escoring_script\x18\x02 \x01(\t\"b\n\x0f\x45nvironmentSpec\x12\x12\n\nconda_file\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\t\x12\x12\n\nregistered\x18\x03 \x01(\t\x12\x18\n\x10pip_requirements\x18\x04 \x03(\t\"`\n\nTimeWindow\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xa1\x02\n\x11ProvisioningState\x12\"\n\x1ePROVISIONING_STATE_UNSPECIFIED\x10\x00\x12\x1f\n\x1bPROVISIONING_STATE_CREATING\x10\x01\x12#\n\x1fPROVISIONING_STATE_PROVISIONING\x10\x02\x12\x1f\n\x1bPROVISIONING_STATE_UPDATING\x10\x03\x12\x1f\n\x1bPROVISIONING_STATE_DELETING\x10\x04\x12 \n\x1cPROVISIONING_STATE_SUCCEEDED\x10\x05\x12\x1d\n\x19PROVISIONING_STATE_FAILED\x10\x06\x12\x1f\n\x1bPROVISIONING_STATE_CANCELED\x10\x07*Q\n\x08\x41uthMode\x12\x19\n\x15\x41UTH_MODE_UNSPECIFIED\x10\x00\x12\x11\n\rAUTH_MODE_KEY\x10\x01\x12\x17\n\x13\x41UTH_MODE_AML_TOKEN\x10\x02*b\n\x0b\x43omputeKind\x12\x1c\n\x18\x43OMPUTE_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43OMPUTE_KIND_MANAGED\x10\x01\x12\x1b\n\x17\x43OMPUTE_KIND_KUBERNETES\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sluice.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PROVISIONINGSTATE']._serialized_start=834
-  _globals['_PROVISIONINGSTATE']._serialized_end=1123
-  _globals['_AUTHMODE']._serialized_start=1125
-  _globals['_AUTHMODE']._serialized_end=1206
-  _globals['_COMPUTEKIND']._serialized_start=1208
-  _globals['_COMPUTEKIND']._serialized_end=1306
+  _globals['_PROVISIONINGSTATE']._serialized_start=849
+  _globals['_PROVISIONINGSTATE']._serialized_end=1138
+  _globals['_AUTHMODE']._serialized_start=1140
+  _globals['_AUTHMODE']._serialized_end=1221
+  _globals['_COMPUTEKIND']._serialized_start=1223
+  _globals['_COMPUTEKIND']._serialized_end=1321
   _globals['_RESOURCEMETA']._serialized_start=71
   _globals['_RESOURCEMETA']._serialized_end=300
   _globals['_PAGEREQUEST']._serialized_start=302
@@ -47,11 +47,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ARTIFACTREF']._serialized_start=397
   _globals['_ARTIFACTREF']._serialized_end=462
   _globals['_MODELREF']._serialized_start=464
-  _globals['_MODELREF']._serialized_end=550
-  _globals['_CODECONFIGURATION']._serialized_start=552
-  _globals['_CODECONFIGURATION']._serialized_end=633
-  _globals['_ENVIRONMENTSPEC']._serialized_start=635
-  _globals['_ENVIRONMENTSPEC']._serialized_end=733
-  _globals['_TIMEWINDOW']._serialized_start=735
-  _globals['_TIMEWINDOW']._serialized_end=831
+  _globals['_MODELREF']._serialized_end=565
+  _globals['_CODECONFIGURATION']._serialized_start=567
+  _globals['_CODECONFIGURATION']._serialized_end=648
+  _globals['_ENVIRONMENTSPEC']._serialized_start=650
+  _globals['_ENVIRONMENTSPEC']._serialized_end=748
+  _globals['_TIMEWINDOW']._serialized_start=750
+  _globals['_TIMEWINDOW']._serialized_end=846
 # @@protoc_insertion_point(module_scope)

@@ -203,13 +203,19 @@ Global___ArtifactRef: _TypeAlias = ArtifactRef  # noqa: Y015
 
 @_typing.final
 class ModelRef(_message.Message):
-    """model: either an uploaded artifact or a registered model "name:version"."""
+    """model: either an uploaded artifact or a registered model reference as written
+    ("my-model:1", "my-model@latest"). The registry resolves a reference at create
+    time: it stores the model version's artifact and names the version in `asset`.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     ARTIFACT_FIELD_NUMBER: _builtins.int
     REGISTERED_FIELD_NUMBER: _builtins.int
+    ASSET_FIELD_NUMBER: _builtins.int
     registered: _builtins.str
+    asset: _builtins.str
+    """"name:version" of the registered model the artifact is, "" if none"""
     @_builtins.property
     def artifact(self) -> Global___ArtifactRef: ...
     def __init__(
@@ -217,10 +223,11 @@ class ModelRef(_message.Message):
         *,
         artifact: Global___ArtifactRef | None = ...,
         registered: _builtins.str = ...,
+        asset: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "registered", b"registered", "source", b"source"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "registered", b"registered", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "asset", b"asset", "registered", b"registered", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["artifact", "registered"]  # noqa: Y015
     _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
@@ -266,7 +273,10 @@ class EnvironmentSpec(_message.Message):
     """content of the conda YAML, not its path"""
     image: _builtins.str
     registered: _builtins.str
-    """"name:version" """
+    """A registered or curated environment, as resolved by the registry ("my-env:1",
+    "azureml://registries/azureml/environments/sklearn-1.5/labels/latest"); the
+    fields above then hold its content.
+    """
     @_builtins.property
     def pip_requirements(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(

@@ -71,10 +71,15 @@ class ArtifactRef(_Model):
 
 
 class ModelRef(_Model):
-    """Exactly one of: an uploaded artifact, or a registered model "name:version"."""
+    """An uploaded artifact, or a registered model reference (`registered`, as written).
+
+    The registry resolves references at create time: what it stores has the
+    model version's `artifact` and `asset` = "name:version" (for lineage).
+    """
 
     artifact: ArtifactRef | None = None
     registered: str | None = None
+    asset: str = ""
 
 
 class CodeConfiguration(_Model):

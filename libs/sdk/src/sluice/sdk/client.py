@@ -20,6 +20,7 @@ import grpc
 from google.protobuf.message import Message
 
 from sluice.common.artifacts import chunks, pack
+from sluice.common.assets import AssetDoc, AssetKind, AssetSpec
 from sluice.common.platform import LocalPlatform
 from sluice.common.protoconv import M, to_model, to_proto
 from sluice.common.resources import (
@@ -36,6 +37,8 @@ from sluice.common.resources import (
 )
 from sluice.common.settings import Settings
 from sluice.v1 import (
+    assets_pb2,
+    assets_pb2_grpc,
     common_pb2,
     provisioner_pb2,
     provisioner_pb2_grpc,
@@ -69,6 +72,18 @@ class BatchEndpoint:
 
 
 @dataclass(frozen=True)
+class Asset:
+    """A registered model, environment or data version, and the deployments using it."""
+
+    doc: AssetDoc
+    used_by: tuple[str, ...] = ()
+
+
+def _asset(msg: Any) -> Asset:
+    return Asset(to_model(msg, AssetDoc, exclude=("used_by",)), tuple(msg.used_by))
+
+
+@dataclass(frozen=True)
 class Credentials:
     auth_mode: AuthMode
     primary_key: str = ""
@@ -86,6 +101,7 @@ class RegistryClient:
         self.address = address
         self._channel = grpc.insecure_channel(address)
         self._stub = registry_pb2_grpc.RegistryStub(self._channel)
+        self._assets = assets_pb2_grpc.AssetsStub(self._channel)
         self._metadata = (
             ("authorization", f"Bearer {token}"),
             ("actor", actor or getpass.getuser()),
@@ -350,6 +366,49 @@ class RegistryClient:
     def delete_batch_deployment(self, endpoint: str, name: str) -> None:
         request = registry_pb2.DeleteDeploymentRequest(endpoint_name=endpoint, name=name)
         self._call(self._stub.DeleteBatchDeployment, request)
+
+    # ---- registered assets ----------------------------------------------------------------
+
+    def create_asset(self, spec: AssetSpec) -> Asset:
+        request = assets_pb2.CreateAssetRequest(spec=to_proto(spec, assets_pb2.AssetSpec()))
+        return _asset(self._call(self._assets.CreateAsset, request))
+
+    def get_asset(self, kind: AssetKind, reference: str) -> Asset:
+        """One version by reference: `name:version`, `name@latest`, `azureml:...`."""
+        request = assets_pb2.GetAssetRequest(kind=kind.value, reference=reference)
+        return _asset(self._call(self._assets.GetAsset, request))
+
+    def list_assets(
+        self, kind: AssetKind, name: str = "", *, include_archived: bool = False
+    ) -> list[Asset]:
+        request = assets_pb2.ListAssetsRequest(
+            kind=kind.value, name=name, include_archived=include_archived
+        )
+        return [_asset(m) for m in self._call(self._assets.ListAssets, request).assets]
+
+    def archive_asset(self, kind: AssetKind, name: str, version: str = "") -> Asset:
+        request = assets_pb2.ArchiveAssetRequest(kind=kind.value, name=name, version=version)
+        return _asset(self._call(self._assets.ArchiveAsset, request))
+
+    def restore_asset(self, kind: AssetKind, name: str, version: str = "") -> Asset:
+        request = assets_pb2.ArchiveAssetRequest(kind=kind.value, name=name, version=version)
+        return _asset(self._call(self._assets.RestoreAsset, request))
+
+    def resolve_data(self, reference: str) -> AssetDoc:
+        """A data asset named by a batch input (`azureml:my-data:1`, `azureml:my-data@latest`).
+
+        Raises SluiceError for a malformed, missing or archived reference. The
+        asset's files are `doc.spec.artifact` (in the artifact store) or the URI
+        `doc.spec.path`.
+        """
+        doc = self.get_asset(AssetKind.data, reference).doc
+        if doc.archived:
+            raise SluiceError(
+                "FAILED_PRECONDITION",
+                f"data {doc.spec.name!r} version {doc.spec.version!r} is archived; restore it "
+                f"(`sluice data restore -n {doc.spec.name} -v {doc.spec.version}`)",
+            )
+        return doc
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+import grpc
+
 from sluice.common.artifacts import ArtifactStore
+from sluice.common.curated import CuratedCatalogue
 from sluice.common.events import (
     EventPublisher,
     Outbox,
@@ -22,13 +25,16 @@ from sluice.common.runtime import wait_for_shutdown_signal
 from sluice.common.secretbox import SecretBox
 from sluice.common.settings import Settings
 from sluice.registry.api import RegistryApi
+from sluice.registry.assets import AssetService
+from sluice.registry.assets_api import AssetsApi
 from sluice.registry.credentials import TokenIssuer
 from sluice.registry.service import RegistryService
 from sluice.registry.store import RegistryStore
-from sluice.v1 import registry_pb2, registry_pb2_grpc
+from sluice.v1 import assets_pb2, assets_pb2_grpc, registry_pb2, registry_pb2_grpc
 
 log = get_logger(__name__)
 SERVICE_NAME = registry_pb2.DESCRIPTOR.services_by_name["Registry"].full_name
+ASSETS_SERVICE_NAME = assets_pb2.DESCRIPTOR.services_by_name["Assets"].full_name
 
 
 def scoring_base(settings: Settings) -> str:
@@ -60,6 +66,11 @@ async def load_token_issuer(store: RegistryStore, secrets: SecretBox) -> TokenIs
     return TokenIssuer(secrets.decrypt(stored))
 
 
+def register(server: grpc.aio.Server, api: RegistryApi, assets: AssetsApi) -> None:
+    registry_pb2_grpc.add_RegistryServicer_to_server(api, server)
+    assets_pb2_grpc.add_AssetsServicer_to_server(assets, server)
+
+
 async def serve(settings: Settings) -> None:
     if not settings.admin_token or not settings.secret_key:
         raise RuntimeError(
@@ -87,14 +98,15 @@ async def serve(settings: Settings) -> None:
         tokens = await load_token_issuer(store, secrets)
         await store.publish_jwks(tokens.jwks)
         artifacts = artifact_store(settings)
-        service = RegistryService(store, secrets, tokens, artifacts)
+        assets = AssetService(store, artifacts, CuratedCatalogue.load())
+        service = RegistryService(store, secrets, tokens, artifacts, assets)
         relay = asyncio.create_task(OutboxRelay(outbox, publisher).run())
         api = RegistryApi(service, artifacts, scoring_base(settings))
         server = GrpcServer(
             host=settings.host,
             port=settings.ports.registry,
-            service_names=[SERVICE_NAME],
-            register=lambda s: registry_pb2_grpc.add_RegistryServicer_to_server(api, s),
+            service_names=[SERVICE_NAME, ASSETS_SERVICE_NAME],
+            register=lambda s: register(s, api, AssetsApi(assets)),
             admin_token=settings.admin_token,
         )
         await server.start()

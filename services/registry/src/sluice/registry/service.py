@@ -37,6 +37,7 @@ from sluice.common.resources import (
 )
 from sluice.common.secretbox import SecretBox
 from sluice.registry import domain
+from sluice.registry.assets import AssetService
 from sluice.registry.credentials import Token, TokenIssuer, new_key
 from sluice.registry.domain import Conflict, FailedPrecondition, InvalidArgument, NotFound
 from sluice.registry.store import Page, RegistryStore
@@ -100,7 +101,9 @@ class RegistryService:
         secrets: SecretBox,
         tokens: TokenIssuer,
         artifacts: ArtifactStore,
+        assets: AssetService,
     ):
+        self._assets = assets
         self._store = store
         self._secrets = secrets
         self._tokens = tokens
@@ -321,6 +324,7 @@ class RegistryService:
         self, spec: OnlineDeploymentSpec, actor: str
     ) -> OnlineDeploymentDoc:
         endpoint = await self.get_online_endpoint(spec.endpoint_name)
+        spec = await self._assets.resolve_deployment(spec)
         domain.check_online_deployment(spec, endpoint.spec)
         self._check_artifacts(spec.model.artifact, spec.code_configuration.code)
         doc = OnlineDeploymentDoc(spec=spec, meta=Meta(created_by=actor))
@@ -366,6 +370,7 @@ class RegistryService:
         self, spec: OnlineDeploymentSpec, expected_version: int | None, actor: str
     ) -> OnlineDeploymentDoc:
         endpoint = await self.get_online_endpoint(spec.endpoint_name)
+        spec = await self._assets.resolve_deployment(spec)
         domain.check_online_deployment(spec, endpoint.spec)
         self._check_artifacts(spec.model.artifact, spec.code_configuration.code)
 
@@ -483,6 +488,7 @@ class RegistryService:
         self, spec: BatchDeploymentSpec, set_default: bool, actor: str
     ) -> BatchDeploymentDoc:
         endpoint = await self.get_batch_endpoint(spec.endpoint_name)
+        spec = await self._assets.resolve_deployment(spec)
         domain.check_batch_deployment(spec)
         self._check_artifacts(spec.model.artifact, spec.code_configuration.code)
         doc = BatchDeploymentDoc(
@@ -525,6 +531,7 @@ class RegistryService:
     async def update_batch_deployment(
         self, spec: BatchDeploymentSpec, expected_version: int | None, actor: str
     ) -> BatchDeploymentDoc:
+        spec = await self._assets.resolve_deployment(spec)
         domain.check_batch_deployment(spec)
         self._check_artifacts(spec.model.artifact, spec.code_configuration.code)
 

@@ -20,6 +20,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
+from sluice.common.assets import ASSETS, AssetDoc
 from sluice.common.events import Outbox, Transaction
 from sluice.common.mongo import Document
 from sluice.common.resources import (
@@ -146,7 +147,7 @@ class Collection(Generic[DocT]):
 
 
 class Collections:
-    """The registry's four resource collections, optionally inside one transaction."""
+    """The registry's resource collections (and assets), optionally inside one transaction."""
 
     def __init__(self, db: AsyncDatabase[Document], session: AsyncClientSession | None = None):
         self.online_endpoints = Collection(
@@ -161,6 +162,7 @@ class Collections:
         self.batch_deployments = Collection(
             db[BATCH_DEPLOYMENTS], BatchDeploymentDoc, "batch deployment", session
         )
+        self.assets = Collection(db[ASSETS], AssetDoc, "asset", session)
 
 
 class Writes(Collections):
@@ -202,6 +204,10 @@ class RegistryStore(Collections):
         for name in (ONLINE_ENDPOINTS, ONLINE_DEPLOYMENTS, BATCH_ENDPOINTS, BATCH_DEPLOYMENTS):
             await self._migrate(self._db[name])
             await self._db[name].create_index([(KEY, ASCENDING)], unique=True, sparse=True)
+        await self._db[ASSETS].create_index(
+            [("spec.asset_kind", ASCENDING), ("spec.name", ASCENDING), ("spec.version", ASCENDING)],
+            unique=True,
+        )
 
     @staticmethod
     async def _migrate(collection: AsyncCollection[Document]) -> None:

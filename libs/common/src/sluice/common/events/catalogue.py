@@ -58,6 +58,14 @@ class BatchEndpointChanged(Payload):
     version: int
 
 
+class AssetChanged(Payload):
+    kind: Literal["model", "environment", "data"]
+    name: str = Field(description="`<asset name>:<asset version>`")
+    version: int = Field(description="the asset document's version (archive/restore bump it)")
+    asset_name: str
+    asset_version: str
+
+
 class BatchDeploymentChanged(Payload):
     kind: Literal["batch_deployment"] = "batch_deployment"
     name: str
@@ -206,6 +214,13 @@ BATCH_ENDPOINT_CREATED, BATCH_ENDPOINT_UPDATED, BATCH_ENDPOINT_DELETED = _change
 BATCH_DEPLOYMENT_CREATED, BATCH_DEPLOYMENT_UPDATED, BATCH_DEPLOYMENT_DELETED = _changes(
     "batch_deployment", BatchDeploymentChanged, "a batch deployment"
 )
+ASSET_EVENTS = {
+    (kind, verb): EventSpec(
+        kind, verb, AssetChanged, REGISTRY, f"a registered {kind} version was {verb}"
+    )
+    for kind in ("model", "environment", "data")
+    for verb in ("created", "archived", "restored")
+}
 DEPLOYMENT_PROVISIONING = EventSpec(
     "deployment",
     "provisioning",
@@ -285,6 +300,7 @@ ALL: tuple[EventSpec[Any], ...] = (
     ALERT_FIRED,
     ALERT_RESOLVED,
     *BATCH_JOB.values(),
+    *ASSET_EVENTS.values(),
 )
 BY_TYPE: dict[str, EventSpec[Any]] = {spec.type: spec for spec in ALL}
 

@@ -11,9 +11,11 @@ import typer
 from rich.markup import escape
 
 from sluice.common.artifacts import ArtifactError
+from sluice.common.assets import AssetKind
 from sluice.common.supervisor import ComponentError
 from sluice.sdk.cli import (
     alert,
+    assets,
     batch_deployment,
     batch_endpoint,
     demo,
@@ -46,6 +48,8 @@ app.add_typer(batch_deployment.app, name="batch-deployment")
 app.add_typer(tls_cmds.app, name="tls")
 app.add_typer(alert.app, name="alert")
 app.add_typer(job.app, name="job")
+for _kind in AssetKind:
+    app.add_typer(assets.make_app(_kind), name=_kind.value)
 
 
 def main() -> None:

@@ -1,0 +1,202 @@
+"""`sluice model|environment|data ...`: register, list, show, archive, restore, download.
+
+One Typer app per asset kind, built by `make_app`; outputs follow the shape
+of `az ml model|environment|data show` (snake_case keys, `id`, `version` as
+text, `creation_context`), plus Sluice's `archived` and `used_by`.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import typer
+import yaml
+
+from sluice.common.artifacts import ArtifactStore
+from sluice.common.assets import AssetKind
+from sluice.common.settings import Settings
+from sluice.sdk.asset_specs import load_asset
+from sluice.sdk.azure_ids import asset_id
+from sluice.sdk.cli.common import FileOption, SetOption, optional_path, registry, warn
+from sluice.sdk.cli.errors import CliError
+from sluice.sdk.cli.output import OutputFormat, OutputOption, err_console, render
+from sluice.sdk.client import Asset
+
+COLUMNS = ["name", "version", "type", "archived", "used_by", "description"]
+NameOption = typer.Option(..., "--name", "-n", help="asset name")
+VersionOption = typer.Option(None, "--version", "-v", help="version (default: all / latest)")
+DownloadPathOption = typer.Option(Path(), "--download-path", "-p", help="folder to download into")
+LabelOption = typer.Option(None, "--label", "-l", help="label instead of a version: latest")
+
+
+def view(asset: Asset) -> dict[str, Any]:
+    """Azure's field names and shape for `az ml <kind> show`."""
+    doc, spec = asset.doc, asset.doc.spec
+    out: dict[str, Any] = {
+        "creation_context": {
+            "created_at": doc.meta.created_at.isoformat(),
+            "created_by": doc.meta.created_by,
+            "last_modified_at": doc.meta.updated_at.isoformat(),
+        },
+        "description": spec.description,
+        "id": asset_id(spec.asset_kind, spec.name, spec.version),
+        "name": spec.name,
+        "tags": dict(spec.tags),
+        "version": spec.version,
+        "archived": doc.archived,
+        "used_by": list(asset.used_by),
+    }
+    if spec.asset_kind is AssetKind.environment:
+        out["conda_file"] = yaml.safe_load(spec.conda_file) if spec.conda_file else None
+        out["image"] = spec.image or None
+        out["os_type"] = "linux"
+        if spec.pip_requirements:
+            out["pip_requirements"] = list(spec.pip_requirements)
+    else:
+        out["type"] = spec.type
+        if spec.artifact is not None:
+            out["path"] = f"sluice://artifacts/{spec.artifact.digest}/{spec.artifact.name}"
+        else:
+            out["path"] = spec.path
+        if spec.asset_kind is AssetKind.model:
+            out["stage"] = "Archived" if doc.archived else "Development"
+            out["properties"] = {}
+    return out
+
+
+def _show(asset: Asset, output: OutputFormat) -> None:
+    row = view(asset)
+    if output is OutputFormat.table:
+        render(row, output, columns=[c for c in COLUMNS if c in row])
+    else:
+        render(row, output)
+
+
+def make_app(kind: AssetKind) -> typer.Typer:
+    noun = kind.value
+    app = typer.Typer(help=f"Registered {kind.plural}: versioned, immutable once created.")
+
+    @app.command()
+    def create(
+        file: Path | None = FileOption,
+        name: str | None = typer.Option(None, "--name", "-n", help=f"{noun} name"),
+        version: str | None = typer.Option(None, "--version", "-v", help="version"),
+        path: str | None = typer.Option(
+            None, "--path", "-p", help="local file/folder (or a URI for data)"
+        ),
+        type_: str | None = typer.Option(None, "--type", "-t", help="asset type"),
+        conda_file: str | None = typer.Option(None, "--conda-file", help="environment conda YAML"),
+        image: str | None = typer.Option(None, "--image", "-i", help="environment base image"),
+        description: str | None = typer.Option(None, "--description", "-d"),
+        set_: list[str] = SetOption,
+        output: OutputFormat = OutputOption,
+    ) -> None:
+        """Register a new version from an Azure ML YAML file and/or options."""
+        if file is None and not name:
+            raise CliError("give --file or --name")
+        fields = {
+            "name": name,
+            "version": version,
+            "path": path,
+            "type": type_,
+            "conda_file": str(Path(conda_file).resolve()) if conda_file else None,
+            "image": image,
+            "description": description,
+        }
+        with registry() as client:
+            loaded = load_asset(kind, optional_path(file), client.upload, set_, fields=fields)
+            warn(loaded.warnings)
+            asset = client.create_asset(loaded.spec)
+        err_console.print(f"Created {noun} {asset.doc.spec.name} version {asset.doc.spec.version}.")
+        _show(asset, output)
+
+    @app.command("list")
+    def list_(
+        name: str | None = typer.Option(None, "--name", "-n", help="list the versions of one name"),
+        include_archived: bool = typer.Option(False, "--include-archived"),
+        archived_only: bool = typer.Option(False, "--archived-only"),
+        output: OutputFormat = OutputOption,
+    ) -> None:
+        """The latest version of every name (or every version of --name)."""
+        with registry() as client:
+            assets = client.list_assets(
+                kind, name or "", include_archived=include_archived or archived_only
+            )
+        rows = [view(a) for a in assets if a.doc.archived or not archived_only]
+        render(rows, output, columns=COLUMNS if output is OutputFormat.table else None)
+
+    @app.command()
+    def show(
+        name: str = NameOption,
+        version: str | None = VersionOption,
+        label: str | None = LabelOption,
+        output: OutputFormat = OutputOption,
+    ) -> None:
+        """One version (--version, or --label latest)."""
+        with registry() as client:
+            asset = client.get_asset(kind, _reference(name, version, label))
+        _show(asset, output)
+
+    @app.command()
+    def archive(
+        name: str = NameOption,
+        version: str | None = VersionOption,
+        output: OutputFormat = OutputOption,
+    ) -> None:
+        """Archive a version (or all versions); refused while deployments use it."""
+        with registry() as client:
+            asset = client.archive_asset(kind, name, version or "")
+        err_console.print(f"Archived {noun} {name}" + (f" version {version}." if version else "."))
+        _show(asset, output)
+
+    @app.command()
+    def restore(
+        name: str = NameOption,
+        version: str | None = VersionOption,
+        output: OutputFormat = OutputOption,
+    ) -> None:
+        """Restore an archived version (or all versions)."""
+        with registry() as client:
+            asset = client.restore_asset(kind, name, version or "")
+        err_console.print(f"Restored {noun} {name}" + (f" version {version}." if version else "."))
+        _show(asset, output)
+
+    if kind is not AssetKind.environment:
+
+        @app.command()
+        def download(
+            name: str = NameOption,
+            version: str | None = VersionOption,
+            download_path: Path = DownloadPathOption,
+        ) -> None:
+            """Copy a version's files into --download-path/<name>/."""
+            with registry() as client:
+                asset = client.get_asset(kind, _reference(name, version, None))
+            artifact = asset.doc.spec.artifact
+            if artifact is None:
+                raise CliError(f"{noun} {name!r} is a URI ({asset.doc.spec.path}); nothing to copy")
+            source = ArtifactStore(Settings().state_dir.absolute() / "artifacts").path_of(artifact)
+            if not source.exists():
+                raise CliError(
+                    f"the artifact store is not on this machine ({source} is missing); "
+                    "run the download where the platform runs"
+                )
+            target = download_path / name / artifact.name
+            if source.is_dir():
+                shutil.copytree(source, target, dirs_exist_ok=True)
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, target)
+            err_console.print(f"Downloaded {noun} {name} to {target}.")
+
+    return app
+
+
+def _reference(name: str, version: str | None, label: str | None) -> str:
+    if version and label:
+        raise CliError("give --version or --label, not both")
+    if version:
+        return f"{name}:{version}"
+    return f"{name}@{label or 'latest'}"

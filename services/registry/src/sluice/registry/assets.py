@@ -1,0 +1,344 @@
+"""Registered models, environments and data: create, read, archive, and resolve references.
+
+Same rules as the rest of the registry: every check runs before anything is
+written, each change publishes one event, and archive/restore are conditional
+on the version they read. Deployments name assets by reference; `resolve_*`
+turns a reference into what the provisioner runs (the model version's
+artifact, the environment version's conda file) when the deployment is
+created, so a bad reference stores nothing.
+
+Lineage is read, not kept: the deployments that use a version are the ones
+whose stored spec names it (`ModelRef.asset`, `EnvironmentSpec.registered`).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TypeVar
+
+from sluice.common.artifacts import ArtifactStore
+from sluice.common.assets import (
+    DATA_TYPES,
+    MODEL_TYPES,
+    AssetDoc,
+    AssetKind,
+    AssetRef,
+    AssetSpec,
+    ReferenceError_,
+    asset_id,
+    parse_reference,
+    version_key,
+)
+from sluice.common.conda import CondaSpecError, parse_conda_file
+from sluice.common.curated import CuratedCatalogue, UnknownCuratedEnvironment
+from sluice.common.events import catalogue as ev
+from sluice.common.log import get_logger
+from sluice.common.resources import (
+    BatchDeploymentSpec,
+    EnvironmentSpec,
+    Meta,
+    ModelRef,
+    OnlineDeploymentSpec,
+    ProvisioningState,
+    utcnow,
+)
+from sluice.registry.domain import (
+    AlreadyExists,
+    Conflict,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
+from sluice.registry.store import RegistryStore, Writes
+
+log = get_logger(__name__)
+D = TypeVar("D", OnlineDeploymentSpec, BatchDeploymentSpec)
+ASSET_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,254}$")
+ASSET_VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,49}$")
+RETRIES = 5
+
+
+def check_asset(spec: AssetSpec, curated: CuratedCatalogue) -> None:
+    """The rules of a new asset version; raises InvalidArgument saying what to fix."""
+    what = spec.asset_kind.value
+    if not ASSET_NAME_RE.match(spec.name):
+        raise InvalidArgument(
+            f"{what} name {spec.name!r} is invalid: use letters, digits, '-', '_' or '.', "
+            "starting with a letter or digit (at most 255 characters)"
+        )
+    if spec.version and not ASSET_VERSION_RE.match(spec.version):
+        raise InvalidArgument(
+            f"{what} version {spec.version!r} is invalid: use letters, digits, '-', '_' or '.'"
+        )
+    if spec.asset_kind is AssetKind.model:
+        if spec.artifact is None:
+            raise InvalidArgument(f"model {spec.name!r} needs `path` (its file or folder)")
+        if spec.type not in MODEL_TYPES:
+            raise InvalidArgument(
+                f"model type must be one of {', '.join(MODEL_TYPES)}, got {spec.type!r}"
+            )
+    elif spec.asset_kind is AssetKind.environment:
+        if curated.is_curated_name(spec.name):
+            raise InvalidArgument(
+                f"environment name {spec.name!r}: names starting with 'AzureML' are reserved "
+                "for curated environments"
+            )
+        if not (spec.conda_file or spec.image or spec.pip_requirements):
+            raise InvalidArgument(
+                f"environment {spec.name!r} needs `conda_file`, `image` or a `build` context"
+            )
+        if spec.conda_file:
+            try:
+                parse_conda_file(spec.conda_file)
+            except CondaSpecError as exc:
+                raise InvalidArgument(f"environment {spec.name!r}: {exc}") from None
+    else:
+        if spec.type not in DATA_TYPES:
+            raise InvalidArgument(
+                f"data type must be one of {', '.join(DATA_TYPES)}, got {spec.type!r}"
+            )
+        if (spec.artifact is None) == (not spec.path):
+            raise InvalidArgument(f"data {spec.name!r} needs `path` (a local path or a URI)")
+        if spec.artifact is not None and spec.artifact.is_directory != (spec.type == "uri_folder"):
+            kind = "folder" if spec.artifact.is_directory else "file"
+            raise InvalidArgument(
+                f"data {spec.name!r} is {spec.type} but its path is a {kind}; "
+                f"use type: {'uri_folder' if spec.artifact.is_directory else 'uri_file'}"
+            )
+
+
+class AssetService:
+    def __init__(
+        self,
+        store: RegistryStore,
+        artifacts: ArtifactStore,
+        curated: CuratedCatalogue,
+    ):
+        self._store = store
+        self._artifacts = artifacts
+        self._curated = curated
+
+    # ---- create / read ------------------------------------------------------------------
+
+    async def create(self, spec: AssetSpec, actor: str) -> AssetDoc:
+        check_asset(spec, self._curated)
+        if spec.artifact is not None and not self._artifacts.exists(spec.artifact):
+            raise InvalidArgument(
+                f"artifact {spec.artifact.name!r} ({spec.artifact.digest}) was not uploaded; "
+                "upload it with UploadArtifact first (the CLI does this for you)"
+            )
+        if spec.asset_kind is AssetKind.model and spec.type == "mlflow_model":
+            assert spec.artifact is not None  # checked above
+            if not (self._artifacts.path_of(spec.artifact) / "MLmodel").is_file():
+                raise InvalidArgument(
+                    f"model {spec.name!r} is an mlflow_model but its folder has no MLmodel file"
+                )
+        if not spec.version:
+            spec = spec.model_copy(update={"version": await self._next_version(spec)})
+        doc = AssetDoc(
+            spec=spec, meta=Meta(created_by=actor, provisioning_state=ProvisioningState.succeeded)
+        )
+        try:
+            async with self._store.transaction() as tx:
+                await tx.assets.insert(asset_id(spec.asset_kind, spec.name, spec.version), doc)
+                self._emit(tx, doc, "created", actor)
+        except AlreadyExists:
+            raise AlreadyExists(
+                f"{spec.asset_kind.value} {spec.name!r} version {spec.version!r} already exists; "
+                "versions are immutable: give a new --version (or none for the next number)"
+            ) from None
+        log.info("asset_created", kind=spec.asset_kind.value, name=spec.name, version=spec.version)
+        return doc
+
+    async def _next_version(self, spec: AssetSpec) -> str:
+        versions = [d.spec.version for d in await self._versions(spec.asset_kind, spec.name)]
+        numbers = [int(v) for v in versions if v.isdigit()]
+        return str(max(numbers, default=0) + 1)
+
+    async def _versions(self, kind: AssetKind, name: str) -> list[AssetDoc]:
+        return await self._store.assets.find({"spec.asset_kind": kind.value, "spec.name": name})
+
+    async def get(self, kind: AssetKind, reference: str) -> AssetDoc:
+        """One version by any of Azure's reference spellings, archived or not."""
+        try:
+            ref = parse_reference(reference, kind)
+        except ReferenceError_ as exc:
+            raise InvalidArgument(str(exc)) from None
+        return await self._find(ref)
+
+    async def _find(self, ref: AssetRef) -> AssetDoc:
+        if ref.version:
+            doc = await self._store.assets.get(asset_id(ref.kind, ref.name, ref.version))
+            if doc is not None:
+                return doc
+            versions = sorted(
+                (d.spec.version for d in await self._versions(ref.kind, ref.name)), key=version_key
+            )
+            if not versions:
+                raise NotFound(self._missing(ref))
+            raise NotFound(
+                f"{ref.kind.value} {ref.name!r} has no version {ref.version!r} "
+                f"(versions: {', '.join(versions)})"
+            )
+        live = [d for d in await self._versions(ref.kind, ref.name) if not d.archived]
+        if not live:
+            raise NotFound(self._missing(ref) + " (or every version of it is archived)")
+        return max(live, key=lambda d: d.meta.created_at)
+
+    @staticmethod
+    def _missing(ref: AssetRef) -> str:
+        return (
+            f"{ref.kind.value} {ref.name!r} does not exist "
+            f"(`sluice {ref.kind.value} list`; register it with `sluice {ref.kind.value} create`)"
+        )
+
+    async def list_versions(
+        self, kind: AssetKind, name: str, include_archived: bool
+    ) -> list[AssetDoc]:
+        """Every version of `name`, or the latest version of every name."""
+        where: dict[str, object] = {"spec.asset_kind": kind.value}
+        if name:
+            where["spec.name"] = name
+        docs = [
+            d for d in await self._store.assets.find(where) if include_archived or not d.archived
+        ]
+        if name:
+            return sorted(docs, key=lambda d: version_key(d.spec.version))
+        latest: dict[str, AssetDoc] = {}
+        for doc in docs:
+            seen = latest.get(doc.spec.name)
+            if seen is None or doc.meta.created_at > seen.meta.created_at:
+                latest[doc.spec.name] = doc
+        return [latest[n] for n in sorted(latest)]
+
+    # ---- lineage, archive, restore --------------------------------------------------------
+
+    async def used_by(self, kind: AssetKind, name: str, version: str) -> list[str]:
+        """`endpoint/deployment` of every online or batch deployment that names this version."""
+        key = f"{name}:{version}"
+        field = {
+            AssetKind.model: "spec.model.asset",
+            AssetKind.environment: "spec.environment.registered",
+        }.get(kind)
+        if field is None:
+            return []
+        users: list[str] = []
+        for collection in (self._store.online_deployments, self._store.batch_deployments):
+            for dep in await collection.find({field: key}):
+                users.append(f"{dep.spec.endpoint_name}/{dep.spec.name}")
+        return sorted(users)
+
+    async def archive(self, kind: AssetKind, name: str, version: str, actor: str) -> list[AssetDoc]:
+        """Archive one version, or every version of `name`; refused while deployments use one."""
+        targets = await self._targets(kind, name, version)
+        for doc in targets:
+            users = await self.used_by(kind, name, doc.spec.version)
+            if users:
+                raise FailedPrecondition(
+                    f"{kind.value} {name!r} version {doc.spec.version!r} is used by "
+                    f"{', '.join(users)}; delete or update those deployments first"
+                )
+        return [await self._set_archived(doc, True, actor) for doc in targets]
+
+    async def restore(self, kind: AssetKind, name: str, version: str, actor: str) -> list[AssetDoc]:
+        targets = await self._targets(kind, name, version)
+        return [await self._set_archived(doc, False, actor) for doc in targets]
+
+    async def _targets(self, kind: AssetKind, name: str, version: str) -> list[AssetDoc]:
+        if version:
+            return [await self._find(AssetRef(kind, name, version))]
+        docs = await self._versions(kind, name)
+        if not docs:
+            raise NotFound(self._missing(AssetRef(kind, name)))
+        return docs
+
+    async def _set_archived(self, doc: AssetDoc, archived: bool, actor: str) -> AssetDoc:
+        spec = doc.spec
+        _id = asset_id(spec.asset_kind, spec.name, spec.version)
+        for _ in range(RETRIES):
+            current = await self._store.assets.get(_id)
+            if current is None:
+                raise NotFound(self._missing(AssetRef(spec.asset_kind, spec.name, spec.version)))
+            if current.archived == archived:
+                return current
+            meta = current.meta.model_copy(
+                update={"version": current.meta.version + 1, "updated_at": utcnow()}
+            )
+            updated = current.model_copy(update={"archived": archived, "meta": meta})
+            try:
+                async with self._store.transaction() as tx:
+                    await tx.assets.replace(_id, updated, expected_version=current.meta.version)
+                    self._emit(tx, updated, "archived" if archived else "restored", actor)
+            except Conflict:
+                continue
+            return updated
+        raise Conflict("too many concurrent changes to the same asset; retry")
+
+    @staticmethod
+    def _emit(tx: Writes, doc: AssetDoc, verb: str, actor: str) -> None:
+        spec = doc.spec
+        name = f"{spec.name}:{spec.version}"
+        payload = ev.AssetChanged(
+            kind=spec.asset_kind.value,
+            name=name,
+            version=doc.meta.version,
+            asset_name=spec.name,
+            asset_version=spec.version,
+        )
+        tx.emit(ev.ASSET_EVENTS[(spec.asset_kind.value, verb)], payload, subject=name, actor=actor)
+
+    # ---- references in deployments -----------------------------------------------------
+
+    async def _usable(self, kind: AssetKind, reference: str) -> AssetDoc:
+        """The version a deployment may use: it exists and is not archived."""
+        doc = await self.get(kind, reference)
+        if doc.archived:
+            raise FailedPrecondition(
+                f"{kind.value} {doc.spec.name!r} version {doc.spec.version!r} is archived; "
+                f"restore it (`sluice {kind.value} restore -n {doc.spec.name} "
+                f"-v {doc.spec.version}`) or name another version"
+            )
+        return doc
+
+    async def resolve_model(self, model: ModelRef) -> ModelRef:
+        if not model.registered:
+            return model
+        doc = await self._usable(AssetKind.model, model.registered)
+        return ModelRef(artifact=doc.spec.artifact, asset=f"{doc.spec.name}:{doc.spec.version}")
+
+    async def resolve_environment(self, env: EnvironmentSpec) -> EnvironmentSpec:
+        """A registered/curated environment's content; an inline conda file is checked."""
+        if not env.registered:
+            if env.conda_file:
+                try:
+                    parse_conda_file(env.conda_file)
+                except CondaSpecError as exc:
+                    raise InvalidArgument(f"environment.conda_file: {exc}") from None
+            return env
+        try:
+            ref = parse_reference(env.registered, AssetKind.environment)
+        except ReferenceError_ as exc:
+            raise InvalidArgument(str(exc)) from None
+        if ref.curated or self._curated.is_curated_name(ref.name):
+            try:
+                curated = self._curated.get(ref.name)
+            except UnknownCuratedEnvironment as exc:
+                raise NotFound(str(exc)) from None
+            return EnvironmentSpec(registered=str(ref), pip_requirements=curated.pip)
+        doc = await self._usable(AssetKind.environment, env.registered)
+        return EnvironmentSpec(
+            registered=f"{doc.spec.name}:{doc.spec.version}",
+            conda_file=doc.spec.conda_file,
+            image=doc.spec.image,
+            pip_requirements=doc.spec.pip_requirements,
+        )
+
+    async def resolve_deployment(self, spec: D) -> D:
+        """The spec with its model/environment references replaced by what they name."""
+        model = await self.resolve_model(spec.model)
+        environment = await self.resolve_environment(spec.environment)
+        return spec.model_copy(update={"model": model, "environment": environment})
+
+    async def resolve_data(self, reference: str) -> AssetDoc:
+        """A data asset for a batch input (`azureml:name:version`, `name@latest`, ...)."""
+        return await self._usable(AssetKind.data, reference)

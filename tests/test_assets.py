@@ -1,0 +1,298 @@
+"""Registered models, environments and data, and deployments that name them (issue 14)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import httpx
+import pytest
+import yaml
+
+from sluice.common.assets import AssetKind, AssetSpec
+from sluice.common.resources import OnlineDeploymentDoc, ProvisioningState
+from sluice.common.testing.plugin import RunningService
+from sluice.sdk.client import RegistryClient, SluiceError
+from sluice.sdk.specs import load_online_deployment, load_online_endpoint
+
+pytestmark = pytest.mark.integration
+T = TypeVar("T")
+
+
+def wait_for(condition: Callable[[], T | None], what: str, timeout: float) -> T:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def settled(client: RegistryClient) -> OnlineDeploymentDoc | None:
+    doc = client.get_online_deployment("my-endpoint", "blue")
+    terminal = {ProvisioningState.succeeded, ProvisioningState.failed}
+    return doc if doc.meta.provisioning_state in terminal else None
+
+
+class Cli:
+    def __init__(self, registry: RunningService, cwd: Path):
+        self.cwd = cwd
+        self.env = {
+            **os.environ,
+            "SLUICE_REGISTRY_ADDRESS": registry.address,
+            "SLUICE_ADMIN_TOKEN": registry.settings.admin_token or "",
+            "SLUICE_STATE_DIR": str(registry.settings.state_dir),
+            "NO_COLOR": "1",
+            "COLUMNS": "200",
+        }
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "sluice.sdk.cli", *args],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            cwd=self.cwd,
+            timeout=60,
+            check=False,
+        )
+
+    def json(self, *args: str) -> dict[str, object]:
+        result = self.run(*args, "-o", "yaml")
+        assert result.returncode == 0, result.stderr
+        loaded = yaml.safe_load(result.stdout)
+        assert isinstance(loaded, dict | list)
+        return loaded  # type: ignore[return-value]
+
+    def error(self, *args: str) -> str:
+        result = self.run(*args)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "Traceback" not in result.stderr
+        return result.stderr
+
+
+@pytest.fixture
+def cli(registry: RunningService, examples: Path) -> Cli:
+    return Cli(registry, examples / "online")
+
+
+def test_versions_labels_archive_restore(client: RegistryClient, examples: Path) -> None:
+    def model(folder: str, version: str = "") -> AssetSpec:
+        artifact = client.upload(examples / "online" / folder)
+        return AssetSpec(
+            asset_kind=AssetKind.model, name="my-model", version=version, artifact=artifact,
+            type="custom_model",
+        )  # fmt: skip
+
+    first = client.create_asset(model("model-1/model")).doc
+    assert first.spec.version == "1"
+    assert client.create_asset(model("model-2/model", "7")).doc.spec.version == "7"
+    third = client.create_asset(model("model-1/model")).doc
+    assert third.spec.version == "8"  # the next integer
+    assert third.spec.artifact == first.spec.artifact  # same folder, same stored artifact
+    with pytest.raises(SluiceError, match="version '1' already exists; versions are immutable"):
+        client.create_asset(model("model-2/model", "1"))
+    assert client.get_asset(AssetKind.model, "my-model@latest").doc.spec.version == "8"
+    client.archive_asset(AssetKind.model, "my-model", "8")
+    assert client.get_asset(AssetKind.model, "azureml:my-model@latest").doc.spec.version == "7"
+    listed = client.list_assets(AssetKind.model, "my-model")
+    assert [a.doc.spec.version for a in listed] == ["1", "7"]
+    everything = client.list_assets(AssetKind.model, "my-model", include_archived=True)
+    assert [a.doc.spec.version for a in everything] == ["1", "7", "8"]
+    client.restore_asset(AssetKind.model, "my-model", "8")
+    by_id = "azureml:/subscriptions/0/resourceGroups/g/workspaces/w/models/my-model/versions/8"
+    assert not client.get_asset(AssetKind.model, by_id).doc.archived
+    with pytest.raises(SluiceError, match="model type must be one of custom_model"):
+        client.create_asset(model("model-1/model").model_copy(update={"type": "onnx"}))
+    with pytest.raises(SluiceError, match="is an mlflow_model but its folder has no MLmodel"):
+        client.create_asset(model("model-1/model").model_copy(update={"type": "mlflow_model"}))
+    assert len(client.list_assets(AssetKind.model, "my-model", include_archived=True)) == 3
+
+
+def test_cli_model_environment_and_data(cli: Cli, tmp_path: Path) -> None:
+    (cli.cwd / "model.yml").write_text(
+        "$schema: https://azuremlschemas.azureedge.net/latest/model.schema.json\n"
+        "name: my-model\nversion: 1\npath: model-1/model\ntype: custom_model\n"
+    )
+    shown = cli.json("model", "create", "-f", "model.yml")
+    assert shown["version"] == "1" and shown["type"] == "custom_model"
+    assert str(shown["id"]).startswith("azureml:/subscriptions/")
+    assert str(shown["id"]).endswith("/models/my-model/versions/1")
+    result = cli.run("model", "download", "-n", "my-model", "-v", "1", "-p", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "my-model/model/sklearn_regression_model.pkl").read_bytes()
+    env = cli.json(
+        "environment", "create", "-n", "my-env", "-v", "1",
+        "--conda-file", "model-1/environment/conda.yaml", "--image", "ubuntu:22.04",
+    )  # fmt: skip
+    assert env["conda_file"]["name"] == "model-env"  # type: ignore[index]
+    (cli.cwd / "data.csv").write_text("a,b\n1,2\n")
+    (cli.cwd / "data.yml").write_text("name: my-data\ntype: uri_folder\npath: data.csv\n")
+    refused = cli.error("data", "create", "-f", "data.yml")
+    assert "is uri_folder but its path is a file; use type: uri_file" in refused
+    data = cli.json("data", "create", "-f", "data.yml", "--set", "type=uri_file")
+    assert data["type"] == "uri_file" and not str(data["id"]).startswith("azureml:")
+
+
+def test_build_context_pip_lines_are_honoured_others_refused(cli: Cli) -> None:
+    context = cli.cwd / "ctx"
+    context.mkdir()
+    (context / "requirements.txt").write_text("joblib>=1.2  # pinned\n")
+    (context / "Dockerfile").write_text(
+        "FROM mcr.microsoft.com/azureml/minimal-ubuntu22.04-py39-cpu-inference:latest\n"
+        "RUN apt-get update && \\\n    pip install --no-cache-dir numpy<3 -r requirements.txt\n"
+        "RUN conda install -c conda-forge pytorch=2.2\n"
+    )
+    (cli.cwd / "env.yml").write_text("name: built-env\nversion: 1\nbuild:\n  path: ctx\n")
+    result = cli.run("environment", "create", "-f", "env.yml", "-o", "yaml")
+    assert result.returncode == 0, result.stderr
+    env = yaml.safe_load(result.stdout)
+    assert env["pip_requirements"] == ["numpy<3", "joblib>=1.2", "torch==2.2.*"]
+    assert env["image"].startswith("mcr.microsoft.com/azureml/minimal")
+    assert "`RUN apt-get update` is not run by Sluice" in result.stderr
+    (context / "Dockerfile").write_text("FROM ubuntu\nRUN apt-get install -y curl\n")
+    refused = cli.error("environment", "create", "-f", "env.yml", "--set", "version=2")
+    assert "no `pip install`, `conda install` or `conda env create -f` line" in refused
+
+
+def test_bad_references_are_refused_and_nothing_is_stored(
+    client: RegistryClient, examples: Path
+) -> None:
+    client.create_online_endpoint(load_online_endpoint(examples / "online/endpoint.yml").spec)
+    model = examples / "online/model-1/model"
+    client.create_asset(
+        AssetSpec(asset_kind=AssetKind.model, name="m", version="1", type="custom_model",
+                  artifact=client.upload(model))
+    )  # fmt: skip
+    client.create_asset(
+        AssetSpec(asset_kind=AssetKind.model, name="old", version="1", type="custom_model",
+                  artifact=client.upload(model))
+    )  # fmt: skip
+    client.archive_asset(AssetKind.model, "old", "1")
+    cases = {
+        "model=azureml:nope:1": ("NOT_FOUND", "model 'nope' does not exist"),
+        "model=azureml:m:9": ("NOT_FOUND", "model 'm' has no version '9' (versions: 1)"),
+        "model=azureml:old:1": ("FAILED_PRECONDITION", "version '1' is archived; restore it"),
+        "model=azureml:m": ("INVALID_ARGUMENT", "malformed (a version or label is needed)"),
+        "model=azureml:m@stable": ("INVALID_ARGUMENT", "unknown label 'stable'"),
+        "environment=azureml:AzureML-imaginary-env:1": (
+            "NOT_FOUND",
+            "curated environment 'AzureML-imaginary-env' is not in Sluice's catalogue; known: ",
+        ),
+        "environment=azureml://registries/azureml/models/x/versions/1": (
+            "INVALID_ARGUMENT",
+            "names models, but a environment reference is needed",
+        ),
+    }
+    for override, (code, message) in cases.items():
+        spec = load_online_deployment(
+            examples / "online/blue-deployment.yml", client.upload, [override]
+        ).spec
+        with pytest.raises(SluiceError) as caught:
+            client.create_online_deployment(spec)
+        assert caught.value.code == code, override
+        assert message in str(caught.value), (override, str(caught.value))
+    bad_conda = examples / "online/model-1/environment/conda.yaml"
+    bad_conda.write_text("dependencies:\n  - numpy 1.1|1.2\n")
+    spec = load_online_deployment(examples / "online/blue-deployment.yml", client.upload).spec
+    with pytest.raises(SluiceError, match="pip cannot express"):
+        client.create_online_deployment(spec)
+    assert client.list_online_deployments("my-endpoint") == []
+
+
+def _serve(address: str, body: bytes) -> object:
+    response = httpx.post(f"http://{address}/score", content=body, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_azure_sample_flow_registered_model_and_environment(
+    provisioner: RunningService, registry: RunningService, trained_examples: Path
+) -> None:
+    """az ml model create + environment create, then a deployment naming both by reference."""
+    cli = Cli(registry, trained_examples / "online")
+    cli.json("model", "create", "-n", "my-model", "-v", "1", "-p", "model-1/model")
+    cli.json(
+        "environment", "create", "-n", "my-env", "-v", "1",
+        "--conda-file", "model-1/environment/conda.yaml",
+    )  # fmt: skip
+    (trained_examples / "online/registered.yml").write_text(
+        yaml.safe_dump(
+            {
+                "name": "blue",
+                "endpoint_name": "my-endpoint",
+                "model": "azureml:my-model:1",
+                "environment": "azureml:my-env:1",
+                "code_configuration": {
+                    "code": "model-1/onlinescoring/",
+                    "scoring_script": "score.py",
+                },
+                "instance_type": "Standard_DS3_v2",
+                "instance_count": 1,
+            }
+        )
+    )
+    assert cli.run("online-endpoint", "create", "-f", "endpoint.yml").returncode == 0
+    created = cli.run("online-deployment", "create", "-f", "registered.yml", "--no-wait")
+    assert created.returncode == 0, created.stderr
+    with RegistryClient(registry.address, registry.settings.admin_token or "") as client:
+        doc = wait_for(lambda: settled(client), "blue to settle", timeout=180)
+        assert doc.meta.provisioning_state is ProvisioningState.succeeded, doc.meta.status_message
+        assert (
+            doc.spec.model.asset == "my-model:1" and doc.spec.environment.registered == "my-env:1"
+        )
+        body = (trained_examples / "online/sample-request.json").read_bytes()
+        assert len(_serve(doc.instances[0].address, body)) == 2  # type: ignore[arg-type]
+        used = client.get_asset(AssetKind.model, "my-model:1").used_by
+        assert used == ("my-endpoint/blue",)
+    refused = cli.error("model", "archive", "-n", "my-model", "-v", "1")
+    assert "is used by my-endpoint/blue; delete or update those deployments first" in refused
+    refused = cli.error("environment", "archive", "-n", "my-env")
+    assert "my-endpoint/blue" in refused
+
+
+CURATED_SCORE = """
+import json
+import sklearn
+from sklearn.linear_model import LinearRegression
+
+model = None
+
+def init():
+    global model
+    model = LinearRegression().fit([[0.0], [1.0], [2.0]], [0.0, 2.0, 4.0])
+
+def run(raw_data):
+    rows = json.loads(raw_data)["data"]
+    return {"sklearn": sklearn.__version__, "predictions": model.predict(rows).tolist()}
+"""
+
+
+def test_curated_sklearn_environment_builds_and_serves(
+    provisioner: RunningService, client: RegistryClient, examples: Path
+) -> None:
+    code = examples / "curated-code"
+    code.mkdir()
+    (code / "score.py").write_text(CURATED_SCORE)
+    client.create_online_endpoint(load_online_endpoint(examples / "online/endpoint.yml").spec)
+    spec = load_online_deployment(
+        examples / "online/blue-deployment.yml",
+        client.upload,
+        [
+            "model=null",
+            "code_configuration.code=../curated-code",
+            "environment=azureml://registries/azureml/environments/sklearn-1.5/labels/latest",
+        ],
+    ).spec
+    stored = client.create_online_deployment(spec)
+    assert "scikit-learn~=1.5.0" in stored.spec.environment.pip_requirements
+    doc = wait_for(lambda: settled(client), "blue to settle", timeout=300)
+    assert doc.meta.provisioning_state is ProvisioningState.succeeded, doc.meta.status_message
+    answer = _serve(doc.instances[0].address, b'{"data": [[3.0]]}')
+    assert isinstance(answer, dict) and answer["sklearn"].startswith("1.5.")
+    assert answer["predictions"] == pytest.approx([6.0])
