@@ -211,6 +211,7 @@ def _serve(address: str, body: bytes) -> object:
     return response.json()
 
 
+@pytest.mark.timeout(600)  # builds an environment and starts an instance on a busy machine
 def test_azure_sample_flow_registered_model_and_environment(
     provisioner: RunningService, registry: RunningService, trained_examples: Path
 ) -> None:
@@ -241,7 +242,7 @@ def test_azure_sample_flow_registered_model_and_environment(
     created = cli.run("online-deployment", "create", "-f", "registered.yml", "--no-wait")
     assert created.returncode == 0, created.stderr
     with RegistryClient(registry.address, registry.settings.admin_token or "") as client:
-        doc = wait_for(lambda: settled(client), "blue to settle", timeout=180)
+        doc = wait_for(lambda: settled(client), "blue to settle", timeout=500)
         assert doc.meta.provisioning_state is ProvisioningState.succeeded, doc.meta.status_message
         assert (
             doc.spec.model.asset == "my-model:1" and doc.spec.environment.registered == "my-env:1"
@@ -273,6 +274,7 @@ def run(raw_data):
 """
 
 
+@pytest.mark.timeout(600)
 def test_curated_sklearn_environment_builds_and_serves(
     provisioner: RunningService, client: RegistryClient, examples: Path
 ) -> None:
@@ -291,7 +293,7 @@ def test_curated_sklearn_environment_builds_and_serves(
     ).spec
     stored = client.create_online_deployment(spec)
     assert "scikit-learn~=1.5.0" in stored.spec.environment.pip_requirements
-    doc = wait_for(lambda: settled(client), "blue to settle", timeout=300)
+    doc = wait_for(lambda: settled(client), "blue to settle", timeout=500)
     assert doc.meta.provisioning_state is ProvisioningState.succeeded, doc.meta.status_message
     answer = _serve(doc.instances[0].address, b'{"data": [[3.0]]}')
     assert isinstance(answer, dict) and answer["sklearn"].startswith("1.5.")

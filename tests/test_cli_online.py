@@ -102,7 +102,7 @@ def test_deployment_lifecycle_through_the_cli(
         cli.ok("online-deployment", "update", "-f", "blue-deployment.yml", *common,
                "--set", f"instance_count={count}")  # fmt: skip
         doc = show()
-        assert doc["meta"]["provisioning_state"] == "Succeeded"
+        assert doc["provisioning_state"] == "Succeeded"
         assert len([i for i in doc["instances"] if i["ready"]]) == count
 
     # New scoring code: the new code serves, the old instances are gone.

@@ -68,20 +68,20 @@ def test_create_show_list_and_traffic(cli: Cli) -> None:
     assert "blue" in created.stdout and "Creating" in created.stdout
     assert "it is Creating (--no-wait)" in created.stderr
     shown = cli.json("online-deployment", "show", "-n", "blue", "-e", "my-endpoint")
-    assert isinstance(shown, dict) and shown["meta"]["provisioning_state"] == "Creating"
+    assert isinstance(shown, dict) and shown["provisioning_state"] == "Creating"
     cli("online-deployment", "create", "-f", "green-deployment.yml", "--no-wait")
     cli("online-endpoint", "update", "-n", "my-endpoint", "--set", "traffic.blue=100")
     endpoint = cli.json(
         "online-endpoint", "update", "-n", "my-endpoint", "--traffic", "blue=90 green=10"
     )
-    assert isinstance(endpoint, dict) and endpoint["spec"]["traffic"] == {"blue": 90, "green": 10}
+    assert isinstance(endpoint, dict) and endpoint["traffic"] == {"blue": 90, "green": 10}
     # Re-applying the YAML (no traffic in it) keeps the split.
     again = cli.json("online-endpoint", "update", "-f", "endpoint.yml")
-    assert isinstance(again, dict) and again["spec"]["traffic"] == {"blue": 90, "green": 10}
+    assert isinstance(again, dict) and again["traffic"] == {"blue": 90, "green": 10}
     table = cli("online-endpoint", "list").stdout
     assert "my-endpoint" in table and "blue=90 green=10" in table
     listed = cli.json("online-deployment", "list", "-e", "my-endpoint")
-    assert isinstance(listed, list) and [d["spec"]["name"] for d in listed] == ["blue", "green"]
+    assert isinstance(listed, list) and [d["name"] for d in listed] == ["blue", "green"]
     as_yaml = yaml.safe_load(
         cli("online-endpoint", "show", "-n", "my-endpoint", "-o", "yaml").stdout
     )
@@ -180,9 +180,9 @@ def test_batch_endpoint_and_both_settings_forms(cli: Cli, examples: Path) -> Non
     cli("batch-deployment", "create", "-f", str(batch / "deployment.yml"))
     dep = cli.json("batch-deployment", "show", "-n", "ridge", "-e", "diabetes-batch")
     assert isinstance(dep, dict)
-    assert dep["spec"]["settings"]["mini_batch_size"] == 10
-    assert dep["spec"]["settings"]["retry_settings"] == {"max_retries": 3, "timeout_s": 30}
-    assert dep["spec"]["instance_count"] == 2
+    assert dep["mini_batch_size"] == 10  # Azure prints batch deployments flat
+    assert dep["retry_settings"] == {"max_retries": 3, "timeout": 30}
+    assert dep["resources"] == {"instance_count": 2}
     # The older schema: batch settings at the top level.
     legacy = yaml.safe_load((batch / "deployment.yml").read_text())
     settings = legacy.pop("settings")
@@ -191,9 +191,9 @@ def test_batch_endpoint_and_both_settings_forms(cli: Cli, examples: Path) -> Non
     (batch / "legacy.yml").write_text(yaml.safe_dump(legacy))
     cli("batch-deployment", "create", "-f", str(batch / "legacy.yml"))
     old = cli.json("batch-deployment", "show", "-n", "legacy", "-e", "diabetes-batch")
-    assert isinstance(old, dict) and old["spec"]["settings"]["error_threshold"] == 0
+    assert isinstance(old, dict) and old["error_threshold"] == 0
     endpoint = cli.json("batch-endpoint", "show", "-n", "diabetes-batch")
-    assert isinstance(endpoint, dict) and endpoint["spec"]["default_deployment"] == "ridge"
+    assert isinstance(endpoint, dict) and endpoint["defaults"]["deployment_name"] == "ridge"
     line = cli.error("batch-deployment", "delete", "-n", "ridge", "-e", "diabetes-batch")
     assert "is the default" in line
     cli(
@@ -206,7 +206,7 @@ def test_batch_endpoint_and_both_settings_forms(cli: Cli, examples: Path) -> Non
     )
     cli("batch-deployment", "delete", "-n", "ridge", "-e", "diabetes-batch")
     assert (
-        cli.json("batch-endpoint", "show", "-n", "diabetes-batch")["spec"]["default_deployment"]
+        cli.json("batch-endpoint", "show", "-n", "diabetes-batch")["defaults"]["deployment_name"]
         == "legacy"
     )  # type: ignore[index]
 
@@ -240,6 +240,6 @@ def test_the_local_platform_runs_the_registry(
     if not any(p.name == "provisioner" for p in local_platform.processes):
         assert "no provisioner runs on this platform" in created.stderr
     shown = cli.json("online-endpoint", "show", "-n", "platform-check")
-    assert isinstance(shown, dict) and shown["meta"]["created_by"]
+    assert isinstance(shown, dict) and shown["properties"]["createdBy"]
     cli("online-endpoint", "delete", "-n", "platform-check")
     assert "does not exist" in cli.error("online-endpoint", "show", "-n", "platform-check")

@@ -145,7 +145,7 @@ def parse_reference(text: str, kind: AssetKind) -> AssetRef:
             match["label"] or ("" if match["version"] else "latest"),
             match["registry"],
         )
-    elif raw.startswith("azureml:/"):
+    elif raw.startswith(("azureml:/", "/subscriptions/")):
         match = ARM_RE.search(raw)
         if match is None or match["plural"] != kind.plural:
             raise ReferenceError_(

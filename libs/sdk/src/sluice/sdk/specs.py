@@ -172,7 +172,8 @@ class _Resolver:
         if model.path:
             return ModelRef(artifact=self._upload(self.path(model.path, "model.path")))
         if model.name:
-            return ModelRef(registered=f"{model.name}:{model.version or 'latest'}")
+            version = f":{model.version}" if model.version else "@latest"
+            return ModelRef(registered=f"{model.name}{version}")
         raise SpecError("model needs `path` (a file or folder) or `name` and `version`")
 
     def code(self, code: AzureCode | None) -> CodeConfiguration:

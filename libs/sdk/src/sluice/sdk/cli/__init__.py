@@ -16,6 +16,7 @@ from sluice.common.supervisor import ComponentError
 from sluice.sdk.cli import (
     alert,
     assets,
+    az,
     batch_deployment,
     batch_endpoint,
     demo,
@@ -23,10 +24,11 @@ from sluice.sdk.cli import (
     online_deployment,
     online_endpoint,
     platform_cmds,
+    shim,
     tls_cmds,
 )
 from sluice.sdk.cli.errors import CliError
-from sluice.sdk.cli.output import err_console
+from sluice.sdk.cli.output import QUERY, err_console
 from sluice.sdk.client import SluiceError
 from sluice.sdk.specs import SpecError
 
@@ -41,6 +43,7 @@ app.command("up")(platform_cmds.up)
 app.command("status")(platform_cmds.status)
 app.command("down")(platform_cmds.down)
 app.command("demo")(demo.demo)
+app.add_typer(shim.app, name="shim")
 app.add_typer(online_endpoint.app, name="online-endpoint")
 app.add_typer(online_deployment.app, name="online-deployment")
 app.add_typer(batch_endpoint.app, name="batch-endpoint")
@@ -53,9 +56,17 @@ for _kind in AssetKind:
 
 
 def main() -> None:
-    """Entry point: user errors print one line and exit 1, never a traceback."""
+    """Entry point: user errors print one line and exit 1, never a traceback.
+
+    The command line is first given Azure's meaning (`az.normalise`): `ml`/`az ml`
+    prefixes, az's global arguments, `--query`.
+    """
     try:
-        app()
+        line = az.normalise(sys.argv[1:], typer.main.get_group(app))
+        QUERY.set(line.query)
+        app(args=line.args, prog_name="sluice")
+    except az.AzSetupCommand as note:
+        err_console.print(str(note), highlight=False)
     except (CliError, ComponentError, SluiceError, SpecError, ArtifactError) as exc:
         err_console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(1)

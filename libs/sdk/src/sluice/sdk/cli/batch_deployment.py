@@ -8,8 +8,9 @@ from typing import Any
 import typer
 
 from sluice.common.resources import BatchDeploymentDoc
+from sluice.sdk import azure_views
 from sluice.sdk.cli import job as jobs
-from sluice.sdk.cli.common import FileOption, SetOption, dump, optional_path, registry, warn
+from sluice.sdk.cli.common import FileOption, SetOption, optional_path, registry, warn
 from sluice.sdk.cli.errors import CliError
 from sluice.sdk.cli.output import OutputFormat, OutputOption, err_console, render
 from sluice.sdk.specs import load_batch_deployment
@@ -40,7 +41,7 @@ def show_one(doc: BatchDeploymentDoc, output: OutputFormat) -> None:
     if output is OutputFormat.table:
         render(view(doc), output, columns=COLUMNS)
     else:
-        render(dump(doc), output)
+        render(azure_views.batch_deployment(doc), output)
 
 
 @app.command()
@@ -111,7 +112,7 @@ def list_(
             title=f"Deployments of {endpoint_name}",
         )
     else:
-        render([dump(d) for d in docs], output)
+        render([azure_views.batch_deployment(d) for d in docs], output)
 
 
 @app.command()

@@ -7,8 +7,9 @@ from typing import Any
 
 import typer
 
+from sluice.sdk import azure_views
 from sluice.sdk.cli import job as jobs
-from sluice.sdk.cli.common import FileOption, SetOption, dump, optional_path, registry, warn
+from sluice.sdk.cli.common import FileOption, SetOption, optional_path, registry, warn
 from sluice.sdk.cli.errors import CliError
 from sluice.sdk.cli.output import OutputFormat, OutputOption, err_console, render
 from sluice.sdk.client import BatchEndpoint
@@ -41,7 +42,7 @@ def show_one(endpoint: BatchEndpoint, output: OutputFormat) -> None:
     if output is OutputFormat.table:
         render(view(endpoint), output, columns=COLUMNS)
     else:
-        render(dump(endpoint.doc) | {"scoring_uri": endpoint.scoring_uri}, output)
+        render(azure_views.batch_endpoint(endpoint), output)
 
 
 @app.command()
@@ -106,7 +107,7 @@ def list_(output: OutputFormat = OutputOption) -> None:
     if output is OutputFormat.table:
         render([view(e) for e in endpoints], output, columns=COLUMNS, title="Batch endpoints")
     else:
-        render([dump(e.doc) | {"scoring_uri": e.scoring_uri} for e in endpoints], output)
+        render([azure_views.batch_endpoint(e) for e in endpoints], output)
 
 
 @app.command()

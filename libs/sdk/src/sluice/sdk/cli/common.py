@@ -6,7 +6,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import typer
 from rich.markup import escape
@@ -104,11 +103,6 @@ def optional_path(value: Path | None) -> Path | None:
 
 def shares_text(shares: dict[str, int]) -> str:
     return " ".join(f"{k}={v}" for k, v in sorted(shares.items())) or "-"
-
-
-def dump(value: Any) -> Any:
-    """Plain data for -o json|yaml."""
-    return value.model_dump(mode="json") if hasattr(value, "model_dump") else value
 
 
 @contextmanager

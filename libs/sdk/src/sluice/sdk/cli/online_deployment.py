@@ -10,12 +10,12 @@ import typer
 
 from sluice.common.resources import OnlineDeployment, ProvisioningState
 from sluice.common.settings import Settings
+from sluice.sdk import azure_views
 from sluice.sdk.cli import local_cmds
 from sluice.sdk.cli.common import (
     FileOption,
     NoWaitOption,
     SetOption,
-    dump,
     optional_path,
     provisioner_running,
     registry,
@@ -59,7 +59,7 @@ def show_one(doc: OnlineDeployment, output: OutputFormat) -> None:
         row = view(doc)
         render(row, output, columns=COLUMNS + (["message"] if row["message"] else []))
     else:
-        render(dump(doc), output)
+        render(azure_views.online_deployment(doc), output)
 
 
 def _finish(
@@ -187,7 +187,7 @@ def list_(
             title=f"Deployments of {endpoint_name}",
         )
     else:
-        render([dump(d) for d in docs], output)
+        render([azure_views.online_deployment_summary(d) for d in docs], output)
 
 
 @app.command()

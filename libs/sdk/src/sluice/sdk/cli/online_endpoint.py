@@ -9,8 +9,8 @@ from typing import Any
 import typer
 
 from sluice.common.platform import LocalPlatform
-from sluice.common.resources import AuthMode
 from sluice.common.settings import Settings
+from sluice.sdk import azure_views
 from sluice.sdk.applied import NotApplied
 from sluice.sdk.cli import local_cmds, metrics_cmds
 from sluice.sdk.cli.common import (
@@ -18,7 +18,6 @@ from sluice.sdk.cli.common import (
     NoWaitOption,
     SetOption,
     applied_watcher,
-    dump,
     optional_path,
     parse_shares,
     registry,
@@ -64,11 +63,7 @@ def show_one(endpoint: OnlineEndpoint, output: OutputFormat) -> None:
     if output is OutputFormat.table:
         render(view(endpoint), output, columns=COLUMNS)
         return
-    full = dump(endpoint.doc) | {
-        "scoring_uri": endpoint.scoring_uri,
-        "swagger_uri": endpoint.swagger_uri,
-    }
-    render(full, output)
+    render(azure_views.online_endpoint(endpoint), output)
 
 
 LocalOption = typer.Option(False, "--local", help="the local endpoint (no control plane)")
@@ -187,7 +182,7 @@ def list_(output: OutputFormat = OutputOption) -> None:
     if output is OutputFormat.table:
         render([view(e) for e in endpoints], output, columns=COLUMNS, title="Online endpoints")
     else:
-        render([dump(e.doc) | {"scoring_uri": e.scoring_uri} for e in endpoints], output)
+        render([azure_views.online_endpoint_summary(e) for e in endpoints], output)
 
 
 @app.command()
@@ -214,15 +209,7 @@ def get_credentials(
     """Print the endpoint's keys (key auth) or a fresh token and its expiry (aml_token)."""
     with registry() as client:
         creds = client.get_credentials(name)
-    if creds.auth_mode is AuthMode.key:
-        data: dict[str, Any] = {
-            "primaryKey": creds.primary_key,
-            "secondaryKey": creds.secondary_key,
-        }
-    else:
-        expiry = creds.expiry_time.isoformat() if creds.expiry_time else ""
-        data = {"accessToken": creds.access_token, "tokenType": "Bearer", "expiryTimeUtc": expiry}
-    render(data, output)
+    render(azure_views.credentials(creds), output)
 
 
 @app.command("regenerate-keys")

@@ -1,32 +1,64 @@
-"""Render command results as a Rich table (default), JSON or YAML (`-o`)."""
+"""Render command results as `az` does: `-o table|json|jsonc|yaml|yamlc|tsv|none`, `--query`.
+
+`--query` is a JMESPath expression applied to the result before it is
+printed (as in `az`); it reaches `render` through `QUERY`, set once per
+process by the command line's entry point, so every command has it. `tsv`
+follows knack: one line per list item, a mapping's values in key order
+(query order for a multiselect), nested lists as their length, nested
+mappings as an empty field; a null result prints nothing.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from enum import StrEnum
 from typing import Any
 
+import jmespath
 import typer
 import yaml
+from jmespath.exceptions import JMESPathError
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from sluice.sdk.cli.errors import CliError
+
 console = Console()
 err_console = Console(stderr=True)
+# The `--query` of this invocation (the entry point takes it off the command line).
+QUERY: ContextVar[str | None] = ContextVar("QUERY", default=None)
 
 
 class OutputFormat(StrEnum):
     table = "table"
     json = "json"
+    jsonc = "jsonc"
     yaml = "yaml"
+    yamlc = "yamlc"
+    tsv = "tsv"
+    none = "none"
 
 
-OutputOption = typer.Option(OutputFormat.table, "--output", "-o", help="table, json or yaml")
+OutputOption = typer.Option(
+    OutputFormat.table,
+    "--output",
+    "-o",
+    envvar="SLUICE_OUTPUT",
+    help="table, json, jsonc, yaml, yamlc, tsv or none",
+)
 
 Row = Mapping[str, Any]
+
+
+def _query(data: Any, expression: str) -> Any:
+    try:
+        return jmespath.search(expression, data)
+    except JMESPathError as exc:
+        raise CliError(f"--query {expression!r}: {exc}") from None
 
 
 def render(
@@ -36,17 +68,63 @@ def render(
     columns: Sequence[str] | None = None,
     title: str | None = None,
 ) -> None:
-    """Print `data` (one object or a list) in the chosen format.
+    """Print `data` (one object or a list) in the chosen format, after `--query` if given.
 
-    JSON and YAML print everything; the table shows `columns` (all keys by default).
+    The table shows `columns` (all keys by default; all keys of the query's result).
     """
-    if fmt is OutputFormat.json:
-        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    result: Any = _plain(data)
+    expression = QUERY.get()
+    if expression:
+        result = _query(result, expression)
+        columns = None
+    if fmt is OutputFormat.none or (result is None and fmt is not OutputFormat.table):
         return
-    if fmt is OutputFormat.yaml:
-        sys.stdout.write(yaml.safe_dump(_plain(data), sort_keys=False))
+    if fmt in (OutputFormat.json, OutputFormat.jsonc):
+        sys.stdout.write(json.dumps(result, indent=2, sort_keys=not expression) + "\n")
+    elif fmt in (OutputFormat.yaml, OutputFormat.yamlc):
+        sys.stdout.write(yaml.safe_dump(result, sort_keys=False))
+    elif fmt is OutputFormat.tsv:
+        sys.stdout.write(tsv(result, ordered=bool(expression)))
+    else:
+        _table(result, columns, title)
+
+
+def tsv(value: Any, *, ordered: bool = False) -> str:
+    """knack's tsv: rows for list items, tab-separated mapping values, no header."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true\n" if value else "false\n"
+    rows = value if isinstance(value, list) else [value]
+    return "".join(_tsv_row(row, ordered) + "\n" for row in rows)
+
+
+def _tsv_row(row: Any, ordered: bool) -> str:
+    if isinstance(row, Mapping):
+        keys = list(row) if ordered else sorted(row)
+        return "\t".join(_tsv_cell(row[k]) for k in keys)
+    if isinstance(row, list):
+        return "\t".join(_tsv_cell(v) for v in row)
+    return _tsv_cell(row)
+
+
+def _tsv_cell(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return ""
+    if isinstance(value, list):
+        return str(len(value))
+    return str(value)
+
+
+def _table(result: Any, columns: Sequence[str] | None, title: str | None) -> None:
+    if not isinstance(result, Mapping | list):
+        console.print(_cell(result), highlight=False)
         return
-    rows = [data] if isinstance(data, Mapping) else list(data)
+    rows = [result] if isinstance(result, Mapping) else list(result)
+    if rows and not all(isinstance(r, Mapping) for r in rows):
+        for row in rows:
+            console.print(_cell(row), highlight=False)
+        return
     keys = list(columns) if columns else _all_keys(rows)
     table = Table(title=title, show_lines=False)
     for key in keys:

@@ -1,0 +1,106 @@
+"""Azure CLI spellings on the way in: `az ml ...`, `sluice ml ...`, az's global arguments.
+
+`normalise` rewrites one command line before Typer parses it:
+
+- `az ml <group> ...` (the forwarder `sluice shim az` installs) and
+  `sluice ml <group> ...` become `sluice <group> ...`; az's own set-up commands
+  (`az extension add`, `az configure --defaults`, `az account set`, `az login`)
+  do nothing here and say so; any other `az` command is refused by name;
+- az's global arguments that name Azure context (`--subscription`,
+  `--resource-group/-g`, `--workspace-name/-w`) or tune its logging are dropped;
+- `--query EXPR` is taken off and returned (render applies it);
+- `--endpoint` means `--endpoint-name` (az accepts unambiguous prefixes), and
+  `--no-wait`/`--yes`/`-y` are dropped from commands that do not take them
+  (they have nothing to wait for or confirm).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sluice.sdk.cli.errors import CliError
+
+GLOBAL_WITH_VALUE = frozenset(
+    {"--subscription", "--resource-group", "-g", "--workspace-name", "-w"}
+)
+GLOBAL_FLAGS = frozenset({"--only-show-errors", "--debug", "--verbose"})
+OPTIONAL_FLAGS = frozenset({"--no-wait", "--yes", "-y"})
+AZ_SETUP = frozenset({"extension", "configure", "account", "login", "version"})
+
+
+class AzSetupCommand(Exception):
+    """An `az` set-up command with no meaning for Sluice; the message says so."""
+
+
+@dataclass(frozen=True)
+class CommandLine:
+    args: list[str]
+    query: str | None
+
+
+def _az(args: list[str], groups: Sequence[str]) -> list[str]:
+    if args[:1] == ["ml"]:
+        return args[1:]
+    words = " ".join(args[:2]) or "(nothing)"
+    if args and args[0] in AZ_SETUP:
+        raise AzSetupCommand(f"az {words}: nothing to do for Sluice (Azure set-up command)")
+    raise CliError(
+        f"`az {words}` is not supported by Sluice's az forwarder: it runs `az ml` commands "
+        f"({', '.join(groups)})"
+    )
+
+
+class CommandGroup(Protocol):
+    """What is read of the command tree (Typer's group; its context is not needed)."""
+
+    def list_commands(self, ctx: Any) -> list[str]: ...
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any: ...
+
+
+def _options(args: Sequence[str], root: CommandGroup) -> set[str]:
+    """The option names of the (sub)command `args` names ({} if it does not exist)."""
+    node: Any = root
+    for word in args:
+        if not hasattr(node, "get_command") or word.startswith("-"):
+            break
+        node = node.get_command(None, word)
+    return {name for p in getattr(node, "params", []) for name in p.opts}
+
+
+def normalise(argv: Sequence[str], root: CommandGroup) -> CommandLine:
+    args = list(argv)
+    groups = sorted(
+        name
+        for name in root.list_commands(None)
+        if hasattr(root.get_command(None, name), "get_command")
+    )
+    via_azure = bool(args) and args[0] in ("az", "ml")
+    if args[:1] == ["az"]:
+        args = _az(args[1:], groups)
+    elif args[:1] == ["ml"]:
+        args = args[1:]
+    if via_azure and args and not args[0].startswith("-") and args[0] not in groups:
+        raise CliError(
+            f"`az ml {args[0]}` is not supported by Sluice (supported: {', '.join(groups)})"
+        )
+    options = _options(args, root)
+    out: list[str] = []
+    query: str | None = None
+    it = iter(args)
+    for word in it:
+        name, eq, value = word.partition("=")
+        if name == "--query":
+            query = value if eq else next(it, "")
+        elif name in GLOBAL_WITH_VALUE:
+            if not eq:
+                next(it, None)
+        elif word in GLOBAL_FLAGS or (word in OPTIONAL_FLAGS and word not in options):
+            continue
+        elif name == "--endpoint" and "--endpoint-name" in options:
+            out.append("--endpoint-name" + (f"={value}" if eq else ""))
+        else:
+            out.append(word)
+    return CommandLine(out, query)

@@ -1,0 +1,37 @@
+"""`sluice shim az --dir DIR`: an `az` executable that runs `az ml ...` scripts against Sluice.
+
+Put DIR first on PATH and an existing deployment script's `az ml` commands
+run here unchanged. Like `az`, the forwarder prints JSON unless `-o` says
+otherwise (SLUICE_OUTPUT=json).
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import typer
+
+from sluice.sdk.cli.output import err_console
+
+app = typer.Typer(help="Executables that let other tools' scripts drive Sluice.")
+DirOption = typer.Option(..., "--dir", help="folder to write the `az` forwarder into")
+
+FORWARDER = """#!/bin/sh
+# Forwards `az ml ...` to Sluice (written by `sluice shim az`).
+export SLUICE_OUTPUT="${{SLUICE_OUTPUT:-json}}"
+exec {python} -m sluice.sdk.cli az "$@"
+"""
+
+
+@app.command("az")
+def az(
+    folder: Path = DirOption,
+) -> None:
+    """Write DIR/az, which forwards `az ml <group> <verb> ...` to `sluice <group> <verb> ...`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / "az"
+    target.write_text(FORWARDER.format(python=shlex.quote(sys.executable)))
+    target.chmod(0o755)
+    err_console.print(f"Wrote {target}; put {folder.resolve()} first on PATH to use it.")
