@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from sluice.common.assets import AssetKind, AssetSpec
-from sluice.common.resources import OnlineDeploymentDoc, ProvisioningState
+from sluice.common.resources import OnlineDeployment, ProvisioningState
 from sluice.common.testing.plugin import RunningService
 from sluice.sdk.client import RegistryClient, SluiceError
 from sluice.sdk.specs import load_online_deployment, load_online_endpoint
@@ -33,7 +33,7 @@ def wait_for(condition: Callable[[], T | None], what: str, timeout: float) -> T:
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def settled(client: RegistryClient) -> OnlineDeploymentDoc | None:
+def settled(client: RegistryClient) -> OnlineDeployment | None:
     doc = client.get_online_deployment("my-endpoint", "blue")
     terminal = {ProvisioningState.succeeded, ProvisioningState.failed}
     return doc if doc.meta.provisioning_state in terminal else None

@@ -21,7 +21,7 @@ from sluice.common.resources import (
     EnvironmentSpec,
     Meta,
     ModelRef,
-    OnlineDeploymentDoc,
+    OnlineDeployment,
     Probe,
 )
 from sluice.sdk.azure_ids import RESOURCE_GROUP, asset_id, resource_id
@@ -120,7 +120,7 @@ def online_endpoint_summary(endpoint: OnlineEndpoint) -> dict[str, Any]:
     return {k: full[k] for k in keys}
 
 
-def online_deployment(doc: OnlineDeploymentDoc) -> dict[str, Any]:
+def online_deployment(doc: OnlineDeployment) -> dict[str, Any]:
     spec = doc.spec
     code = spec.code_configuration
     rs = spec.request_settings
@@ -158,7 +158,7 @@ def online_deployment(doc: OnlineDeploymentDoc) -> dict[str, Any]:
     return out
 
 
-def online_deployment_summary(doc: OnlineDeploymentDoc) -> dict[str, Any]:
+def online_deployment_summary(doc: OnlineDeployment) -> dict[str, Any]:
     full = online_deployment(doc)
     keys = ("name", "endpoint_name", "provisioning_state", "instance_type", "model", "type")
     return {k: full[k] for k in keys}
