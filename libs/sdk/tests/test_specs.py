@@ -167,3 +167,53 @@ def test_the_shipped_examples_load(tmp_path: Path) -> None:
         assert spec.request_settings.max_concurrent_requests_per_instance == 4
     batch = load_batch_deployment(copy / "batch/deployment.yml", fake_upload).spec
     assert batch.compute == "batch-cluster" and batch.settings.max_concurrency_per_instance == 2
+
+
+MLMODEL = "flavors:\n  python_function:\n    loader_module: mlflow.lightgbm\n"
+MLFLOW_CONDA = (
+    "channels: [conda-forge]\ndependencies:\n- python=3.11.9\n- pip<=24.0\n"
+    "- pip:\n  - mlflow==2.17.0\n  - lightgbm==4.5.0\nname: mlflow-env\n"
+)
+
+
+def no_code_deployment(tmp_path: Path, files: dict[str, str], extra: str = "") -> Path:
+    model = tmp_path / "model"
+    model.mkdir()
+    for name, text in {"MLmodel": MLMODEL, **files}.items():
+        (model / name).write_text(text)
+    return write(tmp_path, f"name: blue\nendpoint_name: ep\nmodel:\n  path: model\n{extra}")
+
+
+def test_no_code_mlflow_deployment_uses_the_models_conda_yaml(tmp_path: Path) -> None:
+    path = no_code_deployment(
+        tmp_path, {"conda.yaml": MLFLOW_CONDA, "requirements.txt": "ignored==1\n"}
+    )
+    spec = load_online_deployment(path, fake_upload).spec
+    assert spec.environment.conda_file == MLFLOW_CONDA
+
+
+def test_no_code_mlflow_deployment_uses_requirements_and_python_env(tmp_path: Path) -> None:
+    import yaml
+
+    path = no_code_deployment(
+        tmp_path,
+        {
+            "requirements.txt": "# written by mlflow\nmlflow==2.17.0\nlightgbm==4.5.0\n",
+            "python_env.yaml": "python: 3.11.9\nbuild_dependencies: [pip]\n"
+            "dependencies: [-r requirements.txt]\n",
+        },
+    )
+    conda = yaml.safe_load(load_online_deployment(path, fake_upload).spec.environment.conda_file)
+    assert conda == {
+        "dependencies": ["python=3.11.9", {"pip": ["mlflow==2.17.0", "lightgbm==4.5.0"]}]
+    }
+
+
+def test_an_explicit_environment_or_a_script_keeps_its_own(tmp_path: Path) -> None:
+    (tmp_path / "env.yml").write_text("dependencies:\n  - pip:\n      - scikit-learn\n")
+    path = no_code_deployment(
+        tmp_path, {"conda.yaml": MLFLOW_CONDA}, "environment:\n  conda_file: env.yml\n"
+    )
+    spec = load_online_deployment(path, fake_upload).spec
+    assert "scikit-learn" in spec.environment.conda_file
+    assert "lightgbm" not in spec.environment.conda_file

@@ -200,6 +200,34 @@ class _Resolver:
         return EnvironmentSpec(conda_file=conda, image=env.image or "")
 
 
+def mlflow_environment(folder: Path) -> EnvironmentSpec:
+    """A no-code MLflow deployment runs in the model's own environment, as on Azure.
+
+    MLflow writes it three ways; the first found is used: `conda.yaml` (what Azure
+    reads), else `requirements.txt` with the Python version of `python_env.yaml`.
+    The platform builds and caches it like any other environment; with none of the
+    files the deployment runs in the platform's own environment.
+    """
+    conda = folder / "conda.yaml"
+    if conda.is_file():
+        return EnvironmentSpec(conda_file=conda.read_text())
+    requirements = folder / "requirements.txt"
+    if not requirements.is_file():
+        return EnvironmentSpec()
+    pins = [
+        line.strip()
+        for line in requirements.read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith(("#", "-"))
+    ]
+    dependencies: list[Any] = [{"pip": pins}]
+    python_env = folder / "python_env.yaml"
+    if python_env.is_file():
+        declared = yaml.safe_load(python_env.read_text()) or {}
+        if isinstance(declared, dict) and declared.get("python"):
+            dependencies.insert(0, f"python={declared['python']}")
+    return EnvironmentSpec(conda_file=yaml.safe_dump({"dependencies": dependencies}))
+
+
 # ---- online deployment -----------------------------------------------------------------------
 
 
@@ -268,9 +296,23 @@ class AzureOnlineDeployment(_Azure):
     def _env_as_text(cls, value: Any) -> Any:
         return {k: str(v) for k, v in value.items()} if isinstance(value, Mapping) else value
 
+    def mlflow_folder(self, resolve: _Resolver) -> Path | None:
+        """The MLflow model folder of a no-code deployment (no scoring script), else None."""
+        if self.code_configuration is not None or self.model is None:
+            return None
+        path = self.model if isinstance(self.model, str) else self.model.path
+        if not path or path.startswith("azureml:"):
+            return None
+        folder = resolve.path(path, "model.path")
+        return folder if (folder / "MLmodel").is_file() else None
+
     def to_spec(self, resolve: _Resolver) -> OnlineDeploymentSpec:
         kubernetes = self.type == "kubernetes" or "kubernetes" in (self.schema_ or "").lower()
         scale = self.scale_settings
+        mlflow = self.mlflow_folder(resolve) if self.environment is None else None
+        environment = (
+            mlflow_environment(mlflow) if mlflow else resolve.environment(self.environment)
+        )
         return OnlineDeploymentSpec(
             name=self.name,
             endpoint_name=self.endpoint_name,
@@ -279,7 +321,7 @@ class AzureOnlineDeployment(_Azure):
             kind=ComputeKind.kubernetes if kubernetes else ComputeKind.managed,
             model=resolve.model(self.model),
             code_configuration=resolve.code(self.code_configuration),
-            environment=resolve.environment(self.environment),
+            environment=environment,
             instance_type=self.instance_type,
             instance_count=self.instance_count,
             environment_variables=self.environment_variables,
