@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import time
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
@@ -13,10 +15,13 @@ from pymongo.errors import DuplicateKeyError
 from sluice.common.mongo import Document
 from sluice.common.resources import ONLINE_DEPLOYMENTS, ONLINE_ENDPOINTS, deployment_id
 from sluice.metrics import alerts, costs, query, sketch
+from sluice.metrics.cache import PointCache
 from sluice.metrics.store import MetricsStore
 from sluice.v1 import metrics_pb2, metrics_pb2_grpc
 
-MAX_POINTS = 50_000  # per series: 34 days at one minute
+MAX_POINTS = 50_000
+# A bucket is cached once it ended this long ago (Envoy's 1 s log buffer + our 1 s flush).
+CLOSE_DELAY_S = 10  # per series: 34 days at one minute
 
 
 class InvalidArgument(ValueError):
@@ -81,8 +86,14 @@ class MetricsQueries:
     """The use cases behind the API (and the CLI through it)."""
 
     def __init__(
-        self, db: AsyncDatabase[Document], store: MetricsStore, currency: str, bucket_s: int
+        self,
+        db: AsyncDatabase[Document],
+        store: MetricsStore,
+        currency: str,
+        bucket_s: int,
+        cache: PointCache | None = None,
     ):
+        self._cache = cache or PointCache()
         self._db = db
         self._store = store
         self._currency = currency
@@ -145,6 +156,55 @@ class MetricsQueries:
         recorded = "costs" if for_costs else "metrics"
         raise NotFound(f"{what} {endpoint!r} does not exist and has no recorded {recorded}")
 
+    @staticmethod
+    def _points(docs: list[Document], step_s: int, deployment: str) -> list[Any]:
+        """Points by deployment, then time (with the endpoint's total unless one deployment)."""
+        series = query.steps(docs, step_s=step_s)
+        if deployment:
+            series.pop(query.ENDPOINT_TOTAL, None)
+        return [
+            point_of(dep, step, step_s)
+            for dep in sorted(series)
+            for _, step in sorted(series[dep].items())
+        ]
+
+    async def _bucket_points(
+        self, endpoint: str, deployment: str, start: datetime, end: datetime
+    ) -> list[Any]:
+        """One point per bucket, closed buckets from the cache (sluice.metrics.cache)."""
+        width = self._bucket_s
+        scope = deployment or "*"
+        first = -(-math.ceil(start.timestamp()) // width) * width
+        last = math.ceil(end.timestamp())
+        closed_before = time.time() - width - CLOSE_DELAY_S
+        by_bucket: dict[int, list[Any]] = {}
+        missing = []
+        for bucket in range(first, last, width):
+            cached = self._cache.get((endpoint, bucket), scope)
+            if cached is None:
+                missing.append(bucket)
+            else:
+                by_bucket[bucket] = cached
+        if missing:
+            versions = {b: self._cache.version((endpoint, b)) for b in missing}
+            docs = await self._store.minutes(
+                endpoint,
+                deployment or None,
+                datetime.fromtimestamp(missing[0], UTC),
+                datetime.fromtimestamp(missing[-1] + width, UTC),
+            )
+            grouped: dict[int, list[Document]] = {}
+            for doc in docs:
+                grouped.setdefault(int(doc["minute"].timestamp()), []).append(doc)
+            for bucket in missing:
+                points = self._points(grouped.get(bucket, []), width, deployment)
+                by_bucket[bucket] = points
+                if bucket < closed_before:
+                    self._cache.put((endpoint, bucket), scope, points, versions[bucket])
+        ordered = [p for bucket in sorted(by_bucket) for p in by_bucket[bucket]]
+        ordered.sort(key=lambda p: p.deployment_name)  # stable: time order within each
+        return ordered
+
     async def endpoint_metrics(self, request: Any) -> Any:
         step_s = request.step_s or self._bucket_s
         if step_s < self._bucket_s or step_s % self._bucket_s:
@@ -156,18 +216,13 @@ class MetricsQueries:
             raise InvalidArgument(
                 f"window/step gives more than {MAX_POINTS} points: use a larger step"
             )
-        await self.check_scope(request.endpoint_name, request.deployment_name)
-        docs = await self._store.minutes(
-            request.endpoint_name, request.deployment_name or None, start, end
-        )
-        series = query.steps(docs, step_s=step_s)
-        if request.deployment_name:
-            series.pop(query.ENDPOINT_TOTAL, None)
-        points = [
-            point_of(dep, step, step_s)
-            for dep in sorted(series)
-            for _, step in sorted(series[dep].items())
-        ]
+        endpoint, deployment = request.endpoint_name, request.deployment_name
+        await self.check_scope(endpoint, deployment)
+        if step_s == self._bucket_s:
+            points = await self._bucket_points(endpoint, deployment, start, end)
+        else:
+            docs = await self._store.minutes(endpoint, deployment or None, start, end)
+            points = self._points(docs, step_s, deployment)
         return metrics_pb2.EndpointMetrics(
             endpoint_name=request.endpoint_name,
             points=points,

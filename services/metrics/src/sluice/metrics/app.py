@@ -20,6 +20,7 @@ from sluice.metrics.als import SERVICE_NAME as ALS_SERVICE
 from sluice.metrics.als import AccessLogReceiver, IngestStats
 from sluice.metrics.api import AlertAdmin, MetricsApi, MetricsQueries
 from sluice.metrics.buckets import Buckets
+from sluice.metrics.cache import PointCache
 from sluice.metrics.flusher import Flusher
 from sluice.metrics.live import LiveView
 from sluice.metrics.settings import MetricsSettings
@@ -68,14 +69,16 @@ async def serve(settings: Settings, metrics: MetricsSettings) -> None:
         subject_prefix=settings.events_subject_prefix,
         stream=settings.events_stream,
     )
+    cache = PointCache()
     flusher = Flusher(
         buckets,
         store,
         interval_s=metrics.flush_interval_s,
         max_pending=metrics.max_pending_buckets,
+        cache=cache,
     )
     receiver = AccessLogReceiver(buckets, stats)
-    queries = MetricsQueries(db, store, metrics.currency, metrics.bucket_s)
+    queries = MetricsQueries(db, store, metrics.currency, metrics.bucket_s, cache)
     rules = AlertRules(db)
     api = MetricsApi(queries, AlertAdmin(rules, queries, metrics.bucket_s))
     live = LiveView(store, metrics.bucket_s, stats, flusher)

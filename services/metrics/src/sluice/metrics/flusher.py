@@ -13,6 +13,7 @@ from collections import deque
 
 from sluice.common.log import get_logger
 from sluice.metrics.buckets import Bucket, BucketKey, Buckets
+from sluice.metrics.cache import PointCache
 from sluice.metrics.store import MetricsStore, new_flush_id
 
 log = get_logger(__name__)
@@ -20,9 +21,16 @@ log = get_logger(__name__)
 
 class Flusher:
     def __init__(
-        self, buckets: Buckets, store: MetricsStore, *, interval_s: float, max_pending: int
+        self,
+        buckets: Buckets,
+        store: MetricsStore,
+        *,
+        interval_s: float,
+        max_pending: int,
+        cache: PointCache | None = None,
     ):
         self._buckets = buckets
+        self._cache = cache
         self._store = store
         self._interval = interval_s
         self._max_pending = max_pending
@@ -45,7 +53,11 @@ class Flusher:
             log.error("metrics_dropped", buckets=len(dropped), reason="MongoDB unavailable")
         while self._pending:
             flush_id, buckets = self._pending[0]
+            if self._cache is not None:  # before and after: no query caches a half-state
+                self._cache.invalidate({(k[0], k[2]) for k in buckets})
             await self._store.write(flush_id, buckets)
+            if self._cache is not None:
+                self._cache.invalidate({(k[0], k[2]) for k in buckets})
             self._pending.popleft()
             self.flushes += 1
 

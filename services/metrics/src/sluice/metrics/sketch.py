@@ -11,6 +11,7 @@ The key/value mapping is `ddsketch`'s own LogarithmicMapping.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 
 from ddsketch.mapping import LogarithmicMapping
@@ -20,14 +21,22 @@ ZERO_KEY = "z"  # values <= MIN_VALUE (0 ms latency) are counted here
 MIN_VALUE = 1e-3  # 1 microsecond, in milliseconds
 
 _MAPPING = LogarithmicMapping(RELATIVE_ACCURACY)
-_key = _MAPPING.key
+# LogarithmicMapping.key(v) = ceil(log(v) * multiplier) + offset, inlined below: this runs
+# once per access-log entry (tests/test_sketch.py checks it against the library's).
+_MULTIPLIER = 1 / math.log(_MAPPING.gamma)
+_OFFSET = int(_MAPPING._offset)
+_KEYS: dict[int, str] = {}
 
 
 def key_of(value_ms: float) -> str:
     """The bin (as a Mongo field name) of one latency in milliseconds."""
     if value_ms <= MIN_VALUE:
         return ZERO_KEY
-    return str(_key(value_ms))
+    k = math.ceil(math.log(value_ms) * _MULTIPLIER) + _OFFSET
+    text = _KEYS.get(k)
+    if text is None:
+        text = _KEYS[k] = str(k)
+    return text
 
 
 def merge(into: dict[str, int], bins: Mapping[str, int]) -> None:

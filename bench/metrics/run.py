@@ -1,0 +1,380 @@
+"""The metrics service's three targets, each against a baseline from the same run.
+
+1. Ingest: access-log entries/s. (a) In-process on one core: decoding Envoy's
+   StreamAccessLogsMessage alone (baseline) vs decoding + counting into buckets.
+   (b) End to end: the real `python -m sluice.metrics` pinned to one core, one gRPC
+   stream (as one Envoy worker sends) pushing batches of 500 entries as fast as
+   flow control allows; the clock stops when MongoDB holds every entry (nothing
+   dropped: stored == sent, drop counter 0).
+2. Access logging's cost to the data plane: two Envoys (each with its own traffic
+   controller) in front of the same inference server, one with the access log to
+   the metrics service and one without; wrk rounds alternate between them.
+3. A 24 h query at 1-minute steps for one deployment (1,440 stored minutes with
+   realistic sketches) through the gRPC API, p50/p95 over 40 calls; baseline: the
+   same documents fetched with a plain `find`.
+
+Everything on loopback: nats-server, SecantusDB, our services, Envoy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.data.accesslog.v3 import accesslog_pb2
+from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
+
+from sluice.common.components import python_service_spec
+from sluice.common.health import HttpCheck
+from sluice.common.log import configure_logging
+from sluice.common.mongo import create_mongo_client
+from sluice.common.settings import EnvoySettings, Settings, service_env
+from sluice.common.supervisor import ProcessSpec, Supervisor, free_port
+from sluice.common.testing.stack import servers
+from sluice.metrics import query
+from sluice.metrics.als import IngestStats, add_entries
+from sluice.metrics.buckets import Buckets
+from sluice.metrics.sketch import key_of
+from sluice.metrics.store import MetricsStore
+from sluice.v1 import metrics_pb2, metrics_pb2_grpc
+
+BATCH = 500
+DEPLOYMENTS = ("blue", "green", "shadow")
+
+
+def _traffic_bench() -> Any:
+    """bench/traffic's helpers (Envoy, wrk, the endpoint, the inference server)."""
+    path = Path(__file__).resolve().parents[1] / "traffic" / "run.py"
+    spec = importlib.util.spec_from_file_location("bench_traffic", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def entries_message(n: int, rng: random.Random, now: float) -> bytes:
+    """One ALS message of `n` entries as the gateway sends them (tags, codes, timings)."""
+    message = als_pb2.StreamAccessLogsMessage()
+    if True:
+        message.identifier.node.id = "sluice-gateway"
+        message.identifier.log_name = "sluice_gateway"
+    for _ in range(n):
+        entry = message.http_logs.log_entry.add()
+        common = entry.common_properties
+        common.start_time.FromNanoseconds(int(now * 1e9))
+        dep = rng.choice(DEPLOYMENTS)
+        common.custom_tags["sluice.endpoint"] = "bench"
+        common.custom_tags["sluice.deployment"] = dep
+        common.custom_tags["sluice.route_endpoint"] = "bench"
+        common.time_to_last_downstream_tx_byte.FromNanoseconds(
+            int(rng.lognormvariate(1.0, 0.6) * 1e6)
+        )
+        common.upstream_cluster = f"bench__{dep}"
+        code = 200 if rng.random() < 0.97 else rng.choice((404, 429, 503))
+        entry.response.response_code.value = code
+        if code == 503:
+            common.response_flags.no_healthy_upstream = True
+        entry.request.request_method = base_pb2.POST
+        entry.request.authority = "bench.sluice.localhost"
+        entry.request.path = "/score"
+        entry.request.request_headers_bytes = 180
+        entry.request.request_body_bytes = 40
+        entry.response.response_headers_bytes = 150
+        entry.response.response_body_bytes = 24
+        entry.protocol_version = accesslog_pb2.HTTPAccessLogEntry.HTTP11
+    return message.SerializeToString()
+
+
+def in_process(messages: list[bytes]) -> list[str]:
+    os.sched_setaffinity(0, {0})
+    n = sum(
+        len(als_pb2.StreamAccessLogsMessage.FromString(m).http_logs.log_entry) for m in messages
+    )
+    rates: dict[str, list[float]] = {"decode": [], "ingest": []}
+    for _ in range(3):
+        started = time.perf_counter()
+        for raw in messages:
+            for entry in als_pb2.StreamAccessLogsMessage.FromString(raw).http_logs.log_entry:
+                entry.response.response_code.value  # noqa: B018 - touch like a reader would
+        rates["decode"].append(n / (time.perf_counter() - started))
+        buckets, stats = Buckets(), IngestStats()
+        started = time.perf_counter()
+        for raw in messages:
+            add_entries(
+                buckets, stats, als_pb2.StreamAccessLogsMessage.FromString(raw).http_logs.log_entry
+            )
+        rates["ingest"].append(n / (time.perf_counter() - started))
+        assert sum(b.requests for b in buckets.open.values()) == n
+    os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+    decode, ingest = max(rates["decode"]), max(rates["ingest"])
+    return [
+        f"| in-process, one core: decode only (baseline) | {decode:,.0f} entries/s | |",
+        f"| in-process, one core: decode + count into buckets | {ingest:,.0f} entries/s "
+        f"| {ingest / decode:.2f}x of decode |",
+    ]
+
+
+async def stored_requests(address: str, token: str) -> int:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = metrics_pb2_grpc.MetricsStub(channel)
+        request = metrics_pb2.GetEndpointMetricsRequest(endpoint_name="bench")
+        try:
+            reply = await stub.GetEndpointMetrics(
+                request, metadata=(("authorization", f"Bearer {token}"),)
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return 0  # nothing stored yet
+            raise
+    return sum(p.requests for p in reply.points if p.deployment_name == query.ENDPOINT_TOTAL)
+
+
+async def end_to_end(address: str, token: str, messages: list[bytes]) -> tuple[int, float]:
+    """Stream every message on one gRPC stream; seconds until all are stored."""
+    sent = sum(
+        len(als_pb2.StreamAccessLogsMessage.FromString(m).http_logs.log_entry) for m in messages
+    )
+    before = await stored_requests(address, token)
+    started = time.perf_counter()
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = als_pb2_grpc.AccessLogServiceStub(channel)
+
+        async def stream() -> Any:
+            for raw in messages:
+                yield als_pb2.StreamAccessLogsMessage.FromString(raw)
+
+        await stub.StreamAccessLogs(stream())
+    streamed = time.perf_counter() - started
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if await stored_requests(address, token) - before >= sent:
+            break
+        await asyncio.sleep(0.05)
+    total = time.perf_counter() - started
+    stored = await stored_requests(address, token) - before
+    assert stored == sent, f"stored {stored} of {sent} entries"
+    del streamed
+    return sent, total
+
+
+def pin_tree(pid: int, cpus: set[int]) -> None:
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), cpus)
+
+
+def measure_ingest(sup: Supervisor, settings: Settings) -> tuple[list[str], str]:
+    rng = random.Random(1)
+    now = time.time()
+    messages = [entries_message(BATCH, rng, now) for _ in range(240)]  # 120,000 entries
+    rows = in_process(messages[:80])
+    port = free_port()
+    metrics_settings = settings.model_copy(
+        update={"ports": settings.ports.model_copy(update={"metrics": port})}
+    )
+    proc = sup.start(
+        python_service_spec(
+            name="metrics",
+            module="sluice.metrics",
+            host="127.0.0.1",
+            port=port,
+            env={**os.environ, **service_env(metrics_settings)},
+            python=sys.executable,
+        )
+    )
+    address = f"127.0.0.1:{port}"
+    token = settings.admin_token or ""
+    pin_tree(proc.pid, {1})
+    os.sched_setaffinity(0, {0})
+    try:
+        asyncio.run(end_to_end(address, token, messages[:20]))  # warm up (stream, indexes)
+        results = [asyncio.run(end_to_end(address, token, messages)) for _ in range(2)]
+    finally:
+        os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+    sent, seconds = min(results, key=lambda r: r[1])
+    rows.append(
+        f"| end to end: `sluice.metrics` pinned to one core, one ALS stream, until stored "
+        f"in MongoDB | **{sent / seconds:,.0f} entries/s** | {sent:,} sent = {sent:,} stored, "
+        "0 dropped |"
+    )
+    return rows, address
+
+
+async def measure_query(settings: Settings, address: str) -> list[str]:
+    """1,440 minutes of one deployment, each with ~1,000 requests' sketch, then queries."""
+    assert settings.mongodb_uri
+    mongo = create_mongo_client(settings.mongodb_uri, appname="bench")
+    db = mongo[settings.mongodb_database]
+    store = MetricsStore(db)
+    rng = random.Random(2)
+    end = int(time.time()) // 60 * 60
+    start = end - 86400
+    buckets = Buckets()
+    for minute in range(start, end, 60):
+        bucket = buckets.get("day", "blue", minute)
+        for _ in range(1000):
+            latency = rng.lognormvariate(2.0, 0.8)
+            k = key_of(latency)
+            bucket.latency[k] = bucket.latency.get(k, 0) + 1
+            bucket.latency_sum_ms += latency
+        bucket.requests = 1000
+        bucket.status_class = {"2xx": 990, "5xx": 10}
+        bucket.status_code = {"200": 990, "503": 10}
+        bucket.bytes_in, bucket.bytes_out = 220_000, 174_000
+        bucket.cpu_sum, bucket.memory_sum, bucket.usage_samples = 480.0, 240.0, 24
+        bucket.instances = {"a", "b"}
+    await store.write("bench-day", buckets.take())
+    # As the registry would have them: the API checks that the scope exists.
+    await db["online_endpoints"].insert_one({"_id": "day"})
+    await db["online_deployments"].insert_one({"_id": "day/blue"})
+    bins = statistics.mean(
+        [len(d.get("latency", {})) async for d in db["metrics_minutes"].find({"endpoint": "day"})]
+    )
+    window_start = datetime.fromtimestamp(start, UTC)
+    window_end = datetime.fromtimestamp(end, UTC)
+    api: list[float] = []
+    raw: list[float] = []
+    token = settings.admin_token or ""
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = metrics_pb2_grpc.MetricsStub(channel)
+        request = metrics_pb2.GetEndpointMetricsRequest(
+            endpoint_name="day", deployment_name="blue", step_s=60
+        )
+        request.window.start.FromSeconds(start)
+        request.window.end.FromSeconds(end)
+        meta = (("authorization", f"Bearer {token}"),)
+        cold_started = time.perf_counter()
+        await stub.GetEndpointMetrics(request, metadata=meta)
+        cold = (time.perf_counter() - cold_started) * 1000
+        for i in range(45):
+            t0 = time.perf_counter()
+            reply = await stub.GetEndpointMetrics(request, metadata=meta)
+            t1 = time.perf_counter()
+            docs = await store.minutes("day", "blue", window_start, window_end)
+            t2 = time.perf_counter()
+            if i >= 5:  # the first calls warm caches
+                api.append((t1 - t0) * 1000)
+                raw.append((t2 - t1) * 1000)
+        assert len(reply.points) == 1440 and len(docs) == 1440
+    await mongo.close()
+
+    def p(values: list[float], q: float) -> float:
+        return statistics.quantiles(values, n=100)[int(q * 100) - 1]
+
+    return [
+        f"| baseline: `find` of the 1,440 minute documents (~{bins:.0f} sketch bins each) "
+        f"| p50 {statistics.median(raw):.1f} ms | p95 {p(raw, 0.95):.1f} ms | |",
+        f"| `GetEndpointMetrics` 24 h, 1-minute steps, one deployment, first call (cold: "
+        f"read and sketched from SecantusDB) | {cold:.0f} ms | | |",
+        f"| same, repeated (closed minutes from the aggregator's point cache) "
+        f"| p50 {statistics.median(api):.1f} ms | **p95 {p(api, 0.95):.1f} ms** "
+        f"| {statistics.median(api) / statistics.median(raw):.3f}x of the find |",
+    ]
+
+
+def measure_access_log_cost(
+    sup: Supervisor, settings: Settings, root: Path, metrics: str
+) -> list[str]:
+    traffic = _traffic_bench()
+    if not (traffic.MODEL / "model").exists():  # the example's model, as bench/provisioner does
+        subprocess.run([sys.executable, str(traffic.ROOT / "examples/train_models.py")], check=True)
+    inference_port = free_port()
+    sup.start(
+        ProcessSpec(
+            name="inference",
+            argv=traffic.inference_argv(inference_port),
+            health=HttpCheck(f"http://127.0.0.1:{inference_port}/ready"),
+            env={**os.environ},
+            ports=[inference_port],
+        )
+    )
+    gateways: dict[str, int] = {}
+    for name, als in (("plain", None), ("logged", metrics)):
+        http_port, xds_port = free_port(), free_port()
+        gw = settings.model_copy(
+            update={
+                "envoy": EnvoySettings(http_port=http_port, https_port=free_port()),
+                "ports": settings.ports.model_copy(update={"xds": xds_port, "metrics": 0}),
+            }
+        )
+        env = {
+            **os.environ,
+            **service_env(gw),
+            "SLUICE_TRAFFIC_DEBOUNCE_MS": "20",
+            **({"SLUICE_TRAFFIC_ALS_ADDRESS": als} if als else {}),
+        }
+        sup.start(
+            python_service_spec(
+                name=f"traffic-{name}",
+                module="sluice.traffic",
+                host="127.0.0.1",
+                port=xds_port,
+                env=env,
+                python=sys.executable,
+            )
+        )
+        traffic.envoy_process(sup, root, f"envoy-{name}", xds_port)
+        gateways[name] = http_port
+    asyncio.run(traffic.setup_endpoint(settings, f"127.0.0.1:{inference_port}"))
+    for port in gateways.values():
+        traffic.wait_routed(port)
+    headers = {
+        "Host": f"bench.{traffic.DOMAIN}",
+        "Authorization": f"Bearer {traffic.KEY}",
+        "Content-Type": "application/json",
+    }
+    url = "http://127.0.0.1:{}/score"
+    for port in gateways.values():
+        traffic.wrk(url.format(port), 8, 2, headers)  # warm up
+    runs: dict[str, list[float]] = {"plain": [], "logged": []}
+    for _ in range(3):  # alternate: the machine is shared
+        for name, port in gateways.items():
+            runs[name].append(traffic.wrk(url.format(port), 32, 5, headers)["rps"])
+    plain, logged = statistics.median(runs["plain"]), statistics.median(runs["logged"])
+    return [
+        f"| Envoy without access log (baseline) | {plain:,.0f} req/s | rounds "
+        + " / ".join(f"{r:,.0f}" for r in runs["plain"])
+        + " |",
+        f"| Envoy with the access log to `sluice.metrics` (same machine) | {logged:,.0f} req/s "
+        f"| **{logged / plain:.3f}x** (cost {100 * (1 - logged / plain):.1f}%); rounds "
+        + " / ".join(f"{r:,.0f}" for r in runs["logged"])
+        + " |",
+    ]
+
+
+def main() -> None:
+    configure_logging(level="warning")
+    load = os.getloadavg()
+    with (
+        tempfile.TemporaryDirectory(prefix="sluice-bench-metrics-") as tmp,
+        servers(Path(tmp)) as (sup, base),
+    ):
+        settings = base.model_copy(update={"mongodb_database": "bench"})
+        rows = ["| ingest | rate | |", "|---|---:|---|"]
+        ingest, address = measure_ingest(sup, settings)
+        rows += ingest
+        print("\n".join(rows), flush=True)
+        query_rows = ["", "| query | | | |", "|---|---:|---:|---|"]
+        query_rows += asyncio.run(measure_query(settings, address))
+        print("\n".join(query_rows), flush=True)
+        if "--no-gateway" not in sys.argv:  # (run directly: python bench/metrics/run.py)
+            cost = ["", "| data plane (wrk c=32, 3 x 5 s alternating, median) | req/s | |"]
+            cost += ["|---|---:|---|"]
+            cost += measure_access_log_cost(sup, settings, Path(tmp), address)
+            print("\n".join(cost), flush=True)
+    print(f"(load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f})", flush=True)
+
+
+if __name__ == "__main__":
+    main()
