@@ -46,8 +46,15 @@ def nats_spec(
 def mongo_spec(
     *, host: str, port: int, data_dir: Path | None, name: str = "mongodb"
 ) -> ProcessSpec:
-    """SecantusDB, a single-node server speaking MongoDB's wire protocol (None = in memory)."""
+    """SecantusDB, a single-node server speaking MongoDB's wire protocol (None = in memory).
+
+    On disk it runs with `--sync-on-commit`: every commit fsyncs WiredTiger's log
+    before the write is acknowledged, so a kill -9 (or power loss) right after an
+    acknowledgement loses nothing. Our clients also ask for `j: true` per write
+    (sluice.common.mongo), which is what a real mongod needs for the same promise.
+    """
     uri = f"mongodb://{host}:{port}/?directConnection=true"
+    durability = ["--sync-on-commit"] if data_dir else []
     return ProcessSpec(
         name=name,
         argv=[
@@ -60,6 +67,7 @@ def mongo_spec(
             str(data_dir) if data_dir else ":memory:",
             "--log-level",
             "WARNING",
+            *durability,
         ],
         health=MongoPingCheck(uri),
         ports=[port],

@@ -14,9 +14,22 @@ Document = dict[str, Any]
 
 def create_mongo_client(uri: str, *, appname: str) -> AsyncMongoClient[Document]:
     """A client with UTC-aware datetimes and short server selection, so a
-    missing database fails fast with a clear error instead of hanging."""
+    missing database fails fast with a clear error instead of hanging.
+
+    Writes are acknowledged only once journaled (`j: true`) and, on a replica
+    set, on a majority of members (`w: "majority"`): an acknowledged change
+    survives a kill -9 of the server. No topology detection is needed:
+    mongod (since 2.6) and SecantusDB accept `w: "majority"` on a single node,
+    where it means the same as `w: 1` with the journal.
+    """
     return AsyncMongoClient(
-        uri, appname=appname, tz_aware=True, serverSelectionTimeoutMS=5000, connect=False
+        uri,
+        appname=appname,
+        tz_aware=True,
+        serverSelectionTimeoutMS=5000,
+        connect=False,
+        w="majority",
+        journal=True,
     )
 
 
