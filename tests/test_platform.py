@@ -5,11 +5,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
@@ -100,7 +103,7 @@ def test_up_status_up_again_down(state: Path) -> None:
 
     stopped = run_cli(state, "status")
     assert stopped.returncode == 3
-    assert "not running" in stopped.stderr
+    assert "No platform runs" in stopped.stderr
 
 
 def test_data_survives_down_and_up(state: Path) -> None:
@@ -153,3 +156,153 @@ def _children_named(names: tuple[str, ...], state: Path) -> list[int]:
         if str(state) in cmd and any(n in cmd for n in names):
             found.append(proc.info["pid"])
     return found
+
+
+def _record(state: Path) -> dict[str, dict[str, object]]:
+    doc = json.loads((state / "platform.json").read_text())
+    return {p["name"]: p for p in doc["processes"]} | {"supervisor": doc["supervisor"]}
+
+
+def _wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_supervisor_restarts_only_what_died_and_up_starts_only_what_is_missing(
+    state: Path,
+) -> None:
+    assert run_cli(state, "up").returncode == 0
+    before = _record(state)
+    os.kill(int(before["traffic"]["pid"]), signal.SIGKILL)  # type: ignore[call-overload]
+
+    def traffic_back() -> bool:
+        now = _record(state)["traffic"]
+        return now["pid"] != before["traffic"]["pid"] and alive(int(now["pid"]))  # type: ignore[call-overload]
+
+    _wait_for(traffic_back, "the supervisor to restart traffic")
+    status = run_cli(state, "status", "-o", "json")
+    rows = {row["component"]: row for row in json.loads(status.stdout)}
+    assert status.returncode == 0, status.stderr
+    assert rows["traffic"]["restarts"] == 1
+    after = _record(state)
+    unchanged = {name for name in before if name != "traffic"}
+    assert {n: after[n]["pid"] for n in unchanged} == {n: before[n]["pid"] for n in unchanged}
+
+    # The supervisor itself is gone and so is the registry: status says so and how to recover.
+    os.kill(int(after["supervisor"]["pid"]), signal.SIGKILL)  # type: ignore[call-overload]
+    os.kill(int(after["registry"]["pid"]), signal.SIGKILL)  # type: ignore[call-overload]
+    _wait_for(lambda: not alive(int(after["registry"]["pid"])), "the registry to die")  # type: ignore[call-overload]
+    broken = run_cli(state, "status")
+    assert broken.returncode == 1
+    assert "registry is down" in broken.stderr
+    assert "the supervisor is not running" in broken.stderr
+    assert "Run `sluice up`" in broken.stderr
+
+    again = run_cli(state, "up")
+    assert again.returncode == 0, again.stderr
+    assert "Started what was missing: registry." in again.stderr
+    final = _record(state)
+    kept = unchanged - {"registry", "supervisor"}
+    assert {n: final[n]["pid"] for n in kept} == {n: after[n]["pid"] for n in kept}
+    assert run_cli(state, "status").returncode == 0
+
+
+def test_crash_loop_is_reported(state: Path, tmp_path: Path) -> None:
+    """A component that dies at every start: back-off, then `crash-looping` in status."""
+    from sluice.common.platform import ComponentSpec, LocalPlatform, PlatformState
+    from sluice.common.settings import Settings
+    from sluice.common.supervisor import RunningProcess
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    platform = LocalPlatform(Settings(state_dir=state))
+    state.mkdir(parents=True)
+    platform.save_state(
+        PlatformState(
+            started_at=datetime.now(UTC),
+            state_dir=state,
+            nats_url="nats://127.0.0.1:1",
+            mongodb_uri="mongodb://127.0.0.1:1",
+            registry_address=None,
+            envoy_http_port=None,
+            envoy_https_port=None,
+            envoy_admin_port=1,
+            domain="sluice.localhost",
+            processes=[
+                RunningProcess(
+                    name="flaky", pid=int(dead.stdout), create_time=0, log_path=tmp_path / "f.log"
+                )
+            ],
+            components=[
+                ComponentSpec(
+                    name="flaky",
+                    argv=[sys.executable, "-c", "raise SystemExit(3)"],
+                    probe="tcp://127.0.0.1:1",
+                )
+            ],
+        )
+    )
+    watchdog = subprocess.Popen(
+        [sys.executable, "-m", "sluice.common.supervise"],
+        env={**os.environ, "SLUICE_STATE_DIR": str(state)},
+    )
+    try:
+        _wait_for(
+            lambda: _record(state)["flaky"]["failures"] >= 5,  # type: ignore[operator]
+            "five deaths in a row",
+            timeout_s=30,
+        )
+        status = run_cli(state, "status")
+        assert status.returncode == 1
+        assert "flaky is crash-looping" in status.stderr
+        assert "exited with code 3 during start-up" in status.stderr
+        assert "a crash loop needs its log read first" in status.stderr
+        assert _record(state)["flaky"]["restarts"] >= 4  # type: ignore[operator]
+    finally:
+        watchdog.terminate()
+        watchdog.wait(timeout=30)
+
+
+def test_stop_reaches_the_group_of_a_dead_leader(tmp_path: Path) -> None:
+    """`sluice down` after a provisioner kill -9 still stops the instances it left in its group."""
+    from sluice.common.supervisor import ProcessSpec, Supervisor, stop_process
+
+    pid_file = tmp_path / "child.pid"
+    leader_code = (
+        "import subprocess, sys, time; "
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); "
+        f"open({str(pid_file)!r}, 'w').write(str(child.pid)); "
+        "time.sleep(600)"
+    )
+    supervisor = Supervisor(tmp_path / "logs")
+    spec = ProcessSpec(
+        name="leader",
+        argv=[sys.executable, "-c", leader_code],
+        health=_FileCheck(pid_file),
+    )
+    leader = supervisor.start(spec)
+    child = int(pid_file.read_text())
+    os.kill(leader.pid, signal.SIGKILL)
+    _wait_for(lambda: not alive(leader.pid) or _reaped(leader.pid), "the leader to die")
+    assert alive(child)
+    stop_process(leader)
+    assert not alive(child)
+
+
+def _reaped(pid: int) -> bool:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    return not alive(pid)
+
+
+class _FileCheck:
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __call__(self) -> bool:
+        return self.path.exists() and self.path.read_text() != ""
+
+    def describe(self) -> str:
+        return f"file://{self.path}"

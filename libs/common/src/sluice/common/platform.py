@@ -3,8 +3,17 @@
 `up` starts, in order and each only once healthy: nats-server (unless
 SLUICE_NATS_URL names one), SecantusDB (unless SLUICE_MONGODB_URI names a
 MongoDB), every Sluice service installed so far, and Envoy last. What runs
-where is written to <state dir>/platform.json, which `status` and `down`
-read, and which the CLI reads to find the registry and the admin token.
+where, and how to start each component again, is written to
+<state dir>/platform.json (mode 0600: it holds the services' environment),
+which `status` and `down` read, and which the CLI reads to find the registry
+and the admin token.
+
+Then `up` leaves a watchdog behind (`python -m sluice.common.supervise`, see
+that module): it restarts whatever dies, with back-off, and keeps restart
+counts in platform.json. On a partly running platform `up` starts only what
+is missing, on the same ports, and never stops what still runs.
+
+A new service is supervised by adding one `ServiceDef` line to SERVICES.
 """
 
 from __future__ import annotations
@@ -13,7 +22,9 @@ import base64
 import importlib.util
 import os
 import secrets
+import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,6 +45,7 @@ from sluice.common.components import (
 from sluice.common.health import check_from_probe
 from sluice.common.settings import ServicePorts, Settings, service_env
 from sluice.common.supervisor import (
+    ComponentError,
     ProcessSpec,
     RunningProcess,
     Supervisor,
@@ -43,6 +55,8 @@ from sluice.common.supervisor import (
 )
 
 STATE_FILE = "platform.json"
+# Deaths in a row (none staying up STABLE_AFTER_S) after which a component is in a crash loop.
+CRASH_LOOP_FAILURES = 5
 
 
 @dataclass(frozen=True)
@@ -67,6 +81,50 @@ def installed_services() -> list[ServiceDef]:
     return [s for s in SERVICES if importlib.util.find_spec(s.module) is not None]
 
 
+class ComponentSpec(BaseModel):
+    """A `ProcessSpec` as stored in platform.json, so any later command can start it again."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str] = {}
+    cwd: Path | None = None
+    ports: list[int] = []
+    host: str = "127.0.0.1"
+    start_timeout_s: float = 60.0
+    stop_timeout_s: float = 10.0
+    address: str = ""
+    probe: str
+
+    @classmethod
+    def of(cls, spec: ProcessSpec) -> ComponentSpec:
+        return cls(
+            name=spec.name,
+            argv=list(spec.argv),
+            env=dict(spec.env),
+            cwd=spec.cwd,
+            ports=list(spec.ports),
+            host=spec.host,
+            start_timeout_s=spec.start_timeout_s,
+            stop_timeout_s=spec.stop_timeout_s,
+            address=spec.address,
+            probe=spec.health.describe(),
+        )
+
+    def process_spec(self) -> ProcessSpec:
+        return ProcessSpec(
+            name=self.name,
+            argv=self.argv,
+            health=check_from_probe(self.probe),
+            env=self.env,
+            cwd=self.cwd,
+            ports=self.ports,
+            host=self.host,
+            start_timeout_s=self.start_timeout_s,
+            stop_timeout_s=self.stop_timeout_s,
+            address=self.address,
+        )
+
+
 class PlatformState(BaseModel):
     started_at: datetime
     state_dir: Path
@@ -80,6 +138,11 @@ class PlatformState(BaseModel):
     processes: list[RunningProcess]
     # service -> its Prometheus scrape URL (http://host:port/metrics)
     prometheus: dict[str, str] = {}
+    components: list[ComponentSpec] = []  # how to start each of `processes` again
+    supervisor: RunningProcess | None = None  # the watchdog, once it runs
+
+    def spec_of(self, name: str) -> ProcessSpec:
+        return next(c for c in self.components if c.name == name).process_spec()
 
 
 class ComponentStatus(BaseModel):
@@ -89,6 +152,13 @@ class ComponentStatus(BaseModel):
     running: bool
     healthy: bool
     log_path: Path
+    restarts: int = 0
+    crash_loop: bool = False
+    last_error: str = ""
+
+
+def supervisor_running(state: PlatformState) -> bool:
+    return state.supervisor is not None and is_alive(state.supervisor)
 
 
 def _secret_file(path: Path, make: str) -> str:
@@ -115,9 +185,12 @@ class LocalPlatform:
             return None
         return PlatformState.model_validate_json(self.state_file.read_text())
 
-    def _save_state(self, state: PlatformState) -> None:
+    def save_state(self, state: PlatformState) -> None:
+        """Replace platform.json atomically; 0600, as it holds the services' secrets."""
         tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(state.model_dump_json(indent=2))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(state.model_dump_json(indent=2))
         tmp.replace(self.state_file)
 
     def admin_token(self) -> str:
@@ -133,26 +206,91 @@ class LocalPlatform:
     # -- up / down / status --------------------------------------------------
 
     def up(
-        self, on_started: Callable[[RunningProcess], None] | None = None
-    ) -> tuple[PlatformState, bool]:
-        """Start everything; returns (state, already_running). Harmless when already up."""
+        self,
+        on_started: Callable[[RunningProcess], None] | None = None,
+        *,
+        watchdog: bool = True,
+    ) -> tuple[PlatformState, list[str]]:
+        """Start what is not running and (unless `watchdog` is False) leave a watchdog behind.
+
+        Returns (state, names started now); an empty list means all was running.
+        Never stops a component that runs. `watchdog=False` is for a caller that
+        supervises in its own process (`sluice up --foreground`, under systemd).
+        """
         existing = self.load_state()
-        if existing and existing.processes and all(is_alive(p) for p in existing.processes):
-            return existing, True
-        if existing:  # leftovers of a crash: stop what survived, start clean
-            self._stop(existing.processes)
+        if existing is not None and not existing.components:
+            self._stop(existing.processes)  # written by an older `sluice up`: start clean
+            existing = None
+        if existing is not None and supervisor_running(existing):
+            if not watchdog:
+                assert existing.supervisor is not None
+                raise ComponentError(
+                    "supervisor",
+                    f"already runs (pid {existing.supervisor.pid}); `sluice down` first",
+                )
+            return self._wait_all_running(existing), []
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        specs, state = self._plan()
         supervisor = Supervisor(self.state_dir / "logs")
-        state.processes = supervisor.start_all(specs, on_started=on_started)
-        self._save_state(state)
-        return state, False
+        if existing is None:
+            specs, state = self._plan()
+            state.components = [ComponentSpec.of(spec) for spec in specs]
+            state.processes = supervisor.start_all(specs, on_started=on_started)
+            started = [p.name for p in state.processes]
+        else:
+            state, started = existing, []
+            for index, proc in enumerate(state.processes):
+                if is_alive(proc):
+                    continue
+                stop_process(proc)  # whatever its dead leader left in its group
+                new = supervisor.start(state.spec_of(proc.name))
+                state.processes[index] = new.model_copy(update={"restarts": proc.restarts + 1})
+                started.append(proc.name)
+                if on_started:
+                    on_started(new)
+        self.save_state(state)
+        return (self._start_watchdog(state) if watchdog else state), started
+
+    def _start_watchdog(self, state: PlatformState) -> PlatformState:
+        """Spawn `python -m sluice.common.supervise`, detached; wait until it has registered."""
+        log_path = self.state_dir / "logs" / "supervisor.log"
+        with log_path.open("ab") as log_file:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "sluice.common.supervise"],
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "SLUICE_STATE_DIR": str(self.state_dir)},
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            current = self.load_state()
+            if current and current.supervisor and current.supervisor.pid == process.pid:
+                return current
+            if process.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise ComponentError("supervisor", "did not start", log_path)
+
+    def _wait_all_running(self, state: PlatformState, timeout_s: float = 120) -> PlatformState:
+        """The watchdog runs: give it time to bring back what is missing."""
+        deadline = time.monotonic() + timeout_s
+        while not all(is_alive(p) for p in state.processes):
+            if time.monotonic() > deadline:
+                down = ", ".join(p.name for p in state.processes if not is_alive(p))
+                raise ComponentError("supervisor", f"could not restart {down}; see `sluice status`")
+            time.sleep(0.2)
+            state = self.load_state() or state
+        return state
 
     def down(self) -> list[RunningProcess]:
-        """Stop every process `up` started, newest first; data stays in the state dir."""
+        """Stop the watchdog, then every process `up` started, newest first; data stays."""
         state = self.load_state()
         if state is None:
             return []
+        if state.supervisor is not None:
+            stop_process(state.supervisor)  # it leaves the components running
+            state = self.load_state() or state  # its last word on pids
         stopped = [p for p in state.processes if is_alive(p)]
         self._stop(state.processes)
         self.state_file.unlink(missing_ok=True)
@@ -174,6 +312,9 @@ class LocalPlatform:
                     running=running,
                     healthy=healthy,
                     log_path=proc.log_path,
+                    restarts=proc.restarts,
+                    crash_loop=proc.failures >= CRASH_LOOP_FAILURES,
+                    last_error=proc.last_error,
                 )
             )
         return result

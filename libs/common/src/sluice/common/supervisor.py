@@ -68,6 +68,10 @@ class RunningProcess(BaseModel):
     address: str = ""
     probe: str = ""  # HealthCheck.describe() of the spec; `sluice status` re-checks it
     stop_timeout_s: float = 10.0
+    # Kept by the platform's watchdog (sluice.common.supervise):
+    restarts: int = 0  # times it was started again after dying
+    failures: int = 0  # deaths since it last stayed up for a while (drives the back-off)
+    last_error: str = ""  # why it last died or failed to start
 
 
 def resolve_binary(name: str) -> str | None:
@@ -212,14 +216,19 @@ def is_alive(proc: RunningProcess) -> bool:
 
 
 def stop_process(proc: RunningProcess) -> None:
-    """SIGTERM the child's process group, wait, then SIGKILL what is left. Idempotent."""
+    """SIGTERM the child's process group, wait, then SIGKILL what is left. Idempotent.
+
+    The group is stopped even when its leader is already dead: a provisioner
+    killed with -9 leaves its model-server instances running in its group.
+    """
     if not is_alive(proc):
-        _reap(proc.pid)
+        reap(proc.pid)
+        _kill_orphans(proc)
         return
     _signal_group(proc.pid, signal.SIGTERM)
     deadline = time.monotonic() + proc.stop_timeout_s
     while time.monotonic() < deadline:
-        _reap(proc.pid)
+        reap(proc.pid)
         if not is_alive(proc):
             break
         time.sleep(0.05)
@@ -228,7 +237,39 @@ def stop_process(proc: RunningProcess) -> None:
     # Children that left the group are still descendants of nobody we know; the
     # group kill above is what catches grandchildren (e.g. worker processes).
     _signal_group(proc.pid, signal.SIGKILL)
-    _reap(proc.pid)
+    reap(proc.pid)
+    _kill_orphans(proc)
+
+
+def group_survivors(proc: RunningProcess) -> list[psutil.Process]:
+    """Processes still in the group `proc` led, started after it (so not a reused id)."""
+    survivors = []
+    for candidate in psutil.process_iter(["pid", "create_time"]):
+        try:
+            if (
+                candidate.pid != proc.pid
+                and os.getpgid(candidate.pid) == proc.pid
+                and candidate.info["create_time"] >= proc.create_time - 0.01
+            ):
+                survivors.append(candidate)
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return survivors
+
+
+def _kill_orphans(proc: RunningProcess) -> None:
+    """SIGTERM, then SIGKILL, what is left of a group whose leader has died."""
+    survivors = group_survivors(proc)
+    if not survivors:
+        return
+    for survivor in survivors:
+        with contextlib.suppress(psutil.Error):
+            survivor.terminate()
+    _, alive = psutil.wait_procs(survivors, timeout=proc.stop_timeout_s)
+    for survivor in alive:
+        with contextlib.suppress(psutil.Error):
+            survivor.kill()
+    psutil.wait_procs(alive, timeout=2)
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
@@ -236,7 +277,7 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
         os.killpg(pid, sig)
 
 
-def _reap(pid: int) -> None:
+def reap(pid: int) -> None:
     """Collect our own exited child so it does not linger as a zombie."""
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)

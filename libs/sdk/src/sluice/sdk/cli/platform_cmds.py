@@ -7,8 +7,14 @@ from typing import Any
 
 import typer
 
-from sluice.common.platform import LocalPlatform, PlatformState
+from sluice.common.platform import (
+    ComponentStatus,
+    LocalPlatform,
+    PlatformState,
+    supervisor_running,
+)
 from sluice.common.settings import Settings
+from sluice.common.supervise import Watchdog
 from sluice.common.supervisor import RunningProcess
 from sluice.sdk.cli.output import OutputFormat, OutputOption, console, err_console, render
 
@@ -20,23 +26,37 @@ def _rows(state: PlatformState) -> list[dict[str, Any]]:
     ]
 
 
-def up(output: OutputFormat = OutputOption) -> None:
-    """Start NATS, the embedded MongoDB-compatible server, the Sluice services and Envoy."""
+def up(
+    output: OutputFormat = OutputOption,
+    foreground: bool = typer.Option(
+        False,
+        "--foreground",
+        help="supervise in this process until SIGTERM instead of leaving a watchdog (systemd)",
+    ),
+) -> None:
+    """Start NATS, the embedded MongoDB-compatible server, the Sluice services and Envoy.
+
+    Only what is not running is started; a watchdog then restarts whatever dies.
+    """
     platform = LocalPlatform(Settings())
     started_at = time.monotonic()
 
-    def started(proc: RunningProcess) -> None:
+    def on_started(proc: RunningProcess) -> None:
         err_console.print(f"  [green]✓[/] {proc.name:<12} {proc.address}")
 
     with err_console.status("Starting the Sluice platform…", spinner="dots"):
-        state, already = platform.up(on_started=started)
-    if already:
+        state, started = platform.up(on_started=on_started, watchdog=not foreground)
+    if not started:
         err_console.print("The platform is already running.")
+    elif len(started) < len(state.processes):
+        err_console.print(f"Started what was missing: {', '.join(started)}.")
     else:
         err_console.print(
             f"Platform up in {time.monotonic() - started_at:.1f}s; state in {state.state_dir}"
         )
     render(_rows(state), output, title="Sluice platform")
+    if foreground:
+        raise typer.Exit(code=Watchdog(platform).run())
 
 
 def status(output: OutputFormat = OutputOption) -> None:
@@ -56,14 +76,40 @@ def status(output: OutputFormat = OutputOption) -> None:
             "component": c.name,
             "address": c.address,
             "pid": c.pid,
-            "state": "healthy" if c.healthy else ("unhealthy" if c.running else "stopped"),
+            "state": _state_word(c),
+            "restarts": c.restarts,
             "log": str(c.log_path),
         }
         for c in components
     ]
     render(rows, output, title="Sluice platform")
-    if not all(c.healthy for c in components):
+    problems = [
+        f"{c.name} is {_state_word(c)}"
+        + (f" ({c.last_error})" if c.last_error and not c.healthy else "")
+        + f"; its log: {c.log_path}"
+        for c in components
+        if not c.healthy
+    ]
+    state = platform.load_state()
+    supervised = state is not None and supervisor_running(state)
+    if not supervised:
+        problems.append("the supervisor is not running, so nothing restarts what dies")
+    if problems:
+        for problem in problems:
+            err_console.print(f"[red]problem:[/] {problem}", highlight=False, soft_wrap=True)
+        hint = (
+            "The supervisor restarts it with back-off; a crash loop needs its log read first."
+            if supervised
+            else "Run `sluice up`: it starts only what is missing and the supervisor."
+        )
+        err_console.print(hint, highlight=False, soft_wrap=True)
         raise typer.Exit(code=1)
+
+
+def _state_word(c: ComponentStatus) -> str:
+    if c.crash_loop and not c.healthy:
+        return "crash-looping"
+    return "healthy" if c.healthy else ("unhealthy" if c.running else "down")
 
 
 def down() -> None:

@@ -1,0 +1,141 @@
+"""The local platform's watchdog, `python -m sluice.common.supervise`, left by `sluice up`.
+
+Like a service manager, it restarts only the component that died, from the
+spec recorded in <state dir>/platform.json (same ports, same environment),
+with back-off: at once the first time, then 1, 2, 4 ... up to 30 s between
+attempts. A component that stays up STABLE_AFTER_S is forgiven its past
+deaths; one that died CRASH_LOOP_FAILURES times in a row without that is
+reported as a crash loop by `sluice status` (and still retried every 30 s).
+Restart counts and the last error go to platform.json; events to
+logs/supervisor.log.
+
+It never stops a component: on SIGTERM (`sluice down`) it records its last
+state and exits, and `sluice down` stops the components. It does not restart
+itself; `sluice status` says when it is gone and `sluice up` starts it again.
+Under systemd, `sluice up --foreground` runs this loop in the unit's own
+process instead (deploy/systemd/sluice.service).
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from datetime import UTC, datetime
+from types import FrameType
+
+import psutil
+
+from sluice.common.platform import CRASH_LOOP_FAILURES, LocalPlatform, PlatformState
+from sluice.common.settings import Settings
+from sluice.common.supervisor import ComponentError, RunningProcess, Supervisor, is_alive, reap
+
+STABLE_AFTER_S = 30.0
+MAX_BACKOFF_S = 30.0
+POLL_S = 0.2
+
+
+def backoff_s(failures: int) -> float:
+    """Wait before the attempt after `failures` deaths in a row: 0, 1, 2, 4, ... 30 s."""
+    return 0.0 if failures <= 1 else min(MAX_BACKOFF_S, 2.0 ** (failures - 2))
+
+
+def log(message: str) -> None:
+    print(f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%S} {message}", flush=True)
+
+
+class Watchdog:
+    def __init__(self, platform: LocalPlatform):
+        self.platform = platform
+        self.supervisor = Supervisor(platform.state_dir / "logs")
+        self._stopping = False
+        self._next_attempt: dict[str, float] = {}
+
+    def stop(self, signum: int, _frame: FrameType | None) -> None:
+        log(f"received {signal.Signals(signum).name}: leaving the components running")
+        self._stopping = True
+
+    def register(self) -> PlatformState | None:
+        state = self.platform.load_state()
+        if state is None:
+            return None
+        me = psutil.Process()
+        state.supervisor = RunningProcess(
+            name="supervisor",
+            pid=me.pid,
+            create_time=me.create_time(),
+            log_path=self.platform.state_dir / "logs" / "supervisor.log",
+            stop_timeout_s=70.0,  # a restart in progress finishes first
+        )
+        self.platform.save_state(state)
+        return state
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+        state = self.register()
+        if state is None:
+            log("no platform.json: nothing to supervise")
+            return 1
+        log(f"supervising {', '.join(p.name for p in state.processes)}")
+        while not self._stopping:
+            state = self.check(state)
+            time.sleep(POLL_S)
+        self.platform.save_state(state)
+        return 0
+
+    def check(self, state: PlatformState) -> PlatformState:
+        """One pass: restart what died (when its back-off allows); forgive what stays up."""
+        changed = False
+        now = time.time()
+        for index, proc in enumerate(state.processes):
+            if self._stopping:
+                break
+            if is_alive(proc):
+                if proc.failures and now - proc.create_time > STABLE_AFTER_S:
+                    state.processes[index] = proc.model_copy(update={"failures": 0})
+                    changed = True
+                continue
+            reap(proc.pid)
+            if proc.name not in self._next_attempt:  # just noticed: schedule the attempt
+                failures = proc.failures + 1
+                proc = proc.model_copy(
+                    update={"failures": failures, "last_error": proc.last_error or "exited"}
+                )
+                state.processes[index] = proc
+                self._next_attempt[proc.name] = time.monotonic() + backoff_s(failures)
+                loop = " (crash loop)" if failures >= CRASH_LOOP_FAILURES else ""
+                log(f"{proc.name} (pid {proc.pid}) died; death {failures} in a row{loop}")
+                changed = True
+            if time.monotonic() >= self._next_attempt[proc.name]:
+                state.processes[index] = self.restart(state, proc)
+                changed = True
+        if changed:
+            self.platform.save_state(state)
+        return state
+
+    def restart(self, state: PlatformState, proc: RunningProcess) -> RunningProcess:
+        del self._next_attempt[proc.name]
+        try:
+            new = self.supervisor.start(state.spec_of(proc.name))
+        except ComponentError as exc:
+            log(f"{proc.name}: restart failed: {exc}")
+            # Counted as another death; the next pass schedules the next attempt.
+            return proc.model_copy(update={"restarts": proc.restarts + 1, "last_error": str(exc)})
+        log(f"{proc.name} restarted as pid {new.pid}")
+        self.supervisor.running.clear()  # it keeps no list: platform.json is the record
+        return new.model_copy(
+            update={
+                "restarts": proc.restarts + 1,
+                "failures": proc.failures,
+                "last_error": proc.last_error,
+            }
+        )
+
+
+def main() -> None:
+    platform = LocalPlatform(Settings())
+    raise SystemExit(Watchdog(platform).run())
+
+
+if __name__ == "__main__":
+    main()
