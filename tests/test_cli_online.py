@@ -155,6 +155,7 @@ def test_failures_say_why(local_platform: PlatformState, trained_examples: Path)
     assert "sluice-no-such-package-anywhere" in build_log.stdout
 
 
+@pytest.mark.timeout(400)  # the first demo trains the models and builds their environment
 def test_make_up_demo_then_traffic_and_invoke(
     local_platform: PlatformState, tmp_path: Path
 ) -> None:
@@ -178,8 +179,15 @@ def test_make_up_demo_then_traffic_and_invoke(
     unknown = cli.run("online-endpoint", "invoke", "-n", "my-endpoint", "--deployment-name", "red",
                       "--request-file", str(request))  # fmt: skip
     assert unknown.returncode == 1 and "HTTP 404" in unknown.stderr
-    again = cli.ok("demo")  # idempotent: keeps what exists
-    assert "answered through Envoy" in again.stdout
+    again = cli.ok("demo")  # every `make up` runs it: it must keep what the user changed
+    assert "answered through Envoy" in again.stdout and "served by green" in again.stdout
+    assert "kept as it is (traffic blue=0 green=100)" in again.stderr
+    shown = cli.json("online-endpoint", "show", "-n", "my-endpoint")
+    assert shown["spec"]["traffic"] == {"blue": 0, "green": 100}
+    cli.ok("online-deployment", "delete", "-n", "blue", "-e", "my-endpoint")
+    cli.ok("demo")
+    listed = cli.json("online-deployment", "list", "-e", "my-endpoint")
+    assert [d["spec"]["name"] for d in listed] == ["green"]  # not recreated
 
 
 URLLIB_CLIENT = """

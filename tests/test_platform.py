@@ -18,7 +18,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-pytestmark = pytest.mark.integration
+# Each test runs `sluice up` (and `down`) once or twice: a minute each on a loaded 2-core machine.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
 
 SLUICE = [sys.executable, "-m", "sluice.sdk.cli"]
 

@@ -17,12 +17,20 @@ import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from pymongo.errors import ConnectionFailure
 
 from sluice.common.log import bind_correlation_id, get_logger
 from sluice.common.prometheus import GRPC_CALLS, GRPC_SECONDS
 
 CORRELATION_HEADER = "x-correlation-id"
 ACTOR_KEY = "actor"
+# Trailing metadata key on an UNAVAILABLE answer that names a dependency the service
+# cannot reach (its value); clients show the answer's message as it is.
+DEPENDENCY_DOWN_KEY = "sluice-dependency-down"
+DATABASE_DOWN = (
+    "the platform's database (MongoDB-compatible server) is not reachable; nothing was "
+    "changed. Check `sluice status` (the supervisor restarts it) and retry"
+)
 # Methods anyone may call: load balancers and grpcurl need them without credentials.
 PUBLIC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
@@ -103,6 +111,10 @@ class CorrelationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     started = time.perf_counter()
                     try:
                         return await behaviour(request, context)
+                    except ConnectionFailure as exc:  # ServerSelectionTimeout, AutoReconnect...
+                        log.warning("database_unreachable", method=method, error=str(exc))
+                        context.set_trailing_metadata(((DEPENDENCY_DOWN_KEY, "mongodb"),))
+                        await context.abort(grpc.StatusCode.UNAVAILABLE, DATABASE_DOWN)
                     finally:
                         _log_call(method, context, started)
 

@@ -15,10 +15,15 @@ import threading
 from types import TracebackType
 
 import nats
+import nats.errors
 
 
 class NotApplied(TimeoutError):
-    pass
+    """The change was not confirmed; the message says why and what to do."""
+
+
+class EventBusDown(NotApplied):
+    """NATS cannot be reached, so no confirmation can arrive: raised before any change."""
 
 
 class AppliedWatcher:
@@ -34,21 +39,40 @@ class AppliedWatcher:
 
     def __enter__(self) -> AppliedWatcher:
         self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._subscribe(), self._loop).result(timeout=10)
+        try:
+            asyncio.run_coroutine_threadsafe(self._subscribe(), self._loop).result(timeout=10)
+        except (nats.errors.Error, OSError, TimeoutError) as exc:
+            self.__exit__(None, None, None)
+            raise EventBusDown(
+                f"NATS, the platform's event bus, is not reachable at {self._url}, so the "
+                "gateway's confirmation cannot arrive; nothing was changed. Check `sluice "
+                "status` (the supervisor restarts it) and retry, or pass --no-wait to make "
+                "the change without waiting for the gateway"
+            ) from exc
         return self
 
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._nc is not None:
+        if self._nc is not None and not self._nc.is_closed:
             asyncio.run_coroutine_threadsafe(self._nc.close(), self._loop).result(timeout=10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
 
     async def _subscribe(self) -> None:
-        self._nc = await nats.connect(self._url, name="sluice-cli")
+        self._nc = await nats.connect(
+            self._url,
+            name="sluice-cli",
+            connect_timeout=2,
+            allow_reconnect=False,  # a CLI call is short: fail clearly instead of retrying
+            error_cb=self._on_error,
+        )
         for subject in self._subjects:
             await self._nc.subscribe(subject, cb=self._on_message)
+
+    async def _on_error(self, exc: Exception) -> None:
+        """nats-py logs a traceback for every error unless given a callback: we raise instead."""
+        del exc
 
     async def _on_message(self, msg: nats.aio.msg.Msg) -> None:
         data = json.loads(msg.data).get("data", {})

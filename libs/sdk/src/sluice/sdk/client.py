@@ -21,6 +21,7 @@ from google.protobuf.message import Message
 
 from sluice.common.artifacts import chunks, pack
 from sluice.common.assets import AssetDoc, AssetKind, AssetSpec
+from sluice.common.grpc_server import DEPENDENCY_DOWN_KEY
 from sluice.common.platform import LocalPlatform
 from sluice.common.protoconv import M, to_model, to_proto
 from sluice.common.resources import (
@@ -145,6 +146,9 @@ class RegistryClient:
             return method(request, metadata=self._metadata, timeout=30)
         except grpc.RpcError as exc:
             code = exc.code()
+            trailers = dict(exc.trailing_metadata() or ())
+            if code is grpc.StatusCode.UNAVAILABLE and DEPENDENCY_DOWN_KEY in trailers:
+                raise SluiceError("UNAVAILABLE", exc.details() or code.name) from None
             if code is grpc.StatusCode.UNAVAILABLE:
                 raise SluiceError(
                     "UNAVAILABLE",

@@ -13,6 +13,7 @@ from rich.markup import escape
 from sluice.common.artifacts import ArtifactError
 from sluice.common.assets import AssetKind
 from sluice.common.supervisor import ComponentError
+from sluice.sdk.applied import NotApplied
 from sluice.sdk.cli import (
     alert,
     assets,
@@ -67,6 +68,6 @@ def main() -> None:
         app(args=line.args, prog_name="sluice")
     except az.AzSetupCommand as note:
         err_console.print(str(note), highlight=False)
-    except (CliError, ComponentError, SluiceError, SpecError, ArtifactError) as exc:
+    except (CliError, ComponentError, SluiceError, SpecError, ArtifactError, NotApplied) as exc:
         err_console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(1)

@@ -45,6 +45,11 @@ def parse_shares(values: Sequence[str], option: str) -> dict[str, int]:
         name, sep, value = item.partition("=")
         if not sep or not name:
             raise CliError(f"{option} {item!r}: use deployment=percent, e.g. {option} blue=90")
+        if name in shares:
+            raise CliError(
+                f"{option} names {name!r} twice ({' '.join(values)!r}): give each deployment "
+                "one share; nothing was changed"
+            )
         try:
             shares[name] = int(value)
         except ValueError:

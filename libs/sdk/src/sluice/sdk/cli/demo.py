@@ -3,7 +3,9 @@
 Trains the example models (scikit-learn's diabetes data, no download),
 creates `my-endpoint` with `blue` and `green` from the Azure-format YAML in
 examples/online at 90/10, scores one request through Envoy and prints what
-to try next. Idempotent: what exists already is kept.
+to try next. Run again (every `make up` does), it changes nothing the user
+may have changed: once `my-endpoint` exists, its deployments and traffic are
+left as they are, even a deployment the user deleted.
 """
 
 from __future__ import annotations
@@ -47,17 +49,24 @@ def _train(examples: Path) -> None:
         )
 
 
-def _ensure_deployments(client: RegistryClient, examples: Path) -> None:
+def _ensure_deployments(client: RegistryClient, examples: Path) -> bool:
+    """Create the demo endpoint, its deployments and split; False when it existed (kept as is)."""
     try:
-        client.get_online_endpoint(ENDPOINT)
-    except SluiceError:
-        client.create_online_endpoint(load_online_endpoint(examples / "endpoint.yml").spec)
-        err_console.print(f"  [green]✓[/] endpoint {ENDPOINT}")
-    existing = {d.spec.name for d in client.list_online_deployments(ENDPOINT)}
+        endpoint = client.get_online_endpoint(ENDPOINT)
+    except SluiceError as exc:
+        if exc.code != "NOT_FOUND":
+            raise
+    else:
+        split = " ".join(f"{k}={v}" for k, v in sorted(endpoint.doc.spec.traffic.items()))
+        err_console.print(
+            f"  [green]✓[/] endpoint {ENDPOINT} exists: kept as it is (traffic {split or 'none'})"
+        )
+        return False
+    client.create_online_endpoint(load_online_endpoint(examples / "endpoint.yml").spec)
+    err_console.print(f"  [green]✓[/] endpoint {ENDPOINT}")
     for name in SPLIT:
-        if name not in existing:
-            spec = load_online_deployment(examples / f"{name}-deployment.yml", client.upload).spec
-            client.create_online_deployment(spec)
+        spec = load_online_deployment(examples / f"{name}-deployment.yml", client.upload).spec
+        client.create_online_deployment(spec)
         doc = wait_for_deployment(
             functools.partial(client.get_online_deployment, ENDPOINT, name),
             what=f"deployment {name} (first time: builds its environment)",
@@ -68,6 +77,7 @@ def _ensure_deployments(client: RegistryClient, examples: Path) -> None:
         err_console.print(f"  [green]✓[/] deployment {name}: Succeeded")
     client.set_traffic(ENDPOINT, SPLIT)
     err_console.print(f"  [green]✓[/] traffic blue={SPLIT['blue']} green={SPLIT['green']}")
+    return True
 
 
 def _first_answer(client: RegistryClient, state: PlatformState, body: bytes) -> tuple[str, str]:
@@ -98,8 +108,12 @@ def demo() -> None:
     request = examples / "sample-request.json"
     with registry() as client:
         _ensure_deployments(client, examples)
+        endpoint = client.get_online_endpoint(ENDPOINT)
+        uri = endpoint.scoring_uri
+        if not any(endpoint.doc.spec.traffic.values()):
+            console.print(f"\n{ENDPOINT} takes no traffic (its split is yours to set): not scored.")
+            return
         answer, served = _first_answer(client, state, request.read_bytes())
-        uri = client.get_online_endpoint(ENDPOINT).scoring_uri
     ca = state.state_dir / "tls" / "ca.crt"
     rel = Path(request).resolve()
     console.print(
