@@ -5,6 +5,10 @@ then, for a small and a large registry, measures per-call latency of create
 (endpoint + 2 deployments), get and a full paginated list through the gRPC
 client. The ratio large/small shows how cost grows with size: get should stay
 flat (an `_id` lookup); list grows with what it returns, per item it should not.
+
+It runs twice: SecantusDB in memory (the baseline: no disk, no fsync) and on
+disk with `--sync-on-commit` as `sluice up` runs it (every acknowledged write
+fsynced, issue 10); the ratio durable/in-memory is what durability costs.
 """
 
 from __future__ import annotations
@@ -75,17 +79,23 @@ def measure(client: RegistryClient, model: ArtifactRef) -> list[tuple[float, ...
     return rows
 
 
-def main() -> None:
+def run(*, durable: bool) -> list[tuple[float, ...]]:
     with (
         tempfile.TemporaryDirectory(prefix="sluice-bench-") as tmp,
-        servers(Path(tmp)) as (sup, settings),
+        servers(Path(tmp), mongo_data=Path(tmp) / "mongodb" if durable else None) as (
+            sup,
+            settings,
+        ),
     ):
         settings = start_services(sup, settings, ["registry"])
         (Path(tmp) / "model").mkdir()
         (Path(tmp) / "model/model.pkl").write_bytes(b"bench model")
         with RegistryClient(f"127.0.0.1:{settings.ports.registry}", "bench") as client:
-            rows = measure(client, client.upload(Path(tmp) / "model"))
+            return measure(client, client.upload(Path(tmp) / "model"))
 
+
+def report(title: str, rows: list[tuple[float, ...]]) -> None:
+    print(title)
     header = ("endpoints", "create ms", "get ms", "list ms", "list/item ms", "deps list ms")
     print(" ".join(f"{h:>13}" for h in header))
     for size, create, get, list_ms, listed, deps in rows:
@@ -103,6 +113,18 @@ def main() -> None:
         f"ratio {large[0]}/{small[0]} endpoints: create x{large[1] / small[1]:.2f}, "
         f"get x{large[2] / small[2]:.2f}, list per item x{per_item:.2f}"
     )
+
+
+def main() -> None:
+    memory = run(durable=False)
+    durable = run(durable=True)
+    report("SecantusDB in memory (baseline)", memory)
+    report("SecantusDB on disk, --sync-on-commit, j:true (as `sluice up`)", durable)
+    for (size, create, get, *_), (_, d_create, d_get, *_) in zip(memory, durable, strict=True):
+        print(
+            f"durable / in memory at {int(size)} endpoints: create x{d_create / create:.2f}, "
+            f"get x{d_get / get:.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ raises after a deadline (no gateway connected, for instance).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 from types import TracebackType
@@ -40,7 +41,7 @@ class AppliedWatcher:
     def __enter__(self) -> AppliedWatcher:
         self._thread.start()
         try:
-            asyncio.run_coroutine_threadsafe(self._subscribe(), self._loop).result(timeout=10)
+            asyncio.run_coroutine_threadsafe(self._subscribe(), self._loop).result(timeout=30)
         except (nats.errors.Error, OSError, TimeoutError) as exc:
             self.__exit__(None, None, None)
             raise EventBusDown(
@@ -60,19 +61,27 @@ class AppliedWatcher:
         self._thread.join(timeout=10)
 
     async def _subscribe(self) -> None:
-        self._nc = await nats.connect(
-            self._url,
-            name="sluice-cli",
-            connect_timeout=2,
-            allow_reconnect=False,  # a CLI call is short: fail clearly instead of retrying
-            error_cb=self._on_error,
+        # nats-py retries a refused first connection forever, reporting each try to
+        # error_cb: the first report (or 5 s) ends the attempt, so the CLI fails at once.
+        first_error: asyncio.Future[Exception] = asyncio.get_running_loop().create_future()
+
+        async def on_error(exc: Exception) -> None:
+            if not first_error.done():
+                first_error.set_result(exc)
+
+        connecting = asyncio.ensure_future(
+            nats.connect(self._url, name="sluice-cli", connect_timeout=2, error_cb=on_error)
         )
+        await asyncio.wait({connecting, first_error}, timeout=5, return_when="FIRST_COMPLETED")
+        if not connecting.done() or connecting.exception() is not None:
+            connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await connecting
+            cause = first_error.result() if first_error.done() else TimeoutError("no answer in 5s")
+            raise ConnectionError(f"cannot connect to NATS: {cause}")
+        self._nc = connecting.result()
         for subject in self._subjects:
             await self._nc.subscribe(subject, cb=self._on_message)
-
-    async def _on_error(self, exc: Exception) -> None:
-        """nats-py logs a traceback for every error unless given a callback: we raise instead."""
-        del exc
 
     async def _on_message(self, msg: nats.aio.msg.Msg) -> None:
         data = json.loads(msg.data).get("data", {})

@@ -25,7 +25,9 @@ def servers(
     root: Path,
     *,
     admin_token: str = "bench",  # noqa: S107 - a throwaway platform's token
+    mongo_data: Path | None = None,
 ) -> Iterator[tuple[Supervisor, Settings]]:
+    """`mongo_data` None: SecantusDB in memory; a folder: on disk and durable, like `sluice up`."""
     supervisor = Supervisor(root / "logs")
     try:
         nats = supervisor.start(
@@ -36,7 +38,9 @@ def servers(
                 data_dir=root / "nats",
             )
         )
-        mongo = supervisor.start(mongo_spec(host="127.0.0.1", port=free_port(), data_dir=None))
+        mongo = supervisor.start(
+            mongo_spec(host="127.0.0.1", port=free_port(), data_dir=mongo_data)
+        )
         yield (
             supervisor,
             Settings(
