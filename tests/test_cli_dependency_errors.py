@@ -21,7 +21,8 @@ from sluice.common.settings import Settings
 from sluice.common.supervisor import Supervisor, free_port, stop_process
 from sluice.common.testing.plugin import ServiceStarter
 
-pytestmark = pytest.mark.integration
+# Each CLI call is a new Python process, and the database-down case waits out server selection.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 
 def cli(
@@ -109,7 +110,7 @@ def test_database_down_is_one_line(
     assert cli(tmp_path, "online-endpoint", "list", env=env).returncode == 0
     stop_process(mongo)
 
-    for command in (["online-endpoint", "list"], ["online-endpoint", "create", "-n", "e1"]):
+    for command in (["online-endpoint", "list"], ["online-endpoint", "create", "-n", "db-down"]):
         line = one_error_line(cli(tmp_path, *command, env=env))
         assert line == (
             "error: the platform's database (MongoDB-compatible server) is not reachable; "

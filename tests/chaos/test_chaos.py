@@ -46,14 +46,19 @@ BODY = b'{"data": [[1,2,3,4,5,6,7,8,9,10]]}'
 ENVOY_OUTAGE_BOUND_S = 20.0
 
 
-def wait_for(condition: Callable[[], T | None], what: str, timeout: float = 90) -> T:
+def wait_for(
+    condition: Callable[[], T | None],
+    what: str,
+    timeout: float = 90,
+    why: Callable[[], str] = lambda: "",
+) -> T:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
         time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; {why()}")
 
 
 @dataclass
@@ -153,8 +158,27 @@ class World:
             d.meta.provisioning_state is ProvisioningState.succeeded for d in docs
         )
 
+    def why_not(self) -> str:
+        """What is not converged, for a failure message."""
+        down = [f"{c.name} {'unhealthy' if c.running else 'down'}" for c in self.platform.status()
+                if not c.healthy]  # fmt: skip
+        try:
+            with self.registry() as client:
+                docs = client.list_online_deployments(ENDPOINT)
+        except SluiceError as exc:
+            return f"components: {down}; registry: {exc}"
+        states = {
+            d.spec.name: (
+                d.meta.provisioning_state.value,
+                sum(i.ready for i in d.instances),
+                d.meta.status_message,
+            )
+            for d in docs
+        }
+        return f"components not healthy: {down}; deployments: {states}"
+
     def assert_intact(self) -> None:
-        wait_for(self.converged, "the platform to converge by itself", timeout=120)
+        wait_for(self.converged, "the platform to converge by itself", 120, self.why_not)
         with self.registry() as client:
             endpoint = client.get_online_endpoint(ENDPOINT)
             assert shares(endpoint.doc.spec.traffic) == shares(self.traffic)
@@ -171,10 +195,15 @@ class World:
         self.marks.append(len(self.client.failures))
 
 
+SETUP_FAILED: list[str] = []
+
+
 @pytest.fixture(scope="module")
 def world(
     tmp_path_factory: pytest.TempPathFactory, trained_models: Path, envs_dir: Path
 ) -> Iterator[World]:
+    if SETUP_FAILED:  # pytest retries a failed module fixture for every test: do not
+        pytest.fail(f"the chaos platform did not start: {SETUP_FAILED[0]}")
     state_dir = tmp_path_factory.mktemp("chaos-platform")
     settings = Settings(
         state_dir=state_dir,
@@ -203,8 +232,12 @@ def world(
         steady = SteadyClient(state, key)
         world = World(platform, steady, key, {"blue": 100, "green": 0}, {"blue": 2, "green": 1},
                       online)  # fmt: skip
-        wait_for(world.converged, "blue and green to be up", timeout=180)
-        wait_for(lambda: steady.score()[0] == 200, "blue to be routed")
+        try:
+            wait_for(world.converged, "blue and green to be up", 180, world.why_not)
+            wait_for(lambda: steady.score()[0] == 200, "blue to be routed")
+        except AssertionError as exc:
+            SETUP_FAILED.append(str(exc))
+            raise
         steady.start()
         yield world
         steady.stop()
