@@ -33,6 +33,7 @@ from sluice.common.platform import LocalPlatform, PlatformState, installed_servi
 from sluice.common.resources import ProvisioningState
 from sluice.common.settings import EnvoySettings, ServicePorts, Settings
 from sluice.common.supervisor import free_port, is_alive
+from sluice.common.testing.plugin import traversable_dir
 from sluice.sdk.client import RegistryClient, SluiceError
 from sluice.sdk.invoke import DEPLOYMENT_HEADER, GatewayTarget, send
 from sluice.sdk.specs import load_online_deployment, load_online_endpoint
@@ -199,12 +200,14 @@ SETUP_FAILED: list[str] = []
 
 
 @pytest.fixture(scope="module")
-def world(
-    tmp_path_factory: pytest.TempPathFactory, trained_models: Path, envs_dir: Path
-) -> Iterator[World]:
+def world(trained_models: Path, envs_dir: Path) -> Iterator[World]:
     if SETUP_FAILED:  # pytest retries a failed module fixture for every test: do not
         pytest.fail(f"the chaos platform did not start: {SETUP_FAILED[0]}")
-    state_dir = tmp_path_factory.mktemp("chaos-platform")
+    with traversable_dir("sluice-chaos-") as state_dir:
+        yield from _world(state_dir, trained_models, envs_dir)
+
+
+def _world(state_dir: Path, trained_models: Path, envs_dir: Path) -> Iterator[World]:
     settings = Settings(
         state_dir=state_dir,
         envs_dir=envs_dir,
