@@ -252,7 +252,17 @@ def kill(pid: int) -> None:
     os.kill(pid, signal.SIGKILL)
 
 
-CONTROL_PLANE = [s.name for s in installed_services()] + ["nats", "mongodb"]
+# A restarted provisioner stops the instances its dead predecessor left and only then
+# starts new ones (reconciler.reap_orphans): break before make, ~250 failed requests.
+PROVISIONER_RESTART_BREAKS = pytest.mark.xfail(
+    strict=True,
+    reason="issue 10 item 1: a restarted provisioner replaces orphaned instances "
+    "break-before-make (reap_orphans); make-before-break belongs to the provisioner work",
+)
+CONTROL_PLANE = [
+    pytest.param(name, marks=PROVISIONER_RESTART_BREAKS) if name == "provisioner" else name
+    for name in [s.name for s in installed_services()] + ["nats", "mongodb"]
+]
 
 
 @pytest.mark.parametrize("component", CONTROL_PLANE)
