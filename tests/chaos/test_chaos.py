@@ -342,11 +342,6 @@ def test_scale_in_two_to_one_fails_no_request(world: World) -> None:
     assert world.failures_since_mark() == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10 item 1 (provisioner work, not yet in main): the old instance is stopped "
-    "before Envoy stops routing to it",
-)
 def test_rolling_update_of_a_one_instance_deployment_fails_no_request(world: World) -> None:
     world.mark()
     with world.registry() as client:

@@ -18,7 +18,7 @@ from pymongo import ASCENDING
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 
 from sluice.common.assets import ASSETS, AssetDoc
 from sluice.common.events import Outbox, Transaction
@@ -186,13 +186,16 @@ class RegistryStore(Collections):
         """One MongoDB transaction: its writes and its events are stored together or not at all.
 
         A transaction that lost a race with another one is reported as `Conflict`
-        (the service retries those that the caller did not pin to a version).
+        (the service retries those that the caller did not pin to a version). An
+        unreachable database carries the same label but is no race: it propagates, and
+        the gRPC layer answers UNAVAILABLE saying the database is down.
         """
         try:
             async with self._outbox.transaction() as tx:
                 yield Writes(self._db, tx)
         except PyMongoError as exc:
-            if exc.has_error_label("TransientTransactionError"):
+            lost_race = not isinstance(exc, ConnectionFailure)
+            if lost_race and exc.has_error_label("TransientTransactionError"):
                 raise Conflict(f"a concurrent change got there first; retry ({exc})") from exc
             raise
 
