@@ -11,12 +11,15 @@ from sluice.common.events.catalogue import (
     DEPLOYMENT_CREATED,
     DEPLOYMENT_READY,
     ENDPOINT_DELETED,
+    TRAFFIC_APPLIED,
     DeploymentChanged,
     DeploymentProgress,
     EndpointChanged,
+    TrafficApplied,
 )
 from sluice.common.settings import Settings
 from sluice.provisioner.events import subscribe_registry_events
+from sluice.provisioner.routing import RoutingView, subscribe_applied
 
 PREFIX = "sluice.events"
 STREAM = "SLUICE_EVENTS"
@@ -107,3 +110,26 @@ async def test_on_a_real_server_own_events_are_not_delivered(sluice_settings: Se
     finally:
         await broker.connection.jetstream().delete_stream(stream)
         await broker.stop()
+
+
+async def test_traffic_applied_updates_the_routing_view_and_wakes_what_moved() -> None:
+    broker = NatsBroker()
+    view, moved = RoutingView(), []
+
+    async def on_change(key: str) -> None:
+        moved.append(key)
+
+    subscribe_applied(broker, stream=STREAM, prefix=PREFIX, view=view, on_change=on_change)
+    async with TestNatsBroker(broker) as test_broker:
+        traffic = _publisher(test_broker, source="sluice/traffic", prefix=PREFIX, stream=STREAM)
+        routed = {"ep/blue": ["127.0.0.1:5001"], "ep/green": []}
+        applied = TrafficApplied(snapshot="s1", endpoints={"ep": 2}, routed=routed)
+        await traffic.publish(TRAFFIC_APPLIED, applied, subject=None, actor="traffic")
+        again = TrafficApplied(
+            snapshot="s2", endpoints={"ep": 2}, routed={**routed, "ep/green": ["127.0.0.1:5002"]}
+        )
+        await traffic.publish(TRAFFIC_APPLIED, again, subject=None, actor="traffic")
+    assert sorted(moved[:2]) == ["ep/blue", "ep/green"]
+    assert moved[2:] == ["ep/green"]
+    assert view.routes("ep/green", "127.0.0.1:5002") is True
+    assert view.routes("ep/blue", "127.0.0.1:5002") is False
