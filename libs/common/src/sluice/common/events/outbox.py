@@ -109,8 +109,8 @@ class Outbox:
         query = {"source": self._publisher.source}
         return await self._c.find(query).sort("seq", ASCENDING).limit(BATCH).to_list()
 
-    async def delivered(self, event_id: str) -> None:
-        await self._c.delete_one({"_id": event_id})
+    async def delivered(self, event_ids: list[str]) -> None:
+        await self._c.delete_many({"_id": {"$in": event_ids}})
 
 
 class OutboxRelay:
@@ -125,10 +125,18 @@ class OutboxRelay:
         """Publish everything pending; the number published. Raises when NATS or Mongo fails."""
         sent = 0
         while batch := await self._outbox.pending():
-            for raw in batch:
-                await self._publisher.send(str(raw["subject"]), str(raw["body"]), str(raw["_id"]))
-                await self._outbox.delivered(str(raw["_id"]))
-                sent += 1
+            done: list[str] = []
+            try:
+                for raw in batch:
+                    await self._publisher.send(
+                        str(raw["subject"]), str(raw["body"]), str(raw["_id"])
+                    )
+                    done.append(str(raw["_id"]))
+            finally:
+                # One delete per batch; a crash before it re-publishes ids JetStream drops.
+                if done:
+                    await self._outbox.delivered(done)
+            sent += len(done)
         return sent
 
     async def run(self) -> None:
