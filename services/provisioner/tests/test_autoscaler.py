@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sluice.common.resources import ScaleSettings
-from sluice.provisioner.autoscaler import SCALE_IN_POLLS, Autoscaler, wanted
+from sluice.provisioner.autoscaler import SCALE_IN_POLLS, Autoscaler, LocalScaling, wanted
 
 SCALE = ScaleSettings(
     type="target_utilization", min_instances=1, max_instances=5, target_utilization_percentage=50
@@ -32,3 +32,17 @@ def test_a_busy_poll_breaks_the_scale_in_streak() -> None:
         scaler.poll(0.05, SCALE)
     scaler.poll(0.5, SCALE)
     assert scaler.poll(0.05, SCALE) == 3
+
+
+def test_local_scaling_follows_the_count_or_the_autoscaler_once_per_interval() -> None:
+    scaling = LocalScaling()
+    fixed = ScaleSettings()
+    assert scaling.desired(3, fixed) == 3
+    assert scaling.poll(0.0, 3, fixed, busy=300.0, capacity=300.0) is None  # no autoscaling
+    auto = SCALE.model_copy(update={"polling_interval_s": 10})
+    assert scaling.desired(1, auto) == 1
+    assert scaling.poll(100.0, 1, auto, busy=100.0, capacity=100.0) == (1, 2)  # 100% of 50%
+    assert scaling.desired(1, auto) == 2
+    assert scaling.poll(105.0, 1, auto, busy=200.0, capacity=200.0) is None  # within the interval
+    assert scaling.poll(111.0, 1, auto, busy=0.0, capacity=0.0) is None  # nothing measured yet
+    assert scaling.desired(3, fixed) == 3  # autoscaling switched off: the count again

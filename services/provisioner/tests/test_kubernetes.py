@@ -4,6 +4,7 @@ Kubernetes schemas (no cluster runs here; applying them is the official client's
 from __future__ import annotations
 
 import kubernetes_validate
+import pytest
 
 from sluice.common.resources import (
     ArtifactRef,
@@ -15,7 +16,13 @@ from sluice.common.resources import (
     OnlineDeploymentSpec,
     ResourceRequirements,
 )
-from sluice.provisioner.kubernetes import ClusterSettings, object_name, render
+from sluice.provisioner.kubernetes import (
+    ClusterSettings,
+    object_name,
+    pod_instances,
+    render,
+    rollout_complete,
+)
 
 DIGEST = "sha256:" + "ab" * 32
 
@@ -90,3 +97,71 @@ def test_target_utilization_becomes_a_horizontal_pod_autoscaler() -> None:
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 6)
     target = hpa["spec"]["metrics"][0]["resource"]["target"]
     assert target == {"type": "Utilization", "averageUtilization": 65}
+
+
+# ---- what the cluster says, as the API's JSON -------------------------------------------------
+
+
+def pod(name: str, ip: str | None, ready: bool, terminating: bool = False) -> dict[str, object]:
+    meta: dict[str, object] = {"name": name}
+    if terminating:
+        meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    status: dict[str, object] = {
+        "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]
+    }
+    if ip:
+        status["podIP"] = ip
+    return {"metadata": meta, "status": status}
+
+
+def test_pods_become_instances_at_their_ip() -> None:
+    pods = [
+        pod("b", "10.0.0.2", ready=False),
+        pod("a", "10.0.0.1", ready=True),
+        pod("pending", None, ready=False),  # no IP yet: nothing to route to
+        pod("leaving", "10.0.0.3", ready=True, terminating=True),  # out of routing at once
+        pod("v6", "fd00::1", ready=True),
+    ]
+    assert [(i.id, i.address, i.ready) for i in pod_instances(pods)] == [
+        ("a", "10.0.0.1:5001", True),
+        ("b", "10.0.0.2:5001", False),
+        ("v6", "[fd00::1]:5001", True),
+    ]
+
+
+def deployment_status(generation: int = 2, observed: int = 2, **status: int) -> dict[str, object]:
+    return {
+        "metadata": {"generation": generation},
+        "spec": {"replicas": 2},
+        "status": {"observedGeneration": observed, **status},
+    }
+
+
+ROLLOUTS = [
+    ("complete", deployment_status(replicas=2, updatedReplicas=2, readyReplicas=2), True),
+    (
+        "spec not seen yet",
+        deployment_status(observed=1, replicas=2, updatedReplicas=2, readyReplicas=2),
+        False,
+    ),
+    ("one old pod left", deployment_status(replicas=3, updatedReplicas=2, readyReplicas=3), False),
+    (
+        "new pods not ready",
+        deployment_status(replicas=2, updatedReplicas=2, readyReplicas=1),
+        False,
+    ),
+    ("nothing yet", deployment_status(), False),
+]
+
+
+@pytest.mark.parametrize(
+    ("deployment", "complete"), [r[1:] for r in ROLLOUTS], ids=[r[0] for r in ROLLOUTS]
+)
+def test_rollout_complete(deployment: dict[str, object], complete: bool) -> None:
+    assert rollout_complete(deployment) is complete
+
+
+def test_switching_off_autoscaling_renders_no_autoscaler_and_a_replica_count() -> None:
+    objects = render(doc(), ClusterSettings())
+    assert [o["kind"] for o in objects] == ["Deployment", "Service"]
+    assert objects[0]["spec"]["replicas"] == 3

@@ -19,13 +19,15 @@ from sluice.common.grpc_server import GrpcServer
 from sluice.common.log import get_logger
 from sluice.common.mongo import create_mongo_client, database, require_uri
 from sluice.common.prometheus import start_exporter
-from sluice.common.resources import EnvironmentSpec
+from sluice.common.resources import ComputeKind, EnvironmentSpec
 from sluice.common.runtime import wait_for_shutdown_signal
 from sluice.common.settings import Settings
 from sluice.provisioner.api import ProvisionerApi
 from sluice.provisioner.events import SOURCE, ProvisionerEvents, subscribe_registry_events
-from sluice.provisioner.kubernetes import ClusterSettings, KubernetesBackend
+from sluice.provisioner.kubernetes import ClusterSettings, KubernetesBackend, KubernetesCompute
 from sluice.provisioner.local import LocalBackend
+from sluice.provisioner.local_deployment import LocalCompute, LocalServices
+from sluice.provisioner.preparer import Preparer
 from sluice.provisioner.reconciler import Context, Reconciler
 from sluice.provisioner.routing import RoutingView, subscribe_applied
 from sluice.provisioner.store import ProvisionerStore
@@ -81,15 +83,19 @@ async def serve(settings: Settings) -> None:
         outbox = Outbox(db, publisher)
         await outbox.ensure_indexes()
         usage_prefix = settings.events_subject_prefix.rsplit(".", 1)[0] + ".usage"
+        events = ProvisionerEvents(outbox, broker, usage_prefix)
+        routing = RoutingView()
+        preparer = Preparer(
+            environments, ArtifactStore(state_dir / "artifacts"), Catalogue.load(), backend
+        )
+        local = LocalCompute(LocalServices(backend, preparer, store, routing), events.usage)
         ctx = Context(
             store=store,
-            backend=backend,
-            environments=environments,
-            artifacts=ArtifactStore(state_dir / "artifacts"),
-            catalogue=Catalogue.load(),
-            events=ProvisionerEvents(outbox, broker, usage_prefix),
-            routing=RoutingView(),
-            kubernetes=kubernetes_backend(settings),
+            events=events,
+            backends={
+                ComputeKind.managed: local,
+                ComputeKind.kubernetes: KubernetesCompute(kubernetes_backend(settings), routing),
+            },
         )
         reconciler = Reconciler(ctx)
         await reconciler.reap_orphans()
@@ -97,7 +103,7 @@ async def serve(settings: Settings) -> None:
             broker,
             stream=settings.events_stream,
             prefix=settings.events_subject_prefix,
-            view=ctx.routing,
+            view=routing,
             on_change=reconciler.routing_changed,
         )
         subscribe_registry_events(

@@ -49,3 +49,39 @@ class Autoscaler:
         else:
             self.low_polls = 0
         return self.desired
+
+
+def in_bounds(count: int, scale: ScaleSettings) -> int:
+    return min(max(count, scale.min_instances, 1), scale.max_instances)
+
+
+class LocalScaling:
+    """The instance count a local deployment wants: `instance_count`, or under
+    target_utilization the Autoscaler's answer to its instances' measured CPU."""
+
+    def __init__(self) -> None:
+        self._autoscaler: Autoscaler | None = None
+        self._last_poll = 0.0
+
+    def desired(self, instance_count: int, scale: ScaleSettings) -> int:
+        if scale.type != "target_utilization":
+            self._autoscaler = None
+            return instance_count
+        if self._autoscaler is None:
+            self._autoscaler = Autoscaler(desired=in_bounds(instance_count, scale))
+        return in_bounds(self._autoscaler.desired, scale)
+
+    def poll(
+        self, now: float, instance_count: int, scale: ScaleSettings, busy: float, capacity: float
+    ) -> tuple[int, int] | None:
+        """Once per polling interval: feed utilization (`busy` of `capacity` CPU %); returns
+        (before, after) when the wanted count changed."""
+        if scale.type != "target_utilization" or capacity <= 0:
+            return None
+        if now - self._last_poll < scale.polling_interval_s:
+            return None
+        self._last_poll = now
+        before = self.desired(instance_count, scale)
+        assert self._autoscaler is not None
+        after = in_bounds(self._autoscaler.poll(busy / capacity, scale), scale)
+        return (before, after) if after != before else None

@@ -1,24 +1,45 @@
 """Compute backend `kubernetes` (Azure's "Kubernetes online endpoints").
 
 Each deployment becomes a Deployment (the inference server in the Sluice
-image, model and code from the shared artifacts volume) and a Service in
-front of it. `render` is pure and tested offline against the Kubernetes
-schemas; `KubernetesBackend` applies and deletes with the official client
-when a kubeconfig is configured (no cluster runs in this repository's CI).
+image, model and code from the shared artifacts volume), a Service in front
+of it and, under target_utilization, a HorizontalPodAutoscaler. `render` is
+pure and tested offline against the Kubernetes schemas; `KubernetesBackend`
+applies and deletes with the official client when a kubeconfig is configured
+(no cluster runs in this repository's CI).
+
+Kubernetes runs, probes and rolls the pods (surge one, never below the count);
+`KubernetesDeployment` applies each spec version, reports every pod as an
+instance (its IP: Envoy balances over pods and sizes the in-flight limit by
+their number) and says when the rollout is complete, from the same status
+fields `kubectl rollout status` reads (`pod_instances`, `rollout_complete`:
+pure, tested on the API's JSON).
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sluice.common.resources import OnlineDeploymentDoc, Probe
+from sluice.common.log import get_logger
+from sluice.common.resources import Instance, OnlineDeploymentDoc, Probe
+from sluice.provisioner.compute import Observation
+from sluice.provisioner.routing import ROUTE_WAIT_S, RoutingView
+
+log = get_logger(__name__)
 
 INFERENCE_PORT = 5001
 ARTIFACTS_MOUNT = "/var/lib/sluice"
 MANAGED_BY = "sluice-provisioner"
+INSTANCE_LABEL = "app.kubernetes.io/instance"
 IN_CLUSTER = "in-cluster"  # SLUICE_KUBECONFIG value: use the pod's service account
+NO_CLUSTER = (
+    "this is a kubernetes deployment, but the provisioner has no cluster: set "
+    "SLUICE_KUBECONFIG (and SLUICE_KUBERNETES_NAMESPACE / _IMAGE) and restart it"
+)
 
 
 def object_name(endpoint: str, deployment: str) -> str:
@@ -51,7 +72,7 @@ def render(doc: OnlineDeploymentDoc, cluster: ClusterSettings) -> list[dict[str,
     name = object_name(spec.endpoint_name, spec.name)
     labels = {
         "app.kubernetes.io/name": "sluice-inference",
-        "app.kubernetes.io/instance": name,
+        INSTANCE_LABEL: name,
         "app.kubernetes.io/managed-by": MANAGED_BY,
         "sluice.dev/endpoint": spec.endpoint_name,
         "sluice.dev/deployment": spec.name,
@@ -105,7 +126,7 @@ def render(doc: OnlineDeploymentDoc, cluster: ClusterSettings) -> list[dict[str,
         },
         "spec": {
             "replicas": spec.instance_count,
-            "selector": {"matchLabels": {"app.kubernetes.io/instance": name}},
+            "selector": {"matchLabels": {INSTANCE_LABEL: name}},
             # Surge one, never drop below the requested count: updates without downtime.
             "strategy": {
                 "type": "RollingUpdate",
@@ -133,7 +154,7 @@ def render(doc: OnlineDeploymentDoc, cluster: ClusterSettings) -> list[dict[str,
         "kind": "Service",
         "metadata": {"name": name, "namespace": cluster.namespace, "labels": labels},
         "spec": {
-            "selector": {"app.kubernetes.io/instance": name},
+            "selector": {INSTANCE_LABEL: name},
             "ports": [{"name": "http", "port": INFERENCE_PORT, "targetPort": "http"}],
         },
     }
@@ -183,13 +204,21 @@ class KubernetesBackend:
         self._api = client.ApiClient()
         self._apps = client.AppsV1Api(self._api)
         self._core = client.CoreV1Api(self._api)
+        self._autoscaling = client.AutoscalingV2Api(self._api)
         self.cluster = cluster
 
     def apply(self, doc: OnlineDeploymentDoc) -> None:
         from kubernetes import dynamic
 
         client = dynamic.DynamicClient(self._api)  # type: ignore[no-untyped-call]
-        for obj in render(doc, self.cluster):
+        objects = render(doc, self.cluster)
+        if not any(obj["kind"] == "HorizontalPodAutoscaler" for obj in objects):
+            # No longer autoscaled: the replica count is ours again.
+            self._ignore_missing(
+                self._autoscaling.delete_namespaced_horizontal_pod_autoscaler,
+                objects[0]["metadata"]["name"],
+            )
+        for obj in objects:
             resource = client.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
             resource.server_side_apply(
                 body=obj,
@@ -199,17 +228,140 @@ class KubernetesBackend:
                 force_conflicts=True,
             )
 
-    def ready_replicas(self, endpoint: str, deployment: str) -> int:
-        status = self._apps.read_namespaced_deployment_status(
-            object_name(endpoint, deployment), self.cluster.namespace
-        ).status
-        return int(status.ready_replicas or 0) if status is not None else 0
-
-    def service_address(self, endpoint: str, deployment: str) -> str:
+    def state(self, endpoint: str, deployment: str) -> ClusterState:
+        """The Deployment's status and its pods, as the API's JSON."""
         name = object_name(endpoint, deployment)
-        return f"{name}.{self.cluster.namespace}.svc:{INFERENCE_PORT}"
+        ns = self.cluster.namespace
+        raw = self._apps.read_namespaced_deployment(name, ns)
+        pods = self._core.list_namespaced_pod(ns, label_selector=f"{INSTANCE_LABEL}={name}")
+        as_json = self._api.sanitize_for_serialization  # the API's own JSON (camelCase)
+        return ClusterState(
+            deployment=as_json(raw),  # type: ignore[no-untyped-call]
+            pods=as_json(pods).get("items", []),  # type: ignore[no-untyped-call]
+        )
 
     def delete(self, endpoint: str, deployment: str) -> None:
+        """Every object `render` can make for the deployment (gone already is fine)."""
         name = object_name(endpoint, deployment)
-        self._apps.delete_namespaced_deployment(name, self.cluster.namespace)
-        self._core.delete_namespaced_service(name, self.cluster.namespace)
+        self._ignore_missing(self._autoscaling.delete_namespaced_horizontal_pod_autoscaler, name)
+        self._ignore_missing(self._apps.delete_namespaced_deployment, name)
+        self._ignore_missing(self._core.delete_namespaced_service, name)
+
+    def _ignore_missing(self, call: Any, name: str) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            call(name, self.cluster.namespace)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+
+@dataclass(frozen=True)
+class ClusterState:
+    deployment: Mapping[str, Any]
+    pods: list[Mapping[str, Any]]
+
+
+def pod_instances(pods: list[Mapping[str, Any]]) -> list[Instance]:
+    """Pods with an IP that are not terminating, as instances (ready = the Ready condition)."""
+    instances = []
+    for pod in pods:
+        meta, status = pod.get("metadata", {}), pod.get("status", {})
+        ip = status.get("podIP")
+        if not ip or meta.get("deletionTimestamp"):
+            continue
+        ready = any(
+            c.get("type") == "Ready" and c.get("status") == "True"
+            for c in status.get("conditions") or []
+        )
+        host = f"[{ip}]" if ":" in ip else ip
+        instances.append(Instance(id=meta["name"], address=f"{host}:{INFERENCE_PORT}", ready=ready))
+    return sorted(instances, key=lambda i: i.id)
+
+
+def rollout_complete(deployment: Mapping[str, Any]) -> bool:
+    """`kubectl rollout status`'s rule: the controller saw the latest spec, every replica
+    runs it, none of the old ones is left, and they are all ready."""
+    meta, spec, status = (deployment.get(k, {}) for k in ("metadata", "spec", "status"))
+    wanted = spec.get("replicas", 1)
+    updated = status.get("updatedReplicas", 0)
+    return bool(
+        status.get("observedGeneration", 0) >= meta.get("generation", 1)
+        and updated >= wanted
+        and status.get("replicas", 0) == updated
+        and status.get("readyReplicas", 0) >= updated
+    )
+
+
+class KubernetesDeployment:
+    """One deployment on a cluster (the DeploymentCompute protocol)."""
+
+    def __init__(self, key: str, backend: KubernetesBackend | None, routing: RoutingView):
+        self.key = key
+        self.endpoint, _, self.name = key.partition("/")
+        self._backend = backend
+        self._routing = routing
+        self._applied: int | None = None
+        self._failed: tuple[int, str] | None = None
+        self._instances: list[Instance] = []
+        self._removing_since: float | None = None
+
+    async def converge(self, doc: OnlineDeploymentDoc) -> Observation:
+        version = doc.meta.version
+        if self._backend is None:
+            return Observation(failure=NO_CLUSTER)
+        if self._failed is not None and self._failed[0] == version:
+            return Observation(instances=self._instances, failure=self._failed[1])
+        if self._applied != version:
+            try:
+                await asyncio.to_thread(self._backend.apply, doc)
+            except Exception as exc:  # the API server's answer is the reason to show
+                self._failed = (version, f"applying to the cluster failed: {exc}")
+                log.error("kubernetes_apply_failed", deployment=self.key, error=str(exc))
+                return Observation(instances=self._instances, failure=self._failed[1])
+            self._applied = version
+        state = await asyncio.to_thread(self._backend.state, self.endpoint, self.name)
+        return self._observed(state)
+
+    def _observed(self, state: ClusterState) -> Observation:
+        before = {i.id: i for i in self._instances}
+        now = pod_instances(state.pods)
+        seen = Observation(instances=now, settled=rollout_complete(state.deployment))
+        seen.became_ready = [
+            i for i in now if i.ready and not (i.id in before and before[i.id].ready)
+        ]
+        ids = {i.id for i in now}
+        seen.stopped = [(i, "pod gone") for i in before if i not in ids]
+        seen.busy = not seen.settled
+        self._instances = now
+        return seen
+
+    async def remove(self) -> Observation:
+        """Out of routing first (an empty instance list), then the objects go."""
+        if self._backend is None or (self._applied is None and not self._instances):
+            return Observation()
+        now = time.monotonic()
+        if self._removing_since is None:
+            self._removing_since = now
+        if self._routing.knows(self.key) and now - self._removing_since < ROUTE_WAIT_S:
+            return Observation(busy=True)  # the gateway still routes the deployment
+        await asyncio.to_thread(self._backend.delete, self.endpoint, self.name)
+        stopped = [(i.id, "deployment deleted") for i in self._instances]
+        self._applied, self._instances = None, []
+        return Observation(stopped=stopped)
+
+    async def stop_now(self, reason: str) -> None:
+        """Pods outlive the provisioner: nothing to stop."""
+
+
+class KubernetesCompute:
+    """The kubernetes compute backend (ComputeBackend): one KubernetesDeployment each.
+    Without a cluster configured, every kubernetes deployment fails saying so."""
+
+    def __init__(self, backend: KubernetesBackend | None, routing: RoutingView):
+        self._backend = backend
+        self._routing = routing
+
+    def deployment(self, key: str) -> KubernetesDeployment:
+        return KubernetesDeployment(key, self._backend, self._routing)

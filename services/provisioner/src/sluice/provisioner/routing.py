@@ -43,6 +43,10 @@ class RoutingView:
         self._routed = new
         return changed
 
+    def knows(self, deployment: str) -> bool:
+        """Whether the gateway's last applied configuration has the deployment at all."""
+        return deployment in self._routed
+
     def routes(self, deployment: str, address: str) -> bool | None:
         """Whether the gateway routes `address` for `deployment`; None when the gateway does
         not know the deployment at all (no gateway, or not routed yet: nothing to wait for)."""

@@ -17,6 +17,7 @@ from sluice.common.mongo import Document
 from sluice.common.resources import (
     DEPLOYMENT_INSTANCES,
     ONLINE_DEPLOYMENTS,
+    ComputeKind,
     DeploymentInstancesDoc,
     Instance,
     OnlineDeploymentDoc,
@@ -48,9 +49,16 @@ class ProvisionerStore:
         return [str(raw["_id"]) async for raw in self._deployments.find({}, {"_id": 1})]
 
     async def recorded_instances(self) -> dict[str, list[Instance]]:
-        """The instances every deployment lists, by deployment key (one query)."""
+        """The instances every local deployment lists, by deployment key; pods of kubernetes
+        deployments are the cluster's, not ours."""
         found: dict[str, list[Instance]] = {}
-        async for raw in self._instances.find({}):
+        pods = {
+            str(raw["_id"])
+            async for raw in self._deployments.find(
+                {"spec.kind": ComputeKind.kubernetes.value}, {"_id": 1}
+            )
+        }
+        async for raw in self._instances.find({"_id": {"$nin": sorted(pods)}}):
             doc = from_document(DeploymentInstancesDoc, raw)
             if doc.instances:
                 found[str(raw["_id"])] = list(doc.instances)

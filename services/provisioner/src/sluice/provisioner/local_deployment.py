@@ -1,0 +1,333 @@
+"""One deployment on the local backend: inference-server processes on this machine.
+
+Each pass (`converge`): prepare a new spec version (artifacts, environment,
+instance type: preparer.py), reap exited
+processes, probe, measure and autoscale, then let `domain.plan` decide what to
+start, drain and stop, and act on it. What happened goes back to the worker in
+an `Observation` for the reporter.
+
+- an instance that exits before it is ready failed its `init()`: the version
+  fails with the exit code and the last log lines; the previous version keeps
+  serving;
+- an instance that exits, fails liveness or grows past its memory ceiling
+  (health.py) is drained and replaced (auto-recovery);
+- every stop is make-before-break (see domain.py): drained first, SIGTERM once
+  the gateway no longer routes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from sluice.common.log import get_logger, readable_log
+from sluice.common.resources import Instance, OnlineDeploymentDoc
+from sluice.provisioner.autoscaler import LocalScaling
+from sluice.provisioner.compute import Observation
+from sluice.provisioner.domain import Desired, Drain, Observed, Start, Stop, plan
+from sluice.provisioner.health import Health, NeverReady, Ready, Replace
+from sluice.provisioner.local import LocalBackend, LocalInstance, tail
+from sluice.provisioner.preparer import Generation, PrepareError, Preparer, same_runtime
+from sluice.provisioner.routing import ROUTE_WAIT_S, RoutingView
+from sluice.provisioner.store import ProvisionerStore
+
+log = get_logger(__name__)
+LOG_LINES_IN_ERRORS = 20
+USAGE_EVERY_S = 5.0
+MEASURE_EVERY_S = 1.0
+
+UsageSink = Callable[[dict[str, object]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class LocalServices:
+    """What every local deployment shares."""
+
+    backend: LocalBackend
+    preparer: Preparer
+    store: ProvisionerStore  # instance-hour history (cost accounting)
+    routing: RoutingView
+
+
+class LocalDeployment:
+    def __init__(self, key: str, services: LocalServices, usage: UsageSink):
+        self.key = key
+        self.endpoint, _, self.name = key.partition("/")
+        self._s = services
+        self._usage = usage
+        self.instances: list[LocalInstance] = []
+        self.generation: Generation | None = None
+        self._failed: tuple[int, str] | None = None  # (version, why)
+        self._version: int | None = None  # of the document last converged to
+        self._scaling = LocalScaling()
+        self._health = Health(services.backend)
+        self._last_measure = 0.0
+        self._last_usage = 0.0
+        self._pass = Observation()
+
+    # ---- the DeploymentCompute protocol ---------------------------------------------------
+
+    async def converge(self, doc: OnlineDeploymentDoc) -> Observation:
+        version = doc.meta.version
+        self._version = version
+        if self.generation is None or self.generation.version != version:
+            await self._prepare(doc)
+        await self._reap(version)
+        await self._probe(doc)
+        self._measure()
+        self._autoscale(doc)
+        await self._act(self._desired(doc))
+        await self._sample_usage()
+        return self._observation(settled=self._settled(doc))
+
+    async def remove(self) -> Observation:
+        await self._reap(None)
+        await self._act(None)
+        if not self.instances:  # the deployment's private copies and user go last
+            await asyncio.to_thread(self._s.backend.remove_workspace, self.endpoint, self.name)
+        return self._observation()
+
+    async def stop_now(self, reason: str) -> None:
+        for inst in list(self.instances):
+            await self._stop(inst, reason)
+
+    def _observation(self, settled: bool = False) -> Observation:
+        seen, self._pass = self._pass, Observation()
+        seen.instances = [
+            Instance(id=i.id, address=i.address, ready=i.ready, started_at=i.started_at)
+            for i in self.instances
+            if i.alive and not i.draining
+        ]
+        seen.settled = settled
+        seen.message = self.generation.status_message if self.generation else ""
+        if self._failed is not None and self._failed[0] == self._version:
+            seen.failure = self._failed[1]
+        seen.busy = any(not i.ready or i.draining for i in self.instances)
+        return seen
+
+    # ---- preparing a version ----------------------------------------------------------------
+
+    async def _prepare(self, doc: OnlineDeploymentDoc) -> None:
+        version = doc.meta.version
+        if self._failed is not None and self._failed[0] == version:
+            return
+        if self.generation is not None and same_runtime(self.generation.doc, doc):
+            # Only the count (or labels) changed: keep every healthy instance.
+            for inst in self.instances:
+                if inst.spec_version == self.generation.version:
+                    inst.spec_version = version
+            self.generation = self.generation.renumbered(doc)
+            return
+        try:
+            self.generation = await self._s.preparer.prepare(doc)
+        except PrepareError as exc:
+            await self._fail(version, str(exc))
+            return
+        log.info("deployment_prepared", deployment=self.key, version=version)
+
+    async def _fail(self, version: int, message: str) -> None:
+        if self._failed is not None and self._failed[0] == version:
+            return
+        self._failed = (version, message)
+        for inst in [i for i in self.instances if i.spec_version == version]:
+            await self._drain(inst, "deployment version failed")
+        if self.generation is not None and self.generation.version == version:
+            self.generation = None
+        log.error("deployment_failed", deployment=self.key, version=version, reason=message)
+
+    # ---- observing the processes ----------------------------------------------------------
+
+    async def _reap(self, version: int | None) -> None:
+        """Drop instances that exited; an exit before ready (of `version`) is a failed init()."""
+        for inst in [i for i in self.instances if not i.alive]:
+            self.instances.remove(inst)
+            reason = f"exited with code {inst.exit_code()}"
+            await self._stopped(inst, inst.drain_reason or reason)
+            if inst.draining:
+                continue
+            if not inst.ready and inst.spec_version == version:
+                await self._fail(
+                    inst.spec_version,
+                    f"instance {inst.id} {reason} before it was ready (init() failed?). "
+                    f"Last log lines:\n{readable_log(tail(inst.log_path, LOG_LINES_IN_ERRORS))}",
+                )
+            else:
+                log.warning("instance_died", deployment=self.key, instance=inst.id, reason=reason)
+
+    async def _probe(self, doc: OnlineDeploymentDoc) -> None:
+        for inst in [i for i in self.instances if not i.draining]:
+            verdict = await self._health.check(inst, doc.spec)
+            if isinstance(verdict, Ready):
+                inst.ready, inst.ready_at = True, time.monotonic()
+                log.info("instance_ready", deployment=self.key, instance=inst.id)
+                self._pass.became_ready.append(
+                    Instance(id=inst.id, address=inst.address, ready=True)
+                )
+            elif isinstance(verdict, Replace):
+                await self._replace(inst, verdict.reason)
+            elif isinstance(verdict, NeverReady):
+                await self._replace(inst, verdict.reason)
+                await self._fail(inst.spec_version, f"instance {inst.id} was {verdict.reason}")
+
+    def _measure(self) -> None:
+        """One CPU/memory measurement per instance per second, shared by autoscaling and
+        the usage samples."""
+        now = time.monotonic()
+        if now - self._last_measure < MEASURE_EVERY_S:
+            return
+        self._last_measure = now
+        for inst in self.instances:
+            inst.measure()
+
+    def _autoscale(self, doc: OnlineDeploymentDoc) -> None:
+        serving = [
+            i
+            for i in self.instances
+            if i.ready and not i.draining and i.spec_version == doc.meta.version and i.measured
+        ]
+        change = self._scaling.poll(
+            time.monotonic(),
+            doc.spec.instance_count,
+            doc.spec.scale_settings,
+            busy=sum(i.cpu_percent for i in serving),
+            capacity=sum(100 * i.workers for i in serving),
+        )
+        if change is not None:
+            log.info(
+                "autoscaled", deployment=self.key, instances_before=change[0],
+                instances_after=change[1],
+            )  # fmt: skip
+
+    # ---- deciding and acting ------------------------------------------------------------------
+
+    def _desired(self, doc: OnlineDeploymentDoc) -> Desired:
+        version = doc.meta.version
+        gen = self.generation
+        runnable = gen is not None and gen.version == version
+        runnable = runnable and not (self._failed is not None and self._failed[0] == version)
+        count = self._scaling.desired(doc.spec.instance_count, doc.spec.scale_settings)
+        return Desired(version, count, runnable)
+
+    def _settled(self, doc: OnlineDeploymentDoc) -> bool:
+        desired = self._desired(doc)
+        if not desired.runnable:
+            return False
+        current = [i for i in self.instances if i.spec_version == desired.version]
+        ready = [i for i in current if i.ready and not i.draining]
+        return len(ready) >= desired.count and len(current) == len(self.instances)
+
+    def _observe(self) -> list[Observed]:
+        """The instances as the planner sees them, with what the gateway routes."""
+        now = time.monotonic()
+        observed = []
+        for inst in self.instances:
+            routes = self._s.routing.routes(self.key, inst.address)
+            routed = inst.ready and (routes is not False or now - inst.ready_at > ROUTE_WAIT_S)
+            unrouted = inst.draining and (
+                routes is not True or now - inst.draining_since > ROUTE_WAIT_S
+            )
+            observed.append(
+                Observed(
+                    id=inst.id,
+                    version=inst.spec_version,
+                    started=inst.started_at.timestamp(),
+                    ready=inst.ready,
+                    routed=routed,
+                    draining=inst.draining,
+                    unrouted=unrouted,
+                    drain_reason=inst.drain_reason,
+                )
+            )
+        return observed
+
+    async def _act(self, desired: Desired | None) -> None:
+        by_id = {i.id: i for i in self.instances}
+        for action in plan(desired, self._observe()):
+            if isinstance(action, Start):
+                assert self.generation is not None
+                await self._start(self.generation)
+            elif isinstance(action, Drain):
+                await self._drain(by_id[action.instance], action.reason)
+            elif isinstance(action, Stop):
+                await self._stop(by_id[action.instance], action.reason)
+
+    async def _start(self, gen: Generation) -> None:
+        inst = self._s.backend.start(gen.doc.spec, gen.version, gen.plan, gen.instance_type)
+        self.instances.append(inst)
+        log.info("instance_started", deployment=self.key, instance=inst.id, version=gen.version)
+        await self._s.store.instance_started(
+            instance_id=inst.id,
+            endpoint=self.endpoint,
+            deployment=self.name,
+            instance_type=gen.instance_type.name,
+            price_per_hour=gen.instance_type.price_per_hour,
+            started_at=inst.started_at,
+        )
+
+    async def _replace(self, inst: LocalInstance, reason: str) -> None:
+        log.warning("instance_replaced", deployment=self.key, instance=inst.id, reason=reason)
+        await self._drain(inst, reason)
+
+    async def _drain(self, inst: LocalInstance, reason: str) -> None:
+        """Out of routing (this pass's report); `plan` stops it once the gateway drops it."""
+        if inst.draining:
+            return
+        inst.draining, inst.draining_since, inst.drain_reason = True, time.monotonic(), reason
+        log.info("instance_draining", deployment=self.key, instance=inst.id, reason=reason)
+        self._pass.draining.append((Instance(id=inst.id, address=inst.address), reason))
+
+    async def _stop(self, inst: LocalInstance, reason: str) -> None:
+        """SIGTERM: the instance answers what it has in flight and exits."""
+        if inst in self.instances:
+            self.instances.remove(inst)
+        await asyncio.to_thread(self._s.backend.stop, inst)
+        await self._stopped(inst, reason)
+
+    async def _stopped(self, inst: LocalInstance, reason: str) -> None:
+        self._health.forget(inst.id)
+        await self._s.store.instance_stopped(inst.id, reason)
+        self._pass.stopped.append((inst.id, reason))
+
+    async def _sample_usage(self) -> None:
+        now = time.monotonic()
+        if now - self._last_usage < USAGE_EVERY_S or not self.instances:
+            return
+        self._last_usage = now
+        for inst in self.instances:
+            if inst.measured:
+                await self._usage(usage_sample(inst))
+
+
+def usage_sample(inst: LocalInstance) -> dict[str, object]:
+    """CPU % and resident memory of an instance and its worker processes."""
+    return {
+        "instance": inst.id,
+        "endpoint": inst.endpoint,
+        "deployment": inst.deployment,
+        "cpu_percent": round(inst.cpu_percent, 1),
+        "rss_bytes": inst.rss_bytes,
+        "memory_limit_bytes": inst.memory_limit,
+        "time": time.time(),
+    }
+
+
+class LocalCompute:
+    """The local compute backend (ComputeBackend): one LocalDeployment each."""
+
+    def __init__(
+        self,
+        services: LocalServices,
+        usage: Callable[[str, str, dict[str, object]], Awaitable[None]],
+    ):
+        self._services = services
+        self._usage = usage
+
+    def deployment(self, key: str) -> LocalDeployment:
+        endpoint, _, name = key.partition("/")
+
+        async def usage(sample: dict[str, object]) -> None:
+            await self._usage(endpoint, name, sample)
+
+        return LocalDeployment(key, self._services, usage)
