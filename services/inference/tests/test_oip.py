@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from sluice.common.supervisor import Supervisor
 from sluice.inference.testing import start_server, write_script
@@ -54,3 +56,63 @@ def test_infer_metadata_and_errors(supervisor: Supervisor, tmp_path: Path) -> No
     assert reply.status == 400 and "needs 4 values, got 3" in reply.json()["error"]
     assert server.post({"inputs": []}, path="/v2/models/summer/infer").status == 400
     assert server.post(request, path="/v2/models/other/infer").status == 404
+
+
+MULTI = """
+import json
+
+def init():
+    pass
+
+def run(raw):
+    body = json.loads(raw)
+    total = [a + b for a, b in zip(body["a"], body["b"])]
+    return {"total": total, "label": ["big" if t > 5 else "small" for t in total], "n": len(total)}
+"""
+
+
+def test_several_inputs_and_outputs_with_datatypes(supervisor: Supervisor, tmp_path: Path) -> None:
+    write_script(tmp_path, MULTI)
+    (tmp_path / "pair.pkl").write_bytes(b"unused")
+    server = start_server(supervisor, "oip-multi", code=tmp_path, model=tmp_path / "pair.pkl")
+    request = {
+        "inputs": [
+            {"name": "a", "shape": [3], "datatype": "INT32", "data": [1, 2, 3]},
+            {"name": "b", "shape": [3], "datatype": "FP32", "data": [0.5, 4.5, 9]},
+        ]
+    }
+    reply = server.post(request, path="/v2/models/pair/infer")
+    assert reply.status == 200, reply.body
+    assert reply.json()["outputs"] == [
+        {"name": "total", "shape": [3], "datatype": "FP64", "data": [1.5, 6.5, 12]},
+        {"name": "label", "shape": [3], "datatype": "BYTES", "data": ["small", "big", "big"]},
+        {"name": "n", "shape": [1], "datatype": "INT64", "data": [3]},
+    ]
+    only = server.post({**request, "outputs": [{"name": "label"}]}, path="/v2/models/pair/infer")
+    assert [o["name"] for o in only.json()["outputs"]] == ["label"]
+    absent = server.post({**request, "outputs": [{"name": "nope"}]}, path="/v2/models/pair/infer")
+    assert absent.status == 400 and "no output 'nope'" in absent.json()["error"]
+    for bad, message in (
+        ({"name": "a", "shape": [1], "datatype": "INT32", "data": [1.5]}, "does not fit"),
+        ({"name": "a", "shape": [1], "datatype": "UINT8", "data": [-1]}, "does not fit"),
+        ({"name": "a", "shape": [1], "datatype": "FP99", "data": [1]}, "is not one of"),
+        ({"name": "a", "shape": [1], "datatype": "BOOL", "data": [1]}, "does not fit"),
+    ):
+        reply = server.post({"inputs": [bad]}, path="/v2/models/pair/infer")
+        assert reply.status == 400 and message in reply.json()["error"], bad
+
+
+def test_metadata_from_an_mlflow_signature(tmp_path: Path) -> None:
+    from sluice.inference.oip import mlflow_signature, model_metadata
+
+    columns = [{"type": "double", "name": "f0"}, {"type": "long", "name": "n"}]
+    tensor = [{"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": [-1, 2]}}]
+    signature = {"inputs": json.dumps(columns), "outputs": json.dumps(tensor)}
+    (tmp_path / "MLmodel").write_text(yaml.safe_dump({"flavors": {}, "signature": signature}))
+    inputs, outputs = mlflow_signature(tmp_path)
+    assert inputs == [
+        {"name": "f0", "datatype": "FP64", "shape": [-1]},
+        {"name": "n", "datatype": "INT64", "shape": [-1]},
+    ]
+    assert outputs == [{"name": "output-0", "datatype": "FP32", "shape": [-1, 2]}]
+    assert b'"FP64"' in model_metadata("m", None)  # no signature: the generic description

@@ -72,6 +72,7 @@ class InferenceApp:
         self.metrics = metrics
         self._gateway_secret = gateway_secret.encode() if gateway_secret else None
         self.model_name = model_name
+        self.model_path: Path | None = None  # for OIP metadata from an MLflow signature
         self.scorer: Scorer | None = None
         self.dispatcher: Dispatcher | None = None
         self.swagger: SwaggerDocuments | None = None
@@ -183,7 +184,7 @@ class InferenceApp:
                 404, {"error": f"no model {route.model!r}; this is {self.model_name!r}"}
             )
         elif route.action == "metadata":
-            reply = Reply(200, [JSON], oip.model_metadata(self.model_name))
+            reply = Reply(200, [JSON], oip.model_metadata(self.model_name, self.model_path))
         elif route.action == "ready":
             reply = json_reply(200 if self.ready else 503, {"ready": self.ready})
         elif request.method != "POST":
@@ -201,8 +202,8 @@ class InferenceApp:
             self._send(request, conn, rid, started, "/v2/infer", refusal or NOT_READY)
             return
         try:
-            body, oip_id = oip.request_body(request.body)
-            scored = HttpRequest("POST", b"/score", request.headers, body, request.keep_alive)
+            infer = oip.request_body(request.body)
+            scored = HttpRequest("POST", b"/score", request.headers, infer.body, request.keep_alive)
             call = scorer.prepare(scored)
         except (oip.OipError, BadInput) as exc:
             self.metrics.error("bad_input")
@@ -216,11 +217,14 @@ class InferenceApp:
             if outcome.kind == "ok" and answer.status == 200:
                 try:
                     value = orjson.loads(answer.body)
-                    answer = Reply(
-                        200, answer.headers, oip.response_body(self.model_name, value, oip_id)
+                    tensors = oip.response_body(
+                        self.model_name, value, infer.request_id, infer.outputs
                     )
+                    answer = Reply(200, answer.headers, tensors)
                 except orjson.JSONDecodeError:
                     answer = json_reply(500, {"error": "run() did not answer JSON"})
+                except oip.OipError as exc:
+                    answer = json_reply(400, {"error": str(exc)})
             self._send(request, conn, rid, started, "/v2/infer", answer)
 
         dispatcher.submit(call, finish)
@@ -335,6 +339,7 @@ async def serve(config: ServerConfig, registry: CollectorRegistry | None = None)
     if config.metrics_port and config.listen_fd is None:
         serve_metrics(config.host, config.metrics_port, registry)
     app = InferenceApp(metrics, model_name(config.model), config.gateway_secret)
+    app.model_path = config.model
     server = await loop.create_server(
         lambda: Connection(app.handle, config.max_payload_bytes),
         sock=_listening_socket(config),

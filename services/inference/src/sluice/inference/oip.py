@@ -1,9 +1,14 @@
 """The Open Inference Protocol (v2, REST) in front of the same run().
 
 KServe, Seldon and Triton clients call `POST /v2/models/<name>/infer` with
-tensors. The first input tensor becomes the Azure-style body
-`{"data": <rows>}` that run() (or a built-in scorer) already understands,
-and run()'s answer goes back as one output tensor named `predict`.
+tensors. One input tensor becomes the Azure-style body `{"data": <rows>}`
+that run() (or a built-in scorer) already understands; several become
+`{"<input name>": <rows>, ...}` (the keyword arguments of an
+`inference_schema` run(), or MLflow's named tensors). Each tensor's data must
+fit its shape and datatype. run()'s answer goes back as one output tensor
+`predict`, or, when it is an object, one output per key (filtered by the
+request's `outputs`, if given). Model metadata comes from an MLflow model's
+signature when there is one.
 Metadata routes: `GET /v2` (server), `GET /v2/models/<name>` (model),
 `GET /v2/models/<name>/ready`. `<name>` is the deployment's name
 (`AZUREML_DEPLOYMENT_NAME`) or the model file/folder's; `/versions/<v>` is
@@ -14,13 +19,19 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
+import yaml
 
 SERVER_NAME = "sluice-inference"
 PATH_RE = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<rest>/.*)?$")
 DATATYPES = {bool: "BOOL", int: "INT64", float: "FP64", str: "BYTES"}
+# The protocol's datatypes, by the Python values their JSON data holds.
+INTEGER_TYPES = {f"{sign}INT{bits}" for sign in ("", "U") for bits in (8, 16, 32, 64)}
+FLOAT_TYPES = {"FP16", "FP32", "FP64", "BF16"}
+ALL_TYPES = INTEGER_TYPES | FLOAT_TYPES | {"BOOL", "BYTES"}
 
 
 class OipError(ValueError):
@@ -64,63 +75,162 @@ def _shape(value: Any) -> list[int]:
     return shape
 
 
-def request_body(raw: bytes) -> tuple[bytes, str | None]:
-    """An OIP inference request -> the `{"data": rows}` body run() takes, and the request id."""
-    try:
-        request = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise OipError(f"the body is not JSON: {exc}") from None
-    inputs = request.get("inputs") if isinstance(request, dict) else None
-    if not isinstance(inputs, list) or not inputs or not isinstance(inputs[0], dict):
-        raise OipError(
-            'an inference request needs "inputs": [{"name", "shape", "datatype", "data"}]'
-        )
-    tensor = inputs[0]
-    data, shape = tensor.get("data"), tensor.get("shape")
+def _tensor_rows(tensor: Any) -> Any:
+    """One input tensor's data, checked against its shape and datatype, as nested rows."""
+    if not isinstance(tensor, dict):
+        raise OipError('each input is an object {"name", "shape", "datatype", "data"}')
+    name, data, shape = tensor.get("name"), tensor.get("data"), tensor.get("shape")
+    datatype = tensor.get("datatype")
+    if not isinstance(name, str) or not name:
+        raise OipError('each input needs a "name"')
     if not isinstance(data, list) or not isinstance(shape, list):
-        raise OipError('each input needs "shape" (a list) and "data" (a list)')
+        raise OipError(f'input {name!r} needs "shape" (a list) and "data" (a list)')
+    if datatype not in ALL_TYPES:
+        raise OipError(f"input {name!r}: datatype {datatype!r} is not one of {sorted(ALL_TYPES)}")
     flat = _flatten(data)
     expected = 1
     for dim in shape:
         expected *= int(dim)
     if expected != len(flat):
+        raise OipError(f"input {name!r}: shape {shape} needs {expected} values, got {len(flat)}")
+    if not all(_fits(value, datatype) for value in flat):
+        raise OipError(f"input {name!r}: data does not fit datatype {datatype}")
+    return _reshape(flat, [int(d) for d in shape])
+
+
+def _fits(value: Any, datatype: str) -> bool:
+    if datatype == "BOOL":
+        return isinstance(value, bool)
+    if datatype == "BYTES":
+        return isinstance(value, str)
+    if isinstance(value, bool):
+        return False
+    if datatype in INTEGER_TYPES:
+        return isinstance(value, int) and (value >= 0 or not datatype.startswith("U"))
+    return isinstance(value, int | float)
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    body: bytes  # what run() gets, as if POSTed to /score
+    request_id: str | None
+    outputs: tuple[str, ...]  # the output names asked for; empty = all
+
+
+def request_body(raw: bytes) -> InferRequest:
+    """An OIP inference request -> the body run() takes, its id and the outputs asked for."""
+    try:
+        request = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise OipError(f"the body is not JSON: {exc}") from None
+    inputs = request.get("inputs") if isinstance(request, dict) else None
+    if not isinstance(inputs, list) or not inputs:
         raise OipError(
-            f"input {tensor.get('name')!r}: shape {shape} needs {expected} values, got {len(flat)}"
+            'an inference request needs "inputs": [{"name", "shape", "datatype", "data"}]'
         )
-    rows = _reshape(flat, [int(d) for d in shape])
+    rows = {tensor.get("name"): _tensor_rows(tensor) for tensor in inputs}
+    if len(rows) != len(inputs):
+        raise OipError("input names must be unique")
+    body = {"data": next(iter(rows.values()))} if len(rows) == 1 else rows
+    wanted = request.get("outputs") or []
+    if not isinstance(wanted, list) or not all(isinstance(o, dict) for o in wanted):
+        raise OipError('"outputs" is a list of {"name": ...}')
     request_id = request.get("id") if isinstance(request.get("id"), str) else None
-    return orjson.dumps({"data": rows}), request_id
+    return InferRequest(orjson.dumps(body), request_id, tuple(str(o.get("name")) for o in wanted))
 
 
-def response_body(model: str, value: Any, request_id: str | None) -> bytes:
-    """run()'s JSON answer as one OIP output tensor named `predict`."""
-    if isinstance(value, dict) and len(value) == 1:
-        (value,) = value.values()  # {"predictions": [...]} and the like
+def _output(name: str, value: Any) -> dict[str, Any]:
     if not isinstance(value, list):
         value = [value]
     flat = _flatten(value)
-    datatype = DATATYPES.get(type(flat[0]), "BYTES") if flat else "FP64"
+    kinds = {type(v) for v in flat}
+    if kinds <= {int, float} and float in kinds:
+        datatype = "FP64"
+    else:
+        datatype = DATATYPES.get(type(flat[0]), "BYTES") if flat else "FP64"
     if datatype == "BYTES":
         flat = [v if isinstance(v, str) else orjson.dumps(v).decode() for v in flat]
+    return {"name": name, "shape": _shape(value), "datatype": datatype, "data": flat}
+
+
+def response_body(
+    model: str, value: Any, request_id: str | None, wanted: tuple[str, ...] = ()
+) -> bytes:
+    """run()'s JSON answer as OIP outputs: `predict`, or one per key of an object."""
+    named = value if isinstance(value, dict) and value else {"predict": value}
+    if wanted:
+        missing = [n for n in wanted if n not in named]
+        if missing:
+            raise OipError(f"run() has no output {missing[0]!r}; it answers {sorted(named)}")
+        named = {n: named[n] for n in wanted}
     body: dict[str, Any] = {
         "model_name": model,
-        "outputs": [
-            {"name": "predict", "shape": _shape(value), "datatype": datatype, "data": flat}
-        ],
+        "outputs": [_output(str(name), v) for name, v in named.items()],
     }
     if request_id is not None:
         body["id"] = request_id
     return orjson.dumps(body)
 
 
-def model_metadata(model: str) -> bytes:
+# MLflow signature types -> OIP datatypes (column specs, then tensor dtypes).
+MLFLOW_TYPES = {
+    "double": "FP64", "float": "FP32", "long": "INT64", "integer": "INT32",
+    "boolean": "BOOL", "string": "BYTES", "binary": "BYTES", "datetime": "BYTES",
+    "float64": "FP64", "float32": "FP32", "float16": "FP16", "int64": "INT64",
+    "int32": "INT32", "int16": "INT16", "int8": "INT8", "uint8": "UINT8", "uint16": "UINT16",
+    "uint32": "UINT32", "uint64": "UINT64", "bool": "BOOL", "object": "BYTES", "str": "BYTES",
+}  # fmt: skip
+UNKNOWN_INPUTS = [{"name": "input-0", "datatype": "FP64", "shape": [-1, -1]}]
+UNKNOWN_OUTPUTS = [{"name": "predict", "datatype": "FP64", "shape": [-1]}]
+
+
+def _signature_tensors(spec: str | None, prefix: str) -> list[dict[str, Any]] | None:
+    """An MLflow signature half (a JSON list of column or tensor specs) as OIP tensors."""
+    if not spec:
+        return None
+    try:
+        entries = orjson.loads(spec)
+    except orjson.JSONDecodeError:
+        return None
+    tensors = []
+    for i, entry in enumerate(entries if isinstance(entries, list) else []):
+        name = str(entry.get("name") or f"{prefix}-{i}")
+        if entry.get("type") == "tensor":
+            tensor = entry.get("tensor-spec") or {}
+            datatype = MLFLOW_TYPES.get(str(tensor.get("dtype")), "BYTES")
+            shape = [int(d) for d in tensor.get("shape") or [-1]]
+        else:
+            datatype, shape = MLFLOW_TYPES.get(str(entry.get("type")), "BYTES"), [-1]
+        tensors.append({"name": name, "datatype": datatype, "shape": shape})
+    return tensors or None
+
+
+def mlflow_signature(model: Path | None) -> tuple[list[Any] | None, list[Any] | None]:
+    """(inputs, outputs) from an MLflow model folder's `MLmodel` signature, where it has one."""
+    mlmodel = None
+    if model is not None:
+        mlmodel = model / "MLmodel" if model.is_dir() else model.parent / "MLmodel"
+    if mlmodel is None or not mlmodel.is_file():
+        return None, None
+    try:
+        signature = (yaml.safe_load(mlmodel.read_text()) or {}).get("signature") or {}
+    except yaml.YAMLError:
+        return None, None
+    return (
+        _signature_tensors(signature.get("inputs"), "input"),
+        _signature_tensors(signature.get("outputs"), "output"),
+    )
+
+
+def model_metadata(model: str, model_path: Path | None = None) -> bytes:
+    inputs, outputs = mlflow_signature(model_path)
     return orjson.dumps(
         {
             "name": model,
             "versions": ["1"],
             "platform": SERVER_NAME,
-            "inputs": [{"name": "input-0", "datatype": "FP64", "shape": [-1, -1]}],
-            "outputs": [{"name": "predict", "datatype": "FP64", "shape": [-1]}],
+            "inputs": inputs or UNKNOWN_INPUTS,
+            "outputs": outputs or UNKNOWN_OUTPUTS,
         }
     )
 
