@@ -14,8 +14,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -24,9 +22,11 @@ from typing import Any
 import psutil
 import pytest
 from faststream.nats import NatsBroker
+from pymongo import MongoClient
 
 from sluice.batch.worker import CONFIG_ENV
 from sluice.common.testing.plugin import RunningService, ServiceStarter
+from sluice.common.testing.wait import wait_for
 from sluice.sdk.batch import TERMINAL, BatchClient, state_name
 from sluice.sdk.client import RegistryClient
 from sluice.sdk.specs import load_batch_deployment, load_batch_endpoint
@@ -80,16 +80,6 @@ def run(mini_batch):
 """
 
 
-def wait_for(check: Callable[[], Any], timeout: float = 90.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 class Cli:
     """`sluice ...` as a subprocess, pointed at this test's services.
 
@@ -133,7 +123,7 @@ class Cli:
         return found
 
     def finished(self, name: str, timeout: float = 120) -> dict[str, Any]:
-        wait_for(lambda: state_name(self.state(name)) in TERMINAL, timeout, f"job {name} to end")
+        wait_for(lambda: state_name(self.state(name)) in TERMINAL, f"job {name} to end", timeout)
         return self.job(name)
 
 
@@ -262,8 +252,16 @@ def test_folder_of_csvs_every_row_once_in_order(cli: Cli, batch: RunningService)
     assert (cli.cwd / "dl/named-outputs/score/predictions.csv").read_text().splitlines() == (
         expected
     )
-    # Compute exists only while the job runs.
+    # Compute exists only while the job runs, and is recorded for the metrics service's costs.
     assert workers_of(job["name"]) == []
+    settings = batch.settings
+    with MongoClient(settings.mongodb_uri) as mongo:
+        records = list(
+            mongo[settings.mongodb_database]["instance_history"].find({"job": job["name"]})
+        )
+    assert len(records) == 2
+    assert {r["kind"] for r in records} == {"batch"}
+    assert all(r["stopped_at"] and r["price_per_hour"] == 0.293 for r in records)
 
 
 async def test_state_changes_are_events(cli: Cli, batch: RunningService) -> None:
@@ -343,7 +341,7 @@ def test_worker_killed_mid_batch_every_row_once(cli: Cli, batch: RunningService)
     job = invoke(cli, "kill-batch", cli.cwd / "data")
     logs = Path(batch.settings.state_dir) / "jobs" / job["name"] / "logs"
     # Kill worker-0 while it holds a mini-batch (started, not done).
-    wait_for(lambda: "attempt 1" in _read(logs / "worker-0.log"), what="worker-0 busy")
+    wait_for(lambda: "attempt 1" in _read(logs / "worker-0.log"), "worker-0 busy")
     victim = [p for p in workers_of(job["name"]) if "worker-0" in p.environ()[CONFIG_ENV]]
     assert len(victim) == 1
     # Deployment code sees none of the platform's secrets.
@@ -360,11 +358,36 @@ def test_worker_killed_mid_batch_every_row_once(cli: Cli, batch: RunningService)
     assert any("attempt 2" in _read(log) for log in logs.glob("worker-*.log"))
 
 
+def test_worker_killed_in_its_last_attempt_fails_that_mini_batch(
+    cli: Cli, batch: RunningService
+) -> None:
+    deploy(cli, "last-batch", env={"DELAY_S": "2"})
+    expected = make_csvs(cli.cwd / "data", 4, 1)
+    job = invoke(
+        cli,
+        "last-batch",
+        cli.cwd / "data",
+        "--set",
+        "retry_settings.max_retries=0 max_concurrency_per_instance=1",
+    )
+    logs = Path(batch.settings.state_dir) / "jobs" / job["name"] / "logs"
+    wait_for(lambda: "mini-batch 0 attempt 1" in _read(logs / "worker-0.log"), "worker-0 busy")
+    for proc in workers_of(job["name"]):
+        proc.send_signal(signal.SIGKILL)
+    done = cli.finished(job["name"])
+    # No attempt is left for mini-batch 0: it fails (and is named), the rest completes.
+    assert done["status"] == "Completed", done["status_message"]
+    assert done["progress"]["mini_batches_failed"] == 1
+    assert done["errors"][0]["mini_batch"] == 0
+    assert "died during the last attempt" in done["errors"][0]["exception"]
+    assert output_lines(done) == expected[2:]
+
+
 def test_cancel_stops_workers(cli: Cli) -> None:
     deploy(cli, "cancel-batch", env={"DELAY_S": "2"})
     make_csvs(cli.cwd / "data", 10, 1)
     job = invoke(cli, "cancel-batch", cli.cwd / "data")
-    wait_for(lambda: len(workers_of(job["name"])) == 2, what="workers")
+    wait_for(lambda: len(workers_of(job["name"])) == 2, "workers")
     canceled = cli.json("job", "cancel", "-n", job["name"])
     assert canceled["status"] == "Canceled"
     assert workers_of(job["name"]) == []
@@ -377,7 +400,7 @@ def test_service_restart_resumes_the_job(
     deploy(cli, "resume-batch", env={"DELAY_S": "0.3"})
     expected = make_csvs(cli.cwd / "data", 12, 2)
     job = invoke(cli, "resume-batch", cli.cwd / "data")
-    wait_for(lambda: cli.state(job["name"]).progress.mini_batches_done >= 1, what="progress")
+    wait_for(lambda: cli.state(job["name"]).progress.mini_batches_done >= 1, "progress")
     start_service.stop(batch)
     again = start_service("batch")
     cli.env["SLUICE_BATCH_ADDRESS"] = again.address

@@ -21,6 +21,8 @@ from sluice.common.mongo import Document
 from sluice.common.resources import BatchSettings, utcnow
 
 BATCH_JOBS = "batch_jobs"
+# Compute records the metrics service prices (sluice.metrics.costs): one per worker process.
+INSTANCE_HISTORY = "instance_history"
 # A job lists its input files in its document; Mongo documents stop at 16 MB.
 MAX_FILES = 100_000
 
@@ -116,6 +118,7 @@ def _job(raw: Document) -> Job:
 class JobStore:
     def __init__(self, db: AsyncDatabase[Document]):
         self._jobs = db[BATCH_JOBS]
+        self._history = db[INSTANCE_HISTORY]
 
     async def ensure_indexes(self) -> None:
         await self._jobs.create_index([("endpoint_name", 1), ("created_at", DESCENDING)])
@@ -149,6 +152,28 @@ class JobStore:
         more = len(jobs) > size
         jobs = jobs[:size]
         return jobs, (jobs[-1].name if more and jobs else "")
+
+    async def worker_started(self, job: Job, worker_id: str) -> None:
+        """A worker's compute starts counting: the metrics service prices it like an instance."""
+        await self._history.insert_one(
+            {
+                "_id": worker_id,
+                "kind": "batch",
+                "job": job.name,
+                "endpoint": job.endpoint_name,
+                "deployment": job.deployment_name,
+                "instance_type": job.cost.instance_type,
+                "price_per_hour": job.cost.price_per_hour,
+                "started_at": utcnow().isoformat(),
+                "stopped_at": None,
+            }
+        )
+
+    async def workers_stopped(self, worker_ids: list[str], *, job: str | None = None) -> None:
+        """Close the records of these workers (or of every open one of `job`)."""
+        where: dict[str, Any] = {"stopped_at": None}
+        where.update({"job": job} if job else {"_id": {"$in": worker_ids}})
+        await self._history.update_many(where, {"$set": {"stopped_at": utcnow().isoformat()}})
 
     async def unfinished(self) -> list[Job]:
         states = [JobState.queued.value, JobState.running.value]

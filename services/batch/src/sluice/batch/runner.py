@@ -32,7 +32,7 @@ from nats.js.api import DeliverPolicy
 from sluice.batch.environment import model_environment
 from sluice.batch.jobs import Cost, Job, JobError, JobState, JobStore, Progress
 from sluice.batch.output import merge_parts
-from sluice.batch.queue import JobQueue
+from sluice.batch.queue import DURABLE, JobQueue
 from sluice.batch.worker import (
     CONFIG_ENV,
     EXIT_INIT_FAILED,
@@ -105,6 +105,11 @@ class WorkerProcess:
     process: subprocess.Popen[bytes]
     log_path: Path
     started: float = field(default_factory=time.monotonic)
+
+    @property
+    def record_id(self) -> str:
+        """Its compute record (`instance_history`): job, worker and pid make it unique."""
+        return f"{self.log_path.parent.parent.name}/{self.name}/{self.process.pid}"
 
     def signal(self, sig: signal.Signals) -> None:
         if self.process.poll() is None:
@@ -179,11 +184,12 @@ class JobRunner:
 
     async def run(self) -> None:
         """Run the job to its end; a CancelledError (service stopping) leaves it Running."""
-        subscriber: Any = None
+        subscribers: list[Any] = []
         try:
             await self._start()
             config = await self._prepare()
-            subscriber = await self._follow_results()
+            subscribers.append(await self._follow_results())
+            subscribers.append(await self._follow_given_up(config))
             await self._start_workers(config)
             final = await self._watch(config)
             await self._finish(final)
@@ -202,7 +208,7 @@ class JobRunner:
                 log.exception("job_finish_failed", job=self.job.name)
         finally:
             await self._stop_workers()
-            if subscriber is not None:
+            for subscriber in subscribers:
                 with contextlib.suppress(Exception):
                     await subscriber.stop()
 
@@ -225,6 +231,7 @@ class JobRunner:
         else:
             self.log(f"resuming job {self.job.name}")
             stop_leftover_workers(self.job.worker_pids, self.job.name)
+            await self.ctx.store.workers_stopped([], job=self.job.name)
 
     async def _prepare(self) -> WorkerConfig:
         job = self.job
@@ -267,7 +274,7 @@ class JobRunner:
             worker="",
             stream=self.queue.work_stream,
             subject=self.queue.work_subject,
-            durable="workers",
+            durable=DURABLE,
             results_stream=self.queue.results_stream,
             results_prefix=self.queue.results_prefix,
             parts=str(self.dir / "parts"),
@@ -300,30 +307,69 @@ class JobRunner:
         await subscriber.start()
         return subscriber
 
+    async def _follow_given_up(self, config: WorkerConfig) -> Any:
+        """A mini-batch whose last attempt died with its worker is reported failed.
+
+        JetStream does not deliver a message again after `max_retries + 1` attempts;
+        it announces that instead (a MAX_DELIVERIES advisory naming the message).
+        """
+        js = self.ctx.broker.connection.jetstream()
+        subject = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self.queue.work_stream}.{DURABLE}"
+        subscriber = self.ctx.broker.subscriber(subject, persistent=False)
+
+        async def on_given_up(advisory: dict[str, Any]) -> None:
+            stored = await js.get_msg(self.queue.work_stream, int(advisory["stream_seq"]))
+            batch = MiniBatch.model_validate_json(stored.data)
+            if batch.index in self.results:
+                return
+            result = MiniBatchResult(
+                index=batch.index,
+                ok=False,
+                files=len(batch.files),
+                error="its worker died during the last attempt (max_retries used up)",
+                attempts=config.max_deliver,
+            )
+            self.log(f"mini-batch {batch.index}: {result.error}")
+            await self.ctx.broker.publish(
+                result.model_dump_json().encode(),
+                f"{self.queue.results_prefix}.{batch.index}",
+                stream=self.queue.results_stream,
+                timeout=10.0,
+            )
+
+        subscriber(on_given_up)
+        await subscriber.start()
+        return subscriber
+
     # ---- workers -----------------------------------------------------------------------
 
     async def _start_workers(self, config: WorkerConfig) -> None:
         self.config = config
         for n in range(self.job.workers):
-            self._spawn(f"worker-{n}")
+            await self._spawn(f"worker-{n}")
         await self._record_pids()
 
-    def _spawn(self, name: str) -> None:
+    async def _spawn(self, name: str) -> None:
+        worker = self._launch(name)
+        self.workers.append(worker)
+        await self.ctx.store.worker_started(self.job, worker.record_id)
+        self.log(f"{name} started (pid {worker.process.pid})")
+
+    def _launch(self, name: str) -> WorkerProcess:
+        """`python -m sluice.batch.worker` in the deployment's environment, its own session."""
         log_path = self.dir / "logs" / f"{name}.log"
         cfg = self.config.model_copy(update={"worker": name})
-        env = worker_env(self.job, self.python, self.dir, cfg)
         with log_path.open("ab") as out:
             process = subprocess.Popen(
                 [self.python, "-m", "sluice.batch.worker"],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env=env,
+                env=worker_env(self.job, self.python, self.dir, cfg),
                 cwd=self.cwd,
                 start_new_session=True,
             )
-        self.workers.append(WorkerProcess(name, process, log_path))
-        self.log(f"{name} started (pid {process.pid})")
+        return WorkerProcess(name, process, log_path)
 
     async def _record_pids(self) -> None:
         pids = tuple(w.process.pid for w in self.workers)
@@ -335,6 +381,7 @@ class JobRunner:
             code = worker.process.returncode
             self.workers.remove(worker)
             self.worker_seconds += time.monotonic() - worker.started
+            await self.ctx.store.workers_stopped([worker.record_id])
             if code == EXIT_INIT_FAILED:
                 raise JobAborted(
                     f"{worker.name}: init() failed. Last log lines:\n{tail(worker.log_path)}"
@@ -346,11 +393,13 @@ class JobRunner:
                     f"workers keep dying ({self.restarts} restarts). Last log lines of "
                     f"{worker.name}:\n{tail(worker.log_path)}"
                 )
-            self._spawn(worker.name)
+            await self._spawn(worker.name)
             await self._record_pids()
 
     async def _stop_workers(self) -> None:
         await stop_all(self.workers)
+        if self.workers:
+            await self.ctx.store.workers_stopped([w.record_id for w in self.workers])
         for worker in self.workers:
             self.worker_seconds += time.monotonic() - worker.started
         if self.workers:
