@@ -70,7 +70,8 @@ def test_an_az_ml_script_runs_through_the_forwarder(
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
     assert "state: Succeeded" in out
-    assert f"scoring uri: https://az-script.{local_platform.domain}" in out
+    https_port = local_platform.envoy_https_port
+    assert f"scoring uri: https://localhost:{https_port}/endpoints/az-script/score" in out
     assert "traffic: 10" in out
     assert "/onlineEndpoints/az-script/deployments/green\n" in out
     assert '"name": "az-script",\n  "auth": "key"' in out
