@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -13,6 +12,7 @@ from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 from sluice.common.settings import Settings
 from sluice.common.supervisor import Supervisor, free_port
 from sluice.common.testing.plugin import EnvoyGateway
+from sluice.common.testing.wait import wait_for_async
 from sluice.traffic.testing import GatewayPorts, Upstream, World, eventually, start_controller
 
 KEY = "primary-key-1"
@@ -61,15 +61,12 @@ async def test_access_logs_go_to_the_receiver_without_the_key(
         )
         assert (await asyncio.to_thread(traffic.score, "logged", "wrong-key"))[0] == 401
 
-        deadline = time.monotonic() + 15
-        entries: list[Any] = []
-        while time.monotonic() < deadline:
+        async def both_logged() -> list[Any] | None:
             entries = [e for m in receiver.messages for e in m.http_logs.log_entry]
             statuses = {e.response.response_code.value for e in entries}
-            if {200, 401} <= statuses:
-                break
-            await asyncio.sleep(0.05)
-        assert {200, 401} <= {e.response.response_code.value for e in entries}
+            return entries if {200, 401} <= statuses else None
+
+        entries = await wait_for_async(both_logged, "a 200 and a 401 in the access log", 15)
         served = [e for e in entries if e.response.response_code.value == 200]
         assert served[-1].response.response_headers["azureml-model-deployment"] == "blue"
         assert served[-1].request.authority == "logged.sluice.localhost"

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 import urllib.request
 from collections.abc import Callable
 
 from sluice.common.events import EventEnvelope
 from sluice.common.supervisor import Supervisor, stop_process
+from sluice.common.testing.wait import wait_for_async
 from sluice.traffic.testing import Traffic, Upstream, World, eventually, restart
 
 KEY = "primary-key-1"
@@ -18,13 +17,10 @@ KEY = "primary-key-1"
 async def wait_event(
     events: list[EventEnvelope], match: Callable[[EventEnvelope], bool], deadline_s: float = 15
 ) -> EventEnvelope:
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        for event in events:
-            if match(event):
-                return event
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"no matching event within {deadline_s}s; got {[e.type for e in events]}")
+    async def matching() -> EventEnvelope | None:
+        return next((e for e in events if match(e)), None)
+
+    return await wait_for_async(matching, "a matching event", deadline_s)
 
 
 def envoy_stat(traffic: Traffic, name: str) -> int:

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 from sluice.common.events import EventEnvelope
+from sluice.common.testing.wait import wait_for_async
 from sluice.traffic.testing import Traffic, Upstream, World, eventually
 
 KEY = "primary-key-1"
@@ -120,12 +119,10 @@ async def test_safe_rollout_steps_fail_no_request(
 
 
 async def wait_applied(events: list[EventEnvelope], endpoint: str, version: int) -> None:
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        if any(
+    async def applied() -> bool:
+        return any(
             e.type == "sluice.traffic.applied" and e.data["endpoints"].get(endpoint) == version
             for e in events
-        ):
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"{endpoint} v{version} never applied")
+        )
+
+    await wait_for_async(applied, f"{endpoint} v{version} to be applied", 15)

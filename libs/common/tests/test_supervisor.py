@@ -6,7 +6,6 @@ import os
 import socket
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import psutil
@@ -22,6 +21,7 @@ from sluice.common.supervisor import (
     is_alive,
     stop_process,
 )
+from sluice.common.testing.wait import wait_for
 
 # A tiny TCP server: the stand-in child process for these tests (not one of our components).
 SERVER = textwrap.dedent(
@@ -59,15 +59,6 @@ def spec_for(script: Path, port: int, *extra: str, timeout: float = 10.0) -> Pro
     )
 
 
-def wait_until(predicate, deadline_s: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return bool(predicate())
-
-
 def test_start_waits_until_healthy_and_captures_the_log(
     tmp_path: Path, server_script: Path
 ) -> None:
@@ -77,7 +68,7 @@ def test_start_waits_until_healthy_and_captures_the_log(
     try:
         assert is_alive(proc)
         assert TcpCheck("127.0.0.1", port)()
-        assert wait_until(lambda: "listening" in proc.log_path.read_text())
+        wait_for(lambda: "listening" in proc.log_path.read_text(), "the log line", 10)
         assert proc.log_path == tmp_path / "logs" / "toy.log"
         assert proc.probe == f"tcp://127.0.0.1:{port}"
     finally:
@@ -191,15 +182,17 @@ def test_start_all_rolls_back_what_started_when_one_fails(
 def test_stop_kills_the_whole_process_group(tmp_path: Path, server_script: Path) -> None:
     sup = Supervisor(tmp_path / "logs")
     proc = sup.start(spec_for(server_script, free_port(), "spawn"))
-    assert wait_until(lambda: "grandchild" in proc.log_path.read_text())
+    wait_for(lambda: "grandchild" in proc.log_path.read_text(), "the grandchild's pid", 10)
     grandchild = int(proc.log_path.read_text().split("grandchild ")[1].split()[0])
     assert psutil.pid_exists(grandchild)
     stop_process(proc)
-    assert wait_until(
+    wait_for(
         lambda: (
             not psutil.pid_exists(grandchild)
             or psutil.Process(grandchild).status() == psutil.STATUS_ZOMBIE
-        )
+        ),
+        "the grandchild to be gone",
+        10,
     )
     assert not is_alive(proc)
     stop_process(proc)  # idempotent

@@ -6,7 +6,6 @@ import http.client
 import json
 import sys
 import textwrap
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 
 from sluice.common.health import HttpCheck
 from sluice.common.supervisor import ProcessSpec, RunningProcess, Supervisor, free_port
+from sluice.common.testing.wait import wait_for
 
 
 @dataclass
@@ -47,12 +47,7 @@ def request(
 
 def wait_until(check: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
     """Poll `check` until it is true; fail the test after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    wait_for(check, what, timeout)
 
 
 @dataclass
