@@ -7,7 +7,14 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from sluice.common.supervisor import free_port
-from sluice.traffic.testing import Behaviour, Traffic, Upstream, World, eventually
+from sluice.traffic.testing import (
+    Behaviour,
+    Traffic,
+    Upstream,
+    World,
+    eventually,
+    healthy_hosts,
+)
 
 KEY = "primary-key-1"
 
@@ -28,10 +35,7 @@ async def test_model_errors_timeouts_overload_and_no_instance(
     # Envoy routes to a new instance once its first active health check answered; on a
     # loaded machine that can come after the routes. Wait for that, not for a fixed time.
     for name in ("failing", "slow", "busy"):
-        eventually(
-            lambda name=name: traffic.score("codes", KEY, deployment=name),
-            lambda r: r[0] != 503 or b"ready instance" not in r[2],
-        )
+        eventually(lambda name=name: healthy_hosts(traffic, "codes", name), bool)
 
     # A model's non-2xx becomes 424 with its status and reason in headers; the body is kept.
     status, headers, body = traffic.score("codes", KEY)
