@@ -12,7 +12,7 @@ import collections
 import re
 import threading
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -22,12 +22,19 @@ from sluice.common.settings import Settings
 from sluice.common.testing.wait import wait_for
 from sluice.sdk.client import RegistryClient, get_logs
 from sluice.sdk.invoke import DEPLOYMENT_HEADER, GatewayTarget, send
+from sluice.sdk.metrics import MetricsClient
 from sluice.sdk.specs import load_online_deployment, load_online_endpoint
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")
 ENDPOINT = "rollout-e2e"
 BODY = b'{"data": [[1,2,3,4,5,6,7,8,9,10]]}'
+SENT = collections.Counter[str]()  # requests this test sent through Envoy (all of them)
+
+
+def counted_send(*args: Any, **kwargs: Any) -> Any:
+    SENT["requests"] += 1
+    return send(*args, **kwargs)
 
 
 class SteadyClient:
@@ -46,7 +53,7 @@ class SteadyClient:
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                status, headers, body = send(
+                status, headers, body = counted_send(
                     self._target, host=self._host, path="/score", body=BODY, headers=self._headers
                 )
             except OSError as exc:
@@ -117,7 +124,7 @@ def test_safe_rollout_loses_no_request(
         steady = SteadyClient(local_platform, key)
         wait_for(
             lambda: (
-                send(
+                counted_send(
                     steady._target,
                     host=steady._host,
                     path="/score",
@@ -138,7 +145,7 @@ def test_safe_rollout_loses_no_request(
             pinned = wait_for(
                 lambda: (
                     (
-                        r := send(
+                        r := counted_send(
                             steady._target,
                             host=steady._host,
                             path="/score",
@@ -177,3 +184,21 @@ def test_safe_rollout_loses_no_request(
 
     assert steady.total > 300
     assert steady.failures == [], steady.failures[:5]
+
+    # Every request sent through Envoy is in the metrics exactly once, within 5 s: each
+    # under the deployment that served it, mirrored copies under green as copies only.
+    with MetricsClient.connect(settings) as metrics:
+
+        def counted() -> dict[str, list[int]] | None:
+            rows: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
+            for point in metrics.endpoint_metrics(ENDPOINT, since_s=3600).points:
+                rows[point.deployment_name][0] += point.requests
+                rows[point.deployment_name][1] += point.mirrored_requests
+            return rows if rows[""][0] == SENT["requests"] else None
+
+        rows = wait_for(counted, f"{SENT['requests']} requests in the endpoint's metrics", 5)
+    served = sum(n - copies for name, (n, copies) in rows.items() if name)
+    # Served by a deployment: at least every steady request (all 200s); the rest of the
+    # total are Envoy's own answers to the probes (a pin before green was routed).
+    assert steady.total <= served <= SENT["requests"], rows
+    assert rows["blue"][1] == 0 and rows["green"][1] > 0, rows
