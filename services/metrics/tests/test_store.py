@@ -59,31 +59,3 @@ async def test_retention_is_a_ttl_index(mongo_db: AsyncDatabase[Document]) -> No
     indexes = await mongo_db[MINUTES].index_information()
     assert indexes["retention"]["expireAfterSeconds"] == 7 * 86400
     assert indexes["retention"]["key"] == [("minute", 1)]
-
-
-async def test_batch_jobs_cost_their_worker_seconds(mongo_db: AsyncDatabase[Document]) -> None:
-    from sluice.metrics import costs
-
-    job = {
-        "endpoint_name": "nightly",
-        "deployment_name": "scorer",
-        "created_at": "2026-11-25T10:00:05.5Z",
-        "cost": {
-            "instance_type": "Standard_DS3_v2",
-            "worker_seconds": 7200.0,
-            "price_per_hour": 0.293,
-        },
-    }
-    await mongo_db[costs.BATCH_JOBS].insert_many(
-        [job, {**job, "created_at": "2026-11-24T10:00:00Z"}, {**job, "cost": {"worker_seconds": 0}}]
-    )
-    found = await costs.batch_jobs(
-        mongo_db,
-        datetime(2026, 11, 25, 10, tzinfo=UTC),
-        datetime(2026, 11, 25, 11, tzinfo=UTC),
-        "nightly",
-        None,
-    )
-    [line] = costs.batch_lines(found)
-    assert (line.endpoint, line.deployment, line.kind) == ("nightly", "scorer", "batch")
-    assert line.instance_hours == 2.0 and round(line.cost, 3) == 0.586

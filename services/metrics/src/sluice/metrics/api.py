@@ -109,10 +109,6 @@ class MetricsQueries:
             self._db, start, end, request.endpoint_name or None, request.deployment_name or None
         )
         lines = costs.cost_lines(records, start, end, datetime.now(UTC))
-        jobs = await costs.batch_jobs(
-            self._db, start, end, request.endpoint_name or None, request.deployment_name or None
-        )
-        lines += costs.batch_lines(jobs)
         report = metrics_pb2.CostReport(
             currency=self._currency,
             lines=[
@@ -152,11 +148,7 @@ class MetricsQueries:
             where = {"endpoint": endpoint, **({"deployment": deployment} if deployment else {})}
             if await self._db[costs.INSTANCE_HISTORY].find_one(where, {"_id": 1}):
                 return
-            batch = {"endpoint_name": endpoint}
-            if deployment:
-                batch["deployment_name"] = deployment
-            if await self._db[costs.BATCH_JOBS].find_one(batch, {"_id": 1}):
-                return
+
         elif metrics and await self._store.has_endpoint(endpoint, deployment or None):
             return
         what = f"deployment {deployment!r} of endpoint" if deployment else "endpoint"

@@ -7,11 +7,9 @@ therefore recomputed from the record every time: nothing here is state that a
 restart of this service could lose or count twice; an instance still running
 counts up to the end of the window (at most now).
 
-Batch jobs (`batch_jobs`, written by sluice.batch) carry their compute as
-`cost.worker_seconds` x `cost.price_per_hour`; a job counts, whole, in the window
-its `created_at` falls in (the runner records seconds, not intervals), as lines of
-kind "batch". Other compute can be priced like instances: a record with its own
-`kind` and the same fields shows up as its own line.
+Other compute is priced the same way: the batch runner writes one record per
+worker with `kind: "batch"` (endpoint and deployment being the batch ones), which
+shows up as its own line.
 """
 
 from __future__ import annotations
@@ -25,9 +23,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from sluice.common.mongo import Document
 
-SECOND = "%Y-%m-%dT%H:%M:%S"
 INSTANCE_HISTORY = "instance_history"  # written by sluice.provisioner.store
-BATCH_JOBS = "batch_jobs"  # written by sluice.batch.jobs
 
 
 @dataclass
@@ -104,47 +100,3 @@ async def history(
     if deployment:
         query["deployment"] = deployment
     return [doc async for doc in db[INSTANCE_HISTORY].find(query)]
-
-
-def batch_lines(jobs: Iterable[Mapping[str, Any]]) -> list[CostLine]:
-    """One line per (batch endpoint, deployment, instance type, price) of kind "batch"."""
-    lines: dict[tuple[str, str, str, float, str], CostLine] = {}
-    for job in jobs:
-        cost = job.get("cost") or {}
-        key = (
-            str(job["endpoint_name"]),
-            str(job["deployment_name"]),
-            str(cost.get("instance_type", "")),
-            float(cost.get("price_per_hour", 0.0)),
-            "batch",
-        )
-        line = lines.get(key)
-        if line is None:
-            line = lines[key] = CostLine(*key)
-        line.seconds += float(cost.get("worker_seconds", 0.0))
-    return [lines[k] for k in sorted(lines)]
-
-
-async def batch_jobs(
-    db: AsyncDatabase[Document],
-    start: datetime,
-    end: datetime,
-    endpoint: str | None,
-    deployment: str | None,
-) -> list[Document]:
-    """Jobs created in [start, end) that used compute. `created_at` is ISO text; comparing
-    the first 19 characters (to the second) is exact whatever the zone suffix."""
-    query: dict[str, Any] = {
-        "created_at": {"$gte": start.strftime(SECOND), "$lt": end.strftime(SECOND)},
-        "cost.worker_seconds": {"$gt": 0},
-    }
-    if endpoint:
-        query["endpoint_name"] = endpoint
-    if deployment:
-        query["deployment_name"] = deployment
-    return [
-        doc
-        async for doc in db[BATCH_JOBS].find(
-            query, {"endpoint_name": 1, "deployment_name": 1, "cost": 1}
-        )
-    ]
