@@ -129,7 +129,10 @@ class Cli:
 
 @pytest.fixture
 def batch(start_service: ServiceStarter, registry: RunningService) -> RunningService:
-    del registry
+    # Data assets are the registry's: the batch service asks it for them.
+    start_service.settings = start_service.settings.model_copy(
+        update={"registry_address": registry.address}
+    )
     return start_service("batch")
 
 
@@ -420,7 +423,7 @@ def test_bad_inputs_are_refused_at_invoke(cli: Cli) -> None:
     assert "has no files" in cli.error(
         "batch-endpoint", "invoke", "-n", "bad-batch", "--input", "empty"
     )
-    assert "no data assets yet" in cli.error(
+    assert "my-data" in cli.error(
         "batch-endpoint", "invoke", "-n", "bad-batch", "--input", "azureml:my-data:1"
     )
     assert "cannot be downloaded" in cli.error(
@@ -433,7 +436,7 @@ def test_bad_inputs_are_refused_at_invoke(cli: Cli) -> None:
     assert cli.json("job", "list") == []
 
 
-def test_http_input_is_downloaded(cli: Cli) -> None:
+def test_http_and_data_asset_inputs(cli: Cli) -> None:
     deploy(cli, "http-batch")
     served = cli.cwd / "served"
     expected = make_csvs(served, 1, 3)
@@ -446,6 +449,11 @@ def test_http_input_is_downloaded(cli: Cli) -> None:
         job = cli.finished(invoke(cli, "http-batch", url, "--input-type", "uri_file")["name"])
     finally:
         server.shutdown()
+    assert job["status"] == "Completed", job["status_message"]
+    assert output_lines(job) == expected
+    # A registered data asset (uploaded folder) works as Azure's azureml:<name>:<version>.
+    cli("data", "create", "-n", "served-csvs", "-v", "1", "-t", "uri_folder", "-p", str(served))
+    job = cli.finished(invoke(cli, "http-batch", "azureml:served-csvs:1")["name"])
     assert job["status"] == "Completed", job["status_message"]
     assert output_lines(job) == expected
 

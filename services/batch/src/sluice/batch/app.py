@@ -7,6 +7,8 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import grpc
+
 from sluice.batch.api import BatchApi
 from sluice.batch.jobs import Job, JobStore
 from sluice.batch.runner import RunnerContext
@@ -22,7 +24,7 @@ from sluice.common.mongo import create_mongo_client, database, require_uri
 from sluice.common.prometheus import start_exporter
 from sluice.common.runtime import wait_for_shutdown_signal
 from sluice.common.settings import Settings
-from sluice.v1 import batch_pb2, batch_pb2_grpc
+from sluice.v1 import assets_pb2_grpc, batch_pb2, batch_pb2_grpc
 
 log = get_logger(__name__)
 SERVICE_NAME = batch_pb2.DESCRIPTOR.services_by_name["Batch"].full_name
@@ -87,7 +89,11 @@ async def serve(settings: Settings) -> None:
             catalogue=Catalogue.load(),
             on_state=job_event(publisher),
         )
-        service = BatchService(ctx, Path(state_dir))
+        registry = None
+        if settings.registry_address:
+            channel = grpc.aio.insecure_channel(settings.registry_address)
+            registry = assets_pb2_grpc.AssetsStub(channel)
+        service = BatchService(ctx, Path(state_dir), registry, settings.admin_token)
         api = BatchApi(service)
         server = GrpcServer(
             host=settings.host,

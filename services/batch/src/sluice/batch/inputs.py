@@ -4,7 +4,8 @@ Resolved at invoke time, so an unknown, empty or unreadable input is refused
 with a clear message instead of becoming a job that fails later. Folders are
 walked recursively in a stable (sorted) order; hidden files are skipped.
 Remote files are downloaded into the job's scratch folder with a size limit.
-`azureml:` data assets are refused until Sluice has data assets.
+`azureml:` data assets are resolved by the service (it asks the registry) into
+the path or URI they name before they get here.
 """
 
 from __future__ import annotations
@@ -105,10 +106,7 @@ async def resolve(text: str, input_type: str, scratch: Path) -> list[Path]:
     if not text:
         raise InputError("--input is required: a folder, a file, or a file:// or https:// URI")
     if text.startswith("azureml:"):
-        raise InputError(
-            f"input {text!r} names a registered data asset; Sluice has no data assets yet "
-            "(they come with the assets issue): pass a folder, a file or a URI instead"
-        )
+        raise InputError(f"input {text!r} is a data asset reference: resolve it first")
     scheme = urlparse(text).scheme
     if scheme in {"http", "https"}:
         if _check_type(input_type) == "uri_folder" and input_type:

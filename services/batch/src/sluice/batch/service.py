@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
+
 from sluice.batch import inputs
 from sluice.batch.jobs import Cost, Job, JobState, JobStore
 from sluice.batch.runner import JobRunner, RunnerContext, instance_type_of, job_dir
@@ -25,12 +27,14 @@ from sluice.common.log import get_logger
 from sluice.common.resources import (
     BATCH_DEPLOYMENTS,
     BATCH_ENDPOINTS,
+    ArtifactRef,
     BatchDeploymentDoc,
     BatchEndpointDoc,
     BatchSettings,
     deployment_id,
     from_document,
 )
+from sluice.v1 import assets_pb2, assets_pb2_grpc
 
 log = get_logger(__name__)
 JOB_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -110,8 +114,16 @@ def apply_overrides(settings: BatchSettings, o: Overrides) -> BatchSettings:
 
 
 class BatchService:
-    def __init__(self, ctx: RunnerContext, state_dir: Path):
+    def __init__(
+        self,
+        ctx: RunnerContext,
+        state_dir: Path,
+        registry: assets_pb2_grpc.AssetsStub | None = None,
+        admin_token: str | None = None,
+    ):
         self.ctx = ctx
+        self.registry = registry  # data assets are the registry's
+        self.registry_metadata = (("authorization", f"Bearer {admin_token or ''}"),)
         self.store: JobStore = ctx.store
         self.datastore = state_dir / "datastore"
         self._runners: dict[str, asyncio.Task[None]] = {}
@@ -199,8 +211,11 @@ class BatchService:
             raise AlreadyExists(f"job {job_name!r} already exists")
         output = self._output_path(request.output_path, job_name)
         scratch = job_dir(self.ctx.jobs_dir, job_name)
+        given, input_type = request.input, request.input_type
+        if given.strip().startswith("azureml:"):
+            given, input_type = await self._data_asset(given.strip(), input_type)
         try:
-            files = await inputs.resolve(request.input, request.input_type, scratch)
+            files = await inputs.resolve(given, input_type, scratch)
         except (inputs.InputError, ArtifactError) as exc:
             shutil.rmtree(scratch, ignore_errors=True)
             raise InvalidArgument(str(exc)) from None
@@ -233,6 +248,39 @@ class BatchService:
         await self.ctx.on_state(job)
         self._launch(job)
         return job
+
+    async def _data_asset(self, reference: str, input_type: str) -> tuple[str, str]:
+        """A registered data asset (`azureml:name:version`, `azureml:name@latest`) as a path
+        or URI and its type, asked of the registry (Azure: only uri_file/uri_folder)."""
+        if self.registry is None:
+            raise InvalidArgument(
+                f"input {reference!r} names a data asset, but this batch service has no "
+                "registry to ask (set SLUICE_REGISTRY_ADDRESS)"
+            )
+        try:
+            asset = await self.registry.GetAsset(
+                assets_pb2.GetAssetRequest(kind="data", reference=reference),
+                metadata=self.registry_metadata,
+                timeout=30,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise InvalidArgument(f"input {reference!r}: {exc.details()}") from None
+        spec = asset.spec
+        if asset.archived:
+            raise InvalidArgument(f"input {reference!r}: data version {spec.version} is archived")
+        if spec.type not in {"uri_file", "uri_folder"}:
+            raise InvalidArgument(
+                f"input {reference!r} is a {spec.type or 'typeless'} data asset; batch jobs "
+                "take uri_file or uri_folder data"
+            )
+        if spec.HasField("artifact") and spec.artifact.digest:
+            ref = ArtifactRef(
+                digest=spec.artifact.digest,
+                name=spec.artifact.name,
+                is_directory=spec.artifact.is_directory,
+            )
+            return str(self.ctx.artifacts.path_of(ref)), input_type or spec.type
+        return spec.path, input_type or spec.type
 
     # ---- reads and cancel --------------------------------------------------------------
 
