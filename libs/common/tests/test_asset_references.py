@@ -6,6 +6,8 @@ import pytest
 
 from sluice.common.assets import AssetKind, AssetRef, ReferenceError_, parse_reference
 from sluice.common.curated import CuratedCatalogue, UnknownCuratedEnvironment
+from sluice.common.environments import resolve
+from sluice.common.resources import EnvironmentSpec
 
 M, E, D = AssetKind.model, AssetKind.environment, AssetKind.data
 ARM = "/subscriptions/s/resourceGroups/g/providers/Microsoft.MachineLearningServices/workspaces/w"
@@ -71,3 +73,10 @@ def test_curated_catalogue_knows_both_spellings_and_lists_names_when_unknown() -
         assert any(family in name for name in catalogue.names), family
     with pytest.raises(UnknownCuratedEnvironment, match=r"known: lightgbm-3\.3, minimal-py311"):
         catalogue.get("AzureML-imaginary-1.0")
+
+
+def test_curated_notes_become_environment_warnings() -> None:
+    old = "azureml:AzureML-xgboost-0.9-ubuntu18.04-py37-cpu-inference:1"
+    resolved = resolve(EnvironmentSpec(registered=old, pip_requirements=("xgboost~=1.7",)))
+    assert any("xgboost 0.9 has no wheels" in w for w in resolved.warnings)
+    assert CuratedCatalogue.load().note_for("azureml:my-env:1") == ""

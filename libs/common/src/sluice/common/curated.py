@@ -13,6 +13,8 @@ from importlib.resources import files
 
 import yaml
 
+from sluice.common.assets import AssetKind, ReferenceError_, parse_reference
+
 AZUREML_PREFIX = "azureml-"
 
 
@@ -61,3 +63,17 @@ class CuratedCatalogue:
                 f"{', '.join(self.names)} (or register your own with `sluice environment create`)"
             )
         return found
+
+    def note_for(self, reference: str) -> str:
+        """The catalogue's caveat for a curated environment reference ("" for any other)."""
+        try:
+            ref = parse_reference(reference, AssetKind.environment)
+        except ReferenceError_:
+            return ""
+        if not (ref.curated or self.is_curated_name(ref.name)):
+            return ""
+        try:
+            env = self.get(ref.name)
+        except UnknownCuratedEnvironment:
+            return ""
+        return f"curated environment {env.name}: {env.note}" if env.note else ""

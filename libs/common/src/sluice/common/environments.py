@@ -32,6 +32,7 @@ from packaging.utils import canonicalize_name
 
 from sluice.common import interpreters
 from sluice.common.conda import CondaSpecError, parse_conda_file
+from sluice.common.curated import CuratedCatalogue
 from sluice.common.interpreters import Interpreter
 from sluice.common.log import get_logger
 from sluice.common.resources import EnvironmentSpec
@@ -87,6 +88,8 @@ def resolve(spec: EnvironmentSpec, available: Sequence[Interpreter] = ()) -> Res
             f"registered environment {spec.registered!r} has no packages; using the "
             "platform's environment"
         )
+    if spec.registered and (note := CuratedCatalogue.load().note_for(spec.registered)):
+        warnings.append(note)
     if spec.image:
         warnings.append(f"image {spec.image!r} is ignored by the local backend")
     python = ""
