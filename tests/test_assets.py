@@ -14,6 +14,7 @@ import httpx
 import pytest
 import yaml
 
+from sluice.common import gateway_auth
 from sluice.common.assets import AssetKind, AssetSpec
 from sluice.common.resources import OnlineDeployment, ProvisioningState
 from sluice.common.testing.plugin import RunningService
@@ -205,8 +206,12 @@ def test_bad_references_are_refused_and_nothing_is_stored(
     assert client.list_online_deployments("my-endpoint") == []
 
 
-def _serve(address: str, body: bytes) -> object:
-    response = httpx.post(f"http://{address}/score", content=body, timeout=30)
+def _serve(provisioner: RunningService, address: str, body: bytes) -> object:
+    """Score one instance directly, with the header only the gateway has (gateway_auth)."""
+    secret = gateway_auth.secret_for(provisioner.settings.secret_key or "", "my-endpoint", "blue")
+    response = httpx.post(
+        f"http://{address}/score", content=body, headers={gateway_auth.HEADER: secret}, timeout=30
+    )
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -248,7 +253,7 @@ def test_azure_sample_flow_registered_model_and_environment(
             doc.spec.model.asset == "my-model:1" and doc.spec.environment.registered == "my-env:1"
         )
         body = (trained_examples / "online/sample-request.json").read_bytes()
-        assert len(_serve(doc.instances[0].address, body)) == 2  # type: ignore[arg-type]
+        assert len(_serve(provisioner, doc.instances[0].address, body)) == 2  # type: ignore[arg-type]
         used = client.get_asset(AssetKind.model, "my-model:1").used_by
         assert used == ("my-endpoint/blue",)
     refused = cli.error("model", "archive", "-n", "my-model", "-v", "1")
@@ -295,6 +300,6 @@ def test_curated_sklearn_environment_builds_and_serves(
     assert "scikit-learn~=1.5.0" in stored.spec.environment.pip_requirements
     doc = wait_for(lambda: settled(client), "blue to settle", timeout=500)
     assert doc.meta.provisioning_state is ProvisioningState.succeeded, doc.meta.status_message
-    answer = _serve(doc.instances[0].address, b'{"data": [[3.0]]}')
+    answer = _serve(provisioner, doc.instances[0].address, b'{"data": [[3.0]]}')
     assert isinstance(answer, dict) and answer["sklearn"].startswith("1.5.")
     assert answer["predictions"] == pytest.approx([6.0])
