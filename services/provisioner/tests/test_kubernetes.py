@@ -47,12 +47,32 @@ def doc(**changes: object) -> OnlineDeploymentDoc:
 
 
 def test_rendered_objects_are_valid_kubernetes() -> None:
-    for obj in render(doc(), ClusterSettings()):
+    for obj in render(doc(), ClusterSettings(), gateway_secret="fake-gateway-secret"):
         kubernetes_validate.validate(obj, kubernetes_validate.latest_version(), strict=True)
 
 
+def test_pods_are_locked_down_and_only_the_gateway_reaches_them() -> None:
+    objects = {o["kind"]: o for o in render(doc(), ClusterSettings(), "fake-gateway-secret")}
+    pod = objects["Deployment"]["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["enableServiceLinks"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    (container,) = pod["containers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    # The gateway secret comes from a Secret, never as a literal in the pod spec.
+    assert "fake-gateway-secret" not in str(objects["Deployment"])
+    assert objects["Secret"]["stringData"] == {"secret": "fake-gateway-secret"}
+    (rule,) = objects["NetworkPolicy"]["spec"]["ingress"]
+    assert rule["from"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "envoy"}}}]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 5001}]
+
+
 def test_deployment_carries_the_spec() -> None:
-    deployment, service = render(doc(), ClusterSettings(namespace="ml", image="reg/sluice:1"))
+    deployment, service, _policy = render(
+        doc(), ClusterSettings(namespace="ml", image="reg/sluice:1")
+    )
     assert deployment["metadata"]["name"] == service["metadata"]["name"] == "k8s-endpoint-blue"
     assert deployment["metadata"]["namespace"] == "ml"
     assert deployment["spec"]["replicas"] == 3
@@ -91,7 +111,7 @@ def test_target_utilization_becomes_a_horizontal_pod_autoscaler() -> None:
     objects = render(scaled, ClusterSettings())
     for obj in objects:
         kubernetes_validate.validate(obj, kubernetes_validate.latest_version(), strict=True)
-    deployment, _, hpa = objects
+    deployment, _, _, hpa = objects
     assert "replicas" not in deployment["spec"]
     assert hpa["kind"] == "HorizontalPodAutoscaler"
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 6)
@@ -163,5 +183,5 @@ def test_rollout_complete(deployment: dict[str, object], complete: bool) -> None
 
 def test_switching_off_autoscaling_renders_no_autoscaler_and_a_replica_count() -> None:
     objects = render(doc(), ClusterSettings())
-    assert [o["kind"] for o in objects] == ["Deployment", "Service"]
+    assert [o["kind"] for o in objects] == ["Deployment", "Service", "NetworkPolicy"]
     assert objects[0]["spec"]["replicas"] == 3

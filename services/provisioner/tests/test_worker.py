@@ -139,7 +139,12 @@ async def test_kubernetes_reports_like_local_and_cleans_up(
     worker = DeploymentWorker(KEY, ctx)
 
     await worker.converge()  # applied; no pod yet
-    assert set(cluster.objects) == {"Deployment", "Service", "HorizontalPodAutoscaler"}
+    assert set(cluster.objects) == {
+        "Deployment",
+        "Service",
+        "NetworkPolicy",
+        "HorizontalPodAutoscaler",
+    }
     assert (await stored(mongo_db)).meta.provisioning_state is ProvisioningState.provisioning
 
     cluster.run_pods(2, ready=True)
@@ -159,7 +164,7 @@ async def test_kubernetes_reports_like_local_and_cleans_up(
     )
     cluster.complete = False
     await worker.converge()
-    assert set(cluster.objects) == {"Deployment", "Service"}
+    assert set(cluster.objects) == {"Deployment", "Service", "NetworkPolicy"}
     assert (await stored(mongo_db)).meta.provisioning_state is ProvisioningState.updating
     cluster.run_pods(1, ready=True)
     await worker.converge()

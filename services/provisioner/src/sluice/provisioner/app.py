@@ -44,7 +44,7 @@ def kubernetes_backend(settings: Settings) -> KubernetesBackend | None:
     cluster = ClusterSettings(
         namespace=settings.kubernetes_namespace, image=settings.kubernetes_image
     )
-    return KubernetesBackend(settings.kubeconfig, cluster)
+    return KubernetesBackend(settings.kubeconfig, cluster, settings.secret_key)
 
 
 async def resync_forever(reconciler: Reconciler) -> None:

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from sluice.common import gateway_auth
 from sluice.common.log import get_logger
 from sluice.common.resources import Instance, OnlineDeploymentDoc, Probe
 from sluice.provisioner.compute import Observation
@@ -34,6 +35,8 @@ log = get_logger(__name__)
 INFERENCE_PORT = 5001
 ARTIFACTS_MOUNT = "/var/lib/sluice"
 MANAGED_BY = "sluice-provisioner"
+RUN_AS = 10001  # an unprivileged uid/gid for deployment code (no root in the image needed)
+GATEWAY_LABEL = "app.kubernetes.io/name"  # = "envoy" on the gateway's pods
 INSTANCE_LABEL = "app.kubernetes.io/instance"
 IN_CLUSTER = "in-cluster"  # SLUICE_KUBECONFIG value: use the pod's service account
 NO_CLUSTER = (
@@ -66,8 +69,17 @@ def _probe(path: str, probe: Probe) -> dict[str, Any]:
     }
 
 
-def render(doc: OnlineDeploymentDoc, cluster: ClusterSettings) -> list[dict[str, Any]]:
-    """The Deployment and Service that run `doc` on a cluster."""
+def render(
+    doc: OnlineDeploymentDoc, cluster: ClusterSettings, gateway_secret: str | None = None
+) -> list[dict[str, Any]]:
+    """The Deployment and Service that run `doc` on a cluster.
+
+    Locked down beyond the local backend's isolation (isolation.py): the pod runs as a
+    non-root user with no privilege escalation, every capability dropped, a read-only root
+    filesystem (scratch space in an emptyDir at /tmp), no service-account token and no
+    service-link variables naming the platform's services; a NetworkPolicy lets only the
+    gateway's pods reach it; with `gateway_secret` a Secret of its own carries that secret
+    (sluice.common.gateway_auth) to the inference server."""
     spec = doc.spec
     name = object_name(spec.endpoint_name, spec.name)
     labels = {
@@ -110,8 +122,25 @@ def render(doc: OnlineDeploymentDoc, cluster: ClusterSettings) -> list[dict[str,
         ],
         "readinessProbe": _probe("/ready", spec.readiness_probe),
         "livenessProbe": _probe("/", spec.liveness_probe),
-        "volumeMounts": [{"name": "artifacts", "mountPath": ARTIFACTS_MOUNT, "readOnly": True}],
+        "volumeMounts": [
+            {"name": "artifacts", "mountPath": ARTIFACTS_MOUNT, "readOnly": True},
+            {"name": "scratch", "mountPath": "/tmp"},  # noqa: S108 - the pod's own emptyDir
+        ],
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
     }
+    container["env"] += [{"name": "HOME", "value": "/tmp"}]  # noqa: S108
+    secret_name = f"{name}-gateway"
+    if gateway_secret:
+        container["env"].append(
+            {
+                "name": gateway_auth.ENV,
+                "valueFrom": {"secretKeyRef": {"name": secret_name, "key": "secret"}},
+            }
+        )
     resources = {k: v for k, v in spec.resources.model_dump().items() if v}
     if resources:
         container["resources"] = resources
@@ -136,6 +165,14 @@ def render(doc: OnlineDeploymentDoc, cluster: ClusterSettings) -> list[dict[str,
                 "metadata": {"labels": labels},
                 "spec": {
                     "containers": [container],
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": RUN_AS,
+                        "runAsGroup": RUN_AS,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
                     "volumes": [
                         {
                             "name": "artifacts",
@@ -143,7 +180,8 @@ def render(doc: OnlineDeploymentDoc, cluster: ClusterSettings) -> list[dict[str,
                                 "claimName": cluster.artifacts_claim,
                                 "readOnly": True,
                             },
-                        }
+                        },
+                        {"name": "scratch", "emptyDir": {}},
                     ],
                 },
             },
@@ -158,7 +196,24 @@ def render(doc: OnlineDeploymentDoc, cluster: ClusterSettings) -> list[dict[str,
             "ports": [{"name": "http", "port": INFERENCE_PORT, "targetPort": "http"}],
         },
     }
-    objects = [deployment, service]
+    policy = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": name, "namespace": cluster.namespace, "labels": labels},
+        "spec": {
+            "podSelector": {"matchLabels": {INSTANCE_LABEL: name}},
+            "policyTypes": ["Ingress"],
+            # Only the gateway (deploy/k8s/base/envoy.yaml) reaches the inference server;
+            # the kubelet's probes are not subject to network policies.
+            "ingress": [
+                {
+                    "from": [{"podSelector": {"matchLabels": {GATEWAY_LABEL: "envoy"}}}],
+                    "ports": [{"protocol": "TCP", "port": INFERENCE_PORT}],
+                }
+            ],
+        },
+    }
+    objects = [deployment, service, policy]
     scale = spec.scale_settings
     if scale.type == "target_utilization":
         # Azure's kubernetes target_utilization is a CPU target: the cluster's HPA does it.
@@ -188,13 +243,23 @@ def render(doc: OnlineDeploymentDoc, cluster: ClusterSettings) -> list[dict[str,
         )
         # The autoscaler owns the replica count from now on.
         del deployment["spec"]["replicas"]
+    if gateway_secret:
+        objects.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": secret_name, "namespace": cluster.namespace, "labels": labels},
+                "type": "Opaque",
+                "stringData": {"secret": gateway_secret},
+            }
+        )
     return objects
 
 
 class KubernetesBackend:
     """Applies rendered objects with the official client (server-side apply)."""
 
-    def __init__(self, kubeconfig: str, cluster: ClusterSettings):
+    def __init__(self, kubeconfig: str, cluster: ClusterSettings, secret_key: str | None = None):
         from kubernetes import client, config  # imported only when a cluster is configured
 
         if kubeconfig == IN_CLUSTER:
@@ -205,20 +270,27 @@ class KubernetesBackend:
         self._apps = client.AppsV1Api(self._api)
         self._core = client.CoreV1Api(self._api)
         self._autoscaling = client.AutoscalingV2Api(self._api)
+        self._networking = client.NetworkingV1Api(self._api)
         self.cluster = cluster
+        self._secret_key = secret_key  # derives each deployment's gateway secret
 
     def apply(self, doc: OnlineDeploymentDoc) -> None:
         from kubernetes import dynamic
 
         client = dynamic.DynamicClient(self._api)  # type: ignore[no-untyped-call]
-        objects = render(doc, self.cluster)
+        secret = None
+        if self._secret_key:
+            secret = gateway_auth.secret_for(
+                self._secret_key, doc.spec.endpoint_name, doc.spec.name
+            )
+        objects = render(doc, self.cluster, secret)
         if not any(obj["kind"] == "HorizontalPodAutoscaler" for obj in objects):
             # No longer autoscaled: the replica count is ours again.
             self._ignore_missing(
                 self._autoscaling.delete_namespaced_horizontal_pod_autoscaler,
                 objects[0]["metadata"]["name"],
             )
-        for obj in objects:
+        for obj in sorted(objects, key=lambda o: o["kind"] != "Secret"):  # before its pods
             resource = client.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
             resource.server_side_apply(
                 body=obj,
@@ -246,6 +318,8 @@ class KubernetesBackend:
         self._ignore_missing(self._autoscaling.delete_namespaced_horizontal_pod_autoscaler, name)
         self._ignore_missing(self._apps.delete_namespaced_deployment, name)
         self._ignore_missing(self._core.delete_namespaced_service, name)
+        self._ignore_missing(self._networking.delete_namespaced_network_policy, name)
+        self._ignore_missing(self._core.delete_namespaced_secret, f"{name}-gateway")
 
     def _ignore_missing(self, call: Any, name: str) -> None:
         from kubernetes.client.exceptions import ApiException
