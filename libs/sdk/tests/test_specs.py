@@ -217,3 +217,10 @@ def test_an_explicit_environment_or_a_script_keeps_its_own(tmp_path: Path) -> No
     spec = load_online_deployment(path, fake_upload).spec
     assert "scikit-learn" in spec.environment.conda_file
     assert "lightgbm" not in spec.environment.conda_file
+
+
+def test_an_oversized_yaml_file_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    spec = tmp_path / "endpoint.yml"
+    spec.write_text("name: big\ndescription: " + "x" * (1024 * 1024) + "\n")
+    with pytest.raises(SpecError, match="at most 1048576"):
+        load_online_endpoint(spec)

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from sluice.common.resources import ComputeKind, OnlineDeploymentSpec, OnlineEndpointSpec
+from sluice.common.resources import (
+    ComputeKind,
+    ModelRef,
+    OnlineDeploymentSpec,
+    OnlineEndpointSpec,
+)
 from sluice.registry import domain
 from sluice.registry.domain import FailedPrecondition, InvalidArgument
 
@@ -88,3 +95,24 @@ def test_a_deployment_needs_a_model_or_code() -> None:
         domain.check_online_deployment(
             OnlineDeploymentSpec(name="blue", endpoint_name="endpoint"), endpoint
         )
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"description": "x" * 4097}, "description is 4097 characters; at most 4096"),
+        ({"tags": {f"t{i}": "v" for i in range(51)}}, "tags: 51 given, at most 50"),
+        ({"tags": {"k": "v" * 257}}, "value of 'k' is over 256"),
+        ({"environment_variables": {"A": "v" * 8193}}, "value of 'A' is over 8192"),
+    ],
+)
+def test_free_text_has_limits(changes: dict[str, object], message: str) -> None:
+    endpoint = OnlineEndpointSpec(name="my-endpoint")
+    spec = OnlineDeploymentSpec(
+        name="blue", endpoint_name="my-endpoint", **changes, model=ModelRef(registered="m:1")
+    )
+    with pytest.raises(InvalidArgument, match=re.escape(message)):
+        domain.check_online_deployment(spec, endpoint)
+    if "description" in changes or "tags" in changes:
+        with pytest.raises(InvalidArgument, match=re.escape(message)):
+            domain.check_online_endpoint(endpoint.model_copy(update=changes))

@@ -463,12 +463,21 @@ def apply_sets(data: dict[str, Any], sets: Sequence[str]) -> dict[str, Any]:
     return data
 
 
+MAX_YAML_BYTES = 1024 * 1024
+
+
 def read_yaml(path: Path | None, sets: Sequence[str] = ()) -> dict[str, Any]:
     """The YAML mapping in `path` (or {} without a file) with `--set` overrides applied."""
     data: Any = {}
     if path is not None:
         if not path.is_file():
             raise SpecError(f"{path}: no such file")
+        size = path.stat().st_size
+        if size > MAX_YAML_BYTES:
+            raise SpecError(
+                f"{path}: {size} bytes; a specification file may hold at most {MAX_YAML_BYTES} "
+                "(model and code go in folders named by `path:`, not inline)"
+            )
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:

@@ -23,6 +23,13 @@ MAX_MIRROR_PERCENT = 50
 MAX_REQUEST_TIMEOUT_MS = 180_000
 MAX_INSTANCES = 100
 MAX_CONCURRENT_REQUESTS = 1000
+# Free text stays small enough that a page of a listing fits gRPC's 4 MB message cap.
+MAX_DESCRIPTION = 4096
+MAX_TAGS = 50  # Azure Resource Manager's tag limits: 50 tags, names 512, values 256
+MAX_TAG_NAME = 512
+MAX_TAG_VALUE = 256
+MAX_ENVIRONMENT_VARIABLES = 100
+MAX_ENVIRONMENT_VALUE = 8192
 
 
 class DomainError(Exception):
@@ -135,8 +142,31 @@ def check_mirror(mirror: Mapping[str, int], traffic: Mapping[str, int]) -> None:
 # ---- specs -----------------------------------------------------------------------------
 
 
+def check_text(kind: str, name: str, description: str, tags: Mapping[str, str]) -> None:
+    """Descriptions and tags have limits, so no resource can break a listing or the store."""
+    if len(description) > MAX_DESCRIPTION:
+        raise InvalidArgument(
+            f"{kind} {name!r}: description is {len(description)} characters; "
+            f"at most {MAX_DESCRIPTION} are allowed"
+        )
+    _check_pairs(f"{kind} {name!r}: tags", tags, MAX_TAGS, MAX_TAG_NAME, MAX_TAG_VALUE)
+
+
+def _check_pairs(
+    label: str, pairs: Mapping[str, str], count: int, key_len: int, value_len: int
+) -> None:
+    if len(pairs) > count:
+        raise InvalidArgument(f"{label}: {len(pairs)} given, at most {count} are allowed")
+    for key, value in pairs.items():
+        if len(key) > key_len:
+            raise InvalidArgument(f"{label}: name {key[:40]!r}... is over {key_len} characters")
+        if len(value) > value_len:
+            raise InvalidArgument(f"{label}: value of {key!r} is over {value_len} characters")
+
+
 def check_online_endpoint(spec: OnlineEndpointSpec) -> None:
     check_name("endpoint", spec.name)
+    check_text("endpoint", spec.name, spec.description, spec.tags)
     if spec.kind is ComputeKind.kubernetes and not spec.compute:
         raise InvalidArgument(
             f"kubernetes endpoint {spec.name!r} needs `compute` (the cluster's compute name)"
@@ -153,6 +183,14 @@ def _check_probe(field: str, probe: Probe) -> None:
 
 def check_online_deployment(spec: OnlineDeploymentSpec, endpoint: OnlineEndpointSpec) -> None:
     check_name("deployment", spec.name)
+    check_text("deployment", spec.name, spec.description, spec.tags)
+    _check_pairs(
+        f"deployment {spec.name!r}: environment_variables",
+        spec.environment_variables,
+        MAX_ENVIRONMENT_VARIABLES,
+        MAX_TAG_NAME,
+        MAX_ENVIRONMENT_VALUE,
+    )
     if spec.kind is not endpoint.kind:
         raise InvalidArgument(
             f"deployment {spec.name!r} is {spec.kind.value} but endpoint {endpoint.name!r} is "
@@ -207,10 +245,12 @@ def _check_model_and_code(
 
 def check_batch_endpoint(spec: BatchEndpointSpec) -> None:
     check_name("batch endpoint", spec.name)
+    check_text("batch endpoint", spec.name, spec.description, spec.tags)
 
 
 def check_batch_deployment(spec: BatchDeploymentSpec) -> None:
     check_name("deployment", spec.name)
+    check_text("deployment", spec.name, spec.description, spec.tags)
     _check_range("resources.instance_count", spec.instance_count, 1, MAX_INSTANCES)
     s = spec.settings
     _check_range("max_concurrency_per_instance", s.max_concurrency_per_instance, 1, 1000)
