@@ -28,7 +28,7 @@ VICTIM_SECRET = "victim-env-secret-7d1e"
 T = TypeVar("T")
 
 
-def wait_for(condition: Callable[[], T | None], what: str, timeout: float = 90) -> T:
+def wait_for(condition: Callable[[], T | None], what: str, timeout: float = 180) -> T:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
