@@ -118,6 +118,8 @@ def main() -> None:
         tempfile.TemporaryDirectory(prefix="sluice-bench-") as tmp,
         servers(Path(tmp)) as (sup, settings),
     ):
+        # Deployments run as users of their own, who must be able to traverse to their workspace.
+        Path(tmp).chmod(0o711)
         settings = start_services(sup, settings, ["registry", "provisioner"])
         with RegistryClient(f"127.0.0.1:{settings.ports.registry}", "bench") as client:
             endpoint = load_online_endpoint(EXAMPLES / "online/endpoint.yml", name="bench-endpoint")
