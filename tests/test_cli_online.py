@@ -87,7 +87,7 @@ def test_deployment_lifecycle_through_the_cli(
         return doc
 
     (first,) = show()["instances"]
-    assert f"warning: {ignored}" in show()["meta"]["status_message"]
+    assert f"warning: {ignored}" in show()["properties"]["sluice.status_message"]
     assert len(score(first["address"])) == 1
 
     # kill -9 an instance: the provisioner replaces it.
