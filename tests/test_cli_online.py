@@ -14,6 +14,7 @@ import httpx
 import psutil
 import pytest
 
+from sluice.common import gateway_auth
 from sluice.common.platform import PlatformState
 from sluice.common.testing.wait import wait_for
 
@@ -51,9 +52,14 @@ class Cli:
         return json.loads(self.ok(*args, "-o", "json").stdout)
 
 
-def score(address: str) -> Any:
+def score(platform: PlatformState, endpoint: str, address: str) -> Any:
+    """Score one instance directly, with the header only the gateway has (gateway_auth)."""
+    secret_key = (platform.state_dir / "secret.key").read_text().strip()
+    secret = gateway_auth.secret_for(secret_key, endpoint, "blue")
     body = b'{"data": [[1,2,3,4,5,6,7,8,9,10]]}'
-    response = httpx.post(f"http://{address}/score", content=body, timeout=10)
+    response = httpx.post(
+        f"http://{address}/score", content=body, headers={gateway_auth.HEADER: secret}, timeout=10
+    )
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -88,7 +94,7 @@ def test_deployment_lifecycle_through_the_cli(
 
     (first,) = show()["instances"]
     assert f"warning: {ignored}" in show()["properties"]["sluice.status_message"]
-    assert len(score(first["address"])) == 1
+    assert len(score(local_platform, endpoint, first["address"])) == 1
 
     # kill -9 an instance: the provisioner replaces it.
     os.kill(listening_pid(first["address"]), signal.SIGKILL)
@@ -114,7 +120,7 @@ def test_deployment_lifecycle_through_the_cli(
     cli.ok("online-deployment", "update", "-f", "blue-deployment.yml", *common)
     doc = show()
     assert not before & {i["id"] for i in doc["instances"]}
-    assert "v2" in score(doc["instances"][0]["address"])
+    assert "v2" in score(local_platform, endpoint, doc["instances"][0]["address"])
 
     logs = cli.ok("online-deployment", "get-logs", "-n", "blue", "-e", endpoint, "--lines", "50")
     assert "model 1: request received" in logs.stdout

@@ -12,6 +12,7 @@ import httpx
 import psutil
 import pytest
 
+from sluice.common import gateway_auth
 from sluice.common.resources import OnlineDeployment, ProvisioningState
 from sluice.common.testing.plugin import RunningService, ServiceStarter
 from sluice.common.testing.wait import wait_for
@@ -49,9 +50,15 @@ def settled(client: RegistryClient, name: str = "blue") -> OnlineDeployment | No
     return doc if doc.meta.provisioning_state in terminal else None
 
 
-def score(address: str) -> list[float]:
+def score(provisioner: RunningService, address: str, deployment: str = "blue") -> list[float]:
+    """Score one instance directly, with the header only the gateway has (gateway_auth)."""
+    secret = gateway_auth.secret_for(
+        provisioner.settings.secret_key or "", "my-endpoint", deployment
+    )
     body = (Path(__file__).parents[1] / "examples/online/sample-request.json").read_bytes()
-    response = httpx.post(f"http://{address}/score", content=body, timeout=10)
+    response = httpx.post(
+        f"http://{address}/score", content=body, headers={gateway_auth.HEADER: secret}, timeout=10
+    )
     assert response.status_code == 200, response.text
     result = response.json()
     assert isinstance(result, list)
@@ -62,11 +69,11 @@ def test_a_deployment_becomes_ready_and_serves(
     provisioner: RunningService, client: RegistryClient, trained_examples: Path
 ) -> None:
     deploy(client, trained_examples, sets=("instance_count=2",))
-    doc = wait_for(lambda: settled(client), "blue to settle")
+    doc = wait_for(lambda: settled(client), "blue to settle", deadline=180)
     assert doc.meta.provisioning_state is ProvisioningState.succeeded, doc.meta.status_message
     ready = [i for i in doc.instances if i.ready]
     assert len(ready) == 2
-    predictions = [score(i.address) for i in ready]
+    predictions = [score(provisioner, i.address) for i in ready]
     assert predictions[0] == predictions[1] and len(predictions[0]) == 2
 
 
@@ -104,7 +111,7 @@ def test_a_crashed_instance_is_replaced(
         "a replacement instance",
     )
     assert state(client).meta.provisioning_state is ProvisioningState.succeeded
-    score(replaced[0].address)
+    score(provisioner, replaced[0].address)
 
 
 def test_update_rolls_and_scale_keeps_healthy_instances(
@@ -186,7 +193,7 @@ def test_environment_from_conda_file_is_built_once_and_shared(
     for name in ("blue", "green"):
         doc = wait_for(lambda n=name: settled(client, n), f"{name} to settle", deadline=180)
         assert doc.meta.provisioning_state is ProvisioningState.succeeded, doc.meta.status_message
-        score(doc.instances[0].address)
+        score(provisioner, doc.instances[0].address, name)
     # As root, an environment without packages may also be there: the platform's interpreter's
     # stand-in for deployment users (interpreters.for_deployment_users).
     built = [
@@ -207,7 +214,7 @@ def test_a_killed_provisioner_is_replaced_without_duplicate_instances(
     start_service: ServiceStarter,
 ) -> None:
     deploy(client, trained_examples, sets=("instance_count=2",))
-    doc = wait_for(lambda: settled(client), "blue to settle")
+    doc = wait_for(lambda: settled(client), "blue to settle", deadline=180)
     old = {i.address for i in doc.instances}
     os.kill(provisioner.process.pid, signal.SIGKILL)  # its instances keep running, orphaned
     start_service("provisioner")
@@ -302,8 +309,10 @@ def test_target_utilization_scales_out_under_load_and_back_in(
     (first,) = wait_for(lambda: settled(client), "blue to settle").instances
     stop = threading.Event()
 
+    secret = gateway_auth.secret_for(provisioner.settings.secret_key or "", "my-endpoint", "blue")
+
     def load() -> None:
-        with httpx.Client() as http:
+        with httpx.Client(headers={gateway_auth.HEADER: secret}) as http:
             while not stop.is_set():
                 http.post(f"http://{first.address}/score", content=b"{}", timeout=5)
 
@@ -313,7 +322,7 @@ def test_target_utilization_scales_out_under_load_and_back_in(
         wait_for(
             lambda: len([i for i in state(client).instances if i.ready]) == 2,
             "a second instance under load",
-            timeout=60,
+            deadline=60,
         )
     finally:
         stop.set()
