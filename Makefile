@@ -15,7 +15,7 @@ up: setup ## start the local platform and the demo endpoint (blue/green at 90/10
 	@$(UV) run --no-sync sluice up
 	@$(UV) run --no-sync sluice demo
 
-down: ## stop everything `make up` started; data stays in ~/.local/state/sluice (or $$SLUICE_STATE_DIR)
+down: ## stop everything `make up` started; data stays in the state folder: /var/lib/sluice as root, else ~/.local/state/sluice (or $$SLUICE_STATE_DIR)
 	@$(UV) run --no-sync sluice down
 
 status: ## health of every component

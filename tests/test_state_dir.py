@@ -23,6 +23,9 @@ def test_default_state_dir_is_per_user_and_env_overrides(
     monkeypatch.delenv("XDG_STATE_HOME", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert default_state_dir() == Path("/var/lib/sluice")  # root's home is private
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
     assert default_state_dir() == tmp_path / "home" / ".local" / "state" / "sluice"
     assert Settings().state_dir == tmp_path / "home" / ".local" / "state" / "sluice"
 
@@ -37,10 +40,11 @@ def test_default_state_dir_is_per_user_and_env_overrides(
 
 def _cli(cwd: Path, home: Path, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
-    env.pop("XDG_STATE_HOME", None)
     env.update(
         {
             "HOME": str(home),
+            # The per-user folder under this home, also when the tests run as root.
+            "XDG_STATE_HOME": str(home / ".local" / "state"),
             # Free ports for everything, so the test never collides with a running platform.
             "SLUICE_ENVOY__HTTP_PORT": "0",
             "SLUICE_ENVOY__HTTPS_PORT": "0",

@@ -19,11 +19,17 @@ def default_state_dir() -> Path:
 
     One per user, independent of the current folder, so `sluice` finds the platform it
     started from anywhere (Azure's CLI has no notion of a project folder either):
-    `$XDG_STATE_HOME/sluice`, else `~/.local/state/sluice`.
+    `$XDG_STATE_HOME/sluice`, else `~/.local/state/sluice`. Run as root (without
+    `$XDG_STATE_HOME`), the platform runs each deployment as a user of its own, which must
+    reach its workspace under the state folder; root's home is private, so root's
+    platform lives in `/var/lib/sluice`, where a system service keeps its state.
     """
     xdg = os.environ.get("XDG_STATE_HOME", "")
-    base = Path(xdg) if Path(xdg).is_absolute() else Path.home() / ".local" / "state"
-    return base / "sluice"
+    if Path(xdg).is_absolute():
+        return Path(xdg) / "sluice"
+    if os.geteuid() == 0:
+        return Path("/var/lib/sluice")
+    return Path.home() / ".local" / "state" / "sluice"
 
 
 class EnvoySettings(BaseModel):
