@@ -16,7 +16,7 @@ import grpc
 
 from sluice.common.platform import LocalPlatform
 from sluice.common.settings import Settings
-from sluice.sdk.client import PAGE_SIZE, SluiceError
+from sluice.sdk.client import PAGE_SIZE, SluiceError, admin_token
 from sluice.v1 import batch_pb2, batch_pb2_grpc, common_pb2
 
 T = TypeVar("T")
@@ -128,13 +128,7 @@ class BatchClient:
                     "(or set SLUICE_BATCH_ADDRESS)",
                 )
             address = found[0].address
-        token = settings.admin_token
-        if not token:
-            token_file = platform.state_dir / "admin-token"
-            if not token_file.exists():
-                raise SluiceError("UNAUTHENTICATED", f"no admin token in {token_file}")
-            token = token_file.read_text().strip()
-        return cls(address, token)
+        return cls(address, admin_token(settings, platform.state_dir))
 
     def close(self) -> None:
         self._channel.close()

@@ -97,6 +97,16 @@ def _doc(message: Message, model: type[M]) -> M:
     return to_model(message, model, exclude=("scoring_uri", "swagger_uri"))
 
 
+def admin_token(settings: Settings, state_dir: Path) -> str:
+    """The token every client sends: SLUICE_ADMIN_TOKEN, else the platform's admin-token file."""
+    if settings.admin_token:
+        return settings.admin_token
+    token_file = state_dir / "admin-token"
+    if not token_file.exists():
+        raise SluiceError("UNAUTHENTICATED", f"no admin token in {token_file}")
+    return token_file.read_text().strip()
+
+
 class RegistryClient:
     def __init__(self, address: str, token: str, *, actor: str | None = None):
         self.address = address
@@ -124,13 +134,7 @@ class RegistryClient:
                     "a running one (or SLUICE_REGISTRY_ADDRESS)",
                 )
             address = state.registry_address
-        token = settings.admin_token
-        if not token:
-            token_file = platform.state_dir / "admin-token"
-            if not token_file.exists():
-                raise SluiceError("UNAUTHENTICATED", f"no admin token in {token_file}")
-            token = token_file.read_text().strip()
-        return cls(address, token)
+        return cls(address, admin_token(settings, platform.state_dir))
 
     def close(self) -> None:
         self._channel.close()

@@ -19,7 +19,7 @@ import yaml
 
 from sluice.common.platform import LocalPlatform
 from sluice.common.settings import Settings
-from sluice.sdk.client import SluiceError
+from sluice.sdk.client import SluiceError, admin_token
 from sluice.v1 import metrics_pb2, metrics_pb2_grpc
 
 T = TypeVar("T")
@@ -119,13 +119,7 @@ class MetricsClient:
                     "(`sluice status`); set SLUICE_METRICS_ADDRESS for a remote one",
                 )
             address = found[0].address
-        token = settings.admin_token
-        if not token:
-            token_file = platform.state_dir / "admin-token"
-            if not token_file.exists():
-                raise SluiceError("UNAUTHENTICATED", f"no admin token in {token_file}")
-            token = token_file.read_text().strip()
-        return cls(address, token)
+        return cls(address, admin_token(settings, platform.state_dir))
 
     def close(self) -> None:
         self._channel.close()
