@@ -90,6 +90,41 @@ def test_create_show_list_and_traffic(cli: Cli) -> None:
     assert isinstance(keys, dict) and keys["primaryKey"] != keys["secondaryKey"]
 
 
+def test_generic_update_arguments_as_az(cli: Cli) -> None:
+    """`--set/--add/--remove` on update commands, by name, as Azure's scripts write them."""
+    cli("online-endpoint", "create", "-f", "endpoint.yml")
+    cli("online-deployment", "create", "-f", "blue-deployment.yml", "--no-wait")
+    ep = cli.json(
+        "ml", "online-endpoint", "update", "-n", "my-endpoint", "--add", "tags", "team=ml",
+        "env=dev", "--set", "description=scored", "traffic.blue=100",
+    )  # fmt: skip
+    assert isinstance(ep, dict)
+    assert ep["tags"] == {"team": "ml", "env": "dev"} and ep["description"] == "scored"
+    assert ep["traffic"] == {"blue": 100}
+    ep = cli.json("online-endpoint", "update", "-n", "my-endpoint", "--remove", "tags.env")
+    assert isinstance(ep, dict) and ep["tags"] == {"team": "ml"}
+    # A deployment by name, no file (Azure's safe-rollout docs scale this way).
+    dep = cli.json(
+        "az", "ml", "online-deployment", "update", "--name", "blue", "--endpoint", "my-endpoint",
+        "--set", "instance_count=2", "request_settings.max_queue_wait_ms=250", "--add",
+        "environment_variables", "MODE=fast", "--no-wait",
+    )  # fmt: skip
+    assert isinstance(dep, dict) and dep["instance_count"] == 2
+    assert dep["request_settings"]["max_queue_wait_ms"] == 250
+    assert dep["environment_variables"]["MODE"] == "fast"
+    assert dep["model"] and dep["code_configuration"]["code"]  # kept as stored
+    before = cli.json("online-deployment", "show", "-n", "blue", "-e", "my-endpoint")
+    for args, message in [
+        (["--remove", "tags.nope"], "--remove tags.nope: no field 'nope'"),
+        (["--set", "instance_count=many"], "instance_count: Input should be a valid integer"),
+        (["--set", "model=azureml:m:1"], "model of deployment blue can only be changed with"),
+        (["--add", "instance_count", "3"], "instance_count is the value 2, not a list"),
+    ]:
+        line = cli.error("online-deployment", "update", "-n", "blue", "-e", "my-endpoint", *args)
+        assert message in line, line
+    assert cli.json("online-deployment", "show", "-n", "blue", "-e", "my-endpoint") == before
+
+
 def test_every_rule_reports_one_clear_line(cli: Cli, examples: Path) -> None:
     online = examples / "online"
     cli("online-endpoint", "create", "-f", "endpoint.yml")
@@ -192,6 +227,13 @@ def test_batch_endpoint_and_both_settings_forms(cli: Cli, examples: Path) -> Non
     cli("batch-deployment", "create", "-f", str(batch / "legacy.yml"))
     old = cli.json("batch-deployment", "show", "-n", "legacy", "-e", "diabetes-batch")
     assert isinstance(old, dict) and old["error_threshold"] == 0
+    # By name, flat as `show` prints it or under settings:, as az's generic update does.
+    edited = cli.json(
+        "batch-deployment", "update", "-n", "legacy", "-e", "diabetes-batch",
+        "--set", "mini_batch_size=5", "settings.retry_settings.max_retries=1",
+    )  # fmt: skip
+    assert isinstance(edited, dict) and edited["mini_batch_size"] == 5
+    assert edited["retry_settings"]["max_retries"] == 1 and edited["error_threshold"] == 0
     endpoint = cli.json("batch-endpoint", "show", "-n", "diabetes-batch")
     assert isinstance(endpoint, dict) and endpoint["defaults"]["deployment_name"] == "ridge"
     line = cli.error("batch-deployment", "delete", "-n", "ridge", "-e", "diabetes-batch")

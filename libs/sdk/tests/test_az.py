@@ -33,6 +33,13 @@ ROOT = typer.main.get_group(app)
             ["online-endpoint", "show", "-n", "e"],
             None,
         ),
+        (
+            ["az", "ml", "online-endpoint", "update", "-n", "e", "--set", "a=1", "b.c=2",
+             "--add", "tags", "team=ml", "x", "--remove", "tags.old", "-o", "tsv"],
+            ["online-endpoint", "update", "-n", "e", "--set", "a=1", "--set", "b.c=2",
+             "--add", '["tags", "team=ml", "x"]', "--remove", '["tags.old"]', "-o", "tsv"],
+            None,
+        ),
     ],
 )  # fmt: skip
 def test_normalise(argv: list[str], args: list[str], query: str | None) -> None:

@@ -37,6 +37,8 @@ from sluice.common.resources import (
     RetrySettings,
     ScaleSettings,
 )
+from sluice.sdk import generic_update
+from sluice.sdk.generic_update import Edit, GenericUpdateError
 
 Uploader = Callable[[Path], ArtifactRef]
 S = TypeVar("S")
@@ -439,34 +441,22 @@ class AzureBatchDeployment(_Azure):
 # ---- loading -------------------------------------------------------------------------------------
 
 
-def _parse_value(text: str) -> Any:
+Edits = Sequence[str | Edit]  # `--set` words, and `--add`/`--remove` edits, in order
+
+
+def apply_sets(data: dict[str, Any], sets: Edits) -> dict[str, Any]:
+    """Apply az's generic update arguments: `--set a.b=value` words and `Edit`s, in order."""
+    edits = [e if isinstance(e, Edit) else Edit("set", (e,)) for e in sets]
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
-def apply_sets(data: dict[str, Any], sets: Sequence[str]) -> dict[str, Any]:
-    """Apply Azure-style `--set a.b=value` overrides (values parsed as YAML scalars)."""
-    for item in sets:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SpecError(f"--set {item!r}: use key=value, e.g. --set instance_count=2")
-        parts = key.split(".")
-        node = data
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise SpecError(f"--set {item!r}: {part!r} is not a mapping")
-            node = child
-        node[parts[-1]] = _parse_value(value)
-    return data
+        return generic_update.apply(data, edits)
+    except GenericUpdateError as exc:
+        raise SpecError(str(exc)) from None
 
 
 MAX_YAML_BYTES = 1024 * 1024
 
 
-def read_yaml(path: Path | None, sets: Sequence[str] = ()) -> dict[str, Any]:
+def read_yaml(path: Path | None, sets: Edits = ()) -> dict[str, Any]:
     """The YAML mapping in `path` (or {} without a file) with `--set` overrides applied."""
     data: Any = {}
     if path is not None:
@@ -520,7 +510,7 @@ class Loaded(Generic[S]):
 
 def _prepare(
     path: Path | None,
-    sets: Sequence[str],
+    sets: Edits,
     overrides: Mapping[str, str | None],
     base: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, Any], list[str], str]:
@@ -534,7 +524,7 @@ def _prepare(
 
 def load_online_endpoint(
     path: Path | None,
-    sets: Sequence[str] = (),
+    sets: Edits = (),
     *,
     name: str | None = None,
     base: Mapping[str, Any] | None = None,
@@ -548,7 +538,7 @@ def load_online_endpoint(
 def load_online_deployment(
     path: Path | None,
     upload: Uploader,
-    sets: Sequence[str] = (),
+    sets: Edits = (),
     *,
     name: str | None = None,
     endpoint_name: str | None = None,
@@ -561,7 +551,7 @@ def load_online_deployment(
 
 def load_batch_endpoint(
     path: Path | None,
-    sets: Sequence[str] = (),
+    sets: Edits = (),
     *,
     name: str | None = None,
     base: Mapping[str, Any] | None = None,
@@ -574,7 +564,7 @@ def load_batch_endpoint(
 def load_batch_deployment(
     path: Path | None,
     upload: Uploader,
-    sets: Sequence[str] = (),
+    sets: Edits = (),
     *,
     name: str | None = None,
     endpoint_name: str | None = None,
@@ -614,7 +604,7 @@ class LocalFiles:
 
 def load_local_deployment(
     path: Path | None,
-    sets: Sequence[str] = (),
+    sets: Edits = (),
     *,
     name: str | None = None,
     endpoint_name: str | None = None,
@@ -645,3 +635,109 @@ def load_local_deployment(
         environment_variables=model.environment_variables,
         warnings=warnings,
     )
+
+
+# ---- update by name (no file) ------------------------------------------------------------------
+
+# What a file-less update may change: the model, code and environment were uploaded
+# from files on the machine that created the deployment, so changing them needs --file.
+_FILE_ONLY = ("model", "code_configuration", "environment")
+
+
+def _probe_fields(probe: Probe) -> dict[str, int]:
+    return {
+        "initial_delay": probe.initial_delay_s,
+        "period": probe.period_s,
+        "timeout": probe.timeout_s,
+        "success_threshold": probe.success_threshold,
+        "failure_threshold": probe.failure_threshold,
+    }
+
+
+def _edited(fields: dict[str, Any], sets: Edits, what: str) -> dict[str, Any]:
+    data = apply_sets(fields, sets)
+    touched = sorted(k for k in _FILE_ONLY if k in data)
+    if touched:
+        raise SpecError(
+            f"{', '.join(touched)} of {what} can only be changed with --file (its YAML, whose "
+            "paths name the files); --set/--add/--remove change the other fields"
+        )
+    return data
+
+
+def _no_upload(path: Path) -> ArtifactRef:
+    raise SpecError(f"{path}: nothing is uploaded by an update without --file")
+
+
+def edit_online_deployment(
+    current: OnlineDeploymentSpec, sets: Edits
+) -> Loaded[OnlineDeploymentSpec]:
+    """`online-deployment update -n D -e E --set instance_count=2`: the stored deployment's
+    YAML fields with az's generic update arguments applied, validated like a file."""
+    s = current.scale_settings
+    fields: dict[str, Any] = {
+        "name": current.name,
+        "endpoint_name": current.endpoint_name,
+        "description": current.description,
+        "tags": dict(current.tags),
+        "instance_type": current.instance_type,
+        "instance_count": current.instance_count,
+        "environment_variables": dict(current.environment_variables),
+        "request_settings": current.request_settings.model_dump(),
+        "liveness_probe": _probe_fields(current.liveness_probe),
+        "readiness_probe": _probe_fields(current.readiness_probe),
+        "scale_settings": {
+            "type": s.type,
+            "min_instances": s.min_instances,
+            "max_instances": s.max_instances,
+            "target_utilization_percentage": s.target_utilization_percentage,
+            "polling_interval": s.polling_interval_s,
+        },
+        "resources": current.resources.model_dump(),
+        "app_insights_enabled": current.app_insights_enabled,
+    }
+    what = f"deployment {current.name}"
+    data, warnings, source = _prepare(None, (), {}, _edited(fields, sets, what))
+    model: AzureOnlineDeployment = _validate(AzureOnlineDeployment, data, source)
+    edited = model.to_spec(_Resolver(Path.cwd(), _no_upload))
+    keep = {k: getattr(current, k) for k in (*_FILE_ONLY, "kind")}
+    return Loaded(edited.model_copy(update=keep), warnings)
+
+
+def edit_batch_deployment(current: BatchDeploymentSpec, sets: Edits) -> Loaded[BatchDeploymentSpec]:
+    """`batch-deployment update -n D -e E --set settings.mini_batch_size=5` without a file."""
+    st = current.settings
+    # Flat, as `az ml batch-deployment show` prints it; `settings.<key>` edits win over these.
+    flat: dict[str, Any] = {
+        "max_concurrency_per_instance": st.max_concurrency_per_instance,
+        "mini_batch_size": st.mini_batch_size,
+        "output_action": st.output_action.value,
+        "output_file_name": st.output_file_name,
+        "retry_settings": {
+            "max_retries": st.retry_settings.max_retries,
+            "timeout": st.retry_settings.timeout_s,
+        },
+        "error_threshold": st.error_threshold,
+        "logging_level": st.logging_level,
+        "environment_variables": dict(st.environment_variables),
+    }
+    fields: dict[str, Any] = {
+        "name": current.name,
+        "endpoint_name": current.endpoint_name,
+        "description": current.description,
+        "tags": dict(current.tags),
+        "compute": current.compute,
+        "resources": {"instance_count": current.instance_count},
+        **flat,
+    }
+    what = f"batch deployment {current.name}"
+    data, warnings, source = _prepare(None, (), {}, _edited(fields, sets, what))
+    nested = data.get("settings") or {}
+    if not isinstance(nested, dict):
+        raise SpecError(f"{source}: settings: expected a mapping")
+    legacy = {k: data.pop(k) for k in list(data) if k in BATCH_SETTING_KEYS}
+    data["settings"] = {**legacy, **nested}
+    model: AzureBatchDeployment = _validate(AzureBatchDeployment, data, source)
+    edited = model.to_spec(_Resolver(Path.cwd(), _no_upload))
+    keep = {k: getattr(current, k) for k in _FILE_ONLY}
+    return Loaded(edited.model_copy(update=keep), warnings)

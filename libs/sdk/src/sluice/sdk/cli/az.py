@@ -9,6 +9,9 @@
 - az's global arguments that name Azure context (`--subscription`,
   `--resource-group/-g`, `--workspace-name/-w`) or tune its logging are dropped;
 - `--query EXPR` is taken off and returned (render applies it);
+- `--set`, `--add` and `--remove` take several words as in az (`--set a=1 b=2`,
+  `--add tags team=ml`, `--remove items 0`): `--set` becomes one `--set` per
+  word, `--add`/`--remove` one option whose value is the words as a JSON list;
 - `--endpoint` means `--endpoint-name` (az accepts unambiguous prefixes), and
   `--no-wait`/`--yes`/`-y` are dropped from commands that do not take them
   (they have nothing to wait for or confirm).
@@ -16,7 +19,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -27,6 +31,7 @@ GLOBAL_WITH_VALUE = frozenset(
 )
 GLOBAL_FLAGS = frozenset({"--only-show-errors", "--debug", "--verbose"})
 OPTIONAL_FLAGS = frozenset({"--no-wait", "--yes", "-y"})
+MULTI_WORD = frozenset({"--set", "--add", "--remove"})
 AZ_SETUP = frozenset({"extension", "configure", "account", "login", "version"})
 
 
@@ -70,6 +75,19 @@ def _options(args: Sequence[str], root: CommandGroup) -> set[str]:
     return {name for p in getattr(node, "params", []) for name in p.opts}
 
 
+def _words(first: str, rest: list[str]) -> Iterator[str]:
+    """The words an az `nargs='+'` option takes: up to the next option."""
+    yield first
+    while rest and not rest[0].startswith("-"):
+        yield rest.pop(0)
+
+
+def _multi_word(option: str, words: list[str]) -> list[str]:
+    if option == "--set":
+        return [part for word in words for part in ("--set", word)]
+    return [option, json.dumps(words)]
+
+
 def normalise(argv: Sequence[str], root: CommandGroup) -> CommandLine:
     args = list(argv)
     groups = sorted(
@@ -89,14 +107,17 @@ def normalise(argv: Sequence[str], root: CommandGroup) -> CommandLine:
     options = _options(args, root)
     out: list[str] = []
     query: str | None = None
-    it = iter(args)
-    for word in it:
+    rest = list(args)
+    while rest:
+        word = rest.pop(0)
         name, eq, value = word.partition("=")
-        if name == "--query":
-            query = value if eq else next(it, "")
+        if word in MULTI_WORD and word in options and rest:
+            out += _multi_word(word, list(_words(rest.pop(0), rest)))
+        elif name == "--query":
+            query = value if eq else (rest.pop(0) if rest else "")
         elif name in GLOBAL_WITH_VALUE:
-            if not eq:
-                next(it, None)
+            if not eq and rest:
+                rest.pop(0)
         elif word in GLOBAL_FLAGS or (word in OPTIONAL_FLAGS and word not in options):
             continue
         elif name == "--endpoint" and "--endpoint-name" in options:

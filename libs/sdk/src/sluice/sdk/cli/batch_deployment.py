@@ -10,10 +10,19 @@ import typer
 from sluice.common.resources import BatchDeploymentDoc
 from sluice.sdk import azure_views
 from sluice.sdk.cli import job as jobs
-from sluice.sdk.cli.common import FileOption, SetOption, optional_path, registry, warn
+from sluice.sdk.cli.common import (
+    AddOption,
+    FileOption,
+    RemoveOption,
+    SetOption,
+    generic_edits,
+    optional_path,
+    registry,
+    warn,
+)
 from sluice.sdk.cli.errors import CliError
 from sluice.sdk.cli.output import OutputFormat, OutputOption, err_console, render
-from sluice.sdk.specs import load_batch_deployment
+from sluice.sdk.specs import edit_batch_deployment, load_batch_deployment
 
 app = typer.Typer(
     help="Batch deployments: the model and code a batch job runs.", no_args_is_help=True
@@ -70,15 +79,23 @@ def update(
     name: str | None = NameOption,
     endpoint_name: str | None = EndpointOption,
     set_: list[str] = SetOption,
+    add: list[str] = AddOption,
+    remove: list[str] = RemoveOption,
     output: OutputFormat = OutputOption,
 ) -> None:
-    """Update a batch deployment from its YAML."""
-    if file is None:
-        raise CliError("give --file with the deployment's YAML (and --set to override fields)")
+    """Update a batch deployment from its YAML, or by name with --set/--add/--remove."""
+    edits = generic_edits(set_, add, remove)
+    if file is None and not (name and endpoint_name):
+        raise CliError("give --file, or --name and --endpoint-name with --set/--add/--remove")
     with registry() as client:
-        loaded = load_batch_deployment(
-            optional_path(file), client.upload, set_, name=name, endpoint_name=endpoint_name
-        )
+        if file is None:
+            assert name is not None and endpoint_name is not None
+            current = client.get_batch_deployment(endpoint_name, name).spec
+            loaded = edit_batch_deployment(current, edits)
+        else:
+            loaded = load_batch_deployment(
+                optional_path(file), client.upload, edits, name=name, endpoint_name=endpoint_name
+            )
         warn(loaded.warnings)
         doc = client.update_batch_deployment(loaded.spec)
     err_console.print(f"Updated batch deployment {doc.spec.name} of {doc.spec.endpoint_name}.")

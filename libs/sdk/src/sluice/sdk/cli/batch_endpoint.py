@@ -9,7 +9,16 @@ import typer
 
 from sluice.sdk import azure_views
 from sluice.sdk.cli import job as jobs
-from sluice.sdk.cli.common import FileOption, SetOption, optional_path, registry, warn
+from sluice.sdk.cli.common import (
+    AddOption,
+    FileOption,
+    RemoveOption,
+    SetOption,
+    generic_edits,
+    optional_path,
+    registry,
+    warn,
+)
 from sluice.sdk.cli.errors import CliError
 from sluice.sdk.cli.output import OutputFormat, OutputOption, err_console, render
 from sluice.sdk.client import BatchEndpoint
@@ -66,6 +75,8 @@ def update(
     file: Path | None = FileOption,
     name: str | None = NameOption,
     set_: list[str] = SetOption,
+    add: list[str] = AddOption,
+    remove: list[str] = RemoveOption,
     output: OutputFormat = OutputOption,
 ) -> None:
     """Update description, tags or the default deployment (`--set defaults.deployment_name=d`)."""
@@ -83,7 +94,8 @@ def update(
                 "auth_mode": current.auth_mode.value,
                 "defaults": {"deployment_name": current.default_deployment or None},
             }
-        loaded = load_batch_endpoint(optional_path(file), set_, name=name, base=base)
+        edits = generic_edits(set_, add, remove)
+        loaded = load_batch_endpoint(optional_path(file), edits, name=name, base=base)
         warn(loaded.warnings)
         endpoint = client.update_batch_endpoint(loaded.spec)
     err_console.print(f"Updated batch endpoint {endpoint.doc.spec.name}.")

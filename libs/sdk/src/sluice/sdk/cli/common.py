@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -17,10 +18,17 @@ from sluice.sdk.applied import AppliedWatcher
 from sluice.sdk.cli.errors import CliError
 from sluice.sdk.cli.output import err_console
 from sluice.sdk.client import RegistryClient
+from sluice.sdk.generic_update import Edit
 
 FileOption = typer.Option(None, "--file", "-f", help="Azure ML CLI v2 YAML file")
 SetOption = typer.Option(
     [], "--set", help="override a YAML field, e.g. --set instance_count=2 (repeatable)"
+)
+AddOption = typer.Option(
+    [], "--add", help="append to a list (or key=value pairs to a mapping): --add tags team=ml"
+)
+RemoveOption = typer.Option(
+    [], "--remove", help="delete a field or a list entry: --remove tags.team, --remove items 0"
 )
 NoWaitOption = typer.Option(False, "--no-wait", help="return at once instead of waiting")
 
@@ -57,6 +65,27 @@ def parse_shares(values: Sequence[str], option: str) -> dict[str, int]:
                 f"{option} {item!r}: the share must be a whole number 0-100, got {value!r}"
             ) from None
     return shares
+
+
+def _words(value: str) -> tuple[str, ...]:
+    """One `--add`/`--remove` value: az.normalise's JSON list of words, or words split on spaces."""
+    if value.startswith("["):
+        try:
+            words = json.loads(value)
+        except ValueError:
+            words = None
+        if isinstance(words, list) and all(isinstance(w, str) for w in words):
+            return tuple(words)
+    return tuple(value.split())
+
+
+def generic_edits(sets: Sequence[str], adds: Sequence[str], removes: Sequence[str]) -> list[Edit]:
+    """az's generic update arguments as edits: every `--set`, then `--add`, then `--remove`."""
+    return [
+        *(Edit("set", (s,)) for s in sets),
+        *(Edit("add", _words(a)) for a in adds),
+        *(Edit("remove", _words(r)) for r in removes),
+    ]
 
 
 def provisioner_running(settings: Settings) -> bool | None:

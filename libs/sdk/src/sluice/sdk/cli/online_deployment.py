@@ -13,9 +13,12 @@ from sluice.common.settings import Settings
 from sluice.sdk import azure_views
 from sluice.sdk.cli import local_cmds
 from sluice.sdk.cli.common import (
+    AddOption,
     FileOption,
     NoWaitOption,
+    RemoveOption,
     SetOption,
+    generic_edits,
     optional_path,
     provisioner_running,
     registry,
@@ -25,7 +28,7 @@ from sluice.sdk.cli.common import (
 from sluice.sdk.cli.errors import CliError
 from sluice.sdk.cli.output import OutputFormat, OutputOption, err_console, render
 from sluice.sdk.client import RegistryClient, get_logs
-from sluice.sdk.specs import load_online_deployment
+from sluice.sdk.specs import edit_online_deployment, load_online_deployment
 
 app = typer.Typer(
     help="Online deployments: the model, code and compute behind an endpoint.", no_args_is_help=True
@@ -134,16 +137,29 @@ def update(
     name: str | None = NameOption,
     endpoint_name: str | None = EndpointOption,
     set_: list[str] = SetOption,
+    add: list[str] = AddOption,
+    remove: list[str] = RemoveOption,
     no_wait: bool = NoWaitOption,
     output: OutputFormat = OutputOption,
 ) -> None:
-    """Update a deployment from its YAML; instances roll without downtime."""
-    if file is None:
-        raise CliError("give --file with the deployment's YAML (and --set to override fields)")
+    """Update a deployment from its YAML, or by name with --set/--add/--remove.
+
+    Instances roll without downtime. Without --file the stored deployment's fields
+    are edited as az does (`--set instance_count=2`); the model, code and
+    environment then stay as they are.
+    """
+    edits = generic_edits(set_, add, remove)
+    if file is None and not (name and endpoint_name):
+        raise CliError("give --file, or --name and --endpoint-name with --set/--add/--remove")
     with registry() as client:
-        loaded = load_online_deployment(
-            optional_path(file), client.upload, set_, name=name, endpoint_name=endpoint_name
-        )
+        if file is None:
+            assert name is not None and endpoint_name is not None
+            current = client.get_online_deployment(endpoint_name, name).spec
+            loaded = edit_online_deployment(current, edits)
+        else:
+            loaded = load_online_deployment(
+                optional_path(file), client.upload, edits, name=name, endpoint_name=endpoint_name
+            )
         warn(loaded.warnings)
         doc = client.update_online_deployment(loaded.spec)
         doc = _finish(client, doc, no_wait, "Updated")

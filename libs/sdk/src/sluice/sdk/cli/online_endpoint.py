@@ -14,10 +14,13 @@ from sluice.sdk import azure_views
 from sluice.sdk.applied import NotApplied
 from sluice.sdk.cli import local_cmds, metrics_cmds
 from sluice.sdk.cli.common import (
+    AddOption,
     FileOption,
     NoWaitOption,
+    RemoveOption,
     SetOption,
     applied_watcher,
+    generic_edits,
     optional_path,
     parse_shares,
     registry,
@@ -99,6 +102,8 @@ def update(
     file: Path | None = FileOption,
     name: str | None = NameOption,
     set_: list[str] = SetOption,
+    add: list[str] = AddOption,
+    remove: list[str] = RemoveOption,
     traffic: list[str] = TrafficOption,
     mirror_traffic: list[str] = MirrorOption,
     no_wait: bool = NoWaitOption,
@@ -108,7 +113,9 @@ def update(
 
     Traffic is only changed by what you name (`--traffic green=10 blue=90`,
     `--set traffic.green=10`, or a `traffic:` map in the YAML); deployments you
-    do not name keep their share, and the result must sum to 100.
+    do not name keep their share, and the result must sum to 100. Other fields
+    take az's generic update arguments (`--set`, `--add tags team=ml`,
+    `--remove tags.team`).
     """
     if file is None and not name:
         raise CliError("give --file or --name")
@@ -126,7 +133,8 @@ def update(
                 "auth_mode": current.auth_mode.value,
                 **({"compute": current.compute} if current.compute else {}),
             }
-        loaded = load_online_endpoint(optional_path(file), field_sets, name=name, base=base)
+        edits = generic_edits(field_sets, add, remove)
+        loaded = load_online_endpoint(optional_path(file), edits, name=name, base=base)
         warn(loaded.warnings)
         spec = loaded.spec
         shares = dict(spec.traffic) if "traffic" in loaded.named else None
