@@ -8,7 +8,13 @@ from typing import Any
 from envoy.service.accesslog.v3 import als_pb2_grpc
 from prometheus_client import REGISTRY
 
-from sluice.common.events import EventPublisher, create_broker, ensure_events_stream
+from sluice.common.events import (
+    EventPublisher,
+    Outbox,
+    OutboxRelay,
+    create_broker,
+    ensure_events_stream,
+)
 from sluice.common.grpc_server import GrpcServer
 from sluice.common.log import get_logger
 from sluice.common.mongo import create_mongo_client, database, require_uri
@@ -19,6 +25,8 @@ from sluice.metrics.alerts import AlertEvaluator, AlertRules
 from sluice.metrics.als import SERVICE_NAME as ALS_SERVICE
 from sluice.metrics.als import AccessLogReceiver, IngestStats
 from sluice.metrics.api import AlertAdmin, MetricsApi, MetricsQueries
+from sluice.metrics.autoscale import Autoscaler, AutoscaleStore
+from sluice.metrics.autoscale_api import AutoscaleApi
 from sluice.metrics.buckets import Buckets
 from sluice.metrics.cache import PointCache
 from sluice.metrics.flusher import Flusher
@@ -26,10 +34,11 @@ from sluice.metrics.live import LiveView
 from sluice.metrics.settings import MetricsSettings
 from sluice.metrics.store import MetricsStore
 from sluice.metrics.usage import subscribe_usage, usage_subject
-from sluice.v1 import metrics_pb2_grpc
+from sluice.v1 import autoscale_pb2, autoscale_pb2_grpc, metrics_pb2_grpc
 
 log = get_logger(__name__)
 SERVICE_NAME = "sluice.v1.Metrics"
+AUTOSCALE_SERVICE = autoscale_pb2.DESCRIPTOR.services_by_name["Autoscale"].full_name
 
 
 def snapshot_prefix(events_subject_prefix: str) -> str:
@@ -69,6 +78,11 @@ async def serve(settings: Settings, metrics: MetricsSettings) -> None:
         subject_prefix=settings.events_subject_prefix,
         stream=settings.events_stream,
     )
+    outbox = Outbox(db, publisher)
+    await outbox.ensure_indexes()
+    autoscale_store = AutoscaleStore(db, outbox)
+    await autoscale_store.ensure_indexes()
+    autoscaler = Autoscaler(autoscale_store, store, metrics.bucket_s)
     cache = PointCache()
     flusher = Flusher(
         buckets,
@@ -93,11 +107,14 @@ async def serve(settings: Settings, metrics: MetricsSettings) -> None:
     def register(server: object) -> None:
         als_pb2_grpc.add_AccessLogServiceServicer_to_server(receiver, server)
         metrics_pb2_grpc.add_MetricsServicer_to_server(api, server)
+        autoscale_pb2_grpc.add_AutoscaleServicer_to_server(
+            AutoscaleApi(autoscale_store, metrics.bucket_s), server
+        )
 
     server = GrpcServer(
         host=settings.host,
         port=settings.ports.metrics,
-        service_names=[SERVICE_NAME, ALS_SERVICE],
+        service_names=[SERVICE_NAME, AUTOSCALE_SERVICE, ALS_SERVICE],
         register=register,
         admin_token=settings.admin_token,
         # Envoy cannot send the admin token; the port stays on loopback by default.
@@ -110,9 +127,11 @@ async def serve(settings: Settings, metrics: MetricsSettings) -> None:
         tasks.append(asyncio.create_task(flusher.run(), name="flusher"))
         tasks.append(
             asyncio.create_task(
-                every(metrics.snapshot_interval_s, snapshots, evaluator.tick), name="live"
+                every(metrics.snapshot_interval_s, snapshots, evaluator.tick, autoscaler.tick),
+                name="live",
             )
         )
+        tasks.append(asyncio.create_task(OutboxRelay(outbox, publisher).run(), name="relay"))
         signal = await wait_for_shutdown_signal()
         log.info("metrics_stopping", signal=signal.name)
         await server.stop(grace=1.0)

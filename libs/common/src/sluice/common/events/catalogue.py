@@ -146,6 +146,30 @@ class AlertChanged(Payload):
     value: float | None = Field(description="the aggregated value that fired or resolved it")
 
 
+class AutoscaleChanged(Payload):
+    kind: Literal["autoscale"] = "autoscale"
+    name: str
+    endpoint: str
+    deployment: str
+    version: int
+
+
+class AutoscaleScaled(Payload):
+    name: str = Field(description="the autoscale setting")
+    endpoint: str
+    deployment: str
+    profile: str = Field(description="the profile that was active")
+    reason: str = Field(description="rule | bounds (a profile's min/max) | default (no metrics)")
+    rule: str = Field(
+        description='the rule that decided, e.g. "CpuUtilizationPercentage > 70 avg 5m -> out 2"'
+    )
+    rule_index: int | None
+    metric: str
+    value: float | None = Field(description="the rule's observed, aggregated value")
+    old_count: int
+    new_count: int
+
+
 # ---- batch: jobs ----------------------------------------------------------------------
 
 
@@ -268,6 +292,15 @@ ALERT_FIRED = EventSpec("alert", "fired", AlertChanged, METRICS, "an alert rule 
 ALERT_RESOLVED = EventSpec(
     "alert", "resolved", AlertChanged, METRICS, "a firing alert rule no longer holds"
 )
+AUTOSCALE_CHANGED = {
+    verb: EventSpec(
+        "autoscale", verb, AutoscaleChanged, METRICS, f"an autoscale setting was {verb}"
+    )
+    for verb in ("created", "updated", "deleted")
+}
+AUTOSCALE_SCALED = EventSpec(
+    "autoscale", "scaled", AutoscaleScaled, METRICS, "the autoscaler changed a deployment's count"
+)
 BATCH_JOB = {
     state: EventSpec("batch.job", state, BatchJobChanged, BATCH, f"a batch job is {state}")
     for state in ("queued", "running", "completed", "failed", "canceled")
@@ -299,6 +332,8 @@ ALL: tuple[EventSpec[Any], ...] = (
     TRAFFIC_REJECTED,
     ALERT_FIRED,
     ALERT_RESOLVED,
+    *AUTOSCALE_CHANGED.values(),
+    AUTOSCALE_SCALED,
     *BATCH_JOB.values(),
     *ASSET_EVENTS.values(),
 )

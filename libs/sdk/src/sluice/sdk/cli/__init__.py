@@ -22,6 +22,7 @@ from sluice.sdk.cli import (
     batch_endpoint,
     demo,
     job,
+    monitor,
     online_deployment,
     online_endpoint,
     platform_cmds,
@@ -52,6 +53,7 @@ app.add_typer(batch_deployment.app, name="batch-deployment")
 app.add_typer(tls_cmds.app, name="tls")
 app.add_typer(alert.app, name="alert")
 app.add_typer(job.app, name="job")
+app.add_typer(monitor.app, name="monitor")
 for _kind in AssetKind:
     app.add_typer(assets.make_app(_kind), name=_kind.value)
 

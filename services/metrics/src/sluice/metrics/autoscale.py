@@ -1,0 +1,249 @@
+"""Autoscale settings: stored in `autoscale_settings` (this service is their only
+writer) and evaluated every snapshot interval on the same minute buckets the
+snapshots and alert rules read.
+
+Every change and every scale decision is written with its CloudEvent in one MongoDB
+transaction (transactional outbox, relayed to JetStream): `sluice.autoscale.created|
+updated|deleted` and `sluice.autoscale.scaled` (rule, observed value, old and new
+count). The provisioner reads the setting's `state.capacity` when it sees one of them
+and runs that many instances. The rules themselves are `sluice.common.autoscale`.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from pymongo import ASCENDING, ReturnDocument
+from pymongo.asynchronous.database import AsyncDatabase
+
+from sluice.common.autoscale.engine import Decision, active_profile, decide
+from sluice.common.autoscale.model import AutoscaleRule, AutoscaleSetting
+from sluice.common.events import Outbox
+from sluice.common.events.catalogue import (
+    AUTOSCALE_CHANGED,
+    AUTOSCALE_SCALED,
+    AutoscaleChanged,
+    AutoscaleScaled,
+)
+from sluice.common.log import get_logger
+from sluice.common.mongo import Document
+from sluice.common.resources import ONLINE_DEPLOYMENTS, deployment_id
+from sluice.metrics import alerts
+from sluice.metrics.store import MetricsStore
+
+log = get_logger(__name__)
+AUTOSCALE_SETTINGS = "autoscale_settings"
+ACTOR = "sluice/metrics"
+KEEP_DECISIONS = 20
+
+
+class Conflict(RuntimeError):
+    """The setting changed since it was read (optimistic concurrency on `version`)."""
+
+
+def target(endpoint: str, deployment: str) -> str:
+    """One setting per deployment (as Azure: one autoscale setting per resource)."""
+    return deployment_id(endpoint, deployment).lower()
+
+
+def setting_of(doc: Document) -> AutoscaleSetting:
+    return AutoscaleSetting.model_validate(doc["spec"])
+
+
+class AutoscaleStore:
+    def __init__(self, db: AsyncDatabase[Document], outbox: Outbox):
+        self._c = db[AUTOSCALE_SETTINGS]
+        self._db = db
+        self._outbox = outbox
+
+    async def ensure_indexes(self) -> None:
+        await self._c.create_index([("target", ASCENDING)], unique=True)
+
+    async def deployment_exists(self, endpoint: str, deployment: str) -> bool:
+        found = await self._db[ONLINE_DEPLOYMENTS].find_one(
+            {"_id": deployment_id(endpoint, deployment)}, {"_id": 1}
+        )
+        return found is not None
+
+    async def instance_count(self, endpoint: str, deployment: str) -> int | None:
+        doc = await self._db[ONLINE_DEPLOYMENTS].find_one(
+            {"_id": deployment_id(endpoint, deployment)}, {"spec.instance_count": 1}
+        )
+        return None if doc is None else int(doc["spec"].get("instance_count", 1))
+
+    async def get(self, name: str) -> Document | None:
+        return await self._c.find_one({"_id": name})
+
+    async def list(self, endpoint: str | None = None) -> list[Document]:
+        query = {"spec.endpoint_name": endpoint} if endpoint else {}
+        return [doc async for doc in self._c.find(query).sort("_id", 1)]
+
+    def _changed(self, verb: str, doc: Document) -> tuple[Any, AutoscaleChanged, str]:
+        spec = doc["spec"]
+        data = AutoscaleChanged(
+            name=doc["_id"],
+            endpoint=spec["endpoint_name"],
+            deployment=spec["deployment_name"],
+            version=doc["version"],
+        )
+        return AUTOSCALE_CHANGED[verb], data, f"{data.endpoint}/{data.deployment}"
+
+    async def create(self, setting: AutoscaleSetting) -> Document:
+        """DuplicateKeyError when the name or the target deployment already has a setting."""
+        now = datetime.now(UTC)
+        doc: Document = {
+            "_id": setting.name,
+            "target": target(setting.endpoint_name, setting.deployment_name),
+            "spec": setting.model_dump(),
+            "version": 1,
+            "created_at": now,
+            "updated_at": now,
+            "state": {"capacity": 0, "last_action_at": None, "active_profile": ""},
+            "decisions": [],
+        }
+        async with self._outbox.transaction() as tx:
+            await self._c.insert_one(doc, session=tx.session)
+            spec, data, subject = self._changed("created", doc)
+            tx.emit(spec, data, subject=subject, actor=ACTOR)
+        return doc
+
+    async def update(self, setting: AutoscaleSetting, version: int) -> Document | None:
+        """None: no such setting; Conflict: `version` is not the stored one."""
+        async with self._outbox.transaction() as tx:
+            doc = await self._c.find_one_and_update(
+                {"_id": setting.name, "version": version},
+                {
+                    "$set": {"spec": setting.model_dump(), "updated_at": datetime.now(UTC)},
+                    "$inc": {"version": 1},
+                },
+                return_document=ReturnDocument.AFTER,
+                session=tx.session,
+            )
+            if doc is None:
+                if await self._c.find_one({"_id": setting.name}, session=tx.session) is None:
+                    return None
+                raise Conflict(
+                    f"autoscale setting {setting.name!r} changed since version {version}; "
+                    "read it again"
+                )
+            spec, data, subject = self._changed("updated", doc)
+            tx.emit(spec, data, subject=subject, actor=ACTOR)
+        return doc
+
+    async def delete(self, name: str) -> bool:
+        async with self._outbox.transaction() as tx:
+            doc = await self._c.find_one_and_delete({"_id": name}, session=tx.session)
+            if doc is None:
+                return False
+            spec, data, subject = self._changed("deleted", doc)
+            tx.emit(spec, data, subject=subject, actor=ACTOR)
+        return True
+
+    async def record(self, doc: Document, decision: Decision, now: datetime) -> None:
+        """The decision, the new capacity and its event, in one transaction."""
+        entry = {
+            "time": now,
+            "profile": decision.profile,
+            "reason": decision.reason,
+            "rule": decision.rule,
+            "rule_index": decision.rule_index,
+            "metric": decision.metric,
+            "value": decision.value,
+            "old_count": decision.old_count,
+            "new_count": decision.new_count,
+        }
+        spec = doc["spec"]
+        data = AutoscaleScaled(
+            name=doc["_id"],
+            endpoint=spec["endpoint_name"],
+            deployment=spec["deployment_name"],
+            **{k: v for k, v in entry.items() if k != "time"},
+        )
+        async with self._outbox.transaction() as tx:
+            await self._c.update_one(
+                {"_id": doc["_id"]},
+                {
+                    "$set": {
+                        "state": {
+                            "capacity": decision.new_count,
+                            "last_action_at": now.timestamp(),
+                            "active_profile": decision.profile,
+                        }
+                    },
+                    "$push": {
+                        "decisions": {"$each": [entry], "$position": 0, "$slice": KEEP_DECISIONS}
+                    },
+                },
+                session=tx.session,
+            )
+            tx.emit(
+                AUTOSCALE_SCALED, data, subject=f"{data.endpoint}/{data.deployment}", actor=ACTOR
+            )
+        log.info("autoscaled", setting=doc["_id"], **data.model_dump(exclude={"name"}))
+
+    async def start(self, name: str, capacity: int) -> None:
+        """The count the setting starts from (the deployment's), when no rule acted."""
+        await self._c.update_one({"_id": name}, {"$set": {"state.capacity": capacity}})
+
+    async def set_active_profile(self, name: str, profile: str) -> None:
+        await self._c.update_one({"_id": name}, {"$set": {"state.active_profile": profile}})
+
+
+class Autoscaler:
+    """Evaluates every enabled setting once per `tick` (the service calls it every
+    snapshot interval, right after the snapshots; tests call it with their own clock)."""
+
+    def __init__(self, store: AutoscaleStore, metrics: MetricsStore, bucket_s: int):
+        self._store = store
+        self._metrics = metrics
+        self._bucket_s = bucket_s
+
+    async def tick(self, now: datetime | None = None) -> None:
+        now = now or datetime.now(UTC)
+        for doc in await self._store.list():
+            try:
+                await self._one(doc, now)
+            except Exception as exc:  # one broken setting must not stop the others
+                log.warning("autoscale_setting_failed", setting=doc["_id"], error=str(exc))
+
+    async def _one(self, doc: Document, now: datetime) -> None:
+        setting = setting_of(doc)
+        if not setting.enabled:
+            return
+        profile = active_profile(setting, now)
+        state = doc.get("state") or {}
+        if state.get("active_profile") != profile.name:
+            await self._store.set_active_profile(doc["_id"], profile.name)
+        current = int(state.get("capacity") or 0)
+        if current == 0:  # not evaluated yet: start from the deployment's own count
+            found = await self._store.instance_count(setting.endpoint_name, setting.deployment_name)
+            if found is None:
+                return  # the deployment is gone (or not created yet)
+            current = found
+        values = [await self._value(setting, rule, now) for rule in profile.rules]
+        decision = decide(profile, current, values, now.timestamp(), state.get("last_action_at"))
+        if decision is not None:
+            await self._store.record(doc, decision, now)
+        elif not state.get("capacity"):
+            await self._store.start(doc["_id"], current)
+
+    async def _value(
+        self, setting: AutoscaleSetting, rule: AutoscaleRule, now: datetime
+    ) -> float | None:
+        """The rule's metric over its window, from closed buckets only (a bucket still
+        filling would read as a drop in requests per minute)."""
+        endpoint = rule.metric_endpoint or setting.endpoint_name
+        deployment = rule.metric_deployment if rule.metric_endpoint else setting.deployment_name
+        epoch = int(now.timestamp())
+        closed_end = epoch - epoch % self._bucket_s
+        start = datetime.fromtimestamp(closed_end - rule.window_s, UTC)
+        end = datetime.fromtimestamp(closed_end, UTC)
+        docs = await self._metrics.minutes(endpoint, deployment or None, start, end)
+        spec = {
+            "deployment": deployment,
+            "window_s": rule.window_s,
+            "metric": rule.metric,
+            "aggregation": rule.time_aggregation,
+        }
+        return alerts.evaluate(docs, spec, closed_end - 1, self._bucket_s)

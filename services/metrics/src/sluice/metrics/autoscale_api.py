@@ -1,0 +1,161 @@
+"""gRPC face of autoscale settings (`sluice.v1.Autoscale`, beside `Metrics` on the same
+port): every create and update is validated in full before anything is stored."""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+import grpc
+from google.protobuf import json_format
+from pymongo.errors import DuplicateKeyError
+
+from sluice.common.autoscale.model import AutoscaleError, AutoscaleSetting, validate
+from sluice.common.mongo import Document
+from sluice.metrics.autoscale import AutoscaleStore, Conflict, setting_of
+from sluice.v1 import autoscale_pb2, autoscale_pb2_grpc
+
+
+def setting_from(request: Any) -> AutoscaleSetting:
+    raw = json_format.MessageToDict(
+        request, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    for profile in raw.get("profiles", []):
+        for rule in profile.get("rules", []):
+            rule.setdefault("time_grain_statistic", "avg")
+            for key, default in (("time_grain_statistic", "avg"), ("time_aggregation", "avg")):
+                rule[key] = rule.get(key) or default
+            rule["time_grain_s"] = rule.get("time_grain_s") or 60
+        profile["timezone"] = profile.get("timezone") or "UTC"
+    return AutoscaleSetting.model_validate(raw)
+
+
+def message_of(doc: Document) -> Any:
+    message = autoscale_pb2.AutoscaleSetting()
+    json_format.ParseDict(doc["spec"], message, ignore_unknown_fields=True)
+    state = doc.get("state") or {}
+    message.version = doc["version"]
+    message.capacity = int(state.get("capacity") or 0)
+    message.active_profile = state.get("active_profile") or ""
+    message.created_at.FromDatetime(doc["created_at"])
+    message.updated_at.FromDatetime(doc["updated_at"])
+    for entry in doc.get("decisions", []):
+        decision = message.decisions.add(
+            profile=entry["profile"],
+            reason=entry["reason"],
+            rule=entry["rule"] or "",
+            rule_index=-1 if entry["rule_index"] is None else entry["rule_index"],
+            metric=entry["metric"] or "",
+            value=entry["value"] or 0.0,
+            has_value=entry["value"] is not None,
+            old_count=entry["old_count"],
+            new_count=entry["new_count"],
+        )
+        decision.time.FromDatetime(entry["time"])
+    return message
+
+
+class AutoscaleApi(autoscale_pb2_grpc.AutoscaleServicer):
+    def __init__(self, store: AutoscaleStore, bucket_s: int):
+        self._store = store
+        self._bucket_s = bucket_s
+
+    async def _checked(self, request: Any, context: grpc.aio.ServicerContext) -> AutoscaleSetting:
+        try:
+            setting = validate(setting_from(request))
+        except (AutoscaleError, ValueError) as exc:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        for profile in setting.profiles:
+            for index, rule in enumerate(profile.rules):
+                if rule.time_grain_s % self._bucket_s or rule.window_s % self._bucket_s:
+                    await _abort(
+                        context,
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"profile {profile.name!r} rule {index}: window {rule.window_s}s or "
+                        f"time grain {rule.time_grain_s}s is not a multiple of the metrics' "
+                        f"{self._bucket_s}s granularity",
+                    )
+                source = (rule.metric_endpoint, rule.metric_deployment)
+                if (
+                    rule.metric_endpoint
+                    and rule.metric_deployment
+                    and not (await self._store.deployment_exists(*source))
+                ):
+                    await _abort(
+                        context,
+                        grpc.StatusCode.NOT_FOUND,
+                        f"profile {profile.name!r} rule {index}: metric source "
+                        f"{'/'.join(source)} does not exist",
+                    )
+        if not await self._store.deployment_exists(setting.endpoint_name, setting.deployment_name):
+            await _abort(
+                context,
+                grpc.StatusCode.NOT_FOUND,
+                f"deployment {setting.deployment_name!r} of endpoint "
+                f"{setting.endpoint_name!r} does not exist",
+            )
+        return setting
+
+    async def CreateAutoscaleSetting(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        setting = await self._checked(request, context)
+        try:
+            doc = await self._store.create(setting)
+        except DuplicateKeyError:
+            if await self._store.get(setting.name) is not None:
+                message = f"autoscale setting {setting.name!r} already exists"
+            else:
+                message = (
+                    f"deployment {setting.endpoint_name}/{setting.deployment_name} "
+                    "already has an autoscale setting"
+                )
+            await _abort(context, grpc.StatusCode.ALREADY_EXISTS, message)
+        return message_of(doc)
+
+    async def GetAutoscaleSetting(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        doc = await self._store.get(request.name)
+        if doc is None:
+            await _abort(context, grpc.StatusCode.NOT_FOUND, _missing(request.name))
+        return message_of(doc)
+
+    async def ListAutoscaleSettings(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        docs = await self._store.list(request.endpoint_name or None)
+        return autoscale_pb2.ListAutoscaleSettingsResponse(settings=[message_of(d) for d in docs])
+
+    async def UpdateAutoscaleSetting(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        setting = await self._checked(request, context)
+        stored = await self._store.get(setting.name)
+        if stored is None:
+            await _abort(context, grpc.StatusCode.NOT_FOUND, _missing(setting.name))
+        before = setting_of(stored)
+        if (before.endpoint_name, before.deployment_name) != (
+            setting.endpoint_name,
+            setting.deployment_name,
+        ):
+            await _abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "an autoscale setting's target deployment cannot change; delete it "
+                "and create a new one",
+            )
+        try:
+            doc = await self._store.update(setting, request.version or stored["version"])
+        except Conflict as exc:
+            await _abort(context, grpc.StatusCode.ABORTED, str(exc))
+        if doc is None:
+            await _abort(context, grpc.StatusCode.NOT_FOUND, _missing(setting.name))
+        return message_of(doc)
+
+    async def DeleteAutoscaleSetting(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if not await self._store.delete(request.name):
+            await _abort(context, grpc.StatusCode.NOT_FOUND, _missing(request.name))
+        return autoscale_pb2.DeleteAutoscaleSettingResponse()
+
+
+def _missing(name: str) -> str:
+    return f"autoscale setting {name!r} does not exist"
+
+
+async def _abort(
+    context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str
+) -> NoReturn:
+    await context.abort(code, message)
+    raise AssertionError("unreachable: abort raises")
