@@ -502,3 +502,34 @@ def mlflow_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _read(path: Path) -> str:
     return path.read_text() if path.exists() else ""
+
+
+def test_jobs_are_in_the_lineage_of_their_model_and_data(cli: Cli) -> None:
+    """A job's data input and its deployment's registered model list the job as a user;
+    archiving either is refused while the job runs, and allowed once it has ended."""
+    deploy(cli, "lineage-batch", env={"DELAY_S": "3"})  # 4 mini-batches, 2 workers: >= 6 s
+    model = cli.cwd / "model"
+    model.mkdir()
+    (model / "weights.txt").write_text("2\n")
+    cli("model", "create", "-n", "doubler", "-v", "1", "-p", str(model))
+    folder = cli.cwd / "lineage-batch-score"
+    (folder / "with-model.yml").write_text(
+        (folder / "deployment.yml").read_text().replace("name: score", "name: with-model")
+        + "model: azureml:doubler:1\n"
+    )
+    cli("batch-deployment", "create", "-f", str(folder / "with-model.yml"), "--set-default")
+    make_csvs(cli.cwd / "data", 8, 1)
+    cli("data", "create", "-n", "rows", "-v", "1", "-t", "uri_folder", "-p", str(cli.cwd / "data"))
+    job = invoke(cli, "lineage-batch", "azureml:rows@latest")["name"]
+    for kind, name in (("data", "rows"), ("model", "doubler")):
+        shown = cli.json(kind, "show", "-n", name, "-v", "1")
+        assert f"job {job}" in shown["used_by"], shown
+    refused = cli.error("data", "archive", "-n", "rows", "-v", "1")
+    assert f"is used by job {job}" in refused, refused
+    done = cli.finished(job)
+    assert done["status"] == "Completed", done["status_message"]
+    cli("data", "archive", "-n", "rows", "-v", "1")
+    archived = cli.json("data", "show", "-n", "rows", "-v", "1")
+    assert archived["used_by"] == [f"job {job}"]  # an ended job stays in the lineage
+    refused = cli.error("model", "archive", "-n", "doubler", "-v", "1")
+    assert "is used by lineage-batch/with-model" in refused  # the deployment still is

@@ -18,9 +18,8 @@ from pymongo import DESCENDING, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 
 from sluice.common.mongo import Document
-from sluice.common.resources import BatchSettings, utcnow
+from sluice.common.resources import BATCH_JOBS, BatchSettings, utcnow
 
-BATCH_JOBS = "batch_jobs"
 # Compute records the metrics service prices (sluice.metrics.costs): one per worker process.
 INSTANCE_HISTORY = "instance_history"
 # A job lists its input files in its document; Mongo documents stop at 16 MB.
@@ -81,6 +80,8 @@ class Job(_Model):
     deployment_version: int
     state: JobState = JobState.queued
     input: str  # what the user gave
+    # Registered assets it uses, `<kind>:<name>:<version>` (the registry's lineage reads them).
+    assets: tuple[str, ...] = ()
     files: tuple[str, ...]  # the resolved input, in order
     output_path: str
     settings: BatchSettings  # the deployment's, with the job's overrides applied
@@ -123,6 +124,7 @@ class JobStore:
     async def ensure_indexes(self) -> None:
         await self._jobs.create_index([("endpoint_name", 1), ("created_at", DESCENDING)])
         await self._jobs.create_index([("state", 1)])
+        await self._jobs.create_index([("assets", 1)])
 
     async def insert(self, job: Job) -> None:
         await self._jobs.insert_one(_document(job))

@@ -212,8 +212,12 @@ class BatchService:
         output = self._output_path(request.output_path, job_name)
         scratch = job_dir(self.ctx.jobs_dir, job_name)
         given, input_type = request.input, request.input_type
+        assets = [f"model:{spec.model.asset}"] if spec.model.asset else []
+        if spec.environment.registered:
+            assets.append(f"environment:{spec.environment.registered}")
         if given.strip().startswith("azureml:"):
-            given, input_type = await self._data_asset(given.strip(), input_type)
+            given, input_type, data = await self._data_asset(given.strip(), input_type)
+            assets.append(data)
         try:
             files = await inputs.resolve(given, input_type, scratch)
         except (inputs.InputError, ArtifactError) as exc:
@@ -226,6 +230,7 @@ class BatchService:
             deployment_name=name,
             deployment_version=deployment.meta.version,
             input=request.input,
+            assets=tuple(assets),
             files=tuple(str(f) for f in files),
             output_path=str(output),
             settings=settings,
@@ -249,9 +254,10 @@ class BatchService:
         self._launch(job)
         return job
 
-    async def _data_asset(self, reference: str, input_type: str) -> tuple[str, str]:
+    async def _data_asset(self, reference: str, input_type: str) -> tuple[str, str, str]:
         """A registered data asset (`azureml:name:version`, `azureml:name@latest`) as a path
-        or URI and its type, asked of the registry (Azure: only uri_file/uri_folder)."""
+        or URI, its type and its lineage key `data:<name>:<version>`, asked of the registry
+        (Azure: only uri_file/uri_folder)."""
         if self.registry is None:
             raise InvalidArgument(
                 f"input {reference!r} names a data asset, but this batch service has no "
@@ -279,8 +285,10 @@ class BatchService:
                 name=spec.artifact.name,
                 is_directory=spec.artifact.is_directory,
             )
-            return str(self.ctx.artifacts.path_of(ref)), input_type or spec.type
-        return spec.path, input_type or spec.type
+            where = str(self.ctx.artifacts.path_of(ref))
+        else:
+            where = spec.path
+        return where, input_type or spec.type, f"data:{spec.name}:{spec.version}"
 
     # ---- reads and cancel --------------------------------------------------------------
 

@@ -58,6 +58,10 @@ ASSET_VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,49}$")
 RETRIES = 5
 
 
+# Batch job states (the batch service's JobState values) in which a job still reads its inputs.
+LIVE_JOB_STATES = frozenset({"Queued", "Running"})
+
+
 def check_asset(spec: AssetSpec, curated: CuratedCatalogue) -> None:
     """The rules of a new asset version; raises InvalidArgument saying what to fix."""
     what = spec.asset_kind.value
@@ -214,29 +218,43 @@ class AssetService:
     # ---- lineage, archive, restore --------------------------------------------------------
 
     async def used_by(self, kind: AssetKind, name: str, version: str) -> list[str]:
-        """`endpoint/deployment` of every online or batch deployment that names this version."""
+        """Who uses this version: `endpoint/deployment` of every online or batch deployment
+        that names it, then `job <name>` of every batch job that read it (model,
+        environment or data input)."""
+        return [user for user, _ in await self._users(kind, name, version)]
+
+    async def _users(self, kind: AssetKind, name: str, version: str) -> list[tuple[str, bool]]:
+        """(user, still using it): a deployment always, a job until it has ended."""
         key = f"{name}:{version}"
         field = {
             AssetKind.model: "spec.model.asset",
             AssetKind.environment: "spec.environment.registered",
         }.get(kind)
-        if field is None:
-            return []
-        users: list[str] = []
-        for collection in (self._store.online_deployments, self._store.batch_deployments):
-            for dep in await collection.find({field: key}):
-                users.append(f"{dep.spec.endpoint_name}/{dep.spec.name}")
-        return sorted(users)
+        deployments: list[str] = []
+        if field is not None:
+            for collection in (self._store.online_deployments, self._store.batch_deployments):
+                for dep in await collection.find({field: key}):
+                    deployments.append(f"{dep.spec.endpoint_name}/{dep.spec.name}")
+        jobs = await self._store.jobs_using(f"{kind.value}:{key}")
+        return [(d, True) for d in sorted(deployments)] + [
+            (f"job {job}", state in LIVE_JOB_STATES) for job, state in sorted(jobs)
+        ]
 
     async def archive(self, kind: AssetKind, name: str, version: str, actor: str) -> list[AssetDoc]:
-        """Archive one version, or every version of `name`; refused while deployments use one."""
+        """Archive one version, or every version of `name`; refused while deployments or
+        unfinished batch jobs use one (ended jobs stay in its lineage)."""
         targets = await self._targets(kind, name, version)
         for doc in targets:
-            users = await self.used_by(kind, name, doc.spec.version)
+            users = [u for u, live in await self._users(kind, name, doc.spec.version) if live]
             if users:
+                jobs = [u for u in users if u.startswith("job ")]
+                todo = [
+                    *(["delete or update those deployments"] if len(users) > len(jobs) else []),
+                    *(["let those jobs end"] if jobs else []),
+                ]
                 raise FailedPrecondition(
                     f"{kind.value} {name!r} version {doc.spec.version!r} is used by "
-                    f"{', '.join(users)}; delete or update those deployments first"
+                    f"{', '.join(users)}; {' and '.join(todo)} first"
                 )
         return [await self._set_archived(doc, True, actor) for doc in targets]
 

@@ -26,6 +26,7 @@ from sluice.common.mongo import Document
 from sluice.common.resources import (
     BATCH_DEPLOYMENTS,
     BATCH_ENDPOINTS,
+    BATCH_JOBS,
     DEPLOYMENT_INSTANCES,
     JWKS,
     JWKS_ID,
@@ -222,6 +223,12 @@ class RegistryStore(Collections):
         await collection.update_many(
             {"instances": {"$exists": True}}, {"$unset": {"instances": ""}}
         )
+
+    async def jobs_using(self, key: str) -> list[tuple[str, str]]:
+        """(name, state) of the batch jobs whose `assets` hold `key` (written by the batch
+        service, read here for lineage)."""
+        cursor = self._db[BATCH_JOBS].find({"assets": key}, {"_id": 1, "state": 1})
+        return [(str(raw["_id"]), str(raw.get("state", ""))) async for raw in cursor]
 
     async def with_instances(self, docs: list[OnlineDeploymentDoc]) -> list[OnlineDeployment]:
         """`docs` joined with the instances the provisioner stored (read here, written there)."""
