@@ -116,3 +116,64 @@ def test_metadata_from_an_mlflow_signature(tmp_path: Path) -> None:
     ]
     assert outputs == [{"name": "output-0", "datatype": "FP32", "shape": [-1, 2]}]
     assert b'"FP64"' in model_metadata("m", None)  # no signature: the generic description
+
+
+def _binary_request(header: dict[str, object], *tensors: bytes) -> tuple[bytes, dict[str, str]]:
+    """A request as tritonclient's HTTP client builds it: JSON, then the raw tensors."""
+    head = json.dumps(header).encode()
+    headers = {
+        "Inference-Header-Content-Length": str(len(head)),
+        "Content-Type": "application/octet-stream",
+    }
+    return head + b"".join(tensors), headers
+
+
+def test_binary_tensor_data_both_ways(supervisor: Supervisor, tmp_path: Path) -> None:
+    np = pytest.importorskip("numpy")
+    write_script(tmp_path, MULTI)
+    (tmp_path / "pair.pkl").write_bytes(b"unused")
+    server = start_server(supervisor, "oip-binary", code=tmp_path, model=tmp_path / "pair.pkl")
+    assert "binary_tensor_data" in server.get("/v2").json()["extensions"]
+    a = np.array([1, 2, 3], dtype="<i4").tobytes()
+    b = np.array([0.5, 4.0, 9.25], dtype="<f4").tobytes()
+    header = {
+        "inputs": [
+            {"name": "a", "shape": [3], "datatype": "INT32",
+             "parameters": {"binary_data_size": len(a)}},
+            {"name": "b", "shape": [3], "datatype": "FP32",
+             "parameters": {"binary_data_size": len(b)}},
+        ],
+        "outputs": [{"name": "total", "parameters": {"binary_data": True}}, {"name": "label"}],
+    }  # fmt: skip
+    body, headers = _binary_request(header, a, b)
+    reply = server.post(body, path="/v2/models/pair/infer", headers=headers)
+    assert reply.status == 200, reply.body
+    assert reply.headers["content-type"] == "application/octet-stream"
+    size = int(reply.headers["inference-header-content-length"])
+    answer = json.loads(reply.body[:size])
+    total, label = answer["outputs"]
+    assert total["datatype"] == "FP64" and "data" not in total
+    assert np.frombuffer(reply.body[size:], dtype="<f8").tolist() == [1.5, 6.0, 12.25]
+    assert total["parameters"]["binary_data_size"] == len(reply.body) - size == 24
+    assert label["data"] == ["small", "big", "big"]  # not asked in binary: JSON
+    # tritonclient's default (no outputs named): every output in binary; BYTES length-prefixed.
+    del header["outputs"]
+    header["parameters"] = {"binary_data_output": True}
+    body, headers = _binary_request(header, a, b)
+    reply = server.post(body, path="/v2/models/pair/infer", headers=headers)
+    size = int(reply.headers["inference-header-content-length"])
+    outputs = json.loads(reply.body[:size])["outputs"]
+    assert [o["name"] for o in outputs] == ["total", "label", "n"]
+    tail = reply.body[size:]
+    sizes = [o["parameters"]["binary_data_size"] for o in outputs]
+    assert tail[sizes[0] : sizes[0] + 9] == b"\x05\x00\x00\x00small"
+    assert np.frombuffer(tail[sum(sizes[:2]) :], dtype="<i8").tolist() == [3]
+    # Mistakes are 400s that say what is wrong.
+    for bad_body, bad_headers, message in [
+        (*_binary_request(header, a), "binary_data_size 12 overruns the binary data"),
+        (*_binary_request(header, a, b, b"xx"), "2 bytes of binary data belong to no input"),
+        (body, {**headers, "Inference-Header-Content-Length": "x"}, "is not a number"),
+        (body, {**headers, "Inference-Header-Content-Length": "99999"}, "does not fit a body"),
+    ]:
+        reply = server.post(bad_body, path="/v2/models/pair/infer", headers=bad_headers)
+        assert reply.status == 400 and message in reply.json()["error"], reply.body

@@ -38,13 +38,13 @@ from prometheus_client import CollectorRegistry
 from sluice.common import gateway_auth
 from sluice.common.headers import NOT_PROCESSED_HEADER
 from sluice.common.runtime import wait_for_shutdown_signal
-from sluice.inference import oip
+from sluice.inference import oip, oip_binary
 from sluice.inference.builtin import builtin_scorer
 from sluice.inference.config import ServerConfig
 from sluice.inference.dispatch import Dispatcher, Limits, Outcome
 from sluice.inference.http import Connection, Header, HttpRequest
 from sluice.inference.metrics import Metrics, scope_from_env, serve_metrics
-from sluice.inference.output import JSON, NotSerializable, Reply, encode, json_reply
+from sluice.inference.output import JSON, OCTETS, NotSerializable, Reply, encode, json_reply
 from sluice.inference.script import BadInput, Scorer, load_script, set_model_dir
 from sluice.inference.swagger import SwaggerDocuments, swagger_documents
 
@@ -202,7 +202,7 @@ class InferenceApp:
             self._send(request, conn, rid, started, "/v2/infer", refusal or NOT_READY)
             return
         try:
-            infer = oip.request_body(request.body)
+            infer = oip.request_body(request.body, request.header(oip_binary.HEADER))
             scored = HttpRequest("POST", b"/score", request.headers, infer.body, request.keep_alive)
             call = scorer.prepare(scored)
         except (oip.OipError, BadInput) as exc:
@@ -217,10 +217,13 @@ class InferenceApp:
             if outcome.kind == "ok" and answer.status == 200:
                 try:
                     value = orjson.loads(answer.body)
-                    tensors = oip.response_body(
-                        self.model_name, value, infer.request_id, infer.outputs
-                    )
-                    answer = Reply(200, answer.headers, tensors)
+                    tensors = oip.response_body(self.model_name, value, infer)
+                    headers = answer.headers
+                    if tensors.header_length is not None:
+                        length = str(tensors.header_length).encode()
+                        headers = [h for h in headers if h[0] != b"content-type"]
+                        headers += [OCTETS, (b"inference-header-content-length", length)]
+                    answer = Reply(200, headers, tensors.body)
                 except orjson.JSONDecodeError:
                     answer = json_reply(500, {"error": "run() did not answer JSON"})
                 except oip.OipError as exc:

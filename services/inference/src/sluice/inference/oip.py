@@ -8,7 +8,8 @@ that run() (or a built-in scorer) already understands; several become
 fit its shape and datatype. run()'s answer goes back as one output tensor
 `predict`, or, when it is an object, one output per key (filtered by the
 request's `outputs`, if given). Model metadata comes from an MLflow model's
-signature when there is one.
+signature when there is one. Tensors may travel as raw bytes after the JSON
+(the binary tensor data extension, `oip_binary.py`), both ways.
 Metadata routes: `GET /v2` (server), `GET /v2/models/<name>` (model),
 `GET /v2/models/<name>/ready`. `<name>` is the deployment's name
 (`AZUREML_DEPLOYMENT_NAME`) or the model file/folder's; `/versions/<v>` is
@@ -24,6 +25,9 @@ from typing import Any
 
 import orjson
 import yaml
+
+from sluice.inference import oip_binary
+from sluice.inference.oip_binary import BinaryError
 
 SERVER_NAME = "sluice-inference"
 PATH_RE = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<rest>/.*)?$")
@@ -115,10 +119,47 @@ class InferRequest:
     body: bytes  # what run() gets, as if POSTed to /score
     request_id: str | None
     outputs: tuple[str, ...]  # the output names asked for; empty = all
+    binary_all: bool = False  # `parameters.binary_data_output`: every output as raw bytes
+    binary_outputs: frozenset[str] = frozenset()  # outputs asked for with `binary_data`
 
 
-def request_body(raw: bytes) -> InferRequest:
-    """An OIP inference request -> the body run() takes, its id and the outputs asked for."""
+def _binary_inputs(inputs: list[Any], tail: bytes) -> None:
+    """Fill the `data` of each input sent as raw bytes (`binary_data_size`) from `tail`."""
+    at = 0
+    for tensor in inputs:
+        params = tensor.get("parameters") if isinstance(tensor, dict) else None
+        size = params.get("binary_data_size") if isinstance(params, dict) else None
+        if size is None:
+            continue
+        name, datatype, shape = tensor.get("name"), tensor.get("datatype"), tensor.get("shape")
+        if not isinstance(size, int) or size < 0 or at + size > len(tail):
+            raise OipError(f"input {name!r}: binary_data_size {size!r} overruns the binary data")
+        if datatype not in ALL_TYPES or not isinstance(shape, list):
+            raise OipError(f'input {name!r} needs "shape" and a datatype of {sorted(ALL_TYPES)}')
+        count = 1
+        for dim in shape:
+            count *= int(dim)
+        try:
+            tensor["data"] = oip_binary.decode(datatype, tail[at : at + size], count, str(name))
+        except BinaryError as exc:
+            raise OipError(str(exc)) from None
+        at += size
+    if at != len(tail):
+        raise OipError(f"{len(tail) - at} bytes of binary data belong to no input")
+
+
+def request_body(raw: bytes, header_length: bytes | None = None) -> InferRequest:
+    """An OIP inference request -> the body run() takes, its id and the outputs asked for.
+
+    `header_length` is the `Inference-Header-Content-Length` header, when given: the
+    body is then that many bytes of JSON followed by the inputs' binary data.
+    """
+    tail = b""
+    if header_length is not None:
+        try:
+            raw, tail = oip_binary.split(raw, header_length)
+        except BinaryError as exc:
+            raise OipError(str(exc)) from None
     try:
         request = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -128,6 +169,7 @@ def request_body(raw: bytes) -> InferRequest:
         raise OipError(
             'an inference request needs "inputs": [{"name", "shape", "datatype", "data"}]'
         )
+    _binary_inputs(inputs, tail)
     rows = {tensor.get("name"): _tensor_rows(tensor) for tensor in inputs}
     if len(rows) != len(inputs):
         raise OipError("input names must be unique")
@@ -136,7 +178,20 @@ def request_body(raw: bytes) -> InferRequest:
     if not isinstance(wanted, list) or not all(isinstance(o, dict) for o in wanted):
         raise OipError('"outputs" is a list of {"name": ...}')
     request_id = request.get("id") if isinstance(request.get("id"), str) else None
-    return InferRequest(orjson.dumps(body), request_id, tuple(str(o.get("name")) for o in wanted))
+    params = request.get("parameters")
+    binary_all = isinstance(params, dict) and params.get("binary_data_output") is True
+    binary = frozenset(
+        str(o.get("name"))
+        for o in wanted
+        if isinstance(o.get("parameters"), dict) and o["parameters"].get("binary_data") is True
+    )
+    return InferRequest(
+        orjson.dumps(body),
+        request_id,
+        tuple(str(o.get("name")) for o in wanted),
+        binary_all,
+        binary,
+    )
 
 
 def _output(name: str, value: Any) -> dict[str, Any]:
@@ -153,23 +208,36 @@ def _output(name: str, value: Any) -> dict[str, Any]:
     return {"name": name, "shape": _shape(value), "datatype": datatype, "data": flat}
 
 
-def response_body(
-    model: str, value: Any, request_id: str | None, wanted: tuple[str, ...] = ()
-) -> bytes:
-    """run()'s JSON answer as OIP outputs: `predict`, or one per key of an object."""
+@dataclass(frozen=True)
+class InferAnswer:
+    body: bytes
+    header_length: int | None = None  # set when binary tensor data follows the JSON
+
+
+def response_body(model: str, value: Any, request: InferRequest) -> InferAnswer:
+    """run()'s JSON answer as OIP outputs: `predict`, or one per key of an object; the
+    outputs the request asked for in binary go as raw bytes after the JSON."""
     named = value if isinstance(value, dict) and value else {"predict": value}
+    wanted = request.outputs
     if wanted:
         missing = [n for n in wanted if n not in named]
         if missing:
             raise OipError(f"run() has no output {missing[0]!r}; it answers {sorted(named)}")
         named = {n: named[n] for n in wanted}
-    body: dict[str, Any] = {
-        "model_name": model,
-        "outputs": [_output(str(name), v) for name, v in named.items()],
-    }
-    if request_id is not None:
-        body["id"] = request_id
-    return orjson.dumps(body)
+    outputs = [_output(str(name), v) for name, v in named.items()]
+    binary: list[bytes] = []
+    for tensor in outputs:
+        if request.binary_all or tensor["name"] in request.binary_outputs:
+            raw = oip_binary.encode(tensor["datatype"], tensor.pop("data"))
+            tensor["parameters"] = {"binary_data_size": len(raw)}
+            binary.append(raw)
+    body: dict[str, Any] = {"model_name": model, "outputs": outputs}
+    if request.request_id is not None:
+        body["id"] = request.request_id
+    header = orjson.dumps(body)
+    if not binary:
+        return InferAnswer(header)
+    return InferAnswer(header + b"".join(binary), len(header))
 
 
 # MLflow signature types -> OIP datatypes (column specs, then tensor dtypes).
@@ -236,4 +304,4 @@ def model_metadata(model: str, model_path: Path | None = None) -> bytes:
 
 
 def server_metadata() -> bytes:
-    return orjson.dumps({"name": SERVER_NAME, "version": "1", "extensions": []})
+    return orjson.dumps({"name": SERVER_NAME, "version": "1", "extensions": ["binary_tensor_data"]})
