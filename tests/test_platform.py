@@ -18,6 +18,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from sluice.common.supervisor import ProcessSpec, RunningProcess, Supervisor, stop_process
+
 # Each test runs `sluice up` (and `down`) once or twice: a minute each on a loaded 2-core machine.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
 
@@ -267,11 +269,9 @@ def test_crash_loop_is_reported(state: Path, tmp_path: Path) -> None:
         watchdog.wait(timeout=30)
 
 
-def test_stop_reaches_the_group_of_a_dead_leader(tmp_path: Path) -> None:
-    """`sluice down` after a provisioner kill -9 still stops the instances it left in its group."""
-    from sluice.common.supervisor import ProcessSpec, Supervisor, stop_process
-
-    pid_file = tmp_path / "child.pid"
+def _leader_with_a_child(tmp_path: Path, name: str) -> tuple[RunningProcess, int]:
+    """A process (like the provisioner) that started a child in its group (an instance)."""
+    pid_file = tmp_path / f"{name}.pid"
     leader_code = (
         "import subprocess, sys, time; "
         "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); "
@@ -280,17 +280,44 @@ def test_stop_reaches_the_group_of_a_dead_leader(tmp_path: Path) -> None:
     )
     supervisor = Supervisor(tmp_path / "logs")
     spec = ProcessSpec(
-        name="leader",
-        argv=[sys.executable, "-c", leader_code],
-        health=_FileCheck(pid_file),
+        name=name, argv=[sys.executable, "-c", leader_code], health=_FileCheck(pid_file)
     )
-    leader = supervisor.start(spec)
-    child = int(pid_file.read_text())
+    return supervisor.start(spec), int(pid_file.read_text())
+
+
+def _kill_leader(leader: RunningProcess) -> None:
     os.kill(leader.pid, signal.SIGKILL)
     _wait_for(lambda: not alive(leader.pid) or _reaped(leader.pid), "the leader to die")
+
+
+def test_stop_reaches_the_group_of_a_dead_leader(tmp_path: Path) -> None:
+    """`sluice down` after a provisioner kill -9 still stops the instances it left in its group."""
+    leader, child = _leader_with_a_child(tmp_path, "leader")
+    _kill_leader(leader)
     assert alive(child)
     stop_process(leader)
     assert not alive(child)
+
+
+def test_stopping_a_successor_stops_what_its_dead_predecessor_left(tmp_path: Path) -> None:
+    """The watchdog restarts a killed provisioner, which adopts the instances left in the dead
+    one's group; stopping the new one (`sluice down`) stops those too, even once it died too."""
+    first, first_child = _leader_with_a_child(tmp_path, "first")
+    _kill_leader(first)
+    second, second_child = _leader_with_a_child(tmp_path, "second")
+    second = first.successor(second)
+    assert second.earlier_groups == [(first.pid, first.create_time)]
+    assert alive(first_child)  # the restart stopped nothing
+    _kill_leader(second)
+    third, third_child = _leader_with_a_child(tmp_path, "third")
+    third = second.successor(third)
+    assert len(third.earlier_groups) == 2
+    stop_process(third)
+    assert not any(alive(pid) for pid in (first_child, second_child, third_child))
+    # A group left empty is not inherited.
+    fourth, _ = _leader_with_a_child(tmp_path, "fourth")
+    assert third.successor(fourth).earlier_groups == []
+    stop_process(fourth)
 
 
 def _reaped(pid: int) -> bool:

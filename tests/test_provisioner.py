@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -209,28 +210,64 @@ def test_environment_from_conda_file_is_built_once_and_shared(
     ), built
 
 
-def test_a_killed_provisioner_is_replaced_without_duplicate_instances(
+def test_a_killed_provisioner_s_instances_are_adopted_by_the_next_one(
     provisioner: RunningService,
     client: RegistryClient,
     trained_examples: Path,
     start_service: ServiceStarter,
 ) -> None:
+    """kill -9 of the provisioner: its instances keep serving and the next one takes them
+    over (no restart, no duplicate), then watches, replaces and stops them as its own."""
     deploy(client, trained_examples, sets=("instance_count=2",))
     doc = wait_for(lambda: settled(client), "blue to settle", deadline=180)
-    old = {i.address for i in doc.instances}
+    assert doc.meta.provisioning_state is ProvisioningState.succeeded
+    before = {i.id: i.address for i in doc.instances}
     os.kill(provisioner.process.pid, signal.SIGKILL)  # its instances keep running, orphaned
-    start_service("provisioner")
+    log = provisioner.process.log_path
+    start_service("provisioner")  # logs to the same file, after a "starting" line
+
+    def adopted() -> set[str]:
+        since_start = log.read_text().rsplit("starting provisioner", 1)[-1].splitlines()
+        lines = [json.loads(line) for line in since_start if line.startswith("{")]
+        return {line["instance"] for line in lines if line.get("event") == "instance_adopted"}
+
+    wait_for(lambda: adopted() == set(before) or None, "the new provisioner to adopt both")
+    now = state(client)
+    assert {i.id: i.address for i in now.instances} == before
+    assert all(i.ready for i in now.instances)
+    assert now.meta.provisioning_state is ProvisioningState.succeeded
+    for address in before.values():
+        assert len(score(provisioner, address)) == 2
+
+    # It watches the adopted processes: one killed is replaced.
+    victim_id, victim_address = next(iter(before.items()))
+    victim = next(
+        c.pid
+        for c in psutil.net_connections("tcp")
+        if c.laddr and c.laddr.port == int(victim_address.rsplit(":", 1)[1])
+        and c.status == psutil.CONN_LISTEN and c.pid
+    )  # fmt: skip
+    os.kill(victim, signal.SIGKILL)
 
     def replaced() -> OnlineDeployment | None:
         d = state(client)
-        ready = [i for i in d.instances if i.ready]
-        return d if len(ready) == 2 and not {i.address for i in ready} & old else None
+        ready = {i.id for i in d.instances if i.ready}
+        return d if len(ready) == 2 and victim_id not in ready else None
 
-    final = wait_for(replaced, "fresh instances from the new provisioner")
-    assert final.meta.provisioning_state is ProvisioningState.succeeded
-    for address in old:  # the orphans are gone: nothing answers at their addresses
-        with pytest.raises(httpx.HTTPError):
-            httpx.get(f"http://{address}/", timeout=0.5)
+    wait_for(replaced, "the killed adopted instance to be replaced", deadline=120)
+
+    # And it stops them: deleting the deployment leaves nothing answering.
+    client.delete_online_deployment("my-endpoint", "blue")
+    for address in before.values():
+        wait_for(lambda a=address: not _answers(a), f"nothing to answer at {address}")
+
+
+def _answers(address: str) -> bool:
+    try:
+        httpx.get(f"http://{address}/", timeout=0.5)
+    except httpx.HTTPError:
+        return False
+    return True
 
 
 def test_kubernetes_deployment_without_a_cluster_fails_saying_so(
@@ -262,6 +299,7 @@ async def test_status_transitions_are_published(
     provisioner: RunningService, client: RegistryClient, trained_examples: Path, nats_broker: Any
 ) -> None:
     import asyncio
+    import contextlib
     import json as _json
 
     from nats.js.api import ConsumerConfig, DeliverPolicy
@@ -276,10 +314,14 @@ async def test_status_transitions_are_published(
         config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
     )
     kinds: list[str] = []
-    for msg in await sub.fetch(50, timeout=5):
-        body = _json.loads(msg.data)
-        if body["data"].get("name") == "blue":
-            kinds.append(body["type"].removeprefix("sluice."))
+    deadline = asyncio.get_running_loop().time() + 30
+    # The events follow the status writes through the outbox's relay: wait for the last one.
+    while "deployment.ready" not in kinds and asyncio.get_running_loop().time() < deadline:
+        with contextlib.suppress(TimeoutError):
+            for msg in await sub.fetch(50, timeout=1):
+                body = _json.loads(msg.data)
+                if body["data"].get("name") == "blue":
+                    kinds.append(body["type"].removeprefix("sluice."))
     assert kinds[0] == "deployment.created"
     assert kinds.index("deployment.provisioning") < kinds.index("instance.ready")
     assert kinds.index("instance.ready") < kinds.index("deployment.ready")

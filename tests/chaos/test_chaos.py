@@ -32,7 +32,7 @@ import pytest
 from sluice.common.platform import LocalPlatform, PlatformState, installed_services
 from sluice.common.resources import ProvisioningState
 from sluice.common.settings import EnvoySettings, ServicePorts, Settings
-from sluice.common.supervisor import free_port, is_alive
+from sluice.common.supervisor import free_port, is_alive, port_in_use
 from sluice.common.testing.plugin import traversable_dir
 from sluice.sdk.client import RegistryClient, SluiceError
 from sluice.sdk.invoke import DEPLOYMENT_HEADER, GatewayTarget, send
@@ -189,6 +189,11 @@ class World:
         served = self.client.window()
         assert set(served) <= {name for name, share in self.traffic.items() if share}
 
+    def instance_ids(self) -> dict[str, set[str]]:
+        with self.registry() as client:
+            docs = client.list_online_deployments(ENDPOINT)
+        return {d.spec.name: {i.id for i in d.instances} for d in docs}
+
     def failures_since_mark(self) -> list[Failure]:
         return self.client.failures[self.marks[-1] :]
 
@@ -252,22 +257,14 @@ def kill(pid: int) -> None:
     os.kill(pid, signal.SIGKILL)
 
 
-# A restarted provisioner stops the instances its dead predecessor left and only then
-# starts new ones (reconciler.reap_orphans): break before make, ~250 failed requests.
-PROVISIONER_RESTART_BREAKS = pytest.mark.xfail(
-    strict=True,
-    reason="issue 10 item 1: a restarted provisioner replaces orphaned instances "
-    "break-before-make (reap_orphans); make-before-break belongs to the provisioner work",
-)
-CONTROL_PLANE = [
-    pytest.param(name, marks=PROVISIONER_RESTART_BREAKS) if name == "provisioner" else name
-    for name in [s.name for s in installed_services()] + ["nats", "mongodb"]
-]
+# A restarted provisioner adopts the instances its predecessor left (they keep serving).
+CONTROL_PLANE = [s.name for s in installed_services()] + ["nats", "mongodb"]
 
 
 @pytest.mark.parametrize("component", CONTROL_PLANE)
 def test_kill_9_of_a_control_plane_component_fails_no_request(world: World, component: str) -> None:
     world.mark()
+    instances = world.instance_ids()
     old = world.pid(component)
     kill(old)
     wait_for(
@@ -281,6 +278,7 @@ def test_kill_9_of_a_control_plane_component_fails_no_request(world: World, comp
     restarted = next(p for p in world.state().processes if p.name == component)
     assert restarted.restarts >= 1
     assert world.failures_since_mark() == []
+    assert world.instance_ids() == instances  # nothing restarted: a new provisioner adopts them
 
 
 def test_kill_9_of_one_of_two_instances_fails_no_request(world: World) -> None:
@@ -373,7 +371,13 @@ def test_blue_green_shift_fails_no_request(world: World) -> None:
 def test_down_and_up_keep_everything(world: World) -> None:
     """Not a fault (clients are told the platform stops), but nothing may be lost."""
     world.client.stop()
+    with world.registry() as client:
+        addresses = [
+            i.address for d in client.list_online_deployments(ENDPOINT) for i in d.instances
+        ]
     assert world.platform.down()
+    # Every instance stopped, those adopted from a provisioner killed earlier included.
+    assert not [a for a in addresses if port_in_use(a.rsplit(":", 1)[0], int(a.rsplit(":", 1)[1]))]
     state, started = world.platform.up()
     assert "envoy" in started
     world.client = SteadyClient(state, world.key)

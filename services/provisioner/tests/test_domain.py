@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from sluice.provisioner.domain import Desired, Drain, Observed, Start, Stop, plan
+from sluice.provisioner.domain import (
+    Adopt,
+    Desired,
+    Drain,
+    Found,
+    Observed,
+    Start,
+    Stop,
+    adoption,
+    plan,
+)
 
 
 def inst(
@@ -149,7 +159,91 @@ CASES = [
         [Stop("a", "deployment deleted")],
     ),
     ("deleted and gone", None, [], []),
+    # ---- after a provisioner restart: the adopted instances (see ADOPTION below) -------------
+    (
+        "adopted, current version, routed: nothing stops, nothing starts",
+        Desired(1, 2),
+        [inst("a"), inst("b")],
+        [],
+    ),
+    (
+        "adopted, one of two died while the provisioner was down: one starts",
+        Desired(1, 2),
+        [inst("a")],
+        [Start(1)],
+    ),
+    (
+        "adopted, an older version (updated while the provisioner was down): rolled, make "
+        "before break",
+        V2,
+        [inst("a", 1)],
+        [Start(2)],
+    ),
+    (
+        "adopted sick (drained at adoption): a replacement starts, it stops once unrouted",
+        Desired(1, 2),
+        [
+            inst("a", state="draining", reason="not ready after the provisioner restarted"),
+            inst("b"),
+        ],
+        [Start(1)],
+    ),
+    (
+        "adopted while it was leaving: stopped once the gateway drops it",
+        Desired(1, 1),
+        [
+            inst("a", state="unrouted", reason="was leaving when the provisioner restarted"),
+            inst("b"),
+        ],
+        [Stop("a", "was leaving when the provisioner restarted")],
+    ),
+    (
+        "adopted, more than wanted (scaled in while the provisioner was down)",
+        Desired(1, 1),
+        [inst("a"), inst("b")],
+        [Drain("a", "scaled in")],
+    ),
+    (
+        "adopted, the deployment was deleted while the provisioner was down",
+        None,
+        [inst("a")],
+        [Drain("a", "deployment deleted")],
+    ),
 ]
+
+# A live instance a dead provisioner left (its pid and start time as recorded) -> how it is
+# taken over. Processes that are gone, or whose pid now belongs to another process, never
+# get here: their records are closed and nothing is signalled.
+ADOPTION = [
+    ("listed and answering: adopted serving", Found(True, True, True), Adopt(ready=True)),
+    (
+        "listed, was starting, answers now: adopted ready",
+        Found(listed=True, was_ready=False, answers=True),
+        Adopt(ready=True),
+    ),
+    (
+        "listed, still starting: adopted starting (its readiness deadline runs on)",
+        Found(listed=True, was_ready=False, answers=False),
+        Adopt(ready=False),
+    ),
+    (
+        "listed ready but not answering: adopted out of routing, replaced",
+        Found(listed=True, was_ready=True, answers=False),
+        Adopt(False, "not ready after the provisioner restarted"),
+    ),
+    (
+        "not listed (it was draining): adopted draining, stopped once unrouted",
+        Found(listed=False, was_ready=False, answers=True),
+        Adopt(True, "was leaving when the provisioner restarted"),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("found", "expected"), [c[1:] for c in ADOPTION], ids=[c[0] for c in ADOPTION]
+)
+def test_adoption(found: Found, expected: Adopt) -> None:
+    assert adoption(found) == expected
 
 
 @pytest.mark.parametrize(

@@ -51,6 +51,7 @@ from sluice.common.supervisor import (
     Supervisor,
     free_port,
     is_alive,
+    reap,
     stop_process,
 )
 
@@ -241,8 +242,8 @@ class LocalPlatform:
             for index, proc in enumerate(state.processes):
                 if is_alive(proc):
                     continue
-                stop_process(proc)  # whatever its dead leader left in its group
-                new = supervisor.start(state.spec_of(proc.name))
+                reap(proc.pid)  # what it left in its group (instances) is adopted, not stopped
+                new = proc.successor(supervisor.start(state.spec_of(proc.name)))
                 state.processes[index] = new.model_copy(update={"restarts": proc.restarts + 1})
                 started.append(proc.name)
                 if on_started:

@@ -123,7 +123,9 @@ class Watchdog:
             return proc.model_copy(update={"restarts": proc.restarts + 1, "last_error": str(exc)})
         log(f"{proc.name} restarted as pid {new.pid}")
         self.supervisor.running.clear()  # it keeps no list: platform.json is the record
-        return new.model_copy(
+        # What the dead run left in its group (a provisioner's instances) is not stopped: the
+        # new run adopts it, and stopping the new run stops it.
+        return proc.successor(new).model_copy(
             update={
                 "restarts": proc.restarts + 1,
                 "failures": proc.failures,

@@ -72,6 +72,15 @@ class RunningProcess(BaseModel):
     restarts: int = 0  # times it was started again after dying
     failures: int = 0  # deaths since it last stayed up for a while (drives the back-off)
     last_error: str = ""  # why it last died or failed to start
+    # (pid, create_time) of earlier runs whose process group still held processes when this
+    # one started: a provisioner killed with -9 leaves its instances there, and its successor
+    # adopts them. Stopping this process stops them too.
+    earlier_groups: list[tuple[int, float]] = []
+
+    def successor(self, new: RunningProcess) -> RunningProcess:
+        """`new`, started in place of this dead run: it inherits the groups with survivors."""
+        groups = [*self.earlier_groups, (self.pid, self.create_time)]
+        return new.model_copy(update={"earlier_groups": [g for g in groups if group_survivors(*g)]})
 
 
 def resolve_binary(name: str) -> str | None:
@@ -241,15 +250,15 @@ def stop_process(proc: RunningProcess) -> None:
     _kill_orphans(proc)
 
 
-def group_survivors(proc: RunningProcess) -> list[psutil.Process]:
-    """Processes still in the group `proc` led, started after it (so not a reused id)."""
+def group_survivors(leader: int, create_time: float) -> list[psutil.Process]:
+    """Processes still in the group `leader` led, started after it (so not a reused id)."""
     survivors = []
     for candidate in psutil.process_iter(["pid", "create_time"]):
         try:
             if (
-                candidate.pid != proc.pid
-                and os.getpgid(candidate.pid) == proc.pid
-                and candidate.info["create_time"] >= proc.create_time - 0.01
+                candidate.pid != leader
+                and os.getpgid(candidate.pid) == leader
+                and candidate.info["create_time"] >= create_time - 0.01
             ):
                 survivors.append(candidate)
         except (ProcessLookupError, psutil.Error):
@@ -258,8 +267,10 @@ def group_survivors(proc: RunningProcess) -> list[psutil.Process]:
 
 
 def _kill_orphans(proc: RunningProcess) -> None:
-    """SIGTERM, then SIGKILL, what is left of a group whose leader has died."""
-    survivors = group_survivors(proc)
+    """SIGTERM, then SIGKILL, what is left of its group (leader dead) and of earlier runs'."""
+    survivors = group_survivors(proc.pid, proc.create_time)
+    for group in proc.earlier_groups:
+        survivors += group_survivors(*group)
     if not survivors:
         return
     for survivor in survivors:

@@ -98,7 +98,7 @@ async def serve(settings: Settings) -> None:
             },
         )
         reconciler = Reconciler(ctx)
-        await reconciler.reap_orphans()
+        await reconciler.recover()
         subscribe_applied(
             broker,
             stream=settings.events_stream,

@@ -57,3 +57,8 @@ class ComputeBackend(Protocol):
     def deployment(self, key: str) -> DeploymentCompute:
         """The unit that runs deployment `key` (`endpoint/name`)."""
         ...
+
+    async def recover(self) -> list[str]:
+        """At start, before any `deployment()`: take over what an earlier provisioner left
+        running; return the deployments that had instances here (to be looked at first)."""
+        ...

@@ -8,6 +8,11 @@ this decides, the worker acts. Make before break is the rule every plan keeps:
 - it is stopped (Stop: SIGTERM) only once the gateway no longer routes it;
 - while old instances serve, new ones start one at a time (a surge of one);
 - a version that cannot run starts nothing, and the old instances keep serving.
+
+A provisioner restarted after a crash takes over the instances its
+predecessor left running (`adoption`): nothing that serves is stopped to be
+started again; the planner then treats them like any other instance (an old
+version is rolled, a sick one drained and replaced, make before break).
 """
 
 from __future__ import annotations
@@ -86,6 +91,34 @@ def plan(desired: Desired | None, observed: Sequence[Observed]) -> list[Action]:
     extra = len(current) - desired.count
     actions += [Drain(i.id, "scaled in") for i in _least_useful(current)[: max(0, extra)]]
     return actions
+
+
+@dataclass(frozen=True)
+class Found:
+    """A live instance an earlier provisioner started (same pid and start time as recorded)."""
+
+    listed: bool  # in its deployment's instance list (the gateway may route it); else draining
+    was_ready: bool  # listed as ready
+    answers: bool  # passes its readiness probe now
+
+
+@dataclass(frozen=True)
+class Adopt:
+    """Take the instance over as it is; a `drain_reason` adopts it out of routing."""
+
+    ready: bool
+    drain_reason: str = ""
+
+
+def adoption(found: Found) -> Adopt:
+    """How a restarted provisioner takes over an instance its predecessor left running."""
+    if not found.listed:
+        return Adopt(found.answers, "was leaving when the provisioner restarted")
+    if found.answers:
+        return Adopt(ready=True)
+    if found.was_ready:
+        return Adopt(False, "not ready after the provisioner restarted")
+    return Adopt(ready=False)  # still starting: its readiness deadline runs from its start
 
 
 def _oldest_first(instances: list[Observed]) -> list[Observed]:

@@ -439,3 +439,8 @@ class KubernetesCompute:
 
     def deployment(self, key: str) -> KubernetesDeployment:
         return KubernetesDeployment(key, self._backend, self._routing)
+
+    async def recover(self) -> list[str]:
+        """Nothing to take over: the cluster keeps the pods running and the resync finds
+        their deployments."""
+        return []

@@ -14,12 +14,13 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 import uuid
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import psutil
@@ -40,10 +41,65 @@ from sluice.provisioner.isolation import (
     remove_account,
     spare_env,
 )
+from sluice.provisioner.store import ProcessRecord, RunningRecord
 
 STOP_GRACE_S = 5.0
 # What spares import ahead of time: the usual scoring-script libraries (missing ones are skipped).
 PRELOAD = ("numpy", "pandas", "sklearn", "sklearn.linear_model", "sklearn.ensemble", "joblib")
+
+
+class InstanceProcess(Protocol):
+    """What the provisioner does with an instance's process (`subprocess.Popen` has it)."""
+
+    @property
+    def pid(self) -> int: ...
+
+    def poll(self) -> int | None: ...
+
+    def send_signal(self, sig: int) -> None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+    def kill(self) -> None: ...
+
+
+class AdoptedProcess:
+    """An instance's process started by an earlier provisioner (see `LocalBackend.adopt`).
+
+    Not our child: it is signalled and watched through psutil, and its exit
+    status goes to its new parent, so `poll()` and `wait()` say EXIT_UNKNOWN.
+    """
+
+    EXIT_UNKNOWN = -1
+
+    def __init__(self, process: psutil.Process):
+        self._process = process
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    def poll(self) -> int | None:
+        try:  # is_running() compares the start time too: a reused pid is not it
+            running = self._process.is_running() and self._process.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            running = False
+        return None if running else self.EXIT_UNKNOWN
+
+    def send_signal(self, sig: int) -> None:
+        with contextlib.suppress(psutil.Error):
+            self._process.send_signal(sig)  # psutil refuses a reused pid
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = time.monotonic() + (timeout if timeout is not None else float("inf"))
+        while self.poll() is None:  # a zombie counts as gone: init reaps it, not us
+            if time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout or 0)
+            time.sleep(0.05)
+        return self.EXIT_UNKNOWN
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
 
 
 @dataclass
@@ -56,7 +112,7 @@ class LocalInstance:
     spec_version: int
     host: str
     port: int
-    process: subprocess.Popen[bytes]
+    process: InstanceProcess
     log_path: Path
     started_at: datetime
     memory_limit: int
@@ -83,8 +139,22 @@ class LocalInstance:
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def exit_code(self) -> int | None:
-        return self.process.poll()
+    def exit_reason(self) -> str:
+        code = self.process.poll()
+        known = code is not None and not isinstance(self.process, AdoptedProcess)
+        return f"exited with code {code}" if known else "exited"
+
+    def record(self) -> ProcessRecord:
+        """What a provisioner restarted after this one dies needs to adopt it (`adopt`)."""
+        return ProcessRecord(
+            address=self.address,
+            version=self.spec_version,
+            pid=self.process.pid,
+            create_time=_create_time(self.process.pid),
+            workers=self.workers,
+            memory_limit=self.memory_limit,
+            log_path=str(self.log_path),
+        )
 
     def measure(self) -> None:
         """Refresh `cpu_percent` (100 = one core, since the previous call) and `rss_bytes`
@@ -351,6 +421,41 @@ class LocalBackend:
                 child.kill()
 
 
+def adopt(record: RunningRecord) -> LocalInstance | None:
+    """The instance `record` describes, if its very process still runs (same pid, same start
+    time, not a zombie); None otherwise. Whether it is healthy is for the caller to probe."""
+    proc = record.process
+    try:
+        found = psutil.Process(proc.pid)
+        if abs(found.create_time() - proc.create_time) > 0.01:
+            return None  # the pid was reused: not ours
+        if found.status() == psutil.STATUS_ZOMBIE:
+            return None
+    except psutil.Error:
+        return None
+    host, _, port = proc.address.rpartition(":")
+    return LocalInstance(
+        id=record.id,
+        endpoint=record.endpoint,
+        deployment=record.deployment,
+        spec_version=proc.version,
+        host=host,
+        port=int(port),
+        process=AdoptedProcess(found),
+        log_path=Path(proc.log_path),
+        started_at=record.started_at,
+        memory_limit=proc.memory_limit,
+        workers=proc.workers,
+    )
+
+
+def _create_time(pid: int) -> float:
+    try:
+        return float(psutil.Process(pid).create_time())
+    except psutil.Error:
+        return 0.0  # already gone: nothing will match it
+
+
 def reap_orphans(addresses: Collection[str]) -> set[str]:
     """Stop inference servers a previous provisioner left listening at `addresses` (host:port).
 
@@ -359,6 +464,8 @@ def reap_orphans(addresses: Collection[str]) -> set[str]:
     """
     ports = {int(address.rsplit(":", 1)[1]): address for address in addresses}
     stopped: set[str] = set()
+    if not ports:
+        return stopped
     for conn in psutil.net_connections("tcp"):  # one scan of the socket table for all of them
         if not (conn.laddr and conn.laddr.port in ports and conn.status == psutil.CONN_LISTEN):
             continue

@@ -12,23 +12,35 @@ an `Observation` for the reporter.
 - an instance that exits, fails liveness or grows past its memory ceiling
   (health.py) is drained and replaced (auto-recovery);
 - every stop is make-before-break (see domain.py): drained first, SIGTERM once
-  the gateway no longer routes it.
+  the gateway no longer routes it;
+- a restarted provisioner adopts the instances its predecessor left running
+  (`LocalCompute.recover`): their processes are recognised by the pid and
+  start time recorded when they started, and they go on serving.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from sluice.common.log import get_logger, readable_log
-from sluice.common.resources import Instance, OnlineDeploymentDoc
+from sluice.common.resources import Instance, OnlineDeploymentDoc, deployment_id
 from sluice.provisioner.autoscaler import LocalScaling
 from sluice.provisioner.compute import Observation
-from sluice.provisioner.domain import Desired, Drain, Observed, Start, Stop, plan
+from sluice.provisioner.domain import (
+    Desired,
+    Drain,
+    Found,
+    Observed,
+    Start,
+    Stop,
+    adoption,
+    plan,
+)
 from sluice.provisioner.health import Health, NeverReady, Ready, Replace
-from sluice.provisioner.local import LocalBackend, LocalInstance, tail
+from sluice.provisioner.local import LocalBackend, LocalInstance, adopt, reap_orphans, tail
 from sluice.provisioner.preparer import Generation, PrepareError, Preparer, same_runtime
 from sluice.provisioner.routing import ROUTE_WAIT_S, RoutingView
 from sluice.provisioner.store import ProvisionerStore
@@ -37,6 +49,7 @@ log = get_logger(__name__)
 LOG_LINES_IN_ERRORS = 20
 USAGE_EVERY_S = 5.0
 MEASURE_EVERY_S = 1.0
+ADOPT_PROBE_S = 2.0
 
 UsageSink = Callable[[dict[str, object]], Awaitable[None]]
 
@@ -52,12 +65,18 @@ class LocalServices:
 
 
 class LocalDeployment:
-    def __init__(self, key: str, services: LocalServices, usage: UsageSink):
+    def __init__(
+        self,
+        key: str,
+        services: LocalServices,
+        usage: UsageSink,
+        adopted: Sequence[LocalInstance] = (),
+    ):
         self.key = key
         self.endpoint, _, self.name = key.partition("/")
         self._s = services
         self._usage = usage
-        self.instances: list[LocalInstance] = []
+        self.instances: list[LocalInstance] = list(adopted)
         self.generation: Generation | None = None
         self._failed: tuple[int, str] | None = None  # (version, why)
         self._version: int | None = None  # of the document last converged to
@@ -143,7 +162,7 @@ class LocalDeployment:
         """Drop instances that exited; an exit before ready (of `version`) is a failed init()."""
         for inst in [i for i in self.instances if not i.alive]:
             self.instances.remove(inst)
-            reason = f"exited with code {inst.exit_code()}"
+            reason = inst.exit_reason()
             await self._stopped(inst, inst.drain_reason or reason)
             if inst.draining:
                 continue
@@ -264,6 +283,7 @@ class LocalDeployment:
             instance_type=gen.instance_type.name,
             price_per_hour=gen.instance_type.price_per_hour,
             started_at=inst.started_at,
+            process=inst.record(),
         )
 
     async def _replace(self, inst: LocalInstance, reason: str) -> None:
@@ -323,6 +343,7 @@ class LocalCompute:
     ):
         self._services = services
         self._usage = usage
+        self._adopted: dict[str, list[LocalInstance]] = {}  # by deployment, until its worker runs
 
     def deployment(self, key: str) -> LocalDeployment:
         endpoint, _, name = key.partition("/")
@@ -330,4 +351,46 @@ class LocalCompute:
         async def usage(sample: dict[str, object]) -> None:
             await self._usage(endpoint, name, sample)
 
-        return LocalDeployment(key, self._services, usage)
+        return LocalDeployment(key, self._services, usage, self._adopted.pop(key, []))
+
+    async def recover(self) -> list[str]:
+        """At start: take over the instances an earlier provisioner left running.
+
+        A provisioner killed outright leaves its instances serving. Each one whose
+        process is the one recorded at its start (pid and start time) is adopted as
+        it is (domain.adoption); the planner then keeps, rolls or replaces it make
+        before break. Records of processes that are gone are closed. Returns the
+        deployments to look at first (those with instances, live or not).
+        """
+        store, backend = self._services.store, self._services.backend
+        listed = await store.recorded_instances()
+        for record in await store.running_processes():
+            key = deployment_id(record.endpoint, record.deployment)
+            inst = adopt(record)
+            if inst is None:
+                await store.instance_stopped(record.id, "exited while the provisioner was down")
+                continue
+            entry = next((i for i in listed.get(key, ()) if i.id == inst.id), None)
+            found = Found(
+                listed=entry is not None,
+                was_ready=entry is not None and entry.ready,
+                answers=await backend.probe(inst, "/ready", ADOPT_PROBE_S),
+            )
+            decision = adoption(found)
+            now = time.monotonic()
+            inst.ready, inst.ready_at = decision.ready, now
+            if decision.drain_reason:
+                inst.draining, inst.draining_since = True, now
+                inst.drain_reason = decision.drain_reason
+            self._adopted.setdefault(key, []).append(inst)
+            log.info("instance_adopted", deployment=key, instance=inst.id, ready=inst.ready,
+                     draining=decision.drain_reason)  # fmt: skip
+        # Listed with no record to recognise them by (started by an older provisioner):
+        # only an inference server listening at such an address is stopped.
+        kept = {i.address for adopted in self._adopted.values() for i in adopted}
+        unknown = {i.address: (key, i.id) for key, insts in listed.items() for i in insts}
+        for address in await asyncio.to_thread(reap_orphans, set(unknown) - kept):
+            key, instance_id = unknown[address]
+            log.warning("orphan_instance_stopped", deployment=key, instance=instance_id)
+            await store.instance_stopped(instance_id, "provisioner restarted")
+        return sorted(set(listed) | set(self._adopted))

@@ -23,7 +23,6 @@ from sluice.common.prometheus import RECONCILE_SECONDS
 from sluice.common.resources import ComputeKind, OnlineDeploymentDoc
 from sluice.provisioner.compute import ComputeBackend, DeploymentCompute
 from sluice.provisioner.events import ProvisionerEvents
-from sluice.provisioner.local import reap_orphans
 from sluice.provisioner.reporter import Reporter
 from sluice.provisioner.store import ProvisionerStore
 
@@ -41,12 +40,15 @@ class Context:
 
 
 class DeploymentWorker:
-    def __init__(self, key: str, ctx: Context):
+    def __init__(self, key: str, ctx: Context, kind: ComputeKind | None = None):
+        """`kind`: the backend it already runs on (instances adopted at start), if any."""
         self.key = key
         self._ctx = ctx
         self._reporter = Reporter(key, ctx.store, ctx.events)
+        self._kind = kind
         self._compute: DeploymentCompute | None = None
-        self._kind: ComputeKind | None = None
+        if kind is not None:
+            self._compute = ctx.backends[kind].deployment(key)
         self._wake = asyncio.Event()
         self._busy = True
         self.done = False
@@ -124,12 +126,16 @@ class Reconciler:
     async def touch(self, key: str) -> None:
         worker = self._workers.get(key)
         if worker is None or worker.done:
-            worker = DeploymentWorker(key, self._ctx)
-            self._workers[key] = worker
-            task = asyncio.create_task(worker.run(), name=f"deployment {key}")
-            self._tasks[key] = task
-            task.add_done_callback(functools.partial(self._forget, key))
+            worker = self._spawn(DeploymentWorker(key, self._ctx))
         worker.wake()
+
+    def _spawn(self, worker: DeploymentWorker) -> DeploymentWorker:
+        key = worker.key
+        self._workers[key] = worker
+        task = asyncio.create_task(worker.run(), name=f"deployment {key}")
+        self._tasks[key] = task
+        task.add_done_callback(functools.partial(self._forget, key))
+        return worker
 
     def _forget(self, key: str, _task: asyncio.Task[None]) -> None:
         worker = self._workers.get(key)
@@ -142,21 +148,14 @@ class Reconciler:
             if key.startswith(endpoint + "/"):
                 await self.touch(key)
 
-    async def reap_orphans(self) -> None:
-        """At start: instances recorded by a provisioner that died are stopped, then replaced.
-
-        A provisioner that was killed outright leaves its instances running; adopting
-        them would mean trusting processes we did not start, so they are replaced.
-        """
-        recorded = await self._ctx.store.recorded_instances()
-        addresses = {inst.address for instances in recorded.values() for inst in instances}
-        stopped = await asyncio.to_thread(reap_orphans, addresses)
-        for key, instances in recorded.items():
-            for inst in instances:
-                if inst.address in stopped:
-                    log.warning("orphan_instance_stopped", deployment=key, instance=inst.id)
-                await self._ctx.store.instance_stopped(inst.id, "provisioner restarted")
-            await self._ctx.store.set_instances(key, [])
+    async def recover(self) -> None:
+        """At start: each backend takes over what a provisioner that died left running (a
+        local instance keeps serving: see LocalCompute.recover); those deployments' workers
+        start on that backend at once, even if the deployment was deleted meanwhile."""
+        for kind, backend in self._ctx.backends.items():
+            for key in await backend.recover():
+                if key not in self._workers:
+                    self._spawn(DeploymentWorker(key, self._ctx, kind)).wake()
 
     async def resync(self) -> None:
         """Wake every deployment in MongoDB and every one that still has instances."""

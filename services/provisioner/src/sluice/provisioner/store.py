@@ -9,6 +9,7 @@ result for an old version never overwrites the state of a newer one.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from datetime import datetime
 
 from pymongo.asynchronous.database import AsyncDatabase
@@ -28,6 +29,34 @@ from sluice.common.resources import (
 )
 
 INSTANCE_HISTORY = "instance_history"
+
+
+@dataclass(frozen=True)
+class ProcessRecord:
+    """How a restarted provisioner recognises a local instance its predecessor started.
+
+    Kept in the instance's `instance_history` record (under `process`) until it stops:
+    pid and start time together say it is the same process (pids get reused).
+    """
+
+    address: str
+    version: int  # the spec version it runs
+    pid: int
+    create_time: float  # psutil's, in seconds since the epoch
+    workers: int
+    memory_limit: int
+    log_path: str
+
+
+@dataclass(frozen=True)
+class RunningRecord:
+    """An instance started and not stopped, as its history record says."""
+
+    id: str
+    endpoint: str
+    deployment: str
+    started_at: datetime
+    process: ProcessRecord
 
 
 class ProvisionerStore:
@@ -95,19 +124,35 @@ class ProvisionerStore:
         instance_type: str,
         price_per_hour: float,
         started_at: datetime,
+        process: ProcessRecord | None = None,
     ) -> None:
-        """Start of an instance-hour interval: what cost accounting sums up."""
-        await self._history.insert_one(
-            {
-                "_id": instance_id,
-                "endpoint": endpoint,
-                "deployment": deployment,
-                "instance_type": instance_type,
-                "price_per_hour": price_per_hour,
-                "started_at": started_at.isoformat(),
-                "stopped_at": None,
-            }
-        )
+        """Start of an instance-hour interval: what cost accounting sums up (and, for a local
+        instance, how to find its process again)."""
+        record: Document = {
+            "_id": instance_id,
+            "endpoint": endpoint,
+            "deployment": deployment,
+            "instance_type": instance_type,
+            "price_per_hour": price_per_hour,
+            "started_at": started_at.isoformat(),
+            "stopped_at": None,
+        }
+        if process is not None:
+            record["process"] = asdict(process)
+        await self._history.insert_one(record)
+
+    async def running_processes(self) -> list[RunningRecord]:
+        """Local instances started and not stopped (by this provisioner or an earlier one)."""
+        return [
+            RunningRecord(
+                id=str(raw["_id"]),
+                endpoint=raw["endpoint"],
+                deployment=raw["deployment"],
+                started_at=datetime.fromisoformat(raw["started_at"]),
+                process=ProcessRecord(**raw["process"]),
+            )
+            async for raw in self._history.find({"stopped_at": None, "process": {"$exists": True}})
+        ]
 
     async def instance_stopped(self, instance_id: str, reason: str) -> None:
         await self._history.update_one(
