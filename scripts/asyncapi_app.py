@@ -14,6 +14,7 @@ from faststream.specification import AsyncAPI
 
 from sluice.common.events import ALL, CloudEvent
 from sluice.common.settings import Settings
+from sluice.provisioner.autoscale_counts import subscribe_autoscale
 from sluice.provisioner.events import subscribe_registry_events
 from sluice.provisioner.routing import RoutingView, subscribe_applied
 from sluice.traffic.events import subscribe_routing_events
@@ -31,6 +32,8 @@ class _Nothing:
     def mark_dirty(self, endpoint: str | None, *, refresh_jwks: bool = False) -> None: ...
 
     async def routing_changed(self, key: str) -> None: ...
+
+    async def autoscaled(self, endpoint: str, deployment: str) -> None: ...
 
 
 def build() -> FastStream:
@@ -53,6 +56,7 @@ def build() -> FastStream:
         on_change=nothing.routing_changed,
     )
     subscribe_routing_events(broker, stream=STREAM, prefix=PREFIX, sink=nothing)
+    subscribe_autoscale(broker, stream=STREAM, prefix=PREFIX, on_change=nothing.autoscaled)
     spec = AsyncAPI(
         title="Sluice events",
         version="1",

@@ -19,10 +19,11 @@ from sluice.common.grpc_server import GrpcServer
 from sluice.common.log import get_logger
 from sluice.common.mongo import create_mongo_client, database, require_uri
 from sluice.common.prometheus import start_exporter
-from sluice.common.resources import ComputeKind, EnvironmentSpec
+from sluice.common.resources import ComputeKind, EnvironmentSpec, deployment_id
 from sluice.common.runtime import wait_for_shutdown_signal
 from sluice.common.settings import Settings
 from sluice.provisioner.api import ProvisionerApi
+from sluice.provisioner.autoscale_counts import AutoscaleCounts, subscribe_autoscale
 from sluice.provisioner.events import SOURCE, ProvisionerEvents, subscribe_registry_events
 from sluice.provisioner.kubernetes import ClusterSettings, KubernetesBackend, KubernetesCompute
 from sluice.provisioner.local import LocalBackend
@@ -88,7 +89,9 @@ async def serve(settings: Settings) -> None:
         preparer = Preparer(
             environments, ArtifactStore(state_dir / "artifacts"), Catalogue.load(), backend
         )
-        local = LocalCompute(LocalServices(backend, preparer, store, routing), events.usage)
+        counts = AutoscaleCounts(db)
+        await counts.load()
+        local = LocalCompute(LocalServices(backend, preparer, store, routing, counts), events.usage)
         ctx = Context(
             store=store,
             events=events,
@@ -98,6 +101,11 @@ async def serve(settings: Settings) -> None:
             },
         )
         reconciler = Reconciler(ctx)
+
+        async def autoscaled(endpoint: str, deployment: str) -> None:
+            await counts.refresh(endpoint, deployment)
+            await reconciler.touch(deployment_id(endpoint, deployment))
+
         await reconciler.recover()
         subscribe_applied(
             broker,
@@ -105,6 +113,12 @@ async def serve(settings: Settings) -> None:
             prefix=settings.events_subject_prefix,
             view=routing,
             on_change=reconciler.routing_changed,
+        )
+        subscribe_autoscale(
+            broker,
+            stream=settings.events_stream,
+            prefix=settings.events_subject_prefix,
+            on_change=autoscaled,
         )
         subscribe_registry_events(
             broker,

@@ -1,21 +1,25 @@
-"""Autoscaling for `scale_settings: type: target_utilization` on the local backend.
+"""The local backend's instance count: an autoscale setting's decision (docs/autoscale.md)
+when one targets the deployment, else `scale_settings: type: target_utilization`,
+else `instance_count`.
 
-The rule is Kubernetes' HPA rule: desired = ceil(current x utilization / target),
-within [min_instances, max_instances], ignoring changes within 10% of the
-target. Scaling out happens at once; scaling in only after the lower count has
-been wanted for `SCALE_IN_POLLS` polls in a row, so a short lull does not
-drop capacity. Utilization is CPU time over what the instances' worker
-processes can use (100% = every worker busy).
+target_utilization is the HPA rule kind of the autoscale engine
+(`sluice.common.autoscale.engine.target_count`): desired = ceil(current x
+utilization / target), within [min_instances, max_instances], ignoring changes
+within 10% of the target. It is fed here, every `polling_interval`, with the CPU the
+instances' workers use as the provisioner measures it each second (no round trip
+through the metrics service's minute buckets). Scaling out happens at once;
+scaling in only after the lower count has been wanted for `SCALE_IN_POLLS` polls
+in a row, so a short lull does not drop capacity. Utilization is CPU time over what
+the instances' worker processes can use (100% = every worker busy).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
+from sluice.common.autoscale.engine import target_count
 from sluice.common.resources import ScaleSettings
 
-TOLERANCE = 0.1
 SCALE_IN_POLLS = 5
 
 
@@ -23,12 +27,7 @@ def wanted(current: int, utilization: float, scale: ScaleSettings) -> int:
     """The HPA rule: how many instances bring utilization to the target."""
     lowest, highest = max(1, scale.min_instances), max(1, scale.max_instances)
     target = scale.target_utilization_percentage / 100
-    if current == 0:
-        return lowest
-    ratio = utilization / target
-    if abs(ratio - 1) <= TOLERANCE:
-        return min(max(current, lowest), highest)
-    return min(max(math.ceil(current * ratio), lowest), highest)
+    return target_count(current, utilization, target, lowest, highest)
 
 
 @dataclass
@@ -56,14 +55,17 @@ def in_bounds(count: int, scale: ScaleSettings) -> int:
 
 
 class LocalScaling:
-    """The instance count a local deployment wants: `instance_count`, or under
-    target_utilization the Autoscaler's answer to its instances' measured CPU."""
+    """The instance count a local deployment wants: an autoscale setting's decision,
+    else under target_utilization the Autoscaler's answer to its instances' measured CPU,
+    else `instance_count`."""
 
     def __init__(self) -> None:
         self._autoscaler: Autoscaler | None = None
         self._last_poll = 0.0
 
-    def desired(self, instance_count: int, scale: ScaleSettings) -> int:
+    def desired(self, instance_count: int, scale: ScaleSettings, decided: int | None = None) -> int:
+        if decided is not None:
+            return max(1, decided)
         if scale.type != "target_utilization":
             self._autoscaler = None
             return instance_count

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from sluice.common.log import get_logger, readable_log
 from sluice.common.resources import Instance, OnlineDeploymentDoc, deployment_id
+from sluice.provisioner.autoscale_counts import AutoscaleCounts
 from sluice.provisioner.autoscaler import LocalScaling
 from sluice.provisioner.compute import Observation
 from sluice.provisioner.domain import (
@@ -62,6 +63,7 @@ class LocalServices:
     preparer: Preparer
     store: ProvisionerStore  # instance-hour history (cost accounting)
     routing: RoutingView
+    autoscale: AutoscaleCounts  # what autoscale settings decided
 
 
 class LocalDeployment:
@@ -201,6 +203,8 @@ class LocalDeployment:
             inst.measure()
 
     def _autoscale(self, doc: OnlineDeploymentDoc) -> None:
+        if self._s.autoscale.count(self.key) is not None:
+            return  # an autoscale setting decides the count
         serving = [
             i
             for i in self.instances
@@ -226,7 +230,8 @@ class LocalDeployment:
         gen = self.generation
         runnable = gen is not None and gen.version == version
         runnable = runnable and not (self._failed is not None and self._failed[0] == version)
-        count = self._scaling.desired(doc.spec.instance_count, doc.spec.scale_settings)
+        decided = self._s.autoscale.count(self.key)
+        count = self._scaling.desired(doc.spec.instance_count, doc.spec.scale_settings, decided)
         return Desired(version, count, runnable)
 
     def _settled(self, doc: OnlineDeploymentDoc) -> bool:

@@ -1,0 +1,93 @@
+"""The instance counts autoscale settings decided, as the provisioner applies them.
+
+The metrics service evaluates autoscale settings (docs/autoscale.md) and stores each
+decision in `autoscale_settings` (`state.capacity`) with an `autoscale.*` event. The
+provisioner reads that collection (never writes it): all of it at start, one setting
+whenever an `autoscale.created|updated|deleted|scaled` event names a deployment, then
+wakes that deployment's worker. An enabled setting's capacity replaces the
+deployment's `instance_count` (and its `target_utilization`, which would fight it);
+a disabled or deleted setting gives the count back to the deployment's spec.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from faststream.nats import NatsBroker
+from faststream.nats.subscriber.usecases import PushStreamSubscriber
+from pymongo.asynchronous.database import AsyncDatabase
+
+from sluice.common.events import CloudEvent, fanout_subscriber
+from sluice.common.events.catalogue import (
+    AUTOSCALE_CHANGED,
+    AUTOSCALE_SCALED,
+    AutoscaleChanged,
+    AutoscaleScaled,
+)
+from sluice.common.log import get_logger
+from sluice.common.mongo import Document
+from sluice.common.resources import deployment_id
+
+log = get_logger(__name__)
+AUTOSCALE_SETTINGS = "autoscale_settings"  # written by the metrics service only
+
+
+class AutoscaleEvent(CloudEvent[AutoscaleChanged | AutoscaleScaled]):
+    """A setting changed or decided: either way, read its capacity again."""
+
+
+class AutoscaleCounts:
+    def __init__(self, db: AsyncDatabase[Document]):
+        self._c = db[AUTOSCALE_SETTINGS]
+        self._counts: dict[str, int] = {}  # lower-cased deployment id -> instances
+
+    def count(self, key: str) -> int | None:
+        """The count an enabled autoscale setting wants for deployment `key`, if any."""
+        return self._counts.get(key.lower())
+
+    def _take(self, doc: Document) -> None:
+        key = str(doc["target"])
+        capacity = int((doc.get("state") or {}).get("capacity") or 0)
+        if doc["spec"].get("enabled", True) and capacity > 0:
+            self._counts[key] = capacity
+        else:
+            self._counts.pop(key, None)
+
+    async def load(self) -> None:
+        self._counts.clear()
+        async for doc in self._c.find({}, {"target": 1, "spec.enabled": 1, "state": 1}):
+            self._take(doc)
+
+    async def refresh(self, endpoint: str, deployment: str) -> None:
+        key = deployment_id(endpoint, deployment).lower()
+        doc = await self._c.find_one({"target": key}, {"target": 1, "spec.enabled": 1, "state": 1})
+        if doc is None:
+            self._counts.pop(key, None)
+        else:
+            self._take(doc)
+        log.info("autoscale_count", deployment=key, count=self._counts.get(key))
+
+
+def subscribe_autoscale(
+    broker: NatsBroker,
+    *,
+    stream: str,
+    prefix: str,
+    on_change: Callable[[str, str], Awaitable[None]],
+) -> PushStreamSubscriber:
+    """`on_change(endpoint, deployment)` for each event of a setting (the provisioner
+    re-reads the setting and wakes the deployment)."""
+    subscriber = fanout_subscriber(
+        broker,
+        stream=stream,
+        prefix=prefix,
+        events=[*AUTOSCALE_CHANGED.values(), AUTOSCALE_SCALED],
+        title="provisioner <- autoscale.*",
+        description="The provisioner runs the instance count an autoscale setting decided.",
+    )
+
+    @subscriber
+    async def on_autoscale(event: AutoscaleEvent) -> None:
+        await on_change(event.data.endpoint, event.data.deployment)
+
+    return subscriber
