@@ -49,8 +49,8 @@ class StandInCluster:
         self.pods: list[dict[str, Any]] = []
         self.complete = False
 
-    def apply(self, doc: OnlineDeploymentDoc) -> None:
-        rendered = render(doc, ClusterSettings())
+    def apply(self, doc: OnlineDeploymentDoc, autoscale: Any = None) -> None:
+        rendered = render(doc, ClusterSettings(), None, autoscale)
         kinds = {o["kind"] for o in rendered}
         self.objects = {k: v for k, v in self.objects.items() if k in kinds} | {
             o["kind"]: o for o in rendered

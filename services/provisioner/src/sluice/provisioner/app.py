@@ -97,7 +97,9 @@ async def serve(settings: Settings) -> None:
             events=events,
             backends={
                 ComputeKind.managed: local,
-                ComputeKind.kubernetes: KubernetesCompute(kubernetes_backend(settings), routing),
+                ComputeKind.kubernetes: KubernetesCompute(
+                    kubernetes_backend(settings), routing, counts
+                ),
             },
         )
         reconciler = Reconciler(ctx)

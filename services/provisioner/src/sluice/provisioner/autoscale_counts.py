@@ -17,6 +17,7 @@ from faststream.nats import NatsBroker
 from faststream.nats.subscriber.usecases import PushStreamSubscriber
 from pymongo.asynchronous.database import AsyncDatabase
 
+from sluice.common.autoscale.model import AutoscaleProfile, AutoscaleSetting
 from sluice.common.events import CloudEvent, fanout_subscriber
 from sluice.common.events.catalogue import (
     AUTOSCALE_CHANGED,
@@ -40,29 +41,47 @@ class AutoscaleCounts:
     def __init__(self, db: AsyncDatabase[Document]):
         self._c = db[AUTOSCALE_SETTINGS]
         self._counts: dict[str, int] = {}  # lower-cased deployment id -> instances
+        # ... -> (setting, its active profile, a marker that changes with either)
+        self._active: dict[str, tuple[AutoscaleSetting, AutoscaleProfile, str]] = {}
 
     def count(self, key: str) -> int | None:
         """The count an enabled autoscale setting wants for deployment `key`, if any."""
         return self._counts.get(key.lower())
 
+    def active(self, key: str) -> tuple[AutoscaleSetting, AutoscaleProfile, str] | None:
+        """An enabled setting of deployment `key` with its active profile (what a cluster's
+        HorizontalPodAutoscaler is rendered from) and a marker of both."""
+        return self._active.get(key.lower())
+
     def _take(self, doc: Document) -> None:
         key = str(doc["target"])
-        capacity = int((doc.get("state") or {}).get("capacity") or 0)
-        if doc["spec"].get("enabled", True) and capacity > 0:
+        state = doc.get("state") or {}
+        capacity = int(state.get("capacity") or 0)
+        setting = AutoscaleSetting.model_validate(doc["spec"])
+        if setting.enabled and capacity > 0:
             self._counts[key] = capacity
         else:
             self._counts.pop(key, None)
+        if not setting.enabled:
+            self._active.pop(key, None)
+            return
+        name = state.get("active_profile") or ""
+        default = next(p for p in setting.profiles if not p.scheduled)
+        profile = next((p for p in setting.profiles if p.name == name), default)
+        self._active[key] = (setting, profile, f"{doc['version']}:{profile.name}")
 
     async def load(self) -> None:
         self._counts.clear()
-        async for doc in self._c.find({}, {"target": 1, "spec.enabled": 1, "state": 1}):
+        self._active.clear()
+        async for doc in self._c.find({}, {"decisions": 0}):
             self._take(doc)
 
     async def refresh(self, endpoint: str, deployment: str) -> None:
         key = deployment_id(endpoint, deployment).lower()
-        doc = await self._c.find_one({"target": key}, {"target": 1, "spec.enabled": 1, "state": 1})
+        doc = await self._c.find_one({"target": key}, {"decisions": 0})
         if doc is None:
             self._counts.pop(key, None)
+            self._active.pop(key, None)
         else:
             self._take(doc)
         log.info("autoscale_count", deployment=key, count=self._counts.get(key))

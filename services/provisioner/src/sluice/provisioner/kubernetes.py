@@ -25,9 +25,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from sluice.common import gateway_auth
+from sluice.common.autoscale.model import AutoscaleProfile, AutoscaleSetting
 from sluice.common.log import get_logger
 from sluice.common.resources import Instance, OnlineDeploymentDoc, Probe
+from sluice.provisioner.autoscale_counts import AutoscaleCounts
 from sluice.provisioner.compute import Observation
+from sluice.provisioner.kubernetes_autoscale import render_hpa
 from sluice.provisioner.routing import ROUTE_WAIT_S, RoutingView
 
 log = get_logger(__name__)
@@ -70,7 +73,10 @@ def _probe(path: str, probe: Probe) -> dict[str, Any]:
 
 
 def render(
-    doc: OnlineDeploymentDoc, cluster: ClusterSettings, gateway_secret: str | None = None
+    doc: OnlineDeploymentDoc,
+    cluster: ClusterSettings,
+    gateway_secret: str | None = None,
+    autoscale: tuple[AutoscaleSetting, AutoscaleProfile] | None = None,
 ) -> list[dict[str, Any]]:
     """The Deployment and Service that run `doc` on a cluster.
 
@@ -79,7 +85,9 @@ def render(
     filesystem (scratch space in an emptyDir at /tmp), no service-account token and no
     service-link variables naming the platform's services; a NetworkPolicy lets only the
     gateway's pods reach it; with `gateway_secret` a Secret of its own carries that secret
-    (sluice.common.gateway_auth) to the inference server."""
+    (sluice.common.gateway_auth) to the inference server. An autoscale setting
+    (`autoscale`: it and its active profile) becomes the HorizontalPodAutoscaler
+    (kubernetes_autoscale.py), in place of target_utilization's."""
     spec = doc.spec
     name = object_name(spec.endpoint_name, spec.name)
     labels = {
@@ -215,7 +223,13 @@ def render(
     }
     objects = [deployment, service, policy]
     scale = spec.scale_settings
-    if scale.type == "target_utilization":
+    if autoscale is not None:
+        hpa, dropped = render_hpa(*autoscale, name=name, namespace=cluster.namespace, labels=labels)
+        if dropped:
+            log.warning("autoscale_rules_not_rendered", deployment=name, rules=dropped)
+        objects.append(hpa)
+        del deployment["spec"]["replicas"]  # the autoscaler owns the replica count
+    elif scale.type == "target_utilization":
         # Azure's kubernetes target_utilization is a CPU target: the cluster's HPA does it.
         objects.append(
             {
@@ -274,7 +288,11 @@ class KubernetesBackend:
         self.cluster = cluster
         self._secret_key = secret_key  # derives each deployment's gateway secret
 
-    def apply(self, doc: OnlineDeploymentDoc) -> None:
+    def apply(
+        self,
+        doc: OnlineDeploymentDoc,
+        autoscale: tuple[AutoscaleSetting, AutoscaleProfile] | None = None,
+    ) -> None:
         from kubernetes import dynamic
 
         client = dynamic.DynamicClient(self._api)  # type: ignore[no-untyped-call]
@@ -283,7 +301,7 @@ class KubernetesBackend:
             secret = gateway_auth.secret_for(
                 self._secret_key, doc.spec.endpoint_name, doc.spec.name
             )
-        objects = render(doc, self.cluster, secret)
+        objects = render(doc, self.cluster, secret, autoscale)
         if not any(obj["kind"] == "HorizontalPodAutoscaler" for obj in objects):
             # No longer autoscaled: the replica count is ours again.
             self._ignore_missing(
@@ -371,12 +389,20 @@ def rollout_complete(deployment: Mapping[str, Any]) -> bool:
 class KubernetesDeployment:
     """One deployment on a cluster (the DeploymentCompute protocol)."""
 
-    def __init__(self, key: str, backend: KubernetesBackend | None, routing: RoutingView):
+    def __init__(
+        self,
+        key: str,
+        backend: KubernetesBackend | None,
+        routing: RoutingView,
+        autoscale: AutoscaleCounts | None = None,
+    ):
         self.key = key
         self.endpoint, _, self.name = key.partition("/")
         self._backend = backend
         self._routing = routing
-        self._applied: int | None = None
+        self._autoscale = autoscale
+        # (spec version, autoscale setting marker) of what was applied last
+        self._applied: tuple[int, str] | None = None
         self._failed: tuple[int, str] | None = None
         self._instances: list[Instance] = []
         self._removing_since: float | None = None
@@ -387,14 +413,17 @@ class KubernetesDeployment:
             return Observation(failure=NO_CLUSTER)
         if self._failed is not None and self._failed[0] == version:
             return Observation(instances=self._instances, failure=self._failed[1])
-        if self._applied != version:
+        active = self._autoscale.active(self.key) if self._autoscale else None
+        marker = (version, active[2] if active else "")
+        if self._applied != marker:
             try:
-                await asyncio.to_thread(self._backend.apply, doc)
+                autoscale = (active[0], active[1]) if active else None
+                await asyncio.to_thread(self._backend.apply, doc, autoscale)
             except Exception as exc:  # the API server's answer is the reason to show
                 self._failed = (version, f"applying to the cluster failed: {exc}")
                 log.error("kubernetes_apply_failed", deployment=self.key, error=str(exc))
                 return Observation(instances=self._instances, failure=self._failed[1])
-            self._applied = version
+            self._applied = marker
         state = await asyncio.to_thread(self._backend.state, self.endpoint, self.name)
         return self._observed(state)
 
@@ -433,12 +462,18 @@ class KubernetesCompute:
     """The kubernetes compute backend (ComputeBackend): one KubernetesDeployment each.
     Without a cluster configured, every kubernetes deployment fails saying so."""
 
-    def __init__(self, backend: KubernetesBackend | None, routing: RoutingView):
+    def __init__(
+        self,
+        backend: KubernetesBackend | None,
+        routing: RoutingView,
+        autoscale: AutoscaleCounts | None = None,
+    ):
         self._backend = backend
         self._routing = routing
+        self._autoscale = autoscale
 
     def deployment(self, key: str) -> KubernetesDeployment:
-        return KubernetesDeployment(key, self._backend, self._routing)
+        return KubernetesDeployment(key, self._backend, self._routing, self._autoscale)
 
     async def recover(self) -> list[str]:
         """Nothing to take over: the cluster keeps the pods running and the resync finds
