@@ -39,6 +39,7 @@ from sluice.common import gateway_auth
 from sluice.common.headers import NOT_PROCESSED_HEADER
 from sluice.common.runtime import wait_for_shutdown_signal
 from sluice.inference import oip, oip_binary
+from sluice.inference.batching import Batcher, BatchSettings, batch_rows
 from sluice.inference.builtin import builtin_scorer
 from sluice.inference.config import ServerConfig
 from sluice.inference.dispatch import Dispatcher, Limits, Outcome
@@ -75,6 +76,7 @@ class InferenceApp:
         self.model_path: Path | None = None  # for OIP metadata from an MLflow signature
         self.scorer: Scorer | None = None
         self.dispatcher: Dispatcher | None = None
+        self.batcher: Batcher | None = None  # adaptive batching, when configured and possible
         self.swagger: SwaggerDocuments | None = None
         self.stopping = False
         self._ids = RequestIds()
@@ -88,9 +90,14 @@ class InferenceApp:
         return self.dispatcher is None or self.dispatcher.healthy
 
     def start_scoring(
-        self, scorer: Scorer, dispatcher: Dispatcher, swagger: SwaggerDocuments
+        self,
+        scorer: Scorer,
+        dispatcher: Dispatcher,
+        swagger: SwaggerDocuments,
+        batcher: Batcher | None = None,
     ) -> None:
         self.dispatcher = dispatcher
+        self.batcher = batcher
         self.swagger = swagger
         self.scorer = scorer
 
@@ -153,13 +160,6 @@ class InferenceApp:
         if refusal is not None or scorer is None or dispatcher is None:
             self._send(request, conn, rid, started, "/score", refusal or NOT_READY)
             return
-        try:
-            call = scorer.prepare(request)
-        except BadInput as exc:
-            self.metrics.error("bad_input")
-            reply = json_reply(400, {"message": str(exc)})
-            self._send(request, conn, rid, started, "/score", reply)
-            return
 
         def finish(outcome: Outcome) -> None:
             try:
@@ -169,7 +169,24 @@ class InferenceApp:
                 answer = json_reply(500, {"message": f"cannot send run()'s answer: {exc}"})
             self._send(request, conn, rid, started, "/score", answer)
 
+        rows = self._batch_rows(request)
+        if rows is not None and self.batcher is not None:
+            self.batcher.submit(rows, finish)
+            return
+        try:
+            call = scorer.prepare(request)
+        except BadInput as exc:
+            self.metrics.error("bad_input")
+            reply = json_reply(400, {"message": str(exc)})
+            self._send(request, conn, rid, started, "/score", reply)
+            return
         dispatcher.submit(call, finish)
+
+    def _batch_rows(self, request: HttpRequest) -> list[Any] | None:
+        """The rows of a request adaptive batching takes, else None."""
+        if self.batcher is None or request.method != "POST":
+            return None
+        return batch_rows(request.body)
 
     def _oip(
         self,
@@ -204,7 +221,8 @@ class InferenceApp:
         try:
             infer = oip.request_body(request.body, request.header(oip_binary.HEADER))
             scored = HttpRequest("POST", b"/score", request.headers, infer.body, request.keep_alive)
-            call = scorer.prepare(scored)
+            rows = self._batch_rows(scored)
+            call = scorer.prepare(scored) if rows is None else None
         except (oip.OipError, BadInput) as exc:
             self.metrics.error("bad_input")
             self._send(
@@ -230,7 +248,11 @@ class InferenceApp:
                     answer = json_reply(400, {"error": str(exc)})
             self._send(request, conn, rid, started, "/v2/infer", answer)
 
-        dispatcher.submit(call, finish)
+        if call is None:
+            assert self.batcher is not None and rows is not None
+            self.batcher.submit(rows, finish)
+        else:
+            dispatcher.submit(call, finish)
 
     def _refusal(self, request: HttpRequest) -> Reply | None:
         """The answer when /score cannot run this request; None when it can."""
@@ -374,7 +396,9 @@ async def serve(config: ServerConfig, registry: CollectorRegistry | None = None)
         timeout_s=config.request_timeout_ms / 1000,
     )
     dispatcher = Dispatcher(limits, is_async=scorer.is_async, on_in_flight=metrics.in_flight.set)
-    app.start_scoring(scorer, dispatcher, swagger_documents(config.code, scorer.schema))
+    batcher = _batcher(config, scorer, dispatcher, metrics)
+    swagger = swagger_documents(config.code, scorer.schema)
+    app.start_scoring(scorer, dispatcher, swagger, batcher)
     # What init() loaded lives as long as the process: keep it out of the garbage
     # collector's scans, which otherwise walk the whole model on every full collection.
     gc.freeze()
@@ -382,6 +406,24 @@ async def serve(config: ServerConfig, registry: CollectorRegistry | None = None)
     await stop
     await _drain(app, server, dispatcher, limits.timeout_s)
     return 0
+
+
+def _batcher(
+    config: ServerConfig, scorer: Scorer, dispatcher: Dispatcher, metrics: Metrics
+) -> Batcher | None:
+    """Adaptive batching when the deployment asks for it and its run() takes batches."""
+    if config.max_batch_size <= 1:
+        return None
+    if not scorer.batchable:
+        log.warning(
+            "batching_off",
+            reason="run() does not declare BATCHABLE = True (or takes raw requests, "
+            "schema arguments or headers)",
+        )
+        return None
+    settings = BatchSettings(config.max_batch_size, config.max_batch_wait_ms / 1000)
+    log.info("batching_on", max_batch_size=settings.max_size, max_wait_s=settings.max_wait_s)
+    return Batcher(settings, dispatcher, scorer.functions.run, metrics.batch_rows.observe)
 
 
 async def _drain(

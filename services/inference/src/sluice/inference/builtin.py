@@ -70,7 +70,9 @@ class GenericModel:
         self._predict: Any = None
 
     def functions(self) -> ScoringFunctions:
-        return ScoringFunctions(init=self.init, run=self.run, origin=f"built-in: {self.path}")
+        return ScoringFunctions(
+            init=self.init, run=self.run, origin=f"built-in: {self.path}", batchable=True
+        )
 
     def init(self) -> None:
         if self.path.suffix == ".onnx":

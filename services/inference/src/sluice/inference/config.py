@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 DEFAULT_PORT = 5001  # the port of Azure's inference server
 DEFAULT_TIMEOUT_MS = 5000  # Azure's request_timeout_ms default
 DEFAULT_MAX_PAYLOAD = 100 * 1024 * 1024  # Azure documents no limit; this one keeps memory bounded
+DEFAULT_BATCH_WAIT_MS = 10
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,8 @@ class ServerConfig:
     max_queue: int = 1
     request_timeout_ms: int = DEFAULT_TIMEOUT_MS
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD
+    max_batch_size: int = 1  # > 1: adaptive batching for a run() that takes batches
+    max_batch_wait_ms: int = DEFAULT_BATCH_WAIT_MS
     log_level: str = "info"
     log_format: str = "auto"
     listen_fd: int | None = None  # set by the parent for worker processes
@@ -47,6 +51,8 @@ class ServerConfig:
             "--max-queue", str(self.max_queue),
             "--request-timeout-ms", str(self.request_timeout_ms),
             "--max-payload-bytes", str(self.max_payload_bytes),
+            "--max-batch-size", str(self.max_batch_size),
+            "--max-batch-wait-ms", str(self.max_batch_wait_ms),
             "--log-level", self.log_level,
             "--log-format", self.log_format,
             "--listen-fd", str(listen_fd),
@@ -87,10 +93,33 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--request-timeout-ms", type=_positive, default=DEFAULT_TIMEOUT_MS)
     p.add_argument("--max-payload-bytes", type=_positive, default=DEFAULT_MAX_PAYLOAD)
+    # Deployments opt in through their environment_variables, as Azure's server reads its own.
+    p.add_argument(
+        "--max-batch-size",
+        type=_positive,
+        default=None,
+        help="rows merged into one run() call (adaptive batching; env MAX_BATCH_SIZE)",
+    )
+    p.add_argument(
+        "--max-batch-wait-ms",
+        type=_positive,
+        default=None,
+        help="longest wait of a request for its batch (env MAX_BATCH_WAIT_MS)",
+    )
     p.add_argument("--log-level", default="info")
     p.add_argument("--log-format", choices=["auto", "console", "json"], default="auto")
     p.add_argument("--listen-fd", type=int, default=None, help=argparse.SUPPRESS)
     return p
+
+
+def _from_env(p: argparse.ArgumentParser, given: int | None, name: str, default: int) -> int:
+    if given is not None:
+        return given
+    text = os.environ.get(name, str(default))
+    try:
+        return _positive(text)
+    except (ValueError, argparse.ArgumentTypeError):
+        p.error(f"{name}={text!r}: a whole number of at least 1 is needed")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
@@ -115,6 +144,10 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         max_queue=max_queue,
         request_timeout_ms=args.request_timeout_ms,
         max_payload_bytes=args.max_payload_bytes,
+        max_batch_size=_from_env(p, args.max_batch_size, "MAX_BATCH_SIZE", 1),
+        max_batch_wait_ms=_from_env(
+            p, args.max_batch_wait_ms, "MAX_BATCH_WAIT_MS", DEFAULT_BATCH_WAIT_MS
+        ),
         log_level=args.log_level,
         log_format=args.log_format,
         listen_fd=args.listen_fd,

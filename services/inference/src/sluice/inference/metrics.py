@@ -70,6 +70,13 @@ class Metrics:
             registry=registry,
             multiprocess_mode="livesum",
         ).labels(*scope)
+        self.batch_rows = Histogram(
+            "sluice_inference_batch_rows",
+            "Rows per run() call under adaptive batching",
+            SCOPE,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+            registry=registry,
+        ).labels(*scope)
         self.errors = Counter(
             "sluice_inference_errors",
             "Scoring requests that failed, by kind",

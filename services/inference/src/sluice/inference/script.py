@@ -46,6 +46,9 @@ class ScoringFunctions:
     init: Callable[[], Any]
     run: Callable[..., Any]
     origin: str  # the script's path, or which built-in scorer
+    # run() takes {"data": rows} and answers one value per row (adaptive batching may
+    # merge requests): a script's module-level `BATCHABLE = True`, or a built-in scorer.
+    batchable: bool = False
 
 
 def model_dir_for(model: Path) -> Path:
@@ -75,7 +78,12 @@ def load_script(script: Path, code_dir: Path) -> ScoringFunctions:
     for function in ("init", "run"):
         if not callable(getattr(module, function, None)):
             raise ScriptError(f"scoring script {script} has no {function}() function")
-    return ScoringFunctions(init=module.init, run=module.run, origin=str(script))
+    return ScoringFunctions(
+        init=module.init,
+        run=module.run,
+        origin=str(script),
+        batchable=getattr(module, "BATCHABLE", False) is True,
+    )
 
 
 class Scorer:
@@ -96,6 +104,12 @@ class Scorer:
         self.schema = _schema_of(run)
         if self.raw_request and self.schema is not None:
             raise ScriptError("run() cannot be decorated with both @rawhttp and @input_schema")
+
+    @property
+    def batchable(self) -> bool:
+        """Whether requests may be merged: run(raw) takes batches and gets nothing else."""
+        plain = not (self.raw_request or self.schema is not None or self._with_headers)
+        return self.functions.batchable and plain and not self.is_async
 
     def init(self) -> None:
         self.functions.init()

@@ -1,0 +1,112 @@
+"""Adaptive batching: concurrent requests merged into one run() call, answers split back."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from sluice.common.supervisor import Supervisor
+from sluice.inference.batching import batch_rows
+from sluice.inference.config import parse_args
+from sluice.inference.testing import start_server, write_script
+
+BATCHED = """
+import json, time
+
+BATCHABLE = True
+
+def init():
+    pass
+
+def run(raw):
+    rows = json.loads(raw)["data"]
+    time.sleep(0.02)  # a vectorised model: one call costs about the same for 1 or 16 rows
+    return [[row[0] * 2, len(rows)] for row in rows]
+"""
+
+
+def test_rows_of_a_batchable_body() -> None:
+    assert batch_rows(b'{"data": [[1], [2]]}') == [[1], [2]]
+    for other in (b'{"data": []}', b'{"data": [1], "x": 2}', b"[1]", b"{bad", b'{"data": 3}'):
+        assert batch_rows(other) is None
+
+
+def test_settings_come_from_the_deployment_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAX_BATCH_SIZE", "16")
+    monkeypatch.setenv("MAX_BATCH_WAIT_MS", "3")
+    config = parse_args(["--model", "m.pkl"])
+    assert (config.max_batch_size, config.max_batch_wait_ms) == (16, 3)
+    assert parse_args(["--model", "m.pkl", "--max-batch-size", "4"]).max_batch_size == 4
+    monkeypatch.setenv("MAX_BATCH_SIZE", "lots")
+    with pytest.raises(SystemExit):
+        parse_args(["--model", "m.pkl"])
+
+
+@pytest.mark.integration
+def test_concurrent_requests_share_run_calls(supervisor: Supervisor, tmp_path: Path) -> None:
+    write_script(tmp_path, BATCHED)
+    server = start_server(
+        supervisor, "batched", code=tmp_path,
+        extra=["--max-batch-size", "8", "--max-batch-wait-ms", "50",
+               "--max-concurrent-requests", "32"],
+    )  # fmt: skip
+    assert "batching_on" in server.log()
+
+    def score(i: int) -> tuple[int, list[list[int]]]:
+        rows = [[i], [i + 1000]] if i % 2 else [[i]]
+        reply = server.post({"data": rows})
+        return reply.status, reply.json()
+
+    with ThreadPoolExecutor(24) as pool:
+        results = list(pool.map(score, range(48)))
+    sizes = []
+    for i, (status, answer) in enumerate(results):
+        assert status == 200, answer
+        expected = [i * 2, (i + 1000) * 2] if i % 2 else [i * 2]
+        assert [value for value, _ in answer] == expected  # each request gets its own rows
+        sizes += [size for _, size in answer]
+    assert max(sizes) > 1 and max(sizes) <= 8  # merged, never past max_batch_size
+    assert "sluice_inference_batch_rows_count" in server.metrics()
+    # OIP inferences with one input are batched the same way.
+    oip = {"inputs": [{"name": "x", "shape": [1, 1], "datatype": "INT64", "data": [[7]]}]}
+    reply = server.post(oip, path="/v2/models/model/infer")
+    assert reply.status == 200 and reply.json()["outputs"][0]["data"] == [14, 1], reply.body
+    # Bodies of another shape are scored one by one, as without batching.
+    assert server.post({"data": [[1]], "extra": 1}).json() == [[2, 1]]
+
+
+WRONG_LENGTH = """
+import json
+BATCHABLE = True
+def init():
+    pass
+def run(raw):
+    return [0]
+"""
+
+
+@pytest.mark.integration
+def test_a_batched_run_must_answer_one_value_per_row(
+    supervisor: Supervisor, tmp_path: Path
+) -> None:
+    write_script(tmp_path, WRONG_LENGTH)
+    server = start_server(supervisor, "wrong", code=tmp_path, extra=["--max-batch-size", "4"])
+    reply = server.post({"data": [[1], [2]]})
+    assert reply.status == 500
+    assert (
+        "must answer one value per row: it got 2 rows and answered 1"
+        in json.loads(reply.body)["message"]
+    )
+
+
+@pytest.mark.integration
+def test_scripts_that_do_not_declare_batches_are_not_batched(
+    supervisor: Supervisor, tmp_path: Path
+) -> None:
+    write_script(tmp_path, BATCHED.replace("BATCHABLE = True", ""))
+    server = start_server(supervisor, "plain", code=tmp_path, extra=["--max-batch-size", "4"])
+    assert "batching_off" in server.log()
+    assert server.post({"data": [[1], [2]]}).json() == [[2, 2], [4, 2]]
