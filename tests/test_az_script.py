@@ -37,7 +37,14 @@ az ml online-deployment create --name green --endpoint $ENDPOINT_NAME -f green-d
   --set environment=null
 az ml online-endpoint update --name $ENDPOINT_NAME --traffic "blue=90 green=10"
 echo "traffic: $(az ml online-endpoint show -n $ENDPOINT_NAME --query 'traffic.green' -o tsv)"
-echo "deployment id: $(az ml online-deployment show -n green -e $ENDPOINT_NAME --query id -o tsv)"
+DEPLOYMENT_ID=$(az ml online-deployment show -n green -e $ENDPOINT_NAME --query id -o tsv)
+echo "deployment id: $DEPLOYMENT_ID"
+az monitor autoscale create --name az-script-scale --resource "$DEPLOYMENT_ID" -g my-rg \
+  --min-count 1 --max-count 2 --count 1 -o none
+az monitor autoscale rule create --autoscale-name az-script-scale -g my-rg \
+  --condition "RequestsPerMinute > 100000 avg 5m" --scale out 1 -o none
+echo "autoscale: $(az monitor autoscale show -n az-script-scale --query targetResourceUri -o tsv)"
+az monitor autoscale delete -n az-script-scale -g my-rg
 az ml online-endpoint show -n $ENDPOINT_NAME --query '{name:name, auth:auth_mode}' -o json
 az ml online-endpoint delete --name $ENDPOINT_NAME --yes --no-wait
 if az ml workspace show -n my-ws 2> unsupported.txt; then exit 1; fi
@@ -74,6 +81,8 @@ def test_an_az_ml_script_runs_through_the_forwarder(
     assert f"scoring uri: https://localhost:{https_port}/endpoints/az-script/score" in out
     assert "traffic: 10" in out
     assert "/onlineEndpoints/az-script/deployments/green\n" in out
+    assert "autoscale: /subscriptions/" in out  # az monitor autoscale, forwarded
+    assert out.split("autoscale: ")[1].splitlines()[0].endswith("/az-script/deployments/green")
     assert '"name": "az-script",\n  "auth": "key"' in out
     scored = out.split("scoring uri: ")[1].splitlines()[1]
     assert scored.startswith("[") and scored.count(",") == 1  # two predictions

@@ -40,6 +40,13 @@ ROOT = typer.main.get_group(app)
              "--add", '["tags", "team=ml", "x"]', "--remove", '["tags.old"]', "-o", "tsv"],
             None,
         ),
+        (
+            ["az", "monitor", "autoscale", "rule", "create", "--autoscale-name", "a", "-g", "rg",
+             "--condition", "RequestsPerMinute > 10 avg 1m", "--scale", "out", "1"],
+            ["monitor", "autoscale", "rule", "create", "--autoscale-name", "a", "--condition",
+             "RequestsPerMinute > 10 avg 1m", "--scale", "out", "1"],
+            None,
+        ),
     ],
 )  # fmt: skip
 def test_normalise(argv: list[str], args: list[str], query: str | None) -> None:
@@ -52,6 +59,8 @@ def test_az_setup_commands_do_nothing_and_others_are_refused() -> None:
         normalise(["az", "account", "set", "-s", "x"], ROOT)
     with pytest.raises(CliError, match="`az vm list` is not supported by Sluice's az forwarder"):
         normalise(["az", "vm", "list"], ROOT)
+    with pytest.raises(CliError, match="of `az monitor` it runs `autoscale`"):
+        normalise(["az", "monitor", "metrics", "list"], ROOT)
     with pytest.raises(CliError, match=r"`az ml workspace` is not supported by Sluice \(supported"):
         normalise(["az", "ml", "workspace", "show"], ROOT)
 

@@ -3,7 +3,8 @@
 `normalise` rewrites one command line before Typer parses it:
 
 - `az ml <group> ...` (the forwarder `sluice shim az` installs) and
-  `sluice ml <group> ...` become `sluice <group> ...`; az's own set-up commands
+  `sluice ml <group> ...` become `sluice <group> ...`, and `az monitor autoscale
+  ...` becomes `sluice monitor autoscale ...`; az's own set-up commands
   (`az extension add`, `az configure --defaults`, `az account set`, `az login`)
   do nothing here and say so; any other `az` command is refused by name;
 - az's global arguments that name Azure context (`--subscription`,
@@ -48,12 +49,20 @@ class CommandLine:
 def _az(args: list[str], groups: Sequence[str]) -> list[str]:
     if args[:1] == ["ml"]:
         return args[1:]
+    if args[:2] == ["monitor", "autoscale"]:
+        return args  # `sluice monitor autoscale ...` takes az's flags
+    if args[:1] == ["monitor"]:
+        raise CliError(
+            f"`az monitor {args[1] if len(args) > 1 else ''}` is not supported by Sluice's az "
+            "forwarder: of `az monitor` it runs `autoscale` (metrics: `sluice online-endpoint "
+            "metrics`)"
+        )
     words = " ".join(args[:2]) or "(nothing)"
     if args and args[0] in AZ_SETUP:
         raise AzSetupCommand(f"az {words}: nothing to do for Sluice (Azure set-up command)")
     raise CliError(
         f"`az {words}` is not supported by Sluice's az forwarder: it runs `az ml` commands "
-        f"({', '.join(groups)})"
+        f"({', '.join(g for g in groups if g != 'monitor')}) and `az monitor autoscale`"
     )
 
 

@@ -1,7 +1,7 @@
 """`sluice shim az --dir DIR`: an `az` executable that runs `az ml ...` scripts against Sluice.
 
-Put DIR first on PATH and an existing deployment script's `az ml` commands
-run here unchanged. Like `az`, the forwarder prints JSON unless `-o` says
+Put DIR first on PATH and an existing deployment script's `az ml` and
+`az monitor autoscale` commands run here unchanged. Like `az`, the forwarder prints JSON unless `-o` says
 otherwise (SLUICE_OUTPUT=json).
 """
 
@@ -19,7 +19,7 @@ app = typer.Typer(help="Executables that let other tools' scripts drive Sluice."
 DirOption = typer.Option(..., "--dir", help="folder to write the `az` forwarder into")
 
 FORWARDER = """#!/bin/sh
-# Forwards `az ml ...` to Sluice (written by `sluice shim az`).
+# Forwards `az ml ...` and `az monitor autoscale ...` to Sluice (`sluice shim az`).
 export SLUICE_OUTPUT="${{SLUICE_OUTPUT:-json}}"
 exec {python} -m sluice.sdk.cli az "$@"
 """
@@ -29,7 +29,8 @@ exec {python} -m sluice.sdk.cli az "$@"
 def az(
     folder: Path = DirOption,
 ) -> None:
-    """Write DIR/az, which forwards `az ml <group> <verb> ...` to `sluice <group> <verb> ...`."""
+    """Write DIR/az, which forwards `az ml <group> <verb> ...` to `sluice <group> <verb> ...`
+    and `az monitor autoscale ...` to `sluice monitor autoscale ...`."""
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / "az"
     target.write_text(FORWARDER.format(python=shlex.quote(sys.executable)))
