@@ -1,8 +1,8 @@
 """`sluice shim az --dir DIR`: an `az` executable that runs `az ml ...` scripts against Sluice.
 
 Put DIR first on PATH and an existing deployment script's `az ml` and
-`az monitor autoscale` commands run here unchanged. Like `az`, the forwarder prints JSON unless `-o` says
-otherwise (SLUICE_OUTPUT=json).
+`az monitor autoscale` commands run here unchanged. Like `az`, the forwarder
+prints JSON unless `-o` says otherwise (SLUICE_OUTPUT=json).
 """
 
 from __future__ import annotations
