@@ -32,7 +32,6 @@ from sluice.common.resources import (
     to_document,
 )
 from sluice.common.settings import Settings
-from sluice.provisioner.events import ProvisionerEvents
 from sluice.provisioner.kubernetes import ClusterSettings, ClusterState, KubernetesCompute, render
 from sluice.provisioner.reconciler import Context, DeploymentWorker
 from sluice.provisioner.routing import RoutingView
@@ -124,8 +123,7 @@ async def test_kubernetes_reports_like_local_and_cleans_up(
     compute = KubernetesCompute(cluster, RoutingView())  # type: ignore[arg-type]
     outbox = Outbox(mongo_db, publisher)
     ctx = Context(
-        store=ProvisionerStore(mongo_db),
-        events=ProvisionerEvents(outbox, nats_broker, "t.usage"),
+        store=ProvisionerStore(mongo_db, outbox),
         backends={ComputeKind.kubernetes: compute},
     )
     scale = ScaleSettings(

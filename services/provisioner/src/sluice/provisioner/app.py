@@ -24,7 +24,7 @@ from sluice.common.runtime import wait_for_shutdown_signal
 from sluice.common.settings import Settings
 from sluice.provisioner.api import ProvisionerApi
 from sluice.provisioner.autoscale_counts import AutoscaleCounts, subscribe_autoscale
-from sluice.provisioner.events import SOURCE, ProvisionerEvents, subscribe_registry_events
+from sluice.provisioner.events import SOURCE, UsagePublisher, subscribe_registry_events
 from sluice.provisioner.kubernetes import ClusterSettings, KubernetesBackend, KubernetesCompute
 from sluice.provisioner.local import LocalBackend
 from sluice.provisioner.local_deployment import LocalCompute, LocalServices
@@ -72,8 +72,6 @@ async def serve(settings: Settings) -> None:
             broker, stream=settings.events_stream, subject_prefix=settings.events_subject_prefix
         )
         db = database(mongo, settings)
-        store = ProvisionerStore(db)
-        await store.ensure_indexes()
         environments = EnvironmentBuilder((settings.envs_dir or state_dir / "envs").absolute())
         publisher = EventPublisher(
             broker,
@@ -83,18 +81,19 @@ async def serve(settings: Settings) -> None:
         )
         outbox = Outbox(db, publisher)
         await outbox.ensure_indexes()
+        store = ProvisionerStore(db, outbox)
+        await store.ensure_indexes()
         usage_prefix = settings.events_subject_prefix.rsplit(".", 1)[0] + ".usage"
-        events = ProvisionerEvents(outbox, broker, usage_prefix)
+        usage = UsagePublisher(broker, usage_prefix)
         routing = RoutingView()
         preparer = Preparer(
             environments, ArtifactStore(state_dir / "artifacts"), Catalogue.load(), backend
         )
         counts = AutoscaleCounts(db)
         await counts.load()
-        local = LocalCompute(LocalServices(backend, preparer, store, routing, counts), events.usage)
+        local = LocalCompute(LocalServices(backend, preparer, store, routing, counts), usage.usage)
         ctx = Context(
             store=store,
-            events=events,
             backends={
                 ComputeKind.managed: local,
                 ComputeKind.kubernetes: KubernetesCompute(

@@ -1,4 +1,4 @@
-"""The provisioner on NATS: a durable consumer of registry events, and its own events.
+"""The provisioner on NATS: a durable consumer of registry events, and usage samples.
 
 Handlers are idempotent: an event only says "look at deployment X again". The
 consumer is filtered to the registry's deployment and endpoint events, so the
@@ -14,7 +14,7 @@ from faststream.nats import NatsBroker
 from faststream.nats.subscriber.usecases import PullStreamSubscriber
 from pydantic import Field
 
-from sluice.common.events import CloudEvent, Outbox, durable_subscriber, spec_for
+from sluice.common.events import CloudEvent, durable_subscriber
 from sluice.common.events.catalogue import (
     DEPLOYMENT_CREATED,
     DEPLOYMENT_DELETED,
@@ -78,30 +78,18 @@ def subscribe_registry_events(
     return subscriber
 
 
-class ProvisionerEvents:
-    """What the provisioner announces: instances ready/stopped, deployments ready/failed.
+class UsagePublisher:
+    """Usage samples of instances on core NATS (measurements, not kept in the events stream).
 
-    Events go to the outbox (MongoDB) and reach NATS through the relay: a NATS
-    outage delays them and a MongoDB failure raises; nothing is dropped silently.
-    """
+    The provisioner's events (deployment.*, instance.*) do not go through here: they
+    commit with the writes they announce (store.py, reporter.py)."""
 
-    def __init__(self, outbox: Outbox, broker: NatsBroker, usage_prefix: str):
-        self._outbox = outbox
+    def __init__(self, broker: NatsBroker, usage_prefix: str):
         self._broker = broker
         self._usage_prefix = usage_prefix
 
-    async def publish(
-        self, entity: str, verb: str, *, endpoint: str, deployment: str, **data: object
-    ) -> None:
-        """`sluice.<entity>.<verb>` about one deployment; the payload is validated by its model."""
-        spec = spec_for(entity, verb)
-        payload = spec.payload.model_validate({"endpoint": endpoint, "name": deployment, **data})
-        await self._outbox.add(
-            spec, payload, subject=f"{endpoint}/{deployment}", actor="provisioner"
-        )
-
     async def usage(self, endpoint: str, deployment: str, sample: dict[str, object]) -> None:
-        """A usage sample on core NATS (not kept in the events stream): for the metrics service."""
+        """A usage sample for the metrics service."""
         await self._broker.publish(
             json.dumps(sample).encode(), f"{self._usage_prefix}.{endpoint}.{deployment}"
         )

@@ -22,7 +22,6 @@ from sluice.common.log import get_logger
 from sluice.common.prometheus import RECONCILE_SECONDS
 from sluice.common.resources import ComputeKind, OnlineDeploymentDoc
 from sluice.provisioner.compute import ComputeBackend, DeploymentCompute
-from sluice.provisioner.events import ProvisionerEvents
 from sluice.provisioner.reporter import Reporter
 from sluice.provisioner.store import ProvisionerStore
 
@@ -35,7 +34,6 @@ IDLE_TICK_S = 1.0
 @dataclass(frozen=True)
 class Context:
     store: ProvisionerStore
-    events: ProvisionerEvents
     backends: Mapping[ComputeKind, ComputeBackend]
 
 
@@ -44,7 +42,7 @@ class DeploymentWorker:
         """`kind`: the backend it already runs on (instances adopted at start), if any."""
         self.key = key
         self._ctx = ctx
-        self._reporter = Reporter(key, ctx.store, ctx.events)
+        self._reporter = Reporter(key, ctx.store)
         self._kind = kind
         self._compute: DeploymentCompute | None = None
         if kind is not None:

@@ -1,26 +1,40 @@
 """One reporter for every backend: a deployment's status, instances and events.
 
 Order matters to the other services: the instance list is written before any
-event about it (the traffic controller re-reads MongoDB when an event arrives),
-and each state change is published once per spec version:
+event about it can be seen (the traffic controller re-reads MongoDB when an
+event arrives): the list and the pass's instance events commit in one
+transaction, and so does each state change with its event (store.py). Each
+state change is published once per spec version:
 
     Provisioning (first version) / Updating (later ones) -> Succeeded | Failed
 """
 
 from __future__ import annotations
 
+from sluice.common.events.catalogue import (
+    DEPLOYMENT_FAILED,
+    DEPLOYMENT_PROVISIONING,
+    DEPLOYMENT_READY,
+    DEPLOYMENT_UPDATING,
+    INSTANCE_DRAINING,
+    INSTANCE_READY,
+    INSTANCE_STOPPED,
+    DeploymentFailed,
+    DeploymentProgress,
+    InstanceDraining,
+    InstanceReady,
+    InstanceStopped,
+)
 from sluice.common.resources import Instance, OnlineDeploymentDoc, ProvisioningState
 from sluice.provisioner.compute import Observation
-from sluice.provisioner.events import ProvisionerEvents
-from sluice.provisioner.store import ProvisionerStore
+from sluice.provisioner.store import Announce, ProvisionerStore
 
 
 class Reporter:
-    def __init__(self, key: str, store: ProvisionerStore, events: ProvisionerEvents):
+    def __init__(self, key: str, store: ProvisionerStore):
         self.key = key
         self.endpoint, _, self.name = key.partition("/")
         self._store = store
-        self._events = events
         self._written: list[Instance] | None = None
         self._announced: int | None = None  # the version Provisioning/Updating was said for
         self._succeeded: int | None = None
@@ -35,10 +49,15 @@ class Reporter:
             self._succeeded = version
         if version in (self._announced, self._succeeded, self._failed):
             return
+        state, spec = (
+            (ProvisioningState.updating, DEPLOYMENT_UPDATING)
+            if self._succeeded
+            else (ProvisioningState.provisioning, DEPLOYMENT_PROVISIONING)
+        )
+        await self._store.set_state(
+            self.key, version, state, announce=Announce(spec, self._progress(version))
+        )
         self._announced = version
-        state = ProvisioningState.updating if self._succeeded else ProvisioningState.provisioning
-        await self._store.set_state(self.key, version, state)
-        await self._publish("deployment", state.value.lower(), version=version)
 
     async def report(self, doc: OnlineDeploymentDoc, seen: Observation) -> None:
         """After the backend's pass: instances first, then Succeeded or Failed, once each."""
@@ -46,36 +65,60 @@ class Reporter:
         version = doc.meta.version
         if seen.failure is not None:
             if self._failed != version:
-                self._failed = version
+                reason = seen.failure
+                failed = DeploymentFailed(
+                    endpoint=self.endpoint, name=self.name, version=version, reason=reason[:2000]
+                )
                 await self._store.set_state(
-                    self.key, version, ProvisioningState.failed, seen.failure
-                )
-                await self._publish(
-                    "deployment", "failed", version=version, reason=seen.failure[:2000]
-                )
+                    self.key, version, ProvisioningState.failed, reason,
+                    Announce(DEPLOYMENT_FAILED, failed),
+                )  # fmt: skip
+                self._failed = version
             return
         if seen.settled and version not in (self._failed, self._succeeded):
-            self._succeeded = version
             await self._store.set_state(
-                self.key, version, ProvisioningState.succeeded, seen.message
-            )
-            await self._publish("deployment", "ready", version=version)
+                self.key, version, ProvisioningState.succeeded, seen.message,
+                Announce(DEPLOYMENT_READY, self._progress(version)),
+            )  # fmt: skip
+            self._succeeded = version
 
     async def instances(self, seen: Observation) -> None:
-        """Write the instance list if it changed, then announce what happened to instances."""
-        if seen.instances != self._written:
-            await self._store.set_instances(self.key, seen.instances)
-            self._written = list(seen.instances)
-        for inst in seen.became_ready:
-            await self._publish("instance", "ready", instance=inst.id, address=inst.address)
-        for inst, reason in seen.draining:
-            await self._publish(
-                "instance", "draining", instance=inst.id, address=inst.address, reason=reason
+        """Write the instance list if it changed, with the events of what happened to
+        instances in this pass (one transaction)."""
+        events = [
+            Announce(
+                INSTANCE_READY,
+                InstanceReady(
+                    endpoint=self.endpoint, name=self.name, instance=i.id, address=i.address
+                ),
             )
-        for instance_id, reason in seen.stopped:
-            await self._publish("instance", "stopped", instance=instance_id, reason=reason)
+            for i in seen.became_ready
+        ]
+        events += [
+            Announce(
+                INSTANCE_DRAINING,
+                InstanceDraining(
+                    endpoint=self.endpoint,
+                    name=self.name,
+                    instance=i.id,
+                    address=i.address,
+                    reason=reason,
+                ),
+            )
+            for i, reason in seen.draining
+        ]
+        events += [
+            Announce(
+                INSTANCE_STOPPED,
+                InstanceStopped(endpoint=self.endpoint, name=self.name, instance=i, reason=reason),
+            )
+            for i, reason in seen.stopped
+        ]
+        changed = seen.instances != self._written
+        if not changed and not events:
+            return
+        await self._store.set_instances(self.key, seen.instances if changed else None, events)
+        self._written = list(seen.instances)
 
-    async def _publish(self, entity: str, verb: str, **data: object) -> None:
-        await self._events.publish(
-            entity, verb, endpoint=self.endpoint, deployment=self.name, **data
-        )
+    def _progress(self, version: int) -> DeploymentProgress:
+        return DeploymentProgress(endpoint=self.endpoint, name=self.name, version=version)

@@ -4,16 +4,25 @@ Instances live in the provisioner's own collection (`deployment_instances`),
 so no other service writes them and the registry never overwrites them.
 Status writes are conditional on the spec version they are about, so a
 result for an old version never overwrites the state of a newer one.
+
+Every status or instance-list write commits in one transaction with the
+events that announce it (the outbox, like the registry's): a change is
+stored with its events or not at all, and a status write that no longer
+applies (a newer version is stored) announces nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
+from typing import Any, TypeVar
 
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import ConnectionFailure, PyMongoError
 
+from sluice.common.events import Outbox, Transaction
+from sluice.common.events.catalogue import EventSpec, Payload
 from sluice.common.mongo import Document
 from sluice.common.resources import (
     DEPLOYMENT_INSTANCES,
@@ -29,6 +38,17 @@ from sluice.common.resources import (
 )
 
 INSTANCE_HISTORY = "instance_history"
+ACTOR = "provisioner"
+TRANSACTION_ATTEMPTS = 5  # a race with a registry write on the same document is retried
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Announce:
+    """An event that commits with a write: `spec` with its typed payload."""
+
+    spec: EventSpec[Any]
+    data: Payload
 
 
 @dataclass(frozen=True)
@@ -60,7 +80,8 @@ class RunningRecord:
 
 
 class ProvisionerStore:
-    def __init__(self, db: AsyncDatabase[Document]):
+    def __init__(self, db: AsyncDatabase[Document], outbox: Outbox):
+        self._outbox = outbox
         self._deployments = db[ONLINE_DEPLOYMENTS]
         self._history = db[INSTANCE_HISTORY]
         self._instances = db[DEPLOYMENT_INSTANCES]
@@ -94,26 +115,67 @@ class ProvisionerStore:
         return found
 
     async def set_state(
-        self, key: str, version: int, state: ProvisioningState, message: str = ""
+        self,
+        key: str,
+        version: int,
+        state: ProvisioningState,
+        message: str = "",
+        announce: Announce | None = None,
     ) -> bool:
-        result = await self._deployments.update_one(
-            {"_id": key, "meta.version": version},
-            {
-                "$set": {
-                    "meta.provisioning_state": state.value,
-                    "meta.status_message": message,
-                    "meta.updated_at": utcnow().isoformat(),
-                }
-            },
-        )
-        return result.modified_count == 1
+        """Write the state of `version` with its event; False (and no event) when a newer
+        version is stored (or the deployment is gone)."""
 
-    async def set_instances(self, key: str, instances: Sequence[Instance]) -> None:
-        if not instances:
-            await self._instances.delete_one({"_id": key})
-            return
-        doc = DeploymentInstancesDoc(instances=tuple(instances))
-        await self._instances.replace_one({"_id": key}, to_document(doc, key), upsert=True)
+        async def write(tx: Transaction) -> bool:
+            result = await self._deployments.update_one(
+                {"_id": key, "meta.version": version},
+                {
+                    "$set": {
+                        "meta.provisioning_state": state.value,
+                        "meta.status_message": message,
+                        "meta.updated_at": utcnow().isoformat(),
+                    }
+                },
+                session=tx.session,
+            )
+            applies = result.matched_count == 1
+            if applies and announce is not None:
+                tx.emit(announce.spec, announce.data, subject=key, actor=ACTOR)
+            return applies
+
+        return await self._transaction(write)
+
+    async def set_instances(
+        self, key: str, instances: Sequence[Instance] | None, announce: Sequence[Announce] = ()
+    ) -> None:
+        """Write the instance list (None: unchanged) and the instance events that go with it."""
+
+        async def write(tx: Transaction) -> None:
+            if instances is not None and not instances:
+                await self._instances.delete_one({"_id": key}, session=tx.session)
+            elif instances is not None:
+                doc = to_document(DeploymentInstancesDoc(instances=tuple(instances)), key)
+                await self._instances.replace_one(
+                    {"_id": key}, doc, upsert=True, session=tx.session
+                )
+            for event in announce:
+                tx.emit(event.spec, event.data, subject=key, actor=ACTOR)
+
+        await self._transaction(write)
+
+    async def _transaction(self, write: Callable[[Transaction], Awaitable[T]]) -> T:
+        """`write` and its events in one transaction; a lost race is tried again."""
+        attempt = 1
+        while True:
+            try:
+                async with self._outbox.transaction() as tx:
+                    return await write(tx)
+            except PyMongoError as exc:
+                lost_race = not isinstance(exc, ConnectionFailure)
+                if not lost_race or not exc.has_error_label("TransientTransactionError"):
+                    raise
+                if attempt == TRANSACTION_ATTEMPTS:
+                    raise
+                attempt += 1
 
     async def instance_started(
         self,

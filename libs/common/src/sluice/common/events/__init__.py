@@ -11,7 +11,6 @@ The pattern every service follows (docs/events.md lists the events):
            await collection.update_one(..., session=tx.session)
            tx.emit(DEPLOYMENT_UPDATED, DeploymentChanged(...), subject="ep/blue", actor=actor)
 
-   (`outbox.add(...)` stores an event that has no state change with it.)
    Run `OutboxRelay(outbox, publisher).run()` as a task: it publishes stored
    events to JetStream with the event id as `Nats-Msg-Id`. Events that describe
    no stored state (`traffic.applied`) may use `EventPublisher.publish` directly.
@@ -29,7 +28,7 @@ The pattern every service follows (docs/events.md lists the events):
    (`make events-doc`), and test the handler with FastStream's `TestNatsBroker`.
 """
 
-from sluice.common.events.catalogue import ALL, BY_TYPE, EventSpec, Payload, spec_for
+from sluice.common.events.catalogue import ALL, BY_TYPE, EventSpec, Payload
 from sluice.common.events.envelope import CONTENT_TYPE, CloudEvent, EventEnvelope, parse_envelope
 from sluice.common.events.nats import (
     EventPublisher,
@@ -57,5 +56,4 @@ __all__ = [
     "ensure_events_stream",
     "fanout_subscriber",
     "parse_envelope",
-    "spec_for",
 ]

@@ -338,8 +338,3 @@ ALL: tuple[EventSpec[Any], ...] = (
     *ASSET_EVENTS.values(),
 )
 BY_TYPE: dict[str, EventSpec[Any]] = {spec.type: spec for spec in ALL}
-
-
-def spec_for(entity: str, verb: str) -> EventSpec[Any]:
-    """The spec of `sluice.<entity>.<verb>`; KeyError for an event nobody declared."""
-    return BY_TYPE[f"sluice.{entity}.{verb}"]

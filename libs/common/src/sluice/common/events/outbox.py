@@ -98,13 +98,6 @@ class Outbox:
                 await self._c.insert_many(tx._events, session=session)
         self.stored.set()
 
-    async def add(
-        self, spec: EventSpec[PayloadT], data: PayloadT, *, subject: str | None, actor: str
-    ) -> None:
-        """Store one event on its own (no state change goes with it)."""
-        await self._c.insert_one(_outbox_document(self._publisher, spec, data, subject, actor))
-        self.stored.set()
-
     async def pending(self) -> list[Document]:
         query = {"source": self._publisher.source}
         return await self._c.find(query).sort("seq", ASCENDING).limit(BATCH).to_list()

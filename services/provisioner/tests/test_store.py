@@ -1,0 +1,105 @@
+"""The provisioner's writes commit with their events (real MongoDB: transactions)."""
+
+from __future__ import annotations
+
+import json
+
+from faststream.nats import NatsBroker
+from pymongo.asynchronous.database import AsyncDatabase
+
+from sluice.common.events import EventPublisher, Outbox
+from sluice.common.events.catalogue import (
+    DEPLOYMENT_READY,
+    INSTANCE_READY,
+    INSTANCE_STOPPED,
+    DeploymentProgress,
+    InstanceReady,
+    InstanceStopped,
+)
+from sluice.common.events.outbox import OUTBOX
+from sluice.common.mongo import Document
+from sluice.common.resources import (
+    DEPLOYMENT_INSTANCES,
+    ONLINE_DEPLOYMENTS,
+    Instance,
+    Meta,
+    OnlineDeploymentDoc,
+    OnlineDeploymentSpec,
+    ProvisioningState,
+    to_document,
+)
+from sluice.provisioner.store import Announce, ProvisionerStore
+
+KEY = "ep/blue"
+
+
+def store_of(db: AsyncDatabase[Document], broker: NatsBroker) -> ProvisionerStore:
+    """No relay runs: the events stay in the outbox, where the test reads them."""
+    publisher = EventPublisher(broker, source="sluice/provisioner", subject_prefix="t", stream="T")
+    return ProvisionerStore(db, Outbox(db, publisher))
+
+
+async def outbox_types(db: AsyncDatabase[Document]) -> list[tuple[str, dict[str, object]]]:
+    found = []
+    async for raw in db[OUTBOX].find().sort("seq", 1):
+        body = json.loads(raw["body"])
+        found.append((body["type"], body["data"]))
+    return found
+
+
+async def test_a_state_change_commits_with_its_event_and_a_stale_one_with_none(
+    mongo_db: AsyncDatabase[Document], nats_broker: NatsBroker
+) -> None:
+    store = store_of(mongo_db, nats_broker)
+    doc = OnlineDeploymentDoc(
+        spec=OnlineDeploymentSpec(name="blue", endpoint_name="ep"), meta=Meta(version=2)
+    )
+    await mongo_db[ONLINE_DEPLOYMENTS].insert_one(to_document(doc, KEY))
+    ready = DeploymentProgress(endpoint="ep", name="blue", version=2)
+
+    assert await store.set_state(
+        KEY, 2, ProvisioningState.succeeded, "ok", Announce(DEPLOYMENT_READY, ready)
+    )
+    stored = await mongo_db[ONLINE_DEPLOYMENTS].find_one({"_id": KEY})
+    assert stored is not None and stored["meta"]["provisioning_state"] == "Succeeded"
+    assert await outbox_types(mongo_db) == [
+        ("sluice.deployment.ready", {"endpoint": "ep", "name": "blue", "version": 2})
+    ]
+
+    # A result about version 1 (a newer one is stored) changes nothing and announces nothing.
+    old = DeploymentProgress(endpoint="ep", name="blue", version=1)
+    assert not await store.set_state(
+        KEY, 1, ProvisioningState.failed, "late", Announce(DEPLOYMENT_READY, old)
+    )
+    stored = await mongo_db[ONLINE_DEPLOYMENTS].find_one({"_id": KEY})
+    assert stored is not None and stored["meta"]["provisioning_state"] == "Succeeded"
+    assert len(await outbox_types(mongo_db)) == 1
+
+
+async def test_the_instance_list_commits_with_the_instance_events(
+    mongo_db: AsyncDatabase[Document], nats_broker: NatsBroker
+) -> None:
+    store = store_of(mongo_db, nats_broker)
+    a = Instance(id="a", address="127.0.0.1:1", ready=True)
+    await store.set_instances(
+        KEY,
+        [a],
+        [
+            Announce(
+                INSTANCE_READY,
+                InstanceReady(endpoint="ep", name="blue", instance="a", address=a.address),
+            )
+        ],
+    )
+    listed = await mongo_db[DEPLOYMENT_INSTANCES].find_one({"_id": KEY})
+    assert listed is not None and [i["id"] for i in listed["instances"]] == ["a"]
+    # An event with the list unchanged (None), then the list emptied: the document goes.
+    stopped = InstanceStopped(endpoint="ep", name="blue", instance="old", reason="scaled in")
+    await store.set_instances(KEY, None, [Announce(INSTANCE_STOPPED, stopped)])
+    assert await mongo_db[DEPLOYMENT_INSTANCES].find_one({"_id": KEY}) is not None
+    await store.set_instances(KEY, [])
+    assert await mongo_db[DEPLOYMENT_INSTANCES].find_one({"_id": KEY}) is None
+    assert [t for t, _ in await outbox_types(mongo_db)] == [
+        "sluice.instance.ready",
+        "sluice.instance.stopped",
+    ]
