@@ -1,6 +1,7 @@
 """Write the compose and Kubernetes copies of Envoy's bootstrap from deploy/envoy/bootstrap.yaml.
 
-The three differ only in where the ADS cluster points (`traffic:18000`, found by DNS).
+The three differ only in where the ADS cluster points (`traffic:18000`, found by DNS) and
+where the platform CA's files are.
 `tests/test_deploy.py` fails when a copy is out of step; run this after editing the local one:
 
     uv run python scripts/gen_envoy_bootstraps.py
@@ -24,9 +25,19 @@ COMPOSE_HEADER = (
 )
 
 
+# The platform CA's files in the containers (compose: the state volume, where the one-shot
+# `pki` service writes them; Kubernetes: the `sluice-pki` Secret mounted there).
+PKI = "/var/lib/sluice/pki"
+
+
 def deployed(local: dict[str, Any]) -> dict[str, Any]:
-    """The local bootstrap with the ADS cluster found by DNS at `traffic:18000`."""
+    """The local bootstrap with the ADS cluster found by DNS at `traffic:18000` and the
+    platform CA's files at PKI."""
     config = copy.deepcopy(local)
+    client, ca = config["static_resources"]["secrets"]
+    client["tls_certificate"]["certificate_chain"]["filename"] = f"{PKI}/client-sluice-gateway.crt"
+    client["tls_certificate"]["private_key"]["filename"] = f"{PKI}/client-sluice-gateway.key"
+    ca["validation_context"]["trusted_ca"]["filename"] = f"{PKI}/ca.crt"
     xds = config["static_resources"]["clusters"][0]
     xds["type"] = "STRICT_DNS"
     endpoint = xds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]

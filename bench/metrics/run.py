@@ -40,6 +40,7 @@ from sluice.common.components import python_service_spec
 from sluice.common.health import HttpCheck
 from sluice.common.log import configure_logging
 from sluice.common.mongo import create_mongo_client
+from sluice.common.pki import ALS_SERVER, PlatformPki
 from sluice.common.settings import EnvoySettings, Settings, service_env
 from sluice.common.supervisor import ProcessSpec, Supervisor, free_port
 from sluice.common.testing.stack import servers
@@ -141,14 +142,20 @@ async def stored_requests(address: str, token: str) -> int:
     return sum(p.requests for p in reply.points if p.deployment_name == query.ENDPOINT_TOTAL)
 
 
-async def end_to_end(address: str, token: str, messages: list[bytes]) -> tuple[int, float]:
-    """Stream every message on one gRPC stream; seconds until all are stored."""
+async def end_to_end(
+    address: str, als: str, pki: Path, token: str, messages: list[bytes]
+) -> tuple[int, float]:
+    """Stream every message on one gRPC stream to `als` (mutual TLS, as Envoy does);
+    seconds until all are stored."""
     sent = sum(
         len(als_pb2.StreamAccessLogsMessage.FromString(m).http_logs.log_entry) for m in messages
     )
     before = await stored_requests(address, token)
     started = time.perf_counter()
-    async with grpc.aio.insecure_channel(address) as channel:
+    chain, key, ca = PlatformPki(pki).client("bench-envoy").read()
+    credentials = grpc.ssl_channel_credentials(ca, key, chain)
+    options = [("grpc.ssl_target_name_override", ALS_SERVER)]
+    async with grpc.aio.secure_channel(als, credentials, options=options) as channel:
         stub = als_pb2_grpc.AccessLogServiceStub(channel)
 
         async def stream() -> Any:
@@ -174,14 +181,14 @@ def pin_tree(pid: int, cpus: set[int]) -> None:
         os.sched_setaffinity(int(task.name), cpus)
 
 
-def measure_ingest(sup: Supervisor, settings: Settings) -> tuple[list[str], str]:
+def measure_ingest(sup: Supervisor, settings: Settings) -> tuple[list[str], str, str]:
     rng = random.Random(1)
     now = time.time()
     messages = [entries_message(BATCH, rng, now) for _ in range(240)]  # 120,000 entries
     rows = in_process(messages[:80])
-    port = free_port()
+    port, als_port = free_port(), free_port()
     metrics_settings = settings.model_copy(
-        update={"ports": settings.ports.model_copy(update={"metrics": port})}
+        update={"ports": settings.ports.model_copy(update={"metrics": port, "als": als_port})}
     )
     proc = sup.start(
         python_service_spec(
@@ -193,13 +200,15 @@ def measure_ingest(sup: Supervisor, settings: Settings) -> tuple[list[str], str]
             python=sys.executable,
         )
     )
-    address = f"127.0.0.1:{port}"
+    address, als = f"127.0.0.1:{port}", f"127.0.0.1:{als_port}"
     token = settings.admin_token or ""
+    pki = settings.pki_folder
     pin_tree(proc.pid, {1})
     os.sched_setaffinity(0, {0})
     try:
-        asyncio.run(end_to_end(address, token, messages[:20]))  # warm up (stream, indexes)
-        results = [asyncio.run(end_to_end(address, token, messages)) for _ in range(2)]
+        # warm up (stream, indexes)
+        asyncio.run(end_to_end(address, als, pki, token, messages[:20]))
+        results = [asyncio.run(end_to_end(address, als, pki, token, messages)) for _ in range(2)]
     finally:
         os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
     sent, seconds = min(results, key=lambda r: r[1])
@@ -208,7 +217,7 @@ def measure_ingest(sup: Supervisor, settings: Settings) -> tuple[list[str], str]
         f"in MongoDB | **{sent / seconds:,.0f} entries/s** | {sent:,} sent = {sent:,} stored, "
         "0 dropped |"
     )
-    return rows, address
+    return rows, address, als
 
 
 async def measure_query(settings: Settings, address: str) -> list[str]:
@@ -324,7 +333,7 @@ def measure_access_log_cost(
                 python=sys.executable,
             )
         )
-        traffic.envoy_process(sup, root, f"envoy-{name}", xds_port)
+        traffic.envoy_process(sup, root, f"envoy-{name}", xds_port, PlatformPki(gw.pki_folder))
         gateways[name] = http_port
     asyncio.run(traffic.setup_endpoint(settings, f"127.0.0.1:{inference_port}"))
     for port in gateways.values():
@@ -362,7 +371,7 @@ def main() -> None:
     ):
         settings = base.model_copy(update={"mongodb_database": "bench"})
         rows = ["| ingest | rate | |", "|---|---:|---|"]
-        ingest, address = measure_ingest(sup, settings)
+        ingest, address, als = measure_ingest(sup, settings)
         rows += ingest
         print("\n".join(rows), flush=True)
         query_rows = ["", "| query | | | |", "|---|---:|---:|---|"]
@@ -371,7 +380,7 @@ def main() -> None:
         if "--no-gateway" not in sys.argv:  # (run directly: python bench/metrics/run.py)
             cost = ["", "| data plane (wrk c=32, 3 x 5 s alternating, median) | req/s | |"]
             cost += ["|---|---:|---|"]
-            cost += measure_access_log_cost(sup, settings, Path(tmp), address)
+            cost += measure_access_log_cost(sup, settings, Path(tmp), als)
             print("\n".join(cost), flush=True)
     print(f"(load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f})", flush=True)
 

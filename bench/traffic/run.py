@@ -47,6 +47,7 @@ from sluice.common.grpc_server import GrpcServer
 from sluice.common.health import HttpCheck
 from sluice.common.log import configure_logging
 from sluice.common.mongo import create_mongo_client
+from sluice.common.pki import PlatformPki
 from sluice.common.settings import EnvoySettings, Settings
 from sluice.common.supervisor import ProcessSpec, Supervisor, free_port
 from sluice.common.testing.plugin import service_env
@@ -73,7 +74,10 @@ KEY = "bench-primary-key"
 DOMAIN = "sluice.localhost"
 
 
-def envoy_process(sup: Supervisor, root: Path, name: str, xds_port: int) -> int:
+def envoy_process(
+    sup: Supervisor, root: Path, name: str, xds_port: int, pki: PlatformPki | None
+) -> int:
+    """An Envoy of node id `bench-<name>`; `pki` None: plain xDS (the in-process server)."""
     admin = free_port()
     config = render_envoy_bootstrap(
         find_project_file(ENVOY_BOOTSTRAP),
@@ -81,6 +85,7 @@ def envoy_process(sup: Supervisor, root: Path, name: str, xds_port: int) -> int:
         xds_host="127.0.0.1",
         xds_port=xds_port,
         node_id=f"bench-{name}",
+        tls=pki.client(f"bench-{name}") if pki else None,
     )
     path = root / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -263,7 +268,7 @@ async def measure_large_snapshot(root: Path, sup: Supervisor, n_endpoints: int) 
             deployments=deps,
         )
 
-    ads = AdsServer()
+    ads = AdsServer(node_from_certificate=False)  # plain gRPC: a benchmark's own server
     xds_port = free_port()
     server = GrpcServer(
         host="127.0.0.1",
@@ -274,7 +279,7 @@ async def measure_large_snapshot(root: Path, sup: Supervisor, n_endpoints: int) 
     await server.start()
     builder = SnapshotBuilder()
     try:
-        envoy_process(sup, root, "envoy-large", xds_port)
+        envoy_process(sup, root, "envoy-large", xds_port, None)
         endpoints = [endpoint(i, 90) for i in range(n_endpoints)]
         t0 = time.perf_counter()
         snapshot = builder.build(gateway, endpoints)
@@ -415,7 +420,7 @@ def main() -> None:
                 python=sys.executable,
             )
         )
-        envoy_pid = envoy_process(sup, root, "envoy", xds_port)
+        envoy_pid = envoy_process(sup, root, "envoy", xds_port, PlatformPki(settings.pki_folder))
         asyncio.run(setup_endpoint(settings, f"127.0.0.1:{inference_port}"))
         wait_routed(http_port)
         rows = ["| path | direct | through Envoy | |", "|---|---:|---:|---|"]

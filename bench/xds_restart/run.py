@@ -38,6 +38,7 @@ from sluice.common.events import ensure_events_stream, parse_envelope
 from sluice.common.health import GrpcHealthCheck
 from sluice.common.log import configure_logging
 from sluice.common.mongo import create_mongo_client
+from sluice.common.pki import XDS_SERVER, PlatformPki
 from sluice.common.settings import EnvoySettings, Settings, service_env
 from sluice.common.supervisor import RunningProcess, Supervisor, free_port, stop_process
 from sluice.common.testing.stack import servers
@@ -49,13 +50,14 @@ ROUNDS = {"bounded": 20, "default": 6}  # Envoy's default back-off makes its rou
 parts: dict[str, list[tuple[float, float]]] = {"bounded": [], "default": []}
 
 
-def bootstrap(root: Path, variant: str, admin_port: int, xds_port: int) -> Path:
+def bootstrap(root: Path, variant: str, admin_port: int, settings: Settings) -> Path:
     config: dict[str, Any] = render_envoy_bootstrap(
         find_project_file(ENVOY_BOOTSTRAP),
         admin_port=admin_port,
         xds_host="127.0.0.1",
-        xds_port=xds_port,
+        xds_port=settings.ports.xds,
         node_id=f"bench-{variant}",
+        tls=PlatformPki(settings.pki_folder).client(f"bench-{variant}"),
     )
     if variant == "default":
         del config["dynamic_resources"]["ads_config"]["grpc_services"][0]["envoy_grpc"][
@@ -114,9 +116,14 @@ async def measure(sup: Supervisor, root: Path, base: Settings, variant: str) -> 
 
     controller: RunningProcess = sup.start(controller_spec(settings, variant))
     admin = free_port()
-    path = bootstrap(root, variant, admin, settings.ports.xds)
+    path = bootstrap(root, variant, admin, settings)
     sup.start(envoy_spec(host="127.0.0.1", admin_port=admin, bootstrap=path, listener_ports=[]))
-    connected = GrpcHealthCheck(f"127.0.0.1:{settings.ports.xds}", service=GATEWAY_HEALTH)
+    connected = GrpcHealthCheck(
+        f"127.0.0.1:{settings.ports.xds}",
+        service=GATEWAY_HEALTH,
+        pki=str(settings.pki_folder),
+        server_name=XDS_SERVER,
+    )
 
     async def until(condition: Any, what: str, deadline_s: float = 60) -> None:
         end = time.monotonic() + deadline_s

@@ -9,6 +9,7 @@ from typing import Any
 import grpc
 from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 
+from sluice.common.pki import ALS_SERVER, PlatformPki
 from sluice.common.settings import Settings
 from sluice.common.supervisor import Supervisor, free_port
 from sluice.common.testing.plugin import EnvoyGateway
@@ -42,7 +43,10 @@ async def test_access_logs_go_to_the_receiver_without_the_key(
     receiver = Receiver()
     server = grpc.aio.server()
     als_pb2_grpc.add_AccessLogServiceServicer_to_server(receiver, server)
-    port = server.add_insecure_port(f"127.0.0.1:{free_port()}")
+    # Envoy's access-log stream is mutual TLS with the platform CA (as the metrics service's).
+    chain, key, ca = PlatformPki(sluice_settings.pki_folder).server(ALS_SERVER).read()
+    credentials = grpc.ssl_server_credentials([(key, chain)], ca, require_client_auth=True)
+    port = server.add_secure_port(f"127.0.0.1:{free_port()}", credentials)
     await server.start()
     try:
         traffic = start_controller(

@@ -63,7 +63,7 @@ async def test_requests_through_envoy_are_counted_exactly_where_served(
         supervisor,
         envoy_gateway,
         gateway_ports,
-        {"SLUICE_TRAFFIC_ALS_ADDRESS": metrics.address},
+        {"SLUICE_TRAFFIC_ALS_ADDRESS": f"127.0.0.1:{metrics.settings.ports.als}"},
     )
     blue, green, shadow = upstreams("blue"), upstreams("green"), upstreams("shadow")
     blue.behaviour.delay_s = 0.02

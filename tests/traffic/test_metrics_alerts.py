@@ -68,7 +68,7 @@ async def test_an_alert_fires_under_load_and_resolves_after(
         supervisor,
         envoy_gateway,
         gateway_ports,
-        {"SLUICE_TRAFFIC_ALS_ADDRESS": metrics.address},
+        {"SLUICE_TRAFFIC_ALS_ADDRESS": f"127.0.0.1:{metrics.settings.ports.als}"},
     )
     settings = metrics.settings
     blue = upstreams("blue")

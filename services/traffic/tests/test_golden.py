@@ -11,6 +11,7 @@ import os
 import subprocess
 from pathlib import Path
 
+from sluice.common.pki import PlatformPki
 from sluice.common.supervisor import resolve_binary
 from sluice.traffic.domain import (
     Deployment,
@@ -93,7 +94,9 @@ def test_envoy_accepts_the_configuration(tmp_path: Path) -> None:
     assert envoy, "envoy is installed by `make setup` (the 'platform' dependency group)"
     cert, key = ensure_local_certificate(tmp_path / "tls", "sluice.localhost")
     config = tmp_path / "static.json"
-    config.write_text(json.dumps(static_bootstrap(snapshot(load_material(cert, key)))))
+    envoy_identity = PlatformPki(tmp_path / "pki").client("sluice-gateway")
+    bootstrap = static_bootstrap(snapshot(load_material(cert, key)), envoy=envoy_identity)
+    config.write_text(json.dumps(bootstrap))
     result = subprocess.run(
         [envoy, "--mode", "validate", "-c", str(config), "--log-level", "critical"],
         capture_output=True,

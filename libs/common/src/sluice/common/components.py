@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from sluice.common.health import GrpcHealthCheck, HttpCheck, MongoPingCheck, UnixHttpCheck
+from sluice.common.pki import XDS_SERVER, Identity
 from sluice.common.supervisor import ProcessSpec
 
 ENVOY_BOOTSTRAP = Path("deploy") / "envoy" / "bootstrap.yaml"
@@ -85,13 +86,26 @@ def render_envoy_bootstrap(
     xds_port: int,
     node_id: str,
     admin_socket: Path | None = None,
+    tls: Identity | None,
 ) -> dict[str, Any]:
     """The bootstrap with its ports filled in. With `admin_socket`, Envoy's admin interface
     (which shows every key and gateway secret in /config_dump) listens on that Unix socket,
     mode 0600, instead of a loopback port any local process, deployment code included,
-    could reach."""
+    could reach.
+
+    `tls` is Envoy's client identity for the xDS and access-log streams (mutual TLS with
+    the platform CA; `PlatformPki.client(node_id)`). None is only for benchmarks that
+    serve xDS themselves in plain gRPC."""
     config: dict[str, Any] = yaml.safe_load(template.read_text())
     config["node"]["id"] = node_id
+    statics = config["static_resources"]
+    if tls is None:
+        del statics["clusters"][0]["transport_socket"], statics["secrets"]
+    else:
+        client, ca = statics["secrets"]
+        client["tls_certificate"]["certificate_chain"]["filename"] = str(tls.cert)
+        client["tls_certificate"]["private_key"]["filename"] = str(tls.key)
+        ca["validation_context"]["trusted_ca"]["filename"] = str(tls.ca)
     if admin_socket is not None:
         config["admin"]["address"] = {"pipe": {"path": str(admin_socket), "mode": 0o600}}
     else:
@@ -138,14 +152,26 @@ def envoy_spec(
     )
 
 
+# Services whose gRPC port speaks mutual TLS (Envoy's doors), by the name their
+# certificate carries: their health is checked with the platform's probe certificate.
+MUTUAL_TLS_SERVICES = {"traffic": XDS_SERVER}
+
+
 def python_service_spec(
     *, name: str, module: str, host: str, port: int, env: dict[str, str], python: str
 ) -> ProcessSpec:
-    """One of our services, `python -m <module>`, healthy when its gRPC health says SERVING."""
+    """One of our services, `python -m <module>`, healthy when its gRPC health says SERVING.
+
+    The PKI folder of a mutual-TLS service's check is the one `env` gives the service
+    (SLUICE_PKI_DIR, else <SLUICE_STATE_DIR>/pki, as `Settings.pki_folder`)."""
+    health = GrpcHealthCheck(f"{host}:{port}")
+    if name in MUTUAL_TLS_SERVICES:
+        pki = env.get("SLUICE_PKI_DIR") or str(Path(env["SLUICE_STATE_DIR"]).absolute() / "pki")
+        health = GrpcHealthCheck(f"{host}:{port}", pki=pki, server_name=MUTUAL_TLS_SERVICES[name])
     return ProcessSpec(
         name=name,
         argv=[python, "-m", module],
-        health=GrpcHealthCheck(f"{host}:{port}"),
+        health=health,
         env=env,
         ports=[port],
         host=host,

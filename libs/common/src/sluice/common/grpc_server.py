@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from pymongo.errors import ConnectionFailure
 
 from sluice.common.log import bind_correlation_id, get_logger
+from sluice.common.pki import Identity
 from sluice.common.prometheus import GRPC_CALLS, GRPC_SECONDS
 
 CORRELATION_HEADER = "x-correlation-id"
@@ -240,6 +241,12 @@ def actor_of(context: grpc.aio.ServicerContext) -> str:
     return "admin"
 
 
+def peer_name(context: grpc.aio.ServicerContext) -> str | None:
+    """The common name of the caller's verified client certificate (mutual TLS), else None."""
+    names = (context.auth_context() or {}).get("x509_common_name") or []
+    return names[0].decode() if names else None
+
+
 class GrpcServer:
     """A grpc.aio server with health, reflection and Sluice's interceptors."""
 
@@ -253,9 +260,14 @@ class GrpcServer:
         admin_token: str | None = None,
         public_services: Sequence[str] = (),
         extra_interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
+        tls: Identity | None = None,
     ):
-        """`public_services` need no admin token (besides health and reflection): callers
-        that cannot send one, such as Envoy's access-log stream."""
+        """`public_services` need no admin token (besides health and reflection).
+
+        With `tls`, the port speaks TLS with that identity and requires a client
+        certificate signed by its CA (mutual TLS): for callers that cannot send a token,
+        such as Envoy's xDS and access-log streams. `peer_name(context)` is then the
+        caller's certificate name."""
         interceptors: list[grpc.aio.ServerInterceptor] = [
             GrpcMetricsInterceptor(),
             CorrelationInterceptor(),
@@ -272,7 +284,14 @@ class GrpcServer:
         reflection.enable_server_reflection(
             [*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
         )
-        self.port = self._server.add_insecure_port(f"{host}:{port}")
+        if tls is None:
+            self.port = self._server.add_insecure_port(f"{host}:{port}")
+        else:
+            chain, key, ca = tls.read()
+            credentials = grpc.ssl_server_credentials(
+                [(key, chain)], root_certificates=ca, require_client_auth=True
+            )
+            self.port = self._server.add_secure_port(f"{host}:{port}", credentials)
         if self.port == 0:
             raise OSError(f"could not bind gRPC port {host}:{port}")
         self.address = f"{host}:{self.port}"

@@ -5,11 +5,15 @@ from __future__ import annotations
 import http.client
 import socket
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from sluice.common.pki import PROBE_CLIENT, PlatformPki
 
 
 @dataclass(frozen=True)
@@ -86,21 +90,38 @@ class UnixHttpCheck:
 
 @dataclass(frozen=True)
 class GrpcHealthCheck:
-    """grpc.health.v1 Check of the server (service "") or of one service."""
+    """grpc.health.v1 Check of the server (service "") or of one service.
+
+    With `pki` (a folder, sluice.common.pki) and `server_name`, the port speaks mutual TLS:
+    the check presents the platform's probe certificate and verifies the server's name.
+    """
 
     address: str
     service: str = ""
+    pki: str = ""
+    server_name: str = ""
+
+    def _channel(self) -> grpc.Channel:
+        if not self.pki:
+            return grpc.insecure_channel(self.address)
+        chain, key, ca = PlatformPki(Path(self.pki)).client(PROBE_CLIENT).read()
+        credentials = grpc.ssl_channel_credentials(ca, key, chain)
+        options = [("grpc.ssl_target_name_override", self.server_name)]
+        return grpc.secure_channel(self.address, credentials, options=options)
 
     def __call__(self) -> bool:
         try:
-            with grpc.insecure_channel(self.address) as channel:
+            with self._channel() as channel:
                 stub = health_pb2_grpc.HealthStub(channel)
                 reply = stub.Check(health_pb2.HealthCheckRequest(service=self.service), timeout=1.0)
                 return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
-        except grpc.RpcError:
+        except (grpc.RpcError, OSError):
             return False
 
     def describe(self) -> str:
+        if self.pki:
+            query = urllib.parse.urlencode({"pki": self.pki, "name": self.server_name})
+            return f"grpcs://{self.address}?{query}"
         return f"grpc://{self.address}"
 
 
@@ -137,6 +158,10 @@ def check_from_probe(
         return UnixHttpCheck(socket_path, path or "/")
     if probe.startswith("grpc://"):
         return GrpcHealthCheck(probe.removeprefix("grpc://"))
+    if probe.startswith("grpcs://"):
+        address, _, query = probe.removeprefix("grpcs://").partition("?")
+        params = urllib.parse.parse_qs(query)
+        return GrpcHealthCheck(address, pki=params["pki"][0], server_name=params["name"][0])
     if probe.startswith("mongodb://"):
         return MongoPingCheck(probe)
     if probe.startswith("tcp://"):

@@ -43,6 +43,7 @@ from sluice.common.components import (
     render_envoy_bootstrap,
 )
 from sluice.common.health import check_from_probe
+from sluice.common.pki import PlatformPki
 from sluice.common.settings import ServicePorts, Settings, service_env
 from sluice.common.supervisor import (
     ComponentError,
@@ -56,6 +57,7 @@ from sluice.common.supervisor import (
 )
 
 STATE_FILE = "platform.json"
+GATEWAY_NODE = "sluice-gateway"  # Envoy's node id, the name on its client certificate
 # Deaths in a row (none staying up STABLE_AFTER_S) after which a component is in a crash loop.
 CRASH_LOOP_FAILURES = 5
 
@@ -178,6 +180,7 @@ class LocalPlatform:
         self.settings = settings
         self.state_dir = settings.state_dir.absolute()
         self.state_file = self.state_dir / STATE_FILE
+        self.pki_folder = (settings.pki_dir or self.state_dir / "pki").absolute()
 
     # -- state ---------------------------------------------------------------
 
@@ -385,7 +388,8 @@ class LocalPlatform:
             admin_socket=admin_socket,
             xds_host=host,
             xds_port=ports["xds"],
-            node_id="sluice-gateway",
+            node_id=GATEWAY_NODE,
+            tls=PlatformPki(self.pki_folder).client(GATEWAY_NODE),
         )
         bootstrap.write_text(yaml.safe_dump(config, sort_keys=False))
         listener_ports = [s.envoy.https_port] + (

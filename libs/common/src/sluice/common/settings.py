@@ -47,6 +47,7 @@ class ServicePorts(BaseModel):
     xds: int = 0
     batch: int = 0
     metrics: int = 0
+    als: int = 0  # the metrics service's access-log receiver (mutual TLS, Envoy only)
 
 
 class Settings(BaseSettings):
@@ -89,6 +90,8 @@ class Settings(BaseSettings):
     admin_token: str | None = None
     # Fernet key (urlsafe base64, 32 bytes) that encrypts endpoint keys at rest.
     secret_key: str | None = None
+    # The platform CA and the identities it issued (sluice.common.pki); default <state_dir>/pki.
+    pki_dir: Path | None = None
 
     # Where the provisioner caches built environments (default <state_dir>/envs).
     envs_dir: Path | None = None
@@ -108,6 +111,10 @@ class Settings(BaseSettings):
     @property
     def logs_dir(self) -> Path:
         return self.state_dir / "logs"
+
+    @property
+    def pki_folder(self) -> Path:
+        return self.pki_dir or self.state_dir / "pki"
 
 
 def service_env(settings: Settings) -> dict[str, str]:
@@ -134,6 +141,8 @@ def service_env(settings: Settings) -> dict[str, str]:
     }
     if settings.registry_address:
         env["SLUICE_REGISTRY_ADDRESS"] = settings.registry_address
+    if settings.pki_dir is not None:
+        env["SLUICE_PKI_DIR"] = str(settings.pki_dir)
     if settings.envs_dir is not None:
         env["SLUICE_ENVS_DIR"] = str(settings.envs_dir)
     for field in type(settings.ports).model_fields:

@@ -18,6 +18,7 @@ from sluice.common.events import (
 from sluice.common.grpc_server import GrpcServer
 from sluice.common.log import get_logger
 from sluice.common.mongo import create_mongo_client, database, require_uri
+from sluice.common.pki import ALS_SERVER, PlatformPki
 from sluice.common.prometheus import start_exporter
 from sluice.common.runtime import wait_for_shutdown_signal
 from sluice.common.settings import Settings
@@ -105,7 +106,6 @@ async def serve(settings: Settings, metrics: MetricsSettings) -> None:
         await live.publish(broker, prefix)
 
     def register(server: object) -> None:
-        als_pb2_grpc.add_AccessLogServiceServicer_to_server(receiver, server)
         metrics_pb2_grpc.add_MetricsServicer_to_server(api, server)
         autoscale_pb2_grpc.add_AutoscaleServicer_to_server(
             AutoscaleApi(autoscale_store, metrics.bucket_s), server
@@ -114,14 +114,23 @@ async def serve(settings: Settings, metrics: MetricsSettings) -> None:
     server = GrpcServer(
         host=settings.host,
         port=settings.ports.metrics,
-        service_names=[SERVICE_NAME, AUTOSCALE_SERVICE, ALS_SERVICE],
+        service_names=[SERVICE_NAME, AUTOSCALE_SERVICE],
         register=register,
         admin_token=settings.admin_token,
-        # Envoy cannot send the admin token; the port stays on loopback by default.
-        public_services=[ALS_SERVICE],
+    )
+    # Envoy cannot send the admin token: its access-log stream has a port of its own with
+    # mutual TLS (the platform CA), so no other process can feed forged requests into the
+    # metrics, costs and alerts.
+    als_server = GrpcServer(
+        host=settings.host,
+        port=settings.ports.als,
+        service_names=[ALS_SERVICE],
+        register=lambda s: als_pb2_grpc.add_AccessLogServiceServicer_to_server(receiver, s),
+        tls=PlatformPki(settings.pki_folder.absolute()).server(ALS_SERVER),
     )
     tasks: list[asyncio.Task[None]] = []
     try:
+        await als_server.start()
         await server.start()
         start_exporter(settings)
         tasks.append(asyncio.create_task(flusher.run(), name="flusher"))
@@ -135,6 +144,7 @@ async def serve(settings: Settings, metrics: MetricsSettings) -> None:
         signal = await wait_for_shutdown_signal()
         log.info("metrics_stopping", signal=signal.name)
         await server.stop(grace=1.0)
+        await als_server.stop(grace=1.0)
         for task in tasks:
             task.cancel()
         await flusher.close()

@@ -12,6 +12,7 @@ from sluice.common.events import EventPublisher, create_broker, ensure_events_st
 from sluice.common.grpc_server import GrpcServer
 from sluice.common.log import get_logger
 from sluice.common.mongo import create_mongo_client, database, require_uri
+from sluice.common.pki import XDS_SERVER, PlatformPki
 from sluice.common.prometheus import start_exporter
 from sluice.common.runtime import wait_for_shutdown_signal
 from sluice.common.secretbox import SecretBox
@@ -38,8 +39,8 @@ def als_target(settings: Settings, traffic: TrafficSettings) -> Listen | None:
     if traffic.als_address:
         upstream = Upstream.parse(traffic.als_address)
         return Listen(upstream.host, upstream.port)
-    if settings.ports.metrics and importlib.util.find_spec("sluice.metrics") is not None:
-        return Listen(settings.host, settings.ports.metrics)
+    if settings.ports.als and importlib.util.find_spec("sluice.metrics") is not None:
+        return Listen(settings.host, settings.ports.als)
     return None
 
 
@@ -109,7 +110,8 @@ async def serve(settings: Settings, traffic: TrafficSettings) -> None:
         await broker.start()
         # The first snapshot exists before Envoy can connect: it never sees an empty config.
         await controller.sync_once()
-        # No admin token here: Envoy cannot send one. The port stays on loopback by default.
+        # Envoy cannot send the admin token: mutual TLS with the platform CA instead (the
+        # stream carries every key), and the node id must be the client certificate's name.
         server = GrpcServer(
             host=settings.host,
             port=settings.ports.xds,
@@ -117,6 +119,7 @@ async def serve(settings: Settings, traffic: TrafficSettings) -> None:
             register=lambda s: ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
                 ads, s
             ),
+            tls=PlatformPki(settings.pki_folder.absolute()).server(XDS_SERVER),
         )
         await server.start()
         start_exporter(settings)

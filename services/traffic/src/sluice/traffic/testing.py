@@ -38,6 +38,7 @@ from sluice.common.events.catalogue import (
 )
 from sluice.common.health import GrpcHealthCheck
 from sluice.common.mongo import Document
+from sluice.common.pki import XDS_SERVER
 from sluice.common.resources import (
     DEPLOYMENT_INSTANCES,
     ONLINE_DEPLOYMENTS,
@@ -224,7 +225,12 @@ def start_controller(
     process = supervisor.start(spec)
     # Started is not enough: the session Envoy must have opened its stream to *this* controller
     # (it re-connects within about a second of the previous one stopping).
-    gateway = GrpcHealthCheck(f"127.0.0.1:{envoy.xds_port}", service=GATEWAY_HEALTH)
+    gateway = GrpcHealthCheck(
+        f"127.0.0.1:{envoy.xds_port}",
+        service=GATEWAY_HEALTH,
+        pki=str(settings.pki_folder),
+        server_name=XDS_SERVER,
+    )
     eventually(gateway, bool, deadline_s=10)
     return Traffic(
         settings=settings,

@@ -40,6 +40,7 @@ from sluice.common.components import (
 )
 from sluice.common.events import ensure_events_stream
 from sluice.common.mongo import Document, create_mongo_client
+from sluice.common.pki import PlatformPki
 from sluice.common.platform import LocalPlatform, PlatformState
 from sluice.common.settings import EnvoySettings, ServicePorts, Settings
 from sluice.common.settings import service_env as settings_service_env
@@ -121,11 +122,20 @@ def state_root() -> Iterator[Path]:
         yield folder
 
 
+@pytest.fixture(scope="session")
+def platform_pki(tmp_path_factory: pytest.TempPathFactory) -> PlatformPki:
+    """The session's platform CA: the session Envoy and every test's services trust it."""
+    return PlatformPki(tmp_path_factory.mktemp("pki"))
+
+
 @pytest.fixture
-def sluice_settings(nats_url: str, mongodb_uri: str, state_root: Path, test_id: str) -> Settings:
+def sluice_settings(
+    nats_url: str, mongodb_uri: str, state_root: Path, test_id: str, platform_pki: PlatformPki
+) -> Settings:
     """Settings for one test: its own database, stream, subject prefix and state dir."""
     return Settings(
         state_dir=state_root / "state",
+        pki_dir=platform_pki.folder,
         nats_url=nats_url,
         mongodb_uri=mongodb_uri,
         mongodb_database=f"t_{test_id}",
@@ -176,7 +186,9 @@ class EnvoyGateway:
 
 @pytest.fixture(scope="session")
 def envoy_gateway(
-    session_supervisor: Supervisor, tmp_path_factory: pytest.TempPathFactory
+    session_supervisor: Supervisor,
+    tmp_path_factory: pytest.TempPathFactory,
+    platform_pki: PlatformPki,
 ) -> EnvoyGateway:
     folder = tmp_path_factory.mktemp("envoy")
     admin_port, xds_port = free_port(), free_port()
@@ -186,6 +198,7 @@ def envoy_gateway(
         xds_host="127.0.0.1",
         xds_port=xds_port,
         node_id="sluice-test-gateway",
+        tls=platform_pki.client("sluice-test-gateway"),
     )
     bootstrap = folder / "bootstrap.yaml"
     bootstrap.write_text(yaml.safe_dump(config))
@@ -249,7 +262,10 @@ class ServiceStarter:
 
     def __call__(self, name: str, *, port_field: str | None = None) -> RunningService:
         port = free_port()
-        ports = self.settings.ports.model_copy(update={port_field or name: port})
+        update = {port_field or name: port}
+        if name == "metrics":  # its second, mutual-TLS port: Envoy's access-log stream
+            update["als"] = free_port()
+        ports = self.settings.ports.model_copy(update=update)
         self.settings = self.settings.model_copy(update={"ports": ports})
         spec = python_service_spec(
             name=name,

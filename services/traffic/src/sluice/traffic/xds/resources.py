@@ -66,6 +66,7 @@ from google.protobuf.message import Message
 
 from sluice.common.gateway_auth import HEADER
 from sluice.common.headers import NOT_PROCESSED_HEADER
+from sluice.common.pki import ALS_SERVER
 from sluice.common.resources import TOKEN_ISSUER
 from sluice.traffic.domain import (
     DEPLOYMENT_HEADER,
@@ -82,6 +83,9 @@ from sluice.traffic.domain import (
 ROUTE_CONFIG = "sluice_routes"
 TLS_SECRET = "sluice_tls"  # noqa: S105 - the name of an SDS resource, not a secret
 ALS_CLUSTER = "sluice_als"
+# Static secrets of Envoy's bootstrap: its client certificate and the platform CA.
+PLATFORM_CLIENT = "sluice_platform_client"
+PLATFORM_CA = "sluice_platform_ca"
 JWT_FILTER = "envoy.filters.http.jwt_authn"
 RBAC_FILTER = "envoy.filters.http.rbac"
 LUA_FILTER = "envoy.filters.http.lua"
@@ -320,7 +324,32 @@ def als_cluster(target: Listen) -> cluster_pb2.Cluster:
         typed_extension_protocol_options={
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": pack(options)
         },
+        transport_socket=platform_tls(ALS_SERVER),
     )
+
+
+def platform_tls(server_name: str) -> base_pb2.TransportSocket:
+    """Mutual TLS to one of the platform's own servers: Envoy's client certificate and the
+    platform CA are the static secrets of its bootstrap (deploy/envoy/bootstrap.yaml),
+    named here without an SDS source; the server must carry `server_name`."""
+    tls = tls_pb2.UpstreamTlsContext(
+        sni=server_name,
+        common_tls_context=tls_pb2.CommonTlsContext(
+            tls_certificate_sds_secret_configs=[secret_pb2.SdsSecretConfig(name=PLATFORM_CLIENT)],
+            combined_validation_context=tls_pb2.CommonTlsContext.CombinedCertificateValidationContext(
+                default_validation_context=tls_common_pb2.CertificateValidationContext(
+                    match_typed_subject_alt_names=[
+                        tls_common_pb2.SubjectAltNameMatcher(
+                            san_type=tls_common_pb2.SubjectAltNameMatcher.DNS,
+                            matcher=string_pb2.StringMatcher(exact=server_name),
+                        )
+                    ]
+                ),
+                validation_context_sds_secret_config=secret_pb2.SdsSecretConfig(name=PLATFORM_CA),
+            ),
+        ),
+    )
+    return base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=pack(tls))
 
 
 # ---- routes ----------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from typing import Any
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
+from sluice.common.grpc_server import peer_name
 from sluice.common.log import get_logger
 from sluice.common.prometheus import XDS_PUSHES, XDS_RESPONSES
 from sluice.traffic.xds.snapshot import (
@@ -66,6 +67,8 @@ class Stream:
         self.id = stream_id
         self.peer = peer
         self.node = ""
+        self.certificate: str | None = None  # the client certificate's name (mutual TLS)
+        self.denied = ""  # why the stream is refused, once it is
         self.subs: dict[str, Subscription] = {}
         self.wake = asyncio.Event()
         self.answered = asyncio.Condition()
@@ -100,7 +103,16 @@ class Result:
 class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
     """Serves the current snapshot to every connected Envoy (one writer for all of them)."""
 
-    def __init__(self, on_connected: Callable[[bool], Awaitable[None]] | None = None) -> None:
+    def __init__(
+        self,
+        on_connected: Callable[[bool], Awaitable[None]] | None = None,
+        *,
+        node_from_certificate: bool = True,
+    ) -> None:
+        """With `node_from_certificate` (served over mutual TLS), a stream's node id must be
+        the name of the client certificate it connected with: a certificate issued to one
+        gateway cannot pose as another. Off only for benchmarks serving plain gRPC."""
+        self._node_from_certificate = node_from_certificate
         self._snapshot: Snapshot | None = None
         self._streams: set[Stream] = set()
         self._changed = asyncio.Condition()
@@ -173,6 +185,12 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
         stream = Stream(next(self._stream_ids), context.peer())
+        if self._node_from_certificate:
+            stream.certificate = peer_name(context)
+            if stream.certificate is None:
+                await context.abort(
+                    grpc.StatusCode.UNAUTHENTICATED, "xDS needs a platform client certificate"
+                )
         self._streams.add(stream)
         reader = asyncio.create_task(self._read(stream, request_iterator))
         log.info("xds_stream_opened", stream=stream.id, peer=stream.peer)
@@ -188,6 +206,8 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             await self._notify()
             await self._report_connected()
             log.info("xds_stream_closed", stream=stream.id, node=stream.node)
+        if stream.denied:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, stream.denied)
 
     async def DeltaAggregatedResources(  # noqa: N802 - the proto's method name
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
@@ -201,6 +221,8 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         try:
             async for request in requests:
                 await self._on_request(stream, request)
+                if stream.denied:
+                    break
         except (asyncio.CancelledError, grpc.aio.AioRpcError):
             pass
         finally:
@@ -211,6 +233,13 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
 
     async def _on_request(self, stream: Stream, request: Any) -> None:
         if request.node.id and not stream.node:
+            if stream.certificate is not None and request.node.id != stream.certificate:
+                stream.denied = (
+                    f"node id {request.node.id!r} is not the certificate's name "
+                    f"{stream.certificate!r}"
+                )
+                log.warning("xds_node_refused", node=request.node.id, cert=stream.certificate)
+                return
             stream.node = request.node.id
             await self._report_connected()
         stream.requests += 1

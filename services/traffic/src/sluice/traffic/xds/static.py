@@ -19,6 +19,8 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
 from google.protobuf import json_format
 
+from sluice.common.pki import Identity
+from sluice.traffic.xds.resources import PLATFORM_CA, PLATFORM_CLIENT
 from sluice.traffic.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, Snapshot
 
 
@@ -37,7 +39,25 @@ def resources_json(snapshot: Snapshot) -> dict[str, Any]:
     }
 
 
-def static_bootstrap(snapshot: Snapshot, *, admin_port: int = 0) -> dict[str, Any]:
+def platform_secrets(envoy: Identity) -> list[dict[str, Any]]:
+    """The static secrets deploy/envoy/bootstrap.yaml gives Envoy (its client certificate,
+    the platform CA), which the access-log cluster names."""
+    return [
+        {
+            "name": PLATFORM_CLIENT,
+            "tls_certificate": {
+                "certificate_chain": {"filename": str(envoy.cert)},
+                "private_key": {"filename": str(envoy.key)},
+            },
+        },
+        {"name": PLATFORM_CA, "validation_context": {"trusted_ca": {"filename": str(envoy.ca)}}},
+    ]
+
+
+def static_bootstrap(
+    snapshot: Snapshot, *, admin_port: int = 0, envoy: Identity | None = None
+) -> dict[str, Any]:
+    """`envoy`: Envoy's platform identity, needed when the snapshot sends access logs."""
     routes = {
         name: _unpack(p, route_pb2.RouteConfiguration())
         for name, p in snapshot.resources[ROUTE].items()
@@ -75,7 +95,7 @@ def static_bootstrap(snapshot: Snapshot, *, admin_port: int = 0) -> dict[str, An
     secrets = [
         json_format.MessageToDict(_unpack(p, secret_pb2.Secret()))
         for p in snapshot.resources[SECRET].values()
-    ]
+    ] + (platform_secrets(envoy) if envoy is not None else [])
     return {
         "admin": {
             "address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}
