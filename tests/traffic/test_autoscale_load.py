@@ -67,7 +67,7 @@ def test_metric_rules_scale_out_and_in_and_a_schedule_takes_over(
         supervisor,
         envoy_gateway,
         gateway_ports,
-        {"SLUICE_TRAFFIC_ALS_ADDRESS": metrics.address},
+        {"SLUICE_TRAFFIC_ALS_ADDRESS": f"127.0.0.1:{metrics.settings.ports.als}"},
     )
     online = trained_examples / "online"
     client.create_online_endpoint(load_online_endpoint(online / "endpoint.yml").spec)
