@@ -12,6 +12,7 @@ from faststream import FastStream
 from faststream.nats import JStream, NatsBroker
 from faststream.specification import AsyncAPI
 
+from sluice.batch.events import subscribe_deployment_events
 from sluice.common.events import ALL, CloudEvent
 from sluice.common.settings import Settings
 from sluice.provisioner.autoscale_counts import subscribe_autoscale
@@ -34,6 +35,7 @@ class _Nothing:
     async def routing_changed(self, key: str) -> None: ...
 
     async def autoscaled(self, endpoint: str, deployment: str) -> None: ...
+    def warm_soon(self, endpoint: str, deployment: str) -> None: ...
 
 
 def build() -> FastStream:
@@ -57,6 +59,7 @@ def build() -> FastStream:
     )
     subscribe_routing_events(broker, stream=STREAM, prefix=PREFIX, sink=nothing)
     subscribe_autoscale(broker, stream=STREAM, prefix=PREFIX, on_change=nothing.autoscaled)
+    subscribe_deployment_events(broker, stream=STREAM, prefix=PREFIX, warmer=nothing)
     spec = AsyncAPI(
         title="Sluice events",
         version="1",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,7 +25,6 @@ import pytest
 from faststream.nats import NatsBroker
 from pymongo import MongoClient
 
-from sluice.batch.worker import CONFIG_ENV
 from sluice.common.testing.plugin import RunningService, ServiceStarter
 from sluice.common.testing.wait import wait_for
 from sluice.sdk.batch import TERMINAL, BatchClient, state_name
@@ -214,19 +214,36 @@ def output_lines(job: dict[str, Any]) -> list[str]:
     return (Path(job["output_path"]) / job["output_file_name"]).read_text().splitlines()
 
 
-def workers_of(job: str) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["pid"]):
-        try:
-            if job in proc.environ().get(CONFIG_ENV, ""):
-                found.append(proc)
-        except (psutil.Error, OSError):
-            continue
+STARTING = re.compile(r" (worker-\d+) starting \(python \S+, pid (\d+)\)$", re.MULTILINE)
+
+
+def workers_of(cli: Cli, job: str) -> dict[str, psutil.Process]:
+    """The job's live workers by name, found by the pid each one logs when it starts (a worker
+    that was a spare shows the spare's environment in /proc, which cannot name its job)."""
+    found = {}
+    for log in (Path(cli.env["SLUICE_STATE_DIR"]) / "jobs" / job / "logs").glob("worker-*.log"):
+        for name, pid in STARTING.findall(_read(log)):
+            try:
+                proc = psutil.Process(int(pid))
+                if proc.status() != psutil.STATUS_ZOMBIE and "sluice.batch" in " ".join(
+                    proc.cmdline()
+                ):
+                    found[name] = proc
+            except psutil.Error:
+                continue
     return found
+
+
+def spares_of(batch: RunningService) -> list[psutil.Process]:
+    """Spare workers the batch service keeps waiting."""
+    children = psutil.Process(batch.process.pid).children()
+    return [p for p in children if "sluice.batch.spare" in " ".join(p.cmdline())]
 
 
 def test_folder_of_csvs_every_row_once_in_order(cli: Cli, batch: RunningService) -> None:
     deploy(cli, "csv-batch", with_cli=True)
+    # Creating the deployment started its 2 workers' processes as spares.
+    wait_for(lambda: len(spares_of(batch)) == 2, "2 spare workers")
     data = cli.cwd / "data"
     # Files in stable order by relative path: g000, g001, then sub/f000 ... sub/f004.
     expected = make_csvs(data, 2, 2, prefix="g") + make_csvs(data / "sub", 5, 3)
@@ -250,13 +267,17 @@ def test_folder_of_csvs_every_row_once_in_order(cli: Cli, batch: RunningService)
     logs = cli("job", "stream", "-n", job["name"]).stdout
     assert "runner" in logs and "worker-0" in logs and "worker-1" in logs
     assert "init() done" in logs and "mini-batch 3 done" in logs
+    assert "worker-0 started from a warm spare" in logs
+    assert "worker-1 started from a warm spare" in logs
     # Downloaded as Azure's samples read it: named-outputs/score/<file>.
     cli("job", "download", "-n", job["name"], "--download-path", "dl")
     assert (cli.cwd / "dl/named-outputs/score/predictions.csv").read_text().splitlines() == (
         expected
     )
     # Compute exists only while the job runs, and is recorded for the metrics service's costs.
-    assert workers_of(job["name"]) == []
+    assert workers_of(cli, job["name"]) == {}
+    # ... and 2 spares wait for the next job (started once this one was done).
+    wait_for(lambda: len(spares_of(batch)) == 2, "2 spare workers again")
     settings = batch.settings
     with MongoClient(settings.mongodb_uri) as mongo:
         records = list(
@@ -335,7 +356,7 @@ def test_error_threshold_fails_or_completes(cli: Cli) -> None:
     assert failed["status"] == "Failed"
     assert "more than error_threshold=1" in failed["status_message"]
     assert "bad" in failed["status_message"] and "cannot score" in failed["status_message"]
-    assert workers_of(failed["name"]) == []
+    assert workers_of(cli, failed["name"]) == {}
 
 
 def test_worker_killed_mid_batch_every_row_once(cli: Cli, batch: RunningService) -> None:
@@ -345,13 +366,12 @@ def test_worker_killed_mid_batch_every_row_once(cli: Cli, batch: RunningService)
     logs = Path(batch.settings.state_dir) / "jobs" / job["name"] / "logs"
     # Kill worker-0 while it holds a mini-batch (started, not done).
     wait_for(lambda: "attempt 1" in _read(logs / "worker-0.log"), "worker-0 busy")
-    victim = [p for p in workers_of(job["name"]) if "worker-0" in p.environ()[CONFIG_ENV]]
-    assert len(victim) == 1
+    victim = workers_of(cli, job["name"])["worker-0"]
     # Deployment code sees none of the platform's secrets.
     assert not {"SLUICE_ADMIN_TOKEN", "SLUICE_SECRET_KEY", "SLUICE_MONGODB_URI"} & set(
-        victim[0].environ()
+        victim.environ()
     )
-    victim[0].send_signal(signal.SIGKILL)
+    victim.send_signal(signal.SIGKILL)
     done = cli.finished(job["name"])
     assert done["status"] == "Completed", done["status_message"]
     assert output_lines(done) == expected
@@ -375,7 +395,7 @@ def test_worker_killed_in_its_last_attempt_fails_that_mini_batch(
     )
     logs = Path(batch.settings.state_dir) / "jobs" / job["name"] / "logs"
     wait_for(lambda: "mini-batch 0 attempt 1" in _read(logs / "worker-0.log"), "worker-0 busy")
-    for proc in workers_of(job["name"]):
+    for proc in workers_of(cli, job["name"]).values():
         proc.send_signal(signal.SIGKILL)
     done = cli.finished(job["name"])
     # No attempt is left for mini-batch 0: it fails (and is named), the rest completes.
@@ -390,10 +410,10 @@ def test_cancel_stops_workers(cli: Cli) -> None:
     deploy(cli, "cancel-batch", env={"DELAY_S": "2"})
     make_csvs(cli.cwd / "data", 10, 1)
     job = invoke(cli, "cancel-batch", cli.cwd / "data")
-    wait_for(lambda: len(workers_of(job["name"])) == 2, "workers")
+    wait_for(lambda: len(workers_of(cli, job["name"])) == 2, "workers")
     canceled = cli.json("job", "cancel", "-n", job["name"])
     assert canceled["status"] == "Canceled"
-    assert workers_of(job["name"]) == []
+    assert workers_of(cli, job["name"]) == {}
     assert "already Canceled" in cli.error("job", "cancel", "-n", job["name"])
 
 

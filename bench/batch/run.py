@@ -11,6 +11,10 @@ writes a folder of CSV files and trains a small scikit-learn forest, then:
   report) and end to end (invoke to Completed, worker start-up included);
 - overhead: a job of many one-row files, one file per mini-batch, one
   worker: wall time per mini-batch minus the time spent inside run();
+- start-up: invoke to the first mini-batch starting (the forest script, one
+  10-row file), with the deployment's spare worker killed first (a cold
+  worker: Python, pandas/sklearn imports, init()) and with a ready spare
+  (the service keeps them warm per deployment environment);
 - memory: a 1M-row job (one file per 100k rows); peak RSS of the batch
   service and of each worker, which must not grow with the job's size.
 
@@ -37,7 +41,7 @@ import psutil
 from faststream.nats import NatsBroker
 from threadpoolctl import threadpool_limits
 
-from sluice.batch.worker import CONFIG_ENV, MiniBatchResult
+from sluice.batch.worker import MiniBatchResult
 from sluice.common.testing.stack import servers, start_services
 from sluice.sdk.batch import BatchClient, parse_overrides, state_name
 from sluice.sdk.client import RegistryClient
@@ -155,14 +159,14 @@ class ResultWatch:
         self._thread.join(10)
 
 
-def peak_rss(job: str, batch_pid: int, stop: threading.Event, peaks: dict[str, int]) -> None:
+def peak_rss(batch_pid: int, stop: threading.Event, peaks: dict[str, int]) -> None:
+    """Peak RSS of the batch service and of each of its worker processes (spares included)."""
+    service = psutil.Process(batch_pid)
     while not stop.is_set():
-        for proc in psutil.process_iter(["pid"]):
+        for proc in [service, *service.children()]:
             try:
-                key = "service" if proc.pid == batch_pid else None
-                if key is None and job in proc.environ().get(CONFIG_ENV, ""):
-                    key = f"worker-{proc.pid}"
-                if key:
+                key = "service" if proc.pid == batch_pid else f"worker-{proc.pid}"
+                if key == "service" or "sluice.batch" in " ".join(proc.cmdline()):
                     peaks[key] = max(peaks.get(key, 0), proc.memory_info().rss)
             except (psutil.Error, OSError):
                 continue
@@ -172,6 +176,8 @@ def peak_rss(job: str, batch_pid: int, stop: threading.Event, peaks: dict[str, i
 def run_job(
     jobs: BatchClient, nats_url: str, data: Path, sets: list[str]
 ) -> tuple[Any, float, list[tuple[float, MiniBatchResult]]]:
+    """The job, invoke -> Completed seconds, and (arrival, result) of each mini-batch;
+    arrivals are relative to the invoke."""
     name = f"bench-{int(time.time() * 1000) % 10**9}"
     watch = ResultWatch(nats_url, f"sluice.batch.{name}.results.>")
     started = time.monotonic()
@@ -181,7 +187,30 @@ def run_job(
     elapsed = time.monotonic() - started
     watch.close()
     assert state_name(job) == "Completed", job.status_message
-    return job, elapsed, sorted(watch.arrivals, key=lambda a: a[0])
+    return job, elapsed, sorted((t - started, r) for t, r in watch.arrivals)
+
+
+def first_start(arrivals: list[tuple[float, MiniBatchResult]]) -> float:
+    """Invoke to the first mini-batch's run() starting."""
+    return min(t - r.seconds for t, r in arrivals)
+
+
+def spares(batch_pid: int) -> list[psutil.Process]:
+    children = psutil.Process(batch_pid).children()
+    return [p for p in children if "sluice.batch.spare" in " ".join(p.cmdline())]
+
+
+def wait_spares_ready(state_dir: Path, batch_pid: int, count: int) -> None:
+    """Until `count` spares of the batch service have logged that their imports are done."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        log = state_dir / "batch-spares" / "spares.log"
+        text = log.read_text() if log.exists() else ""
+        ready = [p for p in spares(batch_pid) if f"spare {p.pid} ready" in text]
+        if len(ready) >= count:
+            return
+        time.sleep(0.1)
+    raise TimeoutError("spares not ready")
 
 
 def window(arrivals: list[tuple[float, MiniBatchResult]]) -> float:
@@ -226,6 +255,7 @@ def main() -> None:
             batch_pid = next(p.pid for p in supervisor.running if p.name == "batch")
             with BatchClient(address, settings.admin_token) as jobs:
                 rates = {}
+                wait_spares_ready(settings.state_dir, batch_pid, 1)
                 for workers in (1, 2):
                     job, elapsed, arrivals = run_job(
                         jobs, settings.nats_url, data, [f"max_concurrency_per_instance={workers}"]
@@ -254,6 +284,21 @@ def main() -> None:
                     f"{rates[1] / (base_rows / again_s):.2f}x, 2 workers "
                     f"{rates[2] / (base_rows / again_s):.2f}x)"
                 )
+                one = root / "one"
+                write_data(one, 1, 10, seed=3)
+                for round_ in range(2):
+                    for proc in spares(batch_pid):
+                        proc.kill()
+                    _, cold_s, cold = run_job(jobs, settings.nats_url, one, [])
+                    wait_spares_ready(settings.state_dir, batch_pid, 1)
+                    _, warm_s, warm = run_job(jobs, settings.nats_url, one, [])
+                    print(
+                        f"start-up, round {round_ + 1}: invoke -> first mini-batch running: cold "
+                        f"worker {first_start(cold):.2f}s, warm spare {first_start(warm):.2f}s "
+                        f"({first_start(warm) / first_start(cold):.2f}x); invoke -> Completed "
+                        f"{cold_s:.2f}s / {warm_s:.2f}s"
+                    )
+
                 tiny = root / "tiny"
                 tiny.mkdir()
                 for i in range(200):
@@ -264,6 +309,7 @@ def main() -> None:
                         root / "deployment.yml", client.upload, name="trivial"
                     ).spec
                     client.create_batch_deployment(spec, set_default=True)
+                wait_spares_ready(settings.state_dir, batch_pid, 1)
                 job, elapsed, arrivals = run_job(
                     jobs, settings.nats_url, tiny, ["mini_batch_size=1"]
                 )
@@ -273,7 +319,6 @@ def main() -> None:
                     f"{statistics.median(gaps) * 1000:.2f} ms, p90 "
                     f"{statistics.quantiles(gaps, n=10)[-1] * 1000:.2f} ms"
                 )
-
                 big = root / "big"
                 write_data(big, 10, 100_000, seed=2)
                 (root / "code" / "score.py").write_text(SCRIPT)
@@ -285,7 +330,7 @@ def main() -> None:
                 peaks: dict[str, int] = {}
                 stop = threading.Event()
                 sampler = threading.Thread(
-                    target=peak_rss, args=("bench-", batch_pid, stop, peaks), daemon=True
+                    target=peak_rss, args=(batch_pid, stop, peaks), daemon=True
                 )
                 sampler.start()
                 job, elapsed, _ = run_job(

@@ -10,9 +10,11 @@ from pathlib import Path
 import grpc
 
 from sluice.batch.api import BatchApi
+from sluice.batch.events import subscribe_deployment_events
 from sluice.batch.jobs import Job, JobStore
 from sluice.batch.runner import RunnerContext
 from sluice.batch.service import BatchService
+from sluice.batch.spares import SparePool
 from sluice.common.artifacts import ArtifactStore
 from sluice.common.catalogue import Catalogue
 from sluice.common.environments import EnvironmentBuilder
@@ -30,6 +32,7 @@ log = get_logger(__name__)
 SERVICE_NAME = batch_pb2.DESCRIPTOR.services_by_name["Batch"].full_name
 SOURCE = "sluice/batch"
 ACTOR = "sluice-batch"
+PRUNE_EVERY_S = 60.0
 
 
 def batch_prefix(settings: Settings) -> str:
@@ -57,12 +60,20 @@ def job_event(publisher: EventPublisher) -> Callable[[Job], Awaitable[None]]:
     return publish
 
 
+async def prune_spares(spares: SparePool) -> None:
+    while True:
+        await asyncio.sleep(PRUNE_EVERY_S)
+        spares.prune()
+
+
 async def serve(settings: Settings) -> None:
     state_dir = settings.state_dir.absolute()
     mongo = create_mongo_client(require_uri(settings), appname="sluice-batch")
     broker = create_broker(settings, client_name="sluice-batch")
     await broker.connect()
     service: BatchService | None = None
+    spares = SparePool(state_dir / "batch-spares")
+    pruning: asyncio.Task[None] | None = None
     try:
         await ensure_events_stream(
             broker, stream=settings.events_stream, subject_prefix=settings.events_subject_prefix
@@ -87,6 +98,7 @@ async def serve(settings: Settings) -> None:
             environments=EnvironmentBuilder((settings.envs_dir or state_dir / "envs").absolute()),
             artifacts=ArtifactStore(state_dir / "artifacts"),
             catalogue=Catalogue.load(),
+            spares=spares,
             on_state=job_event(publisher),
         )
         registry = None
@@ -105,12 +117,23 @@ async def serve(settings: Settings) -> None:
         await server.start()
         start_exporter(settings)
         await service.resume()
+        deployments = subscribe_deployment_events(
+            broker,
+            stream=settings.events_stream,
+            prefix=settings.events_subject_prefix,
+            warmer=service,
+        )
+        await deployments.start()
+        pruning = asyncio.create_task(prune_spares(spares))
         signal = await wait_for_shutdown_signal()
         log.info("batch_stopping", signal=signal.name)
         await server.stop()
     finally:
+        if pruning is not None:
+            pruning.cancel()
         if service is not None:
             await service.shutdown()
+        spares.close()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(broker.stop(), timeout=3)
         await mongo.close()

@@ -93,7 +93,8 @@ class Job(_Model):
     cost: Cost = Cost()
     cancel_requested: bool = False
     published: bool = False  # every mini-batch is on the work queue
-    worker_pids: tuple[int, ...] = ()  # this host's workers, stopped by a resuming runner
+    # This host's workers as (pid, start time), stopped by a resuming runner.
+    worker_processes: tuple[tuple[int, float], ...] = ()
     created_by: str = ""
     created_at: datetime = Field(default_factory=utcnow)
     started_at: datetime | None = None

@@ -33,6 +33,7 @@ from sluice.batch.environment import model_environment
 from sluice.batch.jobs import Cost, Job, JobError, JobState, JobStore, Progress
 from sluice.batch.output import merge_parts
 from sluice.batch.queue import DURABLE, JobQueue
+from sluice.batch.spares import SpareKey, SparePool, base_env, hand_over
 from sluice.batch.worker import (
     CONFIG_ENV,
     EXIT_INIT_FAILED,
@@ -76,6 +77,7 @@ class RunnerContext:
     environments: EnvironmentBuilder
     artifacts: ArtifactStore
     catalogue: Catalogue
+    spares: SparePool
     on_state: Callable[[Job], Awaitable[None]]  # publishes the job's state-change event
 
 
@@ -104,6 +106,7 @@ class WorkerProcess:
     name: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    warm: bool = False  # a spare became this worker
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -132,15 +135,10 @@ async def stop_all(workers: list[WorkerProcess]) -> None:
 
 
 def worker_env(job: Job, python: str, home: Path, cfg: WorkerConfig) -> dict[str, str]:
-    """A worker's whole environment: nothing of the platform's (no admin token, secret key or
-    database URI reaches deployment code), Azure's variables and the deployment's own."""
+    """A worker's whole environment: the base (nothing of the platform's, the deployment's
+    variables), Azure's variables and its configuration."""
     env = {
-        **job.settings.environment_variables,
-        "PATH": f"{Path(python).parent}:/usr/local/bin:/usr/bin:/bin",
-        "HOME": str(home),
-        "TMPDIR": str(home),
-        "LANG": "C.UTF-8",
-        "PYTHONUNBUFFERED": "1",
+        **base_env(python, home, job.settings.environment_variables),
         "AZUREML_DEPLOYMENT_NAME": job.deployment_name,
         "AZUREML_ENDPOINT_NAME": job.endpoint_name,
         CONFIG_ENV: cfg.model_dump_json(),
@@ -156,13 +154,22 @@ def job_dir(jobs_dir: Path, name: str) -> Path:
     return jobs_dir / name
 
 
-def stop_leftover_workers(pids: tuple[int, ...], job: str) -> None:
+def process_identity(pid: int) -> tuple[int, float]:
+    """A process as (pid, start time): a pid alone may name another process after a reboot or
+    wrap-around; a worker that was a spare shows its old environment in /proc."""
+    try:
+        return pid, psutil.Process(pid).create_time()
+    except psutil.Error:
+        return pid, 0.0
+
+
+def stop_leftover_workers(workers: tuple[tuple[int, float], ...]) -> None:
     """Workers a previous runner of this host left behind (its service was killed)."""
-    for pid in pids:
+    for pid, created in workers:
         try:
             proc = psutil.Process(pid)
-            if CONFIG_ENV in proc.environ() and job in proc.environ()[CONFIG_ENV]:
-                proc.kill()
+            if proc.create_time() == created:
+                os.killpg(pid, signal.SIGKILL)
         except (psutil.Error, OSError):
             continue
 
@@ -178,6 +185,8 @@ class JobRunner:
         self.workers: list[WorkerProcess] = []
         self.worker_seconds = job.cost.worker_seconds
         self.restarts = 0
+        self.spare_key: SpareKey | None = None  # known once the environment is
+        self.warm: list[subprocess.Popen[bytes]] = []  # spares taken for this job's workers
         self._changed = asyncio.Event()
 
     # ---- the job's life ----------------------------------------------------------------
@@ -230,29 +239,16 @@ class JobRunner:
             )
         else:
             self.log(f"resuming job {self.job.name}")
-            stop_leftover_workers(self.job.worker_pids, self.job.name)
+            stop_leftover_workers(self.job.worker_processes)
             await self.ctx.store.workers_stopped([], job=self.job.name)
 
     async def _prepare(self) -> WorkerConfig:
         job = self.job
-        raw = await self.ctx.db[BATCH_DEPLOYMENTS].find_one(
-            {"_id": deployment_id(job.endpoint_name, job.deployment_name)}
-        )
-        if raw is None:
-            raise JobAborted(f"deployment {job.deployment_name!r} was deleted")
-        deployment = from_document(BatchDeploymentDoc, raw).spec
-        model = code = None
-        if deployment.model.artifact:
-            model = self.ctx.artifacts.path_of(deployment.model.artifact)
-        if deployment.code_configuration.code:
-            code = self.ctx.artifacts.path_of(deployment.code_configuration.code)
         self.log("preparing the deployment's environment")
-        try:
-            env = await self.ctx.environments.ensure(environment_for(deployment, model))
-        except EnvironmentError_ as exc:
-            raise JobAborted(str(exc)) from exc
-        for warning in env.warnings:
+        runtime = await deployment_runtime(self.ctx, job.endpoint_name, job.deployment_name)
+        for warning in runtime.warnings:
             self.log(f"warning: {warning}")
+        model, code = runtime.model, runtime.code
         s = job.settings
         await self.queue.declare(
             self.ctx.broker,
@@ -266,7 +262,8 @@ class JobRunner:
             updated = await self.ctx.store.update(job.name, published=True)
             self.job = updated or job
             self.log(f"{len(job.mini_batches())} mini-batches queued")
-        self.python = env.python
+        self.python = runtime.python
+        self.spare_key = SpareKey.of(runtime.python, s.environment_variables)
         self.cwd = code or self.dir
         return WorkerConfig(
             nats_url=self.ctx.nats_url,
@@ -286,7 +283,7 @@ class JobRunner:
             max_deliver=s.retry_settings.max_retries + 1,
             model=str(model) if model else None,
             code=str(code) if code else None,
-            scoring_script=deployment.code_configuration.scoring_script or None,
+            scoring_script=runtime.spec.code_configuration.scoring_script or None,
         )
 
     async def _follow_results(self) -> Any:
@@ -345,6 +342,8 @@ class JobRunner:
 
     async def _start_workers(self, config: WorkerConfig) -> None:
         self.config = config
+        assert self.spare_key is not None
+        self.warm = self.ctx.spares.take(self.spare_key, self.job.workers)
         for n in range(self.job.workers):
             await self._spawn(f"worker-{n}")
         await self._record_pids()
@@ -353,27 +352,34 @@ class JobRunner:
         worker = self._launch(name)
         self.workers.append(worker)
         await self.ctx.store.worker_started(self.job, worker.record_id)
-        self.log(f"{name} started (pid {worker.process.pid})")
+        how = "from a warm spare" if worker.warm else "cold"
+        self.log(f"{name} started {how} (pid {worker.process.pid})")
 
     def _launch(self, name: str) -> WorkerProcess:
-        """`python -m sluice.batch.worker` in the deployment's environment, its own session."""
+        """A spare of the deployment's environment becomes the worker, or, with none left,
+        `python -m sluice.batch.worker` starts in it; either way in its own session."""
         log_path = self.dir / "logs" / f"{name}.log"
         cfg = self.config.model_copy(update={"worker": name})
+        env = worker_env(self.job, self.python, self.dir, cfg)
+        if self.warm:
+            spare = self.warm.pop()
+            hand_over(spare, env, str(self.cwd), log_path)
+            return WorkerProcess(name, spare, log_path, warm=True)
         with log_path.open("ab") as out:
             process = subprocess.Popen(
                 [self.python, "-m", "sluice.batch.worker"],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env=worker_env(self.job, self.python, self.dir, cfg),
+                env=env,
                 cwd=self.cwd,
                 start_new_session=True,
             )
         return WorkerProcess(name, process, log_path)
 
     async def _record_pids(self) -> None:
-        pids = tuple(w.process.pid for w in self.workers)
-        await self.ctx.store.update(self.job.name, worker_pids=pids)
+        processes = tuple(process_identity(w.process.pid) for w in self.workers)
+        await self.ctx.store.update(self.job.name, worker_processes=processes)
 
     async def _reap_workers(self) -> None:
         """Replace workers that died; a failed init() ends the job with its traceback."""
@@ -397,6 +403,9 @@ class JobRunner:
             await self._record_pids()
 
     async def _stop_workers(self) -> None:
+        for spare in self.warm:  # taken but never handed a job (the runner stopped first)
+            spare.kill()
+        self.warm = []
         await stop_all(self.workers)
         if self.workers:
             await self.ctx.store.workers_stopped([w.record_id for w in self.workers])
@@ -486,9 +495,11 @@ class JobRunner:
             errors=errors,
             status_message=message,
             cost=self._cost(),
-            worker_pids=(),
+            worker_processes=(),
         )
         await self.queue.delete(self.ctx.broker)
+        if self.spare_key is not None:  # spares for the next job, now that this one is done
+            self.ctx.spares.want(self.spare_key, self.job.workers)
         if ended is not None:
             self.job = ended
             await self.ctx.on_state(ended)
@@ -496,6 +507,35 @@ class JobRunner:
                 f"job {state.value}: {message} (cost {ended.cost.cost:.6f} USD for "
                 f"{ended.cost.worker_seconds:.1f} worker-seconds)"
             )
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What a batch deployment's workers run: its spec, model, code and interpreter."""
+
+    spec: BatchDeploymentSpec
+    model: Path | None
+    code: Path | None
+    python: str
+    warnings: tuple[str, ...] = ()
+
+
+async def deployment_runtime(ctx: RunnerContext, endpoint: str, name: str) -> Runtime:
+    """Read the deployment and build (or reuse) its environment; JobAborted if impossible."""
+    raw = await ctx.db[BATCH_DEPLOYMENTS].find_one({"_id": deployment_id(endpoint, name)})
+    if raw is None:
+        raise JobAborted(f"deployment {name!r} was deleted")
+    deployment = from_document(BatchDeploymentDoc, raw).spec
+    model = code = None
+    if deployment.model.artifact:
+        model = ctx.artifacts.path_of(deployment.model.artifact)
+    if deployment.code_configuration.code:
+        code = ctx.artifacts.path_of(deployment.code_configuration.code)
+    try:
+        env = await ctx.environments.ensure(environment_for(deployment, model))
+    except EnvironmentError_ as exc:
+        raise JobAborted(str(exc)) from exc
+    return Runtime(deployment, model, code, env.python, tuple(env.warnings))
 
 
 def environment_for(deployment: BatchDeploymentSpec, model: Path | None) -> EnvironmentSpec:

@@ -21,7 +21,15 @@ import grpc
 
 from sluice.batch import inputs
 from sluice.batch.jobs import Cost, Job, JobState, JobStore
-from sluice.batch.runner import JobRunner, RunnerContext, instance_type_of, job_dir
+from sluice.batch.runner import (
+    JobAborted,
+    JobRunner,
+    RunnerContext,
+    deployment_runtime,
+    instance_type_of,
+    job_dir,
+)
+from sluice.batch.spares import SpareKey
 from sluice.common.artifacts import ArtifactError
 from sluice.common.log import get_logger
 from sluice.common.resources import (
@@ -127,6 +135,7 @@ class BatchService:
         self.store: JobStore = ctx.store
         self.datastore = state_dir / "datastore"
         self._runners: dict[str, asyncio.Task[None]] = {}
+        self._warming: set[asyncio.Task[None]] = set()
 
     # ---- runners -----------------------------------------------------------------------
 
@@ -142,7 +151,30 @@ class BatchService:
                 log.info("job_resuming", job=job.name, state=job.state.value)
                 self._launch(job)
 
+    def warm_soon(self, endpoint: str, deployment: str) -> None:
+        """Start `warm` in the background (it may build the deployment's environment)."""
+        task = asyncio.create_task(self.warm(endpoint, deployment))
+        self._warming.add(task)
+        task.add_done_callback(self._warming.discard)
+
+    async def warm(self, endpoint: str, deployment: str) -> None:
+        """Have the deployment's `instance_count x max_concurrency_per_instance` workers
+        waiting as spares, so its first job starts without the workers' start-up."""
+        try:
+            runtime = await deployment_runtime(self.ctx, endpoint, deployment)
+        except JobAborted as exc:  # deleted since, or its environment does not build
+            log.info("warm_up_skipped", endpoint=endpoint, deployment=deployment, reason=str(exc))
+            return
+        spec = runtime.spec
+        key = SpareKey.of(runtime.python, spec.settings.environment_variables)
+        self.ctx.spares.want(key, spec.instance_count * spec.settings.max_concurrency_per_instance)
+        log.info(
+            "warm_up", endpoint=endpoint, deployment=deployment, spares=self.ctx.spares.waiting(key)
+        )
+
     async def shutdown(self) -> None:
+        for task in self._warming:
+            task.cancel()
         tasks = list(self._runners.values())
         for task in tasks:
             task.cancel()
