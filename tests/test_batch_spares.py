@@ -1,0 +1,69 @@
+"""The batch service's spare workers: how many wait, for whom, and for how long.
+
+Real processes (`python -m sluice.batch.spare` with nothing to preload); that a
+spare becomes a job's worker is shown end to end in test_batch.py.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import psutil
+
+from sluice.batch.spares import SpareKey, SparePool
+from sluice.common.testing.wait import wait_for
+
+
+def test_want_take_cap_and_prune(tmp_path: Path) -> None:
+    pool = SparePool(tmp_path, preload=(), max_per_key=3, idle_s=3600)
+    key = SpareKey.of(sys.executable, {"OMP_NUM_THREADS": "1"})
+    other = SpareKey.of(sys.executable, {})
+    try:
+        pool.want(key, 2)
+        assert pool.waiting(key) == 2 and pool.waiting(other) == 0
+        # Started with the deployment's variables and nothing of the platform's.
+        env = psutil.Process(pool.take(key, 1)[0].pid).environ()
+        assert env["OMP_NUM_THREADS"] == "1" and "SLUICE_ADMIN_TOKEN" not in env
+        assert pool.waiting(key) == 1
+        pool.want(key, 10)  # capped
+        assert pool.waiting(key) == 3
+        pool.want(key, 1)  # never fewer than asked before
+        assert pool.waiting(key) == 3
+        spares = pool.take(key, 5)
+        assert len(spares) == 3 and pool.waiting(key) == 0
+        for spare in spares:
+            spare.kill()
+            spare.wait()
+        # A dead spare is never handed out.
+        pool.want(other, 1)
+        [dead] = pool._spares[other]
+        dead.kill()
+        dead.wait()
+        assert pool.take(other, 1) == []
+    finally:
+        pool.close()
+
+
+def test_spares_nobody_asked_for_are_stopped(tmp_path: Path) -> None:
+    pool = SparePool(tmp_path, preload=(), idle_s=0.0)
+    key = SpareKey.of(sys.executable, {})
+    try:
+        pool.want(key, 2)
+        processes = list(pool._spares[key])
+        pool.prune()
+        assert pool.waiting(key) == 0
+        wait_for(lambda: all(p.poll() is not None for p in processes), "spares stopped", 10)
+    finally:
+        pool.close()
+
+
+def test_closing_stdin_without_a_job_ends_a_spare(tmp_path: Path) -> None:
+    pool = SparePool(tmp_path, preload=())
+    key = SpareKey.of(sys.executable, {})
+    pool.want(key, 1)
+    [spare] = pool.take(key, 1)
+    assert spare.stdin is not None
+    wait_for(lambda: f"spare {spare.pid} ready" in (tmp_path / "spares.log").read_text(), "ready")
+    spare.stdin.close()
+    assert spare.wait(timeout=30) == 0
