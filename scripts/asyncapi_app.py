@@ -14,10 +14,12 @@ from faststream.specification import AsyncAPI
 
 from sluice.batch.events import subscribe_deployment_events
 from sluice.common.events import ALL, CloudEvent
+from sluice.common.events.catalogue import TrafficApplied, TrafficRejected
 from sluice.common.settings import Settings
 from sluice.provisioner.autoscale_counts import subscribe_autoscale
 from sluice.provisioner.events import subscribe_registry_events
 from sluice.provisioner.routing import RoutingView, subscribe_applied
+from sluice.sdk.applied import subscribe_gateway_outcome
 from sluice.traffic.events import subscribe_routing_events
 
 # The defaults, not this shell's SLUICE_* variables: the document must not depend on them.
@@ -36,6 +38,10 @@ class _Nothing:
 
     async def autoscaled(self, endpoint: str, deployment: str) -> None: ...
     def warm_soon(self, endpoint: str, deployment: str) -> None: ...
+
+    async def applied(self, event: CloudEvent[TrafficApplied]) -> None: ...
+
+    async def rejected(self, event: CloudEvent[TrafficRejected]) -> None: ...
 
 
 def build() -> FastStream:
@@ -60,6 +66,9 @@ def build() -> FastStream:
     subscribe_routing_events(broker, stream=STREAM, prefix=PREFIX, sink=nothing)
     subscribe_autoscale(broker, stream=STREAM, prefix=PREFIX, on_change=nothing.autoscaled)
     subscribe_deployment_events(broker, stream=STREAM, prefix=PREFIX, warmer=nothing)
+    subscribe_gateway_outcome(
+        broker, PREFIX, on_applied=nothing.applied, on_rejected=nothing.rejected
+    )
     spec = AsyncAPI(
         title="Sluice events",
         version="1",

@@ -5,18 +5,56 @@ in the snapshot Envoy ACKed. `AppliedWatcher` subscribes *before* the change
 is made (so the event cannot slip by), then `wait(endpoint, version)` returns
 once a snapshot with that endpoint at that version or later is live, or
 raises after a deadline (no gateway connected, for instance).
+
+It is a FastStream subscriber of the two typed events (core NATS: it needs
+only what is published while it waits, no stream consumer), run on an event
+loop of its own so the synchronous CLI can wait on it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import threading
+from collections.abc import Awaitable, Callable
 from types import TracebackType
+from typing import Any
 
-import nats
 import nats.errors
+from faststream.nats import NatsBroker
+
+from sluice.common.events import CloudEvent
+from sluice.common.events.catalogue import (
+    TRAFFIC_APPLIED,
+    TRAFFIC_REJECTED,
+    TrafficApplied,
+    TrafficRejected,
+)
+from sluice.common.events.nats import decode_cloudevent
+
+CONNECT_TIMEOUT_S = 2
+
+
+def subscribe_gateway_outcome(
+    broker: NatsBroker,
+    subject_prefix: str,
+    *,
+    on_applied: Callable[[CloudEvent[TrafficApplied]], Awaitable[None]],
+    on_rejected: Callable[[CloudEvent[TrafficRejected]], Awaitable[None]],
+) -> None:
+    """Core NATS subscribers of what the gateway did with a configuration (no history)."""
+    broker.subscriber(
+        TRAFFIC_APPLIED.subject(subject_prefix),
+        decoder=decode_cloudevent,
+        title="sluice CLI <- traffic.applied",
+        description="The CLI waits for its endpoint's version to be live (core NATS).",
+    )(on_applied)
+    broker.subscriber(
+        TRAFFIC_REJECTED.subject(subject_prefix),
+        decoder=decode_cloudevent,
+        title="sluice CLI <- traffic.rejected",
+        description="The CLI reports Envoy's refusal of its change (core NATS).",
+    )(on_rejected)
 
 
 class NotApplied(TimeoutError):
@@ -30,13 +68,35 @@ class EventBusDown(NotApplied):
 class AppliedWatcher:
     def __init__(self, nats_url: str, subject_prefix: str):
         self._url = nats_url
-        self._subjects = (f"{subject_prefix}.traffic.applied", f"{subject_prefix}.traffic.rejected")
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._seen: dict[str, int] = {}
         self._rejected: dict[str, str] = {}
         self._changed = threading.Condition()
-        self._nc: nats.NATS | None = None
+        self._connect_error: asyncio.Future[Exception] | None = None
+        self._broker = NatsBroker(
+            nats_url,
+            name="sluice-cli",
+            connect_timeout=CONNECT_TIMEOUT_S,
+            error_cb=self._on_error,
+            logger=None,
+        )
+
+        subscribe_gateway_outcome(
+            self._broker, subject_prefix, on_applied=self._applied, on_rejected=self._rejected_by
+        )
+
+    async def _applied(self, event: CloudEvent[TrafficApplied]) -> None:
+        with self._changed:
+            for name, version in event.data.endpoints.items():
+                self._seen[name] = max(self._seen.get(name, 0), version)
+            self._changed.notify_all()
+
+    async def _rejected_by(self, event: CloudEvent[TrafficRejected]) -> None:
+        with self._changed:
+            for name in event.data.endpoints:
+                self._rejected[name] = event.data.error or "rejected by Envoy"
+            self._changed.notify_all()
 
     def __enter__(self) -> AppliedWatcher:
         self._thread.start()
@@ -55,43 +115,33 @@ class AppliedWatcher:
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._nc is not None and not self._nc.is_closed:
-            asyncio.run_coroutine_threadsafe(self._nc.close(), self._loop).result(timeout=10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
+        if self._thread.is_alive():
+            future = asyncio.run_coroutine_threadsafe(self._broker.stop(), self._loop)
+            with contextlib.suppress(Exception):  # closing a broken connection: nothing to do
+                future.result(timeout=10)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+
+    async def _on_error(self, exc: Exception) -> None:
+        if self._connect_error is not None and not self._connect_error.done():
+            self._connect_error.set_result(exc)
 
     async def _subscribe(self) -> None:
-        # nats-py retries a refused first connection forever, reporting each try to
+        # nats-py retries a refused first connection for good, reporting each try to
         # error_cb: the first report (or 5 s) ends the attempt, so the CLI fails at once.
-        first_error: asyncio.Future[Exception] = asyncio.get_running_loop().create_future()
-
-        async def on_error(exc: Exception) -> None:
-            if not first_error.done():
-                first_error.set_result(exc)
-
-        connecting = asyncio.ensure_future(
-            nats.connect(self._url, name="sluice-cli", connect_timeout=2, error_cb=on_error)
-        )
-        await asyncio.wait({connecting, first_error}, timeout=5, return_when="FIRST_COMPLETED")
-        if not connecting.done() or connecting.exception() is not None:
-            connecting.cancel()
+        self._connect_error = asyncio.get_running_loop().create_future()
+        starting: asyncio.Future[Any] = asyncio.ensure_future(self._broker.start())
+        first: set[asyncio.Future[Any]] = {starting, self._connect_error}
+        await asyncio.wait(first, timeout=5, return_when="FIRST_COMPLETED")
+        if not starting.done() or starting.exception() is not None:
+            starting.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await connecting
-            cause = first_error.result() if first_error.done() else TimeoutError("no answer in 5s")
+                await starting
+            done = self._connect_error.done()
+            cause = self._connect_error.result() if done else TimeoutError("no answer in 5s")
             raise ConnectionError(f"cannot connect to NATS: {cause}")
-        self._nc = connecting.result()
-        for subject in self._subjects:
-            await self._nc.subscribe(subject, cb=self._on_message)
-
-    async def _on_message(self, msg: nats.aio.msg.Msg) -> None:
-        data = json.loads(msg.data).get("data", {})
-        with self._changed:
-            for name, version in (data.get("endpoints") or {}).items():
-                if msg.subject.endswith(".rejected"):
-                    self._rejected[name] = str(data.get("error", "rejected by Envoy"))
-                else:
-                    self._seen[name] = max(self._seen.get(name, 0), int(version))
-            self._changed.notify_all()
+        # The server has the subscriptions once it answers a ping: the change comes after.
+        await self._broker.connection.flush(timeout=5)
 
     def wait(self, endpoint: str, version: int, timeout_s: float = 30.0) -> None:
         with self._changed:
