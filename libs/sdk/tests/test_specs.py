@@ -224,3 +224,38 @@ def test_an_oversized_yaml_file_is_refused_before_it_is_read(tmp_path: Path) -> 
     spec.write_text("name: big\ndescription: " + "x" * (1024 * 1024) + "\n")
     with pytest.raises(SpecError, match="at most 1048576"):
         load_online_endpoint(spec)
+
+
+def test_data_collector_in_azures_form(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "name: blue\nendpoint_name: ep\ndata_collector:\n  collections:\n"
+        "    model_inputs: {enabled: 'True'}\n    model_outputs: {enabled: 'False'}\n"
+        "    request: {enabled: true, data: {name: x, path: azureml://datastores/d/paths/p}}\n"
+        "  sampling_rate: 0.25\n  rolling_rate: Minute\n"
+        "  request_logging: {capture_headers: [a]}\n",
+    )
+    dc = load_online_deployment(path, fake_upload).spec.data_collector
+    assert dc.enabled == ["model_inputs", "request"]
+    assert dc.sampling_rate == 0.25 and dc.rolling_rate == "minute"
+    assert (
+        load_online_deployment(
+            write(tmp_path, "name: b\nendpoint_name: ep\n"), fake_upload
+        ).spec.data_collector.enabled
+        == []
+    )
+
+
+@pytest.mark.parametrize(
+    ("fragment", "error"),
+    [
+        ("collections: {mine: {enabled: 'True'}}", "collection 'mine' is not collected"),
+        ("collections: {model_inputs: {enabled: 'yes'}}", "enabled must be 'True' or 'False'"),
+        ("sampling_rate: 1.5", "sampling_rate must be between 0.0 and 1.0"),
+        ("rolling_rate: week", "rolling_rate must be minute, hour or day"),
+    ],
+)
+def test_a_bad_data_collector_is_refused(tmp_path: Path, fragment: str, error: str) -> None:
+    path = write(tmp_path, f"name: b\nendpoint_name: ep\ndata_collector: {{{fragment}}}\n")
+    with pytest.raises(SpecError, match=error):
+        load_online_deployment(path, fake_upload)

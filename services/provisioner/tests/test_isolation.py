@@ -14,6 +14,7 @@ from sluice.common.resources import OnlineDeploymentSpec
 from sluice.common.testing.plugin import traversable_dir
 from sluice.provisioner.isolation import (
     Account,
+    collector_folder,
     harden_state_dir,
     instance_env,
     private_copy,
@@ -100,3 +101,18 @@ def test_deployment_users_get_an_interpreter_they_can_run(tmp_path: Path) -> Non
         assert chosen == system and usable == [system]
     else:
         assert chosen == platform
+
+
+def test_collector_folder_is_reachable_only_on_the_way(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    outputs = state / "datastore" / "workspaceblobstore" / "azureml" / "job-1"
+    outputs.mkdir(parents=True)
+    me = Account("me", os.geteuid(), os.getegid())
+    folder = collector_folder(state, "ep", "blue", me)
+    assert folder == state / "datastore/workspaceblobstore/modelDataCollector/ep/blue"
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    for step in folder.relative_to(state).parents:
+        if step != Path():
+            assert stat.S_IMODE((state / step).stat().st_mode) == 0o711, step
+    # Batch outputs beside it stay private to the platform's user.
+    assert stat.S_IMODE(outputs.parent.stat().st_mode) == 0o700

@@ -39,6 +39,11 @@ class ProvisionerStub:
                 request_serializer=sluice_dot_v1_dot_provisioner__pb2.GetLogsRequest.SerializeToString,
                 response_deserializer=sluice_dot_v1_dot_provisioner__pb2.Logs.FromString,
                 _registered_method=True)
+        self.GetCollected = channel.unary_unary(
+                '/sluice.v1.Provisioner/GetCollected',
+                request_serializer=sluice_dot_v1_dot_provisioner__pb2.GetCollectedRequest.SerializeToString,
+                response_deserializer=sluice_dot_v1_dot_provisioner__pb2.Collected.FromString,
+                _registered_method=True)
 
 
 class ProvisionerServicer:
@@ -50,6 +55,13 @@ class ProvisionerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetCollected(self, request, context):
+        """What a deployment's data_collector wrote (newest records last).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ProvisionerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -57,6 +69,11 @@ def add_ProvisionerServicer_to_server(servicer, server):
                     servicer.GetLogs,
                     request_deserializer=sluice_dot_v1_dot_provisioner__pb2.GetLogsRequest.FromString,
                     response_serializer=sluice_dot_v1_dot_provisioner__pb2.Logs.SerializeToString,
+            ),
+            'GetCollected': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCollected,
+                    request_deserializer=sluice_dot_v1_dot_provisioner__pb2.GetCollectedRequest.FromString,
+                    response_serializer=sluice_dot_v1_dot_provisioner__pb2.Collected.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,6 +103,33 @@ class Provisioner:
             '/sluice.v1.Provisioner/GetLogs',
             sluice_dot_v1_dot_provisioner__pb2.GetLogsRequest.SerializeToString,
             sluice_dot_v1_dot_provisioner__pb2.Logs.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCollected(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sluice.v1.Provisioner/GetCollected',
+            sluice_dot_v1_dot_provisioner__pb2.GetCollectedRequest.SerializeToString,
+            sluice_dot_v1_dot_provisioner__pb2.Collected.FromString,
             options,
             channel_credentials,
             insecure,

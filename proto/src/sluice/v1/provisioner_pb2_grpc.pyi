@@ -34,11 +34,15 @@ class ProvisionerStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ProvisionerAsyncStub: ...
     GetLogs: _grpc.UnaryUnaryMultiCallable[_provisioner_pb2.GetLogsRequest, _provisioner_pb2.Logs]
+    GetCollected: _grpc.UnaryUnaryMultiCallable[_provisioner_pb2.GetCollectedRequest, _provisioner_pb2.Collected]
+    """What a deployment's data_collector wrote (newest records last)."""
 
 @_typing.type_check_only
 class ProvisionerAsyncStub(ProvisionerStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetLogs: _aio.UnaryUnaryMultiCallable[_provisioner_pb2.GetLogsRequest, _provisioner_pb2.Logs]  # type: ignore[assignment]
+    GetCollected: _aio.UnaryUnaryMultiCallable[_provisioner_pb2.GetCollectedRequest, _provisioner_pb2.Collected]  # type: ignore[assignment]
+    """What a deployment's data_collector wrote (newest records last)."""
 
 class ProvisionerServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -47,5 +51,13 @@ class ProvisionerServicer(metaclass=_abc_1.ABCMeta):
         request: _provisioner_pb2.GetLogsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_provisioner_pb2.Logs, _abc.Awaitable[_provisioner_pb2.Logs]]: ...
+
+    @_abc_1.abstractmethod
+    def GetCollected(
+        self,
+        request: _provisioner_pb2.GetCollectedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_provisioner_pb2.Collected, _abc.Awaitable[_provisioner_pb2.Collected]]:
+        """What a deployment's data_collector wrote (newest records last)."""
 
 def add_ProvisionerServicer_to_server(servicer: ProvisionerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

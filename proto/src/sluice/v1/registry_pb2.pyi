@@ -782,6 +782,7 @@ class OnlineDeploymentSpec(_message.Message):
     SCALE_SETTINGS_FIELD_NUMBER: _builtins.int
     RESOURCES_FIELD_NUMBER: _builtins.int
     APP_INSIGHTS_ENABLED_FIELD_NUMBER: _builtins.int
+    DATA_COLLECTOR_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     endpoint_name: _builtins.str
     description: _builtins.str
@@ -809,6 +810,8 @@ class OnlineDeploymentSpec(_message.Message):
     def scale_settings(self) -> Global___ScaleSettings: ...
     @_builtins.property
     def resources(self) -> Global___ResourceRequirements: ...
+    @_builtins.property
+    def data_collector(self) -> Global___DataCollector: ...
     def __init__(
         self,
         *,
@@ -829,14 +832,87 @@ class OnlineDeploymentSpec(_message.Message):
         scale_settings: Global___ScaleSettings | None = ...,
         resources: Global___ResourceRequirements | None = ...,
         app_insights_enabled: _builtins.bool = ...,
+        data_collector: Global___DataCollector | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["code_configuration", b"code_configuration", "environment", b"environment", "liveness_probe", b"liveness_probe", "model", b"model", "readiness_probe", b"readiness_probe", "request_settings", b"request_settings", "resources", b"resources", "scale_settings", b"scale_settings"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["code_configuration", b"code_configuration", "data_collector", b"data_collector", "environment", b"environment", "liveness_probe", b"liveness_probe", "model", b"model", "readiness_probe", b"readiness_probe", "request_settings", b"request_settings", "resources", b"resources", "scale_settings", b"scale_settings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_insights_enabled", b"app_insights_enabled", "code_configuration", b"code_configuration", "description", b"description", "endpoint_name", b"endpoint_name", "environment", b"environment", "environment_variables", b"environment_variables", "instance_count", b"instance_count", "instance_type", b"instance_type", "kind", b"kind", "liveness_probe", b"liveness_probe", "model", b"model", "name", b"name", "readiness_probe", b"readiness_probe", "request_settings", b"request_settings", "resources", b"resources", "scale_settings", b"scale_settings", "tags", b"tags"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_insights_enabled", b"app_insights_enabled", "code_configuration", b"code_configuration", "data_collector", b"data_collector", "description", b"description", "endpoint_name", b"endpoint_name", "environment", b"environment", "environment_variables", b"environment_variables", "instance_count", b"instance_count", "instance_type", b"instance_type", "kind", b"kind", "liveness_probe", b"liveness_probe", "model", b"model", "name", b"name", "readiness_probe", b"readiness_probe", "request_settings", b"request_settings", "resources", b"resources", "scale_settings", b"scale_settings", "tags", b"tags"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___OnlineDeploymentSpec: _TypeAlias = OnlineDeploymentSpec  # noqa: Y015
+
+@_typing.final
+class DataCollection(_message.Message):
+    """Azure's data_collector: payloads of sampled requests kept under the datastore."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENABLED_FIELD_NUMBER: _builtins.int
+    enabled: _builtins.bool
+    def __init__(
+        self,
+        *,
+        enabled: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enabled", b"enabled"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DataCollection: _TypeAlias = DataCollection  # noqa: Y015
+
+@_typing.final
+class DataCollector(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class CollectionsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___DataCollection: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___DataCollection | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    COLLECTIONS_FIELD_NUMBER: _builtins.int
+    SAMPLING_RATE_FIELD_NUMBER: _builtins.int
+    ROLLING_RATE_FIELD_NUMBER: _builtins.int
+    sampling_rate: _builtins.float
+    """0.0-1.0 (the SDK sends 1.0 when the YAML has none)"""
+    rolling_rate: _builtins.str
+    """minute | hour | day"""
+    @_builtins.property
+    def collections(self) -> _containers.MessageMap[_builtins.str, Global___DataCollection]:
+        """model_inputs, model_outputs, request, response; none enabled = off."""
+
+    def __init__(
+        self,
+        *,
+        collections: _abc.Mapping[_builtins.str, Global___DataCollection] | None = ...,
+        sampling_rate: _builtins.float = ...,
+        rolling_rate: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collections", b"collections", "rolling_rate", b"rolling_rate", "sampling_rate", b"sampling_rate"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DataCollector: _TypeAlias = DataCollector  # noqa: Y015
 
 @_typing.final
 class Instance(_message.Message):

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 ONLINE_ENDPOINTS = "online_endpoints"
 ONLINE_DEPLOYMENTS = "online_deployments"
@@ -140,6 +140,58 @@ class BatchSettings(_Model):
     environment_variables: dict[str, str] = Field(default_factory=dict)
 
 
+# Collections the inference server fills itself (Azure's names): run()'s input and output,
+# and the raw request and response (payload logging).
+COLLECTIONS = ("model_inputs", "model_outputs", "request", "response")
+ROLLING_RATES = ("minute", "hour", "day")
+
+
+class DataCollection(_Model):
+    enabled: bool = False
+
+
+class DataCollector(_Model):
+    """Azure's `data_collector`: which payloads of sampled requests are kept (docs/tracing.md).
+
+    No collection enabled = off (the default).
+    """
+
+    collections: dict[str, DataCollection] = Field(default_factory=dict)
+    sampling_rate: float = 1.0
+    rolling_rate: str = "hour"
+
+    @field_validator("collections")
+    @classmethod
+    def _known(cls, value: dict[str, DataCollection]) -> dict[str, DataCollection]:
+        unknown = sorted(set(value) - set(COLLECTIONS))
+        if unknown:
+            raise ValueError(
+                f"collection {unknown[0]!r} is not collected by Sluice: use "
+                f"{', '.join(COLLECTIONS)} (custom collections need azureml-ai-monitoring's "
+                "Collector, which Sluice does not provide)"
+            )
+        return value
+
+    @field_validator("sampling_rate")
+    @classmethod
+    def _rate(cls, value: float) -> float:
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"sampling_rate must be between 0.0 and 1.0, got {value}")
+        return value
+
+    @field_validator("rolling_rate")
+    @classmethod
+    def _rolling(cls, value: str) -> str:
+        if value.lower() not in ROLLING_RATES:
+            raise ValueError(f"rolling_rate must be minute, hour or day, got {value!r}")
+        return value.lower()
+
+    @property
+    def enabled(self) -> list[str]:
+        """The names of the enabled collections, in Azure's order."""
+        return [c for c in COLLECTIONS if c in self.collections and self.collections[c].enabled]
+
+
 # ---- specs: what the user asks for ---------------------------------------------
 
 
@@ -172,6 +224,7 @@ class OnlineDeploymentSpec(_Model):
     scale_settings: ScaleSettings = ScaleSettings()
     resources: ResourceRequirements = ResourceRequirements()
     app_insights_enabled: bool = False
+    data_collector: DataCollector = DataCollector()
 
 
 class BatchEndpointSpec(_Model):

@@ -101,6 +101,10 @@ class Settings(BaseSettings):
     kubernetes_namespace: str = "sluice"
     kubernetes_image: str = "sluice:dev"
 
+    # Bytes a deployment's data collector may keep on disk (records beyond are dropped and
+    # counted); a deployment's DATA_COLLECTOR_MAX_BYTES variable may lower it.
+    data_collector_max_bytes: int = 1024**3
+
     # Where the service serves Prometheus' /metrics over HTTP (0 = a free port; unset = off).
     prometheus_port: int | None = None
 

@@ -155,6 +155,13 @@ def online_deployment(doc: OnlineDeployment) -> dict[str, Any]:
         "tags": dict(spec.tags),
         "type": spec.kind.value,
     }
+    if spec.data_collector.collections:  # Azure shows it only when set
+        dc = spec.data_collector
+        out["data_collector"] = {
+            "collections": {k: {"enabled": str(c.enabled)} for k, c in dc.collections.items()},
+            "rolling_rate": dc.rolling_rate,
+            "sampling_rate": dc.sampling_rate,
+        }
     return out
 
 

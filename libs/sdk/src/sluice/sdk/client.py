@@ -435,6 +435,36 @@ def get_logs(
     settings: Settings | None = None,
 ) -> InstanceLogs:
     """The log of a deployment's newest instance (or of its environment build)."""
+    request = provisioner_pb2.GetLogsRequest(
+        endpoint_name=endpoint, deployment_name=deployment, lines=lines, container=container
+    )
+    reply: provisioner_pb2.Logs = _provisioner_call("GetLogs", request, settings)
+    return InstanceLogs(text=reply.text, instance_id=reply.instance_id, path=reply.path)
+
+
+def get_collected(
+    endpoint: str,
+    deployment: str,
+    *,
+    collection: str = "",
+    since_s: int = 0,
+    limit: int = 0,
+    settings: Settings | None = None,
+) -> provisioner_pb2.Collected:
+    """What the deployment's data collector wrote: files, the newest records, drop counts."""
+    request = provisioner_pb2.GetCollectedRequest(
+        endpoint_name=endpoint,
+        deployment_name=deployment,
+        collection=collection,
+        since_seconds=since_s,
+        limit=limit,
+    )
+    reply: provisioner_pb2.Collected = _provisioner_call("GetCollected", request, settings)
+    return reply
+
+
+def _provisioner_call(method: str, request: Any, settings: Settings | None) -> Any:
+    """One call of the provisioner's API (the local platform's, or SLUICE_PROVISIONER_ADDRESS)."""
     settings = settings or Settings()
     platform = LocalPlatform(settings)
     address = settings.provisioner_address
@@ -449,15 +479,11 @@ def get_logs(
             )
         address = found[0].address
     token = settings.admin_token or (platform.state_dir / "admin-token").read_text().strip()
-    request = provisioner_pb2.GetLogsRequest(
-        endpoint_name=endpoint, deployment_name=deployment, lines=lines, container=container
-    )
     with grpc.insecure_channel(address) as channel:
         stub = provisioner_pb2_grpc.ProvisionerStub(channel)
         try:
-            reply = stub.GetLogs(
+            return getattr(stub, method)(
                 request, metadata=(("authorization", f"Bearer {token}"),), timeout=30
             )
         except grpc.RpcError as exc:
             raise SluiceError(exc.code().name, exc.details() or exc.code().name) from None
-    return InstanceLogs(text=reply.text, instance_id=reply.instance_id, path=reply.path)

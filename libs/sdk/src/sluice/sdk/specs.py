@@ -26,6 +26,8 @@ from sluice.common.resources import (
     BatchSettings,
     CodeConfiguration,
     ComputeKind,
+    DataCollection,
+    DataCollector,
     EnvironmentSpec,
     ModelRef,
     OnlineDeploymentSpec,
@@ -49,7 +51,6 @@ AZURE_ONLY = frozenset(
         "identity",
         "public_network_access",
         "egress_public_network_access",
-        "data_collector",
         "private_network_connection",
         "model_mount_path",
         "with_package",
@@ -274,6 +275,45 @@ class AzureResources(_Azure):
         return {k: str(v) for k, v in value.items()} if isinstance(value, Mapping) else value
 
 
+class AzureCollection(_Azure):
+    enabled: bool | str = False
+    # Azure registers a data asset for the collection and may point it elsewhere; Sluice
+    # always writes under its own datastore (docs/tracing.md), so these are accepted only.
+    data: dict[str, Any] | None = None
+    client_id: str | None = None
+
+    def to_spec(self) -> DataCollection:
+        enabled = self.enabled
+        if isinstance(enabled, str):  # Azure writes 'True' / 'False'
+            if enabled.lower() not in ("true", "false"):
+                raise SpecError(
+                    f"data_collector: enabled must be 'True' or 'False', got {enabled!r}"
+                )
+            enabled = enabled.lower() == "true"
+        return DataCollection(enabled=enabled)
+
+
+class AzureRequestLogging(_Azure):
+    capture_headers: list[str] = Field(default_factory=list)
+
+
+class AzureDataCollector(_Azure):
+    collections: dict[str, AzureCollection] = Field(default_factory=dict)
+    sampling_rate: float = 1.0
+    rolling_rate: str = "hour"
+    request_logging: AzureRequestLogging | None = None
+
+    def to_spec(self) -> DataCollector:
+        try:
+            return DataCollector(
+                collections={k: c.to_spec() for k, c in self.collections.items()},
+                sampling_rate=self.sampling_rate,
+                rolling_rate=self.rolling_rate,
+            )
+        except ValidationError as exc:
+            raise SpecError(f"data_collector: {exc.errors()[0]['msg']}") from None
+
+
 class AzureOnlineDeployment(_Azure):
     name: str
     endpoint_name: str
@@ -292,6 +332,7 @@ class AzureOnlineDeployment(_Azure):
     scale_settings: AzureScaleSettings = AzureScaleSettings()
     resources: AzureResources = AzureResources()
     app_insights_enabled: bool = False
+    data_collector: AzureDataCollector | None = None
 
     @field_validator("environment_variables", mode="before")
     @classmethod
@@ -343,6 +384,9 @@ class AzureOnlineDeployment(_Azure):
                 requests=self.resources.requests, limits=self.resources.limits
             ),
             app_insights_enabled=self.app_insights_enabled,
+            data_collector=self.data_collector.to_spec()
+            if self.data_collector
+            else DataCollector(),
         )
 
 
@@ -696,6 +740,8 @@ def edit_online_deployment(
         "resources": current.resources.model_dump(),
         "app_insights_enabled": current.app_insights_enabled,
     }
+    if current.data_collector.collections:
+        fields["data_collector"] = azure_data_collector(current.data_collector)
     what = f"deployment {current.name}"
     data, warnings, source = _prepare(None, (), {}, _edited(fields, sets, what))
     model: AzureOnlineDeployment = _validate(AzureOnlineDeployment, data, source)
@@ -741,3 +787,12 @@ def edit_batch_deployment(current: BatchDeploymentSpec, sets: Edits) -> Loaded[B
     edited = model.to_spec(_Resolver(Path.cwd(), _no_upload))
     keep = {k: getattr(current, k) for k in _FILE_ONLY}
     return Loaded(edited.model_copy(update=keep), warnings)
+
+
+def azure_data_collector(dc: DataCollector) -> dict[str, Any]:
+    """A stored `data_collector` in the YAML's form (Azure's 'True'/'False' strings)."""
+    return {
+        "collections": {k: {"enabled": str(c.enabled)} for k, c in dc.collections.items()},
+        "sampling_rate": dc.sampling_rate,
+        "rolling_rate": dc.rolling_rate,
+    }

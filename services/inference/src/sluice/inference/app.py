@@ -41,6 +41,7 @@ from sluice.common.runtime import wait_for_shutdown_signal
 from sluice.inference import oip, oip_binary
 from sluice.inference.batching import Batcher, BatchSettings, batch_rows
 from sluice.inference.builtin import builtin_scorer
+from sluice.inference.collector import CollectorSettings, DataCollector
 from sluice.inference.config import ServerConfig
 from sluice.inference.dispatch import Dispatcher, Limits, Outcome
 from sluice.inference.http import Connection, Header, HttpRequest
@@ -78,6 +79,7 @@ class InferenceApp:
         self.dispatcher: Dispatcher | None = None
         self.batcher: Batcher | None = None  # adaptive batching, when configured and possible
         self.swagger: SwaggerDocuments | None = None
+        self.collector: DataCollector | None = None  # the deployment's data_collector
         self.stopping = False
         self._ids = RequestIds()
 
@@ -161,12 +163,16 @@ class InferenceApp:
             self._send(request, conn, rid, started, "/score", refusal or NOT_READY)
             return
 
+        cid = self._collect_input(request, rid, request.body)
+
         def finish(outcome: Outcome) -> None:
             try:
                 answer = self._scored(outcome, rid)
             except Exception as exc:  # e.g. a response object whose get_data() raises
                 log.error("reply_failed", request_id=rid, exc_info=exc)
                 answer = json_reply(500, {"message": f"cannot send run()'s answer: {exc}"})
+            if cid is not None:
+                self._collect_output(cid, rid, answer)
             self._send(request, conn, rid, started, "/score", answer)
 
         rows = self._batch_rows(request)
@@ -230,8 +236,12 @@ class InferenceApp:
             )
             return
 
+        cid = self._collect_input(request, rid, infer.body)
+
         def finish(outcome: Outcome) -> None:
             answer = self._scored(outcome, rid)
+            if cid is not None:
+                self._collect_output(cid, rid, answer)
             if outcome.kind == "ok" and answer.status == 200:
                 try:
                     value = orjson.loads(answer.body)
@@ -253,6 +263,30 @@ class InferenceApp:
             self.batcher.submit(rows, finish)
         else:
             dispatcher.submit(call, finish)
+
+    def _collect_input(self, request: HttpRequest, rid: str, model_input: bytes) -> str | None:
+        """Queue the input of a sampled request; its correlation id, or None when not sampled."""
+        collector = self.collector
+        if collector is None:
+            return None
+        cid = collector.sample()
+        if cid is None:
+            return None
+        if collector.requests:
+            where = {"method": request.method, "path": request.target.decode("latin-1")}
+            collector.add("request", cid, rid, request.body, where)
+        if collector.inputs:
+            collector.add("model_inputs", cid, rid, model_input)
+        return cid
+
+    def _collect_output(self, cid: str, rid: str, answer: Reply) -> None:
+        """Queue what run() answered (model_outputs: successes only) and the response."""
+        collector = self.collector
+        assert collector is not None
+        if collector.outputs and answer.status == 200:
+            collector.add("model_outputs", cid, rid, answer.body)
+        if collector.responses:
+            collector.add("response", cid, rid, answer.body, {"status": answer.status})
 
     def _refusal(self, request: HttpRequest) -> Reply | None:
         """The answer when /score cannot run this request; None when it can."""
@@ -365,6 +399,7 @@ async def serve(config: ServerConfig, registry: CollectorRegistry | None = None)
         serve_metrics(config.host, config.metrics_port, registry)
     app = InferenceApp(metrics, model_name(config.model), config.gateway_secret)
     app.model_path = config.model
+    app.collector = _collector(config, metrics)
     server = await loop.create_server(
         lambda: Connection(app.handle, config.max_payload_bytes),
         sock=_listening_socket(config),
@@ -405,7 +440,36 @@ async def serve(config: ServerConfig, registry: CollectorRegistry | None = None)
     log.info("ready", limits=str(limits))
     await stop
     await _drain(app, server, dispatcher, limits.timeout_s)
+    if app.collector is not None:
+        app.collector.close()
     return 0
+
+
+def _collector(config: ServerConfig, metrics: Metrics) -> DataCollector | None:
+    """The deployment's data collector, started; None when nothing is collected."""
+    if config.collect_dir is None or not config.collect:
+        return None
+    instance = os.environ.get("SLUICE_INSTANCE_ID") or uuid.uuid4().hex[:8]
+    if config.listen_fd is not None:  # one of several worker processes: a file each
+        instance = f"{instance}-{os.getpid()}"
+    endpoint, deployment = scope_from_env()
+    source = f"/onlineEndpoints/{endpoint}/deployments/{deployment}"
+    settings = CollectorSettings(
+        folder=config.collect_dir,
+        collections=frozenset(config.collect),
+        sampling_rate=config.collect_sampling_rate,
+        rolling_rate=config.collect_rolling_rate,
+        max_bytes=config.collect_max_bytes,
+        instance=instance,
+        source=source,
+    )
+    collector = DataCollector(settings, metrics.dropped)
+    try:
+        collector.start()
+    except OSError as exc:  # scoring goes on; the log says why nothing is collected
+        log.error("collector_unavailable", folder=str(config.collect_dir), error=str(exc))
+        return None
+    return collector
 
 
 def _batcher(

@@ -32,6 +32,12 @@ class ServerConfig:
     log_level: str = "info"
     log_format: str = "auto"
     listen_fd: int | None = None  # set by the parent for worker processes
+    # Data collection (collector.py): the deployment's folder and what goes there.
+    collect_dir: Path | None = None
+    collect: tuple[str, ...] = ()
+    collect_sampling_rate: float = 1.0
+    collect_rolling_rate: str = "hour"
+    collect_max_bytes: int = 1024**3
     # Requests must carry it in the x-sluice-gateway header (sluice.common.gateway_auth);
     # None = any caller (a server run by hand or by `--local`).
     gateway_secret: str | None = field(default=None, repr=False)
@@ -63,6 +69,14 @@ class ServerConfig:
             argv += ["--code", str(self.code)]
         if self.scoring_script is not None:
             argv += ["--scoring-script", self.scoring_script]
+        if self.collect_dir is not None and self.collect:
+            argv += [
+                "--collect-dir", str(self.collect_dir),
+                "--collect", ",".join(self.collect),
+                "--collect-sampling-rate", repr(self.collect_sampling_rate),
+                "--collect-rolling-rate", self.collect_rolling_rate,
+                "--collect-max-bytes", str(self.collect_max_bytes),
+            ]  # fmt: skip
         return argv
 
 
@@ -106,6 +120,13 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="longest wait of a request for its batch (env MAX_BATCH_WAIT_MS)",
     )
+    p.add_argument("--collect-dir", type=Path, help="data collection: the deployment's folder")
+    p.add_argument(
+        "--collect", default="", help="collections: model_inputs,model_outputs,request,response"
+    )
+    p.add_argument("--collect-sampling-rate", type=float, default=1.0, help="0.0-1.0")
+    p.add_argument("--collect-rolling-rate", choices=["minute", "hour", "day"], default="hour")
+    p.add_argument("--collect-max-bytes", type=_positive, default=1024**3)
     p.add_argument("--log-level", default="info")
     p.add_argument("--log-format", choices=["auto", "console", "json"], default="auto")
     p.add_argument("--listen-fd", type=int, default=None, help=argparse.SUPPRESS)
@@ -129,6 +150,14 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         p.error("give --scoring-script (with --code) or, for a built-in scorer, --model")
     if args.scoring_script is not None and args.code is None:
         p.error("--scoring-script needs --code, the folder that holds it")
+    collect = tuple(c for c in args.collect.split(",") if c)
+    unknown = set(collect) - {"model_inputs", "model_outputs", "request", "response"}
+    if unknown:
+        p.error(f"--collect: unknown collection {sorted(unknown)[0]!r}")
+    if collect and args.collect_dir is None:
+        p.error("--collect needs --collect-dir")
+    if not 0.0 <= args.collect_sampling_rate <= 1.0:
+        p.error("--collect-sampling-rate must be between 0.0 and 1.0")
     max_queue = args.max_concurrent_requests if args.max_queue is None else args.max_queue
     if max_queue < 0:
         p.error("--max-queue must be 0 or more")
@@ -151,4 +180,9 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         log_level=args.log_level,
         log_format=args.log_format,
         listen_fd=args.listen_fd,
+        collect_dir=args.collect_dir,
+        collect=collect,
+        collect_sampling_rate=args.collect_sampling_rate,
+        collect_rolling_rate=args.collect_rolling_rate,
+        collect_max_bytes=args.collect_max_bytes,
     )

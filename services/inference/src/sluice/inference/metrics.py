@@ -83,6 +83,12 @@ class Metrics:
             [*SCOPE, "kind"],
             registry=registry,
         )
+        self.collected_dropped = Counter(
+            "sluice_inference_collected_dropped",
+            "Data collector records not written, by reason (queue_full, quota, write_error)",
+            [*SCOPE, "reason"],
+            registry=registry,
+        )
         self._requests: dict[tuple[str, int], Callable[[], None]] = {}
         self._latency: dict[str, Callable[[float], None]] = {}
         self._errors: dict[str, Callable[[], None]] = {}
@@ -103,6 +109,9 @@ class Metrics:
         if count is None:
             count = self._errors[kind] = self.errors.labels(*self._scope, kind).inc
         count()
+
+    def dropped(self, reason: str, count: int) -> None:
+        self.collected_dropped.labels(*self._scope, reason).inc(count)
 
 
 def multiprocess_registry() -> CollectorRegistry:

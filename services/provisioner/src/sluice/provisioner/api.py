@@ -1,15 +1,21 @@
-"""gRPC face of the provisioner: the logs of instances and environment builds."""
+"""gRPC face of the provisioner: the logs of instances and environment builds, and what
+deployments' data collectors wrote (files only the provisioner's host has)."""
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 
+from sluice.common.collected import collected_dir, read_collected
 from sluice.common.environments import EnvironmentBuilder
+from sluice.common.resources import COLLECTIONS
 from sluice.provisioner.local import LocalBackend, tail
 from sluice.provisioner.store import ProvisionerStore
 from sluice.v1 import provisioner_pb2, provisioner_pb2_grpc
 
 DEFAULT_LINES = 200
+DEFAULT_RECORDS = 100
 CONTAINERS = ("inference-server", "storage-initializer")
 
 
@@ -61,4 +67,47 @@ class ProvisionerApi(provisioner_pb2_grpc.ProvisionerServicer):
         newest = logs[-1]
         return provisioner_pb2.Logs(
             text=tail(newest, lines), instance_id=newest.stem, path=str(newest)
+        )
+
+    async def GetCollected(
+        self, request: provisioner_pb2.GetCollectedRequest, context: grpc.aio.ServicerContext
+    ) -> provisioner_pb2.Collected:
+        if request.collection and request.collection not in COLLECTIONS:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"collection must be one of {', '.join(COLLECTIONS)}, got {request.collection!r}",
+            )
+        if request.since_seconds < 0 or request.limit < 0:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "since_seconds and limit cannot be negative"
+            )
+        key = f"{request.endpoint_name}/{request.deployment_name}"
+        doc = await self._store.deployment(key)
+        folder = collected_dir(
+            self._backend.state_dir, request.endpoint_name, request.deployment_name
+        )
+        if doc is None and not folder.is_dir():  # a deleted deployment's data stays readable
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"deployment {request.deployment_name!r} does not exist in endpoint "
+                f"{request.endpoint_name!r} and collected nothing",
+            )
+        view = await asyncio.to_thread(
+            read_collected,
+            folder,
+            collection=request.collection,
+            since_s=request.since_seconds,
+            limit=request.limit or DEFAULT_RECORDS,
+        )
+        return provisioner_pb2.Collected(
+            files=[
+                provisioner_pb2.CollectedFile(
+                    path=str(f.path), collection=f.collection, size_bytes=f.size_bytes
+                )
+                for f in view.files
+            ],
+            records=view.records,
+            total_records=view.total_records,
+            dropped=view.dropped,
+            folder=str(folder),
         )

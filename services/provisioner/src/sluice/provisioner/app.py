@@ -65,6 +65,7 @@ async def serve(settings: Settings) -> None:
         host=settings.host,
         state_dir=state_dir,
         secret_key=settings.secret_key,
+        collector_max_bytes=settings.data_collector_max_bytes,
     )
     tasks: list[asyncio.Task[None]] = []
     try:

@@ -23,7 +23,10 @@ machine. What the local backend does about it:
   built environments (`envs/`, no secrets, readable by all) and
   `workspaces/<endpoint>/<deployment>/` (0700, owned by the deployment's
   user), which holds a private copy of the deployment's model and code and
-  its HOME/TMPDIR.
+  its HOME/TMPDIR. `datastore/` is traversable (0711) only on the way to
+  `datastore/workspaceblobstore/modelDataCollector/<endpoint>/<deployment>/`
+  (0700, owned by the deployment's user), where its data collector writes
+  (`collector_folder`); the datastore's other entries stay private.
 
 What it cannot do: there is no network namespace, so an instance can still
 open connections to loopback services (every one of them requires a
@@ -47,10 +50,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from sluice.common.collected import COLLECTOR_PATH, DATASTORE, DEFAULT_DATASTORE, collected_dir
 from sluice.common.resources import OnlineDeploymentSpec
 
 # Entries of the state directory that deployment users need to reach.
-SHARED_ENTRIES = frozenset({"envs", "workspaces"})
+SHARED_ENTRIES = frozenset({"envs", "workspaces", "datastore"})
 BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
 USER_PREFIX = "sluice-d-"
 USERADD_ATTEMPTS_S = 10.0  # /etc/passwd is locked while another useradd runs
@@ -212,6 +216,26 @@ def _own_privately(tree: Path, account: Account) -> None:
 def _chown(path: Path, account: Account) -> None:
     if account.switches:
         os.lchown(path, account.uid, account.gid)
+
+
+def collector_folder(state_dir: Path, endpoint: str, deployment: str, account: Account) -> Path:
+    """The deployment's data collector folder: only its user (and the platform) may enter it.
+
+    Every folder on the way is traversable, not listable (0711); the datastore's other
+    entries (batch outputs, other datastores) are made private to the platform's user.
+    """
+    folder = collected_dir(state_dir, endpoint, deployment)
+    for step in [p for p in reversed(folder.parents) if p.is_relative_to(state_dir / DATASTORE)]:
+        step.mkdir(exist_ok=True)
+        step.chmod(0o711)
+    for parent, keep in (
+        (state_dir / DATASTORE, DEFAULT_DATASTORE),
+        (state_dir / DATASTORE / DEFAULT_DATASTORE, COLLECTOR_PATH),
+    ):
+        for entry in parent.iterdir():
+            if entry.name != keep and not entry.is_symlink():
+                entry.chmod(0o700 if entry.is_dir() else 0o600)
+    return make_private_dir(folder, account)
 
 
 def make_private_dir(path: Path, account: Account) -> Path:

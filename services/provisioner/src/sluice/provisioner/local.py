@@ -27,12 +27,14 @@ import psutil
 
 from sluice.common import gateway_auth
 from sluice.common.catalogue import InstanceType
+from sluice.common.collected import collected_dir
 from sluice.common.resources import OnlineDeploymentSpec
 from sluice.common.supervisor import free_port
 from sluice.provisioner.isolation import (
     Account,
     IsolationError,
     account_for,
+    collector_folder,
     harden_state_dir,
     instance_env,
     make_private_dir,
@@ -44,6 +46,7 @@ from sluice.provisioner.isolation import (
 from sluice.provisioner.store import ProcessRecord, RunningRecord
 
 STOP_GRACE_S = 5.0
+DEFAULT_COLLECTOR_MAX_BYTES = 1024**3  # per deployment (settings.data_collector_max_bytes)
 # What spares import ahead of time: the usual scoring-script libraries (missing ones are skipped).
 PRELOAD = ("numpy", "pandas", "sklearn", "sklearn.linear_model", "sklearn.ensemble", "joblib")
 
@@ -244,8 +247,10 @@ class LocalBackend:
         host: str = "127.0.0.1",
         state_dir: Path | None = None,
         secret_key: str | None = None,
+        collector_max_bytes: int = DEFAULT_COLLECTOR_MAX_BYTES,
     ):
         self.logs_root = logs_root
+        self._collector_max_bytes = collector_max_bytes
         self.host = host
         self._secret_key = secret_key  # derives each deployment's gateway secret
         self.state_dir = state_dir or logs_root.parent
@@ -287,6 +292,8 @@ class LocalBackend:
             )
         make_private_dir(folder, account)
         home = make_private_dir(folder / "home", account)
+        if spec.data_collector.enabled:
+            collector_folder(self.state_dir, spec.endpoint_name, spec.name, account)
         copies = make_private_dir(folder / "artifacts", account)
         # Copies are named by the artifact's digest (a scale change copies nothing); those of
         # this plan and the previous one (whose instances may still run) are kept.
@@ -340,6 +347,7 @@ class LocalBackend:
             argv += ["--model", str(plan.model)]
         if plan.code is not None and plan.scoring_script:
             argv += ["--code", str(plan.code), "--scoring-script", plan.scoring_script]
+        argv += self._collector_argv(spec)
         folder = self.instance_logs(spec.endpoint_name, spec.name)
         folder.mkdir(parents=True, exist_ok=True)
         log_path = folder / f"{instance_id}.log"
@@ -390,6 +398,28 @@ class LocalBackend:
             memory_limit=instance_type.memory_bytes,
             workers=workers,
         )
+
+    def _collector_argv(self, spec: OnlineDeploymentSpec) -> list[str]:
+        """The inference server's data collection flags (none when nothing is collected).
+
+        The platform's byte quota per deployment (`SLUICE_DATA_COLLECTOR_MAX_BYTES`) may be
+        lowered, never raised, by the deployment's `DATA_COLLECTOR_MAX_BYTES` variable.
+        """
+        dc = spec.data_collector
+        if not dc.enabled:
+            return []
+        quota = self._collector_max_bytes
+        own = spec.environment_variables.get("DATA_COLLECTOR_MAX_BYTES", "")
+        if own.isdigit() and int(own) > 0:
+            quota = min(quota, int(own))
+        folder = collected_dir(self.state_dir, spec.endpoint_name, spec.name)
+        return [
+            "--collect-dir", str(folder),
+            "--collect", ",".join(dc.enabled),
+            "--collect-sampling-rate", repr(dc.sampling_rate),
+            "--collect-rolling-rate", dc.rolling_rate,
+            "--collect-max-bytes", str(quota),
+        ]  # fmt: skip
 
     async def probe(self, instance: LocalInstance, path: str, timeout_s: float) -> bool:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,8 @@ from sluice.sdk.cli.common import (
 )
 from sluice.sdk.cli.errors import CliError
 from sluice.sdk.cli.output import OutputFormat, OutputOption, err_console, render
-from sluice.sdk.client import RegistryClient, get_logs
+from sluice.sdk.client import RegistryClient, get_collected, get_logs
+from sluice.sdk.metrics import parse_duration
 from sluice.sdk.specs import edit_online_deployment, load_online_deployment
 
 app = typer.Typer(
@@ -242,3 +244,51 @@ def get_logs_(
     if logs.instance_id:
         err_console.print(f"instance {logs.instance_id} ({logs.path})")
     sys.stdout.write(logs.text + "\n")
+
+
+@app.command()
+def collected(
+    name: str = typer.Option(..., "--name", "-n"),
+    endpoint_name: str = typer.Option(..., "--endpoint-name", "-e"),
+    since: str = typer.Option("", "--since", help="only the last 90s, 15m, 1h, 1d (default: all)"),
+    collection: str = typer.Option(
+        "", "--collection", "-c", help="model_inputs, model_outputs, request or response"
+    ),
+    limit: int = typer.Option(20, "--limit", help="newest records shown"),
+    output: OutputFormat = OutputOption,
+) -> None:
+    """What the deployment's data_collector wrote: its files, newest records and drops."""
+    if limit < 0:
+        raise CliError("--limit cannot be negative")
+    since_s = parse_duration(since, "--since") if since else 0
+    reply = get_collected(endpoint_name, name, collection=collection, since_s=since_s, limit=limit)
+    records = [json.loads(r) for r in reply.records]
+    if output is OutputFormat.table:
+        err_console.print(
+            f"{reply.folder}: {len(reply.files)} files, {reply.total_records} records"
+            + (f", dropped {dict(reply.dropped)}" if reply.dropped else "")
+        )
+        rows = [
+            {
+                "time": r.get("time"),
+                "collection": str(r.get("type", "")).removeprefix("azureml.inference."),
+                "correlationid": r.get("correlationid"),
+                "data": json.dumps(r.get("data"))[:60],
+            }
+            for r in records
+        ]
+        render(rows, output, columns=["time", "collection", "correlationid", "data"])
+        return
+    render(
+        {
+            "folder": reply.folder,
+            "files": [
+                {"path": f.path, "collection": f.collection, "size_bytes": f.size_bytes}
+                for f in reply.files
+            ],
+            "total_records": reply.total_records,
+            "dropped": dict(reply.dropped),
+            "records": records,
+        },
+        output,
+    )

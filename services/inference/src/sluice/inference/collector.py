@@ -1,0 +1,226 @@
+"""Azure's data collector: inputs and outputs of sampled requests, as JSON lines on disk.
+
+A deployment's `data_collector` (docs/tracing.md) turns this on. On the request
+path the server only draws the sample (`sample()`, one `random()`) and appends
+`(collection, correlation id, request id, time, bytes)` to a bounded queue; a
+writer thread turns the queue into Azure's landing format every `FLUSH_S`:
+
+    <folder>/<collection>/<yyyy>/<MM>/<dd>/<HH>/<instance>.jsonl    (rolling_rate hour)
+
+`folder` is `<datastore>/workspaceblobstore/modelDataCollector/<endpoint>/<deployment>`,
+Azure's default path; `minute` adds `<mm>/`, `day` stops at `<dd>/`. Each line is
+one CloudEvents-shaped record as Azure writes it (`specversion`, `id`, `source`,
+`type: azureml.inference.<collection>`, `time`, `data`, `correlationid`,
+`xrequestid`); the input and output of one request share the `correlationid`.
+
+Nothing here can fail a request: a full queue, a folder over its byte quota
+(`max_bytes`, shared by the deployment's instances and re-measured every
+`RESCAN_S`) or a failing disk drops the record and counts it by reason. The
+counts are written to `<folder>/_stats/<instance>.json` (read by
+`sluice online-deployment collected`) and exported as
+`sluice_inference_collected_dropped_total`.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import random
+import threading
+import time
+import uuid
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import structlog
+
+FLUSH_S = 0.25
+RESCAN_S = 10.0
+MAX_QUEUED = 10_000  # records waiting for the writer; more are dropped ("queue_full")
+DEFAULT_MAX_BYTES = 1024**3
+STATS_FOLDER = "_stats"
+PARTITIONS = {"minute": "%Y/%m/%d/%H/%M", "hour": "%Y/%m/%d/%H", "day": "%Y/%m/%d"}
+
+log = structlog.get_logger("sluice.inference.collector")
+
+
+@dataclass(frozen=True)
+class CollectorSettings:
+    folder: Path
+    collections: frozenset[str]
+    sampling_rate: float = 1.0
+    rolling_rate: str = "hour"
+    max_bytes: int = DEFAULT_MAX_BYTES
+    instance: str = "instance"
+    source: str = ""  # the deployment's Azure-style id
+
+
+# (collection, correlation id, request id, unix time, payload, extra fields)
+Item = tuple[str, str, str, float, bytes, dict[str, Any] | None]
+
+
+class DataCollector:
+    """Samples requests and writes their payloads off the request path."""
+
+    def __init__(
+        self, settings: CollectorSettings, on_drop: Callable[[str, int], None] = lambda r, n: None
+    ) -> None:
+        self.settings = settings
+        self.inputs = "model_inputs" in settings.collections
+        self.outputs = "model_outputs" in settings.collections
+        self.requests = "request" in settings.collections
+        self.responses = "response" in settings.collections
+        self.written = 0
+        self.dropped: Counter[str] = Counter()
+        self._queue: deque[Item] = deque()
+        self._on_drop = on_drop
+        self._wake = threading.Event()
+        self._stopping = False
+        self._used = 0
+        self._scanned_at = 0.0
+        self._thread = threading.Thread(target=self._loop, name="collector", daemon=True)
+
+    def start(self) -> None:
+        self.settings.folder.mkdir(parents=True, exist_ok=True)
+        self._rescan()
+        self._thread.start()
+        log.info(
+            "collecting",
+            folder=str(self.settings.folder),
+            collections=sorted(self.settings.collections),
+            sampling_rate=self.settings.sampling_rate,
+        )
+
+    def close(self) -> None:
+        """Write what is queued and stop the writer."""
+        self._stopping = True
+        self._wake.set()
+        self._thread.join(timeout=5)
+
+    # ---- request path ----------------------------------------------------------------------
+
+    def sample(self) -> str | None:
+        """A correlation id when this request is collected, else None (Azure's rule)."""
+        rate = self.settings.sampling_rate
+        if rate < 1.0 and rate <= random.random():  # noqa: S311 - sampling, not security
+            return None
+        return str(uuid.uuid4())
+
+    def add(
+        self,
+        collection: str,
+        correlation_id: str,
+        request_id: str,
+        payload: bytes,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        if len(self._queue) >= MAX_QUEUED:
+            self._drop("queue_full")
+            return
+        self._queue.append((collection, correlation_id, request_id, time.time(), payload, extra))
+
+    # ---- writer thread -----------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            self._wake.wait(FLUSH_S)
+            self._wake.clear()
+            stopping = self._stopping
+            try:
+                self.flush()
+            except Exception:  # the writer must survive anything; requests never see it
+                log.exception("collector_flush_failed")
+            if stopping:
+                return
+
+    def flush(self) -> None:
+        """Write every queued record (called by the writer thread, and by tests)."""
+        if not self._queue:
+            return
+        if time.monotonic() - self._scanned_at > RESCAN_S:
+            self._rescan()
+        files: dict[Path, list[bytes]] = {}
+        while self._queue:
+            item = self._queue.popleft()
+            line = orjson.dumps(self._record(item)) + b"\n"
+            if self._used + len(line) > self.settings.max_bytes:
+                self._drop("quota")
+                continue
+            self._used += len(line)
+            files.setdefault(self._path(item[0], item[3]), []).append(line)
+        for path, lines in files.items():
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with path.open("ab") as out:
+                    out.write(b"".join(lines))
+                self.written += len(lines)
+            except OSError as exc:  # ENOSPC, EDQUOT, a folder made read-only...
+                self._drop("write_error", len(lines))
+                self._used -= sum(len(line) for line in lines)
+                log.warning("collector_write_failed", path=str(path), error=str(exc))
+        self._write_stats()
+
+    def _record(self, item: Item) -> dict[str, Any]:
+        collection, correlation_id, request_id, at, payload, extra = item
+        record: dict[str, Any] = {
+            "specversion": "1.0",
+            "id": str(uuid.uuid4()),
+            "source": self.settings.source,
+            "type": f"azureml.inference.{collection}",
+            "datacontenttype": "application/json",
+            "time": datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds"),
+            "correlationid": correlation_id,
+            "xrequestid": request_id,
+            "contentrange": f"bytes 0-{max(len(payload) - 1, 0)}/{len(payload)}",
+            "agent": "sluice-inference",
+        }
+        try:
+            record["data"] = orjson.loads(payload) if payload else None
+        except orjson.JSONDecodeError:
+            try:
+                record["data"] = payload.decode("utf-8")
+                record["datacontenttype"] = "text/plain"
+            except UnicodeDecodeError:
+                record["data"] = base64.b64encode(payload).decode()
+                record["datacontenttype"] = "application/octet-stream"
+                record["dataencoding"] = "base64"
+        if extra:
+            record.update(extra)
+        return record
+
+    def _path(self, collection: str, at: float) -> Path:
+        partition = time.strftime(PARTITIONS[self.settings.rolling_rate], time.gmtime(at))
+        return self.settings.folder / collection / partition / f"{self.settings.instance}.jsonl"
+
+    def _drop(self, reason: str, count: int = 1) -> None:
+        self.dropped[reason] += count
+        self._on_drop(reason, count)
+
+    def _rescan(self) -> None:
+        """The bytes the deployment's instances have written so far (the quota is theirs)."""
+        used = 0
+        for path in self.settings.folder.rglob("*.jsonl"):
+            with contextlib.suppress(OSError):
+                used += path.stat().st_size
+        self._used = used
+        self._scanned_at = time.monotonic()
+
+    def _write_stats(self) -> None:
+        folder = self.settings.folder / STATS_FOLDER
+        stats = {
+            "instance": self.settings.instance,
+            "written": self.written,
+            "dropped": dict(self.dropped),
+        }
+        try:
+            folder.mkdir(exist_ok=True)
+            partial = folder / f".{self.settings.instance}.json.partial"
+            partial.write_bytes(orjson.dumps(stats))
+            partial.replace(folder / f"{self.settings.instance}.json")
+        except OSError as exc:
+            log.warning("collector_stats_failed", error=str(exc))

@@ -1,0 +1,107 @@
+"""The data collector's files: Azure's layout and record shape, sampling, and drops that
+never raise (quota, full queue, a folder that cannot be written)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from sluice.common.collected import read_collected
+from sluice.common.testing.wait import wait_for
+from sluice.inference import collector as collector_module
+from sluice.inference.collector import CollectorSettings, DataCollector
+
+
+def make(folder: Path, **kwargs: object) -> DataCollector:
+    settings = CollectorSettings(
+        folder=folder,
+        collections=frozenset({"model_inputs", "model_outputs"}),
+        instance="abc123",
+        source="/onlineEndpoints/e/deployments/d",
+        **kwargs,  # type: ignore[arg-type]
+    )
+    return DataCollector(settings)
+
+
+def lines(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_inputs_and_outputs_land_in_azures_partitions_with_one_correlation_id(
+    tmp_path: Path,
+) -> None:
+    dc = make(tmp_path)
+    cid = dc.sample()
+    assert cid is not None
+    dc.add("model_inputs", cid, "req-1", b'{"data": [[1, 2]]}')
+    dc.add("model_outputs", cid, "req-1", b"[5.5]")
+    dc.add("model_inputs", "other", "req-2", b"not json \xff")
+    dc.flush()
+    hour = time.strftime("%Y/%m/%d/%H", time.gmtime())
+    inputs = lines(tmp_path / "model_inputs" / hour / "abc123.jsonl")
+    outputs = lines(tmp_path / "model_outputs" / hour / "abc123.jsonl")
+    assert inputs[0]["data"] == {"data": [[1, 2]]}
+    assert inputs[0]["type"] == "azureml.inference.model_inputs"
+    assert inputs[0]["source"] == "/onlineEndpoints/e/deployments/d"
+    assert inputs[0]["correlationid"] == outputs[0]["correlationid"] == cid
+    assert inputs[0]["xrequestid"] == "req-1" and outputs[0]["data"] == [5.5]
+    assert inputs[1]["dataencoding"] == "base64"  # not text: kept byte for byte
+    assert dc.written == 3 and not dc.dropped
+    view = read_collected(tmp_path, limit=2)
+    assert view.total_records == 3 and len(view.records) == 2 and len(view.files) == 2
+
+
+def test_rolling_rate_minute_adds_the_minute(tmp_path: Path) -> None:
+    dc = make(tmp_path, rolling_rate="minute")
+    dc.add("model_inputs", "c", "r", b"1")
+    dc.flush()
+    (found,) = tmp_path.glob("model_inputs/*/*/*/*/*/abc123.jsonl")
+    assert len(found.relative_to(tmp_path).parts) == 7
+
+
+def test_sampling_rate_keeps_about_that_share(tmp_path: Path) -> None:
+    dc = make(tmp_path, sampling_rate=0.1)
+    kept = sum(dc.sample() is not None for _ in range(10_000))
+    # Binomial(10000, 0.1): sd 30; +-6 sd never fails by chance.
+    assert 820 <= kept <= 1180
+    assert all(make(tmp_path, sampling_rate=0.0).sample() is None for _ in range(1000))
+
+
+def test_a_full_quota_drops_and_counts(tmp_path: Path) -> None:
+    dc = make(tmp_path, max_bytes=2000)
+    for i in range(50):
+        dc.add("model_inputs", f"c{i}", "r", b'{"data": [[1, 2, 3]]}')
+    dc.flush()
+    assert dc.written > 0 and dc.dropped["quota"] == 50 - dc.written
+    total = sum(p.stat().st_size for p in tmp_path.rglob("*.jsonl"))
+    assert total <= 2000
+    # The counts are on disk for `online-deployment collected`.
+    assert read_collected(tmp_path).dropped == {"quota": 50 - dc.written}
+
+
+def test_a_full_queue_and_an_unwritable_folder_drop_without_raising(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dc = make(tmp_path)
+    monkeypatch.setattr(collector_module, "MAX_QUEUED", 3)
+    for _ in range(5):
+        dc.add("model_inputs", "c", "r", b"1")
+    assert dc.dropped["queue_full"] == 2
+    dc.flush()
+    (tmp_path / "model_outputs").write_text("a file where a folder should be")
+    dc.add("model_outputs", "c", "r", b"1")
+    dc.flush()
+    assert dc.dropped["write_error"] == 1 and dc.written == 3
+
+
+def test_the_writer_thread_flushes_and_close_writes_the_rest(tmp_path: Path) -> None:
+    dc = make(tmp_path)
+    dc.start()
+    dc.add("model_inputs", "c", "r", b"1")
+    wait_for(lambda: dc.written == 1, "the writer thread to write the record", deadline=5)
+    dc.add("model_outputs", "c", "r", b"2")
+    dc.close()
+    assert dc.written == 2
