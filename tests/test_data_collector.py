@@ -141,6 +141,7 @@ def test_collected_inputs_and_outputs_sampling_and_quota(
     # A quota of 4000 bytes: requests keep succeeding, records beyond it are counted.
     for i in range(40):
         assert score("tiny", i).status_code == 200
+
     def accounted() -> Any:
         got = get_collected(ENDPOINT, "tiny", settings=settings)
         return got if got.dropped.get("quota", 0) + got.total_records == 80 else None
