@@ -110,6 +110,13 @@ def test_no_flapping_scale_in_shrinks_or_is_skipped() -> None:
     assert decide(profile(CPU_OUT, big_in), 2, [40.0, 40.0], 1000.0, None) is None
 
 
+def test_min_zero_an_idle_deployment_goes_to_zero_and_never_flaps_there() -> None:
+    idle = profile(CPU_OUT, RPM_IN, lo=0, default=0, hi=3)
+    decision = decide(idle, 1, [50.0, 0.0], 1000.0, None)
+    assert decision is not None and decision.new_count == 0
+    assert decide(idle, 0, [None, 0.0], 1000.0, None) is None  # at zero: stays (no data)
+
+
 def test_percent_and_exact_actions() -> None:
     half = CPU_OUT.model_copy(update={"value": 50, "percent": True})
     assert (d := decide(profile(half, hi=10), 4, [90.0], 0, None)) and d.new_count == 6
@@ -229,7 +236,7 @@ def base(**changes: object) -> AutoscaleSetting:
         (base(name="bad name"), "name 'bad name'"),
         (base(profiles=[profile(lo=3, default=3, hi=2)]), "minimum 3 is greater than maximum 2"),
         (base(profiles=[profile(lo=1, default=7, hi=5)]), "default count 7 is not within"),
-        (base(profiles=[profile(lo=0, default=0, hi=2)]), "scale to zero is not supported"),
+        (base(profiles=[profile(lo=-1, default=0, hi=2)]), "minimum -1 is negative"),
         (
             base(profiles=[profile(CPU_OUT.model_copy(update={"metric": "Nope"}))]),
             "unknown metric 'Nope' for a deployment",

@@ -254,6 +254,7 @@ class AutoscaleSetting(_message.Message):
     DECISIONS_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    EVALUATED_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     endpoint_name: _builtins.str
     """the target deployment"""
@@ -262,9 +263,11 @@ class AutoscaleSetting(_message.Message):
     version: _builtins.int
     capacity: _builtins.int
     """Read-only: where the setting stands.
-    the instance count the autoscaler last set (0: not evaluated yet)
+    the instance count the autoscaler last set (0: scaled to zero)
     """
     active_profile: _builtins.str
+    evaluated: _builtins.bool
+    """false until the first evaluation (capacity not set yet)"""
     @_builtins.property
     def profiles(self) -> _containers.RepeatedCompositeFieldContainer[Global___AutoscaleProfile]: ...
     @_builtins.property
@@ -289,10 +292,11 @@ class AutoscaleSetting(_message.Message):
         decisions: _abc.Iterable[Global___AutoscaleDecision] | None = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        evaluated: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_profile", b"active_profile", "capacity", b"capacity", "created_at", b"created_at", "decisions", b"decisions", "deployment_name", b"deployment_name", "enabled", b"enabled", "endpoint_name", b"endpoint_name", "name", b"name", "profiles", b"profiles", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_profile", b"active_profile", "capacity", b"capacity", "created_at", b"created_at", "decisions", b"decisions", "deployment_name", b"deployment_name", "enabled", b"enabled", "endpoint_name", b"endpoint_name", "evaluated", b"evaluated", "name", b"name", "profiles", b"profiles", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -99,7 +99,8 @@ class AutoscaleStore:
             "version": 1,
             "created_at": now,
             "updated_at": now,
-            "state": {"capacity": 0, "last_action_at": None, "active_profile": ""},
+            # capacity None: not evaluated yet (the first tick starts from the deployment's count)
+            "state": {"capacity": None, "last_action_at": None, "active_profile": ""},
             "decisions": [],
         }
         async with self._outbox.transaction() as tx:
@@ -215,18 +216,34 @@ class Autoscaler:
         state = doc.get("state") or {}
         if state.get("active_profile") != profile.name:
             await self._store.set_active_profile(doc["_id"], profile.name)
-        current = int(state.get("capacity") or 0)
-        if current == 0:  # not evaluated yet: start from the deployment's own count
+        capacity = state.get("capacity")
+        if capacity is None:  # not evaluated yet: start from the deployment's own count
             found = await self._store.instance_count(setting.endpoint_name, setting.deployment_name)
             if found is None:
                 return  # the deployment is gone (or not created yet)
             current = found
+        elif capacity == 0:
+            # At zero a held request wakes an instance without asking (activator.py): count
+            # what runs, so that an idle period takes it back to zero with a decision.
+            current = await self._running(setting, now)
+        else:
+            current = int(capacity)
         values = [await self._value(setting, rule, now) for rule in profile.rules]
         decision = decide(profile, current, values, now.timestamp(), state.get("last_action_at"))
         if decision is not None:
             await self._store.record(doc, decision, now)
-        elif not state.get("capacity"):
+        elif capacity is None:
             await self._store.start(doc["_id"], current)
+
+    async def _running(self, setting: AutoscaleSetting, now: datetime) -> int:
+        """Instances that sent usage samples in the last two closed buckets."""
+        probe = AutoscaleRule(
+            metric="DeploymentCapacity",
+            time_aggregation="max",
+            window_s=2 * self._bucket_s,
+            time_grain_s=self._bucket_s,
+        )
+        return int(await self._value(setting, probe, now) or 0)
 
     async def _value(
         self, setting: AutoscaleSetting, rule: AutoscaleRule, now: datetime

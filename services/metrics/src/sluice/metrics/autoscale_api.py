@@ -35,6 +35,7 @@ def message_of(doc: Document) -> Any:
     state = doc.get("state") or {}
     message.version = doc["version"]
     message.capacity = int(state.get("capacity") or 0)
+    message.evaluated = state.get("capacity") is not None
     message.active_profile = state.get("active_profile") or ""
     message.created_at.FromDatetime(doc["created_at"])
     message.updated_at.FromDatetime(doc["updated_at"])

@@ -22,6 +22,7 @@ from sluice.common.prometheus import start_exporter
 from sluice.common.resources import ComputeKind, EnvironmentSpec, deployment_id
 from sluice.common.runtime import wait_for_shutdown_signal
 from sluice.common.settings import Settings
+from sluice.provisioner.activator import Activator
 from sluice.provisioner.api import ProvisionerApi
 from sluice.provisioner.autoscale_counts import AutoscaleCounts, subscribe_autoscale
 from sluice.provisioner.events import SOURCE, UsagePublisher, subscribe_registry_events
@@ -92,7 +93,11 @@ async def serve(settings: Settings) -> None:
         )
         counts = AutoscaleCounts(db)
         await counts.load()
-        local = LocalCompute(LocalServices(backend, preparer, store, routing, counts), usage.usage)
+        activator = Activator(settings.host, settings.secret_key)
+        await activator.start()
+        local = LocalCompute(
+            LocalServices(backend, preparer, store, routing, counts, activator), usage.usage
+        )
         ctx = Context(
             store=store,
             backends={
@@ -108,6 +113,7 @@ async def serve(settings: Settings) -> None:
             await counts.refresh(endpoint, deployment)
             await reconciler.touch(deployment_id(endpoint, deployment))
 
+        activator.wake = reconciler.touch
         await reconciler.recover()
         subscribe_applied(
             broker,
@@ -149,6 +155,7 @@ async def serve(settings: Settings) -> None:
         log.info("provisioner_stopping", signal=signal.name)
         await server.stop()
         await reconciler.shutdown()
+        await activator.close()
         with contextlib.suppress(Exception):  # what is left is relayed at the next start
             await asyncio.wait_for(relay.drain(), timeout=3)
     finally:

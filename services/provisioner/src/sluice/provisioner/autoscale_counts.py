@@ -12,6 +12,7 @@ a disabled or deleted setting gives the count back to the deployment's spec.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from datetime import UTC
 
 from faststream.nats import NatsBroker
 from faststream.nats.subscriber.usecases import PushStreamSubscriber
@@ -41,12 +42,17 @@ class AutoscaleCounts:
     def __init__(self, db: AsyncDatabase[Document]):
         self._c = db[AUTOSCALE_SETTINGS]
         self._counts: dict[str, int] = {}  # lower-cased deployment id -> instances
+        self._decided_at: dict[str, float] = {}  # ... -> epoch of the last decision
         # ... -> (setting, its active profile, a marker that changes with either)
         self._active: dict[str, tuple[AutoscaleSetting, AutoscaleProfile, str]] = {}
 
     def count(self, key: str) -> int | None:
         """The count an enabled autoscale setting wants for deployment `key`, if any."""
         return self._counts.get(key.lower())
+
+    def decided_at(self, key: str) -> float:
+        """When the setting of deployment `key` last decided (epoch seconds; 0: never)."""
+        return self._decided_at.get(key.lower(), 0.0)
 
     def active(self, key: str) -> tuple[AutoscaleSetting, AutoscaleProfile, str] | None:
         """An enabled setting of deployment `key` with its active profile (what a cluster's
@@ -56,12 +62,17 @@ class AutoscaleCounts:
     def _take(self, doc: Document) -> None:
         key = str(doc["target"])
         state = doc.get("state") or {}
-        capacity = int(state.get("capacity") or 0)
+        capacity = state.get("capacity")  # None: not evaluated yet
         setting = AutoscaleSetting.model_validate(doc["spec"])
-        if setting.enabled and capacity > 0:
-            self._counts[key] = capacity
+        if setting.enabled and capacity is not None:
+            self._counts[key] = int(capacity)
         else:
             self._counts.pop(key, None)
+        decisions = doc.get("decisions") or []
+        if decisions:
+            when = decisions[0]["time"]
+            when = when if when.tzinfo else when.replace(tzinfo=UTC)
+            self._decided_at[key] = when.timestamp()
         if not setting.enabled:
             self._active.pop(key, None)
             return
@@ -73,12 +84,12 @@ class AutoscaleCounts:
     async def load(self) -> None:
         self._counts.clear()
         self._active.clear()
-        async for doc in self._c.find({}, {"decisions": 0}):
+        async for doc in self._c.find({}):
             self._take(doc)
 
     async def refresh(self, endpoint: str, deployment: str) -> None:
         key = deployment_id(endpoint, deployment).lower()
-        doc = await self._c.find_one({"target": key}, {"decisions": 0})
+        doc = await self._c.find_one({"target": key})
         if doc is None:
             self._counts.pop(key, None)
             self._active.pop(key, None)

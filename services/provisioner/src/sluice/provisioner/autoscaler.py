@@ -65,7 +65,7 @@ class LocalScaling:
 
     def desired(self, instance_count: int, scale: ScaleSettings, decided: int | None = None) -> int:
         if decided is not None:
-            return max(1, decided)
+            return max(0, decided)  # 0: scaled to zero (the activator holds requests)
         if scale.type != "target_utilization":
             self._autoscaler = None
             return instance_count

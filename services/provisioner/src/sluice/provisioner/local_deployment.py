@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from sluice.common.log import get_logger, readable_log
 from sluice.common.resources import Instance, OnlineDeploymentDoc, deployment_id
+from sluice.provisioner.activator import Activator
 from sluice.provisioner.autoscale_counts import AutoscaleCounts
 from sluice.provisioner.autoscaler import LocalScaling
 from sluice.provisioner.compute import Observation
@@ -64,6 +65,7 @@ class LocalServices:
     store: ProvisionerStore  # instance-hour history (cost accounting)
     routing: RoutingView
     autoscale: AutoscaleCounts  # what autoscale settings decided
+    activator: Activator | None = None  # holds requests for deployments scaled to zero
 
 
 class LocalDeployment:
@@ -87,6 +89,12 @@ class LocalDeployment:
         self._last_measure = 0.0
         self._last_usage = 0.0
         self._pass = Observation()
+        # Scale to zero (activator.py): when a held request woke the deployment (wall clock),
+        # and since when the activator is listed as its instance (monotonic).
+        self._activated_at: float | None = None
+        self._activator_since: float | None = None
+        if services.activator is not None:
+            services.activator.register(self)
 
     # ---- the DeploymentCompute protocol ---------------------------------------------------
 
@@ -104,6 +112,9 @@ class LocalDeployment:
         return self._observation(settled=self._settled(doc))
 
     async def remove(self) -> Observation:
+        if self._s.activator is not None:
+            self._s.activator.forget(self)
+        self._activator_since = None
         await self._reap(None)
         await self._act(None)
         if not self.instances:  # the deployment's private copies and user go last
@@ -121,6 +132,14 @@ class LocalDeployment:
             for i in self.instances
             if i.alive and not i.draining
         ]
+        activator = self._activator_instance()
+        if activator is not None:
+            seen.instances.append(activator)
+            if self._activator_since is None:
+                self._activator_since = time.monotonic()
+                seen.became_ready.append(activator)  # the gateway routes it from now on
+        else:
+            self._activator_since = None
         seen.settled = settled
         seen.message = self.generation.status_message if self.generation else ""
         if self._failed is not None and self._failed[0] == self._version:
@@ -223,6 +242,45 @@ class LocalDeployment:
                 instances_after=change[1],
             )  # fmt: skip
 
+    # ---- scale to zero ------------------------------------------------------------------------
+
+    def activate(self) -> None:
+        """A request is held for this deployment: run at least one instance."""
+        self._activated_at = time.time()
+
+    def ready_address(self) -> str | None:
+        """An instance that can take a held request now."""
+        for inst in self.instances:
+            if inst.ready and inst.alive and not inst.draining:
+                return inst.address
+        return None
+
+    def _decided(self) -> int | None:
+        """The autoscale setting's count; a wake since its last decision makes 0 into 1."""
+        decided = self._s.autoscale.count(self.key)
+        if decided == 0 and self._activated_at is not None:
+            if self._s.autoscale.decided_at(self.key) > self._activated_at:
+                self._activated_at = None  # decided again after the wake
+            else:
+                return 1
+        return decided
+
+    def _activator_instance(self) -> Instance | None:
+        """At zero (or waking from it, until an instance is ready) the activator is listed."""
+        activator = self._s.activator
+        if activator is None or not activator.address or self._s.autoscale.count(self.key) != 0:
+            return None
+        if self._decided() != 0 and self.ready_address() is not None:
+            return None
+        return Instance(id=f"{self.name}-activator", address=activator.address, ready=True)
+
+    def _activator_routed(self) -> bool:
+        activator = self._s.activator
+        if activator is None or self._activator_since is None:
+            return False
+        routes = self._s.routing.routes(self.key, activator.address)
+        return routes is True or time.monotonic() - self._activator_since > ROUTE_WAIT_S
+
     # ---- deciding and acting ------------------------------------------------------------------
 
     def _desired(self, doc: OnlineDeploymentDoc) -> Desired:
@@ -230,8 +288,10 @@ class LocalDeployment:
         gen = self.generation
         runnable = gen is not None and gen.version == version
         runnable = runnable and not (self._failed is not None and self._failed[0] == version)
-        decided = self._s.autoscale.count(self.key)
+        decided = self._decided()
         count = self._scaling.desired(doc.spec.instance_count, doc.spec.scale_settings, decided)
+        if count == 0 and self.instances and not self._activator_routed():
+            count = 1  # make before break: the last instance leaves once the activator serves
         return Desired(version, count, runnable)
 
     def _settled(self, doc: OnlineDeploymentDoc) -> bool:

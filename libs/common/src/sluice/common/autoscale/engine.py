@@ -111,7 +111,10 @@ def _clamp(count: int, profile: AutoscaleProfile) -> int:
 def _would_flap(
     profile: AutoscaleProfile, values: Sequence[float | None], current: int, new: int
 ) -> bool:
-    """Would an out-rule fire once the load of `current` instances is spread over `new`?"""
+    """Would an out-rule fire once the load of `current` instances is spread over `new`?
+    (At zero no instance carries load; waking from zero is the activator's job.)"""
+    if new == 0:
+        return False
     for rule, value in zip(profile.rules, values, strict=True):
         if value is None or rule.metric not in PER_INSTANCE_METRICS:
             continue

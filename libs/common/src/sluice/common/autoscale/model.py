@@ -276,11 +276,8 @@ def validate(setting: AutoscaleSetting) -> AutoscaleSetting:
         where = f"profile {profile.name!r}"
         if not NAME.match(profile.name):
             raise AutoscaleError(f"{where}: name must be letters, digits, '.', '-' or '_'")
-        if profile.min_count < 1:
-            raise AutoscaleError(
-                f"{where}: minimum {profile.min_count}: at least 1 (scale to zero is not "
-                "supported yet)"
-            )
+        if profile.min_count < 0:
+            raise AutoscaleError(f"{where}: minimum {profile.min_count} is negative")
         if profile.min_count > profile.max_count:
             raise AutoscaleError(
                 f"{where}: minimum {profile.min_count} is greater than maximum {profile.max_count}"

@@ -1,0 +1,115 @@
+"""Scale to zero, end to end through the real gateway: an autoscale profile with
+minimum 0 takes an idle deployment to zero instances (the activator is listed in their
+place); its first request is held, not failed, while an instance starts, and answered
+200 through Envoy; idle again, it goes back to zero. Prints the first response's time
+from zero against a warm request (bench/README.md, "autoscale")."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sluice.common.supervisor import Supervisor
+from sluice.common.testing.plugin import EnvoyGateway, RunningService, ServiceStarter
+from sluice.common.testing.wait import wait_for
+from sluice.sdk.autoscale import AutoscaleClient, make_profile, make_rule
+from sluice.sdk.client import RegistryClient
+from sluice.sdk.specs import load_online_deployment, load_online_endpoint
+from sluice.traffic.testing import GatewayPorts, start_controller
+from sluice.v1 import autoscale_pb2
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
+ENDPOINT = "my-endpoint"
+BODY = b'{"data": [[1,2,3,4,5,6,7,8,9,10]]}'
+IDLE = "RequestsPerMinute < 1 avg 10s"
+
+
+def test_a_deployment_at_zero_answers_its_first_request_and_goes_back_to_zero(
+    start_service: ServiceStarter,
+    provisioner: RunningService,
+    client: RegistryClient,
+    trained_examples: Path,
+    supervisor: Supervisor,
+    envoy_gateway: EnvoyGateway,
+    gateway_ports: GatewayPorts,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SLUICE_METRICS_BUCKET_S", "5")
+    monkeypatch.setenv("SLUICE_METRICS_SNAPSHOT_INTERVAL_S", "1")
+    metrics = start_service("metrics")
+    traffic = start_controller(
+        metrics.settings,
+        supervisor,
+        envoy_gateway,
+        gateway_ports,
+        {"SLUICE_TRAFFIC_ALS_ADDRESS": f"127.0.0.1:{metrics.settings.ports.als}"},
+    )
+    online = trained_examples / "online"
+    client.create_online_endpoint(load_online_endpoint(online / "endpoint.yml").spec)
+    spec = load_online_deployment(
+        online / "blue-deployment.yml", client.upload, ["environment=null", "instance_count=1"]
+    ).spec
+    client.create_online_deployment(spec)
+
+    def instances() -> list[Any]:
+        return list(client.get_online_deployment(ENDPOINT, "blue").instances)
+
+    def real(listed: list[Any]) -> list[Any]:
+        return [i for i in listed if not i.id.endswith("-activator")]
+
+    def at_zero() -> bool:
+        listed = instances()
+        return not real(listed) and [i.id for i in listed] == ["blue-activator"]
+
+    def stopped() -> bool:
+        """No instance process runs (the provisioner's instance history, as costs read it)."""
+        report = autoscale.costs(ENDPOINT, "blue", since_s=3600)
+        return all(line.running_instances == 0 for line in report.lines)
+
+    wait_for(lambda: len(real(instances())) == 1, "blue to serve", deadline=240)
+    client.set_traffic(ENDPOINT, {"blue": 100})
+    key = client.get_credentials(ENDPOINT).primary_key
+    wait_for(lambda: traffic.score(ENDPOINT, key, body=BODY)[0] == 200, "blue to be routed")
+    warm = []
+    for _ in range(5):
+        started = time.perf_counter()
+        assert traffic.score(ENDPOINT, key, body=BODY)[0] == 200
+        warm.append(time.perf_counter() - started)
+
+    autoscale = AutoscaleClient(metrics.address, metrics.settings.admin_token or "")
+    setting = autoscale_pb2.AutoscaleSetting(
+        name="blue-zero", endpoint_name=ENDPOINT, deployment_name="blue", enabled=True
+    )
+    profile = make_profile("default", 1, 0, 1)
+    profile.rules.append(make_rule(IDLE, ("in", "1"), cooldown_min=0.1, timegrain="avg 5s"))
+    setting.profiles.append(profile)
+    autoscale.create(setting)
+
+    cold = []
+    for cycle in range(2):
+        wait_for(at_zero, f"zero instances after an idle period ({cycle})", deadline=90)
+        wait_for(stopped, "the last instance's process to exit", deadline=30)
+        shown = autoscale.get("blue-zero")
+        assert (shown.capacity, shown.decisions[0].new_count) == (0, 0)
+        assert shown.decisions[0].rule == f"{IDLE} -> in 1"
+        started = time.perf_counter()
+        status, headers, body = traffic.score(ENDPOINT, key, body=BODY)
+        cold.append(time.perf_counter() - started)
+        assert status == 200, body
+        assert headers.get("azureml-model-deployment") == "blue"
+        wait_for(lambda: len(real(instances())) == 1, "the woken instance listed", deadline=30)
+        assert "blue-activator" not in [i.id for i in instances()]
+        assert traffic.score(ENDPOINT, key, body=BODY)[0] == 200  # straight to the instance
+    warm.sort()
+    print(
+        f"scale from zero: first response {[round(c, 3) for c in cold]} s; "
+        f"warm median {warm[len(warm) // 2] * 1000:.1f} ms"
+    )
+    wait_for(at_zero, "back to zero once idle", deadline=90)
+    wait_for(stopped, "no process left once idle", deadline=30)
+    costs = autoscale.costs(ENDPOINT, "blue", since_s=3600)
+    assert costs.total > 0 and all(line.running_instances == 0 for line in costs.lines)
+    autoscale.close()
