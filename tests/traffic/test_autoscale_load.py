@@ -1,7 +1,8 @@
 """Autoscaling end to end, through the real gateway: real load through Envoy makes the
 metrics service's autoscale setting scale a real deployment out (a requests-per-minute
 rule), never past its maximum, with no failed request; once the load stops it scales
-back in; a fixed-date profile takes over at its start; every decision is stored (shown
+back in; a fixed-date profile takes over at its start; scaling in under steady load fails
+no request; every decision is stored (shown
 by `show`) and published as `sluice.autoscale.scaled`. Metrics buckets are 5 s here
 (60 s in production) so that windows pass quickly."""
 
@@ -153,7 +154,21 @@ def test_metric_rules_scale_out_and_in_and_a_schedule_takes_over(
     assert (burst.active_profile, burst.decisions[0].reason) == ("burst", "bounds")
     wait_for(lambda: ready(2), "two instances in the burst", deadline=60)
 
+    # Scaling in under steady load fails no request either: the burst ends early and the
+    # default profile, now at most 1, takes the count back down while clients score.
+    with SteadyLoad(gateway_ports.http, host, key, BODY, threads=2) as load:
+        load.wait_requests(50)
+        current = autoscale.get("blue-autoscale")
+        del current.profiles[1]
+        current.profiles[0].max_count = 1
+        autoscale.update(current)
+        wait_for(lambda: capacity(1), "the scale-in decision under load", deadline=60)
+        wait_for(lambda: ready(1), "one instance left under load", deadline=60)
+        load.wait_requests(100)
+        failures = load.failures()
+    assert failures == [], failures[:5]
+
     # Deleted: the deployment's own instance_count (1) applies again.
     autoscale.delete("blue-autoscale")
-    wait_for(lambda: ready(1), "the deployment's own count after the delete", deadline=60)
+    assert traffic.score(ENDPOINT, key, body=BODY)[0] == 200
     autoscale.close()
