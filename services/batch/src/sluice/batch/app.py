@@ -4,22 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
 
 from sluice.batch.api import BatchApi
 from sluice.batch.events import subscribe_deployment_events
-from sluice.batch.jobs import Job, JobStore
+from sluice.batch.jobs import JobStore
 from sluice.batch.runner import RunnerContext
 from sluice.batch.service import BatchService
 from sluice.batch.spares import SparePool
 from sluice.common.artifacts import ArtifactStore
 from sluice.common.catalogue import Catalogue
 from sluice.common.environments import EnvironmentBuilder
-from sluice.common.events import EventPublisher, create_broker, ensure_events_stream
-from sluice.common.events.catalogue import BATCH_JOB, BatchJobChanged
+from sluice.common.events import (
+    EventPublisher,
+    Outbox,
+    OutboxRelay,
+    create_broker,
+    ensure_events_stream,
+)
 from sluice.common.grpc_server import GrpcServer
 from sluice.common.log import get_logger
 from sluice.common.mongo import create_mongo_client, database, require_uri
@@ -31,33 +35,12 @@ from sluice.v1 import assets_pb2_grpc, batch_pb2, batch_pb2_grpc
 log = get_logger(__name__)
 SERVICE_NAME = batch_pb2.DESCRIPTOR.services_by_name["Batch"].full_name
 SOURCE = "sluice/batch"
-ACTOR = "sluice-batch"
 PRUNE_EVERY_S = 60.0
 
 
 def batch_prefix(settings: Settings) -> str:
     """`sluice.events` -> `sluice.batch`: the subjects of job queues and results."""
     return settings.events_subject_prefix.rsplit(".", 1)[0] + ".batch"
-
-
-def job_event(publisher: EventPublisher) -> Callable[[Job], Awaitable[None]]:
-    async def publish(job: Job) -> None:
-        """`sluice.events.batch.job.<state>`: thin, consumers re-read the job (GetJob)."""
-        await publisher.publish(
-            BATCH_JOB[job.state.value.lower()],
-            BatchJobChanged(
-                name=job.name,
-                endpoint=job.endpoint_name,
-                deployment=job.deployment_name,
-                state=job.state.value,
-                progress=job.progress.model_dump(),
-                cost={**job.cost.model_dump(), "cost": job.cost.cost},
-            ),
-            subject=job.name,
-            actor=job.created_by or ACTOR,
-        )
-
-    return publish
 
 
 async def prune_spares(spares: SparePool) -> None:
@@ -73,20 +56,25 @@ async def serve(settings: Settings) -> None:
     await broker.connect()
     service: BatchService | None = None
     spares = SparePool(state_dir / "batch-spares")
-    pruning: asyncio.Task[None] | None = None
+    tasks: list[asyncio.Task[None]] = []
+    relay: OutboxRelay | None = None
     try:
         await ensure_events_stream(
             broker, stream=settings.events_stream, subject_prefix=settings.events_subject_prefix
         )
         db = database(mongo, settings)
-        store = JobStore(db)
-        await store.ensure_indexes()
         publisher = EventPublisher(
             broker,
             source=SOURCE,
             subject_prefix=settings.events_subject_prefix,
             stream=settings.events_stream,
         )
+        outbox = Outbox(db, publisher)
+        await outbox.ensure_indexes()
+        relay = OutboxRelay(outbox, publisher)
+        tasks.append(asyncio.create_task(relay.run(), name="relay"))
+        store = JobStore(db, outbox)
+        await store.ensure_indexes()
         assert settings.nats_url
         ctx = RunnerContext(
             store=store,
@@ -99,7 +87,6 @@ async def serve(settings: Settings) -> None:
             artifacts=ArtifactStore(state_dir / "artifacts"),
             catalogue=Catalogue.load(),
             spares=spares,
-            on_state=job_event(publisher),
         )
         registry = None
         if settings.registry_address:
@@ -124,16 +111,19 @@ async def serve(settings: Settings) -> None:
             warmer=service,
         )
         await deployments.start()
-        pruning = asyncio.create_task(prune_spares(spares))
+        tasks.append(asyncio.create_task(prune_spares(spares), name="prune-spares"))
         signal = await wait_for_shutdown_signal()
         log.info("batch_stopping", signal=signal.name)
         await server.stop()
     finally:
-        if pruning is not None:
-            pruning.cancel()
+        for task in tasks:
+            task.cancel()
         if service is not None:
             await service.shutdown()
         spares.close()
+        if relay is not None:
+            with contextlib.suppress(Exception):  # what is left is relayed at the next start
+                await asyncio.wait_for(relay.drain(), timeout=3)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(broker.stop(), timeout=3)
         await mongo.close()

@@ -5,18 +5,27 @@ runner that owns it: state changes are conditional on the current state, so
 a cancel and a completion racing each other leave exactly one of them.
 Progress counters are recomputed from the results stream and written whole,
 so a restarted runner rebuilds the same numbers instead of adding twice.
+
+Every state change (the insert included) commits in one MongoDB transaction
+with its `sluice.events.batch.job.<state>` event in the outbox, as the
+registry does: no event for a change that did not happen, no change
+without its event, and NATS being down delays events but fails no job.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 from pymongo import DESCENDING, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import ConnectionFailure, PyMongoError
 
+from sluice.common.events import Outbox, Transaction
+from sluice.common.events.catalogue import BATCH_JOB, BatchJobChanged
 from sluice.common.mongo import Document
 from sluice.common.resources import BATCH_JOBS, BatchSettings, utcnow
 
@@ -24,6 +33,11 @@ from sluice.common.resources import BATCH_JOBS, BatchSettings, utcnow
 INSTANCE_HISTORY = "instance_history"
 # A job lists its input files in its document; Mongo documents stop at 16 MB.
 MAX_FILES = 100_000
+# A state change that lost a race with another write of the job (a progress update, a cancel
+# request) is tried again this many times; its condition is checked again each time.
+TRANSACTION_ATTEMPTS = 5
+ACTOR = "sluice-batch"
+T = TypeVar("T")
 
 
 class JobState(StrEnum):
@@ -117,10 +131,42 @@ def _job(raw: Document) -> Job:
     return Job.model_validate({k: v for k, v in raw.items() if k != "_id"})
 
 
+def emit_state(tx: Transaction, job: Job) -> None:
+    """`sluice.events.batch.job.<state>`: thin, consumers re-read the job (GetJob)."""
+    tx.emit(
+        BATCH_JOB[job.state.value.lower()],
+        BatchJobChanged(
+            name=job.name,
+            endpoint=job.endpoint_name,
+            deployment=job.deployment_name,
+            state=job.state.value,
+            progress=job.progress.model_dump(),
+            cost={**job.cost.model_dump(), "cost": job.cost.cost},
+        ),
+        subject=job.name,
+        actor=job.created_by or ACTOR,
+    )
+
+
 class JobStore:
-    def __init__(self, db: AsyncDatabase[Document]):
+    def __init__(self, db: AsyncDatabase[Document], outbox: Outbox):
         self._jobs = db[BATCH_JOBS]
         self._history = db[INSTANCE_HISTORY]
+        self._outbox = outbox
+
+    async def _transaction(self, write: Callable[[Transaction], Awaitable[T]]) -> T:
+        """Run `write` in a transaction with its events; again if it lost a race."""
+        for attempt in range(1, TRANSACTION_ATTEMPTS + 1):
+            try:
+                async with self._outbox.transaction() as tx:
+                    return await write(tx)
+            except PyMongoError as exc:
+                raced = not isinstance(exc, ConnectionFailure) and exc.has_error_label(
+                    "TransientTransactionError"
+                )
+                if not raced or attempt == TRANSACTION_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
 
     async def ensure_indexes(self) -> None:
         await self._jobs.create_index([("endpoint_name", 1), ("created_at", DESCENDING)])
@@ -128,7 +174,13 @@ class JobStore:
         await self._jobs.create_index([("assets", 1)])
 
     async def insert(self, job: Job) -> None:
-        await self._jobs.insert_one(_document(job))
+        """Store a new (Queued) job with its `queued` event."""
+
+        async def write(tx: Transaction) -> None:
+            await self._jobs.insert_one(_document(job), session=tx.session)
+            emit_state(tx, job)
+
+        await self._transaction(write)
 
     async def get(self, name: str) -> Job | None:
         raw = await self._jobs.find_one({"_id": name})
@@ -193,14 +245,24 @@ class JobStore:
     async def transition(
         self, name: str, to: JobState, *, when: set[JobState], **fields: Any
     ) -> Job | None:
-        """Move to `to` only from one of the `when` states; None if the job was elsewhere."""
+        """Move to `to` only from one of the `when` states, with the new state's event;
+        None (and no event) if the job was elsewhere."""
         values = {"state": to.value, **{k: _plain(v) for k, v in fields.items()}}
-        raw = await self._jobs.find_one_and_update(
-            {"_id": name, "state": {"$in": [s.value for s in when]}},
-            {"$set": values},
-            return_document=ReturnDocument.AFTER,
-        )
-        return None if raw is None else _job(raw)
+
+        async def write(tx: Transaction) -> Job | None:
+            raw = await self._jobs.find_one_and_update(
+                {"_id": name, "state": {"$in": [s.value for s in when]}},
+                {"$set": values},
+                return_document=ReturnDocument.AFTER,
+                session=tx.session,
+            )
+            if raw is None:
+                return None
+            job = _job(raw)
+            emit_state(tx, job)
+            return job
+
+        return await self._transaction(write)
 
 
 def _plain(value: Any) -> Any:

@@ -20,7 +20,6 @@ import signal
 import subprocess
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,7 +77,6 @@ class RunnerContext:
     artifacts: ArtifactStore
     catalogue: Catalogue
     spares: SparePool
-    on_state: Callable[[Job], Awaitable[None]]  # publishes the job's state-change event
 
 
 def tail(path: Path, lines: int = LOG_LINES_IN_ERRORS) -> str:
@@ -232,7 +230,6 @@ class JobRunner:
             if started is None:
                 raise JobAborted("the job left Queued while it was being started")
             self.job = started
-            await self.ctx.on_state(self.job)
             self.log(
                 f"job {self.job.name} running: {len(self.job.files)} files, "
                 f"{len(self.job.mini_batches())} mini-batches, {self.job.workers} workers"
@@ -502,7 +499,6 @@ class JobRunner:
             self.ctx.spares.want(self.spare_key, self.job.workers)
         if ended is not None:
             self.job = ended
-            await self.ctx.on_state(ended)
             self.log(
                 f"job {state.value}: {message} (cost {ended.cost.cost:.6f} USD for "
                 f"{ended.cost.worker_seconds:.1f} worker-seconds)"

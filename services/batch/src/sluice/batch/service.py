@@ -282,7 +282,6 @@ class BatchService:
             }
         )
         await self.store.insert(job)
-        await self.ctx.on_state(job)
         self._launch(job)
         return job
 
@@ -339,7 +338,6 @@ class BatchService:
                 name, JobState.canceled, when={JobState.queued}, cancel_requested=True
             )
             if canceled is not None:
-                await self.ctx.on_state(canceled)
                 return canceled
         await self.store.update(name, cancel_requested=True)
         loop = asyncio.get_running_loop()

@@ -1,0 +1,89 @@
+"""A batch job's state changes commit with their events (real MongoDB: transactions)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from faststream.nats import NatsBroker
+from pymongo.asynchronous.database import AsyncDatabase
+
+from sluice.batch.jobs import Job, JobState, JobStore, Progress
+from sluice.common.events import EventPublisher, Outbox
+from sluice.common.events.outbox import OUTBOX
+from sluice.common.mongo import Document
+from sluice.common.resources import BatchSettings
+
+
+def store_of(db: AsyncDatabase[Document], broker: NatsBroker) -> JobStore:
+    """No relay runs: the events stay in the outbox, where the test reads them."""
+    publisher = EventPublisher(broker, source="sluice/batch", subject_prefix="t", stream="T")
+    return JobStore(db, Outbox(db, publisher))
+
+
+async def outbox_events(db: AsyncDatabase[Document]) -> list[tuple[str, str, str]]:
+    """(type, subject, data.state) of every stored event, in write order."""
+    found = []
+    async for raw in db[OUTBOX].find().sort("seq", 1):
+        body = json.loads(raw["body"])
+        found.append((body["type"], body["subject"], body["data"]["state"]))
+    return found
+
+
+def a_job(name: str = "job-1") -> Job:
+    return Job(
+        name=name,
+        endpoint_name="ep",
+        deployment_name="d",
+        deployment_version=1,
+        input="/data",
+        files=("/data/a.csv",),
+        output_path="/out",
+        settings=BatchSettings(),
+    )
+
+
+async def test_every_state_change_commits_with_its_event_and_a_refused_one_with_none(
+    mongo_db: AsyncDatabase[Document], nats_broker: NatsBroker
+) -> None:
+    store = store_of(mongo_db, nats_broker)
+    await store.insert(a_job())
+    running = await store.transition("job-1", JobState.running, when={JobState.queued})
+    assert running is not None and running.state is JobState.running
+    # Not Queued any more: refused, nothing written, no event.
+    assert await store.transition("job-1", JobState.canceled, when={JobState.queued}) is None
+    done = await store.transition(
+        "job-1",
+        JobState.completed,
+        when={JobState.running},
+        progress=Progress(mini_batches_total=1, mini_batches_done=1),
+    )
+    assert done is not None and done.progress.mini_batches_done == 1
+    assert await outbox_events(mongo_db) == [
+        ("sluice.batch.job.queued", "job-1", "Queued"),
+        ("sluice.batch.job.running", "job-1", "Running"),
+        ("sluice.batch.job.completed", "job-1", "Completed"),
+    ]
+    stored = await store.get("job-1")
+    assert stored is not None and stored.state is JobState.completed
+
+
+async def test_a_transition_racing_progress_updates_still_commits_once(
+    mongo_db: AsyncDatabase[Document], nats_broker: NatsBroker
+) -> None:
+    store = store_of(mongo_db, nats_broker)
+    await store.insert(a_job())
+    await store.transition("job-1", JobState.running, when={JobState.queued})
+
+    async def progress() -> None:
+        for n in range(30):
+            await store.update("job-1", progress=Progress(mini_batches_done=n))
+
+    updates = asyncio.ensure_future(progress())
+    ended = await store.transition("job-1", JobState.canceled, when={JobState.running})
+    await updates
+    assert ended is not None
+    events = await outbox_events(mongo_db)
+    assert [e for e in events if e[0] == "sluice.batch.job.canceled"] == [
+        ("sluice.batch.job.canceled", "job-1", "Canceled")
+    ]
