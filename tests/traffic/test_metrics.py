@@ -14,9 +14,10 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 
-from sluice.common.supervisor import Supervisor
+from sluice.common.supervisor import Supervisor, free_port
 from sluice.common.testing.plugin import EnvoyGateway, ServiceStarter
 from sluice.traffic.testing import (
     GatewayPorts,
@@ -162,3 +163,72 @@ async def test_requests_through_envoy_are_counted_exactly_where_served(
         assert "not before its end" in (bad.value.details() or "")
     finally:
         await channel.close()
+
+
+async def test_connections_and_envoys_access_log_counters_from_its_stats(
+    start_service: ServiceStarter,
+    supervisor: Supervisor,
+    envoy_gateway: EnvoyGateway,
+    gateway_ports: GatewayPorts,
+    world: World,
+    upstreams: Callable[[str], Upstream],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ConnectionsActive: the gateway's open connections to the deployment's instances, read
+    from Envoy's admin stats and attributed by the cluster's metadata; Envoy's own count of
+    access-log entries written and dropped, on Prometheus."""
+    prometheus = free_port()
+    monkeypatch.setenv("SLUICE_METRICS_ENVOY_ADMIN", envoy_gateway.admin_url)
+    monkeypatch.setenv("SLUICE_METRICS_ENVOY_STATS_INTERVAL_S", "0.5")
+    monkeypatch.setenv("SLUICE_PROMETHEUS_PORT", str(prometheus))
+    metrics = start_service("metrics")
+    monkeypatch.delenv("SLUICE_PROMETHEUS_PORT")  # the metrics service's only
+    traffic = start_controller(
+        metrics.settings,
+        supervisor,
+        envoy_gateway,
+        gateway_ports,
+        {"SLUICE_TRAFFIC_ALS_ADDRESS": f"127.0.0.1:{metrics.settings.ports.als}"},
+    )
+    blue = upstreams("blue")
+    await world.deployment("wired", "blue", [blue.address])
+    await world.endpoint("wired", traffic={"blue": 100})
+    await asyncio.to_thread(eventually, lambda: healthy_hosts(traffic, "wired", "blue"), bool)
+    await asyncio.to_thread(
+        eventually,
+        lambda: traffic.score("wired", KEY)[1].get("azureml-model-deployment"),
+        lambda d: d == "blue",
+    )
+    for _ in range(10):  # Envoy keeps its upstream connections open between requests
+        assert (await asyncio.to_thread(traffic.score, "wired", KEY))[0] == 200
+
+    channel = grpc.aio.insecure_channel(metrics.address)
+    stub = metrics_pb2_grpc.MetricsStub(channel)
+    auth = (("authorization", f"Bearer {metrics.settings.admin_token}"),)
+    request = metrics_pb2.GetEndpointMetricsRequest(endpoint_name="wired")
+    try:
+        deadline = time.monotonic() + 30
+        connections: dict[str, int] = {}
+        while time.monotonic() < deadline:
+            points = (await stub.GetEndpointMetrics(request, metadata=auth)).points
+            connections = {p.deployment_name: p.active_connections for p in points}
+            if connections.get("blue", 0) >= 1:
+                break
+            await asyncio.sleep(0.3)
+        assert connections.get("blue", 0) >= 1, connections
+        assert connections.get("", 0) >= connections["blue"]  # the endpoint: its deployments'
+    finally:
+        await channel.close()
+
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(f"http://127.0.0.1:{prometheus}/metrics")).text
+    label = f'{{envoy="{envoy_gateway.admin_url}"}}'
+    assert f"sluice_envoy_up{label} 1.0" in text
+    written = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(f"sluice_envoy_access_log_entries_written_total{label}")
+    ]
+    assert written and written[0] > 0
+    assert f"sluice_envoy_access_log_entries_dropped_total{label}" in text
+    assert f"sluice_gateway_client_connections{label}" in text

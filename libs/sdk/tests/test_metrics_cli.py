@@ -47,9 +47,11 @@ def test_live_table_shows_sparklines_per_deployment() -> None:
         point.latency_p99_ms = 5.0 * (minute + 1)
         point.time.FromSeconds(1_700_000_040 + 60 * minute)
         point.responses_by_status_class["5xx"] = minute
+        point.active_connections = minute + 1
     assert sparkline([10.0, 40.0, 80.0]) == "▁▄█"
     console = Console(record=True, width=120)
     console.print(live_table(reply, 60))
     text = console.export_text()
     assert "blue" in text and "▁▄█" in text and "80.0" in text
     assert row_of(reply.points[-1])["5xx"] == 2
+    assert row_of(reply.points[-1])["connections"] == 3  # ConnectionsActive

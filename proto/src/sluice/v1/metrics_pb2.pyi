@@ -147,7 +147,7 @@ class MetricPoint(_message.Message):
     latency_p95_ms: _builtins.float
     latency_p99_ms: _builtins.float
     active_connections: _builtins.int
-    """not measured yet (always 0)"""
+    """ConnectionsActive: the gateway's open connections to the instances (mean, rounded)"""
     instance_count: _builtins.int
     cpu_utilization_percent: _builtins.float
     memory_utilization_percent: _builtins.float

@@ -364,6 +364,9 @@ class LocalPlatform:
         services = installed_services()
         # Each service's own Prometheus /metrics (gRPC calls, reconciles, xDS, event lag).
         prometheus = {svc.name: free_port(host) for svc in services}
+        admin_socket = self.state_dir / "envoy" / "admin.sock"  # private: /config_dump shows keys
+        # The metrics service reads Envoy's connections and access-log drops there.
+        own_env = {"metrics": {"SLUICE_METRICS_ENVOY_ADMIN": str(admin_socket)}}
         for svc in services:
             specs.append(
                 python_service_spec(
@@ -375,6 +378,7 @@ class LocalPlatform:
                         **env,
                         "SLUICE_SERVICE_NAME": svc.name,
                         "SLUICE_PROMETHEUS_PORT": str(prometheus[svc.name]),
+                        **own_env.get(svc.name, {}),
                     },
                     python=sys.executable,
                 )
@@ -382,7 +386,6 @@ class LocalPlatform:
 
         bootstrap = self.state_dir / "envoy" / "bootstrap.yaml"
         bootstrap.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        admin_socket = bootstrap.parent / "admin.sock"  # private: /config_dump shows keys
         config = render_envoy_bootstrap(
             find_project_file(ENVOY_BOOTSTRAP),
             admin_socket=admin_socket,

@@ -77,6 +77,7 @@ def point_of(deployment: str, step: query.Step, step_s: int) -> Any:
         bytes_in=step.bytes_in,
         bytes_out=step.bytes_out,
         instance_count=step.instance_count,
+        active_connections=round(values["ConnectionsActive"] or 0.0),
         cpu_utilization_percent=values["CpuUtilizationPercentage"] or 0.0,
         memory_utilization_percent=values["CpuMemoryUtilizationPercentage"] or 0.0,
     )

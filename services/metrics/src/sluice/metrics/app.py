@@ -30,6 +30,7 @@ from sluice.metrics.autoscale import Autoscaler, AutoscaleStore
 from sluice.metrics.autoscale_api import AutoscaleApi
 from sluice.metrics.buckets import Buckets
 from sluice.metrics.cache import PointCache
+from sluice.metrics.envoy_stats import EnvoyStats, parse_targets
 from sluice.metrics.flusher import Flusher
 from sluice.metrics.live import LiveView
 from sluice.metrics.settings import MetricsSettings
@@ -96,7 +97,9 @@ async def serve(settings: Settings, metrics: MetricsSettings) -> None:
     queries = MetricsQueries(db, store, metrics.currency, metrics.bucket_s, cache)
     rules = AlertRules(db)
     api = MetricsApi(queries, AlertAdmin(rules, queries, metrics.bucket_s))
-    live = LiveView(store, metrics.bucket_s, stats, flusher)
+    envoy_admins = parse_targets(metrics.envoy_admin)
+    envoys = EnvoyStats(envoy_admins, buckets) if envoy_admins else None
+    live = LiveView(store, metrics.bucket_s, stats, flusher, envoys)
     REGISTRY.register(live)
     evaluator = AlertEvaluator(rules, store, publisher, metrics.bucket_s)
     prefix = snapshot_prefix(settings.events_subject_prefix)
@@ -141,6 +144,12 @@ async def serve(settings: Settings, metrics: MetricsSettings) -> None:
             )
         )
         tasks.append(asyncio.create_task(OutboxRelay(outbox, publisher).run(), name="relay"))
+        if envoys is not None:
+            tasks.append(
+                asyncio.create_task(
+                    every(metrics.envoy_stats_interval_s, envoys.poll), name="envoy-stats"
+                )
+            )
         signal = await wait_for_shutdown_signal()
         log.info("metrics_stopping", signal=signal.name)
         await server.stop(grace=1.0)
@@ -148,6 +157,8 @@ async def serve(settings: Settings, metrics: MetricsSettings) -> None:
         for task in tasks:
             task.cancel()
         await flusher.close()
+        if envoys is not None:
+            await envoys.close()
     finally:
         await broker.stop()
         await mongo.close()

@@ -44,9 +44,13 @@ class Bucket:
     memory_sum: float = 0.0
     usage_samples: int = 0
     instances: set[str] = field(default_factory=set)  # instance ids sampled in the minute
+    # Envoy's open connections to the deployment's instances (envoy_stats.py): sum and count
+    # of the samples, averaged when read.
+    connections_sum: float = 0.0
+    connection_samples: int = 0
 
     def is_empty(self) -> bool:
-        return self.requests == 0 and self.usage_samples == 0
+        return self.requests == 0 and self.usage_samples == 0 and self.connection_samples == 0
 
 
 # (endpoint, deployment, minute epoch s, mirror); deployment "" = Envoy answered alone;
@@ -89,3 +93,10 @@ class Buckets:
         bucket.memory_sum += memory_percent
         bucket.usage_samples += 1
         bucket.instances.add(instance)
+
+    def add_connections(
+        self, *, endpoint: str, deployment: str, time_s: float, connections: int
+    ) -> None:
+        bucket = self.get(endpoint, deployment, int(time_s))
+        bucket.connections_sum += connections
+        bucket.connection_samples += 1

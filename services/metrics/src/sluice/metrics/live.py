@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 
 from sluice.metrics import query
 from sluice.metrics.als import IngestStats
+from sluice.metrics.envoy_stats import EnvoyStats
 from sluice.metrics.flusher import Flusher
 from sluice.metrics.store import MetricsStore
 
@@ -38,6 +39,10 @@ FAMILIES = {
         "Instances' memory % of the instance type",
     ),
     "DeploymentCapacity": ("azureml_deployment_capacity", "Instances sampled in the minute"),
+    "ConnectionsActive": (
+        "azureml_connections_active",
+        "Open gateway connections to the deployment's instances (mean over the minute)",
+    ),
 }
 
 
@@ -50,11 +55,13 @@ class LiveView(Collector):
         bucket_s: int,
         stats: IngestStats | None = None,
         flusher: Flusher | None = None,
+        envoys: EnvoyStats | None = None,
     ):
         self._store = store
         self._bucket_s = bucket_s
         self._stats = stats
         self._flusher = flusher
+        self._envoys = envoys
         self.latest: dict[tuple[str, str], tuple[int, dict[str, float | None]]] = {}
 
     async def refresh(self, now: float | None = None) -> None:
@@ -118,3 +125,31 @@ class LiveView(Collector):
                 "Buckets waiting to be written to MongoDB",
                 value=self._flusher.pending_buckets(),
             )
+        if self._envoys is not None:
+            yield from envoy_families(self._envoys)
+
+
+def envoy_families(envoys: EnvoyStats) -> Iterator[Any]:
+    """Each Envoy's own view (envoy_stats.py), labelled by its admin address."""
+    up = GaugeMetricFamily("sluice_envoy_up", "Envoy's admin interface answered", labels=["envoy"])
+    clients = GaugeMetricFamily(
+        "sluice_gateway_client_connections",
+        "Clients' open connections to the gateway (all endpoints share them)",
+        labels=["envoy"],
+    )
+    written = CounterMetricFamily(
+        "sluice_envoy_access_log_entries_written",
+        "Access-log entries Envoy queued for this service (logs_written)",
+        labels=["envoy"],
+    )
+    dropped = CounterMetricFamily(
+        "sluice_envoy_access_log_entries_dropped",
+        "Access-log entries Envoy dropped, never counted in the metrics (logs_dropped)",
+        labels=["envoy"],
+    )
+    for address, reading in sorted(envoys.envoys.items()):
+        up.add_metric([address], 1.0 if reading.up else 0.0)
+        clients.add_metric([address], reading.client_connections)
+        written.add_metric([address], reading.logs_written)
+        dropped.add_metric([address], reading.logs_dropped)
+    yield from (up, clients, written, dropped)

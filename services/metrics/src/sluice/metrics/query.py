@@ -35,6 +35,8 @@ class Step:
     memory_sum: float = 0.0
     usage_samples: int = 0
     instance_count: int = 0  # the most instances seen in any minute of the step
+    # minute epoch -> open connections in it (each deployment's mean over its samples, summed)
+    connections: dict[int, float] = field(default_factory=dict)
 
     def add(self, doc: Mapping[str, Any], *, client_view: bool = False) -> None:
         """Add one minute document; `client_view` leaves mirrored copies out (endpoint
@@ -57,6 +59,11 @@ class Step:
         self.memory_sum += float(doc.get("memory_sum", 0.0))
         self.usage_samples += int(doc.get("usage_samples", 0))
         self.instance_count = max(self.instance_count, len(doc.get("instances", {})))
+        samples = int(doc.get("connection_samples", 0))
+        if samples:
+            minute = int(doc["minute"].timestamp())
+            mean = float(doc.get("connections_sum", 0.0)) / samples
+            self.connections[minute] = self.connections.get(minute, 0.0) + mean
 
     def quantiles(self) -> list[float | None]:
         return sketch.quantiles(self.latency, QUANTILES)
@@ -79,6 +86,9 @@ class Step:
             "CpuUtilizationPercentage": self.cpu_sum / usage if usage else None,
             "CpuMemoryUtilizationPercentage": self.memory_sum / usage if usage else None,
             "DeploymentCapacity": float(self.instance_count) if usage else None,
+            "ConnectionsActive": (
+                sum(self.connections.values()) / len(self.connections) if self.connections else None
+            ),
         }
 
 

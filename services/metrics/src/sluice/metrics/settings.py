@@ -24,3 +24,7 @@ class MetricsSettings(BaseSettings):
     max_pending_buckets: int = 100_000
     # The hourly prices' currency, as the instance catalogue states them.
     currency: str = "USD"
+    # Envoys whose admin interface to read (envoy_stats.py): `http://host:port` or the path of
+    # an admin socket, comma-separated; empty = no ConnectionsActive, no access-log drops.
+    envoy_admin: str = ""
+    envoy_stats_interval_s: float = 5.0

@@ -33,11 +33,11 @@ def document_id(endpoint: str, deployment: str, minute: int, mirror: bool) -> st
 def update_of(bucket: Bucket) -> dict[str, Any]:
     """The `$inc` (and `$set`) of one bucket; field names are Mongo-safe (no dots)."""
     inc: dict[str, float] = {}
-    for name in ("requests", "bytes_in", "bytes_out", "usage_samples"):
+    for name in ("requests", "bytes_in", "bytes_out", "usage_samples", "connection_samples"):
         value = getattr(bucket, name)
         if value:
             inc[name] = value
-    for name in ("latency_sum_ms", "cpu_sum", "memory_sum"):
+    for name in ("latency_sum_ms", "cpu_sum", "memory_sum", "connections_sum"):
         value = getattr(bucket, name)
         if value:
             inc[name] = value

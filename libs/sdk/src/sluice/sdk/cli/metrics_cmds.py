@@ -32,6 +32,7 @@ COLUMNS = [
     "cpu_%",
     "memory_%",
     "instances",
+    "connections",
 ]
 
 
@@ -64,6 +65,7 @@ def row_of(point: Any) -> dict[str, Any]:
         "cpu_%": round(point.cpu_utilization_percent, 1),
         "memory_%": round(point.memory_utilization_percent, 1),
         "instances": point.instance_count,
+        "connections": point.active_connections,
     }
 
 
