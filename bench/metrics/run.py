@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ from sluice.common.log import configure_logging
 from sluice.common.mongo import create_mongo_client
 from sluice.common.pki import ALS_SERVER, PlatformPki
 from sluice.common.settings import EnvoySettings, Settings, service_env
-from sluice.common.supervisor import ProcessSpec, Supervisor, free_port
+from sluice.common.supervisor import ProcessSpec, Supervisor, free_port, stop_process
 from sluice.common.testing.stack import servers
 from sluice.metrics import query
 from sluice.metrics.als import IngestStats, add_entries
@@ -181,7 +182,9 @@ def pin_tree(pid: int, cpus: set[int]) -> None:
         os.sched_setaffinity(int(task.name), cpus)
 
 
-def measure_ingest(sup: Supervisor, settings: Settings) -> tuple[list[str], str, str]:
+def measure_ingest(
+    sup: Supervisor, settings: Settings
+) -> tuple[list[str], str, str, Callable[[], float]]:
     rng = random.Random(1)
     now = time.time()
     messages = [entries_message(BATCH, rng, now) for _ in range(240)]  # 120,000 entries
@@ -190,16 +193,31 @@ def measure_ingest(sup: Supervisor, settings: Settings) -> tuple[list[str], str,
     metrics_settings = settings.model_copy(
         update={"ports": settings.ports.model_copy(update={"metrics": port, "als": als_port})}
     )
-    proc = sup.start(
-        python_service_spec(
+
+    def spec(**extra: str) -> ProcessSpec:
+        return python_service_spec(
             name="metrics",
             module="sluice.metrics",
             host="127.0.0.1",
             port=port,
-            env={**os.environ, **service_env(metrics_settings)},
+            env={**os.environ, **service_env(metrics_settings), **extra},
             python=sys.executable,
         )
-    )
+
+    proc = sup.start(spec())
+
+    def restart() -> float:
+        """Stop and start the service; seconds until its point cache is warm."""
+        stop_process(proc)
+        before = proc.log_path.read_text().count("point_cache_warmed")
+        started = time.monotonic()
+        sup.start(spec(SLUICE_LOG_LEVEL="info"))  # it logs point_cache_warmed
+        while proc.log_path.read_text().count("point_cache_warmed") == before:
+            if time.monotonic() - started > 300:
+                raise TimeoutError("the point cache was not warmed")
+            time.sleep(0.1)
+        return time.monotonic() - started
+
     address, als = f"127.0.0.1:{port}", f"127.0.0.1:{als_port}"
     token = settings.admin_token or ""
     pki = settings.pki_folder
@@ -217,10 +235,12 @@ def measure_ingest(sup: Supervisor, settings: Settings) -> tuple[list[str], str,
         f"in MongoDB | **{sent / seconds:,.0f} entries/s** | {sent:,} sent = {sent:,} stored, "
         "0 dropped |"
     )
-    return rows, address, als
+    return rows, address, als, restart
 
 
-async def measure_query(settings: Settings, address: str) -> list[str]:
+async def measure_query(
+    settings: Settings, address: str, restart: Callable[[], float]
+) -> list[str]:
     """1,440 minutes of one deployment, each with ~1,000 requests' sketch, then queries."""
     assert settings.mongodb_uri
     mongo = create_mongo_client(settings.mongodb_uri, appname="bench")
@@ -276,6 +296,13 @@ async def measure_query(settings: Settings, address: str) -> list[str]:
                 api.append((t1 - t0) * 1000)
                 raw.append((t2 - t1) * 1000)
         assert len(reply.points) == 1440 and len(docs) == 1440
+    warm_up_s = await asyncio.to_thread(restart)
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = metrics_pb2_grpc.MetricsStub(channel)
+        after = time.perf_counter()
+        reply = await stub.GetEndpointMetrics(request, metadata=meta)
+        after_restart = (time.perf_counter() - after) * 1000
+        assert len(reply.points) == 1440
     await mongo.close()
 
     def p(values: list[float], q: float) -> float:
@@ -286,6 +313,8 @@ async def measure_query(settings: Settings, address: str) -> list[str]:
         f"| p50 {statistics.median(raw):.1f} ms | p95 {p(raw, 0.95):.1f} ms | |",
         f"| `GetEndpointMetrics` 24 h, 1-minute steps, one deployment, first call (cold: "
         f"read and sketched from SecantusDB) | {cold:.0f} ms | | |",
+        f"| first call after a restart, once the cache is warm (warm-up in the background "
+        f"took {warm_up_s:.1f} s from the start) | {after_restart:.0f} ms | | |",
         f"| same, repeated (closed minutes from the aggregator's point cache) "
         f"| p50 {statistics.median(api):.1f} ms | **p95 {p(api, 0.95):.1f} ms** "
         f"| {statistics.median(api) / statistics.median(raw):.3f}x of the find |",
@@ -371,11 +400,11 @@ def main() -> None:
     ):
         settings = base.model_copy(update={"mongodb_database": "bench"})
         rows = ["| ingest | rate | |", "|---|---:|---|"]
-        ingest, address, als = measure_ingest(sup, settings)
+        ingest, address, als, restart = measure_ingest(sup, settings)
         rows += ingest
         print("\n".join(rows), flush=True)
         query_rows = ["", "| query | | | |", "|---|---:|---:|---|"]
-        query_rows += asyncio.run(measure_query(settings, address))
+        query_rows += asyncio.run(measure_query(settings, address, restart))
         print("\n".join(query_rows), flush=True)
         if "--no-gateway" not in sys.argv:  # (run directly: python bench/metrics/run.py)
             cost = ["", "| data plane (wrk c=32, 3 x 5 s alternating, median) | req/s | |"]

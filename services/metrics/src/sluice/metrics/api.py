@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
 
 import grpc
@@ -198,14 +198,31 @@ class MetricsQueries:
             grouped: dict[int, list[Document]] = {}
             for doc in docs:
                 grouped.setdefault(int(doc["minute"].timestamp()), []).append(doc)
+            deployments = {str(d["deployment"]) for d in docs} if not deployment else set()
             for bucket in missing:
                 points = self._points(grouped.get(bucket, []), width, deployment)
                 by_bucket[bucket] = points
                 if bucket < closed_before:
                     self._cache.put((endpoint, bucket), scope, points, versions[bucket])
+                    # The endpoint's points hold each deployment's too: one read fills both.
+                    for dep in deployments:
+                        mine = [p for p in points if p.deployment_name == dep]
+                        self._cache.put((endpoint, bucket), dep, mine, versions[bucket])
         ordered = [p for bucket in sorted(by_bucket) for p in by_bucket[bucket]]
         ordered.sort(key=lambda p: p.deployment_name)  # stable: time order within each
         return ordered
+
+    async def warm(self, hours: float = 24.0) -> int:
+        """Fill the point cache with the closed buckets of the last `hours` of every endpoint
+        (and each of its deployments), so the first dashboard query after a restart answers
+        like the next ones instead of reading and sketching every minute (4.6 s for 24 h of
+        one deployment on SecantusDB). Returns the number of endpoints warmed."""
+        end = datetime.now(UTC)
+        start = end - timedelta(hours=hours)
+        endpoints = await self._store.endpoints_since(start)
+        for endpoint in endpoints:
+            await self._bucket_points(endpoint, "", start, end)
+        return len(endpoints)
 
     async def endpoint_metrics(self, request: Any) -> Any:
         step_s = request.step_s or self._bucket_s

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from envoy.service.accesslog.v3 import als_pb2_grpc
@@ -59,6 +60,17 @@ async def every(interval_s: float, *jobs: Any) -> None:
                 log.warning(
                     "periodic_job_failed", job=getattr(job, "__name__", "?"), error=str(exc)
                 )
+
+
+async def warm_cache(queries: MetricsQueries) -> None:
+    """The last day's points into the cache, in the background, once at start."""
+    started = time.monotonic()
+    try:
+        endpoints = await queries.warm()
+    except Exception as exc:  # queries read MongoDB themselves: only slower
+        log.warning("point_cache_warm_up_failed", error=str(exc))
+        return
+    log.info("point_cache_warmed", endpoints=endpoints, seconds=time.monotonic() - started)
 
 
 async def serve(settings: Settings, metrics: MetricsSettings) -> None:
@@ -144,6 +156,7 @@ async def serve(settings: Settings, metrics: MetricsSettings) -> None:
             )
         )
         tasks.append(asyncio.create_task(OutboxRelay(outbox, publisher).run(), name="relay"))
+        tasks.append(asyncio.create_task(warm_cache(queries), name="warm-cache"))
         if envoys is not None:
             tasks.append(
                 asyncio.create_task(

@@ -121,6 +121,11 @@ class MetricsStore:
         cursor = self._minutes.find({"minute": {"$gte": since}}, {"flushes": 0})
         return [doc async for doc in cursor]
 
+    async def endpoints_since(self, since: datetime) -> list[str]:
+        """Endpoints with a minute document from `since` on."""
+        found = await self._minutes.distinct("endpoint", {"minute": {"$gte": since}})
+        return sorted(str(e) for e in found)
+
     async def has_endpoint(self, endpoint: str, deployment: str | None = None) -> bool:
         query = {"endpoint": endpoint}
         if deployment is not None:
