@@ -25,6 +25,7 @@ import pytest
 from faststream.nats import NatsBroker
 from pymongo import MongoClient
 
+from sluice.common.supervisor import ComponentError
 from sluice.common.testing.plugin import RunningService, ServiceStarter
 from sluice.common.testing.wait import wait_for
 from sluice.sdk.batch import TERMINAL, BatchClient, state_name
@@ -49,6 +50,9 @@ def init():
 
 
 def run(mini_batch):
+    gate = os.environ.get("GATE")  # a test holds the job running until it creates this file
+    while gate and not os.path.exists(gate):
+        time.sleep(0.05)
     rows = []
     for path in mini_batch:
         name = os.path.basename(path)
@@ -420,7 +424,7 @@ def test_cancel_stops_workers(cli: Cli) -> None:
 def test_service_restart_resumes_the_job(
     cli: Cli, batch: RunningService, start_service: ServiceStarter
 ) -> None:
-    deploy(cli, "resume-batch", env={"DELAY_S": "0.3"})
+    deploy(cli, "resume-batch", env={"DELAY_S": "1"})
     expected = make_csvs(cli.cwd / "data", 12, 2)
     job = invoke(cli, "resume-batch", cli.cwd / "data")
     wait_for(lambda: cli.state(job["name"]).progress.mini_batches_done >= 1, "progress")
@@ -432,6 +436,22 @@ def test_service_restart_resumes_the_job(
     assert output_lines(done) == expected
     runner_log = _read(Path(again.settings.state_dir) / "jobs" / job["name"] / "logs/runner.log")
     assert "resuming job" in runner_log
+
+
+def test_one_batch_service_per_database(
+    batch: RunningService, start_service: ServiceStarter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second batch service on the same database refuses to start, naming the first."""
+    monkeypatch.setenv("SLUICE_BATCH_LEASE_TTL_S", "1")
+    with pytest.raises(ComponentError) as refused:
+        start_service("batch")
+    assert refused.value.log_path is not None
+    log = _read(refused.value.log_path)
+    assert "another batch service uses this database" in log
+    assert f"pid {batch.process.pid} " in log
+    # Stopped cleanly, the first gives the lease up: the next one starts at once.
+    start_service.stop(batch)
+    start_service("batch")
 
 
 def test_bad_inputs_are_refused_at_invoke(cli: Cli) -> None:
@@ -527,7 +547,8 @@ def _read(path: Path) -> str:
 def test_jobs_are_in_the_lineage_of_their_model_and_data(cli: Cli) -> None:
     """A job's data input and its deployment's registered model list the job as a user;
     archiving either is refused while the job runs, and allowed once it has ended."""
-    deploy(cli, "lineage-batch", env={"DELAY_S": "3"})  # 4 mini-batches, 2 workers: >= 6 s
+    gate = cli.cwd / "gate"
+    deploy(cli, "lineage-batch", env={"GATE": str(gate)})  # runs until the gate exists
     model = cli.cwd / "model"
     model.mkdir()
     (model / "weights.txt").write_text("2\n")
@@ -546,6 +567,7 @@ def test_jobs_are_in_the_lineage_of_their_model_and_data(cli: Cli) -> None:
         assert f"job {job}" in shown["used_by"], shown
     refused = cli.error("data", "archive", "-n", "rows", "-v", "1")
     assert f"is used by job {job}" in refused, refused
+    gate.touch()
     done = cli.finished(job)
     assert done["status"] == "Completed", done["status_message"]
     cli("data", "archive", "-n", "rows", "-v", "1")

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from pathlib import Path
 
 import grpc
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sluice.batch.api import BatchApi
 from sluice.batch.events import subscribe_deployment_events
 from sluice.batch.jobs import JobStore
+from sluice.batch.lease import LeaseHeld, ServiceLease
 from sluice.batch.runner import RunnerContext
 from sluice.batch.service import BatchService
 from sluice.batch.spares import SparePool
@@ -38,6 +41,16 @@ SOURCE = "sluice/batch"
 PRUNE_EVERY_S = 60.0
 
 
+class BatchServiceSettings(BaseSettings):
+    """The batch service's own settings (`SLUICE_BATCH_*`)."""
+
+    model_config = SettingsConfigDict(env_prefix="SLUICE_BATCH_", extra="ignore")
+
+    # The one-service-per-database lease (lease.py): renewed every third of it; a stopped
+    # service's successor waits at most this long.
+    lease_ttl_s: float = 15.0
+
+
 def batch_prefix(settings: Settings) -> str:
     """`sluice.events` -> `sluice.batch`: the subjects of job queues and results."""
     return settings.events_subject_prefix.rsplit(".", 1)[0] + ".batch"
@@ -58,11 +71,20 @@ async def serve(settings: Settings) -> None:
     spares = SparePool(state_dir / "batch-spares")
     tasks: list[asyncio.Task[None]] = []
     relay: OutboxRelay | None = None
+    lease: ServiceLease | None = None
+    lost = False
     try:
         await ensure_events_stream(
             broker, stream=settings.events_stream, subject_prefix=settings.events_subject_prefix
         )
         db = database(mongo, settings)
+        lease = ServiceLease(db, "batch", ttl_s=BatchServiceSettings().lease_ttl_s)
+        try:
+            await lease.acquire()
+        except LeaseHeld as exc:
+            log.error("batch_not_started", reason=str(exc))
+            lease = None
+            sys.exit(1)
         publisher = EventPublisher(
             broker,
             source=SOURCE,
@@ -112,8 +134,16 @@ async def serve(settings: Settings) -> None:
         )
         await deployments.start()
         tasks.append(asyncio.create_task(prune_spares(spares), name="prune-spares"))
-        signal = await wait_for_shutdown_signal()
-        log.info("batch_stopping", signal=signal.name)
+        keeping = asyncio.create_task(lease.keep(), name="lease")
+        tasks.append(keeping)
+        stopping = asyncio.ensure_future(wait_for_shutdown_signal())
+        await asyncio.wait([stopping, keeping], return_when=asyncio.FIRST_COMPLETED)
+        if keeping.done():
+            lost = True  # another service may take the jobs over: stop running them now
+            log.error("batch_lease_lost", holder=lease.holder)
+        else:
+            log.info("batch_stopping", signal=stopping.result().name)
+        stopping.cancel()
         await server.stop()
     finally:
         for task in tasks:
@@ -124,6 +154,11 @@ async def serve(settings: Settings) -> None:
         if relay is not None:
             with contextlib.suppress(Exception):  # what is left is relayed at the next start
                 await asyncio.wait_for(relay.drain(), timeout=3)
+        if lease is not None and not lost:
+            with contextlib.suppress(Exception):
+                await lease.release()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(broker.stop(), timeout=3)
         await mongo.close()
+    if lost:
+        sys.exit(1)
