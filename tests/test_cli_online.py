@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -215,9 +216,19 @@ def test_scoring_uri_from_show_works_in_plain_urllib_after_tls_trust(
     uri = cli.json("online-endpoint", "show", "-n", "my-endpoint")["scoring_uri"]
     assert uri == f"https://localhost:{local_platform.envoy_https_port}/endpoints/my-endpoint/score"
     key = cli.json("online-endpoint", "get-credentials", "-n", "my-endpoint")["primaryKey"]
+    # A home of its own: the browsers' NSS stores touched are the test's, never the user's.
+    home = tmp_path / "home"
+    cli.env["HOME"] = str(home)
+    certutil = shutil.which("certutil")
+    if certutil is not None:
+        (home / ".pki" / "nssdb").mkdir(parents=True)
+        nssdb = f"sql:{home / '.pki' / 'nssdb'}"
+        subprocess.run([certutil, "-N", "-d", nssdb, "--empty-password"], check=True)
     trusted = cli.ok("tls", "trust", "--no-system")
     bundle = local_platform.state_dir / "tls" / "trust-bundle.pem"
     assert f"wrote {bundle}" in trusted.stdout and "System store unchanged" in trusted.stdout
+    browsers = "Browsers: added the CA" if certutil else "Browsers: no NSS database"
+    assert browsers in trusted.stdout, trusted.stdout
 
     def urllib_client(**env: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

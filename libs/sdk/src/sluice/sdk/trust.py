@@ -8,6 +8,9 @@ The gateway's certificate is signed by a CA made for this platform
   anchors folder and the store refreshed (`update-ca-certificates` on
   Debian/Ubuntu/Alpine, `update-ca-trust` on Fedora/RHEL). curl, Python's
   `urllib`/`ssl`, Go and most OpenSSL programs read that store.
+- browsers' NSS stores (Chrome/Chromium's `~/.pki/nssdb`, Firefox profiles'
+  `cert9.db`), the ones that exist, with NSS's `certutil` as mkcert does; without
+  `certutil` the output says which package brings it and nothing is changed there.
 - always, a bundle next to the CA (`trust-bundle.pem`: the system's CAs plus
   ours) for clients with their own CA list (`requests` uses certifi) and for
   users who are not root: the environment variables that point each client at
@@ -43,6 +46,7 @@ SYSTEM_STORES = (
     SystemStore(Path("/etc/pki/ca-trust/source/anchors"), ("update-ca-trust", "extract")),
 )
 BUNDLE = "trust-bundle.pem"
+CERTUTIL_PACKAGES = "libnss3-tools on Debian/Ubuntu, nss-tools on Fedora/RHEL"
 
 
 class TrustError(Exception):
@@ -101,7 +105,52 @@ def install_in_system_store(ca: Path, store: SystemStore) -> Path:
     return anchor
 
 
-def trust(ca: Path, *, system: bool | None = None) -> list[str]:
+def nss_databases(home: Path) -> list[Path]:
+    """The browsers' NSS databases of this user that exist (sql: format, `cert9.db`)."""
+    candidates = [
+        home / ".pki" / "nssdb",
+        home / "snap" / "chromium" / "current" / ".pki" / "nssdb",
+        *sorted((home / ".mozilla" / "firefox").glob("*")),
+        *sorted((home / "snap" / "firefox" / "common" / ".mozilla" / "firefox").glob("*")),
+    ]
+    return [d for d in candidates if (d / "cert9.db").is_file()]
+
+
+def install_in_nss(ca: Path, databases: list[Path], certutil: str) -> list[Path]:
+    """Add the CA to each NSS database as a trusted TLS issuer (`-t C,,`); returns them."""
+    nickname = anchor_name(ca.read_bytes()).removesuffix(".crt")
+    for database in databases:
+        argv = [certutil, "-A", "-d", f"sql:{database}", "-t", "C,,", "-n", nickname, "-i", str(ca)]
+        done = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise TrustError(
+                f"certutil could not add the CA to {database} (exit {done.returncode}): "
+                f"{(done.stderr or done.stdout).strip()}"
+            )
+    return databases
+
+
+def trust_browsers(ca: Path, home: Path) -> str:
+    """Trust `ca` in the browsers' NSS databases; the line saying what happened."""
+    databases = nss_databases(home)
+    if not databases:
+        return (
+            f"Browsers: no NSS database under {home} (~/.pki/nssdb appears once Chrome or "
+            "Chromium has run, Firefox profiles under ~/.mozilla/firefox); run this again then."
+        )
+    certutil = shutil.which("certutil")
+    if certutil is None:
+        names = ", ".join(str(d) for d in databases)
+        return (
+            f"Browsers: not changed: NSS's certutil is not installed ({CERTUTIL_PACKAGES}); "
+            f"install it and run this again to trust the gateway in {names}."
+        )
+    install_in_nss(ca, databases, certutil)
+    names = ", ".join(str(d) for d in databases)
+    return f"Browsers: added the CA to {names} (restart the browser to pick it up)."
+
+
+def trust(ca: Path, *, system: bool | None = None, home: Path | None = None) -> list[str]:
     """Trust `ca` for this user (bundle) and, when root or `system`, machine-wide.
 
     Returns the lines to print: what changed, and what is left for the user to do.
@@ -131,6 +180,7 @@ def trust(ca: Path, *, system: bool | None = None) -> list[str]:
             f"System store unchanged ({why}). To trust the gateway machine-wide: "
             f"sudo cp {ca} {anchor} && sudo {' '.join(store.refresh)}"
         )
+    lines.append(trust_browsers(ca, home or Path.home()))
     bundle = write_bundle(ca)
     lines.append(f"Bundle: wrote {bundle} (the system CAs plus the platform CA).")
     lines.append(
