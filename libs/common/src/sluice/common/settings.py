@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -48,6 +48,22 @@ class ServicePorts(BaseModel):
     batch: int = 0
     metrics: int = 0
     als: int = 0  # the metrics service's access-log receiver (mutual TLS, Envoy only)
+
+
+class TracingSettings(BaseModel):
+    """`SLUICE_TRACING__*`: whether spans are recorded, which share, and where they go."""
+
+    enabled: bool = False
+    sampling_ratio: float = 0.05  # of traces started here; a sampled parent is always followed
+    otlp_endpoint: str | None = None  # e.g. http://localhost:4317 (OTLP/gRPC)
+    local_files: bool = True  # JSON lines under <state>/traces
+
+    @field_validator("sampling_ratio")
+    @classmethod
+    def _ratio(cls, value: float) -> float:
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"sampling_ratio must be between 0.0 and 1.0, got {value}")
+        return value
 
 
 class Settings(BaseSettings):
@@ -105,6 +121,9 @@ class Settings(BaseSettings):
     # counted); a deployment's DATA_COLLECTOR_MAX_BYTES variable may lower it.
     data_collector_max_bytes: int = 1024**3
 
+    # OpenTelemetry (docs/tracing.md): off by default.
+    tracing: TracingSettings = TracingSettings()
+
     # Where the service serves Prometheus' /metrics over HTTP (0 = a free port; unset = off).
     prometheus_port: int | None = None
 
@@ -149,6 +168,12 @@ def service_env(settings: Settings) -> dict[str, str]:
         env["SLUICE_PKI_DIR"] = str(settings.pki_dir)
     if settings.envs_dir is not None:
         env["SLUICE_ENVS_DIR"] = str(settings.envs_dir)
+    for field in TracingSettings.model_fields:
+        value = getattr(settings.tracing, field)
+        if value is not None:
+            env[f"SLUICE_TRACING__{field.upper()}"] = (
+                str(value).lower() if isinstance(value, bool) else str(value)
+            )
     for field in type(settings.ports).model_fields:
         env[f"SLUICE_PORTS__{field.upper()}"] = str(getattr(settings.ports, field))
     return env

@@ -28,7 +28,7 @@ import socket
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 import orjson
@@ -62,6 +62,11 @@ NOT_PROCESSED: Header = (NOT_PROCESSED_HEADER.encode(), b"true")
 NOT_READY = Reply(503, [JSON, NOT_PROCESSED], b'{"message":"not ready: init() has not finished"}')
 SHUTTING_DOWN = Reply(503, [JSON, NOT_PROCESSED], b'{"message":"shutting down"}')
 
+if TYPE_CHECKING:  # tracing is imported only by a server that traces
+    from opentelemetry.trace import Span
+
+    from sluice.inference.tracing import RequestTracer
+
 log = structlog.get_logger("sluice.inference")
 
 
@@ -80,6 +85,7 @@ class InferenceApp:
         self.batcher: Batcher | None = None  # adaptive batching, when configured and possible
         self.swagger: SwaggerDocuments | None = None
         self.collector: DataCollector | None = None  # the deployment's data_collector
+        self.tracing: RequestTracer | None = None  # spans, when the server traces
         self.stopping = False
         self._ids = RequestIds()
 
@@ -162,7 +168,7 @@ class InferenceApp:
         if refusal is not None or scorer is None or dispatcher is None:
             self._send(request, conn, rid, started, "/score", refusal or NOT_READY)
             return
-
+        span = self.tracing.start(request, rid, "/score") if self.tracing else None
         cid = self._collect_input(request, rid, request.body)
 
         def finish(outcome: Outcome) -> None:
@@ -173,7 +179,7 @@ class InferenceApp:
                 answer = json_reply(500, {"message": f"cannot send run()'s answer: {exc}"})
             if cid is not None:
                 self._collect_output(cid, rid, answer)
-            self._send(request, conn, rid, started, "/score", answer)
+            self._send(request, conn, rid, started, "/score", answer, span)
 
         rows = self._batch_rows(request)
         if rows is not None and self.batcher is not None:
@@ -184,8 +190,10 @@ class InferenceApp:
         except BadInput as exc:
             self.metrics.error("bad_input")
             reply = json_reply(400, {"message": str(exc)})
-            self._send(request, conn, rid, started, "/score", reply)
+            self._send(request, conn, rid, started, "/score", reply, span)
             return
+        if span is not None and self.tracing is not None:
+            call = self.tracing.run(call, span, scorer.is_async)
         dispatcher.submit(call, finish)
 
     def _batch_rows(self, request: HttpRequest) -> list[Any] | None:
@@ -224,6 +232,7 @@ class InferenceApp:
         if refusal is not None or scorer is None or dispatcher is None:
             self._send(request, conn, rid, started, "/v2/infer", refusal or NOT_READY)
             return
+        span = self.tracing.start(request, rid, "/v2/infer") if self.tracing else None
         try:
             infer = oip.request_body(request.body, request.header(oip_binary.HEADER))
             scored = HttpRequest("POST", b"/score", request.headers, infer.body, request.keep_alive)
@@ -231,9 +240,8 @@ class InferenceApp:
             call = scorer.prepare(scored) if rows is None else None
         except (oip.OipError, BadInput) as exc:
             self.metrics.error("bad_input")
-            self._send(
-                request, conn, rid, started, "/v2/infer", json_reply(400, {"error": str(exc)})
-            )
+            reply = json_reply(400, {"error": str(exc)})
+            self._send(request, conn, rid, started, "/v2/infer", reply, span)
             return
 
         cid = self._collect_input(request, rid, infer.body)
@@ -256,13 +264,15 @@ class InferenceApp:
                     answer = json_reply(500, {"error": "run() did not answer JSON"})
                 except oip.OipError as exc:
                     answer = json_reply(400, {"error": str(exc)})
-            self._send(request, conn, rid, started, "/v2/infer", answer)
+            self._send(request, conn, rid, started, "/v2/infer", answer, span)
 
         if call is None:
             assert self.batcher is not None and rows is not None
             self.batcher.submit(rows, finish)
-        else:
-            dispatcher.submit(call, finish)
+            return
+        if span is not None and self.tracing is not None:
+            call = self.tracing.run(call, span, scorer.is_async)
+        dispatcher.submit(call, finish)
 
     def _collect_input(self, request: HttpRequest, rid: str, model_input: bytes) -> str | None:
         """Queue the input of a sampled request; its correlation id, or None when not sampled."""
@@ -343,8 +353,11 @@ class InferenceApp:
         started: float,
         route: str,
         reply: Reply,
+        span: Span | None = None,
     ) -> None:
         headers = [*reply.headers, (b"x-request-id", rid.encode("latin-1"))]
+        if span is not None and self.tracing is not None:
+            self.tracing.end(span, reply.status, rid, headers)
         conn.respond(request, reply.status, headers, reply.body)
         self.metrics.observe(route, reply.status, time.perf_counter() - started)
 
@@ -377,7 +390,12 @@ def load_scorer(config: ServerConfig) -> Scorer:
     scorer = Scorer(functions)
     log.info("init_started", script=functions.origin)
     started = time.perf_counter()
-    scorer.init()
+    if config.tracing:  # a trace of its own: the instance's start, not a request
+        from sluice.inference.tracing import traced_init
+
+        traced_init(scorer.init)
+    else:
+        scorer.init()
     log.info("init_finished", seconds=round(time.perf_counter() - started, 3))
     return scorer
 
@@ -400,6 +418,10 @@ async def serve(config: ServerConfig, registry: CollectorRegistry | None = None)
     app = InferenceApp(metrics, model_name(config.model), config.gateway_secret)
     app.model_path = config.model
     app.collector = _collector(config, metrics)
+    if config.tracing:
+        from sluice.inference.tracing import start_tracing
+
+        app.tracing = start_tracing(config, scope_from_env())
     server = await loop.create_server(
         lambda: Connection(app.handle, config.max_payload_bytes),
         sock=_listening_socket(config),

@@ -38,6 +38,15 @@ class ServerConfig:
     collect_sampling_rate: float = 1.0
     collect_rolling_rate: str = "hour"
     collect_max_bytes: int = 1024**3
+    # Tracing (tracing.py): on when spans have somewhere to go.
+    trace_dir: Path | None = None
+    trace_otlp_endpoint: str | None = None
+    trace_sampling_ratio: float = 0.05
+
+    @property
+    def tracing(self) -> bool:
+        return self.trace_dir is not None or bool(self.trace_otlp_endpoint)
+
     # Requests must carry it in the x-sluice-gateway header (sluice.common.gateway_auth);
     # None = any caller (a server run by hand or by `--local`).
     gateway_secret: str | None = field(default=None, repr=False)
@@ -69,6 +78,11 @@ class ServerConfig:
             argv += ["--code", str(self.code)]
         if self.scoring_script is not None:
             argv += ["--scoring-script", self.scoring_script]
+        if self.trace_dir is not None:
+            argv += ["--trace-dir", str(self.trace_dir)]
+        if self.trace_otlp_endpoint:
+            argv += ["--trace-otlp-endpoint", self.trace_otlp_endpoint]
+        argv += ["--trace-sampling-ratio", repr(self.trace_sampling_ratio)]
         if self.collect_dir is not None and self.collect:
             argv += [
                 "--collect-dir", str(self.collect_dir),
@@ -127,6 +141,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--collect-sampling-rate", type=float, default=1.0, help="0.0-1.0")
     p.add_argument("--collect-rolling-rate", choices=["minute", "hour", "day"], default="hour")
     p.add_argument("--collect-max-bytes", type=_positive, default=1024**3)
+    p.add_argument("--trace-dir", type=Path, help="tracing: write spans as JSON lines here")
+    p.add_argument("--trace-otlp-endpoint", help="tracing: send spans to this OTLP/gRPC collector")
+    p.add_argument(
+        "--trace-sampling-ratio", type=float, default=0.05, help="share of new traces recorded"
+    )
     p.add_argument("--log-level", default="info")
     p.add_argument("--log-format", choices=["auto", "console", "json"], default="auto")
     p.add_argument("--listen-fd", type=int, default=None, help=argparse.SUPPRESS)
@@ -156,6 +175,8 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         p.error(f"--collect: unknown collection {sorted(unknown)[0]!r}")
     if collect and args.collect_dir is None:
         p.error("--collect needs --collect-dir")
+    if not 0.0 <= args.trace_sampling_ratio <= 1.0:
+        p.error("--trace-sampling-ratio must be between 0.0 and 1.0")
     if not 0.0 <= args.collect_sampling_rate <= 1.0:
         p.error("--collect-sampling-rate must be between 0.0 and 1.0")
     max_queue = args.max_concurrent_requests if args.max_queue is None else args.max_queue
@@ -185,4 +206,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         collect_sampling_rate=args.collect_sampling_rate,
         collect_rolling_rate=args.collect_rolling_rate,
         collect_max_bytes=args.collect_max_bytes,
+        trace_dir=args.trace_dir,
+        trace_otlp_endpoint=args.trace_otlp_endpoint,
+        trace_sampling_ratio=args.trace_sampling_ratio,
     )

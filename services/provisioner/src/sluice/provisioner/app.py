@@ -67,6 +67,7 @@ async def serve(settings: Settings) -> None:
         state_dir=state_dir,
         secret_key=settings.secret_key,
         collector_max_bytes=settings.data_collector_max_bytes,
+        tracing=settings.tracing,
     )
     tasks: list[asyncio.Task[None]] = []
     try:

@@ -26,7 +26,9 @@ machine. What the local backend does about it:
   its HOME/TMPDIR. `datastore/` is traversable (0711) only on the way to
   `datastore/workspaceblobstore/modelDataCollector/<endpoint>/<deployment>/`
   (0700, owned by the deployment's user), where its data collector writes
-  (`collector_folder`); the datastore's other entries stay private.
+  (`collector_folder`); the datastore's other entries stay private. Likewise
+  `traces/instances/<endpoint>/<deployment>/` for the spans of its inference
+  servers, while `traces/platform/` (the services' spans) stays private.
 
 What it cannot do: there is no network namespace, so an instance can still
 open connections to loopback services (every one of them requires a
@@ -52,9 +54,10 @@ from pathlib import Path
 
 from sluice.common.collected import COLLECTOR_PATH, DATASTORE, DEFAULT_DATASTORE, collected_dir
 from sluice.common.resources import OnlineDeploymentSpec
+from sluice.common.tracing import instance_folder, platform_folder
 
 # Entries of the state directory that deployment users need to reach.
-SHARED_ENTRIES = frozenset({"envs", "workspaces", "datastore"})
+SHARED_ENTRIES = frozenset({"envs", "workspaces", "datastore", "traces"})
 BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
 USER_PREFIX = "sluice-d-"
 USERADD_ATTEMPTS_S = 10.0  # /etc/passwd is locked while another useradd runs
@@ -224,10 +227,7 @@ def collector_folder(state_dir: Path, endpoint: str, deployment: str, account: A
     Every folder on the way is traversable, not listable (0711); the datastore's other
     entries (batch outputs, other datastores) are made private to the platform's user.
     """
-    folder = collected_dir(state_dir, endpoint, deployment)
-    for step in [p for p in reversed(folder.parents) if p.is_relative_to(state_dir / DATASTORE)]:
-        step.mkdir(exist_ok=True)
-        step.chmod(0o711)
+    folder = deployment_folder(state_dir, collected_dir(state_dir, endpoint, deployment), account)
     for parent, keep in (
         (state_dir / DATASTORE, DEFAULT_DATASTORE),
         (state_dir / DATASTORE / DEFAULT_DATASTORE, COLLECTOR_PATH),
@@ -235,6 +235,25 @@ def collector_folder(state_dir: Path, endpoint: str, deployment: str, account: A
         for entry in parent.iterdir():
             if entry.name != keep and not entry.is_symlink():
                 entry.chmod(0o700 if entry.is_dir() else 0o600)
+    return folder
+
+
+def traces_folder(state_dir: Path, endpoint: str, deployment: str, account: Account) -> Path:
+    """Where the deployment's inference servers write spans (`<state>/traces/instances/...`);
+    the platform's own spans (`traces/platform`) stay private."""
+    folder = deployment_folder(state_dir, instance_folder(state_dir, endpoint, deployment), account)
+    platform = platform_folder(state_dir)
+    platform.mkdir(exist_ok=True)
+    platform.chmod(0o700)
+    return folder
+
+
+def deployment_folder(state_dir: Path, folder: Path, account: Account) -> Path:
+    """`folder` (under the state dir) private to `account`; the folders on the way 0711."""
+    for step in reversed(folder.parents):
+        if step.is_relative_to(state_dir) and step != state_dir:
+            step.mkdir(exist_ok=True)
+            step.chmod(0o711)
     return make_private_dir(folder, account)
 
 

@@ -29,7 +29,9 @@ from sluice.common import gateway_auth
 from sluice.common.catalogue import InstanceType
 from sluice.common.collected import collected_dir
 from sluice.common.resources import OnlineDeploymentSpec
+from sluice.common.settings import TracingSettings
 from sluice.common.supervisor import free_port
+from sluice.common.tracing import instance_folder
 from sluice.provisioner.isolation import (
     Account,
     IsolationError,
@@ -42,6 +44,7 @@ from sluice.provisioner.isolation import (
     reachable_by_others,
     remove_account,
     spare_env,
+    traces_folder,
 )
 from sluice.provisioner.store import ProcessRecord, RunningRecord
 
@@ -248,9 +251,11 @@ class LocalBackend:
         state_dir: Path | None = None,
         secret_key: str | None = None,
         collector_max_bytes: int = DEFAULT_COLLECTOR_MAX_BYTES,
+        tracing: TracingSettings | None = None,
     ):
         self.logs_root = logs_root
         self._collector_max_bytes = collector_max_bytes
+        self._tracing = tracing or TracingSettings()
         self.host = host
         self._secret_key = secret_key  # derives each deployment's gateway secret
         self.state_dir = state_dir or logs_root.parent
@@ -294,6 +299,8 @@ class LocalBackend:
         home = make_private_dir(folder / "home", account)
         if spec.data_collector.enabled:
             collector_folder(self.state_dir, spec.endpoint_name, spec.name, account)
+        if self._traced(spec):
+            traces_folder(self.state_dir, spec.endpoint_name, spec.name, account)
         copies = make_private_dir(folder / "artifacts", account)
         # Copies are named by the artifact's digest (a scale change copies nothing); those of
         # this plan and the previous one (whose instances may still run) are kept.
@@ -347,7 +354,7 @@ class LocalBackend:
             argv += ["--model", str(plan.model)]
         if plan.code is not None and plan.scoring_script:
             argv += ["--code", str(plan.code), "--scoring-script", plan.scoring_script]
-        argv += self._collector_argv(spec)
+        argv += self._collector_argv(spec) + self._tracing_argv(spec)
         folder = self.instance_logs(spec.endpoint_name, spec.name)
         folder.mkdir(parents=True, exist_ok=True)
         log_path = folder / f"{instance_id}.log"
@@ -398,6 +405,22 @@ class LocalBackend:
             memory_limit=instance_type.memory_bytes,
             workers=workers,
         )
+
+    def _traced(self, spec: OnlineDeploymentSpec) -> bool:
+        """Requests are traced when the platform traces or the deployment asks for it."""
+        return self._tracing.enabled or spec.app_insights_enabled
+
+    def _tracing_argv(self, spec: OnlineDeploymentSpec) -> list[str]:
+        if not self._traced(spec):
+            return []
+        tracing = self._tracing
+        argv = ["--trace-sampling-ratio", repr(tracing.sampling_ratio)]
+        if tracing.local_files:
+            folder = instance_folder(self.state_dir, spec.endpoint_name, spec.name)
+            argv += ["--trace-dir", str(folder)]
+        if tracing.otlp_endpoint:
+            argv += ["--trace-otlp-endpoint", tracing.otlp_endpoint]
+        return argv
 
     def _collector_argv(self, spec: OnlineDeploymentSpec) -> list[str]:
         """The inference server's data collection flags (none when nothing is collected).

@@ -1,0 +1,145 @@
+"""OpenTelemetry tracing for every Sluice process: off by default, one call turns it on.
+
+`configure_tracing(service, settings, folder)` installs the OpenTelemetry SDK's
+tracer provider (parent-based ratio sampling) with two optional exporters:
+
+- JSON lines under the state directory (`<state>/traces/platform/<service>-<pid>.jsonl`
+  for the services, `<state>/traces/instances/<endpoint>/<deployment>/` for inference
+  servers), read by `sluice trace show <trace-id>` with no extra server;
+- OTLP over gRPC to any collector (`SLUICE_TRACING__OTLP_ENDPOINT`: Jaeger, Tempo, an
+  OpenTelemetry Collector exporting to Application Insights).
+
+With tracing off nothing of the SDK is imported and the API's no-op tracer is what
+`trace.get_tracer()` returns. Trace context crosses processes as W3C `traceparent`:
+gRPC metadata (the gRPC instrumentations) and CloudEvents' distributed tracing
+extension (`envelope.traceparent`, see `inject`/`extract`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+
+from sluice.common.settings import Settings
+
+TRACES = "traces"
+_configured = False
+
+
+def platform_folder(state_dir: Path) -> Path:
+    return state_dir / TRACES / "platform"
+
+
+def instance_folder(state_dir: Path, endpoint: str, deployment: str) -> Path:
+    return state_dir / TRACES / "instances" / endpoint / deployment
+
+
+def configure_tracing(
+    service: str,
+    *,
+    sampling_ratio: float,
+    folder: Path | None = None,
+    otlp_endpoint: str | None = None,
+    instrument: Sequence[str] = (),
+) -> bool:
+    """Install the SDK's tracer provider for this process (once); False if already done.
+
+    `instrument` names the libraries to instrument: "grpc_server", "grpc_client",
+    "grpc_client_sync", "pymongo".
+    """
+    global _configured
+    if _configured:
+        return False
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": f"sluice-{service}"}),
+        sampler=ParentBased(TraceIdRatioBased(sampling_ratio)),
+    )
+    if folder is not None:
+        from sluice.common.trace_files import JsonLinesExporter
+
+        exporter = JsonLinesExporter(folder / f"{service}-{os.getpid()}.jsonl", service)
+        provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=500))
+    if otlp_endpoint:
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        otlp = OTLPSpanExporter(endpoint=otlp_endpoint, insecure=otlp_endpoint.startswith("http:"))
+        provider.add_span_processor(BatchSpanProcessor(otlp))
+    trace.set_tracer_provider(provider)
+    _instrument(instrument)
+    _configured = True
+    return True
+
+
+def configure_service_tracing(
+    service: str, settings: Settings, *, instrument: Sequence[str]
+) -> bool:
+    """A platform service's tracing from its Settings (`settings.tracing`); False when off."""
+    tracing = settings.tracing
+    if not tracing.enabled:
+        return False
+    folder = platform_folder(settings.state_dir) if tracing.local_files else None
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+    return configure_tracing(
+        service,
+        sampling_ratio=tracing.sampling_ratio,
+        folder=folder,
+        otlp_endpoint=tracing.otlp_endpoint,
+        instrument=instrument,
+    )
+
+
+def _instrument(names: Sequence[str]) -> None:
+    if "grpc_server" in names:
+        from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorServer
+
+        GrpcAioInstrumentorServer().instrument()  # type: ignore[no-untyped-call]
+    if "grpc_client" in names:
+        from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient
+
+        GrpcAioInstrumentorClient().instrument()  # type: ignore[no-untyped-call]
+    if "grpc_client_sync" in names:
+        from opentelemetry.instrumentation.grpc import GrpcInstrumentorClient
+
+        GrpcInstrumentorClient().instrument()  # type: ignore[no-untyped-call]
+    if "pymongo" in names:
+        from opentelemetry.instrumentation.pymongo import PymongoInstrumentor
+
+        PymongoInstrumentor().instrument()
+
+
+def shutdown() -> None:
+    """Export what is buffered (the SDK also does it at interpreter exit)."""
+    provider = trace.get_tracer_provider()
+    if hasattr(provider, "shutdown"):
+        provider.shutdown()
+
+
+# ---- context across messages (CloudEvents' distributed tracing extension) -----------------
+
+
+def inject() -> dict[str, str]:
+    """The current trace context as W3C headers (`traceparent`, `tracestate`), maybe empty."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier
+
+
+def extract(carrier: Mapping[str, str]) -> otel_context.Context:
+    """A context whose parent is the span named by `carrier`'s `traceparent`."""
+    return propagate.extract(carrier)
+
+
+def current_trace_id() -> str | None:
+    """The hex trace id of the current span, if it is recorded."""
+    span_context = trace.get_current_span().get_span_context()
+    return format(span_context.trace_id, "032x") if span_context.is_valid else None

@@ -1,0 +1,141 @@
+"""Spans of the inference server: one per scoring request, one around run() and init().
+
+A request's span continues the caller's W3C `traceparent` (the gateway forwards
+the client's, or none, and then the trace starts here: Envoy 1.40's OpenTelemetry
+tracer is still marked work-in-progress, not for production). It carries the
+endpoint, deployment and instance, the request id the gateway returns
+(`x-request-id`, `sluice.request_id`) and the status; run()'s span is its child,
+and an exception raised by run() is recorded on it. A recorded request is logged
+once (`request`, with `request_id` and `trace_id`), and its answer carries the
+server span's `traceparent`.
+
+Without `--trace-dir`/`--trace-otlp-endpoint` no `RequestTracer` exists and a
+request pays one `is None` test.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from opentelemetry import propagate, trace
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+)
+
+from sluice.common.tracing import configure_tracing
+from sluice.inference.config import ServerConfig
+from sluice.inference.http import Header, HttpRequest
+
+log = structlog.get_logger("sluice.inference")
+TRACER = "sluice.inference"
+
+
+def start_tracing(config: ServerConfig, scope: tuple[str, str]) -> RequestTracer | None:
+    """Install the tracer provider when the server was asked to trace."""
+    if not config.tracing:
+        return None
+    if config.trace_dir is not None:
+        config.trace_dir.mkdir(parents=True, exist_ok=True)
+    instance = os.environ.get("SLUICE_INSTANCE_ID", "")
+    configure_tracing(
+        f"inference-{instance}" if instance else "inference",
+        sampling_ratio=config.trace_sampling_ratio,
+        folder=config.trace_dir,
+        otlp_endpoint=config.trace_otlp_endpoint,
+    )
+    endpoint, deployment = scope
+    attributes = {
+        "sluice.endpoint": endpoint,
+        "sluice.deployment": deployment,
+        "sluice.instance": instance,
+    }
+    return RequestTracer(trace.get_tracer(TRACER), attributes)
+
+
+def traced_init(init: Callable[[], Any]) -> None:
+    """init() inside a span (an exception is recorded on it and raised)."""
+    attributes = {
+        "sluice.endpoint": os.environ.get("AZUREML_ENDPOINT_NAME", ""),
+        "sluice.deployment": os.environ.get("AZUREML_DEPLOYMENT_NAME", ""),
+        "sluice.instance": os.environ.get("SLUICE_INSTANCE_ID", ""),
+    }
+    # Always recorded, whatever the sampling ratio (once per process): a sampled remote
+    # parent makes the parent-based sampler keep it; `sluice trace show` shows it as a root.
+    phantom = SpanContext(
+        secrets.randbits(128), secrets.randbits(64), is_remote=True, trace_flags=TraceFlags(1)
+    )
+    parent = trace.set_span_in_context(NonRecordingSpan(phantom))
+    tracer = trace.get_tracer(TRACER)
+    with tracer.start_as_current_span("init", parent, attributes=attributes):
+        init()
+
+
+class RequestTracer:
+    def __init__(self, tracer: trace.Tracer, attributes: dict[str, str]) -> None:
+        self.tracer = tracer
+        self.attributes = attributes
+
+    def start(self, request: HttpRequest, request_id: str, route: str) -> Span:
+        carrier: dict[str, str] = {}
+        parent = request.header(b"traceparent")
+        if parent is not None:
+            carrier["traceparent"] = parent.decode("latin-1")
+            state = request.header(b"tracestate")
+            if state is not None:
+                carrier["tracestate"] = state.decode("latin-1")
+        return self.tracer.start_span(
+            f"{request.method} {route}",
+            context=propagate.extract(carrier) if carrier else None,
+            kind=SpanKind.SERVER,
+            attributes={
+                **self.attributes,
+                "sluice.request_id": request_id,
+                "http.request.method": request.method,
+                "url.path": request.path,
+            },
+        )
+
+    def run(self, call: Callable[[], Any], span: Span, is_async: bool) -> Callable[[], Any]:
+        """`call` (one run()) inside a child span of the request's."""
+        if not span.is_recording():
+            return call
+        parent = trace.set_span_in_context(span)
+        attributes = self.attributes
+
+        if is_async:
+
+            async def traced_async() -> Any:
+                with self.tracer.start_as_current_span("run", parent, attributes=attributes):
+                    return await call()
+
+            return traced_async
+
+        def traced() -> Any:
+            with self.tracer.start_as_current_span("run", parent, attributes=attributes):
+                return call()
+
+        return traced
+
+    def end(self, span: Span, status: int, request_id: str, headers: list[Header]) -> None:
+        """Close the request's span with its status; log it and name it in the answer."""
+        if not span.is_recording():
+            span.end()
+            return
+        span.set_attribute("http.response.status_code", status)
+        if status >= 500:
+            span.set_status(Status(StatusCode.ERROR, f"HTTP {status}"))
+        ctx = span.get_span_context()
+        trace_id = format(ctx.trace_id, "032x")
+        headers.append((b"traceparent", f"00-{trace_id}-{ctx.span_id:016x}-01".encode()))
+        span.end()
+        log.info("request", request_id=request_id, trace_id=trace_id, status=status)

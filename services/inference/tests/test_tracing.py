@@ -1,0 +1,91 @@
+"""Spans of a real inference server: a request continues the caller's traceparent, carries
+the request id and the deployment, has run() as its child, and an exception in run() is
+recorded on run()'s span; init() has its span; the request is logged with its trace id;
+without tracing flags no span file appears."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sluice.common.supervisor import Supervisor
+from sluice.common.trace_files import read_spans, trace_spans, tree_lines
+from sluice.inference.testing import start_server, wait_until, write_script
+
+pytestmark = pytest.mark.integration
+
+SCRIPT = """
+def init():
+    pass
+
+def run(raw_data):
+    if "boom" in raw_data:
+        raise ValueError("boom in run")
+    return {"ok": True}
+"""
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
+
+
+def spans_of(folder: Path, trace_id: str, count: int) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+
+    def enough() -> bool:
+        found[:] = trace_spans(folder, trace_id)
+        return len(found) >= count
+
+    wait_until(enough, f"{count} spans of trace {trace_id}", timeout=10)
+    return found
+
+
+def test_request_and_run_spans_continue_the_callers_trace(
+    supervisor: Supervisor, tmp_path: Path
+) -> None:
+    code = write_script(tmp_path / "code", SCRIPT)
+    traces = tmp_path / "traces"
+    server = start_server(
+        supervisor,
+        "traced",
+        code=code,
+        extra=["--trace-dir", str(traces), "--trace-sampling-ratio", "0"],
+        scope=("ep", "blue"),
+    )
+    ok = server.post('{"x": 1}', headers={"traceparent": PARENT, "x-request-id": "envoy-id-1"})
+    assert ok.status == 200
+    assert ok.headers["traceparent"].startswith(f"00-{TRACE_ID}-")
+    request, run = spans_of(traces, TRACE_ID, 2)
+    assert request["name"] == "POST /score" and request["parent_id"] == "00f067aa0ba902b7"
+    assert request["attributes"]["sluice.request_id"] == "envoy-id-1"
+    assert request["attributes"]["sluice.deployment"] == "blue"
+    assert request["attributes"]["sluice.endpoint"] == "ep"
+    assert request["attributes"]["http.response.status_code"] == 200
+    assert run["name"] == "run" and run["parent_id"] == request["span_id"]
+
+    failing = "00-" + "1" * 32 + "-00f067aa0ba902b7-01"
+    bad = server.post('"boom"', headers={"traceparent": failing, "x-request-id": "envoy-id-2"})
+    assert bad.status == 500
+    request, run = spans_of(traces, "1" * 32, 2)
+    assert request["status"] == "ERROR" and run["status"] == "ERROR"
+    (exception,) = run["events"]
+    assert exception["name"] == "exception"
+    assert exception["attributes"]["exception.message"] == "boom in run"
+    assert "! exception boom in run" in "\n".join(tree_lines([request, run]))
+
+    # Sampling ratio 0: a request without a sampled parent records nothing ...
+    assert "traceparent" not in server.post('{"x": 2}').headers
+    # ... but init() is always traced, and the log names each recorded request's trace.
+    assert any(s["name"] == "init" for s in read_spans(traces))
+    logged = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+    requests = [e for e in logged if e.get("event") == "request"]
+    assert requests[0]["request_id"] == "envoy-id-1" and requests[0]["trace_id"] == TRACE_ID
+
+
+def test_no_tracing_flags_no_spans(supervisor: Supervisor, tmp_path: Path) -> None:
+    code = write_script(tmp_path / "code", SCRIPT)
+    server = start_server(supervisor, "untraced", code=code)
+    reply = server.post('{"x": 1}', headers={"traceparent": PARENT})
+    assert reply.status == 200 and "traceparent" not in reply.headers
+    assert '"request"' not in server.log()
