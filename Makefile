@@ -30,7 +30,7 @@ test-unit: setup ## fast tests only, no servers
 lint: setup proto-check events-doc-check ## ruff format + ruff check + mypy (strict on src) + generated docs
 	@$(UV) run --no-sync ruff format --check .
 	@$(UV) run --no-sync ruff check .
-	@$(UV) run --no-sync mypy libs/common/src libs/sdk/src $(wildcard services/*/src)
+	@$(UV) run --no-sync mypy libs/common/src libs/sdk/src libs/testing/src $(wildcard services/*/src)
 
 format: setup
 	@$(UV) run --no-sync ruff format .

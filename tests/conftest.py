@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from sluice.common.testing.plugin import RunningService, ServiceStarter, traversable_dir
 from sluice.sdk.client import RegistryClient
+from sluice.testing.plugin import RunningService, ServiceStarter, traversable_dir
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

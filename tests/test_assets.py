@@ -17,9 +17,9 @@ import yaml
 from sluice.common import gateway_auth
 from sluice.common.assets import AssetKind, AssetSpec
 from sluice.common.resources import OnlineDeployment, ProvisioningState
-from sluice.common.testing.plugin import RunningService
 from sluice.sdk.client import RegistryClient, SluiceError
 from sluice.sdk.specs import load_online_deployment, load_online_endpoint
+from sluice.testing.plugin import RunningService
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")

@@ -26,11 +26,11 @@ from faststream.nats import NatsBroker
 from pymongo import MongoClient
 
 from sluice.common.supervisor import ComponentError
-from sluice.common.testing.plugin import RunningService, ServiceStarter
-from sluice.common.testing.wait import wait_for
 from sluice.sdk.batch import TERMINAL, BatchClient, state_name
 from sluice.sdk.client import RegistryClient
 from sluice.sdk.specs import load_batch_deployment, load_batch_endpoint
+from sluice.testing.plugin import RunningService, ServiceStarter
+from sluice.testing.wait import wait_for
 
 # Each test starts worker processes that import pandas; on a loaded 2-core machine that
 # alone can take tens of seconds.

@@ -10,11 +10,13 @@ import sys
 from pathlib import Path
 
 import psutil
+import pytest
 
 from sluice.batch.spares import SpareKey, SparePool
-from sluice.common.testing.wait import wait_for
+from sluice.testing.wait import wait_for
 
 
+@pytest.mark.integration  # starts a process
 def test_want_take_cap_and_prune(tmp_path: Path) -> None:
     pool = SparePool(tmp_path, preload=(), max_per_key=3, idle_s=3600)
     key = SpareKey.of(sys.executable, {"OMP_NUM_THREADS": "1"})
@@ -45,6 +47,7 @@ def test_want_take_cap_and_prune(tmp_path: Path) -> None:
         pool.close()
 
 
+@pytest.mark.integration  # starts a process
 def test_spares_nobody_asked_for_are_stopped(tmp_path: Path) -> None:
     pool = SparePool(tmp_path, preload=(), idle_s=0.0)
     key = SpareKey.of(sys.executable, {})
@@ -58,6 +61,7 @@ def test_spares_nobody_asked_for_are_stopped(tmp_path: Path) -> None:
         pool.close()
 
 
+@pytest.mark.integration  # starts a process
 def test_closing_stdin_without_a_job_ends_a_spare(tmp_path: Path) -> None:
     pool = SparePool(tmp_path, preload=())
     key = SpareKey.of(sys.executable, {})

@@ -19,7 +19,7 @@ from sluice.common.components import mongo_spec
 from sluice.common.platform import PlatformState
 from sluice.common.settings import Settings
 from sluice.common.supervisor import Supervisor, free_port, stop_process
-from sluice.common.testing.plugin import ServiceStarter
+from sluice.testing.plugin import ServiceStarter
 
 # Each CLI call is a new Python process, and the database-down case waits out server selection.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]

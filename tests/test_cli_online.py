@@ -17,7 +17,7 @@ import pytest
 
 from sluice.common import gateway_auth
 from sluice.common.platform import PlatformState
-from sluice.common.testing.wait import wait_for
+from sluice.testing.wait import wait_for
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from sluice.common.platform import PlatformState
-from sluice.common.testing.plugin import RunningService
+from sluice.testing.plugin import RunningService
 
 pytestmark = pytest.mark.integration
 

@@ -19,9 +19,9 @@ from sluice.common.collected import collected_dir
 from sluice.common.platform import PlatformState
 from sluice.common.resources import OnlineDeploymentDoc, ProvisioningState
 from sluice.common.settings import Settings
-from sluice.common.testing.wait import wait_for
 from sluice.sdk.client import RegistryClient, get_collected
 from sluice.sdk.specs import load_online_deployment, load_online_endpoint
+from sluice.testing.wait import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 ENDPOINT = "collecting"

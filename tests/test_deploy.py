@@ -38,6 +38,7 @@ def k8s_objects() -> list[tuple[str, dict[str, Any]]]:
     return objects
 
 
+@pytest.mark.integration  # starts a process
 def test_compose_file_follows_the_compose_spec() -> None:
     result = subprocess.run(
         [
@@ -134,6 +135,7 @@ def test_deployed_envoy_bootstraps_match_the_local_one(where: str) -> None:
     assert deployed == local, "out of step: run `uv run python scripts/gen_envoy_bootstraps.py`"
 
 
+@pytest.mark.integration  # starts a process
 @pytest.mark.parametrize("where", ["local", "compose", "k8s"])
 def test_envoy_accepts_the_bootstrap(where: str, tmp_path: Path) -> None:
     text = BOOTSTRAP.read_text() if where == "local" else deployed_bootstraps()[where]

@@ -21,10 +21,10 @@ import pytest
 from sluice.common.platform import PlatformState
 from sluice.common.resources import OnlineDeploymentDoc, ProvisioningState
 from sluice.common.settings import Settings
-from sluice.common.testing.load import SteadyLoad
 from sluice.sdk.client import RegistryClient
 from sluice.sdk.invoke import GatewayTarget, send
 from sluice.sdk.specs import load_online_deployment, load_online_endpoint
+from sluice.testing.load import SteadyLoad
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")

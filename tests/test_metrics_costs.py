@@ -15,10 +15,10 @@ import grpc
 import pytest
 
 from sluice.common.resources import ProvisioningState
-from sluice.common.testing.plugin import RunningService, ServiceStarter
 from sluice.sdk.client import RegistryClient, SluiceError
 from sluice.sdk.metrics import MetricsClient
 from sluice.sdk.specs import load_online_deployment, load_online_endpoint
+from sluice.testing.plugin import RunningService, ServiceStarter
 from sluice.v1 import metrics_pb2, metrics_pb2_grpc
 
 # Starting two scikit-learn instances takes a minute on a loaded 2-core machine.

@@ -19,10 +19,10 @@ import pytest
 
 from sluice.common import gateway_auth
 from sluice.common.resources import ProvisioningState
-from sluice.common.testing.plugin import RunningService
-from sluice.common.testing.wait import wait_for
 from sluice.sdk.client import RegistryClient
 from sluice.sdk.specs import load_online_deployment, load_online_endpoint
+from sluice.testing.plugin import RunningService
+from sluice.testing.wait import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -12,9 +12,9 @@ from faststream.nats import NatsBroker
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from sluice.common.resources import AuthMode, OnlineEndpointSpec, ProvisioningState
-from sluice.common.testing.plugin import RunningService, ServiceStarter
 from sluice.sdk.client import RegistryClient, SluiceError
 from sluice.sdk.specs import load_online_deployment, load_online_endpoint
+from sluice.testing.plugin import RunningService, ServiceStarter
 
 pytestmark = pytest.mark.integration
 

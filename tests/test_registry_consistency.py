@@ -19,10 +19,10 @@ from sluice.common.events.outbox import OUTBOX
 from sluice.common.mongo import Document
 from sluice.common.resources import ONLINE_DEPLOYMENTS, ONLINE_ENDPOINTS, OnlineEndpointSpec
 from sluice.common.supervisor import Supervisor, free_port, stop_process
-from sluice.common.testing.plugin import ServiceStarter
-from sluice.common.testing.wait import wait_for_async
 from sluice.sdk.client import RegistryClient, SluiceError
 from sluice.sdk.specs import load_online_deployment
+from sluice.testing.plugin import ServiceStarter
+from sluice.testing.wait import wait_for_async
 
 pytestmark = pytest.mark.integration
 

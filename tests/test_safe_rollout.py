@@ -19,11 +19,11 @@ import pytest
 from sluice.common.platform import PlatformState
 from sluice.common.resources import ProvisioningState
 from sluice.common.settings import Settings
-from sluice.common.testing.wait import wait_for
 from sluice.sdk.client import RegistryClient, get_logs
 from sluice.sdk.invoke import DEPLOYMENT_HEADER, GatewayTarget, send
 from sluice.sdk.metrics import MetricsClient
 from sluice.sdk.specs import load_online_deployment, load_online_endpoint
+from sluice.testing.wait import wait_for
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")

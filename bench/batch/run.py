@@ -42,10 +42,10 @@ from faststream.nats import NatsBroker
 from threadpoolctl import threadpool_limits
 
 from sluice.batch.worker import MiniBatchResult
-from sluice.common.testing.stack import servers, start_services
 from sluice.sdk.batch import BatchClient, parse_overrides, state_name
 from sluice.sdk.client import RegistryClient
 from sluice.sdk.specs import load_batch_deployment, load_batch_endpoint
+from sluice.testing.stack import servers, start_services
 
 FEATURES = 8
 FILES = int(os.environ.get("BENCH_BATCH_FILES", "24"))

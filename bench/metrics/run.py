@@ -44,12 +44,12 @@ from sluice.common.mongo import create_mongo_client
 from sluice.common.pki import ALS_SERVER, PlatformPki
 from sluice.common.settings import EnvoySettings, Settings, service_env
 from sluice.common.supervisor import ProcessSpec, Supervisor, free_port, stop_process
-from sluice.common.testing.stack import servers
 from sluice.metrics import query
 from sluice.metrics.als import IngestStats, add_entries
 from sluice.metrics.buckets import Buckets
 from sluice.metrics.sketch import key_of
 from sluice.metrics.store import MetricsStore
+from sluice.testing.stack import servers
 from sluice.v1 import metrics_pb2, metrics_pb2_grpc
 
 BATCH = 500

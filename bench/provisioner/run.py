@@ -29,9 +29,9 @@ import psutil
 
 from sluice.common.resources import EnvironmentSpec, OnlineDeployment, ProvisioningState
 from sluice.common.supervisor import free_port
-from sluice.common.testing.stack import servers, start_services
 from sluice.sdk.client import RegistryClient
 from sluice.sdk.specs import load_online_deployment, load_online_endpoint
+from sluice.testing.stack import servers, start_services
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 TERMINAL = {ProvisioningState.succeeded, ProvisioningState.failed}

@@ -26,8 +26,8 @@ from sluice.common.resources import (
     OnlineDeploymentSpec,
     OnlineEndpointSpec,
 )
-from sluice.common.testing.stack import servers, start_services
 from sluice.sdk.client import RegistryClient
+from sluice.testing.stack import servers, start_services
 
 SIZES = (10, 1000)
 SAMPLES = 200  # get calls per size

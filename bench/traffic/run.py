@@ -50,8 +50,9 @@ from sluice.common.mongo import create_mongo_client
 from sluice.common.pki import PlatformPki
 from sluice.common.settings import EnvoySettings, Settings
 from sluice.common.supervisor import ProcessSpec, Supervisor, free_port
-from sluice.common.testing.plugin import service_env
-from sluice.common.testing.stack import servers
+from sluice.testing.plugin import service_env
+from sluice.testing.stack import servers
+from sluice.testing.traffic import World
 from sluice.traffic.domain import (
     Deployment,
     Endpoint,
@@ -62,7 +63,6 @@ from sluice.traffic.domain import (
     Upstream,
 )
 from sluice.traffic.jwks import PLACEHOLDER_JWKS
-from sluice.traffic.testing import World
 from sluice.traffic.tls import ensure_local_certificate, load_material
 from sluice.traffic.xds.builder import SnapshotBuilder
 from sluice.traffic.xds.server import SERVICE_NAME, AdsServer, Outcome

@@ -41,8 +41,8 @@ from sluice.common.mongo import create_mongo_client
 from sluice.common.pki import XDS_SERVER, PlatformPki
 from sluice.common.settings import EnvoySettings, Settings, service_env
 from sluice.common.supervisor import RunningProcess, Supervisor, free_port, stop_process
-from sluice.common.testing.stack import servers
-from sluice.traffic.testing import World
+from sluice.testing.stack import servers
+from sluice.testing.traffic import World
 from sluice.traffic.xds.server import GATEWAY_HEALTH
 
 ROUNDS = {"bounded": 20, "default": 6}  # Envoy's default back-off makes its rounds slow

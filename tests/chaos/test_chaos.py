@@ -33,10 +33,10 @@ from sluice.common.platform import LocalPlatform, PlatformState, installed_servi
 from sluice.common.resources import ProvisioningState
 from sluice.common.settings import EnvoySettings, ServicePorts, Settings
 from sluice.common.supervisor import free_port, is_alive, port_in_use
-from sluice.common.testing.plugin import traversable_dir
 from sluice.sdk.client import RegistryClient, SluiceError
 from sluice.sdk.invoke import DEPLOYMENT_HEADER, GatewayTarget, send
 from sluice.sdk.specs import load_online_deployment, load_online_endpoint
+from sluice.testing.plugin import traversable_dir
 
 # The first case also starts the platform and three instances: minutes on a loaded machine.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]

@@ -1,4 +1,4 @@
-"""Fixtures of the traffic controller's integration tests (helpers: sluice.traffic.testing).
+"""Fixtures of the traffic controller's integration tests (helpers: sluice.testing.traffic).
 
 The session Envoy (`envoy_gateway`) connects to a fixed xDS port; each test
 starts its own `python -m sluice.traffic` there with the test's database and
@@ -18,8 +18,8 @@ from sluice.common.events import EventEnvelope, parse_envelope
 from sluice.common.mongo import Document
 from sluice.common.settings import Settings
 from sluice.common.supervisor import Supervisor, free_port
-from sluice.common.testing.plugin import EnvoyGateway, RunningService
-from sluice.traffic.testing import GatewayPorts, Traffic, Upstream, World, start_controller
+from sluice.testing.plugin import EnvoyGateway, RunningService
+from sluice.testing.traffic import GatewayPorts, Traffic, Upstream, World, start_controller
 
 
 @pytest.fixture

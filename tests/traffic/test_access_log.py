@@ -12,9 +12,9 @@ from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 from sluice.common.pki import ALS_SERVER, PlatformPki
 from sluice.common.settings import Settings
 from sluice.common.supervisor import Supervisor, free_port
-from sluice.common.testing.plugin import EnvoyGateway
-from sluice.common.testing.wait import wait_for_async
-from sluice.traffic.testing import GatewayPorts, Upstream, World, eventually, start_controller
+from sluice.testing.plugin import EnvoyGateway
+from sluice.testing.traffic import GatewayPorts, Upstream, World, eventually, start_controller
+from sluice.testing.wait import wait_for_async
 
 KEY = "primary-key-1"
 

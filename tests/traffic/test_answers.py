@@ -7,7 +7,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from sluice.common.supervisor import free_port
-from sluice.traffic.testing import (
+from sluice.testing.traffic import (
     Behaviour,
     Traffic,
     Upstream,

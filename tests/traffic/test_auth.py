@@ -13,7 +13,7 @@ from sluice.common.resources import AuthMode, OnlineEndpointSpec
 from sluice.common.secretbox import SecretBox
 from sluice.registry.credentials import TokenIssuer
 from sluice.sdk.client import RegistryClient
-from sluice.traffic.testing import Traffic, Upstream, World, eventually
+from sluice.testing.traffic import Traffic, Upstream, World, eventually
 
 
 async def test_keys_primary_secondary_and_rotation(

@@ -19,13 +19,13 @@ import nats
 import pytest
 
 from sluice.common.supervisor import Supervisor
-from sluice.common.testing.load import SteadyLoad
-from sluice.common.testing.plugin import EnvoyGateway, RunningService, ServiceStarter
-from sluice.common.testing.wait import wait_for
 from sluice.sdk.autoscale import AutoscaleClient, make_profile, make_rule
 from sluice.sdk.client import RegistryClient
 from sluice.sdk.specs import load_online_deployment, load_online_endpoint
-from sluice.traffic.testing import GatewayPorts, start_controller
+from sluice.testing.load import SteadyLoad
+from sluice.testing.plugin import EnvoyGateway, RunningService, ServiceStarter
+from sluice.testing.traffic import GatewayPorts, start_controller
+from sluice.testing.wait import wait_for
 from sluice.v1 import autoscale_pb2
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from sluice.common.testing.plugin import ServiceStarter
 from sluice.sdk.azure_ids import resource_id
 from sluice.sdk.cli import main
-from sluice.traffic.testing import World
+from sluice.testing.plugin import ServiceStarter
+from sluice.testing.traffic import World
 
 pytestmark = pytest.mark.integration
 DEPLOYMENT_ID = resource_id("onlineEndpoints", "shop", "deployments", "blue")

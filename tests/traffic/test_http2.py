@@ -11,7 +11,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from sluice.traffic.testing import Traffic, Upstream, World, eventually
+from sluice.testing.traffic import Traffic, Upstream, World, eventually
 
 KEY = "primary-key-1"
 BODY = b'{"data": [[1, 2, 3]]}' * 2000  # larger than one TCP segment: the reply races the body

@@ -10,7 +10,7 @@ from sluice.common.platform import PlatformState
 from sluice.common.resources import AuthMode, OnlineEndpointSpec
 from sluice.sdk.client import RegistryClient
 from sluice.sdk.invoke import invoke
-from sluice.traffic.testing import Traffic, Upstream, World, eventually
+from sluice.testing.traffic import Traffic, Upstream, World, eventually
 
 
 def platform_state(traffic: Traffic) -> PlatformState:

@@ -18,8 +18,8 @@ import httpx
 import pytest
 
 from sluice.common.supervisor import Supervisor, free_port
-from sluice.common.testing.plugin import EnvoyGateway, ServiceStarter
-from sluice.traffic.testing import (
+from sluice.testing.plugin import EnvoyGateway, ServiceStarter
+from sluice.testing.traffic import (
     GatewayPorts,
     Upstream,
     World,

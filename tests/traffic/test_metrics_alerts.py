@@ -18,10 +18,10 @@ from faststream.nats import NatsBroker
 
 from sluice.common.events import parse_envelope
 from sluice.common.supervisor import Supervisor, free_port
-from sluice.common.testing.plugin import EnvoyGateway, ServiceStarter
 from sluice.sdk.client import SluiceError
 from sluice.sdk.metrics import MetricsClient, load_alert_rule
-from sluice.traffic.testing import GatewayPorts, Upstream, World, eventually, start_controller
+from sluice.testing.plugin import EnvoyGateway, ServiceStarter
+from sluice.testing.traffic import GatewayPorts, Upstream, World, eventually, start_controller
 
 pytestmark = pytest.mark.integration
 KEY = "primary-key-1"

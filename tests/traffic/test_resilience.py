@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 from sluice.common.events import EventEnvelope
 from sluice.common.supervisor import Supervisor, stop_process
-from sluice.common.testing.wait import wait_for_async
-from sluice.traffic.testing import Traffic, Upstream, World, eventually, restart
+from sluice.testing.traffic import Traffic, Upstream, World, eventually, restart
+from sluice.testing.wait import wait_for_async
 
 KEY = "primary-key-1"
 

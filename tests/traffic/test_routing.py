@@ -9,8 +9,8 @@ from collections.abc import Callable
 from typing import Any
 
 from sluice.common.events import EventEnvelope
-from sluice.common.testing.wait import wait_for_async
-from sluice.traffic.testing import Traffic, Upstream, World, eventually
+from sluice.testing.traffic import Traffic, Upstream, World, eventually
+from sluice.testing.wait import wait_for_async
 
 KEY = "primary-key-1"
 

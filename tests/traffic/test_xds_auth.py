@@ -19,7 +19,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from sluice.common.pki import XDS_SERVER, PlatformPki
-from sluice.traffic.testing import Traffic, Upstream, World, eventually
+from sluice.testing.traffic import Traffic, Upstream, World, eventually
 
 KEY = "primary-key-1"
 LISTENERS = "type.googleapis.com/envoy.config.listener.v3.Listener"

@@ -22,6 +22,7 @@ logging.getLogger("grpc").warning("from stdlib")
 """
 
 
+@pytest.mark.integration  # starts a process
 def test_json_logs_carry_service_and_correlation_id() -> None:
     result = subprocess.run(
         [sys.executable, "-c", SCRIPT], capture_output=True, text=True, check=True, timeout=60

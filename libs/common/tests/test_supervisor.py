@@ -21,7 +21,7 @@ from sluice.common.supervisor import (
     is_alive,
     stop_process,
 )
-from sluice.common.testing.wait import wait_for
+from sluice.testing.wait import wait_for
 
 # A tiny TCP server: the stand-in child process for these tests (not one of our components).
 SERVER = textwrap.dedent(
@@ -59,6 +59,7 @@ def spec_for(script: Path, port: int, *extra: str, timeout: float = 10.0) -> Pro
     )
 
 
+@pytest.mark.integration  # starts a process
 def test_start_waits_until_healthy_and_captures_the_log(
     tmp_path: Path, server_script: Path
 ) -> None:
@@ -103,6 +104,7 @@ def test_port_in_use_is_refused_before_start(tmp_path: Path, server_script: Path
     assert not (tmp_path / "logs" / "toy.log").exists()
 
 
+@pytest.mark.integration  # starts a process
 def test_child_that_dies_during_start_up_is_reported_with_its_log(tmp_path: Path) -> None:
     script = tmp_path / "crash.py"
     script.write_text("import sys; print('boom: bad config', file=sys.stderr); sys.exit(3)")
@@ -121,6 +123,7 @@ def test_child_that_dies_during_start_up_is_reported_with_its_log(tmp_path: Path
     assert sup.running == []
 
 
+@pytest.mark.integration  # starts a process
 def test_child_never_healthy_times_out_and_is_stopped(tmp_path: Path) -> None:
     script = tmp_path / "idle.py"
     script.write_text("import time; time.sleep(600)")
@@ -161,6 +164,7 @@ def test_start_all_checks_every_spec_before_starting_any(
     assert not (tmp_path / "logs" / "toy.log").exists()
 
 
+@pytest.mark.integration  # starts a process
 def test_start_all_rolls_back_what_started_when_one_fails(
     tmp_path: Path, server_script: Path
 ) -> None:
@@ -179,6 +183,7 @@ def test_start_all_rolls_back_what_started_when_one_fails(
     assert sup.running == []
 
 
+@pytest.mark.integration  # starts a process
 def test_stop_kills_the_whole_process_group(tmp_path: Path, server_script: Path) -> None:
     sup = Supervisor(tmp_path / "logs")
     proc = sup.start(spec_for(server_script, free_port(), "spawn"))

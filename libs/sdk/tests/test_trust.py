@@ -41,6 +41,7 @@ def test_bundle_holds_the_system_cas_and_ours_once(ca: Path) -> None:
     ssl.create_default_context(cafile=str(bundle))  # loads as a CA file
 
 
+@pytest.mark.integration  # starts a process
 def test_system_store_gets_one_file_per_ca_and_is_refreshed(ca: Path, tmp_path: Path) -> None:
     marker = tmp_path / "refreshed"
     store = SystemStore(
@@ -52,6 +53,7 @@ def test_system_store_gets_one_file_per_ca_and_is_refreshed(ca: Path, tmp_path: 
     assert anchor.name.startswith("sluice-") and anchor.suffix == ".crt"
 
 
+@pytest.mark.integration  # starts a process
 def test_failed_refresh_is_an_error_with_its_output(ca: Path, tmp_path: Path) -> None:
     store = SystemStore(
         tmp_path / "anchors", (sys.executable, "-c", "import sys; sys.exit('store is read-only')")

@@ -11,7 +11,7 @@ import pytest
 from sluice.common.supervisor import Supervisor
 from sluice.inference.batching import batch_rows
 from sluice.inference.config import parse_args
-from sluice.inference.testing import start_server, write_script
+from sluice.testing.inference import start_server, write_script
 
 BATCHED = """
 import json, time

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from sluice.common.supervisor import Supervisor, free_port
-from sluice.inference.testing import server_argv, start_server
+from sluice.testing.inference import server_argv, start_server
 
 pytestmark = pytest.mark.integration  # starts inference server processes
 

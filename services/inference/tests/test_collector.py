@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from sluice.common.collected import read_collected
-from sluice.common.testing.wait import wait_for
 from sluice.inference import collector as collector_module
 from sluice.inference.collector import CollectorSettings, DataCollector
+from sluice.testing.wait import wait_for
 
 
 def make(folder: Path, **kwargs: object) -> DataCollector:

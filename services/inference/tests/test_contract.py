@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from sluice.common.supervisor import Supervisor
-from sluice.inference.testing import Server, start_server, wait_until, write_script
+from sluice.testing.inference import Server, start_server, wait_until, write_script
 
 pytestmark = pytest.mark.integration  # starts inference server processes
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from sluice.common.supervisor import Supervisor, free_port, is_alive, stop_process
-from sluice.inference.testing import server_argv, start_server, wait_until, write_script
+from sluice.testing.inference import server_argv, start_server, wait_until, write_script
 
 pytestmark = pytest.mark.integration  # starts inference server processes
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from sluice.common.supervisor import Supervisor
-from sluice.inference.testing import start_server, write_script
+from sluice.testing.inference import start_server, write_script
 
 pytestmark = pytest.mark.integration  # starts inference server processes
 

@@ -19,7 +19,7 @@ from PIL import Image
 from sluice.common.supervisor import Supervisor
 from sluice.inference.compat import AMLRequest, AMLResponse
 from sluice.inference.output import encode
-from sluice.inference.testing import Server, start_server, write_script
+from sluice.testing.inference import Server, start_server, write_script
 
 SINGLE_FILE_TO_FILE = """
 from azureml.contrib.services.aml_request import AMLRequest, rawhttp

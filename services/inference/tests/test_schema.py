@@ -9,7 +9,7 @@ import pytest
 
 from sluice.common.supervisor import Supervisor
 from sluice.inference.swagger import swagger_documents
-from sluice.inference.testing import Server, start_server, write_script
+from sluice.testing.inference import Server, start_server, write_script
 
 pytestmark = pytest.mark.integration  # starts inference server processes
 

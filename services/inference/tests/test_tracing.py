@@ -13,7 +13,7 @@ import pytest
 
 from sluice.common.supervisor import Supervisor
 from sluice.common.trace_files import read_spans, trace_spans, tree_lines
-from sluice.inference.testing import start_server, wait_until, write_script
+from sluice.testing.inference import start_server, wait_until, write_script
 
 pytestmark = pytest.mark.integration
 

@@ -79,6 +79,7 @@ def test_python_request_honoured_when_an_interpreter_fits(
     assert warning in choice.warning and bool(choice.warning) == bool(warning)
 
 
+@pytest.mark.integration  # starts a process
 def test_discovery_finds_the_platform_minor() -> None:
     found = interpreters.discover()
     ours = interpreters.platform_interpreter()

@@ -11,7 +11,6 @@ from packaging.version import Version
 
 from sluice.common.interpreters import Interpreter, for_deployment_users, runnable_by_others
 from sluice.common.resources import OnlineDeploymentSpec
-from sluice.common.testing.plugin import traversable_dir
 from sluice.provisioner.isolation import (
     Account,
     collector_folder,
@@ -21,6 +20,7 @@ from sluice.provisioner.isolation import (
     reachable_by_others,
     user_name,
 )
+from sluice.testing.plugin import traversable_dir
 
 
 def mode(path: Path) -> int:

@@ -11,8 +11,11 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from sluice.common.pki import PlatformPki
 from sluice.common.supervisor import resolve_binary
+from sluice.testing.envoy_static import resources_json, static_bootstrap
 from sluice.traffic.domain import (
     Deployment,
     Endpoint,
@@ -28,7 +31,6 @@ from sluice.traffic.jwks import PLACEHOLDER_JWKS
 from sluice.traffic.tls import ensure_local_certificate, load_material
 from sluice.traffic.xds.builder import SnapshotBuilder
 from sluice.traffic.xds.snapshot import Snapshot
-from sluice.traffic.xds.static import resources_json, static_bootstrap
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("SLUICE_UPDATE_GOLDEN") == "1"
@@ -89,6 +91,7 @@ def test_resources_match_the_golden_file() -> None:
     assert got["versions"] == expected["versions"]
 
 
+@pytest.mark.integration  # starts a process
 def test_envoy_accepts_the_configuration(tmp_path: Path) -> None:
     envoy = resolve_binary("envoy")
     assert envoy, "envoy is installed by `make setup` (the 'platform' dependency group)"

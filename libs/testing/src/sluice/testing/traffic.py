@@ -59,8 +59,8 @@ from sluice.common.resources import (
 from sluice.common.secretbox import SecretBox
 from sluice.common.settings import EnvoySettings, Settings
 from sluice.common.supervisor import RunningProcess, Supervisor, stop_process
-from sluice.common.testing.plugin import EnvoyGateway, service_env
 from sluice.sdk.invoke import GatewayTarget, send
+from sluice.testing.plugin import EnvoyGateway, service_env
 from sluice.traffic.domain import cluster_name
 from sluice.traffic.xds.server import GATEWAY_HEALTH
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from sluice.common.health import HttpCheck
 from sluice.common.supervisor import ProcessSpec, RunningProcess, Supervisor, free_port
-from sluice.common.testing.wait import wait_for
+from sluice.testing.wait import wait_for
 
 
 @dataclass

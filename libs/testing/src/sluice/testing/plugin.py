@@ -1,19 +1,22 @@
 """pytest plugin: real nats-server, SecantusDB and Envoy for a test session.
 
-Loaded for the whole repository through `-p sluice.common.testing.plugin`.
+Loaded for the whole repository through `-p sluice.testing.plugin`.
 Servers start lazily, once per session, on free loopback ports; each test
 gets its own Mongo database, JetStream stream and subject prefix (uuid
 names), so tests never see each other's data. Point the same tests at
 external servers with SLUICE_TEST_MONGODB_URI and SLUICE_TEST_NATS_URL.
 
 Tests that use any fixture here that needs a server are marked
-`integration` automatically; `pytest -m "not integration"` runs the rest.
+`integration` automatically; `pytest -m "not integration"` (`make
+test-unit`) runs the rest, and a test that is not marked may not start a
+process at all (`no_processes_in_unit_tests`): it fails saying to mark it.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import uuid
@@ -61,6 +64,29 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(autouse=True)
+def no_processes_in_unit_tests(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test not marked `integration` starts no process (no server, no service, no script),
+    so `make test-unit` is quick and needs nothing running. Session fixtures that start
+    servers were set up before this (and only integration tests use them)."""
+    if request.node.get_closest_marker("integration") is not None:
+        yield
+        return
+    name = request.node.nodeid
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError(
+            f"{name} started a process but is not marked integration: mark it "
+            "(pytestmark = pytest.mark.integration) or use a fixture that does"
+        )
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(subprocess.Popen, "__init__", refuse)
+        patch.setattr(os, "fork", refuse)
+        patch.setattr(os, "posix_spawn", refuse)
+        yield
 
 
 @contextmanager
