@@ -75,6 +75,7 @@ def test_no_system_writes_only_the_bundle_and_says_so(ca: Path, tmp_path: Path) 
     assert any(f"SSL_CERT_FILE={ca.parent / 'trust-bundle.pem'}" in line for line in lines)
 
 
+@pytest.mark.integration  # starts a process
 def test_browsers_nss_database_gets_the_ca(ca: Path, tmp_path: Path) -> None:
     """Chrome's ~/.pki/nssdb (made here by NSS's own certutil) trusts the CA for TLS."""
     certutil = shutil.which("certutil")
