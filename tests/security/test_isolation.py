@@ -8,6 +8,8 @@ import pwd
 
 import pytest
 
+from sluice.common.mongo_auth import MongoUser
+from sluice.common.nats_auth import FOLDER
 from sluice.common.platform import LocalPlatform
 from sluice.common.settings import Settings
 from sluice.provisioner.isolation import user_name
@@ -35,7 +37,8 @@ def findings(attacked: Attacked) -> dict:
 def test_score_py_finds_no_platform_secret_and_no_other_deployments_files(
     attacked: Attacked,
 ) -> None:
-    platform = LocalPlatform(Settings(state_dir=attacked.state.state_dir))
+    state_dir = attacked.state.state_dir
+    platform = LocalPlatform(Settings(state_dir=state_dir))
     secrets = {
         "admin token": platform.admin_token(),
         "Fernet key": platform.secret_key(),
@@ -43,6 +46,14 @@ def test_score_py_finds_no_platform_secret_and_no_other_deployments_files(
         "victim's environment": VICTIM_SECRET,
         "victim's code": "victim-code-secret-3f9c",
         "CA key": (attacked.state.state_dir / "tls" / "ca.key").read_text().splitlines()[1],
+        "platform CA key": (state_dir / "pki" / "ca.key").read_text().splitlines()[1],
+        "Mongo password": MongoUser(state_dir).password(),
+        **{
+            f"NATS password of {user}": password
+            for user, password in json.loads(
+                (state_dir / FOLDER / "passwords.json").read_text()
+            ).items()
+        },
     }
     found = findings(attacked)
     text = json.dumps(found)
@@ -53,7 +64,15 @@ def test_score_py_finds_no_platform_secret_and_no_other_deployments_files(
     readable = {p: v for p, v in found["files"].items() if v not in ("denied", "missing")}
     assert not readable, readable
     state = attacked.state.state_dir
-    for path in (state, state / "admin-token", state / "secret.key", state / "tls" / "ca.key"):
+    for path in (
+        state,
+        state / "admin-token",
+        state / "secret.key",
+        state / "tls" / "ca.key",
+        state / "pki" / "ca.key",
+        state / FOLDER / "passwords.json",
+        state / "mongo-auth" / "password",
+    ):
         assert found["files"][str(path)] == "denied", path
     assert found["files"][str(state / "workspaces" / ENDPOINT / "victim")] == "denied"
     assert found["envoy_admin"] == "denied"  # a Unix socket in a private folder

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from sluice.common.health import GrpcHealthCheck, HttpCheck, MongoPingCheck, UnixHttpCheck
+from sluice.common.mongo_auth import with_credentials
 from sluice.common.pki import XDS_SERVER, Identity
 from sluice.common.supervisor import ProcessSpec
 
@@ -19,12 +20,20 @@ ENVOY_BOOTSTRAP = Path("deploy") / "envoy" / "bootstrap.yaml"
 
 
 def nats_spec(
-    *, host: str, port: int, monitor_port: int, data_dir: Path, name: str = "nats"
+    *,
+    host: str,
+    port: int,
+    monitor_port: int,
+    data_dir: Path,
+    name: str = "nats",
+    config: Path | None = None,
 ) -> ProcessSpec:
+    """`config`: a configuration file with the users (sluice.common.nats_auth)."""
     return ProcessSpec(
         name=name,
         argv=[
             "nats-server",
+            *(["--config", str(config)] if config else []),
             "--addr",
             host,
             "--port",
@@ -45,7 +54,12 @@ def nats_spec(
 
 
 def mongo_spec(
-    *, host: str, port: int, data_dir: Path | None, name: str = "mongodb"
+    *,
+    host: str,
+    port: int,
+    data_dir: Path | None,
+    name: str = "mongodb",
+    password: str | None = None,
 ) -> ProcessSpec:
     """SecantusDB, a single-node server speaking MongoDB's wire protocol (None = in memory).
 
@@ -56,6 +70,10 @@ def mongo_spec(
     """
     uri = f"mongodb://{host}:{port}/?directConnection=true"
     durability = ["--sync-on-commit"] if data_dir else []
+    # With `password`, SecantusDB requires the platform's user (sluice.common.mongo_auth,
+    # which created it); the health check logs in with it. `address` names no secret.
+    auth = ["--auth"] if password else []
+    probe_uri = with_credentials(uri, password) if password else uri
     return ProcessSpec(
         name=name,
         argv=[
@@ -69,8 +87,9 @@ def mongo_spec(
             "--log-level",
             "WARNING",
             *durability,
+            *auth,
         ],
-        health=MongoPingCheck(uri),
+        health=MongoPingCheck(probe_uri),
         ports=[port],
         host=host,
         address=uri,

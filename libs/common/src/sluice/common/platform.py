@@ -43,6 +43,8 @@ from sluice.common.components import (
     render_envoy_bootstrap,
 )
 from sluice.common.health import check_from_probe
+from sluice.common.mongo_auth import MongoUser, with_credentials
+from sluice.common.nats_auth import CLI_USER, WORKER_USER, NatsUsers
 from sluice.common.pki import PlatformPki
 from sluice.common.settings import ServicePorts, Settings, service_env
 from sluice.common.supervisor import (
@@ -339,34 +341,54 @@ class LocalPlatform:
         data = self.state_dir / "data"
         specs: list[ProcessSpec] = []
 
+        services = installed_services()
         nats_url = s.nats_url
+        users: NatsUsers | None = None  # an external NATS: its authentication is its own
         if not nats_url:
+            users = NatsUsers.ensure(
+                self.state_dir,
+                [svc.name for svc in services],
+                subject_root=s.events_subject_prefix.split(".", 1)[0],
+                events_stream=s.events_stream,
+            )
             nats = nats_spec(
                 host=host,
                 port=self._port(s.nats_port),
                 monitor_port=self._port(s.nats_monitor_port),
                 data_dir=data / "nats",
+                config=users.config_file,
             )
             specs.append(nats)
             nats_url = nats.address
+        base_nats_url: str = nats_url
+
+        def nats_of(user: str) -> str:
+            return users.url(base_nats_url, user) if users else base_nats_url
 
         mongodb_uri = s.mongodb_uri
         if not mongodb_uri:
             (data / "mongodb").mkdir(parents=True, exist_ok=True)
+            password = MongoUser(self.state_dir).ensure_provisioned(data / "mongodb", host)
             mongo = mongo_spec(
-                host=host, port=self._port(s.mongodb_port), data_dir=data / "mongodb"
+                host=host,
+                port=self._port(s.mongodb_port),
+                data_dir=data / "mongodb",
+                password=password,
             )
             specs.append(mongo)
-            mongodb_uri = mongo.address
+            mongodb_uri = with_credentials(mongo.address, password)
 
         ports = {f: self._port(getattr(s.ports, f)) for f in type(s.ports).model_fields}
         env = self._service_env(nats_url, mongodb_uri, ports)
-        services = installed_services()
         # Each service's own Prometheus /metrics (gRPC calls, reconciles, xDS, event lag).
         prometheus = {svc.name: free_port(host) for svc in services}
         admin_socket = self.state_dir / "envoy" / "admin.sock"  # private: /config_dump shows keys
         # The metrics service reads Envoy's connections and access-log drops there.
-        own_env = {"metrics": {"SLUICE_METRICS_ENVOY_ADMIN": str(admin_socket)}}
+        # Batch workers run deployment code: NATS as the restricted user (nats_auth.py).
+        own_env = {
+            "metrics": {"SLUICE_METRICS_ENVOY_ADMIN": str(admin_socket)},
+            "batch": {"SLUICE_BATCH_WORKER_NATS_URL": nats_of(WORKER_USER)},
+        }
         for svc in services:
             specs.append(
                 python_service_spec(
@@ -378,6 +400,7 @@ class LocalPlatform:
                         **env,
                         "SLUICE_SERVICE_NAME": svc.name,
                         "SLUICE_PROMETHEUS_PORT": str(prometheus[svc.name]),
+                        "SLUICE_NATS_URL": nats_of(svc.name),
                         **own_env.get(svc.name, {}),
                     },
                     python=sys.executable,
@@ -411,7 +434,7 @@ class LocalPlatform:
         state = PlatformState(
             started_at=datetime.now(UTC),
             state_dir=self.state_dir,
-            nats_url=nats_url,
+            nats_url=nats_of(CLI_USER),  # the CLI waits for traffic.applied
             mongodb_uri=mongodb_uri,
             registry_address=f"{host}:{ports['registry']}" if has_registry else None,
             envoy_http_port=s.envoy.http_port if s.envoy.http_enabled else None,

@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     mongodb_port: int = 0
 
     nats_url: str | None = Field(default=None, description="A running NATS; unset = run one")
+    # What batch workers (deployment code) connect with: a user of restricted rights
+    # (sluice.common.nats_auth); unset = nats_url.
+    batch_worker_nats_url: str | None = None
     nats_port: int = 0
     nats_monitor_port: int = 0
     events_stream: str = "SLUICE_EVENTS"

@@ -102,7 +102,7 @@ async def serve(settings: Settings) -> None:
             store=store,
             db=db,
             broker=broker,
-            nats_url=settings.nats_url,
+            nats_url=settings.batch_worker_nats_url or settings.nats_url,
             subject_prefix=batch_prefix(settings),
             jobs_dir=state_dir / "jobs",
             environments=EnvironmentBuilder((settings.envs_dir or state_dir / "envs").absolute()),
