@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import subprocess
 import sys
+from pathlib import Path
 
+import httpx
 import pytest
 from packaging.version import Version
 
 from sluice.common import interpreters
 from sluice.common.catalogue import Catalogue, UnknownInstanceType
-from sluice.common.environments import EnvironmentError_, resolve
+from sluice.common.environments import (
+    EnvironmentBuilder,
+    EnvironmentError_,
+    ResolvedEnvironment,
+    resolve,
+)
 from sluice.common.interpreters import Interpreter, choose
 from sluice.common.resources import EnvironmentSpec
+from sluice.common.supervisor import free_port
+from sluice.testing.wait import wait_for
 
 CONDA = """
 name: model-env
@@ -77,6 +89,97 @@ def test_python_request_honoured_when_an_interpreter_fits(
     choice = choose(specifier, MACHINE, PLATFORM)
     assert choice.interpreter.path == path
     assert warning in choice.warning and bool(choice.warning) == bool(warning)
+
+
+@pytest.mark.parametrize(
+    ("specifier", "path", "warning"),
+    [
+        ("==3.12.*", "/opt/py/3.12/bin/python3.12", ""),  # another minor: its own server
+        (">=3.12", "/opt/py/3.12/bin/python3.12", ""),
+        ("==3.8.*", "/venv/bin/python", "the inference server needs 3.11+"),
+        ("==3.13.*", "/venv/bin/python", "no such interpreter is on this machine"),
+    ],
+)
+def test_another_minor_is_honoured_when_the_server_can_be_installed(
+    specifier: str, path: str, warning: str
+) -> None:
+    choice = choose(specifier, MACHINE, PLATFORM, other_minors=True)
+    assert choice.interpreter.path == path
+    assert warning in choice.warning and bool(choice.warning) == bool(warning)
+    refused = choose("==3.12.*", MACHINE, PLATFORM)  # the platform not run from its sources
+    assert "cannot be installed for it" in refused.warning
+
+
+def test_the_server_installs_from_this_checkout() -> None:
+    sources = interpreters.server_sources()
+    assert sources is not None and any(s.endswith("services/inference") for s in sources)
+
+
+def _other_minor() -> Interpreter | None:
+    platform = interpreters.platform_interpreter()
+    others = [
+        i
+        for i in interpreters.discover()
+        if i.minor != platform.minor and i.version >= interpreters.SERVER_MINIMUM
+    ]
+    return max(others, key=lambda i: i.version) if others else None
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_an_environment_of_another_minor_runs_its_own_inference_server(tmp_path: Path) -> None:
+    """python=3.12 (or whichever other minor is here): built with that interpreter and the
+    server installed from its sources; a scoring script then answers from that Python."""
+    other = _other_minor()
+    if other is None:
+        pytest.skip("no Python >= 3.11 of another minor on this machine")
+    minor = f"{other.version.major}.{other.version.minor}"
+    builder = EnvironmentBuilder(tmp_path / "envs", available=[other])
+    resolved = ResolvedEnvironment((), other)
+    assert resolved.foreign
+    asyncio.run(builder._build(tmp_path / "envs" / resolved.key, resolved))
+    python = tmp_path / "envs" / resolved.key / "bin" / "python"
+    assert not interpreters.platform_minor(str(python))  # no spare for it
+    assert not list((tmp_path / "envs").glob("*/lib/*/site-packages/zz_sluice_platform.pth"))
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "score.py").write_text(
+        "import sys\ndef init():\n    pass\ndef run(raw):\n    return sys.version\n"
+    )
+    port = free_port()
+    server = subprocess.Popen(
+        [str(python), "-m", "sluice.inference", "--code", str(code), "--scoring-script",
+         "score.py", "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+
+        def answered() -> str | None:
+            try:
+                reply = httpx.post(f"http://127.0.0.1:{port}/score", content=b"{}", timeout=2)
+            except httpx.HTTPError:
+                return None
+            return str(reply.json()) if reply.status_code == 200 else None
+
+        version = wait_for(answered, "the server of the other minor to answer", deadline=60)
+        assert version.startswith(f"{minor}.")
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+@pytest.mark.integration  # discovers interpreters: starts processes
+def test_as_root_a_private_interpreter_is_named_in_the_warning() -> None:
+    """As root the deployments run as users of their own, who cannot run /root/.pyenv's."""
+    other = _other_minor()
+    if other is None or os.geteuid() != 0 or interpreters.runnable_by_others(other.path):
+        pytest.skip("needs root and a private interpreter of another minor")
+    minor = f"{other.version.major}.{other.version.minor}"
+    resolved = resolve(EnvironmentSpec(conda_file=f"dependencies:\n  - python={minor}\n"), [other])
+    text = "\n".join(resolved.warnings)
+    assert f"conda asks for python=={minor}.*" in text and str(other.version) in text
+    assert "in a private folder the deployments' own users cannot run" in text
+    assert resolved.interpreter.minor != other.minor  # the platform's, as the warning says
 
 
 @pytest.mark.integration  # starts a process

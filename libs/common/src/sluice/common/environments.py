@@ -6,7 +6,9 @@ built once with uv into `<root>/<hash>/`; every deployment with the same
 requirements and interpreter shares it. The virtualenv also sees the
 platform's own packages (through a `.pth` hook placed *after* its
 site-packages), so the inference server runs in it while the user's pins take
-precedence.
+precedence. An environment of another Python minor than the platform's
+(`python=3.12`, see `interpreters`) cannot use those compiled packages: it
+gets the inference server installed into it from its sources instead.
 
 What cannot be honoured is said, not skipped silently: conda packages
 installed from PyPI, skipped system libraries, a `python=` that no interpreter
@@ -28,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from packaging.requirements import InvalidRequirement, Requirement
+from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
 from sluice.common import interpreters
@@ -52,6 +55,11 @@ class ResolvedEnvironment:
     requirements: tuple[str, ...]
     interpreter: Interpreter
     warnings: tuple[str, ...] = ()
+
+    @property
+    def foreign(self) -> bool:
+        """Another Python minor than the platform's: it gets its own inference server."""
+        return self.interpreter.minor != sys.version_info[:2]
 
     @property
     def key(self) -> str:
@@ -104,8 +112,18 @@ def resolve(spec: EnvironmentSpec, available: Sequence[Interpreter] = ()) -> Res
     platform, usable = interpreters.for_deployment_users(
         interpreters.platform_interpreter(), available
     )
-    choice = interpreters.choose(python, usable, platform)
+    sources = interpreters.server_sources()
+    choice = interpreters.choose(python, usable, platform, other_minors=sources is not None)
     if choice.warning:
+        private = [i for i in available if i not in usable and python and i.path]
+        fits = [i for i in private if SpecifierSet(python).contains(i.version, prereleases=True)]
+        if fits:
+            where = ", ".join(f"{i.version} at {i.path}" for i in fits)
+            choice = interpreters.Choice(
+                choice.interpreter,
+                f"{choice.warning} (Python {where} is in a private folder the deployments' "
+                "own users cannot run; install it where every user can, e.g. /usr/local)",
+            )
         warnings.append(choice.warning)
     kept: list[str] = []
     for req in requirements:
@@ -177,7 +195,15 @@ class EnvironmentBuilder:
         await self._run(
             [uv, "venv", "--python", resolved.interpreter.path, "--quiet", str(venv)], log_path
         )
-        if resolved.requirements:
+        server: list[str] = []
+        if resolved.foreign:
+            server = interpreters.server_sources() or []
+            if not server:
+                raise EnvironmentError_(
+                    f"Python {resolved.interpreter.version} needs the inference server "
+                    "installed from its sources, which this platform does not have"
+                )
+        if resolved.requirements or server:
             await self._run(
                 [
                     uv,
@@ -186,10 +212,12 @@ class EnvironmentBuilder:
                     "--python",
                     str(venv / "bin" / "python"),
                     *resolved.requirements,
+                    *server,
                 ],
                 log_path,
             )
-        self._link_platform(venv)
+        if not resolved.foreign:
+            self._link_platform(venv)
         (venv / ".ready").write_text("\n".join(resolved.requirements) + "\n")
         log.info("environment_ready", key=resolved.key)
 

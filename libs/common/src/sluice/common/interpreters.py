@@ -1,16 +1,22 @@
 """Which Python an environment runs with, given the `python=` its conda file asks for.
 
 Instances import the inference server from the platform's own site-packages
-(compiled for the platform's Python minor version), so an environment can use
-any interpreter *of that minor version* found on the machine: `python=3.11.2`
-is honoured with `/usr/bin/python3.11` when that is 3.11.2. Any other request
-(`python=3.8`) falls back to the platform's interpreter, and the choice is
-returned as a warning for the deployment's logs. Nothing is downloaded: uv's
-Python downloads are not reachable here.
+(compiled for the platform's Python minor version), so an interpreter *of that
+minor version* found on the machine needs nothing more: `python=3.11.2` is
+honoured with `/usr/bin/python3.11` when that is 3.11.2. Another minor
+(`python=3.12`) is honoured when such an interpreter is here and the server can
+be installed into the environment from its sources (`server_sources`: the
+platform runs from a checkout); the environment then gets its own copy of the
+inference server instead of the platform's. Anything else falls back to the
+platform's interpreter, and the choice is returned as a warning for the
+deployment's status and logs. Nothing is downloaded: uv's Python downloads are
+not reachable here.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import json
 import os
 import stat
 import subprocess
@@ -22,6 +28,9 @@ from pathlib import Path
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
+# The inference server's own floor (its packages' requires-python).
+SERVER_MINIMUM = Version("3.11")
+SERVER_PACKAGES = ("sluice-common", "sluice-inference")
 PROBE = "import sys; print('.'.join(map(str, sys.version_info[:3])))"
 PROBE_TIMEOUT_S = 5
 
@@ -82,8 +91,31 @@ def discover() -> list[Interpreter]:
     return interpreters
 
 
-def choose(specifier: str, available: Sequence[Interpreter], platform: Interpreter) -> Choice:
-    """The interpreter for `python<specifier>`: the platform's if it fits, else one of its minor."""
+def server_sources() -> list[str] | None:
+    """Local folders the inference server's packages can be installed from into an
+    environment of another Python minor (the platform runs from a checkout); else None."""
+    folders = []
+    for name in SERVER_PACKAGES:
+        try:
+            raw = importlib.metadata.distribution(name).read_text("direct_url.json")
+        except importlib.metadata.PackageNotFoundError:
+            return None
+        url = str(json.loads(raw or "{}").get("url", ""))
+        if not url.startswith("file://") or not Path(url.removeprefix("file://")).is_dir():
+            return None
+        folders.append(url.removeprefix("file://"))
+    return folders
+
+
+def choose(
+    specifier: str,
+    available: Sequence[Interpreter],
+    platform: Interpreter,
+    *,
+    other_minors: bool = False,
+) -> Choice:
+    """The interpreter for `python<specifier>`: the platform's if it fits, else one of its
+    minor, else (with `other_minors`: the server can be installed) the newest that fits."""
     if not specifier:
         return Choice(platform)
     wanted = SpecifierSet(specifier)
@@ -93,18 +125,44 @@ def choose(specifier: str, available: Sequence[Interpreter], platform: Interpret
     for interpreter in sorted(same_minor, key=lambda i: i.version, reverse=True):
         if wanted.contains(interpreter.version, prereleases=True):
             return Choice(interpreter)
-    fitting = sorted({str(i.version) for i in available if wanted.contains(i.version)})
-    why = (
-        f"Python {', '.join(fitting)} is on this machine, but the inference server runs on "
-        f"Python {platform.minor[0]}.{platform.minor[1]} only"
-        if fitting
-        else "no such interpreter is on this machine and none can be downloaded"
+    fitting = sorted(
+        (i for i in available if wanted.contains(i.version, prereleases=True)),
+        key=lambda i: i.version,
     )
+    servable = [i for i in fitting if i.version >= SERVER_MINIMUM]
+    if other_minors and servable:
+        return Choice(servable[-1])
+    versions = ", ".join(str(i.version) for i in fitting)
+    if not fitting:
+        why = "no such interpreter is on this machine and none can be downloaded"
+    elif not servable:
+        why = (
+            f"Python {versions} is on this machine, but the inference server needs "
+            f"{SERVER_MINIMUM}+"
+        )
+    else:
+        why = (
+            f"Python {versions} is on this machine, but the inference server cannot be "
+            "installed for it (the platform does not run from its sources)"
+        )
     return Choice(
         platform,
         f"conda asks for python{specifier}; {why}: instances run Python {platform.version} "
         f"({platform.path}) instead",
     )
+
+
+def platform_minor(python: str) -> bool:
+    """Whether the virtualenv (or interpreter) `python` runs the platform's Python minor:
+    only those can import the platform's own packages (a spare process does)."""
+    cfg = Path(python).parent.parent / "pyvenv.cfg"
+    if not cfg.is_file():
+        return True  # not a virtualenv: the platform's interpreter or one chosen of its minor
+    for line in cfg.read_text().splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() in ("version_info", "version"):
+            return tuple(int(p) for p in value.strip().split(".")[:2]) == sys.version_info[:2]
+    return True
 
 
 def runnable_by_others(path: str) -> bool:

@@ -28,6 +28,7 @@ import psutil
 from sluice.common import gateway_auth
 from sluice.common.catalogue import InstanceType
 from sluice.common.collected import collected_dir
+from sluice.common.interpreters import platform_minor
 from sluice.common.resources import OnlineDeploymentSpec
 from sluice.common.settings import TracingSettings
 from sluice.common.supervisor import free_port
@@ -216,7 +217,10 @@ class SparePool:
         return spare
 
     def replenish(self, python: str) -> None:
-        """Start a spare for `python` unless one is waiting."""
+        """Start a spare for `python` unless one is waiting (or it is of another Python minor:
+        a spare runs the platform's own code, which only the platform's minor can import)."""
+        if not platform_minor(python):
+            return
         current = self._spares.get(python)
         if current is not None and current.poll() is None:
             return
