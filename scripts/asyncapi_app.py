@@ -8,6 +8,8 @@ A new service that subscribes adds its `subscribe_*` call below.
 
 from __future__ import annotations
 
+from typing import Any
+
 from faststream import FastStream
 from faststream.nats import JStream, NatsBroker
 from faststream.specification import AsyncAPI
@@ -32,7 +34,9 @@ class _Nothing:
 
     async def touch_endpoint(self, endpoint: str) -> None: ...
 
-    def mark_dirty(self, endpoint: str | None, *, refresh_jwks: bool = False) -> None: ...
+    def mark_dirty(
+        self, endpoint: str | None, *, refresh_jwks: bool = False, trace_context: Any = None
+    ) -> None: ...
 
     async def routing_changed(self, key: str) -> None: ...
 

@@ -116,3 +116,22 @@ def test_collector_folder_is_reachable_only_on_the_way(tmp_path: Path) -> None:
             assert stat.S_IMODE((state / step).stat().st_mode) == 0o711, step
     # Batch outputs beside it stay private to the platform's user.
     assert stat.S_IMODE(outputs.parent.stat().st_mode) == 0o700
+
+
+def test_app_insights_enabled_traces_one_deployment(tmp_path: Path) -> None:
+    from sluice.common.settings import TracingSettings
+    from sluice.provisioner.local import LocalBackend
+
+    off = LocalBackend(tmp_path / "logs", state_dir=tmp_path, tracing=TracingSettings())
+    spec = OnlineDeploymentSpec(name="blue", endpoint_name="ep")
+    assert off._tracing_argv(spec) == []  # the platform does not trace: nothing to pay
+    argv = off._tracing_argv(spec.model_copy(update={"app_insights_enabled": True}))
+    assert argv[argv.index("--trace-dir") + 1] == str(tmp_path / "traces/instances/ep/blue")
+    on = LocalBackend(
+        tmp_path / "logs",
+        state_dir=tmp_path,
+        tracing=TracingSettings(enabled=True, sampling_ratio=0.5, otlp_endpoint="http://c:4317"),
+    )
+    argv = on._tracing_argv(spec)
+    assert argv[argv.index("--trace-sampling-ratio") + 1] == "0.5"
+    assert argv[argv.index("--trace-otlp-endpoint") + 1] == "http://c:4317"

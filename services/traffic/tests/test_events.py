@@ -23,7 +23,9 @@ class Sink:
     def __init__(self) -> None:
         self.marked: list[tuple[str | None, bool]] = []
 
-    def mark_dirty(self, endpoint: str | None, *, refresh_jwks: bool = False) -> None:
+    def mark_dirty(
+        self, endpoint: str | None, *, refresh_jwks: bool = False, trace_context: object = None
+    ) -> None:
         self.marked.append((endpoint, refresh_jwks))
 
 

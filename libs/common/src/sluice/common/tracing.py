@@ -18,8 +18,10 @@ extension (`envelope.traceparent`, see `inject`/`extract`).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
@@ -27,6 +29,8 @@ from opentelemetry import propagate, trace
 from sluice.common.settings import Settings
 
 TRACES = "traces"
+# What a platform service instruments when it traces: its gRPC server and clients, MongoDB.
+SERVICE_INSTRUMENTATION = ("grpc_server", "grpc_client", "pymongo")
 _configured = False
 
 
@@ -137,6 +141,39 @@ def inject() -> dict[str, str]:
 def extract(carrier: Mapping[str, str]) -> otel_context.Context:
     """A context whose parent is the span named by `carrier`'s `traceparent`."""
     return propagate.extract(carrier)
+
+
+def event_context(event: Any) -> otel_context.Context | None:
+    """The trace context an event carries (CloudEvents' `traceparent`), or None."""
+    traceparent = getattr(event, "traceparent", None)
+    if not traceparent:
+        return None
+    carrier = {"traceparent": traceparent}
+    if getattr(event, "tracestate", None):
+        carrier["tracestate"] = event.tracestate
+    return extract(carrier)
+
+
+@contextmanager
+def consuming(event: Any, name: str) -> Iterator[otel_context.Context | None]:
+    """Handle `event` inside a consumer span that continues its trace; yields that context.
+
+    An event without `traceparent` (untraced, or from before tracing was on) gets no span.
+    """
+    parent = event_context(event)
+    if parent is None:
+        yield None
+        return
+    attributes = {
+        "messaging.system": "nats",
+        "cloudevents.event_id": event.id,
+        "cloudevents.event_type": event.type,
+        "cloudevents.event_subject": event.subject or "",
+    }
+    tracer = trace.get_tracer("sluice.events")
+    kind = trace.SpanKind.CONSUMER
+    with tracer.start_as_current_span(name, parent, kind=kind, attributes=attributes):
+        yield otel_context.get_current()
 
 
 def current_trace_id() -> str | None:

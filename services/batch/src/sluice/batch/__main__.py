@@ -4,11 +4,13 @@ from sluice.batch.app import serve
 from sluice.common.log import configure_logging
 from sluice.common.runtime import run
 from sluice.common.settings import Settings
+from sluice.common.tracing import SERVICE_INSTRUMENTATION, configure_service_tracing
 
 
 def main() -> None:
     settings = Settings(service_name="batch")
     configure_logging(level=settings.log_level, fmt=settings.log_format, service="batch")
+    configure_service_tracing("batch", settings, instrument=SERVICE_INSTRUMENTATION)
     run(lambda: serve(settings))
 
 

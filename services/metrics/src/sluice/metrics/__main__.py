@@ -3,6 +3,7 @@
 from sluice.common.log import configure_logging
 from sluice.common.runtime import run
 from sluice.common.settings import Settings
+from sluice.common.tracing import SERVICE_INSTRUMENTATION, configure_service_tracing
 from sluice.metrics.app import serve
 from sluice.metrics.settings import MetricsSettings
 
@@ -10,6 +11,7 @@ from sluice.metrics.settings import MetricsSettings
 def main() -> None:
     settings = Settings(service_name="metrics")
     configure_logging(level=settings.log_level, fmt=settings.log_format, service="metrics")
+    configure_service_tracing("metrics", settings, instrument=SERVICE_INSTRUMENTATION)
     run(lambda: serve(settings, MetricsSettings()))
 
 

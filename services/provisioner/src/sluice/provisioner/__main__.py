@@ -3,12 +3,14 @@
 from sluice.common.log import configure_logging
 from sluice.common.runtime import run
 from sluice.common.settings import Settings
+from sluice.common.tracing import SERVICE_INSTRUMENTATION, configure_service_tracing
 from sluice.provisioner.app import serve
 
 
 def main() -> None:
     settings = Settings(service_name="provisioner")
     configure_logging(level=settings.log_level, fmt=settings.log_format, service="provisioner")
+    configure_service_tracing("provisioner", settings, instrument=SERVICE_INSTRUMENTATION)
     run(lambda: serve(settings))
 
 

@@ -14,6 +14,7 @@ from faststream.nats import NatsBroker
 from faststream.nats.subscriber.usecases import PullStreamSubscriber
 from pydantic import Field
 
+from sluice.common import tracing
 from sluice.common.events import CloudEvent, durable_subscriber
 from sluice.common.events.catalogue import (
     DEPLOYMENT_CREATED,
@@ -70,10 +71,12 @@ def subscribe_registry_events(
     async def on_registry_change(event: RegistryChangeEvent) -> None:
         observe_lag("provisioner", event.time)
         bind_correlation_id(event.correlationid)
-        if isinstance(event.data, DeploymentChanged):
-            await wakeups.touch(deployment_id(event.data.endpoint, event.data.name))
-        else:
-            await wakeups.touch_endpoint(event.data.name)
+        # A traced change: the worker's passes continue its trace (Reconciler.touch).
+        with tracing.consuming(event, f"provisioner: {event.type}"):
+            if isinstance(event.data, DeploymentChanged):
+                await wakeups.touch(deployment_id(event.data.endpoint, event.data.name))
+            else:
+                await wakeups.touch_endpoint(event.data.name)
 
     return subscriber
 

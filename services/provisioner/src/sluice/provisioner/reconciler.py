@@ -15,8 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 
 from sluice.common.log import get_logger
 from sluice.common.prometheus import RECONCILE_SECONDS
@@ -50,14 +53,18 @@ class DeploymentWorker:
         self._wake = asyncio.Event()
         self._busy = True
         self.done = False
+        # The trace of the change being carried out: passes are its spans until it settles.
+        self._trace: otel_context.Context | None = None
 
-    def wake(self) -> None:
+    def wake(self, trace_context: otel_context.Context | None = None) -> None:
+        if trace_context is not None:
+            self._trace = trace_context
         self._wake.set()
 
     async def run(self) -> None:
         while not self.done:
             try:
-                with RECONCILE_SECONDS.labels("provisioner").time():
+                with RECONCILE_SECONDS.labels("provisioner").time(), self._traced_pass():
                     await self.converge()
             except Exception:  # a bug here must not stop every other deployment
                 log.exception("reconcile_failed", deployment=self.key)
@@ -68,6 +75,19 @@ class DeploymentWorker:
                     self._wake.wait(), timeout=TICK_S if self._busy else IDLE_TICK_S
                 )
             self._wake.clear()
+
+    @contextlib.contextmanager
+    def _traced_pass(self) -> Iterator[None]:
+        """A span for the pass while a traced change is in motion (none otherwise)."""
+        if self._trace is None:
+            yield
+            return
+        tracer = trace.get_tracer("sluice.provisioner")
+        attributes = {"sluice.deployment_key": self.key}
+        with tracer.start_as_current_span("reconcile", self._trace, attributes=attributes):
+            yield
+        if not self._busy:
+            self._trace = None  # settled: later ticks belong to no change
 
     async def converge(self) -> None:
         """One pass."""
@@ -122,15 +142,23 @@ class Reconciler:
             worker.wake()
 
     async def touch(self, key: str) -> None:
+        """Wake `key`'s worker; inside a recorded span, its next passes continue that trace."""
         worker = self._workers.get(key)
         if worker is None or worker.done:
             worker = self._spawn(DeploymentWorker(key, self._ctx))
-        worker.wake()
+        recording = trace.get_current_span().is_recording()
+        worker.wake(otel_context.get_current() if recording else None)
 
     def _spawn(self, worker: DeploymentWorker) -> DeploymentWorker:
         key = worker.key
         self._workers[key] = worker
-        task = asyncio.create_task(worker.run(), name=f"deployment {key}")
+        # The worker outlives the call that spawned it: it starts with no trace context
+        # (each change's trace reaches it through wake()).
+        token = otel_context.attach(otel_context.Context())
+        try:
+            task = asyncio.create_task(worker.run(), name=f"deployment {key}")
+        finally:
+            otel_context.detach(token)
         self._tasks[key] = task
         task.add_done_callback(functools.partial(self._forget, key))
         return worker

@@ -3,12 +3,14 @@
 from sluice.common.log import configure_logging
 from sluice.common.runtime import run
 from sluice.common.settings import Settings
+from sluice.common.tracing import SERVICE_INSTRUMENTATION, configure_service_tracing
 from sluice.registry.app import serve
 
 
 def main() -> None:
     settings = Settings(service_name="registry")
     configure_logging(level=settings.log_level, fmt=settings.log_format, service="registry")
+    configure_service_tracing("registry", settings, instrument=SERVICE_INSTRUMENTATION)
     run(lambda: serve(settings))
 
 

@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 
 from sluice.common.log import get_logger
 from sluice.common.prometheus import RECONCILE_SECONDS
@@ -76,11 +79,20 @@ class Controller:
         self._watcher: asyncio.Task[None] | None = None
         self.last_published: Published | None = None
         self._applied_id: str | None = None
+        self._traces: list[otel_context.Context] = []  # of traced changes not yet synced
 
     # ---- inputs ------------------------------------------------------------------------
 
-    def mark_dirty(self, endpoint: str | None, *, refresh_jwks: bool = False) -> None:
-        """Re-read `endpoint` (None: everything) soon."""
+    def mark_dirty(
+        self,
+        endpoint: str | None,
+        *,
+        refresh_jwks: bool = False,
+        trace_context: otel_context.Context | None = None,
+    ) -> None:
+        """Re-read `endpoint` (None: everything) soon; a traced change's trace goes on here."""
+        if trace_context is not None:
+            self._traces.append(trace_context)
         if endpoint is None:
             self._dirty_all = True
         else:
@@ -113,8 +125,21 @@ class Controller:
                 self._watcher.cancel()
 
     async def sync_once(self) -> None:
-        with RECONCILE_SECONDS.labels("traffic").time():
+        with RECONCILE_SECONDS.labels("traffic").time(), self._traced_sync():
             await self._sync()
+
+    @contextlib.contextmanager
+    def _traced_sync(self) -> Iterator[None]:
+        """A sync that carries traced changes is a span of the first one's trace (linked to
+        the others); the ACK watcher started in it continues it up to `traffic.applied`."""
+        traces, self._traces = self._traces, []
+        if not traces:
+            yield
+            return
+        links = [trace.Link(trace.get_current_span(c).get_span_context()) for c in traces[1:]]
+        tracer = trace.get_tracer("sluice.traffic")
+        with tracer.start_as_current_span("traffic: sync", traces[0], links=links):
+            yield
 
     async def _sync(self) -> None:
         self._wake.clear()
@@ -204,7 +229,15 @@ class Controller:
             await self._on_ack(published)
 
     async def _watch(self, published: Published) -> None:
-        result = await self._server.wait_applied(published.snapshot, None)
+        traced = trace.get_current_span().get_span_context().is_valid
+        if traced:  # the snapshot of a traced change: how long Envoy took to ACK it
+            attributes = {"sluice.snapshot": published.snapshot.id}
+            tracer = trace.get_tracer("sluice.traffic")
+            with tracer.start_as_current_span("envoy: ACK", attributes=attributes) as span:
+                result = await self._server.wait_applied(published.snapshot, None)
+                span.set_attribute("sluice.outcome", result.outcome.name)
+        else:
+            result = await self._server.wait_applied(published.snapshot, None)
         latest = self.last_published or published
         if result.outcome is Outcome.ACKED:
             await self._on_ack(latest if latest.snapshot.id == published.snapshot.id else published)

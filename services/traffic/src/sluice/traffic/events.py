@@ -15,7 +15,9 @@ from typing import Protocol
 
 from faststream.nats import NatsBroker
 from faststream.nats.subscriber.usecases import PushStreamSubscriber
+from opentelemetry import context as otel_context
 
+from sluice.common import tracing
 from sluice.common.events import CloudEvent, EventPublisher, Payload, fanout_subscriber
 from sluice.common.events.catalogue import (
     ENDPOINT_CREATED,
@@ -48,7 +50,13 @@ class Mentions(Payload):
 
 
 class ChangeSink(Protocol):
-    def mark_dirty(self, endpoint: str | None, *, refresh_jwks: bool = False) -> None: ...
+    def mark_dirty(
+        self,
+        endpoint: str | None,
+        *,
+        refresh_jwks: bool = False,
+        trace_context: otel_context.Context | None = None,
+    ) -> None: ...
 
 
 def endpoint_of(event_type: str, data: Mentions) -> str | None:
@@ -77,7 +85,10 @@ def subscribe_routing_events(
         observe_lag("traffic", event.time)
         endpoint = endpoint_of(event.type, event.data)
         log.debug("event_received", type=event.type, endpoint=endpoint)
-        sink.mark_dirty(endpoint, refresh_jwks=event.type in JWKS_HINTS)
+        with tracing.consuming(event, f"traffic: {event.type}") as trace_context:
+            sink.mark_dirty(
+                endpoint, refresh_jwks=event.type in JWKS_HINTS, trace_context=trace_context
+            )
 
     return subscriber
 

@@ -23,7 +23,8 @@ def new_event_id() -> str:
 
 
 class CloudEvent(BaseModel, Generic[P]):
-    """A CloudEvents 1.0 event with Sluice's two extensions, `actor` and `correlationid`."""
+    """A CloudEvents 1.0 event with Sluice's extensions `actor` and `correlationid`, and
+    the distributed tracing extension's `traceparent`/`tracestate` when the change was traced."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -36,6 +37,9 @@ class CloudEvent(BaseModel, Generic[P]):
     datacontenttype: str = "application/json"
     actor: str = Field(description="who made the change (the CLI sends the user name)")
     correlationid: str = Field(description="the gRPC call's x-correlation-id, carried through")
+    # CloudEvents' distributed tracing extension: the W3C trace context of the change.
+    traceparent: str | None = Field(default=None, description="W3C traceparent (when traced)")
+    tracestate: str | None = Field(default=None, description="W3C tracestate (when traced)")
     data: P
 
 

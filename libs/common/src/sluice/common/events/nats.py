@@ -12,6 +12,7 @@ from faststream.nats.subscriber.usecases import PullStreamSubscriber, PushStream
 from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
+from sluice.common import tracing
 from sluice.common.events.catalogue import EventSpec, PayloadT
 from sluice.common.events.envelope import CONTENT_TYPE, CloudEvent
 from sluice.common.log import current_correlation_id, get_logger, new_correlation_id
@@ -139,12 +140,15 @@ class EventPublisher:
     ) -> CloudEvent[PayloadT]:
         if not isinstance(data, spec.payload):
             raise TypeError(f"{spec.type} carries {spec.payload.__name__}, not {type(data)}")
+        trace_context = tracing.inject()  # empty unless a recorded span is current
         return CloudEvent[PayloadT](
             source=self.source,
             type=spec.type,
             subject=subject,
             actor=actor,
             correlationid=correlation_id or current_correlation_id() or new_correlation_id(),
+            traceparent=trace_context.get("traceparent"),
+            tracestate=trace_context.get("tracestate"),
             data=data,
         )
 
