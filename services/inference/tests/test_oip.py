@@ -177,3 +177,16 @@ def test_binary_tensor_data_both_ways(supervisor: Supervisor, tmp_path: Path) ->
     ]:
         reply = server.post(bad_body, path="/v2/models/pair/infer", headers=bad_headers)
         assert reply.status == 400 and message in reply.json()["error"], reply.body
+
+
+def test_the_endpoint_name_works_as_the_model_name(supervisor: Supervisor, tmp_path: Path) -> None:
+    """Behind a traffic split either deployment may answer: `/v2/models/<endpoint>/...` works
+    on each (the deployment's own name too), any other name is a 404."""
+    write_script(tmp_path, SCRIPT)
+    server = start_server(supervisor, "oip-split", code=tmp_path, scope=("my-endpoint", "blue"))
+    request = {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP64", "data": [1, 2]}]}
+    for name in ("my-endpoint", "blue"):
+        reply = server.post(request, path=f"/v2/models/{name}/infer")
+        assert reply.status == 200 and reply.json()["outputs"][0]["data"] == [3], reply.body
+        assert server.get(f"/v2/models/{name}/ready").status == 200
+    assert server.post(request, path="/v2/models/green/infer").status == 404

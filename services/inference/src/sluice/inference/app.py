@@ -79,6 +79,9 @@ class InferenceApp:
         self.metrics = metrics
         self._gateway_secret = gateway_secret.encode() if gateway_secret else None
         self.model_name = model_name
+        # Through the gateway an endpoint's traffic may be split over deployments: its name
+        # works as the model's in OIP routes too, whichever deployment answers.
+        self.endpoint_name = os.environ.get("AZUREML_ENDPOINT_NAME") or model_name
         self.model_path: Path | None = None  # for OIP metadata from an MLflow signature
         self.scorer: Scorer | None = None
         self.dispatcher: Dispatcher | None = None
@@ -210,7 +213,7 @@ class InferenceApp:
         rid: str,
         started: float,
     ) -> None:
-        if route.model != self.model_name:
+        if route.model not in (self.model_name, self.endpoint_name):
             reply = json_reply(
                 404, {"error": f"no model {route.model!r}; this is {self.model_name!r}"}
             )
