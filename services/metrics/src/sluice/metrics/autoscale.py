@@ -141,8 +141,12 @@ class AutoscaleStore:
             tx.emit(spec, data, subject=subject, actor=ACTOR)
         return True
 
-    async def record(self, doc: Document, decision: Decision, now: datetime) -> None:
-        """The decision, the new capacity and its event, in one transaction."""
+    async def record(
+        self, doc: Document, decision: Decision, now: datetime, data_from: float
+    ) -> None:
+        """The decision, the new capacity and its event, in one transaction. `data_from`
+        (epoch): the start of the metric data it was made on (a wake-up before it is not
+        overruled by it, see the provisioner's activator)."""
         entry = {
             "time": now,
             "profile": decision.profile,
@@ -153,6 +157,7 @@ class AutoscaleStore:
             "value": decision.value,
             "old_count": decision.old_count,
             "new_count": decision.new_count,
+            "data_from": data_from,
         }
         spec = doc["spec"]
         data = AutoscaleScaled(
@@ -231,7 +236,12 @@ class Autoscaler:
         values = [await self._value(setting, rule, now) for rule in profile.rules]
         decision = decide(profile, current, values, now.timestamp(), state.get("last_action_at"))
         if decision is not None:
-            await self._store.record(doc, decision, now)
+            data_from = now.timestamp()  # bounds and defaults use no metric data
+            if decision.rule_index is not None:
+                epoch = int(now.timestamp())
+                closed_end = epoch - epoch % self._bucket_s
+                data_from = closed_end - profile.rules[decision.rule_index].window_s
+            await self._store.record(doc, decision, now, data_from)
         elif capacity is None:
             await self._store.start(doc["_id"], current)
 

@@ -51,7 +51,9 @@ class AutoscaleCounts:
         return self._counts.get(key.lower())
 
     def decided_at(self, key: str) -> float:
-        """When the setting of deployment `key` last decided (epoch seconds; 0: never)."""
+        """Where the metric data of the last decision of deployment `key`'s setting starts
+        (epoch seconds; 0: never decided): a decision overrules a wake-up only if all it
+        saw came after it."""
         return self._decided_at.get(key.lower(), 0.0)
 
     def active(self, key: str) -> tuple[AutoscaleSetting, AutoscaleProfile, str] | None:
@@ -72,7 +74,9 @@ class AutoscaleCounts:
         if decisions:
             when = decisions[0]["time"]
             when = when if when.tzinfo else when.replace(tzinfo=UTC)
-            self._decided_at[key] = when.timestamp()
+            # What the decision saw: metric data from `data_from` on (its decision time for
+            # older records).
+            self._decided_at[key] = float(decisions[0].get("data_from") or when.timestamp())
         if not setting.enabled:
             self._active.pop(key, None)
             return

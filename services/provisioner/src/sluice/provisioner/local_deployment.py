@@ -256,11 +256,13 @@ class LocalDeployment:
         return None
 
     def _decided(self) -> int | None:
-        """The autoscale setting's count; a wake since its last decision makes 0 into 1."""
+        """The autoscale setting's count; a wake makes 0 into 1 until a decision made on
+        metric data entirely after the wake says 0 again (a decision on the minutes before
+        it, when nobody asked, must not stop the instance a held request waits for)."""
         decided = self._s.autoscale.count(self.key)
         if decided == 0 and self._activated_at is not None:
             if self._s.autoscale.decided_at(self.key) > self._activated_at:
-                self._activated_at = None  # decided again after the wake
+                self._activated_at = None  # decided again on what came after the wake
             else:
                 return 1
         return decided
