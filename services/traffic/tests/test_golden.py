@@ -16,12 +16,15 @@ import pytest
 from sluice.common.pki import PlatformPki
 from sluice.common.supervisor import resolve_binary
 from sluice.testing.envoy_static import resources_json, static_bootstrap
+from sluice.traffic import openapi, portal
+from sluice.traffic.app import SERVICES
 from sluice.traffic.domain import (
     Deployment,
     Endpoint,
     Gateway,
     KeyAuth,
     Listen,
+    Management,
     Share,
     TlsMaterial,
     TokenAuth,
@@ -134,3 +137,39 @@ def test_plain_http_can_be_turned_off() -> None:
 def test_keys_never_appear_in_a_repr() -> None:
     assert "fake-primary" not in repr(world()[0])
     assert "fake-gateway-secret" not in repr(world()[0])
+
+
+def test_envoy_accepts_the_management_listener(tmp_path: Path) -> None:
+    """The transcoder with the real descriptor set, the portal's files and the OpenAPI doc."""
+    envoy = resolve_binary("envoy")
+    assert envoy
+    data = openapi.descriptor_set()
+    managed = Gateway(
+        **{
+            **gateway(TlsMaterial(b"c", b"k")).__dict__,
+            "management": Management(
+                listen=Listen("127.0.0.1", 8090),
+                services=tuple((s, "127.0.0.1:50051") for s in SERVICES),
+                descriptor_set=data,
+                openapi=json.dumps(openapi.document(data)).encode(),
+                files=portal.files(),
+                gateway=Listen("127.0.0.1", 8080),
+            ),
+        }
+    )
+    cert, key = ensure_local_certificate(tmp_path / "tls", "sluice.localhost")
+    managed = Gateway(**{**managed.__dict__, "tls": load_material(cert, key)})
+    snap = SnapshotBuilder().build(managed, world())
+    snap.check()
+    config = tmp_path / "static.json"
+    envoy_identity = PlatformPki(tmp_path / "pki").client("sluice-gateway")
+    config.write_text(json.dumps(static_bootstrap(snap, envoy=envoy_identity)))
+    result = subprocess.run(
+        [envoy, "--mode", "validate", "-c", str(config), "--log-level", "critical"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    listeners = "type.googleapis.com/envoy.config.listener.v3.Listener"
+    assert "sluice_management" in snap.resources[listeners]

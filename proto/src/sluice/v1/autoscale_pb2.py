@@ -22,38 +22,49 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19sluice/v1/autoscale.proto\x12\tsluice.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9b\x02\n\rAutoscaleRule\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12\x17\n\x0fmetric_endpoint\x18\x02 \x01(\t\x12\x19\n\x11metric_deployment\x18\x03 \x01(\t\x12\x10\n\x08operator\x18\x04 \x01(\t\x12\x11\n\tthreshold\x18\x05 \x01(\x01\x12\x18\n\x10time_aggregation\x18\x06 \x01(\t\x12\x10\n\x08window_s\x18\x07 \x01(\x05\x12\x1c\n\x14time_grain_statistic\x18\x08 \x01(\t\x12\x14\n\x0ctime_grain_s\x18\t \x01(\x05\x12\r\n\x05scale\x18\n \x01(\t\x12\r\n\x05value\x18\x0b \x01(\x05\x12\x0f\n\x07percent\x18\x0c \x01(\x08\x12\x12\n\ncooldown_s\x18\r \x01(\x01\"?\n\x13\x41utoscaleRecurrence\x12\x0c\n\x04\x64\x61ys\x18\x01 \x03(\t\x12\r\n\x05start\x18\x02 \x01(\t\x12\x0b\n\x03\x65nd\x18\x03 \x01(\t\"0\n\x12\x41utoscaleFixedDate\x12\r\n\x05start\x18\x01 \x01(\t\x12\x0b\n\x03\x65nd\x18\x02 \x01(\t\"\xff\x01\n\x10\x41utoscaleProfile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tmin_count\x18\x02 \x01(\x05\x12\x15\n\rdefault_count\x18\x03 \x01(\x05\x12\x11\n\tmax_count\x18\x04 \x01(\x05\x12\'\n\x05rules\x18\x05 \x03(\x0b\x32\x18.sluice.v1.AutoscaleRule\x12\x10\n\x08timezone\x18\x06 \x01(\t\x12\x32\n\nrecurrence\x18\x07 \x01(\x0b\x32\x1e.sluice.v1.AutoscaleRecurrence\x12\x31\n\nfixed_date\x18\x08 \x01(\x0b\x32\x1d.sluice.v1.AutoscaleFixedDate\"\xd8\x01\n\x11\x41utoscaleDecision\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07profile\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0c\n\x04rule\x18\x04 \x01(\t\x12\x12\n\nrule_index\x18\x05 \x01(\x05\x12\x0e\n\x06metric\x18\x06 \x01(\t\x12\r\n\x05value\x18\x07 \x01(\x01\x12\x11\n\thas_value\x18\x08 \x01(\x08\x12\x11\n\told_count\x18\t \x01(\x05\x12\x11\n\tnew_count\x18\n \x01(\x05\"\xef\x02\n\x10\x41utoscaleSetting\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rendpoint_name\x18\x02 \x01(\t\x12\x17\n\x0f\x64\x65ployment_name\x18\x03 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x04 \x01(\x08\x12-\n\x08profiles\x18\x05 \x03(\x0b\x32\x1b.sluice.v1.AutoscaleProfile\x12\x0f\n\x07version\x18\x06 \x01(\x03\x12\x10\n\x08\x63\x61pacity\x18\x07 \x01(\x05\x12\x16\n\x0e\x61\x63tive_profile\x18\x08 \x01(\t\x12/\n\tdecisions\x18\t \x03(\x0b\x32\x1c.sluice.v1.AutoscaleDecision\x12.\n\ncreated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tevaluated\x18\x0c \x01(\x08\"*\n\x1aGetAutoscaleSettingRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"5\n\x1cListAutoscaleSettingsRequest\x12\x15\n\rendpoint_name\x18\x01 \x01(\t\"N\n\x1dListAutoscaleSettingsResponse\x12-\n\x08settings\x18\x01 \x03(\x0b\x32\x1b.sluice.v1.AutoscaleSetting\"-\n\x1d\x44\x65leteAutoscaleSettingRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\" \n\x1e\x44\x65leteAutoscaleSettingResponse2\xe9\x03\n\tAutoscale\x12R\n\x16\x43reateAutoscaleSetting\x12\x1b.sluice.v1.AutoscaleSetting\x1a\x1b.sluice.v1.AutoscaleSetting\x12Y\n\x13GetAutoscaleSetting\x12%.sluice.v1.GetAutoscaleSettingRequest\x1a\x1b.sluice.v1.AutoscaleSetting\x12j\n\x15ListAutoscaleSettings\x12\'.sluice.v1.ListAutoscaleSettingsRequest\x1a(.sluice.v1.ListAutoscaleSettingsResponse\x12R\n\x16UpdateAutoscaleSetting\x12\x1b.sluice.v1.AutoscaleSetting\x1a\x1b.sluice.v1.AutoscaleSetting\x12m\n\x16\x44\x65leteAutoscaleSetting\x12(.sluice.v1.DeleteAutoscaleSettingRequest\x1a).sluice.v1.DeleteAutoscaleSettingResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19sluice/v1/autoscale.proto\x12\tsluice.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9b\x02\n\rAutoscaleRule\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12\x17\n\x0fmetric_endpoint\x18\x02 \x01(\t\x12\x19\n\x11metric_deployment\x18\x03 \x01(\t\x12\x10\n\x08operator\x18\x04 \x01(\t\x12\x11\n\tthreshold\x18\x05 \x01(\x01\x12\x18\n\x10time_aggregation\x18\x06 \x01(\t\x12\x10\n\x08window_s\x18\x07 \x01(\x05\x12\x1c\n\x14time_grain_statistic\x18\x08 \x01(\t\x12\x14\n\x0ctime_grain_s\x18\t \x01(\x05\x12\r\n\x05scale\x18\n \x01(\t\x12\r\n\x05value\x18\x0b \x01(\x05\x12\x0f\n\x07percent\x18\x0c \x01(\x08\x12\x12\n\ncooldown_s\x18\r \x01(\x01\"?\n\x13\x41utoscaleRecurrence\x12\x0c\n\x04\x64\x61ys\x18\x01 \x03(\t\x12\r\n\x05start\x18\x02 \x01(\t\x12\x0b\n\x03\x65nd\x18\x03 \x01(\t\"0\n\x12\x41utoscaleFixedDate\x12\r\n\x05start\x18\x01 \x01(\t\x12\x0b\n\x03\x65nd\x18\x02 \x01(\t\"\xff\x01\n\x10\x41utoscaleProfile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tmin_count\x18\x02 \x01(\x05\x12\x15\n\rdefault_count\x18\x03 \x01(\x05\x12\x11\n\tmax_count\x18\x04 \x01(\x05\x12\'\n\x05rules\x18\x05 \x03(\x0b\x32\x18.sluice.v1.AutoscaleRule\x12\x10\n\x08timezone\x18\x06 \x01(\t\x12\x32\n\nrecurrence\x18\x07 \x01(\x0b\x32\x1e.sluice.v1.AutoscaleRecurrence\x12\x31\n\nfixed_date\x18\x08 \x01(\x0b\x32\x1d.sluice.v1.AutoscaleFixedDate\"\xd8\x01\n\x11\x41utoscaleDecision\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07profile\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0c\n\x04rule\x18\x04 \x01(\t\x12\x12\n\nrule_index\x18\x05 \x01(\x05\x12\x0e\n\x06metric\x18\x06 \x01(\t\x12\r\n\x05value\x18\x07 \x01(\x01\x12\x11\n\thas_value\x18\x08 \x01(\x08\x12\x11\n\told_count\x18\t \x01(\x05\x12\x11\n\tnew_count\x18\n \x01(\x05\"\xef\x02\n\x10\x41utoscaleSetting\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rendpoint_name\x18\x02 \x01(\t\x12\x17\n\x0f\x64\x65ployment_name\x18\x03 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x04 \x01(\x08\x12-\n\x08profiles\x18\x05 \x03(\x0b\x32\x1b.sluice.v1.AutoscaleProfile\x12\x0f\n\x07version\x18\x06 \x01(\x03\x12\x10\n\x08\x63\x61pacity\x18\x07 \x01(\x05\x12\x16\n\x0e\x61\x63tive_profile\x18\x08 \x01(\t\x12/\n\tdecisions\x18\t \x03(\x0b\x32\x1c.sluice.v1.AutoscaleDecision\x12.\n\ncreated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tevaluated\x18\x0c \x01(\x08\"*\n\x1aGetAutoscaleSettingRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"5\n\x1cListAutoscaleSettingsRequest\x12\x15\n\rendpoint_name\x18\x01 \x01(\t\"N\n\x1dListAutoscaleSettingsResponse\x12-\n\x08settings\x18\x01 \x03(\x0b\x32\x1b.sluice.v1.AutoscaleSetting\"-\n\x1d\x44\x65leteAutoscaleSettingRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\" \n\x1e\x44\x65leteAutoscaleSettingResponse2\x99\x05\n\tAutoscale\x12x\n\x16\x43reateAutoscaleSetting\x12\x1b.sluice.v1.AutoscaleSetting\x1a\x1b.sluice.v1.AutoscaleSetting\"$\x82\xd3\xe4\x93\x02\x1e\x1a\x19/autoscaleSettings/{name}:\x01*\x12|\n\x13GetAutoscaleSetting\x12%.sluice.v1.GetAutoscaleSettingRequest\x1a\x1b.sluice.v1.AutoscaleSetting\"!\x82\xd3\xe4\x93\x02\x1b\x12\x19/autoscaleSettings/{name}\x12\x86\x01\n\x15ListAutoscaleSettings\x12\'.sluice.v1.ListAutoscaleSettingsRequest\x1a(.sluice.v1.ListAutoscaleSettingsResponse\"\x1a\x82\xd3\xe4\x93\x02\x14\x12\x12/autoscaleSettings\x12x\n\x16UpdateAutoscaleSetting\x12\x1b.sluice.v1.AutoscaleSetting\x1a\x1b.sluice.v1.AutoscaleSetting\"$\x82\xd3\xe4\x93\x02\x1e\x32\x19/autoscaleSettings/{name}:\x01*\x12\x90\x01\n\x16\x44\x65leteAutoscaleSetting\x12(.sluice.v1.DeleteAutoscaleSettingRequest\x1a).sluice.v1.DeleteAutoscaleSettingResponse\"!\x82\xd3\xe4\x93\x02\x1b*\x19/autoscaleSettings/{name}b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sluice.v1.autoscale_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_AUTOSCALERULE']._serialized_start=74
-  _globals['_AUTOSCALERULE']._serialized_end=357
-  _globals['_AUTOSCALERECURRENCE']._serialized_start=359
-  _globals['_AUTOSCALERECURRENCE']._serialized_end=422
-  _globals['_AUTOSCALEFIXEDDATE']._serialized_start=424
-  _globals['_AUTOSCALEFIXEDDATE']._serialized_end=472
-  _globals['_AUTOSCALEPROFILE']._serialized_start=475
-  _globals['_AUTOSCALEPROFILE']._serialized_end=730
-  _globals['_AUTOSCALEDECISION']._serialized_start=733
-  _globals['_AUTOSCALEDECISION']._serialized_end=949
-  _globals['_AUTOSCALESETTING']._serialized_start=952
-  _globals['_AUTOSCALESETTING']._serialized_end=1319
-  _globals['_GETAUTOSCALESETTINGREQUEST']._serialized_start=1321
-  _globals['_GETAUTOSCALESETTINGREQUEST']._serialized_end=1363
-  _globals['_LISTAUTOSCALESETTINGSREQUEST']._serialized_start=1365
-  _globals['_LISTAUTOSCALESETTINGSREQUEST']._serialized_end=1418
-  _globals['_LISTAUTOSCALESETTINGSRESPONSE']._serialized_start=1420
-  _globals['_LISTAUTOSCALESETTINGSRESPONSE']._serialized_end=1498
-  _globals['_DELETEAUTOSCALESETTINGREQUEST']._serialized_start=1500
-  _globals['_DELETEAUTOSCALESETTINGREQUEST']._serialized_end=1545
-  _globals['_DELETEAUTOSCALESETTINGRESPONSE']._serialized_start=1547
-  _globals['_DELETEAUTOSCALESETTINGRESPONSE']._serialized_end=1579
-  _globals['_AUTOSCALE']._serialized_start=1582
-  _globals['_AUTOSCALE']._serialized_end=2071
+  _globals['_AUTOSCALE'].methods_by_name['CreateAutoscaleSetting']._loaded_options = None
+  _globals['_AUTOSCALE'].methods_by_name['CreateAutoscaleSetting']._serialized_options = b'\202\323\344\223\002\036\032\031/autoscaleSettings/{name}:\001*'
+  _globals['_AUTOSCALE'].methods_by_name['GetAutoscaleSetting']._loaded_options = None
+  _globals['_AUTOSCALE'].methods_by_name['GetAutoscaleSetting']._serialized_options = b'\202\323\344\223\002\033\022\031/autoscaleSettings/{name}'
+  _globals['_AUTOSCALE'].methods_by_name['ListAutoscaleSettings']._loaded_options = None
+  _globals['_AUTOSCALE'].methods_by_name['ListAutoscaleSettings']._serialized_options = b'\202\323\344\223\002\024\022\022/autoscaleSettings'
+  _globals['_AUTOSCALE'].methods_by_name['UpdateAutoscaleSetting']._loaded_options = None
+  _globals['_AUTOSCALE'].methods_by_name['UpdateAutoscaleSetting']._serialized_options = b'\202\323\344\223\002\0362\031/autoscaleSettings/{name}:\001*'
+  _globals['_AUTOSCALE'].methods_by_name['DeleteAutoscaleSetting']._loaded_options = None
+  _globals['_AUTOSCALE'].methods_by_name['DeleteAutoscaleSetting']._serialized_options = b'\202\323\344\223\002\033*\031/autoscaleSettings/{name}'
+  _globals['_AUTOSCALERULE']._serialized_start=104
+  _globals['_AUTOSCALERULE']._serialized_end=387
+  _globals['_AUTOSCALERECURRENCE']._serialized_start=389
+  _globals['_AUTOSCALERECURRENCE']._serialized_end=452
+  _globals['_AUTOSCALEFIXEDDATE']._serialized_start=454
+  _globals['_AUTOSCALEFIXEDDATE']._serialized_end=502
+  _globals['_AUTOSCALEPROFILE']._serialized_start=505
+  _globals['_AUTOSCALEPROFILE']._serialized_end=760
+  _globals['_AUTOSCALEDECISION']._serialized_start=763
+  _globals['_AUTOSCALEDECISION']._serialized_end=979
+  _globals['_AUTOSCALESETTING']._serialized_start=982
+  _globals['_AUTOSCALESETTING']._serialized_end=1349
+  _globals['_GETAUTOSCALESETTINGREQUEST']._serialized_start=1351
+  _globals['_GETAUTOSCALESETTINGREQUEST']._serialized_end=1393
+  _globals['_LISTAUTOSCALESETTINGSREQUEST']._serialized_start=1395
+  _globals['_LISTAUTOSCALESETTINGSREQUEST']._serialized_end=1448
+  _globals['_LISTAUTOSCALESETTINGSRESPONSE']._serialized_start=1450
+  _globals['_LISTAUTOSCALESETTINGSRESPONSE']._serialized_end=1528
+  _globals['_DELETEAUTOSCALESETTINGREQUEST']._serialized_start=1530
+  _globals['_DELETEAUTOSCALESETTINGREQUEST']._serialized_end=1575
+  _globals['_DELETEAUTOSCALESETTINGRESPONSE']._serialized_start=1577
+  _globals['_DELETEAUTOSCALESETTINGRESPONSE']._serialized_end=1609
+  _globals['_AUTOSCALE']._serialized_start=1612
+  _globals['_AUTOSCALE']._serialized_end=2277
 # @@protoc_insertion_point(module_scope)

@@ -22,11 +22,12 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from sluice.v1 import common_pb2 as sluice_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17sluice/v1/metrics.proto\x12\tsluice.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16sluice/v1/common.proto\"\x82\x01\n\x19GetEndpointMetricsRequest\x12\x15\n\rendpoint_name\x18\x01 \x01(\t\x12\x17\n\x0f\x64\x65ployment_name\x18\x02 \x01(\t\x12%\n\x06window\x18\x03 \x01(\x0b\x32\x15.sluice.v1.TimeWindow\x12\x0e\n\x06step_s\x18\x04 \x01(\x05\"\xc2\x06\n\x0bMetricPoint\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x64\x65ployment_name\x18\x02 \x01(\t\x12\x1b\n\x13requests_per_minute\x18\x03 \x01(\x01\x12\x16\n\x0elatency_p50_ms\x18\x04 \x01(\x01\x12\x16\n\x0elatency_p90_ms\x18\x05 \x01(\x01\x12\x16\n\x0elatency_p95_ms\x18\x06 \x01(\x01\x12\x16\n\x0elatency_p99_ms\x18\x07 \x01(\x01\x12U\n\x19responses_by_status_class\x18\x08 \x03(\x0b\x32\x32.sluice.v1.MetricPoint.ResponsesByStatusClassEntry\x12\x1a\n\x12\x61\x63tive_connections\x18\t \x01(\x05\x12\x16\n\x0einstance_count\x18\n \x01(\x05\x12\x1f\n\x17\x63pu_utilization_percent\x18\x0b \x01(\x01\x12\"\n\x1amemory_utilization_percent\x18\x0c \x01(\x01\x12\x10\n\x08requests\x18\r \x01(\x03\x12\x19\n\x11mirrored_requests\x18\x0e \x01(\x03\x12\x16\n\x0elatency_avg_ms\x18\x0f \x01(\x01\x12S\n\x18responses_by_status_code\x18\x10 \x03(\x0b\x32\x31.sluice.v1.MetricPoint.ResponsesByStatusCodeEntry\x12\x36\n\x08\x66\x61ilures\x18\x11 \x03(\x0b\x32$.sluice.v1.MetricPoint.FailuresEntry\x12\x10\n\x08\x62ytes_in\x18\x12 \x01(\x03\x12\x11\n\tbytes_out\x18\x13 \x01(\x03\x1a=\n\x1bResponsesByStatusClassEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a<\n\x1aResponsesByStatusCodeEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a/\n\rFailuresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\x83\x01\n\x0f\x45ndpointMetrics\x12\x15\n\rendpoint_name\x18\x01 \x01(\t\x12&\n\x06points\x18\x02 \x03(\x0b\x32\x16.sluice.v1.MetricPoint\x12\x0e\n\x06step_s\x18\x03 \x01(\x05\x12!\n\x19latency_relative_accuracy\x18\x04 \x01(\x01\"h\n\x0fGetCostsRequest\x12%\n\x06window\x18\x01 \x01(\x0b\x32\x15.sluice.v1.TimeWindow\x12\x15\n\rendpoint_name\x18\x02 \x01(\t\x12\x17\n\x0f\x64\x65ployment_name\x18\x03 \x01(\t\"\xb6\x01\n\x08\x43ostLine\x12\x15\n\rendpoint_name\x18\x01 \x01(\t\x12\x17\n\x0f\x64\x65ployment_name\x18\x02 \x01(\t\x12\x15\n\rinstance_type\x18\x03 \x01(\t\x12\x16\n\x0einstance_hours\x18\x04 \x01(\x01\x12\x14\n\x0chourly_price\x18\x05 \x01(\x01\x12\x0c\n\x04\x63ost\x18\x06 \x01(\x01\x12\x0c\n\x04kind\x18\x07 \x01(\t\x12\x19\n\x11running_instances\x18\x08 \x01(\x05\"x\n\nCostReport\x12%\n\x06window\x18\x01 \x01(\x0b\x32\x15.sluice.v1.TimeWindow\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\x12\"\n\x05lines\x18\x03 \x03(\x0b\x32\x13.sluice.v1.CostLine\x12\r\n\x05total\x18\x04 \x01(\x01\"\x9d\x02\n\tAlertRule\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06metric\x18\x02 \x01(\t\x12\x15\n\rendpoint_name\x18\x03 \x01(\t\x12\x17\n\x0f\x64\x65ployment_name\x18\x04 \x01(\t\x12\x13\n\x0b\x61ggregation\x18\x05 \x01(\t\x12\x10\n\x08operator\x18\x06 \x01(\t\x12\x11\n\tthreshold\x18\x07 \x01(\x01\x12\x10\n\x08window_s\x18\x08 \x01(\x05\x12\r\n\x05\x66or_s\x18\t \x01(\x05\x12\x13\n\x0b\x64\x65scription\x18\n \x01(\t\x12\r\n\x05state\x18\x0b \x01(\t\x12\x12\n\nlast_value\x18\x0c \x01(\x01\x12/\n\x0bstate_since\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\".\n\x15ListAlertRulesRequest\x12\x15\n\rendpoint_name\x18\x01 \x01(\t\"=\n\x16ListAlertRulesResponse\x12#\n\x05rules\x18\x01 \x03(\x0b\x32\x14.sluice.v1.AlertRule\"&\n\x16\x44\x65leteAlertRuleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x19\n\x17\x44\x65leteAlertRuleResponse2\x90\x03\n\x07Metrics\x12V\n\x12GetEndpointMetrics\x12$.sluice.v1.GetEndpointMetricsRequest\x1a\x1a.sluice.v1.EndpointMetrics\x12=\n\x08GetCosts\x12\x1a.sluice.v1.GetCostsRequest\x1a\x15.sluice.v1.CostReport\x12=\n\x0f\x43reateAlertRule\x12\x14.sluice.v1.AlertRule\x1a\x14.sluice.v1.AlertRule\x12U\n\x0eListAlertRules\x12 .sluice.v1.ListAlertRulesRequest\x1a!.sluice.v1.ListAlertRulesResponse\x12X\n\x0f\x44\x65leteAlertRule\x12!.sluice.v1.DeleteAlertRuleRequest\x1a\".sluice.v1.DeleteAlertRuleResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17sluice/v1/metrics.proto\x12\tsluice.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16sluice/v1/common.proto\"\x82\x01\n\x19GetEndpointMetricsRequest\x12\x15\n\rendpoint_name\x18\x01 \x01(\t\x12\x17\n\x0f\x64\x65ployment_name\x18\x02 \x01(\t\x12%\n\x06window\x18\x03 \x01(\x0b\x32\x15.sluice.v1.TimeWindow\x12\x0e\n\x06step_s\x18\x04 \x01(\x05\"\xc2\x06\n\x0bMetricPoint\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x64\x65ployment_name\x18\x02 \x01(\t\x12\x1b\n\x13requests_per_minute\x18\x03 \x01(\x01\x12\x16\n\x0elatency_p50_ms\x18\x04 \x01(\x01\x12\x16\n\x0elatency_p90_ms\x18\x05 \x01(\x01\x12\x16\n\x0elatency_p95_ms\x18\x06 \x01(\x01\x12\x16\n\x0elatency_p99_ms\x18\x07 \x01(\x01\x12U\n\x19responses_by_status_class\x18\x08 \x03(\x0b\x32\x32.sluice.v1.MetricPoint.ResponsesByStatusClassEntry\x12\x1a\n\x12\x61\x63tive_connections\x18\t \x01(\x05\x12\x16\n\x0einstance_count\x18\n \x01(\x05\x12\x1f\n\x17\x63pu_utilization_percent\x18\x0b \x01(\x01\x12\"\n\x1amemory_utilization_percent\x18\x0c \x01(\x01\x12\x10\n\x08requests\x18\r \x01(\x03\x12\x19\n\x11mirrored_requests\x18\x0e \x01(\x03\x12\x16\n\x0elatency_avg_ms\x18\x0f \x01(\x01\x12S\n\x18responses_by_status_code\x18\x10 \x03(\x0b\x32\x31.sluice.v1.MetricPoint.ResponsesByStatusCodeEntry\x12\x36\n\x08\x66\x61ilures\x18\x11 \x03(\x0b\x32$.sluice.v1.MetricPoint.FailuresEntry\x12\x10\n\x08\x62ytes_in\x18\x12 \x01(\x03\x12\x11\n\tbytes_out\x18\x13 \x01(\x03\x1a=\n\x1bResponsesByStatusClassEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a<\n\x1aResponsesByStatusCodeEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a/\n\rFailuresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\x83\x01\n\x0f\x45ndpointMetrics\x12\x15\n\rendpoint_name\x18\x01 \x01(\t\x12&\n\x06points\x18\x02 \x03(\x0b\x32\x16.sluice.v1.MetricPoint\x12\x0e\n\x06step_s\x18\x03 \x01(\x05\x12!\n\x19latency_relative_accuracy\x18\x04 \x01(\x01\"h\n\x0fGetCostsRequest\x12%\n\x06window\x18\x01 \x01(\x0b\x32\x15.sluice.v1.TimeWindow\x12\x15\n\rendpoint_name\x18\x02 \x01(\t\x12\x17\n\x0f\x64\x65ployment_name\x18\x03 \x01(\t\"\xb6\x01\n\x08\x43ostLine\x12\x15\n\rendpoint_name\x18\x01 \x01(\t\x12\x17\n\x0f\x64\x65ployment_name\x18\x02 \x01(\t\x12\x15\n\rinstance_type\x18\x03 \x01(\t\x12\x16\n\x0einstance_hours\x18\x04 \x01(\x01\x12\x14\n\x0chourly_price\x18\x05 \x01(\x01\x12\x0c\n\x04\x63ost\x18\x06 \x01(\x01\x12\x0c\n\x04kind\x18\x07 \x01(\t\x12\x19\n\x11running_instances\x18\x08 \x01(\x05\"x\n\nCostReport\x12%\n\x06window\x18\x01 \x01(\x0b\x32\x15.sluice.v1.TimeWindow\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\x12\"\n\x05lines\x18\x03 \x03(\x0b\x32\x13.sluice.v1.CostLine\x12\r\n\x05total\x18\x04 \x01(\x01\"\x9d\x02\n\tAlertRule\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06metric\x18\x02 \x01(\t\x12\x15\n\rendpoint_name\x18\x03 \x01(\t\x12\x17\n\x0f\x64\x65ployment_name\x18\x04 \x01(\t\x12\x13\n\x0b\x61ggregation\x18\x05 \x01(\t\x12\x10\n\x08operator\x18\x06 \x01(\t\x12\x11\n\tthreshold\x18\x07 \x01(\x01\x12\x10\n\x08window_s\x18\x08 \x01(\x05\x12\r\n\x05\x66or_s\x18\t \x01(\x05\x12\x13\n\x0b\x64\x65scription\x18\n \x01(\t\x12\r\n\x05state\x18\x0b \x01(\t\x12\x12\n\nlast_value\x18\x0c \x01(\x01\x12/\n\x0bstate_since\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\".\n\x15ListAlertRulesRequest\x12\x15\n\rendpoint_name\x18\x01 \x01(\t\"=\n\x16ListAlertRulesResponse\x12#\n\x05rules\x18\x01 \x03(\x0b\x32\x14.sluice.v1.AlertRule\"&\n\x16\x44\x65leteAlertRuleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x19\n\x17\x44\x65leteAlertRuleResponse2\xa3\x04\n\x07Metrics\x12\x88\x01\n\x12GetEndpointMetrics\x12$.sluice.v1.GetEndpointMetricsRequest\x1a\x1a.sluice.v1.EndpointMetrics\"0\x82\xd3\xe4\x93\x02*\x12(/onlineEndpoints/{endpoint_name}/metrics\x12M\n\x08GetCosts\x12\x1a.sluice.v1.GetCostsRequest\x1a\x15.sluice.v1.CostReport\"\x0e\x82\xd3\xe4\x93\x02\x08\x12\x06/costs\x12\\\n\x0f\x43reateAlertRule\x12\x14.sluice.v1.AlertRule\x1a\x14.sluice.v1.AlertRule\"\x1d\x82\xd3\xe4\x93\x02\x17\x1a\x12/alertRules/{name}:\x01*\x12j\n\x0eListAlertRules\x12 .sluice.v1.ListAlertRulesRequest\x1a!.sluice.v1.ListAlertRulesResponse\"\x13\x82\xd3\xe4\x93\x02\r\x12\x0b/alertRules\x12t\n\x0f\x44\x65leteAlertRule\x12!.sluice.v1.DeleteAlertRuleRequest\x1a\".sluice.v1.DeleteAlertRuleResponse\"\x1a\x82\xd3\xe4\x93\x02\x14*\x12/alertRules/{name}b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,34 +40,44 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_METRICPOINT_RESPONSESBYSTATUSCODEENTRY']._serialized_options = b'8\001'
   _globals['_METRICPOINT_FAILURESENTRY']._loaded_options = None
   _globals['_METRICPOINT_FAILURESENTRY']._serialized_options = b'8\001'
-  _globals['_GETENDPOINTMETRICSREQUEST']._serialized_start=96
-  _globals['_GETENDPOINTMETRICSREQUEST']._serialized_end=226
-  _globals['_METRICPOINT']._serialized_start=229
-  _globals['_METRICPOINT']._serialized_end=1063
-  _globals['_METRICPOINT_RESPONSESBYSTATUSCLASSENTRY']._serialized_start=891
-  _globals['_METRICPOINT_RESPONSESBYSTATUSCLASSENTRY']._serialized_end=952
-  _globals['_METRICPOINT_RESPONSESBYSTATUSCODEENTRY']._serialized_start=954
-  _globals['_METRICPOINT_RESPONSESBYSTATUSCODEENTRY']._serialized_end=1014
-  _globals['_METRICPOINT_FAILURESENTRY']._serialized_start=1016
-  _globals['_METRICPOINT_FAILURESENTRY']._serialized_end=1063
-  _globals['_ENDPOINTMETRICS']._serialized_start=1066
-  _globals['_ENDPOINTMETRICS']._serialized_end=1197
-  _globals['_GETCOSTSREQUEST']._serialized_start=1199
-  _globals['_GETCOSTSREQUEST']._serialized_end=1303
-  _globals['_COSTLINE']._serialized_start=1306
-  _globals['_COSTLINE']._serialized_end=1488
-  _globals['_COSTREPORT']._serialized_start=1490
-  _globals['_COSTREPORT']._serialized_end=1610
-  _globals['_ALERTRULE']._serialized_start=1613
-  _globals['_ALERTRULE']._serialized_end=1898
-  _globals['_LISTALERTRULESREQUEST']._serialized_start=1900
-  _globals['_LISTALERTRULESREQUEST']._serialized_end=1946
-  _globals['_LISTALERTRULESRESPONSE']._serialized_start=1948
-  _globals['_LISTALERTRULESRESPONSE']._serialized_end=2009
-  _globals['_DELETEALERTRULEREQUEST']._serialized_start=2011
-  _globals['_DELETEALERTRULEREQUEST']._serialized_end=2049
-  _globals['_DELETEALERTRULERESPONSE']._serialized_start=2051
-  _globals['_DELETEALERTRULERESPONSE']._serialized_end=2076
-  _globals['_METRICS']._serialized_start=2079
-  _globals['_METRICS']._serialized_end=2479
+  _globals['_METRICS'].methods_by_name['GetEndpointMetrics']._loaded_options = None
+  _globals['_METRICS'].methods_by_name['GetEndpointMetrics']._serialized_options = b'\202\323\344\223\002*\022(/onlineEndpoints/{endpoint_name}/metrics'
+  _globals['_METRICS'].methods_by_name['GetCosts']._loaded_options = None
+  _globals['_METRICS'].methods_by_name['GetCosts']._serialized_options = b'\202\323\344\223\002\010\022\006/costs'
+  _globals['_METRICS'].methods_by_name['CreateAlertRule']._loaded_options = None
+  _globals['_METRICS'].methods_by_name['CreateAlertRule']._serialized_options = b'\202\323\344\223\002\027\032\022/alertRules/{name}:\001*'
+  _globals['_METRICS'].methods_by_name['ListAlertRules']._loaded_options = None
+  _globals['_METRICS'].methods_by_name['ListAlertRules']._serialized_options = b'\202\323\344\223\002\r\022\013/alertRules'
+  _globals['_METRICS'].methods_by_name['DeleteAlertRule']._loaded_options = None
+  _globals['_METRICS'].methods_by_name['DeleteAlertRule']._serialized_options = b'\202\323\344\223\002\024*\022/alertRules/{name}'
+  _globals['_GETENDPOINTMETRICSREQUEST']._serialized_start=126
+  _globals['_GETENDPOINTMETRICSREQUEST']._serialized_end=256
+  _globals['_METRICPOINT']._serialized_start=259
+  _globals['_METRICPOINT']._serialized_end=1093
+  _globals['_METRICPOINT_RESPONSESBYSTATUSCLASSENTRY']._serialized_start=921
+  _globals['_METRICPOINT_RESPONSESBYSTATUSCLASSENTRY']._serialized_end=982
+  _globals['_METRICPOINT_RESPONSESBYSTATUSCODEENTRY']._serialized_start=984
+  _globals['_METRICPOINT_RESPONSESBYSTATUSCODEENTRY']._serialized_end=1044
+  _globals['_METRICPOINT_FAILURESENTRY']._serialized_start=1046
+  _globals['_METRICPOINT_FAILURESENTRY']._serialized_end=1093
+  _globals['_ENDPOINTMETRICS']._serialized_start=1096
+  _globals['_ENDPOINTMETRICS']._serialized_end=1227
+  _globals['_GETCOSTSREQUEST']._serialized_start=1229
+  _globals['_GETCOSTSREQUEST']._serialized_end=1333
+  _globals['_COSTLINE']._serialized_start=1336
+  _globals['_COSTLINE']._serialized_end=1518
+  _globals['_COSTREPORT']._serialized_start=1520
+  _globals['_COSTREPORT']._serialized_end=1640
+  _globals['_ALERTRULE']._serialized_start=1643
+  _globals['_ALERTRULE']._serialized_end=1928
+  _globals['_LISTALERTRULESREQUEST']._serialized_start=1930
+  _globals['_LISTALERTRULESREQUEST']._serialized_end=1976
+  _globals['_LISTALERTRULESRESPONSE']._serialized_start=1978
+  _globals['_LISTALERTRULESRESPONSE']._serialized_end=2039
+  _globals['_DELETEALERTRULEREQUEST']._serialized_start=2041
+  _globals['_DELETEALERTRULEREQUEST']._serialized_end=2079
+  _globals['_DELETEALERTRULERESPONSE']._serialized_start=2081
+  _globals['_DELETEALERTRULERESPONSE']._serialized_end=2106
+  _globals['_METRICS']._serialized_start=2109
+  _globals['_METRICS']._serialized_end=2656
 # @@protoc_insertion_point(module_scope)

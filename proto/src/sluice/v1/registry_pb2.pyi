@@ -171,9 +171,14 @@ class OnlineEndpoint(_message.Message):
     META_FIELD_NUMBER: _builtins.int
     SCORING_URI_FIELD_NUMBER: _builtins.int
     SWAGGER_URI_FIELD_NUMBER: _builtins.int
+    APPLIED_VERSION_FIELD_NUMBER: _builtins.int
     scoring_uri: _builtins.str
     """https://<name>.<domain>/score"""
     swagger_uri: _builtins.str
+    applied_version: _builtins.int
+    """The version of this endpoint the gateway (Envoy) serves; equal to meta.version once a
+    change is live (`traffic.applied`); 0 = not served yet. Filled in by Get only.
+    """
     @_builtins.property
     def spec(self) -> Global___OnlineEndpointSpec: ...
     @_builtins.property
@@ -185,10 +190,11 @@ class OnlineEndpoint(_message.Message):
         meta: _common_pb2.ResourceMeta | None = ...,
         scoring_uri: _builtins.str = ...,
         swagger_uri: _builtins.str = ...,
+        applied_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["meta", b"meta", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["meta", b"meta", "scoring_uri", b"scoring_uri", "spec", b"spec", "swagger_uri", b"swagger_uri"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_version", b"applied_version", "meta", b"meta", "scoring_uri", b"scoring_uri", "spec", b"spec", "swagger_uri", b"swagger_uri"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -22,6 +22,7 @@ import base64
 import importlib.util
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import time
@@ -60,6 +61,7 @@ from sluice.common.supervisor import (
 
 STATE_FILE = "platform.json"
 GATEWAY_NODE = "sluice-gateway"  # Envoy's node id, the name on its client certificate
+DEFAULT_MANAGEMENT_PORT = 8090  # REST API and portal, printed by `sluice up`
 # Deaths in a row (none staying up STABLE_AFTER_S) after which a component is in a crash loop.
 CRASH_LOOP_FAILURES = 5
 
@@ -139,6 +141,8 @@ class PlatformState(BaseModel):
     envoy_http_port: int | None
     envoy_https_port: int | None
     envoy_admin_socket: Path | None = None  # Envoy's admin interface (mode 0600)
+    # The management listener: REST API (/onlineEndpoints...), /openapi.json, /portal/.
+    management_url: str | None = None
     domain: str
     processes: list[RunningProcess]
     # service -> its Prometheus scrape URL (http://host:port/metrics)
@@ -379,7 +383,8 @@ class LocalPlatform:
             mongodb_uri = with_credentials(mongo.address, password)
 
         ports = {f: self._port(getattr(s.ports, f)) for f in type(s.ports).model_fields}
-        env = self._service_env(nats_url, mongodb_uri, ports)
+        management_port = self._management_port()
+        env = self._service_env(nats_url, mongodb_uri, ports, management_port)
         # Each service's own Prometheus /metrics (gRPC calls, reconciles, xDS, event lag).
         prometheus = {svc.name: free_port(host) for svc in services}
         admin_socket = self.state_dir / "envoy" / "admin.sock"  # private: /config_dump shows keys
@@ -418,7 +423,7 @@ class LocalPlatform:
             tls=PlatformPki(self.pki_folder).client(GATEWAY_NODE),
         )
         bootstrap.write_text(yaml.safe_dump(config, sort_keys=False))
-        listener_ports = [s.envoy.https_port] + (
+        listener_ports = [s.envoy.https_port, management_port] + (
             [s.envoy.http_port] if s.envoy.http_enabled else []
         )
         specs.append(
@@ -440,18 +445,33 @@ class LocalPlatform:
             envoy_http_port=s.envoy.http_port if s.envoy.http_enabled else None,
             envoy_https_port=s.envoy.https_port,
             envoy_admin_socket=admin_socket,
+            management_url=f"http://{host}:{management_port}",
             domain=s.domain,
             processes=[],
             prometheus={name: f"http://{host}:{port}/metrics" for name, port in prometheus.items()},
         )
         return specs, state
 
+    def _management_port(self) -> int:
+        """The setting; unset, 8090 when it is free, else any free port (it is printed)."""
+        configured = self.settings.envoy.management_port
+        if configured is not None:
+            return self._port(configured)
+        host = self.settings.host
+        with socket.socket() as probe:
+            try:
+                probe.bind((host, DEFAULT_MANAGEMENT_PORT))
+            except OSError:
+                return free_port(host)
+        return DEFAULT_MANAGEMENT_PORT
+
     def _service_env(
-        self, nats_url: str, mongodb_uri: str, ports: dict[str, int]
+        self, nats_url: str, mongodb_uri: str, ports: dict[str, int], management_port: int
     ) -> dict[str, str]:
         s = self.settings
         resolved = s.model_copy(
             update={
+                "envoy": s.envoy.model_copy(update={"management_port": management_port}),
                 "state_dir": self.state_dir,
                 "nats_url": nats_url,
                 "mongodb_uri": mongodb_uri,

@@ -23,6 +23,9 @@ BATCH_ENDPOINTS = "batch_endpoints"
 BATCH_DEPLOYMENTS = "batch_deployments"
 # Written by the provisioner only: the instances of each online deployment (`InstancesDoc`).
 DEPLOYMENT_INSTANCES = "deployment_instances"
+# Written by the traffic controller on every ACK: {_id: "gateway", endpoints: {name: version}}
+# (the endpoint versions Envoy serves); the registry shows it as applied_version.
+GATEWAY_APPLIED = "gateway_applied"
 # Written by the batch service only: its jobs; the registry reads each job's `assets`
 # (`model:<name>:<version>`, `environment:...`, `data:...`) for asset lineage.
 BATCH_JOBS = "batch_jobs"

@@ -37,6 +37,9 @@ class EnvoySettings(BaseModel):
     https_port: int = 8443
     admin_port: int = 0
     http_enabled: bool = True
+    # The management listener (REST API, OpenAPI, portal); None = none. `sluice up` sets
+    # it (8090 when free); harnesses that only need scoring leave it out.
+    management_port: int | None = None
 
 
 class ServicePorts(BaseModel):
@@ -165,6 +168,8 @@ def service_env(settings: Settings) -> dict[str, str]:
         "SLUICE_ENVOY__HTTPS_PORT": str(settings.envoy.https_port),
         "SLUICE_ENVOY__HTTP_ENABLED": str(settings.envoy.http_enabled).lower(),
     }
+    if settings.envoy.management_port is not None:
+        env["SLUICE_ENVOY__MANAGEMENT_PORT"] = str(settings.envoy.management_port)
     if settings.registry_address:
         env["SLUICE_REGISTRY_ADDRESS"] = settings.registry_address
     if settings.pki_dir is not None:

@@ -94,7 +94,7 @@ class Credentials:
 
 
 def _doc(message: Message, model: type[M]) -> M:
-    return to_model(message, model, exclude=("scoring_uri", "swagger_uri"))
+    return to_model(message, model, exclude=("scoring_uri", "swagger_uri", "applied_version"))
 
 
 def admin_token(settings: Settings, state_dir: Path) -> str:

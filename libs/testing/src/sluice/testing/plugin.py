@@ -256,7 +256,9 @@ def local_platform() -> Iterator[PlatformState]:
 def _platform(state_dir: Path) -> Iterator[PlatformState]:
     settings = Settings(
         state_dir=state_dir,
-        envoy=EnvoySettings(http_port=free_port(), https_port=free_port()),
+        envoy=EnvoySettings(
+            http_port=free_port(), https_port=free_port(), management_port=free_port()
+        ),
         ports=ServicePorts(registry=free_port()),
     )
     platform = LocalPlatform(settings)

@@ -140,7 +140,9 @@ class RegistryApi(registry_pb2_grpc.RegistryServicer):
     async def GetOnlineEndpoint(
         self, request: registry_pb2.GetOnlineEndpointRequest, context: grpc.aio.ServicerContext
     ) -> registry_pb2.OnlineEndpoint:
-        return self._online_endpoint(await self._svc.get_online_endpoint(request.name))
+        msg = self._online_endpoint(await self._svc.get_online_endpoint(request.name))
+        msg.applied_version = await self._svc.applied_version(msg.spec.name)
+        return msg
 
     @domain_errors
     async def ListOnlineEndpoints(

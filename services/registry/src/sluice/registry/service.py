@@ -144,6 +144,10 @@ class RegistryService:
             )
         return doc
 
+    async def applied_version(self, name: str) -> int:
+        """The version of the endpoint Envoy serves (the traffic controller's record), 0 if none."""
+        return await self._store.applied_version(name)
+
     async def list_online_endpoints(self, size: int, after: str) -> Page[OnlineEndpointDoc]:
         return await self._store.online_endpoints.page(size=_page_size(size), after=after)
 

@@ -28,6 +28,7 @@ from sluice.common.resources import (
     BATCH_ENDPOINTS,
     BATCH_JOBS,
     DEPLOYMENT_INSTANCES,
+    GATEWAY_APPLIED,
     JWKS,
     JWKS_ID,
     ONLINE_DEPLOYMENTS,
@@ -180,6 +181,7 @@ class RegistryStore(Collections):
     def __init__(self, db: AsyncDatabase[Document], outbox: Outbox):
         super().__init__(db)
         self._db = db
+        self._applied = db[GATEWAY_APPLIED]
         self._outbox = outbox
 
     @asynccontextmanager
@@ -199,6 +201,11 @@ class RegistryStore(Collections):
             if lost_race and exc.has_error_label("TransientTransactionError"):
                 raise Conflict(f"a concurrent change got there first; retry ({exc})") from exc
             raise
+
+    async def applied_version(self, name: str) -> int:
+        """The traffic controller's record of the endpoint version Envoy serves (0: none)."""
+        raw = await self._applied.find_one({"_id": "gateway"})
+        return int((raw or {}).get("endpoints", {}).get(name, 0))
 
     async def ensure_indexes(self) -> None:
         for name in (ONLINE_DEPLOYMENTS, BATCH_DEPLOYMENTS):

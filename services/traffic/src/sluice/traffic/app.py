@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 from pathlib import Path
 
 from envoy.service.discovery.v3 import ads_pb2_grpc
@@ -17,8 +18,9 @@ from sluice.common.prometheus import start_exporter
 from sluice.common.runtime import wait_for_shutdown_signal
 from sluice.common.secretbox import SecretBox
 from sluice.common.settings import Settings
+from sluice.traffic import openapi, portal
 from sluice.traffic.controller import Controller, Timing
-from sluice.traffic.domain import Gateway, Limits, Listen, Upstream
+from sluice.traffic.domain import Gateway, Limits, Listen, Management, Upstream
 from sluice.traffic.events import NatsOutcomes, subscribe_routing_events
 from sluice.traffic.jwks import StoredJwks
 from sluice.traffic.settings import TrafficSettings
@@ -44,6 +46,42 @@ def als_target(settings: Settings, traffic: TrafficSettings) -> Listen | None:
     return None
 
 
+# Which process serves each gRPC service the management listener exposes.
+SERVICES = {
+    "sluice.v1.Registry": "registry",
+    "sluice.v1.Assets": "registry",
+    "sluice.v1.Provisioner": "provisioner",
+    "sluice.v1.Batch": "batch",
+    "sluice.v1.Metrics": "metrics",
+    "sluice.v1.Autoscale": "metrics",
+}
+
+
+def management(settings: Settings, gateway: Listen | None, host: str) -> Management | None:
+    """The management listener (REST, OpenAPI, portal), or None when no port is set.
+
+    A service is reachable when its address is configured or its port is known; the
+    portal shows the others as not running.
+    """
+    if settings.envoy.management_port is None:
+        return None
+    services = []
+    for service, component in SERVICES.items():
+        address = getattr(settings, f"{component}_address", None)
+        port = getattr(settings.ports, component)
+        if address or port:
+            services.append((service, address or f"{settings.host}:{port}"))
+    data = openapi.descriptor_set()
+    return Management(
+        listen=Listen(host, settings.envoy.management_port),
+        services=tuple(services),
+        descriptor_set=data,
+        openapi=json.dumps(openapi.document(data), indent=1).encode(),
+        files=portal.files(),
+        gateway=gateway,
+    )
+
+
 class GatewaySource:
     """The gateway-wide settings; re-reads the certificate files each time (rotation)."""
 
@@ -54,6 +92,7 @@ class GatewaySource:
         self._https = Listen(host, settings.envoy.https_port)
         self._http = Listen(host, settings.envoy.http_port) if settings.envoy.http_enabled else None
         self._als = als_target(settings, traffic)
+        self._management = management(settings, self._http, host)
         self._limits = Limits(
             max_request_bytes=traffic.max_request_bytes,
             headers_timeout_s=traffic.request_headers_timeout_s,
@@ -69,6 +108,7 @@ class GatewaySource:
             jwks=jwks,
             als=self._als,
             limits=self._limits,
+            management=self._management,
         )
 
 
@@ -91,10 +131,11 @@ async def serve(settings: Settings, traffic: TrafficSettings) -> None:
         # `server` exists before the first Envoy can connect (it is started below).
         ads = AdsServer(on_connected=lambda up: server.set_serving(GATEWAY_HEALTH, up))
         db = database(mongo, settings)
+        store = TrafficStore(db, SecretBox(settings.secret_key))
         controller = Controller(
-            store=TrafficStore(db, SecretBox(settings.secret_key)),
+            store=store,
             server=ads,
-            outcomes=NatsOutcomes(publisher),
+            outcomes=NatsOutcomes(publisher, record=store.record_applied),
             jwks=StoredJwks(db),
             gateway=GatewaySource(settings, traffic),
             timing=Timing(

@@ -197,6 +197,30 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class StaticFile:
+    """One file the management listener serves as it is (the portal's pages)."""
+
+    path: str  # the URL path, e.g. /portal/app.js
+    content_type: str
+    body: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Management:
+    """The management listener: the gRPC services as REST (Envoy's gRPC-JSON transcoder)
+    and as plain gRPC, their OpenAPI document, the portal's files, and `/gateway/` (the
+    scoring listener, so the portal's Test tab stays on one origin)."""
+
+    listen: Listen
+    # gRPC service ("sluice.v1.Registry") -> host:port of the process that serves it.
+    services: tuple[tuple[str, str], ...]
+    descriptor_set: bytes = field(repr=False)  # FileDescriptorSet with google.api.http rules
+    openapi: bytes = field(repr=False)
+    files: tuple[StaticFile, ...] = ()
+    gateway: Listen | None = None  # the plain-HTTP scoring listener, when there is one
+
+
+@dataclass(frozen=True)
 class Gateway:
     """Gateway-wide settings: listeners, certificate, token keys, access-log sink."""
 
@@ -207,3 +231,4 @@ class Gateway:
     jwks: str  # the registry's public keys (JSON); a key nobody holds until it is known
     als: Listen | None = None  # the access-log (ALS) receiver, when one runs
     limits: Limits = Limits()
+    management: Management | None = None  # None: no management listener

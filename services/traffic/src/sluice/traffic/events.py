@@ -10,7 +10,7 @@ rebuilds from MongoDB at start and on every resync.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
 
 from faststream.nats import NatsBroker
@@ -110,8 +110,13 @@ class NatsOutcomes:
     lost one only makes a waiting CLI fall back to its timeout.
     """
 
-    def __init__(self, publisher: EventPublisher):
+    def __init__(
+        self,
+        publisher: EventPublisher,
+        record: Callable[[str, Mapping[str, int]], Awaitable[None]] | None = None,
+    ):
         self._publisher = publisher
+        self._record = record  # also store what is live (TrafficStore.record_applied)
 
     async def applied(
         self, snapshot: str, endpoints: Mapping[str, int], routed: Mapping[str, list[str]]
@@ -120,6 +125,8 @@ class NatsOutcomes:
         instance addresses Envoy now balances over."""
         data = TrafficApplied(snapshot=snapshot, endpoints=dict(endpoints), routed=dict(routed))
         await self._publisher.publish(TRAFFIC_APPLIED, data, subject=None, actor=ACTOR)
+        if self._record is not None:
+            await self._record(snapshot, endpoints)
 
     async def rejected(
         self, snapshot: str, resource_type: str, error: str, endpoints: Mapping[str, int]

@@ -20,6 +20,7 @@ from sluice.common.log import get_logger
 from sluice.common.mongo import Document
 from sluice.common.resources import (
     DEPLOYMENT_INSTANCES,
+    GATEWAY_APPLIED,
     ONLINE_DEPLOYMENTS,
     ONLINE_ENDPOINTS,
     AuthMode,
@@ -51,7 +52,16 @@ class TrafficStore:
         self._endpoints = db[ONLINE_ENDPOINTS]
         self._deployments = db[ONLINE_DEPLOYMENTS]
         self._instances = db[DEPLOYMENT_INSTANCES]
+        self._applied = db[GATEWAY_APPLIED]
         self._secrets = secrets
+
+    async def record_applied(self, snapshot: str, endpoints: Mapping[str, int]) -> None:
+        """What Envoy serves now, for readers without NATS (the REST API, the portal)."""
+        await self._applied.replace_one(
+            {"_id": "gateway"},
+            {"_id": "gateway", "snapshot": snapshot, "endpoints": dict(endpoints)},
+            upsert=True,
+        )
 
     async def all_endpoints(self) -> dict[str, Endpoint]:
         endpoints = await self._endpoints.find({}).to_list()

@@ -55,6 +55,14 @@ def up(
             f"Platform up in {time.monotonic() - started_at:.1f}s; state in {state.state_dir}"
         )
     render(_rows(state), output, title="Sluice platform")
+    if state.management_url:
+        err_console.print(
+            f"Portal: {state.management_url}/portal/ (sign in with the admin token, "
+            f"{platform.state_dir / 'admin-token'}); REST API: {state.management_url} "
+            f"(OpenAPI: {state.management_url}/openapi.json)",
+            markup=False,
+            soft_wrap=True,
+        )
     if foreground:
         raise typer.Exit(code=Watchdog(platform).run())
 

@@ -15,6 +15,7 @@ from envoy.config.route.v3 import route_components_pb2
 from google.protobuf import any_pb2
 
 from sluice.traffic.domain import Endpoint, Gateway
+from sluice.traffic.xds import management
 from sluice.traffic.xds import resources as r
 from sluice.traffic.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, Snapshot
 
@@ -68,5 +69,10 @@ class SnapshotBuilder:
             LISTENER: [(lst.name, r.pack(lst)) for lst in r.listeners(gateway)],
             SECRET: [(r.TLS_SECRET, r.pack(r.tls_secret(gateway)))],
         }
+        if gateway.management is not None:
+            built[CLUSTER] += [(c.name, r.pack(c)) for c in management.clusters(gateway.management)]
+            built[LISTENER].append(
+                (management.LISTENER, r.pack(management.listener(gateway.management)))
+            )
         self._gateway = (gateway, built)
         return built

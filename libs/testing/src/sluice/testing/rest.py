@@ -1,0 +1,44 @@
+"""A small client for the management listener's REST API, called as curl would call it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from sluice.common.platform import PlatformState
+from sluice.testing.wait import wait_for
+
+
+@dataclass
+class Rest:
+    base: str
+    admin_token: str
+
+    def call(
+        self, method: str, path: str, body: Any = None, *, auth: bool | str = True
+    ) -> tuple[int, Any]:
+        """(status, the JSON body, or its text when it is not JSON). `auth`: True sends the
+        admin token, False none, a string that token."""
+        headers = {}
+        if auth:
+            headers["authorization"] = f"Bearer {self.admin_token if auth is True else auth}"
+        answer = httpx.request(method, self.base + path, json=body, headers=headers, timeout=30)
+        try:
+            return answer.status_code, answer.json()
+        except ValueError:
+            return answer.status_code, answer.text
+
+
+def rest_of(platform: PlatformState) -> Rest:
+    """The platform's REST API, once Envoy serves the management listener."""
+    assert platform.management_url, "the platform has no management listener"
+    token = (platform.state_dir / "admin-token").read_text().strip()
+    rest = Rest(platform.management_url, token)
+    wait_for(
+        lambda: rest.call("GET", "/onlineEndpoints")[0] == 200,
+        "the management listener serves the REST API",
+        deadline=30,
+    )
+    return rest

@@ -1,0 +1,203 @@
+"""The portal in a real headless Chromium (Debian's `chromium`, driven by Playwright over
+CDP; no browser download), against the shared local platform.
+
+One module-scoped world: an endpoint with blue (100%) and green (0%) deployments created
+by the CLI, one browser page signed in. Screenshots go to test-artifacts/screenshots/
+(gitignored) for a reviewer.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sluice.common.platform import PlatformState
+from sluice.testing.rest import Rest, rest_of
+from sluice.testing.wait import wait_for
+from sluice.sdk.invoke import GatewayTarget, send
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+SHOTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "screenshots"
+if CHROMIUM is None:
+    pytest.skip(
+        "Debian's chromium is not installed (`apt-get install -y chromium`; `make setup` "
+        "installs it as root)",
+        allow_module_level=True,
+    )
+sync_api = pytest.importorskip("playwright.sync_api")
+
+
+@dataclass
+class World:
+    platform: PlatformState
+    rest: Rest
+    endpoint: str
+    page: Any
+    errors: list[str]
+
+    def shot(self, name: str) -> None:
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        self.page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+    def served_by(self, n: int = 10) -> set[str]:
+        key = self.rest.call("POST", f"/onlineEndpoints/{self.endpoint}/listKeys")[1]["primaryKey"]
+        assert self.platform.envoy_http_port
+        target = GatewayTarget("127.0.0.1", self.platform.envoy_http_port, tls=False)
+        seen = set()
+        for _ in range(n):
+            status, headers, body = send(
+                target,
+                host="localhost",
+                path=f"/endpoints/{self.endpoint}/score",
+                body=b'{"data": [[1,2,3,4,5,6,7,8,9,10]]}',
+                headers=[("Authorization", f"Bearer {key}")],
+                timeout_s=30,
+            )
+            assert status == 200, body
+            seen.add(dict((k.lower(), v) for k, v in headers)["azureml-model-deployment"])
+        return seen
+
+
+def cli(platform: PlatformState, cwd: Path, *args: str) -> None:
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")},
+        "SLUICE_STATE_DIR": str(platform.state_dir),
+        "NO_COLOR": "1",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "sluice.sdk.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def world(local_platform: PlatformState, trained_models: Path) -> Iterator[World]:
+    rest = rest_of(local_platform)
+    endpoint = f"portal-{os.getpid()}"
+    online = trained_models / "online"
+    cli(local_platform, online, "online-endpoint", "create", "-n", endpoint)
+    cli(local_platform, online, "online-deployment", "create", "-f", "blue-deployment.yml",
+        "-e", endpoint, "--all-traffic")  # fmt: skip
+    cli(local_platform, online, "online-deployment", "create", "-f", "green-deployment.yml",
+        "-e", endpoint)  # fmt: skip
+    errors: list[str] = []
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
+        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+        page.set_default_timeout(30_000)
+        yield World(local_platform, rest, endpoint, page, errors)
+        browser.close()
+    rest.call("DELETE", f"/onlineEndpoints/{endpoint}")
+
+
+def test_sign_in_and_see_the_endpoint_the_cli_created(world: World) -> None:
+    page = world.page
+    assert world.platform.management_url
+    page.goto(world.platform.management_url + "/portal/")
+    page.get_by_label("Admin token").fill("wrong")
+    page.get_by_role("button", name="Sign in").click()
+    sync_api.expect(page.locator("#sign-in-error")).to_contain_text("Sign-in failed")
+    world.errors.clear()  # the browser logs the refused call (401) as a console error
+    page.get_by_label("Admin token").fill(world.rest.admin_token)
+    page.get_by_role("button", name="Sign in").click()
+    sync_api.expect(page.locator("#sign-in")).to_be_hidden()
+    row = page.locator("#endpoints tr", has_text=world.endpoint)
+    sync_api.expect(row).to_contain_text("blue 100%")
+    sync_api.expect(row).to_contain_text(f"/endpoints/{world.endpoint}/score")
+    world.shot("endpoints")
+    assert world.errors == []
+
+
+def test_slider_moves_traffic_and_envoy_serves_it(world: World) -> None:
+    page = world.page
+    page.goto(f"{world.platform.management_url}/portal/#/endpoints/{world.endpoint}")
+    blue = page.get_by_role("slider", name="blue")
+    green = page.get_by_role("slider", name="green")
+    sync_api.expect(blue).to_have_value("100")
+    blue.focus()
+    page.keyboard.press("Home")  # the keyboard: blue 0, so green takes the rest
+    sync_api.expect(blue).to_have_value("0")
+    sync_api.expect(green).to_have_value("100")
+    page.get_by_role("button", name="Apply traffic").click()
+    status = page.locator("#traffic-status")
+    sync_api.expect(status).to_contain_text("applied: Envoy serves green 100%")
+    world.shot("endpoint-traffic")
+    assert world.served_by() == {"green"}
+    assert world.errors == []
+
+
+def test_send_a_test_request(world: World) -> None:
+    page = world.page
+    page.goto(f"{world.platform.management_url}/portal/#/endpoints/{world.endpoint}/test")
+    page.get_by_label("Deployment").select_option("blue")
+    page.get_by_role("button", name="Send").click()
+    sync_api.expect(page.locator("#test-status")).to_contain_text("200 in")
+    sync_api.expect(page.locator("#test-status")).to_contain_text("answered by blue")
+    answer = page.locator("#test-answer").inner_text()
+    assert answer.startswith("[") and any(ch.isdigit() for ch in answer), answer
+    world.shot("endpoint-test")
+    assert world.errors == []
+
+
+def test_read_a_deployments_logs(world: World) -> None:
+    page = world.page
+    page.goto(f"{world.platform.management_url}/portal/#/endpoints/{world.endpoint}/logs")
+    page.get_by_label("Deployment").select_option("green")
+    page.get_by_role("button", name="Get logs").click()
+    sync_api.expect(page.locator("#logs-status")).to_contain_text("instance")
+    assert page.locator("#logs-text").inner_text().strip() not in ("", "(empty)")
+    world.shot("endpoint-logs")
+    assert world.errors == []
+
+
+def test_metrics_chart_renders_with_data(world: World) -> None:
+    page = world.page
+    url = f"{world.platform.management_url}/portal/#/endpoints/{world.endpoint}/metrics"
+    chart = page.locator("figure[data-chart='Requests per minute'] polyline")
+
+    def drawn() -> bool:
+        page.goto(url)
+        page.reload()
+        page.locator("#costs table, #costs [role=alert], #costs [role=status]").wait_for()
+        return chart.count() > 0
+
+    wait_for(drawn, "the requests chart has points (Envoy's access log -> metrics)", 90)
+    assert page.locator("figure[data-chart='Requests per minute'] circle").count() >= 1
+    sync_api.expect(page.locator("#costs table")).to_contain_text("blue")
+    world.shot("endpoint-metrics")
+    assert world.errors == []
+
+
+def test_readable_at_phone_width(world: World) -> None:
+    page = world.page
+    page.set_viewport_size({"width": 390, "height": 844})
+    try:
+        page.goto(f"{world.platform.management_url}/portal/#/endpoints/{world.endpoint}")
+        sync_api.expect(page.get_by_role("slider", name="green")).to_be_visible()
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, f"the page is {overflow}px wider than a phone"
+        world.shot("endpoint-phone")
+        page.goto(f"{world.platform.management_url}/portal/#/jobs")
+        page.locator("#jobs table, #jobs [role=status], #jobs [role=alert]").first.wait_for()
+        world.shot("jobs-phone")
+    finally:
+        page.set_viewport_size({"width": 1280, "height": 800})
+    assert world.errors == []
