@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 
 from sluice.common.platform import PlatformState
+from sluice.sdk.invoke import GatewayTarget, send
 from sluice.testing.rest import Rest, rest_of
 from sluice.testing.wait import wait_for
-from sluice.sdk.invoke import GatewayTarget, send
 
 pytestmark = pytest.mark.integration
 

@@ -12,10 +12,10 @@ from openapi_spec_validator import validate
 
 from sluice.common.platform import PlatformState
 from sluice.common.protoconv import to_proto
-from sluice.testing.rest import Rest, rest_of
-from sluice.testing.wait import wait_for
 from sluice.sdk.client import RegistryClient
 from sluice.sdk.specs import load_online_deployment
+from sluice.testing.rest import Rest, rest_of
+from sluice.testing.wait import wait_for
 from sluice.traffic.openapi import document
 from sluice.v1 import registry_pb2
 
