@@ -139,6 +139,7 @@ def test_keys_never_appear_in_a_repr() -> None:
     assert "fake-gateway-secret" not in repr(world()[0])
 
 
+@pytest.mark.integration  # starts a process
 def test_envoy_accepts_the_management_listener(tmp_path: Path) -> None:
     """The transcoder with the real descriptor set, the portal's files and the OpenAPI doc."""
     envoy = resolve_binary("envoy")
