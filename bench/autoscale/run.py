@@ -110,7 +110,7 @@ def measure(settings: Settings, state: object, examples: Path) -> None:
 
         def score() -> float:
             started = time.perf_counter()
-            status, _, _ = send(target, host=host, path="/score", body=BODY, headers=headers)
+            status, _, body = send(target, host=host, path="/score", body=BODY, headers=headers)
             elapsed = time.perf_counter() - started
             assert status == 200, (status, body)
             return elapsed
