@@ -18,11 +18,11 @@ import pytest
 
 from sluice.common.settings import TracingSettings, service_env
 from sluice.common.supervisor import Supervisor
-from sluice.common.testing.plugin import EnvoyGateway, ServiceStarter
-from sluice.common.testing.wait import wait_for
 from sluice.common.trace_files import trace_spans
 from sluice.common.tracing import TRACES
-from sluice.traffic.testing import GatewayPorts, start_controller
+from sluice.testing.plugin import EnvoyGateway, ServiceStarter
+from sluice.testing.traffic import GatewayPorts, start_controller
+from sluice.testing.wait import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 ENDPOINT = "traced"
