@@ -20,7 +20,7 @@ import yaml
 from sluice.common.platform import LocalPlatform
 from sluice.common.settings import Settings
 from sluice.sdk.client import SluiceError, admin_token
-from sluice.v1 import metrics_pb2, metrics_pb2_grpc
+from sluice.v1 import metrics_pb2, metrics_pb2_grpc, requestlogs_pb2, requestlogs_pb2_grpc
 
 T = TypeVar("T")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -102,6 +102,7 @@ class MetricsClient:
         self.address = address
         self._channel = grpc.insecure_channel(address)
         self._stub = metrics_pb2_grpc.MetricsStub(self._channel)
+        self._logs = requestlogs_pb2_grpc.RequestLogsStub(self._channel)
         self._metadata = (("authorization", f"Bearer {token}"),)
 
     @classmethod
@@ -165,6 +166,25 @@ class MetricsClient:
     def list_alert_rules(self, endpoint: str = "") -> list[Any]:
         request = metrics_pb2.ListAlertRulesRequest(endpoint_name=endpoint)
         return list(self._call(self._stub.ListAlertRules, request).rules)
+
+    def request_logs(
+        self,
+        endpoint: str,
+        deployment: str = "",
+        *,
+        status: str = "",
+        since_s: int = 0,
+        limit: int = 0,
+    ) -> Any:
+        """The gateway's newest access-log entries of an endpoint (requestlogs.proto)."""
+        request = requestlogs_pb2.GetRequestLogsRequest(
+            endpoint_name=endpoint,
+            deployment_name=deployment,
+            status=status,
+            since_seconds=since_s,
+            limit=limit,
+        )
+        return self._call(self._logs.GetRequestLogs, request)
 
     def delete_alert_rule(self, name: str) -> None:
         self._call(self._stub.DeleteAlertRule, metrics_pb2.DeleteAlertRuleRequest(name=name))

@@ -95,9 +95,10 @@ def add_entries(buckets: Buckets, stats: IngestStats, entries: Iterable[Any]) ->
 class AccessLogReceiver(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[misc]
     """Each Envoy worker holds one stream per log name; entries arrive in batches."""
 
-    def __init__(self, buckets: Buckets, stats: IngestStats):
+    def __init__(self, buckets: Buckets, stats: IngestStats, recent: Any = None):
         self._buckets = buckets
         self.stats = stats
+        self._recent = recent  # requestlog.RecentRequests: the newest entries, for `logs`
 
     async def StreamAccessLogs(  # noqa: N802 - the proto's method name
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
@@ -107,6 +108,8 @@ class AccessLogReceiver(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
             async for message in request_iterator:
                 if message.HasField("http_logs"):
                     add_entries(self._buckets, self.stats, message.http_logs.log_entry)
+                    if self._recent is not None:
+                        self._recent.add(message.http_logs.log_entry)
         finally:
             self.stats.streams -= 1
         return als_pb2.StreamAccessLogsResponse()

@@ -34,10 +34,12 @@ from sluice.metrics.cache import PointCache
 from sluice.metrics.envoy_stats import EnvoyStats, parse_targets
 from sluice.metrics.flusher import Flusher
 from sluice.metrics.live import LiveView
+from sluice.metrics.requestlog import SERVICE_NAME as REQUEST_LOGS_SERVICE
+from sluice.metrics.requestlog import RecentRequests, RequestLogsApi
 from sluice.metrics.settings import MetricsSettings
 from sluice.metrics.store import MetricsStore
 from sluice.metrics.usage import subscribe_usage, usage_subject
-from sluice.v1 import autoscale_pb2, autoscale_pb2_grpc, metrics_pb2_grpc
+from sluice.v1 import autoscale_pb2, autoscale_pb2_grpc, metrics_pb2_grpc, requestlogs_pb2_grpc
 
 log = get_logger(__name__)
 SERVICE_NAME = "sluice.v1.Metrics"
@@ -105,7 +107,8 @@ async def serve(settings: Settings, metrics: MetricsSettings) -> None:
         max_pending=metrics.max_pending_buckets,
         cache=cache,
     )
-    receiver = AccessLogReceiver(buckets, stats)
+    recent = RecentRequests()
+    receiver = AccessLogReceiver(buckets, stats, recent)
     queries = MetricsQueries(db, store, metrics.currency, metrics.bucket_s, cache)
     rules = AlertRules(db)
     api = MetricsApi(queries, AlertAdmin(rules, queries, metrics.bucket_s))
@@ -125,11 +128,12 @@ async def serve(settings: Settings, metrics: MetricsSettings) -> None:
         autoscale_pb2_grpc.add_AutoscaleServicer_to_server(
             AutoscaleApi(autoscale_store, metrics.bucket_s), server
         )
+        requestlogs_pb2_grpc.add_RequestLogsServicer_to_server(RequestLogsApi(recent), server)
 
     server = GrpcServer(
         host=settings.host,
         port=settings.ports.metrics,
-        service_names=[SERVICE_NAME, AUTOSCALE_SERVICE],
+        service_names=[SERVICE_NAME, AUTOSCALE_SERVICE, REQUEST_LOGS_SERVICE],
         register=register,
         admin_token=settings.admin_token,
     )

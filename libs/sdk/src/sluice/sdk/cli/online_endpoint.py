@@ -12,7 +12,7 @@ from sluice.common.platform import LocalPlatform
 from sluice.common.settings import Settings
 from sluice.sdk import azure_views
 from sluice.sdk.applied import NotApplied
-from sluice.sdk.cli import local_cmds, metrics_cmds
+from sluice.sdk.cli import local_cmds, metrics_cmds, request_logs
 from sluice.sdk.cli.common import (
     AddOption,
     FileOption,
@@ -265,3 +265,4 @@ def invoke(
 
 app.command("metrics")(metrics_cmds.metrics)
 app.command("show-costs")(metrics_cmds.show_costs)
+app.command("logs")(request_logs.logs)
