@@ -1,8 +1,9 @@
 """Scale to zero, end to end through the real gateway: an autoscale profile with
 minimum 0 takes an idle deployment to zero instances (the activator is listed in their
 place); its first request is held, not failed, while an instance starts, and answered
-200 through Envoy; idle again, it goes back to zero. Prints the first response's time
-from zero against a warm request (bench/autoscale measures the distribution)."""
+200 through Envoy; idle again, it goes back to zero; deleted at zero, it goes. Prints
+the first response's time from zero against a warm request (bench/autoscale measures
+the distribution)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pymongo
 import pytest
 
+from sluice.common.resources import DEPLOYMENT_INSTANCES
 from sluice.common.supervisor import Supervisor
 from sluice.sdk.autoscale import AutoscaleClient, make_profile, make_rule
 from sluice.sdk.client import RegistryClient
@@ -110,4 +113,18 @@ def test_a_deployment_at_zero_answers_its_first_request_and_goes_back_to_zero(
     wait_for(stopped, "no process left once idle", deadline=30)
     costs = autoscale.costs(ENDPOINT, "blue", since_s=3600)
     assert costs.total > 0 and all(line.running_instances == 0 for line in costs.lines)
+
+    # Deleted while at zero (with its endpoint): it goes (the activator is no instance to
+    # wait for).
+    settings = metrics.settings
+    with pymongo.MongoClient(settings.mongodb_uri) as mongo:
+        listed = mongo[settings.mongodb_database][DEPLOYMENT_INSTANCES]
+        at_zero_list = listed.find_one({"_id": f"{ENDPOINT}/blue"})
+        assert at_zero_list is not None and len(at_zero_list["instances"]) == 1
+        client.delete_online_endpoint(ENDPOINT)
+        wait_for(
+            lambda: listed.find_one({"_id": f"{ENDPOINT}/blue"}) is None,
+            "the provisioner to finish removing blue (no instance list left)",
+            deadline=60,
+        )
     autoscale.close()

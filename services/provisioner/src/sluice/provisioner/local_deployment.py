@@ -93,6 +93,7 @@ class LocalDeployment:
         # and since when the activator is listed as its instance (monotonic).
         self._activated_at: float | None = None
         self._activator_since: float | None = None
+        self._removing = False  # deleted: nothing is listed any more, not even the activator
         if services.activator is not None:
             services.activator.register(self)
 
@@ -114,7 +115,7 @@ class LocalDeployment:
     async def remove(self) -> Observation:
         if self._s.activator is not None:
             self._s.activator.forget(self)
-        self._activator_since = None
+        self._removing, self._activator_since = True, None
         await self._reap(None)
         await self._act(None)
         if not self.instances:  # the deployment's private copies and user go last
@@ -270,7 +271,9 @@ class LocalDeployment:
     def _activator_instance(self) -> Instance | None:
         """At zero (or waking from it, until an instance is ready) the activator is listed."""
         activator = self._s.activator
-        if activator is None or not activator.address or self._s.autoscale.count(self.key) != 0:
+        if activator is None or not activator.address or self._removing:
+            return None
+        if self._s.autoscale.count(self.key) != 0:
             return None
         if self._decided() != 0 and self.ready_address() is not None:
             return None
