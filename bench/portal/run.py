@@ -1,0 +1,144 @@
+"""The management REST API and the portal, on the whole platform as `sluice up` runs it.
+
+1. What the gRPC-JSON transcoder adds: the same call (GetOnlineEndpoint) three ways, in
+   interleaved rounds of ROUND sequential calls each so that machine noise hits all three
+   alike: gRPC straight to the registry (what the CLI does, the baseline), gRPC through
+   Envoy's management listener, and REST (`GET /onlineEndpoints/{name}`, one keep-alive
+   HTTP/1.1 connection) through the same listener. Target: REST p50 - gRPC p50 <= 1 ms.
+2. The endpoints page with ENDPOINTS endpoints in headless Chromium (Debian's chromium over
+   Playwright): from navigation to the table holding every row (the page is interactive
+   then: it has no other work) - target <= 1 s - against the same page with 1 endpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import httpx
+
+from sluice.common.platform import LocalPlatform
+from sluice.common.settings import EnvoySettings, ServicePorts, Settings
+from sluice.common.supervisor import free_port
+from sluice.testing.rest import rest_of
+from sluice.v1 import registry_pb2, registry_pb2_grpc
+
+ROUNDS = 10
+ROUND = 200
+ENDPOINTS = 1000
+
+
+def p(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100)[int(q) - 1] if q != 50 else statistics.median(values)
+
+
+def transcoder(registry: str, management: str, token: str, name: str) -> None:
+    metadata = (("authorization", f"Bearer {token}"),)
+    request = registry_pb2.GetOnlineEndpointRequest(name=name)
+    direct = registry_pb2_grpc.RegistryStub(grpc.insecure_channel(registry))
+    proxied = registry_pb2_grpc.RegistryStub(grpc.insecure_channel(management))
+    http = httpx.Client(base_url=f"http://{management}", headers={"authorization": metadata[0][1]})
+
+    def rest() -> None:
+        answer = http.get(f"/onlineEndpoints/{name}")
+        assert answer.status_code == 200, answer.text
+
+    calls: dict[str, Callable[[], object]] = {
+        "gRPC -> registry": lambda: direct.GetOnlineEndpoint(request, metadata=metadata),
+        "gRPC -> Envoy -> registry": lambda: proxied.GetOnlineEndpoint(request, metadata=metadata),
+        "REST -> Envoy (transcoder) -> registry": rest,
+    }
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    for call in calls.values():  # warm connections
+        for _ in range(20):
+            call()
+    for r in range(ROUNDS):
+        order = list(calls.items())
+        order = order[r % 3 :] + order[: r % 3]
+        for label, call in order:
+            for _ in range(ROUND):
+                started = time.perf_counter()
+                call()
+                times[label].append((time.perf_counter() - started) * 1000)
+    base = statistics.median(times["gRPC -> registry"])
+    print(f"{ROUNDS * ROUND} calls each, interleaved; load {os.getloadavg()[0]:.1f}")
+    print(f"{'path':<40} {'p50 ms':>8} {'p99 ms':>8} {'p50 - gRPC':>11}")
+    for label, values in times.items():
+        med = statistics.median(values)
+        print(f"{label:<40} {med:8.3f} {p(values, 99):8.3f} {med - base:+11.3f}")
+
+
+def portal(management: str, token: str, create: Callable[[int], None]) -> None:
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        print("portal: chromium is not installed (apt-get install -y chromium); skipped")
+        return
+    from playwright.sync_api import sync_playwright
+
+    def load(page: object, expected: int) -> float:
+        page.goto("about:blank")  # type: ignore[attr-defined]
+        started = time.perf_counter()
+        page.goto(f"http://{management}/portal/#/endpoints")  # type: ignore[attr-defined]
+        page.wait_for_function(  # type: ignore[attr-defined]
+            f"document.querySelectorAll('#endpoints tbody tr').length === {expected}"
+        )
+        return (time.perf_counter() - started) * 1000
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.add_init_script(f"sessionStorage.setItem('sluice-admin-token', {token!r})")
+        create(1)
+        small = [load(page, 1) for _ in range(5)]
+        create(ENDPOINTS)
+        large = [load(page, ENDPOINTS) for _ in range(5)]
+        browser.close()
+    print("endpoints page, navigation -> every row in the table (median of 5)")
+    print(f"  load average {os.getloadavg()[0]:.1f}")
+    print(f"  1 endpoint:     {statistics.median(small):7.0f} ms")
+    print(f"  {ENDPOINTS} endpoints: {statistics.median(large):7.0f} ms  (target <= 1000 ms)")
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="sluice-bench-portal-") as tmp:
+        state = Path(tmp)
+        state.chmod(0o755)  # the deployments' own users traverse it
+        settings = Settings(
+            state_dir=state,
+            envoy=EnvoySettings(
+                http_port=free_port(), https_port=free_port(), management_port=free_port()
+            ),
+            ports=ServicePorts(registry=free_port()),
+        )
+        platform = LocalPlatform(settings)
+        up, _ = platform.up(watchdog=False)
+        try:
+            rest = rest_of(up)
+            assert up.registry_address and up.management_url
+            management = up.management_url.removeprefix("http://")
+            made = 0
+
+            def create(count: int) -> None:
+                nonlocal made
+                for i in range(made, count):
+                    status, body = rest.call(
+                        "PUT", f"/onlineEndpoints/b{i:04d}", {"name": f"b{i:04d}"}
+                    )
+                    assert status == 200, body
+                made = max(made, count)
+
+            create(1)
+            transcoder(up.registry_address, management, rest.admin_token, "b0000")
+            portal(management, rest.admin_token, create)
+        finally:
+            platform.down()
+
+
+if __name__ == "__main__":
+    main()
