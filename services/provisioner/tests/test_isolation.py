@@ -13,6 +13,7 @@ from sluice.common.interpreters import Interpreter, for_deployment_users, runnab
 from sluice.common.resources import OnlineDeploymentSpec
 from sluice.provisioner.isolation import (
     Account,
+    IsolationError,
     collector_folder,
     harden_state_dir,
     instance_env,
@@ -67,6 +68,22 @@ def test_private_copy_is_readable_by_its_owner_only(tmp_path: Path) -> None:
     assert mode(target / "model") == 0o700
     assert mode(target / "model" / "weights.bin") == 0o400
     assert private_copy(source, tmp_path / "copy", me) == target  # copied once
+
+
+def test_private_copy_refuses_links_out_of_the_folder(tmp_path: Path) -> None:
+    secret = tmp_path / "secret.key"
+    secret.write_text("platform secret")
+    source = tmp_path / "code"
+    (source / "sub").mkdir(parents=True)
+    (source / "score.py").write_text("def run(x): return x")
+    (source / "sub" / "alias.py").symlink_to(source / "score.py")  # inside: copied as a link
+    me = Account("me", os.geteuid(), os.getegid())
+    copied = private_copy(source, tmp_path / "ok", me)
+    assert (copied / "code" / "sub" / "alias.py").is_symlink()
+    (source / "sub" / "key").symlink_to(secret)
+    with pytest.raises(IsolationError, match=r"code/sub/key links outside code"):
+        private_copy(source, tmp_path / "refused", me)
+    assert not (tmp_path / "refused").exists()
 
 
 def test_a_private_folder_on_the_way_is_named() -> None:

@@ -185,9 +185,15 @@ def reachable_by_others(path: Path) -> Path | None:
 
 
 def private_copy(source: Path, target: Path, account: Account) -> Path:
-    """Copy an artifact to `target`, owned by `account` and readable only by it."""
+    """Copy an artifact to `target`, owned by `account` and readable only by it.
+
+    Symbolic links are copied as links and refused when they lead out of `source`:
+    followed by the instance they would reach the platform's files (all of them when
+    the platform does not run as root, so instances share its user). The artifact
+    store already refuses such links at upload; this holds for any other source."""
     if target.exists():
         return target
+    _refuse_links_out_of(source)
     partial = target.with_name(target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True, mode=0o700)
@@ -199,6 +205,17 @@ def private_copy(source: Path, target: Path, account: Account) -> Path:
     _own_privately(partial, account)
     partial.rename(target)
     return target
+
+
+def _refuse_links_out_of(source: Path) -> None:
+    root = (source if source.is_dir() else source.parent).resolve()
+    links = [source] if source.is_symlink() else []
+    for dirpath, dirnames, filenames in os.walk(source):
+        links += [Path(dirpath) / name for name in (*dirnames, *filenames)]
+    for link in links:
+        if link.is_symlink() and not link.resolve().is_relative_to(root):
+            where = link.relative_to(source.parent)
+            raise IsolationError(f"{where} links outside {source.name}: it is not copied")
 
 
 def _own_privately(tree: Path, account: Account) -> None:
