@@ -10,6 +10,7 @@ user's folder after `create` changes nothing that runs.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -112,7 +113,10 @@ class ArtifactStore:
                 digest="sha256:" + hasher.hexdigest(), name=name, is_directory=is_directory
             )
             target = self.folder(ref.digest)
-            if not target.exists():
+            if target.exists():  # uploaded again: a call is about to use it (artifact_gc)
+                with contextlib.suppress(OSError):
+                    os.utime(target)
+            else:
                 self._unpack(archive, Path(tmp) / "tree", ref)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 try:

@@ -115,6 +115,11 @@ class Settings(BaseSettings):
     # The platform CA and the identities it issued (sluice.common.pki); default <state_dir>/pki.
     pki_dir: Path | None = None
 
+    # The registry removes stored artifacts nothing refers to, every interval, once they are
+    # older than the grace period (services/registry/.../artifact_gc.py).
+    artifact_gc_interval_s: float = 3600.0
+    artifact_gc_grace_s: float = 86400.0
+
     # Where the provisioner caches built environments (default <state_dir>/envs).
     envs_dir: Path | None = None
     # Kubernetes online deployments run on this cluster: a kubeconfig path, or "in-cluster"

@@ -24,6 +24,7 @@ from sluice.common.prometheus import start_exporter
 from sluice.common.runtime import wait_for_shutdown_signal
 from sluice.common.secretbox import SecretBox
 from sluice.common.settings import Settings
+from sluice.registry import artifact_gc
 from sluice.registry.api import RegistryApi
 from sluice.registry.assets import AssetService
 from sluice.registry.assets_api import AssetsApi
@@ -101,6 +102,14 @@ async def serve(settings: Settings) -> None:
         assets = AssetService(store, artifacts, CuratedCatalogue.load())
         service = RegistryService(store, secrets, tokens, artifacts, assets)
         relay = asyncio.create_task(OutboxRelay(outbox, publisher).run())
+        collector = asyncio.create_task(
+            artifact_gc.run(
+                db,
+                artifacts,
+                interval_s=settings.artifact_gc_interval_s,
+                grace_s=settings.artifact_gc_grace_s,
+            )
+        )
         api = RegistryApi(service, artifacts, scoring_base(settings))
         server = GrpcServer(
             host=settings.host,
@@ -115,6 +124,7 @@ async def serve(settings: Settings) -> None:
         log.info("registry_stopping", signal=signal.name)
         await server.stop()
         relay.cancel()
+        collector.cancel()
         with contextlib.suppress(Exception):  # what is left is relayed at the next start
             await asyncio.wait_for(OutboxRelay(outbox, publisher).drain(), timeout=3)
     finally:
