@@ -1,0 +1,160 @@
+"""What the gateway header check (issue 11) adds to a request through Envoy.
+
+Only the gateway reaches instances: Envoy adds `x-sluice-gateway` with an upstream
+`header_mutation` filter of the deployment's cluster, and the inference server
+compares it (`hmac.compare_digest`). Same run, same Envoy, two endpoints routed the
+way the traffic controller routes them (its snapshot builder, loaded as a static
+configuration), each on an inference server of its own with the example model:
+
+- `plain`: no gateway secret (no filter, no check): the baseline;
+- `guarded`: a secret (Envoy adds the header, the server checks it).
+
+wrk, one connection (closed loop), alternating plain/guarded rounds; the figure is
+the median over rounds of each round's p50, and the difference guarded - plain.
+Run with `uv run python bench/run.py gateway_header`; note the load average, which
+it prints.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from sluice.common.gateway_auth import ENV
+from sluice.common.health import HttpCheck
+from sluice.common.supervisor import ProcessSpec, Supervisor, free_port
+from sluice.testing.envoy_static import static_bootstrap
+from sluice.traffic.domain import (
+    Deployment,
+    Endpoint,
+    Gateway,
+    KeyAuth,
+    Listen,
+    Share,
+    Upstream,
+)
+from sluice.traffic.jwks import PLACEHOLDER_JWKS
+from sluice.traffic.tls import ensure_local_certificate, load_material
+from sluice.traffic.xds.builder import SnapshotBuilder
+
+ROUNDS = 8
+SECONDS = 4
+KEY = "bench-primary-key"
+SECRET = "bench-gateway-secret-0123456789abcdef"  # noqa: S105 - a throwaway platform's
+
+
+def _traffic_bench() -> Any:
+    path = Path(__file__).resolve().parents[1] / "traffic" / "run.py"
+    spec = importlib.util.spec_from_file_location("bench_traffic_shared", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def endpoint(name: str, port: int, secret: str) -> Endpoint:
+    deployment = Deployment(name, "blue", 1, 5000, 32, (Upstream("127.0.0.1", port),), secret)
+    return Endpoint(
+        name=name,
+        version=1,
+        auth=KeyAuth((KEY, "bench-secondary")),
+        traffic=(Share("blue", 100),),
+        mirror=None,
+        deployments=(deployment,),
+    )
+
+
+def main() -> None:
+    traffic = _traffic_bench()
+    if not (traffic.MODEL / "model").exists():
+        import subprocess
+
+        subprocess.run([sys.executable, str(traffic.ROOT / "examples/train_models.py")], check=True)
+    with tempfile.TemporaryDirectory(prefix="sluice-bench-header-") as tmp:
+        root = Path(tmp)
+        sup = Supervisor(root / "logs")
+        try:
+            ports = {"plain": free_port(), "guarded": free_port()}
+            for name, port in ports.items():
+                env = {**os.environ, **({ENV: SECRET} if name == "guarded" else {})}
+                sup.start(
+                    ProcessSpec(
+                        name=f"inference-{name}",
+                        argv=traffic.inference_argv(port),
+                        health=HttpCheck(f"http://127.0.0.1:{port}/ready"),
+                        env=env,
+                        ports=[port],
+                    )
+                )
+            http_port = free_port()
+            cert, key = ensure_local_certificate(root / "tls", traffic.DOMAIN)
+            gateway = Gateway(
+                domain=traffic.DOMAIN,
+                https=Listen("127.0.0.1", free_port()),
+                http=Listen("127.0.0.1", http_port),
+                tls=load_material(cert, key),
+                jwks=PLACEHOLDER_JWKS,
+            )
+            snapshot = SnapshotBuilder().build(
+                gateway,
+                [
+                    endpoint("plain", ports["plain"], ""),
+                    endpoint("guarded", ports["guarded"], SECRET),
+                ],
+            )
+            snapshot.check()
+            admin = free_port()
+            config = root / "envoy.json"
+            config.write_text(json.dumps(static_bootstrap(snapshot, admin_port=admin)))
+            sup.start(
+                ProcessSpec(
+                    name="envoy",
+                    argv=[
+                        *("envoy", "-c", str(config), "--concurrency", "1"),
+                        *("--disable-hot-restart", "--log-level", "warning"),
+                    ],
+                    health=HttpCheck(f"http://127.0.0.1:{admin}/ready"),
+                    ports=[admin, http_port],
+                )
+            )
+            url = f"http://127.0.0.1:{http_port}/score"
+            headers = {
+                name: {
+                    "Host": f"{name}.{traffic.DOMAIN}",
+                    "Authorization": f"Bearer {KEY}",
+                    "Content-Type": "application/json",
+                }
+                for name in ports
+            }
+            for name in ports:  # warm up; a 403 (header missing) would fail wrk here
+                traffic.wrk(url, 4, 2, headers[name])
+            p50: dict[str, list[float]] = {name: [] for name in ports}
+            for _ in range(ROUNDS):
+                for name in ports:
+                    p50[name].append(traffic.wrk(url, 1, SECONDS, headers[name])["p50"])
+            plain, guarded = (statistics.median(p50[n]) for n in ("plain", "guarded"))
+            load = os.getloadavg()
+            print(
+                "| through Envoy, c=1, median of "
+                f"{ROUNDS} rounds' p50 (ms) | plain {plain:.3f} | guarded {guarded:.3f} "
+                f"| added {guarded - plain:+.3f} ms |"
+            )
+            low = {n: min(p50[n]) for n in ports}
+            print(
+                f"| same, best round's p50 (ms) | plain {low['plain']:.3f} "
+                f"| guarded {low['guarded']:.3f} | added {low['guarded'] - low['plain']:+.3f} ms |"
+            )
+            print(f"rounds plain {p50['plain']}\nrounds guarded {p50['guarded']}")
+            print(f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
+        finally:
+            sup.stop_all()
+
+
+if __name__ == "__main__":
+    main()
