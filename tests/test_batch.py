@@ -240,8 +240,14 @@ def workers_of(cli: Cli, job: str) -> dict[str, psutil.Process]:
 
 def spares_of(batch: RunningService) -> list[psutil.Process]:
     """Spare workers the batch service keeps waiting."""
-    children = psutil.Process(batch.process.pid).children()
-    return [p for p in children if "sluice.batch.spare" in " ".join(p.cmdline())]
+    found = []
+    for child in psutil.Process(batch.process.pid).children():
+        try:
+            if "sluice.batch.spare" in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.Error:  # gone, or a zombie not reaped yet
+            continue
+    return found
 
 
 def test_folder_of_csvs_every_row_once_in_order(cli: Cli, batch: RunningService) -> None:

@@ -196,8 +196,15 @@ def first_start(arrivals: list[tuple[float, MiniBatchResult]]) -> float:
 
 
 def spares(batch_pid: int) -> list[psutil.Process]:
-    children = psutil.Process(batch_pid).children()
-    return [p for p in children if "sluice.batch.spare" in " ".join(p.cmdline())]
+    """The batch service's live spare workers."""
+    found = []
+    for child in psutil.Process(batch_pid).children():
+        try:
+            if "sluice.batch.spare" in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.Error:  # gone, or a zombie not reaped yet
+            continue
+    return found
 
 
 def wait_spares_ready(state_dir: Path, batch_pid: int, count: int) -> None:
