@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import shutil
 import statistics
@@ -21,7 +22,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
-import httpx
 
 from sluice.common.platform import LocalPlatform
 from sluice.common.settings import EnvoySettings, ServicePorts, Settings
@@ -43,11 +43,16 @@ def transcoder(registry: str, management: str, token: str, name: str) -> None:
     request = registry_pb2.GetOnlineEndpointRequest(name=name)
     direct = registry_pb2_grpc.RegistryStub(grpc.insecure_channel(registry))
     proxied = registry_pb2_grpc.RegistryStub(grpc.insecure_channel(management))
-    http = httpx.Client(base_url=f"http://{management}", headers={"authorization": metadata[0][1]})
+    # The stdlib's client: little Python per call, as grpc's C core has little.
+    host, _, port = management.partition(":")
+    conn = http.client.HTTPConnection(host, int(port))
+    headers = {"authorization": metadata[0][1]}
 
     def rest() -> None:
-        answer = http.get(f"/onlineEndpoints/{name}")
-        assert answer.status_code == 200, answer.text
+        conn.request("GET", f"/onlineEndpoints/{name}", headers=headers)
+        answer = conn.getresponse()
+        body = answer.read()
+        assert answer.status == 200, body
 
     calls: dict[str, Callable[[], object]] = {
         "gRPC -> registry": lambda: direct.GetOnlineEndpoint(request, metadata=metadata),
