@@ -93,3 +93,5 @@ def test_batch_workers_hold_no_platform_secret(
     for report in reports:
         # NATS as the restricted workers' user (which cannot forge events: test_internal_doors).
         assert report["nats_user"] == WORKER_USER
+        # A minimal environment: none of the platform's secrets or its services' NATS URL.
+        assert report["secrets"] == []
