@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 
@@ -25,21 +23,11 @@ from sluice.sdk.client import RegistryClient
 from sluice.sdk.invoke import GatewayTarget, send
 from sluice.sdk.specs import load_online_deployment, load_online_endpoint
 from sluice.testing.load import SteadyLoad
+from sluice.testing.wait import wait_for
 
 pytestmark = pytest.mark.integration
-T = TypeVar("T")
 ENDPOINT = "mbb-e2e"
 BODY = b'{"data": [[1,2,3,4,5,6,7,8,9,10]]}'
-
-
-def wait_for(condition: Callable[[], T | None], what: str, timeout: float = 90) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @pytest.mark.timeout(400)  # four changes under load, on a shared 2-core machine
@@ -82,7 +70,7 @@ def test_rolls_and_scale_in_fail_no_request(
             )
             return doc if done else None
 
-        doc = wait_for(lambda: settled(1, 1, set()), "blue to serve")
+        doc = wait_for(lambda: settled(1, 1, set()), "blue to serve", deadline=90)
         client.set_traffic(ENDPOINT, {"blue": 100})
         key = client.get_credentials(ENDPOINT).primary_key
         target = GatewayTarget.of_platform(local_platform)
@@ -91,6 +79,7 @@ def test_rolls_and_scale_in_fail_no_request(
         wait_for(
             lambda: send(target, host=host, path="/score", body=BODY, headers=headers)[0] == 200,
             "blue to be routed",
+            deadline=90,
         )
 
         failed: dict[str, list[str]] = {}
@@ -103,7 +92,9 @@ def test_rolls_and_scale_in_fail_no_request(
                 old_ids = {i.id for i in doc.instances} if roll else set()
                 updated = client.update_online_deployment(doc.spec.model_copy(update=update))
                 doc = wait_for(
-                    lambda: settled(updated.meta.version, count, old_ids), f"{phase} to finish"
+                    lambda: settled(updated.meta.version, count, old_ids),
+                    f"{phase} to finish",
+                    deadline=90,
                 )
                 print(f"{phase}: {time.monotonic() - started:.1f}s")
                 load.wait_requests(200)

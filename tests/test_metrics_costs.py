@@ -19,21 +19,12 @@ from sluice.sdk.client import RegistryClient, SluiceError
 from sluice.sdk.metrics import MetricsClient
 from sluice.sdk.specs import load_online_deployment, load_online_endpoint
 from sluice.testing.plugin import RunningService, ServiceStarter
+from sluice.testing.wait import wait_for
 from sluice.v1 import metrics_pb2, metrics_pb2_grpc
 
 # Starting two scikit-learn instances takes a minute on a loaded 2-core machine.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
 PRICE = 0.293  # Standard_DS3_v2 (services/provisioner/.../instance_types.yaml)
-
-
-def wait_for(condition, what: str, timeout: float = 60):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def costs(address: str, token: str, start: float, end: float) -> metrics_pb2.CostReport:
@@ -70,7 +61,7 @@ def test_two_instances_cost_price_times_time_across_a_restart(
             and d
         ),
         "blue to succeed",
-        timeout=240,
+        deadline=240,
     )
     ready = time.time()
     assert len([i for i in doc.instances if i.ready]) == 2

@@ -21,10 +21,9 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
 import psutil
 import pytest
@@ -37,29 +36,14 @@ from sluice.sdk.client import RegistryClient, SluiceError
 from sluice.sdk.invoke import DEPLOYMENT_HEADER, GatewayTarget, send
 from sluice.sdk.specs import load_online_deployment, load_online_endpoint
 from sluice.testing.plugin import traversable_dir
+from sluice.testing.wait import wait_for
 
 # The first case also starts the platform and three instances: minutes on a loaded machine.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
-T = TypeVar("T")
 ENDPOINT = "chaos"
 BODY = b'{"data": [[1,2,3,4,5,6,7,8,9,10]]}'
 # Envoy's own death: clients see refused connections until the watchdog has it back.
 ENVOY_OUTAGE_BOUND_S = 20.0
-
-
-def wait_for(
-    condition: Callable[[], T | None],
-    what: str,
-    timeout: float = 90,
-    why: Callable[[], str] = lambda: "",
-) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; {why()}")
 
 
 @dataclass
@@ -179,7 +163,7 @@ class World:
         return f"components not healthy: {down}; deployments: {states}"
 
     def assert_intact(self) -> None:
-        wait_for(self.converged, "the platform to converge by itself", 120, self.why_not)
+        wait_for(self.converged, "the platform to converge by itself", 120, why=self.why_not)
         with self.registry() as client:
             endpoint = client.get_online_endpoint(ENDPOINT)
             assert shares(endpoint.doc.spec.traffic) == shares(self.traffic)
@@ -241,8 +225,8 @@ def _world(state_dir: Path, trained_models: Path, envs_dir: Path) -> Iterator[Wo
         world = World(platform, steady, key, {"blue": 100, "green": 0}, {"blue": 2, "green": 1},
                       online)  # fmt: skip
         try:
-            wait_for(world.converged, "blue and green to be up", 180, world.why_not)
-            wait_for(lambda: steady.score()[0] == 200, "blue to be routed")
+            wait_for(world.converged, "blue and green to be up", 180, why=world.why_not)
+            wait_for(lambda: steady.score()[0] == 200, "blue to be routed", deadline=90)
         except AssertionError as exc:
             SETUP_FAILED.append(str(exc))
             raise
@@ -273,6 +257,7 @@ def test_kill_9_of_a_control_plane_component_fails_no_request(world: World, comp
             and is_alive(next(p for p in world.state().processes if p.name == component))
         ),
         f"the watchdog to restart {component}",
+        deadline=90,
     )
     world.assert_intact()
     restarted = next(p for p in world.state().processes if p.name == component)
@@ -303,6 +288,7 @@ def test_kill_9_of_one_of_two_instances_fails_no_request(world: World) -> None:
             )
         ),
         "the provisioner to replace the instance",
+        deadline=90,
     )
     world.assert_intact()
     assert world.failures_since_mark() == []
@@ -315,7 +301,7 @@ def test_kill_9_of_envoy_errors_are_bounded_and_reported(
     old = world.pid("envoy")
     killed_at = time.monotonic()
     kill(old)
-    wait_for(lambda: world.pid("envoy") != old, "the watchdog to restart envoy")
+    wait_for(lambda: world.pid("envoy") != old, "the watchdog to restart envoy", deadline=90)
     world.assert_intact()
     failures = world.failures_since_mark()
     if failures:
@@ -353,6 +339,7 @@ def test_rolling_update_of_a_one_instance_deployment_fails_no_request(world: Wor
             and world.converged()
         ),
         "the rolling update to finish",
+        deadline=90,
     )
     world.assert_intact()
     assert world.failures_since_mark() == []
@@ -363,7 +350,9 @@ def test_blue_green_shift_fails_no_request(world: World) -> None:
     with world.registry() as client:
         client.set_traffic(ENDPOINT, {"blue": 0, "green": 100})
     world.traffic = {"blue": 0, "green": 100}
-    wait_for(lambda: set(world.client.window(20)) == {"green"}, "green to take everything")
+    wait_for(
+        lambda: set(world.client.window(20)) == {"green"}, "green to take everything", deadline=90
+    )
     world.assert_intact()
     assert world.failures_since_mark() == []
 
@@ -381,7 +370,7 @@ def test_down_and_up_keep_everything(world: World) -> None:
     state, started = world.platform.up()
     assert "envoy" in started
     world.client = SteadyClient(state, world.key)
-    wait_for(lambda: world.client.score()[0] == 200, "the endpoint to serve again", timeout=120)
+    wait_for(lambda: world.client.score()[0] == 200, "the endpoint to serve again", deadline=120)
     world.client.start()
     world.mark()
     world.assert_intact()

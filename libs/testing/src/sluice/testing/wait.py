@@ -15,10 +15,16 @@ T = TypeVar("T")
 INTERVAL_S = 0.05
 
 
-def wait_for(condition: Callable[[], T | None], what: str, deadline: float = 60.0) -> T:
+def wait_for(
+    condition: Callable[[], T | None],
+    what: str,
+    deadline: float = 60.0,
+    why: Callable[[], str] | None = None,
+) -> T:
     """Call `condition` until it returns something truthy (returned); `deadline` in seconds.
 
     A condition that raises OSError (a server not listening yet) counts as not yet.
+    `why`, if given, explains a timeout (what is not there yet) in the failure message.
     """
     end = time.monotonic() + deadline
     last: object = None
@@ -32,7 +38,8 @@ def wait_for(condition: Callable[[], T | None], what: str, deadline: float = 60.
         if value:
             return value
         if time.monotonic() > end:
-            raise AssertionError(f"timed out after {deadline}s waiting for {what}; last: {last!r}")
+            detail = why() if why is not None else f"last: {last!r}"
+            raise AssertionError(f"timed out after {deadline}s waiting for {what}; {detail}")
         time.sleep(INTERVAL_S)
 
 
