@@ -153,3 +153,18 @@ def test_openapi_document_is_served_and_valid(rest: Rest) -> None:
     assert "/jobs/{name}" in served["paths"] and "/batchEndpoints/{name}" in served["paths"]
     endpoint = served["components"]["schemas"]["OnlineEndpointSpec"]["properties"]
     assert endpoint["authMode"]["enum"][1] == "AUTH_MODE_KEY"
+
+
+def test_every_service_answers_over_rest(rest: Rest, test_id: str) -> None:
+    """Routed to the right process: assets (registry), jobs (batch), costs and autoscale
+    settings (metrics), each reading real state."""
+    status, assets = rest.call("GET", "/assets/model")
+    assert status == 200 and "assets" in assets
+    status, jobs = rest.call("GET", "/jobs")
+    assert status == 200 and "jobs" in jobs
+    status, costs = rest.call("GET", "/costs")
+    assert status == 200 and costs["currency"] == "USD"
+    status, settings = rest.call("GET", "/autoscaleSettings")
+    assert status == 200 and "settings" in settings
+    status, missing = rest.call("GET", f"/jobs/no-such-job-{test_id}")
+    assert status == 404 and missing["code"] == 5
