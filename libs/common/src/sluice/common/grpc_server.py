@@ -11,6 +11,8 @@ from __future__ import annotations
 import hmac
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import grpc
@@ -183,18 +185,39 @@ class GrpcMetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return _wrap(handler, around)
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """A token verifier's answer: who called (allowed), or the status and why (refused)."""
+
+    actor: str | None = None
+    code: grpc.StatusCode = grpc.StatusCode.UNAUTHENTICATED
+    message: str = ""
+
+
+# (token, full method name) -> verdict: a service's own tokens (the registry's user tokens).
+TokenVerifier = Callable[[str, str], Awaitable[Verdict]]
+# The caller a verifier named, for `actor_of` during the call.
+CALLER: ContextVar[str | None] = ContextVar("sluice_caller", default=None)
+
+
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Rejects calls without `authorization: Bearer <token>` with UNAUTHENTICATED.
 
-    Health and reflection stay open. The caller's identity (`actor` metadata,
-    default "admin") is only trusted once the token matched.
+    Health and reflection stay open. The admin token allows every call, and the
+    caller's identity (`actor` metadata, default "admin") is only trusted once it
+    matched. Any other token goes to `verifier` when there is one, which allows the
+    call as a named caller (the actor of what it does, whatever the metadata says) or
+    refuses it with its own status (e.g. PERMISSION_DENIED for a role).
     """
 
-    def __init__(self, token: str, public: Sequence[str] = ()):
+    def __init__(
+        self, token: str, public: Sequence[str] = (), verifier: TokenVerifier | None = None
+    ):
         if not token:
             raise ValueError("an admin token is required")
         self._expected = f"Bearer {token}".encode()
         self._public = (*PUBLIC_PREFIXES, *public)
+        self._verifier = verifier
 
     async def intercept_service(
         self, continuation: Continuation, details: grpc.HandlerCallDetails
@@ -205,25 +228,57 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         given = _metadata(details).get("authorization", "").encode()
         if hmac.compare_digest(given, self._expected):
             return handler
+        if self._verifier is not None and given.startswith(b"Bearer "):
+            verdict = await self._verifier(given.removeprefix(b"Bearer ").decode(), details.method)
+            if verdict.actor:
+                return _wrap(handler, lambda behaviour: _as_caller(handler, behaviour, verdict))
+            return _wrap(handler, lambda _: _deny(handler, verdict.code, verdict.message))
         reason = "missing credentials" if not given else "invalid credentials"
+        return _wrap(
+            handler,
+            lambda _: _deny(handler, grpc.StatusCode.UNAUTHENTICATED, _deny_message(reason)),
+        )
 
-        def around(_: Any) -> Any:
-            if _is_streaming_response(handler):
 
-                async def deny_stream(
-                    request: Any, context: grpc.aio.ServicerContext
-                ) -> AsyncIterator[Any]:
-                    await context.abort(grpc.StatusCode.UNAUTHENTICATED, _deny_message(reason))
-                    yield  # pragma: no cover - abort raises
+def _as_caller(handler: Handler, behaviour: Any, verdict: Verdict) -> Any:
+    """`behaviour` with CALLER set to the verdict's actor while it runs."""
+    if _is_streaming_response(handler):
 
-                return deny_stream
+        async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            reset = CALLER.set(verdict.actor)
+            try:
+                async for item in behaviour(request, context):
+                    yield item
+            finally:
+                CALLER.reset(reset)
 
-            async def deny(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, _deny_message(reason))
+        return streaming
 
-            return deny
+    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        reset = CALLER.set(verdict.actor)
+        try:
+            return await behaviour(request, context)
+        finally:
+            CALLER.reset(reset)
 
-        return _wrap(handler, around)
+    return unary
+
+
+def _deny(handler: Handler, code: grpc.StatusCode, message: str) -> Any:
+    if _is_streaming_response(handler):
+
+        async def deny_stream(
+            request: Any, context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[Any]:
+            await context.abort(code, message)
+            yield  # pragma: no cover - abort raises
+
+        return deny_stream
+
+    async def deny(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(code, message)
+
+    return deny
 
 
 def _deny_message(reason: str) -> str:
@@ -234,7 +289,11 @@ def _deny_message(reason: str) -> str:
 
 
 def actor_of(context: grpc.aio.ServicerContext) -> str:
-    """Who made the call, for the audit trail (set by the SDK from the user name)."""
+    """Who made the call, for the audit trail: a user token's user, else the `actor`
+    metadata the SDK sets from the user name (trusted from admin-token holders)."""
+    caller = CALLER.get()
+    if caller:
+        return caller
     for key, value in context.invocation_metadata() or ():
         if key == ACTOR_KEY and isinstance(value, str) and value:
             return value
@@ -259,6 +318,7 @@ class GrpcServer:
         register: Callable[[grpc.aio.Server], None],
         admin_token: str | None = None,
         public_services: Sequence[str] = (),
+        token_verifier: TokenVerifier | None = None,
         extra_interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
         tls: Identity | None = None,
     ):
@@ -274,7 +334,7 @@ class GrpcServer:
         ]
         if admin_token:
             public = [f"/{name}/" for name in public_services]
-            interceptors.append(BearerTokenInterceptor(admin_token, public))
+            interceptors.append(BearerTokenInterceptor(admin_token, public, token_verifier))
         interceptors.extend(extra_interceptors)
         self._server = grpc.aio.server(interceptors=interceptors)
         self._health = health.aio.HealthServicer()

@@ -10,6 +10,7 @@ models of `sluice.common.resources` go in and come out.
 from __future__ import annotations
 
 import getpass
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -38,6 +39,8 @@ from sluice.common.resources import (
 )
 from sluice.common.settings import Settings
 from sluice.v1 import (
+    access_pb2,
+    access_pb2_grpc,
     assets_pb2,
     assets_pb2_grpc,
     common_pb2,
@@ -98,7 +101,10 @@ def _doc(message: Message, model: type[M]) -> M:
 
 
 def admin_token(settings: Settings, state_dir: Path) -> str:
-    """The token every client sends: SLUICE_ADMIN_TOKEN, else the platform's admin-token file."""
+    """The token every client sends: SLUICE_TOKEN (a user's token from `sluice token
+    create`), else SLUICE_ADMIN_TOKEN, else the platform's admin-token file."""
+    if os.environ.get("SLUICE_TOKEN"):
+        return os.environ["SLUICE_TOKEN"]
     if settings.admin_token:
         return settings.admin_token
     token_file = state_dir / "admin-token"
@@ -113,6 +119,7 @@ class RegistryClient:
         self._channel = grpc.insecure_channel(address)
         self._stub = registry_pb2_grpc.RegistryStub(self._channel)
         self._assets = assets_pb2_grpc.AssetsStub(self._channel)
+        self._access = access_pb2_grpc.AccessStub(self._channel)
         self._metadata = (
             ("authorization", f"Bearer {token}"),
             ("actor", actor or getpass.getuser()),
@@ -248,6 +255,29 @@ class RegistryClient:
         self._call(
             self._stub.DeleteOnlineEndpoint, registry_pb2.DeleteOnlineEndpointRequest(name=name)
         )
+
+    # ---- per-user tokens (admin role) -----------------------------------------------------
+
+    def create_token(self, user: str, role: str, description: str = "") -> Any:
+        """A new token (`.secret` is shown once) for `user` with `role` reader|deployer|admin."""
+        roles = {
+            "reader": access_pb2.ROLE_READER,
+            "deployer": access_pb2.ROLE_DEPLOYER,
+            "admin": access_pb2.ROLE_ADMIN,
+        }
+        if role not in roles:
+            raise SluiceError("INVALID_ARGUMENT", f"role must be one of {', '.join(roles)}")
+        request = access_pb2.CreateTokenRequest(
+            user=user, role=roles[role], description=description
+        )
+        return self._call(self._access.CreateToken, request)
+
+    def list_tokens(self, include_revoked: bool = False) -> list[Any]:
+        request = access_pb2.ListTokensRequest(include_revoked=include_revoked)
+        return list(self._call(self._access.ListTokens, request).tokens)
+
+    def revoke_token(self, token_id: str) -> Any:
+        return self._call(self._access.RevokeToken, access_pb2.RevokeTokenRequest(id=token_id))
 
     def get_credentials(self, name: str) -> Credentials:
         msg = self._call(

@@ -25,13 +25,15 @@ from sluice.common.runtime import wait_for_shutdown_signal
 from sluice.common.secretbox import SecretBox
 from sluice.common.settings import Settings
 from sluice.registry import artifact_gc
+from sluice.registry.access import ACCESS_SERVICE, TokenStore
+from sluice.registry.access_api import AccessApi
 from sluice.registry.api import RegistryApi
 from sluice.registry.assets import AssetService
 from sluice.registry.assets_api import AssetsApi
 from sluice.registry.credentials import TokenIssuer
 from sluice.registry.service import RegistryService
 from sluice.registry.store import RegistryStore
-from sluice.v1 import assets_pb2, assets_pb2_grpc, registry_pb2, registry_pb2_grpc
+from sluice.v1 import access_pb2_grpc, assets_pb2, assets_pb2_grpc, registry_pb2, registry_pb2_grpc
 
 log = get_logger(__name__)
 SERVICE_NAME = registry_pb2.DESCRIPTOR.services_by_name["Registry"].full_name
@@ -67,9 +69,12 @@ async def load_token_issuer(store: RegistryStore, secrets: SecretBox) -> TokenIs
     return TokenIssuer(secrets.decrypt(stored))
 
 
-def register(server: grpc.aio.Server, api: RegistryApi, assets: AssetsApi) -> None:
+def register(
+    server: grpc.aio.Server, api: RegistryApi, assets: AssetsApi, access: AccessApi
+) -> None:
     registry_pb2_grpc.add_RegistryServicer_to_server(api, server)
     assets_pb2_grpc.add_AssetsServicer_to_server(assets, server)
+    access_pb2_grpc.add_AccessServicer_to_server(access, server)
 
 
 async def serve(settings: Settings) -> None:
@@ -111,12 +116,14 @@ async def serve(settings: Settings) -> None:
             )
         )
         api = RegistryApi(service, artifacts, scoring_base(settings))
+        tokens_store = TokenStore(db)  # per-user tokens and roles (access.py)
         server = GrpcServer(
             host=settings.host,
             port=settings.ports.registry,
-            service_names=[SERVICE_NAME, ASSETS_SERVICE_NAME],
-            register=lambda s: register(s, api, AssetsApi(assets)),
+            service_names=[SERVICE_NAME, ASSETS_SERVICE_NAME, ACCESS_SERVICE],
+            register=lambda s: register(s, api, AssetsApi(assets), AccessApi(tokens_store)),
             admin_token=settings.admin_token,
+            token_verifier=tokens_store.verify,
         )
         await server.start()
         start_exporter(settings)

@@ -33,6 +33,7 @@ from sluice.sdk.cli import (
     platform_cmds,
     shim,
     tls_cmds,
+    token_cmds,
     trace_cmds,
 )
 from sluice.sdk.cli.errors import CliError
@@ -57,6 +58,7 @@ app.add_typer(online_deployment.app, name="online-deployment")
 app.add_typer(batch_endpoint.app, name="batch-endpoint")
 app.add_typer(batch_deployment.app, name="batch-deployment")
 app.add_typer(tls_cmds.app, name="tls")
+app.add_typer(token_cmds.app, name="token")
 app.add_typer(alert.app, name="alert")
 app.add_typer(job.app, name="job")
 app.add_typer(monitor.app, name="monitor")

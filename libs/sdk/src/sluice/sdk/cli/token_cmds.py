@@ -1,0 +1,77 @@
+"""`sluice token create|list|revoke`: per-user tokens of the management API, with roles.
+
+reader (Get/List, no endpoint keys), deployer (every registry call), admin (also tokens).
+Users send theirs as SLUICE_TOKEN; events record the token's user as their actor.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC
+from typing import Any
+
+import typer
+
+from sluice.sdk.cli.common import registry
+from sluice.sdk.cli.output import OutputFormat, OutputOption, err_console, render
+
+app = typer.Typer(
+    help="Per-user tokens of the management API (roles: reader, deployer, admin).",
+    no_args_is_help=True,
+)
+ROLES = {1: "reader", 2: "deployer", 3: "admin"}
+COLUMNS = ["id", "user", "role", "created_at", "created_by", "revoked_at", "description"]
+
+
+def view(token: Any) -> dict[str, Any]:
+    def stamp(field: str) -> str | None:
+        if not token.HasField(field):
+            return None
+        return str(getattr(token, field).ToDatetime(UTC).isoformat(timespec="seconds"))
+
+    return {
+        "id": token.id,
+        "user": token.user,
+        "role": ROLES.get(token.role, "?"),
+        "description": token.description,
+        "created_at": stamp("created_at"),
+        "created_by": token.created_by,
+        "revoked_at": stamp("revoked_at"),
+    }
+
+
+@app.command("create")
+def create(
+    user: str = typer.Option(..., "--user", "-u", help="who the token is for (the events' actor)"),
+    role: str = typer.Option(..., "--role", "-r", help="reader, deployer or admin"),
+    description: str = typer.Option("", "--description", "-d"),
+    output: OutputFormat = OutputOption,
+) -> None:
+    """A new token; the secret is printed once (the registry keeps only its hash)."""
+    with registry() as client:
+        created = client.create_token(user, role, description)
+    render(
+        {**view(created.token), "token": created.secret},
+        output,
+        columns=["id", "user", "role", "token"],
+    )
+    err_console.print("Keep the token now: it cannot be shown again. Use it as SLUICE_TOKEN.")
+
+
+@app.command("list")
+def list_cmd(
+    include_revoked: bool = typer.Option(False, "--all", help="also revoked tokens"),
+    output: OutputFormat = OutputOption,
+) -> None:
+    """Tokens (never their secrets)."""
+    with registry() as client:
+        tokens = client.list_tokens(include_revoked)
+    render([view(t) for t in tokens], output, columns=COLUMNS, title="Tokens")
+
+
+@app.command("revoke")
+def revoke(
+    token_id: str = typer.Argument(..., help="the token's id"), output: OutputFormat = OutputOption
+) -> None:
+    """Refuse the token from now on."""
+    with registry() as client:
+        render(view(client.revoke_token(token_id)), output, columns=COLUMNS)

@@ -1,0 +1,165 @@
+"""Per-user tokens with roles (`sluice token`), checked by the real registry on every call."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from faststream.nats import NatsBroker
+from pymongo.asynchronous.database import AsyncDatabase
+
+from sluice.common.events import parse_envelope
+from sluice.common.mongo import Document
+from sluice.common.resources import OnlineEndpointSpec
+from sluice.sdk.client import RegistryClient, SluiceError
+from sluice.testing.plugin import RunningService
+
+
+class Cli:
+    """`sluice ...` against the test's registry, as the admin or with SLUICE_TOKEN."""
+
+    def __init__(self, registry: RunningService, cwd: Path, token: str | None = None):
+        self.registry, self.cwd = registry, cwd
+        self.env = {
+            **os.environ,
+            "SLUICE_REGISTRY_ADDRESS": registry.address,
+            "SLUICE_ADMIN_TOKEN": registry.settings.admin_token or "",
+            "SLUICE_STATE_DIR": str(registry.settings.state_dir),
+            "NO_COLOR": "1",
+            "COLUMNS": "200",
+        }
+        if token is not None:
+            self.env["SLUICE_TOKEN"] = token
+
+    def as_token(self, token: str) -> Cli:
+        return Cli(self.registry, self.cwd, token)
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "sluice.sdk.cli", *args],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            cwd=self.cwd,
+            timeout=60,
+            check=False,
+        )
+
+    def ok(self, *args: str) -> Any:
+        result = self.run(*args, "-o", "json")
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout) if result.stdout.strip() else None
+
+    def error(self, *args: str) -> str:
+        result = self.run(*args)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "Traceback" not in result.stderr
+        return result.stderr
+
+
+@pytest.fixture
+def cli(registry: RunningService, tmp_path: Path) -> Cli:
+    (tmp_path / "endpoint.yml").write_text("name: tok-endpoint\nauth_mode: key\n")
+    (tmp_path / "other.yml").write_text("name: tok-other\nauth_mode: key\n")
+    return Cli(registry, tmp_path)
+
+
+def client(registry: RunningService, token: str) -> RegistryClient:
+    return RegistryClient(registry.address, token, actor="claimed-admin")
+
+
+def refused(call: Any, code: str) -> str:
+    with pytest.raises(SluiceError) as caught:
+        call()
+    assert caught.value.code == code, caught.value
+    return str(caught.value)
+
+
+async def test_roles_are_enforced_and_the_token_user_is_the_actor(
+    cli: Cli, nats_broker: NatsBroker, registry: RunningService
+) -> None:
+    reader = cli.ok("token", "create", "--user", "alice", "--role", "reader")["token"]
+    assert registry.settings.admin_token
+    with client(registry, registry.settings.admin_token) as admin:
+        deployer = admin.create_token("bob", "deployer").secret
+        admin.create_online_endpoint(OnlineEndpointSpec(name="tok-endpoint"))
+
+    # reader: reads, but no changes, no keys, no tokens (the CLI shows the registry's words).
+    message = cli.as_token(reader).error("online-endpoint", "create", "-f", "other.yml")
+    assert "alice (reader) may not call CreateOnlineEndpoint" in message
+    with client(registry, reader) as alice:
+        assert [e.doc.spec.name for e in alice.list_online_endpoints()] == ["tok-endpoint"]
+        assert "may not call GetCredentials" in refused(
+            lambda: alice.get_credentials("tok-endpoint"), "PERMISSION_DENIED"
+        )
+        assert "may not call ListTokens" in refused(alice.list_tokens, "PERMISSION_DENIED")
+        spec = OnlineEndpointSpec(name="tok-other")
+        refused(lambda: alice.create_online_endpoint(spec), "PERMISSION_DENIED")
+
+    # deployer: changes things, recorded as its user whatever actor the client claims.
+    with client(registry, deployer) as bob:
+        bob.create_online_endpoint(OnlineEndpointSpec(name="tok-other"))
+        assert "may not call CreateToken" in refused(
+            lambda: bob.create_token("eve", "admin"), "PERMISSION_DENIED"
+        )
+
+    # The stream's endpoint.created events, from the start: tok-other's names bob.
+    settings = registry.settings
+    sub = await nats_broker.connection.jetstream().subscribe(
+        f"{settings.events_subject_prefix}.endpoint.created",
+        stream=settings.events_stream,
+        ordered_consumer=True,
+    )
+    actors = {}
+    while "tok-other" not in actors:
+        event = parse_envelope((await sub.next_msg(timeout=15)).data)
+        actors[event.subject] = event.actor
+    assert actors == {"tok-endpoint": "claimed-admin", "tok-other": "bob"}
+    await sub.unsubscribe()
+
+
+async def test_revoked_tokens_are_refused_and_only_hashes_are_stored(
+    cli: Cli, registry: RunningService, mongo_db: AsyncDatabase[Document]
+) -> None:
+    created = cli.ok("token", "create", "--user", "carol", "--role", "reader", "-d", "ci")
+    token = created["token"]
+    with client(registry, token) as carol:
+        assert carol.list_online_endpoints() == []
+    stored = await mongo_db["user_tokens"].find_one({"_id": created["id"]})
+    assert stored is not None
+    assert token not in json.dumps(stored, default=str)
+    secret = token.removeprefix(f"sluice_{created['id']}_")
+    assert stored["hash"] == hashlib.sha256(secret.encode()).hexdigest()
+    listed = cli.ok("token", "list")
+    assert [(t["user"], t["role"], t["description"]) for t in listed] == [("carol", "reader", "ci")]
+    assert "token" not in listed[0]  # never shown again
+
+    cli.ok("token", "revoke", created["id"])
+    with client(registry, token) as carol:
+        message = refused(carol.list_online_endpoints, "UNAUTHENTICATED")
+        assert f"token {created['id']} was revoked" in message
+    assert registry.settings.admin_token
+    with client(registry, registry.settings.admin_token) as admin:
+        assert admin.list_tokens() == []
+        assert admin.list_tokens(include_revoked=True)[0].HasField("revoked_at")
+    # A made-up token of the right shape is refused too.
+    with client(registry, f"sluice_{created['id']}_{'x' * 43}") as forged:
+        assert "not a token of this platform" in refused(
+            forged.list_online_endpoints, "UNAUTHENTICATED"
+        )
+
+
+def test_bad_token_requests_are_refused_clearly(cli: Cli) -> None:
+    assert "role must be one of reader, deployer, admin" in cli.error(
+        "token", "create", "--user", "dave", "--role", "owner"
+    )
+    assert "user must be 1-64 letters" in cli.error(
+        "token", "create", "--user", "no spaces", "--role", "reader"
+    )
+    assert "no token 'nope'" in cli.error("token", "revoke", "nope")
