@@ -77,9 +77,11 @@ def test_up_status_up_again_down(state: Path) -> None:
     assert {"nats", "mongodb", "envoy"} <= components.keys()
     assert components["mongodb"]["address"].startswith("mongodb://127.0.0.1:")
     assert "Platform up in" in up.stderr
+    assert "Portal: http://127.0.0.1:" in up.stderr  # the management listener's URL
 
     status = run_cli(state, "status", "-o", "json")
     assert status.returncode == 0, status.stdout + status.stderr
+    assert "Portal: http://127.0.0.1:" in status.stderr
     assert {row["state"] for row in json.loads(status.stdout)} == {"healthy"}
 
     # Every service serves its own Prometheus /metrics, counting its gRPC calls (health

@@ -79,6 +79,12 @@ def status(output: OutputFormat = OutputOption) -> None:
         )
         raise typer.Exit(code=3)
     err_console.print(f"Platform in {platform.state_dir}", markup=False)
+    known = platform.load_state()
+    if known is not None and known.management_url:
+        err_console.print(
+            f"Portal: {known.management_url}/portal/ · REST API: {known.management_url}",
+            markup=False,
+        )
     rows = [
         {
             "component": c.name,
