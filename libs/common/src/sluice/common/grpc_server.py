@@ -21,15 +21,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from pymongo.errors import ConnectionFailure
 
+from sluice.common.headers import DEPENDENCY_DOWN_KEY
 from sluice.common.log import bind_correlation_id, get_logger
 from sluice.common.pki import Identity
 from sluice.common.prometheus import GRPC_CALLS, GRPC_SECONDS
 
 CORRELATION_HEADER = "x-correlation-id"
 ACTOR_KEY = "actor"
-# Trailing metadata key on an UNAVAILABLE answer that names a dependency the service
-# cannot reach (its value); clients show the answer's message as it is.
-DEPENDENCY_DOWN_KEY = "sluice-dependency-down"
+# DEPENDENCY_DOWN_KEY (trailing metadata) names a dependency the service cannot reach;
+# clients show the answer's message as it is.
 DATABASE_DOWN = (
     "the platform's database (MongoDB-compatible server) is not reachable; nothing was "
     "changed. Check `sluice status` (the supervisor restarts it) and retry"

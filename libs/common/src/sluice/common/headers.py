@@ -1,5 +1,10 @@
-"""HTTP headers two services agree on (kept import-free: the inference server loads it)."""
+"""HTTP headers and gRPC metadata keys two sides agree on (import-free: the inference
+server and the CLI load it)."""
 
 # The inference server's mark on a 503 it answered without running the request (draining,
 # or init() not finished); the gateway retries exactly those on another instance.
 NOT_PROCESSED_HEADER = "x-sluice-not-processed"
+
+# gRPC trailing metadata on an UNAVAILABLE that a service's own dependency caused (MongoDB
+# down): the SDK turns it into a one-line "the database is down" instead of "retry".
+DEPENDENCY_DOWN_KEY = "sluice-dependency-down"

@@ -23,9 +23,6 @@ import time
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from pymongo import MongoClient
-from pymongo.errors import OperationFailure, PyMongoError
-
 from sluice.common.supervisor import free_port, resolve_binary
 
 USER = "sluice"
@@ -76,6 +73,10 @@ class MongoUser:
 
 
 def _create_user(data_dir: Path, host: str, password: str) -> None:
+    # pymongo here, not at the top: the CLI imports this module through components.
+    from pymongo import MongoClient
+    from pymongo.errors import OperationFailure, PyMongoError
+
     binary = resolve_binary("secantusd-py") or "secantusd-py"
     port = free_port(host)
     argv = [binary, "--host", host, "--port", str(port), "--storage-path", str(data_dir)]

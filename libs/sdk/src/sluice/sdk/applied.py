@@ -18,19 +18,21 @@ import contextlib
 import threading
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import nats.errors
-from faststream.nats import NatsBroker
-
-from sluice.common.events import CloudEvent
 from sluice.common.events.catalogue import (
     TRAFFIC_APPLIED,
     TRAFFIC_REJECTED,
     TrafficApplied,
     TrafficRejected,
 )
-from sluice.common.events.nats import decode_cloudevent
+from sluice.common.events.envelope import CloudEvent  # FastStream reads the handlers' types
+
+if TYPE_CHECKING:
+    from faststream.nats import NatsBroker
+
+# faststream and nats-py are imported where a watcher starts, not here: every CLI
+# command imports this module, most never wait on the gateway (imports cost ~1 s).
 
 CONNECT_TIMEOUT_S = 2
 
@@ -43,6 +45,8 @@ def subscribe_gateway_outcome(
     on_rejected: Callable[[CloudEvent[TrafficRejected]], Awaitable[None]],
 ) -> None:
     """Core NATS subscribers of what the gateway did with a configuration (no history)."""
+    from sluice.common.events.nats import decode_cloudevent
+
     broker.subscriber(
         TRAFFIC_APPLIED.subject(subject_prefix),
         decoder=decode_cloudevent,
@@ -67,6 +71,8 @@ class EventBusDown(NotApplied):
 
 class AppliedWatcher:
     def __init__(self, nats_url: str, subject_prefix: str):
+        from faststream.nats import NatsBroker
+
         self._url = nats_url
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -99,6 +105,8 @@ class AppliedWatcher:
             self._changed.notify_all()
 
     def __enter__(self) -> AppliedWatcher:
+        import nats.errors
+
         self._thread.start()
         try:
             asyncio.run_coroutine_threadsafe(self._subscribe(), self._loop).result(timeout=30)

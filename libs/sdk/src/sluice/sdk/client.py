@@ -22,7 +22,7 @@ from google.protobuf.message import Message
 
 from sluice.common.artifacts import chunks, pack
 from sluice.common.assets import AssetDoc, AssetKind, AssetSpec
-from sluice.common.grpc_server import DEPENDENCY_DOWN_KEY
+from sluice.common.headers import DEPENDENCY_DOWN_KEY
 from sluice.common.platform import LocalPlatform
 from sluice.common.protoconv import M, to_model, to_proto
 from sluice.common.resources import (
