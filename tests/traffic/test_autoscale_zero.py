@@ -128,3 +128,67 @@ def test_a_deployment_at_zero_answers_its_first_request_and_goes_back_to_zero(
             deadline=60,
         )
     autoscale.close()
+
+
+def test_min_instances_zero_in_scale_settings_goes_to_zero_when_idle_and_wakes(
+    start_service: ServiceStarter,
+    registry: RunningService,
+    envs_dir: Path,
+    client: RegistryClient,
+    trained_examples: Path,
+    supervisor: Supervisor,
+    envoy_gateway: EnvoyGateway,
+    gateway_ports: GatewayPorts,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`scale_settings.min_instances: 0`, no autoscale setting: the provisioner itself takes
+    the deployment to zero once no request reached it for the idle period (its instances
+    count requests in their liveness answers), and a request wakes it."""
+    monkeypatch.setenv("SLUICE_SCALE_TO_ZERO_IDLE_S", "6")
+    start_service.settings = start_service.settings.model_copy(update={"envs_dir": envs_dir})
+    provisioner = start_service("provisioner")
+    traffic = start_controller(provisioner.settings, supervisor, envoy_gateway, gateway_ports)
+    online = trained_examples / "online"
+    client.create_online_endpoint(load_online_endpoint(online / "endpoint.yml").spec)
+    sets = [
+        "environment=null",
+        "instance_count=1",
+        "scale_settings.min_instances=0",
+        "liveness_probe.initial_delay=1",
+        "liveness_probe.period=1",
+    ]
+    spec = load_online_deployment(online / "blue-deployment.yml", client.upload, sets).spec
+    client.create_online_deployment(spec)
+
+    def ids() -> list[str]:
+        return [i.id for i in client.get_online_deployment(ENDPOINT, "blue").instances]
+
+    def serving() -> bool:
+        return len(ids()) == 1 and ids() != ["blue-activator"]
+
+    wait_for(serving, "blue to serve", deadline=240)
+    client.set_traffic(ENDPOINT, {"blue": 100})
+    key = client.get_credentials(ENDPOINT).primary_key
+    wait_for(lambda: traffic.score(ENDPOINT, key, body=BODY)[0] == 200, "blue to be routed")
+    # Requests keep it up: scoring for longer than the idle period, it never leaves.
+    until = time.monotonic() + 9
+    while time.monotonic() < until:
+        assert traffic.score(ENDPOINT, key, body=BODY)[0] == 200
+        assert "blue-activator" not in ids()
+        time.sleep(0.5)  # the traffic the test sends, not a wait for a condition
+    wait_for(lambda: ids() == ["blue-activator"], "zero instances once idle", deadline=60)
+    started = time.perf_counter()
+    status, headers, body = traffic.score(ENDPOINT, key, body=BODY)
+    cold = time.perf_counter() - started
+    assert status == 200, body
+    assert headers.get("azureml-model-deployment") == "blue"
+    wait_for(serving, "the woken instance listed in the activator's place", deadline=30)
+    assert traffic.score(ENDPOINT, key, body=BODY)[0] == 200
+    print(f"scale_settings zero: first response {cold:.3f} s")
+    wait_for(lambda: ids() == ["blue-activator"], "back to zero once idle", deadline=60)
+    # And it stays there (the instance that went is no sign of activity), longer than the
+    # idle period plus the make-before-break of a wake.
+    until = time.monotonic() + 10
+    while time.monotonic() < until:
+        assert ids() == ["blue-activator"]
+        time.sleep(0.5)  # watching that nothing changes, not waiting for a condition

@@ -11,6 +11,7 @@ from sluice.common.resources import (
     ModelRef,
     OnlineDeploymentSpec,
     OnlineEndpointSpec,
+    ScaleSettings,
 )
 from sluice.registry import domain
 from sluice.registry.domain import FailedPrecondition, InvalidArgument
@@ -116,3 +117,18 @@ def test_free_text_has_limits(changes: dict[str, object], message: str) -> None:
     if "description" in changes or "tags" in changes:
         with pytest.raises(InvalidArgument, match=re.escape(message)):
             domain.check_online_endpoint(endpoint.model_copy(update=changes))
+
+
+def test_scale_to_zero_is_allowed_by_any_scale_type_and_negative_minimums_are_refused() -> None:
+    endpoint = OnlineEndpointSpec(name="my-endpoint")
+    blue = OnlineDeploymentSpec(
+        name="blue", endpoint_name="my-endpoint", model=ModelRef(registered="m:1")
+    )
+    for kind in ("default", "target_utilization"):
+        zero = ScaleSettings(type=kind, min_instances=0, max_instances=2)
+        domain.check_online_deployment(blue.model_copy(update={"scale_settings": zero}), endpoint)
+        negative = zero.model_copy(update={"min_instances": -1})
+        with pytest.raises(InvalidArgument, match="min_instances must be between 0 and"):
+            domain.check_online_deployment(
+                blue.model_copy(update={"scale_settings": negative}), endpoint
+            )

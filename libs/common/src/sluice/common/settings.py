@@ -127,6 +127,9 @@ class Settings(BaseSettings):
     kubeconfig: str | None = None
     kubernetes_namespace: str = "sluice"
     kubernetes_image: str = "sluice:dev"
+    # A deployment with `scale_settings.min_instances: 0` (and no autoscale setting) goes to
+    # zero once its instances' workers have been idle this long (docs/autoscale.md).
+    scale_to_zero_idle_s: float = 300.0
 
     # Bytes a deployment's data collector may keep on disk (records beyond are dropped and
     # counted); a deployment's DATA_COLLECTOR_MAX_BYTES variable may lower it.

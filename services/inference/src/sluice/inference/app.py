@@ -55,6 +55,7 @@ MAX_REQUEST_ID = 100  # Azure's limit on x-request-id
 TEXT: Header = (b"content-type", b"text/plain; charset=utf-8")
 FORBIDDEN = Reply(403, [JSON], b'{"message":"only the gateway may call this instance"}')
 GATEWAY_HEADER = gateway_auth.HEADER.encode()
+REQUESTS_HEADER = b"x-sluice-requests"  # in liveness answers: requests seen so far
 HEALTH_PATHS = frozenset({"/", "/ready", "/v2/health/live", "/v2/health/ready"})
 # Refusals before any processing carry NOT_PROCESSED_HEADER: the gateway may retry them
 # on another instance (and retries nothing else).
@@ -91,6 +92,9 @@ class InferenceApp:
         self.tracing: RequestTracer | None = None  # spans, when the server traces
         self.stopping = False
         self._ids = RequestIds()
+        # Requests other than health probes, told to the provisioner in each liveness answer
+        # (`x-sluice-requests`): how it sees that a deployment that may scale to zero is idle.
+        self.requests_seen = 0
 
     @property
     def ready(self) -> bool:
@@ -116,6 +120,8 @@ class InferenceApp:
         started = time.perf_counter()
         request_id = self._ids.for_request(request)
         path = request.path
+        if path not in HEALTH_PATHS:
+            self.requests_seen += 1
         if self._gateway_secret is not None and not self._from_gateway(request, path):
             self._send(request, conn, request_id, started, "other", FORBIDDEN)
             return
@@ -151,7 +157,8 @@ class InferenceApp:
         if path == "/v2/health/live":
             return json_reply(200 if self.live else 503, {"live": self.live})
         if self.live:
-            return Reply(200, [TEXT], b"Healthy")
+            seen = (REQUESTS_HEADER, str(self.requests_seen).encode())
+            return Reply(200, [TEXT, seen], b"Healthy")
         return Reply(503, [TEXT], b"Unhealthy: run() calls that timed out still hold every thread")
 
     def _swagger(self, query: str) -> Reply:

@@ -97,7 +97,10 @@ async def serve(settings: Settings) -> None:
         activator = Activator(settings.host, settings.secret_key)
         await activator.start()
         local = LocalCompute(
-            LocalServices(backend, preparer, store, routing, counts, activator), usage.usage
+            LocalServices(
+                backend, preparer, store, routing, counts, activator, settings.scale_to_zero_idle_s
+            ),
+            usage.usage,
         )
         ctx = Context(
             store=store,

@@ -135,6 +135,9 @@ class LocalInstance:
     cpu_percent: float = 0.0
     rss_bytes: int = 0
     measured: bool = False
+    # Requests (other than probes) its server had seen at the last liveness probe; None: not
+    # told yet (or a server too old to tell). Scale to zero reads idleness from it.
+    requests_seen: int | None = None
     _procs: dict[int, psutil.Process] = field(default_factory=dict)
     _readings: int = 0
 
@@ -453,6 +456,9 @@ class LocalBackend:
             response = await self._http.get(f"http://{instance.address}{path}", timeout=timeout_s)
         except httpx.HTTPError:
             return False
+        seen = response.headers.get("x-sluice-requests")
+        if seen is not None and seen.isdigit():
+            instance.requests_seen = int(seen)  # only liveness answers carry it
         return response.status_code == 200
 
     @staticmethod

@@ -66,6 +66,8 @@ class LocalServices:
     routing: RoutingView
     autoscale: AutoscaleCounts  # what autoscale settings decided
     activator: Activator | None = None  # holds requests for deployments scaled to zero
+    # `scale_settings.min_instances: 0` without an autoscale setting: zero after this long idle.
+    idle_s: float = 300.0
 
 
 class LocalDeployment:
@@ -94,6 +96,12 @@ class LocalDeployment:
         self._activated_at: float | None = None
         self._activator_since: float | None = None
         self._removing = False  # deleted: nothing is listed any more, not even the activator
+        # `scale_settings.min_instances: 0` (and no autoscale setting): zero once idle, i.e. no
+        # instance starting and no request seen (liveness answers count them) for `idle_s`.
+        self._zero_when_idle = False
+        self._last_active = time.monotonic()
+        self._was_idle = False
+        self._seen: dict[str, int | None] = {}  # instance id -> its last requests_seen
         if services.activator is not None:
             services.activator.register(self)
 
@@ -102,6 +110,7 @@ class LocalDeployment:
     async def converge(self, doc: OnlineDeploymentDoc) -> Observation:
         version = doc.meta.version
         self._version = version
+        self._zero_when_idle = doc.spec.scale_settings.min_instances == 0
         if self.generation is None or self.generation.version != version:
             await self._prepare(doc)
         await self._reap(version)
@@ -221,6 +230,12 @@ class LocalDeployment:
         self._last_measure = now
         for inst in self.instances:
             inst.measure()
+        seen = {i.id: i.requests_seen for i in self.instances if i.alive}
+        busy = any(not i.ready or i.requests_seen is None for i in self.instances if i.alive)
+        served = any(self._seen.get(id_, n) != n for id_, n in seen.items())
+        if busy or served:  # starting, not told yet, or a request came in (an instance that
+            self._last_active = now  # went is no activity: it would wake what went to zero)
+        self._seen = seen
 
     def _autoscale(self, doc: OnlineDeploymentDoc) -> None:
         if self._s.autoscale.count(self.key) is not None:
@@ -248,6 +263,7 @@ class LocalDeployment:
     def activate(self) -> None:
         """A request is held for this deployment: run at least one instance."""
         self._activated_at = time.time()
+        self._last_active = time.monotonic()
 
     def ready_address(self) -> str | None:
         """An instance that can take a held request now."""
@@ -257,10 +273,17 @@ class LocalDeployment:
         return None
 
     def _decided(self) -> int | None:
-        """The autoscale setting's count; a wake makes 0 into 1 until a decision made on
+        """Zero for an idle deployment whose scale settings allow it (None: its own count).
+        Else the autoscale setting's count; a wake makes 0 into 1 until a decision made on
         metric data entirely after the wake says 0 again (a decision on the minutes before
         it, when nobody asked, must not stop the instance a held request waits for)."""
         decided = self._s.autoscale.count(self.key)
+        if decided is None and self._zero_when_idle:
+            idle = self._idle()
+            if idle != self._was_idle:
+                self._was_idle = idle
+                log.info("idle_scale_to_zero" if idle else "idle_woken", deployment=self.key)
+            return 0 if idle else None
         if decided == 0 and self._activated_at is not None:
             if self._s.autoscale.decided_at(self.key) > self._activated_at:
                 self._activated_at = None  # decided again on what came after the wake
@@ -268,12 +291,20 @@ class LocalDeployment:
                 return 1
         return decided
 
+    def _idle(self) -> bool:
+        return time.monotonic() - self._last_active >= self._s.idle_s
+
+    def _may_be_at_zero(self) -> bool:
+        """An autoscale setting decided zero, or the deployment's own scale settings allow it."""
+        decided = self._s.autoscale.count(self.key)
+        return decided == 0 or (decided is None and self._zero_when_idle)
+
     def _activator_instance(self) -> Instance | None:
         """At zero (or waking from it, until an instance is ready) the activator is listed."""
         activator = self._s.activator
         if activator is None or not activator.address or self._removing:
             return None
-        if self._s.autoscale.count(self.key) != 0:
+        if not self._may_be_at_zero():
             return None
         if self._decided() != 0 and self.ready_address() is not None:
             return None

@@ -213,8 +213,9 @@ def check_online_deployment(spec: OnlineDeploymentSpec, endpoint: OnlineEndpoint
         raise InvalidArgument(
             f"scale_settings.type must be 'default' or 'target_utilization', got {scale.type!r}"
         )
+    # 0: the deployment scales to zero when idle (docs/autoscale.md), whatever the type.
+    _check_range("scale_settings.min_instances", scale.min_instances, 0, MAX_INSTANCES)
     if scale.type == "target_utilization":
-        _check_range("scale_settings.min_instances", scale.min_instances, 0, MAX_INSTANCES)
         _check_range(
             "scale_settings.max_instances", scale.max_instances, scale.min_instances, MAX_INSTANCES
         )
