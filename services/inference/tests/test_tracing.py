@@ -76,11 +76,14 @@ def test_request_and_run_spans_continue_the_callers_trace(
 
     # Sampling ratio 0: a request without a sampled parent records nothing ...
     assert "traceparent" not in server.post('{"x": 2}').headers
+    unsampled = "00-" + "2" * 32 + "-00f067aa0ba902b7-00"
+    assert "traceparent" not in server.post('{"x": 3}', headers={"traceparent": unsampled}).headers
     # ... but init() is always traced, and the log names each recorded request's trace.
     assert any(s["name"] == "init" for s in read_spans(traces))
     logged = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
     requests = [e for e in logged if e.get("event") == "request"]
-    assert requests[0]["request_id"] == "envoy-id-1" and requests[0]["trace_id"] == TRACE_ID
+    # (successes are logged at debug level only)
+    assert [(e["request_id"], e["trace_id"]) for e in requests] == [("envoy-id-2", "1" * 32)]
 
 
 def test_no_tracing_flags_no_spans(supervisor: Supervisor, tmp_path: Path) -> None:

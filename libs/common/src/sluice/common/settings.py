@@ -57,7 +57,7 @@ class TracingSettings(BaseModel):
     """`SLUICE_TRACING__*`: whether spans are recorded, which share, and where they go."""
 
     enabled: bool = False
-    sampling_ratio: float = 0.05  # of traces started here; a sampled parent is always followed
+    sampling_ratio: float = 0.01  # of traces started here; a sampled parent is always followed
     otlp_endpoint: str | None = None  # e.g. http://localhost:4317 (OTLP/gRPC)
     local_files: bool = True  # JSON lines under <state>/traces
 

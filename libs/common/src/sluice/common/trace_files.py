@@ -35,13 +35,18 @@ def span_record(span: ReadableSpan, service: str) -> dict[str, Any]:
         "end": span.end_time,
         "status": status.status_code.name,
         "status_message": status.description,
-        "attributes": dict(span.attributes or {}),
+        # The process's own attributes (endpoint, deployment, instance) are on its resource.
+        "attributes": {**_resource_attributes(span), **(span.attributes or {})},
         "events": [
             {"name": e.name, "time": e.timestamp, "attributes": dict(e.attributes or {})}
             for e in span.events
         ],
         "links": [format(link.context.trace_id, "032x") for link in span.links],
     }
+
+
+def _resource_attributes(span: ReadableSpan) -> dict[str, Any]:
+    return {k: v for k, v in span.resource.attributes.items() if k.startswith("sluice.")}
 
 
 class JsonLinesExporter(SpanExporter):

@@ -49,11 +49,15 @@ def configure_tracing(
     folder: Path | None = None,
     otlp_endpoint: str | None = None,
     instrument: Sequence[str] = (),
+    sampled_by_caller: bool = False,
+    resource: Mapping[str, str] | None = None,
 ) -> bool:
     """Install the SDK's tracer provider for this process (once); False if already done.
 
     `instrument` names the libraries to instrument: "grpc_server", "grpc_client",
-    "grpc_client_sync", "pymongo".
+    "grpc_client_sync", "pymongo". `sampled_by_caller`: the code decides itself which
+    traces to start (the inference server, before it makes any span object), so every
+    span it starts is recorded.
     """
     global _configured
     if _configured:
@@ -61,11 +65,12 @@ def configure_tracing(
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
-    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+    from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
 
+    root = ALWAYS_ON if sampled_by_caller else TraceIdRatioBased(sampling_ratio)
     provider = TracerProvider(
-        resource=Resource.create({"service.name": f"sluice-{service}"}),
-        sampler=ParentBased(TraceIdRatioBased(sampling_ratio)),
+        resource=Resource.create({"service.name": f"sluice-{service}", **(resource or {})}),
+        sampler=ParentBased(root),
     )
     if folder is not None:
         from sluice.common.trace_files import JsonLinesExporter

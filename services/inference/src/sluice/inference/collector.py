@@ -83,6 +83,7 @@ class DataCollector:
         self._stopping = False
         self._used = 0
         self._scanned_at = 0.0
+        self._paths: dict[tuple[str, int], Path] = {}  # (collection, minute) -> its file
         self._thread = threading.Thread(target=self._loop, name="collector", daemon=True)
 
     def start(self) -> None:
@@ -169,7 +170,7 @@ class DataCollector:
         collection, correlation_id, request_id, at, payload, extra = item
         record: dict[str, Any] = {
             "specversion": "1.0",
-            "id": str(uuid.uuid4()),
+            "id": f"{correlation_id}-{collection}",  # unique without a uuid per record
             "source": self.settings.source,
             "type": f"azureml.inference.{collection}",
             "datacontenttype": "application/json",
@@ -194,8 +195,15 @@ class DataCollector:
         return record
 
     def _path(self, collection: str, at: float) -> Path:
-        partition = time.strftime(PARTITIONS[self.settings.rolling_rate], time.gmtime(at))
-        return self.settings.folder / collection / partition / f"{self.settings.instance}.jsonl"
+        key = (collection, int(at) // 60)  # partitions are minutes at the finest
+        path = self._paths.get(key)
+        if path is None:
+            if len(self._paths) > 64:
+                self._paths.clear()
+            partition = time.strftime(PARTITIONS[self.settings.rolling_rate], time.gmtime(at))
+            name = f"{self.settings.instance}.jsonl"
+            path = self._paths[key] = self.settings.folder / collection / partition / name
+        return path
 
     def _drop(self, reason: str, count: int = 1) -> None:
         self.dropped[reason] += count

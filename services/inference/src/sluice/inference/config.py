@@ -41,7 +41,7 @@ class ServerConfig:
     # Tracing (tracing.py): on when spans have somewhere to go.
     trace_dir: Path | None = None
     trace_otlp_endpoint: str | None = None
-    trace_sampling_ratio: float = 0.05
+    trace_sampling_ratio: float = 0.01
 
     @property
     def tracing(self) -> bool:
@@ -144,7 +144,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--trace-dir", type=Path, help="tracing: write spans as JSON lines here")
     p.add_argument("--trace-otlp-endpoint", help="tracing: send spans to this OTLP/gRPC collector")
     p.add_argument(
-        "--trace-sampling-ratio", type=float, default=0.05, help="share of new traces recorded"
+        "--trace-sampling-ratio", type=float, default=0.01, help="share of new traces recorded"
     )
     p.add_argument("--log-level", default="info")
     p.add_argument("--log-format", choices=["auto", "console", "json"], default="auto")

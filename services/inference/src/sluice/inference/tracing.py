@@ -16,6 +16,7 @@ request pays one `is None` test.
 from __future__ import annotations
 
 import os
+import random
 import secrets
 from collections.abc import Callable
 from typing import Any
@@ -38,6 +39,7 @@ from sluice.inference.http import Header, HttpRequest
 
 log = structlog.get_logger("sluice.inference")
 TRACER = "sluice.inference"
+TRACEPARENT_LENGTH = 55  # 00-<32 hex>-<16 hex>-<2 hex>
 
 
 def start_tracing(config: ServerConfig, scope: tuple[str, str]) -> RequestTracer | None:
@@ -47,28 +49,25 @@ def start_tracing(config: ServerConfig, scope: tuple[str, str]) -> RequestTracer
     if config.trace_dir is not None:
         config.trace_dir.mkdir(parents=True, exist_ok=True)
     instance = os.environ.get("SLUICE_INSTANCE_ID", "")
-    configure_tracing(
-        f"inference-{instance}" if instance else "inference",
-        sampling_ratio=config.trace_sampling_ratio,
-        folder=config.trace_dir,
-        otlp_endpoint=config.trace_otlp_endpoint,
-    )
     endpoint, deployment = scope
     attributes = {
         "sluice.endpoint": endpoint,
         "sluice.deployment": deployment,
         "sluice.instance": instance,
     }
-    return RequestTracer(trace.get_tracer(TRACER), attributes)
+    configure_tracing(
+        f"inference-{instance}" if instance else "inference",
+        sampling_ratio=config.trace_sampling_ratio,
+        folder=config.trace_dir,
+        otlp_endpoint=config.trace_otlp_endpoint,
+        sampled_by_caller=True,  # RequestTracer.start decides before any span object exists
+        resource=attributes,  # on every span, stated once
+    )
+    return RequestTracer(trace.get_tracer(TRACER), config.trace_sampling_ratio)
 
 
 def traced_init(init: Callable[[], Any]) -> None:
     """init() inside a span (an exception is recorded on it and raised)."""
-    attributes = {
-        "sluice.endpoint": os.environ.get("AZUREML_ENDPOINT_NAME", ""),
-        "sluice.deployment": os.environ.get("AZUREML_DEPLOYMENT_NAME", ""),
-        "sluice.instance": os.environ.get("SLUICE_INSTANCE_ID", ""),
-    }
     # Always recorded, whatever the sampling ratio (once per process): a sampled remote
     # parent makes the parent-based sampler keep it; `sluice trace show` shows it as a root.
     phantom = SpanContext(
@@ -76,29 +75,38 @@ def traced_init(init: Callable[[], Any]) -> None:
     )
     parent = trace.set_span_in_context(NonRecordingSpan(phantom))
     tracer = trace.get_tracer(TRACER)
-    with tracer.start_as_current_span("init", parent, attributes=attributes):
+    with tracer.start_as_current_span("init", parent):
         init()
 
 
 class RequestTracer:
-    def __init__(self, tracer: trace.Tracer, attributes: dict[str, str]) -> None:
+    def __init__(self, tracer: trace.Tracer, ratio: float) -> None:
         self.tracer = tracer
-        self.attributes = attributes
+        self.ratio = ratio
 
-    def start(self, request: HttpRequest, request_id: str, route: str) -> Span:
+    def start(self, request: HttpRequest, request_id: str, route: str) -> Span | None:
+        """The request's span, or None when the request is not traced.
+
+        The sampling decision comes first and costs a header lookup and a random number:
+        a caller's W3C `traceparent` decides (its sampled flag), else the ratio does. Only
+        a traced request pays for span objects.
+        """
         carrier: dict[str, str] = {}
         parent = request.header(b"traceparent")
-        if parent is not None:
+        if parent is not None and len(parent) == TRACEPARENT_LENGTH:
+            if not int(parent[-2:], 16) & 1:  # the caller did not sample it
+                return None
             carrier["traceparent"] = parent.decode("latin-1")
             state = request.header(b"tracestate")
             if state is not None:
                 carrier["tracestate"] = state.decode("latin-1")
+        elif self.ratio < 1.0 and self.ratio <= random.random():  # noqa: S311 - sampling
+            return None
         return self.tracer.start_span(
             f"{request.method} {route}",
             context=propagate.extract(carrier) if carrier else None,
             kind=SpanKind.SERVER,
             attributes={
-                **self.attributes,
                 "sluice.request_id": request_id,
                 "http.request.method": request.method,
                 "url.path": request.path,
@@ -110,32 +118,34 @@ class RequestTracer:
         if not span.is_recording():
             return call
         parent = trace.set_span_in_context(span)
-        attributes = self.attributes
 
         if is_async:
 
             async def traced_async() -> Any:
-                with self.tracer.start_as_current_span("run", parent, attributes=attributes):
+                with self.tracer.start_as_current_span("run", parent):
                     return await call()
 
             return traced_async
 
         def traced() -> Any:
-            with self.tracer.start_as_current_span("run", parent, attributes=attributes):
+            with self.tracer.start_as_current_span("run", parent):
                 return call()
 
         return traced
 
     def end(self, span: Span, status: int, request_id: str, headers: list[Header]) -> None:
-        """Close the request's span with its status; log it and name it in the answer."""
-        if not span.is_recording():
-            span.end()
-            return
+        """Close the request's span with its status; name it in the answer and the log.
+
+        A failed request (5xx) is logged with its request and trace ids; successful ones
+        only at debug level (per-request logs stay off the hot path).
+        """
         span.set_attribute("http.response.status_code", status)
-        if status >= 500:
-            span.set_status(Status(StatusCode.ERROR, f"HTTP {status}"))
         ctx = span.get_span_context()
         trace_id = format(ctx.trace_id, "032x")
         headers.append((b"traceparent", f"00-{trace_id}-{ctx.span_id:016x}-01".encode()))
+        if status >= 500:
+            span.set_status(Status(StatusCode.ERROR, f"HTTP {status}"))
+            log.warning("request", request_id=request_id, trace_id=trace_id, status=status)
+        else:
+            log.debug("request", request_id=request_id, trace_id=trace_id, status=status)
         span.end()
-        log.info("request", request_id=request_id, trace_id=trace_id, status=status)
