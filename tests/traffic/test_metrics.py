@@ -32,7 +32,11 @@ from sluice.v1 import metrics_pb2, metrics_pb2_grpc
 pytestmark = pytest.mark.integration
 KEY = "primary-key-1"
 N = 120
-LOOPBACK_MS = 10.0  # the client's side of a request on a busy 2-core machine
+# The client's own side of a request (httpx, the event loop, the loopback): about 10 ms on
+# a busy 2-core machine, and it grows with the load (measured 11 ms at p90 at load 8), so a
+# quarter of the client's figure is allowed on top.
+LOOPBACK_MS = 10.0
+LOOPBACK_SHARE = 0.25
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -128,7 +132,7 @@ async def test_requests_through_envoy_are_counted_exactly_where_served(
 
         # Quantiles: Envoy measures from the first byte in to the last byte out, which is
         # what the client saw minus the client's own side of the loopback: never more than
-        # the client's quantile (+ the sketch's 1%), and less by at most LOOPBACK_MS.
+        # the client's quantile (+ the sketch's 1%), and less by at most the client's side.
         one = await stub.GetEndpointMetrics(
             metrics_pb2.GetEndpointMetricsRequest(
                 endpoint_name="metered", deployment_name="blue", step_s=3600
@@ -142,7 +146,8 @@ async def test_requests_through_envoy_are_counted_exactly_where_served(
             assert accuracy == pytest.approx(0.01)
             for q, got in ((0.5, point.latency_p50_ms), (0.9, point.latency_p90_ms)):
                 client = quantile(latencies["blue"], q)
-                assert client * (1 - accuracy) - LOOPBACK_MS <= got <= client * (1 + accuracy), (
+                client_side = LOOPBACK_MS + LOOPBACK_SHARE * client
+                assert client * (1 - accuracy) - client_side <= got <= client * (1 + accuracy), (
                     q,
                     got,
                 )
