@@ -96,8 +96,13 @@ def configure_service_tracing(
     if not tracing.enabled:
         return False
     folder = platform_folder(settings.state_dir) if tracing.local_files else None
-    if folder is not None:
-        folder.mkdir(parents=True, exist_ok=True)
+    if folder is not None:  # deployments' users may pass through traces/, not read this
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            folder.parent.chmod(0o711)
+            folder.chmod(0o700)
+        except OSError:  # e.g. the CLI of a user who cannot write the platform's folder
+            folder = None
     return configure_tracing(
         service,
         sampling_ratio=tracing.sampling_ratio,
