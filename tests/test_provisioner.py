@@ -350,7 +350,14 @@ def test_target_utilization_scales_out_under_load_and_back_in(
             "request_settings.max_concurrent_requests_per_instance=1",
         ),
     )
-    (first,) = wait_for(lambda: settled(client), "blue to settle").instances
+
+    # One idle instance to load (should its start-up have scaled it out, the idle one is
+    # taken back in first).
+    def one_instance() -> OnlineDeployment | None:
+        doc = settled(client)
+        return doc if doc is not None and len(doc.instances) == 1 else None
+
+    (first,) = wait_for(one_instance, "blue to settle on one instance", deadline=90).instances
     stop = threading.Event()
 
     secret = gateway_auth.secret_for(provisioner.settings.secret_key or "", "my-endpoint", "blue")

@@ -51,6 +51,7 @@ log = get_logger(__name__)
 LOG_LINES_IN_ERRORS = 20
 USAGE_EVERY_S = 5.0
 MEASURE_EVERY_S = 1.0
+CPU_SETTLE_S = 2.0  # target_utilization reads an instance's CPU from this long after ready
 ADOPT_PROBE_S = 2.0
 
 UsageSink = Callable[[dict[str, object]], Awaitable[None]]
@@ -243,7 +244,13 @@ class LocalDeployment:
         serving = [
             i
             for i in self.instances
-            if i.ready and not i.draining and i.spec_version == doc.meta.version and i.measured
+            if i.ready
+            and not i.draining
+            and i.spec_version == doc.meta.version
+            and i.measured
+            # Start-up CPU (imports, init(), warm-up) is no load: as Kubernetes' HPA ignores a
+            # new pod's CPU for a while, readings start once an instance has been ready a bit.
+            and time.monotonic() - i.ready_at >= CPU_SETTLE_S
         ]
         change = self._scaling.poll(
             time.monotonic(),
