@@ -5,10 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import httpx
 import pytest
@@ -20,18 +17,9 @@ from sluice.common.resources import OnlineDeployment, ProvisioningState
 from sluice.sdk.client import RegistryClient, SluiceError
 from sluice.sdk.specs import load_online_deployment, load_online_endpoint
 from sluice.testing.plugin import RunningService
+from sluice.testing.wait import wait_for
 
 pytestmark = pytest.mark.integration
-T = TypeVar("T")
-
-
-def wait_for(condition: Callable[[], T | None], what: str, timeout: float) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def settled(client: RegistryClient) -> OnlineDeployment | None:
@@ -247,7 +235,7 @@ def test_azure_sample_flow_registered_model_and_environment(
     created = cli.run("online-deployment", "create", "-f", "registered.yml", "--no-wait")
     assert created.returncode == 0, created.stderr
     with RegistryClient(registry.address, registry.settings.admin_token or "") as client:
-        doc = wait_for(lambda: settled(client), "blue to settle", timeout=500)
+        doc = wait_for(lambda: settled(client), "blue to settle", deadline=500)
         assert doc.meta.provisioning_state is ProvisioningState.succeeded, doc.meta.status_message
         assert (
             doc.spec.model.asset == "my-model:1" and doc.spec.environment.registered == "my-env:1"
@@ -298,7 +286,7 @@ def test_curated_sklearn_environment_builds_and_serves(
     ).spec
     stored = client.create_online_deployment(spec)
     assert "scikit-learn~=1.5.0" in stored.spec.environment.pip_requirements
-    doc = wait_for(lambda: settled(client), "blue to settle", timeout=500)
+    doc = wait_for(lambda: settled(client), "blue to settle", deadline=500)
     assert doc.meta.provisioning_state is ProvisioningState.succeeded, doc.meta.status_message
     answer = _serve(provisioner, doc.instances[0].address, b'{"data": [[3.0]]}')
     assert isinstance(answer, dict) and answer["sklearn"].startswith("1.5.")

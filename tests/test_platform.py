@@ -9,9 +9,8 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import psutil
 import pytest
 
 from sluice.common.supervisor import ProcessSpec, RunningProcess, Supervisor, stop_process
+from sluice.testing.wait import wait_for
 
 # Each test runs `sluice up` (and `down`) once or twice: a minute each on a loaded 2-core machine.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
@@ -168,13 +168,6 @@ def _record(state: Path) -> dict[str, dict[str, object]]:
     return {p["name"]: p for p in doc["processes"]} | {"supervisor": doc["supervisor"]}
 
 
-def _wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
 def test_supervisor_restarts_only_what_died_and_up_starts_only_what_is_missing(
     state: Path,
 ) -> None:
@@ -186,7 +179,7 @@ def test_supervisor_restarts_only_what_died_and_up_starts_only_what_is_missing(
         now = _record(state)["traffic"]
         return now["pid"] != before["traffic"]["pid"] and alive(int(now["pid"]))  # type: ignore[call-overload]
 
-    _wait_for(traffic_back, "the supervisor to restart traffic")
+    wait_for(traffic_back, "the supervisor to restart traffic")
     status = run_cli(state, "status", "-o", "json")
     rows = {row["component"]: row for row in json.loads(status.stdout)}
     assert status.returncode == 0, status.stderr
@@ -199,7 +192,7 @@ def test_supervisor_restarts_only_what_died_and_up_starts_only_what_is_missing(
     # The supervisor itself is gone and so is the registry: status says so and how to recover.
     os.kill(int(after["supervisor"]["pid"]), signal.SIGKILL)  # type: ignore[call-overload]
     os.kill(int(after["registry"]["pid"]), signal.SIGKILL)  # type: ignore[call-overload]
-    _wait_for(lambda: not alive(int(after["registry"]["pid"])), "the registry to die")  # type: ignore[call-overload]
+    wait_for(lambda: not alive(int(after["registry"]["pid"])), "the registry to die")  # type: ignore[call-overload]
     broken = run_cli(state, "status")
     assert broken.returncode == 1
     assert "registry is down" in broken.stderr
@@ -255,10 +248,10 @@ def test_crash_loop_is_reported(state: Path, tmp_path: Path) -> None:
         env={**os.environ, "SLUICE_STATE_DIR": str(state)},
     )
     try:
-        _wait_for(
+        wait_for(
             lambda: _record(state)["flaky"]["failures"] >= 5,  # type: ignore[operator]
             "five deaths in a row",
-            timeout_s=30,
+            deadline=30,
         )
         status = run_cli(state, "status")
         assert status.returncode == 1
@@ -289,7 +282,7 @@ def _leader_with_a_child(tmp_path: Path, name: str) -> tuple[RunningProcess, int
 
 def _kill_leader(leader: RunningProcess) -> None:
     os.kill(leader.pid, signal.SIGKILL)
-    _wait_for(lambda: not alive(leader.pid) or _reaped(leader.pid), "the leader to die")
+    wait_for(lambda: not alive(leader.pid) or _reaped(leader.pid), "the leader to die")
 
 
 def test_stop_reaches_the_group_of_a_dead_leader(tmp_path: Path) -> None:

@@ -6,11 +6,9 @@ provisioner's instances); each test tries one attack and asserts it fails.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 import yaml
@@ -21,21 +19,11 @@ from sluice.common.settings import Settings
 from sluice.sdk.client import RegistryClient
 from sluice.sdk.invoke import GatewayTarget, credential
 from sluice.sdk.specs import load_online_deployment, load_online_endpoint
+from sluice.testing.wait import wait_for
 
 HERE = Path(__file__).parent
 ENDPOINT = "sec-e2e"
 VICTIM_SECRET = "victim-env-secret-7d1e"
-T = TypeVar("T")
-
-
-def wait_for(condition: Callable[[], T | None], what: str, timeout: float = 180) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @dataclass(frozen=True)
@@ -81,6 +69,7 @@ def _deploy(
             and d
         ),
         f"{name} to settle",
+        deadline=180,
     )
     assert doc.meta.provisioning_state is ProvisioningState.succeeded, doc.meta.status_message
     if traffic:

@@ -9,6 +9,7 @@ and latency quantiles within the sketch's error of what the client measured.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +28,7 @@ from sluice.testing.traffic import (
     healthy_hosts,
     start_controller,
 )
+from sluice.testing.wait import wait_for_async
 from sluice.v1 import metrics_pb2, metrics_pb2_grpc
 
 pytestmark = pytest.mark.integration
@@ -103,7 +105,6 @@ async def test_requests_through_envoy_are_counted_exactly_where_served(
             assert traffic.score("metered", "wrong-key")[0] == 401
 
     await asyncio.to_thread(load)
-    finished = time.monotonic()
     served = {"blue": blue.scored, "green": green.scored}
     copies = eventually(lambda: shadow.scored, lambda n: n > 0)  # copies are asynchronous
 
@@ -112,17 +113,21 @@ async def test_requests_through_envoy_are_counted_exactly_where_served(
     auth = (("authorization", f"Bearer {metrics.settings.admin_token}"),)
     request = metrics_pb2.GetEndpointMetricsRequest(endpoint_name="metered")
     try:
+        want_total = served["blue"] + served["green"] + 5
         counted: dict[str, dict[str, float]] = {}
-        while time.monotonic() - finished < 5:
+
+        async def all_counted() -> bool:
+            nonlocal counted, copies
             copies = shadow.scored
             counted = by_deployment((await stub.GetEndpointMetrics(request, metadata=auth)).points)
-            want_total = served["blue"] + served["green"] + 5
-            if (
+            return (
                 counted.get("", {}).get("requests") == want_total
                 and counted.get("shadow", {}).get("requests") == copies
-            ):
-                break
-            await asyncio.sleep(0.2)
+            )
+
+        # Within 5 s of the last answer (the target); the asserts below name what is off.
+        with contextlib.suppress(AssertionError):
+            await wait_for_async(all_counted, "every request counted", deadline=5)
         assert counted["blue"] == {"requests": served["blue"], "mirrored": 0}
         assert counted["green"] == {"requests": served["green"], "mirrored": 0}
         assert counted["shadow"] == {"requests": copies, "mirrored": copies}
@@ -212,14 +217,16 @@ async def test_connections_and_envoys_access_log_counters_from_its_stats(
     auth = (("authorization", f"Bearer {metrics.settings.admin_token}"),)
     request = metrics_pb2.GetEndpointMetricsRequest(endpoint_name="wired")
     try:
-        deadline = time.monotonic() + 30
         connections: dict[str, int] = {}
-        while time.monotonic() < deadline:
+
+        async def blue_connected() -> bool:
+            nonlocal connections
             points = (await stub.GetEndpointMetrics(request, metadata=auth)).points
             connections = {p.deployment_name: p.active_connections for p in points}
-            if connections.get("blue", 0) >= 1:
-                break
-            await asyncio.sleep(0.3)
+            return connections.get("blue", 0) >= 1
+
+        with contextlib.suppress(AssertionError):  # the asserts below say what is missing
+            await wait_for_async(blue_connected, "blue's connections counted", deadline=30)
         assert connections.get("blue", 0) >= 1, connections
         assert connections.get("", 0) >= connections["blue"]  # the endpoint: its deployments'
     finally:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 
@@ -11,6 +10,7 @@ from faststream.nats import NatsBroker
 from sluice.common.settings import Settings
 from sluice.metrics.buckets import Buckets
 from sluice.metrics.usage import subscribe_usage, usage_subject
+from sluice.testing.wait import wait_for_async
 
 
 async def test_usage_samples_fill_the_minute_buckets(
@@ -37,11 +37,11 @@ async def test_usage_samples_fill_the_minute_buckets(
             }
             await nats_broker.publish(json.dumps(sample).encode(), f"{root}.shop.blue")
         await nats_broker.publish(b"not json", f"{root}.shop.blue")  # logged, ignored
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            if sum(b.usage_samples for b in buckets.open.values()) >= 2:
-                break
-            await asyncio.sleep(0.02)
+
+        async def both_counted() -> bool:
+            return sum(b.usage_samples for b in buckets.open.values()) >= 2
+
+        await wait_for_async(both_counted, "both usage samples counted", deadline=30)
         [(key, bucket)] = buckets.open.items()
         assert key[:2] == ("shop", "blue")
         assert bucket.usage_samples == 2
