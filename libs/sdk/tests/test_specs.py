@@ -259,3 +259,18 @@ def test_a_bad_data_collector_is_refused(tmp_path: Path, fragment: str, error: s
     path = write(tmp_path, f"name: b\nendpoint_name: ep\ndata_collector: {{{fragment}}}\n")
     with pytest.raises(SpecError, match=error):
         load_online_deployment(path, fake_upload)
+
+
+def test_update_without_a_file_keeps_or_edits_the_data_collector() -> None:
+    from sluice.common.resources import DataCollection, DataCollector, OnlineDeploymentSpec
+    from sluice.sdk.specs import edit_online_deployment
+
+    collector = DataCollector(
+        collections={"model_inputs": DataCollection(enabled=True)}, sampling_rate=0.5
+    )
+    current = OnlineDeploymentSpec(name="blue", endpoint_name="ep", data_collector=collector)
+    kept = edit_online_deployment(current, ["instance_count=2"]).spec
+    assert kept.instance_count == 2 and kept.data_collector == collector
+    edited = edit_online_deployment(current, ["data_collector.sampling_rate=0.1"]).spec
+    assert edited.data_collector.sampling_rate == 0.1
+    assert edited.data_collector.enabled == ["model_inputs"]
