@@ -16,6 +16,7 @@ from sluice.common import gateway_auth
 from sluice.common.resources import OnlineDeployment, ProvisioningState
 from sluice.sdk.client import RegistryClient
 from sluice.sdk.specs import load_online_deployment, load_online_endpoint
+from sluice.testing.events import scaled_events
 from sluice.testing.plugin import RunningService, ServiceStarter
 from sluice.testing.wait import wait_for
 
@@ -380,3 +381,13 @@ def test_target_utilization_scales_out_under_load_and_back_in(
         worker.join(timeout=10)
     wait_for(lambda: len(state(client).instances) == 1, "scale back in once idle", deadline=60)
     assert state(client).meta.provisioning_state is ProvisioningState.succeeded
+    # Both decisions were published as the autoscale engine's are, with the observed CPU.
+    decisions = wait_for(
+        lambda: (e := scaled_events(provisioner.settings)) and e[-1]["new_count"] == 1 and e,
+        "the scale-in decision published",
+        deadline=30,
+    )
+    out = next(d for d in decisions if (d["old_count"], d["new_count"]) == (1, 2))
+    assert out["name"] == "scale_settings" and out["metric"] == "CpuUtilizationPercentage"
+    assert out["rule"] == "CpuUtilizationPercentage target 30%" and out["value"] > 30 * 1.1
+    assert (decisions[-1]["old_count"], decisions[-1]["value"] < 30) == (2, True)

@@ -19,6 +19,7 @@ from sluice.common.supervisor import Supervisor
 from sluice.sdk.autoscale import AutoscaleClient, make_profile, make_rule
 from sluice.sdk.client import RegistryClient
 from sluice.sdk.specs import load_online_deployment, load_online_endpoint
+from sluice.testing.events import scaled_events
 from sluice.testing.plugin import EnvoyGateway, RunningService, ServiceStarter
 from sluice.testing.traffic import GatewayPorts, start_controller
 from sluice.testing.wait import wait_for
@@ -186,6 +187,12 @@ def test_min_instances_zero_in_scale_settings_goes_to_zero_when_idle_and_wakes(
     assert traffic.score(ENDPOINT, key, body=BODY)[0] == 200
     print(f"scale_settings zero: first response {cold:.3f} s")
     wait_for(lambda: ids() == ["blue-activator"], "back to zero once idle", deadline=60)
+    # Each of its decisions was published as `autoscale.scaled`: to zero, woken, to zero.
+    published = wait_for(
+        lambda: len(e := scaled_events(provisioner.settings)) >= 3 and e, "3 decisions published"
+    )
+    assert [(d["old_count"], d["new_count"]) for d in published] == [(1, 0), (0, 1), (1, 0)]
+    assert published[0]["rule"] == "no request for 6s (min_instances: 0)"
     # And it stays there (the instance that went is no sign of activity), longer than the
     # idle period plus the make-before-break of a wake.
     until = time.monotonic() + 10

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from sluice.common.events.catalogue import AutoscaleScaled
 from sluice.common.resources import Instance, OnlineDeploymentDoc
 
 
@@ -30,6 +31,9 @@ class Observation:
     became_ready: list[Instance] = field(default_factory=list)
     draining: list[tuple[Instance, str]] = field(default_factory=list)
     stopped: list[tuple[str, str]] = field(default_factory=list)
+    # The deployment's own scale settings changed its count (target_utilization, scale to zero
+    # when idle): published as `autoscale.scaled`, like an autoscale setting's decisions.
+    scaled: list[AutoscaleScaled] = field(default_factory=list)
     # Something is in motion (starting, draining): look again soon.
     busy: bool = False
 

@@ -25,8 +25,14 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+from sluice.common.events.catalogue import AutoscaleScaled
 from sluice.common.log import get_logger, readable_log
-from sluice.common.resources import Instance, OnlineDeploymentDoc, deployment_id
+from sluice.common.resources import (
+    Instance,
+    OnlineDeploymentDoc,
+    ScaleSettings,
+    deployment_id,
+)
 from sluice.provisioner.activator import Activator
 from sluice.provisioner.autoscale_counts import AutoscaleCounts
 from sluice.provisioner.autoscaler import LocalScaling
@@ -100,6 +106,7 @@ class LocalDeployment:
         # `scale_settings.min_instances: 0` (and no autoscale setting): zero once idle, i.e. no
         # instance starting and no request seen (liveness answers count them) for `idle_s`.
         self._zero_when_idle = False
+        self._own = (1, ScaleSettings())  # the spec's instance_count and scale_settings
         self._last_active = time.monotonic()
         self._was_idle = False
         self._seen: dict[str, int | None] = {}  # instance id -> its last requests_seen
@@ -112,6 +119,7 @@ class LocalDeployment:
         version = doc.meta.version
         self._version = version
         self._zero_when_idle = doc.spec.scale_settings.min_instances == 0
+        self._own = (doc.spec.instance_count, doc.spec.scale_settings)
         if self.generation is None or self.generation.version != version:
             await self._prepare(doc)
         await self._reap(version)
@@ -252,14 +260,23 @@ class LocalDeployment:
             # new pod's CPU for a while, readings start once an instance has been ready a bit.
             and time.monotonic() - i.ready_at >= CPU_SETTLE_S
         ]
+        busy = sum(i.cpu_percent for i in serving)
+        capacity = sum(100 * i.workers for i in serving)
         change = self._scaling.poll(
             time.monotonic(),
             doc.spec.instance_count,
             doc.spec.scale_settings,
-            busy=sum(i.cpu_percent for i in serving),
-            capacity=sum(100 * i.workers for i in serving),
+            busy=busy,
+            capacity=capacity,
         )
         if change is not None:
+            scale = doc.spec.scale_settings
+            self._scaled(
+                f"CpuUtilizationPercentage target {scale.target_utilization_percentage}%",
+                "CpuUtilizationPercentage",
+                round(100 * busy / capacity, 1),
+                *change,
+            )
             log.info(
                 "autoscaled", deployment=self.key, instances_before=change[0],
                 instances_after=change[1],
@@ -290,6 +307,13 @@ class LocalDeployment:
             if idle != self._was_idle:
                 self._was_idle = idle
                 log.info("idle_scale_to_zero" if idle else "idle_woken", deployment=self.key)
+                running = len([i for i in self.instances if i.alive and not i.draining])
+                rule = f"no request for {self._s.idle_s:g}s (min_instances: 0)"
+                if idle:
+                    self._scaled(rule, "RequestsSeen", 0.0, running, 0)
+                else:  # woken by a held request: back to the deployment's own count
+                    woken = self._scaling.desired(*self._own)
+                    self._scaled(f"woken ({rule})", "RequestsSeen", 1.0, 0, woken)
             return 0 if idle else None
         if decided == 0 and self._activated_at is not None:
             if self._s.autoscale.decided_at(self.key) > self._activated_at:
@@ -297,6 +321,25 @@ class LocalDeployment:
             else:
                 return 1
         return decided
+
+    def _scaled(self, rule: str, metric: str, value: float, old: int, new: int) -> None:
+        """A decision of the deployment's own scale settings, published as `autoscale.scaled`
+        (setting name `scale_settings`) with this pass's other events."""
+        self._pass.scaled.append(
+            AutoscaleScaled(
+                name="scale_settings",
+                endpoint=self.endpoint,
+                deployment=self.name,
+                profile="",
+                reason="rule",
+                rule=rule,
+                rule_index=None,
+                metric=metric,
+                value=value,
+                old_count=old,
+                new_count=new,
+            )
+        )
 
     def _idle(self) -> bool:
         return time.monotonic() - self._last_active >= self._s.idle_s

@@ -12,6 +12,7 @@ state change is published once per spec version:
 from __future__ import annotations
 
 from sluice.common.events.catalogue import (
+    AUTOSCALE_SCALED,
     DEPLOYMENT_FAILED,
     DEPLOYMENT_PROVISIONING,
     DEPLOYMENT_READY,
@@ -114,6 +115,7 @@ class Reporter:
             )
             for i, reason in seen.stopped
         ]
+        events += [Announce(AUTOSCALE_SCALED, scaled) for scaled in seen.scaled]
         changed = seen.instances != self._written
         if not changed and not events:
             return
