@@ -7,6 +7,8 @@ the distribution)."""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -144,7 +146,9 @@ def test_min_instances_zero_in_scale_settings_goes_to_zero_when_idle_and_wakes(
 ) -> None:
     """`scale_settings.min_instances: 0`, no autoscale setting: the provisioner itself takes
     the deployment to zero once no request reached it for the idle period (its instances
-    count requests in their liveness answers), and a request wakes it."""
+    count requests in their liveness answers), and a request wakes it; the decisions are
+    published; a provisioner killed while it is at zero leaves it at zero for its successor,
+    whose activator wakes it."""
     monkeypatch.setenv("SLUICE_SCALE_TO_ZERO_IDLE_S", "6")
     start_service.settings = start_service.settings.model_copy(update={"envs_dir": envs_dir})
     provisioner = start_service("provisioner")
@@ -187,15 +191,34 @@ def test_min_instances_zero_in_scale_settings_goes_to_zero_when_idle_and_wakes(
     assert traffic.score(ENDPOINT, key, body=BODY)[0] == 200
     print(f"scale_settings zero: first response {cold:.3f} s")
     wait_for(lambda: ids() == ["blue-activator"], "back to zero once idle", deadline=60)
-    # Each of its decisions was published as `autoscale.scaled`: to zero, woken, to zero.
-    published = wait_for(
-        lambda: len(e := scaled_events(provisioner.settings)) >= 3 and e, "3 decisions published"
-    )
-    assert [(d["old_count"], d["new_count"]) for d in published] == [(1, 0), (0, 1), (1, 0)]
-    assert published[0]["rule"] == "no request for 6s (min_instances: 0)"
     # And it stays there (the instance that went is no sign of activity), longer than the
     # idle period plus the make-before-break of a wake.
     until = time.monotonic() + 10
     while time.monotonic() < until:
         assert ids() == ["blue-activator"]
         time.sleep(0.5)  # watching that nothing changes, not waiting for a condition
+    # Each of its decisions was published as `autoscale.scaled`: to zero, woken, to zero.
+    published = wait_for(
+        lambda: len(e := scaled_events(provisioner.settings)) >= 3 and e, "3 decisions published"
+    )
+    assert [(d["old_count"], d["new_count"]) for d in published] == [(1, 0), (0, 1), (1, 0)]
+    assert published[0]["rule"] == "no request for 6s (min_instances: 0)"
+
+    # The provisioner dies (kill -9) while blue is at zero; its successor lists its own
+    # activator in the dead one's place, does not wake blue, and a request still wakes it.
+    old = client.get_online_deployment(ENDPOINT, "blue").instances[0].address
+    os.kill(provisioner.process.pid, signal.SIGKILL)
+    start_service("provisioner")
+
+    def relisted() -> bool:
+        listed = client.get_online_deployment(ENDPOINT, "blue").instances
+        return [i.id for i in listed] == ["blue-activator"] and listed[0].address != old
+
+    wait_for(relisted, "the new provisioner's activator listed", deadline=60)
+    until = time.monotonic() + 8
+    while time.monotonic() < until:
+        assert ids() == ["blue-activator"], "the restart woke blue"
+        time.sleep(0.5)  # watching that nothing changes, not waiting for a condition
+    status, _, body = traffic.score(ENDPOINT, key, body=BODY)
+    assert status == 200, body
+    wait_for(serving, "woken by the new provisioner's activator", deadline=30)

@@ -341,6 +341,12 @@ class LocalDeployment:
             )
         )
 
+    def idle_since_start(self) -> None:
+        """Adopted at zero after a provisioner restart: idle already, so it stays at zero
+        until a request comes (a `scale_settings` zero; a setting's zero is in its capacity)."""
+        self._last_active = time.monotonic() - self._s.idle_s
+        self._was_idle = True
+
     def _idle(self) -> bool:
         return time.monotonic() - self._last_active >= self._s.idle_s
 
@@ -495,6 +501,7 @@ class LocalCompute:
         self._services = services
         self._usage = usage
         self._adopted: dict[str, list[LocalInstance]] = {}  # by deployment, until its worker runs
+        self._at_zero: set[str] = set()  # deployments recovered at zero, until their worker runs
 
     def deployment(self, key: str) -> LocalDeployment:
         endpoint, _, name = key.partition("/")
@@ -502,7 +509,11 @@ class LocalCompute:
         async def usage(sample: dict[str, object]) -> None:
             await self._usage(endpoint, name, sample)
 
-        return LocalDeployment(key, self._services, usage, self._adopted.pop(key, []))
+        deployment = LocalDeployment(key, self._services, usage, self._adopted.pop(key, []))
+        if key in self._at_zero:  # it stays there (no wake-up because the provisioner restarted)
+            self._at_zero.discard(key)
+            deployment.idle_since_start()
+        return deployment
 
     async def recover(self) -> list[str]:
         """At start: take over the instances an earlier provisioner left running.
@@ -515,6 +526,13 @@ class LocalCompute:
         """
         store, backend = self._services.store, self._services.backend
         listed = await store.recorded_instances()
+        # At zero when the predecessor died: only the activator (its address is the dead
+        # provisioner's; the new one lists its own).
+        self._at_zero = {
+            key
+            for key, insts in listed.items()
+            if insts and all(i.id.endswith("-activator") for i in insts)
+        }
         for record in await store.running_processes():
             key = deployment_id(record.endpoint, record.deployment)
             inst = adopt(record)
@@ -539,7 +557,12 @@ class LocalCompute:
         # Listed with no record to recognise them by (started by an older provisioner):
         # only an inference server listening at such an address is stopped.
         kept = {i.address for adopted in self._adopted.values() for i in adopted}
-        unknown = {i.address: (key, i.id) for key, insts in listed.items() for i in insts}
+        unknown = {
+            i.address: (key, i.id)
+            for key, insts in listed.items()
+            for i in insts
+            if key not in self._at_zero  # the activator was in the dead process: nothing to reap
+        }
         for address in await asyncio.to_thread(reap_orphans, set(unknown) - kept):
             key, instance_id = unknown[address]
             log.warning("orphan_instance_stopped", deployment=key, instance=instance_id)
