@@ -6,13 +6,15 @@ spare becomes a job's worker is shown end to end in test_batch.py.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import psutil
 import pytest
 
-from sluice.batch.spares import SpareKey, SparePool
+from sluice.batch.spares import SpareKey, SparePool, hand_over
+from sluice.common.isolation import Account
 from sluice.testing.wait import wait_for
 
 
@@ -71,3 +73,29 @@ def test_closing_stdin_without_a_job_ends_a_spare(tmp_path: Path) -> None:
     wait_for(lambda: f"spare {spare.pid} ready" in (tmp_path / "spares.log").read_text(), "ready")
     spare.stdin.close()
     assert spare.wait(timeout=30) == 0
+
+
+def test_spares_of_different_users_never_mix() -> None:
+    """As root a spare runs as its deployment's user: the user is part of its key."""
+    alice, bob = Account("sluice-d-a", 60001, 60001), Account("sluice-d-b", 60002, 60002)
+    of_alice = SpareKey.of(sys.executable, {}, alice, Path("/state/spares/a"))
+    of_bob = SpareKey.of(sys.executable, {}, bob, Path("/state/spares/b"))
+    if alice.switches:  # the platform runs as root
+        assert of_alice.user == (60001, 60001) and of_alice != of_bob
+    me = Account("me", os.geteuid(), os.getegid())
+    assert SpareKey.of(sys.executable, {}, me, Path("/x")) == SpareKey.of(sys.executable, {})
+
+
+@pytest.mark.integration  # starts a process
+def test_a_spare_writes_to_the_log_it_is_handed(tmp_path: Path) -> None:
+    """The runner opens the worker's log and passes it over the spare's socket (the
+    deployment's user could not open the runner's folder itself)."""
+    pool = SparePool(tmp_path / "spares", preload=())
+    key = SpareKey.of(sys.executable, {})
+    pool.want(key, 1)
+    [spare] = pool.take(key, 1)
+    logs = tmp_path / "logs"
+    logs.mkdir(mode=0o700)
+    hand_over(spare, {"PATH": "/usr/bin:/bin"}, str(tmp_path), logs / "worker-0.log")
+    spare.wait(timeout=60)  # no configuration: the worker stops, saying why, in its log
+    assert "SLUICE_BATCH_WORKER" in (logs / "worker-0.log").read_text()

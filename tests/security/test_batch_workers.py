@@ -2,12 +2,17 @@
 
 A batch job on the real platform whose `run()` reports, for each file, what the
 worker process holds: its NATS user (the restricted `batch-worker`, not a service's)
-and whether any of the platform's secrets is in its environment.
+and whether any of the platform's secrets is in its environment. A second job runs
+the online attacker's search (attacker/score.py) from `run()`: the state directory,
+its secrets, the runner's folder, other processes' environments.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import pwd
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -15,8 +20,10 @@ from typing import Any
 import pytest
 import yaml
 
-from sluice.common.nats_auth import WORKER_USER
-from sluice.common.platform import PlatformState
+from sluice.common.isolation import user_name
+from sluice.common.mongo_auth import MongoUser
+from sluice.common.nats_auth import FOLDER, WORKER_USER
+from sluice.common.platform import LocalPlatform, PlatformState
 from sluice.common.settings import Settings
 from sluice.sdk.batch import TERMINAL, BatchClient, job_view, state_name
 from sluice.sdk.client import RegistryClient
@@ -48,22 +55,45 @@ def run(mini_batch):
 """
 
 
-def run_job(state: PlatformState, folder: Path) -> tuple[Any, list[dict[str, Any]]]:
+ATTACK = """\
+import json
+
+import attacker
+
+
+def init():
+    pass
+
+
+def run(mini_batch):
+    return [json.dumps(attacker.run(None), sort_keys=True) for _ in mini_batch]
+"""
+
+
+def run_job(
+    state: PlatformState,
+    folder: Path,
+    script: str = SCRIPT,
+    endpoint: str = "sec-batch",
+    variables: dict[str, str] | None = None,
+) -> tuple[Any, list[dict[str, Any]]]:
     (folder / "code").mkdir(parents=True)
-    (folder / "code" / "score.py").write_text(SCRIPT)
+    (folder / "code" / "score.py").write_text(script)
+    shutil.copy(Path(__file__).parent / "attacker" / "score.py", folder / "code" / "attacker.py")
     (folder / "data").mkdir()
     for i in range(2):
         (folder / "data" / f"f{i}.txt").write_text("x\n")
-    (folder / "endpoint.yml").write_text("name: sec-batch\n")
+    (folder / "endpoint.yml").write_text(f"name: {endpoint}\n")
     (folder / "deployment.yml").write_text(
         yaml.safe_dump(
             {
                 "name": "probe",
-                "endpoint_name": "sec-batch",
+                "endpoint_name": endpoint,
                 "type": "model",
                 "code_configuration": {"code": "code/", "scoring_script": "score.py"},
+                "environment_variables": variables or {},
                 "resources": {"instance_count": 1},
-                "settings": {"mini_batch_size": 1, "max_concurrency_per_instance": 1},
+                "settings": {"mini_batch_size": 1, "max_concurrency_per_instance": 2},
             }
         )
     )
@@ -73,7 +103,7 @@ def run_job(state: PlatformState, folder: Path) -> tuple[Any, list[dict[str, Any
         spec = load_batch_deployment(folder / "deployment.yml", registry.upload).spec
         registry.create_batch_deployment(spec, set_default=True)
     with BatchClient.connect(settings) as batch:
-        job = batch.invoke("sec-batch", input=str(folder / "data"))
+        job = batch.invoke(endpoint, input=str(folder / "data"))
         deadline = time.monotonic() + 240
         while state_name(job) not in TERMINAL:
             assert time.monotonic() < deadline, f"job still {state_name(job)}"
@@ -95,3 +125,53 @@ def test_batch_workers_hold_no_platform_secret(
         assert report["nats_user"] == WORKER_USER
         # A minimal environment: none of the platform's secrets or its services' NATS URL.
         assert report["secrets"] == []
+        if os.geteuid() == 0:  # the platform can switch users: the deployment's own, not root
+            assert pwd.getpwuid(report["uid"]).pw_name == user_name("batch:sec-batch", "probe")
+
+
+def test_batch_deployment_code_finds_no_platform_secret(
+    local_platform: PlatformState, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    state = local_platform.state_dir
+    platform = LocalPlatform(Settings(state_dir=state))
+    passwords = json.loads((state / FOLDER / "passwords.json").read_text())
+    secrets = {
+        "admin token": platform.admin_token(),
+        "Fernet key": platform.secret_key(),
+        "platform CA key": (state / "pki" / "ca.key").read_text().splitlines()[1],
+        "gateway CA key": (state / "tls" / "ca.key").read_text().splitlines()[1],
+        "Mongo password": MongoUser(state).password(),
+        # The workers' own NATS password is theirs (in their configuration); no other.
+        **{f"NATS password of {u}": p for u, p in passwords.items() if u != WORKER_USER},
+    }
+    variables = {"PROBE_STATE_DIR": str(state), "PROBE_VICTIM_WORKSPACE": str(state / "jobs")}
+    folder = tmp_path_factory.mktemp("sec-batch-attack")
+    job, reports = run_job(local_platform, folder, ATTACK, "sec-batch-attack", variables)
+    assert state_name(job) == "Completed", job_view(job).get("status_message")
+    assert len(reports) == 2
+    for found in reports:
+        assert {n for n in found["env"] if n.startswith("SLUICE_")} == {"SLUICE_BATCH_WORKER"}
+        if os.geteuid() != 0:
+            continue  # as another user workers share the platform's: only the environment
+        text = json.dumps(found)
+        leaked = [name for name, value in secrets.items() if value in text]
+        assert not leaked, f"run() found: {leaked}"
+        # Nothing under the state dir can be listed or read, nor the runner's jobs folder.
+        readable = {p: v for p, v in found["files"].items() if v not in ("denied", "missing")}
+        assert not readable, readable
+        for path in (
+            state,
+            state / "admin-token",
+            state / "secret.key",
+            state / "tls" / "ca.key",
+            state / "pki",
+            state / "pki" / "ca.key",
+            state / FOLDER,
+            state / FOLDER / "passwords.json",
+            state / "mongo-auth",
+            state / "mongo-auth" / "password",
+            state / "jobs",
+        ):
+            assert found["files"][str(path)] == "denied", path
+        assert found["envoy_admin"] == "denied"
+        assert pwd.getpwuid(found["uid"]).pw_name == user_name("batch:sec-batch-attack", "probe")

@@ -8,11 +8,11 @@ import pwd
 
 import pytest
 
+from sluice.common.isolation import user_name
 from sluice.common.mongo_auth import MongoUser
 from sluice.common.nats_auth import FOLDER
 from sluice.common.platform import LocalPlatform
 from sluice.common.settings import Settings
-from sluice.provisioner.isolation import user_name
 from sluice.sdk.invoke import send
 
 from .conftest import ENDPOINT, VICTIM_SECRET, Attacked, wait_for

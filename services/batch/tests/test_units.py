@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -72,6 +73,25 @@ def test_parts_join_in_order_and_a_rerun_replaces(tmp_path: Path) -> None:
     write_part(["one"], parts, 1, "p.csv")  # a redelivered mini-batch
     merge_parts(parts, [0, 1, 2], tmp_path / "out" / "p.csv")
     assert (tmp_path / "out" / "p.csv").read_text() == "zero\none\ntwo\n"
+
+
+def test_parts_that_are_links_are_not_followed(tmp_path: Path) -> None:
+    """The parts folder is the deployment user's: a link to the platform's secrets is refused."""
+    secret = tmp_path / "admin-token"
+    secret.write_text("platform-secret\n")
+    parts = tmp_path / "parts"
+    write_part(["zero"], parts, 0, "p.csv")
+    (parts / "00000001.txt").symlink_to(secret)
+    with pytest.raises(OutputError, match=r"part 1 .* not a plain file"):
+        merge_parts(parts, [0, 1], tmp_path / "out" / "p.csv")
+    os.mkfifo(parts / "00000002.txt")  # would block the runner's read
+    with pytest.raises(OutputError, match=r"part 2 .* not a plain file"):
+        merge_parts(parts, [0, 2], tmp_path / "out" / "p.csv")
+    linked = tmp_path / "linked"
+    linked.symlink_to(tmp_path)
+    with pytest.raises(OutputError, match="not a plain folder"):
+        merge_parts(linked, [0], tmp_path / "out" / "p.csv")
+    assert not (tmp_path / "out" / "p.csv").exists()
 
 
 def test_parquet_output_needs_dataframes(tmp_path: Path) -> None:

@@ -10,8 +10,7 @@ import pytest
 from packaging.version import Version
 
 from sluice.common.interpreters import Interpreter, for_deployment_users, runnable_by_others
-from sluice.common.resources import OnlineDeploymentSpec
-from sluice.provisioner.isolation import (
+from sluice.common.isolation import (
     Account,
     IsolationError,
     collector_folder,
@@ -21,6 +20,7 @@ from sluice.provisioner.isolation import (
     reachable_by_others,
     user_name,
 )
+from sluice.common.resources import OnlineDeploymentSpec
 from sluice.testing.plugin import traversable_dir
 
 

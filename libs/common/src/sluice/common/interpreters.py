@@ -180,7 +180,7 @@ def for_deployment_users(
     """(platform, available) reduced to what deployment users can run.
 
     As root the provisioner runs each deployment as a user of its own
-    (sluice.provisioner.isolation), who cannot run an interpreter in a private
+    (sluice.common.isolation), who cannot run an interpreter in a private
     home such as /root/.pyenv; then one of the platform's minor version that
     they can run stands in for the platform's. Not root: unchanged.
     """

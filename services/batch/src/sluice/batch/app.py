@@ -104,6 +104,7 @@ async def serve(settings: Settings) -> None:
             broker=broker,
             nats_url=settings.batch_worker_nats_url or settings.nats_url,
             subject_prefix=batch_prefix(settings),
+            state_dir=state_dir,
             jobs_dir=state_dir / "jobs",
             environments=EnvironmentBuilder((settings.envs_dir or state_dir / "envs").absolute()),
             artifacts=ArtifactStore(state_dir / "artifacts"),

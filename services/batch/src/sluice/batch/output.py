@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 PART_DIGITS = 8
 
@@ -78,6 +79,32 @@ def write_part(result: Any, parts: Path, mini_batch: int, output_file_name: str)
     return rows
 
 
+def open_part(parts: Path, mini_batch: int, parquet: bool) -> BinaryIO | None:
+    """A part to read, or None if there is none; never through a link or to a non-file.
+
+    The parts folder belongs to the deployment's user (workspace.py): a link there to the
+    platform's secrets, or a FIFO that would block the runner, is not followed."""
+    try:
+        folder = os.open(parts, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:  # ELOOP, ENOTDIR: a link
+        raise OutputError(f"the parts folder {parts} is not a plain folder: {exc}") from None
+    try:
+        name = part_path(parts, mini_batch, parquet).name
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=folder)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:  # ELOOP: a link
+        raise OutputError(f"part {mini_batch} of {parts} is not a plain file: {exc}") from None
+    finally:
+        os.close(folder)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OutputError(f"part {mini_batch} of {parts} is not a plain file")
+    return os.fdopen(fd, "rb")
+
+
 def merge_parts(parts: Path, mini_batches: Sequence[int], target: Path) -> int:
     """Concatenate the parts of `mini_batches`, in order, into `target`; returns bytes written.
 
@@ -91,9 +118,9 @@ def merge_parts(parts: Path, mini_batches: Sequence[int], target: Path) -> int:
     else:
         with tmp.open("wb") as out:
             for index in mini_batches:
-                part = part_path(parts, index, parquet=False)
-                if part.exists():
-                    with part.open("rb") as src:
+                src = open_part(parts, index, parquet=False)
+                if src is not None:
+                    with src:
                         shutil.copyfileobj(src, out, 1 << 20)
     tmp.replace(target)
     return target.stat().st_size
@@ -105,15 +132,16 @@ def _merge_parquet(parts: Path, mini_batches: Sequence[int], tmp: Path) -> None:
     writer: Any = None
     try:
         for index in mini_batches:
-            part = part_path(parts, index, parquet=True)
-            if not part.exists():
+            part = open_part(parts, index, parquet=True)
+            if part is None:
                 continue
-            source = pq.ParquetFile(part)
-            for group in range(source.num_row_groups):
-                table = source.read_row_group(group)
-                if writer is None:
-                    writer = pq.ParquetWriter(tmp, table.schema)
-                writer.write_table(table)
+            with part:
+                source = pq.ParquetFile(part)
+                for group in range(source.num_row_groups):
+                    table = source.read_row_group(group)
+                    if writer is None:
+                        writer = pq.ParquetWriter(tmp, table.schema)
+                    writer.write_table(table)
     finally:
         if writer is not None:
             writer.close()

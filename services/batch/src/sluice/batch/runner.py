@@ -32,7 +32,7 @@ from sluice.batch.environment import model_environment
 from sluice.batch.jobs import Cost, Job, JobError, JobState, JobStore, Progress
 from sluice.batch.output import merge_parts
 from sluice.batch.queue import DURABLE, JobQueue
-from sluice.batch.spares import SpareKey, SparePool, base_env, hand_over
+from sluice.batch.spares import SpareKey, SparePool, as_user, base_env, hand_over
 from sluice.batch.worker import (
     CONFIG_ENV,
     EXIT_INIT_FAILED,
@@ -40,9 +40,11 @@ from sluice.batch.worker import (
     MiniBatchResult,
     WorkerConfig,
 )
+from sluice.batch.workspace import JobSpace, batch_account, job_space, spare_home
 from sluice.common.artifacts import ArtifactStore
 from sluice.common.catalogue import Catalogue, UnknownInstanceType
 from sluice.common.environments import EnvironmentBuilder, EnvironmentError_
+from sluice.common.isolation import IsolationError
 from sluice.common.log import get_logger
 from sluice.common.resources import (
     BATCH_DEPLOYMENTS,
@@ -72,6 +74,7 @@ class RunnerContext:
     broker: NatsBroker
     nats_url: str
     subject_prefix: str  # "sluice.batch"
+    state_dir: Path
     jobs_dir: Path
     environments: EnvironmentBuilder
     artifacts: ArtifactStore
@@ -184,6 +187,7 @@ class JobRunner:
         self.worker_seconds = job.cost.worker_seconds
         self.restarts = 0
         self.spare_key: SpareKey | None = None  # known once the environment is
+        self.space: JobSpace | None = None  # who the workers are and their files, likewise
         self.warm: list[subprocess.Popen[bytes]] = []  # spares taken for this job's workers
         self._changed = asyncio.Event()
 
@@ -245,7 +249,12 @@ class JobRunner:
         runtime = await deployment_runtime(self.ctx, job.endpoint_name, job.deployment_name)
         for warning in runtime.warnings:
             self.log(f"warning: {warning}")
-        model, code = runtime.model, runtime.code
+        try:  # the deployment's own user, private copies of its files (workspace.py)
+            space, model, code, inputs = await asyncio.to_thread(self._isolate, runtime)
+        except (IsolationError, OSError) as exc:
+            raise JobAborted(f"cannot isolate the deployment's workers: {exc}") from exc
+        self.space = space
+        self.log(f"workers run as {space.account.name}")
         s = job.settings
         await self.queue.declare(
             self.ctx.broker,
@@ -254,14 +263,15 @@ class JobRunner:
         )
         if not job.published:
             for index, files in enumerate(job.mini_batches()):
-                body = MiniBatch(index=index, files=files).model_dump_json().encode()
+                seen = [inputs[f] for f in files]
+                body = MiniBatch(index=index, files=seen).model_dump_json().encode()
                 await self.queue.publish(self.ctx.broker, index, body)
             updated = await self.ctx.store.update(job.name, published=True)
             self.job = updated or job
             self.log(f"{len(job.mini_batches())} mini-batches queued")
         self.python = runtime.python
-        self.spare_key = SpareKey.of(runtime.python, s.environment_variables)
-        self.cwd = code or self.dir
+        self.spare_key = await asyncio.to_thread(spare_key_for, self.ctx, runtime, space)
+        self.cwd = code or space.home
         return WorkerConfig(
             nats_url=self.ctx.nats_url,
             job=job.name,
@@ -271,7 +281,7 @@ class JobRunner:
             durable=DURABLE,
             results_stream=self.queue.results_stream,
             results_prefix=self.queue.results_prefix,
-            parts=str(self.dir / "parts"),
+            parts=str(space.parts),
             output_path=job.output_path,
             output_file_name=s.output_file_name,
             append_row=s.output_action is OutputAction.append_row,
@@ -282,6 +292,20 @@ class JobRunner:
             code=str(code) if code else None,
             scoring_script=runtime.spec.code_configuration.scoring_script or None,
         )
+
+    def _isolate(
+        self, runtime: Runtime
+    ) -> tuple[JobSpace, Path | None, Path | None, dict[str, str]]:
+        """The job's workspace, and its model, code and inputs as the workers see them.
+
+        Blocking (copies files)."""
+        job = self.job
+        account = batch_account(job.endpoint_name, job.deployment_name)
+        space = job_space(self.ctx.state_dir, job.name, self.dir, account)
+        model = space.copy_artifact(runtime.model) if runtime.model else None
+        code = space.copy_artifact(runtime.code) if runtime.code else None
+        files = list(job.files)
+        return space, model, code, dict(zip(files, space.copy_inputs(files), strict=True))
 
     async def _follow_results(self) -> Any:
         """Replay every mini-batch outcome so far, then follow new ones."""
@@ -357,11 +381,13 @@ class JobRunner:
         `python -m sluice.batch.worker` starts in it; either way in its own session."""
         log_path = self.dir / "logs" / f"{name}.log"
         cfg = self.config.model_copy(update={"worker": name})
-        env = worker_env(self.job, self.python, self.dir, cfg)
+        assert self.space is not None and self.spare_key is not None
+        env = worker_env(self.job, self.python, self.space.home, cfg)
         if self.warm:
             spare = self.warm.pop()
             hand_over(spare, env, str(self.cwd), log_path)
             return WorkerProcess(name, spare, log_path, warm=True)
+        uid, gid, groups = as_user(self.spare_key.user)
         with log_path.open("ab") as out:
             process = subprocess.Popen(
                 [self.python, "-m", "sluice.batch.worker"],
@@ -371,6 +397,9 @@ class JobRunner:
                 env=env,
                 cwd=self.cwd,
                 start_new_session=True,
+                user=uid,
+                group=gid,
+                extra_groups=groups,
             )
         return WorkerProcess(name, process, log_path)
 
@@ -475,10 +504,12 @@ class JobRunner:
         progress, errors = self._progress()
         done = sorted(i for i, r in self.results.items() if r.ok)
         s = self.job.settings
-        if s.output_action is OutputAction.append_row and done:
+        if s.output_action is OutputAction.append_row and done and self.space is not None:
             target = Path(self.job.output_path) / s.output_file_name
-            size = await asyncio.to_thread(merge_parts, self.dir / "parts", done, target)
+            size = await asyncio.to_thread(merge_parts, self.space.parts, done, target)
             self.log(f"output written: {target} ({size} bytes)")
+        if self.space is not None:
+            await asyncio.to_thread(self.space.remove)
         if state is JobState.completed and not message:
             message = f"{progress.files_succeeded} of {progress.files_total} files scored" + (
                 f"; {progress.files_failed} failed" if progress.files_failed else ""
@@ -532,6 +563,16 @@ async def deployment_runtime(ctx: RunnerContext, endpoint: str, name: str) -> Ru
     except EnvironmentError_ as exc:
         raise JobAborted(str(exc)) from exc
     return Runtime(deployment, model, code, env.python, tuple(env.warnings))
+
+
+def spare_key_for(ctx: RunnerContext, runtime: Runtime, space: JobSpace | None = None) -> SpareKey:
+    """Which spares can become this deployment's workers (as root: spares of its own user).
+
+    Blocking (may create the user and its spare folder)."""
+    spec = runtime.spec
+    account = space.account if space else batch_account(spec.endpoint_name, spec.name)
+    home = spare_home(ctx.state_dir, account) if account.switches else None
+    return SpareKey.of(runtime.python, spec.settings.environment_variables, account, home)
 
 
 def environment_for(deployment: BatchDeploymentSpec, model: Path | None) -> EnvironmentSpec:

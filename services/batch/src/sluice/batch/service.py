@@ -28,9 +28,10 @@ from sluice.batch.runner import (
     deployment_runtime,
     instance_type_of,
     job_dir,
+    spare_key_for,
 )
-from sluice.batch.spares import SpareKey
 from sluice.common.artifacts import ArtifactError
+from sluice.common.isolation import IsolationError
 from sluice.common.log import get_logger
 from sluice.common.resources import (
     BATCH_DEPLOYMENTS,
@@ -166,7 +167,11 @@ class BatchService:
             log.info("warm_up_skipped", endpoint=endpoint, deployment=deployment, reason=str(exc))
             return
         spec = runtime.spec
-        key = SpareKey.of(runtime.python, spec.settings.environment_variables)
+        try:
+            key = await asyncio.to_thread(spare_key_for, self.ctx, runtime)
+        except (IsolationError, OSError) as exc:
+            log.info("warm_up_skipped", endpoint=endpoint, deployment=deployment, reason=str(exc))
+            return
         self.ctx.spares.want(key, spec.instance_count * spec.settings.max_concurrency_per_instance)
         log.info(
             "warm_up", endpoint=endpoint, deployment=deployment, spares=self.ctx.spares.waiting(key)

@@ -4,9 +4,11 @@ Starting Python and importing pandas, scikit-learn, FastStream and the
 worker takes seconds (8-10 s on a loaded 2-core machine), which dominated
 small jobs. The batch service keeps spares per environment and deployment
 variables (`python -m sluice.batch.spare numpy pandas ...`, see spares.py);
-to use one it writes one JSON line on its stdin: the worker's whole
-environment (its configuration included), working directory and log file.
-The spare then *becomes* that worker in the same process: it opens the log,
+to use one it writes one JSON line on its stdin (a socket): the worker's
+whole environment (its configuration included) and working directory, with
+the worker's log file, opened by the runner, passed along (SCM_RIGHTS: as
+root, spares run as the deployment's user, who cannot open the runner's
+folder). The spare then *becomes* that worker in the same process: it takes the log,
 replaces its (already minimal) environment, moves to the working directory
 and runs `sluice.batch.worker`. Closing stdin without a line makes it exit.
 
@@ -21,6 +23,7 @@ import contextlib
 import importlib
 import json
 import os
+import socket
 import sys
 import tempfile
 
@@ -32,11 +35,10 @@ def main() -> None:
     from sluice.batch import worker
 
     print(f"spare {os.getpid()} ready", flush=True)  # to spares.log: its imports are done
-    line = sys.stdin.readline()
+    line, log = receive()
     if not line.strip():
         return
     job = json.loads(line)
-    log = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.dup2(log, 1)
     os.dup2(log, 2)
     os.close(log)
@@ -49,6 +51,23 @@ def main() -> None:
     os.chdir(job["cwd"])
     sys.path[0] = job["cwd"]  # as `python -m` started in that folder would have it
     worker.main()
+
+
+def receive() -> tuple[bytes, int]:
+    """The job's line and its open log file from stdin, a socket (spares.py `hand_over`).
+
+    (b"", -1) when stdin closes without a job."""
+    channel = socket.socket(fileno=os.dup(0))
+    data, fds, _, _ = socket.recv_fds(channel, 1 << 20, 1)
+    if not fds:
+        return b"", -1
+    while not data.endswith(b"\n"):
+        more = channel.recv(1 << 20)
+        if not more:
+            break
+        data += more
+    channel.close()
+    return data, fds[0]
 
 
 if __name__ == "__main__":

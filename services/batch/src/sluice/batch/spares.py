@@ -24,11 +24,16 @@ worker.
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
+
+from sluice.common.isolation import Account
 
 # What spares import ahead of time: the usual scoring-script libraries (missing ones are
 # skipped) and the worker itself (FastStream, nats-py, pydantic).
@@ -48,14 +53,26 @@ IDLE_S = 3600.0
 
 @dataclass(frozen=True)
 class SpareKey:
-    """Which spares can become a given worker: same interpreter, same deployment variables."""
+    """Which spares can become a given worker: same interpreter, same deployment variables,
+    same user. As root, spares start as the deployment's own user (`user`: uid, gid) in its
+    folder (`home`), so a spare is only ever handed to the deployment it runs as, and the
+    deployment's variables (PYTHONPATH and the like) never reach a root process."""
 
     python: str
     variables: tuple[tuple[str, str], ...] = ()
+    user: tuple[int, int] | None = None
+    home: str | None = None
 
     @classmethod
-    def of(cls, python: str, variables: Mapping[str, str]) -> SpareKey:
-        return cls(python, tuple(sorted(variables.items())))
+    def of(
+        cls,
+        python: str,
+        variables: Mapping[str, str],
+        account: Account | None = None,
+        home: Path | None = None,
+    ) -> SpareKey:
+        user = (account.uid, account.gid) if account is not None and account.switches else None
+        return cls(python, tuple(sorted(variables.items())), user, str(home) if user else None)
 
 
 def base_env(python: str, home: Path, variables: Mapping[str, str]) -> dict[str, str]:
@@ -72,10 +89,12 @@ def base_env(python: str, home: Path, variables: Mapping[str, str]) -> dict[str,
 
 
 def hand_over(spare: subprocess.Popen[bytes], env: dict[str, str], cwd: str, log: Path) -> None:
-    """Turn a spare into a worker: its environment, working directory and log (one line)."""
+    """Turn a spare into a worker: its environment and working directory (one line) and its
+    log, opened here and passed as an open file (the spare's user cannot reach the folder)."""
     assert spare.stdin is not None
-    line = json.dumps({"env": env, "cwd": cwd, "log": str(log)}) + "\n"
-    spare.stdin.write(line.encode())
+    line = json.dumps({"env": env, "cwd": cwd}) + "\n"
+    with log.open("ab") as out, socket.socket(fileno=os.dup(spare.stdin.fileno())) as channel:
+        socket.send_fds(channel, [line.encode()], [out.fileno()])
     spare.stdin.close()
 
 
@@ -117,20 +136,31 @@ class SparePool:
         self._wanted[key] = wanted
         spares = [p for p in self._spares.get(key, []) if p.poll() is None]
         self._folder.mkdir(parents=True, exist_ok=True)
+        home = Path(key.home) if key.home else self._folder
         with (self._folder / "spares.log").open("ab") as out:
             while len(spares) < wanted:
-                spares.append(
-                    subprocess.Popen(
-                        [key.python, "-m", "sluice.batch.spare", *self._preload],
-                        stdin=subprocess.PIPE,
-                        stdout=out,
-                        stderr=subprocess.STDOUT,
-                        env=base_env(key.python, self._folder, dict(key.variables)),
-                        cwd=self._folder,
-                        start_new_session=True,  # a worker's group, stopped as one
-                    )
-                )
+                spares.append(self._start(key, home, out))
         self._spares[key] = spares
+
+    def _start(self, key: SpareKey, home: Path, out: BinaryIO) -> subprocess.Popen[bytes]:
+        """One spare; its stdin is a socket, over which `hand_over` also passes its log."""
+        ours, theirs = socket.socketpair()
+        uid, gid, groups = as_user(key.user)
+        with ours, theirs:
+            spare = subprocess.Popen(
+                [key.python, "-m", "sluice.batch.spare", *self._preload],
+                stdin=theirs.fileno(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=base_env(key.python, home, dict(key.variables)),
+                cwd=home,
+                start_new_session=True,  # a worker's group, stopped as one
+                user=uid,
+                group=gid,
+                extra_groups=groups,
+            )
+            spare.stdin = ours.makefile("wb")  # owns the socket once `ours` is closed
+        return spare
 
     def prune(self) -> None:
         """Stop the spares of keys nobody asked for within `idle_s`."""
@@ -144,6 +174,14 @@ class SparePool:
         for spares in self._spares.values():
             _stop(spares)
         self._spares.clear()
+
+
+def as_user(user: tuple[int, int] | None) -> tuple[int | None, int | None, list[int] | None]:
+    """Popen's `user`, `group` and `extra_groups` that start a process as `user` (none: as
+    the platform's user)."""
+    if user is None:
+        return None, None, None
+    return user[0], user[1], []
 
 
 def _stop(spares: list[subprocess.Popen[bytes]]) -> None:

@@ -29,11 +29,7 @@ from sluice.common import gateway_auth
 from sluice.common.catalogue import InstanceType
 from sluice.common.collected import collected_dir
 from sluice.common.interpreters import platform_minor
-from sluice.common.resources import OnlineDeploymentSpec
-from sluice.common.settings import TracingSettings
-from sluice.common.supervisor import free_port
-from sluice.common.tracing import instance_folder
-from sluice.provisioner.isolation import (
+from sluice.common.isolation import (
     Account,
     IsolationError,
     account_for,
@@ -47,6 +43,10 @@ from sluice.provisioner.isolation import (
     spare_env,
     traces_folder,
 )
+from sluice.common.resources import OnlineDeploymentSpec
+from sluice.common.settings import TracingSettings
+from sluice.common.supervisor import free_port
+from sluice.common.tracing import instance_folder
 from sluice.provisioner.store import ProcessRecord, RunningRecord
 
 STOP_GRACE_S = 5.0

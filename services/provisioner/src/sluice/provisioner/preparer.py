@@ -14,9 +14,9 @@ from pathlib import Path
 from sluice.common.artifacts import ArtifactError, ArtifactStore
 from sluice.common.catalogue import Catalogue, InstanceType, UnknownInstanceType
 from sluice.common.environments import EnvironmentBuilder, EnvironmentError_
+from sluice.common.isolation import IsolationError
 from sluice.common.log import get_logger
 from sluice.common.resources import STATUS_WARNING_PREFIX, ArtifactRef, OnlineDeploymentDoc
-from sluice.provisioner.isolation import IsolationError
 from sluice.provisioner.local import InstancePlan, LocalBackend
 
 log = get_logger(__name__)

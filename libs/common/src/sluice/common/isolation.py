@@ -57,7 +57,7 @@ from sluice.common.resources import OnlineDeploymentSpec
 from sluice.common.tracing import instance_folder, platform_folder
 
 # Entries of the state directory that deployment users need to reach.
-SHARED_ENTRIES = frozenset({"envs", "workspaces", "datastore", "traces"})
+SHARED_ENTRIES = frozenset({"envs", "workspaces", "batch-workspaces", "datastore", "traces"})
 BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
 USER_PREFIX = "sluice-d-"
 USERADD_ATTEMPTS_S = 10.0  # /etc/passwd is locked while another useradd runs

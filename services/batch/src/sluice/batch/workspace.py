@@ -1,0 +1,112 @@
+"""Who a batch job's workers run as, and the files they may touch.
+
+A batch deployment's `run(mini_batch)` is somebody else's code, as an online
+deployment's `score.py` is, and gets the same treatment
+(`sluice.common.isolation`): when the platform runs as root, its workers run
+as a user of its own (`sluice-d-<hash of "batch:<endpoint>"/<deployment>>`,
+distinct from an online deployment of the same names), which can read none of
+the state directory's secrets. That user gets, per job,
+`<state>/batch-workspaces/jobs/<job>/` (0700, its own): private copies of the
+deployment's model and code and of the job's input files, its HOME/TMPDIR,
+and `parts/`, where its workers write their results. Spares of that user wait
+in `<state>/batch-workspaces/spares/<user>/`.
+
+The runner (root) reads the parts back with `output.open_part`, which follows
+no link: the folder is the deployment's, and a part replaced by a link to the
+admin token must not end up in the job's output. Worker logs stay in the
+runner's own folder (`<state>/jobs/<job>/logs/`): the runner opens them and
+gives the worker the open file.
+
+Run as any other user, the platform cannot switch users: workers run as it,
+in `<state>/jobs/<job>/`, reading the artifacts and inputs where they are.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from sluice.common.isolation import (
+    Account,
+    IsolationError,
+    account_for,
+    deployment_folder,
+    harden_state_dir,
+    make_private_dir,
+    private_copy,
+    reachable_by_others,
+)
+
+WORKSPACES = "batch-workspaces"  # in the state directory; shared (0711) like `workspaces`
+
+
+def batch_account(endpoint: str, deployment: str) -> Account:
+    """The batch deployment's own user as root (created on first use), else the platform's."""
+    return account_for(f"batch:{endpoint}", deployment)
+
+
+@dataclass(frozen=True)
+class JobSpace:
+    """Where one job's workers live: who they are, HOME, the parts folder, private copies."""
+
+    account: Account
+    folder: Path
+    home: Path
+    parts: Path
+
+    def copy_artifact(self, source: Path) -> Path:
+        """`source` (`<artifacts>/<digest>/<name>`) as the workers see it."""
+        if not self.account.switches:
+            return source
+        copies = make_private_dir(self.folder / "artifacts", self.account)
+        return private_copy(source, copies / source.parent.name, self.account) / source.name
+
+    def copy_inputs(self, files: list[str]) -> list[str]:
+        """The job's input files as the workers see them: private copies, each in a folder of
+        its own (`inputs/<n>/<name>`, so names stay as given and never collide)."""
+        if not self.account.switches:
+            return files
+        inputs = make_private_dir(self.folder / "inputs", self.account)
+        return [
+            str(private_copy(Path(file), inputs / str(n), self.account) / Path(file).name)
+            for n, file in enumerate(files)
+        ]
+
+    def remove(self) -> None:
+        """Drop the copies and parts once the job's output is written (the runner's own
+        folder when not switching users is kept, as before)."""
+        if self.account.switches:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def job_space(state_dir: Path, job: str, job_dir: Path, account: Account) -> JobSpace:
+    """The job's workspace for `account`; IsolationError when its user could not reach it.
+
+    Blocking (creates folders): call it from a thread."""
+    if not account.switches:
+        return JobSpace(account, job_dir, job_dir, job_dir / "parts")
+    harden_state_dir(state_dir)
+    folder = state_dir / WORKSPACES / "jobs" / job
+    _check_reachable(folder.parent.parent)
+    deployment_folder(state_dir, folder, account)
+    home = make_private_dir(folder / "home", account)
+    parts = make_private_dir(folder / "parts", account)
+    return JobSpace(account, folder, home, parts)
+
+
+def spare_home(state_dir: Path, account: Account) -> Path:
+    """HOME and working folder of `account`'s spares (0700, its own)."""
+    harden_state_dir(state_dir)
+    folder = state_dir / WORKSPACES / "spares" / account.name
+    _check_reachable(folder.parent.parent)
+    return deployment_folder(state_dir, folder, account)
+
+
+def _check_reachable(root: Path) -> None:
+    blocked = reachable_by_others(root.parent)
+    if blocked is not None:
+        raise IsolationError(
+            f"the batch deployment's user cannot reach {root}: {blocked} is private "
+            "(chmod o+x it, or put the state directory somewhere traversable)"
+        )
