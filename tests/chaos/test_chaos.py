@@ -200,7 +200,11 @@ def _world(state_dir: Path, trained_models: Path, envs_dir: Path) -> Iterator[Wo
     settings = Settings(
         state_dir=state_dir,
         envs_dir=envs_dir,
-        envoy=EnvoySettings(http_port=free_port(), https_port=free_port()),
+        # Every port its own: `sluice up` takes 8090 for the portal when it looks free, and
+        # another platform on the machine could take it in between.
+        envoy=EnvoySettings(
+            http_port=free_port(), https_port=free_port(), management_port=free_port()
+        ),
         ports=ServicePorts(registry=free_port()),
     )
     platform = LocalPlatform(settings)

@@ -76,9 +76,14 @@ def test_a_create_is_one_trace_and_a_scored_request_continues_its_callers(
         seen = {s["service"] for s in spans}
         names = {s["name"] for s in spans}
         done = {"cli", "registry", "provisioner", "traffic"} <= seen and "envoy: ACK" in names
-        return spans if done else None
+        # Each service writes its spans in batches: a child can be on disk before its parent.
+        ids = {s["span_id"] for s in spans}
+        linked = all(s["parent_id"] is None or s["parent_id"] in ids for s in spans)
+        return spans if done and linked else None
 
-    spans = wait_for(services_seen, "the create's spans in every service", deadline=30)
+    spans = wait_for(
+        services_seen, "the create's spans in every service, each with its parent", deadline=30
+    )
     by_id = {s["span_id"]: s for s in spans}
     (root,) = [s for s in spans if s["parent_id"] is None]
     assert root["service"] == "cli" and root["name"] == "sluice online-deployment create"
