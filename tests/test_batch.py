@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -29,7 +30,7 @@ from sluice.common.supervisor import ComponentError
 from sluice.sdk.batch import TERMINAL, BatchClient, state_name
 from sluice.sdk.client import RegistryClient
 from sluice.sdk.specs import load_batch_deployment, load_batch_endpoint
-from sluice.testing.plugin import RunningService, ServiceStarter
+from sluice.testing.plugin import RunningService, ServiceStarter, traversable_dir
 from sluice.testing.wait import wait_for
 
 # Each test starts worker processes that import pandas; on a loaded 2-core machine that
@@ -550,10 +551,18 @@ def _read(path: Path) -> str:
     return path.read_text() if path.exists() else ""
 
 
-def test_jobs_are_in_the_lineage_of_their_model_and_data(cli: Cli) -> None:
+@pytest.fixture
+def gates() -> Iterator[Path]:
+    """A folder for gate files that the workers' own users can reach (as root they run as
+    the deployment's user, who cannot enter pytest's private temporary folders)."""
+    with traversable_dir("sluice-gates-") as folder:
+        yield folder
+
+
+def test_jobs_are_in_the_lineage_of_their_model_and_data(cli: Cli, gates: Path) -> None:
     """A job's data input and its deployment's registered model list the job as a user;
     archiving either is refused while the job runs, and allowed once it has ended."""
-    gate = cli.cwd / "gate"
+    gate = gates / "gate"
     deploy(cli, "lineage-batch", env={"GATE": str(gate)})  # runs until the gate exists
     model = cli.cwd / "model"
     model.mkdir()
