@@ -16,6 +16,7 @@ Baseline in the same run: the same rounds against an Envoy whose bootstrap lacks
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import statistics
 import sys
@@ -70,14 +71,15 @@ def bootstrap(root: Path, variant: str, admin_port: int, settings: Settings) -> 
 
 def controller_spec(settings: Settings, variant: str) -> Any:
     env = {**os.environ, **service_env(settings), "SLUICE_TRAFFIC_DEBOUNCE_MS": "20"}
-    return python_service_spec(
-        name=f"traffic-{variant}",
+    spec = python_service_spec(
+        name="traffic",  # the name picks the mutual-TLS health check of the xDS port
         module="sluice.traffic",
         host="127.0.0.1",
         port=settings.ports.xds,
         env=env,
         python=sys.executable,
     )
+    return dataclasses.replace(spec, name=f"traffic-{variant}")
 
 
 async def measure(sup: Supervisor, root: Path, base: Settings, variant: str) -> list[float]:
