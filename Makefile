@@ -13,6 +13,10 @@ setup: ## install uv (with pip) if missing, then the workspace and its binaries 
 	@if ! command -v chromium >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1 \
 		|| echo "setup: could not install chromium; the portal's browser tests will skip"; fi
+	@# NSS's certutil for `sluice tls trust`'s browser stores and its test (it skips without it).
+	@if ! command -v certutil >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libnss3-tools >/dev/null 2>&1 \
+		|| echo "setup: could not install libnss3-tools; the NSS trust-store test will skip"; fi
 	@$(UV) run --no-sync python -c "import sluice.common, sluice.sdk, sluice.v1" && echo "setup: workspace ready"
 
 up: setup ## start the local platform and the demo endpoint (blue/green at 90/10, scored through Envoy)
