@@ -63,7 +63,8 @@ def _write(path: Path, data: bytes, mode: int) -> None:
     tmp.replace(path)
 
 
-def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+def pem_private_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    """A private key as unencrypted PKCS#8 PEM (the files are 0600 instead)."""
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
@@ -81,6 +82,29 @@ def _key_usage(*, ca: bool) -> x509.KeyUsage:
         encipher_only=False,
         decipher_only=False,
     )
+
+
+def new_ca(
+    common_name: str, validity: timedelta = CA_VALIDITY
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A self-signed P-256 CA that may sign leaves only (path length 0)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.now(UTC) - timedelta(minutes=5)  # clocks a little behind still accept it
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + validity)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_key_usage(ca=True), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .sign(key, hashes.SHA256())
+    )
+    return cert, key
 
 
 class PlatformPki:
@@ -122,23 +146,8 @@ class PlatformPki:
             key = serialization.load_pem_private_key((self.folder / CA_KEY).read_bytes(), None)
             assert isinstance(key, ec.EllipticCurvePrivateKey)
             return x509.load_pem_x509_certificate(self.ca_cert.read_bytes()), key
-        key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Sluice platform CA")])
-        now = datetime.now(UTC) - timedelta(minutes=5)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now)
-            .not_valid_after(now + CA_VALIDITY)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(_key_usage(ca=True), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-            .sign(key, hashes.SHA256())
-        )
-        _write(self.folder / CA_KEY, _pem_key(key), 0o600)
+        cert, key = new_ca("Sluice platform CA")
+        _write(self.folder / CA_KEY, pem_private_key(key), 0o600)
         _write(self.ca_cert, cert.public_bytes(serialization.Encoding.PEM), 0o600)
         return cert, key
 
@@ -164,7 +173,7 @@ class PlatformPki:
             )
             .sign(ca_key, hashes.SHA256())
         )
-        _write(key, _pem_key(leaf_key), 0o600)
+        _write(key, pem_private_key(leaf_key), 0o600)
         _write(cert, leaf.public_bytes(serialization.Encoding.PEM), 0o600)
 
 

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from sluice.common.pki import new_ca, pem_private_key
 from sluice.traffic.domain import TlsMaterial
 
 CA_CERT = "ca.crt"
@@ -26,14 +27,6 @@ CA_KEY = "ca.key"
 GATEWAY_CERT = "gateway.crt"
 GATEWAY_KEY = "gateway.key"
 VALIDITY = timedelta(days=825)  # the longest lifetime clients accept for a leaf
-
-
-def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -49,34 +42,7 @@ def ensure_local_certificate(folder: Path, domain: str) -> tuple[Path, Path]:
         return cert_path, key_path
     folder.mkdir(parents=True, exist_ok=True)
     now = datetime.now(UTC) - timedelta(minutes=5)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"Sluice local CA ({domain})")])
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + timedelta(days=3650))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
-        .sign(ca_key, hashes.SHA256())
-    )
+    ca_cert, ca_key = new_ca(f"Sluice local CA ({domain})")
     key = ec.generate_private_key(ec.SECP256R1())
     names: list[x509.GeneralName] = [
         x509.DNSName(f"*.{domain}"),
@@ -88,7 +54,7 @@ def ensure_local_certificate(folder: Path, domain: str) -> tuple[Path, Path]:
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"*.{domain}")]))
-        .issuer_name(ca_name)
+        .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now)
@@ -102,9 +68,9 @@ def ensure_local_certificate(folder: Path, domain: str) -> tuple[Path, Path]:
         .sign(ca_key, hashes.SHA256())
     )
     pem = serialization.Encoding.PEM
-    _write_private(folder / CA_KEY, _pem_key(ca_key))
+    _write_private(folder / CA_KEY, pem_private_key(ca_key))
     (folder / CA_CERT).write_bytes(ca_cert.public_bytes(pem))
-    _write_private(key_path, _pem_key(key))
+    _write_private(key_path, pem_private_key(key))
     # The chain: leaf first, then the CA, so clients that know the CA verify it.
     cert_path.write_bytes(cert.public_bytes(pem) + ca_cert.public_bytes(pem))
     return cert_path, key_path
