@@ -23,6 +23,7 @@ from sluice.common.environments import (
 from sluice.common.interpreters import Interpreter, choose
 from sluice.common.resources import EnvironmentSpec
 from sluice.common.supervisor import free_port
+from sluice.testing.plugin import traversable_dir
 from sluice.testing.wait import wait_for
 
 CONDA = """
@@ -201,3 +202,26 @@ def test_catalogue_resolves_azure_names() -> None:
     assert catalogue.resolve("").name == catalogue.default
     with pytest.raises(UnknownInstanceType, match="is not in the catalogue"):
         catalogue.resolve("Standard_Imaginary_v9")
+
+
+def test_a_platform_in_a_private_folder_is_named_before_any_deployment_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As root, deployments import the platform as their own users: a 0700 checkout
+    (`mktemp -d`) would make every instance die on a bare "Permission denied"."""
+    from sluice.common import environments
+
+    ours = Interpreter(sys.executable, Version(".".join(map(str, sys.version_info[:3]))))
+    builder = EnvironmentBuilder(tmp_path / "envs", available=[ours])
+    monkeypatch.setattr(environments, "isolating", lambda: True)
+    with traversable_dir("sluice-env-") as base:
+        private = base / "private"
+        site = private / "sluice" / ".venv" / "site-packages"
+        site.mkdir(parents=True)
+        private.chmod(0o700)
+        monkeypatch.setattr(environments.sysconfig, "get_paths", lambda: {"purelib": str(site)})
+        with pytest.raises(EnvironmentError_) as failure:
+            asyncio.run(builder.ensure(EnvironmentSpec()))
+        assert f"`chmod o+x {private}`" in str(failure.value)
+        private.chmod(0o755)
+        assert asyncio.run(builder.ensure(EnvironmentSpec())).python == sys.executable

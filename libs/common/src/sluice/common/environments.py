@@ -37,6 +37,7 @@ from sluice.common import interpreters
 from sluice.common.conda import CondaSpecError, parse_conda_file
 from sluice.common.curated import CuratedCatalogue
 from sluice.common.interpreters import Interpreter
+from sluice.common.isolation import isolating, reachable_by_others
 from sluice.common.log import get_logger
 from sluice.common.resources import EnvironmentSpec
 
@@ -48,6 +49,26 @@ REPLACED_BY_SLUICE = frozenset({"azureml-defaults", "azureml-inference-server-ht
 
 class EnvironmentError_(RuntimeError):  # noqa: N801 - avoid shadowing the builtin EnvironmentError
     """The environment could not be built; the message holds the installer's error."""
+
+
+def platform_unreachable() -> str | None:
+    """Why deployments' own users could not import the platform, or None.
+
+    As root, deployments run as users of their own and import the platform's packages.
+    A checkout in a private folder (`mktemp -d` makes 0700 ones) would let them start and
+    then fail on the first import with a bare "Permission denied": say what to fix instead.
+    """
+    if not isolating():
+        return None
+    platform_site = Path(sysconfig.get_paths()["purelib"])
+    blocked = reachable_by_others(platform_site)
+    if blocked is None:
+        return None
+    return (
+        f"deployments run as their own users and import the platform from {platform_site}, "
+        f"but {blocked} is private to {blocked.owner()}: `chmod o+x {blocked}` or install "
+        "the platform in a folder other users can traverse"
+    )
 
 
 @dataclass(frozen=True)
@@ -169,6 +190,8 @@ class EnvironmentBuilder:
 
     async def ensure(self, spec: EnvironmentSpec) -> Environment:
         resolved = self.resolve(spec)
+        if not resolved.foreign and (problem := platform_unreachable()):
+            raise EnvironmentError_(problem)
         if not resolved.requirements and resolved.interpreter.path == sys.executable:
             return Environment(sys.executable, "platform", None, resolved.warnings)
         key = resolved.key

@@ -7,7 +7,7 @@ import contextlib
 
 from sluice.common.artifacts import ArtifactStore
 from sluice.common.catalogue import Catalogue
-from sluice.common.environments import EnvironmentBuilder
+from sluice.common.environments import EnvironmentBuilder, EnvironmentError_
 from sluice.common.events import (
     EventPublisher,
     Outbox,
@@ -154,7 +154,10 @@ async def serve(settings: Settings) -> None:
         await broker.start()
         await server.start()
         start_exporter(settings)
-        backend.warm_up((await environments.ensure(EnvironmentSpec())).python)
+        try:
+            backend.warm_up((await environments.ensure(EnvironmentSpec())).python)
+        except EnvironmentError_ as exc:  # each deployment will fail with this message, not us
+            log.error("warm_up_failed", error=str(exc))
         signal = await wait_for_shutdown_signal()
         log.info("provisioner_stopping", signal=signal.name)
         await server.stop()

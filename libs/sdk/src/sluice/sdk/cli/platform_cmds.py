@@ -38,7 +38,11 @@ def up(
 
     Only what is not running is started; a watchdog then restarts whatever dies.
     """
+    from sluice.common.environments import platform_unreachable  # only `up` needs it
+
     platform = LocalPlatform(Settings())
+    if problem := platform_unreachable():
+        err_console.print(f"Warning: {problem}.", style="yellow", markup=False, soft_wrap=True)
     started_at = time.monotonic()
 
     def on_started(proc: RunningProcess) -> None:
