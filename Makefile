@@ -30,7 +30,7 @@ status: ## health of every component
 	@$(UV) run --no-sync sluice status
 
 test: setup proto-check ## every test: unit and integration (real nats-server, SecantusDB, Envoy)
-	@$(UV) run --no-sync pytest $(PYTEST_ARGS)
+	@$(UV) run --no-sync pytest --durations=25 $(PYTEST_ARGS)
 
 test-unit: setup ## fast tests only, no servers
 	@$(UV) run --no-sync pytest -m "not integration" $(PYTEST_ARGS)
