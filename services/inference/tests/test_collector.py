@@ -97,6 +97,7 @@ def test_a_full_queue_and_an_unwritable_folder_drop_without_raising(
     assert dc.dropped["write_error"] == 1 and dc.written == 3
 
 
+@pytest.mark.integration  # close() writes the open files as Parquet in a child process
 def test_the_writer_thread_flushes_and_close_writes_the_rest(tmp_path: Path) -> None:
     dc = make(tmp_path)
     dc.start()
@@ -105,3 +106,35 @@ def test_the_writer_thread_flushes_and_close_writes_the_rest(tmp_path: Path) -> 
     dc.add("model_outputs", "c", "r", b"2")
     dc.close()
     assert dc.written == 2
+
+
+@pytest.mark.integration  # the Parquet writer is a child process
+def test_a_rolled_over_file_is_also_written_as_parquet(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pyarrow.parquet as pq
+
+    dc = make(tmp_path, rolling_rate="minute")
+    now = [1_764_000_000.0]  # 2025-11-24 16:00:00 UTC
+    monkeypatch.setattr(collector_module.time, "time", lambda: now[0])
+    dc.add("model_inputs", "c1", "r1", b'{"data": [[1, 2]]}')
+    dc.add("model_inputs", "c2", "r2", b"plain text")
+    dc.flush()
+    (first,) = tmp_path.glob("model_inputs/**/abc123.jsonl")
+    assert not first.with_suffix(".parquet").exists()  # still open: its minute has not passed
+    now[0] += 60
+    dc.add("model_inputs", "c3", "r3", b"[3]")
+    dc.flush()
+    parquet = first.with_suffix(".parquet")
+    wait_for(parquet.exists, "the closed minute's file as Parquet", deadline=20)
+    table = pq.read_table(parquet).to_pylist()
+    assert [row["correlationid"] for row in table] == ["c1", "c2"]
+    assert json.loads(table[0]["data"]) == {"data": [[1, 2]]}
+    assert table[1]["data"] == '"plain text"' and table[1]["datacontenttype"] == "text/plain"
+    assert table[0]["time"].timestamp() == 1_764_000_000.0
+    # Stopping closes the current file too.
+    dc.close()
+    (second,) = (p for p in tmp_path.glob("model_inputs/**/abc123.jsonl") if p != first)
+    assert [
+        r["correlationid"] for r in pq.read_table(second.with_suffix(".parquet")).to_pylist()
+    ] == ["c3"]

@@ -12,6 +12,9 @@ Azure's default path; `minute` adds `<mm>/`, `day` stops at `<dd>/`. Each line i
 one CloudEvents-shaped record as Azure writes it (`specversion`, `id`, `source`,
 `type: azureml.inference.<collection>`, `time`, `data`, `correlationid`,
 `xrequestid`); the input and output of one request share the `correlationid`.
+When a collection rolls over to its next partition, and when the server stops,
+the file it closed is also written as `<instance>.parquet` beside it, by a child
+process (`sluice.inference.parquet`) so that pyarrow never loads in the server.
 
 Nothing here can fail a request: a full queue, a folder over its byte quota
 (`max_bytes`, shared by the deployment's instances and re-measured every
@@ -26,6 +29,8 @@ from __future__ import annotations
 import base64
 import contextlib
 import random
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -84,6 +89,8 @@ class DataCollector:
         self._used = 0
         self._scanned_at = 0.0
         self._paths: dict[tuple[str, int], Path] = {}  # (collection, minute) -> its file
+        self._current: dict[str, Path] = {}  # collection -> the file it writes now
+        self._converting: list[subprocess.Popen[bytes]] = []  # Parquet writers (parquet.py)
         self._thread = threading.Thread(target=self._loop, name="collector", daemon=True)
 
     def start(self) -> None:
@@ -98,10 +105,19 @@ class DataCollector:
         )
 
     def close(self) -> None:
-        """Write what is queued and stop the writer."""
+        """Write what is queued, stop the writer, and close the open files as Parquet."""
         self._stopping = True
         self._wake.set()
-        self._thread.join(timeout=5)
+        if self._thread.ident is not None:
+            self._thread.join(timeout=5)
+        else:  # never started (tests): write here
+            self.flush()
+        self._to_parquet(list(self._current.values()))
+        self._current.clear()
+        for proc in self._converting:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+        self._reap()
 
     # ---- request path ----------------------------------------------------------------------
 
@@ -146,6 +162,7 @@ class DataCollector:
         if time.monotonic() - self._scanned_at > RESCAN_S:
             self._rescan()
         files: dict[Path, list[bytes]] = {}
+        rolled: list[Path] = []  # files closed by this flush (their partition has passed)
         while self._queue:
             item = self._queue.popleft()
             line = orjson.dumps(self._record(item)) + b"\n"
@@ -153,7 +170,13 @@ class DataCollector:
                 self._drop("quota")
                 continue
             self._used += len(line)
-            files.setdefault(self._path(item[0], item[3]), []).append(line)
+            path = self._path(item[0], item[3])
+            files.setdefault(path, []).append(line)
+            previous = self._current.get(item[0])
+            if previous != path:
+                self._current[item[0]] = path
+                if previous is not None:
+                    rolled.append(previous)
         for path, lines in files.items():
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -164,7 +187,36 @@ class DataCollector:
                 self._drop("write_error", len(lines))
                 self._used -= sum(len(line) for line in lines)
                 log.warning("collector_write_failed", path=str(path), error=str(exc))
+        self._to_parquet([path for path in rolled if path not in self._current.values()])
+        self._reap()
         self._write_stats()
+
+    def _to_parquet(self, paths: list[Path]) -> None:
+        """Closed files as Parquet beside them, in a child process (never on a request)."""
+        paths = [path for path in paths if path.exists()]
+        if not paths:
+            return
+        try:
+            self._converting.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "sluice.inference.parquet", *map(str, paths)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                )
+            )
+        except OSError as exc:
+            log.warning("collector_parquet_failed", files=[str(p) for p in paths], error=str(exc))
+
+    def _reap(self) -> None:
+        running = []
+        for proc in self._converting:
+            if proc.poll() is None:
+                running.append(proc)
+            elif proc.returncode != 0:
+                error = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+                log.warning("collector_parquet_failed", error=error.strip()[-2000:])
+        self._converting = running
 
     def _record(self, item: Item) -> dict[str, Any]:
         collection, correlation_id, request_id, at, payload, extra = item
@@ -212,9 +264,10 @@ class DataCollector:
     def _rescan(self) -> None:
         """The bytes the deployment's instances have written so far (the quota is theirs)."""
         used = 0
-        for path in self.settings.folder.rglob("*.jsonl"):
-            with contextlib.suppress(OSError):
-                used += path.stat().st_size
+        for pattern in ("*.jsonl", "*.parquet"):
+            for path in self.settings.folder.rglob(pattern):
+                with contextlib.suppress(OSError):
+                    used += path.stat().st_size
         self._used = used
         self._scanned_at = time.monotonic()
 
