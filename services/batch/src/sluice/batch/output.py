@@ -127,7 +127,7 @@ def merge_parts(parts: Path, mini_batches: Sequence[int], target: Path) -> int:
 
 
 def _merge_parquet(parts: Path, mini_batches: Sequence[int], tmp: Path) -> None:
-    import pyarrow.parquet as pq  # type: ignore[import-untyped]
+    import pyarrow.parquet as pq
 
     writer: Any = None
     try:
