@@ -18,8 +18,15 @@ from sluice.common.events import EventEnvelope, parse_envelope
 from sluice.common.mongo import Document
 from sluice.common.settings import Settings
 from sluice.common.supervisor import Supervisor, free_port
+from sluice.testing.cli import Cli
 from sluice.testing.plugin import EnvoyGateway, RunningService
 from sluice.testing.traffic import GatewayPorts, Traffic, Upstream, World, start_controller
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Cli:
+    """`cli.json("monitor", "autoscale", "list")`: the CLI in this process."""
+    return Cli(capsys, monkeypatch)
 
 
 @pytest.fixture

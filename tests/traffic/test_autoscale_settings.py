@@ -4,15 +4,12 @@ input refused with a clear error and nothing stored."""
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from sluice.sdk.azure_ids import resource_id
-from sluice.sdk.cli import main
+from sluice.testing.cli import Cli
 from sluice.testing.plugin import ServiceStarter
 from sluice.testing.traffic import World
 
@@ -39,37 +36,10 @@ profiles:
 """
 
 
-class Cli:
-    def __init__(self, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
-        self._capsys = capsys
-        self._monkeypatch = monkeypatch
-
-    def run(self, *args: str) -> tuple[int, str, str]:
-        self._capsys.readouterr()
-        self._monkeypatch.setattr(sys, "argv", ["sluice", *args])
-        code = 0
-        try:
-            main()
-        except SystemExit as exit_:
-            code = int(exit_.code or 0)
-        out, err = self._capsys.readouterr()
-        return code, out, " ".join(err.split())
-
-    def json(self, *args: str) -> Any:
-        code, out, err = self.run(*args, "-o", "json")
-        assert code == 0, err
-        return json.loads(out)
-
-    def fails(self, *args: str) -> str:
-        code, _, err = self.run(*args)
-        assert code == 1, err
-        return err
-
-
 async def test_autoscale_settings_from_the_command_line(
     start_service: ServiceStarter,
     world: World,
-    capsys: pytest.CaptureFixture[str],
+    cli: Cli,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:
@@ -80,7 +50,6 @@ async def test_autoscale_settings_from_the_command_line(
     await world.endpoint("shop")
     await world.deployment("shop", "blue", ["127.0.0.1:9"])
     await world.deployment("shop", "green", ["127.0.0.1:9"])
-    cli = Cli(capsys, monkeypatch)
 
     # Refused before anything is stored.
     setting = ("monitor", "autoscale", "create", "--resource", DEPLOYMENT_ID, "-n", "shop")
@@ -98,6 +67,20 @@ async def test_autoscale_settings_from_the_command_line(
         "monitor", "autoscale", "create", "--resource", missing, "--count", "1"
     )
     assert cli.json("monitor", "autoscale", "list") == []
+    # A deployment's decisions (show --resource): bad ids and missing deployments refused.
+    show = ("monitor", "autoscale", "show")
+    assert "either --name" in cli.fails(*show)
+    assert "either --name" in cli.fails(*show, "-n", "shop", "--resource", DEPLOYMENT_ID)
+    assert "must be an online deployment's id" in cli.fails(*show, "--resource", ENDPOINT_ID)
+    assert "deployment 'nope' of endpoint 'shop' does not exist" in cli.fails(
+        *show, "--resource", missing
+    )
+    assert cli.json(*show, "--resource", DEPLOYMENT_ID) == {
+        "target": "shop/blue",
+        "autoscaleSetting": None,
+        "scaleSettings": {"type": "default", "minInstances": 1},
+        "decisions": [],
+    }
 
     created = cli.json(*setting, "--count", "2", "--min-count", "1", "--max-count", "5")
     assert created["targetResourceUri"] == DEPLOYMENT_ID

@@ -19,8 +19,10 @@ import pytest
 from sluice.common.resources import DEPLOYMENT_INSTANCES
 from sluice.common.supervisor import Supervisor
 from sluice.sdk.autoscale import AutoscaleClient, make_profile, make_rule
+from sluice.sdk.azure_ids import resource_id
 from sluice.sdk.client import RegistryClient
 from sluice.sdk.specs import load_online_deployment, load_online_endpoint
+from sluice.testing.cli import Cli
 from sluice.testing.events import scaled_events
 from sluice.testing.plugin import EnvoyGateway, RunningService, ServiceStarter
 from sluice.testing.traffic import GatewayPorts, start_controller
@@ -143,22 +145,29 @@ def test_min_instances_zero_in_scale_settings_goes_to_zero_when_idle_and_wakes(
     envoy_gateway: EnvoyGateway,
     gateway_ports: GatewayPorts,
     monkeypatch: pytest.MonkeyPatch,
+    cli: Cli,
 ) -> None:
-    """`scale_settings.min_instances: 0`, no autoscale setting: the provisioner itself takes
-    the deployment to zero once no request reached it for the idle period (its instances
-    count requests in their liveness answers), and a request wakes it; the decisions are
-    published; a provisioner killed while it is at zero leaves it at zero for its successor,
-    whose activator wakes it."""
+    """`scale_settings: {type: target_utilization, min_instances: 0}`, no autoscale
+    setting: the provisioner itself takes the deployment to zero once no request reached it
+    for the idle period (its instances count requests in their liveness answers), and a
+    request wakes it; the decisions are published and listed by `sluice monitor autoscale
+    show --resource`; a provisioner killed while it is at zero leaves it at zero for its
+    successor, whose activator wakes it."""
     monkeypatch.setenv("SLUICE_SCALE_TO_ZERO_IDLE_S", "6")
     start_service.settings = start_service.settings.model_copy(update={"envs_dir": envs_dir})
     provisioner = start_service("provisioner")
+    metrics = start_service("metrics")
+    monkeypatch.setenv("SLUICE_METRICS_ADDRESS", metrics.address)
+    monkeypatch.setenv("SLUICE_ADMIN_TOKEN", metrics.settings.admin_token or "")
     traffic = start_controller(provisioner.settings, supervisor, envoy_gateway, gateway_ports)
     online = trained_examples / "online"
     client.create_online_endpoint(load_online_endpoint(online / "endpoint.yml").spec)
     sets = [
         "environment=null",
         "instance_count=1",
+        "scale_settings.type=target_utilization",
         "scale_settings.min_instances=0",
+        "scale_settings.max_instances=2",
         "liveness_probe.initial_delay=1",
         "liveness_probe.period=1",
     ]
@@ -203,6 +212,17 @@ def test_min_instances_zero_in_scale_settings_goes_to_zero_when_idle_and_wakes(
     )
     assert [(d["old_count"], d["new_count"]) for d in published] == [(1, 0), (0, 1), (1, 0)]
     assert published[0]["rule"] == "no request for 6s (min_instances: 0)"
+    # And stored: the deployment's decisions, most recent first, as the CLI shows them.
+    blue_id = resource_id("onlineEndpoints", ENDPOINT, "deployments", "blue")
+    shown = cli.json("monitor", "autoscale", "show", "--resource", blue_id)
+    assert shown["autoscaleSetting"] is None
+    assert shown["scaleSettings"] == {"type": "target_utilization", "minInstances": 0}
+    assert [(d["setting"], d["oldCount"], d["newCount"]) for d in shown["decisions"]] == [
+        ("scale_settings", 1, 0),
+        ("scale_settings", 0, 1),
+        ("scale_settings", 1, 0),
+    ]
+    assert shown["decisions"][2]["rule"] == "no request for 6s (min_instances: 0)"
 
     # The provisioner dies (kill -9) while blue is at zero; its successor lists its own
     # activator in the dead one's place, does not wake blue, and a request still wakes it.

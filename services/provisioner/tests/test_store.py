@@ -9,9 +9,11 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from sluice.common.events import EventPublisher, Outbox
 from sluice.common.events.catalogue import (
+    AUTOSCALE_SCALED,
     DEPLOYMENT_READY,
     INSTANCE_READY,
     INSTANCE_STOPPED,
+    AutoscaleScaled,
     DeploymentProgress,
     InstanceReady,
     InstanceStopped,
@@ -20,7 +22,9 @@ from sluice.common.events.outbox import OUTBOX
 from sluice.common.mongo import Document
 from sluice.common.resources import (
     DEPLOYMENT_INSTANCES,
+    KEEP_SCALE_DECISIONS,
     ONLINE_DEPLOYMENTS,
+    SCALE_DECISIONS,
     Instance,
     Meta,
     OnlineDeploymentDoc,
@@ -103,3 +107,32 @@ async def test_the_instance_list_commits_with_the_instance_events(
         "sluice.instance.ready",
         "sluice.instance.stopped",
     ]
+
+
+async def test_scale_decisions_commit_with_their_events_most_recent_first_and_capped(
+    mongo_db: AsyncDatabase[Document], nats_broker: NatsBroker
+) -> None:
+    """A deployment's own scale_settings decisions are kept (the last 20) for `sluice
+    monitor autoscale show --resource`, in the transaction of their events."""
+    store = store_of(mongo_db, nats_broker)
+
+    def scaled(old: int, new: int) -> Announce:
+        data = AutoscaleScaled(
+            name="scale_settings", endpoint="ep", deployment="blue", profile="", reason="rule",
+            rule="CpuUtilizationPercentage target 70%", rule_index=None,
+            metric="CpuUtilizationPercentage", value=90.0, old_count=old, new_count=new,
+        )  # fmt: skip
+        return Announce(AUTOSCALE_SCALED, data)
+
+    await store.set_instances(KEY, None, [scaled(1, 2), scaled(2, 3)])
+    for n in range(3, 3 + KEEP_SCALE_DECISIONS):
+        await store.set_instances(KEY, None, [scaled(n, n + 1)])
+    stored = await mongo_db[SCALE_DECISIONS].find_one({"_id": KEY})
+    assert stored is not None
+    counts = [(d["old_count"], d["new_count"]) for d in stored["decisions"]]
+    last = 3 + KEEP_SCALE_DECISIONS
+    assert counts == [(n - 1, n) for n in range(last, last - KEEP_SCALE_DECISIONS, -1)]
+    assert stored["decisions"][0]["rule"] == "CpuUtilizationPercentage target 70%"
+    assert len(await outbox_types(mongo_db)) == 2 + KEEP_SCALE_DECISIONS
+    await store.forget_decisions(KEY)
+    assert await mongo_db[SCALE_DECISIONS].find_one({"_id": KEY}) is None

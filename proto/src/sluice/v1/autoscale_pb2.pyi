@@ -203,6 +203,7 @@ class AutoscaleDecision(_message.Message):
     HAS_VALUE_FIELD_NUMBER: _builtins.int
     OLD_COUNT_FIELD_NUMBER: _builtins.int
     NEW_COUNT_FIELD_NUMBER: _builtins.int
+    SETTING_FIELD_NUMBER: _builtins.int
     profile: _builtins.str
     reason: _builtins.str
     """rule | bounds | default"""
@@ -215,6 +216,8 @@ class AutoscaleDecision(_message.Message):
     has_value: _builtins.bool
     old_count: _builtins.int
     new_count: _builtins.int
+    setting: _builtins.str
+    """Who decided: the autoscale setting's name, or "scale_settings" (the deployment's own)."""
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -230,10 +233,11 @@ class AutoscaleDecision(_message.Message):
         has_value: _builtins.bool = ...,
         old_count: _builtins.int = ...,
         new_count: _builtins.int = ...,
+        setting: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["has_value", b"has_value", "metric", b"metric", "new_count", b"new_count", "old_count", b"old_count", "profile", b"profile", "reason", b"reason", "rule", b"rule", "rule_index", b"rule_index", "time", b"time", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["has_value", b"has_value", "metric", b"metric", "new_count", b"new_count", "old_count", b"old_count", "profile", b"profile", "reason", b"reason", "rule", b"rule", "rule_index", b"rule_index", "setting", b"setting", "time", b"time", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -394,3 +398,59 @@ class DeleteAutoscaleSettingResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteAutoscaleSettingResponse: _TypeAlias = DeleteAutoscaleSettingResponse  # noqa: Y015
+
+@_typing.final
+class ListScaleDecisionsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENDPOINT_NAME_FIELD_NUMBER: _builtins.int
+    DEPLOYMENT_NAME_FIELD_NUMBER: _builtins.int
+    endpoint_name: _builtins.str
+    deployment_name: _builtins.str
+    def __init__(
+        self,
+        *,
+        endpoint_name: _builtins.str = ...,
+        deployment_name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment_name", b"deployment_name", "endpoint_name", b"endpoint_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListScaleDecisionsRequest: _TypeAlias = ListScaleDecisionsRequest  # noqa: Y015
+
+@_typing.final
+class ListScaleDecisionsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DECISIONS_FIELD_NUMBER: _builtins.int
+    SETTING_FIELD_NUMBER: _builtins.int
+    SCALE_TYPE_FIELD_NUMBER: _builtins.int
+    MIN_INSTANCES_FIELD_NUMBER: _builtins.int
+    setting: _builtins.str
+    """the autoscale setting targeting the deployment; empty: none"""
+    scale_type: _builtins.str
+    """the deployment's scale_settings.type"""
+    min_instances: _builtins.int
+    """its scale_settings.min_instances"""
+    @_builtins.property
+    def decisions(self) -> _containers.RepeatedCompositeFieldContainer[Global___AutoscaleDecision]:
+        """most recent first, both sources merged"""
+
+    def __init__(
+        self,
+        *,
+        decisions: _abc.Iterable[Global___AutoscaleDecision] | None = ...,
+        setting: _builtins.str = ...,
+        scale_type: _builtins.str = ...,
+        min_instances: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decisions", b"decisions", "min_instances", b"min_instances", "scale_type", b"scale_type", "setting", b"setting"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListScaleDecisionsResponse: _TypeAlias = ListScaleDecisionsResponse  # noqa: Y015

@@ -59,6 +59,11 @@ class AutoscaleStub:
                 request_serializer=sluice_dot_v1_dot_autoscale__pb2.DeleteAutoscaleSettingRequest.SerializeToString,
                 response_deserializer=sluice_dot_v1_dot_autoscale__pb2.DeleteAutoscaleSettingResponse.FromString,
                 _registered_method=True)
+        self.ListScaleDecisions = channel.unary_unary(
+                '/sluice.v1.Autoscale/ListScaleDecisions',
+                request_serializer=sluice_dot_v1_dot_autoscale__pb2.ListScaleDecisionsRequest.SerializeToString,
+                response_deserializer=sluice_dot_v1_dot_autoscale__pb2.ListScaleDecisionsResponse.FromString,
+                _registered_method=True)
 
 
 class AutoscaleServicer:
@@ -95,6 +100,15 @@ class AutoscaleServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListScaleDecisions(self, request, context):
+        """Every recent scale decision about one deployment: its autoscale setting's and those of
+        its own `scale_settings` (target_utilization, min_instances: 0), which the provisioner
+        makes and records. NOT_FOUND for a deployment that does not exist.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AutoscaleServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -122,6 +136,11 @@ def add_AutoscaleServicer_to_server(servicer, server):
                     servicer.DeleteAutoscaleSetting,
                     request_deserializer=sluice_dot_v1_dot_autoscale__pb2.DeleteAutoscaleSettingRequest.FromString,
                     response_serializer=sluice_dot_v1_dot_autoscale__pb2.DeleteAutoscaleSettingResponse.SerializeToString,
+            ),
+            'ListScaleDecisions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListScaleDecisions,
+                    request_deserializer=sluice_dot_v1_dot_autoscale__pb2.ListScaleDecisionsRequest.FromString,
+                    response_serializer=sluice_dot_v1_dot_autoscale__pb2.ListScaleDecisionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -259,6 +278,33 @@ class Autoscale:
             '/sluice.v1.Autoscale/DeleteAutoscaleSetting',
             sluice_dot_v1_dot_autoscale__pb2.DeleteAutoscaleSettingRequest.SerializeToString,
             sluice_dot_v1_dot_autoscale__pb2.DeleteAutoscaleSettingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListScaleDecisions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sluice.v1.Autoscale/ListScaleDecisions',
+            sluice_dot_v1_dot_autoscale__pb2.ListScaleDecisionsRequest.SerializeToString,
+            sluice_dot_v1_dot_autoscale__pb2.ListScaleDecisionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,6 +40,11 @@ class AutoscaleStub:
     UpdateAutoscaleSetting: _grpc.UnaryUnaryMultiCallable[_autoscale_pb2.AutoscaleSetting, _autoscale_pb2.AutoscaleSetting]
     """Replaces the setting's definition; `version` must be the stored one (else ABORTED)."""
     DeleteAutoscaleSetting: _grpc.UnaryUnaryMultiCallable[_autoscale_pb2.DeleteAutoscaleSettingRequest, _autoscale_pb2.DeleteAutoscaleSettingResponse]
+    ListScaleDecisions: _grpc.UnaryUnaryMultiCallable[_autoscale_pb2.ListScaleDecisionsRequest, _autoscale_pb2.ListScaleDecisionsResponse]
+    """Every recent scale decision about one deployment: its autoscale setting's and those of
+    its own `scale_settings` (target_utilization, min_instances: 0), which the provisioner
+    makes and records. NOT_FOUND for a deployment that does not exist.
+    """
 
 @_typing.type_check_only
 class AutoscaleAsyncStub(AutoscaleStub):
@@ -50,6 +55,11 @@ class AutoscaleAsyncStub(AutoscaleStub):
     UpdateAutoscaleSetting: _aio.UnaryUnaryMultiCallable[_autoscale_pb2.AutoscaleSetting, _autoscale_pb2.AutoscaleSetting]  # type: ignore[assignment]
     """Replaces the setting's definition; `version` must be the stored one (else ABORTED)."""
     DeleteAutoscaleSetting: _aio.UnaryUnaryMultiCallable[_autoscale_pb2.DeleteAutoscaleSettingRequest, _autoscale_pb2.DeleteAutoscaleSettingResponse]  # type: ignore[assignment]
+    ListScaleDecisions: _aio.UnaryUnaryMultiCallable[_autoscale_pb2.ListScaleDecisionsRequest, _autoscale_pb2.ListScaleDecisionsResponse]  # type: ignore[assignment]
+    """Every recent scale decision about one deployment: its autoscale setting's and those of
+    its own `scale_settings` (target_utilization, min_instances: 0), which the provisioner
+    makes and records. NOT_FOUND for a deployment that does not exist.
+    """
 
 class AutoscaleServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -87,5 +97,16 @@ class AutoscaleServicer(metaclass=_abc_1.ABCMeta):
         request: _autoscale_pb2.DeleteAutoscaleSettingRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_autoscale_pb2.DeleteAutoscaleSettingResponse, _abc.Awaitable[_autoscale_pb2.DeleteAutoscaleSettingResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListScaleDecisions(
+        self,
+        request: _autoscale_pb2.ListScaleDecisionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_autoscale_pb2.ListScaleDecisionsResponse, _abc.Awaitable[_autoscale_pb2.ListScaleDecisionsResponse]]:
+        """Every recent scale decision about one deployment: its autoscale setting's and those of
+        its own `scale_settings` (target_utilization, min_instances: 0), which the provisioner
+        makes and records. NOT_FOUND for a deployment that does not exist.
+        """
 
 def add_AutoscaleServicer_to_server(servicer: AutoscaleServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

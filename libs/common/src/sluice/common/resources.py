@@ -23,6 +23,11 @@ BATCH_ENDPOINTS = "batch_endpoints"
 BATCH_DEPLOYMENTS = "batch_deployments"
 # Written by the provisioner only: the instances of each online deployment (`InstancesDoc`).
 DEPLOYMENT_INSTANCES = "deployment_instances"
+# Written by the provisioner only: the recent decisions of each online deployment's own
+# scale_settings (target_utilization, min_instances: 0), `{_id: <deployment id>,
+# decisions: [...]}`, most recent first; `sluice monitor autoscale show --resource` lists them.
+SCALE_DECISIONS = "scale_decisions"
+KEEP_SCALE_DECISIONS = 20
 # Written by the traffic controller on every ACK: {_id: "gateway", endpoints: {name: version}}
 # (the endpoint versions Envoy serves); the registry shows it as applied_version.
 GATEWAY_APPLIED = "gateway_applied"

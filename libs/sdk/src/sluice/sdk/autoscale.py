@@ -228,6 +228,14 @@ class AutoscaleClient(MetricsClient):
     def update(self, setting: Any) -> Any:
         return self._call(self._autoscale.UpdateAutoscaleSetting, setting)
 
+    def decisions(self, endpoint: str, deployment: str) -> Any:
+        """Every recent scale decision about a deployment (its setting's and its own
+        scale_settings'), most recent first."""
+        request = autoscale_pb2.ListScaleDecisionsRequest(
+            endpoint_name=endpoint, deployment_name=deployment
+        )
+        return self._call(self._autoscale.ListScaleDecisions, request)
+
     def delete(self, name: str) -> None:
         request = autoscale_pb2.DeleteAutoscaleSettingRequest(name=name)
         self._call(self._autoscale.DeleteAutoscaleSetting, request)

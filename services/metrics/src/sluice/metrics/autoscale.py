@@ -28,7 +28,13 @@ from sluice.common.events.catalogue import (
 )
 from sluice.common.log import get_logger
 from sluice.common.mongo import Document
-from sluice.common.resources import ONLINE_DEPLOYMENTS, deployment_id
+from sluice.common.resources import (
+    KEEP_SCALE_DECISIONS,
+    ONLINE_DEPLOYMENTS,
+    SCALE_DECISIONS,
+    ScaleSettings,
+    deployment_id,
+)
 from sluice.metrics import alerts
 from sluice.metrics.store import MetricsStore
 
@@ -71,6 +77,27 @@ class AutoscaleStore:
             {"_id": deployment_id(endpoint, deployment)}, {"spec.instance_count": 1}
         )
         return None if doc is None else int(doc["spec"].get("instance_count", 1))
+
+    async def scale_settings(self, endpoint: str, deployment: str) -> ScaleSettings | None:
+        """The deployment's own `spec.scale_settings` (None: no such deployment)."""
+        doc = await self._db[ONLINE_DEPLOYMENTS].find_one(
+            {"_id": deployment_id(endpoint, deployment)}, {"spec.scale_settings": 1}
+        )
+        if doc is None:
+            return None
+        return ScaleSettings.model_validate(doc.get("spec", {}).get("scale_settings") or {})
+
+    async def decisions(self, endpoint: str, deployment: str) -> tuple[str, list[Document]]:
+        """(the setting targeting the deployment or "", the recent decisions about it,
+        most recent first): the setting's and the provisioner's for the deployment's own
+        scale_settings (`scale_decisions`, which the provisioner writes)."""
+        setting = await self._c.find_one({"target": target(endpoint, deployment)})
+        own = await self._db[SCALE_DECISIONS].find_one({"_id": deployment_id(endpoint, deployment)})
+        name = "" if setting is None else str(setting["_id"])
+        merged = [{**d, "setting": name} for d in (setting or {}).get("decisions", [])]
+        merged += [{**d, "setting": "scale_settings"} for d in (own or {}).get("decisions", [])]
+        merged.sort(key=lambda d: d["time"], reverse=True)
+        return name, merged[:KEEP_SCALE_DECISIONS]
 
     async def get(self, name: str) -> Document | None:
         return await self._c.find_one({"_id": name})

@@ -40,19 +40,25 @@ def message_of(doc: Document) -> Any:
     message.created_at.FromDatetime(doc["created_at"])
     message.updated_at.FromDatetime(doc["updated_at"])
     for entry in doc.get("decisions", []):
-        decision = message.decisions.add(
-            profile=entry["profile"],
-            reason=entry["reason"],
-            rule=entry["rule"] or "",
-            rule_index=-1 if entry["rule_index"] is None else entry["rule_index"],
-            metric=entry["metric"] or "",
-            value=entry["value"] or 0.0,
-            has_value=entry["value"] is not None,
-            old_count=entry["old_count"],
-            new_count=entry["new_count"],
-        )
-        decision.time.FromDatetime(entry["time"])
+        add_decision(message.decisions, {**entry, "setting": doc["_id"]})
     return message
+
+
+def add_decision(decisions: Any, entry: Document) -> None:
+    """A stored decision (the setting's or the provisioner's) into a repeated field."""
+    decision = decisions.add(
+        profile=entry["profile"],
+        reason=entry["reason"],
+        rule=entry["rule"] or "",
+        rule_index=-1 if entry["rule_index"] is None else entry["rule_index"],
+        metric=entry["metric"] or "",
+        value=entry["value"] or 0.0,
+        has_value=entry["value"] is not None,
+        old_count=entry["old_count"],
+        new_count=entry["new_count"],
+        setting=entry["setting"],
+    )
+    decision.time.FromDatetime(entry["time"])
 
 
 class AutoscaleApi(autoscale_pb2_grpc.AutoscaleServicer):
@@ -149,6 +155,25 @@ class AutoscaleApi(autoscale_pb2_grpc.AutoscaleServicer):
         if not await self._store.delete(request.name):
             await _abort(context, grpc.StatusCode.NOT_FOUND, _missing(request.name))
         return autoscale_pb2.DeleteAutoscaleSettingResponse()
+
+    async def ListScaleDecisions(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        endpoint, deployment = request.endpoint_name, request.deployment_name
+        scale = await self._store.scale_settings(endpoint, deployment)
+        if scale is None:
+            await _abort(
+                context,
+                grpc.StatusCode.NOT_FOUND,
+                f"deployment {deployment!r} of endpoint {endpoint!r} does not exist",
+            )
+        setting, entries = await self._store.decisions(endpoint, deployment)
+        response = autoscale_pb2.ListScaleDecisionsResponse(
+            setting=setting,
+            scale_type=scale.type,
+            min_instances=scale.min_instances,
+        )
+        for entry in entries:
+            add_decision(response.decisions, entry)
+        return response
 
 
 def _missing(name: str) -> str:

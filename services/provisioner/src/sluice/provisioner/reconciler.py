@@ -116,6 +116,7 @@ class DeploymentWorker:
                 return
         self._compute, self._kind = None, None
         if await self._ctx.store.deployment(self.key) is None:
+            await self._ctx.store.forget_decisions(self.key)
             self.done = True
             log.info("deployment_removed", deployment=self.key)
 

@@ -22,11 +22,13 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import ConnectionFailure, PyMongoError
 
 from sluice.common.events import Outbox, Transaction
-from sluice.common.events.catalogue import EventSpec, Payload
+from sluice.common.events.catalogue import AUTOSCALE_SCALED, AutoscaleScaled, EventSpec, Payload
 from sluice.common.mongo import Document
 from sluice.common.resources import (
     DEPLOYMENT_INSTANCES,
+    KEEP_SCALE_DECISIONS,
     ONLINE_DEPLOYMENTS,
+    SCALE_DECISIONS,
     ComputeKind,
     DeploymentInstancesDoc,
     Instance,
@@ -49,6 +51,12 @@ class Announce:
 
     spec: EventSpec[Any]
     data: Payload
+
+
+def _decision_entry(scaled: AutoscaleScaled) -> Document:
+    """A decision as the metrics service stores an autoscale setting's (autoscale.py)."""
+    entry: Document = scaled.model_dump(exclude={"name", "endpoint", "deployment"})
+    return {"time": utcnow(), **entry}
 
 
 @dataclass(frozen=True)
@@ -85,6 +93,7 @@ class ProvisionerStore:
         self._deployments = db[ONLINE_DEPLOYMENTS]
         self._history = db[INSTANCE_HISTORY]
         self._instances = db[DEPLOYMENT_INSTANCES]
+        self._decisions = db[SCALE_DECISIONS]
 
     async def ensure_indexes(self) -> None:
         await self._history.create_index([("endpoint", 1), ("deployment", 1), ("started_at", 1)])
@@ -147,7 +156,8 @@ class ProvisionerStore:
     async def set_instances(
         self, key: str, instances: Sequence[Instance] | None, announce: Sequence[Announce] = ()
     ) -> None:
-        """Write the instance list (None: unchanged) and the instance events that go with it."""
+        """Write the instance list (None: unchanged) and the instance events that go with it;
+        a scale decision among them is also kept in `scale_decisions` (its last 20)."""
 
         async def write(tx: Transaction) -> None:
             if instances is not None and not instances:
@@ -159,8 +169,32 @@ class ProvisionerStore:
                 )
             for event in announce:
                 tx.emit(event.spec, event.data, subject=key, actor=ACTOR)
+            decisions = [
+                _decision_entry(event.data)
+                for event in announce
+                if event.spec is AUTOSCALE_SCALED and isinstance(event.data, AutoscaleScaled)
+            ]
+            if decisions:
+                await self._decisions.update_one(
+                    {"_id": key},
+                    {
+                        "$push": {
+                            "decisions": {
+                                "$each": decisions[::-1],  # most recent first
+                                "$position": 0,
+                                "$slice": KEEP_SCALE_DECISIONS,
+                            }
+                        }
+                    },
+                    upsert=True,
+                    session=tx.session,
+                )
 
         await self._transaction(write)
+
+    async def forget_decisions(self, key: str) -> None:
+        """A deleted deployment's decisions go with it."""
+        await self._decisions.delete_one({"_id": key})
 
     async def _transaction(self, write: Callable[[Transaction], Awaitable[T]]) -> T:
         """`write` and its events in one transaction; a lost race is tried again."""

@@ -44,6 +44,7 @@ SettingName = typer.Option(..., "--autoscale-name", help="the autoscale setting"
 ProfileName = typer.Option("default", "--profile-name", help="the profile (default: default)")
 SETTING_COLUMNS = ["name", "target", "enabled", "capacity", "activeProfile", "profiles"]
 DECISION_COLUMNS = ["time", "profile", "reason", "rule", "value", "oldCount", "newCount"]
+RESOURCE_DECISION_COLUMNS = ["time", "setting", "rule", "metric", "value", "oldCount", "newCount"]
 
 
 @contextmanager
@@ -92,6 +93,7 @@ def profile_view(profile: Any) -> dict[str, Any]:
 def decision_view(d: Any) -> dict[str, Any]:
     return {
         "time": d.time.ToDatetime(UTC).isoformat(),
+        "setting": d.setting,
         "profile": d.profile,
         "reason": d.reason,
         "rule": d.rule,
@@ -163,10 +165,21 @@ def make_setting(name: str, endpoint: str, deployment: str, enabled: bool) -> An
 
 @autoscale.command()
 def show(
-    name: str = typer.Option(..., "--name", "-n"),
+    name: str = typer.Option("", "--name", "-n"),
+    resource: str = typer.Option(
+        "",
+        "--resource",
+        help="a deployment's id instead of a name: every recent decision about it, its "
+        "setting's and its own scale_settings' (target_utilization, min_instances: 0)",
+    ),
     output: OutputFormat = OutputOption,
 ) -> None:
     """Show a setting; as a table: its recent scale decisions, most recent first."""
+    if bool(name) == bool(resource):
+        raise invalid("give either --name (a setting) or --resource (a deployment's id)")
+    if resource:
+        show_resource(resource, output)
+        return
     with client() as c:
         setting = c.get(name)
     if output is OutputFormat.table:
@@ -183,6 +196,31 @@ def show(
         )
         return
     render(setting_view(setting), output)
+
+
+def show_resource(resource: str, output: OutputFormat) -> None:
+    endpoint, deployment = parse_resource(resource)
+    if not deployment:
+        raise invalid("--resource must be an online deployment's id, not an endpoint's")
+    with client() as c:
+        found = c.decisions(endpoint, deployment)
+    decisions = [decision_view(d) for d in found.decisions]
+    if output is not OutputFormat.table:
+        render(
+            {
+                "target": f"{endpoint}/{deployment}",
+                "autoscaleSetting": found.setting or None,
+                "scaleSettings": {"type": found.scale_type, "minInstances": found.min_instances},
+                "decisions": decisions,
+            },
+            output,
+        )
+        return
+    err_console.print(
+        f"{endpoint}/{deployment}: autoscale setting {found.setting or '(none)'}, "
+        f"scale_settings {found.scale_type} (min_instances {found.min_instances})"
+    )
+    render(decisions, output, columns=RESOURCE_DECISION_COLUMNS, title="Recent decisions")
 
 
 @autoscale.command("list")
