@@ -10,6 +10,8 @@ from sluice.common.resources import (
     ArtifactRef,
     CodeConfiguration,
     ComputeKind,
+    DataCollection,
+    DataCollector,
     Meta,
     ModelRef,
     OnlineDeploymentDoc,
@@ -85,10 +87,49 @@ def test_deployment_carries_the_spec() -> None:
     }
     args = container["args"]
     assert args[args.index("--scoring-script") + 1] == "score.py"
-    assert args[args.index("--model") + 1].endswith("/" + "ab" * 32 + "/model")
+    assert args[args.index("--model") + 1] == "/var/lib/sluice/model/model"
     assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
     assert {"name": "WORKER_COUNT", "value": "2"} in container["env"]
     assert deployment["metadata"]["annotations"]["sluice.dev/spec-version"] == "4"
+
+
+def test_a_pod_mounts_only_its_own_model_and_code_and_collects_into_its_own_folder() -> None:
+    """Not the whole state volume (other deployments' models, batch outputs, collected data):
+    each artifact folder alone, read-only; with data_collector its own folder, writable."""
+    plain = render(doc(), ClusterSettings())[0]["spec"]["template"]["spec"]
+    (state,) = (v for v in plain["volumes"] if "persistentVolumeClaim" in v)
+    assert state["persistentVolumeClaim"]["readOnly"] is True
+    mounts = [m for m in plain["containers"][0]["volumeMounts"] if m["name"] == "state"]
+    assert {m["subPath"] for m in mounts} == {"artifacts/sha256/" + "ab" * 32}
+    assert all(m["readOnly"] for m in mounts)
+
+    collecting = doc(
+        data_collector=DataCollector(
+            collections={"model_inputs": DataCollection(enabled=True)},
+            sampling_rate=0.5,
+        ),
+        environment_variables={"DATA_COLLECTOR_MAX_BYTES": "1000"},
+        app_insights_enabled=True,
+    )
+    cluster = ClusterSettings(otlp_endpoint="http://otel-collector:4317")
+    objects = render(collecting, cluster)
+    for obj in objects:
+        kubernetes_validate.validate(obj, kubernetes_validate.latest_version(), strict=True)
+    pod = objects[0]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    (collected,) = (m for m in container["volumeMounts"] if "collected" in m["mountPath"])
+    assert collected["subPath"] == (
+        "datastore/workspaceblobstore/modelDataCollector/K8s_Endpoint/blue"
+    )
+    assert not collected.get("readOnly")
+    args = container["args"]
+    assert args[args.index("--collect-dir") + 1] == collected["mountPath"]
+    assert args[args.index("--collect") + 1] == "model_inputs"
+    assert args[args.index("--collect-sampling-rate") + 1] == "0.5"
+    assert args[args.index("--collect-max-bytes") + 1] == "1000"  # lowered by the deployment
+    assert args[args.index("--trace-otlp-endpoint") + 1] == "http://otel-collector:4317"
+    # Without an OTLP collector a pod has nowhere to send spans: no tracing flags.
+    assert "--trace-otlp-endpoint" not in str(render(collecting, ClusterSettings()))
 
 
 def test_object_names_are_dns_labels() -> None:

@@ -22,6 +22,10 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sluice.common.resources import OnlineDeploymentSpec
 
 DATASTORE = "datastore"
 DEFAULT_DATASTORE = "workspaceblobstore"
@@ -31,6 +35,29 @@ STATS = "_stats"
 
 def collector_root(state_dir: Path) -> Path:
     return state_dir / DATASTORE / DEFAULT_DATASTORE / COLLECTOR_PATH
+
+
+def collector_argv(spec: OnlineDeploymentSpec, folder: str, platform_quota: int) -> list[str]:
+    """The inference server's data collection flags (none when nothing is collected).
+
+    Both backends use it. The platform's byte quota per deployment
+    (`SLUICE_DATA_COLLECTOR_MAX_BYTES`) may be lowered, never raised, by the deployment's
+    `DATA_COLLECTOR_MAX_BYTES` variable.
+    """
+    dc = spec.data_collector
+    if not dc.enabled:
+        return []
+    quota = platform_quota
+    own = spec.environment_variables.get("DATA_COLLECTOR_MAX_BYTES", "")
+    if own.isdigit() and int(own) > 0:
+        quota = min(quota, int(own))
+    return [
+        "--collect-dir", folder,
+        "--collect", ",".join(dc.enabled),
+        "--collect-sampling-rate", repr(dc.sampling_rate),
+        "--collect-rolling-rate", dc.rolling_rate,
+        "--collect-max-bytes", str(quota),
+    ]  # fmt: skip
 
 
 def collected_dir(state_dir: Path, endpoint: str, deployment: str) -> Path:

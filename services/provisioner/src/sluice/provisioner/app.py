@@ -44,9 +44,16 @@ def kubernetes_backend(settings: Settings) -> KubernetesBackend | None:
     if settings.kubeconfig is None:
         return None
     cluster = ClusterSettings(
-        namespace=settings.kubernetes_namespace, image=settings.kubernetes_image
+        namespace=settings.kubernetes_namespace,
+        image=settings.kubernetes_image,
+        collector_max_bytes=settings.data_collector_max_bytes,
+        tracing=settings.tracing.enabled,
+        trace_sampling_ratio=settings.tracing.sampling_ratio,
+        otlp_endpoint=settings.tracing.otlp_endpoint,
     )
-    return KubernetesBackend(settings.kubeconfig, cluster, settings.secret_key)
+    return KubernetesBackend(
+        settings.kubeconfig, cluster, settings.secret_key, state_dir=settings.state_dir
+    )
 
 
 async def resync_forever(reconciler: Reconciler) -> None:

@@ -1,8 +1,11 @@
 """Compute backend `kubernetes` (Azure's "Kubernetes online endpoints").
 
 Each deployment becomes a Deployment (the inference server in the Sluice
-image, model and code from the shared artifacts volume), a Service in front
-of it and, under target_utilization, a HorizontalPodAutoscaler. `render` is
+image, its own model and code mounted read-only from the shared state volume),
+a Service in front of it and, under target_utilization, a HorizontalPodAutoscaler.
+A pod mounts only what is its own (`subPath`s): its model's and code's artifact
+folders, and, with `data_collector`, its deployment's collected-data folder,
+read-write; requests are traced (to the OTLP collector) like on the local backend. `render` is
 pure and tested offline against the Kubernetes schemas; `KubernetesBackend`
 applies and deletes with the official client when a kubeconfig is configured
 (no cluster runs in this repository's CI).
@@ -22,12 +25,14 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sluice.common import gateway_auth
 from sluice.common.autoscale.model import AutoscaleProfile, AutoscaleSetting
+from sluice.common.collected import collected_dir, collector_argv
 from sluice.common.log import get_logger
-from sluice.common.resources import Instance, OnlineDeploymentDoc, Probe
+from sluice.common.resources import ArtifactRef, Instance, OnlineDeploymentDoc, Probe
 from sluice.provisioner.autoscale_counts import AutoscaleCounts
 from sluice.provisioner.compute import Observation
 from sluice.provisioner.kubernetes_autoscale import render_hpa
@@ -36,7 +41,7 @@ from sluice.provisioner.routing import ROUTE_WAIT_S, RoutingView
 log = get_logger(__name__)
 
 INFERENCE_PORT = 5001
-ARTIFACTS_MOUNT = "/var/lib/sluice"
+STATE_MOUNT = "/var/lib/sluice"  # in the pod: its model, code and collected data below
 MANAGED_BY = "sluice-provisioner"
 RUN_AS = 10001  # an unprivileged uid/gid for deployment code (no root in the image needed)
 GATEWAY_LABEL = "app.kubernetes.io/name"  # = "envoy" on the gateway's pods
@@ -59,6 +64,18 @@ class ClusterSettings:
     namespace: str = "sluice"
     image: str = "sluice:dev"
     artifacts_claim: str = "sluice-state"  # deploy/k8s/base/config.yaml
+    collector_max_bytes: int = 1024**3  # SLUICE_DATA_COLLECTOR_MAX_BYTES
+    # Request tracing (SLUICE_TRACING__*): pods export over OTLP, they have no trace files.
+    tracing: bool = False
+    trace_sampling_ratio: float = 0.01
+    otlp_endpoint: str | None = None
+
+
+def _artifact_mount(ref: ArtifactRef, mount: str) -> tuple[str, dict[str, Any]]:
+    """The artifact's path in the pod, and the read-only mount of its folder alone."""
+    digest_folder = f"artifacts/sha256/{ref.digest.removeprefix('sha256:')}"
+    volume = {"name": "state", "mountPath": mount, "subPath": digest_folder, "readOnly": True}
+    return f"{mount}/{ref.name}", volume
 
 
 def _probe(path: str, probe: Probe) -> dict[str, Any]:
@@ -106,13 +123,27 @@ def render(
         "--request-timeout-ms", str(rs.request_timeout_ms),
         "--log-format", "json",
     ]  # fmt: skip
+    mounts: list[dict[str, Any]] = []
     if spec.model.artifact is not None:
-        ref = spec.model.artifact
-        args += ["--model", f"{ARTIFACTS_MOUNT}/artifacts/sha256/{ref.digest[7:]}/{ref.name}"]
+        path, mount = _artifact_mount(spec.model.artifact, f"{STATE_MOUNT}/model")
+        args += ["--model", path]
+        mounts.append(mount)
     code = spec.code_configuration
     if code.code is not None:
-        folder = f"{ARTIFACTS_MOUNT}/artifacts/sha256/{code.code.digest[7:]}/{code.code.name}"
-        args += ["--code", folder, "--scoring-script", code.scoring_script]
+        path, mount = _artifact_mount(code.code, f"{STATE_MOUNT}/code")
+        args += ["--code", path, "--scoring-script", code.scoring_script]
+        mounts.append(mount)
+    if spec.data_collector.enabled:
+        folder = collected_dir(Path(), spec.endpoint_name, spec.name)  # relative to the volume
+        mounts.append(
+            {"name": "state", "mountPath": f"{STATE_MOUNT}/collected", "subPath": str(folder)}
+        )
+        args += collector_argv(spec, f"{STATE_MOUNT}/collected", cluster.collector_max_bytes)
+    if (cluster.tracing or spec.app_insights_enabled) and cluster.otlp_endpoint:
+        args += [
+            "--trace-sampling-ratio", repr(cluster.trace_sampling_ratio),
+            "--trace-otlp-endpoint", cluster.otlp_endpoint,
+        ]  # fmt: skip
     container: dict[str, Any] = {
         "name": "inference-server",
         "image": cluster.image,
@@ -131,7 +162,7 @@ def render(
         "readinessProbe": _probe("/ready", spec.readiness_probe),
         "livenessProbe": _probe("/", spec.liveness_probe),
         "volumeMounts": [
-            {"name": "artifacts", "mountPath": ARTIFACTS_MOUNT, "readOnly": True},
+            *mounts,
             {"name": "scratch", "mountPath": "/tmp"},  # noqa: S108 - the pod's own emptyDir
         ],
         "securityContext": {
@@ -183,10 +214,11 @@ def render(
                     },
                     "volumes": [
                         {
-                            "name": "artifacts",
+                            "name": "state",
                             "persistentVolumeClaim": {
                                 "claimName": cluster.artifacts_claim,
-                                "readOnly": True,
+                                # Read-only unless the pod collects data (its own folder).
+                                "readOnly": not spec.data_collector.enabled,
                             },
                         },
                         {"name": "scratch", "emptyDir": {}},
@@ -273,7 +305,13 @@ def render(
 class KubernetesBackend:
     """Applies rendered objects with the official client (server-side apply)."""
 
-    def __init__(self, kubeconfig: str, cluster: ClusterSettings, secret_key: str | None = None):
+    def __init__(
+        self,
+        kubeconfig: str,
+        cluster: ClusterSettings,
+        secret_key: str | None = None,
+        state_dir: Path | None = None,
+    ):
         from kubernetes import client, config  # imported only when a cluster is configured
 
         if kubeconfig == IN_CLUSTER:
@@ -287,6 +325,7 @@ class KubernetesBackend:
         self._networking = client.NetworkingV1Api(self._api)
         self.cluster = cluster
         self._secret_key = secret_key  # derives each deployment's gateway secret
+        self._state_dir = state_dir  # the shared state volume, as this process mounts it
 
     def apply(
         self,
@@ -301,6 +340,11 @@ class KubernetesBackend:
             secret = gateway_auth.secret_for(
                 self._secret_key, doc.spec.endpoint_name, doc.spec.name
             )
+        if doc.spec.data_collector.enabled and self._state_dir is not None:
+            # Made by us (the pods' uid) before a pod mounts it: a missing subPath would be
+            # created by the kubelet, as root, and the pod could not write to it.
+            folder = collected_dir(self._state_dir, doc.spec.endpoint_name, doc.spec.name)
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         objects = render(doc, self.cluster, secret, autoscale)
         if not any(obj["kind"] == "HorizontalPodAutoscaler" for obj in objects):
             # No longer autoscaled: the replica count is ours again.

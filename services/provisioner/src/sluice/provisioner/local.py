@@ -27,7 +27,7 @@ import psutil
 
 from sluice.common import gateway_auth
 from sluice.common.catalogue import InstanceType
-from sluice.common.collected import collected_dir
+from sluice.common.collected import collected_dir, collector_argv
 from sluice.common.interpreters import platform_minor
 from sluice.common.isolation import (
     Account,
@@ -430,26 +430,8 @@ class LocalBackend:
         return argv
 
     def _collector_argv(self, spec: OnlineDeploymentSpec) -> list[str]:
-        """The inference server's data collection flags (none when nothing is collected).
-
-        The platform's byte quota per deployment (`SLUICE_DATA_COLLECTOR_MAX_BYTES`) may be
-        lowered, never raised, by the deployment's `DATA_COLLECTOR_MAX_BYTES` variable.
-        """
-        dc = spec.data_collector
-        if not dc.enabled:
-            return []
-        quota = self._collector_max_bytes
-        own = spec.environment_variables.get("DATA_COLLECTOR_MAX_BYTES", "")
-        if own.isdigit() and int(own) > 0:
-            quota = min(quota, int(own))
         folder = collected_dir(self.state_dir, spec.endpoint_name, spec.name)
-        return [
-            "--collect-dir", str(folder),
-            "--collect", ",".join(dc.enabled),
-            "--collect-sampling-rate", repr(dc.sampling_rate),
-            "--collect-rolling-rate", dc.rolling_rate,
-            "--collect-max-bytes", str(quota),
-        ]  # fmt: skip
+        return collector_argv(spec, str(folder), self._collector_max_bytes)
 
     async def probe(self, instance: LocalInstance, path: str, timeout_s: float) -> bool:
         try:
