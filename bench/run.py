@@ -2,7 +2,9 @@
 
 Each benchmark lives in bench/<name>/run.py with a `main()` that measures its
 figure and a baseline in the same run and prints the ratio (machines here are
-noisy, so absolute numbers from different runs are not compared).
+noisy, so absolute numbers from different runs are not compared). Each run
+starts and ends with a line naming the machine and its load (bench/stats.py):
+a figure taken at load 8 on 2 cores is a ratio, not a speed.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import time
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+from stats import machine  # noqa: E402 - bench/stats.py, found through the line above
 
 
 def available() -> list[str]:
@@ -26,10 +30,10 @@ def run(name: str) -> None:
         raise SystemExit(f"no benchmark {name!r}; have: {', '.join(available())}")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    print(f"=== bench/{name}", flush=True)
+    print(f"=== bench/{name} on {machine()}", flush=True)
     started = time.monotonic()
     module.main()
-    print(f"=== bench/{name} done in {time.monotonic() - started:.0f}s", flush=True)
+    print(f"=== bench/{name} done in {time.monotonic() - started:.0f}s; {machine()}", flush=True)
 
 
 def main() -> None:

@@ -18,7 +18,15 @@
    requests leave on a fixed schedule and latency counts from the scheduled
    time, so a stall shows up in p99 instead of slowing the sender (wrk2 is
    not packaged here; wrk's Lua delay() only knows whole milliseconds per
-   connection, too coarse to hold a rate).
+   connection, too coarse to hold a rate). The generator measures its own lag
+   (how late each request left); a round where it fell behind measured the
+   generator, not the server, and is run again (up to 3 times, then reported
+   as such).
+
+On a machine with 2 cores or more the servers run on the last core and the
+load generators (wrk, the open loop, the ceiling loop) on the first, so that
+neither steals the other's CPU. Every figure is the median of the rounds with
+their spread (bench/stats.py), ratios taken round by round.
 
 Sluice runs with --max-queue 64: its default queue (as many as the concurrent
 runs) would answer wrk's 16 connections with 429 while it warms up, which is
@@ -45,6 +53,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import uvloop
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from stats import cores, pin, spread  # bench/stats.py
 
 CACHE = Path(os.environ.get("SLUICE_BENCH_CACHE", Path.home() / ".cache" / "sluice-bench"))
 WORK = CACHE / "inference"
@@ -78,6 +89,8 @@ class Result(NamedTuple):  # not a dataclass: bench/run.py loads this file outsi
     rps: float
     p50_ms: float
     p99_ms: float
+    p999_ms: float = 0.0
+    lag_p99_ms: float = 0.0  # the open-loop generator's own lateness (0 for closed loops)
 
 
 def free_port() -> int:
@@ -158,10 +171,19 @@ def wait_for(
     raise RuntimeError(f"{url} did not answer 200 within {deadline_s:g}s")
 
 
+SERVER_CPU: int | None = None  # set by main(): the core the servers run on
+
+
 def start(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    cpu = SERVER_CPU
     with log.open("wb") as out:
         return subprocess.Popen(
-            argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            argv,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=None if cpu is None else lambda: os.sched_setaffinity(0, {cpu}),
         )
 
 
@@ -287,6 +309,7 @@ async def open_loop(port: int, rate: float, seconds: float, connections: int = 6
     idle: deque[_Client] = deque()
     backlog: deque[float] = deque()
     latencies: list[float] = []
+    lags: list[float] = []  # how late each request left (the generator's own delay)
     errors = 0
     all_answered = asyncio.Event()
     total = int(rate * seconds)
@@ -295,6 +318,7 @@ async def open_loop(port: int, rate: float, seconds: float, connections: int = 6
         client.due = due
         assert client.transport is not None
         client.transport.write(request)
+        lags.append(time.perf_counter() - due)
 
     def done(client: _Client, status: int) -> None:
         nonlocal errors
@@ -317,7 +341,7 @@ async def open_loop(port: int, rate: float, seconds: float, connections: int = 6
             await asyncio.sleep(due - time.perf_counter())
         if idle:
             send(idle.popleft(), due)
-        else:
+        else:  # every connection busy: the server is behind (its lag, not the generator's)
             backlog.append(due)
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(all_answered.wait(), 10)
@@ -325,11 +349,28 @@ async def open_loop(port: int, rate: float, seconds: float, connections: int = 6
     if errors or len(latencies) < total:
         raise RuntimeError(f"open loop: {errors} errors, {total - len(latencies)} unanswered")
     latencies.sort()
+    lags.sort()
     return Result(
         total / elapsed,
         latencies[len(latencies) // 2] * 1e3,
         latencies[int(len(latencies) * 0.99)] * 1e3,
+        latencies[int(len(latencies) * 0.999)] * 1e3,
+        lags[int(len(lags) * 0.99)] * 1e3,
     )
+
+
+GENERATOR_LAG_MS = 1.0  # a round whose generator sent its p99 request later than this is redone
+
+
+def open_round(port: int, rate: float) -> Result:
+    """One open-loop round, redone (up to 3 times) while the generator itself fell behind."""
+    for attempt in range(3):
+        result = uvloop.run(open_loop(port, rate=rate, seconds=SECONDS))
+        if result.lag_p99_ms <= GENERATOR_LAG_MS:
+            return result
+        late = f"open loop: the generator sent its p99 request {result.lag_p99_ms:.2f} ms late"
+        print(f"{late}, round {'redone' if attempt < 2 else 'kept: GENERATOR-LIMITED'}")
+    return result
 
 
 def ensure_wrk() -> str | None:
@@ -341,6 +382,11 @@ def ensure_wrk() -> str | None:
 
 
 def main() -> None:
+    available = cores()
+    if len(available) >= 2:  # servers on the last core, generators (this process) on the first
+        globals()["SERVER_CPU"] = available[-1]
+        pin(available[0])
+        print(f"servers on CPU {available[-1]}, load generators on CPU {available[0]}")
     globals()["WRK"] = ensure_wrk()
     if WRK is None:
         print("wrk is not available: using the Python closed-loop generator", flush=True)
@@ -380,16 +426,28 @@ def main() -> None:
         print("RPS rounds: azure", [round(r.rps) for r in azure_rounds], flush=True)
         print("RPS rounds: sluice", [round(r.rps) for r in sluice_rounds], flush=True)
         azure, sluice = median(azure_rounds, "rps"), median(sluice_rounds, "rps")
-        open_rounds = [
-            uvloop.run(open_loop(sluice_port, rate=0.7 * sluice.rps, seconds=SECONDS))
-            for _ in range(ROUNDS)
-        ]
+        open_rounds = [open_round(sluice_port, 0.7 * sluice.rps) for _ in range(ROUNDS)]
         print("open loop rounds, p99 ms:", [round(r.p99_ms, 2) for r in open_rounds], flush=True)
+        print("generator lag p99 ms:", [round(r.lag_p99_ms, 3) for r in open_rounds], flush=True)
         at70 = median(open_rounds, "p99_ms")
     finally:
         stop(azure_process)
         stop(sluice_process)
     report(max(ceilings), azure, sluice, at70)
+    # Ratios round by round (each round's pair ran back to back), as median and spread.
+    print()
+    print(
+        "Sluice / Azure RPS:",
+        spread([s.rps / a.rps for s, a in zip(sluice_rounds, azure_rounds, strict=True)]).show(
+            "{:.2f}x"
+        ),
+    )
+    print(
+        "Sluice / ceiling:",
+        spread([s.rps / c for s, c in zip(sluice_rounds, ceilings, strict=True)]).show("{:.0%}"),
+    )
+    print("open loop p99 ms:", spread([r.p99_ms for r in open_rounds]).show())
+    print("open loop p99.9 ms:", spread([r.p999_ms for r in open_rounds]).show())
 
 
 def median(results: list[Result], key: str) -> Result:
