@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from sluice.common.supervisor import Supervisor
+from sluice.common.trace_files import read_spans
 from sluice.inference.batching import batch_rows
 from sluice.inference.config import parse_args
 from sluice.testing.inference import start_server, write_script
+from sluice.testing.wait import wait_for
 
 BATCHED = """
 import json, time
@@ -48,10 +51,12 @@ def test_settings_come_from_the_deployment_environment(monkeypatch: pytest.Monke
 @pytest.mark.integration
 def test_concurrent_requests_share_run_calls(supervisor: Supervisor, tmp_path: Path) -> None:
     write_script(tmp_path, BATCHED)
+    traces = tmp_path / "traces"
     server = start_server(
         supervisor, "batched", code=tmp_path,
         extra=["--max-batch-size", "8", "--max-batch-wait-ms", "50",
-               "--max-concurrent-requests", "32"],
+               "--max-concurrent-requests", "32",
+               "--trace-dir", str(traces), "--trace-sampling-ratio", "1.0"],
     )  # fmt: skip
     assert "batching_on" in server.log()
 
@@ -69,6 +74,23 @@ def test_concurrent_requests_share_run_calls(supervisor: Supervisor, tmp_path: P
         assert [value for value, _ in answer] == expected  # each request gets its own rows
         sizes += [size for _, size in answer]
     assert max(sizes) > 1 and max(sizes) <= 8  # merged, never past max_batch_size
+    # Traced: each run() over a batch is one span, child of one request's span and linked
+    # to every request it served; together the run spans served the 48 requests.
+    spans: list[dict[str, Any]] = []
+
+    def every_request_served() -> bool:
+        spans[:] = list(read_spans(traces))
+        runs = [s for s in spans if s["name"] == "run"]
+        return sum(r["attributes"].get("sluice.batch.requests", 0) for r in runs) == 48
+
+    wait_for(every_request_served, "run spans covering the 48 requests", deadline=15)
+    requests = {s["span_id"]: s for s in spans if s["name"] == "POST /score"}
+    runs = [s for s in spans if s["name"] == "run"]
+    assert max(len(r["links"]) for r in runs) > 1
+    for run in runs:
+        assert run["parent_id"] in requests
+        assert len(run["links"]) == run["attributes"]["sluice.batch.requests"]
+        assert requests[run["parent_id"]]["trace_id"] in run["links"]
     assert "sluice_inference_batch_rows_count" in server.metrics()
     # OIP inferences with one input are batched the same way.
     oip = {"inputs": [{"name": "x", "shape": [1, 1], "datatype": "INT64", "data": [[7]]}]}

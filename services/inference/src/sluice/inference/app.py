@@ -39,7 +39,7 @@ from sluice.common import gateway_auth
 from sluice.common.headers import NOT_PROCESSED_HEADER
 from sluice.common.runtime import wait_for_shutdown_signal
 from sluice.inference import oip, oip_binary
-from sluice.inference.batching import Batcher, BatchSettings, batch_rows
+from sluice.inference.batching import Batcher, BatchSettings, TraceBatch, batch_rows
 from sluice.inference.builtin import builtin_scorer
 from sluice.inference.collector import CollectorSettings, DataCollector
 from sluice.inference.config import ServerConfig
@@ -193,7 +193,7 @@ class InferenceApp:
 
         rows = self._batch_rows(request)
         if rows is not None and self.batcher is not None:
-            self.batcher.submit(rows, finish)
+            self.batcher.submit(rows, finish, span)
             return
         try:
             call = scorer.prepare(request)
@@ -278,7 +278,7 @@ class InferenceApp:
 
         if call is None:
             assert self.batcher is not None and rows is not None
-            self.batcher.submit(rows, finish)
+            self.batcher.submit(rows, finish, span)
             return
         if span is not None and self.tracing is not None:
             call = self.tracing.run(call, span, scorer.is_async)
@@ -463,7 +463,8 @@ async def serve(config: ServerConfig, registry: CollectorRegistry | None = None)
         timeout_s=config.request_timeout_ms / 1000,
     )
     dispatcher = Dispatcher(limits, is_async=scorer.is_async, on_in_flight=metrics.in_flight.set)
-    batcher = _batcher(config, scorer, dispatcher, metrics)
+    trace_batch = app.tracing.batch_run if app.tracing is not None else None
+    batcher = _batcher(config, scorer, dispatcher, metrics, trace_batch)
     swagger = swagger_documents(config.code, scorer.schema)
     app.start_scoring(scorer, dispatcher, swagger, batcher)
     # What init() loaded lives as long as the process: keep it out of the garbage
@@ -505,7 +506,11 @@ def _collector(config: ServerConfig, metrics: Metrics) -> DataCollector | None:
 
 
 def _batcher(
-    config: ServerConfig, scorer: Scorer, dispatcher: Dispatcher, metrics: Metrics
+    config: ServerConfig,
+    scorer: Scorer,
+    dispatcher: Dispatcher,
+    metrics: Metrics,
+    trace: TraceBatch | None,
 ) -> Batcher | None:
     """Adaptive batching when the deployment asks for it and its run() takes batches."""
     if config.max_batch_size <= 1:
@@ -519,7 +524,7 @@ def _batcher(
         return None
     settings = BatchSettings(config.max_batch_size, config.max_batch_wait_ms / 1000)
     log.info("batching_on", max_batch_size=settings.max_size, max_wait_s=settings.max_wait_s)
-    return Batcher(settings, dispatcher, scorer.functions.run, metrics.batch_rows.observe)
+    return Batcher(settings, dispatcher, scorer.functions.run, metrics.batch_rows.observe, trace)
 
 
 async def _drain(

@@ -44,6 +44,11 @@ class BatchSettings:
 class _Waiting:
     rows: list[Any]
     on_done: OnDone
+    span: Any = None  # the request's span when it is traced (tracing.py)
+
+
+# Wraps one batch's run() call in a span linked to the requests' spans (tracing.py).
+TraceBatch = Callable[[Callable[[], Any], list[Any], int], Callable[[], Any]]
 
 
 class BatchSizeMismatch(RuntimeError):
@@ -73,11 +78,13 @@ class Batcher:
         dispatcher: Dispatcher,
         run: Callable[[str], Any],
         on_batch: Callable[[int], None] = lambda rows: None,
+        trace: TraceBatch | None = None,
     ) -> None:
         self.settings = settings
         self._dispatcher = dispatcher
         self._run = run
         self._on_batch = on_batch
+        self._trace = trace
         self._waiting: list[_Waiting] = []
         self._running = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -85,11 +92,11 @@ class Batcher:
         # The same bound on pending requests as the dispatcher's: beyond it, 429.
         self._max_waiting = limits.max_concurrent + limits.max_queue
 
-    def submit(self, rows: list[Any], on_done: OnDone) -> None:
+    def submit(self, rows: list[Any], on_done: OnDone, span: Any = None) -> None:
         if len(self._waiting) >= self._max_waiting:
             on_done(REJECTED)
             return
-        self._waiting.append(_Waiting(rows, on_done))
+        self._waiting.append(_Waiting(rows, on_done, span))
         if self._running == 0:
             self._flush()
         elif self._timer is None:
@@ -120,7 +127,11 @@ class Batcher:
         run = self._run
         self._running += 1
         self._on_batch(len(merged))
-        self._dispatcher.submit(lambda: run(body), lambda outcome: self._done(batch, outcome))
+        call: Callable[[], Any] = lambda: run(body)  # noqa: E731 - the call to dispatch
+        spans = [waiting.span for waiting in batch if waiting.span is not None]
+        if spans and self._trace is not None:
+            call = self._trace(call, spans, len(merged))
+        self._dispatcher.submit(call, lambda outcome: self._done(batch, outcome))
         if self._waiting and self._timer is None:
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(self.settings.max_wait_s, self._flush)

@@ -133,6 +133,25 @@ class RequestTracer:
 
         return traced
 
+    def batch_run(self, call: Callable[[], Any], spans: list[Span], rows: int) -> Callable[[], Any]:
+        """One run() over the rows of several requests (adaptive batching), in one span.
+
+        A span has one parent: the first traced request's span is it, and the span links
+        to every traced request of the batch (OpenTelemetry's way to say one operation
+        served several traces), with the batch's size in requests and rows.
+        """
+        parent = trace.set_span_in_context(spans[0])
+        links = [trace.Link(span.get_span_context()) for span in spans]
+        attributes = {"sluice.batch.requests": len(spans), "sluice.batch.rows": rows}
+
+        def traced() -> Any:
+            with self.tracer.start_as_current_span(
+                "run", parent, links=links, attributes=attributes
+            ):
+                return call()
+
+        return traced
+
     def end(self, span: Span, status: int, request_id: str, headers: list[Header]) -> None:
         """Close the request's span with its status; name it in the answer and the log.
 
