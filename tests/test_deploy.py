@@ -105,11 +105,11 @@ def test_kubernetes_services_run_existing_modules() -> None:
                 assert importlib.util.find_spec(module) is not None, where
 
 
-def _without_xds_address(config: dict[str, Any]) -> dict[str, Any]:
-    """What differs by place: the ADS address and the platform CA's file names."""
-    clusters = config["static_resources"]["clusters"]
-    clusters[0].pop("type")
-    clusters[0].pop("load_assignment")
+def _without_addresses(config: dict[str, Any]) -> dict[str, Any]:
+    """What differs by place: the ADS and stats addresses and the platform CA's file names."""
+    for cluster in config["static_resources"]["clusters"]:
+        cluster.pop("type")
+        cluster.pop("load_assignment")
     for secret in config["static_resources"]["secrets"]:
         for files in secret.get("tls_certificate", secret.get("validation_context")).values():
             files.pop("filename")
@@ -130,9 +130,25 @@ def deployed_bootstraps() -> dict[str, str]:
 
 @pytest.mark.parametrize("where", ["compose", "k8s"])
 def test_deployed_envoy_bootstraps_match_the_local_one(where: str) -> None:
-    local = _without_xds_address(yaml.safe_load(BOOTSTRAP.read_text()))
-    deployed = _without_xds_address(yaml.safe_load(deployed_bootstraps()[where]))
+    local = _without_addresses(yaml.safe_load(BOOTSTRAP.read_text()))
+    deployed = _without_addresses(yaml.safe_load(deployed_bootstraps()[where]))
     assert deployed == local, "out of step: run `uv run python scripts/gen_envoy_bootstraps.py`"
+
+
+@pytest.mark.parametrize("where", ["compose", "k8s"])
+def test_deployed_envoys_send_their_stats_where_their_access_logs_go(where: str) -> None:
+    """The stats sink's cluster (in the bootstrap) and the access log's (the traffic
+    controller's SLUICE_TRAFFIC_ALS_ADDRESS) reach the same port of the metrics service."""
+    config = yaml.safe_load(deployed_bootstraps()[where])
+    stats = next(c for c in config["static_resources"]["clusters"] if c["name"] == "sluice_stats")
+    endpoint = stats["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+    address = endpoint["address"]["socket_address"]
+    if where == "compose":
+        env = yaml.safe_load(COMPOSE.read_text())["x-sluice-service"]["environment"]
+    else:
+        env = next(o for n, o in k8s_objects() if n.endswith("ConfigMap/sluice-config"))["data"]
+    assert f"{address['address']}:{address['port_value']}" == env["SLUICE_TRAFFIC_ALS_ADDRESS"]
+    assert str(address["port_value"]) == str(env["SLUICE_PORTS__ALS"])
 
 
 @pytest.mark.integration  # starts a process

@@ -184,14 +184,14 @@ async def test_connections_and_envoys_access_log_counters_from_its_stats(
     upstreams: Callable[[str], Upstream],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """ConnectionsActive: the gateway's open connections to the deployment's instances, read
-    from Envoy's admin stats and attributed by the cluster's metadata; Envoy's own count of
-    access-log entries written and dropped, on Prometheus."""
+    """ConnectionsActive: the gateway's open connections to the deployment's instances,
+    streamed by Envoy's stats sink and attributed by what the traffic controller recorded
+    for the cluster; Envoy's own count of access-log entries written and dropped, on
+    Prometheus."""
     prometheus = free_port()
-    monkeypatch.setenv("SLUICE_METRICS_ENVOY_ADMIN", envoy_gateway.admin_url)
     monkeypatch.setenv("SLUICE_METRICS_ENVOY_STATS_INTERVAL_S", "0.5")
     monkeypatch.setenv("SLUICE_PROMETHEUS_PORT", str(prometheus))
-    metrics = start_service("metrics")
+    metrics = start_service("metrics", als_port=envoy_gateway.stats_port)
     monkeypatch.delenv("SLUICE_PROMETHEUS_PORT")  # the metrics service's only
     traffic = start_controller(
         metrics.settings,
@@ -234,7 +234,7 @@ async def test_connections_and_envoys_access_log_counters_from_its_stats(
 
     async with httpx.AsyncClient() as client:
         text = (await client.get(f"http://127.0.0.1:{prometheus}/metrics")).text
-    label = f'{{envoy="{envoy_gateway.admin_url}"}}'
+    label = f'{{envoy="{envoy_gateway.node_id}@127.0.0.1"}}'
     assert f"sluice_envoy_up{label} 1.0" in text
     written = [
         float(line.rsplit(" ", 1)[1])

@@ -17,6 +17,9 @@ from sluice.common.pki import XDS_SERVER, Identity
 from sluice.common.supervisor import ProcessSpec
 
 ENVOY_BOOTSTRAP = Path("deploy") / "envoy" / "bootstrap.yaml"
+# The bootstrap's static clusters: the traffic controller's ADS, the metrics service's stats sink.
+XDS_CLUSTER = "sluice_xds"
+STATS_CLUSTER = "sluice_stats"
 
 
 def nats_spec(
@@ -106,33 +109,46 @@ def render_envoy_bootstrap(
     node_id: str,
     admin_socket: Path | None = None,
     tls: Identity | None,
+    metrics: tuple[str, int] | None = None,
 ) -> dict[str, Any]:
     """The bootstrap with its ports filled in. With `admin_socket`, Envoy's admin interface
     (which shows every key and gateway secret in /config_dump) listens on that Unix socket,
     mode 0600, instead of a loopback port any local process, deployment code included,
     could reach.
 
-    `tls` is Envoy's client identity for the xDS and access-log streams (mutual TLS with
-    the platform CA; `PlatformPki.client(node_id)`). None is only for benchmarks that
-    serve xDS themselves in plain gRPC."""
+    `tls` is Envoy's client identity for the xDS, access-log and stats streams (mutual TLS
+    with the platform CA; `PlatformPki.client(node_id)`). None is only for benchmarks that
+    serve xDS themselves in plain gRPC. `metrics` is the (host, port) of the metrics
+    service's access-log port, where Envoy's stats sink streams its stats; None (or no
+    `tls`) leaves the sink out."""
     config: dict[str, Any] = yaml.safe_load(template.read_text())
     config["node"]["id"] = node_id
     statics = config["static_resources"]
+    clusters = {c["name"]: c for c in statics["clusters"]}
     if tls is None:
-        del statics["clusters"][0]["transport_socket"], statics["secrets"]
+        del clusters[XDS_CLUSTER]["transport_socket"], statics["secrets"]
     else:
         client, ca = statics["secrets"]
         client["tls_certificate"]["certificate_chain"]["filename"] = str(tls.cert)
         client["tls_certificate"]["private_key"]["filename"] = str(tls.key)
         ca["validation_context"]["trusted_ca"]["filename"] = str(tls.ca)
+    if metrics is None or tls is None:
+        del config["stats_sinks"]
+        statics["clusters"].remove(clusters[STATS_CLUSTER])
+    else:
+        _point(clusters[STATS_CLUSTER], *metrics)
     if admin_socket is not None:
         config["admin"]["address"] = {"pipe": {"path": str(admin_socket), "mode": 0o600}}
     else:
         config["admin"]["address"]["socket_address"]["port_value"] = admin_port
-    xds = config["static_resources"]["clusters"][0]
-    endpoint = xds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
-    endpoint["address"]["socket_address"].update(address=xds_host, port_value=xds_port)
+    _point(clusters[XDS_CLUSTER], xds_host, xds_port)
     return config
+
+
+def _point(cluster: dict[str, Any], host: str, port: int) -> None:
+    """A bootstrap cluster's one endpoint at host:port."""
+    endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+    endpoint["address"]["socket_address"].update(address=host, port_value=port)
 
 
 def envoy_spec(

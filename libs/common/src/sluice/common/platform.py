@@ -388,12 +388,8 @@ class LocalPlatform:
         # Each service's own Prometheus /metrics (gRPC calls, reconciles, xDS, event lag).
         prometheus = {svc.name: free_port(host) for svc in services}
         admin_socket = self.state_dir / "envoy" / "admin.sock"  # private: /config_dump shows keys
-        # The metrics service reads Envoy's connections and access-log drops there.
         # Batch workers run deployment code: NATS as the restricted user (nats_auth.py).
-        own_env = {
-            "metrics": {"SLUICE_METRICS_ENVOY_ADMIN": str(admin_socket)},
-            "batch": {"SLUICE_BATCH_WORKER_NATS_URL": nats_of(WORKER_USER)},
-        }
+        own_env = {"batch": {"SLUICE_BATCH_WORKER_NATS_URL": nats_of(WORKER_USER)}}
         for svc in services:
             specs.append(
                 python_service_spec(
@@ -421,6 +417,8 @@ class LocalPlatform:
             xds_port=ports["xds"],
             node_id=GATEWAY_NODE,
             tls=PlatformPki(self.pki_folder).client(GATEWAY_NODE),
+            # Envoy's stats sink: to the metrics service's access-log port.
+            metrics=(host, ports["als"]),
         )
         bootstrap.write_text(yaml.safe_dump(config, sort_keys=False))
         listener_ports = [s.envoy.https_port, management_port] + (

@@ -203,11 +203,13 @@ async def nats_broker(sluice_settings: Settings) -> AsyncIterator[NatsBroker]:
 
 @dataclass(frozen=True)
 class EnvoyGateway:
-    """A running Envoy whose ADS cluster points at `xds_port` (serve xDS there)."""
+    """A running Envoy whose ADS cluster points at `xds_port` (serve xDS there) and whose
+    stats sink streams to `stats_port` (`start_service("metrics", als_port=stats_port)`)."""
 
     admin_url: str
     xds_port: int
     node_id: str
+    stats_port: int
 
 
 @pytest.fixture(scope="session")
@@ -217,7 +219,7 @@ def envoy_gateway(
     platform_pki: PlatformPki,
 ) -> EnvoyGateway:
     folder = tmp_path_factory.mktemp("envoy")
-    admin_port, xds_port = free_port(), free_port()
+    admin_port, xds_port, stats_port = free_port(), free_port(), free_port()
     config = render_envoy_bootstrap(
         find_project_file(ENVOY_BOOTSTRAP),
         admin_port=admin_port,
@@ -225,6 +227,7 @@ def envoy_gateway(
         xds_port=xds_port,
         node_id="sluice-test-gateway",
         tls=platform_pki.client("sluice-test-gateway"),
+        metrics=("127.0.0.1", stats_port),
     )
     bootstrap = folder / "bootstrap.yaml"
     bootstrap.write_text(yaml.safe_dump(config))
@@ -232,7 +235,12 @@ def envoy_gateway(
         host="127.0.0.1", admin_port=admin_port, bootstrap=bootstrap, listener_ports=[]
     )
     session_supervisor.start(spec)
-    return EnvoyGateway(admin_url=spec.address, xds_port=xds_port, node_id="sluice-test-gateway")
+    return EnvoyGateway(
+        admin_url=spec.address,
+        xds_port=xds_port,
+        node_id="sluice-test-gateway",
+        stats_port=stats_port,
+    )
 
 
 @pytest.fixture
@@ -288,11 +296,15 @@ class ServiceStarter:
         self.settings = settings
         self._supervisor = supervisor
 
-    def __call__(self, name: str, *, port_field: str | None = None) -> RunningService:
+    def __call__(
+        self, name: str, *, port_field: str | None = None, als_port: int | None = None
+    ) -> RunningService:
+        """`als_port`: the metrics service's second, mutual-TLS port (Envoy's access-log and
+        stats streams); the session Envoy's stats go to `envoy_gateway.stats_port`."""
         port = free_port()
         update = {port_field or name: port}
-        if name == "metrics":  # its second, mutual-TLS port: Envoy's access-log stream
-            update["als"] = free_port()
+        if name == "metrics":
+            update["als"] = als_port or free_port()
         ports = self.settings.ports.model_copy(update=update)
         self.settings = self.settings.model_copy(update={"ports": ports})
         spec = python_service_spec(

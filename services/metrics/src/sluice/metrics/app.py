@@ -31,7 +31,8 @@ from sluice.metrics.autoscale import Autoscaler, AutoscaleStore
 from sluice.metrics.autoscale_api import AutoscaleApi
 from sluice.metrics.buckets import Buckets
 from sluice.metrics.cache import PointCache
-from sluice.metrics.envoy_stats import EnvoyStats, parse_targets
+from sluice.metrics.envoy_stats import SERVICE_NAME as STATS_SERVICE
+from sluice.metrics.envoy_stats import ClusterOwners, EnvoyStats, StatsSinkReceiver
 from sluice.metrics.flusher import Flusher
 from sluice.metrics.live import LiveView
 from sluice.metrics.requestlog import SERVICE_NAME as REQUEST_LOGS_SERVICE
@@ -112,8 +113,7 @@ async def serve(settings: Settings, metrics: MetricsSettings) -> None:
     queries = MetricsQueries(db, store, metrics.currency, metrics.bucket_s, cache)
     rules = AlertRules(db)
     api = MetricsApi(queries, AlertAdmin(rules, queries, metrics.bucket_s))
-    envoy_admins = parse_targets(metrics.envoy_admin)
-    envoys = EnvoyStats(envoy_admins, buckets) if envoy_admins else None
+    envoys = EnvoyStats(buckets, ClusterOwners(db))
     live = LiveView(store, metrics.bucket_s, stats, flusher, envoys)
     REGISTRY.register(live)
     evaluator = AlertEvaluator(rules, store, publisher, metrics.bucket_s)
@@ -137,14 +137,19 @@ async def serve(settings: Settings, metrics: MetricsSettings) -> None:
         register=register,
         admin_token=settings.admin_token,
     )
-    # Envoy cannot send the admin token: its access-log stream has a port of its own with
-    # mutual TLS (the platform CA), so no other process can feed forged requests into the
-    # metrics, costs and alerts.
+
+    # Envoy cannot send the admin token: its access-log and stats streams have a port of
+    # their own with mutual TLS (the platform CA), so no other process can feed forged
+    # requests or connections into the metrics, costs and alerts.
+    def register_envoy(server: Any) -> None:
+        als_pb2_grpc.add_AccessLogServiceServicer_to_server(receiver, server)
+        server.add_generic_rpc_handlers((StatsSinkReceiver(envoys).handler(),))
+
     als_server = GrpcServer(
         host=settings.host,
         port=settings.ports.als,
-        service_names=[ALS_SERVICE],
-        register=lambda s: als_pb2_grpc.add_AccessLogServiceServicer_to_server(receiver, s),
+        service_names=[ALS_SERVICE, STATS_SERVICE],
+        register=register_envoy,
         tls=PlatformPki(settings.pki_folder.absolute()).server(ALS_SERVER),
     )
     tasks: list[asyncio.Task[None]] = []
@@ -161,12 +166,11 @@ async def serve(settings: Settings, metrics: MetricsSettings) -> None:
         )
         tasks.append(asyncio.create_task(OutboxRelay(outbox, publisher).run(), name="relay"))
         tasks.append(asyncio.create_task(warm_cache(queries), name="warm-cache"))
-        if envoys is not None:
-            tasks.append(
-                asyncio.create_task(
-                    every(metrics.envoy_stats_interval_s, envoys.poll), name="envoy-stats"
-                )
+        tasks.append(
+            asyncio.create_task(
+                every(metrics.envoy_stats_interval_s, envoys.sample), name="envoy-stats"
             )
+        )
         signal = await wait_for_shutdown_signal()
         log.info("metrics_stopping", signal=signal.name)
         await server.stop(grace=1.0)
@@ -174,8 +178,6 @@ async def serve(settings: Settings, metrics: MetricsSettings) -> None:
         for task in tasks:
             task.cancel()
         await flusher.close()
-        if envoys is not None:
-            await envoys.close()
     finally:
         await broker.stop()
         await mongo.close()

@@ -1,182 +1,199 @@
-"""Envoy's own numbers, read from its admin interface: open connections and access-log drops.
+"""Envoy's own numbers, streamed by its stats sink: open connections and access-log drops.
 
-The access log says what each request did, not how many connections are
-open, nor what Envoy could not log. Envoy's stats say both. Every few
-seconds the aggregator reads, from each Envoy in `SLUICE_METRICS_ENVOY_ADMIN`
-(`http://host:port` or the path of its admin socket, comma-separated):
+The access log says what each request did, not how many connections are open,
+nor what Envoy could not log. Envoy's stats say both. Its bootstrap
+(deploy/envoy/bootstrap.yaml) streams them every 5 s with the stats sink
+`envoy.stat_sinks.metrics_service` to this service's mutual-TLS access-log port,
+the same way in the local platform, compose and Kubernetes (Envoy's admin
+interface is private to its host, and shows every key). Read from each message:
 
-- `cluster.<c>.upstream_cx_active`: the gateway's open connections to a
-  deployment's instances. The cluster is attributed to its endpoint and
-  deployment by the metadata the traffic controller puts on it
-  (`filter_metadata.sluice`), read from `/config_dump` when a cluster is new,
-  never by parsing its name. Each poll adds one sample (summed over the
-  Envoys) to the deployment's minute bucket: `ConnectionsActive` is the
-  minute's mean, and an endpoint's is the sum of its deployments'.
-- `http.<listener>.downstream_cx_active`: clients' connections to the
-  gateway. Every endpoint shares the gateway's listeners, and one HTTP/2
-  connection can carry requests for several endpoints, so these belong to
-  no endpoint: a gateway-wide gauge per Envoy.
+- `cluster.upstream_cx_active{envoy.cluster_name}`: the gateway's open
+  connections to a deployment's instances. Envoy names the cluster only; which
+  deployment it serves is what the traffic controller states in
+  `gateway_applied.clusters` (the same `{endpoint, deployment}` it puts in the
+  cluster's metadata), never parsed from the name. Every few seconds
+  (`SLUICE_METRICS_ENVOY_STATS_INTERVAL_S`) the latest values, summed over the
+  Envoys heard from, become one sample of the deployment's minute bucket:
+  `ConnectionsActive` is the minute's mean, and an endpoint's is the sum of its
+  deployments'.
+- `http.downstream_cx_active{envoy.http_conn_manager_prefix}`: clients'
+  connections to the gateway. Every endpoint shares the gateway's listeners,
+  and one HTTP/2 connection can carry requests for several endpoints, so these
+  belong to no endpoint: a gateway-wide gauge per Envoy.
 - `access_logs.grpc_access_log.logs_written` / `logs_dropped`: entries Envoy
   queued for, or dropped instead of sending to, the access-log stream (its
-  buffer full because the aggregator is slow or away): requests the metrics
-  will never count, so they are exported as counters per Envoy.
+  buffer full because this service is slow or away): requests the metrics will
+  never count, so they are exported as counters per Envoy and logged.
+
+An Envoy is `<node id>@<its address>`: the replicas of a Kubernetes deployment
+share one node id.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import grpc
+from pymongo.asynchronous.database import AsyncDatabase
 
 from sluice.common.log import get_logger
+from sluice.common.mongo import Document
+from sluice.common.resources import GATEWAY_APPLIED
 from sluice.metrics.buckets import Buckets
+from sluice.v1 import envoy_stats_pb2
 
 log = get_logger(__name__)
-METADATA_NAMESPACE = "sluice"
-STATS_FILTER = (
-    r"^(cluster\..+\.upstream_cx_active|http\..+\.downstream_cx_active"
-    r"|access_logs\.grpc_access_log\.logs_(written|dropped))$"
-)
-UPSTREAM = ("cluster.", ".upstream_cx_active")
-DOWNSTREAM = ("http.", ".downstream_cx_active")
+SERVICE_NAME = "envoy.service.metrics.v3.MetricsService"
+METHOD = "StreamMetrics"
+UPSTREAM = "cluster.upstream_cx_active"
+DOWNSTREAM = "http.downstream_cx_active"
 WRITTEN = "access_logs.grpc_access_log.logs_written"
 DROPPED = "access_logs.grpc_access_log.logs_dropped"
-ADMIN_LISTENER = "http.admin.downstream_cx_active"  # the admin interface's own
-# Cluster owners are read again this often too (a cluster first seen while warming is not in
-# the active clusters yet).
-OWNERS_TTL_S = 60.0
+CLUSTER_LABEL = "envoy.cluster_name"
+LISTENER_LABEL = "envoy.http_conn_manager_prefix"
+ADMIN_PREFIX = "admin"  # the admin interface's own connection manager
+WANTED = frozenset({UPSTREAM, DOWNSTREAM, WRITTEN, DROPPED})
+# An Envoy not heard from for 3 of its flushes (the bootstrap's `stats_flush_interval: 5s`)
+# is down: its numbers stop counting.
+SILENT_S = 15.0
+# Owners are read again when a cluster has none, at most this often (a cluster exists in
+# Envoy a moment before the controller records it, on Envoy's ACK).
+OWNERS_RETRY_S = 10.0
+
+Owner = tuple[str, str]  # (endpoint, deployment)
 
 
-@dataclass(frozen=True)
+@dataclass
 class EnvoyReading:
-    """One Envoy at its last poll."""
+    """One Envoy at its last stats message."""
 
-    up: bool = False
+    heard_at: float = 0.0  # monotonic
+    upstream: dict[str, int] = field(default_factory=dict)  # cluster -> open connections
     client_connections: int = 0
     logs_written: int = 0
     logs_dropped: int = 0
 
 
-class AdminClient:
-    """Envoy's admin interface at `http://host:port` or on a unix socket (a path)."""
+class ClusterOwners:
+    """Envoy cluster name -> (endpoint, deployment), as the traffic controller records it."""
 
-    def __init__(self, address: str, timeout_s: float = 2.0):
-        self.address = address
-        if address.startswith(("http://", "https://")):
-            self._client = httpx.AsyncClient(base_url=address, timeout=timeout_s)
-        else:
-            path = address.removeprefix("unix:")
-            transport = httpx.AsyncHTTPTransport(uds=path)
-            self._client = httpx.AsyncClient(
-                transport=transport, base_url="http://envoy", timeout=timeout_s
-            )
+    def __init__(self, db: AsyncDatabase[Document]):
+        self._applied = db[GATEWAY_APPLIED]
+        self._owners: dict[str, Owner] = {}
+        self._read_at = float("-inf")
+        self._unknown_then: frozenset[str] = frozenset()
 
-    async def get_json(self, path: str, **params: str) -> Any:
-        reply = await self._client.get(path, params=params)
-        reply.raise_for_status()
-        return reply.json()
-
-    async def close(self) -> None:
-        await self._client.aclose()
-
-
-def parse_targets(setting: str) -> list[str]:
-    return [part.strip() for part in setting.split(",") if part.strip()]
-
-
-def _between(name: str, affix: tuple[str, str]) -> str | None:
-    prefix, suffix = affix
-    if name.startswith(prefix) and name.endswith(suffix) and len(name) > len(prefix + suffix):
-        return name[len(prefix) : -len(suffix)]
-    return None
-
-
-def cluster_owners(config_dump: Any) -> dict[str, tuple[str, str] | None]:
-    """Cluster name -> (endpoint, deployment) from each dynamic cluster's metadata; None for
-    clusters that are no deployment's (the access-log stream's, for one)."""
-    owners: dict[str, tuple[str, str] | None] = {}
-    for config in config_dump.get("configs", []):
-        cluster = config.get("cluster", {})
-        name = cluster.get("name")
-        if not name:
-            continue
-        tags = cluster.get("metadata", {}).get("filter_metadata", {}).get(METADATA_NAMESPACE)
-        if tags and tags.get("endpoint") and tags.get("deployment"):
-            owners[name] = (str(tags["endpoint"]), str(tags["deployment"]))
-        else:
-            owners[name] = None
-    return owners
+    async def of(self, clusters: Iterable[str]) -> dict[str, Owner]:
+        """The owners of `clusters` that have one (the xDS, access-log and management
+        clusters have none)."""
+        unknown = frozenset(c for c in clusters if c not in self._owners)
+        retry = time.monotonic() - self._read_at >= OWNERS_RETRY_S
+        if unknown and (retry or not unknown <= self._unknown_then):
+            doc = await self._applied.find_one({"_id": "gateway"}, {"clusters": 1}) or {}
+            recorded = doc.get("clusters") or {}
+            self._owners |= {
+                name: (str(o["endpoint"]), str(o["deployment"]))
+                for name, o in recorded.items()
+                if o.get("endpoint") and o.get("deployment")
+            }
+            self._read_at = time.monotonic()
+            self._unknown_then = frozenset(c for c in clusters if c not in self._owners)
+        return {c: self._owners[c] for c in clusters if c in self._owners}
 
 
 class EnvoyStats:
-    def __init__(self, targets: list[str], buckets: Buckets):
-        self._admins = [AdminClient(t) for t in targets]
-        self._buckets = buckets
-        self._owners: dict[str, tuple[str, str] | None] = {}
-        self._owners_read_at = 0.0
-        self.envoys: dict[str, EnvoyReading] = {t: EnvoyReading() for t in targets}
+    """The latest stats of every Envoy; `sample` adds their sum per deployment."""
 
-    async def poll(self, now: float | None = None) -> None:
-        """Read every Envoy once; one ConnectionsActive sample per deployment seen."""
-        now = now if now is not None else time.time()
-        per_deployment: dict[tuple[str, str], int] = {}
-        for admin in self._admins:
-            try:
-                values = await self._read(admin)
-            except (httpx.HTTPError, OSError, ValueError) as exc:
-                if self.envoys[admin.address].up:
-                    log.warning("envoy_admin_unreachable", envoy=admin.address, error=str(exc))
-                self.envoys[admin.address] = EnvoyReading(up=False)
+    def __init__(self, buckets: Buckets, owners: ClusterOwners):
+        self._buckets = buckets
+        self._owners = owners
+        self.envoys: dict[str, EnvoyReading] = {}
+
+    def take(self, envoy: str, families: Iterable[Any]) -> None:
+        """One stats message of `envoy` (EnvoyMetricFamily values)."""
+        reading = self.envoys.setdefault(envoy, EnvoyReading())
+        upstream: dict[str, int] = {}
+        clients = 0
+        for family in families:
+            name = family.name
+            if name not in WANTED:
                 continue
-            for cluster, count in values["upstream"].items():
-                owner = self._owners.get(cluster)
-                if owner is not None:
-                    per_deployment[owner] = per_deployment.get(owner, 0) + count
-            previous = self.envoys[admin.address]
-            reading = EnvoyReading(
-                up=True,
-                client_connections=values["downstream"],
-                logs_written=values["written"],
-                logs_dropped=values["dropped"],
-            )
-            if reading.logs_dropped > previous.logs_dropped:
-                log.warning(
-                    "envoy_dropped_access_log_entries",
-                    envoy=admin.address,
-                    dropped=reading.logs_dropped - previous.logs_dropped,
-                )
-            self.envoys[admin.address] = reading
+            for metric in family.metric:
+                labels = {label.name: label.value for label in metric.label}
+                if name == UPSTREAM:
+                    upstream[labels.get(CLUSTER_LABEL, "")] = int(metric.gauge.value)
+                elif name == DOWNSTREAM:
+                    if labels.get(LISTENER_LABEL) != ADMIN_PREFIX:
+                        clients += int(metric.gauge.value)
+                elif name == WRITTEN:
+                    reading.logs_written = int(metric.counter.value)
+                else:
+                    dropped = int(metric.counter.value)
+                    if dropped > reading.logs_dropped:
+                        log.warning(
+                            "envoy_dropped_access_log_entries",
+                            envoy=envoy,
+                            dropped=dropped - reading.logs_dropped,
+                            total=dropped,
+                        )
+                    reading.logs_dropped = dropped
+        reading.upstream = upstream
+        reading.client_connections = clients
+        reading.heard_at = time.monotonic()
+
+    def up(self, reading: EnvoyReading) -> bool:
+        return time.monotonic() - reading.heard_at <= SILENT_S
+
+    async def sample(self, now: float | None = None) -> None:
+        """One ConnectionsActive sample per deployment, over the Envoys that are up."""
+        now = now if now is not None else time.time()
+        per_cluster: dict[str, int] = {}
+        for reading in self.envoys.values():
+            if self.up(reading):
+                for cluster, count in reading.upstream.items():
+                    per_cluster[cluster] = per_cluster.get(cluster, 0) + count
+        if not per_cluster:
+            return
+        per_deployment: dict[Owner, int] = {}
+        for cluster, owner in (await self._owners.of(per_cluster)).items():
+            per_deployment[owner] = per_deployment.get(owner, 0) + per_cluster[cluster]
         for (endpoint, deployment), count in per_deployment.items():
             self._buckets.add_connections(
                 endpoint=endpoint, deployment=deployment, time_s=now, connections=count
             )
 
-    async def _read(self, admin: AdminClient) -> dict[str, Any]:
-        reply = await admin.get_json("/stats", format="json", filter=STATS_FILTER)
-        stats = {s["name"]: int(s["value"]) for s in reply.get("stats", []) if "value" in s}
-        upstream = {}
-        for name, value in stats.items():
-            cluster = _between(name, UPSTREAM)
-            if cluster is not None:
-                upstream[cluster] = value
-        stale = time.monotonic() - self._owners_read_at > OWNERS_TTL_S
-        if stale or any(c not in self._owners for c in upstream):
-            dump = await admin.get_json("/config_dump", resource="dynamic_active_clusters")
-            owners: dict[str, tuple[str, str] | None] = dict.fromkeys(upstream)
-            self._owners = owners | cluster_owners(dump)
-            self._owners_read_at = time.monotonic()
-        downstream = sum(
-            v for k, v in stats.items() if _between(k, DOWNSTREAM) and k != ADMIN_LISTENER
-        )
-        return {
-            "upstream": upstream,
-            "downstream": downstream,
-            "written": stats.get(WRITTEN, 0),
-            "dropped": stats.get(DROPPED, 0),
-        }
 
-    async def close(self) -> None:
-        for admin in self._admins:
-            await admin.close()
+class StatsSinkReceiver:
+    """`/envoy.service.metrics.v3.MetricsService/StreamMetrics`: one stream per Envoy, its
+    node on the first message only. Served beside the access log, on its mutual-TLS port."""
+
+    def __init__(self, stats: EnvoyStats):
+        self._stats = stats
+
+    async def stream(
+        self, messages: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> envoy_stats_pb2.EnvoyStatsResponse:
+        envoy = _host(context.peer())
+        async for message in messages:
+            if message.HasField("identifier"):
+                envoy = f"{message.identifier.node.id}@{_host(context.peer())}"
+            self._stats.take(envoy, message.envoy_metrics)
+        return envoy_stats_pb2.EnvoyStatsResponse()
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        method = grpc.stream_unary_rpc_method_handler(
+            self.stream,
+            request_deserializer=envoy_stats_pb2.EnvoyStatsMessage.FromString,
+            response_serializer=envoy_stats_pb2.EnvoyStatsResponse.SerializeToString,
+        )
+        return grpc.method_handlers_generic_handler(SERVICE_NAME, {METHOD: method})
+
+
+def _host(peer: str) -> str:
+    """`ipv4:10.0.0.5:41234` -> `10.0.0.5`; `ipv6:[::1]:41234` -> `::1`."""
+    address = peer.split(":", 1)[-1]
+    host = address.rsplit(":", 1)[0]
+    return host.strip("[]")

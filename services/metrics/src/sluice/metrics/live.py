@@ -130,8 +130,10 @@ class LiveView(Collector):
 
 
 def envoy_families(envoys: EnvoyStats) -> Iterator[Any]:
-    """Each Envoy's own view (envoy_stats.py), labelled by its admin address."""
-    up = GaugeMetricFamily("sluice_envoy_up", "Envoy's admin interface answered", labels=["envoy"])
+    """Each Envoy's own view (envoy_stats.py), labelled `<node id>@<address>`."""
+    up = GaugeMetricFamily(
+        "sluice_envoy_up", "Envoy's stats arrived in the last 3 intervals", labels=["envoy"]
+    )
     clients = GaugeMetricFamily(
         "sluice_gateway_client_connections",
         "Clients' open connections to the gateway (all endpoints share them)",
@@ -148,7 +150,7 @@ def envoy_families(envoys: EnvoyStats) -> Iterator[Any]:
         labels=["envoy"],
     )
     for address, reading in sorted(envoys.envoys.items()):
-        up.add_metric([address], 1.0 if reading.up else 0.0)
+        up.add_metric([address], 1.0 if envoys.up(reading) else 0.0)
         clients.add_metric([address], reading.client_connections)
         written.add_metric([address], reading.logs_written)
         dropped.add_metric([address], reading.logs_dropped)

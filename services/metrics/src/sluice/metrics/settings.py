@@ -24,7 +24,6 @@ class MetricsSettings(BaseSettings):
     max_pending_buckets: int = 100_000
     # The hourly prices' currency, as the instance catalogue states them.
     currency: str = "USD"
-    # Envoys whose admin interface to read (envoy_stats.py): `http://host:port` or the path of
-    # an admin socket, comma-separated; empty = no ConnectionsActive, no access-log drops.
-    envoy_admin: str = ""
+    # How often the Envoys' latest stats (their stats sink streams them every 5 s) become a
+    # ConnectionsActive sample (envoy_stats.py).
     envoy_stats_interval_s: float = 5.0

@@ -22,7 +22,7 @@ from opentelemetry import trace
 
 from sluice.common.log import get_logger
 from sluice.common.prometheus import RECONCILE_SECONDS
-from sluice.traffic.domain import Endpoint, Gateway, without_host_conflicts
+from sluice.traffic.domain import Endpoint, Gateway, Owner, without_host_conflicts
 from sluice.traffic.events import Outcomes
 from sluice.traffic.isolation import GATEWAY, NackIsolation
 from sluice.traffic.jwks import PLACEHOLDER_JWKS, StoredJwks
@@ -250,7 +250,9 @@ class Controller:
         versions = _versions(published)
         log.info("snapshot_applied", snapshot=published.snapshot.id, endpoints=len(versions))
         with contextlib.suppress(Exception):
-            await self._outcomes.applied(published.snapshot.id, versions, routed(published))
+            await self._outcomes.applied(
+                published.snapshot.id, versions, routed(published), owners(published)
+            )
         if released:
             self._wake.set()  # the held suspects get their turn
 
@@ -279,6 +281,15 @@ def routed(published: Published) -> dict[str, list[str]]:
     provisioner waits for before it stops an instance (make before break)."""
     return {
         f"{ep.name}/{dep.name}": [u.address for u in dep.instances]
+        for ep in published.endpoints.values()
+        for dep in ep.deployments
+    }
+
+
+def owners(published: Published) -> dict[str, Owner]:
+    """Envoy's cluster name -> the deployment it serves, as its metadata says."""
+    return {
+        dep.cluster: Owner(endpoint=dep.endpoint, deployment=dep.name)
         for ep in published.endpoints.values()
         for dep in ep.deployments
     }

@@ -119,6 +119,14 @@ class Endpoint:
         return max(timeouts, default=0)
 
 
+@dataclass(frozen=True)
+class Owner:
+    """The deployment an Envoy cluster serves (its `filter_metadata["sluice"]`)."""
+
+    endpoint: str
+    deployment: str
+
+
 def cluster_name(endpoint: str, deployment: str) -> str:
     # Names are [-a-zA-Z0-9] only, so a double underscore cannot be ambiguous.
     return f"{endpoint}__{deployment}"

@@ -31,6 +31,7 @@ from sluice.common.events.catalogue import (
 )
 from sluice.common.log import get_logger
 from sluice.common.prometheus import observe_lag
+from sluice.traffic.domain import Owner
 
 log = get_logger(__name__)
 ACTOR = "sluice/traffic"
@@ -95,7 +96,11 @@ def subscribe_routing_events(
 
 class Outcomes(Protocol):
     async def applied(
-        self, snapshot: str, endpoints: Mapping[str, int], routed: Mapping[str, list[str]]
+        self,
+        snapshot: str,
+        endpoints: Mapping[str, int],
+        routed: Mapping[str, list[str]],
+        clusters: Mapping[str, Owner],
     ) -> None: ...
 
     async def rejected(
@@ -113,20 +118,26 @@ class NatsOutcomes:
     def __init__(
         self,
         publisher: EventPublisher,
-        record: Callable[[str, Mapping[str, int]], Awaitable[None]] | None = None,
+        record: Callable[[str, Mapping[str, int], Mapping[str, Owner]], Awaitable[None]]
+        | None = None,
     ):
         self._publisher = publisher
         self._record = record  # also store what is live (TrafficStore.record_applied)
 
     async def applied(
-        self, snapshot: str, endpoints: Mapping[str, int], routed: Mapping[str, list[str]]
+        self,
+        snapshot: str,
+        endpoints: Mapping[str, int],
+        routed: Mapping[str, list[str]],
+        clusters: Mapping[str, Owner],
     ) -> None:
         """`endpoints`: name -> version now live; `routed`: `endpoint/deployment` -> the
-        instance addresses Envoy now balances over."""
+        instance addresses Envoy now balances over; `clusters`: Envoy's cluster name -> the
+        deployment it serves (recorded only, for the metrics service's Envoy stats)."""
         data = TrafficApplied(snapshot=snapshot, endpoints=dict(endpoints), routed=dict(routed))
         await self._publisher.publish(TRAFFIC_APPLIED, data, subject=None, actor=ACTOR)
         if self._record is not None:
-            await self._record(snapshot, endpoints)
+            await self._record(snapshot, endpoints, clusters)
 
     async def rejected(
         self, snapshot: str, resource_type: str, error: str, endpoints: Mapping[str, int]

@@ -38,6 +38,7 @@ from sluice.traffic.domain import (
     Deployment,
     Endpoint,
     KeyAuth,
+    Owner,
     TokenAuth,
     Upstream,
     live_shares,
@@ -55,11 +56,23 @@ class TrafficStore:
         self._applied = db[GATEWAY_APPLIED]
         self._secrets = secrets
 
-    async def record_applied(self, snapshot: str, endpoints: Mapping[str, int]) -> None:
-        """What Envoy serves now, for readers without NATS (the REST API, the portal)."""
+    async def record_applied(
+        self, snapshot: str, endpoints: Mapping[str, int], clusters: Mapping[str, Owner]
+    ) -> None:
+        """What Envoy serves now, for readers without NATS (the REST API, the portal), and
+        which deployment each of its clusters serves: the metadata the clusters carry, for
+        the metrics service, which sees Envoy's stats by cluster name only."""
         await self._applied.replace_one(
             {"_id": "gateway"},
-            {"_id": "gateway", "snapshot": snapshot, "endpoints": dict(endpoints)},
+            {
+                "_id": "gateway",
+                "snapshot": snapshot,
+                "endpoints": dict(endpoints),
+                "clusters": {
+                    name: {"endpoint": o.endpoint, "deployment": o.deployment}
+                    for name, o in clusters.items()
+                },
+            },
             upsert=True,
         )
 
