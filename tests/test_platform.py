@@ -93,6 +93,14 @@ def test_up_status_up_again_down(state: Path) -> None:
             text = page.read().decode()
         assert 'sluice_grpc_server_handled_total{code="OK",method="/grpc.health.v1' in text, name
 
+    # Envoy's stats sink streams to the metrics service (mutual TLS, every 5 s): it is up
+    # there, by its node id and address.
+    def envoy_heard() -> bool:
+        with urllib.request.urlopen(scrape["metrics"], timeout=10) as page:  # noqa: S310
+            return 'sluice_envoy_up{envoy="sluice-gateway@127.0.0.1"} 1.0' in page.read().decode()
+
+    wait_for(envoy_heard, "Envoy's stats at the metrics service", deadline=30)
+
     again = run_cli(state, "up", "-o", "json")
     assert again.returncode == 0
     assert "already running" in again.stderr
