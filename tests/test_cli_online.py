@@ -6,11 +6,13 @@ import json
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any, TypeVar
 
+import grpc
 import httpx
 import psutil
 import pytest
@@ -18,6 +20,8 @@ import pytest
 from sluice.common import gateway_auth
 from sluice.common.platform import PlatformState
 from sluice.testing.wait import wait_for
+from sluice.v1 import grpc_predict_v2_pb2 as pb
+from sluice.v1 import grpc_predict_v2_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")
@@ -271,3 +275,25 @@ def test_open_inference_protocol_through_the_gateway(local_platform: PlatformSta
     output = json.loads(body)["outputs"][0]
     assert output["name"] == "predict" and output["shape"] == [1]
     assert dict((k.lower(), v) for k, v in headers)["azureml-model-deployment"] == "green"
+
+    # The same over gRPC (inference.GRPCInferenceService) to the instances the provisioner
+    # started: each serves gRPC on a port of its own, the gateway's twin cluster reaches it.
+    infer = pb.ModelInferRequest(model_name="my-endpoint")
+    infer.inputs.add(name="x", datatype="FP64", shape=[1, 10])
+    infer.raw_input_contents.append(struct.pack("<10d", *range(1, 11)))
+    options = [("grpc.default_authority", f"my-endpoint.{local_platform.domain}")]
+    target = f"127.0.0.1:{local_platform.envoy_http_port}"
+    with grpc.insecure_channel(target, options=options) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        metadata = [("authorization", f"Bearer {key}"), ("azureml-model-deployment", "green")]
+
+        def served() -> bool:
+            try:
+                reply, call = stub.ModelInfer.with_call(infer, metadata=metadata, timeout=20)
+            except grpc.RpcError as error:  # the twin cluster's first health check
+                assert error.code() == grpc.StatusCode.UNAVAILABLE, error
+                return False
+            assert dict(call.initial_metadata())["azureml-model-deployment"] == "green"
+            return [list(o.shape) for o in reply.outputs] == [[1]]
+
+        wait_for(served, "a gRPC inference through the gateway", 20)

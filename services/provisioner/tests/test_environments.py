@@ -150,7 +150,7 @@ def test_an_environment_of_another_minor_runs_its_own_inference_server(tmp_path:
     port = free_port()
     server = subprocess.Popen(
         [str(python), "-m", "sluice.inference", "--code", str(code), "--scoring-script",
-         "score.py", "--port", str(port)],
+         "score.py", "--port", str(port), "--grpc-port", str(free_port())],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:

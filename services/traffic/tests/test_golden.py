@@ -41,7 +41,12 @@ UPDATE = os.environ.get("SLUICE_UPDATE_GOLDEN") == "1"
 
 def world() -> list[Endpoint]:
     blue = Deployment(
-        "shop", "blue", 3, 5000, 2, (Upstream("127.0.0.1", 5001), Upstream("127.0.0.1", 5002))
+        "shop",
+        "blue",
+        3,
+        5000,
+        2,
+        (Upstream("127.0.0.1", 5001, 6001), Upstream("127.0.0.1", 5002, 6002)),
     )
     green = Deployment(
         "shop", "green", 1, 10000, 1, (Upstream("127.0.0.1", 5003),), "fake-gateway-secret"

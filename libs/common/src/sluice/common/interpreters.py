@@ -30,7 +30,7 @@ from packaging.version import Version
 
 # The inference server's own floor (its packages' requires-python).
 SERVER_MINIMUM = Version("3.11")
-SERVER_PACKAGES = ("sluice-common", "sluice-inference")
+SERVER_PACKAGES = ("sluice-common", "sluice-proto", "sluice-inference")
 PROBE = "import sys; print('.'.join(map(str, sys.version_info[:3])))"
 PROBE_TIMEOUT_S = 5
 

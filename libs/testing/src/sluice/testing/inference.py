@@ -104,6 +104,7 @@ def start_server(
     extra: Sequence[str] = (),
     ready: bool = True,
     scope: tuple[str, str] | None = None,
+    env: dict[str, str] | None = None,
 ) -> Server:
     """Start a server (healthy = liveness answers) and, unless told not to, wait for readiness.
 
@@ -119,9 +120,14 @@ def start_server(
         ports=[port, metrics_port],
         start_timeout_s=30,
         stop_timeout_s=5,
-        env={"AZUREML_ENDPOINT_NAME": scope[0], "AZUREML_DEPLOYMENT_NAME": scope[1]}
-        if scope
-        else {},
+        env={
+            **(
+                {"AZUREML_ENDPOINT_NAME": scope[0], "AZUREML_DEPLOYMENT_NAME": scope[1]}
+                if scope
+                else {}
+            ),
+            **(env or {}),
+        },
     )
     server = Server(port, metrics_port, supervisor.start(spec))
     if ready:

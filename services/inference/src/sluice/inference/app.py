@@ -437,9 +437,17 @@ async def serve(config: ServerConfig, registry: CollectorRegistry | None = None)
         sock=_listening_socket(config),
         backlog=2048,
     )
+    grpc_server = None
+    if config.grpc_port:
+        from sluice.inference.oip_grpc import start_server
+
+        grpc_server = await start_server(
+            app, config.host, config.grpc_port, config.max_payload_bytes
+        )
     log.info(
         "listening",
         address=f"http://{config.host}:{config.port}",
+        grpc_port=config.grpc_port or None,
         metrics_port=config.metrics_port or None,
         model_dir=_model_dir_text(config.model),
     )
@@ -449,12 +457,16 @@ async def serve(config: ServerConfig, registry: CollectorRegistry | None = None)
     await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
     if not init.done():
         log.info("stopped_during_init")
+        if grpc_server is not None:
+            await grpc_server.stop(0)
         return 0
     try:
         scorer = init.result()
     except BaseException as exc:
         log.error("init_failed", exc_info=exc)
         server.close()
+        if grpc_server is not None:
+            await grpc_server.stop(0)
         stop.cancel()
         return EXIT_INIT_FAILED
     limits = Limits(
@@ -473,6 +485,8 @@ async def serve(config: ServerConfig, registry: CollectorRegistry | None = None)
     log.info("ready", limits=str(limits))
     await stop
     await _drain(app, server, dispatcher, limits.timeout_s)
+    if grpc_server is not None:  # its calls in flight were the dispatcher's: all answered
+        await grpc_server.stop(1)
     if app.collector is not None:
         app.collector.close()
     return 0

@@ -22,6 +22,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     metrics_port: int = 0  # 0 = no metrics server
+    grpc_port: int = 0  # the Open Inference Protocol over gRPC (oip_grpc.py); 0 = none
     workers: int = 1
     max_concurrent_requests: int = 1
     max_queue: int = 1
@@ -62,6 +63,7 @@ class ServerConfig:
         argv = [
             "--host", self.host,
             "--port", str(self.port),
+            "--grpc-port", str(self.grpc_port),
             "--max-concurrent-requests", str(self.max_concurrent_requests),
             "--max-queue", str(self.max_queue),
             "--request-timeout-ms", str(self.request_timeout_ms),
@@ -112,6 +114,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
     p.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics; 0 = none")
+    p.add_argument(
+        "--grpc-port", type=int, default=0, help="Open Inference Protocol over gRPC; 0 = none"
+    )
     p.add_argument("--workers", type=_positive, default=1, help="worker processes")
     p.add_argument(
         "--max-concurrent-requests", type=_positive, default=1, help="run() calls at once"
@@ -179,6 +184,8 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         p.error("--trace-sampling-ratio must be between 0.0 and 1.0")
     if not 0.0 <= args.collect_sampling_rate <= 1.0:
         p.error("--collect-sampling-rate must be between 0.0 and 1.0")
+    if not 0 <= args.grpc_port <= 65535:
+        p.error(f"--grpc-port {args.grpc_port} is not a port number (0 = no gRPC)")
     max_queue = args.max_concurrent_requests if args.max_queue is None else args.max_queue
     if max_queue < 0:
         p.error("--max-queue must be 0 or more")
@@ -189,6 +196,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         host=args.host,
         port=args.port,
         metrics_port=args.metrics_port,
+        grpc_port=args.grpc_port,
         workers=args.workers,
         max_concurrent_requests=args.max_concurrent_requests,
         max_queue=max_queue,

@@ -124,6 +124,7 @@ class LocalInstance:
     started_at: datetime
     memory_limit: int
     workers: int = 1
+    grpc_port: int = 0  # its Open Inference Protocol gRPC server; 0 = none
     ready: bool = False
     ready_at: float = 0.0  # time.monotonic() when it passed readiness
     draining: bool = False  # out of routing; stopped once the gateway no longer routes it
@@ -146,6 +147,10 @@ class LocalInstance:
         return f"{self.host}:{self.port}"
 
     @property
+    def grpc_address(self) -> str:
+        return f"{self.host}:{self.grpc_port}" if self.grpc_port else ""
+
+    @property
     def alive(self) -> bool:
         return self.process.poll() is None
 
@@ -164,6 +169,7 @@ class LocalInstance:
             workers=self.workers,
             memory_limit=self.memory_limit,
             log_path=str(self.log_path),
+            grpc_address=self.grpc_address,
         )
 
     def measure(self) -> None:
@@ -342,7 +348,9 @@ class LocalBackend:
         instance_type: InstanceType,
     ) -> LocalInstance:
         instance_id = uuid.uuid4().hex[:8]
-        port = free_port(self.host)
+        port, grpc_port = free_port(self.host), free_port(self.host)
+        while grpc_port == port:
+            grpc_port = free_port(self.host)
         rs = spec.request_settings
         # Concurrency follows max_concurrent_requests_per_instance inside one process; more
         # processes only when asked with Azure's own knob, WORKER_COUNT (each one loads the model).
@@ -350,6 +358,7 @@ class LocalBackend:
         argv = [
             "--host", self.host,
             "--port", str(port),
+            "--grpc-port", str(grpc_port),
             "--workers", str(workers),
             "--max-concurrent-requests", str(rs.max_concurrent_requests_per_instance),
             # Azure queues up to 2 x concurrency before answering 429 (SPEC.md, 429).
@@ -406,6 +415,7 @@ class LocalBackend:
             spec_version=version,
             host=self.host,
             port=port,
+            grpc_port=grpc_port,
             process=process,
             log_path=log_path,
             started_at=datetime.now(UTC),
@@ -491,6 +501,7 @@ def adopt(record: RunningRecord) -> LocalInstance | None:
         started_at=record.started_at,
         memory_limit=proc.memory_limit,
         workers=proc.workers,
+        grpc_port=int(proc.grpc_address.rpartition(":")[2] or 0),
     )
 
 

@@ -147,7 +147,13 @@ class LocalDeployment:
     def _observation(self, settled: bool = False) -> Observation:
         seen, self._pass = self._pass, Observation()
         seen.instances = [
-            Instance(id=i.id, address=i.address, ready=i.ready, started_at=i.started_at)
+            Instance(
+                id=i.id,
+                address=i.address,
+                grpc_address=i.grpc_address,
+                ready=i.ready,
+                started_at=i.started_at,
+            )
             for i in self.instances
             if i.alive and not i.draining
         ]
@@ -222,7 +228,9 @@ class LocalDeployment:
                 inst.ready, inst.ready_at = True, time.monotonic()
                 log.info("instance_ready", deployment=self.key, instance=inst.id)
                 self._pass.became_ready.append(
-                    Instance(id=inst.id, address=inst.address, ready=True)
+                    Instance(
+                        id=inst.id, address=inst.address, grpc_address=inst.grpc_address, ready=True
+                    )
                 )
             elif isinstance(verdict, Replace):
                 await self._replace(inst, verdict.reason)

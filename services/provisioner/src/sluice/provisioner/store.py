@@ -74,6 +74,7 @@ class ProcessRecord:
     workers: int
     memory_limit: int
     log_path: str
+    grpc_address: str = ""  # absent in records of servers started before gRPC existed
 
 
 @dataclass(frozen=True)

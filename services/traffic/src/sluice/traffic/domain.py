@@ -15,14 +15,19 @@ from dataclasses import dataclass, field
 DEPLOYMENT_HEADER = "azureml-model-deployment"
 # Where an endpoint answers besides its own host name.
 PATH_PREFIX = "/endpoints/"
+# The Open Inference Protocol's gRPC service: its methods' paths start with this.
+GRPC_SERVICE_PREFIX = "/inference.GRPCInferenceService/"
+GRPC_SUFFIX = "__grpc"  # of a deployment's gRPC cluster (names hold no double underscore)
 
 
 @dataclass(frozen=True)
 class Upstream:
-    """One ready instance of a deployment: an inference server at host:port (an IP literal)."""
+    """One ready instance of a deployment: an inference server at host:port (an IP literal),
+    with its Open Inference Protocol gRPC server at host:grpc_port (0 = none)."""
 
     host: str
     port: int
+    grpc_port: int = 0
 
     @classmethod
     def parse(cls, address: str) -> Upstream:
@@ -60,6 +65,11 @@ class Deployment:
     @property
     def cluster(self) -> str:
         return cluster_name(self.endpoint, self.name)
+
+    @property
+    def grpc_cluster(self) -> str:
+        """The twin cluster of the same instances at their gRPC ports (HTTP/2)."""
+        return f"{self.cluster}{GRPC_SUFFIX}"
 
     @property
     def max_in_flight(self) -> int:

@@ -30,8 +30,16 @@ class EndpointResources:
 
 def endpoint_resources(ep: Endpoint, domain: str) -> EndpointResources:
     return EndpointResources(
-        clusters=tuple((d.cluster, r.pack(r.deployment_cluster(d))) for d in ep.deployments),
-        assignments=tuple((d.cluster, r.pack(r.load_assignment(d))) for d in ep.deployments),
+        clusters=tuple(
+            (name, r.pack(r.deployment_cluster(d, grpc=grpc)))
+            for d in ep.deployments
+            for name, grpc in ((d.cluster, False), (d.grpc_cluster, True))
+        ),
+        assignments=tuple(
+            (name, r.pack(r.load_assignment(d, grpc=grpc)))
+            for d in ep.deployments
+            for name, grpc in ((d.cluster, False), (d.grpc_cluster, True))
+        ),
         vhost=r.virtual_host(ep, domain),
         path_routes=r.path_routes(ep),
     )

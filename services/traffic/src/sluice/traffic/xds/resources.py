@@ -8,6 +8,15 @@ one per deployment matching the `azureml-model-deployment` header (works at
 the weighted split (with the mirror policy) or a 404 when no deployment has
 traffic.
 
+The Open Inference Protocol over gRPC (`inference.GRPCInferenceService`) has
+the same routes, first in the endpoint's virtual host (gRPC clients cannot
+add a path prefix, so only host-based), matching gRPC requests to that
+service and leading to each deployment's twin cluster: the same EDS instances
+at their gRPC ports, over HTTP/2, health-checked with grpc.health.v1. Same
+auth, split, mirror, pin header and timeouts; Envoy's own replies (401, 404,
+429, 503) reach gRPC clients as their gRPC status (UNAUTHENTICATED,
+UNIMPLEMENTED, UNAVAILABLE).
+
 Auth runs in Envoy before any upstream is touched. Key endpoints: the RBAC
 filter, per route, allows `Authorization: Bearer <primary|secondary>`. We use
 RBAC rather than `api_key_auth` because Envoy 1.40 marks `api_key_auth`
@@ -70,6 +79,7 @@ from sluice.common.pki import ALS_SERVER
 from sluice.common.resources import TOKEN_ISSUER
 from sluice.traffic.domain import (
     DEPLOYMENT_HEADER,
+    GRPC_SERVICE_PREFIX,
     PATH_PREFIX,
     Deployment,
     Endpoint,
@@ -196,6 +206,18 @@ def _http1_options(filters: Iterable[hcm_pb2.HttpFilter] = ()) -> any_pb2.Any:
     )
 
 
+def _http2_options(filters: Iterable[hcm_pb2.HttpFilter] = ()) -> any_pb2.Any:
+    return pack(
+        http_protocol_options_pb2.HttpProtocolOptions(
+            explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
+                http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
+            ),
+            common_http_protocol_options=protocol_pb2.HttpProtocolOptions(idle_timeout=_s(60)),
+            http_filters=list(filters),
+        )
+    )
+
+
 def _upstream_filters(dep: Deployment) -> list[hcm_pb2.HttpFilter]:
     """What only the way to this deployment's instances adds (upstream filters of its cluster,
     so pinned, split and mirrored requests alike): the deployment's gateway secret, which its
@@ -218,13 +240,36 @@ def _upstream_filters(dep: Deployment) -> list[hcm_pb2.HttpFilter]:
     ]
 
 
-def deployment_cluster(dep: Deployment) -> cluster_pb2.Cluster:
+def deployment_cluster(dep: Deployment, *, grpc: bool = False) -> cluster_pb2.Cluster:
     """An EDS cluster: least-request balancing, Azure's in-flight limit as circuit breaker
     (overflow -> 429), active health checks on the inference server's /ready, and outlier
-    detection that ejects instances failing at the connection level (not on model 500s)."""
+    detection that ejects instances failing at the connection level (not on model 500s).
+
+    With `grpc`, the twin cluster of the instances' gRPC servers: HTTP/2, checked with
+    grpc.health.v1 (SERVING once init() returned). Its circuit breaker counts apart, so
+    REST and gRPC each may have Azure's in-flight limit pending."""
     limit = dep.max_in_flight
+    if grpc:
+        check = health_check_pb2.HealthCheck(
+            grpc_health_check=health_check_pb2.HealthCheck.GrpcHealthCheck()
+        )
+        options = _http2_options(_upstream_filters(dep))
+    else:
+        check = health_check_pb2.HealthCheck(
+            http_health_check=health_check_pb2.HealthCheck.HttpHealthCheck(path="/ready")
+        )
+        options = _http1_options(_upstream_filters(dep))
+    check.MergeFrom(
+        health_check_pb2.HealthCheck(
+            timeout=_s(1),
+            interval=_s(5),
+            no_traffic_interval=_s(30),
+            unhealthy_threshold=wrappers_pb2.UInt32Value(value=2),
+            healthy_threshold=wrappers_pb2.UInt32Value(value=1),
+        )
+    )
     return cluster_pb2.Cluster(
-        name=dep.cluster,
+        name=dep.grpc_cluster if grpc else dep.cluster,
         metadata=_metadata(endpoint=dep.endpoint, deployment=dep.name),
         type=cluster_pb2.Cluster.EDS,
         eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(eds_config=_ads()),
@@ -262,35 +307,28 @@ def deployment_cluster(dep: Deployment) -> cluster_pb2.Cluster:
             base_ejection_time=_s(10),
             max_ejection_percent=wrappers_pb2.UInt32Value(value=50),
         ),
-        health_checks=[
-            health_check_pb2.HealthCheck(
-                timeout=_s(1),
-                interval=_s(5),
-                no_traffic_interval=_s(30),
-                unhealthy_threshold=wrappers_pb2.UInt32Value(value=2),
-                healthy_threshold=wrappers_pb2.UInt32Value(value=1),
-                http_health_check=health_check_pb2.HealthCheck.HttpHealthCheck(path="/ready"),
-            )
-        ],
+        health_checks=[check],
         typed_extension_protocol_options={
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _http1_options(
-                _upstream_filters(dep)
-            )
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": options
         },
     )
 
 
-def load_assignment(dep: Deployment) -> endpoint_pb2.ClusterLoadAssignment:
+def load_assignment(dep: Deployment, *, grpc: bool = False) -> endpoint_pb2.ClusterLoadAssignment:
+    """The deployment's ready instances; with `grpc`, those with a gRPC server, at its port
+    (an instance without one, such as the scale-to-zero activator, is left out)."""
+    ports = [(u, u.grpc_port if grpc else u.port) for u in dep.instances]
     return endpoint_pb2.ClusterLoadAssignment(
-        cluster_name=dep.cluster,
+        cluster_name=dep.grpc_cluster if grpc else dep.cluster,
         endpoints=[
             endpoint_components_pb2.LocalityLbEndpoints(
                 lb_endpoints=[
                     endpoint_components_pb2.LbEndpoint(
-                        endpoint=endpoint_components_pb2.Endpoint(address=_socket(u.host, u.port)),
+                        endpoint=endpoint_components_pb2.Endpoint(address=_socket(u.host, port)),
                         metadata=_metadata(deployment=dep.name),
                     )
-                    for u in dep.instances
+                    for u, port in ports
+                    if port
                 ]
             )
         ],
@@ -455,6 +493,15 @@ def _match(prefix: str | None, *headers: route_components_pb2.HeaderMatcher) -> 
     return route_components_pb2.RouteMatch(prefix=prefix or "/", headers=list(headers))
 
 
+def _grpc_match(*headers: route_components_pb2.HeaderMatcher) -> object:
+    """gRPC requests (content-type application/grpc) to the inference service."""
+    return route_components_pb2.RouteMatch(
+        prefix=GRPC_SERVICE_PREFIX,
+        grpc=route_components_pb2.RouteMatch.GrpcRouteMatchOptions(),
+        headers=list(headers),
+    )
+
+
 def _not_found(name: str, match: object, message: str) -> route_components_pb2.Route:
     return route_components_pb2.Route(
         name=name,
@@ -466,11 +513,18 @@ def _not_found(name: str, match: object, message: str) -> route_components_pb2.R
     )
 
 
-def endpoint_routes(ep: Endpoint, prefix: str | None) -> list[route_components_pb2.Route]:
-    """The routes of one endpoint, under `prefix` (rewritten to `/`) or at its own host."""
+def endpoint_routes(
+    ep: Endpoint, prefix: str | None, *, grpc: bool = False
+) -> list[route_components_pb2.Route]:
+    """The routes of one endpoint, under `prefix` (rewritten to `/`) or at its own host;
+    with `grpc`, those of its gRPC inference service (at its own host)."""
     strip = ["authorization"] if isinstance(ep.auth, KeyAuth) else []
     filters = _filters(ep.auth)
-    tag = f"{ep.name}{'@path' if prefix else ''}"
+    tag = f"{ep.name}{'@path' if prefix else ''}{'@grpc' if grpc else ''}"
+
+    def match(*headers: route_components_pb2.HeaderMatcher) -> object:
+        return _grpc_match(*headers) if grpc else _match(prefix, *headers)
+
     routes = []
     for dep in ep.deployments:
         pin = route_components_pb2.HeaderMatcher(
@@ -479,10 +533,12 @@ def endpoint_routes(ep: Endpoint, prefix: str | None) -> list[route_components_p
         routes.append(
             route_components_pb2.Route(
                 name=f"{tag}/pin/{dep.name}",
-                match=_match(prefix, pin),
+                match=match(pin),
                 metadata=_metadata(endpoint=ep.name, deployment=dep.name),
                 route=_action(
-                    timeout_ms=dep.request_timeout_ms, prefix=prefix, cluster=dep.cluster
+                    timeout_ms=dep.request_timeout_ms,
+                    prefix=prefix,
+                    cluster=dep.grpc_cluster if grpc else dep.cluster,
                 ),
                 response_headers_to_add=[SERVED_BY],
                 request_headers_to_remove=strip,
@@ -494,13 +550,13 @@ def endpoint_routes(ep: Endpoint, prefix: str | None) -> list[route_components_p
         _protected_not_found(
             f"{tag}/pin/unknown",
             ep.name,
-            _match(prefix, any_pin),
+            match(any_pin),
             f"endpoint {ep.name!r} has no deployment of the name given in the "
             f"{DEPLOYMENT_HEADER} header",
             filters,
         )
     )
-    routes.append(_default_route(ep, prefix, tag, strip, filters))
+    routes.append(_default_route(ep, prefix, tag, strip, filters, match(), grpc))
     return routes
 
 
@@ -522,12 +578,14 @@ def _default_route(
     tag: str,
     strip: list[str],
     filters: dict[str, any_pb2.Any],
+    match: object,
+    grpc: bool,
 ) -> route_components_pb2.Route:
     if not ep.traffic:
         return _protected_not_found(
             f"{tag}/split",
             ep.name,
-            _match(prefix),
+            match,
             f"endpoint {ep.name!r} has no deployment with traffic above 0%: set traffic, or "
             f"name a deployment in the {DEPLOYMENT_HEADER} header",
             filters,
@@ -535,7 +593,7 @@ def _default_route(
     weighted = route_components_pb2.WeightedCluster(
         clusters=[
             route_components_pb2.WeightedCluster.ClusterWeight(
-                name=ep_cluster(ep, share.deployment),
+                name=ep_cluster(ep, share.deployment, grpc=grpc),
                 weight=wrappers_pb2.UInt32Value(value=share.percent),
                 response_headers_to_add=[SERVED_BY],
             )
@@ -546,7 +604,7 @@ def _default_route(
     if ep.mirror is not None:
         mirror.append(
             route_components_pb2.RouteAction.RequestMirrorPolicy(
-                cluster=ep_cluster(ep, ep.mirror.deployment),
+                cluster=ep_cluster(ep, ep.mirror.deployment, grpc=grpc),
                 # Without a fraction a mirror policy copies every request.
                 runtime_fraction=base_pb2.RuntimeFractionalPercent(
                     default_value=percent_pb2.FractionalPercent(
@@ -564,7 +622,7 @@ def _default_route(
         )
     return route_components_pb2.Route(
         name=f"{tag}/split",
-        match=_match(prefix),
+        match=match,
         metadata=_metadata(endpoint=ep.name),
         route=_action(
             timeout_ms=ep.split_timeout_ms(), prefix=prefix, weighted=weighted, mirror=mirror
@@ -574,11 +632,11 @@ def _default_route(
     )
 
 
-def ep_cluster(ep: Endpoint, deployment: str) -> str:
+def ep_cluster(ep: Endpoint, deployment: str, *, grpc: bool = False) -> str:
     dep = ep.deployment(deployment)
     if dep is None:
         raise ValueError(f"endpoint {ep.name!r} routes to unknown deployment {deployment!r}")
-    return dep.cluster
+    return dep.grpc_cluster if grpc else dep.cluster
 
 
 def virtual_host(ep: Endpoint, domain: str) -> route_components_pb2.VirtualHost:
@@ -586,7 +644,7 @@ def virtual_host(ep: Endpoint, domain: str) -> route_components_pb2.VirtualHost:
     return route_components_pb2.VirtualHost(
         name=f"endpoint:{ep.name}",
         domains=[host, f"{host}:*"],
-        routes=endpoint_routes(ep, None),
+        routes=[*endpoint_routes(ep, None, grpc=True), *endpoint_routes(ep, None)],
     )
 
 

@@ -1,0 +1,133 @@
+"""The Open Inference Protocol over gRPC, straight to one inference server: the same run(),
+model-name check, gateway secret and errors as REST /v2 (the gateway's routes: tests/
+test_oip_grpc_gateway.py)."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from sluice.common import gateway_auth
+from sluice.common.supervisor import Supervisor, free_port
+from sluice.testing.inference import start_server, write_script
+from sluice.v1 import grpc_predict_v2_pb2 as pb
+from sluice.v1 import grpc_predict_v2_pb2_grpc as pb_grpc
+
+pytestmark = pytest.mark.integration  # starts an inference server process
+
+SCRIPT = """
+import json
+
+def init():
+    pass
+
+def run(raw):
+    body = json.loads(raw)
+    if "data" in body:
+        return [sum(row) for row in body["data"]]
+    return {"total": [sum(row) for row in body["a"]], "label": ["x" * len(body["b"][0])]}
+"""
+
+
+def fp64(*values: float) -> bytes:
+    return struct.pack(f"<{len(values)}d", *values)
+
+
+def test_grpc_infer_metadata_health_and_errors(supervisor: Supervisor, tmp_path: Path) -> None:
+    write_script(tmp_path, SCRIPT)
+    (tmp_path / "summer.pkl").write_bytes(b"unused")
+    grpc_port = free_port()
+    start_server(
+        supervisor,
+        "oip-grpc",
+        code=tmp_path,
+        model=tmp_path / "summer.pkl",
+        extra=["--grpc-port", str(grpc_port)],
+    )
+    with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        assert stub.ServerLive(pb.ServerLiveRequest()).live
+        assert stub.ServerReady(pb.ServerReadyRequest()).ready
+        assert stub.ModelReady(pb.ModelReadyRequest(name="summer")).ready
+        assert "binary_tensor_data" in stub.ServerMetadata(pb.ServerMetadataRequest()).extensions
+        meta = stub.ModelMetadata(pb.ModelMetadataRequest(name="summer"))
+        assert meta.name == "summer" and meta.outputs[0].name == "predict"
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+        # Raw contents, as tritonclient sends them; the answer comes back raw.
+        raw = pb.ModelInferRequest(model_name="summer", id="r1")
+        raw.inputs.add(name="x", datatype="FP64", shape=[2, 2])
+        raw.raw_input_contents.append(fp64(1, 2, 3, 4.5))
+        reply, call = stub.ModelInfer.with_call(raw)
+        assert (reply.model_name, reply.id) == ("summer", "r1")
+        assert [(o.name, o.datatype, list(o.shape)) for o in reply.outputs] == [
+            ("predict", "FP64", [2])
+        ]
+        assert reply.raw_output_contents[0] == fp64(3, 7.5)
+        assert dict(call.trailing_metadata())["x-request-id"]
+
+        # Typed contents, several inputs and outputs, BYTES out; `outputs` filters.
+        typed = pb.ModelInferRequest(model_name="summer")
+        a = typed.inputs.add(name="a", datatype="INT64", shape=[1, 2])
+        a.contents.int64_contents.extend([2, 5])
+        b = typed.inputs.add(name="b", datatype="BYTES", shape=[1])
+        b.contents.bytes_contents.append(b"hey")
+        typed.outputs.add(name="label")
+        reply = stub.ModelInfer(typed)
+        assert [o.name for o in reply.outputs] == ["label"]
+        assert reply.outputs[0].datatype == "BYTES"
+        assert reply.raw_output_contents[0] == struct.pack("<I", 3) + b"xxx"
+
+        def refused(request: pb.ModelInferRequest) -> grpc.RpcError:
+            with pytest.raises(grpc.RpcError) as failed:
+                stub.ModelInfer(request)
+            return failed.value
+
+        other = pb.ModelInferRequest(model_name="other")
+        other.CopyFrom(raw)
+        other.model_name = "other"
+        error = refused(other)
+        assert error.code() == grpc.StatusCode.NOT_FOUND and "no model 'other'" in error.details()
+
+        short = pb.ModelInferRequest()
+        short.CopyFrom(raw)
+        short.raw_input_contents[0] = fp64(1, 2, 3)
+        error = refused(short)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "needs 4 values" in error.details()
+
+        half = pb.ModelInferRequest(model_name="summer")
+        half.inputs.add(name="h", datatype="FP16", shape=[1])
+        error = refused(half)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "raw_input_contents" in error.details()
+
+
+def test_grpc_requires_the_gateway_secret(supervisor: Supervisor, tmp_path: Path) -> None:
+    """An instance started with a gateway secret refuses gRPC calls without it, as REST."""
+    write_script(tmp_path, SCRIPT)
+    grpc_port = free_port()
+    supervisor_env = {gateway_auth.ENV: "s3cret"}
+    server = start_server(
+        supervisor,
+        "oip-grpc-secret",
+        code=tmp_path,
+        extra=["--grpc-port", str(grpc_port)],
+        env=supervisor_env,
+    )
+    request = pb.ModelInferRequest(model_name="model")
+    request.inputs.add(name="x", datatype="FP64", shape=[1, 1]).contents.fp64_contents.append(1)
+    with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        assert stub.ServerReady(pb.ServerReadyRequest()).ready  # health stays open
+        with pytest.raises(grpc.RpcError) as failed:
+            stub.ModelInfer(request)
+        assert failed.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        reply = stub.ModelInfer(request, metadata=[(gateway_auth.HEADER, "s3cret")])
+        assert reply.raw_output_contents[0] == fp64(1)
+    assert server.post({"data": [[1]]}).status == 403  # REST refuses alike
