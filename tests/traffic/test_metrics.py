@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +21,7 @@ import httpx
 import pytest
 
 from sluice.common.supervisor import Supervisor, free_port
+from sluice.metrics.envoy_stats import DROPPED, WRITTEN
 from sluice.testing.plugin import EnvoyGateway, ServiceStarter
 from sluice.testing.traffic import (
     GatewayPorts,
@@ -39,6 +42,8 @@ N = 120
 # quarter of the client's figure is allowed on top.
 LOOPBACK_MS = 10.0
 LOOPBACK_SHARE = 0.25
+# Requests of the drop test: 56 KB entries, twice what the stream to the metrics service took.
+BURST = 800
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -244,3 +249,149 @@ async def test_connections_and_envoys_access_log_counters_from_its_stats(
     assert written and written[0] > 0
     assert f"sluice_envoy_access_log_entries_dropped_total{label}" in text
     assert f"sluice_gateway_client_connections{label}" in text
+
+
+def _admin_counters(admin_url: str) -> tuple[int, int]:
+    """Envoy's own (logs_written, logs_dropped) of its gRPC access log, read directly."""
+    reply = httpx.get(
+        f"{admin_url}/stats",
+        params={"format": "json", "filter": r"^access_logs\.grpc_access_log\.logs_"},
+        timeout=10,
+    )
+    stats = {s["name"]: int(s["value"]) for s in reply.json()["stats"] if "value" in s}
+    return stats.get(WRITTEN, 0), stats.get(DROPPED, 0)
+
+
+def _exported(text: str, family: str, label: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith(f"{family}{label} "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+async def _burst(port: int, request: bytes, count: int) -> set[int]:
+    """`count` copies of a raw HTTP/1.1 request over one keep-alive connection: the statuses.
+    (Raw bytes: an HTTP client parsing a 56 KB URL per request takes 20 times longer.)"""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    statuses = set()
+    try:
+        for _ in range(count):
+            writer.write(request)
+            await writer.drain()
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.decode().split("\r\n")
+            statuses.add(int(lines[0].split(" ")[1]))
+            length = next(
+                (
+                    int(v)
+                    for k, _, v in (h.partition(":") for h in lines[1:])
+                    if k.lower() == "content-length"
+                ),
+                0,
+            )
+            await reader.readexactly(length)
+    finally:
+        writer.close()
+    return statuses
+
+
+async def test_access_log_entries_envoy_drops_are_counted_and_exported(
+    start_service: ServiceStarter,
+    supervisor: Supervisor,
+    envoy_gateway: EnvoyGateway,
+    gateway_ports: GatewayPorts,
+    world: World,
+    upstreams: Callable[[str], Upstream],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The metrics service stops reading (SIGSTOP) while a burst of large entries goes
+    through Envoy: the stream to it (the kernel's buffers, HTTP/2 windows, Envoy's 1 MB) fills
+    and Envoy drops entries. Every request is accounted for: what Envoy wrote arrives and is
+    counted once the service reads again, what it dropped is on Prometheus
+    (`sluice_envoy_access_log_entries_dropped_total`) and in the service's log."""
+    prometheus = free_port()
+    monkeypatch.setenv("SLUICE_METRICS_ENVOY_STATS_INTERVAL_S", "0.5")
+    monkeypatch.setenv("SLUICE_PROMETHEUS_PORT", str(prometheus))
+    metrics = start_service("metrics", als_port=envoy_gateway.stats_port)
+    monkeypatch.delenv("SLUICE_PROMETHEUS_PORT")
+    traffic = start_controller(
+        metrics.settings,
+        supervisor,
+        envoy_gateway,
+        gateway_ports,
+        {"SLUICE_TRAFFIC_ALS_ADDRESS": f"127.0.0.1:{metrics.settings.ports.als}"},
+    )
+    blue = upstreams("blue")
+    await world.deployment("lossy", "blue", [blue.address])
+    await world.endpoint("lossy", traffic={"blue": 100})
+    await asyncio.to_thread(
+        eventually,
+        lambda: traffic.score("lossy", KEY)[1].get("azureml-model-deployment"),
+        lambda d: d == "blue",
+    )
+    channel = grpc.aio.insecure_channel(metrics.address)
+    stub = metrics_pb2_grpc.MetricsStub(channel)
+    auth = (("authorization", f"Bearer {metrics.settings.admin_token}"),)
+    request = metrics_pb2.GetEndpointMetricsRequest(endpoint_name="lossy")
+
+    async def points() -> Any:
+        return (await stub.GetEndpointMetrics(request, metadata=auth)).points
+
+    try:
+        # The access-log stream is open (a served request arrived) before the service stops.
+        async def served() -> bool:
+            return any(p.requests for p in await points())
+
+        await wait_for_async(served, "the warm-up request counted", deadline=15)
+        written_before, dropped_before = await asyncio.to_thread(
+            _admin_counters, envoy_gateway.admin_url
+        )
+        # Each entry carries its path: 56 KB (Envoy takes 60 KB of headers), 45 MB in all;
+        # Envoy started dropping after about 21 MB here (loopback buffers grow to 32 MB).
+        burst = (
+            f"POST /score?pad={'x' * 56_000} HTTP/1.1\r\nhost: {traffic.host('lossy')}\r\n"
+            "authorization: Bearer wrong-key\r\ncontent-length: 2\r\n\r\n{}"
+        ).encode()
+        os.kill(metrics.process.pid, signal.SIGSTOP)
+        try:
+            statuses = await asyncio.gather(
+                *(_burst(gateway_ports.http, burst, BURST // 8) for _ in range(8))
+            )
+            written, dropped = await asyncio.to_thread(_admin_counters, envoy_gateway.admin_url)
+        finally:
+            os.kill(metrics.process.pid, signal.SIGCONT)
+        assert set().union(*statuses) == {401}
+        written -= written_before
+        dropped -= dropped_before
+        assert dropped > 0, "the burst did not fill the stream to the metrics service"
+        assert written + dropped == BURST  # Envoy accounts for every request
+
+        # What Envoy wrote arrives, once, after the stop (the burst's 401s, for the endpoint).
+        counted = 0
+
+        async def all_written_counted() -> bool:
+            nonlocal counted
+            counted = sum(
+                p.responses_by_status_code["401"] for p in await points() if not p.deployment_name
+            )
+            return counted >= written
+
+        with contextlib.suppress(AssertionError):
+            await wait_for_async(all_written_counted, "the written entries counted", deadline=20)
+        assert counted == written
+
+        # What it dropped is exported (Envoy's cumulative count) and logged.
+        label = f'{{envoy="{envoy_gateway.node_id}@127.0.0.1"}}'
+        family = "sluice_envoy_access_log_entries_dropped_total"
+
+        async def drops_exported() -> float | None:
+            async with httpx.AsyncClient() as client:
+                text = (await client.get(f"http://127.0.0.1:{prometheus}/metrics")).text
+            value = _exported(text, family, label)
+            return value if value is not None and value >= dropped_before + dropped else None
+
+        exported = await wait_for_async(drops_exported, "the drops on Prometheus", deadline=20)
+        assert exported == dropped_before + dropped
+        assert "envoy_dropped_access_log_entries" in metrics.process.log_path.read_text()
+    finally:
+        await channel.close()
