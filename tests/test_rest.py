@@ -1,5 +1,6 @@
 """The management REST API (Envoy's gRPC-JSON transcoder in front of our services) on the
-local platform: CRUD as curl would do it, auth, errors as JSON, and the OpenAPI document."""
+local platform: Azure's resource shape, PUT as create-or-replace with If-Match, auth,
+errors as JSON, and the OpenAPI document - called as curl would call it."""
 
 from __future__ import annotations
 
@@ -11,15 +12,19 @@ from google.protobuf import json_format
 from openapi_spec_validator import validate
 
 from sluice.common.platform import PlatformState
-from sluice.common.protoconv import to_proto
+from sluice.common.resources import Meta, OnlineDeployment
+from sluice.registry import arm
 from sluice.sdk.client import RegistryClient
 from sluice.sdk.specs import load_online_deployment
 from sluice.testing.rest import Rest, rest_of
 from sluice.testing.wait import wait_for
 from sluice.traffic.openapi import document
-from sluice.v1 import registry_pb2
 
 pytestmark = pytest.mark.integration
+WORKSPACE = (
+    "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/sluice/"
+    "providers/Microsoft.MachineLearningServices/workspaces/sluice"
+)
 
 
 @pytest.fixture
@@ -28,8 +33,9 @@ def rest(local_platform: PlatformState) -> Rest:
 
 
 def deployment_body(platform: PlatformState, examples: Path, endpoint: str) -> dict[str, Any]:
-    """The blue example's spec as REST JSON; its folders uploaded first, as `az` uploads to
-    blob storage before it PUTs a deployment (UploadArtifact is a client stream: gRPC only)."""
+    """The blue example as the JSON body of a PUT, in Azure's shape; its folders uploaded
+    first, as `az` uploads to blob storage before it PUTs a deployment (UploadArtifact is a
+    client stream: gRPC only)."""
     assert platform.registry_address
     client = RegistryClient(
         platform.registry_address, (platform.state_dir / "admin-token").read_text().strip()
@@ -40,58 +46,71 @@ def deployment_body(platform: PlatformState, examples: Path, endpoint: str) -> d
         )
     finally:
         client.close()
-    return json_format.MessageToDict(to_proto(loaded.spec, registry_pb2.OnlineDeploymentSpec()))
+    resource = arm.online_deployment(OnlineDeployment(spec=loaded.spec, meta=Meta()))
+    body = json_format.MessageToDict(resource)
+    return {"sku": body["sku"], "properties": body["properties"]}
 
 
 def test_endpoint_and_deployment_crud(
     rest: Rest, local_platform: PlatformState, trained_examples: Path, test_id: str
 ) -> None:
     name = f"rest-{test_id}"
-    status, created = rest.call("PUT", f"/onlineEndpoints/{name}", {"name": name})
-    assert status == 200, created
-    assert created["spec"]["authMode"] == "AUTH_MODE_KEY"
-    assert created["scoringUri"].endswith(f"/endpoints/{name}/score")
+    created = rest.send("PUT", f"/onlineEndpoints/{name}", {"tags": {"team": "a"}})
+    assert created.status_code == 201, created.text
+    body = created.json()
+    assert body["id"] == f"{WORKSPACE}/onlineEndpoints/{name}"
+    assert body["type"] == "Microsoft.MachineLearningServices/workspaces/onlineEndpoints"
+    assert body["name"] == name and body["tags"] == {"team": "a"}
+    props = body["properties"]
+    assert props["authMode"] == "Key" and props["provisioningState"] == "Succeeded"
+    assert props["scoringUri"].endswith(f"/endpoints/{name}/score")
+    assert body["systemData"]["createdAt"] and created.headers["etag"] == '"1"'
 
-    status, listed = rest.call("GET", "/onlineEndpoints?page.pageSize=1000")
-    assert status == 200 and name in [e["spec"]["name"] for e in listed["endpoints"]]
+    status, listed = rest.call("GET", "/onlineEndpoints?count=1000")
+    assert status == 200 and name in [e["name"] for e in listed["value"]]
 
-    status, patched = rest.call(
-        "PATCH",
+    # PUT on an existing resource replaces it: 200, the next ETag, tags gone.
+    replaced = rest.send(
+        "PUT",
         f"/onlineEndpoints/{name}",
-        {"spec": {"name": name, "description": "from REST"}, "expectedVersion": "1"},
+        {"properties": {"description": "from REST", "authMode": "Key"}},
+        headers={"If-Match": '"1"'},
     )
-    assert status == 200, patched
-    assert patched["spec"]["description"] == "from REST" and patched["meta"]["version"] == "2"
+    assert replaced.status_code == 200, replaced.text
+    assert replaced.headers["etag"] == '"2"' and replaced.json()["etag"] == "2"
+    assert replaced.json()["properties"]["description"] == "from REST"
+    assert replaced.json()["tags"] == {}
 
     status, keys = rest.call("POST", f"/onlineEndpoints/{name}/listKeys")
     assert status == 200 and keys["primaryKey"] and keys["secondaryKey"]
-    status, _ = rest.call(
-        "POST", f"/onlineEndpoints/{name}/regenerateKeys", {"keyType": "KEY_TYPE_PRIMARY"}
-    )
+    status, _ = rest.call("POST", f"/onlineEndpoints/{name}/regenerateKeys", {"keyType": "Primary"})
     assert status == 200
-    assert (
-        rest.call("POST", f"/onlineEndpoints/{name}/listKeys")[1]["primaryKey"]
-        != keys["primaryKey"]
-    )
+    again = rest.call("POST", f"/onlineEndpoints/{name}/listKeys")[1]
+    assert again["primaryKey"] != keys["primaryKey"]
+    assert again["secondaryKey"] == keys["secondaryKey"]
 
     body = deployment_body(local_platform, trained_examples, name)
-    status, dep = rest.call("PUT", f"/onlineEndpoints/{name}/deployments/blue", body)
-    assert status == 200, dep
-    assert dep["spec"]["instanceCount"] == 1
+    made = rest.send("PUT", f"/onlineEndpoints/{name}/deployments/blue", body)
+    assert made.status_code == 201, made.text
+    dep = made.json()
+    assert dep["sku"] == {"name": "Default", "capacity": 1}
+    assert dep["properties"]["model"].startswith("azureml://artifacts/sha256:")
+    assert dep["properties"]["livenessProbe"]["initialDelay"] == "PT10S"
 
     def succeeded() -> dict[str, Any] | None:
         got = rest.call("GET", f"/onlineEndpoints/{name}/deployments/blue")[1]
-        state = got["meta"]["provisioningState"]
-        assert state != "PROVISIONING_STATE_FAILED", got["meta"]["statusMessage"]
-        return got if state == "PROVISIONING_STATE_SUCCEEDED" else None
+        state = got["properties"]["provisioningState"]
+        assert state != "Failed", got["properties"]["statusMessage"]
+        return got if state == "Succeeded" else None
 
     ready = wait_for(succeeded, "the deployment created over REST succeeds", deadline=240)
-    assert ready["instances"] and ready["instances"][0]["ready"]
+    assert ready["properties"]["instances"][0]["ready"]
+    assert ready["properties"]["endpointComputeType"] == "Managed"
 
     status, ep = rest.call(
         "POST", f"/onlineEndpoints/{name}/setTraffic", {"traffic": {"blue": 100}}
     )
-    assert status == 200 and ep["spec"]["traffic"] == {"blue": 100}
+    assert status == 200 and ep["properties"]["traffic"] == {"blue": 100}
 
     status, logs = rest.call(
         "POST", f"/onlineEndpoints/{name}/deployments/blue/getLogs", {"lines": 20}
@@ -99,7 +118,17 @@ def test_endpoint_and_deployment_crud(
     assert status == 200 and logs["text"], logs
 
     status, listed = rest.call("GET", f"/onlineEndpoints/{name}/deployments")
-    assert status == 200 and [d["spec"]["name"] for d in listed["deployments"]] == ["blue"]
+    assert status == 200 and [d["name"] for d in listed["value"]] == ["blue"]
+
+    # Bad input to an existing deployment: 400 saying what is wrong, nothing changed.
+    bad = {
+        **body,
+        "properties": {**body["properties"], "requestSettings": {"requestTimeout": "5s"}},
+    }
+    status, error = rest.call("PUT", f"/onlineEndpoints/{name}/deployments/blue", bad)
+    assert status == 400 and "ISO 8601" in error["message"] and "requestTimeout" in error["message"]
+    after = rest.call("GET", f"/onlineEndpoints/{name}/deployments/blue")[1]
+    assert after["etag"] == ready["etag"]
 
     status, _ = rest.call("POST", f"/onlineEndpoints/{name}/setTraffic", {"traffic": {"blue": 0}})
     assert status == 200
@@ -111,7 +140,7 @@ def test_endpoint_and_deployment_crud(
     assert status == 404 and gone["code"] == 5
 
 
-def test_errors_are_json_with_http_statuses(rest: Rest, test_id: str) -> None:
+def test_errors_are_json_and_leave_state_unchanged(rest: Rest, test_id: str) -> None:
     name = f"rest-err-{test_id}"
     status, body = rest.call("GET", "/onlineEndpoints", auth=False)
     assert status == 401 and body["code"] == 16 and "admin token" in body["message"]
@@ -121,25 +150,57 @@ def test_errors_are_json_with_http_statuses(rest: Rest, test_id: str) -> None:
     status, body = rest.call("GET", f"/onlineEndpoints/{name}")
     assert status == 404 and body["code"] == 5 and name in body["message"]
 
-    assert rest.call("PUT", f"/onlineEndpoints/{name}", {"name": name})[0] == 200
-    status, body = rest.call("PUT", f"/onlineEndpoints/{name}", {"name": name})
-    assert status == 409 and body["code"] == 6
+    # If-Match on a resource that does not exist: 412, nothing created.
+    status, body = rest.call("PUT", f"/onlineEndpoints/{name}", {}, headers={"If-Match": '"1"'})
+    assert status == 412 and "does not exist" in body["message"]
+    assert rest.call("GET", f"/onlineEndpoints/{name}")[0] == 404
 
-    stale = {"spec": {"name": name, "description": "late"}, "expectedVersion": "7"}
-    status, body = rest.call("PATCH", f"/onlineEndpoints/{name}", stale)
+    assert rest.call("PUT", f"/onlineEndpoints/{name}", {"tags": {"v": "1"}})[0] == 201
+    original = rest.call("GET", f"/onlineEndpoints/{name}")[1]
+
+    stale = {"properties": {"description": "late"}}
+    status, body = rest.call("PUT", f"/onlineEndpoints/{name}", stale, headers={"If-Match": '"7"'})
     assert status == 412 and body["code"] == 10
-    assert rest.call("GET", f"/onlineEndpoints/{name}")[1]["spec"]["description"] == ""
 
+    # Each bad body: 400 with a message that names the problem.
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"properties": {"authMode": "NOT_A_MODE"}}, "NOT_A_MODE"),  # the transcoder's own
+        ({"name": "other"}, "must match"),
+        ({"kind": "Kubernetes", "properties": {"compute": "k8s"}}, "kind cannot change"),
+        ({"kind": "Serverless"}, "Managed or Kubernetes"),
+        ({"properties": {"traffic": {"ghost": 100}}}, "ghost"),
+    ]
+    for bad, says in cases:
+        status, body = rest.call("PUT", f"/onlineEndpoints/{name}", bad)
+        assert status == 400 and body["code"] == 3, (bad, body)
+        assert says in body["message"], (bad, body)
+    status, body = rest.call("PUT", f"/onlineEndpoints/{name}", {}, headers={"If-Match": "x"})
+    assert status == 400 and "If-Match" in body["message"]
     status, body = rest.call("POST", f"/onlineEndpoints/{name}/setTraffic", {"traffic": {"x": 5}})
     assert status == 400 and body["code"] == 3
-
-    # A body the transcoder cannot read: Envoy's own 400, as the same JSON shape.
-    status, body = rest.call("PUT", f"/onlineEndpoints/{name}", {"authMode": "NOT_A_MODE"})
-    assert status == 400 and body["code"] == 3 and "NOT_A_MODE" in body["message"]
+    status, body = rest.call("POST", f"/onlineEndpoints/{name}/regenerateKeys", {"keyType": "x"})
+    assert status == 400 and "Primary or Secondary" in body["message"]
+    after = rest.call("GET", f"/onlineEndpoints/{name}")[1]
+    assert after["etag"] == original["etag"] and after["tags"] == {"v": "1"}
 
     status, body = rest.call("GET", "/noSuchThing")
     assert status == 404 and body["code"] == 5
     assert rest.call("DELETE", f"/onlineEndpoints/{name}")[0] == 200
+
+
+def test_batch_endpoint_put_get_list_delete(rest: Rest, test_id: str) -> None:
+    name = f"rest-batch-{test_id}"
+    made = rest.send("PUT", f"/batchEndpoints/{name}", {"properties": {"description": "b"}})
+    assert made.status_code == 201, made.text
+    props = made.json()["properties"]
+    assert props["authMode"] == "AMLToken" and props["scoringUri"].endswith("/jobs")
+    status, listed = rest.call("GET", "/batchEndpoints")
+    assert status == 200 and name in [e["name"] for e in listed["value"]]
+    status, body = rest.call("PUT", f"/batchEndpoints/{name}", {"properties": {"description": "c"}})
+    assert status == 200 and body["properties"]["description"] == "c" and body["etag"] == "2"
+    status, body = rest.call("GET", f"/batchEndpoints/{name}/deployments")
+    assert status == 200 and body["value"] == []
+    assert rest.call("DELETE", f"/batchEndpoints/{name}")[0] == 200
 
 
 def test_openapi_document_is_served_and_valid(rest: Rest) -> None:
@@ -148,11 +209,14 @@ def test_openapi_document_is_served_and_valid(rest: Rest) -> None:
     validate(served)
     assert served == document()
     ops = served["paths"]["/onlineEndpoints/{name}"]
-    assert set(ops) == {"get", "put", "patch", "delete"}
+    assert set(ops) == {"get", "put", "delete"}
     assert "/onlineEndpoints/{endpointName}/deployments/{deploymentName}/getLogs" in served["paths"]
     assert "/jobs/{name}" in served["paths"] and "/batchEndpoints/{name}" in served["paths"]
-    endpoint = served["components"]["schemas"]["OnlineEndpointSpec"]["properties"]
-    assert endpoint["authMode"]["enum"][1] == "AUTH_MODE_KEY"
+    schemas = served["components"]["schemas"]
+    props = schemas["OnlineEndpointProperties"]["properties"]
+    assert {"Key", "AMLToken"} <= set(props["authMode"]["enum"])
+    assert "Succeeded" in props["provisioningState"]["enum"]
+    assert "properties" in schemas["OnlineDeploymentTrackedResource"]["properties"]
 
 
 def test_every_service_answers_over_rest(rest: Rest, test_id: str) -> None:

@@ -27,7 +27,7 @@ from sluice.common.platform import LocalPlatform
 from sluice.common.settings import EnvoySettings, ServicePorts, Settings
 from sluice.common.supervisor import free_port
 from sluice.testing.rest import rest_of
-from sluice.v1 import registry_pb2, registry_pb2_grpc
+from sluice.v1 import workspace_pb2, workspace_pb2_grpc
 
 ROUNDS = 10
 ROUND = 200
@@ -40,9 +40,11 @@ def p(values: list[float], q: float) -> float:
 
 def transcoder(registry: str, management: str, token: str, name: str) -> None:
     metadata = (("authorization", f"Bearer {token}"),)
-    request = registry_pb2.GetOnlineEndpointRequest(name=name)
-    direct = registry_pb2_grpc.RegistryStub(grpc.insecure_channel(registry))
-    proxied = registry_pb2_grpc.RegistryStub(grpc.insecure_channel(management))
+    # The same call each way: Workspace.GetOnlineEndpoint is what GET /onlineEndpoints/{name}
+    # transcodes to.
+    request = workspace_pb2.GetResourceRequest(name=name)
+    direct = workspace_pb2_grpc.WorkspaceStub(grpc.insecure_channel(registry))
+    proxied = workspace_pb2_grpc.WorkspaceStub(grpc.insecure_channel(management))
     # The stdlib's client: little Python per call, as grpc's C core has little.
     host, _, port = management.partition(":")
     conn = http.client.HTTPConnection(host, int(port))
@@ -135,7 +137,7 @@ def main() -> None:
                     status, body = rest.call(
                         "PUT", f"/onlineEndpoints/b{i:04d}", {"name": f"b{i:04d}"}
                     )
-                    assert status == 200, body
+                    assert status == 201, body
                 made = max(made, count)
 
             create(1)

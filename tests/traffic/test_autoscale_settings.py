@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sluice.sdk.azure_ids import resource_id
+from sluice.common.azure_ids import resource_id
 from sluice.testing.cli import Cli
 from sluice.testing.plugin import ServiceStarter
 from sluice.testing.traffic import World

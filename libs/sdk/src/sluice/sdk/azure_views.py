@@ -14,6 +14,7 @@ import hashlib
 from typing import Any
 
 from sluice.common.assets import AssetKind, AssetRef, ReferenceError_, parse_reference
+from sluice.common.azure_ids import RESOURCE_GROUP, asset_id, resource_id
 from sluice.common.resources import (
     AuthMode,
     BatchDeploymentDoc,
@@ -24,7 +25,6 @@ from sluice.common.resources import (
     OnlineDeployment,
     Probe,
 )
-from sluice.sdk.azure_ids import RESOURCE_GROUP, asset_id, resource_id
 from sluice.sdk.client import BatchEndpoint, Credentials, OnlineEndpoint
 
 LOCATION = "local"

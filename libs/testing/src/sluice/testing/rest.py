@@ -16,15 +16,33 @@ class Rest:
     base: str
     admin_token: str
 
-    def call(
-        self, method: str, path: str, body: Any = None, *, auth: bool | str = True
-    ) -> tuple[int, Any]:
-        """(status, the JSON body, or its text when it is not JSON). `auth`: True sends the
-        admin token, False none, a string that token."""
-        headers = {}
+    def send(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        auth: bool | str = True,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        """The whole answer. `auth`: True sends the admin token, False none, a string that
+        token; `headers` are sent as well (If-Match)."""
+        sent = dict(headers or {})
         if auth:
-            headers["authorization"] = f"Bearer {self.admin_token if auth is True else auth}"
-        answer = httpx.request(method, self.base + path, json=body, headers=headers, timeout=30)
+            sent["authorization"] = f"Bearer {self.admin_token if auth is True else auth}"
+        return httpx.request(method, self.base + path, json=body, headers=sent, timeout=30)
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        auth: bool | str = True,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, Any]:
+        """(status, the JSON body, or its text when it is not JSON)."""
+        answer = self.send(method, path, body, auth=auth, headers=headers)
         try:
             return answer.status_code, answer.json()
         except ValueError:

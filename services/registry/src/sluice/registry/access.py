@@ -5,10 +5,10 @@ Besides the platform's admin token, the registry accepts tokens it issued:
 stolen database copy gives no usable token; the secret is shown once, at create).
 Each has a user and a role, checked on every call of the registry's services:
 
-- reader: Get*/List* of Registry and Assets, except GetCredentials and GetToken
-  (endpoint keys and scoring tokens are secrets, as Azure's Reader role cannot list
-  keys);
-- deployer: every Registry and Assets call;
+- reader: Get*/List* of Registry, Workspace (REST) and Assets, except GetCredentials,
+  ListKeys and GetToken (endpoint keys and scoring tokens are secrets, as Azure's
+  Reader role cannot list keys);
+- deployer: every Registry, Workspace and Assets call;
 - admin: also the Access service (creating, listing and revoking tokens).
 
 The token's user is the `actor` of everything the call changes (events, audit),
@@ -36,8 +36,9 @@ from sluice.v1 import access_pb2
 TOKENS = "user_tokens"
 PREFIX = "sluice_"
 ACCESS_SERVICE = "sluice.v1.Access"
-READER_SERVICES = ("sluice.v1.Registry", "sluice.v1.Assets")
-SECRET_READS = frozenset({"GetCredentials", "GetToken"})
+READER_SERVICES = ("sluice.v1.Registry", "sluice.v1.Workspace", "sluice.v1.Assets")
+# Workspace.ListKeys is the REST API's GetCredentials.
+SECRET_READS = frozenset({"GetCredentials", "GetToken", "ListKeys"})
 
 
 class Role(IntEnum):

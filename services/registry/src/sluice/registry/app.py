@@ -33,11 +33,21 @@ from sluice.registry.assets_api import AssetsApi
 from sluice.registry.credentials import TokenIssuer
 from sluice.registry.service import RegistryService
 from sluice.registry.store import RegistryStore
-from sluice.v1 import access_pb2_grpc, assets_pb2, assets_pb2_grpc, registry_pb2, registry_pb2_grpc
+from sluice.registry.workspace_api import WorkspaceApi
+from sluice.v1 import (
+    access_pb2_grpc,
+    assets_pb2,
+    assets_pb2_grpc,
+    registry_pb2,
+    registry_pb2_grpc,
+    workspace_pb2,
+    workspace_pb2_grpc,
+)
 
 log = get_logger(__name__)
 SERVICE_NAME = registry_pb2.DESCRIPTOR.services_by_name["Registry"].full_name
 ASSETS_SERVICE_NAME = assets_pb2.DESCRIPTOR.services_by_name["Assets"].full_name
+WORKSPACE_SERVICE_NAME = workspace_pb2.DESCRIPTOR.services_by_name["Workspace"].full_name
 
 
 def scoring_base(settings: Settings) -> str:
@@ -70,9 +80,14 @@ async def load_token_issuer(store: RegistryStore, secrets: SecretBox) -> TokenIs
 
 
 def register(
-    server: grpc.aio.Server, api: RegistryApi, assets: AssetsApi, access: AccessApi
+    server: grpc.aio.Server,
+    api: RegistryApi,
+    workspace: WorkspaceApi,
+    assets: AssetsApi,
+    access: AccessApi,
 ) -> None:
     registry_pb2_grpc.add_RegistryServicer_to_server(api, server)
+    workspace_pb2_grpc.add_WorkspaceServicer_to_server(workspace, server)
     assets_pb2_grpc.add_AssetsServicer_to_server(assets, server)
     access_pb2_grpc.add_AccessServicer_to_server(access, server)
 
@@ -116,12 +131,20 @@ async def serve(settings: Settings) -> None:
             )
         )
         api = RegistryApi(service, artifacts, scoring_base(settings))
+        workspace = WorkspaceApi(service, scoring_base(settings))
         tokens_store = TokenStore(db)  # per-user tokens and roles (access.py)
         server = GrpcServer(
             host=settings.host,
             port=settings.ports.registry,
-            service_names=[SERVICE_NAME, ASSETS_SERVICE_NAME, ACCESS_SERVICE],
-            register=lambda s: register(s, api, AssetsApi(assets), AccessApi(tokens_store)),
+            service_names=[
+                SERVICE_NAME,
+                WORKSPACE_SERVICE_NAME,
+                ASSETS_SERVICE_NAME,
+                ACCESS_SERVICE,
+            ],
+            register=lambda s: register(
+                s, api, workspace, AssetsApi(assets), AccessApi(tokens_store)
+            ),
             admin_token=settings.admin_token,
             token_verifier=tokens_store.verify,
         )

@@ -49,6 +49,7 @@ def als_target(settings: Settings, traffic: TrafficSettings) -> Listen | None:
 # Which process serves each gRPC service the management listener exposes.
 SERVICES = {
     "sluice.v1.Registry": "registry",
+    "sluice.v1.Workspace": "registry",
     "sluice.v1.Assets": "registry",
     "sluice.v1.Provisioner": "provisioner",
     "sluice.v1.Batch": "batch",

@@ -16,9 +16,9 @@ import yaml
 
 from sluice.common.artifacts import ArtifactStore
 from sluice.common.assets import AssetKind
+from sluice.common.azure_ids import asset_id
 from sluice.common.settings import Settings
 from sluice.sdk.asset_specs import load_asset
-from sluice.sdk.azure_ids import asset_id
 from sluice.sdk.cli.common import FileOption, SetOption, optional_path, registry, warn
 from sluice.sdk.cli.errors import CliError
 from sluice.sdk.cli.output import OutputFormat, OutputOption, err_console, render

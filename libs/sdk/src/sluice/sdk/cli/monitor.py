@@ -15,6 +15,7 @@ from typing import Any, cast
 import typer
 
 from sluice.common.autoscale.condition import format_condition
+from sluice.common.azure_ids import RESOURCE_GROUP, SUBSCRIPTION, resource_id
 from sluice.sdk.autoscale import (
     AutoscaleClient,
     invalid,
@@ -23,7 +24,6 @@ from sluice.sdk.autoscale import (
     make_rule,
     parse_resource,
 )
-from sluice.sdk.azure_ids import RESOURCE_GROUP, SUBSCRIPTION, resource_id
 from sluice.sdk.cli.output import OutputFormat, OutputOption, err_console, render
 
 app = typer.Typer(help="Azure Monitor: autoscale settings.", no_args_is_help=True)

@@ -8,7 +8,7 @@ const NOT_RUNNING = "no such REST path";
 // ---- helpers -----------------------------------------------------------------------------
 
 const esc = (v) => String(v ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
-const word = (v, prefix) => String(v || "").replace(prefix, "");
+const authText = (mode) => ({ Key: "key", AMLToken: "aml_token", AADToken: "aad_token" })[mode] || String(mode || "");
 const enc = encodeURIComponent;
 
 class ApiError extends Error {
@@ -52,7 +52,7 @@ form.addEventListener("submit", async (e) => {
   const token = document.getElementById("token").value.trim();
   sessionStorage.setItem(TOKEN_KEY, token);
   try {
-    await api("GET", "/onlineEndpoints?page.pageSize=1");
+    await api("GET", "/onlineEndpoints?count=1");
     document.getElementById("sign-in-error").textContent = "";
     if (!location.hash || location.hash === "#/") location.hash = "#/endpoints";
     route();
@@ -87,18 +87,18 @@ window.addEventListener("hashchange", route);
 async function endpointsPage() {
   view.innerHTML = `<h1>Online endpoints</h1><p class="muted" role="status">Loading…</p>`;
   const endpoints = [];
-  let token = "";
-  do {
-    const page = await api("GET", `/onlineEndpoints?page.pageSize=1000&page.pageToken=${enc(token)}`);
-    endpoints.push(...page.endpoints);
-    token = page.page.nextPageToken;
-  } while (token);
+  let link = "/onlineEndpoints?count=1000";
+  while (link) {
+    const page = await api("GET", link);
+    endpoints.push(...page.value);
+    link = page.nextLink;
+  }
   const rows = endpoints.map((e) => `<tr>
-      <td><a href="#/endpoints/${enc(e.spec.name)}">${esc(e.spec.name)}</a></td>
-      <td class="state-${esc(word(e.meta.provisioningState, "PROVISIONING_STATE_"))}">${esc(word(e.meta.provisioningState, "PROVISIONING_STATE_"))}</td>
-      <td>${esc(word(e.spec.authMode, "AUTH_MODE_").toLowerCase())}</td>
-      <td><code>${esc(e.scoringUri)}</code></td>
-      <td>${esc(trafficText(e.spec.traffic))}</td></tr>`).join("");
+      <td><a href="#/endpoints/${enc(e.name)}">${esc(e.name)}</a></td>
+      <td class="state-${esc(e.properties.provisioningState)}">${esc(e.properties.provisioningState)}</td>
+      <td>${esc(authText(e.properties.authMode))}</td>
+      <td><code>${esc(e.properties.scoringUri)}</code></td>
+      <td>${esc(trafficText(e.properties.traffic))}</td></tr>`).join("");
   view.innerHTML = `<h1>Online endpoints</h1>
     <p class="muted">${endpoints.length} endpoint(s). Create them with <code>sluice online-endpoint create</code> or <code>PUT /onlineEndpoints/{name}</code>.</p>
     <div class="table-wrap"><table id="endpoints"><thead><tr><th scope="col">Name</th><th scope="col">State</th><th scope="col">Auth mode</th><th scope="col">Scoring URI</th><th scope="col">Traffic</th></tr></thead>
@@ -111,8 +111,8 @@ async function endpointPage(name, tab = "deployments") {
   const ep = await api("GET", `/onlineEndpoints/${enc(name)}`);
   view.innerHTML = `<p><a href="#/endpoints">← Endpoints</a></p>
     <h1>${esc(name)}</h1>
-    <p><span class="state-${esc(word(ep.meta.provisioningState, "PROVISIONING_STATE_"))}">${esc(word(ep.meta.provisioningState, "PROVISIONING_STATE_"))}</span>
-      · auth ${esc(word(ep.spec.authMode, "AUTH_MODE_").toLowerCase())} · <code>${esc(ep.scoringUri)}</code></p>
+    <p><span class="state-${esc(ep.properties.provisioningState)}">${esc(ep.properties.provisioningState)}</span>
+      · auth ${esc(authText(ep.properties.authMode))} · <code>${esc(ep.properties.scoringUri)}</code></p>
     <div role="tablist" aria-label="endpoint">${TABS.map((t) => `<button role="tab" aria-selected="${t === tab}" data-tab="${t}">${t[0].toUpperCase() + t.slice(1)}</button>`).join("")}</div>
     <section id="tab" role="tabpanel" aria-label="${esc(tab)}"></section>`;
   view.querySelectorAll("[role=tab]").forEach((b) => b.addEventListener("click", () => { location.hash = `#/endpoints/${enc(name)}/${b.dataset.tab}`; }));
@@ -138,28 +138,28 @@ function rebalance(shares, moved, value) {
 }
 
 async function deploymentsTab(panel, ep) {
-  const name = ep.spec.name;
-  const { deployments } = await api("GET", `/onlineEndpoints/${enc(name)}/deployments`);
-  let shares = Object.fromEntries(deployments.map((d) => [d.spec.name, ep.spec.traffic[d.spec.name] || 0]));
-  const rows = deployments.map((d) => `<tr><td>${esc(d.spec.name)}</td>
-      <td class="state-${esc(word(d.meta.provisioningState, "PROVISIONING_STATE_"))}">${esc(word(d.meta.provisioningState, "PROVISIONING_STATE_"))}</td>
-      <td>${esc(d.spec.instanceType)}</td><td>${esc(d.spec.instanceCount)}</td>
-      <td>${d.instances.filter((i) => i.ready).length} / ${d.instances.length}</td>
-      <td>${esc(d.meta.statusMessage)}</td></tr>`).join("");
+  const name = ep.name;
+  const { value: deployments } = await api("GET", `/onlineEndpoints/${enc(name)}/deployments`);
+  let shares = Object.fromEntries(deployments.map((d) => [d.name, ep.properties.traffic[d.name] || 0]));
+  const rows = deployments.map((d) => `<tr><td>${esc(d.name)}</td>
+      <td class="state-${esc(d.properties.provisioningState)}">${esc(d.properties.provisioningState)}</td>
+      <td>${esc(d.properties.instanceType)}</td><td>${esc(d.sku.capacity)}</td>
+      <td>${d.properties.instances.filter((i) => i.ready).length} / ${d.properties.instances.length}</td>
+      <td>${esc(d.properties.statusMessage)}</td></tr>`).join("");
   panel.innerHTML = `<h2>Deployments</h2>
     <div class="table-wrap"><table><thead><tr><th scope="col">Name</th><th scope="col">State</th><th scope="col">Instance type</th><th scope="col">Instances</th><th scope="col">Ready</th><th scope="col">Status</th></tr></thead>
     <tbody>${rows || `<tr><td colspan="6" class="muted">No deployments yet.</td></tr>`}</tbody></table></div>
     <h2 id="traffic-title">Traffic</h2>
     <div role="group" aria-labelledby="traffic-title" id="sliders">${deployments.map((d) => `<div class="slider-row">
-      <label for="share-${esc(d.spec.name)}">${esc(d.spec.name)}</label>
-      <input type="range" id="share-${esc(d.spec.name)}" data-name="${esc(d.spec.name)}" min="0" max="100" step="1" value="${shares[d.spec.name]}">
-      <output id="out-${esc(d.spec.name)}">${shares[d.spec.name]}%</output></div>`).join("")}</div>
+      <label for="share-${esc(d.name)}">${esc(d.name)}</label>
+      <input type="range" id="share-${esc(d.name)}" data-name="${esc(d.name)}" min="0" max="100" step="1" value="${shares[d.name]}">
+      <output id="out-${esc(d.name)}">${shares[d.name]}%</output></div>`).join("")}</div>
     <div class="row"><button id="apply-traffic" type="button" ${deployments.length ? "" : "disabled"}>Apply traffic</button>
       <span id="traffic-status" role="status" aria-live="polite"></span></div>
     <h2>Mirror traffic</h2>
     <p class="muted">Copies of live requests (at most 50%), answers discarded.</p>
-    ${deployments.map((d) => `<div class="row"><label for="mirror-${esc(d.spec.name)}">${esc(d.spec.name)}</label>
-      <input type="number" id="mirror-${esc(d.spec.name)}" data-name="${esc(d.spec.name)}" min="0" max="50" value="${ep.spec.mirrorTraffic[d.spec.name] || 0}"> %</div>`).join("")}
+    ${deployments.map((d) => `<div class="row"><label for="mirror-${esc(d.name)}">${esc(d.name)}</label>
+      <input type="number" id="mirror-${esc(d.name)}" data-name="${esc(d.name)}" min="0" max="50" value="${ep.properties.mirrorTraffic[d.name] || 0}"> %</div>`).join("")}
     <div class="row"><button id="apply-mirror" type="button" class="secondary" ${deployments.length ? "" : "disabled"}>Apply mirror</button>
       <span id="mirror-status" role="status" aria-live="polite"></span></div>`;
   const sliders = [...panel.querySelectorAll("input[type=range]")];
@@ -174,21 +174,21 @@ async function deploymentsTab(panel, ep) {
   });
 }
 
-// "applying…" until the gateway serves the endpoint's new version (appliedVersion, recorded
-// by the traffic controller when Envoy ACKs the configuration).
+// "applying…" until the gateway serves the endpoint's new version (properties.appliedEtag,
+// recorded by the traffic controller when Envoy ACKs the configuration, reaches its etag).
 async function applyShares(name, verb, shares, statusSel) {
   const status = document.querySelector(statusSel);
   status.className = "";
   status.textContent = "applying…";
   try {
     const updated = await api("POST", `/onlineEndpoints/${enc(name)}/${verb}`, { traffic: shares });
-    const want = Number(updated.meta.version);
+    const want = Number(updated.etag);
     const deadline = Date.now() + 30000;
     while (Date.now() < deadline) {
       const now = await api("GET", `/onlineEndpoints/${enc(name)}`);
-      if (Number(now.appliedVersion) >= want) {
+      if (Number(now.properties.appliedEtag) >= want) {
         status.className = "ok";
-        status.textContent = `applied: Envoy serves ${trafficText(verb === "setTraffic" ? now.spec.traffic : now.spec.mirrorTraffic)}`;
+        status.textContent = `applied: Envoy serves ${trafficText(verb === "setTraffic" ? now.properties.traffic : now.properties.mirrorTraffic)}`;
         return;
       }
       await new Promise((r) => setTimeout(r, 250));
@@ -202,15 +202,15 @@ async function applyShares(name, verb, shares, statusSel) {
 }
 
 async function credentials(ep) {
-  if (ep.spec.authMode === "AUTH_MODE_AML_TOKEN") return (await api("POST", `/onlineEndpoints/${enc(ep.spec.name)}/token`)).accessToken;
-  return (await api("POST", `/onlineEndpoints/${enc(ep.spec.name)}/listKeys`)).primaryKey;
+  if (ep.properties.authMode === "AMLToken") return (await api("POST", `/onlineEndpoints/${enc(ep.name)}/token`)).accessToken;
+  return (await api("POST", `/onlineEndpoints/${enc(ep.name)}/listKeys`)).primaryKey;
 }
 
 async function keysTab(panel, ep) {
-  const name = ep.spec.name;
-  if (ep.spec.authMode === "AUTH_MODE_AML_TOKEN") {
+  const name = ep.name;
+  if (ep.properties.authMode === "AMLToken") {
     const t = await api("POST", `/onlineEndpoints/${enc(name)}/token`);
-    panel.innerHTML = `<h2>Token</h2><p class="secret">${esc(t.accessToken)}</p><p class="muted">Expires ${esc(t.expiryTime)}.</p>`;
+    panel.innerHTML = `<h2>Token</h2><p class="secret">${esc(t.accessToken)}</p><p class="muted">Expires ${esc(new Date(t.expiryTimeUtc * 1000).toISOString())}.</p>`;
     return;
   }
   const keys = await api("POST", `/onlineEndpoints/${enc(name)}/listKeys`);
@@ -220,7 +220,7 @@ async function keysTab(panel, ep) {
       <button type="button" class="secondary" data-copy>Copy</button>
       <button type="button" class="secondary" data-regen="${type}">Regenerate</button></td></tr>`;
   panel.innerHTML = `<h2>Keys</h2><div class="table-wrap"><table>
-    ${row("Primary key", keys.primaryKey, "KEY_TYPE_PRIMARY")}${row("Secondary key", keys.secondaryKey, "KEY_TYPE_SECONDARY")}</table></div>
+    ${row("Primary key", keys.primaryKey, "Primary")}${row("Secondary key", keys.secondaryKey, "Secondary")}</table></div>
     <p id="keys-status" role="status" aria-live="polite"></p>`;
   const status = panel.querySelector("#keys-status");
   panel.querySelectorAll("[data-show]").forEach((b) => b.addEventListener("click", () => {
@@ -241,13 +241,13 @@ async function keysTab(panel, ep) {
 }
 
 async function testTab(panel, ep) {
-  const name = ep.spec.name;
-  const { deployments } = await api("GET", `/onlineEndpoints/${enc(name)}/deployments`);
+  const name = ep.name;
+  const { value: deployments } = await api("GET", `/onlineEndpoints/${enc(name)}/deployments`);
   panel.innerHTML = `<h2>Test</h2>
     <label for="test-body">Request body (JSON)</label>
     <textarea id="test-body" spellcheck="false">{"data": [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]]}</textarea>
     <div class="row"><label for="test-deployment">Deployment</label>
-      <select id="test-deployment"><option value="">by traffic</option>${deployments.map((d) => `<option>${esc(d.spec.name)}</option>`).join("")}</select>
+      <select id="test-deployment"><option value="">by traffic</option>${deployments.map((d) => `<option>${esc(d.name)}</option>`).join("")}</select>
       <button id="test-send" type="button">Send</button></div>
     <p id="test-status" role="status" aria-live="polite"></p><pre id="test-answer" aria-label="answer"></pre>`;
   panel.querySelector("#test-send").addEventListener("click", async () => {
@@ -267,10 +267,10 @@ async function testTab(panel, ep) {
 }
 
 async function logsTab(panel, ep) {
-  const name = ep.spec.name;
-  const { deployments } = await api("GET", `/onlineEndpoints/${enc(name)}/deployments`);
+  const name = ep.name;
+  const { value: deployments } = await api("GET", `/onlineEndpoints/${enc(name)}/deployments`);
   panel.innerHTML = `<h2>Logs</h2><div class="row">
-    <label for="logs-deployment">Deployment</label><select id="logs-deployment">${deployments.map((d) => `<option>${esc(d.spec.name)}</option>`).join("")}</select>
+    <label for="logs-deployment">Deployment</label><select id="logs-deployment">${deployments.map((d) => `<option>${esc(d.name)}</option>`).join("")}</select>
     <label for="logs-container">Container</label><select id="logs-container"><option value="inference-server">inference-server</option><option value="storage-initializer">storage-initializer</option></select>
     <label for="logs-lines">Lines</label><input id="logs-lines" type="number" min="1" max="5000" value="100">
     <button id="logs-get" type="button">Get logs</button></div>
@@ -312,7 +312,7 @@ function chart(title, series, unit) {
 }
 
 async function metricsTab(panel, ep) {
-  const name = ep.spec.name;
+  const name = ep.name;
   panel.innerHTML = `<h2>Metrics (last hour)</h2><div id="charts" class="charts"><p class="muted">Loading…</p></div><h2>Costs (last 24 hours)</h2><div id="costs"></div>`;
   const draw = async () => {
     const charts = panel.querySelector("#charts");
@@ -351,10 +351,10 @@ async function batchPage() {
   view.innerHTML = `<h1>Batch endpoints</h1><div id="batch"><p class="muted">Loading…</p></div>`;
   const box = document.getElementById("batch");
   try {
-    const { endpoints } = await api("GET", "/batchEndpoints?page.pageSize=1000");
+    const { value: endpoints } = await api("GET", "/batchEndpoints?count=1000");
     const rows = await Promise.all(endpoints.map(async (e) => {
-      const { deployments } = await api("GET", `/batchEndpoints/${enc(e.spec.name)}/deployments`);
-      return `<tr><td>${esc(e.spec.name)}</td><td>${esc(e.spec.defaultDeployment)}</td><td>${deployments.map((d) => esc(d.spec.name)).join(", ")}</td>
+      const { value: deployments } = await api("GET", `/batchEndpoints/${enc(e.name)}/deployments`);
+      return `<tr><td>${esc(e.name)}</td><td>${esc(e.properties.defaults.deploymentName)}</td><td>${deployments.map((d) => esc(d.name)).join(", ")}</td>
         <td><a href="#/jobs">jobs</a></td></tr>`;
     }));
     box.innerHTML = `<div class="table-wrap"><table><thead><tr><th scope="col">Name</th><th scope="col">Default deployment</th><th scope="col">Deployments</th><th scope="col"></th></tr></thead>
@@ -362,7 +362,7 @@ async function batchPage() {
   } catch (err) { box.innerHTML = problem(err, "Batch endpoints"); }
 }
 
-const jobState = (j) => word(j.state, "JOB_STATE_");
+const jobState = (j) => String(j.state || "").replace("JOB_STATE_", "");
 const progress = (j) => {
   const p = j.progress || {};
   return `<progress max="${p.miniBatchesTotal || 1}" value="${(p.miniBatchesDone || 0) + (p.miniBatchesFailed || 0)}"></progress>

@@ -1,0 +1,336 @@
+"""gRPC face of the REST API: sluice.v1.Workspace, the registry's resources in Azure's shape.
+
+Envoy's gRPC-JSON transcoder calls these methods for the management listener's REST
+paths (proto/sluice/v1/workspace.proto). HTTP headers arrive as gRPC metadata and
+response metadata leaves as HTTP headers, which gives Azure's write semantics:
+
+- PUT creates (201 Created: the `x-sluice-created` header, which the listener's Lua
+  filter turns into the status) or replaces (200 OK);
+- `If-Match: "<etag>"` makes a write conditional; a stale ETag, or one for a resource
+  that does not exist, answers ABORTED, which the listener maps to 412;
+- every resource answer carries its `ETag` header.
+
+The use cases, validation and events are RegistryService's, as for sluice.v1.Registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TypeAlias, TypeVar
+
+import grpc
+from google.protobuf import empty_pb2
+
+from sluice.common.grpc_server import actor_of
+from sluice.common.resources import Meta
+from sluice.registry import arm
+from sluice.registry.api import domain_errors
+from sluice.registry.domain import Conflict, InvalidArgument, NotFound
+from sluice.registry.service import RegistryService
+from sluice.v1 import workspace_pb2 as ws
+from sluice.v1 import workspace_pb2_grpc
+
+CREATED_HEADER = "x-sluice-created"
+T = TypeVar("T")
+Ctx: TypeAlias = grpc.aio.ServicerContext
+
+
+def _if_match(context: Ctx) -> tuple[bool, int | None]:
+    """(an If-Match header was sent, the version it names; None for `*`)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "if-match" and isinstance(value, str):
+            return True, arm.parse_etag(value)
+    return False, None
+
+
+async def _answer(context: Ctx, meta: Meta, *, created: bool = False) -> None:
+    headers = [("etag", f'"{arm.etag(meta)}"')]
+    if created:
+        headers.append((CREATED_HEADER, "true"))
+    await context.send_initial_metadata(headers)
+
+
+async def _exists(get: Callable[[], Awaitable[T]]) -> T | None:
+    try:
+        return await get()
+    except NotFound:
+        return None
+
+
+def _missing(what: str) -> Conflict:
+    return Conflict(f"{what} does not exist, so no If-Match ETag can match it")
+
+
+def _page(count: int) -> int:
+    if count < 0:
+        raise InvalidArgument(f"count must be between 1 and 1000, got {count}")
+    return count
+
+
+def _next_link(path: str, count: int, token: str) -> str:
+    if not token:
+        return ""
+    return f"{path}?skipToken={token}" + (f"&count={count}" if count else "")
+
+
+class WorkspaceApi(workspace_pb2_grpc.WorkspaceServicer):
+    def __init__(self, service: RegistryService, scoring_base: str):
+        self._svc = service
+        self._scoring_base = scoring_base
+
+    # ---- online endpoints -------------------------------------------------------------------
+
+    async def _online_endpoint(self, name: str) -> ws.OnlineEndpointTrackedResource:
+        doc = await self._svc.get_online_endpoint(name)
+        applied = await self._svc.applied_version(name)
+        return arm.online_endpoint(doc, self._scoring_base, applied)
+
+    @domain_errors
+    async def PutOnlineEndpoint(
+        self, request: ws.PutOnlineEndpointRequest, context: Ctx
+    ) -> ws.OnlineEndpointTrackedResource:
+        conditional, expected = _if_match(context)
+        spec, traffic, mirror = arm.online_endpoint_spec(request.name, request.resource)
+        actor = actor_of(context)
+        current = await _exists(lambda: self._svc.get_online_endpoint(request.name))
+        if current is None:
+            if conditional:
+                raise _missing(f"online endpoint {request.name!r}")
+            doc = await self._svc.create_online_endpoint(spec, actor)
+        else:
+            doc = await self._svc.update_online_endpoint(
+                spec,
+                traffic=traffic,
+                mirror_traffic=mirror,
+                expected_version=expected,
+                actor=actor,
+            )
+        await _answer(context, doc.meta, created=current is None)
+        return arm.online_endpoint(doc, self._scoring_base)
+
+    @domain_errors
+    async def GetOnlineEndpoint(
+        self, request: ws.GetResourceRequest, context: Ctx
+    ) -> ws.OnlineEndpointTrackedResource:
+        resource = await self._online_endpoint(request.name)
+        await context.send_initial_metadata([("etag", f'"{resource.etag}"')])
+        return resource
+
+    @domain_errors
+    async def ListOnlineEndpoints(
+        self, request: ws.ListResourcesRequest, context: Ctx
+    ) -> ws.OnlineEndpointList:
+        page = await self._svc.list_online_endpoints(_page(request.count), request.skip_token)
+        return ws.OnlineEndpointList(
+            value=[arm.online_endpoint(d, self._scoring_base) for d in page.items],
+            next_link=_next_link("/onlineEndpoints", request.count, page.next_token),
+        )
+
+    @domain_errors
+    async def DeleteOnlineEndpoint(
+        self, request: ws.GetResourceRequest, context: Ctx
+    ) -> empty_pb2.Empty:
+        await self._svc.delete_online_endpoint(request.name, actor_of(context))
+        return empty_pb2.Empty()
+
+    @domain_errors
+    async def ListKeys(self, request: ws.GetResourceRequest, context: Ctx) -> ws.EndpointAuthKeys:
+        creds = await self._svc.get_credentials(request.name, actor_of(context))
+        if creds.token is not None:
+            raise InvalidArgument(
+                f"online endpoint {request.name!r} uses AMLToken auth: it has no keys "
+                f"(POST /onlineEndpoints/{request.name}/token)"
+            )
+        return ws.EndpointAuthKeys(primary_key=creds.primary_key, secondary_key=creds.secondary_key)
+
+    @domain_errors
+    async def RegenerateKeys(self, request: ws.RegenerateKeysBody, context: Ctx) -> empty_pb2.Empty:
+        which = request.key_type.lower()
+        if which not in ("primary", "secondary"):
+            raise InvalidArgument(f"keyType {request.key_type!r} is not Primary or Secondary")
+        await self._svc.regenerate_key(request.name, which, actor_of(context))
+        return empty_pb2.Empty()
+
+    @domain_errors
+    async def GetToken(self, request: ws.GetResourceRequest, context: Ctx) -> ws.EndpointAuthToken:
+        token = await self._svc.get_token(request.name, actor_of(context))
+        return ws.EndpointAuthToken(
+            access_token=token.value,
+            expiry_time_utc=int(token.expires_at.timestamp()),
+            refresh_after_time_utc=int(token.refresh_after.timestamp()),
+            token_type="Bearer",  # noqa: S106 - the scheme, not a secret
+        )
+
+    async def _set_traffic(
+        self, request: ws.SetTrafficBody, context: Ctx, *, mirror: bool
+    ) -> ws.OnlineEndpointTrackedResource:
+        _, expected = _if_match(context)
+        shares = dict(request.traffic)
+        doc = await self._svc.set_traffic(
+            request.name,
+            traffic=None if mirror else shares,
+            mirror_traffic=shares if mirror else None,
+            expected_version=expected,
+            actor=actor_of(context),
+        )
+        await _answer(context, doc.meta)
+        return arm.online_endpoint(doc, self._scoring_base)
+
+    @domain_errors
+    async def SetTraffic(
+        self, request: ws.SetTrafficBody, context: Ctx
+    ) -> ws.OnlineEndpointTrackedResource:
+        return await self._set_traffic(request, context, mirror=False)
+
+    @domain_errors
+    async def SetMirrorTraffic(
+        self, request: ws.SetTrafficBody, context: Ctx
+    ) -> ws.OnlineEndpointTrackedResource:
+        return await self._set_traffic(request, context, mirror=True)
+
+    # ---- online deployments -----------------------------------------------------------------
+
+    @domain_errors
+    async def PutOnlineDeployment(
+        self, request: ws.PutOnlineDeploymentRequest, context: Ctx
+    ) -> ws.OnlineDeploymentTrackedResource:
+        conditional, expected = _if_match(context)
+        spec = arm.online_deployment_spec(request.endpoint_name, request.name, request.resource)
+        actor = actor_of(context)
+        current = await _exists(
+            lambda: self._svc.get_online_deployment(request.endpoint_name, request.name)
+        )
+        if current is None:
+            if conditional:
+                raise _missing(f"deployment {request.endpoint_name}/{request.name}")
+            await self._svc.create_online_deployment(spec, actor)
+        else:
+            await self._svc.update_online_deployment(spec, expected, actor)
+        doc = await self._svc.get_online_deployment(request.endpoint_name, request.name)
+        await _answer(context, doc.meta, created=current is None)
+        return arm.online_deployment(doc)
+
+    @domain_errors
+    async def GetOnlineDeployment(
+        self, request: ws.GetChildRequest, context: Ctx
+    ) -> ws.OnlineDeploymentTrackedResource:
+        doc = await self._svc.get_online_deployment(request.endpoint_name, request.name)
+        await _answer(context, doc.meta)
+        return arm.online_deployment(doc)
+
+    @domain_errors
+    async def ListOnlineDeployments(
+        self, request: ws.ListChildrenRequest, context: Ctx
+    ) -> ws.OnlineDeploymentList:
+        page = await self._svc.list_online_deployments(
+            request.endpoint_name, _page(request.count), request.skip_token
+        )
+        path = f"/onlineEndpoints/{request.endpoint_name}/deployments"
+        return ws.OnlineDeploymentList(
+            value=[arm.online_deployment(d) for d in page.items],
+            next_link=_next_link(path, request.count, page.next_token),
+        )
+
+    @domain_errors
+    async def DeleteOnlineDeployment(
+        self, request: ws.GetChildRequest, context: Ctx
+    ) -> empty_pb2.Empty:
+        await self._svc.delete_online_deployment(
+            request.endpoint_name, request.name, actor_of(context)
+        )
+        return empty_pb2.Empty()
+
+    # ---- batch endpoints --------------------------------------------------------------------
+
+    @domain_errors
+    async def PutBatchEndpoint(
+        self, request: ws.PutBatchEndpointRequest, context: Ctx
+    ) -> ws.BatchEndpointTrackedResource:
+        conditional, expected = _if_match(context)
+        spec = arm.batch_endpoint_spec(request.name, request.resource)
+        actor = actor_of(context)
+        current = await _exists(lambda: self._svc.get_batch_endpoint(request.name))
+        if current is None:
+            if conditional:
+                raise _missing(f"batch endpoint {request.name!r}")
+            doc = await self._svc.create_batch_endpoint(spec, actor)
+        else:
+            doc = await self._svc.update_batch_endpoint(spec, expected, actor)
+        await _answer(context, doc.meta, created=current is None)
+        return arm.batch_endpoint(doc, self._scoring_base)
+
+    @domain_errors
+    async def GetBatchEndpoint(
+        self, request: ws.GetResourceRequest, context: Ctx
+    ) -> ws.BatchEndpointTrackedResource:
+        doc = await self._svc.get_batch_endpoint(request.name)
+        await _answer(context, doc.meta)
+        return arm.batch_endpoint(doc, self._scoring_base)
+
+    @domain_errors
+    async def ListBatchEndpoints(
+        self, request: ws.ListResourcesRequest, context: Ctx
+    ) -> ws.BatchEndpointList:
+        page = await self._svc.list_batch_endpoints(_page(request.count), request.skip_token)
+        return ws.BatchEndpointList(
+            value=[arm.batch_endpoint(d, self._scoring_base) for d in page.items],
+            next_link=_next_link("/batchEndpoints", request.count, page.next_token),
+        )
+
+    @domain_errors
+    async def DeleteBatchEndpoint(
+        self, request: ws.GetResourceRequest, context: Ctx
+    ) -> empty_pb2.Empty:
+        await self._svc.delete_batch_endpoint(request.name, actor_of(context))
+        return empty_pb2.Empty()
+
+    # ---- batch deployments ------------------------------------------------------------------
+
+    @domain_errors
+    async def PutBatchDeployment(
+        self, request: ws.PutBatchDeploymentRequest, context: Ctx
+    ) -> ws.BatchDeploymentTrackedResource:
+        conditional, expected = _if_match(context)
+        spec = arm.batch_deployment_spec(request.endpoint_name, request.name, request.resource)
+        actor = actor_of(context)
+        current = await _exists(
+            lambda: self._svc.get_batch_deployment(request.endpoint_name, request.name)
+        )
+        if current is None:
+            if conditional:
+                raise _missing(f"batch deployment {request.endpoint_name}/{request.name}")
+            doc = await self._svc.create_batch_deployment(spec, False, actor)
+        else:
+            doc = await self._svc.update_batch_deployment(spec, expected, actor)
+        await _answer(context, doc.meta, created=current is None)
+        return arm.batch_deployment(doc)
+
+    @domain_errors
+    async def GetBatchDeployment(
+        self, request: ws.GetChildRequest, context: Ctx
+    ) -> ws.BatchDeploymentTrackedResource:
+        doc = await self._svc.get_batch_deployment(request.endpoint_name, request.name)
+        await _answer(context, doc.meta)
+        return arm.batch_deployment(doc)
+
+    @domain_errors
+    async def ListBatchDeployments(
+        self, request: ws.ListChildrenRequest, context: Ctx
+    ) -> ws.BatchDeploymentList:
+        page = await self._svc.list_batch_deployments(
+            request.endpoint_name, _page(request.count), request.skip_token
+        )
+        path = f"/batchEndpoints/{request.endpoint_name}/deployments"
+        return ws.BatchDeploymentList(
+            value=[arm.batch_deployment(d) for d in page.items],
+            next_link=_next_link(path, request.count, page.next_token),
+        )
+
+    @domain_errors
+    async def DeleteBatchDeployment(
+        self, request: ws.GetChildRequest, context: Ctx
+    ) -> empty_pb2.Empty:
+        await self._svc.delete_batch_deployment(
+            request.endpoint_name, request.name, actor_of(context)
+        )
+        return empty_pb2.Empty()

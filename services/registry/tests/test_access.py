@@ -1,0 +1,25 @@
+"""Roles over both faces of the registry: gRPC (Registry) and REST (Workspace)."""
+
+from __future__ import annotations
+
+import pytest
+
+from sluice.registry.access import Role, allowed
+
+
+@pytest.mark.parametrize(
+    ("method", "reader", "deployer"),
+    [
+        ("/sluice.v1.Workspace/GetOnlineEndpoint", True, True),
+        ("/sluice.v1.Workspace/ListOnlineDeployments", True, True),
+        ("/sluice.v1.Workspace/ListKeys", False, True),  # keys are secrets, as in Azure
+        ("/sluice.v1.Workspace/GetToken", False, True),
+        ("/sluice.v1.Workspace/PutOnlineEndpoint", False, True),
+        ("/sluice.v1.Registry/GetCredentials", False, True),
+        ("/sluice.v1.Access/ListUserTokens", False, False),
+    ],
+)
+def test_roles(method: str, reader: bool, deployer: bool) -> None:
+    assert allowed(Role.reader, method) is reader
+    assert allowed(Role.deployer, method) is deployer
+    assert allowed(Role.admin, method)

@@ -1,0 +1,173 @@
+"""Stored resources <-> Azure's REST shape: what a GET answers PUTs back unchanged, Azure's
+spellings, and bad values refused with a message that names them."""
+
+from __future__ import annotations
+
+import pytest
+from google.protobuf import json_format
+
+from sluice.common.resources import (
+    ArtifactRef,
+    AuthMode,
+    BatchDeploymentDoc,
+    BatchDeploymentSpec,
+    BatchEndpointDoc,
+    BatchEndpointSpec,
+    CodeConfiguration,
+    ComputeKind,
+    DataCollection,
+    DataCollector,
+    EnvironmentSpec,
+    Meta,
+    ModelRef,
+    OnlineDeployment,
+    OnlineDeploymentSpec,
+    OnlineEndpointDoc,
+    OnlineEndpointSpec,
+    OutputAction,
+    Probe,
+    ProvisioningState,
+    RequestSettings,
+    ResourceRequirements,
+    ScaleSettings,
+)
+from sluice.registry import arm
+from sluice.registry.domain import InvalidArgument
+from sluice.v1 import workspace_pb2 as ws
+
+BASE = "https://localhost:8443/endpoints/{name}"
+MODEL = ArtifactRef(digest="sha256:" + "a" * 64, name="model", is_directory=True)
+CODE = ArtifactRef(digest="sha256:" + "b" * 64, name="onlinescoring", is_directory=True)
+
+
+def _json(message: ws.OnlineDeploymentTrackedResource) -> dict[str, object]:
+    return json_format.MessageToDict(message)
+
+
+def test_online_endpoint_in_azures_shape_and_back() -> None:
+    spec = OnlineEndpointSpec(
+        name="ep1", description="d", tags={"t": "1"}, auth_mode=AuthMode.aml_token
+    )
+    doc = OnlineEndpointDoc(spec=spec, meta=Meta(version=3, created_by="ann"))
+    out = _json(arm.online_endpoint(doc, BASE, applied_version=2))
+    assert out["kind"] == "Managed" and out["etag"] == "3"
+    props = out["properties"]
+    assert isinstance(props, dict)
+    assert props["authMode"] == "AMLToken" and props["provisioningState"] == "Creating"
+    assert props["scoringUri"] == "https://localhost:8443/endpoints/ep1/score"
+    assert props["appliedEtag"] == "2"
+    back, traffic, mirror = arm.online_endpoint_spec("ep1", arm.online_endpoint(doc, BASE))
+    assert back == spec and traffic is None and mirror is None
+
+
+def test_online_deployment_round_trips() -> None:
+    spec = OnlineDeploymentSpec(
+        name="blue",
+        endpoint_name="ep1",
+        tags={"a": "b"},
+        kind=ComputeKind.kubernetes,
+        model=ModelRef(artifact=MODEL),
+        code_configuration=CodeConfiguration(code=CODE, scoring_script="score.py"),
+        environment=EnvironmentSpec(conda_file="name: x\n", image="python:3.12"),
+        instance_count=3,
+        environment_variables={"K": "V"},
+        request_settings=RequestSettings(request_timeout_ms=1500, max_queue_wait_ms=250),
+        liveness_probe=Probe(initial_delay_s=5, failure_threshold=3),
+        scale_settings=ScaleSettings(
+            type="target_utilization", min_instances=0, max_instances=4, polling_interval_s=2
+        ),
+        resources=ResourceRequirements(requests={"cpu": "1"}, limits={"memory": "2Gi"}),
+        data_collector=DataCollector(
+            collections={"model_inputs": DataCollection(enabled=True)}, sampling_rate=0.5
+        ),
+    )
+    doc = OnlineDeployment(spec=spec, meta=Meta(provisioning_state=ProvisioningState.succeeded))
+    resource = arm.online_deployment(doc)
+    out = _json(resource)
+    props = out["properties"]
+    assert isinstance(props, dict)
+    assert out["sku"] == {"name": "Default", "capacity": 3}
+    assert props["model"] == f"azureml://artifacts/{MODEL.digest}/model/"
+    assert props["requestSettings"]["requestTimeout"] == "PT1.5S"
+    assert props["scaleSettings"]["scaleType"] == "TargetUtilization"
+    assert props["endpointComputeType"] == "Kubernetes"
+    assert props["provisioningState"] == "Succeeded"
+    assert props["dataCollector"]["collections"]["model_inputs"]["dataCollectionMode"] == "Enabled"
+    parsed = json_format.ParseDict(out, ws.OnlineDeploymentTrackedResource())
+    assert arm.online_deployment_spec("ep1", "blue", parsed) == spec
+
+
+def test_registered_model_and_environment_are_references() -> None:
+    spec = OnlineDeploymentSpec(
+        name="blue",
+        endpoint_name="ep1",
+        model=ModelRef(artifact=MODEL, asset="m:1"),
+        environment=EnvironmentSpec(registered="env:2", image="x"),
+    )
+    props = arm.online_deployment(OnlineDeployment(spec=spec, meta=Meta())).properties
+    assert props.model == "azureml:m:1" and props.environment_id == "azureml:env:2"
+    assert not props.HasField("environment")
+    back = arm.online_deployment_spec(
+        "ep1", "blue", ws.OnlineDeploymentTrackedResource(properties=props)
+    )
+    assert back.model.registered == "azureml:m:1"
+    assert back.environment.registered == "azureml:env:2"
+
+
+def test_batch_resources_round_trip() -> None:
+    endpoint = BatchEndpointSpec(name="be1", default_deployment="d1")
+    out = arm.batch_endpoint(BatchEndpointDoc(spec=endpoint, meta=Meta()), BASE)
+    assert out.properties.defaults.deployment_name == "d1"
+    assert arm.batch_endpoint_spec("be1", out) == endpoint
+    spec = BatchDeploymentSpec(
+        name="d1",
+        endpoint_name="be1",
+        model=ModelRef(artifact=MODEL),
+        compute="cpu",
+        instance_count=2,
+    )
+    spec = spec.model_copy(
+        update={
+            "settings": spec.settings.model_copy(
+                update={"output_action": OutputAction.summary_only, "error_threshold": 0}
+            )
+        }
+    )
+    resource = arm.batch_deployment(BatchDeploymentDoc(spec=spec, meta=Meta()))
+    assert json_format.MessageToDict(resource)["properties"]["outputAction"] == "SummaryOnly"
+    assert arm.batch_deployment_spec("be1", "d1", resource) == spec
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("PT10S", 10), ("PT0.5S", 0.5), ("PT1M30S", 90), ("P1DT1H", 90000)]
+)
+def test_iso_durations(text: str, seconds: float) -> None:
+    assert arm.parse_duration(text, "x") == seconds
+
+
+@pytest.mark.parametrize("text", ["10s", "PT", "P", "PT-1S", "1 minute"])
+def test_bad_durations_name_the_field(text: str) -> None:
+    with pytest.raises(InvalidArgument, match=r"livenessProbe\.period .* ISO 8601"):
+        arm.parse_duration(text, "livenessProbe.period")
+
+
+def test_bad_values_are_refused_with_their_name() -> None:
+    resource = ws.OnlineDeploymentTrackedResource()
+    resource.properties.model = "azureml://artifacts/md5:x/model"
+    with pytest.raises(InvalidArgument, match=r"model .* is not an uploaded artifact"):
+        arm.online_deployment_spec("ep1", "blue", resource)
+    resource = ws.OnlineDeploymentTrackedResource()
+    resource.properties.scale_settings.scale_type = "Fast"
+    with pytest.raises(InvalidArgument, match="scaleType 'Fast'"):
+        arm.online_deployment_spec("ep1", "blue", resource)
+    resource = ws.OnlineDeploymentTrackedResource()
+    resource.properties.data_collector.collections["request"].data_collection_mode = "Maybe"
+    with pytest.raises(InvalidArgument, match="Enabled or Disabled"):
+        arm.online_deployment_spec("ep1", "blue", resource)
+    with pytest.raises(InvalidArgument, match="must match"):
+        arm.online_deployment_spec("ep1", "blue", ws.OnlineDeploymentTrackedResource(name="green"))
+
+
+@pytest.mark.parametrize(("header", "version"), [('"3"', 3), ('W/"3"', 3), ("3", 3), ("*", None)])
+def test_if_match(header: str, version: int | None) -> None:
+    assert arm.parse_etag(header) == version
