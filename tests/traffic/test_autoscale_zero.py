@@ -16,10 +16,10 @@ from typing import Any
 import pymongo
 import pytest
 
+from sluice.common.azure_ids import resource_id
 from sluice.common.resources import DEPLOYMENT_INSTANCES
 from sluice.common.supervisor import Supervisor
 from sluice.sdk.autoscale import AutoscaleClient, make_profile, make_rule
-from sluice.sdk.azure_ids import resource_id
 from sluice.sdk.client import RegistryClient
 from sluice.sdk.specs import load_online_deployment, load_online_endpoint
 from sluice.testing.cli import Cli
