@@ -21,11 +21,14 @@ import yaml
 from sluice.common.pki import PlatformPki
 from sluice.common.platform import SERVICES, installed_services
 from sluice.common.supervisor import resolve_binary
+from sluice.traffic.app import SERVICES as TRAFFIC_ROUTES
+from sluice.traffic.xds.management import on_loopback
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "deploy" / "compose" / "compose.yaml"
 K8S = ROOT / "deploy" / "k8s" / "base"
 BOOTSTRAP = ROOT / "deploy" / "envoy" / "bootstrap.yaml"
+DOCKERFILE = ROOT / "deploy" / "docker" / "Dockerfile"
 KNOWN_MODULES = {s.module for s in SERVICES}
 
 
@@ -103,6 +106,53 @@ def test_kubernetes_services_run_existing_modules() -> None:
                 module = container["args"][0]
                 assert module in KNOWN_MODULES, where
                 assert importlib.util.find_spec(module) is not None, where
+
+
+def _platform_env(where: str) -> dict[str, str]:
+    if where == "compose":
+        env = yaml.safe_load(COMPOSE.read_text())["x-sluice-service"]["environment"]
+    else:
+        env = next(o for n, o in k8s_objects() if n.endswith("ConfigMap/sluice-config"))["data"]
+    return {k: str(v) for k, v in env.items()}
+
+
+@pytest.mark.parametrize("where", ["compose", "k8s"])
+def test_the_management_listener_is_deployed_over_tls(where: str) -> None:
+    """The traffic controller gets a management port, Envoy publishes it, every service the
+    listener routes to has an address it resolves there, and the listener binds off
+    loopback (the image's SLUICE_HOST), so it speaks TLS."""
+    env = _platform_env(where)
+    port = int(env["SLUICE_ENVOY__MANAGEMENT_PORT"])
+    hosts: dict[str, set[int]] = {}  # service name -> ports it serves
+    if where == "compose":
+        compose = yaml.safe_load(COMPOSE.read_text())
+        for name, svc in compose["services"].items():  # each serves its own SLUICE_PORTS__
+            if svc.get("command") == [f"sluice.{name}"] and f"SLUICE_PORTS__{name.upper()}" in env:
+                hosts[name] = {int(env[f"SLUICE_PORTS__{name.upper()}"])}
+        published = {p.split(":")[-1] for p in compose["services"]["envoy"]["ports"]}
+        assert str(port) in published
+    else:
+        for _, obj in k8s_objects():
+            if obj["kind"] == "Service":
+                hosts[obj["metadata"]["name"]] = {p["port"] for p in obj["spec"]["ports"]}
+        envoy = next(o for n, o in k8s_objects() if n.endswith("Deployment/envoy"))
+        (container,) = envoy["spec"]["template"]["spec"]["containers"]
+        assert port in {p["containerPort"] for p in container["ports"]}
+        exposing = [
+            o
+            for _, o in k8s_objects()
+            if o["kind"] == "Service"
+            and o["spec"]["selector"] == {"app.kubernetes.io/name": "envoy"}
+            and port in {p.get("targetPort") for p in o["spec"]["ports"]}
+        ]
+        assert exposing, "no Service reaches the management listener"
+    for component in set(TRAFFIC_ROUTES.values()):
+        address = env[f"SLUICE_{component.upper()}_ADDRESS"]
+        host, _, at = address.rpartition(":")
+        assert int(at) == int(env[f"SLUICE_PORTS__{component.upper()}"]), address
+        assert int(at) in hosts.get(host, set()), f"{address}: no such service and port"
+    image_host = re.search(r"SLUICE_HOST=(\S+)", DOCKERFILE.read_text())
+    assert image_host and not on_loopback(image_host[1])
 
 
 def _without_addresses(config: dict[str, Any]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from envoy.config.listener.v3 import listener_pb2
 
 from sluice.common.pki import PlatformPki
 from sluice.common.supervisor import resolve_binary
@@ -145,8 +146,10 @@ def test_keys_never_appear_in_a_repr() -> None:
 
 
 @pytest.mark.integration  # starts a process
-def test_envoy_accepts_the_management_listener(tmp_path: Path) -> None:
-    """The transcoder with the real descriptor set, the portal's files and the OpenAPI doc."""
+@pytest.mark.parametrize(("host", "tls"), [("127.0.0.1", False), ("0.0.0.0", True)])  # noqa: S104
+def test_envoy_accepts_the_management_listener(tmp_path: Path, host: str, tls: bool) -> None:
+    """The transcoder with the real descriptor set, the portal's files and the OpenAPI doc;
+    plain HTTP on loopback, TLS with the gateway's certificate anywhere else."""
     envoy = resolve_binary("envoy")
     assert envoy
     data = openapi.descriptor_set()
@@ -154,7 +157,7 @@ def test_envoy_accepts_the_management_listener(tmp_path: Path) -> None:
         **{
             **gateway(TlsMaterial(b"c", b"k")).__dict__,
             "management": Management(
-                listen=Listen("127.0.0.1", 8090),
+                listen=Listen(host, 8090),
                 services=tuple((s, "127.0.0.1:50051") for s in SERVICES),
                 descriptor_set=data,
                 openapi=json.dumps(openapi.document(data)).encode(),
@@ -179,3 +182,7 @@ def test_envoy_accepts_the_management_listener(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     listeners = "type.googleapis.com/envoy.config.listener.v3.Listener"
     assert "sluice_management" in snap.resources[listeners]
+    listener = listener_pb2.Listener()
+    snap.resources[listeners]["sluice_management"].Unpack(listener)
+    socket = listener.filter_chains[0].transport_socket
+    assert (socket.name == "envoy.transport_sockets.tls") is tls

@@ -58,6 +58,9 @@ SERVICES = {
 }
 
 
+_WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}  # noqa: S104 - a lookup
+
+
 def management(settings: Settings, gateway: Listen | None, host: str) -> Management | None:
     """The management listener (REST, OpenAPI, portal), or None when no port is set.
 
@@ -79,7 +82,10 @@ def management(settings: Settings, gateway: Listen | None, host: str) -> Managem
         descriptor_set=data,
         openapi=json.dumps(openapi.document(data), indent=1).encode(),
         files=portal.files(),
-        gateway=gateway,
+        # Envoy calls its own plain-HTTP scoring listener: on loopback when it binds all.
+        gateway=Listen(_WILDCARDS.get(gateway.host, gateway.host), gateway.port)
+        if gateway
+        else None,
     )
 
 

@@ -891,7 +891,9 @@ def _listener(
     )
 
 
-def listeners(gateway: Gateway) -> list[listener_pb2.Listener]:
+def gateway_tls() -> base_pb2.TransportSocket:
+    """TLS with the gateway's certificate (the SDS secret TLS_SECRET): the HTTPS scoring
+    listener's, and the management listener's when it is reachable off the host."""
     tls = tls_pb2.DownstreamTlsContext(
         common_tls_context=tls_pb2.CommonTlsContext(
             tls_certificate_sds_secret_configs=[
@@ -900,8 +902,11 @@ def listeners(gateway: Gateway) -> list[listener_pb2.Listener]:
             alpn_protocols=["h2", "http/1.1"],
         )
     )
-    transport = base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=pack(tls))
-    result = [_listener("sluice_https", gateway.https, gateway, transport)]
+    return base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=pack(tls))
+
+
+def listeners(gateway: Gateway) -> list[listener_pb2.Listener]:
+    result = [_listener("sluice_https", gateway.https, gateway, gateway_tls())]
     if gateway.http is not None:
         result.append(_listener("sluice_http", gateway.http, gateway, None))
     return result
