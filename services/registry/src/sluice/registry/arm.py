@@ -355,7 +355,10 @@ def online_deployment(doc: OnlineDeployment) -> ws.OnlineDeploymentTrackedResour
         provisioning_state=_deployment_state(doc.meta.provisioning_state),
         status_message=doc.meta.status_message,
         instances=[
-            registry_pb2.Instance(id=i.id, address=i.address, ready=i.ready) for i in doc.instances
+            registry_pb2.Instance(
+                id=i.id, address=i.address, ready=i.ready, grpc_address=i.grpc_address
+            )
+            for i in doc.instances
         ],
     )
     for out, instance in zip(props.instances, doc.instances, strict=True):
