@@ -32,7 +32,7 @@ share one node id.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,7 +86,7 @@ class ClusterOwners:
         self._read_at = float("-inf")
         self._unknown_then: frozenset[str] = frozenset()
 
-    async def of(self, clusters: Iterable[str]) -> dict[str, Owner]:
+    async def of(self, clusters: Collection[str]) -> dict[str, Owner]:
         """The owners of `clusters` that have one (the xDS, access-log and management
         clusters have none)."""
         unknown = frozenset(c for c in clusters if c not in self._owners)

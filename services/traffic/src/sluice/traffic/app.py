@@ -99,6 +99,7 @@ class GatewaySource:
         self._https = Listen(host, settings.envoy.https_port)
         self._http = Listen(host, settings.envoy.http_port) if settings.envoy.http_enabled else None
         self._als = als_target(settings, traffic)
+        self._als_buffer_bytes = traffic.als_buffer_bytes
         self._management = management(settings, self._http, host)
         self._limits = Limits(
             max_request_bytes=traffic.max_request_bytes,
@@ -114,6 +115,7 @@ class GatewaySource:
             tls=load_material(self._cert, self._key),
             jwks=jwks,
             als=self._als,
+            als_buffer_bytes=self._als_buffer_bytes,
             limits=self._limits,
             management=self._management,
         )

@@ -17,6 +17,10 @@ class TrafficSettings(BaseSettings):
     # host:port of an Envoy ALS (access log) receiver; unset = the metrics service when it
     # is installed, else no access-log sink.
     als_address: str | None = None
+    # Envoy sends access-log entries in batches of this many bytes (or every second): fewer,
+    # larger gRPC messages cost less per entry on both sides (bench/README.md, "metrics");
+    # also what one Envoy worker holds per log before it drops entries, the stream stalled.
+    als_buffer_bytes: int = 16 * 1024
     # Where Envoy's listeners bind; unset = SLUICE_HOST (loopback locally).
     listen_host: str | None = None
     # Per-request limits of the gateway (traffic.domain.Limits).

@@ -787,7 +787,7 @@ def _attribution_tags(*, mirror: bool) -> list[object]:
     return tags
 
 
-def _als(target: Listen, *, mirror: bool = False) -> accesslog_pb2.AccessLog:
+def _als(target: Listen, buffer_bytes: int, *, mirror: bool = False) -> accesslog_pb2.AccessLog:
     """The gRPC access log: the connection manager's (one entry per client request), or with
     `mirror` the router's upstream log restricted to mirrored copies (one per copy)."""
     config = als_pb2.HttpGrpcAccessLogConfig(
@@ -798,6 +798,7 @@ def _als(target: Listen, *, mirror: bool = False) -> accesslog_pb2.AccessLog:
             ),
             transport_api_version=config_source_pb2.V3,
             buffer_flush_interval=_s(1),
+            buffer_size_bytes=wrappers_pb2.UInt32Value(value=buffer_bytes),
             custom_tags=_attribution_tags(mirror=mirror),
         ),
         # Never the authorization header: keys and tokens stay out of access logs.
@@ -817,7 +818,8 @@ def _als(target: Listen, *, mirror: bool = False) -> accesslog_pb2.AccessLog:
     return log
 
 
-def _http_filters(jwks: str, als: Listen | None, limits: Limits) -> list[hcm_pb2.HttpFilter]:
+def _http_filters(gateway: Gateway) -> list[hcm_pb2.HttpFilter]:
+    jwks, als, limits = gateway.jwks, gateway.als, gateway.limits
     jwt = jwt_pb2.JwtAuthentication(
         providers={
             JWT_PROVIDER: jwt_pb2.JwtProvider(
@@ -850,7 +852,9 @@ def _http_filters(jwks: str, als: Listen | None, limits: Limits) -> list[hcm_pb2
         hcm_pb2.HttpFilter(
             name="envoy.filters.http.router",
             typed_config=pack(
-                router_pb2.Router(upstream_log=[_als(als, mirror=True)] if als else [])
+                router_pb2.Router(
+                    upstream_log=[_als(als, gateway.als_buffer_bytes, mirror=True)] if als else []
+                )
             ),
         ),
     ]
@@ -861,7 +865,7 @@ def _connection_manager(name: str, gateway: Gateway) -> hcm_pb2.HttpConnectionMa
         stat_prefix=name,
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
         rds=hcm_pb2.Rds(config_source=_ads(), route_config_name=ROUTE_CONFIG),
-        http_filters=_http_filters(gateway.jwks, gateway.als, gateway.limits),
+        http_filters=_http_filters(gateway),
         local_reply_config=local_replies(gateway.limits),
         request_headers_timeout=_s(gateway.limits.headers_timeout_s),
         request_timeout=_s(gateway.limits.receive_timeout_s),
@@ -869,7 +873,7 @@ def _connection_manager(name: str, gateway: Gateway) -> hcm_pb2.HttpConnectionMa
         use_remote_address=wrappers_pb2.BoolValue(value=True),
         normalize_path=wrappers_pb2.BoolValue(value=True),
         merge_slashes=True,
-        access_log=[_als(gateway.als)] if gateway.als else [],
+        access_log=[_als(gateway.als, gateway.als_buffer_bytes)] if gateway.als else [],
     )
 
 
