@@ -1,6 +1,7 @@
 """The Open Inference Protocol over gRPC through the gateway: a stock gRPC client (the
 generated `inference.GRPCInferenceService` stub) reaches real inference servers with the
-same keys, traffic split and `azureml-model-deployment` pin as REST, over h2c and TLS."""
+same keys and tokens, traffic split and `azureml-model-deployment` pin as REST, over h2c
+and TLS."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from pathlib import Path
 import grpc
 import pytest
 
+from sluice.common.resources import AuthMode, OnlineEndpointSpec
 from sluice.common.supervisor import Supervisor, free_port
+from sluice.sdk.client import RegistryClient
 from sluice.testing.inference import start_server, write_script
 from sluice.testing.traffic import Traffic, World, eventually
 from sluice.v1 import grpc_predict_v2_pb2 as pb
@@ -58,8 +61,13 @@ def start_deployment(supervisor: Supervisor, tmp_path: Path, name: str) -> tuple
 
 
 async def test_grpc_scoring_through_the_gateway(
-    traffic: Traffic, world: World, supervisor: Supervisor, tmp_path: Path
+    traffic_with_registry: Traffic,
+    client: RegistryClient,
+    world: World,
+    supervisor: Supervisor,
+    tmp_path: Path,
 ) -> None:
+    traffic = traffic_with_registry
     blue = start_deployment(supervisor, tmp_path, "blue")
     green = start_deployment(supervisor, tmp_path, "green")
     await world.deployment("oipg", "blue", [blue[0]], grpc=[blue[1]])
@@ -137,6 +145,32 @@ async def test_grpc_scoring_through_the_gateway(
             lambda r: answer(r) == 300.0,
         )
         assert reply.model_name == "green"
+
+    # An aml_token endpoint on the same instances: a valid token for this endpoint passes
+    # (jwt_authn and the audience check, the per-route filters REST has), others do not.
+    client.create_online_endpoint(OnlineEndpointSpec(name="oipt", auth_mode=AuthMode.aml_token))
+    await world.deployment("oipt", "blue", [blue[0]], grpc=[blue[1]])
+    client.set_traffic("oipt", {"blue": 100})
+    token = client.get_credentials("oipt").access_token
+    assert token
+    eventually(lambda: traffic.score("oipt", token, body=rows), lambda r: r[0] == 200)
+    options = [("grpc.default_authority", traffic.host("oipt"))]
+    with grpc.insecure_channel(f"127.0.0.1:{traffic.http.port}", options=options) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+
+        def with_token(bearer: str | None) -> pb.ModelInferResponse:
+            metadata = [("authorization", f"Bearer {bearer}")] if bearer else []
+            reply: pb.ModelInferResponse = stub.ModelInfer(
+                infer_request(), metadata=metadata, timeout=20
+            )
+            return reply
+
+        served = eventually(lambda: _attempt(lambda: (with_token(token), None)), bool)
+        assert served is not None and answer(served[0]) == 3.0
+        for bad in (None, KEY, "not-a-jwt"):  # KEY: the key endpoint's
+            with pytest.raises(grpc.RpcError) as failed:
+                with_token(bad)
+            assert failed.value.code() == grpc.StatusCode.UNAUTHENTICATED, bad
 
 
 def _attempt(
