@@ -464,8 +464,20 @@ def test_one_batch_service_per_database(
 def test_bad_inputs_are_refused_at_invoke(cli: Cli) -> None:
     deploy(cli, "bad-batch")
     (cli.cwd / "empty").mkdir()
-    assert "does not exist" in cli.error(
-        "batch-endpoint", "invoke", "-n", "bad-batch", "--input", "file:///no/such/folder"
+    # The platform reads no caller's path (its own secrets would be one --input away);
+    # a local folder is uploaded by the CLI instead, and outputs stay in its folders too.
+    assert "outside the folders the batch service reads" in cli.error(
+        "batch-endpoint", "invoke", "-n", "bad-batch", "--input", "file:///etc"
+    )
+    assert "outside the folders the batch service reads" in cli.error(
+        "batch-endpoint", "invoke", "-n", "bad-batch", "--input", ".", "--output-path", "/etc"
+    )
+    assert "outside the folders" in cli.error(
+        "batch-endpoint", "invoke", "-n", "bad-batch", "--input", ".",
+        "--output-path", "azureml://datastores/workspaceblobstore/paths/../../../etc",
+    )  # fmt: skip
+    assert "no such file or folder" in cli.error(
+        "batch-endpoint", "invoke", "-n", "bad-batch", "--input", "no/such/folder"
     )
     assert "has no files" in cli.error(
         "batch-endpoint", "invoke", "-n", "bad-batch", "--input", "empty"

@@ -250,6 +250,9 @@ def main() -> None:
         base_rate = base_rows / base_s
         print(f"baseline loop: {base_rows} rows in {base_s:.2f}s = {base_rate:,.0f} rows/s")
 
+        # The bench's data is read in place (a shared folder, as an operator would list
+        # one), not uploaded per job: the jobs are what is measured.
+        os.environ["SLUICE_BATCH_PATH_ROOTS"] = str(root)
         with servers(root / "platform") as (supervisor, settings):
             settings = start_services(supervisor, settings, ["registry", "batch"])
             assert settings.nats_url and settings.admin_token

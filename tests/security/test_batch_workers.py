@@ -25,7 +25,7 @@ from sluice.common.mongo_auth import MongoUser
 from sluice.common.nats_auth import FOLDER, WORKER_USER
 from sluice.common.platform import LocalPlatform, PlatformState
 from sluice.common.settings import Settings
-from sluice.sdk.batch import TERMINAL, BatchClient, job_view, state_name
+from sluice.sdk.batch import TERMINAL, BatchClient, job_view, state_name, upload_input
 from sluice.sdk.client import RegistryClient
 from sluice.sdk.specs import load_batch_deployment, load_batch_endpoint
 
@@ -102,8 +102,9 @@ def run_job(
         registry.create_batch_endpoint(load_batch_endpoint(folder / "endpoint.yml").spec)
         spec = load_batch_deployment(folder / "deployment.yml", registry.upload).spec
         registry.create_batch_deployment(spec, set_default=True)
+        data = upload_input(registry, folder / "data")
     with BatchClient.connect(settings) as batch:
-        job = batch.invoke(endpoint, input=str(folder / "data"))
+        job = batch.invoke(endpoint, input="data", input_artifact=data)
         deadline = time.monotonic() + 240
         while state_name(job) not in TERMINAL:
             assert time.monotonic() < deadline, f"job still {state_name(job)}"

@@ -19,7 +19,7 @@ async def test_folder_files_recursive_in_stable_order(tmp_path: Path) -> None:
     for name in ["b.csv", "a.csv", "sub/z.csv", "sub/deeper/c.csv", ".hidden", "aa/x.csv"]:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("x\n1\n")
-    files = await resolve(str(tmp_path), "", tmp_path / "scratch")
+    files = await resolve(str(tmp_path), "", tmp_path / "scratch", [tmp_path])
     assert [f.relative_to(tmp_path).as_posix() for f in files] == [
         "a.csv",
         "aa/x.csv",
@@ -27,7 +27,28 @@ async def test_folder_files_recursive_in_stable_order(tmp_path: Path) -> None:
         "sub/deeper/c.csv",
         "sub/z.csv",
     ]
-    assert await resolve(f"file://{tmp_path}/b.csv", "uri_file", tmp_path) == [tmp_path / "b.csv"]
+    got = await resolve(f"file://{tmp_path}/b.csv", "uri_file", tmp_path, [tmp_path])
+    assert got == [tmp_path / "b.csv"]
+
+
+async def test_local_inputs_outside_the_services_folders_are_refused(tmp_path: Path) -> None:
+    """The platform reads them, not the caller: its own secrets must not be a job's input."""
+    allowed, secrets = tmp_path / "datastore", tmp_path / "state"
+    (allowed / "data").mkdir(parents=True)
+    (allowed / "data" / "ok.csv").write_text("x\n1\n")
+    secrets.mkdir()
+    (secrets / "admin-token").write_text("platform-secret\n")
+    for given in (str(secrets), f"file://{secrets}/admin-token", f"{allowed}/../state"):
+        with pytest.raises(InputError, match="outside the folders the batch service reads"):
+            await resolve(given, "", tmp_path / "scratch", [allowed])
+    # A link inside an allowed folder that leads out is refused too, naming the file.
+    (allowed / "data" / "token.csv").symlink_to(secrets / "admin-token")
+    with pytest.raises(InputError, match=r"input file .*token\.csv is outside"):
+        await resolve(str(allowed / "data"), "", tmp_path / "scratch", [allowed])
+    (allowed / "data" / "token.csv").unlink()
+    assert await resolve(str(allowed / "data"), "", tmp_path / "s", [allowed]) == [
+        allowed / "data" / "ok.csv"
+    ]
 
 
 @pytest.mark.parametrize(
@@ -50,7 +71,7 @@ async def test_bad_inputs_say_why(tmp_path: Path, given: str, kind: str, message
     (tmp_path / "empty").mkdir()
     (tmp_path / "data.csv").write_text("x\n1\n")
     with pytest.raises(InputError, match=message.replace("(", r"\(")):
-        await resolve(given.format(tmp=tmp_path), kind, tmp_path / "scratch")
+        await resolve(given.format(tmp=tmp_path), kind, tmp_path / "scratch", [tmp_path])
 
 
 def test_list_rows_one_line_each_str(tmp_path: Path) -> None:

@@ -121,6 +121,7 @@ class InvokeBatchEndpointRequest(_message.Message):
     OVERRIDES_FIELD_NUMBER: _builtins.int
     JOB_NAME_FIELD_NUMBER: _builtins.int
     INPUT_TYPE_FIELD_NUMBER: _builtins.int
+    INPUT_ARTIFACT_FIELD_NUMBER: _builtins.int
     endpoint_name: _builtins.str
     deployment_name: _builtins.str
     """empty = the endpoint's default deployment"""
@@ -134,6 +135,14 @@ class InvokeBatchEndpointRequest(_message.Message):
     """"uri_folder" (default) or "uri_file", as `az ml batch-endpoint invoke --input-type`."""
     @_builtins.property
     def overrides(self) -> Global___JobOverrides: ...
+    @_builtins.property
+    def input_artifact(self) -> _common_pb2.ArtifactRef:
+        """A local folder or file the caller uploaded to the registry's artifact store (the CLI
+        does this for a local --input, as Azure's CLI uploads it to the datastore); then
+        `input` only names it for people. The service reads local paths only under its
+        datastore and SLUICE_BATCH_PATH_ROOTS.
+        """
+
     def __init__(
         self,
         *,
@@ -144,10 +153,11 @@ class InvokeBatchEndpointRequest(_message.Message):
         overrides: Global___JobOverrides | None = ...,
         job_name: _builtins.str = ...,
         input_type: _builtins.str = ...,
+        input_artifact: _common_pb2.ArtifactRef | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["overrides", b"overrides"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["input_artifact", b"input_artifact", "overrides", b"overrides"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment_name", b"deployment_name", "endpoint_name", b"endpoint_name", "input", b"input", "input_type", b"input_type", "job_name", b"job_name", "output_path", b"output_path", "overrides", b"overrides"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment_name", b"deployment_name", "endpoint_name", b"endpoint_name", "input", b"input", "input_artifact", b"input_artifact", "input_type", b"input_type", "job_name", b"job_name", "output_path", b"output_path", "overrides", b"overrides"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

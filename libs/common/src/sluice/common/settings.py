@@ -89,6 +89,10 @@ class Settings(BaseSettings):
     # What batch workers (deployment code) connect with: a user of restricted rights
     # (sluice.common.nats_auth); unset = nats_url.
     batch_worker_nats_url: str | None = None
+    # Local folders batch jobs may read inputs from and write outputs to besides the
+    # datastore (os.pathsep-separated), e.g. a shared file system mounted on every host; the
+    # CLI uploads a local --input instead (services/batch/.../inputs.py says why).
+    batch_path_roots: str = ""
     nats_port: int = 0
     nats_monitor_port: int = 0
     events_stream: str = "SLUICE_EVENTS"

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import getpass
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
 
 from sluice.common.platform import LocalPlatform
 from sluice.common.settings import Settings
-from sluice.sdk.client import PAGE_SIZE, SluiceError, admin_token
+from sluice.sdk.client import PAGE_SIZE, RegistryClient, SluiceError, admin_token
 from sluice.v1 import batch_pb2, batch_pb2_grpc, common_pb2
 
 T = TypeVar("T")
@@ -103,6 +104,16 @@ def parse_overrides(values: list[str]) -> batch_pb2.JobOverrides:
     return overrides
 
 
+def upload_input(registry: RegistryClient, path: Path) -> common_pb2.ArtifactRef:
+    """A local input file or folder, uploaded for a job (`BatchClient.invoke(input_artifact=)`).
+
+    The batch service reads no caller's path (a caller could name the platform's own
+    secrets): local data travels like model and code, content-addressed.
+    """
+    ref = registry.upload(path)
+    return common_pb2.ArtifactRef(digest=ref.digest, name=ref.name, is_directory=ref.is_directory)
+
+
 class BatchClient:
     def __init__(self, address: str, token: str, *, actor: str | None = None):
         self.address = address
@@ -160,7 +171,10 @@ class BatchClient:
         output_path: str = "",
         overrides: batch_pb2.JobOverrides | None = None,
         job_name: str = "",
+        input_artifact: common_pb2.ArtifactRef | None = None,
     ) -> Any:
+        """Start a job. A local input must be uploaded first (`RegistryClient.upload`) and
+        given as `input_artifact`; `input` then only names it."""
         request = batch_pb2.InvokeBatchEndpointRequest(
             endpoint_name=endpoint,
             deployment_name=deployment,
@@ -169,6 +183,7 @@ class BatchClient:
             output_path=output_path,
             overrides=overrides or batch_pb2.JobOverrides(),
             job_name=job_name,
+            input_artifact=input_artifact,
         )
         return self._call(self._stub.InvokeBatchEndpoint, request, timeout=300)
 

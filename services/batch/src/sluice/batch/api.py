@@ -20,6 +20,7 @@ from sluice.batch.service import (
     Overrides,
 )
 from sluice.common.grpc_server import actor_of
+from sluice.common.resources import ArtifactRef
 from sluice.v1 import batch_pb2, batch_pb2_grpc, common_pb2
 
 CODES: dict[type[Exception], grpc.StatusCode] = {
@@ -94,6 +95,16 @@ def to_proto(job: Job) -> batch_pb2.Job:
     return msg
 
 
+def _artifact(request: Any) -> ArtifactRef | None:
+    if not request.HasField("input_artifact") or not request.input_artifact.digest:
+        return None
+    ref = request.input_artifact
+    try:
+        return ArtifactRef(digest=ref.digest, name=ref.name, is_directory=ref.is_directory)
+    except ValueError as exc:  # pydantic: a malformed digest or name
+        raise InvalidArgument(f"input_artifact: {exc}") from None
+
+
 def _overrides(msg: Any) -> Overrides:
     def get(field: str) -> Any:
         return getattr(msg, field) if msg.HasField(field) else None
@@ -124,6 +135,7 @@ class BatchApi(batch_pb2_grpc.BatchServicer):
                 output_path=request.output_path,
                 job_name=request.job_name,
                 overrides=_overrides(request.overrides),
+                input_artifact=_artifact(request),
             ),
             actor_of(context),
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
 from pathlib import Path
 
@@ -115,7 +116,8 @@ async def serve(settings: Settings) -> None:
         if settings.registry_address:
             channel = grpc.aio.insecure_channel(settings.registry_address)
             registry = assets_pb2_grpc.AssetsStub(channel)
-        service = BatchService(ctx, Path(state_dir), registry, settings.admin_token)
+        roots = [Path(p) for p in settings.batch_path_roots.split(os.pathsep) if p]
+        service = BatchService(ctx, Path(state_dir), registry, settings.admin_token, roots)
         api = BatchApi(service)
         server = GrpcServer(
             host=settings.host,

@@ -6,11 +6,18 @@ walked recursively in a stable (sorted) order; hidden files are skipped.
 Remote files are downloaded into the job's scratch folder with a size limit.
 `azureml:` data assets are resolved by the service (it asks the registry) into
 the path or URI they name before they get here.
+
+Local paths are read by the platform, not by the caller, so they must lie under
+the service's `roots` (its datastore, its artifact store where the CLI uploads a
+local --input, and the folders the operator lists in SLUICE_BATCH_PATH_ROOTS),
+followed links included: otherwise anyone allowed to invoke a job could have any
+file the platform can read (its own secrets) scored and written to an output.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -24,6 +31,19 @@ DOWNLOAD_TIMEOUT_S = 60.0
 
 class InputError(ValueError):
     """The input cannot be used; the message says why and what would work."""
+
+
+def check_under(path: Path, roots: Sequence[Path], what: str) -> Path:
+    """`path` with every link resolved, when that lies under one of `roots`."""
+    real = path.resolve()
+    if not any(real.is_relative_to(root.resolve()) for root in roots):
+        allowed = ", ".join(str(root) for root in roots)
+        raise InputError(
+            f"{what} {path} is outside the folders the batch service reads and writes "
+            f"({allowed}): the CLI uploads a local --input for you; an operator can add "
+            "folders with SLUICE_BATCH_PATH_ROOTS"
+        )
+    return real
 
 
 def _check_type(input_type: str) -> str:
@@ -50,10 +70,11 @@ def _readable(path: Path) -> None:
         raise InputError(f"input file {path} cannot be read: {exc.strerror}") from None
 
 
-def resolve_local(path: Path, input_type: str) -> list[Path]:
+def resolve_local(path: Path, input_type: str, roots: Sequence[Path]) -> list[Path]:
     kind = _check_type(input_type)
     if not path.is_absolute():
         raise InputError(f"input path {str(path)!r} must be absolute (the CLI makes it so)")
+    check_under(path, roots, "input")
     if not path.exists():
         raise InputError(f"input {path} does not exist")
     if path.is_dir():
@@ -67,6 +88,7 @@ def resolve_local(path: Path, input_type: str) -> list[Path]:
     if len(files) > MAX_FILES:
         raise InputError(f"input has {len(files)} files; a job takes at most {MAX_FILES}")
     for file in files:
+        check_under(file, roots, "input file")  # a link inside the folder may lead out
         _readable(file)
     return files
 
@@ -100,7 +122,7 @@ async def download(url: str, scratch: Path, *, limit: int = MAX_DOWNLOAD_BYTES) 
     return target
 
 
-async def resolve(text: str, input_type: str, scratch: Path) -> list[Path]:
+async def resolve(text: str, input_type: str, scratch: Path, roots: Sequence[Path]) -> list[Path]:
     """The files of an input, in the order mini-batches are cut from them."""
     text = text.strip()
     if not text:
@@ -113,9 +135,9 @@ async def resolve(text: str, input_type: str, scratch: Path) -> list[Path]:
             raise InputError(f"input {text} is a single remote file: use --input-type uri_file")
         return [await download(text, scratch / "inputs")]
     if scheme == "file":
-        return resolve_local(Path(unquote(urlparse(text).path)), input_type)
+        return resolve_local(Path(unquote(urlparse(text).path)), input_type, roots)
     if scheme and len(scheme) > 1:  # a one-letter scheme is a Windows drive, not a URI
         raise InputError(
             f"input {text!r}: {scheme}:// is not supported; use a path, file:// or http(s)://"
         )
-    return resolve_local(Path(text), input_type)
+    return resolve_local(Path(text), input_type, roots)

@@ -12,7 +12,7 @@ import contextlib
 import re
 import shutil
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,6 +85,7 @@ class InvokeRequest:
     output_path: str = ""
     job_name: str = ""
     overrides: Overrides = Overrides()
+    input_artifact: ArtifactRef | None = None  # a local input the caller uploaded
 
 
 def _at_least(name: str, value: int | None, low: int) -> None:
@@ -129,12 +130,16 @@ class BatchService:
         state_dir: Path,
         registry: assets_pb2_grpc.AssetsStub | None = None,
         admin_token: str | None = None,
+        path_roots: Sequence[Path] = (),
     ):
         self.ctx = ctx
         self.registry = registry  # data assets are the registry's
         self.registry_metadata = (("authorization", f"Bearer {admin_token or ''}"),)
         self.store: JobStore = ctx.store
         self.datastore = state_dir / "datastore"
+        # The only local folders a job reads or writes (inputs.py says why): the datastore,
+        # the artifact store (uploaded inputs, data assets) and the operator's own.
+        self.roots = (self.datastore, ctx.artifacts.root, *path_roots)
         self._runners: dict[str, asyncio.Task[None]] = {}
         self._warming: set[asyncio.Task[None]] = set()
 
@@ -193,11 +198,15 @@ class BatchService:
             return self.datastore / "workspaceblobstore" / "azureml" / job / "score"
         match = DATASTORE_URI.match(given)
         if match:
-            return self.datastore / match.group(1) / match.group(2).strip("/")
-        path = Path(given.removeprefix("file://"))
-        if not path.is_absolute():
-            raise InvalidArgument(f"--output-path {given!r} must be absolute or azureml://...")
-        return path
+            path = self.datastore / match.group(1) / match.group(2).strip("/")
+        else:
+            path = Path(given.removeprefix("file://"))
+            if not path.is_absolute():
+                raise InvalidArgument(f"--output-path {given!r} must be absolute or azureml://...")
+        try:  # written by the platform: never outside its folders (`..` and links resolved)
+            return inputs.check_under(path, self.roots, "--output-path")
+        except inputs.InputError as exc:
+            raise InvalidArgument(str(exc)) from None
 
     async def invoke(self, request: InvokeRequest, actor: str) -> Job:
         raw = await self.ctx.db[BATCH_ENDPOINTS].find_one({"_id": request.endpoint_name})
@@ -252,11 +261,13 @@ class BatchService:
         assets = [f"model:{spec.model.asset}"] if spec.model.asset else []
         if spec.environment.registered:
             assets.append(f"environment:{spec.environment.registered}")
-        if given.strip().startswith("azureml:"):
+        if request.input_artifact is not None:
+            given = self._uploaded(request.input_artifact)
+        elif given.strip().startswith("azureml:"):
             given, input_type, data = await self._data_asset(given.strip(), input_type)
             assets.append(data)
         try:
-            files = await inputs.resolve(given, input_type, scratch)
+            files = await inputs.resolve(given, input_type, scratch, self.roots)
         except (inputs.InputError, ArtifactError) as exc:
             shutil.rmtree(scratch, ignore_errors=True)
             raise InvalidArgument(str(exc)) from None
@@ -289,6 +300,14 @@ class BatchService:
         await self.store.insert(job)
         self._launch(job)
         return job
+
+    def _uploaded(self, ref: ArtifactRef) -> str:
+        """The path of a local input the caller uploaded (content-addressed, in our store)."""
+        if not self.ctx.artifacts.exists(ref):
+            raise InvalidArgument(
+                f"uploaded input {ref.name!r} ({ref.digest}) is not in the artifact store"
+            )
+        return str(self.ctx.artifacts.path_of(ref))
 
     async def _data_asset(self, reference: str, input_type: str) -> tuple[str, str, str]:
         """A registered data asset (`azureml:name:version`, `azureml:name@latest`) as a path

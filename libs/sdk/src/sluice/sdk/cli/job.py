@@ -18,9 +18,18 @@ from typing import Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from sluice.sdk.batch import TERMINAL, BatchClient, job_view, parse_overrides, state_name
+from sluice.sdk.batch import (
+    TERMINAL,
+    BatchClient,
+    job_view,
+    parse_overrides,
+    state_name,
+    upload_input,
+)
+from sluice.sdk.cli.common import registry
 from sluice.sdk.cli.errors import CliError
 from sluice.sdk.cli.output import OutputFormat, OutputOption, console, err_console, render
+from sluice.v1 import common_pb2
 
 app = typer.Typer(help="Batch jobs: show, list, follow, cancel, download.", no_args_is_help=True)
 
@@ -89,14 +98,17 @@ def follow_progress(client: BatchClient, name: str) -> Any:
             job = client.get(name)
 
 
-def local_input(value: str) -> str:
-    """Local paths become absolute (the service resolves them); URIs pass through."""
+def local_input(value: str) -> tuple[str, common_pb2.ArtifactRef | None]:
+    """A local file or folder is uploaded (as Azure's CLI uploads it to the datastore): the
+    service reads only its own folders. URIs and data assets pass through."""
     if "://" in value or value.startswith("azureml:"):
-        return value
+        return value, None
     path = Path(value).expanduser()
     if not path.exists():
         raise CliError(f"--input {value}: no such file or folder")
-    return str(path.resolve())
+    with err_console.status(f"Uploading {path}…", spinner="dots"), registry() as client:
+        uploaded = upload_input(client, path)
+    return f"{path.resolve()} (uploaded {uploaded.digest[:19]})", uploaded
 
 
 def invoke(
@@ -119,10 +131,12 @@ def invoke(
         overrides.instance_count = instance_count
     if output_path and "://" not in output_path:
         output_path = str(Path(output_path).expanduser().resolve())
+    given, uploaded = local_input(input_)
     with batch_client() as client:
         job = client.invoke(
             name,
-            input=local_input(input_),
+            input=given,
+            input_artifact=uploaded,
             deployment=deployment_name,
             input_type=input_type,
             output_path=output_path,
