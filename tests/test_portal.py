@@ -8,6 +8,7 @@ by the CLI, one browser page signed in. Screenshots go to test-artifacts/screens
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -21,11 +22,27 @@ import pytest
 
 from sluice.common.platform import PlatformState
 from sluice.sdk.invoke import GatewayTarget, send
+from sluice.testing.plugin import traversable_dir
 from sluice.testing.rest import Rest, rest_of
 from sluice.testing.wait import wait_for
 
 pytestmark = pytest.mark.integration
 
+# A batch scoring script that holds each mini-batch until the test creates the GATE file.
+BATCH_SCRIPT = """\
+import os
+import time
+
+
+def init():
+    pass
+
+
+def run(mini_batch):
+    while not os.path.exists(os.environ["GATE"]):
+        time.sleep(0.05)
+    return [f"{os.path.basename(path)} scored" for path in mini_batch]
+"""
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SHOTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "screenshots"
 if CHROMIUM is None:
@@ -68,7 +85,7 @@ class World:
         return seen
 
 
-def cli(platform: PlatformState, cwd: Path, *args: str) -> None:
+def cli(platform: PlatformState, cwd: Path, *args: str) -> str:
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")},
         "SLUICE_STATE_DIR": str(platform.state_dir),
@@ -84,6 +101,7 @@ def cli(platform: PlatformState, cwd: Path, *args: str) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
 
 
 @pytest.fixture(scope="module")
@@ -201,6 +219,56 @@ def test_readable_at_phone_width(world: World) -> None:
     finally:
         page.set_viewport_size({"width": 1280, "height": 800})
     assert world.errors == []
+
+
+@pytest.mark.timeout(300)  # a batch deployment and a job on a busy machine
+def test_job_page_follows_a_real_batch_job(world: World, tmp_path: Path) -> None:
+    """A batch job invoked through the platform, held running by a gate: its page shows it
+    running at 0 of 3 mini-batches, then (polling on its own) completed at 3 of 3, where
+    its output went, and the workers' log lines."""
+    page = world.page
+    endpoint = f"portal-batch-{os.getpid()}"
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "score.py").write_text(BATCH_SCRIPT)
+    (tmp_path / "data").mkdir()
+    for i in range(3):
+        (tmp_path / "data" / f"part{i}.txt").write_text(f"{i}\n")
+    with traversable_dir("sluice-gates-") as gates:  # the workers' own user reaches it
+        gate = gates / "gate"
+        (tmp_path / "endpoint.yml").write_text(f"name: {endpoint}\n")
+        (tmp_path / "deployment.yml").write_text(
+            f"name: score\nendpoint_name: {endpoint}\ntype: model\n"
+            "code_configuration: {code: code/, scoring_script: score.py}\n"
+            "resources: {instance_count: 1}\n"
+            "settings:\n  mini_batch_size: 1\n  max_concurrency_per_instance: 1\n"
+            f"  environment_variables: {{GATE: '{gate}'}}\n"
+        )
+        cli(world.platform, tmp_path, "batch-endpoint", "create", "-f", "endpoint.yml")
+        cli(world.platform, tmp_path, "batch-deployment", "create", "-f", "deployment.yml",
+            "--set-default")  # fmt: skip
+        invoked = cli(world.platform, tmp_path, "batch-endpoint", "invoke", "-n", endpoint,
+                      "--input", "data", "-o", "json")  # fmt: skip
+        job = json.loads(invoked)["name"]
+        page.goto(f"{world.platform.management_url}/portal/")  # signed in, whatever ran before
+        page.evaluate(
+            "t => sessionStorage.setItem('sluice-admin-token', t)", world.rest.admin_token
+        )
+        page.goto(f"{world.platform.management_url}/portal/#/jobs/{job}")
+        summary = page.locator("#job")
+        sync_api.expect(summary).to_contain_text("RUNNING", timeout=60_000)
+        sync_api.expect(summary).to_contain_text("0/3 mini-batches")
+        world.shot("job-running")
+        gate.touch()
+        sync_api.expect(summary).to_contain_text("COMPLETED", timeout=120_000)
+    sync_api.expect(summary).to_contain_text("3/3 mini-batches")
+    sync_api.expect(summary).to_contain_text("predictions.csv")
+    sync_api.expect(summary).to_contain_text(f"{endpoint} / score")
+    sync_api.expect(page.locator("#job-log")).to_contain_text("worker-")
+    world.shot("job-completed")
+    page.goto(f"{world.platform.management_url}/portal/#/jobs")
+    sync_api.expect(page.locator("#jobs tr", has_text=job)).to_contain_text("COMPLETED")
+    assert world.errors == []
+    assert world.rest.call("DELETE", f"/batchEndpoints/{endpoint}")[0] == 200
 
 
 @pytest.mark.parametrize("page_name", ["batch", "jobs", "assets"])
