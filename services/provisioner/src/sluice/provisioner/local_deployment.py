@@ -248,11 +248,22 @@ class LocalDeployment:
         for inst in self.instances:
             inst.measure()
         seen = {i.id: i.requests_seen for i in self.instances if i.alive}
-        busy = any(not i.ready or i.requests_seen is None for i in self.instances if i.alive)
+        busy = any(
+            not i.ready or i.requests_seen is None or self._not_routed_yet(i, now)
+            for i in self.instances
+            if i.alive and not i.draining
+        )
         served = any(self._seen.get(id_, n) != n for id_, n in seen.items())
-        if busy or served:  # starting, not told yet, or a request came in (an instance that
-            self._last_active = now  # went is no activity: it would wake what went to zero)
-        self._seen = seen
+        if busy or served:  # starting, not told yet, not reachable yet, or a request came in
+            self._last_active = now  # (an instance that went is no activity: it would wake
+        self._seen = seen  # what went to zero)
+
+    def _not_routed_yet(self, inst: LocalInstance, now: float) -> bool:
+        """Ready, but the gateway does not send it requests yet: no client could reach it,
+        so its quiet is no idleness (a slow gateway update would otherwise take a woken
+        deployment back to zero before a second request could reach it)."""
+        routes = self._s.routing.routes(self.key, inst.address)
+        return inst.ready and routes is False and now - inst.ready_at <= ROUTE_WAIT_S
 
     def _autoscale(self, doc: OnlineDeploymentDoc) -> None:
         if self._s.autoscale.count(self.key) is not None:
