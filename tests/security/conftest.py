@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from sluice.common.nats_auth import CLI_USER
 from sluice.common.platform import PlatformState
 from sluice.common.resources import OnlineDeploymentDoc, ProvisioningState
 from sluice.common.settings import Settings
@@ -99,3 +100,14 @@ def attacked(
             True,
         )
         yield Attacked(local_platform, client, credential(client, ENDPOINT), attacker, victim)
+
+
+def refused_to_services(state: PlatformState) -> list[str]:
+    """nats-server's log lines where it refused a service (or the CLI) a subject."""
+    log = next(p.log_path for p in state.processes if p.name == "nats").read_text()
+    services = {"registry", "traffic", "provisioner", "batch", "metrics", CLI_USER}
+    return [
+        line
+        for line in log.splitlines()
+        if "Violation" in line and any(f'user:{s}"' in line for s in services)
+    ]

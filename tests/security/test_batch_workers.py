@@ -1,7 +1,7 @@
 """Batch workers run a deployment's scoring code: what that code can see of the platform.
 
 A batch job on the real platform whose `run()` reports, for each file, what the
-worker process holds: its NATS user (the restricted `batch-worker`, not a service's)
+worker process holds: its NATS user (the job's own, not a service's: test_nats_permissions)
 and whether any of the platform's secrets is in its environment. A second job runs
 the online attacker's search (attacker/score.py) from `run()`: the state directory,
 its secrets, the runner's folder, other processes' environments.
@@ -22,12 +22,14 @@ import yaml
 
 from sluice.common.isolation import user_name
 from sluice.common.mongo_auth import MongoUser
-from sluice.common.nats_auth import FOLDER, WORKER_USER
+from sluice.common.nats_auth import FOLDER, JOB_USERS, job_user
 from sluice.common.platform import LocalPlatform, PlatformState
 from sluice.common.settings import Settings
 from sluice.sdk.batch import TERMINAL, BatchClient, job_view, state_name, upload_input
 from sluice.sdk.client import RegistryClient
 from sluice.sdk.specs import load_batch_deployment, load_batch_endpoint
+
+from .conftest import refused_to_services
 
 pytestmark = pytest.mark.integration
 
@@ -45,6 +47,7 @@ def run(mini_batch):
     worker = json.loads(os.environ.get("SLUICE_BATCH_WORKER", "{}"))
     report = {
         "nats_user": urlsplit(worker.get("nats_url", "")).username,
+        "job": worker.get("job"),
         "secrets": sorted(
             k for k in ("SLUICE_ADMIN_TOKEN", "SLUICE_SECRET_KEY", "SLUICE_MONGODB_URI",
                         "SLUICE_NATS_URL") if os.environ.get(k)
@@ -122,12 +125,18 @@ def test_batch_workers_hold_no_platform_secret(
     assert state_name(job) == "Completed", job_view(job).get("status_message")
     assert len(reports) == 2
     for report in reports:
-        # NATS as the restricted workers' user (which cannot forge events: test_internal_doors).
-        assert report["nats_user"] == WORKER_USER
+        # NATS as the job's own user, which reaches nothing but its job (test_nats_permissions)
+        assert report["job"] == job.name
+        assert report["nats_user"] == job_user(job.name)
         # A minimal environment: none of the platform's secrets or its services' NATS URL.
         assert report["secrets"] == []
         if os.geteuid() == 0:  # the platform can switch users: the deployment's own, not root
             assert pwd.getpwuid(report["uid"]).pw_name == user_name("batch:sec-batch", "probe")
+    # The job ended: its user is gone from nats-server's configuration.
+    job_users = local_platform.state_dir / FOLDER / JOB_USERS
+    assert job_user(job.name) not in job_users.read_text()
+    # The batch service ran the job within its own NATS permissions.
+    assert refused_to_services(local_platform) == []
 
 
 def test_batch_deployment_code_finds_no_platform_secret(
@@ -142,8 +151,8 @@ def test_batch_deployment_code_finds_no_platform_secret(
         "platform CA key": (state / "pki" / "ca.key").read_text().splitlines()[1],
         "gateway CA key": (state / "tls" / "ca.key").read_text().splitlines()[1],
         "Mongo password": MongoUser(state).password(),
-        # The workers' own NATS password is theirs (in their configuration); no other.
-        **{f"NATS password of {u}": p for u, p in passwords.items() if u != WORKER_USER},
+        # The workers' own NATS password is their job's (in their configuration); no other.
+        **{f"NATS password of {u}": p for u, p in passwords.items()},
     }
     variables = {"PROBE_STATE_DIR": str(state), "PROBE_VICTIM_WORKSPACE": str(state / "jobs")}
     folder = tmp_path_factory.mktemp("sec-batch-attack")

@@ -1,7 +1,8 @@
 """Attack 3: the platform's internal doors, tried from the machine without credentials.
 
-NATS: no connection without a user; the batch workers' user (which deployment code
-holds while a batch job runs) can neither forge events nor touch the events stream.
+NATS: no connection without a user; the audit user reads events and can neither forge
+nor delete them; no service was ever refused a subject it needs (the batch jobs' own
+users: test_nats_permissions.py).
 SecantusDB: nothing is read or written without the platform's user and password.
 """
 
@@ -17,8 +18,16 @@ from pymongo import MongoClient
 from pymongo.errors import OperationFailure, ServerSelectionTimeoutError
 
 from sluice.common.mongo_auth import with_credentials
-from sluice.common.nats_auth import FOLDER, WORKER_USER, with_user
+from sluice.common.nats_auth import (
+    AUDIT_INBOX,
+    AUDIT_USER,
+    FOLDER,
+    PASSWORDS,
+    with_user,
+)
 from sluice.common.platform import PlatformState
+
+from .conftest import refused_to_services
 
 pytestmark = pytest.mark.integration
 
@@ -55,35 +64,34 @@ async def test_nats_refuses_a_connection_without_credentials(
             )
 
 
-async def test_the_batch_workers_user_cannot_forge_events_or_touch_the_stream(
+async def test_the_audit_user_reads_events_and_cannot_forge_or_delete_them(
     local_platform: PlatformState,
 ) -> None:
-    passwords = json.loads((local_platform.state_dir / FOLDER / "passwords.json").read_text())
-    url = with_user(nats_address(local_platform), WORKER_USER, passwords[WORKER_USER])
-    errors: list[Exception] = []
-
-    async def on_error(exc: Exception) -> None:
-        errors.append(exc)
-
-    client = await nats.connect(url, allow_reconnect=False, error_cb=on_error)
+    """With the credentials an operator gets (docs/security.md), audit reads, never writes."""
+    passwords = json.loads((local_platform.state_dir / FOLDER / PASSWORDS).read_text())
+    url = with_user(nats_address(local_platform), AUDIT_USER, passwords[AUDIT_USER])
+    client = await nats.connect(url, allow_reconnect=False, inbox_prefix=AUDIT_INBOX)
     try:
-        js = client.jetstream(timeout=2)
+        js = client.jetstream(timeout=5)
+        info = await js.stream_info("SLUICE_EVENTS")
+        assert info.state.messages > 0  # the platform's services published into it
+        reader = await js.subscribe(
+            "sluice.events.>", stream="SLUICE_EVENTS", ordered_consumer=True
+        )
+        assert (await reader.next_msg(timeout=10)).subject.startswith("sluice.events.")
+        denied = client.jetstream(timeout=1)
         with pytest.raises((JetStreamError, NatsError, TimeoutError)):
-            await js.publish("sluice.events.endpoint.created", b"{}")
+            await denied.publish("sluice.events.endpoint.created", b"{}")
         with pytest.raises((JetStreamError, NatsError, TimeoutError)):
-            await js.delete_stream("SLUICE_EVENTS")
-        with pytest.raises((JetStreamError, NatsError, TimeoutError)):
-            await js.pull_subscribe("sluice.events.>", durable="eavesdrop", stream="SLUICE_EVENTS")
-        await client.subscribe("sluice.events.>")
-        await client.flush(timeout=5)
+            await denied.delete_stream("SLUICE_EVENTS")
+        assert (await js.stream_info("SLUICE_EVENTS")).state.messages >= info.state.messages
     finally:
         await client.close()
-    assert any("permissions violation for subscription" in str(e) for e in errors), errors
-    # The platform's own services still publish: the stream is there, with its events.
-    services_url = local_platform.nats_url  # the CLI's user
-    admin = await nats.connect(services_url, allow_reconnect=False)
-    try:
-        info = await admin.jetstream().stream_info("SLUICE_EVENTS")
-        assert info.config.name == "SLUICE_EVENTS"
-    finally:
-        await admin.close()
+
+
+def test_the_platforms_services_stay_within_their_nats_permissions(
+    local_platform: PlatformState,
+) -> None:
+    """Each service has only the subjects it needs: none of them was ever refused one
+    (test_batch_workers checks again after its jobs)."""
+    assert refused_to_services(local_platform) == []

@@ -30,13 +30,16 @@ def nats_spec(
     data_dir: Path,
     name: str = "nats",
     config: Path | None = None,
+    pid_file: Path | None = None,
 ) -> ProcessSpec:
-    """`config`: a configuration file with the users (sluice.common.nats_auth)."""
+    """`config`: a configuration file with the users (sluice.common.nats_auth); `pid_file`:
+    where nats-server writes its pid (the batch service reloads it with SIGHUP)."""
     return ProcessSpec(
         name=name,
         argv=[
             "nats-server",
             *(["--config", str(config)] if config else []),
+            *(["--pid", str(pid_file)] if pid_file else []),
             "--addr",
             host,
             "--port",
@@ -46,8 +49,8 @@ def nats_spec(
             "--jetstream",
             "--store_dir",
             str(data_dir),
-            "--server_name",
-            "sluice",
+            # With a configuration file, the name is in it (a reload must not change it).
+            *([] if config else ["--server_name", "sluice"]),
         ],
         health=HttpCheck(f"http://{host}:{monitor_port}/healthz?js-enabled-only=true"),
         ports=[port, monitor_port],

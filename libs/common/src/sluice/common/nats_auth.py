@@ -1,34 +1,62 @@
-"""NATS users of the local platform: one per service, so deployment code has none.
+"""NATS users of the local platform, each with only the subjects it needs.
 
 Without credentials any local process could publish forged events into the audit
 stream or delete it. `sluice up` runs nats-server with an `authorization` block
-listing a user per service (and one for the CLI, which waits for `traffic.applied`),
-each with a random password; the services get `nats://<user>:<password>@host:port`
-in their own environment only. Passwords live in `<state dir>/nats-auth/`
-(0700, files 0600), which deployments cannot enter.
+(`<state dir>/nats-auth/nats-server.conf`, 0600 in a 0700 folder, like the random
+passwords in `passwords.json`); each service gets `nats://<user>:<password>@host:port`
+in its own environment only. The users:
 
-Batch workers run a deployment's scoring code *and* need NATS (their job's work
-queue), so their user (`batch-worker`) is denied what would harm others: publishing
-or subscribing on the events, usage and metrics subjects, reading the events
-stream through JetStream's API, and creating, changing or deleting any stream.
-What it can still reach are the batch subjects (other jobs' queues included: see
-docs/security.md).
+- **a service** (`registry`, `traffic`, ...) publishes only its own events (the
+  catalogue's `source`), its own measurements (`usage` for the provisioner, `metrics`
+  for the metrics service, the job queues for the batch service), JetStream's API
+  and acks; none may delete or purge the events stream or remove events from it,
+  and only the batch service touches the batch subjects.
+- **`cli`** (the CLI waits for `traffic.applied`) subscribes to events and publishes
+  nothing.
+- **`audit`**, for audit and alerting subscribers: reads events (core subscriptions
+  and JetStream consumers of the events stream: ephemeral ones, and one durable named
+  `audit`), publishes nothing else; its inboxes are `_INBOX_audit.` (clients set that
+  inbox prefix) so it cannot read other users' replies.
+- **one user per batch job** (`batch-job-<job>`), added by the batch service while the
+  job runs (`JobUsers`: the configuration is rewritten and nats-server reloaded with
+  SIGHUP): its workers run the deployment's scoring code, so they may pull from and ack
+  their own job's queue, publish their own job's results and receive on their own
+  inbox prefix, and nothing else: another job's queue, the events, the streams are
+  out of reach.
 
 A NATS named by SLUICE_NATS_URL is the operator's: its authentication is theirs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
+import signal
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from sluice.common.events.catalogue import ALL, AUTOSCALE_SCALED
+
 CLI_USER = "cli"
-WORKER_USER = "batch-worker"
+AUDIT_USER = "audit"
+AUDIT_DURABLE = "audit"
+AUDIT_INBOX = "_INBOX_audit"
+JOB_USER_PREFIX = "batch-job-"
 FOLDER = "nats-auth"
+PASSWORDS = "passwords.json"  # every static user's password
+STATIC_USERS = "users.json"  # their entries in the configuration (sluice up writes it)
+JOB_USERS = "batch-jobs.json"  # the batch jobs' users (the batch service writes it)
+CONFIG = "nats-server.conf"
+PID_FILE = "nats-server.pid"
+SERVER_NAME = "sluice"  # as components.nats_spec names it
+
+Permissions = dict[str, dict[str, list[str]]]
+# Events a service publishes besides those the catalogue names it the source of.
+EXTRA_EVENTS = {"provisioner": [AUTOSCALE_SCALED]}
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -46,63 +74,193 @@ def with_user(url: str, user: str, password: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:{password}@{host}"))
 
 
-def worker_denials(subject_root: str, events_stream: str) -> dict[str, list[str]]:
-    """What the batch workers' user may not publish or subscribe to."""
-    own = [f"{subject_root}.events.>", f"{subject_root}.usage.>", f"{subject_root}.metrics.>"]
+def without_user(url: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+@dataclass(frozen=True)
+class Subjects:
+    """The platform's subject names, from the events prefix (`sluice.events`)."""
+
+    events_prefix: str
+    events_stream: str
+
+    def beside(self, name: str) -> str:
+        """`sluice.events` -> `sluice.<name>` (usage, metrics, batch)."""
+        return f"{self.events_prefix.rsplit('.', 1)[0]}.{name}"
+
+
+def service_permissions(service: str, s: Subjects) -> Permissions:
+    """A service: its own events and measurements; the events stream cannot be removed."""
+    source = f"sluice/{service}"
+    events = sorted(
+        {e.subject(s.events_prefix) for e in ALL if e.source == source}
+        | {e.subject(s.events_prefix) for e in EXTRA_EVENTS.get(service, [])}
+    )
+    own = {
+        "provisioner": [f"{s.beside('usage')}.>"],
+        "metrics": [f"{s.beside('metrics')}.>"],
+        "batch": [f"{s.beside('batch')}.>"],
+    }.get(service, [])
     api = "$JS.API"
-    return {
-        "publish": [
-            *own,
-            f"{api}.STREAM.CREATE.>",
-            f"{api}.STREAM.UPDATE.>",
-            f"{api}.STREAM.DELETE.>",
-            f"{api}.STREAM.PURGE.>",
-            f"{api}.STREAM.MSG.DELETE.>",
-            f"{api}.STREAM.MSG.GET.{events_stream}",
-            f"{api}.DIRECT.GET.{events_stream}",
-            f"{api}.DIRECT.GET.{events_stream}.>",
-            f"{api}.CONSUMER.*.{events_stream}",
-            f"{api}.CONSUMER.*.{events_stream}.>",
-            f"{api}.CONSUMER.*.*.{events_stream}.>",
-        ],
-        "subscribe": own,
+    stream = s.events_stream
+    permissions: Permissions = {
+        "publish": {
+            "allow": [f"{api}.>", "$JS.ACK.>", "$JS.FC.>", "_INBOX.>", *events, *own],
+            "deny": [
+                f"{api}.STREAM.DELETE.{stream}",
+                f"{api}.STREAM.PURGE.{stream}",
+                f"{api}.STREAM.MSG.DELETE.{stream}",
+            ],
+        },
     }
+    if service != "batch":
+        permissions["subscribe"] = {"deny": [f"{s.beside('batch')}.>"]}
+    return permissions
+
+
+def audit_permissions(s: Subjects) -> Permissions:
+    """Read the events: core subscriptions and consumers of the events stream, nothing else."""
+    api = "$JS.API"
+    stream = s.events_stream
+    durable = AUDIT_DURABLE
+    return {
+        "publish": {
+            "allow": [
+                f"{api}.INFO",
+                f"{api}.STREAM.INFO.{stream}",
+                f"{api}.STREAM.MSG.GET.{stream}",
+                f"{api}.DIRECT.GET.{stream}",
+                f"{api}.DIRECT.GET.{stream}.>",
+                f"{api}.CONSUMER.CREATE.{stream}",  # ephemeral (ordered) consumers
+                f"{api}.CONSUMER.CREATE.{stream}.{durable}",
+                f"{api}.CONSUMER.CREATE.{stream}.{durable}.>",
+                f"{api}.CONSUMER.DURABLE.CREATE.{stream}.{durable}",
+                f"{api}.CONSUMER.INFO.{stream}.{durable}",
+                f"{api}.CONSUMER.DELETE.{stream}.{durable}",
+                f"{api}.CONSUMER.MSG.NEXT.{stream}.{durable}",
+                f"$JS.ACK.{stream}.{durable}.>",
+                f"$JS.FC.{stream}.>",
+            ],
+        },
+        "subscribe": {"allow": [f"{s.events_prefix}.>", f"{AUDIT_INBOX}.>"]},
+    }
+
+
+def cli_permissions(s: Subjects) -> Permissions:
+    return {"publish": {"deny": [">"]}, "subscribe": {"allow": [f"{s.events_prefix}.>"]}}
+
+
+def static_entries(passwords: dict[str, str], services: list[str], s: Subjects) -> list[Any]:
+    entries: list[Any] = []
+    for user in sorted(passwords):
+        if user == CLI_USER:
+            permissions = cli_permissions(s)
+        elif user == AUDIT_USER:
+            permissions = audit_permissions(s)
+        elif user in services:
+            permissions = service_permissions(user, s)
+        else:
+            continue  # a user of an earlier version (e.g. the shared batch-worker): gone
+        entries.append({"user": user, "password": passwords[user], "permissions": permissions})
+    return entries
+
+
+def render(folder: Path) -> Path:
+    """nats-server's configuration: the static users and the batch jobs' users."""
+    users = json.loads((folder / STATIC_USERS).read_text())
+    jobs = folder / JOB_USERS
+    if jobs.exists():
+        users += json.loads(jobs.read_text())
+    config = folder / CONFIG
+    # nats-server's configuration format accepts JSON. The server name is here, not on its
+    # command line: a reload refuses a file that would change it (to none).
+    body = {"server_name": SERVER_NAME, "authorization": {"users": users}}
+    _write_private(config, json.dumps(body, indent=1))
+    return config
 
 
 @dataclass(frozen=True)
 class NatsUsers:
-    """The users nats-server knows, their passwords, and its configuration file."""
+    """The static users nats-server knows, their passwords, and its configuration file."""
 
     passwords: dict[str, str]
     config_file: Path
+    pid_file: Path
 
     @classmethod
-    def ensure(
-        cls, state_dir: Path, users: list[str], *, subject_root: str, events_stream: str
-    ) -> NatsUsers:
+    def ensure(cls, state_dir: Path, services: list[str], subjects: Subjects) -> NatsUsers:
         """Keep existing passwords (running services use them), add missing users, and
-        (re)write nats-server's configuration."""
+        (re)write nats-server's configuration (keeping the batch jobs' users)."""
         folder = state_dir / FOLDER
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        stored = folder / "passwords.json"
+        stored = folder / PASSWORDS
         passwords: dict[str, str] = json.loads(stored.read_text()) if stored.exists() else {}
-        for user in [*users, CLI_USER, WORKER_USER]:
+        passwords = {u: p for u, p in passwords.items() if u in {*services, CLI_USER, AUDIT_USER}}
+        for user in [*services, CLI_USER, AUDIT_USER]:
             passwords.setdefault(user, secrets.token_urlsafe(24))
         _write_private(stored, json.dumps(passwords, indent=1))
-        denied = worker_denials(subject_root, events_stream)
-        entries = []
-        for user, password in sorted(passwords.items()):
-            entry: dict[str, object] = {"user": user, "password": password}
-            if user == WORKER_USER:
-                entry["permissions"] = {
-                    "publish": {"deny": denied["publish"]},
-                    "subscribe": {"deny": denied["subscribe"]},
-                }
-            entries.append(entry)
-        config = folder / "nats-server.conf"
-        # nats-server's configuration format accepts JSON.
-        _write_private(config, json.dumps({"authorization": {"users": entries}}, indent=1))
-        return cls(passwords=passwords, config_file=config)
+        entries = static_entries(passwords, services, subjects)
+        _write_private(folder / STATIC_USERS, json.dumps(entries, indent=1))
+        return cls(passwords=passwords, config_file=render(folder), pid_file=folder / PID_FILE)
 
     def url(self, base: str, user: str) -> str:
         return with_user(base, user, self.passwords[user])
+
+
+def job_user(job: str) -> str:
+    return f"{JOB_USER_PREFIX}{job}"
+
+
+class JobUsers:
+    """The batch jobs' NATS users, kept in `batch-jobs.json` beside the static users.
+
+    Each change rewrites nats-server's configuration and sends it SIGHUP (a reload
+    keeps every other connection). Used by the batch service only; blocking (small
+    files, one signal)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.file = folder / JOB_USERS
+
+    def _entries(self) -> list[dict[str, Any]]:
+        return json.loads(self.file.read_text()) if self.file.exists() else []
+
+    def _save(self, entries: list[dict[str, Any]]) -> None:
+        _write_private(self.file, json.dumps(entries, indent=1))
+        render(self.folder)
+        self._reload()
+
+    def add(self, job: str, permissions: Permissions) -> str:
+        """The job's user (created, or its permissions refreshed); returns its password."""
+        user = job_user(job)
+        entries = self._entries()
+        old = next((e for e in entries if e["user"] == user), None)
+        password = old["password"] if old else secrets.token_urlsafe(24)
+        entry = {"user": user, "password": password, "permissions": permissions}
+        if old != entry:
+            self._save([e for e in entries if e["user"] != user] + [entry])
+        return password
+
+    def remove(self, job: str) -> None:
+        entries = self._entries()
+        kept = [e for e in entries if e["user"] != job_user(job)]
+        if len(kept) != len(entries):
+            self._save(kept)
+
+    def keep_only(self, jobs: set[str]) -> None:
+        """Forget the users of jobs that ended while the service was away."""
+        entries = self._entries()
+        wanted = {job_user(j) for j in jobs}
+        kept = [e for e in entries if e["user"] in wanted]
+        if len(kept) != len(entries):
+            self._save(kept)
+
+    def _reload(self) -> None:
+        """SIGHUP to nats-server, if the pid file names a running nats-server (a stale pid
+        may name another process, for which SIGHUP would be fatal)."""
+        with contextlib.suppress(OSError, ValueError):
+            pid = int((self.folder / PID_FILE).read_text().strip())
+            if "nats-server" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+                os.kill(pid, signal.SIGHUP)

@@ -45,7 +45,7 @@ from sluice.common.components import (
 )
 from sluice.common.health import check_from_probe
 from sluice.common.mongo_auth import MongoUser, with_credentials
-from sluice.common.nats_auth import CLI_USER, WORKER_USER, NatsUsers
+from sluice.common.nats_auth import CLI_USER, FOLDER, NatsUsers, Subjects
 from sluice.common.pki import PlatformPki
 from sluice.common.settings import ServicePorts, Settings, service_env
 from sluice.common.supervisor import (
@@ -352,8 +352,7 @@ class LocalPlatform:
             users = NatsUsers.ensure(
                 self.state_dir,
                 [svc.name for svc in services],
-                subject_root=s.events_subject_prefix.split(".", 1)[0],
-                events_stream=s.events_stream,
+                Subjects(s.events_subject_prefix, s.events_stream),
             )
             nats = nats_spec(
                 host=host,
@@ -361,6 +360,7 @@ class LocalPlatform:
                 monitor_port=self._port(s.nats_monitor_port),
                 data_dir=data / "nats",
                 config=users.config_file,
+                pid_file=users.pid_file,
             )
             specs.append(nats)
             nats_url = nats.address
@@ -388,8 +388,9 @@ class LocalPlatform:
         # Each service's own Prometheus /metrics (gRPC calls, reconciles, xDS, event lag).
         prometheus = {svc.name: free_port(host) for svc in services}
         admin_socket = self.state_dir / "envoy" / "admin.sock"  # private: /config_dump shows keys
-        # Batch workers run deployment code: NATS as the restricted user (nats_auth.py).
-        own_env = {"batch": {"SLUICE_BATCH_WORKER_NATS_URL": nats_of(WORKER_USER)}}
+        # Batch workers run deployment code: a NATS user per job (nats_auth.py), which the
+        # batch service adds there.
+        own_env = {"batch": {"SLUICE_NATS_AUTH_DIR": str(self.state_dir / FOLDER)} if users else {}}
         for svc in services:
             specs.append(
                 python_service_spec(

@@ -86,9 +86,9 @@ class Settings(BaseSettings):
     mongodb_port: int = 0
 
     nats_url: str | None = Field(default=None, description="A running NATS; unset = run one")
-    # What batch workers (deployment code) connect with: a user of restricted rights
-    # (sluice.common.nats_auth); unset = nats_url.
-    batch_worker_nats_url: str | None = None
+    # The local platform's NATS users (sluice.common.nats_auth): the batch service adds a
+    # user per job there for its workers (deployment code); unset = workers use nats_url.
+    nats_auth_dir: Path | None = None
     # Local folders batch jobs may read inputs from and write outputs to besides the
     # datastore (os.pathsep-separated), e.g. a shared file system mounted on every host; the
     # CLI uploads a local --input instead (services/batch/.../inputs.py says why).

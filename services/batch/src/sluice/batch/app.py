@@ -31,6 +31,7 @@ from sluice.common.events import (
 from sluice.common.grpc_server import GrpcServer
 from sluice.common.log import get_logger
 from sluice.common.mongo import create_mongo_client, database, require_uri
+from sluice.common.nats_auth import JobUsers
 from sluice.common.prometheus import start_exporter
 from sluice.common.runtime import wait_for_shutdown_signal
 from sluice.common.settings import Settings
@@ -103,7 +104,7 @@ async def serve(settings: Settings) -> None:
             store=store,
             db=db,
             broker=broker,
-            nats_url=settings.batch_worker_nats_url or settings.nats_url,
+            nats_url=settings.nats_url,
             subject_prefix=batch_prefix(settings),
             state_dir=state_dir,
             jobs_dir=state_dir / "jobs",
@@ -111,6 +112,7 @@ async def serve(settings: Settings) -> None:
             artifacts=ArtifactStore(state_dir / "artifacts"),
             catalogue=Catalogue.load(),
             spares=spares,
+            job_users=JobUsers(settings.nats_auth_dir) if settings.nats_auth_dir else None,
         )
         registry = None
         if settings.registry_address:

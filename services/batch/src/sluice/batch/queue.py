@@ -9,6 +9,8 @@
   runner replays it from the start after a restart to rebuild progress.
 
 Both streams are deleted when the job ends; the job document keeps the totals.
+The workers' NATS user (one per job on the local platform: sluice.common.nats_auth)
+may reach only these: `worker_permissions`.
 """
 
 from __future__ import annotations
@@ -53,6 +55,26 @@ class JobQueue:
     @property
     def results_prefix(self) -> str:
         return f"{self.prefix}.{self.job}.results"
+
+    @property
+    def inbox_prefix(self) -> str:
+        """The workers' inboxes (replies to their pulls and publishes): theirs alone."""
+        return f"_INBOX_{self.job}"
+
+    def worker_permissions(self) -> dict[str, dict[str, list[str]]]:
+        """Pull from and ack this job's queue, publish its results, receive on its inboxes."""
+        work = f"{self.work_stream}.{DURABLE}"
+        return {
+            "publish": {
+                "allow": [
+                    f"$JS.API.CONSUMER.MSG.NEXT.{work}",
+                    f"$JS.API.CONSUMER.INFO.{work}",
+                    f"$JS.ACK.{work}.>",
+                    f"{self.results_prefix}.>",
+                ]
+            },
+            "subscribe": {"allow": [f"{self.inbox_prefix}.>"]},
+        }
 
     @staticmethod
     def ack_wait(timeout_s: float) -> float:

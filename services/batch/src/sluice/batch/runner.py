@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import nats
+import nats.errors
 import psutil
 from faststream.nats import JStream, NatsBroker
 from nats.js.api import DeliverPolicy
@@ -46,6 +48,7 @@ from sluice.common.catalogue import Catalogue, UnknownInstanceType
 from sluice.common.environments import EnvironmentBuilder, EnvironmentError_
 from sluice.common.isolation import IsolationError
 from sluice.common.log import get_logger
+from sluice.common.nats_auth import JobUsers, job_user, with_user, without_user
 from sluice.common.resources import (
     BATCH_DEPLOYMENTS,
     BatchDeploymentDoc,
@@ -61,6 +64,7 @@ log = get_logger(__name__)
 TICK_S = 0.25
 STOP_GRACE_S = 5.0
 LOG_LINES_IN_ERRORS = 20
+NATS_RELOAD_DEADLINE_S = 10.0
 
 
 class JobAborted(Exception):
@@ -80,6 +84,8 @@ class RunnerContext:
     artifacts: ArtifactStore
     catalogue: Catalogue
     spares: SparePool
+    # The local platform's NATS: a user per job for its workers (None: they use nats_url).
+    job_users: JobUsers | None = None
 
 
 def tail(path: Path, lines: int = LOG_LINES_IN_ERRORS) -> str:
@@ -149,6 +155,32 @@ def worker_env(job: Job, python: str, home: Path, cfg: WorkerConfig) -> dict[str
     if cfg.scoring_script:
         env["AZUREML_ENTRY_SCRIPT"] = cfg.scoring_script
     return env
+
+
+async def _refused(exc: Exception) -> None:
+    del exc
+
+
+async def nats_accepts(url: str, *, deadline_s: float) -> bool:
+    """Whether NATS accepts `url`'s user before the deadline (a reload takes effect shortly
+    after its signal)."""
+    end = time.monotonic() + deadline_s
+    while True:
+        try:
+            connection = await nats.connect(
+                url,
+                allow_reconnect=False,
+                max_reconnect_attempts=0,
+                connect_timeout=2,
+                error_cb=_refused,  # expected until the reload: not worth a traceback
+            )
+        except (nats.errors.Error, OSError):
+            if time.monotonic() > end:
+                return False
+            await asyncio.sleep(0.05)
+            continue
+        await connection.close()
+        return True
 
 
 def job_dir(jobs_dir: Path, name: str) -> Path:
@@ -273,7 +305,8 @@ class JobRunner:
         self.spare_key = await asyncio.to_thread(spare_key_for, self.ctx, runtime, space)
         self.cwd = code or space.home
         return WorkerConfig(
-            nats_url=self.ctx.nats_url,
+            nats_url=await self._workers_nats_url(),
+            inbox_prefix=self.queue.inbox_prefix,
             job=job.name,
             worker="",
             stream=self.queue.work_stream,
@@ -292,6 +325,23 @@ class JobRunner:
             code=str(code) if code else None,
             scoring_script=runtime.spec.code_configuration.scoring_script or None,
         )
+
+    async def _workers_nats_url(self) -> str:
+        """On the local platform, a NATS user of this job alone (JobQueue.worker_permissions):
+        the workers run the deployment's code, which must not reach other jobs' queues."""
+        users = self.ctx.job_users
+        if users is None:
+            return self.ctx.nats_url
+        password = await asyncio.to_thread(
+            users.add, self.job.name, self.queue.worker_permissions()
+        )
+        url = with_user(without_user(self.ctx.nats_url), job_user(self.job.name), password)
+        if not await nats_accepts(url, deadline_s=NATS_RELOAD_DEADLINE_S):
+            raise JobAborted(
+                f"NATS did not accept the job's workers' user within {NATS_RELOAD_DEADLINE_S:.0f}"
+                " s (its configuration is reloaded with SIGHUP: is nats-server running?)"
+            )
+        return url
 
     def _isolate(
         self, runtime: Runtime
@@ -526,6 +576,8 @@ class JobRunner:
             worker_processes=(),
         )
         await self.queue.delete(self.ctx.broker)
+        if self.ctx.job_users is not None:
+            await asyncio.to_thread(self.ctx.job_users.remove, self.job.name)
         if self.spare_key is not None:  # spares for the next job, now that this one is done
             self.ctx.spares.want(self.spare_key, self.job.workers)
         if ended is not None:

@@ -151,8 +151,12 @@ class BatchService:
         task.add_done_callback(lambda _: self._runners.pop(job.name, None))
 
     async def resume(self) -> None:
-        """Start a runner for every job a previous run of the service left unfinished."""
-        for job in await self.store.unfinished():
+        """Start a runner for every job a previous run of the service left unfinished
+        (and forget the NATS users of jobs that ended while it was away)."""
+        unfinished = await self.store.unfinished()
+        if self.ctx.job_users is not None:
+            await asyncio.to_thread(self.ctx.job_users.keep_only, {j.name for j in unfinished})
+        for job in unfinished:
             if job.name not in self._runners:
                 log.info("job_resuming", job=job.name, state=job.state.value)
                 self._launch(job)

@@ -55,6 +55,7 @@ class WorkerConfig(BaseModel):
     """What the runner tells a worker (as JSON in $SLUICE_BATCH_WORKER)."""
 
     nats_url: str
+    inbox_prefix: str = "_INBOX"  # the job's own (its NATS user may receive only there)
     job: str
     worker: str
     stream: str
@@ -207,7 +208,9 @@ class Worker:
 
     async def serve(self) -> int:
         cfg = self.cfg
-        connection = await nats.connect(cfg.nats_url, name=f"sluice-batch-{cfg.worker}")
+        connection = await nats.connect(
+            cfg.nats_url, name=f"sluice-batch-{cfg.worker}", inbox_prefix=cfg.inbox_prefix
+        )
         self.js = connection.jetstream()
         # The runner declared the consumer (ack-wait, max deliveries): bind to it as it is.
         consumer = await self.js.pull_subscribe_bind(cfg.durable, cfg.stream)

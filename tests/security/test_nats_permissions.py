@@ -1,0 +1,279 @@
+"""NATS least privilege: each user reaches only its own subjects (sluice.common.nats_auth).
+
+A real nats-server runs with the configuration `sluice up` writes; the batch
+jobs' users are added and removed as the batch service does (a rewrite and a
+SIGHUP). Each attack is tried with a user's own password and refused, and what
+the attacker aimed at is left as it was.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.client import Client
+from nats.errors import Error as NatsError
+from nats.js.api import ConsumerConfig, StreamConfig
+from nats.js.errors import Error as JetStreamError
+
+from sluice.batch.queue import DURABLE, JobQueue
+from sluice.batch.runner import nats_accepts
+from sluice.batch.worker import MiniBatch
+from sluice.common.components import nats_spec
+from sluice.common.nats_auth import (
+    AUDIT_DURABLE,
+    AUDIT_INBOX,
+    AUDIT_USER,
+    CLI_USER,
+    FOLDER,
+    JobUsers,
+    NatsUsers,
+    Subjects,
+    job_user,
+    with_user,
+)
+from sluice.common.supervisor import Supervisor, free_port, stop_process
+from sluice.testing.wait import wait_for_async
+
+pytestmark = pytest.mark.integration
+
+SUBJECTS = Subjects("sluice.events", "SLUICE_EVENTS")
+SERVICES = ["registry", "traffic", "provisioner", "batch", "metrics"]
+REFUSED = (JetStreamError, NatsError, TimeoutError)
+# A refused request gets no answer (nats-server tells the client on its error callback).
+REFUSAL_S = 1.0
+
+
+@dataclass(frozen=True)
+class Nats:
+    address: str
+    users: NatsUsers
+    jobs: JobUsers
+
+    def url(self, user: str) -> str:
+        return self.users.url(self.address, user)
+
+
+@pytest.fixture(scope="module")
+def secured_nats(
+    session_supervisor: Supervisor, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Nats]:
+    state = tmp_path_factory.mktemp("nats-state")
+    users = NatsUsers.ensure(state, SERVICES, SUBJECTS)
+    spec = nats_spec(
+        host="127.0.0.1",
+        port=free_port(),
+        monitor_port=free_port(),
+        data_dir=state / "data",
+        config=users.config_file,
+        pid_file=users.pid_file,
+        name="nats-secured",
+    )
+    running = session_supervisor.start(spec)
+    yield Nats(spec.address, users, JobUsers(state / FOLDER))
+    stop_process(running)
+
+
+async def connect(url: str, errors: list[str] | None = None, **kwargs: object) -> Client:
+    async def on_error(exc: Exception) -> None:
+        if errors is not None:
+            errors.append(str(exc).lower())
+
+    return await nats.connect(url, allow_reconnect=False, error_cb=on_error, **kwargs)  # type: ignore[arg-type]
+
+
+async def refused_by_server(errors: list[str], what: str) -> None:
+    """nats-server's -ERR arrives on the client's error callback, asynchronously."""
+
+    async def seen() -> bool:
+        return any(f"permissions violation for {what}" in e for e in errors)
+
+    await wait_for_async(seen, f"a permissions violation for {what}", deadline=10)
+
+
+@pytest.fixture(scope="module")
+async def two_jobs(secured_nats: Nats) -> AsyncIterator[dict[str, tuple[JobQueue, str]]]:
+    """Jobs `a` and `b`, each with one mini-batch queued by the batch service and a user."""
+    service = await connect(secured_nats.url("batch"))
+    js = service.jetstream()
+    jobs = {}
+    for job in ("job-a", "job-b"):
+        queue = JobQueue(job, "sluice.batch")
+        await js.add_stream(StreamConfig(name=queue.work_stream, subjects=[queue.work_subject]))
+        await js.add_stream(
+            StreamConfig(name=queue.results_stream, subjects=[f"{queue.results_prefix}.>"])
+        )
+        await js.add_consumer(queue.work_stream, ConsumerConfig(durable_name=DURABLE, ack_wait=30))
+        body = MiniBatch(index=0, files=[f"/{job}/secret.csv"]).model_dump_json().encode()
+        await js.publish(queue.work_subject, body, stream=queue.work_stream)
+        password = secured_nats.jobs.add(job, queue.worker_permissions())
+        url = with_user(secured_nats.address, job_user(job), password)
+        assert await nats_accepts(url, deadline_s=10), f"{job}'s user was never accepted"
+        jobs[job] = (queue, url)
+    yield jobs
+    await service.close()
+
+
+def configured_users(config_file: Path) -> set[str]:
+    return {u["user"] for u in json.loads(config_file.read_text())["authorization"]["users"]}
+
+
+async def stream_messages(secured_nats: Nats, stream: str) -> int:
+    service = await connect(secured_nats.url("batch"))
+    try:
+        return (await service.jetstream().stream_info(stream)).state.messages
+    finally:
+        await service.close()
+
+
+async def test_a_jobs_workers_reach_their_own_queue_and_no_other(
+    secured_nats: Nats, two_jobs: dict[str, tuple[JobQueue, str]]
+) -> None:
+    own, url = two_jobs["job-a"]
+    other, _ = two_jobs["job-b"]
+    errors: list[str] = []
+    worker = await connect(url, errors, inbox_prefix=own.inbox_prefix)
+    try:
+        js = worker.jetstream(timeout=5)
+        denied = worker.jetstream(timeout=REFUSAL_S)
+        # Its own job: pull, report, ack, as sluice.batch.worker does.
+        mine = await js.pull_subscribe_bind(DURABLE, own.work_stream)
+        [message] = await mine.fetch(1, timeout=5)
+        assert b"job-a" in message.data
+        await js.publish(f"{own.results_prefix}.0", b"{}", stream=own.results_stream)
+        await message.ack()
+        # Another job's queue: no pull, no result, no peek, no snooping.
+        theirs = await denied.pull_subscribe_bind(DURABLE, other.work_stream)
+        with pytest.raises(REFUSED):
+            await theirs.fetch(1, timeout=REFUSAL_S)
+        with pytest.raises(REFUSED):
+            await denied.publish(f"{other.results_prefix}.0", b"{}", stream=other.results_stream)
+        with pytest.raises(REFUSED):
+            await denied.stream_info(other.work_stream)
+        with pytest.raises(REFUSED):
+            await denied.publish("sluice.events.endpoint.created", b"{}")
+        await worker.publish(f"$JS.ACK.{other.work_stream}.{DURABLE}.1.1.1.0.0", b"")
+        for subject in ("sluice.batch.>", "_INBOX.>", "_INBOX_job-b.>", "sluice.events.>"):
+            await worker.subscribe(subject)
+        await worker.flush(timeout=5)
+        await refused_by_server(errors, "subscription")
+        await refused_by_server(errors, "publish")
+    finally:
+        await worker.close()
+    # Job b is as it was: its mini-batch waits for its own workers, no result was forged.
+    assert await stream_messages(secured_nats, other.work_stream) == 1
+    assert await stream_messages(secured_nats, other.results_stream) == 0
+    assert await stream_messages(secured_nats, own.results_stream) == 1
+
+
+async def test_an_ended_jobs_user_is_refused_and_others_stay(
+    secured_nats: Nats, two_jobs: dict[str, tuple[JobQueue, str]]
+) -> None:
+    secured_nats.jobs.add("job-c", JobQueue("job-c", "sluice.batch").worker_permissions())
+    secured_nats.jobs.remove("job-c")
+    assert job_user("job-c") not in configured_users(secured_nats.users.config_file)
+    gone = with_user(secured_nats.address, job_user("job-c"), "any")
+    assert not await nats_accepts(gone, deadline_s=0)
+    assert await nats_accepts(two_jobs["job-b"][1], deadline_s=5)
+    assert await nats_accepts(secured_nats.url("registry"), deadline_s=5)
+
+
+@pytest.mark.parametrize(
+    ("user", "subject", "allowed"),
+    [
+        ("registry", "sluice.events.endpoint.created", True),
+        ("traffic", "sluice.events.endpoint.created", False),  # not its event
+        ("traffic", "sluice.events.traffic.applied", True),
+        ("provisioner", "sluice.events.instance.ready", True),
+        ("provisioner", "sluice.events.keys.regenerated", False),
+        ("metrics", "sluice.events.alert.fired", True),
+        ("batch", "sluice.events.deployment.deleted", False),
+        (CLI_USER, "sluice.events.traffic.applied", False),
+        (AUDIT_USER, "sluice.events.alert.fired", False),
+    ],
+)
+async def test_a_service_publishes_only_its_own_events(
+    secured_nats: Nats, user: str, subject: str, allowed: bool
+) -> None:
+    registry = await connect(secured_nats.url("registry"))
+    publisher = await connect(secured_nats.url(user))
+    try:
+        await registry.jetstream().add_stream(
+            StreamConfig(name=SUBJECTS.events_stream, subjects=["sluice.events.>"])
+        )
+        before = await registry.jetstream().stream_info(SUBJECTS.events_stream)
+        js = publisher.jetstream(timeout=5 if allowed else REFUSAL_S)
+        if allowed:
+            await js.publish(subject, b"{}", stream=SUBJECTS.events_stream)
+        else:
+            with pytest.raises(REFUSED):
+                await js.publish(subject, b"{}", stream=SUBJECTS.events_stream)
+        after = await registry.jetstream().stream_info(SUBJECTS.events_stream)
+        assert after.state.messages == before.state.messages + (1 if allowed else 0)
+    finally:
+        await publisher.close()
+        await registry.close()
+
+
+async def test_no_service_can_remove_the_events_and_only_batch_reads_job_queues(
+    secured_nats: Nats, two_jobs: dict[str, tuple[JobQueue, str]]
+) -> None:
+    registry = await connect(secured_nats.url("registry"))
+    try:
+        js = registry.jetstream(timeout=5)
+        denied = registry.jetstream(timeout=REFUSAL_S)
+        await js.add_stream(StreamConfig(name=SUBJECTS.events_stream, subjects=["sluice.events.>"]))
+        await js.publish("sluice.events.endpoint.deleted", b"{}")
+        before = (await js.stream_info(SUBJECTS.events_stream)).state.messages
+        with pytest.raises(REFUSED):
+            await denied.purge_stream(SUBJECTS.events_stream)
+        with pytest.raises(REFUSED):
+            await denied.delete_stream(SUBJECTS.events_stream)
+        assert (await js.stream_info(SUBJECTS.events_stream)).state.messages == before
+    finally:
+        await registry.close()
+    errors: list[str] = []
+    traffic = await connect(secured_nats.url("traffic"), errors)
+    try:
+        await traffic.subscribe("sluice.batch.>")
+        await traffic.flush(timeout=5)
+        await refused_by_server(errors, "subscription")
+    finally:
+        await traffic.close()
+
+
+async def test_the_audit_user_reads_events_and_changes_nothing(secured_nats: Nats) -> None:
+    registry = await connect(secured_nats.url("registry"))
+    await registry.jetstream().add_stream(
+        StreamConfig(name=SUBJECTS.events_stream, subjects=["sluice.events.>"])
+    )
+    await registry.jetstream().publish("sluice.events.endpoint.updated", b'{"audited": 1}')
+    before = (await registry.jetstream().stream_info(SUBJECTS.events_stream)).state.messages
+    audit = await connect(secured_nats.url(AUDIT_USER), inbox_prefix=AUDIT_INBOX)
+    try:
+        js = audit.jetstream(timeout=5)
+        denied = audit.jetstream(timeout=REFUSAL_S)
+        # Reads: an ordered (ephemeral) consumer from the start, and the `audit` durable.
+        stream = SUBJECTS.events_stream
+        seen = await js.subscribe("sluice.events.>", stream=stream, ordered_consumer=True)
+        first = await seen.next_msg(timeout=5)
+        assert first.subject.startswith("sluice.events.")
+        durable = await js.pull_subscribe("sluice.events.>", AUDIT_DURABLE, stream=stream)
+        [message] = await durable.fetch(1, timeout=5)
+        await message.ack()
+        # Writes: none.
+        with pytest.raises(REFUSED):
+            await denied.publish("sluice.events.endpoint.deleted", b"{}")
+        with pytest.raises(REFUSED):
+            await denied.delete_stream(SUBJECTS.events_stream)
+        with pytest.raises(REFUSED):  # a service's durable: taking its messages would hide them
+            await denied.pull_subscribe("sluice.events.>", "provisioner", stream=stream)
+    finally:
+        await audit.close()
+    after = (await registry.jetstream().stream_info(SUBJECTS.events_stream)).state.messages
+    await registry.close()
+    assert after == before
