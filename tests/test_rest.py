@@ -232,3 +232,31 @@ def test_every_service_answers_over_rest(rest: Rest, test_id: str) -> None:
     assert status == 200 and "settings" in settings
     status, missing = rest.call("GET", f"/jobs/no-such-job-{test_id}")
     assert status == 404 and missing["code"] == 5
+
+
+def test_tokens_over_rest(rest: Rest, test_id: str) -> None:
+    """The Access service is REST too: an admin creates, lists and revokes; roles hold."""
+    user = f"rest-{test_id}"
+    status, created = rest.call(
+        "POST", "/tokens", {"user": user, "role": "ROLE_READER", "expiresInS": "3600"}
+    )
+    assert status == 200, created
+    secret, token_id = created["secret"], created["token"]["id"]
+    assert created["token"]["expiresAt"]
+    status, listed = rest.call("GET", "/tokens")
+    assert status == 200
+    [mine] = [t for t in listed["tokens"] if t["user"] == user]
+    assert "secret" not in mine and mine["expiresAt"] == created["token"]["expiresAt"]
+
+    assert rest.call("GET", "/onlineEndpoints", auth=secret)[0] == 200
+    status, body = rest.call("POST", "/tokens", {"user": "x", "role": "ROLE_ADMIN"}, auth=secret)
+    assert status == 403 and "may not call CreateToken" in body["message"]
+    bad = {"user": user, "role": "ROLE_READER", "expiresInS": "-1"}
+    status, body = rest.call("POST", "/tokens", bad)
+    assert status == 400 and "expires_in_s must be between" in body["message"]
+
+    status, revoked = rest.call("POST", f"/tokens/{token_id}/revoke")
+    assert status == 200 and revoked["revokedAt"]
+    status, body = rest.call("GET", "/onlineEndpoints", auth=secret)
+    assert status == 401 and "was revoked" in body["message"]
+    assert [t for t in rest.call("GET", "/tokens")[1].get("tokens", []) if t["user"] == user] == []

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,11 @@ from pymongo.asynchronous.database import AsyncDatabase
 from sluice.common.events import parse_envelope
 from sluice.common.mongo import Document
 from sluice.common.resources import OnlineEndpointSpec
+from sluice.sdk.batch import BatchClient
 from sluice.sdk.client import RegistryClient, SluiceError
-from sluice.testing.plugin import RunningService
+from sluice.sdk.metrics import MetricsClient
+from sluice.testing.plugin import RunningService, ServiceStarter
+from sluice.v1 import metrics_pb2
 
 
 class Cli:
@@ -163,3 +167,70 @@ def test_bad_token_requests_are_refused_clearly(cli: Cli) -> None:
         "token", "create", "--user", "no spaces", "--role", "reader"
     )
     assert "no token 'nope'" in cli.error("token", "revoke", "nope")
+
+
+async def test_tokens_expire_with_a_clear_message(
+    cli: Cli, registry: RunningService, mongo_db: AsyncDatabase[Document]
+) -> None:
+    created = cli.ok("token", "create", "--user", "erin", "--role", "reader", "--expires-in", "7d")
+    expires = datetime.fromisoformat(created["expires_at"])
+    assert abs((expires - datetime.now(UTC)) - timedelta(days=7)) < timedelta(minutes=5)
+    [listed] = cli.ok("token", "list")
+    assert listed["expires_at"] == created["expires_at"]
+    with client(registry, created["token"]) as erin:
+        assert erin.list_online_endpoints() == []
+        # A week later (the clock moved on in the stored document):
+        await mongo_db["user_tokens"].update_one(
+            {"_id": created["id"]},
+            {"$set": {"expires_at": datetime.now(UTC) - timedelta(seconds=1)}},
+        )
+        message = refused(erin.list_online_endpoints, "UNAUTHENTICATED")
+    assert f"token {created['id']} of erin expired at" in message
+    assert "sluice token create" in message
+
+    # Bad lifetimes: refused, saying why, and no token made.
+    for bad in ("7x", "0d", "-1d", "soon"):
+        result = cli.run(
+            "token", "create", "--user", "erin", "--role", "reader", "--expires-in", bad
+        )
+        assert result.returncode != 0 and "not a duration" in result.stderr, result.stderr
+    assert registry.settings.admin_token
+    with client(registry, registry.settings.admin_token) as admin:
+        assert "expires_in_s must be between" in refused(
+            lambda: admin.create_token("erin", "reader", expires_in_s=-5), "INVALID_ARGUMENT"
+        )
+        assert [t.id for t in admin.list_tokens()] == [created["id"]]
+
+
+async def test_batch_and_metrics_check_role_tokens_like_the_registry(
+    start_service: ServiceStarter, registry: RunningService, mongo_db: AsyncDatabase[Document]
+) -> None:
+    metrics_service = start_service("metrics")
+    batch_service = start_service("batch")
+    assert registry.settings.admin_token
+    with client(registry, registry.settings.admin_token) as admin:
+        reader = admin.create_token("alice", "reader")
+        deployer = admin.create_token("bob", "deployer").secret
+    with MetricsClient(metrics_service.address, reader.secret) as metrics:
+        assert metrics.list_alert_rules() == []
+        assert "alice (reader) may not call CreateAlertRule" in refused(
+            lambda: metrics.create_alert_rule(metrics_pb2.AlertRule(name="r")), "PERMISSION_DENIED"
+        )
+        refused(lambda: metrics.request_logs("any"), "PERMISSION_DENIED")  # callers' payloads
+        assert metrics.list_alert_rules() == []
+    with BatchClient(batch_service.address, reader.secret) as batch:
+        assert batch.list() == []
+        assert "alice (reader) may not call CancelJob" in refused(
+            lambda: batch.cancel("nope"), "PERMISSION_DENIED"
+        )
+    with BatchClient(batch_service.address, deployer) as batch:
+        refused(lambda: batch.cancel("nope"), "NOT_FOUND")  # let in: the job does not exist
+    with MetricsClient(metrics_service.address, deployer) as metrics:
+        refused(lambda: metrics.delete_alert_rule("nope"), "NOT_FOUND")
+    await mongo_db["user_tokens"].update_one(
+        {"_id": reader.token.id}, {"$set": {"expires_at": datetime.now(UTC) - timedelta(seconds=1)}}
+    )
+    with MetricsClient(metrics_service.address, reader.secret) as metrics:
+        assert "expired at" in refused(metrics.list_alert_rules, "UNAUTHENTICATED")
+    with BatchClient(batch_service.address, f"sluice_{reader.token.id}_{'x' * 43}") as batch:
+        assert "not a token of this platform" in refused(batch.list, "UNAUTHENTICATED")

@@ -1,10 +1,11 @@
-"""Roles over both faces of the registry: gRPC (Registry) and REST (Workspace)."""
+"""Roles over both faces of the registry, gRPC (Registry) and REST (Workspace), and the
+other services that check the same tokens (sluice.common.access)."""
 
 from __future__ import annotations
 
 import pytest
 
-from sluice.registry.access import Role, allowed
+from sluice.common.access import Role, allowed
 
 
 @pytest.mark.parametrize(
@@ -17,6 +18,14 @@ from sluice.registry.access import Role, allowed
         ("/sluice.v1.Workspace/PutOnlineEndpoint", False, True),
         ("/sluice.v1.Registry/GetCredentials", False, True),
         ("/sluice.v1.Access/ListUserTokens", False, False),
+        ("/sluice.v1.Batch/ListJobs", True, True),
+        ("/sluice.v1.Batch/CancelJob", False, True),
+        ("/sluice.v1.Batch/StreamJobLogs", False, True),
+        ("/sluice.v1.Provisioner/GetLogs", False, True),  # what scoring code printed
+        ("/sluice.v1.Provisioner/GetCollected", False, True),  # what callers sent
+        ("/sluice.v1.Metrics/GetCosts", True, True),
+        ("/sluice.v1.RequestLogs/GetRequestLogs", False, True),
+        ("/sluice.v1.Autoscale/CreateAutoscaleSetting", False, True),
     ],
 )
 def test_roles(method: str, reader: bool, deployer: bool) -> None:

@@ -22,30 +22,37 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16sluice/v1/access.proto\x12\tsluice.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcd\x01\n\tUserToken\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x1d\n\x04role\x18\x03 \x01(\x0e\x32\x0f.sluice.v1.Role\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\x06 \x01(\t\x12.\n\nrevoked_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"V\n\x12\x43reateTokenRequest\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x1d\n\x04role\x18\x02 \x01(\x0e\x32\x0f.sluice.v1.Role\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\"C\n\x0c\x43reatedToken\x12#\n\x05token\x18\x01 \x01(\x0b\x32\x14.sluice.v1.UserToken\x12\x0e\n\x06secret\x18\x02 \x01(\t\",\n\x11ListTokensRequest\x12\x17\n\x0finclude_revoked\x18\x01 \x01(\x08\":\n\x12ListTokensResponse\x12$\n\x06tokens\x18\x01 \x03(\x0b\x32\x14.sluice.v1.UserToken\" \n\x12RevokeTokenRequest\x12\n\n\x02id\x18\x01 \x01(\t*P\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_READER\x10\x01\x12\x11\n\rROLE_DEPLOYER\x10\x02\x12\x0e\n\nROLE_ADMIN\x10\x03\x32\xde\x01\n\x06\x41\x63\x63\x65ss\x12\x45\n\x0b\x43reateToken\x12\x1d.sluice.v1.CreateTokenRequest\x1a\x17.sluice.v1.CreatedToken\x12I\n\nListTokens\x12\x1c.sluice.v1.ListTokensRequest\x1a\x1d.sluice.v1.ListTokensResponse\x12\x42\n\x0bRevokeToken\x12\x1d.sluice.v1.RevokeTokenRequest\x1a\x14.sluice.v1.UserTokenb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16sluice/v1/access.proto\x12\tsluice.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfd\x01\n\tUserToken\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x1d\n\x04role\x18\x03 \x01(\x0e\x32\x0f.sluice.v1.Role\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\x06 \x01(\t\x12.\n\nrevoked_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"l\n\x12\x43reateTokenRequest\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x1d\n\x04role\x18\x02 \x01(\x0e\x32\x0f.sluice.v1.Role\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x14\n\x0c\x65xpires_in_s\x18\x04 \x01(\x03\"C\n\x0c\x43reatedToken\x12#\n\x05token\x18\x01 \x01(\x0b\x32\x14.sluice.v1.UserToken\x12\x0e\n\x06secret\x18\x02 \x01(\t\",\n\x11ListTokensRequest\x12\x17\n\x0finclude_revoked\x18\x01 \x01(\x08\":\n\x12ListTokensResponse\x12$\n\x06tokens\x18\x01 \x03(\x0b\x32\x14.sluice.v1.UserToken\" \n\x12RevokeTokenRequest\x12\n\n\x02id\x18\x01 \x01(\t*P\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_READER\x10\x01\x12\x11\n\rROLE_DEPLOYER\x10\x02\x12\x0e\n\nROLE_ADMIN\x10\x03\x32\xa0\x02\n\x06\x41\x63\x63\x65ss\x12Y\n\x0b\x43reateToken\x12\x1d.sluice.v1.CreateTokenRequest\x1a\x17.sluice.v1.CreatedToken\"\x12\x82\xd3\xe4\x93\x02\x0c\"\x07/tokens:\x01*\x12Z\n\nListTokens\x12\x1c.sluice.v1.ListTokensRequest\x1a\x1d.sluice.v1.ListTokensResponse\"\x0f\x82\xd3\xe4\x93\x02\t\x12\x07/tokens\x12_\n\x0bRevokeToken\x12\x1d.sluice.v1.RevokeTokenRequest\x1a\x14.sluice.v1.UserToken\"\x1b\x82\xd3\xe4\x93\x02\x15\"\x13/tokens/{id}/revokeb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sluice.v1.access_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLE']._serialized_start=575
-  _globals['_ROLE']._serialized_end=655
-  _globals['_USERTOKEN']._serialized_start=71
-  _globals['_USERTOKEN']._serialized_end=276
-  _globals['_CREATETOKENREQUEST']._serialized_start=278
-  _globals['_CREATETOKENREQUEST']._serialized_end=364
-  _globals['_CREATEDTOKEN']._serialized_start=366
-  _globals['_CREATEDTOKEN']._serialized_end=433
-  _globals['_LISTTOKENSREQUEST']._serialized_start=435
-  _globals['_LISTTOKENSREQUEST']._serialized_end=479
-  _globals['_LISTTOKENSRESPONSE']._serialized_start=481
-  _globals['_LISTTOKENSRESPONSE']._serialized_end=539
-  _globals['_REVOKETOKENREQUEST']._serialized_start=541
-  _globals['_REVOKETOKENREQUEST']._serialized_end=573
-  _globals['_ACCESS']._serialized_start=658
-  _globals['_ACCESS']._serialized_end=880
+  _globals['_ACCESS'].methods_by_name['CreateToken']._loaded_options = None
+  _globals['_ACCESS'].methods_by_name['CreateToken']._serialized_options = b'\202\323\344\223\002\014\"\007/tokens:\001*'
+  _globals['_ACCESS'].methods_by_name['ListTokens']._loaded_options = None
+  _globals['_ACCESS'].methods_by_name['ListTokens']._serialized_options = b'\202\323\344\223\002\t\022\007/tokens'
+  _globals['_ACCESS'].methods_by_name['RevokeToken']._loaded_options = None
+  _globals['_ACCESS'].methods_by_name['RevokeToken']._serialized_options = b'\202\323\344\223\002\025\"\023/tokens/{id}/revoke'
+  _globals['_ROLE']._serialized_start=675
+  _globals['_ROLE']._serialized_end=755
+  _globals['_USERTOKEN']._serialized_start=101
+  _globals['_USERTOKEN']._serialized_end=354
+  _globals['_CREATETOKENREQUEST']._serialized_start=356
+  _globals['_CREATETOKENREQUEST']._serialized_end=464
+  _globals['_CREATEDTOKEN']._serialized_start=466
+  _globals['_CREATEDTOKEN']._serialized_end=533
+  _globals['_LISTTOKENSREQUEST']._serialized_start=535
+  _globals['_LISTTOKENSREQUEST']._serialized_end=579
+  _globals['_LISTTOKENSRESPONSE']._serialized_start=581
+  _globals['_LISTTOKENSRESPONSE']._serialized_end=639
+  _globals['_REVOKETOKENREQUEST']._serialized_start=641
+  _globals['_REVOKETOKENREQUEST']._serialized_end=673
+  _globals['_ACCESS']._serialized_start=758
+  _globals['_ACCESS']._serialized_end=1046
 # @@protoc_insertion_point(module_scope)

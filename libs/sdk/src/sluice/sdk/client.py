@@ -258,8 +258,11 @@ class RegistryClient:
 
     # ---- per-user tokens (admin role) -----------------------------------------------------
 
-    def create_token(self, user: str, role: str, description: str = "") -> Any:
-        """A new token (`.secret` is shown once) for `user` with `role` reader|deployer|admin."""
+    def create_token(
+        self, user: str, role: str, description: str = "", expires_in_s: int = 0
+    ) -> Any:
+        """A new token (`.secret` is shown once) for `user` with `role` reader|deployer|admin,
+        refused `expires_in_s` seconds from now (0: never)."""
         roles = {
             "reader": access_pb2.ROLE_READER,
             "deployer": access_pb2.ROLE_DEPLOYER,
@@ -268,7 +271,7 @@ class RegistryClient:
         if role not in roles:
             raise SluiceError("INVALID_ARGUMENT", f"role must be one of {', '.join(roles)}")
         request = access_pb2.CreateTokenRequest(
-            user=user, role=roles[role], description=description
+            user=user, role=roles[role], description=description, expires_in_s=expires_in_s
         )
         return self._call(self._access.CreateToken, request)
 

@@ -18,6 +18,7 @@ from sluice.batch.lease import LeaseHeld, ServiceLease
 from sluice.batch.runner import RunnerContext
 from sluice.batch.service import BatchService
 from sluice.batch.spares import SparePool
+from sluice.common.access import UserTokens
 from sluice.common.artifacts import ArtifactStore
 from sluice.common.catalogue import Catalogue
 from sluice.common.environments import EnvironmentBuilder
@@ -127,6 +128,7 @@ async def serve(settings: Settings) -> None:
             service_names=[SERVICE_NAME],
             register=lambda s: batch_pb2_grpc.add_BatchServicer_to_server(api, s),
             admin_token=settings.admin_token,
+            token_verifier=UserTokens(db).verify,  # users' tokens, by role
         )
         await server.start()
         start_exporter(settings)

@@ -9,6 +9,7 @@ from typing import Any
 from envoy.service.accesslog.v3 import als_pb2_grpc
 from prometheus_client import REGISTRY
 
+from sluice.common.access import UserTokens
 from sluice.common.events import (
     EventPublisher,
     Outbox,
@@ -136,6 +137,7 @@ async def serve(settings: Settings, metrics: MetricsSettings) -> None:
         service_names=[SERVICE_NAME, AUTOSCALE_SERVICE, REQUEST_LOGS_SERVICE],
         register=register,
         admin_token=settings.admin_token,
+        token_verifier=UserTokens(db).verify,  # users' tokens, by role
     )
 
     # Envoy cannot send the admin token: its access-log and stats streams have a port of

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+from sluice.common.access import UserTokens
 from sluice.common.artifacts import ArtifactStore
 from sluice.common.catalogue import Catalogue
 from sluice.common.environments import EnvironmentBuilder, EnvironmentError_
@@ -152,6 +153,7 @@ async def serve(settings: Settings) -> None:
             service_names=[SERVICE_NAME],
             register=lambda s: provisioner_pb2_grpc.add_ProvisionerServicer_to_server(api, s),
             admin_token=settings.admin_token,
+            token_verifier=UserTokens(db).verify,  # users' tokens, by role
         )
         relay = OutboxRelay(outbox, publisher)
         tasks = [

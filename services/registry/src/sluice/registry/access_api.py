@@ -5,14 +5,16 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from sluice.common.access import Role
 from sluice.common.grpc_server import actor_of
-from sluice.registry.access import Role, TokenStore, view
+from sluice.registry.access import TokenStore, view
 from sluice.registry.api import domain_errors
 from sluice.registry.domain import InvalidArgument
 from sluice.v1 import access_pb2, access_pb2_grpc
 
 USER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 MAX_DESCRIPTION = 256
+MAX_EXPIRY_S = 10 * 366 * 86400  # ten years: beyond, say "never" (0)
 
 
 class AccessApi(access_pb2_grpc.AccessServicer):
@@ -30,8 +32,17 @@ class AccessApi(access_pb2_grpc.AccessServicer):
             raise InvalidArgument("role must be reader, deployer or admin")
         if len(request.description) > MAX_DESCRIPTION:
             raise InvalidArgument(f"description is longer than {MAX_DESCRIPTION} characters")
+        if not 0 <= request.expires_in_s <= MAX_EXPIRY_S:
+            raise InvalidArgument(
+                f"expires_in_s must be between 1 and {MAX_EXPIRY_S} seconds (0: never "
+                f"expires); got {request.expires_in_s}"
+            )
         doc, secret = await self._store.create(
-            request.user, Role(request.role), request.description, actor_of(context)
+            request.user,
+            Role(request.role),
+            request.description,
+            actor_of(context),
+            request.expires_in_s,
         )
         return access_pb2.CreatedToken(token=view(doc), secret=secret)
 

@@ -7,6 +7,7 @@ import contextlib
 
 import grpc
 
+from sluice.common.access import ACCESS_SERVICE, UserTokens
 from sluice.common.artifacts import ArtifactStore
 from sluice.common.curated import CuratedCatalogue
 from sluice.common.events import (
@@ -25,7 +26,7 @@ from sluice.common.runtime import wait_for_shutdown_signal
 from sluice.common.secretbox import SecretBox
 from sluice.common.settings import Settings
 from sluice.registry import artifact_gc
-from sluice.registry.access import ACCESS_SERVICE, TokenStore
+from sluice.registry.access import TokenStore
 from sluice.registry.access_api import AccessApi
 from sluice.registry.api import RegistryApi
 from sluice.registry.assets import AssetService
@@ -146,7 +147,7 @@ async def serve(settings: Settings) -> None:
                 s, api, workspace, AssetsApi(assets), AccessApi(tokens_store)
             ),
             admin_token=settings.admin_token,
-            token_verifier=tokens_store.verify,
+            token_verifier=UserTokens(db).verify,
         )
         await server.start()
         start_exporter(settings)

@@ -51,6 +51,7 @@ SERVICES = {
     "sluice.v1.Registry": "registry",
     "sluice.v1.Workspace": "registry",
     "sluice.v1.Assets": "registry",
+    "sluice.v1.Access": "registry",
     "sluice.v1.Provisioner": "provisioner",
     "sluice.v1.Batch": "batch",
     "sluice.v1.Metrics": "metrics",

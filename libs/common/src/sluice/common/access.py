@@ -1,0 +1,95 @@
+"""Checking per-user tokens of the management API, in every service that serves it.
+
+The registry issues tokens (`sluice token create`, registry/access.py) and keeps
+them in `user_tokens`: `sluice_<id>_<secret>`, stored as the SHA-256 of the secret.
+The registry, batch, metrics and provisioner services all accept them besides the
+admin token, with the same rules per role:
+
+- reader: Get*/List* calls, except those that return secrets or what scoring code
+  and callers wrote (`SECRET_READS`: endpoint keys — GetCredentials, and ListKeys of
+  the Azure-shaped REST API (Workspace) —, scoring tokens, logs, collected data,
+  request logs), as Azure's Reader role cannot list keys or read logs;
+- deployer: every call but the Access service's;
+- admin: also the Access service (creating, listing and revoking tokens).
+
+A token past its `expires_at`, or revoked, is UNAUTHENTICATED with a message
+saying so; a call the role may not make is PERMISSION_DENIED naming the user.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from datetime import UTC, datetime
+from enum import IntEnum
+
+import grpc
+from pymongo.asynchronous.database import AsyncDatabase
+
+from sluice.common.grpc_server import Verdict
+from sluice.common.mongo import Document
+from sluice.v1 import access_pb2
+
+TOKENS = "user_tokens"
+PREFIX = "sluice_"
+ACCESS_SERVICE = "sluice.v1.Access"
+SECRET_READS = frozenset(
+    {"GetCredentials", "ListKeys", "GetToken", "GetLogs", "GetCollected", "GetRequestLogs"}
+)
+
+
+class Role(IntEnum):
+    reader = access_pb2.ROLE_READER
+    deployer = access_pb2.ROLE_DEPLOYER
+    admin = access_pb2.ROLE_ADMIN
+
+
+def allowed(role: Role, method: str) -> bool:
+    """May `role` call `method` ("/sluice.v1.Registry/GetOnlineEndpoint")?"""
+    service, _, name = method.strip("/").partition("/")
+    if role is Role.admin:
+        return True
+    if service == ACCESS_SERVICE:
+        return False
+    if role is Role.deployer:
+        return True
+    return name.startswith(("Get", "List")) and name not in SECRET_READS
+
+
+def secret_hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _aware(value: datetime) -> datetime:
+    """Mongo returns naive UTC datetimes unless the client is tz-aware."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+class UserTokens:
+    """Verifies tokens against `user_tokens` (a service's `token_verifier`)."""
+
+    def __init__(self, db: AsyncDatabase[Document]):
+        self._tokens = db[TOKENS]
+
+    async def verify(self, token: str, method: str) -> Verdict:
+        """The call's verdict for a token that is not the admin token."""
+        token_id, _, secret = token.removeprefix(PREFIX).partition("_")
+        doc = await self._tokens.find_one({"_id": token_id}) if token.startswith(PREFIX) else None
+        if doc is None or not hmac.compare_digest(doc["hash"], secret_hash(secret)):
+            return Verdict(message="invalid credentials: not a token of this platform")
+        if doc.get("revoked_at") is not None:
+            return Verdict(message=f"token {token_id} was revoked")
+        expires = doc.get("expires_at")
+        if expires is not None and _aware(expires) <= datetime.now(UTC):
+            when = _aware(expires).isoformat(timespec="seconds")
+            return Verdict(
+                message=f"token {token_id} of {doc['user']} expired at {when}: "
+                "ask an admin for a new one (`sluice token create`)"
+            )
+        role = Role(doc["role"])
+        if not allowed(role, method):
+            return Verdict(
+                code=grpc.StatusCode.PERMISSION_DENIED,
+                message=f"{doc['user']} ({role.name}) may not call {method.rsplit('/', 1)[-1]}",
+            )
+        return Verdict(actor=doc["user"])
