@@ -20,9 +20,9 @@ import yaml
 
 from sluice.common.pki import PlatformPki
 from sluice.common.platform import SERVICES, installed_services
+from sluice.common.settings import is_loopback
 from sluice.common.supervisor import resolve_binary
 from sluice.traffic.app import SERVICES as TRAFFIC_ROUTES
-from sluice.traffic.xds.management import on_loopback
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "deploy" / "compose" / "compose.yaml"
@@ -152,7 +152,7 @@ def test_the_management_listener_is_deployed_over_tls(where: str) -> None:
         assert int(at) == int(env[f"SLUICE_PORTS__{component.upper()}"]), address
         assert int(at) in hosts.get(host, set()), f"{address}: no such service and port"
     image_host = re.search(r"SLUICE_HOST=(\S+)", DOCKERFILE.read_text())
-    assert image_host and not on_loopback(image_host[1])
+    assert image_host and not is_loopback(image_host[1])
 
 
 def _without_addresses(config: dict[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sluice.common.settings import Settings
+from sluice.common.settings import Settings, is_loopback
 
 SCRIPT = """
 from sluice.common.log import configure_logging, get_logger, bind_correlation_id
@@ -78,3 +78,23 @@ def test_readable_log_unfolds_tracebacks_and_keeps_other_lines() -> None:
         "plain stderr line",
         "[1, 2]",
     ]
+
+
+ANY = "0.0.0.0"  # noqa: S104 - a host under test, nothing binds
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("localhost", True),
+        (ANY, False),
+        ("::", False),
+        ("10.1.2.3", False),
+        ("envoy", False),
+    ],
+)
+def test_only_loopback_hosts_count_as_loopback(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback

@@ -47,7 +47,7 @@ from sluice.common.health import check_from_probe
 from sluice.common.mongo_auth import MongoUser, with_credentials
 from sluice.common.nats_auth import CLI_USER, FOLDER, NatsUsers, Subjects
 from sluice.common.pki import PlatformPki
-from sluice.common.settings import ServicePorts, Settings, service_env
+from sluice.common.settings import ServicePorts, Settings, is_loopback, service_env
 from sluice.common.supervisor import (
     ComponentError,
     ProcessSpec,
@@ -435,6 +435,8 @@ class LocalPlatform:
         )
 
         has_registry = any(svc.name == "registry" for svc in services)
+        listen = os.environ.get("SLUICE_TRAFFIC_LISTEN_HOST") or host
+        scheme = "http" if is_loopback(listen) else "https"
         state = PlatformState(
             started_at=datetime.now(UTC),
             state_dir=self.state_dir,
@@ -444,7 +446,9 @@ class LocalPlatform:
             envoy_http_port=s.envoy.http_port if s.envoy.http_enabled else None,
             envoy_https_port=s.envoy.https_port,
             envoy_admin_socket=admin_socket,
-            management_url=f"http://{host}:{management_port}",
+            # Envoy binds where the traffic controller's listen host says (SLUICE_HOST unless
+            # SLUICE_TRAFFIC_LISTEN_HOST); off loopback the listener speaks TLS.
+            management_url=f"{scheme}://{host}:{management_port}",
             domain=s.domain,
             processes=[],
             prometheus={name: f"http://{host}:{port}/metrics" for name, port in prometheus.items()},

@@ -6,6 +6,7 @@ A port of 0 means "pick a free loopback port at start-up".
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Literal
@@ -197,3 +198,14 @@ def service_env(settings: Settings) -> dict[str, str]:
     for field in type(settings.ports).model_fields:
         env[f"SLUICE_PORTS__{field.upper()}"] = str(getattr(settings.ports, field))
     return env
+
+
+def is_loopback(host: str) -> bool:
+    """Whether only this machine can reach a listener bound to `host` (the management
+    listener speaks plain HTTP there, TLS anywhere else)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -14,7 +14,7 @@ a Lua filter then turns ABORTED (a write conditional on a stale `If-Match` ETag)
 into 412 Precondition Failed, which is what Azure answers, and a PUT that created its
 resource into 201 Created.
 
-Off loopback the listener speaks TLS with the gateway's certificate (`on_loopback`).
+Off loopback the listener speaks TLS with the gateway's certificate.
 The portal's files, the OpenAPI document and a redirect from `/` are direct
 responses; `/gateway/...` forwards to the plain-HTTP scoring listener, so the
 portal's Test tab calls an endpoint exactly as any client does, from the same
@@ -45,6 +45,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import duration_pb2, struct_pb2, wrappers_pb2
 
+from sluice.common.settings import is_loopback
 from sluice.traffic.domain import Management
 from sluice.traffic.xds.resources import gateway_tls, pack
 
@@ -290,21 +291,11 @@ def listener(m: Management) -> listener_pb2.Listener:
             )
         ]
     )
-    if not on_loopback(m.listen.host):
+    # Only this machine reaches a loopback listener: plain HTTP is enough (the local
+    # platform). Anywhere else (compose, Kubernetes: 0.0.0.0) the admin token and the
+    # endpoints' keys cross a network, so it speaks TLS, as the scoring listener does.
+    if not is_loopback(m.listen.host):
         chain.transport_socket.CopyFrom(gateway_tls())
     return listener_pb2.Listener(
         name=LISTENER, address=_address(m.listen.host, m.listen.port), filter_chains=[chain]
     )
-
-
-def on_loopback(host: str) -> bool:
-    """Only this machine can reach the listener: plain HTTP is enough (the local
-    platform). Anywhere else (compose, Kubernetes: 0.0.0.0) the admin token and the
-    endpoints' keys cross a network, so the listener speaks TLS with the gateway's
-    certificate, as the scoring listener does."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
