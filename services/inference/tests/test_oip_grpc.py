@@ -13,7 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sluice.common import gateway_auth
 from sluice.common.supervisor import Supervisor, free_port
-from sluice.testing.inference import start_server, write_script
+from sluice.testing.inference import start_server, wait_until, write_script
 from sluice.v1 import grpc_predict_v2_pb2 as pb
 from sluice.v1 import grpc_predict_v2_pb2_grpc as pb_grpc
 
@@ -131,3 +131,35 @@ def test_grpc_requires_the_gateway_secret(supervisor: Supervisor, tmp_path: Path
         reply = stub.ModelInfer(request, metadata=[(gateway_auth.HEADER, "s3cret")])
         assert reply.raw_output_contents[0] == fp64(1)
     assert server.post({"data": [[1]]}).status == 403  # REST refuses alike
+
+
+def test_grpc_with_worker_processes(supervisor: Supervisor, tmp_path: Path) -> None:
+    """WORKER_COUNT > 1: each worker serves gRPC on the instance's one port (SO_REUSEPORT),
+    as they share its HTTP socket; new connections reach both."""
+    write_script(
+        tmp_path, "import os\ndef init():\n    pass\ndef run(raw):\n    return [os.getpid()]\n"
+    )
+    grpc_port = free_port()
+    start_server(
+        supervisor,
+        "oip-grpc-workers",
+        code=tmp_path,
+        extra=["--grpc-port", str(grpc_port), "--workers", "2"],
+    )
+    request = pb.ModelInferRequest(model_name="model")
+    request.inputs.add(name="x", datatype="FP64", shape=[1, 1]).contents.fp64_contents.append(1)
+    pids: set[int] = set()
+
+    def both_answered() -> bool:
+        # A connection of its own each time (no shared subchannel): the kernel picks a worker.
+        options = [("grpc.use_local_subchannel_pool", 1)]
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}", options=options) as channel:
+            try:
+                reply = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=10)
+            except grpc.RpcError as error:  # the other worker's init() may still run
+                assert error.code() == grpc.StatusCode.UNAVAILABLE, error
+                return False
+        pids.add(struct.unpack("<q", reply.raw_output_contents[0])[0])
+        return len(pids) == 2
+
+    wait_until(both_answered, "answers from both worker processes", 30)
