@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import yaml
 
@@ -28,6 +29,7 @@ from sluice.common.settings import Settings
 from sluice.sdk.batch import TERMINAL, BatchClient, job_view, state_name, upload_input
 from sluice.sdk.client import RegistryClient
 from sluice.sdk.specs import load_batch_deployment, load_batch_endpoint
+from sluice.testing.wait import wait_for
 
 from .conftest import refused_to_services
 
@@ -71,6 +73,14 @@ def init():
 def run(mini_batch):
     return [json.dumps(attacker.run(None), sort_keys=True) for _ in mini_batch]
 """
+
+
+def runs_as(uid: int) -> bool:
+    """Whether any process runs as `uid`."""
+    return any(
+        p.info["uids"] is not None and p.info["uids"].real == uid
+        for p in psutil.process_iter(["uids"])
+    )
 
 
 def run_job(
@@ -137,6 +147,28 @@ def test_batch_workers_hold_no_platform_secret(
     assert job_user(job.name) not in job_users.read_text()
     # The batch service ran the job within its own NATS permissions.
     assert refused_to_services(local_platform) == []
+    if os.geteuid() != 0:
+        return
+    # Deleting the deployment removes what it left: its warm spares, their folder, its user.
+    user = user_name("batch:sec-batch", "probe")
+    uid = pwd.getpwnam(user).pw_uid
+    spares = local_platform.state_dir / "batch-workspaces" / "spares" / user
+    wait_for(
+        lambda: spares.exists() and runs_as(uid),
+        "the deployment's spares to wait, as its user",
+        deadline=60,
+    )
+    with RegistryClient.connect(Settings(state_dir=local_platform.state_dir)) as registry:
+        registry.delete_batch_deployment("sec-batch", "probe")
+
+    def gone() -> bool:
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            return not spares.exists() and not runs_as(uid)
+        return False
+
+    wait_for(gone, "the deleted deployment's spares, folder and user to go", deadline=30)
 
 
 def test_batch_deployment_code_finds_no_platform_secret(

@@ -30,6 +30,7 @@ from sluice.batch.runner import (
     job_dir,
     spare_key_for,
 )
+from sluice.batch.workspace import existing_account, remove_deployment
 from sluice.common.artifacts import ArtifactError
 from sluice.common.isolation import IsolationError
 from sluice.common.log import get_logger
@@ -185,6 +186,20 @@ class BatchService:
         log.info(
             "warm_up", endpoint=endpoint, deployment=deployment, spares=self.ctx.spares.waiting(key)
         )
+
+    def forget_soon(self, endpoint: str, deployment: str) -> None:
+        """A deleted batch deployment: stop its spares, remove their folder and its user."""
+        task = asyncio.create_task(self.forget(endpoint, deployment))
+        self._warming.add(task)
+        task.add_done_callback(self._warming.discard)
+
+    async def forget(self, endpoint: str, deployment: str) -> None:
+        account = existing_account(endpoint, deployment)
+        if account is None:
+            return  # not root (spares are shared by environment then), or never ran
+        stopped = self.ctx.spares.forget_user((account.uid, account.gid))
+        await asyncio.to_thread(remove_deployment, self.ctx.state_dir, endpoint, deployment)
+        log.info("deployment_forgotten", endpoint=endpoint, deployment=deployment, spares=stopped)
 
     async def shutdown(self) -> None:
         for task in self._warming:

@@ -170,6 +170,18 @@ class SparePool:
             self._wanted.pop(key, None)
             del self._asked[key]
 
+    def forget_user(self, user: tuple[int, int]) -> int:
+        """Stop every spare that runs as `user` (a deleted deployment's); how many."""
+        keys = [key for key in self._spares.keys() | self._asked.keys() if key.user == user]
+        stopped = 0
+        for key in keys:
+            spares = self._spares.pop(key, [])
+            stopped += sum(1 for spare in spares if spare.poll() is None)
+            _stop(spares)
+            self._wanted.pop(key, None)
+            self._asked.pop(key, None)
+        return stopped
+
     def close(self) -> None:
         for spares in self._spares.values():
             _stop(spares)

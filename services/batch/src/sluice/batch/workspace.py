@@ -23,6 +23,7 @@ in `<state>/jobs/<job>/`, reading the artifacts and inputs where they are.
 
 from __future__ import annotations
 
+import pwd
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,9 +34,12 @@ from sluice.common.isolation import (
     account_for,
     deployment_folder,
     harden_state_dir,
+    isolating,
     make_private_dir,
     private_copy,
     reachable_by_others,
+    remove_account,
+    user_name,
 )
 
 WORKSPACES = "batch-workspaces"  # in the state directory; shared (0711) like `workspaces`
@@ -93,6 +97,29 @@ def job_space(state_dir: Path, job: str, job_dir: Path, account: Account) -> Job
     home = make_private_dir(folder / "home", account)
     parts = make_private_dir(folder / "parts", account)
     return JobSpace(account, folder, home, parts)
+
+
+def existing_account(endpoint: str, deployment: str) -> Account | None:
+    """The batch deployment's own user if it exists (never created here), as root."""
+    if not isolating():
+        return None
+    try:
+        entry = pwd.getpwnam(user_name(f"batch:{endpoint}", deployment))
+    except KeyError:
+        return None
+    return Account(entry.pw_name, entry.pw_uid, entry.pw_gid)
+
+
+def remove_deployment(state_dir: Path, endpoint: str, deployment: str) -> Account | None:
+    """A deleted batch deployment's spares folder and user (its spares stopped first);
+    the account that was removed, if any. A user whose processes still run (a job's
+    workers, stopped when the job sees the deployment gone) is kept: userdel refuses."""
+    account = existing_account(endpoint, deployment)
+    if account is None:
+        return None
+    shutil.rmtree(state_dir / WORKSPACES / "spares" / account.name, ignore_errors=True)
+    remove_account(f"batch:{endpoint}", deployment)
+    return account
 
 
 def spare_home(state_dir: Path, account: Account) -> Path:
