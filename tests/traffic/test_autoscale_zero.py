@@ -119,6 +119,26 @@ def test_a_deployment_at_zero_answers_its_first_request_and_goes_back_to_zero(
     costs = autoscale.costs(ENDPOINT, "blue", since_s=3600)
     assert costs.total > 0 and all(line.running_instances == 0 for line in costs.lines)
 
+    # The provisioner dies (kill -9) while the setting holds blue at zero: its successor
+    # reads the setting's zero at start, lists its own activator in the dead one's place,
+    # starts nothing, and a request through Envoy still wakes blue (then idle, zero again).
+    old = instances()[0].address
+    os.kill(provisioner.process.pid, signal.SIGKILL)
+    start_service("provisioner")
+
+    def relisted() -> bool:
+        listed = instances()
+        return [i.id for i in listed] == ["blue-activator"] and listed[0].address != old
+
+    wait_for(relisted, "the new provisioner's activator listed", deadline=60)
+    until = time.monotonic() + 5
+    while time.monotonic() < until:
+        assert at_zero() and stopped(), "the restart started an instance"
+        time.sleep(0.5)  # watching that nothing changes, not waiting for a condition
+    status, _, body = traffic.score(ENDPOINT, key, body=BODY)
+    assert status == 200, body
+    wait_for(at_zero, "back to zero after the wake by the new activator", deadline=90)
+
     # Deleted while at zero (with its endpoint): it goes (the activator is no instance to
     # wait for).
     settings = metrics.settings

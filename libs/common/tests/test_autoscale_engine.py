@@ -115,6 +115,10 @@ def test_min_zero_an_idle_deployment_goes_to_zero_and_never_flaps_there() -> Non
     decision = decide(idle, 1, [50.0, 0.0], 1000.0, None)
     assert decision is not None and decision.new_count == 0
     assert decide(idle, 0, [None, 0.0], 1000.0, None) is None  # at zero: stays (no data)
+    # A default above the minimum (az's `--count 1 --min-count 0`): a window with no data
+    # at all at zero is no reason to start an instance (it woke the deployment every window).
+    woken_by_nothing = profile(CPU_OUT, RPM_IN, lo=0, default=1, hi=3)
+    assert decide(woken_by_nothing, 0, [None, None], 1000.0, None) is None
 
 
 def test_percent_and_exact_actions() -> None:

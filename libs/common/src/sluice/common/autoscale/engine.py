@@ -135,7 +135,10 @@ def decide(
     bounded = _clamp(current, profile)
     if bounded != current:
         return Decision(current, bounded, profile.name, "bounds")
-    if all(v is None for v in values) and current < profile.default_count:
+    # No data at all: Azure falls back to the default count (its metrics pipeline is
+    # down). At zero (a minimum-0 profile) no data is what zero looks like, though: no
+    # instance reports and no request arrived; only a held request wakes it (activator).
+    if all(v is None for v in values) and 0 < current < profile.default_count:
         return Decision(current, profile.default_count, profile.name, "default")
 
     def cooled(rule: AutoscaleRule) -> bool:
