@@ -132,3 +132,22 @@ def test_scale_to_zero_is_allowed_by_any_scale_type_and_negative_minimums_are_re
             domain.check_online_deployment(
                 blue.model_copy(update={"scale_settings": negative}), endpoint
             )
+
+
+def test_scale_to_zero_is_refused_on_kubernetes() -> None:
+    """No activator holds requests for a Kubernetes deployment: min_instances 0 is refused
+    there with the reason, rather than silently rendered as one pod."""
+    endpoint = OnlineEndpointSpec(
+        name="k8s-endpoint", kind=ComputeKind.kubernetes, compute="cluster"
+    )
+    spec = OnlineDeploymentSpec(
+        name="blue",
+        endpoint_name="k8s-endpoint",
+        kind=ComputeKind.kubernetes,
+        model=ModelRef(registered="m:1"),
+        scale_settings=ScaleSettings(min_instances=0),
+    )
+    with pytest.raises(InvalidArgument, match="on Kubernetes a deployment keeps at least one"):
+        domain.check_online_deployment(spec, endpoint)
+    one = spec.model_copy(update={"scale_settings": ScaleSettings(min_instances=1)})
+    domain.check_online_deployment(one, endpoint)

@@ -215,6 +215,11 @@ def check_online_deployment(spec: OnlineDeploymentSpec, endpoint: OnlineEndpoint
         )
     # 0: the deployment scales to zero when idle (docs/autoscale.md), whatever the type.
     _check_range("scale_settings.min_instances", scale.min_instances, 0, MAX_INSTANCES)
+    if scale.min_instances == 0 and spec.kind is ComputeKind.kubernetes:
+        raise InvalidArgument(
+            "scale_settings.min_instances 0 (scale to zero) is for managed deployments: on "
+            "Kubernetes a deployment keeps at least one pod (docs/autoscale.md, Kubernetes)"
+        )
     if scale.type == "target_utilization":
         _check_range(
             "scale_settings.max_instances", scale.max_instances, scale.min_instances, MAX_INSTANCES
