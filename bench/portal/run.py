@@ -5,9 +5,10 @@
    alike: gRPC straight to the registry (what the CLI does, the baseline), gRPC through
    Envoy's management listener, and REST (`GET /onlineEndpoints/{name}`, one keep-alive
    HTTP/1.1 connection) through the same listener. Target: REST p50 - gRPC p50 <= 1 ms.
-2. The endpoints page with ENDPOINTS endpoints in headless Chromium (Debian's chromium over
-   Playwright): from navigation to the table holding every row (the page is interactive
-   then: it has no other work) - target <= 1 s - against the same page with 1 endpoint.
+2. (unless SLUICE_BENCH_PORTAL_PAGE=0) The endpoints page with ENDPOINTS endpoints in
+   headless Chromium (Debian's chromium over Playwright): from navigation to the table
+   holding every row (the page is interactive then: it has no other work) - target
+   <= 1 s - against the same page with 1 endpoint.
 """
 
 from __future__ import annotations
@@ -75,10 +76,16 @@ def transcoder(registry: str, management: str, token: str, name: str) -> None:
                 times[label].append((time.perf_counter() - started) * 1000)
     base = statistics.median(times["gRPC -> registry"])
     print(f"{ROUNDS * ROUND} calls each, interleaved; load {os.getloadavg()[0]:.1f}")
-    print(f"{'path':<40} {'p50 ms':>8} {'p99 ms':>8} {'p50 - gRPC':>11}")
+    print(f"{'path':<40} {'p50 ms':>8} {'p99 ms':>8} {'p50 - gRPC':>11} {'/ gRPC':>7}")
     for label, values in times.items():
         med = statistics.median(values)
-        print(f"{label:<40} {med:8.3f} {p(values, 99):8.3f} {med - base:+11.3f}")
+        print(f"{label:<40} {med:8.3f} {p(values, 99):8.3f} {med - base:+11.3f} {med / base:7.2f}")
+    proxied = statistics.median(times["gRPC -> Envoy -> registry"])
+    rest_p50 = statistics.median(times["REST -> Envoy (transcoder) -> registry"])
+    print(
+        f"REST / gRPC through the same listener (the transcoder's own cost): "
+        f"{rest_p50 / proxied:.2f} ({rest_p50 - proxied:+.3f} ms p50)"
+    )
 
 
 def portal(management: str, token: str, create: Callable[[int], None]) -> None:
@@ -142,7 +149,8 @@ def main() -> None:
 
             create(1)
             transcoder(up.registry_address, management, rest.admin_token, "b0000")
-            portal(management, rest.admin_token, create)
+            if os.environ.get("SLUICE_BENCH_PORTAL_PAGE", "1") != "0":
+                portal(management, rest.admin_token, create)
         finally:
             platform.down()
 
