@@ -19,6 +19,7 @@ Everything on loopback: nats-server, SecantusDB, our services, Envoy.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import importlib.util
 import os
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import psutil
 from envoy.config.core.v3 import base_pb2
 from envoy.data.accesslog.v3 import accesslog_pb2
 from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
@@ -329,7 +331,7 @@ def measure_access_log_cost(
     if not (traffic.MODEL / "model").exists():  # the example's model, as bench/provisioner does
         subprocess.run([sys.executable, str(traffic.ROOT / "examples/train_models.py")], check=True)
     inference_port = free_port()
-    sup.start(
+    inference = sup.start(
         ProcessSpec(
             name="inference",
             argv=traffic.inference_argv(inference_port),
@@ -339,6 +341,7 @@ def measure_access_log_cost(
         )
     )
     gateways: dict[str, int] = {}
+    envoys: dict[str, int] = {}
     big = int(os.environ.get("BENCH_METRICS_ALS_BUFFER_BYTES", str(256 * 1024)))
     variants = (("plain", None, 0), ("logged", metrics, 16 * 1024), ("logged-big", metrics, big))
     for name, als, buffer_bytes in variants:
@@ -365,7 +368,9 @@ def measure_access_log_cost(
             python=sys.executable,
         )
         sup.start(dataclasses.replace(spec, name=f"traffic-{name}"))
-        traffic.envoy_process(sup, root, f"envoy-{name}", xds_port, PlatformPki(gw.pki_folder))
+        envoys[name] = traffic.envoy_process(
+            sup, root, f"envoy-{name}", xds_port, PlatformPki(gw.pki_folder)
+        )
         gateways[name] = http_port
     asyncio.run(traffic.setup_endpoint(settings, f"127.0.0.1:{inference_port}"))
     for port in gateways.values():
@@ -380,20 +385,42 @@ def measure_access_log_cost(
         traffic.wrk(url.format(port), 8, 2, headers)  # warm up
     runs: dict[str, list[float]] = {name: [] for name in gateways}
     ratios: dict[str, list[float]] = {"logged": [], "logged-big": []}
+    # CPU per request of the data plane (the gateway's Envoy, the model server and the
+    # metrics service, which is idle for the plain gateway): unlike requests/s, hardly moved
+    # by the other sessions' load. Its ratio is what requests/s would be, CPU-bound.
+    cpu_ms: dict[str, list[float]] = {name: [] for name in gateways}
+    # ... of which the gateway's Envoy and the metrics service (µs per request)
+    envoy_us: dict[str, list[float]] = {name: [] for name in gateways}
+    metrics_us: dict[str, list[float]] = {name: [] for name in gateways}
+    cpu_ratios: dict[str, list[float]] = {"logged": [], "logged-big": []}
+    metrics_pid = _metrics_pid()
     rounds = int(os.environ.get("BENCH_METRICS_ROUNDS", "6"))
     names = list(gateways)
     for n in range(rounds):  # back to back, order rotating: the machine is shared
         order = names[n % 3 :] + names[: n % 3]
-        got = {
-            name: traffic.wrk(url.format(gateways[name]), 32, 5, headers)["rps"] for name in order
-        }
+        got, per_request = {}, {}
+        for name in order:
+            pids = (envoys[name], inference.pid, metrics_pid)
+            before = [_cpu_seconds(pid) for pid in pids]
+            got[name] = traffic.wrk(url.format(gateways[name]), 32, 5, headers)["rps"]
+            used = [_cpu_seconds(pid) - b for pid, b in zip(pids, before, strict=True)]
+            requests = got[name] * 5
+            per_request[name] = sum(used) * 1000 / requests
+            envoy_us[name].append(used[0] * 1e6 / requests)
+            metrics_us[name].append(used[2] * 1e6 / requests)
         for name, rps in got.items():
             runs[name].append(rps)
+            cpu_ms[name].append(per_request[name])
         for name in ratios:
             ratios[name].append(got[name] / got["plain"])
+            cpu_ratios[name].append(per_request["plain"] / per_request[name])
     rows = [
         f"| Envoy without access log (baseline) | {statistics.median(runs['plain']):,.0f} req/s "
-        "| rounds " + " / ".join(f"{r:,.0f}" for r in runs["plain"]) + " |"
+        f"| CPU {statistics.median(cpu_ms['plain']):.3f} ms/request (Envoy "
+        f"{statistics.median(envoy_us['plain']):.0f} µs, metrics service "
+        f"{statistics.median(metrics_us['plain']):.0f} µs); rounds "
+        + " / ".join(f"{r:,.0f}" for r in runs["plain"])
+        + " |"
     ]
     for name, what in (
         ("logged", "16 KiB batches (Envoy's default)"),
@@ -406,9 +433,35 @@ def measure_access_log_cost(
             f"| **{ratio:.3f}x** median of {rounds} ratios to the same round's baseline (cost "
             f"{100 * (1 - ratio):.1f}%; ratios "
             + " / ".join(f"{r:.2f}" for r in ratios[name])
+            + f"); CPU {statistics.median(cpu_ms[name]):.3f} ms/request (Envoy "
+            f"{statistics.median(envoy_us[name]):.0f} µs, metrics service "
+            f"{statistics.median(metrics_us[name]):.0f} µs): "
+            f"**{statistics.median(cpu_ratios[name]):.3f}x** CPU-bound (ratios "
+            + " / ".join(f"{r:.2f}" for r in cpu_ratios[name])
             + ") |"
         )
     return rows
+
+
+def _metrics_pid() -> int:
+    """The metrics service started (and restarted) by this run."""
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if "sluice.metrics" in child.cmdline():
+                return child.pid
+    raise RuntimeError("no sluice.metrics process")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of the process and its children so far."""
+    total = 0.0
+    with contextlib.suppress(psutil.NoSuchProcess):
+        root = psutil.Process(pid)
+        for proc in (root, *root.children(recursive=True)):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                times = proc.cpu_times()
+                total += times.user + times.system
+    return total
 
 
 def main() -> None:

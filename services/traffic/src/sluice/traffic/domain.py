@@ -248,6 +248,6 @@ class Gateway:
     tls: TlsMaterial
     jwks: str  # the registry's public keys (JSON); a key nobody holds until it is known
     als: Listen | None = None  # the access-log (ALS) receiver, when one runs
-    als_buffer_bytes: int = 16 * 1024  # Envoy's batch of entries to it
+    als_buffer_bytes: int = 256 * 1024  # Envoy's batch of entries to it (settings.py)
     limits: Limits = Limits()
     management: Management | None = None  # None: no management listener
