@@ -14,6 +14,7 @@ from sluice.common.secretbox import SecretBox
 from sluice.registry.credentials import TokenIssuer
 from sluice.sdk.client import RegistryClient
 from sluice.testing.traffic import Traffic, Upstream, World, eventually
+from sluice.traffic.xds.key_hash import key_hash
 
 
 async def test_keys_primary_secondary_and_rotation(
@@ -40,7 +41,13 @@ async def test_keys_primary_secondary_and_rotation(
     assert traffic.score("keyed", None, deployment="blue")[0] == 401
     assert traffic.score("keyed", "wrong", deployment="nope")[0] == 401
     assert blue.scored == before
-    # The credential is removed before the request goes upstream.
+    # Envoy holds hashes of the keys (key_hash.py); sending the right hash yourself does not
+    # help: the filter replaces it with the hash of the request's own authorization.
+    forged = [("x-sluice-key-sha256", key_hash(creds.primary_key))]
+    assert traffic.score("keyed", "wrong-key", headers=forged)[0] == 401
+    assert traffic.score("keyed", None, headers=forged)[0] == 401
+    assert blue.scored == before
+    # The credential (and its hash) is removed before the request goes upstream.
     assert set(blue.seen_authorization) == {""}
 
     client.regenerate_key("keyed", "primary")

@@ -34,6 +34,7 @@ from sluice.traffic.domain import (
 from sluice.traffic.jwks import PLACEHOLDER_JWKS
 from sluice.traffic.tls import ensure_local_certificate, load_material
 from sluice.traffic.xds.builder import SnapshotBuilder
+from sluice.traffic.xds.key_hash import key_hash
 from sluice.traffic.xds.snapshot import Snapshot
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -143,6 +144,14 @@ def test_plain_http_can_be_turned_off() -> None:
 def test_keys_never_appear_in_a_repr() -> None:
     assert "fake-primary" not in repr(world()[0])
     assert "fake-gateway-secret" not in repr(world()[0])
+
+
+def test_keys_reach_envoy_only_as_hashes() -> None:
+    """What goes over xDS (and into Envoy's /config_dump) has the keys' hashes, not them."""
+    dumped = json.dumps(resources_json(snapshot(TlsMaterial(b"c", b"k"))))
+    for key in ("fake-primary", "fake-secondary"):
+        assert key not in dumped
+        assert key_hash(key) in dumped
 
 
 @pytest.mark.integration  # starts a process

@@ -83,6 +83,7 @@ class Upstream:
         self.name = name
         self.behaviour = Behaviour()
         self.scored = 0
+        # The credentials each request arrived with: authorization and the gateway's hash of it.
         self.seen_authorization: list[str] = []
         self.bodies: list[bytes] = []
         self._lock = threading.Lock()
@@ -109,7 +110,10 @@ class Upstream:
                     return
                 with upstream._lock:
                     upstream.scored += 1
-                    upstream.seen_authorization.append(self.headers.get("authorization") or "")
+                    upstream.seen_authorization.append(
+                        (self.headers.get("authorization") or "")
+                        + (self.headers.get("x-sluice-key-sha256") or "")
+                    )
                     upstream.bodies.append(body)
                 behaviour = upstream.behaviour
                 if behaviour.delay_s:

@@ -18,7 +18,9 @@ auth, split, mirror, pin header and timeouts; Envoy's own replies (401, 404,
 UNIMPLEMENTED, UNAVAILABLE).
 
 Auth runs in Envoy before any upstream is touched. Key endpoints: the RBAC
-filter, per route, allows `Authorization: Bearer <primary|secondary>`. We use
+filter, per route, allows `Authorization: Bearer <primary|secondary>`, compared
+as SHA-256 hashes that a Lua filter before it computes (key_hash.py: the keys
+themselves never go over xDS). We use
 RBAC rather than `api_key_auth` because Envoy 1.40 marks `api_key_auth`
 work-in-progress and outside its threat model, while RBAC is stable and
 hardened; RBAC's 403 is turned into Azure's 401 by the local reply mapper.
@@ -89,6 +91,7 @@ from sluice.traffic.domain import (
     Listen,
     TokenAuth,
 )
+from sluice.traffic.xds import key_hash
 
 ROUTE_CONFIG = "sluice_routes"
 TLS_SECRET = "sluice_tls"  # noqa: S105 - the name of an SDS resource, not a secret
@@ -398,11 +401,12 @@ def _rbac_per_route(auth: KeyAuth | TokenAuth | None) -> any_pb2.Any:
     if auth is None:
         return pack(rbac_filter_pb2.RBACPerRoute())
     if isinstance(auth, KeyAuth):
+        # The hash of `Bearer <key>` the key_hash filter wrote: keys never leave the controller.
         principals = [
             rbac_pb2.Principal(
                 header=route_components_pb2.HeaderMatcher(
-                    name="authorization",
-                    string_match=string_pb2.StringMatcher(exact=f"Bearer {key}"),
+                    name=key_hash.HEADER,
+                    string_match=string_pb2.StringMatcher(exact=key_hash.key_hash(key)),
                 )
             )
             for key in auth.keys
@@ -518,7 +522,7 @@ def endpoint_routes(
 ) -> list[route_components_pb2.Route]:
     """The routes of one endpoint, under `prefix` (rewritten to `/`) or at its own host;
     with `grpc`, those of its gRPC inference service (at its own host)."""
-    strip = ["authorization"] if isinstance(ep.auth, KeyAuth) else []
+    strip = ["authorization", key_hash.HEADER] if isinstance(ep.auth, KeyAuth) else []
     filters = _filters(ep.auth)
     tag = f"{ep.name}{'@path' if prefix else ''}{'@grpc' if grpc else ''}"
 
@@ -835,6 +839,7 @@ def _http_filters(gateway: Gateway) -> list[hcm_pb2.HttpFilter]:
     # Deny everything a route does not allow explicitly.
     deny_all = rbac_filter_pb2.RBAC(rules=rbac_pb2.RBAC(action=rbac_pb2.RBAC.ALLOW))
     lua = lua_pb2.Lua(default_source_code=base_pb2.DataSource(inline_string=MODEL_ERROR_LUA))
+    hashing = lua_pb2.Lua(default_source_code=base_pb2.DataSource(inline_string=key_hash.LUA))
     # The whole request is read before any filter may answer on its own (401, 404, 429, 503).
     # Answering earlier forces Envoy to end the exchange abnormally: `connection: close` on
     # HTTP/1.1, and on HTTP/2 a RST_STREAM after the reply, which RFC 9113 allows but which
@@ -847,6 +852,8 @@ def _http_filters(gateway: Gateway) -> list[hcm_pb2.HttpFilter]:
     return [
         hcm_pb2.HttpFilter(name="envoy.filters.http.buffer", typed_config=pack(buffer)),
         hcm_pb2.HttpFilter(name=JWT_FILTER, typed_config=pack(jwt)),
+        # Before RBAC, on every request: the hash RBAC compares with the keys' (key_hash.py).
+        hcm_pb2.HttpFilter(name=key_hash.FILTER, typed_config=pack(hashing)),
         hcm_pb2.HttpFilter(name=RBAC_FILTER, typed_config=pack(deny_all)),
         hcm_pb2.HttpFilter(name=LUA_FILTER, typed_config=pack(lua)),
         hcm_pb2.HttpFilter(
