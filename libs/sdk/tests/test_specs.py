@@ -274,3 +274,37 @@ def test_update_without_a_file_keeps_or_edits_the_data_collector() -> None:
     edited = edit_online_deployment(current, ["data_collector.sampling_rate=0.1"]).spec
     assert edited.data_collector.sampling_rate == 0.1
     assert edited.data_collector.enabled == ["model_inputs"]
+
+
+def test_a_link_in_the_yaml_folder_leading_out_of_it_is_refused(tmp_path: Path) -> None:
+    """`model: path: model`, where `model` is a link to the user's secrets: nothing uploaded."""
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "credentials").write_text("aws_secret_access_key = do-not-upload\n")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "src").mkdir()
+    (project / "src/score.py").write_text("def init(): pass\n")
+    (project / "model").symlink_to(secrets)
+    (project / "inside").symlink_to(project / "src")
+    uploaded: list[Path] = []
+
+    def recording_upload(path: Path) -> ArtifactRef:
+        uploaded.append(path)
+        return fake_upload(path)
+
+    def deployment(model: str, code: str = "src") -> Path:
+        return write(
+            project,
+            f"name: blue\nendpoint_name: ep1\nmodel:\n  path: {model}\n"
+            f"code_configuration:\n  code: {code}\n  scoring_script: score.py\n",
+        )
+
+    with pytest.raises(SpecError, match=r"path: 'model' is a symbolic link to .*secrets"):
+        load_online_deployment(deployment("model"), recording_upload)
+    assert uploaded == []
+    # Written out, the same folder is the YAML's explicit choice; a link that stays in the
+    # folder is followed.
+    spec = load_online_deployment(deployment("../secrets", code="inside"), recording_upload).spec
+    assert spec.model.artifact is not None
+    assert uploaded == [secrets.resolve(), (project / "src").resolve()]

@@ -10,6 +10,7 @@ unknown fields are errors. Relative paths resolve against the YAML's folder.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,10 +139,24 @@ class AzureEnvironment(_Azure):
 
 
 def resolve_path(base: Path, value: str, field: str) -> Path:
-    """`value` relative to the YAML's folder `base`; it must exist."""
-    path = (base / value).resolve()
+    """`value` relative to the YAML's folder `base`; it must exist.
+
+    What gets uploaded is either named by the YAML or lies in its folder: a relative path
+    that a symbolic link takes out of the folder (`model: ./model`, with `model` a link to
+    `~/.aws`) is refused, as `pack` refuses links inside an uploaded folder. A path the
+    YAML writes out (`../data/model`, `/data/model`) is followed as written.
+    """
+    root = base.resolve()
+    written = Path(os.path.normpath(root / value))  # `..` taken as written, links kept
+    path = written.resolve()
     if not path.exists():
         raise SpecError(f"{field}: {value!r} does not exist (looked for {path})")
+    inside = not Path(value).is_absolute() and written.is_relative_to(root)
+    if inside and not path.is_relative_to(root):  # a link in the folder leads out of it
+        raise SpecError(
+            f"{field}: {value!r} is a symbolic link to {path}, outside the YAML's folder "
+            f"{root}; write that path in the YAML if it is what you mean to upload"
+        )
     return path
 
 
