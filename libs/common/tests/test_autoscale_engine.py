@@ -314,6 +314,14 @@ def test_invalid_settings(setting: AutoscaleSetting, message: str) -> None:
         validate(setting)
 
 
+@pytest.mark.parametrize("source", [{}, {"metric_endpoint": "e"}])
+def test_connections_active_is_a_metric_of_deployments_and_endpoints(
+    source: dict[str, str],
+) -> None:
+    rule = RPM_OUT.model_copy(update={"metric": "ConnectionsActive", "threshold": 50, **source})
+    validate(base(profiles=[profile(rule)]))
+
+
 def test_disjoint_recurrences_are_fine() -> None:
     validate(
         base(

@@ -10,6 +10,8 @@ import kubernetes_validate
 from pymongo.asynchronous.database import AsyncDatabase
 
 from sluice.common.autoscale.model import (
+    DEPLOYMENT_METRICS,
+    ENDPOINT_METRICS,
     AutoscaleProfile,
     AutoscaleRecurrence,
     AutoscaleRule,
@@ -20,7 +22,11 @@ from sluice.common.mongo import Document
 from sluice.common.resources import ComputeKind, Meta, OnlineDeploymentDoc, OnlineDeploymentSpec
 from sluice.provisioner.autoscale_counts import AUTOSCALE_SETTINGS, AutoscaleCounts
 from sluice.provisioner.kubernetes import ClusterSettings, ClusterState, KubernetesCompute, render
-from sluice.provisioner.kubernetes_autoscale import render_hpa
+from sluice.provisioner.kubernetes_autoscale import (
+    EXTERNAL_METRICS,
+    RESOURCE_METRICS,
+    render_hpa,
+)
 from sluice.provisioner.routing import RoutingView
 
 
@@ -118,6 +124,11 @@ def test_metric_rules_become_hpa_metrics_and_behavior() -> None:
         "stabilizationWindowSeconds": 600,
         "policies": [{"type": "Pods", "value": 1, "periodSeconds": 600}],
     }
+
+
+def test_every_metric_a_rule_can_watch_has_an_hpa_metric() -> None:
+    watchable = set(DEPLOYMENT_METRICS) | set(ENDPOINT_METRICS)
+    assert watchable <= RESOURCE_METRICS.keys() | EXTERNAL_METRICS.keys()
 
 
 def test_what_an_hpa_cannot_express_is_reported() -> None:

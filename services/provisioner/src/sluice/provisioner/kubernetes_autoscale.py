@@ -37,6 +37,7 @@ EXTERNAL_METRICS = {
     "RequestLatency_P99": "azureml_request_latency_p99_ms",
     "NetworkBytes": "azureml_network_bytes_per_second",
     "DeploymentCapacity": "azureml_deployment_capacity",
+    "ConnectionsActive": "azureml_connections_active",
 }
 MAX_PERIOD_S = 1800  # the API's ceiling for a scaling policy's period
 

@@ -35,6 +35,7 @@ DEPLOYMENT_METRICS = (
     "RequestLatency_P90",
     "RequestLatency_P95",
     "RequestLatency_P99",
+    "ConnectionsActive",
 )
 ENDPOINT_METRICS = (
     "RequestsPerMinute",
@@ -44,6 +45,7 @@ ENDPOINT_METRICS = (
     "RequestLatency_P95",
     "RequestLatency_P99",
     "NetworkBytes",
+    "ConnectionsActive",
 )
 # Per-instance averages: after a scale-in the same load spreads over fewer instances, so
 # the engine projects them (value x current / new) before it scales in (no flapping).
