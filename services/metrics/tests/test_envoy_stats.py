@@ -88,6 +88,17 @@ async def test_clusters_count_for_the_deployment_the_controller_recorded_summed_
     assert (two.client_connections, two.logs_written, two.logs_dropped) == (4, 10, 2)
     assert stats.up(one) and stats.up(two)
 
+    # An Envoy silent for 15 s is down and counts no more; after an hour it is forgotten.
+    two.heard_at -= 20
+    await stats.sample(now=minute + 2)
+    assert {(e, d): b.connections_sum for (e, d, _, _), b in buckets.take().items()} == {
+        ("ep", "blue"): 2
+    }
+    assert not stats.up(two)
+    two.heard_at -= 3600
+    await stats.sample(now=minute + 3)
+    assert list(stats.envoys) == ["gw@10.0.0.1"]
+
 
 def test_connections_are_minute_means_and_the_endpoint_sums_its_deployments() -> None:
     buckets = Buckets(60)

@@ -59,6 +59,8 @@ WANTED = frozenset({UPSTREAM, DOWNSTREAM, WRITTEN, DROPPED})
 # An Envoy not heard from for 3 of its flushes (the bootstrap's `stats_flush_interval: 5s`)
 # is down: its numbers stop counting.
 SILENT_S = 15.0
+# ... and forgotten after an hour (Kubernetes replaces pods: their labels would pile up).
+FORGOTTEN_S = 3600.0
 # Owners are read again when a cluster has none, at most this often (a cluster exists in
 # Envoy a moment before the controller records it, on Envoy's ACK).
 OWNERS_RETRY_S = 10.0
@@ -150,6 +152,9 @@ class EnvoyStats:
     async def sample(self, now: float | None = None) -> None:
         """One ConnectionsActive sample per deployment, over the Envoys that are up."""
         now = now if now is not None else time.time()
+        silent_since = time.monotonic() - FORGOTTEN_S
+        for envoy in [e for e, r in self.envoys.items() if r.heard_at < silent_since]:
+            del self.envoys[envoy]
         per_cluster: dict[str, int] = {}
         for reading in self.envoys.values():
             if self.up(reading):
