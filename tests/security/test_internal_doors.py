@@ -8,7 +8,12 @@ SecantusDB: nothing is read or written without the platform's user and password.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import subprocess
+import sys
+from urllib.parse import urlsplit
 
 import nats
 import pytest
@@ -64,12 +69,27 @@ async def test_nats_refuses_a_connection_without_credentials(
             )
 
 
+def events_url(state: PlatformState) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sluice.sdk.cli", "events-url"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SLUICE_STATE_DIR": str(state.state_dir), "NO_COLOR": "1"},
+        timeout=60,
+        check=False,
+    )
+
+
 async def test_the_audit_user_reads_events_and_cannot_forge_or_delete_them(
     local_platform: PlatformState,
 ) -> None:
-    """With the credentials an operator gets (docs/security.md), audit reads, never writes."""
+    """With the URL an operator gets from `sluice events-url`, audit reads, never writes."""
+    given = await asyncio.to_thread(events_url, local_platform)
+    assert given.returncode == 0, given.stderr
+    url = given.stdout.strip()
+    assert urlsplit(url).username == AUDIT_USER and AUDIT_INBOX in given.stderr
     passwords = json.loads((local_platform.state_dir / FOLDER / PASSWORDS).read_text())
-    url = with_user(nats_address(local_platform), AUDIT_USER, passwords[AUDIT_USER])
+    assert url == with_user(nats_address(local_platform), AUDIT_USER, passwords[AUDIT_USER])
     client = await nats.connect(url, allow_reconnect=False, inbox_prefix=AUDIT_INBOX)
     try:
         js = client.jetstream(timeout=5)

@@ -51,6 +51,7 @@ app = typer.Typer(
 app.command("up")(platform_cmds.up)
 app.command("status")(platform_cmds.status)
 app.command("down")(platform_cmds.down)
+app.command("events-url")(platform_cmds.events_url)
 app.command("demo")(demo.demo)
 app.add_typer(shim.app, name="shim")
 app.add_typer(online_endpoint.app, name="online-endpoint")

@@ -1,12 +1,14 @@
-"""`sluice up`, `sluice status`, `sluice down`: the local platform."""
+"""`sluice up`, `sluice status`, `sluice down`, `sluice events-url`: the local platform."""
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
 import typer
 
+from sluice.common.nats_auth import AUDIT_INBOX, AUDIT_USER, FOLDER, PASSWORDS, with_user
 from sluice.common.platform import (
     ComponentStatus,
     LocalPlatform,
@@ -138,3 +140,37 @@ def down() -> None:
         console.print("Nothing was running.")
         return
     console.print("Stopped " + ", ".join(p.name for p in stopped) + ".")
+
+
+def events_url() -> None:
+    """Print the NATS URL of the read-only `audit` user, for audit and alerting subscribers.
+
+    It reads events (core subscriptions, JetStream consumers of the events stream: ordered
+    ones and one durable named `audit`) and writes nothing; clients set the inbox prefix
+    `_INBOX_audit` (docs/security.md). Only the platform's user can read its password.
+    """
+    platform = LocalPlatform(Settings())
+    state = platform.load_state()
+    nats = next((p for p in state.processes if p.name == "nats"), None) if state else None
+    if nats is None or not nats.address:
+        err_console.print(
+            f"No NATS of the platform in {platform.state_dir}: start it with `sluice up` (a NATS "
+            "named by SLUICE_NATS_URL has the operator's own users).",
+            markup=False,
+        )
+        raise typer.Exit(code=3)
+    try:
+        passwords = json.loads((platform.state_dir / FOLDER / PASSWORDS).read_text())
+    except PermissionError:
+        err_console.print(
+            f"Only the platform's user can read the NATS passwords in {platform.state_dir}; "
+            "run this as that user (e.g. with sudo).",
+            markup=False,
+        )
+        raise typer.Exit(code=1) from None
+    console.print(with_user(nats.address, AUDIT_USER, passwords[AUDIT_USER]), markup=False)
+    err_console.print(
+        f"Read-only: subscribe to events with the inbox prefix {AUDIT_INBOX}, e.g. "
+        f"nats --server <url> --inbox-prefix {AUDIT_INBOX} sub 'sluice.events.>'",
+        markup=False,
+    )
