@@ -255,18 +255,21 @@ def test_job_page_follows_a_real_batch_job(world: World, tmp_path: Path) -> None
         )
         page.goto(f"{world.platform.management_url}/portal/#/jobs/{job}")
         summary = page.locator("#job")
-        sync_api.expect(summary).to_contain_text("RUNNING", timeout=60_000)
+        sync_api.expect(summary).to_contain_text("Running", timeout=60_000)
         sync_api.expect(summary).to_contain_text("0/3 mini-batches")
         world.shot("job-running")
         gate.touch()
-        sync_api.expect(summary).to_contain_text("COMPLETED", timeout=120_000)
+        sync_api.expect(summary).to_contain_text("Completed", timeout=120_000)
     sync_api.expect(summary).to_contain_text("3/3 mini-batches")
     sync_api.expect(summary).to_contain_text("predictions.csv")
     sync_api.expect(summary).to_contain_text(f"{endpoint} / score")
     sync_api.expect(page.locator("#job-log")).to_contain_text("worker-")
     world.shot("job-completed")
     page.goto(f"{world.platform.management_url}/portal/#/jobs")
-    sync_api.expect(page.locator("#jobs tr", has_text=job)).to_contain_text("COMPLETED")
+    sync_api.expect(page.locator("#jobs tr", has_text=job)).to_contain_text("Completed")
+    status, resource = world.rest.call("GET", f"/jobs/{job}")  # what the page read
+    assert status == 200 and resource["properties"]["status"] == "Completed"
+    assert resource["id"].endswith(f"/jobs/{job}") and resource["properties"]["jobType"]
     assert world.errors == []
     assert world.rest.call("DELETE", f"/batchEndpoints/{endpoint}")[0] == 200
 

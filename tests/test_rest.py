@@ -225,7 +225,7 @@ def test_every_service_answers_over_rest(rest: Rest, test_id: str) -> None:
     status, assets = rest.call("GET", "/assets/model")
     assert status == 200 and "assets" in assets
     status, jobs = rest.call("GET", "/jobs")
-    assert status == 200 and "jobs" in jobs
+    assert status == 200 and "value" in jobs
     status, costs = rest.call("GET", "/costs")
     assert status == 200 and costs["currency"] == "USD"
     status, settings = rest.call("GET", "/autoscaleSettings")

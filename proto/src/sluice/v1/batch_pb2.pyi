@@ -10,6 +10,7 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from sluice.v1 import common_pb2 as _common_pb2
+from sluice.v1 import workspace_pb2 as _workspace_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -464,3 +465,164 @@ class JobLogLine(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___JobLogLine: _TypeAlias = JobLogLine  # noqa: Y015
+
+@_typing.final
+class JobStatus(_message.Message):
+    """---- jobs in Azure's shape (the REST API) ------------------------------------------------
+
+    Azure's job statuses that a batch job goes through.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Value:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _ValueEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[JobStatus._Value.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        JOB_STATUS_UNSET: JobStatus._Value.ValueType  # 0
+        Queued: JobStatus._Value.ValueType  # 1
+        Running: JobStatus._Value.ValueType  # 2
+        Completed: JobStatus._Value.ValueType  # 3
+        Failed: JobStatus._Value.ValueType  # 4
+        Canceled: JobStatus._Value.ValueType  # 5
+
+    class Value(_Value, metaclass=_ValueEnumTypeWrapper): ...
+    JOB_STATUS_UNSET: JobStatus.Value.ValueType  # 0
+    Queued: JobStatus.Value.ValueType  # 1
+    Running: JobStatus.Value.ValueType  # 2
+    Completed: JobStatus.Value.ValueType  # 3
+    Failed: JobStatus.Value.ValueType  # 4
+    Canceled: JobStatus.Value.ValueType  # 5
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobStatus: _TypeAlias = JobStatus  # noqa: Y015
+
+@_typing.final
+class JobProperties(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class TagsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    JOB_TYPE_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    EXPERIMENT_NAME_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    DETAILS_FIELD_NUMBER: _builtins.int
+    job_type: _builtins.str
+    """"Pipeline": Azure runs a batch job as a pipeline job"""
+    status: Global___JobStatus.Value.ValueType
+    display_name: _builtins.str
+    experiment_name: _builtins.str
+    """the batch endpoint's name, as Azure names it"""
+    @_builtins.property
+    def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """azureml.batchrun: "true" """
+
+    @_builtins.property
+    def details(self) -> Global___Job:
+        """Sluice: the job as the batch service knows it (progress, input, output, errors, cost)."""
+
+    def __init__(
+        self,
+        *,
+        job_type: _builtins.str = ...,
+        status: Global___JobStatus.Value.ValueType = ...,
+        display_name: _builtins.str = ...,
+        experiment_name: _builtins.str = ...,
+        tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        details: Global___Job | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["details", b"details"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["details", b"details", "display_name", b"display_name", "experiment_name", b"experiment_name", "job_type", b"job_type", "status", b"status", "tags", b"tags"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobProperties: _TypeAlias = JobProperties  # noqa: Y015
+
+@_typing.final
+class JobResource(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    PROPERTIES_FIELD_NUMBER: _builtins.int
+    SYSTEM_DATA_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    name: _builtins.str
+    type: _builtins.str
+    """"Microsoft.MachineLearningServices/workspaces/jobs" """
+    @_builtins.property
+    def properties(self) -> Global___JobProperties: ...
+    @_builtins.property
+    def system_data(self) -> _workspace_pb2.SystemData: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        type: _builtins.str = ...,
+        properties: Global___JobProperties | None = ...,
+        system_data: _workspace_pb2.SystemData | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["properties", b"properties", "system_data", b"system_data"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "name", b"name", "properties", b"properties", "system_data", b"system_data", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobResource: _TypeAlias = JobResource  # noqa: Y015
+
+@_typing.final
+class JobResourceList(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALUE_FIELD_NUMBER: _builtins.int
+    NEXT_LINK_FIELD_NUMBER: _builtins.int
+    next_link: _builtins.str
+    """"" on the last page"""
+    @_builtins.property
+    def value(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobResource]: ...
+    def __init__(
+        self,
+        *,
+        value: _abc.Iterable[Global___JobResource] | None = ...,
+        next_link: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_link", b"next_link", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobResourceList: _TypeAlias = JobResourceList  # noqa: Y015

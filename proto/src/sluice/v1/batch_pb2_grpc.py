@@ -59,6 +59,26 @@ class BatchStub:
                 request_serializer=sluice_dot_v1_dot_batch__pb2.StreamJobLogsRequest.SerializeToString,
                 response_deserializer=sluice_dot_v1_dot_batch__pb2.JobLogLine.FromString,
                 _registered_method=True)
+        self.InvokeBatchEndpointResource = channel.unary_unary(
+                '/sluice.v1.Batch/InvokeBatchEndpointResource',
+                request_serializer=sluice_dot_v1_dot_batch__pb2.InvokeBatchEndpointRequest.SerializeToString,
+                response_deserializer=sluice_dot_v1_dot_batch__pb2.JobResource.FromString,
+                _registered_method=True)
+        self.GetJobResource = channel.unary_unary(
+                '/sluice.v1.Batch/GetJobResource',
+                request_serializer=sluice_dot_v1_dot_batch__pb2.GetJobRequest.SerializeToString,
+                response_deserializer=sluice_dot_v1_dot_batch__pb2.JobResource.FromString,
+                _registered_method=True)
+        self.ListJobResources = channel.unary_unary(
+                '/sluice.v1.Batch/ListJobResources',
+                request_serializer=sluice_dot_v1_dot_batch__pb2.ListJobsRequest.SerializeToString,
+                response_deserializer=sluice_dot_v1_dot_batch__pb2.JobResourceList.FromString,
+                _registered_method=True)
+        self.CancelJobResource = channel.unary_unary(
+                '/sluice.v1.Batch/CancelJobResource',
+                request_serializer=sluice_dot_v1_dot_batch__pb2.CancelJobRequest.SerializeToString,
+                response_deserializer=sluice_dot_v1_dot_batch__pb2.JobResource.FromString,
+                _registered_method=True)
 
 
 class BatchServicer:
@@ -96,6 +116,31 @@ class BatchServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def InvokeBatchEndpointResource(self, request, context):
+        """The same calls for the REST API: jobs in Azure Resource Manager's shape.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetJobResource(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListJobResources(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelJobResource(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BatchServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -123,6 +168,26 @@ def add_BatchServicer_to_server(servicer, server):
                     servicer.StreamJobLogs,
                     request_deserializer=sluice_dot_v1_dot_batch__pb2.StreamJobLogsRequest.FromString,
                     response_serializer=sluice_dot_v1_dot_batch__pb2.JobLogLine.SerializeToString,
+            ),
+            'InvokeBatchEndpointResource': grpc.unary_unary_rpc_method_handler(
+                    servicer.InvokeBatchEndpointResource,
+                    request_deserializer=sluice_dot_v1_dot_batch__pb2.InvokeBatchEndpointRequest.FromString,
+                    response_serializer=sluice_dot_v1_dot_batch__pb2.JobResource.SerializeToString,
+            ),
+            'GetJobResource': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJobResource,
+                    request_deserializer=sluice_dot_v1_dot_batch__pb2.GetJobRequest.FromString,
+                    response_serializer=sluice_dot_v1_dot_batch__pb2.JobResource.SerializeToString,
+            ),
+            'ListJobResources': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJobResources,
+                    request_deserializer=sluice_dot_v1_dot_batch__pb2.ListJobsRequest.FromString,
+                    response_serializer=sluice_dot_v1_dot_batch__pb2.JobResourceList.SerializeToString,
+            ),
+            'CancelJobResource': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelJobResource,
+                    request_deserializer=sluice_dot_v1_dot_batch__pb2.CancelJobRequest.FromString,
+                    response_serializer=sluice_dot_v1_dot_batch__pb2.JobResource.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -260,6 +325,114 @@ class Batch:
             '/sluice.v1.Batch/StreamJobLogs',
             sluice_dot_v1_dot_batch__pb2.StreamJobLogsRequest.SerializeToString,
             sluice_dot_v1_dot_batch__pb2.JobLogLine.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InvokeBatchEndpointResource(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sluice.v1.Batch/InvokeBatchEndpointResource',
+            sluice_dot_v1_dot_batch__pb2.InvokeBatchEndpointRequest.SerializeToString,
+            sluice_dot_v1_dot_batch__pb2.JobResource.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJobResource(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sluice.v1.Batch/GetJobResource',
+            sluice_dot_v1_dot_batch__pb2.GetJobRequest.SerializeToString,
+            sluice_dot_v1_dot_batch__pb2.JobResource.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListJobResources(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sluice.v1.Batch/ListJobResources',
+            sluice_dot_v1_dot_batch__pb2.ListJobsRequest.SerializeToString,
+            sluice_dot_v1_dot_batch__pb2.JobResourceList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelJobResource(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sluice.v1.Batch/CancelJobResource',
+            sluice_dot_v1_dot_batch__pb2.CancelJobRequest.SerializeToString,
+            sluice_dot_v1_dot_batch__pb2.JobResource.FromString,
             options,
             channel_credentials,
             insecure,

@@ -38,6 +38,11 @@ class BatchStub:
     CancelJob: _grpc.UnaryUnaryMultiCallable[_batch_pb2.CancelJobRequest, _batch_pb2.Job]
     StreamJobLogs: _grpc.UnaryStreamMultiCallable[_batch_pb2.StreamJobLogsRequest, _batch_pb2.JobLogLine]
     """Follows a job's log until it ends (`sluice job stream`)."""
+    InvokeBatchEndpointResource: _grpc.UnaryUnaryMultiCallable[_batch_pb2.InvokeBatchEndpointRequest, _batch_pb2.JobResource]
+    """The same calls for the REST API: jobs in Azure Resource Manager's shape."""
+    GetJobResource: _grpc.UnaryUnaryMultiCallable[_batch_pb2.GetJobRequest, _batch_pb2.JobResource]
+    ListJobResources: _grpc.UnaryUnaryMultiCallable[_batch_pb2.ListJobsRequest, _batch_pb2.JobResourceList]
+    CancelJobResource: _grpc.UnaryUnaryMultiCallable[_batch_pb2.CancelJobRequest, _batch_pb2.JobResource]
 
 @_typing.type_check_only
 class BatchAsyncStub(BatchStub):
@@ -49,6 +54,11 @@ class BatchAsyncStub(BatchStub):
     CancelJob: _aio.UnaryUnaryMultiCallable[_batch_pb2.CancelJobRequest, _batch_pb2.Job]  # type: ignore[assignment]
     StreamJobLogs: _aio.UnaryStreamMultiCallable[_batch_pb2.StreamJobLogsRequest, _batch_pb2.JobLogLine]  # type: ignore[assignment]
     """Follows a job's log until it ends (`sluice job stream`)."""
+    InvokeBatchEndpointResource: _aio.UnaryUnaryMultiCallable[_batch_pb2.InvokeBatchEndpointRequest, _batch_pb2.JobResource]  # type: ignore[assignment]
+    """The same calls for the REST API: jobs in Azure Resource Manager's shape."""
+    GetJobResource: _aio.UnaryUnaryMultiCallable[_batch_pb2.GetJobRequest, _batch_pb2.JobResource]  # type: ignore[assignment]
+    ListJobResources: _aio.UnaryUnaryMultiCallable[_batch_pb2.ListJobsRequest, _batch_pb2.JobResourceList]  # type: ignore[assignment]
+    CancelJobResource: _aio.UnaryUnaryMultiCallable[_batch_pb2.CancelJobRequest, _batch_pb2.JobResource]  # type: ignore[assignment]
 
 class BatchServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -87,5 +97,34 @@ class BatchServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_batch_pb2.JobLogLine], _abc.AsyncIterator[_batch_pb2.JobLogLine]]:
         """Follows a job's log until it ends (`sluice job stream`)."""
+
+    @_abc_1.abstractmethod
+    def InvokeBatchEndpointResource(
+        self,
+        request: _batch_pb2.InvokeBatchEndpointRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_batch_pb2.JobResource, _abc.Awaitable[_batch_pb2.JobResource]]:
+        """The same calls for the REST API: jobs in Azure Resource Manager's shape."""
+
+    @_abc_1.abstractmethod
+    def GetJobResource(
+        self,
+        request: _batch_pb2.GetJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_batch_pb2.JobResource, _abc.Awaitable[_batch_pb2.JobResource]]: ...
+
+    @_abc_1.abstractmethod
+    def ListJobResources(
+        self,
+        request: _batch_pb2.ListJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_batch_pb2.JobResourceList, _abc.Awaitable[_batch_pb2.JobResourceList]]: ...
+
+    @_abc_1.abstractmethod
+    def CancelJobResource(
+        self,
+        request: _batch_pb2.CancelJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_batch_pb2.JobResource, _abc.Awaitable[_batch_pb2.JobResource]]: ...
 
 def add_BatchServicer_to_server(servicer: BatchServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -19,9 +19,10 @@ from sluice.batch.service import (
     NotFound,
     Overrides,
 )
+from sluice.common.azure_ids import resource_id
 from sluice.common.grpc_server import actor_of
 from sluice.common.resources import ArtifactRef
-from sluice.v1 import batch_pb2, batch_pb2_grpc, common_pb2
+from sluice.v1 import batch_pb2, batch_pb2_grpc, common_pb2, workspace_pb2
 
 CODES: dict[type[Exception], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -95,6 +96,33 @@ def to_proto(job: Job) -> batch_pb2.Job:
     return msg
 
 
+def to_resource(job: Job) -> batch_pb2.JobResource:
+    """The job in Azure Resource Manager's shape, for the REST API: Azure's status names
+    and a batch job's pipeline-job properties; Sluice's own view under `details`."""
+    system = workspace_pb2.SystemData(
+        created_by=job.created_by,
+        created_by_type="User",
+        last_modified_by=job.created_by,
+        last_modified_by_type="User",
+    )
+    system.created_at.FromDatetime(job.created_at.astimezone(UTC))
+    system.last_modified_at.FromDatetime((job.ended_at or job.created_at).astimezone(UTC))
+    return batch_pb2.JobResource(
+        id=resource_id("jobs", job.name),
+        name=job.name,
+        type="Microsoft.MachineLearningServices/workspaces/jobs",
+        properties=batch_pb2.JobProperties(
+            job_type="Pipeline",
+            status=batch_pb2.JobStatus.Value.Value(job.state.value),
+            display_name=job.name,
+            experiment_name=job.endpoint_name,
+            tags={"azureml.batchrun": "true"},
+            details=to_proto(job),
+        ),
+        system_data=system,
+    )
+
+
 def _artifact(request: Any) -> ArtifactRef | None:
     if not request.HasField("input_artifact") or not request.input_artifact.digest:
         return None
@@ -124,9 +152,8 @@ class BatchApi(batch_pb2_grpc.BatchServicer):
     def __init__(self, service: BatchService):
         self._svc = service
 
-    @errors
-    async def InvokeBatchEndpoint(self, request: Any, context: Any) -> Any:
-        job = await self._svc.invoke(
+    async def _invoke(self, request: Any, context: Any) -> Job:
+        return await self._svc.invoke(
             InvokeRequest(
                 endpoint_name=request.endpoint_name,
                 deployment_name=request.deployment_name,
@@ -139,21 +166,27 @@ class BatchApi(batch_pb2_grpc.BatchServicer):
             ),
             actor_of(context),
         )
-        return to_proto(job)
+
+    @errors
+    async def InvokeBatchEndpoint(self, request: Any, context: Any) -> Any:
+        return to_proto(await self._invoke(request, context))
 
     @errors
     async def GetJob(self, request: Any, context: Any) -> Any:
         return to_proto(await self._svc.get(request.name))
 
-    @errors
-    async def ListJobs(self, request: Any, context: Any) -> Any:
+    async def _page(self, request: Any) -> tuple[list[Job], str]:
         size = min(request.page.page_size or 100, MAX_PAGE)
-        jobs, token = await self._svc.store.page(
+        return await self._svc.store.page(
             endpoint=request.endpoint_name,
             deployment=request.deployment_name,
             size=size,
             after=request.page.page_token,
         )
+
+    @errors
+    async def ListJobs(self, request: Any, context: Any) -> Any:
+        jobs, token = await self._page(request)
         return batch_pb2.ListJobsResponse(
             jobs=[to_proto(j) for j in jobs],
             page=common_pb2.PageResponse(next_page_token=token),
@@ -162,6 +195,26 @@ class BatchApi(batch_pb2_grpc.BatchServicer):
     @errors
     async def CancelJob(self, request: Any, context: Any) -> Any:
         return to_proto(await self._svc.cancel(request.name))
+
+    # ---- the REST API's shape of the same calls ---------------------------------------------
+
+    @errors
+    async def InvokeBatchEndpointResource(self, request: Any, context: Any) -> Any:
+        return to_resource(await self._invoke(request, context))
+
+    @errors
+    async def GetJobResource(self, request: Any, context: Any) -> Any:
+        return to_resource(await self._svc.get(request.name))
+
+    @errors
+    async def ListJobResources(self, request: Any, context: Any) -> Any:
+        jobs, token = await self._page(request)
+        link = f"/jobs?page.pageToken={token}" if token else ""
+        return batch_pb2.JobResourceList(value=[to_resource(j) for j in jobs], next_link=link)
+
+    @errors
+    async def CancelJobResource(self, request: Any, context: Any) -> Any:
+        return to_resource(await self._svc.cancel(request.name))
 
     async def StreamJobLogs(self, request: Any, context: Any) -> AsyncIterator[Any]:
         try:

@@ -362,7 +362,7 @@ async function batchPage() {
   } catch (err) { box.innerHTML = problem(err, "Batch endpoints"); }
 }
 
-const jobState = (j) => String(j.state || "").replace("JOB_STATE_", "");
+// A job as REST answers it: Azure's resource, Sluice's view of the batch job in properties.details.
 const progress = (j) => {
   const p = j.progress || {};
   return `<progress max="${p.miniBatchesTotal || 1}" value="${(p.miniBatchesDone || 0) + (p.miniBatchesFailed || 0)}"></progress>
@@ -374,10 +374,10 @@ async function jobsPage() {
   const draw = async () => {
     const box = document.getElementById("jobs");
     try {
-      const { jobs } = await api("GET", "/jobs?page.pageSize=200");
+      const { value: jobs } = await api("GET", "/jobs?page.pageSize=200");
       box.innerHTML = `<div class="table-wrap"><table><thead><tr><th scope="col">Job</th><th scope="col">Endpoint / deployment</th><th scope="col">State</th><th scope="col">Progress</th><th scope="col">Created</th></tr></thead><tbody>
-        ${jobs.map((j) => `<tr><td><a href="#/jobs/${enc(j.name)}">${esc(j.name)}</a></td><td>${esc(j.endpointName)} / ${esc(j.deploymentName)}</td>
-          <td class="state-${esc(jobState(j))}">${esc(jobState(j))}</td><td>${progress(j)}</td><td>${esc(j.createdAt)}</td></tr>`).join("") || `<tr><td colspan="5" class="muted">No jobs yet.</td></tr>`}
+        ${jobs.map((r) => `<tr><td><a href="#/jobs/${enc(r.name)}">${esc(r.name)}</a></td><td>${esc(r.properties.details.endpointName)} / ${esc(r.properties.details.deploymentName)}</td>
+          <td class="state-${esc(r.properties.status)}">${esc(r.properties.status)}</td><td>${progress(r.properties.details)}</td><td>${esc(r.systemData.createdAt)}</td></tr>`).join("") || `<tr><td colspan="5" class="muted">No jobs yet.</td></tr>`}
         </tbody></table></div>`;
     } catch (err) { box.innerHTML = problem(err, "Jobs"); }
   };
@@ -388,14 +388,15 @@ async function jobsPage() {
 async function jobPage(name) {
   view.innerHTML = `<p><a href="#/jobs">← Jobs</a></p><h1>${esc(name)}</h1><div id="job"></div><h2>Log</h2><pre id="job-log" aria-label="job log"></pre>`;
   const draw = async () => {
-    const j = await api("GET", `/jobs/${enc(name)}`);
-    document.getElementById("job").innerHTML = `<p class="state-${esc(jobState(j))}">${esc(jobState(j))} ${esc(j.statusMessage)}</p><p>${progress(j)}</p>
+    const r = await api("GET", `/jobs/${enc(name)}`);
+    const j = r.properties.details;
+    document.getElementById("job").innerHTML = `<p class="state-${esc(r.properties.status)}">${esc(r.properties.status)} ${esc(j.statusMessage)}</p><p>${progress(j)}</p>
       <p>${esc(j.endpointName)} / ${esc(j.deploymentName)} · input <code>${esc(j.input)}</code> · output <code>${esc(j.outputPath)}/${esc(j.outputFileName)}</code>
       ${j.cost ? ` · cost ${Number(j.cost.cost || 0).toFixed(4)} USD` : ""}</p>
       ${(j.errors || []).map((e) => `<p class="error">mini-batch ${e.miniBatch} (${esc((e.files || []).join(", "))}): ${esc(e.exception)}</p>`).join("")}`;
     const lines = await api("GET", `/jobs/${enc(name)}/logs`);
     document.getElementById("job-log").textContent = (Array.isArray(lines) ? lines : [lines]).map((l) => `${l.time || ""} ${l.source || ""} ${l.line || ""}`).join("\n");
-    return ["COMPLETED", "FAILED", "CANCELED"].includes(jobState(j));
+    return ["Completed", "Failed", "Canceled"].includes(r.properties.status);
   };
   if (!(await draw())) every(3000, draw);
 }
