@@ -113,9 +113,19 @@ def test_endpoint_and_deployment_crud(
     assert status == 200 and ep["properties"]["traffic"] == {"blue": 100}
 
     status, logs = rest.call(
-        "POST", f"/onlineEndpoints/{name}/deployments/blue/getLogs", {"lines": 20}
+        "POST", f"/onlineEndpoints/{name}/deployments/blue/getLogs", {"tail": 20}
     )
-    assert status == 200 and logs["text"], logs
+    assert status == 200 and logs["content"] and logs["instanceId"], logs
+    status, logs = rest.call(
+        "POST",
+        f"/onlineEndpoints/{name}/deployments/blue/getLogs",
+        {"containerType": "StorageInitializer"},
+    )
+    assert status == 200 and logs["content"], logs
+    status, error = rest.call(
+        "POST", f"/onlineEndpoints/{name}/deployments/blue/getLogs", {"containerType": "Kernel"}
+    )
+    assert status == 400 and "InferenceServer or StorageInitializer" in error["message"]
 
     status, listed = rest.call("GET", f"/onlineEndpoints/{name}/deployments")
     assert status == 200 and [d["name"] for d in listed["value"]] == ["blue"]

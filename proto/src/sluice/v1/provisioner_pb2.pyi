@@ -55,6 +55,63 @@ class GetLogsRequest(_message.Message):
 Global___GetLogsRequest: _TypeAlias = GetLogsRequest  # noqa: Y015
 
 @_typing.final
+class DeploymentLogsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENDPOINT_NAME_FIELD_NUMBER: _builtins.int
+    DEPLOYMENT_NAME_FIELD_NUMBER: _builtins.int
+    CONTAINER_TYPE_FIELD_NUMBER: _builtins.int
+    TAIL_FIELD_NUMBER: _builtins.int
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    endpoint_name: _builtins.str
+    deployment_name: _builtins.str
+    container_type: _builtins.str
+    """"InferenceServer" (default) or "StorageInitializer" """
+    tail: _builtins.int
+    """lines; 0 = 200"""
+    instance_id: _builtins.str
+    """Sluice: empty = the newest instance"""
+    def __init__(
+        self,
+        *,
+        endpoint_name: _builtins.str = ...,
+        deployment_name: _builtins.str = ...,
+        container_type: _builtins.str = ...,
+        tail: _builtins.int = ...,
+        instance_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_type", b"container_type", "deployment_name", b"deployment_name", "endpoint_name", b"endpoint_name", "instance_id", b"instance_id", "tail", b"tail"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeploymentLogsRequest: _TypeAlias = DeploymentLogsRequest  # noqa: Y015
+
+@_typing.final
+class DeploymentLogs(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTENT_FIELD_NUMBER: _builtins.int
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    content: _builtins.str
+    instance_id: _builtins.str
+    """Sluice: whose log it is"""
+    def __init__(
+        self,
+        *,
+        content: _builtins.str = ...,
+        instance_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "instance_id", b"instance_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeploymentLogs: _TypeAlias = DeploymentLogs  # noqa: Y015
+
+@_typing.final
 class Logs(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -39,6 +39,11 @@ class ProvisionerStub:
                 request_serializer=sluice_dot_v1_dot_provisioner__pb2.GetLogsRequest.SerializeToString,
                 response_deserializer=sluice_dot_v1_dot_provisioner__pb2.Logs.FromString,
                 _registered_method=True)
+        self.GetDeploymentLogs = channel.unary_unary(
+                '/sluice.v1.Provisioner/GetDeploymentLogs',
+                request_serializer=sluice_dot_v1_dot_provisioner__pb2.DeploymentLogsRequest.SerializeToString,
+                response_deserializer=sluice_dot_v1_dot_provisioner__pb2.DeploymentLogs.FromString,
+                _registered_method=True)
         self.GetCollected = channel.unary_unary(
                 '/sluice.v1.Provisioner/GetCollected',
                 request_serializer=sluice_dot_v1_dot_provisioner__pb2.GetCollectedRequest.SerializeToString,
@@ -51,6 +56,13 @@ class ProvisionerServicer:
 
     def GetLogs(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDeploymentLogs(self, request, context):
+        """GetLogs as Azure's REST API has it (DeploymentLogsRequest -> DeploymentLogs).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -69,6 +81,11 @@ def add_ProvisionerServicer_to_server(servicer, server):
                     servicer.GetLogs,
                     request_deserializer=sluice_dot_v1_dot_provisioner__pb2.GetLogsRequest.FromString,
                     response_serializer=sluice_dot_v1_dot_provisioner__pb2.Logs.SerializeToString,
+            ),
+            'GetDeploymentLogs': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDeploymentLogs,
+                    request_deserializer=sluice_dot_v1_dot_provisioner__pb2.DeploymentLogsRequest.FromString,
+                    response_serializer=sluice_dot_v1_dot_provisioner__pb2.DeploymentLogs.SerializeToString,
             ),
             'GetCollected': grpc.unary_unary_rpc_method_handler(
                     servicer.GetCollected,
@@ -103,6 +120,33 @@ class Provisioner:
             '/sluice.v1.Provisioner/GetLogs',
             sluice_dot_v1_dot_provisioner__pb2.GetLogsRequest.SerializeToString,
             sluice_dot_v1_dot_provisioner__pb2.Logs.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDeploymentLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sluice.v1.Provisioner/GetDeploymentLogs',
+            sluice_dot_v1_dot_provisioner__pb2.DeploymentLogsRequest.SerializeToString,
+            sluice_dot_v1_dot_provisioner__pb2.DeploymentLogs.FromString,
             options,
             channel_credentials,
             insecure,

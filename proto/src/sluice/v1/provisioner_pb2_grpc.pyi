@@ -34,6 +34,8 @@ class ProvisionerStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ProvisionerAsyncStub: ...
     GetLogs: _grpc.UnaryUnaryMultiCallable[_provisioner_pb2.GetLogsRequest, _provisioner_pb2.Logs]
+    GetDeploymentLogs: _grpc.UnaryUnaryMultiCallable[_provisioner_pb2.DeploymentLogsRequest, _provisioner_pb2.DeploymentLogs]
+    """GetLogs as Azure's REST API has it (DeploymentLogsRequest -> DeploymentLogs)."""
     GetCollected: _grpc.UnaryUnaryMultiCallable[_provisioner_pb2.GetCollectedRequest, _provisioner_pb2.Collected]
     """What a deployment's data_collector wrote (newest records last)."""
 
@@ -41,6 +43,8 @@ class ProvisionerStub:
 class ProvisionerAsyncStub(ProvisionerStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetLogs: _aio.UnaryUnaryMultiCallable[_provisioner_pb2.GetLogsRequest, _provisioner_pb2.Logs]  # type: ignore[assignment]
+    GetDeploymentLogs: _aio.UnaryUnaryMultiCallable[_provisioner_pb2.DeploymentLogsRequest, _provisioner_pb2.DeploymentLogs]  # type: ignore[assignment]
+    """GetLogs as Azure's REST API has it (DeploymentLogsRequest -> DeploymentLogs)."""
     GetCollected: _aio.UnaryUnaryMultiCallable[_provisioner_pb2.GetCollectedRequest, _provisioner_pb2.Collected]  # type: ignore[assignment]
     """What a deployment's data_collector wrote (newest records last)."""
 
@@ -51,6 +55,14 @@ class ProvisionerServicer(metaclass=_abc_1.ABCMeta):
         request: _provisioner_pb2.GetLogsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_provisioner_pb2.Logs, _abc.Awaitable[_provisioner_pb2.Logs]]: ...
+
+    @_abc_1.abstractmethod
+    def GetDeploymentLogs(
+        self,
+        request: _provisioner_pb2.DeploymentLogsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_provisioner_pb2.DeploymentLogs, _abc.Awaitable[_provisioner_pb2.DeploymentLogs]]:
+        """GetLogs as Azure's REST API has it (DeploymentLogsRequest -> DeploymentLogs)."""
 
     @_abc_1.abstractmethod
     def GetCollected(

@@ -17,6 +17,12 @@ from sluice.v1 import provisioner_pb2, provisioner_pb2_grpc
 DEFAULT_LINES = 200
 DEFAULT_RECORDS = 100
 CONTAINERS = ("inference-server", "storage-initializer")
+# Azure's containerType (any case) -> ours.
+CONTAINER_TYPES = {
+    "": "inference-server",
+    "inferenceserver": "inference-server",
+    "storageinitializer": "storage-initializer",
+}
 
 
 class ProvisionerApi(provisioner_pb2_grpc.ProvisionerServicer):
@@ -68,6 +74,28 @@ class ProvisionerApi(provisioner_pb2_grpc.ProvisionerServicer):
         return provisioner_pb2.Logs(
             text=tail(newest, lines), instance_id=newest.stem, path=str(newest)
         )
+
+    async def GetDeploymentLogs(
+        self, request: provisioner_pb2.DeploymentLogsRequest, context: grpc.aio.ServicerContext
+    ) -> provisioner_pb2.DeploymentLogs:
+        container = CONTAINER_TYPES.get(request.container_type.lower())
+        if container is None or request.tail < 0:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "containerType must be InferenceServer or StorageInitializer and tail at least "
+                f"0, got {request.container_type!r} and {request.tail}",
+            )
+        logs = await self.GetLogs(
+            provisioner_pb2.GetLogsRequest(
+                endpoint_name=request.endpoint_name,
+                deployment_name=request.deployment_name,
+                lines=request.tail,
+                container=container or "",
+                instance_id=request.instance_id,
+            ),
+            context,
+        )
+        return provisioner_pb2.DeploymentLogs(content=logs.text, instance_id=logs.instance_id)
 
     async def GetCollected(
         self, request: provisioner_pb2.GetCollectedRequest, context: grpc.aio.ServicerContext

@@ -271,7 +271,7 @@ async function logsTab(panel, ep) {
   const { value: deployments } = await api("GET", `/onlineEndpoints/${enc(name)}/deployments`);
   panel.innerHTML = `<h2>Logs</h2><div class="row">
     <label for="logs-deployment">Deployment</label><select id="logs-deployment">${deployments.map((d) => `<option>${esc(d.name)}</option>`).join("")}</select>
-    <label for="logs-container">Container</label><select id="logs-container"><option value="inference-server">inference-server</option><option value="storage-initializer">storage-initializer</option></select>
+    <label for="logs-container">Container</label><select id="logs-container"><option value="InferenceServer">inference server</option><option value="StorageInitializer">storage initializer</option></select>
     <label for="logs-lines">Lines</label><input id="logs-lines" type="number" min="1" max="5000" value="100">
     <button id="logs-get" type="button">Get logs</button></div>
     <div id="logs-status" role="status"></div><pre id="logs-text" aria-label="logs"></pre>`;
@@ -279,9 +279,9 @@ async function logsTab(panel, ep) {
     const out = panel.querySelector("#logs-text");
     try {
       const logs = await api("POST", `/onlineEndpoints/${enc(name)}/deployments/${enc(panel.querySelector("#logs-deployment").value)}/getLogs`,
-        { lines: Number(panel.querySelector("#logs-lines").value), container: panel.querySelector("#logs-container").value });
+        { tail: Number(panel.querySelector("#logs-lines").value), containerType: panel.querySelector("#logs-container").value });
       panel.querySelector("#logs-status").innerHTML = `<span class="muted">instance ${esc(logs.instanceId)}</span>`;
-      out.textContent = logs.text || "(empty)";
+      out.textContent = logs.content || "(empty)";
     } catch (err) { panel.querySelector("#logs-status").innerHTML = problem(err, "Logs"); }
   };
   panel.querySelector("#logs-get").addEventListener("click", load);
