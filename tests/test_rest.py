@@ -137,8 +137,13 @@ def test_endpoint_and_deployment_crud(
     }
     status, error = rest.call("PUT", f"/onlineEndpoints/{name}/deployments/blue", bad)
     assert status == 400 and "ISO 8601" in error["message"] and "requestTimeout" in error["message"]
-    after = rest.call("GET", f"/onlineEndpoints/{name}/deployments/blue")[1]
-    assert after["etag"] == ready["etag"]
+    path = f"/onlineEndpoints/{name}/deployments/blue"
+    status, error = rest.call("PATCH", path, {"sku": {"capacity": 0}})
+    assert status == 400 and "sku.capacity" in error["message"]
+    status, error = rest.call("PATCH", path, {"tags": {"a": "b"}}, headers={"If-Match": '"99"'})
+    assert status == 412
+    after = rest.call("GET", path)[1]
+    assert after["etag"] == ready["etag"] and after["sku"]["capacity"] == 1
 
     status, _ = rest.call("POST", f"/onlineEndpoints/{name}/setTraffic", {"traffic": {"blue": 0}})
     assert status == 200
@@ -190,8 +195,24 @@ def test_errors_are_json_and_leave_state_unchanged(rest: Rest, test_id: str) -> 
     assert status == 400 and body["code"] == 3
     status, body = rest.call("POST", f"/onlineEndpoints/{name}/regenerateKeys", {"keyType": "x"})
     assert status == 400 and "Primary or Secondary" in body["message"]
+    status, body = rest.call("PATCH", f"/onlineEndpoints/{name}", {"sku": {"capacity": 2}})
+    assert status == 400 and "no sku" in body["message"]
+    status, body = rest.call(
+        "PATCH", f"/onlineEndpoints/{name}", {"tags": {"v": "2"}}, headers={"If-Match": '"9"'}
+    )
+    assert status == 412 and body["code"] == 10
     after = rest.call("GET", f"/onlineEndpoints/{name}")[1]
     assert after["etag"] == original["etag"] and after["tags"] == {"v": "1"}
+
+    # PATCH changes the tags only.
+    etag = f'"{original["etag"]}"'
+    patched = rest.send(
+        "PATCH", f"/onlineEndpoints/{name}", {"tags": {"v": "2"}}, headers={"If-Match": etag}
+    )
+    assert patched.status_code == 200, patched.text
+    assert patched.json()["tags"] == {"v": "2"}
+    assert patched.json()["etag"] == str(int(original["etag"]) + 1)
+    assert patched.json()["properties"]["authMode"] == original["properties"]["authMode"]
 
     status, body = rest.call("GET", "/noSuchThing")
     assert status == 404 and body["code"] == 5
@@ -219,7 +240,7 @@ def test_openapi_document_is_served_and_valid(rest: Rest) -> None:
     validate(served)
     assert served == document()
     ops = served["paths"]["/onlineEndpoints/{name}"]
-    assert set(ops) == {"get", "put", "delete"}
+    assert set(ops) == {"get", "put", "patch", "delete"}
     assert "/onlineEndpoints/{endpointName}/deployments/{deploymentName}/getLogs" in served["paths"]
     assert "/jobs/{name}" in served["paths"] and "/batchEndpoints/{name}" in served["paths"]
     schemas = served["components"]["schemas"]

@@ -7,8 +7,9 @@ API speaks (Envoy's gRPC-JSON transcoder turns these messages into Azure ML's JS
 Azure spells them). The registry serves it over the same stored documents as
 sluice.v1.Registry, which the CLI and SDK use; only the shape differs.
 
-Writes: PUT creates or replaces (201 Created / 200 OK), conditional on an `If-Match`
-header holding the resource's ETag (a stale one answers 412). Sluice's additions to
+Writes: PUT creates or replaces (201 Created / 200 OK), PATCH changes tags (and a
+deployment's sku.capacity); both conditional on an `If-Match` header holding the
+resource's ETag (a stale one answers 412). Sluice's additions to
 Azure's properties are marked "Sluice:".
 """
 
@@ -275,6 +276,79 @@ class Sku(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Sku: _TypeAlias = Sku  # noqa: Y015
+
+@_typing.final
+class PartialResource(_message.Message):
+    """Azure's PartialMinimalTrackedResourceWithSku: what a PATCH may change."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class TagsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    TAGS_FIELD_NUMBER: _builtins.int
+    SKU_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def sku(self) -> Global___Sku: ...
+    def __init__(
+        self,
+        *,
+        tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        sku: Global___Sku | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["sku", b"sku"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sku", b"sku", "tags", b"tags"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PartialResource: _TypeAlias = PartialResource  # noqa: Y015
+
+@_typing.final
+class PatchRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENDPOINT_NAME_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    RESOURCE_FIELD_NUMBER: _builtins.int
+    endpoint_name: _builtins.str
+    """deployments only"""
+    name: _builtins.str
+    @_builtins.property
+    def resource(self) -> Global___PartialResource: ...
+    def __init__(
+        self,
+        *,
+        endpoint_name: _builtins.str = ...,
+        name: _builtins.str = ...,
+        resource: Global___PartialResource | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["resource", b"resource"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint_name", b"endpoint_name", "name", b"name", "resource", b"resource"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PatchRequest: _TypeAlias = PatchRequest  # noqa: Y015
 
 @_typing.final
 class GetResourceRequest(_message.Message):

@@ -55,6 +55,11 @@ class WorkspaceStub:
                 request_serializer=sluice_dot_v1_dot_workspace__pb2.GetResourceRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
+        self.PatchOnlineEndpoint = channel.unary_unary(
+                '/sluice.v1.Workspace/PatchOnlineEndpoint',
+                request_serializer=sluice_dot_v1_dot_workspace__pb2.PatchRequest.SerializeToString,
+                response_deserializer=sluice_dot_v1_dot_workspace__pb2.OnlineEndpointTrackedResource.FromString,
+                _registered_method=True)
         self.ListKeys = channel.unary_unary(
                 '/sluice.v1.Workspace/ListKeys',
                 request_serializer=sluice_dot_v1_dot_workspace__pb2.GetResourceRequest.SerializeToString,
@@ -94,6 +99,11 @@ class WorkspaceStub:
                 '/sluice.v1.Workspace/ListOnlineDeployments',
                 request_serializer=sluice_dot_v1_dot_workspace__pb2.ListChildrenRequest.SerializeToString,
                 response_deserializer=sluice_dot_v1_dot_workspace__pb2.OnlineDeploymentList.FromString,
+                _registered_method=True)
+        self.PatchOnlineDeployment = channel.unary_unary(
+                '/sluice.v1.Workspace/PatchOnlineDeployment',
+                request_serializer=sluice_dot_v1_dot_workspace__pb2.PatchRequest.SerializeToString,
+                response_deserializer=sluice_dot_v1_dot_workspace__pb2.OnlineDeploymentTrackedResource.FromString,
                 _registered_method=True)
         self.DeleteOnlineDeployment = channel.unary_unary(
                 '/sluice.v1.Workspace/DeleteOnlineDeployment',
@@ -172,6 +182,13 @@ class WorkspaceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PatchOnlineEndpoint(self, request, context):
+        """Replaces the tags (when the body has some); nothing else changes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListKeys(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -219,6 +236,13 @@ class WorkspaceServicer:
 
     def ListOnlineDeployments(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PatchOnlineDeployment(self, request, context):
+        """Replaces the tags (when the body has some) and scales to sku.capacity (when given).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -300,6 +324,11 @@ def add_WorkspaceServicer_to_server(servicer, server):
                     request_deserializer=sluice_dot_v1_dot_workspace__pb2.GetResourceRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
+            'PatchOnlineEndpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.PatchOnlineEndpoint,
+                    request_deserializer=sluice_dot_v1_dot_workspace__pb2.PatchRequest.FromString,
+                    response_serializer=sluice_dot_v1_dot_workspace__pb2.OnlineEndpointTrackedResource.SerializeToString,
+            ),
             'ListKeys': grpc.unary_unary_rpc_method_handler(
                     servicer.ListKeys,
                     request_deserializer=sluice_dot_v1_dot_workspace__pb2.GetResourceRequest.FromString,
@@ -339,6 +368,11 @@ def add_WorkspaceServicer_to_server(servicer, server):
                     servicer.ListOnlineDeployments,
                     request_deserializer=sluice_dot_v1_dot_workspace__pb2.ListChildrenRequest.FromString,
                     response_serializer=sluice_dot_v1_dot_workspace__pb2.OnlineDeploymentList.SerializeToString,
+            ),
+            'PatchOnlineDeployment': grpc.unary_unary_rpc_method_handler(
+                    servicer.PatchOnlineDeployment,
+                    request_deserializer=sluice_dot_v1_dot_workspace__pb2.PatchRequest.FromString,
+                    response_serializer=sluice_dot_v1_dot_workspace__pb2.OnlineDeploymentTrackedResource.SerializeToString,
             ),
             'DeleteOnlineDeployment': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteOnlineDeployment,
@@ -494,6 +528,33 @@ class Workspace:
             '/sluice.v1.Workspace/DeleteOnlineEndpoint',
             sluice_dot_v1_dot_workspace__pb2.GetResourceRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PatchOnlineEndpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sluice.v1.Workspace/PatchOnlineEndpoint',
+            sluice_dot_v1_dot_workspace__pb2.PatchRequest.SerializeToString,
+            sluice_dot_v1_dot_workspace__pb2.OnlineEndpointTrackedResource.FromString,
             options,
             channel_credentials,
             insecure,
@@ -710,6 +771,33 @@ class Workspace:
             '/sluice.v1.Workspace/ListOnlineDeployments',
             sluice_dot_v1_dot_workspace__pb2.ListChildrenRequest.SerializeToString,
             sluice_dot_v1_dot_workspace__pb2.OnlineDeploymentList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PatchOnlineDeployment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sluice.v1.Workspace/PatchOnlineDeployment',
+            sluice_dot_v1_dot_workspace__pb2.PatchRequest.SerializeToString,
+            sluice_dot_v1_dot_workspace__pb2.OnlineDeploymentTrackedResource.FromString,
             options,
             channel_credentials,
             insecure,

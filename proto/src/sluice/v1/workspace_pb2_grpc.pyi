@@ -7,8 +7,9 @@ API speaks (Envoy's gRPC-JSON transcoder turns these messages into Azure ML's JS
 Azure spells them). The registry serves it over the same stored documents as
 sluice.v1.Registry, which the CLI and SDK use; only the shape differs.
 
-Writes: PUT creates or replaces (201 Created / 200 OK), conditional on an `If-Match`
-header holding the resource's ETag (a stale one answers 412). Sluice's additions to
+Writes: PUT creates or replaces (201 Created / 200 OK), PATCH changes tags (and a
+deployment's sku.capacity); both conditional on an `If-Match` header holding the
+resource's ETag (a stale one answers 412). Sluice's additions to
 Azure's properties are marked "Sluice:".
 """
 
@@ -49,6 +50,8 @@ class WorkspaceStub:
     ListOnlineEndpoints: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.ListResourcesRequest, _workspace_pb2.OnlineEndpointList]
     DeleteOnlineEndpoint: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.GetResourceRequest, _empty_pb2.Empty]
     """Deletes the endpoint and all of its deployments."""
+    PatchOnlineEndpoint: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.PatchRequest, _workspace_pb2.OnlineEndpointTrackedResource]
+    """Replaces the tags (when the body has some); nothing else changes."""
     ListKeys: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.GetResourceRequest, _workspace_pb2.EndpointAuthKeys]
     RegenerateKeys: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.RegenerateKeysBody, _empty_pb2.Empty]
     GetToken: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.GetResourceRequest, _workspace_pb2.EndpointAuthToken]
@@ -61,6 +64,8 @@ class WorkspaceStub:
     PutOnlineDeployment: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.PutOnlineDeploymentRequest, _workspace_pb2.OnlineDeploymentTrackedResource]
     GetOnlineDeployment: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.GetChildRequest, _workspace_pb2.OnlineDeploymentTrackedResource]
     ListOnlineDeployments: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.ListChildrenRequest, _workspace_pb2.OnlineDeploymentList]
+    PatchOnlineDeployment: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.PatchRequest, _workspace_pb2.OnlineDeploymentTrackedResource]
+    """Replaces the tags (when the body has some) and scales to sku.capacity (when given)."""
     DeleteOnlineDeployment: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.GetChildRequest, _empty_pb2.Empty]
     PutBatchEndpoint: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.PutBatchEndpointRequest, _workspace_pb2.BatchEndpointTrackedResource]
     GetBatchEndpoint: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.GetResourceRequest, _workspace_pb2.BatchEndpointTrackedResource]
@@ -82,6 +87,8 @@ class WorkspaceAsyncStub(WorkspaceStub):
     ListOnlineEndpoints: _aio.UnaryUnaryMultiCallable[_workspace_pb2.ListResourcesRequest, _workspace_pb2.OnlineEndpointList]  # type: ignore[assignment]
     DeleteOnlineEndpoint: _aio.UnaryUnaryMultiCallable[_workspace_pb2.GetResourceRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     """Deletes the endpoint and all of its deployments."""
+    PatchOnlineEndpoint: _aio.UnaryUnaryMultiCallable[_workspace_pb2.PatchRequest, _workspace_pb2.OnlineEndpointTrackedResource]  # type: ignore[assignment]
+    """Replaces the tags (when the body has some); nothing else changes."""
     ListKeys: _aio.UnaryUnaryMultiCallable[_workspace_pb2.GetResourceRequest, _workspace_pb2.EndpointAuthKeys]  # type: ignore[assignment]
     RegenerateKeys: _aio.UnaryUnaryMultiCallable[_workspace_pb2.RegenerateKeysBody, _empty_pb2.Empty]  # type: ignore[assignment]
     GetToken: _aio.UnaryUnaryMultiCallable[_workspace_pb2.GetResourceRequest, _workspace_pb2.EndpointAuthToken]  # type: ignore[assignment]
@@ -94,6 +101,8 @@ class WorkspaceAsyncStub(WorkspaceStub):
     PutOnlineDeployment: _aio.UnaryUnaryMultiCallable[_workspace_pb2.PutOnlineDeploymentRequest, _workspace_pb2.OnlineDeploymentTrackedResource]  # type: ignore[assignment]
     GetOnlineDeployment: _aio.UnaryUnaryMultiCallable[_workspace_pb2.GetChildRequest, _workspace_pb2.OnlineDeploymentTrackedResource]  # type: ignore[assignment]
     ListOnlineDeployments: _aio.UnaryUnaryMultiCallable[_workspace_pb2.ListChildrenRequest, _workspace_pb2.OnlineDeploymentList]  # type: ignore[assignment]
+    PatchOnlineDeployment: _aio.UnaryUnaryMultiCallable[_workspace_pb2.PatchRequest, _workspace_pb2.OnlineDeploymentTrackedResource]  # type: ignore[assignment]
+    """Replaces the tags (when the body has some) and scales to sku.capacity (when given)."""
     DeleteOnlineDeployment: _aio.UnaryUnaryMultiCallable[_workspace_pb2.GetChildRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     PutBatchEndpoint: _aio.UnaryUnaryMultiCallable[_workspace_pb2.PutBatchEndpointRequest, _workspace_pb2.BatchEndpointTrackedResource]  # type: ignore[assignment]
     GetBatchEndpoint: _aio.UnaryUnaryMultiCallable[_workspace_pb2.GetResourceRequest, _workspace_pb2.BatchEndpointTrackedResource]  # type: ignore[assignment]
@@ -136,6 +145,14 @@ class WorkspaceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
         """Deletes the endpoint and all of its deployments."""
+
+    @_abc_1.abstractmethod
+    def PatchOnlineEndpoint(
+        self,
+        request: _workspace_pb2.PatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workspace_pb2.OnlineEndpointTrackedResource, _abc.Awaitable[_workspace_pb2.OnlineEndpointTrackedResource]]:
+        """Replaces the tags (when the body has some); nothing else changes."""
 
     @_abc_1.abstractmethod
     def ListKeys(
@@ -196,6 +213,14 @@ class WorkspaceServicer(metaclass=_abc_1.ABCMeta):
         request: _workspace_pb2.ListChildrenRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_workspace_pb2.OnlineDeploymentList, _abc.Awaitable[_workspace_pb2.OnlineDeploymentList]]: ...
+
+    @_abc_1.abstractmethod
+    def PatchOnlineDeployment(
+        self,
+        request: _workspace_pb2.PatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workspace_pb2.OnlineDeploymentTrackedResource, _abc.Awaitable[_workspace_pb2.OnlineDeploymentTrackedResource]]:
+        """Replaces the tags (when the body has some) and scales to sku.capacity (when given)."""
 
     @_abc_1.abstractmethod
     def DeleteOnlineDeployment(

@@ -134,6 +134,25 @@ class WorkspaceApi(workspace_pb2_grpc.WorkspaceServicer):
         return empty_pb2.Empty()
 
     @domain_errors
+    async def PatchOnlineEndpoint(
+        self, request: ws.PatchRequest, context: Ctx
+    ) -> ws.OnlineEndpointTrackedResource:
+        _, expected = _if_match(context)
+        if request.resource.HasField("sku"):
+            raise InvalidArgument("an online endpoint has no sku; PATCH its deployments' sku")
+        current = await self._svc.get_online_endpoint(request.name)
+        tags = dict(request.resource.tags) or current.spec.tags
+        doc = await self._svc.update_online_endpoint(
+            current.spec.model_copy(update={"tags": tags}),
+            traffic=None,
+            mirror_traffic=None,
+            expected_version=expected,
+            actor=actor_of(context),
+        )
+        await _answer(context, doc.meta)
+        return arm.online_endpoint(doc, self._scoring_base)
+
+    @domain_errors
     async def ListKeys(self, request: ws.GetResourceRequest, context: Ctx) -> ws.EndpointAuthKeys:
         creds = await self._svc.get_credentials(request.name, actor_of(context))
         if creds.token is not None:
@@ -230,6 +249,26 @@ class WorkspaceApi(workspace_pb2_grpc.WorkspaceServicer):
             value=[arm.online_deployment(d) for d in page.items],
             next_link=_next_link(path, request.count, page.next_token),
         )
+
+    @domain_errors
+    async def PatchOnlineDeployment(
+        self, request: ws.PatchRequest, context: Ctx
+    ) -> ws.OnlineDeploymentTrackedResource:
+        _, expected = _if_match(context)
+        current = await self._svc.get_online_deployment(request.endpoint_name, request.name)
+        changes: dict[str, object] = {"tags": dict(request.resource.tags) or current.spec.tags}
+        if request.resource.HasField("sku"):
+            if request.resource.sku.capacity < 1:
+                raise InvalidArgument(
+                    f"sku.capacity must be at least 1, got {request.resource.sku.capacity}"
+                )
+            changes["instance_count"] = request.resource.sku.capacity
+        await self._svc.update_online_deployment(
+            current.spec.model_copy(update=changes), expected, actor_of(context)
+        )
+        doc = await self._svc.get_online_deployment(request.endpoint_name, request.name)
+        await _answer(context, doc.meta)
+        return arm.online_deployment(doc)
 
     @domain_errors
     async def DeleteOnlineDeployment(
