@@ -219,7 +219,9 @@ def test_errors_are_json_and_leave_state_unchanged(rest: Rest, test_id: str) -> 
     assert rest.call("DELETE", f"/onlineEndpoints/{name}")[0] == 200
 
 
-def test_batch_endpoint_put_get_list_delete(rest: Rest, test_id: str) -> None:
+def test_batch_endpoint_put_get_list_delete(
+    rest: Rest, local_platform: PlatformState, tmp_path: Path, test_id: str
+) -> None:
     name = f"rest-batch-{test_id}"
     made = rest.send("PUT", f"/batchEndpoints/{name}", {"properties": {"description": "b"}})
     assert made.status_code == 201, made.text
@@ -231,6 +233,35 @@ def test_batch_endpoint_put_get_list_delete(rest: Rest, test_id: str) -> None:
     assert status == 200 and body["properties"]["description"] == "c" and body["etag"] == "2"
     status, body = rest.call("GET", f"/batchEndpoints/{name}/deployments")
     assert status == 200 and body["value"] == []
+
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "score.py").write_text("def init():\n    pass\n")
+    assert local_platform.registry_address
+    with RegistryClient(local_platform.registry_address, rest.admin_token) as client:
+        code = arm.artifact_uri(client.upload(tmp_path / "code"))
+    deployment = {
+        "properties": {
+            "codeConfiguration": {"codeId": code, "scoringScript": "score.py"},
+            "miniBatchSize": 2,
+            "outputAction": "SummaryOnly",
+            "retrySettings": {"timeout": "PT45S"},
+            "errorThreshold": 0,
+        }
+    }
+    path = f"/batchEndpoints/{name}/deployments/score"
+    made = rest.send("PUT", path, deployment)
+    assert made.status_code == 201, made.text
+    props = made.json()["properties"]
+    assert props["codeConfiguration"]["codeId"] == code and props["miniBatchSize"] == 2
+    assert props["outputAction"] == "SummaryOnly" and props["errorThreshold"] == 0
+    assert props["retrySettings"] == {"maxRetries": 3, "timeout": "PT45S"}
+    endpoint = rest.call("GET", f"/batchEndpoints/{name}")[1]
+    assert endpoint["properties"]["defaults"]["deploymentName"] == "score"
+    bad = {"properties": {**deployment["properties"], "retrySettings": {"timeout": "45"}}}
+    status, error = rest.call("PUT", path, bad)
+    assert status == 400 and "retrySettings.timeout" in error["message"]
+    assert rest.call("GET", path)[1]["etag"] == made.json()["etag"]
+    assert rest.call("DELETE", path)[0] == 200
     assert rest.call("DELETE", f"/batchEndpoints/{name}")[0] == 200
 
 
