@@ -23,16 +23,17 @@ from sluice.testing.traffic import Traffic, Upstream, World, eventually
 
 KEY = "primary-key-1"
 LISTENERS = "type.googleapis.com/envoy.config.listener.v3.Listener"
-ROUTES = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 
 
 async def fetch(channel: grpc.aio.Channel, node: str) -> list[discovery_pb2.DiscoveryResponse]:
-    """Ask for every listener and route as `node`; whatever came back within 3 s."""
+    """Ask for every listener as `node`; whatever came back within 3 s.
+
+    One request: the server judges the node on it, and a second one sent after a refusal
+    races the stream's end (grpc-core then reports INTERNAL "Failed execute_batch")."""
     stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
 
     async def requests() -> AsyncIterator[discovery_pb2.DiscoveryRequest]:
-        for type_url in (LISTENERS, ROUTES):
-            yield discovery_pb2.DiscoveryRequest(node=base_pb2.Node(id=node), type_url=type_url)
+        yield discovery_pb2.DiscoveryRequest(node=base_pb2.Node(id=node), type_url=LISTENERS)
         await asyncio.sleep(3)
 
     got: list[discovery_pb2.DiscoveryResponse] = []
