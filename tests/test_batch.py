@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -251,6 +252,18 @@ def spares_of(batch: RunningService) -> list[psutil.Process]:
     return found
 
 
+def describe(processes: list[psutil.Process]) -> list[str]:
+    """pid, state, age and user of each process (a failure's message)."""
+    described = []
+    for proc in processes:
+        try:
+            age = time.time() - proc.create_time()
+            described.append(f"{proc.pid} {proc.status()} {age:.0f}s {proc.username()}")
+        except psutil.Error:
+            described.append(f"{proc.pid} gone")
+    return described
+
+
 def test_folder_of_csvs_every_row_once_in_order(cli: Cli, batch: RunningService) -> None:
     deploy(cli, "csv-batch", with_cli=True)
     # Creating the deployment started its 2 workers' processes as spares.
@@ -288,7 +301,11 @@ def test_folder_of_csvs_every_row_once_in_order(cli: Cli, batch: RunningService)
     # Compute exists only while the job runs, and is recorded for the metrics service's costs.
     assert workers_of(cli, job["name"]) == {}
     # ... and 2 spares wait for the next job (started once this one was done).
-    wait_for(lambda: len(spares_of(batch)) == 2, "2 spare workers again")
+    wait_for(
+        lambda: len(spares_of(batch)) == 2,
+        "2 spare workers again",
+        why=lambda: f"the batch service's spare-like children: {describe(spares_of(batch))}",
+    )
     settings = batch.settings
     with MongoClient(settings.mongodb_uri) as mongo:
         records = list(

@@ -165,7 +165,7 @@ def test_slider_moves_traffic_and_envoy_serves_it(world: World) -> None:
 def test_send_a_test_request(world: World) -> None:
     page = world.page
     page.goto(f"{world.platform.management_url}/portal/#/endpoints/{world.endpoint}/test")
-    page.get_by_label("Deployment").select_option("blue")
+    page.get_by_label("Deployment", exact=True).select_option("blue")
     page.get_by_role("button", name="Send").click()
     sync_api.expect(page.locator("#test-status")).to_contain_text("200 in")
     sync_api.expect(page.locator("#test-status")).to_contain_text("answered by blue")
@@ -178,7 +178,7 @@ def test_send_a_test_request(world: World) -> None:
 def test_read_a_deployments_logs(world: World) -> None:
     page = world.page
     page.goto(f"{world.platform.management_url}/portal/#/endpoints/{world.endpoint}/logs")
-    page.get_by_label("Deployment").select_option("green")
+    page.get_by_label("Deployment", exact=True).select_option("green")
     page.get_by_role("button", name="Get logs").click()
     sync_api.expect(page.locator("#logs-status")).to_contain_text("instance")
     assert page.locator("#logs-text").inner_text().strip() not in ("", "(empty)")
