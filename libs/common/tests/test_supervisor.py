@@ -214,3 +214,14 @@ def test_a_reused_pid_is_not_mistaken_for_our_process() -> None:
     assert not is_alive(impostor)
     stop_process(impostor)  # must not signal us
     assert psutil.pid_exists(me.pid)
+
+
+def test_free_ports_are_below_the_range_outgoing_connections_take() -> None:
+    """A port from the ephemeral range can be taken by any client's connection between
+    free_port() and the server's bind; ours come from below it, never twice."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = [free_port() for _ in range(50)]
+    assert len(set(ports)) == 50
+    assert all(10000 <= port < low for port in ports)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", ports[0]))  # and it can be listened on

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -103,10 +104,43 @@ def port_in_use(host: str, port: int) -> bool:
         return False
 
 
+LISTEN_PORTS_FROM = 10000  # free_port's range starts here and ends below the ephemeral one
+_handed_out: set[int] = set()  # by this process, not handed out twice
+
+
+def _ephemeral_low() -> int:
+    """The first port the kernel gives outgoing connections (Linux default 32768)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A port nothing listens on now, for a server started a moment later.
+
+    Taken below the ephemeral range: a port the kernel handed out (`bind(host, 0)`) is one
+    it also gives outgoing connections, and any client connecting anywhere on the machine
+    can take it before the server binds it (seen: a service's Prometheus port, "Address
+    already in use" at start; a database restarted on its port after kill -9).
+    """
+    high = _ephemeral_low()
+    if high - LISTEN_PORTS_FROM < 1000:  # an unusual range: let the kernel choose
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            return int(sock.getsockname()[1])
+    for _ in range(200):
+        port = random.randrange(LISTEN_PORTS_FROM, high)  # noqa: S311 - not a secret
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise OSError(f"no free port between {LISTEN_PORTS_FROM} and {high} on {host}")
 
 
 class Supervisor:
