@@ -249,7 +249,7 @@ class LocalDeployment:
             inst.measure()
         seen = {i.id: i.requests_seen for i in self.instances if i.alive}
         busy = any(
-            not i.ready or i.requests_seen is None or self._not_routed_yet(i, now)
+            i.requests_seen is None or not self._routed(i, now)
             for i in self.instances
             if i.alive and not i.draining
         )
@@ -258,12 +258,14 @@ class LocalDeployment:
             self._last_active = now  # (an instance that went is no activity: it would wake
         self._seen = seen  # what went to zero)
 
-    def _not_routed_yet(self, inst: LocalInstance, now: float) -> bool:
-        """Ready, but the gateway does not send it requests yet: no client could reach it,
-        so its quiet is no idleness (a slow gateway update would otherwise take a woken
-        deployment back to zero before a second request could reach it)."""
+    def _routed(self, inst: LocalInstance, now: float) -> bool:
+        """Ready and sent requests by the gateway (or ready long enough that it must be).
+
+        Until then no client can reach it, so its quiet is no idleness either (a slow
+        gateway update would otherwise take a woken deployment back to zero before a
+        second request could reach it)."""
         routes = self._s.routing.routes(self.key, inst.address)
-        return inst.ready and routes is False and now - inst.ready_at <= ROUTE_WAIT_S
+        return inst.ready and (routes is not False or now - inst.ready_at > ROUTE_WAIT_S)
 
     def _autoscale(self, doc: OnlineDeploymentDoc) -> None:
         if self._s.autoscale.count(self.key) is not None:
@@ -419,7 +421,7 @@ class LocalDeployment:
         observed = []
         for inst in self.instances:
             routes = self._s.routing.routes(self.key, inst.address)
-            routed = inst.ready and (routes is not False or now - inst.ready_at > ROUTE_WAIT_S)
+            routed = self._routed(inst, now)
             unrouted = inst.draining and (
                 routes is not True or now - inst.draining_since > ROUTE_WAIT_S
             )
