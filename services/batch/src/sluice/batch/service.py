@@ -140,7 +140,8 @@ class BatchService:
         self.datastore = state_dir / "datastore"
         # The only local folders a job reads or writes (inputs.py says why): the datastore,
         # the artifact store (uploaded inputs, data assets) and the operator's own.
-        self.roots = (self.datastore, ctx.artifacts.root, *path_roots)
+        roots = (self.datastore, ctx.artifacts.root, *path_roots)
+        self.roots = tuple(root.resolve() for root in roots)
         self._runners: dict[str, asyncio.Task[None]] = {}
         self._warming: set[asyncio.Task[None]] = set()
 
