@@ -12,7 +12,7 @@ import contextlib
 import re
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,7 +143,7 @@ class BatchService:
         roots = (self.datastore, ctx.artifacts.root, *path_roots)
         self.roots = tuple(root.resolve() for root in roots)
         self._runners: dict[str, asyncio.Task[None]] = {}
-        self._warming: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[None]] = set()
 
     # ---- runners -----------------------------------------------------------------------
 
@@ -165,9 +165,13 @@ class BatchService:
 
     def warm_soon(self, endpoint: str, deployment: str) -> None:
         """Start `warm` in the background (it may build the deployment's environment)."""
-        task = asyncio.create_task(self.warm(endpoint, deployment))
-        self._warming.add(task)
-        task.add_done_callback(self._warming.discard)
+        self._in_background(self.warm(endpoint, deployment))
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` as a task kept until it ends (and cancelled at shutdown)."""
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def warm(self, endpoint: str, deployment: str) -> None:
         """Have the deployment's `instance_count x max_concurrency_per_instance` workers
@@ -190,9 +194,7 @@ class BatchService:
 
     def forget_soon(self, endpoint: str, deployment: str) -> None:
         """A deleted batch deployment: stop its spares, remove their folder and its user."""
-        task = asyncio.create_task(self.forget(endpoint, deployment))
-        self._warming.add(task)
-        task.add_done_callback(self._warming.discard)
+        self._in_background(self.forget(endpoint, deployment))
 
     async def forget(self, endpoint: str, deployment: str) -> None:
         account = existing_account(endpoint, deployment)
@@ -203,7 +205,7 @@ class BatchService:
         log.info("deployment_forgotten", endpoint=endpoint, deployment=deployment, spares=stopped)
 
     async def shutdown(self) -> None:
-        for task in self._warming:
+        for task in self._background:
             task.cancel()
         tasks = list(self._runners.values())
         for task in tasks:
