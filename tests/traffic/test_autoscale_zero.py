@@ -3,16 +3,19 @@ minimum 0 takes an idle deployment to zero instances (the activator is listed in
 place); its first request is held, not failed, while an instance starts, and answered
 200 through Envoy; idle again, it goes back to zero; deleted at zero, it goes. Prints
 the first response's time from zero against a warm request (bench/autoscale measures
-the distribution)."""
+the distribution). An Open Inference Protocol gRPC call wakes a deployment at zero the
+same way."""
 
 from __future__ import annotations
 
 import os
 import signal
+import struct
 import time
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pymongo
 import pytest
 
@@ -28,6 +31,8 @@ from sluice.testing.plugin import EnvoyGateway, RunningService, ServiceStarter
 from sluice.testing.traffic import GatewayPorts, start_controller
 from sluice.testing.wait import wait_for
 from sluice.v1 import autoscale_pb2
+from sluice.v1 import grpc_predict_v2_pb2 as pb
+from sluice.v1 import grpc_predict_v2_pb2_grpc as pb_grpc
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 ENDPOINT = "my-endpoint"
@@ -172,7 +177,8 @@ def test_min_instances_zero_in_scale_settings_goes_to_zero_when_idle_and_wakes(
     for the idle period (its instances count requests in their liveness answers), and a
     request wakes it; the decisions are published and listed by `sluice monitor autoscale
     show --resource`; a provisioner killed while it is at zero leaves it at zero for its
-    successor, whose activator wakes it."""
+    successor, whose activator wakes it (there with an OIP gRPC call, which the activator
+    holds and relays as it does REST)."""
     monkeypatch.setenv("SLUICE_SCALE_TO_ZERO_IDLE_S", "6")
     start_service.settings = start_service.settings.model_copy(update={"envs_dir": envs_dir})
     provisioner = start_service("provisioner")
@@ -270,10 +276,36 @@ def test_min_instances_zero_in_scale_settings_goes_to_zero_when_idle_and_wakes(
         return [i.id for i in listed] == ["blue-activator"] and listed[0].address != old
 
     wait_for(relisted, "the new provisioner's activator listed", deadline=60)
+    activator = client.get_online_deployment(ENDPOINT, "blue").instances[0]
+    assert activator.grpc_address.rpartition(":")[0] == activator.address.rpartition(":")[0]
     until = time.monotonic() + 8
     while time.monotonic() < until:
         assert ids() == ["blue-activator"], "the restart woke blue"
         time.sleep(0.5)  # watching that nothing changes, not waiting for a condition
-    status, _, body = traffic.score(ENDPOINT, key, body=BODY)
-    assert status == 200, body
+    # Straight to the activator's gRPC port, without the gateway's secret: refused, and
+    # nothing woken.
+    infer = pb.ModelInferRequest(model_name=ENDPOINT, id="cold-1")
+    infer.inputs.add(name="x", datatype="FP64", shape=[1, 10])
+    infer.raw_input_contents.append(struct.pack("<10d", *range(1, 11)))
+    with (
+        grpc.insecure_channel(activator.grpc_address) as channel,
+        pytest.raises(grpc.RpcError) as refused,
+    ):
+        pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(infer, timeout=10)
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert ids() == ["blue-activator"]
+    # Through the gateway (the twin gRPC cluster lists the activator's gRPC port): the call
+    # is held while blue starts and answered, with the deployment named as REST does.
+    options = [("grpc.default_authority", traffic.host(ENDPOINT))]
+    with grpc.insecure_channel(f"127.0.0.1:{traffic.http.port}", options=options) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        started = time.perf_counter()
+        reply, call = stub.ModelInfer.with_call(
+            infer, metadata=[("authorization", f"Bearer {key}")], timeout=60
+        )
+        cold = time.perf_counter() - started
+    assert reply.id == "cold-1" and [list(o.shape) for o in reply.outputs] == [[1]]
+    assert len(reply.raw_output_contents[0]) == 8  # one FP64 prediction
+    assert dict(call.initial_metadata())["azureml-model-deployment"] == "blue"
+    print(f"scale_settings zero, gRPC: first response {cold:.3f} s")
     wait_for(serving, "woken by the new provisioner's activator", deadline=30)

@@ -294,7 +294,7 @@ class Instance(_Model):
     id: str
     address: str  # host:port of its inference server
     ready: bool = False
-    # host:port of its Open Inference Protocol gRPC server; "" = none (the activator)
+    # host:port of its Open Inference Protocol gRPC server; "" = none
     grpc_address: str = ""
     started_at: datetime = Field(default_factory=utcnow)
 

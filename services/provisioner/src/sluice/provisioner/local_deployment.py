@@ -317,6 +317,13 @@ class LocalDeployment:
                 return inst.address
         return None
 
+    def ready_grpc_address(self) -> str | None:
+        """An instance that can take a held gRPC call now (its gRPC server's address)."""
+        for inst in self.instances:
+            if inst.ready and inst.alive and not inst.draining and inst.grpc_address:
+                return inst.grpc_address
+        return None
+
     def _decided(self) -> int | None:
         """Zero for an idle deployment whose scale settings allow it (None: its own count).
         Else the autoscale setting's count; a wake makes 0 into 1 until a decision made on
@@ -385,7 +392,12 @@ class LocalDeployment:
             return None
         if self._decided() != 0 and self.ready_address() is not None:
             return None
-        return Instance(id=f"{self.name}-activator", address=activator.address, ready=True)
+        return Instance(
+            id=f"{self.name}-activator",
+            address=activator.address,
+            grpc_address=activator.grpc_address,
+            ready=True,
+        )
 
     def _activator_routed(self) -> bool:
         activator = self._s.activator

@@ -319,7 +319,7 @@ def deployment_cluster(dep: Deployment, *, grpc: bool = False) -> cluster_pb2.Cl
 
 def load_assignment(dep: Deployment, *, grpc: bool = False) -> endpoint_pb2.ClusterLoadAssignment:
     """The deployment's ready instances; with `grpc`, those with a gRPC server, at its port
-    (an instance without one, such as the scale-to-zero activator, is left out)."""
+    (an instance without one is left out)."""
     ports = [(u, u.grpc_port if grpc else u.port) for u in dep.instances]
     return endpoint_pb2.ClusterLoadAssignment(
         cluster_name=dep.grpc_cluster if grpc else dep.cluster,
