@@ -322,3 +322,120 @@ def test_tokens_over_rest(rest: Rest, test_id: str) -> None:
     status, body = rest.call("GET", "/onlineEndpoints", auth=secret)
     assert status == 401 and "was revoked" in body["message"]
     assert [t for t in rest.call("GET", "/tokens")[1].get("tokens", []) if t["user"] == user] == []
+
+
+def test_assets_in_azures_shape(
+    rest: Rest, local_platform: PlatformState, tmp_path: Path, test_id: str
+) -> None:
+    """Models, environments and data with their versions: PUT creates (201) or changes what
+    Azure lets change (description, tags, isArchived) under If-Match; containers are read
+    from the versions; bad bodies are 400 naming the field and store nothing."""
+    (tmp_path / "model.pkl").write_bytes(b"not really a model")
+    assert local_platform.registry_address
+    with RegistryClient(local_platform.registry_address, rest.admin_token) as client:
+        uri = arm.artifact_uri(client.upload(tmp_path / "model.pkl"))
+    model = f"rest-model-{test_id}"
+    path = f"/models/{model}/versions/1"
+    body = {"properties": {"modelUri": uri, "description": "d", "tags": {"a": "1"}}}
+    made = rest.send("PUT", path, body)
+    assert made.status_code == 201, made.text
+    assert made.headers["etag"] == '"1"'
+    got = made.json()
+    assert got["id"] == f"{WORKSPACE}/models/{model}/versions/1" and got["name"] == "1"
+    assert got["type"] == "Microsoft.MachineLearningServices/workspaces/models/versions"
+    props = got["properties"]
+    assert props["modelUri"] == uri and props["modelType"] == "custom_model"
+    assert props["isArchived"] is False and props["provisioningState"] == "Succeeded"
+    assert props["tags"] == {"a": "1"} and got["systemData"]["createdAt"]
+
+    status, box = rest.call("GET", f"/models/{model}")
+    assert status == 200 and box["type"].endswith("/workspaces/models")
+    assert box["properties"]["latestVersion"] == "1" and box["properties"]["nextVersion"] == "2"
+    assert model in [c["name"] for c in rest.call("GET", "/models")[1]["value"]]
+    status, versions = rest.call("GET", f"/models/{model}/versions")
+    assert status == 200 and [v["name"] for v in versions["value"]] == ["1"]
+
+    # A GET's answer PUT back changes nothing; only description, tags, isArchived may change.
+    again = rest.send("PUT", path, got)
+    assert again.status_code == 200 and again.headers["etag"] == '"1"', again.text
+    status, error = rest.call("PUT", path, {"properties": {**props, "modelType": "mlflow_model"}})
+    assert status == 409 and "modelType cannot change" in error["message"]
+    changed = {"properties": {**props, "tags": {"b": "2"}}}
+    status, error = rest.call("PUT", path, changed, headers={"If-Match": '"7"'})
+    assert status == 412 and error["code"] == 10
+    tagged = rest.send("PUT", path, changed, headers={"If-Match": '"1"'})
+    assert tagged.status_code == 200 and tagged.headers["etag"] == '"2"', tagged.text
+    assert tagged.json()["properties"]["tags"] == {"b": "2"}
+
+    archived = {"properties": {**props, "tags": {"b": "2"}, "isArchived": True}}
+    assert rest.call("PUT", path, archived)[1]["properties"]["isArchived"] is True
+    assert model not in [c["name"] for c in rest.call("GET", "/models")[1]["value"]]
+    shown = rest.call("GET", "/models?listViewType=ArchivedOnly")[1]["value"]
+    assert model in [c["name"] for c in shown]
+    assert rest.call("GET", f"/models/{model}/versions")[1]["value"] == []
+    status, error = rest.call("GET", "/models?listViewType=Some")
+    assert status == 400 and "listViewType" in error["message"]
+
+    env = f"rest-env-{test_id}"
+    made = rest.send(
+        "PUT", f"/environments/{env}/versions/3", {"properties": {"image": "python:3.11"}}
+    )
+    assert made.status_code == 201, made.text
+    props = made.json()["properties"]
+    assert props["image"] == "python:3.11" and props["environmentType"] == "UserCreated"
+    assert props["osType"] == "Linux"
+    assert rest.call("GET", f"/environments/{env}")[1]["properties"]["nextVersion"] == "4"
+
+    data = f"rest-data-{test_id}"
+    file_uri = "https://example.com/rows.csv"
+    made = rest.send(
+        "PUT", f"/data/{data}/versions/1",
+        {"properties": {"dataType": "uri_file", "dataUri": file_uri}},
+    )  # fmt: skip
+    assert made.status_code == 201, made.text
+    assert made.json()["type"] == "Microsoft.MachineLearningServices/workspaces/data/versions"
+    assert made.json()["properties"]["dataUri"] == file_uri
+    assert rest.call("GET", f"/data/{data}")[1]["properties"]["dataType"] == "uri_file"
+
+    # Each bad body: 400 naming the field, nothing stored.
+    bad = f"rest-bad-{test_id}"
+    cases: list[tuple[str, dict[str, Any], str]] = [
+        (f"/models/{bad}/versions/1", {"properties": {}}, "properties.modelUri"),
+        (
+            f"/models/{bad}/versions/1",
+            {"properties": {"modelUri": "https://x/m.pkl"}},
+            "properties.modelUri",
+        ),
+        (
+            f"/models/{bad}/versions/1",
+            {"properties": {"modelUri": uri, "modelType": "onnx"}},
+            "model type",
+        ),
+        (
+            f"/models/{bad}/versions/1",
+            {"properties": {"modelUri": uri, "stage": "Production"}},
+            "properties.stage",
+        ),
+        (f"/models/{bad}/versions/1", {"name": "2", "properties": {"modelUri": uri}}, "must match"),
+        (f"/environments/{bad}/versions/1", {"properties": {}}, "needs `conda_file`"),
+        (
+            f"/environments/{bad}/versions/1",
+            {"properties": {"build": {"contextUri": "https://x/ctx"}}},
+            "properties.build",
+        ),
+        (
+            f"/data/{bad}/versions/1",
+            {"properties": {"dataType": "mltable", "dataUri": file_uri}},
+            "properties.dataType",
+        ),
+        (f"/data/{bad}/versions/1", {"properties": {"dataType": "uri_file"}}, "properties.dataUri"),
+    ]
+    for where, sent, says in cases:
+        status, error = rest.call("PUT", where, sent)
+        assert status == 400 and error["code"] == 3, (sent, error)
+        assert says in error["message"], (sent, error)
+    for plural in ("models", "environments", "data"):
+        status, error = rest.call("GET", f"/{plural}/{bad}")
+        assert status == 404 and bad in error["message"]
+    status, error = rest.call("GET", f"/models/{model}/versions/9")
+    assert status == 404 and "versions: 1" in error["message"]

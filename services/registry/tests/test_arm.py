@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from google.protobuf import json_format
 
+from sluice.common.assets import AssetDoc, AssetKind, AssetSpec
 from sluice.common.resources import (
     ArtifactRef,
     AuthMode,
@@ -31,7 +32,7 @@ from sluice.common.resources import (
     ResourceRequirements,
     ScaleSettings,
 )
-from sluice.registry import arm
+from sluice.registry import arm, arm_assets
 from sluice.registry.domain import InvalidArgument
 from sluice.v1 import workspace_pb2 as ws
 
@@ -171,3 +172,20 @@ def test_bad_values_are_refused_with_their_name() -> None:
 @pytest.mark.parametrize(("header", "version"), [('"3"', 3), ('W/"3"', 3), ("3", 3), ("*", None)])
 def test_if_match(header: str, version: int | None) -> None:
     assert arm.parse_etag(header) == version
+
+
+def test_asset_container_is_read_from_its_versions() -> None:
+    def doc(version: str, archived: bool) -> AssetDoc:
+        spec = AssetSpec(asset_kind=AssetKind.data, name="rows", version=version,
+                         type="uri_folder", path="https://example.com/rows/")  # fmt: skip
+        return AssetDoc(spec=spec, meta=Meta(created_by="ann"), archived=archived)
+
+    box = arm_assets.container(AssetKind.data, [doc("1", False), doc("2", False), doc("x", True)])
+    props = box.properties
+    assert props.latest_version == "2" and props.next_version == "3"
+    assert props.data_type == "uri_folder" and not props.is_archived
+    assert box.id.endswith("/workspaces/sluice/data/rows") and box.name == "rows"
+    gone = arm_assets.container(AssetKind.data, [doc("1", True)])
+    assert gone.properties.is_archived and gone.properties.latest_version == "1"
+    with pytest.raises(InvalidArgument, match="listViewType"):
+        arm_assets.list_view("Everything")

@@ -1821,3 +1821,822 @@ class BatchDeploymentList(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BatchDeploymentList: _TypeAlias = BatchDeploymentList  # noqa: Y015
+
+@_typing.final
+class ListAssetContainersRequest(_message.Message):
+    """---- registered assets ------------------------------------------------------------------
+    Azure's ProxyResource: {id, name, type, properties, systemData}; the ETag travels as the
+    HTTP header only. A version's name is its version ("1"), a container's the asset's name.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIST_VIEW_TYPE_FIELD_NUMBER: _builtins.int
+    list_view_type: _builtins.str
+    """"ActiveOnly" (the default), "ArchivedOnly" or "All" """
+    def __init__(
+        self,
+        *,
+        list_view_type: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["list_view_type", b"list_view_type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAssetContainersRequest: _TypeAlias = ListAssetContainersRequest  # noqa: Y015
+
+@_typing.final
+class GetAssetContainerRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAssetContainerRequest: _TypeAlias = GetAssetContainerRequest  # noqa: Y015
+
+@_typing.final
+class ListAssetVersionsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    LIST_VIEW_TYPE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    list_view_type: _builtins.str
+    """as ListAssetContainersRequest"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        list_view_type: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["list_view_type", b"list_view_type", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAssetVersionsRequest: _TypeAlias = ListAssetVersionsRequest  # noqa: Y015
+
+@_typing.final
+class GetAssetVersionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    version: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAssetVersionRequest: _TypeAlias = GetAssetVersionRequest  # noqa: Y015
+
+@_typing.final
+class AssetContainerProperties(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class TagsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class PropertiesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    PROPERTIES_FIELD_NUMBER: _builtins.int
+    IS_ARCHIVED_FIELD_NUMBER: _builtins.int
+    LATEST_VERSION_FIELD_NUMBER: _builtins.int
+    NEXT_VERSION_FIELD_NUMBER: _builtins.int
+    PROVISIONING_STATE_FIELD_NUMBER: _builtins.int
+    DATA_TYPE_FIELD_NUMBER: _builtins.int
+    description: _builtins.str
+    """always "": Sluice keeps descriptions and tags on versions"""
+    is_archived: _builtins.bool
+    """every version is archived"""
+    latest_version: _builtins.str
+    """the newest version that is not archived"""
+    next_version: _builtins.str
+    """the version a create without one gets"""
+    provisioning_state: _builtins.str
+    """"Succeeded" """
+    data_type: _builtins.str
+    """data: the latest version's dataType"""
+    @_builtins.property
+    def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def properties(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        description: _builtins.str = ...,
+        tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        properties: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        is_archived: _builtins.bool = ...,
+        latest_version: _builtins.str = ...,
+        next_version: _builtins.str = ...,
+        provisioning_state: _builtins.str = ...,
+        data_type: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_type", b"data_type", "description", b"description", "is_archived", b"is_archived", "latest_version", b"latest_version", "next_version", b"next_version", "properties", b"properties", "provisioning_state", b"provisioning_state", "tags", b"tags"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AssetContainerProperties: _TypeAlias = AssetContainerProperties  # noqa: Y015
+
+@_typing.final
+class AssetContainerResource(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    PROPERTIES_FIELD_NUMBER: _builtins.int
+    SYSTEM_DATA_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    name: _builtins.str
+    type: _builtins.str
+    @_builtins.property
+    def properties(self) -> Global___AssetContainerProperties: ...
+    @_builtins.property
+    def system_data(self) -> Global___SystemData: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        type: _builtins.str = ...,
+        properties: Global___AssetContainerProperties | None = ...,
+        system_data: Global___SystemData | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["properties", b"properties", "system_data", b"system_data"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "name", b"name", "properties", b"properties", "system_data", b"system_data", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AssetContainerResource: _TypeAlias = AssetContainerResource  # noqa: Y015
+
+@_typing.final
+class AssetContainerList(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALUE_FIELD_NUMBER: _builtins.int
+    NEXT_LINK_FIELD_NUMBER: _builtins.int
+    next_link: _builtins.str
+    """always "": one page"""
+    @_builtins.property
+    def value(self) -> _containers.RepeatedCompositeFieldContainer[Global___AssetContainerResource]: ...
+    def __init__(
+        self,
+        *,
+        value: _abc.Iterable[Global___AssetContainerResource] | None = ...,
+        next_link: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_link", b"next_link", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AssetContainerList: _TypeAlias = AssetContainerList  # noqa: Y015
+
+@_typing.final
+class ModelVersionProperties(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class TagsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class PropertiesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    PROPERTIES_FIELD_NUMBER: _builtins.int
+    IS_ANONYMOUS_FIELD_NUMBER: _builtins.int
+    IS_ARCHIVED_FIELD_NUMBER: _builtins.int
+    MODEL_TYPE_FIELD_NUMBER: _builtins.int
+    MODEL_URI_FIELD_NUMBER: _builtins.int
+    JOB_NAME_FIELD_NUMBER: _builtins.int
+    STAGE_FIELD_NUMBER: _builtins.int
+    PROVISIONING_STATE_FIELD_NUMBER: _builtins.int
+    USED_BY_FIELD_NUMBER: _builtins.int
+    description: _builtins.str
+    is_anonymous: _builtins.bool
+    """Sluice registers named versions only: false"""
+    is_archived: _builtins.bool
+    model_type: _builtins.str
+    """custom_model (default), mlflow_model or triton_model"""
+    model_uri: _builtins.str
+    """The uploaded file or folder: "azureml://artifacts/sha256:<hex>/<name>" ("/" at the end
+    for a folder), as a deployment's model.
+    """
+    job_name: _builtins.str
+    """not kept by Sluice: must be empty"""
+    stage: _builtins.str
+    """not kept by Sluice: must be empty"""
+    provisioning_state: _builtins.str
+    """read-only: "Succeeded" """
+    @_builtins.property
+    def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def properties(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """not kept by Sluice: must be empty"""
+
+    @_builtins.property
+    def used_by(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Sluice, read-only: the deployments and jobs that use it"""
+
+    def __init__(
+        self,
+        *,
+        description: _builtins.str = ...,
+        tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        properties: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        is_anonymous: _builtins.bool = ...,
+        is_archived: _builtins.bool = ...,
+        model_type: _builtins.str = ...,
+        model_uri: _builtins.str = ...,
+        job_name: _builtins.str = ...,
+        stage: _builtins.str = ...,
+        provisioning_state: _builtins.str = ...,
+        used_by: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "is_anonymous", b"is_anonymous", "is_archived", b"is_archived", "job_name", b"job_name", "model_type", b"model_type", "model_uri", b"model_uri", "properties", b"properties", "provisioning_state", b"provisioning_state", "stage", b"stage", "tags", b"tags", "used_by", b"used_by"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelVersionProperties: _TypeAlias = ModelVersionProperties  # noqa: Y015
+
+@_typing.final
+class ModelVersionResource(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    PROPERTIES_FIELD_NUMBER: _builtins.int
+    SYSTEM_DATA_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    name: _builtins.str
+    type: _builtins.str
+    @_builtins.property
+    def properties(self) -> Global___ModelVersionProperties: ...
+    @_builtins.property
+    def system_data(self) -> Global___SystemData: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        type: _builtins.str = ...,
+        properties: Global___ModelVersionProperties | None = ...,
+        system_data: Global___SystemData | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["properties", b"properties", "system_data", b"system_data"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "name", b"name", "properties", b"properties", "system_data", b"system_data", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelVersionResource: _TypeAlias = ModelVersionResource  # noqa: Y015
+
+@_typing.final
+class PutModelVersionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    RESOURCE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    version: _builtins.str
+    @_builtins.property
+    def resource(self) -> Global___ModelVersionResource: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        version: _builtins.str = ...,
+        resource: Global___ModelVersionResource | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["resource", b"resource"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "resource", b"resource", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PutModelVersionRequest: _TypeAlias = PutModelVersionRequest  # noqa: Y015
+
+@_typing.final
+class ModelVersionList(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALUE_FIELD_NUMBER: _builtins.int
+    NEXT_LINK_FIELD_NUMBER: _builtins.int
+    next_link: _builtins.str
+    @_builtins.property
+    def value(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelVersionResource]: ...
+    def __init__(
+        self,
+        *,
+        value: _abc.Iterable[Global___ModelVersionResource] | None = ...,
+        next_link: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_link", b"next_link", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelVersionList: _TypeAlias = ModelVersionList  # noqa: Y015
+
+@_typing.final
+class BuildContext(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTEXT_URI_FIELD_NUMBER: _builtins.int
+    DOCKERFILE_PATH_FIELD_NUMBER: _builtins.int
+    context_uri: _builtins.str
+    dockerfile_path: _builtins.str
+    def __init__(
+        self,
+        *,
+        context_uri: _builtins.str = ...,
+        dockerfile_path: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_uri", b"context_uri", "dockerfile_path", b"dockerfile_path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BuildContext: _TypeAlias = BuildContext  # noqa: Y015
+
+@_typing.final
+class EnvironmentVersionProperties(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class TagsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class PropertiesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    PROPERTIES_FIELD_NUMBER: _builtins.int
+    IS_ANONYMOUS_FIELD_NUMBER: _builtins.int
+    IS_ARCHIVED_FIELD_NUMBER: _builtins.int
+    IMAGE_FIELD_NUMBER: _builtins.int
+    CONDA_FILE_FIELD_NUMBER: _builtins.int
+    BUILD_FIELD_NUMBER: _builtins.int
+    ENVIRONMENT_TYPE_FIELD_NUMBER: _builtins.int
+    OS_TYPE_FIELD_NUMBER: _builtins.int
+    AUTO_REBUILD_FIELD_NUMBER: _builtins.int
+    STAGE_FIELD_NUMBER: _builtins.int
+    PROVISIONING_STATE_FIELD_NUMBER: _builtins.int
+    PIP_REQUIREMENTS_FIELD_NUMBER: _builtins.int
+    USED_BY_FIELD_NUMBER: _builtins.int
+    description: _builtins.str
+    is_anonymous: _builtins.bool
+    is_archived: _builtins.bool
+    image: _builtins.str
+    conda_file: _builtins.str
+    """the conda YAML's content"""
+    environment_type: _builtins.str
+    """read-only: "UserCreated" """
+    os_type: _builtins.str
+    """"Linux" """
+    auto_rebuild: _builtins.str
+    """read-only: "Disabled" """
+    stage: _builtins.str
+    """not kept by Sluice: must be empty"""
+    provisioning_state: _builtins.str
+    """read-only: "Succeeded" """
+    @_builtins.property
+    def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def properties(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """not kept by Sluice: must be empty"""
+
+    @_builtins.property
+    def build(self) -> Global___BuildContext:
+        """not built over REST: send pipRequirements instead"""
+
+    @_builtins.property
+    def pip_requirements(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Sluice: pip requirement lines (what the CLI reads from a build context)."""
+
+    @_builtins.property
+    def used_by(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Sluice, read-only"""
+
+    def __init__(
+        self,
+        *,
+        description: _builtins.str = ...,
+        tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        properties: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        is_anonymous: _builtins.bool = ...,
+        is_archived: _builtins.bool = ...,
+        image: _builtins.str = ...,
+        conda_file: _builtins.str = ...,
+        build: Global___BuildContext | None = ...,
+        environment_type: _builtins.str = ...,
+        os_type: _builtins.str = ...,
+        auto_rebuild: _builtins.str = ...,
+        stage: _builtins.str = ...,
+        provisioning_state: _builtins.str = ...,
+        pip_requirements: _abc.Iterable[_builtins.str] | None = ...,
+        used_by: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["build", b"build"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_rebuild", b"auto_rebuild", "build", b"build", "conda_file", b"conda_file", "description", b"description", "environment_type", b"environment_type", "image", b"image", "is_anonymous", b"is_anonymous", "is_archived", b"is_archived", "os_type", b"os_type", "pip_requirements", b"pip_requirements", "properties", b"properties", "provisioning_state", b"provisioning_state", "stage", b"stage", "tags", b"tags", "used_by", b"used_by"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EnvironmentVersionProperties: _TypeAlias = EnvironmentVersionProperties  # noqa: Y015
+
+@_typing.final
+class EnvironmentVersionResource(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    PROPERTIES_FIELD_NUMBER: _builtins.int
+    SYSTEM_DATA_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    name: _builtins.str
+    type: _builtins.str
+    @_builtins.property
+    def properties(self) -> Global___EnvironmentVersionProperties: ...
+    @_builtins.property
+    def system_data(self) -> Global___SystemData: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        type: _builtins.str = ...,
+        properties: Global___EnvironmentVersionProperties | None = ...,
+        system_data: Global___SystemData | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["properties", b"properties", "system_data", b"system_data"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "name", b"name", "properties", b"properties", "system_data", b"system_data", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EnvironmentVersionResource: _TypeAlias = EnvironmentVersionResource  # noqa: Y015
+
+@_typing.final
+class PutEnvironmentVersionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    RESOURCE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    version: _builtins.str
+    @_builtins.property
+    def resource(self) -> Global___EnvironmentVersionResource: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        version: _builtins.str = ...,
+        resource: Global___EnvironmentVersionResource | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["resource", b"resource"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "resource", b"resource", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PutEnvironmentVersionRequest: _TypeAlias = PutEnvironmentVersionRequest  # noqa: Y015
+
+@_typing.final
+class EnvironmentVersionList(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALUE_FIELD_NUMBER: _builtins.int
+    NEXT_LINK_FIELD_NUMBER: _builtins.int
+    next_link: _builtins.str
+    @_builtins.property
+    def value(self) -> _containers.RepeatedCompositeFieldContainer[Global___EnvironmentVersionResource]: ...
+    def __init__(
+        self,
+        *,
+        value: _abc.Iterable[Global___EnvironmentVersionResource] | None = ...,
+        next_link: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_link", b"next_link", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EnvironmentVersionList: _TypeAlias = EnvironmentVersionList  # noqa: Y015
+
+@_typing.final
+class DataVersionProperties(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class TagsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class PropertiesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    PROPERTIES_FIELD_NUMBER: _builtins.int
+    IS_ANONYMOUS_FIELD_NUMBER: _builtins.int
+    IS_ARCHIVED_FIELD_NUMBER: _builtins.int
+    DATA_TYPE_FIELD_NUMBER: _builtins.int
+    DATA_URI_FIELD_NUMBER: _builtins.int
+    STAGE_FIELD_NUMBER: _builtins.int
+    USED_BY_FIELD_NUMBER: _builtins.int
+    description: _builtins.str
+    is_anonymous: _builtins.bool
+    is_archived: _builtins.bool
+    data_type: _builtins.str
+    """uri_file or uri_folder"""
+    data_uri: _builtins.str
+    """An uploaded file or folder ("azureml://artifacts/sha256:<hex>/<name>") or any other URI."""
+    stage: _builtins.str
+    """not kept by Sluice: must be empty"""
+    @_builtins.property
+    def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def properties(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """not kept by Sluice: must be empty"""
+
+    @_builtins.property
+    def used_by(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Sluice, read-only"""
+
+    def __init__(
+        self,
+        *,
+        description: _builtins.str = ...,
+        tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        properties: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        is_anonymous: _builtins.bool = ...,
+        is_archived: _builtins.bool = ...,
+        data_type: _builtins.str = ...,
+        data_uri: _builtins.str = ...,
+        stage: _builtins.str = ...,
+        used_by: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_type", b"data_type", "data_uri", b"data_uri", "description", b"description", "is_anonymous", b"is_anonymous", "is_archived", b"is_archived", "properties", b"properties", "stage", b"stage", "tags", b"tags", "used_by", b"used_by"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DataVersionProperties: _TypeAlias = DataVersionProperties  # noqa: Y015
+
+@_typing.final
+class DataVersionResource(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    PROPERTIES_FIELD_NUMBER: _builtins.int
+    SYSTEM_DATA_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    name: _builtins.str
+    type: _builtins.str
+    @_builtins.property
+    def properties(self) -> Global___DataVersionProperties: ...
+    @_builtins.property
+    def system_data(self) -> Global___SystemData: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        type: _builtins.str = ...,
+        properties: Global___DataVersionProperties | None = ...,
+        system_data: Global___SystemData | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["properties", b"properties", "system_data", b"system_data"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "name", b"name", "properties", b"properties", "system_data", b"system_data", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DataVersionResource: _TypeAlias = DataVersionResource  # noqa: Y015
+
+@_typing.final
+class PutDataVersionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    RESOURCE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    version: _builtins.str
+    @_builtins.property
+    def resource(self) -> Global___DataVersionResource: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        version: _builtins.str = ...,
+        resource: Global___DataVersionResource | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["resource", b"resource"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "resource", b"resource", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PutDataVersionRequest: _TypeAlias = PutDataVersionRequest  # noqa: Y015
+
+@_typing.final
+class DataVersionList(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALUE_FIELD_NUMBER: _builtins.int
+    NEXT_LINK_FIELD_NUMBER: _builtins.int
+    next_link: _builtins.str
+    @_builtins.property
+    def value(self) -> _containers.RepeatedCompositeFieldContainer[Global___DataVersionResource]: ...
+    def __init__(
+        self,
+        *,
+        value: _abc.Iterable[Global___DataVersionResource] | None = ...,
+        next_link: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_link", b"next_link", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DataVersionList: _TypeAlias = DataVersionList  # noqa: Y015

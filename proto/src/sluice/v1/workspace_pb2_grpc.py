@@ -150,6 +150,81 @@ class WorkspaceStub:
                 request_serializer=sluice_dot_v1_dot_workspace__pb2.GetChildRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
+        self.ListModelContainers = channel.unary_unary(
+                '/sluice.v1.Workspace/ListModelContainers',
+                request_serializer=sluice_dot_v1_dot_workspace__pb2.ListAssetContainersRequest.SerializeToString,
+                response_deserializer=sluice_dot_v1_dot_workspace__pb2.AssetContainerList.FromString,
+                _registered_method=True)
+        self.GetModelContainer = channel.unary_unary(
+                '/sluice.v1.Workspace/GetModelContainer',
+                request_serializer=sluice_dot_v1_dot_workspace__pb2.GetAssetContainerRequest.SerializeToString,
+                response_deserializer=sluice_dot_v1_dot_workspace__pb2.AssetContainerResource.FromString,
+                _registered_method=True)
+        self.ListModelVersions = channel.unary_unary(
+                '/sluice.v1.Workspace/ListModelVersions',
+                request_serializer=sluice_dot_v1_dot_workspace__pb2.ListAssetVersionsRequest.SerializeToString,
+                response_deserializer=sluice_dot_v1_dot_workspace__pb2.ModelVersionList.FromString,
+                _registered_method=True)
+        self.GetModelVersion = channel.unary_unary(
+                '/sluice.v1.Workspace/GetModelVersion',
+                request_serializer=sluice_dot_v1_dot_workspace__pb2.GetAssetVersionRequest.SerializeToString,
+                response_deserializer=sluice_dot_v1_dot_workspace__pb2.ModelVersionResource.FromString,
+                _registered_method=True)
+        self.PutModelVersion = channel.unary_unary(
+                '/sluice.v1.Workspace/PutModelVersion',
+                request_serializer=sluice_dot_v1_dot_workspace__pb2.PutModelVersionRequest.SerializeToString,
+                response_deserializer=sluice_dot_v1_dot_workspace__pb2.ModelVersionResource.FromString,
+                _registered_method=True)
+        self.ListEnvironmentContainers = channel.unary_unary(
+                '/sluice.v1.Workspace/ListEnvironmentContainers',
+                request_serializer=sluice_dot_v1_dot_workspace__pb2.ListAssetContainersRequest.SerializeToString,
+                response_deserializer=sluice_dot_v1_dot_workspace__pb2.AssetContainerList.FromString,
+                _registered_method=True)
+        self.GetEnvironmentContainer = channel.unary_unary(
+                '/sluice.v1.Workspace/GetEnvironmentContainer',
+                request_serializer=sluice_dot_v1_dot_workspace__pb2.GetAssetContainerRequest.SerializeToString,
+                response_deserializer=sluice_dot_v1_dot_workspace__pb2.AssetContainerResource.FromString,
+                _registered_method=True)
+        self.ListEnvironmentVersions = channel.unary_unary(
+                '/sluice.v1.Workspace/ListEnvironmentVersions',
+                request_serializer=sluice_dot_v1_dot_workspace__pb2.ListAssetVersionsRequest.SerializeToString,
+                response_deserializer=sluice_dot_v1_dot_workspace__pb2.EnvironmentVersionList.FromString,
+                _registered_method=True)
+        self.GetEnvironmentVersion = channel.unary_unary(
+                '/sluice.v1.Workspace/GetEnvironmentVersion',
+                request_serializer=sluice_dot_v1_dot_workspace__pb2.GetAssetVersionRequest.SerializeToString,
+                response_deserializer=sluice_dot_v1_dot_workspace__pb2.EnvironmentVersionResource.FromString,
+                _registered_method=True)
+        self.PutEnvironmentVersion = channel.unary_unary(
+                '/sluice.v1.Workspace/PutEnvironmentVersion',
+                request_serializer=sluice_dot_v1_dot_workspace__pb2.PutEnvironmentVersionRequest.SerializeToString,
+                response_deserializer=sluice_dot_v1_dot_workspace__pb2.EnvironmentVersionResource.FromString,
+                _registered_method=True)
+        self.ListDataContainers = channel.unary_unary(
+                '/sluice.v1.Workspace/ListDataContainers',
+                request_serializer=sluice_dot_v1_dot_workspace__pb2.ListAssetContainersRequest.SerializeToString,
+                response_deserializer=sluice_dot_v1_dot_workspace__pb2.AssetContainerList.FromString,
+                _registered_method=True)
+        self.GetDataContainer = channel.unary_unary(
+                '/sluice.v1.Workspace/GetDataContainer',
+                request_serializer=sluice_dot_v1_dot_workspace__pb2.GetAssetContainerRequest.SerializeToString,
+                response_deserializer=sluice_dot_v1_dot_workspace__pb2.AssetContainerResource.FromString,
+                _registered_method=True)
+        self.ListDataVersions = channel.unary_unary(
+                '/sluice.v1.Workspace/ListDataVersions',
+                request_serializer=sluice_dot_v1_dot_workspace__pb2.ListAssetVersionsRequest.SerializeToString,
+                response_deserializer=sluice_dot_v1_dot_workspace__pb2.DataVersionList.FromString,
+                _registered_method=True)
+        self.GetDataVersion = channel.unary_unary(
+                '/sluice.v1.Workspace/GetDataVersion',
+                request_serializer=sluice_dot_v1_dot_workspace__pb2.GetAssetVersionRequest.SerializeToString,
+                response_deserializer=sluice_dot_v1_dot_workspace__pb2.DataVersionResource.FromString,
+                _registered_method=True)
+        self.PutDataVersion = channel.unary_unary(
+                '/sluice.v1.Workspace/PutDataVersion',
+                request_serializer=sluice_dot_v1_dot_workspace__pb2.PutDataVersionRequest.SerializeToString,
+                response_deserializer=sluice_dot_v1_dot_workspace__pb2.DataVersionResource.FromString,
+                _registered_method=True)
 
 
 class WorkspaceServicer:
@@ -301,6 +376,100 @@ class WorkspaceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListModelContainers(self, request, context):
+        """---- registered assets: Azure's models, environments and data, with their versions ----
+        A container (`/models/{name}`) is read-only here: Sluice derives it from the versions.
+        A version is immutable once created; a PUT on it may change only its description,
+        tags and isArchived (anything else is 409); archiving one that deployments use is 400.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetModelContainer(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListModelVersions(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetModelVersion(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutModelVersion(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListEnvironmentContainers(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetEnvironmentContainer(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListEnvironmentVersions(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetEnvironmentVersion(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutEnvironmentVersion(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDataContainers(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDataContainer(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDataVersions(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDataVersion(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutDataVersion(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkspaceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -418,6 +587,81 @@ def add_WorkspaceServicer_to_server(servicer, server):
                     servicer.DeleteBatchDeployment,
                     request_deserializer=sluice_dot_v1_dot_workspace__pb2.GetChildRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'ListModelContainers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModelContainers,
+                    request_deserializer=sluice_dot_v1_dot_workspace__pb2.ListAssetContainersRequest.FromString,
+                    response_serializer=sluice_dot_v1_dot_workspace__pb2.AssetContainerList.SerializeToString,
+            ),
+            'GetModelContainer': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetModelContainer,
+                    request_deserializer=sluice_dot_v1_dot_workspace__pb2.GetAssetContainerRequest.FromString,
+                    response_serializer=sluice_dot_v1_dot_workspace__pb2.AssetContainerResource.SerializeToString,
+            ),
+            'ListModelVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModelVersions,
+                    request_deserializer=sluice_dot_v1_dot_workspace__pb2.ListAssetVersionsRequest.FromString,
+                    response_serializer=sluice_dot_v1_dot_workspace__pb2.ModelVersionList.SerializeToString,
+            ),
+            'GetModelVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetModelVersion,
+                    request_deserializer=sluice_dot_v1_dot_workspace__pb2.GetAssetVersionRequest.FromString,
+                    response_serializer=sluice_dot_v1_dot_workspace__pb2.ModelVersionResource.SerializeToString,
+            ),
+            'PutModelVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutModelVersion,
+                    request_deserializer=sluice_dot_v1_dot_workspace__pb2.PutModelVersionRequest.FromString,
+                    response_serializer=sluice_dot_v1_dot_workspace__pb2.ModelVersionResource.SerializeToString,
+            ),
+            'ListEnvironmentContainers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEnvironmentContainers,
+                    request_deserializer=sluice_dot_v1_dot_workspace__pb2.ListAssetContainersRequest.FromString,
+                    response_serializer=sluice_dot_v1_dot_workspace__pb2.AssetContainerList.SerializeToString,
+            ),
+            'GetEnvironmentContainer': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEnvironmentContainer,
+                    request_deserializer=sluice_dot_v1_dot_workspace__pb2.GetAssetContainerRequest.FromString,
+                    response_serializer=sluice_dot_v1_dot_workspace__pb2.AssetContainerResource.SerializeToString,
+            ),
+            'ListEnvironmentVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEnvironmentVersions,
+                    request_deserializer=sluice_dot_v1_dot_workspace__pb2.ListAssetVersionsRequest.FromString,
+                    response_serializer=sluice_dot_v1_dot_workspace__pb2.EnvironmentVersionList.SerializeToString,
+            ),
+            'GetEnvironmentVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEnvironmentVersion,
+                    request_deserializer=sluice_dot_v1_dot_workspace__pb2.GetAssetVersionRequest.FromString,
+                    response_serializer=sluice_dot_v1_dot_workspace__pb2.EnvironmentVersionResource.SerializeToString,
+            ),
+            'PutEnvironmentVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutEnvironmentVersion,
+                    request_deserializer=sluice_dot_v1_dot_workspace__pb2.PutEnvironmentVersionRequest.FromString,
+                    response_serializer=sluice_dot_v1_dot_workspace__pb2.EnvironmentVersionResource.SerializeToString,
+            ),
+            'ListDataContainers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDataContainers,
+                    request_deserializer=sluice_dot_v1_dot_workspace__pb2.ListAssetContainersRequest.FromString,
+                    response_serializer=sluice_dot_v1_dot_workspace__pb2.AssetContainerList.SerializeToString,
+            ),
+            'GetDataContainer': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDataContainer,
+                    request_deserializer=sluice_dot_v1_dot_workspace__pb2.GetAssetContainerRequest.FromString,
+                    response_serializer=sluice_dot_v1_dot_workspace__pb2.AssetContainerResource.SerializeToString,
+            ),
+            'ListDataVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDataVersions,
+                    request_deserializer=sluice_dot_v1_dot_workspace__pb2.ListAssetVersionsRequest.FromString,
+                    response_serializer=sluice_dot_v1_dot_workspace__pb2.DataVersionList.SerializeToString,
+            ),
+            'GetDataVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDataVersion,
+                    request_deserializer=sluice_dot_v1_dot_workspace__pb2.GetAssetVersionRequest.FromString,
+                    response_serializer=sluice_dot_v1_dot_workspace__pb2.DataVersionResource.SerializeToString,
+            ),
+            'PutDataVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutDataVersion,
+                    request_deserializer=sluice_dot_v1_dot_workspace__pb2.PutDataVersionRequest.FromString,
+                    response_serializer=sluice_dot_v1_dot_workspace__pb2.DataVersionResource.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1041,6 +1285,411 @@ class Workspace:
             '/sluice.v1.Workspace/DeleteBatchDeployment',
             sluice_dot_v1_dot_workspace__pb2.GetChildRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModelContainers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sluice.v1.Workspace/ListModelContainers',
+            sluice_dot_v1_dot_workspace__pb2.ListAssetContainersRequest.SerializeToString,
+            sluice_dot_v1_dot_workspace__pb2.AssetContainerList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetModelContainer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sluice.v1.Workspace/GetModelContainer',
+            sluice_dot_v1_dot_workspace__pb2.GetAssetContainerRequest.SerializeToString,
+            sluice_dot_v1_dot_workspace__pb2.AssetContainerResource.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModelVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sluice.v1.Workspace/ListModelVersions',
+            sluice_dot_v1_dot_workspace__pb2.ListAssetVersionsRequest.SerializeToString,
+            sluice_dot_v1_dot_workspace__pb2.ModelVersionList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetModelVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sluice.v1.Workspace/GetModelVersion',
+            sluice_dot_v1_dot_workspace__pb2.GetAssetVersionRequest.SerializeToString,
+            sluice_dot_v1_dot_workspace__pb2.ModelVersionResource.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutModelVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sluice.v1.Workspace/PutModelVersion',
+            sluice_dot_v1_dot_workspace__pb2.PutModelVersionRequest.SerializeToString,
+            sluice_dot_v1_dot_workspace__pb2.ModelVersionResource.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEnvironmentContainers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sluice.v1.Workspace/ListEnvironmentContainers',
+            sluice_dot_v1_dot_workspace__pb2.ListAssetContainersRequest.SerializeToString,
+            sluice_dot_v1_dot_workspace__pb2.AssetContainerList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEnvironmentContainer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sluice.v1.Workspace/GetEnvironmentContainer',
+            sluice_dot_v1_dot_workspace__pb2.GetAssetContainerRequest.SerializeToString,
+            sluice_dot_v1_dot_workspace__pb2.AssetContainerResource.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEnvironmentVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sluice.v1.Workspace/ListEnvironmentVersions',
+            sluice_dot_v1_dot_workspace__pb2.ListAssetVersionsRequest.SerializeToString,
+            sluice_dot_v1_dot_workspace__pb2.EnvironmentVersionList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEnvironmentVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sluice.v1.Workspace/GetEnvironmentVersion',
+            sluice_dot_v1_dot_workspace__pb2.GetAssetVersionRequest.SerializeToString,
+            sluice_dot_v1_dot_workspace__pb2.EnvironmentVersionResource.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutEnvironmentVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sluice.v1.Workspace/PutEnvironmentVersion',
+            sluice_dot_v1_dot_workspace__pb2.PutEnvironmentVersionRequest.SerializeToString,
+            sluice_dot_v1_dot_workspace__pb2.EnvironmentVersionResource.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDataContainers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sluice.v1.Workspace/ListDataContainers',
+            sluice_dot_v1_dot_workspace__pb2.ListAssetContainersRequest.SerializeToString,
+            sluice_dot_v1_dot_workspace__pb2.AssetContainerList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDataContainer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sluice.v1.Workspace/GetDataContainer',
+            sluice_dot_v1_dot_workspace__pb2.GetAssetContainerRequest.SerializeToString,
+            sluice_dot_v1_dot_workspace__pb2.AssetContainerResource.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDataVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sluice.v1.Workspace/ListDataVersions',
+            sluice_dot_v1_dot_workspace__pb2.ListAssetVersionsRequest.SerializeToString,
+            sluice_dot_v1_dot_workspace__pb2.DataVersionList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDataVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sluice.v1.Workspace/GetDataVersion',
+            sluice_dot_v1_dot_workspace__pb2.GetAssetVersionRequest.SerializeToString,
+            sluice_dot_v1_dot_workspace__pb2.DataVersionResource.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutDataVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sluice.v1.Workspace/PutDataVersion',
+            sluice_dot_v1_dot_workspace__pb2.PutDataVersionRequest.SerializeToString,
+            sluice_dot_v1_dot_workspace__pb2.DataVersionResource.FromString,
             options,
             channel_credentials,
             insecure,

@@ -75,6 +75,26 @@ class WorkspaceStub:
     GetBatchDeployment: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.GetChildRequest, _workspace_pb2.BatchDeploymentTrackedResource]
     ListBatchDeployments: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.ListChildrenRequest, _workspace_pb2.BatchDeploymentList]
     DeleteBatchDeployment: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.GetChildRequest, _empty_pb2.Empty]
+    ListModelContainers: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.ListAssetContainersRequest, _workspace_pb2.AssetContainerList]
+    """---- registered assets: Azure's models, environments and data, with their versions ----
+    A container (`/models/{name}`) is read-only here: Sluice derives it from the versions.
+    A version is immutable once created; a PUT on it may change only its description,
+    tags and isArchived (anything else is 409); archiving one that deployments use is 400.
+    """
+    GetModelContainer: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.GetAssetContainerRequest, _workspace_pb2.AssetContainerResource]
+    ListModelVersions: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.ListAssetVersionsRequest, _workspace_pb2.ModelVersionList]
+    GetModelVersion: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.GetAssetVersionRequest, _workspace_pb2.ModelVersionResource]
+    PutModelVersion: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.PutModelVersionRequest, _workspace_pb2.ModelVersionResource]
+    ListEnvironmentContainers: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.ListAssetContainersRequest, _workspace_pb2.AssetContainerList]
+    GetEnvironmentContainer: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.GetAssetContainerRequest, _workspace_pb2.AssetContainerResource]
+    ListEnvironmentVersions: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.ListAssetVersionsRequest, _workspace_pb2.EnvironmentVersionList]
+    GetEnvironmentVersion: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.GetAssetVersionRequest, _workspace_pb2.EnvironmentVersionResource]
+    PutEnvironmentVersion: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.PutEnvironmentVersionRequest, _workspace_pb2.EnvironmentVersionResource]
+    ListDataContainers: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.ListAssetContainersRequest, _workspace_pb2.AssetContainerList]
+    GetDataContainer: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.GetAssetContainerRequest, _workspace_pb2.AssetContainerResource]
+    ListDataVersions: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.ListAssetVersionsRequest, _workspace_pb2.DataVersionList]
+    GetDataVersion: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.GetAssetVersionRequest, _workspace_pb2.DataVersionResource]
+    PutDataVersion: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.PutDataVersionRequest, _workspace_pb2.DataVersionResource]
 
 @_typing.type_check_only
 class WorkspaceAsyncStub(WorkspaceStub):
@@ -112,6 +132,26 @@ class WorkspaceAsyncStub(WorkspaceStub):
     GetBatchDeployment: _aio.UnaryUnaryMultiCallable[_workspace_pb2.GetChildRequest, _workspace_pb2.BatchDeploymentTrackedResource]  # type: ignore[assignment]
     ListBatchDeployments: _aio.UnaryUnaryMultiCallable[_workspace_pb2.ListChildrenRequest, _workspace_pb2.BatchDeploymentList]  # type: ignore[assignment]
     DeleteBatchDeployment: _aio.UnaryUnaryMultiCallable[_workspace_pb2.GetChildRequest, _empty_pb2.Empty]  # type: ignore[assignment]
+    ListModelContainers: _aio.UnaryUnaryMultiCallable[_workspace_pb2.ListAssetContainersRequest, _workspace_pb2.AssetContainerList]  # type: ignore[assignment]
+    """---- registered assets: Azure's models, environments and data, with their versions ----
+    A container (`/models/{name}`) is read-only here: Sluice derives it from the versions.
+    A version is immutable once created; a PUT on it may change only its description,
+    tags and isArchived (anything else is 409); archiving one that deployments use is 400.
+    """
+    GetModelContainer: _aio.UnaryUnaryMultiCallable[_workspace_pb2.GetAssetContainerRequest, _workspace_pb2.AssetContainerResource]  # type: ignore[assignment]
+    ListModelVersions: _aio.UnaryUnaryMultiCallable[_workspace_pb2.ListAssetVersionsRequest, _workspace_pb2.ModelVersionList]  # type: ignore[assignment]
+    GetModelVersion: _aio.UnaryUnaryMultiCallable[_workspace_pb2.GetAssetVersionRequest, _workspace_pb2.ModelVersionResource]  # type: ignore[assignment]
+    PutModelVersion: _aio.UnaryUnaryMultiCallable[_workspace_pb2.PutModelVersionRequest, _workspace_pb2.ModelVersionResource]  # type: ignore[assignment]
+    ListEnvironmentContainers: _aio.UnaryUnaryMultiCallable[_workspace_pb2.ListAssetContainersRequest, _workspace_pb2.AssetContainerList]  # type: ignore[assignment]
+    GetEnvironmentContainer: _aio.UnaryUnaryMultiCallable[_workspace_pb2.GetAssetContainerRequest, _workspace_pb2.AssetContainerResource]  # type: ignore[assignment]
+    ListEnvironmentVersions: _aio.UnaryUnaryMultiCallable[_workspace_pb2.ListAssetVersionsRequest, _workspace_pb2.EnvironmentVersionList]  # type: ignore[assignment]
+    GetEnvironmentVersion: _aio.UnaryUnaryMultiCallable[_workspace_pb2.GetAssetVersionRequest, _workspace_pb2.EnvironmentVersionResource]  # type: ignore[assignment]
+    PutEnvironmentVersion: _aio.UnaryUnaryMultiCallable[_workspace_pb2.PutEnvironmentVersionRequest, _workspace_pb2.EnvironmentVersionResource]  # type: ignore[assignment]
+    ListDataContainers: _aio.UnaryUnaryMultiCallable[_workspace_pb2.ListAssetContainersRequest, _workspace_pb2.AssetContainerList]  # type: ignore[assignment]
+    GetDataContainer: _aio.UnaryUnaryMultiCallable[_workspace_pb2.GetAssetContainerRequest, _workspace_pb2.AssetContainerResource]  # type: ignore[assignment]
+    ListDataVersions: _aio.UnaryUnaryMultiCallable[_workspace_pb2.ListAssetVersionsRequest, _workspace_pb2.DataVersionList]  # type: ignore[assignment]
+    GetDataVersion: _aio.UnaryUnaryMultiCallable[_workspace_pb2.GetAssetVersionRequest, _workspace_pb2.DataVersionResource]  # type: ignore[assignment]
+    PutDataVersion: _aio.UnaryUnaryMultiCallable[_workspace_pb2.PutDataVersionRequest, _workspace_pb2.DataVersionResource]  # type: ignore[assignment]
 
 class WorkspaceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -284,5 +324,115 @@ class WorkspaceServicer(metaclass=_abc_1.ABCMeta):
         request: _workspace_pb2.GetChildRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]: ...
+
+    @_abc_1.abstractmethod
+    def ListModelContainers(
+        self,
+        request: _workspace_pb2.ListAssetContainersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workspace_pb2.AssetContainerList, _abc.Awaitable[_workspace_pb2.AssetContainerList]]:
+        """---- registered assets: Azure's models, environments and data, with their versions ----
+        A container (`/models/{name}`) is read-only here: Sluice derives it from the versions.
+        A version is immutable once created; a PUT on it may change only its description,
+        tags and isArchived (anything else is 409); archiving one that deployments use is 400.
+        """
+
+    @_abc_1.abstractmethod
+    def GetModelContainer(
+        self,
+        request: _workspace_pb2.GetAssetContainerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workspace_pb2.AssetContainerResource, _abc.Awaitable[_workspace_pb2.AssetContainerResource]]: ...
+
+    @_abc_1.abstractmethod
+    def ListModelVersions(
+        self,
+        request: _workspace_pb2.ListAssetVersionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workspace_pb2.ModelVersionList, _abc.Awaitable[_workspace_pb2.ModelVersionList]]: ...
+
+    @_abc_1.abstractmethod
+    def GetModelVersion(
+        self,
+        request: _workspace_pb2.GetAssetVersionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workspace_pb2.ModelVersionResource, _abc.Awaitable[_workspace_pb2.ModelVersionResource]]: ...
+
+    @_abc_1.abstractmethod
+    def PutModelVersion(
+        self,
+        request: _workspace_pb2.PutModelVersionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workspace_pb2.ModelVersionResource, _abc.Awaitable[_workspace_pb2.ModelVersionResource]]: ...
+
+    @_abc_1.abstractmethod
+    def ListEnvironmentContainers(
+        self,
+        request: _workspace_pb2.ListAssetContainersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workspace_pb2.AssetContainerList, _abc.Awaitable[_workspace_pb2.AssetContainerList]]: ...
+
+    @_abc_1.abstractmethod
+    def GetEnvironmentContainer(
+        self,
+        request: _workspace_pb2.GetAssetContainerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workspace_pb2.AssetContainerResource, _abc.Awaitable[_workspace_pb2.AssetContainerResource]]: ...
+
+    @_abc_1.abstractmethod
+    def ListEnvironmentVersions(
+        self,
+        request: _workspace_pb2.ListAssetVersionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workspace_pb2.EnvironmentVersionList, _abc.Awaitable[_workspace_pb2.EnvironmentVersionList]]: ...
+
+    @_abc_1.abstractmethod
+    def GetEnvironmentVersion(
+        self,
+        request: _workspace_pb2.GetAssetVersionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workspace_pb2.EnvironmentVersionResource, _abc.Awaitable[_workspace_pb2.EnvironmentVersionResource]]: ...
+
+    @_abc_1.abstractmethod
+    def PutEnvironmentVersion(
+        self,
+        request: _workspace_pb2.PutEnvironmentVersionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workspace_pb2.EnvironmentVersionResource, _abc.Awaitable[_workspace_pb2.EnvironmentVersionResource]]: ...
+
+    @_abc_1.abstractmethod
+    def ListDataContainers(
+        self,
+        request: _workspace_pb2.ListAssetContainersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workspace_pb2.AssetContainerList, _abc.Awaitable[_workspace_pb2.AssetContainerList]]: ...
+
+    @_abc_1.abstractmethod
+    def GetDataContainer(
+        self,
+        request: _workspace_pb2.GetAssetContainerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workspace_pb2.AssetContainerResource, _abc.Awaitable[_workspace_pb2.AssetContainerResource]]: ...
+
+    @_abc_1.abstractmethod
+    def ListDataVersions(
+        self,
+        request: _workspace_pb2.ListAssetVersionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workspace_pb2.DataVersionList, _abc.Awaitable[_workspace_pb2.DataVersionList]]: ...
+
+    @_abc_1.abstractmethod
+    def GetDataVersion(
+        self,
+        request: _workspace_pb2.GetAssetVersionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workspace_pb2.DataVersionResource, _abc.Awaitable[_workspace_pb2.DataVersionResource]]: ...
+
+    @_abc_1.abstractmethod
+    def PutDataVersion(
+        self,
+        request: _workspace_pb2.PutDataVersionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workspace_pb2.DataVersionResource, _abc.Awaitable[_workspace_pb2.DataVersionResource]]: ...
 
 def add_WorkspaceServicer_to_server(servicer: WorkspaceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -132,7 +132,7 @@ async def serve(settings: Settings) -> None:
             )
         )
         api = RegistryApi(service, artifacts, scoring_base(settings))
-        workspace = WorkspaceApi(service, scoring_base(settings))
+        workspace = WorkspaceApi(service, assets, scoring_base(settings))
         tokens_store = TokenStore(db)  # per-user tokens and roles (access.py)
         server = GrpcServer(
             host=settings.host,

@@ -90,7 +90,7 @@ def parse_duration(text: str, field: str) -> float:
     )
 
 
-def _system_data(meta: Meta) -> ws.SystemData:
+def system_data(meta: Meta) -> ws.SystemData:
     out = ws.SystemData(
         created_by=meta.created_by,
         created_by_type="User",
@@ -239,7 +239,7 @@ def online_endpoint(
             public_network_access="Enabled",
             applied_etag=str(applied_version) if applied_version else "",
         ),
-        system_data=_system_data(doc.meta),
+        system_data=system_data(doc.meta),
         etag=etag(doc.meta),
     )
 
@@ -379,7 +379,7 @@ def online_deployment(doc: OnlineDeployment) -> ws.OnlineDeploymentTrackedResour
         kind="Kubernetes" if spec.kind is ComputeKind.kubernetes else "Managed",
         sku=ws.Sku(name="Default", capacity=spec.instance_count),
         properties=props,
-        system_data=_system_data(doc.meta),
+        system_data=system_data(doc.meta),
         etag=etag(doc.meta),
     )
 
@@ -494,7 +494,7 @@ def batch_endpoint(doc: BatchEndpointDoc, scoring_base: str) -> ws.BatchEndpoint
             provisioning_state=_endpoint_state(doc.meta.provisioning_state),
             scoring_uri=scoring_base.format(name=spec.name) + "/jobs",
         ),
-        system_data=_system_data(doc.meta),
+        system_data=system_data(doc.meta),
         etag=etag(doc.meta),
     )
 
@@ -551,7 +551,7 @@ def batch_deployment(doc: BatchDeploymentDoc) -> ws.BatchDeploymentTrackedResour
             provisioning_state=_deployment_state(doc.meta.provisioning_state),
             status_message=doc.meta.status_message,
         ),
-        system_data=_system_data(doc.meta),
+        system_data=system_data(doc.meta),
         etag=etag(doc.meta),
     )
 

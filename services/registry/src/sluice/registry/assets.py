@@ -245,18 +245,21 @@ class AssetService:
         unfinished batch jobs use one (ended jobs stay in its lineage)."""
         targets = await self._targets(kind, name, version)
         for doc in targets:
-            users = [u for u, live in await self._users(kind, name, doc.spec.version) if live]
-            if users:
-                jobs = [u for u in users if u.startswith("job ")]
-                todo = [
-                    *(["delete or update those deployments"] if len(users) > len(jobs) else []),
-                    *(["let those jobs end"] if jobs else []),
-                ]
-                raise FailedPrecondition(
-                    f"{kind.value} {name!r} version {doc.spec.version!r} is used by "
-                    f"{', '.join(users)}; {' and '.join(todo)} first"
-                )
+            await self._check_unused(kind, name, doc.spec.version)
         return [await self._set_archived(doc, True, actor) for doc in targets]
+
+    async def _check_unused(self, kind: AssetKind, name: str, version: str) -> None:
+        users = [u for u, live in await self._users(kind, name, version) if live]
+        if users:
+            jobs = [u for u in users if u.startswith("job ")]
+            todo = [
+                *(["delete or update those deployments"] if len(users) > len(jobs) else []),
+                *(["let those jobs end"] if jobs else []),
+            ]
+            raise FailedPrecondition(
+                f"{kind.value} {name!r} version {version!r} is used by "
+                f"{', '.join(users)}; {' and '.join(todo)} first"
+            )
 
     async def restore(self, kind: AssetKind, name: str, version: str, actor: str) -> list[AssetDoc]:
         targets = await self._targets(kind, name, version)
@@ -291,6 +294,57 @@ class AssetService:
                 continue
             return updated
         raise Conflict("too many concurrent changes to the same asset; retry")
+
+    async def update(
+        self,
+        current: AssetDoc,
+        *,
+        description: str,
+        tags: dict[str, str],
+        archived: bool,
+        expected_version: int | None,
+        actor: str,
+    ) -> AssetDoc:
+        """Change what Azure lets a PUT change on an existing version: its description, tags
+        and archived flag. One write, conditional on the version read (`expected_version`,
+        an If-Match ETag, must be it); one event per kind of change."""
+        spec = current.spec
+        if expected_version is not None and expected_version != current.meta.version:
+            raise Conflict(
+                f"{spec.asset_kind.value} {spec.name!r} version {spec.version!r} is at ETag "
+                f'"{current.meta.version}", not "{expected_version}"; GET it again'
+            )
+        changed = description != spec.description or tags != spec.tags
+        if archived and not current.archived:
+            await self._check_unused(spec.asset_kind, spec.name, spec.version)
+        if not changed and archived == current.archived:
+            return current
+        meta = current.meta.model_copy(
+            update={"version": current.meta.version + 1, "updated_at": utcnow()}
+        )
+        updated = current.model_copy(
+            update={
+                "spec": spec.model_copy(update={"description": description, "tags": tags}),
+                "archived": archived,
+                "meta": meta,
+            }
+        )
+        async with self._store.transaction() as tx:
+            _id = asset_id(spec.asset_kind, spec.name, spec.version)
+            await tx.assets.replace(_id, updated, expected_version=current.meta.version)
+            if changed:
+                self._emit(tx, updated, "updated", actor)
+            if archived != current.archived:
+                self._emit(tx, updated, "archived" if archived else "restored", actor)
+        return updated
+
+    async def versions_by_name(self, kind: AssetKind) -> dict[str, list[AssetDoc]]:
+        """Every version of every name (archived too), oldest first: Azure's containers."""
+        out: dict[str, list[AssetDoc]] = {}
+        docs = await self._store.assets.find({"spec.asset_kind": kind.value})
+        for doc in sorted(docs, key=lambda d: d.meta.created_at):
+            out.setdefault(doc.spec.name, []).append(doc)
+        return dict(sorted(out.items()))
 
     @staticmethod
     def _emit(tx: Writes, doc: AssetDoc, verb: str, actor: str) -> None:

@@ -16,38 +16,22 @@ The use cases, validation and events are RegistryService's, as for sluice.v1.Reg
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TypeAlias, TypeVar
+from typing import TypeVar
 
-import grpc
 from google.protobuf import empty_pb2
 
 from sluice.common.grpc_server import actor_of
-from sluice.common.resources import Meta
 from sluice.registry import arm
 from sluice.registry.api import domain_errors
+from sluice.registry.assets import AssetService
+from sluice.registry.assets_arm_api import AssetResources
 from sluice.registry.domain import Conflict, InvalidArgument, NotFound
+from sluice.registry.http_meta import Ctx, answer, if_match
 from sluice.registry.service import RegistryService
 from sluice.v1 import workspace_pb2 as ws
 from sluice.v1 import workspace_pb2_grpc
 
-CREATED_HEADER = "x-sluice-created"
 T = TypeVar("T")
-Ctx: TypeAlias = grpc.aio.ServicerContext
-
-
-def _if_match(context: Ctx) -> tuple[bool, int | None]:
-    """(an If-Match header was sent, the version it names; None for `*`)."""
-    for key, value in context.invocation_metadata() or ():
-        if key == "if-match" and isinstance(value, str):
-            return True, arm.parse_etag(value)
-    return False, None
-
-
-async def _answer(context: Ctx, meta: Meta, *, created: bool = False) -> None:
-    headers = [("etag", f'"{arm.etag(meta)}"')]
-    if created:
-        headers.append((CREATED_HEADER, "true"))
-    await context.send_initial_metadata(headers)
 
 
 async def _exists(get: Callable[[], Awaitable[T]]) -> T | None:
@@ -73,9 +57,10 @@ def _next_link(path: str, count: int, token: str) -> str:
     return f"{path}?skipToken={token}" + (f"&count={count}" if count else "")
 
 
-class WorkspaceApi(workspace_pb2_grpc.WorkspaceServicer):
-    def __init__(self, service: RegistryService, scoring_base: str):
+class WorkspaceApi(AssetResources, workspace_pb2_grpc.WorkspaceServicer):
+    def __init__(self, service: RegistryService, assets: AssetService, scoring_base: str):
         self._svc = service
+        self._assets = assets
         self._scoring_base = scoring_base
 
     # ---- online endpoints -------------------------------------------------------------------
@@ -89,7 +74,7 @@ class WorkspaceApi(workspace_pb2_grpc.WorkspaceServicer):
     async def PutOnlineEndpoint(
         self, request: ws.PutOnlineEndpointRequest, context: Ctx
     ) -> ws.OnlineEndpointTrackedResource:
-        conditional, expected = _if_match(context)
+        conditional, expected = if_match(context)
         spec, traffic, mirror = arm.online_endpoint_spec(request.name, request.resource)
         actor = actor_of(context)
         current = await _exists(lambda: self._svc.get_online_endpoint(request.name))
@@ -105,7 +90,7 @@ class WorkspaceApi(workspace_pb2_grpc.WorkspaceServicer):
                 expected_version=expected,
                 actor=actor,
             )
-        await _answer(context, doc.meta, created=current is None)
+        await answer(context, doc.meta, created=current is None)
         return arm.online_endpoint(doc, self._scoring_base)
 
     @domain_errors
@@ -137,7 +122,7 @@ class WorkspaceApi(workspace_pb2_grpc.WorkspaceServicer):
     async def PatchOnlineEndpoint(
         self, request: ws.PatchRequest, context: Ctx
     ) -> ws.OnlineEndpointTrackedResource:
-        _, expected = _if_match(context)
+        _, expected = if_match(context)
         if request.resource.HasField("sku"):
             raise InvalidArgument("an online endpoint has no sku; PATCH its deployments' sku")
         current = await self._svc.get_online_endpoint(request.name)
@@ -149,7 +134,7 @@ class WorkspaceApi(workspace_pb2_grpc.WorkspaceServicer):
             expected_version=expected,
             actor=actor_of(context),
         )
-        await _answer(context, doc.meta)
+        await answer(context, doc.meta)
         return arm.online_endpoint(doc, self._scoring_base)
 
     @domain_errors
@@ -183,7 +168,7 @@ class WorkspaceApi(workspace_pb2_grpc.WorkspaceServicer):
     async def _set_traffic(
         self, request: ws.SetTrafficBody, context: Ctx, *, mirror: bool
     ) -> ws.OnlineEndpointTrackedResource:
-        _, expected = _if_match(context)
+        _, expected = if_match(context)
         shares = dict(request.traffic)
         doc = await self._svc.set_traffic(
             request.name,
@@ -192,7 +177,7 @@ class WorkspaceApi(workspace_pb2_grpc.WorkspaceServicer):
             expected_version=expected,
             actor=actor_of(context),
         )
-        await _answer(context, doc.meta)
+        await answer(context, doc.meta)
         return arm.online_endpoint(doc, self._scoring_base)
 
     @domain_errors
@@ -213,7 +198,7 @@ class WorkspaceApi(workspace_pb2_grpc.WorkspaceServicer):
     async def PutOnlineDeployment(
         self, request: ws.PutOnlineDeploymentRequest, context: Ctx
     ) -> ws.OnlineDeploymentTrackedResource:
-        conditional, expected = _if_match(context)
+        conditional, expected = if_match(context)
         spec = arm.online_deployment_spec(request.endpoint_name, request.name, request.resource)
         actor = actor_of(context)
         current = await _exists(
@@ -226,7 +211,7 @@ class WorkspaceApi(workspace_pb2_grpc.WorkspaceServicer):
         else:
             await self._svc.update_online_deployment(spec, expected, actor)
         doc = await self._svc.get_online_deployment(request.endpoint_name, request.name)
-        await _answer(context, doc.meta, created=current is None)
+        await answer(context, doc.meta, created=current is None)
         return arm.online_deployment(doc)
 
     @domain_errors
@@ -234,7 +219,7 @@ class WorkspaceApi(workspace_pb2_grpc.WorkspaceServicer):
         self, request: ws.GetChildRequest, context: Ctx
     ) -> ws.OnlineDeploymentTrackedResource:
         doc = await self._svc.get_online_deployment(request.endpoint_name, request.name)
-        await _answer(context, doc.meta)
+        await answer(context, doc.meta)
         return arm.online_deployment(doc)
 
     @domain_errors
@@ -254,7 +239,7 @@ class WorkspaceApi(workspace_pb2_grpc.WorkspaceServicer):
     async def PatchOnlineDeployment(
         self, request: ws.PatchRequest, context: Ctx
     ) -> ws.OnlineDeploymentTrackedResource:
-        _, expected = _if_match(context)
+        _, expected = if_match(context)
         current = await self._svc.get_online_deployment(request.endpoint_name, request.name)
         changes: dict[str, object] = {"tags": dict(request.resource.tags) or current.spec.tags}
         if request.resource.HasField("sku"):
@@ -267,7 +252,7 @@ class WorkspaceApi(workspace_pb2_grpc.WorkspaceServicer):
             current.spec.model_copy(update=changes), expected, actor_of(context)
         )
         doc = await self._svc.get_online_deployment(request.endpoint_name, request.name)
-        await _answer(context, doc.meta)
+        await answer(context, doc.meta)
         return arm.online_deployment(doc)
 
     @domain_errors
@@ -285,7 +270,7 @@ class WorkspaceApi(workspace_pb2_grpc.WorkspaceServicer):
     async def PutBatchEndpoint(
         self, request: ws.PutBatchEndpointRequest, context: Ctx
     ) -> ws.BatchEndpointTrackedResource:
-        conditional, expected = _if_match(context)
+        conditional, expected = if_match(context)
         spec = arm.batch_endpoint_spec(request.name, request.resource)
         actor = actor_of(context)
         current = await _exists(lambda: self._svc.get_batch_endpoint(request.name))
@@ -295,7 +280,7 @@ class WorkspaceApi(workspace_pb2_grpc.WorkspaceServicer):
             doc = await self._svc.create_batch_endpoint(spec, actor)
         else:
             doc = await self._svc.update_batch_endpoint(spec, expected, actor)
-        await _answer(context, doc.meta, created=current is None)
+        await answer(context, doc.meta, created=current is None)
         return arm.batch_endpoint(doc, self._scoring_base)
 
     @domain_errors
@@ -303,7 +288,7 @@ class WorkspaceApi(workspace_pb2_grpc.WorkspaceServicer):
         self, request: ws.GetResourceRequest, context: Ctx
     ) -> ws.BatchEndpointTrackedResource:
         doc = await self._svc.get_batch_endpoint(request.name)
-        await _answer(context, doc.meta)
+        await answer(context, doc.meta)
         return arm.batch_endpoint(doc, self._scoring_base)
 
     @domain_errors
@@ -329,7 +314,7 @@ class WorkspaceApi(workspace_pb2_grpc.WorkspaceServicer):
     async def PutBatchDeployment(
         self, request: ws.PutBatchDeploymentRequest, context: Ctx
     ) -> ws.BatchDeploymentTrackedResource:
-        conditional, expected = _if_match(context)
+        conditional, expected = if_match(context)
         spec = arm.batch_deployment_spec(request.endpoint_name, request.name, request.resource)
         actor = actor_of(context)
         current = await _exists(
@@ -341,7 +326,7 @@ class WorkspaceApi(workspace_pb2_grpc.WorkspaceServicer):
             doc = await self._svc.create_batch_deployment(spec, False, actor)
         else:
             doc = await self._svc.update_batch_deployment(spec, expected, actor)
-        await _answer(context, doc.meta, created=current is None)
+        await answer(context, doc.meta, created=current is None)
         return arm.batch_deployment(doc)
 
     @domain_errors
@@ -349,7 +334,7 @@ class WorkspaceApi(workspace_pb2_grpc.WorkspaceServicer):
         self, request: ws.GetChildRequest, context: Ctx
     ) -> ws.BatchDeploymentTrackedResource:
         doc = await self._svc.get_batch_deployment(request.endpoint_name, request.name)
-        await _answer(context, doc.meta)
+        await answer(context, doc.meta)
         return arm.batch_deployment(doc)
 
     @domain_errors

@@ -243,7 +243,7 @@ ASSET_EVENTS = {
         kind, verb, AssetChanged, REGISTRY, f"a registered {kind} version was {verb}"
     )
     for kind in ("model", "environment", "data")
-    for verb in ("created", "archived", "restored")
+    for verb in ("created", "updated", "archived", "restored")
 }
 DEPLOYMENT_PROVISIONING = EventSpec(
     "deployment",

@@ -401,17 +401,26 @@ async function jobPage(name) {
   if (!(await draw())) every(3000, draw);
 }
 
+// Azure's asset resources: a container per name (/models), its versions (/models/{name}/versions).
+const ASSET_KINDS = [
+  ["models", "Models", (p) => p.modelType],
+  ["environments", "Environments", (p) => p.image || (p.condaFile ? "conda" : "pip")],
+  ["data", "Data", (p) => p.dataType],
+];
+
 async function assetsPage() {
   view.innerHTML = `<h1>Models, environments and data</h1><div id="assets"></div>`;
   const box = document.getElementById("assets");
   const parts = [];
-  for (const kind of ["model", "environment", "data"]) {
+  for (const [plural, title, type] of ASSET_KINDS) {
     try {
-      const { assets } = await api("GET", `/assets/${kind}`);
-      parts.push(`<h2>${kind === "data" ? "Data" : kind[0].toUpperCase() + kind.slice(1) + "s"}</h2><div class="table-wrap"><table><thead><tr><th scope="col">Name</th><th scope="col">Version</th><th scope="col">Type</th><th scope="col">Used by</th><th scope="col">Archived</th></tr></thead><tbody>
-        ${(assets || []).map((a) => `<tr><td>${esc(a.spec.name)}</td><td>${esc(a.spec.version)}</td><td>${esc(a.spec.type)}</td><td>${esc((a.usedBy || []).join(", "))}</td><td>${a.archived ? "yes" : ""}</td></tr>`).join("") || `<tr><td colspan="5" class="muted">None registered.</td></tr>`}
+      const { value: containers } = await api("GET", `/${plural}?listViewType=All`);
+      const lists = await Promise.all(containers.map((c) => api("GET", `/${plural}/${enc(c.name)}/versions?listViewType=All`)));
+      const rows = lists.flatMap((list, i) => list.value.map((v) => `<tr><td>${esc(containers[i].name)}</td><td>${esc(v.name)}</td><td>${esc(type(v.properties))}</td><td>${esc((v.properties.usedBy || []).join(", "))}</td><td>${v.properties.isArchived ? "yes" : ""}</td></tr>`));
+      parts.push(`<h2>${title}</h2><div class="table-wrap"><table><thead><tr><th scope="col">Name</th><th scope="col">Version</th><th scope="col">Type</th><th scope="col">Used by</th><th scope="col">Archived</th></tr></thead><tbody>
+        ${rows.join("") || `<tr><td colspan="5" class="muted">None registered.</td></tr>`}
         </tbody></table></div>`);
-    } catch (err) { parts.push(problem(err, kind)); }
+    } catch (err) { parts.push(problem(err, title)); }
   }
   box.innerHTML = parts.join("");
 }
