@@ -135,9 +135,10 @@ class Cli:
 
 @pytest.fixture
 def batch(start_service: ServiceStarter, registry: RunningService) -> RunningService:
-    # Data assets are the registry's: the batch service asks it for them.
+    # Data assets are the registry's: the batch service asks it for them. 127.0.0.2 (loopback,
+    # refused by default) is listed for http inputs: test_http_and_data_asset_inputs serves there.
     start_service.settings = start_service.settings.model_copy(
-        update={"registry_address": registry.address}
+        update={"registry_address": registry.address, "batch_url_allow": "127.0.0.2"}
     )
     return start_service("batch")
 
@@ -502,8 +503,9 @@ def test_bad_inputs_are_refused_at_invoke(cli: Cli) -> None:
     assert "my-data" in cli.error(
         "batch-endpoint", "invoke", "-n", "bad-batch", "--input", "azureml:my-data:1"
     )
+    # Loopback is refused unless listed, as 127.0.0.2 is here (tests/security/test_batch_inputs).
     assert "cannot be downloaded" in cli.error(
-        "batch-endpoint", "invoke", "-n", "bad-batch", "--input", "http://127.0.0.1:9/x.csv"
+        "batch-endpoint", "invoke", "-n", "bad-batch", "--input", "http://127.0.0.2:9/x.csv"
     )
     assert "mini_batch_size must be at least 1" in cli.error(
         "batch-endpoint", "invoke", "-n", "bad-batch", "--input", ".", "-m", "0"
@@ -517,11 +519,11 @@ def test_http_and_data_asset_inputs(cli: Cli) -> None:
     served = cli.cwd / "served"
     expected = make_csvs(served, 1, 3)
     handler = partial(SimpleHTTPRequestHandler, directory=str(served))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = ThreadingHTTPServer(("127.0.0.2", 0), handler)  # listed in batch_url_allow
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/f000.csv"
+        url = f"http://127.0.0.2:{server.server_address[1]}/f000.csv"
         job = cli.finished(invoke(cli, "http-batch", url, "--input-type", "uri_file")["name"])
     finally:
         server.shutdown()

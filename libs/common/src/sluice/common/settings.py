@@ -94,6 +94,10 @@ class Settings(BaseSettings):
     # datastore (os.pathsep-separated), e.g. a shared file system mounted on every host; the
     # CLI uploads a local --input instead (services/batch/.../inputs.py says why).
     batch_path_roots: str = ""
+    # Hosts and networks batch jobs may fetch http(s) inputs from besides public addresses
+    # (comma-separated names, addresses, CIDRs), e.g. an internal file server: loopback,
+    # private and link-local addresses are refused otherwise (services/batch/.../fetch.py).
+    batch_url_allow: str = ""
     nats_port: int = 0
     nats_monitor_port: int = 0
     events_stream: str = "SLUICE_EVENTS"
@@ -189,6 +193,8 @@ def service_env(settings: Settings) -> dict[str, str]:
         env["SLUICE_PKI_DIR"] = str(settings.pki_dir)
     if settings.envs_dir is not None:
         env["SLUICE_ENVS_DIR"] = str(settings.envs_dir)
+    if settings.batch_url_allow:
+        env["SLUICE_BATCH_URL_ALLOW"] = settings.batch_url_allow
     for field in TracingSettings.model_fields:
         value = getattr(settings.tracing, field)
         if value is not None:

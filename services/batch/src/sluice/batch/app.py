@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sluice.batch.api import BatchApi
 from sluice.batch.events import subscribe_deployment_events
+from sluice.batch.fetch import UrlPolicy, own_addresses
 from sluice.batch.jobs import JobStore
 from sluice.batch.lease import LeaseHeld, ServiceLease
 from sluice.batch.runner import RunnerContext
@@ -120,7 +121,8 @@ async def serve(settings: Settings) -> None:
             channel = grpc.aio.insecure_channel(settings.registry_address)
             registry = assets_pb2_grpc.AssetsStub(channel)
         roots = [Path(p) for p in settings.batch_path_roots.split(os.pathsep) if p]
-        service = BatchService(ctx, Path(state_dir), registry, settings.admin_token, roots)
+        urls = UrlPolicy.parse(settings.batch_url_allow, own_addresses([settings.host]))
+        service = BatchService(ctx, Path(state_dir), registry, settings.admin_token, roots, urls)
         api = BatchApi(service)
         server = GrpcServer(
             host=settings.host,

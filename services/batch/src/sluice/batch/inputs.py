@@ -3,7 +3,8 @@
 Resolved at invoke time, so an unknown, empty or unreadable input is refused
 with a clear message instead of becoming a job that fails later. Folders are
 walked recursively in a stable (sorted) order; hidden files are skipped.
-Remote files are downloaded into the job's scratch folder with a size limit.
+Remote files are downloaded into the job's scratch folder with a size limit, from
+public addresses only unless an operator allows more (fetch.py says why).
 `azureml:` data assets are resolved by the service (it asks the registry) into
 the path or URI they name before they get here.
 
@@ -21,12 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-import httpx
-
+from sluice.batch.fetch import PUBLIC_ONLY, FetchError, UrlPolicy, download
 from sluice.batch.jobs import MAX_FILES
-
-MAX_DOWNLOAD_BYTES = 1 << 30  # 1 GiB per downloaded file
-DOWNLOAD_TIMEOUT_S = 60.0
 
 
 class InputError(ValueError):
@@ -94,37 +91,15 @@ def resolve_local(path: Path, input_type: str, roots: Sequence[Path]) -> list[Pa
     return files
 
 
-async def download(url: str, scratch: Path, *, limit: int = MAX_DOWNLOAD_BYTES) -> Path:
-    """Fetch one http(s) file into `scratch`, refusing more than `limit` bytes."""
-    name = Path(unquote(urlparse(url).path)).name or "input"
-    scratch.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - one small local mkdir
-    target = scratch / name
-    size = 0
-    try:
-        async with (
-            httpx.AsyncClient(timeout=DOWNLOAD_TIMEOUT_S, follow_redirects=True) as client,
-            client.stream("GET", url) as response,
-        ):
-            if response.status_code != 200:
-                raise InputError(f"input {url} answered HTTP {response.status_code}")
-            declared = int(response.headers.get("content-length") or 0)
-            if declared > limit:
-                raise InputError(f"input {url} is {declared} bytes; the limit is {limit}")
-            with target.open("wb") as out:
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    if size > limit:
-                        raise InputError(f"input {url} is larger than the limit of {limit} bytes")
-                    out.write(chunk)
-    except httpx.HTTPError as exc:
-        raise InputError(f"input {url} cannot be downloaded: {exc}") from None
-    if size == 0:
-        raise InputError(f"input {url} is empty")
-    return target
-
-
-async def resolve(text: str, input_type: str, scratch: Path, roots: Sequence[Path]) -> list[Path]:
-    """The files of an input, in the order mini-batches are cut from them."""
+async def resolve(
+    text: str,
+    input_type: str,
+    scratch: Path,
+    roots: Sequence[Path],
+    urls: UrlPolicy = PUBLIC_ONLY,
+) -> list[Path]:
+    """The files of an input, in the order mini-batches are cut from them; `urls` says
+    which hosts an http(s) input may come from (public ones by default)."""
     text = text.strip()
     if not text:
         raise InputError("--input is required: a folder, a file, or a file:// or https:// URI")
@@ -134,7 +109,10 @@ async def resolve(text: str, input_type: str, scratch: Path, roots: Sequence[Pat
     if scheme in {"http", "https"}:
         if _check_type(input_type) == "uri_folder" and input_type:
             raise InputError(f"input {text} is a single remote file: use --input-type uri_file")
-        return [await download(text, scratch / "inputs")]
+        try:
+            return [await download(text, scratch / "inputs", urls)]
+        except FetchError as exc:
+            raise InputError(str(exc)) from None
     if scheme == "file":
         return resolve_local(Path(unquote(urlparse(text).path)), input_type, roots)
     if scheme and len(scheme) > 1:  # a one-letter scheme is a Windows drive, not a URI

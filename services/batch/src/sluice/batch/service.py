@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 
 from sluice.batch import inputs
+from sluice.batch.fetch import PUBLIC_ONLY, UrlPolicy
 from sluice.batch.jobs import Cost, Job, JobState, JobStore
 from sluice.batch.runner import (
     JobAborted,
@@ -132,6 +133,7 @@ class BatchService:
         registry: assets_pb2_grpc.AssetsStub | None = None,
         admin_token: str | None = None,
         path_roots: Sequence[Path] = (),
+        urls: UrlPolicy = PUBLIC_ONLY,
     ):
         self.ctx = ctx
         self.registry = registry  # data assets are the registry's
@@ -142,6 +144,7 @@ class BatchService:
         # the artifact store (uploaded inputs, data assets) and the operator's own.
         roots = (self.datastore, ctx.artifacts.root, *path_roots)
         self.roots = tuple(root.resolve() for root in roots)
+        self.urls = urls  # the hosts http(s) inputs may come from (fetch.py says why)
         self._runners: dict[str, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[None]] = set()
 
@@ -289,7 +292,7 @@ class BatchService:
             given, input_type, data = await self._data_asset(given.strip(), input_type)
             assets.append(data)
         try:
-            files = await inputs.resolve(given, input_type, scratch, self.roots)
+            files = await inputs.resolve(given, input_type, scratch, self.roots, self.urls)
         except (inputs.InputError, ArtifactError) as exc:
             shutil.rmtree(scratch, ignore_errors=True)
             raise InvalidArgument(str(exc)) from None
