@@ -63,7 +63,7 @@ async def test_local_inputs_outside_the_services_folders_are_refused(tmp_path: P
         ("ftp://host/x.csv", "", "ftp:// is not supported"),
         ("s3://bucket/x.csv", "", "s3:// is not supported"),
         ("relative/path", "", "must be absolute"),
-        ("http://127.0.0.1:9/x.csv", "", "127.0.0.1, a loopback address"),
+        ("http://127.0.0.1:9/x.csv", "", "127.0.0.1 is a loopback address"),
         ("http://127.0.0.1:9/x.csv", "uri_folder", "use --input-type uri_file"),
     ],
 )
