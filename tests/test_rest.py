@@ -96,19 +96,30 @@ def test_endpoint_and_deployment_crud(
     assert dep["sku"] == {"name": "Default", "capacity": 1}
     assert dep["properties"]["model"].startswith("azureml://artifacts/sha256:")
     assert dep["properties"]["livenessProbe"]["initialDelay"] == "PT10S"
+    green = rest.send("PUT", f"/onlineEndpoints/{name}/deployments/green", body)
+    assert green.status_code == 201, green.text
 
-    def succeeded() -> dict[str, Any] | None:
-        got = rest.call("GET", f"/onlineEndpoints/{name}/deployments/blue")[1]
+    def succeeded(deployment: str) -> dict[str, Any] | None:
+        got = rest.call("GET", f"/onlineEndpoints/{name}/deployments/{deployment}")[1]
         state = got["properties"]["provisioningState"]
         assert state != "Failed", got["properties"]["statusMessage"]
         return got if state == "Succeeded" else None
 
-    ready = wait_for(succeeded, "the deployment created over REST succeeds", deadline=240)
+    ready = wait_for(lambda: succeeded("blue"), "the deployment made over REST runs", 240)
     assert ready["properties"]["instances"][0]["ready"]
     assert ready["properties"]["endpointComputeType"] == "Managed"
+    wait_for(lambda: succeeded("green"), "the second deployment made over REST runs", 240)
 
     status, ep = rest.call(
         "POST", f"/onlineEndpoints/{name}/setTraffic", {"traffic": {"blue": 100}}
+    )
+    assert status == 200 and ep["properties"]["traffic"] == {"blue": 100}
+    # A PUT's traffic is the whole split (merged, blue=100 + green=100 would be refused).
+    whole = {"properties": {"authMode": "Key", "traffic": {"green": 100}}}
+    status, ep = rest.call("PUT", f"/onlineEndpoints/{name}", whole)
+    assert status == 200 and ep["properties"]["traffic"] == {"green": 100}, ep
+    status, ep = rest.call(
+        "POST", f"/onlineEndpoints/{name}/setTraffic", {"traffic": {"blue": 100, "green": 0}}
     )
     assert status == 200 and ep["properties"]["traffic"] == {"blue": 100}
 
@@ -128,7 +139,7 @@ def test_endpoint_and_deployment_crud(
     assert status == 400 and "InferenceServer or StorageInitializer" in error["message"]
 
     status, listed = rest.call("GET", f"/onlineEndpoints/{name}/deployments")
-    assert status == 200 and [d["name"] for d in listed["value"]] == ["blue"]
+    assert status == 200 and sorted(d["name"] for d in listed["value"]) == ["blue", "green"]
 
     # Bad input to an existing deployment: 400 saying what is wrong, nothing changed.
     bad = {
@@ -213,6 +224,16 @@ def test_errors_are_json_and_leave_state_unchanged(rest: Rest, test_id: str) -> 
     assert patched.json()["tags"] == {"v": "2"}
     assert patched.json()["etag"] == str(int(original["etag"]) + 1)
     assert patched.json()["properties"]["authMode"] == original["properties"]["authMode"]
+    # `tags` present replaces the whole set (ARM's PATCH): null drops one, {} clears all.
+    path = f"/onlineEndpoints/{name}"
+    status, body = rest.call("PATCH", path, {"tags": {"v": None, "w": "1", "x": "2"}})
+    assert status == 200 and body["tags"] == {"w": "1", "x": "2"}
+    status, body = rest.call("PATCH", path, {"properties": {}})
+    assert status == 200 and body["tags"] == {"w": "1", "x": "2"}  # no `tags`: they stay
+    status, body = rest.call("PATCH", path, {"tags": {"w": 5}})
+    assert status == 400 and "tags.w must be a string" in body["message"]
+    status, body = rest.call("PATCH", path, {"tags": {}})
+    assert status == 200 and body["tags"] == {}
 
     status, body = rest.call("GET", "/noSuchThing")
     assert status == 404 and body["code"] == 5
@@ -233,6 +254,23 @@ def test_batch_endpoint_put_get_list_delete(
     assert status == 200 and body["properties"]["description"] == "c" and body["etag"] == "2"
     status, body = rest.call("GET", f"/batchEndpoints/{name}/deployments")
     assert status == 200 and body["value"] == []
+
+    # PATCH: tags only (Azure's partial batch endpoint), If-Match like PUT, {} clears them.
+    ep_path = f"/batchEndpoints/{name}"
+    patched = rest.send("PATCH", ep_path, {"tags": {"a": "1"}}, headers={"If-Match": '"2"'})
+    assert patched.status_code == 200, patched.text
+    assert patched.json()["tags"] == {"a": "1"} and patched.headers["etag"] == '"3"'
+    assert patched.json()["properties"]["description"] == "c"
+    for bad, code, says in [
+        ({"tags": {"b": "2"}}, 412, "not 2"),  # with the stale If-Match below
+        ({"sku": {"capacity": 2}}, 400, "no sku"),
+        ({"tags": {"b": ["x"]}}, 400, "tags.b"),
+    ]:
+        headers = {"If-Match": '"2"'} if code == 412 else None
+        status, error = rest.call("PATCH", ep_path, bad, headers=headers)
+        assert status == code and says in error["message"], (bad, error)
+    assert rest.call("GET", ep_path)[1]["tags"] == {"a": "1"}
+    assert rest.call("PATCH", ep_path, {"tags": {}})[1]["tags"] == {}
 
     (tmp_path / "code").mkdir()
     (tmp_path / "code" / "score.py").write_text("def init():\n    pass\n")
@@ -261,6 +299,20 @@ def test_batch_endpoint_put_get_list_delete(
     status, error = rest.call("PUT", path, bad)
     assert status == 400 and "retrySettings.timeout" in error["message"]
     assert rest.call("GET", path)[1]["etag"] == made.json()["etag"]
+
+    # PATCH a batch deployment: tags and description (Azure's partial batch deployment).
+    change = {"tags": {"t": "1"}, "properties": {"description": "patched"}}
+    etag = made.headers["etag"]
+    patched = rest.send("PATCH", path, change, headers={"If-Match": etag})
+    assert patched.status_code == 200, patched.text
+    props = patched.json()["properties"]
+    assert patched.json()["tags"] == {"t": "1"} and props["description"] == "patched"
+    assert props["miniBatchSize"] == 2 and props["outputAction"] == "SummaryOnly"
+    status, error = rest.call("PATCH", path, {"tags": {}}, headers={"If-Match": etag})
+    assert status == 412
+    assert rest.call("GET", path)[1]["tags"] == {"t": "1"}
+    status, body = rest.call("PATCH", path, {"tags": {"t": None}})
+    assert status == 200 and body["tags"] == {} and body["properties"]["description"] == "patched"
     assert rest.call("DELETE", path)[0] == 200
     assert rest.call("DELETE", f"/batchEndpoints/{name}")[0] == 200
 

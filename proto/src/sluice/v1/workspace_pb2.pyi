@@ -7,8 +7,9 @@ API speaks (Envoy's gRPC-JSON transcoder turns these messages into Azure ML's JS
 Azure spells them). The registry serves it over the same stored documents as
 sluice.v1.Registry, which the CLI and SDK use; only the shape differs.
 
-Writes: PUT creates or replaces (201 Created / 200 OK), PATCH changes tags (and a
-deployment's sku.capacity); both conditional on an `If-Match` header holding the
+Writes: PUT creates or replaces (201 Created / 200 OK), PATCH changes tags (and an
+online deployment's sku.capacity, a batch deployment's description); both conditional
+on an `If-Match` header holding the
 resource's ETag (a stale one answers 412). Sluice's additions to
 Azure's properties are marked "Sluice:".
 """
@@ -16,6 +17,7 @@ Azure's properties are marked "Sluice:".
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -279,43 +281,26 @@ Global___Sku: _TypeAlias = Sku  # noqa: Y015
 
 @_typing.final
 class PartialResource(_message.Message):
-    """Azure's PartialMinimalTrackedResourceWithSku: what a PATCH may change."""
+    """Azure's PartialMinimalTrackedResourceWithSku: what a PATCH may change. `tags`, when
+    present, replaces the whole set, as an ARM PATCH of tags does: `{}` clears them, a null
+    value leaves that tag out; values must be strings. Absent, the tags stay.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
-
-    @_typing.final
-    class TagsEntry(_message.Message):
-        DESCRIPTOR: _descriptor.Descriptor
-
-        KEY_FIELD_NUMBER: _builtins.int
-        VALUE_FIELD_NUMBER: _builtins.int
-        key: _builtins.str
-        value: _builtins.str
-        def __init__(
-            self,
-            *,
-            key: _builtins.str = ...,
-            value: _builtins.str = ...,
-        ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
-        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-        def WhichOneof(self, oneof_group: _Never) -> None: ...
 
     TAGS_FIELD_NUMBER: _builtins.int
     SKU_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def tags(self) -> _struct_pb2.Struct: ...
     @_builtins.property
     def sku(self) -> Global___Sku: ...
     def __init__(
         self,
         *,
-        tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        tags: _struct_pb2.Struct | None = ...,
         sku: Global___Sku | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["sku", b"sku"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["sku", b"sku", "tags", b"tags"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
     _ClearFieldArgType: _TypeAlias = _typing.Literal["sku", b"sku", "tags", b"tags"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
@@ -535,7 +520,9 @@ class OnlineEndpointProperties(_message.Message):
     """
     @_builtins.property
     def traffic(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
-        """Percent of live traffic per deployment. A PUT without it keeps the current traffic."""
+        """Percent of live traffic per deployment. A PUT that names it replaces the whole split
+        (deployments it leaves out get 0); a PUT without it keeps the current traffic.
+        """
 
     @_builtins.property
     def mirror_traffic(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
@@ -1798,6 +1785,81 @@ class PutBatchDeploymentRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PutBatchDeploymentRequest: _TypeAlias = PutBatchDeploymentRequest  # noqa: Y015
+
+@_typing.final
+class PartialBatchDeployment(_message.Message):
+    """Azure's PartialBatchDeploymentPartialMinimalTrackedResourceWithProperties."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TAGS_FIELD_NUMBER: _builtins.int
+    PROPERTIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def tags(self) -> _struct_pb2.Struct:
+        """as PartialResource.tags"""
+
+    @_builtins.property
+    def properties(self) -> Global___PartialBatchDeploymentProperties: ...
+    def __init__(
+        self,
+        *,
+        tags: _struct_pb2.Struct | None = ...,
+        properties: Global___PartialBatchDeploymentProperties | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["properties", b"properties", "tags", b"tags"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["properties", b"properties", "tags", b"tags"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PartialBatchDeployment: _TypeAlias = PartialBatchDeployment  # noqa: Y015
+
+@_typing.final
+class PartialBatchDeploymentProperties(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    description: _builtins.str
+    def __init__(
+        self,
+        *,
+        description: _builtins.str | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_description", b"_description", "description", b"description"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_description", b"_description", "description", b"description"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__description: _TypeAlias = _typing.Literal["description"]  # noqa: Y015
+    _WhichOneofArgType__description: _TypeAlias = _typing.Literal["_description", b"_description"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__description) -> _WhichOneofReturnType__description | None: ...
+
+Global___PartialBatchDeploymentProperties: _TypeAlias = PartialBatchDeploymentProperties  # noqa: Y015
+
+@_typing.final
+class PatchBatchDeploymentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENDPOINT_NAME_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    RESOURCE_FIELD_NUMBER: _builtins.int
+    endpoint_name: _builtins.str
+    name: _builtins.str
+    @_builtins.property
+    def resource(self) -> Global___PartialBatchDeployment: ...
+    def __init__(
+        self,
+        *,
+        endpoint_name: _builtins.str = ...,
+        name: _builtins.str = ...,
+        resource: Global___PartialBatchDeployment | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["resource", b"resource"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint_name", b"endpoint_name", "name", b"name", "resource", b"resource"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PatchBatchDeploymentRequest: _TypeAlias = PatchBatchDeploymentRequest  # noqa: Y015
 
 @_typing.final
 class BatchDeploymentList(_message.Message):

@@ -130,6 +130,11 @@ class WorkspaceStub:
                 request_serializer=sluice_dot_v1_dot_workspace__pb2.GetResourceRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
+        self.PatchBatchEndpoint = channel.unary_unary(
+                '/sluice.v1.Workspace/PatchBatchEndpoint',
+                request_serializer=sluice_dot_v1_dot_workspace__pb2.PatchRequest.SerializeToString,
+                response_deserializer=sluice_dot_v1_dot_workspace__pb2.BatchEndpointTrackedResource.FromString,
+                _registered_method=True)
         self.PutBatchDeployment = channel.unary_unary(
                 '/sluice.v1.Workspace/PutBatchDeployment',
                 request_serializer=sluice_dot_v1_dot_workspace__pb2.PutBatchDeploymentRequest.SerializeToString,
@@ -149,6 +154,11 @@ class WorkspaceStub:
                 '/sluice.v1.Workspace/DeleteBatchDeployment',
                 request_serializer=sluice_dot_v1_dot_workspace__pb2.GetChildRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
+        self.PatchBatchDeployment = channel.unary_unary(
+                '/sluice.v1.Workspace/PatchBatchDeployment',
+                request_serializer=sluice_dot_v1_dot_workspace__pb2.PatchBatchDeploymentRequest.SerializeToString,
+                response_deserializer=sluice_dot_v1_dot_workspace__pb2.BatchDeploymentTrackedResource.FromString,
                 _registered_method=True)
         self.ListModelContainers = channel.unary_unary(
                 '/sluice.v1.Workspace/ListModelContainers',
@@ -258,7 +268,7 @@ class WorkspaceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PatchOnlineEndpoint(self, request, context):
-        """Replaces the tags (when the body has some); nothing else changes.
+        """Replaces the tags (when the body names them); nothing else changes.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -316,7 +326,7 @@ class WorkspaceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PatchOnlineDeployment(self, request, context):
-        """Replaces the tags (when the body has some) and scales to sku.capacity (when given).
+        """Replaces the tags (when the body names them) and scales to sku.capacity (when given).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -352,6 +362,13 @@ class WorkspaceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PatchBatchEndpoint(self, request, context):
+        """Replaces the tags (when the body names them); nothing else changes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def PutBatchDeployment(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -372,6 +389,13 @@ class WorkspaceServicer:
 
     def DeleteBatchDeployment(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PatchBatchDeployment(self, request, context):
+        """Replaces the tags (when the body names them) and properties.description (when given).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -568,6 +592,11 @@ def add_WorkspaceServicer_to_server(servicer, server):
                     request_deserializer=sluice_dot_v1_dot_workspace__pb2.GetResourceRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
+            'PatchBatchEndpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.PatchBatchEndpoint,
+                    request_deserializer=sluice_dot_v1_dot_workspace__pb2.PatchRequest.FromString,
+                    response_serializer=sluice_dot_v1_dot_workspace__pb2.BatchEndpointTrackedResource.SerializeToString,
+            ),
             'PutBatchDeployment': grpc.unary_unary_rpc_method_handler(
                     servicer.PutBatchDeployment,
                     request_deserializer=sluice_dot_v1_dot_workspace__pb2.PutBatchDeploymentRequest.FromString,
@@ -587,6 +616,11 @@ def add_WorkspaceServicer_to_server(servicer, server):
                     servicer.DeleteBatchDeployment,
                     request_deserializer=sluice_dot_v1_dot_workspace__pb2.GetChildRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'PatchBatchDeployment': grpc.unary_unary_rpc_method_handler(
+                    servicer.PatchBatchDeployment,
+                    request_deserializer=sluice_dot_v1_dot_workspace__pb2.PatchBatchDeploymentRequest.FromString,
+                    response_serializer=sluice_dot_v1_dot_workspace__pb2.BatchDeploymentTrackedResource.SerializeToString,
             ),
             'ListModelContainers': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModelContainers,
@@ -1188,6 +1222,33 @@ class Workspace:
             _registered_method=True)
 
     @staticmethod
+    def PatchBatchEndpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sluice.v1.Workspace/PatchBatchEndpoint',
+            sluice_dot_v1_dot_workspace__pb2.PatchRequest.SerializeToString,
+            sluice_dot_v1_dot_workspace__pb2.BatchEndpointTrackedResource.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def PutBatchDeployment(request,
             target,
             options=(),
@@ -1285,6 +1346,33 @@ class Workspace:
             '/sluice.v1.Workspace/DeleteBatchDeployment',
             sluice_dot_v1_dot_workspace__pb2.GetChildRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PatchBatchDeployment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sluice.v1.Workspace/PatchBatchDeployment',
+            sluice_dot_v1_dot_workspace__pb2.PatchBatchDeploymentRequest.SerializeToString,
+            sluice_dot_v1_dot_workspace__pb2.BatchDeploymentTrackedResource.FromString,
             options,
             channel_credentials,
             insecure,

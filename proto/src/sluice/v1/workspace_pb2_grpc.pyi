@@ -7,8 +7,9 @@ API speaks (Envoy's gRPC-JSON transcoder turns these messages into Azure ML's JS
 Azure spells them). The registry serves it over the same stored documents as
 sluice.v1.Registry, which the CLI and SDK use; only the shape differs.
 
-Writes: PUT creates or replaces (201 Created / 200 OK), PATCH changes tags (and a
-deployment's sku.capacity); both conditional on an `If-Match` header holding the
+Writes: PUT creates or replaces (201 Created / 200 OK), PATCH changes tags (and an
+online deployment's sku.capacity, a batch deployment's description); both conditional
+on an `If-Match` header holding the
 resource's ETag (a stale one answers 412). Sluice's additions to
 Azure's properties are marked "Sluice:".
 """
@@ -51,7 +52,7 @@ class WorkspaceStub:
     DeleteOnlineEndpoint: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.GetResourceRequest, _empty_pb2.Empty]
     """Deletes the endpoint and all of its deployments."""
     PatchOnlineEndpoint: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.PatchRequest, _workspace_pb2.OnlineEndpointTrackedResource]
-    """Replaces the tags (when the body has some); nothing else changes."""
+    """Replaces the tags (when the body names them); nothing else changes."""
     ListKeys: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.GetResourceRequest, _workspace_pb2.EndpointAuthKeys]
     RegenerateKeys: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.RegenerateKeysBody, _empty_pb2.Empty]
     GetToken: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.GetResourceRequest, _workspace_pb2.EndpointAuthToken]
@@ -65,16 +66,20 @@ class WorkspaceStub:
     GetOnlineDeployment: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.GetChildRequest, _workspace_pb2.OnlineDeploymentTrackedResource]
     ListOnlineDeployments: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.ListChildrenRequest, _workspace_pb2.OnlineDeploymentList]
     PatchOnlineDeployment: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.PatchRequest, _workspace_pb2.OnlineDeploymentTrackedResource]
-    """Replaces the tags (when the body has some) and scales to sku.capacity (when given)."""
+    """Replaces the tags (when the body names them) and scales to sku.capacity (when given)."""
     DeleteOnlineDeployment: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.GetChildRequest, _empty_pb2.Empty]
     PutBatchEndpoint: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.PutBatchEndpointRequest, _workspace_pb2.BatchEndpointTrackedResource]
     GetBatchEndpoint: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.GetResourceRequest, _workspace_pb2.BatchEndpointTrackedResource]
     ListBatchEndpoints: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.ListResourcesRequest, _workspace_pb2.BatchEndpointList]
     DeleteBatchEndpoint: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.GetResourceRequest, _empty_pb2.Empty]
+    PatchBatchEndpoint: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.PatchRequest, _workspace_pb2.BatchEndpointTrackedResource]
+    """Replaces the tags (when the body names them); nothing else changes."""
     PutBatchDeployment: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.PutBatchDeploymentRequest, _workspace_pb2.BatchDeploymentTrackedResource]
     GetBatchDeployment: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.GetChildRequest, _workspace_pb2.BatchDeploymentTrackedResource]
     ListBatchDeployments: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.ListChildrenRequest, _workspace_pb2.BatchDeploymentList]
     DeleteBatchDeployment: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.GetChildRequest, _empty_pb2.Empty]
+    PatchBatchDeployment: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.PatchBatchDeploymentRequest, _workspace_pb2.BatchDeploymentTrackedResource]
+    """Replaces the tags (when the body names them) and properties.description (when given)."""
     ListModelContainers: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.ListAssetContainersRequest, _workspace_pb2.AssetContainerList]
     """---- registered assets: Azure's models, environments and data, with their versions ----
     A container (`/models/{name}`) is read-only here: Sluice derives it from the versions.
@@ -108,7 +113,7 @@ class WorkspaceAsyncStub(WorkspaceStub):
     DeleteOnlineEndpoint: _aio.UnaryUnaryMultiCallable[_workspace_pb2.GetResourceRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     """Deletes the endpoint and all of its deployments."""
     PatchOnlineEndpoint: _aio.UnaryUnaryMultiCallable[_workspace_pb2.PatchRequest, _workspace_pb2.OnlineEndpointTrackedResource]  # type: ignore[assignment]
-    """Replaces the tags (when the body has some); nothing else changes."""
+    """Replaces the tags (when the body names them); nothing else changes."""
     ListKeys: _aio.UnaryUnaryMultiCallable[_workspace_pb2.GetResourceRequest, _workspace_pb2.EndpointAuthKeys]  # type: ignore[assignment]
     RegenerateKeys: _aio.UnaryUnaryMultiCallable[_workspace_pb2.RegenerateKeysBody, _empty_pb2.Empty]  # type: ignore[assignment]
     GetToken: _aio.UnaryUnaryMultiCallable[_workspace_pb2.GetResourceRequest, _workspace_pb2.EndpointAuthToken]  # type: ignore[assignment]
@@ -122,16 +127,20 @@ class WorkspaceAsyncStub(WorkspaceStub):
     GetOnlineDeployment: _aio.UnaryUnaryMultiCallable[_workspace_pb2.GetChildRequest, _workspace_pb2.OnlineDeploymentTrackedResource]  # type: ignore[assignment]
     ListOnlineDeployments: _aio.UnaryUnaryMultiCallable[_workspace_pb2.ListChildrenRequest, _workspace_pb2.OnlineDeploymentList]  # type: ignore[assignment]
     PatchOnlineDeployment: _aio.UnaryUnaryMultiCallable[_workspace_pb2.PatchRequest, _workspace_pb2.OnlineDeploymentTrackedResource]  # type: ignore[assignment]
-    """Replaces the tags (when the body has some) and scales to sku.capacity (when given)."""
+    """Replaces the tags (when the body names them) and scales to sku.capacity (when given)."""
     DeleteOnlineDeployment: _aio.UnaryUnaryMultiCallable[_workspace_pb2.GetChildRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     PutBatchEndpoint: _aio.UnaryUnaryMultiCallable[_workspace_pb2.PutBatchEndpointRequest, _workspace_pb2.BatchEndpointTrackedResource]  # type: ignore[assignment]
     GetBatchEndpoint: _aio.UnaryUnaryMultiCallable[_workspace_pb2.GetResourceRequest, _workspace_pb2.BatchEndpointTrackedResource]  # type: ignore[assignment]
     ListBatchEndpoints: _aio.UnaryUnaryMultiCallable[_workspace_pb2.ListResourcesRequest, _workspace_pb2.BatchEndpointList]  # type: ignore[assignment]
     DeleteBatchEndpoint: _aio.UnaryUnaryMultiCallable[_workspace_pb2.GetResourceRequest, _empty_pb2.Empty]  # type: ignore[assignment]
+    PatchBatchEndpoint: _aio.UnaryUnaryMultiCallable[_workspace_pb2.PatchRequest, _workspace_pb2.BatchEndpointTrackedResource]  # type: ignore[assignment]
+    """Replaces the tags (when the body names them); nothing else changes."""
     PutBatchDeployment: _aio.UnaryUnaryMultiCallable[_workspace_pb2.PutBatchDeploymentRequest, _workspace_pb2.BatchDeploymentTrackedResource]  # type: ignore[assignment]
     GetBatchDeployment: _aio.UnaryUnaryMultiCallable[_workspace_pb2.GetChildRequest, _workspace_pb2.BatchDeploymentTrackedResource]  # type: ignore[assignment]
     ListBatchDeployments: _aio.UnaryUnaryMultiCallable[_workspace_pb2.ListChildrenRequest, _workspace_pb2.BatchDeploymentList]  # type: ignore[assignment]
     DeleteBatchDeployment: _aio.UnaryUnaryMultiCallable[_workspace_pb2.GetChildRequest, _empty_pb2.Empty]  # type: ignore[assignment]
+    PatchBatchDeployment: _aio.UnaryUnaryMultiCallable[_workspace_pb2.PatchBatchDeploymentRequest, _workspace_pb2.BatchDeploymentTrackedResource]  # type: ignore[assignment]
+    """Replaces the tags (when the body names them) and properties.description (when given)."""
     ListModelContainers: _aio.UnaryUnaryMultiCallable[_workspace_pb2.ListAssetContainersRequest, _workspace_pb2.AssetContainerList]  # type: ignore[assignment]
     """---- registered assets: Azure's models, environments and data, with their versions ----
     A container (`/models/{name}`) is read-only here: Sluice derives it from the versions.
@@ -192,7 +201,7 @@ class WorkspaceServicer(metaclass=_abc_1.ABCMeta):
         request: _workspace_pb2.PatchRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_workspace_pb2.OnlineEndpointTrackedResource, _abc.Awaitable[_workspace_pb2.OnlineEndpointTrackedResource]]:
-        """Replaces the tags (when the body has some); nothing else changes."""
+        """Replaces the tags (when the body names them); nothing else changes."""
 
     @_abc_1.abstractmethod
     def ListKeys(
@@ -260,7 +269,7 @@ class WorkspaceServicer(metaclass=_abc_1.ABCMeta):
         request: _workspace_pb2.PatchRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_workspace_pb2.OnlineDeploymentTrackedResource, _abc.Awaitable[_workspace_pb2.OnlineDeploymentTrackedResource]]:
-        """Replaces the tags (when the body has some) and scales to sku.capacity (when given)."""
+        """Replaces the tags (when the body names them) and scales to sku.capacity (when given)."""
 
     @_abc_1.abstractmethod
     def DeleteOnlineDeployment(
@@ -298,6 +307,14 @@ class WorkspaceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]: ...
 
     @_abc_1.abstractmethod
+    def PatchBatchEndpoint(
+        self,
+        request: _workspace_pb2.PatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workspace_pb2.BatchEndpointTrackedResource, _abc.Awaitable[_workspace_pb2.BatchEndpointTrackedResource]]:
+        """Replaces the tags (when the body names them); nothing else changes."""
+
+    @_abc_1.abstractmethod
     def PutBatchDeployment(
         self,
         request: _workspace_pb2.PutBatchDeploymentRequest,
@@ -324,6 +341,14 @@ class WorkspaceServicer(metaclass=_abc_1.ABCMeta):
         request: _workspace_pb2.GetChildRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]: ...
+
+    @_abc_1.abstractmethod
+    def PatchBatchDeployment(
+        self,
+        request: _workspace_pb2.PatchBatchDeploymentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workspace_pb2.BatchDeploymentTrackedResource, _abc.Awaitable[_workspace_pb2.BatchDeploymentTrackedResource]]:
+        """Replaces the tags (when the body names them) and properties.description (when given)."""
 
     @_abc_1.abstractmethod
     def ListModelContainers(

@@ -15,6 +15,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from google.protobuf import struct_pb2
 from google.protobuf.message import Message
 from pydantic import BaseModel, ValidationError
 
@@ -206,6 +207,19 @@ def _check_name(path_name: str, body_name: str, what: str) -> None:
         raise InvalidArgument(
             f"the body names {what} {body_name!r} but the path {path_name!r}; they must match"
         )
+
+
+def patch_tags(tags: struct_pb2.Struct) -> dict[str, str]:
+    """A PATCH's tags, present in its body: they replace the whole set, as an
+    ARM PATCH of tags does: `{}` clears every tag, a null value leaves that one out."""
+    out: dict[str, str] = {}
+    for key, value in tags.fields.items():
+        kind = value.WhichOneof("kind")
+        if kind == "string_value":
+            out[key] = value.string_value
+        elif kind != "null_value":
+            raise InvalidArgument(f"tags.{key} must be a string (or null to remove it)")
+    return out
 
 
 def _set(message: Message, field: str) -> bool:

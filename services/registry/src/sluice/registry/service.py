@@ -163,8 +163,10 @@ class RegistryService:
         mirror_traffic: Mapping[str, int] | None,
         expected_version: int | None,
         actor: str,
+        replace: bool = False,
     ) -> OnlineEndpointDoc:
-        """Replace description, tags and auth mode; merge traffic/mirror maps if given."""
+        """Replace description, tags and auth mode; merge traffic/mirror maps if given (or,
+        with `replace`, make them the whole split: deployments they leave out get 0)."""
         domain.check_online_endpoint(spec)
 
         async def attempt() -> OnlineEndpointDoc:
@@ -182,7 +184,9 @@ class RegistryService:
                     "compute": spec.compute,
                 }
             )
-            return await self._store_traffic(current, updated, traffic, mirror_traffic, actor)
+            return await self._store_traffic(
+                current, updated, traffic, mirror_traffic, actor, replace=replace
+            )
 
         return await _with_retries(expected_version, attempt)
 
@@ -209,16 +213,18 @@ class RegistryService:
         traffic: Mapping[str, int] | None,
         mirror: Mapping[str, int] | None,
         actor: str,
+        *,
+        replace: bool = False,
     ) -> OnlineEndpointDoc:
         deployments = await self._deployment_names(spec.name)
         new_traffic = dict(current.spec.traffic)
         if traffic is not None:
-            new_traffic = domain.merge_traffic(current.spec.traffic, traffic, deployments)
+            base = {} if replace else current.spec.traffic
+            new_traffic = domain.merge_traffic(base, traffic, deployments)
         new_mirror = dict(current.spec.mirror_traffic)
         if mirror is not None:
-            new_mirror = domain.merge_mirror(
-                current.spec.mirror_traffic, mirror, new_traffic, deployments
-            )
+            base = {} if replace else current.spec.mirror_traffic
+            new_mirror = domain.merge_mirror(base, mirror, new_traffic, deployments)
         else:
             domain.check_mirror(new_mirror, new_traffic)
         spec = spec.model_copy(update={"traffic": new_traffic, "mirror_traffic": new_mirror})

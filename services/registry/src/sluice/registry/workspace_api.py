@@ -89,6 +89,7 @@ class WorkspaceApi(AssetResources, workspace_pb2_grpc.WorkspaceServicer):
                 mirror_traffic=mirror,
                 expected_version=expected,
                 actor=actor,
+                replace=True,  # a PUT's split is the whole split (Azure's PUT replaces)
             )
         await answer(context, doc.meta, created=current is None)
         return arm.online_endpoint(doc, self._scoring_base)
@@ -126,7 +127,7 @@ class WorkspaceApi(AssetResources, workspace_pb2_grpc.WorkspaceServicer):
         if request.resource.HasField("sku"):
             raise InvalidArgument("an online endpoint has no sku; PATCH its deployments' sku")
         current = await self._svc.get_online_endpoint(request.name)
-        tags = dict(request.resource.tags) or current.spec.tags
+        tags = self._patched_tags(request.resource, current.spec.tags)
         doc = await self._svc.update_online_endpoint(
             current.spec.model_copy(update={"tags": tags}),
             traffic=None,
@@ -136,6 +137,14 @@ class WorkspaceApi(AssetResources, workspace_pb2_grpc.WorkspaceServicer):
         )
         await answer(context, doc.meta)
         return arm.online_endpoint(doc, self._scoring_base)
+
+    @staticmethod
+    def _patched_tags(
+        resource: ws.PartialResource | ws.PartialBatchDeployment, current: dict[str, str]
+    ) -> dict[str, str]:
+        if not resource.HasField("tags"):
+            return current
+        return arm.patch_tags(resource.tags)
 
     @domain_errors
     async def ListKeys(self, request: ws.GetResourceRequest, context: Ctx) -> ws.EndpointAuthKeys:
@@ -241,7 +250,9 @@ class WorkspaceApi(AssetResources, workspace_pb2_grpc.WorkspaceServicer):
     ) -> ws.OnlineDeploymentTrackedResource:
         _, expected = if_match(context)
         current = await self._svc.get_online_deployment(request.endpoint_name, request.name)
-        changes: dict[str, object] = {"tags": dict(request.resource.tags) or current.spec.tags}
+        changes: dict[str, object] = {
+            "tags": self._patched_tags(request.resource, current.spec.tags)
+        }
         if request.resource.HasField("sku"):
             if request.resource.sku.capacity < 1:
                 raise InvalidArgument(
@@ -308,7 +319,39 @@ class WorkspaceApi(AssetResources, workspace_pb2_grpc.WorkspaceServicer):
         await self._svc.delete_batch_endpoint(request.name, actor_of(context))
         return empty_pb2.Empty()
 
+    @domain_errors
+    async def PatchBatchEndpoint(
+        self, request: ws.PatchRequest, context: Ctx
+    ) -> ws.BatchEndpointTrackedResource:
+        _, expected = if_match(context)
+        if request.resource.HasField("sku"):
+            raise InvalidArgument("a batch endpoint has no sku; PATCH may change its tags only")
+        current = await self._svc.get_batch_endpoint(request.name)
+        tags = self._patched_tags(request.resource, current.spec.tags)
+        doc = await self._svc.update_batch_endpoint(
+            current.spec.model_copy(update={"tags": tags}), expected, actor_of(context)
+        )
+        await answer(context, doc.meta)
+        return arm.batch_endpoint(doc, self._scoring_base)
+
     # ---- batch deployments ------------------------------------------------------------------
+
+    @domain_errors
+    async def PatchBatchDeployment(
+        self, request: ws.PatchBatchDeploymentRequest, context: Ctx
+    ) -> ws.BatchDeploymentTrackedResource:
+        _, expected = if_match(context)
+        current = await self._svc.get_batch_deployment(request.endpoint_name, request.name)
+        changes: dict[str, object] = {
+            "tags": self._patched_tags(request.resource, current.spec.tags)
+        }
+        if request.resource.properties.HasField("description"):
+            changes["description"] = request.resource.properties.description
+        doc = await self._svc.update_batch_deployment(
+            current.spec.model_copy(update=changes), expected, actor_of(context)
+        )
+        await answer(context, doc.meta)
+        return arm.batch_deployment(doc)
 
     @domain_errors
     async def PutBatchDeployment(

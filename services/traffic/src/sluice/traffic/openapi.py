@@ -39,6 +39,7 @@ _SCALARS: dict[int, dict[str, Any]] = {
 _WELL_KNOWN: dict[str, dict[str, Any]] = {
     ".google.protobuf.Timestamp": {"type": "string", "format": "date-time"},
     ".google.protobuf.Duration": {"type": "string"},
+    ".google.protobuf.Struct": {"type": "object"},  # any JSON object (a PATCH's tags)
 }
 _ERROR = {
     "type": "object",
