@@ -65,6 +65,7 @@ def _traffic_bench() -> Any:
     spec = importlib.util.spec_from_file_location("bench_traffic", path)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
