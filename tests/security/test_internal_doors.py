@@ -1,8 +1,8 @@
 """Attack 3: the platform's internal doors, tried from the machine without credentials.
 
-NATS: no connection without a user; the audit user reads events and can neither forge
-nor delete them; no service was ever refused a subject it needs (the batch jobs' own
-users: test_nats_permissions.py).
+NATS: no connection without a user, nor with what its configuration holds (bcrypt
+hashes); the audit user reads events and can neither forge nor delete them; no service
+was ever refused a subject it needs (the batch jobs' own users: test_nats_permissions.py).
 SecantusDB: nothing is read or written without the platform's user and password.
 """
 
@@ -26,6 +26,7 @@ from sluice.common.mongo_auth import with_credentials
 from sluice.common.nats_auth import (
     AUDIT_INBOX,
     AUDIT_USER,
+    CONFIG,
     FOLDER,
     PASSWORDS,
     with_user,
@@ -61,12 +62,26 @@ def nats_address(state: PlatformState) -> str:
 async def test_nats_refuses_a_connection_without_credentials(
     local_platform: PlatformState,
 ) -> None:
+    """No user, a guessed password, or what nats-server's configuration holds (a copy of
+    it is no credential: bcrypt hashes only)."""
     address = nats_address(local_platform)
-    for url in (address, with_user(address, "registry", "guessed")):
+    folder = local_platform.state_dir / FOLDER
+    config = json.loads((folder / CONFIG).read_text())
+    stored = {u["user"]: u["password"] for u in config["authorization"]["users"]}
+    assert all(p.startswith("$2a$") for p in stored.values()), stored
+    passwords = json.loads((folder / PASSWORDS).read_text())
+    assert not any(p in (folder / CONFIG).read_text() for p in passwords.values())
+    for url in (
+        address,
+        with_user(address, "registry", "guessed"),
+        with_user(address, "registry", stored["registry"]),
+    ):
         with pytest.raises(NatsError):
             await nats.connect(
                 url, allow_reconnect=False, connect_timeout=5, max_reconnect_attempts=0
             )
+    log = next(p.log_path for p in local_platform.processes if p.name == "nats").read_text()
+    assert "Plaintext passwords" not in log
 
 
 def events_url(state: PlatformState) -> subprocess.CompletedProcess[str]:

@@ -28,8 +28,12 @@ from sluice.common.nats_auth import (
     AUDIT_DURABLE,
     AUDIT_INBOX,
     AUDIT_USER,
+    BCRYPT_COST,
     CLI_USER,
+    CONFIG,
     FOLDER,
+    JOB_USERS,
+    STATIC_USERS,
     JobUsers,
     NatsUsers,
     Subjects,
@@ -116,6 +120,34 @@ async def two_jobs(secured_nats: Nats) -> AsyncIterator[dict[str, tuple[JobQueue
         jobs[job] = (queue, url)
     yield jobs
     await service.close()
+
+
+async def test_the_configuration_holds_no_password(
+    secured_nats: Nats, two_jobs: dict[str, tuple[JobQueue, str]]
+) -> None:
+    """nats-server's configuration and the files it is made of hold bcrypt hashes only:
+    a copy lets nobody connect, while each user's own password still does."""
+    folder = secured_nats.users.config_file.parent
+    config = json.loads(secured_nats.users.config_file.read_text())
+    stored = {u["user"]: u["password"] for u in config["authorization"]["users"]}
+    assert {"batch", AUDIT_USER, job_user("job-a"), job_user("job-b")} <= stored.keys()
+    assert all(p.startswith(f"$2a${BCRYPT_COST:02d}$") for p in stored.values()), stored
+    plain = [*secured_nats.users.passwords.values(), secured_nats.jobs.password("job-a")]
+    for name in (CONFIG, STATIC_USERS, JOB_USERS):
+        text = (folder / name).read_text()
+        assert not any(p in text for p in plain), name
+    for user in ("batch", AUDIT_USER, job_user("job-a")):
+        with pytest.raises(NatsError):
+            await connect(with_user(secured_nats.address, user, stored[user]))
+    own = await connect(two_jobs["job-a"][1])
+    await own.close()
+    # A job's user added again (a resumed job) keeps its password and its hash: no reload.
+    before = (folder / JOB_USERS).read_text()
+    queue = two_jobs["job-a"][0]
+    assert secured_nats.jobs.add("job-a", queue.worker_permissions()) == (
+        secured_nats.jobs.password("job-a")
+    )
+    assert (folder / JOB_USERS).read_text() == before
 
 
 def configured_users(config_file: Path) -> set[str]:

@@ -24,12 +24,23 @@ in its own environment only. The users:
   inbox prefix, and nothing else: another job's queue, the events, the streams are
   out of reach.
 
+nats-server's configuration holds only bcrypt hashes of the passwords (nats-server
+checks a `$2a$` password as a hash): a copy of it, or of `users.json` and
+`batch-jobs.json` it is made of, lets nobody connect. The plain passwords stay where
+only the platform reads them: the static users' in `passwords.json` (services get
+theirs in their environment, `sluice events-url` prints the audit user's), the
+jobs' derived from `batch-jobs.key` (an HMAC of the job's name, so a resumed job's
+runner finds the same password without storing it).
+
 A NATS named by SLUICE_NATS_URL is the operator's: its authentication is theirs.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
+import hmac
 import json
 import os
 import secrets
@@ -38,6 +49,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
+
+import bcrypt
 
 from sluice.common.events.catalogue import ALL, AUTOSCALE_SCALED
 
@@ -50,9 +63,15 @@ FOLDER = "nats-auth"
 PASSWORDS = "passwords.json"  # every static user's password
 STATIC_USERS = "users.json"  # their entries in the configuration (sluice up writes it)
 JOB_USERS = "batch-jobs.json"  # the batch jobs' users (the batch service writes it)
+JOB_KEY = "batch-jobs.key"  # the jobs' passwords are derived from it (JobUsers.password)
 CONFIG = "nats-server.conf"
 PID_FILE = "nats-server.pid"
 SERVER_NAME = "sluice"  # as components.nats_spec names it
+
+# bcrypt's lowest cost: the passwords are 192 random bits, which no cost factor makes
+# easier or harder to guess, while nats-server pays the cost at every connection (a job's
+# workers connect right after the reload that adds their user). bench/nats_bcrypt measures it.
+BCRYPT_COST = 4
 
 Permissions = dict[str, dict[str, list[str]]]
 # Events a service publishes besides those the catalogue names it the source of.
@@ -65,6 +84,15 @@ def _write_private(path: Path, text: str) -> None:
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
     tmp.replace(path)
+
+
+def hashed(password: str, known: str | None = None) -> str:
+    """The bcrypt hash nats-server's configuration holds for `password`: `known` (an earlier
+    hash) when it matches, so an unchanged user leaves the configuration unchanged."""
+    if known and known.startswith("$2") and bcrypt.checkpw(password.encode(), known.encode()):
+        return known
+    salt = bcrypt.gensalt(BCRYPT_COST, prefix=b"2a")  # the prefix nats-server documents
+    return bcrypt.hashpw(password.encode(), salt).decode()
 
 
 def with_user(url: str, user: str, password: str) -> str:
@@ -152,7 +180,10 @@ def cli_permissions(s: Subjects) -> Permissions:
     return {"publish": {"deny": [">"]}, "subscribe": {"allow": [f"{s.events_prefix}.>"]}}
 
 
-def static_entries(passwords: dict[str, str], services: list[str], s: Subjects) -> list[Any]:
+def static_entries(
+    passwords: dict[str, str], services: list[str], s: Subjects, known: dict[str, str]
+) -> list[Any]:
+    """The static users' configuration entries; `known`: their hashes written before."""
     entries: list[Any] = []
     for user in sorted(passwords):
         if user == CLI_USER:
@@ -163,7 +194,8 @@ def static_entries(passwords: dict[str, str], services: list[str], s: Subjects) 
             permissions = service_permissions(user, s)
         else:
             continue  # a user of an earlier version (e.g. the shared batch-worker): gone
-        entries.append({"user": user, "password": passwords[user], "permissions": permissions})
+        password = hashed(passwords[user], known.get(user))
+        entries.append({"user": user, "password": password, "permissions": permissions})
     return entries
 
 
@@ -201,8 +233,14 @@ class NatsUsers:
         for user in [*services, CLI_USER, AUDIT_USER]:
             passwords.setdefault(user, secrets.token_urlsafe(24))
         _write_private(stored, json.dumps(passwords, indent=1))
-        entries = static_entries(passwords, services, subjects)
-        _write_private(folder / STATIC_USERS, json.dumps(entries, indent=1))
+        static = folder / STATIC_USERS
+        known = (
+            {e["user"]: e["password"] for e in json.loads(static.read_text())}
+            if static.exists()
+            else {}
+        )
+        entries = static_entries(passwords, services, subjects, known)
+        _write_private(static, json.dumps(entries, indent=1))
         return cls(passwords=passwords, config_file=render(folder), pid_file=folder / PID_FILE)
 
     def url(self, base: str, user: str) -> str:
@@ -232,13 +270,26 @@ class JobUsers:
         render(self.folder)
         self._reload()
 
+    def password(self, job: str) -> str:
+        """The job's password: an HMAC of its name with the folder's key (made once, 0600),
+        the same again when a restarted batch service resumes the job."""
+        key_file = self.folder / JOB_KEY
+        if not key_file.exists():
+            _write_private(key_file, secrets.token_urlsafe(32))
+        digest = hmac.new(key_file.read_bytes(), job.encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest[:24]).decode()
+
     def add(self, job: str, permissions: Permissions) -> str:
         """The job's user (created, or its permissions refreshed); returns its password."""
         user = job_user(job)
         entries = self._entries()
         old = next((e for e in entries if e["user"] == user), None)
-        password = old["password"] if old else secrets.token_urlsafe(24)
-        entry = {"user": user, "password": password, "permissions": permissions}
+        password = self.password(job)
+        entry = {
+            "user": user,
+            "password": hashed(password, old["password"] if old else None),
+            "permissions": permissions,
+        }
         if old != entry:
             self._save([e for e in entries if e["user"] != user] + [entry])
         return password
