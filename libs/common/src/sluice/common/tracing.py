@@ -64,21 +64,22 @@ def configure_tracing(
         return False
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
     from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
 
-    root = ALWAYS_ON if sampled_by_caller else TraceIdRatioBased(sampling_ratio)
+    # A caller that samples itself starts only spans it means to record: no parent to consult.
+    sampler = ALWAYS_ON if sampled_by_caller else ParentBased(TraceIdRatioBased(sampling_ratio))
     provider = TracerProvider(
         resource=Resource.create({"service.name": f"sluice-{service}", **(resource or {})}),
-        sampler=ParentBased(root),
+        sampler=sampler,
     )
     if folder is not None:
-        from sluice.common.trace_files import JsonLinesExporter
+        from sluice.common.trace_files import InlineBatchProcessor, JsonLinesExporter
 
         exporter = JsonLinesExporter(folder / f"{service}-{os.getpid()}.jsonl", service)
-        provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=500))
+        provider.add_span_processor(InlineBatchProcessor(exporter))
     if otlp_endpoint:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
         otlp = OTLPSpanExporter(endpoint=otlp_endpoint, insecure=otlp_endpoint.startswith("http:"))
         provider.add_span_processor(BatchSpanProcessor(otlp))
@@ -131,11 +132,15 @@ def _instrument(names: Sequence[str]) -> None:
         PymongoInstrumentor().instrument()
 
 
-def shutdown() -> None:
-    """Export what is buffered (the SDK also does it at interpreter exit)."""
+def flush(timeout_s: float = 2.0) -> None:
+    """Export what is buffered, waiting at most `timeout_s` for a collector.
+
+    The SDK also does it at interpreter exit, which a process leaving with `os._exit`
+    (the inference server) skips.
+    """
     provider = trace.get_tracer_provider()
-    if hasattr(provider, "shutdown"):
-        provider.shutdown()
+    if hasattr(provider, "force_flush"):
+        provider.force_flush(int(timeout_s * 1000))
 
 
 # ---- context across messages (CloudEvents' distributed tracing extension) -----------------

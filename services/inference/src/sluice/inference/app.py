@@ -489,6 +489,10 @@ async def serve(config: ServerConfig, registry: CollectorRegistry | None = None)
         await grpc_server.stop(1)
     if app.collector is not None:
         app.collector.close()
+    if app.tracing is not None:  # the last requests' spans, before os._exit
+        from sluice.common.tracing import flush
+
+        flush()
     return 0
 
 

@@ -11,10 +11,18 @@ server span's `traceparent`.
 
 Without `--trace-dir`/`--trace-otlp-endpoint` no `RequestTracer` exists and a
 request pays one `is None` test.
+
+A traced request is on the hot path, so this module keeps it to the SDK's own cost
+(bench/tracing measures it): endpoint/deployment/instance are resource attributes
+(stated once, not per span), span names are built once per route, run()'s span is
+started with an explicit parent and made current with a bare attach/detach (no
+context-manager layers), and success log lines are not even formatted unless debug
+logging is on.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import secrets
@@ -22,7 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 import structlog
-from opentelemetry import propagate, trace
+from opentelemetry import context, propagate, trace
 from opentelemetry.trace import (
     NonRecordingSpan,
     Span,
@@ -83,6 +91,8 @@ class RequestTracer:
     def __init__(self, tracer: trace.Tracer, ratio: float) -> None:
         self.tracer = tracer
         self.ratio = ratio
+        self._names: dict[tuple[str, str], str] = {}  # (method, route) -> span name
+        self._log_successes = log.is_enabled_for(logging.DEBUG)
 
     def start(self, request: HttpRequest, request_id: str, route: str) -> Span | None:
         """The request's span, or None when the request is not traced.
@@ -102,34 +112,59 @@ class RequestTracer:
                 carrier["tracestate"] = state.decode("latin-1")
         elif self.ratio < 1.0 and self.ratio <= random.random():  # noqa: S311 - sampling
             return None
+        method = request.method
+        name = self._names.get((method, route))
+        if name is None:
+            name = self._names.setdefault((method, route), f"{method} {route}")
         return self.tracer.start_span(
-            f"{request.method} {route}",
+            name,
             context=propagate.extract(carrier) if carrier else None,
             kind=SpanKind.SERVER,
             attributes={
                 "sluice.request_id": request_id,
-                "http.request.method": request.method,
+                "http.request.method": method,
                 "url.path": request.path,
             },
         )
 
     def run(self, call: Callable[[], Any], span: Span, is_async: bool) -> Callable[[], Any]:
-        """`call` (one run()) inside a child span of the request's."""
+        """`call` (one run()) inside a child span of the request's.
+
+        The run span is the current span while run() runs, so spans the scoring script
+        makes itself are its children.
+        """
         if not span.is_recording():
             return call
         parent = trace.set_span_in_context(span)
+        tracer = self.tracer
 
         if is_async:
 
             async def traced_async() -> Any:
-                with self.tracer.start_as_current_span("run", parent):
+                run = tracer.start_span("run", parent)
+                token = context.attach(trace.set_span_in_context(run, parent))
+                try:
                     return await call()
+                except Exception as exc:
+                    _record(run, exc)
+                    raise
+                finally:
+                    context.detach(token)
+                    run.end()
 
             return traced_async
 
         def traced() -> Any:
-            with self.tracer.start_as_current_span("run", parent):
+            run = tracer.start_span("run", parent)
+            token = context.attach(trace.set_span_in_context(run, parent))
+            try:
                 return call()
+            except Exception as exc:
+                _record(run, exc)
+                raise
+            finally:
+                context.detach(token)
+                run.end()
 
         return traced
 
@@ -160,11 +195,20 @@ class RequestTracer:
         """
         span.set_attribute("http.response.status_code", status)
         ctx = span.get_span_context()
-        trace_id = format(ctx.trace_id, "032x")
-        headers.append((b"traceparent", f"00-{trace_id}-{ctx.span_id:016x}-01".encode()))
+        headers.append((b"traceparent", f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-01".encode()))
         if status >= 500:
             span.set_status(Status(StatusCode.ERROR, f"HTTP {status}"))
-            log.warning("request", request_id=request_id, trace_id=trace_id, status=status)
-        else:
-            log.debug("request", request_id=request_id, trace_id=trace_id, status=status)
+            log.warning(
+                "request", request_id=request_id, trace_id=f"{ctx.trace_id:032x}", status=status
+            )
+        elif self._log_successes:
+            log.debug(
+                "request", request_id=request_id, trace_id=f"{ctx.trace_id:032x}", status=status
+            )
         span.end()
+
+
+def _record(span: Span, exc: Exception) -> None:
+    """What the SDK's `start_as_current_span` does with an exception leaving its block."""
+    span.record_exception(exc)
+    span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
