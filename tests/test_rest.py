@@ -110,6 +110,29 @@ def test_endpoint_and_deployment_crud(
     assert ready["properties"]["endpointComputeType"] == "Managed"
     wait_for(lambda: succeeded("green"), "the second deployment made over REST runs", 240)
 
+    # Azure Monitor's metrics API, at the endpoint's and at a deployment's scope.
+    monitor = f"/onlineEndpoints/{name}/providers/Microsoft.Insights/metrics"
+    status, metrics = rest.call(
+        "GET", f"{monitor}?metricnames=RequestsPerMinute,RequestLatency_P99"
+    )
+    assert status == 200, metrics
+    assert metrics["interval"] == "PT1M" and metrics["namespace"].endswith("/onlineEndpoints")
+    assert [m["name"]["value"] for m in metrics["value"]] == [
+        "RequestsPerMinute",
+        "RequestLatency_P99",
+    ]
+    assert len(metrics["value"][0]["timeseries"][0]["data"]) >= 60  # every minute of the hour
+    status, error = rest.call("GET", f"{monitor}?metricnames=CpuUtilizationPercentage")
+    assert status == 400 and "deployments/{deployment}/providers" in error["message"]
+    status, error = rest.call("GET", f"{monitor}?$filter=instance eq 'x'")
+    assert status == 400 and "$filter" in error["message"]
+    status, metrics = rest.call(
+        "GET", f"/onlineEndpoints/{name}/deployments/blue/providers/Microsoft.Insights/metrics"
+        "?metricnames=CpuUtilizationPercentage,DeploymentCapacity&interval=PT5M&timespan=PT1H"
+    )  # fmt: skip
+    assert status == 200 and metrics["interval"] == "PT5M", metrics
+    assert [m["unit"] for m in metrics["value"]] == ["Percent", "Count"]
+
     status, ep = rest.call(
         "POST", f"/onlineEndpoints/{name}/setTraffic", {"traffic": {"blue": 100}}
     )

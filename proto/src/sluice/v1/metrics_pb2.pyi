@@ -475,3 +475,232 @@ class DeleteAlertRuleResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteAlertRuleResponse: _TypeAlias = DeleteAlertRuleResponse  # noqa: Y015
+
+@_typing.final
+class ListAzureMetricsRequest(_message.Message):
+    """---- Azure Monitor's metrics shape ----------------------------------------------------------"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENDPOINT_NAME_FIELD_NUMBER: _builtins.int
+    DEPLOYMENT_NAME_FIELD_NUMBER: _builtins.int
+    METRICNAMES_FIELD_NUMBER: _builtins.int
+    TIMESPAN_FIELD_NUMBER: _builtins.int
+    INTERVAL_FIELD_NUMBER: _builtins.int
+    AGGREGATION_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
+    endpoint_name: _builtins.str
+    deployment_name: _builtins.str
+    """"" = the endpoint's scope"""
+    metricnames: _builtins.str
+    """comma-separated Azure metric names; "" = RequestsPerMinute"""
+    timespan: _builtins.str
+    """"<start>/<end>" (ISO 8601 date-times) or "<start>/<duration>"; "" = the last hour."""
+    interval: _builtins.str
+    """ISO 8601, a whole number of minutes; "" = PT1M"""
+    aggregation: _builtins.str
+    """comma-separated: Average (default), Total (RequestsPerMinute)"""
+    filter: _builtins.str
+    """Only "deployment eq '*'": one time series per deployment (at the endpoint's scope)."""
+    def __init__(
+        self,
+        *,
+        endpoint_name: _builtins.str = ...,
+        deployment_name: _builtins.str = ...,
+        metricnames: _builtins.str = ...,
+        timespan: _builtins.str = ...,
+        interval: _builtins.str = ...,
+        aggregation: _builtins.str = ...,
+        filter: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregation", b"aggregation", "deployment_name", b"deployment_name", "endpoint_name", b"endpoint_name", "filter", b"filter", "interval", b"interval", "metricnames", b"metricnames", "timespan", b"timespan"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAzureMetricsRequest: _TypeAlias = ListAzureMetricsRequest  # noqa: Y015
+
+@_typing.final
+class AzureLocalizableString(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALUE_FIELD_NUMBER: _builtins.int
+    LOCALIZED_VALUE_FIELD_NUMBER: _builtins.int
+    value: _builtins.str
+    localized_value: _builtins.str
+    def __init__(
+        self,
+        *,
+        value: _builtins.str = ...,
+        localized_value: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["localized_value", b"localized_value", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AzureLocalizableString: _TypeAlias = AzureLocalizableString  # noqa: Y015
+
+@_typing.final
+class AzureMetricValue(_message.Message):
+    """One interval: only timeStamp when nothing was recorded in it, as Azure answers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIME_STAMP_FIELD_NUMBER: _builtins.int
+    AVERAGE_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    average: _builtins.float
+    total: _builtins.float
+    @_builtins.property
+    def time_stamp(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        time_stamp: _timestamp_pb2.Timestamp | None = ...,
+        average: _builtins.float | None = ...,
+        total: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_average", b"_average", "_total", b"_total", "average", b"average", "time_stamp", b"time_stamp", "total", b"total"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_average", b"_average", "_total", b"_total", "average", b"average", "time_stamp", b"time_stamp", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__average: _TypeAlias = _typing.Literal["average"]  # noqa: Y015
+    _WhichOneofArgType__average: _TypeAlias = _typing.Literal["_average", b"_average"]  # noqa: Y015
+    _WhichOneofReturnType__total: _TypeAlias = _typing.Literal["total"]  # noqa: Y015
+    _WhichOneofArgType__total: _TypeAlias = _typing.Literal["_total", b"_total"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__average) -> _WhichOneofReturnType__average | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__total) -> _WhichOneofReturnType__total | None: ...
+
+Global___AzureMetricValue: _TypeAlias = AzureMetricValue  # noqa: Y015
+
+@_typing.final
+class AzureMetadataValue(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    value: _builtins.str
+    @_builtins.property
+    def name(self) -> Global___AzureLocalizableString: ...
+    def __init__(
+        self,
+        *,
+        name: Global___AzureLocalizableString | None = ...,
+        value: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AzureMetadataValue: _TypeAlias = AzureMetadataValue  # noqa: Y015
+
+@_typing.final
+class AzureTimeSeries(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METADATAVALUES_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def metadatavalues(self) -> _containers.RepeatedCompositeFieldContainer[Global___AzureMetadataValue]: ...
+    @_builtins.property
+    def data(self) -> _containers.RepeatedCompositeFieldContainer[Global___AzureMetricValue]: ...
+    def __init__(
+        self,
+        *,
+        metadatavalues: _abc.Iterable[Global___AzureMetadataValue] | None = ...,
+        data: _abc.Iterable[Global___AzureMetricValue] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "metadatavalues", b"metadatavalues"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AzureTimeSeries: _TypeAlias = AzureTimeSeries  # noqa: Y015
+
+@_typing.final
+class AzureMetric(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    DISPLAY_DESCRIPTION_FIELD_NUMBER: _builtins.int
+    UNIT_FIELD_NUMBER: _builtins.int
+    TIMESERIES_FIELD_NUMBER: _builtins.int
+    ERROR_CODE_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    type: _builtins.str
+    """"Microsoft.Insights/metrics" """
+    display_description: _builtins.str
+    unit: _builtins.str
+    """Count, MilliSeconds, Percent, BytesPerSecond"""
+    error_code: _builtins.str
+    """"Success" """
+    @_builtins.property
+    def name(self) -> Global___AzureLocalizableString: ...
+    @_builtins.property
+    def timeseries(self) -> _containers.RepeatedCompositeFieldContainer[Global___AzureTimeSeries]: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        type: _builtins.str = ...,
+        name: Global___AzureLocalizableString | None = ...,
+        display_description: _builtins.str = ...,
+        unit: _builtins.str = ...,
+        timeseries: _abc.Iterable[Global___AzureTimeSeries] | None = ...,
+        error_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_description", b"display_description", "error_code", b"error_code", "id", b"id", "name", b"name", "timeseries", b"timeseries", "type", b"type", "unit", b"unit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AzureMetric: _TypeAlias = AzureMetric  # noqa: Y015
+
+@_typing.final
+class AzureMetricsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COST_FIELD_NUMBER: _builtins.int
+    TIMESPAN_FIELD_NUMBER: _builtins.int
+    INTERVAL_FIELD_NUMBER: _builtins.int
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    RESOURCEREGION_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    cost: _builtins.int
+    timespan: _builtins.str
+    """"<start>/<end>" """
+    interval: _builtins.str
+    namespace: _builtins.str
+    """"Microsoft.MachineLearningServices/workspaces/onlineEndpoints[/deployments]" """
+    resourceregion: _builtins.str
+    """"local" """
+    @_builtins.property
+    def value(self) -> _containers.RepeatedCompositeFieldContainer[Global___AzureMetric]: ...
+    def __init__(
+        self,
+        *,
+        cost: _builtins.int = ...,
+        timespan: _builtins.str = ...,
+        interval: _builtins.str = ...,
+        namespace: _builtins.str = ...,
+        resourceregion: _builtins.str = ...,
+        value: _abc.Iterable[Global___AzureMetric] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "interval", b"interval", "namespace", b"namespace", "resourceregion", b"resourceregion", "timespan", b"timespan", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AzureMetricsResponse: _TypeAlias = AzureMetricsResponse  # noqa: Y015

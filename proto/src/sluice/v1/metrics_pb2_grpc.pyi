@@ -34,6 +34,12 @@ class MetricsStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> MetricsAsyncStub: ...
     GetEndpointMetrics: _grpc.UnaryUnaryMultiCallable[_metrics_pb2.GetEndpointMetricsRequest, _metrics_pb2.EndpointMetrics]
+    ListEndpointAzureMetrics: _grpc.UnaryUnaryMultiCallable[_metrics_pb2.ListAzureMetricsRequest, _metrics_pb2.AzureMetricsResponse]
+    """Azure Monitor's metrics API (`Metrics - List`) for an endpoint or a deployment: the
+    same minutes as GetEndpointMetrics, answered as Azure answers (metric names and
+    scopes as Azure's, docs/metrics.md).
+    """
+    ListDeploymentAzureMetrics: _grpc.UnaryUnaryMultiCallable[_metrics_pb2.ListAzureMetricsRequest, _metrics_pb2.AzureMetricsResponse]
     GetCosts: _grpc.UnaryUnaryMultiCallable[_metrics_pb2.GetCostsRequest, _metrics_pb2.CostReport]
     CreateAlertRule: _grpc.UnaryUnaryMultiCallable[_metrics_pb2.AlertRule, _metrics_pb2.AlertRule]
     ListAlertRules: _grpc.UnaryUnaryMultiCallable[_metrics_pb2.ListAlertRulesRequest, _metrics_pb2.ListAlertRulesResponse]
@@ -43,6 +49,12 @@ class MetricsStub:
 class MetricsAsyncStub(MetricsStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetEndpointMetrics: _aio.UnaryUnaryMultiCallable[_metrics_pb2.GetEndpointMetricsRequest, _metrics_pb2.EndpointMetrics]  # type: ignore[assignment]
+    ListEndpointAzureMetrics: _aio.UnaryUnaryMultiCallable[_metrics_pb2.ListAzureMetricsRequest, _metrics_pb2.AzureMetricsResponse]  # type: ignore[assignment]
+    """Azure Monitor's metrics API (`Metrics - List`) for an endpoint or a deployment: the
+    same minutes as GetEndpointMetrics, answered as Azure answers (metric names and
+    scopes as Azure's, docs/metrics.md).
+    """
+    ListDeploymentAzureMetrics: _aio.UnaryUnaryMultiCallable[_metrics_pb2.ListAzureMetricsRequest, _metrics_pb2.AzureMetricsResponse]  # type: ignore[assignment]
     GetCosts: _aio.UnaryUnaryMultiCallable[_metrics_pb2.GetCostsRequest, _metrics_pb2.CostReport]  # type: ignore[assignment]
     CreateAlertRule: _aio.UnaryUnaryMultiCallable[_metrics_pb2.AlertRule, _metrics_pb2.AlertRule]  # type: ignore[assignment]
     ListAlertRules: _aio.UnaryUnaryMultiCallable[_metrics_pb2.ListAlertRulesRequest, _metrics_pb2.ListAlertRulesResponse]  # type: ignore[assignment]
@@ -55,6 +67,24 @@ class MetricsServicer(metaclass=_abc_1.ABCMeta):
         request: _metrics_pb2.GetEndpointMetricsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_metrics_pb2.EndpointMetrics, _abc.Awaitable[_metrics_pb2.EndpointMetrics]]: ...
+
+    @_abc_1.abstractmethod
+    def ListEndpointAzureMetrics(
+        self,
+        request: _metrics_pb2.ListAzureMetricsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metrics_pb2.AzureMetricsResponse, _abc.Awaitable[_metrics_pb2.AzureMetricsResponse]]:
+        """Azure Monitor's metrics API (`Metrics - List`) for an endpoint or a deployment: the
+        same minutes as GetEndpointMetrics, answered as Azure answers (metric names and
+        scopes as Azure's, docs/metrics.md).
+        """
+
+    @_abc_1.abstractmethod
+    def ListDeploymentAzureMetrics(
+        self,
+        request: _metrics_pb2.ListAzureMetricsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metrics_pb2.AzureMetricsResponse, _abc.Awaitable[_metrics_pb2.AzureMetricsResponse]]: ...
 
     @_abc_1.abstractmethod
     def GetCosts(

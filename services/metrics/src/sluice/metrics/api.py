@@ -14,7 +14,7 @@ from pymongo.errors import DuplicateKeyError
 
 from sluice.common.mongo import Document
 from sluice.common.resources import ONLINE_DEPLOYMENTS, ONLINE_ENDPOINTS, deployment_id
-from sluice.metrics import alerts, costs, query, sketch
+from sluice.metrics import alerts, azure_monitor, costs, query, sketch
 from sluice.metrics.cache import PointCache
 from sluice.metrics.store import MetricsStore
 from sluice.v1 import metrics_pb2, metrics_pb2_grpc
@@ -249,8 +249,14 @@ class MetricsQueries:
             latency_relative_accuracy=sketch.RELATIVE_ACCURACY,
         )
 
+    async def azure_metrics(self, request: Any) -> Any:
+        """Azure Monitor's answer (sluice.metrics.azure_monitor) over the same points."""
+        wanted = azure_monitor.parse(request, self._bucket_s, datetime.now(UTC))
+        found = await self.endpoint_metrics(azure_monitor.points_request(request, wanted))
+        return azure_monitor.answer(request, wanted, list(found.points))
 
-ERRORS = (InvalidArgument, NotFound, AlreadyExists)
+
+ERRORS = (InvalidArgument, NotFound, AlreadyExists, azure_monitor.BadQuery)
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> NoReturn:
@@ -338,6 +344,22 @@ class MetricsApi(metrics_pb2_grpc.MetricsServicer):
     async def GetEndpointMetrics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             return await self._queries.endpoint_metrics(request)
+        except ERRORS as exc:
+            await _abort(context, exc)
+
+    async def ListEndpointAzureMetrics(
+        self, request: Any, context: grpc.aio.ServicerContext
+    ) -> Any:
+        try:
+            return await self._queries.azure_metrics(request)
+        except ERRORS as exc:
+            await _abort(context, exc)
+
+    async def ListDeploymentAzureMetrics(
+        self, request: Any, context: grpc.aio.ServicerContext
+    ) -> Any:
+        try:
+            return await self._queries.azure_metrics(request)
         except ERRORS as exc:
             await _abort(context, exc)
 
