@@ -3,7 +3,8 @@
 One inference server (the example sklearn model, one row of 10 values per request,
 `--max-concurrent-requests 32`, `--grpc-port`) behind one Envoy configured from the
 traffic controller's own snapshot builder (a key endpoint; REST goes to the
-deployment's HTTP/1.1 cluster, gRPC to its HTTP/2 twin). The same load generator,
+deployment's HTTP/1.1 cluster, and so does gRPC ModelInfer, which Envoy's reverse
+transcoder turns into JSON: traffic/xds/grpc_json.py). The same load generator,
 h2load (nghttp2), sends each request kind, so only the protocol differs:
 
 - `REST v2, HTTP/1.1`: `POST /v2/models/bench/infer`, JSON tensors, h2load `--h1`;

@@ -28,7 +28,7 @@ from sluice.sdk.specs import load_online_deployment, load_online_endpoint
 from sluice.testing.cli import Cli
 from sluice.testing.events import scaled_events
 from sluice.testing.plugin import EnvoyGateway, RunningService, ServiceStarter
-from sluice.testing.traffic import GatewayPorts, start_controller
+from sluice.testing.traffic import GatewayPorts, Traffic, start_controller
 from sluice.testing.wait import wait_for
 from sluice.v1 import autoscale_pb2
 from sluice.v1 import grpc_predict_v2_pb2 as pb
@@ -38,6 +38,35 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 ENDPOINT = "my-endpoint"
 BODY = b'{"data": [[1,2,3,4,5,6,7,8,9,10]]}'
 IDLE = "RequestsPerMinute < 1 avg 10s"
+
+
+def infer_request() -> pb.ModelInferRequest:
+    """BODY's row as an OIP gRPC ModelInfer (raw contents, as tritonclient sends it)."""
+    infer = pb.ModelInferRequest(model_name=ENDPOINT, id="cold-1")
+    infer.inputs.add(name="x", datatype="FP64", shape=[1, 10])
+    infer.raw_input_contents.append(struct.pack("<10d", *range(1, 11)))
+    return infer
+
+
+def grpc_call(traffic: Traffic, key: str, method: str, request: Any) -> tuple[Any, grpc.Call]:
+    """One OIP gRPC call through the gateway (generous deadline: it may wake the deployment)."""
+    options = [("grpc.default_authority", traffic.host(ENDPOINT))]
+    with grpc.insecure_channel(f"127.0.0.1:{traffic.http.port}", options=options) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        metadata = [("authorization", f"Bearer {key}")]
+        reply, call = getattr(stub, method).with_call(request, metadata=metadata, timeout=60)
+        return reply, call
+
+
+def served(reply: pb.ModelInferResponse, call: grpc.Call) -> bool:
+    """A ModelInfer answer: one FP64 prediction, from blue."""
+    (output,) = reply.outputs
+    return (
+        reply.id == "cold-1"
+        and list(output.shape) == [1]
+        and len(reply.raw_output_contents[0]) == 8
+        and dict(call.initial_metadata())["azureml-model-deployment"] == "blue"
+    )
 
 
 def test_a_deployment_at_zero_answers_its_first_request_and_goes_back_to_zero(
@@ -126,7 +155,9 @@ def test_a_deployment_at_zero_answers_its_first_request_and_goes_back_to_zero(
 
     # The provisioner dies (kill -9) while the setting holds blue at zero: its successor
     # reads the setting's zero at start, lists its own activator in the dead one's place,
-    # starts nothing, and a request through Envoy still wakes blue (then idle, zero again).
+    # starts nothing, and a request through Envoy still wakes blue (then idle, zero again):
+    # here an OIP gRPC ModelInfer, which the gateway transcodes to the REST cluster, so the
+    # activator holds it as it holds REST.
     old = instances()[0].address
     os.kill(provisioner.process.pid, signal.SIGKILL)
     start_service("provisioner")
@@ -140,8 +171,9 @@ def test_a_deployment_at_zero_answers_its_first_request_and_goes_back_to_zero(
     while time.monotonic() < until:
         assert at_zero() and stopped(), "the restart started an instance"
         time.sleep(0.5)  # watching that nothing changes, not waiting for a condition
-    status, _, body = traffic.score(ENDPOINT, key, body=BODY)
-    assert status == 200, body
+    started = time.perf_counter()
+    assert served(*grpc_call(traffic, key, "ModelInfer", infer_request()))
+    print(f"scale from zero, gRPC ModelInfer: first response {time.perf_counter() - started:.3f} s")
     wait_for(at_zero, "back to zero after the wake by the new activator", deadline=90)
 
     # Deleted while at zero (with its endpoint): it goes (the activator is no instance to
@@ -177,8 +209,8 @@ def test_min_instances_zero_in_scale_settings_goes_to_zero_when_idle_and_wakes(
     for the idle period (its instances count requests in their liveness answers), and a
     request wakes it; the decisions are published and listed by `sluice monitor autoscale
     show --resource`; a provisioner killed while it is at zero leaves it at zero for its
-    successor, whose activator wakes it (there with an OIP gRPC call, which the activator
-    holds and relays as it does REST)."""
+    successor, whose activator wakes it (there with an OIP gRPC ModelMetadata call, which
+    the activator's gRPC side holds and relays)."""
     monkeypatch.setenv("SLUICE_SCALE_TO_ZERO_IDLE_S", "6")
     start_service.settings = start_service.settings.model_copy(update={"envs_dir": envs_dir})
     provisioner = start_service("provisioner")
@@ -284,28 +316,21 @@ def test_min_instances_zero_in_scale_settings_goes_to_zero_when_idle_and_wakes(
         time.sleep(0.5)  # watching that nothing changes, not waiting for a condition
     # Straight to the activator's gRPC port, without the gateway's secret: refused, and
     # nothing woken.
-    infer = pb.ModelInferRequest(model_name=ENDPOINT, id="cold-1")
-    infer.inputs.add(name="x", datatype="FP64", shape=[1, 10])
-    infer.raw_input_contents.append(struct.pack("<10d", *range(1, 11)))
     with (
         grpc.insecure_channel(activator.grpc_address) as channel,
         pytest.raises(grpc.RpcError) as refused,
     ):
-        pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(infer, timeout=10)
+        pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(infer_request(), timeout=10)
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert ids() == ["blue-activator"]
-    # Through the gateway (the twin gRPC cluster lists the activator's gRPC port): the call
-    # is held while blue starts and answered, with the deployment named as REST does.
-    options = [("grpc.default_authority", traffic.host(ENDPOINT))]
-    with grpc.insecure_channel(f"127.0.0.1:{traffic.http.port}", options=options) as channel:
-        stub = pb_grpc.GRPCInferenceServiceStub(channel)
-        started = time.perf_counter()
-        reply, call = stub.ModelInfer.with_call(
-            infer, metadata=[("authorization", f"Bearer {key}")], timeout=60
-        )
-        cold = time.perf_counter() - started
-    assert reply.id == "cold-1" and [list(o.shape) for o in reply.outputs] == [[1]]
-    assert len(reply.raw_output_contents[0]) == 8  # one FP64 prediction
+    # Through the gateway, a gRPC method other than ModelInfer (those go to the instances'
+    # gRPC servers; the twin cluster lists the activator's gRPC relay): held while blue
+    # starts, relayed, answered with the deployment named as REST does.
+    started = time.perf_counter()
+    meta, call = grpc_call(traffic, key, "ModelMetadata", pb.ModelMetadataRequest(name=ENDPOINT))
+    cold = time.perf_counter() - started
+    assert meta.name and meta.outputs[0].name == "predict"
     assert dict(call.initial_metadata())["azureml-model-deployment"] == "blue"
-    print(f"scale_settings zero, gRPC: first response {cold:.3f} s")
+    print(f"scale_settings zero, gRPC ModelMetadata: first response {cold:.3f} s")
+    assert served(*grpc_call(traffic, key, "ModelInfer", infer_request()))
     wait_for(serving, "woken by the new provisioner's activator", deadline=30)

@@ -1,7 +1,8 @@
 """The Open Inference Protocol over gRPC through the gateway: a stock gRPC client (the
 generated `inference.GRPCInferenceService` stub) reaches real inference servers with the
 same keys and tokens, traffic split and `azureml-model-deployment` pin as REST, over h2c
-and TLS."""
+and TLS. `ModelInfer` is transcoded by the gateway to the instances' HTTP/1.1 servers
+(proto3 JSON; raw contents in base64), the other methods go to their gRPC servers."""
 
 from __future__ import annotations
 
@@ -116,6 +117,13 @@ async def test_grpc_scoring_through_the_gateway(
         error = refused(key, ("azureml-model-deployment", "red"))
         assert error.code() == grpc.StatusCode.UNIMPLEMENTED
         assert "no deployment of the name" in error.details()
+        # Typed contents: int64 values travel as strings in the gateway's JSON.
+        typed = pb.ModelInferRequest(model_name="oipg")
+        x = typed.inputs.add(name="x", datatype="INT64", shape=[1, 2])
+        x.contents.int64_contents.extend([2**40, 5])
+        reply = stub.ModelInfer(typed, metadata=[key], timeout=20)
+        assert reply.outputs[0].datatype == "INT64"
+        assert struct.unpack("<q", reply.raw_output_contents[0]) == (2**40 + 5,)
         # The model's own errors pass through as gRPC statuses.
         wrong = infer_request()
         wrong.raw_input_contents[0] = b"\0" * 8
@@ -148,8 +156,10 @@ async def test_grpc_scoring_through_the_gateway(
 
     # An aml_token endpoint on the same instances: a valid token for this endpoint passes
     # (jwt_authn and the audience check, the per-route filters REST has), others do not.
+    # Its deployment lists no gRPC server: ModelInfer needs none (the gateway transcodes it
+    # to the instance's HTTP/1.1 server), the other methods do.
     client.create_online_endpoint(OnlineEndpointSpec(name="oipt", auth_mode=AuthMode.aml_token))
-    await world.deployment("oipt", "blue", [blue[0]], grpc=[blue[1]])
+    await world.deployment("oipt", "blue", [blue[0]])
     client.set_traffic("oipt", {"blue": 100})
     token = client.get_credentials("oipt").access_token
     assert token
@@ -165,8 +175,12 @@ async def test_grpc_scoring_through_the_gateway(
             )
             return reply
 
-        served = eventually(lambda: _attempt(lambda: (with_token(token), None)), bool)
-        assert served is not None and answer(served[0]) == 3.0
+        assert answer(with_token(token)) == 3.0
+        with pytest.raises(grpc.RpcError) as failed:
+            stub.ModelReady(
+                pb.ModelReadyRequest(name="oipg"), metadata=[("authorization", f"Bearer {token}")]
+            )
+        assert failed.value.code() == grpc.StatusCode.UNAVAILABLE  # no gRPC server to ask
         for bad in (None, KEY, "not-a-jwt"):  # KEY: the key endpoint's
             with pytest.raises(grpc.RpcError) as failed:
                 with_token(bad)

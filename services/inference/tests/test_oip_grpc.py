@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import struct
 from pathlib import Path
+from urllib.parse import unquote
 
 import grpc
 import pytest
+from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sluice.common import gateway_auth
@@ -41,7 +43,7 @@ def test_grpc_infer_metadata_health_and_errors(supervisor: Supervisor, tmp_path:
     write_script(tmp_path, SCRIPT)
     (tmp_path / "summer.pkl").write_bytes(b"unused")
     grpc_port = free_port()
-    start_server(
+    server = start_server(
         supervisor,
         "oip-grpc",
         code=tmp_path,
@@ -106,6 +108,45 @@ def test_grpc_infer_metadata_health_and_errors(supervisor: Supervisor, tmp_path:
         error = refused(half)
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "raw_input_contents" in error.details()
+
+    # The same calls as the gateway's reverse transcoder sends them (proto3 JSON over the
+    # HTTP port), answered with the same messages as proto3 JSON, or with a gRPC status.
+    def transcoded(request: pb.ModelInferRequest | bytes) -> tuple[pb.ModelInferResponse, dict]:
+        body = request
+        if isinstance(request, pb.ModelInferRequest):
+            body = json_format.MessageToJson(request, preserving_proto_field_name=True)
+        answer = server.post(body, path="/v2/grpc/ModelInfer")
+        assert answer.status == 200, answer.body
+        headers = {k.lower(): v for k, v in answer.headers.items()}
+        reply = pb.ModelInferResponse()
+        if "grpc-status" not in headers:
+            json_format.Parse(answer.body, reply)
+        return reply, headers
+
+    reply, headers = transcoded(raw)
+    assert (reply.model_name, reply.id, reply.raw_output_contents[0]) == (
+        "summer",
+        "r1",
+        fp64(3, 7.5),
+    )
+    assert [(o.name, o.datatype, list(o.shape)) for o in reply.outputs] == [
+        ("predict", "FP64", [2])
+    ]
+    assert headers["content-type"] == "application/json" and headers["x-request-id"]
+    typed.inputs[0].contents.int64_contents[0] = 2**40  # int64: a string in proto3 JSON
+    reply, _ = transcoded(typed)
+    assert reply.raw_output_contents[0] == struct.pack("<I", 3) + b"xxx"
+    for bad, code, message in [
+        (short, grpc.StatusCode.INVALID_ARGUMENT, "needs 4 values"),
+        (other, grpc.StatusCode.NOT_FOUND, "no model 'other'"),
+        (half, grpc.StatusCode.INVALID_ARGUMENT, "raw_input_contents"),
+        (b"[1, 2]", grpc.StatusCode.INVALID_ARGUMENT, "not a ModelInferRequest"),
+        (b'{"raw_input_contents": ["%%"]}', grpc.StatusCode.INVALID_ARGUMENT, "not a ModelInfer"),
+    ]:
+        _, headers = transcoded(bad)
+        assert headers["content-type"] == "application/grpc"
+        assert headers["grpc-status"] == str(code.value[0]), (bad, headers)
+        assert message in unquote(headers["grpc-message"])
 
 
 def test_grpc_requires_the_gateway_secret(supervisor: Supervisor, tmp_path: Path) -> None:

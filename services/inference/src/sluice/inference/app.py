@@ -38,7 +38,7 @@ from prometheus_client import CollectorRegistry
 from sluice.common import gateway_auth
 from sluice.common.headers import NOT_PROCESSED_HEADER
 from sluice.common.runtime import wait_for_shutdown_signal
-from sluice.inference import oip, oip_binary
+from sluice.inference import oip, oip_binary, oip_grpc, oip_grpc_json
 from sluice.inference.batching import Batcher, BatchSettings, TraceBatch, batch_rows
 from sluice.inference.builtin import builtin_scorer
 from sluice.inference.collector import CollectorSettings, DataCollector
@@ -131,6 +131,9 @@ class InferenceApp:
         oip_route = oip.route(path)
         if oip_route is not None:
             self._oip(oip_route, request, conn, request_id, started)
+            return
+        if path == oip_grpc_json.PATH and request.method == "POST":
+            self._grpc_json(request, conn, request_id, started)
             return
         if request.method != "GET":
             reply = json_reply(405, {"message": f"{request.method} is not allowed on {path}"})
@@ -234,6 +237,21 @@ class InferenceApp:
             self._infer(request, conn, rid, started)
             return
         self._send(request, conn, rid, started, "/v2/infer", reply)
+
+    def _grpc_json(self, request: HttpRequest, conn: Connection, rid: str, started: float) -> None:
+        """gRPC ModelInfer, as the gateway's reverse transcoder sends it (oip_grpc_json.py):
+        the OIP inference of the same tensors, its answer translated back."""
+        try:
+            infer = oip_grpc_json.rest_request(request)
+        except oip_grpc.Refused as refused:
+            self.metrics.error("bad_input")
+            conn.respond(request, *oip_grpc_json.status_answer(refused))
+            self.metrics.observe("/v2/infer", 400, time.perf_counter() - started)
+            return
+        route = oip.OipRoute(infer.model or self.model_name, "infer")
+        answering = oip_grpc_json.Answering(conn, request, infer.version)
+        # Answering stands in for the connection: respond() is all the handler uses.
+        self._oip(route, infer.request, answering, rid, started)  # type: ignore[arg-type]
 
     def _infer(self, request: HttpRequest, conn: Connection, rid: str, started: float) -> None:
         """An OIP inference: tensors in, the same scorer, one output tensor out."""

@@ -20,7 +20,8 @@ answered SERVING once init() has returned and until the server drains.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
@@ -97,7 +98,7 @@ def _header(headers: list[Header], name: bytes) -> bytes | None:
     return next((value for key, value in headers if key == name), None)
 
 
-def _refusal(status: int, headers: list[Header], body: bytes) -> Refused:
+def refusal(status: int, headers: list[Header], body: bytes) -> Refused:
     try:
         parsed = orjson.loads(body)
         message = str(parsed.get("error") or parsed.get("message") or body.decode())
@@ -108,21 +109,33 @@ def _refusal(status: int, headers: list[Header], body: bytes) -> Refused:
     return Refused(code, message, not_processed)
 
 
-def infer_body(request: pb.ModelInferRequest) -> tuple[bytes, int | None]:
+@dataclass(frozen=True)
+class Input:
+    """One input tensor of a ModelInferRequest, whichever form it came in (protobuf here,
+    proto3 JSON in oip_grpc_json.py): `contents(field)` reads one InferTensorContents field."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+    contents: Callable[[str], list[Any]]
+
+
+def rest_infer(
+    inputs: Sequence[Input], raw: Sequence[bytes], request_id: str, outputs: Sequence[str]
+) -> tuple[bytes, int | None]:
     """A ModelInferRequest as the REST OIP body: (body, JSON header length when raw bytes
     follow). Every output is asked for in binary, so the answer maps onto raw contents."""
-    raw = request.raw_input_contents
-    if raw and len(raw) != len(request.inputs):
+    if raw and len(raw) != len(inputs):
         raise Refused(
             grpc.StatusCode.INVALID_ARGUMENT,
-            f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs",
+            f"raw_input_contents has {len(raw)} entries for {len(inputs)} inputs",
         )
-    inputs: list[dict[str, Any]] = []
-    for i, tensor in enumerate(request.inputs):
+    entries: list[dict[str, Any]] = []
+    for i, tensor in enumerate(inputs):
         entry: dict[str, Any] = {
             "name": tensor.name,
             "datatype": tensor.datatype,
-            "shape": list(tensor.shape),
+            "shape": tensor.shape,
         }
         if raw:
             entry["parameters"] = {"binary_data_size": len(raw[i])}
@@ -134,41 +147,64 @@ def infer_body(request: pb.ModelInferRequest) -> tuple[bytes, int | None]:
                     f"input {tensor.name!r}: {tensor.datatype or 'no datatype'} values must "
                     "come in raw_input_contents",
                 )
-            values = list(getattr(tensor.contents, field))
+            values = tensor.contents(field)
             if field == "bytes_contents":
                 values = [v.decode("utf-8", errors="replace") for v in values]
             entry["data"] = values
-        inputs.append(entry)
+        entries.append(entry)
     body: dict[str, Any] = {
-        "inputs": inputs,
+        "inputs": entries,
         "parameters": {"binary_data_output": True},
     }
-    if request.id:
-        body["id"] = request.id
-    if request.outputs:
-        body["outputs"] = [{"name": o.name} for o in request.outputs]
+    if request_id:
+        body["id"] = request_id
+    if outputs:
+        body["outputs"] = [{"name": name} for name in outputs]
     header = orjson.dumps(body)
     if not raw:
         return header, None
     return header + b"".join(raw), len(header)
 
 
-def infer_response(headers: list[Header], body: bytes, version: str) -> pb.ModelInferResponse:
-    """The REST OIP answer (JSON header, then every output's raw bytes) as protobuf."""
+def infer_body(request: pb.ModelInferRequest) -> tuple[bytes, int | None]:
+    """A ModelInferRequest (protobuf) as the REST OIP body (see `rest_infer`)."""
+
+    def reader(tensor: pb.ModelInferRequest.InferInputTensor) -> Callable[[str], list[Any]]:
+        return lambda field: list(getattr(tensor.contents, field))
+
+    inputs = [Input(t.name, t.datatype, list(t.shape), reader(t)) for t in request.inputs]
+    outputs = [o.name for o in request.outputs]
+    return rest_infer(inputs, request.raw_input_contents, request.id, outputs)
+
+
+def rest_outputs(
+    headers: list[Header], body: bytes
+) -> tuple[dict[str, Any], list[tuple[dict[str, Any], bytes]]]:
+    """The REST OIP answer (JSON header, then every output's raw bytes): the parsed header
+    and each output tensor with its raw bytes."""
     length = _header(headers, oip_binary.HEADER)
     size = int(length) if length is not None else len(body)
-    answer = orjson.loads(body[:size])
+    answer: dict[str, Any] = orjson.loads(body[:size])
+    outputs = []
+    at = size
+    for tensor in answer.get("outputs", []):
+        raw_size = int((tensor.get("parameters") or {}).get("binary_data_size", 0))
+        outputs.append((tensor, body[at : at + raw_size]))
+        at += raw_size
+    return answer, outputs
+
+
+def infer_response(headers: list[Header], body: bytes, version: str) -> pb.ModelInferResponse:
+    """The REST OIP answer as protobuf."""
+    answer, outputs = rest_outputs(headers, body)
     response = pb.ModelInferResponse(
         model_name=answer.get("model_name", ""), model_version=version, id=answer.get("id", "")
     )
-    at = size
-    for tensor in answer.get("outputs", []):
+    for tensor, raw in outputs:
         response.outputs.add(
             name=tensor["name"], datatype=tensor["datatype"], shape=tensor["shape"]
         )
-        raw_size = int((tensor.get("parameters") or {}).get("binary_data_size", 0))
-        response.raw_output_contents.append(body[at : at + raw_size])
-        at += raw_size
+        response.raw_output_contents.append(raw)
     return response
 
 
@@ -211,7 +247,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         """GET `path`; its JSON answer when the status is 200 or one of `ok`, else abort."""
         status, headers, body = await self._call(context, "GET", path)
         if status != 200 and status not in ok:
-            await self._fail(context, _refusal(status, headers, body))
+            await self._fail(context, refusal(status, headers, body))
         parsed: dict[str, Any] = orjson.loads(body)
         return parsed
 
@@ -267,7 +303,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         path = f"/v2/models/{_name(request.model_name or self._app.model_name)}/infer"
         status, headers, reply = await self._call(context, "POST", path, body, extra)
         if status != 200:
-            await self._fail(context, _refusal(status, headers, reply))
+            await self._fail(context, refusal(status, headers, reply))
         return infer_response(headers, reply, request.model_version or "1")
 
 

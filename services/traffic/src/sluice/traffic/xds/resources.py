@@ -15,7 +15,9 @@ service and leading to each deployment's twin cluster: the same EDS instances
 at their gRPC ports, over HTTP/2, health-checked with grpc.health.v1. Same
 auth, split, mirror, pin header and timeouts; Envoy's own replies (401, 404,
 429, 503) reach gRPC clients as their gRPC status (UNAUTHENTICATED,
-UNIMPLEMENTED, UNAVAILABLE).
+UNIMPLEMENTED, UNAVAILABLE). `ModelInfer` itself, the hot path, has its own
+routes before those: there Envoy's gRPC-JSON reverse transcoder turns the call
+into an HTTP/1.1 JSON request to the deployment's REST cluster (grpc_json.py).
 
 Auth runs in Envoy before any upstream is touched. Key endpoints: the RBAC
 filter, per route, allows `Authorization: Bearer <primary|secondary>`, compared
@@ -55,6 +57,9 @@ from envoy.config.rbac.v3 import rbac_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.access_loggers.grpc.v3 import als_pb2
 from envoy.extensions.filters.http.buffer.v3 import buffer_pb2
+from envoy.extensions.filters.http.grpc_json_reverse_transcoder.v3 import (
+    transcoder_pb2 as grpc_json_pb2,
+)
 from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
 from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_pb2
 from envoy.extensions.filters.http.lua.v3 import lua_pb2
@@ -91,7 +96,7 @@ from sluice.traffic.domain import (
     Listen,
     TokenAuth,
 )
-from sluice.traffic.xds import key_hash
+from sluice.traffic.xds import grpc_json, key_hash
 
 ROUTE_CONFIG = "sluice_routes"
 TLS_SECRET = "sluice_tls"  # noqa: S105 - the name of an SDS resource, not a secret
@@ -497,13 +502,17 @@ def _match(prefix: str | None, *headers: route_components_pb2.HeaderMatcher) -> 
     return route_components_pb2.RouteMatch(prefix=prefix or "/", headers=list(headers))
 
 
-def _grpc_match(*headers: route_components_pb2.HeaderMatcher) -> object:
-    """gRPC requests (content-type application/grpc) to the inference service."""
-    return route_components_pb2.RouteMatch(
-        prefix=GRPC_SERVICE_PREFIX,
-        grpc=route_components_pb2.RouteMatch.GrpcRouteMatchOptions(),
-        headers=list(headers),
+def _grpc_match(*headers: route_components_pb2.HeaderMatcher, path: str = "") -> object:
+    """gRPC requests (content-type application/grpc) to the inference service (to one
+    method of it with `path`)."""
+    match = route_components_pb2.RouteMatch(
+        grpc=route_components_pb2.RouteMatch.GrpcRouteMatchOptions(), headers=list(headers)
     )
+    if path:
+        match.path = path
+    else:
+        match.prefix = GRPC_SERVICE_PREFIX
+    return match
 
 
 def _not_found(name: str, match: object, message: str) -> route_components_pb2.Route:
@@ -518,15 +527,26 @@ def _not_found(name: str, match: object, message: str) -> route_components_pb2.R
 
 
 def endpoint_routes(
-    ep: Endpoint, prefix: str | None, *, grpc: bool = False
+    ep: Endpoint, prefix: str | None, *, grpc: bool = False, transcoded: bool = False
 ) -> list[route_components_pb2.Route]:
     """The routes of one endpoint, under `prefix` (rewritten to `/`) or at its own host;
-    with `grpc`, those of its gRPC inference service (at its own host)."""
+    with `grpc`, those of its gRPC inference service (at its own host), to the instances'
+    gRPC servers; with `transcoded` too, those of its gRPC `ModelInfer`, which the reverse
+    transcoder turns into JSON for the REST clusters (grpc_json.py)."""
     strip = ["authorization", key_hash.HEADER] if isinstance(ep.auth, KeyAuth) else []
     filters = _filters(ep.auth)
     tag = f"{ep.name}{'@path' if prefix else ''}{'@grpc' if grpc else ''}"
+    if transcoded:
+        tag += "-json"
+        # Enabled here only (disabled by default in the listener): the global config holds
+        # the descriptor.
+        enable = route_components_pb2.FilterConfig(config=any_pb2.Any())
+        filters = {**filters, grpc_json.FILTER: pack(enable)}
+    twin = grpc and not transcoded  # to the instances' gRPC servers
 
     def match(*headers: route_components_pb2.HeaderMatcher) -> object:
+        if transcoded:
+            return _grpc_match(*headers, path=grpc_json.METHOD_PATH)
         return _grpc_match(*headers) if grpc else _match(prefix, *headers)
 
     routes = []
@@ -542,7 +562,7 @@ def endpoint_routes(
                 route=_action(
                     timeout_ms=dep.request_timeout_ms,
                     prefix=prefix,
-                    cluster=dep.grpc_cluster if grpc else dep.cluster,
+                    cluster=dep.grpc_cluster if twin else dep.cluster,
                 ),
                 response_headers_to_add=[SERVED_BY],
                 request_headers_to_remove=strip,
@@ -560,7 +580,7 @@ def endpoint_routes(
             filters,
         )
     )
-    routes.append(_default_route(ep, prefix, tag, strip, filters, match(), grpc))
+    routes.append(_default_route(ep, prefix, tag, strip, filters, match(), twin))
     return routes
 
 
@@ -648,7 +668,11 @@ def virtual_host(ep: Endpoint, domain: str) -> route_components_pb2.VirtualHost:
     return route_components_pb2.VirtualHost(
         name=f"endpoint:{ep.name}",
         domains=[host, f"{host}:*"],
-        routes=[*endpoint_routes(ep, None, grpc=True), *endpoint_routes(ep, None)],
+        routes=[
+            *endpoint_routes(ep, None, grpc=True, transcoded=True),
+            *endpoint_routes(ep, None, grpc=True),
+            *endpoint_routes(ep, None),
+        ],
     )
 
 
@@ -857,6 +881,11 @@ def _http_filters(gateway: Gateway) -> list[hcm_pb2.HttpFilter]:
         hcm_pb2.HttpFilter(name=key_hash.FILTER, typed_config=pack(hashing)),
         hcm_pb2.HttpFilter(name=RBAC_FILTER, typed_config=pack(deny_all)),
         hcm_pb2.HttpFilter(name=LUA_FILTER, typed_config=pack(lua)),
+        # After auth (unauthenticated calls are never transcoded); only the ModelInfer
+        # routes enable it.
+        hcm_pb2.HttpFilter(
+            name=grpc_json.FILTER, typed_config=pack(_grpc_json(limits)), disabled=True
+        ),
         hcm_pb2.HttpFilter(
             name="envoy.filters.http.router",
             typed_config=pack(
@@ -866,6 +895,16 @@ def _http_filters(gateway: Gateway) -> list[hcm_pb2.HttpFilter]:
             ),
         ),
     ]
+
+
+def _grpc_json(limits: Limits) -> grpc_json_pb2.GrpcJsonReverseTranscoder:
+    """The reverse transcoder of gRPC ModelInfer (grpc_json.py). It buffers both
+    messages: a request up to the gateway's own limit, an answer up to 4 times that."""
+    return grpc_json_pb2.GrpcJsonReverseTranscoder(
+        descriptor_binary=grpc_json.descriptor_set(),
+        max_request_body_size=wrappers_pb2.UInt32Value(value=limits.max_request_bytes),
+        max_response_body_size=wrappers_pb2.UInt32Value(value=4 * limits.max_request_bytes),
+    )
 
 
 def _connection_manager(name: str, gateway: Gateway) -> hcm_pb2.HttpConnectionManager:
