@@ -124,6 +124,12 @@ async def test_grpc_scoring_through_the_gateway(
         reply = stub.ModelInfer(typed, metadata=[key], timeout=20)
         assert reply.outputs[0].datatype == "INT64"
         assert struct.unpack("<q", reply.raw_output_contents[0]) == (2**40 + 5,)
+        # A tensor above Envoy's default 1 MiB buffer: the transcoder's own limits apply
+        # (the gateway's request limit, 16 MiB by default).
+        big = pb.ModelInferRequest(model_name="oipg")
+        big.inputs.add(name="x", datatype="FP64", shape=[1, 200_000])
+        big.raw_input_contents.append(struct.pack("<200000d", *([0.5] * 200_000)))
+        assert answer(stub.ModelInfer(big, metadata=[key], timeout=30)) == 100_000.0
         # The model's own errors pass through as gRPC statuses.
         wrong = infer_request()
         wrong.raw_input_contents[0] = b"\0" * 8
