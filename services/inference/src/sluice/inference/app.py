@@ -10,6 +10,7 @@ Routes (Azure's, plus readiness and the Open Inference Protocol's health):
     GET  /swagger.json       ?version=2|3|3.1: the code folder's file or one generated
     GET  /v2, /v2/models/<m>[/ready], POST /v2/models/<m>/infer
                              the Open Inference Protocol around the same run() (oip.py)
+    POST /v2/grpc/ModelInfer gRPC ModelInfer as the gateway transcodes it (oip_grpc_json.py)
 
 The server listens at once, so liveness answers while the script is imported
 and init() runs on a thread; /score answers 503 until then. A failing import
