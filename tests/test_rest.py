@@ -126,6 +126,41 @@ def test_endpoint_and_deployment_crud(
     assert status == 400 and "deployments/{deployment}/providers" in error["message"]
     status, error = rest.call("GET", f"{monitor}?$filter=instance eq 'x'")
     assert status == 400 and "$filter" in error["message"]
+    # Azure Monitor's autoscale setting resource (disabled: it must not scale blue here).
+    scale = f"/autoscaleSettings/{name}-blue"
+    target = f"{WORKSPACE}/onlineEndpoints/{name}/deployments/blue"
+    rule = {
+        "metricTrigger": {"metricName": "CpuUtilizationPercentage", "operator": "GreaterThan",
+                          "threshold": 90, "timeWindow": "PT5M", "timeAggregation": "Average"},
+        "scaleAction": {"direction": "Increase", "type": "ChangeCount", "value": "1"},
+    }  # fmt: skip
+    setting = {
+        "properties": {
+            "enabled": False,
+            "targetResourceUri": target,
+            "profiles": [
+                {"name": "default", "capacity": {"minimum": "1", "maximum": "2", "default": "1"},
+                 "rules": [rule]},
+            ],
+        }
+    }  # fmt: skip
+    made = rest.send("PUT", scale, setting)
+    assert made.status_code == 201 and made.headers["etag"] == '"1"', made.text
+    got = made.json()
+    assert got["type"] == "Microsoft.Insights/autoscaleSettings" and got["name"] == f"{name}-blue"
+    trigger = got["properties"]["profiles"][0]["rules"][0]["metricTrigger"]
+    assert trigger["metricResourceUri"] == target and trigger["timeGrain"] == "PT1M"
+    again = rest.send("PUT", scale, got, headers={"If-Match": '"1"'})  # a GET's answer back
+    assert again.status_code == 200 and again.headers["etag"] == '"2"', again.text
+    status, error = rest.call("PUT", scale, got, headers={"If-Match": '"1"'})
+    assert status == 412 and error["code"] == 10
+    bad = {"properties": {**setting["properties"], "profiles": [
+        {"name": "default", "rules": [{**rule, "scaleAction": {"type": "Double"}}]}]}}  # fmt: skip
+    status, error = rest.call("PUT", scale, bad)
+    assert status == 400 and "profiles[0].rules[0].scaleAction" in error["message"]
+    assert rest.send("GET", scale).headers["etag"] == '"2"'
+    assert rest.call("DELETE", scale)[0] == 200
+
     status, metrics = rest.call(
         "GET", f"/onlineEndpoints/{name}/deployments/blue/providers/Microsoft.Insights/metrics"
         "?metricnames=CpuUtilizationPercentage,DeploymentCapacity&interval=PT5M&timespan=PT1H"
@@ -366,7 +401,7 @@ def test_every_service_answers_over_rest(rest: Rest, test_id: str) -> None:
     status, costs = rest.call("GET", "/costs")
     assert status == 200 and costs["currency"] == "USD"
     status, settings = rest.call("GET", "/autoscaleSettings")
-    assert status == 200 and "settings" in settings
+    assert status == 200 and "value" in settings
     status, missing = rest.call("GET", f"/jobs/no-such-job-{test_id}")
     assert status == 404 and missing["code"] == 5
 

@@ -454,3 +454,411 @@ class ListScaleDecisionsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListScaleDecisionsResponse: _TypeAlias = ListScaleDecisionsResponse  # noqa: Y015
+
+@_typing.final
+class ScaleCapacity(_message.Message):
+    """---- Azure Monitor's autoscale setting resource (REST) -----------------------------------
+
+    instance counts, as strings as Azure writes them
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MINIMUM_FIELD_NUMBER: _builtins.int
+    MAXIMUM_FIELD_NUMBER: _builtins.int
+    DEFAULT_COUNT_FIELD_NUMBER: _builtins.int
+    minimum: _builtins.str
+    maximum: _builtins.str
+    default_count: _builtins.str
+    def __init__(
+        self,
+        *,
+        minimum: _builtins.str = ...,
+        maximum: _builtins.str = ...,
+        default_count: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_count", b"default_count", "maximum", b"maximum", "minimum", b"minimum"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScaleCapacity: _TypeAlias = ScaleCapacity  # noqa: Y015
+
+@_typing.final
+class MetricTrigger(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METRIC_NAME_FIELD_NUMBER: _builtins.int
+    METRIC_NAMESPACE_FIELD_NUMBER: _builtins.int
+    METRIC_RESOURCE_URI_FIELD_NUMBER: _builtins.int
+    TIME_GRAIN_FIELD_NUMBER: _builtins.int
+    STATISTIC_FIELD_NUMBER: _builtins.int
+    TIME_WINDOW_FIELD_NUMBER: _builtins.int
+    TIME_AGGREGATION_FIELD_NUMBER: _builtins.int
+    OPERATOR_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    metric_name: _builtins.str
+    """an Azure metric name (docs/metrics.md)"""
+    metric_namespace: _builtins.str
+    metric_resource_uri: _builtins.str
+    """the endpoint's or a deployment's id; "" = the target"""
+    time_grain: _builtins.str
+    """ISO 8601, e.g. PT1M"""
+    statistic: _builtins.str
+    """Average, Min, Max, Sum"""
+    time_window: _builtins.str
+    """ISO 8601, e.g. PT5M"""
+    time_aggregation: _builtins.str
+    """Average, Minimum, Maximum, Total, Count"""
+    operator: _builtins.str
+    """Equals, NotEquals, GreaterThan(OrEqual), LessThan(OrEqual)"""
+    threshold: _builtins.float
+    def __init__(
+        self,
+        *,
+        metric_name: _builtins.str = ...,
+        metric_namespace: _builtins.str = ...,
+        metric_resource_uri: _builtins.str = ...,
+        time_grain: _builtins.str = ...,
+        statistic: _builtins.str = ...,
+        time_window: _builtins.str = ...,
+        time_aggregation: _builtins.str = ...,
+        operator: _builtins.str = ...,
+        threshold: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["metric_name", b"metric_name", "metric_namespace", b"metric_namespace", "metric_resource_uri", b"metric_resource_uri", "operator", b"operator", "statistic", b"statistic", "threshold", b"threshold", "time_aggregation", b"time_aggregation", "time_grain", b"time_grain", "time_window", b"time_window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MetricTrigger: _TypeAlias = MetricTrigger  # noqa: Y015
+
+@_typing.final
+class ScaleAction(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIRECTION_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    COOLDOWN_FIELD_NUMBER: _builtins.int
+    direction: _builtins.str
+    """Increase, Decrease, None (ExactCount)"""
+    type: _builtins.str
+    """ChangeCount, PercentChangeCount, ExactCount"""
+    value: _builtins.str
+    """a whole number, as a string"""
+    cooldown: _builtins.str
+    """ISO 8601; "" = PT5M"""
+    def __init__(
+        self,
+        *,
+        direction: _builtins.str = ...,
+        type: _builtins.str = ...,
+        value: _builtins.str = ...,
+        cooldown: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cooldown", b"cooldown", "direction", b"direction", "type", b"type", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScaleAction: _TypeAlias = ScaleAction  # noqa: Y015
+
+@_typing.final
+class ScaleRule(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METRIC_TRIGGER_FIELD_NUMBER: _builtins.int
+    SCALE_ACTION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def metric_trigger(self) -> Global___MetricTrigger: ...
+    @_builtins.property
+    def scale_action(self) -> Global___ScaleAction: ...
+    def __init__(
+        self,
+        *,
+        metric_trigger: Global___MetricTrigger | None = ...,
+        scale_action: Global___ScaleAction | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["metric_trigger", b"metric_trigger", "scale_action", b"scale_action"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["metric_trigger", b"metric_trigger", "scale_action", b"scale_action"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScaleRule: _TypeAlias = ScaleRule  # noqa: Y015
+
+@_typing.final
+class RecurrentSchedule(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
+    DAYS_FIELD_NUMBER: _builtins.int
+    HOURS_FIELD_NUMBER: _builtins.int
+    MINUTES_FIELD_NUMBER: _builtins.int
+    time_zone: _builtins.str
+    @_builtins.property
+    def days(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Monday ... Sunday"""
+
+    @_builtins.property
+    def hours(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """one start time: [hour]"""
+
+    @_builtins.property
+    def minutes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """[minute]"""
+
+    def __init__(
+        self,
+        *,
+        time_zone: _builtins.str = ...,
+        days: _abc.Iterable[_builtins.str] | None = ...,
+        hours: _abc.Iterable[_builtins.int] | None = ...,
+        minutes: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["days", b"days", "hours", b"hours", "minutes", b"minutes", "time_zone", b"time_zone"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecurrentSchedule: _TypeAlias = RecurrentSchedule  # noqa: Y015
+
+@_typing.final
+class Recurrence(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FREQUENCY_FIELD_NUMBER: _builtins.int
+    SCHEDULE_FIELD_NUMBER: _builtins.int
+    frequency: _builtins.str
+    """"Week" """
+    @_builtins.property
+    def schedule(self) -> Global___RecurrentSchedule: ...
+    def __init__(
+        self,
+        *,
+        frequency: _builtins.str = ...,
+        schedule: Global___RecurrentSchedule | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["frequency", b"frequency", "schedule", b"schedule"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Recurrence: _TypeAlias = Recurrence  # noqa: Y015
+
+@_typing.final
+class AutoscaleFixedWindow(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    time_zone: _builtins.str
+    start: _builtins.str
+    """ISO 8601"""
+    end: _builtins.str
+    def __init__(
+        self,
+        *,
+        time_zone: _builtins.str = ...,
+        start: _builtins.str = ...,
+        end: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "start", b"start", "time_zone", b"time_zone"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AutoscaleFixedWindow: _TypeAlias = AutoscaleFixedWindow  # noqa: Y015
+
+@_typing.final
+class AutoscaleProfileResource(_message.Message):
+    """A recurring profile ends when its paired profile starts: the one named
+    `{"name": "<default profile>", "for": "<profile>"}`, as `az monitor autoscale profile
+    create --recurrence` writes it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CAPACITY_FIELD_NUMBER: _builtins.int
+    RULES_FIELD_NUMBER: _builtins.int
+    FIXED_DATE_FIELD_NUMBER: _builtins.int
+    RECURRENCE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def capacity(self) -> Global___ScaleCapacity: ...
+    @_builtins.property
+    def rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___ScaleRule]: ...
+    @_builtins.property
+    def fixed_date(self) -> Global___AutoscaleFixedWindow: ...
+    @_builtins.property
+    def recurrence(self) -> Global___Recurrence: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        capacity: Global___ScaleCapacity | None = ...,
+        rules: _abc.Iterable[Global___ScaleRule] | None = ...,
+        fixed_date: Global___AutoscaleFixedWindow | None = ...,
+        recurrence: Global___Recurrence | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "fixed_date", b"fixed_date", "recurrence", b"recurrence"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "fixed_date", b"fixed_date", "name", b"name", "recurrence", b"recurrence", "rules", b"rules"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AutoscaleProfileResource: _TypeAlias = AutoscaleProfileResource  # noqa: Y015
+
+@_typing.final
+class AutoscaleSettingProperties(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ENABLED_FIELD_NUMBER: _builtins.int
+    TARGET_RESOURCE_URI_FIELD_NUMBER: _builtins.int
+    PROFILES_FIELD_NUMBER: _builtins.int
+    CURRENT_CAPACITY_FIELD_NUMBER: _builtins.int
+    ACTIVE_PROFILE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    enabled: _builtins.bool
+    """absent = true"""
+    target_resource_uri: _builtins.str
+    """the deployment's id (`/subscriptions/.../deployments/<d>`)"""
+    current_capacity: _builtins.int
+    """Sluice, read-only: the instance count the autoscaler last set, and its active profile."""
+    active_profile: _builtins.str
+    @_builtins.property
+    def profiles(self) -> _containers.RepeatedCompositeFieldContainer[Global___AutoscaleProfileResource]: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        enabled: _builtins.bool | None = ...,
+        target_resource_uri: _builtins.str = ...,
+        profiles: _abc.Iterable[Global___AutoscaleProfileResource] | None = ...,
+        current_capacity: _builtins.int = ...,
+        active_profile: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "enabled", b"enabled"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "active_profile", b"active_profile", "current_capacity", b"current_capacity", "enabled", b"enabled", "name", b"name", "profiles", b"profiles", "target_resource_uri", b"target_resource_uri"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__enabled: _TypeAlias = _typing.Literal["enabled"]  # noqa: Y015
+    _WhichOneofArgType__enabled: _TypeAlias = _typing.Literal["_enabled", b"_enabled"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__enabled) -> _WhichOneofReturnType__enabled | None: ...
+
+Global___AutoscaleSettingProperties: _TypeAlias = AutoscaleSettingProperties  # noqa: Y015
+
+@_typing.final
+class AutoscaleSettingResource(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class TagsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    LOCATION_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    PROPERTIES_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    name: _builtins.str
+    type: _builtins.str
+    """"Microsoft.Insights/autoscaleSettings" """
+    location: _builtins.str
+    @_builtins.property
+    def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """not kept by Sluice: must be empty"""
+
+    @_builtins.property
+    def properties(self) -> Global___AutoscaleSettingProperties: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        type: _builtins.str = ...,
+        location: _builtins.str = ...,
+        tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        properties: Global___AutoscaleSettingProperties | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["properties", b"properties"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "location", b"location", "name", b"name", "properties", b"properties", "tags", b"tags", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AutoscaleSettingResource: _TypeAlias = AutoscaleSettingResource  # noqa: Y015
+
+@_typing.final
+class PutAutoscaleSettingResourceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    RESOURCE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def resource(self) -> Global___AutoscaleSettingResource: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        resource: Global___AutoscaleSettingResource | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["resource", b"resource"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "resource", b"resource"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PutAutoscaleSettingResourceRequest: _TypeAlias = PutAutoscaleSettingResourceRequest  # noqa: Y015
+
+@_typing.final
+class AutoscaleSettingResourceList(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALUE_FIELD_NUMBER: _builtins.int
+    NEXT_LINK_FIELD_NUMBER: _builtins.int
+    next_link: _builtins.str
+    @_builtins.property
+    def value(self) -> _containers.RepeatedCompositeFieldContainer[Global___AutoscaleSettingResource]: ...
+    def __init__(
+        self,
+        *,
+        value: _abc.Iterable[Global___AutoscaleSettingResource] | None = ...,
+        next_link: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_link", b"next_link", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AutoscaleSettingResourceList: _TypeAlias = AutoscaleSettingResourceList  # noqa: Y015

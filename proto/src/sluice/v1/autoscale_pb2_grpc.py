@@ -59,6 +59,21 @@ class AutoscaleStub:
                 request_serializer=sluice_dot_v1_dot_autoscale__pb2.DeleteAutoscaleSettingRequest.SerializeToString,
                 response_deserializer=sluice_dot_v1_dot_autoscale__pb2.DeleteAutoscaleSettingResponse.FromString,
                 _registered_method=True)
+        self.PutAutoscaleSettingResource = channel.unary_unary(
+                '/sluice.v1.Autoscale/PutAutoscaleSettingResource',
+                request_serializer=sluice_dot_v1_dot_autoscale__pb2.PutAutoscaleSettingResourceRequest.SerializeToString,
+                response_deserializer=sluice_dot_v1_dot_autoscale__pb2.AutoscaleSettingResource.FromString,
+                _registered_method=True)
+        self.GetAutoscaleSettingResource = channel.unary_unary(
+                '/sluice.v1.Autoscale/GetAutoscaleSettingResource',
+                request_serializer=sluice_dot_v1_dot_autoscale__pb2.GetAutoscaleSettingRequest.SerializeToString,
+                response_deserializer=sluice_dot_v1_dot_autoscale__pb2.AutoscaleSettingResource.FromString,
+                _registered_method=True)
+        self.ListAutoscaleSettingResources = channel.unary_unary(
+                '/sluice.v1.Autoscale/ListAutoscaleSettingResources',
+                request_serializer=sluice_dot_v1_dot_autoscale__pb2.ListAutoscaleSettingsRequest.SerializeToString,
+                response_deserializer=sluice_dot_v1_dot_autoscale__pb2.AutoscaleSettingResourceList.FromString,
+                _registered_method=True)
         self.ListScaleDecisions = channel.unary_unary(
                 '/sluice.v1.Autoscale/ListScaleDecisions',
                 request_serializer=sluice_dot_v1_dot_autoscale__pb2.ListScaleDecisionsRequest.SerializeToString,
@@ -70,7 +85,8 @@ class AutoscaleServicer:
     """Missing associated documentation comment in .proto file."""
 
     def CreateAutoscaleSetting(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The CLI's calls (gRPC): Sluice's own message.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -95,6 +111,27 @@ class AutoscaleServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteAutoscaleSetting(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutAutoscaleSettingResource(self, request, context):
+        """REST: Azure Monitor's `Microsoft.Insights/autoscalesettings` resource over the same
+        settings. PUT creates (201) or replaces (200; `If-Match: "<etag>"` makes it
+        conditional, the ETag is the setting's version).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAutoscaleSettingResource(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAutoscaleSettingResources(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -136,6 +173,21 @@ def add_AutoscaleServicer_to_server(servicer, server):
                     servicer.DeleteAutoscaleSetting,
                     request_deserializer=sluice_dot_v1_dot_autoscale__pb2.DeleteAutoscaleSettingRequest.FromString,
                     response_serializer=sluice_dot_v1_dot_autoscale__pb2.DeleteAutoscaleSettingResponse.SerializeToString,
+            ),
+            'PutAutoscaleSettingResource': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutAutoscaleSettingResource,
+                    request_deserializer=sluice_dot_v1_dot_autoscale__pb2.PutAutoscaleSettingResourceRequest.FromString,
+                    response_serializer=sluice_dot_v1_dot_autoscale__pb2.AutoscaleSettingResource.SerializeToString,
+            ),
+            'GetAutoscaleSettingResource': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAutoscaleSettingResource,
+                    request_deserializer=sluice_dot_v1_dot_autoscale__pb2.GetAutoscaleSettingRequest.FromString,
+                    response_serializer=sluice_dot_v1_dot_autoscale__pb2.AutoscaleSettingResource.SerializeToString,
+            ),
+            'ListAutoscaleSettingResources': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAutoscaleSettingResources,
+                    request_deserializer=sluice_dot_v1_dot_autoscale__pb2.ListAutoscaleSettingsRequest.FromString,
+                    response_serializer=sluice_dot_v1_dot_autoscale__pb2.AutoscaleSettingResourceList.SerializeToString,
             ),
             'ListScaleDecisions': grpc.unary_unary_rpc_method_handler(
                     servicer.ListScaleDecisions,
@@ -278,6 +330,87 @@ class Autoscale:
             '/sluice.v1.Autoscale/DeleteAutoscaleSetting',
             sluice_dot_v1_dot_autoscale__pb2.DeleteAutoscaleSettingRequest.SerializeToString,
             sluice_dot_v1_dot_autoscale__pb2.DeleteAutoscaleSettingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutAutoscaleSettingResource(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sluice.v1.Autoscale/PutAutoscaleSettingResource',
+            sluice_dot_v1_dot_autoscale__pb2.PutAutoscaleSettingResourceRequest.SerializeToString,
+            sluice_dot_v1_dot_autoscale__pb2.AutoscaleSettingResource.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAutoscaleSettingResource(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sluice.v1.Autoscale/GetAutoscaleSettingResource',
+            sluice_dot_v1_dot_autoscale__pb2.GetAutoscaleSettingRequest.SerializeToString,
+            sluice_dot_v1_dot_autoscale__pb2.AutoscaleSettingResource.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAutoscaleSettingResources(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sluice.v1.Autoscale/ListAutoscaleSettingResources',
+            sluice_dot_v1_dot_autoscale__pb2.ListAutoscaleSettingsRequest.SerializeToString,
+            sluice_dot_v1_dot_autoscale__pb2.AutoscaleSettingResourceList.FromString,
             options,
             channel_credentials,
             insecure,

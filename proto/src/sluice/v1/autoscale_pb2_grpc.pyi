@@ -35,11 +35,19 @@ class AutoscaleStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AutoscaleAsyncStub: ...
     CreateAutoscaleSetting: _grpc.UnaryUnaryMultiCallable[_autoscale_pb2.AutoscaleSetting, _autoscale_pb2.AutoscaleSetting]
+    """The CLI's calls (gRPC): Sluice's own message."""
     GetAutoscaleSetting: _grpc.UnaryUnaryMultiCallable[_autoscale_pb2.GetAutoscaleSettingRequest, _autoscale_pb2.AutoscaleSetting]
     ListAutoscaleSettings: _grpc.UnaryUnaryMultiCallable[_autoscale_pb2.ListAutoscaleSettingsRequest, _autoscale_pb2.ListAutoscaleSettingsResponse]
     UpdateAutoscaleSetting: _grpc.UnaryUnaryMultiCallable[_autoscale_pb2.AutoscaleSetting, _autoscale_pb2.AutoscaleSetting]
     """Replaces the setting's definition; `version` must be the stored one (else ABORTED)."""
     DeleteAutoscaleSetting: _grpc.UnaryUnaryMultiCallable[_autoscale_pb2.DeleteAutoscaleSettingRequest, _autoscale_pb2.DeleteAutoscaleSettingResponse]
+    PutAutoscaleSettingResource: _grpc.UnaryUnaryMultiCallable[_autoscale_pb2.PutAutoscaleSettingResourceRequest, _autoscale_pb2.AutoscaleSettingResource]
+    """REST: Azure Monitor's `Microsoft.Insights/autoscalesettings` resource over the same
+    settings. PUT creates (201) or replaces (200; `If-Match: "<etag>"` makes it
+    conditional, the ETag is the setting's version).
+    """
+    GetAutoscaleSettingResource: _grpc.UnaryUnaryMultiCallable[_autoscale_pb2.GetAutoscaleSettingRequest, _autoscale_pb2.AutoscaleSettingResource]
+    ListAutoscaleSettingResources: _grpc.UnaryUnaryMultiCallable[_autoscale_pb2.ListAutoscaleSettingsRequest, _autoscale_pb2.AutoscaleSettingResourceList]
     ListScaleDecisions: _grpc.UnaryUnaryMultiCallable[_autoscale_pb2.ListScaleDecisionsRequest, _autoscale_pb2.ListScaleDecisionsResponse]
     """Every recent scale decision about one deployment: its autoscale setting's and those of
     its own `scale_settings` (target_utilization, min_instances: 0), which the provisioner
@@ -50,11 +58,19 @@ class AutoscaleStub:
 class AutoscaleAsyncStub(AutoscaleStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateAutoscaleSetting: _aio.UnaryUnaryMultiCallable[_autoscale_pb2.AutoscaleSetting, _autoscale_pb2.AutoscaleSetting]  # type: ignore[assignment]
+    """The CLI's calls (gRPC): Sluice's own message."""
     GetAutoscaleSetting: _aio.UnaryUnaryMultiCallable[_autoscale_pb2.GetAutoscaleSettingRequest, _autoscale_pb2.AutoscaleSetting]  # type: ignore[assignment]
     ListAutoscaleSettings: _aio.UnaryUnaryMultiCallable[_autoscale_pb2.ListAutoscaleSettingsRequest, _autoscale_pb2.ListAutoscaleSettingsResponse]  # type: ignore[assignment]
     UpdateAutoscaleSetting: _aio.UnaryUnaryMultiCallable[_autoscale_pb2.AutoscaleSetting, _autoscale_pb2.AutoscaleSetting]  # type: ignore[assignment]
     """Replaces the setting's definition; `version` must be the stored one (else ABORTED)."""
     DeleteAutoscaleSetting: _aio.UnaryUnaryMultiCallable[_autoscale_pb2.DeleteAutoscaleSettingRequest, _autoscale_pb2.DeleteAutoscaleSettingResponse]  # type: ignore[assignment]
+    PutAutoscaleSettingResource: _aio.UnaryUnaryMultiCallable[_autoscale_pb2.PutAutoscaleSettingResourceRequest, _autoscale_pb2.AutoscaleSettingResource]  # type: ignore[assignment]
+    """REST: Azure Monitor's `Microsoft.Insights/autoscalesettings` resource over the same
+    settings. PUT creates (201) or replaces (200; `If-Match: "<etag>"` makes it
+    conditional, the ETag is the setting's version).
+    """
+    GetAutoscaleSettingResource: _aio.UnaryUnaryMultiCallable[_autoscale_pb2.GetAutoscaleSettingRequest, _autoscale_pb2.AutoscaleSettingResource]  # type: ignore[assignment]
+    ListAutoscaleSettingResources: _aio.UnaryUnaryMultiCallable[_autoscale_pb2.ListAutoscaleSettingsRequest, _autoscale_pb2.AutoscaleSettingResourceList]  # type: ignore[assignment]
     ListScaleDecisions: _aio.UnaryUnaryMultiCallable[_autoscale_pb2.ListScaleDecisionsRequest, _autoscale_pb2.ListScaleDecisionsResponse]  # type: ignore[assignment]
     """Every recent scale decision about one deployment: its autoscale setting's and those of
     its own `scale_settings` (target_utilization, min_instances: 0), which the provisioner
@@ -67,7 +83,8 @@ class AutoscaleServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _autoscale_pb2.AutoscaleSetting,
         context: _ServicerContext,
-    ) -> _typing.Union[_autoscale_pb2.AutoscaleSetting, _abc.Awaitable[_autoscale_pb2.AutoscaleSetting]]: ...
+    ) -> _typing.Union[_autoscale_pb2.AutoscaleSetting, _abc.Awaitable[_autoscale_pb2.AutoscaleSetting]]:
+        """The CLI's calls (gRPC): Sluice's own message."""
 
     @_abc_1.abstractmethod
     def GetAutoscaleSetting(
@@ -97,6 +114,31 @@ class AutoscaleServicer(metaclass=_abc_1.ABCMeta):
         request: _autoscale_pb2.DeleteAutoscaleSettingRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_autoscale_pb2.DeleteAutoscaleSettingResponse, _abc.Awaitable[_autoscale_pb2.DeleteAutoscaleSettingResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def PutAutoscaleSettingResource(
+        self,
+        request: _autoscale_pb2.PutAutoscaleSettingResourceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_autoscale_pb2.AutoscaleSettingResource, _abc.Awaitable[_autoscale_pb2.AutoscaleSettingResource]]:
+        """REST: Azure Monitor's `Microsoft.Insights/autoscalesettings` resource over the same
+        settings. PUT creates (201) or replaces (200; `If-Match: "<etag>"` makes it
+        conditional, the ETag is the setting's version).
+        """
+
+    @_abc_1.abstractmethod
+    def GetAutoscaleSettingResource(
+        self,
+        request: _autoscale_pb2.GetAutoscaleSettingRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_autoscale_pb2.AutoscaleSettingResource, _abc.Awaitable[_autoscale_pb2.AutoscaleSettingResource]]: ...
+
+    @_abc_1.abstractmethod
+    def ListAutoscaleSettingResources(
+        self,
+        request: _autoscale_pb2.ListAutoscaleSettingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_autoscale_pb2.AutoscaleSettingResourceList, _abc.Awaitable[_autoscale_pb2.AutoscaleSettingResourceList]]: ...
 
     @_abc_1.abstractmethod
     def ListScaleDecisions(

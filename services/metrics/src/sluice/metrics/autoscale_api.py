@@ -11,6 +11,7 @@ from pymongo.errors import DuplicateKeyError
 
 from sluice.common.autoscale.model import AutoscaleError, AutoscaleSetting, validate
 from sluice.common.mongo import Document
+from sluice.metrics import autoscale_arm
 from sluice.metrics.autoscale import AutoscaleStore, Conflict, setting_of
 from sluice.v1 import autoscale_pb2, autoscale_pb2_grpc
 
@@ -68,7 +69,17 @@ class AutoscaleApi(autoscale_pb2_grpc.AutoscaleServicer):
 
     async def _checked(self, request: Any, context: grpc.aio.ServicerContext) -> AutoscaleSetting:
         try:
-            setting = validate(setting_from(request))
+            setting = setting_from(request)
+        except (AutoscaleError, ValueError) as exc:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return await self._valid(setting, context)
+
+    async def _valid(
+        self, setting: AutoscaleSetting, context: grpc.aio.ServicerContext
+    ) -> AutoscaleSetting:
+        """Every check before a store: the rules, the granularity, that the target exists."""
+        try:
+            setting = validate(setting)
         except (AutoscaleError, ValueError) as exc:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         for profile in setting.profiles:
@@ -156,6 +167,69 @@ class AutoscaleApi(autoscale_pb2_grpc.AutoscaleServicer):
             await _abort(context, grpc.StatusCode.NOT_FOUND, _missing(request.name))
         return autoscale_pb2.DeleteAutoscaleSettingResponse()
 
+    # ---- REST: Azure Monitor's resource (sluice.metrics.autoscale_arm) ---------------------
+
+    async def PutAutoscaleSettingResource(
+        self, request: Any, context: grpc.aio.ServicerContext
+    ) -> Any:
+        expected = await _if_match(context)
+        try:
+            wanted = autoscale_arm.setting_in(request.name, request.resource)
+        except (AutoscaleError, ValueError) as exc:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        setting = await self._valid(wanted, context)
+        stored = await self._store.get(setting.name)
+        if stored is None:
+            if expected is not None:
+                await _abort(
+                    context,
+                    grpc.StatusCode.ABORTED,
+                    f"{_missing(setting.name)}, so no If-Match ETag can match it",
+                )
+            message = await self.CreateAutoscaleSetting(_message(setting), context)
+            doc = await self._store.get(message.name)
+        else:
+            before = setting_of(stored)
+            if (before.endpoint_name, before.deployment_name) != (
+                setting.endpoint_name,
+                setting.deployment_name,
+            ):
+                await _abort(
+                    context,
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "properties.targetResourceUri cannot change; delete the setting and "
+                    "create a new one",
+                )
+            version = stored["version"] if expected in (None, -1) else expected
+            try:
+                doc = await self._store.update(setting, version)
+            except Conflict as exc:
+                await _abort(context, grpc.StatusCode.ABORTED, str(exc))
+        if doc is None:
+            await _abort(context, grpc.StatusCode.NOT_FOUND, _missing(setting.name))
+        headers = [("etag", f'"{doc["version"]}"')]
+        if stored is None:
+            headers.append(("x-sluice-created", "true"))
+        await context.send_initial_metadata(headers)
+        return autoscale_arm.resource(doc)
+
+    async def GetAutoscaleSettingResource(
+        self, request: Any, context: grpc.aio.ServicerContext
+    ) -> Any:
+        doc = await self._store.get(request.name)
+        if doc is None:
+            await _abort(context, grpc.StatusCode.NOT_FOUND, _missing(request.name))
+        await context.send_initial_metadata([("etag", f'"{doc["version"]}"')])
+        return autoscale_arm.resource(doc)
+
+    async def ListAutoscaleSettingResources(
+        self, request: Any, context: grpc.aio.ServicerContext
+    ) -> Any:
+        docs = await self._store.list(request.endpoint_name or None)
+        return autoscale_pb2.AutoscaleSettingResourceList(
+            value=[autoscale_arm.resource(d) for d in docs]
+        )
+
     async def ListScaleDecisions(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         endpoint, deployment = request.endpoint_name, request.deployment_name
         scale = await self._store.scale_settings(endpoint, deployment)
@@ -174,6 +248,29 @@ class AutoscaleApi(autoscale_pb2_grpc.AutoscaleServicer):
         for entry in entries:
             add_decision(response.decisions, entry)
         return response
+
+
+def _message(setting: AutoscaleSetting) -> Any:
+    message = autoscale_pb2.AutoscaleSetting()
+    json_format.ParseDict(setting.model_dump(exclude_none=True), message)
+    return message
+
+
+async def _if_match(context: grpc.aio.ServicerContext) -> int | None:
+    """The version an If-Match header names (-1 for `*`); None without the header."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "if-match" and isinstance(value, str):
+            text = value.strip().removeprefix("W/").strip('"')
+            if text == "*":
+                return -1
+            if not text.isdigit():
+                await _abort(
+                    context,
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f'If-Match {value!r} is not an ETag of this API (e.g. "3")',
+                )
+            return int(text)
+    return None
 
 
 def _missing(name: str) -> str:
