@@ -18,6 +18,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from sluice.common.nats_auth import AUDIT_USER, BATCH_WORKER, CLI_USER
 from sluice.common.pki import PlatformPki
 from sluice.common.platform import SERVICES, installed_services
 from sluice.common.settings import is_loopback
@@ -153,6 +154,74 @@ def test_the_management_listener_is_deployed_over_tls(where: str) -> None:
         assert int(at) in hosts.get(host, set()), f"{address}: no such service and port"
     image_host = re.search(r"SLUICE_HOST=(\S+)", DOCKERFILE.read_text())
     assert image_host and not is_loopback(image_host[1])
+
+
+def _nats_users(where: str) -> dict[str, tuple[str | None, set[str]]]:
+    """Each container running our image or nats: (its SLUICE_NATS_USER, the NATS secrets it
+    mounts: the nats-auth volume's subpaths, or the keys of the Kubernetes Secrets)."""
+    found: dict[str, tuple[str | None, set[str]]] = {}
+    if where == "compose":
+        compose = yaml.safe_load(COMPOSE.read_text())
+        for name, svc in compose["services"].items():
+            mounted = {
+                v["volume"]["subpath"]
+                for v in svc.get("volumes", [])
+                if isinstance(v, dict) and v.get("source") == "nats-auth"
+            }
+            if svc.get("restart") != "no" and (svc.get("image") == "sluice:dev" or mounted):
+                found[name] = ((svc.get("environment") or {}).get("SLUICE_NATS_USER"), mounted)
+        return found
+    for _, obj in k8s_objects():
+        if obj["kind"] not in ("Deployment", "StatefulSet"):
+            continue
+        spec = obj["spec"]["template"]["spec"]
+        (container,) = spec["containers"]
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        secrets: set[str] = set()
+        for volume in spec.get("volumes", []):
+            secret = volume.get("secret", {})
+            if secret.get("secretName") == "sluice-nats-users":
+                secrets |= {item["key"] for item in secret["items"]}
+            elif secret.get("secretName") == "sluice-nats-server":
+                secrets.add("server")
+        if container["image"] == "sluice" or secrets:
+            found[obj["metadata"]["name"]] = (env.get("SLUICE_NATS_USER"), secrets)
+    return found
+
+
+@pytest.mark.parametrize("where", ["compose", "k8s"])
+def test_each_service_gets_its_own_nats_user_and_only_its_password(where: str) -> None:
+    """As `sluice up`: a NATS user per service (sluice.common.nats_auth), each container
+    given its own password alone; batch workers the restricted batch-worker user; nats-server
+    the configuration (hashes), not a password."""
+    users = _nats_users(where)
+    services = {s.name for s in installed_services()}
+    assert services <= users.keys()
+    for name in services:
+        extra = {BATCH_WORKER} if name == "batch" else set()
+        assert users[name] == (name, {name} | extra), name
+    assert users["nats"] == (None, {"server"})
+    env = _platform_env(where)
+    assert env["SLUICE_NATS_PASSWORD_FILE"] == "/run/secrets/nats/password"
+    assert "@" not in env["SLUICE_NATS_URL"]  # no password in the manifests
+    if where == "compose":
+        nats = yaml.safe_load(COMPOSE.read_text())["services"]["nats"]["command"]
+        one_shot = yaml.safe_load(COMPOSE.read_text())["services"]["nats-auth"]["command"]
+        assert one_shot[0] == "sluice.common.nats_auth"
+    else:
+        kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+        generated = {g["name"]: g.get("files", []) for g in kustomization["secretGenerator"]}
+        keys = {f.split("=")[0] for f in generated["sluice-nats-users"]}
+        assert keys == {*services, BATCH_WORKER, CLI_USER, AUDIT_USER}
+        for entry in generated["sluice-nats-users"]:  # as python -m sluice.common.nats_auth
+            key, path = entry.split("=")
+            assert path == f"nats-auth/{key}/password"
+        assert generated["sluice-nats-server"] == [
+            "nats-server.conf=nats-auth/server/nats-server.conf"
+        ]
+        nats = next(o for n, o in k8s_objects() if n.endswith("StatefulSet/nats"))
+        nats = nats["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert nats[:2] == ["--config", "/etc/nats/nats-server.conf"]
 
 
 def _without_addresses(config: dict[str, Any]) -> dict[str, Any]:

@@ -9,9 +9,13 @@ the attacker aimed at is left as it was.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import nats
 import pytest
@@ -28,6 +32,8 @@ from sluice.common.nats_auth import (
     AUDIT_DURABLE,
     AUDIT_INBOX,
     AUDIT_USER,
+    BATCH_WORKER,
+    BATCH_WORKER_INBOX,
     BCRYPT_COST,
     CLI_USER,
     CONFIG,
@@ -37,9 +43,12 @@ from sluice.common.nats_auth import (
     JobUsers,
     NatsUsers,
     Subjects,
+    batch_worker_permissions,
     job_user,
     with_user,
 )
+from sluice.common.platform import SERVICES as PLATFORM_SERVICES
+from sluice.common.settings import Settings
 from sluice.common.supervisor import Supervisor, free_port, stop_process
 from sluice.testing.wait import wait_for_async
 
@@ -309,3 +318,92 @@ async def test_the_audit_user_reads_events_and_changes_nothing(secured_nats: Nat
     after = (await registry.jetstream().stream_info(SUBJECTS.events_stream)).state.messages
     await registry.close()
     assert after == before
+
+
+@pytest.fixture(scope="module")
+def deployed_nats(
+    session_supervisor: Supervisor, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, Path]]:
+    """nats-server as compose and Kubernetes run it: its configuration and the passwords
+    written by `python -m sluice.common.nats_auth <folder>` (compose's one-shot container;
+    the operator's step for Kubernetes)."""
+    folder = tmp_path_factory.mktemp("nats-deploy")
+    subprocess.run(
+        [sys.executable, "-m", "sluice.common.nats_auth", str(folder)], check=True, timeout=60
+    )
+    spec = nats_spec(
+        host="127.0.0.1",
+        port=free_port(),
+        monitor_port=free_port(),
+        data_dir=folder / "data",
+        config=folder / "server" / CONFIG,
+        name="nats-deployed",
+    )
+    running = session_supervisor.start(spec)
+    yield spec.address, folder
+    stop_process(running)
+
+
+async def test_compose_and_kubernetes_users_are_sluice_ups_and_workers_are_restricted(
+    deployed_nats: tuple[str, Path], tmp_path: Path
+) -> None:
+    address, folder = deployed_nats
+    # The same users and permissions as `sluice up`'s, plus the static batch-worker user.
+    subjects = Subjects("sluice.events", "SLUICE_EVENTS")
+    names = [svc.name for svc in PLATFORM_SERVICES]
+    local = NatsUsers.ensure(tmp_path, names, subjects).config_file
+    deployed = folder / "server" / CONFIG
+
+    def permissions(config: Path) -> dict[str, Any]:
+        users = json.loads(config.read_text())["authorization"]["users"]
+        return {u["user"]: u["permissions"] for u in users}
+
+    assert permissions(deployed) == {
+        **permissions(local),
+        BATCH_WORKER: batch_worker_permissions(subjects),
+    }
+    assert "$2a$" in deployed.read_text() and (folder / "batch" / "password").read_text() not in (
+        deployed.read_text()
+    )
+    # Each service connects as its own user, from the settings its container has.
+    batch_settings = Settings(
+        nats_url=address, nats_user="batch", nats_password_file=folder / "batch" / "password"
+    )
+    assert batch_settings.nats_url and urlsplit(batch_settings.nats_url).username == "batch"
+    with pytest.raises(NatsError):  # no password: nobody
+        await connect(address)
+    service = await connect(batch_settings.nats_url)
+    js = service.jetstream()
+    queue = JobQueue("job-d", "sluice.batch")
+    await js.add_stream(StreamConfig(name=SUBJECTS.events_stream, subjects=["sluice.events.>"]))
+    await js.add_stream(StreamConfig(name=queue.work_stream, subjects=[queue.work_subject]))
+    await js.add_stream(
+        StreamConfig(name=queue.results_stream, subjects=[f"{queue.results_prefix}.>"])
+    )
+    await js.add_consumer(queue.work_stream, ConsumerConfig(durable_name=DURABLE, ack_wait=30))
+    body = MiniBatch(index=0, files=["/job-d/a.csv"]).model_dump_json().encode()
+    await js.publish(queue.work_subject, body, stream=queue.work_stream)
+    # The workers, as the batch service gives them the static user (app.worker_nats_url).
+    worker_url = with_user(address, BATCH_WORKER, (folder / BATCH_WORKER / "password").read_text())
+    errors: list[str] = []
+    worker = await connect(worker_url, errors, inbox_prefix=BATCH_WORKER_INBOX)
+    try:
+        wjs = worker.jetstream(timeout=5)
+        denied = worker.jetstream(timeout=REFUSAL_S)
+        mine = await wjs.pull_subscribe_bind(DURABLE, queue.work_stream)
+        [message] = await mine.fetch(1, timeout=5)
+        await wjs.publish(f"{queue.results_prefix}.0", b"{}", stream=queue.results_stream)
+        await message.ack()
+        # Deployment code with the workers' user: no event forged, no stream removed.
+        with pytest.raises(REFUSED):
+            await denied.publish("sluice.events.endpoint.created", b"{}")
+        with pytest.raises(REFUSED):
+            await denied.delete_stream(SUBJECTS.events_stream)
+        await worker.subscribe("sluice.events.>")
+        await worker.flush(timeout=5)
+        await refused_by_server(errors, "subscription")
+    finally:
+        await worker.close()
+    assert (await js.stream_info(SUBJECTS.events_stream)).state.messages == 0
+    assert (await js.stream_info(queue.results_stream)).state.messages == 1
+    await service.close()

@@ -52,6 +52,22 @@ def test_settings_read_prefixed_and_nested_variables(monkeypatch: pytest.MonkeyP
     assert s.logs_dir == Path("/tmp/x/logs")
 
 
+def test_a_nats_password_file_joins_the_url_as_its_user(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """compose and Kubernetes: a service's NATS password is a secret file, never in the URL
+    of its manifest; without a user it is refused rather than ignored."""
+    (tmp_path / "password").write_text("s3cret\n")
+    monkeypatch.setenv("SLUICE_NATS_URL", "nats://nats:4222")
+    monkeypatch.setenv("SLUICE_NATS_PASSWORD_FILE", str(tmp_path / "password"))
+    with pytest.raises(ValueError, match="needs SLUICE_NATS_USER"):
+        Settings()
+    monkeypatch.setenv("SLUICE_NATS_USER", "registry")
+    settings = Settings()
+    assert settings.nats_url == "nats://registry:s3cret@nats:4222"
+    assert settings.model_copy().nats_url == settings.nats_url
+
+
 def test_settings_reject_a_bad_port(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SLUICE_ENVOY__HTTP_PORT", "eighty")
     with pytest.raises(ValueError, match="http_port"):

@@ -32,7 +32,15 @@ theirs in their environment, `sluice events-url` prints the audit user's), the
 jobs' derived from `batch-jobs.key` (an HMAC of the job's name, so a resumed job's
 runner finds the same password without storing it).
 
-A NATS named by SLUICE_NATS_URL is the operator's: its authentication is theirs.
+Compose and Kubernetes cannot reload another container's nats-server, so there the
+per-job users give way to one static **`batch-worker`** user (any job's queue and
+results, not the events, not the streams; `batch_worker_permissions`). `python -m
+sluice.common.nats_auth <folder>` writes their nats-server configuration (the same
+users and permissions as `sluice up`'s, hashes only) and one `<user>.password` file
+per user, which the operator gives each container as its own secret
+(SLUICE_NATS_USER + SLUICE_NATS_PASSWORD_FILE; deploy/compose, deploy/k8s).
+
+A NATS named by SLUICE_NATS_URL alone is the operator's: its authentication is theirs.
 """
 
 from __future__ import annotations
@@ -53,9 +61,13 @@ from urllib.parse import urlsplit, urlunsplit
 import bcrypt
 
 from sluice.common.events.catalogue import ALL, AUTOSCALE_SCALED
+from sluice.common.settings import with_nats_user
 
 CLI_USER = "cli"
 AUDIT_USER = "audit"
+BATCH_WORKER = "batch-worker"  # compose and Kubernetes: every job's workers (no reloads)
+BATCH_WORKER_INBOX = "_INBOX_batch-worker"
+WORKERS_DURABLE = "workers"  # each job's work queue consumer (sluice.batch.queue.DURABLE)
 AUDIT_DURABLE = "audit"
 AUDIT_INBOX = "_INBOX_audit"
 JOB_USER_PREFIX = "batch-job-"
@@ -97,9 +109,7 @@ def hashed(password: str, known: str | None = None) -> str:
 
 def with_user(url: str, user: str, password: str) -> str:
     """`nats://host:port` -> `nats://user:password@host:port`."""
-    parts = urlsplit(url)
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{user}:{password}@{host}"))
+    return with_nats_user(url, user, password)
 
 
 def without_user(url: str) -> str:
@@ -180,6 +190,24 @@ def cli_permissions(s: Subjects) -> Permissions:
     return {"publish": {"deny": [">"]}, "subscribe": {"allow": [f"{s.events_prefix}.>"]}}
 
 
+def batch_worker_permissions(s: Subjects) -> Permissions:
+    """Every job's workers as one user: pull from and ack any job's work queue, publish
+    any job's results, receive on its own inbox prefix; not the events, not the streams.
+    (Per-job users, as `sluice up` gives, also keep one job's code from another's queue.)"""
+    work = f"*.{WORKERS_DURABLE}"  # BATCH_WORK_<job>.workers: a whole token per stream
+    return {
+        "publish": {
+            "allow": [
+                f"$JS.API.CONSUMER.MSG.NEXT.{work}",
+                f"$JS.API.CONSUMER.INFO.{work}",
+                f"$JS.ACK.{work}.>",
+                f"{s.beside('batch')}.*.results.>",
+            ]
+        },
+        "subscribe": {"allow": [f"{BATCH_WORKER_INBOX}.>"]},
+    }
+
+
 def static_entries(
     passwords: dict[str, str], services: list[str], s: Subjects, known: dict[str, str]
 ) -> list[Any]:
@@ -190,10 +218,12 @@ def static_entries(
             permissions = cli_permissions(s)
         elif user == AUDIT_USER:
             permissions = audit_permissions(s)
+        elif user == BATCH_WORKER:
+            permissions = batch_worker_permissions(s)
         elif user in services:
             permissions = service_permissions(user, s)
         else:
-            continue  # a user of an earlier version (e.g. the shared batch-worker): gone
+            continue  # a user of an earlier version: gone
         password = hashed(passwords[user], known.get(user))
         entries.append({"user": user, "password": password, "permissions": permissions})
     return entries
@@ -222,15 +252,24 @@ class NatsUsers:
     pid_file: Path
 
     @classmethod
-    def ensure(cls, state_dir: Path, services: list[str], subjects: Subjects) -> NatsUsers:
+    def ensure(
+        cls, state_dir: Path, services: list[str], subjects: Subjects, *, batch_worker: bool = False
+    ) -> NatsUsers:
         """Keep existing passwords (running services use them), add missing users, and
-        (re)write nats-server's configuration (keeping the batch jobs' users)."""
-        folder = state_dir / FOLDER
+        (re)write nats-server's configuration (keeping the batch jobs' users).
+        `batch_worker`: the static user of compose and Kubernetes, instead of jobs' users."""
+        return cls.ensure_in(state_dir / FOLDER, services, subjects, batch_worker=batch_worker)
+
+    @classmethod
+    def ensure_in(
+        cls, folder: Path, services: list[str], subjects: Subjects, *, batch_worker: bool = False
+    ) -> NatsUsers:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         stored = folder / PASSWORDS
+        users = [*services, CLI_USER, AUDIT_USER, *([BATCH_WORKER] if batch_worker else [])]
         passwords: dict[str, str] = json.loads(stored.read_text()) if stored.exists() else {}
-        passwords = {u: p for u, p in passwords.items() if u in {*services, CLI_USER, AUDIT_USER}}
-        for user in [*services, CLI_USER, AUDIT_USER]:
+        passwords = {u: p for u, p in passwords.items() if u in users}
+        for user in users:
             passwords.setdefault(user, secrets.token_urlsafe(24))
         _write_private(stored, json.dumps(passwords, indent=1))
         static = folder / STATIC_USERS
@@ -315,3 +354,37 @@ class JobUsers:
             pid = int((self.folder / PID_FILE).read_text().strip())
             if "nats-server" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
                 os.kill(pid, signal.SIGHUP)
+
+
+def write_deploy_secrets(folder: Path, services: list[str], subjects: Subjects) -> list[Path]:
+    """compose and Kubernetes: `server/nats-server.conf` (what nats-server reads: hashes
+    only) and `<user>/password` for each user, each folder a container's own secret (its
+    service's alone). The passwords themselves are kept in `users/` (as `sluice up` keeps
+    them), so running it again changes nothing a running platform uses."""
+    users = NatsUsers.ensure_in(folder / "users", services, subjects, batch_worker=True)
+    (folder / "server").mkdir(exist_ok=True)
+    _write_private(folder / "server" / CONFIG, users.config_file.read_text())
+    written = [folder / "server" / CONFIG]
+    for user, password in sorted(users.passwords.items()):
+        (folder / user).mkdir(exist_ok=True)
+        _write_private(folder / user / "password", password)
+        written.append(folder / user / "password")
+    return written
+
+
+def main(argv: list[str]) -> None:
+    from sluice.common.platform import SERVICES  # the services `sluice up` would run
+    from sluice.common.settings import Settings
+
+    if len(argv) != 1:
+        raise SystemExit("usage: python -m sluice.common.nats_auth <folder>")
+    s = Settings()
+    subjects = Subjects(s.events_subject_prefix, s.events_stream)
+    for path in write_deploy_secrets(Path(argv[0]), [svc.name for svc in SERVICES], subjects):
+        print(path)
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])

@@ -10,8 +10,9 @@ import ipaddress
 import os
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -90,6 +91,11 @@ class Settings(BaseSettings):
     # The local platform's NATS users (sluice.common.nats_auth): the batch service adds a
     # user per job there for its workers (deployment code); unset = workers use nats_url.
     nats_auth_dir: Path | None = None
+    # compose and Kubernetes: this service's NATS user and the file (a secret) holding its
+    # password, added to nats_url; the batch service's workers' static user's password.
+    nats_user: str | None = None
+    nats_password_file: Path | None = None
+    batch_worker_nats_password_file: Path | None = None
     # Local folders batch jobs may read inputs from and write outputs to besides the
     # datastore (os.pathsep-separated), e.g. a shared file system mounted on every host; the
     # CLI uploads a local --input instead (services/batch/.../inputs.py says why).
@@ -154,6 +160,20 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "console", "json"] = "auto"
     service_name: str = "sluice"
 
+    @model_validator(mode="after")
+    def _nats_credentials(self) -> Settings:
+        """compose and Kubernetes hand each service its NATS password as a file (its own
+        secret, never in the image or the shared volume): it joins nats_url here, so every
+        user of nats_url connects as the service's own user."""
+        if self.nats_password_file is None:
+            return self
+        if not self.nats_user or not self.nats_url:
+            raise ValueError("SLUICE_NATS_PASSWORD_FILE needs SLUICE_NATS_USER and SLUICE_NATS_URL")
+        password = self.nats_password_file.read_text().strip()
+        self.nats_url = with_nats_user(self.nats_url, self.nats_user, password)
+        self.nats_password_file = None  # applied: a copy of these settings must not apply it again
+        return self
+
     @property
     def logs_dir(self) -> Path:
         return self.state_dir / "logs"
@@ -161,6 +181,13 @@ class Settings(BaseSettings):
     @property
     def pki_folder(self) -> Path:
         return self.pki_dir or self.state_dir / "pki"
+
+
+def with_nats_user(url: str, user: str, password: str) -> str:
+    """`nats://host:port` -> `nats://user:password@host:port`."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:{password}@{host}"))
 
 
 def service_env(settings: Settings) -> dict[str, str]:

@@ -33,7 +33,7 @@ from sluice.common.events import (
 from sluice.common.grpc_server import GrpcServer
 from sluice.common.log import get_logger
 from sluice.common.mongo import create_mongo_client, database, require_uri
-from sluice.common.nats_auth import JobUsers
+from sluice.common.nats_auth import BATCH_WORKER, JobUsers, with_user
 from sluice.common.prometheus import start_exporter
 from sluice.common.runtime import wait_for_shutdown_signal
 from sluice.common.settings import Settings
@@ -58,6 +58,15 @@ class BatchServiceSettings(BaseSettings):
 def batch_prefix(settings: Settings) -> str:
     """`sluice.events` -> `sluice.batch`: the subjects of job queues and results."""
     return settings.events_subject_prefix.rsplit(".", 1)[0] + ".batch"
+
+
+def worker_nats_url(settings: Settings) -> str | None:
+    """compose and Kubernetes: the static `batch-worker` user (its password is a secret
+    of the batch service's) instead of the service's own user for deployment code."""
+    secret = settings.batch_worker_nats_password_file
+    if secret is None or not settings.nats_url:
+        return None
+    return with_user(settings.nats_url, BATCH_WORKER, secret.read_text().strip())
 
 
 async def prune_spares(spares: SparePool) -> None:
@@ -115,6 +124,7 @@ async def serve(settings: Settings) -> None:
             catalogue=Catalogue.load(),
             spares=spares,
             job_users=JobUsers(settings.nats_auth_dir) if settings.nats_auth_dir else None,
+            worker_nats_url=worker_nats_url(settings),
         )
         registry = None
         if settings.registry_address:

@@ -48,7 +48,13 @@ from sluice.common.catalogue import Catalogue, UnknownInstanceType
 from sluice.common.environments import EnvironmentBuilder, EnvironmentError_
 from sluice.common.isolation import IsolationError
 from sluice.common.log import get_logger
-from sluice.common.nats_auth import JobUsers, job_user, with_user, without_user
+from sluice.common.nats_auth import (
+    BATCH_WORKER_INBOX,
+    JobUsers,
+    job_user,
+    with_user,
+    without_user,
+)
 from sluice.common.resources import (
     BATCH_DEPLOYMENTS,
     BatchDeploymentDoc,
@@ -86,6 +92,8 @@ class RunnerContext:
     spares: SparePool
     # The local platform's NATS: a user per job for its workers (None: they use nats_url).
     job_users: JobUsers | None = None
+    # compose and Kubernetes: the static `batch-worker` user's URL for every job's workers.
+    worker_nats_url: str | None = None
 
 
 def tail(path: Path, lines: int = LOG_LINES_IN_ERRORS) -> str:
@@ -306,7 +314,7 @@ class JobRunner:
         self.cwd = code or space.home
         return WorkerConfig(
             nats_url=await self._workers_nats_url(),
-            inbox_prefix=self.queue.inbox_prefix,
+            inbox_prefix=self._workers_inbox_prefix(),
             job=job.name,
             worker="",
             stream=self.queue.work_stream,
@@ -331,7 +339,7 @@ class JobRunner:
         the workers run the deployment's code, which must not reach other jobs' queues."""
         users = self.ctx.job_users
         if users is None:
-            return self.ctx.nats_url
+            return self.ctx.worker_nats_url or self.ctx.nats_url
         password = await asyncio.to_thread(
             users.add, self.job.name, self.queue.worker_permissions()
         )
@@ -342,6 +350,12 @@ class JobRunner:
                 " s (its configuration is reloaded with SIGHUP: is nats-server running?)"
             )
         return url
+
+    def _workers_inbox_prefix(self) -> str:
+        """The job's own inboxes, but the static worker user may receive only on its own."""
+        if self.ctx.job_users is None and self.ctx.worker_nats_url:
+            return BATCH_WORKER_INBOX
+        return self.queue.inbox_prefix
 
     def _isolate(
         self, runtime: Runtime
