@@ -27,7 +27,10 @@ import pytest
 from faststream.nats import NatsBroker
 from pymongo import MongoClient
 
+from sluice.common.settings import TracingSettings
 from sluice.common.supervisor import ComponentError
+from sluice.common.trace_files import trace_spans
+from sluice.common.tracing import TRACES
 from sluice.sdk.batch import TERMINAL, BatchClient, state_name
 from sluice.sdk.client import RegistryClient
 from sluice.sdk.specs import load_batch_deployment, load_batch_endpoint
@@ -343,6 +346,102 @@ async def test_state_changes_are_events(cli: Cli, batch: RunningService) -> None
         await sub.unsubscribe()
     finally:
         await broker.stop()
+
+
+TRACED_SCRIPT = """\
+def init():
+    pass
+
+
+def run(mini_batch):
+    if any("-bad" in path for path in mini_batch):
+        raise ValueError("a bad file")
+    return [path for path in mini_batch]
+"""
+
+
+async def test_a_traced_job_is_one_trace_with_a_span_per_mini_batch(
+    start_service: ServiceStarter, registry: RunningService, tmp_path: Path
+) -> None:
+    tracing = TracingSettings(enabled=True, sampling_ratio=1.0)
+    start_service.settings = start_service.settings.model_copy(
+        update={"registry_address": registry.address, "tracing": tracing}
+    )
+    batch = start_service("batch")
+    settings = batch.settings
+    cli = Cli(
+        {
+            **os.environ,
+            "SLUICE_REGISTRY_ADDRESS": registry.address,
+            "SLUICE_BATCH_ADDRESS": batch.address,
+            "SLUICE_ADMIN_TOKEN": settings.admin_token or "",
+            "SLUICE_STATE_DIR": str(settings.state_dir),
+            "SLUICE_TRACING__ENABLED": "true",
+            "SLUICE_TRACING__SAMPLING_RATIO": "1.0",
+        },
+        tmp_path,
+    )
+    deploy(cli, "traced-batch", script=TRACED_SCRIPT)
+    make_csvs(tmp_path / "data", 3, 1, bad=(1,))  # mini-batches [f000, f001-bad], [f002]
+    invoked = cli("batch-endpoint", "invoke", "-n", "traced-batch", "--input", "data", "-o", "json")
+    job = json.loads(invoked.stdout)
+    match = re.search(r"trace ([0-9a-f]{32})", invoked.stderr)
+    assert match, invoked.stderr
+    trace_id = match.group(1)
+    assert cli.finished(job["name"])["status"] == "Completed"
+
+    folder = settings.state_dir / TRACES
+    spans: dict[str, list[dict[str, Any]]] = {}
+
+    def job_and_mini_batches() -> bool:
+        spans.clear()
+        for span in trace_spans(folder, trace_id):
+            spans.setdefault(span["name"], []).append(span)
+        return len(spans.get("job", [])) == 1 and len(spans.get("mini-batch", [])) == 2
+
+    wait_for(job_and_mini_batches, "the job's span and its 2 mini-batches'", deadline=15)
+    (job_span,) = spans["job"]
+    invoke_span = next(
+        s for s in trace_spans(folder, trace_id) if s["span_id"] == job_span["parent_id"]
+    )
+    assert invoke_span["service"] == "batch" and invoke_span["kind"] == "SERVER"
+    assert job_span["attributes"]["sluice.job"] == job["name"]
+    assert job_span["attributes"]["sluice.job.state"] == "Completed"
+    failed, scored = sorted(
+        spans["mini-batch"], key=lambda s: s["attributes"]["sluice.batch.index"]
+    )
+    assert failed["parent_id"] == scored["parent_id"] == job_span["span_id"]
+    assert failed["status"] == "ERROR" and "a bad file" in failed["status_message"]
+    assert failed["attributes"]["sluice.batch.attempts"] == 2  # max_retries: 1
+    assert scored["status"] == "UNSET" and scored["attributes"]["sluice.batch.rows"] == 1
+    assert job_span["start"] <= failed["start"] < failed["end"] <= job_span["end"]
+    shown = cli("trace", "show", trace_id).stdout
+    assert "batch: job" in shown and "! exception ValueError: a bad file" in shown
+
+    # The job's state-change events carry its trace (CloudEvents' traceparent).
+    assert settings.nats_url
+    broker = NatsBroker(settings.nats_url, logger=None)
+    await broker.connect()
+    try:
+        js = broker.connection.jetstream()
+        sub = await js.subscribe(
+            f"{settings.events_subject_prefix}.batch.job.>",
+            stream=settings.events_stream,
+            ordered_consumer=True,
+        )
+        parents = {}
+        while len(parents) < 3:
+            event = json.loads((await sub.next_msg(timeout=10)).data)
+            if event["subject"] == job["name"]:
+                parents[event["data"]["state"]] = event["traceparent"].split("-")[2]
+        await sub.unsubscribe()
+    finally:
+        await broker.stop()
+    assert parents == {
+        "Queued": invoke_span["span_id"],
+        "Running": job_span["span_id"],
+        "Completed": job_span["span_id"],
+    }
 
 
 def test_dataframe_rows_space_separated_and_parquet(cli: Cli) -> None:

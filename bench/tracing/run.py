@@ -11,15 +11,17 @@ both off, in one run.
    - `tracing 1%` (the default ratio: new traces sampled at 0.01, spans as JSON lines),
    - `tracing 100%` (every request: a server span, a run() span, a log line),
    - `collection 1.0` (`model_inputs,model_outputs`, sampling_rate 1.0, JSON lines);
-3. drives each with wrk (1 thread, 16 connections) in alternating 3 s rounds, five each,
-   after a 2 s warm-up, and reports each server's median and best round of requests/s and
-   the least CPU time per request of its rounds (user + system of the server process, all
-   its threads: the span exporter and the collector's writer included);
-4. measures each feature's own CPU per request in this process (`overheads`).
+3. runs the servers on the last core and wrk (1 thread, 16 connections) on the first, in
+   alternating 3 s rounds, seven each, after a 2 s warm-up; each round measures every
+   server's requests/s and CPU time per request (user + system of the server process, all
+   its threads: span export and the collector's writer included);
+4. reports each setting against `off` round by round (both measured seconds apart) as
+   median (min-max) with bench/stats.py, which flags rounds that disagree;
+5. measures each feature's own CPU per request in this process (`overheads`).
 
 On a machine shared with other work, rounds taken seconds apart swing by tens of percent
-(`off` against `off-2`, two identical servers, is the noise floor), so the in-process
-figures, set against the server's CPU per request, are the ones to read there.
+(`off` against `off-2`, two identical servers, is the noise floor), so read the CPU
+ratios, and the in-process figures set against the server's CPU per request.
 
 Targets (issue 18): tracing 100% costs <= 10% of the requests/s, the default ratio <= 2%,
 off nothing measurable; collection at sampling 1.0 <= 5%.
@@ -30,6 +32,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -37,6 +40,9 @@ from typing import Any
 import psutil
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+from stats import cores, pin, spread  # noqa: E402 - bench/stats.py, found through the line above
+
 _spec = importlib.util.spec_from_file_location(
     "bench_inference_helpers", HERE.parent / "inference" / "run.py"
 )
@@ -45,7 +51,7 @@ inference: Any = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(inference)
 
 SECONDS = 3
-ROUNDS = 5
+ROUNDS = 7
 WORK = inference.CACHE / "tracing"
 # off-2 is the noise floor: its "cost" is how far two identical servers differ.
 TARGETS = {"off-2": 0.0, "tracing 1%": 0.02, "tracing 100%": 0.10, "collection 1.0": 0.05}
@@ -119,6 +125,11 @@ def overheads(work: Path, n: int = 20_000) -> dict[str, float]:
 
 
 def main() -> None:
+    available = cores()
+    if len(available) >= 2:  # servers on the last core, wrk (started from here) on the first
+        inference.SERVER_CPU = available[-1]
+        pin(available[0])
+        print(f"servers on CPU {available[-1]}, wrk on CPU {available[0]}")
     inference.WRK = inference.ensure_wrk()
     if inference.WRK is None:
         raise SystemExit("wrk is needed for this benchmark")
@@ -136,61 +147,56 @@ def main() -> None:
             "--port", str(ports[name]), "--max-queue", "64", "--log-format", "json", *extra,
         ]  # fmt: skip
         processes[name] = inference.start(argv, env, WORK / f"{name.replace(' ', '_')}.log")
-    before = os.getloadavg()
+    rps: dict[str, list[float]] = {name: [] for name in ports}
+    cpu_us: dict[str, list[float]] = {name: [] for name in ports}
     try:
         for name, port in ports.items():
             inference.wait_for(f"http://127.0.0.1:{port}/ready", process=processes[name])
             inference.wrk(f"http://127.0.0.1:{port}/score", 2)  # warm-up
-        rounds: dict[str, list[Any]] = {name: [] for name in ports}
-        cpu_us: dict[str, list[float]] = {name: [] for name in ports}
         for _ in range(ROUNDS):
             for name, port in ports.items():
                 server = psutil.Process(processes[name].pid)
                 before_cpu = sum(server.cpu_times()[:2])
                 result = inference.wrk(f"http://127.0.0.1:{port}/score", SECONDS)
                 used = sum(server.cpu_times()[:2]) - before_cpu
-                rounds[name].append(result)
+                rps[name].append(result.rps)
                 cpu_us[name].append(used / (result.rps * SECONDS) * 1e6)
-        for name, results in rounds.items():
-            print(f"RPS rounds: {name}", [round(r.rps) for r in results], flush=True)
+        for name in ports:
+            print(f"RPS rounds: {name}", [round(r) for r in rps[name]], flush=True)
             print(f"CPU us/request rounds: {name}", [round(c) for c in cpu_us[name]], flush=True)
     finally:
         for process in processes.values():
             inference.stop(process)
-    after = os.getloadavg()
-    medians = {name: inference.median(results, "rps") for name, results in rounds.items()}
-    best = {name: max(r.rps for r in results) for name, results in rounds.items()}
-    cpu = {name: min(values) for name, values in cpu_us.items()}  # the least disturbed round
+    # Each round ran every server back to back: its ratios to `off` are the figures.
     print()
     print(f"| setting (1 worker, wrk -c{inference.CONNECTIONS}, {ROUNDS} x {SECONDS} s) "
-          "| RPS median | RPS best | best vs off | CPU us/request (min) | CPU vs off "
-          "| p99 ms | target (CPU cost) |")  # fmt: skip
-    print("|---|---:|---:|---:|---:|---:|---:|---|")
-    for name, result in medians.items():
-        cost = cpu[name] / cpu["off"] - 1
-        target = TARGETS.get(name)
-        verdict = ""
-        if name == "off-2":
-            verdict = "noise floor"
-        elif target is not None:
-            verdict = f"<= {target:.0%}: {'MET' if cost <= target else 'MISSED'}"
-        print(
-            f"| {name} | {result.rps:,.0f} | {best[name]:,.0f} "
-            f"| {best[name] / best['off'] - 1:+.1%} | {cpu[name]:.0f} | {cost:+.1%} "
-            f"| {result.p99_ms:.2f} | {verdict} |"
-        )
+          "| CPU us/request | CPU vs off, round by round | RPS vs off, round by round "
+          "| target (CPU cost, median) |")  # fmt: skip
+    print("|---|---:|---:|---:|---|")
+    for name in ports:
+        cpu = spread(cpu_us[name]).show("{:.0f}")
+        if name == "off":
+            print(f"| off | {cpu} | | | |")
+            continue
+        cost = spread([c / o - 1 for c, o in zip(cpu_us[name], cpu_us["off"], strict=True)])
+        loss = spread([r / o - 1 for r, o in zip(rps[name], rps["off"], strict=True)])
+        target = TARGETS[name]
+        verdict = "noise floor" if name == "off-2" else (
+            f"<= {target:.0%}: {'MET' if cost.median <= target else 'MISSED'}"
+        )  # fmt: skip
+        print(f"| {name} | {cpu} | {cost.show('{:+.1%}')} | {loss.show('{:+.1%}')} | {verdict} |")
     added = overheads(WORK / "overhead")
+    off = statistics.median(cpu_us["off"])
     print(f"\nthe features' own CPU per request, in-process (least of 3 x 20,000), against the"
-          f" server's least CPU per request with both off ({cpu['off']:.0f} us):")  # fmt: skip
+          f" server's median CPU per request with both off ({off:.0f} us):")  # fmt: skip
     for name, us in added.items():
         target = TARGETS[name]
-        share = us / cpu["off"]
+        share = us / off
         verdict = "MET" if share <= target else "MISSED"
         print(f"  {name}: +{us:.1f} us = {share:+.1%} (target <= {target:.0%}: {verdict})")
     spans = sum(1 for p in (WORK / "traces").glob("*.jsonl") for _ in p.open())
     records = sum(1 for p in (WORK / "collected").rglob("*.jsonl") for _ in p.open())
     print(f"\nspans written: {spans:,}; collected records: {records:,}")
-    print("load average before / after:", before, after)
 
 
 if __name__ == "__main__":

@@ -110,6 +110,9 @@ class Job(_Model):
     # This host's workers as (pid, start time), stopped by a resuming runner.
     worker_processes: tuple[tuple[int, float], ...] = ()
     created_by: str = ""
+    # The W3C trace context of the invoke that created it (empty when untraced): the parent
+    # of the job's span, whichever runner runs it (job_trace.py).
+    trace: dict[str, str] = Field(default_factory=dict)
     created_at: datetime = Field(default_factory=utcnow)
     started_at: datetime | None = None
     ended_at: datetime | None = None

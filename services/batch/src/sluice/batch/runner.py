@@ -31,6 +31,7 @@ from faststream.nats import JStream, NatsBroker
 from nats.js.api import DeliverPolicy
 
 from sluice.batch.environment import model_environment
+from sluice.batch.job_trace import JobTrace
 from sluice.batch.jobs import Cost, Job, JobError, JobState, JobStore, Progress
 from sluice.batch.output import merge_parts
 from sluice.batch.queue import DURABLE, JobQueue
@@ -230,11 +231,16 @@ class JobRunner:
         self.space: JobSpace | None = None  # who the workers are and their files, likewise
         self.warm: list[subprocess.Popen[bytes]] = []  # spares taken for this job's workers
         self._changed = asyncio.Event()
+        self.trace = JobTrace(job)
 
     # ---- the job's life ----------------------------------------------------------------
 
     async def run(self) -> None:
         """Run the job to its end; a CancelledError (service stopping) leaves it Running."""
+        with self.trace.job():
+            await self._run()
+
+    async def _run(self) -> None:
         subscribers: list[Any] = []
         try:
             await self._start()
@@ -242,7 +248,8 @@ class JobRunner:
             subscribers.append(await self._follow_results())
             subscribers.append(await self._follow_given_up(config))
             await self._start_workers(config)
-            final = await self._watch(config)
+            with self.trace.watching():
+                final = await self._watch(config)
             await self._finish(final)
         except JobAborted as exc:
             self.log(f"job failed: {exc}")
@@ -382,6 +389,8 @@ class JobRunner:
         )
 
         async def on_result(result: MiniBatchResult) -> None:
+            if result.index not in self.results:
+                self.trace.mini_batch(result)
             self.results[result.index] = result
             self._changed.set()
 
@@ -410,6 +419,7 @@ class JobRunner:
                 files=len(batch.files),
                 error="its worker died during the last attempt (max_retries used up)",
                 attempts=config.max_deliver,
+                finished_ns=time.time_ns(),
             )
             self.log(f"mini-batch {batch.index}: {result.error}")
             await self.ctx.broker.publish(
@@ -578,6 +588,7 @@ class JobRunner:
             message = f"{progress.files_succeeded} of {progress.files_total} files scored" + (
                 f"; {progress.files_failed} failed" if progress.files_failed else ""
             )
+        self.trace.ended(state, message)
         ended = await self.ctx.store.transition(
             self.job.name,
             state,

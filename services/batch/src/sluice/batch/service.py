@@ -32,6 +32,7 @@ from sluice.batch.runner import (
     spare_key_for,
 )
 from sluice.batch.workspace import existing_account, remove_deployment
+from sluice.common import tracing
 from sluice.common.artifacts import ArtifactError
 from sluice.common.isolation import IsolationError
 from sluice.common.log import get_logger
@@ -311,6 +312,7 @@ class BatchService:
             instance_type=instance_type,
             cost=Cost(instance_type=instance_type, price_per_hour=price),
             created_by=actor,
+            trace=tracing.inject(),
         )
         job = job.model_copy(
             update={

@@ -91,6 +91,7 @@ class MiniBatchResult(BaseModel):
     attempts: int = 1
     worker: str = ""
     seconds: float = 0.0
+    finished_ns: int = 0  # when it was reported, ns since the epoch (its span's end)
 
 
 def say(message: str) -> None:
@@ -131,6 +132,7 @@ class Worker:
         return write_part(result, Path(self.cfg.parts), batch.index, self.cfg.output_file_name)
 
     async def _report(self, result: MiniBatchResult) -> None:
+        result.finished_ns = time.time_ns()
         await self.js.publish(
             f"{self.cfg.results_prefix}.{result.index}",
             result.model_dump_json().encode(),
