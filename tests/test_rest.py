@@ -7,10 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from google.protobuf import json_format
 from openapi_spec_validator import validate
 
+from sluice.common.artifacts import pack
 from sluice.common.platform import PlatformState
 from sluice.common.resources import Meta, OnlineDeployment
 from sluice.registry import arm
@@ -34,8 +36,8 @@ def rest(local_platform: PlatformState) -> Rest:
 
 def deployment_body(platform: PlatformState, examples: Path, endpoint: str) -> dict[str, Any]:
     """The blue example as the JSON body of a PUT, in Azure's shape; its folders uploaded
-    first, as `az` uploads to blob storage before it PUTs a deployment (UploadArtifact is a
-    client stream: gRPC only)."""
+    first (by the SDK's gRPC stream; test_assets_in_azures_shape uploads over REST), as
+    `az` uploads to blob storage before it PUTs a deployment."""
     assert platform.registry_address
     client = RegistryClient(
         platform.registry_address, (platform.state_dir / "admin-token").read_text().strip()
@@ -441,9 +443,33 @@ def test_assets_in_azures_shape(
     Azure lets change (description, tags, isArchived) under If-Match; containers are read
     from the versions; bad bodies are 400 naming the field and store nothing."""
     (tmp_path / "model.pkl").write_bytes(b"not really a model")
+    # Uploaded over REST (a tar archive as the body); the gRPC stream gives the same URI.
+    tar = {"authorization": f"Bearer {rest.admin_token}", "content-type": "application/x-tar"}
+    put = httpx.put(
+        f"{rest.base}/artifacts/model.pkl", content=pack(tmp_path / "model.pkl"), headers=tar
+    )
+    assert put.status_code == 200, put.text
+    uri = put.json()["uri"]
+    assert uri.startswith("azureml://artifacts/sha256:") and uri.endswith("/model.pkl")
     assert local_platform.registry_address
     with RegistryClient(local_platform.registry_address, rest.admin_token) as client:
-        uri = arm.artifact_uri(client.upload(tmp_path / "model.pkl"))
+        assert arm.artifact_uri(client.upload(tmp_path / "model.pkl")) == uri
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "a.txt").write_text("a")
+    put = httpx.put(
+        f"{rest.base}/artifacts/folder?isDirectory=true",
+        content=pack(tmp_path / "folder"),
+        headers=tar,
+    )
+    assert put.status_code == 200 and put.json()["uri"].endswith("/folder/"), put.text
+    for where, body, says in [
+        ("/artifacts/model.pkl", b"", "the body is empty"),
+        ("/artifacts/other.pkl", pack(tmp_path / "model.pkl"), "must hold exactly"),
+        ("/artifacts/model.pkl", b"not a tar archive" * 40, "not a valid tar"),
+        ("/artifacts/model.pkl?isDirectory=true", pack(tmp_path / "model.pkl"), "folder"),
+    ]:
+        bad = httpx.put(f"{rest.base}{where}", content=body, headers=tar)
+        assert bad.status_code == 400 and says in bad.json()["message"], (where, bad.text)
     model = f"rest-model-{test_id}"
     path = f"/models/{model}/versions/1"
     body = {"properties": {"modelUri": uri, "description": "d", "tags": {"a": "1"}}}

@@ -15,6 +15,7 @@ Azure's properties are marked "Sluice:".
 """
 
 from collections import abc as _abc
+from google.api import httpbody_pb2 as _httpbody_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
@@ -2702,3 +2703,64 @@ class DataVersionList(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DataVersionList: _TypeAlias = DataVersionList  # noqa: Y015
+
+@_typing.final
+class UploadArtifactArchiveRequest(_message.Message):
+    """---- artifacts --------------------------------------------------------------------------"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    IS_DIRECTORY_FIELD_NUMBER: _builtins.int
+    ARCHIVE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """the file or folder's name, the archive's only top-level entry"""
+    is_directory: _builtins.bool
+    """?isDirectory=true for a folder"""
+    @_builtins.property
+    def archive(self) -> _httpbody_pb2.HttpBody:
+        """the request body, as sent (Content-Type: application/x-tar)"""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        is_directory: _builtins.bool = ...,
+        archive: _httpbody_pb2.HttpBody | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["archive", b"archive"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["archive", b"archive", "is_directory", b"is_directory", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadArtifactArchiveRequest: _TypeAlias = UploadArtifactArchiveRequest  # noqa: Y015
+
+@_typing.final
+class UploadedArtifact(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    URI_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    IS_DIRECTORY_FIELD_NUMBER: _builtins.int
+    uri: _builtins.str
+    """"azureml://artifacts/sha256:<hex>/<name>" ("/" at the end for a folder)"""
+    digest: _builtins.str
+    name: _builtins.str
+    is_directory: _builtins.bool
+    def __init__(
+        self,
+        *,
+        uri: _builtins.str = ...,
+        digest: _builtins.str = ...,
+        name: _builtins.str = ...,
+        is_directory: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "is_directory", b"is_directory", "name", b"name", "uri", b"uri"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadedArtifact: _TypeAlias = UploadedArtifact  # noqa: Y015

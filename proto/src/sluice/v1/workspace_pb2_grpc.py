@@ -160,6 +160,11 @@ class WorkspaceStub:
                 request_serializer=sluice_dot_v1_dot_workspace__pb2.PatchBatchDeploymentRequest.SerializeToString,
                 response_deserializer=sluice_dot_v1_dot_workspace__pb2.BatchDeploymentTrackedResource.FromString,
                 _registered_method=True)
+        self.UploadArtifactArchive = channel.unary_unary(
+                '/sluice.v1.Workspace/UploadArtifactArchive',
+                request_serializer=sluice_dot_v1_dot_workspace__pb2.UploadArtifactArchiveRequest.SerializeToString,
+                response_deserializer=sluice_dot_v1_dot_workspace__pb2.UploadedArtifact.FromString,
+                _registered_method=True)
         self.ListModelContainers = channel.unary_unary(
                 '/sluice.v1.Workspace/ListModelContainers',
                 request_serializer=sluice_dot_v1_dot_workspace__pb2.ListAssetContainersRequest.SerializeToString,
@@ -400,6 +405,17 @@ class WorkspaceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UploadArtifactArchive(self, request, context):
+        """Uploads a file or folder: the body is an uncompressed tar archive holding exactly
+        `name` (`tar -cf - model/`), what `az` uploads to blob storage before a PUT names it.
+        Answers the `azureml://artifacts/sha256:<hex>/<name>` URI a deployment or asset names.
+        The same bytes give the same URI. Up to 64 MiB over REST; larger artifacts go through
+        gRPC's streamed Registry.UploadArtifact (the CLI).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListModelContainers(self, request, context):
         """---- registered assets: Azure's models, environments and data, with their versions ----
         A container (`/models/{name}`) is read-only here: Sluice derives it from the versions.
@@ -621,6 +637,11 @@ def add_WorkspaceServicer_to_server(servicer, server):
                     servicer.PatchBatchDeployment,
                     request_deserializer=sluice_dot_v1_dot_workspace__pb2.PatchBatchDeploymentRequest.FromString,
                     response_serializer=sluice_dot_v1_dot_workspace__pb2.BatchDeploymentTrackedResource.SerializeToString,
+            ),
+            'UploadArtifactArchive': grpc.unary_unary_rpc_method_handler(
+                    servicer.UploadArtifactArchive,
+                    request_deserializer=sluice_dot_v1_dot_workspace__pb2.UploadArtifactArchiveRequest.FromString,
+                    response_serializer=sluice_dot_v1_dot_workspace__pb2.UploadedArtifact.SerializeToString,
             ),
             'ListModelContainers': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModelContainers,
@@ -1373,6 +1394,33 @@ class Workspace:
             '/sluice.v1.Workspace/PatchBatchDeployment',
             sluice_dot_v1_dot_workspace__pb2.PatchBatchDeploymentRequest.SerializeToString,
             sluice_dot_v1_dot_workspace__pb2.BatchDeploymentTrackedResource.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadArtifactArchive(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sluice.v1.Workspace/UploadArtifactArchive',
+            sluice_dot_v1_dot_workspace__pb2.UploadArtifactArchiveRequest.SerializeToString,
+            sluice_dot_v1_dot_workspace__pb2.UploadedArtifact.FromString,
             options,
             channel_credentials,
             insecure,

@@ -80,6 +80,13 @@ class WorkspaceStub:
     DeleteBatchDeployment: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.GetChildRequest, _empty_pb2.Empty]
     PatchBatchDeployment: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.PatchBatchDeploymentRequest, _workspace_pb2.BatchDeploymentTrackedResource]
     """Replaces the tags (when the body names them) and properties.description (when given)."""
+    UploadArtifactArchive: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.UploadArtifactArchiveRequest, _workspace_pb2.UploadedArtifact]
+    """Uploads a file or folder: the body is an uncompressed tar archive holding exactly
+    `name` (`tar -cf - model/`), what `az` uploads to blob storage before a PUT names it.
+    Answers the `azureml://artifacts/sha256:<hex>/<name>` URI a deployment or asset names.
+    The same bytes give the same URI. Up to 64 MiB over REST; larger artifacts go through
+    gRPC's streamed Registry.UploadArtifact (the CLI).
+    """
     ListModelContainers: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.ListAssetContainersRequest, _workspace_pb2.AssetContainerList]
     """---- registered assets: Azure's models, environments and data, with their versions ----
     A container (`/models/{name}`) is read-only here: Sluice derives it from the versions.
@@ -141,6 +148,13 @@ class WorkspaceAsyncStub(WorkspaceStub):
     DeleteBatchDeployment: _aio.UnaryUnaryMultiCallable[_workspace_pb2.GetChildRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     PatchBatchDeployment: _aio.UnaryUnaryMultiCallable[_workspace_pb2.PatchBatchDeploymentRequest, _workspace_pb2.BatchDeploymentTrackedResource]  # type: ignore[assignment]
     """Replaces the tags (when the body names them) and properties.description (when given)."""
+    UploadArtifactArchive: _aio.UnaryUnaryMultiCallable[_workspace_pb2.UploadArtifactArchiveRequest, _workspace_pb2.UploadedArtifact]  # type: ignore[assignment]
+    """Uploads a file or folder: the body is an uncompressed tar archive holding exactly
+    `name` (`tar -cf - model/`), what `az` uploads to blob storage before a PUT names it.
+    Answers the `azureml://artifacts/sha256:<hex>/<name>` URI a deployment or asset names.
+    The same bytes give the same URI. Up to 64 MiB over REST; larger artifacts go through
+    gRPC's streamed Registry.UploadArtifact (the CLI).
+    """
     ListModelContainers: _aio.UnaryUnaryMultiCallable[_workspace_pb2.ListAssetContainersRequest, _workspace_pb2.AssetContainerList]  # type: ignore[assignment]
     """---- registered assets: Azure's models, environments and data, with their versions ----
     A container (`/models/{name}`) is read-only here: Sluice derives it from the versions.
@@ -349,6 +363,19 @@ class WorkspaceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_workspace_pb2.BatchDeploymentTrackedResource, _abc.Awaitable[_workspace_pb2.BatchDeploymentTrackedResource]]:
         """Replaces the tags (when the body names them) and properties.description (when given)."""
+
+    @_abc_1.abstractmethod
+    def UploadArtifactArchive(
+        self,
+        request: _workspace_pb2.UploadArtifactArchiveRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workspace_pb2.UploadedArtifact, _abc.Awaitable[_workspace_pb2.UploadedArtifact]]:
+        """Uploads a file or folder: the body is an uncompressed tar archive holding exactly
+        `name` (`tar -cf - model/`), what `az` uploads to blob storage before a PUT names it.
+        Answers the `azureml://artifacts/sha256:<hex>/<name>` URI a deployment or asset names.
+        The same bytes give the same URI. Up to 64 MiB over REST; larger artifacts go through
+        gRPC's streamed Registry.UploadArtifact (the CLI).
+        """
 
     @_abc_1.abstractmethod
     def ListModelContainers(

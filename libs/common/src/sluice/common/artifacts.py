@@ -26,6 +26,11 @@ CHUNK_SIZE = 1 << 20
 # Never packed: caches and VCS folders that change without the content changing.
 IGNORED = frozenset({"__pycache__", ".git", ".ipynb_checkpoints", ".DS_Store"})
 
+# The largest artifact the REST API takes in one PUT /artifacts/{name} body: Envoy's
+# transcoder holds the whole body, and the registry takes it as one gRPC message. Larger
+# folders go through the streamed gRPC UploadArtifact (the CLI), chunk by chunk.
+REST_UPLOAD_MAX_BYTES = 64 * 1024 * 1024
+
 
 class ArtifactError(ValueError):
     """The artifact cannot be packed or stored; the message says why."""
@@ -114,6 +119,15 @@ class ArtifactStore:
             )
             target = self.folder(ref.digest)
             if target.exists():  # uploaded again: a call is about to use it (artifact_gc)
+                # The same bytes hold the same top-level entry: another announced name or
+                # kind is a wrong request, not this artifact (it was never unpacked again).
+                top = target / ref.name
+                if not top.exists() or top.is_dir() != is_directory:
+                    found = sorted(p.name for p in target.iterdir())
+                    raise ArtifactError(
+                        f"archive must hold exactly {name!r} as a "
+                        f"{'folder' if is_directory else 'file'}, found {found}"
+                    )
                 with contextlib.suppress(OSError):
                     os.utime(target)
             else:

@@ -321,8 +321,10 @@ class GrpcServer:
         token_verifier: TokenVerifier | None = None,
         extra_interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
         tls: Identity | None = None,
+        max_message_bytes: int | None = None,
     ):
         """`public_services` need no admin token (besides health and reflection).
+        `max_message_bytes` raises gRPC's 4 MiB limit on a received message.
 
         With `tls`, the port speaks TLS with that identity and requires a client
         certificate signed by its CA (mutual TLS): for callers that cannot send a token,
@@ -336,7 +338,10 @@ class GrpcServer:
             public = [f"/{name}/" for name in public_services]
             interceptors.append(BearerTokenInterceptor(admin_token, public, token_verifier))
         interceptors.extend(extra_interceptors)
-        self._server = grpc.aio.server(interceptors=interceptors)
+        options = [("grpc.max_receive_message_length", max_message_bytes)]
+        self._server = grpc.aio.server(
+            interceptors=interceptors, options=options if max_message_bytes else None
+        )
         self._health = health.aio.HealthServicer()
         self._service_names = list(service_names)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)

@@ -8,7 +8,7 @@ import contextlib
 import grpc
 
 from sluice.common.access import ACCESS_SERVICE, UserTokens
-from sluice.common.artifacts import ArtifactStore
+from sluice.common.artifacts import REST_UPLOAD_MAX_BYTES, ArtifactStore
 from sluice.common.curated import CuratedCatalogue
 from sluice.common.events import (
     EventPublisher,
@@ -132,7 +132,7 @@ async def serve(settings: Settings) -> None:
             )
         )
         api = RegistryApi(service, artifacts, scoring_base(settings))
-        workspace = WorkspaceApi(service, assets, scoring_base(settings))
+        workspace = WorkspaceApi(service, assets, artifacts, scoring_base(settings))
         tokens_store = TokenStore(db)  # per-user tokens and roles (access.py)
         server = GrpcServer(
             host=settings.host,
@@ -148,6 +148,8 @@ async def serve(settings: Settings) -> None:
             ),
             admin_token=settings.admin_token,
             token_verifier=UserTokens(db).verify,
+            # PUT /artifacts/{name} arrives as one message: the archive and a few fields.
+            max_message_bytes=REST_UPLOAD_MAX_BYTES + 64 * 1024,
         )
         await server.start()
         start_exporter(settings)

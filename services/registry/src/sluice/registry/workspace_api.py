@@ -15,11 +15,12 @@ The use cases, validation and events are RegistryService's, as for sluice.v1.Reg
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 from google.protobuf import empty_pb2
 
+from sluice.common.artifacts import ArtifactError, ArtifactStore
 from sluice.common.grpc_server import actor_of
 from sluice.registry import arm
 from sluice.registry.api import domain_errors
@@ -58,9 +59,16 @@ def _next_link(path: str, count: int, token: str) -> str:
 
 
 class WorkspaceApi(AssetResources, workspace_pb2_grpc.WorkspaceServicer):
-    def __init__(self, service: RegistryService, assets: AssetService, scoring_base: str):
+    def __init__(
+        self,
+        service: RegistryService,
+        assets: AssetService,
+        artifacts: ArtifactStore,
+        scoring_base: str,
+    ):
         self._svc = service
         self._assets = assets
+        self._artifacts = artifacts
         self._scoring_base = scoring_base
 
     # ---- online endpoints -------------------------------------------------------------------
@@ -401,3 +409,31 @@ class WorkspaceApi(AssetResources, workspace_pb2_grpc.WorkspaceServicer):
             request.endpoint_name, request.name, actor_of(context)
         )
         return empty_pb2.Empty()
+
+    # ---- artifacts ----------------------------------------------------------------------------
+
+    @domain_errors
+    async def UploadArtifactArchive(
+        self, request: ws.UploadArtifactArchiveRequest, context: Ctx
+    ) -> ws.UploadedArtifact:
+        """The body is stored as the gRPC stream's chunks would be: the same archive gives
+        the same digest either way."""
+        archive = request.archive.data
+        if not archive:
+            raise InvalidArgument(
+                f"the body is empty: send an uncompressed tar archive holding {request.name!r}"
+            )
+
+        async def body() -> AsyncIterator[bytes]:
+            yield archive
+
+        try:
+            ref = await self._artifacts.ingest(request.name, request.is_directory, body())
+        except ArtifactError as exc:
+            raise InvalidArgument(f"artifact {request.name!r}: {exc}") from None
+        return ws.UploadedArtifact(
+            uri=arm.artifact_uri(ref),
+            digest=ref.digest,
+            name=ref.name,
+            is_directory=ref.is_directory,
+        )

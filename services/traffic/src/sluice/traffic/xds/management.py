@@ -45,6 +45,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import duration_pb2, struct_pb2, wrappers_pb2
 
+from sluice.common.artifacts import REST_UPLOAD_MAX_BYTES
 from sluice.common.settings import is_loopback
 from sluice.traffic.domain import Management
 from sluice.traffic.xds.resources import gateway_tls, pack
@@ -229,6 +230,8 @@ def _filters(m: Management) -> list[hcm_pb2.HttpFilter]:
         ),
         convert_grpc_status=True,
         case_insensitive_enum_parsing=True,
+        # PUT /artifacts/{name} carries a whole tar archive (larger bodies: 413).
+        max_request_body_size=wrappers_pb2.UInt32Value(value=REST_UPLOAD_MAX_BYTES),
     )
     lua = lua_pb2.Lua(default_source_code=base_pb2.DataSource(inline_string=STATUS_LUA))
     return [
