@@ -69,7 +69,11 @@ from sluice.traffic.tls import ensure_local_certificate, load_material
 from sluice.traffic.xds.builder import SnapshotBuilder
 from sluice.traffic.xds.server import SERVICE_NAME, AdsServer, Outcome
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from stats import spread  # bench/stats.py
+
 ROOT = Path(__file__).resolve().parents[2]
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))  # each figure: median and spread of these
 MODEL = ROOT / "examples/online/model-1"
 BODY = json.dumps({"data": [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]]})
 KEY = "bench-primary-key"
@@ -173,19 +177,19 @@ def measure_pinned(
     pin(inference_pid, {1})
     pin(envoy_pid, {0})
     try:
-        runs = {"direct": [], "routed": []}
-        for _ in range(2):
-            runs["direct"].append(wrk(direct, 32, 6, direct_headers, {0}))
-            runs["routed"].append(wrk(routed, 32, 6, routed_headers, {0}))
+        runs: dict[str, list[float]] = {"direct": [], "routed": []}
+        for _ in range(ROUNDS):  # interleaved: each round's ratio is against its own baseline
+            runs["direct"].append(wrk(direct, 32, 6, direct_headers, {0})["rps"])
+            runs["routed"].append(wrk(routed, 32, 6, routed_headers, {0})["rps"])
     finally:
         all_cpus = set(range(os.cpu_count() or 1))
         pin(inference_pid, all_cpus)
         pin(envoy_pid, all_cpus)
-    d_rps = max(r["rps"] for r in runs["direct"])
-    r_rps = max(r["rps"] for r in runs["routed"])
+    ratios = [r / d for d, r in zip(runs["direct"], runs["routed"], strict=True)]
     return [
-        f"| throughput, c=32, model server pinned to its own core (req/s) | {d_rps:,.0f} "
-        f"| {r_rps:,.0f} | ratio {r_rps / d_rps:.3f} |"
+        f"| throughput, c=32, model server pinned to its own core (req/s) "
+        f"| {spread(runs['direct']).show('{:,.0f}')} | {spread(runs['routed']).show('{:,.0f}')} "
+        f"| ratio {spread(ratios).show('{:.3f}')} |"
     ]
 
 
@@ -197,24 +201,27 @@ def measure_hop(direct: str, routed: str, host: str, direct_headers: dict[str, s
     }
     wrk(direct, 8, 2, direct_headers)  # warm up both paths
     wrk(routed, 8, 2, routed_headers)
-    thr = {"direct": [], "routed": []}
-    lat = {"direct": [], "routed": []}
-    for _ in range(2):  # alternate, keep the best of each: the machine is noisy
-        thr["direct"].append(wrk(direct, 32, 6, direct_headers))
-        thr["routed"].append(wrk(routed, 32, 6, routed_headers))
+    thr: dict[str, list[float]] = {"direct": [], "routed": []}
+    lat: dict[str, list[dict[str, float]]] = {"direct": [], "routed": []}
+    for _ in range(ROUNDS):  # interleaved: each round's ratio is against its own baseline
+        thr["direct"].append(wrk(direct, 32, 6, direct_headers)["rps"])
+        thr["routed"].append(wrk(routed, 32, 6, routed_headers)["rps"])
         lat["direct"].append(wrk(direct, 1, 5, direct_headers))
         lat["routed"].append(wrk(routed, 1, 5, routed_headers))
-    d_rps = max(r["rps"] for r in thr["direct"])
-    r_rps = max(r["rps"] for r in thr["routed"])
-    d50 = min(r["p50"] for r in lat["direct"])
-    r50 = min(r["p50"] for r in lat["routed"])
-    d99 = min(r["p99"] for r in lat["direct"])
-    r99 = min(r["p99"] for r in lat["routed"])
-    return [
-        f"| throughput, c=32 (req/s) | {d_rps:,.0f} | {r_rps:,.0f} | ratio {r_rps / d_rps:.3f} |",
-        f"| latency p50, c=1 (ms) | {d50:.3f} | {r50:.3f} | added {r50 - d50:+.3f} ms |",
-        f"| latency p99, c=1 (ms) | {d99:.3f} | {r99:.3f} | added {r99 - d99:+.3f} ms |",
+    ratios = [r / d for d, r in zip(thr["direct"], thr["routed"], strict=True)]
+    rows = [
+        f"| throughput, c=32 (req/s) | {spread(thr['direct']).show('{:,.0f}')} "
+        f"| {spread(thr['routed']).show('{:,.0f}')} | ratio {spread(ratios).show('{:.3f}')} |"
     ]
+    for q in ("p50", "p99"):
+        d = [r[q] for r in lat["direct"]]
+        added = [r[q] - x for r, x in zip(lat["routed"], d, strict=True)]
+        rows.append(
+            f"| latency {q}, c=1 (ms) | {spread(d).show('{:.3f}')} "
+            f"| {spread([r[q] for r in lat['routed']]).show('{:.3f}')} "
+            f"| added {spread(added).show('{:+.3f}')} ms |"
+        )
+    return rows
 
 
 async def measure_change_latency(

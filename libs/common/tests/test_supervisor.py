@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import resource
 import socket
 import sys
 import textwrap
@@ -225,3 +227,22 @@ def test_free_ports_are_below_the_range_outgoing_connections_take() -> None:
     assert all(10000 <= port < low for port in ports)
     with socket.socket() as server:
         server.bind(("127.0.0.1", ports[0]))  # and it can be listened on
+
+
+@pytest.mark.integration  # starts a process
+def test_a_component_gets_the_open_files_it_asks_for(tmp_path: Path, server_script: Path) -> None:
+    """Envoy asks for a socket per health-checked instance: a child started with 256 open
+    files is raised at start to what it asked for (here below the hard limit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = min(4096, hard)
+    port = free_port()
+    sup = Supervisor(tmp_path / "logs")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))  # what the child inherits
+    try:
+        proc = sup.start(dataclasses.replace(spec_for(server_script, port), open_files=wanted))
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        assert psutil.Process(proc.pid).rlimit(psutil.RLIMIT_NOFILE)[0] == wanted
+    finally:
+        sup.stop_all()

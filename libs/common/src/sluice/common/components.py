@@ -187,6 +187,7 @@ def envoy_spec(
         ports=[*admin_ports, *listener_ports],
         host=host,
         address=address,
+        open_files=1 << 20,  # a socket per health-checked instance, for 10,000s of them
     )
 
 

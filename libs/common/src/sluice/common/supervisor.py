@@ -57,6 +57,9 @@ class ProcessSpec:
     start_timeout_s: float = 60.0
     stop_timeout_s: float = 10.0
     address: str = ""  # what to show users: a URL or host:port
+    # Open files the process may need at least (0: what it inherits). Envoy holds a socket
+    # per instance it health-checks: thousands of deployments outgrow the usual 1,024.
+    open_files: int = 0
 
 
 class RunningProcess(BaseModel):
@@ -82,6 +85,24 @@ class RunningProcess(BaseModel):
         """`new`, started in place of this dead run: it inherits the groups with survivors."""
         groups = [*self.earlier_groups, (self.pid, self.create_time)]
         return new.model_copy(update={"earlier_groups": [g for g in groups if group_survivors(*g)]})
+
+
+def raise_open_files(pid: int, wanted: int) -> None:
+    """Let `pid` open `wanted` files: its soft limit up to the hard one, which only root
+    (with CAP_SYS_RESOURCE) may raise as well, up to the kernel's `fs.nr_open`. Set from
+    outside (prlimit) right after the start, before the process has opened more than a few."""
+    child = psutil.Process(pid)
+    soft, hard = child.rlimit(psutil.RLIMIT_NOFILE)
+    if soft >= wanted:
+        return
+    if hard < wanted:
+        try:  # as root with CAP_SYS_RESOURCE (not in every container)
+            more = min(wanted, int(Path("/proc/sys/fs/nr_open").read_text()))
+            child.rlimit(psutil.RLIMIT_NOFILE, (more, more))
+            return
+        except (OSError, ValueError, psutil.AccessDenied):
+            pass
+    child.rlimit(psutil.RLIMIT_NOFILE, (min(wanted, hard), hard))
 
 
 def resolve_binary(name: str) -> str | None:
@@ -179,6 +200,8 @@ class Supervisor:
                 cwd=spec.cwd,
                 start_new_session=True,
             )
+        if spec.open_files:
+            raise_open_files(process.pid, spec.open_files)
         running = RunningProcess(
             name=spec.name,
             pid=process.pid,
