@@ -21,6 +21,7 @@ import asyncio
 import json
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -273,6 +274,7 @@ class LargePush:
     envoy_rss_mib: float
     controller_cpu_s: float  # this process (the builder and ADS server) over the same span
     controller_rss_mib: float
+    instances: bool  # each deployment had one (health-checked) instance
 
     @property
     def total_ms(self) -> float:
@@ -283,7 +285,11 @@ async def large_push(
     root: Path, sup: Supervisor, n_endpoints: int, *, all_stats: bool = False
 ) -> LargePush:
     """The ADS server in-process against its own Envoy, with health-checked instances that
-    refuse connections (a cold fleet). `all_stats`: Envoy keeps every stat (its default)."""
+    refuse connections (a cold fleet). `all_stats`: Envoy keeps every stat (its default).
+
+    Envoy holds a socket per health-checked instance (REST and gRPC: 4 per endpoint here).
+    When the machine's hard limit on open files cannot hold them, the deployments get no
+    instances (`LargePush.instances` False): the configuration's cost without the checks."""
     cert, key = ensure_local_certificate(root / "tls-large", DOMAIN)
     gateway = Gateway(
         domain=DOMAIN,
@@ -293,11 +299,15 @@ async def large_push(
         jwks=PLACEHOLDER_JWKS,
     )
     dead_port = free_port()  # instances nobody serves: health checks fail fast, as for a cold fleet
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    instances = hard == resource.RLIM_INFINITY or 4 * n_endpoints + 1000 < hard
 
     def endpoint(i: int, blue_share: int) -> Endpoint:
         name = f"ep-{i:05d}"
         deps = tuple(
-            Deployment(name, d, 1, 5000, 1, (Upstream("127.0.0.1", dead_port),))
+            Deployment(
+                name, d, 1, 5000, 1, (Upstream("127.0.0.1", dead_port),) if instances else ()
+            )
             for d in ("blue", "green")
         )
         return Endpoint(
@@ -353,6 +363,7 @@ async def large_push(
             envoy_rss_mib=envoy.memory_info().rss / 2**20,
             controller_cpu_s=sum(me.cpu_times()[:2]) - cpu0,
             controller_rss_mib=me.memory_info().rss / 2**20,
+            instances=instances,
         )
     finally:
         await server.stop(0)

@@ -55,7 +55,8 @@ def main() -> None:
                 p = asyncio.run(traffic.large_push(Path(tmp), sup, n, all_stats=all_stats))
                 pushes[all_stats] = p
                 rows.append(
-                    f"| {n:,} | {'all (default)' if all_stats else 'stats_config'} "
+                    f"| {n:,}{'' if p.instances else ' (no instances)'} "
+                    f"| {'all (default)' if all_stats else 'stats_config'} "
                     f"| {p.build_ms:,.0f} ms | {p.check_ms:,.0f} ms | {p.push_ms:,.0f} ms "
                     f"| {p.total_ms:,.0f} ms | {p.change_ms:,.0f} ms | {p.envoy_cpu_s:.2f} s "
                     f"| {p.envoy_rss_mib:,.0f} MiB | {p.controller_cpu_s:.2f} s "
