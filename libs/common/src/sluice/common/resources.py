@@ -297,6 +297,10 @@ class Instance(_Model):
     # host:port of its Open Inference Protocol gRPC server; "" = none
     grpc_address: str = ""
     started_at: datetime = Field(default_factory=utcnow)
+    # > 0 only for the scale-to-zero activator: a request it receives is held while the
+    # deployment wakes, up to this many seconds, so the gateway waits that much longer
+    # than request_timeout_ms (a cold start is not the model being slow).
+    holds_requests_s: float = 0.0
 
 
 class OnlineEndpointDoc(_Model):

@@ -33,7 +33,7 @@ from sluice.common.resources import (
     ScaleSettings,
     deployment_id,
 )
-from sluice.provisioner.activator import Activator
+from sluice.provisioner.activator import WAKE_DEADLINE_S, Activator
 from sluice.provisioner.autoscale_counts import AutoscaleCounts
 from sluice.provisioner.autoscaler import LocalScaling
 from sluice.provisioner.compute import Observation
@@ -397,6 +397,7 @@ class LocalDeployment:
             address=activator.address,
             grpc_address=activator.grpc_address,
             ready=True,
+            holds_requests_s=WAKE_DEADLINE_S,
         )
 
     def _activator_routed(self) -> bool:

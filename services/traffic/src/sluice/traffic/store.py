@@ -159,9 +159,11 @@ class TrafficStore:
     ) -> Deployment:
         spec = doc.spec
         upstreams = []
+        held_s = 0.0  # the activator (scale to zero) holds requests while the deployment wakes
         for instance in instances:
             if not instance.ready:
                 continue
+            held_s = max(held_s, instance.holds_requests_s)
             upstream = await _resolved(instance.address, spec.endpoint_name, spec.name)
             if upstream is not None:
                 upstreams.append(_with_grpc(upstream, instance.grpc_address))
@@ -169,7 +171,7 @@ class TrafficStore:
             endpoint=spec.endpoint_name,
             name=spec.name,
             version=doc.meta.version,
-            request_timeout_ms=spec.request_settings.request_timeout_ms,
+            request_timeout_ms=spec.request_settings.request_timeout_ms + round(held_s * 1000),
             max_concurrent_requests_per_instance=spec.request_settings.max_concurrent_requests_per_instance,
             instances=tuple(sorted(set(upstreams), key=lambda u: (u.host, u.port))),
             gateway_secret=self._secrets.derive(
