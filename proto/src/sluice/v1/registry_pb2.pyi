@@ -933,12 +933,17 @@ class Instance(_message.Message):
     READY_FIELD_NUMBER: _builtins.int
     STARTED_AT_FIELD_NUMBER: _builtins.int
     GRPC_ADDRESS_FIELD_NUMBER: _builtins.int
+    HOLDS_REQUESTS_S_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     address: _builtins.str
     """host:port of its inference server"""
     ready: _builtins.bool
     grpc_address: _builtins.str
     """host:port of its Open Inference Protocol gRPC server; empty when it has none"""
+    holds_requests_s: _builtins.float
+    """> 0 only for the scale-to-zero activator: how long it holds a request while the
+    deployment wakes (the gateway waits that much longer than request_timeout_ms)
+    """
     @_builtins.property
     def started_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -949,10 +954,11 @@ class Instance(_message.Message):
         ready: _builtins.bool = ...,
         started_at: _timestamp_pb2.Timestamp | None = ...,
         grpc_address: _builtins.str = ...,
+        holds_requests_s: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "grpc_address", b"grpc_address", "id", b"id", "ready", b"ready", "started_at", b"started_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "grpc_address", b"grpc_address", "holds_requests_s", b"holds_requests_s", "id", b"id", "ready", b"ready", "started_at", b"started_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
