@@ -12,7 +12,9 @@ h2load (nghttp2), sends each request kind, so only the protocol differs:
 - `gRPC`: `inference.GRPCInferenceService/ModelInfer` with `raw_input_contents`, as
   tritonclient sends it (length-prefixed protobuf, `te: trailers`), over h2c.
 
-Throughput: closed loop, 16 connections of one stream each, SECONDS per round;
+Throughput: closed loop, 16 connections of one stream each, SECONDS per round, with
+the CPU time Envoy and the server spent per request in those rounds (user + system, from
+/proc: a figure the machine's other load disturbs less than requests/s);
 latency: one connection, p50/p99 from h2load's per-request log. Rounds alternate the
 kinds; medians with the rounds' spread (bench/stats.py). h2load counts an HTTP 200 as
 success, and a gRPC error is an HTTP 200 too, so the server's own counter of answered
@@ -287,13 +289,19 @@ def main() -> None:
             for kind in KINDS:  # warm up
                 sent += h2load(binary, kind, envoy_port, body(kind), 8, 2, client_cpus)["n"]
             thr: dict[str, list[float]] = {k: [] for k in KINDS}
+            cpu: dict[str, dict[str, float]] = {k: {"envoy": 0.0, "server": 0.0} for k in KINDS}
+            answered_by: dict[str, float] = dict.fromkeys(KINDS, 0.0)
             p50: dict[str, list[float]] = {k: [] for k in KINDS}
             p99: dict[str, list[float]] = {k: [] for k in KINDS}
             for _ in range(ROUNDS):
                 for kind in KINDS:
+                    before_cpu = {"envoy": _cpu_s(envoy.pid), "server": _cpu_s(server.pid)}
                     loaded = h2load(
                         binary, kind, envoy_port, body(kind), CONNECTIONS, SECONDS, client_cpus
                     )
+                    cpu[kind]["envoy"] += _cpu_s(envoy.pid) - before_cpu["envoy"]
+                    cpu[kind]["server"] += _cpu_s(server.pid) - before_cpu["server"]
+                    answered_by[kind] += loaded["n"]
                     single = h2load(binary, kind, envoy_port, body(kind), 1, 3, client_cpus)
                     thr[kind].append(loaded["rps"])
                     p50[kind].append(single["p50"])
@@ -320,11 +328,32 @@ def main() -> None:
                     f"| {kind} | {rps.show('{:,.0f}')} | {stats.spread(p50[kind]).show()} | "
                     f"{stats.spread(p99[kind]).show()} | x{rps.median / base:.2f} |"
                 )
+            print("| CPU per request, c=16 rounds | Envoy µs | server µs | total µs |")
+            print("|---|---:|---:|---:|")
+            for kind in KINDS:
+                envoy_us = cpu[kind]["envoy"] / answered_by[kind] * 1e6
+                server_us = cpu[kind]["server"] / answered_by[kind] * 1e6
+                print(f"| {kind} | {envoy_us:.0f} | {server_us:.0f} | {envoy_us + server_us:.0f} |")
             ratios = [g / r for g, r in zip(thr["gRPC"], thr["REST v2, h2"], strict=True)]
             print(f"per-round gRPC / REST v2 h2 throughput: {[round(r, 2) for r in ratios]}")
             print(stats.machine())
         finally:
             sup.stop_all()
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of `pid` and its children (the server's workers)."""
+    import psutil
+
+    total = 0.0
+    try:
+        process = psutil.Process(pid)
+        for p in [process, *process.children(recursive=True)]:
+            times = p.cpu_times()
+            total += times.user + times.system
+    except psutil.Error:
+        pass
+    return total
 
 
 def _children(pid: int) -> list[int]:
