@@ -102,7 +102,8 @@ def overheads(work: Path, n: int = 20_000) -> dict[str, float]:
             span = tracer.start(request, "rid-1", "/score")
             if span is not None:
                 tracer.run(lambda: None, span, False)()
-                tracer.end(span, 200, "rid-1", [])
+                tracer.answered(span, 200, "rid-1", [])
+                span.end()
         provider.force_flush()
         return (time.process_time() - started) / n * 1e6
 

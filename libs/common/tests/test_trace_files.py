@@ -1,5 +1,5 @@
-"""Spans as JSON lines: written in batches by the thread that ends them, stragglers by the
-timer, read back with the process's resource attributes, and an exporter failure never
+"""Spans as JSON lines: written in batches by the thread that ends a root span, stragglers by
+the timer, read back with the process's resource attributes, and an exporter failure never
 reaches the code that ends a span."""
 
 from __future__ import annotations
@@ -40,6 +40,11 @@ def test_a_full_batch_is_written_at_once_and_stragglers_by_the_timer(tmp_path: P
     assert lines(path) == batch  # written by the span that filled the batch, no flush
     tracer.start_span("straggler").end()
     wait_for(lambda: lines(path) == batch + 1, "the timer's export", deadline=5)
+    with tracer.start_as_current_span("parent"):
+        for _ in range(batch):
+            tracer.start_span("child").end()
+        assert lines(path) == batch + 1  # nothing written in the middle of the parent's work
+    assert lines(path) == 2 * batch + 2  # the parent's end wrote them all
 
     spans = {s["name"]: s for s in read_spans(tmp_path)}
     run, request = spans["run"], spans["request"]

@@ -108,9 +108,10 @@ class InlineBatchProcessor(SpanProcessor):
     Python process that thread takes the GIL from the one serving requests, and the
     hand-offs cost more CPU than writing the spans (bench/tracing: ~12 us per traced
     request on top of the serialization). Writing JSON lines to a local file is quick,
-    so here the span that fills a batch exports it where it ends (`BATCH` spans, well
-    under a millisecond of work), and a timer thread exports what a quiet process leaves
-    behind every `DELAY_S`. For exporters that wait on a network (OTLP), the SDK's
+    so here the end of a local root span (a request's, a gRPC call's, a command's) exports
+    the batch once it holds `BATCH` spans (well under a millisecond of work), where that
+    span ends, and a timer thread exports what a quiet process leaves behind every
+    `DELAY_S`. For exporters that wait on a network (OTLP), the SDK's
     BatchSpanProcessor is the right one.
     """
 
@@ -128,9 +129,12 @@ class InlineBatchProcessor(SpanProcessor):
     def on_end(self, span: ReadableSpan) -> None:
         if span.context is None or not span.context.trace_flags.sampled:
             return
+        parent = span.parent
         with self._lock:
             self._spans.append(span)
-            if len(self._spans) < self.BATCH:
+            # Only a process's outermost span writes, once it ends: never in the middle of
+            # the work it measures (the inference server times run() to choose how to call it).
+            if len(self._spans) < self.BATCH or (parent is not None and not parent.is_remote):
                 return
             batch, self._spans = self._spans, []
         self._export(batch)

@@ -386,9 +386,11 @@ class InferenceApp:
     ) -> None:
         headers = [*reply.headers, (b"x-request-id", rid.encode("latin-1"))]
         if span is not None and self.tracing is not None:
-            self.tracing.end(span, reply.status, rid, headers)
+            self.tracing.answered(span, reply.status, rid, headers)
         conn.respond(request, reply.status, headers, reply.body)
         self.metrics.observe(route, reply.status, time.perf_counter() - started)
+        if span is not None:
+            span.end()  # after the answer left: the spans it may write do not delay it
 
 
 class RequestIds:

@@ -187,11 +187,12 @@ class RequestTracer:
 
         return traced
 
-    def end(self, span: Span, status: int, request_id: str, headers: list[Header]) -> None:
-        """Close the request's span with its status; name it in the answer and the log.
+    def answered(self, span: Span, status: int, request_id: str, headers: list[Header]) -> None:
+        """The request's status on its span; the span named in the answer and the log.
 
         A failed request (5xx) is logged with its request and trace ids; successful ones
-        only at debug level (per-request logs stay off the hot path).
+        only at debug level (per-request logs stay off the hot path). The caller ends the
+        span once the answer is sent (its end may write a batch of spans).
         """
         span.set_attribute("http.response.status_code", status)
         ctx = span.get_span_context()
@@ -205,7 +206,6 @@ class RequestTracer:
             log.debug(
                 "request", request_id=request_id, trace_id=f"{ctx.trace_id:032x}", status=status
             )
-        span.end()
 
 
 def _record(span: Span, exc: Exception) -> None:
