@@ -7,18 +7,29 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psutil
 import pytest
+from cryptography import x509
 
-from sluice.common.supervisor import ProcessSpec, RunningProcess, Supervisor, stop_process
+from sluice.common.pki import ALS_SERVER, XDS_SERVER, PlatformPki, expires_soon
+from sluice.common.platform import GATEWAY_NODE
+from sluice.common.supervisor import (
+    ProcessSpec,
+    RunningProcess,
+    Supervisor,
+    free_port,
+    stop_process,
+)
 from sluice.testing.wait import wait_for
+from sluice.traffic.tls import GATEWAY_KEY, ensure_local_certificate
 
 # Each test runs `sluice up` (and `down`) once or twice: a minute each on a loaded 2-core machine.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
@@ -119,7 +130,22 @@ def test_up_status_up_again_down(state: Path) -> None:
     assert "No platform runs" in stopped.stderr
 
 
-def test_data_survives_down_and_up(state: Path) -> None:
+def gateway_certificate(port: int) -> x509.Certificate | None:
+    """The certificate Envoy's TLS listener serves (what SDS gave it), or None yet."""
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    try:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+            context.wrap_socket(raw, server_hostname="x.sluice.localhost") as tls,
+        ):
+            der = tls.getpeercert(binary_form=True)
+    except OSError:
+        return None
+    return x509.load_der_x509_certificate(der) if der else None
+
+
+def test_data_survives_down_and_up_and_expiring_certificates_are_renewed(state: Path) -> None:
     from pymongo import MongoClient
 
     assert run_cli(state, "up").returncode == 0
@@ -127,10 +153,38 @@ def test_data_survives_down_and_up(state: Path) -> None:
     with MongoClient(uri) as client:
         client.sluice.probe.insert_one({"kept": True})
     assert run_cli(state, "down").returncode == 0
-    assert run_cli(state, "up").returncode == 0
-    uri = json.loads((state / "platform.json").read_text())["mongodb_uri"]
-    with MongoClient(uri) as client:
+    # Every certificate a day from its end: the platform CA's leaves (Envoy's xDS and stats
+    # client, the xDS and access-log servers) and the gateway's own; `up` renews them all,
+    # from the same CAs, and the components use the new ones.
+    pki = PlatformPki(state / "pki")
+    leaves = [
+        pki.issue(GATEWAY_NODE, server=False, validity=timedelta(days=1)),
+        pki.issue(XDS_SERVER, server=True, validity=timedelta(days=1)),
+        pki.issue(ALS_SERVER, server=True, validity=timedelta(days=1)),
+    ]
+    (state / "tls" / GATEWAY_KEY).unlink()
+    ensure_local_certificate(state / "tls", "sluice.localhost", timedelta(days=1))
+    assert all(expires_soon(leaf.cert) for leaf in leaves)
+    https_port = free_port()  # known, to see the certificate the gateway serves
+    assert run_cli(state, "up", env={"SLUICE_ENVOY__HTTPS_PORT": str(https_port)}).returncode == 0
+    doc = json.loads((state / "platform.json").read_text())
+    with MongoClient(doc["mongodb_uri"]) as client:
         assert client.sluice.probe.find_one({}, {"_id": 0}) == {"kept": True}
+    assert not any(expires_soon(leaf.cert) for leaf in leaves)
+
+    # Envoy's stats reach the metrics service over mutual TLS with the renewed leaves.
+    def envoy_heard() -> bool:
+        with urllib.request.urlopen(doc["prometheus"]["metrics"], timeout=10) as page:  # noqa: S310
+            return 'sluice_envoy_up{envoy="sluice-gateway@127.0.0.1"} 1.0' in page.read().decode()
+
+    wait_for(envoy_heard, "Envoy's stats at the metrics service", deadline=30)
+    # The gateway serves its renewed certificate (over SDS).
+    served = wait_for(
+        lambda: gateway_certificate(https_port),
+        "Envoy's TLS listener",
+        deadline=30,
+    )
+    assert served.not_valid_after_utc - datetime.now(UTC) > timedelta(days=800)
 
 
 def test_taken_port_is_one_line_naming_the_component_and_nothing_runs(state: Path) -> None:

@@ -17,7 +17,10 @@ Each component asks for the identity it needs, which is created on first use:
   `sluice-probe` (health checks of the platform's supervisor).
 
 Creation is serialised by a lock file, so services started at the same time share one
-CA. Files are never replaced; delete the folder to start a new CA (restart everything).
+CA. A leaf that expires within RENEW_BEFORE is issued again (a new key, the same CA)
+when a component asks for it, i.e. whenever one starts: `sluice up`, a restart by the
+watchdog. The CA itself is never replaced; delete the folder to start a new CA (restart
+everything).
 """
 
 from __future__ import annotations
@@ -39,6 +42,18 @@ PROBE_CLIENT = "sluice-probe"  # the supervisor's health checks
 CA_CERT, CA_KEY = "ca.crt", "ca.key"
 LEAF_VALIDITY = timedelta(days=825)
 CA_VALIDITY = timedelta(days=3650)
+# A leaf is renewed when it has less than this left: a platform started at least once a
+# quarter never runs on an expired certificate.
+RENEW_BEFORE = timedelta(days=90)
+
+
+def expires_soon(cert: Path, now: datetime | None = None) -> bool:
+    """Whether the certificate in `cert` has less than RENEW_BEFORE left (or cannot be read)."""
+    try:
+        leaf = x509.load_pem_x509_certificate(cert.read_bytes())
+    except (OSError, ValueError):
+        return True
+    return leaf.not_valid_after_utc - (now or datetime.now(UTC)) < RENEW_BEFORE
 
 
 @dataclass(frozen=True)
@@ -130,10 +145,22 @@ class PlatformPki:
             raise ValueError(f"not a certificate name: {name!r}")
         kind = "server" if server else "client"
         cert, key = self.folder / f"{kind}-{name}.crt", self.folder / f"{kind}-{name}.key"
-        if not (cert.exists() and key.exists()):
+
+        def wanted() -> bool:
+            return not key.exists() or expires_soon(cert)
+
+        if wanted():
             with self._locked():
-                if not (cert.exists() and key.exists()):
+                if wanted():  # another process may have issued it meanwhile
                     self._issue(name, server=server, cert=cert, key=key)
+        return Identity(cert=cert, key=key, ca=self.ca_cert)
+
+    def issue(self, name: str, *, server: bool, validity: timedelta = LEAF_VALIDITY) -> Identity:
+        """Issue `name`'s identity again now, valid for `validity` (tests make short ones)."""
+        kind = "server" if server else "client"
+        cert, key = self.folder / f"{kind}-{name}.crt", self.folder / f"{kind}-{name}.key"
+        with self._locked():
+            self._issue(name, server=server, cert=cert, key=key, validity=validity)
         return Identity(cert=cert, key=key, ca=self.ca_cert)
 
     def _locked(self) -> _Lock:
@@ -151,7 +178,9 @@ class PlatformPki:
         _write(self.ca_cert, cert.public_bytes(serialization.Encoding.PEM), 0o600)
         return cert, key
 
-    def _issue(self, name: str, *, server: bool, cert: Path, key: Path) -> None:
+    def _issue(
+        self, name: str, *, server: bool, cert: Path, key: Path, validity: timedelta = LEAF_VALIDITY
+    ) -> None:
         ca_cert, ca_key = self._ca()
         leaf_key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.now(UTC) - timedelta(minutes=5)
@@ -163,7 +192,7 @@ class PlatformPki:
             .public_key(leaf_key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now)
-            .not_valid_after(now + LEAF_VALIDITY)
+            .not_valid_after(now + validity)
             .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(_key_usage(ca=False), critical=True)

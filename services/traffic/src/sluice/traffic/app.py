@@ -95,6 +95,7 @@ class GatewaySource:
 
     def __init__(self, settings: Settings, traffic: TrafficSettings):
         self._settings = settings
+        self._traffic = traffic
         self._cert, self._key = certificate_files(settings, traffic)
         host = traffic.listen_host or settings.host
         self._https = Listen(host, settings.envoy.https_port)
@@ -109,6 +110,8 @@ class GatewaySource:
         )
 
     def __call__(self, jwks: str) -> Gateway:
+        if not self._traffic.tls_cert_file:  # the local certificate: renewed when due
+            self._cert, self._key = certificate_files(self._settings, self._traffic)
         return Gateway(
             domain=self._settings.domain,
             https=self._https,
