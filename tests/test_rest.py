@@ -402,6 +402,16 @@ def test_every_service_answers_over_rest(rest: Rest, test_id: str) -> None:
     assert status == 200 and "value" in jobs
     status, costs = rest.call("GET", "/costs")
     assert status == 200 and costs["currency"] == "USD"
+    query = {"type": "Usage", "timeframe": "MonthToDate",
+             "dataset": {"grouping": [{"type": "Dimension", "name": "ResourceId"}]}}  # fmt: skip
+    status, costs = rest.call("POST", "/providers/Microsoft.CostManagement/query", query)
+    assert status == 200 and costs["type"] == "Microsoft.CostManagement/query", costs
+    names = [c["name"] for c in costs["properties"]["columns"]]
+    assert names == ["Cost", "ResourceId", "Currency"]
+    assert all(len(row) == 3 and row[2] == "USD" for row in costs["properties"]["rows"])
+    query = {"timeframe": "MonthToDate", "dataset": {"granularity": "Hourly"}}
+    status, error = rest.call("POST", "/providers/Microsoft.CostManagement/query", query)
+    assert status == 400 and "dataset.granularity" in error["message"]
     status, settings = rest.call("GET", "/autoscaleSettings")
     assert status == 200 and "value" in settings
     status, missing = rest.call("GET", f"/jobs/no-such-job-{test_id}")

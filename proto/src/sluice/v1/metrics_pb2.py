@@ -23,11 +23,12 @@ _sym_db = _symbol_database.Default()
 
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from sluice.v1 import common_pb2 as sluice_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17sluice/v1/metrics.proto\x12\tsluice.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16sluice/v1/common.proto\"\x82\x01\n\x19GetEndpointMetricsRequest\x12\x15\n\rendpoint_name\x18\x01 \x01(\t\x12\x17\n\x0f\x64\x65ployment_name\x18\x02 \x01(\t\x12%\n\x06window\x18\x03 \x01(\x0b\x32\x15.sluice.v1.TimeWindow\x12\x0e\n\x06step_s\x18\x04 \x01(\x05\"\xc2\x06\n\x0bMetricPoint\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x64\x65ployment_name\x18\x02 \x01(\t\x12\x1b\n\x13requests_per_minute\x18\x03 \x01(\x01\x12\x16\n\x0elatency_p50_ms\x18\x04 \x01(\x01\x12\x16\n\x0elatency_p90_ms\x18\x05 \x01(\x01\x12\x16\n\x0elatency_p95_ms\x18\x06 \x01(\x01\x12\x16\n\x0elatency_p99_ms\x18\x07 \x01(\x01\x12U\n\x19responses_by_status_class\x18\x08 \x03(\x0b\x32\x32.sluice.v1.MetricPoint.ResponsesByStatusClassEntry\x12\x1a\n\x12\x61\x63tive_connections\x18\t \x01(\x05\x12\x16\n\x0einstance_count\x18\n \x01(\x05\x12\x1f\n\x17\x63pu_utilization_percent\x18\x0b \x01(\x01\x12\"\n\x1amemory_utilization_percent\x18\x0c \x01(\x01\x12\x10\n\x08requests\x18\r \x01(\x03\x12\x19\n\x11mirrored_requests\x18\x0e \x01(\x03\x12\x16\n\x0elatency_avg_ms\x18\x0f \x01(\x01\x12S\n\x18responses_by_status_code\x18\x10 \x03(\x0b\x32\x31.sluice.v1.MetricPoint.ResponsesByStatusCodeEntry\x12\x36\n\x08\x66\x61ilures\x18\x11 \x03(\x0b\x32$.sluice.v1.MetricPoint.FailuresEntry\x12\x10\n\x08\x62ytes_in\x18\x12 \x01(\x03\x12\x11\n\tbytes_out\x18\x13 \x01(\x03\x1a=\n\x1bResponsesByStatusClassEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a<\n\x1aResponsesByStatusCodeEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a/\n\rFailuresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\x83\x01\n\x0f\x45ndpointMetrics\x12\x15\n\rendpoint_name\x18\x01 \x01(\t\x12&\n\x06points\x18\x02 \x03(\x0b\x32\x16.sluice.v1.MetricPoint\x12\x0e\n\x06step_s\x18\x03 \x01(\x05\x12!\n\x19latency_relative_accuracy\x18\x04 \x01(\x01\"h\n\x0fGetCostsRequest\x12%\n\x06window\x18\x01 \x01(\x0b\x32\x15.sluice.v1.TimeWindow\x12\x15\n\rendpoint_name\x18\x02 \x01(\t\x12\x17\n\x0f\x64\x65ployment_name\x18\x03 \x01(\t\"\xb6\x01\n\x08\x43ostLine\x12\x15\n\rendpoint_name\x18\x01 \x01(\t\x12\x17\n\x0f\x64\x65ployment_name\x18\x02 \x01(\t\x12\x15\n\rinstance_type\x18\x03 \x01(\t\x12\x16\n\x0einstance_hours\x18\x04 \x01(\x01\x12\x14\n\x0chourly_price\x18\x05 \x01(\x01\x12\x0c\n\x04\x63ost\x18\x06 \x01(\x01\x12\x0c\n\x04kind\x18\x07 \x01(\t\x12\x19\n\x11running_instances\x18\x08 \x01(\x05\"x\n\nCostReport\x12%\n\x06window\x18\x01 \x01(\x0b\x32\x15.sluice.v1.TimeWindow\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\x12\"\n\x05lines\x18\x03 \x03(\x0b\x32\x13.sluice.v1.CostLine\x12\r\n\x05total\x18\x04 \x01(\x01\"\x9d\x02\n\tAlertRule\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06metric\x18\x02 \x01(\t\x12\x15\n\rendpoint_name\x18\x03 \x01(\t\x12\x17\n\x0f\x64\x65ployment_name\x18\x04 \x01(\t\x12\x13\n\x0b\x61ggregation\x18\x05 \x01(\t\x12\x10\n\x08operator\x18\x06 \x01(\t\x12\x11\n\tthreshold\x18\x07 \x01(\x01\x12\x10\n\x08window_s\x18\x08 \x01(\x05\x12\r\n\x05\x66or_s\x18\t \x01(\x05\x12\x13\n\x0b\x64\x65scription\x18\n \x01(\t\x12\r\n\x05state\x18\x0b \x01(\t\x12\x12\n\nlast_value\x18\x0c \x01(\x01\x12/\n\x0bstate_since\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\".\n\x15ListAlertRulesRequest\x12\x15\n\rendpoint_name\x18\x01 \x01(\t\"=\n\x16ListAlertRulesResponse\x12#\n\x05rules\x18\x01 \x03(\x0b\x32\x14.sluice.v1.AlertRule\"&\n\x16\x44\x65leteAlertRuleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x19\n\x17\x44\x65leteAlertRuleResponse\"\xb0\x01\n\x17ListAzureMetricsRequest\x12\x15\n\rendpoint_name\x18\x01 \x01(\t\x12\x17\n\x0f\x64\x65ployment_name\x18\x02 \x01(\t\x12\x13\n\x0bmetricnames\x18\x03 \x01(\t\x12\x10\n\x08timespan\x18\x04 \x01(\t\x12\x10\n\x08interval\x18\x05 \x01(\t\x12\x13\n\x0b\x61ggregation\x18\x06 \x01(\t\x12\x17\n\x06\x66ilter\x18\x07 \x01(\tR\x07$filter\"@\n\x16\x41zureLocalizableString\x12\r\n\x05value\x18\x01 \x01(\t\x12\x17\n\x0flocalized_value\x18\x02 \x01(\t\"\x82\x01\n\x10\x41zureMetricValue\x12.\n\ntime_stamp\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x07\x61verage\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05total\x18\x03 \x01(\x01H\x01\x88\x01\x01\x42\n\n\x08_averageB\x08\n\x06_total\"T\n\x12\x41zureMetadataValue\x12/\n\x04name\x18\x01 \x01(\x0b\x32!.sluice.v1.AzureLocalizableString\x12\r\n\x05value\x18\x02 \x01(\t\"s\n\x0f\x41zureTimeSeries\x12\x35\n\x0emetadatavalues\x18\x01 \x03(\x0b\x32\x1d.sluice.v1.AzureMetadataValue\x12)\n\x04\x64\x61ta\x18\x02 \x03(\x0b\x32\x1b.sluice.v1.AzureMetricValue\"\xc7\x01\n\x0b\x41zureMetric\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12/\n\x04name\x18\x03 \x01(\x0b\x32!.sluice.v1.AzureLocalizableString\x12\x1b\n\x13\x64isplay_description\x18\x04 \x01(\t\x12\x0c\n\x04unit\x18\x05 \x01(\t\x12.\n\ntimeseries\x18\x06 \x03(\x0b\x32\x1a.sluice.v1.AzureTimeSeries\x12\x12\n\nerror_code\x18\x07 \x01(\t\"\x9a\x01\n\x14\x41zureMetricsResponse\x12\x0c\n\x04\x63ost\x18\x01 \x01(\x05\x12\x10\n\x08timespan\x18\x02 \x01(\t\x12\x10\n\x08interval\x18\x03 \x01(\t\x12\x11\n\tnamespace\x18\x04 \x01(\t\x12\x16\n\x0eresourceregion\x18\x05 \x01(\t\x12%\n\x05value\x18\x06 \x03(\x0b\x32\x16.sluice.v1.AzureMetric2\xa5\x07\n\x07Metrics\x12\x88\x01\n\x12GetEndpointMetrics\x12$.sluice.v1.GetEndpointMetricsRequest\x1a\x1a.sluice.v1.EndpointMetrics\"0\x82\xd3\xe4\x93\x02*\x12(/onlineEndpoints/{endpoint_name}/metrics\x12\xae\x01\n\x18ListEndpointAzureMetrics\x12\".sluice.v1.ListAzureMetricsRequest\x1a\x1f.sluice.v1.AzureMetricsResponse\"M\x82\xd3\xe4\x93\x02G\x12\x45/onlineEndpoints/{endpoint_name}/providers/Microsoft.Insights/metrics\x12\xce\x01\n\x1aListDeploymentAzureMetrics\x12\".sluice.v1.ListAzureMetricsRequest\x1a\x1f.sluice.v1.AzureMetricsResponse\"k\x82\xd3\xe4\x93\x02\x65\x12\x63/onlineEndpoints/{endpoint_name}/deployments/{deployment_name}/providers/Microsoft.Insights/metrics\x12M\n\x08GetCosts\x12\x1a.sluice.v1.GetCostsRequest\x1a\x15.sluice.v1.CostReport\"\x0e\x82\xd3\xe4\x93\x02\x08\x12\x06/costs\x12\\\n\x0f\x43reateAlertRule\x12\x14.sluice.v1.AlertRule\x1a\x14.sluice.v1.AlertRule\"\x1d\x82\xd3\xe4\x93\x02\x17\x1a\x12/alertRules/{name}:\x01*\x12j\n\x0eListAlertRules\x12 .sluice.v1.ListAlertRulesRequest\x1a!.sluice.v1.ListAlertRulesResponse\"\x13\x82\xd3\xe4\x93\x02\r\x12\x0b/alertRules\x12t\n\x0f\x44\x65leteAlertRule\x12!.sluice.v1.DeleteAlertRuleRequest\x1a\".sluice.v1.DeleteAlertRuleResponse\"\x1a\x82\xd3\xe4\x93\x02\x14*\x12/alertRules/{name}b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17sluice/v1/metrics.proto\x12\tsluice.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16sluice/v1/common.proto\"\x82\x01\n\x19GetEndpointMetricsRequest\x12\x15\n\rendpoint_name\x18\x01 \x01(\t\x12\x17\n\x0f\x64\x65ployment_name\x18\x02 \x01(\t\x12%\n\x06window\x18\x03 \x01(\x0b\x32\x15.sluice.v1.TimeWindow\x12\x0e\n\x06step_s\x18\x04 \x01(\x05\"\xc2\x06\n\x0bMetricPoint\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x64\x65ployment_name\x18\x02 \x01(\t\x12\x1b\n\x13requests_per_minute\x18\x03 \x01(\x01\x12\x16\n\x0elatency_p50_ms\x18\x04 \x01(\x01\x12\x16\n\x0elatency_p90_ms\x18\x05 \x01(\x01\x12\x16\n\x0elatency_p95_ms\x18\x06 \x01(\x01\x12\x16\n\x0elatency_p99_ms\x18\x07 \x01(\x01\x12U\n\x19responses_by_status_class\x18\x08 \x03(\x0b\x32\x32.sluice.v1.MetricPoint.ResponsesByStatusClassEntry\x12\x1a\n\x12\x61\x63tive_connections\x18\t \x01(\x05\x12\x16\n\x0einstance_count\x18\n \x01(\x05\x12\x1f\n\x17\x63pu_utilization_percent\x18\x0b \x01(\x01\x12\"\n\x1amemory_utilization_percent\x18\x0c \x01(\x01\x12\x10\n\x08requests\x18\r \x01(\x03\x12\x19\n\x11mirrored_requests\x18\x0e \x01(\x03\x12\x16\n\x0elatency_avg_ms\x18\x0f \x01(\x01\x12S\n\x18responses_by_status_code\x18\x10 \x03(\x0b\x32\x31.sluice.v1.MetricPoint.ResponsesByStatusCodeEntry\x12\x36\n\x08\x66\x61ilures\x18\x11 \x03(\x0b\x32$.sluice.v1.MetricPoint.FailuresEntry\x12\x10\n\x08\x62ytes_in\x18\x12 \x01(\x03\x12\x11\n\tbytes_out\x18\x13 \x01(\x03\x1a=\n\x1bResponsesByStatusClassEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a<\n\x1aResponsesByStatusCodeEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a/\n\rFailuresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\x83\x01\n\x0f\x45ndpointMetrics\x12\x15\n\rendpoint_name\x18\x01 \x01(\t\x12&\n\x06points\x18\x02 \x03(\x0b\x32\x16.sluice.v1.MetricPoint\x12\x0e\n\x06step_s\x18\x03 \x01(\x05\x12!\n\x19latency_relative_accuracy\x18\x04 \x01(\x01\"h\n\x0fGetCostsRequest\x12%\n\x06window\x18\x01 \x01(\x0b\x32\x15.sluice.v1.TimeWindow\x12\x15\n\rendpoint_name\x18\x02 \x01(\t\x12\x17\n\x0f\x64\x65ployment_name\x18\x03 \x01(\t\"\xb6\x01\n\x08\x43ostLine\x12\x15\n\rendpoint_name\x18\x01 \x01(\t\x12\x17\n\x0f\x64\x65ployment_name\x18\x02 \x01(\t\x12\x15\n\rinstance_type\x18\x03 \x01(\t\x12\x16\n\x0einstance_hours\x18\x04 \x01(\x01\x12\x14\n\x0chourly_price\x18\x05 \x01(\x01\x12\x0c\n\x04\x63ost\x18\x06 \x01(\x01\x12\x0c\n\x04kind\x18\x07 \x01(\t\x12\x19\n\x11running_instances\x18\x08 \x01(\x05\"x\n\nCostReport\x12%\n\x06window\x18\x01 \x01(\x0b\x32\x15.sluice.v1.TimeWindow\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\x12\"\n\x05lines\x18\x03 \x03(\x0b\x32\x13.sluice.v1.CostLine\x12\r\n\x05total\x18\x04 \x01(\x01\"\x9d\x02\n\tAlertRule\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06metric\x18\x02 \x01(\t\x12\x15\n\rendpoint_name\x18\x03 \x01(\t\x12\x17\n\x0f\x64\x65ployment_name\x18\x04 \x01(\t\x12\x13\n\x0b\x61ggregation\x18\x05 \x01(\t\x12\x10\n\x08operator\x18\x06 \x01(\t\x12\x11\n\tthreshold\x18\x07 \x01(\x01\x12\x10\n\x08window_s\x18\x08 \x01(\x05\x12\r\n\x05\x66or_s\x18\t \x01(\x05\x12\x13\n\x0b\x64\x65scription\x18\n \x01(\t\x12\r\n\x05state\x18\x0b \x01(\t\x12\x12\n\nlast_value\x18\x0c \x01(\x01\x12/\n\x0bstate_since\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\".\n\x15ListAlertRulesRequest\x12\x15\n\rendpoint_name\x18\x01 \x01(\t\"=\n\x16ListAlertRulesResponse\x12#\n\x05rules\x18\x01 \x03(\x0b\x32\x14.sluice.v1.AlertRule\"&\n\x16\x44\x65leteAlertRuleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x19\n\x17\x44\x65leteAlertRuleResponse\"\xb0\x01\n\x17ListAzureMetricsRequest\x12\x15\n\rendpoint_name\x18\x01 \x01(\t\x12\x17\n\x0f\x64\x65ployment_name\x18\x02 \x01(\t\x12\x13\n\x0bmetricnames\x18\x03 \x01(\t\x12\x10\n\x08timespan\x18\x04 \x01(\t\x12\x10\n\x08interval\x18\x05 \x01(\t\x12\x13\n\x0b\x61ggregation\x18\x06 \x01(\t\x12\x17\n\x06\x66ilter\x18\x07 \x01(\tR\x07$filter\"@\n\x16\x41zureLocalizableString\x12\r\n\x05value\x18\x01 \x01(\t\x12\x17\n\x0flocalized_value\x18\x02 \x01(\t\"\x82\x01\n\x10\x41zureMetricValue\x12.\n\ntime_stamp\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x07\x61verage\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05total\x18\x03 \x01(\x01H\x01\x88\x01\x01\x42\n\n\x08_averageB\x08\n\x06_total\"T\n\x12\x41zureMetadataValue\x12/\n\x04name\x18\x01 \x01(\x0b\x32!.sluice.v1.AzureLocalizableString\x12\r\n\x05value\x18\x02 \x01(\t\"s\n\x0f\x41zureTimeSeries\x12\x35\n\x0emetadatavalues\x18\x01 \x03(\x0b\x32\x1d.sluice.v1.AzureMetadataValue\x12)\n\x04\x64\x61ta\x18\x02 \x03(\x0b\x32\x1b.sluice.v1.AzureMetricValue\"\xc7\x01\n\x0b\x41zureMetric\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12/\n\x04name\x18\x03 \x01(\x0b\x32!.sluice.v1.AzureLocalizableString\x12\x1b\n\x13\x64isplay_description\x18\x04 \x01(\t\x12\x0c\n\x04unit\x18\x05 \x01(\t\x12.\n\ntimeseries\x18\x06 \x03(\x0b\x32\x1a.sluice.v1.AzureTimeSeries\x12\x12\n\nerror_code\x18\x07 \x01(\t\"\x9a\x01\n\x14\x41zureMetricsResponse\x12\x0c\n\x04\x63ost\x18\x01 \x01(\x05\x12\x10\n\x08timespan\x18\x02 \x01(\t\x12\x10\n\x08interval\x18\x03 \x01(\t\x12\x11\n\tnamespace\x18\x04 \x01(\t\x12\x16\n\x0eresourceregion\x18\x05 \x01(\t\x12%\n\x05value\x18\x06 \x03(\x0b\x32\x16.sluice.v1.AzureMetric\"6\n\x13\x43ostQueryTimePeriod\x12\x13\n\x05\x66rom_\x18\x01 \x01(\tR\x04\x66rom\x12\n\n\x02to\x18\x02 \x01(\t\"6\n\x14\x43ostQueryAggregation\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x66unction\x18\x02 \x01(\t\"/\n\x11\x43ostQueryGrouping\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"E\n\x13\x43ostQueryComparison\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08operator\x18\x02 \x01(\t\x12\x0e\n\x06values\x18\x03 \x03(\t\"E\n\x0f\x43ostQueryFilter\x12\x32\n\ndimensions\x18\x01 \x01(\x0b\x32\x1e.sluice.v1.CostQueryComparison\"\x9b\x02\n\x10\x43ostQueryDataset\x12\x13\n\x0bgranularity\x18\x01 \x01(\t\x12\x41\n\x0b\x61ggregation\x18\x02 \x03(\x0b\x32,.sluice.v1.CostQueryDataset.AggregationEntry\x12.\n\x08grouping\x18\x03 \x03(\x0b\x32\x1c.sluice.v1.CostQueryGrouping\x12*\n\x06\x66ilter\x18\x04 \x01(\x0b\x32\x1a.sluice.v1.CostQueryFilter\x1aS\n\x10\x41ggregationEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12.\n\x05value\x18\x02 \x01(\x0b\x32\x1f.sluice.v1.CostQueryAggregation:\x02\x38\x01\"\x99\x01\n\x13\x43ostQueryDefinition\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x11\n\ttimeframe\x18\x02 \x01(\t\x12\x33\n\x0btime_period\x18\x03 \x01(\x0b\x32\x1e.sluice.v1.CostQueryTimePeriod\x12,\n\x07\x64\x61taset\x18\x04 \x01(\x0b\x32\x1b.sluice.v1.CostQueryDataset\"-\n\x0f\x43ostQueryColumn\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\"\x7f\n\x13\x43ostQueryProperties\x12\x11\n\tnext_link\x18\x01 \x01(\t\x12+\n\x07\x63olumns\x18\x02 \x03(\x0b\x32\x1a.sluice.v1.CostQueryColumn\x12(\n\x04rows\x18\x03 \x03(\x0b\x32\x1a.google.protobuf.ListValue\"m\n\x0f\x43ostQueryResult\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x32\n\nproperties\x18\x04 \x01(\x0b\x32\x1e.sluice.v1.CostQueryProperties2\xa5\x08\n\x07Metrics\x12\x88\x01\n\x12GetEndpointMetrics\x12$.sluice.v1.GetEndpointMetricsRequest\x1a\x1a.sluice.v1.EndpointMetrics\"0\x82\xd3\xe4\x93\x02*\x12(/onlineEndpoints/{endpoint_name}/metrics\x12\xae\x01\n\x18ListEndpointAzureMetrics\x12\".sluice.v1.ListAzureMetricsRequest\x1a\x1f.sluice.v1.AzureMetricsResponse\"M\x82\xd3\xe4\x93\x02G\x12\x45/onlineEndpoints/{endpoint_name}/providers/Microsoft.Insights/metrics\x12\xce\x01\n\x1aListDeploymentAzureMetrics\x12\".sluice.v1.ListAzureMetricsRequest\x1a\x1f.sluice.v1.AzureMetricsResponse\"k\x82\xd3\xe4\x93\x02\x65\x12\x63/onlineEndpoints/{endpoint_name}/deployments/{deployment_name}/providers/Microsoft.Insights/metrics\x12M\n\x08GetCosts\x12\x1a.sluice.v1.GetCostsRequest\x1a\x15.sluice.v1.CostReport\"\x0e\x82\xd3\xe4\x93\x02\x08\x12\x06/costs\x12~\n\nQueryCosts\x12\x1e.sluice.v1.CostQueryDefinition\x1a\x1a.sluice.v1.CostQueryResult\"4\x82\xd3\xe4\x93\x02.\")/providers/Microsoft.CostManagement/query:\x01*\x12\\\n\x0f\x43reateAlertRule\x12\x14.sluice.v1.AlertRule\x1a\x14.sluice.v1.AlertRule\"\x1d\x82\xd3\xe4\x93\x02\x17\x1a\x12/alertRules/{name}:\x01*\x12j\n\x0eListAlertRules\x12 .sluice.v1.ListAlertRulesRequest\x1a!.sluice.v1.ListAlertRulesResponse\"\x13\x82\xd3\xe4\x93\x02\r\x12\x0b/alertRules\x12t\n\x0f\x44\x65leteAlertRule\x12!.sluice.v1.DeleteAlertRuleRequest\x1a\".sluice.v1.DeleteAlertRuleResponse\"\x1a\x82\xd3\xe4\x93\x02\x14*\x12/alertRules/{name}b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,6 +41,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_METRICPOINT_RESPONSESBYSTATUSCODEENTRY']._serialized_options = b'8\001'
   _globals['_METRICPOINT_FAILURESENTRY']._loaded_options = None
   _globals['_METRICPOINT_FAILURESENTRY']._serialized_options = b'8\001'
+  _globals['_COSTQUERYDATASET_AGGREGATIONENTRY']._loaded_options = None
+  _globals['_COSTQUERYDATASET_AGGREGATIONENTRY']._serialized_options = b'8\001'
   _globals['_METRICS'].methods_by_name['GetEndpointMetrics']._loaded_options = None
   _globals['_METRICS'].methods_by_name['GetEndpointMetrics']._serialized_options = b'\202\323\344\223\002*\022(/onlineEndpoints/{endpoint_name}/metrics'
   _globals['_METRICS'].methods_by_name['ListEndpointAzureMetrics']._loaded_options = None
@@ -48,54 +51,78 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_METRICS'].methods_by_name['ListDeploymentAzureMetrics']._serialized_options = b'\202\323\344\223\002e\022c/onlineEndpoints/{endpoint_name}/deployments/{deployment_name}/providers/Microsoft.Insights/metrics'
   _globals['_METRICS'].methods_by_name['GetCosts']._loaded_options = None
   _globals['_METRICS'].methods_by_name['GetCosts']._serialized_options = b'\202\323\344\223\002\010\022\006/costs'
+  _globals['_METRICS'].methods_by_name['QueryCosts']._loaded_options = None
+  _globals['_METRICS'].methods_by_name['QueryCosts']._serialized_options = b'\202\323\344\223\002.\")/providers/Microsoft.CostManagement/query:\001*'
   _globals['_METRICS'].methods_by_name['CreateAlertRule']._loaded_options = None
   _globals['_METRICS'].methods_by_name['CreateAlertRule']._serialized_options = b'\202\323\344\223\002\027\032\022/alertRules/{name}:\001*'
   _globals['_METRICS'].methods_by_name['ListAlertRules']._loaded_options = None
   _globals['_METRICS'].methods_by_name['ListAlertRules']._serialized_options = b'\202\323\344\223\002\r\022\013/alertRules'
   _globals['_METRICS'].methods_by_name['DeleteAlertRule']._loaded_options = None
   _globals['_METRICS'].methods_by_name['DeleteAlertRule']._serialized_options = b'\202\323\344\223\002\024*\022/alertRules/{name}'
-  _globals['_GETENDPOINTMETRICSREQUEST']._serialized_start=126
-  _globals['_GETENDPOINTMETRICSREQUEST']._serialized_end=256
-  _globals['_METRICPOINT']._serialized_start=259
-  _globals['_METRICPOINT']._serialized_end=1093
-  _globals['_METRICPOINT_RESPONSESBYSTATUSCLASSENTRY']._serialized_start=921
-  _globals['_METRICPOINT_RESPONSESBYSTATUSCLASSENTRY']._serialized_end=982
-  _globals['_METRICPOINT_RESPONSESBYSTATUSCODEENTRY']._serialized_start=984
-  _globals['_METRICPOINT_RESPONSESBYSTATUSCODEENTRY']._serialized_end=1044
-  _globals['_METRICPOINT_FAILURESENTRY']._serialized_start=1046
-  _globals['_METRICPOINT_FAILURESENTRY']._serialized_end=1093
-  _globals['_ENDPOINTMETRICS']._serialized_start=1096
-  _globals['_ENDPOINTMETRICS']._serialized_end=1227
-  _globals['_GETCOSTSREQUEST']._serialized_start=1229
-  _globals['_GETCOSTSREQUEST']._serialized_end=1333
-  _globals['_COSTLINE']._serialized_start=1336
-  _globals['_COSTLINE']._serialized_end=1518
-  _globals['_COSTREPORT']._serialized_start=1520
-  _globals['_COSTREPORT']._serialized_end=1640
-  _globals['_ALERTRULE']._serialized_start=1643
-  _globals['_ALERTRULE']._serialized_end=1928
-  _globals['_LISTALERTRULESREQUEST']._serialized_start=1930
-  _globals['_LISTALERTRULESREQUEST']._serialized_end=1976
-  _globals['_LISTALERTRULESRESPONSE']._serialized_start=1978
-  _globals['_LISTALERTRULESRESPONSE']._serialized_end=2039
-  _globals['_DELETEALERTRULEREQUEST']._serialized_start=2041
-  _globals['_DELETEALERTRULEREQUEST']._serialized_end=2079
-  _globals['_DELETEALERTRULERESPONSE']._serialized_start=2081
-  _globals['_DELETEALERTRULERESPONSE']._serialized_end=2106
-  _globals['_LISTAZUREMETRICSREQUEST']._serialized_start=2109
-  _globals['_LISTAZUREMETRICSREQUEST']._serialized_end=2285
-  _globals['_AZURELOCALIZABLESTRING']._serialized_start=2287
-  _globals['_AZURELOCALIZABLESTRING']._serialized_end=2351
-  _globals['_AZUREMETRICVALUE']._serialized_start=2354
-  _globals['_AZUREMETRICVALUE']._serialized_end=2484
-  _globals['_AZUREMETADATAVALUE']._serialized_start=2486
-  _globals['_AZUREMETADATAVALUE']._serialized_end=2570
-  _globals['_AZURETIMESERIES']._serialized_start=2572
-  _globals['_AZURETIMESERIES']._serialized_end=2687
-  _globals['_AZUREMETRIC']._serialized_start=2690
-  _globals['_AZUREMETRIC']._serialized_end=2889
-  _globals['_AZUREMETRICSRESPONSE']._serialized_start=2892
-  _globals['_AZUREMETRICSRESPONSE']._serialized_end=3046
-  _globals['_METRICS']._serialized_start=3049
-  _globals['_METRICS']._serialized_end=3982
+  _globals['_GETENDPOINTMETRICSREQUEST']._serialized_start=156
+  _globals['_GETENDPOINTMETRICSREQUEST']._serialized_end=286
+  _globals['_METRICPOINT']._serialized_start=289
+  _globals['_METRICPOINT']._serialized_end=1123
+  _globals['_METRICPOINT_RESPONSESBYSTATUSCLASSENTRY']._serialized_start=951
+  _globals['_METRICPOINT_RESPONSESBYSTATUSCLASSENTRY']._serialized_end=1012
+  _globals['_METRICPOINT_RESPONSESBYSTATUSCODEENTRY']._serialized_start=1014
+  _globals['_METRICPOINT_RESPONSESBYSTATUSCODEENTRY']._serialized_end=1074
+  _globals['_METRICPOINT_FAILURESENTRY']._serialized_start=1076
+  _globals['_METRICPOINT_FAILURESENTRY']._serialized_end=1123
+  _globals['_ENDPOINTMETRICS']._serialized_start=1126
+  _globals['_ENDPOINTMETRICS']._serialized_end=1257
+  _globals['_GETCOSTSREQUEST']._serialized_start=1259
+  _globals['_GETCOSTSREQUEST']._serialized_end=1363
+  _globals['_COSTLINE']._serialized_start=1366
+  _globals['_COSTLINE']._serialized_end=1548
+  _globals['_COSTREPORT']._serialized_start=1550
+  _globals['_COSTREPORT']._serialized_end=1670
+  _globals['_ALERTRULE']._serialized_start=1673
+  _globals['_ALERTRULE']._serialized_end=1958
+  _globals['_LISTALERTRULESREQUEST']._serialized_start=1960
+  _globals['_LISTALERTRULESREQUEST']._serialized_end=2006
+  _globals['_LISTALERTRULESRESPONSE']._serialized_start=2008
+  _globals['_LISTALERTRULESRESPONSE']._serialized_end=2069
+  _globals['_DELETEALERTRULEREQUEST']._serialized_start=2071
+  _globals['_DELETEALERTRULEREQUEST']._serialized_end=2109
+  _globals['_DELETEALERTRULERESPONSE']._serialized_start=2111
+  _globals['_DELETEALERTRULERESPONSE']._serialized_end=2136
+  _globals['_LISTAZUREMETRICSREQUEST']._serialized_start=2139
+  _globals['_LISTAZUREMETRICSREQUEST']._serialized_end=2315
+  _globals['_AZURELOCALIZABLESTRING']._serialized_start=2317
+  _globals['_AZURELOCALIZABLESTRING']._serialized_end=2381
+  _globals['_AZUREMETRICVALUE']._serialized_start=2384
+  _globals['_AZUREMETRICVALUE']._serialized_end=2514
+  _globals['_AZUREMETADATAVALUE']._serialized_start=2516
+  _globals['_AZUREMETADATAVALUE']._serialized_end=2600
+  _globals['_AZURETIMESERIES']._serialized_start=2602
+  _globals['_AZURETIMESERIES']._serialized_end=2717
+  _globals['_AZUREMETRIC']._serialized_start=2720
+  _globals['_AZUREMETRIC']._serialized_end=2919
+  _globals['_AZUREMETRICSRESPONSE']._serialized_start=2922
+  _globals['_AZUREMETRICSRESPONSE']._serialized_end=3076
+  _globals['_COSTQUERYTIMEPERIOD']._serialized_start=3078
+  _globals['_COSTQUERYTIMEPERIOD']._serialized_end=3132
+  _globals['_COSTQUERYAGGREGATION']._serialized_start=3134
+  _globals['_COSTQUERYAGGREGATION']._serialized_end=3188
+  _globals['_COSTQUERYGROUPING']._serialized_start=3190
+  _globals['_COSTQUERYGROUPING']._serialized_end=3237
+  _globals['_COSTQUERYCOMPARISON']._serialized_start=3239
+  _globals['_COSTQUERYCOMPARISON']._serialized_end=3308
+  _globals['_COSTQUERYFILTER']._serialized_start=3310
+  _globals['_COSTQUERYFILTER']._serialized_end=3379
+  _globals['_COSTQUERYDATASET']._serialized_start=3382
+  _globals['_COSTQUERYDATASET']._serialized_end=3665
+  _globals['_COSTQUERYDATASET_AGGREGATIONENTRY']._serialized_start=3582
+  _globals['_COSTQUERYDATASET_AGGREGATIONENTRY']._serialized_end=3665
+  _globals['_COSTQUERYDEFINITION']._serialized_start=3668
+  _globals['_COSTQUERYDEFINITION']._serialized_end=3821
+  _globals['_COSTQUERYCOLUMN']._serialized_start=3823
+  _globals['_COSTQUERYCOLUMN']._serialized_end=3868
+  _globals['_COSTQUERYPROPERTIES']._serialized_start=3870
+  _globals['_COSTQUERYPROPERTIES']._serialized_end=3997
+  _globals['_COSTQUERYRESULT']._serialized_start=3999
+  _globals['_COSTQUERYRESULT']._serialized_end=4108
+  _globals['_METRICS']._serialized_start=4111
+  _globals['_METRICS']._serialized_end=5172
 # @@protoc_insertion_point(module_scope)

@@ -8,6 +8,7 @@ instance usage from the provisioner's samples, costs and alert rules.
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from sluice.v1 import common_pb2 as _common_pb2
@@ -704,3 +705,295 @@ class AzureMetricsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AzureMetricsResponse: _TypeAlias = AzureMetricsResponse  # noqa: Y015
+
+@_typing.final
+class CostQueryTimePeriod(_message.Message):
+    """---- Azure Cost Management's query shape ----------------------------------------------------"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FROM__FIELD_NUMBER: _builtins.int
+    TO_FIELD_NUMBER: _builtins.int
+    from_: _builtins.str
+    """ISO 8601 date-time"""
+    to: _builtins.str
+    def __init__(
+        self,
+        *,
+        from_: _builtins.str = ...,
+        to: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_", b"from_", "to", b"to"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CostQueryTimePeriod: _TypeAlias = CostQueryTimePeriod  # noqa: Y015
+
+@_typing.final
+class CostQueryAggregation(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    FUNCTION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Cost, PreTaxCost or CostUSD (the cost); UsageQuantity (instance hours)"""
+    function: _builtins.str
+    """Sum"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        function: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["function", b"function", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CostQueryAggregation: _TypeAlias = CostQueryAggregation  # noqa: Y015
+
+@_typing.final
+class CostQueryGrouping(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    type: _builtins.str
+    """Dimension"""
+    name: _builtins.str
+    """ResourceId (the deployment's id)"""
+    def __init__(
+        self,
+        *,
+        type: _builtins.str = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CostQueryGrouping: _TypeAlias = CostQueryGrouping  # noqa: Y015
+
+@_typing.final
+class CostQueryComparison(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    OPERATOR_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """ResourceId"""
+    operator: _builtins.str
+    """In"""
+    @_builtins.property
+    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """endpoints' or deployments' ids"""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        operator: _builtins.str = ...,
+        values: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "operator", b"operator", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CostQueryComparison: _TypeAlias = CostQueryComparison  # noqa: Y015
+
+@_typing.final
+class CostQueryFilter(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIMENSIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def dimensions(self) -> Global___CostQueryComparison: ...
+    def __init__(
+        self,
+        *,
+        dimensions: Global___CostQueryComparison | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dimensions", b"dimensions"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dimensions", b"dimensions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CostQueryFilter: _TypeAlias = CostQueryFilter  # noqa: Y015
+
+@_typing.final
+class CostQueryDataset(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class AggregationEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___CostQueryAggregation: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___CostQueryAggregation | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    GRANULARITY_FIELD_NUMBER: _builtins.int
+    AGGREGATION_FIELD_NUMBER: _builtins.int
+    GROUPING_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
+    granularity: _builtins.str
+    """None (default) or Daily"""
+    @_builtins.property
+    def aggregation(self) -> _containers.MessageMap[_builtins.str, Global___CostQueryAggregation]:
+        """alias -> aggregation"""
+
+    @_builtins.property
+    def grouping(self) -> _containers.RepeatedCompositeFieldContainer[Global___CostQueryGrouping]: ...
+    @_builtins.property
+    def filter(self) -> Global___CostQueryFilter: ...
+    def __init__(
+        self,
+        *,
+        granularity: _builtins.str = ...,
+        aggregation: _abc.Mapping[_builtins.str, Global___CostQueryAggregation] | None = ...,
+        grouping: _abc.Iterable[Global___CostQueryGrouping] | None = ...,
+        filter: Global___CostQueryFilter | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregation", b"aggregation", "filter", b"filter", "granularity", b"granularity", "grouping", b"grouping"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CostQueryDataset: _TypeAlias = CostQueryDataset  # noqa: Y015
+
+@_typing.final
+class CostQueryDefinition(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    TIMEFRAME_FIELD_NUMBER: _builtins.int
+    TIME_PERIOD_FIELD_NUMBER: _builtins.int
+    DATASET_FIELD_NUMBER: _builtins.int
+    type: _builtins.str
+    """ActualCost, AmortizedCost or Usage (the same here)"""
+    timeframe: _builtins.str
+    """Custom (with timePeriod), MonthToDate, WeekToDate, TheLastMonth"""
+    @_builtins.property
+    def time_period(self) -> Global___CostQueryTimePeriod: ...
+    @_builtins.property
+    def dataset(self) -> Global___CostQueryDataset: ...
+    def __init__(
+        self,
+        *,
+        type: _builtins.str = ...,
+        timeframe: _builtins.str = ...,
+        time_period: Global___CostQueryTimePeriod | None = ...,
+        dataset: Global___CostQueryDataset | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "time_period", b"time_period"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "time_period", b"time_period", "timeframe", b"timeframe", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CostQueryDefinition: _TypeAlias = CostQueryDefinition  # noqa: Y015
+
+@_typing.final
+class CostQueryColumn(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    type: _builtins.str
+    """Number or String"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        type: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CostQueryColumn: _TypeAlias = CostQueryColumn  # noqa: Y015
+
+@_typing.final
+class CostQueryProperties(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NEXT_LINK_FIELD_NUMBER: _builtins.int
+    COLUMNS_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
+    next_link: _builtins.str
+    @_builtins.property
+    def columns(self) -> _containers.RepeatedCompositeFieldContainer[Global___CostQueryColumn]: ...
+    @_builtins.property
+    def rows(self) -> _containers.RepeatedCompositeFieldContainer[_struct_pb2.ListValue]:
+        """one value per column"""
+
+    def __init__(
+        self,
+        *,
+        next_link: _builtins.str = ...,
+        columns: _abc.Iterable[Global___CostQueryColumn] | None = ...,
+        rows: _abc.Iterable[_struct_pb2.ListValue] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "next_link", b"next_link", "rows", b"rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CostQueryProperties: _TypeAlias = CostQueryProperties  # noqa: Y015
+
+@_typing.final
+class CostQueryResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    PROPERTIES_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    name: _builtins.str
+    type: _builtins.str
+    """"Microsoft.CostManagement/query" """
+    @_builtins.property
+    def properties(self) -> Global___CostQueryProperties: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        type: _builtins.str = ...,
+        properties: Global___CostQueryProperties | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["properties", b"properties"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "name", b"name", "properties", b"properties", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CostQueryResult: _TypeAlias = CostQueryResult  # noqa: Y015

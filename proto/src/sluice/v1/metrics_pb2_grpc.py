@@ -54,6 +54,11 @@ class MetricsStub:
                 request_serializer=sluice_dot_v1_dot_metrics__pb2.GetCostsRequest.SerializeToString,
                 response_deserializer=sluice_dot_v1_dot_metrics__pb2.CostReport.FromString,
                 _registered_method=True)
+        self.QueryCosts = channel.unary_unary(
+                '/sluice.v1.Metrics/QueryCosts',
+                request_serializer=sluice_dot_v1_dot_metrics__pb2.CostQueryDefinition.SerializeToString,
+                response_deserializer=sluice_dot_v1_dot_metrics__pb2.CostQueryResult.FromString,
+                _registered_method=True)
         self.CreateAlertRule = channel.unary_unary(
                 '/sluice.v1.Metrics/CreateAlertRule',
                 request_serializer=sluice_dot_v1_dot_metrics__pb2.AlertRule.SerializeToString,
@@ -101,6 +106,13 @@ class MetricsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def QueryCosts(self, request, context):
+        """Azure Cost Management's query (`Query - Usage`) over the same costs: columns and rows.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateAlertRule(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -141,6 +153,11 @@ def add_MetricsServicer_to_server(servicer, server):
                     servicer.GetCosts,
                     request_deserializer=sluice_dot_v1_dot_metrics__pb2.GetCostsRequest.FromString,
                     response_serializer=sluice_dot_v1_dot_metrics__pb2.CostReport.SerializeToString,
+            ),
+            'QueryCosts': grpc.unary_unary_rpc_method_handler(
+                    servicer.QueryCosts,
+                    request_deserializer=sluice_dot_v1_dot_metrics__pb2.CostQueryDefinition.FromString,
+                    response_serializer=sluice_dot_v1_dot_metrics__pb2.CostQueryResult.SerializeToString,
             ),
             'CreateAlertRule': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateAlertRule,
@@ -266,6 +283,33 @@ class Metrics:
             '/sluice.v1.Metrics/GetCosts',
             sluice_dot_v1_dot_metrics__pb2.GetCostsRequest.SerializeToString,
             sluice_dot_v1_dot_metrics__pb2.CostReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QueryCosts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sluice.v1.Metrics/QueryCosts',
+            sluice_dot_v1_dot_metrics__pb2.CostQueryDefinition.SerializeToString,
+            sluice_dot_v1_dot_metrics__pb2.CostQueryResult.FromString,
             options,
             channel_credentials,
             insecure,

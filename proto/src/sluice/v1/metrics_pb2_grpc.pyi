@@ -41,6 +41,8 @@ class MetricsStub:
     """
     ListDeploymentAzureMetrics: _grpc.UnaryUnaryMultiCallable[_metrics_pb2.ListAzureMetricsRequest, _metrics_pb2.AzureMetricsResponse]
     GetCosts: _grpc.UnaryUnaryMultiCallable[_metrics_pb2.GetCostsRequest, _metrics_pb2.CostReport]
+    QueryCosts: _grpc.UnaryUnaryMultiCallable[_metrics_pb2.CostQueryDefinition, _metrics_pb2.CostQueryResult]
+    """Azure Cost Management's query (`Query - Usage`) over the same costs: columns and rows."""
     CreateAlertRule: _grpc.UnaryUnaryMultiCallable[_metrics_pb2.AlertRule, _metrics_pb2.AlertRule]
     ListAlertRules: _grpc.UnaryUnaryMultiCallable[_metrics_pb2.ListAlertRulesRequest, _metrics_pb2.ListAlertRulesResponse]
     DeleteAlertRule: _grpc.UnaryUnaryMultiCallable[_metrics_pb2.DeleteAlertRuleRequest, _metrics_pb2.DeleteAlertRuleResponse]
@@ -56,6 +58,8 @@ class MetricsAsyncStub(MetricsStub):
     """
     ListDeploymentAzureMetrics: _aio.UnaryUnaryMultiCallable[_metrics_pb2.ListAzureMetricsRequest, _metrics_pb2.AzureMetricsResponse]  # type: ignore[assignment]
     GetCosts: _aio.UnaryUnaryMultiCallable[_metrics_pb2.GetCostsRequest, _metrics_pb2.CostReport]  # type: ignore[assignment]
+    QueryCosts: _aio.UnaryUnaryMultiCallable[_metrics_pb2.CostQueryDefinition, _metrics_pb2.CostQueryResult]  # type: ignore[assignment]
+    """Azure Cost Management's query (`Query - Usage`) over the same costs: columns and rows."""
     CreateAlertRule: _aio.UnaryUnaryMultiCallable[_metrics_pb2.AlertRule, _metrics_pb2.AlertRule]  # type: ignore[assignment]
     ListAlertRules: _aio.UnaryUnaryMultiCallable[_metrics_pb2.ListAlertRulesRequest, _metrics_pb2.ListAlertRulesResponse]  # type: ignore[assignment]
     DeleteAlertRule: _aio.UnaryUnaryMultiCallable[_metrics_pb2.DeleteAlertRuleRequest, _metrics_pb2.DeleteAlertRuleResponse]  # type: ignore[assignment]
@@ -92,6 +96,14 @@ class MetricsServicer(metaclass=_abc_1.ABCMeta):
         request: _metrics_pb2.GetCostsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_metrics_pb2.CostReport, _abc.Awaitable[_metrics_pb2.CostReport]]: ...
+
+    @_abc_1.abstractmethod
+    def QueryCosts(
+        self,
+        request: _metrics_pb2.CostQueryDefinition,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metrics_pb2.CostQueryResult, _abc.Awaitable[_metrics_pb2.CostQueryResult]]:
+        """Azure Cost Management's query (`Query - Usage`) over the same costs: columns and rows."""
 
     @_abc_1.abstractmethod
     def CreateAlertRule(

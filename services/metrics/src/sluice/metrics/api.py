@@ -14,7 +14,7 @@ from pymongo.errors import DuplicateKeyError
 
 from sluice.common.mongo import Document
 from sluice.common.resources import ONLINE_DEPLOYMENTS, ONLINE_ENDPOINTS, deployment_id
-from sluice.metrics import alerts, azure_monitor, costs, query, sketch
+from sluice.metrics import alerts, azure_monitor, cost_query, costs, query, sketch
 from sluice.metrics.cache import PointCache
 from sluice.metrics.store import MetricsStore
 from sluice.v1 import metrics_pb2, metrics_pb2_grpc
@@ -130,6 +130,17 @@ class MetricsQueries:
         report.window.start.FromDatetime(start)
         report.window.end.FromDatetime(end)
         return report
+
+    async def cost_query(self, definition: Any) -> Any:
+        """Azure Cost Management's answer (sluice.metrics.cost_query) over cost_report."""
+        plan = cost_query.parse(definition, datetime.now(UTC))
+        reports = []
+        for start, end in cost_query.windows(plan):
+            request = metrics_pb2.GetCostsRequest()
+            request.window.start.FromDatetime(start)
+            request.window.end.FromDatetime(end)
+            reports.append((start, await self.cost_report(request)))
+        return cost_query.result(plan, reports, self._currency)
 
     async def check_scope(
         self, endpoint: str, deployment: str, *, for_costs: bool = False, metrics: bool = True
@@ -256,7 +267,7 @@ class MetricsQueries:
         return azure_monitor.answer(request, wanted, list(found.points))
 
 
-ERRORS = (InvalidArgument, NotFound, AlreadyExists, azure_monitor.BadQuery)
+ERRORS = (InvalidArgument, NotFound, AlreadyExists, azure_monitor.BadQuery, cost_query.BadCostQuery)
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> NoReturn:
@@ -366,6 +377,12 @@ class MetricsApi(metrics_pb2_grpc.MetricsServicer):
     async def GetCosts(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             return await self._queries.cost_report(request)
+        except ERRORS as exc:
+            await _abort(context, exc)
+
+    async def QueryCosts(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await self._queries.cost_query(request)
         except ERRORS as exc:
             await _abort(context, exc)
 

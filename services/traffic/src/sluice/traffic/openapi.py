@@ -40,6 +40,7 @@ _WELL_KNOWN: dict[str, dict[str, Any]] = {
     ".google.protobuf.Timestamp": {"type": "string", "format": "date-time"},
     ".google.protobuf.Duration": {"type": "string"},
     ".google.protobuf.Struct": {"type": "object"},  # any JSON object (a PATCH's tags)
+    ".google.protobuf.ListValue": {"type": "array", "items": {}},  # a cost query's row
 }
 _ERROR = {
     "type": "object",
