@@ -166,7 +166,8 @@ def test_data_survives_down_and_up_and_expiring_certificates_are_renewed(state: 
     ensure_local_certificate(state / "tls", "sluice.localhost", timedelta(days=1))
     assert all(expires_soon(leaf.cert) for leaf in leaves)
     https_port = free_port()  # known, to see the certificate the gateway serves
-    assert run_cli(state, "up", env={"SLUICE_ENVOY__HTTPS_PORT": str(https_port)}).returncode == 0
+    env = {"SLUICE_ENVOY__HTTPS_PORT": str(https_port), "SLUICE_CERT_CHECK_INTERVAL_S": "1"}
+    assert run_cli(state, "up", env=env).returncode == 0
     doc = json.loads((state / "platform.json").read_text())
     with MongoClient(doc["mongodb_uri"]) as client:
         assert client.sluice.probe.find_one({}, {"_id": 0}) == {"kept": True}
@@ -185,6 +186,27 @@ def test_data_survives_down_and_up_and_expiring_certificates_are_renewed(state: 
         deadline=30,
     )
     assert served.not_valid_after_utc - datetime.now(UTC) > timedelta(days=800)
+
+    # While it runs: the watchdog renews leaves near their end and restarts their holders.
+    def pids() -> dict[str, int]:
+        processes = json.loads((state / "platform.json").read_text())["processes"]
+        return {p["name"]: p["pid"] for p in processes}
+
+    before = pids()
+    expiring = [
+        pki.issue(GATEWAY_NODE, server=False, validity=timedelta(days=1)),
+        pki.issue(XDS_SERVER, server=True, validity=timedelta(days=1)),
+    ]
+    wait_for(
+        lambda: (
+            not any(expires_soon(leaf.cert) for leaf in expiring)
+            and {n: p for n, p in pids().items() if p != before[n]}.keys() == {"envoy", "traffic"}
+        ),
+        "the watchdog to renew Envoy's and the xDS server's certificates and restart both",
+        deadline=60,
+    )
+    # The restarted Envoy got its listeners over mutual TLS with the renewed pair.
+    wait_for(lambda: gateway_certificate(https_port), "Envoy's TLS listener again", deadline=60)
 
 
 def test_taken_port_is_one_line_naming_the_component_and_nothing_runs(state: Path) -> None:

@@ -129,6 +129,9 @@ class Settings(BaseSettings):
     secret_key: str | None = None
     # The platform CA and the identities it issued (sluice.common.pki); default <state_dir>/pki.
     pki_dir: Path | None = None
+    # How often `sluice up`'s watchdog looks for leaves near their end while the platform
+    # runs (it renews them and restarts the component that holds each: supervise.py).
+    cert_check_interval_s: float = 3600.0
 
     # The registry removes stored artifacts nothing refers to, every interval, once they are
     # older than the grace period (services/registry/.../artifact_gc.py).

@@ -9,8 +9,15 @@ reported as a crash loop by `sluice status` (and still retried every 30 s).
 Restart counts and the last error go to platform.json; events to
 logs/supervisor.log.
 
-It never stops a component: on SIGTERM (`sluice down`) it records its last
-state and exits, and `sluice down` stops the components. It does not restart
+Every `cert_check_interval_s` it also renews the platform CA's leaves that near
+their end (sluice.common.pki.RENEW_BEFORE) and restarts the one component that holds
+each in memory (Envoy its xDS/stats client certificate, the traffic controller and
+the metrics service their servers'), so a platform that stays up for years never
+runs on an expired certificate; the gateway's scoring certificate needs no restart
+(the traffic controller renews it and sends it over SDS).
+
+Apart from that it never stops a component: on SIGTERM (`sluice down`) it records
+its last state and exits, and `sluice down` stops the components. It does not restart
 itself; `sluice status` says when it is gone and `sluice up` starts it again.
 Under systemd, `sluice up --foreground` runs this loop in the unit's own
 process instead (deploy/systemd/sluice.service).
@@ -25,9 +32,22 @@ from types import FrameType
 
 import psutil
 
-from sluice.common.platform import CRASH_LOOP_FAILURES, LocalPlatform, PlatformState
+from sluice.common.pki import ALS_SERVER, XDS_SERVER, PlatformPki, expires_soon
+from sluice.common.platform import (
+    CRASH_LOOP_FAILURES,
+    GATEWAY_NODE,
+    LocalPlatform,
+    PlatformState,
+)
 from sluice.common.settings import Settings
-from sluice.common.supervisor import ComponentError, RunningProcess, Supervisor, is_alive, reap
+from sluice.common.supervisor import (
+    ComponentError,
+    RunningProcess,
+    Supervisor,
+    is_alive,
+    reap,
+    stop_process,
+)
 
 STABLE_AFTER_S = 30.0
 MAX_BACKOFF_S = 30.0
@@ -43,12 +63,22 @@ def log(message: str) -> None:
     print(f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%S} {message}", flush=True)
 
 
+# The platform CA leaf each component reads at its start: (name, server?).
+CERTIFICATE_HOLDERS = {
+    "envoy": (GATEWAY_NODE, False),  # its xDS and stats client, named in its bootstrap
+    "traffic": (XDS_SERVER, True),
+    "metrics": (ALS_SERVER, True),
+}
+
+
 class Watchdog:
     def __init__(self, platform: LocalPlatform):
         self.platform = platform
         self.supervisor = Supervisor(platform.state_dir / "logs")
         self._stopping = False
         self._next_attempt: dict[str, float] = {}
+        self._cert_check_interval_s = platform.settings.cert_check_interval_s
+        self._next_cert_check = time.monotonic() + self._cert_check_interval_s
 
     def stop(self, signum: int, _frame: FrameType | None) -> None:
         log(f"received {signal.Signals(signum).name}: leaving the components running")
@@ -79,6 +109,9 @@ class Watchdog:
         log(f"supervising {', '.join(p.name for p in state.processes)}")
         while not self._stopping:
             state = self.check(state)
+            if time.monotonic() >= self._next_cert_check:
+                self._next_cert_check = time.monotonic() + self._cert_check_interval_s
+                state = self.renew_certificates(state)
             time.sleep(POLL_S)
         self.platform.save_state(state)
         return 0
@@ -110,6 +143,24 @@ class Watchdog:
                 state.processes[index] = self.restart(state, proc)
                 changed = True
         if changed:
+            self.platform.save_state(state)
+        return state
+
+    def renew_certificates(self, state: PlatformState) -> PlatformState:
+        """Renew each component's leaf near its end, then restart that component so it
+        reads the new one (a restart, not a death: its failures are not counted)."""
+        pki = PlatformPki(self.platform.pki_folder)
+        for index, proc in enumerate(state.processes):
+            if proc.name not in CERTIFICATE_HOLDERS or not is_alive(proc):
+                continue
+            name, server = CERTIFICATE_HOLDERS[proc.name]
+            if not expires_soon(pki.folder / f"{'server' if server else 'client'}-{name}.crt"):
+                continue
+            _ = pki.server(name) if server else pki.client(name)  # renews it
+            log(f"{proc.name}: its certificate was renewed; restarting it to load it")
+            stop_process(proc)
+            self._next_attempt[proc.name] = 0.0
+            state.processes[index] = self.restart(state, proc)
             self.platform.save_state(state)
         return state
 
