@@ -29,6 +29,7 @@ def run(name: str) -> None:
     if spec is None or spec.loader is None:
         raise SystemExit(f"no benchmark {name!r}; have: {', '.join(available())}")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     print(f"=== bench/{name} on {machine()}", flush=True)
     started = time.monotonic()

@@ -17,14 +17,12 @@ it prints.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import statistics
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from sluice.common.gateway_auth import ENV
 from sluice.common.health import HttpCheck
@@ -43,19 +41,13 @@ from sluice.traffic.jwks import PLACEHOLDER_JWKS
 from sluice.traffic.tls import ensure_local_certificate, load_material
 from sluice.traffic.xds.builder import SnapshotBuilder
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from shared import bench_module  # bench/shared.py
+
 ROUNDS = 8
 SECONDS = 4
 KEY = "bench-primary-key"
 SECRET = "bench-gateway-secret-0123456789abcdef"  # noqa: S105 - a throwaway platform's
-
-
-def _traffic_bench() -> Any:
-    path = Path(__file__).resolve().parents[1] / "traffic" / "run.py"
-    spec = importlib.util.spec_from_file_location("bench_traffic_shared", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def endpoint(name: str, port: int, secret: str) -> Endpoint:
@@ -71,7 +63,7 @@ def endpoint(name: str, port: int, secret: str) -> Endpoint:
 
 
 def main() -> None:
-    traffic = _traffic_bench()
+    traffic = bench_module("traffic")
     if not (traffic.MODEL / "model").exists():
         import subprocess
 

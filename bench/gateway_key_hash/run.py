@@ -18,10 +18,10 @@ median over rounds of each round's p50. Run with
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import statistics
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,9 @@ from sluice.traffic.jwks import PLACEHOLDER_JWKS
 from sluice.traffic.tls import ensure_local_certificate, load_material
 from sluice.traffic.xds import key_hash
 from sluice.traffic.xds.builder import SnapshotBuilder
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from shared import bench_module  # bench/shared.py
 
 ROUNDS = 10
 SECONDS = 3
@@ -96,17 +99,8 @@ def status_of(url: str, host: str, key: str) -> int:
     return httpx.post(url, content=b"{}", headers=headers, timeout=10).status_code
 
 
-def _traffic_bench() -> Any:
-    path = Path(__file__).resolve().parents[1] / "traffic" / "run.py"
-    spec = importlib.util.spec_from_file_location("bench_traffic_shared", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def main() -> None:
-    traffic = _traffic_bench()
+    traffic = bench_module("traffic")
     with tempfile.TemporaryDirectory(prefix="sluice-bench-keyhash-") as tmp:
         root = Path(tmp)
         sup = Supervisor(root / "logs")

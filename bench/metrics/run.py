@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import importlib.util
 import os
 import random
 import statistics
@@ -55,19 +54,11 @@ from sluice.metrics.store import MetricsStore
 from sluice.testing.stack import servers
 from sluice.v1 import metrics_pb2, metrics_pb2_grpc
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from shared import bench_module  # bench/shared.py
+
 BATCH = 500
 DEPLOYMENTS = ("blue", "green", "shadow")
-
-
-def _traffic_bench() -> Any:
-    """bench/traffic's helpers (Envoy, wrk, the endpoint, the inference server)."""
-    path = Path(__file__).resolve().parents[1] / "traffic" / "run.py"
-    spec = importlib.util.spec_from_file_location("bench_traffic", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 def entries_message(n: int, rng: random.Random, now: float) -> bytes:
@@ -328,7 +319,7 @@ async def measure_query(
 def measure_access_log_cost(
     sup: Supervisor, settings: Settings, root: Path, metrics: str
 ) -> list[str]:
-    traffic = _traffic_bench()
+    traffic = bench_module("traffic")
     if not (traffic.MODEL / "model").exists():  # the example's model, as bench/provisioner does
         subprocess.run([sys.executable, str(traffic.ROOT / "examples/train_models.py")], check=True)
     inference_port = free_port()

@@ -14,31 +14,21 @@ resident memory of Envoy and of the controller (this process), which it moves fa
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from sluice.common.log import configure_logging
 from sluice.testing.stack import servers
 
-
-def _traffic_bench() -> Any:
-    """bench/traffic's helpers (Envoy, the large push)."""
-    path = Path(__file__).resolve().parents[1] / "traffic" / "run.py"
-    spec = importlib.util.spec_from_file_location("bench_traffic", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from shared import bench_module  # bench/shared.py
 
 
 def main() -> None:
     configure_logging(level="error")  # the in-process ADS server would log every push
-    traffic = _traffic_bench()
+    traffic = bench_module("traffic")
     sizes = [int(n) for n in os.environ.get("BENCH_XDS_ENDPOINTS", "1000").split(",")]
     rows = [
         "| endpoints x 2 | Envoy stats | build | check | push + ACK | total | one change "
