@@ -532,6 +532,25 @@ def test_assets_in_azures_shape(
     assert props["image"] == "python:3.11" and props["environmentType"] == "UserCreated"
     assert props["osType"] == "Linux"
     assert rest.call("GET", f"/environments/{env}")[1]["properties"]["nextVersion"] == "4"
+    # A container's PUT archives or restores every version, under its own ETag.
+    box = rest.send("GET", f"/environments/{env}")
+    etag = box.headers["etag"]
+    archive = {"properties": {"isArchived": True}}
+    status, error = rest.call("PUT", f"/environments/{env}", archive, headers={"If-Match": '"99"'})
+    assert status == 412 and error["code"] == 10
+    status, error = rest.call("PUT", f"/environments/{env}", {"properties": {"description": "x"}})
+    assert status == 400 and "on versions" in error["message"]
+    status, error = rest.call("PUT", f"/environments/no-such-{test_id}", archive)
+    assert status == 400 and "created by its first version" in error["message"]
+    archived = rest.send("PUT", f"/environments/{env}", archive, headers={"If-Match": etag})
+    assert archived.status_code == 200 and archived.json()["properties"]["isArchived"], (
+        archived.text
+    )
+    assert archived.headers["etag"] != etag
+    version = rest.call("GET", f"/environments/{env}/versions/3")[1]
+    assert version["properties"]["isArchived"] is True
+    status, box = rest.call("PUT", f"/environments/{env}", {"properties": {}})
+    assert status == 200 and box["properties"]["isArchived"] is False
 
     data = f"rest-data-{test_id}"
     file_uri = "https://example.com/rows.csv"

@@ -1975,6 +1975,29 @@ class GetAssetVersionRequest(_message.Message):
 Global___GetAssetVersionRequest: _TypeAlias = GetAssetVersionRequest  # noqa: Y015
 
 @_typing.final
+class PutAssetContainerRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    RESOURCE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def resource(self) -> Global___AssetContainerResource: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        resource: Global___AssetContainerResource | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["resource", b"resource"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "resource", b"resource"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PutAssetContainerRequest: _TypeAlias = PutAssetContainerRequest  # noqa: Y015
+
+@_typing.final
 class AssetContainerProperties(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -175,6 +175,11 @@ class WorkspaceStub:
                 request_serializer=sluice_dot_v1_dot_workspace__pb2.GetAssetContainerRequest.SerializeToString,
                 response_deserializer=sluice_dot_v1_dot_workspace__pb2.AssetContainerResource.FromString,
                 _registered_method=True)
+        self.PutModelContainer = channel.unary_unary(
+                '/sluice.v1.Workspace/PutModelContainer',
+                request_serializer=sluice_dot_v1_dot_workspace__pb2.PutAssetContainerRequest.SerializeToString,
+                response_deserializer=sluice_dot_v1_dot_workspace__pb2.AssetContainerResource.FromString,
+                _registered_method=True)
         self.ListModelVersions = channel.unary_unary(
                 '/sluice.v1.Workspace/ListModelVersions',
                 request_serializer=sluice_dot_v1_dot_workspace__pb2.ListAssetVersionsRequest.SerializeToString,
@@ -200,6 +205,11 @@ class WorkspaceStub:
                 request_serializer=sluice_dot_v1_dot_workspace__pb2.GetAssetContainerRequest.SerializeToString,
                 response_deserializer=sluice_dot_v1_dot_workspace__pb2.AssetContainerResource.FromString,
                 _registered_method=True)
+        self.PutEnvironmentContainer = channel.unary_unary(
+                '/sluice.v1.Workspace/PutEnvironmentContainer',
+                request_serializer=sluice_dot_v1_dot_workspace__pb2.PutAssetContainerRequest.SerializeToString,
+                response_deserializer=sluice_dot_v1_dot_workspace__pb2.AssetContainerResource.FromString,
+                _registered_method=True)
         self.ListEnvironmentVersions = channel.unary_unary(
                 '/sluice.v1.Workspace/ListEnvironmentVersions',
                 request_serializer=sluice_dot_v1_dot_workspace__pb2.ListAssetVersionsRequest.SerializeToString,
@@ -223,6 +233,11 @@ class WorkspaceStub:
         self.GetDataContainer = channel.unary_unary(
                 '/sluice.v1.Workspace/GetDataContainer',
                 request_serializer=sluice_dot_v1_dot_workspace__pb2.GetAssetContainerRequest.SerializeToString,
+                response_deserializer=sluice_dot_v1_dot_workspace__pb2.AssetContainerResource.FromString,
+                _registered_method=True)
+        self.PutDataContainer = channel.unary_unary(
+                '/sluice.v1.Workspace/PutDataContainer',
+                request_serializer=sluice_dot_v1_dot_workspace__pb2.PutAssetContainerRequest.SerializeToString,
                 response_deserializer=sluice_dot_v1_dot_workspace__pb2.AssetContainerResource.FromString,
                 _registered_method=True)
         self.ListDataVersions = channel.unary_unary(
@@ -418,7 +433,8 @@ class WorkspaceServicer:
 
     def ListModelContainers(self, request, context):
         """---- registered assets: Azure's models, environments and data, with their versions ----
-        A container (`/models/{name}`) is read-only here: Sluice derives it from the versions.
+        A container (`/models/{name}`) is read from its versions: a PUT on it may only archive
+        or restore every version (isArchived); its ETag changes with any version's.
         A version is immutable once created; a PUT on it may change only its description,
         tags and isArchived (anything else is 409); archiving one that deployments use is 400.
         """
@@ -427,6 +443,12 @@ class WorkspaceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetModelContainer(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutModelContainer(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -462,6 +484,12 @@ class WorkspaceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PutEnvironmentContainer(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListEnvironmentVersions(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -487,6 +515,12 @@ class WorkspaceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetDataContainer(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutDataContainer(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -653,6 +687,11 @@ def add_WorkspaceServicer_to_server(servicer, server):
                     request_deserializer=sluice_dot_v1_dot_workspace__pb2.GetAssetContainerRequest.FromString,
                     response_serializer=sluice_dot_v1_dot_workspace__pb2.AssetContainerResource.SerializeToString,
             ),
+            'PutModelContainer': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutModelContainer,
+                    request_deserializer=sluice_dot_v1_dot_workspace__pb2.PutAssetContainerRequest.FromString,
+                    response_serializer=sluice_dot_v1_dot_workspace__pb2.AssetContainerResource.SerializeToString,
+            ),
             'ListModelVersions': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModelVersions,
                     request_deserializer=sluice_dot_v1_dot_workspace__pb2.ListAssetVersionsRequest.FromString,
@@ -678,6 +717,11 @@ def add_WorkspaceServicer_to_server(servicer, server):
                     request_deserializer=sluice_dot_v1_dot_workspace__pb2.GetAssetContainerRequest.FromString,
                     response_serializer=sluice_dot_v1_dot_workspace__pb2.AssetContainerResource.SerializeToString,
             ),
+            'PutEnvironmentContainer': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutEnvironmentContainer,
+                    request_deserializer=sluice_dot_v1_dot_workspace__pb2.PutAssetContainerRequest.FromString,
+                    response_serializer=sluice_dot_v1_dot_workspace__pb2.AssetContainerResource.SerializeToString,
+            ),
             'ListEnvironmentVersions': grpc.unary_unary_rpc_method_handler(
                     servicer.ListEnvironmentVersions,
                     request_deserializer=sluice_dot_v1_dot_workspace__pb2.ListAssetVersionsRequest.FromString,
@@ -701,6 +745,11 @@ def add_WorkspaceServicer_to_server(servicer, server):
             'GetDataContainer': grpc.unary_unary_rpc_method_handler(
                     servicer.GetDataContainer,
                     request_deserializer=sluice_dot_v1_dot_workspace__pb2.GetAssetContainerRequest.FromString,
+                    response_serializer=sluice_dot_v1_dot_workspace__pb2.AssetContainerResource.SerializeToString,
+            ),
+            'PutDataContainer': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutDataContainer,
+                    request_deserializer=sluice_dot_v1_dot_workspace__pb2.PutAssetContainerRequest.FromString,
                     response_serializer=sluice_dot_v1_dot_workspace__pb2.AssetContainerResource.SerializeToString,
             ),
             'ListDataVersions': grpc.unary_unary_rpc_method_handler(
@@ -1486,6 +1535,33 @@ class Workspace:
             _registered_method=True)
 
     @staticmethod
+    def PutModelContainer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sluice.v1.Workspace/PutModelContainer',
+            sluice_dot_v1_dot_workspace__pb2.PutAssetContainerRequest.SerializeToString,
+            sluice_dot_v1_dot_workspace__pb2.AssetContainerResource.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def ListModelVersions(request,
             target,
             options=(),
@@ -1621,6 +1697,33 @@ class Workspace:
             _registered_method=True)
 
     @staticmethod
+    def PutEnvironmentContainer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sluice.v1.Workspace/PutEnvironmentContainer',
+            sluice_dot_v1_dot_workspace__pb2.PutAssetContainerRequest.SerializeToString,
+            sluice_dot_v1_dot_workspace__pb2.AssetContainerResource.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def ListEnvironmentVersions(request,
             target,
             options=(),
@@ -1744,6 +1847,33 @@ class Workspace:
             target,
             '/sluice.v1.Workspace/GetDataContainer',
             sluice_dot_v1_dot_workspace__pb2.GetAssetContainerRequest.SerializeToString,
+            sluice_dot_v1_dot_workspace__pb2.AssetContainerResource.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutDataContainer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sluice.v1.Workspace/PutDataContainer',
+            sluice_dot_v1_dot_workspace__pb2.PutAssetContainerRequest.SerializeToString,
             sluice_dot_v1_dot_workspace__pb2.AssetContainerResource.FromString,
             options,
             channel_credentials,

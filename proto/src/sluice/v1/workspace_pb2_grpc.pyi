@@ -89,21 +89,25 @@ class WorkspaceStub:
     """
     ListModelContainers: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.ListAssetContainersRequest, _workspace_pb2.AssetContainerList]
     """---- registered assets: Azure's models, environments and data, with their versions ----
-    A container (`/models/{name}`) is read-only here: Sluice derives it from the versions.
+    A container (`/models/{name}`) is read from its versions: a PUT on it may only archive
+    or restore every version (isArchived); its ETag changes with any version's.
     A version is immutable once created; a PUT on it may change only its description,
     tags and isArchived (anything else is 409); archiving one that deployments use is 400.
     """
     GetModelContainer: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.GetAssetContainerRequest, _workspace_pb2.AssetContainerResource]
+    PutModelContainer: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.PutAssetContainerRequest, _workspace_pb2.AssetContainerResource]
     ListModelVersions: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.ListAssetVersionsRequest, _workspace_pb2.ModelVersionList]
     GetModelVersion: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.GetAssetVersionRequest, _workspace_pb2.ModelVersionResource]
     PutModelVersion: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.PutModelVersionRequest, _workspace_pb2.ModelVersionResource]
     ListEnvironmentContainers: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.ListAssetContainersRequest, _workspace_pb2.AssetContainerList]
     GetEnvironmentContainer: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.GetAssetContainerRequest, _workspace_pb2.AssetContainerResource]
+    PutEnvironmentContainer: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.PutAssetContainerRequest, _workspace_pb2.AssetContainerResource]
     ListEnvironmentVersions: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.ListAssetVersionsRequest, _workspace_pb2.EnvironmentVersionList]
     GetEnvironmentVersion: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.GetAssetVersionRequest, _workspace_pb2.EnvironmentVersionResource]
     PutEnvironmentVersion: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.PutEnvironmentVersionRequest, _workspace_pb2.EnvironmentVersionResource]
     ListDataContainers: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.ListAssetContainersRequest, _workspace_pb2.AssetContainerList]
     GetDataContainer: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.GetAssetContainerRequest, _workspace_pb2.AssetContainerResource]
+    PutDataContainer: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.PutAssetContainerRequest, _workspace_pb2.AssetContainerResource]
     ListDataVersions: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.ListAssetVersionsRequest, _workspace_pb2.DataVersionList]
     GetDataVersion: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.GetAssetVersionRequest, _workspace_pb2.DataVersionResource]
     PutDataVersion: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.PutDataVersionRequest, _workspace_pb2.DataVersionResource]
@@ -157,21 +161,25 @@ class WorkspaceAsyncStub(WorkspaceStub):
     """
     ListModelContainers: _aio.UnaryUnaryMultiCallable[_workspace_pb2.ListAssetContainersRequest, _workspace_pb2.AssetContainerList]  # type: ignore[assignment]
     """---- registered assets: Azure's models, environments and data, with their versions ----
-    A container (`/models/{name}`) is read-only here: Sluice derives it from the versions.
+    A container (`/models/{name}`) is read from its versions: a PUT on it may only archive
+    or restore every version (isArchived); its ETag changes with any version's.
     A version is immutable once created; a PUT on it may change only its description,
     tags and isArchived (anything else is 409); archiving one that deployments use is 400.
     """
     GetModelContainer: _aio.UnaryUnaryMultiCallable[_workspace_pb2.GetAssetContainerRequest, _workspace_pb2.AssetContainerResource]  # type: ignore[assignment]
+    PutModelContainer: _aio.UnaryUnaryMultiCallable[_workspace_pb2.PutAssetContainerRequest, _workspace_pb2.AssetContainerResource]  # type: ignore[assignment]
     ListModelVersions: _aio.UnaryUnaryMultiCallable[_workspace_pb2.ListAssetVersionsRequest, _workspace_pb2.ModelVersionList]  # type: ignore[assignment]
     GetModelVersion: _aio.UnaryUnaryMultiCallable[_workspace_pb2.GetAssetVersionRequest, _workspace_pb2.ModelVersionResource]  # type: ignore[assignment]
     PutModelVersion: _aio.UnaryUnaryMultiCallable[_workspace_pb2.PutModelVersionRequest, _workspace_pb2.ModelVersionResource]  # type: ignore[assignment]
     ListEnvironmentContainers: _aio.UnaryUnaryMultiCallable[_workspace_pb2.ListAssetContainersRequest, _workspace_pb2.AssetContainerList]  # type: ignore[assignment]
     GetEnvironmentContainer: _aio.UnaryUnaryMultiCallable[_workspace_pb2.GetAssetContainerRequest, _workspace_pb2.AssetContainerResource]  # type: ignore[assignment]
+    PutEnvironmentContainer: _aio.UnaryUnaryMultiCallable[_workspace_pb2.PutAssetContainerRequest, _workspace_pb2.AssetContainerResource]  # type: ignore[assignment]
     ListEnvironmentVersions: _aio.UnaryUnaryMultiCallable[_workspace_pb2.ListAssetVersionsRequest, _workspace_pb2.EnvironmentVersionList]  # type: ignore[assignment]
     GetEnvironmentVersion: _aio.UnaryUnaryMultiCallable[_workspace_pb2.GetAssetVersionRequest, _workspace_pb2.EnvironmentVersionResource]  # type: ignore[assignment]
     PutEnvironmentVersion: _aio.UnaryUnaryMultiCallable[_workspace_pb2.PutEnvironmentVersionRequest, _workspace_pb2.EnvironmentVersionResource]  # type: ignore[assignment]
     ListDataContainers: _aio.UnaryUnaryMultiCallable[_workspace_pb2.ListAssetContainersRequest, _workspace_pb2.AssetContainerList]  # type: ignore[assignment]
     GetDataContainer: _aio.UnaryUnaryMultiCallable[_workspace_pb2.GetAssetContainerRequest, _workspace_pb2.AssetContainerResource]  # type: ignore[assignment]
+    PutDataContainer: _aio.UnaryUnaryMultiCallable[_workspace_pb2.PutAssetContainerRequest, _workspace_pb2.AssetContainerResource]  # type: ignore[assignment]
     ListDataVersions: _aio.UnaryUnaryMultiCallable[_workspace_pb2.ListAssetVersionsRequest, _workspace_pb2.DataVersionList]  # type: ignore[assignment]
     GetDataVersion: _aio.UnaryUnaryMultiCallable[_workspace_pb2.GetAssetVersionRequest, _workspace_pb2.DataVersionResource]  # type: ignore[assignment]
     PutDataVersion: _aio.UnaryUnaryMultiCallable[_workspace_pb2.PutDataVersionRequest, _workspace_pb2.DataVersionResource]  # type: ignore[assignment]
@@ -384,7 +392,8 @@ class WorkspaceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_workspace_pb2.AssetContainerList, _abc.Awaitable[_workspace_pb2.AssetContainerList]]:
         """---- registered assets: Azure's models, environments and data, with their versions ----
-        A container (`/models/{name}`) is read-only here: Sluice derives it from the versions.
+        A container (`/models/{name}`) is read from its versions: a PUT on it may only archive
+        or restore every version (isArchived); its ETag changes with any version's.
         A version is immutable once created; a PUT on it may change only its description,
         tags and isArchived (anything else is 409); archiving one that deployments use is 400.
         """
@@ -393,6 +402,13 @@ class WorkspaceServicer(metaclass=_abc_1.ABCMeta):
     def GetModelContainer(
         self,
         request: _workspace_pb2.GetAssetContainerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workspace_pb2.AssetContainerResource, _abc.Awaitable[_workspace_pb2.AssetContainerResource]]: ...
+
+    @_abc_1.abstractmethod
+    def PutModelContainer(
+        self,
+        request: _workspace_pb2.PutAssetContainerRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_workspace_pb2.AssetContainerResource, _abc.Awaitable[_workspace_pb2.AssetContainerResource]]: ...
 
@@ -432,6 +448,13 @@ class WorkspaceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_workspace_pb2.AssetContainerResource, _abc.Awaitable[_workspace_pb2.AssetContainerResource]]: ...
 
     @_abc_1.abstractmethod
+    def PutEnvironmentContainer(
+        self,
+        request: _workspace_pb2.PutAssetContainerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workspace_pb2.AssetContainerResource, _abc.Awaitable[_workspace_pb2.AssetContainerResource]]: ...
+
+    @_abc_1.abstractmethod
     def ListEnvironmentVersions(
         self,
         request: _workspace_pb2.ListAssetVersionsRequest,
@@ -463,6 +486,13 @@ class WorkspaceServicer(metaclass=_abc_1.ABCMeta):
     def GetDataContainer(
         self,
         request: _workspace_pb2.GetAssetContainerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workspace_pb2.AssetContainerResource, _abc.Awaitable[_workspace_pb2.AssetContainerResource]]: ...
+
+    @_abc_1.abstractmethod
+    def PutDataContainer(
+        self,
+        request: _workspace_pb2.PutAssetContainerRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_workspace_pb2.AssetContainerResource, _abc.Awaitable[_workspace_pb2.AssetContainerResource]]: ...
 

@@ -11,16 +11,27 @@ from __future__ import annotations
 
 from typing import TypeVar, cast
 
-from sluice.common.assets import AssetKind
+from sluice.common.assets import AssetDoc, AssetKind
 from sluice.common.grpc_server import actor_of
 from sluice.registry import arm_assets
 from sluice.registry.api import domain_errors
 from sluice.registry.assets import AssetService
-from sluice.registry.domain import AlreadyExists, Conflict, NotFound
+from sluice.registry.domain import (
+    AlreadyExists,
+    Conflict,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
 from sluice.registry.http_meta import Ctx, answer, if_match
 from sluice.v1 import workspace_pb2 as ws
 
 R = TypeVar("R", ws.ModelVersionResource, ws.EnvironmentVersionResource, ws.DataVersionResource)
+
+
+def _container_etag(docs: list[AssetDoc]) -> int:
+    """A container's ETag: it changes whenever one of its versions does."""
+    return sum(d.meta.version for d in docs)
 
 
 class AssetResources:
@@ -38,11 +49,54 @@ class AssetResources:
             value=[c for c in found if arm_assets.shown(c.properties.is_archived, view)]
         )
 
-    async def _container(self, kind: AssetKind, name: str) -> ws.AssetContainerResource:
+    async def _container_docs(self, kind: AssetKind, name: str) -> list[AssetDoc]:
         docs = (await self._assets.versions_by_name(kind)).get(name)
         if not docs:
             raise NotFound(f"{kind.value} {name!r} does not exist (GET /{kind.plural} lists them)")
+        return docs
+
+    async def _container(
+        self, kind: AssetKind, name: str, context: Ctx | None = None
+    ) -> ws.AssetContainerResource:
+        docs = await self._container_docs(kind, name)
+        if context is not None:
+            await context.send_initial_metadata([("etag", f'"{_container_etag(docs)}"')])
         return arm_assets.container(kind, docs)
+
+    async def _put_container(
+        self, kind: AssetKind, request: ws.PutAssetContainerRequest, context: Ctx
+    ) -> ws.AssetContainerResource:
+        """Azure's container PUT: here only isArchived acts (archive or restore every
+        version); a container is created by its first version."""
+        _, expected = if_match(context)
+        name, res = request.name, request.resource
+        if res.name and res.name != request.name:
+            raise InvalidArgument(
+                f"the body names {res.name!r} but the path {name!r}; they must match"
+            )
+        props = res.properties
+        if props.description or props.tags or props.properties:
+            raise InvalidArgument(
+                "properties.description, tags and properties: Sluice keeps them on versions "
+                f"(PUT /{kind.plural}/{name}/versions/{{version}})"
+            )
+        docs = (await self._assets.versions_by_name(kind)).get(name)
+        if not docs:
+            raise FailedPrecondition(
+                f"{kind.value} {name!r} has no versions: a container is created by its first "
+                f"version (PUT /{kind.plural}/{name}/versions/1)"
+            )
+        if expected is not None and expected != _container_etag(docs):
+            raise Conflict(
+                f'{kind.value} {name!r} is at ETag "{_container_etag(docs)}", not '
+                f'"{expected}"; GET it again'
+            )
+        archived = all(d.archived for d in docs)
+        if props.is_archived and not archived:
+            await self._assets.archive(kind, name, "", actor_of(context))
+        elif archived and not props.is_archived:
+            await self._assets.restore(kind, name, "", actor_of(context))
+        return await self._container(kind, name, context)
 
     async def _versions(
         self, kind: AssetKind, request: ws.ListAssetVersionsRequest
@@ -123,7 +177,13 @@ class AssetResources:
     async def GetModelContainer(
         self, request: ws.GetAssetContainerRequest, context: Ctx
     ) -> ws.AssetContainerResource:
-        return await self._container(AssetKind.model, request.name)
+        return await self._container(AssetKind.model, request.name, context)
+
+    @domain_errors
+    async def PutModelContainer(
+        self, request: ws.PutAssetContainerRequest, context: Ctx
+    ) -> ws.AssetContainerResource:
+        return await self._put_container(AssetKind.model, request, context)
 
     @domain_errors
     async def ListModelVersions(
@@ -157,7 +217,13 @@ class AssetResources:
     async def GetEnvironmentContainer(
         self, request: ws.GetAssetContainerRequest, context: Ctx
     ) -> ws.AssetContainerResource:
-        return await self._container(AssetKind.environment, request.name)
+        return await self._container(AssetKind.environment, request.name, context)
+
+    @domain_errors
+    async def PutEnvironmentContainer(
+        self, request: ws.PutAssetContainerRequest, context: Ctx
+    ) -> ws.AssetContainerResource:
+        return await self._put_container(AssetKind.environment, request, context)
 
     @domain_errors
     async def ListEnvironmentVersions(
@@ -194,7 +260,13 @@ class AssetResources:
     async def GetDataContainer(
         self, request: ws.GetAssetContainerRequest, context: Ctx
     ) -> ws.AssetContainerResource:
-        return await self._container(AssetKind.data, request.name)
+        return await self._container(AssetKind.data, request.name, context)
+
+    @domain_errors
+    async def PutDataContainer(
+        self, request: ws.PutAssetContainerRequest, context: Ctx
+    ) -> ws.AssetContainerResource:
+        return await self._put_container(AssetKind.data, request, context)
 
     @domain_errors
     async def ListDataVersions(
