@@ -121,6 +121,8 @@ def world(local_platform: PlatformState, trained_models: Path) -> Iterator[World
         page.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
         page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
         page.set_default_timeout(30_000)
+        # expect() has its own default (5 s), too short for a page polling a busy machine.
+        sync_api.expect.set_options(timeout=30_000)
         yield World(local_platform, rest, endpoint, page, errors)
         browser.close()
     rest.call("DELETE", f"/onlineEndpoints/{endpoint}")
