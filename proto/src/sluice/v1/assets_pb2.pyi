@@ -3,6 +3,8 @@
 isort:skip_file
 Registered assets: models, environments and data, versioned and immutable once created.
 Served by the registry beside the Registry service; the same admin token is required.
+gRPC only (the CLI): REST serves the same assets in Azure's shape (workspace.proto's
+models, environments and data).
 """
 
 from collections import abc as _abc
