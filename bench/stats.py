@@ -12,9 +12,12 @@ from __future__ import annotations
 import os
 import platform
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 TRUST_SPREAD = 0.25  # (max - min) / median above this: the rounds disagree, say so
 
@@ -28,7 +31,9 @@ class Spread:
 
     @property
     def relative(self) -> float:
-        return (self.high - self.low) / self.median if self.median else 0.0
+        if self.high == self.low:
+            return 0.0
+        return (self.high - self.low) / abs(self.median) if self.median else float("inf")
 
     @property
     def trusted(self) -> bool:
@@ -49,6 +54,28 @@ def spread(values: Sequence[float]) -> Spread:
     if not values:
         raise ValueError("no rounds")
     return Spread(statistics.median(values), min(values), max(values), len(values))
+
+
+def rounds(default: int = 3) -> int:
+    """How many rounds a benchmark runs: `BENCH_ROUNDS`, else its default (3 at least for a
+    spread worth the name; fewer are allowed for a quick try and reported as UNSTABLE)."""
+    return int(os.environ.get("BENCH_ROUNDS", str(default)))
+
+
+def interleave(n: int, measures: Mapping[str, Callable[[], T]]) -> dict[str, list[T]]:
+    """`n` rounds, each running every measure once; the order rotates from round to round,
+    so load that drifts during a run (and whichever goes first) hits every measure alike."""
+    results: dict[str, list[T]] = {name: [] for name in measures}
+    names = list(measures)
+    for r in range(n):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            results[name].append(measures[name]())
+    return results
+
+
+def ratios(figure: Sequence[float], baseline: Sequence[float]) -> list[float]:
+    """Round by round figure / baseline: each round's ratio against its own baseline."""
+    return [f / b for f, b in zip(figure, baseline, strict=True)]
 
 
 def machine() -> str:

@@ -9,17 +9,16 @@ configuration), each on an inference server of its own with the example model:
 - `plain`: no gateway secret (no filter, no check): the baseline;
 - `guarded`: a secret (Envoy adds the header, the server checks it).
 
-wrk, one connection (closed loop), alternating plain/guarded rounds; the figure is
-the median over rounds of each round's p50, and the difference guarded - plain.
-Run with `uv run python bench/run.py gateway_header`; note the load average, which
-it prints.
+wrk, one connection (closed loop), interleaved plain/guarded rounds (BENCH_ROUNDS,
+default 8, of SECONDS each); the figures are median (min-max) over rounds of each
+round's p50, and of each round's difference guarded - plain.
+Run with `uv run python bench/run.py gateway_header`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -43,8 +42,9 @@ from sluice.traffic.xds.builder import SnapshotBuilder
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from shared import bench_module  # bench/shared.py
+from stats import interleave, rounds, spread  # bench/stats.py
 
-ROUNDS = 8
+ROUNDS = rounds(8)
 SECONDS = 4
 KEY = "bench-primary-key"
 SECRET = "bench-gateway-secret-0123456789abcdef"  # noqa: S105 - a throwaway platform's
@@ -126,24 +126,16 @@ def main() -> None:
             }
             for name in ports:  # warm up; a 403 (header missing) would fail wrk here
                 traffic.wrk(url, 4, 2, headers[name])
-            p50: dict[str, list[float]] = {name: [] for name in ports}
-            for _ in range(ROUNDS):
-                for name in ports:
-                    p50[name].append(traffic.wrk(url, 1, SECONDS, headers[name])["p50"])
-            plain, guarded = (statistics.median(p50[n]) for n in ("plain", "guarded"))
-            load = os.getloadavg()
-            print(
-                "| through Envoy, c=1, median of "
-                f"{ROUNDS} rounds' p50 (ms) | plain {plain:.3f} | guarded {guarded:.3f} "
-                f"| added {guarded - plain:+.3f} ms |"
+            p50 = interleave(
+                ROUNDS,
+                {n: lambda n=n: traffic.wrk(url, 1, SECONDS, headers[n])["p50"] for n in ports},
             )
-            low = {n: min(p50[n]) for n in ports}
+            added = [g - p for g, p in zip(p50["guarded"], p50["plain"], strict=True)]
             print(
-                f"| same, best round's p50 (ms) | plain {low['plain']:.3f} "
-                f"| guarded {low['guarded']:.3f} | added {low['guarded'] - low['plain']:+.3f} ms |"
+                f"| through Envoy, c=1, p50 (ms) | plain {spread(p50['plain']).show('{:.3f}')} "
+                f"| guarded {spread(p50['guarded']).show('{:.3f}')} "
+                f"| added {spread(added).show('{:+.3f}')} ms |"
             )
-            print(f"rounds plain {p50['plain']}\nrounds guarded {p50['guarded']}")
-            print(f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
         finally:
             sup.stop_all()
 

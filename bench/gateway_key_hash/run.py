@@ -11,16 +11,15 @@ the controller's snapshot builder:
 - `hashed`: what the controller builds: the Lua hash, then RBAC on the hash.
 
 The routes answer directly from Envoy (no upstream), so the figures are the
-filters' cost alone. wrk, one connection, alternating rounds; the figure is the
-median over rounds of each round's p50. Run with
+filters' cost alone. wrk, one connection, interleaved rounds (BENCH_ROUNDS, default
+10); the figures are median (min-max) over rounds of each round's p50 and of each
+round's differences. Run with
 `uv run python bench/run.py gateway_key_hash`.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -39,8 +38,9 @@ from sluice.traffic.xds.builder import SnapshotBuilder
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from shared import bench_module  # bench/shared.py
+from stats import interleave, rounds, spread  # bench/stats.py
 
-ROUNDS = 10
+ROUNDS = rounds(10)
 SECONDS = 3
 KEY = "k" * 43  # the length of the platform's keys (secrets.token_urlsafe(32))
 SECOND = "s" * 43
@@ -143,23 +143,17 @@ def main() -> None:
             }
             for name in VARIANTS:  # warm up
                 traffic.wrk(url, 1, 2, headers[name])
-            p50: dict[str, list[float]] = {name: [] for name in VARIANTS}
-            for _ in range(ROUNDS):
-                for name in VARIANTS:
-                    p50[name].append(traffic.wrk(url, 1, SECONDS, headers[name])["p50"])
-            mid = {n: statistics.median(p50[n]) for n in VARIANTS}
-            low = {n: min(p50[n]) for n in VARIANTS}
-            print("| Envoy alone, c=1 | open | keys | hashed | keys - open | hashed - keys |")
-            print("|---|---:|---:|---:|---:|---:|")
-            for label, row in (("median of rounds' p50 (ms)", mid), ("best round's p50", low)):
-                print(
-                    f"| {label} | {row['open']:.3f} | {row['keys']:.3f} | {row['hashed']:.3f} "
-                    f"| {row['keys'] - row['open']:+.3f} | {row['hashed'] - row['keys']:+.3f} |"
-                )
+            p50 = interleave(
+                ROUNDS,
+                {n: lambda n=n: traffic.wrk(url, 1, SECONDS, headers[n])["p50"] for n in VARIANTS},
+            )
+            print("| Envoy alone, c=1, p50 (ms) | median (min-max) over rounds |")
+            print("|---|---:|")
             for name in VARIANTS:
-                print(f"rounds {name} {[round(v, 3) for v in p50[name]]}")
-            load = os.getloadavg()
-            print(f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
+                print(f"| {name} | {spread(p50[name]).show('{:.3f}')} |")
+            for figure, base in (("keys", "open"), ("hashed", "keys")):
+                added = [f - b for f, b in zip(p50[figure], p50[base], strict=True)]
+                print(f"| {figure} - {base}, per round | {spread(added).show('{:+.3f}')} |")
         finally:
             sup.stop_all()
 
