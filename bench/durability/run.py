@@ -11,14 +11,18 @@ Three SecantusDB servers on disk run side by side, each with one PyMongo client:
 
 Each round runs, against each server in turn, WRITES single-document updates and
 WRITES transactions of a document plus its outbox entry (what one registry write
-commits); rounds alternate so load from other processes hits all three alike.
-Figures are medians per write over all rounds; the ratio is durable / baseline.
+commits); rounds (BENCH_ROUNDS, default 5) interleave the servers so load from other
+processes hits all three alike. Each round gives each server its median per write;
+the figures are median (min-max) of those over rounds, and the ratio durable /
+baseline is taken round by round.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,7 +33,10 @@ from sluice.common.components import mongo_spec
 from sluice.common.mongo import Document
 from sluice.common.supervisor import Supervisor, free_port
 
-ROUNDS = 5
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from stats import interleave, ratios, rounds, spread  # bench/stats.py
+
+ROUNDS = rounds(5)
 WRITES = 30
 CONFIGS = {
     "durable (--sync-on-commit, j:true, w:majority)": (True, {"w": "majority", "journal": True}),
@@ -46,22 +53,29 @@ def start(sup: Supervisor, root: Path, name: str, sync: bool) -> str:
     return sup.start(spec).address
 
 
-def updates(client: MongoClient[Document], samples: list[float]) -> None:
+def updates(client: MongoClient[Document]) -> float:
+    """Median ms of WRITES single-document updates."""
     coll = client.bench.docs
+    samples = []
     for i in range(WRITES):
         started = time.perf_counter()
         coll.update_one({"_id": i % 5}, {"$inc": {"n": 1}}, upsert=True)
         samples.append((time.perf_counter() - started) * 1000)
+    return statistics.median(samples)
 
 
-def transactions(client: MongoClient[Document], samples: list[float], offset: int) -> None:
+def transactions(client: MongoClient[Document], ids: itertools.count[int]) -> float:
+    """Median ms of WRITES transactions: a document plus its outbox entry."""
     db = client.bench
+    samples = []
     for i in range(WRITES):
         started = time.perf_counter()
         with client.start_session() as session, session.start_transaction():
-            db.resources.insert_one({"_id": offset + i, "spec": {"n": i}}, session=session)
-            db.outbox.insert_one({"_id": f"e{offset + i}", "body": "{}"}, session=session)
+            n = next(ids)
+            db.resources.insert_one({"_id": n, "spec": {"n": i}}, session=session)
+            db.outbox.insert_one({"_id": f"e{n}", "body": "{}"}, session=session)
         samples.append((time.perf_counter() - started) * 1000)
+    return statistics.median(samples)
 
 
 def main() -> None:
@@ -72,35 +86,31 @@ def main() -> None:
                 title: MongoClient(start(sup, Path(tmp), f"m{n}", sync), **concern)
                 for n, (title, (sync, concern)) in enumerate(CONFIGS.items())
             }
-            update_ms: dict[str, list[float]] = {title: [] for title in CONFIGS}
-            tx_ms: dict[str, list[float]] = {title: [] for title in CONFIGS}
+            ids = itertools.count()
             for client in clients.values():  # warm-up: connections, collections
-                updates(client, [])
-                transactions(client, [], 10_000)
-            for round_ in range(ROUNDS):
-                for title, client in clients.items():
-                    updates(client, update_ms[title])
-                    transactions(client, tx_ms[title], round_ * WRITES)
+                updates(client)
+                transactions(client, ids)
+            results = interleave(
+                ROUNDS,
+                {
+                    title: lambda c=client: (updates(c), transactions(c, ids))
+                    for title, client in clients.items()
+                },
+            )
             for client in clients.values():
                 client.close()
         finally:
             sup.stop_all()
-    print(f"{ROUNDS} rounds x {WRITES} writes per server, medians (p90) in ms")
-    print(f"{'server':<50} {'update_one':>18} {'transaction (doc + outbox)':>28}")
-    for title in CONFIGS:
-        u, t = update_ms[title], tx_ms[title]
-        print(f"{title:<50} {_fmt(u):>18} {_fmt(t):>28}")
-    durable, base = next(iter(CONFIGS)), list(CONFIGS)[-1]
-    print(
-        "durable / baseline: update_one "
-        f"x{statistics.median(update_ms[durable]) / statistics.median(update_ms[base]):.2f}, "
-        f"transaction x{statistics.median(tx_ms[durable]) / statistics.median(tx_ms[base]):.2f}"
-    )
-
-
-def _fmt(samples: list[float]) -> str:
-    p90 = statistics.quantiles(samples, n=10)[-1]
-    return f"{statistics.median(samples):.2f} ({p90:.2f})"
+    print(f"{ROUNDS} interleaved rounds x {WRITES} writes per server; per write, ms:")
+    print("median (min-max) over rounds of each round's median")
+    print("| server | update_one | transaction (doc + outbox) |")
+    print("|---|---:|---:|")
+    columns = {title: list(zip(*per_round, strict=True)) for title, per_round in results.items()}
+    for title, (update_ms, tx_ms) in columns.items():
+        print(f"| {title} | {spread(update_ms).show()} | {spread(tx_ms).show()} |")
+    durable, base = columns[next(iter(CONFIGS))], columns[list(CONFIGS)[-1]]
+    for i, kind in enumerate(("update_one", "transaction")):
+        print(f"durable / baseline {kind}, per round: {spread(ratios(durable[i], base[i])).show()}")
 
 
 if __name__ == "__main__":
