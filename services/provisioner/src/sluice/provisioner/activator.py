@@ -72,6 +72,8 @@ class Activatable(Protocol):
 
     def activate(self) -> None: ...
 
+    def release(self) -> None: ...
+
     def ready_address(self) -> str | None: ...
 
     def ready_grpc_address(self) -> str | None: ...
@@ -126,16 +128,19 @@ class Activator:
         key = f"{deployment.endpoint}/{deployment.name}"
         started = time.monotonic()
         self.held += 1
-        deployment.activate()
-        if self.wake is not None:
-            await self.wake(key)
-        address = address_of(deployment)
-        while address is None:
-            if time.monotonic() - started > WAKE_DEADLINE_S:
-                log.warning("activation_timed_out", deployment=key)
-                return None
-            await asyncio.sleep(0.01)
+        deployment.activate()  # until release(): a request waits, the deployment is not idle
+        try:
+            if self.wake is not None:
+                await self.wake(key)
             address = address_of(deployment)
+            while address is None:
+                if time.monotonic() - started > WAKE_DEADLINE_S:
+                    log.warning("activation_timed_out", deployment=key)
+                    return None
+                await asyncio.sleep(0.01)
+                address = address_of(deployment)
+        finally:
+            deployment.release()
         log.info("activation_ready", deployment=key, waited_s=round(time.monotonic() - started, 3))
         return address
 

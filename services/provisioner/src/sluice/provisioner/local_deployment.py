@@ -102,6 +102,7 @@ class LocalDeployment:
         # and since when the activator is listed as its instance (monotonic).
         self._activated_at: float | None = None
         self._activator_since: float | None = None
+        self._held = 0  # requests the activator holds for this deployment right now
         self._removing = False  # deleted: nothing is listed any more, not even the activator
         # `scale_settings.min_instances: 0` (and no autoscale setting): zero once idle, i.e. no
         # instance starting and no request seen (liveness answers count them) for `idle_s`.
@@ -307,6 +308,14 @@ class LocalDeployment:
 
     def activate(self) -> None:
         """A request is held for this deployment: run at least one instance."""
+        self._held += 1
+        self._activated_at = time.time()
+        self._last_active = time.monotonic()
+
+    def release(self) -> None:
+        """A held request went to an instance (or gave up). Only a decision made after this
+        may take the deployment back to zero: the ones before never saw the request."""
+        self._held -= 1
         self._activated_at = time.time()
         self._last_active = time.monotonic()
 
@@ -343,6 +352,10 @@ class LocalDeployment:
                     woken = self._scaling.desired(*self._own)
                     self._scaled(f"woken ({rule})", "RequestsSeen", 1.0, 0, woken)
             return 0 if idle else None
+        if decided == 0 and self._held:
+            # A request waits for an instance: whatever the metrics say (the held request is
+            # counted only once served), zero now would leave it waiting out its deadline.
+            return 1
         if decided == 0 and self._activated_at is not None:
             if self._s.autoscale.decided_at(self.key) > self._activated_at:
                 self._activated_at = None  # decided again on what came after the wake
@@ -376,7 +389,7 @@ class LocalDeployment:
         self._was_idle = True
 
     def _idle(self) -> bool:
-        return time.monotonic() - self._last_active >= self._s.idle_s
+        return not self._held and time.monotonic() - self._last_active >= self._s.idle_s
 
     def _may_be_at_zero(self) -> bool:
         """An autoscale setting decided zero, or the deployment's own scale settings allow it."""
