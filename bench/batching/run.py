@@ -12,8 +12,9 @@
    lets it call run() on the event loop, its fastest mode) and one with
    `--max-batch-size 64 --max-batch-wait-ms 2`;
 3. drives each with wrk (1 thread, 64 connections, one row per request) in
-   alternating 5 s rounds, three each, after a 2 s warm-up, and reports each
-   server's median round: requests/s and wrk's p50/p99.
+   interleaved 5 s rounds (BENCH_ROUNDS, default 3) after a 2 s warm-up, and
+   reports median (min-max) over rounds of requests/s and wrk's p50/p99, and of
+   the ratio batched / unbatched taken round by round.
 
 Target (issue 16): batched >= 3x the unbatched requests/s at the same p99 budget
 (the batched p99 no higher than the baseline's).
@@ -21,7 +22,6 @@ Target (issue 16): batched >= 3x the unbatched requests/s at the same p99 budget
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import subprocess
@@ -30,17 +30,15 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-_spec = importlib.util.spec_from_file_location(
-    "bench_inference_helpers", HERE.parent / "inference" / "run.py"
-)
-assert _spec is not None and _spec.loader is not None
-inference: Any = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(inference)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from shared import bench_module  # bench/shared.py
+from stats import interleave, ratios, rounds, spread  # bench/stats.py
+
+inference = bench_module("inference")
 
 CONNECTIONS = 64
 SECONDS = 5
-ROUNDS = 3
+ROUNDS = rounds(3)
 WORK = inference.CACHE / "batching"
 
 SCORE_PY = """
@@ -101,33 +99,31 @@ def wrk(port: int, seconds: int) -> Any:
     )
 
 
-def compare(work: Path, model: str) -> tuple[Any, Any]:
-    """(unbatched, batched) median rounds for one model."""
+def compare(work: Path, model: str) -> dict[str, list[Any]]:
+    """Each server's rounds (unbatched, batched) for one model."""
     env = {**os.environ, "AZUREML_MODEL_DIR": str(work), "BENCH_MODEL": MODELS[model]}
     ports = {"unbatched": inference.free_port(), "batched": inference.free_port()}
     extra = {"unbatched": [], "batched": ["--max-batch-size", "64", "--max-batch-wait-ms", "2"]}
+    # Twice the connections: on a busy machine a keep-alive client's next request can arrive
+    # before the server has released its previous one's slot (429 "65 already running or
+    # queued" with 64 connections, 2026-11-26); the bench measures throughput, not the bound.
     processes = {}
     for name, port in ports.items():
         argv = [
             sys.executable, "-m", "sluice.inference", "--model", str(work / "model"),
             "--code", str(WORK / "code"), "--scoring-script", "score.py", "--port", str(port),
-            "--max-queue", str(CONNECTIONS), "--log-format", "json", *extra[name],
+            "--max-queue", str(2 * CONNECTIONS), "--log-format", "json", *extra[name],
         ]  # fmt: skip
         processes[name] = inference.start(argv, env, WORK / f"{model}-{name}.log")
     try:
         for name, port in ports.items():
             inference.wait_for(f"http://127.0.0.1:{port}/ready", process=processes[name])
             wrk(port, 2)  # warm-up
-        rounds: dict[str, list[Any]] = {name: [] for name in ports}
-        for _ in range(ROUNDS):
-            for name, port in ports.items():
-                rounds[name].append(wrk(port, SECONDS))
-        for name, results in rounds.items():
-            print(f"{model} RPS rounds: {name}", [round(r.rps) for r in results], flush=True)
+        results = interleave(ROUNDS, {n: lambda p=p: wrk(p, SECONDS) for n, p in ports.items()})
     finally:
         for process in processes.values():
             inference.stop(process)
-    return inference.median(rounds["unbatched"], "rps"), inference.median(rounds["batched"], "rps")
+    return results
 
 
 def main() -> None:
@@ -135,27 +131,32 @@ def main() -> None:
     if inference.WRK is None:
         raise SystemExit("wrk is needed for this benchmark")
     work = prepare()
-    before = os.getloadavg()
     results = {model: compare(work, model) for model in MODELS}
     print()
-    print(f"| model, server (1 worker, wrk -c{CONNECTIONS}, {ROUNDS} x {SECONDS} s, median) "
+    print(f"| model, server (1 worker, wrk -c{CONNECTIONS}, {ROUNDS} x {SECONDS} s) "
           "| RPS | p50 ms | p99 ms |")  # fmt: skip
     print("|---|---:|---:|---:|")
-    for model, (base, batched) in results.items():
-        for name, result in (("unbatched", base), ("adaptive batching (64, 2 ms)", batched)):
+    for model, servers in results.items():
+        for name, label in (
+            ("unbatched", "unbatched"),
+            ("batched", "adaptive batching (64, 2 ms)"),
+        ):
+            rps, p50, p99 = zip(*((r.rps, r.p50_ms, r.p99_ms) for r in servers[name]), strict=True)
             print(
-                f"| {model}, {name} | {result.rps:,.0f} | {result.p50_ms:.2f} "
-                f"| {result.p99_ms:.2f} |"
+                f"| {model}, {label} | {spread(rps).show('{:,.0f}')} "
+                f"| {spread(p50).show()} | {spread(p99).show()} |"
             )
     print()
-    for model, (base, batched) in results.items():
-        ratio = batched.rps / base.rps
-        met = ratio >= 3 and batched.p99_ms <= base.p99_ms
+    for model, servers in results.items():
+        base, batched = servers["unbatched"], servers["batched"]
+        ratio = spread(ratios([r.rps for r in batched], [r.rps for r in base]))
+        p99 = {name: spread([r.p99_ms for r in servers[name]]).median for name in servers}
+        met = ratio.median >= 3 and p99["batched"] <= p99["unbatched"]
         print(
-            f"{model}: batched / unbatched RPS {ratio:.1f}x at p99 {batched.p99_ms:.2f} vs "
-            f"{base.p99_ms:.2f} ms (target >= 3x at the same p99) {'MET' if met else 'MISSED'}"
+            f"{model}: batched / unbatched RPS per round {ratio.show('{:.1f}')} at median p99 "
+            f"{p99['batched']:.2f} vs {p99['unbatched']:.2f} ms (target >= 3x at the same p99) "
+            f"{'MET' if met else 'MISSED'}"
         )
-    print("load average before / after:", before, os.getloadavg())
 
 
 if __name__ == "__main__":
