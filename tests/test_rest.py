@@ -111,7 +111,6 @@ def test_endpoint_and_deployment_crud(
     ready = wait_for(lambda: succeeded("blue"), "the deployment made over REST runs", 240)
     assert ready["properties"]["instances"][0]["ready"]
     assert ready["properties"]["endpointComputeType"] == "Managed"
-    wait_for(lambda: succeeded("green"), "the second deployment made over REST runs", 240)
 
     # Azure Monitor's metrics API, at the endpoint's and at a deployment's scope.
     monitor = f"/onlineEndpoints/{name}/providers/Microsoft.Insights/metrics"
@@ -129,6 +128,8 @@ def test_endpoint_and_deployment_crud(
     assert status == 400 and "deployments/{deployment}/providers" in error["message"]
     status, error = rest.call("GET", f"{monitor}?$filter=instance eq 'x'")
     assert status == 400 and "$filter" in error["message"]
+    status, split = rest.call("GET", f"{monitor}?$filter=statusCodeClass eq '*'")
+    assert status == 200 and split["value"][0]["name"]["value"] == "RequestsPerMinute", split
     # Azure Monitor's autoscale setting resource (disabled: it must not scale blue here).
     scale = f"/autoscaleSettings/{name}-blue"
     target = f"{WORKSPACE}/onlineEndpoints/{name}/deployments/blue"
@@ -183,6 +184,8 @@ def test_endpoint_and_deployment_crud(
         "POST", f"/onlineEndpoints/{name}/setTraffic", {"traffic": {"blue": 100, "green": 0}}
     )
     assert status == 200 and ep["properties"]["traffic"] == {"blue": 100}
+    # green only had to exist (shares name deployments, ready or not): gone before it runs.
+    assert rest.call("DELETE", f"/onlineEndpoints/{name}/deployments/green")[0] == 200
 
     status, logs = rest.call(
         "POST", f"/onlineEndpoints/{name}/deployments/blue/getLogs", {"tail": 20}
@@ -200,7 +203,7 @@ def test_endpoint_and_deployment_crud(
     assert status == 400 and "InferenceServer or StorageInitializer" in error["message"]
 
     status, listed = rest.call("GET", f"/onlineEndpoints/{name}/deployments")
-    assert status == 200 and sorted(d["name"] for d in listed["value"]) == ["blue", "green"]
+    assert status == 200 and "blue" in [d["name"] for d in listed["value"]]
 
     # Bad input to an existing deployment: 400 saying what is wrong, nothing changed.
     bad = {

@@ -72,6 +72,25 @@ def test_one_series_without_a_filter_and_deployment_scope() -> None:
     assert [d.average for d in out.value[0].timeseries[0].data if d.HasField("average")] == [40.0]
 
 
+def test_requests_split_by_status_code_class() -> None:
+    """Azure's statusCodeClass dimension of RequestsPerMinute: one series per class."""
+    request = _request(
+        timespan="PT3M", aggregation="Average,Total", filter="statusCodeClass eq '*'"
+    )
+    point = _point("", 1, 5)
+    point.responses_by_status_class.update({"2xx": 4, "5xx": 1})
+    out = json_format.MessageToDict(am.answer(request, am.parse(request, 60, NOW), [point]))
+    ok, failed = out["value"][0]["timeseries"]
+    assert ok["metadatavalues"][0] == {
+        "name": {"value": "statusCodeClass", "localizedValue": "statusCodeClass"},
+        "value": "2xx",
+    }
+    assert ok["data"][1]["total"] == 4.0 and failed["data"][1]["average"] == 1.0
+    only = _request(timespan="PT3M", filter="statusCodeClass eq '5xx'")
+    out = json_format.MessageToDict(am.answer(only, am.parse(only, 60, NOW), [point]))
+    assert [t["metadatavalues"][0]["value"] for t in out["value"][0]["timeseries"]] == ["5xx"]
+
+
 @pytest.mark.parametrize(
     ("fields", "says"),
     [
@@ -84,6 +103,7 @@ def test_one_series_without_a_filter_and_deployment_scope() -> None:
         ({"timespan": "yesterday/today"}, "timespan"),
         ({"timespan": "2026-11-26T09:00:00Z/2026-11-26T08:00:00Z"}, "not before the end"),
         ({"filter": "instance eq 'x'"}, "$filter"),
+        ({"metricnames": "RequestLatency_P99", "filter": "statusCode eq '*'"}, "only Requests"),
     ],
 )
 def test_bad_queries_name_the_parameter(fields: dict[str, str], says: str) -> None:

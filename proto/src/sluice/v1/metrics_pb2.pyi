@@ -502,7 +502,9 @@ class ListAzureMetricsRequest(_message.Message):
     aggregation: _builtins.str
     """comma-separated: Average (default), Total (RequestsPerMinute)"""
     filter: _builtins.str
-    """Only "deployment eq '*'": one time series per deployment (at the endpoint's scope)."""
+    """"<dimension> eq '<value>'" ('*': one time series per value): deployment (at the
+    endpoint's scope), or RequestsPerMinute's statusCodeClass ("2xx") or statusCode ("503").
+    """
     def __init__(
         self,
         *,

@@ -27,7 +27,14 @@ ENDPOINT, DEPLOYMENT = "endpoint", "deployment"
 BOTH = frozenset({ENDPOINT, DEPLOYMENT})
 NAMESPACE = "Microsoft.MachineLearningServices/workspaces/onlineEndpoints"
 _DURATION = re.compile(r"^P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?$")
-_FILTER = re.compile(r"^\s*deployment\s+eq\s+'([^']+)'\s*$", re.IGNORECASE)
+_FILTER = re.compile(
+    r"^\s*(deployment|statusCodeClass|statusCode)\s+eq\s+'([^']+)'\s*$", re.IGNORECASE
+)
+# RequestsPerMinute's status dimensions -> the MetricPoint map that counts them.
+STATUS_DIMENSIONS = {
+    "statusCodeClass": "responses_by_status_class",
+    "statusCode": "responses_by_status_code",
+}
 Point = Any  # metrics_pb2.MetricPoint
 
 
@@ -146,7 +153,8 @@ class Query:
     end: datetime
     step_s: int
     aggregations: list[str]
-    split: str | None  # None: one series; "*": one per deployment; else that deployment
+    dimension: str  # "": one series; deployment, statusCodeClass or statusCode: split
+    split: str  # the dimension's value to show; "*": one series per value
 
 
 def parse(request: Any, bucket_s: int, now: datetime) -> Query:
@@ -182,17 +190,24 @@ def parse(request: Any, bucket_s: int, now: datetime) -> Query:
             )
         if aggregation == "total" and any(CATALOGUE[n].total is None for n in names):
             raise BadQuery("aggregation Total is answered for RequestsPerMinute only")
-    split = None
+    dimension, split = "", ""
     if request.filter:
         match = _FILTER.match(request.filter)
-        if match is None or scope == DEPLOYMENT:
+        if match is None:
             raise BadQuery(
-                f"$filter {request.filter!r}: only \"deployment eq '*'\" (or one deployment's "
-                "name) at an endpoint's scope is understood"
+                f"$filter {request.filter!r}: only \"<dimension> eq '<value>'\" ('*': one "
+                "series per value) with dimension deployment, statusCodeClass or statusCode"
             )
-        split = match.group(1)
+        dimension = next(
+            d for d in ("deployment", *STATUS_DIMENSIONS) if d.lower() == match[1].lower()
+        )
+        split = match[2]
+        if dimension == "deployment" and scope == DEPLOYMENT:
+            raise BadQuery("$filter on deployment: ask the endpoint's metrics, not a deployment's")
+        if dimension in STATUS_DIMENSIONS and names != ["RequestsPerMinute"] * len(names):
+            raise BadQuery(f"$filter on {dimension}: only RequestsPerMinute has that dimension")
     start, end = parse_timespan(request.timespan, now)
-    return Query(names, start, end, int(step), aggregations, split)
+    return Query(names, start, end, int(step), aggregations, dimension, split)
 
 
 def points_request(request: Any, query: Query) -> Any:
@@ -221,16 +236,18 @@ def answer(request: Any, query: Query, points: list[Point]) -> Any:
     by_series: dict[str, dict[int, Point]] = {}
     for point in points:
         by_series.setdefault(point.deployment_name, {})[point.time.seconds] = point
-    if request.deployment_name:
-        series = {"": by_series.get(request.deployment_name, {})}
-    elif query.split is None:
-        series = {"": by_series.get("", {})}
-    else:
-        series = {
-            dep: found
+    base = by_series.get(request.deployment_name, {})  # "" is the endpoint's total
+    series: list[tuple[str, dict[int, Point]]] = [("", base)]
+    if query.dimension == "deployment":
+        series = [
+            (dep, found)
             for dep, found in sorted(by_series.items())
             if dep and query.split in ("*", dep)
-        }
+        ]
+    elif query.dimension:
+        counts = STATUS_DIMENSIONS[query.dimension]
+        seen = sorted({key for p in base.values() for key in getattr(p, counts)})
+        series = [(label, base) for label in seen if query.split in ("*", label)]
     step = query.step_s
     first = int(query.start.timestamp()) // step * step
     grid = list(range(first, int(query.end.timestamp()), step))
@@ -253,22 +270,30 @@ def answer(request: Any, query: Query, points: list[Point]) -> Any:
             unit=metric.unit,
             error_code="Success",
         )
-        for deployment, at in series.items():
+        for label, at in series:
             line = found.timeseries.add()
-            if deployment:
+            if label:
                 line.metadatavalues.add(
                     name=metrics_pb2.AzureLocalizableString(
-                        value="deployment", localized_value="deployment"
+                        value=query.dimension, localized_value=query.dimension
                     ),
-                    value=deployment,
+                    value=label,
                 )
             for second in sorted(set(grid) | set(at)):
                 value = line.data.add(time_stamp=timestamp_pb2.Timestamp(seconds=second))
                 point = at.get(second)
                 if point is None:
                     continue
+                total: float | None
+                if query.dimension in STATUS_DIMENSIONS:  # the requests with that status
+                    counts = getattr(point, STATUS_DIMENSIONS[query.dimension])
+                    requests = float(counts.get(label, 0))
+                    average, total = requests / (step / 60), requests
+                else:
+                    average = metric.average(point, step)
+                    total = metric.total(point, step) if metric.total else None
                 if "average" in query.aggregations:
-                    value.average = metric.average(point, step)
-                if "total" in query.aggregations and metric.total is not None:
-                    value.total = metric.total(point, step)
+                    value.average = average
+                if "total" in query.aggregations and total is not None:
+                    value.total = total
     return out
