@@ -99,8 +99,6 @@ def test_endpoint_and_deployment_crud(
     assert dep["sku"] == {"name": "Default", "capacity": 1}
     assert dep["properties"]["model"].startswith("azureml://artifacts/sha256:")
     assert dep["properties"]["livenessProbe"]["initialDelay"] == "PT10S"
-    green = rest.send("PUT", f"/onlineEndpoints/{name}/deployments/green", body)
-    assert green.status_code == 201, green.text
 
     def succeeded(deployment: str) -> dict[str, Any] | None:
         got = rest.call("GET", f"/onlineEndpoints/{name}/deployments/{deployment}")[1]
@@ -177,6 +175,9 @@ def test_endpoint_and_deployment_crud(
     )
     assert status == 200 and ep["properties"]["traffic"] == {"blue": 100}
     # A PUT's traffic is the whole split (merged, blue=100 + green=100 would be refused).
+    # green only has to exist (shares name deployments, ready or not): made, used, deleted.
+    green = rest.send("PUT", f"/onlineEndpoints/{name}/deployments/green", body)
+    assert green.status_code == 201, green.text
     whole = {"properties": {"authMode": "Key", "traffic": {"green": 100}}}
     status, ep = rest.call("PUT", f"/onlineEndpoints/{name}", whole)
     assert status == 200 and ep["properties"]["traffic"] == {"green": 100}, ep
@@ -184,7 +185,6 @@ def test_endpoint_and_deployment_crud(
         "POST", f"/onlineEndpoints/{name}/setTraffic", {"traffic": {"blue": 100, "green": 0}}
     )
     assert status == 200 and ep["properties"]["traffic"] == {"blue": 100}
-    # green only had to exist (shares name deployments, ready or not): gone before it runs.
     assert rest.call("DELETE", f"/onlineEndpoints/{name}/deployments/green")[0] == 200
 
     status, logs = rest.call(
