@@ -1,14 +1,17 @@
 """The management REST API and the portal, on the whole platform as `sluice up` runs it.
 
 1. What the gRPC-JSON transcoder adds: the same call (GetOnlineEndpoint) three ways, in
-   interleaved rounds of ROUND sequential calls each so that machine noise hits all three
-   alike: gRPC straight to the registry (what the CLI does, the baseline), gRPC through
-   Envoy's management listener, and REST (`GET /onlineEndpoints/{name}`, one keep-alive
-   HTTP/1.1 connection) through the same listener. Target: REST p50 - gRPC p50 <= 1 ms.
+   interleaved rounds (BENCH_ROUNDS, default 10) of ROUND sequential calls each so that
+   machine noise hits all three alike; median (min-max) over rounds of each round's p50,
+   differences taken round by round: gRPC straight to the registry (what the CLI does,
+   the baseline), gRPC through Envoy's management listener, and REST
+   (`GET /onlineEndpoints/{name}`, one keep-alive HTTP/1.1 connection) through the same
+   listener. Target: REST p50 - gRPC p50 <= 1 ms.
 2. (unless SLUICE_BENCH_PORTAL_PAGE=0) The endpoints page with ENDPOINTS endpoints in
    headless Chromium (Debian's chromium over Playwright): from navigation to the table
    holding every row (the page is interactive then: it has no other work) - target
-   <= 1 s - against the same page with 1 endpoint.
+   <= 1 s - against the same page with 1 endpoint (measured before the other endpoints
+   exist: not interleaved), median (min-max) of PAGE_LOADS loads each.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import http.client
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -30,13 +34,13 @@ from sluice.common.supervisor import free_port
 from sluice.testing.rest import rest_of
 from sluice.v1 import workspace_pb2, workspace_pb2_grpc
 
-ROUNDS = 10
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from stats import interleave, ratios, rounds, spread  # bench/stats.py
+
+ROUNDS = rounds(10)
 ROUND = 200
 ENDPOINTS = 1000
-
-
-def p(values: list[float], q: float) -> float:
-    return statistics.quantiles(values, n=100)[int(q) - 1] if q != 50 else statistics.median(values)
+PAGE_LOADS = 5
 
 
 def transcoder(registry: str, management: str, token: str, name: str) -> None:
@@ -62,29 +66,34 @@ def transcoder(registry: str, management: str, token: str, name: str) -> None:
         "gRPC -> Envoy -> registry": lambda: proxied.GetOnlineEndpoint(request, metadata=metadata),
         "REST -> Envoy (transcoder) -> registry": rest,
     }
-    times: dict[str, list[float]] = {k: [] for k in calls}
     for call in calls.values():  # warm connections
         for _ in range(20):
             call()
-    for r in range(ROUNDS):
-        order = list(calls.items())
-        order = order[r % 3 :] + order[: r % 3]
-        for label, call in order:
-            for _ in range(ROUND):
-                started = time.perf_counter()
-                call()
-                times[label].append((time.perf_counter() - started) * 1000)
-    base = statistics.median(times["gRPC -> registry"])
-    print(f"{ROUNDS * ROUND} calls each, interleaved; load {os.getloadavg()[0]:.1f}")
-    print(f"{'path':<40} {'p50 ms':>8} {'p99 ms':>8} {'p50 - gRPC':>11} {'/ gRPC':>7}")
-    for label, values in times.items():
-        med = statistics.median(values)
-        print(f"{label:<40} {med:8.3f} {p(values, 99):8.3f} {med - base:+11.3f} {med / base:7.2f}")
-    proxied = statistics.median(times["gRPC -> Envoy -> registry"])
-    rest_p50 = statistics.median(times["REST -> Envoy (transcoder) -> registry"])
+
+    def p50(call: Callable[[], object]) -> float:
+        """One round: the median of ROUND sequential calls, ms."""
+        times = []
+        for _ in range(ROUND):
+            started = time.perf_counter()
+            call()
+            times.append((time.perf_counter() - started) * 1000)
+        return statistics.median(times)
+
+    p50s = interleave(ROUNDS, {label: lambda c=call: p50(c) for label, call in calls.items()})
+    direct_p50, proxied_p50, rest_p50 = p50s.values()
+    print(f"{ROUNDS} interleaved rounds of {ROUND} calls each; each round's p50, median (min-max)")
+    print("| path | p50 ms | p50 - gRPC ms, per round | / gRPC, per round |")
+    print("|---|---:|---:|---:|")
+    for label, values in p50s.items():
+        added = [v - d for v, d in zip(values, direct_p50, strict=True)]
+        print(
+            f"| {label} | {spread(values).show('{:.3f}')} | {spread(added).show('{:+.3f}')} "
+            f"| {spread(ratios(values, direct_p50)).show()} |"
+        )
+    own = [r - p for r, p in zip(rest_p50, proxied_p50, strict=True)]
     print(
-        f"REST / gRPC through the same listener (the transcoder's own cost): "
-        f"{rest_p50 / proxied:.2f} ({rest_p50 - proxied:+.3f} ms p50)"
+        "REST / gRPC through the same listener (the transcoder's own cost), per round: "
+        f"{spread(ratios(rest_p50, proxied_p50)).show()}, {spread(own).show('{:+.3f}')} ms p50"
     )
 
 
@@ -109,14 +118,13 @@ def portal(management: str, token: str, create: Callable[[int], None]) -> None:
         page = browser.new_page(viewport={"width": 1280, "height": 800})
         page.add_init_script(f"sessionStorage.setItem('sluice-admin-token', {token!r})")
         create(1)
-        small = [load(page, 1) for _ in range(5)]
+        small = [load(page, 1) for _ in range(PAGE_LOADS)]
         create(ENDPOINTS)
-        large = [load(page, ENDPOINTS) for _ in range(5)]
+        large = [load(page, ENDPOINTS) for _ in range(PAGE_LOADS)]
         browser.close()
-    print("endpoints page, navigation -> every row in the table (median of 5)")
-    print(f"  load average {os.getloadavg()[0]:.1f}")
-    print(f"  1 endpoint:     {statistics.median(small):7.0f} ms")
-    print(f"  {ENDPOINTS} endpoints: {statistics.median(large):7.0f} ms  (target <= 1000 ms)")
+    print(f"endpoints page, navigation -> every row in the table, ms ({PAGE_LOADS} loads)")
+    print(f"  1 endpoint:     {spread(small).show('{:.0f}')}")
+    print(f"  {ENDPOINTS} endpoints: {spread(large).show('{:.0f}')}  (target <= 1000 ms)")
 
 
 def main() -> None:
