@@ -9,11 +9,18 @@ flat (an `_id` lookup); list grows with what it returns, per item it should not.
 It runs twice: SecantusDB in memory (the baseline: no disk, no fsync) and on
 disk with `--sync-on-commit` as `sluice up` runs it (every acknowledged write
 fsynced, issue 10); the ratio durable/in-memory is what durability costs.
+
+Both run BENCH_ROUNDS times (default 3), interleaved, each round on a fresh platform;
+figures are median (min-max) over rounds of each round's median per call, and the
+ratios are taken round by round. A round at 1,000 endpoints takes minutes on a busy
+machine: BENCH_REGISTRY_LARGE (default 1000) sets the large size.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -29,7 +36,11 @@ from sluice.common.resources import (
 from sluice.sdk.client import RegistryClient
 from sluice.testing.stack import servers, start_services
 
-SIZES = (10, 1000)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from stats import interleave, ratios, rounds, spread  # bench/stats.py
+
+SIZES = (10, int(os.environ.get("BENCH_REGISTRY_LARGE", "1000")))
+ROUNDS = rounds(3)
 SAMPLES = 200  # get calls per size
 
 
@@ -94,37 +105,41 @@ def run(*, durable: bool) -> list[tuple[float, ...]]:
             return measure(client, client.upload(Path(tmp) / "model"))
 
 
-def report(title: str, rows: list[tuple[float, ...]]) -> None:
-    print(title)
-    header = ("endpoints", "create ms", "get ms", "list ms", "list/item ms", "deps list ms")
-    print(" ".join(f"{h:>13}" for h in header))
-    for size, create, get, list_ms, listed, deps in rows:
-        cells = (
-            int(size),
-            f"{create:.2f}",
-            f"{get:.2f}",
-            f"{list_ms:.1f}",
-            f"{list_ms / listed:.3f}",
-        )
-        print(" ".join(f"{c:>13}" for c in (*cells, f"{deps:.2f}")))
-    small, large = rows
-    per_item = (large[3] / large[4]) / (small[3] / small[4])
-    print(
-        f"ratio {large[0]}/{small[0]} endpoints: create x{large[1] / small[1]:.2f}, "
-        f"get x{large[2] / small[2]:.2f}, list per item x{per_item:.2f}"
-    )
+COLUMNS = ("create ms", "get ms", "list ms", "list/item ms", "deps list ms")
+
+
+def columns(row: tuple[float, ...]) -> list[float]:
+    """One round at one size: create, get, list, list per listed item, deployments list."""
+    _, create, get, list_ms, listed, deps = row
+    return [create, get, list_ms, list_ms / listed, deps]
+
+
+def report(title: str, per_round: list[list[tuple[float, ...]]]) -> None:
+    """per_round[r][s]: round r's row at SIZES[s]."""
+    print(f"{title}: median (min-max) over rounds")
+    print(f"| endpoints | {' | '.join(COLUMNS)} |")
+    print("|---:|" + "---:|" * len(COLUMNS))
+    for s, size in enumerate(SIZES):
+        cells = zip(*(columns(r[s]) for r in per_round), strict=True)
+        print(f"| {size} | " + " | ".join(spread(c).show() for c in cells) + " |")
+    small, large = ([columns(r[s]) for r in per_round] for s in (0, 1))
+    for i, label in ((0, "create"), (1, "get"), (3, "list per item")):
+        growth = ratios([x[i] for x in large], [x[i] for x in small])
+        print(f"ratio {SIZES[1]}/{SIZES[0]} endpoints, per round: {label} {spread(growth).show()}")
 
 
 def main() -> None:
-    memory = run(durable=False)
-    durable = run(durable=True)
-    report("SecantusDB in memory (baseline)", memory)
-    report("SecantusDB on disk, --sync-on-commit, j:true (as `sluice up`)", durable)
-    for (size, create, get, *_), (_, d_create, d_get, *_) in zip(memory, durable, strict=True):
-        print(
-            f"durable / in memory at {int(size)} endpoints: create x{d_create / create:.2f}, "
-            f"get x{d_get / get:.2f}"
-        )
+    runs = interleave(
+        ROUNDS, {"memory": lambda: run(durable=False), "durable": lambda: run(durable=True)}
+    )
+    report("SecantusDB in memory (baseline)", runs["memory"])
+    report("SecantusDB on disk, --sync-on-commit, j:true (as `sluice up`)", runs["durable"])
+    for s, size in enumerate(SIZES):
+        for i, label in ((1, "create"), (2, "get")):
+            cost = ratios([r[s][i] for r in runs["durable"]], [r[s][i] for r in runs["memory"]])
+            print(
+                f"durable / in memory at {size} endpoints, per round: {label} {spread(cost).show()}"
+            )
 
 
 if __name__ == "__main__":
