@@ -3,20 +3,22 @@
 Starts real nats-server, SecantusDB, the registry and the provisioner, trains
 the example sklearn model, then measures through the registry API:
 
-- warm: create -> `Succeeded` with the environment already built (median of 5);
-- baseline, same run: a cold `python -m sluice.inference` start of the same
-  model and script until /ready (what every instance would cost without the
-  provisioner's pre-started spare processes);
-- recovery: SIGKILL an instance -> a replacement is ready (median of 3);
+- warm: create -> `Succeeded` with the environment already built;
+- baseline, same run, interleaved with warm round by round: a cold
+  `python -m sluice.inference` start of the same model and script until /ready
+  (what every instance would cost without the provisioner's pre-started spares);
+- recovery: SIGKILL an instance -> a replacement is ready;
 - cold: create -> `Succeeded` with a new environment (virtualenv built by uv,
-  package cache warm).
+  package cache warm), once: a second new environment would be a different one.
+
+Warm, baseline and recovery run BENCH_ROUNDS rounds (default 5); figures are median
+(min-max) over rounds, the ratio warm / cold start taken round by round.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,8 +35,12 @@ from sluice.sdk.client import RegistryClient
 from sluice.sdk.specs import load_online_deployment, load_online_endpoint
 from sluice.testing.stack import servers, start_services
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from stats import interleave, ratios, rounds, spread  # bench/stats.py
+
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 TERMINAL = {ProvisioningState.succeeded, ProvisioningState.failed}
+ROUNDS = rounds(5)
 
 
 def wait(condition: Callable[[], object], timeout: float = 180) -> None:
@@ -124,13 +130,16 @@ def main() -> None:
         with RegistryClient(f"127.0.0.1:{settings.ports.registry}", "bench") as client:
             endpoint = load_online_endpoint(EXAMPLES / "online/endpoint.yml", name="bench-endpoint")
             client.create_online_endpoint(endpoint.spec)
-            baseline = [cold_start_baseline() for _ in range(3)]
-            warm = []
-            for i in range(5):
-                warm.append(create_and_wait(client, f"warm-{i}", EnvironmentSpec()))
+            names = (f"warm-{i}" for i in range(ROUNDS))
+
+            def warm() -> float:
+                seconds = create_and_wait(client, next(names), EnvironmentSpec())
                 time.sleep(1.0)  # let the next spare finish importing, as between user actions
+                return seconds
+
+            runs = interleave(ROUNDS, {"baseline": cold_start_baseline, "warm": warm})
             recoveries = []
-            for _ in range(3):
+            for _ in range(ROUNDS):
                 recoveries.append(recovery(client, "warm-0"))
                 time.sleep(1.0)
             cold = create_and_wait(
@@ -138,15 +147,16 @@ def main() -> None:
                 "cold-env",
                 EnvironmentSpec(pip_requirements=("joblib", "tabulate==0.9.0")),
             )
-    base = statistics.median(baseline)
-    print(f"{'measure':<48} {'seconds':>8}")
-    print(f"{'cold inference-server start to /ready (baseline)':<48} {base:>8.2f}")
-    print(f"{'create -> Succeeded, cached env (median of 5)':<48} {statistics.median(warm):>8.2f}")
+    print(f"| measure, seconds | median (min-max) of {ROUNDS} rounds |")
+    print("|---|---:|")
     print(
-        f"{'kill -9 -> replacement ready (median of 3)':<48} {statistics.median(recoveries):>8.2f}"
+        f"| cold inference-server start to /ready (baseline) | {spread(runs['baseline']).show()} |"
     )
-    print(f"{'create -> Succeeded, new environment (cold)':<48} {cold:>8.2f}")
-    print(f"ratio create/cold-start: {statistics.median(warm) / base:.2f}")
+    print(f"| create -> Succeeded, cached env | {spread(runs['warm']).show()} |")
+    print(f"| kill -9 -> replacement ready | {spread(recoveries).show()} |")
+    print(f"| create -> Succeeded, new environment (cold, one run) | {cold:.2f} |")
+    ratio = spread(ratios(runs["warm"], runs["baseline"]))
+    print(f"ratio create / cold start, per round: {ratio.show()}")
 
 
 if __name__ == "__main__":
