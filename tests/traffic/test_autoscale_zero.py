@@ -28,8 +28,9 @@ from sluice.sdk.specs import load_online_deployment, load_online_endpoint
 from sluice.testing.cli import Cli
 from sluice.testing.events import scaled_events
 from sluice.testing.plugin import EnvoyGateway, RunningService, ServiceStarter
-from sluice.testing.traffic import GatewayPorts, Traffic, start_controller
+from sluice.testing.traffic import GatewayPorts, Traffic, healthy_addresses, start_controller
 from sluice.testing.wait import wait_for
+from sluice.traffic.domain import GRPC_SUFFIX, cluster_name
 from sluice.v1 import autoscale_pb2
 from sluice.v1 import grpc_predict_v2_pb2 as pb
 from sluice.v1 import grpc_predict_v2_pb2_grpc as pb_grpc
@@ -67,6 +68,15 @@ def served(reply: pb.ModelInferResponse, call: grpc.Call) -> bool:
         and len(reply.raw_output_contents[0]) == 8
         and dict(call.initial_metadata())["azureml-model-deployment"] == "blue"
     )
+
+
+def gateway_holds_at(traffic: Traffic, activator: Any) -> bool:
+    """Envoy routes blue (REST and gRPC) to this activator only: the instance list a restarted
+    provisioner wrote is in the gateway, and the activator passed its health checks."""
+    cluster = cluster_name(ENDPOINT, "blue")
+    return healthy_addresses(traffic, cluster) == [activator.address] and healthy_addresses(
+        traffic, cluster + GRPC_SUFFIX
+    ) == [activator.grpc_address]
 
 
 def test_a_deployment_at_zero_answers_its_first_request_and_goes_back_to_zero(
@@ -167,6 +177,8 @@ def test_a_deployment_at_zero_answers_its_first_request_and_goes_back_to_zero(
         return [i.id for i in listed] == ["blue-activator"] and listed[0].address != old
 
     wait_for(relisted, "the new provisioner's activator listed", deadline=60)
+    new = instances()[0]
+    wait_for(lambda: gateway_holds_at(traffic, new), "the gateway at the new activator", 60)
     until = time.monotonic() + 5
     while time.monotonic() < until:
         assert at_zero() and stopped(), "the restart started an instance"
@@ -309,6 +321,7 @@ def test_min_instances_zero_in_scale_settings_goes_to_zero_when_idle_and_wakes(
 
     wait_for(relisted, "the new provisioner's activator listed", deadline=60)
     activator = client.get_online_deployment(ENDPOINT, "blue").instances[0]
+    wait_for(lambda: gateway_holds_at(traffic, activator), "the gateway at the new activator", 60)
     assert activator.grpc_address.rpartition(":")[0] == activator.address.rpartition(":")[0]
     until = time.monotonic() + 8
     while time.monotonic() < until:

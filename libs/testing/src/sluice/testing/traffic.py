@@ -255,12 +255,17 @@ def healthy_hosts(traffic: Traffic, endpoint: str, deployment: str) -> int:
     machine can come after the routes: tests that count requests wait on this without sending
     any (a request that found no healthy host is still a request the endpoint saw).
     """
+    return len(healthy_addresses(traffic, cluster_name(endpoint, deployment)))
+
+
+def healthy_addresses(traffic: Traffic, cluster: str) -> list[str]:
+    """The host:port of each host of `cluster` that Envoy counts as healthy, sorted."""
     url = f"{traffic.envoy.admin_url}/clusters"
     with urllib.request.urlopen(url, timeout=5) as reply:  # noqa: S310 - Envoy's loopback admin
         lines = reply.read().decode().splitlines()
-    prefix = f"{cluster_name(endpoint, deployment)}::"
-    return sum(
-        1 for line in lines if line.startswith(prefix) and line.endswith("::health_flags::healthy")
+    prefix, healthy = f"{cluster}::", "::health_flags::healthy"
+    return sorted(
+        line.split("::")[1] for line in lines if line.startswith(prefix) and line.endswith(healthy)
     )
 
 
