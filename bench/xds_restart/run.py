@@ -7,8 +7,10 @@ stop the controller, start it again (its start counts), change the endpoint's tr
 time until the controller's `traffic.applied` names the new version (Envoy has ACKed it).
 
 Baseline in the same run: the same rounds against an Envoy whose bootstrap lacks the
-`retry_policy` (Envoy's default back-off). Real nats-server, SecantusDB, Envoy and
-`python -m sluice.traffic` on loopback.
+`retry_policy` (Envoy's default back-off), interleaved round by round with the bounded
+one (BENCH_ROUNDS, default 6: the default back-off makes rounds slow); figures are
+median (min-max) over rounds, the ratio bounded / default taken round by round. Real
+nats-server, SecantusDB, Envoy and `python -m sluice.traffic` on loopback.
 
     uv run python bench/run.py xds_restart
 """
@@ -16,12 +18,13 @@ Baseline in the same run: the same rounds against an Envoy whose bootstrap lacks
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
-import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,14 +44,18 @@ from sluice.common.log import configure_logging
 from sluice.common.mongo import create_mongo_client
 from sluice.common.pki import XDS_SERVER, PlatformPki
 from sluice.common.settings import EnvoySettings, Settings, service_env
-from sluice.common.supervisor import RunningProcess, Supervisor, free_port, stop_process
+from sluice.common.supervisor import Supervisor, free_port, stop_process
 from sluice.testing.stack import servers
 from sluice.testing.traffic import World
 from sluice.traffic.xds.server import GATEWAY_HEALTH
 
-ROUNDS = {"bounded": 20, "default": 6}  # Envoy's default back-off makes its rounds slow
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from stats import ratios, rounds, spread  # bench/stats.py
+
+ROUNDS = rounds(6)
+VARIANTS = ("bounded", "default")
 # Per round: (controller start until healthy, then until Envoy's stream is open again).
-parts: dict[str, list[tuple[float, float]]] = {"bounded": [], "default": []}
+parts: dict[str, list[tuple[float, float]]] = {v: [] for v in VARIANTS}
 
 
 def bootstrap(root: Path, variant: str, admin_port: int, settings: Settings) -> Path:
@@ -82,8 +89,11 @@ def controller_spec(settings: Settings, variant: str) -> Any:
     return dataclasses.replace(spec, name=f"traffic-{variant}")
 
 
-async def measure(sup: Supervisor, root: Path, base: Settings, variant: str) -> list[float]:
-    """Seconds from 'controller stopped' to 'a change made after its restart is live'."""
+async def prepare(
+    sup: Supervisor, root: Path, base: Settings, variant: str, stack: contextlib.AsyncExitStack
+) -> Callable[[int], Awaitable[float]]:
+    """A variant's controller, Envoy and endpoint; returns its round: seconds from
+    'controller stopped' to 'a change made after its restart is live'."""
     settings = base.model_copy(
         update={
             "mongodb_database": f"bench_{variant}",
@@ -95,6 +105,7 @@ async def measure(sup: Supervisor, root: Path, base: Settings, variant: str) -> 
     )
     broker = NatsBroker(settings.nats_url, logger=None)
     await broker.connect()
+    stack.push_async_callback(broker.stop)
     await ensure_events_stream(
         broker, stream=settings.events_stream, subject_prefix=settings.events_subject_prefix
     )
@@ -108,15 +119,17 @@ async def measure(sup: Supervisor, root: Path, base: Settings, variant: str) -> 
     subscription = await broker.connection.subscribe(
         f"{settings.events_subject_prefix}.traffic.applied", cb=on_applied
     )
+    stack.push_async_callback(subscription.unsubscribe)
     assert settings.mongodb_uri
     mongo = create_mongo_client(settings.mongodb_uri, appname="bench")
+    stack.push_async_callback(mongo.close)
     world = World(mongo[settings.mongodb_database], settings, broker)
     dead = f"127.0.0.1:{free_port()}"  # ACKs do not need a live instance
     await world.deployment("bench", "blue", [dead])
     await world.deployment("bench", "green", [dead])
     await world.endpoint("bench", traffic={"blue": 100})
 
-    controller: RunningProcess = sup.start(controller_spec(settings, variant))
+    controller = [sup.start(controller_spec(settings, variant))]
     admin = free_port()
     path = bootstrap(root, variant, admin, settings)
     sup.start(envoy_spec(host="127.0.0.1", admin_port=admin, bootstrap=path, listener_ports=[]))
@@ -135,33 +148,34 @@ async def measure(sup: Supervisor, root: Path, base: Settings, variant: str) -> 
             await asyncio.sleep(0.002)
 
     await until(connected, "first Envoy connection")
-    seconds = []
-    try:
-        for i in range(ROUNDS[variant]):
-            stop_process(controller)
-            started = time.perf_counter()
-            controller = sup.start(controller_spec(settings, variant))
-            up = time.perf_counter()
-            await until(connected, "Envoy re-connected")
-            back = time.perf_counter()
-            version = 10 + i
-            await world.endpoint(
-                "bench", traffic={"blue": 100 - i % 2 * 10, "green": i % 2 * 10}, version=version
-            )
-            await until(lambda v=version: v in applied, f"version {version} applied")
-            seconds.append(applied[version] - started)
-            parts[variant].append((up - started, back - up))
-    finally:
-        await subscription.unsubscribe()
-        await mongo.close()
-        await broker.stop()
-    return seconds
+
+    async def one_round(i: int) -> float:
+        stop_process(controller[0])
+        started = time.perf_counter()
+        controller[0] = sup.start(controller_spec(settings, variant))
+        up = time.perf_counter()
+        await until(connected, "Envoy re-connected")
+        back = time.perf_counter()
+        version = 10 + i
+        await world.endpoint(
+            "bench", traffic={"blue": 100 - i % 2 * 10, "green": i % 2 * 10}, version=version
+        )
+        await until(lambda v=version: v in applied, f"version {version} applied")
+        parts[variant].append((up - started, back - up))
+        return applied[version] - started
+
+    return one_round
 
 
-def summary(seconds: list[float]) -> tuple[float, float, float]:
-    ordered = sorted(seconds)
-    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
-    return statistics.median(ordered), p95, ordered[-1]
+async def measure(sup: Supervisor, root: Path, base: Settings) -> dict[str, list[float]]:
+    """Both variants set up side by side, then ROUNDS rounds, one restart of each per round."""
+    async with contextlib.AsyncExitStack() as stack:
+        rounds_of = {v: await prepare(sup, root, base, v, stack) for v in VARIANTS}
+        seconds: dict[str, list[float]] = {v: [] for v in VARIANTS}
+        for i in range(ROUNDS):
+            for variant in VARIANTS[i % 2 :] + VARIANTS[: i % 2]:
+                seconds[variant].append(await rounds_of[variant](i))
+        return seconds
 
 
 def main() -> None:
@@ -170,24 +184,22 @@ def main() -> None:
         tempfile.TemporaryDirectory(prefix="sluice-bench-xds-restart-") as tmp,
         servers(Path(tmp)) as (sup, base),
     ):
-        results = {v: asyncio.run(measure(sup, Path(tmp), base, v)) for v in ROUNDS}
-    bounded, default = summary(results["bounded"]), summary(results["default"])
-    print(f"load before/after: {os.getloadavg()[0]:.2f} (1-min average)")
-    print("| Envoy's ADS re-connect | rounds | p50 s | p95 s | max s |")
-    print("|---|---:|---:|---:|---:|")
-    for label, key, (p50, p95, worst) in (
-        ("bounded (bootstrap.yaml: 0.1 s .. 0.5 s)", "bounded", bounded),
-        ("Envoy default (0.5 s .. 30 s), baseline", "default", default),
+        results = asyncio.run(measure(sup, Path(tmp), base))
+    print(f"| Envoy's ADS re-connect, restart -> first change live, s | {ROUNDS} rounds |")
+    print("|---|---:|")
+    for label, key in (
+        ("bounded (bootstrap.yaml: 0.1 s .. 0.5 s)", "bounded"),
+        ("Envoy default (0.5 s .. 30 s), baseline", "default"),
     ):
-        print(f"| {label} | {len(results[key])} | {p50:.2f} | {p95:.2f} | {worst:.2f} |")
-    for key in ROUNDS:
+        print(f"| {label} | {spread(results[key]).show()} |")
+    for key in VARIANTS:
         starts, reconnects = zip(*parts[key], strict=True)
         print(
-            f"{key}: controller start p50 {statistics.median(starts):.2f} s, max "
-            f"{max(starts):.2f} s; Envoy back on it p50 {statistics.median(reconnects):.2f} s, "
-            f"max {max(reconnects):.2f} s"
+            f"{key}: controller start {spread(starts).show()} s; "
+            f"Envoy back on it {spread(reconnects).show()} s"
         )
+    ratio = spread(ratios(results["bounded"], results["default"]))
     print(
-        f"restart -> first change live, bounded / default: p50 {bounded[0] / default[0]:.2f}x, "
-        f"p95 {bounded[1] / default[1]:.2f}x (target: bounded p95 <= 2 s)"
+        f"restart -> first change live, bounded / default per round: {ratio.show()} "
+        f"(target: bounded p95 <= 2 s; worst bounded round {max(results['bounded']):.2f} s)"
     )
