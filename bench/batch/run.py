@@ -18,8 +18,11 @@ writes a folder of CSV files and trains a small scikit-learn forest, then:
 - memory: a 1M-row job (one file per 100k rows); peak RSS of the batch
   service and of each worker, which must not grow with the job's size.
 
-Every model call is single-threaded (OMP/BLAS threads = 1) on both sides; the baseline
-runs twice (before and after the jobs) because the shared machine's load moves.
+Every model call is single-threaded (OMP/BLAS threads = 1) on both sides. The loop and
+the 1- and 2-worker jobs run BENCH_ROUNDS interleaved rounds (default 3), and the
+start-up's cold and warm jobs BENCH_ROUNDS rounds: figures are median (min-max) over
+rounds, ratios to the loop taken round by round. Overhead and memory are one job each.
+BENCH_BATCH_FILES / BENCH_BATCH_ROWS shorten the throughput jobs.
 """
 
 from __future__ import annotations
@@ -47,9 +50,13 @@ from sluice.sdk.client import RegistryClient
 from sluice.sdk.specs import load_batch_deployment, load_batch_endpoint
 from sluice.testing.stack import servers, start_services
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from stats import interleave, ratios, rounds, spread  # bench/stats.py
+
 FEATURES = 8
 FILES = int(os.environ.get("BENCH_BATCH_FILES", "24"))
 ROWS_PER_FILE = int(os.environ.get("BENCH_BATCH_ROWS", "20000"))
+ROUNDS = rounds(3)
 
 SCRIPT = """\
 import os
@@ -233,6 +240,7 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory(prefix="sluice-bench-batch-") as tmp:
         root = Path(tmp)
+        root.chmod(0o711)  # the deployment's own user traverses it to its workspace
         data = root / "data"
         write_data(data, FILES, ROWS_PER_FILE)
         model = train(root / "model")
@@ -246,10 +254,6 @@ def main() -> None:
             "settings: {mini_batch_size: 2, max_concurrency_per_instance: 1}\n"
         )
         total_rows = FILES * ROWS_PER_FILE
-        base_s, base_rows = baseline(model, data, root / "baseline.txt")
-        base_rate = base_rows / base_s
-        print(f"baseline loop: {base_rows} rows in {base_s:.2f}s = {base_rate:,.0f} rows/s")
-
         # The bench's data is read in place (a shared folder, as an operator would list
         # one), not uploaded per job: the jobs are what is measured.
         os.environ["SLUICE_BATCH_PATH_ROOTS"] = str(root)
@@ -264,50 +268,55 @@ def main() -> None:
                 client.create_batch_deployment(spec, set_default=True)
             batch_pid = next(p.pid for p in supervisor.running if p.name == "batch")
             with BatchClient(address, settings.admin_token) as jobs:
-                rates = {}
-                wait_spares_ready(settings.state_dir, batch_pid, 1)
-                for workers in (1, 2):
+                end_to_end: dict[str, list[float]] = {}
+
+                def loop() -> float:
+                    seconds, rows = baseline(model, data, root / "baseline.txt")
+                    return rows / seconds
+
+                def job_rate(workers: int) -> float:
+                    """Rows/s while the job runs (first mini-batch to last); end to end aside
+                    (it includes whatever worker start-up the round had: a spare or not)."""
                     job, elapsed, arrivals = run_job(
                         jobs, settings.nats_url, data, [f"max_concurrency_per_instance={workers}"]
                     )
                     out = Path(job.output_path) / "predictions.csv"
                     assert out.read_bytes() == (root / "baseline.txt").read_bytes()
                     assert len(arrivals) == job.progress.mini_batches_total, len(arrivals)
-                    steady = total_rows / window(arrivals)
-                    rates[workers] = steady
-                    inside = sum(a[1].seconds for a in arrivals)
-                    print(
-                        f"  {len(arrivals)} mini-batches, {inside:.2f}s inside run() in total, "
-                        f"window {window(arrivals):.2f}s"
-                    )
-                    print(
-                        f"job, {workers} worker(s): {steady:,.0f} rows/s while running "
-                        f"({steady / base_rate:.2f}x baseline), {total_rows / elapsed:,.0f} rows/s "
-                        f"end to end ({total_rows / elapsed / base_rate:.2f}x, {elapsed:.1f}s "
-                        "incl. worker start-up); output identical to the loop's"
-                    )
+                    end_to_end.setdefault(f"{workers}", []).append(total_rows / elapsed)
+                    return total_rows / window(arrivals)
 
-                again_s, _ = baseline(model, data, root / "baseline2.txt")
-                print(
-                    f"baseline loop again: {again_s:.2f}s = {base_rows / again_s:,.0f} rows/s "
-                    f"(ratios above use the first; with this one: 1 worker "
-                    f"{rates[1] / (base_rows / again_s):.2f}x, 2 workers "
-                    f"{rates[2] / (base_rows / again_s):.2f}x)"
-                )
+                rates = interleave(
+                    ROUNDS, {"loop": loop, "1": lambda: job_rate(1), "2": lambda: job_rate(2)}
+                )  # the loop first: its output is what the jobs' must equal
+                print(f"{total_rows:,} rows; {ROUNDS} interleaved rounds, median (min-max)")
+                print(f"baseline loop: {spread(rates['loop']).show('{:,.0f}')} rows/s")
+                for workers in ("1", "2"):
+                    print(
+                        f"job, {workers} worker(s): "
+                        f"{spread(rates[workers]).show('{:,.0f}')} rows/s "
+                        f"while running, x{spread(ratios(rates[workers], rates['loop'])).show()} "
+                        f"of the loop per round; end to end (worker start-up included) "
+                        f"x{spread(ratios(end_to_end[workers], rates['loop'])).show()}; "
+                        "output identical to the loop's"
+                    )
                 one = root / "one"
                 write_data(one, 1, 10, seed=3)
-                for round_ in range(2):
+                starts: dict[str, list[float]] = {"cold": [], "warm": []}
+                for _ in range(ROUNDS):
                     for proc in spares(batch_pid):
                         proc.kill()
-                    _, cold_s, cold = run_job(jobs, settings.nats_url, one, [])
+                    _, _, cold = run_job(jobs, settings.nats_url, one, [])
                     wait_spares_ready(settings.state_dir, batch_pid, 1)
-                    _, warm_s, warm = run_job(jobs, settings.nats_url, one, [])
-                    print(
-                        f"start-up, round {round_ + 1}: invoke -> first mini-batch running: cold "
-                        f"worker {first_start(cold):.2f}s, warm spare {first_start(warm):.2f}s "
-                        f"({first_start(warm) / first_start(cold):.2f}x); invoke -> Completed "
-                        f"{cold_s:.2f}s / {warm_s:.2f}s"
-                    )
+                    _, _, warm = run_job(jobs, settings.nats_url, one, [])
+                    starts["cold"].append(first_start(cold))
+                    starts["warm"].append(first_start(warm))
+                warm_cold = spread(ratios(starts["warm"], starts["cold"]))
+                print(
+                    f"start-up, invoke -> first mini-batch running: cold worker "
+                    f"{spread(starts['cold']).show()} s, warm spare {spread(starts['warm']).show()}"
+                    f" s, warm / cold per round {warm_cold.show()}"
+                )
 
                 tiny = root / "tiny"
                 tiny.mkdir()
