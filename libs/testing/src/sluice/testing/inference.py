@@ -70,7 +70,7 @@ class Server:
     def log(self) -> str:
         return self.process.log_path.read_text()
 
-    def wait_ready(self, timeout: float = 20.0) -> None:
+    def wait_ready(self, timeout: float = 60.0) -> None:  # init() on a busy machine: 20 s was short
         wait_until(lambda: self.get("/ready").status == 200, "readiness", timeout)
 
 
@@ -118,7 +118,7 @@ def start_server(
         argv=argv,
         health=HttpCheck(f"http://127.0.0.1:{port}/"),
         ports=[port, metrics_port],
-        start_timeout_s=30,
+        start_timeout_s=60,
         stop_timeout_s=5,
         env={
             **(
