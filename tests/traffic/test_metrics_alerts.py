@@ -117,6 +117,7 @@ async def test_an_alert_fires_under_load_and_resolves_after(
             await asyncio.sleep(0.2)
         snapshot = json.loads((await snapshots.next_msg(timeout=10)).data)
     finally:
+        await snapshots.unsubscribe()  # left open, the broker's stop drains it for 30 s
         stop.set()
         for thread in threads:
             thread.join(timeout=30)
