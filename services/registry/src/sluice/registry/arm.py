@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from google.protobuf import struct_pb2
 from google.protobuf.message import Message
@@ -192,7 +192,10 @@ def _code_in(code: ws.ArmCodeConfiguration) -> dict[str, Any]:
     return out
 
 
-def _build(model: type[BaseModel], data: dict[str, Any], what: str) -> Any:
+Spec = TypeVar("Spec", bound=BaseModel)
+
+
+def build_spec(model: type[Spec], data: dict[str, Any], what: str) -> Spec:
     """The spec from the body's values; pydantic's complaint, in Azure's terms, if invalid."""
     try:
         return model.model_validate(data)
@@ -267,7 +270,7 @@ def online_endpoint_spec(
     kind = resource.kind.lower()
     if kind not in ("", "managed", "kubernetes"):
         raise InvalidArgument(f"kind {resource.kind!r} is not Managed or Kubernetes")
-    spec = _build(
+    spec = build_spec(
         OnlineEndpointSpec,
         {
             "name": name,
@@ -487,7 +490,7 @@ def online_deployment_spec(
             "requests": _resources_in(limits.container_resource_requests),
             "limits": _resources_in(limits.container_resource_limits),
         }
-    return _build(OnlineDeploymentSpec, data, f"deployment {endpoint}/{name}")  # type: ignore[no-any-return]
+    return build_spec(OnlineDeploymentSpec, data, f"deployment {endpoint}/{name}")
 
 
 # ---- batch --------------------------------------------------------------------------------
@@ -516,7 +519,7 @@ def batch_endpoint(doc: BatchEndpointDoc, scoring_base: str) -> ws.BatchEndpoint
 def batch_endpoint_spec(name: str, resource: ws.BatchEndpointTrackedResource) -> BatchEndpointSpec:
     _check_name(name, resource.name, "batch endpoint")
     props = resource.properties
-    return _build(  # type: ignore[no-any-return]
+    return build_spec(
         BatchEndpointSpec,
         {
             "name": name,
@@ -612,4 +615,4 @@ def batch_deployment_spec(
     }
     if props.resources.instance_count:
         data["instance_count"] = props.resources.instance_count
-    return _build(BatchDeploymentSpec, data, f"batch deployment {endpoint}/{name}")  # type: ignore[no-any-return]
+    return build_spec(BatchDeploymentSpec, data, f"batch deployment {endpoint}/{name}")

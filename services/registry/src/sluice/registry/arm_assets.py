@@ -14,11 +14,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from pydantic import ValidationError
-
 from sluice.common.assets import DATA_TYPES, AssetDoc, AssetKind, AssetSpec, version_key
 from sluice.common.azure_ids import resource_id
-from sluice.registry.arm import ARTIFACT_PREFIX, PROVIDER, artifact_uri, parse_artifact
+from sluice.registry.arm import (
+    ARTIFACT_PREFIX,
+    PROVIDER,
+    artifact_uri,
+    build_spec,
+    parse_artifact,
+)
 from sluice.registry.arm import system_data as _system_data
 from sluice.registry.domain import InvalidArgument
 from sluice.v1 import workspace_pb2 as ws
@@ -202,12 +206,7 @@ def version_spec(kind: AssetKind, name: str, version_: str, resource: VersionRes
             data["artifact"] = parse_artifact(props.data_uri, "properties.dataUri")
         else:
             data["path"] = props.data_uri
-    try:
-        return AssetSpec.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise InvalidArgument(f"{kind.value} {name!r}: {where}: {first['msg']}") from exc
+    return build_spec(AssetSpec, data, f"{kind.value} {name!r}")
 
 
 def immutable_change(current: AssetSpec, wanted: AssetSpec) -> str:
