@@ -190,22 +190,31 @@ def cli_permissions(s: Subjects) -> Permissions:
     return {"publish": {"deny": [">"]}, "subscribe": {"allow": [f"{s.events_prefix}.>"]}}
 
 
-def batch_worker_permissions(s: Subjects) -> Permissions:
-    """Every job's workers as one user: pull from and ack any job's work queue, publish
-    any job's results, receive on its own inbox prefix; not the events, not the streams.
-    (Per-job users, as `sluice up` gives, also keep one job's code from another's queue.)"""
-    work = f"*.{WORKERS_DURABLE}"  # BATCH_WORK_<job>.workers: a whole token per stream
+def worker_permissions(work: str, results_prefix: str, inbox_prefix: str) -> Permissions:
+    """What batch workers may do: pull from and ack the work consumer `work`
+    (`<stream>.<durable>`, wildcards allowed), publish results under `results_prefix`,
+    receive on `inbox_prefix`; not the events, not the streams."""
     return {
         "publish": {
             "allow": [
                 f"$JS.API.CONSUMER.MSG.NEXT.{work}",
                 f"$JS.API.CONSUMER.INFO.{work}",
                 f"$JS.ACK.{work}.>",
-                f"{s.beside('batch')}.*.results.>",
+                f"{results_prefix}.>",
             ]
         },
-        "subscribe": {"allow": [f"{BATCH_WORKER_INBOX}.>"]},
+        "subscribe": {"allow": [f"{inbox_prefix}.>"]},
     }
+
+
+def batch_worker_permissions(s: Subjects) -> Permissions:
+    """Every job's workers as one user (compose, Kubernetes): any job's work queue and
+    results. (Per-job users, as `sluice up` gives, also keep one job's code from another's
+    queue: sluice.batch.queue.JobQueue.worker_permissions.)"""
+    # BATCH_WORK_<job>.workers: a whole token per stream
+    return worker_permissions(
+        f"*.{WORKERS_DURABLE}", f"{s.beside('batch')}.*.results", BATCH_WORKER_INBOX
+    )
 
 
 def static_entries(

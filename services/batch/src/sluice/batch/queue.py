@@ -30,7 +30,9 @@ from nats.js.api import (
 )
 from nats.js.errors import NotFoundError
 
-DURABLE = "workers"
+from sluice.common.nats_auth import WORKERS_DURABLE, Permissions, worker_permissions
+
+DURABLE = WORKERS_DURABLE
 # Heartbeats keep a long run() alive; a dead worker's mini-batch comes back after this.
 MAX_ACK_WAIT_S = 5.0
 
@@ -61,20 +63,11 @@ class JobQueue:
         """The workers' inboxes (replies to their pulls and publishes): theirs alone."""
         return f"_INBOX_{self.job}"
 
-    def worker_permissions(self) -> dict[str, dict[str, list[str]]]:
+    def worker_permissions(self) -> Permissions:
         """Pull from and ack this job's queue, publish its results, receive on its inboxes."""
-        work = f"{self.work_stream}.{DURABLE}"
-        return {
-            "publish": {
-                "allow": [
-                    f"$JS.API.CONSUMER.MSG.NEXT.{work}",
-                    f"$JS.API.CONSUMER.INFO.{work}",
-                    f"$JS.ACK.{work}.>",
-                    f"{self.results_prefix}.>",
-                ]
-            },
-            "subscribe": {"allow": [f"{self.inbox_prefix}.>"]},
-        }
+        return worker_permissions(
+            f"{self.work_stream}.{DURABLE}", self.results_prefix, self.inbox_prefix
+        )
 
     @staticmethod
     def ack_wait(timeout_s: float) -> float:
