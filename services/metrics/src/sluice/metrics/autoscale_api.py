@@ -143,11 +143,7 @@ class AutoscaleApi(autoscale_pb2_grpc.AutoscaleServicer):
         stored = await self._store.get(setting.name)
         if stored is None:
             await _abort(context, grpc.StatusCode.NOT_FOUND, _missing(setting.name))
-        before = setting_of(stored)
-        if (before.endpoint_name, before.deployment_name) != (
-            setting.endpoint_name,
-            setting.deployment_name,
-        ):
+        if _retargeted(stored, setting):
             await _abort(
                 context,
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -189,11 +185,7 @@ class AutoscaleApi(autoscale_pb2_grpc.AutoscaleServicer):
             message = await self.CreateAutoscaleSetting(_message(setting), context)
             doc = await self._store.get(message.name)
         else:
-            before = setting_of(stored)
-            if (before.endpoint_name, before.deployment_name) != (
-                setting.endpoint_name,
-                setting.deployment_name,
-            ):
+            if _retargeted(stored, setting):
                 await _abort(
                     context,
                     grpc.StatusCode.INVALID_ARGUMENT,
@@ -271,6 +263,15 @@ async def _if_match(context: grpc.aio.ServicerContext) -> int | None:
                 )
             return int(text)
     return None
+
+
+def _retargeted(stored: Any, wanted: Any) -> bool:
+    """Whether `wanted` names another deployment than the stored setting does."""
+    before = setting_of(stored)
+    return (before.endpoint_name, before.deployment_name) != (
+        wanted.endpoint_name,
+        wanted.deployment_name,
+    )
 
 
 def _missing(name: str) -> str:
