@@ -18,11 +18,13 @@ with the plain password in the configuration as before.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
 
@@ -96,18 +98,25 @@ async def measure_jobs(address: str, jobs: JobUsers) -> dict[str, list[float]]:
 def job_users(root: Path) -> dict[str, list[float]]:
     """A nats-server with the configuration `sluice up` writes, and jobs' users added."""
     users = NatsUsers.ensure(root, ["batch"], Subjects("sluice.events", "SLUICE_EVENTS"))
+    with nats_server(root, users.config_file, users.pid_file) as address:
+        return asyncio.run(measure_jobs(address, JobUsers(root / FOLDER)))
+
+
+@contextlib.contextmanager
+def nats_server(root: Path, config: Path, pid_file: Path | None = None) -> Iterator[str]:
+    """A nats-server reading `config`, for the block; its address."""
     supervisor = Supervisor(root / "logs")
+    spec = nats_spec(
+        host="127.0.0.1",
+        port=free_port(),
+        monitor_port=free_port(),
+        data_dir=root / "data",
+        config=config,
+        pid_file=pid_file,
+    )
     try:
-        spec = nats_spec(
-            host="127.0.0.1",
-            port=free_port(),
-            monitor_port=free_port(),
-            data_dir=root / "data",
-            config=users.config_file,
-            pid_file=users.pid_file,
-        )
         supervisor.start(spec)
-        return asyncio.run(measure_jobs(spec.address, JobUsers(root / FOLDER)))
+        yield spec.address
     finally:
         supervisor.stop_all()
 
@@ -129,19 +138,8 @@ def main() -> None:
         config = root / "nats.conf"
         entries = [{"user": n, "password": stored} for n, (_, stored) in users.items()]
         config.write_text(json.dumps({"server_name": "bench", "authorization": {"users": entries}}))
-        supervisor = Supervisor(root / "logs")
-        try:
-            spec = nats_spec(
-                host="127.0.0.1",
-                port=free_port(),
-                monitor_port=free_port(),
-                data_dir=root / "data",
-                config=config,
-            )
-            supervisor.start(spec)
-            times = asyncio.run(measure(spec.address, users))
-        finally:
-            supervisor.stop_all()
+        with nats_server(root, config) as address:
+            times = asyncio.run(measure(address, users))
     report("connect", times)
     with tempfile.TemporaryDirectory(prefix="bench-nats-jobs-") as folder:
         report("job user", job_users(Path(folder)))
