@@ -20,9 +20,9 @@ gRPC (the Open Inference Protocol's `inference.GRPCInferenceService`) is held th
 way. Its `ModelInfer` arrives here as HTTP (the gateway transcodes it to JSON for the
 REST cluster); for the other methods the activator also runs a grpc.aio server, listed
 as the pseudo-instance's gRPC address, so the gateway's twin gRPC cluster routes them
-here too. Any unary method is
-relayed as opaque bytes (no protobuf decoding, so any service works) to the woken
-instance's gRPC server, with the call's metadata, deadline, status and trailers.
+here too. Any unary method is relayed as opaque bytes (no protobuf decoding, so any
+service works) to the woken instance's gRPC server, with the call's metadata, deadline,
+status and trailers.
 `grpc.health.v1.Health/Check` (the gateway's health check of that cluster) answers
 SERVING at once.
 """
