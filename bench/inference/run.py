@@ -337,8 +337,11 @@ async def open_loop(port: int, rate: float, seconds: float, connections: int = 6
     started = time.perf_counter()
     for i in range(total):
         due = started + i / rate
-        if due > time.perf_counter():
-            await asyncio.sleep(due - time.perf_counter())
+        wait = due - time.perf_counter()
+        if wait > 0.002:  # uvloop's timers have millisecond steps: sleep most of the wait...
+            await asyncio.sleep(wait - 0.0015)
+        while time.perf_counter() < due:  # ...and yield to the loop (answers still read)
+            await asyncio.sleep(0)  # until the exact time: the generator has its own core
         if idle:
             send(idle.popleft(), due)
         else:  # every connection busy: the server is behind (its lag, not the generator's)
