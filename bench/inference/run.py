@@ -318,7 +318,6 @@ async def open_loop(port: int, rate: float, seconds: float, connections: int = 6
         client.due = due
         assert client.transport is not None
         client.transport.write(request)
-        lags.append(time.perf_counter() - due)
 
     def done(client: _Client, status: int) -> None:
         nonlocal errors
@@ -340,8 +339,9 @@ async def open_loop(port: int, rate: float, seconds: float, connections: int = 6
         wait = due - time.perf_counter()
         if wait > 0.002:  # uvloop's timers have millisecond steps: sleep most of the wait...
             await asyncio.sleep(wait - 0.0015)
-        while time.perf_counter() < due:  # ...and yield to the loop (answers still read)
-            await asyncio.sleep(0)  # until the exact time: the generator has its own core
+        while time.perf_counter() < due:  # noqa: ASYNC110 - a timer cannot wait this precisely
+            await asyncio.sleep(0)  # yield (answers still read); the generator has its own core
+        lags.append(time.perf_counter() - due)  # (a backlogged request's wait is the server's)
         if idle:
             send(idle.popleft(), due)
         else:  # every connection busy: the server is behind (its lag, not the generator's)
