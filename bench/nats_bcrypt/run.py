@@ -31,7 +31,6 @@ from unittest import mock
 import bcrypt
 import nats
 
-from sluice.batch.runner import nats_accepts
 from sluice.common.components import nats_spec
 from sluice.common.nats_auth import (
     BCRYPT_COST,
@@ -40,6 +39,7 @@ from sluice.common.nats_auth import (
     NatsUsers,
     Subjects,
     job_user,
+    nats_accepts,
     with_user,
 )
 from sluice.common.supervisor import Supervisor, free_port

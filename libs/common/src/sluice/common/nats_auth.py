@@ -45,20 +45,27 @@ A NATS named by SLUICE_NATS_URL alone is the operator's: its authentication is t
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
+import fcntl
 import hashlib
 import hmac
 import json
 import os
 import secrets
 import signal
+import tempfile
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import bcrypt
+import nats
+import nats.errors
 
 from sluice.common.events.catalogue import ALL, AUTOSCALE_SCALED
 from sluice.common.settings import with_nats_user
@@ -76,6 +83,7 @@ PASSWORDS = "passwords.json"  # every static user's password
 STATIC_USERS = "users.json"  # their entries in the configuration (sluice up writes it)
 JOB_USERS = "batch-jobs.json"  # the batch jobs' users (the batch service writes it)
 JOB_KEY = "batch-jobs.key"  # the jobs' passwords are derived from it (JobUsers.password)
+JOB_LOCK = "batch-jobs.lock"  # one change of the jobs' users at a time (JobUsers._changing)
 CONFIG = "nats-server.conf"
 PID_FILE = "nats-server.pid"
 SERVER_NAME = "sluice"  # as components.nats_spec names it
@@ -91,11 +99,17 @@ EXTRA_EVENTS = {"provisioner": [AUTOSCALE_SCALED]}
 
 
 def _write_private(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    tmp.replace(path)
+    """Replace `path` (0600) at once: a reader (nats-server reloading) sees the old file or
+    the new, never a part; the temporary file is unique, so writers never share one."""
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mode 0600
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def hashed(password: str, known: str | None = None) -> str:
@@ -304,11 +318,26 @@ class JobUsers:
 
     Each change rewrites nats-server's configuration and sends it SIGHUP (a reload
     keeps every other connection). Used by the batch service only; blocking (small
-    files, one signal)."""
+    files, one signal), called from a thread per job starting or ending, so changes
+    take a lock (`batch-jobs.lock`): two read-modify-writes at once would lose one
+    job's user. nats-server applies reloads one at a time, each reading the whole file
+    (a signal arriving during a reload makes one more), so the last change always wins;
+    a change has taken effect once the job's own password is accepted (`nats_accepts`)
+    or, after its removal, refused (`nats_refuses`): the runner waits for both."""
 
     def __init__(self, folder: Path):
         self.folder = folder
         self.file = folder / JOB_USERS
+
+    @contextlib.contextmanager
+    def _changing(self) -> Iterator[None]:
+        """One change at a time, across threads and processes (flock on its own file)."""
+        fd = os.open(self.folder / JOB_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def _entries(self) -> list[dict[str, Any]]:
         return json.loads(self.file.read_text()) if self.file.exists() else []
@@ -323,38 +352,43 @@ class JobUsers:
         the same again when a restarted batch service resumes the job."""
         key_file = self.folder / JOB_KEY
         if not key_file.exists():
-            _write_private(key_file, secrets.token_urlsafe(32))
+            with self._changing():
+                if not key_file.exists():  # another thread may have made it meanwhile
+                    _write_private(key_file, secrets.token_urlsafe(32))
         digest = hmac.new(key_file.read_bytes(), job.encode(), hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest[:24]).decode()
 
     def add(self, job: str, permissions: Permissions) -> str:
         """The job's user (created, or its permissions refreshed); returns its password."""
         user = job_user(job)
-        entries = self._entries()
-        old = next((e for e in entries if e["user"] == user), None)
         password = self.password(job)
-        entry = {
-            "user": user,
-            "password": hashed(password, old["password"] if old else None),
-            "permissions": permissions,
-        }
-        if old != entry:
-            self._save([e for e in entries if e["user"] != user] + [entry])
+        with self._changing():
+            entries = self._entries()
+            old = next((e for e in entries if e["user"] == user), None)
+            entry = {
+                "user": user,
+                "password": hashed(password, old["password"] if old else None),
+                "permissions": permissions,
+            }
+            if old != entry:
+                self._save([e for e in entries if e["user"] != user] + [entry])
         return password
 
     def remove(self, job: str) -> None:
-        entries = self._entries()
-        kept = [e for e in entries if e["user"] != job_user(job)]
-        if len(kept) != len(entries):
-            self._save(kept)
+        with self._changing():
+            entries = self._entries()
+            kept = [e for e in entries if e["user"] != job_user(job)]
+            if len(kept) != len(entries):
+                self._save(kept)
 
     def keep_only(self, jobs: set[str]) -> None:
         """Forget the users of jobs that ended while the service was away."""
-        entries = self._entries()
         wanted = {job_user(j) for j in jobs}
-        kept = [e for e in entries if e["user"] in wanted]
-        if len(kept) != len(entries):
-            self._save(kept)
+        with self._changing():
+            entries = self._entries()
+            kept = [e for e in entries if e["user"] in wanted]
+            if len(kept) != len(entries):
+                self._save(kept)
 
     def _reload(self) -> None:
         """SIGHUP to nats-server, if the pid file names a running nats-server (a stale pid
@@ -363,6 +397,58 @@ class JobUsers:
             pid = int((self.folder / PID_FILE).read_text().strip())
             if "nats-server" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
                 os.kill(pid, signal.SIGHUP)
+
+
+async def _quiet(exc: Exception) -> None:
+    del exc  # a refusal is an expected answer here, not worth a traceback
+
+
+async def _handshake(url: str) -> bool | None:
+    """One connection as `url`'s user: True if nats-server answered the handshake's PING,
+    False if it refused (an error, or the socket closed), None if it did not answer in time.
+
+    nats-py's connect() returns without error when the server closes the socket during
+    the handshake without an -ERR (nats-io/nats.py#975), and nats-server does that when a
+    reload removes the user of a connection whose CONNECT it is checking (its
+    reloadAuthorization closes such a client silently, as one that "moved accounts"). Only
+    the PONG, which nats-py records as `is_connected`, proves that the user was accepted."""
+    try:
+        connection = await nats.connect(
+            url,
+            allow_reconnect=False,
+            max_reconnect_attempts=0,
+            connect_timeout=2,
+            error_cb=_quiet,
+        )
+    except TimeoutError:  # nats.errors.TimeoutError too
+        return None
+    except (nats.errors.Error, OSError):
+        return False
+    accepted: bool = connection.is_connected
+    with contextlib.suppress(nats.errors.Error):
+        await connection.close()
+    return accepted
+
+
+async def _answers(url: str, accepted: bool, deadline_s: float) -> bool:
+    end = time.monotonic() + deadline_s
+    while await _handshake(url) is not accepted:
+        if time.monotonic() > end:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+async def nats_accepts(url: str, *, deadline_s: float) -> bool:
+    """Whether NATS accepts `url`'s user before the deadline (an added user: a reload takes
+    effect shortly after its signal)."""
+    return await _answers(url, True, deadline_s)
+
+
+async def nats_refuses(url: str, *, deadline_s: float) -> bool:
+    """Whether NATS refuses `url`'s user before the deadline (a removed user, once the
+    reload took effect; an unreachable server refuses too)."""
+    return await _answers(url, False, deadline_s)
 
 
 def write_deploy_secrets(folder: Path, services: list[str], subjects: Subjects) -> list[Path]:

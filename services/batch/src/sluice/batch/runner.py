@@ -24,8 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import nats
-import nats.errors
 import psutil
 from faststream.nats import JStream, NatsBroker
 from nats.js.api import DeliverPolicy
@@ -53,6 +51,8 @@ from sluice.common.nats_auth import (
     BATCH_WORKER_INBOX,
     JobUsers,
     job_user,
+    nats_accepts,
+    nats_refuses,
     with_user,
     without_user,
 )
@@ -164,32 +164,6 @@ def worker_env(job: Job, python: str, home: Path, cfg: WorkerConfig) -> dict[str
     if cfg.scoring_script:
         env["AZUREML_ENTRY_SCRIPT"] = cfg.scoring_script
     return env
-
-
-async def _refused(exc: Exception) -> None:
-    del exc
-
-
-async def nats_accepts(url: str, *, deadline_s: float) -> bool:
-    """Whether NATS accepts `url`'s user before the deadline (a reload takes effect shortly
-    after its signal)."""
-    end = time.monotonic() + deadline_s
-    while True:
-        try:
-            connection = await nats.connect(
-                url,
-                allow_reconnect=False,
-                max_reconnect_attempts=0,
-                connect_timeout=2,
-                error_cb=_refused,  # expected until the reload: not worth a traceback
-            )
-        except (nats.errors.Error, OSError):
-            if time.monotonic() > end:
-                return False
-            await asyncio.sleep(0.05)
-            continue
-        await connection.close()
-        return True
 
 
 def job_dir(jobs_dir: Path, name: str) -> Path:
@@ -357,6 +331,18 @@ class JobRunner:
                 " s (its configuration is reloaded with SIGHUP: is nats-server running?)"
             )
         return url
+
+    async def _remove_workers_user(self, users: JobUsers) -> None:
+        """The job's user goes with it: once NATS refuses its password the reload has taken
+        effect (and closed every connection of that user)."""
+        await asyncio.to_thread(users.remove, self.job.name)
+        password = users.password(self.job.name)
+        url = with_user(without_user(self.ctx.nats_url), job_user(self.job.name), password)
+        if not await nats_refuses(url, deadline_s=NATS_RELOAD_DEADLINE_S):
+            self.log(
+                f"NATS still accepts the ended job's user after {NATS_RELOAD_DEADLINE_S:.0f} s"
+                " (its configuration is reloaded with SIGHUP: did the reload fail? see its log)"
+            )
 
     def _workers_inbox_prefix(self) -> str:
         """The job's own inboxes, but the static worker user may receive only on its own."""
@@ -602,7 +588,7 @@ class JobRunner:
         )
         await self.queue.delete(self.ctx.broker)
         if self.ctx.job_users is not None:
-            await asyncio.to_thread(self.ctx.job_users.remove, self.job.name)
+            await self._remove_workers_user(self.ctx.job_users)
         if self.spare_key is not None:  # spares for the next job, now that this one is done
             self.ctx.spares.want(self.spare_key, self.job.workers)
         if ended is not None:
