@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import celpy
 import kubernetes_validate
 import pytest
 import yaml
@@ -21,8 +22,21 @@ import yaml
 from sluice.common.nats_auth import AUDIT_USER, BATCH_WORKER, CLI_USER
 from sluice.common.pki import PlatformPki
 from sluice.common.platform import SERVICES, installed_services
+from sluice.common.resources import (
+    ArtifactRef,
+    CodeConfiguration,
+    ComputeKind,
+    DataCollection,
+    DataCollector,
+    Meta,
+    ModelRef,
+    OnlineDeploymentDoc,
+    OnlineDeploymentSpec,
+    ScaleSettings,
+)
 from sluice.common.settings import is_loopback
 from sluice.common.supervisor import resolve_binary
+from sluice.provisioner.kubernetes import MANAGED_BY, ClusterSettings, render
 from sluice.traffic.app import SERVICES as TRAFFIC_ROUTES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -341,3 +355,217 @@ def test_grafana_dashboard_queries_only_exported_metrics() -> None:
             for name in re.findall(r"\b(?:azureml|sluice)_[a-z0-9_]+", target["expr"]):
                 base = next((name[: -len(s)] for s in SUFFIXES if name.endswith(s)), name)
                 assert base in exported, f"{panel['title']}: {name} is not exported by Sluice"
+
+
+# ---- the provisioner's reach on Kubernetes (provisioner.yaml, provisioner-policy.yaml) --------
+
+PROVISIONER = "system:serviceaccount:sluice:sluice-provisioner"
+RESOURCES = {
+    "Secret": ("", "v1", "secrets"),
+    "Service": ("", "v1", "services"),
+    "Deployment": ("apps", "v1", "deployments"),
+    "NetworkPolicy": ("networking.k8s.io", "v1", "networkpolicies"),
+    "HorizontalPodAutoscaler": ("autoscaling", "v2", "horizontalpodautoscalers"),
+}
+
+
+def admitted(
+    operation: str,
+    obj: dict[str, Any] | None,
+    old: dict[str, Any] | None = None,
+    user: str = PROVISIONER,
+) -> bool:
+    """Whether the API server's admission lets the request through provisioner-policy.yaml's
+    policies: each one that matches it (rules, then conditions) must find every validation
+    true; an error is a refusal (failurePolicy: Fail). CEL evaluated by cel-python."""
+    kind = (obj or old or {})["kind"]
+    group, version, resource = RESOURCES[kind]
+    env = celpy.Environment()
+
+    def evaluate(expression: str, activation: dict[str, Any]) -> Any:
+        return env.program(env.compile(expression)).evaluate(activation)
+
+    request = {
+        "operation": operation,
+        "namespace": "sluice",
+        "userInfo": {"username": user},
+        "resource": {"group": group, "version": version, "resource": resource},
+    }
+    base = {
+        "request": celpy.json_to_cel(request),
+        "object": celpy.json_to_cel(obj),
+        "oldObject": celpy.json_to_cel(old),
+    }
+    for _, policy in k8s_objects():
+        if policy["kind"] != "ValidatingAdmissionPolicy":
+            continue
+        spec = policy["spec"]
+        assert spec["failurePolicy"] == "Fail"
+        if not any(
+            group in rule["apiGroups"]
+            and resource in rule["resources"]
+            and operation in rule["operations"]
+            for rule in spec["matchConstraints"]["resourceRules"]
+        ):
+            continue
+        if not all(evaluate(c["expression"], base) for c in spec.get("matchConditions", [])):
+            continue
+        activation = dict(base)
+        variables: dict[Any, Any] = {}
+        for variable in spec.get("variables", []):
+            activation["variables"] = celpy.celtypes.MapType(variables)
+            try:
+                value = evaluate(variable["expression"], activation)
+            except celpy.CELEvalError:
+                return False  # every validation here uses its variables
+            variables[celpy.celtypes.StringType(variable["name"])] = value
+        activation["variables"] = celpy.celtypes.MapType(variables)
+        for validation in spec["validations"]:
+            try:
+                if not evaluate(validation["expression"], activation):
+                    return False
+            except celpy.CELEvalError:
+                return False
+    return True
+
+
+def provisioner_objects() -> list[dict[str, Any]]:
+    """Everything the provisioner renders, in its fullest form: gateway secret, data
+    collector, autoscaler."""
+    artifact = "sha256:" + "ab" * 32
+    spec = OnlineDeploymentSpec(
+        name="blue",
+        endpoint_name="fraud",
+        kind=ComputeKind.kubernetes,
+        model=ModelRef(artifact=ArtifactRef(digest=artifact, name="model", is_directory=True)),
+        code_configuration=CodeConfiguration(
+            code=ArtifactRef(digest=artifact, name="src", is_directory=True),
+            scoring_script="score.py",
+        ),
+        data_collector=DataCollector(collections={"model_inputs": DataCollection(enabled=True)}),
+        scale_settings=ScaleSettings(type="target_utilization", min_instances=1, max_instances=3),
+    )
+    objects = render(OnlineDeploymentDoc(spec=spec, meta=Meta(version=2)), ClusterSettings(), "s")
+    assert {o["kind"] for o in objects} == set(RESOURCES)
+    return objects
+
+
+def test_the_provisioners_objects_pass_its_admission_policies() -> None:
+    for obj in provisioner_objects():
+        assert admitted("CREATE", obj), obj["kind"]
+        assert admitted("UPDATE", obj, obj), obj["kind"]
+        assert admitted("DELETE", None, obj), obj["kind"]
+
+
+def _with(obj: dict[str, Any], change: Any) -> dict[str, Any]:
+    changed = json.loads(json.dumps(obj))
+    change(changed)
+    return changed
+
+
+def test_the_provisioner_can_neither_touch_the_platforms_objects_nor_mount_its_secrets() -> None:
+    platform_secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": "sluice-nats-users",
+            "labels": {"app.kubernetes.io/part-of": "sluice"},
+        },
+        "data": {"batch": "c2VjcmV0"},
+    }
+    registry = next(o for n, o in k8s_objects() if n.endswith("Deployment/registry"))
+    for platform in (platform_secret, registry):
+        forged = _with(
+            platform,
+            lambda o: (
+                o["metadata"]
+                .setdefault("labels", {})
+                .update({"app.kubernetes.io/managed-by": MANAGED_BY})
+            ),
+        )
+        assert not admitted("UPDATE", forged, platform), platform["metadata"]["name"]
+        assert not admitted("DELETE", None, platform), platform["metadata"]["name"]
+        # Operators (anyone but the provisioner) are none of these policies' business.
+        assert admitted("DELETE", None, platform, user="kubernetes-admin")
+    objects = {o["kind"]: o for o in provisioner_objects()}
+    secret, deployment = objects["Secret"], objects["Deployment"]
+    renamed = _with(secret, lambda o: o["metadata"].update({"name": "sluice-secrets"}))
+    assert not admitted("CREATE", renamed)
+    unlabelled = _with(secret, lambda o: o["metadata"].pop("labels"))
+    assert not admitted("CREATE", unlabelled)
+
+    def pod(o: dict[str, Any]) -> dict[str, Any]:
+        spec: dict[str, Any] = o["spec"]["template"]["spec"]
+        return spec
+
+    def container(o: dict[str, Any]) -> dict[str, Any]:
+        first: dict[str, Any] = pod(o)["containers"][0]
+        return first
+
+    attacks = {
+        "envFrom a platform secret": lambda o: container(o).update(
+            {"envFrom": [{"secretRef": {"name": "sluice-secrets"}}]}
+        ),
+        "a key of another secret": lambda o: container(o)["env"].append(
+            {
+                "name": "X",
+                "valueFrom": {"secretKeyRef": {"name": "sluice-nats-users", "key": "batch"}},
+            }
+        ),
+        "a secret volume": lambda o: pod(o)["volumes"].append(
+            {"name": "pki", "secret": {"secretName": "sluice-pki"}}
+        ),
+        "the whole state volume": lambda o: container(o)["volumeMounts"].append(
+            {"name": "state", "mountPath": "/state"}
+        ),
+        "out of the artifacts": lambda o: container(o)["volumeMounts"].append(
+            {"name": "state", "mountPath": "/pki", "subPath": "artifacts/../pki", "readOnly": True}
+        ),
+        "artifacts writable": lambda o: container(o)["volumeMounts"][0].pop("readOnly"),
+        "a host path": lambda o: pod(o)["volumes"].append(
+            {"name": "scratch", "hostPath": {"path": "/"}}
+        ),
+        "a service-account token": lambda o: pod(o).update({"automountServiceAccountToken": True}),
+        "the provisioner's account": lambda o: pod(o).update(
+            {"serviceAccountName": "sluice-provisioner"}
+        ),
+        "an init container": lambda o: pod(o).update({"initContainers": [container(o)]}),
+        "the host's network": lambda o: pod(o).update({"hostNetwork": True}),
+    }
+    for attack, change in attacks.items():
+        assert not admitted("CREATE", _with(deployment, change)), attack
+        assert not admitted("UPDATE", _with(deployment, change), deployment), attack
+
+
+def test_the_provisioners_role_grants_what_its_client_calls_and_reads_no_secret() -> None:
+    """KubernetesBackend: server-side apply of each rendered kind (create, patch), deletes,
+    one read of its Deployment, one list of its pods."""
+    role = next(o for n, o in k8s_objects() if n.endswith("Role/sluice-provisioner"))
+    granted = {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    needed = {
+        (group, resource, verb)
+        for group, _, resource in RESOURCES.values()
+        for verb in ("create", "patch", "delete")
+    } | {("apps", "deployments", "get"), ("", "pods", "list")}
+    assert granted == needed
+    assert not {v for g, r, v in granted if r == "secrets"} & {"get", "list", "watch"}
+
+
+def test_only_the_provisioners_pods_get_a_kubernetes_api_token() -> None:
+    """Only the provisioner calls the Kubernetes API; any other pod's token (the namespace's
+    default service account) would be a credential for whatever runs in it, batch workers'
+    deployment code included."""
+    with_token = set()
+    for where, obj in k8s_objects():
+        if obj["kind"] not in {"Deployment", "StatefulSet"}:
+            continue
+        pod = obj["spec"]["template"]["spec"]
+        if pod.get("automountServiceAccountToken", True):
+            with_token.add((where, pod.get("serviceAccountName", "default")))
+    assert with_token == {("provisioner.yaml:Deployment/provisioner", "sluice-provisioner")}
