@@ -7,7 +7,14 @@ from pathlib import Path
 
 from cryptography import x509
 
-from sluice.common.pki import LEAF_VALIDITY, XDS_SERVER, PlatformPki, expires_soon
+from sluice.common.pki import (
+    ALS_SERVER,
+    LEAF_VALIDITY,
+    XDS_SERVER,
+    PlatformPki,
+    expires_soon,
+    main,
+)
 
 
 def load(path: Path) -> x509.Certificate:
@@ -40,3 +47,22 @@ def test_an_unreadable_certificate_counts_as_expiring(tmp_path: Path) -> None:
     (tmp_path / "x.crt").write_text("not a certificate")
     assert expires_soon(tmp_path / "x.crt")
     assert expires_soon(tmp_path / "missing.crt")
+
+
+def test_the_deploy_step_issues_again_the_leaves_near_their_end(tmp_path: Path) -> None:
+    """`python -m sluice.common.pki FOLDER`, compose's one-shot and the Kubernetes operator's
+    step, run again: a leaf near its end is issued again by the same CA, the others stay."""
+    folder = tmp_path / "pki"
+    main([str(folder)])
+    pki = PlatformPki(folder)
+    ca_bytes = pki.ca_cert.read_bytes()
+    kept = pki.server(ALS_SERVER).cert.read_bytes()
+    pki.issue("sluice-gateway", server=False, validity=timedelta(days=1))
+
+    main([str(folder)])
+
+    gateway = pki.client("sluice-gateway").cert
+    assert not expires_soon(gateway)
+    load(gateway).verify_directly_issued_by(load(pki.ca_cert))
+    assert pki.ca_cert.read_bytes() == ca_bytes
+    assert pki.server(ALS_SERVER).cert.read_bytes() == kept
