@@ -4,13 +4,16 @@ One inference server (the example sklearn model, one row of 10 values per reques
 `--max-concurrent-requests 32`, `--grpc-port`) behind one Envoy configured from the
 traffic controller's own snapshot builder (a key endpoint; REST goes to the
 deployment's HTTP/1.1 cluster, and so does gRPC ModelInfer, which Envoy's reverse
-transcoder turns into JSON: traffic/xds/grpc_json.py). The same load generator,
+bridge sends as it is: traffic/xds/grpc_bridge.py). The same load generator,
 h2load (nghttp2), sends each request kind, so only the protocol differs:
 
 - `REST v2, HTTP/1.1`: `POST /v2/models/bench/infer`, JSON tensors, h2load `--h1`;
 - `REST v2, h2`: the same over h2c to Envoy (Envoy -> server is HTTP/1.1 either way);
 - `gRPC`: `inference.GRPCInferenceService/ModelInfer` with `raw_input_contents`, as
-  tritonclient sends it (length-prefixed protobuf, `te: trailers`), over h2c.
+  tritonclient sends it (length-prefixed protobuf, `te: trailers`), over h2c;
+- `gRPC, grpc.aio, no Envoy`: the same call straight to the instance's own grpc.aio
+  server (the other way ModelInfer could go: a direct h2 route to it would cost at least
+  this server CPU, plus Envoy's h2 proxying).
 
 Throughput: closed loop, 16 connections of one stream each, SECONDS per round, with
 the CPU time Envoy and the server spent per request in those rounds (user + system, from
@@ -65,7 +68,8 @@ ROW = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0]
 ROUNDS = 5
 SECONDS = 5
 CONNECTIONS = 16
-KINDS = ("REST v2, HTTP/1.1", "REST v2, h2", "gRPC")
+DIRECT = "gRPC, grpc.aio, no Envoy"
+KINDS = ("REST v2, HTTP/1.1", "REST v2, h2", "gRPC", DIRECT)
 
 
 def _load(name: str) -> Any:
@@ -119,7 +123,7 @@ def h2load(
 ) -> dict[str, float]:
     """One h2load round of `kind`: requests/s, and p50/p99 ms from the per-request log."""
     headers = ["-H", f"authorization: Bearer {KEY}"]
-    if kind == "gRPC":
+    if kind.startswith("gRPC"):
         url = f"http://127.0.0.1:{port}/inference.GRPCInferenceService/ModelInfer"
         headers += ["-H", "content-type: application/grpc", "-H", "te: trailers"]
     else:
@@ -282,12 +286,15 @@ def main() -> None:
             data["gRPC"].write_bytes(grpc_frame())
 
             def body(kind: str) -> Path:
-                return data["gRPC" if kind == "gRPC" else "REST"]
+                return data["gRPC" if kind.startswith("gRPC") else "REST"]
+
+            def port_of(kind: str) -> int:
+                return grpc_port if kind == DIRECT else envoy_port
 
             before = answered(metrics_port)
             sent = 0.0
             for kind in KINDS:  # warm up
-                sent += h2load(binary, kind, envoy_port, body(kind), 8, 2, client_cpus)["n"]
+                sent += h2load(binary, kind, port_of(kind), body(kind), 8, 2, client_cpus)["n"]
             thr: dict[str, list[float]] = {k: [] for k in KINDS}
             cpu: dict[str, dict[str, float]] = {k: {"envoy": 0.0, "server": 0.0} for k in KINDS}
             answered_by: dict[str, float] = dict.fromkeys(KINDS, 0.0)
@@ -297,12 +304,12 @@ def main() -> None:
                 for kind in KINDS:
                     before_cpu = {"envoy": _cpu_s(envoy.pid), "server": _cpu_s(server.pid)}
                     loaded = h2load(
-                        binary, kind, envoy_port, body(kind), CONNECTIONS, SECONDS, client_cpus
+                        binary, kind, port_of(kind), body(kind), CONNECTIONS, SECONDS, client_cpus
                     )
                     cpu[kind]["envoy"] += _cpu_s(envoy.pid) - before_cpu["envoy"]
                     cpu[kind]["server"] += _cpu_s(server.pid) - before_cpu["server"]
                     answered_by[kind] += loaded["n"]
-                    single = h2load(binary, kind, envoy_port, body(kind), 1, 3, client_cpus)
+                    single = h2load(binary, kind, port_of(kind), body(kind), 1, 3, client_cpus)
                     thr[kind].append(loaded["rps"])
                     p50[kind].append(single["p50"])
                     p99[kind].append(single["p99"])

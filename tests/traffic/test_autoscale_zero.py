@@ -12,6 +12,7 @@ import os
 import signal
 import struct
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -166,7 +167,7 @@ def test_a_deployment_at_zero_answers_its_first_request_and_goes_back_to_zero(
     # The provisioner dies (kill -9) while the setting holds blue at zero: its successor
     # reads the setting's zero at start, lists its own activator in the dead one's place,
     # starts nothing, and a request through Envoy still wakes blue (then idle, zero again):
-    # here an OIP gRPC ModelInfer, which the gateway transcodes to the REST cluster, so the
+    # here an OIP gRPC ModelInfer, which the gateway bridges to the REST cluster, so the
     # activator holds it as it holds REST.
     old = instances()[0].address
     os.kill(provisioner.process.pid, signal.SIGKILL)
@@ -335,6 +336,16 @@ def test_min_instances_zero_in_scale_settings_goes_to_zero_when_idle_and_wakes(
     ):
         pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(infer_request(), timeout=10)
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    # Its HTTP side refuses a ModelInfer in the gateway's bridged form (the gRPC message
+    # over HTTP/1.1) without the secret as a gRPC status, which the bridge passes on.
+    message = infer_request().SerializeToString()
+    bridged = urllib.request.Request(
+        f"http://{activator.address}/inference.GRPCInferenceService/ModelInfer",
+        data=struct.pack(">BI", 0, len(message)) + message,
+        headers={"content-type": "application/grpc"},
+    )
+    with urllib.request.urlopen(bridged, timeout=10) as answer:  # noqa: S310 - loopback
+        assert (answer.status, answer.headers["grpc-status"]) == (200, "16")
     assert ids() == ["blue-activator"]
     # Through the gateway, a gRPC method other than ModelInfer (those go to the instances'
     # gRPC servers; the twin cluster lists the activator's gRPC relay): held while blue

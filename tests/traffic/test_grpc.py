@@ -1,8 +1,8 @@
 """The Open Inference Protocol over gRPC through the gateway: a stock gRPC client (the
 generated `inference.GRPCInferenceService` stub) reaches real inference servers with the
 same keys and tokens, traffic split and `azureml-model-deployment` pin as REST, over h2c
-and TLS. `ModelInfer` is transcoded by the gateway to the instances' HTTP/1.1 servers
-(proto3 JSON; raw contents in base64), the other methods go to their gRPC servers."""
+and TLS. `ModelInfer` is bridged by the gateway to the instances' HTTP/1.1 servers (the
+gRPC message as it is), the other methods go to their gRPC servers."""
 
 from __future__ import annotations
 
@@ -117,15 +117,15 @@ async def test_grpc_scoring_through_the_gateway(
         error = refused(key, ("azureml-model-deployment", "red"))
         assert error.code() == grpc.StatusCode.UNIMPLEMENTED
         assert "no deployment of the name" in error.details()
-        # Typed contents: int64 values travel as strings in the gateway's JSON.
+        # Typed contents (not raw): int64 values.
         typed = pb.ModelInferRequest(model_name="oipg")
         x = typed.inputs.add(name="x", datatype="INT64", shape=[1, 2])
         x.contents.int64_contents.extend([2**40, 5])
         reply = stub.ModelInfer(typed, metadata=[key], timeout=20)
         assert reply.outputs[0].datatype == "INT64"
         assert struct.unpack("<q", reply.raw_output_contents[0]) == (2**40 + 5,)
-        # A tensor above Envoy's default 1 MiB buffer: the transcoder's own limits apply
-        # (the gateway's request limit, 16 MiB by default).
+        # A tensor above Envoy's default 1 MiB buffer: the gateway's request limit applies
+        # (16 MiB by default).
         big = pb.ModelInferRequest(model_name="oipg")
         big.inputs.add(name="x", datatype="FP64", shape=[1, 200_000])
         big.raw_input_contents.append(struct.pack("<200000d", *([0.5] * 200_000)))
@@ -162,7 +162,7 @@ async def test_grpc_scoring_through_the_gateway(
 
     # An aml_token endpoint on the same instances: a valid token for this endpoint passes
     # (jwt_authn and the audience check, the per-route filters REST has), others do not.
-    # Its deployment lists no gRPC server: ModelInfer needs none (the gateway transcodes it
+    # Its deployment lists no gRPC server: ModelInfer needs none (the gateway bridges it
     # to the instance's HTTP/1.1 server), the other methods do.
     client.create_online_endpoint(OnlineEndpointSpec(name="oipt", auth_mode=AuthMode.aml_token))
     await world.deployment("oipt", "blue", [blue[0]])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from sluice.common.supervisor import Supervisor
 from sluice.common.trace_files import read_spans
 from sluice.inference.batching import batch_rows
 from sluice.inference.config import parse_args
-from sluice.testing.inference import start_server, write_script
+from sluice.testing.inference import start_server, wait_until, write_script
 from sluice.testing.wait import wait_for
 
 BATCHED = """
@@ -132,3 +133,79 @@ def test_scripts_that_do_not_declare_batches_are_not_batched(
     server = start_server(supervisor, "plain", code=tmp_path, extra=["--max-batch-size", "4"])
     assert "batching_off" in server.log()
     assert server.post({"data": [[1], [2]]}).json() == [[2, 2], [4, 2]]
+
+
+HOLDING = """
+import json, os, time
+
+BATCHABLE = True
+SEEN = []  # the first value of every row run() was given
+RELEASE = os.path.join(os.path.dirname(__file__), "release")
+
+
+def init():
+    pass
+
+
+def run(raw):
+    rows = json.loads(raw)["data"]
+    SEEN.extend(row[0] for row in rows)
+    if rows[0][0] == 1:  # holds run() until the test releases it
+        deadline = time.monotonic() + 30
+        while not os.path.exists(RELEASE) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    return [[row[0], 666 in SEEN] for row in rows]
+"""
+
+
+def _score_request(value: int) -> bytes:
+    body = json.dumps({"data": [[value]]}).encode()
+    return (
+        b"POST /score HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\n\r\n%s" % (len(body), body)
+    )
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("batched", [True, False], ids=["batcher", "dispatcher"])
+def test_a_request_whose_client_went_away_leaves_the_queue(
+    supervisor: Supervisor, tmp_path: Path, batched: bool
+) -> None:
+    """Clients that time out and disconnect while their request waits (wrk at load 15) must
+    not keep its place: the queue would stay full and live requests get 429s."""
+    write_script(tmp_path, HOLDING)
+    extra = ["--max-concurrent-requests", "1", "--max-queue", "2"]
+    if batched:
+        extra += ["--max-batch-size", "2", "--max-batch-wait-ms", "60000"]  # no timed batch
+    server = start_server(supervisor, f"abandon-{batched}", code=tmp_path, extra=extra)
+    assert ("batching_on" in server.log()) == batched
+
+    def seen() -> int:  # requests the server has read (its liveness answer says)
+        return int(server.get("/").headers["x-sluice-requests"])
+
+    with ThreadPoolExecutor(4) as pool:
+        holder = pool.submit(server.post, {"data": [[1]]})  # runs, and holds the only slot
+        wait_until(lambda: seen() == 1, "the holding request read")
+        gone = []
+        for n in range(2, 5):  # queued behind it: the queue is then full
+            sock = socket.create_connection(("127.0.0.1", server.port))
+            sock.sendall(_score_request(666))
+            gone.append(sock)
+            wait_until(lambda n=n: seen() == n, "the queued request read")
+        assert server.post({"data": [[2]]}).status == 429
+        for sock in gone:  # their clients give up
+            sock.close()
+        # The batcher's places are for waiting requests, besides the running batch; the
+        # dispatcher's include the running call, so there the third request got a 429.
+        abandoned = 3 if batched else 2
+        wait_until(
+            lambda: f'kind="abandoned"}} {abandoned}.0' in server.metrics(), "abandoned counted"
+        )
+        live = [pool.submit(server.post, {"data": [[v]]}) for v in (3, 4)]
+        wait_until(lambda: seen() == 7, "the live requests read")
+        (tmp_path / "release").touch()
+        assert holder.result().json() == [[1, False]]
+        for value, reply in zip((3, 4), live, strict=True):
+            # Queued in the places the abandoned ones left, and run() never saw those.
+            assert reply.result().status == 200
+            assert reply.result().json() == [[value, False]]

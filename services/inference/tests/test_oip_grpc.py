@@ -10,11 +10,11 @@ from urllib.parse import unquote
 
 import grpc
 import pytest
-from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sluice.common import gateway_auth
 from sluice.common.supervisor import Supervisor, free_port
+from sluice.inference.oip_grpc_http import PATH
 from sluice.testing.inference import start_server, wait_until, write_script
 from sluice.v1 import grpc_predict_v2_pb2 as pb
 from sluice.v1 import grpc_predict_v2_pb2_grpc as pb_grpc
@@ -109,21 +109,24 @@ def test_grpc_infer_metadata_health_and_errors(supervisor: Supervisor, tmp_path:
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "raw_input_contents" in error.details()
 
-    # The same calls as the gateway's reverse transcoder sends them (proto3 JSON over the
-    # HTTP port), answered with the same messages as proto3 JSON, or with a gRPC status.
-    def transcoded(request: pb.ModelInferRequest | bytes) -> tuple[pb.ModelInferResponse, dict]:
+    # The same calls as the gateway's reverse bridge sends them (the gRPC message over the
+    # HTTP port), answered with a gRPC message, or with a gRPC status in the headers.
+    def bridged(request: pb.ModelInferRequest | bytes) -> tuple[pb.ModelInferResponse, dict]:
         body = request
         if isinstance(request, pb.ModelInferRequest):
-            body = json_format.MessageToJson(request, preserving_proto_field_name=True)
-        answer = server.post(body, path="/v2/grpc/ModelInfer")
+            message = request.SerializeToString()
+            body = struct.pack(">BI", 0, len(message)) + message
+        answer = server.post(body, path=PATH, headers={"Content-Type": "application/grpc"})
         assert answer.status == 200, answer.body
         headers = {k.lower(): v for k, v in answer.headers.items()}
+        assert headers["content-type"] == "application/grpc"
         reply = pb.ModelInferResponse()
         if "grpc-status" not in headers:
-            json_format.Parse(answer.body, reply)
+            assert struct.unpack(">BI", answer.body[:5]) == (0, len(answer.body) - 5)
+            reply.ParseFromString(answer.body[5:])
         return reply, headers
 
-    reply, headers = transcoded(raw)
+    reply, headers = bridged(raw)
     assert (reply.model_name, reply.id, reply.raw_output_contents[0]) == (
         "summer",
         "r1",
@@ -132,19 +135,19 @@ def test_grpc_infer_metadata_health_and_errors(supervisor: Supervisor, tmp_path:
     assert [(o.name, o.datatype, list(o.shape)) for o in reply.outputs] == [
         ("predict", "FP64", [2])
     ]
-    assert headers["content-type"] == "application/json" and headers["x-request-id"]
-    typed.inputs[0].contents.int64_contents[0] = 2**40  # int64: a string in proto3 JSON
-    reply, _ = transcoded(typed)
+    assert headers["x-request-id"]
+    typed.inputs[0].contents.int64_contents[0] = 2**40
+    reply, _ = bridged(typed)
     assert reply.raw_output_contents[0] == struct.pack("<I", 3) + b"xxx"
     for bad, code, message in [
         (short, grpc.StatusCode.INVALID_ARGUMENT, "needs 4 values"),
         (other, grpc.StatusCode.NOT_FOUND, "no model 'other'"),
         (half, grpc.StatusCode.INVALID_ARGUMENT, "raw_input_contents"),
-        (b"[1, 2]", grpc.StatusCode.INVALID_ARGUMENT, "not a ModelInferRequest"),
-        (b'{"raw_input_contents": ["%%"]}', grpc.StatusCode.INVALID_ARGUMENT, "not a ModelInfer"),
+        (b"\0\0\0\0\x09[1, 2]", grpc.StatusCode.INVALID_ARGUMENT, "not one gRPC message"),
+        (b"\0\0\0\0\x02\xff\xff", grpc.StatusCode.INVALID_ARGUMENT, "not a ModelInferRequest"),
+        (b"\x01\0\0\0\x00", grpc.StatusCode.UNIMPLEMENTED, "compressed"),
     ]:
-        _, headers = transcoded(bad)
-        assert headers["content-type"] == "application/grpc"
+        _, headers = bridged(bad)
         assert headers["grpc-status"] == str(code.value[0]), (bad, headers)
         assert message in unquote(headers["grpc-message"])
 

@@ -10,7 +10,8 @@ Routes (Azure's, plus readiness and the Open Inference Protocol's health):
     GET  /swagger.json       ?version=2|3|3.1: the code folder's file or one generated
     GET  /v2, /v2/models/<m>[/ready], POST /v2/models/<m>/infer
                              the Open Inference Protocol around the same run() (oip.py)
-    POST /v2/grpc/ModelInfer gRPC ModelInfer as the gateway transcodes it (oip_grpc_json.py)
+    POST /inference.GRPCInferenceService/ModelInfer
+                             gRPC ModelInfer as the gateway's bridge sends it (oip_grpc_http.py)
 
 The server listens at once, so liveness answers while the script is imported
 and init() runs on a thread; /score answers 503 until then. A failing import
@@ -28,6 +29,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
@@ -39,13 +41,13 @@ from prometheus_client import CollectorRegistry
 from sluice.common import gateway_auth
 from sluice.common.headers import NOT_PROCESSED_HEADER
 from sluice.common.runtime import wait_for_shutdown_signal
-from sluice.inference import oip, oip_binary, oip_grpc, oip_grpc_json
+from sluice.inference import oip, oip_binary, oip_grpc_http
 from sluice.inference.batching import Batcher, BatchSettings, TraceBatch, batch_rows
 from sluice.inference.builtin import builtin_scorer
 from sluice.inference.collector import CollectorSettings, DataCollector
 from sluice.inference.config import ServerConfig
-from sluice.inference.dispatch import Dispatcher, Limits, Outcome
-from sluice.inference.http import Connection, Header, HttpRequest
+from sluice.inference.dispatch import Dispatcher, Limits, Outcome, Withdraw
+from sluice.inference.http import Connection, Header, HttpRequest, Responder
 from sluice.inference.metrics import Metrics, scope_from_env, serve_metrics
 from sluice.inference.output import JSON, OCTETS, NotSerializable, Reply, encode, json_reply
 from sluice.inference.script import BadInput, Scorer, load_script, set_model_dir
@@ -117,7 +119,7 @@ class InferenceApp:
         self.swagger = swagger
         self.scorer = scorer
 
-    def handle(self, request: HttpRequest, conn: Connection) -> None:
+    def handle(self, request: HttpRequest, conn: Responder) -> None:
         started = time.perf_counter()
         request_id = self._ids.for_request(request)
         path = request.path
@@ -133,8 +135,8 @@ class InferenceApp:
         if oip_route is not None:
             self._oip(oip_route, request, conn, request_id, started)
             return
-        if path == oip_grpc_json.PATH and request.method == "POST":
-            self._grpc_json(request, conn, request_id, started)
+        if path == oip_grpc_http.PATH and request.method == "POST":
+            self._grpc_infer(request, conn, request_id, started)
             return
         if request.method != "GET":
             reply = json_reply(405, {"message": f"{request.method} is not allowed on {path}"})
@@ -176,7 +178,7 @@ class InferenceApp:
             )
         return Reply(200, [JSON], document)
 
-    def _score(self, request: HttpRequest, conn: Connection, rid: str, started: float) -> None:
+    def _score(self, request: HttpRequest, conn: Responder, rid: str, started: float) -> None:
         scorer, dispatcher = self.scorer, self.dispatcher
         refusal = self._refusal(request)
         if refusal is not None or scorer is None or dispatcher is None:
@@ -197,7 +199,7 @@ class InferenceApp:
 
         rows = self._batch_rows(request)
         if rows is not None and self.batcher is not None:
-            self.batcher.submit(rows, finish, span)
+            self._queued(request, conn, self.batcher.submit(rows, finish, span))
             return
         try:
             call = scorer.prepare(request)
@@ -208,7 +210,17 @@ class InferenceApp:
             return
         if span is not None and self.tracing is not None:
             call = self.tracing.run(call, span, scorer.is_async)
-        dispatcher.submit(call, finish)
+        self._queued(request, conn, dispatcher.submit(call, finish))
+
+    def _queued(self, request: HttpRequest, conn: Responder, withdraw: Withdraw) -> None:
+        """A request whose client goes away before its run() starts leaves the queue: it
+        would otherwise hold a place (a 429 for a live request) and cost a run."""
+
+        def gone() -> None:
+            if withdraw():
+                self.metrics.error("abandoned")
+
+        conn.when_gone(request, gone)
 
     def _batch_rows(self, request: HttpRequest) -> list[Any] | None:
         """The rows of a request adaptive batching takes, else None."""
@@ -220,14 +232,12 @@ class InferenceApp:
         self,
         route: oip.OipRoute,
         request: HttpRequest,
-        conn: Connection,
+        conn: Responder,
         rid: str,
         started: float,
     ) -> None:
         if route.model not in (self.model_name, self.endpoint_name):
-            reply = json_reply(
-                404, {"error": f"no model {route.model!r}; this is {self.model_name!r}"}
-            )
+            reply = self._no_model(route.model)
         elif route.action == "metadata":
             reply = Reply(200, [JSON], oip.model_metadata(self.model_name, self.model_path))
         elif route.action == "ready":
@@ -235,39 +245,91 @@ class InferenceApp:
         elif request.method != "POST":
             reply = json_reply(405, {"error": "inference needs POST"})
         else:
-            self._infer(request, conn, rid, started)
+            self._rest_infer(request, conn, rid, started)
             return
         self._send(request, conn, rid, started, "/v2/infer", reply)
 
-    def _grpc_json(self, request: HttpRequest, conn: Connection, rid: str, started: float) -> None:
-        """gRPC ModelInfer, as the gateway's reverse transcoder sends it (oip_grpc_json.py):
-        the OIP inference of the same tensors, its answer translated back."""
+    def _no_model(self, model: str) -> Reply:
+        return json_reply(404, {"error": f"no model {model!r}; this is {self.model_name!r}"})
+
+    def _grpc_infer(self, request: HttpRequest, conn: Responder, rid: str, started: float) -> None:
+        """gRPC ModelInfer, as the gateway's reverse bridge sends it (oip_grpc_http.py): the
+        OIP inference of the same tensors, answered as a ModelInferResponse or a status."""
+        answers = oip_grpc_http.StatusAnswers(conn)
+        if self._not_scoring(request, answers, rid, started):
+            return
         try:
-            infer = oip_grpc_json.rest_request(request)
-        except oip_grpc.Refused as refused:
+            call = oip_grpc_http.parse(request.body)
+        except oip_grpc_http.Refused as refused:
             self.metrics.error("bad_input")
-            conn.respond(request, *oip_grpc_json.status_answer(refused))
+            conn.respond(request, *oip_grpc_http.status_answer(refused))
             self.metrics.observe("/v2/infer", 400, time.perf_counter() - started)
             return
-        route = oip.OipRoute(infer.model or self.model_name, "infer")
-        answering = oip_grpc_json.Answering(conn, request, infer.version)
-        # Answering stands in for the connection: respond() is all the handler uses.
-        self._oip(route, infer.request, answering, rid, started)  # type: ignore[arg-type]
-
-    def _infer(self, request: HttpRequest, conn: Connection, rid: str, started: float) -> None:
-        """An OIP inference: tensors in, the same scorer, one output tensor out."""
-        scorer, dispatcher = self.scorer, self.dispatcher
-        refusal = self._refusal(request)
-        if refusal is not None or scorer is None or dispatcher is None:
-            self._send(request, conn, rid, started, "/v2/infer", refusal or NOT_READY)
+        except oip.OipError as exc:
+            self.metrics.error("bad_input")
+            reply = json_reply(400, {"error": str(exc)})
+            self._send(request, answers, rid, started, "/v2/infer", reply)
             return
-        span = self.tracing.start(request, rid, "/v2/infer") if self.tracing else None
+        if call.model and call.model not in (self.model_name, self.endpoint_name):
+            reply = self._no_model(call.model)
+            self._send(request, answers, rid, started, "/v2/infer", reply)
+            return
+
+        def answer(value: Any) -> Reply:
+            body = oip_grpc_http.answer(self.model_name, call, value)
+            return Reply(200, [oip_grpc_http.GRPC_TYPE], body)
+
+        # StatusAnswers stands in for the connection: respond() and when_gone() are all used.
+        self._infer(request, answers, rid, started, call.infer, answer)
+
+    def _rest_infer(self, request: HttpRequest, conn: Responder, rid: str, started: float) -> None:
+        """An OIP inference over REST: JSON tensors (or the binary extension) in and out."""
+        if self._not_scoring(request, conn, rid, started):
+            return
         try:
             infer = oip.request_body(request.body, request.header(oip_binary.HEADER))
+        except oip.OipError as exc:
+            self.metrics.error("bad_input")
+            reply = json_reply(400, {"error": str(exc)})
+            self._send(request, conn, rid, started, "/v2/infer", reply)
+            return
+
+        def answer(value: Any) -> Reply:
+            tensors = oip.response_body(self.model_name, value, infer)
+            if tensors.header_length is None:
+                return Reply(200, [JSON], tensors.body)
+            length = str(tensors.header_length).encode()
+            return Reply(200, [OCTETS, (oip_binary.HEADER, length)], tensors.body)
+
+        self._infer(request, conn, rid, started, infer, answer)
+
+    def _not_scoring(self, request: HttpRequest, conn: Responder, rid: str, started: float) -> bool:
+        """Answer an inference that cannot run now (not ready, draining...); True if so."""
+        refusal = self._refusal(request)
+        if refusal is None:
+            return False
+        self._send(request, conn, rid, started, "/v2/infer", refusal)
+        return True
+
+    def _infer(
+        self,
+        request: HttpRequest,
+        conn: Responder,
+        rid: str,
+        started: float,
+        infer: oip.InferRequest,
+        answer: Callable[[Any], Reply],
+    ) -> None:
+        """An OIP inference (REST or gRPC): its tensors as run()'s input, and `answer`
+        turning run()'s (JSON) value into the protocol's answer."""
+        scorer, dispatcher = self.scorer, self.dispatcher
+        assert scorer is not None and dispatcher is not None  # _not_scoring said so
+        span = self.tracing.start(request, rid, "/v2/infer") if self.tracing else None
+        try:
             scored = HttpRequest("POST", b"/score", request.headers, infer.body, request.keep_alive)
             rows = self._batch_rows(scored)
             call = scorer.prepare(scored) if rows is None else None
-        except (oip.OipError, BadInput) as exc:
+        except BadInput as exc:
             self.metrics.error("bad_input")
             reply = json_reply(400, {"error": str(exc)})
             self._send(request, conn, rid, started, "/v2/infer", reply, span)
@@ -276,32 +338,27 @@ class InferenceApp:
         cid = self._collect_input(request, rid, infer.body)
 
         def finish(outcome: Outcome) -> None:
-            answer = self._scored(outcome, rid)
+            reply = self._scored(outcome, rid)
             if cid is not None:
-                self._collect_output(cid, rid, answer)
-            if outcome.kind == "ok" and answer.status == 200:
+                self._collect_output(cid, rid, reply)
+            if outcome.kind == "ok" and reply.status == 200:
                 try:
-                    value = orjson.loads(answer.body)
-                    tensors = oip.response_body(self.model_name, value, infer)
-                    headers = answer.headers
-                    if tensors.header_length is not None:
-                        length = str(tensors.header_length).encode()
-                        headers = [h for h in headers if h[0] != b"content-type"]
-                        headers += [OCTETS, (b"inference-header-content-length", length)]
-                    answer = Reply(200, headers, tensors.body)
+                    extra = [h for h in reply.headers if h[0] != b"content-type"]
+                    answered = answer(orjson.loads(reply.body))
+                    reply = Reply(200, [*answered.headers, *extra], answered.body)
                 except orjson.JSONDecodeError:
-                    answer = json_reply(500, {"error": "run() did not answer JSON"})
+                    reply = json_reply(500, {"error": "run() did not answer JSON"})
                 except oip.OipError as exc:
-                    answer = json_reply(400, {"error": str(exc)})
-            self._send(request, conn, rid, started, "/v2/infer", answer, span)
+                    reply = json_reply(400, {"error": str(exc)})
+            self._send(request, conn, rid, started, "/v2/infer", reply, span)
 
         if call is None:
             assert self.batcher is not None and rows is not None
-            self.batcher.submit(rows, finish, span)
+            self._queued(request, conn, self.batcher.submit(rows, finish, span))
             return
         if span is not None and self.tracing is not None:
             call = self.tracing.run(call, span, scorer.is_async)
-        dispatcher.submit(call, finish)
+        self._queued(request, conn, dispatcher.submit(call, finish))
 
     def _collect_input(self, request: HttpRequest, rid: str, model_input: bytes) -> str | None:
         """Queue the input of a sampled request; its correlation id, or None when not sampled."""
@@ -377,7 +434,7 @@ class InferenceApp:
     def _send(
         self,
         request: HttpRequest,
-        conn: Connection,
+        conn: Responder,
         rid: str,
         started: float,
         route: str,

@@ -16,6 +16,11 @@ input) are queued here instead of being called at once. A batch leaves when:
 - `max_batch_wait_ms` passed since the oldest waiting request: it goes even
   while another batch runs (a second dispatcher slot).
 
+A request whose client goes away while it waits leaves the queue (`submit`
+returns what withdraws it): it neither holds a place that a live request would
+get a 429 for, nor costs a share of a run() call. Once taken into a batch, its
+rows run with the batch (the batch's places are the dispatcher's, not these).
+
 The rows of all requests are concatenated, run() is called once through the
 dispatcher (same time limit, same slots), and its list is cut back into one
 answer per request. An answer whose length is not the number of rows fails
@@ -31,7 +36,7 @@ from typing import Any
 
 import orjson
 
-from sluice.inference.dispatch import REJECTED, Dispatcher, OnDone, Outcome
+from sluice.inference.dispatch import REJECTED, Dispatcher, OnDone, Outcome, Withdraw, never_waited
 
 
 @dataclass(frozen=True)
@@ -40,7 +45,7 @@ class BatchSettings:
     max_wait_s: float
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # compared by identity: list.remove() finds this one
 class _Waiting:
     rows: list[Any]
     on_done: OnDone
@@ -92,16 +97,27 @@ class Batcher:
         # The same bound on pending requests as the dispatcher's: beyond it, 429.
         self._max_waiting = limits.max_concurrent + limits.max_queue
 
-    def submit(self, rows: list[Any], on_done: OnDone, span: Any = None) -> None:
+    def submit(self, rows: list[Any], on_done: OnDone, span: Any = None) -> Withdraw:
+        """Queue a request's rows; returns what takes them out again while they wait (True
+        when it did: `on_done` will then never be called)."""
         if len(self._waiting) >= self._max_waiting:
             on_done(REJECTED)
-            return
-        self._waiting.append(_Waiting(rows, on_done, span))
+            return never_waited
+        waiting = _Waiting(rows, on_done, span)
+        self._waiting.append(waiting)
         if self._running == 0:
             self._flush()
         elif self._timer is None:
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(self.settings.max_wait_s, self._flush)
+        return lambda: self._withdraw(waiting)
+
+    def _withdraw(self, waiting: _Waiting) -> bool:
+        try:
+            self._waiting.remove(waiting)
+        except ValueError:  # already in a batch
+            return False
+        return True
 
     def _take(self) -> list[_Waiting]:
         """The oldest waiting requests, up to max_size rows (at least one request)."""

@@ -22,6 +22,10 @@ Where a synchronous run() executes (measured in bench/inference):
   probes for more than one call.
 
 An `async def run()` is awaited on the event loop.
+
+A call still waiting for a slot can be withdrawn (its client went away): it then
+leaves the queue and is never run, so abandoned requests do not fill the queue
+and get live ones a 429.
 """
 
 from __future__ import annotations
@@ -64,6 +68,14 @@ TIMED_OUT = Outcome("timeout")
 
 OnDone = Callable[[Outcome], None]
 Call = Callable[[], Any]
+# Takes a submitted call out of its queue: True when it did (it will not run, and its
+# on_done is never called), False when it already runs or has finished.
+Withdraw = Callable[[], bool]
+
+
+def never_waited() -> bool:
+    """The Withdraw of a call answered at once: nothing to take out."""
+    return False
 
 
 class SpeedWatch:
@@ -140,6 +152,7 @@ class Dispatcher:
             limits.max_concurrent + STUCK_RUNS_ALLOWED, thread_name_prefix="run"
         )
         self._tasks: set[asyncio.Task[None]] = set()
+        self._queued: set[asyncio.Task[None]] = set()  # waiting for a slot
         self._idle = asyncio.Event()
         self._idle.set()
         inline_possible = limits.max_concurrent == 1 and not is_async
@@ -151,17 +164,29 @@ class Dispatcher:
         """False once every spare thread is held by a call that timed out."""
         return self.stuck < STUCK_RUNS_ALLOWED
 
-    def submit(self, call: Call, on_done: OnDone) -> None:
+    def submit(self, call: Call, on_done: OnDone) -> Withdraw:
+        """Run `call` within the limits; returns what withdraws it while it waits."""
         if self.in_flight == 0 and self._speed is not None and self._speed.fast():
             on_done(self._run_inline(call))
-            return
+            return never_waited
         if self.in_flight >= self.limits.max_concurrent + self.limits.max_queue:
             on_done(REJECTED)
-            return
+            return never_waited
         self._change_in_flight(+1)
         task = asyncio.get_running_loop().create_task(self._run_queued(call, on_done))
         self._tasks.add(task)
+        self._queued.add(task)
         task.add_done_callback(self._tasks.discard)
+        return lambda: self._withdraw(task)
+
+    def _withdraw(self, task: asyncio.Task[None]) -> bool:
+        if task not in self._queued:
+            return False
+        # Cancelled while it waits for the slot: asyncio's Semaphore hands a slot it had
+        # just been given on to the next waiter, and _run_queued's finally counts it out.
+        self._queued.discard(task)
+        task.cancel()
+        return True
 
     async def wait_idle(self, timeout_s: float) -> None:
         """Return when nothing is in flight, or after `timeout_s`."""
@@ -192,6 +217,7 @@ class Dispatcher:
         future: Future[Outcome] | None = None
         try:
             async with asyncio.timeout(self.limits.timeout_s), self._slots:
+                self._queued.discard(asyncio.current_task())
                 if self._is_async:
                     started = time.perf_counter()
                     try:
@@ -208,6 +234,7 @@ class Dispatcher:
                 self._count_stuck(future)
             outcome = TIMED_OUT
         finally:
+            self._queued.discard(asyncio.current_task())
             self._change_in_flight(-1)
         if self._speed is not None and outcome.kind != "timeout":
             self._speed.observe(outcome.run_seconds)

@@ -8,7 +8,9 @@ pipelined requests answered in order, chunked request bodies, `Expect:
 Content-Length says so), 400 on malformed requests.
 
 Each parsed request goes to a `Handler`, which answers it, now or later, with
-`Connection.respond`; the next request on the same connection waits for that.
+`Connection.respond`; the next request on the same connection waits for that. A handler
+that queues a request may ask (`when_gone`) to hear when the client goes away before the
+answer, so the request leaves the queue instead of holding a place there.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import cast
+from typing import Protocol, cast
 
 import httptools
 
@@ -55,7 +57,18 @@ class HttpRequest:
         return query.decode("latin-1")
 
 
-Handler = Callable[[HttpRequest, "Connection"], None]
+class Responder(Protocol):
+    """What a handler answers through: a `Connection`, or a stand-in that translates the
+    answer (the gRPC forms, oip_grpc.py and oip_grpc_http.py)."""
+
+    def respond(
+        self, request: HttpRequest, status: int, headers: Iterable[Header], body: bytes
+    ) -> None: ...
+
+    def when_gone(self, request: HttpRequest, callback: Callable[[], None]) -> None: ...
+
+
+Handler = Callable[[HttpRequest, Responder], None]
 
 
 def render_response(status: int, headers: Iterable[Header], body: bytes, keep_alive: bool) -> bytes:
@@ -83,7 +96,8 @@ class Connection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._body_size = 0
         self._waiting: deque[HttpRequest] = deque()  # parsed, not yet handled
-        self._busy = False  # a request was handed to the handler and not answered yet
+        self._handling: HttpRequest | None = None  # handed to the handler, not answered yet
+        self._gone: Callable[[], None] | None = None  # to call if the client leaves first
         self._paused = False
         self._too_large = False
 
@@ -95,6 +109,9 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
         self._waiting.clear()
+        gone, self._gone = self._gone, None
+        if gone is not None:
+            gone()
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -150,13 +167,13 @@ class Connection(asyncio.Protocol):
         self._current = None
         if self._body:
             request.body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-        if self._busy:
+        if self._handling is not None:
             self._waiting.append(request)
             if len(self._waiting) >= MAX_PIPELINED and self._transport and not self._paused:
                 self._transport.pause_reading()
                 self._paused = True
             return
-        self._busy = True
+        self._handling = request
         self._handler(request, self)
 
     # answering
@@ -165,6 +182,7 @@ class Connection(asyncio.Protocol):
         self, request: HttpRequest, status: int, headers: Iterable[Header], body: bytes
     ) -> None:
         """Write the answer to `request` (the one being handled) and start on the next."""
+        self._gone = None
         transport = self._transport
         if transport is None or transport.is_closing():
             return
@@ -172,13 +190,19 @@ class Connection(asyncio.Protocol):
         if not request.keep_alive:
             transport.close()
             return
-        self._busy = False
+        self._handling = None
         if self._waiting:
-            self._busy = True
-            self._handler(self._waiting.popleft(), self)
+            self._handling = self._waiting.popleft()
+            self._handler(self._handling, self)
         if self._paused and len(self._waiting) < MAX_PIPELINED:
             transport.resume_reading()
             self._paused = False
+
+    def when_gone(self, request: HttpRequest, callback: Callable[[], None]) -> None:
+        """Call `callback` if the client goes away before `request` (the one being handled)
+        is answered."""
+        if request is self._handling:
+            self._gone = callback
 
     def _fail(self, status: HTTPStatus, message: bytes) -> None:
         """Answer a request the parser rejected and close: the stream cannot be trusted after it."""

@@ -18,6 +18,7 @@ accepted and ignored (one version per deployment).
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,10 +171,6 @@ def request_body(raw: bytes, header_length: bytes | None = None) -> InferRequest
             'an inference request needs "inputs": [{"name", "shape", "datatype", "data"}]'
         )
     _binary_inputs(inputs, tail)
-    rows = {tensor.get("name"): _tensor_rows(tensor) for tensor in inputs}
-    if len(rows) != len(inputs):
-        raise OipError("input names must be unique")
-    body = {"data": next(iter(rows.values()))} if len(rows) == 1 else rows
     wanted = request.get("outputs") or []
     if not isinstance(wanted, list) or not all(isinstance(o, dict) for o in wanted):
         raise OipError('"outputs" is a list of {"name": ...}')
@@ -185,13 +182,36 @@ def request_body(raw: bytes, header_length: bytes | None = None) -> InferRequest
         for o in wanted
         if isinstance(o.get("parameters"), dict) and o["parameters"].get("binary_data") is True
     )
-    return InferRequest(
-        orjson.dumps(body),
-        request_id,
-        tuple(str(o.get("name")) for o in wanted),
-        binary_all,
-        binary,
-    )
+    outputs = tuple(str(o.get("name")) for o in wanted)
+    named = [(tensor.get("name"), _tensor_rows(tensor)) for tensor in inputs]
+    return infer_request(named, request_id, outputs, binary_all, binary)
+
+
+def typed_rows(name: str, shape: list[int], flat: list[Any]) -> Any:
+    """Values that already have their datatype's Python type (decoded from protobuf or raw
+    bytes) as nested rows: only their number is checked against the shape."""
+    expected = math.prod(shape)
+    if expected != len(flat):
+        raise OipError(f"input {name!r}: shape {shape} needs {expected} values, got {len(flat)}")
+    return _reshape(flat, shape)
+
+
+def infer_request(
+    named_rows: list[tuple[Any, Any]],
+    request_id: str | None,
+    outputs: tuple[str, ...] = (),
+    binary_all: bool = False,
+    binary: frozenset[str] = frozenset(),
+) -> InferRequest:
+    """Input tensors as (name, rows), as the request for run(): `{"data": rows}` for one,
+    `{name: rows, ...}` for several."""
+    if not named_rows:
+        raise OipError("an inference request needs at least one input tensor")
+    rows = dict(named_rows)
+    if len(rows) != len(named_rows):
+        raise OipError("input names must be unique")
+    body = {"data": next(iter(rows.values()))} if len(rows) == 1 else rows
+    return InferRequest(orjson.dumps(body), request_id, outputs, binary_all, binary)
 
 
 def _output(name: str, value: Any) -> dict[str, Any]:
@@ -214,9 +234,9 @@ class InferAnswer:
     header_length: int | None = None  # set when binary tensor data follows the JSON
 
 
-def response_body(model: str, value: Any, request: InferRequest) -> InferAnswer:
-    """run()'s JSON answer as OIP outputs: `predict`, or one per key of an object; the
-    outputs the request asked for in binary go as raw bytes after the JSON."""
+def response_tensors(value: Any, request: InferRequest) -> list[dict[str, Any]]:
+    """run()'s JSON answer as OIP output tensors `{"name", "shape", "datatype", "data"}`
+    (data flat): `predict`, or one per key of an object, filtered by the outputs asked for."""
     named = value if isinstance(value, dict) and value else {"predict": value}
     wanted = request.outputs
     if wanted:
@@ -224,7 +244,13 @@ def response_body(model: str, value: Any, request: InferRequest) -> InferAnswer:
         if missing:
             raise OipError(f"run() has no output {missing[0]!r}; it answers {sorted(named)}")
         named = {n: named[n] for n in wanted}
-    outputs = [_output(str(name), v) for name, v in named.items()]
+    return [_output(str(name), v) for name, v in named.items()]
+
+
+def response_body(model: str, value: Any, request: InferRequest) -> InferAnswer:
+    """run()'s JSON answer as the REST OIP answer; the outputs the request asked for in
+    binary go as raw bytes after the JSON."""
+    outputs = response_tensors(value, request)
     binary: list[bytes] = []
     for tensor in outputs:
         if request.binary_all or tensor["name"] in request.binary_outputs:

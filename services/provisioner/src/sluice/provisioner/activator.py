@@ -17,8 +17,10 @@ A small HTTP/1.1 server on httptools (already used by the inference server), and
 httpx (already the provisioner's client) for the forwarded request.
 
 gRPC (the Open Inference Protocol's `inference.GRPCInferenceService`) is held the same
-way. Its `ModelInfer` arrives here as HTTP (the gateway transcodes it to JSON for the
-REST cluster); for the other methods the activator also runs a grpc.aio server, listed
+way. Its `ModelInfer` arrives here as HTTP (the gateway's reverse bridge sends the gRPC
+message over the REST cluster), forwarded like REST; the activator's own refusals of it
+are gRPC statuses (a header-only 200 with `grpc-status`, which the bridge passes on);
+for the other methods the activator also runs a grpc.aio server, listed
 as the pseudo-instance's gRPC address, so the gateway's twin gRPC cluster routes them
 here too. Any unary method is relayed as opaque bytes (no protobuf decoding, so any
 service works) to the woken instance's gRPC server, with the call's metadata, deadline,
@@ -33,6 +35,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
+from urllib.parse import quote
 
 import grpc
 import httptools
@@ -152,11 +155,12 @@ class Activator:
         secret = next((v for k, v in headers if k.lower() == gateway_auth.HEADER), "")
         deployment = self._deployments.get(secret)
         if deployment is None:
-            return 401, [], b"not sent by the gateway"
+            return _refused(headers, 401, "not sent by the gateway")
         key = f"{deployment.endpoint}/{deployment.name}"
         address = await self._woken(deployment, lambda d: d.ready_address())
         if address is None:
-            return 503, [(NOT_PROCESSED_HEADER, "true")], b"no instance started in time"
+            not_processed = [(NOT_PROCESSED_HEADER, "true")]
+            return _refused(headers, 503, "no instance started in time", not_processed)
         sent = [(k, v) for k, v in headers if k.lower() not in HOP_BY_HOP]
         try:
             reply = await self._client.request(
@@ -164,7 +168,7 @@ class Activator:
             )
         except httpx.HTTPError as exc:
             log.warning("activation_forward_failed", deployment=key, error=str(exc))
-            return 502, [], b"the started instance did not answer"
+            return _refused(headers, 502, "the started instance did not answer")
         log.info("activation_served", deployment=key, status=reply.status_code)
         answer = [(k, v) for k, v in reply.headers.items() if k.lower() not in HOP_BY_HOP]
         return reply.status_code, answer, reply.content
@@ -294,6 +298,28 @@ class _Connection(asyncio.Protocol):
             if self._transport is None or self._transport.is_closing():
                 return
             self._transport.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + content)
+
+
+# The activator's refusals as gRPC statuses, for bridged gRPC calls.
+GRPC_CODES = {401: grpc.StatusCode.UNAUTHENTICATED, 502: grpc.StatusCode.UNAVAILABLE,
+              503: grpc.StatusCode.UNAVAILABLE}  # fmt: skip
+
+
+def _refused(
+    headers: list[tuple[str, str]],
+    status: int,
+    message: str,
+    extra: list[tuple[str, str]] | None = None,
+) -> tuple[int, list[tuple[str, str]], bytes]:
+    """A refusal as HTTP `status`, or, for a gRPC call the gateway bridged here, as the
+    gRPC status of the same meaning (which the bridge passes on as it is)."""
+    extra = extra or []
+    content_type = next((v for k, v in headers if k.lower() == "content-type"), "")
+    if not content_type.startswith("application/grpc"):
+        return status, extra, message.encode()
+    code = str(GRPC_CODES[status].value[0])
+    grpc_headers = [("content-type", "application/grpc"), ("grpc-status", code)]
+    return 200, [*grpc_headers, ("grpc-message", quote(message)), *extra], b""
 
 
 def _reason(status: int) -> str:

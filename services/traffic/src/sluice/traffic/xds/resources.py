@@ -16,8 +16,8 @@ at their gRPC ports, over HTTP/2, health-checked with grpc.health.v1. Same
 auth, split, mirror, pin header and timeouts; Envoy's own replies (401, 404,
 429, 503) reach gRPC clients as their gRPC status (UNAUTHENTICATED,
 UNIMPLEMENTED, UNAVAILABLE). `ModelInfer` itself, the hot path, has its own
-routes before those: there Envoy's gRPC-JSON reverse transcoder turns the call
-into an HTTP/1.1 JSON request to the deployment's REST cluster (grpc_json.py).
+routes before those: there Envoy's gRPC HTTP/1.1 reverse bridge sends the call
+over the deployment's REST (HTTP/1.1) cluster to the inference server (grpc_bridge.py).
 
 Auth runs in Envoy before any upstream is touched. Key endpoints: the RBAC
 filter, per route, allows `Authorization: Bearer <primary|secondary>`, compared
@@ -57,9 +57,6 @@ from envoy.config.rbac.v3 import rbac_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.access_loggers.grpc.v3 import als_pb2
 from envoy.extensions.filters.http.buffer.v3 import buffer_pb2
-from envoy.extensions.filters.http.grpc_json_reverse_transcoder.v3 import (
-    transcoder_pb2 as grpc_json_pb2,
-)
 from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
 from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_pb2
 from envoy.extensions.filters.http.lua.v3 import lua_pb2
@@ -96,7 +93,7 @@ from sluice.traffic.domain import (
     Listen,
     TokenAuth,
 )
-from sluice.traffic.xds import grpc_json, key_hash
+from sluice.traffic.xds import grpc_bridge, key_hash
 
 ROUTE_CONFIG = "sluice_routes"
 TLS_SECRET = "sluice_tls"  # noqa: S105 - the name of an SDS resource, not a secret
@@ -527,26 +524,25 @@ def _not_found(name: str, match: object, message: str) -> route_components_pb2.R
 
 
 def endpoint_routes(
-    ep: Endpoint, prefix: str | None, *, grpc: bool = False, transcoded: bool = False
+    ep: Endpoint, prefix: str | None, *, grpc: bool = False, bridged: bool = False
 ) -> list[route_components_pb2.Route]:
     """The routes of one endpoint, under `prefix` (rewritten to `/`) or at its own host;
     with `grpc`, those of its gRPC inference service (at its own host), to the instances'
-    gRPC servers; with `transcoded` too, those of its gRPC `ModelInfer`, which the reverse
-    transcoder turns into JSON for the REST clusters (grpc_json.py)."""
+    gRPC servers; with `bridged` too, those of its gRPC `ModelInfer`, which the reverse
+    bridge sends to the REST clusters (grpc_bridge.py)."""
     strip = ["authorization", key_hash.HEADER] if isinstance(ep.auth, KeyAuth) else []
     filters = _filters(ep.auth)
     tag = f"{ep.name}{'@path' if prefix else ''}{'@grpc' if grpc else ''}"
-    if transcoded:
-        tag += "-json"
-        # Enabled here only (disabled by default in the listener): the global config holds
-        # the descriptor.
+    if bridged:
+        tag += "-bridge"
+        # Enabled here only (disabled by default in the listener).
         enable = route_components_pb2.FilterConfig(config=any_pb2.Any())
-        filters = {**filters, grpc_json.FILTER: pack(enable)}
-    twin = grpc and not transcoded  # to the instances' gRPC servers
+        filters = {**filters, grpc_bridge.FILTER: pack(enable)}
+    twin = grpc and not bridged  # to the instances' gRPC servers
 
     def match(*headers: route_components_pb2.HeaderMatcher) -> object:
-        if transcoded:
-            return _grpc_match(*headers, path=grpc_json.METHOD_PATH)
+        if bridged:
+            return _grpc_match(*headers, path=grpc_bridge.METHOD_PATH)
         return _grpc_match(*headers) if grpc else _match(prefix, *headers)
 
     routes = []
@@ -669,7 +665,7 @@ def virtual_host(ep: Endpoint, domain: str) -> route_components_pb2.VirtualHost:
         name=f"endpoint:{ep.name}",
         domains=[host, f"{host}:*"],
         routes=[
-            *endpoint_routes(ep, None, grpc=True, transcoded=True),
+            *endpoint_routes(ep, None, grpc=True, bridged=True),
             *endpoint_routes(ep, None, grpc=True),
             *endpoint_routes(ep, None),
         ],
@@ -881,10 +877,10 @@ def _http_filters(gateway: Gateway) -> list[hcm_pb2.HttpFilter]:
         hcm_pb2.HttpFilter(name=key_hash.FILTER, typed_config=pack(hashing)),
         hcm_pb2.HttpFilter(name=RBAC_FILTER, typed_config=pack(deny_all)),
         hcm_pb2.HttpFilter(name=LUA_FILTER, typed_config=pack(lua)),
-        # After auth (unauthenticated calls are never transcoded); only the ModelInfer
+        # After auth (unauthenticated calls are never bridged); only the ModelInfer
         # routes enable it.
         hcm_pb2.HttpFilter(
-            name=grpc_json.FILTER, typed_config=pack(_grpc_json(limits)), disabled=True
+            name=grpc_bridge.FILTER, typed_config=pack(grpc_bridge.config()), disabled=True
         ),
         hcm_pb2.HttpFilter(
             name="envoy.filters.http.router",
@@ -895,16 +891,6 @@ def _http_filters(gateway: Gateway) -> list[hcm_pb2.HttpFilter]:
             ),
         ),
     ]
-
-
-def _grpc_json(limits: Limits) -> grpc_json_pb2.GrpcJsonReverseTranscoder:
-    """The reverse transcoder of gRPC ModelInfer (grpc_json.py). It buffers both
-    messages: a request up to the gateway's own limit, an answer up to 4 times that."""
-    return grpc_json_pb2.GrpcJsonReverseTranscoder(
-        descriptor_binary=grpc_json.descriptor_set(),
-        max_request_body_size=wrappers_pb2.UInt32Value(value=limits.max_request_bytes),
-        max_response_body_size=wrappers_pb2.UInt32Value(value=4 * limits.max_request_bytes),
-    )
 
 
 def _connection_manager(name: str, gateway: Gateway) -> hcm_pb2.HttpConnectionManager:
