@@ -204,11 +204,13 @@ def peak(port: int, seconds: int) -> Result:
     return uvloop.run(closed_loop(port, seconds))
 
 
-def wrk(url: str, seconds: int) -> Result:
+def wrk(url: str, seconds: int, headers: dict[str, str] | None = None) -> Result:
+    """wrk's closed loop on `url` (POST BODY), with `headers` besides the content type."""
     script = WORK / "post.lua"
     script.write_text(
         f"wrk.method = 'POST'\nwrk.body = '{BODY}'\n"
         "wrk.headers['Content-Type'] = 'application/json'\n"
+        + "".join(f"wrk.headers['{k}'] = '{v}'\n" for k, v in (headers or {}).items())
     )
     assert WRK is not None
     out = subprocess.run(

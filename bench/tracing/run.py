@@ -1,5 +1,6 @@
-"""What tracing and data collection cost the inference server, against the same server with
-both off, in one run.
+"""What tracing and data collection cost a deployment's requests/s, against the same server
+with both off, in one run: straight to the inference server, and through the gateway
+(Envoy) as a scoring client sees it.
 
 `uv run --no-sync python bench/run.py tracing`:
 
@@ -9,29 +10,32 @@ both off, in one run.
    call run() on the event loop, its fastest mode) per setting:
    - `off` and `off-2` (tracing and collection off; two of them: the noise floor),
    - `tracing 1%` (the default ratio: new traces sampled at 0.01, spans as JSON lines),
-   - `tracing 100%` (every request: a server span, a run() span, a log line),
+   - `tracing 100%` (every request: a server span, a run() span),
    - `collection 1.0` (`model_inputs,model_outputs`, sampling_rate 1.0, JSON lines);
-3. runs the servers on the last core and wrk (1 thread, 16 connections) on the first, in
-   alternating 3 s rounds, seven each, after a 2 s warm-up; each round measures every
-   server's requests/s and CPU time per request (user + system of the server process, all
-   its threads: span export and the collector's writer included);
-4. reports each setting against `off` round by round (both measured seconds apart) as
-   median (min-max) with bench/stats.py, which flags rounds that disagree;
-5. measures each feature's own CPU per request in this process (`overheads`).
+3. one Envoy (`--concurrency 1`) with the traffic controller's configuration for five
+   endpoints, one per server (key auth, the snapshot builder's routes, loaded statically);
+4. the servers run on the last core, wrk (1 thread, 16 connections, closed loop: it
+   measures how many requests/s the deployment answers) and Envoy on the first; rounds of
+   3 s (BENCH_ROUNDS, default 7) after a 2 s warm-up, each round measuring every
+   (path, setting) once in an order that rotates (bench/stats.py `interleave`): requests/s,
+   the server's CPU time per request (user + system, all its threads: span export and
+   the collector's writer included) and, through the gateway, Envoy's share of its core;
+5. reports each setting against `off` on the same path **round by round** (both measured
+   seconds apart) as median (min-max) with bench/stats.py, which flags rounds that
+   disagree; `off-2` against `off` is the noise floor;
+6. measures each feature's own CPU per request in this process (`overheads`).
 
-On a machine shared with other work, rounds taken seconds apart swing by tens of percent
-(`off` against `off-2`, two identical servers, is the noise floor), so read the CPU
-ratios, and the in-process figures set against the server's CPU per request.
-
-Targets (issue 18): tracing 100% costs <= 10% of the requests/s, the default ratio <= 2%,
-off nothing measurable; collection at sampling 1.0 <= 5%.
+Targets (issue 18), on a deployment's requests/s: tracing 100% costs <= 10%, the default
+ratio <= 2%, off nothing measurable; collection at sampling 1.0 <= 5%.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -40,7 +44,7 @@ import psutil
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from stats import cores, pin, spread  # noqa: E402 - bench/stats.py, found through the line above
+from stats import cores, interleave, pin, rounds, spread  # noqa: E402 - bench/stats.py, found through the line above
 
 _spec = importlib.util.spec_from_file_location(
     "bench_inference_helpers", HERE.parent / "inference" / "run.py"
@@ -50,7 +54,7 @@ inference: Any = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(inference)
 
 SECONDS = 3
-ROUNDS = 7
+ROUNDS = rounds(7)
 WORK = inference.CACHE / "tracing"
 # off-2 is the noise floor: its "cost" is how far two identical servers differ.
 TARGETS = {"off-2": 0.0, "tracing 1%": 0.02, "tracing 100%": 0.10, "collection 1.0": 0.05}
@@ -124,12 +128,69 @@ def overheads(work: Path, n: int = 20_000) -> dict[str, float]:
     return {name: min(run() for _ in range(3)) for name, run in runs.items()}
 
 
+KEY = "bench-primary-key"
+DOMAIN = "sluice.localhost"
+
+
+def gateway(work: Path, ports: dict[str, int]) -> tuple[subprocess.Popen[bytes], int]:
+    """Envoy routing `<host>.sluice.localhost` to each server as the traffic controller would
+    (its snapshot builder, loaded as a static bootstrap); (process, HTTP port)."""
+    from sluice.common.supervisor import resolve_binary
+    from sluice.testing.envoy_static import static_bootstrap
+    from sluice.traffic.domain import (
+        Deployment,
+        Endpoint,
+        Gateway,
+        KeyAuth,
+        Listen,
+        Share,
+        Upstream,
+    )
+    from sluice.traffic.jwks import PLACEHOLDER_JWKS
+    from sluice.traffic.tls import ensure_local_certificate, load_material
+    from sluice.traffic.xds.builder import SnapshotBuilder
+
+    def endpoint(name: str, port: int) -> Endpoint:
+        deployment = Deployment(host(name), "blue", 1, 5000, 32, (Upstream("127.0.0.1", port),))
+        auth = KeyAuth((KEY, "bench-secondary"))
+        return Endpoint(host(name), 1, auth, (Share("blue", 100),), None, (deployment,))
+
+    http_port, admin = inference.free_port(), inference.free_port()
+    cert, key = ensure_local_certificate(work / "tls", DOMAIN)
+    listen = Gateway(
+        domain=DOMAIN,
+        https=Listen("127.0.0.1", inference.free_port()),
+        http=Listen("127.0.0.1", http_port),
+        tls=load_material(cert, key),
+        jwks=PLACEHOLDER_JWKS,
+    )
+    snapshot = SnapshotBuilder().build(listen, [endpoint(n, p) for n, p in ports.items()])
+    snapshot.check()
+    config = work / "envoy.json"
+    config.write_text(json.dumps(static_bootstrap(snapshot, admin_port=admin)))
+    envoy_binary = resolve_binary("envoy")  # the venv's (make setup), else on PATH
+    if envoy_binary is None:
+        raise SystemExit("envoy is needed for this benchmark: make setup")
+    argv = [envoy_binary, "-c", str(config), "--concurrency", "1", "--disable-hot-restart"]
+    with (work / "envoy.log").open("wb") as out:  # on this process's core, as wrk is
+        envoy = subprocess.Popen(
+            [*argv, "--log-level", "warning"], stdout=out, stderr=out, start_new_session=True
+        )
+    inference.wait_for(f"http://127.0.0.1:{admin}/ready", process=envoy)
+    return envoy, http_port
+
+
+def host(setting: str) -> str:
+    """The endpoint (and host name) of a setting through the gateway."""
+    return "b-" + setting.replace(" ", "-").replace(".", "-").replace("%", "pc")
+
+
 def main() -> None:
     available = cores()
-    if len(available) >= 2:  # servers on the last core, wrk (started from here) on the first
+    if len(available) >= 2:  # servers on the last core, wrk and Envoy on the first
         inference.SERVER_CPU = available[-1]
         pin(available[0])
-        print(f"servers on CPU {available[-1]}, wrk on CPU {available[0]}")
+        print(f"servers on CPU {available[-1]}, wrk and Envoy on CPU {available[0]}")
     inference.WRK = inference.ensure_wrk()
     if inference.WRK is None:
         raise SystemExit("wrk is needed for this benchmark")
@@ -147,46 +208,42 @@ def main() -> None:
             "--port", str(ports[name]), "--max-queue", "64", "--log-format", "json", *extra,
         ]  # fmt: skip
         processes[name] = inference.start(argv, env, WORK / f"{name.replace(' ', '_')}.log")
-    rps: dict[str, list[float]] = {name: [] for name in ports}
-    cpu_us: dict[str, list[float]] = {name: [] for name in ports}
+    envoy, gateway_port = gateway(WORK, ports)
+    routes: dict[str, tuple[str, dict[str, str]]] = {}  # "<path> <setting>" -> url, headers
+    for name, port in ports.items():
+        routes[f"direct {name}"] = (f"http://127.0.0.1:{port}/score", {})
+        through = {"Host": f"{host(name)}.{DOMAIN}", "Authorization": f"Bearer {KEY}"}
+        routes[f"gateway {name}"] = (f"http://127.0.0.1:{gateway_port}/score", through)
+    envoy_process = psutil.Process(envoy.pid)
+
+    def measure(route: str) -> tuple[float, float, float]:
+        """One round of `route`: requests/s, the server's CPU us per request, Envoy's share
+        of its core."""
+        url, headers = routes[route]
+        server = psutil.Process(processes[route.split(" ", 1)[1]].pid)
+        before_cpu, before_envoy = sum(server.cpu_times()[:2]), sum(envoy_process.cpu_times()[:2])
+        result = inference.wrk(url, SECONDS, headers)
+        used = sum(server.cpu_times()[:2]) - before_cpu
+        envoy_share = (sum(envoy_process.cpu_times()[:2]) - before_envoy) / SECONDS
+        return result.rps, used / (result.rps * SECONDS) * 1e6, envoy_share
+
     try:
         for name, port in ports.items():
             inference.wait_for(f"http://127.0.0.1:{port}/ready", process=processes[name])
-            inference.wrk(f"http://127.0.0.1:{port}/score", 2)  # warm-up
-        for _ in range(ROUNDS):
-            for name, port in ports.items():
-                server = psutil.Process(processes[name].pid)
-                before_cpu = sum(server.cpu_times()[:2])
-                result = inference.wrk(f"http://127.0.0.1:{port}/score", SECONDS)
-                used = sum(server.cpu_times()[:2]) - before_cpu
-                rps[name].append(result.rps)
-                cpu_us[name].append(used / (result.rps * SECONDS) * 1e6)
-        for name in ports:
-            print(f"RPS rounds: {name}", [round(r) for r in rps[name]], flush=True)
-            print(f"CPU us/request rounds: {name}", [round(c) for c in cpu_us[name]], flush=True)
+        for url, headers in routes.values():
+            inference.wrk(url, 2, headers)  # warm-up; a routing error (non-2xx) stops here
+        measured = interleave(ROUNDS, {route: lambda r=route: measure(r) for route in routes})
     finally:
+        inference.stop(envoy)
         for process in processes.values():
             inference.stop(process)
-    # Each round ran every server back to back: its ratios to `off` are the figures.
-    print()
-    print(f"| setting (1 worker, wrk -c{inference.CONNECTIONS}, {ROUNDS} x {SECONDS} s) "
-          "| CPU us/request | CPU vs off, round by round | RPS vs off, round by round "
-          "| target (CPU cost, median) |")  # fmt: skip
-    print("|---|---:|---:|---:|---|")
-    for name in ports:
-        cpu = spread(cpu_us[name]).show("{:.0f}")
-        if name == "off":
-            print(f"| off | {cpu} | | | |")
-            continue
-        cost = spread([c / o - 1 for c, o in zip(cpu_us[name], cpu_us["off"], strict=True)])
-        loss = spread([r / o - 1 for r, o in zip(rps[name], rps["off"], strict=True)])
-        target = TARGETS[name]
-        verdict = "noise floor" if name == "off-2" else (
-            f"<= {target:.0%}: {'MET' if cost.median <= target else 'MISSED'}"
-        )  # fmt: skip
-        print(f"| {name} | {cpu} | {cost.show('{:+.1%}')} | {loss.show('{:+.1%}')} | {verdict} |")
+    for route, rounds_ in measured.items():
+        print(f"rounds {route}: RPS {[round(r[0]) for r in rounds_]}, "
+              f"server CPU us/request {[round(r[1]) for r in rounds_]}", flush=True)  # fmt: skip
+    for path in ("direct", "gateway"):
+        report(path, {name: measured[f"{path} {name}"] for name in ports})
     added = overheads(WORK / "overhead")
-    off = min(cpu_us["off"])  # the least disturbed round: the nearest to a quiet machine
+    off = min(r[1] for r in measured["direct off"])  # the least disturbed round: nearest to quiet
     print(f"\nthe features' own CPU per request, in-process (least of 3 x 20,000), against the"
           f" server's least CPU per request with both off ({off:.0f} us):")  # fmt: skip
     for name, us in added.items():
@@ -194,9 +251,40 @@ def main() -> None:
         share = us / off
         verdict = "MET" if share <= target else "MISSED"
         print(f"  {name}: +{us:.1f} us = {share:+.1%} (target <= {target:.0%}: {verdict})")
-    spans = sum(1 for p in (WORK / "traces").glob("*.jsonl") for _ in p.open())
+    spans = sum(1 for p in (WORK / "traces").glob("*.jsonl*") for _ in p.open())
     records = sum(1 for p in (WORK / "collected").rglob("*.jsonl") for _ in p.open())
     print(f"\nspans written: {spans:,}; collected records: {records:,}")
+
+
+def report(path: str, measured: dict[str, list[tuple[float, float, float]]]) -> None:
+    """The table of one path: each setting's requests/s against `off`'s, round by round."""
+    off = measured["off"]
+    print(f"\n{path}: 1 worker, wrk -t1 -c{inference.CONNECTIONS}, {ROUNDS} x {SECONDS} s")
+    gateway_note = " | Envoy's core share" if path == "gateway" else ""
+    print(f"| setting | requests/s | requests/s vs off, round by round | server CPU us/request "
+          f"| CPU vs off{gateway_note} | target (requests/s lost, median) |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|" + ("---:|" if gateway_note else "") + "---|")
+    floor = spread([r[0] / o[0] - 1 for r, o in zip(measured["off-2"], off, strict=True)])
+    for name, rounds_ in measured.items():
+        rps = spread([r[0] for r in rounds_]).show("{:,.0f}")
+        cpu = spread([r[1] for r in rounds_]).show("{:.0f}")
+        envoy = f" | {spread([r[2] for r in rounds_]).show('{:.0%}')}" if gateway_note else ""
+        if name == "off":
+            print(f"| off | {rps} | | {cpu} | {envoy} | |")
+            continue
+        change = spread([r[0] / o[0] - 1 for r, o in zip(rounds_, off, strict=True)])
+        cost = spread([r[1] / o[1] - 1 for r, o in zip(rounds_, off, strict=True)])
+        target = TARGETS[name]
+        if name == "off-2":
+            verdict = "noise floor"
+        else:
+            met = -change.median <= target
+            within = floor.low <= change.median <= floor.high
+            verdict = f"<= {target:.0%}: {'MET' if met else 'MISSED'}" + (
+                " (within the noise floor's rounds)" if within else ""
+            )
+        print(f"| {name} | {rps} | {change.show('{:+.1%}')} | {cpu} | {cost.show('{:+.1%}')}"
+              f"{envoy} | {verdict} |")  # fmt: skip
 
 
 if __name__ == "__main__":

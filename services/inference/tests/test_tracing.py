@@ -78,6 +78,10 @@ def test_request_and_run_spans_continue_the_callers_trace(
     assert "traceparent" not in server.post('{"x": 2}').headers
     unsampled = "00-" + "2" * 32 + "-00f067aa0ba902b7-00"
     assert "traceparent" not in server.post('{"x": 3}', headers={"traceparent": unsampled}).headers
+    # A traceparent that is not W3C's is ignored (the ratio decides), not an error.
+    malformed = "00-" + "a" * 32 + "-" + "b" * 16 + "-zz"
+    ignored = server.post('{"x": 4}', headers={"traceparent": malformed})
+    assert ignored.status == 200 and "traceparent" not in ignored.headers
     # ... but init() is always traced, and the log names each recorded request's trace.
     assert any(s["name"] == "init" for s in read_spans(traces))
     logged = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
@@ -26,26 +27,31 @@ def span_record(span: ReadableSpan, service: str, shown: Mapping[str, Any]) -> d
     """One span as a JSON object (ids in W3C hex, times in ns since the epoch).
 
     `shown`: the process's own attributes (endpoint, deployment, instance), which are on
-    its resource rather than on each span (`resource_attributes`). Runs once per span in
-    the exporter's thread of a traced inference server, so it reads each span property
-    once and builds nothing for the (usual) span without events or links.
+    its resource rather than on each span (`resource_attributes`). It runs once per span
+    of a traced inference server, in the thread that serves requests, so it reads the
+    span's fields, not its public properties: those copy the attributes, events and links
+    into new containers (a mapping proxy, two tuples, locks taken) on every read, which
+    cost as much as the rest of the record (bench/README.md, tracing). The fields are
+    those `ReadableSpan.__init__` sets; test_trace_files reads every one back.
     """
-    ctx = span.get_span_context()
+    ctx = span._context
     assert ctx is not None
-    parent = span.parent
-    status = span.status
-    attributes = span.attributes
-    events = span.events
-    links = span.links
+    parent = span._parent
+    status = span._status
+    attributes = span._attributes
+    if isinstance(attributes, BoundedAttributes):  # the SDK's spans: its plain dict within
+        attributes = attributes._dict
+    events = span._events
+    links = span._links
     return {
         "trace_id": f"{ctx.trace_id:032x}",
         "span_id": f"{ctx.span_id:016x}",
         "parent_id": f"{parent.span_id:016x}" if parent else None,
-        "name": span.name,
+        "name": span._name,
         "service": service,
-        "kind": span.kind._name_,  # Enum.name is a slower property
-        "start": span.start_time,
-        "end": span.end_time,
+        "kind": span._kind._name_,  # Enum.name is a slower property
+        "start": span._start_time,
+        "end": span._end_time,
         "status": status.status_code._name_,
         "status_message": status.description,
         "attributes": {**shown, **attributes} if attributes else shown,

@@ -12,12 +12,15 @@ server span's `traceparent`.
 Without `--trace-dir`/`--trace-otlp-endpoint` no `RequestTracer` exists and a
 request pays one `is None` test.
 
-A traced request is on the hot path, so this module keeps it to the SDK's own cost
-(bench/tracing measures it): endpoint/deployment/instance are resource attributes
-(stated once, not per span), span names are built once per route, run()'s span is
-started with an explicit parent and made current with a bare attach/detach (no
-context-manager layers), and success log lines are not even formatted unless debug
-logging is on.
+A traced request is on the hot path, so this module keeps it near the SDK's own cost
+(bench/tracing measures it): the request's and run()'s spans are the SDK's spans,
+started by `SpanStarter` with their parent's span context in hand (not through
+`Tracer.start_span`'s general path: context lookups, a sampler call, a sampling result
+per span); endpoint/deployment/instance are resource attributes (stated once, not per
+span) and the request span's one attribute is the request id (method and route are its
+name); span names are built once per route; run()'s span is made current with a bare
+attach/detach (no context-manager layers); success log lines are not even formatted
+unless debug logging is on.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from typing import Any
 
 import structlog
 from opentelemetry import context, propagate, trace
+from opentelemetry.sdk import trace as sdk_trace
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import (
     NonRecordingSpan,
     Span,
@@ -48,6 +53,7 @@ from sluice.inference.http import Header, HttpRequest
 log = structlog.get_logger("sluice.inference")
 TRACER = "sluice.inference"
 TRACEPARENT_LENGTH = 55  # 00-<32 hex>-<16 hex>-<2 hex>
+UNSAMPLED = frozenset(b"%02x" % flags for flags in range(0, 256, 2))  # traceparent's last 2
 
 
 def start_tracing(config: ServerConfig, scope: tuple[str, str]) -> RequestTracer | None:
@@ -91,6 +97,7 @@ class RequestTracer:
     def __init__(self, tracer: trace.Tracer, ratio: float) -> None:
         self.tracer = tracer
         self.ratio = ratio
+        self._spans = SpanStarter(tracer)
         self._names: dict[tuple[str, str], str] = {}  # (method, route) -> span name
         self._log_successes = log.is_enabled_for(logging.DEBUG)
 
@@ -101,31 +108,25 @@ class RequestTracer:
         a caller's W3C `traceparent` decides (its sampled flag), else the ratio does. Only
         a traced request pays for span objects.
         """
-        carrier: dict[str, str] = {}
-        parent = request.header(b"traceparent")
-        if parent is not None and len(parent) == TRACEPARENT_LENGTH:
-            if not int(parent[-2:], 16) & 1:  # the caller did not sample it
+        parent: SpanContext | None = None
+        traceparent = request.header(b"traceparent")
+        if traceparent is not None and len(traceparent) == TRACEPARENT_LENGTH:
+            flags = traceparent[-2:]
+            if flags in UNSAMPLED:  # the caller did not sample it
                 return None
-            carrier["traceparent"] = parent.decode("latin-1")
-            state = request.header(b"tracestate")
-            if state is not None:
-                carrier["tracestate"] = state.decode("latin-1")
-        elif self.ratio < 1.0 and self.ratio <= random.random():  # noqa: S311 - sampling
+            parent = _remote_parent(traceparent, request.header(b"tracestate"))
+        # Without a caller's (valid) traceparent the ratio decides: W3C says to ignore
+        # one that does not parse.
+        if parent is None and self.ratio < 1.0 and self.ratio <= random.random():  # noqa: S311
             return None
         method = request.method
         name = self._names.get((method, route))
         if name is None:
             name = self._names.setdefault((method, route), f"{method} {route}")
-        return self.tracer.start_span(
-            name,
-            context=propagate.extract(carrier) if carrier else None,
-            kind=SpanKind.SERVER,
-            attributes={
-                "sluice.request_id": request_id,
-                "http.request.method": method,
-                "url.path": request.path,
-            },
-        )
+        # The method and route are in the name (OpenTelemetry's HTTP span names); each
+        # attribute costs a check per request.
+        attributes = {"sluice.request_id": request_id}
+        return self._spans.start(name, parent, SpanKind.SERVER, attributes)
 
     def run(self, call: Callable[[], Any], span: Span, is_async: bool) -> Callable[[], Any]:
         """`call` (one run()) inside a child span of the request's.
@@ -133,16 +134,14 @@ class RequestTracer:
         The run span is the current span while run() runs, so spans the scoring script
         makes itself are its children.
         """
-        if not span.is_recording():
-            return call
-        parent = trace.set_span_in_context(span)
-        tracer = self.tracer
+        parent = span.get_span_context()
+        start = self._spans.start
 
         if is_async:
 
             async def traced_async() -> Any:
-                run = tracer.start_span("run", parent)
-                token = context.attach(trace.set_span_in_context(run, parent))
+                run = start("run", parent, SpanKind.INTERNAL, None)
+                token = context.attach(trace.set_span_in_context(run))
                 try:
                     return await call()
                 except Exception as exc:
@@ -155,8 +154,8 @@ class RequestTracer:
             return traced_async
 
         def traced() -> Any:
-            run = tracer.start_span("run", parent)
-            token = context.attach(trace.set_span_in_context(run, parent))
+            run = start("run", parent, SpanKind.INTERNAL, None)
+            token = context.attach(trace.set_span_in_context(run))
             try:
                 return call()
             except Exception as exc:
@@ -212,3 +211,77 @@ def _record(span: Span, exc: Exception) -> None:
     """What the SDK's `start_as_current_span` does with an exception leaving its block."""
     span.record_exception(exc)
     span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+
+
+def _remote_parent(traceparent: bytes, tracestate: bytes | None) -> SpanContext | None:
+    """The caller's span, from its W3C headers (the SDK's propagator parses them), or None
+    when they do not parse."""
+    carrier = {"traceparent": traceparent.decode("latin-1")}
+    if tracestate is not None:
+        carrier["tracestate"] = tracestate.decode("latin-1")
+    parent = trace.get_current_span(propagate.extract(carrier)).get_span_context()
+    return parent if parent.is_valid else None
+
+
+class _SdkSpan(sdk_trace.Span):
+    """The SDK's span class, as `Tracer.start_span` makes it (the SDK's `Span` refuses to be
+    instantiated itself and its own subclass for that is private)."""
+
+
+class SpanStarter:
+    """Starts recorded spans of the SDK the way its `Tracer.start_span` does once its
+    sampler said "record", without the general path: the inference server has already
+    decided to trace (`RequestTracer.start`), knows the parent's span context (no context
+    lookup, no sampler call, no sampling result object), and the tracer's resource,
+    processors, limits and scope are read once, here. The spans are the SDK's own
+    (`opentelemetry.sdk.trace.Span`): same attributes checks, same processors and
+    exporters, ids from the tracer's id generator.
+    """
+
+    def __init__(self, tracer: trace.Tracer) -> None:
+        assert isinstance(tracer, sdk_trace.Tracer), "tracing is configured with the SDK"
+        self._resource = tracer.resource
+        self._processor = tracer.span_processor
+        self._ids = tracer.id_generator
+        self._info = tracer.instrumentation_info
+        self._scope = InstrumentationScope(
+            self._info.name, self._info.version, self._info.schema_url
+        )
+        self._limits = sdk_trace.SpanLimits()  # the provider's default: the same env vars
+        root = TraceFlags.SAMPLED
+        if self._ids.is_trace_id_random():
+            root |= TraceFlags.RANDOM_TRACE_ID
+        self._root_flags = TraceFlags(root)
+        self._child_flags = {  # by the parent's flags, as the SDK's sampler would decide
+            flags: TraceFlags(TraceFlags.SAMPLED | (flags & TraceFlags.RANDOM_TRACE_ID))
+            for flags in range(256)
+        }
+
+    def start(
+        self,
+        name: str,
+        parent: SpanContext | None,
+        kind: SpanKind,
+        attributes: dict[str, str] | None,
+    ) -> Span:
+        """A started span: a child of `parent`, or the root of a new trace."""
+        if parent is None:
+            trace_id, flags, state = self._ids.generate_trace_id(), self._root_flags, None
+        else:
+            trace_id, flags = parent.trace_id, self._child_flags[parent.trace_flags]
+            state = parent.trace_state
+        ids = SpanContext(trace_id, self._ids.generate_span_id(), False, flags, state)
+        span = _SdkSpan(
+            name,
+            ids,
+            parent,
+            resource=self._resource,
+            attributes=attributes,
+            kind=kind,
+            span_processor=self._processor,
+            instrumentation_info=self._info,
+            limits=self._limits,
+            instrumentation_scope=self._scope,
+        )
+        span.start()
+        return span
