@@ -569,3 +569,28 @@ def test_only_the_provisioners_pods_get_a_kubernetes_api_token() -> None:
         if pod.get("automountServiceAccountToken", True):
             with_token.add((where, pod.get("serviceAccountName", "default")))
     assert with_token == {("provisioner.yaml:Deployment/provisioner", "sluice-provisioner")}
+
+
+def test_services_running_deployment_code_cannot_reach_the_platform_ca() -> None:
+    """The provisioner (the local backend's instances) and the batch service (its workers)
+    run deployment code as their own uid: in compose the state volume's pki/ (the CA's key)
+    is hidden from them under an empty tmpfs, once the pki one-shot made it; in Kubernetes
+    the state volume holds no pki/ and neither pod mounts the sluice-pki Secret."""
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    for name in ("provisioner", "batch"):
+        hidden = [
+            v
+            for v in services[name]["volumes"]
+            if isinstance(v, dict) and v["type"] == "tmpfs" and v["target"] == "/var/lib/sluice/pki"
+        ]
+        assert hidden, name
+        assert services[name]["depends_on"]["pki"] == {
+            "condition": "service_completed_successfully"
+        }
+    pki_writer = services["pki"]
+    assert pki_writer["command"] == ["sluice.common.pki", "/var/lib/sluice/pki"]
+    for where, obj in k8s_objects():
+        if obj["kind"] == "Deployment" and obj["metadata"]["name"] in {"provisioner", "batch"}:
+            volumes = obj["spec"]["template"]["spec"]["volumes"]
+            secrets = {v.get("secret", {}).get("secretName") for v in volumes}
+            assert "sluice-pki" not in secrets, where
