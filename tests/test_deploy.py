@@ -594,3 +594,29 @@ def test_services_running_deployment_code_cannot_reach_the_platform_ca() -> None
             volumes = obj["spec"]["template"]["spec"]["volumes"]
             secrets = {v.get("secret", {}).get("secretName") for v in volumes}
             assert "sluice-pki" not in secrets, where
+
+
+def test_platform_containers_gain_no_privilege() -> None:
+    """Every container of the Sluice image (deployment code runs as children of two of them)
+    runs as a non-root uid with no capability and no privilege escalation (setuid binaries of
+    the image included)."""
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    for name, svc in services.items():
+        if svc.get("image") == "sluice:dev" and svc.get("restart") != "no":
+            assert svc["cap_drop"] == ["ALL"], name
+            assert "no-new-privileges:true" in svc["security_opt"], name
+            assert "user" not in svc, name  # the image's USER 10001
+    assert "USER 10001" in DOCKERFILE.read_text()
+    for where, obj in k8s_objects():
+        if obj["kind"] != "Deployment":
+            continue
+        pod = obj["spec"]["template"]["spec"]
+        for container in pod["containers"]:
+            if container["image"] != "sluice":
+                continue
+            assert pod["securityContext"]["runAsNonRoot"] is True, where
+            assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, where
+            assert container["securityContext"] == {
+                "allowPrivilegeEscalation": False,
+                "capabilities": {"drop": ["ALL"]},
+            }, where
