@@ -69,6 +69,7 @@ from sluice.traffic.jwks import PLACEHOLDER_JWKS
 from sluice.traffic.tls import ensure_local_certificate, load_material
 from sluice.traffic.xds.builder import SnapshotBuilder
 from sluice.traffic.xds.server import SERVICE_NAME, AdsServer, Outcome
+from sluice.traffic.xds.snapshot import short
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from stats import spread  # bench/stats.py
@@ -261,6 +262,43 @@ async def measure_change_latency(
     ]
 
 
+class TimedAds(AdsServer):
+    """The ADS server, noting when each type was first sent and last answered: where the
+    push's time goes (the xDS types are sent in order, each once Envoy took the one before)."""
+
+    def __init__(self) -> None:
+        super().__init__(node_from_certificate=False)  # plain gRPC: a benchmark's own server
+        self.start = time.perf_counter()
+        self.sent: dict[str, float] = {}
+        self.answered: dict[str, float] = {}
+
+    def restart(self) -> None:
+        self.start = time.perf_counter()
+        self.sent.clear()
+        self.answered.clear()
+
+    async def _on_request(self, stream: Any, request: Any) -> None:
+        if request.response_nonce:
+            self.answered[short(request.type_url)] = time.perf_counter()
+        await super()._on_request(stream, request)
+
+    def _response(self, stream: Any, type_url: str) -> Any | None:
+        response = super()._response(stream, type_url)
+        if response is not None:
+            self.sent.setdefault(short(type_url), time.perf_counter())
+        return response
+
+    def phases(self) -> str:
+        """`Cluster 0-812` etc.: ms from the snapshot's publication to a type's first
+        response and to Envoy's last answer (ACK) of it."""
+        ms = {t: 1000 * (self.sent[t] - self.start) for t in self.sent}
+        return ", ".join(
+            f"{t.removesuffix('Configuration').removesuffix('LoadAssignment')} "
+            f"{ms[t]:,.0f}-{1000 * (self.answered.get(t, self.start) - self.start):,.0f}"
+            for t in sorted(ms, key=ms.__getitem__)
+        )
+
+
 @dataclass
 class LargePush:
     """One first push of `endpoints` x 2 deployments to a fresh Envoy, and a change after it."""
@@ -275,6 +313,7 @@ class LargePush:
     controller_cpu_s: float  # this process (the builder and ADS server) over the same span
     controller_rss_mib: float
     instances: bool  # each deployment had one (health-checked) instance
+    phases: str  # TimedAds.phases() of the first push
 
     @property
     def total_ms(self) -> float:
@@ -319,7 +358,7 @@ async def large_push(
             deployments=deps,
         )
 
-    ads = AdsServer(node_from_certificate=False)  # plain gRPC: a benchmark's own server
+    ads = TimedAds()
     xds_port = free_port()
     server = GrpcServer(
         host="127.0.0.1",
@@ -341,10 +380,12 @@ async def large_push(
         t1 = time.perf_counter()
         snapshot.check()
         t2 = time.perf_counter()
+        ads.restart()
         ads.set_snapshot(snapshot)
         result = await ads.wait_applied(snapshot, 600)
         t3 = time.perf_counter()
         assert result.outcome is Outcome.ACKED, result
+        phases = ads.phases()
         endpoints[7] = endpoint(7, 50)
         t4 = time.perf_counter()
         changed = builder.build(gateway, endpoints)
@@ -364,6 +405,7 @@ async def large_push(
             controller_cpu_s=sum(me.cpu_times()[:2]) - cpu0,
             controller_rss_mib=me.memory_info().rss / 2**20,
             instances=instances,
+            phases=phases,
         )
     finally:
         await server.stop(0)

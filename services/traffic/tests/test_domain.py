@@ -87,13 +87,11 @@ def test_events_name_their_endpoint() -> None:
 
 def test_inconsistent_snapshots_are_refused() -> None:
     d = dep("blue")
-    table = r.route_configuration(
-        [r.virtual_host(endpoint("ep", (Share("blue", 100),), d), "x")], []
-    )
-    routes_only = Snapshot.build({ROUTE: [(r.ROUTE_CONFIG, r.pack(table))]})
+    table = r.route_configuration([r.route_piece(endpoint("ep", (Share("blue", 100),), d), "x")])
+    routes_only = Snapshot.build({ROUTE: [(r.ROUTE_CONFIG, table)]})
     with pytest.raises(InconsistentSnapshot, match="unknown clusters"):
         routes_only.check()
-    no_eds = Snapshot.build({CLUSTER: [(d.cluster, r.pack(r.deployment_cluster(d)))]})
+    no_eds = Snapshot.build({CLUSTER: [(d.cluster, r.pack(r.deployment_clusters(d)[0]))]})
     with pytest.raises(InconsistentSnapshot, match="without load assignment"):
         no_eds.check()
     orphan = Snapshot.build({ENDPOINT: [(d.cluster, r.pack(r.load_assignment(d)))]})

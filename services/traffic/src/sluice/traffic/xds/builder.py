@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from envoy.config.route.v3 import route_components_pb2
 from google.protobuf import any_pb2
 
 from sluice.traffic.domain import Endpoint, Gateway
@@ -24,24 +23,22 @@ from sluice.traffic.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECR
 class EndpointResources:
     clusters: tuple[tuple[str, any_pb2.Any], ...]
     assignments: tuple[tuple[str, any_pb2.Any], ...]
-    vhost: route_components_pb2.VirtualHost
-    path_routes: list[route_components_pb2.Route]
+    routes: r.RoutePiece
 
 
 def endpoint_resources(ep: Endpoint, domain: str) -> EndpointResources:
     return EndpointResources(
         clusters=tuple(
-            (name, r.pack(r.deployment_cluster(d, grpc=grpc)))
+            (cluster.name, r.pack(cluster))
             for d in ep.deployments
-            for name, grpc in ((d.cluster, False), (d.grpc_cluster, True))
+            for cluster in r.deployment_clusters(d)
         ),
         assignments=tuple(
             (name, r.pack(r.load_assignment(d, grpc=grpc)))
             for d in ep.deployments
             for name, grpc in ((d.cluster, False), (d.grpc_cluster, True))
         ),
-        vhost=r.virtual_host(ep, domain),
-        path_routes=r.path_routes(ep),
+        routes=r.route_piece(ep, domain),
     )
 
 
@@ -55,12 +52,11 @@ class SnapshotBuilder:
         parts = [self._endpoint(ep, gateway.domain) for ep in eps]
         self._cache = {(ep, gateway.domain): part for ep, part in zip(eps, parts, strict=True)}
         base = self._gateway_resources(gateway)
-        table = r.route_configuration((p.vhost for p in parts), (p.path_routes for p in parts))
         resources: dict[str, list[tuple[str, any_pb2.Any]]] = {
             CLUSTER: [c for p in parts for c in p.clusters] + base[CLUSTER],
             ENDPOINT: [a for p in parts for a in p.assignments],
             LISTENER: base[LISTENER],
-            ROUTE: [(r.ROUTE_CONFIG, r.pack(table))],
+            ROUTE: [(r.ROUTE_CONFIG, r.route_configuration(p.routes for p in parts))],
             SECRET: base[SECRET],
         }
         return Snapshot.build(resources)

@@ -37,7 +37,9 @@ records it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
@@ -199,34 +201,13 @@ def _metadata(**fields: str) -> base_pb2.Metadata:
 # ---- clusters and endpoints ----------------------------------------------------------
 
 
-def _http1_options(filters: Iterable[hcm_pb2.HttpFilter] = ()) -> any_pb2.Any:
-    return pack(
-        http_protocol_options_pb2.HttpProtocolOptions(
-            explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
-                http_protocol_options=protocol_pb2.Http1ProtocolOptions()
-            ),
-            common_http_protocol_options=protocol_pb2.HttpProtocolOptions(idle_timeout=_s(60)),
-            http_filters=list(filters),
-        )
-    )
+PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 
-def _http2_options(filters: Iterable[hcm_pb2.HttpFilter] = ()) -> any_pb2.Any:
-    return pack(
-        http_protocol_options_pb2.HttpProtocolOptions(
-            explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
-                http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
-            ),
-            common_http_protocol_options=protocol_pb2.HttpProtocolOptions(idle_timeout=_s(60)),
-            http_filters=list(filters),
-        )
-    )
-
-
-def _upstream_filters(dep: Deployment) -> list[hcm_pb2.HttpFilter]:
-    """What only the way to this deployment's instances adds (upstream filters of its cluster,
-    so pinned, split and mirrored requests alike): the deployment's gateway secret, which its
-    instances require (sluice.common.gateway_auth)."""
+def _gateway_header(dep: Deployment) -> any_pb2.Any:
+    """The upstream filter that adds the deployment's gateway secret, which its instances
+    require (sluice.common.gateway_auth): on the way to its instances only, so pinned,
+    split and mirrored requests alike carry it."""
     mutation = header_mutation_pb2.HeaderMutation(
         mutations=header_mutation_pb2.Mutations(
             request_mutations=[
@@ -236,34 +217,28 @@ def _upstream_filters(dep: Deployment) -> list[hcm_pb2.HttpFilter]:
             else [],
         )
     )
-    return [
-        hcm_pb2.HttpFilter(name="envoy.filters.http.header_mutation", typed_config=pack(mutation)),
-        hcm_pb2.HttpFilter(
-            name="envoy.filters.http.upstream_codec",
-            typed_config=pack(upstream_codec_pb2.UpstreamCodec()),
-        ),
-    ]
+    return pack(mutation)
 
 
-def deployment_cluster(dep: Deployment, *, grpc: bool = False) -> cluster_pb2.Cluster:
-    """An EDS cluster: least-request balancing, Azure's in-flight limit as circuit breaker
-    (overflow -> 429), active health checks on the inference server's /ready, and outlier
-    detection that ejects instances failing at the connection level (not on model 500s).
+@functools.cache
+def _cluster_template(*, grpc: bool) -> cluster_pb2.Cluster:
+    """Everything a deployment's cluster has in common with every other one: an EDS cluster,
+    least-request balancing, active health checks on the inference server's /ready, and
+    outlier detection that ejects instances failing at the connection level (not on model
+    500s). With `grpc`, the twin cluster of the instances' gRPC servers, checked with
+    grpc.health.v1 (SERVING once init() returned).
 
-    With `grpc`, the twin cluster of the instances' gRPC servers: HTTP/2, checked with
-    grpc.health.v1 (SERVING once init() returned). Its circuit breaker counts apart, so
-    REST and gRPC each may have Azure's in-flight limit pending."""
-    limit = dep.max_in_flight
+    Built once; `deployment_clusters` copies it and sets what is the deployment's own (with
+    1,000s of deployments, building each cluster field by field was most of a snapshot's
+    build). Shared: never modify the returned message."""
     if grpc:
         check = health_check_pb2.HealthCheck(
             grpc_health_check=health_check_pb2.HealthCheck.GrpcHealthCheck()
         )
-        options = _http2_options(_upstream_filters(dep))
     else:
         check = health_check_pb2.HealthCheck(
             http_health_check=health_check_pb2.HealthCheck.HttpHealthCheck(path="/ready")
         )
-        options = _http1_options(_upstream_filters(dep))
     check.MergeFrom(
         health_check_pb2.HealthCheck(
             timeout=_s(1),
@@ -274,8 +249,6 @@ def deployment_cluster(dep: Deployment, *, grpc: bool = False) -> cluster_pb2.Cl
         )
     )
     return cluster_pb2.Cluster(
-        name=dep.grpc_cluster if grpc else dep.cluster,
-        metadata=_metadata(endpoint=dep.endpoint, deployment=dep.name),
         type=cluster_pb2.Cluster.EDS,
         eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(eds_config=_ads()),
         connect_timeout=_s(1),
@@ -286,16 +259,12 @@ def deployment_cluster(dep: Deployment, *, grpc: bool = False) -> cluster_pb2.Cl
         circuit_breakers=circuit_breaker_pb2.CircuitBreakers(
             thresholds=[
                 circuit_breaker_pb2.CircuitBreakers.Thresholds(
-                    max_connections=wrappers_pb2.UInt32Value(value=limit),
-                    max_pending_requests=wrappers_pb2.UInt32Value(value=limit),
-                    max_requests=wrappers_pb2.UInt32Value(value=limit),
                     # Retries only repeat requests no model has seen (see _retry_policy), so
                     # every request in flight may have one: a budget of 100% never turns a
                     # retry into an overflow, which Envoy would answer as a misleading 429.
                     # The budget replaces max_retries (whose fixed 3 did exactly that).
                     retry_budget=circuit_breaker_pb2.CircuitBreakers.Thresholds.RetryBudget(
                         budget_percent=percent_pb2.Percent(value=100.0),
-                        min_retry_concurrency=wrappers_pb2.UInt32Value(value=limit),
                     ),
                 )
             ]
@@ -313,10 +282,61 @@ def deployment_cluster(dep: Deployment, *, grpc: bool = False) -> cluster_pb2.Cl
             max_ejection_percent=wrappers_pb2.UInt32Value(value=50),
         ),
         health_checks=[check],
-        typed_extension_protocol_options={
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": options
-        },
     )
+
+
+@functools.cache
+def _options_template(*, grpc: bool) -> http_protocol_options_pb2.HttpProtocolOptions:
+    """The clusters' protocol options (HTTP/1.1, or HTTP/2 for the gRPC twin) and upstream
+    filters; the first filter's config is the deployment's own (_gateway_header). Shared:
+    never modify the returned message."""
+    explicit = http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
+        http_protocol_options=protocol_pb2.Http1ProtocolOptions()
+    )
+    if grpc:
+        explicit = http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
+            http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
+        )
+    return http_protocol_options_pb2.HttpProtocolOptions(
+        explicit_http_config=explicit,
+        common_http_protocol_options=protocol_pb2.HttpProtocolOptions(idle_timeout=_s(60)),
+        http_filters=[
+            hcm_pb2.HttpFilter(name="envoy.filters.http.header_mutation"),
+            hcm_pb2.HttpFilter(
+                name="envoy.filters.http.upstream_codec",
+                typed_config=pack(upstream_codec_pb2.UpstreamCodec()),
+            ),
+        ],
+    )
+
+
+def deployment_clusters(dep: Deployment) -> tuple[cluster_pb2.Cluster, cluster_pb2.Cluster]:
+    """The deployment's cluster and its gRPC twin: each the template plus its name, its owner
+    (metadata), Azure's in-flight limit as circuit breaker (overflow -> 429) and the
+    deployment's gateway secret. The twin's breaker counts apart, so REST and gRPC each may
+    have Azure's in-flight limit pending."""
+    header = _gateway_header(dep)
+    return _deployment_cluster(dep, header, grpc=False), _deployment_cluster(dep, header, grpc=True)
+
+
+def _deployment_cluster(
+    dep: Deployment, gateway_header: any_pb2.Any, *, grpc: bool
+) -> cluster_pb2.Cluster:
+    limit = dep.max_in_flight
+    cluster = cluster_pb2.Cluster()
+    cluster.CopyFrom(_cluster_template(grpc=grpc))
+    cluster.name = dep.grpc_cluster if grpc else dep.cluster
+    cluster.metadata.CopyFrom(_metadata(endpoint=dep.endpoint, deployment=dep.name))
+    thresholds = cluster.circuit_breakers.thresholds[0]
+    thresholds.max_connections.value = limit
+    thresholds.max_pending_requests.value = limit
+    thresholds.max_requests.value = limit
+    thresholds.retry_budget.min_retry_concurrency.value = limit
+    options = http_protocol_options_pb2.HttpProtocolOptions()
+    options.CopyFrom(_options_template(grpc=grpc))
+    options.http_filters[0].typed_config.CopyFrom(gateway_header)
+    cluster.typed_extension_protocol_options[PROTOCOL_OPTIONS].CopyFrom(pack(options))
+    return cluster
 
 
 def load_assignment(dep: Deployment, *, grpc: bool = False) -> endpoint_pb2.ClusterLoadAssignment:
@@ -450,11 +470,13 @@ def _filters(auth: KeyAuth | TokenAuth | None) -> dict[str, any_pb2.Any]:
     return {JWT_FILTER: _jwt_per_route(auth), RBAC_FILTER: _rbac_per_route(auth)}
 
 
+@functools.cache
 def _retry_policy() -> route_components_pb2.RetryPolicy:
     """Retry what never reached a model on another instance: a failed connect, a reset or
     refused stream, and the inference server's refusal before processing (a draining or
     not-yet-ready server marks its 503 with NOT_PROCESSED_HEADER; no other answer is retried, so a
-    model never runs a request twice because of the gateway)."""
+    model never runs a request twice because of the gateway). Shared by every route (a
+    message field set from it is a copy): never modify it."""
     return route_components_pb2.RetryPolicy(
         retry_on="connect-failure,reset,refused-stream,retriable-headers",
         retriable_headers=[
@@ -676,27 +698,85 @@ def path_routes(ep: Endpoint) -> list[route_components_pb2.Route]:
     return endpoint_routes(ep, f"{PATH_PREFIX}{ep.name}/")
 
 
-def route_configuration(
-    vhosts: Iterable[route_components_pb2.VirtualHost],
-    path_route_lists: Iterable[list[route_components_pb2.Route]],
-) -> route_pb2.RouteConfiguration:
-    catch_all = route_components_pb2.VirtualHost(name=CATCH_ALL_VHOST, domains=["*"])
-    for routes in path_route_lists:
-        catch_all.routes.extend(routes)
-    catch_all.routes.append(
-        _not_found(
-            "unknown-endpoint",
-            _match(None),
-            "no online endpoint answers here: use https://<endpoint>.<domain>/score or "
-            "/endpoints/<endpoint>/score",
-        )
+# The route table is assembled from serialized pieces (route_configuration).
+_VIRTUAL_HOSTS = route_pb2.RouteConfiguration.VIRTUAL_HOSTS_FIELD_NUMBER
+_ROUTES = route_components_pb2.VirtualHost.ROUTES_FIELD_NUMBER
+
+
+def _field(number: int, message: bytes) -> bytes:
+    """A serialized message as field `number` of its parent, in protobuf's wire format: the
+    key (field number, wire type 2) and the length as varints, then the bytes."""
+    prefix = bytearray()
+    for value in ((number << 3) | 2, len(message)):
+        while value > 0x7F:
+            prefix.append(value & 0x7F | 0x80)
+            value >>= 7
+        prefix.append(value)
+    return bytes(prefix) + message
+
+
+@dataclass(frozen=True)
+class RoutePiece:
+    """One endpoint's part of the route table, serialized: its virtual host (as a field of
+    the table) and its `/endpoints/<name>/` routes (as fields of the catch-all host)."""
+
+    vhost: bytes
+    path_routes: bytes
+
+
+def route_piece(ep: Endpoint, domain: str) -> RoutePiece:
+    return RoutePiece(
+        vhost=_field(
+            _VIRTUAL_HOSTS, virtual_host(ep, domain).SerializeToString(deterministic=True)
+        ),
+        path_routes=b"".join(
+            _field(_ROUTES, route.SerializeToString(deterministic=True))
+            for route in path_routes(ep)
+        ),
     )
-    return route_pb2.RouteConfiguration(
-        name=ROUTE_CONFIG,
-        virtual_hosts=[*vhosts, catch_all],
+
+
+@functools.cache
+def _table_parts() -> tuple[bytes, bytes, bytes, bytes]:
+    """The serialized fields of the table around its endpoints' pieces, in field order: its
+    name; the catch-all host's name and domains; the catch-all's last route; the table's
+    fields after its hosts."""
+    unknown = _not_found(
+        "unknown-endpoint",
+        _match(None),
+        "no online endpoint answers here: use https://<endpoint>.<domain>/score or "
+        "/endpoints/<endpoint>/score",
+    )
+    after = route_pb2.RouteConfiguration(
         validate_clusters=wrappers_pb2.BoolValue(value=False),
         # Only the mirror policy sets it: a client's copy must not pass as a mirrored one.
         request_headers_to_remove=[MIRROR_HEADER],
+    )
+    return (
+        route_pb2.RouteConfiguration(name=ROUTE_CONFIG).SerializeToString(deterministic=True),
+        route_components_pb2.VirtualHost(name=CATCH_ALL_VHOST, domains=["*"]).SerializeToString(
+            deterministic=True
+        ),
+        _field(_ROUTES, unknown.SerializeToString(deterministic=True)),
+        after.SerializeToString(deterministic=True),
+    )
+
+
+def route_configuration(pieces: Iterable[RoutePiece]) -> any_pb2.Any:
+    """The one route table (packed): every endpoint's virtual host, then the catch-all host
+    with every endpoint's `/endpoints/<name>/` routes and a 404 for any other request.
+
+    Joined from the endpoints' serialized pieces instead of built and serialized whole: a
+    change to one endpoint re-serializes its piece only, not 16 routes x 1,000s of
+    endpoints. Deterministic serialization writes fields in field-number order, and so
+    does this join, so the bytes (and the content hash) are the same either way."""
+    pieces = list(pieces)
+    name, catch_all_head, unknown, after = _table_parts()
+    catch_all = b"".join([catch_all_head, *(p.path_routes for p in pieces), unknown])
+    table = b"".join([name, *(p.vhost for p in pieces), _field(_VIRTUAL_HOSTS, catch_all), after])
+    return any_pb2.Any(
+        type_url="type.googleapis.com/" + route_pb2.RouteConfiguration.DESCRIPTOR.full_name,
+        value=table,
     )
 
 
