@@ -176,7 +176,8 @@ def _header(name: str, value: str) -> base_pb2.HeaderValueOption:
 # `azureml-model-deployment` on answers: the deployment of the instance that answered, read
 # from the instance's (EDS host) metadata. Envoy's own replies (401, 404, 429, 503) have no
 # upstream host, so the value is empty and Envoy leaves the header out: a caller that has not
-# proved who it is learns no deployment name.
+# proved who it is learns no deployment name. Set once for the whole route table (a formatter
+# per route was 16 per endpoint for Envoy to parse).
 SERVED_BY = base_pb2.HeaderValueOption(
     header=base_pb2.HeaderValue(
         key=DEPLOYMENT_HEADER, value=f"%UPSTREAM_METADATA({METADATA_NAMESPACE}:deployment)%"
@@ -192,10 +193,12 @@ def _socket(host: str, port: int) -> address_pb2.Address:
     )
 
 
+@functools.lru_cache(maxsize=4096)  # an endpoint's routes and clusters repeat theirs
 def _metadata(**fields: str) -> base_pb2.Metadata:
-    values = struct_pb2.Struct()
-    values.update(fields)
-    return base_pb2.Metadata(filter_metadata={METADATA_NAMESPACE: values})
+    """`filter_metadata["sluice"]`; shared (setting a field from it copies it): never modify
+    the returned message."""
+    values = {k: struct_pb2.Value(string_value=v) for k, v in fields.items()}
+    return base_pb2.Metadata(filter_metadata={METADATA_NAMESPACE: struct_pb2.Struct(fields=values)})
 
 
 # ---- clusters and endpoints ----------------------------------------------------------
@@ -504,9 +507,7 @@ def _action(
     mirror: Iterable[route_components_pb2.RouteAction.RequestMirrorPolicy] = (),
 ) -> route_components_pb2.RouteAction:
     action = route_components_pb2.RouteAction(
-        timeout=_ms(timeout_ms),
-        retry_policy=_retry_policy(),
-        request_mirror_policies=list(mirror),
+        timeout=_ms(timeout_ms), request_mirror_policies=list(mirror)
     )
     if cluster is not None:
         action.cluster = cluster
@@ -534,14 +535,16 @@ def _grpc_match(*headers: route_components_pb2.HeaderMatcher, path: str = "") ->
     return match
 
 
-def _not_found(name: str, match: object, message: str) -> route_components_pb2.Route:
+def _not_found(
+    name: str, match: object, message: str, filters: dict[str, any_pb2.Any]
+) -> route_components_pb2.Route:
     return route_components_pb2.Route(
         name=name,
         match=match,
         direct_response=route_components_pb2.DirectResponseAction(
             status=404, body=base_pb2.DataSource(inline_string=message)
         ),
-        typed_per_filter_config=_filters(None),
+        typed_per_filter_config=filters,
     )
 
 
@@ -551,9 +554,14 @@ def endpoint_routes(
     """The routes of one endpoint, under `prefix` (rewritten to `/`) or at its own host;
     with `grpc`, those of its gRPC inference service (at its own host), to the instances'
     gRPC servers; with `bridged` too, those of its gRPC `ModelInfer`, which the reverse
-    bridge sends to the REST clusters (grpc_bridge.py)."""
-    strip = ["authorization", key_hash.HEADER] if isinstance(ep.auth, KeyAuth) else []
-    filters = _filters(ep.auth)
+    bridge sends to the REST clusters (grpc_bridge.py).
+
+    The retry policy is their virtual host's (Envoy builds it once per host, not per route).
+    At its own host the routes inherit the endpoint's auth and header removal from its
+    virtual host too (route_piece); under `prefix`, in the catch-all host that all
+    endpoints share, each route carries its own."""
+    strip = _stripped(ep) if prefix else []
+    filters = _filters(ep.auth) if prefix else {}
     tag = f"{ep.name}{'@path' if prefix else ''}{'@grpc' if grpc else ''}"
     if bridged:
         tag += "-bridge"
@@ -582,7 +590,6 @@ def endpoint_routes(
                     prefix=prefix,
                     cluster=dep.grpc_cluster if twin else dep.cluster,
                 ),
-                response_headers_to_add=[SERVED_BY],
                 request_headers_to_remove=strip,
                 typed_per_filter_config=filters,
             )
@@ -606,11 +613,8 @@ def _protected_not_found(
     name: str, endpoint: str, match: object, message: str, filters: dict[str, any_pb2.Any]
 ) -> route_components_pb2.Route:
     """A 404 that still requires the endpoint's credentials (no probing deployment names)."""
-    route = _not_found(name, match, message)
+    route = _not_found(name, match, message, filters)
     route.metadata.CopyFrom(_metadata(endpoint=endpoint))
-    route.typed_per_filter_config.clear()
-    for key, value in filters.items():
-        route.typed_per_filter_config[key].CopyFrom(value)
     return route
 
 
@@ -637,7 +641,6 @@ def _default_route(
             route_components_pb2.WeightedCluster.ClusterWeight(
                 name=ep_cluster(ep, share.deployment, grpc=grpc),
                 weight=wrappers_pb2.UInt32Value(value=share.percent),
-                response_headers_to_add=[SERVED_BY],
             )
             for share in ep.traffic
         ]
@@ -681,17 +684,10 @@ def ep_cluster(ep: Endpoint, deployment: str, *, grpc: bool = False) -> str:
     return dep.grpc_cluster if grpc else dep.cluster
 
 
-def virtual_host(ep: Endpoint, domain: str) -> route_components_pb2.VirtualHost:
-    host = f"{ep.host}.{domain.lower()}"
-    return route_components_pb2.VirtualHost(
-        name=f"endpoint:{ep.name}",
-        domains=[host, f"{host}:*"],
-        routes=[
-            *endpoint_routes(ep, None, grpc=True, bridged=True),
-            *endpoint_routes(ep, None, grpc=True),
-            *endpoint_routes(ep, None),
-        ],
-    )
+def _stripped(ep: Endpoint) -> list[str]:
+    """Request headers the endpoint's instances never see: a key endpoint's key and its hash
+    (a token endpoint's token is removed by jwt_authn itself)."""
+    return ["authorization", key_hash.HEADER] if isinstance(ep.auth, KeyAuth) else []
 
 
 def path_routes(ep: Endpoint) -> list[route_components_pb2.Route]:
@@ -715,6 +711,22 @@ def _field(number: int, message: bytes) -> bytes:
     return bytes(prefix) + message
 
 
+def _serialized(message: Message) -> bytes:
+    return message.SerializeToString(deterministic=True)
+
+
+def _host(
+    head: route_components_pb2.VirtualHost,
+    routes: Iterable[route_components_pb2.Route],
+    tail: route_components_pb2.VirtualHost,
+) -> bytes:
+    """A virtual host serialized from its parts, in field order: `head` holds its fields
+    before `routes` (name, domains), `tail` those after them."""
+    return b"".join(
+        [_serialized(head), *(_field(_ROUTES, _serialized(r)) for r in routes), _serialized(tail)]
+    )
+
+
 @dataclass(frozen=True)
 class RoutePiece:
     """One endpoint's part of the route table, serialized: its virtual host (as a field of
@@ -725,40 +737,53 @@ class RoutePiece:
 
 
 def route_piece(ep: Endpoint, domain: str) -> RoutePiece:
+    """The endpoint's own host `<endpoint>.<domain>`, whose routes share its auth, retry
+    policy and header removal (endpoint_routes), and its routes under the path prefix."""
+    host = f"{ep.host}.{domain.lower()}"
+    vhost = _host(
+        route_components_pb2.VirtualHost(name=f"endpoint:{ep.name}", domains=[host, f"{host}:*"]),
+        [
+            *endpoint_routes(ep, None, grpc=True, bridged=True),
+            *endpoint_routes(ep, None, grpc=True),
+            *endpoint_routes(ep, None),
+        ],
+        route_components_pb2.VirtualHost(
+            request_headers_to_remove=_stripped(ep),
+            typed_per_filter_config=_filters(ep.auth),
+            retry_policy=_retry_policy(),
+        ),
+    )
     return RoutePiece(
-        vhost=_field(
-            _VIRTUAL_HOSTS, virtual_host(ep, domain).SerializeToString(deterministic=True)
-        ),
-        path_routes=b"".join(
-            _field(_ROUTES, route.SerializeToString(deterministic=True))
-            for route in path_routes(ep)
-        ),
+        vhost=_field(_VIRTUAL_HOSTS, vhost),
+        path_routes=b"".join(_field(_ROUTES, _serialized(r)) for r in path_routes(ep)),
     )
 
 
 @functools.cache
 def _table_parts() -> tuple[bytes, bytes, bytes, bytes]:
     """The serialized fields of the table around its endpoints' pieces, in field order: its
-    name; the catch-all host's name and domains; the catch-all's last route; the table's
-    fields after its hosts."""
+    name; the catch-all host's fields before its routes; the catch-all's last route (a 404)
+    and fields after its routes (the retry policy of the `/endpoints/<name>/` routes); the
+    table's fields after its hosts."""
     unknown = _not_found(
         "unknown-endpoint",
         _match(None),
         "no online endpoint answers here: use https://<endpoint>.<domain>/score or "
         "/endpoints/<endpoint>/score",
+        _filters(None),
     )
     after = route_pb2.RouteConfiguration(
+        response_headers_to_add=[SERVED_BY],
         validate_clusters=wrappers_pb2.BoolValue(value=False),
         # Only the mirror policy sets it: a client's copy must not pass as a mirrored one.
         request_headers_to_remove=[MIRROR_HEADER],
     )
     return (
-        route_pb2.RouteConfiguration(name=ROUTE_CONFIG).SerializeToString(deterministic=True),
-        route_components_pb2.VirtualHost(name=CATCH_ALL_VHOST, domains=["*"]).SerializeToString(
-            deterministic=True
-        ),
-        _field(_ROUTES, unknown.SerializeToString(deterministic=True)),
-        after.SerializeToString(deterministic=True),
+        _serialized(route_pb2.RouteConfiguration(name=ROUTE_CONFIG)),
+        _serialized(route_components_pb2.VirtualHost(name=CATCH_ALL_VHOST, domains=["*"])),
+        _field(_ROUTES, _serialized(unknown))
+        + _serialized(route_components_pb2.VirtualHost(retry_policy=_retry_policy())),
+        _serialized(after),
     )
 
 
@@ -771,8 +796,8 @@ def route_configuration(pieces: Iterable[RoutePiece]) -> any_pb2.Any:
     endpoints. Deterministic serialization writes fields in field-number order, and so
     does this join, so the bytes (and the content hash) are the same either way."""
     pieces = list(pieces)
-    name, catch_all_head, unknown, after = _table_parts()
-    catch_all = b"".join([catch_all_head, *(p.path_routes for p in pieces), unknown])
+    name, catch_all_head, catch_all_tail, after = _table_parts()
+    catch_all = b"".join([catch_all_head, *(p.path_routes for p in pieces), catch_all_tail])
     table = b"".join([name, *(p.vhost for p in pieces), _field(_VIRTUAL_HOSTS, catch_all), after])
     return any_pb2.Any(
         type_url="type.googleapis.com/" + route_pb2.RouteConfiguration.DESCRIPTOR.full_name,
