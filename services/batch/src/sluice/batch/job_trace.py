@@ -28,9 +28,10 @@ from sluice.common import tracing
 
 
 class JobTrace:
-    def __init__(self, job: Job) -> None:
+    def __init__(self, job: Job, tracer: trace.Tracer | None = None) -> None:
+        """`tracer`: the process's (tracing.py) unless given."""
         self._job = job
-        self._tracer = trace.get_tracer("sluice.batch")
+        self._tracer = tracer or trace.get_tracer("sluice.batch")
         self._span: Span = trace.INVALID_SPAN
         # Results published before this runner started were traced by the runner before it
         # (the results stream replays them all to a resuming runner).
