@@ -20,9 +20,11 @@ with both off, in one run: straight to the inference server, and through the gat
    (path, setting) once in an order that rotates (bench/stats.py `interleave`): requests/s,
    the server's CPU time per request (user + system, all its threads: span export and
    the collector's writer included) and, through the gateway, Envoy's share of its core;
-5. reports each setting against `off` on the same path **round by round** (both measured
-   seconds apart) as median (min-max) with bench/stats.py, which flags rounds that
-   disagree; `off-2` against `off` is the noise floor;
+5. reports each setting's requests/s as a share of `off`'s on the same path, **round by
+   round** (both measured seconds apart), as median (min-max) with bench/stats.py, which
+   flags rounds that disagree; `off-2` against `off` is the noise floor, and a target is
+   only called MET or MISSED when neither its rounds nor the noise floor's disagree (a
+   round whose wrk saw an error, e.g. a request timed out on a loaded machine, is redone);
 6. measures each feature's own CPU per request in this process (`overheads`).
 
 Targets (issue 18), on a deployment's requests/s: tracing 100% costs <= 10%, the default
@@ -221,8 +223,16 @@ def main() -> None:
         of its core."""
         url, headers = routes[route]
         server = psutil.Process(processes[route.split(" ", 1)[1]].pid)
-        before_cpu, before_envoy = sum(server.cpu_times()[:2]), sum(envoy_process.cpu_times()[:2])
-        result = inference.wrk(url, SECONDS, headers)
+        for attempt in range(3):  # a loaded machine can time a request out (> 2 s): redo
+            before_cpu = sum(server.cpu_times()[:2])
+            before_envoy = sum(envoy_process.cpu_times()[:2])
+            try:
+                result = inference.wrk(url, SECONDS, headers)
+                break
+            except RuntimeError as error:
+                if attempt == 2:
+                    raise
+                print(f"{route}: round redone ({str(error).splitlines()[0]})", flush=True)
         used = sum(server.cpu_times()[:2]) - before_cpu
         envoy_share = (sum(envoy_process.cpu_times()[:2]) - before_envoy) / SECONDS
         return result.rps, used / (result.rps * SECONDS) * 1e6, envoy_share
@@ -257,14 +267,18 @@ def main() -> None:
 
 
 def report(path: str, measured: dict[str, list[tuple[float, float, float]]]) -> None:
-    """The table of one path: each setting's requests/s against `off`'s, round by round."""
+    """The table of one path: each setting's requests/s against `off`'s, round by round.
+
+    Ratios (around 100%), not changes (around 0, where any spread is a huge share of the
+    median): bench/stats.py flags them UNSTABLE past a 25-point spread."""
     off = measured["off"]
     print(f"\n{path}: 1 worker, wrk -t1 -c{inference.CONNECTIONS}, {ROUNDS} x {SECONDS} s")
     gateway_note = " | Envoy's core share" if path == "gateway" else ""
-    print(f"| setting | requests/s | requests/s vs off, round by round | server CPU us/request "
-          f"| CPU vs off{gateway_note} | target (requests/s lost, median) |")  # fmt: skip
+    print(f"| setting | requests/s | requests/s, % of off's, round by round "
+          f"| server CPU us/request | CPU, % of off's{gateway_note} "
+          f"| target (requests/s lost, median) |")  # fmt: skip
     print("|---|---:|---:|---:|---:|" + ("---:|" if gateway_note else "") + "---|")
-    floor = spread([r[0] / o[0] - 1 for r, o in zip(measured["off-2"], off, strict=True)])
+    floor = spread([r[0] / o[0] for r, o in zip(measured["off-2"], off, strict=True)])
     for name, rounds_ in measured.items():
         rps = spread([r[0] for r in rounds_]).show("{:,.0f}")
         cpu = spread([r[1] for r in rounds_]).show("{:.0f}")
@@ -272,18 +286,17 @@ def report(path: str, measured: dict[str, list[tuple[float, float, float]]]) -> 
         if name == "off":
             print(f"| off | {rps} | | {cpu} | {envoy} | |")
             continue
-        change = spread([r[0] / o[0] - 1 for r, o in zip(rounds_, off, strict=True)])
-        cost = spread([r[1] / o[1] - 1 for r, o in zip(rounds_, off, strict=True)])
+        ratio = spread([r[0] / o[0] for r, o in zip(rounds_, off, strict=True)])
+        cost = spread([r[1] / o[1] for r, o in zip(rounds_, off, strict=True)])
         target = TARGETS[name]
         if name == "off-2":
             verdict = "noise floor"
         else:
-            met = -change.median <= target
-            within = floor.low <= change.median <= floor.high
-            verdict = f"<= {target:.0%}: {'MET' if met else 'MISSED'}" + (
-                " (within the noise floor's rounds)" if within else ""
-            )
-        print(f"| {name} | {rps} | {change.show('{:+.1%}')} | {cpu} | {cost.show('{:+.1%}')}"
+            said = "MET" if 1 - ratio.median <= target else "MISSED"
+            if not (ratio.trusted and floor.trusted):  # a median of disagreeing rounds
+                said = f"NOT SHOWN: rounds disagree (median says {said})"
+            verdict = f"<= {target:.0%}: {said}"
+        print(f"| {name} | {rps} | {ratio.show('{:.1%}')} | {cpu} | {cost.show('{:.1%}')}"
               f"{envoy} | {verdict} |")  # fmt: skip
 
 
