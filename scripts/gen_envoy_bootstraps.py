@@ -1,7 +1,8 @@
 """Write the compose and Kubernetes copies of Envoy's bootstrap from deploy/envoy/bootstrap.yaml.
 
-The three differ only in where the ADS and stats clusters point (`traffic:18000` and
-`metrics:50055`, found by DNS) and where the platform CA's files are.
+The three differ only in where the ADS, stats and access-log clusters point
+(`traffic:18000`, `metrics:50055` and `metrics:50056`, found by DNS) and where the
+platform CA's files are.
 `tests/test_deploy.py` fails when a copy is out of step; run this after editing the local one:
 
     uv run python scripts/gen_envoy_bootstraps.py
@@ -21,7 +22,7 @@ COMPOSE = ROOT / "deploy" / "compose" / "envoy.yaml"
 K8S = ROOT / "deploy" / "k8s" / "base" / "envoy.yaml"
 COMPOSE_HEADER = (
     "# Envoy bootstrap for deploy/compose: the same as deploy/envoy/bootstrap.yaml with the\n"
-    "# ADS and stats clusters pointing at the `traffic` and `metrics` services\n"
+    "# ADS, stats and access-log clusters pointing at the `traffic` and `metrics` services\n"
     "# (scripts/gen_envoy_bootstraps.py writes it).\n"
 )
 
@@ -33,14 +34,19 @@ PKI = "/var/lib/sluice/pki"
 
 def deployed(local: dict[str, Any]) -> dict[str, Any]:
     """The local bootstrap with the ADS cluster found by DNS at `traffic:18000`, the stats
-    sink's at `metrics:50055` (the access-log port) and the platform CA's files at PKI."""
+    sink's at `metrics:50055`, the access log's at `metrics:50056` and the platform CA's
+    files at PKI."""
     config = copy.deepcopy(local)
     client, ca = config["static_resources"]["secrets"]
     client["tls_certificate"]["certificate_chain"]["filename"] = f"{PKI}/client-sluice-gateway.crt"
     client["tls_certificate"]["private_key"]["filename"] = f"{PKI}/client-sluice-gateway.key"
     ca["validation_context"]["trusted_ca"]["filename"] = f"{PKI}/ca.crt"
     clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
-    for name, host, port in (("sluice_xds", "traffic", 18000), ("sluice_stats", "metrics", 50055)):
+    for name, host, port in (
+        ("sluice_xds", "traffic", 18000),
+        ("sluice_stats", "metrics", 50055),
+        ("sluice_access_log", "metrics", 50056),
+    ):
         cluster = clusters[name]
         cluster["type"] = "STRICT_DNS"
         endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]

@@ -269,19 +269,22 @@ def test_deployed_envoy_bootstraps_match_the_local_one(where: str) -> None:
 
 
 @pytest.mark.parametrize("where", ["compose", "k8s"])
-def test_deployed_envoys_send_their_stats_where_their_access_logs_go(where: str) -> None:
-    """The stats sink's cluster (in the bootstrap) and the access log's (the traffic
-    controller's SLUICE_TRAFFIC_ALS_ADDRESS) reach the same port of the metrics service."""
+def test_deployed_envoys_send_their_stats_and_access_log_to_the_metrics_service(where: str) -> None:
+    """The bootstrap's stats-sink and access-log clusters reach the metrics service's ports
+    for Envoy (SLUICE_PORTS__ALS, SLUICE_PORTS__ACCESS_LOG), and the traffic controller turns
+    the access log on."""
     config = yaml.safe_load(deployed_bootstraps()[where])
-    stats = next(c for c in config["static_resources"]["clusters"] if c["name"] == "sluice_stats")
-    endpoint = stats["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
-    address = endpoint["address"]["socket_address"]
+    clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
     if where == "compose":
         env = yaml.safe_load(COMPOSE.read_text())["x-sluice-service"]["environment"]
     else:
         env = next(o for n, o in k8s_objects() if n.endswith("ConfigMap/sluice-config"))["data"]
-    assert f"{address['address']}:{address['port_value']}" == env["SLUICE_TRAFFIC_ALS_ADDRESS"]
-    assert str(address["port_value"]) == str(env["SLUICE_PORTS__ALS"])
+    for cluster, port in (("sluice_stats", "ALS"), ("sluice_access_log", "ACCESS_LOG")):
+        endpoint = clusters[cluster]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+        address = endpoint["endpoint"]["address"]["socket_address"]
+        assert address["address"] == "metrics"
+        assert str(address["port_value"]) == str(env[f"SLUICE_PORTS__{port}"])
+    assert str(env["SLUICE_TRAFFIC_ACCESS_LOG"]).lower() == "true"
 
 
 @pytest.mark.integration  # starts a process
@@ -321,9 +324,9 @@ def exported_metric_names() -> set[str]:
 
     from sluice.common import prometheus
     from sluice.inference.metrics import Metrics
-    from sluice.metrics.als import IngestStats
     from sluice.metrics.buckets import Buckets
     from sluice.metrics.flusher import Flusher
+    from sluice.metrics.forward import IngestStats
     from sluice.metrics.live import LiveView
 
     flusher = Flusher(Buckets(), None, interval_s=1, max_pending=1)  # type: ignore[arg-type]

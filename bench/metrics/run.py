@@ -1,14 +1,16 @@
 """The metrics service's three targets, each against a baseline from the same run.
 
-1. Ingest: access-log entries/s. (a) In-process on one core: decoding Envoy's
-   StreamAccessLogsMessage alone (baseline) vs decoding + counting into buckets.
-   (b) End to end: the real `python -m sluice.metrics` pinned to one core, one gRPC
-   stream (as one Envoy worker sends) pushing batches of 500 entries as fast as
-   flow control allows; the clock stops when MongoDB holds every entry (nothing
-   dropped: stored == sent, drop counter 0).
+1. Ingest: access-log records/s. (a) In-process on one core: decoding Envoy's Forward
+   messages (msgpack) alone (baseline) vs decoding + counting into buckets. (b) End to
+   end: the real `python -m sluice.metrics` pinned to one core, one mutual-TLS
+   connection (as one Envoy worker's) writing messages of 500 records as fast as the
+   socket takes them; the clock stops when MongoDB holds every record (nothing dropped:
+   stored == sent).
 2. Access logging's cost to the data plane: two Envoys (each with its own traffic
-   controller) in front of the same inference server, one with the access log to
-   the metrics service and one without; wrk rounds alternate between them.
+   controller) in front of the same inference server, one with the access log to the
+   metrics service and one without; wrk rounds alternate between them, and the CPU
+   time of each round's data plane (its Envoy, the model server, the metrics service)
+   is counted per request.
 3. A 24 h query at 1-minute steps for one deployment (1,440 stored minutes with
    realistic sketches) through the gRPC API, p50/p95 over 40 calls; baseline: the
    same documents fetched with a plain `find`.
@@ -23,22 +25,22 @@ import contextlib
 import dataclasses
 import os
 import random
+import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import grpc
+import msgpack
 import psutil
-from envoy.config.core.v3 import base_pb2
-from envoy.data.accesslog.v3 import accesslog_pb2
-from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 
+from sluice.common import access_log as f
 from sluice.common.components import python_service_spec
 from sluice.common.health import HttpCheck
 from sluice.common.log import configure_logging
@@ -47,8 +49,8 @@ from sluice.common.pki import ALS_SERVER, PlatformPki
 from sluice.common.settings import EnvoySettings, Settings, service_env
 from sluice.common.supervisor import ProcessSpec, Supervisor, free_port, stop_process
 from sluice.metrics import query
-from sluice.metrics.als import IngestStats, add_entries
 from sluice.metrics.buckets import Buckets
+from sluice.metrics.forward import IngestStats, add_records
 from sluice.metrics.sketch import key_of
 from sluice.metrics.store import MetricsStore
 from sluice.testing.stack import servers
@@ -56,69 +58,60 @@ from sluice.v1 import metrics_pb2, metrics_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from shared import bench_module  # bench/shared.py
+from stats import spread  # bench/stats.py
 
 BATCH = 500
 DEPLOYMENTS = ("blue", "green", "shadow")
 
 
 def entries_message(n: int, rng: random.Random, now: float) -> bytes:
-    """One ALS message of `n` entries as the gateway sends them (tags, codes, timings)."""
-    message = als_pb2.StreamAccessLogsMessage()
-    if True:
-        message.identifier.node.id = "sluice-gateway"
-        message.identifier.log_name = "sluice_gateway"
+    """One Forward-mode message of `n` records as the gateway's Envoy sends them."""
+    entries = []
     for _ in range(n):
-        entry = message.http_logs.log_entry.add()
-        common = entry.common_properties
-        common.start_time.FromNanoseconds(int(now * 1e9))
         dep = rng.choice(DEPLOYMENTS)
-        common.custom_tags["sluice.endpoint"] = "bench"
-        common.custom_tags["sluice.deployment"] = dep
-        common.custom_tags["sluice.route_endpoint"] = "bench"
-        common.time_to_last_downstream_tx_byte.FromNanoseconds(
-            int(rng.lognormvariate(1.0, 0.6) * 1e6)
-        )
-        common.upstream_cluster = f"bench__{dep}"
         code = 200 if rng.random() < 0.97 else rng.choice((404, 429, 503))
-        entry.response.response_code.value = code
-        if code == 503:
-            common.response_flags.no_healthy_upstream = True
-        entry.request.request_method = base_pb2.POST
-        entry.request.authority = "bench.sluice.localhost"
-        entry.request.path = "/score"
-        entry.request.request_headers_bytes = 180
-        entry.request.request_body_bytes = 40
-        entry.response.response_headers_bytes = 150
-        entry.response.response_body_bytes = 24
-        entry.protocol_version = accesslog_pb2.HTTPAccessLogEntry.HTTP11
-    return message.SerializeToString()
+        record = {
+            f.ENDPOINT: "bench",
+            f.DEPLOYMENT: dep,
+            f.ROUTE_ENDPOINT: "bench",
+            f.START_MS: str(int(now * 1000)),
+            f.DURATION_US: int(rng.lognormvariate(1.0, 0.6) * 1000),
+            f.STATUS: code,
+            f.FLAGS: "UH" if code == 503 else "-",
+            f.REQUEST_HEADER_BYTES: 180,
+            f.REQUEST_BODY_BYTES: 40,
+            f.RESPONSE_HEADER_BYTES: 150,
+            f.RESPONSE_BODY_BYTES: 24,
+            f.METHOD: "POST",
+            f.PATH: "/score",
+            f.REQUEST_ID: str(uuid.UUID(int=rng.getrandbits(128))),
+            f.UPSTREAM: "127.0.0.1:5001",
+        }
+        entries.append([int(now), record])
+    return msgpack.packb([f.TAG, entries])
 
 
 def in_process(messages: list[bytes]) -> list[str]:
     os.sched_setaffinity(0, {0})
-    n = sum(
-        len(als_pb2.StreamAccessLogsMessage.FromString(m).http_logs.log_entry) for m in messages
-    )
+    n = sum(len(msgpack.unpackb(m)[1]) for m in messages)
     rates: dict[str, list[float]] = {"decode": [], "ingest": []}
     for _ in range(3):
         started = time.perf_counter()
         for raw in messages:
-            for entry in als_pb2.StreamAccessLogsMessage.FromString(raw).http_logs.log_entry:
-                entry.response.response_code.value  # noqa: B018 - touch like a reader would
+            for _time, record in msgpack.unpackb(raw)[1]:
+                record.get(f.STATUS)  # touch like a reader would
         rates["decode"].append(n / (time.perf_counter() - started))
         buckets, stats = Buckets(), IngestStats()
         started = time.perf_counter()
         for raw in messages:
-            add_entries(
-                buckets, stats, als_pb2.StreamAccessLogsMessage.FromString(raw).http_logs.log_entry
-            )
+            add_records(buckets, stats, msgpack.unpackb(raw)[1])
         rates["ingest"].append(n / (time.perf_counter() - started))
         assert sum(b.requests for b in buckets.open.values()) == n
     os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
     decode, ingest = max(rates["decode"]), max(rates["ingest"])
     return [
-        f"| in-process, one core: decode only (baseline) | {decode:,.0f} entries/s | |",
-        f"| in-process, one core: decode + count into buckets | {ingest:,.0f} entries/s "
+        f"| in-process, one core: decode only (baseline) | {decode:,.0f} records/s | |",
+        f"| in-process, one core: decode + count into buckets | {ingest:,.0f} records/s "
         f"| {ingest / decode:.2f}x of decode |",
     ]
 
@@ -139,27 +132,23 @@ async def stored_requests(address: str, token: str) -> int:
 
 
 async def end_to_end(
-    address: str, als: str, pki: Path, token: str, messages: list[bytes]
+    address: str, port: int, pki: Path, token: str, messages: list[bytes]
 ) -> tuple[int, float]:
-    """Stream every message on one gRPC stream to `als` (mutual TLS, as Envoy does);
-    seconds until all are stored."""
-    sent = sum(
-        len(als_pb2.StreamAccessLogsMessage.FromString(m).http_logs.log_entry) for m in messages
-    )
+    """Write every message on one mutual-TLS connection to the access-log `port` (as an
+    Envoy worker does); seconds until all are stored."""
+    sent = sum(len(msgpack.unpackb(m)[1]) for m in messages)
     before = await stored_requests(address, token)
     started = time.perf_counter()
-    chain, key, ca = PlatformPki(pki).client("bench-envoy").read()
-    credentials = grpc.ssl_channel_credentials(ca, key, chain)
-    options = [("grpc.ssl_target_name_override", ALS_SERVER)]
-    async with grpc.aio.secure_channel(als, credentials, options=options) as channel:
-        stub = als_pb2_grpc.AccessLogServiceStub(channel)
-
-        async def stream() -> Any:
-            for raw in messages:
-                yield als_pb2.StreamAccessLogsMessage.FromString(raw)
-
-        await stub.StreamAccessLogs(stream())
-    streamed = time.perf_counter() - started
+    identity = PlatformPki(pki).client("bench-envoy")
+    context = ssl.create_default_context(cafile=str(identity.ca))
+    context.load_cert_chain(str(identity.cert), str(identity.key))
+    _, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=context, server_hostname=ALS_SERVER
+    )
+    for raw in messages:
+        writer.write(raw)
+        await writer.drain()
+    writer.close()
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if await stored_requests(address, token) - before >= sent:
@@ -167,8 +156,7 @@ async def end_to_end(
         await asyncio.sleep(0.05)
     total = time.perf_counter() - started
     stored = await stored_requests(address, token) - before
-    assert stored == sent, f"stored {stored} of {sent} entries"
-    del streamed
+    assert stored == sent, f"stored {stored} of {sent} records"
     return sent, total
 
 
@@ -179,14 +167,16 @@ def pin_tree(pid: int, cpus: set[int]) -> None:
 
 def measure_ingest(
     sup: Supervisor, settings: Settings
-) -> tuple[list[str], str, str, Callable[[], float]]:
+) -> tuple[list[str], str, tuple[int, int], Callable[[], float]]:
+    """Rows, the API's address, the ports for Envoy (stats, access log), a restart."""
     rng = random.Random(1)
     now = time.time()
     messages = [entries_message(BATCH, rng, now) for _ in range(240)]  # 120,000 entries
     rows = in_process(messages[:80])
-    port, als_port = free_port(), free_port()
+    port, als_port, log_port = free_port(), free_port(), free_port()
+    ports = {"metrics": port, "als": als_port, "access_log": log_port}
     metrics_settings = settings.model_copy(
-        update={"ports": settings.ports.model_copy(update={"metrics": port, "als": als_port})}
+        update={"ports": settings.ports.model_copy(update=ports)}
     )
 
     def spec(**extra: str) -> ProcessSpec:
@@ -213,24 +203,26 @@ def measure_ingest(
             time.sleep(0.1)
         return time.monotonic() - started
 
-    address, als = f"127.0.0.1:{port}", f"127.0.0.1:{als_port}"
+    address = f"127.0.0.1:{port}"
     token = settings.admin_token or ""
     pki = settings.pki_folder
     pin_tree(proc.pid, {1})
     os.sched_setaffinity(0, {0})
     try:
         # warm up (stream, indexes)
-        asyncio.run(end_to_end(address, als, pki, token, messages[:20]))
-        results = [asyncio.run(end_to_end(address, als, pki, token, messages)) for _ in range(2)]
+        asyncio.run(end_to_end(address, log_port, pki, token, messages[:20]))
+        results = [
+            asyncio.run(end_to_end(address, log_port, pki, token, messages)) for _ in range(2)
+        ]
     finally:
         os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
     sent, seconds = min(results, key=lambda r: r[1])
     rows.append(
-        f"| end to end: `sluice.metrics` pinned to one core, one ALS stream, until stored "
-        f"in MongoDB | **{sent / seconds:,.0f} entries/s** | {sent:,} sent = {sent:,} stored, "
-        "0 dropped |"
+        f"| end to end: `sluice.metrics` pinned to one core, one access-log connection, until "
+        f"stored in MongoDB | **{sent / seconds:,.0f} records/s** | {sent:,} sent = {sent:,} "
+        "stored, 0 dropped |"
     )
-    return rows, address, als, restart
+    return rows, address, (als_port, log_port), restart
 
 
 async def measure_query(
@@ -317,8 +309,10 @@ async def measure_query(
 
 
 def measure_access_log_cost(
-    sup: Supervisor, settings: Settings, root: Path, metrics: str
+    sup: Supervisor, settings: Settings, root: Path, envoy_ports: tuple[int, int]
 ) -> list[str]:
+    """Two gateways (Envoy + its traffic controller) in front of one model server, one
+    with the access log to the metrics service and one without, wrk rounds alternating."""
     traffic = bench_module("traffic")
     if not (traffic.MODEL / "model").exists():  # the example's model, as bench/provisioner does
         subprocess.run([sys.executable, str(traffic.ROOT / "examples/train_models.py")], check=True)
@@ -334,9 +328,7 @@ def measure_access_log_cost(
     )
     gateways: dict[str, int] = {}
     envoys: dict[str, int] = {}
-    big = int(os.environ.get("BENCH_METRICS_ALS_BUFFER_BYTES", str(256 * 1024)))
-    variants = (("plain", None, 0), ("logged", metrics, 16 * 1024), ("logged-big", metrics, big))
-    for name, als, buffer_bytes in variants:
+    for name, logged in (("plain", False), ("logged", True)):
         http_port, xds_port = free_port(), free_port()
         gw = settings.model_copy(
             update={
@@ -348,8 +340,7 @@ def measure_access_log_cost(
             **os.environ,
             **service_env(gw),
             "SLUICE_TRAFFIC_DEBOUNCE_MS": "20",
-            **({"SLUICE_TRAFFIC_ALS_ADDRESS": als} if als else {}),
-            **({"SLUICE_TRAFFIC_ALS_BUFFER_BYTES": str(buffer_bytes)} if als else {}),
+            "SLUICE_TRAFFIC_ACCESS_LOG": "true" if logged else "false",
         }
         spec = python_service_spec(  # named "traffic" for its health check's TLS name
             name="traffic",
@@ -361,7 +352,12 @@ def measure_access_log_cost(
         )
         sup.start(dataclasses.replace(spec, name=f"traffic-{name}"))
         envoys[name] = traffic.envoy_process(
-            sup, root, f"envoy-{name}", xds_port, PlatformPki(gw.pki_folder)
+            sup,
+            root,
+            f"envoy-{name}",
+            xds_port,
+            PlatformPki(gw.pki_folder),
+            metrics=envoy_ports,  # both: the same stats stream; only one logs requests
         )
         gateways[name] = http_port
     asyncio.run(traffic.setup_endpoint(settings, f"127.0.0.1:{inference_port}"))
@@ -376,7 +372,7 @@ def measure_access_log_cost(
     for port in gateways.values():
         traffic.wrk(url.format(port), 8, 2, headers)  # warm up
     runs: dict[str, list[float]] = {name: [] for name in gateways}
-    ratios: dict[str, list[float]] = {"logged": [], "logged-big": []}
+    ratios: list[float] = []
     # CPU per request of the data plane (the gateway's Envoy, the model server and the
     # metrics service, which is idle for the plain gateway): unlike requests/s, hardly moved
     # by the other sessions' load. Its ratio is what requests/s would be, CPU-bound.
@@ -384,17 +380,18 @@ def measure_access_log_cost(
     # ... of which the gateway's Envoy and the metrics service (µs per request)
     envoy_us: dict[str, list[float]] = {name: [] for name in gateways}
     metrics_us: dict[str, list[float]] = {name: [] for name in gateways}
-    cpu_ratios: dict[str, list[float]] = {"logged": [], "logged-big": []}
+    cpu_ratios: list[float] = []
     metrics_pid = _metrics_pid()
     rounds = int(os.environ.get("BENCH_METRICS_ROUNDS", "6"))
-    names = list(gateways)
-    for n in range(rounds):  # back to back, order rotating: the machine is shared
-        order = names[n % 3 :] + names[: n % 3]
+    for n in range(rounds):  # back to back, order alternating: the machine is shared
+        order = ["plain", "logged"] if n % 2 == 0 else ["logged", "plain"]
         got, per_request = {}, {}
         for name in order:
             pids = (envoys[name], inference.pid, metrics_pid)
             before = [_cpu_seconds(pid) for pid in pids]
             got[name] = traffic.wrk(url.format(gateways[name]), 32, 5, headers)["rps"]
+            if name == "logged":
+                time.sleep(1.2)  # Envoy's last batch of the round (it sends every second)
             used = [_cpu_seconds(pid) - b for pid, b in zip(pids, before, strict=True)]
             requests = got[name] * 5
             per_request[name] = sum(used) * 1000 / requests
@@ -403,36 +400,26 @@ def measure_access_log_cost(
         for name, rps in got.items():
             runs[name].append(rps)
             cpu_ms[name].append(per_request[name])
-        for name in ratios:
-            ratios[name].append(got[name] / got["plain"])
-            cpu_ratios[name].append(per_request["plain"] / per_request[name])
-    rows = [
-        f"| Envoy without access log (baseline) | {statistics.median(runs['plain']):,.0f} req/s "
-        f"| CPU {statistics.median(cpu_ms['plain']):.3f} ms/request (Envoy "
-        f"{statistics.median(envoy_us['plain']):.0f} µs, metrics service "
-        f"{statistics.median(metrics_us['plain']):.0f} µs); rounds "
-        + " / ".join(f"{r:,.0f}" for r in runs["plain"])
-        + " |"
-    ]
-    for name, what in (
-        ("logged", "16 KiB batches (Envoy's default)"),
-        ("logged-big", f"{big // 1024} KiB batches"),
-    ):
-        ratio = statistics.median(ratios[name])
-        rows.append(
-            f"| Envoy with the access log to `sluice.metrics`, {what} "
-            f"| {statistics.median(runs[name]):,.0f} req/s "
-            f"| **{ratio:.3f}x** median of {rounds} ratios to the same round's baseline (cost "
-            f"{100 * (1 - ratio):.1f}%; ratios "
-            + " / ".join(f"{r:.2f}" for r in ratios[name])
-            + f"); CPU {statistics.median(cpu_ms[name]):.3f} ms/request (Envoy "
+        ratios.append(got["logged"] / got["plain"])
+        cpu_ratios.append(per_request["plain"] / per_request["logged"])
+
+    def cpu(name: str) -> str:
+        return (
+            f"CPU {spread(cpu_ms[name]).show('{:.3f}')} ms/request (Envoy "
             f"{statistics.median(envoy_us[name]):.0f} µs, metrics service "
-            f"{statistics.median(metrics_us[name]):.0f} µs): "
-            f"**{statistics.median(cpu_ratios[name]):.3f}x** CPU-bound (ratios "
-            + " / ".join(f"{r:.2f}" for r in cpu_ratios[name])
-            + ") |"
+            f"{statistics.median(metrics_us[name]):.0f} µs)"
         )
-    return rows
+
+    ratio = statistics.median(ratios)
+    return [
+        f"| Envoy without access log (baseline) | {spread(runs['plain']).show('{:,.0f}')} "
+        f"| {cpu('plain')} |",
+        f"| Envoy with the access log to `sluice.metrics` "
+        f"| {spread(runs['logged']).show('{:,.0f}')} "
+        f"| **{spread(ratios).show('{:.3f}')}x** requests/s, ratio to the same round's "
+        f"baseline (cost {100 * (1 - ratio):.1f}%); {cpu('logged')}: "
+        f"**{spread(cpu_ratios).show('{:.3f}')}x** CPU-bound |",
+    ]
 
 
 def _metrics_pid() -> int:
@@ -465,16 +452,16 @@ def main() -> None:
     ):
         settings = base.model_copy(update={"mongodb_database": "bench"})
         rows = ["| ingest | rate | |", "|---|---:|---|"]
-        ingest, address, als, restart = measure_ingest(sup, settings)
+        ingest, address, envoy_ports, restart = measure_ingest(sup, settings)
         rows += ingest
         print("\n".join(rows), flush=True)
         query_rows = ["", "| query | | | |", "|---|---:|---:|---|"]
         query_rows += asyncio.run(measure_query(settings, address, restart))
         print("\n".join(query_rows), flush=True)
         if "--no-gateway" not in sys.argv:  # (run directly: python bench/metrics/run.py)
-            cost = ["", "| data plane (wrk c=32, 5 s rounds, order rotating) | req/s | |"]
+            cost = ["", "| data plane (wrk c=32, 5 s rounds, order alternating) | req/s | |"]
             cost += ["|---|---:|---|"]
-            cost += measure_access_log_cost(sup, settings, Path(tmp), als)
+            cost += measure_access_log_cost(sup, settings, Path(tmp), envoy_ports)
             print("\n".join(cost), flush=True)
     print(f"(load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f})", flush=True)
 

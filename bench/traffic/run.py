@@ -90,9 +90,11 @@ def envoy_process(
     pki: PlatformPki | None,
     *,
     all_stats: bool = False,
+    metrics: tuple[int, int] | None = None,
 ) -> int:
     """An Envoy of node id `bench-<name>`; `pki` None: plain xDS (the in-process server).
-    `all_stats`: without the bootstrap's `stats_config` (Envoy's default: every stat)."""
+    `all_stats`: without the bootstrap's `stats_config` (Envoy's default: every stat).
+    `metrics`: the metrics service's ports for Envoy on loopback (stats, access log)."""
     admin = free_port()
     config = render_envoy_bootstrap(
         find_project_file(ENVOY_BOOTSTRAP),
@@ -101,6 +103,8 @@ def envoy_process(
         xds_port=xds_port,
         node_id=f"bench-{name}",
         tls=pki.client(f"bench-{name}") if pki else None,
+        metrics=("127.0.0.1", metrics[0]) if metrics else None,
+        access_log=("127.0.0.1", metrics[1]) if metrics else None,
     )
     if all_stats:
         del config["stats_config"]

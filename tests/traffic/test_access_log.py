@@ -1,17 +1,19 @@
-"""Access logs reach an ALS receiver when one is configured, and never carry credentials."""
+"""Envoy's access log reaches the metrics service's port as Fluentd Forward messages of the
+compact record (sluice.common.access_log), over mutual TLS, and never carries credentials."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
-import grpc
-from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
+import msgpack
 
+from sluice.common import access_log as f
 from sluice.common.pki import ALS_SERVER, PlatformPki
 from sluice.common.settings import Settings
-from sluice.common.supervisor import Supervisor, free_port
+from sluice.common.supervisor import Supervisor
+from sluice.metrics.forward import server_tls
 from sluice.testing.plugin import EnvoyGateway
 from sluice.testing.traffic import GatewayPorts, Upstream, World, eventually, start_controller
 from sluice.testing.wait import wait_for_async
@@ -19,16 +21,23 @@ from sluice.testing.wait import wait_for_async
 KEY = "primary-key-1"
 
 
-class Receiver(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[misc]
+class Received:
+    """Every byte and every decoded message of all connections."""
+
     def __init__(self) -> None:
+        self.raw = bytearray()
         self.messages: list[Any] = []
 
-    async def StreamAccessLogs(  # noqa: N802 - the proto's method name
-        self, request_iterator: AsyncIterator[Any], context: Any
-    ) -> Any:
-        async for message in request_iterator:
-            self.messages.append(message)
-        return als_pb2.StreamAccessLogsResponse()
+
+class Receiver(asyncio.Protocol):
+    def __init__(self, received: Received) -> None:
+        self._received = received
+        self._unpacker = msgpack.Unpacker(raw=False)
+
+    def data_received(self, data: bytes) -> None:
+        self._received.raw += data
+        self._unpacker.feed(data)
+        self._received.messages.extend(self._unpacker)
 
 
 async def test_access_logs_go_to_the_receiver_without_the_key(
@@ -40,21 +49,23 @@ async def test_access_logs_go_to_the_receiver_without_the_key(
     world: World,
     upstreams: Callable[[str], Upstream],
 ) -> None:
-    receiver = Receiver()
-    server = grpc.aio.server()
-    als_pb2_grpc.add_AccessLogServiceServicer_to_server(receiver, server)
-    # Envoy's access-log stream is mutual TLS with the platform CA (as the metrics service's).
-    chain, key, ca = PlatformPki(sluice_settings.pki_folder).server(ALS_SERVER).read()
-    credentials = grpc.ssl_server_credentials([(key, chain)], ca, require_client_auth=True)
-    port = server.add_secure_port(f"127.0.0.1:{free_port()}", credentials)
-    await server.start()
+    # Envoy's access log is mutual TLS with the platform CA (as the metrics service's port).
+    tls = server_tls(PlatformPki(sluice_settings.pki_folder).server(ALS_SERVER))
+    received = Received()
+    server = await asyncio.get_running_loop().create_server(
+        lambda: Receiver(received),
+        "127.0.0.1",
+        envoy_gateway.access_log_port,
+        ssl=tls,
+        reuse_address=True,
+    )
     try:
         traffic = start_controller(
             sluice_settings,
             supervisor,
             envoy_gateway,
             gateway_ports,
-            {"SLUICE_TRAFFIC_ALS_ADDRESS": f"127.0.0.1:{port}"},
+            {"SLUICE_TRAFFIC_ACCESS_LOG": "true"},
         )
         blue = upstreams("blue")
         await world.deployment("logged", "blue", [blue.address])
@@ -66,16 +77,22 @@ async def test_access_logs_go_to_the_receiver_without_the_key(
         assert (await asyncio.to_thread(traffic.score, "logged", "wrong-key"))[0] == 401
 
         async def both_logged() -> list[Any] | None:
-            entries = [e for m in receiver.messages for e in m.http_logs.log_entry]
-            statuses = {e.response.response_code.value for e in entries}
-            return entries if {200, 401} <= statuses else None
+            records = [r for m in received.messages for _, r in m[1]]
+            statuses = {r[f.STATUS] for r in records}
+            return records if {200, 401} <= statuses else None
 
-        entries = await wait_for_async(both_logged, "a 200 and a 401 in the access log", 15)
-        served = [e for e in entries if e.response.response_code.value == 200]
-        tags = served[-1].common_properties.custom_tags
-        assert (tags["sluice.endpoint"], tags["sluice.deployment"]) == ("logged", "blue")
-        assert served[-1].request.authority == "logged.sluice.localhost"
-        dump = b"".join(m.SerializeToString() for m in receiver.messages)
-        assert KEY.encode() not in dump and b"wrong-key" not in dump
+        records = await wait_for_async(both_logged, "a 200 and a 401 in the access log", 15)
+        assert {m[0] for m in received.messages} == {f.TAG}  # Forward mode: [tag, entries]
+        served = [r for r in records if r[f.STATUS] == 200][-1]
+        assert (served[f.ENDPOINT], served[f.DEPLOYMENT]) == ("logged", "blue")
+        assert served[f.ROUTE_ENDPOINT] == "logged"
+        assert served[f.UPSTREAM] == blue.address
+        assert served[f.METHOD] == "POST" and served[f.PATH] == "/score"
+        assert isinstance(served[f.DURATION_US], int) and served[f.DURATION_US] > 0
+        assert served[f.REQUEST_BODY_BYTES] > 0 and served[f.RESPONSE_BODY_BYTES] > 0
+        refused = [r for r in records if r[f.STATUS] == 401][-1]
+        assert refused[f.ROUTE_ENDPOINT] == "logged" and not refused[f.DEPLOYMENT]
+        assert set(served) == set(f.record())  # only the fields of the record
+        assert KEY.encode() not in received.raw and b"wrong-key" not in received.raw
     finally:
-        await server.stop(0)
+        server.close()

@@ -92,13 +92,13 @@ def test_a_deployment_at_zero_answers_its_first_request_and_goes_back_to_zero(
 ) -> None:
     monkeypatch.setenv("SLUICE_METRICS_BUCKET_S", "5")
     monkeypatch.setenv("SLUICE_METRICS_SNAPSHOT_INTERVAL_S", "1")
-    metrics = start_service("metrics")
+    metrics = start_service("metrics", envoy=envoy_gateway)
     traffic = start_controller(
         metrics.settings,
         supervisor,
         envoy_gateway,
         gateway_ports,
-        {"SLUICE_TRAFFIC_ALS_ADDRESS": f"127.0.0.1:{metrics.settings.ports.als}"},
+        {"SLUICE_TRAFFIC_ACCESS_LOG": "true"},
     )
     online = trained_examples / "online"
     client.create_online_endpoint(load_online_endpoint(online / "endpoint.yml").spec)

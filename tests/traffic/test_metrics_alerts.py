@@ -61,14 +61,14 @@ async def test_an_alert_fires_under_load_and_resolves_after(
     monkeypatch.setenv("SLUICE_METRICS_BUCKET_S", "5")
     monkeypatch.setenv("SLUICE_METRICS_SNAPSHOT_INTERVAL_S", "1")
     monkeypatch.setenv("SLUICE_PROMETHEUS_PORT", str(prometheus_port))
-    metrics = start_service("metrics")
+    metrics = start_service("metrics", envoy=envoy_gateway)
     monkeypatch.delenv("SLUICE_PROMETHEUS_PORT")
     traffic = start_controller(
         metrics.settings,
         supervisor,
         envoy_gateway,
         gateway_ports,
-        {"SLUICE_TRAFFIC_ALS_ADDRESS": f"127.0.0.1:{metrics.settings.ports.als}"},
+        {"SLUICE_TRAFFIC_ACCESS_LOG": "true"},
     )
     settings = metrics.settings
     blue = upstreams("blue")

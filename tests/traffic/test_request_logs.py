@@ -38,13 +38,13 @@ async def test_recent_requests_by_deployment_and_status(
     world: World,
     upstreams: Callable[[str], Upstream],
 ) -> None:
-    metrics = start_service("metrics")
+    metrics = start_service("metrics", envoy=envoy_gateway)
     traffic = start_controller(
         metrics.settings,
         supervisor,
         envoy_gateway,
         gateway_ports,
-        {"SLUICE_TRAFFIC_ALS_ADDRESS": f"127.0.0.1:{metrics.settings.ports.als}"},
+        {"SLUICE_TRAFFIC_ACCESS_LOG": "true"},
     )
     blue, green = upstreams("blue"), upstreams("green")
     green.behaviour.status = 500

@@ -11,7 +11,7 @@ from sluice.common.mongo import Document
 from sluice.common.resources import GATEWAY_APPLIED
 from sluice.metrics import query
 from sluice.metrics.buckets import Buckets
-from sluice.metrics.envoy_stats import ClusterOwners, EnvoyStats
+from sluice.metrics.envoy_stats import DROPPED, WRITTEN, ClusterOwners, EnvoyStats
 from sluice.metrics.store import update_of
 from sluice.v1 import envoy_stats_pb2 as pb
 
@@ -47,8 +47,8 @@ def stats_message(
                 ({"envoy.http_conn_manager_prefix": "https"}, clients),
                 ({"envoy.http_conn_manager_prefix": "admin"}, 7),  # the admin interface's
             ),
-            family("access_logs.grpc_access_log.logs_written", COUNTER, ({}, written)),
-            family("access_logs.grpc_access_log.logs_dropped", COUNTER, ({}, dropped)),
+            family(WRITTEN, COUNTER, ({}, written)),
+            family(DROPPED, COUNTER, ({}, dropped)),
             family("cluster.upstream_rq_total", COUNTER, ({"envoy.cluster_name": "x"}, 9)),
         ]
     )

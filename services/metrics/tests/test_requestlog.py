@@ -7,29 +7,35 @@ import time
 from typing import Any
 
 import pytest
-from envoy.data.accesslog.v3 import accesslog_pb2
 
+from sluice.common import access_log as f
 from sluice.metrics.requestlog import RecentRequests, entry_message, status_filter
 
 
-def entry(endpoint: str, deployment: str, status: int, at: float, *, mirror: bool = False) -> Any:
-    e = accesslog_pb2.HTTPAccessLogEntry()
-    tags = e.common_properties.custom_tags
-    tags["sluice.endpoint"] = endpoint
-    tags["sluice.deployment"] = deployment
+def entry(
+    endpoint: str, deployment: str, status: int, at: float, *, mirror: bool = False
+) -> list[Any]:
+    """A `[time, record]` entry as Envoy's fluentd access logger sends it."""
+    record: dict[str, Any] = {
+        f.ENDPOINT: endpoint or None,
+        f.DEPLOYMENT: deployment or None,
+        f.ROUTE_ENDPOINT: endpoint or None,
+        f.START_MS: str(int(at * 1000)),
+        f.DURATION_US: 2500,
+        f.STATUS: status,
+        f.FLAGS: "UH" if status == 503 else "-",
+        f.REQUEST_HEADER_BYTES: 100,
+        f.REQUEST_BODY_BYTES: 20,
+        f.RESPONSE_HEADER_BYTES: 80,
+        f.RESPONSE_BODY_BYTES: 10,
+        f.METHOD: "POST",
+        f.PATH: "/score",
+        f.REQUEST_ID: f"id-{status}-{at}",
+        f.UPSTREAM: "127.0.0.1:5001",
+    }
     if mirror:
-        tags["sluice.mirror"] = "1"
-    e.common_properties.start_time.seconds = int(at)
-    e.common_properties.time_to_last_downstream_tx_byte.nanos = 2_500_000
-    e.common_properties.upstream_remote_address.socket_address.address = "127.0.0.1"
-    e.common_properties.upstream_remote_address.socket_address.port_value = 5001
-    if status == 503:
-        e.common_properties.response_flags.no_healthy_upstream = True
-    e.request.request_method = 3  # POST
-    e.request.path = "/score"
-    e.request.request_id = f"id-{status}-{at}"
-    e.response.response_code.value = status
-    return e
+        record[f.MIRROR] = 1
+    return [int(at), record]
 
 
 def test_filters_and_bounds() -> None:
@@ -48,10 +54,10 @@ def test_filters_and_bounds() -> None:
     _, matched, kept = recent.query("shop")
     assert kept == 4 and matched == 4
     assert recent.query("shop", deployment="green")[1] == 2
-    assert [e.response.response_code.value for e in recent.query("shop", status="5xx")[0]] == [503]
+    assert [r[f.STATUS] for r in recent.query("shop", status="5xx")[0]] == [503]
     assert recent.query("shop", status="404")[1] == 1
     assert recent.query("shop", since_s=600, now=now)[1] == 3
-    assert [e.request.request_id for e in recent.query("shop", limit=1)[0]] == [f"id-404-{now - 4}"]
+    assert [r[f.REQUEST_ID] for r in recent.query("shop", limit=1)[0]] == [f"id-404-{now - 4}"]
     # Bounded: the oldest entries go, then the least recently logged endpoint.
     recent.add([entry("shop", "blue", 200, now) for _ in range(10)])
     assert recent.query("shop")[2] == 5
@@ -60,13 +66,14 @@ def test_filters_and_bounds() -> None:
 
 
 def test_an_entry_as_the_api_returns_it() -> None:
-    message = entry_message(entry("shop", "green", 503, 1_800_000_000))
+    message = entry_message(entry("shop", "green", 503, 1_800_000_000.25)[1])
     assert (message.endpoint_name, message.deployment_name) == ("shop", "green")
     assert (message.method, message.path, message.status) == ("POST", "/score", 503)
     assert message.duration_ms == pytest.approx(2.5)
     assert message.upstream == "127.0.0.1:5001"
     assert message.response_flags == "no_healthy_upstream"
-    assert message.time.seconds == 1_800_000_000
+    assert (message.bytes_in, message.bytes_out) == (120, 90)
+    assert message.time.ToMilliseconds() == 1_800_000_000_250
 
 
 @pytest.mark.parametrize("bad", ["6xx", "5x", "abc", "99", "600"])

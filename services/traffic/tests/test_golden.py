@@ -73,14 +73,14 @@ def world() -> list[Endpoint]:
     return [shop, tokened]
 
 
-def gateway(tls: TlsMaterial, *, als: bool = True) -> Gateway:
+def gateway(tls: TlsMaterial) -> Gateway:
     return Gateway(
         domain="sluice.localhost",
         https=Listen("127.0.0.1", 8443),
         http=Listen("127.0.0.1", 8080),
         tls=tls,
         jwks=PLACEHOLDER_JWKS,
-        als=Listen("127.0.0.1", 9090) if als else None,
+        access_log=True,
     )
 
 

@@ -20,6 +20,8 @@ ENVOY_BOOTSTRAP = Path("deploy") / "envoy" / "bootstrap.yaml"
 # The bootstrap's static clusters: the traffic controller's ADS, the metrics service's stats sink.
 XDS_CLUSTER = "sluice_xds"
 STATS_CLUSTER = "sluice_stats"
+# Envoy's fluentd access logger writes only to a bootstrap cluster (sluice.common.access_log).
+ACCESS_LOG_CLUSTER = "sluice_access_log"
 
 
 def nats_spec(
@@ -113,6 +115,7 @@ def render_envoy_bootstrap(
     admin_socket: Path | None = None,
     tls: Identity | None,
     metrics: tuple[str, int] | None = None,
+    access_log: tuple[str, int] | None = None,
 ) -> dict[str, Any]:
     """The bootstrap with its ports filled in. With `admin_socket`, Envoy's admin interface
     (which shows every key and gateway secret in /config_dump) listens on that Unix socket,
@@ -122,8 +125,9 @@ def render_envoy_bootstrap(
     `tls` is Envoy's client identity for the xDS, access-log and stats streams (mutual TLS
     with the platform CA; `PlatformPki.client(node_id)`). None is only for benchmarks that
     serve xDS themselves in plain gRPC. `metrics` is the (host, port) of the metrics
-    service's access-log port, where Envoy's stats sink streams its stats; None (or no
-    `tls`) leaves the sink out."""
+    service's gRPC port for Envoy (`ports.als`), where Envoy's stats sink streams its
+    stats; `access_log` its access-log port (`ports.access_log`), where the access log
+    the traffic controller configures goes. None (or no `tls`) leaves each out."""
     config: dict[str, Any] = yaml.safe_load(template.read_text())
     config["node"]["id"] = node_id
     statics = config["static_resources"]
@@ -140,6 +144,10 @@ def render_envoy_bootstrap(
         statics["clusters"].remove(clusters[STATS_CLUSTER])
     else:
         _point(clusters[STATS_CLUSTER], *metrics)
+    if access_log is None or tls is None:
+        statics["clusters"].remove(clusters[ACCESS_LOG_CLUSTER])
+    else:
+        _point(clusters[ACCESS_LOG_CLUSTER], *access_log)
     if admin_socket is not None:
         config["admin"]["address"] = {"pipe": {"path": str(admin_socket), "mode": 0o600}}
     else:

@@ -418,8 +418,9 @@ class LocalPlatform:
             xds_port=ports["xds"],
             node_id=GATEWAY_NODE,
             tls=PlatformPki(self.pki_folder).client(GATEWAY_NODE),
-            # Envoy's stats sink: to the metrics service's access-log port.
+            # Envoy's stats sink and access log: to the metrics service's ports for Envoy.
             metrics=(host, ports["als"]),
+            access_log=(host, ports["access_log"]),
         )
         bootstrap.write_text(yaml.safe_dump(config, sort_keys=False))
         listener_ports = [s.envoy.https_port, management_port] + (

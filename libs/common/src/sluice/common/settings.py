@@ -52,7 +52,11 @@ class ServicePorts(BaseModel):
     xds: int = 0
     batch: int = 0
     metrics: int = 0
-    als: int = 0  # the metrics service's access-log receiver (mutual TLS, Envoy only)
+    # The metrics service's ports for Envoy (mutual TLS, Envoy's certificate only): gRPC for
+    # its stats sink (named for the gRPC access log it once carried), and the access log
+    # (Fluentd Forward protocol, sluice.common.access_log).
+    als: int = 0
+    access_log: int = 0
 
 
 class TracingSettings(BaseModel):

@@ -19,8 +19,13 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
 from google.protobuf import json_format
 
+from sluice.common.components import (
+    ACCESS_LOG_CLUSTER,
+    ENVOY_BOOTSTRAP,
+    find_project_file,
+    render_envoy_bootstrap,
+)
 from sluice.common.pki import Identity
-from sluice.traffic.xds.resources import PLATFORM_CA, PLATFORM_CLIENT
 from sluice.traffic.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, Snapshot
 
 
@@ -39,25 +44,27 @@ def resources_json(snapshot: Snapshot) -> dict[str, Any]:
     }
 
 
-def platform_secrets(envoy: Identity) -> list[dict[str, Any]]:
-    """The static secrets deploy/envoy/bootstrap.yaml gives Envoy (its client certificate,
-    the platform CA), which the access-log cluster names."""
-    return [
-        {
-            "name": PLATFORM_CLIENT,
-            "tls_certificate": {
-                "certificate_chain": {"filename": str(envoy.cert)},
-                "private_key": {"filename": str(envoy.key)},
-            },
-        },
-        {"name": PLATFORM_CA, "validation_context": {"trusted_ca": {"filename": str(envoy.ca)}}},
-    ]
+def platform_statics(envoy: Identity) -> tuple[list[Any], list[Any]]:
+    """(clusters, secrets) that deploy/envoy/bootstrap.yaml gives Envoy and snapshots name:
+    the access log's cluster (Envoy's fluentd logger writes only to a bootstrap cluster),
+    Envoy's client certificate and the platform CA."""
+    config = render_envoy_bootstrap(
+        find_project_file(ENVOY_BOOTSTRAP),
+        xds_host="127.0.0.1",
+        xds_port=1,
+        node_id="sluice-gateway",
+        tls=envoy,
+        access_log=("127.0.0.1", 9),
+    )
+    statics = config["static_resources"]
+    clusters = [c for c in statics["clusters"] if c["name"] == ACCESS_LOG_CLUSTER]
+    return clusters, statics["secrets"]
 
 
 def static_bootstrap(
     snapshot: Snapshot, *, admin_port: int = 0, envoy: Identity | None = None
 ) -> dict[str, Any]:
-    """`envoy`: Envoy's platform identity, needed when the snapshot sends access logs."""
+    """`envoy`: Envoy's platform identity, needed when the snapshot logs requests."""
     routes = {
         name: _unpack(p, route_pb2.RouteConfiguration())
         for name, p in snapshot.resources[ROUTE].items()
@@ -95,7 +102,11 @@ def static_bootstrap(
     secrets = [
         json_format.MessageToDict(_unpack(p, secret_pb2.Secret()))
         for p in snapshot.resources[SECRET].values()
-    ] + (platform_secrets(envoy) if envoy is not None else [])
+    ]
+    if envoy is not None:
+        more_clusters, more_secrets = platform_statics(envoy)
+        clusters += more_clusters
+        secrets += more_secrets
     return {
         "admin": {
             "address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}

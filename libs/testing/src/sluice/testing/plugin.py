@@ -203,13 +203,16 @@ async def nats_broker(sluice_settings: Settings) -> AsyncIterator[NatsBroker]:
 
 @dataclass(frozen=True)
 class EnvoyGateway:
-    """A running Envoy whose ADS cluster points at `xds_port` (serve xDS there) and whose
-    stats sink streams to `stats_port` (`start_service("metrics", als_port=stats_port)`)."""
+    """A running Envoy whose ADS cluster points at `xds_port` (serve xDS there), whose
+    stats sink streams to `stats_port` and whose access log (when the traffic controller
+    turns it on) goes to `access_log_port`: `start_service("metrics", envoy=envoy_gateway)`
+    listens on both."""
 
     admin_url: str
     xds_port: int
     node_id: str
     stats_port: int
+    access_log_port: int
 
 
 @pytest.fixture(scope="session")
@@ -219,7 +222,7 @@ def envoy_gateway(
     platform_pki: PlatformPki,
 ) -> EnvoyGateway:
     folder = tmp_path_factory.mktemp("envoy")
-    admin_port, xds_port, stats_port = free_port(), free_port(), free_port()
+    admin_port, xds_port, stats_port, log_port = free_port(), free_port(), free_port(), free_port()
     config = render_envoy_bootstrap(
         find_project_file(ENVOY_BOOTSTRAP),
         admin_port=admin_port,
@@ -228,6 +231,7 @@ def envoy_gateway(
         node_id="sluice-test-gateway",
         tls=platform_pki.client("sluice-test-gateway"),
         metrics=("127.0.0.1", stats_port),
+        access_log=("127.0.0.1", log_port),
     )
     bootstrap = folder / "bootstrap.yaml"
     bootstrap.write_text(yaml.safe_dump(config))
@@ -240,6 +244,7 @@ def envoy_gateway(
         xds_port=xds_port,
         node_id="sluice-test-gateway",
         stats_port=stats_port,
+        access_log_port=log_port,
     )
 
 
@@ -297,14 +302,15 @@ class ServiceStarter:
         self._supervisor = supervisor
 
     def __call__(
-        self, name: str, *, port_field: str | None = None, als_port: int | None = None
+        self, name: str, *, port_field: str | None = None, envoy: EnvoyGateway | None = None
     ) -> RunningService:
-        """`als_port`: the metrics service's second, mutual-TLS port (Envoy's access-log and
-        stats streams); the session Envoy's stats go to `envoy_gateway.stats_port`."""
+        """`envoy`: the Envoy whose stats and access log the metrics service receives (on
+        its mutual-TLS ports for Envoy; free ports without)."""
         port = free_port()
         update = {port_field or name: port}
         if name == "metrics":
-            update["als"] = als_port or free_port()
+            update["als"] = envoy.stats_port if envoy else free_port()
+            update["access_log"] = envoy.access_log_port if envoy else free_port()
         ports = self.settings.ports.model_copy(update=update)
         self.settings = self.settings.model_copy(update={"ports": ports})
         spec = python_service_spec(

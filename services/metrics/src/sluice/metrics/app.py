@@ -6,7 +6,6 @@ import asyncio
 import time
 from typing import Any
 
-from envoy.service.accesslog.v3 import als_pb2_grpc
 from prometheus_client import REGISTRY
 
 from sluice.common.access import UserTokens
@@ -24,9 +23,8 @@ from sluice.common.pki import ALS_SERVER, PlatformPki
 from sluice.common.prometheus import start_exporter
 from sluice.common.runtime import wait_for_shutdown_signal
 from sluice.common.settings import Settings
+from sluice.metrics import forward
 from sluice.metrics.alerts import AlertEvaluator, AlertRules
-from sluice.metrics.als import SERVICE_NAME as ALS_SERVICE
-from sluice.metrics.als import AccessLogReceiver, IngestStats
 from sluice.metrics.api import AlertAdmin, MetricsApi, MetricsQueries
 from sluice.metrics.autoscale import Autoscaler, AutoscaleStore
 from sluice.metrics.autoscale_api import AutoscaleApi
@@ -83,7 +81,7 @@ async def serve(settings: Settings, metrics: MetricsSettings) -> None:
     store = MetricsStore(db)
     await store.ensure_indexes(metrics.retention_days * 86400)
     buckets = Buckets(metrics.bucket_s)
-    stats = IngestStats()
+    stats = forward.IngestStats()
     broker = create_broker(settings, client_name="sluice-metrics")
     subscribe_usage(broker, usage_subject(settings.events_subject_prefix), buckets)
     await broker.start()
@@ -110,7 +108,6 @@ async def serve(settings: Settings, metrics: MetricsSettings) -> None:
         cache=cache,
     )
     recent = RecentRequests()
-    receiver = AccessLogReceiver(buckets, stats, recent)
     queries = MetricsQueries(db, store, metrics.currency, metrics.bucket_s, cache)
     rules = AlertRules(db)
     api = MetricsApi(queries, AlertAdmin(rules, queries, metrics.bucket_s))
@@ -140,23 +137,32 @@ async def serve(settings: Settings, metrics: MetricsSettings) -> None:
         token_verifier=UserTokens(db).verify,  # users' tokens, by role
     )
 
-    # Envoy cannot send the admin token: its access-log and stats streams have a port of
-    # their own with mutual TLS (the platform CA), so no other process can feed forged
-    # requests or connections into the metrics, costs and alerts.
+    # Envoy cannot send the admin token: its stats stream (gRPC) and access log (Fluentd
+    # Forward protocol) have ports of their own with mutual TLS (the platform CA), so no
+    # other process can feed forged requests or connections into the metrics, costs and
+    # alerts.
     def register_envoy(server: Any) -> None:
-        als_pb2_grpc.add_AccessLogServiceServicer_to_server(receiver, server)
         server.add_generic_rpc_handlers((StatsSinkReceiver(envoys).handler(),))
 
+    identity = PlatformPki(settings.pki_folder.absolute()).server(ALS_SERVER)
     als_server = GrpcServer(
         host=settings.host,
         port=settings.ports.als,
-        service_names=[ALS_SERVICE, STATS_SERVICE],
+        service_names=[STATS_SERVICE],
         register=register_envoy,
-        tls=PlatformPki(settings.pki_folder.absolute()).server(ALS_SERVER),
+        tls=identity,
     )
     tasks: list[asyncio.Task[None]] = []
     try:
         await als_server.start()
+        access_log = await forward.serve(
+            settings.host,
+            settings.ports.access_log,
+            buckets,
+            stats,
+            recent,
+            tls=forward.server_tls(identity),
+        )
         await server.start()
         start_exporter(settings)
         tasks.append(asyncio.create_task(flusher.run(), name="flusher"))
@@ -177,6 +183,7 @@ async def serve(settings: Settings, metrics: MetricsSettings) -> None:
         log.info("metrics_stopping", signal=signal.name)
         await server.stop(grace=1.0)
         await als_server.stop(grace=1.0)
+        access_log.close()
         for task in tasks:
             task.cancel()
         await flusher.close()

@@ -11,17 +11,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-# Envoy's own failures worth a chart (ResponseFlags field -> our name): the gateway
+# Envoy's own failures worth a chart (its short response flags -> our name): the gateway
 # answered or gave up without a model's answer.
 FAILURE_FLAGS = {
-    "no_healthy_upstream": "no_healthy_upstream",  # UH: 503, no ready instance
-    "upstream_request_timeout": "timeout",  # UT: 408 (request_timeout_ms)
-    "upstream_overflow": "overflow",  # UO: 429 from the in-flight limit
-    "upstream_connection_failure": "connection_failure",  # UF
-    "upstream_remote_reset": "upstream_reset",  # UR
-    "upstream_connection_termination": "upstream_reset",  # UC
-    "local_reset": "local_reset",  # LR
-    "downstream_connection_termination": "client_disconnected",  # DC
+    "UH": "no_healthy_upstream",  # 503, no ready instance
+    "UT": "timeout",  # 408 (request_timeout_ms)
+    "UO": "overflow",  # 429 from the in-flight limit
+    "UF": "connection_failure",
+    "UR": "upstream_reset",
+    "UC": "upstream_reset",
+    "LR": "local_reset",
+    "DC": "client_disconnected",
 }
 
 

@@ -20,10 +20,10 @@ interface is private to its host, and shows every key). Read from each message:
   connections to the gateway. Every endpoint shares the gateway's listeners,
   and one HTTP/2 connection can carry requests for several endpoints, so these
   belong to no endpoint: a gateway-wide gauge per Envoy.
-- `access_logs.grpc_access_log.logs_written` / `logs_dropped`: entries Envoy
-  queued for, or dropped instead of sending to, the access-log stream (its
-  buffer full because this service is slow or away): requests the metrics will
-  never count, so they are exported as counters per Envoy and logged.
+- `access_logs.fluentd.sluice.entries_buffered` / `entries_lost`: access-log
+  records Envoy queued for this service, or lost instead (its buffer full while
+  this service was away): requests the metrics will never count, so they are
+  exported as counters per Envoy and logged.
 
 An Envoy is `<node id>@<its address>`: the replicas of a Kubernetes deployment
 share one node id.
@@ -50,8 +50,8 @@ SERVICE_NAME = "envoy.service.metrics.v3.MetricsService"
 METHOD = "StreamMetrics"
 UPSTREAM = "cluster.upstream_cx_active"
 DOWNSTREAM = "http.downstream_cx_active"
-WRITTEN = "access_logs.grpc_access_log.logs_written"
-DROPPED = "access_logs.grpc_access_log.logs_dropped"
+WRITTEN = "access_logs.fluentd.sluice.entries_buffered"  # stat_prefix: access_log.TAG
+DROPPED = "access_logs.fluentd.sluice.entries_lost"
 CLUSTER_LABEL = "envoy.cluster_name"
 LISTENER_LABEL = "envoy.http_conn_manager_prefix"
 ADMIN_PREFIX = "admin"  # the admin interface's own connection manager

@@ -18,9 +18,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from sluice.metrics import query
-from sluice.metrics.als import IngestStats
 from sluice.metrics.envoy_stats import EnvoyStats
 from sluice.metrics.flusher import Flusher
+from sluice.metrics.forward import IngestStats
 from sluice.metrics.store import MetricsStore
 
 # Azure metric name -> (Prometheus family, help). docs/metrics.md documents the mapping.
@@ -114,6 +114,11 @@ class LiveView(Collector):
                 "Entries without endpoint metadata (requests for no endpoint)",
                 value=self._stats.unattributed,
             )
+            yield CounterMetricFamily(
+                "sluice_metrics_malformed_access_log_messages",
+                "Access-log messages that were not Forward mode (their connection closed)",
+                value=self._stats.malformed,
+            )
         if self._flusher is not None:
             yield CounterMetricFamily(
                 "sluice_metrics_dropped_buckets",
@@ -141,12 +146,12 @@ def envoy_families(envoys: EnvoyStats) -> Iterator[Any]:
     )
     written = CounterMetricFamily(
         "sluice_envoy_access_log_entries_written",
-        "Access-log entries Envoy queued for this service (logs_written)",
+        "Access-log records Envoy queued for this service (entries_buffered)",
         labels=["envoy"],
     )
     dropped = CounterMetricFamily(
         "sluice_envoy_access_log_entries_dropped",
-        "Access-log entries Envoy dropped, never counted in the metrics (logs_dropped)",
+        "Access-log records Envoy lost, never counted in the metrics (entries_lost)",
         labels=["envoy"],
     )
     for address, reading in sorted(envoys.envoys.items()):

@@ -1,8 +1,8 @@
 """Recent requests per endpoint, from Envoy's access log: `sluice online-endpoint logs`.
 
-The access-log receiver (als.py) hands every batch of entries here too. Each endpoint
-keeps its newest `PER_ENDPOINT` entries (the entries themselves, not copies: adding one
-is a tag read and a deque append, so ingest stays fast), at most `MAX_ENDPOINTS`
+The access-log receiver (forward.py) hands every batch of records here too. Each endpoint
+keeps its newest `PER_ENDPOINT` records (the decoded records themselves, not copies:
+adding one is a key read and a deque append, so ingest stays fast), at most `MAX_ENDPOINTS`
 endpoints (the least recently logged one is forgotten first). Mirrored copies are left
 out: these are the requests clients sent. The buffer lives in memory, so it holds what
 this replica received since it started; durable request history is the metrics'
@@ -21,8 +21,9 @@ from typing import Any
 
 import grpc
 
-from sluice.metrics.als import TAG_DEPLOYMENT, TAG_ENDPOINT, TAG_MIRROR, TAG_ROUTE_ENDPOINT
+from sluice.common import access_log as f
 from sluice.metrics.buckets import FAILURE_FLAGS
+from sluice.metrics.forward import number
 from sluice.v1 import requestlogs_pb2, requestlogs_pb2_grpc
 
 PER_ENDPOINT = 2000
@@ -30,13 +31,10 @@ MAX_ENDPOINTS = 500
 DEFAULT_LIMIT = 100
 MAX_LIMIT = PER_ENDPOINT
 SERVICE_NAME = "sluice.v1.RequestLogs"
-# Envoy's RequestMethod enum (envoy.config.core.v3.RequestMethod) -> its name.
-METHODS = {1: "GET", 2: "HEAD", 3: "POST", 4: "PUT", 5: "DELETE", 6: "CONNECT", 7: "OPTIONS"}
-METHODS |= {8: "TRACE", 9: "PATCH"}
 
 
 class RecentRequests:
-    """The newest access-log entries of each endpoint, bounded."""
+    """The newest access-log records of each endpoint, bounded."""
 
     def __init__(self, per_endpoint: int = PER_ENDPOINT, max_endpoints: int = MAX_ENDPOINTS):
         self._per_endpoint = per_endpoint
@@ -44,11 +42,11 @@ class RecentRequests:
         self._by_endpoint: OrderedDict[str, deque[Any]] = OrderedDict()
 
     def add(self, entries: Iterable[Any]) -> None:
+        """`[time, record]` entries as the Forward protocol carries them."""
         by_endpoint = self._by_endpoint
-        for entry in entries:
-            tags = entry.common_properties.custom_tags
-            endpoint = tags[TAG_ENDPOINT] or tags[TAG_ROUTE_ENDPOINT]
-            if not endpoint or tags[TAG_MIRROR] == "1":
+        for _time, record in entries:
+            endpoint = record.get(f.ENDPOINT) or record.get(f.ROUTE_ENDPOINT)
+            if not endpoint or record.get(f.MIRROR) == 1:
                 continue
             kept = by_endpoint.get(endpoint)
             if kept is None:
@@ -57,7 +55,7 @@ class RecentRequests:
                     by_endpoint.popitem(last=False)
             elif len(by_endpoint) > 1:
                 by_endpoint.move_to_end(endpoint)
-            kept.append(entry)
+            kept.append(record)
 
     def query(
         self,
@@ -69,16 +67,16 @@ class RecentRequests:
         limit: int = DEFAULT_LIMIT,
         now: float | None = None,
     ) -> tuple[list[Any], int, int]:
-        """(the newest `limit` matching entries, oldest first; how many matched; how many kept)."""
+        """(the newest `limit` matching records, oldest first; how many matched; how many kept)."""
         kept = self._by_endpoint.get(endpoint) or deque()
         accept = status_filter(status)
-        cutoff = (now or time.time()) - since_s if since_s else 0.0
+        cutoff_ms = ((now or time.time()) - since_s) * 1000 if since_s else 0.0
         matched = [
-            e
-            for e in kept
-            if (not deployment or e.common_properties.custom_tags[TAG_DEPLOYMENT] == deployment)
-            and accept(e.response.response_code.value)
-            and (not cutoff or e.common_properties.start_time.seconds >= cutoff)
+            r
+            for r in kept
+            if (not deployment or r.get(f.DEPLOYMENT) == deployment)
+            and accept(r.get(f.STATUS) or 0)
+            and (not cutoff_ms or number(r.get(f.START_MS)) >= cutoff_ms)
         ]
         return matched[-limit:] if limit else [], len(matched), len(kept)
 
@@ -97,30 +95,25 @@ def status_filter(status: str) -> Any:
     raise ValueError(f"status must be a class such as 5xx or a code such as 404, got {status!r}")
 
 
-def entry_message(entry: Any) -> Any:
-    common, request, response = entry.common_properties, entry.request, entry.response
-    took = common.time_to_last_downstream_tx_byte
-    flags = [name for flag, name in FAILURE_FLAGS.items() if getattr(common.response_flags, flag)]
+def entry_message(record: dict[str, Any]) -> Any:
+    """A record as the API returns it."""
+    get = record.get
+    flags = [FAILURE_FLAGS[x] for x in (get(f.FLAGS) or "").split(",") if x in FAILURE_FLAGS]
     message = requestlogs_pb2.RequestLogEntry(
-        endpoint_name=common.custom_tags[TAG_ENDPOINT] or common.custom_tags[TAG_ROUTE_ENDPOINT],
-        deployment_name=common.custom_tags[TAG_DEPLOYMENT],
-        method=METHODS.get(request.request_method, ""),
-        path=request.path,
-        status=response.response_code.value,
-        duration_ms=took.seconds * 1000.0 + took.nanos / 1e6,
-        request_id=request.request_id,
-        bytes_in=request.request_headers_bytes + request.request_body_bytes,
-        bytes_out=response.response_headers_bytes + response.response_body_bytes,
-        upstream=_address(common.upstream_remote_address),
+        endpoint_name=get(f.ENDPOINT) or get(f.ROUTE_ENDPOINT) or "",
+        deployment_name=get(f.DEPLOYMENT) or "",
+        method=get(f.METHOD) or "",
+        path=get(f.PATH) or "",
+        status=get(f.STATUS) or 0,
+        duration_ms=(get(f.DURATION_US) or 0) / 1000.0,
+        request_id=get(f.REQUEST_ID) or "",
+        bytes_in=(get(f.REQUEST_HEADER_BYTES) or 0) + (get(f.REQUEST_BODY_BYTES) or 0),
+        bytes_out=(get(f.RESPONSE_HEADER_BYTES) or 0) + (get(f.RESPONSE_BODY_BYTES) or 0),
+        upstream=get(f.UPSTREAM) or "",
         response_flags=",".join(dict.fromkeys(flags)),
     )
-    message.time.CopyFrom(common.start_time)
+    message.time.FromMilliseconds(number(get(f.START_MS)))
     return message
-
-
-def _address(address: Any) -> str:
-    socket = address.socket_address
-    return f"{socket.address}:{socket.port_value}" if socket.address else ""
 
 
 class RequestLogsApi(requestlogs_pb2_grpc.RequestLogsServicer):

@@ -20,7 +20,7 @@ from sluice.common.secretbox import SecretBox
 from sluice.common.settings import Settings
 from sluice.traffic import openapi, portal
 from sluice.traffic.controller import Controller, Timing
-from sluice.traffic.domain import Gateway, Limits, Listen, Management, Upstream
+from sluice.traffic.domain import Gateway, Limits, Listen, Management
 from sluice.traffic.events import NatsOutcomes, subscribe_routing_events
 from sluice.traffic.jwks import StoredJwks
 from sluice.traffic.settings import TrafficSettings
@@ -37,13 +37,12 @@ def certificate_files(settings: Settings, traffic: TrafficSettings) -> tuple[Pat
     return ensure_local_certificate(settings.state_dir.absolute() / "tls", settings.domain)
 
 
-def als_target(settings: Settings, traffic: TrafficSettings) -> Listen | None:
-    if traffic.als_address:
-        upstream = Upstream.parse(traffic.als_address)
-        return Listen(upstream.host, upstream.port)
-    if settings.ports.als and importlib.util.find_spec("sluice.metrics") is not None:
-        return Listen(settings.host, settings.ports.als)
-    return None
+def access_log_on(settings: Settings, traffic: TrafficSettings) -> bool:
+    """Whether Envoy logs requests to the metrics service (its bootstrap names where)."""
+    if traffic.access_log is not None:
+        return traffic.access_log
+    installed = importlib.util.find_spec("sluice.metrics") is not None
+    return bool(settings.ports.access_log) and installed
 
 
 # Which process serves each gRPC service the management listener exposes.
@@ -100,8 +99,8 @@ class GatewaySource:
         host = traffic.listen_host or settings.host
         self._https = Listen(host, settings.envoy.https_port)
         self._http = Listen(host, settings.envoy.http_port) if settings.envoy.http_enabled else None
-        self._als = als_target(settings, traffic)
-        self._als_buffer_bytes = traffic.als_buffer_bytes
+        self._access_log = access_log_on(settings, traffic)
+        self._access_log_buffer_bytes = traffic.access_log_buffer_bytes
         self._management = management(settings, self._http, host)
         self._limits = Limits(
             max_request_bytes=traffic.max_request_bytes,
@@ -118,8 +117,8 @@ class GatewaySource:
             http=self._http,
             tls=load_material(self._cert, self._key),
             jwks=jwks,
-            als=self._als,
-            als_buffer_bytes=self._als_buffer_bytes,
+            access_log=self._access_log,
+            access_log_buffer_bytes=self._access_log_buffer_bytes,
             limits=self._limits,
             management=self._management,
         )

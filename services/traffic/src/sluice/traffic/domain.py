@@ -247,7 +247,7 @@ class Gateway:
     http: Listen | None  # None: plain HTTP turned off
     tls: TlsMaterial
     jwks: str  # the registry's public keys (JSON); a key nobody holds until it is known
-    als: Listen | None = None  # the access-log (ALS) receiver, when one runs
-    als_buffer_bytes: int = 256 * 1024  # Envoy's batch of entries to it (settings.py)
+    access_log: bool = False  # Envoy's access log to the metrics service (settings.py)
+    access_log_buffer_bytes: int = 256 * 1024  # Envoy's batch of records to it
     limits: Limits = Limits()
     management: Management | None = None  # None: no management listener

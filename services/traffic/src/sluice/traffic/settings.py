@@ -14,14 +14,14 @@ class TrafficSettings(BaseSettings):
     # The gateway certificate (PEM chain) and key; unset = a local CA in <state_dir>/tls/.
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
-    # host:port of an Envoy ALS (access log) receiver; unset = the metrics service when it
-    # is installed, else no access-log sink.
-    als_address: str | None = None
-    # Envoy sends access-log entries in batches of this many bytes (or every second). Envoy's
-    # default, 16 KiB, cost the metrics service 27 µs of CPU per request at 1,500 req/s,
-    # 256 KiB 10 µs (fewer gRPC messages; bench/README.md, "metrics"). Also what one Envoy
-    # worker holds per log before it drops entries, the stream to the service stalled.
-    als_buffer_bytes: int = 256 * 1024
+    # Envoy's access log to the metrics service (the fluentd logger, to the bootstrap's
+    # `sluice_access_log` cluster: the metrics service's access-log port). Unset = on when
+    # the metrics service is installed and its access-log port is set.
+    access_log: bool | None = None
+    # Each Envoy worker sends its access-log records when this many bytes are buffered, or
+    # every second. A bigger batch costs the metrics service less per record (bench/README.md,
+    # "metrics"); it is also what a worker holds before it drops records, the service away.
+    access_log_buffer_bytes: int = 256 * 1024
     # Where Envoy's listeners bind; unset = SLUICE_HOST (loopback locally).
     listen_host: str | None = None
     # Per-request limits of the gateway (traffic.domain.Limits).

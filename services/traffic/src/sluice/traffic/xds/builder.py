@@ -69,7 +69,7 @@ class SnapshotBuilder:
         if self._gateway is not None and self._gateway[0] == gateway:
             return self._gateway[1]
         built: dict[str, list[tuple[str, any_pb2.Any]]] = {
-            CLUSTER: [(r.ALS_CLUSTER, r.pack(r.als_cluster(gateway.als)))] if gateway.als else [],
+            CLUSTER: [],
             LISTENER: [(lst.name, r.pack(lst)) for lst in r.listeners(gateway)],
             SECRET: [(r.TLS_SECRET, r.pack(r.tls_secret(gateway)))],
         }

@@ -46,9 +46,9 @@ from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_de
 from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
 from envoy.config.core.v3 import (
     address_pb2,
+    backoff_pb2,
     base_pb2,
     config_source_pb2,
-    grpc_service_pb2,
     health_check_pb2,
     protocol_pb2,
     substitution_format_string_pb2,
@@ -57,7 +57,7 @@ from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.rbac.v3 import rbac_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
-from envoy.extensions.access_loggers.grpc.v3 import als_pb2
+from envoy.extensions.access_loggers.fluentd.v3 import fluentd_pb2
 from envoy.extensions.filters.http.buffer.v3 import buffer_pb2
 from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
 from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_pb2
@@ -73,15 +73,14 @@ from envoy.extensions.transport_sockets.tls.v3 import common_pb2 as tls_common_p
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.matcher.v3 import metadata_pb2, string_pb2, value_pb2
-from envoy.type.metadata.v3 import metadata_pb2 as metadata_key_pb2
-from envoy.type.tracing.v3 import custom_tag_pb2
 from envoy.type.v3 import percent_pb2
 from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
+from sluice.common import access_log
+from sluice.common.components import ACCESS_LOG_CLUSTER
 from sluice.common.gateway_auth import HEADER
 from sluice.common.headers import NOT_PROCESSED_HEADER
-from sluice.common.pki import ALS_SERVER
 from sluice.common.resources import TOKEN_ISSUER
 from sluice.traffic.domain import (
     DEPLOYMENT_HEADER,
@@ -99,10 +98,6 @@ from sluice.traffic.xds import grpc_bridge, key_hash
 
 ROUTE_CONFIG = "sluice_routes"
 TLS_SECRET = "sluice_tls"  # noqa: S105 - the name of an SDS resource, not a secret
-ALS_CLUSTER = "sluice_als"
-# Static secrets of Envoy's bootstrap: its client certificate and the platform CA.
-PLATFORM_CLIENT = "sluice_platform_client"
-PLATFORM_CA = "sluice_platform_ca"
 JWT_FILTER = "envoy.filters.http.jwt_authn"
 RBAC_FILTER = "envoy.filters.http.rbac"
 LUA_FILTER = "envoy.filters.http.lua"
@@ -110,14 +105,11 @@ JWT_PROVIDER = "sluice"
 JWT_REQUIREMENT = "endpoint-token"
 JWT_PAYLOAD_KEY = "jwt_payload"
 CATCH_ALL_VHOST = "sluice_catch_all"
-# Attribution for the metrics service: every cluster and endpoint route carries
-# `filter_metadata["sluice"] = {endpoint, deployment}`, and the access loggers copy it into
-# custom tags, so access-log entries name their deployment without parsing resource names.
-METADATA_NAMESPACE = "sluice"
-TAG_ENDPOINT = "sluice.endpoint"  # from the upstream cluster (the deployment that served)
-TAG_DEPLOYMENT = "sluice.deployment"
-TAG_ROUTE_ENDPOINT = "sluice.route_endpoint"  # from the route: also for Envoy's own replies
-TAG_MIRROR = "sluice.mirror"  # "1" on the entries of mirrored copies
+# Attribution for the metrics service: every cluster, instance (EDS host) and endpoint route
+# carries `filter_metadata["sluice"] = {endpoint, deployment}` (routes: endpoint), and the
+# access log's record copies the host's and the route's (sluice.common.access_log), so records
+# name their deployment without parsing names.
+METADATA_NAMESPACE = access_log.METADATA_NAMESPACE
 # Envoy logs a mirrored copy only through the router's upstream log, which also sees every
 # primary attempt; this header, set on the copies alone, selects them.
 MIRROR_HEADER = "x-sluice-mirror"
@@ -353,7 +345,8 @@ def load_assignment(dep: Deployment, *, grpc: bool = False) -> endpoint_pb2.Clus
                 lb_endpoints=[
                     endpoint_components_pb2.LbEndpoint(
                         endpoint=endpoint_components_pb2.Endpoint(address=_socket(u.host, port)),
-                        metadata=_metadata(deployment=dep.name),
+                        # Also what the access log records (sluice.common.access_log).
+                        metadata=_metadata(endpoint=dep.endpoint, deployment=dep.name),
                     )
                     for u, port in ports
                     if port
@@ -361,61 +354,6 @@ def load_assignment(dep: Deployment, *, grpc: bool = False) -> endpoint_pb2.Clus
             )
         ],
     )
-
-
-def als_cluster(target: Listen) -> cluster_pb2.Cluster:
-    options = http_protocol_options_pb2.HttpProtocolOptions(
-        explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
-            http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
-        )
-    )
-    return cluster_pb2.Cluster(
-        name=ALS_CLUSTER,
-        type=cluster_pb2.Cluster.STATIC,
-        connect_timeout=_s(1),
-        load_assignment=endpoint_pb2.ClusterLoadAssignment(
-            cluster_name=ALS_CLUSTER,
-            endpoints=[
-                endpoint_components_pb2.LocalityLbEndpoints(
-                    lb_endpoints=[
-                        endpoint_components_pb2.LbEndpoint(
-                            endpoint=endpoint_components_pb2.Endpoint(
-                                address=_socket(target.host, target.port)
-                            )
-                        )
-                    ]
-                )
-            ],
-        ),
-        typed_extension_protocol_options={
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": pack(options)
-        },
-        transport_socket=platform_tls(ALS_SERVER),
-    )
-
-
-def platform_tls(server_name: str) -> base_pb2.TransportSocket:
-    """Mutual TLS to one of the platform's own servers: Envoy's client certificate and the
-    platform CA are the static secrets of its bootstrap (deploy/envoy/bootstrap.yaml),
-    named here without an SDS source; the server must carry `server_name`."""
-    tls = tls_pb2.UpstreamTlsContext(
-        sni=server_name,
-        common_tls_context=tls_pb2.CommonTlsContext(
-            tls_certificate_sds_secret_configs=[secret_pb2.SdsSecretConfig(name=PLATFORM_CLIENT)],
-            combined_validation_context=tls_pb2.CommonTlsContext.CombinedCertificateValidationContext(
-                default_validation_context=tls_common_pb2.CertificateValidationContext(
-                    match_typed_subject_alt_names=[
-                        tls_common_pb2.SubjectAltNameMatcher(
-                            san_type=tls_common_pb2.SubjectAltNameMatcher.DNS,
-                            matcher=string_pb2.StringMatcher(exact=server_name),
-                        )
-                    ]
-                ),
-                validation_context_sds_secret_config=secret_pb2.SdsSecretConfig(name=PLATFORM_CA),
-            ),
-        ),
-    )
-    return base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=pack(tls))
 
 
 # ---- routes ----------------------------------------------------------------------------
@@ -886,55 +824,28 @@ def local_replies(limits: Limits) -> hcm_pb2.LocalReplyConfig:
     )
 
 
-def _metadata_tag(tag: str, kind: metadata_key_pb2.MetadataKind, key: str) -> object:
-    return custom_tag_pb2.CustomTag(
-        tag=tag,
-        metadata=custom_tag_pb2.CustomTag.Metadata(
-            kind=kind,
-            metadata_key=metadata_key_pb2.MetadataKey(
-                key=METADATA_NAMESPACE,
-                path=[metadata_key_pb2.MetadataKey.PathSegment(key=key)],
-            ),
-        ),
-    )
-
-
-def _attribution_tags(*, mirror: bool) -> list[object]:
-    cluster = metadata_key_pb2.MetadataKind(cluster=metadata_key_pb2.MetadataKind.Cluster())
-    route = metadata_key_pb2.MetadataKind(route=metadata_key_pb2.MetadataKind.Route())
-    tags = [
-        _metadata_tag(TAG_ENDPOINT, cluster, "endpoint"),
-        _metadata_tag(TAG_DEPLOYMENT, cluster, "deployment"),
-        _metadata_tag(TAG_ROUTE_ENDPOINT, route, "endpoint"),
-    ]
-    if mirror:
-        tags.append(
-            custom_tag_pb2.CustomTag(
-                tag=TAG_MIRROR, literal=custom_tag_pb2.CustomTag.Literal(value="1")
+def _access_log(buffer_bytes: int, *, mirror: bool = False) -> accesslog_pb2.AccessLog:
+    """Envoy's fluentd access logger: the compact record of sluice.common.access_log, in
+    batches to the metrics service over the bootstrap's access-log cluster. The connection
+    manager's log has one record per client request; with `mirror`, the router's upstream
+    log restricted to mirrored copies, one per copy. Cheaper for Envoy than the gRPC access
+    log, whose ~650-byte entry cannot leave out fields (bench/README.md, "metrics"). No
+    headers beyond the record's: keys and tokens stay out of access logs."""
+    config = fluentd_pb2.FluentdAccessLogConfig(
+        cluster=ACCESS_LOG_CLUSTER,
+        tag=access_log.TAG,
+        stat_prefix=access_log.TAG,
+        buffer_flush_interval=_s(1),
+        buffer_size_bytes=wrappers_pb2.UInt32Value(value=buffer_bytes),
+        # Reconnect quickly (a restarted metrics service), never give up (the default).
+        retry_options=fluentd_pb2.FluentdAccessLogConfig.RetryOptions(
+            backoff_options=backoff_pb2.BackoffStrategy(
+                base_interval=duration_pb2.Duration(nanos=100_000_000), max_interval=_s(1)
             )
-        )
-    return tags
-
-
-def _als(target: Listen, buffer_bytes: int, *, mirror: bool = False) -> accesslog_pb2.AccessLog:
-    """The gRPC access log: the connection manager's (one entry per client request), or with
-    `mirror` the router's upstream log restricted to mirrored copies (one per copy)."""
-    config = als_pb2.HttpGrpcAccessLogConfig(
-        common_config=als_pb2.CommonGrpcAccessLogConfig(
-            log_name="sluice_mirror" if mirror else "sluice_gateway",
-            grpc_service=grpc_service_pb2.GrpcService(
-                envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=ALS_CLUSTER)
-            ),
-            transport_api_version=config_source_pb2.V3,
-            buffer_flush_interval=_s(1),
-            buffer_size_bytes=wrappers_pb2.UInt32Value(value=buffer_bytes),
-            custom_tags=_attribution_tags(mirror=mirror),
         ),
-        # No additional headers: what served a request is in the custom tags, and keys and
-        # tokens (the authorization header) stay out of access logs. Each logged header
-        # would be one more copy per request in Envoy (the ≤ 5% budget of bench/metrics).
     )
-    log = accesslog_pb2.AccessLog(name="envoy.access_loggers.http_grpc", typed_config=pack(config))
+    config.record.update(access_log.record(mirror=mirror))
+    log = accesslog_pb2.AccessLog(name="envoy.access_loggers.fluentd", typed_config=pack(config))
     if mirror:
         log.filter.CopyFrom(
             accesslog_pb2.AccessLogFilter(
@@ -949,7 +860,7 @@ def _als(target: Listen, buffer_bytes: int, *, mirror: bool = False) -> accesslo
 
 
 def _http_filters(gateway: Gateway) -> list[hcm_pb2.HttpFilter]:
-    jwks, als, limits = gateway.jwks, gateway.als, gateway.limits
+    jwks, limits, logged = gateway.jwks, gateway.limits, gateway.access_log
     jwt = jwt_pb2.JwtAuthentication(
         providers={
             JWT_PROVIDER: jwt_pb2.JwtProvider(
@@ -991,7 +902,9 @@ def _http_filters(gateway: Gateway) -> list[hcm_pb2.HttpFilter]:
             name="envoy.filters.http.router",
             typed_config=pack(
                 router_pb2.Router(
-                    upstream_log=[_als(als, gateway.als_buffer_bytes, mirror=True)] if als else []
+                    upstream_log=[_access_log(gateway.access_log_buffer_bytes, mirror=True)]
+                    if logged
+                    else []
                 )
             ),
         ),
@@ -1011,7 +924,7 @@ def _connection_manager(name: str, gateway: Gateway) -> hcm_pb2.HttpConnectionMa
         use_remote_address=wrappers_pb2.BoolValue(value=True),
         normalize_path=wrappers_pb2.BoolValue(value=True),
         merge_slashes=True,
-        access_log=[_als(gateway.als, gateway.als_buffer_bytes)] if gateway.als else [],
+        access_log=[_access_log(gateway.access_log_buffer_bytes)] if gateway.access_log else [],
     )
 
 

@@ -1,0 +1,332 @@
+"""Envoy's own CPU per request for each way of access logging, on static Envoys.
+
+`uv run --no-sync python bench/metrics/envoy_log_cost.py [rounds]` — no xDS, no
+platform: one upstream Envoy answering every request itself (`direct_response`), and
+one gateway Envoy (`--concurrency 1`) per variant in front of it, the same route and
+cluster metadata as the traffic controller's (`sluice: {endpoint, deployment}`):
+
+- `none`: no access log (the baseline);
+- `als`: the gRPC access log (`HttpGrpcAccessLogConfig`) with the three metadata
+  custom tags, 256 KiB batches, to a sink running the metrics service's ALS code;
+- `fluentd`: Envoy's fluentd access logger with the compact record the metrics
+  service reads (sluice.common.access_log), 256 KiB batches, over TCP to a sink
+  running the metrics service's Forward-protocol code;
+- `file`: the same record as JSON to /dev/null (what formatting alone costs).
+
+wrk (-c32, 5 s) rounds rotate over the variants; per round and variant: Envoy's CPU
+time (user + system) and its sink's, divided by the requests wrk completed. Figures
+are medians (min-max) over the rounds and each variant's extra CPU per request over
+the same round's baseline. Sinks run without TLS (the platform's mutual TLS costs
+each side once per batch, not per entry).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import yaml
+
+from sluice.common import access_log
+from sluice.common.health import HttpCheck, TcpCheck
+from sluice.common.supervisor import ProcessSpec, Supervisor, free_port
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from stats import spread  # bench/stats.py
+
+VARIANTS = ("none", "als", "fluentd", "file")
+BUFFER = 256 * 1024
+BODY = json.dumps({"data": [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]]})
+SINK = Path(__file__).with_name("log_sink.py")
+SECONDS = 5
+
+
+def _socket(port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
+
+
+def _cluster(name: str, port: int, *, http2: bool = False, meta: bool = False) -> dict[str, Any]:
+    cluster: dict[str, Any] = {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket(port)}}]}],
+        },
+    }
+    if http2:
+        cluster["typed_extension_protocol_options"] = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3."
+                "HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        }
+    if meta:
+        cluster["metadata"] = {
+            "filter_metadata": {"sluice": {"endpoint": "bench", "deployment": "blue"}}
+        }
+    return cluster
+
+
+def _tag(tag: str, kind: str, key: str) -> dict[str, Any]:
+    return {
+        "tag": tag,
+        "metadata": {"kind": {kind: {}}, "metadata_key": {"key": "sluice", "path": [{"key": key}]}},
+    }
+
+
+def _access_log(variant: str) -> list[dict[str, Any]]:
+    """The variant's access log, as the traffic controller configured it (ALS, before
+    2026-11-26 14:00) or configures it now (fluentd)."""
+    if variant == "none":
+        return []
+    if variant == "als":
+        config: dict[str, Any] = {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.grpc.v3."
+            "HttpGrpcAccessLogConfig",
+            "common_config": {
+                "log_name": "sluice_gateway",
+                "grpc_service": {"envoy_grpc": {"cluster_name": "sink"}},
+                "transport_api_version": "V3",
+                "buffer_flush_interval": "1s",
+                "buffer_size_bytes": BUFFER,
+                "custom_tags": [
+                    _tag("sluice.endpoint", "cluster", "endpoint"),
+                    _tag("sluice.deployment", "cluster", "deployment"),
+                    _tag("sluice.route_endpoint", "route", "endpoint"),
+                ],
+            },
+        }
+        return [{"name": "envoy.access_loggers.http_grpc", "typed_config": config}]
+    if variant == "fluentd":
+        config = {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.fluentd.v3."
+            "FluentdAccessLogConfig",
+            "cluster": "sink",
+            "tag": access_log.TAG,
+            "stat_prefix": "sluice",
+            "buffer_flush_interval": "1s",
+            "buffer_size_bytes": BUFFER,
+            "record": access_log.record(),
+        }
+        return [{"name": "envoy.access_loggers.fluentd", "typed_config": config}]
+    config = {
+        "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+        "path": "/dev/null",
+        "log_format": {"json_format": access_log.record()},
+    }
+    return [{"name": "envoy.access_loggers.file", "typed_config": config}]
+
+
+def _hcm(routes: list[dict[str, Any]], access_log: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network."
+            "http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": "gw",
+            "route_config": {
+                "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}]
+            },
+            "http_filters": [
+                {
+                    "name": "envoy.filters.http.router",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3."
+                        "Router"
+                    },
+                }
+            ],
+            "access_log": access_log,
+        },
+    }
+
+
+def _bootstrap(admin: int, listen: int, routes: list[Any], logs: list[Any], clusters: list[Any]):
+    return {
+        "admin": {"address": _socket(admin)},
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "gw",
+                    "address": _socket(listen),
+                    "filter_chains": [{"filters": [_hcm(routes, logs)]}],
+                }
+            ],
+            "clusters": clusters,
+        },
+    }
+
+
+def start_envoy(sup: Supervisor, root: Path, name: str, config: dict[str, Any], admin: int) -> int:
+    path = root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    argv = ["envoy", "-c", str(path), "--concurrency", "1", "--disable-hot-restart"]
+    argv += ["--log-level", "warning"]
+    proc = sup.start(
+        ProcessSpec(name=name, argv=argv, health=HttpCheck(f"http://127.0.0.1:{admin}/ready"))
+    )
+    return proc.pid
+
+
+def wrk(port: int, seconds: int, connections: int) -> subprocess.Popen[str]:
+    """wrk against one gateway, started (read its result with `completed`)."""
+    script = Path(tempfile.mkstemp(suffix=".lua")[1])
+    script.write_text(
+        f'wrk.method = "POST"\nwrk.body = {json.dumps(BODY)}\n'
+        'wrk.headers["Content-Type"] = "application/json"\n'
+    )
+    argv = [shutil.which("wrk") or "wrk", "-t1", f"-c{connections}", f"-d{seconds}s"]
+    argv += ["-s", str(script), f"http://127.0.0.1:{port}/score"]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+
+
+def completed(run: subprocess.Popen[str]) -> int:
+    """Requests completed (all 200)."""
+    out, _ = run.communicate(timeout=60)
+    assert run.returncode == 0 and "Non-2xx" not in out, out
+    done = re.search(r"(\d+) requests in", out)
+    assert done, out
+    return int(done.group(1))
+
+
+def cpu(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds so far."""
+    t = psutil.Process(pid).cpu_times()
+    return t.user, t.system
+
+
+def main() -> None:
+    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 10
+    load = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="sluice-bench-logcost-") as tmp:
+        root = Path(tmp)
+        sup = Supervisor(root / "logs")
+        try:
+            upstream_port, upstream_admin = free_port(), free_port()
+            direct = [
+                {
+                    "match": {"prefix": "/"},
+                    "direct_response": {"status": 200, "body": {"inline_string": "[11.0]"}},
+                }
+            ]
+            start_envoy(
+                sup,
+                root,
+                "upstream",
+                _bootstrap(upstream_admin, upstream_port, direct, [], []),
+                upstream_admin,
+            )
+            sinks: dict[str, int] = {}
+            sink_pids: dict[str, int] = {}
+            for kind in ("als", "fluentd"):
+                port = free_port()
+                proc = sup.start(
+                    ProcessSpec(
+                        name=f"sink-{kind}",
+                        argv=[sys.executable, str(SINK), kind, str(port)],
+                        health=TcpCheck("127.0.0.1", port),
+                        ports=[port],
+                    )
+                )
+                sinks[kind], sink_pids[kind] = port, proc.pid
+            ports, pids = {}, {}
+            route = [
+                {
+                    "match": {"prefix": "/"},
+                    "route": {"cluster": "dep"},
+                    "metadata": {"filter_metadata": {"sluice": {"endpoint": "bench"}}},
+                }
+            ]
+            for variant in VARIANTS:
+                clusters = [_cluster("dep", upstream_port, meta=True)]
+                if variant == "als":
+                    clusters.append(_cluster("sink", sinks["als"], http2=True))
+                if variant == "fluentd":
+                    clusters.append(_cluster("sink", sinks["fluentd"]))
+                admin, listen = free_port(), free_port()
+                config = _bootstrap(admin, listen, route, _access_log(variant), clusters)
+                pids[variant] = start_envoy(sup, root, f"envoy-{variant}", config, admin)
+                ports[variant] = listen
+            warm = [wrk(ports[v], 2, 8) for v in VARIANTS]  # warm up
+            for run in warm:
+                completed(run)
+            user: dict[str, list[float]] = {v: [] for v in VARIANTS}
+            system: dict[str, list[float]] = {v: [] for v in VARIANTS}
+            sink_us: dict[str, list[float]] = {v: [] for v in VARIANTS}
+            rps: dict[str, list[float]] = {v: [] for v in VARIANTS}
+            extra: dict[str, list[float]] = {v: [] for v in VARIANTS}
+            extra_user: dict[str, list[float]] = {v: [] for v in VARIANTS}
+            watched = {
+                **{v: pids[v] for v in VARIANTS},
+                **{f"sink-{k}": p for k, p in sink_pids.items()},
+            }
+            for _ in range(rounds):
+                # All variants at once, each with its own wrk: the other sessions' load hits
+                # them alike, so each round's differences compare like with like.
+                before = {name: cpu(pid) for name, pid in watched.items()}
+                runs = {v: wrk(ports[v], SECONDS, 8) for v in VARIANTS}
+                done = {v: completed(run) for v, run in runs.items()}
+                time.sleep(1.2)  # the sinks' last batch (Envoy flushes every second)
+                after = {name: cpu(pid) for name, pid in watched.items()}
+                for v in VARIANTS:
+                    u = (after[v][0] - before[v][0]) * 1e6 / done[v]
+                    k = (after[v][1] - before[v][1]) * 1e6 / done[v]
+                    user[v].append(u)
+                    system[v].append(k)
+                    rps[v].append(done[v] / SECONDS)
+                    sink = f"sink-{v}"
+                    sink_us[v].append(
+                        sum(after[sink]) - sum(before[sink]) if sink in watched else 0.0
+                    )
+                    sink_us[v][-1] *= 1e6 / done[v]
+                for v in VARIANTS:
+                    extra[v].append(
+                        user[v][-1] + system[v][-1] - user["none"][-1] - system["none"][-1]
+                    )
+                    extra_user[v].append(user[v][-1] - user["none"][-1])
+            print(
+                f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; after: "
+                f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; {rounds} rounds of "
+                f"{SECONDS} s, the four gateways loaded at once (wrk -c8 each)"
+            )
+            print(
+                "| variant | Envoy CPU µs/request (user + system) | extra over none, same round "
+                "| of which user | sink CPU µs/record | req/s |"
+            )
+            print("|---|---:|---:|---:|---:|---:|")
+            for v in VARIANTS:
+                total = [a + b for a, b in zip(user[v], system[v], strict=True)]
+                print(
+                    f"| {v} | {spread(total).show('{:.1f}')} "
+                    f"| {spread(extra[v]).show('{:+.1f}')} "
+                    f"| {spread(extra_user[v]).show('{:+.1f}')} "
+                    f"| {spread(sink_us[v]).show('{:.1f}')} "
+                    f"| {spread(rps[v]).show('{:,.0f}')} |"
+                )
+            paired = [
+                a - b for a, b in zip(extra["fluentd"], extra["als"], strict=True)
+            ]  # per round: fluentd's extra minus ALS's
+            cheaper = sum(d < 0 for d in paired)
+            print(
+                f"fluentd - ALS, Envoy CPU per request, same round: "
+                f"{spread(paired).show('{:+.1f}')} µs; fluentd cheaper in {cheaper} of "
+                f"{rounds} rounds"
+            )
+        finally:
+            sup.stop_all()
+
+
+if __name__ == "__main__":
+    main()

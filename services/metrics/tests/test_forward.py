@@ -1,0 +1,86 @@
+"""The access-log receiver: Forward-mode messages over TCP, counted where they were served;
+a stream cut anywhere is read whole; anything else closes the connection, counted."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import msgpack
+
+from sluice.common import access_log as f
+from sluice.common.supervisor import free_port
+from sluice.metrics import forward
+from sluice.metrics.buckets import Buckets
+from sluice.testing.wait import wait_for_async
+
+
+def record(endpoint: str, deployment: str, status: int, extra: Any = None) -> dict[str, Any]:
+    return {
+        f.ENDPOINT: endpoint or None,
+        f.DEPLOYMENT: deployment or None,
+        f.ROUTE_ENDPOINT: endpoint or None,
+        f.START_MS: str(int(time.time() * 1000)),
+        f.DURATION_US: 1500,
+        f.STATUS: status,
+        f.FLAGS: "-",
+        f.REQUEST_HEADER_BYTES: 100,
+        f.REQUEST_BODY_BYTES: 20,
+        f.RESPONSE_HEADER_BYTES: 80,
+        f.RESPONSE_BODY_BYTES: 10,
+        **(extra or {}),
+    }
+
+
+def test_records_count_where_they_were_served() -> None:
+    buckets, stats = Buckets(), forward.IngestStats()
+    now = int(time.time())
+    forward.add_records(
+        buckets,
+        stats,
+        [
+            [now, record("shop", "blue", 200)],
+            [now, record("shop", "blue", 200)],
+            [now, record("shop", "green", 503, {f.FLAGS: "UH"})],
+            [now, record("shop", "", 401, {f.ENDPOINT: None})],  # Envoy's own: the route's
+            [now, record("shop", "shadow", 200, {f.MIRROR: 1})],
+            [now, record("", "", 404)],  # no endpoint at all
+        ],
+    )
+    got = {(k[0], k[1], k[3]): b for k, b in buckets.take().items()}
+    assert got[("shop", "blue", False)].requests == 2
+    assert got[("shop", "blue", False)].bytes_in == 240
+    assert got[("shop", "blue", False)].latency_sum_ms == 3.0
+    assert got[("shop", "green", False)].failures == {"no_healthy_upstream": 1}
+    assert got[("shop", "", False)].status_code == {"401": 1}
+    assert got[("shop", "shadow", True)].requests == 1
+    assert (stats.entries, stats.unattributed) == (6, 1)
+
+
+async def test_a_stream_cut_anywhere_is_read_whole_and_garbage_closes_it() -> None:
+    buckets, stats = Buckets(), forward.IngestStats()
+    port = free_port()
+    server = await forward.serve("127.0.0.1", port, buckets, stats)
+    try:
+        now = int(time.time())
+        message = msgpack.packb([f.TAG, [[now, record("shop", "blue", 200)]] * 50])
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        stream = message * 3
+        for i in range(0, len(stream), 7):  # 7-byte pieces: messages cut anywhere
+            writer.write(stream[i : i + 7])
+        await writer.drain()
+
+        async def counted() -> bool:
+            return stats.entries == 150
+
+        await wait_for_async(counted, "150 records counted", deadline=10)
+        assert sum(b.requests for b in buckets.take().values()) == 150
+
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(msgpack.packb({"not": "forward mode"}))
+        await writer.drain()
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the service
+        assert stats.malformed == 1
+    finally:
+        server.close()
