@@ -7,17 +7,20 @@ cluster metadata as the traffic controller's (`sluice: {endpoint, deployment}`):
 
 - `none`: no access log (the baseline);
 - `als`: the gRPC access log (`HttpGrpcAccessLogConfig`) with the three metadata
-  custom tags, 256 KiB batches, to a sink running the metrics service's ALS code;
+  custom tags, 256 KiB batches, to a sink running the receiver loop the metrics
+  service had (log_sink.py);
 - `fluentd`: Envoy's fluentd access logger with the compact record the metrics
   service reads (sluice.common.access_log), 256 KiB batches, over TCP to a sink
   running the metrics service's Forward-protocol code;
 - `file`: the same record as JSON to /dev/null (what formatting alone costs).
 
-wrk (-c32, 5 s) rounds rotate over the variants; per round and variant: Envoy's CPU
-time (user + system) and its sink's, divided by the requests wrk completed. Figures
-are medians (min-max) over the rounds and each variant's extra CPU per request over
-the same round's baseline. Sinks run without TLS (the platform's mutual TLS costs
-each side once per batch, not per entry).
+Each round loads the four gateways at once, each with its own wrk (-c8, 5 s), so the
+other sessions' load hits them alike; per round and variant: Envoy's CPU time (user +
+system) and its sink's, divided by the requests wrk completed, and each variant's
+extra over the same round's baseline. Figures are medians (min-max) over the rounds,
+plus fluentd's extra minus ALS's, round by round. Sinks run without TLS (the
+platform's mutual TLS costs each side once per batch, not per record). The ALS variant
+is the configuration the platform used until 2026-11-26.
 """
 
 from __future__ import annotations
@@ -72,10 +75,10 @@ def _cluster(name: str, port: int, *, http2: bool = False, meta: bool = False) -
                 "explicit_http_config": {"http2_protocol_options": {}},
             }
         }
-    if meta:
-        cluster["metadata"] = {
-            "filter_metadata": {"sluice": {"endpoint": "bench", "deployment": "blue"}}
-        }
+    if meta:  # on the cluster (ALS's tags read it) and the host (the fluentd record's)
+        metadata = {"filter_metadata": {"sluice": {"endpoint": "bench", "deployment": "blue"}}}
+        cluster["metadata"] = metadata
+        cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["metadata"] = metadata
     return cluster
 
 
