@@ -1,15 +1,19 @@
 """The access-log receiver: Forward-mode messages over TCP, counted where they were served;
-a stream cut anywhere is read whole; anything else closes the connection, counted."""
+a stream cut anywhere is read whole; anything else closes the connection, counted; with
+the platform's TLS, only a client certificate of the platform CA gets records in."""
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
+from pathlib import Path
 from typing import Any
 
 import msgpack
 
 from sluice.common import access_log as f
+from sluice.common.pki import ALS_SERVER, PlatformPki
 from sluice.common.supervisor import free_port
 from sluice.metrics import forward
 from sluice.metrics.buckets import Buckets
@@ -82,5 +86,48 @@ async def test_a_stream_cut_anywhere_is_read_whole_and_garbage_closes_it() -> No
         await writer.drain()
         assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the service
         assert stats.malformed == 1
+    finally:
+        server.close()
+
+
+async def test_only_a_client_of_the_platform_ca_gets_records_in(tmp_path: Path) -> None:
+    pki = PlatformPki(tmp_path / "pki")
+    buckets, stats = Buckets(), forward.IngestStats()
+    port = free_port()
+    tls = forward.server_tls(pki.server(ALS_SERVER))
+    server = await forward.serve("127.0.0.1", port, buckets, stats, tls=tls)
+    message = msgpack.packb([f.TAG, [[int(time.time()), record("shop", "blue", 200)]]])
+
+    def client(with_certificate: bool) -> ssl.SSLContext:
+        identity = pki.client("sluice-gateway")
+        context = ssl.create_default_context(cafile=str(identity.ca))
+        if with_certificate:
+            context.load_cert_chain(str(identity.cert), str(identity.key))
+        return context
+
+    async def kept_open(context: ssl.SSLContext) -> bool:
+        """Whether the service kept the connection (it never answers a client that is in)."""
+        try:
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", port, ssl=context, server_hostname=ALS_SERVER
+            )
+            writer.write(message)
+            await writer.drain()
+            await asyncio.wait_for(reader.read(1), 0.5)
+        except TimeoutError:
+            return True
+        except (ssl.SSLError, ConnectionError):
+            return False
+        return False  # closed by the service
+
+    try:
+        assert not await kept_open(client(with_certificate=False))
+        assert await kept_open(client(with_certificate=True))
+
+        async def counted() -> bool:
+            return stats.entries >= 1
+
+        await wait_for_async(counted, "the platform client's record counted", deadline=10)
+        assert stats.entries == 1  # the client without a certificate got nothing in
     finally:
         server.close()
