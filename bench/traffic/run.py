@@ -266,6 +266,15 @@ async def measure_change_latency(
     ]
 
 
+XDS_NAMES = {
+    "Cluster": "CDS",
+    "ClusterLoadAssignment": "EDS",
+    "Listener": "LDS",
+    "RouteConfiguration": "RDS",
+    "Secret": "SDS",
+}
+
+
 class TimedAds(AdsServer):
     """The ADS server, noting when each type was first sent and last answered: where the
     push's time goes (the xDS types are sent in order, each once Envoy took the one before)."""
@@ -293,12 +302,12 @@ class TimedAds(AdsServer):
         return response
 
     def phases(self) -> str:
-        """`Cluster 0-812` etc.: ms from the snapshot's publication to a type's first
-        response and to Envoy's last answer (ACK) of it."""
+        """`CDS 0-812` etc.: ms from the snapshot's publication to a type's first response
+        and to Envoy's last answer (ACK) of it."""
         ms = {t: 1000 * (self.sent[t] - self.start) for t in self.sent}
         return ", ".join(
-            f"{t.removesuffix('Configuration').removesuffix('LoadAssignment')} "
-            f"{ms[t]:,.0f}-{1000 * (self.answered.get(t, self.start) - self.start):,.0f}"
+            f"{XDS_NAMES.get(t, t)} {ms[t]:,.0f}-"
+            f"{1000 * (self.answered.get(t, self.start) - self.start):,.0f}"
             for t in sorted(ms, key=ms.__getitem__)
         )
 
@@ -341,7 +350,9 @@ async def large_push(
         tls=load_material(cert, key),
         jwks=PLACEHOLDER_JWKS,
     )
-    dead_port = free_port()  # instances nobody serves: health checks fail fast, as for a cold fleet
+    # Instances nobody serves (health checks fail fast, as for a cold fleet), each with a gRPC
+    # port as the provisioner's are: the deployment's twin cluster checks it too.
+    dead_port, dead_grpc_port = free_port(), free_port()
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     instances = hard == resource.RLIM_INFINITY or 4 * n_endpoints + 1000 < hard
 
@@ -349,7 +360,12 @@ async def large_push(
         name = f"ep-{i:05d}"
         deps = tuple(
             Deployment(
-                name, d, 1, 5000, 1, (Upstream("127.0.0.1", dead_port),) if instances else ()
+                name,
+                d,
+                1,
+                5000,
+                1,
+                (Upstream("127.0.0.1", dead_port, dead_grpc_port),) if instances else (),
             )
             for d in ("blue", "green")
         )
