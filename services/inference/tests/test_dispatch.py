@@ -11,7 +11,16 @@ import threading
 import time
 from typing import Any
 
-from sluice.inference.dispatch import WARMUP_CALLS, Dispatcher, Limits, Outcome
+import pytest
+
+from sluice.inference.dispatch import (
+    WARMUP_CALLS,
+    AlarmGuard,
+    Dispatcher,
+    Limits,
+    Outcome,
+    RunTimedOut,
+)
 
 
 async def score(dispatcher: Dispatcher, call: Any) -> Outcome:
@@ -48,6 +57,30 @@ async def test_inline_run_past_the_limit_is_interrupted_and_later_calls_use_thre
     after = await score(dispatcher, current_thread_name)
     assert after.kind == "ok" and after.value.startswith("run")
     dispatcher.shutdown()
+
+
+def test_a_timer_armed_for_an_earlier_call_still_gives_a_call_its_whole_limit() -> None:
+    # AlarmGuard leaves the timer armed across calls: it goes off at the first call's
+    # deadline, in the middle of the slow call, which must still get its own 0.3 s.
+    guard = AlarmGuard()
+    guard.call(lambda: None, 0.3)
+    until = time.monotonic() + 0.2
+    while time.monotonic() < until:  # a stream of fast calls, as under load
+        assert guard.call(lambda: 7, 0.3) == 7
+    started = time.monotonic()
+    with pytest.raises(RunTimedOut):
+        guard.call(lambda: time.sleep(5), 0.3)
+    assert 0.29 < time.monotonic() - started < 2
+
+
+def test_a_timer_going_off_between_calls_interrupts_nothing_and_the_next_call_is_limited() -> None:
+    guard = AlarmGuard()
+    guard.call(lambda: None, 0.05)
+    time.sleep(0.1)  # the alarm goes off here, between calls: nothing is raised
+    started = time.monotonic()
+    with pytest.raises(RunTimedOut):
+        guard.call(lambda: time.sleep(5), 0.05)
+    assert 0.04 < time.monotonic() - started < 2
 
 
 async def test_several_concurrent_runs_always_use_threads() -> None:

@@ -400,7 +400,7 @@ class InferenceApp:
     def _scored(self, outcome: Outcome, rid: str) -> Reply:
         limits = self.dispatcher.limits if self.dispatcher else None
         if outcome.kind == "ok":
-            self.metrics.run_latency.observe(outcome.run_seconds)
+            self.metrics.observe_run(outcome.run_seconds)
             try:
                 reply = encode(outcome.value)
             except NotSerializable as exc:
@@ -552,7 +552,8 @@ async def serve(config: ServerConfig, registry: CollectorRegistry | None = None)
         max_queue=config.max_queue,
         timeout_s=config.request_timeout_ms / 1000,
     )
-    dispatcher = Dispatcher(limits, is_async=scorer.is_async, on_in_flight=metrics.in_flight.set)
+    dispatcher = Dispatcher(limits, is_async=scorer.is_async)
+    dispatcher.on_in_flight = metrics.track_in_flight(lambda: dispatcher.in_flight)
     trace_batch = app.tracing.batch_run if app.tracing is not None else None
     batcher = _batcher(config, scorer, dispatcher, metrics, trace_batch)
     swagger = swagger_documents(config.code, scorer.schema)

@@ -101,25 +101,46 @@ class RunTimedOut(Exception):
 
 
 class AlarmGuard:
-    """Calls a function on the main thread with a SIGALRM deadline."""
+    """Calls a function on the main thread with a SIGALRM deadline.
+
+    Arming and disarming the interval timer around every call would cost two
+    system calls per request (profiled: bench/README.md, "inference"). Instead a
+    call notes its deadline and leaves the timer running; it re-arms the timer
+    only when it is off or would go off too late for this call. When the timer
+    goes off, the handler raises in a call past its deadline, re-arms for the
+    rest of a call that is not (the timer was armed for an earlier call), and
+    leaves it off between calls. Each call still gets exactly its `timeout_s`,
+    and a steady stream of calls costs one expiry per `timeout_s` instead of
+    two system calls each.
+    """
 
     def __init__(self) -> None:
-        self._armed = False
+        self._deadline = 0.0  # perf_counter() deadline of the call running now; 0.0: none
+        self._fires_at = 0.0  # when the armed interval timer goes off; 0.0: it is off
         signal.signal(signal.SIGALRM, self._on_alarm)
 
     def call(self, function: Call, timeout_s: float) -> Any:
+        # The deadline first: an alarm handled from here on sees this call.
+        self._deadline = deadline = time.perf_counter() + timeout_s
         try:
-            self._armed = True
-            signal.setitimer(signal.ITIMER_REAL, timeout_s)
+            if not self._fires_at or self._fires_at > deadline:
+                self._fires_at = deadline
+                signal.setitimer(signal.ITIMER_REAL, timeout_s)
             return function()
         finally:
-            self._armed = False
-            signal.setitimer(signal.ITIMER_REAL, 0)
+            self._deadline = 0.0
 
     def _on_alarm(self, signum: int, frame: FrameType | None) -> None:
-        if self._armed:
-            self._armed = False
-            raise RunTimedOut
+        self._fires_at = 0.0
+        if not self._deadline:
+            return  # went off between calls: the next call arms it again
+        remaining = self._deadline - time.perf_counter()
+        if remaining > 0:  # armed for an earlier call: wait for the rest of this one's time
+            self._fires_at = self._deadline
+            signal.setitimer(signal.ITIMER_REAL, remaining)
+            return
+        self._deadline = 0.0
+        raise RunTimedOut
 
 
 def _timed(call: Call) -> Outcome:
@@ -140,13 +161,14 @@ class Dispatcher:
         limits: Limits,
         *,
         is_async: bool,
-        on_in_flight: Callable[[int], None] = lambda n: None,
+        on_in_flight: Callable[[int], None] | None = None,
     ) -> None:
         self.limits = limits
         self.in_flight = 0
         self.stuck = 0
         self._is_async = is_async
-        self._on_in_flight = on_in_flight
+        # Told the new count on every change (a metrics gauge in worker processes); None: nobody.
+        self.on_in_flight = on_in_flight
         self._slots = asyncio.Semaphore(limits.max_concurrent)
         self._pool = ThreadPoolExecutor(
             limits.max_concurrent + STUCK_RUNS_ALLOWED, thread_name_prefix="run"
@@ -254,7 +276,8 @@ class Dispatcher:
 
     def _change_in_flight(self, delta: int) -> None:
         self.in_flight += delta
-        self._on_in_flight(self.in_flight)
+        if self.on_in_flight is not None:
+            self.on_in_flight(self.in_flight)
         if self.in_flight:
             self._idle.clear()
         else:
