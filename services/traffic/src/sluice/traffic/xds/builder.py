@@ -59,7 +59,8 @@ class SnapshotBuilder:
             ROUTE: [(r.ROUTE_CONFIG, r.route_configuration(p.routes for p in parts))],
             SECRET: base[SECRET],
         }
-        return Snapshot.build(resources)
+        routes = [p.routes for p in parts]
+        return Snapshot.build(resources, {r.ROUTE_CONFIG: r.route_clusters(routes)})
 
     def _endpoint(self, ep: Endpoint, domain: str) -> EndpointResources:
         cached = self._cache.get((ep, domain))

@@ -95,6 +95,7 @@ from sluice.traffic.domain import (
     TokenAuth,
 )
 from sluice.traffic.xds import grpc_bridge, key_hash
+from sluice.traffic.xds.snapshot import referenced_clusters
 
 ROUTE_CONFIG = "sluice_routes"
 TLS_SECRET = "sluice_tls"  # noqa: S105 - the name of an SDS resource, not a secret
@@ -668,23 +669,27 @@ def _host(
 @dataclass(frozen=True)
 class RoutePiece:
     """One endpoint's part of the route table, serialized: its virtual host (as a field of
-    the table) and its `/endpoints/<name>/` routes (as fields of the catch-all host)."""
+    the table) and its `/endpoints/<name>/` routes (as fields of the catch-all host); and
+    the clusters those routes name (for the snapshot's check)."""
 
     vhost: bytes
     path_routes: bytes
+    clusters: frozenset[str]
 
 
 def route_piece(ep: Endpoint, domain: str) -> RoutePiece:
     """The endpoint's own host `<endpoint>.<domain>`, whose routes share its auth, retry
     policy and header removal (endpoint_routes), and its routes under the path prefix."""
     host = f"{ep.host}.{domain.lower()}"
+    own = [
+        *endpoint_routes(ep, None, grpc=True, bridged=True),
+        *endpoint_routes(ep, None, grpc=True),
+        *endpoint_routes(ep, None),
+    ]
+    under_path = path_routes(ep)
     vhost = _host(
         route_components_pb2.VirtualHost(name=f"endpoint:{ep.name}", domains=[host, f"{host}:*"]),
-        [
-            *endpoint_routes(ep, None, grpc=True, bridged=True),
-            *endpoint_routes(ep, None, grpc=True),
-            *endpoint_routes(ep, None),
-        ],
+        own,
         route_components_pb2.VirtualHost(
             request_headers_to_remove=_stripped(ep),
             typed_per_filter_config=_filters(ep.auth),
@@ -693,7 +698,8 @@ def route_piece(ep: Endpoint, domain: str) -> RoutePiece:
     )
     return RoutePiece(
         vhost=_field(_VIRTUAL_HOSTS, vhost),
-        path_routes=b"".join(_field(_ROUTES, _serialized(r)) for r in path_routes(ep)),
+        path_routes=b"".join(_field(_ROUTES, _serialized(r)) for r in under_path),
+        clusters=referenced_clusters([*own, *under_path]),
     )
 
 
@@ -723,6 +729,11 @@ def _table_parts() -> tuple[bytes, bytes, bytes, bytes]:
         + _serialized(route_components_pb2.VirtualHost(retry_policy=_retry_policy())),
         _serialized(after),
     )
+
+
+def route_clusters(pieces: Iterable[RoutePiece]) -> frozenset[str]:
+    """The clusters the route table of `pieces` names (its own 404 names none)."""
+    return frozenset().union(*(p.clusters for p in pieces))
 
 
 def route_configuration(pieces: Iterable[RoutePiece]) -> any_pb2.Any:

@@ -16,7 +16,7 @@ from types import MappingProxyType
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
-from envoy.config.route.v3 import route_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
@@ -49,16 +49,28 @@ class InconsistentSnapshot(ValueError):
 class Snapshot:
     resources: Mapping[str, Mapping[str, any_pb2.Any]]  # type url -> name -> packed resource
     versions: Mapping[str, str]  # type url -> content hash
+    # Route table name -> the clusters its routes name, as its builder read them off the
+    # routes it serialized: the check then need not parse the table (6 MB and 16,000 routes
+    # at 1,000 endpoints). A table without an entry is parsed.
+    route_clusters: Mapping[str, frozenset[str]]
 
     @classmethod
-    def build(cls, resources: Mapping[str, Iterable[tuple[str, any_pb2.Any]]]) -> Snapshot:
+    def build(
+        cls,
+        resources: Mapping[str, Iterable[tuple[str, any_pb2.Any]]],
+        route_clusters: Mapping[str, frozenset[str]] | None = None,
+    ) -> Snapshot:
         by_type: dict[str, Mapping[str, any_pb2.Any]] = {}
         versions: dict[str, str] = {}
         for type_url in ALL_TYPES:
             items = dict(sorted(resources.get(type_url, ())))
             by_type[type_url] = MappingProxyType(items)
             versions[type_url] = _content_hash(items)
-        return cls(resources=MappingProxyType(by_type), versions=MappingProxyType(versions))
+        return cls(
+            resources=MappingProxyType(by_type),
+            versions=MappingProxyType(versions),
+            route_clusters=MappingProxyType(dict(route_clusters or {})),
+        )
 
     @property
     def id(self) -> str:
@@ -80,7 +92,7 @@ class Snapshot:
                 extra[ENDPOINT][name] = other.resources[ENDPOINT][name]
         merged = {t: list(self.resources[t].items()) for t in ALL_TYPES}
         merged.update({t: list(v.items()) for t, v in extra.items()})
-        return Snapshot.build(merged)
+        return Snapshot.build(merged, self.route_clusters)
 
     def check(self) -> None:
         """Raise InconsistentSnapshot unless every reference resolves."""
@@ -98,14 +110,17 @@ class Snapshot:
         orphans = sorted(set(self.resources[ENDPOINT]) - clusters)
         if orphans:
             raise InconsistentSnapshot(f"load assignments without cluster: {orphans}")
-        for packed in self.resources[ROUTE].values():
-            table = route_pb2.RouteConfiguration()
-            packed.Unpack(table)
-            unknown = sorted(referenced_clusters(table) - clusters)
-            if unknown:
-                raise InconsistentSnapshot(
-                    f"routes of {table.name} name unknown clusters {unknown}"
+        for name, packed in self.resources[ROUTE].items():
+            named = self.route_clusters.get(name)
+            if named is None:
+                table = route_pb2.RouteConfiguration()
+                packed.Unpack(table)
+                named = referenced_clusters(
+                    r for vhost in table.virtual_hosts for r in vhost.routes
                 )
+            unknown = sorted(named - clusters)
+            if unknown:
+                raise InconsistentSnapshot(f"routes of {name} name unknown clusters {unknown}")
         for packed in self.resources[LISTENER].values():
             listener = listener_pb2.Listener()
             packed.Unpack(listener)
@@ -116,18 +131,18 @@ class Snapshot:
                 raise InconsistentSnapshot(f"listener {listener.name} names unknown secrets")
 
 
-def referenced_clusters(table: route_pb2.RouteConfiguration) -> set[str]:
+def referenced_clusters(routes: Iterable[route_components_pb2.Route]) -> frozenset[str]:
+    """The clusters `routes` send to: their clusters, weighted clusters and mirrors."""
     names: set[str] = set()
-    for vhost in table.virtual_hosts:
-        for route in vhost.routes:
-            if not route.HasField("route"):
-                continue
-            action = route.route
-            if action.cluster:
-                names.add(action.cluster)
-            names.update(w.name for w in action.weighted_clusters.clusters)
-            names.update(m.cluster for m in action.request_mirror_policies)
-    return names
+    for route in routes:
+        if not route.HasField("route"):
+            continue
+        action = route.route
+        if action.cluster:
+            names.add(action.cluster)
+        names.update(w.name for w in action.weighted_clusters.clusters)
+        names.update(m.cluster for m in action.request_mirror_policies)
+    return frozenset(names)
 
 
 def _listener_references(listener: listener_pb2.Listener) -> tuple[set[str], set[str]]:
