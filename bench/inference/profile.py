@@ -12,9 +12,15 @@ the last core as in run.py, drives it with wrk from the first core, and reports:
    around run()) and its system time (loopback TCP, epoll, signals). The times
    come from /proc/<pid>/stat, so they count what the server's core spent, not
    what the client saw;
-2. with py-spy (unless --no-flame), a second round recorded at 999 samples/s
-   with native frames into bench/inference/flame.svg. py-spy stops the process
-   for each sample, so that round's RPS is lower; the split comes from round 1.
+2. with py-spy (unless --no-flame), a second round sampled at --rate (999 by
+   default) into bench/inference/flame.svg (`.json`: speedscope, `.txt`: raw
+   collapsed stacks). py-spy samples without stopping the process
+   (--nonblocking); --native adds C frames, which py-spy cannot unwind at 999 Hz
+   on 2 cores (it falls minutes behind): lower the rate with it.
+
+The split needs a quiet machine: run()'s duration is wall time, and under load
+wrk cannot keep the server busy (it then prints the server's core as far from
+100% busy).
 """
 
 from __future__ import annotations
