@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 from pymongo.asynchronous.database import AsyncDatabase
@@ -14,7 +15,7 @@ from sluice.common.secretbox import SecretBox
 from sluice.registry.credentials import TokenIssuer
 from sluice.sdk.client import RegistryClient
 from sluice.testing.traffic import Traffic, Upstream, World, eventually
-from sluice.traffic.xds.key_hash import key_hash
+from sluice.traffic.xds.key_hash import CACHED, key_hash
 
 
 async def test_keys_primary_secondary_and_rotation(
@@ -46,7 +47,14 @@ async def test_keys_primary_secondary_and_rotation(
     forged = [("x-sluice-key-sha256", key_hash(creds.primary_key))]
     assert traffic.score("keyed", "wrong-key", headers=forged)[0] == 401
     assert traffic.score("keyed", None, headers=forged)[0] == 401
+    # Envoy keeps the hashes of the last CACHED credentials it saw and then starts over:
+    # past that many, wrong keys are still refused and the right one (hashed anew) passes.
+    with ThreadPoolExecutor(8) as pool:
+        wrong = set(pool.map(lambda i: traffic.score("keyed", f"w{i}")[0], range(CACHED + 8)))
+    assert wrong == {401}
     assert blue.scored == before
+    assert traffic.score("keyed", creds.primary_key)[0] == 200
+    before = blue.scored
     # The credential (and its hash) is removed before the request goes upstream.
     assert set(blue.seen_authorization) == {""}
 
