@@ -313,7 +313,7 @@ VARIANTS: dict[str, Variant] = {
     "round robin": Variant(round_robin),
     "router dynamic_stats on (before)": Variant(dynamic_stats(True)),
     "key_hash without cache (before)": Variant(uncached_hash),
-    "before (dynamic_stats on, no hash cache)": Variant(both(dynamic_stats(True), uncached_hash)),
+    "before (dynamic_stats on + no hash cache)": Variant(both(dynamic_stats(True), uncached_hash)),
     "stats: none": Variant(no_stats),
     "no http/listener histograms": Variant(counters_only),
     "stats: all": Variant(all_stats),
