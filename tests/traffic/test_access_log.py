@@ -27,12 +27,16 @@ class Received:
     def __init__(self) -> None:
         self.raw = bytearray()
         self.messages: list[Any] = []
+        self.connections: list[asyncio.BaseTransport] = []
 
 
 class Receiver(asyncio.Protocol):
     def __init__(self, received: Received) -> None:
         self._received = received
         self._unpacker = msgpack.Unpacker(raw=False)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._received.connections.append(transport)
 
     def data_received(self, data: bytes) -> None:
         self._received.raw += data
@@ -95,4 +99,10 @@ async def test_access_logs_go_to_the_receiver_without_the_key(
         assert set(served) == set(f.record())  # only the fields of the record
         assert KEY.encode() not in received.raw and b"wrong-key" not in received.raw
     finally:
+        # Envoy's connection too: left open (server.close() only stops listening), Envoy
+        # would keep logging into this finished test's socket instead of reconnecting to
+        # the next test's metrics service on the same port.
         server.close()
+        for connection in received.connections:
+            connection.close()
+        await server.wait_closed()
