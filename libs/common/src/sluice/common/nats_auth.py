@@ -64,8 +64,6 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import bcrypt
-import nats
-import nats.errors
 
 from sluice.common.events.catalogue import ALL, AUTOSCALE_SCALED
 from sluice.common.settings import with_nats_user
@@ -412,6 +410,9 @@ async def _handshake(url: str) -> bool | None:
     reload removes the user of a connection whose CONNECT it is checking (its
     reloadAuthorization closes such a client silently, as one that "moved accounts"). Only
     the PONG, which nats-py records as `is_connected`, proves that the user was accepted."""
+    import nats  # here: the CLI imports this module, and nats-py (with aiohttp) is slow to load
+    import nats.errors
+
     try:
         connection = await nats.connect(
             url,
