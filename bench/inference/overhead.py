@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import importlib.util
 import statistics
 import sys
 import time
@@ -39,11 +38,10 @@ from sluice.inference.metrics import Metrics
 from sluice.inference.swagger import swagger_documents
 
 HERE = Path(__file__).resolve().parent
-_spec = importlib.util.spec_from_file_location("inference_bench", HERE / "run.py")
-assert _spec is not None and _spec.loader is not None
-bench = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = bench
-_spec.loader.exec_module(bench)
+sys.path.insert(0, str(HERE.parent))
+from shared import bench_module  # noqa: E402 - bench/shared.py, found through the line above
+
+bench = bench_module("inference")
 
 # What wrk sends (bench/inference/run.py's post.lua), byte for byte but the port.
 REQUEST = (

@@ -26,7 +26,6 @@ wrk cannot keep the server busy (it then prints the server's core as far from
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import re
 import shutil
@@ -36,11 +35,10 @@ import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-_spec = importlib.util.spec_from_file_location("inference_bench", HERE / "run.py")
-assert _spec is not None and _spec.loader is not None
-bench = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = bench
-_spec.loader.exec_module(bench)
+sys.path.insert(0, str(HERE.parent))
+from shared import bench_module  # noqa: E402 - bench/shared.py, found through the line above
+
+bench = bench_module("inference")
 
 TICK = os.sysconf("SC_CLK_TCK")
 

@@ -33,7 +33,6 @@ ratio <= 2%, off nothing measurable; collection at sampling 1.0 <= 5%.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -46,14 +45,10 @@ import psutil
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+from shared import bench_module  # noqa: E402 - bench/shared.py
 from stats import cores, interleave, pin, rounds, spread  # noqa: E402 - bench/stats.py, found through the line above
 
-_spec = importlib.util.spec_from_file_location(
-    "bench_inference_helpers", HERE.parent / "inference" / "run.py"
-)
-assert _spec is not None and _spec.loader is not None
-inference: Any = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(inference)
+inference: Any = bench_module("inference")
 
 SECONDS = 3
 ROUNDS = rounds(7)
