@@ -257,7 +257,13 @@ def test_job_page_follows_a_real_batch_job(world: World, tmp_path: Path) -> None
         )
         page.goto(f"{world.platform.management_url}/portal/#/jobs/{job}")
         summary = page.locator("#job")
-        sync_api.expect(summary).to_contain_text("Running", timeout=60_000)
+        try:
+            sync_api.expect(summary).to_contain_text("Running", timeout=60_000)
+        except AssertionError as exc:  # say what the page and the runner showed instead
+            raise AssertionError(
+                f"{exc}\npage: {page.locator('#view').inner_text()!r}\n"
+                f"browser errors: {world.errors}\nREST: {world.rest.call('GET', f'/jobs/{job}')}"
+            ) from exc
         sync_api.expect(summary).to_contain_text("0/3 mini-batches")
         world.shot("job-running")
         gate.touch()

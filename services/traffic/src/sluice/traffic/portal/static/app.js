@@ -387,16 +387,28 @@ async function jobsPage() {
 
 async function jobPage(name) {
   view.innerHTML = `<p><a href="#/jobs">← Jobs</a></p><h1>${esc(name)}</h1><div id="job"></div><h2>Log</h2><pre id="job-log" aria-label="job log"></pre>`;
+  // A failed read (the runner restarting, a log being rotated) shows on the page and the
+  // next poll tries again: a job page left open follows its job to the end.
   const draw = async () => {
-    const r = await api("GET", `/jobs/${enc(name)}`);
+    let r;
+    try { r = await api("GET", `/jobs/${enc(name)}`); } catch (err) {
+      document.getElementById("job").innerHTML = problem(err, "Job");
+      return false;
+    }
     const j = r.properties.details;
     document.getElementById("job").innerHTML = `<p class="state-${esc(r.properties.status)}">${esc(r.properties.status)} ${esc(j.statusMessage)}</p><p>${progress(j)}</p>
       <p>${esc(j.endpointName)} / ${esc(j.deploymentName)} · input <code>${esc(j.input)}</code> · output <code>${esc(j.outputPath)}/${esc(j.outputFileName)}</code>
       ${j.cost ? ` · cost ${Number(j.cost.cost || 0).toFixed(4)} USD` : ""}</p>
       ${(j.errors || []).map((e) => `<p class="error">mini-batch ${e.miniBatch} (${esc((e.files || []).join(", "))}): ${esc(e.exception)}</p>`).join("")}`;
-    const lines = await api("GET", `/jobs/${enc(name)}/logs`);
-    document.getElementById("job-log").textContent = (Array.isArray(lines) ? lines : [lines]).map((l) => `${l.time || ""} ${l.source || ""} ${l.line || ""}`).join("\n");
-    return ["Completed", "Failed", "Canceled"].includes(r.properties.status);
+    const ended = ["Completed", "Failed", "Canceled"].includes(r.properties.status);
+    try {
+      const lines = await api("GET", `/jobs/${enc(name)}/logs`);
+      document.getElementById("job-log").textContent = (Array.isArray(lines) ? lines : [lines]).map((l) => `${l.time || ""} ${l.source || ""} ${l.line || ""}`).join("\n");
+    } catch (err) {
+      document.getElementById("job-log").textContent = `The log could not be read: ${err.message}`;
+      return false;
+    }
+    return ended;
   };
   if (!(await draw())) every(3000, draw);
 }
