@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -225,3 +226,43 @@ def test_a_platform_in_a_private_folder_is_named_before_any_deployment_starts(
         assert f"`chmod o+x {private}`" in str(failure.value)
         private.chmod(0o755)
         assert asyncio.run(builder.ensure(EnvironmentSpec())).python == sys.executable
+
+
+BACKEND = """
+import json, os
+# Runs when the installer loads the build backend, as a package's setup.py would.
+with open({dump!r}, "w") as out:
+    json.dump(dict(os.environ), out)
+"""
+
+
+@pytest.mark.integration  # runs uv
+def test_a_packages_build_code_sees_none_of_the_platforms_variables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deployer's requirement may be a project whose build backend runs their code: it
+    must not find the admin token, the secret key or the database URI in its environment."""
+    secrets = {
+        "SLUICE_ADMIN_TOKEN": "admin-token-value",
+        "SLUICE_SECRET_KEY": "secret-key-value",
+        "SLUICE_MONGODB_URI": "mongodb://sluice:pw@127.0.0.1:1/",
+        "AWS_SECRET_ACCESS_KEY": "cloud-secret",
+    }
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    dump = tmp_path / "environ.json"
+    project = tmp_path / "evil"
+    project.mkdir()
+    (project / "pyproject.toml").write_text(
+        '[project]\nname = "evil"\nversion = "1"\n'
+        '[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n'
+    )
+    (project / "backend.py").write_text(BACKEND.format(dump=str(dump)))
+    builder = EnvironmentBuilder(tmp_path / "envs")
+    resolved = ResolvedEnvironment((str(project),), interpreters.platform_interpreter())
+    with pytest.raises(EnvironmentError_):  # the backend has no hooks: the build fails after
+        asyncio.run(builder._build(tmp_path / "envs" / resolved.key, resolved))
+    seen = json.loads(dump.read_text())  # the backend ran
+    assert "PATH" in seen and "HOME" in seen
+    leaked = {name for name, value in seen.items() if value in secrets.values()}
+    assert not leaked and not any(name.startswith("SLUICE_") for name in seen), sorted(seen)

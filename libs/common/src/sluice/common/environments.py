@@ -15,6 +15,11 @@ installed from PyPI, skipped system libraries, a `python=` that no interpreter
 here satisfies (`interpreters.choose`), and the Azure runtime packages the
 inference server replaces (`azureml-defaults`, `azureml-inference-server-http`)
 all become warnings in the build log and the provisioner's log.
+
+A build runs code the deployer chose (a package's `setup.py` or build
+backend), so the installer gets only what an installer reads (`build_env`):
+none of the platform's variables (`SLUICE_ADMIN_TOKEN`, `SLUICE_SECRET_KEY`,
+`SLUICE_MONGODB_URI`, ...) reach it.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import os
 import shutil
 import sys
 import sysconfig
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +50,28 @@ log = get_logger(__name__)
 
 # Provided by Sluice's inference server (the scoring runtime they would bring on Azure).
 REPLACED_BY_SLUICE = frozenset({"azureml-defaults", "azureml-inference-server-http"})
+
+# What uv (and the build backends it runs) may read of the platform's environment: where
+# programs, caches and configuration are, the locale, the network's proxies and CAs, and
+# the installers' own settings (an index, find-links, offline mode).
+BUILD_VARIABLES = frozenset(
+    {
+        "PATH",
+        "HOME",
+        "TMPDIR",
+        "LANG",
+        "XDG_CACHE_HOME",
+        "XDG_CONFIG_HOME",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "REQUESTS_CA_BUNDLE",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+        "ALL_PROXY",
+    }
+)
+BUILD_PREFIXES = ("UV_", "PIP_", "LC_")
 
 
 class EnvironmentError_(RuntimeError):  # noqa: N801 - avoid shadowing the builtin EnvironmentError
@@ -155,6 +182,16 @@ def resolve(spec: EnvironmentSpec, available: Sequence[Interpreter] = ()) -> Res
     return ResolvedEnvironment(tuple(sorted(kept)), choice.interpreter, tuple(warnings))
 
 
+def build_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The installer's environment: `BUILD_VARIABLES` and the `BUILD_PREFIXES` ones of
+    `environ` (proxies in either case), nothing else: a package's build code runs with it."""
+    return {
+        name: value
+        for name, value in environ.items()
+        if name.upper() in BUILD_VARIABLES or name.startswith(BUILD_PREFIXES)
+    }
+
+
 def _uv() -> str:
     try:
         from uv import find_uv_bin  # the `uv` package ships the binary
@@ -250,7 +287,7 @@ class EnvironmentBuilder:
             out.write("$ " + " ".join(argv) + "\n")
             out.flush()
             proc = await asyncio.create_subprocess_exec(
-                *argv, stdout=out, stderr=asyncio.subprocess.STDOUT, env={**os.environ}
+                *argv, stdout=out, stderr=asyncio.subprocess.STDOUT, env=build_env(os.environ)
             )
             code = await proc.wait()
         if code != 0:
