@@ -1,4 +1,5 @@
-"""The dispatcher in this process: when run() goes inline, and the SIGALRM time limit there.
+"""The dispatcher in this process: when run() goes inline, and the SIGALRM time limit there;
+only run() itself is timed, not its span.
 
 These run on pytest's main thread, where the event loop and the alarm live in
 the server too.
@@ -9,23 +10,29 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from functools import partial
 from typing import Any
 
 import pytest
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 
 from sluice.inference.dispatch import (
+    FAST_RUN_S,
     WARMUP_CALLS,
     AlarmGuard,
+    Around,
     Dispatcher,
     Limits,
     Outcome,
     RunTimedOut,
 )
+from sluice.inference.http import HttpRequest
+from sluice.inference.tracing import RequestTracer
 
 
-async def score(dispatcher: Dispatcher, call: Any) -> Outcome:
+async def score(dispatcher: Dispatcher, call: Any, around: Around | None = None) -> Outcome:
     done: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-    dispatcher.submit(call, done.set_result)
+    dispatcher.submit(call, done.set_result, around)
     return await done
 
 
@@ -99,4 +106,55 @@ async def test_exceptions_are_outcomes_not_crashes() -> None:
 
     outcome = await score(dispatcher, fail)
     assert outcome.kind == "error" and isinstance(outcome.error, KeyError)
+    dispatcher.shutdown()
+
+
+class SlowSpanEnds(SpanProcessor):
+    """A span processor that takes twice `FAST_RUN_S` at each span's end (as one exporting
+    synchronously would), and keeps the spans."""
+
+    def __init__(self) -> None:
+        self.ended: list[ReadableSpan] = []
+
+    def on_end(self, span: ReadableSpan) -> None:
+        time.sleep(2 * FAST_RUN_S)
+        self.ended.append(span)
+
+
+async def test_tracing_does_not_move_a_fast_run_off_the_event_loop() -> None:
+    # The dispatcher times run() alone: its span's work, however slow, is not run()'s.
+    provider = TracerProvider()
+    spans = SlowSpanEnds()
+    provider.add_span_processor(spans)
+    tracer = RequestTracer(provider.get_tracer("test"), 1.0)
+    request = HttpRequest("POST", b"/score", [], b"{}", True)
+    dispatcher = Dispatcher(Limits(1, 1, timeout_s=1.0), is_async=False)
+    for _ in range(WARMUP_CALLS + 1):
+        span = tracer.start(request, "rid", "/score")
+        assert span is not None
+        around = partial(tracer.run, span=span, is_async=False)
+        outcome = await score(dispatcher, current_thread_name, around)
+    assert outcome.value == threading.main_thread().name
+    assert outcome.run_seconds < FAST_RUN_S  # the 2 ms at the span's end are not in it
+    run = spans.ended[-1]
+    assert run.name == "run" and run.parent is not None
+    assert run.parent.span_id == span.get_span_context().span_id
+    dispatcher.shutdown()
+
+
+async def test_an_async_runs_time_leaves_out_what_runs_around_it() -> None:
+    dispatcher = Dispatcher(Limits(1, 0, timeout_s=1.0), is_async=True)
+
+    def slow_around(call: Any) -> Any:
+        async def wrapped() -> Any:
+            await asyncio.sleep(0.05)
+            return await call()
+
+        return wrapped
+
+    async def run() -> str:
+        return "scored"
+
+    outcome = await score(dispatcher, run, slow_around)
+    assert outcome.value == "scored" and outcome.run_seconds < 0.05
     dispatcher.shutdown()

@@ -30,6 +30,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
@@ -208,9 +209,10 @@ class InferenceApp:
             reply = json_reply(400, {"message": str(exc)})
             self._send(request, conn, rid, started, "/score", reply, span)
             return
+        around = None  # run()'s span, outside what the dispatcher times as run()
         if span is not None and self.tracing is not None:
-            call = self.tracing.run(call, span, scorer.is_async)
-        self._queued(request, conn, dispatcher.submit(call, finish))
+            around = partial(self.tracing.run, span=span, is_async=scorer.is_async)
+        self._queued(request, conn, dispatcher.submit(call, finish, around))
 
     def _queued(self, request: HttpRequest, conn: Responder, withdraw: Withdraw) -> None:
         """A request whose client goes away before its run() starts leaves the queue: it
@@ -356,9 +358,10 @@ class InferenceApp:
             assert self.batcher is not None and rows is not None
             self._queued(request, conn, self.batcher.submit(rows, finish, span))
             return
+        around = None  # run()'s span, outside what the dispatcher times as run()
         if span is not None and self.tracing is not None:
-            call = self.tracing.run(call, span, scorer.is_async)
-        self._queued(request, conn, dispatcher.submit(call, finish))
+            around = partial(self.tracing.run, span=span, is_async=scorer.is_async)
+        self._queued(request, conn, dispatcher.submit(call, finish, around))
 
     def _collect_input(self, request: HttpRequest, rid: str, model_input: bytes) -> str | None:
         """Queue the input of a sampled request; its correlation id, or None when not sampled."""

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import orjson
@@ -52,8 +53,9 @@ class _Waiting:
     span: Any = None  # the request's span when it is traced (tracing.py)
 
 
-# Wraps one batch's run() call in a span linked to the requests' spans (tracing.py).
-TraceBatch = Callable[[Callable[[], Any], list[Any], int], Callable[[], Any]]
+# Wraps one batch's run() call in a span linked to the requests' spans (tracing.py):
+# called with the spans and the rows, then as the dispatcher's `around`.
+TraceBatch = Callable[[list[Any], int, Callable[[], Any]], Callable[[], Any]]
 
 
 class BatchSizeMismatch(RuntimeError):
@@ -145,9 +147,10 @@ class Batcher:
         self._on_batch(len(merged))
         call: Callable[[], Any] = lambda: run(body)  # noqa: E731 - the call to dispatch
         spans = [waiting.span for waiting in batch if waiting.span is not None]
+        around = None  # the batch's run() span, outside what the dispatcher times as run()
         if spans and self._trace is not None:
-            call = self._trace(call, spans, len(merged))
-        self._dispatcher.submit(call, lambda outcome: self._done(batch, outcome))
+            around = partial(self._trace, spans, len(merged))
+        self._dispatcher.submit(call, lambda outcome: self._done(batch, outcome), around)
         if self._waiting and self._timer is None:
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(self.settings.max_wait_s, self._flush)

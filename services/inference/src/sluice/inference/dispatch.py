@@ -19,7 +19,9 @@ Where a synchronous run() executes (measured in bench/inference):
   throughput. The time limit is then enforced with SIGALRM, as Azure's own
   server does: the alarm raises inside run(). A slow call moves the average
   up and the next calls go back to threads, so a slow run() never holds up
-  probes for more than one call.
+  probes for more than one call. Only run() itself is timed (`Stopwatch`): what a
+  caller runs around it on the same thread (run()'s span, `around`) is not run()'s
+  time, neither for this choice nor in the reported `run_seconds`.
 
 An `async def run()` is awaited on the event loop.
 
@@ -68,6 +70,9 @@ TIMED_OUT = Outcome("timeout")
 
 OnDone = Callable[[Outcome], None]
 Call = Callable[[], Any]
+# What runs around run() where run() runs (its span): called with run(), returns what the
+# dispatcher calls instead.
+Around = Callable[[Call], Call]
 # Takes a submitted call out of its queue: True when it did (it will not run, and its
 # on_done is never called), False when it already runs or has finished.
 Withdraw = Callable[[], bool]
@@ -143,14 +148,44 @@ class AlarmGuard:
         raise RunTimedOut
 
 
-def _timed(call: Call) -> Outcome:
-    """Run `call` (on a worker thread) and say how it went and how long it took."""
-    started = time.perf_counter()
+class Stopwatch:
+    """A call of run() that notes how long run() itself took.
+
+    The dispatcher calls `around(stopwatch)` (run() inside its span), and the span's work,
+    its processors' and the garbage collection of its objects before or after run() are not
+    counted: run()'s time decides whether run() is fast enough for the event loop, and is
+    what the metrics and the `x-ms-run-fn-exec-ms` header report.
+    """
+
+    __slots__ = ("call", "seconds")
+
+    def __init__(self, call: Call) -> None:
+        self.call = call
+        self.seconds = 0.0
+
+    def __call__(self) -> Any:
+        started = time.perf_counter()
+        try:
+            return self.call()
+        finally:
+            self.seconds = time.perf_counter() - started
+
+    async def awaited(self) -> Any:
+        """The same for an `async def run()`."""
+        started = time.perf_counter()
+        try:
+            return await self.call()
+        finally:
+            self.seconds = time.perf_counter() - started
+
+
+def _timed(call: Call, watch: Stopwatch) -> Outcome:
+    """Run `call` (on a worker thread) and say how it went and how long run() took."""
     try:
         value = call()
     except BaseException as exc:  # even SystemExit from run() must not kill the thread silently
-        return Outcome("error", error=exc, run_seconds=time.perf_counter() - started)
-    return Outcome("ok", value=value, run_seconds=time.perf_counter() - started)
+        return Outcome("error", error=exc, run_seconds=watch.seconds)
+    return Outcome("ok", value=value, run_seconds=watch.seconds)
 
 
 class Dispatcher:
@@ -186,16 +221,17 @@ class Dispatcher:
         """False once every spare thread is held by a call that timed out."""
         return self.stuck < STUCK_RUNS_ALLOWED
 
-    def submit(self, call: Call, on_done: OnDone) -> Withdraw:
-        """Run `call` within the limits; returns what withdraws it while it waits."""
+    def submit(self, call: Call, on_done: OnDone, around: Around | None = None) -> Withdraw:
+        """Run `call` (run()) within the limits, inside `around` if given; returns what
+        withdraws it while it waits."""
         if self.in_flight == 0 and self._speed is not None and self._speed.fast():
-            on_done(self._run_inline(call))
+            on_done(self._run_inline(call, around))
             return never_waited
         if self.in_flight >= self.limits.max_concurrent + self.limits.max_queue:
             on_done(REJECTED)
             return never_waited
         self._change_in_flight(+1)
-        task = asyncio.get_running_loop().create_task(self._run_queued(call, on_done))
+        task = asyncio.get_running_loop().create_task(self._run_queued(call, on_done, around))
         self._tasks.add(task)
         self._queued.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -219,37 +255,42 @@ class Dispatcher:
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def _run_inline(self, call: Call) -> Outcome:
+    def _run_inline(self, call: Call, around: Around | None) -> Outcome:
         assert self._alarm is not None and self._speed is not None
+        watch = Stopwatch(call)
         self._change_in_flight(+1)
-        started = time.perf_counter()
         try:
-            value = self._alarm.call(call, self.limits.timeout_s)
-            outcome = Outcome("ok", value=value, run_seconds=time.perf_counter() - started)
+            value = self._alarm.call(
+                watch if around is None else around(watch), self.limits.timeout_s
+            )
+            outcome = Outcome("ok", value=value, run_seconds=watch.seconds)
         except RunTimedOut:
             outcome = TIMED_OUT
         except Exception as exc:
-            outcome = Outcome("error", error=exc, run_seconds=time.perf_counter() - started)
+            outcome = Outcome("error", error=exc, run_seconds=watch.seconds)
         finally:
             self._change_in_flight(-1)
-        self._speed.observe(time.perf_counter() - started)
+        # A call cut short by the alarm took its whole limit, wherever the alarm caught it.
+        self._speed.observe(self.limits.timeout_s if outcome is TIMED_OUT else watch.seconds)
         return outcome
 
-    async def _run_queued(self, call: Call, on_done: OnDone) -> None:
+    async def _run_queued(self, call: Call, on_done: OnDone, around: Around | None) -> None:
         future: Future[Outcome] | None = None
+        watch = Stopwatch(call)
         try:
             async with asyncio.timeout(self.limits.timeout_s), self._slots:
                 self._queued.discard(asyncio.current_task())
                 if self._is_async:
-                    started = time.perf_counter()
+                    awaited = watch.awaited if around is None else around(watch.awaited)
                     try:
-                        value = await call()
+                        value = await awaited()
                     except Exception as exc:
-                        outcome = Outcome("error", error=exc)
+                        outcome = Outcome("error", error=exc, run_seconds=watch.seconds)
                     else:
-                        outcome = Outcome("ok", value, run_seconds=time.perf_counter() - started)
+                        outcome = Outcome("ok", value, run_seconds=watch.seconds)
                 else:
-                    future = self._pool.submit(_timed, call)
+                    timed = watch if around is None else around(watch)
+                    future = self._pool.submit(_timed, timed, watch)
                     outcome = await asyncio.wrap_future(future)
         except TimeoutError:
             if future is not None and not future.cancel():

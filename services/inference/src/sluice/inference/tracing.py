@@ -129,7 +129,8 @@ class RequestTracer:
         return self._spans.start(name, parent, SpanKind.SERVER, attributes)
 
     def run(self, call: Callable[[], Any], span: Span, is_async: bool) -> Callable[[], Any]:
-        """`call` (one run()) inside a child span of the request's.
+        """`call` (one run()) inside a child span of the request's: the dispatcher's
+        `around`, so the span's own work is not timed as run()'s.
 
         The run span is the current span while run() runs, so spans the scoring script
         makes itself are its children.
@@ -167,7 +168,7 @@ class RequestTracer:
 
         return traced
 
-    def batch_run(self, call: Callable[[], Any], spans: list[Span], rows: int) -> Callable[[], Any]:
+    def batch_run(self, spans: list[Span], rows: int, call: Callable[[], Any]) -> Callable[[], Any]:
         """One run() over the rows of several requests (adaptive batching), in one span.
 
         A span has one parent: the first traced request's span is it, and the span links
