@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ import celpy
 import kubernetes_validate
 import pytest
 import yaml
+from pymongo.uri_parser import parse_uri
 
 from sluice.common.nats_auth import AUDIT_USER, BATCH_WORKER, CLI_USER
 from sluice.common.pki import PlatformPki
@@ -34,7 +36,7 @@ from sluice.common.resources import (
     OnlineDeploymentSpec,
     ScaleSettings,
 )
-from sluice.common.settings import is_loopback
+from sluice.common.settings import MONGO_USER, Settings, is_loopback
 from sluice.common.supervisor import resolve_binary
 from sluice.provisioner.kubernetes import MANAGED_BY, ClusterSettings, render
 from sluice.traffic.app import SERVICES as TRAFFIC_ROUTES
@@ -109,7 +111,7 @@ def test_kustomization_lists_every_manifest_and_the_secret_keys() -> None:
     keys = {
         line.split("=")[0] for line in example.splitlines() if line and not line.startswith("#")
     }
-    assert keys == {"SLUICE_ADMIN_TOKEN", "SLUICE_SECRET_KEY"}
+    assert keys == {"SLUICE_ADMIN_TOKEN", "SLUICE_SECRET_KEY", "SLUICE_MONGODB_PASSWORD"}
 
 
 def test_kubernetes_services_run_existing_modules() -> None:
@@ -623,3 +625,122 @@ def test_platform_containers_gain_no_privilege() -> None:
                 "allowPrivilegeEscalation": False,
                 "capabilities": {"drop": ["ALL"]},
             }, where
+
+
+def _mongo_container(where: str) -> dict[str, Any]:
+    """The MongoDB container as (entrypoint, args, env, probe), from compose or k8s; compose's
+    `$$` (a literal `$` for the container's shell) undone as compose does."""
+    if where == "compose":
+        mongo = yaml.safe_load(COMPOSE.read_text())["services"]["mongo"]
+        for text in (*mongo["entrypoint"], *mongo["healthcheck"]["test"]):  # `$x`: compose's
+            assert not re.search(r"(?<!\$)\$(?![${])", text.replace("$$", "")), text
+        unescape = lambda text: text.replace("$$", "$")  # noqa: E731
+        return {
+            "entrypoint": [unescape(a) for a in mongo["entrypoint"]],
+            "args": mongo["command"],
+            "env": mongo["environment"],
+            "probe": [unescape(a) for a in mongo["healthcheck"]["test"][1:]],
+        }
+    stateful = next(o for n, o in k8s_objects() if n.endswith("StatefulSet/mongo"))
+    (container,) = stateful["spec"]["template"]["spec"]["containers"]
+    env: dict[str, Any] = {}
+    for entry in container["env"]:
+        ref = entry.get("valueFrom", {}).get("secretKeyRef")
+        env[entry["name"]] = entry.get("value") or f"secret:{ref['name']}/{ref['key']}"
+    return {
+        "entrypoint": container["command"],
+        "args": container["args"],
+        "env": env,
+        "probe": container["readinessProbe"]["exec"]["command"][2:],
+    }
+
+
+@pytest.mark.parametrize("where", ["compose", "k8s"])
+def test_mongodb_requires_the_platforms_user_and_services_log_in(where: str) -> None:
+    """Without authentication anything on the network (deployment code in the provisioner's
+    and batch containers included) could rewrite endpoints, keys' ciphertexts and tokens.
+    MongoDB gets a root user `sluice` with SLUICE_MONGODB_PASSWORD (the image then runs
+    with --auth; a replica set with authentication needs its key file), its probe logs in,
+    and every service gets the password in its environment (a Secret), never in a file."""
+    mongo = _mongo_container(where)
+    assert mongo["env"]["MONGO_INITDB_ROOT_USERNAME"] == MONGO_USER
+    expected = (
+        "${SLUICE_MONGODB_PASSWORD:?set SLUICE_MONGODB_PASSWORD}"
+        if where == "compose"
+        else "secret:sluice-secrets/SLUICE_MONGODB_PASSWORD"
+    )
+    assert mongo["env"]["MONGO_INITDB_ROOT_PASSWORD"] == expected
+    args = mongo["args"]
+    assert args[0] == "mongod" and args[args.index("--keyFile") + 1] == "/tmp/mongo-keyfile"
+    assert args[args.index("--replSet") + 1] == "rs0"
+    assert mongo["entrypoint"][:2] == ["bash", "-c"]
+    assert 'exec docker-entrypoint.sh "$@"' in mongo["entrypoint"][2]
+    assert mongo["probe"][0].startswith('mongosh --quiet -u "$MONGO_INITDB_ROOT_USERNAME" -p ')
+    assert "--authenticationDatabase admin" in mongo["probe"][0]
+    env = _platform_env(where)
+    assert "@" not in env["SLUICE_MONGODB_URI"]  # no password in the manifests
+    if where == "compose":
+        assert env["SLUICE_MONGODB_PASSWORD"] == expected
+        services = yaml.safe_load(COMPOSE.read_text())["services"]
+        for name, svc in services.items():
+            if svc.get("image") == "sluice:dev" and svc.get("restart") != "no":
+                assert svc["environment"]["SLUICE_MONGODB_PASSWORD"] == expected, name
+    else:
+        example = (K8S / "secrets.env.example").read_text()
+        assert re.search(r"^SLUICE_MONGODB_PASSWORD=$", example, re.M)
+        for where_, obj in k8s_objects():
+            if obj["kind"] != "Deployment":
+                continue
+            for container in obj["spec"]["template"]["spec"]["containers"]:
+                if container["image"] == "sluice":
+                    refs = [e.get("secretRef", {}).get("name") for e in container["envFrom"]]
+                    assert "sluice-secrets" in refs, where_
+    # What a service makes of it: the platform's user, the admin database, the replica set.
+    uri = Settings(
+        mongodb_uri=env["SLUICE_MONGODB_URI"], mongodb_password="0123abcd" * 8
+    ).mongodb_uri
+    assert uri is not None
+    parsed = parse_uri(uri)
+    assert (parsed["username"], parsed["password"]) == (MONGO_USER, "0123abcd" * 8)
+    assert parsed["options"]["authSource"] == "admin" and parsed["options"]["replicaSet"] == "rs0"
+
+
+@pytest.mark.integration  # runs bash
+@pytest.mark.parametrize("where", ["compose", "k8s"])
+def test_the_mongodb_key_file_is_written_before_the_image_starts(
+    where: str, tmp_path: Path
+) -> None:
+    """The entrypoint script as the container's bash runs it, with the image's entrypoint
+    and chown replaced by stand-ins (and the key file in tmp_path, not this machine's /tmp):
+    a private key file within MongoDB's limits (6-1024 base64 characters) exists when
+    docker-entrypoint.sh starts, with mongod's arguments."""
+    mongo = _mongo_container(where)
+    keyfile = str(tmp_path / "mongo-keyfile")
+    script = mongo["entrypoint"][2].replace("/tmp/mongo-keyfile", keyfile)
+    args = [keyfile if a == "/tmp/mongo-keyfile" else a for a in mongo["args"]]
+    assert args != mongo["args"] and script != mongo["entrypoint"][2]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "chown").write_text('#!/bin/sh\necho "$@" > "$OUT/chown"\n')
+    (bin_dir / "docker-entrypoint.sh").write_text(
+        '#!/bin/sh\nprintf "%s\\n" "$@" > "$OUT/args"\n'
+        'stat -c %a "$KEYFILE" > "$OUT/mode"\ncp "$KEYFILE" "$OUT/keyfile"\n'
+    )
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    bash = shutil.which("bash")  # the container's entrypoint[0]
+    assert bash is not None
+    result = subprocess.run(
+        [bash, "-c", script, *mongo["entrypoint"][3:], *args],
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin", "OUT": str(tmp_path), "KEYFILE": keyfile},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "args").read_text().splitlines() == args
+    assert (tmp_path / "mode").read_text().strip() == "600"
+    assert (tmp_path / "chown").read_text().split() == ["mongodb:mongodb", keyfile]
+    key = "".join((tmp_path / "keyfile").read_text().split())
+    assert 6 <= len(key) <= 1024 and re.fullmatch(r"[A-Za-z0-9+/=]+", key)

@@ -32,6 +32,7 @@ from sluice.common.nats_auth import (
     with_user,
 )
 from sluice.common.platform import PlatformState
+from sluice.common.settings import Settings
 
 from .conftest import refused_to_services
 
@@ -50,9 +51,14 @@ def test_the_database_refuses_reads_and_writes_without_the_password(
                 client["sluice"]["online_endpoints"].find_one()
             with pytest.raises((OperationFailure, ServerSelectionTimeoutError)):
                 client["sluice"]["online_endpoints"].insert_one({"_id": "forged"})
-    # The platform's own URI (the services') reads it.
-    with MongoClient(local_platform.mongodb_uri, serverSelectionTimeoutMS=5000) as client:
-        assert client["sluice"]["online_endpoints"].find_one({"_id": "forged"}) is None
+    # The platform's own URI (the services') reads it, and so does the compose/Kubernetes
+    # way of giving a service its password (SLUICE_MONGODB_PASSWORD beside a bare URI).
+    password = (local_platform.state_dir / "mongo-auth" / "password").read_text().strip()
+    joined = Settings(mongodb_uri=address, mongodb_password=password).mongodb_uri
+    for uri in (local_platform.mongodb_uri, joined):
+        assert uri is not None
+        with MongoClient(uri, serverSelectionTimeoutMS=5000) as client:
+            assert client["sluice"]["online_endpoints"].find_one({"_id": "forged"}) is None
 
 
 def nats_address(state: PlatformState) -> str:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pymongo.uri_parser import parse_uri
 
 from sluice.common.settings import Settings, is_loopback
 
@@ -66,6 +67,28 @@ def test_a_nats_password_file_joins_the_url_as_its_user(
     settings = Settings()
     assert settings.nats_url == "nats://registry:s3cret@nats:4222"
     assert settings.model_copy().nats_url == settings.nats_url
+
+
+def test_a_mongodb_password_joins_the_uri_as_the_platforms_user(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """compose and Kubernetes: SLUICE_MONGODB_PASSWORD (a Secret's value), percent-encoded."""
+    monkeypatch.setenv("SLUICE_MONGODB_URI", "mongodb://mongo:27017/?replicaSet=rs0")
+    monkeypatch.setenv("SLUICE_MONGODB_PASSWORD", "p@ss/w:rd%+")
+    settings = Settings()
+    assert settings.mongodb_uri is not None and settings.mongodb_password is None
+    parsed = parse_uri(settings.mongodb_uri)
+    assert (parsed["username"], parsed["password"]) == ("sluice", "p@ss/w:rd%+")
+    assert parsed["nodelist"] == [("mongo", 27017)]
+    assert parsed["options"]["replicaSet"] == "rs0"
+    assert parsed["options"]["authSource"] == "admin"
+    assert settings.model_copy().mongodb_uri == settings.mongodb_uri
+    # A URI with its own user (the local platform's services get one) is kept as it is.
+    monkeypatch.setenv("SLUICE_MONGODB_URI", "mongodb://other:pw@mongo:27017/")
+    assert Settings().mongodb_uri == "mongodb://other:pw@mongo:27017/"
+    monkeypatch.delenv("SLUICE_MONGODB_URI")
+    with pytest.raises(ValueError, match="SLUICE_MONGODB_PASSWORD needs SLUICE_MONGODB_URI"):
+        Settings()
 
 
 def test_settings_reject_a_bad_port(monkeypatch: pytest.MonkeyPatch) -> None:

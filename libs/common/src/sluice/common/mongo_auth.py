@@ -21,11 +21,11 @@ import secrets
 import subprocess
 import time
 from pathlib import Path
-from urllib.parse import quote, urlsplit, urlunsplit
 
+from sluice.common.settings import MONGO_USER, with_mongo_user
 from sluice.common.supervisor import free_port, resolve_binary
 
-USER = "sluice"
+USER = MONGO_USER
 FOLDER = "mongo-auth"
 START_DEADLINE_S = 60.0
 
@@ -40,11 +40,7 @@ def _write_private(path: Path, text: str) -> None:
 
 def with_credentials(uri: str, password: str) -> str:
     """`mongodb://host:port/?x` -> `mongodb://sluice:<password>@host:port/?x&authSource=admin`."""
-    parts = urlsplit(uri)
-    host = parts.netloc.rpartition("@")[2]
-    query = "&".join(q for q in (parts.query, "authSource=admin") if q)
-    netloc = f"{USER}:{quote(password, safe='')}@{host}"
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
+    return with_mongo_user(uri, USER, password)
 
 
 class MongoUser:

@@ -10,7 +10,7 @@ import ipaddress
 import os
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -59,6 +59,9 @@ class ServicePorts(BaseModel):
     access_log: int = 0
 
 
+MONGO_USER = "sluice"  # the platform's MongoDB user, SecantusDB's (mongo_auth) or MongoDB's
+
+
 class TracingSettings(BaseModel):
     """`SLUICE_TRACING__*`: whether spans are recorded, which share, and where they go."""
 
@@ -89,6 +92,11 @@ class Settings(BaseSettings):
         default=None, description="A real MongoDB; unset = run the embedded SecantusDB"
     )
     mongodb_database: str = "sluice"
+    # compose and Kubernetes: the password of MongoDB's `sluice` user, joined to mongodb_uri.
+    # In the environment (a Secret's value), not a file: deployment code running as the
+    # same uid (batch workers, local instances) can read files, not a non-dumpable
+    # process's environment (sluice.common.runtime), and children get none of it.
+    mongodb_password: str | None = None
     mongodb_port: int = 0
 
     nats_url: str | None = Field(default=None, description="A running NATS; unset = run one")
@@ -181,6 +189,19 @@ class Settings(BaseSettings):
         self.nats_password_file = None  # applied: a copy of these settings must not apply it again
         return self
 
+    @model_validator(mode="after")
+    def _mongodb_credentials(self) -> Settings:
+        """`mongodb://host/?x` + SLUICE_MONGODB_PASSWORD -> `mongodb://sluice:<pw>@host/?x&...`
+        (a URI that names a user already is kept: the local platform hands its services one)."""
+        if not self.mongodb_password:
+            return self
+        if not self.mongodb_uri:
+            raise ValueError("SLUICE_MONGODB_PASSWORD needs SLUICE_MONGODB_URI")
+        if "@" not in urlsplit(self.mongodb_uri).netloc:
+            self.mongodb_uri = with_mongo_user(self.mongodb_uri, MONGO_USER, self.mongodb_password)
+        self.mongodb_password = None  # applied, as the NATS password above
+        return self
+
     @property
     def logs_dir(self) -> Path:
         return self.state_dir / "logs"
@@ -195,6 +216,16 @@ def with_nats_user(url: str, user: str, password: str) -> str:
     parts = urlsplit(url)
     host = parts.netloc.rpartition("@")[2]
     return urlunsplit(parts._replace(netloc=f"{user}:{password}@{host}"))
+
+
+def with_mongo_user(uri: str, user: str, password: str) -> str:
+    """`mongodb://host:port/?x` -> `mongodb://user:<password>@host:port/?x&authSource=admin`
+    (the password percent-encoded, as MongoDB URIs require)."""
+    parts = urlsplit(uri)
+    host = parts.netloc.rpartition("@")[2]
+    query = "&".join(q for q in (parts.query, "authSource=admin") if q)
+    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def service_env(settings: Settings) -> dict[str, str]:
