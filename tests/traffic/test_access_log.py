@@ -82,21 +82,22 @@ async def test_access_logs_go_to_the_receiver_without_the_key(
 
         async def both_logged() -> list[Any] | None:
             records = [r for m in received.messages for _, r in m[1]]
-            statuses = {r[f.STATUS] for r in records}
+            statuses = {f.parse(r).status for r in records}
             return records if {200, 401} <= statuses else None
 
         records = await wait_for_async(both_logged, "a 200 and a 401 in the access log", 15)
         assert {m[0] for m in received.messages} == {f.TAG}  # Forward mode: [tag, entries]
-        served = [r for r in records if r[f.STATUS] == 200][-1]
-        assert (served[f.ENDPOINT], served[f.DEPLOYMENT]) == ("logged", "blue")
-        assert served[f.ROUTE_ENDPOINT] == "logged"
-        assert served[f.UPSTREAM] == blue.address
-        assert served[f.METHOD] == "POST" and served[f.PATH] == "/score"
-        assert isinstance(served[f.DURATION_US], int) and served[f.DURATION_US] > 0
-        assert served[f.REQUEST_BODY_BYTES] > 0 and served[f.RESPONSE_BODY_BYTES] > 0
-        refused = [r for r in records if r[f.STATUS] == 401][-1]
-        assert refused[f.ROUTE_ENDPOINT] == "logged" and not refused[f.DEPLOYMENT]
-        assert set(served) == set(f.record())  # only the fields of the record
+        assert {frozenset(r) for r in records} == {frozenset(f.record())}  # only its keys
+        entries = [f.parse(r) for r in records]
+        served = [e for e in entries if e.status == 200][-1]
+        assert (served.endpoint, served.deployment) == ("logged", "blue")
+        assert served.upstream == blue.address and served.request_id
+        assert served.method == "POST" and served.path == "/score"
+        assert served.duration_us > 0 and served.start_ms > 0 and not served.mirror
+        assert served.request_body_bytes > 0 and served.response_body_bytes > 0
+        assert served.request_header_bytes > 0 and served.response_header_bytes > 0
+        refused = [e for e in entries if e.status == 401][-1]
+        assert refused.endpoint == "logged" and not refused.deployment and not refused.upstream
         assert KEY.encode() not in received.raw and b"wrong-key" not in received.raw
     finally:
         # Envoy's connection too: left open (server.close() only stops listening), Envoy

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import pytest
 
 from sluice.common import access_log as f
 from sluice.common.pki import ALS_SERVER, PlatformPki
@@ -20,21 +21,23 @@ from sluice.metrics.buckets import Buckets
 from sluice.testing.wait import wait_for_async
 
 
-def record(endpoint: str, deployment: str, status: int, extra: Any = None) -> dict[str, Any]:
-    return {
-        f.ENDPOINT: endpoint or None,
-        f.DEPLOYMENT: deployment or None,
-        f.ROUTE_ENDPOINT: endpoint or None,
-        f.START_MS: str(int(time.time() * 1000)),
-        f.DURATION_US: 1500,
-        f.STATUS: status,
-        f.FLAGS: "-",
-        f.REQUEST_HEADER_BYTES: 100,
-        f.REQUEST_BODY_BYTES: 20,
-        f.RESPONSE_HEADER_BYTES: 80,
-        f.RESPONSE_BODY_BYTES: 10,
-        **(extra or {}),
-    }
+def record(endpoint: str, deployment: str, status: int, **extra: Any) -> dict[str, Any]:
+    entry = f.Entry(
+        endpoint=endpoint,
+        deployment=deployment,
+        start_ms=int(time.time() * 1000),
+        duration_us=1500,
+        status=status,
+        flags="",
+        request_header_bytes=100,
+        request_body_bytes=20,
+        response_header_bytes=80,
+        response_body_bytes=10,
+        method="POST",
+        upstream="127.0.0.1:5001",
+        path="/score",
+    )
+    return f.render(entry._replace(**extra))
 
 
 def test_records_count_where_they_were_served() -> None:
@@ -46,9 +49,9 @@ def test_records_count_where_they_were_served() -> None:
         [
             [now, record("shop", "blue", 200)],
             [now, record("shop", "blue", 200)],
-            [now, record("shop", "green", 503, {f.FLAGS: "UH"})],
-            [now, record("shop", "", 401, {f.ENDPOINT: None})],  # Envoy's own: the route's
-            [now, record("shop", "shadow", 200, {f.MIRROR: 1})],
+            [now, record("shop", "green", 503, flags="UH")],
+            [now, record("shop", "", 401, upstream="")],  # Envoy's own: the route's endpoint
+            [now, record("shop", "shadow", 200, mirror=True)],
             [now, record("", "", 404)],  # no endpoint at all
         ],
     )
@@ -60,6 +63,33 @@ def test_records_count_where_they_were_served() -> None:
     assert got[("shop", "", False)].status_code == {"401": 1}
     assert got[("shop", "shadow", True)].requests == 1
     assert (stats.entries, stats.unattributed) == (6, 1)
+
+
+def test_a_line_reads_back_as_written_and_the_path_may_hold_spaces() -> None:
+    written = f.parse(record("shop", "blue", 503, flags="UH,URX", path="/a b?c= d", mirror=True))
+    assert written == f.Entry(
+        "shop", "blue", written.start_ms, 1500, 503, "UH,URX", 100, 20, 80, 10, "POST",
+        "127.0.0.1:5001", "/a b?c= d", "", True,
+    )  # fmt: skip
+    line = "shop - 1800000000250 - 401 - 90 0 70 58 GET - /"  # Envoy's own 401, no duration
+    own = f.parse({f.TEXT: line, f.REQUEST_ID: None})
+    assert (own.deployment, own.duration_us, own.upstream, own.request_id) == ("", 0, "", "")
+    assert (own.start_ms, own.status, own.bytes_out, own.mirror) == (1800000000250, 401, 128, False)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {f.TEXT: "shop blue 1800000000250 1500 200 - 100 20 80 10 POST"},  # fields missing
+        {f.TEXT: "shop blue 1800000000250 1500 OK - 100 20 80 10 POST 127.0.0.1:5001 /"},
+        {"endpoint": "shop", "status": 200},  # not this record at all
+    ],
+)
+def test_a_record_that_is_not_one_is_refused(bad: dict[str, Any]) -> None:
+    buckets, stats = Buckets(), forward.IngestStats()
+    with pytest.raises((ValueError, KeyError)):
+        forward.add_records(buckets, stats, [[0, bad]])
+    assert stats.entries == 0
 
 
 async def test_a_stream_cut_anywhere_is_read_whole_and_garbage_closes_it() -> None:

@@ -16,26 +16,24 @@ def entry(
     endpoint: str, deployment: str, status: int, at: float, *, mirror: bool = False
 ) -> list[Any]:
     """A `[time, record]` entry as Envoy's fluentd access logger sends it."""
-    record: dict[str, Any] = {
-        f.ENDPOINT: endpoint or None,
-        f.DEPLOYMENT: deployment or None,
-        f.ROUTE_ENDPOINT: endpoint or None,
-        f.START_MS: str(int(at * 1000)),
-        f.DURATION_US: 2500,
-        f.STATUS: status,
-        f.FLAGS: "UH" if status == 503 else "-",
-        f.REQUEST_HEADER_BYTES: 100,
-        f.REQUEST_BODY_BYTES: 20,
-        f.RESPONSE_HEADER_BYTES: 80,
-        f.RESPONSE_BODY_BYTES: 10,
-        f.METHOD: "POST",
-        f.PATH: "/score",
-        f.REQUEST_ID: f"id-{status}-{at}",
-        f.UPSTREAM: "127.0.0.1:5001",
-    }
-    if mirror:
-        record[f.MIRROR] = 1
-    return [int(at), record]
+    entry = f.Entry(
+        endpoint=endpoint,
+        deployment=deployment,
+        start_ms=int(at * 1000),
+        duration_us=2500,
+        status=status,
+        flags="UH" if status == 503 else "",
+        request_header_bytes=100,
+        request_body_bytes=20,
+        response_header_bytes=80,
+        response_body_bytes=10,
+        method="POST",
+        upstream="127.0.0.1:5001",
+        path="/score",
+        request_id=f"id-{status}-{at}",
+        mirror=mirror,
+    )
+    return [int(at), f.render(entry)]
 
 
 def test_filters_and_bounds() -> None:
@@ -54,10 +52,10 @@ def test_filters_and_bounds() -> None:
     _, matched, kept = recent.query("shop")
     assert kept == 4 and matched == 4
     assert recent.query("shop", deployment="green")[1] == 2
-    assert [r[f.STATUS] for r in recent.query("shop", status="5xx")[0]] == [503]
+    assert [e.status for e in recent.query("shop", status="5xx")[0]] == [503]
     assert recent.query("shop", status="404")[1] == 1
     assert recent.query("shop", since_s=600, now=now)[1] == 3
-    assert [r[f.REQUEST_ID] for r in recent.query("shop", limit=1)[0]] == [f"id-404-{now - 4}"]
+    assert [e.request_id for e in recent.query("shop", limit=1)[0]] == [f"id-404-{now - 4}"]
     # Bounded: the oldest entries go, then the least recently logged endpoint.
     recent.add([entry("shop", "blue", 200, now) for _ in range(10)])
     assert recent.query("shop")[2] == 5
@@ -66,7 +64,7 @@ def test_filters_and_bounds() -> None:
 
 
 def test_an_entry_as_the_api_returns_it() -> None:
-    message = entry_message(entry("shop", "green", 503, 1_800_000_000.25)[1])
+    message = entry_message(f.parse(entry("shop", "green", 503, 1_800_000_000.25)[1]))
     assert (message.endpoint_name, message.deployment_name) == ("shop", "green")
     assert (message.method, message.path, message.status) == ("POST", "/score", 503)
     assert message.duration_ms == pytest.approx(2.5)

@@ -2,8 +2,9 @@
 
 The access-log receiver (forward.py) hands every batch of records here too. Each endpoint
 keeps its newest `PER_ENDPOINT` records (the decoded records themselves, not copies:
-adding one is a key read and a deque append, so ingest stays fast), at most `MAX_ENDPOINTS`
-endpoints (the least recently logged one is forgotten first). Mirrored copies are left
+adding one is reading the line's first field and a deque append, so ingest stays fast;
+they are parsed when queried), at most `MAX_ENDPOINTS` endpoints (the least recently
+logged one is forgotten first). Mirrored copies are left
 out: these are the requests clients sent. The buffer lives in memory, so it holds what
 this replica received since it started; durable request history is the metrics'
 minute buckets (docs/metrics.md).
@@ -23,7 +24,6 @@ import grpc
 
 from sluice.common import access_log as f
 from sluice.metrics.buckets import FAILURE_FLAGS
-from sluice.metrics.forward import number
 from sluice.v1 import requestlogs_pb2, requestlogs_pb2_grpc
 
 PER_ENDPOINT = 2000
@@ -45,8 +45,9 @@ class RecentRequests:
         """`[time, record]` entries as the Forward protocol carries them."""
         by_endpoint = self._by_endpoint
         for _time, record in entries:
-            endpoint = record.get(f.ENDPOINT) or record.get(f.ROUTE_ENDPOINT)
-            if not endpoint or record.get(f.MIRROR) == 1:
+            line = record[f.TEXT]
+            endpoint = line[: line.find(" ")]  # the first field (forward.py checked the line)
+            if endpoint == f.ABSENT or record.get(f.MIRROR) == 1:
                 continue
             kept = by_endpoint.get(endpoint)
             if kept is None:
@@ -66,17 +67,17 @@ class RecentRequests:
         since_s: float = 0,
         limit: int = DEFAULT_LIMIT,
         now: float | None = None,
-    ) -> tuple[list[Any], int, int]:
-        """(the newest `limit` matching records, oldest first; how many matched; how many kept)."""
+    ) -> tuple[list[f.Entry], int, int]:
+        """(the newest `limit` matching entries, oldest first; how many matched; how many kept)."""
         kept = self._by_endpoint.get(endpoint) or deque()
         accept = status_filter(status)
         cutoff_ms = ((now or time.time()) - since_s) * 1000 if since_s else 0.0
         matched = [
-            r
-            for r in kept
-            if (not deployment or r.get(f.DEPLOYMENT) == deployment)
-            and accept(r.get(f.STATUS) or 0)
-            and (not cutoff_ms or number(r.get(f.START_MS)) >= cutoff_ms)
+            e
+            for e in map(f.parse, kept)
+            if (not deployment or e.deployment == deployment)
+            and accept(e.status)
+            and (not cutoff_ms or e.start_ms >= cutoff_ms)
         ]
         return matched[-limit:] if limit else [], len(matched), len(kept)
 
@@ -95,24 +96,23 @@ def status_filter(status: str) -> Any:
     raise ValueError(f"status must be a class such as 5xx or a code such as 404, got {status!r}")
 
 
-def entry_message(record: dict[str, Any]) -> Any:
-    """A record as the API returns it."""
-    get = record.get
-    flags = [FAILURE_FLAGS[x] for x in (get(f.FLAGS) or "").split(",") if x in FAILURE_FLAGS]
+def entry_message(entry: f.Entry) -> Any:
+    """An entry as the API returns it."""
+    flags = [FAILURE_FLAGS[x] for x in entry.flags.split(",") if x in FAILURE_FLAGS]
     message = requestlogs_pb2.RequestLogEntry(
-        endpoint_name=get(f.ENDPOINT) or get(f.ROUTE_ENDPOINT) or "",
-        deployment_name=get(f.DEPLOYMENT) or "",
-        method=get(f.METHOD) or "",
-        path=get(f.PATH) or "",
-        status=get(f.STATUS) or 0,
-        duration_ms=(get(f.DURATION_US) or 0) / 1000.0,
-        request_id=get(f.REQUEST_ID) or "",
-        bytes_in=(get(f.REQUEST_HEADER_BYTES) or 0) + (get(f.REQUEST_BODY_BYTES) or 0),
-        bytes_out=(get(f.RESPONSE_HEADER_BYTES) or 0) + (get(f.RESPONSE_BODY_BYTES) or 0),
-        upstream=get(f.UPSTREAM) or "",
+        endpoint_name=entry.endpoint,
+        deployment_name=entry.deployment,
+        method=entry.method,
+        path=entry.path,
+        status=entry.status,
+        duration_ms=entry.duration_us / 1000.0,
+        request_id=entry.request_id,
+        bytes_in=entry.bytes_in,
+        bytes_out=entry.bytes_out,
+        upstream=entry.upstream,
         response_flags=",".join(dict.fromkeys(flags)),
     )
-    message.time.FromMilliseconds(number(get(f.START_MS)))
+    message.time.FromMilliseconds(entry.start_ms)
     return message
 
 
