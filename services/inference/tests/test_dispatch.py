@@ -90,6 +90,66 @@ def test_a_timer_going_off_between_calls_interrupts_nothing_and_the_next_call_is
     assert 0.04 < time.monotonic() - started < 2
 
 
+def holding(started: threading.Event, release: threading.Event) -> Around:
+    """An `around` that keeps its call's slot (on a worker thread) until `release` is set;
+    the wait is not run()'s time."""
+
+    def around(call: Any) -> Any:
+        def held() -> Any:
+            started.set()
+            release.wait(5)
+            return call()
+
+        return held
+
+    return around
+
+
+async def warm_up_on_threads(dispatcher: Dispatcher) -> None:
+    """All but the last warm-up call: the next call still goes to a thread."""
+    for _ in range(WARMUP_CALLS - 1):
+        assert (await score(dispatcher, current_thread_name)).value.startswith("run")
+
+
+async def test_calls_queued_behind_a_threaded_call_run_on_the_event_loop_in_turn() -> None:
+    # Once one call went to a thread, the calls arriving meanwhile queue; run() is fast, so
+    # each is called on the event loop when its turn comes, not handed to a thread as well.
+    dispatcher = Dispatcher(Limits(1, 4, timeout_s=5.0), is_async=False)
+    await warm_up_on_threads(dispatcher)
+    started, release = threading.Event(), threading.Event()
+    loop = asyncio.get_running_loop()
+    done = [loop.create_future() for _ in range(4)]
+    dispatcher.submit(current_thread_name, done[0].set_result, holding(started, release))
+    assert await asyncio.to_thread(started.wait, 5)
+    for future in done[1:]:
+        dispatcher.submit(current_thread_name, future.set_result)
+    assert dispatcher.in_flight == 4
+    release.set()
+    names = [outcome.value for outcome in await asyncio.gather(*done)]
+    assert names[0].startswith("run")
+    assert names[1:] == [threading.main_thread().name] * 3
+    dispatcher.shutdown()
+
+
+async def test_a_queued_call_on_the_event_loop_gets_what_is_left_of_its_limit() -> None:
+    dispatcher = Dispatcher(Limits(1, 4, timeout_s=0.5), is_async=False)
+    await warm_up_on_threads(dispatcher)
+    started, release = threading.Event(), threading.Event()
+    loop = asyncio.get_running_loop()
+    first, slow = loop.create_future(), loop.create_future()
+    dispatcher.submit(current_thread_name, first.set_result, holding(started, release))
+    assert await asyncio.to_thread(started.wait, 5)
+    submitted = time.monotonic()
+    dispatcher.submit(lambda: time.sleep(5), slow.set_result)
+    await asyncio.sleep(0.3)  # 0.3 s of the slow call's 0.5 s spent waiting for the slot
+    release.set()
+    assert (await first).kind == "ok"
+    assert (await slow).kind == "timeout"
+    assert 0.45 < time.monotonic() - submitted < 1.5
+    assert dispatcher.stuck == 0  # the alarm stopped it: no thread is left running it
+    dispatcher.shutdown()
+
+
 async def test_several_concurrent_runs_always_use_threads() -> None:
     dispatcher = Dispatcher(Limits(2, 0, timeout_s=1.0), is_async=False)
     for _ in range(WARMUP_CALLS + 1):

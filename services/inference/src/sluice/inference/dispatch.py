@@ -12,16 +12,17 @@ Where a synchronous run() executes (measured in bench/inference):
   the server keeps answering; the pool has `STUCK_RUNS_ALLOWED` spare
   threads for such calls, and `healthy` turns false when they are all taken,
   so the liveness probe fails and the instance is replaced.
-- on the event loop itself ("inline") when one call at a time is allowed,
-  nothing else is in flight, and run() has proved fast (a moving average
-  under `FAST_RUN_S` after `WARMUP_CALLS` calls). Handing a call to a thread
-  and back costs ~20 us, which for a ~80 us sklearn predict is 15% of the
-  throughput. The time limit is then enforced with SIGALRM, as Azure's own
-  server does: the alarm raises inside run(). A slow call moves the average
-  up and the next calls go back to threads, so a slow run() never holds up
-  probes for more than one call. Only run() itself is timed (`Stopwatch`): what a
-  caller runs around it on the same thread (run()'s span, `around`) is not run()'s
-  time, neither for this choice nor in the reported `run_seconds`.
+- on the event loop itself ("inline") when one call at a time is allowed and
+  run() has proved fast (a moving average under `FAST_RUN_S` after
+  `WARMUP_CALLS` calls): at once when nothing else is in flight, else when its
+  turn in the queue comes. Handing a call to a thread and back costs ~20 us,
+  which for a ~80 us sklearn predict is 15% of the throughput. The time limit
+  is then enforced with SIGALRM, as Azure's own server does: the alarm raises
+  inside run(). A slow call moves the average up and the next calls go back to
+  threads, so a slow run() never holds up probes for more than one call.
+  Only run() itself is timed (`Stopwatch`): what a caller runs around it on
+  the same thread (run()'s span, `around`) is not run()'s time, neither for
+  this choice nor in the reported `run_seconds`.
 
 An `async def run()` is awaited on the event loop.
 
@@ -256,31 +257,44 @@ class Dispatcher:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _run_inline(self, call: Call, around: Around | None) -> Outcome:
-        assert self._alarm is not None and self._speed is not None
-        watch = Stopwatch(call)
         self._change_in_flight(+1)
         try:
-            value = self._alarm.call(
-                watch if around is None else around(watch), self.limits.timeout_s
-            )
+            return self._call_here(call, around, self.limits.timeout_s)
+        finally:
+            self._change_in_flight(-1)
+
+    def _call_here(self, call: Call, around: Around | None, timeout_s: float) -> Outcome:
+        """Call run() on the event loop, cut short by the alarm after `timeout_s`."""
+        assert self._alarm is not None and self._speed is not None
+        watch = Stopwatch(call)
+        try:
+            value = self._alarm.call(watch if around is None else around(watch), timeout_s)
             outcome = Outcome("ok", value=value, run_seconds=watch.seconds)
         except RunTimedOut:
             outcome = TIMED_OUT
         except Exception as exc:
             outcome = Outcome("error", error=exc, run_seconds=watch.seconds)
-        finally:
-            self._change_in_flight(-1)
         # A call cut short by the alarm took its whole limit, wherever the alarm caught it.
-        self._speed.observe(self.limits.timeout_s if outcome is TIMED_OUT else watch.seconds)
+        self._speed.observe(timeout_s if outcome is TIMED_OUT else watch.seconds)
         return outcome
 
     async def _run_queued(self, call: Call, on_done: OnDone, around: Around | None) -> None:
         future: Future[Outcome] | None = None
-        watch = Stopwatch(call)
+        watch = Stopwatch(call)  # on a thread or awaited; _call_here has its own
+        deadline = time.perf_counter() + self.limits.timeout_s
         try:
             async with asyncio.timeout(self.limits.timeout_s), self._slots:
                 self._queued.discard(asyncio.current_task())
-                if self._is_async:
+                if self._speed is not None and self._speed.fast():
+                    # The one slot is this call's, so nothing else runs: a fast run() is
+                    # called here as an inline one is. Else, once one call went to a thread
+                    # (a slow call, or this process paused by the OS in the middle of one),
+                    # the calls that queue behind it would each go to a thread as well, and
+                    # under steady traffic the queue rarely empties: the server stayed in
+                    # its slower mode for hundreds of requests at a time (bench/tracing).
+                    left = deadline - time.perf_counter()
+                    outcome = self._call_here(call, around, left) if left > 0 else TIMED_OUT
+                elif self._is_async:
                     awaited = watch.awaited if around is None else around(watch.awaited)
                     try:
                         value = await awaited()
@@ -299,7 +313,7 @@ class Dispatcher:
         finally:
             self._queued.discard(asyncio.current_task())
             self._change_in_flight(-1)
-        if self._speed is not None and outcome.kind != "timeout":
+        if future is not None and self._speed is not None and outcome.kind != "timeout":
             self._speed.observe(outcome.run_seconds)
         on_done(outcome)
 
