@@ -148,6 +148,10 @@ def batch(start_service: ServiceStarter, registry: RunningService) -> RunningSer
 
 @pytest.fixture
 def cli(batch: RunningService, registry: RunningService, tmp_path: Path) -> Cli:
+    return cli_for(batch, registry, tmp_path)
+
+
+def cli_for(batch: RunningService, registry: RunningService, tmp_path: Path) -> Cli:
     env = {
         **os.environ,
         "SLUICE_REGISTRY_ADDRESS": registry.address,
@@ -720,3 +724,50 @@ def test_jobs_are_in_the_lineage_of_their_model_and_data(cli: Cli, gates: Path) 
     assert archived["used_by"] == [f"job {job}"]  # an ended job stays in the lineage
     refused = cli.error("model", "archive", "-n", "doubler", "-v", "1")
     assert "is used by lineage-batch/with-model" in refused  # the deployment still is
+
+
+# Reads each input's value, then tries a file its uid may read but its sandbox does not name.
+PROBE_SCRIPT = """\
+import os
+
+
+def init():
+    pass
+
+
+def run(mini_batch):
+    rows = []
+    for path in mini_batch:
+        value = open(path).read().split()[1]
+        try:
+            with open(os.environ["PROBE"]) as probe:
+                seen = probe.read().strip()
+        except PermissionError:
+            seen = "refused"
+        rows.append(f"{os.path.basename(path)},{value},{seen}")
+    return rows
+"""
+
+
+def test_landlocked_workers_score_their_files_and_reach_nothing_else(
+    start_service: ServiceStarter, registry: RunningService, tmp_path: Path
+) -> None:
+    """SLUICE_BATCH_LANDLOCK (compose and Kubernetes, where workers share the batch
+    service's uid): workers start cold in a Landlock sandbox (confine.py) that reads the
+    job's inputs and writes its parts, and refuses a file every user may read."""
+    start_service.settings = start_service.settings.model_copy(
+        update={"registry_address": registry.address, "batch_landlock": True}
+    )
+    cli = cli_for(start_service("batch"), registry, tmp_path)
+    with traversable_dir("sluice-probe-") as folder:
+        probe = folder / "readable-by-all.txt"
+        probe.write_text("outside the sandbox\n")
+        probe.chmod(0o644)  # the control: any uid reaches and reads it
+        deploy(cli, "landlocked", script=PROBE_SCRIPT, env={"PROBE": str(probe)})
+        expected = make_csvs(cli.cwd / "data", 3, 1)
+        job = cli.finished(invoke(cli, "landlocked", cli.cwd / "data")["name"])
+    assert job["status"] == "Completed", job["status_message"]
+    assert output_lines(job) == [line.rsplit(",", 1)[0] + ",refused" for line in expected]
+    logs = cli("job", "stream", "-n", job["name"]).stdout
+    assert "worker confined with Landlock" in logs and "started cold" in logs
+    assert "from a warm spare" not in logs

@@ -744,3 +744,29 @@ def test_the_mongodb_key_file_is_written_before_the_image_starts(
     assert (tmp_path / "chown").read_text().split() == ["mongodb:mongodb", keyfile]
     key = "".join((tmp_path / "keyfile").read_text().split())
     assert 6 <= len(key) <= 1024 and re.fullmatch(r"[A-Za-z0-9+/=]+", key)
+
+
+LANDLOCK = "SLUICE_BATCH_LANDLOCK"
+
+
+@pytest.mark.parametrize("where", ["compose", "k8s"])
+def test_batch_workers_start_in_a_landlock_sandbox(where: str) -> None:
+    """The batch service cannot switch users there (one uid, no capability): its workers
+    are sandboxed instead (services/batch/.../confine.py), and only its workers."""
+    if where == "compose":
+        services = yaml.safe_load(COMPOSE.read_text())["services"]
+        sandboxed = {n for n, s in services.items() if s.get("environment", {}).get(LANDLOCK)}
+        values = {services[n]["environment"][LANDLOCK] for n in sandboxed}
+    else:
+        sandboxed, values = set(), set()
+        for _, obj in k8s_objects():
+            if obj["kind"] == "Deployment":
+                (container,) = obj["spec"]["template"]["spec"]["containers"]
+                env = {e["name"]: e.get("value") for e in container.get("env", [])}
+                if LANDLOCK in env:
+                    sandboxed.add(obj["metadata"]["name"])
+                    values.add(env[LANDLOCK])
+    assert sandboxed == {"batch"} and values == {"true"}
+    with pytest.MonkeyPatch.context() as patch:  # as the service reads it
+        patch.setenv(LANDLOCK, values.pop())
+        assert Settings().batch_landlock is True

@@ -18,7 +18,7 @@ from sluice.batch.jobs import JobStore
 from sluice.batch.lease import LeaseHeld, ServiceLease
 from sluice.batch.runner import RunnerContext
 from sluice.batch.service import BatchService
-from sluice.batch.spares import SparePool
+from sluice.batch.spares import MAX_PER_KEY, SparePool
 from sluice.common.access import UserTokens
 from sluice.common.artifacts import ArtifactStore
 from sluice.common.catalogue import Catalogue
@@ -81,7 +81,11 @@ async def serve(settings: Settings) -> None:
     broker = create_broker(settings, client_name="sluice-batch")
     await broker.connect()
     service: BatchService | None = None
-    spares = SparePool(state_dir / "batch-spares")
+    # Spares import the deployment's environment before they know their job, so before a
+    # Landlock sandbox could name the job's files: sandboxed workers all start cold.
+    spares = SparePool(
+        state_dir / "batch-spares", max_per_key=0 if settings.batch_landlock else MAX_PER_KEY
+    )
     tasks: list[asyncio.Task[None]] = []
     relay: OutboxRelay | None = None
     lease: ServiceLease | None = None
@@ -125,6 +129,7 @@ async def serve(settings: Settings) -> None:
             spares=spares,
             job_users=JobUsers(settings.nats_auth_dir) if settings.nats_auth_dir else None,
             worker_nats_url=worker_nats_url(settings),
+            landlock=settings.batch_landlock,
         )
         registry = None
         if settings.registry_address:

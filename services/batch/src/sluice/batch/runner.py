@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ import psutil
 from faststream.nats import JStream, NatsBroker
 from nats.js.api import DeliverPolicy
 
+from sluice.batch import confine
 from sluice.batch.environment import model_environment
 from sluice.batch.job_trace import JobTrace
 from sluice.batch.jobs import Cost, Job, JobError, JobState, JobStore, Progress
@@ -42,6 +45,7 @@ from sluice.batch.worker import (
     WorkerConfig,
 )
 from sluice.batch.workspace import JobSpace, batch_account, job_space, spare_home
+from sluice.common import interpreters
 from sluice.common.artifacts import ArtifactStore
 from sluice.common.catalogue import Catalogue, UnknownInstanceType
 from sluice.common.environments import EnvironmentBuilder, EnvironmentError_
@@ -95,6 +99,8 @@ class RunnerContext:
     job_users: JobUsers | None = None
     # compose and Kubernetes: the static `batch-worker` user's URL for every job's workers.
     worker_nats_url: str | None = None
+    # compose and Kubernetes: workers start in a Landlock sandbox (confine.py).
+    landlock: bool = False
 
 
 def tail(path: Path, lines: int = LOG_LINES_IN_ERRORS) -> str:
@@ -168,6 +174,38 @@ def worker_env(job: Job, python: str, home: Path, cfg: WorkerConfig) -> dict[str
 
 def job_dir(jobs_dir: Path, name: str) -> Path:
     return jobs_dir / name
+
+
+def platform_paths() -> set[str]:
+    """What any worker reads of the platform: its interpreter's installation and the
+    `sluice` packages (in site-packages, or a checkout's `src` folders when editable)."""
+    import sluice
+
+    base = Path(os.path.realpath(sys.executable)).parent.parent
+    # The folders holding `sluice` (sys.path entries), which the import system lists.
+    packages = {str(Path(path).parent) for path in sluice.__path__}
+    paths = {sys.prefix, sys.base_prefix, str(base), *packages}
+    return paths | set(interpreters.server_sources() or ())
+
+
+def sandbox(
+    space: JobSpace, python: str, model: Path | None, code: Path | None, inputs: list[str]
+) -> dict[str, list[str]]:
+    """What a job's sandboxed workers may reach (confine.py adds the system's folders):
+    read the platform, the environment's interpreter, the deployment's model and code
+    folders and the job's input files; write their HOME and the parts folder."""
+    env = {str(Path(python).parent.parent), str(Path(os.path.realpath(python)).parent.parent)}
+    artifacts = {str(path.parent) for path in (model, code) if path is not None}
+    read = sorted(platform_paths() | env | artifacts | set(inputs))
+    return {"read": read, "write": [str(space.home), str(space.parts)]}
+
+
+def confined(python: str) -> list[str]:
+    """confine.py's command (it reads the sandbox and the worker's command on stdin): the
+    environment's interpreter (one the worker's user can run), isolated and without `site`,
+    so nothing of the deployment's (its PYTHONPATH, a `.pth` file of its environment) runs
+    before the sandbox; confine.py needs only the standard library."""
+    return [python, "-I", "-S", confine.__file__]
 
 
 def process_identity(pid: int) -> tuple[int, float]:
@@ -293,6 +331,10 @@ class JobRunner:
         self.python = runtime.python
         self.spare_key = await asyncio.to_thread(spare_key_for, self.ctx, runtime, space)
         self.cwd = code or space.home
+        self.sandbox: dict[str, list[str]] | None = None
+        if self.ctx.landlock:
+            self.sandbox = sandbox(space, runtime.python, model, code, list(inputs.values()))
+            self.log("workers start in a Landlock sandbox")
         return WorkerConfig(
             nats_url=await self._workers_nats_url(),
             inbox_prefix=self._workers_inbox_prefix(),
@@ -359,6 +401,10 @@ class JobRunner:
         job = self.job
         account = batch_account(job.endpoint_name, job.deployment_name)
         space = job_space(self.ctx.state_dir, job.name, self.dir, account)
+        if self.ctx.landlock and not account.switches:  # not the runner's logs: a HOME apart
+            space = replace(space, home=space.folder / "home")
+            space.home.mkdir(parents=True, exist_ok=True)
+            space.parts.mkdir(parents=True, exist_ok=True)
         model = space.copy_artifact(runtime.model) if runtime.model else None
         code = space.copy_artifact(runtime.code) if runtime.code else None
         files = list(job.files)
@@ -448,12 +494,17 @@ class JobRunner:
             hand_over(spare, env, str(self.cwd), log_path)
             return WorkerProcess(name, spare, log_path, warm=True)
         uid, gid, groups = as_user(self.spare_key.user)
+        argv = [self.python, "-m", "sluice.batch.worker"]
+        spec = b""
+        if self.sandbox is not None:  # on stdin: the worker's uid may not read our files
+            spec = json.dumps({**self.sandbox, "argv": argv}).encode()
+            argv = confined(self.python)
         with log_path.open("ab") as out:
             process = subprocess.Popen(
-                [self.python, "-m", "sluice.batch.worker"],
+                argv,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE if spec else subprocess.DEVNULL,
                 env=env,
                 cwd=self.cwd,
                 start_new_session=True,
@@ -461,6 +512,9 @@ class JobRunner:
                 group=gid,
                 extra_groups=groups,
             )
+        if process.stdin is not None:
+            with process.stdin, contextlib.suppress(BrokenPipeError):
+                process.stdin.write(spec)
         return WorkerProcess(name, process, log_path)
 
     async def _record_pids(self) -> None:

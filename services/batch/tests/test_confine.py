@@ -1,0 +1,155 @@
+"""confine.py: a batch worker's Landlock sandbox, tried with real processes on this kernel.
+
+The launcher runs as a runner starts it (the environment's interpreter, `-I -S`, the spec
+on stdin); the program it executes then tries what deployment code sharing the batch
+service's uid would: read a file that uid owns outside the sandbox, write its parts,
+signal the service, and run code before the worker starts (a PYTHONPATH sitecustomize).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sluice.batch import confine
+from sluice.batch.runner import confined, sandbox
+from sluice.batch.workspace import JobSpace
+from sluice.common.isolation import Account
+
+pytestmark = pytest.mark.integration  # starts processes
+
+PROBE = """\
+import json, os, sys
+found = {}
+for name in ("secret", "input"):
+    try:
+        with open(os.environ["PROBE_" + name.upper()]) as f:
+            found[name] = f.read().strip()
+    except OSError as exc:
+        found[name] = type(exc).__name__
+try:
+    with open(os.path.join(os.environ["PROBE_PARTS"], "part-0"), "w") as f:
+        f.write("rows")
+    found["write"] = "ok"
+except OSError as exc:
+    found["write"] = type(exc).__name__
+try:
+    os.kill(os.getppid(), 0)  # the process that started it (the runner, in a job)
+    found["signal"] = "ok"
+except OSError as exc:
+    found["signal"] = type(exc).__name__
+print(json.dumps(found), flush=True)
+"""
+
+
+def landlock_abi() -> int:
+    libc = ctypes.CDLL(None, use_errno=True)
+    return max(0, int(libc.syscall(confine.SYS_CREATE_RULESET, None, 0, 1)))
+
+
+needs_landlock = pytest.mark.skipif(landlock_abi() < 1, reason="this kernel has no Landlock")
+
+
+def layout(tmp_path: Path) -> tuple[Path, Path, Path, Path]:
+    """A secret the uid owns (as the batch service's NATS password file), a job's input,
+    its parts folder and HOME."""
+    (tmp_path / "secrets").mkdir()
+    secret = tmp_path / "secrets" / "password"
+    secret.write_text("nats-password")
+    (tmp_path / "inputs").mkdir()
+    data = tmp_path / "inputs" / "f0.csv"
+    data.write_text("x\n1\n")
+    for folder in ("parts", "home"):
+        (tmp_path / folder).mkdir()
+    return secret, data, tmp_path / "parts", tmp_path / "home"
+
+
+def run_confined(
+    spec: dict[str, list[str]], env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        confined(sys.executable),
+        input=json.dumps(spec),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@needs_landlock
+def test_a_confined_program_reads_its_job_and_nothing_else_its_uid_can(tmp_path: Path) -> None:
+    secret, data, parts, home = layout(tmp_path)
+    script = tmp_path / "inputs" / "probe.py"  # where the sandbox lets it be read
+    script.write_text(PROBE)
+    env = {
+        "PROBE_SECRET": str(secret),
+        "PROBE_INPUT": str(data),
+        "PROBE_PARTS": str(parts),
+        "PATH": "/usr/bin:/bin",
+    }
+    space = JobSpace(Account("me", os.getuid(), os.getgid()), tmp_path, home, parts)
+    paths = sandbox(space, sys.executable, None, None, [str(data), str(script)])
+    assert str(secret) not in paths["read"] and paths["write"] == [str(home), str(parts)]
+    result = run_confined({**paths, "argv": [sys.executable, str(script)]}, env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    first, report = result.stdout.splitlines()
+    assert first.startswith("worker confined with Landlock (ABI ")
+    found = json.loads(report)
+    assert found["secret"] == "PermissionError"  # the uid's own file, outside the sandbox
+    assert found["input"] == "x\n1"
+    assert found["write"] == "ok" and (parts / "part-0").read_text() == "rows"
+    if landlock_abi() >= 6:  # signals scoped to the sandbox
+        assert found["signal"] == "PermissionError"
+    # The control: unconfined, the same program reads the secret.
+    bare = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert json.loads(bare.stdout)["secret"] == "nats-password"
+
+
+@needs_landlock
+def test_code_the_deployment_runs_at_interpreter_start_is_already_confined(
+    tmp_path: Path,
+) -> None:
+    """A deployment's PYTHONPATH (its environment_variables) with a sitecustomize runs before
+    the worker's first line: confine.py itself ignores it (-I -S), the worker does not."""
+    secret, _, parts, home = layout(tmp_path)
+    (tmp_path / "inputs" / "sitecustomize.py").write_text(
+        "import os\n"
+        "try:\n"
+        "    print('early:', open(os.environ['PROBE_SECRET']).read(), flush=True)\n"
+        "except OSError as exc:\n"
+        "    print('early:', type(exc).__name__, flush=True)\n"
+    )
+    space = JobSpace(Account("me", os.getuid(), os.getgid()), tmp_path, home, parts)
+    paths = sandbox(space, sys.executable, None, None, [str(tmp_path / "inputs")])
+    env = {"PYTHONPATH": str(tmp_path / "inputs"), "PROBE_SECRET": str(secret)}
+    result = run_confined({**paths, "argv": [sys.executable, "-c", "pass"]}, env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines() == [
+        f"worker confined with Landlock (ABI {landlock_abi()})",
+        "early: PermissionError",
+    ]
+
+
+def test_a_sandbox_that_cannot_be_made_fails_the_worker_with_the_reason(tmp_path: Path) -> None:
+    """Whatever stops the sandbox (no Landlock in this kernel, a path it cannot open: here a
+    symbolic link loop) ends the launcher with the runner's init-failed code and the way
+    out, and the worker's command never runs unconfined."""
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    marker = tmp_path / "ran"
+    spec = {"read": [str(loop)], "write": [], "argv": ["/usr/bin/touch", str(marker)]}
+    result = run_confined(spec, {})
+    assert (result.returncode, result.stderr) == (confine.EXIT_NO_LANDLOCK, ""), result
+    assert "the worker cannot be confined" in result.stdout
+    assert "SLUICE_BATCH_LANDLOCK=false" in result.stdout
+    assert not marker.exists()
