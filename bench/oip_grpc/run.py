@@ -250,7 +250,7 @@ def main() -> None:
                 tls=load_material(cert, key),
                 jwks=PLACEHOLDER_JWKS,
             )
-            upstream = Upstream("127.0.0.1", port, grpc_port)
+            upstream = Upstream("127.0.0.1", port)
             deployment = Deployment("bench", "blue", 1, 5000, 32, (upstream,))
             endpoint = Endpoint(
                 name="bench",

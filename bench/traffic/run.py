@@ -350,9 +350,8 @@ async def large_push(
         tls=load_material(cert, key),
         jwks=PLACEHOLDER_JWKS,
     )
-    # Instances nobody serves (health checks fail fast, as for a cold fleet), each with a gRPC
-    # port as the provisioner's are: the deployment's twin cluster checks it too.
-    dead_port, dead_grpc_port = free_port(), free_port()
+    # Instances nobody serves (health checks fail fast, as for a cold fleet).
+    dead_port = free_port()
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     instances = hard == resource.RLIM_INFINITY or 4 * n_endpoints + 1000 < hard
 
@@ -365,7 +364,7 @@ async def large_push(
                 1,
                 5000,
                 1,
-                (Upstream("127.0.0.1", dead_port, dead_grpc_port),) if instances else (),
+                (Upstream("127.0.0.1", dead_port),) if instances else (),
             )
             for d in ("blue", "green")
         )

@@ -1,8 +1,8 @@
 """The Open Inference Protocol over gRPC through the gateway: a stock gRPC client (the
 generated `inference.GRPCInferenceService` stub) reaches real inference servers with the
 same keys and tokens, traffic split and `azureml-model-deployment` pin as REST, over h2c
-and TLS. `ModelInfer` is bridged by the gateway to the instances' HTTP/1.1 servers (the
-gRPC message as it is), the other methods go to their gRPC servers."""
+and TLS. Every call is bridged by the gateway to the instances' HTTP/1.1 servers (the
+gRPC message as it is): the instances here run no gRPC server at all."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import grpc
 import pytest
 
 from sluice.common.resources import AuthMode, OnlineEndpointSpec
-from sluice.common.supervisor import Supervisor, free_port
+from sluice.common.supervisor import Supervisor
 from sluice.sdk.client import RegistryClient
 from sluice.testing.inference import start_server, write_script
 from sluice.testing.traffic import Traffic, World, eventually
@@ -48,17 +48,10 @@ def answer(reply: pb.ModelInferResponse) -> float:
     return float(value)
 
 
-def start_deployment(supervisor: Supervisor, tmp_path: Path, name: str) -> tuple[str, str]:
+def start_deployment(supervisor: Supervisor, tmp_path: Path, name: str) -> str:
     code = write_script(tmp_path / name, SCRIPT)
-    grpc_port = free_port()
-    server = start_server(
-        supervisor,
-        f"oipg-{name}",
-        code=code,
-        extra=["--grpc-port", str(grpc_port)],
-        scope=("oipg", name),
-    )
-    return f"127.0.0.1:{server.port}", f"127.0.0.1:{grpc_port}"
+    server = start_server(supervisor, f"oipg-{name}", code=code, scope=("oipg", name))
+    return f"127.0.0.1:{server.port}"
 
 
 async def test_grpc_scoring_through_the_gateway(
@@ -71,8 +64,8 @@ async def test_grpc_scoring_through_the_gateway(
     traffic = traffic_with_registry
     blue = start_deployment(supervisor, tmp_path, "blue")
     green = start_deployment(supervisor, tmp_path, "green")
-    await world.deployment("oipg", "blue", [blue[0]], grpc=[blue[1]])
-    await world.deployment("oipg", "green", [green[0]], grpc=[green[1]])
+    await world.deployment("oipg", "blue", [blue])
+    await world.deployment("oipg", "green", [green])
     await world.endpoint("oipg", traffic={"blue": 100})
     # REST scoring is unchanged.
     rows = b'{"data": [[1, 2]]}'
@@ -93,7 +86,7 @@ async def test_grpc_scoring_through_the_gateway(
             return failed.value
 
         key = ("authorization", f"Bearer {KEY}")
-        # The twin cluster's first health check may still be under way.
+        # The cluster's first health check may still be under way.
         served = eventually(lambda: _attempt(infer, key), lambda r: r is not None)
         assert served is not None
         reply, call = served
@@ -137,10 +130,22 @@ async def test_grpc_scoring_through_the_gateway(
             stub.ModelInfer(wrong, metadata=[key], timeout=20)
         assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
-        # Metadata and readiness go the same way (and need the key too).
+        # The other methods go the same way (and need the key too), each answered by the
+        # instance's REST twin.
         meta = stub.ModelMetadata(pb.ModelMetadataRequest(name="oipg"), metadata=[key])
-        assert meta.name == "blue"
+        assert meta.name == "blue" and meta.platform
         assert stub.ModelReady(pb.ModelReadyRequest(name="oipg"), metadata=[key]).ready
+        assert stub.ServerLive(pb.ServerLiveRequest(), metadata=[key]).live
+        assert stub.ServerReady(pb.ServerReadyRequest(), metadata=[key]).ready
+        server = stub.ServerMetadata(pb.ServerMetadataRequest(), metadata=[key])
+        assert server.name and server.version
+        with pytest.raises(grpc.RpcError) as failed:
+            stub.ModelReady(pb.ModelReadyRequest(name="nope"), metadata=[key])
+        assert failed.value.code() == grpc.StatusCode.NOT_FOUND
+        assert "no model 'nope'" in failed.value.details()
+        with pytest.raises(grpc.RpcError) as failed:
+            stub.ModelMetadata(pb.ModelMetadataRequest(name="oipg"))  # no key
+        assert failed.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
     # The split moves gRPC as it moves REST.
     await world.endpoint("oipg", traffic={"green": 100}, version=2)
@@ -162,10 +167,8 @@ async def test_grpc_scoring_through_the_gateway(
 
     # An aml_token endpoint on the same instances: a valid token for this endpoint passes
     # (jwt_authn and the audience check, the per-route filters REST has), others do not.
-    # Its deployment lists no gRPC server: ModelInfer needs none (the gateway bridges it
-    # to the instance's HTTP/1.1 server), the other methods do.
     client.create_online_endpoint(OnlineEndpointSpec(name="oipt", auth_mode=AuthMode.aml_token))
-    await world.deployment("oipt", "blue", [blue[0]])
+    await world.deployment("oipt", "blue", [blue])
     client.set_traffic("oipt", {"blue": 100})
     token = client.get_credentials("oipt").access_token
     assert token
@@ -182,11 +185,10 @@ async def test_grpc_scoring_through_the_gateway(
             return reply
 
         assert answer(with_token(token)) == 3.0
-        with pytest.raises(grpc.RpcError) as failed:
-            stub.ModelReady(
-                pb.ModelReadyRequest(name="oipg"), metadata=[("authorization", f"Bearer {token}")]
-            )
-        assert failed.value.code() == grpc.StatusCode.UNAVAILABLE  # no gRPC server to ask
+        ready = stub.ModelReady(
+            pb.ModelReadyRequest(name="oipg"), metadata=[("authorization", f"Bearer {token}")]
+        )
+        assert ready.ready
         for bad in (None, KEY, "not-a-jwt"):  # KEY: the key endpoint's
             with pytest.raises(grpc.RpcError) as failed:
                 with_token(bad)

@@ -10,11 +10,12 @@ from urllib.parse import unquote
 
 import grpc
 import pytest
+from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sluice.common import gateway_auth
 from sluice.common.supervisor import Supervisor, free_port
-from sluice.inference.oip_grpc_http import PATH
+from sluice.inference.oip_grpc_http import PATH, SERVICE
 from sluice.testing.inference import start_server, wait_until, write_script
 from sluice.v1 import grpc_predict_v2_pb2 as pb
 from sluice.v1 import grpc_predict_v2_pb2_grpc as pb_grpc
@@ -33,6 +34,9 @@ def run(raw):
         return [sum(row) for row in body["data"]]
     return {"total": [sum(row) for row in body["a"]], "label": ["x" * len(body["b"][0])]}
 """
+
+
+GRPC_TYPE = {"Content-Type": "application/grpc"}
 
 
 def fp64(*values: float) -> bytes:
@@ -150,6 +154,53 @@ def test_grpc_infer_metadata_health_and_errors(supervisor: Supervisor, tmp_path:
         _, headers = bridged(bad)
         assert headers["grpc-status"] == str(code.value[0]), (bad, headers)
         assert message in unquote(headers["grpc-message"])
+
+    # The service's other methods, bridged the same way, each answered by its REST twin.
+    def other_method(name: str, request: Message, reply: Message) -> dict[str, str]:
+        message = request.SerializeToString()
+        body = struct.pack(">BI", 0, len(message)) + message
+        answer = server.post(body, path=f"{SERVICE}{name}", headers=GRPC_TYPE)
+        assert answer.status == 200, answer.body
+        headers = {k.lower(): v for k, v in answer.headers.items()}
+        assert headers["content-type"] == "application/grpc"
+        if "grpc-status" not in headers:
+            assert struct.unpack(">BI", answer.body[:5]) == (0, len(answer.body) - 5)
+            reply.ParseFromString(answer.body[5:])
+        return headers
+
+    live, ready, model_ready = (
+        pb.ServerLiveResponse(),
+        pb.ServerReadyResponse(),
+        pb.ModelReadyResponse(),
+    )
+    other_method("ServerLive", pb.ServerLiveRequest(), live)
+    other_method("ServerReady", pb.ServerReadyRequest(), ready)
+    other_method("ModelReady", pb.ModelReadyRequest(name="summer"), model_ready)
+    assert live.live and ready.ready and model_ready.ready
+    server_meta, meta = pb.ServerMetadataResponse(), pb.ModelMetadataResponse()
+    other_method("ServerMetadata", pb.ServerMetadataRequest(), server_meta)
+    assert "binary_tensor_data" in server_meta.extensions
+    headers = other_method("ModelMetadata", pb.ModelMetadataRequest(name="summer"), meta)
+    assert meta.name == "summer" and meta.outputs[0].name == "predict"
+    assert headers["x-request-id"]
+    for name, request, code, message in [
+        ("ModelReady", pb.ModelReadyRequest(name="other"), grpc.StatusCode.NOT_FOUND, "no model"),
+        (
+            "ModelMetadata",
+            pb.ModelMetadataRequest(name="a/b"),
+            grpc.StatusCode.NOT_FOUND,
+            "no model",
+        ),
+        ("RepositoryIndex", pb.ServerLiveRequest(), grpc.StatusCode.UNIMPLEMENTED, "no 'Reposi"),
+    ]:
+        headers = other_method(name, request, pb.ModelReadyResponse())
+        assert headers["grpc-status"] == str(code.value[0]), (name, headers)
+        assert message in unquote(headers["grpc-message"]), headers
+    bad = b"\0\0\0\0\x02\xff\xff"
+    answer = server.post(bad, path=f"{SERVICE}ModelReady", headers=GRPC_TYPE)
+    headers = {k.lower(): v for k, v in answer.headers.items()}
+    assert headers["grpc-status"] == str(grpc.StatusCode.INVALID_ARGUMENT.value[0])
+    assert "not a ModelReadyRequest" in unquote(headers["grpc-message"])
 
 
 def test_grpc_requires_the_gateway_secret(supervisor: Supervisor, tmp_path: Path) -> None:

@@ -69,7 +69,7 @@ def test_pods_are_locked_down_and_only_the_gateway_reaches_them() -> None:
     (rule,) = objects["NetworkPolicy"]["spec"]["ingress"]
     assert rule["from"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "envoy"}}}]
     # REST and the Open Inference Protocol's gRPC port.
-    assert rule["ports"] == [{"protocol": "TCP", "port": 5001}, {"protocol": "TCP", "port": 5002}]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 5001}]
 
 
 def test_deployment_carries_the_spec() -> None:
@@ -184,10 +184,10 @@ def test_pods_become_instances_at_their_ip() -> None:
         pod("leaving", "10.0.0.3", ready=True, terminating=True),  # out of routing at once
         pod("v6", "fd00::1", ready=True),
     ]
-    assert [(i.id, i.address, i.grpc_address, i.ready) for i in pod_instances(pods)] == [
-        ("a", "10.0.0.1:5001", "10.0.0.1:5002", True),
-        ("b", "10.0.0.2:5001", "10.0.0.2:5002", False),
-        ("v6", "[fd00::1]:5001", "[fd00::1]:5002", True),
+    assert [(i.id, i.address, i.ready) for i in pod_instances(pods)] == [
+        ("a", "10.0.0.1:5001", True),
+        ("b", "10.0.0.2:5001", False),
+        ("v6", "[fd00::1]:5001", True),
     ]
 
 

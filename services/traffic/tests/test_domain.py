@@ -88,7 +88,7 @@ def test_events_name_their_endpoint() -> None:
 def test_inconsistent_snapshots_are_refused() -> None:
     d = dep("blue")
     piece = r.route_piece(endpoint("ep", (Share("blue", 100),), d), "x")
-    assert piece.clusters == {d.cluster, d.grpc_cluster}
+    assert piece.clusters == {d.cluster}
     table = r.route_configuration([piece])
     routes_only = Snapshot.build({ROUTE: [(r.ROUTE_CONFIG, table)]})  # the check parses it
     with pytest.raises(InconsistentSnapshot, match="unknown clusters"):
@@ -96,7 +96,7 @@ def test_inconsistent_snapshots_are_refused() -> None:
     named = Snapshot.build({ROUTE: [(r.ROUTE_CONFIG, table)]}, {r.ROUTE_CONFIG: piece.clusters})
     with pytest.raises(InconsistentSnapshot, match="unknown clusters"):
         named.check()  # the builder's list of the clusters the table names
-    no_eds = Snapshot.build({CLUSTER: [(d.cluster, r.pack(r.deployment_clusters(d)[0]))]})
+    no_eds = Snapshot.build({CLUSTER: [(d.cluster, r.pack(r.deployment_cluster(d)))]})
     with pytest.raises(InconsistentSnapshot, match="without load assignment"):
         no_eds.check()
     orphan = Snapshot.build({ENDPOINT: [(d.cluster, r.pack(r.load_assignment(d)))]})

@@ -48,7 +48,7 @@ def world() -> list[Endpoint]:
         3,
         5000,
         2,
-        (Upstream("127.0.0.1", 5001, 6001), Upstream("127.0.0.1", 5002, 6002)),
+        (Upstream("127.0.0.1", 5001), Upstream("127.0.0.1", 5002)),
     )
     green = Deployment(
         "shop", "green", 1, 10000, 1, (Upstream("127.0.0.1", 5003),), "fake-gateway-secret"

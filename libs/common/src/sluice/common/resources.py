@@ -294,7 +294,8 @@ class Instance(_Model):
     id: str
     address: str  # host:port of its inference server
     ready: bool = False
-    # host:port of its Open Inference Protocol gRPC server; "" = none
+    # Empty: the gateway bridges gRPC to `address` (kept so records and clients of versions
+    # whose instances ran their own gRPC server still read).
     grpc_address: str = ""
     started_at: datetime = Field(default_factory=utcnow)
     # > 0 only for the scale-to-zero activator: a request it receives is held while the

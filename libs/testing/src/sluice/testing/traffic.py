@@ -331,10 +331,7 @@ class World:
         *,
         timeout_ms: int = 5000,
         concurrency: int = 1,
-        grpc: list[str] | None = None,
     ) -> None:
-        """`grpc`: the instances' gRPC addresses, in the order of `instances`."""
-        grpc_addresses = grpc or [""] * len(instances)
         doc = OnlineDeploymentDoc(
             spec=OnlineDeploymentSpec(
                 name=name,
@@ -348,8 +345,7 @@ class World:
         )
         running = DeploymentInstancesDoc(
             instances=tuple(
-                Instance(id=f"{name}-{i}", address=a, grpc_address=g, ready=True)
-                for i, (a, g) in enumerate(zip(instances, grpc_addresses, strict=True))
+                Instance(id=f"{name}-{i}", address=a, ready=True) for i, a in enumerate(instances)
             )
         )
         _id = deployment_id(endpoint, name)

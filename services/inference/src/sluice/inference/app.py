@@ -10,8 +10,8 @@ Routes (Azure's, plus readiness and the Open Inference Protocol's health):
     GET  /swagger.json       ?version=2|3|3.1: the code folder's file or one generated
     GET  /v2, /v2/models/<m>[/ready], POST /v2/models/<m>/infer
                              the Open Inference Protocol around the same run() (oip.py)
-    POST /inference.GRPCInferenceService/ModelInfer
-                             gRPC ModelInfer as the gateway's bridge sends it (oip_grpc_http.py)
+    POST /inference.GRPCInferenceService/<method>
+                             OIP gRPC as the gateway's bridge sends it (oip_grpc_http.py)
 
 The server listens at once, so liveness answers while the script is imported
 and init() runs on a thread; /score answers 503 until then. A failing import
@@ -136,8 +136,11 @@ class InferenceApp:
         if oip_route is not None:
             self._oip(oip_route, request, conn, request_id, started)
             return
-        if path == oip_grpc_http.PATH and request.method == "POST":
-            self._grpc_infer(request, conn, request_id, started)
+        if path.startswith(oip_grpc_http.SERVICE) and request.method == "POST":
+            if path == oip_grpc_http.PATH:
+                self._grpc_infer(request, conn, request_id, started)
+            else:
+                self._grpc_method(request, conn)
             return
         if request.method != "GET":
             reply = json_reply(405, {"message": f"{request.method} is not allowed on {path}"})
@@ -283,6 +286,18 @@ class InferenceApp:
 
         # StatusAnswers stands in for the connection: respond() and when_gone() are all used.
         self._infer(request, answers, rid, started, call.infer, answer)
+
+    def _grpc_method(self, request: HttpRequest, conn: Responder) -> None:
+        """Another gRPC method, bridged like ModelInfer: answered by its REST twin."""
+        try:
+            method, twin = oip_grpc_http.twin_request(request)
+        except oip_grpc_http.Refused as refused:
+            conn.respond(request, *oip_grpc_http.status_answer(refused))
+            return
+        captured = oip_grpc_http.Captured()
+        self.handle(twin, captured)
+        assert captured.reply is not None, "a REST twin answers at once"
+        conn.respond(request, *oip_grpc_http.twin_answer(method, *captured.reply))
 
     def _rest_infer(self, request: HttpRequest, conn: Responder, rid: str, started: float) -> None:
         """An OIP inference over REST: JSON tensors (or the binary extension) in and out."""

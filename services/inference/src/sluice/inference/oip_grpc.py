@@ -1,30 +1,30 @@
 """The Open Inference Protocol over gRPC: `inference.GRPCInferenceService`.
 
-Through the gateway only the cheap, rare methods come here: Envoy bridges `ModelInfer`
-to the instance's HTTP server (oip_grpc_http.py). Each call is handed as an HTTP request
-to the very `InferenceApp.handle` that serves HTTP (`ModelInfer` -> the bridged `POST
-/inference.GRPCInferenceService/ModelInfer`, `ModelMetadata` -> `GET /v2/models/<name>`,
-...), so gRPC and REST share one code path: the gateway's secret, model-name check,
-refusals while not ready or draining, batching, metrics, tracing and data collection.
-Call metadata becomes request headers (`x-sluice-gateway`, `x-request-id`,
-`traceparent`). An HTTP error status becomes the matching gRPC status with the JSON
-message as its details. A refusal made before any processing carries
-`x-sluice-not-processed: true` in its trailers, which the gateway retries on another
-instance as it does for REST.
+The instance's own gRPC server, for clients that reach it directly (the gateway bridges
+every call of the service to the instance's HTTP server instead, oip_grpc_http.py). Each
+call is handed as an HTTP request to the very `InferenceApp.handle` that serves HTTP
+(`ModelInfer` -> the bridged `POST /inference.GRPCInferenceService/ModelInfer`,
+`ModelMetadata` -> `GET /v2/models/<name>`, ...), so gRPC and REST share one code path:
+the instance's secret, model-name check, refusals while not ready or draining, batching,
+metrics, tracing and data collection. Call metadata becomes request headers
+(`x-sluice-gateway`, `x-request-id`, `traceparent`). An HTTP error status becomes the
+matching gRPC status with the JSON message as its details. A refusal made before any
+processing carries `x-sluice-not-processed: true` in its trailers.
 
-Envoy health-checks instances with the standard `grpc.health.v1.Health/Check`,
-answered SERVING once init() has returned and until the server drains.
+`grpc.health.v1.Health/Check` answers SERVING once init() has returned and until the
+server drains.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 from urllib.parse import unquote
 
 import grpc
 import orjson
+from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sluice.common.headers import NOT_PROCESSED_HEADER
@@ -37,6 +37,7 @@ from sluice.v1 import grpc_predict_v2_pb2_grpc as pb_grpc
 if TYPE_CHECKING:
     from sluice.inference.app import InferenceApp
 
+M = TypeVar("M", bound=Message)
 _STATUS = {code.value[0]: code for code in grpc.StatusCode}
 
 
@@ -105,54 +106,44 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         await context.abort(refused.code, str(refused))
         raise AssertionError("abort() raises")
 
-    async def _json(
-        self, context: grpc.aio.ServicerContext[Any, Any], path: str, *ok: int
-    ) -> dict[str, Any]:
-        """GET `path`; its JSON answer when the status is 200 or one of `ok`, else abort."""
-        status, headers, body = await self._call(context, "GET", path)
-        if status != 200 and status not in ok:
+    async def _twin(
+        self, context: grpc.aio.ServicerContext[Any, Any], request: Message, kind: type[M]
+    ) -> M:
+        """A method answered by its REST twin (oip_grpc_http.METHODS), or aborted with the
+        twin's refusal."""
+        name = request.DESCRIPTOR.name.removesuffix("Request")
+        method = oip_grpc_http.METHODS[f"{oip_grpc_http.SERVICE}{name}"]
+        status, headers, body = await self._call(context, "GET", method.rest_path(request))
+        if status not in method.answers:
             await self._fail(context, refusal(status, headers, body))
-        parsed: dict[str, Any] = orjson.loads(body)
-        return parsed
+        answer = method.response(orjson.loads(body))
+        assert isinstance(answer, kind)
+        return answer
 
     async def ServerLive(  # noqa: N802 - the proto's method name
         self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ServerLiveResponse:
-        answer = await self._json(context, "/v2/health/live", 503)
-        return pb.ServerLiveResponse(live=bool(answer.get("live")))
+        return await self._twin(context, request, pb.ServerLiveResponse)
 
     async def ServerReady(  # noqa: N802 - the proto's method name
         self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ServerReadyResponse:
-        answer = await self._json(context, "/v2/health/ready", 503)
-        return pb.ServerReadyResponse(ready=bool(answer.get("ready")))
+        return await self._twin(context, request, pb.ServerReadyResponse)
 
     async def ModelReady(  # noqa: N802 - the proto's method name
         self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ModelReadyResponse:
-        answer = await self._json(context, f"/v2/models/{_name(request.name)}/ready", 503)
-        return pb.ModelReadyResponse(ready=bool(answer.get("ready")))
+        return await self._twin(context, request, pb.ModelReadyResponse)
 
     async def ServerMetadata(  # noqa: N802 - the proto's method name
         self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ServerMetadataResponse:
-        answer = await self._json(context, "/v2")
-        return pb.ServerMetadataResponse(
-            name=answer["name"], version=answer["version"], extensions=answer["extensions"]
-        )
+        return await self._twin(context, request, pb.ServerMetadataResponse)
 
     async def ModelMetadata(  # noqa: N802 - the proto's method name
         self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ModelMetadataResponse:
-        answer = await self._json(context, f"/v2/models/{_name(request.name)}")
-        response = pb.ModelMetadataResponse(
-            name=answer["name"], versions=answer["versions"], platform=answer["platform"]
-        )
-        for tensor in answer["inputs"]:
-            response.inputs.add(**tensor)
-        for tensor in answer["outputs"]:
-            response.outputs.add(**tensor)
-        return response
+        return await self._twin(context, request, pb.ModelMetadataResponse)
 
     async def ModelInfer(  # noqa: N802 - the proto's method name
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -170,11 +161,6 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         if status != 200:  # refused before the bridge's route (the gateway secret)
             await self._fail(context, refusal(status, headers, reply))
         return pb.ModelInferResponse.FromString(reply[5:])
-
-
-def _name(model: str) -> str:
-    """A model name as one path segment (a `/` in it must not reach another route)."""
-    return model.replace("/", "%2F") or "-"
 
 
 class HealthService(health_pb2_grpc.HealthServicer):  # type: ignore[misc]  # untyped

@@ -1,4 +1,4 @@
-"""gRPC `ModelInfer` as the gateway's reverse bridge sends it: the gRPC message over HTTP/1.1.
+"""OIP gRPC as the gateway's reverse bridge sends it: the gRPC message over HTTP/1.1.
 
 Envoy ends the client's HTTP/2 gRPC call itself (`envoy.filters.http.grpc_http1_reverse_bridge`,
 traffic/xds/grpc_bridge.py) and posts the request, gRPC frame and all, to `PATH` over the
@@ -17,6 +17,11 @@ with `grpc-status` and `grpc-message`, which the bridge passes through unchanged
 "trailers-only" gRPC answer), so the exact status (INVALID_ARGUMENT for a bad tensor,
 UNAVAILABLE while not ready...) and message reach the client, and
 `x-sluice-not-processed` still lets the gateway retry another instance.
+
+The service's other methods (ServerLive, ServerReady, ModelReady, ServerMetadata,
+ModelMetadata: cheap and rare) come the same way, each answered by its REST twin (`GET
+/v2/health/live`, ...: `METHODS`), so the gateway needs no second cluster per deployment
+for gRPC.
 """
 
 from __future__ import annotations
@@ -25,22 +30,24 @@ import math
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import grpc
 import orjson
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from sluice.common.headers import NOT_PROCESSED_HEADER
 from sluice.inference import oip, oip_binary
 from sluice.inference.http import Header, HttpRequest, Responder
 from sluice.v1 import grpc_predict_v2_pb2 as pb
 
-PATH = "/inference.GRPCInferenceService/ModelInfer"
+SERVICE = "/inference.GRPCInferenceService/"
+PATH = f"{SERVICE}ModelInfer"
 GRPC_TYPE: Header = (b"content-type", b"application/grpc")
 # grpc-message is percent-encoded (gRPC over HTTP/2): all but printable ASCII, and `%`.
 _MESSAGE_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
+M = TypeVar("M", bound=Message)
 _FRAME = struct.Struct(">BI")  # compressed flag, message length
 # HTTP status of the shared handler -> gRPC status (as Envoy maps its own replies).
 STATUS_CODES = {
@@ -101,8 +108,8 @@ class Call:
     infer: oip.InferRequest
 
 
-def message(body: bytes) -> pb.ModelInferRequest:
-    """The ModelInferRequest in one uncompressed gRPC frame; Refused otherwise."""
+def message(body: bytes, kind: type[M]) -> M:
+    """The message of type `kind` in one uncompressed gRPC frame; Refused otherwise."""
     if len(body) < _FRAME.size:
         raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "the body is not one gRPC message")
     compressed, length = _FRAME.unpack_from(body)
@@ -111,15 +118,17 @@ def message(body: bytes) -> pb.ModelInferRequest:
     if length != len(body) - _FRAME.size:
         raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "the body is not one gRPC message")
     try:
-        return pb.ModelInferRequest.FromString(body[_FRAME.size :])
+        return kind.FromString(body[_FRAME.size :])
     except DecodeError as exc:
-        raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"not a ModelInferRequest: {exc}") from exc
+        raise Refused(
+            grpc.StatusCode.INVALID_ARGUMENT, f"not a {kind.DESCRIPTOR.name}: {exc}"
+        ) from exc
 
 
 def parse(body: bytes) -> Call:
     """The call in a bridged request body: Refused when it is no ModelInferRequest, OipError
     when its tensors break the protocol."""
-    request = message(body)
+    request = message(body, pb.ModelInferRequest)
     inputs, raw = request.inputs, request.raw_input_contents
     if raw and len(raw) != len(inputs):
         raise oip.OipError(f"raw_input_contents has {len(raw)} entries for {len(inputs)} inputs")
@@ -164,6 +173,108 @@ def answer(model: str, call: Call, value: Any) -> bytes:
         response.outputs.add(name=tensor["name"], datatype=datatype, shape=tensor["shape"])
         response.raw_output_contents.append(oip_binary.encode(datatype, tensor["data"]))
     return frame(response.SerializeToString())
+
+
+@dataclass(frozen=True)
+class Method:
+    """A method answered by its REST twin: the twin's path for a request, the statuses whose
+    JSON answer is still the method's answer (not a refusal), and the answer as a message."""
+
+    request: type[Message]
+    rest_path: Callable[[Any], str]
+    answers: tuple[int, ...]
+    response: Callable[[dict[str, Any]], Message]
+
+
+def _model_metadata(answer: dict[str, Any]) -> pb.ModelMetadataResponse:
+    response = pb.ModelMetadataResponse(
+        name=answer["name"], versions=answer["versions"], platform=answer["platform"]
+    )
+    for tensor in answer["inputs"]:
+        response.inputs.add(**tensor)
+    for tensor in answer["outputs"]:
+        response.outputs.add(**tensor)
+    return response
+
+
+def _segment(model: str) -> str:
+    """A model name as one path segment (a `/` in it must not reach another route)."""
+    return model.replace("/", "%2F") or "-"
+
+
+METHODS = {
+    f"{SERVICE}ServerLive": Method(
+        pb.ServerLiveRequest,
+        lambda _: "/v2/health/live",
+        (200, 503),
+        lambda a: pb.ServerLiveResponse(live=bool(a.get("live"))),
+    ),
+    f"{SERVICE}ServerReady": Method(
+        pb.ServerReadyRequest,
+        lambda _: "/v2/health/ready",
+        (200, 503),
+        lambda a: pb.ServerReadyResponse(ready=bool(a.get("ready"))),
+    ),
+    f"{SERVICE}ModelReady": Method(
+        pb.ModelReadyRequest,
+        lambda r: f"/v2/models/{_segment(r.name)}/ready",
+        (200, 503),
+        lambda a: pb.ModelReadyResponse(ready=bool(a.get("ready"))),
+    ),
+    f"{SERVICE}ServerMetadata": Method(
+        pb.ServerMetadataRequest,
+        lambda _: "/v2",
+        (200,),
+        lambda a: pb.ServerMetadataResponse(
+            name=a["name"], version=a["version"], extensions=a["extensions"]
+        ),
+    ),
+    f"{SERVICE}ModelMetadata": Method(
+        pb.ModelMetadataRequest,
+        lambda r: f"/v2/models/{_segment(r.name)}",
+        (200,),
+        _model_metadata,
+    ),
+}
+
+
+def twin_request(request: HttpRequest) -> tuple[Method, HttpRequest]:
+    """The method a bridged call names and its REST twin (a GET with the call's headers);
+    Refused for a method the service does not have or a body that is not its request."""
+    method = METHODS.get(request.path)
+    if method is None:
+        name = request.path.removeprefix(SERVICE)
+        raise Refused(grpc.StatusCode.UNIMPLEMENTED, f"the inference service has no {name!r}")
+    call = message(request.body, method.request)
+    path = method.rest_path(call).encode("utf-8")
+    return method, HttpRequest("GET", path, request.headers, b"")
+
+
+def twin_answer(
+    method: Method, status: int, headers: list[Header], body: bytes
+) -> tuple[int, list[Header], bytes]:
+    """The REST twin's answer as the method's: its message in a gRPC frame, or a status."""
+    if status not in method.answers:
+        return status_answer(refusal(status, headers, body))
+    reply = method.response(orjson.loads(body))
+    kept = [h for h in headers if h[0] == b"x-request-id"]
+    return 200, [GRPC_TYPE, *kept], frame(reply.SerializeToString())
+
+
+class Captured:
+    """Stands in for the connection while a REST twin answers (at once: its routes never
+    wait for run())."""
+
+    def __init__(self) -> None:
+        self.reply: tuple[int, list[Header], bytes] | None = None
+
+    def respond(
+        self, request: HttpRequest, status: int, headers: Iterable[Header], body: bytes
+    ) -> None:
+        self.reply = (status, list(headers), body)
+
+    def when_gone(self, request: HttpRequest, callback: Callable[[], None]) -> None:
+        pass
 
 
 def frame(data: bytes) -> bytes:

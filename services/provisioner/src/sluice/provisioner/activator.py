@@ -17,16 +17,10 @@ A small HTTP/1.1 server on httptools (already used by the inference server), and
 httpx (already the provisioner's client) for the forwarded request.
 
 gRPC (the Open Inference Protocol's `inference.GRPCInferenceService`) is held the same
-way. Its `ModelInfer` arrives here as HTTP (the gateway's reverse bridge sends the gRPC
-message over the REST cluster), forwarded like REST; the activator's own refusals of it
-are gRPC statuses (a header-only 200 with `grpc-status`, which the bridge passes on);
-for the other methods the activator also runs a grpc.aio server, listed
-as the pseudo-instance's gRPC address, so the gateway's twin gRPC cluster routes them
-here too. Any unary method is relayed as opaque bytes (no protobuf decoding, so any
-service works) to the woken instance's gRPC server, with the call's metadata, deadline,
-status and trailers.
-`grpc.health.v1.Health/Check` (the gateway's health check of that cluster) answers
-SERVING at once.
+way: its calls arrive here as HTTP (the gateway's reverse bridge sends the gRPC message
+over the deployment's cluster) and are forwarded like REST; the activator's own refusals
+of them are gRPC statuses (a header-only 200 with `grpc-status`, which the bridge passes
+on).
 """
 
 from __future__ import annotations
@@ -40,7 +34,6 @@ from urllib.parse import quote
 import grpc
 import httptools
 import httpx
-from grpc_health.v1 import health_pb2
 
 from sluice.common import gateway_auth
 from sluice.common.headers import NOT_PROCESSED_HEADER
@@ -59,12 +52,6 @@ HOP_BY_HOP = {
 }
 FORWARD_TIMEOUT_S = 600.0
 WAKE_DEADLINE_S = 60.0  # longest a request is held for an instance (a cold environment)
-HEALTH_CHECK = "/grpc.health.v1.Health/Check"
-SERVING = health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
-# Call metadata gRPC sets itself on the relayed call (and refuses from the caller).
-GRPC_OWN = {"content-type", "te", "user-agent", "host", "grpc-timeout", "grpc-encoding"}
-# Messages are relayed whole, unparsed; the instance enforces the deployment's own limit.
-GRPC_OPTIONS = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
 
 
 class Activatable(Protocol):
@@ -79,8 +66,6 @@ class Activatable(Protocol):
 
     def ready_address(self) -> str | None: ...
 
-    def ready_grpc_address(self) -> str | None: ...
-
 
 class Activator:
     def __init__(self, host: str, secret_key: str | None):
@@ -88,12 +73,10 @@ class Activator:
         self._secret_key = secret_key or ""
         self._deployments: dict[str, Activatable] = {}  # by gateway secret
         self._server: asyncio.Server | None = None
-        self._grpc_server: grpc.aio.Server | None = None
         # The instance enforces the deployment's own request timeout (408); this is a backstop.
         self._client = httpx.AsyncClient(timeout=FORWARD_TIMEOUT_S)
         self.wake: Callable[[str], Awaitable[None]] | None = None  # the reconciler's touch
         self.address = ""
-        self.grpc_address = ""
         self.held = 0  # requests held so far (for logs and tests)
 
     def register(self, deployment: Activatable) -> None:
@@ -109,25 +92,16 @@ class Activator:
         port = self._server.sockets[0].getsockname()[1]
         host = f"[{self._host}]" if ":" in self._host else self._host
         self.address = f"{host}:{port}"
-        self._grpc_server = grpc.aio.server(options=GRPC_OPTIONS)
-        self._grpc_server.add_generic_rpc_handlers([_GrpcRelay(self)])
-        grpc_port = self._grpc_server.add_insecure_port(f"{host}:0")
-        await self._grpc_server.start()
-        self.grpc_address = f"{host}:{grpc_port}"
-        log.info("activator_listening", address=self.address, grpc_address=self.grpc_address)
+        log.info("activator_listening", address=self.address)
 
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
-        if self._grpc_server is not None:
-            await self._grpc_server.stop(grace=None)
         await self._client.aclose()
 
-    async def _woken(
-        self, deployment: Activatable, address_of: Callable[[Activatable], str | None]
-    ) -> str | None:
+    async def _woken(self, deployment: Activatable) -> str | None:
         """Wake `deployment` and wait for an instance that can take the held request: its
-        address (`address_of` picks the REST or the gRPC one); None after WAKE_DEADLINE_S."""
+        address; None after WAKE_DEADLINE_S."""
         key = f"{deployment.endpoint}/{deployment.name}"
         started = time.monotonic()
         self.held += 1
@@ -135,13 +109,13 @@ class Activator:
         try:
             if self.wake is not None:
                 await self.wake(key)
-            address = address_of(deployment)
+            address = deployment.ready_address()
             while address is None:
                 if time.monotonic() - started > WAKE_DEADLINE_S:
                     log.warning("activation_timed_out", deployment=key)
                     return None
                 await asyncio.sleep(0.01)
-                address = address_of(deployment)
+                address = deployment.ready_address()
         finally:
             deployment.release()
         log.info("activation_ready", deployment=key, waited_s=round(time.monotonic() - started, 3))
@@ -157,7 +131,7 @@ class Activator:
         if deployment is None:
             return _refused(headers, 401, "not sent by the gateway")
         key = f"{deployment.endpoint}/{deployment.name}"
-        address = await self._woken(deployment, lambda d: d.ready_address())
+        address = await self._woken(deployment)
         if address is None:
             not_processed = [(NOT_PROCESSED_HEADER, "true")]
             return _refused(headers, 503, "no instance started in time", not_processed)
@@ -172,68 +146,6 @@ class Activator:
         log.info("activation_served", deployment=key, status=reply.status_code)
         answer = [(k, v) for k, v in reply.headers.items() if k.lower() not in HOP_BY_HOP]
         return reply.status_code, answer, reply.content
-
-    async def relay_grpc(
-        self, method: str, request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
-    ) -> bytes:
-        """One held unary gRPC call: wake, then relay it to the instance's gRPC server."""
-        metadata = [(k, v) for k, v in context.invocation_metadata() or () if k not in GRPC_OWN]
-        secret = next((v for k, v in metadata if k == gateway_auth.HEADER), "")
-        deployment = self._deployments.get(secret) if isinstance(secret, str) else None
-        if deployment is None:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "not sent by the gateway")
-            raise AssertionError("abort() raises")
-        key = f"{deployment.endpoint}/{deployment.name}"
-        address = await self._woken(deployment, lambda d: d.ready_grpc_address())
-        if address is None:
-            await context.abort(
-                grpc.StatusCode.UNAVAILABLE,
-                "no instance started in time",
-                trailing_metadata=((NOT_PROCESSED_HEADER, "true"),),
-            )
-        # A channel per held call: only the calls of a wake come here, and a channel kept
-        # per instance would outlive it.
-        async with grpc.aio.insecure_channel(address, options=GRPC_OPTIONS) as channel:
-            call = channel.unary_unary(method)(
-                request, metadata=metadata, timeout=context.time_remaining()
-            )
-            try:
-                reply: bytes = await call
-            except grpc.aio.AioRpcError as error:
-                log.info("activation_served", deployment=key, grpc_status=error.code().name)
-                await context.abort(
-                    error.code(), error.details() or "", error.trailing_metadata() or ()
-                )
-                raise AssertionError("abort() raises") from error
-            await context.send_initial_metadata(await call.initial_metadata() or ())
-            context.set_trailing_metadata(await call.trailing_metadata() or ())
-        log.info("activation_served", deployment=key, grpc_status="OK")
-        return reply
-
-
-class _GrpcRelay(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc is untyped
-    """Every unary method to `Activator.relay_grpc`, bytes in and out; health at once."""
-
-    def __init__(self, activator: Activator):
-        self._activator = activator
-
-    def service(
-        self, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler[bytes, bytes]:
-        method: str = handler_call_details.method
-        if method == HEALTH_CHECK:
-            return grpc.unary_unary_rpc_method_handler(
-                _serving, response_serializer=health_pb2.HealthCheckResponse.SerializeToString
-            )
-
-        async def relay(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
-            return await self._activator.relay_grpc(method, request, context)
-
-        return grpc.unary_unary_rpc_method_handler(relay)
-
-
-async def _serving(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> Any:
-    return SERVING
 
 
 class _Connection(asyncio.Protocol):

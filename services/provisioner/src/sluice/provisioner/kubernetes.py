@@ -42,7 +42,6 @@ log = get_logger(__name__)
 
 INFERENCE_PORT = 5001
 STATE_MOUNT = "/var/lib/sluice"  # in the pod: its model, code and collected data below
-GRPC_PORT = 5002  # the Open Inference Protocol over gRPC
 MANAGED_BY = "sluice-provisioner"
 RUN_AS = 10001  # an unprivileged uid/gid for deployment code (no root in the image needed)
 GATEWAY_LABEL = "app.kubernetes.io/name"  # = "envoy" on the gateway's pods
@@ -120,7 +119,6 @@ def render(
         "sluice.inference",
         "--host", "0.0.0.0",  # noqa: S104 - inside a pod the server must listen on the pod IP
         "--port", str(INFERENCE_PORT),
-        "--grpc-port", str(GRPC_PORT),
         "--max-concurrent-requests", str(rs.max_concurrent_requests_per_instance),
         "--request-timeout-ms", str(rs.request_timeout_ms),
         "--log-format", "json",
@@ -152,7 +150,6 @@ def render(
         "args": args,
         "ports": [
             {"name": "http", "containerPort": INFERENCE_PORT},
-            {"name": "grpc", "containerPort": GRPC_PORT},
         ],
         "env": [
             {"name": k, "value": v}
@@ -253,10 +250,7 @@ def render(
             "ingress": [
                 {
                     "from": [{"podSelector": {"matchLabels": {GATEWAY_LABEL: "envoy"}}}],
-                    "ports": [
-                        {"protocol": "TCP", "port": INFERENCE_PORT},
-                        {"protocol": "TCP", "port": GRPC_PORT},
-                    ],
+                    "ports": [{"protocol": "TCP", "port": INFERENCE_PORT}],
                 }
             ],
         },
@@ -424,7 +418,6 @@ def pod_instances(pods: list[Mapping[str, Any]]) -> list[Instance]:
             Instance(
                 id=meta["name"],
                 address=f"{host}:{INFERENCE_PORT}",
-                grpc_address=f"{host}:{GRPC_PORT}",
                 ready=ready,
             )
         )

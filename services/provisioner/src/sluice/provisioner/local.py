@@ -124,7 +124,6 @@ class LocalInstance:
     started_at: datetime
     memory_limit: int
     workers: int = 1
-    grpc_port: int = 0  # its Open Inference Protocol gRPC server; 0 = none
     ready: bool = False
     ready_at: float = 0.0  # time.monotonic() when it passed readiness
     draining: bool = False  # out of routing; stopped once the gateway no longer routes it
@@ -147,10 +146,6 @@ class LocalInstance:
         return f"{self.host}:{self.port}"
 
     @property
-    def grpc_address(self) -> str:
-        return f"{self.host}:{self.grpc_port}" if self.grpc_port else ""
-
-    @property
     def alive(self) -> bool:
         return self.process.poll() is None
 
@@ -169,7 +164,6 @@ class LocalInstance:
             workers=self.workers,
             memory_limit=self.memory_limit,
             log_path=str(self.log_path),
-            grpc_address=self.grpc_address,
         )
 
     def measure(self) -> None:
@@ -348,9 +342,7 @@ class LocalBackend:
         instance_type: InstanceType,
     ) -> LocalInstance:
         instance_id = uuid.uuid4().hex[:8]
-        port, grpc_port = free_port(self.host), free_port(self.host)
-        while grpc_port == port:
-            grpc_port = free_port(self.host)
+        port = free_port(self.host)
         rs = spec.request_settings
         # Concurrency follows max_concurrent_requests_per_instance inside one process; more
         # processes only when asked with Azure's own knob, WORKER_COUNT (each one loads the model).
@@ -358,7 +350,6 @@ class LocalBackend:
         argv = [
             "--host", self.host,
             "--port", str(port),
-            "--grpc-port", str(grpc_port),
             "--workers", str(workers),
             "--max-concurrent-requests", str(rs.max_concurrent_requests_per_instance),
             # Azure queues up to 2 x concurrency before answering 429 (SPEC.md, 429).
@@ -415,7 +406,6 @@ class LocalBackend:
             spec_version=version,
             host=self.host,
             port=port,
-            grpc_port=grpc_port,
             process=process,
             log_path=log_path,
             started_at=datetime.now(UTC),
@@ -501,7 +491,6 @@ def adopt(record: RunningRecord) -> LocalInstance | None:
         started_at=record.started_at,
         memory_limit=proc.memory_limit,
         workers=proc.workers,
-        grpc_port=int(proc.grpc_address.rpartition(":")[2] or 0),
     )
 
 

@@ -151,7 +151,6 @@ class LocalDeployment:
             Instance(
                 id=i.id,
                 address=i.address,
-                grpc_address=i.grpc_address,
                 ready=i.ready,
                 started_at=i.started_at,
             )
@@ -229,9 +228,7 @@ class LocalDeployment:
                 inst.ready, inst.ready_at = True, time.monotonic()
                 log.info("instance_ready", deployment=self.key, instance=inst.id)
                 self._pass.became_ready.append(
-                    Instance(
-                        id=inst.id, address=inst.address, grpc_address=inst.grpc_address, ready=True
-                    )
+                    Instance(id=inst.id, address=inst.address, ready=True)
                 )
             elif isinstance(verdict, Replace):
                 await self._replace(inst, verdict.reason)
@@ -326,13 +323,6 @@ class LocalDeployment:
                 return inst.address
         return None
 
-    def ready_grpc_address(self) -> str | None:
-        """An instance that can take a held gRPC call now (its gRPC server's address)."""
-        for inst in self.instances:
-            if inst.ready and inst.alive and not inst.draining and inst.grpc_address:
-                return inst.grpc_address
-        return None
-
     def _decided(self) -> int | None:
         """Zero for an idle deployment whose scale settings allow it (None: its own count).
         Else the autoscale setting's count; a wake makes 0 into 1 until a decision made on
@@ -408,7 +398,6 @@ class LocalDeployment:
         return Instance(
             id=f"{self.name}-activator",
             address=activator.address,
-            grpc_address=activator.grpc_address,
             ready=True,
             holds_requests_s=WAKE_DEADLINE_S,
         )

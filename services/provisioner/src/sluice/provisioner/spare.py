@@ -30,12 +30,6 @@ def main() -> None:
             importlib.import_module(module)
     from sluice.inference import __main__ as inference
 
-    # Every instance also serves the Open Inference Protocol over gRPC, started before
-    # init(): grpc and the generated protos ahead of time too (a wake from zero waited
-    # for those imports: started -> ready went from ~0.2 s to ~1 s under load).
-    with contextlib.suppress(Exception):  # without it, the server imports it (or fails) itself
-        importlib.import_module("sluice.inference.oip_grpc")
-
     line = sys.stdin.readline()
     if not line.strip():
         return

@@ -74,7 +74,9 @@ class ProcessRecord:
     workers: int
     memory_limit: int
     log_path: str
-    grpc_address: str = ""  # absent in records of servers started before gRPC existed
+    # Written by versions whose instances ran a gRPC server (the gateway now bridges gRPC
+    # to the HTTP port); kept so their records still read.
+    grpc_address: str = ""
 
 
 @dataclass(frozen=True)

@@ -17,17 +17,14 @@ DEPLOYMENT_HEADER = "azureml-model-deployment"
 PATH_PREFIX = "/endpoints/"
 # The Open Inference Protocol's gRPC service: its methods' paths start with this.
 GRPC_SERVICE_PREFIX = "/inference.GRPCInferenceService/"
-GRPC_SUFFIX = "__grpc"  # of a deployment's gRPC cluster (names hold no double underscore)
 
 
 @dataclass(frozen=True)
 class Upstream:
-    """One ready instance of a deployment: an inference server at host:port (an IP literal),
-    with its Open Inference Protocol gRPC server at host:grpc_port (0 = none)."""
+    """One ready instance of a deployment: an inference server at host:port (an IP literal)."""
 
     host: str
     port: int
-    grpc_port: int = 0
 
     @classmethod
     def parse(cls, address: str) -> Upstream:
@@ -65,11 +62,6 @@ class Deployment:
     @property
     def cluster(self) -> str:
         return cluster_name(self.endpoint, self.name)
-
-    @property
-    def grpc_cluster(self) -> str:
-        """The twin cluster of the same instances at their gRPC ports (HTTP/2)."""
-        return f"{self.cluster}{GRPC_SUFFIX}"
 
     @property
     def max_in_flight(self) -> int:

@@ -166,7 +166,7 @@ class TrafficStore:
             held_s = max(held_s, instance.holds_requests_s)
             upstream = await _resolved(instance.address, spec.endpoint_name, spec.name)
             if upstream is not None:
-                upstreams.append(_with_grpc(upstream, instance.grpc_address))
+                upstreams.append(upstream)
         return Deployment(
             endpoint=spec.endpoint_name,
             name=spec.name,
@@ -182,14 +182,6 @@ class TrafficStore:
 
 def _key(doc: OnlineDeploymentDoc) -> str:
     return deployment_id(doc.spec.endpoint_name, doc.spec.name)
-
-
-def _with_grpc(upstream: Upstream, grpc_address: str) -> Upstream:
-    """The upstream with its gRPC port (same host as its HTTP address), when it has one."""
-    port = grpc_address.rpartition(":")[2]
-    if not port.isdigit():
-        return upstream
-    return Upstream(host=upstream.host, port=upstream.port, grpc_port=int(port))
 
 
 async def _resolved(address: str, endpoint: str, deployment: str) -> Upstream | None:

@@ -28,16 +28,8 @@ class EndpointResources:
 
 def endpoint_resources(ep: Endpoint, domain: str) -> EndpointResources:
     return EndpointResources(
-        clusters=tuple(
-            (cluster.name, r.pack(cluster))
-            for d in ep.deployments
-            for cluster in r.deployment_clusters(d)
-        ),
-        assignments=tuple(
-            (name, r.pack(r.load_assignment(d, grpc=grpc)))
-            for d in ep.deployments
-            for name, grpc in ((d.cluster, False), (d.grpc_cluster, True))
-        ),
+        clusters=tuple((d.cluster, r.pack(r.deployment_cluster(d))) for d in ep.deployments),
+        assignments=tuple((d.cluster, r.pack(r.load_assignment(d))) for d in ep.deployments),
         routes=r.route_piece(ep, domain),
     )
 

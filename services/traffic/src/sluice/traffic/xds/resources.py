@@ -11,13 +11,11 @@ traffic.
 The Open Inference Protocol over gRPC (`inference.GRPCInferenceService`) has
 the same routes, first in the endpoint's virtual host (gRPC clients cannot
 add a path prefix, so only host-based), matching gRPC requests to that
-service and leading to each deployment's twin cluster: the same EDS instances
-at their gRPC ports, over HTTP/2, health-checked with grpc.health.v1. Same
-auth, split, mirror, pin header and timeouts; Envoy's own replies (401, 404,
-429, 503) reach gRPC clients as their gRPC status (UNAUTHENTICATED,
-UNIMPLEMENTED, UNAVAILABLE). `ModelInfer` itself, the hot path, has its own
-routes before those: there Envoy's gRPC HTTP/1.1 reverse bridge sends the call
-over the deployment's REST (HTTP/1.1) cluster to the inference server (grpc_bridge.py).
+service: Envoy's gRPC HTTP/1.1 reverse bridge sends each call over the
+deployment's one (HTTP/1.1) cluster to the inference server (grpc_bridge.py).
+Same auth, split, mirror, pin header and timeouts; Envoy's own replies (401,
+404, 429, 503) reach gRPC clients as their gRPC status (UNAUTHENTICATED,
+UNIMPLEMENTED, UNAVAILABLE).
 
 Auth runs in Envoy before any upstream is touched. Key endpoints: the RBAC
 filter, per route, allows `Authorization: Bearer <primary|secondary>`, compared
@@ -217,32 +215,22 @@ def _gateway_header(dep: Deployment) -> any_pb2.Any:
 
 
 @functools.cache
-def _cluster_template(*, grpc: bool) -> cluster_pb2.Cluster:
+def _cluster_template() -> cluster_pb2.Cluster:
     """Everything a deployment's cluster has in common with every other one: an EDS cluster,
     least-request balancing, active health checks on the inference server's /ready, and
     outlier detection that ejects instances failing at the connection level (not on model
-    500s). With `grpc`, the twin cluster of the instances' gRPC servers, checked with
-    grpc.health.v1 (SERVING once init() returned).
+    500s).
 
-    Built once; `deployment_clusters` copies it and sets what is the deployment's own (with
+    Built once; `deployment_cluster` copies it and sets what is the deployment's own (with
     1,000s of deployments, building each cluster field by field was most of a snapshot's
     build). Shared: never modify the returned message."""
-    if grpc:
-        check = health_check_pb2.HealthCheck(
-            grpc_health_check=health_check_pb2.HealthCheck.GrpcHealthCheck()
-        )
-    else:
-        check = health_check_pb2.HealthCheck(
-            http_health_check=health_check_pb2.HealthCheck.HttpHealthCheck(path="/ready")
-        )
-    check.MergeFrom(
-        health_check_pb2.HealthCheck(
-            timeout=_s(1),
-            interval=_s(5),
-            no_traffic_interval=_s(30),
-            unhealthy_threshold=wrappers_pb2.UInt32Value(value=2),
-            healthy_threshold=wrappers_pb2.UInt32Value(value=1),
-        )
+    check = health_check_pb2.HealthCheck(
+        http_health_check=health_check_pb2.HealthCheck.HttpHealthCheck(path="/ready"),
+        timeout=_s(1),
+        interval=_s(5),
+        no_traffic_interval=_s(30),
+        unhealthy_threshold=wrappers_pb2.UInt32Value(value=2),
+        healthy_threshold=wrappers_pb2.UInt32Value(value=1),
     )
     return cluster_pb2.Cluster(
         type=cluster_pb2.Cluster.EDS,
@@ -282,17 +270,13 @@ def _cluster_template(*, grpc: bool) -> cluster_pb2.Cluster:
 
 
 @functools.cache
-def _options_template(*, grpc: bool) -> http_protocol_options_pb2.HttpProtocolOptions:
-    """The clusters' protocol options (HTTP/1.1, or HTTP/2 for the gRPC twin) and upstream
-    filters; the first filter's config is the deployment's own (_gateway_header). Shared:
-    never modify the returned message."""
+def _options_template() -> http_protocol_options_pb2.HttpProtocolOptions:
+    """The clusters' protocol options (HTTP/1.1) and upstream filters; the first filter's
+    config is the deployment's own (_gateway_header). Shared: never modify the returned
+    message."""
     explicit = http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
         http_protocol_options=protocol_pb2.Http1ProtocolOptions()
     )
-    if grpc:
-        explicit = http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
-            http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
-        )
     return http_protocol_options_pb2.HttpProtocolOptions(
         explicit_http_config=explicit,
         common_http_protocol_options=protocol_pb2.HttpProtocolOptions(idle_timeout=_s(60)),
@@ -306,22 +290,14 @@ def _options_template(*, grpc: bool) -> http_protocol_options_pb2.HttpProtocolOp
     )
 
 
-def deployment_clusters(dep: Deployment) -> tuple[cluster_pb2.Cluster, cluster_pb2.Cluster]:
-    """The deployment's cluster and its gRPC twin: each the template plus its name, its owner
-    (metadata), Azure's in-flight limit as circuit breaker (overflow -> 429) and the
-    deployment's gateway secret. The twin's breaker counts apart, so REST and gRPC each may
-    have Azure's in-flight limit pending."""
-    header = _gateway_header(dep)
-    return _deployment_cluster(dep, header, grpc=False), _deployment_cluster(dep, header, grpc=True)
-
-
-def _deployment_cluster(
-    dep: Deployment, gateway_header: any_pb2.Any, *, grpc: bool
-) -> cluster_pb2.Cluster:
+def deployment_cluster(dep: Deployment) -> cluster_pb2.Cluster:
+    """The deployment's cluster (REST and bridged gRPC alike): the template plus its name,
+    its owner (metadata), Azure's in-flight limit as circuit breaker (overflow -> 429) and
+    the deployment's gateway secret."""
     limit = dep.max_in_flight
     cluster = cluster_pb2.Cluster()
-    cluster.CopyFrom(_cluster_template(grpc=grpc))
-    cluster.name = dep.grpc_cluster if grpc else dep.cluster
+    cluster.CopyFrom(_cluster_template())
+    cluster.name = dep.cluster
     cluster.metadata.CopyFrom(_metadata(endpoint=dep.endpoint, deployment=dep.name))
     thresholds = cluster.circuit_breakers.thresholds[0]
     thresholds.max_connections.value = limit
@@ -329,28 +305,25 @@ def _deployment_cluster(
     thresholds.max_requests.value = limit
     thresholds.retry_budget.min_retry_concurrency.value = limit
     options = http_protocol_options_pb2.HttpProtocolOptions()
-    options.CopyFrom(_options_template(grpc=grpc))
-    options.http_filters[0].typed_config.CopyFrom(gateway_header)
+    options.CopyFrom(_options_template())
+    options.http_filters[0].typed_config.CopyFrom(_gateway_header(dep))
     cluster.typed_extension_protocol_options[PROTOCOL_OPTIONS].CopyFrom(pack(options))
     return cluster
 
 
-def load_assignment(dep: Deployment, *, grpc: bool = False) -> endpoint_pb2.ClusterLoadAssignment:
-    """The deployment's ready instances; with `grpc`, those with a gRPC server, at its port
-    (an instance without one is left out)."""
-    ports = [(u, u.grpc_port if grpc else u.port) for u in dep.instances]
+def load_assignment(dep: Deployment) -> endpoint_pb2.ClusterLoadAssignment:
+    """The deployment's ready instances."""
     return endpoint_pb2.ClusterLoadAssignment(
-        cluster_name=dep.grpc_cluster if grpc else dep.cluster,
+        cluster_name=dep.cluster,
         endpoints=[
             endpoint_components_pb2.LocalityLbEndpoints(
                 lb_endpoints=[
                     endpoint_components_pb2.LbEndpoint(
-                        endpoint=endpoint_components_pb2.Endpoint(address=_socket(u.host, port)),
+                        endpoint=endpoint_components_pb2.Endpoint(address=_socket(u.host, u.port)),
                         # Also what the access log records (sluice.common.access_log).
                         metadata=_metadata(endpoint=dep.endpoint, deployment=dep.name),
                     )
-                    for u, port in ports
-                    if port
+                    for u in dep.instances
                 ]
             )
         ],
@@ -461,17 +434,13 @@ def _match(prefix: str | None, *headers: route_components_pb2.HeaderMatcher) -> 
     return route_components_pb2.RouteMatch(prefix=prefix or "/", headers=list(headers))
 
 
-def _grpc_match(*headers: route_components_pb2.HeaderMatcher, path: str = "") -> object:
-    """gRPC requests (content-type application/grpc) to the inference service (to one
-    method of it with `path`)."""
-    match = route_components_pb2.RouteMatch(
-        grpc=route_components_pb2.RouteMatch.GrpcRouteMatchOptions(), headers=list(headers)
+def _grpc_match(*headers: route_components_pb2.HeaderMatcher) -> object:
+    """gRPC requests (content-type application/grpc) to the inference service."""
+    return route_components_pb2.RouteMatch(
+        prefix=GRPC_SERVICE_PREFIX,
+        grpc=route_components_pb2.RouteMatch.GrpcRouteMatchOptions(),
+        headers=list(headers),
     )
-    if path:
-        match.path = path
-    else:
-        match.prefix = GRPC_SERVICE_PREFIX
-    return match
 
 
 def _not_found(
@@ -488,12 +457,11 @@ def _not_found(
 
 
 def endpoint_routes(
-    ep: Endpoint, prefix: str | None, *, grpc: bool = False, bridged: bool = False
+    ep: Endpoint, prefix: str | None, *, grpc: bool = False
 ) -> list[route_components_pb2.Route]:
     """The routes of one endpoint, under `prefix` (rewritten to `/`) or at its own host;
-    with `grpc`, those of its gRPC inference service (at its own host), to the instances'
-    gRPC servers; with `bridged` too, those of its gRPC `ModelInfer`, which the reverse
-    bridge sends to the REST clusters (grpc_bridge.py).
+    with `grpc`, those of its gRPC inference service (at its own host), which the reverse
+    bridge sends to the same clusters (grpc_bridge.py).
 
     The retry policy is their virtual host's (Envoy builds it once per host, not per route).
     At its own host the routes inherit the endpoint's auth and header removal from its
@@ -502,16 +470,12 @@ def endpoint_routes(
     strip = _stripped(ep) if prefix else []
     filters = _filters(ep.auth) if prefix else {}
     tag = f"{ep.name}{'@path' if prefix else ''}{'@grpc' if grpc else ''}"
-    if bridged:
-        tag += "-bridge"
+    if grpc:
         # Enabled here only (disabled by default in the listener).
         enable = route_components_pb2.FilterConfig(config=any_pb2.Any())
         filters = {**filters, grpc_bridge.FILTER: pack(enable)}
-    twin = grpc and not bridged  # to the instances' gRPC servers
 
     def match(*headers: route_components_pb2.HeaderMatcher) -> object:
-        if bridged:
-            return _grpc_match(*headers, path=grpc_bridge.METHOD_PATH)
         return _grpc_match(*headers) if grpc else _match(prefix, *headers)
 
     routes = []
@@ -527,7 +491,7 @@ def endpoint_routes(
                 route=_action(
                     timeout_ms=dep.request_timeout_ms,
                     prefix=prefix,
-                    cluster=dep.grpc_cluster if twin else dep.cluster,
+                    cluster=dep.cluster,
                 ),
                 request_headers_to_remove=strip,
                 typed_per_filter_config=filters,
@@ -544,7 +508,7 @@ def endpoint_routes(
             filters,
         )
     )
-    routes.append(_default_route(ep, prefix, tag, strip, filters, match(), twin))
+    routes.append(_default_route(ep, prefix, tag, strip, filters, match()))
     return routes
 
 
@@ -564,7 +528,6 @@ def _default_route(
     strip: list[str],
     filters: dict[str, any_pb2.Any],
     match: object,
-    grpc: bool,
 ) -> route_components_pb2.Route:
     if not ep.traffic:
         return _protected_not_found(
@@ -578,7 +541,7 @@ def _default_route(
     weighted = route_components_pb2.WeightedCluster(
         clusters=[
             route_components_pb2.WeightedCluster.ClusterWeight(
-                name=ep_cluster(ep, share.deployment, grpc=grpc),
+                name=ep_cluster(ep, share.deployment),
                 weight=wrappers_pb2.UInt32Value(value=share.percent),
             )
             for share in ep.traffic
@@ -588,7 +551,7 @@ def _default_route(
     if ep.mirror is not None:
         mirror.append(
             route_components_pb2.RouteAction.RequestMirrorPolicy(
-                cluster=ep_cluster(ep, ep.mirror.deployment, grpc=grpc),
+                cluster=ep_cluster(ep, ep.mirror.deployment),
                 # Without a fraction a mirror policy copies every request.
                 runtime_fraction=base_pb2.RuntimeFractionalPercent(
                     default_value=percent_pb2.FractionalPercent(
@@ -616,11 +579,11 @@ def _default_route(
     )
 
 
-def ep_cluster(ep: Endpoint, deployment: str, *, grpc: bool = False) -> str:
+def ep_cluster(ep: Endpoint, deployment: str) -> str:
     dep = ep.deployment(deployment)
     if dep is None:
         raise ValueError(f"endpoint {ep.name!r} routes to unknown deployment {deployment!r}")
-    return dep.grpc_cluster if grpc else dep.cluster
+    return dep.cluster
 
 
 def _stripped(ep: Endpoint) -> list[str]:
@@ -682,7 +645,6 @@ def route_piece(ep: Endpoint, domain: str) -> RoutePiece:
     policy and header removal (endpoint_routes), and its routes under the path prefix."""
     host = f"{ep.host}.{domain.lower()}"
     own = [
-        *endpoint_routes(ep, None, grpc=True, bridged=True),
         *endpoint_routes(ep, None, grpc=True),
         *endpoint_routes(ep, None),
     ]
