@@ -752,11 +752,11 @@ def run(mini_batch):
 def test_landlocked_workers_score_their_files_and_reach_nothing_else(
     start_service: ServiceStarter, registry: RunningService, tmp_path: Path
 ) -> None:
-    """SLUICE_BATCH_LANDLOCK (compose and Kubernetes, where workers share the batch
+    """SLUICE_LANDLOCK (compose and Kubernetes, where workers share the batch
     service's uid): workers start cold in a Landlock sandbox (confine.py) that reads the
     job's inputs and writes its parts, and refuses a file every user may read."""
     start_service.settings = start_service.settings.model_copy(
-        update={"registry_address": registry.address, "batch_landlock": True}
+        update={"registry_address": registry.address, "landlock": True}
     )
     cli = cli_for(start_service("batch"), registry, tmp_path)
     with traversable_dir("sluice-probe-") as folder:
@@ -769,5 +769,5 @@ def test_landlocked_workers_score_their_files_and_reach_nothing_else(
     assert job["status"] == "Completed", job["status_message"]
     assert output_lines(job) == [line.rsplit(",", 1)[0] + ",refused" for line in expected]
     logs = cli("job", "stream", "-n", job["name"]).stdout
-    assert "worker confined with Landlock" in logs and "started cold" in logs
+    assert "confined with Landlock" in logs and "started cold" in logs
     assert "from a warm spare" not in logs

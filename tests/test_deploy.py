@@ -746,13 +746,14 @@ def test_the_mongodb_key_file_is_written_before_the_image_starts(
     assert 6 <= len(key) <= 1024 and re.fullmatch(r"[A-Za-z0-9+/=]+", key)
 
 
-LANDLOCK = "SLUICE_BATCH_LANDLOCK"
+LANDLOCK = "SLUICE_LANDLOCK"
 
 
 @pytest.mark.parametrize("where", ["compose", "k8s"])
-def test_batch_workers_start_in_a_landlock_sandbox(where: str) -> None:
-    """The batch service cannot switch users there (one uid, no capability): its workers
-    are sandboxed instead (services/batch/.../confine.py), and only its workers."""
+def test_deployment_code_starts_in_a_landlock_sandbox(where: str) -> None:
+    """The batch service and the provisioner cannot switch users there (one uid, no
+    capability): their deployment code (batch workers, local instances) is sandboxed
+    instead (sluice.common.confine)."""
     if where == "compose":
         services = yaml.safe_load(COMPOSE.read_text())["services"]
         sandboxed = {n for n, s in services.items() if s.get("environment", {}).get(LANDLOCK)}
@@ -766,7 +767,7 @@ def test_batch_workers_start_in_a_landlock_sandbox(where: str) -> None:
                 if LANDLOCK in env:
                     sandboxed.add(obj["metadata"]["name"])
                     values.add(env[LANDLOCK])
-    assert sandboxed == {"batch"} and values == {"true"}
+    assert sandboxed == {"batch", "provisioner"} and values == {"true"}
     with pytest.MonkeyPatch.context() as patch:  # as the service reads it
         patch.setenv(LANDLOCK, values.pop())
-        assert Settings().batch_landlock is True
+        assert Settings().landlock is True

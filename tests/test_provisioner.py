@@ -17,7 +17,7 @@ from sluice.common.resources import OnlineDeployment, ProvisioningState
 from sluice.sdk.client import RegistryClient
 from sluice.sdk.specs import load_online_deployment, load_online_endpoint
 from sluice.testing.events import scaled_events
-from sluice.testing.plugin import RunningService, ServiceStarter
+from sluice.testing.plugin import RunningService, ServiceStarter, traversable_dir
 from sluice.testing.wait import wait_for
 
 pytestmark = pytest.mark.integration
@@ -393,3 +393,40 @@ def test_target_utilization_scales_out_under_load_and_back_in(
     assert out["name"] == "scale_settings" and out["metric"] == "CpuUtilizationPercentage"
     assert out["rule"] == "CpuUtilizationPercentage target 30%" and out["value"] > 30 * 1.1
     assert decisions[-1]["value"] < 30
+
+
+def test_landlocked_instances_serve_and_reach_only_their_own_files(
+    start_service: ServiceStarter,
+    client: RegistryClient,
+    envs_dir: Path,
+    trained_examples: Path,
+) -> None:
+    """SLUICE_LANDLOCK (compose and Kubernetes, where instances share the provisioner's uid):
+    an instance starts cold in a Landlock sandbox (sluice.common.confine), loads its model
+    and code and serves, and a file every user may read is refused to its score.py."""
+    start_service.settings = start_service.settings.model_copy(
+        update={"envs_dir": envs_dir, "landlock": True}
+    )
+    provisioner = start_service("provisioner")
+    with traversable_dir("sluice-probe-") as folder:
+        probe = folder / "readable-by-all.txt"
+        probe.write_text("outside the sandbox\n")
+        probe.chmod(0o644)  # the control: any uid reaches and reads it
+        script = trained_examples / "online/model-1/onlinescoring/score.py"
+        script.write_text(
+            script.read_text()
+            + "\n\n_scored = run\n\n\ndef run(raw):\n"
+            + "    try:\n"
+            + f"        seen = open({str(probe)!r}).read().strip()\n"
+            + "    except PermissionError:\n"
+            + "        seen = 'refused'\n"
+            + "    return [*_scored(raw), seen]\n"
+        )
+        deploy(client, trained_examples)
+        doc = wait_for(lambda: settled(client), "blue to settle", deadline=180)
+        assert doc.meta.provisioning_state is ProvisioningState.succeeded, doc.meta.status_message
+        (instance,) = doc.instances
+        *predictions, seen = score(provisioner, instance.address)
+    assert len(predictions) == 2 and seen == "refused"
+    log = next((provisioner.settings.state_dir / "instances").rglob(f"{instance.id}.log"))
+    assert "confined with Landlock" in log.read_text()

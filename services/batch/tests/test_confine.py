@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from sluice.batch import confine
-from sluice.batch.runner import confined, sandbox
+from sluice.batch.runner import sandbox
 from sluice.batch.workspace import JobSpace
+from sluice.common import confine
 from sluice.common.isolation import Account
 
 pytestmark = pytest.mark.integration  # starts processes
@@ -74,7 +74,7 @@ def run_confined(
     spec: dict[str, list[str]], env: dict[str, str]
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        confined(sys.executable),
+        confine.command(sys.executable),
         input=json.dumps(spec),
         env=env,
         capture_output=True,
@@ -101,7 +101,7 @@ def test_a_confined_program_reads_its_job_and_nothing_else_its_uid_can(tmp_path:
     result = run_confined({**paths, "argv": [sys.executable, str(script)]}, env)
     assert result.returncode == 0, result.stdout + result.stderr
     first, report = result.stdout.splitlines()
-    assert first.startswith("worker confined with Landlock (ABI ")
+    assert first.startswith("confined with Landlock (ABI ")
     found = json.loads(report)
     assert found["secret"] == "PermissionError"  # the uid's own file, outside the sandbox
     assert found["input"] == "x\n1"
@@ -135,7 +135,7 @@ def test_code_the_deployment_runs_at_interpreter_start_is_already_confined(
     result = run_confined({**paths, "argv": [sys.executable, "-c", "pass"]}, env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.splitlines() == [
-        f"worker confined with Landlock (ABI {landlock_abi()})",
+        f"confined with Landlock (ABI {landlock_abi()})",
         "early: PermissionError",
     ]
 
@@ -150,6 +150,6 @@ def test_a_sandbox_that_cannot_be_made_fails_the_worker_with_the_reason(tmp_path
     spec = {"read": [str(loop)], "write": [], "argv": ["/usr/bin/touch", str(marker)]}
     result = run_confined(spec, {})
     assert (result.returncode, result.stderr) == (confine.EXIT_NO_LANDLOCK, ""), result
-    assert "the worker cannot be confined" in result.stdout
-    assert "SLUICE_BATCH_LANDLOCK=false" in result.stdout
+    assert "cannot be confined" in result.stdout
+    assert "SLUICE_LANDLOCK=false" in result.stdout
     assert not marker.exists()

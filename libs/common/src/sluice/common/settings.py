@@ -108,11 +108,11 @@ class Settings(BaseSettings):
     nats_user: str | None = None
     nats_password_file: Path | None = None
     batch_worker_nats_password_file: Path | None = None
-    # compose and Kubernetes: batch workers share the batch service's uid, so each starts in
-    # a Landlock sandbox that reaches only its job's files (services/batch/.../confine.py);
-    # a kernel without Landlock fails the job. Off by default: `sluice up` as root gives
-    # each batch deployment a user of its own instead.
-    batch_landlock: bool = False
+    # compose and Kubernetes: deployment code (batch workers, the local backend's instances)
+    # shares its service's uid, so each process starts in a Landlock sandbox that reaches
+    # only its own files (sluice.common.confine); a kernel without Landlock fails it. Off by
+    # default: `sluice up` as root gives each deployment a user of its own instead.
+    landlock: bool = False
     # Local folders batch jobs may read inputs from and write outputs to besides the
     # datastore (os.pathsep-separated), e.g. a shared file system mounted on every host; the
     # CLI uploads a local --input instead (services/batch/.../inputs.py says why).
@@ -265,8 +265,8 @@ def service_env(settings: Settings) -> dict[str, str]:
         env["SLUICE_ENVS_DIR"] = str(settings.envs_dir)
     if settings.batch_url_allow:
         env["SLUICE_BATCH_URL_ALLOW"] = settings.batch_url_allow
-    if settings.batch_landlock:
-        env["SLUICE_BATCH_LANDLOCK"] = "true"
+    if settings.landlock:
+        env["SLUICE_LANDLOCK"] = "true"
     for field in TracingSettings.model_fields:
         value = getattr(settings.tracing, field)
         if value is not None:

@@ -84,7 +84,7 @@ async def serve(settings: Settings) -> None:
     # Spares import the deployment's environment before they know their job, so before a
     # Landlock sandbox could name the job's files: sandboxed workers all start cold.
     spares = SparePool(
-        state_dir / "batch-spares", max_per_key=0 if settings.batch_landlock else MAX_PER_KEY
+        state_dir / "batch-spares", max_per_key=0 if settings.landlock else MAX_PER_KEY
     )
     tasks: list[asyncio.Task[None]] = []
     relay: OutboxRelay | None = None
@@ -129,7 +129,7 @@ async def serve(settings: Settings) -> None:
             spares=spares,
             job_users=JobUsers(settings.nats_auth_dir) if settings.nats_auth_dir else None,
             worker_nats_url=worker_nats_url(settings),
-            landlock=settings.batch_landlock,
+            landlock=settings.landlock,
         )
         registry = None
         if settings.registry_address:

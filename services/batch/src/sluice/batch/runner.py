@@ -19,7 +19,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
@@ -30,7 +29,6 @@ import psutil
 from faststream.nats import JStream, NatsBroker
 from nats.js.api import DeliverPolicy
 
-from sluice.batch import confine
 from sluice.batch.environment import model_environment
 from sluice.batch.job_trace import JobTrace
 from sluice.batch.jobs import Cost, Job, JobError, JobState, JobStore, Progress
@@ -45,7 +43,7 @@ from sluice.batch.worker import (
     WorkerConfig,
 )
 from sluice.batch.workspace import JobSpace, batch_account, job_space, spare_home
-from sluice.common import interpreters
+from sluice.common import confine
 from sluice.common.artifacts import ArtifactStore
 from sluice.common.catalogue import Catalogue, UnknownInstanceType
 from sluice.common.environments import EnvironmentBuilder, EnvironmentError_
@@ -176,36 +174,15 @@ def job_dir(jobs_dir: Path, name: str) -> Path:
     return jobs_dir / name
 
 
-def platform_paths() -> set[str]:
-    """What any worker reads of the platform: its interpreter's installation and the
-    `sluice` packages (in site-packages, or a checkout's `src` folders when editable)."""
-    import sluice
-
-    base = Path(os.path.realpath(sys.executable)).parent.parent
-    # The folders holding `sluice` (sys.path entries), which the import system lists.
-    packages = {str(Path(path).parent) for path in sluice.__path__}
-    paths = {sys.prefix, sys.base_prefix, str(base), *packages}
-    return paths | set(interpreters.server_sources() or ())
-
-
 def sandbox(
     space: JobSpace, python: str, model: Path | None, code: Path | None, inputs: list[str]
 ) -> dict[str, list[str]]:
     """What a job's sandboxed workers may reach (confine.py adds the system's folders):
-    read the platform, the environment's interpreter, the deployment's model and code
-    folders and the job's input files; write their HOME and the parts folder."""
-    env = {str(Path(python).parent.parent), str(Path(os.path.realpath(python)).parent.parent)}
+    read the platform, the environment, the deployment's model and code folders and the
+    job's input files; write their HOME and the parts folder."""
     artifacts = {str(path.parent) for path in (model, code) if path is not None}
-    read = sorted(platform_paths() | env | artifacts | set(inputs))
+    read = sorted(confine.platform_paths(python) | artifacts | set(inputs))
     return {"read": read, "write": [str(space.home), str(space.parts)]}
-
-
-def confined(python: str) -> list[str]:
-    """confine.py's command (it reads the sandbox and the worker's command on stdin): the
-    environment's interpreter (one the worker's user can run), isolated and without `site`,
-    so nothing of the deployment's (its PYTHONPATH, a `.pth` file of its environment) runs
-    before the sandbox; confine.py needs only the standard library."""
-    return [python, "-I", "-S", confine.__file__]
 
 
 def process_identity(pid: int) -> tuple[int, float]:
@@ -498,7 +475,7 @@ class JobRunner:
         spec = b""
         if self.sandbox is not None:  # on stdin: the worker's uid may not read our files
             spec = json.dumps({**self.sandbox, "argv": argv}).encode()
-            argv = confined(self.python)
+            argv = confine.command(self.python)
         with log_path.open("ab") as out:
             process = subprocess.Popen(
                 argv,

@@ -76,6 +76,7 @@ async def serve(settings: Settings) -> None:
         secret_key=settings.secret_key,
         collector_max_bytes=settings.data_collector_max_bytes,
         tracing=settings.tracing,
+        landlock=settings.landlock,
     )
     tasks: list[asyncio.Task[None]] = []
     try:

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import httpx
 import psutil
 
-from sluice.common import gateway_auth
+from sluice.common import confine, gateway_auth
 from sluice.common.catalogue import InstanceType
 from sluice.common.collected import collected_dir, collector_argv
 from sluice.common.interpreters import platform_minor
@@ -259,8 +259,12 @@ class LocalBackend:
         secret_key: str | None = None,
         collector_max_bytes: int = DEFAULT_COLLECTOR_MAX_BYTES,
         tracing: TracingSettings | None = None,
+        landlock: bool = False,
     ):
         self.logs_root = logs_root
+        # compose and Kubernetes: instances start in a Landlock sandbox (sluice.common.confine),
+        # always cold (a spare imports the environment before it knows its deployment).
+        self._landlock = landlock
         self._collector_max_bytes = collector_max_bytes
         self._tracing = tracing or TracingSettings()
         self.host = host
@@ -273,7 +277,8 @@ class LocalBackend:
 
     def warm_up(self, python: str) -> None:
         """Have a spare ready for `python` before the first deployment asks for one."""
-        self._spares.replenish(python)
+        if not self._landlock:
+            self._spares.replenish(python)
 
     async def close(self) -> None:
         self._spares.close()
@@ -375,7 +380,7 @@ class LocalBackend:
             secret = gateway_auth.secret_for(self._secret_key, spec.endpoint_name, spec.name)
             env[gateway_auth.ENV] = secret
         cwd = str(plan.code) if plan.code else str(plan.home)
-        process = self._spares.take(plan.python)
+        process = None if self._landlock else self._spares.take(plan.python)
         if process is not None:
             job: dict[str, object] = {"argv": argv, "env": env, "cwd": cwd, "log": str(log_path)}
             if account.switches:
@@ -387,10 +392,15 @@ class LocalBackend:
             switch: dict[str, Any] = {}
             if account.switches:
                 switch = {"user": account.uid, "group": account.gid, "extra_groups": []}
+            command = [plan.python, "-m", "sluice.inference", *argv]
+            payload = b""
+            if self._landlock:  # on stdin: the deployment's uid may not read our files
+                payload = json.dumps({**self._sandbox(spec, plan), "argv": command}).encode()
+                command = confine.command(plan.python)
             with log_path.open("ab") as out:
                 process = subprocess.Popen(
-                    [plan.python, "-m", "sluice.inference", *argv],
-                    stdin=subprocess.DEVNULL,
+                    command,
+                    stdin=subprocess.PIPE if payload else subprocess.DEVNULL,
                     stdout=out,
                     stderr=subprocess.STDOUT,
                     env=env,
@@ -398,7 +408,11 @@ class LocalBackend:
                     umask=0o077,
                     **switch,
                 )
-        self._spares.replenish(plan.python)
+            if process.stdin is not None:
+                with process.stdin, contextlib.suppress(BrokenPipeError):
+                    process.stdin.write(payload)
+        if not self._landlock:
+            self._spares.replenish(plan.python)
         return LocalInstance(
             id=instance_id,
             endpoint=spec.endpoint_name,
@@ -412,6 +426,19 @@ class LocalBackend:
             memory_limit=instance_type.memory_bytes,
             workers=workers,
         )
+
+    def _sandbox(self, spec: OnlineDeploymentSpec, plan: InstancePlan) -> dict[str, list[str]]:
+        """What a sandboxed instance may reach (confine.py adds the system's folders): read
+        the platform, its environment and its model and code (the workspace's copies); write
+        its HOME and, when on, its data collector's and its traces' folders."""
+        assert plan.home is not None
+        copies = {str(path.parent) for path in (plan.model, plan.code) if path is not None}
+        write = [str(plan.home)]
+        if spec.data_collector.enabled:
+            write.append(str(collected_dir(self.state_dir, spec.endpoint_name, spec.name)))
+        if self._traced(spec) and self._tracing.local_files:
+            write.append(str(instance_folder(self.state_dir, spec.endpoint_name, spec.name)))
+        return {"read": sorted(confine.platform_paths(plan.python) | copies), "write": write}
 
     def _traced(self, spec: OnlineDeploymentSpec) -> bool:
         """Requests are traced when the platform traces or the deployment asks for it."""

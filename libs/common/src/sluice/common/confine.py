@@ -1,35 +1,38 @@
-"""Start a batch worker inside a Landlock sandbox: `python -I -S confine.py <spec>`.
+"""Start deployment code inside a Landlock sandbox: `python -I -S confine.py` (spec on stdin).
 
-In compose and Kubernetes the batch service cannot switch users (its
-container runs as one uid, without capabilities), so its workers, which run
-the deployment's code, would share its uid and read whatever it can: its
-NATS password file, the whole state volume (every deployment's artifacts,
-other jobs' files). Landlock (Linux 5.13+, an unprivileged LSM that Docker's
-and containerd's default seccomp profiles allow) lets a process give up
-access to every file but those it names, for itself and everything it
-executes. This launcher does that, then execs the worker:
+In compose and Kubernetes the batch service and the provisioner cannot
+switch users (their containers run as one uid, without capabilities), so
+batch workers and the local backend's instances, which run the deployment's
+code, would share that uid and read whatever it can: the service's NATS
+password file, the whole state volume (every deployment's artifacts, other
+jobs' files). Landlock (Linux 5.13+, an unprivileged LSM that Docker's and
+containerd's default seccomp profiles allow) lets a process give up access
+to every file but those it names, for itself and everything it executes.
+This launcher does that, then execs the deployment's process:
 
 - read and execute: the system (`/usr`, `/lib*`, `/bin`, `/sbin`, `/etc`,
   `/opt`), `/proc` and `/sys`, the platform's and the environment's Python
-  installations, the deployment's model and code and the job's input files;
-- read and write: the job's HOME and parts folder, `/dev/shm` and the
+  installations, and what the caller names (the deployment's model and code,
+  a job's input files);
+- read and write: what the caller names (HOME, a job's parts folder, a
+  deployment's data collector and traces folders), `/dev/shm` and the
   harmless character devices (`/dev/null`, `/dev/zero`, `/dev/urandom`);
 - nothing else: the state volume's other entries and `/run/secrets` are
   refused even though the uid owns them;
-- from ABI 6 on, no signal to a process outside the sandbox (the batch
-  service, other jobs' workers) and no abstract Unix socket made outside it;
+- from ABI 6 on, no signal to a process outside the sandbox (the service,
+  other deployments' processes) and no abstract Unix socket made outside it;
   ptrace of processes outside it is refused from ABI 1 on.
 
-It runs before anything the deployment controls: the platform's interpreter
-in isolated mode without `site` (`-I -S`: no PYTHON* variables, no `.pth`
-file of the deployment's environment, no sitecustomize), stdlib only; the
-restriction survives `execve` into the environment's interpreter. When the
-kernel has no Landlock it exits with EXIT_NO_LANDLOCK and says why: the
-runner then fails the job rather than run it unconfined.
+It runs before anything the deployment controls: the environment's
+interpreter in isolated mode without `site` (`-I -S`: no PYTHON* variables,
+no `.pth` file of the deployment's environment, no sitecustomize), stdlib
+only at import; the restriction survives `execve`. When the kernel has no
+Landlock it exits with EXIT_NO_LANDLOCK and says why: the caller fails the
+job or instance rather than run it unconfined (SLUICE_LANDLOCK=true).
 
-The spec comes on stdin (as root the worker's uid may not read the runner's
-files), JSON: {"read": [paths], "write": [paths], "argv": [the worker's
-command]}; the environment is the worker's own.
+The spec comes on stdin (as root the deployment's uid may not read the
+platform's files), JSON: {"read": [paths], "write": [paths], "argv": [the
+command]}; the environment is the deployment process's own.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ import os
 import sys
 from pathlib import Path
 
-EXIT_NO_LANDLOCK = 3  # the runner's EXIT_INIT_FAILED: the job fails with this log's tail
+EXIT_NO_LANDLOCK = 3  # the batch runner's EXIT_INIT_FAILED: the job fails with this log's tail
 
 # <linux/landlock.h>
 CREATE_RULESET_VERSION = 1
@@ -144,6 +147,27 @@ def _allow(libc: ctypes.CDLL, ruleset: int, path: str, rights: int) -> None:
         os.close(fd)
 
 
+def command(python: str) -> list[str]:
+    """This launcher's command (the spec on its stdin), run by `python`, the environment's
+    interpreter (one the deployment's user can run)."""
+    return [python, "-I", "-S", __file__]
+
+
+def platform_paths(python: str) -> set[str]:
+    """What any deployment process reads of the platform and its environment: the
+    interpreters' installations, the `sluice` packages (in site-packages, or a checkout's
+    `src` folders when editable: the folders holding `sluice`, which imports list) and the
+    inference server's sources. Imports the platform: not for the launcher itself."""
+    import sluice
+    from sluice.common import interpreters
+
+    interpreters_ = {sys.executable, python}
+    paths = {sys.prefix, sys.base_prefix, str(Path(python).parent.parent)}
+    paths |= {str(Path(os.path.realpath(p)).parent.parent) for p in interpreters_}
+    paths |= {str(Path(path).parent) for path in sluice.__path__}
+    return paths | set(interpreters.server_sources() or ())
+
+
 def main() -> None:
     spec = json.loads(sys.stdin.buffer.read())
     null = os.open(os.devnull, os.O_RDONLY)
@@ -153,13 +177,13 @@ def main() -> None:
         abi = restrict([*SYSTEM_READ, *spec["read"]], [*SYSTEM_WRITE, *spec["write"]])
     except OSError as exc:
         print(
-            f"the worker cannot be confined ({exc}); it would read the batch service's files."
-            " Run on a kernel with Landlock (Linux 5.13+, `landlock` in the lsm= boot list),"
-            " or set SLUICE_BATCH_LANDLOCK=false to run workers unconfined",
+            f"the deployment's process cannot be confined ({exc}); it would read the"
+            " platform's files. Run on a kernel with Landlock (Linux 5.13+, `landlock` in the"
+            " lsm= boot list), or set SLUICE_LANDLOCK=false to run deployment code unconfined",
             flush=True,
         )
         sys.exit(EXIT_NO_LANDLOCK)
-    print(f"worker confined with Landlock (ABI {abi})", flush=True)
+    print(f"confined with Landlock (ABI {abi})", flush=True)
     argv = spec["argv"]
     os.execve(argv[0], argv, os.environ)  # noqa: S606 - the worker, as the runner named it
 
