@@ -19,8 +19,9 @@ import pytest
 
 from sluice.batch.runner import sandbox
 from sluice.batch.workspace import JobSpace
-from sluice.common import confine
+from sluice.common import confine, interpreters
 from sluice.common.isolation import Account
+from sluice.testing.plugin import traversable_dir
 
 pytestmark = pytest.mark.integration  # starts processes
 
@@ -153,3 +154,57 @@ def test_a_sandbox_that_cannot_be_made_fails_the_worker_with_the_reason(tmp_path
     assert "cannot be confined" in result.stdout
     assert "SLUICE_LANDLOCK=false" in result.stdout
     assert not marker.exists()
+
+
+READ_ENVIRON = """\
+import sys
+try:
+    with open(f"/proc/{sys.argv[1]}/environ", "rb") as f:
+        print("read" if b"VICTIM_SECRET=" in f.read() else "other")
+except OSError as exc:
+    print(type(exc).__name__)
+"""
+
+
+@needs_landlock
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run both sides as another user")
+def test_a_confined_process_cannot_read_another_processes_environment() -> None:
+    """`/proc` is readable in the sandbox, but not another process's environ of the same uid
+    (another instance's gateway secret, another job's worker's configuration): Landlock
+    refuses ptrace-mode access to processes outside the sandbox. Both sides run as
+    `nobody`, without CAP_SYS_PTRACE (which Landlock lets through)."""
+    nobody = {"user": 65534, "group": 65534, "extra_groups": []}
+    python = next(
+        (i.path for i in interpreters.discover() if interpreters.runnable_by_others(i.path)), None
+    )
+    if python is None:
+        pytest.skip("no Python here that another user may run")
+    victim = subprocess.Popen(
+        ["/bin/sleep", "60"], env={"VICTIM_SECRET": "gateway-secret"}, **nobody
+    )
+    try:
+        with traversable_dir("sluice-confine-") as folder:
+            script = folder / "read_environ.py"
+            script.write_text(READ_ENVIRON)
+            script.chmod(0o644)
+            argv = [python, str(script), str(victim.pid)]
+            bare = subprocess.run(argv, capture_output=True, text=True, timeout=60, **nobody)
+            assert bare.stdout.strip() == "read", bare  # the control: same uid, dumpable
+            spec = {"read": [str(folder), *sandbox_paths(python)], "write": [], "argv": argv}
+            confined = subprocess.run(
+                confine.command(python),
+                input=json.dumps(spec),
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+                **nobody,
+            )
+        assert confined.stdout.splitlines()[-1] == "PermissionError", confined
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+def sandbox_paths(python: str) -> list[str]:
+    return sorted(confine.platform_paths(python))
