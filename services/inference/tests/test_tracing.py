@@ -1,6 +1,7 @@
 """Spans of a real inference server: a request continues the caller's traceparent, carries
 the request id and the deployment, has run() as its child, and an exception in run() is
-recorded on run()'s span; init() has its span; the request is logged with its trace id;
+recorded on run()'s span; the script sets attributes on run()'s span and starts spans under
+it; init() has its span; the request is logged with its trace id;
 without tracing flags no span file appears."""
 
 from __future__ import annotations
@@ -18,12 +19,17 @@ from sluice.testing.inference import start_server, wait_until, write_script
 pytestmark = pytest.mark.integration
 
 SCRIPT = """
+from opentelemetry import trace
+
 def init():
     pass
 
 def run(raw_data):
     if "boom" in raw_data:
         raise ValueError("boom in run")
+    trace.get_current_span().set_attribute("model.rows", 1)
+    with trace.get_tracer("score").start_as_current_span("predict"):
+        pass
     return {"ok": True}
 """
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -56,13 +62,16 @@ def test_request_and_run_spans_continue_the_callers_trace(
     ok = server.post('{"x": 1}', headers={"traceparent": PARENT, "x-request-id": "envoy-id-1"})
     assert ok.status == 200
     assert ok.headers["traceparent"].startswith(f"00-{TRACE_ID}-")
-    request, run = spans_of(traces, TRACE_ID, 2)
+    request, run, predict = spans_of(traces, TRACE_ID, 3)
     assert request["name"] == "POST /score" and request["parent_id"] == "00f067aa0ba902b7"
     assert request["attributes"]["sluice.request_id"] == "envoy-id-1"
     assert request["attributes"]["sluice.deployment"] == "blue"
     assert request["attributes"]["sluice.endpoint"] == "ep"
     assert request["attributes"]["http.response.status_code"] == 200
     assert run["name"] == "run" and run["parent_id"] == request["span_id"]
+    # The script's own attribute and span: run()'s span is the current one while it runs.
+    assert run["attributes"]["model.rows"] == 1
+    assert predict["name"] == "predict" and predict["parent_id"] == run["span_id"]
 
     failing = "00-" + "1" * 32 + "-00f067aa0ba902b7-01"
     bad = server.post('"boom"', headers={"traceparent": failing, "x-request-id": "envoy-id-2"})

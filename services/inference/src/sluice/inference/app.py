@@ -68,9 +68,7 @@ NOT_READY = Reply(503, [JSON, NOT_PROCESSED], b'{"message":"not ready: init() ha
 SHUTTING_DOWN = Reply(503, [JSON, NOT_PROCESSED], b'{"message":"shutting down"}')
 
 if TYPE_CHECKING:  # tracing is imported only by a server that traces
-    from opentelemetry.trace import Span
-
-    from sluice.inference.tracing import RequestTracer
+    from sluice.inference.tracing import LeanSpan, RequestTracer
 
 log = structlog.get_logger("sluice.inference")
 
@@ -457,7 +455,7 @@ class InferenceApp:
         started: float,
         route: str,
         reply: Reply,
-        span: Span | None = None,
+        span: LeanSpan | None = None,
     ) -> None:
         headers = [*reply.headers, (b"x-request-id", rid.encode("latin-1"))]
         if span is not None and self.tracing is not None:

@@ -12,15 +12,16 @@ server span's `traceparent`.
 Without `--trace-dir`/`--trace-otlp-endpoint` no `RequestTracer` exists and a
 request pays one `is None` test.
 
-A traced request is on the hot path, so this module keeps it near the SDK's own cost
-(bench/tracing measures it): the request's and run()'s spans are the SDK's spans,
-started by `SpanStarter` with their parent's span context in hand (not through
-`Tracer.start_span`'s general path: context lookups, a sampler call, a sampling result
-per span); endpoint/deployment/instance are resource attributes (stated once, not per
-span) and the request span's one attribute is the request id (method and route are its
-name); span names are built once per route; run()'s span is made current with a bare
-attach/detach (no context-manager layers); success log lines are not even formatted
-unless debug logging is on.
+A traced request is on the hot path, so this module keeps it cheap (bench/tracing
+measures it): the request's and run()'s spans are `LeanSpan`s, OpenTelemetry API spans
+that are the SDK's `ReadableSpan`s for its processors and exporters but make the SDK's
+locks and bounded containers only when a script adds something; `SpanStarter` starts them
+with their parent's span context in hand (not through `Tracer.start_span`'s general path:
+context lookups, a sampler call, a sampling result per span); endpoint/deployment/instance
+are resource attributes (stated once, not per span) and the request span's one attribute
+is the request id (method and route are its name); span names are built once per route;
+run()'s span is made current with a bare attach/detach (no context-manager layers);
+success log lines are not even formatted unless debug logging is on.
 """
 
 from __future__ import annotations
@@ -29,12 +30,17 @@ import logging
 import os
 import random
 import secrets
-from collections.abc import Callable
-from typing import Any
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from time import time_ns
+from typing import Any, cast
 
 import structlog
 from opentelemetry import context, propagate, trace
+from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk import trace as sdk_trace
+from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.sdk.util import BoundedList
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import (
     NonRecordingSpan,
@@ -45,12 +51,14 @@ from opentelemetry.trace import (
     StatusCode,
     TraceFlags,
 )
+from opentelemetry.util.types import Attributes, AttributeValue
 
 from sluice.common.tracing import configure_tracing
 from sluice.inference.config import ServerConfig
 from sluice.inference.http import Header, HttpRequest
 
 log = structlog.get_logger("sluice.inference")
+logger = logging.getLogger(__name__)  # the SDK's warnings about ended spans, as it logs them
 TRACER = "sluice.inference"
 TRACEPARENT_LENGTH = 55  # 00-<32 hex>-<16 hex>-<2 hex>
 UNSAMPLED = frozenset(b"%02x" % flags for flags in range(0, 256, 2))  # traceparent's last 2
@@ -101,7 +109,7 @@ class RequestTracer:
         self._names: dict[tuple[str, str], str] = {}  # (method, route) -> span name
         self._log_successes = log.is_enabled_for(logging.DEBUG)
 
-    def start(self, request: HttpRequest, request_id: str, route: str) -> Span | None:
+    def start(self, request: HttpRequest, request_id: str, route: str) -> LeanSpan | None:
         """The request's span, or None when the request is not traced.
 
         The sampling decision comes first and costs a header lookup and a random number:
@@ -125,7 +133,7 @@ class RequestTracer:
             name = self._names.setdefault((method, route), f"{method} {route}")
         # The method and route are in the name (OpenTelemetry's HTTP span names); each
         # attribute costs a check per request.
-        attributes = {"sluice.request_id": request_id}
+        attributes: dict[str, AttributeValue] = {"sluice.request_id": request_id}
         return self._spans.start(name, parent, SpanKind.SERVER, attributes)
 
     def run(self, call: Callable[[], Any], span: Span, is_async: bool) -> Callable[[], Any]:
@@ -187,14 +195,14 @@ class RequestTracer:
 
         return traced
 
-    def answered(self, span: Span, status: int, request_id: str, headers: list[Header]) -> None:
+    def answered(self, span: LeanSpan, status: int, request_id: str, headers: list[Header]) -> None:
         """The request's status on its span; the span named in the answer and the log.
 
         A failed request (5xx) is logged with its request and trace ids; successful ones
         only at debug level (per-request logs stay off the hot path). The caller ends the
         span once the answer is sent (its end may write a batch of spans).
         """
-        span.set_attribute("http.response.status_code", status)
+        span.put("http.response.status_code", status)
         ctx = span.get_span_context()
         headers.append((b"traceparent", f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-01".encode()))
         if status >= 500:
@@ -224,31 +232,190 @@ def _remote_parent(traceparent: bytes, tracestate: bytes | None) -> SpanContext 
     return parent if parent.is_valid else None
 
 
-class _SdkSpan(sdk_trace.Span):
-    """The SDK's span class, as `Tracer.start_span` makes it (the SDK's `Span` refuses to be
-    instantiated itself and its own subclass for that is private)."""
+UNSET = Status(StatusCode.UNSET)
+
+
+class LeanSpan(trace.Span, ReadableSpan):
+    """A recorded span of a request or its run(): the OpenTelemetry API's `Span` while it
+    runs (a scoring script can set attributes and the status of the current span, add
+    events, record exceptions, and the spans it starts are its children) and the SDK's
+    `ReadableSpan` that the provider's processors and exporters take at its end.
+
+    The SDK's own `Span` makes, for every span, a lock, a `BoundedAttributes` (a lock and
+    an OrderedDict), two `BoundedList`s (a deque and a lock each), calls the processors'
+    `on_start`, and at its end copies itself into a new `ReadableSpan`: most of what two
+    spans cost a request (bench/README.md, tracing). This span holds plain fields; the
+    SDK's bounded containers (with the provider's limits: the same checks and caps) are
+    made only when something is added to it, and at its end it hands itself to the
+    processors' `on_end`, refusing changes from then on as the SDK's span does. Not
+    called: the processors' `on_start` and the SDK's private `_on_ending` hook (the
+    processors configured here, sluice.common.tracing's, do nothing there).
+    """
+
+    def __init__(
+        self,
+        starter: SpanStarter,
+        name: str,
+        context: SpanContext,
+        parent: SpanContext | None,
+        kind: SpanKind,
+        attributes: dict[str, AttributeValue] | None,
+    ) -> None:
+        # ReadableSpan's fields, set here: its __init__ would make a Resource per span.
+        self._name = name
+        self._context = context
+        self._parent = parent
+        self._kind = kind
+        self._attributes: dict[str, AttributeValue] | BoundedAttributes | None = attributes
+        self._events: Sequence[Event] = ()
+        self._links: Sequence[trace.Link] = ()
+        self._status = UNSET
+        self._resource = starter.resource
+        self._instrumentation_info = starter.info
+        self._instrumentation_scope = starter.scope
+        self._start_time: int | None = time_ns()
+        self._end_time: int | None = None
+        self._starter = starter
+
+    def get_span_context(self) -> SpanContext:
+        return cast(SpanContext, self._context)  # ReadableSpan's may be None; not here
+
+    def is_recording(self) -> bool:
+        return self._end_time is None
+
+    def put(self, key: str, value: AttributeValue) -> None:
+        """An attribute the server sets itself (a str or int it made): without the checks
+        a script's values get, and without making the bounded container for it."""
+        if self._attributes is None:
+            self._attributes = {key: value}
+        else:
+            self._attributes[key] = value
+
+    def set_attribute(self, key: str, value: AttributeValue) -> None:
+        if self._ended("Setting attribute on ended span."):
+            return
+        self._bounded()[key] = value
+
+    def set_attributes(self, attributes: Mapping[str, AttributeValue]) -> None:
+        if self._ended("Setting attribute on ended span."):
+            return
+        bounded = self._bounded()
+        for key, value in attributes.items():
+            bounded[key] = value
+
+    def add_event(
+        self, name: str, attributes: Attributes = None, timestamp: int | None = None
+    ) -> None:
+        if self._ended("Calling add_event on an ended span."):
+            return
+        limits = self._starter.limits
+        if not isinstance(self._events, BoundedList):
+            self._events = BoundedList(limits.max_events)
+        bounded = BoundedAttributes(
+            limits.max_event_attributes,
+            attributes,
+            max_value_len=limits.max_attribute_length,
+            immutable=True,
+        )
+        self._events.append(Event(name, bounded, timestamp))
+
+    def add_link(self, context: SpanContext, attributes: Attributes = None) -> None:
+        if self._ended("Calling add_link on an ended span.") or not context.is_valid:
+            return
+        limits = self._starter.limits
+        if not isinstance(self._links, BoundedList):
+            self._links = BoundedList(limits.max_links)
+        bounded = BoundedAttributes(
+            limits.max_link_attributes,
+            attributes,
+            max_value_len=limits.max_attribute_length,
+            immutable=True,
+        )
+        self._links.append(trace.Link(context, bounded))
+
+    def update_name(self, name: str) -> None:
+        if not self._ended("Calling update_name on an ended span."):
+            self._name = name
+
+    def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
+        """As the SDK's span: OK is final, UNSET is ignored."""
+        if self._ended("Calling set_status on an ended span."):
+            return
+        if self._status.status_code is StatusCode.OK:
+            return
+        if isinstance(status, Status):
+            if status.status_code is not StatusCode.UNSET:
+                self._status = status
+        elif status is not StatusCode.UNSET:
+            self._status = Status(status, description)
+
+    def record_exception(
+        self,
+        exception: BaseException,
+        attributes: Attributes = None,
+        timestamp: int | None = None,
+        escaped: bool = False,
+    ) -> None:
+        """The SDK's `exception` event (OpenTelemetry's semantic conventions)."""
+        kind = type(exception)
+        module = kind.__module__
+        event: dict[str, AttributeValue] = {
+            "exception.type": f"{module}.{kind.__qualname__}"
+            if module and module != "builtins"
+            else kind.__qualname__,
+            "exception.message": str(exception),
+            "exception.stacktrace": "".join(traceback.format_exception(exception)),
+            "exception.escaped": str(escaped),
+        }
+        if attributes:
+            event.update(attributes)
+        self.add_event("exception", event, timestamp)
+
+    def end(self, end_time: int | None = None) -> None:
+        if self._ended("Calling end() on an ended span."):
+            return
+        self._end_time = end_time if end_time is not None else time_ns()
+        if isinstance(self._attributes, BoundedAttributes):
+            self._attributes._immutable = True
+        self._starter.processor.on_end(self)
+
+    def _bounded(self) -> BoundedAttributes:
+        """The attributes in the SDK's container, made on the first value from outside."""
+        attributes = self._attributes
+        if not isinstance(attributes, BoundedAttributes):
+            limits = self._starter.limits
+            attributes = self._attributes = BoundedAttributes(
+                limits.max_span_attributes,
+                attributes,
+                immutable=False,
+                max_value_len=limits.max_span_attribute_length,
+            )
+        return attributes
+
+    def _ended(self, warning: str) -> bool:
+        if self._end_time is None:
+            return False
+        logger.warning(warning)
+        return True
 
 
 class SpanStarter:
-    """Starts recorded spans of the SDK the way its `Tracer.start_span` does once its
-    sampler said "record", without the general path: the inference server has already
-    decided to trace (`RequestTracer.start`), knows the parent's span context (no context
-    lookup, no sampler call, no sampling result object), and the tracer's resource,
-    processors, limits and scope are read once, here. The spans are the SDK's own
-    (`opentelemetry.sdk.trace.Span`): same attributes checks, same processors and
-    exporters, ids from the tracer's id generator.
+    """Starts the inference server's spans (`LeanSpan`) the way the SDK's
+    `Tracer.start_span` does once its sampler said "record", without the general path: the
+    server has already decided to trace (`RequestTracer.start`), knows the parent's span
+    context (no context lookup, no sampler call, no sampling result object), and the
+    tracer's resource, processors, limits and scope are read once, here: same processors
+    and exporters, ids from the tracer's id generator, the provider's span limits.
     """
 
     def __init__(self, tracer: trace.Tracer) -> None:
         assert isinstance(tracer, sdk_trace.Tracer), "tracing is configured with the SDK"
-        self._resource = tracer.resource
-        self._processor = tracer.span_processor
+        self.resource = tracer.resource
+        self.processor = tracer.span_processor
         self._ids = tracer.id_generator
-        self._info = tracer.instrumentation_info
-        self._scope = InstrumentationScope(
-            self._info.name, self._info.version, self._info.schema_url
-        )
-        self._limits = sdk_trace.SpanLimits()  # the provider's default: the same env vars
+        self.info = tracer.instrumentation_info
+        self.scope = InstrumentationScope(self.info.name, self.info.version, self.info.schema_url)
+        self.limits = sdk_trace.SpanLimits()  # the provider's default: the same env vars
         root = TraceFlags.SAMPLED
         if self._ids.is_trace_id_random():
             root |= TraceFlags.RANDOM_TRACE_ID
@@ -263,8 +430,8 @@ class SpanStarter:
         name: str,
         parent: SpanContext | None,
         kind: SpanKind,
-        attributes: dict[str, str] | None,
-    ) -> Span:
+        attributes: dict[str, AttributeValue] | None,
+    ) -> LeanSpan:
         """A started span: a child of `parent`, or the root of a new trace."""
         if parent is None:
             trace_id, flags, state = self._ids.generate_trace_id(), self._root_flags, None
@@ -272,17 +439,4 @@ class SpanStarter:
             trace_id, flags = parent.trace_id, self._child_flags[parent.trace_flags]
             state = parent.trace_state
         ids = SpanContext(trace_id, self._ids.generate_span_id(), False, flags, state)
-        span = _SdkSpan(
-            name,
-            ids,
-            parent,
-            resource=self._resource,
-            attributes=attributes,
-            kind=kind,
-            span_processor=self._processor,
-            instrumentation_info=self._info,
-            limits=self._limits,
-            instrumentation_scope=self._scope,
-        )
-        span.start()
-        return span
+        return LeanSpan(self, name, ids, parent, kind, attributes)

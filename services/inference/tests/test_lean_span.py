@@ -1,0 +1,100 @@
+"""The inference server's `LeanSpan` does what the SDK's own span does with the same calls:
+what a scoring script may do to the current span (attributes, checked and capped by the
+same limits; events; links; a new name; an exception; the status), what is refused once
+it ended, and what the provider's processors receive at its end."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+
+from sluice.inference.tracing import LeanSpan, SpanStarter
+
+PARENT = SpanContext(0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7, True, TraceFlags(1))
+LINKED = SpanContext(0x1234, 0x5678, False, TraceFlags(1))
+
+
+def a_script_at_work(span: Span) -> None:
+    span.set_attribute("model.rows", 3)
+    span.set_attribute("refused", {"a dict": "is not an attribute value"})  # type: ignore[arg-type]
+    span.set_attributes({"model.name": "ridge", "scores": [1.0, 2.0]})
+    for i in range(130):  # past the default limit of 128 attributes: the oldest are dropped
+        span.set_attribute(f"extra.{i}", i)
+    span.add_event("loaded", {"size": 10})
+    span.add_link(LINKED, {"why": "batch"})
+    span.update_name("predict")
+    span.record_exception(ValueError("boom"))
+    span.set_status(Status(StatusCode.ERROR, "boom"))
+    span.set_status(StatusCode.UNSET)  # ignored
+    span.end()
+    span.set_attribute("late", 1)  # ignored: the span ended
+    span.set_status(StatusCode.OK)  # ignored too
+    span.end()  # a warning, nothing exported twice
+
+
+def exported(span: ReadableSpan) -> dict[str, Any]:
+    return {
+        "name": span.name,
+        "parent": span.parent,
+        "trace_id": span.context.trace_id if span.context else None,
+        "kind": span.kind,
+        "attributes": dict(span.attributes or {}),
+        "dropped_attributes": span.dropped_attributes,
+        "events": [(e.name, dict(e.attributes or {})) for e in span.events],
+        "links": [(link.context, dict(link.attributes or {})) for link in span.links],
+        "status": (span.status.status_code, span.status.description),
+        "times": span.start_time is not None and span.end_time is not None,
+        "scope": span.instrumentation_scope,
+        "resource": span.resource,
+    }
+
+
+def test_a_lean_span_records_and_exports_what_the_sdks_span_does(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    provider = TracerProvider()
+    spans = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    tracer = provider.get_tracer("sluice.inference")
+    sdk_parent = trace.set_span_in_context(trace.NonRecordingSpan(PARENT))
+    a_script_at_work(tracer.start_span("run", sdk_parent, SpanKind.INTERNAL))
+    with caplog.at_level(logging.WARNING):
+        lean = SpanStarter(tracer).start("run", PARENT, SpanKind.INTERNAL, None)
+        assert isinstance(lean, LeanSpan) and lean.is_recording()
+        a_script_at_work(lean)
+    assert not lean.is_recording()
+    assert "Calling end() on an ended span." in caplog.text
+    sdk, ours = (exported(s) for s in spans.get_finished_spans())
+    assert ours == sdk
+    assert ours["attributes"]["extra.129"] == 129 and "refused" not in ours["attributes"]
+    assert ours["dropped_attributes"] >= 5 and len(ours["attributes"]) == 128
+    assert [name for name, _ in ours["events"]] == ["loaded", "exception"]
+    assert ours["status"] == (StatusCode.ERROR, "boom")
+
+
+def test_the_servers_own_attributes_skip_the_checks_but_are_exported() -> None:
+    provider = TracerProvider()
+    spans = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    span = SpanStarter(provider.get_tracer("t")).start(
+        "POST /score", None, SpanKind.SERVER, {"sluice.request_id": "r1"}
+    )
+    span.put("http.response.status_code", 200)
+    span.set_attribute("from.a.script", "x")  # then the SDK's bounded container takes over
+    span.put("after", 1)
+    span.end()
+    (done,) = spans.get_finished_spans()
+    assert dict(done.attributes or {}) == {
+        "sluice.request_id": "r1",
+        "http.response.status_code": 200,
+        "from.a.script": "x",
+        "after": 1,
+    }
+    assert done.parent is None and done.kind is SpanKind.SERVER
