@@ -18,6 +18,7 @@ from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.trace import TraceFlags
 
 log = logging.getLogger(__name__)
 MAX_FILE_BYTES = 64 * 1024 * 1024  # then the file rolls over to <name>.1 (one kept)
@@ -39,7 +40,7 @@ def span_record(span: ReadableSpan, service: str, shown: Mapping[str, Any]) -> d
     parent = span._parent
     status = span._status
     attributes = span._attributes
-    if isinstance(attributes, BoundedAttributes):  # the SDK's spans: its plain dict within
+    if type(attributes) is BoundedAttributes:  # the SDK's spans: its plain dict within
         attributes = attributes._dict
     events = span._events
     links = span._links
@@ -133,7 +134,8 @@ class InlineBatchProcessor(SpanProcessor):
         self._timer.start()
 
     def on_end(self, span: ReadableSpan) -> None:
-        if span.context is None or not span.context.trace_flags.sampled:
+        context = span.context  # (once per span of a traced server: properties read once)
+        if context is None or not context.trace_flags & TraceFlags.SAMPLED:
             return
         parent = span.parent
         with self._lock:

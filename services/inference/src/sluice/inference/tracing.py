@@ -375,7 +375,7 @@ class LeanSpan(trace.Span, ReadableSpan):
         if self._ended("Calling end() on an ended span."):
             return
         self._end_time = end_time if end_time is not None else time_ns()
-        if isinstance(self._attributes, BoundedAttributes):
+        if type(self._attributes) is BoundedAttributes:  # (not an ABC check per span)
             self._attributes._immutable = True
         self._starter.processor.on_end(self)
 
