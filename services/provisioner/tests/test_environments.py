@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pwd
 import subprocess
 import sys
 from pathlib import Path
@@ -135,6 +136,8 @@ def test_an_environment_of_another_minor_runs_its_own_inference_server(tmp_path:
     other = _other_minor()
     if other is None:
         pytest.skip("no Python >= 3.11 of another minor on this machine")
+    if os.geteuid() == 0 and not interpreters.runnable_by_others(other.path):
+        pytest.skip(f"as root builds run as a user of their own, who cannot run {other.path}")
     minor = f"{other.version.major}.{other.version.minor}"
     builder = EnvironmentBuilder(tmp_path / "envs", available=[other])
     resolved = ResolvedEnvironment((), other)
@@ -231,17 +234,24 @@ def test_a_platform_in_a_private_folder_is_named_before_any_deployment_starts(
 BACKEND = """
 import json, os
 # Runs when the installer loads the build backend, as a package's setup.py would.
+try:
+    with open({secret!r}) as f:
+        secret = f.read()
+except OSError as exc:
+    secret = type(exc).__name__
 with open({dump!r}, "w") as out:
-    json.dump(dict(os.environ), out)
+    json.dump({{"env": dict(os.environ), "uid": os.getuid(), "secret": secret}}, out)
 """
 
 
 @pytest.mark.integration  # runs uv
-def test_a_packages_build_code_sees_none_of_the_platforms_variables(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_a_packages_build_code_sees_none_of_the_platforms_secrets(
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A deployer's requirement may be a project whose build backend runs their code: it
-    must not find the admin token, the secret key or the database URI in its environment."""
+    must not find the admin token, the secret key or the database URI in its environment,
+    nor, as root, run as root: it runs as a user made for the build, which cannot read the
+    platform's files, and the environment it leaves is root's (others share it)."""
     secrets = {
         "SLUICE_ADMIN_TOKEN": "admin-token-value",
         "SLUICE_SECRET_KEY": "secret-key-value",
@@ -250,19 +260,43 @@ def test_a_packages_build_code_sees_none_of_the_platforms_variables(
     }
     for name, value in secrets.items():
         monkeypatch.setenv(name, value)
-    dump = tmp_path / "environ.json"
-    project = tmp_path / "evil"
-    project.mkdir()
-    (project / "pyproject.toml").write_text(
-        '[project]\nname = "evil"\nversion = "1"\n'
-        '[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n'
-    )
-    (project / "backend.py").write_text(BACKEND.format(dump=str(dump)))
-    builder = EnvironmentBuilder(tmp_path / "envs")
-    resolved = ResolvedEnvironment((str(project),), interpreters.platform_interpreter())
-    with pytest.raises(EnvironmentError_):  # the backend has no hooks: the build fails after
-        asyncio.run(builder._build(tmp_path / "envs" / resolved.key, resolved))
-    seen = json.loads(dump.read_text())  # the backend ran
-    assert "PATH" in seen and "HOME" in seen
-    leaked = {name for name, value in seen.items() if value in secrets.values()}
-    assert not leaked and not any(name.startswith("SLUICE_") for name in seen), sorted(seen)
+    with traversable_dir("sluice-build-") as folder:
+        secret = folder / "admin-token"  # as the state directory's: the platform's, 0600
+        secret.write_text("platform-secret")
+        secret.chmod(0o600)
+        drop = folder / "drop"  # where the backend may write what it saw
+        drop.mkdir()
+        drop.chmod(0o777)
+        dump = drop / "seen.json"
+        project = folder / "evil"
+        project.mkdir()
+        project.chmod(0o755)
+        (project / "pyproject.toml").write_text(
+            '[project]\nname = "evil"\nversion = "1"\n'
+            '[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n'
+        )
+        (project / "backend.py").write_text(BACKEND.format(dump=str(dump), secret=str(secret)))
+        for file in project.iterdir():
+            file.chmod(0o644)
+        envs = folder / "envs"
+        builder = EnvironmentBuilder(envs)
+        # As root an interpreter the build's user can run, as resolve() chooses.
+        usable, _ = interpreters.for_deployment_users(
+            interpreters.platform_interpreter(), builder.interpreters
+        )
+        resolved = ResolvedEnvironment((str(project),), usable)
+        with pytest.raises(EnvironmentError_):  # the backend has no hooks: the build fails
+            asyncio.run(builder._build(envs / resolved.key, resolved))
+        seen = json.loads(dump.read_text())  # the backend ran
+        venv = envs / resolved.key
+        built = [p for p in (venv, *venv.rglob("*")) if not p.is_symlink()]
+        owners = {(p.stat().st_uid, p.stat().st_mode & 0o022) for p in built}
+    assert "PATH" in seen["env"] and "HOME" in seen["env"]
+    leaked = {name for name, value in seen["env"].items() if value in secrets.values()}
+    assert not leaked and not any(n.startswith("SLUICE_") for n in seen["env"]), sorted(seen)
+    if os.geteuid() != 0:
+        return
+    assert seen["uid"] != 0 and seen["secret"] == "PermissionError"
+    assert owners == {(0, 0)}  # root's, nothing writable by others
+    with pytest.raises(KeyError):  # the build's user is gone
+        pwd.getpwuid(seen["uid"])

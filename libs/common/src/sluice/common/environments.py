@@ -19,20 +19,28 @@ all become warnings in the build log and the provisioner's log.
 A build runs code the deployer chose (a package's `setup.py` or build
 backend), so the installer gets only what an installer reads (`build_env`):
 none of the platform's variables (`SLUICE_ADMIN_TOKEN`, `SLUICE_SECRET_KEY`,
-`SLUICE_MONGODB_URI`, ...) reach it.
+`SLUICE_MONGODB_URI`, ...) reach it. As root it also runs as a user of its
+own, made for that build (`sluice-d-<hash of build/<key>>`, with a HOME
+and uv cache of its own), which cannot read the state directory's secrets;
+afterwards its processes are stopped, the environment becomes root's (no
+set-id bit, nothing writable by others: deployments share it) and the user
+is removed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import os
 import shutil
+import subprocess
 import sys
 import sysconfig
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import SpecifierSet
@@ -42,7 +50,16 @@ from sluice.common import interpreters
 from sluice.common.conda import CondaSpecError, parse_conda_file
 from sluice.common.curated import CuratedCatalogue
 from sluice.common.interpreters import Interpreter
-from sluice.common.isolation import isolating, reachable_by_others
+from sluice.common.isolation import (
+    Account,
+    account_for,
+    give_to_platform,
+    isolating,
+    make_private_dir,
+    reachable_by_others,
+    remove_account,
+    stop_processes_of,
+)
 from sluice.common.log import get_logger
 from sluice.common.resources import EnvironmentSpec
 
@@ -251,9 +268,54 @@ class EnvironmentBuilder:
             out.write(f"python: {resolved.interpreter.path} ({resolved.interpreter.version})\n")
             out.write("requirements:\n" + "".join(f"  {r}\n" for r in resolved.requirements))
         log.info("environment_building", key=resolved.key, requirements=resolved.requirements)
+        builder = account_for("build", resolved.key) if isolating() else None
+        try:
+            await self._install(venv, resolved, log_path, builder)
+        finally:
+            if builder is not None:
+                await asyncio.to_thread(self._end_build, venv, resolved.key, builder)
+        if not resolved.foreign:
+            self._link_platform(venv)
+        (venv / ".ready").write_text("\n".join(resolved.requirements) + "\n")
+        log.info("environment_ready", key=resolved.key)
+
+    def _build_home(self, key: str) -> Path:
+        return self.root / f".build-{key}"
+
+    def _start_build(self, venv: Path, key: str, builder: Account) -> Path:
+        """The build's HOME, and `venv` (empty), both its user's."""
+        home = make_private_dir(self._build_home(key), builder)
+        venv.mkdir(mode=0o755)
+        os.chown(venv, builder.uid, builder.gid)
+        return home
+
+    def _end_build(self, venv: Path, key: str, builder: Account) -> None:
+        stop_processes_of(builder.uid)
+        shutil.rmtree(self._build_home(key), ignore_errors=True)
+        if venv.exists():
+            give_to_platform(venv)
+        remove_account("build", key)
+
+    async def _install(
+        self, venv: Path, resolved: ResolvedEnvironment, log_path: Path, builder: Account | None
+    ) -> None:
+        """uv venv, then uv pip install: as `builder` when given, in a HOME (and uv cache) of
+        its own, into `venv` made its own beforehand."""
+        home = None
+        if builder is not None:
+            home = await asyncio.to_thread(self._start_build, venv, resolved.key, builder)
+        run = functools.partial(self._run, log_path=log_path, builder=builder, home=home)
         uv = _uv()
-        await self._run(
-            [uv, "venv", "--python", resolved.interpreter.path, "--quiet", str(venv)], log_path
+        await run(
+            [
+                uv,
+                "venv",
+                "--python",
+                resolved.interpreter.path,
+                "--quiet",
+                "--allow-existing",
+                str(venv),
+            ]
         )
         server: list[str] = []
         if resolved.foreign:
@@ -264,32 +326,26 @@ class EnvironmentBuilder:
                     "installed from its sources, which this platform does not have"
                 )
         if resolved.requirements or server:
-            await self._run(
-                [
-                    uv,
-                    "pip",
-                    "install",
-                    "--python",
-                    str(venv / "bin" / "python"),
-                    *resolved.requirements,
-                    *server,
-                ],
-                log_path,
-            )
-        if not resolved.foreign:
-            self._link_platform(venv)
-        (venv / ".ready").write_text("\n".join(resolved.requirements) + "\n")
-        log.info("environment_ready", key=resolved.key)
+            python = str(venv / "bin" / "python")
+            await run([uv, "pip", "install", "--python", python, *resolved.requirements, *server])
 
     @staticmethod
-    async def _run(argv: list[str], log_path: Path) -> None:
+    async def _run(
+        argv: list[str], log_path: Path, builder: Account | None = None, home: Path | None = None
+    ) -> None:
+        env = build_env(os.environ)
+        user: dict[str, Any] = {}
+        if builder is not None and home is not None:  # its own HOME, temporary files and cache
+            env |= {"HOME": str(home), "TMPDIR": str(home), "UV_CACHE_DIR": str(home / "uv")}
+            user = {"user": builder.uid, "group": builder.gid, "extra_groups": [], "cwd": home}
         with log_path.open("a") as out:
             out.write("$ " + " ".join(argv) + "\n")
             out.flush()
-            proc = await asyncio.create_subprocess_exec(
-                *argv, stdout=out, stderr=asyncio.subprocess.STDOUT, env=build_env(os.environ)
+            # A thread, not asyncio's subprocesses: uvloop's do not take user and group.
+            run = functools.partial(
+                subprocess.run, argv, stdout=out, stderr=subprocess.STDOUT, env=env, **user
             )
-            code = await proc.wait()
+            code = (await asyncio.to_thread(run)).returncode
         if code != 0:
             tail = log_path.read_text().splitlines()[-15:]  # noqa: ASYNC240 - a small log, once
             raise EnvironmentError_(

@@ -123,6 +123,34 @@ def remove_account(endpoint: str, deployment: str) -> None:
         subprocess.run(userdel, capture_output=True, check=False)
 
 
+def stop_processes_of(uid: int) -> int:
+    """Kill every process running as `uid` (a build's user, whose build code may have left
+    one behind, which would keep userdel from removing it); how many."""
+    import psutil  # here: the CLI imports this module
+
+    killed = 0
+    for proc in psutil.process_iter(["uids"]):
+        uids = proc.info["uids"]
+        if uids is not None and uid in (uids.real, uids.effective):
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+                killed += 1
+    return killed
+
+
+def give_to_platform(tree: Path) -> None:
+    """Make a tree another user wrote the platform's (root's): owner, no set-id bit and
+    nothing writable by others, links not followed. A built environment is shared by every
+    deployment with the same requirements: none of them (nor a later build) may change it."""
+    for dirpath, dirnames, filenames in os.walk(tree):
+        here = Path(dirpath)
+        for path in [here, *(here / n for n in dirnames + filenames)]:
+            os.lchown(path, os.geteuid(), os.getegid())
+            if not path.is_symlink():
+                mode = stat.S_IMODE(path.lstat().st_mode)
+                path.chmod(mode & ~(stat.S_ISUID | stat.S_ISGID | stat.S_IWGRP | stat.S_IWOTH))
+
+
 def _tool(name: str) -> str:
     found = shutil.which(name, path="/usr/sbin:/sbin:/usr/bin:/bin")
     if found is None:
