@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +101,10 @@ def scopes(config: Config) -> list[Config]:
     """Virtual hosts and routes: per-filter configuration and retries sit on either."""
     hosts = [host for hcm in hcms(config) for host in hcm["routeConfig"]["virtualHosts"]]
     return hosts + routes(config)
+
+
+def is_router(http_filter: Config) -> bool:
+    return str(http_filter["typedConfig"]["@type"]).endswith("router.v3.Router")
 
 
 def drop_filter(*names: str) -> Callable[[Config], None]:
@@ -211,7 +216,7 @@ def dynamic_stats(on: bool) -> Callable[[Config], None]:
     def change(config: Config) -> None:
         for hcm in hcms(config):
             for f in hcm["httpFilters"]:
-                if f["name"].endswith(".router"):
+                if is_router(f):
                     f["typedConfig"]["dynamicStats"] = on
 
     return change
@@ -266,7 +271,7 @@ def small_buffers(config: Config) -> None:
 def bare(config: Config) -> None:
     """The floor: router only, no retries, no added headers, no request id."""
     for hcm in hcms(config):
-        hcm["httpFilters"] = [f for f in hcm["httpFilters"] if f["name"].endswith(".router")]
+        hcm["httpFilters"] = [f for f in hcm["httpFilters"] if is_router(f)]
     for scope in scopes(config):
         scope.pop("typedPerFilterConfig", None)
     no_retries(config)
@@ -290,12 +295,16 @@ class Variant:
     concurrency: int = 1
     access_log: bool = False  # with the access log (fluentd) to a live receiver
     https: bool = False  # wrk to the TLS listener (keep-alive: the record layer per request)
+    mirrors: bool = False  # the endpoint mirrors to its deployment at 0% (no copies)
 
 
 VARIANTS: dict[str, Variant] = {
     "full": Variant(None),
     "full over https": Variant(None, https=True),
-    "+access log (fluentd, live receiver)": Variant(None, access_log=True),
+    "+access log (fluentd to a live receiver)": Variant(None, access_log=True),
+    # An endpoint mirrors (0% here: no copies), so the router has its upstream log: as
+    # every gateway with the access log had until 2026-11-26 17:30.
+    "+access log, an endpoint mirrors": Variant(None, access_log=True, mirrors=True),
     "-buffer": Variant(drop_filter(BUFFER)),
     "-jwt_authn": Variant(drop_filter(JWT_FILTER)),
     "-key_hash (rbac on raw key)": Variant(rbac_on_raw_key),
@@ -323,7 +332,7 @@ VARIANTS: dict[str, Variant] = {
 }
 
 
-def endpoint(port: int) -> Endpoint:
+def endpoint(port: int, *, mirrors: bool = False) -> Endpoint:
     # A minute's request timeout: Envoy under callgrind is ~50x slower.
     deployment = Deployment("bench", "blue", 1, 60000, 32, (Upstream("127.0.0.1", port),), SECRET)
     return Endpoint(
@@ -331,7 +340,7 @@ def endpoint(port: int) -> Endpoint:
         version=1,
         auth=KeyAuth((KEY, "s" * 43)),
         traffic=(Share("blue", 100),),
-        mirror=None,
+        mirror=Share("blue", 0) if mirrors else None,
         deployments=(deployment,),
     )
 
@@ -441,7 +450,7 @@ def envoy_config(
         jwks=PLACEHOLDER_JWKS,
         access_log=variant.access_log,
     )
-    snapshot = SnapshotBuilder().build(gateway, [endpoint(model_port)])
+    snapshot = SnapshotBuilder().build(gateway, [endpoint(model_port, mirrors=variant.mirrors)])
     config = copy.deepcopy({**static_bootstrap(snapshot, admin_port=admin), **stats_config()})
     if variant.access_log:
         config["static_resources"]["clusters"].append(log_cluster(log_port))
@@ -576,6 +585,7 @@ def instructions(names: list[str], root: Path, sup: Supervisor) -> None:
     import http.client
 
     model, model_port = start_model(sup)
+    receiver, log_port = log_receiver()
     body = json.dumps({"data": [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]]})
     print(f"user-space instructions per request (callgrind), {REQUESTS} sequential requests")
     print("| variant | instructions / request | vs full |")
@@ -583,9 +593,9 @@ def instructions(names: list[str], root: Path, sup: Supervisor) -> None:
     full: float | None = None
     for i, name in enumerate(names):
         variant = VARIANTS[name]
-        if variant.access_log or variant.https or variant.concurrency > 1:
-            continue  # a live receiver / TLS client / two workers: not in this mode
-        config, http_port, _, admin = envoy_config(variant, root, model_port, 0)
+        if variant.https or variant.concurrency > 1:
+            continue  # a TLS client / two workers: not in this mode
+        config, http_port, _, admin = envoy_config(variant, root, model_port, log_port)
         path = root / f"cg-{i}.json"
         path.write_text(json.dumps(config))
         out = root / f"callgrind-{i}.out"
@@ -614,8 +624,12 @@ def instructions(names: list[str], root: Path, sup: Supervisor) -> None:
         monitor("instrumentation on")  # started uninstrumented: much faster
         conn = http.client.HTTPConnection("127.0.0.1", http_port, timeout=60)
         send(conn, body, 50)  # warm-up: connections, Lua JIT traces
+        if variant.access_log:
+            time.sleep(1.5)  # and the warm-up's records sent
         monitor("zero")  # counts from here on
         send(conn, body, REQUESTS)
+        if variant.access_log:
+            time.sleep(1.5)  # the last batch of records flushed (every second)
         monitor("dump")
         conn.close()
         sup.running.remove(proc)
@@ -624,6 +638,7 @@ def instructions(names: list[str], root: Path, sup: Supervisor) -> None:
         full = per if name == "full" else full
         versus = f"{per / full:.3f}x" if full else ""
         print(f"| {name} | {per:,.0f} | {versus} |", flush=True)
+    receiver.shutdown()
     del model
 
 

@@ -12,7 +12,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from envoy.config.core.v3 import extension_pb2
 from envoy.config.listener.v3 import listener_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
 
 from sluice.common.pki import PlatformPki
 from sluice.common.supervisor import resolve_binary
@@ -35,7 +37,8 @@ from sluice.traffic.jwks import PLACEHOLDER_JWKS
 from sluice.traffic.tls import ensure_local_certificate, load_material
 from sluice.traffic.xds.builder import SnapshotBuilder
 from sluice.traffic.xds.key_hash import key_hash
-from sluice.traffic.xds.snapshot import Snapshot
+from sluice.traffic.xds.resources import ROUTER_CONFIG
+from sluice.traffic.xds.snapshot import EXTENSION, LISTENER, InconsistentSnapshot, Snapshot
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("SLUICE_UPDATE_GOLDEN") == "1"
@@ -139,6 +142,35 @@ def test_plain_http_can_be_turned_off() -> None:
     listeners = "type.googleapis.com/envoy.config.listener.v3.Listener"
     assert sorted(on.resources[listeners]) == ["sluice_http", "sluice_https"]
     assert sorted(off.resources[listeners]) == ["sluice_https"]
+
+
+def test_the_router_logs_mirrored_copies_only_while_an_endpoint_mirrors() -> None:
+    """Adding or removing the mirror log changes the router's own resource (ECDS), which
+    Envoy applies to the next request, and nothing else: the listeners stay as they are."""
+    tls = TlsMaterial(b"c", b"k")
+    unmirrored = [Endpoint(**{**world()[0].__dict__, "mirror": None}), world()[1]]
+    mirroring = SnapshotBuilder().build(gateway(tls), world())
+    plain = SnapshotBuilder().build(gateway(tls), unmirrored)
+    plain.check()
+
+    def upstream_logs(snap: Snapshot) -> int:
+        config = extension_pb2.TypedExtensionConfig()
+        snap.resources[EXTENSION][ROUTER_CONFIG].Unpack(config)
+        router = router_pb2.Router()
+        config.typed_config.Unpack(router)
+        return len(router.upstream_log)
+
+    assert (upstream_logs(mirroring), upstream_logs(plain)) == (1, 0)
+    assert mirroring.versions[LISTENER] == plain.versions[LISTENER]
+    unlogged = Gateway(**{**gateway(tls).__dict__, "access_log": False})
+    assert upstream_logs(SnapshotBuilder().build(unlogged, world())) == 0
+    # A listener naming a filter configuration the snapshot lacks is refused.
+    broken = Snapshot.build(
+        {t: list(items.items()) for t, items in plain.resources.items() if t != EXTENSION},
+        plain.route_clusters,
+    )
+    with pytest.raises(InconsistentSnapshot, match="names unknown filters"):
+        broken.check()
 
 
 def test_keys_never_appear_in_a_repr() -> None:

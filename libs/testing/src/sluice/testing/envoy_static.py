@@ -1,8 +1,8 @@
 """A snapshot as one static Envoy bootstrap: for `envoy --mode validate` and for reading.
 
-EDS clusters get their load assignment inline, listeners their route table
-inline, secrets go to `static_resources.secrets`, so Envoy can check the
-whole configuration without an xDS server.
+EDS clusters get their load assignment inline, listeners their route table and
+HTTP filter configurations (ECDS) inline, secrets go to `static_resources.secrets`,
+so Envoy can check the whole configuration without an xDS server.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import extension_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
@@ -26,7 +27,15 @@ from sluice.common.components import (
     render_envoy_bootstrap,
 )
 from sluice.common.pki import Identity
-from sluice.traffic.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, Snapshot
+from sluice.traffic.xds.snapshot import (
+    CLUSTER,
+    ENDPOINT,
+    EXTENSION,
+    LISTENER,
+    ROUTE,
+    SECRET,
+    Snapshot,
+)
 
 
 def _unpack(packed: Any, message: Any) -> Any:
@@ -73,6 +82,10 @@ def static_bootstrap(
         name: _unpack(p, endpoint_pb2.ClusterLoadAssignment())
         for name, p in snapshot.resources[ENDPOINT].items()
     }
+    filters = {
+        name: _unpack(p, extension_pb2.TypedExtensionConfig()).typed_config
+        for name, p in snapshot.resources[EXTENSION].items()
+    }
     clusters = []
     for packed in snapshot.resources[CLUSTER].values():
         cluster = _unpack(packed, cluster_pb2.Cluster())
@@ -91,6 +104,9 @@ def static_bootstrap(
                     table = routes[hcm.rds.route_config_name]
                     hcm.ClearField("rds")
                     hcm.route_config.CopyFrom(table)
+                    for http_filter in hcm.http_filters:
+                        if http_filter.HasField("config_discovery"):
+                            http_filter.typed_config.CopyFrom(filters[http_filter.name])
                     f.typed_config.Pack(hcm)
             if chain.HasField("transport_socket"):
                 tls = tls_pb2.DownstreamTlsContext()

@@ -8,6 +8,7 @@ one rebuilds one.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -16,7 +17,15 @@ from google.protobuf import any_pb2
 from sluice.traffic.domain import Endpoint, Gateway
 from sluice.traffic.xds import management
 from sluice.traffic.xds import resources as r
-from sluice.traffic.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, Snapshot
+from sluice.traffic.xds.snapshot import (
+    CLUSTER,
+    ENDPOINT,
+    EXTENSION,
+    LISTENER,
+    ROUTE,
+    SECRET,
+    Snapshot,
+)
 
 
 @dataclass(frozen=True)
@@ -50,9 +59,15 @@ class SnapshotBuilder:
             LISTENER: base[LISTENER],
             ROUTE: [(r.ROUTE_CONFIG, r.route_configuration(p.routes for p in parts))],
             SECRET: base[SECRET],
+            EXTENSION: [self._router(gateway, any(ep.mirror is not None for ep in eps))],
         }
         routes = [p.routes for p in parts]
         return Snapshot.build(resources, {r.ROUTE_CONFIG: r.route_clusters(routes)})
+
+    @staticmethod
+    @functools.lru_cache(maxsize=4)
+    def _router(gateway: Gateway, mirrors: bool) -> tuple[str, any_pb2.Any]:
+        return r.ROUTER_CONFIG, r.pack(r.router_config(gateway, mirrors))
 
     def _endpoint(self, ep: Endpoint, domain: str) -> EndpointResources:
         cached = self._cache.get((ep, domain))

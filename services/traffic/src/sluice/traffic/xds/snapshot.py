@@ -29,9 +29,14 @@ ENDPOINT = PREFIX + "envoy.config.endpoint.v3.ClusterLoadAssignment"
 LISTENER = PREFIX + "envoy.config.listener.v3.Listener"
 ROUTE = PREFIX + "envoy.config.route.v3.RouteConfiguration"
 SECRET = PREFIX + "envoy.extensions.transport_sockets.tls.v3.Secret"
+EXTENSION = PREFIX + "envoy.config.core.v3.TypedExtensionConfig"  # ECDS: the router's
 
-# Make before break: what a listener or route names must already be there.
-PUSH_PHASES: tuple[tuple[str, ...], ...] = ((SECRET, CLUSTER, ENDPOINT), (LISTENER, ROUTE))
+# Make before break: what a listener or route names must already be there (the router's
+# mirror log before the routes that mirror).
+PUSH_PHASES: tuple[tuple[str, ...], ...] = (
+    (SECRET, CLUSTER, ENDPOINT, EXTENSION),
+    (LISTENER, ROUTE),
+)
 ALL_TYPES = tuple(t for phase in PUSH_PHASES for t in phase)
 # Envoy subscribes to these with no names (all of them); the others by name.
 WILDCARD_TYPES = frozenset({CLUSTER, LISTENER})
@@ -124,11 +129,13 @@ class Snapshot:
         for packed in self.resources[LISTENER].values():
             listener = listener_pb2.Listener()
             packed.Unpack(listener)
-            routes, secrets = _listener_references(listener)
+            routes, secrets, extensions = _listener_references(listener)
             if not routes <= set(self.resources[ROUTE]):
                 raise InconsistentSnapshot(f"listener {listener.name} names unknown routes")
             if not secrets <= set(self.resources[SECRET]):
                 raise InconsistentSnapshot(f"listener {listener.name} names unknown secrets")
+            if not extensions <= set(self.resources[EXTENSION]):
+                raise InconsistentSnapshot(f"listener {listener.name} names unknown filters")
 
 
 def referenced_clusters(routes: Iterable[route_components_pb2.Route]) -> frozenset[str]:
@@ -145,21 +152,27 @@ def referenced_clusters(routes: Iterable[route_components_pb2.Route]) -> frozens
     return frozenset(names)
 
 
-def _listener_references(listener: listener_pb2.Listener) -> tuple[set[str], set[str]]:
+def _listener_references(listener: listener_pb2.Listener) -> tuple[set[str], set[str], set[str]]:
+    """(route tables, secrets, HTTP filter configurations (ECDS)) the listener names."""
     routes: set[str] = set()
     secrets: set[str] = set()
+    extensions: set[str] = set()
     for chain in listener.filter_chains:
         for f in chain.filters:
             hcm = hcm_pb2.HttpConnectionManager()
-            if f.typed_config.Unpack(hcm) and hcm.HasField("rds"):
-                routes.add(hcm.rds.route_config_name)
+            if f.typed_config.Unpack(hcm):
+                if hcm.HasField("rds"):
+                    routes.add(hcm.rds.route_config_name)
+                extensions.update(
+                    h.name for h in hcm.http_filters if h.HasField("config_discovery")
+                )
         if chain.HasField("transport_socket"):
             tls = tls_pb2.DownstreamTlsContext()
             if chain.transport_socket.typed_config.Unpack(tls):
                 secrets.update(
                     s.name for s in tls.common_tls_context.tls_certificate_sds_secret_configs
                 )
-    return routes, secrets
+    return routes, secrets, extensions
 
 
 def _content_hash(items: Mapping[str, any_pb2.Any]) -> str:
