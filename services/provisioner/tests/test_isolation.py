@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +24,9 @@ from sluice.common.isolation import (
     user_name,
 )
 from sluice.common.resources import OnlineDeploymentSpec
+from sluice.provisioner.local import LocalBackend
 from sluice.testing.plugin import traversable_dir
+from sluice.testing.wait import wait_for
 
 
 def mode(path: Path) -> int:
@@ -152,3 +157,40 @@ def test_app_insights_enabled_traces_one_deployment(tmp_path: Path) -> None:
     argv = on._tracing_argv(spec)
     assert argv[argv.index("--trace-sampling-ratio") + 1] == "0.5"
     assert argv[argv.index("--trace-otlp-endpoint") + 1] == "http://c:4317"
+
+
+PTH = "import os; open({drop!r}, 'w').write(str(os.getuid()))\n"
+
+
+@pytest.mark.integration  # starts spares
+@pytest.mark.skipif(os.geteuid() != 0, reason="spares start as the platform's user: root")
+@pytest.mark.parametrize("requirements", ["", "evil==1\n"])
+def test_as_root_no_spare_imports_a_deployers_packages(requirements: str, tmp_path: Path) -> None:
+    """A spare starts as root and imports from its environment (a `.pth` file runs at start):
+    an environment with a deployer's packages gets none, its instances start cold as their
+    deployment's user; the platform's stand-in (no requirement) keeps its spare."""
+    venv = tmp_path / "env"
+    subprocess.run(
+        [uv_binary(), "venv", "--quiet", "--python", sys.executable, str(venv)], check=True
+    )
+    drop = tmp_path / "ran-as"
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    (site / "zz_evil.pth").write_text(PTH.format(drop=str(drop)))
+    (venv / ".ready").write_text(requirements)
+    backend = LocalBackend(tmp_path / "instances", state_dir=tmp_path)
+    try:
+        backend.warm_up(str(venv / "bin" / "python"))
+        if requirements:
+            assert backend._spares.take(str(venv / "bin" / "python")) is None
+            assert not drop.exists()
+        else:  # the control: a spare started, as root, and ran the environment's .pth
+            wait_for(drop.exists, "the spare to start", deadline=60)
+            assert drop.read_text() == "0"
+    finally:
+        asyncio.run(backend.close())
+
+
+def uv_binary() -> str:
+    from uv import find_uv_bin
+
+    return str(find_uv_bin())

@@ -36,6 +36,7 @@ from sluice.common.isolation import (
     collector_folder,
     harden_state_dir,
     instance_env,
+    isolating,
     make_private_dir,
     private_copy,
     reachable_by_others,
@@ -221,8 +222,9 @@ class SparePool:
 
     def replenish(self, python: str) -> None:
         """Start a spare for `python` unless one is waiting (or it is of another Python minor:
-        a spare runs the platform's own code, which only the platform's minor can import)."""
-        if not platform_minor(python):
+        a spare runs the platform's own code, which only the platform's minor can import; or,
+        as root, of an environment holding a deployer's packages: see `spare_is_safe`)."""
+        if not platform_minor(python) or not spare_is_safe(python):
             return
         current = self._spares.get(python)
         if current is not None and current.poll() is None:
@@ -248,6 +250,20 @@ class SparePool:
             if spare.poll() is None:
                 spare.kill()
         self._spares.clear()
+
+
+def spare_is_safe(python: str) -> bool:
+    """Whether a spare of `python` may start as the platform's user. As root a spare starts
+    as root (it drops to its deployment's user only when it becomes an instance) and imports
+    numpy, scikit-learn, ... from its environment first, running any `.pth` file there: an
+    environment built from a deployer's requirements (a wheel URL, a package of theirs)
+    would run their code as root. So as root only environments without a deployer's packages
+    (the platform's interpreter, or its stand-in: `.ready` lists no requirement) get spares;
+    the others' instances start cold, as their deployment's user."""
+    if not isolating():
+        return True
+    ready = Path(python).parent.parent / ".ready"
+    return not ready.is_file() or not ready.read_text().strip()
 
 
 class LocalBackend:
