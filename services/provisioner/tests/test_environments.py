@@ -234,24 +234,29 @@ def test_a_platform_in_a_private_folder_is_named_before_any_deployment_starts(
 BACKEND = """
 import json, os
 # Runs when the installer loads the build backend, as a package's setup.py would.
-try:
-    with open({secret!r}) as f:
-        secret = f.read()
-except OSError as exc:
-    secret = type(exc).__name__
+def attempt(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError as exc:
+        return type(exc).__name__
+seen = {{"env": dict(os.environ), "uid": os.getuid()}}
+seen |= {{"secret": attempt({secret!r}), "public": attempt({public!r})}}
 with open({dump!r}, "w") as out:
-    json.dump({{"env": dict(os.environ), "uid": os.getuid(), "secret": secret}}, out)
+    json.dump(seen, out)
 """
 
 
 @pytest.mark.integration  # runs uv
+@pytest.mark.parametrize("landlock", [False, True])
 def test_a_packages_build_code_sees_none_of_the_platforms_secrets(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, landlock: bool
 ) -> None:
     """A deployer's requirement may be a project whose build backend runs their code: it
     must not find the admin token, the secret key or the database URI in its environment,
     nor, as root, run as root: it runs as a user made for the build, which cannot read the
-    platform's files, and the environment it leaves is root's (others share it)."""
+    platform's files, and the environment it leaves is root's (others share it). With
+    SLUICE_LANDLOCK (compose, Kubernetes: one uid) it reads no file outside its sandbox."""
     secrets = {
         "SLUICE_ADMIN_TOKEN": "admin-token-value",
         "SLUICE_SECRET_KEY": "secret-key-value",
@@ -264,10 +269,9 @@ def test_a_packages_build_code_sees_none_of_the_platforms_secrets(
         secret = folder / "admin-token"  # as the state directory's: the platform's, 0600
         secret.write_text("platform-secret")
         secret.chmod(0o600)
-        drop = folder / "drop"  # where the backend may write what it saw
-        drop.mkdir()
-        drop.chmod(0o777)
-        dump = drop / "seen.json"
+        public = folder / "readable-by-all.txt"  # e.g. the service's NATS password, same uid
+        public.write_text("outside the sandbox")
+        public.chmod(0o644)
         project = folder / "evil"
         project.mkdir()
         project.chmod(0o755)
@@ -275,16 +279,19 @@ def test_a_packages_build_code_sees_none_of_the_platforms_secrets(
             '[project]\nname = "evil"\nversion = "1"\n'
             '[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n'
         )
-        (project / "backend.py").write_text(BACKEND.format(dump=str(dump), secret=str(secret)))
-        for file in project.iterdir():
-            file.chmod(0o644)
         envs = folder / "envs"
-        builder = EnvironmentBuilder(envs)
+        builder = EnvironmentBuilder(envs, landlock=landlock)
         # As root an interpreter the build's user can run, as resolve() chooses.
         usable, _ = interpreters.for_deployment_users(
             interpreters.platform_interpreter(), builder.interpreters
         )
         resolved = ResolvedEnvironment((str(project),), usable)
+        dump = envs / resolved.key / "seen.json"  # the environment's folder: the build's own
+        (project / "backend.py").write_text(
+            BACKEND.format(dump=str(dump), secret=str(secret), public=str(public))
+        )
+        for file in project.iterdir():
+            file.chmod(0o644)
         with pytest.raises(EnvironmentError_):  # the backend has no hooks: the build fails
             asyncio.run(builder._build(envs / resolved.key, resolved))
         seen = json.loads(dump.read_text())  # the backend ran
@@ -294,6 +301,7 @@ def test_a_packages_build_code_sees_none_of_the_platforms_secrets(
     assert "PATH" in seen["env"] and "HOME" in seen["env"]
     leaked = {name for name, value in seen["env"].items() if value in secrets.values()}
     assert not leaked and not any(n.startswith("SLUICE_") for n in seen["env"]), sorted(seen)
+    assert seen["public"] == ("PermissionError" if landlock else "outside the sandbox")
     if os.geteuid() != 0:
         return
     assert seen["uid"] != 0 and seen["secret"] == "PermissionError"

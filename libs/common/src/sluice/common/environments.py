@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -46,7 +47,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
-from sluice.common import interpreters
+from sluice.common import confine, interpreters
 from sluice.common.conda import CondaSpecError, parse_conda_file
 from sluice.common.curated import CuratedCatalogue
 from sluice.common.interpreters import Interpreter
@@ -209,6 +210,14 @@ def build_env(environ: Mapping[str, str]) -> dict[str, str]:
     }
 
 
+def build_sandbox(resolved: ResolvedEnvironment, venv: Path, home: Path) -> dict[str, list[str]]:
+    """A sandboxed build reads the interpreter, the platform (uv, the inference server's
+    sources) and the folders its requirements name, and writes the environment and its HOME."""
+    local = {r for r in resolved.requirements if Path(r).exists()}
+    read = confine.platform_paths(resolved.interpreter.path) | local
+    return {"read": sorted(read), "write": [str(venv), str(home)]}
+
+
 def _uv() -> str:
     try:
         from uv import find_uv_bin  # the `uv` package ships the binary
@@ -224,8 +233,14 @@ def _uv() -> str:
 class EnvironmentBuilder:
     """Builds and caches virtualenvs under `root`, one per distinct requirement set."""
 
-    def __init__(self, root: Path, available: Sequence[Interpreter] | None = None):
+    def __init__(
+        self, root: Path, available: Sequence[Interpreter] | None = None, *, landlock: bool = False
+    ):
         self.root = root
+        # compose and Kubernetes (SLUICE_LANDLOCK): builds run in a Landlock sandbox that
+        # reaches the interpreter, the platform, the environment's folder and a HOME and uv
+        # cache of the build's own (sluice.common.confine), not the service's other files.
+        self._landlock = landlock
         self._locks: dict[str, asyncio.Lock] = {}
         self._available = available
 
@@ -269,11 +284,14 @@ class EnvironmentBuilder:
             out.write("requirements:\n" + "".join(f"  {r}\n" for r in resolved.requirements))
         log.info("environment_building", key=resolved.key, requirements=resolved.requirements)
         builder = account_for("build", resolved.key) if isolating() else None
+        sandboxed = self._landlock
         try:
-            await self._install(venv, resolved, log_path, builder)
+            await self._install(venv, resolved, log_path, builder, sandboxed)
         finally:
             if builder is not None:
                 await asyncio.to_thread(self._end_build, venv, resolved.key, builder)
+            else:
+                shutil.rmtree(self._build_home(resolved.key), ignore_errors=True)
         if not resolved.foreign:
             self._link_platform(venv)
         (venv / ".ready").write_text("\n".join(resolved.requirements) + "\n")
@@ -282,11 +300,15 @@ class EnvironmentBuilder:
     def _build_home(self, key: str) -> Path:
         return self.root / f".build-{key}"
 
-    def _start_build(self, venv: Path, key: str, builder: Account) -> Path:
-        """The build's HOME, and `venv` (empty), both its user's."""
-        home = make_private_dir(self._build_home(key), builder)
+    def _start_build(self, venv: Path, key: str, builder: Account | None) -> Path:
+        """The build's HOME, and `venv` (empty), both its user's (`builder`, else ours)."""
+        home = self._build_home(key)
+        shutil.rmtree(home, ignore_errors=True)
+        home.mkdir(mode=0o700, parents=True)
         venv.mkdir(mode=0o755)
-        os.chown(venv, builder.uid, builder.gid)
+        if builder is not None:
+            make_private_dir(home, builder)
+            os.chown(venv, builder.uid, builder.gid)
         return home
 
     def _end_build(self, venv: Path, key: str, builder: Account) -> None:
@@ -297,14 +319,32 @@ class EnvironmentBuilder:
         remove_account("build", key)
 
     async def _install(
-        self, venv: Path, resolved: ResolvedEnvironment, log_path: Path, builder: Account | None
+        self,
+        venv: Path,
+        resolved: ResolvedEnvironment,
+        log_path: Path,
+        builder: Account | None,
+        sandboxed: bool = False,
     ) -> None:
         """uv venv, then uv pip install: as `builder` when given, in a HOME (and uv cache) of
-        its own, into `venv` made its own beforehand."""
+        its own, into `venv` made its own beforehand; likewise in a Landlock sandbox when
+        `sandboxed` (reading the interpreter, the platform and local requirements' folders)."""
         home = None
+        sandbox: dict[str, list[str]] | None = None
         if builder is not None:
             home = await asyncio.to_thread(self._start_build, venv, resolved.key, builder)
-        run = functools.partial(self._run, log_path=log_path, builder=builder, home=home)
+        elif sandboxed:
+            home = await asyncio.to_thread(self._start_build, venv, resolved.key, None)
+        if home is not None and sandboxed:
+            sandbox = await asyncio.to_thread(build_sandbox, resolved, venv, home)
+        run = functools.partial(
+            self._run,
+            log_path=log_path,
+            builder=builder,
+            home=home,
+            sandbox=sandbox,
+            python=resolved.interpreter.path,
+        )
         uv = _uv()
         await run(
             [
@@ -331,15 +371,29 @@ class EnvironmentBuilder:
 
     @staticmethod
     async def _run(
-        argv: list[str], log_path: Path, builder: Account | None = None, home: Path | None = None
+        argv: list[str],
+        log_path: Path,
+        builder: Account | None = None,
+        home: Path | None = None,
+        sandbox: dict[str, list[str]] | None = None,
+        python: str = sys.executable,
     ) -> None:
+        """`argv` with the installer's environment; with `sandbox`, through the Landlock
+        launcher run by `python` (an interpreter the build's user can run)."""
         env = build_env(os.environ)
         user: dict[str, Any] = {}
-        if builder is not None and home is not None:  # its own HOME, temporary files and cache
+        if home is not None:  # its own HOME, temporary files and cache
             env |= {"HOME": str(home), "TMPDIR": str(home), "UV_CACHE_DIR": str(home / "uv")}
-            user = {"user": builder.uid, "group": builder.gid, "extra_groups": [], "cwd": home}
+            user = {"cwd": home}
+        if builder is not None:
+            user |= {"user": builder.uid, "group": builder.gid, "extra_groups": []}
+        shown = argv
+        if sandbox is not None:  # the launcher reads the sandbox and the command on stdin
+            spec = {**sandbox, "argv": argv, "read": [*sandbox["read"], argv[0]]}
+            user["input"] = json.dumps(spec).encode()
+            argv = confine.command(python)
         with log_path.open("a") as out:
-            out.write("$ " + " ".join(argv) + "\n")
+            out.write("$ " + " ".join(shown) + "\n")
             out.flush()
             # A thread, not asyncio's subprocesses: uvloop's do not take user and group.
             run = functools.partial(
@@ -349,7 +403,7 @@ class EnvironmentBuilder:
         if code != 0:
             tail = log_path.read_text().splitlines()[-15:]  # noqa: ASYNC240 - a small log, once
             raise EnvironmentError_(
-                f"environment build failed ({Path(argv[0]).name} exited {code}):\n"
+                f"environment build failed ({Path(shown[0]).name} exited {code}):\n"
                 + "\n".join(tail)
             )
 

@@ -123,7 +123,9 @@ async def serve(settings: Settings) -> None:
             subject_prefix=batch_prefix(settings),
             state_dir=state_dir,
             jobs_dir=state_dir / "jobs",
-            environments=EnvironmentBuilder((settings.envs_dir or state_dir / "envs").absolute()),
+            environments=EnvironmentBuilder(
+                (settings.envs_dir or state_dir / "envs").absolute(), landlock=settings.landlock
+            ),
             artifacts=ArtifactStore(state_dir / "artifacts"),
             catalogue=Catalogue.load(),
             spares=spares,

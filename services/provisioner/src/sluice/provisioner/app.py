@@ -84,7 +84,9 @@ async def serve(settings: Settings) -> None:
             broker, stream=settings.events_stream, subject_prefix=settings.events_subject_prefix
         )
         db = database(mongo, settings)
-        environments = EnvironmentBuilder((settings.envs_dir or state_dir / "envs").absolute())
+        environments = EnvironmentBuilder(
+            (settings.envs_dir or state_dir / "envs").absolute(), landlock=settings.landlock
+        )
         publisher = EventPublisher(
             broker,
             source=SOURCE,
