@@ -304,7 +304,7 @@ VARIANTS: dict[str, Variant] = {
     "+access log (fluentd to a live receiver)": Variant(None, access_log=True),
     # An endpoint mirrors (0% here: no copies), so the router has its upstream log: as
     # every gateway with the access log had until 2026-11-26 17:30.
-    "+access log, an endpoint mirrors": Variant(None, access_log=True, mirrors=True),
+    "+access log while an endpoint mirrors": Variant(None, access_log=True, mirrors=True),
     "-buffer": Variant(drop_filter(BUFFER)),
     "-jwt_authn": Variant(drop_filter(JWT_FILTER)),
     "-key_hash (rbac on raw key)": Variant(rbac_on_raw_key),
