@@ -6,13 +6,16 @@ import dataclasses
 import os
 import resource
 import socket
+import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import psutil
 import pytest
 
+from sluice.common import supervisor
 from sluice.common.health import TcpCheck
 from sluice.common.supervisor import (
     ComponentError,
@@ -24,6 +27,10 @@ from sluice.common.supervisor import (
     stop_process,
 )
 from sluice.testing.wait import wait_for
+
+OTHER_RUN = (
+    "from sluice.common.supervisor import free_port; print(*(free_port() for _ in range(300)))"
+)
 
 # A tiny TCP server: the stand-in child process for these tests (not one of our components).
 SERVER = textwrap.dedent(
@@ -227,6 +234,35 @@ def test_free_ports_are_below_the_range_outgoing_connections_take() -> None:
     assert all(10000 <= port < low for port in ports)
     with socket.socket() as server:
         server.bind(("127.0.0.1", ports[0]))  # and it can be listened on
+
+
+@pytest.mark.integration  # starts a process
+def test_a_port_another_process_handed_out_is_not_handed_out_again() -> None:
+    """Two test runs side by side: a port one handed out (for a server that binds it only
+    later) is not handed out by the other. Without the shared reservations ~4 of 300 ports
+    would be the same here."""
+    other = subprocess.run(
+        [sys.executable, "-c", OTHER_RUN],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    theirs = {int(port) for port in other.stdout.split()}
+    assert len(theirs) == 300
+    ours = {free_port() for _ in range(300)}
+    assert ours.isdisjoint(theirs)
+
+
+def test_an_old_reservation_does_not_hold_its_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    held, old = free_port(), free_port()
+    for port in (held, old):
+        supervisor._handed_out.discard(port)  # as if another process had handed them out
+    stale = time.time() - supervisor.RESERVED_FOR_S - 60
+    os.utime(supervisor.RESERVED_DIR / str(old), (stale, stale))
+    picks = iter([held, old])
+    monkeypatch.setattr(supervisor.random, "randrange", lambda *_: next(picks))
+    assert free_port() == old
 
 
 @pytest.mark.integration  # starts a process

@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -127,6 +128,31 @@ def port_in_use(host: str, port: int) -> bool:
 
 LISTEN_PORTS_FROM = 10000  # free_port's range starts here and ends below the ephemeral one
 _handed_out: set[int] = set()  # by this process, not handed out twice
+# Ports handed out by any process of this user recently (a file per port): another process
+# (a second test run, `sluice up` beside it) must not take a port handed out for a server
+# that binds it only later (seen: a metrics service's access-log port, given to Envoy at the
+# start of a test session and bound by the service minutes later, taken meanwhile by a
+# server of a parallel test run: "exited with code 1 during start-up").
+RESERVED_DIR = Path(tempfile.gettempdir()) / f"sluice-ports-{os.getuid()}"
+RESERVED_FOR_S = 1800.0
+
+
+def _reserve(port: int) -> bool:
+    """Whether `port` was free of other processes' recent reservations; it is ours now."""
+    try:
+        RESERVED_DIR.mkdir(mode=0o700, exist_ok=True)
+        marker = RESERVED_DIR / str(port)
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        except FileExistsError:
+            if time.time() - marker.stat().st_mtime < RESERVED_FOR_S:
+                return False
+            os.utime(marker)  # an old reservation: its server is long bound, or gone
+            return True
+        os.close(fd)
+    except OSError:
+        return True  # no shared folder (read-only /tmp...): this process's own set only
+    return True
 
 
 def _ephemeral_low() -> int:
@@ -160,7 +186,8 @@ def free_port(host: str = "127.0.0.1") -> int:
             except OSError:
                 continue
         _handed_out.add(port)
-        return port
+        if _reserve(port):
+            return port
     raise OSError(f"no free port between {LISTEN_PORTS_FROM} and {high} on {host}")
 
 

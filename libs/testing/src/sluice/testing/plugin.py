@@ -47,7 +47,13 @@ from sluice.common.pki import PlatformPki
 from sluice.common.platform import LocalPlatform, PlatformState
 from sluice.common.settings import EnvoySettings, ServicePorts, Settings
 from sluice.common.settings import service_env as settings_service_env
-from sluice.common.supervisor import RunningProcess, Supervisor, free_port, stop_process
+from sluice.common.supervisor import (
+    ComponentError,
+    RunningProcess,
+    Supervisor,
+    free_port,
+    stop_process,
+)
 
 SERVER_FIXTURES = {
     "nats_url",
@@ -64,6 +70,25 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
+
+
+LOG_TAIL_LINES = 40
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A component that failed to start: the end of its log goes into the report, which
+    outlives the test's temporary folder (pytest keeps only the last few)."""
+    outcome = yield
+    error = call.excinfo.value if call.excinfo is not None else None
+    if isinstance(error, ComponentError) and error.log_path is not None:
+        try:
+            lines = error.log_path.read_text(errors="replace").splitlines()
+        except OSError as exc:
+            lines = [f"(the log could not be read: {exc})"]
+        report = outcome.get_result()  # type: ignore[attr-defined]  # pluggy's Result
+        tail = "\n".join(lines[-LOG_TAIL_LINES:])
+        report.sections.append((f"end of {error.component}'s log ({error.log_path})", tail))
 
 
 @pytest.fixture(autouse=True)
