@@ -7,10 +7,13 @@ without tracing flags no span file appears."""
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from sluice.common.supervisor import Supervisor
 from sluice.common.trace_files import read_spans, trace_spans, tree_lines
@@ -105,3 +108,51 @@ def test_no_tracing_flags_no_spans(supervisor: Supervisor, tmp_path: Path) -> No
     reply = server.post('{"x": 1}', headers={"traceparent": PARENT})
     assert reply.status == 200 and "traceparent" not in reply.headers
     assert '"request"' not in server.log()
+
+
+class Collector(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[misc]
+    """An OTLP/gRPC trace collector (what Jaeger, Tempo or an OpenTelemetry Collector
+    answer): keeps the spans it is sent, with their service's name."""
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[str, str]] = []  # (service.name, span name)
+
+    def Export(  # noqa: N802 - the proto's method name
+        self, request: trace_service_pb2.ExportTraceServiceRequest, context: object
+    ) -> trace_service_pb2.ExportTraceServiceResponse:
+        for resource_spans in request.resource_spans:
+            attributes = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
+            for scope in resource_spans.scope_spans:
+                self.spans += [(attributes.get("service.name", ""), s.name) for s in scope.spans]
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+
+def test_spans_reach_an_otlp_collector(supervisor: Supervisor, tmp_path: Path) -> None:
+    """`--trace-otlp-endpoint`: the spans go to a collector over OTLP/gRPC (the exporter's
+    generated protos must be opentelemetry-proto's: xds-protos ships older copies of the
+    same files, and an install where those won failed at import)."""
+    collector = Collector()
+    server = grpc.server(ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        code = write_script(tmp_path / "code", SCRIPT)
+        endpoint = f"http://127.0.0.1:{port}"
+        traced = start_server(
+            supervisor,
+            "otlp",
+            code=code,
+            extra=["--trace-otlp-endpoint", endpoint, "--trace-sampling-ratio", "1"],
+            scope=("ep", "blue"),
+        )
+        assert traced.post('{"x": 1}', headers={"traceparent": PARENT}).status == 200
+        # The SDK's batch processor sends every 5 s.
+        wait_until(
+            lambda: {"init", "run"} <= {name for _, name in collector.spans},
+            "init's and run()'s spans at the collector",
+            timeout=30,
+        )
+        assert {service for service, _ in collector.spans} == {"sluice-inference"}
+    finally:
+        server.stop(grace=None)
