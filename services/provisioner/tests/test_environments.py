@@ -119,12 +119,16 @@ def test_the_server_installs_from_this_checkout() -> None:
 
 
 def _other_minor() -> Interpreter | None:
+    """The newest Python of another minor; as root, one the build user may run if any."""
     platform = interpreters.platform_interpreter()
     others = [
         i
         for i in interpreters.discover()
         if i.minor != platform.minor and i.version >= interpreters.SERVER_MINIMUM
     ]
+    shared = [i for i in others if interpreters.runnable_by_others(i.path)]
+    if os.geteuid() == 0 and shared:
+        others = shared
     return max(others, key=lambda i: i.version) if others else None
 
 
