@@ -430,3 +430,41 @@ def test_landlocked_instances_serve_and_reach_only_their_own_files(
     assert len(predictions) == 2 and seen == "refused"
     log = next((provisioner.settings.state_dir / "instances").rglob(f"{instance.id}.log"))
     assert "confined with Landlock" in log.read_text()
+
+
+def test_egress_disabled_keeps_a_deployments_code_off_the_network(
+    provisioner: RunningService,
+    registry: RunningService,
+    client: RegistryClient,
+    trained_examples: Path,
+) -> None:
+    """`egress_public_network_access: disabled` (Azure's field): the instance starts cold
+    under confine.py's network rules, serves on its own port, and its score.py cannot open a
+    TCP connection, here to the registry's gRPC port on loopback. The control: the same
+    script in a deployment with egress enabled (the default) connects."""
+    host, port = registry.address.rsplit(":", 1)
+    script = trained_examples / "online/model-1/onlinescoring/score.py"
+    script.write_text(
+        script.read_text()
+        + "\n\nimport socket\n_scored = run\n\n\ndef run(raw):\n"
+        + "    try:\n"
+        + f"        socket.create_connection(({host!r}, {port}), timeout=5).close()\n"
+        + "        seen = 'connected'\n"
+        + "    except OSError as exc:\n"
+        + "        seen = type(exc).__name__\n"
+        + "    return [*_scored(raw), seen]\n"
+    )
+    deploy(client, trained_examples, "blue", ("egress_public_network_access=disabled",))
+    deploy(client, trained_examples, "green")
+    for name, expected in (("blue", "PermissionError"), ("green", "connected")):
+        doc = wait_for(lambda n=name: settled(client, n), f"{name} to settle", deadline=180)
+        assert doc.meta.provisioning_state is ProvisioningState.succeeded, doc.meta.status_message
+        (instance,) = doc.instances
+        *predictions, seen = score(provisioner, instance.address, name)
+        assert len(predictions) == 2 and seen == expected, name
+    assert state(client, "blue").spec.egress_public_network_access == "disabled"
+    log = next((provisioner.settings.state_dir / "instances").rglob(f"{instance.id}.log"))
+    blue = state(client, "blue").instances[0]
+    blue_log = next((provisioner.settings.state_dir / "instances").rglob(f"{blue.id}.log"))
+    assert f"TCP bind [{blue.address.rsplit(':', 1)[1]}], connect []" in blue_log.read_text()
+    assert "confined with Landlock" not in log.read_text()  # green: no sandbox at all

@@ -308,3 +308,24 @@ def test_a_link_in_the_yaml_folder_leading_out_of_it_is_refused(tmp_path: Path) 
     spec = load_online_deployment(deployment("../secrets", code="inside"), recording_upload).spec
     assert spec.model.artifact is not None
     assert uploaded == [secrets.resolve(), (project / "src").resolve()]
+
+
+def test_egress_public_network_access_is_read_in_any_case_and_kept_by_updates(
+    tmp_path: Path,
+) -> None:
+    from sluice.sdk.specs import edit_online_deployment
+
+    def load(line: str) -> str:
+        path = write(tmp_path, f"name: b\nendpoint_name: ep\n{line}")
+        return load_online_deployment(path, fake_upload).spec.egress_public_network_access
+
+    assert load("") == "enabled"  # Azure's default
+    assert load("egress_public_network_access: Disabled\n") == "disabled"
+    assert load("egress_public_network_access: enabled\n") == "enabled"
+    with pytest.raises(SpecError, match="egress_public_network_access must be enabled or dis"):
+        load("egress_public_network_access: sometimes\n")
+    path = write(tmp_path, "name: b\nendpoint_name: ep\negress_public_network_access: disabled\n")
+    current = load_online_deployment(path, fake_upload).spec
+    assert edit_online_deployment(current, ["instance_count=2"]).spec.egress_disabled
+    edited = edit_online_deployment(current, ["egress_public_network_access=enabled"]).spec
+    assert not edited.egress_disabled

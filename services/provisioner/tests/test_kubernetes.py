@@ -227,3 +227,23 @@ def test_switching_off_autoscaling_renders_no_autoscaler_and_a_replica_count() -
     objects = render(doc(), ClusterSettings())
     assert [o["kind"] for o in objects] == ["Deployment", "Service", "NetworkPolicy"]
     assert objects[0]["spec"]["replicas"] == 3
+
+
+def test_egress_disabled_adds_an_egress_policy_open_only_to_the_trace_collector() -> None:
+    """`egress_public_network_access: disabled`: the pod's NetworkPolicy also governs egress,
+    with no rule (nowhere), or, when it exports spans, the collector's port and DNS. Enabled
+    (the default), egress is not governed, as before."""
+    traced = ClusterSettings(tracing=True, otlp_endpoint="http://otel-collector:4317")
+    for settings, expected in (
+        (ClusterSettings(), []),
+        (traced, [{"protocol": "TCP", "port": 4317}, {"protocol": "UDP", "port": 53}]),
+    ):
+        objects = render(doc(egress_public_network_access="disabled"), settings, "secret")
+        for obj in objects:
+            kubernetes_validate.validate(obj, kubernetes_validate.latest_version(), strict=True)
+        policy = next(o for o in objects if o["kind"] == "NetworkPolicy")["spec"]
+        assert policy["policyTypes"] == ["Ingress", "Egress"]
+        ports = [p for rule in policy["egress"] for p in rule["ports"]]
+        assert ports[:2] == expected
+    default = next(o for o in render(doc(), traced, "secret") if o["kind"] == "NetworkPolicy")
+    assert default["spec"]["policyTypes"] == ["Ingress"] and "egress" not in default["spec"]

@@ -81,6 +81,7 @@ def test_online_deployment_round_trips() -> None:
         data_collector=DataCollector(
             collections={"model_inputs": DataCollection(enabled=True)}, sampling_rate=0.5
         ),
+        egress_public_network_access="disabled",
     )
     doc = OnlineDeployment(spec=spec, meta=Meta(provisioning_state=ProvisioningState.succeeded))
     resource = arm.online_deployment(doc)
@@ -94,6 +95,7 @@ def test_online_deployment_round_trips() -> None:
     assert props["endpointComputeType"] == "Kubernetes"
     assert props["provisioningState"] == "Succeeded"
     assert props["dataCollector"]["collections"]["model_inputs"]["dataCollectionMode"] == "Enabled"
+    assert props["egressPublicNetworkAccess"] == "Disabled"  # ARM's casing
     parsed = json_format.ParseDict(out, ws.OnlineDeploymentTrackedResource())
     assert arm.online_deployment_spec("ep1", "blue", parsed) == spec
 

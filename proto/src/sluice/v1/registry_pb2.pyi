@@ -791,6 +791,7 @@ class OnlineDeploymentSpec(_message.Message):
     RESOURCES_FIELD_NUMBER: _builtins.int
     APP_INSIGHTS_ENABLED_FIELD_NUMBER: _builtins.int
     DATA_COLLECTOR_FIELD_NUMBER: _builtins.int
+    EGRESS_PUBLIC_NETWORK_ACCESS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     endpoint_name: _builtins.str
     description: _builtins.str
@@ -798,6 +799,8 @@ class OnlineDeploymentSpec(_message.Message):
     instance_type: _builtins.str
     instance_count: _builtins.int
     app_insights_enabled: _builtins.bool
+    egress_public_network_access: _builtins.str
+    """Azure's "enabled" (the default, also when empty) or "disabled": no outbound connection."""
     @_builtins.property
     def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -841,10 +844,11 @@ class OnlineDeploymentSpec(_message.Message):
         resources: Global___ResourceRequirements | None = ...,
         app_insights_enabled: _builtins.bool = ...,
         data_collector: Global___DataCollector | None = ...,
+        egress_public_network_access: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["code_configuration", b"code_configuration", "data_collector", b"data_collector", "environment", b"environment", "liveness_probe", b"liveness_probe", "model", b"model", "readiness_probe", b"readiness_probe", "request_settings", b"request_settings", "resources", b"resources", "scale_settings", b"scale_settings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_insights_enabled", b"app_insights_enabled", "code_configuration", b"code_configuration", "data_collector", b"data_collector", "description", b"description", "endpoint_name", b"endpoint_name", "environment", b"environment", "environment_variables", b"environment_variables", "instance_count", b"instance_count", "instance_type", b"instance_type", "kind", b"kind", "liveness_probe", b"liveness_probe", "model", b"model", "name", b"name", "readiness_probe", b"readiness_probe", "request_settings", b"request_settings", "resources", b"resources", "scale_settings", b"scale_settings", "tags", b"tags"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_insights_enabled", b"app_insights_enabled", "code_configuration", b"code_configuration", "data_collector", b"data_collector", "description", b"description", "egress_public_network_access", b"egress_public_network_access", "endpoint_name", b"endpoint_name", "environment", b"environment", "environment_variables", b"environment_variables", "instance_count", b"instance_count", "instance_type", b"instance_type", "kind", b"kind", "liveness_probe", b"liveness_probe", "model", b"model", "name", b"name", "readiness_probe", b"readiness_probe", "request_settings", b"request_settings", "resources", b"resources", "scale_settings", b"scale_settings", "tags", b"tags"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

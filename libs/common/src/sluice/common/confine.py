@@ -21,7 +21,12 @@ This launcher does that, then execs the deployment's process:
   refused even though the uid owns them;
 - from ABI 6 on, no signal to a process outside the sandbox (the service,
   other deployments' processes) and no abstract Unix socket made outside it;
-  ptrace of processes outside it is refused from ABI 1 on.
+  ptrace of processes outside it is refused from ABI 1 on;
+- with "net" in the spec (ABI 4, Linux 6.7+): TCP bind only to the ports it
+  lists under "bind", TCP connect only to those under "connect" (an online
+  deployment with `egress_public_network_access: disabled`: its own port,
+  and the trace collector's when it exports spans). Landlock's network rules
+  name ports, not addresses, and leave UDP alone.
 
 It runs before anything the deployment controls: the environment's
 interpreter in isolated mode without `site` (`-I -S`: no PYTHON* variables,
@@ -32,7 +37,10 @@ job or instance rather than run it unconfined (SLUICE_LANDLOCK=true).
 
 The spec comes on stdin (as root the deployment's uid may not read the
 platform's files), JSON: {"read": [paths], "write": [paths], "argv": [the
-command]}; the environment is the deployment process's own.
+command], optionally "net": {"bind": [ports], "connect": [ports]}}; "read"
+null leaves files alone (network rules only: the local default, where
+deployments run as users of their own). The environment is the deployment
+process's own.
 """
 
 from __future__ import annotations
@@ -47,7 +55,9 @@ EXIT_NO_LANDLOCK = 3  # the batch runner's EXIT_INIT_FAILED: the job fails with 
 
 # <linux/landlock.h>
 CREATE_RULESET_VERSION = 1
-RULE_PATH_BENEATH = 1
+RULE_PATH_BENEATH, RULE_NET_PORT = 1, 2
+BIND_TCP, CONNECT_TCP = 1 << 0, 1 << 1  # ABI 4
+NET_ABI = 4
 EXECUTE, WRITE_FILE, READ_FILE, READ_DIR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
 REMOVE_DIR, REMOVE_FILE, MAKE_CHAR, MAKE_DIR = 1 << 4, 1 << 5, 1 << 6, 1 << 7
 MAKE_REG, MAKE_SOCK, MAKE_FIFO, MAKE_BLOCK, MAKE_SYM = 1 << 8, 1 << 9, 1 << 10, 1 << 11, 1 << 12
@@ -81,8 +91,17 @@ class PathBeneathAttr(ctypes.Structure):
     _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
 
 
+class NetPortAttr(ctypes.Structure):
+    _pack_ = 1
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("port", ctypes.c_uint64)]
+
+
 class LandlockUnavailable(OSError):
     """This kernel (or a seccomp filter) gives no Landlock."""
+
+
+class NoNetworkRules(LandlockUnavailable):
+    """This kernel's Landlock predates its network rules (ABI 4, Linux 6.7)."""
 
 
 def abi_version(libc: ctypes.CDLL) -> int:
@@ -105,22 +124,38 @@ def handled_rights(abi: int) -> int:
     return rights
 
 
-def restrict(read: list[str], write: list[str]) -> int:
+def restrict(
+    read: list[str] | None, write: list[str], net: dict[str, list[int]] | None = None
+) -> int:
     """Allow only `read` (read, list, execute) and `write` (anything but devices) from now
-    on, for this process and whatever it executes; returns the ABI version used."""
+    on, for this process and whatever it executes (`read` None: files are not restricted);
+    with `net`, TCP bind and connect only to the ports it lists. Returns the ABI version."""
     libc = ctypes.CDLL(None, use_errno=True)
     abi = abi_version(libc)
-    handled = handled_rights(abi)
-    attr = RulesetAttr(handled, 0, SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL if abi >= 6 else 0)
-    size = ctypes.sizeof(attr) if abi >= 6 else ctypes.sizeof(ctypes.c_uint64)
+    if net is not None and abi < NET_ABI:
+        raise NoNetworkRules(0, f"Landlock ABI {abi} has no network rules (ABI {NET_ABI})")
+    handled = handled_rights(abi) if read is not None else 0
+    handled_net = BIND_TCP | CONNECT_TCP if net is not None else 0
+    scoped = SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL if abi >= 6 and read is not None else 0
+    attr = RulesetAttr(handled, handled_net, scoped)
+    if abi >= 6:
+        size = ctypes.sizeof(attr)
+    elif abi >= NET_ABI:
+        size = RulesetAttr.scoped.offset
+    else:
+        size = ctypes.sizeof(ctypes.c_uint64)
     ruleset = int(libc.syscall(SYS_CREATE_RULESET, ctypes.byref(attr), size, 0))
     if ruleset < 0:
         err = ctypes.get_errno()
         raise LandlockUnavailable(err, f"landlock_create_ruleset: {os.strerror(err)}")
     try:
-        for paths, rights in ((read, READ), (write, WRITE)):
-            for path in paths:
-                _allow(libc, ruleset, path, rights & handled)
+        if read is not None:
+            for paths, rights in ((read, READ), (write, WRITE)):
+                for path in paths:
+                    _allow(libc, ruleset, path, rights & handled)
+        for key, right in (("bind", BIND_TCP), ("connect", CONNECT_TCP)):
+            for port in (net or {}).get(key, []):
+                _allow_port(libc, ruleset, int(port), right)
         if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
         if libc.syscall(SYS_RESTRICT_SELF, ruleset, 0) != 0:
@@ -129,6 +164,13 @@ def restrict(read: list[str], write: list[str]) -> int:
     finally:
         os.close(ruleset)
     return abi
+
+
+def _allow_port(libc: ctypes.CDLL, ruleset: int, port: int, right: int) -> None:
+    attr = NetPortAttr(right, port)
+    if libc.syscall(SYS_ADD_RULE, ruleset, RULE_NET_PORT, ctypes.byref(attr), 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"landlock_add_rule port {port}: {os.strerror(err)}")
 
 
 def _allow(libc: ctypes.CDLL, ruleset: int, path: str, rights: int) -> None:
@@ -168,22 +210,35 @@ def platform_paths(python: str) -> set[str]:
     return paths | set(interpreters.server_sources() or ())
 
 
+def refusal(exc: OSError, files: bool) -> str:
+    """Why the deployment's process does not start, and the ways out."""
+    if files and not isinstance(exc, NoNetworkRules):
+        return (
+            f"the deployment's process cannot be confined ({exc}); it would read the"
+            " platform's files. Run on a kernel with Landlock (Linux 5.13+, `landlock` in the"
+            " lsm= boot list), or set SLUICE_LANDLOCK=false to run deployment code unconfined"
+        )
+    return (
+        f"the deployment's process cannot be kept off the network ({exc}) as its"
+        " `egress_public_network_access: disabled` asks. Run on a kernel with Landlock's"
+        " network rules (Linux 6.7+), or set egress_public_network_access: enabled"
+    )
+
+
 def main() -> None:
     spec = json.loads(sys.stdin.buffer.read())
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
     try:
-        abi = restrict([*SYSTEM_READ, *spec["read"]], [*SYSTEM_WRITE, *spec["write"]])
+        read = None if spec["read"] is None else [*SYSTEM_READ, *spec["read"]]
+        abi = restrict(read, [*SYSTEM_WRITE, *spec["write"]], spec.get("net"))
     except OSError as exc:
-        print(
-            f"the deployment's process cannot be confined ({exc}); it would read the"
-            " platform's files. Run on a kernel with Landlock (Linux 5.13+, `landlock` in the"
-            " lsm= boot list), or set SLUICE_LANDLOCK=false to run deployment code unconfined",
-            flush=True,
-        )
+        print(refusal(exc, files=spec["read"] is not None), flush=True)
         sys.exit(EXIT_NO_LANDLOCK)
-    print(f"confined with Landlock (ABI {abi})", flush=True)
+    net = spec.get("net")
+    shown = f"; TCP bind {net.get('bind', [])}, connect {net.get('connect', [])}" if net else ""
+    print(f"confined with Landlock (ABI {abi}){shown}", flush=True)
     argv = spec["argv"]
     os.execve(argv[0], argv, os.environ)  # noqa: S606 - the worker, as the runner named it
 

@@ -66,6 +66,15 @@ class OutputAction(StrEnum):
     summary_only = "summary_only"
 
 
+def egress_access(value: object) -> str:
+    """Azure's `egress_public_network_access`, any case ("Disabled" in ARM's JSON)."""
+    if value == "":  # unset in a proto message
+        return "enabled"
+    if isinstance(value, str) and value.lower() in ("enabled", "disabled"):
+        return value.lower()
+    raise ValueError(f"egress_public_network_access must be enabled or disabled, got {value!r}")
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -233,6 +242,15 @@ class OnlineDeploymentSpec(_Model):
     resources: ResourceRequirements = ResourceRequirements()
     app_insights_enabled: bool = False
     data_collector: DataCollector = DataCollector()
+    # Azure's field: "disabled" keeps the deployment's code off the network (its instances
+    # may only serve; local backend: Landlock's TCP rules, Kubernetes: an egress policy).
+    egress_public_network_access: str = "enabled"
+
+    _egress = field_validator("egress_public_network_access", mode="before")(egress_access)
+
+    @property
+    def egress_disabled(self) -> bool:
+        return self.egress_public_network_access == "disabled"
 
 
 class BatchEndpointSpec(_Model):

@@ -22,6 +22,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
@@ -29,6 +30,7 @@ from opentelemetry import propagate, trace
 from sluice.common.settings import Settings
 
 TRACES = "traces"
+OTLP_GRPC_PORT = 4317
 # What a platform service instruments when it traces: its gRPC server and clients, MongoDB.
 SERVICE_INSTRUMENTATION = ("grpc_server", "grpc_client", "pymongo")
 _configured = False
@@ -40,6 +42,12 @@ def platform_folder(state_dir: Path) -> Path:
 
 def instance_folder(state_dir: Path, endpoint: str, deployment: str) -> Path:
     return state_dir / TRACES / "instances" / endpoint / deployment
+
+
+def otlp_port(endpoint: str) -> int:
+    """The TCP port of an OTLP/gRPC endpoint (`http://host:4317`, `host:4317`; 4317 if unsaid)."""
+    parts = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
+    return parts.port or OTLP_GRPC_PORT
 
 
 def configure_tracing(

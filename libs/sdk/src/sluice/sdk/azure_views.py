@@ -132,6 +132,7 @@ def online_deployment(doc: OnlineDeployment) -> dict[str, Any]:
         },
         "creation_context": _created(doc.meta),
         "description": spec.description,
+        "egress_public_network_access": spec.egress_public_network_access,
         "endpoint_name": spec.endpoint_name,
         "environment": environment_id(spec.environment),
         "environment_variables": dict(spec.environment_variables),

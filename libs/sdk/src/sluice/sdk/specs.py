@@ -39,6 +39,7 @@ from sluice.common.resources import (
     ResourceRequirements,
     RetrySettings,
     ScaleSettings,
+    egress_access,
 )
 from sluice.sdk import generic_update
 from sluice.sdk.generic_update import Edit, GenericUpdateError
@@ -51,7 +52,6 @@ AZURE_ONLY = frozenset(
     {
         "identity",
         "public_network_access",
-        "egress_public_network_access",
         "private_network_connection",
         "model_mount_path",
         "with_package",
@@ -348,6 +348,9 @@ class AzureOnlineDeployment(_Azure):
     resources: AzureResources = AzureResources()
     app_insights_enabled: bool = False
     data_collector: AzureDataCollector | None = None
+    egress_public_network_access: str = "enabled"
+
+    _egress = field_validator("egress_public_network_access", mode="before")(egress_access)
 
     @field_validator("environment_variables", mode="before")
     @classmethod
@@ -402,6 +405,7 @@ class AzureOnlineDeployment(_Azure):
             data_collector=self.data_collector.to_spec()
             if self.data_collector
             else DataCollector(),
+            egress_public_network_access=self.egress_public_network_access,
         )
 
 
@@ -754,6 +758,7 @@ def edit_online_deployment(
         },
         "resources": current.resources.model_dump(),
         "app_insights_enabled": current.app_insights_enabled,
+        "egress_public_network_access": current.egress_public_network_access,
     }
     if current.data_collector.collections:
         fields["data_collector"] = azure_data_collector(current.data_collector)

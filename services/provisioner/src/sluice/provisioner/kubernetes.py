@@ -32,7 +32,14 @@ from sluice.common import gateway_auth
 from sluice.common.autoscale.model import AutoscaleProfile, AutoscaleSetting
 from sluice.common.collected import collected_dir, collector_argv
 from sluice.common.log import get_logger
-from sluice.common.resources import ArtifactRef, Instance, OnlineDeploymentDoc, Probe
+from sluice.common.resources import (
+    ArtifactRef,
+    Instance,
+    OnlineDeploymentDoc,
+    OnlineDeploymentSpec,
+    Probe,
+)
+from sluice.common.tracing import otlp_port
 from sluice.provisioner.autoscale_counts import AutoscaleCounts
 from sluice.provisioner.compute import Observation
 from sluice.provisioner.kubernetes_autoscale import render_hpa
@@ -101,8 +108,9 @@ def render(
     non-root user with no privilege escalation, every capability dropped, a read-only root
     filesystem (scratch space in an emptyDir at /tmp), no service-account token and no
     service-link variables naming the platform's services; a NetworkPolicy lets only the
-    gateway's pods reach it; with `gateway_secret` a Secret of its own carries that secret
-    (sluice.common.gateway_auth) to the inference server. An autoscale setting
+    gateway's pods reach it (and, with `egress_public_network_access: disabled`, lets it
+    reach nothing but the trace collector); with `gateway_secret` a Secret of its own
+    carries that secret (sluice.common.gateway_auth) to the inference server. An autoscale setting
     (`autoscale`: it and its active profile) becomes the HorizontalPodAutoscaler
     (kubernetes_autoscale.py), in place of target_utilization's."""
     spec = doc.spec
@@ -238,7 +246,7 @@ def render(
             "ports": [{"name": "http", "port": INFERENCE_PORT, "targetPort": "http"}],
         },
     }
-    policy = {
+    policy: dict[str, Any] = {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
         "metadata": {"name": name, "namespace": cluster.namespace, "labels": labels},
@@ -255,6 +263,9 @@ def render(
             ],
         },
     }
+    if spec.egress_disabled:
+        policy["spec"]["policyTypes"].append("Egress")
+        policy["spec"]["egress"] = _egress_rules(cluster, spec)
     objects = [deployment, service, policy]
     scale = spec.scale_settings
     if autoscale is not None:
@@ -531,3 +542,19 @@ class KubernetesCompute:
         """Nothing to take over: the cluster keeps the pods running and the resync finds
         their deployments."""
         return []
+
+
+def _egress_rules(cluster: ClusterSettings, spec: OnlineDeploymentSpec) -> list[dict[str, Any]]:
+    """Where a pod with `egress_public_network_access: disabled` may connect: nowhere, or,
+    when it exports spans, the OTLP collector's port and DNS to find it."""
+    if not ((cluster.tracing or spec.app_insights_enabled) and cluster.otlp_endpoint):
+        return []
+    return [
+        {
+            "ports": [
+                {"protocol": "TCP", "port": otlp_port(cluster.otlp_endpoint)},
+                {"protocol": "UDP", "port": 53},
+                {"protocol": "TCP", "port": 53},
+            ]
+        }
+    ]

@@ -47,7 +47,7 @@ from sluice.common.isolation import (
 from sluice.common.resources import OnlineDeploymentSpec
 from sluice.common.settings import TracingSettings
 from sluice.common.supervisor import free_port
-from sluice.common.tracing import instance_folder
+from sluice.common.tracing import instance_folder, otlp_port
 from sluice.provisioner.store import ProcessRecord, RunningRecord
 
 STOP_GRACE_S = 5.0
@@ -396,7 +396,10 @@ class LocalBackend:
             secret = gateway_auth.secret_for(self._secret_key, spec.endpoint_name, spec.name)
             env[gateway_auth.ENV] = secret
         cwd = str(plan.code) if plan.code else str(plan.home)
-        process = None if self._landlock else self._spares.take(plan.python)
+        # A sandbox (files, network or both) must be in place before the deployment's code
+        # runs: such an instance starts cold, not from a spare that imported it already.
+        sandbox = self._sandbox(spec, plan, port)
+        process = None if sandbox else self._spares.take(plan.python)
         if process is not None:
             job: dict[str, object] = {"argv": argv, "env": env, "cwd": cwd, "log": str(log_path)}
             if account.switches:
@@ -410,8 +413,8 @@ class LocalBackend:
                 switch = {"user": account.uid, "group": account.gid, "extra_groups": []}
             command = [plan.python, "-m", "sluice.inference", *argv]
             payload = b""
-            if self._landlock:  # on stdin: the deployment's uid may not read our files
-                payload = json.dumps({**self._sandbox(spec, plan), "argv": command}).encode()
+            if sandbox:  # on stdin: the deployment's uid may not read our files
+                payload = json.dumps({**sandbox, "argv": command}).encode()
                 command = confine.command(plan.python)
             with log_path.open("ab") as out:
                 process = subprocess.Popen(
@@ -427,7 +430,7 @@ class LocalBackend:
             if process.stdin is not None:
                 with process.stdin, contextlib.suppress(BrokenPipeError):
                     process.stdin.write(payload)
-        if not self._landlock:
+        if not sandbox:
             self._spares.replenish(plan.python)
         return LocalInstance(
             id=instance_id,
@@ -443,18 +446,32 @@ class LocalBackend:
             workers=workers,
         )
 
-    def _sandbox(self, spec: OnlineDeploymentSpec, plan: InstancePlan) -> dict[str, list[str]]:
-        """What a sandboxed instance may reach (confine.py adds the system's folders): read
-        the platform, its environment and its model and code (the workspace's copies); write
-        its HOME and, when on, its data collector's and its traces' folders."""
-        assert plan.home is not None
-        copies = {str(path.parent) for path in (plan.model, plan.code) if path is not None}
-        write = [str(plan.home)]
-        if spec.data_collector.enabled:
-            write.append(str(collected_dir(self.state_dir, spec.endpoint_name, spec.name)))
-        if self._traced(spec) and self._tracing.local_files:
-            write.append(str(instance_folder(self.state_dir, spec.endpoint_name, spec.name)))
-        return {"read": sorted(confine.platform_paths(plan.python) | copies), "write": write}
+    def _sandbox(self, spec: OnlineDeploymentSpec, plan: InstancePlan, port: int) -> dict[str, Any]:
+        """confine.py's spec for this instance, empty when it runs unconfined.
+
+        With SLUICE_LANDLOCK (confine.py adds the system's folders): read the platform, its
+        environment and its model and code (the workspace's copies); write its HOME and,
+        when on, its data collector's and its traces' folders. With
+        `egress_public_network_access: disabled`: TCP bind to its own port only and connect
+        only to the trace collector (when it exports spans there), on either backend setting."""
+        sandbox: dict[str, Any] = {}
+        if self._landlock:
+            assert plan.home is not None
+            copies = {str(path.parent) for path in (plan.model, plan.code) if path is not None}
+            write = [str(plan.home)]
+            if spec.data_collector.enabled:
+                write.append(str(collected_dir(self.state_dir, spec.endpoint_name, spec.name)))
+            if self._traced(spec) and self._tracing.local_files:
+                write.append(str(instance_folder(self.state_dir, spec.endpoint_name, spec.name)))
+            read = sorted(confine.platform_paths(plan.python) | copies)
+            sandbox = {"read": read, "write": write}
+        if spec.egress_disabled:
+            connect = []
+            if self._traced(spec) and self._tracing.otlp_endpoint:
+                connect.append(otlp_port(self._tracing.otlp_endpoint))
+            sandbox = {"read": None, "write": [], **sandbox}
+            sandbox["net"] = {"bind": [port], "connect": connect}
+        return sandbox
 
     def _traced(self, spec: OnlineDeploymentSpec) -> bool:
         """Requests are traced when the platform traces or the deployment asks for it."""

@@ -368,7 +368,7 @@ def online_deployment(doc: OnlineDeployment) -> ws.OnlineDeploymentTrackedResour
             },
             rolling_rate=collector.rolling_rate.capitalize(),
         ),
-        egress_public_network_access="Enabled",
+        egress_public_network_access=spec.egress_public_network_access.capitalize(),
         provisioning_state=_deployment_state(doc.meta.provisioning_state),
         status_message=doc.meta.status_message,
         instances=[
@@ -446,6 +446,7 @@ def online_deployment_spec(
         "environment": _environment_in(props.environment_id, props.environment),
         "environment_variables": dict(props.environment_variables),
         "app_insights_enabled": props.app_insights_enabled,
+        "egress_public_network_access": props.egress_public_network_access,
         "liveness_probe": _probe_in(props.liveness_probe, "livenessProbe"),
         "readiness_probe": _probe_in(props.readiness_probe, "readinessProbe"),
         "data_collector": _data_collector_in(props.data_collector),
