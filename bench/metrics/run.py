@@ -370,8 +370,19 @@ def measure_access_log_cost(
         "Content-Type": "application/json",
     }
     url = "http://127.0.0.1:{}/score"
+    metrics_pid = _metrics_pid()
+    # BENCH_PIN=1 (the default on 2+ cores), as bench/traffic's pinned row: the model server
+    # alone on CPU 1; wrk, the gateways and the metrics service on CPU 0, where the log's
+    # cost (Envoy's and the metrics service's CPU) takes requests/s. Unpinned, the scheduler
+    # moved the same gateway's requests/s by up to 54% between rounds on a quiet machine.
+    load_cpus: set[int] | None = None
+    if os.environ.get("BENCH_PIN", "1") == "1" and len(os.sched_getaffinity(0)) >= 2:
+        load_cpus = {0}
+        pin_tree(inference.pid, {1})
+        for pid in (*envoys.values(), metrics_pid):
+            pin_tree(pid, load_cpus)
     for port in gateways.values():
-        traffic.wrk(url.format(port), 8, 2, headers)  # warm up
+        traffic.wrk(url.format(port), 8, 2, headers, load_cpus)  # warm up
     runs: dict[str, list[float]] = {name: [] for name in gateways}
     ratios: list[float] = []
     # CPU per request of the data plane (the gateway's Envoy, the model server and the
@@ -382,7 +393,6 @@ def measure_access_log_cost(
     envoy_us: dict[str, list[float]] = {name: [] for name in gateways}
     metrics_us: dict[str, list[float]] = {name: [] for name in gateways}
     cpu_ratios: list[float] = []
-    metrics_pid = _metrics_pid()
     rounds = int(os.environ.get("BENCH_METRICS_ROUNDS", "6"))
     for n in range(rounds):  # back to back, order alternating: the machine is shared
         order = ["plain", "logged"] if n % 2 == 0 else ["logged", "plain"]
@@ -390,7 +400,7 @@ def measure_access_log_cost(
         for name in order:
             pids = (envoys[name], inference.pid, metrics_pid)
             before = [_cpu_seconds(pid) for pid in pids]
-            got[name] = traffic.wrk(url.format(gateways[name]), 32, 5, headers)["rps"]
+            got[name] = traffic.wrk(url.format(gateways[name]), 32, 5, headers, load_cpus)["rps"]
             if name == "logged":
                 time.sleep(1.2)  # Envoy's last batch of the round (it sends every second)
             used = [_cpu_seconds(pid) - b for pid, b in zip(pids, before, strict=True)]
@@ -461,7 +471,12 @@ def main() -> None:
             query_rows += asyncio.run(measure_query(settings, address, restart))
             print("\n".join(query_rows), flush=True)
         if "--no-gateway" not in sys.argv:  # (run directly: python bench/metrics/run.py)
-            cost = ["", "| data plane (wrk c=32, 5 s rounds, order alternating) | req/s | |"]
+            pinned = os.environ.get("BENCH_PIN", "1") == "1" and len(os.sched_getaffinity(0)) >= 2
+            how = "model server on CPU 1, the rest on CPU 0" if pinned else "unpinned"
+            cost = [
+                "",
+                f"| data plane (wrk c=32, 5 s rounds, order alternating, {how}) | req/s | |",
+            ]
             cost += ["|---|---:|---|"]
             cost += measure_access_log_cost(sup, settings, Path(tmp), envoy_ports)
             print("\n".join(cost), flush=True)
