@@ -19,6 +19,7 @@ To weigh a change, run it here and with `PYTHONPATH=<other checkout>/services/in
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import asyncio
 import gc
 import statistics
@@ -68,11 +69,22 @@ class Sink:
         raise RuntimeError(f"the server closed the connection after {self.last!r}")
 
 
-async def build(work: Path) -> tuple[Connection, Sink]:
-    """The server as serve() composes it, with run() warmed up onto the event loop."""
+async def build(work: Path, trace_ratio: float | None = None) -> tuple[Connection, Sink]:
+    """The server as serve() composes it, with run() warmed up onto the event loop; with
+    `trace_ratio`, tracing requests at that ratio to JSON lines under `work`/traces."""
     config = ServerConfig(model=work / "model", code=work / "code", scoring_script="score.py")
     metrics = Metrics(CollectorRegistry())
     app = InferenceApp(metrics)
+    if trace_ratio is not None:
+        from sluice.common.log import configure_logging
+        from sluice.inference.tracing import start_tracing
+
+        configure_logging(level="info", fmt="json")  # as the server: per-request debug lines off
+
+        traced = dataclasses.replace(
+            config, trace_sampling_ratio=trace_ratio, trace_dir=work / "traces"
+        )
+        app.tracing = start_tracing(traced, ("bench", "blue"))
     scorer = load_scorer(config)
     limits = Limits(max_concurrent=1, max_queue=64, timeout_s=config.request_timeout_ms / 1000)
     if hasattr(metrics, "track_in_flight"):
@@ -103,6 +115,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=1000)
     parser.add_argument("--requests", type=int, default=10, help="per batch")
+    parser.add_argument("--trace", type=float, default=None, help="tracing ratio (off if unset)")
     asyncio.run(measure(parser.parse_args()))
 
 
@@ -110,7 +123,7 @@ async def measure(args: argparse.Namespace) -> None:
     """In a running event loop, as in the server (a call that is not inline needs one)."""
     work = bench.prepare_model()
     run = bench.load_run(work)
-    conn, sink = await build(work)
+    conn, sink = await build(work, args.trace)
 
     async def server(n: int) -> None:
         for _ in range(n):
