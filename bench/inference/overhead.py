@@ -19,8 +19,8 @@ To weigh a change, run it here and with `PYTHONPATH=<other checkout>/services/in
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import asyncio
+import dataclasses
 import gc
 import statistics
 import sys
