@@ -227,3 +227,35 @@ def test_envoy_accepts_the_management_listener(tmp_path: Path, host: str, tls: b
     snap.resources[listeners]["sluice_management"].Unpack(listener)
     socket = listener.filter_chains[0].transport_socket
     assert (socket.name == "envoy.transport_sockets.tls") is tls
+
+
+def test_the_mirror_log_outlives_the_mirror_by_the_copies_longest_timeout() -> None:
+    """Copies sent just before a mirror is removed are still answered for up to the mirrored
+    deployment's request timeout: the router keeps logging them until then, and a build after
+    that (the controller's periodic resync) drops the log."""
+    tls = TlsMaterial(b"c", b"k")
+    now = [1000.0]
+    builder = SnapshotBuilder(clock=lambda: now[0])
+    mirroring = world()
+    assert mirroring[0].mirror is not None
+    target = mirroring[0].deployment(mirroring[0].mirror.deployment)
+    assert target is not None
+    timeout_s = target.request_timeout_ms / 1000
+    unmirrored = [Endpoint(**{**mirroring[0].__dict__, "mirror": None}), mirroring[1]]
+
+    def upstream_logs(snap: Snapshot) -> int:
+        config = extension_pb2.TypedExtensionConfig()
+        snap.resources[EXTENSION][ROUTER_CONFIG].Unpack(config)
+        router = router_pb2.Router()
+        config.typed_config.Unpack(router)
+        return len(router.upstream_log)
+
+    assert upstream_logs(builder.build(gateway(tls), mirroring)) == 1
+    now[0] += timeout_s  # the mirror removed: its last copies may still be answered
+    kept = builder.build(gateway(tls), unmirrored)
+    assert upstream_logs(kept) == 1
+    kept.check()
+    now[0] += 1.5  # past the timeout and the margin
+    assert upstream_logs(builder.build(gateway(tls), unmirrored)) == 0
+    # The control: a builder that never saw the mirror has no log.
+    assert upstream_logs(SnapshotBuilder(clock=lambda: now[0]).build(gateway(tls), unmirrored)) == 0

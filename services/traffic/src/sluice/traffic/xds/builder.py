@@ -9,7 +9,8 @@ one rebuilds one.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from google.protobuf import any_pb2
@@ -43,10 +44,18 @@ def endpoint_resources(ep: Endpoint, domain: str) -> EndpointResources:
     )
 
 
+# After the last mirror goes, the router's mirror log stays this long past the longest request
+# timeout of the deployments that received copies: copies still in flight are logged. The
+# controller's periodic resync (every 30 s) builds again afterwards and drops it.
+MIRROR_LOG_MARGIN_S = 1.0
+
+
 class SnapshotBuilder:
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._cache: dict[tuple[Endpoint, str], EndpointResources] = {}
         self._gateway: tuple[Gateway, dict[str, list[tuple[str, any_pb2.Any]]]] | None = None
+        self._clock = clock
+        self._mirror_log_until = float("-inf")  # keep the mirror log until then
 
     def build(self, gateway: Gateway, endpoints: Iterable[Endpoint]) -> Snapshot:
         eps = sorted(endpoints, key=lambda e: e.name)
@@ -59,10 +68,23 @@ class SnapshotBuilder:
             LISTENER: base[LISTENER],
             ROUTE: [(r.ROUTE_CONFIG, r.route_configuration(p.routes for p in parts))],
             SECRET: base[SECRET],
-            EXTENSION: [self._router(gateway, any(ep.mirror is not None for ep in eps))],
+            EXTENSION: [self._router(gateway, self._mirror_log(eps))],
         }
         routes = [p.routes for p in parts]
         return Snapshot.build(resources, {r.ROUTE_CONFIG: r.route_clusters(routes)})
+
+    def _mirror_log(self, endpoints: list[Endpoint]) -> bool:
+        """Whether the router logs mirrored copies: while an endpoint mirrors, and until the
+        copies it sent last may still be answered."""
+        now = self._clock()
+        for ep in endpoints:
+            if ep.mirror is None:
+                continue
+            target = ep.deployment(ep.mirror.deployment)
+            timeout_s = target.request_timeout_ms / 1000 if target is not None else 0.0
+            until = now + timeout_s + MIRROR_LOG_MARGIN_S
+            self._mirror_log_until = max(self._mirror_log_until, until)
+        return now < self._mirror_log_until
 
     @staticmethod
     @functools.lru_cache(maxsize=4)
