@@ -144,6 +144,15 @@ def test_plain_http_can_be_turned_off() -> None:
     assert sorted(off.resources[listeners]) == ["sluice_https"]
 
 
+def upstream_logs(snap: Snapshot) -> int:
+    """How many upstream logs the snapshot's router has (the mirror log: 0 or 1)."""
+    config = extension_pb2.TypedExtensionConfig()
+    snap.resources[EXTENSION][ROUTER_CONFIG].Unpack(config)
+    router = router_pb2.Router()
+    config.typed_config.Unpack(router)
+    return len(router.upstream_log)
+
+
 def test_the_router_logs_mirrored_copies_only_while_an_endpoint_mirrors() -> None:
     """Adding or removing the mirror log changes the router's own resource (ECDS), which
     Envoy applies to the next request, and nothing else: the listeners stay as they are."""
@@ -152,13 +161,6 @@ def test_the_router_logs_mirrored_copies_only_while_an_endpoint_mirrors() -> Non
     mirroring = SnapshotBuilder().build(gateway(tls), world())
     plain = SnapshotBuilder().build(gateway(tls), unmirrored)
     plain.check()
-
-    def upstream_logs(snap: Snapshot) -> int:
-        config = extension_pb2.TypedExtensionConfig()
-        snap.resources[EXTENSION][ROUTER_CONFIG].Unpack(config)
-        router = router_pb2.Router()
-        config.typed_config.Unpack(router)
-        return len(router.upstream_log)
 
     assert (upstream_logs(mirroring), upstream_logs(plain)) == (1, 0)
     assert mirroring.versions[LISTENER] == plain.versions[LISTENER]
@@ -242,13 +244,6 @@ def test_the_mirror_log_outlives_the_mirror_by_the_copies_longest_timeout() -> N
     assert target is not None
     timeout_s = target.request_timeout_ms / 1000
     unmirrored = [Endpoint(**{**mirroring[0].__dict__, "mirror": None}), mirroring[1]]
-
-    def upstream_logs(snap: Snapshot) -> int:
-        config = extension_pb2.TypedExtensionConfig()
-        snap.resources[EXTENSION][ROUTER_CONFIG].Unpack(config)
-        router = router_pb2.Router()
-        config.typed_config.Unpack(router)
-        return len(router.upstream_log)
 
     assert upstream_logs(builder.build(gateway(tls), mirroring)) == 1
     now[0] += timeout_s  # the mirror removed: its last copies may still be answered
