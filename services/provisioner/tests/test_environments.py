@@ -17,6 +17,7 @@ from packaging.version import Version
 from sluice.common import interpreters
 from sluice.common.catalogue import Catalogue, UnknownInstanceType
 from sluice.common.environments import (
+    Environment,
     EnvironmentBuilder,
     EnvironmentError_,
     ResolvedEnvironment,
@@ -312,3 +313,54 @@ def test_a_packages_build_code_sees_none_of_the_platforms_secrets(
     assert owners == {(0, 0)}  # root's, nothing writable by others
     with pytest.raises(KeyError):  # the build's user is gone
         pwd.getpwuid(seen["uid"])
+
+
+def tiny_wheel(folder: Path) -> Path:
+    """A one-module wheel on disk: installs without an index or a build step."""
+    import zipfile
+
+    path = folder / "tinypkg-1.0-py3-none-any.whl"
+    files = {
+        "tinypkg/__init__.py": "VALUE = 42\n",
+        "tinypkg-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: tinypkg\nVersion: 1.0\n",
+        "tinypkg-1.0.dist-info/WHEEL": (
+            "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        ),
+    }
+    record = "".join(f"{name},,\n" for name in files) + "tinypkg-1.0.dist-info/RECORD,,\n"
+    with zipfile.ZipFile(path, "w") as wheel:
+        for name, text in {**files, "tinypkg-1.0.dist-info/RECORD": record}.items():
+            wheel.writestr(name, text)
+    path.chmod(0o644)
+    return path
+
+
+@pytest.mark.integration  # builds an environment with uv
+def test_two_processes_asking_for_one_environment_build_it_once() -> None:
+    """The provisioner and the batch service share `envs/`; each locked builds only within
+    itself, so both could build one environment at once (each removing the other's folder,
+    and, as root, stopping the other's processes when its build ends). Two builders, as two
+    processes have, asked at once: one builds, the other waits and finds it ready."""
+    import structlog
+
+    with traversable_dir("sluice-envs-") as folder:
+        wheel = tiny_wheel(folder)
+        envs = folder / "envs"
+        first, second = EnvironmentBuilder(envs), EnvironmentBuilder(envs)
+        spec = EnvironmentSpec(pip_requirements=(str(wheel),))
+
+        async def both() -> list[Environment]:
+            return list(await asyncio.gather(first.ensure(spec), second.ensure(spec)))
+
+        with structlog.testing.capture_logs() as logs:
+            a, b = asyncio.run(both())
+        builds = [e for e in logs if e["event"] == "environment_building"]
+        assert len(builds) == 1, builds
+        assert a.python == b.python
+        ran = subprocess.run(
+            [a.python, "-c", "import tinypkg; print(tinypkg.VALUE)"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert ran.stdout.strip() == "42"

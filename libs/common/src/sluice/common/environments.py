@@ -30,6 +30,8 @@ is removed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import functools
 import hashlib
 import json
@@ -38,7 +40,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -230,6 +232,9 @@ def _uv() -> str:
         return found
 
 
+BUILD_LOCK_POLL_S = 0.2
+
+
 class EnvironmentBuilder:
     """Builds and caches virtualenvs under `root`, one per distinct requirement set."""
 
@@ -264,13 +269,33 @@ class EnvironmentBuilder:
         if not resolved.requirements and resolved.interpreter.path == sys.executable:
             return Environment(sys.executable, "platform", None, resolved.warnings)
         key = resolved.key
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        async with lock:
-            venv = self.root / key
-            python = venv / "bin" / "python"
-            if not (venv / ".ready").exists():
+        venv = self.root / key
+        python = venv / "bin" / "python"
+        ready = Environment(str(python), key, self.log_path(key), resolved.warnings)
+        if (venv / ".ready").exists():
+            return ready
+        async with self._locks.setdefault(key, asyncio.Lock()), self._build_lock(key):
+            if not (venv / ".ready").exists():  # else another process built it meanwhile
                 await self._build(venv, resolved)
-            return Environment(str(python), key, self.log_path(key), resolved.warnings)
+            return ready
+
+    @contextlib.asynccontextmanager
+    async def _build_lock(self, key: str) -> AsyncIterator[None]:
+        """One build of an environment at a time across processes: the provisioner and the
+        batch service share `envs/` (and builds of one environment share a build user, whose
+        processes each build's end stops). The others wait, then find it ready."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / f".{key}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:  # a build minutes long: poll, never hold a thread
+                    await asyncio.sleep(BUILD_LOCK_POLL_S)
+            yield
+        finally:
+            os.close(fd)  # and with it the lock
 
     async def _build(self, venv: Path, resolved: ResolvedEnvironment) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
