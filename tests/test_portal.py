@@ -298,3 +298,35 @@ def test_other_pages_render_without_errors(world: World, page_name: str) -> None
         sync_api.expect(row).to_contain_text("uri_file")
     world.shot(page_name)
     assert world.errors == []
+
+
+def test_a_slow_answer_for_a_page_left_does_not_draw_over_the_next(world: World) -> None:
+    """The endpoints list is slow to answer (here delayed 1.5 s in the browser) and the user
+    opens a job meanwhile: the list's late answer must not replace the job page (it did:
+    the job page's next poll then found no `#job` and the page said "Could not load")."""
+    page = world.page
+    page.goto(f"{world.platform.management_url}/portal/")
+    page.evaluate("t => sessionStorage.setItem('sluice-admin-token', t)", world.rest.admin_token)
+    page.evaluate(
+        """() => {
+          const real = window.fetch;
+          const late = async (url, options) => {
+            const answer = await real(url, options);
+            await answer.clone().text();
+            // The page handles the answer in the tasks that follow: flag a later one.
+            setTimeout(() => { window.lateAnswerHandled = true; }, 200);
+            return answer;
+          };
+          window.fetch = (url, options) => String(url).includes("/onlineEndpoints?")
+            ? new Promise((done) => setTimeout(() => done(late(url, options)), 1500))
+            : real(url, options);
+        }"""
+    )
+    page.evaluate("() => { location.hash = '#/endpoints'; }")
+    page.evaluate("() => { location.hash = '#/jobs/batchjob-none'; }")
+    job = page.locator("#job")
+    sync_api.expect(job).to_contain_text("Job:")  # the job page, which found no such job
+    page.wait_for_function("() => window.lateAnswerHandled === true", timeout=30_000)
+    sync_api.expect(job).to_be_attached()
+    sync_api.expect(page.get_by_role("heading", name="Online endpoints")).to_have_count(0)
+    world.errors.clear()  # the browser logs the missing job (404) as a console error

@@ -19,11 +19,18 @@ class ApiError extends Error {
   }
 }
 
+// Each route() is a new generation. An answer that arrives after the page that asked for it
+// was left (a slow list, then a click to a job) never resolves: that page's code stops where
+// it waits instead of drawing over the page now shown.
+let generation = 0;
+
 async function api(method, path, body) {
+  const asked = generation;
   const headers = { authorization: `Bearer ${sessionStorage.getItem(TOKEN_KEY) || ""}` };
   if (body !== undefined) headers["content-type"] = "application/json";
   const answer = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
   const text = await answer.text();
+  if (asked !== generation) return new Promise(() => {});
   let parsed = null;
   try { parsed = text ? JSON.parse(text) : {}; } catch { parsed = { message: text }; }
   if (answer.status === 401) { signOut("The token was refused; sign in again."); }
@@ -69,6 +76,7 @@ let timers = [];
 function every(ms, fn) { timers.push(setInterval(fn, ms)); }
 
 async function route() {
+  generation += 1;
   timers.forEach(clearInterval);
   timers = [];
   const signedIn = Boolean(sessionStorage.getItem(TOKEN_KEY));
