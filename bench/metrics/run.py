@@ -58,9 +58,11 @@ from sluice.v1 import metrics_pb2, metrics_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from shared import bench_module  # bench/shared.py
-from stats import spread  # bench/stats.py
+from stats import cores, spread  # bench/stats.py
 
 BATCH = 500
+# BENCH_PIN=1 (the default on 2+ cores): the access-log cost's processes on their cores.
+PINNED = os.environ.get("BENCH_PIN", "1") == "1" and len(cores()) >= 2
 DEPLOYMENTS = ("blue", "green", "shadow")
 
 
@@ -376,7 +378,7 @@ def measure_access_log_cost(
     # cost (Envoy's and the metrics service's CPU) takes requests/s. Unpinned, the scheduler
     # moved the same gateway's requests/s by up to 54% between rounds on a quiet machine.
     load_cpus: set[int] | None = None
-    if os.environ.get("BENCH_PIN", "1") == "1" and len(os.sched_getaffinity(0)) >= 2:
+    if PINNED:
         load_cpus = {0}
         pin_tree(inference.pid, {1})
         for pid in (*envoys.values(), metrics_pid):
@@ -471,8 +473,7 @@ def main() -> None:
             query_rows += asyncio.run(measure_query(settings, address, restart))
             print("\n".join(query_rows), flush=True)
         if "--no-gateway" not in sys.argv:  # (run directly: python bench/metrics/run.py)
-            pinned = os.environ.get("BENCH_PIN", "1") == "1" and len(os.sched_getaffinity(0)) >= 2
-            how = "model server on CPU 1, the rest on CPU 0" if pinned else "unpinned"
+            how = "model server on CPU 1, the rest on CPU 0" if PINNED else "unpinned"
             cost = [
                 "",
                 f"| data plane (wrk c=32, 5 s rounds, order alternating, {how}) | req/s | |",

@@ -8,7 +8,6 @@ signal the service, and run code before the worker starts (a PYTHONPATH sitecust
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import subprocess
@@ -49,12 +48,7 @@ print(json.dumps(found), flush=True)
 """
 
 
-def landlock_abi() -> int:
-    libc = ctypes.CDLL(None, use_errno=True)
-    return max(0, int(libc.syscall(confine.SYS_CREATE_RULESET, None, 0, 1)))
-
-
-needs_landlock = pytest.mark.skipif(landlock_abi() < 1, reason="this kernel has no Landlock")
+needs_landlock = pytest.mark.skipif(confine.kernel_abi() < 1, reason="this kernel has no Landlock")
 
 
 def layout(tmp_path: Path) -> tuple[Path, Path, Path, Path]:
@@ -107,7 +101,7 @@ def test_a_confined_program_reads_its_job_and_nothing_else_its_uid_can(tmp_path:
     assert found["secret"] == "PermissionError"  # the uid's own file, outside the sandbox
     assert found["input"] == "x\n1"
     assert found["write"] == "ok" and (parts / "part-0").read_text() == "rows"
-    if landlock_abi() >= 6:  # signals scoped to the sandbox
+    if confine.kernel_abi() >= 6:  # signals scoped to the sandbox
         assert found["signal"] == "PermissionError"
     # The control: unconfined, the same program reads the secret.
     bare = subprocess.run(
@@ -136,7 +130,7 @@ def test_code_the_deployment_runs_at_interpreter_start_is_already_confined(
     result = run_confined({**paths, "argv": [sys.executable, "-c", "pass"]}, env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.splitlines() == [
-        f"confined with Landlock (ABI {landlock_abi()})",
+        f"confined with Landlock (ABI {confine.kernel_abi()})",
         "early: PermissionError",
     ]
 

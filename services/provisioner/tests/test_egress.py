@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import json
 import socket
 import subprocess
@@ -12,6 +11,7 @@ import sys
 import pytest
 
 from sluice.common import confine
+from sluice.common.supervisor import free_port
 
 pytestmark = pytest.mark.integration  # starts processes
 
@@ -34,21 +34,6 @@ print(json.dumps(found), flush=True)
 """
 
 
-def landlock_abi() -> int:
-    libc = ctypes.CDLL(None, use_errno=True)
-    return max(0, int(libc.syscall(confine.SYS_CREATE_RULESET, None, 0, 1)))
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def probe(
     net: dict[str, list[int]] | None, own: int, other: int, listening: int
 ) -> tuple[str, dict[str, str]]:
@@ -67,7 +52,7 @@ def probe(
     return "".join(first), json.loads(report)
 
 
-@pytest.mark.skipif(landlock_abi() < confine.NET_ABI, reason="no Landlock network rules here")
+@pytest.mark.skipif(confine.kernel_abi() < confine.NET_ABI, reason="no Landlock network rules here")
 def test_a_confined_instance_binds_its_port_and_connects_only_where_allowed() -> None:
     """The instance binds its own port; binding another or connecting to a listening loopback
     service (as NATS or the registry are) is refused, unless the port is listed (the trace
@@ -76,10 +61,11 @@ def test_a_confined_instance_binds_its_port_and_connects_only_where_allowed() ->
         service.bind(("127.0.0.1", 0))
         service.listen()
         listening = service.getsockname()[1]
-        own, other = free_ports(2)
+        own, other = free_port(), free_port()
         first, found = probe({"bind": [own], "connect": []}, own, other, listening)
         assert (
-            first == f"confined with Landlock (ABI {landlock_abi()}); TCP bind [{own}], connect []"
+            first
+            == f"confined with Landlock (ABI {confine.kernel_abi()}); TCP bind [{own}], connect []"
         )
         assert found == {
             "bind own": "ok",

@@ -113,6 +113,14 @@ def abi_version(libc: ctypes.CDLL) -> int:
     return version
 
 
+def kernel_abi() -> int:
+    """Landlock's ABI version on this kernel, 0 when it has none."""
+    try:
+        return abi_version(ctypes.CDLL(None, use_errno=True))
+    except LandlockUnavailable:
+        return 0
+
+
 def handled_rights(abi: int) -> int:
     rights = (1 << 13) - 1  # ABI 1's thirteen
     if abi >= 2:
