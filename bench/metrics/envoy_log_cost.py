@@ -14,7 +14,12 @@ host metadata as the traffic controller's (`sluice: {endpoint, deployment}`):
   over TCP to a sink running the metrics service's Forward-protocol code;
 - `fluentd, a key per field (before)`: the same logger with the record the platform
   had until 2026-11-26 16:50 (15 keys), to a sink that reads and drops;
-- `file`: the platform's record as JSON to /dev/null (what formatting alone costs).
+- `file`: the platform's record as JSON to /dev/null (what formatting alone costs);
+- `otel`: Envoy's OpenTelemetry access logger (OTLP logs over gRPC) with the record's
+  line as each log's body and the request id as its one attribute, no built-in labels,
+  256 KiB batches, to a sink that reads every body (log_sink.py `otel`);
+- `file, text line`: the record's line and request id as a text format to /dev/null
+  (what a file access log tailed by the metrics service would cost Envoy).
 
 Two measures (`BENCH_COUNT`):
 
@@ -58,8 +63,8 @@ from shared import bench_module  # bench/shared.py
 from stats import spread  # bench/stats.py
 
 BEFORE = "fluentd, a key per field (before)"
-VARIANTS = ("none", "als", "fluentd", BEFORE, "file")
-SINK_OF = {"als": "als", "fluentd": "fluentd", BEFORE: "drain"}  # each its own sink
+VARIANTS = ("none", "als", "fluentd", BEFORE, "file", "otel", "file, text line")
+SINK_OF = {"als": "als", "fluentd": "fluentd", BEFORE: "drain", "otel": "otel"}  # own sinks
 COUNT = os.environ.get("BENCH_COUNT", "cpu")  # or "instructions": callgrind
 REQUESTS = int(os.environ.get("BENCH_REQUESTS", "400"))  # per variant under callgrind
 # The record until 2026-11-26 16:50: a key per field (Envoy parses each key of the JSON it
@@ -158,6 +163,34 @@ def _access_log(variant: str) -> list[dict[str, Any]]:
             "record": access_log.record() if variant == "fluentd" else PER_FIELD_RECORD,
         }
         return [{"name": "envoy.access_loggers.fluentd", "typed_config": config}]
+    if variant == "otel":
+        record = access_log.record()
+        config = {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.open_telemetry.v3."
+            "OpenTelemetryAccessLogConfig",
+            "common_config": {
+                "log_name": "sluice",
+                "grpc_service": {"envoy_grpc": {"cluster_name": "sink"}},
+                "transport_api_version": "V3",
+                "buffer_flush_interval": "1s",
+                "buffer_size_bytes": BUFFER,
+            },
+            "disable_builtin_labels": True,
+            "body": {"string_value": record[access_log.TEXT]},
+            "attributes": {
+                "values": [{"key": "id", "value": {"string_value": record[access_log.REQUEST_ID]}}]
+            },
+        }
+        return [{"name": "envoy.access_loggers.open_telemetry", "typed_config": config}]
+    if variant == "file, text line":
+        record = access_log.record()
+        line = f"{record[access_log.TEXT]} {record[access_log.REQUEST_ID]}\n"
+        config = {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "path": "/dev/null",
+            "log_format": {"text_format_source": {"inline_string": line}},
+        }
+        return [{"name": "envoy.access_loggers.file", "typed_config": config}]
     config = {
         "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
         "path": "/dev/null",
@@ -286,7 +319,7 @@ def gateways(sup: Supervisor, root: Path) -> tuple[dict[str, dict[str, Any]], di
         clusters = [_cluster("dep", upstream_port, meta=True)]
         if variant in SINK_OF:
             port = sinks[SINK_OF[variant]]
-            clusters.append(_cluster("sink", port, http2=variant == "als"))
+            clusters.append(_cluster("sink", port, http2=variant in ("als", "otel")))
         admin, listen = free_port(), free_port()
         configs[variant] = _bootstrap(admin, listen, route, _access_log(variant), clusters)
     return configs, sink_pids

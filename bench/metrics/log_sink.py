@@ -1,10 +1,12 @@
 """A bare access-log receiver for bench/metrics/envoy_log_cost.py, without MongoDB, NATS
-or TLS: `python bench/metrics/log_sink.py als|fluentd|drain PORT`.
+or TLS: `python bench/metrics/log_sink.py als|fluentd|otel|drain PORT`.
 
 - `fluentd`: the metrics service's own receiver (sluice.metrics.forward).
 - `als`: the gRPC access-log receiver the metrics service had until 2026-11-26 (its
   counting loop, kept here for the comparison): Envoy's entries decoded and counted into
   the same buckets.
+- `otel`: an OTLP logs receiver (Envoy's OpenTelemetry access logger) that reads each
+  record's body.
 - `drain`: reads and drops (for a record the metrics service no longer reads).
 """
 
@@ -17,6 +19,7 @@ from typing import Any
 
 import grpc
 from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
 
 from sluice.metrics import forward
 from sluice.metrics.buckets import Buckets
@@ -51,6 +54,20 @@ class AlsSink(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[misc]
         return als_pb2.StreamAccessLogsResponse()
 
 
+class OtelSink(logs_service_pb2_grpc.LogsServiceServicer):  # type: ignore[misc]
+    """OTLP logs from Envoy's OpenTelemetry access logger: each body is the record's line."""
+
+    def __init__(self) -> None:
+        self.records = 0
+
+    async def Export(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        for resource in request.resource_logs:
+            for scope in resource.scope_logs:
+                for log in scope.log_records:
+                    self.records += bool(log.body.string_value)
+        return logs_service_pb2.ExportLogsServiceResponse()
+
+
 class Drain(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         pass
@@ -61,6 +78,11 @@ async def main(kind: str, port: int) -> None:
     if kind == "als":
         server = grpc.aio.server()
         als_pb2_grpc.add_AccessLogServiceServicer_to_server(AlsSink(buckets), server)
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+    elif kind == "otel":
+        server = grpc.aio.server()
+        logs_service_pb2_grpc.add_LogsServiceServicer_to_server(OtelSink(), server)
         server.add_insecure_port(f"127.0.0.1:{port}")
         await server.start()
     elif kind == "fluentd":
