@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -138,3 +140,39 @@ def test_a_rolled_over_file_is_also_written_as_parquet(
     assert [
         r["correlationid"] for r in pq.read_table(second.with_suffix(".parquet")).to_pylist()
     ] == ["c3"]
+
+
+def test_records_keep_their_shape_whatever_the_payload(tmp_path: Path) -> None:
+    """One line per record, whatever the payload: JSON kept as sent (spaces and all),
+    JSON over several lines written again on one, text and bytes as before; the time to
+    the millisecond as datetime writes it; correlation ids are distinct version-4 UUIDs."""
+    dc = make(tmp_path)
+    ids = {dc.sample() for _ in range(10_000)}
+    assert len(ids) == 10_000
+    for cid in list(ids)[:100]:
+        assert cid is not None
+        parsed = uuid.UUID(cid)
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and str(parsed) == cid
+    at = 1_764_201_602.6569
+    payloads = [
+        b'{"data": [[1, 2.5, -3]],  "x": "a\\nb"}',  # an escaped newline is one line
+        b'{\n  "data": [[1, 2]]\n}\r\n',  # pretty-printed: written again on one line
+        b"  [1, 2]  ",
+        b"plain text",
+        b"\xff\xfe",
+    ]
+    for i, payload in enumerate(payloads):
+        dc._queue.append(("model_inputs", "c", f"r{i}", at, payload, None))
+    dc.flush()
+    (path,) = tmp_path.glob("model_inputs/*/*/*/*/abc123.jsonl")
+    raw = path.read_bytes().splitlines()
+    assert len(raw) == len(payloads)
+    records = [json.loads(line) for line in raw]
+    assert records[0]["data"] == {"data": [[1, 2.5, -3]], "x": "a\nb"}
+    assert b'"data":{"data": [[1, 2.5, -3]],  "x": "a\\nb"}' in raw[0]  # as sent
+    assert records[1]["data"] == {"data": [[1, 2]]}
+    assert records[2]["data"] == [1, 2]
+    assert records[3]["data"] == "plain text" and records[3]["datacontenttype"] == "text/plain"
+    assert records[4]["dataencoding"] == "base64"
+    expected = datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds")
+    assert {r["time"] for r in records} == {expected} == {"2025-11-27T00:00:02.656+00:00"}
