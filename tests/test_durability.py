@@ -15,7 +15,8 @@ import pytest
 
 from sluice.common.components import mongo_spec
 from sluice.common.mongo import create_mongo_client
-from sluice.common.supervisor import Supervisor, free_port, is_alive
+from sluice.common.supervisor import Supervisor, free_port, is_alive, port_in_use
+from sluice.testing.wait import wait_for
 
 pytestmark = pytest.mark.integration
 ROUNDS = 2
@@ -35,6 +36,7 @@ async def test_acknowledged_writes_survive_kill_9(tmp_path: Path) -> None:
     try:
         acked = 0
         for _ in range(ROUNDS):
+            port_free(spec.ports[0])
             proc = supervisor.start(spec)
             client = create_mongo_client(spec.address, appname="durability-test")
             versions = client["t"]["endpoints"]
@@ -49,6 +51,7 @@ async def test_acknowledged_writes_survive_kill_9(tmp_path: Path) -> None:
             supervisor.stop_all()  # reaps the killed process
             assert not is_alive(proc)
 
+        port_free(spec.ports[0])
         proc = supervisor.start(spec)
         client = create_mongo_client(spec.address, appname="durability-test")
         stored = await client["t"]["endpoints"].find_one({"_id": "my-endpoint"})
@@ -57,3 +60,10 @@ async def test_acknowledged_writes_survive_kill_9(tmp_path: Path) -> None:
         assert stored["version"] == acked == ROUNDS * WRITES
     finally:
         supervisor.stop_all()
+
+
+def port_free(port: int) -> None:
+    """Wait until the killed server's port can be bound again, as `sluice up`'s supervisor
+    retries a restart with back-off: once (ci23), the restart right after a kill -9 found
+    the port still in use, and the preflight refused to start."""
+    wait_for(lambda: not port_in_use("127.0.0.1", port), f"port {port} free again", deadline=60)
