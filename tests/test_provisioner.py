@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -180,7 +181,7 @@ def test_deleting_stops_instances_and_logs_are_served(
     wait_for(gone, "the instance to stop", deadline=20)
 
 
-def test_environment_from_conda_file_is_built_once_and_shared(
+def test_a_conda_environment_is_built_once_shared_and_its_next_instances_start_warm(
     provisioner: RunningService, client: RegistryClient, trained_examples: Path, envs_dir: Path
 ) -> None:
     client.create_online_endpoint(
@@ -209,6 +210,43 @@ def test_environment_from_conda_file_is_built_once_and_shared(
     assert any(
         "azureml-defaults" in log and "Sluice's inference server replaces it" in log for log in logs
     ), built
+    # Its next instance starts warm, from a spare. As root that spare must not import the
+    # deployer's packages as root (provisioner/spares.py): it is blue's own, started as blue's
+    # user after blue's first instance, and a scale-out hands it the new instance.
+    blue = state(client, "blue")
+    first = listening_at(blue.instances[0].address)
+    python, uid = first.cmdline()[0], first.uids().real
+    spare = wait_for(lambda: spare_of(python, uid), "blue's spare to start", deadline=60)
+    assert spare.uids() == first.uids()  # waiting as blue's user, never as root
+    client.update_online_deployment(blue.spec.model_copy(update={"instance_count": 2}))
+    scaled = wait_for(
+        lambda: (d := settled(client)) and len([i for i in d.instances if i.ready]) == 2 and d,
+        "two ready instances",
+    )
+    (new,) = [i for i in scaled.instances if i.id != blue.instances[0].id]
+    assert listening_at(new.address).pid == spare.pid
+    score(provisioner, new.address)
+
+
+def listening_at(address: str) -> psutil.Process:
+    port = int(address.rsplit(":", 1)[1])
+    for conn in psutil.net_connections("tcp"):
+        if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN:
+            assert conn.pid is not None
+            return psutil.Process(conn.pid)
+    raise AssertionError(f"nothing listens at {address}")
+
+
+def spare_of(python: str, uid: int) -> psutil.Process | None:
+    """A waiting provisioner spare of the environment `python` whose real user is `uid` (one
+    that became an instance keeps its command line, and listens)."""
+    for proc in psutil.process_iter(["cmdline", "uids"]):
+        cmdline, uids = proc.info["cmdline"] or [], proc.info["uids"]
+        if cmdline[:3] == [python, "-m", "sluice.provisioner.spare"] and uids.real == uid:
+            with contextlib.suppress(psutil.Error):
+                if not proc.net_connections("tcp"):
+                    return proc
+    return None
 
 
 def test_a_killed_provisioner_s_instances_are_adopted_by_the_next_one(

@@ -25,6 +25,7 @@ from sluice.common.isolation import (
 )
 from sluice.common.resources import OnlineDeploymentSpec
 from sluice.provisioner.local import LocalBackend
+from sluice.provisioner.spares import spare_key
 from sluice.testing.plugin import traversable_dir
 from sluice.testing.wait import wait_for
 
@@ -166,9 +167,11 @@ PTH = "import os; open({drop!r}, 'w').write(str(os.getuid()))\n"
 @pytest.mark.skipif(os.geteuid() != 0, reason="spares start as the platform's user: root")
 @pytest.mark.parametrize("requirements", ["", "evil==1\n"])
 def test_as_root_no_spare_imports_a_deployers_packages(requirements: str, tmp_path: Path) -> None:
-    """A spare starts as root and imports from its environment (a `.pth` file runs at start):
-    an environment with a deployer's packages gets none, its instances start cold as their
-    deployment's user; the platform's stand-in (no requirement) keeps its spare."""
+    """A shared spare starts as root and imports from its environment (a `.pth` file runs at
+    start): an environment with a deployer's packages gets none, its instances start cold as their
+    deployment's user (or from a spare of that deployment's own, started as its user: tried
+    by tests/test_provisioner.py); the platform's stand-in (no requirement) keeps its
+    shared spare."""
     venv = tmp_path / "env"
     subprocess.run(
         [uv_binary(), "venv", "--quiet", "--python", sys.executable, str(venv)], check=True
@@ -181,7 +184,7 @@ def test_as_root_no_spare_imports_a_deployers_packages(requirements: str, tmp_pa
     try:
         backend.warm_up(str(venv / "bin" / "python"))
         if requirements:
-            assert backend._spares.take(str(venv / "bin" / "python")) is None
+            assert spare_key(str(venv / "bin" / "python")) is None  # no shared spare
             assert not drop.exists()
         else:  # the control: a spare started, as root, and ran the environment's .pth
             wait_for(drop.exists, "the spare to start", deadline=60)

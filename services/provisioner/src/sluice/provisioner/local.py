@@ -28,7 +28,6 @@ import psutil
 from sluice.common import confine, gateway_auth
 from sluice.common.catalogue import InstanceType
 from sluice.common.collected import collected_dir, collector_argv
-from sluice.common.interpreters import platform_minor
 from sluice.common.isolation import (
     Account,
     IsolationError,
@@ -36,24 +35,21 @@ from sluice.common.isolation import (
     collector_folder,
     harden_state_dir,
     instance_env,
-    isolating,
     make_private_dir,
     private_copy,
     reachable_by_others,
     remove_account,
-    spare_env,
     traces_folder,
 )
 from sluice.common.resources import OnlineDeploymentSpec
 from sluice.common.settings import TracingSettings
 from sluice.common.supervisor import free_port
 from sluice.common.tracing import instance_folder, otlp_port
+from sluice.provisioner.spares import SparePool, hand_over, spare_key
 from sluice.provisioner.store import ProcessRecord, RunningRecord
 
 STOP_GRACE_S = 5.0
 DEFAULT_COLLECTOR_MAX_BYTES = 1024**3  # per deployment (settings.data_collector_max_bytes)
-# What spares import ahead of time: the usual scoring-script libraries (missing ones are skipped).
-PRELOAD = ("numpy", "pandas", "sklearn", "sklearn.linear_model", "sklearn.ensemble", "joblib")
 
 
 class InstanceProcess(Protocol):
@@ -206,66 +202,6 @@ class InstancePlan:
     home: Path | None = None
 
 
-class SparePool:
-    """One pre-started spare process per environment (see spare.py)."""
-
-    def __init__(self, logs_root: Path, preload: tuple[str, ...] = PRELOAD):
-        self._logs = logs_root / "spares"
-        self._preload = preload
-        self._spares: dict[str, subprocess.Popen[bytes]] = {}
-
-    def take(self, python: str) -> subprocess.Popen[bytes] | None:
-        spare = self._spares.pop(python, None)
-        if spare is None or spare.poll() is not None:
-            return None
-        return spare
-
-    def replenish(self, python: str) -> None:
-        """Start a spare for `python` unless one is waiting (or it is of another Python minor:
-        a spare runs the platform's own code, which only the platform's minor can import; or,
-        as root, of an environment holding a deployer's packages: see `spare_is_safe`)."""
-        if not platform_minor(python) or not spare_is_safe(python):
-            return
-        current = self._spares.get(python)
-        if current is not None and current.poll() is None:
-            return
-        self._logs.mkdir(parents=True, exist_ok=True)
-        with (self._logs / f"{uuid.uuid4().hex[:8]}.log").open("ab") as out:
-            self._spares[python] = subprocess.Popen(
-                [python, "-m", "sluice.provisioner.spare", *self._preload],
-                stdin=subprocess.PIPE,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=spare_env(),  # nothing of the platform's: it becomes deployment code
-                cwd="/",
-            )
-
-    def close(self) -> None:
-        for spare in self._spares.values():
-            if spare.stdin is not None:
-                with contextlib.suppress(OSError):
-                    spare.stdin.close()  # no job: the spare exits
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                spare.wait(timeout=STOP_GRACE_S)
-            if spare.poll() is None:
-                spare.kill()
-        self._spares.clear()
-
-
-def spare_is_safe(python: str) -> bool:
-    """Whether a spare of `python` may start as the platform's user. As root a spare starts
-    as root (it drops to its deployment's user only when it becomes an instance) and imports
-    numpy, scikit-learn, ... from its environment first, running any `.pth` file there: an
-    environment built from a deployer's requirements (a wheel URL, a package of theirs)
-    would run their code as root. So as root only environments without a deployer's packages
-    (the platform's interpreter, or its stand-in: `.ready` lists no requirement) get spares;
-    the others' instances start cold, as their deployment's user."""
-    if not isolating():
-        return True
-    ready = Path(python).parent.parent / ".ready"
-    return not ready.is_file() or not ready.read_text().strip()
-
-
 class LocalBackend:
     def __init__(
         self,
@@ -292,9 +228,11 @@ class LocalBackend:
         self._spares = SparePool(logs_root)
 
     def warm_up(self, python: str) -> None:
-        """Have a spare ready for `python` before the first deployment asks for one."""
-        if not self._landlock:
-            self._spares.replenish(python)
+        """Have a spare ready for `python` before the first deployment asks for one (when it
+        can have a shared one: see spares.py)."""
+        key = spare_key(python)
+        if not self._landlock and key is not None:
+            self._spares.replenish(key)
 
     async def close(self) -> None:
         self._spares.close()
@@ -352,6 +290,7 @@ class LocalBackend:
         """Delete a deleted deployment's files and user (its instances have stopped)."""
         folder = self.workspace(endpoint, deployment)
         self._copies.pop(folder, None)
+        self._spares.forget(folder / "home")
         shutil.rmtree(folder, ignore_errors=True)
         remove_account(endpoint, deployment)
 
@@ -399,14 +338,13 @@ class LocalBackend:
         # A sandbox (files, network or both) must be in place before the deployment's code
         # runs: such an instance starts cold, not from a spare that imported it already.
         sandbox = self._sandbox(spec, plan, port)
-        process = None if sandbox else self._spares.take(plan.python)
+        key = None if sandbox else spare_key(plan.python, account, plan.home)
+        process = self._spares.take(key) if key is not None else None
         if process is not None:
-            job: dict[str, object] = {"argv": argv, "env": env, "cwd": cwd, "log": str(log_path)}
-            if account.switches:
-                job["user"] = [account.uid, account.gid]
-            assert process.stdin is not None
-            process.stdin.write((json.dumps(job) + "\n").encode())
-            process.stdin.close()
+            job: dict[str, object] = {"argv": argv, "env": env, "cwd": cwd}
+            if account.switches and key is not None and key.user is None:
+                job["user"] = [account.uid, account.gid]  # a shared spare drops to it
+            hand_over(process, job, log_path)
         else:
             switch: dict[str, Any] = {}
             if account.switches:
@@ -430,8 +368,8 @@ class LocalBackend:
             if process.stdin is not None:
                 with process.stdin, contextlib.suppress(BrokenPipeError):
                     process.stdin.write(payload)
-        if not sandbox:
-            self._spares.replenish(plan.python)
+        if key is not None:
+            self._spares.replenish(key)
         return LocalInstance(
             id=instance_id,
             endpoint=spec.endpoint_name,

@@ -2,12 +2,15 @@
 
 Starting Python and importing scikit-learn takes seconds; assigning a
 deployment to a process that did that ahead of time takes milliseconds. The
-provisioner keeps one spare per environment (`python -m
-sluice.provisioner.spare numpy sklearn ...`), and to use it writes one JSON
-line on its stdin: the inference server's arguments, environment variables,
-working directory, log file and, when the platform runs as root, the
-deployment's user. The spare then *becomes* that inference server, in the same
-process: it opens the log, drops to the deployment's user, replaces its
+provisioner keeps spares (`python -m sluice.provisioner.spare numpy sklearn
+...`; which spare for which deployment: spares.py), and to use one it writes one
+JSON line on its stdin, a socket: the inference server's arguments, environment
+variables, working directory and, for a spare the platform's root user started,
+the deployment's user; with it comes the instance's log file, opened by the
+provisioner and passed as an open file (SCM_RIGHTS: a spare running as its
+deployment's user cannot open the platform's log folder). The spare then
+*becomes* that inference server, in the same process: it takes the log, drops
+to the deployment's user (if it is not that user already), replaces its
 (already minimal) environment and only then runs the deployment's code.
 Closing stdin without a line makes it exit.
 """
@@ -19,6 +22,7 @@ import ctypes
 import importlib
 import json
 import os
+import socket
 import sys
 
 PR_SET_DUMPABLE = 4
@@ -30,14 +34,16 @@ def main() -> None:
             importlib.import_module(module)
     from sluice.inference import __main__ as inference
 
-    line = sys.stdin.readline()
+    line, log = receive()
     if not line.strip():
         return
     job = json.loads(line)
-    log = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.dup2(log, 1)
     os.dup2(log, 2)
     os.close(log)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)  # the socket is done with
+    os.close(null)
     if job.get("user"):
         become(*job["user"])
     os.umask(0o077)
@@ -47,6 +53,23 @@ def main() -> None:
         os.chdir(job["cwd"])
     sys.argv = ["python -m sluice.inference", *job["argv"]]
     inference.main()
+
+
+def receive() -> tuple[bytes, int]:
+    """The job's line and its open log file from stdin, a socket (spares.py `hand_over`).
+
+    (b"", -1) when stdin closes without a job."""
+    channel = socket.socket(fileno=os.dup(0))
+    data, fds, _, _ = socket.recv_fds(channel, 1 << 20, 1)
+    if not fds:
+        return b"", -1
+    while not data.endswith(b"\n"):
+        more = channel.recv(1 << 20)
+        if not more:
+            break
+        data += more
+    channel.close()
+    return data, fds[0]
 
 
 def become(uid: int, gid: int) -> None:
