@@ -21,7 +21,7 @@ import pytest
 import yaml
 from pymongo.uri_parser import parse_uri
 
-from sluice.common.nats_auth import AUDIT_USER, BATCH_WORKER, CLI_USER
+from sluice.common.nats_auth import AUDIT_USER, CALLOUT_FOLDER, CLI_USER
 from sluice.common.pki import PlatformPki
 from sluice.common.platform import SERVICES, installed_services
 from sluice.common.resources import (
@@ -208,13 +208,14 @@ def _nats_users(where: str) -> dict[str, tuple[str | None, set[str]]]:
 @pytest.mark.parametrize("where", ["compose", "k8s"])
 def test_each_service_gets_its_own_nats_user_and_only_its_password(where: str) -> None:
     """As `sluice up`: a NATS user per service (sluice.common.nats_auth), each container
-    given its own password alone; batch workers the restricted batch-worker user; nats-server
-    the configuration (hashes), not a password."""
+    given its own password alone; the batch service also the auth callout's seed (its jobs'
+    workers get users of their own through it); nats-server the configuration (hashes),
+    not a password."""
     users = _nats_users(where)
     services = {s.name for s in installed_services()}
     assert services <= users.keys()
     for name in services:
-        extra = {BATCH_WORKER} if name == "batch" else set()
+        extra = {CALLOUT_FOLDER} if name == "batch" else set()
         assert users[name] == (name, {name} | extra), name
     assert users["nats"] == (None, {"server"})
     env = _platform_env(where)
@@ -228,10 +229,10 @@ def test_each_service_gets_its_own_nats_user_and_only_its_password(where: str) -
         kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
         generated = {g["name"]: g.get("files", []) for g in kustomization["secretGenerator"]}
         keys = {f.split("=")[0] for f in generated["sluice-nats-users"]}
-        assert keys == {*services, BATCH_WORKER, CLI_USER, AUDIT_USER}
+        assert keys == {*services, CALLOUT_FOLDER, CLI_USER, AUDIT_USER}
         for entry in generated["sluice-nats-users"]:  # as python -m sluice.common.nats_auth
             key, path = entry.split("=")
-            assert path == f"nats-auth/{key}/password"
+            assert path == f"nats-auth/{key}/{'seed' if key == CALLOUT_FOLDER else 'password'}"
         assert generated["sluice-nats-server"] == [
             "nats-server.conf=nats-auth/server/nats-server.conf"
         ]

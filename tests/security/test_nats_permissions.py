@@ -31,9 +31,8 @@ from sluice.common.nats_auth import (
     AUDIT_DURABLE,
     AUDIT_INBOX,
     AUDIT_USER,
-    BATCH_WORKER,
-    BATCH_WORKER_INBOX,
     BCRYPT_COST,
+    CALLOUT_FOLDER,
     CLI_USER,
     CONFIG,
     FOLDER,
@@ -42,12 +41,12 @@ from sluice.common.nats_auth import (
     JobUsers,
     NatsUsers,
     Subjects,
-    batch_worker_permissions,
     job_user,
     nats_accepts,
     nats_refuses,
     with_user,
 )
+from sluice.common.nats_callout import JobCallout, issuer_public_key
 from sluice.common.platform import SERVICES as PLATFORM_SERVICES
 from sluice.common.settings import Settings
 from sluice.common.supervisor import Supervisor, free_port, stop_process
@@ -369,11 +368,13 @@ def deployed_nats(
     stop_process(running)
 
 
-async def test_compose_and_kubernetes_users_are_sluice_ups_and_workers_are_restricted(
+async def test_compose_and_kubernetes_give_each_jobs_workers_their_own_user_by_callout(
     deployed_nats: tuple[str, Path], tmp_path: Path
 ) -> None:
+    """compose and Kubernetes: the same static users and permissions as `sluice up`'s; a
+    job's workers get a user of their job alone through nats-server's auth callout, which
+    the batch service answers (sluice.common.nats_callout) with a seed only it is given."""
     address, folder = deployed_nats
-    # The same users and permissions as `sluice up`'s, plus the static batch-worker user.
     subjects = Subjects("sluice.events", "SLUICE_EVENTS")
     names = [svc.name for svc in PLATFORM_SERVICES]
     local = NatsUsers.ensure(tmp_path, names, subjects).config_file
@@ -383,10 +384,12 @@ async def test_compose_and_kubernetes_users_are_sluice_ups_and_workers_are_restr
         users = json.loads(config.read_text())["authorization"]["users"]
         return {u["user"]: u["permissions"] for u in users}
 
-    assert permissions(deployed) == {
-        **permissions(local),
-        BATCH_WORKER: batch_worker_permissions(subjects),
-    }
+    assert permissions(deployed) == permissions(local)
+    seed = (folder / CALLOUT_FOLDER / "seed").read_text()
+    callout_config = json.loads(deployed.read_text())["authorization"]["auth_callout"]
+    assert callout_config["issuer"] == issuer_public_key(seed)
+    assert set(callout_config["auth_users"]) == set(permissions(deployed))  # all static users
+    assert seed not in deployed.read_text()
     assert "$2a$" in deployed.read_text() and (folder / "batch" / "password").read_text() not in (
         deployed.read_text()
     )
@@ -395,40 +398,71 @@ async def test_compose_and_kubernetes_users_are_sluice_ups_and_workers_are_restr
         nats_url=address, nats_user="batch", nats_password_file=folder / "batch" / "password"
     )
     assert batch_settings.nats_url and urlsplit(batch_settings.nats_url).username == "batch"
-    with pytest.raises(NatsError):  # no password: nobody
-        await connect(address)
     service = await connect(batch_settings.nats_url)
+    callout = JobCallout(seed)  # as the batch service runs it (sluice.batch.app.job_users)
+    answering = await callout.serve(batch_settings.nats_url)
+    with pytest.raises(NatsError):  # no password: nobody (the callout refuses it)
+        await connect(address)
     js = service.jetstream()
-    queue = JobQueue("job-d", "sluice.batch")
     await js.add_stream(StreamConfig(name=SUBJECTS.events_stream, subjects=["sluice.events.>"]))
-    await js.add_stream(StreamConfig(name=queue.work_stream, subjects=[queue.work_subject]))
-    await js.add_stream(
-        StreamConfig(name=queue.results_stream, subjects=[f"{queue.results_prefix}.>"])
-    )
-    await js.add_consumer(queue.work_stream, ConsumerConfig(durable_name=DURABLE, ack_wait=30))
-    body = MiniBatch(index=0, files=["/job-d/a.csv"]).model_dump_json().encode()
-    await js.publish(queue.work_subject, body, stream=queue.work_stream)
-    # The workers, as the batch service gives them the static user (app.worker_nats_url).
-    worker_url = with_user(address, BATCH_WORKER, (folder / BATCH_WORKER / "password").read_text())
+    queues, urls = {}, {}
+    for job in ("job-d", "job-e"):
+        queue = queues[job] = JobQueue(job, "sluice.batch")
+        await js.add_stream(StreamConfig(name=queue.work_stream, subjects=[queue.work_subject]))
+        await js.add_stream(
+            StreamConfig(name=queue.results_stream, subjects=[f"{queue.results_prefix}.>"])
+        )
+        await js.add_consumer(queue.work_stream, ConsumerConfig(durable_name=DURABLE, ack_wait=30))
+        body = MiniBatch(index=0, files=[f"/{job}/a.csv"]).model_dump_json().encode()
+        await js.publish(queue.work_subject, body, stream=queue.work_stream)
+        password = callout.add(job, queue.worker_permissions())
+        urls[job] = with_user(address, job_user(job), password)
+    own, other = queues["job-d"], queues["job-e"]
+    # No job's user without its password, no user of a job that does not run.
+    assert not await nats_accepts(with_user(address, job_user("job-d"), "guess"), deadline_s=0)
+    stranger = with_user(address, job_user("job-x"), callout.password("job-x"))
+    assert not await nats_accepts(stranger, deadline_s=0)
+    # No other service reads the auth requests (they carry the jobs' passwords).
+    registry_url = with_user(address, "registry", (folder / "registry" / "password").read_text())
+    registry_errors: list[str] = []
+    registry = await connect(registry_url, registry_errors)
+    await registry.subscribe("$SYS.REQ.USER.AUTH")
+    await registry.flush(timeout=5)
+    await refused_by_server(registry_errors, "subscription")
+    await registry.close()
     errors: list[str] = []
-    worker = await connect(worker_url, errors, inbox_prefix=BATCH_WORKER_INBOX)
+    worker = await connect(urls["job-d"], errors, inbox_prefix=own.inbox_prefix)
     try:
         wjs = worker.jetstream(timeout=5)
         denied = worker.jetstream(timeout=REFUSAL_S)
-        mine = await wjs.pull_subscribe_bind(DURABLE, queue.work_stream)
+        mine = await wjs.pull_subscribe_bind(DURABLE, own.work_stream)
         [message] = await mine.fetch(1, timeout=5)
-        await wjs.publish(f"{queue.results_prefix}.0", b"{}", stream=queue.results_stream)
+        await wjs.publish(f"{own.results_prefix}.0", b"{}", stream=own.results_stream)
         await message.ack()
-        # Deployment code with the workers' user: no event forged, no stream removed.
+        # Deployment code with its job's user: not another job's queue, no event forged, no
+        # stream removed.
+        theirs = await denied.pull_subscribe_bind(DURABLE, other.work_stream)
+        with pytest.raises(REFUSED):
+            await theirs.fetch(1, timeout=REFUSAL_S)
+        with pytest.raises(REFUSED):
+            await denied.publish(f"{other.results_prefix}.0", b"{}", stream=other.results_stream)
         with pytest.raises(REFUSED):
             await denied.publish("sluice.events.endpoint.created", b"{}")
         with pytest.raises(REFUSED):
             await denied.delete_stream(SUBJECTS.events_stream)
-        await worker.subscribe("sluice.events.>")
+        for subject in ("sluice.events.>", "_INBOX.>", f"{other.inbox_prefix}.>"):
+            await worker.subscribe(subject)
         await worker.flush(timeout=5)
         await refused_by_server(errors, "subscription")
     finally:
         await worker.close()
+    # An ended job's user is refused from then on; the other job's is not.
+    callout.remove("job-d")
+    assert await nats_refuses(urls["job-d"], deadline_s=5)
+    assert await nats_accepts(urls["job-e"], deadline_s=5)
     assert (await js.stream_info(SUBJECTS.events_stream)).state.messages == 0
-    assert (await js.stream_info(queue.results_stream)).state.messages == 1
+    assert (await js.stream_info(own.results_stream)).state.messages == 1
+    assert (await js.stream_info(other.work_stream)).state.messages == 1
+    assert (await js.stream_info(other.results_stream)).state.messages == 0
+    await answering.close()
     await service.close()

@@ -174,3 +174,21 @@ def test_mlflow_requirements_met_by_the_platform_are_left_out(tmp_path: Path) ->
         "pandas-extra-thing==1.0\n# comment\n"
     )
     assert model_environment(tmp_path).pip_requirements == ("pandas-extra-thing==1.0",)
+
+
+def test_each_platform_gives_jobs_workers_nats_users_of_their_own(tmp_path: Path) -> None:
+    """`sluice up`: a reloaded configuration; compose and Kubernetes: the auth callout this
+    service answers with its seed; an operator's NATS (URL alone): none of the platform's."""
+    from sluice.batch.app import job_users
+    from sluice.common.nats_auth import JobUsers
+    from sluice.common.nats_callout import JobCallout, new_issuer_seed
+    from sluice.common.settings import Settings
+
+    seed = tmp_path / "seed"
+    seed.write_text(new_issuer_seed() + "\n")
+    assert isinstance(job_users(Settings(nats_auth_dir=tmp_path)), JobUsers)
+    callout = job_users(Settings(nats_callout_seed_file=seed))
+    assert isinstance(callout, JobCallout)
+    assert callout.password("job-1") == JobCallout.from_file(seed).password("job-1")  # stable
+    assert callout.password("job-1") != callout.password("job-2")
+    assert job_users(Settings()) is None

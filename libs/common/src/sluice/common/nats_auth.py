@@ -33,12 +33,16 @@ jobs' derived from `batch-jobs.key` (an HMAC of the job's name, so a resumed job
 runner finds the same password without storing it).
 
 Compose and Kubernetes cannot reload another container's nats-server, so there the
-per-job users give way to one static **`batch-worker`** user (any job's queue and
-results, not the events, not the streams; `batch_worker_permissions`). `python -m
-sluice.common.nats_auth <folder>` writes their nats-server configuration (the same
-users and permissions as `sluice up`'s, hashes only) and one `<user>.password` file
-per user, which the operator gives each container as its own secret
-(SLUICE_NATS_USER + SLUICE_NATS_PASSWORD_FILE; deploy/compose, deploy/k8s).
+jobs' users come through nats-server's auth callout instead (sluice.common.nats_callout):
+the configuration lists the static users as `auth_users` and the public key of an
+account nkey as the issuer; the batch service, which alone holds that key's seed, answers
+for every other user: a running job's user and password get that job's permissions, the
+same as `sluice up`'s per-job users. `python -m sluice.common.nats_auth <folder>` writes
+their nats-server configuration (the same users and permissions as `sluice up`'s, hashes
+and the issuer's public key only), one `<user>/password` file per user, which the
+operator gives each container as its own secret (SLUICE_NATS_USER +
+SLUICE_NATS_PASSWORD_FILE; deploy/compose, deploy/k8s), and `batch-callout/seed`, the
+batch container's alone (SLUICE_NATS_CALLOUT_SEED_FILE).
 
 A NATS named by SLUICE_NATS_URL alone is the operator's: its authentication is theirs.
 """
@@ -66,18 +70,20 @@ from urllib.parse import urlsplit, urlunsplit
 import bcrypt
 
 from sluice.common.events.catalogue import ALL, AUTOSCALE_SCALED
+from sluice.common.nats_callout import AUTH_SUBJECT, issuer_public_key, new_issuer_seed
 from sluice.common.settings import with_nats_user
 
 CLI_USER = "cli"
 AUDIT_USER = "audit"
-BATCH_WORKER = "batch-worker"  # compose and Kubernetes: every job's workers (no reloads)
-BATCH_WORKER_INBOX = "_INBOX_batch-worker"
 WORKERS_DURABLE = "workers"  # each job's work queue consumer (sluice.batch.queue.DURABLE)
 AUDIT_DURABLE = "audit"
 AUDIT_INBOX = "_INBOX_audit"
 JOB_USER_PREFIX = "batch-job-"
 FOLDER = "nats-auth"
 PASSWORDS = "passwords.json"  # every static user's password
+CALLOUT_SEED = "callout.seed"  # compose and Kubernetes: the auth callout issuer's seed
+CALLOUT_FOLDER = "batch-callout"  # its folder among the deployed secrets (the batch service's)
+CALLOUT = "callout.json"  # the configuration's `auth_callout` block, when there is one
 STATIC_USERS = "users.json"  # their entries in the configuration (sluice up writes it)
 JOB_USERS = "batch-jobs.json"  # the batch jobs' users (the batch service writes it)
 JOB_KEY = "batch-jobs.key"  # the jobs' passwords are derived from it (JobUsers.password)
@@ -91,7 +97,7 @@ SERVER_NAME = "sluice"  # as components.nats_spec names it
 # workers connect right after the reload that adds their user). bench/nats_bcrypt measures it.
 BCRYPT_COST = 4
 
-Permissions = dict[str, dict[str, list[str]]]
+Permissions = dict[str, Any]  # publish/subscribe allow/deny lists, allow_responses
 # Events a service publishes besides those the catalogue names it the source of.
 EXTRA_EVENTS = {"provisioner": [AUTOSCALE_SCALED]}
 
@@ -165,8 +171,10 @@ def service_permissions(service: str, s: Subjects) -> Permissions:
             ],
         },
     }
-    if service != "batch":
-        permissions["subscribe"] = {"deny": [f"{s.beside('batch')}.>"]}
+    if service == "batch":  # it answers nats-server's auth callout (compose, Kubernetes)
+        permissions["allow_responses"] = True
+    else:  # nor the job queues, nor the auth requests (they carry the jobs' passwords)
+        permissions["subscribe"] = {"deny": [f"{s.beside('batch')}.>", AUTH_SUBJECT]}
     return permissions
 
 
@@ -219,16 +227,6 @@ def worker_permissions(work: str, results_prefix: str, inbox_prefix: str) -> Per
     }
 
 
-def batch_worker_permissions(s: Subjects) -> Permissions:
-    """Every job's workers as one user (compose, Kubernetes): any job's work queue and
-    results. (Per-job users, as `sluice up` gives, also keep one job's code from another's
-    queue: sluice.batch.queue.JobQueue.worker_permissions.)"""
-    # BATCH_WORK_<job>.workers: a whole token per stream
-    return worker_permissions(
-        f"*.{WORKERS_DURABLE}", f"{s.beside('batch')}.*.results", BATCH_WORKER_INBOX
-    )
-
-
 def static_entries(
     passwords: dict[str, str], services: list[str], s: Subjects, known: dict[str, str]
 ) -> list[Any]:
@@ -239,8 +237,6 @@ def static_entries(
             permissions = cli_permissions(s)
         elif user == AUDIT_USER:
             permissions = audit_permissions(s)
-        elif user == BATCH_WORKER:
-            permissions = batch_worker_permissions(s)
         elif user in services:
             permissions = service_permissions(user, s)
         else:
@@ -259,7 +255,11 @@ def render(folder: Path) -> Path:
     config = folder / CONFIG
     # nats-server's configuration format accepts JSON. The server name is here, not on its
     # command line: a reload refuses a file that would change it (to none).
-    body = {"server_name": SERVER_NAME, "authorization": {"users": users}}
+    authorization: dict[str, Any] = {"users": users}
+    callout = folder / CALLOUT
+    if callout.exists():
+        authorization["auth_callout"] = json.loads(callout.read_text())
+    body = {"server_name": SERVER_NAME, "authorization": authorization}
     _write_private(config, json.dumps(body, indent=1))
     return config
 
@@ -273,21 +273,20 @@ class NatsUsers:
     pid_file: Path
 
     @classmethod
-    def ensure(
-        cls, state_dir: Path, services: list[str], subjects: Subjects, *, batch_worker: bool = False
-    ) -> NatsUsers:
+    def ensure(cls, state_dir: Path, services: list[str], subjects: Subjects) -> NatsUsers:
         """Keep existing passwords (running services use them), add missing users, and
-        (re)write nats-server's configuration (keeping the batch jobs' users).
-        `batch_worker`: the static user of compose and Kubernetes, instead of jobs' users."""
-        return cls.ensure_in(state_dir / FOLDER, services, subjects, batch_worker=batch_worker)
+        (re)write nats-server's configuration (keeping the batch jobs' users)."""
+        return cls.ensure_in(state_dir / FOLDER, services, subjects)
 
     @classmethod
     def ensure_in(
-        cls, folder: Path, services: list[str], subjects: Subjects, *, batch_worker: bool = False
+        cls, folder: Path, services: list[str], subjects: Subjects, *, callout: bool = False
     ) -> NatsUsers:
+        """`callout`: compose and Kubernetes, where the jobs' users come through nats-server's
+        auth callout (an issuer seed kept in `callout.seed`, made once)."""
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         stored = folder / PASSWORDS
-        users = [*services, CLI_USER, AUDIT_USER, *([BATCH_WORKER] if batch_worker else [])]
+        users = [*services, CLI_USER, AUDIT_USER]
         passwords: dict[str, str] = json.loads(stored.read_text()) if stored.exists() else {}
         passwords = {u: p for u, p in passwords.items() if u in users}
         for user in users:
@@ -301,6 +300,12 @@ class NatsUsers:
         )
         entries = static_entries(passwords, services, subjects, known)
         _write_private(static, json.dumps(entries, indent=1))
+        if callout:
+            seed_file = folder / CALLOUT_SEED
+            if not seed_file.exists():
+                _write_private(seed_file, new_issuer_seed())
+            block = {"issuer": issuer_public_key(seed_file.read_text()), "auth_users": users}
+            _write_private(folder / CALLOUT, json.dumps(block, indent=1))
         return cls(passwords=passwords, config_file=render(folder), pid_file=folder / PID_FILE)
 
     def url(self, base: str, user: str) -> str:
@@ -322,6 +327,8 @@ class JobUsers:
     (a signal arriving during a reload makes one more), so the last change always wins;
     a change has taken effect once the job's own password is accepted (`nats_accepts`)
     or, after its removal, refused (`nats_refuses`): the runner waits for both."""
+
+    mechanism = "nats-server's configuration, reloaded with SIGHUP"
 
     def __init__(self, folder: Path):
         self.folder = folder
@@ -453,11 +460,12 @@ async def nats_refuses(url: str, *, deadline_s: float) -> bool:
 
 
 def write_deploy_secrets(folder: Path, services: list[str], subjects: Subjects) -> list[Path]:
-    """compose and Kubernetes: `server/nats-server.conf` (what nats-server reads: hashes
-    only) and `<user>/password` for each user, each folder a container's own secret (its
-    service's alone). The passwords themselves are kept in `users/` (as `sluice up` keeps
-    them), so running it again changes nothing a running platform uses."""
-    users = NatsUsers.ensure_in(folder / "users", services, subjects, batch_worker=True)
+    """compose and Kubernetes: `server/nats-server.conf` (what nats-server reads: hashes and
+    the auth callout issuer's public key only), `<user>/password` for each user and
+    `batch-callout/seed`, each folder a container's own secret (its service's alone). The
+    passwords and the seed themselves are kept in `users/` (as `sluice up` keeps them), so
+    running it again changes nothing a running platform uses."""
+    users = NatsUsers.ensure_in(folder / "users", services, subjects, callout=True)
     (folder / "server").mkdir(exist_ok=True)
     _write_private(folder / "server" / CONFIG, users.config_file.read_text())
     written = [folder / "server" / CONFIG]
@@ -465,6 +473,9 @@ def write_deploy_secrets(folder: Path, services: list[str], subjects: Subjects) 
         (folder / user).mkdir(exist_ok=True)
         _write_private(folder / user / "password", password)
         written.append(folder / user / "password")
+    (folder / CALLOUT_FOLDER).mkdir(exist_ok=True)
+    _write_private(folder / CALLOUT_FOLDER / "seed", (folder / "users" / CALLOUT_SEED).read_text())
+    written.append(folder / CALLOUT_FOLDER / "seed")
     return written
 
 

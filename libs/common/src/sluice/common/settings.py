@@ -104,10 +104,11 @@ class Settings(BaseSettings):
     # user per job there for its workers (deployment code); unset = workers use nats_url.
     nats_auth_dir: Path | None = None
     # compose and Kubernetes: this service's NATS user and the file (a secret) holding its
-    # password, added to nats_url; the batch service's workers' static user's password.
+    # password, added to nats_url; for the batch service, the seed with which it answers
+    # nats-server's auth callout for its jobs' workers (sluice.common.nats_callout).
     nats_user: str | None = None
     nats_password_file: Path | None = None
-    batch_worker_nats_password_file: Path | None = None
+    nats_callout_seed_file: Path | None = None
     # compose and Kubernetes: deployment code (batch workers, the local backend's instances)
     # shares its service's uid, so each process starts in a Landlock sandbox that reaches
     # only its own files (sluice.common.confine); a kernel without Landlock fails it. Off by

@@ -7,6 +7,7 @@ import contextlib
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import grpc
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -33,7 +34,8 @@ from sluice.common.events import (
 from sluice.common.grpc_server import GrpcServer
 from sluice.common.log import get_logger
 from sluice.common.mongo import create_mongo_client, database, require_uri
-from sluice.common.nats_auth import BATCH_WORKER, JobUsers, with_user
+from sluice.common.nats_auth import JobUsers
+from sluice.common.nats_callout import JobCallout
 from sluice.common.prometheus import start_exporter
 from sluice.common.runtime import wait_for_shutdown_signal
 from sluice.common.settings import Settings
@@ -60,13 +62,15 @@ def batch_prefix(settings: Settings) -> str:
     return settings.events_subject_prefix.rsplit(".", 1)[0] + ".batch"
 
 
-def worker_nats_url(settings: Settings) -> str | None:
-    """compose and Kubernetes: the static `batch-worker` user (its password is a secret
-    of the batch service's) instead of the service's own user for deployment code."""
-    secret = settings.batch_worker_nats_password_file
-    if secret is None or not settings.nats_url:
-        return None
-    return with_user(settings.nats_url, BATCH_WORKER, secret.read_text().strip())
+def job_users(settings: Settings) -> JobUsers | JobCallout | None:
+    """Who gives each job's workers (deployment code) a NATS user of that job alone:
+    `sluice up`'s nats-server configuration, reloaded (`nats_auth_dir`), or, in compose and
+    Kubernetes, nats-server's auth callout answered by this service (its seed file)."""
+    if settings.nats_auth_dir:
+        return JobUsers(settings.nats_auth_dir)
+    if settings.nats_callout_seed_file:
+        return JobCallout.from_file(settings.nats_callout_seed_file)
+    return None  # an operator's NATS (SLUICE_NATS_URL alone): workers use the service's URL
 
 
 async def prune_spares(spares: SparePool) -> None:
@@ -87,6 +91,7 @@ async def serve(settings: Settings) -> None:
         state_dir / "batch-spares", max_per_key=0 if settings.landlock else MAX_PER_KEY
     )
     tasks: list[asyncio.Task[None]] = []
+    callout: Any = None  # compose and Kubernetes: the auth callout's NATS connection
     relay: OutboxRelay | None = None
     lease: ServiceLease | None = None
     lost = False
@@ -115,6 +120,9 @@ async def serve(settings: Settings) -> None:
         store = JobStore(db, outbox)
         await store.ensure_indexes()
         assert settings.nats_url
+        users = job_users(settings)
+        if isinstance(users, JobCallout):  # before any job resumes: its workers reconnect
+            callout = await users.serve(settings.nats_url)
         ctx = RunnerContext(
             store=store,
             db=db,
@@ -129,8 +137,7 @@ async def serve(settings: Settings) -> None:
             artifacts=ArtifactStore(state_dir / "artifacts"),
             catalogue=Catalogue.load(),
             spares=spares,
-            job_users=JobUsers(settings.nats_auth_dir) if settings.nats_auth_dir else None,
-            worker_nats_url=worker_nats_url(settings),
+            job_users=users,
             landlock=settings.landlock,
         )
         registry = None
@@ -185,6 +192,9 @@ async def serve(settings: Settings) -> None:
                 await lease.release()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(broker.stop(), timeout=3)
+        if callout is not None:
+            with contextlib.suppress(Exception):
+                await callout.close()
         await mongo.close()
     if lost:
         sys.exit(1)

@@ -50,7 +50,6 @@ from sluice.common.environments import EnvironmentBuilder, EnvironmentError_
 from sluice.common.isolation import IsolationError
 from sluice.common.log import get_logger
 from sluice.common.nats_auth import (
-    BATCH_WORKER_INBOX,
     JobUsers,
     job_user,
     nats_accepts,
@@ -58,6 +57,7 @@ from sluice.common.nats_auth import (
     with_user,
     without_user,
 )
+from sluice.common.nats_callout import JobCallout
 from sluice.common.resources import (
     BATCH_DEPLOYMENTS,
     BatchDeploymentDoc,
@@ -93,10 +93,10 @@ class RunnerContext:
     artifacts: ArtifactStore
     catalogue: Catalogue
     spares: SparePool
-    # The local platform's NATS: a user per job for its workers (None: they use nats_url).
-    job_users: JobUsers | None = None
-    # compose and Kubernetes: the static `batch-worker` user's URL for every job's workers.
-    worker_nats_url: str | None = None
+    # A NATS user per job for its workers: `sluice up`'s (JobUsers, a reloaded configuration)
+    # or compose's and Kubernetes' (JobCallout, nats-server's auth callout). None: an
+    # operator's NATS, whose authentication is theirs; the workers use nats_url.
+    job_users: JobUsers | JobCallout | None = None
     # compose and Kubernetes: workers start in a Landlock sandbox (confine.py).
     landlock: bool = False
 
@@ -335,11 +335,11 @@ class JobRunner:
         )
 
     async def _workers_nats_url(self) -> str:
-        """On the local platform, a NATS user of this job alone (JobQueue.worker_permissions):
-        the workers run the deployment's code, which must not reach other jobs' queues."""
+        """A NATS user of this job alone (JobQueue.worker_permissions): the workers run the
+        deployment's code, which must not reach other jobs' queues."""
         users = self.ctx.job_users
         if users is None:
-            return self.ctx.worker_nats_url or self.ctx.nats_url
+            return self.ctx.nats_url
         password = await asyncio.to_thread(
             users.add, self.job.name, self.queue.worker_permissions()
         )
@@ -347,26 +347,25 @@ class JobRunner:
         if not await nats_accepts(url, deadline_s=NATS_RELOAD_DEADLINE_S):
             raise JobAborted(
                 f"NATS did not accept the job's workers' user within {NATS_RELOAD_DEADLINE_S:.0f}"
-                " s (its configuration is reloaded with SIGHUP: is nats-server running?)"
+                f" s ({users.mechanism}: is nats-server running?)"
             )
         return url
 
-    async def _remove_workers_user(self, users: JobUsers) -> None:
-        """The job's user goes with it: once NATS refuses its password the reload has taken
-        effect (and closed every connection of that user)."""
+    async def _remove_workers_user(self, users: JobUsers | JobCallout) -> None:
+        """The job's user goes with it: once NATS refuses its password the change has taken
+        effect (a reload also closes every connection of that user; its workers have
+        stopped by now either way)."""
         await asyncio.to_thread(users.remove, self.job.name)
         password = users.password(self.job.name)
         url = with_user(without_user(self.ctx.nats_url), job_user(self.job.name), password)
         if not await nats_refuses(url, deadline_s=NATS_RELOAD_DEADLINE_S):
             self.log(
                 f"NATS still accepts the ended job's user after {NATS_RELOAD_DEADLINE_S:.0f} s"
-                " (its configuration is reloaded with SIGHUP: did the reload fail? see its log)"
+                f" ({users.mechanism}: see nats-server's log)"
             )
 
     def _workers_inbox_prefix(self) -> str:
-        """The job's own inboxes, but the static worker user may receive only on its own."""
-        if self.ctx.job_users is None and self.ctx.worker_nats_url:
-            return BATCH_WORKER_INBOX
+        """The job's own inboxes (its user may receive on no other)."""
         return self.queue.inbox_prefix
 
     def _isolate(
