@@ -41,6 +41,7 @@ from sluice.common.nats_auth import (
     JobUsers,
     NatsUsers,
     Subjects,
+    inbox_prefix,
     job_user,
     nats_accepts,
     nats_refuses,
@@ -95,10 +96,16 @@ def secured_nats(
 
 
 async def connect(url: str, errors: list[str] | None = None, **kwargs: object) -> Client:
+    """A connection as `url`'s user, on that user's own inboxes unless told otherwise (as
+    the services' brokers do: sluice.common.events.create_broker)."""
+
     async def on_error(exc: Exception) -> None:
         if errors is not None:
             errors.append(str(exc).lower())
 
+    user = urlsplit(url).username
+    if user and "inbox_prefix" not in kwargs:
+        kwargs["inbox_prefix"] = inbox_prefix(user)
     return await nats.connect(url, allow_reconnect=False, error_cb=on_error, **kwargs)  # type: ignore[arg-type]
 
 
@@ -303,10 +310,14 @@ async def test_no_service_can_remove_the_events_and_only_batch_reads_job_queues(
         await registry.close()
     errors: list[str] = []
     traffic = await connect(secured_nats.url("traffic"), errors)
+    # Not the job queues, not the auth requests, not another user's inboxes (their replies).
+    refused = ("sluice.batch.>", "$SYS.REQ.USER.AUTH", "_INBOX.>", "_INBOX_registry.>")
     try:
-        await traffic.subscribe("sluice.batch.>")
+        for subject in refused:
+            await traffic.subscribe(subject)
         await traffic.flush(timeout=5)
-        await refused_by_server(errors, "subscription")
+        for subject in refused:
+            await refused_by_server(errors, f'subscription to "{subject.lower()}"')
     finally:
         await traffic.close()
 

@@ -75,9 +75,9 @@ from sluice.common.settings import with_nats_user
 
 CLI_USER = "cli"
 AUDIT_USER = "audit"
+AUDIT_INBOX = f"_INBOX_{AUDIT_USER}"  # inbox_prefix(AUDIT_USER)
 WORKERS_DURABLE = "workers"  # each job's work queue consumer (sluice.batch.queue.DURABLE)
 AUDIT_DURABLE = "audit"
-AUDIT_INBOX = "_INBOX_audit"
 JOB_USER_PREFIX = "batch-job-"
 FOLDER = "nats-auth"
 PASSWORDS = "passwords.json"  # every static user's password
@@ -147,8 +147,15 @@ class Subjects:
         return f"{self.events_prefix.rsplit('.', 1)[0]}.{name}"
 
 
+def inbox_prefix(user: str) -> str:
+    """A user's own inboxes (`_INBOX_<user>`): its clients set it (nats-py `inbox_prefix`),
+    and it may receive on no other user's, so no user reads another's replies."""
+    return f"_INBOX_{user}"
+
+
 def service_permissions(service: str, s: Subjects) -> Permissions:
-    """A service: its own events and measurements; the events stream cannot be removed."""
+    """A service: its own events and measurements; the events stream cannot be removed;
+    it receives the events, on its own inboxes and its own subjects alone."""
     source = f"sluice/{service}"
     events = sorted(
         {e.subject(s.events_prefix) for e in ALL if e.source == source}
@@ -158,6 +165,14 @@ def service_permissions(service: str, s: Subjects) -> Permissions:
         "provisioner": [f"{s.beside('usage')}.>"],
         "metrics": [f"{s.beside('metrics')}.>"],
         "batch": [f"{s.beside('batch')}.>"],
+    }.get(service, [])
+    received = {
+        "metrics": [f"{s.beside('usage')}.>"],  # the provisioner's usage samples
+        "batch": [
+            f"{s.beside('batch')}.>",  # job queues and results
+            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>",  # a mini-batch given up
+            AUTH_SUBJECT,  # nats-server's auth callout (compose, Kubernetes)
+        ],
     }.get(service, [])
     api = "$JS.API"
     stream = s.events_stream
@@ -170,11 +185,12 @@ def service_permissions(service: str, s: Subjects) -> Permissions:
                 f"{api}.STREAM.MSG.DELETE.{stream}",
             ],
         },
+        # Not the job queues nor the auth requests (they carry the jobs' passwords) but the
+        # batch service's; no other service's inboxes.
+        "subscribe": {"allow": [f"{s.events_prefix}.>", f"{inbox_prefix(service)}.>", *received]},
     }
     if service == "batch":  # it answers nats-server's auth callout (compose, Kubernetes)
         permissions["allow_responses"] = True
-    else:  # nor the job queues, nor the auth requests (they carry the jobs' passwords)
-        permissions["subscribe"] = {"deny": [f"{s.beside('batch')}.>", AUTH_SUBJECT]}
     return permissions
 
 

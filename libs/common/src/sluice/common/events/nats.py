@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import weakref
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import urlsplit
 
 from faststream.middlewares import AckPolicy
 from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
@@ -28,7 +30,22 @@ def create_broker(settings: Settings, *, client_name: str) -> NatsBroker:
     """A FastStream NATS broker for `settings.nats_url`; subscribe, then `await broker.start()`."""
     if not settings.nats_url:
         raise RuntimeError("SLUICE_NATS_URL is not set: start the platform with `sluice up`")
-    return NatsBroker(settings.nats_url, name=client_name, logger=None)
+    user = urlsplit(settings.nats_url).username
+    # Its own inboxes when it connects as a user of the platform's (nats_auth.inbox_prefix):
+    # that user may receive on no other.
+    prefix = f"_INBOX_{user}" if user else "_INBOX"
+    broker = NatsBroker(settings.nats_url, name=client_name, logger=None, inbox_prefix=prefix)
+    _INBOXES[broker] = f"{prefix}.".encode()
+    return broker
+
+
+# Each broker's inbox prefix: pull subscriptions take it again (FastStream's default is "_INBOX.").
+_INBOXES: weakref.WeakKeyDictionary[NatsBroker, bytes] = weakref.WeakKeyDictionary()
+
+
+def inbox_prefix(broker: NatsBroker) -> bytes:
+    """The prefix (with its dot) of `broker`'s inboxes, for its pull subscriptions."""
+    return _INBOXES.get(broker, b"_INBOX.")
 
 
 async def ensure_events_stream(broker: NatsBroker, *, stream: str, subject_prefix: str) -> None:
@@ -84,6 +101,7 @@ def durable_subscriber(
             ack_wait=30,
         ),
         pull_sub=PullSub(batch_size=16, timeout=1.0),
+        inbox_prefix=inbox_prefix(broker),
         ack_policy=AckPolicy.NACK_ON_ERROR,
         decoder=decode_cloudevent,
         title=f"{durable} <- events",
