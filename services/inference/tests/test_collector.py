@@ -176,3 +176,52 @@ def test_records_keep_their_shape_whatever_the_payload(tmp_path: Path) -> None:
     assert records[4]["dataencoding"] == "base64"
     expected = datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds")
     assert {r["time"] for r in records} == {expected} == {"2025-11-27T00:00:02.656+00:00"}
+
+
+def test_a_record_line_is_the_json_of_azures_fields_in_their_order(tmp_path: Path) -> None:
+    """The line is put together from pre-made parts (collector.RECORD): it must be exactly
+    the compact JSON of Azure's record, whatever the ids, source, payload and extras hold."""
+    import base64
+
+    import orjson
+
+    collections = frozenset({"model_inputs", "request", "response"})
+    dc = DataCollector(
+        CollectorSettings(
+            folder=tmp_path, collections=collections, instance="i", source='/e"p\\/d\u00e9'
+        )
+    )
+    at = 1_764_201_602.6569
+    payloads = [b'{"a": [1, 2]}', b"[1.5]", b'{\n"a": 1\n}', b'caf\xc3\xa9 "q"', b"\xff\x00", b""]
+    extras = [None, {"status": 503}, {"method": "POST", "path": '/score?x="1"'}]
+    for payload in payloads:
+        for extra in extras:
+            collection = "model_inputs" if extra is None else "response"
+            rid = 'r"\u00e9\\1'
+            item = (collection, "c0ffee", rid, at, payload, extra)
+            expected: dict[str, object] = {
+                "specversion": "1.0",
+                "id": f"c0ffee-{collection}",
+                "source": '/e"p\\/d\u00e9',
+                "type": f"azureml.inference.{collection}",
+                "datacontenttype": "application/json",
+                "time": "2025-11-27T00:00:02.656+00:00",
+                "correlationid": "c0ffee",
+                "xrequestid": rid,
+                "contentrange": f"bytes 0-{max(len(payload) - 1, 0)}/{len(payload)}",
+                "agent": "sluice-inference",
+            }
+            try:
+                parsed = json.loads(payload) if payload else None
+                as_sent = payload and b"\n" not in payload
+                expected["data"] = orjson.Fragment(payload) if as_sent else parsed
+            except ValueError:
+                try:
+                    expected["data"] = payload.decode()
+                    expected["datacontenttype"] = "text/plain"
+                except UnicodeDecodeError:
+                    expected["data"] = base64.b64encode(payload).decode()
+                    expected["datacontenttype"] = "application/octet-stream"
+                    expected["dataencoding"] = "base64"
+            expected.update(extra or {})
+            assert dc._line(item) == orjson.dumps(expected) + b"\n", (payload, extra)

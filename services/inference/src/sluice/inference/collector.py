@@ -17,8 +17,9 @@ the file it closed is also written as `<instance>.parquet` beside it, by a child
 process (`sluice.inference.parquet`) so that pyarrow never loads in the server.
 
 The writer is on the server's core too, so each record is made cheaply (bench/tracing
-measures it): a JSON payload is checked with one parse and written as it came
-(`orjson.Fragment`, not parsed and serialized again), the time is formatted once per
+measures it): the record's fixed parts are JSON made once and the line is put together
+with one bytes `%`, a JSON payload is checked with one parse and written as it came
+(not parsed and serialized again), the time is formatted once per
 second, the files are grouped by (collection, minute) keys rather than `Path`s, and a
 correlation id is a version-4 UUID from `random` (unique, not secret: no system call).
 
@@ -55,6 +56,12 @@ MAX_QUEUED = 10_000  # records waiting for the writer; more are dropped ("queue_
 DEFAULT_MAX_BYTES = 1024**3
 STATS_FOLDER = "_stats"
 PARTITIONS = {"minute": "%Y/%m/%d/%H/%M", "hour": "%Y/%m/%d/%H", "day": "%Y/%m/%d"}
+# A record (Azure's fields, in its order); `data` is last but for `dataencoding` and extras.
+RECORD = (
+    b'{"specversion":"1.0","id":"%s-%s","source":%s,"type":%s,"datacontenttype":%s,'
+    b'"time":"%s","correlationid":"%s","xrequestid":%s,"contentrange":"bytes 0-%d/%d",'
+    b'"agent":"sluice-inference","data":%s%s}\n'
+)
 # A version-4, variant-1 UUID (RFC 9562) from 128 random bits: clear these, set those.
 UUID4_CLEAR = (0xF000 << 64) | (0xC000 << 48)
 UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
@@ -101,6 +108,8 @@ class DataCollector:
         self._current_key: dict[str, tuple[str, int]] = {}  # collection -> its last key
         self._second: tuple[int, str] = (-1, "")  # the last second formatted, and its text
         self._types = {name: f"azureml.inference.{name}" for name in settings.collections}
+        self._type_json: dict[str, bytes] = {}  # collection -> its `type`, as JSON
+        self._source = orjson.dumps(settings.source)
         self._converting: list[subprocess.Popen[bytes]] = []  # Parquet writers (parquet.py)
         self._thread = threading.Thread(target=self._loop, name="collector", daemon=True)
 
@@ -183,7 +192,7 @@ class DataCollector:
         limit = self.settings.max_bytes
         while self._queue:
             item = self._queue.popleft()
-            line = orjson.dumps(self._record(item), option=orjson.OPT_APPEND_NEWLINE)
+            line = self._line(item)
             if self._used + len(line) > limit:
                 self._drop("quota")
                 continue
@@ -249,33 +258,44 @@ class DataCollector:
                 log.warning("collector_parquet_failed", error=error.strip()[-2000:])
         self._converting = running
 
-    def _record(self, item: Item) -> dict[str, Any]:
+    def _line(self, item: Item) -> bytes:
+        """One record as Azure writes it, as a JSON line: the fixed parts are JSON made once
+        (per collector or collection), the payload is written as it came when it is JSON on
+        one line, and the rest goes in with one bytes `%` (what orjson.dumps of the record's
+        dict would write, byte for byte: test_collector.py, at ~2/3 of its cost)."""
         collection, correlation_id, request_id, at, payload, extra = item
-        record: dict[str, Any] = {
-            "specversion": "1.0",
-            "id": f"{correlation_id}-{collection}",  # unique without a uuid per record
-            "source": self.settings.source,
-            "type": self._types.get(collection) or f"azureml.inference.{collection}",
-            "datacontenttype": "application/json",
-            "time": self._time(at),
-            "correlationid": correlation_id,
-            "xrequestid": request_id,
-            "contentrange": f"bytes 0-{max(len(payload) - 1, 0)}/{len(payload)}",
-            "agent": "sluice-inference",
-        }
+        kind, tail = b'"application/json"', b""
         try:
-            record["data"] = _json(payload) if payload else None
+            data = _json(payload) if payload else b"null"
         except orjson.JSONDecodeError:
             try:
-                record["data"] = payload.decode("utf-8")
-                record["datacontenttype"] = "text/plain"
+                data = orjson.dumps(payload.decode("utf-8"))
+                kind = b'"text/plain"'
             except UnicodeDecodeError:
-                record["data"] = base64.b64encode(payload).decode()
-                record["datacontenttype"] = "application/octet-stream"
-                record["dataencoding"] = "base64"
+                data = orjson.dumps(base64.b64encode(payload).decode())
+                kind, tail = b'"application/octet-stream"', b',"dataencoding":"base64"'
         if extra:
-            record.update(extra)
-        return record
+            tail += b"," + orjson.dumps(extra)[1:-1]
+        kind_of = self._type_json.get(collection)
+        if kind_of is None:
+            name = self._types.get(collection) or f"azureml.inference.{collection}"
+            kind_of = self._type_json[collection] = orjson.dumps(name)
+        cid = correlation_id.encode()
+        size = len(payload)
+        return RECORD % (
+            cid,
+            collection.encode(),
+            self._source,
+            kind_of,
+            kind,
+            self._time(at).encode(),
+            cid,
+            orjson.dumps(request_id),
+            max(size - 1, 0),
+            size,
+            data,
+            tail,
+        )
 
     def _time(self, at: float) -> str:
         """`at` as Azure writes it: ISO 8601 in UTC, to the millisecond."""
@@ -330,11 +350,11 @@ class DataCollector:
             log.warning("collector_stats_failed", error=str(exc))
 
 
-def _json(payload: bytes) -> Any:
-    """A JSON payload for the record's `data`: checked by one parse and kept as it came,
+def _json(payload: bytes) -> bytes:
+    """A JSON payload as the record's `data`: checked by one parse and kept as it came,
     unless it spans lines (a JSON-lines record is one line): then parsed and written again.
     orjson.JSONDecodeError when it is not JSON."""
     parsed = orjson.loads(payload)
     if b"\n" in payload or b"\r" in payload:
-        return parsed
-    return orjson.Fragment(payload)
+        return orjson.dumps(parsed)
+    return payload
