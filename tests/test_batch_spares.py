@@ -13,7 +13,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from sluice.batch.spares import SpareKey, SparePool, hand_over
+from sluice.batch.spares import SpareKey, SparePool
+from sluice.common.handover import hand_over
 from sluice.common.isolation import Account
 from sluice.testing.wait import wait_for
 
@@ -96,6 +97,7 @@ def test_a_spare_writes_to_the_log_it_is_handed(tmp_path: Path) -> None:
     [spare] = pool.take(key, 1)
     logs = tmp_path / "logs"
     logs.mkdir(mode=0o700)
-    hand_over(spare, {"PATH": "/usr/bin:/bin"}, str(tmp_path), logs / "worker-0.log")
+    job = {"env": {"PATH": "/usr/bin:/bin"}, "cwd": str(tmp_path)}
+    hand_over(spare, job, logs / "worker-0.log")
     spare.wait(timeout=60)  # no configuration: the worker stops, saying why, in its log
     assert "SLUICE_BATCH_WORKER" in (logs / "worker-0.log").read_text()

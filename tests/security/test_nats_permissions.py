@@ -21,6 +21,7 @@ import nats
 import pytest
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, StreamConfig
 from nats.js.errors import Error as JetStreamError
 
@@ -118,6 +119,20 @@ async def refused_by_server(errors: list[str], what: str) -> None:
     await wait_for_async(seen, f"a permissions violation for {what}", deadline=10)
 
 
+async def queue_one_mini_batch(js: JetStreamContext, job: str, file: str) -> JobQueue:
+    """`job`'s work and results streams and consumer, as the batch service makes them,
+    with one mini-batch (of `file`) queued."""
+    queue = JobQueue(job, "sluice.batch")
+    await js.add_stream(StreamConfig(name=queue.work_stream, subjects=[queue.work_subject]))
+    await js.add_stream(
+        StreamConfig(name=queue.results_stream, subjects=[f"{queue.results_prefix}.>"])
+    )
+    await js.add_consumer(queue.work_stream, ConsumerConfig(durable_name=DURABLE, ack_wait=30))
+    body = MiniBatch(index=0, files=[file]).model_dump_json().encode()
+    await js.publish(queue.work_subject, body, stream=queue.work_stream)
+    return queue
+
+
 @pytest.fixture(scope="module")
 async def two_jobs(secured_nats: Nats) -> AsyncIterator[dict[str, tuple[JobQueue, str]]]:
     """Jobs `a` and `b`, each with one mini-batch queued by the batch service and a user."""
@@ -125,14 +140,7 @@ async def two_jobs(secured_nats: Nats) -> AsyncIterator[dict[str, tuple[JobQueue
     js = service.jetstream()
     jobs = {}
     for job in ("job-a", "job-b"):
-        queue = JobQueue(job, "sluice.batch")
-        await js.add_stream(StreamConfig(name=queue.work_stream, subjects=[queue.work_subject]))
-        await js.add_stream(
-            StreamConfig(name=queue.results_stream, subjects=[f"{queue.results_prefix}.>"])
-        )
-        await js.add_consumer(queue.work_stream, ConsumerConfig(durable_name=DURABLE, ack_wait=30))
-        body = MiniBatch(index=0, files=[f"/{job}/secret.csv"]).model_dump_json().encode()
-        await js.publish(queue.work_subject, body, stream=queue.work_stream)
+        queue = await queue_one_mini_batch(js, job, f"/{job}/secret.csv")
         password = secured_nats.jobs.add(job, queue.worker_permissions())
         url = with_user(secured_nats.address, job_user(job), password)
         assert await nats_accepts(url, deadline_s=10), f"{job}'s user was never accepted"
@@ -418,14 +426,7 @@ async def test_compose_and_kubernetes_give_each_jobs_workers_their_own_user_by_c
     await js.add_stream(StreamConfig(name=SUBJECTS.events_stream, subjects=["sluice.events.>"]))
     queues, urls = {}, {}
     for job in ("job-d", "job-e"):
-        queue = queues[job] = JobQueue(job, "sluice.batch")
-        await js.add_stream(StreamConfig(name=queue.work_stream, subjects=[queue.work_subject]))
-        await js.add_stream(
-            StreamConfig(name=queue.results_stream, subjects=[f"{queue.results_prefix}.>"])
-        )
-        await js.add_consumer(queue.work_stream, ConsumerConfig(durable_name=DURABLE, ack_wait=30))
-        body = MiniBatch(index=0, files=[f"/{job}/a.csv"]).model_dump_json().encode()
-        await js.publish(queue.work_subject, body, stream=queue.work_stream)
+        queue = queues[job] = await queue_one_mini_batch(js, job, f"/{job}/a.csv")
         password = callout.add(job, queue.worker_permissions())
         urls[job] = with_user(address, job_user(job), password)
     own, other = queues["job-d"], queues["job-e"]

@@ -34,7 +34,7 @@ from sluice.batch.job_trace import JobTrace
 from sluice.batch.jobs import Cost, Job, JobError, JobState, JobStore, Progress
 from sluice.batch.output import merge_parts
 from sluice.batch.queue import DURABLE, JobQueue
-from sluice.batch.spares import SpareKey, SparePool, as_user, base_env, hand_over
+from sluice.batch.spares import SpareKey, SparePool, as_user, base_env
 from sluice.batch.worker import (
     CONFIG_ENV,
     EXIT_INIT_FAILED,
@@ -47,6 +47,7 @@ from sluice.common import confine
 from sluice.common.artifacts import ArtifactStore
 from sluice.common.catalogue import Catalogue, UnknownInstanceType
 from sluice.common.environments import EnvironmentBuilder, EnvironmentError_
+from sluice.common.handover import hand_over
 from sluice.common.isolation import IsolationError
 from sluice.common.log import get_logger
 from sluice.common.nats_auth import (
@@ -467,7 +468,7 @@ class JobRunner:
         env = worker_env(self.job, self.python, self.space.home, cfg)
         if self.warm:
             spare = self.warm.pop()
-            hand_over(spare, env, str(self.cwd), log_path)
+            hand_over(spare, {"env": env, "cwd": str(self.cwd)}, log_path)
             return WorkerProcess(name, spare, log_path, warm=True)
         uid, gid, groups = as_user(self.spare_key.user)
         argv = [self.python, "-m", "sluice.batch.worker"]

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import json
 import os
-import socket
 import sys
 import tempfile
+
+from sluice.common.handover import receive, take_log
 
 
 def main() -> None:
@@ -35,39 +35,16 @@ def main() -> None:
     from sluice.batch import worker
 
     print(f"spare {os.getpid()} ready", flush=True)  # to spares.log: its imports are done
-    line, log = receive()
-    if not line.strip():
+    job, log = receive()
+    if job is None:
         return
-    job = json.loads(line)
-    os.dup2(log, 1)
-    os.dup2(log, 2)
-    os.close(log)
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.close(null)
+    take_log(log)
     os.environ.clear()
     os.environ.update(job["env"])
     tempfile.tempdir = None  # TMPDIR is the job's now
     os.chdir(job["cwd"])
     sys.path[0] = job["cwd"]  # as `python -m` started in that folder would have it
     worker.main()
-
-
-def receive() -> tuple[bytes, int]:
-    """The job's line and its open log file from stdin, a socket (spares.py `hand_over`).
-
-    (b"", -1) when stdin closes without a job."""
-    channel = socket.socket(fileno=os.dup(0))
-    data, fds, _, _ = socket.recv_fds(channel, 1 << 20, 1)
-    if not fds:
-        return b"", -1
-    while not data.endswith(b"\n"):
-        more = channel.recv(1 << 20)
-        if not more:
-            break
-        data += more
-    channel.close()
-    return data, fds[0]
 
 
 if __name__ == "__main__":

@@ -23,8 +23,6 @@ worker.
 
 from __future__ import annotations
 
-import json
-import os
 import socket
 import subprocess
 import time
@@ -86,16 +84,6 @@ def base_env(python: str, home: Path, variables: Mapping[str, str]) -> dict[str,
         "LANG": "C.UTF-8",
         "PYTHONUNBUFFERED": "1",
     }
-
-
-def hand_over(spare: subprocess.Popen[bytes], env: dict[str, str], cwd: str, log: Path) -> None:
-    """Turn a spare into a worker: its environment and working directory (one line) and its
-    log, opened here and passed as an open file (the spare's user cannot reach the folder)."""
-    assert spare.stdin is not None
-    line = json.dumps({"env": env, "cwd": cwd}) + "\n"
-    with log.open("ab") as out, socket.socket(fileno=os.dup(spare.stdin.fileno())) as channel:
-        socket.send_fds(channel, [line.encode()], [out.fileno()])
-    spare.stdin.close()
 
 
 class SparePool:

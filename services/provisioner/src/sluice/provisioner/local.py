@@ -28,6 +28,7 @@ import psutil
 from sluice.common import confine, gateway_auth
 from sluice.common.catalogue import InstanceType
 from sluice.common.collected import collected_dir, collector_argv
+from sluice.common.handover import hand_over
 from sluice.common.isolation import (
     Account,
     IsolationError,
@@ -45,7 +46,7 @@ from sluice.common.resources import OnlineDeploymentSpec
 from sluice.common.settings import TracingSettings
 from sluice.common.supervisor import free_port
 from sluice.common.tracing import instance_folder, otlp_port
-from sluice.provisioner.spares import SparePool, hand_over, spare_key
+from sluice.provisioner.spares import SparePool, spare_key
 from sluice.provisioner.store import ProcessRecord, RunningRecord
 
 STOP_GRACE_S = 5.0

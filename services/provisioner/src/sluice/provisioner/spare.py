@@ -20,10 +20,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import importlib
-import json
 import os
-import socket
 import sys
+
+from sluice.common.handover import receive, take_log
 
 PR_SET_DUMPABLE = 4
 
@@ -34,16 +34,10 @@ def main() -> None:
             importlib.import_module(module)
     from sluice.inference import __main__ as inference
 
-    line, log = receive()
-    if not line.strip():
+    job, log = receive()
+    if job is None:
         return
-    job = json.loads(line)
-    os.dup2(log, 1)
-    os.dup2(log, 2)
-    os.close(log)
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)  # the socket is done with
-    os.close(null)
+    take_log(log)
     if job.get("user"):
         become(*job["user"])
     os.umask(0o077)
@@ -53,23 +47,6 @@ def main() -> None:
         os.chdir(job["cwd"])
     sys.argv = ["python -m sluice.inference", *job["argv"]]
     inference.main()
-
-
-def receive() -> tuple[bytes, int]:
-    """The job's line and its open log file from stdin, a socket (spares.py `hand_over`).
-
-    (b"", -1) when stdin closes without a job."""
-    channel = socket.socket(fileno=os.dup(0))
-    data, fds, _, _ = socket.recv_fds(channel, 1 << 20, 1)
-    if not fds:
-        return b"", -1
-    while not data.endswith(b"\n"):
-        more = channel.recv(1 << 20)
-        if not more:
-            break
-        data += more
-    channel.close()
-    return data, fds[0]
 
 
 def become(uid: int, gid: int) -> None:

@@ -14,17 +14,15 @@ Which spare may become which instance is its `SpareKey`:
   next instance, a scale-up, a rolling update or a wake from zero, starts warm) and stopped
   when the deployment is deleted or moves to another environment.
 
-A spare's stdin is a socket: `hand_over` writes the instance's arguments, environment and
-working directory there as one JSON line, with the instance's log file passed as an open
-file (SCM_RIGHTS), since a spare running as the deployment's user cannot open the
-platform's log folder.
+A spare's stdin is a socket: `sluice.common.handover.hand_over` writes the instance's
+arguments, environment and working directory there as one JSON line, with the instance's
+log file passed as an open file (SCM_RIGHTS), since a spare running as the deployment's
+user cannot open the platform's log folder.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import socket
 import subprocess
 import uuid
@@ -80,17 +78,6 @@ def spare_is_safe(python: str) -> bool:
     return not ready.is_file() or not ready.read_text().strip()
 
 
-def hand_over(spare: subprocess.Popen[bytes], job: dict[str, Any], log: Path) -> None:
-    """Turn `spare` into an instance: `job` (argv, env, cwd and, for a shared spare as root,
-    the user to become) as one line, the instance's log passed as an open file."""
-    assert spare.stdin is not None
-    line = (json.dumps(job) + "\n").encode()
-    with log.open("ab") as out, socket.socket(fileno=os.dup(spare.stdin.fileno())) as channel:
-        socket.send_fds(channel, [line], [out.fileno()])
-    with contextlib.suppress(OSError):
-        spare.stdin.close()
-
-
 class SparePool:
     """At most one waiting spare per key."""
 
@@ -116,12 +103,9 @@ class SparePool:
             return
         self._spares[key] = self._start(key)
 
-    def forget(self, home: Path) -> int:
-        """Stop the spares of the deployment whose HOME is `home` (it was deleted); how many."""
-        keys = [key for key in self._spares if key.home == str(home)]
-        alive = sum(1 for key in keys if self._spares[key].poll() is None)
-        self._stop(keys)
-        return alive
+    def forget(self, home: Path) -> None:
+        """Stop the spares of the deployment whose HOME is `home` (it was deleted)."""
+        self._stop([key for key in self._spares if key.home == str(home)])
 
     def close(self) -> None:
         self._stop(list(self._spares))
