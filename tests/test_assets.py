@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -16,6 +14,7 @@ from sluice.common.assets import AssetKind, AssetSpec
 from sluice.common.resources import OnlineDeployment, ProvisioningState
 from sluice.sdk.client import RegistryClient, SluiceError
 from sluice.sdk.specs import load_online_deployment, load_online_endpoint
+from sluice.testing.cli import Cli as InProcessCli
 from sluice.testing.plugin import RunningService
 from sluice.testing.wait import wait_for
 
@@ -29,10 +28,11 @@ def settled(client: RegistryClient) -> OnlineDeployment | None:
 
 
 class Cli:
-    def __init__(self, registry: RunningService, cwd: Path):
-        self.cwd = cwd
-        self.env = {
-            **os.environ,
+    """`sluice ...` against the test's registry, in the test's process (sluice.testing.cli)."""
+
+    def __init__(self, runner: InProcessCli, registry: RunningService, cwd: Path):
+        self.runner, self.cwd = runner, cwd
+        self.env: dict[str, str | None] = {
             "SLUICE_REGISTRY_ADDRESS": registry.address,
             "SLUICE_ADMIN_TOKEN": registry.settings.admin_token or "",
             "SLUICE_STATE_DIR": str(registry.settings.state_dir),
@@ -41,15 +41,7 @@ class Cli:
         }
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "sluice.sdk.cli", *args],
-            capture_output=True,
-            text=True,
-            env=self.env,
-            cwd=self.cwd,
-            timeout=60,
-            check=False,
-        )
+        return self.runner.complete(*args, env=self.env, cwd=self.cwd)
 
     def json(self, *args: str) -> dict[str, object]:
         result = self.run(*args, "-o", "yaml")
@@ -66,8 +58,13 @@ class Cli:
 
 
 @pytest.fixture
-def cli(registry: RunningService, examples: Path) -> Cli:
-    return Cli(registry, examples / "online")
+def in_process(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> InProcessCli:
+    return InProcessCli(capsys, monkeypatch)
+
+
+@pytest.fixture
+def cli(registry: RunningService, examples: Path, in_process: InProcessCli) -> Cli:
+    return Cli(in_process, registry, examples / "online")
 
 
 def test_versions_labels_archive_restore(client: RegistryClient, examples: Path) -> None:
@@ -206,10 +203,13 @@ def _serve(provisioner: RunningService, address: str, body: bytes) -> object:
 
 @pytest.mark.timeout(600)  # builds an environment and starts an instance on a busy machine
 def test_azure_sample_flow_registered_model_and_environment(
-    provisioner: RunningService, registry: RunningService, trained_examples: Path
+    provisioner: RunningService,
+    registry: RunningService,
+    trained_examples: Path,
+    in_process: InProcessCli,
 ) -> None:
     """az ml model create + environment create, then a deployment naming both by reference."""
-    cli = Cli(registry, trained_examples / "online")
+    cli = Cli(in_process, registry, trained_examples / "online")
     cli.json("model", "create", "-n", "my-model", "-v", "1", "-p", "model-1/model")
     cli.json(
         "environment", "create", "-n", "my-env", "-v", "1",

@@ -34,6 +34,7 @@ from sluice.common.tracing import TRACES
 from sluice.sdk.batch import TERMINAL, BatchClient, state_name
 from sluice.sdk.client import RegistryClient
 from sluice.sdk.specs import load_batch_deployment, load_batch_endpoint
+from sluice.testing.cli import Cli as InProcessCli
 from sluice.testing.plugin import RunningService, ServiceStarter, traversable_dir
 from sluice.testing.wait import wait_for
 
@@ -89,14 +90,32 @@ def run(mini_batch):
 """
 
 
-class Cli:
-    """`sluice ...` as a subprocess, pointed at this test's services.
+class ChildCli:
+    """`sluice ...` as a process of its own (InProcessCli's `complete`, in a child)."""
 
-    Waiting polls the batch service in-process (a CLI start costs seconds on a busy
-    machine); what a test asserts comes from the CLI.
+    def complete(
+        self, *args: str, env: dict[str, str], cwd: Path
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "sluice.sdk.cli", *args],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **env},
+            cwd=cwd,
+            timeout=180,
+            check=False,
+        )
+
+
+class Cli:
+    """`sluice ...` pointed at this test's services, in the test's process (see
+    sluice.testing.cli: a CLI process per call cost this file a minute and a half).
+
+    Waiting polls the batch service directly; what a test asserts comes from the CLI.
     """
 
-    def __init__(self, env: dict[str, str], cwd: Path):
+    def __init__(self, runner: InProcessCli | ChildCli, env: dict[str, str], cwd: Path):
+        self.runner = runner
         self.env = env
         self.cwd = cwd
 
@@ -105,15 +124,7 @@ class Cli:
             return c.get(name)
 
     def __call__(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [sys.executable, "-m", "sluice.sdk.cli", *args],
-            capture_output=True,
-            text=True,
-            env=self.env,
-            cwd=self.cwd,
-            timeout=180,
-            check=False,
-        )
+        result = self.runner.complete(*args, env=self.env, cwd=self.cwd)
         if ok:
             assert result.returncode == 0, result.stdout + result.stderr
         return result
@@ -147,13 +158,21 @@ def batch(start_service: ServiceStarter, registry: RunningService) -> RunningSer
 
 
 @pytest.fixture
-def cli(batch: RunningService, registry: RunningService, tmp_path: Path) -> Cli:
-    return cli_for(batch, registry, tmp_path)
+def in_process(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> InProcessCli:
+    return InProcessCli(capsys, monkeypatch)
 
 
-def cli_for(batch: RunningService, registry: RunningService, tmp_path: Path) -> Cli:
+@pytest.fixture
+def cli(
+    batch: RunningService, registry: RunningService, tmp_path: Path, in_process: InProcessCli
+) -> Cli:
+    return cli_for(batch, registry, tmp_path, in_process)
+
+
+def cli_for(
+    batch: RunningService, registry: RunningService, tmp_path: Path, runner: InProcessCli
+) -> Cli:
     env = {
-        **os.environ,
         "SLUICE_REGISTRY_ADDRESS": registry.address,
         "SLUICE_BATCH_ADDRESS": batch.address,
         "SLUICE_ADMIN_TOKEN": batch.settings.admin_token or "",
@@ -161,7 +180,7 @@ def cli_for(batch: RunningService, registry: RunningService, tmp_path: Path) -> 
         "NO_COLOR": "1",
         "COLUMNS": "200",
     }
-    return Cli(env, tmp_path)
+    return Cli(runner, env, tmp_path)
 
 
 def make_csvs(
@@ -373,9 +392,9 @@ async def test_a_traced_job_is_one_trace_with_a_span_per_mini_batch(
     )
     batch = start_service("batch")
     settings = batch.settings
-    cli = Cli(
+    cli = Cli(  # a CLI process: tracing configured in this one would stay for later tests
+        ChildCli(),
         {
-            **os.environ,
             "SLUICE_REGISTRY_ADDRESS": registry.address,
             "SLUICE_BATCH_ADDRESS": batch.address,
             "SLUICE_ADMIN_TOKEN": settings.admin_token or "",
@@ -750,7 +769,10 @@ def run(mini_batch):
 
 
 def test_landlocked_workers_score_their_files_and_reach_nothing_else(
-    start_service: ServiceStarter, registry: RunningService, tmp_path: Path
+    start_service: ServiceStarter,
+    registry: RunningService,
+    tmp_path: Path,
+    in_process: InProcessCli,
 ) -> None:
     """SLUICE_LANDLOCK (compose and Kubernetes, where workers share the batch
     service's uid): workers start cold in a Landlock sandbox (confine.py) that reads the
@@ -758,7 +780,7 @@ def test_landlocked_workers_score_their_files_and_reach_nothing_else(
     start_service.settings = start_service.settings.model_copy(
         update={"registry_address": registry.address, "landlock": True}
     )
-    cli = cli_for(start_service("batch"), registry, tmp_path)
+    cli = cli_for(start_service("batch"), registry, tmp_path, in_process)
     with traversable_dir("sluice-probe-") as folder:
         probe = folder / "readable-by-all.txt"
         probe.write_text("outside the sandbox\n")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,26 +11,23 @@ import pytest
 import yaml
 
 from sluice.common.platform import PlatformState
+from sluice.testing.cli import Cli as InProcessCli
 from sluice.testing.plugin import RunningService
 
 pytestmark = pytest.mark.integration
 
 
 class Cli:
-    def __init__(self, env: dict[str, str], cwd: Path):
+    """`sluice ...` pointed at this test's registry, in the test's process
+    (sluice.testing.cli)."""
+
+    def __init__(self, runner: InProcessCli, env: dict[str, str | None], cwd: Path):
+        self._runner = runner
         self._env = env
         self._cwd = cwd
 
     def __call__(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [sys.executable, "-m", "sluice.sdk.cli", *args],
-            capture_output=True,
-            text=True,
-            env=self._env,
-            cwd=self._cwd,
-            timeout=60,
-            check=False,
-        )
+        result = self._runner.complete(*args, env=self._env, cwd=self._cwd)
         if ok:
             assert result.returncode == 0, result.stderr
         return result
@@ -50,16 +46,20 @@ class Cli:
 
 
 @pytest.fixture
-def cli(registry: RunningService, examples: Path) -> Cli:
-    env = {
-        **os.environ,
+def in_process(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> InProcessCli:
+    return InProcessCli(capsys, monkeypatch)
+
+
+@pytest.fixture
+def cli(registry: RunningService, examples: Path, in_process: InProcessCli) -> Cli:
+    env: dict[str, str | None] = {
         "SLUICE_REGISTRY_ADDRESS": registry.address,
         "SLUICE_ADMIN_TOKEN": registry.settings.admin_token or "",
         "SLUICE_STATE_DIR": str(registry.settings.state_dir),
         "NO_COLOR": "1",
         "COLUMNS": "200",
     }
-    return Cli(env, examples / "online")
+    return Cli(in_process, env, examples / "online")
 
 
 def test_create_show_list_and_traffic(cli: Cli) -> None:
@@ -254,18 +254,17 @@ def test_batch_endpoint_and_both_settings_forms(cli: Cli, examples: Path) -> Non
 
 
 def test_the_local_platform_runs_the_registry(
-    local_platform: PlatformState, tmp_path: Path
+    local_platform: PlatformState, tmp_path: Path, in_process: InProcessCli
 ) -> None:
     """`sluice up` started a registry; the CLI finds it and its token from the state directory."""
-    env = {
-        **os.environ,
+    env: dict[str, str | None] = {
         "SLUICE_STATE_DIR": str(local_platform.state_dir),
+        "SLUICE_REGISTRY_ADDRESS": None,
+        "SLUICE_ADMIN_TOKEN": None,
         "NO_COLOR": "1",
         "COLUMNS": "200",
     }
-    env.pop("SLUICE_REGISTRY_ADDRESS", None)
-    env.pop("SLUICE_ADMIN_TOKEN", None)
-    cli = Cli(env, tmp_path)
+    cli = Cli(in_process, env, tmp_path)
     assert local_platform.registry_address
     cli("online-endpoint", "create", "--name", "platform-check")
     examples = Path(__file__).resolve().parents[1] / "examples/online"

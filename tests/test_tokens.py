@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from sluice.common.resources import OnlineEndpointSpec
 from sluice.sdk.batch import BatchClient
 from sluice.sdk.client import RegistryClient, SluiceError
 from sluice.sdk.metrics import MetricsClient
+from sluice.testing.cli import Cli as InProcessCli
 from sluice.testing.plugin import RunningService, ServiceStarter
 from sluice.v1 import metrics_pb2
 
@@ -28,32 +27,25 @@ from sluice.v1 import metrics_pb2
 class Cli:
     """`sluice ...` against the test's registry, as the admin or with SLUICE_TOKEN."""
 
-    def __init__(self, registry: RunningService, cwd: Path, token: str | None = None):
-        self.registry, self.cwd = registry, cwd
-        self.env = {
-            **os.environ,
+    def __init__(
+        self, runner: InProcessCli, registry: RunningService, cwd: Path, token: str | None = None
+    ):
+        self.runner, self.registry, self.cwd = runner, registry, cwd
+        self.env: dict[str, str | None] = {
             "SLUICE_REGISTRY_ADDRESS": registry.address,
             "SLUICE_ADMIN_TOKEN": registry.settings.admin_token or "",
             "SLUICE_STATE_DIR": str(registry.settings.state_dir),
+            "SLUICE_TOKEN": token,
             "NO_COLOR": "1",
             "COLUMNS": "200",
         }
-        if token is not None:
-            self.env["SLUICE_TOKEN"] = token
 
     def as_token(self, token: str) -> Cli:
-        return Cli(self.registry, self.cwd, token)
+        return Cli(self.runner, self.registry, self.cwd, token)
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "sluice.sdk.cli", *args],
-            capture_output=True,
-            text=True,
-            env=self.env,
-            cwd=self.cwd,
-            timeout=60,
-            check=False,
-        )
+        """In the test's process (sluice.testing.cli)."""
+        return self.runner.complete(*args, env=self.env, cwd=self.cwd)
 
     def ok(self, *args: str) -> Any:
         result = self.run(*args, "-o", "json")
@@ -68,10 +60,15 @@ class Cli:
 
 
 @pytest.fixture
-def cli(registry: RunningService, tmp_path: Path) -> Cli:
+def cli(
+    registry: RunningService,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> Cli:
     (tmp_path / "endpoint.yml").write_text("name: tok-endpoint\nauth_mode: key\n")
     (tmp_path / "other.yml").write_text("name: tok-other\nauth_mode: key\n")
-    return Cli(registry, tmp_path)
+    return Cli(InProcessCli(capsys, monkeypatch), registry, tmp_path)
 
 
 def client(registry: RunningService, token: str) -> RegistryClient:
