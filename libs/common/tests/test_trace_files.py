@@ -13,7 +13,12 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from sluice.common.trace_files import InlineBatchProcessor, JsonLinesExporter, read_spans
+from sluice.common.trace_files import (
+    InlineBatchProcessor,
+    JsonLinesExporter,
+    ShippingExporter,
+    read_spans,
+)
 from sluice.testing.wait import wait_for
 
 RESOURCE = Resource.create({"service.name": "sluice-test", "sluice.deployment": "blue"})
@@ -72,3 +77,44 @@ def test_a_failing_exporter_does_not_fail_the_span_that_fills_the_batch(
         tracer.start_span("request").end()
     assert "span export failed" in caplog.text
     provider.shutdown()
+
+
+@pytest.mark.integration  # the writer is a child process
+def test_a_writer_process_writes_the_lines_the_exporter_would(tmp_path: Path) -> None:
+    """ShippingExporter (the inference server's): the same spans give the same lines as
+    JsonLinesExporter's (attributes, events, links, status, parent), the writer ends with
+    its input after writing everything, and one that died is replaced."""
+    shipped, direct = tmp_path / "shipped" / "s.jsonl", tmp_path / "direct" / "s.jsonl"
+    shipped.parent.mkdir()
+    direct.parent.mkdir()
+    shipping = ShippingExporter(shipped, "test")
+    provider = TracerProvider(resource=RESOURCE)
+    provider.add_span_processor(InlineBatchProcessor(shipping))
+    provider.add_span_processor(InlineBatchProcessor(JsonLinesExporter(direct, "test")))
+    tracer = provider.get_tracer("test")
+    linked = tracer.start_span("linked")
+    linked.end()
+    with tracer.start_as_current_span(
+        "request", attributes={"sluice.request_id": "r-1", "n": 3, "sizes": (1, 2)}
+    ):
+        try:
+            with tracer.start_as_current_span("run", links=[trace.Link(linked.get_span_context())]):
+                raise ValueError("boom in run")
+        except ValueError:
+            pass
+    provider.force_flush()
+    first = shipping.writer.process
+    assert first is not None
+    wait_for(lambda: lines(shipped) == 3, "the writer to write the first spans", deadline=10)
+    first.kill()  # the next batch starts another writer
+    first.wait()
+    tracer.start_span("after").end()
+    provider.shutdown()  # the writer writes what it was sent, and ends
+    second = shipping.writer.process
+    assert second is not first and second is not None and second.poll() == 0
+    assert shipped.read_bytes() == direct.read_bytes()
+    spans = {s["name"]: s for s in read_spans(tmp_path / "shipped")}
+    assert spans.keys() == {"linked", "request", "run", "after"}
+    assert spans["run"]["links"] == [spans["linked"]["trace_id"]]
+    assert spans["run"]["events"][0]["attributes"]["exception.type"] == "ValueError"
+    assert spans["request"]["attributes"]["sizes"] == [1, 2]

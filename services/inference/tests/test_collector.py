@@ -13,7 +13,7 @@ import pytest
 
 from sluice.common.collected import read_collected
 from sluice.inference import collector as collector_module
-from sluice.inference.collector import CollectorSettings, DataCollector
+from sluice.inference.collector import CollectorFeed, CollectorSettings, DataCollector
 from sluice.testing.wait import wait_for
 
 
@@ -99,15 +99,36 @@ def test_a_full_queue_and_an_unwritable_folder_drop_without_raising(
     assert dc.dropped["write_error"] == 1 and dc.written == 3
 
 
-@pytest.mark.integration  # close() writes the open files as Parquet in a child process
-def test_the_writer_thread_flushes_and_close_writes_the_rest(tmp_path: Path) -> None:
-    dc = make(tmp_path)
-    dc.start()
-    dc.add("model_inputs", "c", "r", b"1")
-    wait_for(lambda: dc.written == 1, "the writer thread to write the record", deadline=5)
-    dc.add("model_outputs", "c", "r", b"2")
-    dc.close()
-    assert dc.written == 2
+@pytest.mark.integration  # the writer is a child process
+def test_the_feed_ships_records_to_its_writer_which_reports_drops_back(tmp_path: Path) -> None:
+    """The server's side (CollectorFeed) queues, its thread ships the queue to the writer
+    process, the writer's quota drops come back to the server's callback, close() waits
+    for everything sent to be written, and a writer that died is replaced."""
+    drops: list[tuple[str, int]] = []
+    settings = CollectorSettings(
+        folder=tmp_path,
+        collections=frozenset({"model_inputs", "model_outputs"}),
+        instance="abc123",
+        max_bytes=3000,
+    )
+    feed = CollectorFeed(settings, lambda reason, count: drops.append((reason, count)))
+    feed.start()
+    feed.add("model_inputs", "c", "r", b'{"data": [[1, 2]]}')
+    wait_for(lambda: read_collected(tmp_path).total_records == 1, "the record written", deadline=10)
+    first = feed.writer.process
+    assert first is not None
+    first.kill()  # the writer dies: the next batch starts another
+    first.wait()
+    for i in range(30):
+        feed.add("model_outputs", f"c{i}", "r", b"[5.5]")
+    feed.close()
+    view = read_collected(tmp_path)
+    quota = sum(count for reason, count in drops if reason == "quota")
+    assert quota > 0 and view.total_records == 31 - quota
+    assert view.dropped == {"quota": quota}  # the new writer's own stats file
+    second = feed.writer.process
+    assert second is not first and second is not None
+    assert second.poll() == 0  # it ended with its input
 
 
 @pytest.mark.integration  # the Parquet writer is a child process

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -20,55 +21,118 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import TraceFlags
 
+from sluice.common.writer_process import WriterProcess, frames
+
 log = logging.getLogger(__name__)
 MAX_FILE_BYTES = 64 * 1024 * 1024  # then the file rolls over to <name>.1 (one kept)
 
 
-def span_record(span: ReadableSpan, service: str, shown: Mapping[str, Any]) -> dict[str, Any]:
-    """One span as a JSON object (ids in W3C hex, times in ns since the epoch).
+# A span as plain values (what `marshal` sends to a writer process): trace id, span id,
+# parent's span id, name, kind, start, end, status, status message, attributes, events
+# ((name, time, attributes) each), linked trace ids.
+SpanTuple = tuple[
+    int,
+    int,
+    int | None,
+    str,
+    str,
+    int | None,
+    int | None,
+    str,
+    str | None,
+    dict[str, Any] | None,
+    list[tuple[str, int, dict[str, Any]]] | None,
+    list[int] | None,
+]
 
-    `shown`: the process's own attributes (endpoint, deployment, instance), which are on
-    its resource rather than on each span (`resource_attributes`). It runs once per span
-    of a traced inference server, in the thread that serves requests, so it reads the
-    span's fields, not its public properties: those copy the attributes, events and links
-    into new containers (a mapping proxy, two tuples, locks taken) on every read, which
-    cost as much as the rest of the record (bench/README.md, tracing). The fields are
-    those `ReadableSpan.__init__` sets; test_trace_files reads every one back.
+
+def span_tuple(span: ReadableSpan) -> SpanTuple:
+    """One span's fields as plain values.
+
+    It runs once per span of a traced inference server, in the thread that serves
+    requests, so it reads the span's fields, not its public properties: those copy the
+    attributes, events and links into new containers (a mapping proxy, two tuples, locks
+    taken) on every read, which cost as much as the rest of the record (bench/README.md,
+    tracing). The fields are those `ReadableSpan.__init__` sets; test_trace_files reads
+    every one back.
     """
     ctx = span._context
     assert ctx is not None
     parent = span._parent
     status = span._status
     attributes = span._attributes
-    if type(attributes) is BoundedAttributes:  # the SDK's spans: its plain dict within
-        attributes = attributes._dict
+    if attributes is not None and type(attributes) is not dict:  # the SDK's bounded container
+        attributes = dict(attributes._dict if type(attributes) is BoundedAttributes else attributes)
     events = span._events
     links = span._links
+    return (
+        ctx.trace_id,
+        ctx.span_id,
+        parent.span_id if parent else None,
+        span._name,
+        span._kind._name_,  # Enum.name is a slower property
+        span._start_time,
+        span._end_time,
+        status.status_code._name_,
+        status.description,
+        attributes or None,
+        [(e.name, e.timestamp, dict(e.attributes or {})) for e in events] if events else None,
+        [link.context.trace_id for link in links] if links else None,
+    )
+
+
+def tuple_record(fields: SpanTuple, service: str, shown: Mapping[str, Any]) -> dict[str, Any]:
+    """A span's fields as its JSON object (ids in W3C hex, times in ns since the epoch).
+
+    `shown`: the process's own attributes (endpoint, deployment, instance), which are on
+    its resource rather than on each span (`resource_attributes`)."""
+    trace_id, span_id, parent_id, name, kind, start, end, status, message, attributes = fields[:10]
+    events, links = fields[10], fields[11]
     return {
-        "trace_id": f"{ctx.trace_id:032x}",
-        "span_id": f"{ctx.span_id:016x}",
-        "parent_id": f"{parent.span_id:016x}" if parent else None,
-        "name": span._name,
+        "trace_id": f"{trace_id:032x}",
+        "span_id": f"{span_id:016x}",
+        "parent_id": f"{parent_id:016x}" if parent_id is not None else None,
+        "name": name,
         "service": service,
-        "kind": span._kind._name_,  # Enum.name is a slower property
-        "start": span._start_time,
-        "end": span._end_time,
-        "status": status.status_code._name_,
-        "status_message": status.description,
+        "kind": kind,
+        "start": start,
+        "end": end,
+        "status": status,
+        "status_message": message,
         "attributes": {**shown, **attributes} if attributes else shown,
-        "events": [
-            {"name": e.name, "time": e.timestamp, "attributes": dict(e.attributes or {})}
-            for e in events
-        ]
-        if events
-        else [],
-        "links": [f"{link.context.trace_id:032x}" for link in links] if links else [],
+        "events": [{"name": n, "time": t, "attributes": a} for n, t, a in events] if events else [],
+        "links": [f"{trace:032x}" for trace in links] if links else [],
     }
+
+
+def span_record(span: ReadableSpan, service: str, shown: Mapping[str, Any]) -> dict[str, Any]:
+    """One span as its JSON object (`tuple_record` of `span_tuple`)."""
+    return tuple_record(span_tuple(span), service, shown)
 
 
 def resource_attributes(resource: Resource) -> dict[str, Any]:
     """The attributes of a process's resource that `sluice trace show` prints on its spans."""
     return {k: v for k, v in resource.attributes.items() if k.startswith("sluice.")}
+
+
+class JsonLinesFile:
+    """A file of JSON lines that rolls over to `<name>.1` (one kept) at 64 MiB."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+
+    def append(self, data: bytes) -> None:
+        """OSError when it cannot be written."""
+        with self._lock:
+            if self.path.exists() and self.path.stat().st_size > MAX_FILE_BYTES:
+                self.path.replace(self.path.with_name(self.path.name + ".1"))
+            with self.path.open("ab") as out:
+                out.write(data)
+
+
+def json_lines(records: Iterator[dict[str, Any]]) -> bytes:
+    return b"".join(orjson.dumps(r, default=str, option=orjson.OPT_APPEND_NEWLINE) for r in records)
 
 
 class JsonLinesExporter(SpanExporter):
@@ -77,26 +141,16 @@ class JsonLinesExporter(SpanExporter):
     def __init__(self, path: Path, service: str) -> None:
         self.path = path
         self._service = service
-        self._lock = threading.Lock()
+        self._file = JsonLinesFile(path)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if not spans:
             return SpanExportResult.SUCCESS
-        lines = []
-        resource: Resource | None = None  # every span of a process has its one resource
-        shown: dict[str, Any] = {}
-        for span in spans:
-            if span.resource is not resource:
-                resource = span.resource
-                shown = resource_attributes(resource)
-            lines.append(orjson.dumps(span_record(span, self._service, shown), default=str))
-        data = b"\n".join(lines) + b"\n"
+        service = self._service
+        shown = _shown(spans)
+        data = json_lines(tuple_record(span_tuple(span), service, shown) for span in spans)
         try:
-            with self._lock:
-                if self.path.exists() and self.path.stat().st_size > MAX_FILE_BYTES:
-                    self.path.replace(self.path.with_name(self.path.name + ".1"))
-                with self.path.open("ab") as out:
-                    out.write(data)
+            self._file.append(data)
         except OSError:
             return SpanExportResult.FAILURE
         return SpanExportResult.SUCCESS
@@ -106,6 +160,53 @@ class JsonLinesExporter(SpanExporter):
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return True
+
+
+class ShippingExporter(SpanExporter):
+    """Sends finished spans, as plain values, to a writer process that appends them to the
+    file as `JsonLinesExporter` would (`python -m sluice.common.trace_files`): the inference
+    server's, whose span export otherwise ran on the core that serves its requests."""
+
+    def __init__(self, path: Path, service: str) -> None:
+        self.path = path
+        self.writer = WriterProcess(
+            [sys.executable, "-m", "sluice.common.trace_files", str(path), service]
+        )
+        self.writer.start()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        if not spans:
+            return SpanExportResult.SUCCESS
+        batch = [span_tuple(span) for span in spans]
+        try:
+            sent = self.writer.send([_shown(spans), batch])
+        except ValueError:  # a value marshal cannot write: as JSON would show it, as text
+            plain = orjson.loads(orjson.dumps(batch, default=str))
+            sent = self.writer.send([_shown(spans), plain])
+        return SpanExportResult.SUCCESS if sent else SpanExportResult.FAILURE
+
+    def shutdown(self) -> None:
+        self.writer.close()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+def _shown(spans: Sequence[ReadableSpan]) -> dict[str, Any]:
+    """The resource attributes shown on the spans (every span of a process has its one
+    resource)."""
+    return resource_attributes(spans[0].resource)
+
+
+def write_shipped(path: Path, service: str) -> None:
+    """The writer process of `ShippingExporter`: batches from stdin to the file."""
+    lines = JsonLinesFile(path)
+    for shown, batch in frames(sys.stdin.buffer):
+        data = json_lines(tuple_record(tuple(fields), service, shown) for fields in batch)
+        try:
+            lines.append(data)
+        except OSError as exc:
+            log.warning("span export failed: %s", exc)
 
 
 class InlineBatchProcessor(SpanProcessor):
@@ -216,3 +317,7 @@ def tree_lines(spans: list[dict[str, Any]]) -> list[str]:
 
 
 SHOWN = ("sluice.", "http.response.status_code", "rpc.method", "db.operation", "db.statement")
+
+
+if __name__ == "__main__":
+    write_shipped(Path(sys.argv[1]), sys.argv[2])

@@ -59,13 +59,16 @@ def configure_tracing(
     instrument: Sequence[str] = (),
     sampled_by_caller: bool = False,
     resource: Mapping[str, str] | None = None,
+    writer_process: bool = False,
 ) -> bool:
     """Install the SDK's tracer provider for this process (once); False if already done.
 
     `instrument` names the libraries to instrument: "grpc_server", "grpc_client",
     "grpc_client_sync", "pymongo". `sampled_by_caller`: the code decides itself which
     traces to start (the inference server, before it makes any span object), so every
-    span it starts is recorded.
+    span it starts is recorded. `writer_process`: the JSON lines are written by a child
+    process (`trace_files.ShippingExporter`), off this process's core: the inference
+    server's choice, whose requests pay for every span.
     """
     global _configured
     if _configured:
@@ -81,9 +84,14 @@ def configure_tracing(
         sampler=sampler,
     )
     if folder is not None:
-        from sluice.common.trace_files import InlineBatchProcessor, JsonLinesExporter
+        from sluice.common.trace_files import (
+            InlineBatchProcessor,
+            JsonLinesExporter,
+            ShippingExporter,
+        )
 
-        exporter = JsonLinesExporter(folder / f"{service}-{os.getpid()}.jsonl", service)
+        path = folder / f"{service}-{os.getpid()}.jsonl"
+        exporter = (ShippingExporter if writer_process else JsonLinesExporter)(path, service)
         provider.add_span_processor(InlineBatchProcessor(exporter))
     if otlp_endpoint:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -140,15 +148,13 @@ def _instrument(names: Sequence[str]) -> None:
         PymongoInstrumentor().instrument()
 
 
-def flush(timeout_s: float = 2.0) -> None:
-    """Export what is buffered, waiting at most `timeout_s` for a collector.
-
-    The SDK also does it at interpreter exit, which a process leaving with `os._exit`
-    (the inference server) skips.
-    """
+def shutdown() -> None:
+    """Export what is buffered and stop the exporters (a writer process writes what it was
+    sent and exits): for a process leaving with `os._exit`, which skips the SDK's own
+    shutdown at interpreter exit (the inference server)."""
     provider = trace.get_tracer_provider()
-    if hasattr(provider, "force_flush"):
-        provider.force_flush(int(timeout_s * 1000))
+    if hasattr(provider, "shutdown"):
+        provider.shutdown()
 
 
 # ---- context across messages (CloudEvents' distributed tracing extension) -----------------

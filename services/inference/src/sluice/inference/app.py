@@ -45,7 +45,7 @@ from sluice.common.runtime import wait_for_shutdown_signal
 from sluice.inference import oip, oip_binary, oip_grpc_http
 from sluice.inference.batching import Batcher, BatchSettings, TraceBatch, batch_rows
 from sluice.inference.builtin import builtin_scorer
-from sluice.inference.collector import CollectorSettings, DataCollector
+from sluice.inference.collector import CollectorFeed, CollectorSettings
 from sluice.inference.config import ServerConfig
 from sluice.inference.dispatch import Dispatcher, Limits, Outcome, Withdraw
 from sluice.inference.http import Connection, Header, HttpRequest, Responder
@@ -90,7 +90,7 @@ class InferenceApp:
         self.dispatcher: Dispatcher | None = None
         self.batcher: Batcher | None = None  # adaptive batching, when configured and possible
         self.swagger: SwaggerDocuments | None = None
-        self.collector: DataCollector | None = None  # the deployment's data_collector
+        self.collector: CollectorFeed | None = None  # the deployment's data_collector
         self.tracing: RequestTracer | None = None  # spans, when the server traces
         self.stopping = False
         self._ids = RequestIds()
@@ -585,13 +585,13 @@ async def serve(config: ServerConfig, registry: CollectorRegistry | None = None)
     if app.collector is not None:
         app.collector.close()
     if app.tracing is not None:  # the last requests' spans, before os._exit
-        from sluice.common.tracing import flush
+        from sluice.common.tracing import shutdown
 
-        flush()
+        shutdown()
     return 0
 
 
-def _collector(config: ServerConfig, metrics: Metrics) -> DataCollector | None:
+def _collector(config: ServerConfig, metrics: Metrics) -> CollectorFeed | None:
     """The deployment's data collector, started; None when nothing is collected."""
     if config.collect_dir is None or not config.collect:
         return None
@@ -609,7 +609,7 @@ def _collector(config: ServerConfig, metrics: Metrics) -> DataCollector | None:
         instance=instance,
         source=source,
     )
-    collector = DataCollector(settings, metrics.dropped)
+    collector = CollectorFeed(settings, metrics.dropped)
     try:
         collector.start()
     except OSError as exc:  # scoring goes on; the log says why nothing is collected

@@ -1,9 +1,14 @@
 """Azure's data collector: inputs and outputs of sampled requests, as JSON lines on disk.
 
-A deployment's `data_collector` (docs/tracing.md) turns this on. On the request
-path the server only draws the sample (`sample()`, one `random()`) and appends
-`(collection, correlation id, request id, time, bytes)` to a bounded queue; a
-writer thread turns the queue into Azure's landing format every `FLUSH_S`:
+A deployment's `data_collector` (docs/tracing.md) turns this on. It is two parts in two
+processes, as Azure runs its collector beside the inference server:
+
+- in the server, `CollectorFeed`: on the request path it only draws the sample
+  (`sample()`, one `random()`) and appends `(collection, correlation id, request id,
+  time, bytes, extra)` to a bounded queue; a thread ships the queue to the writer every
+  `FLUSH_S` as one `marshal` frame on a pipe (microseconds per record, in C);
+- the writer, a child process (`python -m sluice.inference.collector`, `DataCollector`),
+  turns the records into Azure's landing format:
 
     <folder>/<collection>/<yyyy>/<MM>/<dd>/<HH>/<instance>.jsonl    (rolling_rate hour)
 
@@ -14,27 +19,32 @@ one CloudEvents-shaped record as Azure writes it (`specversion`, `id`, `source`,
 `xrequestid`); the input and output of one request share the `correlationid`.
 When a collection rolls over to its next partition, and when the server stops,
 the file it closed is also written as `<instance>.parquet` beside it, by a child
-process (`sluice.inference.parquet`) so that pyarrow never loads in the server.
+process (`sluice.inference.parquet`) so that pyarrow never loads in the writer.
 
-The writer is on the server's core too, so each record is made cheaply (bench/tracing
-measures it): the record's fixed parts are JSON made once and the line is put together
-with one bytes `%`, a JSON payload is checked with one parse and written as it came
-(not parsed and serialized again), the time is formatted once per
-second, the files are grouped by (collection, minute) keys rather than `Path`s, and a
-correlation id is a version-4 UUID from `random` (unique, not secret: no system call).
+Formatting and writing records cost the server's core 4 us per record when a thread of
+the server did them (bench/README.md, tracing); in the writer they leave the server's
+interpreter, its GIL and its caches. The writer still makes each record cheaply: the
+record's fixed parts are JSON made once and the line is put together with one bytes `%`,
+a JSON payload is checked with one parse and written as it came (not parsed and
+serialized again), the time is formatted once per second, the files are grouped by
+(collection, minute) keys rather than `Path`s, and a correlation id is a version-4 UUID
+from `random` (unique, not secret: no system call).
 
 Nothing here can fail a request: a full queue, a folder over its byte quota
 (`max_bytes`, shared by the deployment's instances and re-measured every
-`RESCAN_S`) or a failing disk drops the record and counts it by reason. The
-counts are written to `<folder>/_stats/<instance>.json` (read by
-`sluice online-deployment collected`) and exported as
-`sluice_inference_collected_dropped_total`.
+`RESCAN_S`), a failing disk or a writer that died drops the record and counts it by
+reason. The writer's counts are written to `<folder>/_stats/<instance>.json` (read by
+`sluice online-deployment collected`); the writer reports each drop to the server on
+its stdout (`<reason> <count>` lines), which exports them all as
+`sluice_inference_collected_dropped_total`. The writer ends when its stdin does (the
+server closed it, or died): it writes what it was sent and closes its files first.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import random
 import subprocess
 import sys
@@ -49,6 +59,8 @@ from typing import Any
 
 import orjson
 import structlog
+
+from sluice.common.writer_process import WriterProcess, frames
 
 FLUSH_S = 0.25
 RESCAN_S = 10.0
@@ -84,8 +96,8 @@ class CollectorSettings:
 Item = tuple[str, str, str, float, bytes, dict[str, Any] | None]
 
 
-class DataCollector:
-    """Samples requests and writes their payloads off the request path."""
+class _Queue:
+    """What both sides have: the collections, the sample, a bounded queue, drop counts."""
 
     def __init__(
         self, settings: CollectorSettings, on_drop: Callable[[str, int], None] = lambda r, n: None
@@ -95,52 +107,9 @@ class DataCollector:
         self.outputs = "model_outputs" in settings.collections
         self.requests = "request" in settings.collections
         self.responses = "response" in settings.collections
-        self.written = 0
         self.dropped: Counter[str] = Counter()
         self._queue: deque[Item] = deque()
         self._on_drop = on_drop
-        self._wake = threading.Event()
-        self._stopping = False
-        self._used = 0
-        self._scanned_at = 0.0
-        self._paths: dict[tuple[str, int], Path] = {}  # (collection, minute) -> its file
-        self._current: dict[str, Path] = {}  # collection -> the file it writes now
-        self._current_key: dict[str, tuple[str, int]] = {}  # collection -> its last key
-        self._second: tuple[int, str] = (-1, "")  # the last second formatted, and its text
-        self._types = {name: f"azureml.inference.{name}" for name in settings.collections}
-        self._type_json: dict[str, bytes] = {}  # collection -> its `type`, as JSON
-        self._source = orjson.dumps(settings.source)
-        self._converting: list[subprocess.Popen[bytes]] = []  # Parquet writers (parquet.py)
-        self._thread = threading.Thread(target=self._loop, name="collector", daemon=True)
-
-    def start(self) -> None:
-        self.settings.folder.mkdir(parents=True, exist_ok=True)
-        self._rescan()
-        self._thread.start()
-        log.info(
-            "collecting",
-            folder=str(self.settings.folder),
-            collections=sorted(self.settings.collections),
-            sampling_rate=self.settings.sampling_rate,
-        )
-
-    def close(self) -> None:
-        """Write what is queued, stop the writer, and close the open files as Parquet."""
-        self._stopping = True
-        self._wake.set()
-        if self._thread.ident is not None:
-            self._thread.join(timeout=5)
-        else:  # never started (tests): write here
-            self.flush()
-        self._to_parquet(list(self._current.values()))
-        self._current.clear()
-        self._current_key.clear()
-        for proc in self._converting:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=10)
-        self._reap()
-
-    # ---- request path ----------------------------------------------------------------------
 
     def sample(self) -> str | None:
         """A correlation id when this request is collected, else None (Azure's rule)."""
@@ -159,12 +128,79 @@ class DataCollector:
         payload: bytes,
         extra: dict[str, Any] | None = None,
     ) -> None:
+        """Queue one record (on the request path: one append)."""
         if len(self._queue) >= MAX_QUEUED:
             self._drop("queue_full")
             return
         self._queue.append((collection, correlation_id, request_id, time.time(), payload, extra))
 
-    # ---- writer thread -----------------------------------------------------------------------
+    def _drop(self, reason: str, count: int = 1) -> None:
+        self.dropped[reason] += count
+        self._on_drop(reason, count)
+
+
+class CollectorFeed(_Queue):
+    """The server's side: samples and queues records, and ships them to the writer process."""
+
+    def __init__(
+        self, settings: CollectorSettings, on_drop: Callable[[str, int], None] = lambda r, n: None
+    ) -> None:
+        super().__init__(settings, on_drop)
+        config = {
+            "folder": str(settings.folder),
+            "collections": sorted(settings.collections),
+            "sampling_rate": settings.sampling_rate,
+            "rolling_rate": settings.rolling_rate,
+            "max_bytes": settings.max_bytes,
+            "instance": settings.instance,
+            "source": settings.source,
+        }
+        self.writer = WriterProcess(
+            [sys.executable, "-m", "sluice.inference.collector", json.dumps(config)],
+            on_line=self._writer_dropped,
+        )
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="collector-feed", daemon=True)
+
+    def start(self) -> None:
+        """Start the writer and the thread that feeds it (OSError: the folder cannot be made)."""
+        self.settings.folder.mkdir(parents=True, exist_ok=True)
+        self.writer.start()
+        self._thread.start()
+        log.info(
+            "collecting",
+            folder=str(self.settings.folder),
+            collections=sorted(self.settings.collections),
+            sampling_rate=self.settings.sampling_rate,
+        )
+
+    def close(self) -> None:
+        """Ship what is queued, then wait for the writer to write it all (and to close its
+        files as Parquet)."""
+        self._stopping = True
+        self._wake.set()
+        if self._thread.ident is not None:
+            self._thread.join(timeout=5)
+        else:
+            self.ship()
+        self.writer.close()
+
+    def ship(self) -> None:
+        """Send every queued record to the writer, as one frame (the feed's thread calls it)."""
+        queue = self._queue
+        if not queue:
+            return
+        pop = queue.popleft
+        items = [pop() for _ in range(len(queue))]
+        if not self.writer.send(items):
+            self._drop("write_error", len(items))
+
+    def _writer_dropped(self, line: bytes) -> None:
+        """A `<reason> <count>` line of the writer."""
+        reason, _, count = line.decode(errors="replace").strip().partition(" ")
+        with contextlib.suppress(ValueError):
+            self._drop(reason, int(count))
 
     def _loop(self) -> None:
         while True:
@@ -172,14 +208,60 @@ class DataCollector:
             self._wake.clear()
             stopping = self._stopping
             try:
-                self.flush()
-            except Exception:  # the writer must survive anything; requests never see it
-                log.exception("collector_flush_failed")
+                self.ship()
+            except Exception:  # the feed must survive anything; requests never see it
+                log.exception("collector_ship_failed")
             if stopping:
                 return
 
+
+class DataCollector(_Queue):
+    """The writer: queued records to Azure's files (in the writer process: `main`)."""
+
+    def __init__(
+        self, settings: CollectorSettings, on_drop: Callable[[str, int], None] = lambda r, n: None
+    ) -> None:
+        super().__init__(settings, on_drop)
+        self.written = 0
+        self._used = 0
+        self._scanned_at = 0.0
+        self._paths: dict[tuple[str, int], Path] = {}  # (collection, minute) -> its file
+        self._current: dict[str, Path] = {}  # collection -> the file it writes now
+        self._current_key: dict[str, tuple[str, int]] = {}  # collection -> its last key
+        self._second: tuple[int, str] = (-1, "")  # the last second formatted, and its text
+        self._types = {name: f"azureml.inference.{name}" for name in settings.collections}
+        self._type_json: dict[str, bytes] = {}  # collection -> its `type`, as JSON
+        self._source = orjson.dumps(settings.source)
+        self._converting: list[subprocess.Popen[bytes]] = []  # Parquet writers (parquet.py)
+
+    def open(self) -> None:
+        """Make the folder, measure what is in it and, when a writer of this instance ran
+        before (it died and this one took over), go on from its counts."""
+        self.settings.folder.mkdir(parents=True, exist_ok=True)
+        self._rescan()
+        stats = self.settings.folder / STATS_FOLDER / f"{self.settings.instance}.json"
+        with contextlib.suppress(OSError, ValueError, TypeError, KeyError, AttributeError):
+            before = orjson.loads(stats.read_bytes())
+            self.written = int(before["written"])
+            self.dropped.update({str(k): int(v) for k, v in before["dropped"].items()})
+
+    def extend(self, items: list[Item]) -> None:
+        """Records the feed sent (the queue bound is the feed's)."""
+        self._queue.extend(items)
+
+    def close(self) -> None:
+        """Write what is queued and close the open files as Parquet."""
+        self.flush()
+        self._to_parquet(list(self._current.values()))
+        self._current.clear()
+        self._current_key.clear()
+        for proc in self._converting:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+        self._reap()
+
     def flush(self) -> None:
-        """Write every queued record (called by the writer thread, and by tests)."""
+        """Write every queued record."""
         if not self._queue:
             return
         if time.monotonic() - self._scanned_at > RESCAN_S:
@@ -320,10 +402,6 @@ class DataCollector:
             path = self._paths[key] = self.settings.folder / collection / partition / name
         return path
 
-    def _drop(self, reason: str, count: int = 1) -> None:
-        self.dropped[reason] += count
-        self._on_drop(reason, count)
-
     def _rescan(self) -> None:
         """The bytes the deployment's instances have written so far (the quota is theirs)."""
         used = 0
@@ -358,3 +436,43 @@ def _json(payload: bytes) -> bytes:
     if b"\n" in payload or b"\r" in payload:
         return orjson.dumps(parsed)
     return payload
+
+
+def main() -> None:
+    """`python -m sluice.inference.collector <settings as JSON>`: the writer process.
+
+    Frames from stdin until it ends, each written at once; drops reported on stdout.
+    Its stdin ends when the server closed it or died (`frames`)."""
+    from sluice.common.log import configure_logging
+
+    configure_logging(level="info", fmt="json")
+    raw = json.loads(sys.argv[1])
+    settings = CollectorSettings(
+        folder=Path(raw["folder"]),
+        collections=frozenset(raw["collections"]),
+        sampling_rate=raw["sampling_rate"],
+        rolling_rate=raw["rolling_rate"],
+        max_bytes=raw["max_bytes"],
+        instance=raw["instance"],
+        source=raw["source"],
+    )
+    out = sys.stdout.buffer
+
+    def report(reason: str, count: int) -> None:
+        with contextlib.suppress(OSError):  # the server is gone: nobody to tell
+            out.write(f"{reason} {count}\n".encode())
+            out.flush()
+
+    writer = DataCollector(settings, report)
+    writer.open()
+    for batch in frames(sys.stdin.buffer):
+        writer.extend(batch)
+        try:
+            writer.flush()
+        except Exception:  # one bad batch must not end the writer
+            log.exception("collector_flush_failed")
+    writer.close()
+
+
+if __name__ == "__main__":
+    main()

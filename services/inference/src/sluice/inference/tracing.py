@@ -84,6 +84,7 @@ def start_tracing(config: ServerConfig, scope: tuple[str, str]) -> RequestTracer
         otlp_endpoint=config.trace_otlp_endpoint,
         sampled_by_caller=True,  # RequestTracer.start decides before any span object exists
         resource=attributes,  # on every span, stated once
+        writer_process=True,  # JSON lines written off the core that serves requests
     )
     return RequestTracer(trace.get_tracer(TRACER), config.trace_sampling_ratio)
 
@@ -412,6 +413,11 @@ class SpanStarter:
         assert isinstance(tracer, sdk_trace.Tracer), "tracing is configured with the SDK"
         self.resource = tracer.resource
         self.processor = tracer.span_processor
+        # The provider's processors are the SDK's multi-processor, a loop over a tuple: with
+        # one processor (the JSON lines' or OTLP's), a span's end calls it directly.
+        inner = getattr(self.processor, "_span_processors", None)
+        if isinstance(inner, tuple) and len(inner) == 1:
+            self.processor = inner[0]
         self._ids = tracer.id_generator
         self.info = tracer.instrumentation_info
         self.scope = InstrumentationScope(self.info.name, self.info.version, self.info.schema_url)
