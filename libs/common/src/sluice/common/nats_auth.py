@@ -71,11 +71,11 @@ import bcrypt
 
 from sluice.common.events.catalogue import ALL, AUTOSCALE_SCALED
 from sluice.common.nats_callout import AUTH_SUBJECT, issuer_public_key, new_issuer_seed
-from sluice.common.settings import with_nats_user
+from sluice.common.settings import user_inbox, with_nats_user
 
 CLI_USER = "cli"
 AUDIT_USER = "audit"
-AUDIT_INBOX = f"_INBOX_{AUDIT_USER}"  # inbox_prefix(AUDIT_USER)
+AUDIT_INBOX = user_inbox(AUDIT_USER)
 WORKERS_DURABLE = "workers"  # each job's work queue consumer (sluice.batch.queue.DURABLE)
 AUDIT_DURABLE = "audit"
 JOB_USER_PREFIX = "batch-job-"
@@ -147,12 +147,6 @@ class Subjects:
         return f"{self.events_prefix.rsplit('.', 1)[0]}.{name}"
 
 
-def inbox_prefix(user: str) -> str:
-    """A user's own inboxes (`_INBOX_<user>`): its clients set it (nats-py `inbox_prefix`),
-    and it may receive on no other user's, so no user reads another's replies."""
-    return f"_INBOX_{user}"
-
-
 def service_permissions(service: str, s: Subjects) -> Permissions:
     """A service: its own events and measurements; the events stream cannot be removed;
     it receives the events, on its own inboxes and its own subjects alone."""
@@ -187,7 +181,7 @@ def service_permissions(service: str, s: Subjects) -> Permissions:
         },
         # Not the job queues nor the auth requests (they carry the jobs' passwords) but the
         # batch service's; no other service's inboxes.
-        "subscribe": {"allow": [f"{s.events_prefix}.>", f"{inbox_prefix(service)}.>", *received]},
+        "subscribe": {"allow": [f"{s.events_prefix}.>", f"{user_inbox(service)}.>", *received]},
     }
     if service == "batch":  # it answers nats-server's auth callout (compose, Kubernetes)
         permissions["allow_responses"] = True

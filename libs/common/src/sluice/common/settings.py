@@ -224,6 +224,13 @@ def with_nats_user(url: str, user: str, password: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:{password}@{host}"))
 
 
+def user_inbox(user: str) -> str:
+    """A NATS user's own inboxes (`_INBOX_<user>`): its clients set it (nats-py
+    `inbox_prefix`), and it may receive on no other user's (nats_auth's permissions), so no
+    user reads another's replies."""
+    return f"_INBOX_{user}"
+
+
 def with_mongo_user(uri: str, user: str, password: str) -> str:
     """`mongodb://host:port/?x` -> `mongodb://user:<password>@host:port/?x&authSource=admin`
     (the password percent-encoded, as MongoDB URIs require)."""

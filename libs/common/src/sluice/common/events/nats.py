@@ -18,7 +18,7 @@ from sluice.common import tracing
 from sluice.common.events.catalogue import EventSpec, PayloadT
 from sluice.common.events.envelope import CONTENT_TYPE, CloudEvent
 from sluice.common.log import current_correlation_id, get_logger, new_correlation_id
-from sluice.common.settings import Settings
+from sluice.common.settings import Settings, user_inbox
 
 log = get_logger(__name__)
 PUBLISH_TIMEOUT_S = 5.0
@@ -31,9 +31,9 @@ def create_broker(settings: Settings, *, client_name: str) -> NatsBroker:
     if not settings.nats_url:
         raise RuntimeError("SLUICE_NATS_URL is not set: start the platform with `sluice up`")
     user = urlsplit(settings.nats_url).username
-    # Its own inboxes when it connects as a user of the platform's (nats_auth.inbox_prefix):
-    # that user may receive on no other.
-    prefix = f"_INBOX_{user}" if user else "_INBOX"
+    # Its own inboxes when it connects as a user of the platform's: that user may receive
+    # on no other (nats_auth's permissions).
+    prefix = user_inbox(user) if user else "_INBOX"
     broker = NatsBroker(settings.nats_url, name=client_name, logger=None, inbox_prefix=prefix)
     _INBOXES[broker] = f"{prefix}.".encode()
     return broker
