@@ -42,7 +42,6 @@ from sluice.common.nats_auth import (
     JobUsers,
     NatsUsers,
     Subjects,
-    inbox_prefix,
     job_user,
     nats_accepts,
     nats_refuses,
@@ -50,7 +49,7 @@ from sluice.common.nats_auth import (
 )
 from sluice.common.nats_callout import JobCallout, issuer_public_key
 from sluice.common.platform import SERVICES as PLATFORM_SERVICES
-from sluice.common.settings import Settings
+from sluice.common.settings import Settings, user_inbox
 from sluice.common.supervisor import Supervisor, free_port, stop_process
 from sluice.testing.wait import wait_for_async
 
@@ -106,7 +105,7 @@ async def connect(url: str, errors: list[str] | None = None, **kwargs: object) -
 
     user = urlsplit(url).username
     if user and "inbox_prefix" not in kwargs:
-        kwargs["inbox_prefix"] = inbox_prefix(user)
+        kwargs["inbox_prefix"] = user_inbox(user)
     return await nats.connect(url, allow_reconnect=False, error_cb=on_error, **kwargs)  # type: ignore[arg-type]
 
 
