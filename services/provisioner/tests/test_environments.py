@@ -364,3 +364,16 @@ def test_two_processes_asking_for_one_environment_build_it_once() -> None:
             check=True,
         )
         assert ran.stdout.strip() == "42"
+
+
+@pytest.mark.integration  # runs a process
+async def test_an_installer_killed_by_a_signal_runs_once_more(tmp_path: Path) -> None:
+    """uv crashed once in CI (SIGSEGV in `uv venv`): a step killed by a signal is run again
+    once, and a second crash fails the build, naming the signal as its exit status."""
+    marker, log = tmp_path / "crashed-once", tmp_path / "build.log"
+    once = f"[ -e {marker} ] || {{ touch {marker}; kill -SEGV $$; }}; echo installed"
+    await EnvironmentBuilder._run(["/bin/sh", "-c", once], log)
+    assert "killed by signal 11: once more" in log.read_text()
+    assert log.read_text().rstrip().endswith("installed")
+    with pytest.raises(EnvironmentError_, match="exited -11"):
+        await EnvironmentBuilder._run(["/bin/sh", "-c", "kill -SEGV $$"], log)

@@ -428,6 +428,10 @@ class EnvironmentBuilder:
                 subprocess.run, argv, stdout=out, stderr=subprocess.STDOUT, env=env, **user
             )
             code = (await asyncio.to_thread(run)).returncode
+            if code < 0:  # killed by a signal (a crash of the installer, seen once: SIGSEGV)
+                out.write(f"(killed by signal {-code}: once more)\n")
+                out.flush()
+                code = (await asyncio.to_thread(run)).returncode
         if code != 0:
             tail = log_path.read_text().splitlines()[-15:]  # noqa: ASYNC240 - a small log, once
             raise EnvironmentError_(
