@@ -105,11 +105,6 @@ def tuple_record(fields: SpanTuple, service: str, shown: Mapping[str, Any]) -> d
     }
 
 
-def span_record(span: ReadableSpan, service: str, shown: Mapping[str, Any]) -> dict[str, Any]:
-    """One span as its JSON object (`tuple_record` of `span_tuple`)."""
-    return tuple_record(span_tuple(span), service, shown)
-
-
 def resource_attributes(resource: Resource) -> dict[str, Any]:
     """The attributes of a process's resource that `sluice trace show` prints on its spans."""
     return {k: v for k, v in resource.attributes.items() if k.startswith("sluice.")}
