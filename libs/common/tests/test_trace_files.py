@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from sluice.common.trace_files import (
     InlineBatchProcessor,
     JsonLinesExporter,
-    ShippingExporter,
+    ShippingProcessor,
     read_spans,
 )
 from sluice.testing.wait import wait_for
@@ -81,15 +81,16 @@ def test_a_failing_exporter_does_not_fail_the_span_that_fills_the_batch(
 
 @pytest.mark.integration  # the writer is a child process
 def test_a_writer_process_writes_the_lines_the_exporter_would(tmp_path: Path) -> None:
-    """ShippingExporter (the inference server's): the same spans give the same lines as
-    JsonLinesExporter's (attributes, events, links, status, parent), the writer ends with
-    its input after writing everything, and one that died is replaced."""
+    """ShippingProcessor (the inference server's): the same spans give the same lines as
+    JsonLinesExporter's (attributes, events, links, status, parent, the resource's shown
+    attributes), the writer ends with its input after writing everything, and one that
+    died is replaced."""
     shipped, direct = tmp_path / "shipped" / "s.jsonl", tmp_path / "direct" / "s.jsonl"
     shipped.parent.mkdir()
     direct.parent.mkdir()
-    shipping = ShippingExporter(shipped, "test")
     provider = TracerProvider(resource=RESOURCE)
-    provider.add_span_processor(InlineBatchProcessor(shipping))
+    shipping = ShippingProcessor(shipped, "test", provider.resource)
+    provider.add_span_processor(shipping)
     provider.add_span_processor(InlineBatchProcessor(JsonLinesExporter(direct, "test")))
     tracer = provider.get_tracer("test")
     linked = tracer.start_span("linked")

@@ -66,15 +66,15 @@ def span_tuple(span: ReadableSpan) -> SpanTuple:
     events = span._events
     links = span._links
     return (
-        ctx.trace_id,
-        ctx.span_id,
-        parent.span_id if parent else None,
+        ctx[0],  # trace_id: a SpanContext is a tuple, whose fields are properties
+        ctx[1],  # span_id
+        parent[1] if parent else None,
         span._name,
         span._kind._name_,  # Enum.name is a slower property
         span._start_time,
         span._end_time,
-        status.status_code._name_,
-        status.description,
+        status._status_code._name_,
+        status._description,
         attributes or None,
         [(e.name, e.timestamp, dict(e.attributes or {})) for e in events] if events else None,
         [link.context.trace_id for link in links] if links else None,
@@ -157,51 +157,10 @@ class JsonLinesExporter(SpanExporter):
         return True
 
 
-class ShippingExporter(SpanExporter):
-    """Sends finished spans, as plain values, to a writer process that appends them to the
-    file as `JsonLinesExporter` would (`python -m sluice.common.trace_files`): the inference
-    server's, whose span export otherwise ran on the core that serves its requests."""
-
-    def __init__(self, path: Path, service: str) -> None:
-        self.path = path
-        self.writer = WriterProcess(
-            [sys.executable, "-m", "sluice.common.trace_files", str(path), service]
-        )
-        self.writer.start()
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        if not spans:
-            return SpanExportResult.SUCCESS
-        batch = [span_tuple(span) for span in spans]
-        try:
-            sent = self.writer.send([_shown(spans), batch])
-        except ValueError:  # a value marshal cannot write: as JSON would show it, as text
-            plain = orjson.loads(orjson.dumps(batch, default=str))
-            sent = self.writer.send([_shown(spans), plain])
-        return SpanExportResult.SUCCESS if sent else SpanExportResult.FAILURE
-
-    def shutdown(self) -> None:
-        self.writer.close()
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return True
-
-
 def _shown(spans: Sequence[ReadableSpan]) -> dict[str, Any]:
     """The resource attributes shown on the spans (every span of a process has its one
     resource)."""
     return resource_attributes(spans[0].resource)
-
-
-def write_shipped(path: Path, service: str) -> None:
-    """The writer process of `ShippingExporter`: batches from stdin to the file."""
-    lines = JsonLinesFile(path)
-    for shown, batch in frames(sys.stdin.buffer):
-        data = json_lines(tuple_record(tuple(fields), service, shown) for fields in batch)
-        try:
-            lines.append(data)
-        except OSError as exc:
-            log.warning("span export failed: %s", exc)
 
 
 class InlineBatchProcessor(SpanProcessor):
@@ -221,31 +180,36 @@ class InlineBatchProcessor(SpanProcessor):
     BATCH = 128
     DELAY_S = 0.5
 
-    def __init__(self, exporter: SpanExporter) -> None:
+    def __init__(self, exporter: SpanExporter | None) -> None:
         self._exporter = exporter
-        self._spans: list[ReadableSpan] = []
+        self._held: list[Any] = []  # the spans (or what `_keep` keeps of them) not yet sent
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._timer = threading.Thread(target=self._every_delay, name="span-export", daemon=True)
         self._timer.start()
 
     def on_end(self, span: ReadableSpan) -> None:
-        context = span.context  # (once per span of a traced server: properties read once)
-        if context is None or not context.trace_flags & TraceFlags.SAMPLED:
+        context = span._context
+        if context is None or not context[3] & TraceFlags.SAMPLED:  # (trace_flags)
             return
-        parent = span.parent
+        parent = span._parent
+        self.add(self._keep(span), parent is not None and not parent[2])  # (is_remote)
+
+    def add(self, kept: Any, local_child: bool) -> None:
+        """Hold one span's `kept` form; send the batch when it is full and this span is not
+        a child of a span of this process (`local_child`): only a process's outermost span
+        writes, once it ends, never in the middle of the work it measures (the inference
+        server times run() to choose how to call it)."""
         with self._lock:
-            self._spans.append(span)
-            # Only a process's outermost span writes, once it ends: never in the middle of
-            # the work it measures (the inference server times run() to choose how to call it).
-            if len(self._spans) < self.BATCH or (parent is not None and not parent.is_remote):
+            self._held.append(kept)
+            if len(self._held) < self.BATCH or local_child:
                 return
-            batch, self._spans = self._spans, []
+            batch, self._held = self._held, []
         self._export(batch)
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         with self._lock:
-            batch, self._spans = self._spans, []
+            batch, self._held = self._held, []
         if batch:
             self._export(batch)
         return True
@@ -253,17 +217,72 @@ class InlineBatchProcessor(SpanProcessor):
     def shutdown(self) -> None:
         self._stopped.set()
         self.force_flush()
-        self._exporter.shutdown()
+        self._close()
+
+    def _keep(self, span: ReadableSpan) -> Any:
+        """What the batch holds of a span until it is sent: the span itself, here."""
+        return span
+
+    def _send(self, batch: list[Any]) -> None:
+        assert self._exporter is not None
+        self._exporter.export(batch)
+
+    def _close(self) -> None:
+        if self._exporter is not None:
+            self._exporter.shutdown()
 
     def _every_delay(self) -> None:
         while not self._stopped.wait(self.DELAY_S):
             self.force_flush()
 
-    def _export(self, batch: list[ReadableSpan]) -> None:
+    def _export(self, batch: list[Any]) -> None:
         try:  # a span's end must never fail the request that ends it
-            self._exporter.export(batch)
+            self._send(batch)
         except Exception:
             log.exception("span export failed")
+
+
+class ShippingProcessor(InlineBatchProcessor):
+    """Sends finished spans, as plain values (`span_tuple`), to a writer process that
+    appends them to the file as `JsonLinesExporter` would (`python -m
+    sluice.common.trace_files`): the inference server's, whose span export otherwise ran
+    on the core that serves its requests. A span becomes its values as it ends, so the
+    batch holds small tuples, not spans; the inference server's own spans hand theirs
+    in directly (`add`), without `on_end`'s general path. The resource's shown attributes
+    go to the writer once, when it starts.
+    """
+
+    def __init__(self, path: Path, service: str, resource: Resource) -> None:
+        self.path = path
+        shown = orjson.dumps(resource_attributes(resource)).decode()
+        self.writer = WriterProcess(
+            [sys.executable, "-m", "sluice.common.trace_files", str(path), service, shown]
+        )
+        self.writer.start()
+        super().__init__(None)
+
+    def _keep(self, span: ReadableSpan) -> SpanTuple:
+        return span_tuple(span)
+
+    def _send(self, batch: list[SpanTuple]) -> None:
+        try:
+            self.writer.send(batch)
+        except ValueError:  # a value marshal cannot write: as JSON would show it, as text
+            self.writer.send(orjson.loads(orjson.dumps(batch, default=str)))
+
+    def _close(self) -> None:
+        self.writer.close()
+
+
+def write_shipped(path: Path, service: str, shown: Mapping[str, Any]) -> None:
+    """The writer process of `ShippingProcessor`: batches from stdin to the file."""
+    lines = JsonLinesFile(path)
+    for batch in frames(sys.stdin.buffer):
+        data = json_lines(tuple_record(fields, service, shown) for fields in batch)
+        try:
+            lines.append(data)
+        except OSError as exc:
+            log.warning("span export failed: %s", exc)
 
 
 def read_spans(folder: Path) -> Iterator[dict[str, Any]]:
@@ -315,4 +334,4 @@ SHOWN = ("sluice.", "http.response.status_code", "rpc.method", "db.operation", "
 
 
 if __name__ == "__main__":
-    write_shipped(Path(sys.argv[1]), sys.argv[2])
+    write_shipped(Path(sys.argv[1]), sys.argv[2], orjson.loads(sys.argv[3]))

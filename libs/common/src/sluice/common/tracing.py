@@ -67,7 +67,7 @@ def configure_tracing(
     "grpc_client_sync", "pymongo". `sampled_by_caller`: the code decides itself which
     traces to start (the inference server, before it makes any span object), so every
     span it starts is recorded. `writer_process`: the JSON lines are written by a child
-    process (`trace_files.ShippingExporter`), off this process's core: the inference
+    process (`trace_files.ShippingProcessor`), off this process's core: the inference
     server's choice, whose requests pay for every span.
     """
     global _configured
@@ -87,12 +87,14 @@ def configure_tracing(
         from sluice.common.trace_files import (
             InlineBatchProcessor,
             JsonLinesExporter,
-            ShippingExporter,
+            ShippingProcessor,
         )
 
         path = folder / f"{service}-{os.getpid()}.jsonl"
-        exporter = (ShippingExporter if writer_process else JsonLinesExporter)(path, service)
-        provider.add_span_processor(InlineBatchProcessor(exporter))
+        if writer_process:
+            provider.add_span_processor(ShippingProcessor(path, service, provider.resource))
+        else:
+            provider.add_span_processor(InlineBatchProcessor(JsonLinesExporter(path, service)))
     if otlp_endpoint:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.trace.export import BatchSpanProcessor

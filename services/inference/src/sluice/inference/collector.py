@@ -52,7 +52,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -146,14 +146,11 @@ class CollectorFeed(_Queue):
         self, settings: CollectorSettings, on_drop: Callable[[str, int], None] = lambda r, n: None
     ) -> None:
         super().__init__(settings, on_drop)
+        # The settings as JSON for the writer's argv (`main` reads them back).
         config = {
+            **asdict(settings),
             "folder": str(settings.folder),
             "collections": sorted(settings.collections),
-            "sampling_rate": settings.sampling_rate,
-            "rolling_rate": settings.rolling_rate,
-            "max_bytes": settings.max_bytes,
-            "instance": settings.instance,
-            "source": settings.source,
         }
         self.writer = WriterProcess(
             [sys.executable, "-m", "sluice.inference.collector", json.dumps(config)],
@@ -446,16 +443,9 @@ def main() -> None:
     from sluice.common.log import configure_logging
 
     configure_logging(level="info", fmt="json")
-    raw = json.loads(sys.argv[1])
-    settings = CollectorSettings(
-        folder=Path(raw["folder"]),
-        collections=frozenset(raw["collections"]),
-        sampling_rate=raw["sampling_rate"],
-        rolling_rate=raw["rolling_rate"],
-        max_bytes=raw["max_bytes"],
-        instance=raw["instance"],
-        source=raw["source"],
-    )
+    raw = json.loads(sys.argv[1])  # CollectorFeed's settings
+    raw.update(folder=Path(raw["folder"]), collections=frozenset(raw["collections"]))
+    settings = CollectorSettings(**raw)
     out = sys.stdout.buffer
 
     def report(reason: str, count: int) -> None:

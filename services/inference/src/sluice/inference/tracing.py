@@ -32,14 +32,16 @@ import random
 import secrets
 import traceback
 from collections.abc import Callable, Mapping, Sequence
+from random import getrandbits
 from time import time_ns
-from typing import Any, cast
+from typing import Any
 
 import structlog
 from opentelemetry import context, propagate, trace
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk import trace as sdk_trace
 from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import (
@@ -51,8 +53,10 @@ from opentelemetry.trace import (
     StatusCode,
     TraceFlags,
 )
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 from opentelemetry.util.types import Attributes, AttributeValue
 
+from sluice.common.trace_files import ShippingProcessor, span_tuple
 from sluice.common.tracing import configure_tracing
 from sluice.inference.config import ServerConfig
 from sluice.inference.http import Header, HttpRequest
@@ -204,8 +208,8 @@ class RequestTracer:
         span once the answer is sent (its end may write a batch of spans).
         """
         span.put("http.response.status_code", status)
-        ctx = span.get_span_context()
-        headers.append((b"traceparent", f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-01".encode()))
+        ctx = span._context  # a SpanContext is a tuple: trace id, span id, ...
+        headers.append((b"traceparent", b"00-%032x-%016x-01" % (ctx[0], ctx[1])))
         if status >= 500:
             span.set_status(Status(StatusCode.ERROR, f"HTTP {status}"))
             log.warning(
@@ -248,38 +252,44 @@ class LeanSpan(trace.Span, ReadableSpan):
     spans cost a request (bench/README.md, tracing). This span holds plain fields; the
     SDK's bounded containers (with the provider's limits: the same checks and caps) are
     made only when something is added to it, and at its end it hands itself to the
-    processors' `on_end`, refusing changes from then on as the SDK's span does. Not
+    processors' `on_end` (or, to the writer process's `ShippingProcessor`, its values
+    straight away), refusing changes from then on as the SDK's span does. What all spans
+    share (resource, scope, no events, links or status yet) is on their class. Not
     called: the processors' `on_start` and the SDK's private `_on_ending` hook (the
     processors configured here, sluice.common.tracing's, do nothing there).
     """
 
+    _context: SpanContext  # never None here (the SDK's ReadableSpan allows it)
+    _events: Sequence[Event] = ()
+    _links: Sequence[trace.Link] = ()
+    _status = UNSET
+    _end_time: int | None = None
+    # Set by each `SpanStarter` on the class it makes for its spans:
+    _starter: SpanStarter
+    _resource: Any
+    _instrumentation_info: Any
+    _instrumentation_scope: InstrumentationScope
+
     def __init__(
         self,
-        starter: SpanStarter,
         name: str,
         context: SpanContext,
         parent: SpanContext | None,
         kind: SpanKind,
         attributes: dict[str, AttributeValue] | None,
     ) -> None:
-        # ReadableSpan's fields, set here: its __init__ would make a Resource per span.
+        # ReadableSpan's fields that differ per span, set here (its __init__ would make a
+        # Resource per span); the others are class attributes until a span changes them:
+        # its starter's resource and scope (`SpanStarter`), no events, links or status yet.
         self._name = name
         self._context = context
         self._parent = parent
         self._kind = kind
         self._attributes: dict[str, AttributeValue] | BoundedAttributes | None = attributes
-        self._events: Sequence[Event] = ()
-        self._links: Sequence[trace.Link] = ()
-        self._status = UNSET
-        self._resource = starter.resource
-        self._instrumentation_info = starter.info
-        self._instrumentation_scope = starter.scope
         self._start_time: int | None = time_ns()
-        self._end_time: int | None = None
-        self._starter = starter
 
     def get_span_context(self) -> SpanContext:
-        return cast(SpanContext, self._context)  # ReadableSpan's may be None; not here
+        return self._context
 
     def is_recording(self) -> bool:
         return self._end_time is None
@@ -373,12 +383,18 @@ class LeanSpan(trace.Span, ReadableSpan):
         self.add_event("exception", event, timestamp)
 
     def end(self, end_time: int | None = None) -> None:
-        if self._ended("Calling end() on an ended span."):
+        if self._end_time is not None:  # (the check inline: twice per traced request)
+            self._ended("Calling end() on an ended span.")
             return
         self._end_time = end_time if end_time is not None else time_ns()
         if type(self._attributes) is BoundedAttributes:  # (not an ABC check per span)
             self._attributes._immutable = True
-        self._starter.processor.on_end(self)
+        starter = self._starter
+        if starter.shipping is None:
+            starter.processor.on_end(self)
+        else:  # its values straight into the writer's batch (no on_end: its checks, reads)
+            parent = self._parent
+            starter.shipping.add(span_tuple(self), parent is not None and not parent[2])
 
     def _bounded(self) -> BoundedAttributes:
         """The attributes in the SDK's container, made on the first value from outside."""
@@ -418,7 +434,10 @@ class SpanStarter:
         inner = getattr(self.processor, "_span_processors", None)
         if isinstance(inner, tuple) and len(inner) == 1:
             self.processor = inner[0]
+        # The inference server's writer process: the spans' values go to it directly.
+        self.shipping = self.processor if isinstance(self.processor, ShippingProcessor) else None
         self._ids = tracer.id_generator
+        self._random = type(self._ids) is RandomIdGenerator
         self.info = tracer.instrumentation_info
         self.scope = InstrumentationScope(self.info.name, self.info.version, self.info.schema_url)
         self.limits = sdk_trace.SpanLimits()  # the provider's default: the same env vars
@@ -430,6 +449,17 @@ class SpanStarter:
             flags: TraceFlags(TraceFlags.SAMPLED | (flags & TraceFlags.RANDOM_TRACE_ID))
             for flags in range(256)
         }
+        # This starter's spans: a class whose attributes are what all of them share.
+        self.span_class: type[LeanSpan] = type(
+            "LeanSpan",
+            (LeanSpan,),
+            {
+                "_starter": self,
+                "_resource": self.resource,
+                "_instrumentation_info": self.info,
+                "_instrumentation_scope": self.scope,
+            },
+        )
 
     def start(
         self,
@@ -440,9 +470,14 @@ class SpanStarter:
     ) -> LeanSpan:
         """A started span: a child of `parent`, or the root of a new trace."""
         if parent is None:
-            trace_id, flags, state = self._ids.generate_trace_id(), self._root_flags, None
-        else:
-            trace_id, flags = parent.trace_id, self._child_flags[parent.trace_flags]
-            state = parent.trace_state
-        ids = SpanContext(trace_id, self._ids.generate_span_id(), False, flags, state)
-        return LeanSpan(self, name, ids, parent, kind, attributes)
+            trace_id = (self._random and getrandbits(128)) or self._ids.generate_trace_id()
+            flags, state = self._root_flags, DEFAULT_TRACE_STATE
+        else:  # (a SpanContext's fields by index: its properties are Python calls)
+            trace_id, flags, state = parent[0], self._child_flags[parent[3]], parent[4]
+        # The SDK's RandomIdGenerator draws from `random` and redraws a 0: the same, less
+        # a Python call per id.
+        span_id = (self._random and getrandbits(64)) or self._ids.generate_span_id()
+        # SpanContext(trace_id, span_id, False, flags, state) without its checks: the ids
+        # are the id generator's (never 0) or a valid parent's, the state a TraceState.
+        ids = tuple.__new__(SpanContext, (trace_id, span_id, False, flags, state, True))
+        return self.span_class(name, ids, parent, kind, attributes)
