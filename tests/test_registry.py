@@ -11,6 +11,7 @@ import pytest
 from faststream.nats import NatsBroker
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
+import sluice.sdk.client
 from sluice.common.resources import AuthMode, OnlineEndpointSpec, ProvisioningState
 from sluice.sdk.client import RegistryClient, SluiceError
 from sluice.sdk.specs import load_online_deployment, load_online_endpoint
@@ -276,8 +277,13 @@ def test_unauthenticated_calls_are_refused(registry: RunningService) -> None:
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_pagination_returns_every_endpoint_once(client: RegistryClient) -> None:
-    names = [f"ep-{i:04d}" for i in range(1203)]
+def test_pagination_returns_every_endpoint_once(
+    client: RegistryClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Pages of 50 (the SDK asks for 500): three pages, the last one partial, as 1,203
+    # endpoints would give at 500, at a tenth of the creates.
+    monkeypatch.setattr(sluice.sdk.client, "PAGE_SIZE", 50)
+    names = [f"ep-{i:04d}" for i in range(123)]
     for name in names:
         client.create_online_endpoint(OnlineEndpointSpec(name=name))
     listed = [e.doc.spec.name for e in client.list_online_endpoints()]
