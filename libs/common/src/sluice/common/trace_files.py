@@ -247,8 +247,7 @@ class ShippingProcessor(InlineBatchProcessor):
     appends them to the file as `JsonLinesExporter` would (`python -m
     sluice.common.trace_files`): the inference server's, whose span export otherwise ran
     on the core that serves its requests. A span becomes its values as it ends, so the
-    batch holds small tuples, not spans; the inference server's own spans hand theirs
-    in directly (`add`), without `on_end`'s general path. The resource's shown attributes
+    batch holds small tuples, not spans. The resource's shown attributes
     go to the writer once, when it starts.
     """
 

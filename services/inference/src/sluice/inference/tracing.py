@@ -56,7 +56,6 @@ from opentelemetry.trace import (
 from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 from opentelemetry.util.types import Attributes, AttributeValue
 
-from sluice.common.trace_files import ShippingProcessor, span_tuple
 from sluice.common.tracing import configure_tracing
 from sluice.inference.config import ServerConfig
 from sluice.inference.http import Header, HttpRequest
@@ -252,8 +251,7 @@ class LeanSpan(trace.Span, ReadableSpan):
     spans cost a request (bench/README.md, tracing). This span holds plain fields; the
     SDK's bounded containers (with the provider's limits: the same checks and caps) are
     made only when something is added to it, and at its end it hands itself to the
-    processors' `on_end` (or, to the writer process's `ShippingProcessor`, its values
-    straight away), refusing changes from then on as the SDK's span does. What all spans
+    processors' `on_end`, refusing changes from then on as the SDK's span does. What all spans
     share (resource, scope, no events, links or status yet) is on their class. Not
     called: the processors' `on_start` and the SDK's private `_on_ending` hook (the
     processors configured here, sluice.common.tracing's, do nothing there).
@@ -389,12 +387,7 @@ class LeanSpan(trace.Span, ReadableSpan):
         self._end_time = end_time if end_time is not None else time_ns()
         if type(self._attributes) is BoundedAttributes:  # (not an ABC check per span)
             self._attributes._immutable = True
-        starter = self._starter
-        if starter.shipping is None:
-            starter.processor.on_end(self)
-        else:  # its values straight into the writer's batch (no on_end: its checks, reads)
-            parent = self._parent
-            starter.shipping.add(span_tuple(self), parent is not None and not parent[2])
+        self._starter.processor.on_end(self)
 
     def _bounded(self) -> BoundedAttributes:
         """The attributes in the SDK's container, made on the first value from outside."""
@@ -434,8 +427,6 @@ class SpanStarter:
         inner = getattr(self.processor, "_span_processors", None)
         if isinstance(inner, tuple) and len(inner) == 1:
             self.processor = inner[0]
-        # The inference server's writer process: the spans' values go to it directly.
-        self.shipping = self.processor if isinstance(self.processor, ShippingProcessor) else None
         self._ids = tracer.id_generator
         self._random = type(self._ids) is RandomIdGenerator
         self.info = tracer.instrumentation_info
