@@ -220,7 +220,7 @@ def test_taken_port_is_one_line_naming_the_component_and_nothing_runs(state: Pat
     assert lines[-1] == f"error: envoy: port 127.0.0.1:{port} is already in use"
     assert "Traceback" not in result.stderr
     assert not (state / "platform.json").exists()
-    assert [p for p in _children_named(("nats-server", "secantusd", "envoy"), state)] == []
+    assert [p for p in _children_named(("nats-server", "embedded_mongo", "envoy"), state)] == []
 
 
 def test_child_dying_at_start_up_names_its_log_and_nothing_runs(state: Path) -> None:
@@ -234,7 +234,7 @@ def test_child_dying_at_start_up_names_its_log_and_nothing_runs(state: Path) -> 
     )
     assert log.exists()
     assert not (state / "platform.json").exists()
-    assert [p for p in _children_named(("nats-server", "secantusd", "envoy"), state)] == []
+    assert [p for p in _children_named(("nats-server", "embedded_mongo", "envoy"), state)] == []
 
 
 def _children_named(names: tuple[str, ...], state: Path) -> list[int]:

@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from sluice.common.embedded_mongo import COMMAND as EMBEDDED_MONGO
 from sluice.common.health import GrpcHealthCheck, HttpCheck, MongoPingCheck, UnixHttpCheck
 from sluice.common.mongo_auth import with_credentials
 from sluice.common.pki import XDS_SERVER, Identity
@@ -85,7 +86,7 @@ def mongo_spec(
     return ProcessSpec(
         name=name,
         argv=[
-            "secantusd-py",
+            *EMBEDDED_MONGO,
             "--host",
             host,
             "--port",

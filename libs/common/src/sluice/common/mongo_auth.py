@@ -22,8 +22,9 @@ import subprocess
 import time
 from pathlib import Path
 
+from sluice.common.embedded_mongo import COMMAND as EMBEDDED_MONGO
 from sluice.common.settings import MONGO_USER, with_mongo_user
-from sluice.common.supervisor import free_port, resolve_binary
+from sluice.common.supervisor import free_port
 
 USER = MONGO_USER
 FOLDER = "mongo-auth"
@@ -73,9 +74,8 @@ def _create_user(data_dir: Path, host: str, password: str) -> None:
     from pymongo import MongoClient
     from pymongo.errors import OperationFailure, PyMongoError
 
-    binary = resolve_binary("secantusd-py") or "secantusd-py"
     port = free_port(host)
-    argv = [binary, "--host", host, "--port", str(port), "--storage-path", str(data_dir)]
+    argv = [*EMBEDDED_MONGO, "--host", host, "--port", str(port), "--storage-path", str(data_dir)]
     process = subprocess.Popen(
         [*argv, "--log-level", "WARNING", "--sync-on-commit"],
         stdin=subprocess.DEVNULL,
