@@ -98,3 +98,48 @@ def test_the_servers_own_attributes_skip_the_checks_but_are_exported() -> None:
         "after": 1,
     }
     assert done.parent is None and done.kind is SpanKind.SERVER
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+def test_run_s_span_is_current_while_run_runs_and_only_then(is_async: bool) -> None:
+    """RequestTracer.run sets the current context on OpenTelemetry's ContextVar itself:
+    inside run() the current span is run()'s (a script's own span is its child, what else
+    the context held is kept), and afterwards, raised or not, the context is what it was."""
+    import asyncio
+
+    from opentelemetry import baggage, context
+
+    from sluice.inference.tracing import RequestTracer
+
+    provider = TracerProvider()
+    spans = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    tracer = provider.get_tracer("sluice.inference")
+    requests = RequestTracer(tracer, 1.0)
+    request = SpanStarter(tracer).start("POST /score", None, SpanKind.SERVER, {})
+    seen: list[tuple[Span, object]] = []
+
+    def script() -> None:
+        seen.append((trace.get_current_span(), baggage.get_baggage("tenant")))
+        with tracer.start_as_current_span("predict"):
+            pass
+        raise ValueError("boom")
+
+    async def script_async() -> None:
+        script()
+
+    token = context.attach(baggage.set_baggage("tenant", "a"))
+    try:
+        before = context.get_current()
+        traced = requests.run(script_async if is_async else script, request, is_async)
+        with pytest.raises(ValueError, match="boom"):
+            asyncio.run(traced()) if is_async else traced()
+        assert context.get_current() is before
+    finally:
+        context.detach(token)
+    names = {s.name: s for s in spans.get_finished_spans()}
+    run, predict = names["run"], names["predict"]
+    assert seen == [(seen[0][0], "a")] and seen[0][0].get_span_context() == run.context
+    assert predict.parent == run.context and run.parent == request.get_span_context()
+    assert run.status.status_code is StatusCode.ERROR
+    assert trace.get_current_span() is trace.INVALID_SPAN

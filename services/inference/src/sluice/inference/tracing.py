@@ -32,6 +32,7 @@ import random
 import secrets
 import traceback
 from collections.abc import Callable, Mapping, Sequence
+from contextvars import Token
 from random import getrandbits
 from time import time_ns
 from typing import Any
@@ -39,6 +40,8 @@ from typing import Any
 import structlog
 from opentelemetry import context, propagate, trace
 from opentelemetry.attributes import BoundedAttributes
+from opentelemetry.context import Context
+from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
 from opentelemetry.sdk import trace as sdk_trace
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
@@ -53,6 +56,7 @@ from opentelemetry.trace import (
     StatusCode,
     TraceFlags,
 )
+from opentelemetry.trace.propagation import _SPAN_KEY
 from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 from opentelemetry.util.types import Attributes, AttributeValue
 
@@ -65,6 +69,21 @@ logger = logging.getLogger(__name__)  # the SDK's warnings about ended spans, as
 TRACER = "sluice.inference"
 TRACEPARENT_LENGTH = 55  # 00-<32 hex>-<16 hex>-<2 hex>
 UNSAMPLED = frozenset(b"%02x" % flags for flags in range(0, 256, 2))  # traceparent's last 2
+
+# The current OpenTelemetry context: with the API's default runtime context (a ContextVar),
+# that ContextVar's own get/set/reset, without the API's layers of calls around them
+# (`context.attach` -> the runtime's `attach` -> `ContextVar.set`); with another runtime
+# (the OTEL_PYTHON_CONTEXT setting), the API's functions.
+_current: Callable[[], Context]
+_attach: Callable[[Context], Token[Context]]
+_detach: Callable[[Token[Context]], None]
+_runtime = context._RUNTIME_CONTEXT
+if type(_runtime) is ContextVarsRuntimeContext:
+    _current = _runtime._current_context.get
+    _attach = _runtime._current_context.set
+    _detach = _runtime._current_context.reset
+else:
+    _current, _attach, _detach = context.get_current, context.attach, context.detach
 
 
 def start_tracing(config: ServerConfig, scope: tuple[str, str]) -> RequestTracer | None:
@@ -145,7 +164,8 @@ class RequestTracer:
         `around`, so the span's own work is not timed as run()'s.
 
         The run span is the current span while run() runs, so spans the scoring script
-        makes itself are its children.
+        makes itself are its children: set as the API's `set_span_in_context` and
+        `attach` would, on the ContextVar they set (`_attach`).
         """
         parent = span.get_span_context()
         start = self._spans.start
@@ -154,28 +174,28 @@ class RequestTracer:
 
             async def traced_async() -> Any:
                 run = start("run", parent, SpanKind.INTERNAL, None)
-                token = context.attach(trace.set_span_in_context(run))
+                token = _attach(Context({**_current(), _SPAN_KEY: run}))
                 try:
                     return await call()
                 except Exception as exc:
                     _record(run, exc)
                     raise
                 finally:
-                    context.detach(token)
+                    _detach(token)
                     run.end()
 
             return traced_async
 
         def traced() -> Any:
             run = start("run", parent, SpanKind.INTERNAL, None)
-            token = context.attach(trace.set_span_in_context(run))
+            token = _attach(Context({**_current(), _SPAN_KEY: run}))
             try:
                 return call()
             except Exception as exc:
                 _record(run, exc)
                 raise
             finally:
-                context.detach(token)
+                _detach(token)
                 run.end()
 
         return traced
