@@ -27,9 +27,10 @@ def main(argv: list[str] | None = None) -> int:
 
     class PromptStopServer(SecantusDBServer):  # type: ignore[misc]
         def stop(self) -> None:
-            listener = self._socket
-            if listener is not None:
-                self._stop_event.set()  # the accept loop's own test, before it wakes
+            # (SecantusDB 0.7's fields; another version without them stops as it would)
+            listener, stopping = getattr(self, "_socket", None), getattr(self, "_stop_event", None)
+            if isinstance(listener, socket.socket) and stopping is not None:
+                stopping.set()  # the accept loop's own test, before it wakes
                 with contextlib.suppress(OSError):
                     listener.shutdown(socket.SHUT_RDWR)
             super().stop()
