@@ -20,7 +20,7 @@ with their parent's span context in hand (not through `Tracer.start_span`'s gene
 context lookups, a sampler call, a sampling result per span); endpoint/deployment/instance
 are resource attributes (stated once, not per span) and the request span's one attribute
 is the request id (method and route are its name); span names are built once per route;
-run()'s span is made current with a bare attach/detach (no context-manager layers);
+run()'s span is made current on OpenTelemetry's ContextVar itself (no API layers);
 success log lines are not even formatted unless debug logging is on.
 """
 
