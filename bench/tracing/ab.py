@@ -11,7 +11,7 @@ writer process moved to the other core) or `tracing1` (the writer left on the se
 core). The first one is the baseline. Servers run on the last core, wrk (1 thread, 16
 connections) on the first; every round measures every server once, in an order that
 rotates. Printed per server: the median CPU per request (user + system of the server's
-own process, from /proc), the median of its paired differences with the baseline's
+own process), the median of its paired differences with the baseline's
 figure of the same round (what to compare: the machine's drift cancels), and its
 requests/s as a share of the baseline's, round by round.
 
@@ -23,12 +23,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import statistics
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -68,40 +65,9 @@ def start(name: str, checkout: Path, mode: str, port: int, work: Path, core: int
     )
 
 
-def ready(port: int, process: Any) -> None:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/score",
-        data=inference.BODY.encode(),
-        headers={"content-type": "application/json"},
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"the server on port {port} exited with {process.returncode}")
-        try:
-            with urllib.request.urlopen(request, timeout=1):  # noqa: S310 - loopback
-                return
-        except OSError:
-            time.sleep(0.1)  # a server starting, polled
-    raise SystemExit(f"the server on port {port} did not answer within 60 s")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def requests(port: int, seconds: int) -> int:
-    """wrk's count of answered requests (it runs on this process's core)."""
-    out = subprocess.run(
-        [str(inference.WRK), "-t1", f"-c{inference.CONNECTIONS}",
-         f"-d{seconds}s", "-s", str(inference.WORK / "post.lua"),
-         f"http://127.0.0.1:{port}/score"],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    if "Non-2xx" in out or "Socket errors" in out:
-        raise RuntimeError(f"errors under load:\n{out}")
-    return int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+def cpu_seconds(process: Any) -> float:
+    """User + system seconds of the server's own process (not its writer)."""
+    return float(sum(psutil.Process(process.pid).cpu_times()[:2]))
 
 
 def main() -> None:
@@ -116,10 +82,6 @@ def main() -> None:
     if inference.WRK is None:
         raise SystemExit("wrk is needed for this benchmark")
     work = inference.prepare_model()
-    (work / "post.lua").write_text(
-        f"wrk.method = 'POST'\nwrk.body = '{inference.BODY}'\n"
-        "wrk.headers['Content-Type'] = 'application/json'\n"
-    )
     servers: list[tuple[str, int, Any]] = []
     try:
         for i, spec in enumerate(args.servers):
@@ -129,19 +91,19 @@ def main() -> None:
             servers.append((name, port, start(name, Path(checkout), mode, port, work, server_core)))
         pin(load_core)  # this process and wrk
         for (_, port, process), spec in zip(servers, args.servers, strict=True):
-            ready(port, process)
+            inference.wait_for(f"http://127.0.0.1:{port}/ready", process=process)
             if spec.endswith(":tracing"):  # its writer on the other core
                 for child in psutil.Process(process.pid).children(recursive=True):
                     os.sched_setaffinity(child.pid, {load_core})
-            requests(port, 2)  # warm-up
+            inference.wrk(f"http://127.0.0.1:{port}/score", 2)  # warm-up
         measured: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _ in servers}
         for r in range(args.rounds):
             turn = r % len(servers)
             for name, port, process in servers[turn:] + servers[:turn]:
-                before = cpu_seconds(process.pid)
-                count = requests(port, args.seconds)
-                used = cpu_seconds(process.pid) - before
-                measured[name].append((used / count * 1e6, count / args.seconds))
+                before = cpu_seconds(process)
+                rps = inference.wrk(f"http://127.0.0.1:{port}/score", args.seconds).rps
+                used = cpu_seconds(process) - before
+                measured[name].append((used / (rps * args.seconds) * 1e6, rps))
             print(
                 f"round {r + 1}: "
                 + "  ".join(f"{n} {v[-1][0]:.0f} us" for n, v in measured.items()),
