@@ -22,7 +22,6 @@ import subprocess
 import time
 from pathlib import Path
 
-from sluice.common.embedded_mongo import COMMAND as EMBEDDED_MONGO
 from sluice.common.settings import MONGO_USER, with_mongo_user
 from sluice.common.supervisor import free_port
 
@@ -74,10 +73,13 @@ def _create_user(data_dir: Path, host: str, password: str) -> None:
     from pymongo import MongoClient
     from pymongo.errors import OperationFailure, PyMongoError
 
+    from sluice.common.components import mongo_spec  # (which imports this module)
+
     port = free_port(host)
-    argv = [*EMBEDDED_MONGO, "--host", host, "--port", str(port), "--storage-path", str(data_dir)]
+    # The platform's own server command, without --auth: the user does not exist yet.
+    spec = mongo_spec(host=host, port=port, data_dir=data_dir)
     process = subprocess.Popen(
-        [*argv, "--log-level", "WARNING", "--sync-on-commit"],
+        spec.argv,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
