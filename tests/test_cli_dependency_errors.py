@@ -101,7 +101,9 @@ def test_database_down_is_one_line(
     sluice_settings: Settings, supervisor: Supervisor, tmp_path: Path
 ) -> None:
     mongo = supervisor.start(mongo_spec(host="127.0.0.1", port=free_port(), data_dir=None))
-    settings = sluice_settings.model_copy(update={"mongodb_uri": mongo.address})
+    # (a short server selection: each command below waits for it before its error)
+    uri = f"{mongo.address}&serverSelectionTimeoutMS=1500"
+    settings = sluice_settings.model_copy(update={"mongodb_uri": uri})
     registry = ServiceStarter(settings, supervisor)("registry")
     env = {
         "SLUICE_REGISTRY_ADDRESS": registry.address,

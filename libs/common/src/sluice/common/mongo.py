@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
@@ -10,6 +11,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from sluice.common.settings import Settings
 
 Document = dict[str, Any]
+SERVER_SELECTION_MS = 5000  # unless the URI sets its own serverSelectionTimeoutMS
 
 
 def create_mongo_client(uri: str, *, appname: str) -> AsyncMongoClient[Document]:
@@ -21,12 +23,21 @@ def create_mongo_client(uri: str, *, appname: str) -> AsyncMongoClient[Document]
     survives a kill -9 of the server. No topology detection is needed:
     mongod (since 2.6) and SecantusDB accept `w: "majority"` on a single node,
     where it means the same as `w: 1` with the journal.
+
+    The URI's own `serverSelectionTimeoutMS` is kept (PyMongo's keyword arguments would
+    override it); the write concern is not negotiable.
     """
+    query = {key.lower() for key, _ in parse_qsl(urlsplit(uri).query)}
+    timeout = (
+        {}
+        if "serverselectiontimeoutms" in query
+        else {"serverSelectionTimeoutMS": SERVER_SELECTION_MS}
+    )
     return AsyncMongoClient(
         uri,
         appname=appname,
         tz_aware=True,
-        serverSelectionTimeoutMS=5000,
+        **timeout,
         connect=False,
         w="majority",
         journal=True,
