@@ -28,11 +28,9 @@ def create_mongo_client(uri: str, *, appname: str) -> AsyncMongoClient[Document]
     override it); the write concern is not negotiable.
     """
     query = {key.lower() for key, _ in parse_qsl(urlsplit(uri).query)}
-    timeout = (
-        {}
-        if "serverselectiontimeoutms" in query
-        else {"serverSelectionTimeoutMS": SERVER_SELECTION_MS}
-    )
+    timeout: dict[str, Any] = {}
+    if "serverselectiontimeoutms" not in query:
+        timeout["serverSelectionTimeoutMS"] = SERVER_SELECTION_MS
     return AsyncMongoClient(
         uri,
         appname=appname,
