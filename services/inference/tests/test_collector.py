@@ -64,6 +64,29 @@ def test_rolling_rate_minute_adds_the_minute(tmp_path: Path) -> None:
     assert len(found.relative_to(tmp_path).parts) == 7
 
 
+@pytest.mark.integration  # the rolled-over files are also written as Parquet (a process)
+def test_one_flush_across_minutes_puts_each_record_in_its_minute_s_file(tmp_path: Path) -> None:
+    """Records of one flush, interleaved by collection, whose times cross a minute: each
+    lands in its (collection, minute) file in order, and the counts are the lines."""
+    dc = make(tmp_path, rolling_rate="minute")
+    minute = int(time.time()) // 60 * 60
+    times = [minute - 2.5, minute - 1.0, minute + 0.5, minute + 61.0]  # 3 minutes
+    for i, at in enumerate(times):
+        for collection in ("model_inputs", "model_outputs"):
+            dc.extend([(collection, f"c{i}", f"r{i}", at, b"[%d]" % i, None)])
+    dc.flush()
+    for collection in ("model_inputs", "model_outputs"):
+        found = {
+            path.relative_to(tmp_path / collection).parent.as_posix(): [
+                record["correlationid"] for record in lines(path)
+            ]
+            for path in (tmp_path / collection).rglob("abc123.jsonl")
+        }
+        partition = [time.strftime("%Y/%m/%d/%H/%M", time.gmtime(minute + d)) for d in (-60, 0, 60)]
+        assert found == {partition[0]: ["c0", "c1"], partition[1]: ["c2"], partition[2]: ["c3"]}
+    assert dc.written == 8 and not dc.dropped
+
+
 def test_sampling_rate_keeps_about_that_share(tmp_path: Path) -> None:
     dc = make(tmp_path, sampling_rate=0.1)
     kept = sum(dc.sample() is not None for _ in range(10_000))

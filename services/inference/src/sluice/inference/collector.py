@@ -69,11 +69,13 @@ DEFAULT_MAX_BYTES = 1024**3
 STATS_FOLDER = "_stats"
 PARTITIONS = {"minute": "%Y/%m/%d/%H/%M", "hour": "%Y/%m/%d/%H", "day": "%Y/%m/%d"}
 # A record (Azure's fields, in its order); `data` is last but for `dataencoding` and extras.
+# What one collection's records share, from "-<collection>" (the end of `id`) to
+# "datacontenttype": (`DataCollector._head`), is made once and goes in as one part.
 RECORD = (
-    b'{"specversion":"1.0","id":"%s-%s","source":%s,"type":%s,"datacontenttype":%s,'
-    b'"time":"%s","correlationid":"%s","xrequestid":%s,"contentrange":"bytes 0-%d/%d",'
-    b'"agent":"sluice-inference","data":%s%s}\n'
+    b'{"specversion":"1.0","id":"%s%s%s,"time":"%s","correlationid":"%s","xrequestid":%s,'
+    b'"contentrange":"bytes 0-%d/%d","agent":"sluice-inference","data":%s%s}\n'
 )
+JSON_KIND = b'"application/json"'
 # A version-4, variant-1 UUID (RFC 9562) from 128 random bits: clear these, set those.
 UUID4_CLEAR = (0xF000 << 64) | (0xC000 << 48)
 UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
@@ -226,8 +228,9 @@ class DataCollector(_Queue):
         self._current: dict[str, Path] = {}  # collection -> the file it writes now
         self._current_key: dict[str, tuple[str, int]] = {}  # collection -> its last key
         self._second: tuple[int, str] = (-1, "")  # the last second formatted, and its text
+        self._milli: tuple[int, bytes] = (-1, b"")  # the last millisecond, and its text
         self._types = {name: f"azureml.inference.{name}" for name in settings.collections}
-        self._type_json: dict[str, bytes] = {}  # collection -> its `type`, as JSON
+        self._heads: dict[str, bytes] = {}  # collection -> its records' shared part
         self._source = orjson.dumps(settings.source)
         self._converting: list[subprocess.Popen[bytes]] = []  # Parquet writers (parquet.py)
 
@@ -266,23 +269,27 @@ class DataCollector(_Queue):
         # (collection, minute) -> its lines, one buffer each: thousands of lines kept as
         # bytes objects until the write cost twice as much per record (allocator churn).
         batches: dict[tuple[str, int], bytearray] = {}
-        counts: Counter[tuple[str, int]] = Counter()
+        filling: dict[str, tuple[int, bytearray]] = {}  # collection -> (minute, its buffer)
         rolled: list[Path] = []  # files closed by this flush (their partition has passed)
-        limit = self.settings.max_bytes
-        while self._queue:
-            item = self._queue.popleft()
-            line = self._line(item)
-            if self._used + len(line) > limit:
+        queue, line_of, limit, used = self._queue, self._line, self.settings.max_bytes, self._used
+        while queue:
+            item = queue.popleft()
+            line = line_of(item)
+            if used + len(line) > limit:
                 self._drop("quota")
                 continue
-            self._used += len(line)
-            collection = item[0]
-            key = (collection, int(item[3]) // 60)
+            used += len(line)
+            collection, minute = item[0], int(item[3]) // 60
+            current = filling.get(collection)
+            if current is not None and current[0] == minute:  # (the usual case)
+                current[1].extend(line)
+                continue
+            key = (collection, minute)
             buffer = batches.get(key)
             if buffer is None:
                 buffer = batches[key] = bytearray()
+            filling[collection] = (minute, buffer)
             buffer += line
-            counts[key] += 1
             if key != self._current_key.get(collection):  # a new minute: a new file?
                 self._current_key[collection] = key
                 path = self._path(key)
@@ -291,6 +298,9 @@ class DataCollector(_Queue):
                     self._current[collection] = path
                     if previous is not None:
                         rolled.append(previous)
+        self._used = used
+        # A line is one "\n" (a payload that spans lines is written again on one: `_json`).
+        counts = {key: buffer.count(b"\n") for key, buffer in batches.items()}
         files: dict[Path, list[tuple[str, int]]] = {}
         for key in batches:
             files.setdefault(self._path(key), []).append(key)
@@ -343,7 +353,7 @@ class DataCollector(_Queue):
         one line, and the rest goes in with one bytes `%` (what orjson.dumps of the record's
         dict would write, byte for byte: test_collector.py, at ~2/3 of its cost)."""
         collection, correlation_id, request_id, at, payload, extra = item
-        kind, tail = b'"application/json"', b""
+        kind, tail = JSON_KIND, b""
         try:
             data = _json(payload) if payload else b"null"
         except orjson.JSONDecodeError:
@@ -355,19 +365,14 @@ class DataCollector(_Queue):
                 kind, tail = b'"application/octet-stream"', b',"dataencoding":"base64"'
         if extra:
             tail += b"," + orjson.dumps(extra)[1:-1]
-        kind_of = self._type_json.get(collection)
-        if kind_of is None:
-            name = self._types.get(collection) or f"azureml.inference.{collection}"
-            kind_of = self._type_json[collection] = orjson.dumps(name)
+        head = self._heads.get(collection) or self._head(collection)
         cid = correlation_id.encode()
         size = len(payload)
         return RECORD % (
             cid,
-            collection.encode(),
-            self._source,
-            kind_of,
+            head,
             kind,
-            self._time(at).encode(),
+            self._time(at),
             cid,
             orjson.dumps(request_id),
             max(size - 1, 0),
@@ -376,14 +381,31 @@ class DataCollector(_Queue):
             tail,
         )
 
-    def _time(self, at: float) -> str:
-        """`at` as Azure writes it: ISO 8601 in UTC, to the millisecond."""
+    def _head(self, collection: str) -> bytes:
+        """What a collection's records share: the end of `id`, `source`, `type` and the
+        name of `datacontenttype`."""
+        name = self._types.get(collection) or f"azureml.inference.{collection}"
+        head = b'-%s","source":%s,"type":%s,"datacontenttype":' % (
+            collection.encode(),
+            self._source,
+            orjson.dumps(name),
+        )
+        self._heads[collection] = head
+        return head
+
+    def _time(self, at: float) -> bytes:
+        """`at` as Azure writes it: ISO 8601 in UTC, to the millisecond (formatted once per
+        millisecond: a busy deployment's records come several to a millisecond)."""
         ms = int(at * 1000)
+        if ms == self._milli[0]:
+            return self._milli[1]
         second, millis = divmod(ms, 1000)
         if second != self._second[0]:
             text = datetime.fromtimestamp(second, UTC).isoformat().removesuffix("+00:00")
             self._second = (second, text)
-        return f"{self._second[1]}.{millis:03d}+00:00"
+        formatted = f"{self._second[1]}.{millis:03d}+00:00".encode()
+        self._milli = (ms, formatted)
+        return formatted
 
     def _path(self, key: tuple[str, int]) -> Path:
         """The file of (collection, minute): partitions are minutes at the finest."""
