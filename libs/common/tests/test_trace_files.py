@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import orjson
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -17,7 +18,10 @@ from sluice.common.trace_files import (
     InlineBatchProcessor,
     JsonLinesExporter,
     ShippingProcessor,
+    SpanLines,
+    SpanTuple,
     read_spans,
+    tuple_record,
 )
 from sluice.testing.wait import wait_for
 
@@ -119,3 +123,34 @@ def test_a_writer_process_writes_the_lines_the_exporter_would(tmp_path: Path) ->
     assert spans["run"]["links"] == [spans["linked"]["trace_id"]]
     assert spans["run"]["events"][0]["attributes"]["exception.type"] == "ValueError"
     assert spans["request"]["attributes"]["sizes"] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        # a request's span: a root, the server's attributes
+        (2**127 + 5, 2**63 + 7, None, "POST /score", "SERVER", 10, 20, "UNSET", None,
+         {"sluice.request_id": "r-1", "http.response.status_code": 200}, None, None),
+        # run()'s span: a child, no attributes of its own, a failure
+        (1, 2, 3, "run", "INTERNAL", 10, 20, "ERROR", 'KeyError: "x"\n', None, None, None),
+        # what a script may set: any text, sequences, a value JSON has no type for
+        (1, 2, None, 'é "quoted" \\ \t', "CLIENT", 0, 2**62, "OK", "",
+         {"tags": ("a", "b"), "ratio": 0.5, "ok": True, "blob": b"\x00"}, None, None),
+        # with events or links, or not ended: through the dict
+        (1, 2, 3, "run", "INTERNAL", 10, 20, "ERROR", "boom", None,
+         [("exception", 15, {"exception.message": "boom"})], None),
+        (1, 2, None, "run", "INTERNAL", 10, 20, "UNSET", None, None, None, [9, 10]),
+        (1, 2, None, "run", "INTERNAL", 10, None, "UNSET", None, None, None, None),
+    ],
+)  # fmt: skip
+def test_a_span_s_line_is_what_orjson_writes_for_its_record(fields: SpanTuple) -> None:
+    shown = {"sluice.endpoint": "e", "sluice.deployment": "blue"}
+    expected = orjson.dumps(
+        tuple_record(fields, "inference-1", shown), default=str, option=orjson.OPT_APPEND_NEWLINE
+    )
+    to_lines = SpanLines("inference-1", shown)
+    assert to_lines.line(fields) == expected
+    assert to_lines([fields, fields]) == expected * 2  # the texts it keeps change nothing
+    assert SpanLines("inference-1", {}).line(fields) == orjson.dumps(
+        tuple_record(fields, "inference-1", {}), default=str, option=orjson.OPT_APPEND_NEWLINE
+    )
