@@ -24,11 +24,12 @@ process (`sluice.inference.parquet`) so that pyarrow never loads in the writer.
 Formatting and writing records cost the server's core 4 us per record when a thread of
 the server did them (bench/README.md, tracing); in the writer they leave the server's
 interpreter, its GIL and its caches. The writer still makes each record cheaply: the
-record's fixed parts are JSON made once and the line is put together with one bytes `%`,
-a JSON payload is checked with one parse and written as it came (not parsed and
-serialized again), the time is formatted once per second, the files are grouped by
-(collection, minute) keys rather than `Path`s, and a correlation id is a version-4 UUID
-from `random` (unique, not secret: no system call).
+record's fixed parts are JSON made once (per collector or collection) and the line is
+put together with one bytes `%`, a JSON payload is checked with one parse and written as
+it came (not parsed and serialized again), the time's text is made once per millisecond,
+a flush appends each line to its (collection, minute) buffer and counts the lines per
+buffer, and a correlation id is a version-4 UUID from `random` (unique, not secret: no
+system call).
 
 Nothing here can fail a request: a full queue, a folder over its byte quota
 (`max_bytes`, shared by the deployment's instances and re-measured every
