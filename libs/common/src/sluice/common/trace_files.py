@@ -154,10 +154,9 @@ class SpanLines:
         return b"".join([self.line(fields) for fields in batch])
 
     def line(self, fields: SpanTuple) -> bytes:
-        trace_id, span_id, parent_id, name, kind, start, end, status, message, attributes = fields[
-            :10
-        ]
-        if fields[10] or fields[11] or start is None or end is None:  # events, links
+        trace_id, span_id, parent_id, name, kind, start, end, status = fields[:8]
+        message, attributes, events, links = fields[8:]
+        if events or links or start is None or end is None:
             record = tuple_record(fields, self.service, self.shown)
             return orjson.dumps(record, default=str, option=orjson.OPT_APPEND_NEWLINE)
         text = self._texts.get
