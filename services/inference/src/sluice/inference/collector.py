@@ -230,7 +230,6 @@ class DataCollector(_Queue):
         self._current_key: dict[str, tuple[str, int]] = {}  # collection -> its last key
         self._second: tuple[int, str] = (-1, "")  # the last second formatted, and its text
         self._milli: tuple[int, bytes] = (-1, b"")  # the last millisecond, and its text
-        self._types = {name: f"azureml.inference.{name}" for name in settings.collections}
         self._heads: dict[str, bytes] = {}  # collection -> its records' shared part
         self._source = orjson.dumps(settings.source)
         self._converting: list[subprocess.Popen[bytes]] = []  # Parquet writers (parquet.py)
@@ -385,11 +384,10 @@ class DataCollector(_Queue):
     def _head(self, collection: str) -> bytes:
         """What a collection's records share: the end of `id`, `source`, `type` and the
         name of `datacontenttype`."""
-        name = self._types.get(collection) or f"azureml.inference.{collection}"
         head = b'-%s","source":%s,"type":%s,"datacontenttype":' % (
             collection.encode(),
             self._source,
-            orjson.dumps(name),
+            orjson.dumps(f"azureml.inference.{collection}"),
         )
         self._heads[collection] = head
         return head
