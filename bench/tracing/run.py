@@ -131,7 +131,7 @@ def overheads(work: Path, n: int = 20_000) -> dict[str, float]:
         for _ in range(n):
             span = tracer.start(request, "rid-1", "/score")
             if span is not None:
-                tracer.run(lambda: None, span, False)()
+                span.run_inside(lambda: None)
                 tracer.answered(span, 200, "rid-1", [])
                 span.end()
                 expected += 2

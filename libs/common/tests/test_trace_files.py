@@ -4,6 +4,8 @@ reaches the code that ends a span."""
 
 from __future__ import annotations
 
+import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -63,6 +65,47 @@ def test_a_full_batch_is_written_at_once_and_stragglers_by_the_timer(tmp_path: P
     assert run["status"] == "ERROR" and run["status_message"] == "ValueError: boom in run"
     assert run["events"][0]["attributes"]["exception.message"] == "boom in run"
     assert spans["straggler"]["attributes"] == {"sluice.deployment": "blue"}
+    provider.shutdown()
+
+
+class Counting(SpanExporter):
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.names.extend(span.name for span in spans)
+        return SpanExportResult.SUCCESS
+
+
+def test_spans_ended_by_several_threads_are_each_exported_once() -> None:
+    # The batch takes no lock: threads end spans (and export full batches) while the timer
+    # takes what is held; every span is exported, none twice.
+    class Busy(InlineBatchProcessor):
+        DELAY_S = 0.0005  # the timer takes spans all the time
+
+    counting = Counting()
+    processor = Busy(counting)
+    provider = TracerProvider(resource=RESOURCE)
+    provider.add_span_processor(processor)
+    tracer = provider.get_tracer("test")
+
+    def end_spans(thread: int) -> None:
+        for i in range(3_000):
+            tracer.start_span(f"{thread}-{i}").end()
+
+    threads = [threading.Thread(target=end_spans, args=(t,)) for t in range(4)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads take turns as often as the interpreter lets them
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    provider.force_flush()
+    assert len(counting.names) == 12_000
+    assert set(counting.names) == {f"{t}-{i}" for t in range(4) for i in range(3_000)}
     provider.shutdown()
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from functools import partial
 from typing import Any
 
 import pytest
@@ -95,12 +94,9 @@ def holding(started: threading.Event, release: threading.Event) -> Around:
     the wait is not run()'s time."""
 
     def around(call: Any) -> Any:
-        def held() -> Any:
-            started.set()
-            release.wait(5)
-            return call()
-
-        return held
+        started.set()
+        release.wait(5)
+        return call()
 
     return around
 
@@ -192,8 +188,7 @@ async def test_tracing_does_not_move_a_fast_run_off_the_event_loop() -> None:
     for _ in range(WARMUP_CALLS + 1):
         span = tracer.start(request, "rid", "/score")
         assert span is not None
-        around = partial(tracer.run, span=span, is_async=False)
-        outcome = await score(dispatcher, current_thread_name, around)
+        outcome = await score(dispatcher, current_thread_name, span.run_inside)
     assert outcome.value == threading.main_thread().name
     assert outcome.run_seconds < FAST_RUN_S  # the 2 ms at the span's end are not in it
     run = spans.ended[-1]
@@ -205,12 +200,9 @@ async def test_tracing_does_not_move_a_fast_run_off_the_event_loop() -> None:
 async def test_an_async_runs_time_leaves_out_what_runs_around_it() -> None:
     dispatcher = Dispatcher(Limits(1, 0, timeout_s=1.0), is_async=True)
 
-    def slow_around(call: Any) -> Any:
-        async def wrapped() -> Any:
-            await asyncio.sleep(0.05)
-            return await call()
-
-        return wrapped
+    async def slow_around(call: Any) -> Any:
+        await asyncio.sleep(0.05)
+        return await call()
 
     async def run() -> str:
         return "scored"

@@ -102,20 +102,17 @@ def test_the_servers_own_attributes_skip_the_checks_but_are_exported() -> None:
 
 @pytest.mark.parametrize("is_async", [False, True])
 def test_run_s_span_is_current_while_run_runs_and_only_then(is_async: bool) -> None:
-    """RequestTracer.run sets the current context on OpenTelemetry's ContextVar itself:
+    """LeanSpan.run_inside sets the current context on OpenTelemetry's ContextVar itself:
     inside run() the current span is run()'s (a script's own span is its child, what else
     the context held is kept), and afterwards, raised or not, the context is what it was."""
     import asyncio
 
     from opentelemetry import baggage, context
 
-    from sluice.inference.tracing import RequestTracer
-
     provider = TracerProvider()
     spans = InMemorySpanExporter()
     provider.add_span_processor(SimpleSpanProcessor(spans))
     tracer = provider.get_tracer("sluice.inference")
-    requests = RequestTracer(tracer, 1.0)
     request = SpanStarter(tracer).start("POST /score", None, SpanKind.SERVER, {})
     seen: list[tuple[Span, object]] = []
 
@@ -131,9 +128,11 @@ def test_run_s_span_is_current_while_run_runs_and_only_then(is_async: bool) -> N
     token = context.attach(baggage.set_baggage("tenant", "a"))
     try:
         before = context.get_current()
-        traced = requests.run(script_async if is_async else script, request, is_async)
         with pytest.raises(ValueError, match="boom"):
-            asyncio.run(traced()) if is_async else traced()
+            if is_async:
+                asyncio.run(request.run_inside_async(script_async))
+            else:
+                request.run_inside(script)
         assert context.get_current() is before
     finally:
         context.detach(token)

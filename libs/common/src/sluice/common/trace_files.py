@@ -10,6 +10,7 @@ import contextlib
 import logging
 import sys
 import threading
+from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -233,8 +234,9 @@ class InlineBatchProcessor(SpanProcessor):
 
     def __init__(self, exporter: SpanExporter | None) -> None:
         self._exporter = exporter
-        self._held: list[Any] = []  # the spans (or what `_keep` keeps of them) not yet sent
-        self._lock = threading.Lock()
+        # The spans not yet sent: a deque's appends and pops are thread-safe, so a span's
+        # end takes no lock (a request's two spans paid for two: bench/README.md, tracing).
+        self._held: deque[ReadableSpan] = deque()
         self._stopped = threading.Event()
         self._timer = threading.Thread(target=self._every_delay, name="span-export", daemon=True)
         self._timer.start()
@@ -244,37 +246,39 @@ class InlineBatchProcessor(SpanProcessor):
         if context is None or not context[3] & TraceFlags.SAMPLED:  # (trace_flags)
             return
         parent = span._parent
-        self.add(self._keep(span), parent is not None and not parent[2])  # (is_remote)
+        self.add(span, parent is not None and not parent[2])  # (is_remote)
 
-    def add(self, kept: Any, local_child: bool) -> None:
-        """Hold one span's `kept` form; send the batch when it is full and this span is not
+    def add(self, span: ReadableSpan, local_child: bool) -> None:
+        """Hold one ended span; send the batch when it is full and this span is not
         a child of a span of this process (`local_child`): only a process's outermost span
         writes, once it ends, never in the middle of the work it measures (the inference
         server times run() to choose how to call it)."""
-        with self._lock:
-            self._held.append(kept)
-            if len(self._held) < self.BATCH or local_child:
-                return
-            batch, self._held = self._held, []
-        self._export(batch)
+        held = self._held
+        held.append(span)
+        if local_child or len(held) < self.BATCH:
+            return
+        self._export(self._take())
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
-        with self._lock:
-            batch, self._held = self._held, []
+        batch = self._take()
         if batch:
             self._export(batch)
         return True
+
+    def _take(self) -> list[ReadableSpan]:
+        """The spans held now, taken out (another thread's `_take` may get some first)."""
+        held, batch = self._held, []
+        with contextlib.suppress(IndexError):
+            for _ in range(len(held)):
+                batch.append(held.popleft())
+        return batch
 
     def shutdown(self) -> None:
         self._stopped.set()
         self.force_flush()
         self._close()
 
-    def _keep(self, span: ReadableSpan) -> Any:
-        """What the batch holds of a span until it is sent: the span itself, here."""
-        return span
-
-    def _send(self, batch: list[Any]) -> None:
+    def _send(self, batch: list[ReadableSpan]) -> None:
         assert self._exporter is not None
         self._exporter.export(batch)
 
@@ -286,7 +290,7 @@ class InlineBatchProcessor(SpanProcessor):
         while not self._stopped.wait(self.DELAY_S):
             self.force_flush()
 
-    def _export(self, batch: list[Any]) -> None:
+    def _export(self, batch: list[ReadableSpan]) -> None:
         try:  # a span's end must never fail the request that ends it
             self._send(batch)
         except Exception:
@@ -297,9 +301,10 @@ class ShippingProcessor(InlineBatchProcessor):
     """Sends finished spans, as plain values (`span_tuple`), to a writer process that
     appends them to the file as `JsonLinesExporter` would (`python -m
     sluice.common.trace_files`): the inference server's, whose span export otherwise ran
-    on the core that serves its requests. A span becomes its values as it ends, so the
-    batch holds small tuples, not spans. The resource's shown attributes
-    go to the writer once, when it starts.
+    on the core that serves its requests. The batch holds the ended spans; they become
+    their values when it is sent, in one loop (done per span as each ended, the same work
+    ran with cold caches between two run() calls: bench/README.md, tracing). The
+    resource's shown attributes go to the writer once, when it starts.
     """
 
     def __init__(self, path: Path, service: str, resource: Resource) -> None:
@@ -311,10 +316,8 @@ class ShippingProcessor(InlineBatchProcessor):
         self.writer.start()
         super().__init__(None)
 
-    def _keep(self, span: ReadableSpan) -> SpanTuple:
-        return span_tuple(span)
-
-    def _send(self, batch: list[SpanTuple]) -> None:
+    def _send(self, spans: list[ReadableSpan]) -> None:
+        batch = [span_tuple(span) for span in spans]
         try:
             self.writer.send(batch)
         except ValueError:  # a value marshal cannot write: as JSON would show it, as text

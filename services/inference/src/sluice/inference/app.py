@@ -30,7 +30,6 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
@@ -211,8 +210,8 @@ class InferenceApp:
             self._send(request, conn, rid, started, "/score", reply, span)
             return
         around = None  # run()'s span, outside what the dispatcher times as run()
-        if span is not None and self.tracing is not None:
-            around = partial(self.tracing.run, span=span, is_async=scorer.is_async)
+        if span is not None:
+            around = span.run_inside_async if scorer.is_async else span.run_inside
         self._queued(request, conn, dispatcher.submit(call, finish, around))
 
     def _queued(self, request: HttpRequest, conn: Responder, withdraw: Withdraw) -> None:
@@ -372,8 +371,8 @@ class InferenceApp:
             self._queued(request, conn, self.batcher.submit(rows, finish, span))
             return
         around = None  # run()'s span, outside what the dispatcher times as run()
-        if span is not None and self.tracing is not None:
-            around = partial(self.tracing.run, span=span, is_async=scorer.is_async)
+        if span is not None:
+            around = span.run_inside_async if scorer.is_async else span.run_inside
         self._queued(request, conn, dispatcher.submit(call, finish, around))
 
     def _collect_input(self, request: HttpRequest, rid: str, model_input: bytes) -> str | None:

@@ -53,9 +53,9 @@ class _Waiting:
     span: Any = None  # the request's span when it is traced (tracing.py)
 
 
-# Wraps one batch's run() call in a span linked to the requests' spans (tracing.py):
-# called with the spans and the rows, then as the dispatcher's `around`.
-TraceBatch = Callable[[list[Any], int, Callable[[], Any]], Callable[[], Any]]
+# Calls one batch's run() in a span linked to the requests' spans (tracing.py): called
+# with the spans and the rows, then as the dispatcher's `around`.
+TraceBatch = Callable[[list[Any], int, Callable[[], Any]], Any]
 
 
 class BatchSizeMismatch(RuntimeError):

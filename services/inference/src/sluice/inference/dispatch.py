@@ -71,9 +71,9 @@ TIMED_OUT = Outcome("timeout")
 
 OnDone = Callable[[Outcome], None]
 Call = Callable[[], Any]
-# What runs around run() where run() runs (its span): called with run(), returns what the
-# dispatcher calls instead.
-Around = Callable[[Call], Call]
+# What runs around run() where run() runs (its span): called with run(), calls it and
+# returns what it returns (for an `async def run()`, an awaitable of that).
+Around = Callable[[Call], Any]
 # Takes a submitted call out of its queue: True when it did (it will not run, and its
 # on_done is never called), False when it already runs or has finished.
 Withdraw = Callable[[], bool]
@@ -125,14 +125,15 @@ class AlarmGuard:
         self._fires_at = 0.0  # when the armed interval timer goes off; 0.0: it is off
         signal.signal(signal.SIGALRM, self._on_alarm)
 
-    def call(self, function: Call, timeout_s: float) -> Any:
+    def call(self, function: Callable[..., Any], timeout_s: float, *args: Any) -> Any:
+        """`function(*args)`, raising RunTimedOut after `timeout_s`."""
         # The deadline first: an alarm handled from here on sees this call.
         self._deadline = deadline = time.perf_counter() + timeout_s
         try:
             if not self._fires_at or self._fires_at > deadline:
                 self._fires_at = deadline
                 signal.setitimer(signal.ITIMER_REAL, timeout_s)
-            return function()
+            return function(*args)
         finally:
             self._deadline = 0.0
 
@@ -180,10 +181,11 @@ class Stopwatch:
             self.seconds = time.perf_counter() - started
 
 
-def _timed(call: Call, watch: Stopwatch) -> Outcome:
-    """Run `call` (on a worker thread) and say how it went and how long run() took."""
+def _timed(watch: Stopwatch, around: Around | None) -> Outcome:
+    """Call run() (on a worker thread), inside `around` if given, and say how it went and
+    how long run() took."""
     try:
-        value = call()
+        value = watch() if around is None else around(watch)
     except BaseException as exc:  # even SystemExit from run() must not kill the thread silently
         return Outcome("error", error=exc, run_seconds=watch.seconds)
     return Outcome("ok", value=value, run_seconds=watch.seconds)
@@ -268,7 +270,10 @@ class Dispatcher:
         assert self._alarm is not None and self._speed is not None
         watch = Stopwatch(call)
         try:
-            value = self._alarm.call(watch if around is None else around(watch), timeout_s)
+            if around is None:
+                value = self._alarm.call(watch, timeout_s)
+            else:
+                value = self._alarm.call(around, timeout_s, watch)
             outcome = Outcome("ok", value=value, run_seconds=watch.seconds)
         except RunTimedOut:
             outcome = TIMED_OUT
@@ -295,16 +300,17 @@ class Dispatcher:
                     left = deadline - time.perf_counter()
                     outcome = self._call_here(call, around, left) if left > 0 else TIMED_OUT
                 elif self._is_async:
-                    awaited = watch.awaited if around is None else around(watch.awaited)
                     try:
-                        value = await awaited()
+                        if around is None:
+                            value = await watch.awaited()
+                        else:
+                            value = await around(watch.awaited)
                     except Exception as exc:
                         outcome = Outcome("error", error=exc, run_seconds=watch.seconds)
                     else:
                         outcome = Outcome("ok", value, run_seconds=watch.seconds)
                 else:
-                    timed = watch if around is None else around(watch)
-                    future = self._pool.submit(_timed, timed, watch)
+                    future = self._pool.submit(_timed, watch, around)
                     outcome = await asyncio.wrap_future(future)
         except TimeoutError:
             if future is not None and not future.cancel():

@@ -20,8 +20,10 @@ with their parent's span context in hand (not through `Tracer.start_span`'s gene
 context lookups, a sampler call, a sampling result per span); endpoint/deployment/instance
 are resource attributes (stated once, not per span) and the request span's one attribute
 is the request id (method and route are its name); span names are built once per route;
-run()'s span is made current on OpenTelemetry's ContextVar itself (no API layers);
-success log lines are not even formatted unless debug logging is on.
+run()'s span is made current on OpenTelemetry's ContextVar itself (no API layers), by
+a method of the request's span (the dispatcher's `around`: no closure per request);
+ended spans join the batch as they are (no lock; made into values when the batch is
+sent); success log lines are not even formatted unless debug logging is on.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import os
 import random
 import secrets
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import Token
 from random import getrandbits
 from time import time_ns
@@ -60,6 +62,7 @@ from opentelemetry.trace.propagation import _SPAN_KEY
 from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 from opentelemetry.util.types import Attributes, AttributeValue
 
+from sluice.common.trace_files import InlineBatchProcessor
 from sluice.common.tracing import configure_tracing
 from sluice.inference.config import ServerConfig
 from sluice.inference.http import Header, HttpRequest
@@ -159,49 +162,9 @@ class RequestTracer:
         attributes: dict[str, AttributeValue] = {"sluice.request_id": request_id}
         return self._spans.start(name, parent, SpanKind.SERVER, attributes)
 
-    def run(self, call: Callable[[], Any], span: Span, is_async: bool) -> Callable[[], Any]:
-        """`call` (one run()) inside a child span of the request's: the dispatcher's
-        `around`, so the span's own work is not timed as run()'s.
-
-        The run span is the current span while run() runs, so spans the scoring script
-        makes itself are its children: set as the API's `set_span_in_context` and
-        `attach` would, on the ContextVar they set (`_attach`).
-        """
-        parent = span.get_span_context()
-        start = self._spans.start
-
-        if is_async:
-
-            async def traced_async() -> Any:
-                run = start("run", parent, SpanKind.INTERNAL, None)
-                token = _attach(Context({**_current(), _SPAN_KEY: run}))
-                try:
-                    return await call()
-                except Exception as exc:
-                    _record(run, exc)
-                    raise
-                finally:
-                    _detach(token)
-                    run.end()
-
-            return traced_async
-
-        def traced() -> Any:
-            run = start("run", parent, SpanKind.INTERNAL, None)
-            token = _attach(Context({**_current(), _SPAN_KEY: run}))
-            try:
-                return call()
-            except Exception as exc:
-                _record(run, exc)
-                raise
-            finally:
-                _detach(token)
-                run.end()
-
-        return traced
-
-    def batch_run(self, spans: list[Span], rows: int, call: Callable[[], Any]) -> Callable[[], Any]:
-        """One run() over the rows of several requests (adaptive batching), in one span.
+    def batch_run(self, spans: list[Span], rows: int, call: Callable[[], Any]) -> Any:
+        """One run() over the rows of several requests (adaptive batching), in one span:
+        the dispatcher's `around` for the batch.
 
         A span has one parent: the first traced request's span is it, and the span links
         to every traced request of the batch (OpenTelemetry's way to say one operation
@@ -210,14 +173,8 @@ class RequestTracer:
         parent = trace.set_span_in_context(spans[0])
         links = [trace.Link(span.get_span_context()) for span in spans]
         attributes = {"sluice.batch.requests": len(spans), "sluice.batch.rows": rows}
-
-        def traced() -> Any:
-            with self.tracer.start_as_current_span(
-                "run", parent, links=links, attributes=attributes
-            ):
-                return call()
-
-        return traced
+        with self.tracer.start_as_current_span("run", parent, links=links, attributes=attributes):
+            return call()
 
     def answered(self, span: LeanSpan, status: int, request_id: str, headers: list[Header]) -> None:
         """The request's status on its span; the span named in the answer and the log.
@@ -257,6 +214,7 @@ def _remote_parent(traceparent: bytes, tracestate: bytes | None) -> SpanContext 
 
 
 UNSET = Status(StatusCode.UNSET)
+_new = object.__new__
 
 
 class LeanSpan(trace.Span, ReadableSpan):
@@ -271,10 +229,11 @@ class LeanSpan(trace.Span, ReadableSpan):
     spans cost a request (bench/README.md, tracing). This span holds plain fields; the
     SDK's bounded containers (with the provider's limits: the same checks and caps) are
     made only when something is added to it, and at its end it hands itself to the
-    processors' `on_end`, refusing changes from then on as the SDK's span does. What all spans
-    share (resource, scope, no events, links or status yet) is on their class. Not
-    called: the processors' `on_start` and the SDK's private `_on_ending` hook (the
-    processors configured here, sluice.common.tracing's, do nothing there).
+    processors' `on_end` (to the batch of `InlineBatchProcessor`, ours, directly), refusing
+    changes from then on as the SDK's span does. What all spans share (resource, scope,
+    no events, links or status yet) is on their class. Not called: the processors'
+    `on_start` and the SDK's private `_on_ending` hook (the processors configured here,
+    sluice.common.tracing's, do nothing there).
     """
 
     _context: SpanContext  # never None here (the SDK's ReadableSpan allows it)
@@ -288,23 +247,46 @@ class LeanSpan(trace.Span, ReadableSpan):
     _instrumentation_info: Any
     _instrumentation_scope: InstrumentationScope
 
-    def __init__(
-        self,
-        name: str,
-        context: SpanContext,
-        parent: SpanContext | None,
-        kind: SpanKind,
-        attributes: dict[str, AttributeValue] | None,
-    ) -> None:
-        # ReadableSpan's fields that differ per span, set here (its __init__ would make a
-        # Resource per span); the others are class attributes until a span changes them:
-        # its starter's resource and scope (`SpanStarter`), no events, links or status yet.
-        self._name = name
-        self._context = context
-        self._parent = parent
-        self._kind = kind
-        self._attributes: dict[str, AttributeValue] | BoundedAttributes | None = attributes
-        self._start_time: int | None = time_ns()
+    # Set by `SpanStarter.start`: ReadableSpan's fields that differ per span (its __init__
+    # would make a Resource per span).
+    _name: str
+    _parent: SpanContext | None
+    _kind: SpanKind
+    _attributes: dict[str, AttributeValue] | BoundedAttributes | None
+    _start_time: int | None
+
+    def run_inside(self, call: Callable[[], Any]) -> Any:
+        """`call` (one run()) inside a child span of this one, named "run": the
+        dispatcher's `around`, so the span's own work is not timed as run()'s.
+
+        The run span is the current span while run() runs, so spans the scoring script
+        makes itself are its children: set as the API's `set_span_in_context` and `attach`
+        would, on the ContextVar they set (`_attach`). An exception run() raises is
+        recorded on it.
+        """
+        run = self._starter.start("run", self._context, SpanKind.INTERNAL, None)
+        token = _attach(Context({**_current(), _SPAN_KEY: run}))
+        try:
+            return call()
+        except Exception as exc:
+            _record(run, exc)
+            raise
+        finally:
+            _detach(token)
+            run.end()
+
+    async def run_inside_async(self, call: Callable[[], Awaitable[Any]]) -> Any:
+        """`run_inside` for an `async def run()`."""
+        run = self._starter.start("run", self._context, SpanKind.INTERNAL, None)
+        token = _attach(Context({**_current(), _SPAN_KEY: run}))
+        try:
+            return await call()
+        except Exception as exc:
+            _record(run, exc)
+            raise
+        finally:
+            _detach(token)
+            run.end()
 
     def get_span_context(self) -> SpanContext:
         return self._context
@@ -407,7 +389,12 @@ class LeanSpan(trace.Span, ReadableSpan):
         self._end_time = end_time if end_time is not None else time_ns()
         if type(self._attributes) is BoundedAttributes:  # (not an ABC check per span)
             self._attributes._immutable = True
-        self._starter.processor.on_end(self)
+        hold = self._starter.hold
+        if hold is None:
+            self._starter.processor.on_end(self)
+        else:  # (a LeanSpan is sampled: on_end's test is not needed)
+            parent = self._parent
+            hold(self, parent is not None and not parent[2])  # (is_remote)
 
     def _bounded(self) -> BoundedAttributes:
         """The attributes in the SDK's container, made on the first value from outside."""
@@ -447,6 +434,10 @@ class SpanStarter:
         inner = getattr(self.processor, "_span_processors", None)
         if isinstance(inner, tuple) and len(inner) == 1:
             self.processor = inner[0]
+        # A batch processor of ours: a span's end adds the span to its batch directly.
+        self.hold: Callable[[LeanSpan, bool], None] | None = None
+        if isinstance(self.processor, InlineBatchProcessor):
+            self.hold = self.processor.add
         self._ids = tracer.id_generator
         self._random = type(self._ids) is RandomIdGenerator
         self.info = tracer.instrumentation_info
@@ -491,4 +482,12 @@ class SpanStarter:
         # SpanContext(trace_id, span_id, False, flags, state) without its checks: the ids
         # are the id generator's (never 0) or a valid parent's, the state a TraceState.
         ids = tuple.__new__(SpanContext, (trace_id, span_id, False, flags, state, True))
-        return self.span_class(name, ids, parent, kind, attributes)
+        # Its fields set here rather than by an __init__: a Python call less per span.
+        span = _new(self.span_class)
+        span._name = name
+        span._context = ids
+        span._parent = parent
+        span._kind = kind
+        span._attributes = attributes
+        span._start_time = time_ns()
+        return span
