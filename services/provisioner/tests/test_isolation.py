@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import grp
 import os
+import pwd
+import shutil
 import stat
 import subprocess
 import sys
@@ -16,11 +19,13 @@ from sluice.common.interpreters import Interpreter, for_deployment_users, runnab
 from sluice.common.isolation import (
     Account,
     IsolationError,
+    account_for,
     collector_folder,
     harden_state_dir,
     instance_env,
     private_copy,
     reachable_by_others,
+    remove_account,
     user_name,
 )
 from sluice.common.resources import OnlineDeploymentSpec
@@ -107,6 +112,39 @@ def test_user_names_are_short_and_stable() -> None:
     assert name == user_name("endpoint-with-a-long-name", "deployment")
     assert name != user_name("endpoint-with-a-long-name", "other")
     assert len(name) <= 32  # useradd's limit
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(os.geteuid() != 0, reason="deployment users exist only as root")
+def test_a_group_left_without_its_user_neither_blocks_the_user_nor_outlives_it() -> None:
+    """useradd or userdel killed halfway can leave the group behind: `useradd --user-group`
+    then refuses the name for good, and every later deployment of that name failed."""
+    endpoint, deployment = "isolation-unit", f"orphan-{os.getpid()}"
+    name = user_name(endpoint, deployment)
+
+    def shadow(tool: str, check: bool = True) -> None:  # groupadd, userdel, groupdel
+        path = shutil.which(tool, path="/usr/sbin:/sbin:/usr/bin:/bin")
+        assert path is not None, tool
+        subprocess.run([path, name], check=check, capture_output=True)
+
+    shadow("groupadd")
+    try:
+        account = account_for(endpoint, deployment)
+        assert account.name == name
+        assert grp.getgrgid(account.gid).gr_name == name  # its own group, reused
+        remove_account(endpoint, deployment)
+        with pytest.raises(KeyError):
+            pwd.getpwnam(name)
+        with pytest.raises(KeyError):
+            grp.getgrnam(name)
+        # Left behind again (user gone, group kept): removing cleans the group up too.
+        shadow("groupadd")
+        remove_account(endpoint, deployment)
+        with pytest.raises(KeyError):
+            grp.getgrnam(name)
+    finally:
+        shadow("userdel", check=False)
+        shadow("groupdel", check=False)
 
 
 def test_deployment_users_get_an_interpreter_they_can_run(tmp_path: Path) -> None:

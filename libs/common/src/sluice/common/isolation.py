@@ -42,6 +42,7 @@ service-account token (see kubernetes.py).
 from __future__ import annotations
 
 import contextlib
+import grp
 import hashlib
 import os
 import pwd
@@ -61,6 +62,8 @@ SHARED_ENTRIES = frozenset({"envs", "workspaces", "batch-workspaces", "datastore
 BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
 USER_PREFIX = "sluice-d-"
 USERADD_ATTEMPTS_S = 10.0  # /etc/passwd is locked while another useradd runs
+USERDEL_LOCKED = frozenset({1, 10})  # cannot update (lock) /etc/passwd, /etc/group
+GROUPDEL_LOCKED = 10  # cannot update (lock) /etc/group
 
 
 class IsolationError(RuntimeError):
@@ -102,8 +105,11 @@ def account_for(endpoint: str, deployment: str) -> Account:
         with contextlib.suppress(KeyError):
             entry = pwd.getpwnam(name)
             return Account(name, entry.pw_uid, entry.pw_gid)
-        useradd = [_tool("useradd"), "--user-group", "--no-create-home"]
-        useradd += ["--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", name]
+        useradd = [_tool("useradd"), "--no-create-home", "--home-dir", "/nonexistent"]
+        useradd += ["--shell", "/usr/sbin/nologin"]
+        # A group left by an interrupted userdel (see remove_account) is the user's again.
+        useradd += ["--gid", name] if _group_exists(name) else ["--user-group"]
+        useradd.append(name)
         result = subprocess.run(useradd, capture_output=True, text=True, check=False)
         if result.returncode == 0 or time.monotonic() > deadline:
             with contextlib.suppress(KeyError):
@@ -117,10 +123,39 @@ def account_for(endpoint: str, deployment: str) -> Account:
 
 
 def remove_account(endpoint: str, deployment: str) -> None:
-    """Delete the deployment's user (root only; its processes are stopped by then)."""
-    if isolating():
-        userdel = [_tool("userdel"), user_name(endpoint, deployment)]
-        subprocess.run(userdel, capture_output=True, check=False)
+    """Delete the deployment's user and its group (root only; its processes are stopped by
+    then, else userdel refuses and both are kept). A group left without its user (by a
+    useradd or userdel killed halfway) is removed too: account_for would reuse it anyway."""
+    if not isolating():
+        return
+    name = user_name(endpoint, deployment)
+    deadline = time.monotonic() + USERADD_ATTEMPTS_S
+    while _user_exists(name):
+        userdel = subprocess.run([_tool("userdel"), name], capture_output=True, check=False)
+        if userdel.returncode not in USERDEL_LOCKED or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)  # another useradd or userdel holds the lock on /etc/passwd or /etc/group
+    while _group_exists(name) and not _user_exists(name):
+        groupdel = subprocess.run([_tool("groupdel"), name], capture_output=True, check=False)
+        if groupdel.returncode != GROUPDEL_LOCKED or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+
+
+def _user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+def _group_exists(name: str) -> bool:
+    try:
+        grp.getgrnam(name)
+    except KeyError:
+        return False
+    return True
 
 
 def stop_processes_of(uid: int) -> int:
