@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,6 +97,33 @@ def machine() -> str:
 def cores() -> list[int]:
     """The cores this process may run on, sorted."""
     return sorted(os.sched_getaffinity(0))
+
+
+PROBE_LOOPS = 400_000  # ~40 ms of pure Python on these machines at full speed
+QUIET = 1.10  # a probe within 10% of the run's fastest: the host ran us at full speed
+
+
+def host_speed(cpu: int) -> float:
+    """Seconds a fixed pure-Python loop takes on `cpu` right now (this process moved there
+    for it, then back). On a shared host the same loop takes from 1x to 2x its best time
+    from one second to the next (other tenants on the same physical cores); a benchmark
+    probes before and after each measurement and keeps, as `quiet`, those whose probes
+    are both within `QUIET` of the run's best."""
+    home = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})
+    try:
+        started = time.perf_counter()
+        total = 0
+        for i in range(PROBE_LOOPS):
+            total += i
+        return time.perf_counter() - started
+    finally:
+        os.sched_setaffinity(0, home)
+
+
+def quiet(probes: Sequence[float], best: float) -> bool:
+    """True when every probe around a measurement ran at (nearly) the run's best speed."""
+    return max(probes) <= best * QUIET
 
 
 def pin(cpu: int) -> None:

@@ -19,17 +19,22 @@ with both off, in one run: straight to the inference server, and through the gat
    endpoints, one per server (key auth, the snapshot builder's routes, loaded statically);
 4. the servers run on the last core, wrk (1 thread, 16 connections, closed loop: it
    measures how many requests/s the deployment answers) and Envoy on the first; rounds of
-   3 s (BENCH_ROUNDS, default 7) after a 2 s warm-up, each round measuring every
+   3 s (BENCH_ROUNDS, default 12) after a 2 s warm-up, each round measuring every
    (path, setting) once in an order that rotates (bench/stats.py `interleave`): requests/s,
    the server's CPU time per request (user + system, all its threads and its child
    processes: span export and the collector's writer process included) and, through the
    gateway, Envoy's share of its core;
-5. reports each setting's requests/s as a share of `off`'s on the same path, **round by
-   round** (both measured seconds apart), as median (min-max) with bench/stats.py, which
-   flags rounds that disagree; `off-2` against `off` is the noise floor, and a target is
-   only called MET or MISSED when neither its rounds nor the noise floor's disagree (a
-   round whose wrk saw an error, e.g. a request timed out on a loaded machine, is redone);
-6. measures each feature's own CPU per request in this process (`overheads`).
+5. probes the host's speed on the servers' core before and after each measurement
+   (bench/stats.py `host_speed`: a fixed Python loop; on a shared host it takes 1x to 2x
+   its best time from one second to the next) and keeps the **quiet** rounds, those whose
+   probes are within 10% of the run's best;
+6. reports each setting's quiet rounds' requests/s as a share of the median of `off`'s
+   quiet rounds on the same path, as median (min-max) with bench/stats.py, which flags
+   rounds that disagree; `off-2` against `off` is the noise floor, and a target is only
+   called MET or MISSED with 3 quiet rounds at least and when neither its rounds, off's
+   nor the noise floor's disagree (a round whose wrk saw an error, e.g. a request timed
+   out on a loaded machine, is redone);
+7. measures each feature's own CPU per request in this process (`overheads`).
 
 Targets (issue 18), on a deployment's requests/s: tracing 100% costs <= 10%, the default
 ratio <= 2%, off nothing measurable; collection at sampling 1.0 <= 5%.
@@ -44,19 +49,19 @@ import subprocess
 import sys
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import psutil
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 from shared import bench_module  # noqa: E402 - bench/shared.py
-from stats import cores, interleave, pin, rounds, spread  # noqa: E402 - bench/stats.py, found through the line above
+from stats import QUIET, cores, host_speed, interleave, pin, quiet, rounds, spread  # noqa: E402 - bench/stats.py, found through the line above
 
 inference: Any = bench_module("inference")
 
-SECONDS = 3
-ROUNDS = rounds(7)
+SECONDS = int(os.environ.get("BENCH_SECONDS", "3"))  # each measurement's wrk run
+ROUNDS = rounds(12)
 WORK = inference.CACHE / "tracing"
 # off-2 is the noise floor: its "cost" is how far two identical servers differ.
 # in-process, by setting: (the server's process, its writer process), us per request, per run
@@ -67,6 +72,15 @@ TARGETS = {"off-2": 0.0, "tracing 1%": 0.02, "tracing 100%": 0.10, "collection 1
 # (wrk's and Envoy's: a 2-core machine has none to spare), or, for the settings that end
 # so, on the server's own core, as a deployment given one core would run them.
 ONE_CORE = ", one core"
+
+
+class Round(NamedTuple):
+    """One measurement of one (path, setting)."""
+
+    rps: float
+    cpu: float  # the server's CPU us per request
+    envoy: float  # Envoy's share of its core
+    probes: tuple[float, float]  # host_speed before and after, seconds
 
 
 def target(setting: str) -> float:
@@ -253,6 +267,7 @@ def host(setting: str) -> str:
 
 def main() -> None:
     available = cores()
+    server_core = available[-1]
     if len(available) >= 2:  # servers on the last core, wrk and Envoy on the first
         inference.SERVER_CPU = available[-1]
         pin(available[0])
@@ -286,10 +301,11 @@ def main() -> None:
         routes[f"gateway {name}"] = (f"http://127.0.0.1:{gateway_port}/score", through)
     envoy_process = psutil.Process(envoy.pid)
 
-    def measure(route: str) -> tuple[float, float, float]:
+    def measure(route: str) -> Round:
         """One round of `route`: requests/s, the server's CPU us per request, Envoy's share
-        of its core."""
+        of its core, and the host's speed probed on the servers' core before and after."""
         url, headers = routes[route]
+        before_probe = host_speed(server_core)
         server = psutil.Process(processes[route.split(" ", 1)[1]].pid)
         for attempt in range(3):  # a loaded machine can time a request out (> 2 s): redo
             before_cpu = cpu(server)
@@ -303,7 +319,9 @@ def main() -> None:
                 print(f"{route}: round redone ({str(error).splitlines()[0]})", flush=True)
         used = cpu(server) - before_cpu
         envoy_share = (sum(envoy_process.cpu_times()[:2]) - before_envoy) / SECONDS
-        return result.rps, used / (result.rps * SECONDS) * 1e6, envoy_share
+        after_probe = host_speed(server_core)
+        return Round(result.rps, used / (result.rps * SECONDS) * 1e6, envoy_share,
+                     (before_probe, after_probe))  # fmt: skip
 
     try:
         for name, port in ports.items():
@@ -318,22 +336,26 @@ def main() -> None:
         inference.stop(envoy)
         for process in processes.values():
             inference.stop(process)
+    best = min(min(r.probes) for rounds_ in measured.values() for r in rounds_)
     for route, rounds_ in measured.items():
-        print(f"rounds {route}: RPS {[round(r[0]) for r in rounds_]}, "
-              f"server CPU us/request {[round(r[1]) for r in rounds_]}", flush=True)  # fmt: skip
+        print(f"rounds {route}: RPS {[round(r.rps) for r in rounds_]}, "
+              f"server CPU us/request {[round(r.cpu) for r in rounds_]}, "
+              f"host probe x best {[round(max(r.probes) / best, 2) for r in rounds_]}",
+              flush=True)  # fmt: skip
     for path in ("direct", "gateway"):
-        report(path, {name: measured[f"{path} {name}"] for name in ports})
+        report(path, {name: measured[f"{path} {name}"] for name in ports}, best)
     added = overheads(WORK / "overhead")
-    off = min(r[1] for r in measured["direct off"])  # the least disturbed round: nearest to quiet
-    quiet = spread([r[1] for r in measured["direct off"]]).trusted
+    calm = [r.cpu for r in measured["direct off"] if quiet(r.probes, best)] or [float("nan")]
+    off = min(calm)  # the least disturbed quiet round
+    trusted = spread(calm).trusted
     print(f"\nthe features' own CPU per request, in-process (least of 3 x 20,000), against the"
           f" server's least CPU per request with both off ({off:.0f} us):")  # fmt: skip
     for name, us in added.items():
         share = us / off
         target = TARGETS[name]
         verdict = "MET" if share <= target else "MISSED"
-        if not quiet:  # a loaded server's CPU per request is inflated: the share too small
-            verdict = f"NOT SHOWN: off's CPU rounds disagree (says {verdict})"
+        if not trusted:  # a slowed server's CPU per request is inflated: the share too small
+            verdict = f"NOT SHOWN: off's quiet CPU rounds disagree or too few (says {verdict})"
         print(f"  {name}: +{us:.1f} us = {share:+.1%} (target <= {target:.0%}: {verdict})")
         if WRITER_SPLIT[name]:
             here, there = min(WRITER_SPLIT[name], key=sum)
@@ -343,38 +365,57 @@ def main() -> None:
     print(f"\nspans written: {spans:,}; collected records: {records:,}")
 
 
-def report(path: str, measured: dict[str, list[tuple[float, float, float]]]) -> None:
-    """The table of one path: each setting's requests/s against `off`'s, round by round.
+def report(path: str, measured: dict[str, list[Round]], best: float) -> None:
+    """The table of one path: each setting's requests/s against `off`'s, from the quiet
+    rounds only (host probes within `QUIET` of the run's best before and after).
 
-    Ratios (around 100%), not changes (around 0, where any spread is a huge share of the
-    median): bench/stats.py flags them UNSTABLE past a 25-point spread."""
-    off = measured["off"]
-    print(f"\n{path}: 1 worker, wrk -t1 -c{inference.CONNECTIONS}, {ROUNDS} x {SECONDS} s")
+    The host slows our cores by up to 2x for seconds at a time, which no pairing of rounds
+    cancels (two servers measured a second apart differ by +-30% in such a spell). A quiet
+    round of a setting is set against the median of off's quiet rounds; ratios (around
+    100%), not changes (around 0, where any spread is a huge share of the median):
+    bench/stats.py flags them UNSTABLE past a 25-point spread."""
+    calm = {
+        name: [r for r in rounds_ if quiet(r.probes, best)] for name, rounds_ in measured.items()
+    }
+    total = len(measured["off"])
+    print(f"\n{path}: 1 worker, wrk -t1 -c{inference.CONNECTIONS}, {total} x {SECONDS} s; "
+          f"quiet rounds: host probes within {QUIET - 1:.0%} of the best"
+          f" ({best * 1e3:.1f} ms)")  # fmt: skip
     gateway_note = " | Envoy's core share" if path == "gateway" else ""
-    print(f"| setting | requests/s | requests/s, % of off's, round by round "
+    print(f"| setting | quiet rounds | requests/s | requests/s, % of off's "
           f"| server CPU us/request | CPU, % of off's{gateway_note} "
           f"| target (requests/s lost, median) |")  # fmt: skip
-    print("|---|---:|---:|---:|---:|" + ("---:|" if gateway_note else "") + "---|")
-    floor = spread([r[0] / o[0] for r, o in zip(measured["off-2"], off, strict=True)])
-    for name, rounds_ in measured.items():
-        rps = spread([r[0] for r in rounds_]).show("{:,.0f}")
-        cpu = spread([r[1] for r in rounds_]).show("{:.0f}")
-        envoy = f" | {spread([r[2] for r in rounds_]).show('{:.0%}')}" if gateway_note else ""
-        if name == "off":
-            print(f"| off | {rps} | | {cpu} | {envoy} | |")
+    print("|---|---:|---:|---:|---:|---:|" + ("---:|" if gateway_note else "") + "---|")
+    if len(calm["off"]) < 3:
+        few = f"off: {len(calm['off'])} of {total}"
+        print(f"| (all) | {few} | | | | | NOT SHOWN: too few quiet rounds of off |")
+        return
+    off_rps = spread([r.rps for r in calm["off"]])
+    off_cpu = spread([r.cpu for r in calm["off"]])
+    floor = spread([r.rps / off_rps.median for r in calm["off-2"]] or [float("nan")])
+    for name, rounds_ in calm.items():
+        count = f"{len(rounds_)} of {total}"
+        if len(rounds_) < 3:
+            print(f"| {name} | {count} | | | | | NOT SHOWN: too few quiet rounds |")
             continue
-        ratio = spread([r[0] / o[0] for r, o in zip(rounds_, off, strict=True)])
-        cost = spread([r[1] / o[1] for r, o in zip(rounds_, off, strict=True)])
+        rps = spread([r.rps for r in rounds_]).show("{:,.0f}")
+        cpu = spread([r.cpu for r in rounds_]).show("{:.0f}")
+        envoy = f" | {spread([r.envoy for r in rounds_]).show('{:.0%}')}" if gateway_note else ""
+        if name == "off":
+            print(f"| off | {count} | {rps} | | {cpu} | {envoy} | |")
+            continue
+        ratio = spread([r.rps / off_rps.median for r in rounds_])
+        cost = spread([r.cpu / off_cpu.median for r in rounds_])
         goal = target(name)
         if name == "off-2":
             verdict = "noise floor"
         else:
             said = "MET" if 1 - ratio.median <= goal else "MISSED"
-            if not (ratio.trusted and floor.trusted):  # a median of disagreeing rounds
+            if not (ratio.trusted and floor.trusted and off_rps.trusted):
                 said = f"NOT SHOWN: rounds disagree (median says {said})"
             verdict = f"<= {goal:.0%}: {said}"
-        print(f"| {name} | {rps} | {ratio.show('{:.1%}')} | {cpu} | {cost.show('{:.1%}')}"
-              f"{envoy} | {verdict} |")  # fmt: skip
+        print(f"| {name} | {count} | {rps} | {ratio.show('{:.1%}')} | {cpu} "
+              f"| {cost.show('{:.1%}')}{envoy} | {verdict} |")  # fmt: skip
 
 
 if __name__ == "__main__":
