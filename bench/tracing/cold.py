@@ -1,6 +1,6 @@
-"""A traced request's parts, timed in-process with run() between them, by hand.
+"""A traced (or collected) request's parts, timed in-process with run() between them, by hand.
 
-    uv run --no-sync python bench/tracing/cold.py [--rounds 3] now=. before=/tmp/before
+    uv run --no-sync python bench/tracing/cold.py [--rounds 3] [--collect] now=. before=/tmp/before
 
 In the server a traced request's tracing code runs between two run() calls, whose
 sklearn and numpy code leave the caches cold for it: the same code costs 2-4x what a
@@ -12,7 +12,10 @@ itself left out), the answer's status and header, the span's end (with the sendi
 full batches to the writer). Each round runs every checkout once, in a child process
 importing `sluice.inference` and `sluice.common` from that checkout's source folders;
 printed per checkout: the least of its rounds, part by part (a round is the mean over
-its requests). Figures of one machine's quiet minutes: runs minutes apart can differ by
+its requests). `--collect` times data collection's parts instead (`model_inputs` and
+`model_outputs` at sampling 1.0, the server's `CollectorFeed` with its feed thread and
+writer process): the sample and the input's record before run(), the output's record
+after it. Figures of one machine's quiet minutes: runs minutes apart can differ by
 ~2 us, so compare checkouts within one run.
 """
 
@@ -27,6 +30,56 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 PARTS = ("start", "run", "answered", "end")
+COLLECT_PARTS = ("input", "output")
+
+
+def collect_child(requests: int) -> None:
+    """One checkout's round of data collection: the mean time of each part, as one line."""
+    import gc
+    from time import perf_counter_ns
+
+    sys.path.insert(0, str(HERE.parent))
+    from shared import bench_module  # bench/shared.py
+    from stats import cores, pin  # bench/stats.py
+
+    inference: Any = bench_module("inference")
+    import psutil
+
+    from sluice.common.log import configure_logging
+    from sluice.inference.collector import CollectorFeed, CollectorSettings
+
+    work = inference.prepare_model()
+    run = inference.load_run(work)
+    configure_logging(level="info", fmt="json")
+    both = frozenset({"model_inputs", "model_outputs"})
+    folder = work / f"cold-collected-{os.getpid()}"
+    feed = CollectorFeed(CollectorSettings(folder=folder, collections=both, instance="i"))
+    feed.start()
+    available = cores()
+    pin(available[-1])  # this process and its feed thread
+    for writer in psutil.Process().children():
+        os.sched_setaffinity(writer.pid, {available[0]})
+    gc.freeze()
+    body = inference.BODY
+    payload = body.encode()
+    totals = dict.fromkeys(COLLECT_PARTS, 0)
+    for n in range(-2_000, requests):
+        if n == 0:
+            totals = dict.fromkeys(COLLECT_PARTS, 0)
+        t0 = perf_counter_ns()
+        cid = feed.sample()  # as app.py's _collect_input
+        if cid is not None:
+            feed.add("model_inputs", cid, "rid-1", payload)
+        t1 = perf_counter_ns()
+        answer = str(run(body)).encode()  # the reply's body, made by the server anyway
+        t2 = perf_counter_ns()
+        if cid is not None:  # as app.py's _collect_output
+            feed.add("model_outputs", cid, "rid-1", answer)
+        t3 = perf_counter_ns()
+        totals["input"] += t1 - t0
+        totals["output"] += t3 - t2
+    feed.close()
+    print("start=0 " + " ".join(f"{p}={totals[p] / requests / 1000:.3f}" for p in COLLECT_PARTS))
 
 
 def child(requests: int) -> None:
@@ -109,10 +162,12 @@ def main() -> None:
     parser.add_argument("checkouts", nargs="*", help="name=checkout", default=["now=."])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--requests", type=int, default=10_000)
+    parser.add_argument("--collect", action="store_true", help="data collection's parts")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    parts = COLLECT_PARTS if args.collect else PARTS
     if args.child:
-        child(args.requests)
+        (collect_child if args.collect else child)(args.requests)
         return
     least: dict[str, dict[str, float]] = {}
     for r in range(args.rounds):
@@ -121,10 +176,11 @@ def main() -> None:
             source = [Path(checkout) / "services/inference/src", Path(checkout) / "libs/common/src"]
             env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(s.resolve()) for s in source)}
             argv = [sys.executable, __file__, "--child", "--requests", str(args.requests)]
+            argv += ["--collect"] if args.collect else []
             out = subprocess.run(argv, env=env, capture_output=True, text=True, check=True)
             (line,) = [line for line in out.stdout.splitlines() if line.startswith("start=")]
-            parts = dict(item.split("=") for item in line.split())
-            figures = {part: float(parts[part]) for part in PARTS}
+            found = dict(item.split("=") for item in line.split())
+            figures = {part: float(found[part]) for part in parts}
             figures["sum"] = sum(figures.values())
             print(f"round {r + 1} {name}: " + "  ".join(f"{k} {v:.2f}" for k, v in figures.items()))
             best = least.setdefault(name, figures)
