@@ -172,7 +172,7 @@ def overheads(work: Path, n: int = 20_000) -> dict[str, float]:
             while not stats.exists() or json.loads(stats.read_text())["written"] < count:
                 time.sleep(0.01)  # a bench polling a file, not a test
 
-        feed.add("model_inputs", "warm-up", "rid-0", body)
+        feed.add("model_inputs", 0, "rid-0", body)
         feed.ship()
         written(1)  # started, imports done: what follows is the records' work
         writer_before = sum(writer.cpu_times()[:2])

@@ -13,7 +13,12 @@ import pytest
 
 from sluice.common.collected import read_collected
 from sluice.inference import collector as collector_module
-from sluice.inference.collector import CollectorFeed, CollectorSettings, DataCollector
+from sluice.inference.collector import (
+    CollectorFeed,
+    CollectorSettings,
+    DataCollector,
+    uuid4_text,
+)
 from sluice.testing.wait import wait_for
 
 
@@ -40,7 +45,7 @@ def test_inputs_and_outputs_land_in_azures_partitions_with_one_correlation_id(
     assert cid is not None
     dc.add("model_inputs", cid, "req-1", b'{"data": [[1, 2]]}')
     dc.add("model_outputs", cid, "req-1", b"[5.5]")
-    dc.add("model_inputs", "other", "req-2", b"not json \xff")
+    dc.add("model_inputs", 2, "req-2", b"not json \xff")
     dc.flush()
     hour = time.strftime("%Y/%m/%d/%H", time.gmtime())
     inputs = lines(tmp_path / "model_inputs" / hour / "abc123.jsonl")
@@ -48,7 +53,7 @@ def test_inputs_and_outputs_land_in_azures_partitions_with_one_correlation_id(
     assert inputs[0]["data"] == {"data": [[1, 2]]}
     assert inputs[0]["type"] == "azureml.inference.model_inputs"
     assert inputs[0]["source"] == "/onlineEndpoints/e/deployments/d"
-    assert inputs[0]["correlationid"] == outputs[0]["correlationid"] == cid
+    assert inputs[0]["correlationid"] == outputs[0]["correlationid"] == uuid4_text(cid)
     assert inputs[0]["xrequestid"] == "req-1" and outputs[0]["data"] == [5.5]
     assert inputs[1]["dataencoding"] == "base64"  # not text: kept byte for byte
     assert dc.written == 3 and not dc.dropped
@@ -58,7 +63,7 @@ def test_inputs_and_outputs_land_in_azures_partitions_with_one_correlation_id(
 
 def test_rolling_rate_minute_adds_the_minute(tmp_path: Path) -> None:
     dc = make(tmp_path, rolling_rate="minute")
-    dc.add("model_inputs", "c", "r", b"1")
+    dc.add("model_inputs", 5, "r", b"1")
     dc.flush()
     (found,) = tmp_path.glob("model_inputs/*/*/*/*/*/abc123.jsonl")
     assert len(found.relative_to(tmp_path).parts) == 7
@@ -73,7 +78,7 @@ def test_one_flush_across_minutes_puts_each_record_in_its_minute_s_file(tmp_path
     times = [minute - 2.5, minute - 1.0, minute + 0.5, minute + 61.0]  # 3 minutes
     for i, at in enumerate(times):
         for collection in ("model_inputs", "model_outputs"):
-            dc.extend([(collection, f"c{i}", f"r{i}", at, b"[%d]" % i, None)])
+            dc.extend([(collection, i, f"r{i}", at, b"[%d]" % i, None)])
     dc.flush()
     for collection in ("model_inputs", "model_outputs"):
         found = {
@@ -83,7 +88,8 @@ def test_one_flush_across_minutes_puts_each_record_in_its_minute_s_file(tmp_path
             for path in (tmp_path / collection).rglob("abc123.jsonl")
         }
         partition = [time.strftime("%Y/%m/%d/%H/%M", time.gmtime(minute + d)) for d in (-60, 0, 60)]
-        assert found == {partition[0]: ["c0", "c1"], partition[1]: ["c2"], partition[2]: ["c3"]}
+        ids = [uuid4_text(i) for i in range(4)]
+        assert found == {partition[0]: ids[:2], partition[1]: [ids[2]], partition[2]: [ids[3]]}
     assert dc.written == 8 and not dc.dropped
 
 
@@ -98,7 +104,7 @@ def test_sampling_rate_keeps_about_that_share(tmp_path: Path) -> None:
 def test_a_full_quota_drops_and_counts(tmp_path: Path) -> None:
     dc = make(tmp_path, max_bytes=2000)
     for i in range(50):
-        dc.add("model_inputs", f"c{i}", "r", b'{"data": [[1, 2, 3]]}')
+        dc.add("model_inputs", i, "r", b'{"data": [[1, 2, 3]]}')
     dc.flush()
     assert dc.written > 0 and dc.dropped["quota"] == 50 - dc.written
     total = sum(p.stat().st_size for p in tmp_path.rglob("*.jsonl"))
@@ -113,11 +119,11 @@ def test_a_full_queue_and_an_unwritable_folder_drop_without_raising(
     dc = make(tmp_path)
     monkeypatch.setattr(collector_module, "MAX_QUEUED", 3)
     for _ in range(5):
-        dc.add("model_inputs", "c", "r", b"1")
+        dc.add("model_inputs", 5, "r", b"1")
     assert dc.dropped["queue_full"] == 2
     dc.flush()
     (tmp_path / "model_outputs").write_text("a file where a folder should be")
-    dc.add("model_outputs", "c", "r", b"1")
+    dc.add("model_outputs", 5, "r", b"1")
     dc.flush()
     assert dc.dropped["write_error"] == 1 and dc.written == 3
 
@@ -136,14 +142,14 @@ def test_the_feed_ships_records_to_its_writer_which_reports_drops_back(tmp_path:
     )
     feed = CollectorFeed(settings, lambda reason, count: drops.append((reason, count)))
     feed.start()
-    feed.add("model_inputs", "c", "r", b'{"data": [[1, 2]]}')
+    feed.add("model_inputs", 5, "r", b'{"data": [[1, 2]]}')
     wait_for(lambda: read_collected(tmp_path).total_records == 1, "the record written", deadline=10)
     first = feed.writer.process
     assert first is not None
     first.kill()  # the writer dies: the next batch starts another
     first.wait()
     for i in range(30):
-        feed.add("model_outputs", f"c{i}", "r", b"[5.5]")
+        feed.add("model_outputs", i, "r", b"[5.5]")
     feed.close()
     view = read_collected(tmp_path)
     quota = sum(count for reason, count in drops if reason == "quota")
@@ -163,18 +169,18 @@ def test_a_rolled_over_file_is_also_written_as_parquet(
     dc = make(tmp_path, rolling_rate="minute")
     now = [1_764_000_000.0]  # 2025-11-24 16:00:00 UTC
     monkeypatch.setattr(collector_module.time, "time", lambda: now[0])
-    dc.add("model_inputs", "c1", "r1", b'{"data": [[1, 2]]}')
-    dc.add("model_inputs", "c2", "r2", b"plain text")
+    dc.add("model_inputs", 1, "r1", b'{"data": [[1, 2]]}')
+    dc.add("model_inputs", 2, "r2", b"plain text")
     dc.flush()
     (first,) = tmp_path.glob("model_inputs/**/abc123.jsonl")
     assert not first.with_suffix(".parquet").exists()  # still open: its minute has not passed
     now[0] += 60
-    dc.add("model_inputs", "c3", "r3", b"[3]")
+    dc.add("model_inputs", 3, "r3", b"[3]")
     dc.flush()
     parquet = first.with_suffix(".parquet")
     wait_for(parquet.exists, "the closed minute's file as Parquet", deadline=20)
     table = pq.read_table(parquet).to_pylist()
-    assert [row["correlationid"] for row in table] == ["c1", "c2"]
+    assert [row["correlationid"] for row in table] == [uuid4_text(1), uuid4_text(2)]
     assert json.loads(table[0]["data"]) == {"data": [[1, 2]]}
     assert table[1]["data"] == '"plain text"' and table[1]["datacontenttype"] == "text/plain"
     assert table[0]["time"].timestamp() == 1_764_000_000.0
@@ -183,7 +189,7 @@ def test_a_rolled_over_file_is_also_written_as_parquet(
     (second,) = (p for p in tmp_path.glob("model_inputs/**/abc123.jsonl") if p != first)
     assert [
         r["correlationid"] for r in pq.read_table(second.with_suffix(".parquet")).to_pylist()
-    ] == ["c3"]
+    ] == [uuid4_text(3)]
 
 
 def test_records_keep_their_shape_whatever_the_payload(tmp_path: Path) -> None:
@@ -195,8 +201,9 @@ def test_records_keep_their_shape_whatever_the_payload(tmp_path: Path) -> None:
     assert len(ids) == 10_000
     for cid in list(ids)[:100]:
         assert cid is not None
-        parsed = uuid.UUID(cid)
-        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and str(parsed) == cid
+        text = uuid4_text(cid)
+        parsed = uuid.UUID(text)
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and str(parsed) == text
     at = 1_764_201_602.6569
     payloads = [
         b'{"data": [[1, 2.5, -3]],  "x": "a\\nb"}',  # an escaped newline is one line
@@ -206,7 +213,7 @@ def test_records_keep_their_shape_whatever_the_payload(tmp_path: Path) -> None:
         b"\xff\xfe",
     ]
     for i, payload in enumerate(payloads):
-        dc._queue.append(("model_inputs", "c", f"r{i}", at, payload, None))
+        dc._queue.append(("model_inputs", 7, f"r{i}", at, payload, None))
     dc.flush()
     (path,) = tmp_path.glob("model_inputs/*/*/*/*/abc123.jsonl")
     raw = path.read_bytes().splitlines()
@@ -242,15 +249,15 @@ def test_a_record_line_is_the_json_of_azures_fields_in_their_order(tmp_path: Pat
         for extra in extras:
             collection = "model_inputs" if extra is None else "response"
             rid = 'r"\u00e9\\1'
-            item = (collection, "c0ffee", rid, at, payload, extra)
+            item = (collection, 0xC0FFEE, rid, at, payload, extra)
             expected: dict[str, object] = {
                 "specversion": "1.0",
-                "id": f"c0ffee-{collection}",
+                "id": f"{uuid4_text(0xC0FFEE)}-{collection}",
                 "source": '/e"p\\/d\u00e9',
                 "type": f"azureml.inference.{collection}",
                 "datacontenttype": "application/json",
                 "time": "2025-11-27T00:00:02.656+00:00",
-                "correlationid": "c0ffee",
+                "correlationid": uuid4_text(0xC0FFEE),
                 "xrequestid": rid,
                 "contentrange": f"bytes 0-{max(len(payload) - 1, 0)}/{len(payload)}",
                 "agent": "sluice-inference",

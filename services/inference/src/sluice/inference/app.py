@@ -375,7 +375,7 @@ class InferenceApp:
             around = span.run_inside_async if scorer.is_async else span.run_inside
         self._queued(request, conn, dispatcher.submit(call, finish, around))
 
-    def _collect_input(self, request: HttpRequest, rid: str, model_input: bytes) -> str | None:
+    def _collect_input(self, request: HttpRequest, rid: str, model_input: bytes) -> int | None:
         """Queue the input of a sampled request; its correlation id, or None when not sampled."""
         collector = self.collector
         if collector is None:
@@ -390,7 +390,7 @@ class InferenceApp:
             collector.add("model_inputs", cid, rid, model_input)
         return cid
 
-    def _collect_output(self, cid: str, rid: str, answer: Reply) -> None:
+    def _collect_output(self, cid: int, rid: str, answer: Reply) -> None:
         """Queue what run() answered (model_outputs: successes only) and the response."""
         collector = self.collector
         assert collector is not None

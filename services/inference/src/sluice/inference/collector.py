@@ -4,7 +4,8 @@ A deployment's `data_collector` (docs/tracing.md) turns this on. It is two parts
 processes, as Azure runs its collector beside the inference server:
 
 - in the server, `CollectorFeed`: on the request path it only draws the sample
-  (`sample()`, one `random()`) and appends `(collection, correlation id, request id,
+  (`sample()`, one `random()`, and the correlation id's 128 random bits, an int: the
+  writer writes them as a UUID) and appends `(collection, correlation id, request id,
   time, bytes, extra)` to a bounded queue; a thread ships the queue to the writer every
   `FLUSH_S` as one `marshal` frame on a pipe (microseconds per record, in C);
 - the writer, a child process (`python -m sluice.inference.collector`, `DataCollector`),
@@ -29,7 +30,8 @@ put together with one bytes `%`, a JSON payload is checked with one parse and wr
 it came (not parsed and serialized again), the time's text is made once per millisecond,
 a flush appends each line to its (collection, minute) buffer and counts the lines per
 buffer, and a correlation id is a version-4 UUID from `random` (unique, not secret: no
-system call).
+system call), made text by the writer (`uuid4_text`; in the server, between two run()
+calls, formatting it cost 3.2 us per request: bench/tracing/cold.py --collect).
 
 Nothing here can fail a request: a full queue, a folder over its byte quota
 (`max_bytes`, shared by the deployment's instances and re-measured every
@@ -95,8 +97,8 @@ class CollectorSettings:
     source: str = ""  # the deployment's Azure-style id
 
 
-# (collection, correlation id, request id, unix time, payload, extra fields)
-Item = tuple[str, str, str, float, bytes, dict[str, Any] | None]
+# (collection, correlation id's 128 random bits, request id, unix time, payload, extras)
+Item = tuple[str, int, str, float, bytes, dict[str, Any] | None]
 
 
 class _Queue:
@@ -114,19 +116,18 @@ class _Queue:
         self._queue: deque[Item] = deque()
         self._on_drop = on_drop
 
-    def sample(self) -> str | None:
-        """A correlation id when this request is collected, else None (Azure's rule)."""
+    def sample(self) -> int | None:
+        """A correlation id (its 128 random bits; `uuid4_text` writes them as a UUID) when
+        this request is collected, else None (Azure's rule)."""
         rate = self.settings.sampling_rate
         if rate < 1.0 and rate <= random.random():  # noqa: S311 - sampling, not security
             return None
-        bits = random.getrandbits(128) & ~UUID4_CLEAR | UUID4_SET
-        h = f"{bits:032x}"
-        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+        return random.getrandbits(128)
 
     def add(
         self,
         collection: str,
-        correlation_id: str,
+        correlation_id: int,
         request_id: str,
         payload: bytes,
         extra: dict[str, Any] | None = None,
@@ -231,6 +232,7 @@ class DataCollector(_Queue):
         self._second: tuple[int, str] = (-1, "")  # the last second formatted, and its text
         self._milli: tuple[int, bytes] = (-1, b"")  # the last millisecond, and its text
         self._heads: dict[str, bytes] = {}  # collection -> its records' shared part
+        self._ids: dict[int, bytes] = {}  # correlation ids of this flush, as text
         self._source = orjson.dumps(settings.source)
         self._converting: list[subprocess.Popen[bytes]] = []  # Parquet writers (parquet.py)
 
@@ -272,6 +274,7 @@ class DataCollector(_Queue):
         filling: dict[str, tuple[int, bytearray]] = {}  # collection -> (minute, its buffer)
         rolled: list[Path] = []  # files closed by this flush (their partition has passed)
         queue, line_of, limit, used = self._queue, self._line, self.settings.max_bytes, self._used
+        self._ids.clear()  # a request's records share their id: made text once a flush
         while queue:
             item = queue.popleft()
             line = line_of(item)
@@ -366,7 +369,9 @@ class DataCollector(_Queue):
         if extra:
             tail += b"," + orjson.dumps(extra)[1:-1]
         head = self._heads.get(collection) or self._head(collection)
-        cid = correlation_id.encode()
+        cid = self._ids.get(correlation_id)
+        if cid is None:
+            cid = self._ids[correlation_id] = uuid4_text(correlation_id).encode()
         size = len(payload)
         return RECORD % (
             cid,
@@ -444,6 +449,12 @@ class DataCollector(_Queue):
             partial.replace(folder / f"{self.settings.instance}.json")
         except OSError as exc:
             log.warning("collector_stats_failed", error=str(exc))
+
+
+def uuid4_text(bits: int) -> str:
+    """A correlation id as written: its 128 random bits as a version-4, variant-1 UUID."""
+    h = f"{bits & ~UUID4_CLEAR | UUID4_SET:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _json(payload: bytes) -> bytes:
