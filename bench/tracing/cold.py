@@ -33,33 +33,47 @@ PARTS = ("start", "run", "answered", "end")
 COLLECT_PARTS = ("input", "output")
 
 
-def collect_child(requests: int) -> None:
-    """One checkout's round of data collection: the mean time of each part, as one line."""
-    import gc
-    from time import perf_counter_ns
-
+def prepare() -> tuple[Any, Path, Any]:
+    """A child's start: bench/inference (its module, model folder and run()), JSON logs."""
     sys.path.insert(0, str(HERE.parent))
     from shared import bench_module  # bench/shared.py
-    from stats import cores, pin  # bench/stats.py
-
-    inference: Any = bench_module("inference")
-    import psutil
 
     from sluice.common.log import configure_logging
-    from sluice.inference.collector import CollectorFeed, CollectorSettings
 
+    inference: Any = bench_module("inference")
     work = inference.prepare_model()
     run = inference.load_run(work)
     configure_logging(level="info", fmt="json")
+    return inference, work, run
+
+
+def pin_beside_writers() -> None:
+    """This process on the last core, its writer processes on the first; then the garbage
+    collector's freeze, as the server does once init() is done."""
+    import gc
+
+    import psutil
+    from stats import cores, pin  # bench/stats.py (on the path since prepare())
+
+    available = cores()
+    pin(available[-1])
+    for writer in psutil.Process().children():
+        os.sched_setaffinity(writer.pid, {available[0]})
+    gc.freeze()
+
+
+def collect_child(requests: int) -> None:
+    """One checkout's round of data collection: the mean time of each part, as one line."""
+    from time import perf_counter_ns
+
+    from sluice.inference.collector import CollectorFeed, CollectorSettings
+
+    inference, work, run = prepare()
     both = frozenset({"model_inputs", "model_outputs"})
     folder = work / f"cold-collected-{os.getpid()}"
     feed = CollectorFeed(CollectorSettings(folder=folder, collections=both, instance="i"))
     feed.start()
-    available = cores()
-    pin(available[-1])  # this process and its feed thread
-    for writer in psutil.Process().children():
-        os.sched_setaffinity(writer.pid, {available[0]})
-    gc.freeze()
+    pin_beside_writers()  # this process and its feed thread; the writer on the other core
     body = inference.BODY
     payload = body.encode()
     totals = dict.fromkeys(COLLECT_PARTS, 0)
@@ -84,25 +98,16 @@ def collect_child(requests: int) -> None:
 
 def child(requests: int) -> None:
     """One checkout's round: the mean time of each part, printed as one line."""
-    import gc
     from functools import partial
     from time import perf_counter_ns
 
-    sys.path.insert(0, str(HERE.parent))
-    from shared import bench_module  # bench/shared.py
-    from stats import cores, pin  # bench/stats.py
-
-    inference: Any = bench_module("inference")
     from opentelemetry import trace
 
-    from sluice.common.log import configure_logging
     from sluice.common.tracing import configure_tracing
     from sluice.inference.http import HttpRequest
     from sluice.inference.tracing import RequestTracer
 
-    work = inference.prepare_model()
-    run = inference.load_run(work)
-    configure_logging(level="info", fmt="json")
+    inference, work, run = prepare()
     headers = [(b"content-type", b"application/json"), (b"host", b"localhost")]
     request = HttpRequest("POST", b"/score", headers, inference.BODY.encode(), True)
     folder = work / "cold-traces"
@@ -116,14 +121,8 @@ def child(requests: int) -> None:
         resource=attributes,
         writer_process=True,
     )
-    import psutil
-
-    available = cores()
-    pin(available[-1])
-    for writer in psutil.Process().children():
-        os.sched_setaffinity(writer.pid, {available[0]})
+    pin_beside_writers()
     tracer = RequestTracer(trace.get_tracer("cold"), 1.0)
-    gc.freeze()  # as the server does once init() is done
     body, inside = inference.BODY, [0, 0]
 
     def scored() -> Any:

@@ -269,7 +269,7 @@ def main() -> None:
     available = cores()
     server_core = available[-1]
     if len(available) >= 2:  # servers on the last core, wrk and Envoy on the first
-        inference.SERVER_CPU = available[-1]
+        inference.SERVER_CPU = server_core
         pin(available[0])
         print(
             f"servers on CPU {available[-1]}, wrk and Envoy on CPU {available[0]}, and the"

@@ -50,6 +50,7 @@ import shutil
 import stat
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,16 +144,17 @@ def remove_account(endpoint: str, deployment: str) -> None:
 
 
 def _user_exists(name: str) -> bool:
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        return False
-    return True
+    return _listed(pwd.getpwnam, name)
 
 
 def _group_exists(name: str) -> bool:
+    return _listed(grp.getgrnam, name)
+
+
+def _listed(lookup: Callable[[str], object], name: str) -> bool:
+    """True when /etc/passwd or /etc/group (`lookup`) has `name`."""
     try:
-        grp.getgrnam(name)
+        lookup(name)
     except KeyError:
         return False
     return True
