@@ -22,8 +22,9 @@ with both off, in one run: straight to the inference server, and through the gat
    3 s (BENCH_ROUNDS, default 12) after a 2 s warm-up, each round measuring every
    (path, setting) once in an order that rotates (bench/stats.py `interleave`): requests/s,
    the server's CPU time per request (user + system, all its threads and its child
-   processes: span export and the collector's writer process included) and, through the
-   gateway, Envoy's share of its core;
+   processes: span export and the collector's writer process included), that of its own
+   process alone (what its core spends while the writers run on the other one) and,
+   through the gateway, Envoy's share of its core;
 5. probes the host's speed on the servers' core before and after each measurement
    (bench/stats.py `host_speed`: a fixed Python loop; on a shared host it takes 1x to 2x
    its best time from one second to the next) and keeps the **quiet** rounds, those whose
@@ -78,7 +79,8 @@ class Round(NamedTuple):
     """One measurement of one (path, setting)."""
 
     rps: float
-    cpu: float  # the server's CPU us per request
+    cpu: float  # the server's CPU us per request, its writer processes' included
+    own: float  # the server's own process's (what its core spends when writers run elsewhere)
     envoy: float  # Envoy's share of its core
     probes: tuple[float, float]  # host_speed before and after, seconds
 
@@ -197,15 +199,17 @@ def overheads(work: Path, n: int = 20_000) -> dict[str, float]:
     return {name: min(run() for _ in range(3)) for name, run in runs.items()}
 
 
-def cpu(server: psutil.Process) -> float:
-    """User + system seconds of a server and its child processes (the collector's writer)."""
-    total = 0.0
-    for process in (server, *server.children(recursive=True)):
+def cpu(server: psutil.Process) -> tuple[float, float]:
+    """User + system seconds of a server's own process, and of it and its child processes
+    (span export, the collector's writer) together."""
+    own = sum(server.cpu_times()[:2])
+    total = own
+    for process in server.children(recursive=True):
         try:
             total += sum(process.cpu_times()[:2])
         except psutil.NoSuchProcess:  # a Parquet converter that just ended
             continue
-    return total
+    return own, total
 
 
 KEY = "bench-primary-key"
@@ -317,10 +321,11 @@ def main() -> None:
                 if attempt == 2:
                     raise
                 print(f"{route}: round redone ({str(error).splitlines()[0]})", flush=True)
-        used = cpu(server) - before_cpu
+        (own, total), requests = cpu(server), result.rps * SECONDS
         envoy_share = (sum(envoy_process.cpu_times()[:2]) - before_envoy) / SECONDS
         after_probe = host_speed(server_core)
-        return Round(result.rps, used / (result.rps * SECONDS) * 1e6, envoy_share,
+        return Round(result.rps, (total - before_cpu[1]) / requests * 1e6,
+                     (own - before_cpu[0]) / requests * 1e6, envoy_share,
                      (before_probe, after_probe))  # fmt: skip
 
     try:
@@ -339,7 +344,8 @@ def main() -> None:
     best = min(min(r.probes) for rounds_ in measured.values() for r in rounds_)
     for route, rounds_ in measured.items():
         print(f"rounds {route}: RPS {[round(r.rps) for r in rounds_]}, "
-              f"server CPU us/request {[round(r.cpu) for r in rounds_]}, "
+              f"server CPU us/request {[round(r.cpu) for r in rounds_]} "
+              f"(its own process {[round(r.own) for r in rounds_]}), "
               f"host probe x best {[round(max(r.probes) / best, 2) for r in rounds_]}",
               flush=True)  # fmt: skip
     for path in ("direct", "gateway"):
@@ -383,29 +389,31 @@ def report(path: str, measured: dict[str, list[Round]], best: float) -> None:
           f" ({best * 1e3:.1f} ms)")  # fmt: skip
     gateway_note = " | Envoy's core share" if path == "gateway" else ""
     print(f"| setting | quiet rounds | requests/s | requests/s, % of off's "
-          f"| server CPU us/request | CPU, % of off's{gateway_note} "
-          f"| target (requests/s lost, median) |")  # fmt: skip
-    print("|---|---:|---:|---:|---:|---:|" + ("---:|" if gateway_note else "") + "---|")
+          f"| server CPU us/request | CPU, % of off's | its own process's, % of off's"
+          f"{gateway_note} | target (requests/s lost, median) |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if gateway_note else "") + "---|")
     if len(calm["off"]) < 3:
         few = f"off: {len(calm['off'])} of {total}"
-        print(f"| (all) | {few} | | | | | NOT SHOWN: too few quiet rounds of off |")
+        print(f"| (all) | {few} | | | | | | NOT SHOWN: too few quiet rounds of off |")
         return
     off_rps = spread([r.rps for r in calm["off"]])
     off_cpu = spread([r.cpu for r in calm["off"]])
+    off_own = spread([r.own for r in calm["off"]])
     floor = spread([r.rps / off_rps.median for r in calm["off-2"]] or [float("nan")])
     for name, rounds_ in calm.items():
         count = f"{len(rounds_)} of {total}"
         if len(rounds_) < 3:
-            print(f"| {name} | {count} | | | | | NOT SHOWN: too few quiet rounds |")
+            print(f"| {name} | {count} | | | | | | NOT SHOWN: too few quiet rounds |")
             continue
         rps = spread([r.rps for r in rounds_]).show("{:,.0f}")
         cpu = spread([r.cpu for r in rounds_]).show("{:.0f}")
         envoy = f" | {spread([r.envoy for r in rounds_]).show('{:.0%}')}" if gateway_note else ""
         if name == "off":
-            print(f"| off | {count} | {rps} | | {cpu} | {envoy} | |")
+            print(f"| off | {count} | {rps} | | {cpu} | | {envoy} | |")
             continue
         ratio = spread([r.rps / off_rps.median for r in rounds_])
         cost = spread([r.cpu / off_cpu.median for r in rounds_])
+        own = spread([r.own / off_own.median for r in rounds_])
         goal = target(name)
         if name == "off-2":
             verdict = "noise floor"
@@ -415,7 +423,7 @@ def report(path: str, measured: dict[str, list[Round]], best: float) -> None:
                 said = f"NOT SHOWN: rounds disagree (median says {said})"
             verdict = f"<= {goal:.0%}: {said}"
         print(f"| {name} | {count} | {rps} | {ratio.show('{:.1%}')} | {cpu} "
-              f"| {cost.show('{:.1%}')}{envoy} | {verdict} |")  # fmt: skip
+              f"| {cost.show('{:.1%}')} | {own.show('{:.1%}')}{envoy} | {verdict} |")  # fmt: skip
 
 
 if __name__ == "__main__":
