@@ -63,12 +63,19 @@ def rounds(default: int = 3) -> int:
     return int(os.environ.get("BENCH_ROUNDS", str(default)))
 
 
-def interleave(n: int, measures: Mapping[str, Callable[[], T]]) -> dict[str, list[T]]:
+def interleave(
+    n: int,
+    measures: Mapping[str, Callable[[], T]],
+    before_round: Callable[[int], None] | None = None,
+) -> dict[str, list[T]]:
     """`n` rounds, each running every measure once; the order rotates from round to round,
-    so load that drifts during a run (and whichever goes first) hits every measure alike."""
+    so load that drifts during a run (and whichever goes first) hits every measure alike.
+    `before_round(r)` is called before round r (e.g. to start fresh servers)."""
     results: dict[str, list[T]] = {name: [] for name in measures}
     names = list(measures)
     for r in range(n):
+        if before_round is not None:
+            before_round(r)
         for name in names[r % len(names) :] + names[: r % len(names)]:
             results[name].append(measures[name]())
     return results

@@ -19,12 +19,14 @@ with both off, in one run: straight to the inference server, and through the gat
    endpoints, one per server (key auth, the snapshot builder's routes, loaded statically);
 4. the servers run on the last core, wrk (1 thread, 16 connections, closed loop: it
    measures how many requests/s the deployment answers) and Envoy on the first; rounds of
-   3 s (BENCH_ROUNDS, default 12) after a 2 s warm-up, each round measuring every
-   (path, setting) once in an order that rotates (bench/stats.py `interleave`): requests/s,
-   the server's CPU time per request (user + system, all its threads and its child
-   processes: span export and the collector's writer process included), that of its own
-   process alone (what its core spends while the writers run on the other one) and,
-   through the gateway, Envoy's share of its core;
+   3 s (BENCH_ROUNDS, default 12) after a 2 s warm-up, with a fresh set of servers for
+   each round (or every BENCH_ROUNDS // 12 rounds: 12 sets in all; a server process keeps
+   its own speed for life, and two identical ones differ by a few percent), each round
+   measuring every (path, setting) once in an order that rotates (bench/stats.py
+   `interleave`): requests/s, the server's CPU time per request (user + system, all its
+   threads and its child processes: span export and the collector's writer process
+   included), that of its own process alone (what its core spends while the writers run
+   on the other one) and, through the gateway, Envoy's share of its core;
 5. probes the host's speed on the servers' core before and after each measurement
    (bench/stats.py `host_speed`: a fixed Python loop; on a shared host it takes 1x to 2x
    its best time from one second to the next) and keeps the **quiet** rounds, those whose
@@ -63,6 +65,7 @@ inference: Any = bench_module("inference")
 
 SECONDS = int(os.environ.get("BENCH_SECONDS", "3"))  # each measurement's wrk run
 ROUNDS = rounds(12)
+SERVER_SETS = 12  # fresh servers for every round, or every ROUNDS // 12 rounds
 WORK = inference.CACHE / "tracing"
 # off-2 is the noise floor: its "cost" is how far two identical servers differ.
 # in-process, by setting: (the server's process, its writer process), us per request, per run
@@ -288,15 +291,35 @@ def main() -> None:
     WORK.mkdir(parents=True)
     env = {**os.environ, "AZUREML_MODEL_DIR": str(model)}
     ports: dict[str, int] = {}
-    processes = {}
+    argvs: dict[str, list[str]] = {}
     for name, extra in settings(WORK).items():
         ports[name] = inference.free_port()
-        argv = [
+        argvs[name] = [
             sys.executable, "-m", "sluice.inference", "--model", str(model / "model"),
             "--code", str(model / "code"), "--scoring-script", "score.py",
             "--port", str(ports[name]), "--max-queue", "64", "--log-format", "json", *extra,
         ]  # fmt: skip
-        processes[name] = inference.start(argv, env, WORK / f"{name.replace(' ', '_')}.log")
+    processes: dict[str, subprocess.Popen[bytes]] = {}
+    sets = [0]
+
+    def fresh_servers() -> None:
+        """Every setting's server (re)started on its port, ready, its writers placed and
+        warmed up: a server process keeps its own speed for life (two identical ones differ
+        by a few percent), so a run measures `SERVER_SETS` sets of them, not one."""
+        for process in processes.values():
+            inference.stop(process)
+        for name, argv in argvs.items():
+            log = WORK / f"{name.replace(' ', '_')}-{sets[0]}.log"
+            processes[name] = inference.start(argv, env, log)
+        for name, port in ports.items():
+            inference.wait_for(f"http://127.0.0.1:{port}/ready", process=processes[name])
+            if len(available) >= 2 and not name.endswith(ONE_CORE):
+                for writer in psutil.Process(processes[name].pid).children(recursive=True):
+                    os.sched_setaffinity(writer.pid, {available[0]})
+            inference.wrk(f"http://127.0.0.1:{port}/score", 1)  # warm-up
+        sets[0] += 1
+
+    fresh_servers()
     envoy, gateway_port = gateway(WORK, ports)
     routes: dict[str, tuple[str, dict[str, str]]] = {}  # "<path> <setting>" -> url, headers
     for name, port in ports.items():
@@ -328,15 +351,17 @@ def main() -> None:
                      (own - before_cpu[0]) / requests * 1e6, envoy_share,
                      (before_probe, after_probe))  # fmt: skip
 
+    every = max(1, ROUNDS // SERVER_SETS)  # rounds per set of servers
+
+    def next_round(index: int) -> None:
+        if index and index % every == 0:
+            fresh_servers()
+
     try:
-        for name, port in ports.items():
-            inference.wait_for(f"http://127.0.0.1:{port}/ready", process=processes[name])
-            if len(available) >= 2 and not name.endswith(ONE_CORE):
-                for writer in psutil.Process(processes[name].pid).children(recursive=True):
-                    os.sched_setaffinity(writer.pid, {available[0]})
         for url, headers in routes.values():
             inference.wrk(url, 2, headers)  # warm-up; a routing error (non-2xx) stops here
-        measured = interleave(ROUNDS, {route: lambda r=route: measure(r) for route in routes})
+        measures = {route: lambda r=route: measure(r) for route in routes}
+        measured = interleave(ROUNDS, measures, before_round=next_round)
     finally:
         inference.stop(envoy)
         for process in processes.values():
@@ -368,7 +393,7 @@ def main() -> None:
             print(f"    of which the server's process +{here:.1f} us, its writer's +{there:.1f} us")
     spans = sum(1 for p in (WORK / "traces").glob("*.jsonl*") for _ in p.open())
     records = sum(1 for p in (WORK / "collected").rglob("*.jsonl") for _ in p.open())
-    print(f"\nspans written: {spans:,}; collected records: {records:,}")
+    print(f"\nspans written: {spans:,}; collected records: {records:,}; server sets: {sets[0]}")
 
 
 def report(path: str, measured: dict[str, list[Round]], best: float) -> None:
