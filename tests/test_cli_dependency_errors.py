@@ -118,3 +118,6 @@ def test_database_down_is_one_line(
             "error: the platform's database (MongoDB-compatible server) is not reachable; "
             "nothing was changed. Check `sluice status` (the supervisor restarts it) and retry"
         )
+    # The read (list) reached the registry once, though the CLI retries reads that find a
+    # service unavailable: the registry's answer asks for no retry (it already waited).
+    assert registry.process.log_path.read_text().count("database_unreachable") == 2

@@ -27,9 +27,11 @@ from sluice.common.pki import Identity
 from sluice.common.prometheus import GRPC_CALLS, GRPC_SECONDS
 
 CORRELATION_HEADER = "x-correlation-id"
+RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
 ACTOR_KEY = "actor"
 # DEPENDENCY_DOWN_KEY (trailing metadata) names a dependency the service cannot reach;
-# clients show the answer's message as it is.
+# clients show the answer's message as it is. A negative grpc-retry-pushback-ms tells a
+# client's retry policy (gRFC A6) not to retry: the service already waited for it.
 DATABASE_DOWN = (
     "the platform's database (MongoDB-compatible server) is not reachable; nothing was "
     "changed. Check `sluice status` (the supervisor restarts it) and retry"
@@ -116,7 +118,9 @@ class CorrelationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                         return await behaviour(request, context)
                     except ConnectionFailure as exc:  # ServerSelectionTimeout, AutoReconnect...
                         log.warning("database_unreachable", method=method, error=str(exc))
-                        context.set_trailing_metadata(((DEPENDENCY_DOWN_KEY, "mongodb"),))
+                        context.set_trailing_metadata(
+                            ((DEPENDENCY_DOWN_KEY, "mongodb"), (RETRY_PUSHBACK_KEY, "-1"))
+                        )
                         await context.abort(grpc.StatusCode.UNAVAILABLE, DATABASE_DOWN)
                     finally:
                         _log_call(method, context, started)

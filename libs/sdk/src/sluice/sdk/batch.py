@@ -17,6 +17,7 @@ import grpc
 
 from sluice.common.platform import LocalPlatform
 from sluice.common.settings import Settings
+from sluice.sdk.channel import reads_channel, unreachable
 from sluice.sdk.client import PAGE_SIZE, RegistryClient, SluiceError, admin_token
 from sluice.v1 import batch_pb2, batch_pb2_grpc, common_pb2
 
@@ -117,7 +118,7 @@ def upload_input(registry: RegistryClient, path: Path) -> common_pb2.ArtifactRef
 class BatchClient:
     def __init__(self, address: str, token: str, *, actor: str | None = None):
         self.address = address
-        self._channel = grpc.insecure_channel(address)
+        self._channel = reads_channel(address, [batch_pb2.DESCRIPTOR.services_by_name["Batch"]])
         self._stub = batch_pb2_grpc.BatchStub(self._channel)
         self._metadata = (
             ("authorization", f"Bearer {token}"),
@@ -157,7 +158,7 @@ class BatchClient:
             code = exc.code()
             if code is grpc.StatusCode.UNAVAILABLE:
                 raise SluiceError(
-                    "UNAVAILABLE", f"cannot reach the batch service at {self.address}"
+                    "UNAVAILABLE", unreachable("the batch service", self.address, exc)
                 ) from None
             raise SluiceError(code.name, exc.details() or code.name) from None
 

@@ -38,6 +38,7 @@ from sluice.common.resources import (
     OnlineEndpointSpec,
 )
 from sluice.common.settings import Settings
+from sluice.sdk.channel import reads_channel, unreachable
 from sluice.v1 import (
     access_pb2,
     access_pb2_grpc,
@@ -116,7 +117,14 @@ def admin_token(settings: Settings, state_dir: Path) -> str:
 class RegistryClient:
     def __init__(self, address: str, token: str, *, actor: str | None = None):
         self.address = address
-        self._channel = grpc.insecure_channel(address)
+        self._channel = reads_channel(
+            address,
+            [
+                registry_pb2.DESCRIPTOR.services_by_name["Registry"],
+                assets_pb2.DESCRIPTOR.services_by_name["Assets"],
+                access_pb2.DESCRIPTOR.services_by_name["Access"],
+            ],
+        )
         self._stub = registry_pb2_grpc.RegistryStub(self._channel)
         self._assets = assets_pb2_grpc.AssetsStub(self._channel)
         self._access = access_pb2_grpc.AccessStub(self._channel)
@@ -163,8 +171,8 @@ class RegistryClient:
             if code is grpc.StatusCode.UNAVAILABLE:
                 raise SluiceError(
                     "UNAVAILABLE",
-                    f"cannot reach the registry at {self.address}: is the platform up "
-                    "(`sluice status`)?",
+                    unreachable("the registry", self.address, exc)
+                    + ": is the platform up (`sluice status`)?",
                 ) from None
             raise SluiceError(code.name, exc.details() or code.name) from None
 

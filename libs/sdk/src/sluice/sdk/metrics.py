@@ -19,6 +19,7 @@ import yaml
 
 from sluice.common.platform import LocalPlatform
 from sluice.common.settings import Settings
+from sluice.sdk.channel import reads_channel, unreachable
 from sluice.sdk.client import SluiceError, admin_token
 from sluice.v1 import metrics_pb2, metrics_pb2_grpc, requestlogs_pb2, requestlogs_pb2_grpc
 
@@ -100,7 +101,13 @@ def load_alert_rule(path: Path) -> Any:
 class MetricsClient:
     def __init__(self, address: str, token: str):
         self.address = address
-        self._channel = grpc.insecure_channel(address)
+        self._channel = reads_channel(
+            address,
+            [
+                metrics_pb2.DESCRIPTOR.services_by_name["Metrics"],
+                requestlogs_pb2.DESCRIPTOR.services_by_name["RequestLogs"],
+            ],
+        )
         self._stub = metrics_pb2_grpc.MetricsStub(self._channel)
         self._logs = requestlogs_pb2_grpc.RequestLogsStub(self._channel)
         self._metadata = (("authorization", f"Bearer {token}"),)
@@ -138,7 +145,7 @@ class MetricsClient:
             code = exc.code()
             if code is grpc.StatusCode.UNAVAILABLE:
                 raise SluiceError(
-                    "UNAVAILABLE", f"cannot reach the metrics service at {self.address}"
+                    "UNAVAILABLE", unreachable("the metrics service", self.address, exc)
                 ) from None
             raise SluiceError(code.name, exc.details() or code.name) from None
 
