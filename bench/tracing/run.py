@@ -300,16 +300,17 @@ def main() -> None:
             "--port", str(ports[name]), "--max-queue", "64", "--log-format", "json", *extra,
         ]  # fmt: skip
     processes: dict[str, subprocess.Popen[bytes]] = {}
-    sets = [0]
+    sets = 0  # server sets started so far
 
     def fresh_servers() -> None:
         """Every setting's server (re)started on its port, ready, its writers placed and
         warmed up: a server process keeps its own speed for life (two identical ones differ
         by a few percent), so a run measures `SERVER_SETS` sets of them, not one."""
+        nonlocal sets
         for process in processes.values():
             inference.stop(process)
         for name, argv in argvs.items():
-            log = WORK / f"{name.replace(' ', '_')}-{sets[0]}.log"
+            log = WORK / f"{name.replace(' ', '_')}-{sets}.log"
             processes[name] = inference.start(argv, env, log)
         for name, port in ports.items():
             inference.wait_for(f"http://127.0.0.1:{port}/ready", process=processes[name])
@@ -317,7 +318,7 @@ def main() -> None:
                 for writer in psutil.Process(processes[name].pid).children(recursive=True):
                     os.sched_setaffinity(writer.pid, {available[0]})
             inference.wrk(f"http://127.0.0.1:{port}/score", 1)  # warm-up
-        sets[0] += 1
+        sets += 1
 
     fresh_servers()
     envoy, gateway_port = gateway(WORK, ports)
@@ -393,7 +394,7 @@ def main() -> None:
             print(f"    of which the server's process +{here:.1f} us, its writer's +{there:.1f} us")
     spans = sum(1 for p in (WORK / "traces").glob("*.jsonl*") for _ in p.open())
     records = sum(1 for p in (WORK / "collected").rglob("*.jsonl") for _ in p.open())
-    print(f"\nspans written: {spans:,}; collected records: {records:,}; server sets: {sets[0]}")
+    print(f"\nspans written: {spans:,}; collected records: {records:,}; server sets: {sets}")
 
 
 def report(path: str, measured: dict[str, list[Round]], best: float) -> None:

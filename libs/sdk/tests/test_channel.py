@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 from collections.abc import Iterator
 from concurrent import futures
@@ -11,6 +10,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from sluice.common.supervisor import free_port
 from sluice.sdk.channel import read_methods, retrying_channel
 from sluice.v1 import batch_pb2
 
@@ -27,9 +27,7 @@ def test_reads_are_the_unary_get_and_list_methods() -> None:
 @pytest.fixture
 def late_server() -> Iterator[tuple[str, threading.Event]]:
     """An address nothing listens on until the test sets the event (then a health server)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     go, stop = threading.Event(), threading.Event()
 
     def serve() -> None:

@@ -5,10 +5,11 @@ then (a connection refused or reset: a service restarting, a busy host), and
 one such moment failed `sluice job show` and a CI run. gRPC's own retry policy
 (gRFC A6, in the channel's service config) retries a *read* (a unary
 `Get*`/`List*` method of the channel's services) that ends UNAVAILABLE: up to
-5 attempts, backoffs drawn up to 0.2, 0.4, 0.8 and 1.6 s (1.5 s in all on average). Writes are not
-retried: a lost answer could repeat them. Reconnecting is quick too (100 ms,
-at most 1 s, instead of gRPC's 1 s growing to 120 s): a CLI's channel lives
-for one command, and the services are a few milliseconds away.
+5 attempts, backoffs drawn up to 0.2, 0.4, 0.8 and 1.6 s (1.5 s in all on
+average). Writes are not retried: a lost answer could repeat them.
+Reconnecting is quick too (100 ms, at most 1 s, instead of gRPC's 1 s growing
+to 120 s): a CLI's channel lives for one command, and the services are a few
+milliseconds away.
 """
 
 from __future__ import annotations
