@@ -605,6 +605,10 @@ class JobRunner:
             message = f"{progress.files_succeeded} of {progress.files_total} files scored" + (
                 f"; {progress.files_failed} failed" if progress.files_failed else ""
             )
+        # The job's NATS user goes before the job shows as ended: whoever sees it ended
+        # (a client, a test) finds its workers' access gone too.
+        if self.ctx.job_users is not None:
+            await self._remove_workers_user(self.ctx.job_users)
         self.trace.ended(state, message)
         ended = await self.ctx.store.transition(
             self.job.name,
@@ -618,8 +622,6 @@ class JobRunner:
             worker_processes=(),
         )
         await self.queue.delete(self.ctx.broker)
-        if self.ctx.job_users is not None:
-            await self._remove_workers_user(self.ctx.job_users)
         if self.spare_key is not None:  # spares for the next job, now that this one is done
             self.ctx.spares.want(self.spare_key, self.job.workers)
         if ended is not None:
