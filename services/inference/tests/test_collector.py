@@ -17,7 +17,6 @@ from sluice.inference.collector import (
     CollectorFeed,
     CollectorSettings,
     DataCollector,
-    uuid4_text,
 )
 from sluice.testing.wait import wait_for
 
@@ -53,7 +52,7 @@ def test_inputs_and_outputs_land_in_azures_partitions_with_one_correlation_id(
     assert inputs[0]["data"] == {"data": [[1, 2]]}
     assert inputs[0]["type"] == "azureml.inference.model_inputs"
     assert inputs[0]["source"] == "/onlineEndpoints/e/deployments/d"
-    assert inputs[0]["correlationid"] == outputs[0]["correlationid"] == uuid4_text(cid)
+    assert inputs[0]["correlationid"] == outputs[0]["correlationid"] == dc.correlation_id(cid)
     assert inputs[0]["xrequestid"] == "req-1" and outputs[0]["data"] == [5.5]
     assert inputs[1]["dataencoding"] == "base64"  # not text: kept byte for byte
     assert dc.written == 3 and not dc.dropped
@@ -88,7 +87,7 @@ def test_one_flush_across_minutes_puts_each_record_in_its_minute_s_file(tmp_path
             for path in (tmp_path / collection).rglob("abc123.jsonl")
         }
         partition = [time.strftime("%Y/%m/%d/%H/%M", time.gmtime(minute + d)) for d in (-60, 0, 60)]
-        ids = [uuid4_text(i) for i in range(4)]
+        ids = [dc.correlation_id(i) for i in range(4)]
         assert found == {partition[0]: ids[:2], partition[1]: [ids[2]], partition[2]: [ids[3]]}
     assert dc.written == 8 and not dc.dropped
 
@@ -180,7 +179,7 @@ def test_a_rolled_over_file_is_also_written_as_parquet(
     parquet = first.with_suffix(".parquet")
     wait_for(parquet.exists, "the closed minute's file as Parquet", deadline=20)
     table = pq.read_table(parquet).to_pylist()
-    assert [row["correlationid"] for row in table] == [uuid4_text(1), uuid4_text(2)]
+    assert [row["correlationid"] for row in table] == [dc.correlation_id(1), dc.correlation_id(2)]
     assert json.loads(table[0]["data"]) == {"data": [[1, 2]]}
     assert table[1]["data"] == '"plain text"' and table[1]["datacontenttype"] == "text/plain"
     assert table[0]["time"].timestamp() == 1_764_000_000.0
@@ -189,7 +188,7 @@ def test_a_rolled_over_file_is_also_written_as_parquet(
     (second,) = (p for p in tmp_path.glob("model_inputs/**/abc123.jsonl") if p != first)
     assert [
         r["correlationid"] for r in pq.read_table(second.with_suffix(".parquet")).to_pylist()
-    ] == [uuid4_text(3)]
+    ] == [dc.correlation_id(3)]
 
 
 def test_records_keep_their_shape_whatever_the_payload(tmp_path: Path) -> None:
@@ -201,9 +200,11 @@ def test_records_keep_their_shape_whatever_the_payload(tmp_path: Path) -> None:
     assert len(ids) == 10_000
     for cid in list(ids)[:100]:
         assert cid is not None
-        text = uuid4_text(cid)
+        text = dc.correlation_id(cid)
         parsed = uuid.UUID(text)
         assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and str(parsed) == text
+    # Another server (its own settings) draws another prefix: its ids differ from these.
+    assert make(tmp_path).correlation_id(0) != dc.correlation_id(0)
     at = 1_764_201_602.6569
     payloads = [
         b'{"data": [[1, 2.5, -3]],  "x": "a\\nb"}',  # an escaped newline is one line
@@ -252,12 +253,12 @@ def test_a_record_line_is_the_json_of_azures_fields_in_their_order(tmp_path: Pat
             item = (collection, 0xC0FFEE, rid, at, payload, extra)
             expected: dict[str, object] = {
                 "specversion": "1.0",
-                "id": f"{uuid4_text(0xC0FFEE)}-{collection}",
+                "id": f"{dc.correlation_id(0xC0FFEE)}-{collection}",
                 "source": '/e"p\\/d\u00e9',
                 "type": f"azureml.inference.{collection}",
                 "datacontenttype": "application/json",
                 "time": "2025-11-27T00:00:02.656+00:00",
-                "correlationid": uuid4_text(0xC0FFEE),
+                "correlationid": dc.correlation_id(0xC0FFEE),
                 "xrequestid": rid,
                 "contentrange": f"bytes 0-{max(len(payload) - 1, 0)}/{len(payload)}",
                 "agent": "sluice-inference",
@@ -276,3 +277,7 @@ def test_a_record_line_is_the_json_of_azures_fields_in_their_order(tmp_path: Pat
                     expected["dataencoding"] = "base64"
             expected.update(extra or {})
             assert dc._line(item) == orjson.dumps(expected) + b"\n", (payload, extra)
+            # The usual record's own path (`_format`) makes the same line, and so do the
+            # others' (it hands them to `_line`).
+            (formatted,) = dc._format([item]).values()
+            assert bytes(formatted) == orjson.dumps(expected) + b"\n", (payload, extra)
