@@ -59,7 +59,7 @@ import threading
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -84,12 +84,6 @@ RECORD = (
     b'{"specversion":"1.0","id":"%s%012x%s%s,"time":"%s","correlationid":"%s%012x",'
     b'"xrequestid":%s,"contentrange":"bytes 0-%d/%d","agent":"sluice-inference",'
     b'"data":%s%s}\n'
-)
-# The usual record: a JSON payload on one line, no extras (`DataCollector._format`).
-JSON_RECORD = (
-    b'{"specversion":"1.0","id":"%s%012x%s"application/json","time":"%s",'
-    b'"correlationid":"%s%012x","xrequestid":%s,"contentrange":"bytes 0-%d/%d",'
-    b'"agent":"sluice-inference","data":%s}\n'
 )
 JSON_KIND = b'"application/json"'
 
@@ -292,9 +286,8 @@ class DataCollector(_Queue):
             return
         if time.monotonic() - self._scanned_at > RESCAN_S:
             self._rescan()
-        items = list(self._queue)
+        batches = self._format(self._queue)
         self._queue.clear()
-        batches = self._format(items)
         rolled: list[Path] = []  # files closed by this flush (their partition has passed)
         for key in batches:  # in time order
             collection = key[0]
@@ -354,7 +347,7 @@ class DataCollector(_Queue):
                 log.warning("collector_parquet_failed", error=error.strip()[-2000:])
         self._converting = running
 
-    def _format(self, items: list[Item]) -> dict[tuple[str, int], bytearray]:
+    def _format(self, items: Iterable[Item]) -> dict[tuple[str, int], bytearray]:
         """The records as lines, by (collection, minute) in time order, one buffer each
         (thousands of lines kept as bytes objects made the write cost twice as much per
         record: allocator churn); a record over the quota is dropped.
@@ -386,9 +379,9 @@ class DataCollector(_Queue):
                 else:
                     size = len(payload)
                     head = heads.get(collection) or self._head(collection)
-                    line = JSON_RECORD % (
-                        prefix, number, head, now, prefix, number, dumps(rid),
-                        size - 1, size, payload,
+                    line = RECORD % (
+                        prefix, number, head, JSON_KIND, now, prefix, number, dumps(rid),
+                        size - 1, size, payload, b"",
                     )  # fmt: skip
             used += len(line)
             if used > limit:
@@ -404,7 +397,7 @@ class DataCollector(_Queue):
 
     def _line(self, item: Item) -> bytes:
         """One record as Azure writes it, as a JSON line, whatever its payload and extras:
-        the fixed parts are JSON made once (per collector, collection or request), the
+        the fixed parts are JSON made once (per collector or collection), the
         payload is written as it came when it is JSON on one line, and the rest goes in
         with one bytes `%` (what orjson.dumps of the record's dict would write, byte for
         byte: test_collector.py, at ~2/3 of its cost)."""
