@@ -159,6 +159,35 @@ def test_the_feed_ships_records_to_its_writer_which_reports_drops_back(tmp_path:
     assert second.poll() == 0  # it ended with its input
 
 
+def test_the_stats_file_is_written_at_most_once_a_second_and_catches_up_when_idle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Busy flushes leave the stats file behind (it costs a rename each time); a drop is
+    written at once, and a flush with nothing queued (the feed's sign that records stopped
+    coming) brings it up to date."""
+    monkeypatch.setattr(collector_module, "STATS_S", 3600.0)
+    dc = make(tmp_path)
+    stats = tmp_path / "_stats" / "abc123.json"
+    dc.add("model_inputs", 1, "r", b"[1]")
+    dc.flush()
+    assert json.loads(stats.read_text())["written"] == 1  # the first flush writes it
+    dc.add("model_inputs", 2, "r", b"[2]")
+    dc.flush()
+    assert json.loads(stats.read_text())["written"] == 1  # within STATS_S: not again
+    dc.settings = CollectorSettings(**{**dc.settings.__dict__, "max_bytes": 1})
+    dc.add("model_inputs", 3, "r", b"[3]")
+    dc.flush()
+    shown = json.loads(stats.read_text())
+    assert shown["dropped"] == {"quota": 1} and shown["written"] == 2  # a drop: at once
+    dc.settings = CollectorSettings(**{**dc.settings.__dict__, "max_bytes": 10**9})
+    dc.add("model_inputs", 4, "r", b"[4]")
+    dc.flush()
+    assert json.loads(stats.read_text())["written"] == 2
+    dc.flush()  # nothing queued: the feed went idle
+    assert json.loads(stats.read_text())["written"] == 3
+    assert read_collected(tmp_path).total_records == 3
+
+
 @pytest.mark.integration  # the Parquet writer is a child process
 def test_a_rolled_over_file_is_also_written_as_parquet(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

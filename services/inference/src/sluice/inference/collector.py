@@ -7,8 +7,9 @@ processes, as Azure runs its collector beside the inference server:
   (`sample()`, one `random()`, and the request's number: its correlation id is the
   server's random prefix and that number, written as text by the writer) and appends
   `(collection, number, request id, time, bytes, extra)` to a bounded queue; a thread
-  ships the queue to the writer every `FLUSH_S` as one `marshal` frame on a pipe
-  (microseconds per record, in C);
+  ships the queue to the writer every `FLUSH_S` (20 ms) as one `marshal` frame on a pipe
+  (microseconds per record, in C): small frames often, so that the writer works in
+  short slices, not in bursts that slow what shares its core;
 - the writer, a child process (`python -m sluice.inference.collector`, `DataCollector`),
   turns the records into Azure's landing format:
 
@@ -30,8 +31,9 @@ record's fixed parts are JSON made once (per collector or collection) and the li
 put together with one bytes `%`, a JSON payload is checked with one parse and written as
 it came (not parsed and serialized again), the time's text is made once per millisecond,
 a flush appends each line to its (collection, minute) buffer and counts the lines per
-buffer, and a correlation id is a version-4 UUID made of the server's random prefix
-(`id_prefix`, 74 random bits drawn at its start) and the request's number (the last 12
+buffer, the stats file is written at most once a second (120 us a time; and when the
+feed goes idle), and a correlation id is a version-4 UUID made of the server's random
+prefix (`id_prefix`, 74 random bits drawn at its start) and the request's number (the last 12
 hex digits): unique, not secret, and written by the same `%` as the rest (as 128 random
 bits made text per request, it cost the writer 0.6 us per record; in the server, between
 two run() calls, 3.2 us per request: bench/tracing/cold.py --collect).
@@ -70,8 +72,15 @@ import structlog
 
 from sluice.common.writer_process import WriterProcess, frames
 
-FLUSH_S = 0.25
+# The feed ships what is queued every FLUSH_S while records come, every IDLE_S when none
+# came. Through the gateway on a 2-core host, frames every 0.25 s made the writer work in
+# bursts of ~10 ms beside Envoy, and the server went short of requests (its core idle 2%
+# of the time, not 0.5%): 94% of off's requests/s; every 0.02 s, 96-98% (bench/README.md,
+# tracing).
+FLUSH_S = 0.02
+IDLE_S = 0.25
 RESCAN_S = 10.0
+STATS_S = 1.0  # the writer's stats file: at most this often, at once when it drops
 MAX_QUEUED = 10_000  # records waiting for the writer; more are dropped ("queue_full")
 DEFAULT_MAX_BYTES = 1024**3
 STATS_FOLDER = "_stats"
@@ -205,15 +214,17 @@ class CollectorFeed(_Queue):
             self.ship()
         self.writer.close()
 
-    def ship(self) -> None:
-        """Send every queued record to the writer, as one frame (the feed's thread calls it)."""
+    def ship(self) -> int:
+        """Send every queued record to the writer, as one frame (the feed's thread calls
+        it); how many there were."""
         queue = self._queue
         if not queue:
-            return
+            return 0
         pop = queue.popleft
         items = [pop() for _ in range(len(queue))]
         if not self.writer.send(items):
             self._drop("write_error", len(items))
+        return len(items)
 
     def _writer_dropped(self, line: bytes) -> None:
         """A `<reason> <count>` line of the writer."""
@@ -222,12 +233,16 @@ class CollectorFeed(_Queue):
             self._drop(reason, int(count))
 
     def _loop(self) -> None:
+        wait = IDLE_S
         while True:
-            self._wake.wait(FLUSH_S)
+            self._wake.wait(wait)
             self._wake.clear()
             stopping = self._stopping
             try:
-                self.ship()
+                shipped = self.ship()
+                if not shipped and wait == FLUSH_S:  # records stopped coming:
+                    self.writer.send([])  # the writer brings its stats file up to date
+                wait = FLUSH_S if shipped else IDLE_S
             except Exception:  # the feed must survive anything; requests never see it
                 log.exception("collector_ship_failed")
             if stopping:
@@ -253,6 +268,9 @@ class DataCollector(_Queue):
         self._prefix = settings.id_prefix.encode()  # of correlation ids
         self._source = orjson.dumps(settings.source)
         self._converting: list[subprocess.Popen[bytes]] = []  # Parquet writers (parquet.py)
+        self._stats_at = 0.0  # when the stats file was written, and the drops it shows
+        self._stats_dropped: Counter[str] = Counter()
+        self._stats_due = False  # records were written since
 
     def open(self) -> None:
         """Make the folder, measure what is in it and, when a writer of this instance ran
@@ -272,6 +290,7 @@ class DataCollector(_Queue):
     def close(self) -> None:
         """Write what is queued and close the open files as Parquet."""
         self.flush()
+        self._write_stats()
         self._to_parquet(list(self._current.values()))
         self._current.clear()
         self._current_key.clear()
@@ -281,8 +300,10 @@ class DataCollector(_Queue):
         self._reap()
 
     def flush(self) -> None:
-        """Write every queued record."""
+        """Write every queued record (none: the feed is idle, the stats file catches up)."""
         if not self._queue:
+            if self._stats_due:
+                self._write_stats()
             return
         if time.monotonic() - self._scanned_at > RESCAN_S:
             self._rescan()
@@ -318,7 +339,9 @@ class DataCollector(_Queue):
                 log.warning("collector_write_failed", path=str(path), error=str(exc))
         self._to_parquet([path for path in rolled if path not in self._current.values()])
         self._reap()
-        self._write_stats()
+        self._stats_due = True
+        if self.dropped != self._stats_dropped or time.monotonic() - self._stats_at >= STATS_S:
+            self._write_stats()
 
     def _to_parquet(self, paths: list[Path]) -> None:
         """Closed files as Parquet beside them, in a child process (never on a request)."""
@@ -481,6 +504,8 @@ class DataCollector(_Queue):
         self._scanned_at = time.monotonic()
 
     def _write_stats(self) -> None:
+        self._stats_at, self._stats_dropped = time.monotonic(), Counter(self.dropped)
+        self._stats_due = False
         folder = self.settings.folder / STATS_FOLDER
         stats = {
             "instance": self.settings.instance,
