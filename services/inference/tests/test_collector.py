@@ -188,6 +188,34 @@ def test_the_stats_file_is_written_at_most_once_a_second_and_catches_up_when_idl
     assert read_collected(tmp_path).total_records == 3
 
 
+@pytest.mark.integration  # the writer is a child process
+def test_the_writer_s_stats_catch_up_when_the_feed_goes_idle(tmp_path: Path) -> None:
+    """Records shipped within a second of the last stats write are counted in the stats
+    file once the feed finds nothing more to ship (it sends the writer an empty frame),
+    with the server still running."""
+    settings = CollectorSettings(
+        folder=tmp_path, collections=frozenset({"model_inputs"}), instance="abc123"
+    )
+    feed = CollectorFeed(settings)
+    feed.start()
+    try:
+        stats = tmp_path / "_stats" / "abc123.json"
+
+        def written() -> int:
+            try:
+                return int(json.loads(stats.read_text())["written"])
+            except (OSError, ValueError):
+                return -1
+
+        feed.add("model_inputs", 1, "r", b"[1]")
+        wait_for(lambda: written() == 1, "the first flush's stats", deadline=10)
+        for i in range(2, 6):
+            feed.add("model_inputs", i, "r", b"[1]")
+        wait_for(lambda: written() == 5, "the stats after the feed went idle", deadline=10)
+    finally:
+        feed.close()
+
+
 @pytest.mark.integration  # the Parquet writer is a child process
 def test_a_rolled_over_file_is_also_written_as_parquet(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -189,6 +189,7 @@ class CollectorFeed(_Queue):
         )
         self._wake = threading.Event()
         self._stopping = False
+        self._unsettled = False  # records were shipped since the writer was told of a pause
         self._thread = threading.Thread(target=self._loop, name="collector-feed", daemon=True)
 
     def start(self) -> None:
@@ -222,6 +223,7 @@ class CollectorFeed(_Queue):
             return 0
         pop = queue.popleft
         items = [pop() for _ in range(len(queue))]
+        self._unsettled = True
         if not self.writer.send(items):
             self._drop("write_error", len(items))
         return len(items)
@@ -240,7 +242,8 @@ class CollectorFeed(_Queue):
             stopping = self._stopping
             try:
                 shipped = self.ship()
-                if not shipped and wait == FLUSH_S:  # records stopped coming:
+                if not shipped and self._unsettled:  # records stopped coming:
+                    self._unsettled = False
                     self.writer.send([])  # the writer brings its stats file up to date
                 wait = FLUSH_S if shipped else IDLE_S
             except Exception:  # the feed must survive anything; requests never see it
