@@ -271,9 +271,8 @@ class DataCollector(_Queue):
         self._prefix = settings.id_prefix.encode()  # of correlation ids
         self._source = orjson.dumps(settings.source)
         self._converting: list[subprocess.Popen[bytes]] = []  # Parquet writers (parquet.py)
-        self._stats_at = 0.0  # when the stats file was written, and the drops it shows
-        self._stats_dropped: Counter[str] = Counter()
-        self._stats_due = False  # records were written since
+        self._stats_at = 0.0  # when the stats file was written, and what it shows
+        self._shown: tuple[int, Counter[str]] = (0, Counter())
 
     def open(self) -> None:
         """Make the folder, measure what is in it and, when a writer of this instance ran
@@ -285,6 +284,7 @@ class DataCollector(_Queue):
             before = orjson.loads(stats.read_bytes())
             self.written = int(before["written"])
             self.dropped.update({str(k): int(v) for k, v in before["dropped"].items()})
+            self._shown = (self.written, Counter(self.dropped))
 
     def extend(self, items: list[Item]) -> None:
         """Records the feed sent (the queue bound is the feed's)."""
@@ -293,7 +293,8 @@ class DataCollector(_Queue):
     def close(self) -> None:
         """Write what is queued and close the open files as Parquet."""
         self.flush()
-        self._write_stats()
+        if (self.written, self.dropped) != self._shown:
+            self._write_stats()
         self._to_parquet(list(self._current.values()))
         self._current.clear()
         self._current_key.clear()
@@ -305,7 +306,7 @@ class DataCollector(_Queue):
     def flush(self) -> None:
         """Write every queued record (none: the feed is idle, the stats file catches up)."""
         if not self._queue:
-            if self._stats_due:
+            if (self.written, self.dropped) != self._shown:
                 self._write_stats()
             return
         if time.monotonic() - self._scanned_at > RESCAN_S:
@@ -342,8 +343,7 @@ class DataCollector(_Queue):
                 log.warning("collector_write_failed", path=str(path), error=str(exc))
         self._to_parquet([path for path in rolled if path not in self._current.values()])
         self._reap()
-        self._stats_due = True
-        if self.dropped != self._stats_dropped or time.monotonic() - self._stats_at >= STATS_S:
+        if self.dropped != self._shown[1] or time.monotonic() - self._stats_at >= STATS_S:
             self._write_stats()
 
     def _to_parquet(self, paths: list[Path]) -> None:
@@ -507,8 +507,7 @@ class DataCollector(_Queue):
         self._scanned_at = time.monotonic()
 
     def _write_stats(self) -> None:
-        self._stats_at, self._stats_dropped = time.monotonic(), Counter(self.dropped)
-        self._stats_due = False
+        self._stats_at, self._shown = time.monotonic(), (self.written, Counter(self.dropped))
         folder = self.settings.folder / STATS_FOLDER
         stats = {
             "instance": self.settings.instance,
