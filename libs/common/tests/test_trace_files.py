@@ -197,3 +197,14 @@ def test_a_span_s_line_is_what_orjson_writes_for_its_record(fields: SpanTuple) -
     assert SpanLines("inference-1", {}).line(fields) == orjson.dumps(
         tuple_record(fields, "inference-1", {}), default=str, option=orjson.OPT_APPEND_NEWLINE
     )
+
+
+def test_a_request_s_span_with_its_run_span_gives_both_lines() -> None:
+    """A request's span shipped with its plain run() span's id and times (`shipped`): the
+    writer writes the request's line and run()'s, a child named "run" with nothing else."""
+    request = (2**127 + 5, 2**63 + 7, None, "POST /score", "SERVER", 10, 40, "UNSET", None,
+               {"sluice.request_id": "r-1"}, None, None)  # fmt: skip
+    run = (2**127 + 5, 99, 2**63 + 7, "run", "INTERNAL", 15, 30, "UNSET", None, None, None, None)
+    to_lines = SpanLines("inference-1", {"sluice.deployment": "blue"})
+    assert to_lines.line((*request, 99, 15, 30)) == to_lines.line(request) + to_lines.line(run)
+    assert to_lines([(*request, 99, 15, 30), request]) == to_lines([request, run, request])

@@ -5,7 +5,10 @@ it ended, and what the provider's processors receive at its end."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +18,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
+from sluice.common.trace_files import ShippingProcessor, read_spans
 from sluice.inference.tracing import LeanSpan, SpanStarter
 
 PARENT = SpanContext(0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7, True, TraceFlags(1))
@@ -142,3 +146,51 @@ def test_run_s_span_is_current_while_run_runs_and_only_then(is_async: bool) -> N
     assert predict.parent == run.context and run.parent == request.get_span_context()
     assert run.status.status_code is StatusCode.ERROR
     assert trace.get_current_span() is trace.INVALID_SPAN
+
+
+@pytest.mark.integration  # the spans' writer is a child process
+def test_a_run_span_the_script_left_alone_ships_with_its_request_s(tmp_path: Path) -> None:
+    """Shipped to a writer process, a plain run() span rides on its request's span (one
+    batch entry, `LeanSpan._run`) and is written as the span it is: run()'s id as the script
+    saw it, a child of the request's span, within its times, closed to changes. One the
+    script changed, or that raised, ships by itself with what it holds."""
+    provider = TracerProvider()
+    shipping = ShippingProcessor(tmp_path / "s.jsonl", "inference", provider.resource)
+    provider.add_span_processor(shipping)
+    starter = SpanStarter(provider.get_tracer("sluice.inference"))
+    assert starter.pairs
+    seen: dict[str, Span] = {}
+
+    def request(rid: str, script: Callable[[], None]) -> LeanSpan:
+        span = starter.start("POST /score", None, SpanKind.SERVER, {"sluice.request_id": rid})
+        with contextlib.suppress(ValueError):
+            span.run_inside(script)
+        span.end()
+        return span
+
+    def plain() -> None:
+        seen["plain"] = trace.get_current_span()
+
+    def changed() -> None:
+        trace.get_current_span().set_attribute("model.rows", 3)
+
+    def raises() -> None:
+        raise ValueError("boom")
+
+    alone, touched, failed = request("r1", plain), request("r2", changed), request("r3", raises)
+    assert alone._run is not None and touched._run is None and failed._run is None
+    seen["plain"].set_attribute("late", 1)  # refused: it ended with run()
+    assert not seen["plain"].is_recording()
+    provider.shutdown()  # the writer writes what it was sent, and ends
+    spans = list(read_spans(tmp_path))
+    assert len(spans) == 6
+    runs = {s["parent_id"]: s for s in spans if s["name"] == "run"}
+    requests = {s["attributes"]["sluice.request_id"]: s for s in spans if s["name"] != "run"}
+    run = runs[requests["r1"]["span_id"]]
+    assert run["span_id"] == f"{seen['plain'].get_span_context().span_id:016x}"
+    assert run["trace_id"] == requests["r1"]["trace_id"] and run["kind"] == "INTERNAL"
+    assert run["attributes"] == {} and run["events"] == [] and run["status"] == "UNSET"
+    assert requests["r1"]["start"] <= run["start"] <= run["end"] <= requests["r1"]["end"]
+    assert runs[requests["r2"]["span_id"]]["attributes"] == {"model.rows": 3}
+    third = runs[requests["r3"]["span_id"]]
+    assert third["status"] == "ERROR" and third["events"][0]["name"] == "exception"

@@ -45,6 +45,27 @@ SpanTuple = tuple[
     list[tuple[str, int, dict[str, Any]]] | None,
     list[int] | None,
 ]
+# What a writer process is sent per span: its `SpanTuple`, or a request's span's followed by
+# the id, start and end of its run() span when that span ships with it (`run_span`).
+Shipped = tuple[Any, ...]
+PAIR = 15
+
+
+def shipped(span: ReadableSpan) -> Shipped:
+    """A span's values as a writer process is sent them: the inference server's request
+    span (`sluice.inference.tracing.LeanSpan`) may carry its run() span's (`_run`)."""
+    values = span_tuple(span)
+    run = getattr(span, "_run", None)
+    return values if run is None else values + run
+
+
+def run_span(pair: Shipped) -> SpanTuple:
+    """The run() span that shipped with its request's span: its child, named "run", with
+    no attributes, events, links or status of its own (one with any ships by itself)."""
+    trace_id, request_span_id = pair[0], pair[1]
+    span_id, start, end = pair[12:PAIR]
+    return (trace_id, span_id, request_span_id, "run", "INTERNAL", start, end, "UNSET",
+            None, None, None, None)  # fmt: skip
 
 
 def span_tuple(span: ReadableSpan) -> SpanTuple:
@@ -151,10 +172,13 @@ class SpanLines:
         self._shown = orjson.dumps(shown, default=str)
         self._texts: dict[str, bytes] = {}  # a name, kind or status -> its JSON
 
-    def __call__(self, batch: Iterable[SpanTuple]) -> bytes:
+    def __call__(self, batch: Iterable[Shipped]) -> bytes:
         return b"".join([self.line(fields) for fields in batch])
 
-    def line(self, fields: SpanTuple) -> bytes:
+    def line(self, fields: Shipped) -> bytes:
+        """A span's line, or a request's span's and its run() span's lines (`run_span`)."""
+        if len(fields) == PAIR:
+            return self.line(fields[:12]) + self.line(run_span(fields))
         trace_id, span_id, parent_id, name, kind, start, end, status = fields[:8]
         message, attributes, events, links = fields[8:]
         if events or links or start is None or end is None:
@@ -298,13 +322,14 @@ class InlineBatchProcessor(SpanProcessor):
 
 
 class ShippingProcessor(InlineBatchProcessor):
-    """Sends finished spans, as plain values (`span_tuple`), to a writer process that
+    """Sends finished spans, as plain values (`shipped`), to a writer process that
     appends them to the file as `JsonLinesExporter` would (`python -m
     sluice.common.trace_files`): the inference server's, whose span export otherwise ran
     on the core that serves its requests. The batch holds the ended spans; they become
     their values when it is sent, in one loop (done per span as each ended, the same work
-    ran with cold caches between two run() calls: bench/README.md, tracing). The
-    resource's shown attributes go to the writer once, when it starts.
+    ran with cold caches between two run() calls: bench/README.md, tracing), and a request's
+    span carries the run() span the script left alone (`run_span`). The resource's shown
+    attributes go to the writer once, when it starts.
     """
 
     def __init__(self, path: Path, service: str, resource: Resource) -> None:
@@ -317,7 +342,7 @@ class ShippingProcessor(InlineBatchProcessor):
         super().__init__(None)
 
     def _send(self, spans: list[ReadableSpan]) -> None:
-        batch = [span_tuple(span) for span in spans]
+        batch = [shipped(span) for span in spans]
         try:
             self.writer.send(batch)
         except ValueError:  # a value marshal cannot write: as JSON would show it, as text

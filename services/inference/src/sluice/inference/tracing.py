@@ -23,7 +23,9 @@ is the request id (method and route are its name); span names are built once per
 run()'s span is made current on OpenTelemetry's ContextVar itself (no API layers), by
 a method of the request's span (the dispatcher's `around`: no closure per request);
 ended spans join the batch as they are (no lock; made into values when the batch is
-sent); success log lines are not even formatted unless debug logging is on.
+sent), and a run() span the script left alone is not a batch entry at all but three
+values on its request's span (`LeanSpan._run`); success log lines are not even formatted
+unless debug logging is on.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ from opentelemetry.trace.propagation import _SPAN_KEY
 from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 from opentelemetry.util.types import Attributes, AttributeValue
 
-from sluice.common.trace_files import InlineBatchProcessor
+from sluice.common.trace_files import InlineBatchProcessor, ShippingProcessor
 from sluice.common.tracing import configure_tracing
 from sluice.inference.config import ServerConfig
 from sluice.inference.http import Header, HttpRequest
@@ -241,6 +243,10 @@ class LeanSpan(trace.Span, ReadableSpan):
     _links: Sequence[trace.Link] = ()
     _status = UNSET
     _end_time: int | None = None
+    _changed = False  # by a change from outside (a script's): `_changing`
+    # On a request's span: its run() span's id, start and end, when that span ships with it
+    # (`_end_run`).
+    _run: tuple[int, int | None, int] | None = None
     # Set by each `SpanStarter` on the class it makes for its spans:
     _starter: SpanStarter
     _resource: Any
@@ -273,7 +279,7 @@ class LeanSpan(trace.Span, ReadableSpan):
             raise
         finally:
             _detach(token)
-            run.end()
+            self._end_run(run)
 
     async def run_inside_async(self, call: Callable[[], Awaitable[Any]]) -> Any:
         """`run_inside` for an `async def run()`."""
@@ -286,7 +292,19 @@ class LeanSpan(trace.Span, ReadableSpan):
             raise
         finally:
             _detach(token)
+            self._end_run(run)
+
+    def _end_run(self, run: LeanSpan) -> None:
+        """End run()'s span. When spans ship to a writer process (`SpanStarter.pairs`), one
+        that nothing changed (no attribute, event, link, name or status from the script, no
+        exception) is not a span in the batch: its id and times ride on this, its request's
+        span (`_run`), and the writer writes its line (trace_files `run_span`). A traced
+        request then ends one span object where it ended two (bench/README.md, tracing)."""
+        if run._changed or not self._starter.pairs:
             run.end()
+            return
+        end = run._end_time = time_ns()  # ended: a late change is refused, as after end()
+        self._run = (run._context[1], run._start_time, end)
 
     def get_span_context(self) -> SpanContext:
         return self._context
@@ -303,12 +321,12 @@ class LeanSpan(trace.Span, ReadableSpan):
             self._attributes[key] = value
 
     def set_attribute(self, key: str, value: AttributeValue) -> None:
-        if self._ended("Setting attribute on ended span."):
+        if self._changing("Setting attribute on ended span."):
             return
         self._bounded()[key] = value
 
     def set_attributes(self, attributes: Mapping[str, AttributeValue]) -> None:
-        if self._ended("Setting attribute on ended span."):
+        if self._changing("Setting attribute on ended span."):
             return
         bounded = self._bounded()
         for key, value in attributes.items():
@@ -317,7 +335,7 @@ class LeanSpan(trace.Span, ReadableSpan):
     def add_event(
         self, name: str, attributes: Attributes = None, timestamp: int | None = None
     ) -> None:
-        if self._ended("Calling add_event on an ended span."):
+        if self._changing("Calling add_event on an ended span."):
             return
         limits = self._starter.limits
         if not isinstance(self._events, BoundedList):
@@ -331,7 +349,7 @@ class LeanSpan(trace.Span, ReadableSpan):
         self._events.append(Event(name, bounded, timestamp))
 
     def add_link(self, context: SpanContext, attributes: Attributes = None) -> None:
-        if self._ended("Calling add_link on an ended span.") or not context.is_valid:
+        if self._changing("Calling add_link on an ended span.") or not context.is_valid:
             return
         limits = self._starter.limits
         if not isinstance(self._links, BoundedList):
@@ -345,12 +363,12 @@ class LeanSpan(trace.Span, ReadableSpan):
         self._links.append(trace.Link(context, bounded))
 
     def update_name(self, name: str) -> None:
-        if not self._ended("Calling update_name on an ended span."):
+        if not self._changing("Calling update_name on an ended span."):
             self._name = name
 
     def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
         """As the SDK's span: OK is final, UNSET is ignored."""
-        if self._ended("Calling set_status on an ended span."):
+        if self._changing("Calling set_status on an ended span."):
             return
         if self._status.status_code is StatusCode.OK:
             return
@@ -384,7 +402,7 @@ class LeanSpan(trace.Span, ReadableSpan):
 
     def end(self, end_time: int | None = None) -> None:
         if self._end_time is not None:  # (the check inline: twice per traced request)
-            self._ended("Calling end() on an ended span.")
+            self._changing("Calling end() on an ended span.")
             return
         self._end_time = end_time if end_time is not None else time_ns()
         if type(self._attributes) is BoundedAttributes:  # (not an ABC check per span)
@@ -409,8 +427,11 @@ class LeanSpan(trace.Span, ReadableSpan):
             )
         return attributes
 
-    def _ended(self, warning: str) -> bool:
+    def _changing(self, warning: str) -> bool:
+        """Whether a change must be refused: the span ended (the SDK's warning is logged).
+        If not, the span is marked as changed (`_changed`)."""
         if self._end_time is None:
+            self._changed = True
             return False
         logger.warning(warning)
         return True
@@ -438,6 +459,8 @@ class SpanStarter:
         self.hold: Callable[[LeanSpan, bool], None] | None = None
         if isinstance(self.processor, InlineBatchProcessor):
             self.hold = self.processor.add
+        # Spans shipped to a writer process: a request's span carries its plain run() span.
+        self.pairs = isinstance(self.processor, ShippingProcessor)
         self._ids = tracer.id_generator
         self._random = type(self._ids) is RandomIdGenerator
         self.info = tracer.instrumentation_info
