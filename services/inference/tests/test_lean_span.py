@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -153,7 +154,7 @@ def test_a_run_span_the_script_left_alone_ships_with_its_request_s(tmp_path: Pat
     """Shipped to a writer process, a plain run() span rides on its request's span (one
     batch entry, `LeanSpan._run`) and is written as the span it is: run()'s id as the script
     saw it, a child of the request's span, within its times, closed to changes. One the
-    script changed, or that raised, ships by itself with what it holds."""
+    script changed, or that raised, or that ran on another thread, ships by itself."""
     provider = TracerProvider()
     shipping = ShippingProcessor(tmp_path / "s.jsonl", "inference", provider.resource)
     provider.add_span_processor(shipping)
@@ -179,11 +180,17 @@ def test_a_run_span_the_script_left_alone_ships_with_its_request_s(tmp_path: Pat
 
     alone, touched, failed = request("r1", plain), request("r2", changed), request("r3", raises)
     assert alone._run is not None and touched._run is None and failed._run is None
+    elsewhere = starter.start("POST /score", None, SpanKind.SERVER, {"sluice.request_id": "r4"})
+    worker = threading.Thread(target=elsewhere.run_inside, args=(lambda: None,))  # a run() on a
+    worker.start()  # worker thread may end after its request did: it ends as a span
+    worker.join()
+    elsewhere.end()
+    assert elsewhere._run is None
     seen["plain"].set_attribute("late", 1)  # refused: it ended with run()
     assert not seen["plain"].is_recording()
     provider.shutdown()  # the writer writes what it was sent, and ends
     spans = list(read_spans(tmp_path))
-    assert len(spans) == 6
+    assert len(spans) == 8
     runs = {s["parent_id"]: s for s in spans if s["name"] == "run"}
     requests = {s["attributes"]["sluice.request_id"]: s for s in spans if s["name"] != "run"}
     run = runs[requests["r1"]["span_id"]]
@@ -192,5 +199,6 @@ def test_a_run_span_the_script_left_alone_ships_with_its_request_s(tmp_path: Pat
     assert run["attributes"] == {} and run["events"] == [] and run["status"] == "UNSET"
     assert requests["r1"]["start"] <= run["start"] <= run["end"] <= requests["r1"]["end"]
     assert runs[requests["r2"]["span_id"]]["attributes"] == {"model.rows": 3}
+    assert requests["r4"]["span_id"] in runs
     third = runs[requests["r3"]["span_id"]]
     assert third["status"] == "ERROR" and third["events"][0]["name"] == "exception"

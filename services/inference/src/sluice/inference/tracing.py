@@ -38,6 +38,7 @@ import traceback
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import Token
 from random import getrandbits
+from threading import get_ident
 from time import time_ns
 from typing import Any
 
@@ -299,8 +300,11 @@ class LeanSpan(trace.Span, ReadableSpan):
         that nothing changed (no attribute, event, link, name or status from the script, no
         exception) is not a span in the batch: its id and times ride on this, its request's
         span (`_run`), and the writer writes its line (trace_files `run_span`). A traced
-        request then ends one span object where it ended two (bench/README.md, tracing)."""
-        if run._changed or not self._starter.pairs:
+        request then ends one span object where it ended two (bench/README.md, tracing).
+        Only on the thread that ends the request's span (the event loop's): a run() on a
+        worker thread may end after its request did (it timed out), and ends as a span."""
+        starter = self._starter
+        if run._changed or not starter.pairs or get_ident() != starter.thread:
             run.end()
             return
         end = run._end_time = time_ns()  # ended: a late change is refused, as after end()
@@ -461,6 +465,7 @@ class SpanStarter:
             self.hold = self.processor.add
         # Spans shipped to a writer process: a request's span carries its plain run() span.
         self.pairs = isinstance(self.processor, ShippingProcessor)
+        self.thread = get_ident()  # the server's event loop's, which ends requests' spans
         self._ids = tracer.id_generator
         self._random = type(self._ids) is RandomIdGenerator
         self.info = tracer.instrumentation_info
