@@ -48,7 +48,8 @@ SpanTuple = tuple[
 # What a writer process is sent per span: its `SpanTuple`, or a request's span's followed by
 # the id, start and end of its run() span when that span ships with it (`run_span`).
 Shipped = tuple[Any, ...]
-PAIR = 15
+SPAN_FIELDS = 12  # the values of a `SpanTuple`
+PAIR = SPAN_FIELDS + 3
 
 
 def shipped(span: ReadableSpan) -> Shipped:
@@ -63,7 +64,7 @@ def run_span(pair: Shipped) -> SpanTuple:
     """The run() span that shipped with its request's span: its child, named "run", with
     no attributes, events, links or status of its own (one with any ships by itself)."""
     trace_id, request_span_id = pair[0], pair[1]
-    span_id, start, end = pair[12:PAIR]
+    span_id, start, end = pair[SPAN_FIELDS:PAIR]
     return (trace_id, span_id, request_span_id, "run", "INTERNAL", start, end, "UNSET",
             None, None, None, None)  # fmt: skip
 
@@ -178,7 +179,7 @@ class SpanLines:
     def line(self, fields: Shipped) -> bytes:
         """A span's line, or a request's span's and its run() span's lines (`run_span`)."""
         if len(fields) == PAIR:
-            return self.line(fields[:12]) + self.line(run_span(fields))
+            return self.line(fields[:SPAN_FIELDS]) + self.line(run_span(fields))
         trace_id, span_id, parent_id, name, kind, start, end, status = fields[:8]
         message, attributes, events, links = fields[8:]
         if events or links or start is None or end is None:

@@ -293,7 +293,7 @@ class DataCollector(_Queue):
     def close(self) -> None:
         """Write what is queued and close the open files as Parquet."""
         self.flush()
-        if (self.written, self.dropped) != self._shown:
+        if self._stats_behind():
             self._write_stats()
         self._to_parquet(list(self._current.values()))
         self._current.clear()
@@ -306,7 +306,7 @@ class DataCollector(_Queue):
     def flush(self) -> None:
         """Write every queued record (none: the feed is idle, the stats file catches up)."""
         if not self._queue:
-            if (self.written, self.dropped) != self._shown:
+            if self._stats_behind():
                 self._write_stats()
             return
         if time.monotonic() - self._scanned_at > RESCAN_S:
@@ -505,6 +505,10 @@ class DataCollector(_Queue):
                     used += path.stat().st_size
         self._used = used
         self._scanned_at = time.monotonic()
+
+    def _stats_behind(self) -> bool:
+        """Whether the counts differ from what the stats file shows."""
+        return (self.written, self.dropped) != self._shown
 
     def _write_stats(self) -> None:
         self._stats_at, self._shown = time.monotonic(), (self.written, Counter(self.dropped))
