@@ -1,5 +1,6 @@
 """`python -m sluice.provisioner`: load settings, configure logging, serve."""
 
+import sluice.common  # noqa: F401  (first: turns gRPC's fork handlers off)
 from sluice.common.log import configure_logging
 from sluice.common.runtime import run
 from sluice.common.settings import Settings
