@@ -583,7 +583,9 @@ class JobRunner:
                     f"{progress.files_failed} files failed, more than error_threshold={threshold}; "
                     f"first: mini-batch {first.mini_batch} ({names}): {first.exception}"
                 )
-            if len(self.results) >= total:
+            # From the same snapshot as the threshold's test: results that came during the
+            # store's update are judged on the next pass, not completed unseen.
+            if progress.mini_batches_done + progress.mini_batches_failed >= total:
                 return JobState.completed
             current = await self.ctx.store.get(self.job.name)
             if current is not None and current.cancel_requested:
