@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from concurrent import futures
 
@@ -61,6 +62,22 @@ def _check(channel: grpc.Channel, go: threading.Event) -> health_pb2.HealthCheck
         )
     finally:
         channel.unsubscribe(on_state)
+        _await_poller_stopped(channel)
+
+
+def _await_poller_stopped(channel: grpc.Channel) -> None:
+    """Wait for grpcio's connectivity-polling thread to notice nobody listens any more.
+
+    That thread wakes every 0.2 s; closing the channel in the moment it is between two
+    waits makes it raise "Cannot monitor channel state: Channel closed!" (grpcio's race,
+    seen as an unhandled-thread warning in a later test). grpcio offers no public way to
+    wait for it, hence the private attribute.
+    """
+    state = channel._connectivity_state  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 5
+    while state.polling and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not state.polling, "grpcio's connectivity poller did not stop"
 
 
 def test_a_read_reaches_a_server_that_starts_a_moment_later(
