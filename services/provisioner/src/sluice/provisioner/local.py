@@ -1,8 +1,9 @@
 """Compute backend `local`: each instance is an inference-server process on a loopback port.
 
-The instance type maps to worker processes (its vCPUs, at most the machine's
-and at most max_concurrent_requests) and to a memory ceiling the provisioner
-enforces by replacing an instance whose resident memory exceeds it.
+An instance runs one worker process, as Azure's inference server does, or the number
+Azure's own `WORKER_COUNT` environment variable asks for (at most its instance type's
+vCPUs); the instance type's memory is a ceiling the provisioner enforces by replacing
+an instance whose resident memory exceeds it.
 """
 
 from __future__ import annotations
