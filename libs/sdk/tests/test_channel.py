@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from concurrent import futures
 
@@ -13,6 +12,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from sluice.common.supervisor import free_port
 from sluice.sdk.channel import read_methods, retrying_channel
+from sluice.testing.wait import wait_for
 from sluice.v1 import batch_pb2
 
 CHECK = {"service": "grpc.health.v1.Health", "method": "Check"}
@@ -74,10 +74,7 @@ def _await_poller_stopped(channel: grpc.Channel) -> None:
     wait for it, hence the private attribute.
     """
     state = channel._connectivity_state  # type: ignore[attr-defined]
-    deadline = time.monotonic() + 5
-    while state.polling and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert not state.polling, "grpcio's connectivity poller did not stop"
+    wait_for(lambda: not state.polling, "grpcio's connectivity poller to stop", deadline=5)
 
 
 def test_a_read_reaches_a_server_that_starts_a_moment_later(
