@@ -158,7 +158,12 @@ async def test_kubernetes_reports_like_local_and_cleans_up(
     # Autoscaling switched off: the autoscaler goes, the count is the spec's again.
     await mongo_db[ONLINE_DEPLOYMENTS].replace_one(
         {"_id": KEY},
-        to_document(OnlineDeploymentDoc(spec=spec(instance_count=1), meta=Meta(version=2)), KEY),
+        to_document(
+            OnlineDeploymentDoc(
+                spec=spec(instance_count=1), meta=doc.meta.model_copy(update={"version": 2})
+            ),
+            KEY,
+        ),
     )
     cluster.complete = False
     await worker.converge()
@@ -190,3 +195,49 @@ async def test_kubernetes_reports_like_local_and_cleans_up(
         "deployment.ready",
         "instance.stopped",
     ]
+
+
+async def test_a_deployment_deleted_and_created_again_runs_the_new_spec(
+    mongo_db: AsyncDatabase[Document], nats_broker: NatsBroker, sluice_settings: Settings
+) -> None:
+    """Deleted and created again under the same name before the worker saw the delete: the
+    new document is version 1 as the old one was, and must not be taken for it."""
+    cluster = StandInCluster()
+    publisher = EventPublisher(
+        nats_broker,
+        source="sluice/provisioner",
+        subject_prefix=sluice_settings.events_subject_prefix,
+        stream=sluice_settings.events_stream,
+    )
+    ctx = Context(
+        store=ProvisionerStore(mongo_db, Outbox(mongo_db, publisher)),
+        backends={ComputeKind.kubernetes: KubernetesCompute(cluster, RoutingView())},  # type: ignore[arg-type]
+    )
+
+    def env_of_applied() -> dict[str, str]:
+        container = cluster.objects["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+        return {e["name"]: e.get("value", "") for e in container["env"]}
+
+    old = OnlineDeploymentDoc(spec=spec(environment_variables={"MODEL": "old"}), meta=Meta())
+    await mongo_db[ONLINE_DEPLOYMENTS].insert_one(to_document(old, KEY))
+    worker = DeploymentWorker(KEY, ctx)
+    await worker.converge()
+    cluster.run_pods(2, ready=True)
+    await worker.converge()
+    assert (await stored(mongo_db)).meta.provisioning_state is ProvisioningState.succeeded
+    assert env_of_applied()["MODEL"] == "old"
+
+    new = OnlineDeploymentDoc(spec=spec(environment_variables={"MODEL": "new"}), meta=Meta())
+    assert new.meta.version == old.meta.version and new.meta.created_at != old.meta.created_at
+    await mongo_db[ONLINE_DEPLOYMENTS].delete_one({"_id": KEY})
+    await mongo_db[ONLINE_DEPLOYMENTS].insert_one(to_document(new, KEY))
+
+    await worker.converge()  # the old deployment's objects go first
+    assert cluster.objects == {}
+    await worker.converge()  # then the new one is applied, and reported as a new one
+    assert env_of_applied()["MODEL"] == "new"
+    assert (await stored(mongo_db)).meta.provisioning_state is ProvisioningState.provisioning
+    cluster.run_pods(2, ready=True)
+    await worker.converge()
+    assert (await stored(mongo_db)).meta.provisioning_state is ProvisioningState.succeeded
+    assert not worker.done

@@ -17,6 +17,7 @@ import contextlib
 import functools
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -48,6 +49,10 @@ class DeploymentWorker:
         self._reporter = Reporter(key, ctx.store)
         self._kind = kind
         self._compute: DeploymentCompute | None = None
+        # The creation time of the document `_compute` runs: a deployment deleted and
+        # created again under the same name starts again at version 1, so its versions
+        # cannot tell the two apart (None: adopted at start, or nothing built yet).
+        self._created_at: datetime | None = None
         if kind is not None:
             self._compute = ctx.backends[kind].deployment(key)
         self._wake = asyncio.Event()
@@ -92,8 +97,10 @@ class DeploymentWorker:
     async def converge(self) -> None:
         """One pass."""
         doc = await self._ctx.store.deployment(self.key)
-        if doc is None or self._kind not in (None, doc.spec.kind):
-            await self._remove()  # deleted (or moved to another kind of compute)
+        if doc is None or self._kind not in (None, doc.spec.kind) or self._recreated(doc):
+            # Deleted, moved to another kind of compute, or deleted and created again: what
+            # runs goes first (over several passes), then the new document gets a compute.
+            await self._remove()
             return
         compute = self._compute_for(doc)
         await self._reporter.starting(doc)
@@ -103,9 +110,17 @@ class DeploymentWorker:
 
     def _compute_for(self, doc: OnlineDeploymentDoc) -> DeploymentCompute:
         if self._compute is None:
+            if self._created_at not in (None, doc.meta.created_at):
+                # A new deployment of the same name: its versions start again at 1.
+                self._reporter = Reporter(self.key, self._ctx.store)
             self._kind = doc.spec.kind
             self._compute = self._ctx.backends[doc.spec.kind].deployment(self.key)
+        self._created_at = doc.meta.created_at
         return self._compute
+
+    def _recreated(self, doc: OnlineDeploymentDoc) -> bool:
+        """`doc` is not the document the compute was built for but a new one of that name."""
+        return self._compute is not None and self._created_at not in (None, doc.meta.created_at)
 
     async def _remove(self) -> None:
         if self._compute is not None:
