@@ -70,6 +70,24 @@ async def test_connect_failures_are_retried_on_another_instance(
     assert [traffic.score("retry", KEY)[0] for _ in range(30)] == [200] * 30
 
 
+async def test_a_request_that_crashes_every_instance_gets_502(
+    traffic: Traffic, world: World, upstreams: Callable[[str], Upstream]
+) -> None:
+    first, second = upstreams("crash-1"), upstreams("crash-2")
+    await world.deployment("crash", "blue", [first.address, second.address])
+    await world.endpoint("crash", traffic={"blue": 100})
+    eventually(lambda: traffic.score("crash", KEY)[0], lambda s: s == 200)
+    first.behaviour = second.behaviour = Behaviour(crash=True)
+
+    status, _, body = traffic.score("crash", KEY)
+    assert status == 502, (status, body)
+    assert "crashed or closed the connection" in json.loads(body)["message"]
+
+    # One instance crashing on a request (the other answers): the client never sees it.
+    first.behaviour = Behaviour()
+    assert [traffic.score("crash", KEY)[0] for _ in range(10)] == [200] * 10
+
+
 async def test_mirror_copies_a_share_of_unpinned_requests(
     traffic: Traffic, world: World, upstreams: Callable[[str], Upstream]
 ) -> None:

@@ -74,6 +74,7 @@ Headers = list[tuple[str, str]]
 class Behaviour:
     status: int = 200
     delay_s: float = 0.0
+    crash: bool = False  # close the connection without an answer, as a crashed server does
 
 
 class Upstream:
@@ -116,6 +117,9 @@ class Upstream:
                     )
                     upstream.bodies.append(body)
                 behaviour = upstream.behaviour
+                if behaviour.crash:
+                    self.close_connection = True
+                    return
                 if behaviour.delay_s:
                     time.sleep(behaviour.delay_s)
                 payload = {"deployment": upstream.name, "path": self.path, "body": body.decode()}

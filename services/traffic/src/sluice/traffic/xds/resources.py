@@ -390,11 +390,13 @@ def _filters(auth: KeyAuth | TokenAuth | None) -> dict[str, any_pb2.Any]:
 
 @functools.cache
 def _retry_policy() -> route_components_pb2.RetryPolicy:
-    """Retry what never reached a model on another instance: a failed connect, a reset or
-    refused stream, and the inference server's refusal before processing (a draining or
-    not-yet-ready server marks its 503 with NOT_PROCESSED_HEADER; no other answer is retried, so a
-    model never runs a request twice because of the gateway). Shared by every route (a
-    message field set from it is a copy): never modify it."""
+    """Retry on another instance what got no answer: a failed connect, a refused stream, the
+    inference server's refusal before processing (a draining or not-yet-ready server marks
+    its 503 with NOT_PROCESSED_HEADER) and a connection reset before the answer began. The
+    last is what a crashed instance leaves its requests in flight (auto-recovery fails no
+    request: tests/chaos), at a price: a request that itself crashes the server is tried on
+    up to two more instances before the client gets 502. No answer the model gave is
+    retried. Shared by every route (a message field set from it is a copy): never modify it."""
     return route_components_pb2.RetryPolicy(
         retry_on="connect-failure,reset,refused-stream,retriable-headers",
         retriable_headers=[
@@ -795,6 +797,13 @@ def local_replies(limits: Limits) -> hcm_pb2.LocalReplyConfig:
                 f"{limits.max_request_bytes} bytes",
             ),
             _mapper(["UH"], None, 503, "no ready instance of this deployment (yet)"),
+            # The connection closed (a crash) or the answer was not HTTP, on every try.
+            _mapper(
+                ["UC", "UPE"],
+                None,
+                502,
+                "the model server crashed or closed the connection before answering",
+            ),
         ],
         body_format=_json_body(),
     )
