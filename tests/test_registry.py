@@ -216,6 +216,55 @@ async def test_racing_updates_in_parallel_lose_nothing(
     assert sum(results) == 1
 
 
+async def test_a_deployment_delete_racing_a_traffic_change_leaves_no_route_to_nothing(
+    registry: RunningService, examples: Path
+) -> None:
+    """Delete blue while another client moves all traffic to it: one of the two must lose.
+    Both winning would leave the endpoint sending 100% to a deployment that is gone."""
+    token = registry.settings.admin_token
+    assert token
+    with RegistryClient(registry.address, token) as client:
+        create_blue(client, examples)
+        green = load_online_deployment(
+            examples / "online/green-deployment.yml", client.upload, name="green"
+        ).spec
+        client.create_online_deployment(green)
+        client.set_traffic("my-endpoint", {"green": 100})
+        blue = client.get_online_deployment("my-endpoint", "blue").spec
+
+    def shift() -> str:
+        with RegistryClient(registry.address, token) as c:
+            try:
+                c.set_traffic("my-endpoint", {"blue": 100, "green": 0})
+                return "shifted"
+            except SluiceError as exc:
+                assert exc.code == "INVALID_ARGUMENT" and "does not exist" in str(exc), exc
+                return "refused"
+
+    def delete() -> str:
+        with RegistryClient(registry.address, token) as c:
+            try:
+                c.delete_online_deployment("my-endpoint", "blue")
+                return "deleted"
+            except SluiceError as exc:
+                assert exc.code == "FAILED_PRECONDITION", exc
+                return "refused"
+
+    outcomes = set()
+    with RegistryClient(registry.address, token) as client:
+        for _ in range(12):
+            results = await asyncio.gather(asyncio.to_thread(shift), asyncio.to_thread(delete))
+            outcomes.add(tuple(results))
+            traffic = client.get_online_endpoint("my-endpoint").doc.spec.traffic
+            names = {d.spec.name for d in client.list_online_deployments("my-endpoint")}
+            assert set(traffic) <= names, (results, traffic, names)
+            if "blue" in names:
+                client.set_traffic("my-endpoint", {"blue": 0, "green": 100})
+                client.delete_online_deployment("my-endpoint", "blue")
+            client.create_online_deployment(blue)
+    assert outcomes <= {("shifted", "refused"), ("refused", "deleted")}, outcomes
+
+
 def test_credentials_and_key_rotation(client: RegistryClient, examples: Path) -> None:
     create_blue(client, examples)
     first = client.get_credentials("my-endpoint")

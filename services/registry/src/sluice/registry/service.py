@@ -404,15 +404,26 @@ class RegistryService:
         return await _with_retries(expected_version, attempt)
 
     async def delete_online_deployment(self, endpoint_name: str, name: str, actor: str) -> None:
-        endpoint = await self.get_online_endpoint(endpoint_name)
-        deployment = await self.get_online_deployment(endpoint_name, name)
-        domain.check_deletable(name, endpoint.spec.traffic, endpoint.spec.mirror_traffic)
-        async with self._store.transaction() as tx:
-            await tx.online_deployments.delete(deployment_id(endpoint_name, name))
-            data = ev.DeploymentChanged(
-                name=name, endpoint=endpoint_name, version=deployment.meta.version
-            )
-            tx.emit(ev.DEPLOYMENT_DELETED, data, subject=_subject(deployment), actor=actor)
+        async def attempt() -> None:
+            endpoint = await self.get_online_endpoint(endpoint_name)
+            deployment = await self.get_online_deployment(endpoint_name, name)
+            domain.check_deletable(name, endpoint.spec.traffic, endpoint.spec.mirror_traffic)
+            async with self._store.transaction() as tx:
+                await tx.online_deployments.delete(deployment_id(endpoint_name, name))
+                # The endpoint is written too, on the version whose traffic was checked: a
+                # traffic change racing this delete (one that gives the deployment a share)
+                # then conflicts with it, and whichever loses sees the other's outcome.
+                await tx.online_endpoints.replace(
+                    endpoint_name,
+                    endpoint.model_copy(update={"meta": _bump(endpoint.meta)}),
+                    expected_version=endpoint.meta.version,
+                )
+                data = ev.DeploymentChanged(
+                    name=name, endpoint=endpoint_name, version=deployment.meta.version
+                )
+                tx.emit(ev.DEPLOYMENT_DELETED, data, subject=_subject(deployment), actor=actor)
+
+        await _with_retries(None, attempt)
         log.info("deployment_deleted", endpoint=endpoint_name, deployment=name, actor=actor)
 
     # ---- batch endpoints ------------------------------------------------------------------
