@@ -90,6 +90,20 @@ def test_create_show_list_and_traffic(cli: Cli) -> None:
     assert isinstance(keys, dict) and keys["primaryKey"] != keys["secondaryKey"]
 
 
+def test_all_traffic_goes_only_to_a_deployment_that_succeeded(cli: Cli) -> None:
+    cli("online-endpoint", "create", "-f", "endpoint.yml")
+    cli("online-deployment", "create", "-f", "blue-deployment.yml", "--no-wait")
+    cli("online-endpoint", "update", "-n", "my-endpoint", "--traffic", "blue=100")
+    green = ("online-deployment", "create", "-f", "green-deployment.yml", "--all-traffic")
+    assert "cannot be used with --no-wait" in cli.error(*green, "--no-wait")
+    listed = cli.json("online-deployment", "list", "-e", "my-endpoint")
+    assert isinstance(listed, list) and [d["name"] for d in listed] == ["blue"]
+    # No provisioner runs here: green is stored, Creating, and gets no traffic.
+    assert "traffic of my-endpoint was not moved: green is Creating" in cli.error(*green)
+    endpoint = cli.json("online-endpoint", "show", "-n", "my-endpoint")
+    assert isinstance(endpoint, dict) and endpoint["traffic"] == {"blue": 100}
+
+
 def test_generic_update_arguments_as_az(cli: Cli) -> None:
     """`--set/--add/--remove` on update commands, by name, as Azure's scripts write them."""
     cli("online-endpoint", "create", "-f", "endpoint.yml")

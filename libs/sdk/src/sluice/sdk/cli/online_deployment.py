@@ -115,6 +115,11 @@ def create(
     if local:
         local_cmds.create(optional_path(file), set_, name, endpoint_name, output)
         return
+    if all_traffic and no_wait:  # as az ml: traffic moves only to a deployment that is up
+        raise CliError(
+            "--all-traffic moves traffic once the deployment has succeeded, so it cannot be "
+            "used with --no-wait; drop one of them"
+        )
     with registry() as client:
         loaded = load_online_deployment(
             optional_path(file), client.upload, set_, name=name, endpoint_name=endpoint_name
@@ -122,15 +127,19 @@ def create(
         warn(loaded.warnings)
         doc = client.create_online_deployment(loaded.spec)
         doc = _finish(client, doc, no_wait, "Created")
-        if all_traffic:
-            current = client.get_online_endpoint(doc.spec.endpoint_name).doc.spec.traffic
-            client.set_traffic(
-                doc.spec.endpoint_name, {name: 0 for name in current} | {doc.spec.name: 100}
-            )
-            err_console.print(
-                f"All traffic of {doc.spec.endpoint_name} now goes to {doc.spec.name}."
-            )
+        endpoint, created = doc.spec.endpoint_name, doc.spec.name
+        moved = all_traffic and doc.meta.provisioning_state is ProvisioningState.succeeded
+        if moved:
+            current = client.get_online_endpoint(endpoint).doc.spec.traffic
+            client.set_traffic(endpoint, {name: 0 for name in current} | {created: 100})
+            err_console.print(f"All traffic of {endpoint} now goes to {created}.")
     show_one(doc, output)
+    if all_traffic and not moved:
+        raise CliError(
+            f"traffic of {endpoint} was not moved: {created} is "
+            f"{doc.meta.provisioning_state.value}, not Succeeded; once it is: "
+            f"sluice online-endpoint update -n {endpoint} --traffic '{created}=100 ...'"
+        )
 
 
 @app.command()
