@@ -13,6 +13,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 import sluice.sdk.client
 from sluice.common.resources import AuthMode, OnlineEndpointSpec, ProvisioningState
+from sluice.sdk import azure_views
 from sluice.sdk.client import RegistryClient, SluiceError
 from sluice.sdk.specs import load_online_deployment, load_online_endpoint
 from sluice.testing.plugin import RunningService, ServiceStarter
@@ -293,6 +294,11 @@ def test_tokens_verify_against_the_published_jwks(client: RegistryClient) -> Non
         issuer="sluice-registry",
     )
     assert claims["sub"] == "tester"
+    # `get-credentials -o json` as Azure's: the token's times in seconds since the epoch,
+    # a refresh due before it expires.
+    shown = azure_views.credentials(creds)
+    assert shown["expiryTimeUtc"] == claims["exp"]
+    assert claims["iat"] < shown["refreshAfterTimeUtc"] < claims["exp"]
     with pytest.raises(jwt.InvalidAudienceError):
         jwt.decode(
             creds.access_token,

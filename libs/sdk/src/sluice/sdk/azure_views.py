@@ -11,6 +11,7 @@ names Azure does not use: `instances`, and `properties["sluice.*"]`.
 from __future__ import annotations
 
 import hashlib
+from datetime import datetime
 from typing import Any
 
 from sluice.common.assets import AssetKind, AssetRef, ReferenceError_, parse_reference
@@ -227,8 +228,17 @@ def batch_deployment(doc: BatchDeploymentDoc) -> dict[str, Any]:
 
 
 def credentials(creds: Credentials) -> dict[str, Any]:
-    """`get-credentials`: Azure's camelCase keys."""
+    """`get-credentials`: Azure's camelCase keys; a token's times as Azure's numbers
+    (seconds since the epoch, as the workspace REST API gives them)."""
     if creds.auth_mode is AuthMode.key:
         return {"primaryKey": creds.primary_key, "secondaryKey": creds.secondary_key}
-    expiry = creds.expiry_time.isoformat() if creds.expiry_time else ""
-    return {"accessToken": creds.access_token, "tokenType": "Bearer", "expiryTimeUtc": expiry}
+
+    def epoch(at: datetime | None) -> int | None:
+        return int(at.timestamp()) if at is not None else None
+
+    return {
+        "accessToken": creds.access_token,
+        "tokenType": "Bearer",
+        "expiryTimeUtc": epoch(creds.expiry_time),
+        "refreshAfterTimeUtc": epoch(creds.refresh_after_time),
+    }

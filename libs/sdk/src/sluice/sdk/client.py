@@ -13,7 +13,7 @@ import getpass
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -95,6 +95,12 @@ class Credentials:
     secondary_key: str = ""
     access_token: str = ""
     expiry_time: datetime | None = None
+    refresh_after_time: datetime | None = None  # when a client should fetch a new token
+
+
+def _utc(message: Message, field: str) -> datetime | None:
+    """A Timestamp field as an aware UTC datetime; None when unset."""
+    return getattr(message, field).ToDatetime(tzinfo=UTC) if message.HasField(field) else None
 
 
 def _doc(message: Message, model: type[M]) -> M:
@@ -302,7 +308,8 @@ class RegistryClient:
             primary_key=msg.primary_key,
             secondary_key=msg.secondary_key,
             access_token=msg.access_token,
-            expiry_time=msg.expiry_time.ToDatetime() if msg.HasField("expiry_time") else None,
+            expiry_time=_utc(msg, "expiry_time"),
+            refresh_after_time=_utc(msg, "refresh_after_time"),
         )
 
     def regenerate_key(self, name: str, key_type: str) -> OnlineEndpoint:
