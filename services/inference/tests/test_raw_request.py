@@ -174,3 +174,13 @@ def test_aml_response_as_azure_builds_it() -> None:
     assert (b"content-type", b"image/jpeg") in encode(image).headers
     image.content_type = "image/png"
     assert (b"content-type", b"image/png") in encode(image).headers
+
+
+def test_a_tuple_sets_the_status_only_when_it_reads_as_one() -> None:
+    assert encode(({"error": "bad"}, 400)).status == 400
+    with_headers = encode(("made", 201, {"x-a": "1"}))
+    assert with_headers.status == 201 and (b"x-a", b"1") in with_headers.headers
+    # Not an HTTP status, or no headers in third place: the tuple is the answer's data.
+    for data in (("cat", 1), ("cat", True), ("cat", 87), ("cat", 200, 0.5), ("cat", 1000)):
+        reply = encode(data)
+        assert reply.status == 200 and json.loads(reply.body) == list(data), data

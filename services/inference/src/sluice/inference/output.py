@@ -42,7 +42,7 @@ def json_reply(status: int, value: Any) -> Reply:
 
 def encode(value: Any) -> Reply:
     """The reply for run()'s return value; raises `NotSerializable`."""
-    if isinstance(value, tuple) and len(value) in (2, 3) and isinstance(value[1], int):
+    if _is_status_tuple(value):
         inner = encode(value[0])
         headers = inner.headers + (_headers_from(value[2]) if len(value) == 3 else [])
         return Reply(value[1], headers, inner.body)
@@ -57,6 +57,17 @@ def encode(value: Any) -> Reply:
         raise NotSerializable(
             f"run() returned a {type(value).__name__}, which has no JSON form: {exc}"
         ) from exc
+
+
+def _is_status_tuple(value: Any) -> bool:
+    """`(body, status)` or `(body, status, headers)`, as Flask reads a view's return; any
+    other tuple (`(label, 1)`, `(x, True)`) is data, JSON-encoded as a list."""
+    if not isinstance(value, tuple) or len(value) not in (2, 3):
+        return False
+    status = value[1]
+    if type(status) is not int or not 100 <= status <= 599:
+        return False
+    return len(value) == 2 or isinstance(value[2], dict | list | tuple)
 
 
 def _as_response(value: Any) -> Reply | None:
