@@ -151,3 +151,27 @@ def test_scale_to_zero_is_refused_on_kubernetes() -> None:
         domain.check_online_deployment(spec, endpoint)
     one = spec.model_copy(update={"scale_settings": ScaleSettings(min_instances=1)})
     domain.check_online_deployment(one, endpoint)
+
+
+def test_request_timeout_caps_are_azures_per_compute() -> None:
+    """180 s on managed endpoints, 300 s on Kubernetes ones (Azure's limits)."""
+    k8s = OnlineEndpointSpec(name="k8s-endpoint", kind=ComputeKind.kubernetes, compute="cluster")
+    spec = OnlineDeploymentSpec(
+        name="blue",
+        endpoint_name="k8s-endpoint",
+        kind=ComputeKind.kubernetes,
+        model=ModelRef(registered="m:1"),
+    )
+
+    def timed(base: OnlineDeploymentSpec, ms: int) -> OnlineDeploymentSpec:
+        settings = base.request_settings.model_copy(update={"request_timeout_ms": ms})
+        return base.model_copy(update={"request_settings": settings})
+
+    domain.check_online_deployment(timed(spec, 300_000), k8s)
+    with pytest.raises(InvalidArgument, match="between 1 and 300000"):
+        domain.check_online_deployment(timed(spec, 300_001), k8s)
+    managed = OnlineEndpointSpec(name="endpoint")
+    plain = spec.model_copy(update={"kind": ComputeKind.managed, "endpoint_name": "endpoint"})
+    domain.check_online_deployment(timed(plain, 180_000), managed)
+    with pytest.raises(InvalidArgument, match="between 1 and 180000"):
+        domain.check_online_deployment(timed(plain, 300_000), managed)

@@ -20,7 +20,7 @@ from sluice.common.platform import PlatformState
 from sluice.sdk.client import RegistryClient, SluiceError
 
 DEPLOYMENT_HEADER = "azureml-model-deployment"
-DEFAULT_TIMEOUT_S = 200.0  # above Azure's longest request_timeout_ms (180 s)
+DEFAULT_TIMEOUT_S = 320.0  # above Azure's longest request_timeout_ms (300 s, Kubernetes)
 
 Headers = list[tuple[str, str]]
 

@@ -20,7 +20,8 @@ from sluice.common.resources import (
 
 NAME_RE = re.compile(r"^[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?$")
 MAX_MIRROR_PERCENT = 50
-MAX_REQUEST_TIMEOUT_MS = 180_000
+MAX_REQUEST_TIMEOUT_MS = 180_000  # Azure's managed deployments
+MAX_KUBERNETES_REQUEST_TIMEOUT_MS = 300_000  # Azure's Kubernetes deployments
 MAX_INSTANCES = 100
 MAX_CONCURRENT_REQUESTS = 1000
 # Free text stays small enough that a page of a listing fits gRPC's 4 MB message cap.
@@ -198,7 +199,12 @@ def check_online_deployment(spec: OnlineDeploymentSpec, endpoint: OnlineEndpoint
         )
     _check_range("instance_count", spec.instance_count, 1, MAX_INSTANCES)
     rs = spec.request_settings
-    _check_range("request_settings.request_timeout_ms", rs.request_timeout_ms, 1, 180_000)
+    timeout_cap = (
+        MAX_KUBERNETES_REQUEST_TIMEOUT_MS
+        if spec.kind is ComputeKind.kubernetes
+        else MAX_REQUEST_TIMEOUT_MS
+    )
+    _check_range("request_settings.request_timeout_ms", rs.request_timeout_ms, 1, timeout_cap)
     _check_range(
         "request_settings.max_concurrent_requests_per_instance",
         rs.max_concurrent_requests_per_instance,
