@@ -162,7 +162,7 @@ def test_failures_say_why(local_platform: PlatformState, trained_examples: Path)
     assert "environment build failed" in bad_env.stderr
     assert "sluice-no-such-package-anywhere" in bad_env.stderr
     build_log = cli.ok("online-deployment", "get-logs", "-n", "green", "-e", endpoint,
-                       "--container", "storage-initializer")  # fmt: skip
+                       "-c", "storage-initializer")  # fmt: skip
     assert "sluice-no-such-package-anywhere" in build_log.stdout
 
 

@@ -69,6 +69,7 @@ def test_create_show_list_and_traffic(cli: Cli) -> None:
     assert "it is Creating (--no-wait)" in created.stderr
     shown = cli.json("online-deployment", "show", "-n", "blue", "-e", "my-endpoint")
     assert isinstance(shown, dict) and shown["provisioning_state"] == "Creating"
+    assert shown["scale_settings"] == {"type": "default"}  # as Azure shows it
     cli("online-deployment", "create", "-f", "green-deployment.yml", "--no-wait")
     cli("online-endpoint", "update", "-n", "my-endpoint", "--set", "traffic.blue=100")
     endpoint = cli.json(

@@ -25,6 +25,7 @@ from sluice.common.resources import (
     ModelRef,
     OnlineDeployment,
     Probe,
+    ScaleSettings,
 )
 from sluice.sdk.client import BatchEndpoint, Credentials, OnlineEndpoint
 
@@ -153,7 +154,7 @@ def online_deployment(doc: OnlineDeployment) -> dict[str, Any]:
             "request_timeout_ms": rs.request_timeout_ms,
         },
         "resourceGroup": RESOURCE_GROUP,
-        "scale_settings": spec.scale_settings.model_dump(mode="json"),
+        "scale_settings": _scale_settings(spec.scale_settings),
         "tags": dict(spec.tags),
         "type": spec.kind.value,
     }
@@ -225,6 +226,19 @@ def batch_deployment(doc: BatchDeploymentDoc) -> dict[str, Any]:
     if s.output_action.value == "append_row":
         out["output_file_name"] = s.output_file_name
     return out
+
+
+def _scale_settings(s: ScaleSettings) -> dict[str, Any]:
+    """As Azure shows them: `{"type": "default"}`, or the target_utilization fields."""
+    if s.type == "default":
+        return {"type": "default"}
+    return {
+        "type": s.type,
+        "min_instances": s.min_instances,
+        "max_instances": s.max_instances,
+        "target_utilization_percentage": s.target_utilization_percentage,
+        "polling_interval": s.polling_interval_s,
+    }
 
 
 def credentials(creds: Credentials) -> dict[str, Any]:

@@ -241,7 +241,7 @@ def get_logs_(
     endpoint_name: str = typer.Option(..., "--endpoint-name", "-e"),
     lines: int = typer.Option(0, "--lines", "-l", help="last N lines (default 200)"),
     container: str = typer.Option(
-        "inference-server", "--container", help="inference-server or storage-initializer"
+        "inference-server", "--container", "-c", help="inference-server or storage-initializer"
     ),
     local: bool = LocalOption,
 ) -> None:
