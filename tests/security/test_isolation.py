@@ -78,3 +78,5 @@ def test_score_py_finds_no_platform_secret_and_no_other_deployments_files(
     assert found["envoy_admin"] == "denied"  # a Unix socket in a private folder
     if os.geteuid() == 0:  # the platform can switch users: each deployment runs as its own
         assert pwd.getpwuid(found["uid"]).pw_name == user_name(ENDPOINT, "attacker")
+        # ...and owns nothing on the way to its copies and HOME, where root works for it.
+        assert found["workspace"] == {"artifacts": "denied", "home": "denied", "planted": "denied"}

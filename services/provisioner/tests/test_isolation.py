@@ -23,6 +23,8 @@ from sluice.common.isolation import (
     collector_folder,
     harden_state_dir,
     instance_env,
+    make_platform_dir,
+    make_private_dir,
     private_copy,
     reachable_by_others,
     remove_account,
@@ -95,6 +97,22 @@ def test_private_copy_refuses_links_out_of_the_folder(tmp_path: Path) -> None:
     with pytest.raises(IsolationError, match=r"code/sub/key links outside code"):
         private_copy(source, tmp_path / "refused", me)
     assert not (tmp_path / "refused").exists()
+
+
+def test_folders_root_works_in_are_never_followed_through_a_link(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere"
+    target.mkdir(mode=0o755)
+    me = Account("me", os.geteuid(), os.getegid())
+    for make in (lambda p: make_private_dir(p, me), make_platform_dir):
+        planted = tmp_path / "workspace" / "artifacts"
+        planted.parent.mkdir(exist_ok=True)
+        planted.symlink_to(target)
+        with pytest.raises(IsolationError, match="not a folder"):
+            make(planted)
+        assert mode(target) == 0o755  # chmod did not reach through the link
+        planted.unlink()
+    assert mode(make_platform_dir(tmp_path / "workspace")) == 0o711
+    assert mode(make_private_dir(tmp_path / "workspace" / "home", me)) == 0o700
 
 
 def test_a_private_folder_on_the_way_is_named() -> None:

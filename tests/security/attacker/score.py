@@ -72,6 +72,29 @@ def _envoy_admin(state: Path) -> str:
         return f"error: {exc}"
 
 
+def _swap_own_workspace() -> dict:
+    """Try to put a symbolic link where root works on the deployment's behalf (its
+    workspace's `artifacts` and `home`, its folder of copies): root following it on the
+    next prepare would chmod and delete whatever it leads to."""
+    workspace = Path(os.environ["AML_APP_ROOT"]).parents[2]
+    tried = {}
+    for name in ("artifacts", "home"):
+        entry = workspace / name
+        try:
+            entry.rename(entry.with_name(name + ".old"))
+        except PermissionError:
+            tried[name] = DENIED
+            continue
+        entry.with_name(name + ".old").rename(entry)  # put back: the test asks if it could
+        tried[name] = "renamed"
+    try:
+        (workspace / "artifacts" / "planted").symlink_to("/")
+        tried["planted"] = "linked"
+    except PermissionError:
+        tried["planted"] = DENIED
+    return tried
+
+
 def run(raw_data):
     state = Path(os.environ["PROBE_STATE_DIR"])
     victim = Path(os.environ["PROBE_VICTIM_WORKSPACE"])
@@ -108,4 +131,5 @@ def run(raw_data):
         "files": files,
         "processes": _processes(),
         "envoy_admin": _envoy_admin(state),
+        "workspace": _swap_own_workspace(),
     }

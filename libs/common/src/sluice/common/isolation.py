@@ -21,9 +21,12 @@ machine. What the local backend does about it:
 - **Files**: the state directory is traversable but not listable (0711) and
   everything in it is private to the platform user (0700/0600) except the
   built environments (`envs/`, no secrets, readable by all) and
-  `workspaces/<endpoint>/<deployment>/` (0700, owned by the deployment's
-  user), which holds a private copy of the deployment's model and code and
-  its HOME/TMPDIR. `datastore/` is traversable (0711) only on the way to
+  `workspaces/<endpoint>/<deployment>/` (0711, the platform's), which holds
+  the deployment user's private copies of its model and code (under
+  `artifacts/`, 0711, the platform's) and its HOME/TMPDIR (`home/`, 0700, the
+  deployment user's): the user owns nothing on the way there, so it cannot
+  swap a folder for a symbolic link that root would then follow.
+  `datastore/` is traversable (0711) only on the way to
   `datastore/workspaceblobstore/modelDataCollector/<endpoint>/<deployment>/`
   (0700, owned by the deployment's user), where its data collector writes
   (`collector_folder`); the datastore's other entries stay private. Likewise
@@ -340,7 +343,32 @@ def deployment_folder(state_dir: Path, folder: Path, account: Account) -> Path:
 
 
 def make_private_dir(path: Path, account: Account) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    _chown(path, account)
-    path.chmod(0o700)
+    """`path` a folder of `account`'s, 0700."""
+    return _own_dir(path, account.uid if account.switches else None, 0o700)
+
+
+def make_platform_dir(path: Path) -> Path:
+    """`path` a folder of the platform's that others may traverse, not list or change
+    (0711): a deployment's workspace and its folders of copies. Its user owns only what
+    is inside (HOME, the copies), so it cannot put a symbolic link where root will work."""
+    return _own_dir(path, os.getuid(), 0o711)
+
+
+def _own_dir(path: Path, uid: int | None, mode: int) -> Path:
+    """Create `path` if needed and give it to `uid` (None: leave the owner) with `mode`,
+    through a descriptor opened without following a link: a deployment's code may have
+    put one in its place for root to follow (chmod and chown would act on its target)."""
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(parents=True)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as exc:  # ELOOP: a link; ENOTDIR: a file
+        raise IsolationError(f"{path} is not a folder (a link or a file): refused") from exc
+    try:
+        if uid is not None and os.fstat(fd).st_uid != uid:
+            gid = pwd.getpwuid(uid).pw_gid
+            os.fchown(fd, uid, gid)
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
     return path

@@ -35,6 +35,7 @@ from sluice.common.isolation import (
     deployment_folder,
     harden_state_dir,
     isolating,
+    make_platform_dir,
     make_private_dir,
     private_copy,
     reachable_by_others,
@@ -63,7 +64,7 @@ class JobSpace:
         """`source` (`<artifacts>/<digest>/<name>`) as the workers see it."""
         if not self.account.switches:
             return source
-        copies = make_private_dir(self.folder / "artifacts", self.account)
+        copies = make_platform_dir(self.folder / "artifacts")
         return private_copy(source, copies / source.parent.name, self.account) / source.name
 
     def copy_inputs(self, files: list[str]) -> list[str]:
@@ -71,7 +72,7 @@ class JobSpace:
         its own (`inputs/<n>/<name>`, so names stay as given and never collide)."""
         if not self.account.switches:
             return files
-        inputs = make_private_dir(self.folder / "inputs", self.account)
+        inputs = make_platform_dir(self.folder / "inputs")
         return [
             str(private_copy(Path(file), inputs / str(n), self.account) / Path(file).name)
             for n, file in enumerate(files)
@@ -93,7 +94,8 @@ def job_space(state_dir: Path, job: str, job_dir: Path, account: Account) -> Job
     harden_state_dir(state_dir)
     folder = state_dir / WORKSPACES / "jobs" / job
     _check_reachable(folder.parent.parent)
-    deployment_folder(state_dir, folder, account)
+    for step in (folder.parent.parent, folder.parent, folder):  # the user owns only inside
+        make_platform_dir(step)
     home = make_private_dir(folder / "home", account)
     parts = make_private_dir(folder / "parts", account)
     return JobSpace(account, folder, home, parts)

@@ -37,6 +37,7 @@ from sluice.common.isolation import (
     collector_folder,
     harden_state_dir,
     instance_env,
+    make_platform_dir,
     make_private_dir,
     private_copy,
     reachable_by_others,
@@ -263,13 +264,13 @@ class LocalBackend:
                 f"the deployment's user cannot reach its workspace {folder}: {blocked} is "
                 "private (chmod o+x it, or put the state directory somewhere traversable)"
             )
-        make_private_dir(folder, account)
+        make_platform_dir(folder)
         home = make_private_dir(folder / "home", account)
         if spec.data_collector.enabled:
             collector_folder(self.state_dir, spec.endpoint_name, spec.name, account)
         if self._traced(spec):
             traces_folder(self.state_dir, spec.endpoint_name, spec.name, account)
-        copies = make_private_dir(folder / "artifacts", account)
+        copies = make_platform_dir(folder / "artifacts")
         # Copies are named by the artifact's digest (a scale change copies nothing); those of
         # this plan and the previous one (whose instances may still run) are kept.
         sources = [p for p in (plan.model, plan.code) if p is not None]
