@@ -34,7 +34,15 @@ TOKENS = "user_tokens"
 PREFIX = "sluice_"
 ACCESS_SERVICE = "sluice.v1.Access"
 SECRET_READS = frozenset(
-    {"GetCredentials", "ListKeys", "GetToken", "GetLogs", "GetCollected", "GetRequestLogs"}
+    {
+        "GetCredentials",
+        "ListKeys",
+        "GetToken",
+        "GetLogs",
+        "GetDeploymentLogs",  # the Workspace REST API's getLogs
+        "GetCollected",
+        "GetRequestLogs",
+    }
 )
 
 
