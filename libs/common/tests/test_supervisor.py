@@ -282,3 +282,29 @@ def test_a_component_gets_the_open_files_it_asks_for(tmp_path: Path, server_scri
         assert psutil.Process(proc.pid).rlimit(psutil.RLIMIT_NOFILE)[0] == wanted
     finally:
         sup.stop_all()
+
+
+def test_the_watchdog_outlives_a_restart_that_fails_with_an_os_error(tmp_path: Path) -> None:
+    """A restart that cannot happen now (here: its log cannot be opened, as on a full disk)
+    is counted as another death, to be tried again: the watchdog itself goes on."""
+    from datetime import UTC, datetime
+
+    from sluice.common.platform import ComponentSpec, LocalPlatform, PlatformState
+    from sluice.common.settings import Settings
+    from sluice.common.supervise import Watchdog
+
+    platform = LocalPlatform(Settings(state_dir=tmp_path))
+    watchdog = Watchdog(platform)
+    (tmp_path / "logs" / "worker.log").mkdir(parents=True)  # opening it raises an OSError
+    spec = ComponentSpec(
+        name="worker", argv=[sys.executable, "-c", "pass"], probe="tcp://127.0.0.1:1"
+    )
+    dead = RunningProcess(name="worker", pid=2**22 + 1, create_time=0.0, log_path=tmp_path)
+    state = PlatformState(
+        started_at=datetime.now(UTC), state_dir=tmp_path, nats_url="", mongodb_uri="",
+        registry_address=None, envoy_http_port=None, envoy_https_port=None, domain="",
+        processes=[dead], components=[spec],
+    )  # fmt: skip
+    watchdog._next_attempt["worker"] = 0.0
+    after = watchdog.restart(state, dead)
+    assert after.restarts == 1 and "worker.log" in after.last_error

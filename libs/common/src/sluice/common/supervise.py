@@ -108,10 +108,13 @@ class Watchdog:
             return 1
         log(f"supervising {', '.join(p.name for p in state.processes)}")
         while not self._stopping:
-            state = self.check(state)
-            if time.monotonic() >= self._next_cert_check:
-                self._next_cert_check = time.monotonic() + self._cert_check_interval_s
-                state = self.renew_certificates(state)
+            try:
+                state = self.check(state)
+                if time.monotonic() >= self._next_cert_check:
+                    self._next_cert_check = time.monotonic() + self._cert_check_interval_s
+                    state = self.renew_certificates(state)
+            except OSError as exc:  # a full disk (platform.json), say: the next pass tries again
+                log(f"supervision pass failed: {exc}; trying again")
             time.sleep(POLL_S)
         self.platform.save_state(state)
         return 0
@@ -168,7 +171,7 @@ class Watchdog:
         del self._next_attempt[proc.name]
         try:
             new = self.supervisor.start(state.spec_of(proc.name))
-        except ComponentError as exc:
+        except (ComponentError, OSError) as exc:  # OSError: no space for its log, no fork...
             log(f"{proc.name}: restart failed: {exc}")
             # Counted as another death; the next pass schedules the next attempt.
             return proc.model_copy(update={"restarts": proc.restarts + 1, "last_error": str(exc)})
