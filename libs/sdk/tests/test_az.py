@@ -6,7 +6,7 @@ import pytest
 import typer
 
 from sluice.sdk.cli import app
-from sluice.sdk.cli.az import AzSetupCommand, normalise
+from sluice.sdk.cli.az import GLOBAL_WITH_VALUE, AzSetupCommand, normalise
 from sluice.sdk.cli.errors import CliError
 from sluice.sdk.cli.output import tsv
 
@@ -63,6 +63,48 @@ def test_az_setup_commands_do_nothing_and_others_are_refused() -> None:
         normalise(["az", "monitor", "metrics", "list"], ROOT)
     with pytest.raises(CliError, match=r"`az ml workspace` is not supported by Sluice \(supported"):
         normalise(["az", "ml", "workspace", "show"], ROOT)
+
+
+def _walk(
+    group: typer.core.TyperGroup, path: tuple[str, ...] = ()
+) -> list[tuple[tuple[str, ...], set[str]]]:
+    """Every command of the tree with its option names."""
+    found = []
+    for name in group.list_commands(None):
+        node = group.get_command(None, name)
+        if hasattr(node, "get_command"):
+            found += _walk(node, (*path, name))
+        else:
+            found.append(((*path, name), {o for p in node.params for o in p.opts}))
+    return found
+
+
+def test_no_command_declares_an_az_global_argument() -> None:
+    # normalise drops az's global arguments (-w is --workspace-name) from every command line:
+    # an option spelled the same would never reach its command.
+    clashes = [(" ".join(path), opts & GLOBAL_WITH_VALUE) for path, opts in _walk(ROOT)]
+    assert [c for c in clashes if c[1]] == []
+
+
+def test_metrics_watch_is_long_only_and_w_stays_the_workspace() -> None:
+    line = normalise(
+        ["az", "ml", "online-endpoint", "metrics", "-w", "ws", "-n", "e", "--watch"], ROOT
+    )
+    assert line.args == ["online-endpoint", "metrics", "-n", "e", "--watch"]
+
+
+def test_output_is_accepted_and_ignored_by_commands_without_it() -> None:
+    line = normalise(
+        ["az", "ml", "online-endpoint", "delete", "-n", "e", "--yes", "-o", "none"], ROOT
+    )
+    assert line.args == ["online-endpoint", "delete", "-n", "e", "--yes"]
+    line = normalise(["batch-deployment", "delete", "-n", "d", "-e", "e", "--output=json"], ROOT)
+    assert line.args == ["batch-deployment", "delete", "-n", "d", "-e", "e"]
+    # a command that prints a resource keeps it
+    line = normalise(["online-endpoint", "show", "-n", "e", "-o", "none"], ROOT)
+    assert line.args == ["online-endpoint", "show", "-n", "e", "-o", "none"]
+    with pytest.raises(CliError, match="-o 'xml': not one of table, json"):
+        normalise(["online-endpoint", "delete", "-n", "e", "-o", "xml"], ROOT)
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,11 @@
   word, `--add`/`--remove` one option whose value is the words as a JSON list;
 - `--endpoint` means `--endpoint-name` (az accepts unambiguous prefixes), and
   `--no-wait`/`--yes`/`-y` are dropped from commands that do not take them
-  (they have nothing to wait for or confirm).
+  (they have nothing to wait for or confirm);
+- `-o/--output FORMAT` is dropped from commands that do not take it (they print
+  no resource; what they do print, such as `delete`'s message on stderr or
+  `invoke`'s answer, is unchanged), so `az ml ... delete -o none` runs as in az
+  scripts; the format must still be one az knows.
 """
 
 from __future__ import annotations
@@ -26,12 +30,14 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sluice.sdk.cli.errors import CliError
+from sluice.sdk.cli.output import OutputFormat
 
 GLOBAL_WITH_VALUE = frozenset(
     {"--subscription", "--resource-group", "-g", "--workspace-name", "-w"}
 )
 GLOBAL_FLAGS = frozenset({"--only-show-errors", "--debug", "--verbose"})
 OPTIONAL_FLAGS = frozenset({"--no-wait", "--yes", "-y"})
+OUTPUT = frozenset({"-o", "--output"})
 MULTI_WORD = frozenset({"--set", "--add", "--remove"})
 AZ_SETUP = frozenset({"extension", "configure", "account", "login", "version"})
 
@@ -129,6 +135,12 @@ def normalise(argv: Sequence[str], root: CommandGroup) -> CommandLine:
                 rest.pop(0)
         elif word in GLOBAL_FLAGS or (word in OPTIONAL_FLAGS and word not in options):
             continue
+        elif name in OUTPUT and name not in options:
+            fmt = value if eq else (rest.pop(0) if rest else "")
+            if fmt not in {f.value for f in OutputFormat}:
+                raise CliError(
+                    f"{name} {fmt!r}: not one of {', '.join(f.value for f in OutputFormat)}"
+                )
         elif name == "--endpoint" and "--endpoint-name" in options:
             out.append("--endpoint-name" + (f"={value}" if eq else ""))
         else:

@@ -104,7 +104,7 @@ def metrics(
     deployment: str = typer.Option("", "--deployment-name", "-d", help="one deployment only"),
     since: str = typer.Option("15m", "--since", help="window up to now: 15m, 24h, 1d, PT1H"),
     step: str = typer.Option("1m", "--step", help="bucket width, a multiple of 1m"),
-    watch: bool = typer.Option(False, "--watch", "-w", help="refresh in place every 5 s"),
+    watch: bool = typer.Option(False, "--watch", help="refresh in place every 5 s"),
     output: OutputFormat = OutputOption,
 ) -> None:
     """Requests per minute, latency P50-P99, status classes, CPU, memory and instances."""
