@@ -510,6 +510,50 @@ def test_error_threshold_fails_or_completes(cli: Cli) -> None:
     assert workers_of(cli, failed["name"]) == {}
 
 
+# Azure's common pattern: a file it cannot read is logged and skipped, not raised.
+SKIP_SCRIPT = """\
+import os
+
+
+def init():
+    pass
+
+
+def run(mini_batch):
+    return [os.path.basename(path) for path in mini_batch if "bad" not in path]
+"""
+
+
+def test_successes_are_the_items_run_returned(cli: Cli) -> None:
+    """Azure: each item run() returns is one input that succeeded; the mini-batch's other
+    files failed and count toward error_threshold; a job where no run() returned anything
+    fails with Azure's message."""
+    deploy(cli, "skip-batch", script=SKIP_SCRIPT, settings="  error_threshold: -1\n")
+    make_csvs(cli.cwd / "data", 6, 1, bad=(1, 4))  # [f000, f001-bad] [f002, f003] [f004-bad, f005]
+    job = cli.finished(invoke(cli, "skip-batch", cli.cwd / "data")["name"])
+    assert job["status"] == "Completed", job["status_message"]
+    progress = job["progress"]
+    assert progress["mini_batches_done"] == 3 and progress["mini_batches_failed"] == 0
+    assert progress["files_succeeded"] == 4 and progress["files_failed"] == 2
+    assert job["status_message"] == "4 of 6 files scored; 2 failed"
+    assert output_lines(job) == ["f000.csv", "f002.csv", "f003.csv", "f005.csv"]
+    table = cli("job", "show", "-n", job["name"]).stdout
+    assert "3/3 mini-batches, 2 files failed" in table
+    # The skipped files count toward the threshold as failures do.
+    failed = cli.finished(
+        invoke(cli, "skip-batch", cli.cwd / "data", "--set", "error_threshold=1")["name"]
+    )
+    assert failed["status"] == "Failed"
+    assert "2 files failed, more than error_threshold=1" in failed["status_message"]
+    assert "run() returned 1 items for 2 files" in failed["status_message"]
+    # Nothing returned by any mini-batch: the job fails (also with error_threshold -1).
+    make_csvs(cli.cwd / "all-bad", 3, 1, bad=(0, 1, 2))
+    none = cli.finished(invoke(cli, "skip-batch", cli.cwd / "all-bad")["name"])
+    assert none["status"] == "Failed"
+    assert none["status_message"] == "No succeeded mini batch item returned from run()"
+    assert none["progress"]["files_succeeded"] == 0 and none["progress"]["files_failed"] == 3
+
+
 def test_worker_killed_mid_batch_every_row_once(cli: Cli, batch: RunningService) -> None:
     deploy(cli, "kill-batch", env={"DELAY_S": "1"})
     expected = make_csvs(cli.cwd / "data", 8, 3)

@@ -75,6 +75,8 @@ TICK_S = 0.25
 STOP_GRACE_S = 5.0
 LOG_LINES_IN_ERRORS = 20
 NATS_RELOAD_DEADLINE_S = 10.0
+# Azure's message when no mini-batch's run() returned anything (the job fails).
+NOTHING_SUCCEEDED = "No succeeded mini batch item returned from run()"
 
 
 class JobAborted(Exception):
@@ -535,6 +537,9 @@ class JobRunner:
     # ---- watching ----------------------------------------------------------------------
 
     def _progress(self) -> tuple[Progress, tuple[JobError, ...]]:
+        """Progress as Azure counts it: each item run() returned is one file that succeeded
+        (at most the mini-batch's files); its other files, and every file of a mini-batch
+        that failed after its retries, failed."""
         batches = self.job.mini_batches()
         done = [r for r in self.results.values() if r.ok]
         failed = [r for r in self.results.values() if not r.ok]
@@ -552,10 +557,24 @@ class JobRunner:
             mini_batches_done=len(done),
             mini_batches_failed=len(failed),
             files_total=len(self.job.files),
-            files_succeeded=sum(r.files for r in done),
-            files_failed=sum(r.files for r in failed),
+            files_succeeded=sum(succeeded(r) for r in done),
+            files_failed=sum(r.files - succeeded(r) for r in self.results.values()),
         )
         return progress, errors
+
+    def _first_failure(self, errors: tuple[JobError, ...]) -> str:
+        """The first mini-batch that failed, or else the first whose run() returned fewer
+        items than it had files (the error threshold's message)."""
+        if errors:
+            first = errors[0]
+            names = ", ".join(Path(f).name for f in first.files)
+            return f"mini-batch {first.mini_batch} ({names}): {first.exception}"
+        short = min(i for i, r in self.results.items() if r.ok and r.rows < r.files)
+        result = self.results[short]
+        return (
+            f"mini-batch {short}: run() returned {result.rows} items for {result.files} files "
+            "(each returned item counts as one file that succeeded)"
+        )
 
     def _cost(self) -> Cost:
         running = sum(time.monotonic() - w.started for w in self.workers)
@@ -577,15 +596,15 @@ class JobRunner:
                 written = progress
             threshold = self.job.settings.error_threshold
             if threshold != -1 and progress.files_failed > threshold:
-                first = errors[0]
-                names = ", ".join(Path(f).name for f in first.files)
                 raise JobAborted(
                     f"{progress.files_failed} files failed, more than error_threshold={threshold}; "
-                    f"first: mini-batch {first.mini_batch} ({names}): {first.exception}"
+                    f"first: {self._first_failure(errors)}"
                 )
             # From the same snapshot as the threshold's test: results that came during the
             # store's update are judged on the next pass, not completed unseen.
             if progress.mini_batches_done + progress.mini_batches_failed >= total:
+                if not any(r.ok and r.rows > 0 for r in self.results.values()):
+                    raise JobAborted(NOTHING_SUCCEEDED)
                 return JobState.completed
             current = await self.ctx.store.get(self.job.name)
             if current is not None and current.cancel_requested:
@@ -632,6 +651,12 @@ class JobRunner:
                 f"job {state.value}: {message} (cost {ended.cost.cost:.6f} USD for "
                 f"{ended.cost.worker_seconds:.1f} worker-seconds)"
             )
+
+
+def succeeded(result: MiniBatchResult) -> int:
+    """The files of a mini-batch that succeeded: as on Azure, each item run() returned is one
+    (a file may give many rows: never more than the mini-batch's files); none if it failed."""
+    return min(result.rows, result.files) if result.ok else 0
 
 
 @dataclass(frozen=True)
