@@ -554,6 +554,31 @@ def test_successes_are_the_items_run_returned(cli: Cli) -> None:
     assert none["progress"]["files_succeeded"] == 0 and none["progress"]["files_failed"] == 3
 
 
+def test_datastore_uri_input(cli: Cli) -> None:
+    """Azure's `--input azureml://datastores/<ds>/paths/<p>`: the datastore's folder (or file),
+    within the same folders as every other input."""
+    deploy(cli, "ds-batch")
+    folder = Path(cli.env["SLUICE_STATE_DIR"]) / "datastore" / "workspaceblobstore" / "ds-in"
+    expected = make_csvs(folder, 3, 2)
+    uri = "azureml://datastores/workspaceblobstore/paths/ds-in"
+    job = cli.finished(invoke(cli, "ds-batch", uri, "--input-type", "uri_folder")["name"])
+    assert job["status"] == "Completed", job["status_message"]
+    assert output_lines(job) == expected
+    assert job["input"] == uri
+    one = cli.finished(
+        invoke(cli, "ds-batch", f"{uri}/f001.csv", "--input-type", "uri_file")["name"]
+    )
+    assert output_lines(one) == expected[2:4]
+    assert "outside the folders" in cli.error(
+        "batch-endpoint", "invoke", "-n", "ds-batch",
+        "--input", "azureml://datastores/workspaceblobstore/paths/../../../etc",
+    )  # fmt: skip
+    assert "workspaceblobstore/nothing-here does not exist" in cli.error(
+        "batch-endpoint", "invoke", "-n", "ds-batch",
+        "--input", "azureml://datastores/workspaceblobstore/paths/nothing-here",
+    )  # fmt: skip
+
+
 def test_worker_killed_mid_batch_every_row_once(cli: Cli, batch: RunningService) -> None:
     deploy(cli, "kill-batch", env={"DELAY_S": "1"})
     expected = make_csvs(cli.cwd / "data", 8, 3)

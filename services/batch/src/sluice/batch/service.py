@@ -219,12 +219,18 @@ class BatchService:
 
     # ---- invoke ------------------------------------------------------------------------
 
+    def _datastore_path(self, uri: str) -> Path:
+        """`azureml://datastores/<ds>/paths/<p>` as what it names, `<state>/datastore/<ds>/<p>`
+        (unchecked here: `inputs` and `_output_path` check that it lies under `roots`)."""
+        match = DATASTORE_URI.match(uri)
+        assert match is not None
+        return self.datastore / match.group(1) / match.group(2).strip("/")
+
     def _output_path(self, given: str, job: str) -> Path:
         if not given:
             return self.datastore / "workspaceblobstore" / "azureml" / job / "score"
-        match = DATASTORE_URI.match(given)
-        if match:
-            path = self.datastore / match.group(1) / match.group(2).strip("/")
+        if DATASTORE_URI.match(given):
+            path = self._datastore_path(given)
         else:
             path = Path(given.removeprefix("file://"))
             if not path.is_absolute():
@@ -289,6 +295,8 @@ class BatchService:
             assets.append(f"environment:{spec.environment.registered}")
         if request.input_artifact is not None:
             given = self._uploaded(request.input_artifact)
+        elif DATASTORE_URI.match(given.strip()):  # a datastore folder or file, as on Azure
+            given = str(self._datastore_path(given.strip()))
         elif given.strip().startswith("azureml:"):
             given, input_type, data = await self._data_asset(given.strip(), input_type)
             assets.append(data)
