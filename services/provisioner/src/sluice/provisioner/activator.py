@@ -51,6 +51,11 @@ HOP_BY_HOP = {
     "proxy-connection",
 }
 FORWARD_TIMEOUT_S = 600.0
+# What one request may hold in memory here. Only the gateway's requests get past their
+# headers (the secret is checked there, before any body is read); these bound the rest.
+MAX_HEAD_BYTES = 64 * 1024
+MAX_BODY_BYTES = 100 * 1024 * 1024  # the inference server's own limit
+REFUSED_LINGER_S = 1.0
 WAKE_DEADLINE_S = 60.0  # longest a request is held for an instance (a cold environment)
 
 
@@ -82,6 +87,10 @@ class Activator:
     def register(self, deployment: Activatable) -> None:
         secret = gateway_auth.secret_for(self._secret_key, deployment.endpoint, deployment.name)
         self._deployments[secret] = deployment
+
+    def knows(self, secret: str) -> bool:
+        """Is `secret` the gateway's secret of a deployment held here?"""
+        return secret in self._deployments
 
     def forget(self, deployment: Activatable) -> None:
         self._deployments = {s: d for s, d in self._deployments.items() if d is not deployment}
@@ -158,6 +167,8 @@ class _Connection(asyncio.Protocol):
         self._url = b""
         self._headers: list[tuple[str, str]] = []
         self._body: list[bytes] = []
+        self._size = 0  # bytes of the request being read (head, then body)
+        self._refused = False  # answered and closing: the rest of what arrives is ignored
         self._queue: asyncio.Queue[tuple[str, str, list[tuple[str, str]], bytes]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
 
@@ -170,27 +181,67 @@ class _Connection(asyncio.Protocol):
             self._task.cancel()
 
     def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError:
-            if self._transport is not None:
-                self._transport.write(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
-                self._transport.close()
+            self._refuse(400, "not HTTP/1.1")
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer at once and end the connection, holding nothing more of the request: what
+        still arrives is dropped (closing with it unread would reset the connection before
+        the client read the answer), and the connection goes after REFUSED_LINGER_S."""
+        self._refused = True
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        status, answer, body = _refused(self._headers, status, message)
+        head = [f"HTTP/1.1 {status} {_reason(status)}", *(f"{k}: {v}" for k, v in answer)]
+        head += [f"content-length: {len(body)}", "connection: close"]
+        transport.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
+        if transport.can_write_eof():
+            transport.write_eof()
+        asyncio.get_running_loop().call_later(REFUSED_LINGER_S, transport.abort)
+
+    def _grow(self, size: int, limit: int, status: int, what: str) -> bool:
+        """Count `size` more bytes of the request; refuse it past `limit`. Go on?"""
+        self._size += size
+        if self._size > limit:
+            self._refuse(status, f"{what} larger than {limit} bytes")
+        return not self._refused
 
     # httptools callbacks
     def on_message_begin(self) -> None:
-        self._url, self._headers, self._body = b"", [], []
+        self._url, self._headers, self._body, self._size = b"", [], [], 0
 
     def on_url(self, url: bytes) -> None:
-        self._url += url
+        if self._grow(len(url), MAX_HEAD_BYTES, 431, "request head"):
+            self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        if self._grow(len(name) + len(value), MAX_HEAD_BYTES, 431, "request head"):
+            self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        """Only the gateway's requests are read on (its secret names the deployment)."""
+        if self._refused:
+            return
+        path = self._url.decode("latin-1")
+        if path == "/ready" or path.startswith("/ready?"):
+            return
+        secret = next((v for k, v in self._headers if k.lower() == gateway_auth.HEADER), "")
+        if not self._activator.knows(secret):
+            self._refuse(401, "not sent by the gateway")
+        self._size = 0
 
     def on_body(self, body: bytes) -> None:
-        self._body.append(body)
+        if self._grow(len(body), MAX_BODY_BYTES, 413, "request body"):
+            self._body.append(body)
 
     def on_message_complete(self) -> None:
+        if self._refused:
+            return
         method = self._parser.get_method().decode()
         self._queue.put_nowait(
             (method, self._url.decode("latin-1"), self._headers, b"".join(self._body))
