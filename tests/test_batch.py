@@ -554,6 +554,96 @@ def test_successes_are_the_items_run_returned(cli: Cli) -> None:
     assert none["progress"]["files_succeeded"] == 0 and none["progress"]["files_failed"] == 3
 
 
+# Azure's custom-output sample (how-to-deploy-model-custom-output, batch_driver.py): the script
+# writes a file per input into AZUREML_BI_OUTPUT_PATH, no makedirs, and returns mini_batch.
+# It also tries to write next to that folder and into the datastore (PROBE): refused.
+CUSTOM_OUTPUT_SCRIPT = """\
+import os
+
+import pandas as pd
+
+
+def init():
+    global output_path
+    output_path = os.environ["AZUREML_BI_OUTPUT_PATH"]
+
+
+def probe(folder):
+    try:
+        with open(os.path.join(folder, "intruder.txt"), "w") as out:
+            out.write("written")
+        return "written"
+    except OSError:
+        return "refused"
+
+
+def run(mini_batch):
+    for file_path in mini_batch:
+        data = pd.read_csv(file_path)
+        data["y"] = data["x"] * 2
+        name = os.path.splitext(os.path.basename(file_path))[0]
+        data.to_csv(os.path.join(output_path, name + ".csv"), index=False)
+    seen = [probe(os.path.dirname(output_path)), probe(os.environ["PROBE"])]
+    with open(os.path.join(output_path, "probes.txt"), "w") as out:
+        out.write(" ".join(seen))
+    try:
+        os.symlink("/etc/shadow", os.path.join(output_path, "shadow-" + name))
+    except FileExistsError:  # a second attempt
+        pass
+    return mini_batch
+"""
+
+
+def run_summary_only(cli: Cli, endpoint: str) -> None:
+    """A summary_only job running Azure's custom-output script: its files, and only its
+    files, end up in the job's output folder, the platform's."""
+    datastore = Path(cli.env["SLUICE_STATE_DIR"]) / "datastore"
+    deploy(
+        cli,
+        endpoint,
+        script=CUSTOM_OUTPUT_SCRIPT,
+        settings="  output_action: summary_only\n",
+        env={"PROBE": str(datastore)},
+    )
+    make_csvs(cli.cwd / "data", 3, 2)
+    job = cli.finished(invoke(cli, endpoint, cli.cwd / "data")["name"])
+    assert job["status"] == "Completed", job["status_message"]
+    assert job["progress"]["files_succeeded"] == 3
+    output = Path(job["output_path"])
+    assert sorted(p.name for p in output.iterdir()) == [
+        "f000.csv",
+        "f001.csv",
+        "f002.csv",
+        "probes.txt",
+    ]  # fmt: skip  (no predictions.csv, no link)
+    assert (output / "f001.csv").read_text().splitlines() == [
+        "x,y", "10201000,20402000", "10201001,20402002"
+    ]  # fmt: skip
+    assert (output / "probes.txt").read_text() == "refused refused"
+    assert not (datastore / "intruder.txt").exists()
+    for path in [output, *output.iterdir()]:  # handed back: the platform's, not writable
+        assert path.stat().st_uid == os.geteuid(), path
+        assert not path.stat().st_mode & 0o022, path
+    cli("job", "download", "-n", job["name"], "--download-path", "dl")
+    assert (cli.cwd / "dl/named-outputs/score/f000.csv").exists()
+
+
+def test_summary_only_scripts_write_their_own_output(cli: Cli) -> None:
+    run_summary_only(cli, "custom-batch")
+
+
+def test_summary_only_in_a_landlock_sandbox(
+    start_service: ServiceStarter,
+    registry: RunningService,
+    tmp_path: Path,
+    in_process: InProcessCli,
+) -> None:
+    start_service.settings = start_service.settings.model_copy(
+        update={"registry_address": registry.address, "landlock": True}
+    )
+    run_summary_only(cli_for(start_service("batch"), registry, tmp_path, in_process), "ll-custom")
+
+
 def test_datastore_uri_input(cli: Cli) -> None:
     """Azure's `--input azureml://datastores/<ds>/paths/<p>`: the datastore's folder (or file),
     within the same folders as every other input."""

@@ -10,7 +10,7 @@ import pytest
 
 from sluice.batch.inputs import InputError, resolve
 from sluice.batch.jobs import Job
-from sluice.batch.output import OutputError, merge_parts, write_part
+from sluice.batch.output import OutputError, merge_parts, publish_files, write_part
 from sluice.batch.service import InvalidArgument, Overrides, apply_overrides
 from sluice.common.resources import BatchSettings
 
@@ -113,6 +113,31 @@ def test_parts_that_are_links_are_not_followed(tmp_path: Path) -> None:
     with pytest.raises(OutputError, match="not a plain folder"):
         merge_parts(linked, [0], tmp_path / "out" / "p.csv")
     assert not (tmp_path / "out" / "p.csv").exists()
+
+
+def test_summary_only_files_are_copied_plain_files_only(tmp_path: Path) -> None:
+    """A summary_only job's own files reach its output folder; the links and FIFOs its
+    workers may plant (for the runner to follow) do not."""
+    staged = tmp_path / "staged"
+    (staged / "sub" / "deeper").mkdir(parents=True)
+    (staged / "a.csv").write_text("a\n")
+    (staged / "sub" / "deeper" / "b.txt").write_text("b\n")
+    secret = tmp_path / "secret"
+    secret.write_text("admin token\n")
+    (staged / "link.txt").symlink_to(secret)
+    (staged / "linked-folder").symlink_to(tmp_path)
+    os.mkfifo(staged / "fifo")  # would block the runner's read
+    target = tmp_path / "out" / "score"
+    assert publish_files(staged, target) == 2
+    copied = sorted(str(p.relative_to(target)) for p in target.rglob("*"))
+    assert copied == ["a.csv", "sub", "sub/deeper", "sub/deeper/b.txt"]
+    assert (target / "sub" / "deeper" / "b.txt").read_text() == "b\n"
+    assert not (target / "a.csv").stat().st_mode & 0o022
+    assert publish_files(tmp_path / "none", target) == 0  # nothing written, nothing copied
+    linked = tmp_path / "linked"
+    linked.symlink_to(staged)
+    with pytest.raises(OutputError, match="not a plain folder"):
+        publish_files(linked, target)
 
 
 def test_parquet_output_needs_dataframes(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ gives a Parquet file instead.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 PART_DIGITS = 8
+MAX_DEPTH = 32  # folders deeper than this in a summary_only job's files are not copied
 
 
 class OutputError(ValueError):
@@ -147,3 +149,58 @@ def _merge_parquet(parts: Path, mini_batches: Sequence[int], tmp: Path) -> None:
             writer.close()
     if writer is None:  # no mini-batch returned rows
         tmp.write_bytes(b"")
+
+
+def publish_files(staged: Path, target: Path) -> int:
+    """Copy what a summary_only job's workers wrote in `staged` (AZUREML_BI_OUTPUT_PATH, a
+    folder of the deployment's user) to `target`, the job's output folder; returns how many
+    files. Only folders and plain files, each opened without following a link: the
+    workers' code may have left a link to the platform's secrets, or a FIFO, there.
+    The copies are the platform's (0644, folders 0755), as an append_row job's output."""
+    try:
+        source = os.open(staged, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return 0
+    except OSError as exc:  # ELOOP, ENOTDIR: a link
+        raise OutputError(
+            f"the workers' output folder {staged} is not a plain folder: {exc}"
+        ) from None
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        into = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            return _copy_folder(source, into, MAX_DEPTH)
+        finally:
+            os.close(into)
+    finally:
+        os.close(source)
+
+
+def _copy_folder(source: int, into: int, depth: int) -> int:
+    copied = 0
+    with os.scandir(source) as entries:
+        names = [entry.name for entry in entries]
+    for name in names:
+        try:  # a link: ELOOP; a FIFO opens at once (O_NONBLOCK) and is skipped below
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=source)
+        except OSError:
+            continue
+        try:
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISDIR(mode) and depth > 0:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(name, 0o755, dir_fd=into)
+                sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=into)
+                try:
+                    copied += _copy_folder(fd, sub, depth - 1)
+                finally:
+                    os.close(sub)
+            elif stat.S_ISREG(mode):
+                flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+                out = os.open(name, flags, 0o644, dir_fd=into)
+                with os.fdopen(out, "wb") as writer, os.fdopen(os.dup(fd), "rb") as reader:
+                    shutil.copyfileobj(reader, writer, 1 << 20)
+                copied += 1
+        finally:
+            os.close(fd)
+    return copied

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -32,7 +33,7 @@ from nats.js.api import DeliverPolicy
 from sluice.batch.environment import model_environment
 from sluice.batch.job_trace import JobTrace
 from sluice.batch.jobs import Cost, Job, JobError, JobState, JobStore, Progress
-from sluice.batch.output import merge_parts
+from sluice.batch.output import OutputError, merge_parts, publish_files
 from sluice.batch.queue import DURABLE, JobQueue
 from sluice.batch.spares import SpareKey, SparePool, as_user, base_env
 from sluice.batch.worker import (
@@ -178,14 +179,21 @@ def job_dir(jobs_dir: Path, name: str) -> Path:
 
 
 def sandbox(
-    space: JobSpace, python: str, model: Path | None, code: Path | None, inputs: list[str]
+    space: JobSpace,
+    python: str,
+    model: Path | None,
+    code: Path | None,
+    inputs: list[str],
+    summary_only: bool = False,
 ) -> dict[str, list[str]]:
     """What a job's sandboxed workers may reach (confine.py adds the system's folders):
     read the platform, the environment, the deployment's model and code folders and the
-    job's input files; write their HOME and the parts folder."""
+    job's input files; write their HOME, the parts folder and, for a summary_only job,
+    their output folder (AZUREML_BI_OUTPUT_PATH)."""
     artifacts = {str(path.parent) for path in (model, code) if path is not None}
     read = sorted(confine.platform_paths(python) | artifacts | set(inputs))
-    return {"read": read, "write": [str(space.home), str(space.parts)]}
+    write = [str(space.home), str(space.parts)] + ([str(space.output)] if summary_only else [])
+    return {"read": read, "write": write}
 
 
 def process_identity(pid: int) -> tuple[int, float]:
@@ -295,6 +303,7 @@ class JobRunner:
         self.space = space
         self.log(f"workers run as {space.account.name}")
         s = job.settings
+        summary_only = s.output_action is OutputAction.summary_only
         await self.queue.declare(
             self.ctx.broker,
             timeout_s=s.retry_settings.timeout_s,
@@ -313,7 +322,9 @@ class JobRunner:
         self.cwd = code or space.home
         self.sandbox: dict[str, list[str]] | None = None
         if self.ctx.landlock:
-            self.sandbox = sandbox(space, runtime.python, model, code, list(inputs.values()))
+            self.sandbox = sandbox(
+                space, runtime.python, model, code, list(inputs.values()), summary_only
+            )
             self.log("workers start in a Landlock sandbox")
         return WorkerConfig(
             nats_url=await self._workers_nats_url(),
@@ -326,7 +337,9 @@ class JobRunner:
             results_stream=self.queue.results_stream,
             results_prefix=self.queue.results_prefix,
             parts=str(space.parts),
-            output_path=job.output_path,
+            # summary_only: the script's own files go to a folder of the workers' (copied to
+            # the job's output when it ends); append_row: the platform writes the output.
+            output_path=str(space.output) if summary_only else job.output_path,
             output_file_name=s.output_file_name,
             append_row=s.output_action is OutputAction.append_row,
             timeout_s=s.retry_settings.timeout_s,
@@ -386,6 +399,8 @@ class JobRunner:
             space.parts.mkdir(parents=True, exist_ok=True)
         model = space.copy_artifact(runtime.model) if runtime.model else None
         code = space.copy_artifact(runtime.code) if runtime.code else None
+        if job.settings.output_action is OutputAction.summary_only:
+            space.make_output()  # AZUREML_BI_OUTPUT_PATH exists before any worker starts
         files = list(job.files)
         return space, model, code, dict(zip(files, space.copy_inputs(files), strict=True))
 
@@ -534,6 +549,18 @@ class JobRunner:
             self.log(f"{len(self.workers)} workers stopped")
         self.workers = []
 
+    async def _publish_files(self, space: JobSpace) -> None:
+        """A summary_only job's own files (whatever its end), copied to its output folder as
+        the platform's; the workers' folder goes (with the workspace, or here)."""
+        target = Path(self.job.output_path)
+        try:
+            count = await asyncio.to_thread(publish_files, space.output, target)
+            self.log(f"{count} files the script wrote copied to {target}")
+        except (OSError, OutputError) as exc:
+            self.log(f"the files the script wrote were not copied to {target}: {exc}")
+        if not space.account.switches:  # the runner's own folder, which stays
+            await asyncio.to_thread(shutil.rmtree, space.output, True)
+
     # ---- watching ----------------------------------------------------------------------
 
     def _progress(self) -> tuple[Progress, tuple[JobError, ...]]:
@@ -620,6 +647,8 @@ class JobRunner:
             target = Path(self.job.output_path) / s.output_file_name
             size = await asyncio.to_thread(merge_parts, self.space.parts, done, target)
             self.log(f"output written: {target} ({size} bytes)")
+        if s.output_action is OutputAction.summary_only and self.space is not None:
+            await self._publish_files(self.space)
         if self.space is not None:
             await asyncio.to_thread(self.space.remove)
         if state is JobState.completed and not message:

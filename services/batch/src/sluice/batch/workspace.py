@@ -6,9 +6,11 @@ deployment's `score.py` is, and gets the same treatment
 as a user of its own (`sluice-d-<hash of "batch:<endpoint>"/<deployment>>`,
 distinct from an online deployment of the same names), which can read none of
 the state directory's secrets. That user gets, per job,
-`<state>/batch-workspaces/jobs/<job>/` (0700, its own): private copies of the
+`<state>/batch-workspaces/jobs/<job>/` (0711, the platform's): private copies of the
 deployment's model and code and of the job's input files, its HOME/TMPDIR,
-and `parts/`, where its workers write their results. Spares of that user wait
+`parts/`, where its workers write their results, and for a summary_only job
+`output/` (AZUREML_BI_OUTPUT_PATH), whose plain files the runner copies to the
+job's output folder when the job ends (`output.publish_files`). Spares of that user wait
 in `<state>/batch-workspaces/spares/<user>/`.
 
 The runner (root) reads the parts back with `output.open_part`, which follows
@@ -59,6 +61,19 @@ class JobSpace:
     folder: Path
     home: Path
     parts: Path
+
+    @property
+    def output(self) -> Path:
+        """Where a summary_only job's workers write their own files (AZUREML_BI_OUTPUT_PATH);
+        the runner copies them to the job's output folder when the job ends."""
+        return self.folder / "output"
+
+    def make_output(self) -> Path:
+        """`output`, the workers' own (0700) as root; blocking."""
+        if self.account.switches:
+            return make_private_dir(self.output, self.account)
+        self.output.mkdir(parents=True, exist_ok=True)
+        return self.output
 
     def copy_artifact(self, source: Path) -> Path:
         """`source` (`<artifacts>/<digest>/<name>`) as the workers see it."""
