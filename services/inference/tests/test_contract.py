@@ -273,6 +273,14 @@ def test_malformed_request_is_400_and_closes(server: Server) -> None:
     assert b"connection: close" in received
 
 
+def test_a_head_over_the_limit_is_431_and_closes(server: Server) -> None:
+    padded = b"POST /score HTTP/1.1\r\nhost: x\r\nx-pad: " + b"a" * (64 * 1024) + b"\r\n\r\n"
+    received = raw_exchange(server, padded, expect_responses=1)
+    assert received.startswith(b"HTTP/1.1 431 ")
+    assert b"connection: close" in received
+    assert server.post({"op": "echo"}).status == 200
+
+
 def test_expect_100_continue_is_honoured(server: Server) -> None:
     body = '{"op": "echo"}'
     head = f"POST /score HTTP/1.1\r\nHost: t\r\nContent-Length: {len(body)}\r\n"

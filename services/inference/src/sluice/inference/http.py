@@ -28,6 +28,9 @@ import httptools
 STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
 # Pipelined requests parsed ahead of the one being answered; past this, stop reading.
 MAX_PIPELINED = 16
+# The request line and headers (Envoy sends at most 60 KiB of headers by default): a
+# client on the instance's port without the gateway cannot grow the process without bound.
+MAX_HEAD_BYTES = 64 * 1024
 
 Header = tuple[bytes, bytes]
 
@@ -100,6 +103,7 @@ class Connection(asyncio.Protocol):
         self._gone: Callable[[], None] | None = None  # to call if the client leaves first
         self._paused = False
         self._too_large = False
+        self._head_size = 0
 
     # asyncio.Protocol
 
@@ -120,7 +124,10 @@ class Connection(asyncio.Protocol):
             self._fail(HTTPStatus.BAD_REQUEST, b"protocol upgrades are not supported")
         except httptools.HttpParserError:
             # httptools wraps exceptions of our callbacks in HttpParserCallbackError.
-            if self._too_large:
+            if self._head_size > MAX_HEAD_BYTES:
+                message = f"request line and headers are larger than {MAX_HEAD_BYTES} bytes"
+                self._fail(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, message.encode())
+            elif self._too_large:
                 message = f"request body is larger than {self._max_body} bytes"
                 self._fail(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, message.encode())
             else:
@@ -133,12 +140,19 @@ class Connection(asyncio.Protocol):
         self._url = b""
         self._body = []
         self._body_size = 0
+        self._head_size = 0
 
     def on_url(self, url: bytes) -> None:
+        self._head_size += len(url)
+        if self._head_size > MAX_HEAD_BYTES:
+            raise _BodyTooLarge  # the head, here: data_received tells them apart
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
         assert self._current is not None
+        self._head_size += len(name) + len(value)
+        if self._head_size > MAX_HEAD_BYTES:
+            raise _BodyTooLarge
         self._current.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
@@ -219,4 +233,5 @@ class Connection(asyncio.Protocol):
 
 
 class _BodyTooLarge(Exception):
-    """Raised from a parser callback to stop reading a body over the limit."""
+    """Raised from a parser callback to stop reading a request (its head or its body) over
+    the limit."""
