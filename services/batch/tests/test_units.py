@@ -10,8 +10,16 @@ import pytest
 
 from sluice.batch.inputs import InputError, resolve
 from sluice.batch.jobs import Job
-from sluice.batch.output import OutputError, merge_parts, publish_files, write_part
+from sluice.batch.output import (
+    OutputError,
+    merge_parts,
+    output_folder,
+    publish_files,
+    write_part,
+)
 from sluice.batch.service import InvalidArgument, Overrides, apply_overrides
+from sluice.batch.workspace import open_plain_file
+from sluice.common.isolation import IsolationError
 from sluice.common.resources import BatchSettings
 
 
@@ -217,3 +225,46 @@ def test_each_platform_gives_jobs_workers_nats_users_of_their_own(tmp_path: Path
     assert callout.password("job-1") == JobCallout.from_file(seed).password("job-1")  # stable
     assert callout.password("job-1") != callout.password("job-2")
     assert job_users(Settings()) is None
+
+
+def test_output_is_written_only_in_folders_of_the_platforms(tmp_path: Path) -> None:
+    """A job's output path may name a folder a deployment's code writes (its collector's):
+    the runner (root) writes there only through folders no other user owns."""
+    (tmp_path / "parts").mkdir()
+    write_part(["a"], tmp_path / "parts", 0, "x.csv")
+    fine = tmp_path / "out" / "new" / "x.csv"
+    assert merge_parts(tmp_path / "parts", [0], fine) > 0
+    assert fine.read_text().strip() == "a" and [p.name for p in fine.parent.iterdir()] == ["x.csv"]
+    if os.geteuid() != 0:
+        return
+    # A folder of another user's on the way: refused, at invoke (create=False) and at the end.
+    theirs = tmp_path / "out" / "theirs"
+    theirs.mkdir()
+    os.chown(theirs, 65534, 65534)
+    with pytest.raises(OutputError, match="belongs to another user"):
+        merge_parts(tmp_path / "parts", [0], theirs / "x.csv")
+    with pytest.raises(OutputError, match="belongs to another user"):
+        output_folder(theirs / "sub", create=False)
+    assert list(theirs.iterdir()) == []
+
+
+def test_an_input_is_copied_through_no_link_and_only_as_a_plain_file(tmp_path: Path) -> None:
+    folder = tmp_path / "collected" / "sub"
+    folder.mkdir(parents=True)
+    (folder / "data.jsonl").write_text("{}\n")
+    with open_plain_file(folder / "data.jsonl") as handle:
+        assert handle.read() == b"{}\n"
+    # The folder swapped for a link to somewhere else after it was resolved: refused.
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "data.jsonl").write_text("admin token")
+    folder.rename(tmp_path / "collected" / "moved")
+    folder.symlink_to(secrets)
+    with pytest.raises(IsolationError, match="not read through a link"):
+        open_plain_file(folder / "data.jsonl")
+    # A FIFO (which would block the runner) or a device: refused at once.
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(IsolationError, match="not a plain file"):
+        open_plain_file(tmp_path / "fifo")
+    with pytest.raises(IsolationError, match="not a plain file"):
+        open_plain_file(Path("/dev/zero"))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import stat
 from collections.abc import Sequence
@@ -107,28 +108,61 @@ def open_part(parts: Path, mini_batch: int, parquet: bool) -> BinaryIO | None:
     return os.fdopen(fd, "rb")
 
 
+def output_folder(folder: Path, *, create: bool = True) -> Path:
+    """`folder`, made if missing, once it is sure to be the platform's all the way down:
+    every folder on the way owned by root or the platform's user, none a link. The
+    output path is the invoker's choice, checked at invoke to lie under an allowed root;
+    that can be a folder a deployment's own code writes (its data collector's), where
+    it could have put a link for the runner (root) to write through. OutputError if not;
+    `create=False` checks what exists and makes nothing (at invoke)."""
+    resolved = folder.resolve()
+    platform = {0, os.getuid()}
+    for step in [*reversed(resolved.parents), resolved]:
+        try:
+            seen = step.lstat()
+        except FileNotFoundError:
+            if not create:
+                break
+            step.mkdir(mode=0o755)
+            seen = step.lstat()
+        if stat.S_ISLNK(seen.st_mode) or not stat.S_ISDIR(seen.st_mode):
+            raise OutputError(f"the output path {folder}: {step} is not a plain folder")
+        if seen.st_uid not in platform:
+            raise OutputError(
+                f"the output path {folder} is inside {step}, which belongs to another user "
+                "(a deployment's own folder): choose an output path of the platform's"
+            )
+    return resolved
+
+
 def merge_parts(parts: Path, mini_batches: Sequence[int], target: Path) -> int:
     """Concatenate the parts of `mini_batches`, in order, into `target`; returns bytes written.
 
     Streams file to file (Parquet: row group by row group), so memory stays
-    bounded whatever the job's size.
+    bounded whatever the job's size. The file is written in a folder only the platform
+    can change (`output_folder`), under a fresh name, then renamed over `target`.
     """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    if is_parquet(target.name):
-        _merge_parquet(parts, mini_batches, tmp)
-    else:
-        with tmp.open("wb") as out:
-            for index in mini_batches:
-                src = open_part(parts, index, parquet=False)
-                if src is not None:
-                    with src:
-                        shutil.copyfileobj(src, out, 1 << 20)
-    tmp.replace(target)
+    target = output_folder(target.parent) / target.name
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            if is_parquet(target.name):
+                _merge_parquet(parts, mini_batches, out)
+            else:
+                for index in mini_batches:
+                    src = open_part(parts, index, parquet=False)
+                    if src is not None:
+                        with src:
+                            shutil.copyfileobj(src, out, 1 << 20)
+        tmp.replace(target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return target.stat().st_size
 
 
-def _merge_parquet(parts: Path, mini_batches: Sequence[int], tmp: Path) -> None:
+def _merge_parquet(parts: Path, mini_batches: Sequence[int], tmp: BinaryIO) -> None:
     import pyarrow.parquet as pq
 
     writer: Any = None
@@ -147,8 +181,7 @@ def _merge_parquet(parts: Path, mini_batches: Sequence[int], tmp: Path) -> None:
     finally:
         if writer is not None:
             writer.close()
-    if writer is None:  # no mini-batch returned rows
-        tmp.write_bytes(b"")
+    # No mini-batch returned rows: the file stays empty.
 
 
 def publish_files(staged: Path, target: Path) -> int:
@@ -166,7 +199,7 @@ def publish_files(staged: Path, target: Path) -> int:
             f"the workers' output folder {staged} is not a plain folder: {exc}"
         ) from None
     try:
-        target.mkdir(parents=True, exist_ok=True)
+        target = output_folder(target)
         into = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         try:
             return _copy_folder(source, into, MAX_DEPTH)

@@ -103,6 +103,8 @@ class RunnerContext:
     job_users: JobUsers | JobCallout | None = None
     # compose and Kubernetes: workers start in a Landlock sandbox (confine.py).
     landlock: bool = False
+    # The only local folders a job reads or writes (BatchService sets them: inputs.py).
+    roots: tuple[Path, ...] = ()
 
 
 def tail(path: Path, lines: int = LOG_LINES_IN_ERRORS) -> str:
@@ -402,7 +404,9 @@ class JobRunner:
         if job.settings.output_action is OutputAction.summary_only:
             space.make_output()  # AZUREML_BI_OUTPUT_PATH exists before any worker starts
         files = list(job.files)
-        return space, model, code, dict(zip(files, space.copy_inputs(files), strict=True))
+        # What invoke allowed: the allowed roots, and this job's own folder (its downloads).
+        copies = space.copy_inputs(files, (*self.ctx.roots, self.dir.resolve()))
+        return space, model, code, dict(zip(files, copies, strict=True))
 
     async def _follow_results(self) -> Any:
         """Replay every mini-batch outcome so far, then follow new ones."""
@@ -645,8 +649,12 @@ class JobRunner:
         s = self.job.settings
         if s.output_action is OutputAction.append_row and done and self.space is not None:
             target = Path(self.job.output_path) / s.output_file_name
-            size = await asyncio.to_thread(merge_parts, self.space.parts, done, target)
-            self.log(f"output written: {target} ({size} bytes)")
+            try:
+                size = await asyncio.to_thread(merge_parts, self.space.parts, done, target)
+                self.log(f"output written: {target} ({size} bytes)")
+            except (OSError, OutputError) as exc:
+                self.log(f"output not written: {exc}")
+                state, message = JobState.failed, f"the output could not be written: {exc}"
         if s.output_action is OutputAction.summary_only and self.space is not None:
             await self._publish_files(self.space)
         if self.space is not None:

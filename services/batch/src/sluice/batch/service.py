@@ -22,6 +22,7 @@ import grpc
 from sluice.batch import inputs
 from sluice.batch.fetch import PUBLIC_ONLY, UrlPolicy
 from sluice.batch.jobs import Cost, Job, JobState, JobStore
+from sluice.batch.output import OutputError, output_folder
 from sluice.batch.runner import (
     JobAborted,
     JobRunner,
@@ -145,6 +146,7 @@ class BatchService:
         # the artifact store (uploaded inputs, data assets) and the operator's own.
         roots = (self.datastore, ctx.artifacts.root, *path_roots)
         self.roots = tuple(root.resolve() for root in roots)
+        ctx.roots = self.roots  # its runners check each input again as they copy it
         self.urls = urls  # the hosts http(s) inputs may come from (fetch.py says why)
         self._runners: dict[str, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[None]] = set()
@@ -236,9 +238,11 @@ class BatchService:
             if not path.is_absolute():
                 raise InvalidArgument(f"--output-path {given!r} must be absolute or azureml://...")
         try:  # written by the platform: never outside its folders (`..` and links resolved)
-            return inputs.check_under(path, self.roots, "--output-path")
-        except inputs.InputError as exc:
+            checked = inputs.check_under(path, self.roots, "--output-path")
+            output_folder(checked, create=False)  # nor in a deployment's own folder
+        except (inputs.InputError, OutputError) as exc:
             raise InvalidArgument(str(exc)) from None
+        return checked
 
     async def invoke(self, request: InvokeRequest, actor: str) -> Job:
         raw = await self.ctx.db[BATCH_ENDPOINTS].find_one({"_id": request.endpoint_name})

@@ -25,11 +25,16 @@ in `<state>/jobs/<job>/`, reading the artifacts and inputs where they are.
 
 from __future__ import annotations
 
+import os
 import pwd
 import shutil
+import stat
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
+from sluice.batch.inputs import InputError, check_under
 from sluice.common.isolation import (
     Account,
     IsolationError,
@@ -82,22 +87,71 @@ class JobSpace:
         copies = make_platform_dir(self.folder / "artifacts")
         return private_copy(source, copies / source.parent.name, self.account) / source.name
 
-    def copy_inputs(self, files: list[str]) -> list[str]:
+    def copy_inputs(self, files: list[str], roots: Sequence[Path]) -> list[str]:
         """The job's input files as the workers see them: private copies, each in a folder of
-        its own (`inputs/<n>/<name>`, so names stay as given and never collide)."""
+        its own (`inputs/<n>/<name>`, so names stay as given and never collide). Each is
+        read where it resolves now, if that is still under `roots` (invoke checked them),
+        through no link (`open_plain_file`): an input may lie in a folder a deployment's
+        code writes (its data collector's), which could swap a folder on the way for a
+        link to the platform's secrets between invoke and this copy."""
         if not self.account.switches:
             return files
         inputs = make_platform_dir(self.folder / "inputs")
-        return [
-            str(private_copy(Path(file), inputs / str(n), self.account) / Path(file).name)
-            for n, file in enumerate(files)
-        ]
+        copies = []
+        for n, file in enumerate(files):
+            name = Path(file).name
+            target = inputs / str(n)
+            if not target.exists():
+                try:
+                    real = check_under(Path(file), roots, "input file")
+                except InputError as exc:  # it resolves elsewhere since invoke
+                    raise IsolationError(str(exc)) from None
+                _copy_privately(open_plain_file(real), name, target, self.account)
+            copies.append(str(target / name))
+        return copies
 
     def remove(self) -> None:
         """Drop the copies and parts once the job's output is written (the runner's own
         folder when not switching users is kept, as before)."""
         if self.account.switches:
             shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def open_plain_file(path: Path) -> BinaryIO:
+    """`path` (absolute, links resolved) opened for reading one folder at a time, following
+    no link on the way: IsolationError if one appeared since it was resolved, or if it is
+    not a plain file (a FIFO would block the runner, a device never end)."""
+    parts = path.parts
+    fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in parts[1:-1]:
+            step = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = step
+        file = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
+    except OSError as exc:
+        raise IsolationError(f"input {path} is not read through a link: {exc}") from None
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(os.fstat(file).st_mode):
+        os.close(file)
+        raise IsolationError(f"input {path} is not a plain file")
+    os.set_blocking(file, True)
+    return os.fdopen(file, "rb")
+
+
+def _copy_privately(source: BinaryIO, name: str, target: Path, account: Account) -> None:
+    """`source` copied to `target/name`, `target` private to `account`."""
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    with source:
+        make_platform_dir(partial)
+        fd = os.open(partial / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            shutil.copyfileobj(source, out, 1 << 20)
+    os.chown(partial / name, account.uid, account.gid)
+    make_private_dir(partial, account)
+    partial.rename(target)
 
 
 def job_space(state_dir: Path, job: str, job_dir: Path, account: Account) -> JobSpace:
