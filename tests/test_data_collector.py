@@ -19,7 +19,7 @@ from sluice.common.collected import collected_dir
 from sluice.common.platform import PlatformState
 from sluice.common.resources import OnlineDeploymentDoc, ProvisioningState
 from sluice.common.settings import Settings
-from sluice.sdk.client import RegistryClient, get_collected
+from sluice.sdk.client import RegistryClient, SluiceError, get_collected
 from sluice.sdk.specs import load_online_deployment, load_online_endpoint
 from sluice.testing.wait import wait_for
 
@@ -169,3 +169,19 @@ def test_collected_inputs_and_outputs_sampling_and_quota(
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert bad.returncode != 0 and "collection must be one of" in bad.stderr
+    # The names name a folder the provisioner reads as root: nothing but a collector's.
+    with pytest.raises(SluiceError, match="is not an endpoint's or a deployment's name"):
+        get_collected("..", "..", settings=settings)
+
+    # What the deployment's own code may leave in its folder is not followed or read: a
+    # FIFO (which would block the reader), a link to a device or to a folder elsewhere.
+    folder = collected_dir(local_platform.state_dir, ENDPOINT, "full")
+    before = get_collected(ENDPOINT, "full", limit=5000, settings=settings).total_records
+    os.mkfifo(folder / "model_inputs" / "planted.jsonl")
+    (folder / "model_outputs" / "zero.jsonl").symlink_to("/dev/zero")
+    elsewhere = local_platform.state_dir / "logs"
+    (folder / "model_outputs" / "linked").symlink_to(elsewhere)
+    got = get_collected(ENDPOINT, "full", limit=5000, settings=settings)
+    assert got.total_records == before
+    assert not {Path(f.path).name for f in got.files} & {"planted.jsonl", "zero.jsonl"}
+    assert all("linked" not in f.path for f in got.files)

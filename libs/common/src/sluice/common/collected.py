@@ -16,13 +16,17 @@ folder for the deployment's user and reads it back for `online-deployment collec
 from __future__ import annotations
 
 import contextlib
+import heapq
 import json
+import os
+import stat
 import time
-from collections import Counter, deque
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 if TYPE_CHECKING:
     from sluice.common.resources import OnlineDeploymentSpec
@@ -31,6 +35,8 @@ DATASTORE = "datastore"
 DEFAULT_DATASTORE = "workspaceblobstore"
 COLLECTOR_PATH = "modelDataCollector"
 STATS = "_stats"
+# Longer than any record the inference server writes (its 100 MiB body limit, as base64).
+MAX_LINE_BYTES = 160 * 1024 * 1024
 
 
 def collector_root(state_dir: Path) -> Path:
@@ -87,40 +93,44 @@ def read_collected(
     limit: int = 100,
     now: float | None = None,
 ) -> CollectedView:
-    """The files (modified within `since_s`, 0 = all) and their newest `limit` records."""
+    """The files (modified within `since_s`, 0 = all) and their newest `limit` records.
+
+    The folder is the deployment's own, written by its code: read as root, nothing in it
+    is trusted. Only plain files are read, each opened without following a link (a link
+    to /dev/zero, a FIFO), folders are walked without following links, a line is read up
+    to MAX_LINE_BYTES, and only the newest `limit` records are held."""
     view = CollectedView()
     if not folder.is_dir():
         return view
     cutoff = (now or time.time()) - since_s if since_s else 0.0
-    kept: deque[tuple[str, str]] = deque(maxlen=max(limit, 0))
-    files: list[tuple[float, CollectedFile]] = []
-    for path in folder.glob("*/**/*.jsonl"):
-        name = path.relative_to(folder).parts[0]
-        if collection and name != collection:
+    files: list[CollectedFile] = []
+    for path, seen in _plain_files(folder, ".jsonl"):
+        parts = path.relative_to(folder).parts
+        if len(parts) < 2 or (collection and parts[0] != collection):
             continue
-        with contextlib.suppress(OSError):
-            stat = path.stat()
-            if stat.st_mtime >= cutoff:
-                files.append((stat.st_mtime, CollectedFile(path, name, stat.st_size)))
-    lines: list[tuple[str, str]] = []
-    for _, file in sorted(files, key=lambda f: str(f[1].path)):
+        if seen.st_mtime >= cutoff:
+            files.append(CollectedFile(path, parts[0], seen.st_size))
+    newest: list[tuple[str, int, str]] = []  # a heap of (time, order, line), `limit` at most
+    for file in sorted(files, key=lambda f: str(f.path)):
         view.files.append(file)
-        with contextlib.suppress(OSError), file.path.open() as handle:
-            for line in handle:
-                line = line.strip()
-                if not line:
+        with contextlib.suppress(OSError), _open_plain(file.path) as handle:
+            while line := handle.readline(MAX_LINE_BYTES):
+                text = line.strip().decode(errors="replace")
+                if not text:
                     continue
                 try:
-                    at = str(json.loads(line).get("time", ""))
-                except json.JSONDecodeError:
-                    continue  # a line being written right now
+                    at = str(json.loads(text).get("time", ""))
+                except (json.JSONDecodeError, AttributeError):
+                    continue  # a line being written right now (or no record)
                 if cutoff and _epoch(at) < cutoff:
                     continue
-                lines.append((at, line))
-    lines.sort(key=lambda item: item[0])
-    view.total_records = len(lines)
-    kept.extend(lines)
-    view.records = [line for _, line in kept]
+                view.total_records += 1
+                entry = (at, view.total_records, text)
+                if len(newest) < limit:
+                    heapq.heappush(newest, entry)
+                elif limit > 0 and entry > newest[0]:
+                    heapq.heapreplace(newest, entry)
+    view.records = [text for _, _, text in sorted(newest)]
     view.dropped = dropped_counts(folder)
     return view
 
@@ -128,11 +138,32 @@ def read_collected(
 def dropped_counts(folder: Path) -> dict[str, int]:
     """Records the deployment's instances could not write, by reason, summed."""
     total: Counter[str] = Counter()
-    for stats in (folder / STATS).glob("*.json"):
-        with contextlib.suppress(OSError, ValueError):
-            for reason, count in json.loads(stats.read_text()).get("dropped", {}).items():
+    for stats, _ in _plain_files(folder / STATS, ".json"):
+        with contextlib.suppress(OSError, ValueError, AttributeError), _open_plain(stats) as f:
+            for reason, count in json.loads(f.read(MAX_LINE_BYTES)).get("dropped", {}).items():
                 total[reason] += int(count)
     return dict(total)
+
+
+def _plain_files(folder: Path, suffix: str) -> Iterator[tuple[Path, os.stat_result]]:
+    """The plain files named `*<suffix>` under `folder`, no link followed."""
+    for dirpath, _, filenames in os.walk(folder):  # os.walk descends into no link
+        for name in filenames:
+            if name.endswith(suffix):
+                path = Path(dirpath) / name
+                with contextlib.suppress(OSError):
+                    seen = path.lstat()
+                    if stat.S_ISREG(seen.st_mode):
+                        yield path, seen
+
+
+def _open_plain(path: Path) -> BinaryIO:
+    """`path` opened for reading if it is a plain file (not through a link, not a FIFO)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(f"{path} is not a plain file")
+    return os.fdopen(fd, "rb")
 
 
 def _epoch(iso: str) -> float:

@@ -109,6 +109,13 @@ class ProvisionerApi(provisioner_pb2_grpc.ProvisionerServicer):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "since_seconds and limit cannot be negative"
             )
+        for name in (request.endpoint_name, request.deployment_name):
+            if not name or "/" in name or "\0" in name or name in (".", ".."):
+                # It names a folder read as root: one of the collector's, nothing else.
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"{name!r} is not an endpoint's or a "
+                    "deployment's name",
+                )  # fmt: skip
         key = f"{request.endpoint_name}/{request.deployment_name}"
         doc = await self._store.deployment(key)
         folder = collected_dir(
