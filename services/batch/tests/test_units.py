@@ -225,6 +225,9 @@ def test_each_platform_gives_jobs_workers_nats_users_of_their_own(tmp_path: Path
     assert callout.password("job-1") == JobCallout.from_file(seed).password("job-1")  # stable
     assert callout.password("job-1") != callout.password("job-2")
     assert job_users(Settings()) is None
+    # The service's own credentials in its URL and no user per job: refused, not handed on.
+    with pytest.raises(ValueError, match="deployment code would hold the service's credentials"):
+        job_users(Settings(nats_url="nats://batch:secret@127.0.0.1:4222"))
 
 
 def test_output_is_written_only_in_folders_of_the_platforms(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import grpc
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -70,7 +71,15 @@ def job_users(settings: Settings) -> JobUsers | JobCallout | None:
         return JobUsers(settings.nats_auth_dir)
     if settings.nats_callout_seed_file:
         return JobCallout.from_file(settings.nats_callout_seed_file)
-    return None  # an operator's NATS (SLUICE_NATS_URL alone): workers use the service's URL
+    if settings.nats_url and urlparse(settings.nats_url).username:
+        # Workers would get the service's own URL, its credentials with it: refuse to start.
+        raise ValueError(
+            "the batch service's NATS URL carries its credentials, and nothing gives each "
+            "job's workers a NATS user of their own (SLUICE_NATS_AUTH_DIR or "
+            "SLUICE_NATS_CALLOUT_SEED_FILE): deployment code would hold the service's "
+            "credentials. Configure one of the two."
+        )
+    return None  # an operator's NATS without authentication: workers use the service's URL
 
 
 async def prune_spares(spares: SparePool) -> None:
