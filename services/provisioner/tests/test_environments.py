@@ -285,7 +285,7 @@ def test_a_packages_build_code_sees_none_of_the_platforms_secrets(
             '[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n'
         )
         envs = folder / "envs"
-        builder = EnvironmentBuilder(envs, landlock=landlock)
+        builder = EnvironmentBuilder(envs, landlock=landlock, sources=[project])
         # As root an interpreter the build's user can run, as resolve() chooses.
         usable, _ = interpreters.for_deployment_users(
             interpreters.platform_interpreter(), builder.interpreters
@@ -333,6 +333,29 @@ def tiny_wheel(folder: Path) -> Path:
             wheel.writestr(name, text)
     path.chmod(0o644)
     return path
+
+
+def test_a_sandboxed_build_reads_only_the_local_requirements_under_its_sources(
+    tmp_path: Path,
+) -> None:
+    """A requirement is a path the deployer chose: one leading out of the artifact store
+    (`…/../../run/secrets/nats`) must not become a read rule of the build's sandbox."""
+    from sluice.common.environments import build_sandbox
+
+    artifacts = tmp_path / "artifacts" / "sha256" / "ab" / "code" / "pkg"
+    artifacts.mkdir(parents=True)
+    secret = tmp_path / "secrets" / "nats"
+    secret.parent.mkdir()
+    secret.write_text("password")
+    sneaky = f"{artifacts}/../../../../../secrets/nats"
+    resolved = ResolvedEnvironment(
+        (str(artifacts), sneaky, str(secret)), interpreters.platform_interpreter()
+    )
+    sandbox = build_sandbox(
+        resolved, tmp_path / "venv", tmp_path / "home", [tmp_path / "artifacts"]
+    )
+    assert str(artifacts) in sandbox["read"]
+    assert not [p for p in sandbox["read"] if "secrets" in p], sandbox["read"]
 
 
 @pytest.mark.integration  # builds an environment with uv

@@ -212,10 +212,22 @@ def build_env(environ: Mapping[str, str]) -> dict[str, str]:
     }
 
 
-def build_sandbox(resolved: ResolvedEnvironment, venv: Path, home: Path) -> dict[str, list[str]]:
+def build_sandbox(
+    resolved: ResolvedEnvironment, venv: Path, home: Path, sources: Sequence[Path] = ()
+) -> dict[str, list[str]]:
     """A sandboxed build reads the interpreter, the platform (uv, the inference server's
-    sources) and the folders its requirements name, and writes the environment and its HOME."""
-    local = {r for r in resolved.requirements if Path(r).exists()}
+    sources) and the local projects and wheels its requirements name that lie under
+    `sources` (the artifact store: the deployer's uploads), and writes the environment and
+    its HOME. A requirement naming anything else (`…/../../run/secrets/nats`, the state
+    volume) is read by nothing: the deployer's build code runs in this sandbox."""
+    roots = [root.resolve() for root in sources]
+    local = set()
+    for requirement in resolved.requirements:
+        path = Path(requirement)
+        if path.is_absolute() and path.exists():
+            real = path.resolve()
+            if any(real.is_relative_to(root) for root in roots):
+                local.add(str(real))
     read = confine.platform_paths(resolved.interpreter.path) | local
     return {"read": sorted(read), "write": [str(venv), str(home)]}
 
@@ -239,9 +251,16 @@ class EnvironmentBuilder:
     """Builds and caches virtualenvs under `root`, one per distinct requirement set."""
 
     def __init__(
-        self, root: Path, available: Sequence[Interpreter] | None = None, *, landlock: bool = False
+        self,
+        root: Path,
+        available: Sequence[Interpreter] | None = None,
+        *,
+        landlock: bool = False,
+        sources: Sequence[Path] = (),
     ):
+        """`sources`: where local requirements (uploaded projects and wheels) may lie."""
         self.root = root
+        self._sources = tuple(sources)
         # compose and Kubernetes (SLUICE_LANDLOCK): builds run in a Landlock sandbox that
         # reaches the interpreter, the platform, the environment's folder and a HOME and uv
         # cache of the build's own (sluice.common.confine), not the service's other files.
@@ -361,7 +380,7 @@ class EnvironmentBuilder:
         elif sandboxed:
             home = await asyncio.to_thread(self._start_build, venv, resolved.key, None)
         if home is not None and sandboxed:
-            sandbox = await asyncio.to_thread(build_sandbox, resolved, venv, home)
+            sandbox = await asyncio.to_thread(build_sandbox, resolved, venv, home, self._sources)
         run = functools.partial(
             self._run,
             log_path=log_path,

@@ -141,7 +141,9 @@ async def serve(settings: Settings) -> None:
             state_dir=state_dir,
             jobs_dir=state_dir / "jobs",
             environments=EnvironmentBuilder(
-                (settings.envs_dir or state_dir / "envs").absolute(), landlock=settings.landlock
+                (settings.envs_dir or state_dir / "envs").absolute(),
+                landlock=settings.landlock,
+                sources=[state_dir / "artifacts"],
             ),
             artifacts=ArtifactStore(state_dir / "artifacts"),
             catalogue=Catalogue.load(),

@@ -85,7 +85,9 @@ async def serve(settings: Settings) -> None:
         )
         db = database(mongo, settings)
         environments = EnvironmentBuilder(
-            (settings.envs_dir or state_dir / "envs").absolute(), landlock=settings.landlock
+            (settings.envs_dir or state_dir / "envs").absolute(),
+            landlock=settings.landlock,
+            sources=[state_dir / "artifacts"],
         )
         publisher = EventPublisher(
             broker,
