@@ -4,6 +4,7 @@ reaches the code that ends a span."""
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from collections.abc import Sequence
@@ -208,3 +209,18 @@ def test_a_request_s_span_with_its_run_span_gives_both_lines() -> None:
     to_lines = SpanLines("inference-1", {"sluice.deployment": "blue"})
     assert to_lines.line((*request, 99, 15, 30)) == to_lines.line(request) + to_lines.line(run)
     assert to_lines([(*request, 99, 15, 30), request]) == to_lines([request, run, request])
+
+
+def test_reading_spans_opens_only_plain_files(tmp_path: Path) -> None:
+    """A deployment's code can write its span folder: a FIFO (which would block `sluice
+    trace`), a link to /dev/zero or to a secret are skipped, its real lines read."""
+    folder = tmp_path / "instances" / "ep" / "blue"
+    folder.mkdir(parents=True)
+    (folder / "spans.jsonl").write_bytes(b'{"trace_id": "ab", "name": "run"}\n')
+    os.mkfifo(folder / "fifo.jsonl")
+    (folder / "zero.jsonl").symlink_to("/dev/zero")
+    secret = tmp_path / "secret.jsonl"
+    secret.write_bytes(b'{"trace_id": "ab", "name": "secret"}\n')
+    (folder / "secret.jsonl").symlink_to(secret)
+    (folder / "linked").symlink_to(tmp_path)
+    assert [s["name"] for s in read_spans(tmp_path / "instances")] == ["run"]

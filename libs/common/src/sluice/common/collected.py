@@ -18,15 +18,14 @@ from __future__ import annotations
 import contextlib
 import heapq
 import json
-import os
-import stat
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING
+
+from sluice.common.untrusted import open_plain, plain_files
 
 if TYPE_CHECKING:
     from sluice.common.resources import OnlineDeploymentSpec
@@ -104,7 +103,7 @@ def read_collected(
         return view
     cutoff = (now or time.time()) - since_s if since_s else 0.0
     files: list[CollectedFile] = []
-    for path, seen in _plain_files(folder, ".jsonl"):
+    for path, seen in plain_files(folder, ".jsonl"):
         parts = path.relative_to(folder).parts
         if len(parts) < 2 or (collection and parts[0] != collection):
             continue
@@ -113,7 +112,7 @@ def read_collected(
     newest: list[tuple[str, int, str]] = []  # a heap of (time, order, line), `limit` at most
     for file in sorted(files, key=lambda f: str(f.path)):
         view.files.append(file)
-        with contextlib.suppress(OSError), _open_plain(file.path) as handle:
+        with contextlib.suppress(OSError), open_plain(file.path) as handle:
             while line := handle.readline(MAX_LINE_BYTES):
                 text = line.strip().decode(errors="replace")
                 if not text:
@@ -138,32 +137,11 @@ def read_collected(
 def dropped_counts(folder: Path) -> dict[str, int]:
     """Records the deployment's instances could not write, by reason, summed."""
     total: Counter[str] = Counter()
-    for stats, _ in _plain_files(folder / STATS, ".json"):
-        with contextlib.suppress(OSError, ValueError, AttributeError), _open_plain(stats) as f:
+    for stats, _ in plain_files(folder / STATS, ".json"):
+        with contextlib.suppress(OSError, ValueError, AttributeError), open_plain(stats) as f:
             for reason, count in json.loads(f.read(MAX_LINE_BYTES)).get("dropped", {}).items():
                 total[reason] += int(count)
     return dict(total)
-
-
-def _plain_files(folder: Path, suffix: str) -> Iterator[tuple[Path, os.stat_result]]:
-    """The plain files named `*<suffix>` under `folder`, no link followed."""
-    for dirpath, _, filenames in os.walk(folder):  # os.walk descends into no link
-        for name in filenames:
-            if name.endswith(suffix):
-                path = Path(dirpath) / name
-                with contextlib.suppress(OSError):
-                    seen = path.lstat()
-                    if stat.S_ISREG(seen.st_mode):
-                        yield path, seen
-
-
-def _open_plain(path: Path) -> BinaryIO:
-    """`path` opened for reading if it is a plain file (not through a link, not a FIFO)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise OSError(f"{path} is not a plain file")
-    return os.fdopen(fd, "rb")
 
 
 def _epoch(iso: str) -> float:
