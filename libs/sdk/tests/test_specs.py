@@ -156,6 +156,32 @@ def test_batch_deployment_example_and_legacy_form(tmp_path: Path) -> None:
         )
 
 
+def test_batch_deployment_takes_azures_other_resource_fields(tmp_path: Path) -> None:
+    """Azure's schema also has settings.instance_count and resources.instance_type (seen
+    in public YAML files): the count is taken, the rest said to be ignored."""
+    (tmp_path / "model").mkdir()
+    common = "name: nightly\nendpoint_name: be1\nmodel:\n  path: model\n"
+    loaded = load_batch_deployment(
+        write(
+            tmp_path,
+            common + "resources:\n  instance_type: Standard_DS2_v2\n  shm_size: 2g\n"
+            "settings:\n  instance_count: 3\n  mini_batch_size: 4\n",
+        ),
+        fake_upload,
+    )
+    assert loaded.spec.instance_count == 3 and loaded.spec.settings.mini_batch_size == 4
+    assert any("resources.instance_type does not apply" in w for w in loaded.warnings)
+    assert any("resources.shm_size does not apply" in w for w in loaded.warnings)
+    with pytest.raises(SpecError, match="disagree"):
+        load_batch_deployment(
+            write(
+                tmp_path,
+                common + "resources:\n  instance_count: 2\nsettings:\n  instance_count: 3\n",
+            ),
+            fake_upload,
+        )
+
+
 def test_the_shipped_examples_load(tmp_path: Path) -> None:
     copy = tmp_path / "examples"
     shutil.copytree(EXAMPLES, copy, ignore=shutil.ignore_patterns("model"))

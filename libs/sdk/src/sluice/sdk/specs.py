@@ -624,6 +624,36 @@ def load_batch_endpoint(
     return Loaded(model.to_spec(), warnings)
 
 
+# Azure's batch `resources:` (a job resource configuration) beyond instance_count: nothing
+# of them applies to local workers.
+BATCH_RESOURCES_IGNORED = ("instance_type", "properties", "shm_size", "docker_args", "locations")
+
+
+def _fold_batch_resources(data: dict[str, Any], warnings: list[str], source: str) -> None:
+    """Azure's schema also takes `settings.instance_count` (the same as
+    `resources.instance_count`) and more resource fields than apply here (ignored, said)."""
+    settings, resources = data.get("settings"), data.get("resources")
+    if isinstance(settings, dict) and "instance_count" in settings:
+        count = settings.pop("instance_count")
+        resources = data.setdefault("resources", {}) if resources is None else resources
+        if not isinstance(resources, dict):
+            raise SpecError(f"{source}: resources: expected a mapping")
+        if resources.get("instance_count", count) != count:
+            raise SpecError(
+                f"{source}: settings.instance_count ({count}) and resources.instance_count "
+                f"({resources['instance_count']}) disagree; give one"
+            )
+        resources["instance_count"] = count
+    if isinstance(resources, dict):
+        for key in BATCH_RESOURCES_IGNORED:
+            if key in resources:
+                del resources[key]
+                warnings.append(
+                    f"{source}: resources.{key} does not apply to local batch workers; ignored"
+                    + (" (their instance type is the compute's)" if key == "instance_type" else "")
+                )
+
+
 def load_batch_deployment(
     path: Path | None,
     upload: Uploader,
@@ -645,6 +675,7 @@ def load_batch_deployment(
                 f"{source}: {', '.join(clash)} given both at the top level and under settings:"
             )
         settings.update(legacy)
+    _fold_batch_resources(data, warnings, source)
     model: AzureBatchDeployment = _validate(AzureBatchDeployment, data, source)
     base = path.parent if path else Path.cwd()
     return Loaded(model.to_spec(_Resolver(base, upload)), warnings)
