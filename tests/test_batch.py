@@ -791,6 +791,15 @@ def test_bad_inputs_are_refused_at_invoke(cli: Cli) -> None:
     assert "mini_batch_size must be at least 1" in cli.error(
         "batch-endpoint", "invoke", "-n", "bad-batch", "--input", ".", "-m", "0"
     )
+    # An earlier job's output is not replaced (as on Azure).
+    earlier = Path(cli.env["SLUICE_STATE_DIR"]) / "datastore/workspaceblobstore/earlier"
+    earlier.mkdir(parents=True)
+    (earlier / "predictions.csv").write_text("kept\n")
+    assert "already exists: a job does not overwrite" in cli.error(
+        "batch-endpoint", "invoke", "-n", "bad-batch", "--input", ".",
+        "--output-path", "azureml://datastores/workspaceblobstore/paths/earlier",
+    )  # fmt: skip
+    assert (earlier / "predictions.csv").read_text() == "kept\n"
     # Nothing was created by any of them.
     assert cli.json("job", "list") == []
 

@@ -44,6 +44,7 @@ from sluice.common.resources import (
     BatchDeploymentDoc,
     BatchEndpointDoc,
     BatchSettings,
+    OutputAction,
     deployment_id,
     from_document,
 )
@@ -292,6 +293,12 @@ class BatchService:
         if await self.store.get(job_name) is not None:
             raise AlreadyExists(f"job {job_name!r} already exists")
         output = self._output_path(request.output_path, job_name)
+        written = output / settings.output_file_name
+        if settings.output_action is OutputAction.append_row and written.exists():
+            raise InvalidArgument(  # as on Azure: an earlier job's output is never replaced
+                f"{written} already exists: a job does not overwrite another's output; "
+                "choose another --output-path (or output_file_name)"
+            )
         scratch = job_dir(self.ctx.jobs_dir, job_name)
         given, input_type = request.input, request.input_type
         assets = [f"model:{spec.model.asset}"] if spec.model.asset else []
