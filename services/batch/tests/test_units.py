@@ -72,7 +72,11 @@ async def test_local_inputs_outside_the_services_folders_are_refused(tmp_path: P
         ("s3://bucket/x.csv", "", "s3:// is not supported"),
         ("relative/path", "", "must be absolute"),
         ("http://127.0.0.1:9/x.csv", "", "127.0.0.1 is a loopback address"),
-        ("http://127.0.0.1:9/x.csv", "uri_folder", "use --input-type uri_file"),
+        (
+            "http://127.0.0.1:9/x.csv",
+            "uri_folder",
+            "remote folders .uri_folder over http.s.. are not supported",
+        ),
     ],
 )
 async def test_bad_inputs_say_why(tmp_path: Path, given: str, kind: str, message: str) -> None:

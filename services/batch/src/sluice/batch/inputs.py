@@ -108,7 +108,11 @@ async def resolve(
     scheme = urlparse(text).scheme
     if scheme in {"http", "https"}:
         if _check_type(input_type) == "uri_folder" and input_type:
-            raise InputError(f"input {text} is a single remote file: use --input-type uri_file")
+            raise InputError(
+                f"input {text}: remote folders (uri_folder over http(s)) are not supported; "
+                "give one file's URL (--input-type uri_file), or copy the folder to a "
+                "datastore and give its azureml://datastores/... path"
+            )
         try:
             return [await download(text, scratch / "inputs", urls)]
         except FetchError as exc:
