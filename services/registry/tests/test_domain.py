@@ -175,3 +175,20 @@ def test_request_timeout_caps_are_azures_per_compute() -> None:
     domain.check_online_deployment(timed(plain, 180_000), managed)
     with pytest.raises(InvalidArgument, match="between 1 and 180000"):
         domain.check_online_deployment(timed(plain, 300_000), managed)
+
+
+def test_batch_settings_logging_level_and_output_name_are_checked() -> None:
+    from sluice.common.resources import BatchDeploymentSpec
+
+    spec = BatchDeploymentSpec(
+        name="nightly", endpoint_name="be1", model=ModelRef(registered="m:1")
+    )
+
+    def with_settings(**changes: object) -> BatchDeploymentSpec:
+        return spec.model_copy(update={"settings": spec.settings.model_copy(update=changes)})
+
+    domain.check_batch_deployment(with_settings(logging_level="DEBUG"))
+    with pytest.raises(InvalidArgument, match="logging_level must be one of debug, info"):
+        domain.check_batch_deployment(with_settings(logging_level="verbose"))
+    with pytest.raises(InvalidArgument, match="output_file_name must be a plain file name"):
+        domain.check_batch_deployment(with_settings(output_file_name=".."))

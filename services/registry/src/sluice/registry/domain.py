@@ -22,6 +22,7 @@ NAME_RE = re.compile(r"^[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?$")
 MAX_MIRROR_PERCENT = 50
 MAX_REQUEST_TIMEOUT_MS = 180_000  # Azure's managed deployments
 MAX_KUBERNETES_REQUEST_TIMEOUT_MS = 300_000  # Azure's Kubernetes deployments
+LOGGING_LEVELS = ("debug", "info", "warning", "error", "critical")  # a batch deployment's
 MAX_INSTANCES = 100
 MAX_CONCURRENT_REQUESTS = 1000
 # Free text stays small enough that a page of a listing fits gRPC's 4 MB message cap.
@@ -273,9 +274,14 @@ def check_batch_deployment(spec: BatchDeploymentSpec) -> None:
         raise InvalidArgument(
             f"error_threshold must be -1 (ignore all failures) or >= 0, got {s.error_threshold}"
         )
-    if not s.output_file_name or "/" in s.output_file_name:
+    if not s.output_file_name or "/" in s.output_file_name or s.output_file_name in (".", ".."):
         raise InvalidArgument(
             f"output_file_name must be a plain file name, got {s.output_file_name!r}"
+        )
+    if s.logging_level.lower() not in LOGGING_LEVELS:
+        raise InvalidArgument(
+            f"logging_level must be one of {', '.join(LOGGING_LEVELS)} (a level name of "
+            f"Python's logging), got {s.logging_level!r}"
         )
     _check_model_and_code(spec.name, spec.model.artifact, spec.model.registered, spec)
 
