@@ -489,6 +489,41 @@ def test_dataframe_rows_space_separated_and_parquet(cli: Cli) -> None:
     assert frame["y"].tolist() == [20400000, 20400002, 20402000, 20402002, 20404000, 20404002]
 
 
+SLOW_SCRIPT = """\
+import os
+import time
+
+
+def init():
+    pass
+
+
+def run(mini_batch):
+    for path in mini_batch:
+        if "slow" in os.path.basename(path):
+            time.sleep(30)
+    return [os.path.basename(p) for p in mini_batch]
+"""
+
+
+def test_mini_batches_that_time_out_fail_by_themselves_not_the_job(cli: Cli) -> None:
+    """Each attempt over retry_settings.timeout ends its worker: that is the mini-batch's
+    failure (error_threshold decides), not a worker dying; ten of them, more than the
+    job's allowance of unexpected worker deaths (3 x 2 workers + 3), leave the job alone."""
+    deploy(cli, "slow-batch", script=SLOW_SCRIPT)
+    data = cli.cwd / "slow-data"
+    data.mkdir()
+    for i in range(10):
+        (data / f"slow{i:02d}.csv").write_text("x\n1\n")
+    (data / "zfast.csv").write_text("x\n1\n")
+    job = invoke(cli, "slow-batch", data, "-m", "1", "--set", "max_retries=0", "timeout=1")
+    job = cli.finished(job["name"], timeout=150)
+    assert job["status"] == "Completed", job.get("status_message") or job
+    assert job["progress"]["mini_batches_failed"] == 10
+    assert job["progress"]["mini_batches_done"] == 1
+    assert output_lines(job) == ["zfast.csv"]
+
+
 def test_error_threshold_fails_or_completes(cli: Cli) -> None:
     deploy(cli, "err-batch", settings="  error_threshold: -1\n")
     expected = make_csvs(cli.cwd / "data", 6, 1, bad=(1, 4))

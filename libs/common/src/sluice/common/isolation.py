@@ -344,18 +344,19 @@ def deployment_folder(state_dir: Path, folder: Path, account: Account) -> Path:
 
 def make_private_dir(path: Path, account: Account) -> Path:
     """`path` a folder of `account`'s, 0700."""
-    return _own_dir(path, account.uid if account.switches else None, 0o700)
+    owner = (account.uid, account.gid) if account.switches else None
+    return _own_dir(path, owner, 0o700)
 
 
 def make_platform_dir(path: Path) -> Path:
     """`path` a folder of the platform's that others may traverse, not list or change
     (0711): a deployment's workspace and its folders of copies. Its user owns only what
     is inside (HOME, the copies), so it cannot put a symbolic link where root will work."""
-    return _own_dir(path, os.getuid(), 0o711)
+    return _own_dir(path, (os.getuid(), os.getgid()), 0o711)
 
 
-def _own_dir(path: Path, uid: int | None, mode: int) -> Path:
-    """Create `path` if needed and give it to `uid` (None: leave the owner) with `mode`,
+def _own_dir(path: Path, owner: tuple[int, int] | None, mode: int) -> Path:
+    """Create `path` if needed and give it to `owner` (uid, gid; None: leave it) with `mode`,
     through a descriptor opened without following a link: a deployment's code may have
     put one in its place for root to follow (chmod and chown would act on its target)."""
     with contextlib.suppress(FileExistsError):
@@ -365,9 +366,9 @@ def _own_dir(path: Path, uid: int | None, mode: int) -> Path:
     except OSError as exc:  # ELOOP: a link; ENOTDIR: a file
         raise IsolationError(f"{path} is not a folder (a link or a file): refused") from exc
     try:
-        if uid is not None and os.fstat(fd).st_uid != uid:
-            gid = pwd.getpwuid(uid).pw_gid
-            os.fchown(fd, uid, gid)
+        seen = os.fstat(fd)
+        if owner is not None and (seen.st_uid, seen.st_gid) != owner:
+            os.fchown(fd, *owner)
         os.fchmod(fd, mode)
     finally:
         os.close(fd)

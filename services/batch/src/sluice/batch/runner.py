@@ -40,6 +40,7 @@ from sluice.batch.spares import SpareKey, SparePool, as_user, base_env
 from sluice.batch.worker import (
     CONFIG_ENV,
     EXIT_INIT_FAILED,
+    EXIT_TIMED_OUT,
     MiniBatch,
     MiniBatchResult,
     WorkerConfig,
@@ -600,8 +601,12 @@ class JobRunner:
                 raise JobAborted(
                     f"{worker.name}: init() failed. Last log lines:\n{tail(worker.log_path)}"
                 )
-            self.restarts += 1
-            self.log(f"{worker.name} exited with code {code}; starting a new one")
+            if code == EXIT_TIMED_OUT:  # its mini-batch's attempt took longer than timeout:
+                # that mini-batch is retried or fails by itself (error_threshold), not the job
+                self.log(f"{worker.name} stopped: a mini-batch timed out; starting a new one")
+            else:
+                self.restarts += 1
+                self.log(f"{worker.name} exited with code {code}; starting a new one")
             if self.restarts > 3 * self.job.workers + 3:
                 raise JobAborted(
                     f"workers keep dying ({self.restarts} restarts). Last log lines of "
