@@ -524,6 +524,28 @@ def test_mini_batches_that_time_out_fail_by_themselves_not_the_job(cli: Cli) -> 
     assert output_lines(job) == ["zfast.csv"]
 
 
+LEVEL_SCRIPT = """\
+import logging
+import sys
+
+
+def init():
+    pass
+
+
+def run(mini_batch):
+    level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+    return [f"{level} {' '.join(sys.argv[1:])}" for _ in mini_batch]
+"""
+
+
+def test_logging_level_is_the_scripts_and_its_argument(cli: Cli) -> None:
+    deploy(cli, "level-batch", script=LEVEL_SCRIPT, settings="  logging_level: debug\n")
+    make_csvs(cli.cwd / "level-data", 1, 1)
+    job = cli.finished(invoke(cli, "level-batch", cli.cwd / "level-data")["name"])
+    assert output_lines(job) == ["DEBUG --logging_level debug"]
+
+
 def test_error_threshold_fails_or_completes(cli: Cli) -> None:
     deploy(cli, "err-batch", settings="  error_threshold: -1\n")
     expected = make_csvs(cli.cwd / "data", 6, 1, bad=(1, 4))

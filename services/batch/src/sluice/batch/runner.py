@@ -357,6 +357,7 @@ class JobRunner:
             model=str(model) if model else None,
             code=str(code) if code else None,
             scoring_script=runtime.spec.code_configuration.scoring_script or None,
+            logging_level=s.logging_level,
         )
 
     async def _workers_nats_url(self) -> str:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import sys
 import time
@@ -73,6 +74,7 @@ class WorkerConfig(BaseModel):
     model: str | None = None
     code: str | None = None
     scoring_script: str | None = None
+    logging_level: str = "info"  # the deployment's settings.logging_level
 
 
 class MiniBatch(BaseModel):
@@ -100,7 +102,12 @@ def say(message: str) -> None:
 
 
 def load_functions(cfg: WorkerConfig) -> Any:
-    """The deployment's scoring functions: its script, or the MLflow batch scorer."""
+    """The deployment's scoring functions: its script, or the MLflow batch scorer.
+
+    `logging_level` is the root logger's level, and, as Azure passes it, the script's
+    `--logging_level` argument (`sys.argv`)."""
+    logging.getLogger().setLevel(cfg.logging_level.upper())
+    sys.argv = [sys.argv[0], "--logging_level", cfg.logging_level]
     if cfg.model:
         os.environ["AZUREML_MODEL_DIR"] = str(Path(cfg.model).resolve().parent)
     os.environ["AZUREML_BI_OUTPUT_PATH"] = cfg.output_path
