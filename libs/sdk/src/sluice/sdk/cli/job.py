@@ -202,7 +202,10 @@ def download(
         raise CliError(f"job {name} is {state_name(job)}: download it once it has ended")
     source = Path(job.output_path)
     if not source.is_dir():
-        raise CliError(f"job {name} has no output at {source} (summary_only, or another host)")
+        raise CliError(
+            f"job {name} has no output at {source} (no mini-batch wrote any, or the batch "
+            "service runs on another host)"
+        )
     target = Path(download_path).expanduser().resolve() / "named-outputs" / "score"
     shutil.copytree(source, target, dirs_exist_ok=True)
     err_console.print(f"Downloaded {name}'s output to {target}")
