@@ -110,22 +110,30 @@ async def stored(db: AsyncDatabase[Document]) -> OnlineDeploymentDoc:
     return from_document(OnlineDeploymentDoc, raw).model_copy(update={"instances": instances})
 
 
+def worker_context(
+    cluster: StandInCluster,
+    db: AsyncDatabase[Document],
+    broker: NatsBroker,
+    settings: Settings,
+) -> tuple[Context, Outbox, EventPublisher]:
+    """A worker's context on the Kubernetes backend over `cluster`, and its outbox."""
+    publisher = EventPublisher(
+        broker,
+        source="sluice/provisioner",
+        subject_prefix=settings.events_subject_prefix,
+        stream=settings.events_stream,
+    )
+    outbox = Outbox(db, publisher)
+    compute = KubernetesCompute(cluster, RoutingView())  # type: ignore[arg-type]
+    ctx = Context(store=ProvisionerStore(db, outbox), backends={ComputeKind.kubernetes: compute})
+    return ctx, outbox, publisher
+
+
 async def test_kubernetes_reports_like_local_and_cleans_up(
     mongo_db: AsyncDatabase[Document], nats_broker: NatsBroker, sluice_settings: Settings
 ) -> None:
     cluster = StandInCluster()
-    publisher = EventPublisher(
-        nats_broker,
-        source="sluice/provisioner",
-        subject_prefix=sluice_settings.events_subject_prefix,
-        stream=sluice_settings.events_stream,
-    )
-    compute = KubernetesCompute(cluster, RoutingView())  # type: ignore[arg-type]
-    outbox = Outbox(mongo_db, publisher)
-    ctx = Context(
-        store=ProvisionerStore(mongo_db, outbox),
-        backends={ComputeKind.kubernetes: compute},
-    )
+    ctx, outbox, publisher = worker_context(cluster, mongo_db, nats_broker, sluice_settings)
     scale = ScaleSettings(
         type="target_utilization",
         min_instances=1,
@@ -203,16 +211,7 @@ async def test_a_deployment_deleted_and_created_again_runs_the_new_spec(
     """Deleted and created again under the same name before the worker saw the delete: the
     new document is version 1 as the old one was, and must not be taken for it."""
     cluster = StandInCluster()
-    publisher = EventPublisher(
-        nats_broker,
-        source="sluice/provisioner",
-        subject_prefix=sluice_settings.events_subject_prefix,
-        stream=sluice_settings.events_stream,
-    )
-    ctx = Context(
-        store=ProvisionerStore(mongo_db, Outbox(mongo_db, publisher)),
-        backends={ComputeKind.kubernetes: KubernetesCompute(cluster, RoutingView())},  # type: ignore[arg-type]
-    )
+    ctx, _, _ = worker_context(cluster, mongo_db, nats_broker, sluice_settings)
 
     def env_of_applied() -> dict[str, str]:
         container = cluster.objects["Deployment"]["spec"]["template"]["spec"]["containers"][0]

@@ -28,11 +28,17 @@ def plain_files(folder: Path, suffix: str) -> Iterator[tuple[Path, os.stat_resul
                         yield path, seen
 
 
-def open_plain(path: Path) -> BinaryIO:
-    """`path` opened for reading if it is a plain file (not through a link, not a FIFO);
-    OSError otherwise."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+def open_plain(path: Path | str, dir_fd: int | None = None) -> BinaryIO:
+    """`path` (relative to the folder `dir_fd` if given) opened for reading if it is a
+    plain file, not a link, a FIFO or a device; OSError otherwise (NotAPlainFile when it
+    is something else than a file)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
-        raise OSError(f"{path} is not a plain file")
+        raise NotAPlainFile(f"{path} is not a plain file")
+    os.set_blocking(fd, True)
     return os.fdopen(fd, "rb")
+
+
+class NotAPlainFile(OSError):
+    """What was to be read is a FIFO, a device or a folder."""

@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from sluice.common.untrusted import open_plain
+
 PART_DIGITS = 8
 MAX_DEPTH = 32  # folders deeper than this in a summary_only job's files are not copied
 
@@ -94,18 +96,13 @@ def open_part(parts: Path, mini_batch: int, parquet: bool) -> BinaryIO | None:
     except OSError as exc:  # ELOOP, ENOTDIR: a link
         raise OutputError(f"the parts folder {parts} is not a plain folder: {exc}") from None
     try:
-        name = part_path(parts, mini_batch, parquet).name
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=folder)
+        return open_plain(part_path(parts, mini_batch, parquet).name, dir_fd=folder)
     except FileNotFoundError:
         return None
-    except OSError as exc:  # ELOOP: a link
+    except OSError as exc:  # ELOOP: a link; NotAPlainFile: a FIFO, a device
         raise OutputError(f"part {mini_batch} of {parts} is not a plain file: {exc}") from None
     finally:
         os.close(folder)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise OutputError(f"part {mini_batch} of {parts} is not a plain file")
-    return os.fdopen(fd, "rb")
 
 
 def output_folder(folder: Path, *, create: bool = True) -> Path:

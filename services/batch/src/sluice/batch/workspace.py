@@ -28,7 +28,6 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +48,7 @@ from sluice.common.isolation import (
     remove_account,
     user_name,
 )
+from sluice.common.untrusted import NotAPlainFile, open_plain
 
 WORKSPACES = "batch-workspaces"  # in the state directory; shared (0711) like `workspaces`
 
@@ -128,16 +128,13 @@ def open_plain_file(path: Path) -> BinaryIO:
             step = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
             os.close(fd)
             fd = step
-        file = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
+        return open_plain(parts[-1], dir_fd=fd)
+    except NotAPlainFile:
+        raise IsolationError(f"input {path} is not a plain file") from None
     except OSError as exc:
         raise IsolationError(f"input {path} is not read through a link: {exc}") from None
     finally:
         os.close(fd)
-    if not stat.S_ISREG(os.fstat(file).st_mode):
-        os.close(file)
-        raise IsolationError(f"input {path} is not a plain file")
-    os.set_blocking(file, True)
-    return os.fdopen(file, "rb")
 
 
 def _copy_privately(source: BinaryIO, name: str, target: Path, account: Account) -> None:
