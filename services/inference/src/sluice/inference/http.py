@@ -145,14 +145,14 @@ class Connection(asyncio.Protocol):
     def on_url(self, url: bytes) -> None:
         self._head_size += len(url)
         if self._head_size > MAX_HEAD_BYTES:
-            raise _BodyTooLarge  # the head, here: data_received tells them apart
+            raise _TooLarge  # data_received tells the head from the body by _head_size
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
         assert self._current is not None
         self._head_size += len(name) + len(value)
         if self._head_size > MAX_HEAD_BYTES:
-            raise _BodyTooLarge
+            raise _TooLarge
         self._current.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
@@ -164,7 +164,7 @@ class Connection(asyncio.Protocol):
         length = request.header(b"content-length")
         if length is not None and length.isdigit() and int(length) > self._max_body:
             self._too_large = True
-            raise _BodyTooLarge
+            raise _TooLarge
         if request.header(b"expect") == b"100-continue":
             self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
@@ -172,7 +172,7 @@ class Connection(asyncio.Protocol):
         self._body_size += len(body)
         if self._body_size > self._max_body:
             self._too_large = True
-            raise _BodyTooLarge
+            raise _TooLarge
         self._body.append(body)
 
     def on_message_complete(self) -> None:
@@ -232,6 +232,6 @@ class Connection(asyncio.Protocol):
         transport.close()
 
 
-class _BodyTooLarge(Exception):
+class _TooLarge(Exception):
     """Raised from a parser callback to stop reading a request (its head or its body) over
     the limit."""
