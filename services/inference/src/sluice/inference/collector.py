@@ -54,6 +54,7 @@ import base64
 import contextlib
 import itertools
 import json
+import math
 import random
 import subprocess
 import sys
@@ -271,7 +272,7 @@ class DataCollector(_Queue):
         self._prefix = settings.id_prefix.encode()  # of correlation ids
         self._source = orjson.dumps(settings.source)
         self._converting: list[subprocess.Popen[bytes]] = []  # Parquet writers (parquet.py)
-        self._stats_at = 0.0  # when the stats file was written, and what it shows
+        self._stats_at = -math.inf  # when the stats file was written (never yet), and what it shows
         self._shown: tuple[int, Counter[str]] = (0, Counter())
 
     def open(self) -> None:
