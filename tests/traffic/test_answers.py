@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from sluice.common.headers import MODEL_STATUS_HEADER
 from sluice.common.supervisor import free_port
 from sluice.testing.traffic import (
     Behaviour,
@@ -23,18 +24,24 @@ async def test_model_errors_timeouts_overload_and_no_instance(
     traffic: Traffic, world: World, upstreams: Callable[[str], Upstream]
 ) -> None:
     failing, slow, busy = upstreams("failing"), upstreams("slow"), upstreams("busy")
+    unready, chose = upstreams("unready"), upstreams("chose")
     failing.behaviour = Behaviour(status=500)
+    # The inference server's own 503 passes as it is; a 503 that run() chose is marked.
+    unready.behaviour = Behaviour(status=503)
+    chose.behaviour = Behaviour(status=503, headers=((MODEL_STATUS_HEADER, "true"),))
     slow.behaviour = Behaviour(delay_s=1.0)
     busy.behaviour = Behaviour(delay_s=0.5)
     await world.deployment("codes", "failing", [failing.address])
     await world.deployment("codes", "slow", [slow.address], timeout_ms=200)
     await world.deployment("codes", "busy", [busy.address], concurrency=1)
     await world.deployment("codes", "empty", [])
+    await world.deployment("codes", "unready", [unready.address])
+    await world.deployment("codes", "chose", [chose.address])
     await world.endpoint("codes", traffic={"failing": 100})
     eventually(lambda: traffic.score("codes", KEY, deployment="empty")[0], lambda s: s == 503)
     # Envoy routes to a new instance once its first active health check answered; on a
     # loaded machine that can come after the routes. Wait for that, not for a fixed time.
-    for name in ("failing", "slow", "busy"):
+    for name in ("failing", "slow", "busy", "unready", "chose"):
         eventually(lambda name=name: healthy_hosts(traffic, "codes", name), bool)
 
     # A model's non-2xx becomes 424 with its status and reason in headers; the body is kept.
@@ -43,6 +50,15 @@ async def test_model_errors_timeouts_overload_and_no_instance(
     assert headers["ms-azureml-model-error-statuscode"] == "500"
     assert headers["ms-azureml-model-error-reason"] == "Internal Server Error"
     assert json.loads(body)["deployment"] == "failing"
+
+    status, headers, body = traffic.score("codes", KEY, deployment="unready")
+    assert status == 503 and "ms-azureml-model-error-statuscode" not in headers, (status, body)
+    status, headers, body = traffic.score("codes", KEY, deployment="chose")
+    assert status == 424, (status, body)
+    assert headers["ms-azureml-model-error-statuscode"] == "503"
+    assert headers["ms-azureml-model-error-reason"] == "Service Unavailable"
+    assert MODEL_STATUS_HEADER not in headers  # the mark is the gateway's to read, not the client's
+    assert json.loads(body)["deployment"] == "chose"
 
     status, _, body = traffic.score("codes", KEY, deployment="slow")
     assert status == 408 and "request_timeout_ms" in json.loads(body)["message"]

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from sluice.common.headers import MODEL_STATUS_HEADER, NOT_PROCESSED_HEADER
 from sluice.common.supervisor import Supervisor
 from sluice.testing.inference import Server, start_server, wait_until, write_script
 
@@ -59,6 +60,8 @@ def run(raw_data, request_headers):
         return {"created": True}, 201
     if op == "aml":
         return AMLResponse("teapot", 418, {"x-model": "m1"})
+    if op == "busy":  # the model's own 503, trying to pass for the server's "not processed"
+        return AMLResponse("model busy", 503, {"x-sluice-not-processed": "true"})
     if op == "object":
         return object()
     if op == "broken-response":
@@ -140,6 +143,22 @@ def test_values_that_are_not_plain_json(server: Server) -> None:
     assert (status.status, status.json()) == (201, {"created": True})
     aml = server.post({"op": "aml"})
     assert (aml.status, aml.body, aml.headers["x-model"]) == (418, b"teapot", "m1")
+
+
+def test_a_status_run_chose_is_marked_and_the_servers_own_refusals_are_not(
+    server: Server,
+) -> None:
+    # The gateway answers a marked status with 424 (a model error) and passes the server's
+    # own 408/413/429/503 as they are; a model cannot claim the server's "not processed".
+    busy = server.post({"op": "busy"})
+    assert (busy.status, busy.body) == (503, b"model busy")
+    assert busy.headers[MODEL_STATUS_HEADER] == "true"
+    assert NOT_PROCESSED_HEADER not in busy.headers
+    assert server.post({"op": "aml"}).headers[MODEL_STATUS_HEADER] == "true"
+    assert MODEL_STATUS_HEADER not in server.post({"op": "echo"}).headers
+    assert MODEL_STATUS_HEADER not in server.post({"op": "status"}).headers  # a 201
+    too_large = server.post({"op": "echo", "pad": "x" * 3000})
+    assert too_large.status == 413 and MODEL_STATUS_HEADER not in too_large.headers
 
 
 def test_unserializable_value_is_a_500_that_names_the_type(server: Server) -> None:

@@ -75,6 +75,7 @@ class Behaviour:
     status: int = 200
     delay_s: float = 0.0
     crash: bool = False  # close the connection without an answer, as a crashed server does
+    headers: tuple[tuple[str, str], ...] = ()  # added to the answer
 
 
 class Upstream:
@@ -123,10 +124,14 @@ class Upstream:
                 if behaviour.delay_s:
                     time.sleep(behaviour.delay_s)
                 payload = {"deployment": upstream.name, "path": self.path, "body": body.decode()}
-                self._send(behaviour.status, json.dumps(payload).encode())
+                self._send(behaviour.status, json.dumps(payload).encode(), behaviour.headers)
 
-            def _send(self, status: int, data: bytes) -> None:
+            def _send(
+                self, status: int, data: bytes, headers: tuple[tuple[str, str], ...] = ()
+            ) -> None:
                 self.send_response(status)
+                for name, value in headers:
+                    self.send_header(name, value)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(data)))
                 self.end_headers()

@@ -39,7 +39,7 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from sluice.common import gateway_auth
-from sluice.common.headers import NOT_PROCESSED_HEADER
+from sluice.common.headers import MODEL_STATUS_HEADER, NOT_PROCESSED_HEADER
 from sluice.common.runtime import wait_for_shutdown_signal
 from sluice.inference import oip, oip_binary, oip_grpc_http
 from sluice.inference.batching import Batcher, BatchSettings, TraceBatch, batch_rows
@@ -63,6 +63,7 @@ HEALTH_PATHS = frozenset({"/", "/ready", "/v2/health/live", "/v2/health/ready"})
 # Refusals before any processing carry NOT_PROCESSED_HEADER: the gateway may retry them
 # on another instance (and retries nothing else).
 NOT_PROCESSED: Header = (NOT_PROCESSED_HEADER.encode(), b"true")
+MODEL_STATUS: Header = (MODEL_STATUS_HEADER.encode(), b"true")
 NOT_READY = Reply(503, [JSON, NOT_PROCESSED], b'{"message":"not ready: init() has not finished"}')
 SHUTTING_DOWN = Reply(503, [JSON, NOT_PROCESSED], b'{"message":"shutting down"}')
 
@@ -423,6 +424,8 @@ class InferenceApp:
                 log.error("run_output_not_serializable", request_id=rid, error=str(exc))
                 return json_reply(500, {"message": str(exc)})
             reply.headers.append((b"x-ms-run-fn-exec-ms", b"%.3f" % (outcome.run_seconds * 1e3)))
+            if not 200 <= reply.status < 300:
+                reply.headers.append(MODEL_STATUS)  # run()'s own status: 424 at the gateway
             return reply
         if outcome.kind == "error":
             error = outcome.error

@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from sluice.common.headers import MODEL_STATUS_HEADER, NOT_PROCESSED_HEADER
 from sluice.inference.http import Header
 
 JSON: Header = (b"content-type", b"application/json")
@@ -82,9 +83,17 @@ def _as_response(value: Any) -> Reply | None:
     return Reply(status, _headers_from(getattr(value, "headers", {})), bytes(body))
 
 
+# Framing is the server's; the platform's marks are the server's to set (a model's
+# `x-sluice-not-processed` would have the gateway run its request again elsewhere).
+_NOT_THE_MODELS = frozenset(
+    {b"content-length", b"connection", b"transfer-encoding"}
+    | {NOT_PROCESSED_HEADER.encode(), MODEL_STATUS_HEADER.encode()}
+)
+
+
 def _headers_from(headers: Any) -> list[Header]:
     items = headers.items() if hasattr(headers, "items") else headers
-    skip = {b"content-length", b"connection", b"transfer-encoding"}
+    skip = _NOT_THE_MODELS
     result: list[Header] = []
     for name, value in items:
         key = str(name).lower().encode("latin-1")

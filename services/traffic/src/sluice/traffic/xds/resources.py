@@ -79,7 +79,7 @@ from google.protobuf.message import Message
 from sluice.common import access_log
 from sluice.common.components import ACCESS_LOG_CLUSTER
 from sluice.common.gateway_auth import HEADER
-from sluice.common.headers import NOT_PROCESSED_HEADER
+from sluice.common.headers import MODEL_STATUS_HEADER, NOT_PROCESSED_HEADER
 from sluice.common.resources import TOKEN_ISSUER
 from sluice.traffic.domain import (
     DEPLOYMENT_HEADER,
@@ -118,18 +118,25 @@ MIRROR_HEADER = "x-sluice-mirror"
 
 # Azure's gateway answers a model's non-2xx with 424 and passes the model's status on in
 # headers (SPEC "Invocation"). Only upstream answers carry x-envoy-upstream-service-time,
-# so Envoy's own replies (401, 404, 408, 429, 503) are left alone; so are the codes that
-# mean the same at the gateway (408 timeout, 413 too large, 429 too busy, 503 not ready).
-MODEL_ERROR_LUA = """\
-local reasons = {[400] = "Bad Request", [404] = "Not Found", [405] = "Method Not Allowed",
-  [500] = "Internal Server Error", [502] = "Bad Gateway", [504] = "Gateway Timeout"}
-local passed = {[408] = true, [413] = true, [429] = true, [503] = true}
+# so Envoy's own replies (401, 404, 408, 429, 503) are left alone; so are the inference
+# server's own refusals with codes that mean the same at the gateway (408 timeout, 413 too
+# large, 429 too busy, 503 not ready). A status run() chose carries the server's mark
+# (MODEL_STATUS_HEADER), so a model's own 429 or 503 is a model error too; the mark is
+# removed.
+MODEL_ERROR_LUA = f"""\
+local reasons = {{[400] = "Bad Request", [404] = "Not Found", [405] = "Method Not Allowed",
+  [408] = "Request Timeout", [413] = "Payload Too Large", [429] = "Too Many Requests",
+  [500] = "Internal Server Error", [502] = "Bad Gateway", [503] = "Service Unavailable",
+  [504] = "Gateway Timeout"}}
+local passed = {{[408] = true, [413] = true, [429] = true, [503] = true}}
 function envoy_on_response(handle)
   local headers = handle:headers()
   if headers:get("x-envoy-upstream-service-time") == nil then return end
   local status = headers:get(":status")
   local code = tonumber(status)
-  if code == nil or (code >= 200 and code < 300) or passed[code] then return end
+  if code == nil or (code >= 200 and code < 300) then return end
+  local chosen = headers:get("{MODEL_STATUS_HEADER}") ~= nil
+  if chosen then headers:remove("{MODEL_STATUS_HEADER}") elseif passed[code] then return end
   headers:replace("ms-azureml-model-error-statuscode", status)
   headers:replace("ms-azureml-model-error-reason", reasons[code] or "Model Error")
   headers:replace(":status", "424")
