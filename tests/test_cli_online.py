@@ -190,6 +190,21 @@ def test_make_up_demo_then_traffic_and_invoke(
     unknown = cli.run("online-endpoint", "invoke", "-n", "my-endpoint", "--deployment-name", "red",
                       "--request-file", str(request))  # fmt: skip
     assert unknown.returncode == 1 and "HTTP 404" in unknown.stderr
+    # From another machine: no platform state here, the registry's address and a token;
+    # the request goes to the scoring_uri the registry gives, trusted through SSL_CERT_FILE.
+    remote = Cli(local_platform, tmp_path)
+    remote.env.update({
+        "SLUICE_STATE_DIR": str(tmp_path / "no-platform-here"),
+        "SLUICE_REGISTRY_ADDRESS": local_platform.registry_address,
+        "SLUICE_TOKEN": (local_platform.state_dir / "admin-token").read_text().strip(),
+    })  # fmt: skip
+    untrusted = remote.run("online-endpoint", "invoke", "-n", "my-endpoint",
+                           "--request-file", str(request))  # fmt: skip
+    assert untrusted.returncode == 1 and "SSL_CERT_FILE" in untrusted.stderr, untrusted.stderr
+    remote.env["SSL_CERT_FILE"] = str(local_platform.state_dir / "tls" / "ca.crt")
+    scored = remote.ok("online-endpoint", "invoke", "-n", "my-endpoint", "-d", "blue",
+                       "--request-file", str(request))  # fmt: skip
+    assert "served by blue" in scored.stderr and len(json.loads(scored.stdout)) == 2
     again = cli.ok("demo")  # every `make up` runs it: it must keep what the user changed
     assert "answered through Envoy" in again.stdout and "served by green" in again.stdout
     assert "kept as it is (traffic green=100)" in again.stderr  # the registry drops 0% shares

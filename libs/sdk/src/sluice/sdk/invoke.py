@@ -1,11 +1,17 @@
 """Score an online endpoint through the gateway, as a client would: HTTPS, the endpoint's
 host name, its key or token.
 
-The request goes to `https://<endpoint>.<domain>/score` on the local
-platform's Envoy. The TCP connection goes to the gateway's address (loopback
-locally), while TLS SNI and the Host header carry `<endpoint>.<domain>`, so no
-DNS entry is needed; the certificate is verified against the platform's local
-CA (`<state_dir>/tls/ca.crt`) unless a certificate authority file is given.
+On the platform's machine (`invoke`) the request goes to
+`https://<endpoint>.<domain>/score` on the local platform's Envoy. The TCP
+connection goes to the gateway's address (loopback), while TLS SNI and the
+Host header carry `<endpoint>.<domain>`, so no DNS entry is needed; the
+certificate is verified against the platform's local CA
+(`<state_dir>/tls/ca.crt`) unless a certificate authority file is given.
+
+Elsewhere (`invoke_at`, for a CLI that reaches a remote registry through
+SLUICE_REGISTRY_ADDRESS) it goes to the endpoint's `scoring_uri`, as `az ml
+online-endpoint invoke` does, verified against the system's trust store
+(OpenSSL's SSL_CERT_FILE names another, e.g. a copy of the platform's CA).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import http.client
 import socket
 import ssl
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,16 +118,43 @@ def invoke(
     `deployment` pins the request with the `azureml-model-deployment` header
     (it works at 0% traffic; pinned requests are never mirrored).
     """
+    return send(
+        target or GatewayTarget.of_platform(platform_state),
+        host=f"{endpoint_name}.{platform_state.domain}",
+        path="/score",
+        body=body,
+        headers=_scoring_headers(client, endpoint_name, deployment),
+    )
+
+
+def invoke_at(
+    endpoint_name: str, body: bytes, deployment: str | None, *, client: RegistryClient
+) -> tuple[int, Headers, bytes]:
+    """`invoke` from any machine: POST to the `scoring_uri` the registry gives the endpoint."""
+    uri = client.get_online_endpoint(endpoint_name).scoring_uri
+    url = urllib.parse.urlsplit(uri)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise SluiceError("FAILED_PRECONDITION", f"{endpoint_name} has no scoring URI ({uri!r})")
+    tls = url.scheme == "https"
+    target = GatewayTarget(url.hostname, url.port or (443 if tls else 80), tls)
+    headers = _scoring_headers(client, endpoint_name, deployment)
+    try:
+        return send(target, host=url.hostname, path=url.path or "/", body=body, headers=headers)
+    except ssl.SSLCertVerificationError as exc:
+        raise SluiceError(
+            "UNAVAILABLE",
+            f"{uri}: the gateway's certificate is not trusted here ({exc.verify_message}); "
+            "give its CA (the platform's <state_dir>/tls/ca.crt) in SSL_CERT_FILE",
+        ) from exc
+    except OSError as exc:
+        raise SluiceError("UNAVAILABLE", f"cannot reach the gateway at {uri}: {exc}") from exc
+
+
+def _scoring_headers(client: RegistryClient, endpoint_name: str, deployment: str | None) -> Headers:
     headers: Headers = [
         ("Authorization", f"Bearer {credential(client, endpoint_name)}"),
         ("Content-Type", "application/json"),
     ]
     if deployment:
         headers.append((DEPLOYMENT_HEADER, deployment))
-    return send(
-        target or GatewayTarget.of_platform(platform_state),
-        host=f"{endpoint_name}.{platform_state.domain}",
-        path="/score",
-        body=body,
-        headers=headers,
-    )
+    return headers

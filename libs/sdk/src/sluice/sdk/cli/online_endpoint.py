@@ -30,7 +30,7 @@ from sluice.sdk.cli.common import (
 from sluice.sdk.cli.errors import CliError
 from sluice.sdk.cli.output import OutputFormat, OutputOption, err_console, render
 from sluice.sdk.client import OnlineEndpoint
-from sluice.sdk.invoke import DEPLOYMENT_HEADER
+from sluice.sdk.invoke import DEPLOYMENT_HEADER, invoke_at
 from sluice.sdk.invoke import invoke as gateway_invoke
 from sluice.sdk.specs import load_online_endpoint
 
@@ -248,13 +248,15 @@ def invoke(
         status, reply = local_cmds.invoke(name, deployment_name, body)
         served = deployment_name or ""
     else:
-        state = LocalPlatform(Settings()).load_state()
-        if state is None:
-            raise CliError("the platform is not running: start it with `sluice up`")
+        settings = Settings()
+        state = None if settings.registry_address else LocalPlatform(settings).load_state()
         with registry() as client:
-            status, headers, reply = gateway_invoke(
-                name, body, deployment_name, client=client, platform_state=state
-            )
+            if state is None:  # a remote platform: its registry says where to score
+                status, headers, reply = invoke_at(name, body, deployment_name, client=client)
+            else:
+                status, headers, reply = gateway_invoke(
+                    name, body, deployment_name, client=client, platform_state=state
+                )
         served = dict((k.lower(), v) for k, v in headers).get(DEPLOYMENT_HEADER, "")
     if served:
         err_console.print(f"served by {served}")
