@@ -8,6 +8,7 @@ test_lifecycle.py covers the inline path.
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
 import socket
@@ -62,6 +63,20 @@ def run(raw_data, request_headers):
         return AMLResponse("teapot", 418, {"x-model": "m1"})
     if op == "busy":  # the model's own 503, trying to pass for the server's "not processed"
         return AMLResponse("model busy", 503, {"x-sluice-not-processed": "true"})
+    if op == "no-content":
+        return AMLResponse(None, 204)
+    if op == "informational":
+        return AMLResponse("early", 101)
+    if op == "not-a-status":  # a tuple whose second item is not a final status is data
+        return "label", 150
+    if op == "aml-500":
+        return AMLResponse("the model says no", 500)
+    if op == "bigint":
+        return {"n": 2 ** 70}
+    if op == "header-names":
+        return sorted(request_headers)
+    if op == "env":
+        return {k: os.environ.get(k) for k in ("AML_APP_ROOT", "AZUREML_ENTRY_SCRIPT")}
     if op == "object":
         return object()
     if op == "broken-response":
@@ -159,6 +174,51 @@ def test_a_status_run_chose_is_marked_and_the_servers_own_refusals_are_not(
     assert MODEL_STATUS_HEADER not in server.post({"op": "status"}).headers  # a 201
     too_large = server.post({"op": "echo", "pad": "x" * 3000})
     assert too_large.status == 413 and MODEL_STATUS_HEADER not in too_large.headers
+
+
+def test_answers_without_content_keep_the_connection_s_framing(server: Server) -> None:
+    # A 204 with a body would leave it in the stream, read as the start of the next answer.
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        answers = []
+        for op in ("no-content", "echo", "no-content", "echo"):
+            conn.request("POST", "/score", json.dumps({"op": op}))
+            reply = conn.getresponse()
+            answers.append((reply.status, reply.read()))
+        assert answers == [(204, b""), (200, b'{"op":"echo"}')] * 2
+        conn.request("HEAD", "/")  # GET's answer without its body
+        head = conn.getresponse()
+        assert (head.status, head.read(), head.headers["content-length"]) == (200, b"", "7")
+        conn.request("POST", "/score", json.dumps({"op": "echo"}))
+        assert conn.getresponse().read() == b'{"op":"echo"}'
+    finally:
+        conn.close()
+
+
+def test_statuses_run_may_not_answer_with(server: Server) -> None:
+    informational = server.post({"op": "informational"})
+    assert informational.status == 500 and "status 101" in informational.json()["message"]
+    assert server.post({"op": "not-a-status"}).json() == ["label", 150]  # data, as on Azure
+    failed = server.post({"op": "aml-500"})
+    assert (failed.status, failed.headers["x-ms-run-function-failed"]) == (500, "True")
+    assert server.post({"op": "bigint"}).body == b'{"n": 1180591620717411303424}'
+
+
+def test_run_sees_the_caller_s_headers_as_azure_names_them_and_never_the_gateway_s(
+    server: Server,
+) -> None:
+    names = server.post(
+        {"op": "header-names"}, headers={"X-Custom": "c", "x-sluice-gateway": "a-secret"}
+    ).json()
+    assert "X-Custom" in names and "Content-Type" in names
+    assert not [n for n in names if n.lower() == "x-sluice-gateway"]
+
+
+def test_azure_s_script_variables_are_set_for_a_server_started_by_hand(
+    server: Server,
+) -> None:
+    env = server.post({"op": "env"}).json()
+    assert env["AZUREML_ENTRY_SCRIPT"] == "score.py" and env["AML_APP_ROOT"]
 
 
 def test_unserializable_value_is_a_500_that_names_the_type(server: Server) -> None:

@@ -100,6 +100,20 @@ def run(data):
     return (data["x"] * 2).to_numpy()
 """
 
+# One optional argument: inference_schema converts it only when run() is called by name.
+OPTIONAL_SCRIPT = """
+import numpy as np
+from inference_schema.schema_decorators import input_schema
+from inference_schema.parameter_types.numpy_parameter_type import NumpyParameterType
+
+def init():
+    pass
+
+@input_schema("data", NumpyParameterType(np.array([[1.0, 2.0]])), optional=True)
+def run(data=None):
+    return {"kind": type(data).__name__, "sum": None if data is None else float(np.nansum(data))}
+"""
+
 USER_SWAGGER = {"swagger": "2.0", "info": {"title": "mine", "version": "7"}}
 USER_OPENAPI = {"openapi": "3.0.1", "info": {"title": "mine", "version": "7"}}
 
@@ -134,6 +148,27 @@ def pandas_server(
 ) -> Server:
     code = write_script(tmp_path_factory.mktemp("pandas"), PANDAS_SCRIPT)
     return start_server(module_supervisor, "pandas", code=code)
+
+
+@pytest.fixture(scope="module")
+def optional_server(
+    module_supervisor: Supervisor, tmp_path_factory: pytest.TempPathFactory
+) -> Server:
+    code = write_script(tmp_path_factory.mktemp("optional"), OPTIONAL_SCRIPT)
+    return start_server(module_supervisor, "optional", code=code)
+
+
+def test_an_optional_argument_is_converted_and_json_is_read_as_azure_reads_it(
+    optional_server: Server,
+) -> None:
+    assert optional_server.post({"data": [[1, 2]]}).json() == {"kind": "ndarray", "sum": 3.0}
+    assert optional_server.post({}).json() == {"kind": "NoneType", "sum": None}
+    # What Python's json (Azure's parser) takes and orjson does not: NaN, a byte-order mark.
+    with_nan = optional_server.post('{"data": [[NaN, 2.0]]}')
+    assert with_nan.json() == {"kind": "ndarray", "sum": 2.0}, with_nan.body
+    with_bom = optional_server.post(b'\xef\xbb\xbf{"data": [[1, 1]]}')
+    assert with_bom.json() == {"kind": "ndarray", "sum": 2.0}, with_bom.body
+    assert optional_server.post("{not json").status == 400
 
 
 def test_decorated_run_gets_parsed_and_converted_arguments(schema_server: Server) -> None:

@@ -135,7 +135,13 @@ class LocalRunner:
             name=deployment,
             argv=argv,
             health=HttpCheck(f"http://{self.host}:{port}/ready"),
-            env=dict(environment_variables or {}),
+            # Azure's names for the deployment, as the provisioner gives them (the server
+            # adds the script's folder and name).
+            env={
+                "AZUREML_ENDPOINT_NAME": endpoint,
+                "AZUREML_DEPLOYMENT_NAME": deployment,
+                **(environment_variables or {}),
+            },
             cwd=code_dir.resolve() if code_dir is not None else None,
             ports=[port, metrics_port],
             host=self.host,

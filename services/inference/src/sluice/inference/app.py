@@ -50,7 +50,13 @@ from sluice.inference.dispatch import Dispatcher, Limits, Outcome, Withdraw
 from sluice.inference.http import Connection, Header, HttpRequest, Responder
 from sluice.inference.metrics import Metrics, scope_from_env, serve_metrics
 from sluice.inference.output import JSON, OCTETS, NotSerializable, Reply, encode, json_reply
-from sluice.inference.script import BadInput, Scorer, load_script, set_model_dir
+from sluice.inference.script import (
+    BadInput,
+    Scorer,
+    load_script,
+    set_model_dir,
+    set_script_variables,
+)
 from sluice.inference.swagger import SwaggerDocuments, swagger_documents
 
 EXIT_INIT_FAILED = 3
@@ -64,6 +70,7 @@ HEALTH_PATHS = frozenset({"/", "/ready", "/v2/health/live", "/v2/health/ready"})
 # on another instance (and retries nothing else).
 NOT_PROCESSED: Header = (NOT_PROCESSED_HEADER.encode(), b"true")
 MODEL_STATUS: Header = (MODEL_STATUS_HEADER.encode(), b"true")
+RUN_FAILED: Header = (b"x-ms-run-function-failed", b"True")
 NOT_READY = Reply(503, [JSON, NOT_PROCESSED], b'{"message":"not ready: init() has not finished"}')
 SHUTTING_DOWN = Reply(503, [JSON, NOT_PROCESSED], b'{"message":"shutting down"}')
 
@@ -140,7 +147,7 @@ class InferenceApp:
             else:
                 self._grpc_method(request, conn)
             return
-        if request.method != "GET":
+        if request.method not in ("GET", "HEAD"):  # HEAD: GET's answer without its body
             reply = json_reply(405, {"message": f"{request.method} is not allowed on {path}"})
         elif path in ("/", "/v2/health/live"):
             reply = self._liveness(path)
@@ -426,6 +433,8 @@ class InferenceApp:
             reply.headers.append((b"x-ms-run-fn-exec-ms", b"%.3f" % (outcome.run_seconds * 1e3)))
             if not 200 <= reply.status < 300:
                 reply.headers.append(MODEL_STATUS)  # run()'s own status: 424 at the gateway
+                if reply.status >= 500:  # as Azure's server says of any 5xx run() returns
+                    reply = _run_failed(reply)
             return reply
         if outcome.kind == "error":
             error = outcome.error
@@ -436,7 +445,7 @@ class InferenceApp:
             log.error("run_failed", request_id=rid, exc_info=error)
             message = f"run() failed: {type(error).__name__}: {error}"
             reply = json_reply(500, {"message": message})
-            reply.headers.append((b"x-ms-run-function-failed", b"True"))
+            reply.headers.append(RUN_FAILED)
             return reply
         if outcome.kind == "timeout":
             self.metrics.error("timeout")
@@ -468,6 +477,11 @@ class InferenceApp:
             span.end()  # after the answer left: the spans it may write do not delay it
 
 
+def _run_failed(reply: Reply) -> Reply:
+    headers = [h for h in reply.headers if h[0] != RUN_FAILED[0]]
+    return Reply(reply.status, [*headers, RUN_FAILED], reply.body)
+
+
 class RequestIds:
     """Unique request ids, cheaply: a random per-process prefix and a counter (uuid4 costs 2 us)."""
 
@@ -486,6 +500,7 @@ class RequestIds:
 def load_scorer(config: ServerConfig) -> Scorer:
     """Import the scoring script (or pick the built-in scorer), check it, and call init()."""
     set_model_dir(config.model)
+    set_script_variables(config.code, config.scoring_script)
     script = config.script_path
     if script is not None:
         assert config.code is not None

@@ -22,7 +22,12 @@ from urllib.parse import unquote_to_bytes
 
 from werkzeug.wrappers import Request, Response
 
+from sluice.common import gateway_auth
+
 RAWHTTP_ATTR = "__sluice_rawhttp__"
+# Headers that are the platform's, not the caller's: run() never sees them (the gateway's
+# secret would otherwise be one `print(request_headers)` away from the deployment's logs).
+PLATFORM_HEADERS = frozenset({gateway_auth.HEADER.encode()})
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -93,6 +98,8 @@ class AMLRequest(Request):
             "wsgi.run_once": False,
         }
         for name, value in headers:
+            if name in PLATFORM_HEADERS:
+                continue
             key = name.decode("latin-1").upper().replace("-", "_")
             text = value.decode("latin-1")
             if key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
@@ -129,19 +136,20 @@ def wants_raw_request(run: Callable[..., Any]) -> bool:
 
 
 class Headers(dict[str, str]):
-    """Request headers; names are looked up case-insensitively, as in flask."""
+    """Request headers as Azure's run() gets them (`dict(flask.request.headers)`): names as
+    werkzeug writes them (`Content-Type`, `X-Custom`), looked up case-insensitively."""
 
     def __init__(self, headers: Mapping[str, str]) -> None:
-        super().__init__({k.lower(): v for k, v in headers.items()})
+        super().__init__({k.title(): v for k, v in headers.items()})
 
     def get(self, key: str, default: Any = None) -> Any:
-        return super().get(key.lower(), default)
+        return super().get(key.title(), default)
 
     def __getitem__(self, key: str) -> str:
-        return super().__getitem__(key.lower())
+        return super().__getitem__(key.title())
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and super().__contains__(key.lower())
+        return isinstance(key, str) and super().__contains__(key.title())
 
 
 SHIM_PACKAGES = {

@@ -74,15 +74,26 @@ class Responder(Protocol):
 Handler = Callable[[HttpRequest, Responder], None]
 
 
-def render_response(status: int, headers: Iterable[Header], body: bytes, keep_alive: bool) -> bytes:
+# Answers that have no content (RFC 9110 6.4.1): a body after them would be read as the start
+# of the next answer on the connection.
+NO_CONTENT = frozenset({204, 304})
+
+
+def render_response(
+    status: int, headers: Iterable[Header], body: bytes, keep_alive: bool, head_only: bool = False
+) -> bytes:
+    """The answer's bytes. A 204 or 304 goes out without a body or length; the answer to a HEAD
+    request (`head_only`) has the length of the body it leaves out."""
     head = [STATUS_LINES.get(status) or f"HTTP/1.1 {status} Unknown\r\n".encode()]
     for name, value in headers:
         head.append(name + b": " + value + b"\r\n")
-    head.append(b"content-length: " + str(len(body)).encode() + b"\r\n")
+    if status not in NO_CONTENT:
+        head.append(b"content-length: " + str(len(body)).encode() + b"\r\n")
     if not keep_alive:
         head.append(b"connection: close\r\n")
     head.append(b"\r\n")
-    head.append(body)
+    if status not in NO_CONTENT and not head_only:
+        head.append(body)
     return b"".join(head)
 
 
@@ -200,7 +211,8 @@ class Connection(asyncio.Protocol):
         transport = self._transport
         if transport is None or transport.is_closing():
             return
-        transport.write(render_response(status, headers, body, request.keep_alive))
+        head_only = request.method == "HEAD"
+        transport.write(render_response(status, headers, body, request.keep_alive, head_only))
         if not request.keep_alive:
             transport.close()
             return

@@ -2,7 +2,8 @@
 
 - an `AMLResponse` (ours, Azure's or any flask-like response): its body,
   status and headers as they are;
-- a `(body, status)` or `(body, status, headers)` tuple: that status;
+- a `(body, status)` or `(body, status, headers)` tuple with a status of 200-599: that
+  status (any other tuple is data);
 - `bytes`: sent as they are (application/octet-stream);
 - anything else: JSON. A `str` becomes a JSON string, as on Azure (scripts
   that return `json.dumps(...)` get the same double-encoded answer there);
@@ -12,6 +13,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -55,9 +57,12 @@ def encode(value: Any) -> Reply:
     try:
         return json_reply(200, value)
     except TypeError as exc:  # orjson.JSONEncodeError is a TypeError
-        raise NotSerializable(
-            f"run() returned a {type(value).__name__}, which has no JSON form: {exc}"
-        ) from exc
+        try:  # what Azure's json.dumps takes and orjson does not: integers beyond 64 bits
+            return Reply(200, [JSON], json.dumps(value, default=_to_plain).encode())
+        except (TypeError, ValueError):
+            raise NotSerializable(
+                f"run() returned a {type(value).__name__}, which has no JSON form: {exc}"
+            ) from exc
 
 
 def _is_status_tuple(value: Any) -> bool:
@@ -66,7 +71,7 @@ def _is_status_tuple(value: Any) -> bool:
     if not isinstance(value, tuple) or len(value) not in (2, 3):
         return False
     status = value[1]
-    if type(status) is not int or not 100 <= status <= 599:
+    if type(status) is not int or not 200 <= status <= 599:  # 1xx is not a final answer
         return False
     return len(value) == 2 or isinstance(value[2], dict | list | tuple)
 
@@ -77,6 +82,8 @@ def _as_response(value: Any) -> Reply | None:
     get_data = getattr(value, "get_data", None)
     if not isinstance(status, int) or not callable(get_data):
         return None
+    if not 200 <= status <= 599:
+        raise NotSerializable(f"run() returned a response with status {status}: use 200-599")
     body = get_data()
     if isinstance(body, str):
         body = body.encode()

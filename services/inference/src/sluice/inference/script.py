@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -27,7 +28,13 @@ from urllib.parse import parse_qsl
 
 import orjson
 
-from sluice.inference.compat import AMLRequest, Headers, install_azure_shims, wants_raw_request
+from sluice.inference.compat import (
+    PLATFORM_HEADERS,
+    AMLRequest,
+    Headers,
+    install_azure_shims,
+    wants_raw_request,
+)
 from sluice.inference.http import HttpRequest
 
 Call = Callable[[], Any]
@@ -129,9 +136,10 @@ class Scorer:
         if self._with_headers:
             kwargs["request_headers"] = _headers(request)
         first = self._params[0].name
-        if len(kwargs) == 1 and first in kwargs:
+        if len(kwargs) == 1 and first in kwargs and self.schema is None:
             value = kwargs[first]
             return lambda: run(value)
+        # By name, as Azure calls it: inference_schema converts an optional argument only then.
         return lambda: run(**kwargs)
 
     def _text(self, request: HttpRequest) -> str:
@@ -146,10 +154,7 @@ class Scorer:
         if request.method == "GET":
             body: Any = _query_values(request.query)
         else:
-            try:
-                body = orjson.loads(request.body)
-            except orjson.JSONDecodeError as exc:
-                raise BadInput(f"the request body is not JSON: {exc}") from None
+            body = parse_json(request.body)
         if not isinstance(body, dict):
             raise BadInput("the request body must be a JSON object with run()'s arguments")
         kwargs: dict[str, Any] = {}
@@ -161,8 +166,27 @@ class Scorer:
         return kwargs
 
 
+def parse_json(raw: bytes) -> Any:
+    """The request body as JSON, as Azure's server reads it (Python's json): orjson first, and
+    what orjson refuses but Python's json takes (NaN, Infinity, a byte-order mark) by json;
+    `BadInput` when neither reads it."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        try:
+            return json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise BadInput(f"the request body is not JSON: {exc}") from None
+
+
 def _headers(request: HttpRequest) -> Headers:
-    return Headers({k.decode("latin-1"): v.decode("latin-1") for k, v in request.headers})
+    return Headers(
+        {
+            k.decode("latin-1"): v.decode("latin-1")
+            for k, v in request.headers
+            if k not in PLATFORM_HEADERS
+        }
+    )
 
 
 def _query_values(query: str) -> dict[str, Any]:
@@ -192,3 +216,14 @@ def _schema_of(run: Callable[..., Any]) -> tuple[Any, Any] | None:
 def set_model_dir(model: Path | None) -> None:
     if model is not None:
         os.environ["AZUREML_MODEL_DIR"] = str(model_dir_for(model))
+
+
+def set_script_variables(code: Path | None, scoring_script: str | None) -> None:
+    """Azure's variables for the script's folder and name, where whoever started the server
+    (the provisioner sets them; `--local` and a server started by hand do not) left them out:
+    samples read `AML_APP_ROOT` in init()."""
+    if code is not None:
+        os.environ.setdefault("AML_APP_ROOT", str(code.resolve()))
+        os.environ.setdefault("AZUREML_SOURCE_DIRECTORY", str(code.resolve()))
+    if scoring_script is not None:
+        os.environ.setdefault("AZUREML_ENTRY_SCRIPT", scoring_script)
