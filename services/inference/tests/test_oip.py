@@ -56,6 +56,15 @@ def test_infer_metadata_and_errors(supervisor: Supervisor, tmp_path: Path) -> No
     assert reply.status == 400 and "needs 4 values, got 3" in reply.json()["error"]
     assert server.post({"inputs": []}, path="/v2/models/summer/infer").status == 400
     assert server.post(request, path="/v2/models/other/infer").status == 404
+    # Inputs that are not tensor objects, and shapes that are not sizes, say so (they were the
+    # parser's "malformed HTTP request", logged nowhere).
+    for bad, says in (
+        ({"inputs": [1]}, "each input is an object"),
+        ({"inputs": [{**request["inputs"][0], "shape": ["a", 3]}]}, "is not a list of sizes"),
+        ({"inputs": [{**request["inputs"][0], "shape": [None, 3]}]}, "is not a list of sizes"),
+    ):
+        reply = server.post(bad, path="/v2/models/summer/infer")
+        assert reply.status == 400 and says in reply.json()["error"], reply.body
 
 
 MULTI = """

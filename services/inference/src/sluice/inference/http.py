@@ -23,7 +23,10 @@ from http import HTTPStatus
 from typing import Protocol, cast
 
 import httptools
+import structlog
 
+log = structlog.get_logger("sluice.inference")
+JSON_TYPE = (b"content-type", b"application/json")
 # b"HTTP/1.1 200 OK\r\n" for every status code, rendered once.
 STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
 # Pipelined requests parsed ahead of the one being answered; past this, stop reading.
@@ -199,7 +202,7 @@ class Connection(asyncio.Protocol):
                 self._paused = True
             return
         self._handling = request
-        self._handler(request, self)
+        self._dispatch(request)
 
     # answering
 
@@ -219,10 +222,21 @@ class Connection(asyncio.Protocol):
         self._handling = None
         if self._waiting:
             self._handling = self._waiting.popleft()
-            self._handler(self._handling, self)
+            self._dispatch(self._handling)
         if self._paused and len(self._waiting) < MAX_PIPELINED:
             transport.resume_reading()
             self._paused = False
+
+    def _dispatch(self, request: HttpRequest) -> None:
+        """Hand `request` to the handler. A bug there is a logged 500 for this request (and the
+        connection closes), not the parser's "malformed request" nor a silent hang."""
+        try:
+            self._handler(request, self)
+        except Exception:
+            log.exception("handler_failed", method=request.method, path=request.path)
+            if self._handling is request:  # not answered yet
+                request.keep_alive = False
+                self.respond(request, 500, [JSON_TYPE], b'{"message": "internal server error"}')
 
     def when_gone(self, request: HttpRequest, callback: Callable[[], None]) -> None:
         """Call `callback` if the client goes away before `request` (the one being handled)
@@ -236,11 +250,7 @@ class Connection(asyncio.Protocol):
         if transport is None or transport.is_closing():
             return
         body = b'{"message": "' + message + b'"}'
-        transport.write(
-            render_response(
-                status.value, [(b"content-type", b"application/json")], body, keep_alive=False
-            )
-        )
+        transport.write(render_response(status.value, [JSON_TYPE], body, keep_alive=False))
         transport.close()
 
 

@@ -92,15 +92,21 @@ def _tensor_rows(tensor: Any) -> Any:
         raise OipError(f'input {name!r} needs "shape" (a list) and "data" (a list)')
     if datatype not in ALL_TYPES:
         raise OipError(f"input {name!r}: datatype {datatype!r} is not one of {sorted(ALL_TYPES)}")
+    dims = _dims(name, shape)
     flat = _flatten(data)
-    expected = 1
-    for dim in shape:
-        expected *= int(dim)
+    expected = math.prod(dims)
     if expected != len(flat):
         raise OipError(f"input {name!r}: shape {shape} needs {expected} values, got {len(flat)}")
     if not all(_fits(value, datatype) for value in flat):
         raise OipError(f"input {name!r}: data does not fit datatype {datatype}")
-    return _reshape(flat, [int(d) for d in shape])
+    return _reshape(flat, dims)
+
+
+def _dims(name: Any, shape: list[Any]) -> list[int]:
+    """A tensor's shape as sizes; OipError unless every one is a whole number >= 0."""
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise OipError(f"input {name!r}: shape {shape} is not a list of sizes (integers >= 0)")
+    return list(shape)
 
 
 def _fits(value: Any, datatype: str) -> bool:
@@ -137,9 +143,7 @@ def _binary_inputs(inputs: list[Any], tail: bytes) -> None:
             raise OipError(f"input {name!r}: binary_data_size {size!r} overruns the binary data")
         if datatype not in ALL_TYPES or not isinstance(shape, list):
             raise OipError(f'input {name!r} needs "shape" and a datatype of {sorted(ALL_TYPES)}')
-        count = 1
-        for dim in shape:
-            count *= int(dim)
+        count = math.prod(_dims(name, shape))
         try:
             tensor["data"] = oip_binary.decode(datatype, tail[at : at + size], count, str(name))
         except BinaryError as exc:
@@ -183,7 +187,10 @@ def request_body(raw: bytes, header_length: bytes | None = None) -> InferRequest
         if isinstance(o.get("parameters"), dict) and o["parameters"].get("binary_data") is True
     )
     outputs = tuple(str(o.get("name")) for o in wanted)
-    named = [(tensor.get("name"), _tensor_rows(tensor)) for tensor in inputs]
+    named: list[tuple[Any, Any]] = []
+    for tensor in inputs:
+        rows = _tensor_rows(tensor)  # checks first that the input is an object
+        named.append((tensor["name"], rows))
     return infer_request(named, request_id, outputs, binary_all, binary)
 
 
