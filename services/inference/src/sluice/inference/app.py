@@ -215,6 +215,8 @@ class InferenceApp:
         except BadInput as exc:
             self.metrics.error("bad_input")
             reply = json_reply(400, {"message": str(exc)})
+            if cid is not None:
+                self._collect_output(cid, rid, None, reply)
             self._send(request, conn, rid, started, "/score", reply, span)
             return
         around = None  # run()'s span, outside what the dispatcher times as run()
@@ -360,9 +362,7 @@ class InferenceApp:
         cid = self._collect_input(request, rid, infer.body)
 
         def finish(outcome: Outcome) -> None:
-            reply = self._scored(outcome, rid)
-            if cid is not None:
-                self._collect_output(cid, rid, reply)
+            scored = reply = self._scored(outcome, rid)
             if outcome.kind == "ok" and reply.status == 200:
                 try:
                     extra = [h for h in reply.headers if h[0] != b"content-type"]
@@ -372,6 +372,8 @@ class InferenceApp:
                     reply = json_reply(500, {"error": "run() did not answer JSON"})
                 except oip.OipError as exc:
                     reply = json_reply(400, {"error": str(exc)})
+            if cid is not None:  # run()'s answer, and the protocol's answer the client got
+                self._collect_output(cid, rid, scored, reply)
             self._send(request, conn, rid, started, "/v2/infer", reply, span)
 
         if call is None:
@@ -398,14 +400,18 @@ class InferenceApp:
             collector.add("model_inputs", cid, rid, model_input)
         return cid
 
-    def _collect_output(self, cid: int, rid: str, answer: Reply) -> None:
-        """Queue what run() answered (model_outputs: successes only) and the response."""
+    def _collect_output(
+        self, cid: int, rid: str, answer: Reply | None, sent: Reply | None = None
+    ) -> None:
+        """Queue what run() answered (model_outputs: successes only; None: run() did not run)
+        and the response the client got (`sent`, when it is not run()'s answer as it is)."""
         collector = self.collector
         assert collector is not None
-        if collector.outputs and answer.status == 200:
+        if collector.outputs and answer is not None and answer.status == 200:
             collector.add("model_outputs", cid, rid, answer.body)
-        if collector.responses:
-            collector.add("response", cid, rid, answer.body, {"status": answer.status})
+        response = sent or answer
+        if collector.responses and response is not None:
+            collector.add("response", cid, rid, response.body, {"status": response.status})
 
     def _refusal(self, request: HttpRequest) -> Reply | None:
         """The answer when /score cannot run this request; None when it can."""
