@@ -1,7 +1,8 @@
 """Azure's data_collector on the local platform: real deployments scored through Envoy write
 what they were sent and what they answered (matching correlation ids), a sampling rate of
-0.1 keeps about a tenth, and a full quota drops and counts records without failing any
-request; `sluice online-deployment collected` reads it back."""
+0.1 keeps about a tenth, and a full quota deletes the oldest closed partition, drops and
+counts records without failing any request; `sluice online-deployment collected` reads it
+back."""
 
 from __future__ import annotations
 
@@ -150,6 +151,35 @@ def test_collected_inputs_and_outputs_sampling_and_quota(
     assert sum(f.size_bytes for f in tiny.files) <= 4000
     assert tiny.dropped["quota"] > 0 and tiny.total_records > 0
 
+    # The quota is a ring buffer: an old partition (as a deployment of that name left it in
+    # 2020) is deleted to make room for new records, and counted, once the writer has
+    # measured the folder again (every 10 s).
+    tiny_folder = collected_dir(local_platform.state_dir, ENDPOINT, "tiny")
+    owner = tiny_folder.stat()
+    old = tiny_folder / "model_outputs" / "2020" / "01" / "01" / "00"
+    old.mkdir(parents=True)
+    line = b'{"time": "2020-01-01T00:00:00.000+00:00"}\n'
+    (old / "gone.jsonl").write_bytes(line * 40)
+    for made in (old / "gone.jsonl", old, *list(old.parents)[:3]):  # up to 2020/
+        os.chown(made, owner.st_uid, owner.st_gid)
+
+    def evicted() -> Any:
+        score("tiny", 0)
+        got = get_collected(ENDPOINT, "tiny", settings=settings)
+        return got if got.evicted.get("files") else None
+
+    def why_not() -> str:  # the writer's stats and what its instance logged of collection
+        out = [p.read_text() for p in (tiny_folder / "_stats").glob("*.json")]
+        for log in local_platform.state_dir.rglob("*.log"):
+            if "tiny" in str(log):
+                out += [e for e in log.read_text().splitlines() if "collector" in e][-5:]
+        return "\n".join(out)
+
+    tiny = wait_for(evicted, "tiny's old partition evicted", deadline=60, why=why_not)
+    assert not (tiny_folder / "model_outputs" / "2020").exists()
+    assert tiny.evicted["partitions"] >= 1 and tiny.evicted["bytes"] >= 40 * len(line)
+    assert tiny.evicted_before >= "2020-01-01T01:00:00+00:00"
+
     # The command line reads the same.
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
     cli = subprocess.run(
@@ -169,6 +199,15 @@ def test_collected_inputs_and_outputs_sampling_and_quota(
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert bad.returncode != 0 and "collection must be one of" in bad.stderr
+    table = subprocess.run(
+        [sys.executable, "-m", "sluice.sdk.cli", "online-deployment", "collected",
+         "-n", "tiny", "-e", ENDPOINT, "--limit", "1"],
+        env={**env, "SLUICE_STATE_DIR": str(local_platform.state_dir), "COLUMNS": "400"},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert table.returncode == 0, table.stderr
+    assert "the quota evicted the oldest" in table.stderr and "records before 20" in table.stderr
+    assert "dropped {'quota': " in table.stderr
     # The names name a folder the provisioner reads as root: nothing but a collector's.
     with pytest.raises(SluiceError, match="is not an endpoint's or a deployment's name"):
         get_collected("..", "..", settings=settings)

@@ -112,6 +112,104 @@ def test_a_full_quota_drops_and_counts(tmp_path: Path) -> None:
     assert read_collected(tmp_path).dropped == {"quota": 50 - dc.written}
 
 
+@pytest.mark.parametrize("rolling_rate", ["minute", "hour", "day"])
+def test_a_full_quota_evicts_the_oldest_closed_partitions_like_a_ring_buffer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rolling_rate: str
+) -> None:
+    """A quota of 3.5 partitions' worth, 5 partitions written: the 2 oldest are deleted
+    (every instance's .jsonl and .parquet in them, and their folders), the 3 newest are
+    all there, no record is dropped, and what was deleted is counted for `collected`.
+    Another instance's file in the partition being written stays."""
+    monkeypatch.setattr(collector_module, "RESCAN_S", 0.0)  # every flush measures again
+    converted: list[Path] = []  # (no Parquet child process here: its files are planted)
+    monkeypatch.setattr(DataCollector, "_to_parquet", lambda self, paths: converted.extend(paths))
+    step = {"minute": 60, "hour": 3600, "day": 86_400}[rolling_rate]
+    base = int(time.time()) // step * step - 5 * step  # five periods ago
+    payload = b'{"data": [[1, 2, 3]]}'
+    dc = make(tmp_path, rolling_rate=rolling_rate)
+    size = len(dc._line(("model_inputs", 0, "r", base + 1.0, payload, None)))
+    dc = make(tmp_path, rolling_rate=rolling_rate, max_bytes=35 * size)
+    folder = tmp_path / "model_inputs"
+
+    def partition(n: int) -> Path:
+        at = time.gmtime(base + n * step)
+        return folder / time.strftime(collector_module.PARTITIONS[rolling_rate], at)
+
+    def write(n: int) -> None:
+        records = [
+            ("model_inputs", 10 * n + i, "r", base + n * step + 1 + i / 10, payload, None)
+            for i in range(10)
+        ]
+        dc.extend(records)
+        dc.flush()
+
+    dc.open()
+    for n in range(3):
+        write(n)
+    # What the Parquet writer and another instance (of the same deployment) left there.
+    (partition(0) / "abc123.parquet").write_bytes(b"P" * 100)
+    (partition(0) / "other.jsonl").write_bytes(b"{}\n")
+    assert dc.evicted == {} and dc.written == 30
+    write(3)  # over the quota: the oldest partition goes, whatever instance wrote it
+    assert not partition(0).exists() and partition(1).is_dir()
+    partition(4).mkdir(parents=True)
+    (partition(4) / "other.jsonl").write_bytes(b"{}\n")  # another instance writes it now
+    write(4)
+    assert not partition(1).exists()
+    assert all(any(d.iterdir()) for d in folder.rglob("*") if d.is_dir())  # no empty folder
+    for n in (2, 3, 4):  # the newest: all there
+        assert len(lines(partition(n) / "abc123.jsonl")) == 10
+    assert (partition(4) / "other.jsonl").exists()
+    assert dc.written == 50 and not dc.dropped
+    assert dc.evicted == {"partitions": 2, "files": 4, "bytes": 20 * size + 100 + 3}
+    on_disk = sum(p.stat().st_size for p in tmp_path.rglob("*.json*") if "_stats" not in p.parts)
+    assert on_disk <= 35 * size
+    dc.close()
+    view = read_collected(tmp_path)
+    assert view.total_records == 31 and not view.dropped
+    assert view.evicted == dc.evicted
+    before = datetime.fromtimestamp(base + 2 * step, UTC)  # the end of the newest evicted
+    assert datetime.fromisoformat(view.evicted_before) == before
+    # A writer of the same instance that takes over goes on from these counts.
+    again = make(tmp_path)
+    again.open()
+    assert again.evicted == dc.evicted and again.evicted_before == before.timestamp()
+
+
+def test_a_partition_that_is_not_closed_is_not_evicted_and_records_are_dropped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A partition whose period ended less than CLOSED_GRACE_S ago (an instance may still
+    write its last records there) is not evicted: records over the quota are dropped and
+    counted, without even a look at the partitions; a minute later it goes."""
+    monkeypatch.setattr(collector_module, "RESCAN_S", 0.0)
+    monkeypatch.setattr(DataCollector, "_to_parquet", lambda self, paths: None)
+    tries: list[float] = []
+    evict = DataCollector._evict
+
+    def spy(self: DataCollector, need: int, now: float) -> int:
+        tries.append(now)
+        return evict(self, need, now)
+
+    monkeypatch.setattr(DataCollector, "_evict", spy)
+    hour = int(time.time()) // 3600 * 3600
+    payload = b"[1]"
+    size = len(make(tmp_path)._line(("model_inputs", 0, "r", hour + 1.0, payload, None)))
+    dc = make(tmp_path, max_bytes=10 * size)
+    dc.open()
+
+    def write(at: float, count: int) -> None:
+        dc.extend([("model_inputs", i, "r", at, payload, None) for i in range(count)])
+        dc.flush()
+
+    write(hour - 3600 + 1.0, 5)  # the last hour
+    write(hour + 30.0, 10)  # 30 s into this one: the last hour is not closed yet
+    assert dc.dropped == {"quota": 5} and not dc.evicted and tries == []
+    write(hour + 90.0, 5)  # 90 s in: it is
+    assert dc.dropped == {"quota": 5} and dc.evicted["partitions"] == 1 and dc.written == 15
+    assert tries == [hour + 90.0]
+
+
 def test_a_full_queue_and_an_unwritable_folder_drop_without_raising(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

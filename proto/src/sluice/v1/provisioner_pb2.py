@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bsluice/v1/provisioner.proto\x12\tsluice.v1\x1a\x1cgoogle/api/annotations.proto\"w\n\x0eGetLogsRequest\x12\x15\n\rendpoint_name\x18\x01 \x01(\t\x12\x17\n\x0f\x64\x65ployment_name\x18\x02 \x01(\t\x12\r\n\x05lines\x18\x03 \x01(\x05\x12\x11\n\tcontainer\x18\x04 \x01(\t\x12\x13\n\x0binstance_id\x18\x05 \x01(\t\"\x82\x01\n\x15\x44\x65ploymentLogsRequest\x12\x15\n\rendpoint_name\x18\x01 \x01(\t\x12\x17\n\x0f\x64\x65ployment_name\x18\x02 \x01(\t\x12\x16\n\x0e\x63ontainer_type\x18\x03 \x01(\t\x12\x0c\n\x04tail\x18\x04 \x01(\x05\x12\x13\n\x0binstance_id\x18\x05 \x01(\t\"6\n\x0e\x44\x65ploymentLogs\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\"7\n\x04Logs\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x01(\t\"\x7f\n\x13GetCollectedRequest\x12\x15\n\rendpoint_name\x18\x01 \x01(\t\x12\x17\n\x0f\x64\x65ployment_name\x18\x02 \x01(\t\x12\x12\n\ncollection\x18\x03 \x01(\t\x12\x15\n\rsince_seconds\x18\x04 \x01(\x03\x12\r\n\x05limit\x18\x05 \x01(\x05\"E\n\rCollectedFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x12\n\ncollection\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\"\xd0\x01\n\tCollected\x12\'\n\x05\x66iles\x18\x01 \x03(\x0b\x32\x18.sluice.v1.CollectedFile\x12\x0f\n\x07records\x18\x02 \x03(\t\x12\x15\n\rtotal_records\x18\x03 \x01(\x03\x12\x32\n\x07\x64ropped\x18\x04 \x03(\x0b\x32!.sluice.v1.Collected.DroppedEntry\x12\x0e\n\x06\x66older\x18\x05 \x01(\t\x1a.\n\x0c\x44roppedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x32\x83\x03\n\x0bProvisioner\x12\x35\n\x07GetLogs\x12\x19.sluice.v1.GetLogsRequest\x1a\x0f.sluice.v1.Logs\x12\xa3\x01\n\x11GetDeploymentLogs\x12 .sluice.v1.DeploymentLogsRequest\x1a\x19.sluice.v1.DeploymentLogs\"Q\x82\xd3\xe4\x93\x02K\"F/onlineEndpoints/{endpoint_name}/deployments/{deployment_name}/getLogs:\x01*\x12\x96\x01\n\x0cGetCollected\x12\x1e.sluice.v1.GetCollectedRequest\x1a\x14.sluice.v1.Collected\"P\x82\xd3\xe4\x93\x02J\x12H/onlineEndpoints/{endpoint_name}/deployments/{deployment_name}/collectedb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bsluice/v1/provisioner.proto\x12\tsluice.v1\x1a\x1cgoogle/api/annotations.proto\"w\n\x0eGetLogsRequest\x12\x15\n\rendpoint_name\x18\x01 \x01(\t\x12\x17\n\x0f\x64\x65ployment_name\x18\x02 \x01(\t\x12\r\n\x05lines\x18\x03 \x01(\x05\x12\x11\n\tcontainer\x18\x04 \x01(\t\x12\x13\n\x0binstance_id\x18\x05 \x01(\t\"\x82\x01\n\x15\x44\x65ploymentLogsRequest\x12\x15\n\rendpoint_name\x18\x01 \x01(\t\x12\x17\n\x0f\x64\x65ployment_name\x18\x02 \x01(\t\x12\x16\n\x0e\x63ontainer_type\x18\x03 \x01(\t\x12\x0c\n\x04tail\x18\x04 \x01(\x05\x12\x13\n\x0binstance_id\x18\x05 \x01(\t\"6\n\x0e\x44\x65ploymentLogs\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\"7\n\x04Logs\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x01(\t\"\x7f\n\x13GetCollectedRequest\x12\x15\n\rendpoint_name\x18\x01 \x01(\t\x12\x17\n\x0f\x64\x65ployment_name\x18\x02 \x01(\t\x12\x12\n\ncollection\x18\x03 \x01(\t\x12\x15\n\rsince_seconds\x18\x04 \x01(\x03\x12\r\n\x05limit\x18\x05 \x01(\x05\"E\n\rCollectedFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x12\n\ncollection\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\"\xcc\x02\n\tCollected\x12\'\n\x05\x66iles\x18\x01 \x03(\x0b\x32\x18.sluice.v1.CollectedFile\x12\x0f\n\x07records\x18\x02 \x03(\t\x12\x15\n\rtotal_records\x18\x03 \x01(\x03\x12\x32\n\x07\x64ropped\x18\x04 \x03(\x0b\x32!.sluice.v1.Collected.DroppedEntry\x12\x0e\n\x06\x66older\x18\x05 \x01(\t\x12\x32\n\x07\x65victed\x18\x06 \x03(\x0b\x32!.sluice.v1.Collected.EvictedEntry\x12\x16\n\x0e\x65victed_before\x18\x07 \x01(\t\x1a.\n\x0c\x44roppedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a.\n\x0c\x45victedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x32\x83\x03\n\x0bProvisioner\x12\x35\n\x07GetLogs\x12\x19.sluice.v1.GetLogsRequest\x1a\x0f.sluice.v1.Logs\x12\xa3\x01\n\x11GetDeploymentLogs\x12 .sluice.v1.DeploymentLogsRequest\x1a\x19.sluice.v1.DeploymentLogs\"Q\x82\xd3\xe4\x93\x02K\"F/onlineEndpoints/{endpoint_name}/deployments/{deployment_name}/getLogs:\x01*\x12\x96\x01\n\x0cGetCollected\x12\x1e.sluice.v1.GetCollectedRequest\x1a\x14.sluice.v1.Collected\"P\x82\xd3\xe4\x93\x02J\x12H/onlineEndpoints/{endpoint_name}/deployments/{deployment_name}/collectedb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,6 +34,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_COLLECTED_DROPPEDENTRY']._loaded_options = None
   _globals['_COLLECTED_DROPPEDENTRY']._serialized_options = b'8\001'
+  _globals['_COLLECTED_EVICTEDENTRY']._loaded_options = None
+  _globals['_COLLECTED_EVICTEDENTRY']._serialized_options = b'8\001'
   _globals['_PROVISIONER'].methods_by_name['GetDeploymentLogs']._loaded_options = None
   _globals['_PROVISIONER'].methods_by_name['GetDeploymentLogs']._serialized_options = b'\202\323\344\223\002K\"F/onlineEndpoints/{endpoint_name}/deployments/{deployment_name}/getLogs:\001*'
   _globals['_PROVISIONER'].methods_by_name['GetCollected']._loaded_options = None
@@ -51,9 +53,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COLLECTEDFILE']._serialized_start=568
   _globals['_COLLECTEDFILE']._serialized_end=637
   _globals['_COLLECTED']._serialized_start=640
-  _globals['_COLLECTED']._serialized_end=848
-  _globals['_COLLECTED_DROPPEDENTRY']._serialized_start=802
-  _globals['_COLLECTED_DROPPEDENTRY']._serialized_end=848
-  _globals['_PROVISIONER']._serialized_start=851
-  _globals['_PROVISIONER']._serialized_end=1238
+  _globals['_COLLECTED']._serialized_end=972
+  _globals['_COLLECTED_DROPPEDENTRY']._serialized_start=878
+  _globals['_COLLECTED_DROPPEDENTRY']._serialized_end=924
+  _globals['_COLLECTED_EVICTEDENTRY']._serialized_start=926
+  _globals['_COLLECTED_EVICTEDENTRY']._serialized_end=972
+  _globals['_PROVISIONER']._serialized_start=975
+  _globals['_PROVISIONER']._serialized_end=1362
 # @@protoc_insertion_point(module_scope)

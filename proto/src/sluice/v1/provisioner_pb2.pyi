@@ -219,14 +219,38 @@ class Collected(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class EvictedEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     FILES_FIELD_NUMBER: _builtins.int
     RECORDS_FIELD_NUMBER: _builtins.int
     TOTAL_RECORDS_FIELD_NUMBER: _builtins.int
     DROPPED_FIELD_NUMBER: _builtins.int
     FOLDER_FIELD_NUMBER: _builtins.int
+    EVICTED_FIELD_NUMBER: _builtins.int
+    EVICTED_BEFORE_FIELD_NUMBER: _builtins.int
     total_records: _builtins.int
     """in the files read (within since_seconds)"""
     folder: _builtins.str
+    evicted_before: _builtins.str
+    """ISO time: the end of the newest partition deleted ("" = none)"""
     @_builtins.property
     def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___CollectedFile]: ...
     @_builtins.property
@@ -237,6 +261,12 @@ class Collected(_message.Message):
     def dropped(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """reason -> records not written, over all instances"""
 
+    @_builtins.property
+    def evicted(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """What the quota deleted to make room (the oldest closed partitions, a ring buffer), over
+        all instances: "partitions", "files", "bytes".
+        """
+
     def __init__(
         self,
         *,
@@ -245,10 +275,12 @@ class Collected(_message.Message):
         total_records: _builtins.int = ...,
         dropped: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         folder: _builtins.str = ...,
+        evicted: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        evicted_before: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dropped", b"dropped", "files", b"files", "folder", b"folder", "records", b"records", "total_records", b"total_records"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dropped", b"dropped", "evicted", b"evicted", "evicted_before", b"evicted_before", "files", b"files", "folder", b"folder", "records", b"records", "total_records", b"total_records"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

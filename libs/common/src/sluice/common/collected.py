@@ -7,7 +7,12 @@ batch service resolves `azureml://datastores/...` URIs), so a batch job can read
 
     <state>/datastore/workspaceblobstore/modelDataCollector/<endpoint>/<deployment>/
         <collection>/<yyyy>/<MM>/<dd>/<HH>/<instance>.jsonl
-        _stats/<instance>.json          # {"written": n, "dropped": {reason: n}}
+        _stats/<instance>.json          # {"written": n, "dropped": {reason: n},
+                                        #  "evicted": {"partitions": n, "files": n, "bytes": n},
+                                        #  "evicted_before": "<ISO time>"}
+
+`evicted` is what the quota made the writer delete (the oldest closed partitions, a
+ring buffer), and `evicted_before` the end of the newest partition it deleted.
 
 The inference server writes (sluice.inference.collector); the provisioner creates the
 folder for the deployment's user and reads it back for `online-deployment collected`.
@@ -82,6 +87,10 @@ class CollectedView:
     records: list[str] = field(default_factory=list)  # the newest `limit`, oldest first
     total_records: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
+    # What the quota deleted (partitions, files, bytes), over all instances, and the end of
+    # the newest partition deleted (ISO time; "": none): the records before it are gone.
+    evicted: dict[str, int] = field(default_factory=dict)
+    evicted_before: str = ""
 
 
 def read_collected(
@@ -130,18 +139,29 @@ def read_collected(
                 elif limit > 0 and entry > newest[0]:
                     heapq.heapreplace(newest, entry)
     view.records = [text for _, _, text in sorted(newest)]
-    view.dropped = dropped_counts(folder)
+    view.dropped, view.evicted, view.evicted_before = stats_counts(folder)
     return view
 
 
-def dropped_counts(folder: Path) -> dict[str, int]:
-    """Records the deployment's instances could not write, by reason, summed."""
-    total: Counter[str] = Counter()
+def stats_counts(folder: Path) -> tuple[dict[str, int], dict[str, int], str]:
+    """What the deployment's instances' stats files say, summed: the records they could
+    not write by reason, what the quota made them delete (partitions, files, bytes), and
+    the end of the newest partition deleted (the latest of theirs; "" when none)."""
+    dropped: Counter[str] = Counter()
+    evicted: Counter[str] = Counter()
+    before = ""
     for stats, _ in plain_files(folder / STATS, ".json"):
-        with contextlib.suppress(OSError, ValueError, AttributeError), open_plain(stats) as f:
-            for reason, count in json.loads(f.read(MAX_LINE_BYTES)).get("dropped", {}).items():
-                total[reason] += int(count)
-    return dict(total)
+        with contextlib.suppress(OSError, ValueError, AttributeError, TypeError):
+            with open_plain(stats) as f:
+                shown = json.loads(f.read(MAX_LINE_BYTES))
+            for reason, count in shown.get("dropped", {}).items():
+                dropped[str(reason)] += int(count)
+            for what, count in shown.get("evicted", {}).items():
+                evicted[str(what)] += int(count)
+            at = shown.get("evicted_before")
+            if isinstance(at, str) and _epoch(at) and (not before or _epoch(at) > _epoch(before)):
+                before = at
+    return dict(dropped), dict(evicted), before
 
 
 def _epoch(iso: str) -> float:

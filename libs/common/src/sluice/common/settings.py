@@ -167,8 +167,9 @@ class Settings(BaseSettings):
     # zero once its instances' workers have been idle this long (docs/autoscale.md).
     scale_to_zero_idle_s: float = 300.0
 
-    # Bytes a deployment's data collector may keep on disk (records beyond are dropped and
-    # counted); a deployment's DATA_COLLECTOR_MAX_BYTES variable may lower it.
+    # Bytes a deployment's data collector may keep on disk (a ring buffer: the oldest closed
+    # partitions are deleted to make room, and records are dropped and counted only when none
+    # is left); a deployment's DATA_COLLECTOR_MAX_BYTES variable may lower it.
     data_collector_max_bytes: int = 1024**3
 
     # OpenTelemetry (docs/tracing.md): off by default.

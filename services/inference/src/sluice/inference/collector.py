@@ -38,9 +38,16 @@ hex digits): unique, not secret, and written by the same `%` as the rest (as 128
 bits made text per request, it cost the writer 0.6 us per record; in the server, between
 two run() calls, 3.2 us per request: bench/tracing/cold.py --collect).
 
-Nothing here can fail a request: a full queue, a folder over its byte quota
-(`max_bytes`, shared by the deployment's instances and re-measured every
-`RESCAN_S`), a failing disk or a writer that died drops the record and counts it by
+The folder keeps at most `max_bytes` (shared by the deployment's instances and
+re-measured every `RESCAN_S`) as a ring buffer: a record that would go over it first
+makes the writer delete the oldest *closed* partitions (`_evict`: every instance's
+`.jsonl` and `.parquet` of a partition whose period ended `CLOSED_GRACE_S` ago, never a
+file being written), from the list of partitions its last re-measure made (no disk scan
+per record), and counts what it deleted (`evicted`: partitions, files, bytes, and the
+end of the newest one deleted).
+
+Nothing here can fail a request: a full queue, a folder over its quota with nothing
+old left to delete, a failing disk or a writer that died drops the record and counts it by
 reason. The writer's counts are written to `<folder>/_stats/<instance>.json` (read by
 `sluice online-deployment collected`); the writer reports each drop to the server on
 its stdout (`<reason> <count>` lines), which exports them all as
@@ -55,6 +62,7 @@ import contextlib
 import itertools
 import json
 import math
+import os
 import random
 import subprocess
 import sys
@@ -81,6 +89,10 @@ from sluice.common.writer_process import WriterProcess, frames
 FLUSH_S = 0.02
 IDLE_S = 0.25
 RESCAN_S = 10.0
+# A partition may be evicted once its period (minute, hour, day) ended this long ago: an
+# instance's last records of it (queued, or sent by a writer that lagged) have landed and its
+# file has been closed and converted to Parquet.
+CLOSED_GRACE_S = 60.0
 STATS_S = 1.0  # the writer's stats file: at most this often, at once when it drops
 MAX_QUEUED = 10_000  # records waiting for the writer; more are dropped ("queue_full")
 DEFAULT_MAX_BYTES = 1024**3
@@ -261,8 +273,16 @@ class DataCollector(_Queue):
     ) -> None:
         super().__init__(settings, on_drop)
         self.written = 0
+        # What the quota made this writer delete: partitions, files, bytes; and the end of
+        # the newest partition deleted (unix time; 0: none yet).
+        self.evicted: Counter[str] = Counter()
+        self.evicted_before = 0.0
         self._used = 0
         self._scanned_at = 0.0
+        # The partitions the last re-measure found, newest first (popped from the end):
+        # (start, end, folder, bytes); and when the first of them may be evicted.
+        self._partitions: list[tuple[float, float, Path, int]] = []
+        self._evictable_at = math.inf
         self._paths: dict[tuple[str, int], Path] = {}  # (collection, minute) -> its file
         self._current: dict[str, Path] = {}  # collection -> the file it writes now
         self._current_key: dict[str, tuple[str, int]] = {}  # collection -> its last key
@@ -273,7 +293,7 @@ class DataCollector(_Queue):
         self._source = orjson.dumps(settings.source)
         self._converting: list[subprocess.Popen[bytes]] = []  # Parquet writers (parquet.py)
         self._stats_at = -math.inf  # when the stats file was written (never yet), and what it shows
-        self._shown: tuple[int, Counter[str]] = (0, Counter())
+        self._shown: tuple[int, Counter[str], Counter[str]] = (0, Counter(), Counter())
 
     def open(self) -> None:
         """Make the folder, measure what is in it and, when a writer of this instance ran
@@ -285,7 +305,10 @@ class DataCollector(_Queue):
             before = orjson.loads(stats.read_bytes())
             self.written = int(before["written"])
             self.dropped.update({str(k): int(v) for k, v in before["dropped"].items()})
-            self._shown = (self.written, Counter(self.dropped))
+            self.evicted.update({str(k): int(v) for k, v in before.get("evicted", {}).items()})
+            if before.get("evicted_before"):
+                self.evicted_before = datetime.fromisoformat(before["evicted_before"]).timestamp()
+            self._shown = (self.written, Counter(self.dropped), Counter(self.evicted))
 
     def extend(self, items: list[Item]) -> None:
         """Records the feed sent (the queue bound is the feed's)."""
@@ -377,7 +400,8 @@ class DataCollector(_Queue):
     def _format(self, items: Iterable[Item]) -> dict[tuple[str, int], bytearray]:
         """The records as lines, by (collection, minute) in time order, one buffer each
         (thousands of lines kept as bytes objects made the write cost twice as much per
-        record: allocator churn); a record over the quota is dropped.
+        record: allocator churn); a record over the quota first evicts the oldest closed
+        partitions (`_evict`), and is dropped when that frees too little.
 
         The usual record (a JSON payload on one line, no extras) is made here at half the
         cost of `_line`, which makes the others: its payload checked by one parse and
@@ -412,9 +436,12 @@ class DataCollector(_Queue):
                     )  # fmt: skip
             used += len(line)
             if used > limit:
-                used -= len(line)
-                self._drop("quota")
-                continue
+                if at >= self._evictable_at:  # a closed partition can go (ring buffer)
+                    used -= self._evict(used - limit, at)
+                if used > limit:
+                    used -= len(line)
+                    self._drop("quota")
+                    continue
             buffer = buffers.get(collection)
             if buffer is None:
                 buffer = buffers[collection] = batches.setdefault((collection, minute), bytearray())
@@ -498,27 +525,85 @@ class DataCollector(_Queue):
         return path
 
     def _rescan(self) -> None:
-        """The bytes the deployment's instances have written so far (the quota is theirs)."""
+        """The bytes the deployment's instances have written so far (the quota is theirs),
+        and the partitions that hold them (what `_evict` may delete), in one walk of the
+        folder (links are not followed)."""
+        root = self.settings.folder
         used = 0
-        for pattern in ("*.jsonl", "*.parquet"):
-            for path in self.settings.folder.rglob(pattern):
-                with contextlib.suppress(OSError):
-                    used += path.stat().st_size
+        partitions: list[tuple[float, float, Path, int]] = []
+        for top, folders, names in os.walk(root):
+            here = Path(top)
+            if here == root:
+                folders[:] = [name for name in folders if name != STATS_FOLDER]
+            size = 0
+            for name in names:
+                if name.endswith(DATA_SUFFIXES):
+                    with contextlib.suppress(OSError):
+                        size += (here / name).lstat().st_size
+            if size:
+                used += size
+                span = _span(here.relative_to(root).parts)
+                if span is not None:
+                    partitions.append((*span, here, size))
+        partitions.sort(reverse=True)  # the oldest last: `_evict` pops it first
+        self._partitions = partitions
+        self._evictable_at = min((p[1] for p in partitions), default=math.inf) + CLOSED_GRACE_S
         self._used = used
         self._scanned_at = time.monotonic()
 
+    def _evict(self, need: int, now: float) -> int:
+        """Delete the oldest closed partitions of the folder (of every collection and every
+        instance) until `need` bytes are freed or none is left; the bytes freed.
+
+        Only when a record would go over the quota, from the list the last `_rescan`
+        made: never a scan per record. A partition is closed when its period ended
+        CLOSED_GRACE_S before `now`; one holding this writer's current file or a file its
+        Parquet writer converts is kept whatever its time. Another instance may have
+        deleted a partition first: its bytes are gone all the same, but not counted here."""
+        busy = {path.parent for path in self._current.values()}
+        for proc in self._converting:  # (`python -m sluice.inference.parquet FILE...`)
+            if isinstance(proc.args, list):
+                busy.update(Path(arg).parent for arg in proc.args[3:])
+        cutoff = now - CLOSED_GRACE_S
+        partitions, freed = self._partitions, 0
+        kept: list[tuple[float, float, Path, int]] = []
+        while freed < need and partitions:
+            start, end, top, size = partitions.pop()
+            if end > cutoff or top in busy:
+                kept.append((start, end, top, size))
+                continue
+            files, removed, left = _delete_partition(top, self.settings.folder)
+            if files:
+                self.evicted.update(partitions=1, files=files, bytes=removed)
+                self.evicted_before = max(self.evicted_before, end)
+                log.info("collector_evicted", partition=str(top), files=files, bytes=removed)
+            # What the scan counted, less what could not be deleted (this writer's own
+            # lines since the scan are in `removed`).
+            freed += max(size - left, removed, 0)
+        partitions.extend(reversed(kept))
+        ends = [p[1] for p in partitions if p[2] not in busy]
+        # When too little could go, the next try waits a second (records keep coming).
+        self._evictable_at = max(
+            min(ends, default=math.inf) + CLOSED_GRACE_S, now + 1.0 if freed < need else now
+        )
+        return freed
+
     def _stats_behind(self) -> bool:
         """Whether the counts differ from what the stats file shows."""
-        return (self.written, self.dropped) != self._shown
+        return (self.written, self.dropped, self.evicted) != self._shown
 
     def _write_stats(self) -> None:
-        self._stats_at, self._shown = time.monotonic(), (self.written, Counter(self.dropped))
+        self._stats_at = time.monotonic()
+        self._shown = (self.written, Counter(self.dropped), Counter(self.evicted))
         folder = self.settings.folder / STATS_FOLDER
-        stats = {
+        stats: dict[str, Any] = {
             "instance": self.settings.instance,
             "written": self.written,
             "dropped": dict(self.dropped),
+            "evicted": dict(self.evicted),
         }
+        if self.evicted_before:
+            stats["evicted_before"] = datetime.fromtimestamp(self.evicted_before, UTC).isoformat()
         try:
             folder.mkdir(exist_ok=True)
             partial = folder / f".{self.settings.instance}.json.partial"
@@ -526,6 +611,57 @@ class DataCollector(_Queue):
             partial.replace(folder / f"{self.settings.instance}.json")
         except OSError as exc:
             log.warning("collector_stats_failed", error=str(exc))
+
+
+DATA_SUFFIXES = (".jsonl", ".parquet")
+SPANS = (86_400, 3_600, 60)  # a partition of yyyy/MM/dd, .../HH, .../HH/mm
+
+
+def _span(parts: tuple[str, ...]) -> tuple[float, float] | None:
+    """The period (start, end; unix time) of a partition's folder, `<collection>/yyyy/MM/dd`
+    and maybe `/HH` and `/mm`, whatever the rolling rate that made it; None for another."""
+    numbers = parts[1:]
+    if not 3 <= len(numbers) <= 5 or not all(p.isascii() and p.isdigit() for p in numbers):
+        return None
+    year, month, day, hour, minute = (*map(int, numbers), 0, 0)[:5]
+    try:
+        start = datetime(year, month, day, hour, minute, tzinfo=UTC).timestamp()
+    except (ValueError, OverflowError):
+        return None
+    return start, start + SPANS[len(numbers) - 3]
+
+
+def _delete_partition(top: Path, root: Path) -> tuple[int, int, int]:
+    """Delete a partition's record files (every instance's `.jsonl` and `.parquet`; not a
+    Parquet writer's `.partial`), then its folder and those above it up to the collection
+    when that leaves them empty; (files, bytes) deleted, and the bytes of those that could
+    not be (gone already, another instance deleted them: not counted)."""
+    files = removed = left = 0
+    try:
+        paths = [path for path in top.iterdir() if path.name.endswith(DATA_SUFFIXES)]
+    except OSError:  # gone already
+        return 0, 0, 0
+    for path in paths:
+        try:
+            size = path.lstat().st_size
+            path.unlink()  # (a link is deleted, never what it points to)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:  # not ours to delete, a folder named *.jsonl...
+            with contextlib.suppress(OSError):
+                left += path.lstat().st_size
+            log.warning("collector_evict_failed", path=str(path), error=str(exc))
+            continue
+        files += 1
+        removed += size
+    folder = top
+    while folder.parent != root and folder != root:  # stop at <collection>/
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (another instance's file, a .partial): it stays
+            break
+        folder = folder.parent
+    return files, removed, left
 
 
 def _json(payload: bytes) -> bytes:

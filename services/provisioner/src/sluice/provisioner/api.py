@@ -145,4 +145,6 @@ class ProvisionerApi(provisioner_pb2_grpc.ProvisionerServicer):
             total_records=view.total_records,
             dropped=view.dropped,
             folder=str(folder),
+            evicted=view.evicted,
+            evicted_before=view.evicted_before,
         )

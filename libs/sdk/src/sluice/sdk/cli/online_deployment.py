@@ -255,6 +255,26 @@ def get_logs_(
     sys.stdout.write(logs.text + "\n")
 
 
+def _evicted(reply: Any) -> str:
+    """What the quota deleted, for `collected`'s summary line ("" when nothing)."""
+    evicted = dict(reply.evicted)
+    if not evicted.get("files"):
+        return ""
+    size = float(evicted.get("bytes", 0))
+    unit = "B"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            break
+        size /= 1024
+    amount = f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+    partitions, files = evicted.get("partitions", 0), evicted["files"]
+    return (
+        f", the quota evicted the oldest {partitions} partition{'s' * (partitions != 1)}"
+        f" ({files} file{'s' * (files != 1)}, {amount}): records before"
+        f" {reply.evicted_before} are gone"
+    )
+
+
 @app.command()
 def collected(
     name: str = typer.Option(..., "--name", "-n"),
@@ -266,7 +286,8 @@ def collected(
     limit: int = typer.Option(20, "--limit", help="newest records shown"),
     output: OutputFormat = OutputOption,
 ) -> None:
-    """What the deployment's data_collector wrote: its files, newest records and drops."""
+    """What the deployment's data_collector wrote: its files, newest records, drops, and
+    what its quota deleted to make room (the oldest partitions)."""
     if limit < 0:
         raise CliError("--limit cannot be negative")
     since_s = parse_duration(since, "--since") if since else 0
@@ -275,6 +296,7 @@ def collected(
     if output is OutputFormat.table:
         err_console.print(
             f"{reply.folder}: {len(reply.files)} files, {reply.total_records} records"
+            + _evicted(reply)
             + (f", dropped {dict(reply.dropped)}" if reply.dropped else "")
         )
         rows = [
@@ -297,6 +319,8 @@ def collected(
             ],
             "total_records": reply.total_records,
             "dropped": dict(reply.dropped),
+            "evicted": dict(reply.evicted),
+            "evicted_before": reply.evicted_before,
             "records": records,
         },
         output,
