@@ -272,6 +272,51 @@ def test_data_collector_in_azures_form(tmp_path: Path) -> None:
     )
 
 
+def test_data_collector_fields_naming_azure_resources_are_ignored_with_a_warning(
+    tmp_path: Path,
+) -> None:
+    """A collection's data asset and path, its client_id and request_logging's headers are
+    accepted, not used, and said to be so (with where Sluice writes instead)."""
+    from sluice.sdk.specs import edit_online_deployment
+
+    path = write(
+        tmp_path,
+        "name: blue\nendpoint_name: ep\ndata_collector:\n  collections:\n"
+        "    model_inputs:\n      enabled: 'True'\n"
+        "      client_id: 6d0f3e1c-0000-4000-8000-000000000000\n"
+        "      data: {name: inputs, path: azureml://datastores/mine/paths/x, version: 1}\n"
+        "    model_outputs: {enabled: 'True'}\n"
+        "  request_logging: {capture_headers: [x-user, x-tenant]}\n",
+    )
+    loaded = load_online_deployment(path, fake_upload)
+    assert loaded.spec.data_collector.enabled == ["model_inputs", "model_outputs"]
+    assert loaded.warnings == [
+        f"{path}: data_collector.collections.model_inputs.data is ignored: Sluice writes "
+        "model_inputs under <state>/datastore/workspaceblobstore/modelDataCollector/ep/blue/"
+        "model_inputs (azureml://datastores/workspaceblobstore/paths/modelDataCollector/ep/"
+        "blue/model_inputs; `sluice online-deployment collected` reads it)",
+        f"{path}: data_collector.collections.model_inputs.client_id is ignored: the "
+        "deployment's own user writes the collected files (no managed identity)",
+        f"{path}: data_collector.request_logging.capture_headers is ignored: `request` "
+        "records carry the method and path, no headers",
+    ]
+    # Nothing of it is stored: an update without a file says nothing, unless it sets one.
+    kept = edit_online_deployment(loaded.spec, ["instance_count=2"])
+    assert kept.warnings == []
+    edited = edit_online_deployment(
+        loaded.spec, ["data_collector.collections.model_outputs.data.path=azureml://x"]
+    )
+    assert [w.split(" is ignored")[0] for w in edited.warnings] == [
+        "command line: data_collector.collections.model_outputs.data"
+    ]
+    plain = write(
+        tmp_path,
+        "name: b\nendpoint_name: ep\ndata_collector:\n  collections:\n"
+        "    model_inputs: {enabled: 'True'}\n  request_logging: {}\n",
+    )
+    assert load_online_deployment(plain, fake_upload).warnings == []
+
+
 @pytest.mark.parametrize(
     ("fragment", "error"),
     [

@@ -19,6 +19,7 @@ from typing import Any, Generic, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from sluice.common.collected import COLLECTOR_PATH, DATASTORE, DEFAULT_DATASTORE
 from sluice.common.resources import (
     ArtifactRef,
     AuthMode,
@@ -293,7 +294,8 @@ class AzureResources(_Azure):
 class AzureCollection(_Azure):
     enabled: bool | str = False
     # Azure registers a data asset for the collection and may point it elsewhere; Sluice
-    # always writes under its own datastore (docs/tracing.md), so these are accepted only.
+    # always writes under its own datastore (docs/tracing.md), so these are accepted and
+    # ignored with a warning (AzureDataCollector.ignored).
     data: dict[str, Any] | None = None
     client_id: str | None = None
 
@@ -309,7 +311,7 @@ class AzureCollection(_Azure):
 
 
 class AzureRequestLogging(_Azure):
-    capture_headers: list[str] = Field(default_factory=list)
+    capture_headers: list[str] = Field(default_factory=list)  # ignored with a warning
 
 
 class AzureDataCollector(_Azure):
@@ -327,6 +329,32 @@ class AzureDataCollector(_Azure):
             )
         except ValidationError as exc:
             raise SpecError(f"data_collector: {exc.errors()[0]['msg']}") from None
+
+    def ignored(self, source: str, endpoint: str, deployment: str) -> list[str]:
+        """Warnings for the Azure fields that are accepted and not used: a collection's
+        `data` (its data asset and path) and `client_id`, `request_logging.capture_headers`."""
+        folder = f"{COLLECTOR_PATH}/{endpoint}/{deployment}"
+        warnings = []
+        for name, collection in sorted(self.collections.items()):
+            key = f"{source}: data_collector.collections.{name}"
+            if collection.data:
+                warnings.append(
+                    f"{key}.data is ignored: Sluice writes {name} under "
+                    f"<state>/{DATASTORE}/{DEFAULT_DATASTORE}/{folder}/{name} (azureml://"
+                    f"datastores/{DEFAULT_DATASTORE}/paths/{folder}/{name}; "
+                    "`sluice online-deployment collected` reads it)"
+                )
+            if collection.client_id:
+                warnings.append(
+                    f"{key}.client_id is ignored: the deployment's own user writes the "
+                    "collected files (no managed identity)"
+                )
+        if self.request_logging is not None and self.request_logging.capture_headers:
+            warnings.append(
+                f"{source}: data_collector.request_logging.capture_headers is ignored: "
+                "`request` records carry the method and path, no headers"
+            )
+        return warnings
 
 
 class AzureOnlineDeployment(_Azure):
@@ -608,6 +636,8 @@ def load_online_deployment(
 ) -> Loaded[OnlineDeploymentSpec]:
     data, warnings, source = _prepare(path, sets, {"name": name, "endpoint_name": endpoint_name})
     model: AzureOnlineDeployment = _validate(AzureOnlineDeployment, data, source)
+    if model.data_collector is not None:
+        warnings += model.data_collector.ignored(source, model.endpoint_name, model.name)
     base = path.parent if path else Path.cwd()
     return Loaded(model.to_spec(_Resolver(base, upload)), warnings)
 
@@ -796,6 +826,8 @@ def edit_online_deployment(
     what = f"deployment {current.name}"
     data, warnings, source = _prepare(None, (), {}, _edited(fields, sets, what))
     model: AzureOnlineDeployment = _validate(AzureOnlineDeployment, data, source)
+    if model.data_collector is not None:
+        warnings += model.data_collector.ignored(source, model.endpoint_name, model.name)
     edited = model.to_spec(_Resolver(Path.cwd(), _no_upload))
     keep = {k: getattr(current, k) for k in (*_FILE_ONLY, "kind")}
     return Loaded(edited.model_copy(update=keep), warnings)
