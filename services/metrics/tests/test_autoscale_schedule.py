@@ -63,7 +63,7 @@ async def test_a_weekend_profile_takes_over_and_gives_back(
     await store.create(validate(setting))
     autoscaler = Autoscaler(store, MetricsStore(mongo_db), bucket_s=5)
 
-    async def state() -> tuple[int, str, list[tuple[str, int, int]]]:
+    async def state() -> tuple[int | None, str, list[tuple[str, int, int]]]:
         doc = await store.get("shop-blue")
         assert doc is not None
         decisions = [(d["profile"], d["old_count"], d["new_count"]) for d in doc["decisions"]]
@@ -89,4 +89,5 @@ async def test_a_weekend_profile_takes_over_and_gives_back(
     assert doc is not None
     await store.update(setting.model_copy(update={"enabled": False}), doc["version"])
     await autoscaler.tick(SATURDAY_IN_LOS_ANGELES)
-    assert (await state())[0] == 1
+    # No capacity: the deployment's own count applies (and no new decision).
+    assert await state() == (None, "", [("default", 2, 1), ("weekend", 1, 2)])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from typing import Any, cast
 
 from sluice.provisioner.local_deployment import LocalDeployment, LocalServices
@@ -14,7 +15,7 @@ class ZeroDecided:
     def __init__(self) -> None:
         self.since = 0.0
 
-    def count(self, key: str) -> int:
+    def count(self, key: str, created_at: datetime | None = None) -> int:
         return 0
 
     def decided_at(self, key: str) -> float:

@@ -57,6 +57,19 @@ def setting_of(doc: Document) -> AutoscaleSetting:
     return AutoscaleSetting.model_validate(doc["spec"])
 
 
+def fresh_state() -> Document:
+    """A setting's evaluation state before its first tick. `capacity` None: not evaluated
+    yet (the first tick starts from the deployment's count); `deployment_created_at`: the
+    creation time of the deployment the capacity was decided for (a deployment deleted
+    and created again under the same name is another one)."""
+    return {
+        "capacity": None,
+        "last_action_at": None,
+        "active_profile": "",
+        "deployment_created_at": None,
+    }
+
+
 class AutoscaleStore:
     def __init__(self, db: AsyncDatabase[Document], outbox: Outbox):
         self._c = db[AUTOSCALE_SETTINGS]
@@ -72,11 +85,17 @@ class AutoscaleStore:
         )
         return found is not None
 
-    async def instance_count(self, endpoint: str, deployment: str) -> int | None:
+    async def deployment(self, endpoint: str, deployment: str) -> tuple[int, str] | None:
+        """(its `instance_count`, its creation time as stored: which incarnation of the
+        name it is) or None when there is no such deployment."""
         doc = await self._db[ONLINE_DEPLOYMENTS].find_one(
-            {"_id": deployment_id(endpoint, deployment)}, {"spec.instance_count": 1}
+            {"_id": deployment_id(endpoint, deployment)},
+            {"spec.instance_count": 1, "meta.created_at": 1},
         )
-        return None if doc is None else int(doc["spec"].get("instance_count", 1))
+        if doc is None:
+            return None
+        created = (doc.get("meta") or {}).get("created_at") or ""
+        return int(doc["spec"].get("instance_count", 1)), str(created)
 
     async def scale_settings(self, endpoint: str, deployment: str) -> ScaleSettings | None:
         """The deployment's own `spec.scale_settings` (None: no such deployment)."""
@@ -127,7 +146,7 @@ class AutoscaleStore:
             "created_at": now,
             "updated_at": now,
             # capacity None: not evaluated yet (the first tick starts from the deployment's count)
-            "state": {"capacity": None, "last_action_at": None, "active_profile": ""},
+            "state": fresh_state(),
             "decisions": [],
         }
         async with self._outbox.transaction() as tx:
@@ -137,14 +156,21 @@ class AutoscaleStore:
         return doc
 
     async def update(self, setting: AutoscaleSetting, version: int) -> Document | None:
-        """None: no such setting; Conflict: `version` is not the stored one."""
+        """None: no such setting; Conflict: `version` is not the stored one.
+
+        A setting switched off, or on again, forgets its evaluation state: disabled, the
+        deployment's own count applies (docs/autoscale.md), and re-enabled it starts from
+        that count again, never from a capacity decided before it was switched off."""
+        changes: Document = {"spec": setting.model_dump(), "updated_at": datetime.now(UTC)}
         async with self._outbox.transaction() as tx:
+            before = await self._c.find_one(
+                {"_id": setting.name, "version": version}, {"spec.enabled": 1}, session=tx.session
+            )
+            if before is not None and not (before["spec"].get("enabled", True) and setting.enabled):
+                changes["state"] = fresh_state()
             doc = await self._c.find_one_and_update(
                 {"_id": setting.name, "version": version},
-                {
-                    "$set": {"spec": setting.model_dump(), "updated_at": datetime.now(UTC)},
-                    "$inc": {"version": 1},
-                },
+                {"$set": changes, "$inc": {"version": 1}},
                 return_document=ReturnDocument.AFTER,
                 session=tx.session,
             )
@@ -169,11 +195,12 @@ class AutoscaleStore:
         return True
 
     async def record(
-        self, doc: Document, decision: Decision, now: datetime, data_from: float
+        self, doc: Document, decision: Decision, now: datetime, data_from: float, deployment: str
     ) -> None:
         """The decision, the new capacity and its event, in one transaction. `data_from`
         (epoch): the start of the metric data it was made on (a wake-up before it is not
-        overruled by it, see the provisioner's activator)."""
+        overruled by it, see the provisioner's activator); `deployment`: the creation time
+        of the deployment it was made for."""
         entry = {
             "time": now,
             "profile": decision.profile,
@@ -202,6 +229,7 @@ class AutoscaleStore:
                             "capacity": decision.new_count,
                             "last_action_at": now.timestamp(),
                             "active_profile": decision.profile,
+                            "deployment_created_at": deployment,
                         }
                     },
                     "$push": {
@@ -215,9 +243,18 @@ class AutoscaleStore:
             )
         log.info("autoscaled", setting=doc["_id"], **data.model_dump(exclude={"name"}))
 
-    async def start(self, name: str, capacity: int) -> None:
-        """The count the setting starts from (the deployment's), when no rule acted."""
-        await self._c.update_one({"_id": name}, {"$set": {"state.capacity": capacity}})
+    async def start(self, name: str, capacity: int, deployment: str) -> None:
+        """The count the setting starts from (the deployment's), when no rule acted;
+        `deployment`: that deployment's creation time."""
+        await self._c.update_one(
+            {"_id": name},
+            {"$set": {"state.capacity": capacity, "state.deployment_created_at": deployment}},
+        )
+
+    async def forget(self, name: str) -> None:
+        """Its deployment is gone or was created again: what was decided for the old one
+        does not carry over (the next tick starts from the new deployment's count)."""
+        await self._c.update_one({"_id": name}, {"$set": {"state": fresh_state()}})
 
     async def set_active_profile(self, name: str, profile: str) -> None:
         await self._c.update_one({"_id": name}, {"$set": {"state.active_profile": profile}})
@@ -244,16 +281,24 @@ class Autoscaler:
         setting = setting_of(doc)
         if not setting.enabled:
             return
-        profile = active_profile(setting, now)
         state = doc.get("state") or {}
+        found = await self._store.deployment(setting.endpoint_name, setting.deployment_name)
+        if found is None:  # the deployment is gone: its setting stays (as on Azure), its state not
+            if state.get("capacity") is not None:
+                await self._store.forget(doc["_id"])
+            return
+        instance_count, created = found
+        was_for = state.get("deployment_created_at")
+        if state.get("capacity") is not None and was_for is not None and was_for != created:
+            # Deleted and created again between two ticks: a new deployment, its own count.
+            await self._store.forget(doc["_id"])
+            state = fresh_state()
+        profile = active_profile(setting, now)
         if state.get("active_profile") != profile.name:
             await self._store.set_active_profile(doc["_id"], profile.name)
         capacity = state.get("capacity")
         if capacity is None:  # not evaluated yet: start from the deployment's own count
-            found = await self._store.instance_count(setting.endpoint_name, setting.deployment_name)
-            if found is None:
-                return  # the deployment is gone (or not created yet)
-            current = found
+            current = instance_count
         elif capacity == 0:
             # At zero a held request wakes an instance without asking (activator.py): count
             # what runs, so that an idle period takes it back to zero with a decision.
@@ -268,9 +313,11 @@ class Autoscaler:
                 epoch = int(now.timestamp())
                 closed_end = epoch - epoch % self._bucket_s
                 data_from = closed_end - profile.rules[decision.rule_index].window_s
-            await self._store.record(doc, decision, now, data_from)
+            await self._store.record(doc, decision, now, data_from, created)
         elif capacity is None:
-            await self._store.start(doc["_id"], current)
+            await self._store.start(doc["_id"], current, created)
+        elif was_for is None:  # a state stored before deployments were told apart
+            await self._store.start(doc["_id"], int(capacity), created)
 
     async def _running(self, setting: AutoscaleSetting, now: datetime) -> int:
         """Instances that sent usage samples in the last two closed buckets."""

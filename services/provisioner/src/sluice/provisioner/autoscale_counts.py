@@ -6,13 +6,15 @@ provisioner reads that collection (never writes it): all of it at start, one set
 whenever an `autoscale.created|updated|deleted|scaled` event names a deployment, then
 wakes that deployment's worker. An enabled setting's capacity replaces the
 deployment's `instance_count` (and its `target_utilization`, which would fight it);
-a disabled or deleted setting gives the count back to the deployment's spec.
+a disabled or deleted setting gives the count back to the deployment's spec. A capacity
+decided for an earlier deployment of the same name (deleted and created again) is not
+this one's: the deployment runs its own count until the setting decides for it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import UTC
+from datetime import UTC, datetime
 
 from faststream.nats import NatsBroker
 from faststream.nats.subscriber.usecases import PushStreamSubscriber
@@ -42,13 +44,21 @@ class AutoscaleCounts:
     def __init__(self, db: AsyncDatabase[Document]):
         self._c = db[AUTOSCALE_SETTINGS]
         self._counts: dict[str, int] = {}  # lower-cased deployment id -> instances
+        # ... -> the creation time of the deployment the count was decided for (None: unknown)
+        self._decided_for: dict[str, datetime | None] = {}
         self._decided_at: dict[str, float] = {}  # ... -> epoch of the last decision
         # ... -> (setting, its active profile, a marker that changes with either)
         self._active: dict[str, tuple[AutoscaleSetting, AutoscaleProfile, str]] = {}
 
-    def count(self, key: str) -> int | None:
-        """The count an enabled autoscale setting wants for deployment `key`, if any."""
-        return self._counts.get(key.lower())
+    def count(self, key: str, created_at: datetime | None = None) -> int | None:
+        """The count an enabled autoscale setting wants for deployment `key`, if any: none
+        when it was decided for another deployment of that name than the one created at
+        `created_at` (deleted and created again since)."""
+        key = key.lower()
+        decided_for = self._decided_for.get(key)
+        if created_at is not None and decided_for is not None and decided_for != created_at:
+            return None
+        return self._counts.get(key)
 
     def decided_at(self, key: str) -> float:
         """Where the metric data of the last decision of deployment `key`'s setting starts
@@ -68,8 +78,10 @@ class AutoscaleCounts:
         setting = AutoscaleSetting.model_validate(doc["spec"])
         if setting.enabled and capacity is not None:
             self._counts[key] = int(capacity)
+            self._decided_for[key] = _when(state.get("deployment_created_at"))
         else:
             self._counts.pop(key, None)
+            self._decided_for.pop(key, None)
         decisions = doc.get("decisions") or []
         if decisions:
             when = decisions[0]["time"]
@@ -87,6 +99,7 @@ class AutoscaleCounts:
 
     async def load(self) -> None:
         self._counts.clear()
+        self._decided_for.clear()
         self._active.clear()
         async for doc in self._c.find({}):
             self._take(doc)
@@ -96,10 +109,22 @@ class AutoscaleCounts:
         doc = await self._c.find_one({"target": key})
         if doc is None:
             self._counts.pop(key, None)
+            self._decided_for.pop(key, None)
             self._active.pop(key, None)
         else:
             self._take(doc)
         log.info("autoscale_count", deployment=key, count=self._counts.get(key))
+
+
+def _when(stored: object) -> datetime | None:
+    """A deployment's creation time as the metrics service stored it (its ISO text)."""
+    if not isinstance(stored, str) or not stored:
+        return None
+    try:
+        when = datetime.fromisoformat(stored)
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def subscribe_autoscale(

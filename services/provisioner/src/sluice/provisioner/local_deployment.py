@@ -24,6 +24,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from sluice.common.events.catalogue import AutoscaleScaled
 from sluice.common.log import get_logger, readable_log
@@ -108,6 +109,7 @@ class LocalDeployment:
         # instance starting and no request seen (liveness answers count them) for `idle_s`.
         self._zero_when_idle = False
         self._own = (1, ScaleSettings())  # the spec's instance_count and scale_settings
+        self._created_at: datetime | None = None  # which deployment of that name this is
         self._last_active = time.monotonic()
         self._was_idle = False
         self._seen: dict[str, int | None] = {}  # instance id -> its last requests_seen
@@ -121,6 +123,7 @@ class LocalDeployment:
         self._version = version
         self._zero_when_idle = doc.spec.scale_settings.min_instances == 0
         self._own = (doc.spec.instance_count, doc.spec.scale_settings)
+        self._created_at = doc.meta.created_at
         if self.generation is None or self.generation.version != version:
             await self._prepare(doc)
         await self._reap(version)
@@ -265,8 +268,13 @@ class LocalDeployment:
         routes = self._s.routing.routes(self.key, inst.address)
         return inst.ready and (routes is not False or now - inst.ready_at > ROUTE_WAIT_S)
 
+    def _setting_count(self) -> int | None:
+        """What an autoscale setting decided for this deployment (not for an earlier one of
+        the same name: a capacity decided before a delete and re-create is not this one's)."""
+        return self._s.autoscale.count(self.key, self._created_at)
+
     def _autoscale(self, doc: OnlineDeploymentDoc) -> None:
-        if self._s.autoscale.count(self.key) is not None:
+        if self._setting_count() is not None:
             return  # an autoscale setting decides the count
         serving = [
             i
@@ -328,7 +336,7 @@ class LocalDeployment:
         Else the autoscale setting's count; a wake makes 0 into 1 until a decision made on
         metric data entirely after the wake says 0 again (a decision on the minutes before
         it, when nobody asked, must not stop the instance a held request waits for)."""
-        decided = self._s.autoscale.count(self.key)
+        decided = self._setting_count()
         if decided is None and self._zero_when_idle:
             idle = self._idle()
             if idle != self._was_idle:
@@ -383,7 +391,7 @@ class LocalDeployment:
 
     def _may_be_at_zero(self) -> bool:
         """An autoscale setting decided zero, or the deployment's own scale settings allow it."""
-        decided = self._s.autoscale.count(self.key)
+        decided = self._setting_count()
         return decided == 0 or (decided is None and self._zero_when_idle)
 
     def _activator_instance(self) -> Instance | None:
