@@ -74,16 +74,33 @@ def validate(rule: Document, bucket_s: int) -> None:
         raise RuleError(f"for {rule['for_s']}s must not be negative")
 
 
+def closed_end(now: float, bucket_s: int) -> int:
+    """Where the closed buckets end at `now` (epoch seconds): the start of the bucket still
+    filling. Alert rules and autoscale rules read only the buckets before it: a bucket
+    still filling would read as a drop in requests per minute (or bytes, or errors)."""
+    epoch = int(now)
+    return epoch - epoch % bucket_s
+
+
+def window_of(rule: Document, now: float, bucket_s: int) -> tuple[int, int]:
+    """The buckets a rule reads at `now`: [oldest, end), `end` the start of the bucket still
+    filling and `oldest` the start of the bucket holding `end - window_s` (a window of 5
+    minutes at a 1-minute grain is the last 5 closed minutes)."""
+    end = closed_end(now, bucket_s)
+    oldest = end - rule["window_s"]
+    return oldest - oldest % bucket_s, end
+
+
 def evaluate(docs: list[Document], rule: Document, now: float, bucket_s: int) -> float | None:
-    """The rule's aggregated value over its window (None: no data to compare)."""
+    """The rule's aggregated value over its window of closed buckets at `now` (`window_of`;
+    None: no data to compare)."""
     series = query.steps(docs, step_s=bucket_s, total_only=not rule["deployment"])
     steps = series.get(rule["deployment"] or query.ENDPOINT_TOTAL, {})
-    oldest = now - rule["window_s"]
-    oldest -= oldest % bucket_s
+    oldest, end = window_of(rule, now, bucket_s)
     values = [
         v
         for start, step in steps.items()
-        if start >= oldest and (v := step.values(bucket_s)[rule["metric"]]) is not None
+        if oldest <= start < end and (v := step.values(bucket_s)[rule["metric"]]) is not None
     ]
     if rule["aggregation"] in ("total", "count") and not values:
         return 0.0
@@ -135,9 +152,13 @@ class AlertEvaluator:
 
     async def _one(self, rule: Document, now: datetime) -> None:
         epoch = now.timestamp()
-        start = datetime.fromtimestamp(epoch - rule["window_s"] - self._bucket_s, UTC)
-        end = datetime.fromtimestamp(epoch + self._bucket_s, UTC)
-        docs = await self._store.minutes(rule["endpoint"], rule["deployment"] or None, start, end)
+        oldest, end = window_of(rule, epoch, self._bucket_s)
+        docs = await self._store.minutes(
+            rule["endpoint"],
+            rule["deployment"] or None,
+            datetime.fromtimestamp(oldest, UTC),
+            datetime.fromtimestamp(end, UTC),
+        )
         value = evaluate(docs, rule, epoch, self._bucket_s)
         breached = value is not None and OPERATORS[rule["operator"]](value, rule["threshold"])
         state, since = rule["state"], rule.get("state_since")

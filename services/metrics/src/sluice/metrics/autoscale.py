@@ -310,9 +310,10 @@ class Autoscaler:
         if decision is not None:
             data_from = now.timestamp()  # bounds and defaults use no metric data
             if decision.rule_index is not None:
-                epoch = int(now.timestamp())
-                closed_end = epoch - epoch % self._bucket_s
-                data_from = closed_end - profile.rules[decision.rule_index].window_s
+                rule = profile.rules[decision.rule_index]
+                data_from = alerts.window_of(
+                    {"window_s": rule.window_s}, now.timestamp(), self._bucket_s
+                )[0]
             await self._store.record(doc, decision, now, data_from, created)
         elif capacity is None:
             await self._store.start(doc["_id"], current, created)
@@ -336,15 +337,17 @@ class Autoscaler:
         filling would read as a drop in requests per minute)."""
         endpoint = rule.metric_endpoint or setting.endpoint_name
         deployment = rule.metric_deployment if rule.metric_endpoint else setting.deployment_name
-        epoch = int(now.timestamp())
-        closed_end = epoch - epoch % self._bucket_s
-        start = datetime.fromtimestamp(closed_end - rule.window_s, UTC)
-        end = datetime.fromtimestamp(closed_end, UTC)
-        docs = await self._metrics.minutes(endpoint, deployment or None, start, end)
         spec = {
             "deployment": deployment,
             "window_s": rule.window_s,
             "metric": rule.metric,
             "aggregation": rule.time_aggregation,
         }
-        return alerts.evaluate(docs, spec, closed_end - 1, self._bucket_s)
+        oldest, end = alerts.window_of(spec, now.timestamp(), self._bucket_s)
+        docs = await self._metrics.minutes(
+            endpoint,
+            deployment or None,
+            datetime.fromtimestamp(oldest, UTC),
+            datetime.fromtimestamp(end, UTC),
+        )
+        return alerts.evaluate(docs, spec, now.timestamp(), self._bucket_s)
