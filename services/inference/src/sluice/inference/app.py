@@ -595,7 +595,7 @@ async def serve(config: ServerConfig, registry: CollectorRegistry | None = None)
     dispatcher.on_in_flight = metrics.track_in_flight(lambda: dispatcher.in_flight)
     trace_batch = app.tracing.batch_run if app.tracing is not None else None
     batcher = _batcher(config, scorer, dispatcher, metrics, trace_batch)
-    swagger = swagger_documents(config.code, scorer.schema)
+    swagger = swagger_documents(config.code, scorer.swagger_schema())
     app.start_scoring(scorer, dispatcher, swagger, batcher)
     # What init() loaded lives as long as the process: keep it out of the garbage
     # collector's scans, which otherwise walk the whole model on every full collection.

@@ -56,6 +56,9 @@ class ScoringFunctions:
     # run() takes {"data": rows} and answers one value per row (adaptive batching may
     # merge requests): a script's module-level `BATCHABLE = True`, or a built-in scorer.
     batchable: bool = False
+    # A built-in scorer's (input, output) swagger schemas, known once init() has run (an
+    # MLflow model's come from its signature); a script's come from its decorators.
+    swagger: Callable[[], tuple[Any, Any] | None] | None = None
 
 
 def model_dir_for(model: Path) -> Path:
@@ -120,6 +123,13 @@ class Scorer:
 
     def init(self) -> None:
         self.functions.init()
+
+    def swagger_schema(self) -> tuple[Any, Any] | None:
+        """run()'s (input, output) swagger schemas: its decorators', else a built-in
+        scorer's (after init()); None for the generic ones."""
+        if self.schema is not None or self.functions.swagger is None:
+            return self.schema
+        return self.functions.swagger()
 
     def prepare(self, request: HttpRequest) -> Call:
         """A call of run() with this request's input; raises `BadInput`."""
