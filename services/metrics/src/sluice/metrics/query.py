@@ -34,7 +34,9 @@ class Step:
     cpu_sum: float = 0.0
     memory_sum: float = 0.0
     usage_samples: int = 0
-    instance_count: int = 0  # the most instances seen in any minute of the step
+    # minute epoch -> the instances that reported in it ("deployment/instance id"; an
+    # endpoint's total unites its deployments' instances, so its count is their sum)
+    instances: dict[int, set[str]] = field(default_factory=dict)
     # minute epoch -> open connections in it (each deployment's mean over its samples, summed)
     connections: dict[int, float] = field(default_factory=dict)
 
@@ -58,12 +60,20 @@ class Step:
         self.cpu_sum += float(doc.get("cpu_sum", 0.0))
         self.memory_sum += float(doc.get("memory_sum", 0.0))
         self.usage_samples += int(doc.get("usage_samples", 0))
-        self.instance_count = max(self.instance_count, len(doc.get("instances", {})))
+        if doc.get("instances"):
+            seen = self.instances.setdefault(int(doc["minute"].timestamp()), set())
+            seen.update(f"{doc.get('deployment', '')}/{i}" for i in doc["instances"])
         samples = int(doc.get("connection_samples", 0))
         if samples:
             minute = int(doc["minute"].timestamp())
             mean = float(doc.get("connections_sum", 0.0)) / samples
             self.connections[minute] = self.connections.get(minute, 0.0) + mean
+
+    @property
+    def instance_count(self) -> int:
+        """The most instances seen in any minute of the step (for an endpoint's total, the
+        sum of its deployments' instances in that minute)."""
+        return max((len(seen) for seen in self.instances.values()), default=0)
 
     def quantiles(self) -> list[float | None]:
         return sketch.quantiles(self.latency, QUANTILES)
