@@ -28,3 +28,29 @@ def test_the_cache_is_bounded() -> None:
         cache.put(("shop", minute), "*", [minute], 0)
     assert cache.get(("shop", 0), "*") is None
     assert cache.get(("shop", 120), "*") == [120]
+
+
+def test_what_the_cache_remembers_of_flushes_is_bounded() -> None:
+    """One version per (endpoint, minute) kept forever grew by one entry per endpoint-minute
+    (about 1 GB a year of uptime for 10 endpoints)."""
+    cache = PointCache()
+    for minute in range(0, 100_000 * 60, 60):  # 100,000 distinct minutes flushed
+        cache.invalidate([("shop", minute)])
+    assert len(cache._dirty) <= 50_000
+    # The minutes it still remembers are the recent ones, and they still cache.
+    recent = ("shop", (100_000 - 1) * 60)
+    cache.put(recent, "*", ["p"], cache.version(recent))
+    assert cache.get(recent, "*") == ["p"]
+
+
+def test_a_query_racing_a_forgotten_flush_caches_nothing_stale() -> None:
+    cache = PointCache(max_dirty=2)
+    old = ("shop", 0)
+    started = cache.version(old)  # a query reads MongoDB ...
+    cache.invalidate([old])  # ... while a flush writes the minute
+    cache.invalidate([("shop", 60)])
+    cache.invalidate([("shop", 120)])  # ... and later flushes push it out of memory
+    cache.put(old, "*", ["stale"], started)
+    assert cache.get(old, "*") is None
+    cache.put(old, "*", ["fresh"], cache.version(old))  # a query started after them
+    assert cache.get(old, "*") == ["fresh"]
