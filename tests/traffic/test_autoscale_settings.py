@@ -277,6 +277,13 @@ async def test_autoscale_settings_from_the_command_line(
     )
     spec.write_text(YAML + "colour: blue\n")
     assert "unknown field(s) colour" in cli.fails("monitor", "autoscale", "create", "-f", str(spec))
+    spec.write_text(YAML.replace("minimum: 1,", "minimum: one,"))  # one line, no traceback
+    err = cli.fails("monitor", "autoscale", "create", "-f", str(spec))
+    assert "capacity.minimum 'one' is not a whole number" in err and "Traceback" not in err
+    spec.write_text(YAML.replace("{days: [sat, sun]}", "[sat, sun]"))
+    assert "recurrence must be a mapping" in cli.fails(
+        "monitor", "autoscale", "create", "-f", str(spec)
+    )
     spec.write_text(YAML)
     from_yaml = cli.json("monitor", "autoscale", "create", "-f", str(spec))
     assert [p["name"] for p in from_yaml["profiles"]] == ["default", "weekend"]

@@ -124,6 +124,9 @@ def make_profile(
 SETTING_FIELDS = {"name", "resource", "enabled", "profiles"}
 PROFILE_FIELDS = {"name", "capacity", "rules", "timezone", "recurrence", "fixed_date"}
 RULE_FIELDS = {"condition", "scale", "cooldown", "timegrain", "resource"}
+CAPACITY_FIELDS = {"minimum", "default", "maximum"}
+RECURRENCE_FIELDS = {"days", "start", "end"}
+FIXED_DATE_FIELDS = {"start", "end"}
 
 
 def _fields(raw: Any, allowed: set[str], where: str) -> dict[str, Any]:
@@ -138,14 +141,81 @@ def _fields(raw: Any, allowed: set[str], where: str) -> dict[str, Any]:
     return raw
 
 
+def _list(raw: Any, where: str) -> list[Any]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise invalid(f"{where} must be a list")
+    return raw
+
+
+def _count(raw: Any, where: str) -> int:
+    """A whole number of instances (YAML's 3 or "3"; not 1.5, true or "one")."""
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and re.fullmatch(r"\s*\d+\s*", raw):
+        return int(raw)
+    raise invalid(f"{where} {raw!r} is not a whole number")
+
+
+def _enabled(raw: Any, where: str) -> bool:
+    """true or false (YAML's booleans, or the words quoted): "false" is not true."""
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and raw.strip().lower() in ("true", "false"):
+        return raw.strip().lower() == "true"
+    raise invalid(f"{where} {raw!r} must be true or false")
+
+
+def _text(raw: Any, where: str) -> str | None:
+    """A time of day or a date-time as written. YAML reads an unquoted 10:30 as the number
+    630 (base 60), so a number is refused with the fix."""
+    if raw is None or raw == "":
+        return None
+    if isinstance(raw, int | float):  # bool is an int too
+        raise invalid(f'{where} {raw!r} is not a time: quote it, e.g. "10:30"')
+    return str(raw)
+
+
+def _schedule(p: dict[str, Any], where: str) -> tuple[list[str] | None, str | None, str | None]:
+    """(az's `--recurrence week DAYS`, start, end) of a profile's recurrence or fixed date."""
+    if p.get("recurrence") is not None and p.get("fixed_date") is not None:
+        raise invalid(f"{where}: a profile has a recurrence or a fixed_date, not both")
+    if p.get("recurrence") is not None:
+        if not isinstance(p["recurrence"], dict):
+            raise invalid(
+                f"{where}.recurrence must be a mapping, e.g. "
+                '{days: [sat, sun], start: "08:00", end: "18:00"}'
+            )
+        recurrence = _fields(p["recurrence"], RECURRENCE_FIELDS, f"{where}.recurrence")
+        days = recurrence.get("days")
+        if isinstance(days, str):
+            days = days.split()
+        days = _list(days, f"{where}.recurrence.days")
+        if not days or not all(isinstance(d, str) for d in days):
+            raise invalid(f"{where}.recurrence.days must list days, e.g. [sat, sun]")
+        start = _text(recurrence.get("start"), f"{where}.recurrence.start")
+        end = _text(recurrence.get("end"), f"{where}.recurrence.end")
+        return ["week", *days], start, end
+    if p.get("fixed_date") is not None:
+        fixed = _fields(p["fixed_date"], FIXED_DATE_FIELDS, f"{where}.fixed_date")
+        start = _text(fixed.get("start"), f"{where}.fixed_date.start")
+        end = _text(fixed.get("end"), f"{where}.fixed_date.end")
+        if start is None or end is None:
+            raise invalid(f"{where}.fixed_date needs both start and end")
+        return None, start, end
+    return None, None, None
+
+
 def load_setting(path: Path) -> Any:
-    """An autoscale setting from YAML (docs/autoscale.md, "YAML form")."""
+    """An autoscale setting from YAML (docs/autoscale.md, "YAML form"). Any bad input is a
+    SluiceError naming the field (the CLI prints it as one line, and nothing is stored)."""
     try:
         raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise invalid(f"cannot read {path}: {exc}") from None
     raw = _fields(raw, SETTING_FIELDS, str(path))
-    if "resource" not in raw:
+    if not raw.get("resource"):
         raise invalid(f"{path}: resource (the deployment's id) is required")
     endpoint, deployment = parse_resource(str(raw["resource"]))
     if not deployment:
@@ -154,32 +224,32 @@ def load_setting(path: Path) -> Any:
         name=str(raw.get("name") or deployment),
         endpoint_name=endpoint,
         deployment_name=deployment,
-        enabled=bool(raw.get("enabled", True)),
+        enabled=_enabled(raw.get("enabled", True), f"{path}: enabled"),
     )
-    for i, p in enumerate(raw.get("profiles") or []):
-        p = _fields(p, PROFILE_FIELDS, f"{path}: profiles[{i}]")
-        capacity = _fields(
-            p.get("capacity", {}),
-            {"minimum", "default", "maximum"},
-            f"{path}: profiles[{i}].capacity",
-        )
-        count = int(capacity.get("default", capacity.get("minimum", 1)))
-        recurrence = p.get("recurrence")
-        fixed = p.get("fixed_date")
+    for i, p in enumerate(_list(raw.get("profiles"), f"{path}: profiles")):
+        where = f"{path}: profiles[{i}]"
+        p = _fields(p, PROFILE_FIELDS, where)
+        capacity = _fields(p.get("capacity", {}), CAPACITY_FIELDS, f"{where}.capacity")
+        at = f"{where}.capacity."
+        if "default" in capacity:
+            count = _count(capacity["default"], at + "default")
+        else:
+            count = _count(capacity.get("minimum", 1), at + "minimum")
+        recurrence, start, end = _schedule(p, where)
         profile = make_profile(
             str(p.get("name", "default")),
             count,
-            int(capacity.get("minimum", count)),
-            int(capacity.get("maximum", count)),
+            _count(capacity.get("minimum", count), at + "minimum"),
+            _count(capacity.get("maximum", count), at + "maximum"),
             timezone=str(p.get("timezone", "UTC")),
-            recurrence=["week", *recurrence.get("days", [])] if recurrence else None,
-            start=str((recurrence or fixed or {}).get("start") or "") or None,
-            end=str((recurrence or fixed or {}).get("end") or "") or None,
+            recurrence=recurrence,
+            start=start,
+            end=end,
         )
-        for j, r in enumerate(p.get("rules") or []):
-            r = _fields(r, RULE_FIELDS, f"{path}: profiles[{i}].rules[{j}]")
+        for j, r in enumerate(_list(p.get("rules"), f"{where}.rules")):
+            r = _fields(r, RULE_FIELDS, f"{where}.rules[{j}]")
             if "condition" not in r or "scale" not in r:
-                raise invalid(f"{path}: profiles[{i}].rules[{j}] needs condition and scale")
+                raise invalid(f"{where}.rules[{j}] needs condition and scale")
             cooldown = r.get("cooldown")
             profile.rules.append(
                 make_rule(
@@ -187,7 +257,7 @@ def load_setting(path: Path) -> Any:
                     str(r["scale"]).split(),
                     cooldown_min=None if cooldown is None else _minutes(cooldown),
                     timegrain=str(r.get("timegrain", "avg 1m")),
-                    resource=r.get("resource"),
+                    resource=None if r.get("resource") is None else str(r["resource"]),
                 )
             )
         setting.profiles.append(profile)
@@ -195,6 +265,8 @@ def load_setting(path: Path) -> Any:
 
 
 def _minutes(value: Any) -> float:
+    if isinstance(value, bool):
+        raise invalid(f"cooldown {value!r} is not a duration: minutes (5) or a period (5m)")
     if isinstance(value, int | float):
         return float(value)
     try:
