@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
 import structlog
 
 from sluice.inference.script import BadInput, ScoringFunctions, ScriptError, parse_json
@@ -58,10 +57,7 @@ def _single_model_file(model: Path) -> Path:
 
 
 def _rows(raw: str) -> Any:
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise BadInput(f"the request body is not JSON: {exc}") from None
+    body = parse_json(raw.encode())
     if isinstance(body, dict):
         for key in ("data", "input_data"):
             if key in body:
