@@ -367,9 +367,19 @@ async def test_status_transitions_are_published(
 
 
 def test_target_utilization_scales_out_under_load_and_back_in(
-    provisioner: RunningService, client: RegistryClient, trained_examples: Path
+    start_service: ServiceStarter,
+    registry: RunningService,
+    envs_dir: Path,
+    client: RegistryClient,
+    trained_examples: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import threading
+
+    # The scale-in stabilization window (the HPA's, 300 s by default) short enough for a test.
+    monkeypatch.setenv("SLUICE_SCALE_IN_STABILIZATION_S", "5")
+    start_service.settings = start_service.settings.model_copy(update={"envs_dir": envs_dir})
+    provisioner = start_service("provisioner")
 
     script = trained_examples / "online/model-1/onlinescoring/score.py"
     script.write_text(

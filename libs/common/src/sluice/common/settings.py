@@ -166,6 +166,10 @@ class Settings(BaseSettings):
     # A deployment with `scale_settings.min_instances: 0` (and no autoscale setting) goes to
     # zero once its instances' workers have been idle this long (docs/autoscale.md).
     scale_to_zero_idle_s: float = 300.0
+    # `scale_settings: type: target_utilization` scales in to the highest count it recommended
+    # over this window (Kubernetes' HPA downscale stabilization, 300 s by default there too;
+    # docs/autoscale.md).
+    scale_in_stabilization_s: float = 300.0
 
     # Bytes a deployment's data collector may keep on disk (a ring buffer: the oldest closed
     # partitions are deleted to make room, and records are dropped and counted only when none

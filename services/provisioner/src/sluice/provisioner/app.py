@@ -111,7 +111,14 @@ async def serve(settings: Settings) -> None:
         await activator.start()
         local = LocalCompute(
             LocalServices(
-                backend, preparer, store, routing, counts, activator, settings.scale_to_zero_idle_s
+                backend,
+                preparer,
+                store,
+                routing,
+                counts,
+                activator,
+                settings.scale_to_zero_idle_s,
+                settings.scale_in_stabilization_s,
             ),
             usage.usage,
         )

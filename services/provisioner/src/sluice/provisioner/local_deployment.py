@@ -36,7 +36,7 @@ from sluice.common.resources import (
 )
 from sluice.provisioner.activator import WAKE_DEADLINE_S, Activator
 from sluice.provisioner.autoscale_counts import AutoscaleCounts
-from sluice.provisioner.autoscaler import LocalScaling
+from sluice.provisioner.autoscaler import SCALE_IN_STABILIZATION_S, LocalScaling
 from sluice.provisioner.compute import Observation
 from sluice.provisioner.domain import (
     Desired,
@@ -76,6 +76,8 @@ class LocalServices:
     activator: Activator | None = None  # holds requests for deployments scaled to zero
     # `scale_settings.min_instances: 0` without an autoscale setting: zero after this long idle.
     idle_s: float = 300.0
+    # target_utilization's scale-in stabilization window (the HPA's; docs/autoscale.md)
+    scale_in_stabilization_s: float = SCALE_IN_STABILIZATION_S
 
 
 class LocalDeployment:
@@ -94,7 +96,7 @@ class LocalDeployment:
         self.generation: Generation | None = None
         self._failed: tuple[int, str] | None = None  # (version, why)
         self._version: int | None = None  # of the document last converged to
-        self._scaling = LocalScaling()
+        self._scaling = LocalScaling(services.scale_in_stabilization_s)
         self._health = Health(services.backend)
         self._last_measure = 0.0
         self._last_usage = 0.0
@@ -295,6 +297,7 @@ class LocalDeployment:
             doc.spec.scale_settings,
             busy=busy,
             capacity=capacity,
+            measured=len(serving),
         )
         if change is not None:
             scale = doc.spec.scale_settings
