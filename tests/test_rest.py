@@ -71,6 +71,11 @@ def test_endpoint_and_deployment_crud(
 
     status, listed = rest.call("GET", "/onlineEndpoints?count=1000")
     assert status == 200 and name in [e["name"] for e in listed["value"]]
+    # A call copied from Azure's REST docs carries ?api-version= (and maybe $orderBy): ignored.
+    status, got = rest.call("GET", f"/onlineEndpoints/{name}?api-version=2024-04-01")
+    assert status == 200 and got["name"] == name, got
+    status, listed = rest.call("GET", "/onlineEndpoints?api-version=2024-04-01&$orderBy=name")
+    assert status == 200 and name in [e["name"] for e in listed["value"]], listed
 
     # PUT on an existing resource replaces it: 200, the next ETag, tags gone.
     replaced = rest.send(

@@ -230,6 +230,9 @@ def _filters(m: Management) -> list[hcm_pb2.HttpFilter]:
         ),
         convert_grpc_status=True,
         case_insensitive_enum_parsing=True,
+        # Azure's REST calls all carry ?api-version= (and lists $top, $orderBy, $skip...):
+        # a query parameter that maps to no field is ignored, as ARM does, not a 404.
+        ignore_unknown_query_parameters=True,
         # PUT /artifacts/{name} carries a whole tar archive (larger bodies: 413).
         max_request_body_size=wrappers_pb2.UInt32Value(value=REST_UPLOAD_MAX_BYTES),
     )
