@@ -25,11 +25,18 @@ from sluice.common.resources import (
     ModelRef,
     OnlineDeployment,
     Probe,
+    ProvisioningState,
     ScaleSettings,
 )
 from sluice.sdk.client import BatchEndpoint, Credentials, OnlineEndpoint
 
 LOCATION = "local"
+
+
+def azure_state(state: ProvisioningState) -> str:
+    """A provisioning state as Azure names it: Sluice's `Provisioning` (a first version
+    starting) is Azure's `Creating`, as REST says too; a script polling for Creating waits."""
+    return "Creating" if state is ProvisioningState.provisioning else state.value
 
 
 def _created(meta: Meta) -> dict[str, Any]:
@@ -103,7 +110,7 @@ def online_endpoint(endpoint: OnlineEndpoint) -> dict[str, Any]:
             "lastModifiedAt": doc.meta.updated_at.isoformat(),
             **_sluice(doc.meta),
         },
-        "provisioning_state": doc.meta.provisioning_state.value,
+        "provisioning_state": azure_state(doc.meta.provisioning_state),
         "public_network_access": "enabled",
         "resourceGroup": RESOURCE_GROUP,
         "scoring_uri": endpoint.scoring_uri,
@@ -146,7 +153,7 @@ def online_deployment(doc: OnlineDeployment) -> dict[str, Any]:
         "model": model_id(spec.model),
         "name": spec.name,
         "properties": _sluice(doc.meta),
-        "provisioning_state": doc.meta.provisioning_state.value,
+        "provisioning_state": azure_state(doc.meta.provisioning_state),
         "readiness_probe": _probe(spec.readiness_probe),
         "request_settings": {
             "max_concurrent_requests_per_instance": rs.max_concurrent_requests_per_instance,
@@ -184,7 +191,7 @@ def batch_endpoint(endpoint: BatchEndpoint) -> dict[str, Any]:
         "location": LOCATION,
         "name": spec.name,
         "properties": _sluice(doc.meta),
-        "provisioning_state": doc.meta.provisioning_state.value,
+        "provisioning_state": azure_state(doc.meta.provisioning_state),
         "resourceGroup": RESOURCE_GROUP,
         "scoring_uri": endpoint.scoring_uri,
         "tags": dict(spec.tags),
@@ -214,7 +221,7 @@ def batch_deployment(doc: BatchDeploymentDoc) -> dict[str, Any]:
         "name": spec.name,
         "output_action": s.output_action.value,
         "properties": _sluice(doc.meta),
-        "provisioning_state": doc.meta.provisioning_state.value,
+        "provisioning_state": azure_state(doc.meta.provisioning_state),
         "resourceGroup": RESOURCE_GROUP,
         "resources": {"instance_count": spec.instance_count},
         "retry_settings": {
