@@ -384,6 +384,7 @@ async def large_push(
         port=xds_port,
         service_names=[SERVICE_NAME],
         register=lambda s: ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(ads, s),
+        unauthenticated=True,  # a benchmark's own Envoy on loopback
     )
     await server.start()
     builder = SnapshotBuilder()

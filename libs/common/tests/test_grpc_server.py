@@ -116,7 +116,9 @@ async def test_a_fresh_correlation_id_is_made_when_none_is_sent(server: GrpcServ
 
 
 async def test_graceful_stop_reports_not_serving() -> None:
-    srv = GrpcServer(host="127.0.0.1", port=0, service_names=[], register=lambda s: None)
+    srv = GrpcServer(
+        host="127.0.0.1", port=0, service_names=[], register=lambda s: None, unauthenticated=True
+    )
     await srv.start()
     async with grpc.aio.insecure_channel(srv.address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
@@ -128,3 +130,12 @@ async def test_graceful_stop_reports_not_serving() -> None:
             health_pb2.HealthCheckResponse.NOT_SERVING
         )
     await srv.stop(0)
+
+
+def test_a_server_without_a_token_or_tls_refuses_to_exist() -> None:
+    with pytest.raises(RuntimeError, match="SLUICE_ADMIN_TOKEN is not set"):
+        GrpcServer(host="127.0.0.1", port=0, service_names=[], register=lambda s: None)
+    with pytest.raises(RuntimeError, match="SLUICE_ADMIN_TOKEN is not set"):
+        GrpcServer(
+            host="127.0.0.1", port=0, service_names=[], register=lambda s: None, admin_token=""
+        )

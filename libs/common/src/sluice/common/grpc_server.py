@@ -326,14 +326,22 @@ class GrpcServer:
         extra_interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
         tls: Identity | None = None,
         max_message_bytes: int | None = None,
+        unauthenticated: bool = False,
     ):
         """`public_services` need no admin token (besides health and reflection).
+        Without an admin token or `tls` a server would answer anyone: it refuses to be
+        made unless `unauthenticated` says that is meant (a test's, a benchmark's).
         `max_message_bytes` raises gRPC's 4 MiB limit on a received message.
 
         With `tls`, the port speaks TLS with that identity and requires a client
         certificate signed by its CA (mutual TLS): for callers that cannot send a token,
         such as Envoy's xDS and access-log streams. `peer_name(context)` is then the
         caller's certificate name."""
+        if not admin_token and tls is None and not unauthenticated:
+            raise RuntimeError(
+                "SLUICE_ADMIN_TOKEN is not set: without it this service would answer anyone "
+                "(`sluice up` sets it; compose and Kubernetes read it from their secrets)"
+            )
         interceptors: list[grpc.aio.ServerInterceptor] = [
             GrpcMetricsInterceptor(),
             CorrelationInterceptor(),
