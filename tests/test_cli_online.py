@@ -187,6 +187,10 @@ def test_make_up_demo_then_traffic_and_invoke(
     pinned = cli.ok("online-endpoint", "invoke", "-n", "my-endpoint", "--deployment-name", "blue",
                     "--request-file", str(request))  # fmt: skip
     assert "served by blue" in pinned.stderr
+    # As az prints it (its default -o json, kept by the az forwarder): one JSON string.
+    quoted = cli.ok("online-endpoint", "invoke", "-n", "my-endpoint", "-o", "json",
+                    "--request-file", str(request))  # fmt: skip
+    assert len(json.loads(json.loads(quoted.stdout))) == 2
     unknown = cli.run("online-endpoint", "invoke", "-n", "my-endpoint", "--deployment-name", "red",
                       "--request-file", str(request))  # fmt: skip
     assert unknown.returncode == 1 and "HTTP 404" in unknown.stderr

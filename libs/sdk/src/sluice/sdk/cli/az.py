@@ -17,8 +17,8 @@
   `--no-wait`/`--yes`/`-y` are dropped from commands that do not take them
   (they have nothing to wait for or confirm);
 - `-o/--output FORMAT` is dropped from commands that do not take it (they print
-  no resource; what they do print, such as `delete`'s message on stderr or
-  `invoke`'s answer, is unchanged), so `az ml ... delete -o none` runs as in az
+  no resource; what they do print, such as `delete`'s message on stderr, is
+  unchanged), so `az ml ... delete -o none` runs as in az
   scripts; the format must still be one az knows.
 """
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import typer
+import yaml
 
 from sluice.common.platform import LocalPlatform
 from sluice.common.settings import Settings
@@ -231,6 +233,15 @@ def regenerate_keys(
     err_console.print(f"Regenerated the {key_type} key of {name}.")
 
 
+AnswerOutputOption = typer.Option(
+    OutputFormat.tsv,
+    "--output",
+    "-o",
+    envvar="SLUICE_OUTPUT",
+    help="tsv (default): the answer as it came; json/yaml: as az prints it, one string",
+)
+
+
 @app.command()
 def invoke(
     name: str = typer.Option(..., "--name", "-n"),
@@ -239,8 +250,12 @@ def invoke(
         None, "--deployment-name", "-d", help="pin this deployment (works at 0% traffic)"
     ),
     local: bool = LocalOption,
+    output: OutputFormat = AnswerOutputOption,
 ) -> None:
-    """Score the endpoint: POST the file to /score, through the gateway with its credentials."""
+    """Score the endpoint: POST the file to /score, through the gateway with its credentials.
+
+    az prints the answer as a JSON string (its default `-o json`, which the az forwarder
+    keeps): scripts that unwrap it (`jq -r fromjson`) get the same here."""
     if not request_file.is_file():
         raise CliError(f"{request_file}: no such file")
     body = request_file.read_bytes()
@@ -262,7 +277,13 @@ def invoke(
         err_console.print(f"served by {served}")
     if not 200 <= status < 300:
         raise CliError(f"HTTP {status}: {reply.decode(errors='replace').strip()[:500]}")
-    sys.stdout.write(reply.decode(errors="replace") + "\n")
+    text = reply.decode(errors="replace")
+    if output in (OutputFormat.json, OutputFormat.jsonc):
+        text = json.dumps(text)
+    elif output in (OutputFormat.yaml, OutputFormat.yamlc):
+        text = yaml.safe_dump(text, default_style='"').rstrip("\n")
+    if output is not OutputFormat.none:
+        sys.stdout.write(text + "\n")
 
 
 app.command("metrics")(metrics_cmds.metrics)
