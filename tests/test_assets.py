@@ -87,9 +87,9 @@ def test_versions_labels_archive_restore(client: RegistryClient, examples: Path)
     client.archive_asset(AssetKind.model, "my-model", "8")
     assert client.get_asset(AssetKind.model, "azureml:my-model@latest").doc.spec.version == "7"
     listed = client.list_assets(AssetKind.model, "my-model")
-    assert [a.doc.spec.version for a in listed] == ["1", "7"]
+    assert [a.doc.spec.version for a in listed] == ["7", "1"]  # newest first, as Azure's
     everything = client.list_assets(AssetKind.model, "my-model", include_archived=True)
-    assert [a.doc.spec.version for a in everything] == ["1", "7", "8"]
+    assert [a.doc.spec.version for a in everything] == ["8", "7", "1"]
     client.restore_asset(AssetKind.model, "my-model", "8")
     by_id = "azureml:/subscriptions/0/resourceGroups/g/workspaces/w/models/my-model/versions/8"
     assert not client.get_asset(AssetKind.model, by_id).doc.archived
@@ -98,6 +98,23 @@ def test_versions_labels_archive_restore(client: RegistryClient, examples: Path)
     with pytest.raises(SluiceError, match="is an mlflow_model but its folder has no MLmodel"):
         client.create_asset(model("model-1/model").model_copy(update={"type": "mlflow_model"}))
     assert len(client.list_assets(AssetKind.model, "my-model", include_archived=True)) == 3
+
+
+def test_version_lists_are_newest_first(cli: Cli, client: RegistryClient, examples: Path) -> None:
+    """`az ml model list -n m --query "[0].version"` is the idiom for the latest version:
+    lists are newest first, by creation (as Azure's), not by version number."""
+    artifact = client.upload(examples / "online/model-1/model")
+    for name, versions in (("m", ["1", "2", "3"]), ("late", ["1", "3", "2"])):
+        for version in versions:
+            client.create_asset(
+                AssetSpec(asset_kind=AssetKind.model, name=name, version=version,
+                          artifact=artifact, type="custom_model")
+            )  # fmt: skip
+    result = cli.run("model", "list", "-n", "m", "-o", "tsv", "--query", "[0].version")
+    assert result.returncode == 0 and result.stdout == "3\n", result.stdout + result.stderr
+    listed = cli.json("model", "list", "-n", "late")
+    assert [v["version"] for v in listed] == ["2", "3", "1"]  # type: ignore[index, union-attr]
+    assert cli.json("model", "show", "-n", "late", "-l", "latest")["version"] == "2"
 
 
 def test_cli_model_environment_and_data(cli: Cli, tmp_path: Path) -> None:

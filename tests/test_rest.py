@@ -510,6 +510,13 @@ def test_assets_in_azures_shape(
     assert model in [c["name"] for c in rest.call("GET", "/models")[1]["value"]]
     status, versions = rest.call("GET", f"/models/{model}/versions")
     assert status == 200 and [v["name"] for v in versions["value"]] == ["1"]
+    # Newest first, as Azure lists them: `value[0]` is the latest version.
+    ordered = f"rest-order-{test_id}"
+    for version in ("1", "3", "2"):
+        made = rest.send("PUT", f"/models/{ordered}/versions/{version}", body)
+        assert made.status_code == 201, made.text
+    status, versions = rest.call("GET", f"/models/{ordered}/versions")
+    assert [v["name"] for v in versions["value"]] == ["2", "3", "1"], versions
 
     # A GET's answer PUT back changes nothing; only description, tags, isArchived may change.
     again = rest.send("PUT", path, got)

@@ -3,6 +3,8 @@ spellings, and bad values refused with a message that names them."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 from google.protobuf import json_format
 
@@ -191,3 +193,17 @@ def test_asset_container_is_read_from_its_versions() -> None:
     assert gone.properties.is_archived and gone.properties.latest_version == "1"
     with pytest.raises(InvalidArgument, match="listViewType"):
         arm_assets.list_view("Everything")
+
+
+def test_version_lists_are_newest_first() -> None:
+    """REST's `GET /models/{n}/versions` lists the most recently created version first (the
+    `[0]` idiom of Azure scripts); the version breaks a tie of the clock."""
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def doc(version: str, seconds: int) -> AssetDoc:
+        spec = AssetSpec(asset_kind=AssetKind.data, name="rows", version=version,
+                         type="uri_folder", path="https://example.com/rows/")  # fmt: skip
+        return AssetDoc(spec=spec, meta=Meta(created_at=at + timedelta(seconds=seconds)))
+
+    docs = [doc("1", 0), doc("10", 1), doc("9", 2), doc("2", 2)]
+    assert [d.spec.version for d in arm_assets.sort_versions(docs)] == ["9", "2", "10", "1"]

@@ -19,7 +19,9 @@ platform's own registry (Sluice has one).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -77,6 +79,17 @@ def asset_id(kind: AssetKind, name: str, version: str) -> str:
 def version_key(version: str) -> tuple[int, int | str]:
     """Sort versions numerically where they are numbers (2 < 10), else as text, numbers first."""
     return (0, int(version)) if version.isdigit() else (1, version)
+
+
+def creation_key(doc: AssetDoc) -> tuple[datetime, tuple[int, int | str]]:
+    """Order of creation (Azure's `createdAt`), the version breaking a tie of the clock."""
+    return doc.meta.created_at, version_key(doc.spec.version)
+
+
+def newest_first(docs: Iterable[AssetDoc]) -> list[AssetDoc]:
+    """Versions as Azure lists them and as `latest` reads them: the most recently created
+    first (so `az ml model list -n m --query "[0].version"` is the latest version)."""
+    return sorted(docs, key=creation_key, reverse=True)
 
 
 class ReferenceError_(ValueError):  # noqa: N801 - avoid shadowing the builtin ReferenceError

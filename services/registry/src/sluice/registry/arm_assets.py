@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sluice.common.assets import DATA_TYPES, AssetDoc, AssetKind, AssetSpec, version_key
+from sluice.common.assets import DATA_TYPES, AssetDoc, AssetKind, AssetSpec, newest_first
 from sluice.common.azure_ids import resource_id
 from sluice.registry.arm import (
     ARTIFACT_PREFIX,
@@ -134,7 +134,8 @@ def version(doc: AssetDoc, used_by: Sequence[str]) -> VersionResource:
 
 
 def sort_versions(docs: Sequence[AssetDoc]) -> list[AssetDoc]:
-    return sorted(docs, key=lambda d: version_key(d.spec.version))
+    """A version list's order: newest first, as Azure's (`[0]` is the latest version)."""
+    return newest_first(docs)
 
 
 # ---- versions in ----------------------------------------------------------------------------

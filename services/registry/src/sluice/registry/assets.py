@@ -26,6 +26,8 @@ from sluice.common.assets import (
     AssetSpec,
     ReferenceError_,
     asset_id,
+    creation_key,
+    newest_first,
     parse_reference,
     version_key,
 )
@@ -187,7 +189,7 @@ class AssetService:
         live = [d for d in await self._versions(ref.kind, ref.name) if not d.archived]
         if not live:
             raise NotFound(self._missing(ref) + " (or every version of it is archived)")
-        return max(live, key=lambda d: d.meta.created_at)
+        return max(live, key=creation_key)
 
     @staticmethod
     def _missing(ref: AssetRef) -> str:
@@ -199,7 +201,8 @@ class AssetService:
     async def list_versions(
         self, kind: AssetKind, name: str, include_archived: bool
     ) -> list[AssetDoc]:
-        """Every version of `name`, or the latest version of every name."""
+        """Every version of `name`, newest first (as Azure lists them), or the latest
+        version of every name, by name."""
         where: dict[str, object] = {"spec.asset_kind": kind.value}
         if name:
             where["spec.name"] = name
@@ -207,12 +210,10 @@ class AssetService:
             d for d in await self._store.assets.find(where) if include_archived or not d.archived
         ]
         if name:
-            return sorted(docs, key=lambda d: version_key(d.spec.version))
+            return newest_first(docs)
         latest: dict[str, AssetDoc] = {}
-        for doc in docs:
-            seen = latest.get(doc.spec.name)
-            if seen is None or doc.meta.created_at > seen.meta.created_at:
-                latest[doc.spec.name] = doc
+        for doc in newest_first(docs):
+            latest.setdefault(doc.spec.name, doc)
         return [latest[n] for n in sorted(latest)]
 
     # ---- lineage, archive, restore --------------------------------------------------------
@@ -342,7 +343,7 @@ class AssetService:
         """Every version of every name (archived too), oldest first: Azure's containers."""
         out: dict[str, list[AssetDoc]] = {}
         docs = await self._store.assets.find({"spec.asset_kind": kind.value})
-        for doc in sorted(docs, key=lambda d: d.meta.created_at):
+        for doc in sorted(docs, key=creation_key):
             out.setdefault(doc.spec.name, []).append(doc)
         return dict(sorted(out.items()))
 
