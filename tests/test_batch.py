@@ -727,6 +727,30 @@ def test_datastore_uri_input(cli: Cli) -> None:
         "batch-endpoint", "invoke", "-n", "ds-batch",
         "--input", "azureml://datastores/workspaceblobstore/paths/nothing-here",
     )  # fmt: skip
+    # az's invocation YAML (--file): inputs and a uri_file output, as Microsoft's how-tos write
+    # it; the job shows Azure's id and type, and list-jobs -d filters by deployment.
+    (cli.cwd / "inputs.yml").write_text(
+        f"inputs:\n  heart_dataset:\n    type: uri_folder\n    path: {uri}\n"
+        "outputs:\n  score:\n    type: uri_file\n"
+        "    path: azureml://datastores/workspaceblobstore/paths/ds-out/preds.csv\n"
+    )
+    by_file = cli.json("batch-endpoint", "invoke", "-n", "ds-batch", "-f", "inputs.yml")
+    done = cli.finished(by_file["name"])
+    assert done["status"] == "Completed", done["status_message"]
+    assert (done["output_file_name"], Path(done["output_path"]).name) == ("preds.csv", "ds-out")
+    assert output_lines(done) == expected
+    assert done["type"] == "pipeline" and done["id"].endswith(f"/jobs/{done['name']}")
+    inputs = json.dumps({"data": {"type": "uri_file", "path": f"{uri}/f001.csv"}})
+    by_json = cli.finished(
+        cli.json("batch-endpoint", "invoke", "-n", "ds-batch", "--inputs", inputs)["name"]
+    )
+    assert output_lines(by_json) == expected[2:4]
+    listed = cli.json("batch-endpoint", "list-jobs", "-n", "ds-batch", "-d", "score")
+    assert {by_file["name"], by_json["name"]} <= {j["name"] for j in listed}
+    assert cli.json("batch-endpoint", "list-jobs", "-n", "ds-batch", "-d", "other") == []
+    assert "one of --input, --file" in cli.error(
+        "batch-endpoint", "invoke", "-n", "ds-batch", "--input", uri, "--inputs", inputs
+    )
 
 
 def test_worker_killed_mid_batch_every_row_once(cli: Cli, batch: RunningService) -> None:

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import getpass
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
 
+from sluice.common.azure_ids import resource_id
 from sluice.common.platform import LocalPlatform
 from sluice.common.settings import Settings
 from sluice.sdk.channel import reads_channel, unreachable
@@ -36,6 +38,73 @@ INT_OVERRIDES = {
 }
 
 
+@dataclass(frozen=True)
+class Invocation:
+    """What az's `batch-endpoint invoke --file/--inputs/--outputs` say, as Sluice's options."""
+
+    input: str
+    input_type: str = ""
+    output_path: str = ""
+    output_file_name: str = ""
+
+
+INPUT_TYPES = ("uri_folder", "uri_file")
+
+
+def invocation(inputs: Any, outputs: Any, where: str, base: Path | None = None) -> Invocation:
+    """Azure's job inputs and outputs (`{name: {type, path}}`, from an invocation YAML or
+    `--inputs`/`--outputs` JSON) for a model deployment: one input (a folder or a file), at
+    most one output (a folder, or a `uri_file` whose name is the output file's). Local
+    paths are read relative to `base` (the YAML's folder); `where` names the source in
+    errors."""
+    if not isinstance(inputs, dict) or len(inputs) != 1:
+        raise SluiceError(
+            "INVALID_ARGUMENT",
+            f"{where}: inputs must name one input ({{name: {{type, path}}}}), as a model "
+            "deployment takes one",
+        )
+    ((name, given),) = inputs.items()
+    path, kind = _job_io(given, f"{where}: input {name!r}")
+    if kind not in ("", *INPUT_TYPES):
+        raise SluiceError(
+            "INVALID_ARGUMENT", f"{where}: input {name!r} type {kind!r}: use uri_folder or uri_file"
+        )
+    if base is not None and "://" not in path and not path.startswith("azureml:"):
+        path = str((base / path).expanduser())
+    result = Invocation(path, kind)
+    if outputs in (None, {}):
+        return result
+    if not isinstance(outputs, dict) or len(outputs) != 1:
+        raise SluiceError(
+            "INVALID_ARGUMENT", f"{where}: outputs must name one output ({{name: {{type, path}}}})"
+        )
+    ((out_name, out),) = outputs.items()
+    out_path, out_kind = _job_io(out, f"{where}: output {out_name!r}")
+    if out_kind not in ("", *INPUT_TYPES):
+        raise SluiceError(
+            "INVALID_ARGUMENT",
+            f"{where}: output {out_name!r} type {out_kind!r}: use uri_folder or uri_file",
+        )
+    if out_kind == "uri_file":  # the folder, and the output file's name
+        folder, _, file_name = out_path.rstrip("/").rpartition("/")
+        if not folder or not file_name:
+            raise SluiceError(
+                "INVALID_ARGUMENT", f"{where}: output {out_name!r}: {out_path!r} names no file"
+            )
+        return Invocation(path, kind, folder, file_name)
+    return Invocation(path, kind, out_path)
+
+
+def _job_io(value: Any, what: str) -> tuple[str, str]:
+    """(path, type) of one input or output: `{type, path}` or a bare path."""
+    if isinstance(value, str) and value:
+        return value, ""
+    if not isinstance(value, dict) or not isinstance(value.get("path"), str) or not value["path"]:
+        raise SluiceError("INVALID_ARGUMENT", f"{what} needs a path ({{type, path}})")
+    kind = value.get("type", "")
+    return value["path"], kind if isinstance(kind, str) else str(kind)
+
+
 def state_name(job: Any) -> str:
     """JOB_STATE_COMPLETED -> "Completed" (Azure's spelling)."""
     return str(batch_pb2.JobState.Name(job.state)).removeprefix("JOB_STATE_").title()
@@ -44,7 +113,9 @@ def state_name(job: Any) -> str:
 def job_view(job: Any) -> dict[str, Any]:
     p = job.progress
     return {
+        "id": resource_id("jobs", job.name),
         "name": job.name,
+        "type": "pipeline",  # as az shows a batch job
         "status": state_name(job),
         "endpoint_name": job.endpoint_name,
         "deployment_name": job.deployment_name,

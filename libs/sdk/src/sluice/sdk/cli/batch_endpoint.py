@@ -134,11 +134,22 @@ def delete(
     err_console.print(f"Deleted batch endpoint {name} and its deployments.")
 
 
+InvocationFileOption = typer.Option(
+    None, "--file", "-f", help="an invocation YAML with az's inputs: (and outputs:)"
+)
+
+
 @app.command()
 def invoke(
     name: str = typer.Option(..., "--name", "-n", help="the batch endpoint"),
     input_: str = typer.Option(
-        ..., "--input", "-i", help="a local folder or file, a file:// or http(s):// URI"
+        "", "--input", "-i", help="a local folder or file, a file:// or http(s):// URI"
+    ),
+    file: Path | None = InvocationFileOption,
+    inputs: str = typer.Option("", "--inputs", help='az\'s JSON: {"name": {"type", "path"}}'),
+    outputs: str = typer.Option("", "--outputs", help='az\'s JSON: {"score": {"type", "path"}}'),
+    experiment_name: str = typer.Option(
+        "", "--experiment-name", help="accepted for az; a job's experiment is its endpoint"
     ),
     deployment_name: str = typer.Option(
         "", "--deployment-name", "-d", help="default: the endpoint's default deployment"
@@ -155,13 +166,20 @@ def invoke(
     output: OutputFormat = OutputOption,
 ) -> None:
     """Start a batch job over a folder, a file or a URI; prints the job at once."""
+    if experiment_name:
+        warn([f"--experiment-name {experiment_name!r} is ignored: a job's experiment is its "
+              "endpoint"])  # fmt: skip
+    given = jobs.job_invocation(input_, input_type, output_path, file, inputs, outputs)
     jobs.invoke(
         name,
-        input_,
+        given.input,
         deployment_name,
-        input_type,
-        output_path,
-        set_,
+        given.input_type,
+        given.output_path,
+        [
+            *set_,
+            *([f"output_file_name={given.output_file_name}"] if given.output_file_name else []),
+        ],
         mini_batch_size,
         instance_count,
         job_name,
@@ -172,8 +190,11 @@ def invoke(
 
 @app.command("list-jobs")
 def list_jobs(
-    name: str = typer.Option(..., "--name", "-n"), output: OutputFormat = OutputOption
+    name: str = typer.Option(..., "--name", "-n"),
+    deployment_name: str = typer.Option("", "--deployment-name", "-d", help="only its jobs"),
+    output: OutputFormat = OutputOption,
 ) -> None:
     """List the endpoint's jobs, newest first."""
     with jobs.batch_client() as client:
-        jobs.show_jobs(client.list(endpoint=name), output, f"Jobs of {name}")
+        listed = client.list(endpoint=name, deployment=deployment_name)
+        jobs.show_jobs(listed, output, f"Jobs of {name}")

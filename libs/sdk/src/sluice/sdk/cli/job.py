@@ -8,6 +8,7 @@ manage it afterwards. `job download` copies the `score` output to
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Iterator
@@ -16,11 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import typer
+import yaml
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from sluice.sdk.batch import (
     TERMINAL,
     BatchClient,
+    Invocation,
+    invocation,
     job_view,
     parse_overrides,
     state_name,
@@ -96,6 +100,55 @@ def follow_progress(client: BatchClient, name: str) -> Any:
                 return job
             time.sleep(0.5)
             job = client.get(name)
+
+
+def job_invocation(
+    input_: str,
+    input_type: str,
+    output_path: str,
+    file: Path | None,
+    inputs: str,
+    outputs: str,
+) -> Invocation:
+    """The job's input and output from `--input` etc., or from az's `--file` (an invocation
+    YAML with `inputs:`/`outputs:`) or `--inputs`/`--outputs` (JSON): one of the three."""
+    given = [what for what, value in (("--input", input_), ("--file", file), ("--inputs", inputs))
+             if value]  # fmt: skip
+    if len(given) != 1:
+        raise CliError(
+            "give the job's input with one of --input, --file (az's invocation YAML) or "
+            f"--inputs (JSON){'' if not given else ', not ' + ' and '.join(given)}"
+        )
+    if input_:
+        if outputs:
+            raise CliError("--outputs goes with --inputs or --file; with --input use --output-path")
+        return Invocation(input_, input_type, output_path)
+    if file is not None:
+        where = str(file)
+        try:
+            doc = yaml.safe_load(file.read_text())
+        except OSError as exc:
+            raise CliError(f"--file {file}: {exc.strerror or exc}") from None
+        except yaml.YAMLError as exc:
+            raise CliError(f"--file {file}: not YAML: {exc}") from None
+        if not isinstance(doc, dict) or "inputs" not in doc:
+            raise CliError(f"--file {file}: needs inputs: (az's invocation YAML)")
+        found, found_outputs, base = doc["inputs"], doc.get("outputs"), file.parent
+    else:
+        where, base = "--inputs", None
+        found, found_outputs = _json_option("--inputs", inputs), None
+    if outputs:
+        found_outputs = _json_option("--outputs", outputs)
+    if input_type or output_path:  # the file or JSON said them; options would contradict
+        raise CliError("--input-type and --output-path go with --input, not --file/--inputs")
+    return invocation(found, found_outputs, where, base)
+
+
+def _json_option(option: str, value: str) -> Any:
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise CliError(f"{option}: not JSON: {exc}") from None
 
 
 def local_input(value: str) -> tuple[str, common_pb2.ArtifactRef | None]:
