@@ -180,7 +180,6 @@ def test_bad_references_are_refused_and_nothing_is_stored(
     cases = {
         "model=azureml:nope:1": ("NOT_FOUND", "model 'nope' does not exist"),
         "model=azureml:m:9": ("NOT_FOUND", "model 'm' has no version '9' (versions: 1)"),
-        "model=azureml:old:1": ("FAILED_PRECONDITION", "version '1' is archived; restore it"),
         "model=azureml:m": ("INVALID_ARGUMENT", "malformed (a version or label is needed)"),
         "model=azureml:m@stable": ("INVALID_ARGUMENT", "unknown label 'stable'"),
         "environment=azureml:AzureML-imaginary-env:1": (
@@ -206,6 +205,58 @@ def test_bad_references_are_refused_and_nothing_is_stored(
     with pytest.raises(SluiceError, match="pip cannot express"):
         client.create_online_deployment(spec)
     assert client.list_online_deployments("my-endpoint") == []
+
+
+def test_archive_hides_a_version_but_blocks_nothing(
+    cli: Cli, client: RegistryClient, examples: Path
+) -> None:
+    """Azure: archiving hides a version from lists and from @latest; "you can still
+    continue to reference and use an archived model". Archiving one a deployment uses is
+    allowed, and a deployment naming an archived version by its version is created (the
+    CLI warns that it is archived)."""
+    client.create_online_endpoint(load_online_endpoint(examples / "online/endpoint.yml").spec)
+    artifact = client.upload(examples / "online/model-1/model")
+    for version in ("1", "2"):
+        client.create_asset(
+            AssetSpec(asset_kind=AssetKind.model, name="m", version=version, artifact=artifact,
+                      type="custom_model")
+        )  # fmt: skip
+    blue = load_online_deployment(
+        examples / "online/blue-deployment.yml", client.upload, ["model=azureml:m:1"]
+    ).spec
+    client.create_online_deployment(blue)
+    archived = cli.json("model", "archive", "-n", "m", "-v", "1")
+    assert archived["archived"] is True and archived["used_by"] == ["my-endpoint/blue"]
+    assert archived["stage"] == "Archived"
+
+    def versions(*options: str) -> list[str]:
+        listed = cli.json("model", "list", "-n", "m", *options)
+        return [v["version"] for v in listed]  # type: ignore[index, union-attr]
+
+    assert versions() == ["2"]
+    assert versions("--include-archived") == ["2", "1"]
+    assert versions("--archived-only") == ["1"]
+    assert cli.json("model", "show", "-n", "m", "--label", "latest")["version"] == "2"
+    assert client.get_online_deployment("my-endpoint", "blue").spec.model.asset == "m:1"
+
+    created = cli.run(
+        "online-deployment", "create", "-f", "blue-deployment.yml",
+        "--set", "name=green", "--set", "model=azureml:m:1", "--no-wait",
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    assert "model m version 1 is archived (hidden from lists and from @latest)" in " ".join(
+        created.stderr.split()
+    )
+    assert client.get_online_deployment("my-endpoint", "green").spec.model.asset == "m:1"
+    assert client.get_asset(AssetKind.model, "m:1").used_by == (
+        "my-endpoint/blue",
+        "my-endpoint/green",
+    )
+    # With every version archived, @latest names none (an explicit version still does).
+    cli.json("model", "archive", "-n", "m")
+    missing = cli.error("model", "show", "-n", "m", "--label", "latest")
+    assert "(or every version of it is archived)" in missing
+    assert cli.json("model", "show", "-n", "m", "-v", "2")["archived"] is True
 
 
 def _serve(provisioner: RunningService, address: str, body: bytes) -> object:
@@ -261,10 +312,14 @@ def test_azure_sample_flow_registered_model_and_environment(
         assert len(_serve(provisioner, doc.instances[0].address, body)) == 2  # type: ignore[arg-type]
         used = client.get_asset(AssetKind.model, "my-model:1").used_by
         assert used == ("my-endpoint/blue",)
-    refused = cli.error("model", "archive", "-n", "my-model", "-v", "1")
-    assert "is used by my-endpoint/blue; delete or update those deployments first" in refused
-    refused = cli.error("environment", "archive", "-n", "my-env")
-    assert "my-endpoint/blue" in refused
+    # As on Azure, archiving a version in use only hides it: the deployment keeps it.
+    archived = cli.json("model", "archive", "-n", "my-model", "-v", "1")
+    assert archived["archived"] is True and archived["used_by"] == ["my-endpoint/blue"]
+    assert cli.json("environment", "archive", "-n", "my-env")["archived"] is True
+    with RegistryClient(registry.address, registry.settings.admin_token or "") as client:
+        kept = client.get_online_deployment("my-endpoint", "blue")
+        assert kept.meta.provisioning_state is ProvisioningState.succeeded
+        assert kept.spec.model.asset == "my-model:1"
 
 
 CURATED_SCORE = """

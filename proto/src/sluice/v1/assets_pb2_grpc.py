@@ -85,7 +85,8 @@ class AssetsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ArchiveAsset(self, request, context):
-        """Archiving a version that deployments use is FAILED_PRECONDITION naming them.
+        """Archiving hides a version from ListAssets and from "@latest", as on Azure; deployments
+        and jobs that use it keep it, and a reference naming its version still resolves.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

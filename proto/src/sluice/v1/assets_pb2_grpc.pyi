@@ -41,7 +41,9 @@ class AssetsStub:
     """One version, by reference: "name:version", "name@latest", "azureml:...", "azureml://..."."""
     ListAssets: _grpc.UnaryUnaryMultiCallable[_assets_pb2.ListAssetsRequest, _assets_pb2.ListAssetsResponse]
     ArchiveAsset: _grpc.UnaryUnaryMultiCallable[_assets_pb2.ArchiveAssetRequest, _assets_pb2.Asset]
-    """Archiving a version that deployments use is FAILED_PRECONDITION naming them."""
+    """Archiving hides a version from ListAssets and from "@latest", as on Azure; deployments
+    and jobs that use it keep it, and a reference naming its version still resolves.
+    """
     RestoreAsset: _grpc.UnaryUnaryMultiCallable[_assets_pb2.ArchiveAssetRequest, _assets_pb2.Asset]
 
 @_typing.type_check_only
@@ -53,7 +55,9 @@ class AssetsAsyncStub(AssetsStub):
     """One version, by reference: "name:version", "name@latest", "azureml:...", "azureml://..."."""
     ListAssets: _aio.UnaryUnaryMultiCallable[_assets_pb2.ListAssetsRequest, _assets_pb2.ListAssetsResponse]  # type: ignore[assignment]
     ArchiveAsset: _aio.UnaryUnaryMultiCallable[_assets_pb2.ArchiveAssetRequest, _assets_pb2.Asset]  # type: ignore[assignment]
-    """Archiving a version that deployments use is FAILED_PRECONDITION naming them."""
+    """Archiving hides a version from ListAssets and from "@latest", as on Azure; deployments
+    and jobs that use it keep it, and a reference naming its version still resolves.
+    """
     RestoreAsset: _aio.UnaryUnaryMultiCallable[_assets_pb2.ArchiveAssetRequest, _assets_pb2.Asset]  # type: ignore[assignment]
 
 class AssetsServicer(metaclass=_abc_1.ABCMeta):
@@ -86,7 +90,9 @@ class AssetsServicer(metaclass=_abc_1.ABCMeta):
         request: _assets_pb2.ArchiveAssetRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_assets_pb2.Asset, _abc.Awaitable[_assets_pb2.Asset]]:
-        """Archiving a version that deployments use is FAILED_PRECONDITION naming them."""
+        """Archiving hides a version from ListAssets and from "@latest", as on Azure; deployments
+        and jobs that use it keep it, and a reference naming its version still resolves.
+        """
 
     @_abc_1.abstractmethod
     def RestoreAsset(

@@ -453,18 +453,12 @@ class RegistryClient:
     def resolve_data(self, reference: str) -> AssetDoc:
         """A data asset named by a batch input (`azureml:my-data:1`, `azureml:my-data@latest`).
 
-        Raises SluiceError for a malformed, missing or archived reference. The
+        Raises SluiceError for a malformed or missing reference; `@latest` never names an
+        archived version, an explicit version is used archived or not (as on Azure). The
         asset's files are `doc.spec.artifact` (in the artifact store) or the URI
         `doc.spec.path`.
         """
-        doc = self.get_asset(AssetKind.data, reference).doc
-        if doc.archived:
-            raise SluiceError(
-                "FAILED_PRECONDITION",
-                f"data {doc.spec.name!r} version {doc.spec.version!r} is archived; restore it "
-                f"(`sluice data restore -n {doc.spec.name} -v {doc.spec.version}`)",
-            )
-        return doc
+        return self.get_asset(AssetKind.data, reference).doc
 
 
 @dataclass(frozen=True)

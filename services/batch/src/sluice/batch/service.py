@@ -372,9 +372,9 @@ class BatchService:
             )
         except grpc.aio.AioRpcError as exc:
             raise InvalidArgument(f"input {reference!r}: {exc.details()}") from None
+        # Archived or not, as on Azure: "@latest" never picks an archived version, and one
+        # named by its version is used.
         spec = asset.spec
-        if asset.archived:
-            raise InvalidArgument(f"input {reference!r}: data version {spec.version} is archived")
         if spec.type not in {"uri_file", "uri_folder"}:
             raise InvalidArgument(
                 f"input {reference!r} is a {spec.type or 'typeless'} data asset; batch jobs "

@@ -2,10 +2,11 @@
 
 Same rules as the rest of the registry: every check runs before anything is
 written, each change publishes one event, and archive/restore are conditional
-on the version they read. Deployments name assets by reference; `resolve_*`
-turns a reference into what the provisioner runs (the model version's
-artifact, the environment version's conda file) when the deployment is
-created, so a bad reference stores nothing.
+on the version they read. Archiving hides a version from lists and `@latest`
+only, as on Azure: what uses it keeps it, and naming its version still works.
+Deployments name assets by reference; `resolve_*` turns a reference into what
+the provisioner runs (the model version's artifact, the environment version's
+conda file) when the deployment is created, so a bad reference stores nothing.
 
 Lineage is read, not kept: the deployments that use a version are the ones
 whose stored spec names it (`ModelRef.asset`, `EnvironmentSpec.registered`).
@@ -47,7 +48,6 @@ from sluice.common.resources import (
 from sluice.registry.domain import (
     AlreadyExists,
     Conflict,
-    FailedPrecondition,
     InvalidArgument,
     NotFound,
 )
@@ -242,25 +242,11 @@ class AssetService:
         ]
 
     async def archive(self, kind: AssetKind, name: str, version: str, actor: str) -> list[AssetDoc]:
-        """Archive one version, or every version of `name`; refused while deployments or
-        unfinished batch jobs use one (ended jobs stay in its lineage)."""
+        """Archive one version, or every version of `name`. As on Azure, archiving only hides
+        a version from lists and from `@latest`: deployments and jobs that use it keep it,
+        and a reference that names its version still resolves."""
         targets = await self._targets(kind, name, version)
-        for doc in targets:
-            await self._check_unused(kind, name, doc.spec.version)
         return [await self._set_archived(doc, True, actor) for doc in targets]
-
-    async def _check_unused(self, kind: AssetKind, name: str, version: str) -> None:
-        users = [u for u, live in await self._users(kind, name, version) if live]
-        if users:
-            jobs = [u for u in users if u.startswith("job ")]
-            todo = [
-                *(["delete or update those deployments"] if len(users) > len(jobs) else []),
-                *(["let those jobs end"] if jobs else []),
-            ]
-            raise FailedPrecondition(
-                f"{kind.value} {name!r} version {version!r} is used by "
-                f"{', '.join(users)}; {' and '.join(todo)} first"
-            )
 
     async def restore(self, kind: AssetKind, name: str, version: str, actor: str) -> list[AssetDoc]:
         targets = await self._targets(kind, name, version)
@@ -316,8 +302,6 @@ class AssetService:
                 f'"{current.meta.version}", not "{expected_version}"; GET it again'
             )
         changed = description != spec.description or tags != spec.tags
-        if archived and not current.archived:
-            await self._check_unused(spec.asset_kind, spec.name, spec.version)
         if not changed and archived == current.archived:
             return current
         meta = current.meta.model_copy(
@@ -363,13 +347,13 @@ class AssetService:
     # ---- references in deployments -----------------------------------------------------
 
     async def _usable(self, kind: AssetKind, reference: str) -> AssetDoc:
-        """The version a deployment may use: it exists and is not archived."""
+        """The version a deployment or job uses. A label (`@latest`) never picks an archived
+        version; one named by its version is used archived or not, as on Azure ("you can
+        still continue to reference and use an archived model")."""
         doc = await self.get(kind, reference)
         if doc.archived:
-            raise FailedPrecondition(
-                f"{kind.value} {doc.spec.name!r} version {doc.spec.version!r} is archived; "
-                f"restore it (`sluice {kind.value} restore -n {doc.spec.name} "
-                f"-v {doc.spec.version}`) or name another version"
+            log.warning(
+                "archived_asset_used", kind=kind.value, name=doc.spec.name, version=doc.spec.version
             )
         return doc
 

@@ -2,7 +2,7 @@
 
 The same three calls per kind (list/get containers, list/get/PUT versions) over
 AssetService, so the CLI's gRPC Assets service and REST share the rules: the checks of
-a new version, archiving refused while deployments use it, one event per change. A PUT
+a new version, archiving that only hides a version (as on Azure), one event per change. A PUT
 creates the version (201) or changes what Azure lets change on an existing one
 (description, tags, isArchived); If-Match and the ETag header work as for endpoints.
 """

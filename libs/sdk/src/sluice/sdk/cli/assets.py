@@ -145,7 +145,8 @@ def make_app(kind: AssetKind) -> typer.Typer:
         version: str | None = VersionOption,
         output: OutputFormat = OutputOption,
     ) -> None:
-        """Archive a version (or all versions); refused while deployments use it."""
+        """Archive a version (or all versions): hidden from `list` and from @latest, as on
+        Azure; deployments and jobs that use it keep it, and naming its version still works."""
         with registry() as client:
             asset = client.archive_asset(kind, name, version or "")
         err_console.print(f"Archived {noun} {name}" + (f" version {version}." if version else "."))

@@ -15,6 +15,7 @@ from sluice.sdk.cli.common import (
     FileOption,
     RemoveOption,
     SetOption,
+    archived_references,
     generic_edits,
     optional_path,
     registry,
@@ -67,7 +68,7 @@ def create(
         loaded = load_batch_deployment(
             optional_path(file), client.upload, set_, name=name, endpoint_name=endpoint_name
         )
-        warn(loaded.warnings)
+        warn(loaded.warnings + archived_references(client, loaded.spec))
         doc = client.create_batch_deployment(loaded.spec, set_default=set_default)
     err_console.print(f"Created batch deployment {doc.spec.name} of {doc.spec.endpoint_name}.")
     show_one(doc, output)
@@ -96,7 +97,7 @@ def update(
             loaded = load_batch_deployment(
                 optional_path(file), client.upload, edits, name=name, endpoint_name=endpoint_name
             )
-        warn(loaded.warnings)
+        warn(loaded.warnings + archived_references(client, loaded.spec))
         doc = client.update_batch_deployment(loaded.spec)
     err_console.print(f"Updated batch deployment {doc.spec.name} of {doc.spec.endpoint_name}.")
     show_one(doc, output)

@@ -11,13 +11,19 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
+from sluice.common.assets import AssetKind, ReferenceError_, parse_reference
 from sluice.common.platform import LocalPlatform
-from sluice.common.resources import OnlineDeployment, ProvisioningState
+from sluice.common.resources import (
+    BatchDeploymentSpec,
+    OnlineDeployment,
+    OnlineDeploymentSpec,
+    ProvisioningState,
+)
 from sluice.common.settings import Settings
 from sluice.sdk.applied import AppliedWatcher
 from sluice.sdk.cli.errors import CliError
 from sluice.sdk.cli.output import err_console
-from sluice.sdk.client import RegistryClient
+from sluice.sdk.client import RegistryClient, SluiceError
 from sluice.sdk.generic_update import Edit
 
 FileOption = typer.Option(None, "--file", "-f", help="Azure ML CLI v2 YAML file")
@@ -44,6 +50,35 @@ def registry() -> Iterator[RegistryClient]:
 def warn(messages: Sequence[str]) -> None:
     for message in messages:
         err_console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def archived_references(
+    client: RegistryClient, spec: OnlineDeploymentSpec | BatchDeploymentSpec
+) -> list[str]:
+    """Warnings for the archived versions a deployment names by version: used, as on Azure,
+    but hidden from lists and `@latest`, which a reader of the YAML may not expect."""
+    found: list[str] = []
+    named = (
+        (AssetKind.model, spec.model.registered),
+        (AssetKind.environment, spec.environment.registered),
+    )
+    for kind, reference in named:
+        if not reference:
+            continue
+        try:
+            ref = parse_reference(reference, kind)
+            if not ref.version or ref.curated:
+                continue
+            asset = client.get_asset(kind, reference)
+        except (ReferenceError_, SluiceError):
+            continue  # the create call itself says what is wrong with it
+        if asset.doc.archived:
+            found.append(
+                f"{kind.value} {ref.name} version {ref.version} is archived (hidden from lists "
+                f"and from @latest); it is used all the same, as on Azure "
+                f"(`sluice {kind.value} restore -n {ref.name} -v {ref.version}` to restore it)"
+            )
+    return found
 
 
 def parse_shares(values: Sequence[str], option: str) -> dict[str, int]:

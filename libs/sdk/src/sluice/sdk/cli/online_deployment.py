@@ -19,6 +19,7 @@ from sluice.sdk.cli.common import (
     NoWaitOption,
     RemoveOption,
     SetOption,
+    archived_references,
     generic_edits,
     optional_path,
     provisioner_running,
@@ -124,7 +125,7 @@ def create(
         loaded = load_online_deployment(
             optional_path(file), client.upload, set_, name=name, endpoint_name=endpoint_name
         )
-        warn(loaded.warnings)
+        warn(loaded.warnings + archived_references(client, loaded.spec))
         doc = client.create_online_deployment(loaded.spec)
         doc = _finish(client, doc, no_wait, "Created")
         endpoint, created = doc.spec.endpoint_name, doc.spec.name
@@ -171,7 +172,7 @@ def update(
             loaded = load_online_deployment(
                 optional_path(file), client.upload, edits, name=name, endpoint_name=endpoint_name
             )
-        warn(loaded.warnings)
+        warn(loaded.warnings + archived_references(client, loaded.spec))
         doc = client.update_online_deployment(loaded.spec)
         doc = _finish(client, doc, no_wait, "Updated")
     show_one(doc, output)
