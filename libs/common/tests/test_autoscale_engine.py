@@ -337,3 +337,116 @@ def test_disjoint_recurrences_are_fine() -> None:
             ]
         )
     )
+
+
+def recurring(
+    name: str, days: list[str], start: str, end: str, tz: str = "UTC"
+) -> AutoscaleProfile:
+    return AutoscaleProfile(
+        name=name,
+        timezone=tz,
+        min_count=2,
+        default_count=2,
+        max_count=2,
+        recurrence=AutoscaleRecurrence(days=days, start=start, end=end),
+    )
+
+
+NIGHT = recurring("night", ["mon", "tue", "wed", "thu", "fri"], "22:00", "06:00")
+
+
+@pytest.mark.parametrize(
+    ("now", "expected"),
+    [
+        (datetime(2026, 12, 1, 3, 0, tzinfo=UTC), "night"),  # Tuesday 03:00: Monday's night
+        (datetime(2026, 12, 1, 22, 30, tzinfo=UTC), "night"),  # Tuesday 22:30
+        (datetime(2026, 12, 1, 6, 0, tzinfo=UTC), "default"),  # Tuesday 06:00: ended
+        (datetime(2026, 12, 1, 12, 0, tzinfo=UTC), "default"),  # Tuesday noon
+        (datetime(2026, 11, 30, 3, 0, tzinfo=UTC), "default"),  # Monday 03:00: no Sunday night
+        (datetime(2026, 12, 5, 5, 59, tzinfo=UTC), "night"),  # Saturday 05:59: Friday's night
+        (datetime(2026, 12, 5, 22, 0, tzinfo=UTC), "default"),  # Saturday 22:00
+    ],
+)
+def test_an_overnight_recurrence_runs_until_its_end_the_next_day(
+    now: datetime, expected: str
+) -> None:
+    """az's --start 22:00 --end 06:00 (its paired profile starts at 06:00): the night."""
+    setting = validate(base(profiles=[profile(), NIGHT]))
+    assert active_profile(setting, now).name == expected
+
+
+def test_a_sunday_night_runs_into_monday() -> None:
+    setting = validate(base(profiles=[profile(), recurring("sun", ["sun"], "20:00", "04:00")]))
+    assert active_profile(setting, datetime(2026, 11, 30, 3, 0, tzinfo=UTC)).name == "sun"
+    assert active_profile(setting, datetime(2026, 11, 30, 4, 0, tzinfo=UTC)).name == "default"
+
+
+def test_an_overnight_recurrence_overlaps_the_next_mornings_profile() -> None:
+    early = recurring("early", ["tue"], "05:00", "09:00")
+    with pytest.raises(AutoscaleError, match="'night' and 'early' have overlapping recurrences"):
+        validate(base(profiles=[profile(), NIGHT, early]))
+    validate(base(profiles=[profile(), NIGHT, recurring("later", ["tue"], "06:00", "09:00")]))
+
+
+def test_a_recurrence_needs_a_window() -> None:
+    with pytest.raises(AutoscaleError, match="are the same time"):
+        validate(base(profiles=[profile(), recurring("x", ["mon"], "06:00", "06:00")]))
+
+
+LA = "America/Los_Angeles"
+
+
+@pytest.mark.parametrize(
+    ("one", "other", "overlap"),
+    [
+        # Los Angeles' Saturday 00:00-08:00 is UTC 08:00-16:00 (07:00-15:00 in summer)
+        (
+            recurring("la", ["sat"], "00:00", "08:00", LA),
+            recurring("utc", ["sat"], "09:00", "12:00"),
+            True,
+        ),
+        (
+            recurring("la", ["sat"], "00:00", "06:00", LA),
+            recurring("utc", ["sat"], "15:00", "18:00"),
+            False,
+        ),
+        # Tokyo's Saturday morning is Friday 15:00 - Saturday 03:00 UTC: Los Angeles' is later
+        (
+            recurring("tokyo", ["sat"], "00:00", "12:00", "Asia/Tokyo"),
+            recurring("la", ["sat"], "00:00", "12:00", LA),
+            False,
+        ),
+        # London is UTC in winter only: Saturday 12:00-13:00 then is both
+        (
+            recurring("london", ["sat"], "00:00", "13:00", "Europe/London"),
+            recurring("utc", ["sat"], "12:00", "18:00"),
+            True,
+        ),
+        # ... and in summer only (BST: London 13:00-14:00 is UTC 12:00-13:00)
+        (
+            recurring("london", ["sat"], "13:00", "18:00", "Europe/London"),
+            recurring("utc", ["sat"], "06:00", "12:30"),
+            True,
+        ),
+        (
+            recurring("london", ["sat"], "13:00", "18:00", "Europe/London"),
+            recurring("utc", ["sat"], "06:00", "12:00"),
+            False,
+        ),
+        # a Windows zone name is the same clock as its IANA one
+        (
+            recurring("pst", ["sun"], "00:00", "23:59", "Pacific Standard Time"),
+            recurring("la", ["sat"], "22:00", "02:00", LA),
+            True,
+        ),
+    ],
+)
+def test_recurrences_are_compared_in_real_time(
+    one: AutoscaleProfile, other: AutoscaleProfile, overlap: bool
+) -> None:
+    setting = base(profiles=[profile(), one, other])
+    if overlap:
+        with pytest.raises(AutoscaleError, match="overlapping recurrences"):
+            validate(setting, datetime(2026, 11, 29, tzinfo=UTC))
+    else:
+        validate(setting, datetime(2026, 11, 29, tzinfo=UTC))

@@ -4,7 +4,8 @@ test (`libs/common/tests/test_autoscale_engine.py`).
 
 Azure Monitor's semantics (MicrosoftDocs "Understand autoscale settings"):
 - **Which profile**: a fixed-date profile whose range contains now, else a recurring one
-  whose day and hours contain now (in its time zone), else the default profile.
+  whose day and hours contain now (in its time zone; an end before the start is the
+  next day's: 22:00-06:00 runs through the night), else the default profile.
 - **Bounds first**: a count outside the active profile's [min, max] (a schedule took
   over, or the setting changed) is moved to the nearest bound at once.
 - **No metrics**: when no rule has a value and the count is below the profile's
@@ -31,14 +32,12 @@ from datetime import datetime
 
 from sluice.common.autoscale.condition import format_condition
 from sluice.common.autoscale.model import (
-    DAYS,
     PER_INSTANCE_METRICS,
     AutoscaleProfile,
     AutoscaleRule,
     AutoscaleSetting,
-    clock_time,
     fixed_bounds,
-    zone,
+    in_recurrence,
 )
 
 COMPARE = {
@@ -80,15 +79,8 @@ def active_profile(setting: AutoscaleSetting, now: datetime) -> AutoscaleProfile
             if first <= now < last:
                 return profile
     for profile in setting.profiles:
-        if profile.recurrence is not None:
-            local = now.astimezone(zone(profile.timezone))
-            days = {DAYS.index(d) for d in profile.recurrence.days}
-            start = clock_time(profile.recurrence.start, "start")
-            end = clock_time(profile.recurrence.end, "end")
-            minute = local.hour * 60 + local.minute
-            until = 24 * 60 if (end.hour, end.minute) == (23, 59) else end.hour * 60 + end.minute
-            if local.weekday() in days and start.hour * 60 + start.minute <= minute < until:
-                return profile
+        if profile.recurrence is not None and in_recurrence(profile, now):
+            return profile
     return next(p for p in setting.profiles if not p.scheduled)
 
 

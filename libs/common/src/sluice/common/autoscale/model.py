@@ -10,7 +10,7 @@ the profile, the rule (by index, as `rule list` shows them) and the problem.
 from __future__ import annotations
 
 import re
-from datetime import datetime, time, tzinfo
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -229,8 +229,16 @@ def _validate_rule(profile: str, index: int, rule: AutoscaleRule, setting_scope:
         raise AutoscaleError(f"{where}: scale {rule.scale} by {rule.value}: must be at least 1")
 
 
-def _weekly_minutes(profile: AutoscaleProfile) -> list[tuple[int, int]]:
-    """The recurrence as [start, end) minute ranges of the week (Monday 00:00 = 0)."""
+WEEK_MINUTES = 7 * 1440
+REFERENCE_WEEKS = 53  # a year of weeks: every daylight saving change of every zone
+
+
+def weekly_minutes(profile: AutoscaleProfile) -> list[tuple[int, int]]:
+    """The recurrence as [start, end) minute ranges of its local week (Monday 00:00 = 0),
+    one per day. An end at or before the start is on the next day (22:00-06:00: the night
+    from each day to the next, as az's paired profile that starts at the end means), so a
+    range may pass the week's end (Sunday night: up to WEEK_MINUTES + 1440); az's default
+    end 23:59 means "to the end of the day"."""
     assert profile.recurrence is not None
     rec = profile.recurrence
     if not rec.days:
@@ -240,18 +248,66 @@ def _weekly_minutes(profile: AutoscaleProfile) -> list[tuple[int, int]]:
     first, last = start.hour * 60 + start.minute, end.hour * 60 + end.minute
     if last == 23 * 60 + 59:
         last = 24 * 60  # az's default end 23:59 means "to the end of the day"
-    if last <= first:
+    if last == first:
         raise AutoscaleError(
-            f"profile {profile.name!r}: recurrence start {rec.start} is not before end {rec.end}"
+            f"profile {profile.name!r}: recurrence start {rec.start} and end {rec.end} are the "
+            "same time (an end before the start runs to that time the next day)"
         )
-    return [
-        (DAYS.index(day_name(d)) * 1440 + first, DAYS.index(day_name(d)) * 1440 + last)
-        for d in rec.days
-    ]
+    if last < first:
+        last += 1440  # overnight: until `end` the next day
+    days = sorted({DAYS.index(day_name(d)) for d in rec.days})
+    return [(day * 1440 + first, day * 1440 + last) for day in days]
 
 
-def validate(setting: AutoscaleSetting) -> AutoscaleSetting:
-    """The setting with day names normalised, or AutoscaleError for the first problem."""
+def in_recurrence(profile: AutoscaleProfile, now: datetime) -> bool:
+    """Is `now` (aware) within the profile's recurrence, read on its time zone's clock?"""
+    local = now.astimezone(zone(profile.timezone))
+    minute = local.weekday() * 1440 + local.hour * 60 + local.minute
+    return any(
+        first <= at < last
+        for first, last in weekly_minutes(profile)
+        for at in (minute, minute + WEEK_MINUTES)  # a Sunday night range runs into Monday
+    )
+
+
+def _utc_ranges(profile: AutoscaleProfile, weeks_from: date) -> list[tuple[datetime, datetime]]:
+    """The recurrence's ranges in real time (UTC) over REFERENCE_WEEKS weeks from the Monday
+    `weeks_from`, each local start and end converted on its own day (daylight saving)."""
+    tz = zone(profile.timezone)
+    ranges = weekly_minutes(profile)
+    monday = datetime.combine(weeks_from, time())
+    found = []
+    for week in range(REFERENCE_WEEKS):
+        base = monday + timedelta(days=7 * week)
+        for first, last in ranges:
+            found.append(
+                (
+                    (base + timedelta(minutes=first)).replace(tzinfo=tz).astimezone(UTC),
+                    (base + timedelta(minutes=last)).replace(tzinfo=tz).astimezone(UTC),
+                )
+            )
+    return sorted(found)
+
+
+def _first_overlap(
+    one: list[tuple[datetime, datetime]], other: list[tuple[datetime, datetime]]
+) -> datetime | None:
+    """The first moment in both (sorted, each list's ranges disjoint), or None."""
+    i = j = 0
+    while i < len(one) and j < len(other):
+        (a, b), (c, d) = one[i], other[j]
+        if a < d and c < b:
+            return max(a, c)
+        if b <= d:
+            i += 1
+        else:
+            j += 1
+    return None
+
+
+def validate(setting: AutoscaleSetting, now: datetime | None = None) -> AutoscaleSetting:
+    """The setting with day names normalised, or AutoscaleError for the first problem
+    (`now`: where the year of weeks that recurrences are compared over starts)."""
     if not NAME.match(setting.name):
         raise AutoscaleError(
             f"name {setting.name!r} must be 1-63 letters, digits, '.', '-' or '_', starting with "
@@ -272,7 +328,9 @@ def validate(setting: AutoscaleSetting) -> AutoscaleSetting:
             f"exactly one profile must have no schedule (the default); found {len(unscheduled)}"
             + (f": {', '.join(unscheduled)}" if unscheduled else "")
         )
-    weekly: list[tuple[str, list[tuple[int, int]]]] = []
+    weekly: list[tuple[str, list[tuple[datetime, datetime]]]] = []
+    today = (now or datetime.now(UTC)).date()
+    weeks_from = today - timedelta(days=today.weekday())
     fixed: list[tuple[str, tuple[datetime, datetime]]] = []
     for profile in setting.profiles:
         where = f"profile {profile.name!r}"
@@ -302,15 +360,20 @@ def validate(setting: AutoscaleSetting) -> AutoscaleSetting:
             _validate_rule(profile.name, index, rule, targets_setting)
         if profile.recurrence is not None:
             profile.recurrence.days = [day_name(d) for d in profile.recurrence.days]
-            weekly.append((profile.name, _weekly_minutes(profile)))
+            weekly.append((profile.name, _utc_ranges(profile, weeks_from)))
         if profile.fixed_date is not None:
             fixed.append((profile.name, fixed_bounds(profile)))
+    # Compared in real time, each on its own zone's clock (Los Angeles Saturday 00:00-08:00
+    # contains UTC Saturday 09:00-12:00; Tokyo's and Los Angeles' Saturday mornings do not
+    # meet), over a year of weeks from this one (daylight saving changes included).
     for i, (name, ranges) in enumerate(weekly):
         for other, other_ranges in weekly[:i]:
-            if any(a < d and c < b for a, b in ranges for c, d in other_ranges):
+            both = _first_overlap(ranges, other_ranges)
+            if both is not None:
                 raise AutoscaleError(
-                    f"profiles {other!r} and {name!r} have overlapping recurrences "
-                    "(days and hours); Azure would not know which one applies"
+                    f"profiles {other!r} and {name!r} have overlapping recurrences (both "
+                    f"apply at {both:%a %Y-%m-%d %H:%M} UTC); Azure would not know which one "
+                    "applies"
                 )
     for i, (name, (start, end)) in enumerate(fixed):
         for other, (o_start, o_end) in fixed[:i]:
