@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any, cast
+from urllib.parse import parse_qsl
 
 from faststream.nats import NatsBroker
+from google.protobuf import json_format
 from pymongo.asynchronous.database import AsyncDatabase
 
+from sluice.batch.api import BatchApi
 from sluice.batch.jobs import Job, JobState, JobStore, Progress
+from sluice.batch.service import BatchService
 from sluice.common.events import EventPublisher, Outbox
 from sluice.common.events.outbox import OUTBOX
 from sluice.common.mongo import Document
 from sluice.common.resources import BatchSettings
+from sluice.v1 import batch_pb2, common_pb2
 
 
 def store_of(db: AsyncDatabase[Document], broker: NatsBroker) -> JobStore:
@@ -87,3 +95,43 @@ async def test_a_transition_racing_progress_updates_still_commits_once(
     assert [e for e in events if e[0] == "sluice.batch.job.canceled"] == [
         ("sluice.batch.job.canceled", "job-1", "Canceled")
     ]
+
+
+def _request_of(link: str) -> batch_pb2.ListJobsRequest:
+    """What the REST transcoder makes of a nextLink: each query parameter (a JSON field path)
+    set on the request."""
+    path, _, query = link.partition("?")
+    assert path == "/jobs", link
+    fields: dict[str, Any] = {}
+    for key, value in parse_qsl(query, strict_parsing=True):
+        *parents, leaf = key.split(".")
+        node = fields
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
+    return json_format.ParseDict(fields, batch_pb2.ListJobsRequest())
+
+
+async def test_rest_job_list_next_link_keeps_the_filters_and_the_page_size(
+    mongo_db: AsyncDatabase[Document], nats_broker: NatsBroker
+) -> None:
+    """GET /jobs?endpointName=e1&page.pageSize=2 followed by its nextLink lists e1's jobs only,
+    2 a page (audit-rest finding 8: page 2 listed every endpoint's jobs, 100 a page)."""
+    store = store_of(mongo_db, nats_broker)
+    start = datetime(2025, 1, 1, tzinfo=UTC)
+    for n, endpoint in enumerate(["e1", "e2", "e1", "e2", "e1", "e2", "e1"]):
+        job = a_job(f"job-{n}").model_copy(
+            update={"endpoint_name": endpoint, "created_at": start + timedelta(seconds=n)}
+        )
+        await store.insert(job)
+    api = BatchApi(cast(BatchService, SimpleNamespace(store=store)))
+
+    first = await api.ListJobResources(
+        batch_pb2.ListJobsRequest(endpoint_name="e1", page=common_pb2.PageRequest(page_size=2)),
+        None,
+    )
+    assert [j.name for j in first.value] == ["job-6", "job-4"]
+    second = await api.ListJobResources(_request_of(first.next_link), None)
+    assert [j.name for j in second.value] == ["job-2", "job-0"]
+    assert second.next_link == ""
+    assert {j.properties.details.endpoint_name for j in second.value} == {"e1"}

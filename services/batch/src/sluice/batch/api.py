@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from functools import wraps
 from typing import Any
+from urllib.parse import urlencode
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -148,6 +149,20 @@ def _overrides(msg: Any) -> Overrides:
     )
 
 
+def _next_link(request: Any, token: str) -> str:
+    """The next page of the same list: the request's filters and page size kept (in the
+    query parameters' JSON names, as the transcoder reads them), its token replaced."""
+    if not token:
+        return ""
+    query = {
+        "endpointName": request.endpoint_name,
+        "deploymentName": request.deployment_name,
+        "page.pageSize": request.page.page_size or "",
+    }
+    kept = {k: v for k, v in query.items() if v}
+    return "/jobs?" + urlencode({**kept, "page.pageToken": token})
+
+
 class BatchApi(batch_pb2_grpc.BatchServicer):
     def __init__(self, service: BatchService):
         self._svc = service
@@ -209,8 +224,9 @@ class BatchApi(batch_pb2_grpc.BatchServicer):
     @errors
     async def ListJobResources(self, request: Any, context: Any) -> Any:
         jobs, token = await self._page(request)
-        link = f"/jobs?page.pageToken={token}" if token else ""
-        return batch_pb2.JobResourceList(value=[to_resource(j) for j in jobs], next_link=link)
+        return batch_pb2.JobResourceList(
+            value=[to_resource(j) for j in jobs], next_link=_next_link(request, token)
+        )
 
     @errors
     async def CancelJobResource(self, request: Any, context: Any) -> Any:
