@@ -117,6 +117,83 @@ def test_version_lists_are_newest_first(cli: Cli, client: RegistryClient, exampl
     assert cli.json("model", "show", "-n", "late", "-l", "latest")["version"] == "2"
 
 
+def test_asset_text_is_bounded_and_nothing_is_stored(
+    cli: Cli, client: RegistryClient, examples: Path
+) -> None:
+    """docs/security.md's limits (descriptions, tags) and an environment's files are checked
+    for assets too: INVALID_ARGUMENT naming the field, nothing stored."""
+    model = AssetSpec(asset_kind=AssetKind.model, name="big", version="1", type="custom_model",
+                      artifact=client.upload(examples / "online/model-1/model"))  # fmt: skip
+    env = AssetSpec(asset_kind=AssetKind.environment, name="big-env", image="python:3.11")
+    data = AssetSpec(asset_kind=AssetKind.data, name="big-data", type="uri_file",
+                     path="https://example.com/rows.csv")  # fmt: skip
+    cases = [
+        (
+            model.model_copy(update={"description": "x" * 5000}),
+            "model 'big': description is 5000 characters; at most 4096 are allowed",
+        ),
+        (
+            model.model_copy(update={"tags": {f"t{i}": "v" for i in range(51)}}),
+            "model 'big': tags: 51 given, at most 50 are allowed",
+        ),
+        (
+            model.model_copy(update={"tags": {"k": "v" * 300}}),
+            "model 'big': tags: value of 'k' is over 256 characters",
+        ),
+        (
+            env.model_copy(update={"conda_file": "name: e\n" + "#" * 70_000}),
+            "environment 'big-env': conda_file is 70008 characters; at most 65536 are allowed",
+        ),
+        (
+            env.model_copy(update={"pip_requirements": tuple(f"p{i}" for i in range(1001))}),
+            "environment 'big-env': pip_requirements: 1001 lines given, at most 1000",
+        ),
+        (
+            env.model_copy(update={"image": "i" * 2000}),
+            "environment 'big-env': image is 2000 characters; at most 1024 are allowed",
+        ),
+        (
+            data.model_copy(update={"path": "https://example.com/" + "a" * 3000}),
+            "data 'big-data': path is 3020 characters; at most 2048 are allowed",
+        ),
+    ]
+    for spec, message in cases:
+        with pytest.raises(SluiceError) as caught:
+            client.create_asset(spec)
+        assert caught.value.code == "INVALID_ARGUMENT", spec
+        assert message in str(caught.value), str(caught.value)
+    (cli.cwd / "big-conda.yml").write_text("name: e\n# " + "x" * 70_000 + "\n")
+    refused = cli.error("environment", "create", "-n", "big-env", "--conda-file", "big-conda.yml")
+    assert "bytes; a conda file may hold at most 65536" in refused, refused
+    uri, long = "https://example.com/rows.csv", "d" * 4097
+    refused = cli.error("data", "create", "-n", "big-data", "-t", "uri_file", "-p", uri,
+                        "--description", long)  # fmt: skip
+    assert "data 'big-data': description is 4097 characters; at most 4096" in refused
+    for kind in AssetKind:
+        assert client.list_assets(kind, include_archived=True) == []
+
+
+def test_lists_are_paged_below_grpc_message_limit(cli: Cli, client: RegistryClient) -> None:
+    """48 versions at the limits (a 4096-character description, 50 tags of the longest
+    names and values, a 60 KiB conda file) make about 5 MB: over the 4 MiB a gRPC client
+    receives in one message. Lists come in pages under 1 MiB, in order, none lost."""
+    conda = "name: e\ndependencies:\n  - pip:\n    - numpy\n# " + "x" * 60_000 + "\n"
+    tags = {f"{i:02d}" + "k" * 510: "v" * 256 for i in range(50)}
+    for version in range(1, 49):
+        client.create_asset(
+            AssetSpec(asset_kind=AssetKind.environment, name="big", version=str(version),
+                      description="d" * 4096, tags=tags, conda_file=conda)
+        )  # fmt: skip
+    listed = client.list_assets(AssetKind.environment, "big")
+    assert [a.doc.spec.version for a in listed] == [str(v) for v in range(48, 0, -1)]
+    assert sum(len(a.doc.spec.conda_file) + 4096 + 50 * 768 for a in listed) > 4 * 1024 * 1024
+    result = cli.run("environment", "list", "-n", "big", "-o", "tsv", "--query", "[].version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(v) for v in range(48, 0, -1)]
+    first = client.list_assets(AssetKind.environment, "big", limit=3)
+    assert [a.doc.spec.version for a in first] == ["48", "47", "46"]
+
+
 def test_cli_model_environment_and_data(cli: Cli, tmp_path: Path) -> None:
     (cli.cwd / "model.yml").write_text(
         "$schema: https://azuremlschemas.azureedge.net/latest/model.schema.json\n"

@@ -529,6 +529,15 @@ def test_assets_in_azures_shape(
     tagged = rest.send("PUT", path, changed, headers={"If-Match": '"1"'})
     assert tagged.status_code == 200 and tagged.headers["etag"] == '"2"', tagged.text
     assert tagged.json()["properties"]["tags"] == {"b": "2"}
+    # docs/security.md's limits hold for a PUT on a version too: 400, the version unchanged.
+    too_many = {"properties": {**props, "tags": {f"t{i}": "v" for i in range(51)}}}
+    status, error = rest.call("PUT", path, too_many)
+    assert status == 400 and "tags: 51 given, at most 50 are allowed" in error["message"], error
+    too_long = {"properties": {**props, "tags": {"b": "2"}, "description": "x" * 5000}}
+    status, error = rest.call("PUT", path, too_long)
+    assert status == 400 and "description is 5000 characters" in error["message"], error
+    kept = rest.send("GET", path)
+    assert kept.headers["etag"] == '"2"' and kept.json()["properties"]["tags"] == {"b": "2"}
 
     archived = {"properties": {**props, "tags": {"b": "2"}, "isArchived": True}}
     assert rest.call("PUT", path, archived)[1]["properties"]["isArchived"] is True
@@ -600,6 +609,11 @@ def test_assets_in_azures_shape(
         ),
         (f"/models/{bad}/versions/1", {"name": "2", "properties": {"modelUri": uri}}, "must match"),
         (f"/environments/{bad}/versions/1", {"properties": {}}, "needs `conda_file`"),
+        (
+            f"/environments/{bad}/versions/1",
+            {"properties": {"condaFile": "name: e\n# " + "x" * 70_000}},
+            "conda_file is 70010 characters; at most 65536",
+        ),
         (
             f"/environments/{bad}/versions/1",
             {"properties": {"build": {"contextUri": "https://x/ctx"}}},

@@ -186,20 +186,28 @@ class ListAssetsRequest(_message.Message):
     KIND_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     INCLUDE_ARCHIVED_FIELD_NUMBER: _builtins.int
+    PAGE_FIELD_NUMBER: _builtins.int
     kind: _builtins.str
     name: _builtins.str
-    """"" = every name (the latest version of each)"""
+    """"" = every name (the latest version of each), by name; a name: its versions, the most
+    recently created first (as Azure lists them).
+    """
     include_archived: _builtins.bool
+    @_builtins.property
+    def page(self) -> _common_pb2.PageRequest:
+        """page_size 0 = 100, at most 1000; a page also ends before 1 MiB"""
+
     def __init__(
         self,
         *,
         kind: _builtins.str = ...,
         name: _builtins.str = ...,
         include_archived: _builtins.bool = ...,
+        page: _common_pb2.PageRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_archived", b"include_archived", "kind", b"kind", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_archived", b"include_archived", "kind", b"kind", "name", b"name", "page", b"page"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -210,16 +218,20 @@ class ListAssetsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ASSETS_FIELD_NUMBER: _builtins.int
+    PAGE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def assets(self) -> _containers.RepeatedCompositeFieldContainer[Global___Asset]: ...
+    @_builtins.property
+    def page(self) -> _common_pb2.PageResponse: ...
     def __init__(
         self,
         *,
         assets: _abc.Iterable[Global___Asset] | None = ...,
+        page: _common_pb2.PageResponse | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assets", b"assets"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assets", b"assets", "page", b"page"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -79,7 +79,9 @@ class AssetsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListAssets(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Paged by count and by bytes (a page stays under 1 MiB), so no listing exceeds gRPC's
+        4 MiB message however large the versions are.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

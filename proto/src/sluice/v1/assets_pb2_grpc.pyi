@@ -40,6 +40,9 @@ class AssetsStub:
     GetAsset: _grpc.UnaryUnaryMultiCallable[_assets_pb2.GetAssetRequest, _assets_pb2.Asset]
     """One version, by reference: "name:version", "name@latest", "azureml:...", "azureml://..."."""
     ListAssets: _grpc.UnaryUnaryMultiCallable[_assets_pb2.ListAssetsRequest, _assets_pb2.ListAssetsResponse]
+    """Paged by count and by bytes (a page stays under 1 MiB), so no listing exceeds gRPC's
+    4 MiB message however large the versions are.
+    """
     ArchiveAsset: _grpc.UnaryUnaryMultiCallable[_assets_pb2.ArchiveAssetRequest, _assets_pb2.Asset]
     """Archiving hides a version from ListAssets and from "@latest", as on Azure; deployments
     and jobs that use it keep it, and a reference naming its version still resolves.
@@ -54,6 +57,9 @@ class AssetsAsyncStub(AssetsStub):
     GetAsset: _aio.UnaryUnaryMultiCallable[_assets_pb2.GetAssetRequest, _assets_pb2.Asset]  # type: ignore[assignment]
     """One version, by reference: "name:version", "name@latest", "azureml:...", "azureml://..."."""
     ListAssets: _aio.UnaryUnaryMultiCallable[_assets_pb2.ListAssetsRequest, _assets_pb2.ListAssetsResponse]  # type: ignore[assignment]
+    """Paged by count and by bytes (a page stays under 1 MiB), so no listing exceeds gRPC's
+    4 MiB message however large the versions are.
+    """
     ArchiveAsset: _aio.UnaryUnaryMultiCallable[_assets_pb2.ArchiveAssetRequest, _assets_pb2.Asset]  # type: ignore[assignment]
     """Archiving hides a version from ListAssets and from "@latest", as on Azure; deployments
     and jobs that use it keep it, and a reference naming its version still resolves.
@@ -82,7 +88,10 @@ class AssetsServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _assets_pb2.ListAssetsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_assets_pb2.ListAssetsResponse, _abc.Awaitable[_assets_pb2.ListAssetsResponse]]: ...
+    ) -> _typing.Union[_assets_pb2.ListAssetsResponse, _abc.Awaitable[_assets_pb2.ListAssetsResponse]]:
+        """Paged by count and by bytes (a page stays under 1 MiB), so no listing exceeds gRPC's
+        4 MiB message however large the versions are.
+        """
 
     @_abc_1.abstractmethod
     def ArchiveAsset(

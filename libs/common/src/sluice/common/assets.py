@@ -33,6 +33,13 @@ CURATED_REGISTRY = "azureml"
 LABELS = ("latest",)
 MODEL_TYPES = ("custom_model", "mlflow_model", "triton_model")
 DATA_TYPES = ("uri_file", "uri_folder")
+# Sizes of an asset version's own text, so that one version stays far below gRPC's 4 MiB
+# message (a listing is paged by bytes too): the registry refuses more (INVALID_ARGUMENT
+# naming the field) and the CLI refuses a larger conda file before reading it.
+MAX_ENVIRONMENT_FILE = 64 * 1024  # a conda file, or the pip requirement lines together
+MAX_PIP_REQUIREMENTS = 1000  # lines
+MAX_IMAGE = 1024  # an image reference
+MAX_PATH = 2048  # a data URI (what browsers and most servers take)
 
 
 class AssetKind(StrEnum):

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from sluice.common.assets import AssetKind, AssetSpec
+from sluice.common.assets import MAX_ENVIRONMENT_FILE, AssetKind, AssetSpec
 from sluice.common.conda import CondaSpecError, is_system_package, package_name, parse_match_spec
 from sluice.sdk.specs import Loaded, SpecError, Uploader, _Azure, _prepare, _validate, resolve_path
 
@@ -118,9 +118,9 @@ def _install_lines(
                 except CondaSpecError as exc:
                     raise SpecError(f"build: {command!r}: {exc}") from None
         elif words[:2] in (["conda", "env"],) and len(words) > 2 and "-f" in words:
-            conda_file = resolve_path(
-                context, words[words.index("-f") + 1], "build: conda env -f"
-            ).read_text()
+            conda_file = _read_conda(
+                resolve_path(context, words[words.index("-f") + 1], "build: conda env -f")
+            )
         else:
             warnings.append(f"build: `RUN {command}` is not run by Sluice (no Docker build here)")
     return pip, conda_file
@@ -139,6 +139,17 @@ def _from_build(base: Path, build: AzureBuild, warnings: list[str]) -> tuple[str
             "use conda_file instead"
         )
     return image, pip, conda_file
+
+
+def _read_conda(path: Path) -> str:
+    """A conda file's text, refused before reading when over the registry's limit."""
+    size = path.stat().st_size
+    if size > MAX_ENVIRONMENT_FILE:
+        raise SpecError(
+            f"conda_file: {path} is {size} bytes; a conda file may hold at most "
+            f"{MAX_ENVIRONMENT_FILE}"
+        )
+    return path.read_text()
 
 
 def load_asset(
@@ -170,7 +181,7 @@ def load_asset(
             image, pip, conda = _from_build(base, env.build, warnings)
             image = env.image or image
         if env.conda_file:
-            conda = resolve_path(base, env.conda_file, "conda_file").read_text()
+            conda = _read_conda(resolve_path(base, env.conda_file, "conda_file"))
         spec = AssetSpec(
             asset_kind=kind,
             name=env.name,

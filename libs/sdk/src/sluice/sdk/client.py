@@ -10,6 +10,7 @@ models of `sluice.common.resources` go in and come out.
 from __future__ import annotations
 
 import getpass
+import itertools
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -435,12 +436,24 @@ class RegistryClient:
         return _asset(self._call(self._assets.GetAsset, request))
 
     def list_assets(
-        self, kind: AssetKind, name: str = "", *, include_archived: bool = False
+        self,
+        kind: AssetKind,
+        name: str = "",
+        *,
+        include_archived: bool = False,
+        limit: int | None = None,
     ) -> list[Asset]:
-        request = assets_pb2.ListAssetsRequest(
-            kind=kind.value, name=name, include_archived=include_archived
+        """Every version of `name` (newest first), or the latest of every name; page by
+        page (each under 1 MiB), so no answer reaches gRPC's 4 MiB message limit."""
+        items = self._paged(
+            self._assets.ListAssets,
+            assets_pb2.ListAssetsRequest,
+            "assets",
+            kind=kind.value,
+            name=name,
+            include_archived=include_archived,
         )
-        return [_asset(m) for m in self._call(self._assets.ListAssets, request).assets]
+        return [_asset(m) for m in itertools.islice(items, limit)]
 
     def archive_asset(self, kind: AssetKind, name: str, version: str = "") -> Asset:
         request = assets_pb2.ArchiveAssetRequest(kind=kind.value, name=name, version=version)

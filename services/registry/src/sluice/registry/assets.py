@@ -14,12 +14,19 @@ whose stored spec names it (`ModelRef.asset`, `EnvironmentSpec.registered`).
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Callable
+from datetime import datetime
 from typing import TypeVar
 
 from sluice.common.artifacts import ArtifactStore
 from sluice.common.assets import (
     DATA_TYPES,
+    MAX_ENVIRONMENT_FILE,
+    MAX_IMAGE,
+    MAX_PATH,
+    MAX_PIP_REQUIREMENTS,
     MODEL_TYPES,
     AssetDoc,
     AssetKind,
@@ -50,6 +57,8 @@ from sluice.registry.domain import (
     Conflict,
     InvalidArgument,
     NotFound,
+    check_length,
+    check_text,
 )
 from sluice.registry.store import RegistryStore, Writes
 
@@ -76,6 +85,10 @@ def check_asset(spec: AssetSpec, curated: CuratedCatalogue) -> None:
         raise InvalidArgument(
             f"{what} version {spec.version!r} is invalid: use letters, digits, '-', '_' or '.'"
         )
+    check_text(what, spec.name, spec.description, spec.tags)
+    check_length(f"{what} {spec.name!r}: image", spec.image, MAX_IMAGE)
+    check_length(f"{what} {spec.name!r}: path", spec.path, MAX_PATH)
+    check_environment_files(f"{what} {spec.name!r}", spec.conda_file, spec.pip_requirements)
     if spec.asset_kind is AssetKind.model:
         if spec.artifact is None:
             raise InvalidArgument(f"model {spec.name!r} needs `path` (its file or folder)")
@@ -111,6 +124,42 @@ def check_asset(spec: AssetSpec, curated: CuratedCatalogue) -> None:
                 f"data {spec.name!r} is {spec.type} but its path is a {kind}; "
                 f"use type: {'uri_folder' if spec.artifact.is_directory else 'uri_file'}"
             )
+
+
+def check_environment_files(label: str, conda_file: str, pip: tuple[str, ...]) -> None:
+    """An environment's conda file and pip lines are bounded (MAX_ENVIRONMENT_FILE each)."""
+    check_length(f"{label}: conda_file", conda_file, MAX_ENVIRONMENT_FILE)
+    if len(pip) > MAX_PIP_REQUIREMENTS:
+        raise InvalidArgument(
+            f"{label}: pip_requirements: {len(pip)} lines given, at most "
+            f"{MAX_PIP_REQUIREMENTS} are allowed"
+        )
+    check_length(f"{label}: pip_requirements (together)", "\n".join(pip), MAX_ENVIRONMENT_FILE)
+
+
+def page_token(doc: AssetDoc, *, by_name: bool) -> str:
+    """Where a listing resumes: after this name, or after this version (newest first). A
+    position, not an index, so versions created between pages do not shift the next one."""
+    if by_name:
+        return json.dumps(["name", doc.spec.name])
+    return json.dumps(["created", doc.meta.created_at.isoformat(), doc.spec.version])
+
+
+def _follows(token: str, *, by_name: bool) -> Callable[[AssetDoc], bool]:
+    try:
+        what, *where = json.loads(token)
+        if by_name and what == "name":
+            (name,) = where
+            return lambda d: bool(d.spec.name > name)
+        if not by_name and what == "created":
+            at, version = where
+            key = (datetime.fromisoformat(at), version_key(version))
+            return lambda d: creation_key(d) < key
+    except (ValueError, TypeError):
+        pass
+    raise InvalidArgument(
+        f"page_token {token[:80]!r} was not given by this listing; list again from the start"
+    )
 
 
 class AssetService:
@@ -199,10 +248,10 @@ class AssetService:
         )
 
     async def list_versions(
-        self, kind: AssetKind, name: str, include_archived: bool
+        self, kind: AssetKind, name: str, include_archived: bool, after: str = ""
     ) -> list[AssetDoc]:
         """Every version of `name`, newest first (as Azure lists them), or the latest
-        version of every name, by name."""
+        version of every name, by name; with `after` (a `page_token`), those that follow it."""
         where: dict[str, object] = {"spec.asset_kind": kind.value}
         if name:
             where["spec.name"] = name
@@ -210,11 +259,16 @@ class AssetService:
             d for d in await self._store.assets.find(where) if include_archived or not d.archived
         ]
         if name:
-            return newest_first(docs)
-        latest: dict[str, AssetDoc] = {}
-        for doc in newest_first(docs):
-            latest.setdefault(doc.spec.name, doc)
-        return [latest[n] for n in sorted(latest)]
+            ordered = newest_first(docs)
+        else:
+            latest: dict[str, AssetDoc] = {}
+            for doc in newest_first(docs):
+                latest.setdefault(doc.spec.name, doc)
+            ordered = [latest[n] for n in sorted(latest)]
+        if after:
+            follows = _follows(after, by_name=not name)
+            ordered = [d for d in ordered if follows(d)]
+        return ordered
 
     # ---- lineage, archive, restore --------------------------------------------------------
 
@@ -296,6 +350,7 @@ class AssetService:
         and archived flag. One write, conditional on the version read (`expected_version`,
         an If-Match ETag, must be it); one event per kind of change."""
         spec = current.spec
+        check_text(spec.asset_kind.value, spec.name, description, tags)
         if expected_version is not None and expected_version != current.meta.version:
             raise Conflict(
                 f"{spec.asset_kind.value} {spec.name!r} version {spec.version!r} is at ETag "
@@ -366,6 +421,7 @@ class AssetService:
     async def resolve_environment(self, env: EnvironmentSpec) -> EnvironmentSpec:
         """A registered/curated environment's content; an inline conda file is checked."""
         if not env.registered:
+            check_environment_files("environment", env.conda_file, env.pip_requirements)
             if env.conda_file:
                 try:
                     parse_conda_file(env.conda_file)

@@ -12,9 +12,14 @@ from sluice.common.assets import AssetDoc, AssetKind, AssetSpec
 from sluice.common.grpc_server import actor_of
 from sluice.common.protoconv import to_proto
 from sluice.registry.api import _spec, domain_errors
-from sluice.registry.assets import AssetService
+from sluice.registry.assets import AssetService, page_token
 from sluice.registry.domain import InvalidArgument
-from sluice.v1 import assets_pb2, assets_pb2_grpc
+from sluice.registry.service import DEFAULT_PAGE, MAX_PAGE
+from sluice.v1 import assets_pb2, assets_pb2_grpc, common_pb2
+
+# A page of ListAssets ends before this many bytes: with the registry's limits on a
+# version's text, far below the 4 MiB a gRPC client receives by default.
+PAGE_BYTES = 1024 * 1024
 
 
 def _kind(value: str) -> AssetKind:
@@ -47,10 +52,26 @@ class AssetsApi(assets_pb2_grpc.AssetsServicer):
 
     @domain_errors
     async def ListAssets(self, request: Any, context: Any) -> Any:
+        """One page: up to page_size versions, ending before PAGE_BYTES (one at least)."""
+        size = request.page.page_size or DEFAULT_PAGE
+        if not 0 < size <= MAX_PAGE:
+            raise InvalidArgument(f"page_size must be between 1 and {MAX_PAGE}, got {size}")
         docs = await self._assets.list_versions(
-            _kind(request.kind), request.name, request.include_archived
+            _kind(request.kind), request.name, request.include_archived, request.page.page_token
         )
-        return assets_pb2.ListAssetsResponse(assets=[await self._view(d) for d in docs])
+        views: list[assets_pb2.Asset] = []
+        used = 0
+        for doc in docs[:size]:
+            view = await self._view(doc)
+            if views and used + view.ByteSize() > PAGE_BYTES:
+                break
+            views.append(view)
+            used += view.ByteSize()
+        more = len(views) < len(docs)
+        token = page_token(docs[len(views) - 1], by_name=not request.name) if more else ""
+        return assets_pb2.ListAssetsResponse(
+            assets=views, page=common_pb2.PageResponse(next_page_token=token)
+        )
 
     @domain_errors
     async def ArchiveAsset(self, request: Any, context: Any) -> Any:

@@ -154,6 +154,12 @@ def check_text(kind: str, name: str, description: str, tags: Mapping[str, str]) 
     _check_pairs(f"{kind} {name!r}: tags", tags, MAX_TAGS, MAX_TAG_NAME, MAX_TAG_VALUE)
 
 
+def check_length(label: str, text: str, limit: int) -> None:
+    """A text field of at most `limit` characters."""
+    if len(text) > limit:
+        raise InvalidArgument(f"{label} is {len(text)} characters; at most {limit} are allowed")
+
+
 def _check_pairs(
     label: str, pairs: Mapping[str, str], count: int, key_len: int, value_len: int
 ) -> None:
