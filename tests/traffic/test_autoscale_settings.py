@@ -29,6 +29,9 @@ profiles:
       - condition: RequestLatency_P99 > 250 avg 5m
         scale: out 1
         resource: {ENDPOINT_ID}
+      - condition: RequestsPerMinute > 300 avg 5m
+        scale: out 1
+        divide_per_instance: true
   - name: weekend
     capacity: {{minimum: 2, default: 2, maximum: 2}}
     timezone: Pacific Standard Time
@@ -108,6 +111,7 @@ async def test_autoscale_settings_from_the_command_line(
         "cooldown": "5m",
         "timegrain": "avg 60s",
         "metricSource": "(target)",
+        "dividePerInstance": False,
     }
     cli.json(
         *rule,
@@ -289,6 +293,11 @@ async def test_autoscale_settings_from_the_command_line(
     assert [p["name"] for p in from_yaml["profiles"]] == ["default", "weekend"]
     assert from_yaml["profiles"][0]["rules"][1]["metricSource"] == "shop"
     assert from_yaml["profiles"][0]["rules"][0]["cooldown"] == "1m"
+    assert [r["dividePerInstance"] for r in from_yaml["profiles"][0]["rules"]] == [
+        False,
+        False,
+        True,
+    ]
     rid = cli.run(
         "monitor",
         "autoscale",

@@ -450,3 +450,45 @@ def test_recurrences_are_compared_in_real_time(
             validate(setting, datetime(2026, 11, 29, tzinfo=UTC))
     else:
         validate(setting, datetime(2026, 11, 29, tzinfo=UTC))
+
+
+PER_INSTANCE_OUT = RPM_OUT.model_copy(update={"threshold": 300, "divide_per_instance": True})
+PER_INSTANCE_IN = RPM_IN.model_copy(
+    update={"threshold": 150, "value": 2, "divide_per_instance": True}
+)
+
+
+def test_requests_per_instance_scale_out_and_in_without_flapping() -> None:
+    """A rule on requests per instance (Azure's dividePerInstance): the value is already per
+    instance (the metrics service divides each minute), and a scale-in projects it onto the
+    smaller count as it does CPU: 4 instances at 100 each -> 2 would be 200 each, fine; at 140
+    each 2 would be 280, also fine, but 1 (in 3) would be 560, over the out-rule's 300."""
+    rules = profile(PER_INSTANCE_OUT, PER_INSTANCE_IN, hi=8)
+    assert decide(rules, 4, [250.0, 250.0], 1000.0, None) is None  # 1,000 rpm over 4
+    out = decide(rules, 4, [350.0, 350.0], 1000.0, None)  # 1,400 rpm over 4
+    assert out is not None and out.new_count == 5
+    assert out.rule == "RequestsPerMinute > 300 avg 5m per instance -> out 1"
+    scale_in = decide(rules, 4, [100.0, 100.0], 1000.0, None)
+    assert scale_in is not None and scale_in.new_count == 2
+    big_in = PER_INSTANCE_IN.model_copy(update={"value": 3})
+    shrunk = decide(profile(PER_INSTANCE_OUT, big_in, hi=8), 4, [140.0, 140.0], 1000.0, None)
+    assert shrunk is not None and shrunk.new_count == 2  # not 1: 560 per instance would scale out
+    # The same rules on the total (no dividePerInstance) project nothing: a total does not
+    # grow when the instances are fewer.
+    total_out = PER_INSTANCE_OUT.model_copy(update={"divide_per_instance": False})
+    total_in = big_in.model_copy(update={"divide_per_instance": False})
+    plain = decide(profile(total_out, total_in, hi=8), 4, [140.0, 140.0], 1000.0, None)
+    assert plain is not None and plain.new_count == 1
+
+
+@pytest.mark.parametrize(
+    "metric", ["CpuUtilizationPercentage", "DeploymentCapacity", "RequestLatency_P99"]
+)
+def test_only_a_shared_load_divides_per_instance(metric: str) -> None:
+    rule = PER_INSTANCE_OUT.model_copy(update={"metric": metric})
+    with pytest.raises(AutoscaleError, match=f"rule 0: {metric} cannot be divided per instance"):
+        validate(base(profiles=[profile(rule)]))
+    for metric in ("RequestsPerMinute", "ConnectionsActive"):
+        validate(base(profiles=[profile(rule.model_copy(update={"metric": metric}))]))
+    endpoint_bytes = rule.model_copy(update={"metric": "NetworkBytes", "metric_endpoint": "e"})
+    validate(base(profiles=[profile(endpoint_bytes)]))

@@ -161,6 +161,21 @@ def test_the_good_forms_still_load(tmp_path: Path) -> None:
     assert (launch.default_count, launch.fixed_date.start) == (4, "2026-12-01T09:00")
 
 
+def test_a_rule_on_requests_per_instance(tmp_path: Path) -> None:
+    """Azure's dividePerInstance, which az has no flag for: `divide_per_instance: true`."""
+    rules = (
+        "  - name: default\n    capacity: {minimum: 1, default: 2, maximum: 8}\n    rules:\n"
+        "      - {condition: RequestsPerMinute > 300 avg 5m, scale: out 1, "
+        "divide_per_instance: true}\n"
+        "      - {condition: RequestsPerMinute < 100 avg 5m, scale: in 1}\n"
+    )
+    per_instance, total = load(tmp_path, setting_yaml(rules)).profiles[0].rules
+    assert (per_instance.divide_per_instance, total.divide_per_instance) == (True, False)
+    bad = rules.replace("divide_per_instance: true", "divide_per_instance: yes please")
+    with pytest.raises(SluiceError, match=r"rules\[0\]\.divide_per_instance 'yes please' must be"):
+        load(tmp_path, setting_yaml(bad))
+
+
 def test_the_cli_prints_one_line_and_exits_1(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

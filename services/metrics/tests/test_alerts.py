@@ -8,6 +8,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, cast
 
+import pytest
+
 from sluice.common.autoscale.model import AutoscaleRule, AutoscaleSetting
 from sluice.common.mongo import Document
 from sluice.metrics import alerts
@@ -114,3 +116,65 @@ async def test_the_autoscaler_reads_the_same_closed_buckets() -> None:
     )
     value = await autoscaler._value(setting, rule, datetime.fromtimestamp(605, UTC))
     assert (value, store.asked) == (5, [(300, 600)])
+
+
+def with_instances(
+    minute: int, requests: int, instances: int, deployment: str = "blue"
+) -> Document:
+    """A minute of `requests` served by `instances` instances (their usage samples)."""
+    return {
+        **doc(minute, requests, deployment),
+        "usage_samples": instances,
+        "cpu_sum": 10.0 * instances,
+        "instances": {f"i{n}": 1 for n in range(instances)},
+    }
+
+
+PER_INSTANCE = AutoscaleRule(
+    metric="RequestsPerMinute",
+    operator=">",
+    threshold=300,
+    window_s=300,
+    time_grain_s=60,
+    divide_per_instance=True,
+)
+SHOP_BLUE = AutoscaleSetting(name="s", endpoint_name="shop", deployment_name="blue")
+AT = datetime.fromtimestamp(605, UTC)  # the window is the closed minutes 300 ... 540
+
+
+async def per_instance(docs: list[Document], rule: AutoscaleRule = PER_INSTANCE) -> float | None:
+    autoscaler = Autoscaler(cast(Any, None), cast(Any, Store(docs)), bucket_s=60)
+    return await autoscaler._value(SHOP_BLUE, rule, AT)
+
+
+async def test_requests_per_instance_divide_each_minute_by_its_instances() -> None:
+    """Azure's dividePerInstance: 1,000 requests a minute over 4 instances is 250 each, under
+    a 300 threshold; 1,400 is 350, over it; without it the total (1,000) is compared."""
+    four = [with_instances(m, 1000, 4) for m in (300, 360, 420, 480, 540)]
+    assert await per_instance(four) == 250
+    assert (
+        await per_instance(four, PER_INSTANCE.model_copy(update={"divide_per_instance": False}))
+        == 1000
+    )
+    assert (
+        await per_instance([with_instances(m, 1400, 4) for m in (300, 360, 420, 480, 540)]) == 350
+    )
+    # Each minute by its own count (not the window's total by the window's largest count):
+    # 600 over 2, then 600 over 3 (a scale-out mid-window) is 300 and 200, avg 250.
+    mixed = [with_instances(m, 600, 2) for m in (300, 360)] + [
+        with_instances(m, 600, 3) for m in (420, 480, 540)
+    ]
+    assert await per_instance(mixed) == pytest.approx((300 * 2 + 200 * 3) / 5)
+    # A minute in which no instance reported has no per-instance value; the open one is not read.
+    gap = [with_instances(300, 800, 4), doc(360, 800), with_instances(600, 10_000, 1)]
+    assert (
+        await per_instance(gap, PER_INSTANCE.model_copy(update={"time_aggregation": "max"})) == 200
+    )
+
+
+async def test_an_endpoint_metric_is_divided_by_the_target_deployments_instances() -> None:
+    """The endpoint's requests (blue's and green's) per instance of blue, the scaled one."""
+    docs = [with_instances(m, 900, 3) for m in (300, 360, 420, 480, 540)]
+    docs += [with_instances(m, 300, 5, "green") for m in (300, 360, 420, 480, 540)]
+    rule = PER_INSTANCE.model_copy(update={"metric_endpoint": "shop"})
+    assert await per_instance(docs, rule) == 400  # (900 + 300) / 3

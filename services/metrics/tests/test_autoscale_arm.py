@@ -118,3 +118,21 @@ def test_bad_resources_name_the_field(change: dict[str, object], says: str) -> N
     with pytest.raises(AutoscaleError) as caught:
         autoscale_arm.setting_in("blue-scale", res)
     assert says in str(caught.value)
+
+
+def test_divide_per_instance_is_azures_divide_per_instance() -> None:
+    rule = AutoscaleRule(metric="RequestsPerMinute", threshold=300, divide_per_instance=True)
+    setting = SETTING.model_copy(
+        update={"profiles": [SETTING.profiles[0].model_copy(update={"rules": [rule]})]}
+    )
+    res = autoscale_arm.resource(_doc(setting))
+    trigger = json_format.MessageToDict(res)["properties"]["profiles"][0]["rules"][0]
+    assert trigger["metricTrigger"]["dividePerInstance"] is True
+    assert autoscale_arm.setting_in("blue-scale", res) == setting
+    # Azure's templates often say false; absent is false too.
+    body = json_format.MessageToDict(res)
+    body["properties"]["profiles"][0]["rules"][0]["metricTrigger"]["dividePerInstance"] = False
+    back = autoscale_arm.setting_in(
+        "blue-scale", json_format.ParseDict(body, pb.AutoscaleSettingResource())
+    )
+    assert back.profiles[0].rules[0].divide_per_instance is False

@@ -44,6 +44,7 @@ class AutoscaleRule(_message.Message):
     VALUE_FIELD_NUMBER: _builtins.int
     PERCENT_FIELD_NUMBER: _builtins.int
     COOLDOWN_S_FIELD_NUMBER: _builtins.int
+    DIVIDE_PER_INSTANCE_FIELD_NUMBER: _builtins.int
     metric: _builtins.str
     """an Azure metric name (docs/metrics.md)"""
     metric_endpoint: _builtins.str
@@ -64,6 +65,10 @@ class AutoscaleRule(_message.Message):
     value: _builtins.int
     percent: _builtins.bool
     cooldown_s: _builtins.float
+    divide_per_instance: _builtins.bool
+    """Azure's dividePerInstance: each minute's value is divided by the target deployment's
+    instance count in that minute before the window is aggregated (requests per instance).
+    """
     def __init__(
         self,
         *,
@@ -80,10 +85,11 @@ class AutoscaleRule(_message.Message):
         value: _builtins.int = ...,
         percent: _builtins.bool = ...,
         cooldown_s: _builtins.float = ...,
+        divide_per_instance: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cooldown_s", b"cooldown_s", "metric", b"metric", "metric_deployment", b"metric_deployment", "metric_endpoint", b"metric_endpoint", "operator", b"operator", "percent", b"percent", "scale", b"scale", "threshold", b"threshold", "time_aggregation", b"time_aggregation", "time_grain_s", b"time_grain_s", "time_grain_statistic", b"time_grain_statistic", "value", b"value", "window_s", b"window_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cooldown_s", b"cooldown_s", "divide_per_instance", b"divide_per_instance", "metric", b"metric", "metric_deployment", b"metric_deployment", "metric_endpoint", b"metric_endpoint", "operator", b"operator", "percent", b"percent", "scale", b"scale", "threshold", b"threshold", "time_aggregation", b"time_aggregation", "time_grain_s", b"time_grain_s", "time_grain_statistic", b"time_grain_statistic", "value", b"value", "window_s", b"window_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -498,6 +504,7 @@ class MetricTrigger(_message.Message):
     TIME_AGGREGATION_FIELD_NUMBER: _builtins.int
     OPERATOR_FIELD_NUMBER: _builtins.int
     THRESHOLD_FIELD_NUMBER: _builtins.int
+    DIVIDE_PER_INSTANCE_FIELD_NUMBER: _builtins.int
     metric_name: _builtins.str
     """an Azure metric name (docs/metrics.md)"""
     metric_namespace: _builtins.str
@@ -514,6 +521,8 @@ class MetricTrigger(_message.Message):
     operator: _builtins.str
     """Equals, NotEquals, GreaterThan(OrEqual), LessThan(OrEqual)"""
     threshold: _builtins.float
+    divide_per_instance: _builtins.bool
+    """the metric per instance of the target (each minute's)"""
     def __init__(
         self,
         *,
@@ -526,10 +535,11 @@ class MetricTrigger(_message.Message):
         time_aggregation: _builtins.str = ...,
         operator: _builtins.str = ...,
         threshold: _builtins.float = ...,
+        divide_per_instance: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["metric_name", b"metric_name", "metric_namespace", b"metric_namespace", "metric_resource_uri", b"metric_resource_uri", "operator", b"operator", "statistic", b"statistic", "threshold", b"threshold", "time_aggregation", b"time_aggregation", "time_grain", b"time_grain", "time_window", b"time_window"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["divide_per_instance", b"divide_per_instance", "metric_name", b"metric_name", "metric_namespace", b"metric_namespace", "metric_resource_uri", b"metric_resource_uri", "operator", b"operator", "statistic", b"statistic", "threshold", b"threshold", "time_aggregation", b"time_aggregation", "time_grain", b"time_grain", "time_window", b"time_window"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

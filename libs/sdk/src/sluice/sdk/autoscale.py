@@ -53,8 +53,10 @@ def make_rule(
     cooldown_min: float | None = None,
     timegrain: str = "avg 1m",
     resource: str | None = None,
+    divide_per_instance: bool = False,
 ) -> Any:
-    """az's `rule create` flags -> an AutoscaleRule message."""
+    """az's `rule create` flags -> an AutoscaleRule message (`divide_per_instance`: Azure's
+    dividePerInstance, which az has no flag for: the YAML form's)."""
     try:
         parsed = parse_condition(condition)
         statistic, grain_s = parse_time_grain(timegrain)
@@ -83,6 +85,7 @@ def make_rule(
         value=value,
         percent=percent,
         cooldown_s=DEFAULT_COOLDOWN_S if cooldown_min is None else cooldown_min * 60,
+        divide_per_instance=divide_per_instance,
     )
 
 
@@ -123,7 +126,7 @@ def make_profile(
 
 SETTING_FIELDS = {"name", "resource", "enabled", "profiles"}
 PROFILE_FIELDS = {"name", "capacity", "rules", "timezone", "recurrence", "fixed_date"}
-RULE_FIELDS = {"condition", "scale", "cooldown", "timegrain", "resource"}
+RULE_FIELDS = {"condition", "scale", "cooldown", "timegrain", "resource", "divide_per_instance"}
 CAPACITY_FIELDS = {"minimum", "default", "maximum"}
 RECURRENCE_FIELDS = {"days", "start", "end"}
 FIXED_DATE_FIELDS = {"start", "end"}
@@ -258,6 +261,10 @@ def load_setting(path: Path) -> Any:
                     cooldown_min=None if cooldown is None else _minutes(cooldown),
                     timegrain=str(r.get("timegrain", "avg 1m")),
                     resource=None if r.get("resource") is None else str(r["resource"]),
+                    divide_per_instance=_enabled(
+                        r.get("divide_per_instance", False),
+                        f"{where}.rules[{j}].divide_per_instance",
+                    ),
                 )
             )
         setting.profiles.append(profile)

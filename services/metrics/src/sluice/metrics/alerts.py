@@ -91,20 +91,54 @@ def window_of(rule: Document, now: float, bucket_s: int) -> tuple[int, int]:
     return oldest - oldest % bucket_s, end
 
 
-def evaluate(docs: list[Document], rule: Document, now: float, bucket_s: int) -> float | None:
-    """The rule's aggregated value over its window of closed buckets at `now` (`window_of`;
-    None: no data to compare)."""
+def bucket_values(
+    docs: list[Document], rule: Document, now: float, bucket_s: int
+) -> dict[int, float]:
+    """Each closed bucket of the rule's window at `now` (`window_of`) that has a value of
+    its metric -> that value (bucket start, epoch seconds)."""
     series = query.steps(docs, step_s=bucket_s, total_only=not rule["deployment"])
     steps = series.get(rule["deployment"] or query.ENDPOINT_TOTAL, {})
     oldest, end = window_of(rule, now, bucket_s)
-    values = [
-        v
+    return {
+        start: v
         for start, step in steps.items()
         if oldest <= start < end and (v := step.values(bucket_s)[rule["metric"]]) is not None
-    ]
-    if rule["aggregation"] in ("total", "count") and not values:
+    }
+
+
+def aggregate(values: list[float], aggregation: str) -> float | None:
+    """The window's value (None: no data to compare; `total` and `count` of nothing: 0)."""
+    if aggregation in ("total", "count") and not values:
         return 0.0
-    return AGGREGATIONS[rule["aggregation"]](values) if values else None
+    return AGGREGATIONS[aggregation](values) if values else None
+
+
+def evaluate(docs: list[Document], rule: Document, now: float, bucket_s: int) -> float | None:
+    """The rule's aggregated value over its window of closed buckets at `now` (`window_of`;
+    None: no data to compare)."""
+    return aggregate(list(bucket_values(docs, rule, now, bucket_s).values()), rule["aggregation"])
+
+
+def evaluate_per_instance(
+    docs: list[Document],
+    instance_docs: list[Document],
+    rule: Document,
+    now: float,
+    bucket_s: int,
+) -> float | None:
+    """Azure's dividePerInstance: each bucket's value divided by the instance count
+    (DeploymentCapacity) in that bucket of the deployment `rule["per_instance_of"]`, whose
+    minute documents are `instance_docs`, then aggregated over the window. A bucket in
+    which no instance reported has no per-instance value (it is left out)."""
+    counts = bucket_values(
+        instance_docs,
+        {**rule, "deployment": rule["per_instance_of"], "metric": "DeploymentCapacity"},
+        now,
+        bucket_s,
+    )
+    values = bucket_values(docs, rule, now, bucket_s)
+    divided = [v / counts[start] for start, v in values.items() if counts.get(start)]
+    return aggregate(divided, rule["aggregation"])
 
 
 class AlertRules:

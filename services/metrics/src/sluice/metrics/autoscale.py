@@ -334,7 +334,8 @@ class Autoscaler:
         self, setting: AutoscaleSetting, rule: AutoscaleRule, now: datetime
     ) -> float | None:
         """The rule's metric over its window, from closed buckets only (a bucket still
-        filling would read as a drop in requests per minute)."""
+        filling would read as a drop in requests per minute); `divide_per_instance`: each
+        bucket's value divided by the target deployment's instances in that bucket."""
         endpoint = rule.metric_endpoint or setting.endpoint_name
         deployment = rule.metric_deployment if rule.metric_endpoint else setting.deployment_name
         spec = {
@@ -350,4 +351,17 @@ class Autoscaler:
             datetime.fromtimestamp(oldest, UTC),
             datetime.fromtimestamp(end, UTC),
         )
-        return alerts.evaluate(docs, spec, now.timestamp(), self._bucket_s)
+        if not rule.divide_per_instance:
+            return alerts.evaluate(docs, spec, now.timestamp(), self._bucket_s)
+        spec["per_instance_of"] = setting.deployment_name
+        instance_docs = docs
+        if (endpoint, deployment) != (setting.endpoint_name, setting.deployment_name):
+            instance_docs = await self._metrics.minutes(
+                setting.endpoint_name,
+                setting.deployment_name,
+                datetime.fromtimestamp(oldest, UTC),
+                datetime.fromtimestamp(end, UTC),
+            )
+        return alerts.evaluate_per_instance(
+            docs, instance_docs, spec, now.timestamp(), self._bucket_s
+        )

@@ -92,6 +92,7 @@ def _rule_out(rule: AutoscaleRule, setting: AutoscaleSetting) -> pb.ScaleRule:
             time_aggregation=AGGREGATIONS.get(rule.time_aggregation, rule.time_aggregation),
             operator=OPERATORS.get(rule.operator, rule.operator),
             threshold=rule.threshold,
+            divide_per_instance=rule.divide_per_instance,
         ),
         scale_action=pb.ScaleAction(
             direction=direction,
@@ -257,6 +258,7 @@ def _rule_in(rule: pb.ScaleRule, where: str, target: tuple[str, str]) -> Autosca
         value=_whole(action.value or "1", f"{where}.scaleAction.value"),
         percent=kind == "percentchangecount",
         cooldown_s=_duration_s(action.cooldown, f"{where}.scaleAction.cooldown", 300.0),
+        divide_per_instance=trigger.divide_per_instance,
     )
 
 

@@ -14,9 +14,10 @@ Azure Monitor's semantics (MicrosoftDocs "Understand autoscale settings"):
   **scale in only if all** in-rules fire (the smallest reduction wins).
 - **Cool-down per rule**: a rule acts only once its `cooldown_s` has passed since the
   setting's last scale action.
-- **No flapping**: before scaling in, per-instance metrics (CPU, memory) are projected
-  onto the smaller count (value x current / new); if an out-rule would fire on the
-  projection, the reduction shrinks until none would, or is skipped.
+- **No flapping**: before scaling in, per-instance metrics (CPU, memory, and any rule's
+  metric divided per instance) are projected onto the smaller count (value x current /
+  new); if an out-rule would fire on the projection, the reduction shrinks until none
+  would, or is skipped.
 - The result never leaves [min, max].
 
 `target_count` is the other rule kind, Kubernetes' HPA rule, which the provisioner's
@@ -32,7 +33,6 @@ from datetime import datetime
 
 from sluice.common.autoscale.condition import format_condition
 from sluice.common.autoscale.model import (
-    PER_INSTANCE_METRICS,
     AutoscaleProfile,
     AutoscaleRule,
     AutoscaleSetting,
@@ -68,7 +68,8 @@ def describe(rule: AutoscaleRule) -> str:
         rule.metric, rule.operator, rule.threshold, rule.time_aggregation, rule.window_s
     )
     amount = f"{rule.value}%" if rule.percent else str(rule.value)
-    return f"{condition} -> {rule.scale} {amount}"
+    each = " per instance" if rule.divide_per_instance else ""
+    return f"{condition}{each} -> {rule.scale} {amount}"
 
 
 def active_profile(setting: AutoscaleSetting, now: datetime) -> AutoscaleProfile:
@@ -108,7 +109,7 @@ def _would_flap(
     if new == 0:
         return False
     for rule, value in zip(profile.rules, values, strict=True):
-        if value is None or rule.metric not in PER_INSTANCE_METRICS:
+        if value is None or not rule.per_instance:
             continue
         if apply_action(rule, current) > current and fires(rule, value * current / new):
             return True

@@ -50,6 +50,10 @@ ENDPOINT_METRICS = (
 # Per-instance averages: after a scale-in the same load spreads over fewer instances, so
 # the engine projects them (value x current / new) before it scales in (no flapping).
 PER_INSTANCE_METRICS = ("CpuUtilizationPercentage", "CpuMemoryUtilizationPercentage")
+# Metrics a rule may divide per instance (Azure's dividePerInstance): the load the target's
+# instances share. CPU and memory are per instance already, a latency is not shared, and
+# DeploymentCapacity per instance is 1.
+DIVISIBLE_METRICS = ("RequestsPerMinute", "ConnectionsActive", "NetworkBytes")
 
 # Azure writes time zones with Windows' names; the common ones map to IANA names here
 # (an IANA name such as Europe/Berlin is accepted as well).
@@ -93,7 +97,8 @@ class _Model(BaseModel):
 
 class AutoscaleRule(_Model):
     """`scale` `value` (`percent`: of the current count) when `time_aggregation` of the
-    metric (each `time_grain_s` reduced by `time_grain_statistic`) over `window_s`
+    metric (each `time_grain_s` reduced by `time_grain_statistic`; `divide_per_instance`:
+    each grain's value divided by the target's instance count in it) over `window_s`
     compares true with `threshold`; then no action of this rule for `cooldown_s`."""
 
     metric: str
@@ -109,6 +114,12 @@ class AutoscaleRule(_Model):
     value: int = 1
     percent: bool = False
     cooldown_s: float = DEFAULT_COOLDOWN_S
+    divide_per_instance: bool = False  # Azure's dividePerInstance
+
+    @property
+    def per_instance(self) -> bool:
+        """Does its value spread over the instances (what a scale-in concentrates)?"""
+        return self.divide_per_instance or self.metric in PER_INSTANCE_METRICS
 
 
 class AutoscaleRecurrence(_Model):
@@ -201,6 +212,11 @@ def _validate_rule(profile: str, index: int, rule: AutoscaleRule, setting_scope:
         scope = "a deployment" if deployment_scope else "an endpoint"
         raise AutoscaleError(
             f"{where}: unknown metric {rule.metric!r} for {scope}: use one of {', '.join(allowed)}"
+        )
+    if rule.divide_per_instance and rule.metric not in DIVISIBLE_METRICS:
+        raise AutoscaleError(
+            f"{where}: {rule.metric} cannot be divided per instance (it is not a load the "
+            f"instances share): divide_per_instance takes {', '.join(DIVISIBLE_METRICS)}"
         )
     if rule.operator not in OPERATORS:
         raise AutoscaleError(

@@ -68,6 +68,7 @@ def rule_view(index: int, rule: Any) -> dict[str, Any]:
         "cooldown": f"{rule.cooldown_s / 60:g}m",
         "timegrain": f"{rule.time_grain_statistic} {rule.time_grain_s}s",
         "metricSource": source or "(target)",
+        "dividePerInstance": rule.divide_per_instance,
     }
 
 
