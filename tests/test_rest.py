@@ -518,7 +518,8 @@ def test_assets_in_azures_shape(
     status, versions = rest.call("GET", f"/models/{ordered}/versions")
     assert [v["name"] for v in versions["value"]] == ["2", "3", "1"], versions
 
-    # A GET's answer PUT back changes nothing; only description, tags, isArchived may change.
+    # A GET's answer PUT back changes nothing; only description, tags, stage, isArchived may
+    # change.
     again = rest.send("PUT", path, got)
     assert again.status_code == 200 and again.headers["etag"] == '"1"', again.text
     status, error = rest.call("PUT", path, {"properties": {**props, "modelType": "mlflow_model"}})
@@ -538,6 +539,13 @@ def test_assets_in_azures_shape(
     assert status == 400 and "description is 5000 characters" in error["message"], error
     kept = rest.send("GET", path)
     assert kept.headers["etag"] == '"2"' and kept.json()["properties"]["tags"] == {"b": "2"}
+    # stage is kept (as the CLI's YAML keeps it) and may change, as tags.
+    assert kept.json()["properties"]["stage"] == ""
+    staged = {"properties": {**props, "tags": {"b": "2"}, "stage": "Production"}}
+    promoted = rest.send("PUT", path, staged, headers={"If-Match": '"2"'})
+    assert promoted.status_code == 200 and promoted.headers["etag"] == '"3"', promoted.text
+    assert rest.call("GET", path)[1]["properties"]["stage"] == "Production"
+    props = {**props, "stage": "Production"}
 
     archived = {"properties": {**props, "tags": {"b": "2"}, "isArchived": True}}
     assert rest.call("PUT", path, archived)[1]["properties"]["isArchived"] is True
@@ -604,8 +612,18 @@ def test_assets_in_azures_shape(
         ),
         (
             f"/models/{bad}/versions/1",
-            {"properties": {"modelUri": uri, "stage": "Production"}},
-            "properties.stage",
+            {"properties": {"modelUri": uri, "jobName": "train-1"}},
+            "properties.jobName: Sluice keeps no jobName",
+        ),
+        (
+            f"/environments/{bad}/versions/1",
+            {"properties": {"image": "my/server", "inferenceConfig": {"scoringRoute": {}}}},
+            "properties.inferenceConfig: a custom container's routes are not honoured",
+        ),
+        (
+            f"/environments/{bad}/versions/1",
+            {"properties": {"image": "my/server", "osType": "Windows"}},
+            "only Linux is served",
         ),
         (f"/models/{bad}/versions/1", {"name": "2", "properties": {"modelUri": uri}}, "must match"),
         (f"/environments/{bad}/versions/1", {"properties": {}}, "needs `conda_file`"),

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 
+from sluice.sdk.cli import metrics_cmds
 from sluice.sdk.cli.metrics_cmds import live_table, row_of, sparkline
+from sluice.sdk.cli.output import OutputFormat
 from sluice.sdk.client import SluiceError
 from sluice.sdk.metrics import load_alert_rule, parse_duration
 from sluice.v1 import metrics_pb2
@@ -55,3 +58,68 @@ def test_live_table_shows_sparklines_per_deployment() -> None:
     assert "blue" in text and "▁▄█" in text and "80.0" in text
     assert row_of(reply.points[-1])["5xx"] == 2
     assert row_of(reply.points[-1])["connections"] == 3  # ConnectionsActive
+
+
+class FakeMetrics:
+    """The metrics service's answers for an endpoint with a managed and a kubernetes
+    deployment (the service names the latter: nothing records its usage or its hours)."""
+
+    def __init__(self) -> None:
+        self.reply = metrics_pb2.EndpointMetrics(
+            endpoint_name="shop", step_s=60, no_usage_deployments=["k8s"]
+        )
+        for deployment, instances in (("blue", 2), ("k8s", 0)):
+            point = self.reply.points.add(deployment_name=deployment, requests=60)
+            point.time.FromSeconds(1_700_000_040)
+            point.cpu_utilization_percent = 40.0 if instances else 0.0
+            point.instance_count = instances
+        self.report = metrics_pb2.CostReport(
+            currency="USD", total=0.586, no_usage_deployments=["shop/k8s"]
+        )
+        self.report.lines.add(
+            deployment_name="blue", instance_type="Standard_DS3_v2", instance_hours=2.0,
+            hourly_price=0.293, cost=0.586, kind="online",
+        )  # fmt: skip
+
+    def __enter__(self) -> FakeMetrics:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        return None
+
+    def endpoint_metrics(self, *_: object, **__: object) -> metrics_pb2.EndpointMetrics:
+        return self.reply
+
+    def costs(self, *_: object, **__: object) -> metrics_pb2.CostReport:
+        return self.report
+
+
+def test_kubernetes_deployments_say_no_usage_data_instead_of_zeros(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake = FakeMetrics()
+    monkeypatch.setattr(metrics_cmds, "metrics_client", lambda: fake)
+    metrics_cmds.metrics(
+        name="shop", deployment="", since="15m", step="1m", watch=False, output=OutputFormat.json
+    )
+    out, err = capsys.readouterr()
+    blue, k8s = json.loads(out)
+    assert (blue["cpu_%"], blue["instances"]) == (40.0, 2)
+    assert (k8s["requests"], k8s["cpu_%"], k8s["memory_%"], k8s["instances"]) == (
+        60, None, None, None
+    )  # fmt: skip
+    assert "no usage data for kubernetes deployments (CPU, memory, instances): k8s" in err
+
+    metrics_cmds.show_costs(name="shop", since="24h", output=OutputFormat.json)
+    out, err = capsys.readouterr()
+    data = json.loads(out)
+    assert [d["deployment"] for d in data["deployments"]] == ["blue"]
+    assert data["no_usage_data"] == ["k8s"]
+    assert "no usage data for kubernetes deployments (not costed): k8s" in err
+    metrics_cmds.show_costs(name="shop", since="24h", output=OutputFormat.table)
+    assert "no usage data for kubernetes deployments" in capsys.readouterr().err
+
+    console = Console(record=True, width=160)
+    console.print(metrics_cmds.live_table(fake.reply, 60))
+    text = console.export_text()
+    assert "no usage data for kubernetes deployments (instances): k8s" in text

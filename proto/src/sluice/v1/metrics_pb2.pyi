@@ -212,6 +212,7 @@ class EndpointMetrics(_message.Message):
     POINTS_FIELD_NUMBER: _builtins.int
     STEP_S_FIELD_NUMBER: _builtins.int
     LATENCY_RELATIVE_ACCURACY_FIELD_NUMBER: _builtins.int
+    NO_USAGE_DEPLOYMENTS_FIELD_NUMBER: _builtins.int
     endpoint_name: _builtins.str
     step_s: _builtins.int
     latency_relative_accuracy: _builtins.float
@@ -220,6 +221,12 @@ class EndpointMetrics(_message.Message):
     def points(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricPoint]:
         """by deployment, then time; steps with no data are absent"""
 
+    @_builtins.property
+    def no_usage_deployments(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The asked deployments on the kubernetes compute: no usage data (CPU, memory, instance
+        count) is recorded for them, so their points' 0s there mean "not measured" (docs/metrics.md).
+        """
+
     def __init__(
         self,
         *,
@@ -227,10 +234,11 @@ class EndpointMetrics(_message.Message):
         points: _abc.Iterable[Global___MetricPoint] | None = ...,
         step_s: _builtins.int = ...,
         latency_relative_accuracy: _builtins.float = ...,
+        no_usage_deployments: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint_name", b"endpoint_name", "latency_relative_accuracy", b"latency_relative_accuracy", "points", b"points", "step_s", b"step_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint_name", b"endpoint_name", "latency_relative_accuracy", b"latency_relative_accuracy", "no_usage_deployments", b"no_usage_deployments", "points", b"points", "step_s", b"step_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -314,12 +322,19 @@ class CostReport(_message.Message):
     CURRENCY_FIELD_NUMBER: _builtins.int
     LINES_FIELD_NUMBER: _builtins.int
     TOTAL_FIELD_NUMBER: _builtins.int
+    NO_USAGE_DEPLOYMENTS_FIELD_NUMBER: _builtins.int
     currency: _builtins.str
     total: _builtins.float
     @_builtins.property
     def window(self) -> _common_pb2.TimeWindow: ...
     @_builtins.property
     def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___CostLine]: ...
+    @_builtins.property
+    def no_usage_deployments(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The asked deployments ("<endpoint>/<deployment>") on the kubernetes compute: no
+        instance-hours are recorded for them, so they have no lines (docs/metrics.md).
+        """
+
     def __init__(
         self,
         *,
@@ -327,10 +342,11 @@ class CostReport(_message.Message):
         currency: _builtins.str = ...,
         lines: _abc.Iterable[Global___CostLine] | None = ...,
         total: _builtins.float = ...,
+        no_usage_deployments: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["window", b"window"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["currency", b"currency", "lines", b"lines", "total", b"total", "window", b"window"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["currency", b"currency", "lines", b"lines", "no_usage_deployments", b"no_usage_deployments", "total", b"total", "window", b"window"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

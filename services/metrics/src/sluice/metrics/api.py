@@ -13,7 +13,12 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from sluice.common.mongo import Document
-from sluice.common.resources import ONLINE_DEPLOYMENTS, ONLINE_ENDPOINTS, deployment_id
+from sluice.common.resources import (
+    ONLINE_DEPLOYMENTS,
+    ONLINE_ENDPOINTS,
+    ComputeKind,
+    deployment_id,
+)
 from sluice.metrics import alerts, azure_monitor, cost_query, costs, query, sketch
 from sluice.metrics.cache import PointCache
 from sluice.metrics.store import MetricsStore
@@ -126,6 +131,12 @@ class MetricsQueries:
                 for line in lines
             ],
             total=sum(line.cost for line in lines),
+            no_usage_deployments=[
+                f"{endpoint}/{deployment}"
+                for endpoint, deployment in await self.unmeasured(
+                    request.endpoint_name, request.deployment_name
+                )
+            ],
         )
         report.window.start.FromDatetime(start)
         report.window.end.FromDatetime(end)
@@ -141,6 +152,18 @@ class MetricsQueries:
             request.window.end.FromDatetime(end)
             reports.append((start, await self.cost_report(request)))
         return cost_query.result(plan, reports, self._currency)
+
+    async def unmeasured(self, endpoint: str, deployment: str) -> list[tuple[str, str]]:
+        """(endpoint, deployment) of the asked deployments (all of them for empty names) on
+        the kubernetes compute: nothing records their instances (instance-hours) or usage
+        samples (CPU, memory, instance count), only their requests (docs/metrics.md)."""
+        query_: dict[str, Any] = {"spec.kind": ComputeKind.kubernetes.value}
+        if endpoint:
+            query_["spec.endpoint_name"] = endpoint
+        if deployment:
+            query_["spec.name"] = deployment
+        found = self._db[ONLINE_DEPLOYMENTS].find(query_, {"spec.endpoint_name": 1, "spec.name": 1})
+        return sorted([(d["spec"]["endpoint_name"], d["spec"]["name"]) async for d in found])
 
     async def check_scope(
         self, endpoint: str, deployment: str, *, for_costs: bool = False, metrics: bool = True
@@ -258,6 +281,7 @@ class MetricsQueries:
             points=points,
             step_s=step_s,
             latency_relative_accuracy=sketch.RELATIVE_ACCURACY,
+            no_usage_deployments=[d for _, d in await self.unmeasured(endpoint, deployment)],
         )
 
     async def azure_metrics(self, request: Any) -> Any:

@@ -13,7 +13,7 @@ from rich.live import Live
 from rich.table import Table
 
 from sluice.sdk.cli.errors import CliError
-from sluice.sdk.cli.output import OutputFormat, OutputOption, console, render
+from sluice.sdk.cli.output import OutputFormat, OutputOption, console, err_console, render
 from sluice.sdk.metrics import MetricsClient, parse_duration
 
 BARS = "▁▂▃▄▅▆▇█"
@@ -42,8 +42,19 @@ def metrics_client() -> Iterator[MetricsClient]:
         yield client
 
 
-def row_of(point: Any) -> dict[str, Any]:
+NO_USAGE = "no usage data for kubernetes deployments"
+
+
+def no_usage_note(deployments: Sequence[str], what: str) -> str:
+    """The line said instead of zeros for deployments nothing measures (docs/metrics.md)."""
+    return f"{NO_USAGE} ({what}): {', '.join(deployments)}"
+
+
+def row_of(point: Any, unmeasured: Sequence[str] = ()) -> dict[str, Any]:
+    """One point as a row; a deployment in `unmeasured` (kubernetes: no usage samples) has
+    no CPU, memory or instance count (empty, null in JSON), not 0."""
     classes = dict(point.responses_by_status_class)
+    measured = point.deployment_name not in unmeasured
     return {
         "time": point.time.ToDatetime(UTC).strftime("%Y-%m-%d %H:%M"),
         "deployment": point.deployment_name or "(endpoint)",
@@ -62,9 +73,9 @@ def row_of(point: Any) -> dict[str, Any]:
         "mirrored": point.mirrored_requests,
         "bytes_in": point.bytes_in,
         "bytes_out": point.bytes_out,
-        "cpu_%": round(point.cpu_utilization_percent, 1),
-        "memory_%": round(point.memory_utilization_percent, 1),
-        "instances": point.instance_count,
+        "cpu_%": round(point.cpu_utilization_percent, 1) if measured else None,
+        "memory_%": round(point.memory_utilization_percent, 1) if measured else None,
+        "instances": point.instance_count if measured else None,
         "connections": point.active_connections,
     }
 
@@ -94,8 +105,10 @@ def live_table(reply: Any, step_s: int) -> Table:
             sparkline([p.latency_p99_ms for p in points]),
             f"{last.latency_p99_ms:.1f}",
             str(classes.get("4xx", 0) + classes.get("5xx", 0)),
-            str(last.instance_count),
+            "-" if name in reply.no_usage_deployments else str(last.instance_count),
         )
+    if reply.no_usage_deployments:
+        table.caption = no_usage_note(reply.no_usage_deployments, "instances")
     return table
 
 
@@ -124,11 +137,14 @@ def metrics(
                         live.update(live_table(reply, step_s), refresh=True)
                 except KeyboardInterrupt:
                     return
-    rows = [row_of(p) for p in reply.points]
+    unmeasured = list(reply.no_usage_deployments)
+    rows = [row_of(p, unmeasured) for p in reply.points]
     if output is OutputFormat.table:
         render(rows, output, columns=COLUMNS, title=f"Metrics of {name} ({step} steps)")
     else:
         render(rows, output)
+    if unmeasured:
+        err_console.print(no_usage_note(unmeasured, "CPU, memory, instances"), highlight=False)
 
 
 def show_costs(
@@ -151,19 +167,24 @@ def show_costs(
         }
         for line in report.lines
     ]
-    data = {
+    unmeasured = [d.partition("/")[2] for d in report.no_usage_deployments]
+    data: dict[str, Any] = {
         "endpoint": name,
         "since": since,
         "currency": report.currency,
         "total": round(report.total, 4),
         "deployments": lines,
     }
+    if unmeasured:  # not costed: no instance-hours are recorded for them (not a cost of 0)
+        data["no_usage_data"] = unmeasured
     if output is not OutputFormat.table:
         render(data, output)
-        return
-    render(
-        lines,
-        output,
-        columns=["deployment", "instance_type", "instance_hours", "hourly_price", "cost"],
-        title=f"Costs of {name} over {since}: {report.total:.4f} {report.currency}",
-    )
+    else:
+        render(
+            lines,
+            output,
+            columns=["deployment", "instance_type", "instance_hours", "hourly_price", "cost"],
+            title=f"Costs of {name} over {since}: {report.total:.4f} {report.currency}",
+        )
+    if unmeasured:
+        err_console.print(no_usage_note(unmeasured, "not costed"), highlight=False)
