@@ -191,6 +191,19 @@ def test_endpoint_and_deployment_crud(
     )
     assert status == 200 and ep["properties"]["traffic"] == {"blue": 100}
     assert rest.call("DELETE", f"/onlineEndpoints/{name}/deployments/green")[0] == 200
+    # `{}` names an empty split: no live traffic (as Azure's PUT, which azure-ai-ml sends
+    # whenever its endpoint object has no traffic); a body without `traffic` keeps it.
+    none = {"properties": {"authMode": "Key", "traffic": {}}}
+    status, ep = rest.call("PUT", f"/onlineEndpoints/{name}", none)
+    assert status == 200 and ep["properties"]["traffic"] == {}, ep
+    status, _ = rest.call("POST", f"/onlineEndpoints/{name}/setTraffic", {"traffic": {"blue": 100}})
+    assert status == 200
+    status, ep = rest.call("PUT", f"/onlineEndpoints/{name}", {"properties": {"authMode": "Key"}})
+    assert status == 200 and ep["properties"]["traffic"] == {"blue": 100}, ep
+    status, error = rest.call(
+        "PUT", f"/onlineEndpoints/{name}", {"properties": {"traffic": {"blue": 99.5}}}
+    )
+    assert status == 400 and "traffic.blue must be a whole percent" in error["message"], error
 
     status, logs = rest.call(
         "POST", f"/onlineEndpoints/{name}/deployments/blue/getLogs", {"tail": 20}

@@ -126,6 +126,25 @@ def test_metric_rules_become_hpa_metrics_and_behavior() -> None:
     }
 
 
+def test_requests_per_instance_is_an_average_value_per_pod() -> None:
+    """Azure's dividePerInstance: the HPA's AverageValue target divides by the pods."""
+    per_pod = AutoscaleRule(metric="RequestsPerMinute", threshold=300, divide_per_instance=True)
+    s = setting()
+    s.profiles[0].rules = [per_pod]
+    objects = render(doc(), ClusterSettings(), "fake-gateway-secret", (s, s.profiles[0]))
+    for obj in objects:
+        valid(obj)
+    hpa = next(o for o in objects if o["kind"] == "HorizontalPodAutoscaler")
+    (requests,) = hpa["spec"]["metrics"]
+    assert requests["external"] == {
+        "metric": {
+            "name": "azureml_requests_per_minute",
+            "selector": {"matchLabels": {"endpoint": "K8s_Endpoint", "deployment": "blue"}},
+        },
+        "target": {"type": "AverageValue", "averageValue": "300"},
+    }
+
+
 def test_every_metric_a_rule_can_watch_has_an_hpa_metric() -> None:
     watchable = set(DEPLOYMENT_METRICS) | set(ENDPOINT_METRICS)
     assert watchable <= RESOURCE_METRICS.keys() | EXTERNAL_METRICS.keys()

@@ -59,8 +59,40 @@ def test_online_endpoint_in_azures_shape_and_back() -> None:
     assert props["authMode"] == "AMLToken" and props["provisioningState"] == "Creating"
     assert props["scoringUri"] == "https://localhost:8443/endpoints/ep1/score"
     assert props["appliedEtag"] == "2"
+    # The answer always names the split, so a GET's answer PUT back sets the same one.
+    assert props["traffic"] == {} and props["mirrorTraffic"] == {}
     back, traffic, mirror = arm.online_endpoint_spec("ep1", arm.online_endpoint(doc, BASE))
-    assert back == spec and traffic is None and mirror is None
+    assert back == spec and traffic == {} and mirror == {}
+
+
+def _endpoint_put(body: dict[str, object]) -> ws.OnlineEndpointTrackedResource:
+    return json_format.ParseDict(body, ws.OnlineEndpointTrackedResource())
+
+
+def test_a_put_that_names_an_empty_split_sets_it_and_one_without_keeps_it() -> None:
+    """`"traffic": {}` is an empty split (no live traffic), as Azure's PUT (azure-ai-ml sends
+    it whenever the endpoint object has no traffic); a body without it keeps the split."""
+    _, traffic, mirror = arm.online_endpoint_spec(
+        "ep1", _endpoint_put({"properties": {"traffic": {}, "mirrorTraffic": {}}})
+    )
+    assert traffic == {} and mirror == {}
+    _, traffic, mirror = arm.online_endpoint_spec("ep1", _endpoint_put({"properties": {}}))
+    assert traffic is None and mirror is None
+    _, traffic, mirror = arm.online_endpoint_spec(
+        "ep1", _endpoint_put({"properties": {"traffic": {"blue": 90, "green": "10"}}})
+    )
+    assert traffic == {"blue": 90, "green": 10} and mirror is None
+    # Answers print whole numbers (Envoy prints a Struct's 90.0 as 90).
+    spec = OnlineEndpointSpec(name="ep1", traffic={"blue": 90, "green": 10})
+    out = arm.online_endpoint(OnlineEndpointDoc(spec=spec, meta=Meta()), BASE)
+    assert dict(out.properties.traffic) == {"blue": 90, "green": 10}
+
+
+@pytest.mark.parametrize("share", [50.5, "half", None, True, [50], {"a": 1}])
+def test_a_share_that_is_not_a_whole_percent_is_refused(share: object) -> None:
+    body = {"properties": {"mirrorTraffic": {"blue": share}}}
+    with pytest.raises(InvalidArgument, match=r"mirrorTraffic\.blue must be a whole percent"):
+        arm.online_endpoint_spec("ep1", _endpoint_put(body))
 
 
 def test_online_deployment_round_trips() -> None:

@@ -433,46 +433,6 @@ class OnlineEndpointProperties(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
-    class TrafficEntry(_message.Message):
-        DESCRIPTOR: _descriptor.Descriptor
-
-        KEY_FIELD_NUMBER: _builtins.int
-        VALUE_FIELD_NUMBER: _builtins.int
-        key: _builtins.str
-        value: _builtins.int
-        def __init__(
-            self,
-            *,
-            key: _builtins.str = ...,
-            value: _builtins.int = ...,
-        ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
-        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-        def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-    @_typing.final
-    class MirrorTrafficEntry(_message.Message):
-        DESCRIPTOR: _descriptor.Descriptor
-
-        KEY_FIELD_NUMBER: _builtins.int
-        VALUE_FIELD_NUMBER: _builtins.int
-        key: _builtins.str
-        value: _builtins.int
-        def __init__(
-            self,
-            *,
-            key: _builtins.str = ...,
-            value: _builtins.int = ...,
-        ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
-        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-        def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-    @_typing.final
     class PropertiesEntry(_message.Message):
         DESCRIPTOR: _descriptor.Descriptor
 
@@ -520,13 +480,19 @@ class OnlineEndpointProperties(_message.Message):
     etag once a change is live, "" before it is served.
     """
     @_builtins.property
-    def traffic(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
-        """Percent of live traffic per deployment. A PUT that names it replaces the whole split
-        (deployments it leaves out get 0); a PUT without it keeps the current traffic.
+    def traffic(self) -> _struct_pb2.Struct:
+        """Percent of live traffic per deployment ({"blue": 90, "green": 10}: whole numbers). A PUT
+        that names it replaces the whole split: deployments it leaves out get 0, and `{}` sends
+        no live traffic anywhere (as Azure's PUT, which azure-ai-ml sends with `{}` when the
+        endpoint object has no traffic). A PUT without it (or with null) keeps the current
+        split. A Struct rather than a map<string, int32> so that `{}` and "not named" differ
+        (a proto3 map has no presence); always set in answers.
         """
 
     @_builtins.property
-    def mirror_traffic(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
+    def mirror_traffic(self) -> _struct_pb2.Struct:
+        """the same, for mirrored traffic"""
+
     @_builtins.property
     def properties(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     def __init__(
@@ -535,8 +501,8 @@ class OnlineEndpointProperties(_message.Message):
         auth_mode: Global___EndpointAuthMode.Value.ValueType = ...,
         description: _builtins.str = ...,
         compute: _builtins.str = ...,
-        traffic: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
-        mirror_traffic: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        traffic: _struct_pb2.Struct | None = ...,
+        mirror_traffic: _struct_pb2.Struct | None = ...,
         properties: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         provisioning_state: Global___EndpointProvisioningState.Value.ValueType = ...,
         scoring_uri: _builtins.str = ...,
@@ -544,7 +510,7 @@ class OnlineEndpointProperties(_message.Message):
         public_network_access: _builtins.str = ...,
         applied_etag: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["mirror_traffic", b"mirror_traffic", "traffic", b"traffic"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
     _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_etag", b"applied_etag", "auth_mode", b"auth_mode", "compute", b"compute", "description", b"description", "mirror_traffic", b"mirror_traffic", "properties", b"properties", "provisioning_state", b"provisioning_state", "public_network_access", b"public_network_access", "scoring_uri", b"scoring_uri", "swagger_uri", b"swagger_uri", "traffic", b"traffic"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...

@@ -8,8 +8,9 @@ that the profile change causes). The mapping, and where it differs from Azure's 
 docs/autoscale.md ("Kubernetes") has the mapping table: profile min/max ->
 min/maxReplicas; out-rules on CPU/memory -> `Resource` utilization targets, on other
 metrics -> `External` metrics (the metrics service's Prometheus families) with `Value`
-targets; steps and cool-downs -> `behavior` policies; "out if any, in only if all" is
-the HPA's own rule (the largest recommendation wins).
+targets (`AverageValue`, the value per pod, for a rule divided per instance); steps
+and cool-downs -> `behavior` policies; "out if any, in only if all" is the HPA's own
+rule (the largest recommendation wins).
 
 Differences: the HPA is proportional (desired = ceil(current x value / target)) where
 Azure steps by a fixed amount; in-rules contribute their step, cool-down and window, not
@@ -53,6 +54,14 @@ def _metric(setting: AutoscaleSetting, rule: AutoscaleRule) -> dict[str, Any]:
         }
     endpoint = rule.metric_endpoint or setting.endpoint_name
     deployment = rule.metric_deployment if rule.metric_endpoint else setting.deployment_name
+    # Divided per instance (Azure's dividePerInstance): the HPA's AverageValue target is
+    # the metric divided by the number of pods.
+    threshold = f"{rule.threshold:g}"
+    target = (
+        {"type": "AverageValue", "averageValue": threshold}
+        if rule.divide_per_instance
+        else {"type": "Value", "value": threshold}
+    )
     return {
         "type": "External",
         "external": {
@@ -62,7 +71,7 @@ def _metric(setting: AutoscaleSetting, rule: AutoscaleRule) -> dict[str, Any]:
                     "matchLabels": {"endpoint": endpoint, "deployment": deployment or "_total"}
                 },
             },
-            "target": {"type": "Value", "value": f"{rule.threshold:g}"},
+            "target": target,
         },
     }
 

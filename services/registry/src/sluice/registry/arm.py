@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-from google.protobuf import struct_pb2
+from google.protobuf import json_format, struct_pb2
 from google.protobuf.message import Message
 from pydantic import BaseModel, ValidationError
 
@@ -225,6 +225,35 @@ def patch_tags(tags: struct_pb2.Struct) -> dict[str, str]:
     return out
 
 
+def _shares_out(shares: Mapping[str, int]) -> struct_pb2.Struct:
+    """A traffic split as its Struct, always set (`{}` when empty), so a GET's answer PUT
+    back names the same split."""
+    out = struct_pb2.Struct()
+    out.update(shares)
+    return out
+
+
+def _shares_in(props: Message, field: str, json_name: str) -> dict[str, int] | None:
+    """A PUT's traffic (or mirror traffic) split, None when the body does not name it:
+    `{}` names an empty split (no traffic anywhere), which a proto3 map could not tell
+    from an absent one. Shares are whole percents."""
+    if not props.HasField(field):
+        return None
+    shares: dict[str, int] = {}
+    for name, value in getattr(props, field).fields.items():
+        kind = value.WhichOneof("kind")
+        number = value.number_value if kind == "number_value" else None
+        if kind == "string_value" and value.string_value.strip().isdigit():
+            number = float(value.string_value)  # proto JSON's quoted integers, as the map took
+        if number is None or not number.is_integer():
+            raise InvalidArgument(
+                f"{json_name}.{name} must be a whole percent (0 to 100), got "
+                f"{json_format.MessageToJson(value, indent=None)}"
+            )
+        shares[name] = int(number)
+    return shares
+
+
 def _set(message: Message, field: str) -> bool:
     return message.HasField(field)
 
@@ -248,8 +277,8 @@ def online_endpoint(
             auth_mode=_auth_out(spec.auth_mode),
             description=spec.description,
             compute=spec.compute,
-            traffic=spec.traffic,
-            mirror_traffic=spec.mirror_traffic,
+            traffic=_shares_out(spec.traffic),
+            mirror_traffic=_shares_out(spec.mirror_traffic),
             provisioning_state=_endpoint_state(doc.meta.provisioning_state),
             scoring_uri=f"{base}/score",
             swagger_uri=f"{base}/swagger.json",
@@ -270,6 +299,8 @@ def online_endpoint_spec(
     kind = resource.kind.lower()
     if kind not in ("", "managed", "kubernetes"):
         raise InvalidArgument(f"kind {resource.kind!r} is not Managed or Kubernetes")
+    traffic = _shares_in(props, "traffic", "traffic")
+    mirror = _shares_in(props, "mirror_traffic", "mirrorTraffic")
     spec = build_spec(
         OnlineEndpointSpec,
         {
@@ -279,12 +310,12 @@ def online_endpoint_spec(
             "auth_mode": _auth_in(props.auth_mode, AuthMode.key),
             "kind": ComputeKind.kubernetes if kind == "kubernetes" else ComputeKind.managed,
             "compute": props.compute,
-            "traffic": dict(props.traffic),
-            "mirror_traffic": dict(props.mirror_traffic),
+            "traffic": traffic or {},
+            "mirror_traffic": mirror or {},
         },
         f"online endpoint {name!r}",
     )
-    return spec, dict(props.traffic) or None, dict(props.mirror_traffic) or None
+    return spec, traffic, mirror
 
 
 # ---- online deployments -----------------------------------------------------------------
