@@ -197,10 +197,24 @@ def test_lists_are_paged_below_grpc_message_limit(cli: Cli, client: RegistryClie
 def test_cli_model_environment_and_data(cli: Cli, tmp_path: Path) -> None:
     (cli.cwd / "model.yml").write_text(
         "$schema: https://azuremlschemas.azureedge.net/latest/model.schema.json\n"
-        "name: my-model\nversion: 1\npath: model-1/model\ntype: custom_model\n"
+        "name: my-model\nversion: 1\npath: model-1/model\ntype: custom_model\nstage: Production\n"
     )
     shown = cli.json("model", "create", "-f", "model.yml")
     assert shown["version"] == "1" and shown["type"] == "custom_model"
+    assert shown["stage"] == "Production"  # kept, as REST keeps properties.stage
+    cli.json("model", "create", "-n", "my-model", "-v", "2", "-p", "model-1/model")
+    assert cli.json("model", "show", "-n", "my-model", "-v", "2")["stage"] == "Development"
+    staged = cli.json("model", "list", "-n", "my-model", "--stage", "production")
+    assert [m["version"] for m in staged] == ["1"]  # type: ignore[index, union-attr]
+    (cli.cwd / "server.yml").write_text(
+        "name: my-server\nimage: my/server\ninference_config:\n  scoring_route: {port: 5001}\n"
+    )
+    refused = cli.error("environment", "create", "-f", "server.yml")
+    assert "inference_config: a custom container's routes are not honoured" in refused
+    (cli.cwd / "windows.yml").write_text("name: my-server\nimage: my/server\nos_type: windows\n")
+    refused = cli.error("environment", "create", "-f", "windows.yml")
+    assert "os_type 'windows': only Linux is served" in refused
+    assert cli.json("environment", "list", "--include-archived") == []
     assert str(shown["id"]).startswith("azureml:/subscriptions/")
     assert str(shown["id"]).endswith("/models/my-model/versions/1")
     result = cli.run("model", "download", "-n", "my-model", "-v", "1", "-p", str(tmp_path))

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from sluice.v1 import common_pb2 as sluice_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16sluice/v1/assets.proto\x12\tsluice.v1\x1a\x16sluice/v1/common.proto\"\xb1\x02\n\tAssetSpec\x12\x12\n\nasset_kind\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12,\n\x04tags\x18\x05 \x03(\x0b\x32\x1e.sluice.v1.AssetSpec.TagsEntry\x12\x0c\n\x04type\x18\x06 \x01(\t\x12(\n\x08\x61rtifact\x18\x07 \x01(\x0b\x32\x16.sluice.v1.ArtifactRef\x12\x0c\n\x04path\x18\x08 \x01(\t\x12\x12\n\nconda_file\x18\t \x01(\t\x12\r\n\x05image\x18\n \x01(\t\x12\x18\n\x10pip_requirements\x18\x0b \x03(\t\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"u\n\x05\x41sset\x12\"\n\x04spec\x18\x01 \x01(\x0b\x32\x14.sluice.v1.AssetSpec\x12%\n\x04meta\x18\x02 \x01(\x0b\x32\x17.sluice.v1.ResourceMeta\x12\x10\n\x08\x61rchived\x18\x03 \x01(\x08\x12\x0f\n\x07used_by\x18\x04 \x03(\t\"8\n\x12\x43reateAssetRequest\x12\"\n\x04spec\x18\x01 \x01(\x0b\x32\x14.sluice.v1.AssetSpec\"2\n\x0fGetAssetRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\treference\x18\x02 \x01(\t\"o\n\x11ListAssetsRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x18\n\x10include_archived\x18\x03 \x01(\x08\x12$\n\x04page\x18\x04 \x01(\x0b\x32\x16.sluice.v1.PageRequest\"]\n\x12ListAssetsResponse\x12 \n\x06\x61ssets\x18\x01 \x03(\x0b\x32\x10.sluice.v1.Asset\x12%\n\x04page\x18\x02 \x01(\x0b\x32\x17.sluice.v1.PageResponse\"B\n\x13\x41rchiveAssetRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t2\xd1\x02\n\x06\x41ssets\x12>\n\x0b\x43reateAsset\x12\x1d.sluice.v1.CreateAssetRequest\x1a\x10.sluice.v1.Asset\x12\x38\n\x08GetAsset\x12\x1a.sluice.v1.GetAssetRequest\x1a\x10.sluice.v1.Asset\x12I\n\nListAssets\x12\x1c.sluice.v1.ListAssetsRequest\x1a\x1d.sluice.v1.ListAssetsResponse\x12@\n\x0c\x41rchiveAsset\x12\x1e.sluice.v1.ArchiveAssetRequest\x1a\x10.sluice.v1.Asset\x12@\n\x0cRestoreAsset\x12\x1e.sluice.v1.ArchiveAssetRequest\x1a\x10.sluice.v1.Assetb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16sluice/v1/assets.proto\x12\tsluice.v1\x1a\x16sluice/v1/common.proto\"\xc0\x02\n\tAssetSpec\x12\x12\n\nasset_kind\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12,\n\x04tags\x18\x05 \x03(\x0b\x32\x1e.sluice.v1.AssetSpec.TagsEntry\x12\x0c\n\x04type\x18\x06 \x01(\t\x12(\n\x08\x61rtifact\x18\x07 \x01(\x0b\x32\x16.sluice.v1.ArtifactRef\x12\x0c\n\x04path\x18\x08 \x01(\t\x12\x12\n\nconda_file\x18\t \x01(\t\x12\r\n\x05image\x18\n \x01(\t\x12\x18\n\x10pip_requirements\x18\x0b \x03(\t\x12\r\n\x05stage\x18\x0c \x01(\t\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"u\n\x05\x41sset\x12\"\n\x04spec\x18\x01 \x01(\x0b\x32\x14.sluice.v1.AssetSpec\x12%\n\x04meta\x18\x02 \x01(\x0b\x32\x17.sluice.v1.ResourceMeta\x12\x10\n\x08\x61rchived\x18\x03 \x01(\x08\x12\x0f\n\x07used_by\x18\x04 \x03(\t\"8\n\x12\x43reateAssetRequest\x12\"\n\x04spec\x18\x01 \x01(\x0b\x32\x14.sluice.v1.AssetSpec\"2\n\x0fGetAssetRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\treference\x18\x02 \x01(\t\"o\n\x11ListAssetsRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x18\n\x10include_archived\x18\x03 \x01(\x08\x12$\n\x04page\x18\x04 \x01(\x0b\x32\x16.sluice.v1.PageRequest\"]\n\x12ListAssetsResponse\x12 \n\x06\x61ssets\x18\x01 \x03(\x0b\x32\x10.sluice.v1.Asset\x12%\n\x04page\x18\x02 \x01(\x0b\x32\x17.sluice.v1.PageResponse\"B\n\x13\x41rchiveAssetRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t2\xd1\x02\n\x06\x41ssets\x12>\n\x0b\x43reateAsset\x12\x1d.sluice.v1.CreateAssetRequest\x1a\x10.sluice.v1.Asset\x12\x38\n\x08GetAsset\x12\x1a.sluice.v1.GetAssetRequest\x1a\x10.sluice.v1.Asset\x12I\n\nListAssets\x12\x1c.sluice.v1.ListAssetsRequest\x1a\x1d.sluice.v1.ListAssetsResponse\x12@\n\x0c\x41rchiveAsset\x12\x1e.sluice.v1.ArchiveAssetRequest\x1a\x10.sluice.v1.Asset\x12@\n\x0cRestoreAsset\x12\x1e.sluice.v1.ArchiveAssetRequest\x1a\x10.sluice.v1.Assetb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,21 +35,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ASSETSPEC_TAGSENTRY']._loaded_options = None
   _globals['_ASSETSPEC_TAGSENTRY']._serialized_options = b'8\001'
   _globals['_ASSETSPEC']._serialized_start=62
-  _globals['_ASSETSPEC']._serialized_end=367
-  _globals['_ASSETSPEC_TAGSENTRY']._serialized_start=324
-  _globals['_ASSETSPEC_TAGSENTRY']._serialized_end=367
-  _globals['_ASSET']._serialized_start=369
-  _globals['_ASSET']._serialized_end=486
-  _globals['_CREATEASSETREQUEST']._serialized_start=488
-  _globals['_CREATEASSETREQUEST']._serialized_end=544
-  _globals['_GETASSETREQUEST']._serialized_start=546
-  _globals['_GETASSETREQUEST']._serialized_end=596
-  _globals['_LISTASSETSREQUEST']._serialized_start=598
-  _globals['_LISTASSETSREQUEST']._serialized_end=709
-  _globals['_LISTASSETSRESPONSE']._serialized_start=711
-  _globals['_LISTASSETSRESPONSE']._serialized_end=804
-  _globals['_ARCHIVEASSETREQUEST']._serialized_start=806
-  _globals['_ARCHIVEASSETREQUEST']._serialized_end=872
-  _globals['_ASSETS']._serialized_start=875
-  _globals['_ASSETS']._serialized_end=1212
+  _globals['_ASSETSPEC']._serialized_end=382
+  _globals['_ASSETSPEC_TAGSENTRY']._serialized_start=339
+  _globals['_ASSETSPEC_TAGSENTRY']._serialized_end=382
+  _globals['_ASSET']._serialized_start=384
+  _globals['_ASSET']._serialized_end=501
+  _globals['_CREATEASSETREQUEST']._serialized_start=503
+  _globals['_CREATEASSETREQUEST']._serialized_end=559
+  _globals['_GETASSETREQUEST']._serialized_start=561
+  _globals['_GETASSETREQUEST']._serialized_end=611
+  _globals['_LISTASSETSREQUEST']._serialized_start=613
+  _globals['_LISTASSETSREQUEST']._serialized_end=724
+  _globals['_LISTASSETSRESPONSE']._serialized_start=726
+  _globals['_LISTASSETSRESPONSE']._serialized_end=819
+  _globals['_ARCHIVEASSETREQUEST']._serialized_start=821
+  _globals['_ARCHIVEASSETREQUEST']._serialized_end=887
+  _globals['_ASSETS']._serialized_start=890
+  _globals['_ASSETS']._serialized_end=1227
 # @@protoc_insertion_point(module_scope)

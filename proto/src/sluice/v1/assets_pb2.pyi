@@ -58,6 +58,7 @@ class AssetSpec(_message.Message):
     CONDA_FILE_FIELD_NUMBER: _builtins.int
     IMAGE_FIELD_NUMBER: _builtins.int
     PIP_REQUIREMENTS_FIELD_NUMBER: _builtins.int
+    STAGE_FIELD_NUMBER: _builtins.int
     asset_kind: _builtins.str
     """model | environment | data ("kind" is the compute kind elsewhere)"""
     name: _builtins.str
@@ -71,6 +72,8 @@ class AssetSpec(_message.Message):
     conda_file: _builtins.str
     """environment: the conda YAML's content"""
     image: _builtins.str
+    stage: _builtins.str
+    """Azure's free-text lifecycle stage ("" = none; the CLI shows Development)"""
     @_builtins.property
     def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -95,10 +98,11 @@ class AssetSpec(_message.Message):
         conda_file: _builtins.str = ...,
         image: _builtins.str = ...,
         pip_requirements: _abc.Iterable[_builtins.str] | None = ...,
+        stage: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "asset_kind", b"asset_kind", "conda_file", b"conda_file", "description", b"description", "image", b"image", "name", b"name", "path", b"path", "pip_requirements", b"pip_requirements", "tags", b"tags", "type", b"type", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "asset_kind", b"asset_kind", "conda_file", b"conda_file", "description", b"description", "image", b"image", "name", b"name", "path", b"path", "pip_requirements", b"pip_requirements", "stage", b"stage", "tags", b"tags", "type", b"type", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

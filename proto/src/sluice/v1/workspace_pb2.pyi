@@ -2176,7 +2176,7 @@ class ModelVersionProperties(_message.Message):
     job_name: _builtins.str
     """not kept by Sluice: must be empty"""
     stage: _builtins.str
-    """not kept by Sluice: must be empty"""
+    """free text ("Production", ...); a PUT on an existing version may change it"""
     provisioning_state: _builtins.str
     """read-only: "Succeeded" """
     @_builtins.property
@@ -2375,6 +2375,7 @@ class EnvironmentVersionProperties(_message.Message):
     PROVISIONING_STATE_FIELD_NUMBER: _builtins.int
     PIP_REQUIREMENTS_FIELD_NUMBER: _builtins.int
     USED_BY_FIELD_NUMBER: _builtins.int
+    INFERENCE_CONFIG_FIELD_NUMBER: _builtins.int
     description: _builtins.str
     is_anonymous: _builtins.bool
     is_archived: _builtins.bool
@@ -2388,7 +2389,7 @@ class EnvironmentVersionProperties(_message.Message):
     auto_rebuild: _builtins.str
     """read-only: "Disabled" """
     stage: _builtins.str
-    """not kept by Sluice: must be empty"""
+    """as a model version's"""
     provisioning_state: _builtins.str
     """read-only: "Succeeded" """
     @_builtins.property
@@ -2409,6 +2410,12 @@ class EnvironmentVersionProperties(_message.Message):
     def used_by(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Sluice, read-only"""
 
+    @_builtins.property
+    def inference_config(self) -> _struct_pb2.Struct:
+        """A custom container's routes: not honoured (Sluice serves every environment with its own
+        inference server), so refused when set, as the CLI refuses the YAML's inference_config.
+        """
+
     def __init__(
         self,
         *,
@@ -2427,10 +2434,11 @@ class EnvironmentVersionProperties(_message.Message):
         provisioning_state: _builtins.str = ...,
         pip_requirements: _abc.Iterable[_builtins.str] | None = ...,
         used_by: _abc.Iterable[_builtins.str] | None = ...,
+        inference_config: _struct_pb2.Struct | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["build", b"build"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["build", b"build", "inference_config", b"inference_config"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_rebuild", b"auto_rebuild", "build", b"build", "conda_file", b"conda_file", "description", b"description", "environment_type", b"environment_type", "image", b"image", "is_anonymous", b"is_anonymous", "is_archived", b"is_archived", "os_type", b"os_type", "pip_requirements", b"pip_requirements", "properties", b"properties", "provisioning_state", b"provisioning_state", "stage", b"stage", "tags", b"tags", "used_by", b"used_by"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_rebuild", b"auto_rebuild", "build", b"build", "conda_file", b"conda_file", "description", b"description", "environment_type", b"environment_type", "image", b"image", "inference_config", b"inference_config", "is_anonymous", b"is_anonymous", "is_archived", b"is_archived", "os_type", b"os_type", "pip_requirements", b"pip_requirements", "properties", b"properties", "provisioning_state", b"provisioning_state", "stage", b"stage", "tags", b"tags", "used_by", b"used_by"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2579,7 +2587,7 @@ class DataVersionProperties(_message.Message):
     data_uri: _builtins.str
     """An uploaded file or folder ("azureml://artifacts/sha256:<hex>/<name>") or any other URI."""
     stage: _builtins.str
-    """not kept by Sluice: must be empty"""
+    """as a model version's"""
     @_builtins.property
     def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property

@@ -436,7 +436,7 @@ class WorkspaceServicer:
         A container (`/models/{name}`) is read from its versions: a PUT on it may only archive
         or restore every version (isArchived); its ETag changes with any version's.
         A version is immutable once created; a PUT on it may change only its description,
-        tags and isArchived (anything else is 409); archiving only hides it, as on Azure.
+        tags, stage and isArchived (anything else is 409); archiving only hides it, as on Azure.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

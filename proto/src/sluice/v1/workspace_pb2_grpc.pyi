@@ -92,7 +92,7 @@ class WorkspaceStub:
     A container (`/models/{name}`) is read from its versions: a PUT on it may only archive
     or restore every version (isArchived); its ETag changes with any version's.
     A version is immutable once created; a PUT on it may change only its description,
-    tags and isArchived (anything else is 409); archiving only hides it, as on Azure.
+    tags, stage and isArchived (anything else is 409); archiving only hides it, as on Azure.
     """
     GetModelContainer: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.GetAssetContainerRequest, _workspace_pb2.AssetContainerResource]
     PutModelContainer: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.PutAssetContainerRequest, _workspace_pb2.AssetContainerResource]
@@ -164,7 +164,7 @@ class WorkspaceAsyncStub(WorkspaceStub):
     A container (`/models/{name}`) is read from its versions: a PUT on it may only archive
     or restore every version (isArchived); its ETag changes with any version's.
     A version is immutable once created; a PUT on it may change only its description,
-    tags and isArchived (anything else is 409); archiving only hides it, as on Azure.
+    tags, stage and isArchived (anything else is 409); archiving only hides it, as on Azure.
     """
     GetModelContainer: _aio.UnaryUnaryMultiCallable[_workspace_pb2.GetAssetContainerRequest, _workspace_pb2.AssetContainerResource]  # type: ignore[assignment]
     PutModelContainer: _aio.UnaryUnaryMultiCallable[_workspace_pb2.PutAssetContainerRequest, _workspace_pb2.AssetContainerResource]  # type: ignore[assignment]
@@ -395,7 +395,7 @@ class WorkspaceServicer(metaclass=_abc_1.ABCMeta):
         A container (`/models/{name}`) is read from its versions: a PUT on it may only archive
         or restore every version (isArchived); its ETag changes with any version's.
         A version is immutable once created; a PUT on it may change only its description,
-        tags and isArchived (anything else is 409); archiving only hides it, as on Azure.
+        tags, stage and isArchived (anything else is 409); archiving only hides it, as on Azure.
         """
 
     @_abc_1.abstractmethod

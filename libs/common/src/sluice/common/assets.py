@@ -1,7 +1,8 @@
 """Registered assets (models, environments, data) and Azure's ways of naming them.
 
-An asset version is immutable once created: only `archived` changes. It is
-stored as one document per version, `_id` = `<kind>/<name>/<version>`.
+An asset version is immutable once created: only its description, tags, stage
+and `archived` change. It is stored as one document per version, `_id` =
+`<kind>/<name>/<version>`.
 
 References, as Azure ML CLI v2 writes them (`parse_reference`):
 
@@ -40,6 +41,13 @@ MAX_ENVIRONMENT_FILE = 64 * 1024  # a conda file, or the pip requirement lines t
 MAX_PIP_REQUIREMENTS = 1000  # lines
 MAX_IMAGE = 1024  # an image reference
 MAX_PATH = 2048  # a data URI (what browsers and most servers take)
+MAX_STAGE = 256  # a stage (as a tag's value)
+# An environment's inference_config (REST: properties.inferenceConfig), refused by the CLI
+# and REST alike: `field` names it as each spells it.
+INFERENCE_CONFIG = (
+    "{field}: a custom container's routes are not honoured (Sluice serves every environment "
+    "with its own inference server: /score, /liveness, /readiness); leave it out"
+)
 
 
 class AssetKind(StrEnum):
@@ -71,6 +79,7 @@ class AssetSpec(_Model):
     conda_file: str = ""  # environment: the conda YAML's content
     image: str = ""
     pip_requirements: tuple[str, ...] = ()  # environment: from a build context's pip lines
+    stage: str = ""  # Azure's lifecycle stage, free text ("Production"); may change, as tags
 
 
 class AssetDoc(_Model):

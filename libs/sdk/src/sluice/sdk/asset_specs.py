@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from sluice.common.assets import MAX_ENVIRONMENT_FILE, AssetKind, AssetSpec
+from sluice.common.assets import INFERENCE_CONFIG, MAX_ENVIRONMENT_FILE, AssetKind, AssetSpec
 from sluice.common.conda import CondaSpecError, is_system_package, package_name, parse_match_spec
 from sluice.sdk.specs import Loaded, SpecError, Uploader, _Azure, _prepare, _validate, resolve_path
 
@@ -30,6 +30,7 @@ class _AzureAsset(_Azure):
     version: str | int | None = None
     description: str = ""
     tags: dict[str, str] = Field(default_factory=dict)
+    stage: str = ""  # kept, as REST keeps properties.stage
 
     @field_validator("tags", mode="before")
     @classmethod
@@ -43,9 +44,8 @@ class _AzureAsset(_Azure):
 class AzureModelAsset(_AzureAsset):
     path: str
     type: str = "custom_model"
-    stage: str | None = None
-    flavors: dict[str, Any] | None = None
-    job_name: str | None = None
+    flavors: dict[str, Any] | None = None  # read from the model's MLmodel file instead
+    job_name: str | None = None  # refused, as REST refuses jobName
 
 
 class AzureBuild(_Azure):
@@ -57,8 +57,8 @@ class AzureEnvironmentAsset(_AzureAsset):
     image: str | None = None
     conda_file: str | None = None
     build: AzureBuild | None = None
-    os_type: str = "linux"
-    inference_config: dict[str, Any] | None = None
+    os_type: str = "linux"  # only linux, as REST's osType
+    inference_config: dict[str, Any] | None = None  # refused, as REST's inferenceConfig
 
 
 class AzureDataAsset(_AzureAsset):
@@ -165,17 +165,34 @@ def load_asset(
     base = path.parent if path else Path.cwd()
     if kind is AssetKind.model:
         model: AzureModelAsset = _validate(AzureModelAsset, data, source)
+        if model.job_name:
+            raise SpecError(
+                f"{source}: job_name: Sluice keeps no job name (it runs no training jobs); "
+                "leave it out"
+            )
+        if model.flavors is not None:
+            warnings.append(
+                f"{source}: flavors is read from the model's MLmodel file here; ignored"
+            )
         spec = AssetSpec(
             asset_kind=kind,
             name=model.name,
             version=model.version_text(),
             description=model.description,
             tags=model.tags,
+            stage=model.stage,
             type=model.type,
             artifact=upload(resolve_path(base, model.path, "path")),
         )
     elif kind is AssetKind.environment:
         env: AzureEnvironmentAsset = _validate(AzureEnvironmentAsset, data, source)
+        if env.os_type.lower() != "linux":
+            raise SpecError(
+                f"{source}: os_type {env.os_type!r}: only Linux is served (Sluice runs no "
+                "Windows environments)"
+            )
+        if env.inference_config is not None:
+            raise SpecError(f"{source}: {INFERENCE_CONFIG.format(field='inference_config')}")
         image, pip, conda = env.image or "", list[str](), ""
         if env.build is not None:
             image, pip, conda = _from_build(base, env.build, warnings)
@@ -188,6 +205,7 @@ def load_asset(
             version=env.version_text(),
             description=env.description,
             tags=env.tags,
+            stage=env.stage,
             conda_file=conda,
             image=image,
             pip_requirements=tuple(pip),
@@ -202,6 +220,7 @@ def load_asset(
             version=data_asset.version_text(),
             description=data_asset.description,
             tags=data_asset.tags,
+            stage=data_asset.stage,
             type=data_asset.type,
             artifact=artifact,
             path=uri,

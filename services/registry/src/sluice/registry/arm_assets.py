@@ -4,9 +4,9 @@ Azure's asset resources are ProxyResources, `{id, name, type, properties, system
 a version's `name` is the version, its properties carry Azure's names (`modelUri`,
 `modelType`, `condaFile`, `image`, `dataUri`, `dataType`, `isArchived`, ...). Sluice keeps
 no container document: a container (`/models/{name}`) is read from the name's versions.
-Properties Sluice does not keep (`properties`, `stage`, `jobName`, `isAnonymous`, a
-Docker `build` context) are refused when set rather than dropped, so a PUT never
-silently loses what it sent.
+Properties Sluice does not keep (`properties`, `jobName`, `isAnonymous`, a Docker
+`build` context, an environment's `inferenceConfig`) are refused when set rather than
+dropped, so a PUT never silently loses what it sent; `stage` is kept.
 """
 
 from __future__ import annotations
@@ -14,7 +14,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sluice.common.assets import DATA_TYPES, AssetDoc, AssetKind, AssetSpec, newest_first
+from sluice.common.assets import (
+    DATA_TYPES,
+    INFERENCE_CONFIG,
+    AssetDoc,
+    AssetKind,
+    AssetSpec,
+    newest_first,
+)
 from sluice.common.azure_ids import resource_id
 from sluice.registry.arm import (
     ARTIFACT_PREFIX,
@@ -92,6 +99,7 @@ def version(doc: AssetDoc, used_by: Sequence[str]) -> VersionResource:
         "tags": spec.tags,
         "is_archived": doc.archived,
         "used_by": used_by,
+        "stage": spec.stage,
     }
     envelope: dict[str, Any] = {
         "id": resource_id(kind.plural, spec.name, "versions", spec.version),
@@ -148,10 +156,12 @@ def _refuse_unkept(props: VersionProperties) -> None:
         )
     if props.is_anonymous:
         raise InvalidArgument("properties.isAnonymous: Sluice registers named versions only")
-    for field in ("stage", "job_name"):
-        if getattr(props, field, ""):
-            camel = "jobName" if field == "job_name" else field
-            raise InvalidArgument(f"properties.{camel}: Sluice keeps no {camel}; leave it out")
+    if getattr(props, "job_name", ""):
+        raise InvalidArgument(
+            "properties.jobName: Sluice keeps no jobName (it runs no training jobs); leave it out"
+        )
+    if isinstance(props, ws.EnvironmentVersionProperties) and props.HasField("inference_config"):
+        raise InvalidArgument(INFERENCE_CONFIG.format(field="properties.inferenceConfig"))
 
 
 def version_spec(kind: AssetKind, name: str, version_: str, resource: VersionResource) -> AssetSpec:
@@ -170,6 +180,7 @@ def version_spec(kind: AssetKind, name: str, version_: str, resource: VersionRes
         "version": version_,
         "description": props.description,
         "tags": dict(props.tags),
+        "stage": props.stage,
     }
     if isinstance(props, ws.ModelVersionProperties):
         if not props.model_uri:

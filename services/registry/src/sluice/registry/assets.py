@@ -27,6 +27,7 @@ from sluice.common.assets import (
     MAX_IMAGE,
     MAX_PATH,
     MAX_PIP_REQUIREMENTS,
+    MAX_STAGE,
     MODEL_TYPES,
     AssetDoc,
     AssetKind,
@@ -88,6 +89,7 @@ def check_asset(spec: AssetSpec, curated: CuratedCatalogue) -> None:
     check_text(what, spec.name, spec.description, spec.tags)
     check_length(f"{what} {spec.name!r}: image", spec.image, MAX_IMAGE)
     check_length(f"{what} {spec.name!r}: path", spec.path, MAX_PATH)
+    check_length(f"{what} {spec.name!r}: stage", spec.stage, MAX_STAGE)
     check_environment_files(f"{what} {spec.name!r}", spec.conda_file, spec.pip_requirements)
     if spec.asset_kind is AssetKind.model:
         if spec.artifact is None:
@@ -345,18 +347,21 @@ class AssetService:
         archived: bool,
         expected_version: int | None,
         actor: str,
+        stage: str | None = None,
     ) -> AssetDoc:
-        """Change what Azure lets a PUT change on an existing version: its description, tags
-        and archived flag. One write, conditional on the version read (`expected_version`,
-        an If-Match ETag, must be it); one event per kind of change."""
+        """Change what Azure lets a PUT change on an existing version: its description, tags,
+        stage (None: as it is) and archived flag. One write, conditional on the version read
+        (`expected_version`, an If-Match ETag, must be it); one event per kind of change."""
         spec = current.spec
+        stage = spec.stage if stage is None else stage
         check_text(spec.asset_kind.value, spec.name, description, tags)
+        check_length(f"{spec.asset_kind.value} {spec.name!r}: stage", stage, MAX_STAGE)
         if expected_version is not None and expected_version != current.meta.version:
             raise Conflict(
                 f"{spec.asset_kind.value} {spec.name!r} version {spec.version!r} is at ETag "
                 f'"{current.meta.version}", not "{expected_version}"; GET it again'
             )
-        changed = description != spec.description or tags != spec.tags
+        changed = description != spec.description or tags != spec.tags or stage != spec.stage
         if not changed and archived == current.archived:
             return current
         meta = current.meta.model_copy(
@@ -364,7 +369,9 @@ class AssetService:
         )
         updated = current.model_copy(
             update={
-                "spec": spec.model_copy(update={"description": description, "tags": tags}),
+                "spec": spec.model_copy(
+                    update={"description": description, "tags": tags, "stage": stage}
+                ),
                 "archived": archived,
                 "meta": meta,
             }

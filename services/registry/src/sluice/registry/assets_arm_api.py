@@ -4,7 +4,7 @@ The same three calls per kind (list/get containers, list/get/PUT versions) over
 AssetService, so the CLI's gRPC Assets service and REST share the rules: the checks of
 a new version, archiving that only hides a version (as on Azure), one event per change. A PUT
 creates the version (201) or changes what Azure lets change on an existing one
-(description, tags, isArchived); If-Match and the ETag header work as for endpoints.
+(description, tags, stage, isArchived); If-Match and the ETag header work as for endpoints.
 """
 
 from __future__ import annotations
@@ -151,13 +151,14 @@ class AssetResources:
             if changed:
                 raise AlreadyExists(
                     f"{kind.value} {name!r} version {version!r} exists and versions are "
-                    f"immutable: {changed} cannot change (only description, tags and "
+                    f"immutable: {changed} cannot change (only description, tags, stage and "
                     "isArchived can); PUT a new version"
                 )
             doc = await self._assets.update(
                 current,
                 description=wanted.description,
                 tags=wanted.tags,
+                stage=wanted.stage,
                 archived=archived,
                 expected_version=expected,
                 actor=actor,

@@ -61,8 +61,10 @@ def view(asset: Asset) -> dict[str, Any]:
         else:
             out["path"] = spec.path
         if spec.asset_kind is AssetKind.model:
-            out["stage"] = "Archived" if doc.archived else "Development"
+            out["stage"] = "Archived" if doc.archived else (spec.stage or "Development")
             out["properties"] = {}
+    if spec.stage and "stage" not in out:
+        out["stage"] = spec.stage
     return out
 
 
@@ -90,6 +92,9 @@ def make_app(kind: AssetKind) -> typer.Typer:
         conda_file: str | None = typer.Option(None, "--conda-file", help="environment conda YAML"),
         image: str | None = typer.Option(None, "--image", "-i", help="environment base image"),
         description: str | None = typer.Option(None, "--description", "-d"),
+        stage: str | None = typer.Option(
+            None, "--stage", "-s", help="lifecycle stage, free text (e.g. Production)"
+        ),
         set_: list[str] = SetOption,
         output: OutputFormat = OutputOption,
     ) -> None:
@@ -104,6 +109,7 @@ def make_app(kind: AssetKind) -> typer.Typer:
             "conda_file": str(Path(conda_file).resolve()) if conda_file else None,
             "image": image,
             "description": description,
+            "stage": stage,
         }
         with registry() as client:
             loaded = load_asset(kind, optional_path(file), client.upload, set_, fields=fields)
@@ -117,14 +123,17 @@ def make_app(kind: AssetKind) -> typer.Typer:
         name: str | None = typer.Option(None, "--name", "-n", help="list the versions of one name"),
         include_archived: bool = typer.Option(False, "--include-archived"),
         archived_only: bool = typer.Option(False, "--archived-only"),
+        stage: str | None = typer.Option(None, "--stage", "-s", help="only this stage"),
         output: OutputFormat = OutputOption,
     ) -> None:
-        """The latest version of every name (or every version of --name)."""
+        """The latest version of every name (or every version of --name, newest first)."""
         with registry() as client:
             assets = client.list_assets(
                 kind, name or "", include_archived=include_archived or archived_only
             )
         rows = [view(a) for a in assets if a.doc.archived or not archived_only]
+        if stage:
+            rows = [r for r in rows if str(r.get("stage", "")).lower() == stage.lower()]
         render(rows, output, columns=COLUMNS if output is OutputFormat.table else None)
 
     @app.command()
