@@ -217,6 +217,22 @@ def test_cli_model_environment_and_data(cli: Cli, tmp_path: Path) -> None:
     assert cli.json("environment", "list", "--include-archived") == []
     assert str(shown["id"]).startswith("azureml:/subscriptions/")
     assert str(shown["id"]).endswith("/models/my-model/versions/1")
+    # `path` is REST's modelUri form, and it is taken back wherever a path is.
+    path = str(shown["path"])
+    assert path.startswith("azureml://artifacts/sha256:") and path.endswith("/model/"), path
+    again = cli.json("model", "create", "-n", "copied", "-v", "1", "-p", path)
+    assert again["path"] == path
+    result = cli.run("model", "list", "-o", "tsv", "--query", "[].latest_version")
+    assert result.returncode == 0 and result.stdout.split() == ["1", "2"], result.stdout
+    containers = cli.json("model", "list")
+    assert [(c["name"], c["latest_version"]) for c in containers] == [  # type: ignore[index, union-attr]
+        ("copied", "1"),
+        ("my-model", "2"),
+    ]
+    assert "version" not in containers[0]  # type: ignore[operator, index]
+    assert str(containers[1]["id"]).endswith("/models/my-model")  # type: ignore[index, call-overload]
+    refused = cli.error("model", "create", "-n", "bad", "-p", "azureml://artifacts/sha256:1/m")
+    assert "is not an uploaded artifact" in refused
     result = cli.run("model", "download", "-n", "my-model", "-v", "1", "-p", str(tmp_path))
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "my-model/model/sklearn_regression_model.pkl").read_bytes()

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from sluice.common.artifacts import artifact_uri
 from sluice.common.assets import AssetKind, AssetSpec
 from sluice.common.resources import ArtifactRef
 from sluice.sdk.asset_specs import load_asset
-from sluice.sdk.specs import SpecError
+from sluice.sdk.specs import SpecError, load_online_deployment
 
 
 def fake_upload(path: Path) -> ArtifactRef:
@@ -77,3 +78,40 @@ def test_fields_rest_refuses_are_refused(
 def test_os_type_linux_in_any_case_is_fine(tmp_path: Path) -> None:
     spec, warnings = load(AssetKind.environment, tmp_path, "name: e\nimage: i\nos_type: Linux\n")
     assert spec.image == "i" and warnings == []
+
+
+DIGEST = "sha256:" + "ab" * 32
+
+
+def test_an_uploaded_artifact_is_taken_back_by_the_uri_show_prints(tmp_path: Path) -> None:
+    """`model show --query path` prints azureml://artifacts/...: YAML `path:` takes it back
+    (no upload), for models and data, as a deployment's `model:` does."""
+    spec, _ = load(
+        AssetKind.model, tmp_path, f"name: m\npath: azureml://artifacts/{DIGEST}/model/\n"
+    )
+    assert spec.artifact == ArtifactRef(digest=DIGEST, name="model", is_directory=True)
+    assert artifact_uri(spec.artifact) == f"azureml://artifacts/{DIGEST}/model/"
+    spec, _ = load(
+        AssetKind.data,
+        tmp_path,
+        f"name: d\ntype: uri_file\npath: azureml://artifacts/{DIGEST}/a.csv\n",
+    )
+    assert spec.artifact == ArtifactRef(digest=DIGEST, name="a.csv") and spec.path == ""
+    spec, _ = load(AssetKind.data, tmp_path, "name: d\ntype: uri_file\npath: https://x/a.csv\n")
+    assert spec.artifact is None and spec.path == "https://x/a.csv"
+    (tmp_path / "dep.yml").write_text(
+        f"name: blue\nendpoint_name: e\nmodel: azureml://artifacts/{DIGEST}/model/\n"
+        "instance_type: Standard_DS3_v2\ninstance_count: 1\n"
+    )
+    deployment = load_online_deployment(tmp_path / "dep.yml", fake_upload).spec
+    assert deployment.model.artifact == ArtifactRef(digest=DIGEST, name="model", is_directory=True)
+
+
+@pytest.mark.parametrize(
+    "uri",
+    ["azureml://artifacts/sha256:12/model", "azureml://artifacts/md5:" + "a" * 64 + "/m",
+     f"azureml://artifacts/{DIGEST}/"],
+)  # fmt: skip
+def test_a_malformed_artifact_uri_is_refused(tmp_path: Path, uri: str) -> None:
+    with pytest.raises(SpecError, match="is not an uploaded artifact"):
+        load(AssetKind.model, tmp_path, f"name: m\npath: {uri}\n")

@@ -30,6 +30,9 @@ IGNORED = frozenset({"__pycache__", ".git", ".ipynb_checkpoints", ".DS_Store"})
 # transcoder holds the whole body, and the registry takes it as one gRPC message. Larger
 # folders go through the streamed gRPC UploadArtifact (the CLI), chunk by chunk.
 REST_UPLOAD_MAX_BYTES = 64 * 1024 * 1024
+# How an uploaded file or folder is named wherever a path or URI is taken or printed (the
+# REST API's modelUri/dataUri/codeId, the CLI's `path`, YAML `path:`, a batch --input).
+ARTIFACT_URI_PREFIX = "azureml://artifacts/"
 
 
 class ArtifactError(ValueError):
@@ -165,3 +168,26 @@ def _make_read_only(tree: Path) -> None:
         for name in filenames:
             file = Path(dirpath) / name
             file.chmod(file.stat().st_mode & ~0o222)
+
+
+def artifact_uri(ref: ArtifactRef) -> str:
+    """`azureml://artifacts/sha256:<hex>/<name>`, with a `/` at the end for a folder."""
+    return f"{ARTIFACT_URI_PREFIX}{ref.digest}/{ref.name}" + ("/" if ref.is_directory else "")
+
+
+def parse_artifact_uri(uri: str) -> ArtifactRef:
+    """The artifact an `azureml://artifacts/...` URI names; ArtifactError if malformed."""
+    digest, _, name = uri.strip().removeprefix(ARTIFACT_URI_PREFIX).partition("/")
+    hexdigits = digest.removeprefix("sha256:")
+    if (
+        not uri.strip().startswith(ARTIFACT_URI_PREFIX)
+        or not digest.startswith("sha256:")
+        or len(hexdigits) != 64
+        or not all(c in "0123456789abcdef" for c in hexdigits)
+        or not name.strip("/")
+    ):
+        raise ArtifactError(
+            f"{uri!r} is not an uploaded artifact ({ARTIFACT_URI_PREFIX}sha256:<hex>/<name>, "
+            "a folder ending with /)"
+        )
+    return ArtifactRef(digest=digest, name=name.strip("/"), is_directory=name.endswith("/"))

@@ -29,3 +29,9 @@ def asset_id(kind: AssetKind, name: str, version: str) -> str:
     """Models and environments print with Azure's `azureml:` prefix, data without (as Azure)."""
     path = resource_id(kind.plural, name, "versions", version)
     return path if kind is AssetKind.data else f"azureml:{path}"
+
+
+def asset_container_id(kind: AssetKind, name: str) -> str:
+    """A name's container (all its versions), as `az ml <kind> list` without --name prints."""
+    path = resource_id(kind.plural, name)
+    return path if kind is AssetKind.data else f"azureml:{path}"

@@ -18,8 +18,14 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
+from sluice.common.artifacts import (
+    ARTIFACT_URI_PREFIX,
+    ArtifactError,
+    parse_artifact_uri,
+)
 from sluice.common.assets import INFERENCE_CONFIG, MAX_ENVIRONMENT_FILE, AssetKind, AssetSpec
 from sluice.common.conda import CondaSpecError, is_system_package, package_name, parse_match_spec
+from sluice.common.resources import ArtifactRef
 from sluice.sdk.specs import Loaded, SpecError, Uploader, _Azure, _prepare, _validate, resolve_path
 
 URI_RE = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
@@ -141,6 +147,17 @@ def _from_build(base: Path, build: AzureBuild, warnings: list[str]) -> tuple[str
     return image, pip, conda_file
 
 
+def _artifact(base: Path, path: str, upload: Uploader) -> ArtifactRef:
+    """A local file or folder, uploaded; or one uploaded before, named as `show` prints it
+    (`azureml://artifacts/sha256:<hex>/<name>`, as REST's modelUri/dataUri)."""
+    if path.startswith(ARTIFACT_URI_PREFIX):
+        try:
+            return parse_artifact_uri(path)
+        except ArtifactError as exc:
+            raise SpecError(f"path: {exc}") from None
+    return upload(resolve_path(base, path, "path"))
+
+
 def _read_conda(path: Path) -> str:
     """A conda file's text, refused before reading when over the registry's limit."""
     size = path.stat().st_size
@@ -182,7 +199,7 @@ def load_asset(
             tags=model.tags,
             stage=model.stage,
             type=model.type,
-            artifact=upload(resolve_path(base, model.path, "path")),
+            artifact=_artifact(base, model.path, upload),
         )
     elif kind is AssetKind.environment:
         env: AzureEnvironmentAsset = _validate(AzureEnvironmentAsset, data, source)
@@ -212,8 +229,9 @@ def load_asset(
         )
     else:
         data_asset: AzureDataAsset = _validate(AzureDataAsset, data, source)
-        uri = data_asset.path if URI_RE.match(data_asset.path) else ""
-        artifact = None if uri else upload(resolve_path(base, data_asset.path, "path"))
+        given = data_asset.path
+        uri = given if URI_RE.match(given) and not given.startswith(ARTIFACT_URI_PREFIX) else ""
+        artifact = None if uri else _artifact(base, given, upload)
         spec = AssetSpec(
             asset_kind=kind,
             name=data_asset.name,

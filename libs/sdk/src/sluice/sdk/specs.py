@@ -19,6 +19,7 @@ from typing import Any, Generic, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from sluice.common.artifacts import ARTIFACT_URI_PREFIX, ArtifactError, parse_artifact_uri
 from sluice.common.collected import COLLECTOR_PATH, DATASTORE, DEFAULT_DATASTORE
 from sluice.common.resources import (
     ArtifactRef,
@@ -171,6 +172,14 @@ def code_folder(base: Path, code: AzureCode) -> Path:
     return folder
 
 
+def _uploaded(uri: str, field: str) -> ArtifactRef:
+    """A file or folder uploaded before, by the URI `model show` and REST print."""
+    try:
+        return parse_artifact_uri(uri)
+    except ArtifactError as exc:
+        raise SpecError(f"{field}: {exc}") from None
+
+
 class _Resolver:
     """Resolves relative paths against the YAML's folder and uploads artifacts."""
 
@@ -185,9 +194,13 @@ class _Resolver:
         if model is None:
             return ModelRef()
         if isinstance(model, str):
+            if model.startswith(ARTIFACT_URI_PREFIX):
+                return ModelRef(artifact=_uploaded(model, "model"))
             if model.startswith("azureml:"):
                 return ModelRef(registered=_strip_azureml(model))
             return ModelRef(artifact=self._upload(self.path(model, "model")))
+        if model.path and model.path.startswith(ARTIFACT_URI_PREFIX):
+            return ModelRef(artifact=_uploaded(model.path, "model.path"))
         if model.path:
             return ModelRef(artifact=self._upload(self.path(model.path, "model.path")))
         if model.name:

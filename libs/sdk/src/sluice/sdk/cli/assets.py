@@ -14,9 +14,9 @@ from typing import Any
 import typer
 import yaml
 
-from sluice.common.artifacts import ArtifactStore
+from sluice.common.artifacts import ArtifactStore, artifact_uri
 from sluice.common.assets import AssetKind
-from sluice.common.azure_ids import asset_id
+from sluice.common.azure_ids import asset_container_id, asset_id
 from sluice.common.settings import Settings
 from sluice.sdk.asset_specs import load_asset
 from sluice.sdk.cli.common import FileOption, SetOption, optional_path, registry, warn
@@ -25,6 +25,7 @@ from sluice.sdk.cli.output import OutputFormat, OutputOption, err_console, rende
 from sluice.sdk.client import Asset
 
 COLUMNS = ["name", "version", "type", "archived", "used_by", "description"]
+CONTAINER_COLUMNS = ["name", "latest_version", "archived", "description"]
 NameOption = typer.Option(..., "--name", "-n", help="asset name")
 VersionOption = typer.Option(None, "--version", "-v", help="version (default: all / latest)")
 DownloadPathOption = typer.Option(Path(), "--download-path", "-p", help="folder to download into")
@@ -56,16 +57,34 @@ def view(asset: Asset) -> dict[str, Any]:
             out["pip_requirements"] = list(spec.pip_requirements)
     else:
         out["type"] = spec.type
-        if spec.artifact is not None:
-            out["path"] = f"sluice://artifacts/{spec.artifact.digest}/{spec.artifact.name}"
-        else:
-            out["path"] = spec.path
+        # REST's modelUri/dataUri form, which `create --path`, YAML `path:` and a
+        # deployment's `model:` take back.
+        out["path"] = artifact_uri(spec.artifact) if spec.artifact is not None else spec.path
         if spec.asset_kind is AssetKind.model:
             out["stage"] = "Archived" if doc.archived else (spec.stage or "Development")
             out["properties"] = {}
     if spec.stage and "stage" not in out:
         out["stage"] = spec.stage
     return out
+
+
+def container_view(asset: Asset) -> dict[str, Any]:
+    """`az ml <kind> list` without --name lists containers, one per name, with
+    `latest_version` and no `version`; description and tags are its latest version's."""
+    doc, spec = asset.doc, asset.doc.spec
+    return {
+        "creation_context": {
+            "created_at": doc.meta.created_at.isoformat(),
+            "created_by": doc.meta.created_by,
+            "last_modified_at": doc.meta.updated_at.isoformat(),
+        },
+        "description": spec.description,
+        "id": asset_container_id(spec.asset_kind, spec.name),
+        "latest_version": spec.version,
+        "name": spec.name,
+        "tags": dict(spec.tags),
+        "archived": doc.archived,
+    }
 
 
 def _show(asset: Asset, output: OutputFormat) -> None:
@@ -126,15 +145,23 @@ def make_app(kind: AssetKind) -> typer.Typer:
         stage: str | None = typer.Option(None, "--stage", "-s", help="only this stage"),
         output: OutputFormat = OutputOption,
     ) -> None:
-        """The latest version of every name (or every version of --name, newest first)."""
+        """Every name with its latest version (Azure's containers), or every version of
+        --name, newest first."""
         with registry() as client:
             assets = client.list_assets(
                 kind, name or "", include_archived=include_archived or archived_only
             )
-        rows = [view(a) for a in assets if a.doc.archived or not archived_only]
+        shown = [a for a in assets if a.doc.archived or not archived_only]
         if stage:
-            rows = [r for r in rows if str(r.get("stage", "")).lower() == stage.lower()]
-        render(rows, output, columns=COLUMNS if output is OutputFormat.table else None)
+            wanted = stage.lower()
+            shown = [a for a in shown if str(view(a).get("stage", "")).lower() == wanted]
+        if name:
+            columns = COLUMNS
+            rows = [view(a) for a in shown]
+        else:
+            columns = CONTAINER_COLUMNS
+            rows = [container_view(a) for a in shown]
+        render(rows, output, columns=columns if output is OutputFormat.table else None)
 
     @app.command()
     def show(
