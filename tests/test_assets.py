@@ -156,6 +156,10 @@ def test_asset_text_is_bounded_and_nothing_is_stored(
             data.model_copy(update={"path": "https://example.com/" + "a" * 3000}),
             "data 'big-data': path is 3020 characters; at most 2048 are allowed",
         ),
+        (
+            data.model_copy(update={"path": "/var/data/rows.csv"}),
+            "data 'big-data': path '/var/data/rows.csv' is not a URI (https://..., file:///...",
+        ),
     ]
     for spec, message in cases:
         with pytest.raises(SluiceError) as caught:

@@ -656,6 +656,16 @@ def test_assets_in_azures_shape(
             "properties.dataType",
         ),
         (f"/data/{bad}/versions/1", {"properties": {"dataType": "uri_file"}}, "properties.dataUri"),
+        (
+            f"/data/{bad}/versions/1",
+            {"properties": {"dataType": "uri_file", "dataUri": "not a uri"}},
+            "properties.dataUri 'not a uri' is not a URI (https://..., file:///...",
+        ),
+        (
+            f"/data/{bad}/versions/1",
+            {"properties": {"dataType": "uri_file", "dataUri": "rows.csv"}},
+            "a local file or folder is uploaded first",
+        ),
     ]
     for where, sent, says in cases:
         status, error = rest.call("PUT", where, sent)

@@ -42,6 +42,13 @@ MAX_PIP_REQUIREMENTS = 1000  # lines
 MAX_IMAGE = 1024  # an image reference
 MAX_PATH = 2048  # a data URI (what browsers and most servers take)
 MAX_STAGE = 256  # a stage (as a tag's value)
+# A data version's path that is not uploaded: a URI, `scheme://` and more, no blanks (the
+# CLI's test for "a URI, not a local path"; the registry and REST refuse anything else).
+URI_RE = re.compile(r"^[a-z][a-z0-9+.-]*://\S+$", re.IGNORECASE)
+NOT_A_URI = (
+    "is not a URI (https://..., file:///..., azureml://datastores/<datastore>/paths/...); "
+    "a local file or folder is uploaded first (the CLI uploads `path:`)"
+)
 # An environment's inference_config (REST: properties.inferenceConfig), refused by the CLI
 # and REST alike: `field` names it as each spells it.
 INFERENCE_CONFIG = (

@@ -23,12 +23,16 @@ from sluice.common.artifacts import (
     ArtifactError,
     parse_artifact_uri,
 )
-from sluice.common.assets import INFERENCE_CONFIG, MAX_ENVIRONMENT_FILE, AssetKind, AssetSpec
+from sluice.common.assets import (
+    INFERENCE_CONFIG,
+    MAX_ENVIRONMENT_FILE,
+    URI_RE,
+    AssetKind,
+    AssetSpec,
+)
 from sluice.common.conda import CondaSpecError, is_system_package, package_name, parse_match_spec
 from sluice.common.resources import ArtifactRef
 from sluice.sdk.specs import Loaded, SpecError, Uploader, _Azure, _prepare, _validate, resolve_path
-
-URI_RE = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 
 
 class _AzureAsset(_Azure):

@@ -17,6 +17,8 @@ from typing import Any
 from sluice.common.assets import (
     DATA_TYPES,
     INFERENCE_CONFIG,
+    NOT_A_URI,
+    URI_RE,
     AssetDoc,
     AssetKind,
     AssetSpec,
@@ -216,8 +218,10 @@ def version_spec(kind: AssetKind, name: str, version_: str, resource: VersionRes
         data["type"] = props.data_type
         if props.data_uri.startswith(ARTIFACT_PREFIX):
             data["artifact"] = parse_artifact(props.data_uri, "properties.dataUri")
-        else:
+        elif URI_RE.match(props.data_uri):
             data["path"] = props.data_uri
+        else:
+            raise InvalidArgument(f"properties.dataUri {props.data_uri[:200]!r} {NOT_A_URI}")
     return build_spec(AssetSpec, data, f"{kind.value} {name!r}")
 
 

@@ -29,6 +29,8 @@ from sluice.common.assets import (
     MAX_PIP_REQUIREMENTS,
     MAX_STAGE,
     MODEL_TYPES,
+    NOT_A_URI,
+    URI_RE,
     AssetDoc,
     AssetKind,
     AssetRef,
@@ -120,6 +122,8 @@ def check_asset(spec: AssetSpec, curated: CuratedCatalogue) -> None:
             )
         if (spec.artifact is None) == (not spec.path):
             raise InvalidArgument(f"data {spec.name!r} needs `path` (a local path or a URI)")
+        if spec.path and not URI_RE.match(spec.path):
+            raise InvalidArgument(f"data {spec.name!r}: path {spec.path[:200]!r} {NOT_A_URI}")
         if spec.artifact is not None and spec.artifact.is_directory != (spec.type == "uri_folder"):
             kind = "folder" if spec.artifact.is_directory else "file"
             raise InvalidArgument(
