@@ -12,6 +12,7 @@ from sluice.common.autoscale.model import (
     AutoscaleRecurrence,
     AutoscaleRule,
     AutoscaleSetting,
+    validate,
 )
 from sluice.metrics import autoscale_arm
 from sluice.v1 import autoscale_pb2 as pb
@@ -136,3 +137,27 @@ def test_divide_per_instance_is_azures_divide_per_instance() -> None:
         "blue-scale", json_format.ParseDict(body, pb.AutoscaleSettingResource())
     )
     assert back.profiles[0].rules[0].divide_per_instance is False
+
+
+def test_an_overnight_profile_round_trips_as_azs_pair() -> None:
+    """az's `--recurrence week mon tue wed thu fri --start 22:00 --end 06:00`: the profile
+    starts at 22:00 and its paired default at 06:00 on the same days; read back, it is the
+    night from each day to the next, which validation accepts."""
+    night = AutoscaleProfile(
+        name="night",
+        min_count=1,
+        default_count=1,
+        max_count=1,
+        recurrence=AutoscaleRecurrence(
+            days=["monday", "tuesday", "wednesday", "thursday", "friday"],
+            start="22:00",
+            end="06:00",
+        ),
+    )
+    setting = SETTING.model_copy(update={"profiles": [SETTING.profiles[0], night]})
+    res = autoscale_arm.resource(_doc(setting))
+    _, start, back = json_format.MessageToDict(res)["properties"]["profiles"]
+    assert start["recurrence"]["schedule"]["hours"] == [22]
+    assert back["name"] == '{"name": "default", "for": "night"}'
+    assert back["recurrence"]["schedule"]["hours"] == [6]
+    assert validate(autoscale_arm.setting_in("blue-scale", res)) == setting
