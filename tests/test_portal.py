@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -31,6 +32,7 @@ pytestmark = pytest.mark.integration
 # A batch scoring script that holds each mini-batch until the test creates the GATE file.
 BATCH_SCRIPT = """\
 import os
+import re
 import time
 
 
@@ -330,3 +332,143 @@ def test_a_slow_answer_for_a_page_left_does_not_draw_over_the_next(world: World)
     sync_api.expect(job).to_be_attached()
     sync_api.expect(page.get_by_role("heading", name="Online endpoints")).to_have_count(0)
     world.errors.clear()  # the browser logs the missing job (404) as a console error
+
+
+def signed_in(world: World) -> None:
+    """Whatever ran before (each test can run alone)."""
+    world.page.goto(f"{world.platform.management_url}/portal/")
+    world.page.evaluate(
+        "t => sessionStorage.setItem('sluice-admin-token', t)", world.rest.admin_token
+    )
+
+
+# Valid deployment names that are also members of every JavaScript object (and the
+# portal's own word for the endpoint's totals): the registry accepts them all.
+OBJECT_NAMES = ["constructor", "toString", "valueOf", "endpoint"]
+
+
+def test_deployment_names_that_are_object_members_work(world: World) -> None:
+    """Sliders, mirror inputs, the traffic sent and the metrics of deployments named
+    `constructor`, `toString`, `valueOf` and `endpoint` (audit-rest finding 10: the portal
+    looked shares up in plain objects, so `toString`'s slider read a function, the metrics
+    tab failed on `constructor`, and `endpoint` merged with the endpoint's totals). The
+    REST answers are played by the browser (page.route), in the API's shape."""
+    page = world.page
+    name = f"names-{os.getpid()}"
+    state: dict[str, Any] = {
+        "etag": 3,
+        "traffic": {"constructor": 70, "endpoint": 30},
+        "mirror": {"valueOf": 10},
+        "sent": [],
+    }
+
+    def endpoint() -> dict[str, Any]:
+        return {
+            "name": name,
+            "etag": str(state["etag"]),
+            "properties": {
+                "provisioningState": "Succeeded",
+                "authMode": "Key",
+                "scoringUri": f"http://localhost/endpoints/{name}/score",
+                "traffic": state["traffic"],
+                "mirrorTraffic": state["mirror"],
+                "appliedEtag": str(state["etag"]),
+            },
+        }
+
+    deployments = [
+        {
+            "name": d,
+            "sku": {"capacity": 1},
+            "properties": {
+                "provisioningState": "Succeeded",
+                "instanceType": "Standard_DS1_v2",
+                "instances": [{"ready": True}],
+                "statusMessage": "",
+            },
+        }
+        for d in OBJECT_NAMES
+    ]
+    points = [
+        {
+            "time": f"2025-01-01T00:0{minute}:00Z",
+            "deploymentName": d,
+            "requestsPerMinute": 5 + i,
+            "latencyP50Ms": 3,
+            "latencyP99Ms": 9,
+            "responsesByStatusClass": {"2xx": "5", "5xx": "1"},
+            "cpuUtilizationPercent": 10,
+            "memoryUtilizationPercent": 20,
+            "instanceCount": 1,
+        }
+        for minute in (1, 2)
+        for i, d in enumerate([*OBJECT_NAMES, ""])  # "": the endpoint's totals
+    ]
+    costs = {
+        "currency": "USD",
+        "total": 0.1,
+        "lines": [
+            {
+                "deploymentName": "constructor",
+                "instanceType": "Standard_DS1_v2",
+                "instanceHours": 1,
+                "hourlyPrice": 0.1,
+                "cost": 0.1,
+            }
+        ],
+    }
+
+    def answer(route: Any) -> None:
+        request = route.request
+        path = request.url[len(world.platform.management_url or "") :]
+        if path.startswith("/costs"):
+            body: Any = costs
+        elif "/metrics" in path:
+            body = {"points": points}
+        elif path.endswith("/deployments"):
+            body = {"value": deployments, "nextLink": ""}
+        elif path.endswith("/setTraffic"):
+            sent = json.loads(request.post_data)
+            state["sent"].append(sent)
+            state["traffic"] = {k: v for k, v in sent["traffic"].items() if v > 0}
+            state["etag"] += 1
+            body = endpoint()
+        else:
+            body = endpoint()
+        route.fulfill(status=200, content_type="application/json", body=json.dumps(body))
+
+    pattern = re.compile(rf"/(onlineEndpoints/{name}([/?]|$)|costs\?endpointName={name})")
+    signed_in(world)
+    page.route(pattern, answer)
+    try:
+        page.goto(f"{world.platform.management_url}/portal/#/endpoints/{name}")
+        sliders = {d: page.get_by_role("slider", name=d, exact=True) for d in OBJECT_NAMES}
+        for d, share in {"constructor": 70, "toString": 0, "valueOf": 0, "endpoint": 30}.items():
+            sync_api.expect(sliders[d]).to_have_value(str(share))
+            sync_api.expect(page.locator(f"[id='out-{d}']")).to_have_text(f"{share}%")
+        for d, share in {"constructor": 0, "toString": 0, "valueOf": 10, "endpoint": 0}.items():
+            sync_api.expect(page.locator(f"[id='mirror-{d}']")).to_have_value(str(share))
+        sliders["constructor"].focus()
+        page.keyboard.press("Home")  # constructor 0: endpoint, which had the rest, takes 100
+        sync_api.expect(sliders["endpoint"]).to_have_value("100")
+        sync_api.expect(sliders["toString"]).to_have_value("0")
+        page.get_by_role("button", name="Apply traffic").click()
+        status = page.locator("#traffic-status")
+        sync_api.expect(status).to_contain_text("applied: Envoy serves endpoint 100%")
+        assert state["sent"] == [
+            {"traffic": {"constructor": 0, "toString": 0, "valueOf": 0, "endpoint": 100}}
+        ]
+        world.shot("endpoint-object-names")
+
+        page.goto(f"{world.platform.management_url}/portal/#/endpoints/{name}/metrics")
+        sync_api.expect(page.locator("#costs table")).to_contain_text("constructor")
+        sync_api.expect(page.locator("#view [role=alert]")).to_have_count(0)
+        requests = page.locator("figure[data-chart='Requests per minute'] .legend span")
+        sync_api.expect(requests).to_have_text(["endpoint total", *OBJECT_NAMES])
+        cpu = page.locator("figure[data-chart='CPU %'] .legend span")
+        sync_api.expect(cpu).to_have_text(OBJECT_NAMES)
+        assert page.locator("figure[data-chart='CPU %'] polyline").count() == len(OBJECT_NAMES)
+        world.shot("endpoint-object-names-metrics")
+    finally:
+        page.unroute(pattern)
+    assert world.errors == []

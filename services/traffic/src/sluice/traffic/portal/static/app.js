@@ -7,8 +7,12 @@ const NOT_RUNNING = "no such REST path";
 
 // ---- helpers -----------------------------------------------------------------------------
 
+// Deployment names are the user's (`constructor`, `toString` and `endpoint` are valid): a
+// map keyed by them is a Map, or read with own() from JSON, never by a plain lookup, which
+// would find Object.prototype's members.
+const own = (map, key, otherwise) => (map && Object.hasOwn(map, key) ? map[key] : otherwise);
 const esc = (v) => String(v ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
-const authText = (mode) => ({ Key: "key", AMLToken: "aml_token", AADToken: "aad_token" })[mode] || String(mode || "");
+const authText = (mode) => own({ Key: "key", AMLToken: "aml_token", AADToken: "aad_token" }, mode, String(mode || ""));
 const enc = encodeURIComponent;
 
 class ApiError extends Error {
@@ -85,7 +89,7 @@ async function route() {
   if (!signedIn) { view.innerHTML = ""; document.getElementById("token").focus(); return; }
   const parts = (location.hash.replace(/^#\/?/, "") || "endpoints").split("/").map(decodeURIComponent);
   const pages = { endpoints: parts[1] ? endpointPage : endpointsPage, batch: batchPage, jobs: parts[1] ? jobPage : jobsPage, assets: assetsPage };
-  const page = pages[parts[0]] || endpointsPage;
+  const page = own(pages, parts[0], endpointsPage);
   try { await page(...parts.slice(1)); } catch (err) { view.innerHTML = problem(err, "Could not load the page"); }
 }
 window.addEventListener("hashchange", route);
@@ -125,30 +129,29 @@ async function endpointPage(name, tab = "deployments") {
     <section id="tab" role="tabpanel" aria-label="${esc(tab)}"></section>`;
   view.querySelectorAll("[role=tab]").forEach((b) => b.addEventListener("click", () => { location.hash = `#/endpoints/${enc(name)}/${b.dataset.tab}`; }));
   const panel = document.getElementById("tab");
-  const render = { deployments: deploymentsTab, keys: keysTab, test: testTab, logs: logsTab, metrics: metricsTab }[tab] || deploymentsTab;
+  const render = own({ deployments: deploymentsTab, keys: keysTab, test: testTab, logs: logsTab, metrics: metricsTab }, tab, deploymentsTab);
   await render(panel, ep);
 }
 
 // Moving one share spreads the rest over the others in proportion to what they had (evenly
-// when they had nothing), rounded so the total stays exactly 100.
+// when they had nothing), rounded so the total stays exactly 100. Shares: a Map name -> %.
 function rebalance(shares, moved, value) {
-  const names = Object.keys(shares);
-  const others = names.filter((n) => n !== moved);
-  const result = { [moved]: value };
-  if (!others.length) return { [moved]: 100 };
+  const others = [...shares.keys()].filter((n) => n !== moved);
+  if (!others.length) return new Map([[moved, 100]]);
+  const result = new Map([...shares.keys()].map((n) => [n, n === moved ? value : 0]));
   const rest = 100 - value;
-  const had = others.reduce((s, n) => s + shares[n], 0);
-  const raw = others.map((n) => [n, had ? (shares[n] * rest) / had : rest / others.length]);
+  const had = others.reduce((s, n) => s + shares.get(n), 0);
+  const raw = others.map((n) => [n, had ? (shares.get(n) * rest) / had : rest / others.length]);
   let left = rest;
-  raw.forEach(([n, v]) => { result[n] = Math.floor(v); left -= Math.floor(v); });
-  raw.sort((a, b) => (b[1] % 1) - (a[1] % 1)).forEach(([n]) => { if (left > 0) { result[n] += 1; left -= 1; } });
+  raw.forEach(([n, v]) => { result.set(n, Math.floor(v)); left -= Math.floor(v); });
+  raw.sort((a, b) => (b[1] % 1) - (a[1] % 1)).forEach(([n]) => { if (left > 0) { result.set(n, result.get(n) + 1); left -= 1; } });
   return result;
 }
 
 async function deploymentsTab(panel, ep) {
   const name = ep.name;
   const { value: deployments } = await api("GET", `/onlineEndpoints/${enc(name)}/deployments`);
-  let shares = Object.fromEntries(deployments.map((d) => [d.name, ep.properties.traffic[d.name] || 0]));
+  let shares = new Map(deployments.map((d) => [d.name, Number(own(ep.properties.traffic, d.name, 0))]));
   const rows = deployments.map((d) => `<tr><td>${esc(d.name)}</td>
       <td class="state-${esc(d.properties.provisioningState)}">${esc(d.properties.provisioningState)}</td>
       <td>${esc(d.properties.instanceType)}</td><td>${esc(d.sku.capacity)}</td>
@@ -160,24 +163,24 @@ async function deploymentsTab(panel, ep) {
     <h2 id="traffic-title">Traffic</h2>
     <div role="group" aria-labelledby="traffic-title" id="sliders">${deployments.map((d) => `<div class="slider-row">
       <label for="share-${esc(d.name)}">${esc(d.name)}</label>
-      <input type="range" id="share-${esc(d.name)}" data-name="${esc(d.name)}" min="0" max="100" step="1" value="${shares[d.name]}">
-      <output id="out-${esc(d.name)}">${shares[d.name]}%</output></div>`).join("")}</div>
+      <input type="range" id="share-${esc(d.name)}" data-name="${esc(d.name)}" min="0" max="100" step="1" value="${shares.get(d.name)}">
+      <output id="out-${esc(d.name)}">${shares.get(d.name)}%</output></div>`).join("")}</div>
     <div class="row"><button id="apply-traffic" type="button" ${deployments.length ? "" : "disabled"}>Apply traffic</button>
       <span id="traffic-status" role="status" aria-live="polite"></span></div>
     <h2>Mirror traffic</h2>
     <p class="muted">Copies of live requests (at most 50%), answers discarded.</p>
     ${deployments.map((d) => `<div class="row"><label for="mirror-${esc(d.name)}">${esc(d.name)}</label>
-      <input type="number" id="mirror-${esc(d.name)}" data-name="${esc(d.name)}" min="0" max="50" value="${ep.properties.mirrorTraffic[d.name] || 0}"> %</div>`).join("")}
+      <input type="number" id="mirror-${esc(d.name)}" data-name="${esc(d.name)}" min="0" max="50" value="${Number(own(ep.properties.mirrorTraffic, d.name, 0))}"> %</div>`).join("")}
     <div class="row"><button id="apply-mirror" type="button" class="secondary" ${deployments.length ? "" : "disabled"}>Apply mirror</button>
       <span id="mirror-status" role="status" aria-live="polite"></span></div>`;
   const sliders = [...panel.querySelectorAll("input[type=range]")];
   sliders.forEach((s) => s.addEventListener("input", () => {
     shares = rebalance(shares, s.dataset.name, Number(s.value));
-    sliders.forEach((o) => { o.value = shares[o.dataset.name]; o.setAttribute("aria-valuetext", `${shares[o.dataset.name]} percent`); document.getElementById(`out-${o.dataset.name}`).textContent = `${shares[o.dataset.name]}%`; });
+    sliders.forEach((o) => { const v = shares.get(o.dataset.name); o.value = v; o.setAttribute("aria-valuetext", `${v} percent`); document.getElementById(`out-${o.dataset.name}`).textContent = `${v}%`; });
   }));
   panel.querySelector("#apply-traffic").addEventListener("click", () => applyShares(name, "setTraffic", shares, "#traffic-status"));
   panel.querySelector("#apply-mirror").addEventListener("click", () => {
-    const mirror = Object.fromEntries([...panel.querySelectorAll("input[type=number]")].map((i) => [i.dataset.name, Number(i.value)]));
+    const mirror = new Map([...panel.querySelectorAll("input[type=number]")].map((i) => [i.dataset.name, Number(i.value)]));
     applyShares(name, "setMirrorTraffic", mirror, "#mirror-status");
   });
 }
@@ -189,7 +192,7 @@ async function applyShares(name, verb, shares, statusSel) {
   status.className = "";
   status.textContent = "applying…";
   try {
-    const updated = await api("POST", `/onlineEndpoints/${enc(name)}/${verb}`, { traffic: shares });
+    const updated = await api("POST", `/onlineEndpoints/${enc(name)}/${verb}`, { traffic: Object.fromEntries(shares) });
     const want = Number(updated.etag);
     const deadline = Date.now() + 30000;
     while (Date.now() < deadline) {
@@ -326,12 +329,19 @@ async function metricsTab(panel, ep) {
     const charts = panel.querySelector("#charts");
     try {
       const m = await api("GET", `/onlineEndpoints/${enc(name)}/metrics?window.start=${enc(isoAgo(3600))}`);
-      const byDep = {};
-      for (const p of m.points || []) (byDep[p.deploymentName || "endpoint"] ||= []).push(p);
-      const deps = Object.keys(byDep).filter((d) => d !== "endpoint");
-      const series = (names, f) => names.map((d) => ({ name: d, points: byDep[d].map((p) => [Date.parse(p.time), f(p)]) }));
+      // Points by deployment; the endpoint's totals (no deployment) under "", which no
+      // deployment can be named, so a deployment named "endpoint" stays its own series.
+      const byDep = new Map();
+      for (const p of m.points || []) {
+        const key = p.deploymentName || "";
+        if (!byDep.has(key)) byDep.set(key, []);
+        byDep.get(key).push(p);
+      }
+      const deps = [...byDep.keys()].filter((d) => d !== "");
+      const label = (d) => (d === "" ? "endpoint total" : d);
+      const series = (names, f) => names.map((d) => ({ name: label(d), points: byDep.get(d).map((p) => [Date.parse(p.time), f(p)]) }));
       const errors = (p) => Object.entries(p.responsesByStatusClass || {}).filter(([k]) => k === "4xx" || k === "5xx").reduce((s, [, v]) => s + Number(v), 0);
-      const total = byDep.endpoint ? ["endpoint"] : [];
+      const total = byDep.has("") ? [""] : [];
       charts.innerHTML = [
         chart("Requests per minute", series([...total, ...deps], (p) => p.requestsPerMinute), "requests/min"),
         chart("Latency P50 / P99 (ms)", [...series(total, (p) => p.latencyP50Ms).map((s) => ({ ...s, name: "P50" })), ...series(total, (p) => p.latencyP99Ms).map((s) => ({ ...s, name: "P99" }))], "ms"),
