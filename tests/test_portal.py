@@ -472,3 +472,57 @@ def test_deployment_names_that_are_object_members_work(world: World) -> None:
     finally:
         page.unroute(pattern)
     assert world.errors == []
+
+
+def test_regenerate_asks_first_and_says_when_it_fails(world: World) -> None:
+    """Regenerating a key that clients use breaks them at once: the page asks, Cancel (or
+    Esc) changes nothing, and a refused call is shown, not swallowed (audit-rest finding
+    11). The secondary key, so the other tests' primary key keeps working."""
+    page = world.page
+    keys_path = f"/onlineEndpoints/{world.endpoint}/listKeys"
+    before = world.rest.call("POST", keys_path)[1]
+    signed_in(world)
+    page.goto(f"{world.platform.management_url}/portal/#/endpoints/{world.endpoint}/keys")
+    regenerate = page.get_by_role("row", name="Secondary key").get_by_role(
+        "button", name="Regenerate"
+    )
+    dialog = page.get_by_role("dialog", name="Regenerate the secondary key?")
+
+    regenerate.click()
+    sync_api.expect(dialog).to_be_visible()
+    sync_api.expect(dialog).to_contain_text("gets 401")
+    world.shot("endpoint-keys-confirm")
+    dialog.get_by_role("button", name="Cancel").click()
+    sync_api.expect(dialog).to_be_hidden()
+    regenerate.click()
+    page.keyboard.press("Escape")
+    sync_api.expect(dialog).to_be_hidden()
+    assert world.rest.call("POST", keys_path)[1] == before
+
+    # Refused (played by the browser: a reader's 403): the page says so and why.
+    refusal = {"code": 7, "message": "role reader may not call RegenerateKeys"}
+    pattern = re.compile(rf"/onlineEndpoints/{world.endpoint}/regenerateKeys$")
+    page.route(
+        pattern,
+        lambda route: route.fulfill(
+            status=403, content_type="application/json", body=json.dumps(refusal)
+        ),
+    )
+    try:
+        regenerate.click()
+        dialog.get_by_role("button", name="Regenerate secondary key").click()
+        status = page.locator("#keys-status")
+        sync_api.expect(status).to_contain_text("The secondary key was not regenerated")
+        sync_api.expect(status).to_contain_text(refusal["message"])
+    finally:
+        page.unroute(pattern)
+    world.errors.clear()  # the browser logs the refused call (403) as a console error
+    assert world.rest.call("POST", keys_path)[1] == before
+
+    regenerate.click()
+    dialog.get_by_role("button", name="Regenerate secondary key").click()
+    sync_api.expect(page.locator("#keys-status")).to_have_text("Regenerated the secondary key.")
+    after = world.rest.call("POST", keys_path)[1]
+    assert after["secondaryKey"] != before["secondaryKey"]
+    assert after["primaryKey"] == before["primaryKey"]
+    assert world.errors == []

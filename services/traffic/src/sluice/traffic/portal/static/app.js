@@ -232,7 +232,12 @@ async function keysTab(panel, ep) {
       <button type="button" class="secondary" data-regen="${type}">Regenerate</button></td></tr>`;
   panel.innerHTML = `<h2>Keys</h2><div class="table-wrap"><table>
     ${row("Primary key", keys.primaryKey, "Primary")}${row("Secondary key", keys.secondaryKey, "Secondary")}</table></div>
-    <p id="keys-status" role="status" aria-live="polite"></p>`;
+    <p id="keys-status" role="status" aria-live="polite"></p>
+    <dialog id="regen-confirm" aria-labelledby="regen-title" aria-describedby="regen-text">
+      <h2 id="regen-title"></h2><p id="regen-text"></p>
+      <form method="dialog" class="row"><button id="regen-yes" value="regenerate"></button>
+        <button value="cancel" class="secondary" autofocus>Cancel</button></form>
+    </dialog>`;
   const status = panel.querySelector("#keys-status");
   panel.querySelectorAll("[data-show]").forEach((b) => b.addEventListener("click", () => {
     const cell = b.closest("tr").querySelector(".secret");
@@ -244,11 +249,40 @@ async function keysTab(panel, ep) {
     try { await navigator.clipboard.writeText(b.closest("tr").querySelector(".secret").dataset.secret); status.textContent = "Copied."; }
     catch { status.textContent = "The browser refused the clipboard; use Show and copy it by hand."; }
   }));
-  panel.querySelectorAll("[data-regen]").forEach((b) => b.addEventListener("click", async () => {
-    await api("POST", `/onlineEndpoints/${enc(name)}/regenerateKeys`, { keyType: b.dataset.regen });
-    await keysTab(panel, ep);
-    panel.querySelector("#keys-status").textContent = "Regenerated.";
+  // A key in use stops working the moment it is regenerated: ask first (Cancel is the
+  // default button, Esc cancels too), and say so when the call fails.
+  const confirmBox = panel.querySelector("#regen-confirm");
+  let asked = "";
+  panel.querySelectorAll("[data-regen]").forEach((b) => b.addEventListener("click", () => {
+    asked = b.dataset.regen;
+    const key = `${asked.toLowerCase()} key`;
+    const other = asked === "Primary" ? "secondary" : "primary";
+    confirmBox.querySelector("#regen-title").textContent = `Regenerate the ${key}?`;
+    confirmBox.querySelector("#regen-text").textContent = `Every client that sends the current ${key} gets 401 from the moment it changes until it uses the new one. Move them to the ${other} key first.`;
+    confirmBox.querySelector("#regen-yes").textContent = `Regenerate ${key}`;
+    confirmBox.returnValue = "";
+    confirmBox.showModal();
   }));
+  confirmBox.addEventListener("close", async () => {
+    if (confirmBox.returnValue !== "regenerate") return;
+    const key = `${asked.toLowerCase()} key`;
+    status.className = "";
+    status.textContent = `Regenerating the ${key}…`;
+    try {
+      await api("POST", `/onlineEndpoints/${enc(name)}/regenerateKeys`, { keyType: asked });
+    } catch (err) {
+      status.className = "error";
+      status.textContent = `The ${key} was not regenerated: ${err.message}`;
+      return;
+    }
+    try {
+      await keysTab(panel, ep);
+      panel.querySelector("#keys-status").textContent = `Regenerated the ${key}.`;
+    } catch (err) {
+      status.className = "error";
+      status.textContent = `The ${key} was regenerated, but the keys could not be read again: ${err.message}`;
+    }
+  });
 }
 
 async function testTab(panel, ep) {
