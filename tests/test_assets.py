@@ -253,6 +253,62 @@ def test_cli_model_environment_and_data(cli: Cli, tmp_path: Path) -> None:
     assert data["type"] == "uri_file" and not str(data["id"]).startswith("azureml:")
 
 
+def test_az_verbs_and_options_for_assets(cli: Cli, client: RegistryClient) -> None:
+    """az ml model|environment|data update (generic --set/--add/--remove, --description,
+    --stage), create --tags/--stage, list -r, archive/restore --label, environment create's
+    -c/-b/-d (az's --dockerfile-path) and data create's -d (az's --description)."""
+    made = cli.json(
+        "model", "create", "-n", "m", "-v", "1", "-p", "model-1/model",
+        "--tags", "team=ml stage=dev", "-s", "Staging",
+    )  # fmt: skip
+    assert made["tags"] == {"team": "ml", "stage": "dev"} and made["stage"] == "Staging"
+    cli.json("model", "update", "-n", "m", "-v", "1", "--set", "tags.stage=prod")
+    assert cli.json("model", "show", "-n", "m", "-v", "1")["tags"] == {
+        "team": "ml",
+        "stage": "prod",
+    }
+    updated = cli.json(
+        "model", "update", "-n", "m", "-l", "latest", "--description", "promoted",
+        "--stage", "Production", "--remove", "tags.team",
+    )  # fmt: skip
+    assert updated["description"] == "promoted" and updated["stage"] == "Production"
+    assert updated["tags"] == {"stage": "prod"}
+    before = client.get_asset(AssetKind.model, "m:1").doc
+    refused = cli.error("model", "update", "-n", "m", "-v", "1", "--set", "type=mlflow_model")
+    assert "type cannot change (a version is immutable but for its description, tags" in " ".join(
+        refused.split()
+    )
+    many = ["--set", "tags={" + ", ".join(f'"t{i}": "v"' for i in range(51)) + "}"]
+    refused = cli.error("model", "update", "-n", "m", "-v", "1", *many)
+    assert "model 'm': tags: 51 given, at most 50 are allowed" in refused
+    assert client.get_asset(AssetKind.model, "m:1").doc == before  # nothing changed
+    with pytest.raises(SluiceError) as caught:
+        client.update_asset(AssetKind.model, "m", "1", description="x", tags={}, stage="",
+                            expected_version=before.meta.version + 5)  # fmt: skip
+    assert caught.value.code == "ABORTED"
+
+    cli.json("model", "create", "-n", "m", "-p", "model-1/model")  # version 2
+    assert len(cli.json("model", "list", "-n", "m", "-r", "1")) == 1
+    archived = cli.json("model", "archive", "-n", "m", "-l", "latest")
+    assert archived["version"] == "2" and archived["archived"] is True
+    assert cli.json("model", "restore", "-n", "m", "-v", "2")["archived"] is False
+
+    env = cli.json("environment", "create", "-n", "e", "-v", "1",
+                   "-c", "model-1/environment/conda.yaml", "-i", "python:3.11")  # fmt: skip
+    assert env["conda_file"]["name"] == "model-env"  # type: ignore[index]
+    context = cli.cwd / "ctx"
+    context.mkdir()
+    (context / "Alt.Dockerfile").write_text("FROM python:3.11\nRUN pip install numpy<3\n")
+    built = cli.json("environment", "create", "-n", "e", "-v", "2", "-b", "ctx",
+                     "-d", "Alt.Dockerfile")  # fmt: skip
+    assert built["pip_requirements"] == ["numpy<3"] and built["image"] == "python:3.11"
+    refused = cli.error("environment", "create", "-n", "e", "-v", "3", "-i", "x", "-d", "D")
+    assert "--dockerfile-path names a file in --build-context: give both" in refused
+    data = cli.json("data", "create", "-n", "d", "-t", "uri_file",
+                    "-p", "https://example.com/rows.csv", "-d", "rows")  # fmt: skip
+    assert data["description"] == "rows"
+
+
 def test_build_context_pip_lines_are_honoured_others_refused(cli: Cli) -> None:
     context = cli.cwd / "ctx"
     context.mkdir()

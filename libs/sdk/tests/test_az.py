@@ -41,6 +41,18 @@ ROOT = typer.main.get_group(app)
             None,
         ),
         (
+            ["az", "ml", "model", "create", "-n", "m", "-p", "x", "--tags", "a=1", "b=2", "-s",
+             "Production"],
+            ["model", "create", "-n", "m", "-p", "x", "--tags", "a=1", "--tags", "b=2", "-s",
+             "Production"],
+            None,
+        ),
+        (
+            ["az", "ml", "model", "update", "-n", "m", "-v", "1", "--set", "tags.stage=prod"],
+            ["model", "update", "-n", "m", "-v", "1", "--set", "tags.stage=prod"],
+            None,
+        ),
+        (
             ["az", "monitor", "autoscale", "rule", "create", "--autoscale-name", "a", "-g", "rg",
              "--condition", "RequestsPerMinute > 10 avg 1m", "--scale", "out", "1"],
             ["monitor", "autoscale", "rule", "create", "--autoscale-name", "a", "--condition",

@@ -59,6 +59,11 @@ class AssetsStub:
                 request_serializer=sluice_dot_v1_dot_assets__pb2.ArchiveAssetRequest.SerializeToString,
                 response_deserializer=sluice_dot_v1_dot_assets__pb2.Asset.FromString,
                 _registered_method=True)
+        self.UpdateAsset = channel.unary_unary(
+                '/sluice.v1.Assets/UpdateAsset',
+                request_serializer=sluice_dot_v1_dot_assets__pb2.UpdateAssetRequest.SerializeToString,
+                response_deserializer=sluice_dot_v1_dot_assets__pb2.Asset.FromString,
+                _registered_method=True)
 
 
 class AssetsServicer:
@@ -100,6 +105,14 @@ class AssetsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateAsset(self, request, context):
+        """Changes what a version may change (it is otherwise immutable): its description, tags
+        and stage, all three as given; ABORTED when expected_version is set and stale.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AssetsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -126,6 +139,11 @@ def add_AssetsServicer_to_server(servicer, server):
             'RestoreAsset': grpc.unary_unary_rpc_method_handler(
                     servicer.RestoreAsset,
                     request_deserializer=sluice_dot_v1_dot_assets__pb2.ArchiveAssetRequest.FromString,
+                    response_serializer=sluice_dot_v1_dot_assets__pb2.Asset.SerializeToString,
+            ),
+            'UpdateAsset': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateAsset,
+                    request_deserializer=sluice_dot_v1_dot_assets__pb2.UpdateAssetRequest.FromString,
                     response_serializer=sluice_dot_v1_dot_assets__pb2.Asset.SerializeToString,
             ),
     }
@@ -263,6 +281,33 @@ class Assets:
             target,
             '/sluice.v1.Assets/RestoreAsset',
             sluice_dot_v1_dot_assets__pb2.ArchiveAssetRequest.SerializeToString,
+            sluice_dot_v1_dot_assets__pb2.Asset.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateAsset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sluice.v1.Assets/UpdateAsset',
+            sluice_dot_v1_dot_assets__pb2.UpdateAssetRequest.SerializeToString,
             sluice_dot_v1_dot_assets__pb2.Asset.FromString,
             options,
             channel_credentials,

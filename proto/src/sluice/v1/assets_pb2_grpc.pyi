@@ -48,6 +48,10 @@ class AssetsStub:
     and jobs that use it keep it, and a reference naming its version still resolves.
     """
     RestoreAsset: _grpc.UnaryUnaryMultiCallable[_assets_pb2.ArchiveAssetRequest, _assets_pb2.Asset]
+    UpdateAsset: _grpc.UnaryUnaryMultiCallable[_assets_pb2.UpdateAssetRequest, _assets_pb2.Asset]
+    """Changes what a version may change (it is otherwise immutable): its description, tags
+    and stage, all three as given; ABORTED when expected_version is set and stale.
+    """
 
 @_typing.type_check_only
 class AssetsAsyncStub(AssetsStub):
@@ -65,6 +69,10 @@ class AssetsAsyncStub(AssetsStub):
     and jobs that use it keep it, and a reference naming its version still resolves.
     """
     RestoreAsset: _aio.UnaryUnaryMultiCallable[_assets_pb2.ArchiveAssetRequest, _assets_pb2.Asset]  # type: ignore[assignment]
+    UpdateAsset: _aio.UnaryUnaryMultiCallable[_assets_pb2.UpdateAssetRequest, _assets_pb2.Asset]  # type: ignore[assignment]
+    """Changes what a version may change (it is otherwise immutable): its description, tags
+    and stage, all three as given; ABORTED when expected_version is set and stale.
+    """
 
 class AssetsServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -109,5 +117,15 @@ class AssetsServicer(metaclass=_abc_1.ABCMeta):
         request: _assets_pb2.ArchiveAssetRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_assets_pb2.Asset, _abc.Awaitable[_assets_pb2.Asset]]: ...
+
+    @_abc_1.abstractmethod
+    def UpdateAsset(
+        self,
+        request: _assets_pb2.UpdateAssetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_assets_pb2.Asset, _abc.Awaitable[_assets_pb2.Asset]]:
+        """Changes what a version may change (it is otherwise immutable): its description, tags
+        and stage, all three as given; ABORTED when expected_version is set and stale.
+        """
 
 def add_AssetsServicer_to_server(servicer: AssetsServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

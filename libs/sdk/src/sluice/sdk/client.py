@@ -463,6 +463,29 @@ class RegistryClient:
         request = assets_pb2.ArchiveAssetRequest(kind=kind.value, name=name, version=version)
         return _asset(self._call(self._assets.RestoreAsset, request))
 
+    def update_asset(
+        self,
+        kind: AssetKind,
+        name: str,
+        version: str,
+        *,
+        description: str,
+        tags: dict[str, str],
+        stage: str,
+        expected_version: int = 0,
+    ) -> Asset:
+        """Set a version's description, tags and stage (what a version may change)."""
+        request = assets_pb2.UpdateAssetRequest(
+            kind=kind.value,
+            name=name,
+            version=version,
+            description=description,
+            tags=tags,
+            stage=stage,
+            expected_version=expected_version,
+        )
+        return _asset(self._call(self._assets.UpdateAsset, request))
+
     def resolve_data(self, reference: str) -> AssetDoc:
         """A data asset named by a batch input (`azureml:my-data:1`, `azureml:my-data@latest`).
 

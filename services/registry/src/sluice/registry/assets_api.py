@@ -84,3 +84,20 @@ class AssetsApi(assets_pb2_grpc.AssetsServicer):
         kind = _kind(request.kind)
         docs = await self._assets.restore(kind, request.name, request.version, actor_of(context))
         return await self._view(docs[-1])
+
+    @domain_errors
+    async def UpdateAsset(self, request: Any, context: Any) -> Any:
+        kind = _kind(request.kind)
+        if not request.version:
+            raise InvalidArgument(f"{kind.value} {request.name!r}: name the version to update")
+        current = await self._assets.get(kind, f"{request.name}:{request.version}")
+        doc = await self._assets.update(
+            current,
+            description=request.description,
+            tags=dict(request.tags),
+            stage=request.stage,
+            archived=current.archived,
+            expected_version=request.expected_version or None,
+            actor=actor_of(context),
+        )
+        return await self._view(doc)

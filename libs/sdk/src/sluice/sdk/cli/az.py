@@ -38,7 +38,7 @@ GLOBAL_WITH_VALUE = frozenset(
 GLOBAL_FLAGS = frozenset({"--only-show-errors", "--debug", "--verbose"})
 OPTIONAL_FLAGS = frozenset({"--no-wait", "--yes", "-y"})
 OUTPUT = frozenset({"-o", "--output"})
-MULTI_WORD = frozenset({"--set", "--add", "--remove"})
+MULTI_WORD = frozenset({"--set", "--add", "--remove", "--tags"})
 AZ_SETUP = frozenset({"extension", "configure", "account", "login", "version"})
 
 
@@ -98,8 +98,8 @@ def _words(first: str, rest: list[str]) -> Iterator[str]:
 
 
 def _multi_word(option: str, words: list[str]) -> list[str]:
-    if option == "--set":
-        return [part for word in words for part in ("--set", word)]
+    if option in ("--set", "--tags"):  # one key=value per option, as Sluice's repeat them
+        return [part for word in words for part in (option, word)]
     return [option, json.dumps(words)]
 
 
