@@ -456,6 +456,12 @@ def test_tokens_over_rest(rest: Rest, test_id: str) -> None:
     assert "secret" not in mine and mine["expiresAt"] == created["token"]["expiresAt"]
 
     assert rest.call("GET", "/onlineEndpoints", auth=secret)[0] == 200
+    # Cost Management's query is a POST, but a read: a reader may make it, as GET /costs.
+    query = {"type": "Usage", "timeframe": "MonthToDate"}
+    status, costs = rest.call(
+        "POST", "/providers/Microsoft.CostManagement/query", query, auth=secret
+    )
+    assert status == 200 and costs["type"] == "Microsoft.CostManagement/query", costs
     status, body = rest.call("POST", "/tokens", {"user": "x", "role": "ROLE_ADMIN"}, auth=secret)
     assert status == 403 and "may not call CreateToken" in body["message"]
     bad = {"user": user, "role": "ROLE_READER", "expiresInS": "-1"}

@@ -13,12 +13,19 @@ import pytest
 from faststream.nats import NatsBroker
 from pymongo.asynchronous.database import AsyncDatabase
 
+from sluice.common.access import LOG_TAIL_HIDDEN, with_log_tail
 from sluice.common.events import parse_envelope
 from sluice.common.mongo import Document
-from sluice.common.resources import OnlineEndpointSpec
+from sluice.common.resources import (
+    ONLINE_DEPLOYMENTS,
+    OnlineEndpointSpec,
+    ProvisioningState,
+    deployment_id,
+)
 from sluice.sdk.batch import BatchClient
 from sluice.sdk.client import RegistryClient, SluiceError
 from sluice.sdk.metrics import MetricsClient
+from sluice.sdk.specs import load_online_deployment
 from sluice.testing.cli import Cli as InProcessCli
 from sluice.testing.plugin import RunningService, ServiceStarter
 from sluice.v1 import metrics_pb2
@@ -231,3 +238,38 @@ async def test_batch_and_metrics_check_role_tokens_like_the_registry(
         assert "expired at" in refused(metrics.list_alert_rules, "UNAUTHENTICATED")
     with BatchClient(batch_service.address, f"sluice_{reader.token.id}_{'x' * 43}") as batch:
         assert "not a token of this platform" in refused(batch.list, "UNAUTHENTICATED")
+
+
+async def test_a_reader_sees_why_a_deployment_failed_but_not_its_log_lines(
+    registry: RunningService, examples: Path, mongo_db: AsyncDatabase[Document]
+) -> None:
+    """A deployment whose init() failed says so with the instance's last log lines: what
+    scoring code printed, which a reader may not read (no GetLogs), so a reader's status
+    leaves them out and says so; a deployer's keeps them (audit-rest finding 15)."""
+    assert registry.settings.admin_token
+    with client(registry, registry.settings.admin_token) as admin:
+        reader = admin.create_token("dora", "reader").secret
+        deployer = admin.create_token("dan", "deployer").secret
+        admin.create_online_endpoint(OnlineEndpointSpec(name="tok-failed"))
+        loaded = load_online_deployment(
+            examples / "online/blue-deployment.yml", admin.upload, endpoint_name="tok-failed"
+        )
+        admin.create_online_deployment(loaded.spec)
+    # What the provisioner writes (ProvisionerStore.set_state) when init() fails.
+    why = "instance tok-failed-blue-1 exited with code 1 before it was ready (init() failed?)."
+    message = with_log_tail(why, "ValueError: bad row from customer 4711")
+    await mongo_db[ONLINE_DEPLOYMENTS].update_one(
+        {"_id": deployment_id("tok-failed", "blue")},
+        {
+            "$set": {
+                "meta.provisioning_state": ProvisioningState.failed.value,
+                "meta.status_message": message,
+            }
+        },
+    )
+    with client(registry, reader) as dora:
+        shown = dora.get_online_deployment("tok-failed", "blue").meta.status_message
+        [listed] = dora.list_online_deployments("tok-failed")
+    assert shown == listed.meta.status_message == why + LOG_TAIL_HIDDEN
+    with client(registry, deployer) as dan:
+        assert dan.get_online_deployment("tok-failed", "blue").meta.status_message == message

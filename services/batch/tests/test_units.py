@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from sluice.batch.api import to_proto, to_resource
 from sluice.batch.inputs import InputError, resolve
 from sluice.batch.jobs import Job
 from sluice.batch.output import (
@@ -19,6 +20,8 @@ from sluice.batch.output import (
 )
 from sluice.batch.service import InvalidArgument, Overrides, apply_overrides
 from sluice.batch.workspace import open_plain_file
+from sluice.common.access import LOG_TAIL_HIDDEN, with_log_tail
+from sluice.common.grpc_server import CALLER_READS_LOGS
 from sluice.common.isolation import IsolationError
 from sluice.common.resources import BatchSettings
 
@@ -275,3 +278,31 @@ def test_an_input_is_copied_through_no_link_and_only_as_a_plain_file(tmp_path: P
         open_plain_file(tmp_path / "fifo")
     with pytest.raises(IsolationError, match="not a plain file"):
         open_plain_file(Path("/dev/zero"))
+
+
+def test_a_failed_jobs_log_lines_are_not_shown_to_readers() -> None:
+    """A job that failed in init() carries the worker's last log lines (what scoring code
+    printed): shown to callers who may read logs, left out for a reader (audit-rest
+    finding 15), over gRPC and REST alike."""
+    message = with_log_tail("worker-0: init() failed.", "KeyError: 'secret-token-123'")
+    job = Job(
+        name="j",
+        endpoint_name="e",
+        deployment_name="d",
+        deployment_version=1,
+        input="/data",
+        files=(),
+        output_path="/out",
+        settings=BatchSettings(),
+        status_message=message,
+    )
+    assert to_proto(job).status_message == message
+    reset = CALLER_READS_LOGS.set(False)  # as BearerTokenInterceptor sets it for a reader
+    try:
+        for shown in (
+            to_proto(job).status_message,
+            to_resource(job).properties.details.status_message,
+        ):
+            assert shown == "worker-0: init() failed." + LOG_TAIL_HIDDEN
+    finally:
+        CALLER_READS_LOGS.reset(reset)

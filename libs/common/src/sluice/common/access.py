@@ -5,10 +5,13 @@ them in `user_tokens`: `sluice_<id>_<secret>`, stored as the SHA-256 of the secr
 The registry, batch, metrics and provisioner services all accept them besides the
 admin token, with the same rules per role:
 
-- reader: Get*/List* calls, except those that return secrets or what scoring code
-  and callers wrote (`SECRET_READS`: endpoint keys — GetCredentials, and ListKeys of
-  the Azure-shaped REST API (Workspace) —, scoring tokens, logs, collected data,
-  request logs), as Azure's Reader role cannot list keys or read logs;
+- reader: Get*/List* calls and the read-only calls that are not named so
+  (`READ_ONLY_CALLS`: Cost Management's query, a POST over REST), except those that
+  return secrets or what scoring code and callers wrote (`SECRET_READS`: endpoint
+  keys — GetCredentials, and ListKeys of the Azure-shaped REST API (Workspace) —,
+  scoring tokens, logs, collected data, request logs), as Azure's Reader role cannot
+  list keys or read logs. Nor does a reader see the last log lines that a failed
+  deployment's or job's status message carries (`status_for_caller`);
 - deployer: every call but the Access service's;
 - admin: also the Access service (creating, listing and revoking tokens).
 
@@ -26,7 +29,7 @@ from enum import IntEnum
 import grpc
 from pymongo.asynchronous.database import AsyncDatabase
 
-from sluice.common.grpc_server import Verdict
+from sluice.common.grpc_server import Verdict, caller_reads_logs
 from sluice.common.mongo import Document
 from sluice.v1 import access_pb2
 
@@ -46,6 +49,18 @@ SECRET_READS = frozenset(
 )
 
 
+# Calls that change nothing although their names do not say Get or List.
+READ_ONLY_CALLS = frozenset({"/sluice.v1.Metrics/QueryCosts"})
+# Who may call this may read logs, and so the log tail of a status message.
+LOGS_CALL = "/sluice.v1.Provisioner/GetLogs"
+# Between a status message and the last log lines of the instance or worker that failed.
+LOG_TAIL = "\nLast log lines:\n"
+LOG_TAIL_HIDDEN = (
+    "\nLast log lines: not shown, as logs are not shown to readers "
+    "(a deployer or admin token reads them)"
+)
+
+
 class Role(IntEnum):
     reader = access_pb2.ROLE_READER
     deployer = access_pb2.ROLE_DEPLOYER
@@ -61,7 +76,23 @@ def allowed(role: Role, method: str) -> bool:
         return False
     if role is Role.deployer:
         return True
+    if f"/{service}/{name}" in READ_ONLY_CALLS:
+        return True
     return name.startswith(("Get", "List")) and name not in SECRET_READS
+
+
+def with_log_tail(message: str, lines: str) -> str:
+    """A failure's status message with the last lines its instance or worker wrote."""
+    return f"{message}{LOG_TAIL}{lines}"
+
+
+def status_for_caller(message: str) -> str:
+    """A status message as the current caller may read it: without its log tail (what
+    scoring code printed) for a caller that may not read logs."""
+    if caller_reads_logs():
+        return message
+    head, found, _ = message.partition(LOG_TAIL)
+    return head + LOG_TAIL_HIDDEN if found else message
 
 
 def secret_hash(secret: str) -> str:
@@ -100,4 +131,4 @@ class UserTokens:
                 code=grpc.StatusCode.PERMISSION_DENIED,
                 message=f"{doc['user']} ({role.name}) may not call {method.rsplit('/', 1)[-1]}",
             )
-        return Verdict(actor=doc["user"])
+        return Verdict(actor=doc["user"], reads_logs=allowed(role, LOGS_CALL))

@@ -196,12 +196,23 @@ class Verdict:
     actor: str | None = None
     code: grpc.StatusCode = grpc.StatusCode.UNAUTHENTICATED
     message: str = ""
+    # Whether the caller may read logs (a reader may not): a status message's log tail is
+    # shown only then (sluice.common.access.status_for_caller).
+    reads_logs: bool = True
 
 
 # (token, full method name) -> verdict: a service's own tokens (the registry's user tokens).
 TokenVerifier = Callable[[str, str], Awaitable[Verdict]]
 # The caller a verifier named, for `actor_of` during the call.
 CALLER: ContextVar[str | None] = ContextVar("sluice_caller", default=None)
+# Whether that caller may read logs; True outside a user token's call (the admin token,
+# mutual TLS peers, the services' own work).
+CALLER_READS_LOGS: ContextVar[bool] = ContextVar("sluice_caller_reads_logs", default=True)
+
+
+def caller_reads_logs() -> bool:
+    """May the current call's caller read logs (what scoring code printed)?"""
+    return CALLER_READS_LOGS.get()
 
 
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -245,24 +256,28 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
 
 def _as_caller(handler: Handler, behaviour: Any, verdict: Verdict) -> Any:
-    """`behaviour` with CALLER set to the verdict's actor while it runs."""
+    """`behaviour` with CALLER (and CALLER_READS_LOGS) set from the verdict while it runs."""
     if _is_streaming_response(handler):
 
         async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             reset = CALLER.set(verdict.actor)
+            reset_logs = CALLER_READS_LOGS.set(verdict.reads_logs)
             try:
                 async for item in behaviour(request, context):
                     yield item
             finally:
+                CALLER_READS_LOGS.reset(reset_logs)
                 CALLER.reset(reset)
 
         return streaming
 
     async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
         reset = CALLER.set(verdict.actor)
+        reset_logs = CALLER_READS_LOGS.set(verdict.reads_logs)
         try:
             return await behaviour(request, context)
         finally:
+            CALLER_READS_LOGS.reset(reset_logs)
             CALLER.reset(reset)
 
     return unary

@@ -20,6 +20,7 @@ from sluice.batch.service import (
     NotFound,
     Overrides,
 )
+from sluice.common.access import status_for_caller
 from sluice.common.azure_ids import resource_id
 from sluice.common.grpc_server import actor_of
 from sluice.common.resources import ArtifactRef
@@ -76,7 +77,7 @@ def to_proto(job: Job) -> batch_pb2.Job:
             )
             for e in job.errors
         ],
-        status_message=job.status_message,
+        status_message=status_for_caller(job.status_message),
         cost=batch_pb2.JobCost(
             instance_type=job.cost.instance_type,
             worker_seconds=job.cost.worker_seconds,

@@ -47,6 +47,7 @@ from sluice.batch.worker import (
 )
 from sluice.batch.workspace import JobSpace, batch_account, job_space, spare_home
 from sluice.common import confine
+from sluice.common.access import with_log_tail
 from sluice.common.artifacts import ArtifactStore
 from sluice.common.catalogue import Catalogue, UnknownInstanceType
 from sluice.common.environments import EnvironmentBuilder, EnvironmentError_
@@ -600,7 +601,7 @@ class JobRunner:
             await self.ctx.store.workers_stopped([worker.record_id])
             if code == EXIT_INIT_FAILED:
                 raise JobAborted(
-                    f"{worker.name}: init() failed. Last log lines:\n{tail(worker.log_path)}"
+                    with_log_tail(f"{worker.name}: init() failed.", tail(worker.log_path))
                 )
             if code == EXIT_TIMED_OUT:  # its mini-batch's attempt took longer than timeout:
                 # that mini-batch is retried or fails by itself (error_threshold), not the job
@@ -610,8 +611,11 @@ class JobRunner:
                 self.log(f"{worker.name} exited with code {code}; starting a new one")
             if self.restarts > 3 * self.job.workers + 3:
                 raise JobAborted(
-                    f"workers keep dying ({self.restarts} restarts). Last log lines of "
-                    f"{worker.name}:\n{tail(worker.log_path)}"
+                    with_log_tail(
+                        f"workers keep dying ({self.restarts} restarts); the last was "
+                        f"{worker.name}.",
+                        tail(worker.log_path),
+                    )
                 )
             await self._spawn(worker.name)
             await self._record_pids()

@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from sluice.common.access import with_log_tail
 from sluice.common.events.catalogue import AutoscaleScaled
 from sluice.common.log import get_logger, readable_log
 from sluice.common.resources import (
@@ -220,8 +221,10 @@ class LocalDeployment:
             if not inst.ready and inst.spec_version == version:
                 await self._fail(
                     inst.spec_version,
-                    f"instance {inst.id} {reason} before it was ready (init() failed?). "
-                    f"Last log lines:\n{readable_log(tail(inst.log_path, LOG_LINES_IN_ERRORS))}",
+                    with_log_tail(
+                        f"instance {inst.id} {reason} before it was ready (init() failed?).",
+                        readable_log(tail(inst.log_path, LOG_LINES_IN_ERRORS)),
+                    ),
                 )
             else:
                 log.warning("instance_died", deployment=self.key, instance=inst.id, reason=reason)

@@ -12,6 +12,7 @@ from typing import Literal, Protocol, TypeVar
 import grpc
 from google.protobuf.message import Message
 
+from sluice.common.access import status_for_caller
 from sluice.common.artifacts import ArtifactError, ArtifactStore
 from sluice.common.grpc_server import actor_of
 from sluice.common.protoconv import ConversionError, M, to_model, to_proto
@@ -105,7 +106,9 @@ class RegistryApi(registry_pb2_grpc.RegistryServicer):
 
     @staticmethod
     def _online_deployment(doc: OnlineDeploymentDoc) -> registry_pb2.OnlineDeployment:
-        return to_proto(doc, registry_pb2.OnlineDeployment())
+        msg = to_proto(doc, registry_pb2.OnlineDeployment())
+        msg.meta.status_message = status_for_caller(doc.meta.status_message)
+        return msg
 
     def _batch_endpoint(self, doc: BatchEndpointDoc) -> registry_pb2.BatchEndpoint:
         msg = to_proto(doc, registry_pb2.BatchEndpoint())
@@ -114,7 +117,9 @@ class RegistryApi(registry_pb2_grpc.RegistryServicer):
 
     @staticmethod
     def _batch_deployment(doc: BatchDeploymentDoc) -> registry_pb2.BatchDeployment:
-        return to_proto(doc, registry_pb2.BatchDeployment())
+        msg = to_proto(doc, registry_pb2.BatchDeployment())
+        msg.meta.status_message = status_for_caller(doc.meta.status_message)
+        return msg
 
     @staticmethod
     def _token(token: Token) -> registry_pb2.Credentials:

@@ -19,6 +19,7 @@ from google.protobuf import json_format, struct_pb2
 from google.protobuf.message import Message
 from pydantic import BaseModel, ValidationError
 
+from sluice.common.access import status_for_caller
 from sluice.common.azure_ids import resource_id
 from sluice.common.resources import (
     ArtifactRef,
@@ -401,7 +402,7 @@ def online_deployment(doc: OnlineDeployment) -> ws.OnlineDeploymentTrackedResour
         ),
         egress_public_network_access=spec.egress_public_network_access.capitalize(),
         provisioning_state=_deployment_state(doc.meta.provisioning_state),
-        status_message=doc.meta.status_message,
+        status_message=status_for_caller(doc.meta.status_message),
         instances=[
             registry_pb2.Instance(
                 id=i.id, address=i.address, ready=i.ready, grpc_address=i.grpc_address
@@ -598,7 +599,7 @@ def batch_deployment(doc: BatchDeploymentDoc) -> ws.BatchDeploymentTrackedResour
             error_threshold=settings.error_threshold,
             logging_level=settings.logging_level.capitalize(),
             provisioning_state=_deployment_state(doc.meta.provisioning_state),
-            status_message=doc.meta.status_message,
+            status_message=status_for_caller(doc.meta.status_message),
         ),
         system_data=system_data(doc.meta),
         etag=etag(doc.meta),
