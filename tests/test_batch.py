@@ -727,6 +727,14 @@ def test_datastore_uri_input(cli: Cli) -> None:
         "batch-endpoint", "invoke", "-n", "ds-batch",
         "--input", "azureml://datastores/workspaceblobstore/paths/nothing-here",
     )  # fmt: skip
+    # The path `data show` prints for an uploaded folder (azureml://artifacts/...) is an input.
+    cli("data", "create", "-n", "ds-rows", "-v", "1", "-t", "uri_folder", "-p", str(folder))
+    uploaded = cli.json("data", "show", "-n", "ds-rows", "-v", "1")["path"]
+    assert uploaded.startswith("azureml://artifacts/sha256:"), uploaded
+    assert output_lines(cli.finished(invoke(cli, "ds-batch", uploaded)["name"])) == expected
+    assert "not an uploaded artifact" in cli.error(
+        "batch-endpoint", "invoke", "-n", "ds-batch", "--input", "azureml://artifacts/nope"
+    )
     # az's invocation YAML (--file): inputs and a uri_file output, as Microsoft's how-tos write
     # it; the job shows Azure's id and type, and list-jobs -d filters by deployment.
     (cli.cwd / "inputs.yml").write_text(

@@ -34,7 +34,7 @@ from sluice.batch.runner import (
 )
 from sluice.batch.workspace import existing_account, remove_deployment
 from sluice.common import tracing
-from sluice.common.artifacts import ArtifactError
+from sluice.common.artifacts import ARTIFACT_URI_PREFIX, ArtifactError, parse_artifact_uri
 from sluice.common.isolation import IsolationError
 from sluice.common.log import get_logger
 from sluice.common.resources import (
@@ -308,6 +308,11 @@ class BatchService:
             given = self._uploaded(request.input_artifact)
         elif DATASTORE_URI.match(given.strip()):  # a datastore folder or file, as on Azure
             given = str(self._datastore_path(given.strip()))
+        elif given.strip().startswith(ARTIFACT_URI_PREFIX):  # what `data show` prints as path
+            try:
+                given = self._uploaded(parse_artifact_uri(given))
+            except ArtifactError as exc:
+                raise InvalidArgument(f"input {given!r}: {exc}") from None
         elif given.strip().startswith("azureml:"):
             given, input_type, data = await self._data_asset(given.strip(), input_type)
             assets.append(data)
