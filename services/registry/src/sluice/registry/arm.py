@@ -20,6 +20,12 @@ from google.protobuf.message import Message
 from pydantic import BaseModel, ValidationError
 
 from sluice.common.access import status_for_caller
+from sluice.common.artifacts import (
+    ARTIFACT_URI_PREFIX,
+    ArtifactError,
+    artifact_uri,
+    parse_artifact_uri,
+)
 from sluice.common.azure_ids import resource_id
 from sluice.common.resources import (
     ArtifactRef,
@@ -46,7 +52,7 @@ from sluice.v1 import workspace_pb2 as ws
 
 LOCATION = "local"
 PROVIDER = "Microsoft.MachineLearningServices/workspaces"
-ARTIFACT_PREFIX = "azureml://artifacts/"
+ARTIFACT_PREFIX = ARTIFACT_URI_PREFIX
 _DURATION = re.compile(r"^P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?$")
 
 Auth = ws.EndpointAuthMode
@@ -128,17 +134,13 @@ def _auth_in(value: int, default: AuthMode) -> AuthMode:
     return AuthMode.key if value == Auth.Key else AuthMode.aml_token
 
 
-def artifact_uri(ref: ArtifactRef) -> str:
-    return f"{ARTIFACT_PREFIX}{ref.digest}/{ref.name}" + ("/" if ref.is_directory else "")
-
-
 def parse_artifact(uri: str, field: str) -> ArtifactRef:
-    digest, _, name = uri.removeprefix(ARTIFACT_PREFIX).partition("/")
-    if not digest.startswith("sha256:") or not name.strip("/"):
-        raise InvalidArgument(
-            f"{field} {uri!r} is not an uploaded artifact ({ARTIFACT_PREFIX}sha256:<hex>/<name>)"
-        )
-    return ArtifactRef(digest=digest, name=name.strip("/"), is_directory=name.endswith("/"))
+    """The artifact a body field names (`azureml://artifacts/...`), InvalidArgument naming
+    the field if malformed."""
+    try:
+        return parse_artifact_uri(uri)
+    except ArtifactError as exc:
+        raise InvalidArgument(f"{field} {exc}") from None
 
 
 def _model_out(model: ModelRef) -> str:

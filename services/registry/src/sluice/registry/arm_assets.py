@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from sluice.common.artifacts import artifact_uri
 from sluice.common.assets import (
     DATA_TYPES,
     INFERENCE_CONFIG,
@@ -28,7 +29,6 @@ from sluice.common.azure_ids import resource_id
 from sluice.registry.arm import (
     ARTIFACT_PREFIX,
     PROVIDER,
-    artifact_uri,
     build_spec,
     parse_artifact,
 )

@@ -20,7 +20,7 @@ from typing import TypeVar
 
 from google.protobuf import empty_pb2
 
-from sluice.common.artifacts import ArtifactError, ArtifactStore
+from sluice.common.artifacts import ArtifactError, ArtifactStore, artifact_uri
 from sluice.common.grpc_server import actor_of
 from sluice.registry import arm
 from sluice.registry.api import domain_errors
@@ -432,7 +432,7 @@ class WorkspaceApi(AssetResources, workspace_pb2_grpc.WorkspaceServicer):
         except ArtifactError as exc:
             raise InvalidArgument(f"artifact {request.name!r}: {exc}") from None
         return ws.UploadedArtifact(
-            uri=arm.artifact_uri(ref),
+            uri=artifact_uri(ref),
             digest=ref.digest,
             name=ref.name,
             is_directory=ref.is_directory,
