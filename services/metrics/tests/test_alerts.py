@@ -32,8 +32,12 @@ RULE = {"deployment": "blue", "window_s": 300, "metric": "RequestsPerMinute"}
 
 def test_a_window_is_its_closed_buckets() -> None:
     assert alerts.window_of(RULE, 605.0, 60) == (300, 600)
-    assert alerts.window_of(RULE, 600.0, 60) == (300, 600)  # 600 has just opened
+    # 600 has just opened, but 540's last requests may still be landing (SETTLE_S).
+    assert alerts.window_of(RULE, 600.0, 60) == (240, 540)
+    assert alerts.window_of(RULE, 604.9, 60) == (240, 540)
     assert alerts.window_of(RULE, 599.9, 60) == (240, 540)
+    # A grain of a few seconds (the tests') waits half a bucket.
+    assert alerts.closed_end(12.0, 5) == 10 and alerts.closed_end(11.9, 5) == 5
     # A window that is not a whole number of buckets takes the bucket it starts in.
     assert alerts.window_of({**RULE, "window_s": 90}, 605.0, 60) == (480, 600)
 

@@ -74,11 +74,17 @@ def validate(rule: Document, bucket_s: int) -> None:
         raise RuleError(f"for {rule['for_s']}s must not be negative")
 
 
+# How long after a bucket ends its last requests have landed: Envoy's 1 s access-log buffer
+# and the collector's 1 s flush (capped at half a bucket for the tests' short grains).
+SETTLE_S = 5
+
+
 def closed_end(now: float, bucket_s: int) -> int:
     """Where the closed buckets end at `now` (epoch seconds): the start of the bucket still
-    filling. Alert rules and autoscale rules read only the buckets before it: a bucket
-    still filling would read as a drop in requests per minute (or bytes, or errors)."""
-    epoch = int(now)
+    filling, or of the one before it while that one's last requests may still be on their
+    way (`SETTLE_S`). Alert rules and autoscale rules read only the buckets before it: a
+    bucket still filling would read as a drop in requests per minute (or bytes, or errors)."""
+    epoch = int(now - min(SETTLE_S, bucket_s // 2))
     return epoch - epoch % bucket_s
 
 

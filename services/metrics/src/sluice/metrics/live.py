@@ -17,7 +17,7 @@ from faststream.nats import NatsBroker
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from sluice.metrics import query
+from sluice.metrics import alerts, query
 from sluice.metrics.envoy_stats import EnvoyStats
 from sluice.metrics.flusher import Flusher
 from sluice.metrics.forward import IngestStats
@@ -66,8 +66,8 @@ class LiveView(Collector):
 
     async def refresh(self, now: float | None = None) -> None:
         now = now if now is not None else datetime.now(UTC).timestamp()
-        current = int(now) - int(now) % self._bucket_s
-        last = current - self._bucket_s
+        # The last bucket that is closed and has landed (as alert and autoscale rules read).
+        last = alerts.closed_end(now, self._bucket_s) - self._bucket_s
         docs = await self._store.recent(datetime.fromtimestamp(last, UTC))
         latest: dict[tuple[str, str], tuple[int, dict[str, float | None]]] = {}
         by_endpoint: dict[str, list[Any]] = {}
