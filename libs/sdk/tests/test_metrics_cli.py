@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 
 from sluice.sdk.cli import metrics_cmds
+from sluice.sdk.cli.errors import CliError
 from sluice.sdk.cli.metrics_cmds import live_table, row_of, sparkline
 from sluice.sdk.cli.output import OutputFormat
 from sluice.sdk.client import SluiceError
@@ -58,6 +60,19 @@ def test_live_table_shows_sparklines_per_deployment() -> None:
     assert "blue" in text and "▁▄█" in text and "80.0" in text
     assert row_of(reply.points[-1])["5xx"] == 2
     assert row_of(reply.points[-1])["connections"] == 3  # ConnectionsActive
+
+
+def test_live_table_s_now_is_the_newest_step_that_has_ended() -> None:
+    # The step still filling (started 10 s ago, 2 requests so far) would read as a drop.
+    reply = metrics_pb2.EndpointMetrics(endpoint_name="shop")
+    start = int(time.time()) // 60 * 60 - 60
+    for at, rpm in ((start - 60, 600.0), (start, 610.0), (int(time.time()) - 10, 12.0)):
+        point = reply.points.add(deployment_name="blue", requests_per_minute=rpm)
+        point.time.FromSeconds(at)
+    console = Console(record=True, width=120)
+    console.print(live_table(reply, 60))
+    row = next(line for line in console.export_text().splitlines() if "blue" in line)
+    assert "610.0" in row and "12.0" not in row
 
 
 class FakeMetrics:
@@ -123,3 +138,15 @@ def test_kubernetes_deployments_say_no_usage_data_instead_of_zeros(
     console.print(metrics_cmds.live_table(fake.reply, 60))
     text = console.export_text()
     assert "no usage data for kubernetes deployments (instances): k8s" in text
+
+
+def test_a_window_or_step_of_nothing_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[object] = []
+    monkeypatch.setattr(metrics_cmds, "metrics_client", lambda: asked.append(1))
+    for since, step in (("15m", "0"), ("0s", "1m")):
+        with pytest.raises(CliError, match="must be longer than 0s"):
+            metrics_cmds.metrics(
+                name="shop", deployment="", since=since, step=step, watch=False,
+                output=OutputFormat.json,
+            )  # fmt: skip
+    assert asked == []  # the service was not asked (it read 0 as its default)

@@ -95,8 +95,11 @@ def live_table(reply: Any, step_s: int) -> Table:
     series: dict[str, list[Any]] = {}
     for point in reply.points:
         series.setdefault(point.deployment_name, []).append(point)
+    now = time.time()
     for name, points in sorted(series.items()):
-        last = points[-1]
+        # "now" is the newest step that has ended: the one still filling reads low.
+        ended = [p for p in points if p.time.seconds + step_s <= now]
+        last = ended[-1] if ended else points[-1]
         classes = dict(last.responses_by_status_class)
         table.add_row(
             name or "(endpoint)",
@@ -122,6 +125,8 @@ def metrics(
 ) -> None:
     """Requests per minute, latency P50-P99, status classes, CPU, memory and instances."""
     since_s, step_s = parse_duration(since, "--since"), parse_duration(step, "--step")
+    if since_s <= 0 or step_s <= 0:  # the service would read 0 as its default
+        raise CliError(f"--since {since!r} and --step {step!r} must be longer than 0s")
     with metrics_client() as client:
         reply = client.endpoint_metrics(name, deployment, since_s=since_s, step_s=step_s)
         if watch:
