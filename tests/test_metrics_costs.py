@@ -135,6 +135,12 @@ def test_two_instances_cost_price_times_time_across_a_restart(
     assert data["currency"] == "USD"
     assert [d["deployment"] for d in data["deployments"]] == ["blue"]
     assert data["total"] == pytest.approx(before.total, abs=1e-4)
+    one = cli("show-costs", "-n", "my-endpoint", "-d", "blue", "--since", "1h", "-o", "json")
+    assert [d["deployment"] for d in json.loads(one.stdout)["deployments"]] == ["blue"]
+    other = cli("show-costs", "-n", "my-endpoint", "-d", "green", "--since", "1h", "-o", "json")
+    assert other.returncode == 1 and "'green' of endpoint 'my-endpoint' does not exist" in (
+        other.stderr
+    )
 
     unknown = cli("show-costs", "--name", "no-such-endpoint")
     assert unknown.returncode == 1

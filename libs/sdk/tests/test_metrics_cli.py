@@ -125,13 +125,13 @@ def test_kubernetes_deployments_say_no_usage_data_instead_of_zeros(
     )  # fmt: skip
     assert "no usage data for kubernetes deployments (CPU, memory, instances): k8s" in err
 
-    metrics_cmds.show_costs(name="shop", since="24h", output=OutputFormat.json)
+    metrics_cmds.show_costs(name="shop", deployment="", since="24h", output=OutputFormat.json)
     out, err = capsys.readouterr()
     data = json.loads(out)
     assert [d["deployment"] for d in data["deployments"]] == ["blue"]
     assert data["no_usage_data"] == ["k8s"]
     assert "no usage data for kubernetes deployments (not costed): k8s" in err
-    metrics_cmds.show_costs(name="shop", since="24h", output=OutputFormat.table)
+    metrics_cmds.show_costs(name="shop", deployment="", since="24h", output=OutputFormat.table)
     assert "no usage data for kubernetes deployments" in capsys.readouterr().err
 
     console = Console(record=True, width=160)

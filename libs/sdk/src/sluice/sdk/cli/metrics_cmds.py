@@ -154,12 +154,16 @@ def metrics(
 
 def show_costs(
     name: str = typer.Option(..., "--name", "-n", help="endpoint name"),
+    deployment: str = typer.Option("", "--deployment-name", "-d", help="one deployment only"),
     since: str = typer.Option("24h", "--since", help="window up to now: 24h, 7d, PT1H"),
     output: OutputFormat = OutputOption,
 ) -> None:
     """The endpoint's cost over the window: the total and one line per deployment."""
+    since_s = parse_duration(since, "--since")
+    if since_s <= 0:
+        raise CliError(f"--since {since!r} must be longer than 0s")
     with metrics_client() as client:
-        report = client.costs(name, since_s=parse_duration(since, "--since"))
+        report = client.costs(name, deployment, since_s=since_s)
     lines = [
         {
             "deployment": line.deployment_name,
@@ -188,7 +192,14 @@ def show_costs(
         render(
             lines,
             output,
-            columns=["deployment", "instance_type", "instance_hours", "hourly_price", "cost"],
+            columns=[
+                "deployment",
+                "kind",
+                "instance_type",
+                "instance_hours",
+                "hourly_price",
+                "cost",
+            ],
             title=f"Costs of {name} over {since}: {report.total:.4f} {report.currency}",
         )
     if unmeasured:
