@@ -11,6 +11,7 @@ import pytest
 from faststream.nats import NatsBroker
 from pymongo.asynchronous.database import AsyncDatabase
 
+from sluice.common.autoscale.engine import Decision
 from sluice.common.autoscale.model import AutoscaleProfile, AutoscaleSetting, validate
 from sluice.common.events import EventPublisher, Outbox
 from sluice.common.mongo import Document
@@ -125,3 +126,18 @@ async def test_a_deleted_deployment_leaves_its_setting_without_a_count(
     await mongo_db[ONLINE_DEPLOYMENTS].insert_one(deployment(4, "2026-11-26T20:00:30Z"))
     await autoscaler.tick(NOW)
     assert await capacity(store) == 4
+
+
+async def test_a_decision_is_not_written_onto_a_setting_edited_since_the_tick_read_it(
+    mongo_db: AsyncDatabase[Document], nats_broker: NatsBroker, sluice_settings: Settings
+) -> None:
+    store, _ = await scaled_out_setting(mongo_db, nats_broker, sluice_settings)
+    read = await store.get("s")  # what a tick read
+    assert read is not None
+    lower = AutoscaleProfile(name="default", min_count=1, default_count=2, max_count=3)
+    await store.update(SETTING.model_copy(update={"profiles": [lower]}), read["version"])
+    decided = Decision(old_count=9, new_count=10, profile="default", reason="rule")
+    await store.record(read, decided, NOW, NOW.timestamp(), "2026-11-01T10:00:00.123456Z")
+    doc = await store.get("s")
+    assert doc is not None
+    assert doc["state"]["capacity"] == 9 and doc["decisions"] == []  # 10 > the new max 3

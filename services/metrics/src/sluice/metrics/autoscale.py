@@ -221,8 +221,10 @@ class AutoscaleStore:
             **{k: v for k, v in entry.items() if k != "time"},
         )
         async with self._outbox.transaction() as tx:
-            await self._c.update_one(
-                {"_id": doc["_id"]},
+            # Only onto the setting it was decided on: one edited since the tick read it (a
+            # lower max_count) is left as it is, for the next tick to decide on.
+            written = await self._c.update_one(
+                {"_id": doc["_id"], "version": doc["version"]},
                 {
                     "$set": {
                         "state": {
@@ -238,6 +240,9 @@ class AutoscaleStore:
                 },
                 session=tx.session,
             )
+            if written.matched_count == 0:
+                log.info("autoscale_decision_dropped", setting=doc["_id"], reason="edited")
+                return
             tx.emit(
                 AUTOSCALE_SCALED, data, subject=f"{data.endpoint}/{data.deployment}", actor=ACTOR
             )
