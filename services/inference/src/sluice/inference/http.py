@@ -90,12 +90,14 @@ def render_response(
     head = [STATUS_LINES.get(status) or f"HTTP/1.1 {status} Unknown\r\n".encode()]
     for name, value in headers:
         head.append(name + b": " + value + b"\r\n")
-    if status not in NO_CONTENT:
+    if status in NO_CONTENT:
+        head_only, body = True, b""
+    else:
         head.append(b"content-length: " + str(len(body)).encode() + b"\r\n")
     if not keep_alive:
         head.append(b"connection: close\r\n")
     head.append(b"\r\n")
-    if status not in NO_CONTENT and not head_only:
+    if not head_only:
         head.append(body)
     return b"".join(head)
 
