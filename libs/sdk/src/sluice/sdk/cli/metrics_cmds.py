@@ -80,6 +80,14 @@ def row_of(point: Any, unmeasured: Sequence[str] = ()) -> dict[str, Any]:
     }
 
 
+def window_length(text: str, option: str) -> int:
+    """`--since`/`--step` in seconds; 0 is refused (the service would read it as its default)."""
+    seconds = parse_duration(text, option)
+    if seconds <= 0:
+        raise CliError(f"{option} {text!r} must be longer than 0s")
+    return seconds
+
+
 def sparkline(values: Sequence[float]) -> str:
     if not values:
         return ""
@@ -124,9 +132,7 @@ def metrics(
     output: OutputFormat = OutputOption,
 ) -> None:
     """Requests per minute, latency P50-P99, status classes, CPU, memory and instances."""
-    since_s, step_s = parse_duration(since, "--since"), parse_duration(step, "--step")
-    if since_s <= 0 or step_s <= 0:  # the service would read 0 as its default
-        raise CliError(f"--since {since!r} and --step {step!r} must be longer than 0s")
+    since_s, step_s = window_length(since, "--since"), window_length(step, "--step")
     with metrics_client() as client:
         reply = client.endpoint_metrics(name, deployment, since_s=since_s, step_s=step_s)
         if watch:
@@ -159,9 +165,7 @@ def show_costs(
     output: OutputFormat = OutputOption,
 ) -> None:
     """The endpoint's cost over the window: the total and one line per deployment."""
-    since_s = parse_duration(since, "--since")
-    if since_s <= 0:
-        raise CliError(f"--since {since!r} must be longer than 0s")
+    since_s = window_length(since, "--since")
     with metrics_client() as client:
         report = client.costs(name, deployment, since_s=since_s)
     lines = [
