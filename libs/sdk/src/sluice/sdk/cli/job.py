@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import typer
-import yaml
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from sluice.sdk.batch import (
@@ -33,6 +32,7 @@ from sluice.sdk.batch import (
 from sluice.sdk.cli.common import registry
 from sluice.sdk.cli.errors import CliError
 from sluice.sdk.cli.output import OutputFormat, OutputOption, console, err_console, render
+from sluice.sdk.specs import read_yaml
 from sluice.v1 import common_pb2
 
 app = typer.Typer(help="Batch jobs: show, list, follow, cancel, download.", no_args_is_help=True)
@@ -125,13 +125,8 @@ def job_invocation(
         return Invocation(input_, input_type, output_path)
     if file is not None:
         where = str(file)
-        try:
-            doc = yaml.safe_load(file.read_text())
-        except OSError as exc:
-            raise CliError(f"--file {file}: {exc.strerror or exc}") from None
-        except yaml.YAMLError as exc:
-            raise CliError(f"--file {file}: not YAML: {exc}") from None
-        if not isinstance(doc, dict) or "inputs" not in doc:
+        doc = read_yaml(file)  # a mapping, or SpecError naming the file, line and column
+        if "inputs" not in doc:
             raise CliError(f"--file {file}: needs inputs: (az's invocation YAML)")
         found, found_outputs, base = doc["inputs"], doc.get("outputs"), file.parent
     else:
