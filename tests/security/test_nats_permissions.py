@@ -204,6 +204,11 @@ async def test_a_jobs_workers_reach_their_own_queue_and_no_other(
         assert b"job-a" in message.data
         await js.publish(f"{own.results_prefix}.0", b"{}", stream=own.results_stream)
         await message.ack()
+        # ... and counts a mini-batch's interrupted deliveries in its own results stream.
+        counted = await js.stream_info(
+            own.results_stream, subjects_filter=f"{own.results_prefix}.*"
+        )
+        assert counted.state.subjects == {f"{own.results_prefix}.0": 1}
         # Another job's queue: no pull, no result, no peek, no snooping.
         theirs = await denied.pull_subscribe_bind(DURABLE, other.work_stream)
         with pytest.raises(REFUSED):
@@ -212,6 +217,8 @@ async def test_a_jobs_workers_reach_their_own_queue_and_no_other(
             await denied.publish(f"{other.results_prefix}.0", b"{}", stream=other.results_stream)
         with pytest.raises(REFUSED):
             await denied.stream_info(other.work_stream)
+        with pytest.raises(REFUSED):
+            await denied.stream_info(other.results_stream)
         with pytest.raises(REFUSED):
             await denied.publish("sluice.events.endpoint.created", b"{}")
         await worker.publish(f"$JS.ACK.{other.work_stream}.{DURABLE}.1.1.1.0.0", b"")

@@ -58,14 +58,16 @@ def test_concurrent_changes_of_the_jobs_users_lose_none(tmp_path: Path) -> None:
 
     def add(job: str) -> None:
         start.wait()
-        permissions = worker_permissions(f"W_{job}.workers", f"R.{job}", f"_INBOX_{job}")
+        permissions = worker_permissions(
+            f"W_{job}.workers", f"RS_{job}", f"R.{job}", f"_INBOX_{job}"
+        )
         given[job] = users.add(job, permissions)
 
     def remove() -> None:
         start.wait()
         users.remove("gone")
 
-    users.add("gone", worker_permissions("W.workers", "R", "_INBOX_gone"))
+    users.add("gone", worker_permissions("W.workers", "RS", "R", "_INBOX_gone"))
 
     threads = [threading.Thread(target=add, args=(job,)) for job in jobs]
     threads.append(threading.Thread(target=remove))

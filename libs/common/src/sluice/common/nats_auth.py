@@ -164,7 +164,6 @@ def service_permissions(service: str, s: Subjects) -> Permissions:
         "metrics": [f"{s.beside('usage')}.>"],  # the provisioner's usage samples
         "batch": [
             f"{s.beside('batch')}.>",  # job queues and results
-            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>",  # a mini-batch given up
             AUTH_SUBJECT,  # nats-server's auth callout (compose, Kubernetes)
         ],
     }.get(service, [])
@@ -220,16 +219,20 @@ def cli_permissions(s: Subjects) -> Permissions:
     return {"publish": {"deny": [">"]}, "subscribe": {"allow": [f"{s.events_prefix}.>"]}}
 
 
-def worker_permissions(work: str, results_prefix: str, inbox_prefix: str) -> Permissions:
+def worker_permissions(
+    work: str, results_stream: str, results_prefix: str, inbox_prefix: str
+) -> Permissions:
     """What batch workers may do: pull from and ack the work consumer `work`
     (`<stream>.<durable>`, wildcards allowed), publish results under `results_prefix`,
-    receive on `inbox_prefix`; not the events, not the streams."""
+    read `results_stream`'s state (its interrupted attempts), receive on `inbox_prefix`;
+    not the events, not the other streams."""
     return {
         "publish": {
             "allow": [
                 f"$JS.API.CONSUMER.MSG.NEXT.{work}",
                 f"$JS.API.CONSUMER.INFO.{work}",
                 f"$JS.ACK.{work}.>",
+                f"$JS.API.STREAM.INFO.{results_stream}",
                 f"{results_prefix}.>",
             ]
         },

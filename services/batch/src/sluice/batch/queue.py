@@ -3,10 +3,13 @@
 - `BATCH_WORK_<job>`: retention *work-queue*, one message per mini-batch
   (`Nats-Msg-Id` = job + index, so a runner that publishes again after a
   restart adds nothing); one durable pull consumer, `workers`, shared by every
-  worker, with the job's ack-wait and `max_retries + 1` deliveries.
-- `BATCH_RESULTS_<job>`: one subject per mini-batch and one message kept per
-  subject, so the latest outcome of each mini-batch is all there is; the
-  runner replays it from the start after a restart to rebuild progress.
+  worker, with the job's ack-wait and no limit on deliveries (the workers count
+  attempts: worker.py).
+- `BATCH_RESULTS_<job>`: one subject per mini-batch (`<prefix>.<job>.results.<index>`)
+  and one message kept per subject, so the latest outcome of each mini-batch is
+  all there is; the runner replays them from the start after a restart to rebuild
+  progress. Beside them, one empty message per interrupted delivery
+  (`….results.interrupted.<index>.<delivery>`).
 
 Both streams are deleted when the job ends; the job document keeps the totals.
 The workers' NATS user (one per job on the local platform: sluice.common.nats_auth)
@@ -64,16 +67,20 @@ class JobQueue:
         return f"_INBOX_{self.job}"
 
     def worker_permissions(self) -> Permissions:
-        """Pull from and ack this job's queue, publish its results, receive on its inboxes."""
+        """Pull from and ack this job's queue, publish and count its results, receive on
+        its inboxes."""
         return worker_permissions(
-            f"{self.work_stream}.{DURABLE}", self.results_prefix, self.inbox_prefix
+            f"{self.work_stream}.{DURABLE}",
+            self.results_stream,
+            self.results_prefix,
+            self.inbox_prefix,
         )
 
     @staticmethod
     def ack_wait(timeout_s: float) -> float:
         return max(1.0, min(float(timeout_s), MAX_ACK_WAIT_S))
 
-    async def declare(self, broker: NatsBroker, *, timeout_s: float, max_retries: int) -> None:
+    async def declare(self, broker: NatsBroker, *, timeout_s: float) -> None:
         """Create (or keep) both streams and the workers' consumer; idempotent."""
         js = broker.connection.jetstream()
         await _ensure_stream(
@@ -105,7 +112,7 @@ class JobQueue:
                     ack_policy=AckPolicy.EXPLICIT,
                     deliver_policy=DeliverPolicy.ALL,
                     ack_wait=self.ack_wait(timeout_s),
-                    max_deliver=max_retries + 1,
+                    max_deliver=-1,  # the workers count attempts (worker.py)
                     max_ack_pending=-1,
                 ),
             )

@@ -29,7 +29,6 @@ from typing import Any
 import psutil
 from faststream.nats import JStream, NatsBroker
 from nats.js.api import DeliverPolicy
-from nats.js.errors import NotFoundError
 
 from sluice.batch.environment import model_environment
 from sluice.batch.job_trace import JobTrace
@@ -79,8 +78,6 @@ TICK_S = 0.25
 STOP_GRACE_S = 5.0
 LOG_LINES_IN_ERRORS = 20
 NATS_RELOAD_DEADLINE_S = 10.0
-# How often the work consumer's state is checked for mini-batches given up unannounced.
-RECONCILE_S = 2.0
 # Azure's message when no mini-batch's run() returned anything (the job fails).
 NOTHING_SUCCEEDED = "No succeeded mini batch item returned from run()"
 
@@ -238,9 +235,6 @@ class JobRunner:
         self.space: JobSpace | None = None  # who the workers are and their files, likewise
         self.warm: list[subprocess.Popen[bytes]] = []  # spares taken for this job's workers
         self._changed = asyncio.Event()
-        self.given_up: set[int] = set()  # failed by _give_up (advisory or reconcile)
-        self.unsettled: tuple[frozenset[int], int] | None = None  # _reconcile's last check
-        self.reconciled_at = -RECONCILE_S
         self.trace = JobTrace(job)
 
     # ---- the job's life ----------------------------------------------------------------
@@ -256,10 +250,9 @@ class JobRunner:
             await self._start()
             config = await self._prepare()
             subscribers.append(await self._follow_results())
-            subscribers.append(await self._follow_given_up(config))
             await self._start_workers(config)
             with self.trace.watching():
-                final = await self._watch(config)
+                final = await self._watch()
             await self._finish(final)
         except JobAborted as exc:
             self.log(f"job failed: {exc}")
@@ -314,11 +307,7 @@ class JobRunner:
         self.log(f"workers run as {space.account.name}")
         s = job.settings
         summary_only = s.output_action is OutputAction.summary_only
-        await self.queue.declare(
-            self.ctx.broker,
-            timeout_s=s.retry_settings.timeout_s,
-            max_retries=s.retry_settings.max_retries,
-        )
+        await self.queue.declare(self.ctx.broker, timeout_s=s.retry_settings.timeout_s)
         if not job.published:
             for index, files in enumerate(job.mini_batches()):
                 seen = [inputs[f] for f in files]
@@ -354,7 +343,7 @@ class JobRunner:
             append_row=s.output_action is OutputAction.append_row,
             timeout_s=s.retry_settings.timeout_s,
             ack_wait_s=JobQueue.ack_wait(s.retry_settings.timeout_s),
-            max_deliver=s.retry_settings.max_retries + 1,
+            attempts=s.retry_settings.max_retries + 1,
             model=str(model) if model else None,
             code=str(code) if code else None,
             scoring_script=runtime.spec.code_configuration.scoring_script or None,
@@ -418,9 +407,10 @@ class JobRunner:
         return space, model, code, dict(zip(files, copies, strict=True))
 
     async def _follow_results(self) -> Any:
-        """Replay every mini-batch outcome so far, then follow new ones."""
+        """Replay every mini-batch outcome so far, then follow new ones (`<index>` subjects:
+        not the workers' interrupted deliveries)."""
         subscriber = self.ctx.broker.subscriber(
-            f"{self.queue.results_prefix}.>",
+            f"{self.queue.results_prefix}.*",
             stream=JStream(self.queue.results_stream, declare=False),
             ordered_consumer=True,
             deliver_policy=DeliverPolicy.ALL,
@@ -436,105 +426,6 @@ class JobRunner:
         subscriber(on_result)
         await subscriber.start()
         return subscriber
-
-    async def _follow_given_up(self, config: WorkerConfig) -> Any:
-        """A mini-batch whose last attempt died with its worker is reported failed.
-
-        JetStream does not deliver a message again after `max_retries + 1` attempts;
-        it announces that instead (a MAX_DELIVERIES advisory naming the message), once.
-        This is the fast path: `_reconcile` finds those whose advisory nobody heard.
-        """
-        js = self.ctx.broker.connection.jetstream()
-        subject = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self.queue.work_stream}.{DURABLE}"
-        subscriber = self.ctx.broker.subscriber(subject, persistent=False)
-
-        async def on_given_up(advisory: dict[str, Any]) -> None:
-            stored = await js.get_msg(self.queue.work_stream, int(advisory["stream_seq"]))
-            batch = MiniBatch.model_validate_json(stored.data)
-            await self._give_up(batch.index, len(batch.files), config.max_deliver)
-
-        subscriber(on_given_up)
-        await subscriber.start()
-        return subscriber
-
-    async def _give_up(self, index: int, files: int, attempts: int) -> None:
-        """Record a mini-batch JetStream gave up on as failed after its retries; once (by the
-        advisory or by `_reconcile`, whichever is first: the same Nats-Msg-Id)."""
-        if index in self.results or index in self.given_up:
-            return
-        self.given_up.add(index)
-        result = MiniBatchResult(
-            index=index,
-            ok=False,
-            files=files,
-            error=(
-                f"gave up after {attempts} attempts: its worker died during the last attempt "
-                "or stopped answering (max_retries used up)"
-            ),
-            attempts=attempts,
-            finished_ns=time.time_ns(),
-        )
-        self.log(f"mini-batch {index}: {result.error}")
-        try:
-            await self.ctx.broker.publish(
-                result.model_dump_json().encode(),
-                f"{self.queue.results_prefix}.{index}",
-                headers={"Nats-Msg-Id": f"{self.job.name}-given-up-{index}"},
-                stream=self.queue.results_stream,
-                timeout=10.0,
-            )
-        except BaseException:
-            self.given_up.discard(index)  # the next advisory or check tries again
-            raise
-
-    async def _unsettled(self) -> tuple[frozenset[int], int] | None:
-        """The mini-batches JetStream has given up on without a result, as far as the work
-        consumer's state shows: None while any message is still to be delivered or awaits
-        its ack (so may still get a result); else the indices with no result in the results
-        stream (read there, not from what the ordered consumer has delivered so far) and the
-        consumer's last delivery (to compare two checks).
-
-        A worker publishes a mini-batch's result (and waits for the stream to store it)
-        before it acks, so once nothing awaits an ack every result there will be is stored.
-        """
-        js = self.ctx.broker.connection.jetstream()
-        info = await js.consumer_info(self.queue.work_stream, DURABLE, timeout=10.0)
-        if info.num_pending or info.num_ack_pending:
-            return None
-        batches = self.job.mini_batches()
-        missing = set()
-        for index in range(len(batches)):
-            if index in self.results:
-                continue
-            try:
-                await js.get_last_msg(
-                    self.queue.results_stream, f"{self.queue.results_prefix}.{index}"
-                )
-            except NotFoundError:
-                missing.add(index)
-        delivered = info.delivered.consumer_seq if info.delivered else 0
-        return frozenset(missing), delivered or 0
-
-    async def _reconcile(self, config: WorkerConfig) -> None:
-        """The MAX_DELIVERIES advisory is sent once, to whoever listens then: a runner that
-        was stopped or still preparing misses it. So the consumer's state is checked too; a
-        mini-batch found given up by two checks RECONCILE_S apart, with no delivery between
-        them, is failed as the advisory would have."""
-        now = time.monotonic()
-        if now - self.reconciled_at < RECONCILE_S:
-            return
-        self.reconciled_at = now
-        try:
-            seen = await self._unsettled()
-            previous, self.unsettled = self.unsettled, seen
-            if seen is None or previous is None or seen != previous or not seen[0]:
-                return
-            batches = self.job.mini_batches()
-            for index in sorted(seen[0]):
-                await self._give_up(index, len(batches[index]), config.max_deliver)
-        except Exception as exc:  # NATS busy or restarting: the next checks
-            log.warning("batch_reconcile_failed", job=self.job.name, error=repr(exc))
-        self.unsettled = None
 
     # ---- workers -----------------------------------------------------------------------
 
@@ -691,7 +582,7 @@ class JobRunner:
         running = sum(time.monotonic() - w.started for w in self.workers)
         return self.job.cost.model_copy(update={"worker_seconds": self.worker_seconds + running})
 
-    async def _watch(self, config: WorkerConfig) -> JobState:
+    async def _watch(self) -> JobState:
         total = len(self.job.mini_batches())
         written: Progress | None = None
         while True:
@@ -720,7 +611,6 @@ class JobRunner:
             if current is not None and current.cancel_requested:
                 return JobState.canceled
             await self._reap_workers()
-            await self._reconcile(config)
 
     async def _finish(self, state: JobState, message: str = "") -> None:
         await self._stop_workers()

@@ -16,6 +16,14 @@ given up the same way, and this worker exits (its thread cannot be stopped)
 for the runner to replace. Results go to the job's results stream, one
 subject per mini-batch, so a mini-batch that runs twice is counted once.
 
+Attempts are counted here, not by JetStream (whose consumer redelivers
+without limit): a delivery is an attempt unless a worker that was stopped
+(its service stopping or restarting) recorded it as interrupted, on
+`<results>.interrupted.<index>.<delivery>`. So a restart of the batch
+service costs no mini-batch an attempt, while a worker that dies (killed,
+out of memory) does: the delivery after a mini-batch's last attempt is
+reported failed without running it.
+
 The pull loop is nats-py's own (`fetch(1)` on the runner's durable
 consumer), not a FastStream subscriber: FastStream's dependency injection
 hopped through a thread pool four times per message, and on a loaded
@@ -49,7 +57,10 @@ CONFIG_ENV = "SLUICE_BATCH_WORKER"
 EXIT_INIT_FAILED = 3
 EXIT_TIMED_OUT = 4
 FETCH_WAIT_S = 1.0
-STOP_WAIT_S = 5.0
+# A stopped worker finishes the mini-batch in hand if it ends within this, else records it
+# as interrupted (within the runner's STOP_GRACE_S, after which it is killed).
+FINISH_WAIT_S = 3.0
+STOP_WAIT_S = 1.0
 
 
 class WorkerConfig(BaseModel):
@@ -70,7 +81,7 @@ class WorkerConfig(BaseModel):
     append_row: bool
     timeout_s: float
     ack_wait_s: float
-    max_deliver: int
+    attempts: int  # per mini-batch: retry_settings.max_retries + 1
     model: str | None = None
     code: str | None = None
     scoring_script: str | None = None
@@ -129,6 +140,7 @@ class Worker:
         self.timed_out = asyncio.Event()
         self.stopping = asyncio.Event()
         self.js: Any = None  # the JetStream context, once connected
+        self.in_hand: tuple[Msg, MiniBatch] | None = None  # the mini-batch being scored
 
     def _score(self, batch: MiniBatch) -> int:
         result = self.functions.run(batch.files)
@@ -147,10 +159,31 @@ class Worker:
             timeout=10.0,
         )
 
+    async def _attempt(self, batch: MiniBatch, delivered: int) -> int:
+        """Which attempt this delivery is: deliveries so far, less those recorded as
+        interrupted (read only when this is not the first)."""
+        if delivered == 1:
+            return 1
+        try:
+            info = await self.js.stream_info(
+                self.cfg.results_stream, subjects_filter=self._interrupted_subject(batch, "*")
+            )
+        except Exception as exc:  # count every delivery, as JetStream would
+            say(f"mini-batch {batch.index}: interrupted attempts not read ({exc!r})")
+            return delivered
+        return delivered - len(info.state.subjects or {})
+
+    def _interrupted_subject(self, batch: MiniBatch, delivery: int | str) -> str:
+        return f"{self.cfg.results_prefix}.interrupted.{batch.index}.{delivery}"
+
     async def handle(self, msg: Msg) -> None:
         batch = MiniBatch.model_validate_json(msg.data)
-        attempt = msg.metadata.num_delivered
-        last = attempt >= self.cfg.max_deliver
+        attempt = await self._attempt(batch, msg.metadata.num_delivered)
+        if attempt > self.cfg.attempts:  # the last attempt ended with its worker
+            await self._given_up(msg, batch)
+            return
+        last = attempt >= self.cfg.attempts
+        self.in_hand = msg, batch
         say(f"mini-batch {batch.index} attempt {attempt}: {len(batch.files)} files")
         started = time.monotonic()
         work = asyncio.ensure_future(asyncio.to_thread(self._score, batch))
@@ -205,6 +238,36 @@ class Worker:
         )
         await msg.ack()
 
+    async def _given_up(self, msg: Msg, batch: MiniBatch) -> None:
+        error = (
+            f"gave up after {self.cfg.attempts} attempts: its worker died during the last "
+            "attempt or stopped answering (max_retries used up)"
+        )
+        say(f"mini-batch {batch.index}: {error}")
+        await self._report(
+            MiniBatchResult(
+                index=batch.index,
+                ok=False,
+                files=len(batch.files),
+                error=error,
+                attempts=self.cfg.attempts,
+                worker=self.cfg.worker,
+            )
+        )
+        await msg.ack()
+
+    async def _interrupted(self, msg: Msg, batch: MiniBatch) -> None:
+        """The mini-batch in hand goes back to the queue without costing it an attempt."""
+        delivery = msg.metadata.num_delivered
+        await self.js.publish(
+            self._interrupted_subject(batch, delivery),
+            b"",
+            stream=self.cfg.results_stream,
+            timeout=STOP_WAIT_S,
+        )
+        await msg.nak()
+        say(f"mini-batch {batch.index} interrupted (delivery {delivery}): it will run again")
+
     async def pull(self, consumer: Any) -> None:
         """One mini-batch at a time until asked to stop (or a run() overran its timeout)."""
         while not self.stopping.is_set() and not self.timed_out.is_set():
@@ -214,6 +277,7 @@ class Worker:
                 continue
             for msg in messages:
                 await self.handle(msg)
+                self.in_hand = None
 
     async def serve(self) -> int:
         cfg = self.cfg
@@ -221,7 +285,7 @@ class Worker:
             cfg.nats_url, name=f"sluice-batch-{cfg.worker}", inbox_prefix=cfg.inbox_prefix
         )
         self.js = connection.jetstream()
-        # The runner declared the consumer (ack-wait, max deliveries): bind to it as it is.
+        # The runner declared the consumer (its ack-wait): bind to it as it is.
         consumer = await self.js.pull_subscribe_bind(cfg.durable, cfg.stream)
         say(f"{cfg.worker} pulling mini-batches of job {cfg.job}")
         pulling = asyncio.ensure_future(self.pull(consumer))
@@ -233,9 +297,16 @@ class Worker:
             os._exit(EXIT_TIMED_OUT)
         self.stopping.set()  # finish the mini-batch in hand, if it is quick
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(pulling), timeout=STOP_WAIT_S)
+            await asyncio.wait_for(asyncio.shield(pulling), timeout=FINISH_WAIT_S)
         pulling.cancel()
         stop.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await pulling
+        if self.in_hand is not None:
+            try:
+                await self._interrupted(*self.in_hand)
+            except Exception as exc:  # then it counts as an attempt, as a death would
+                say(f"the interrupted mini-batch was not recorded: {exc!r}")
         with contextlib.suppress(Exception):
             await asyncio.wait_for(connection.close(), timeout=STOP_WAIT_S)
         say(f"{cfg.worker} stopped")
