@@ -56,7 +56,7 @@ async def test_a_nats_outage_delays_events_but_fails_no_call(
     assert [json.loads(p["body"])["data"]["name"] for p in pending] == ["during-outage"]
 
     supervisor.start(nats)  # same port, same data directory: the stream is still there
-    broker = NatsBroker(nats.address, logger=None)
+    broker = NatsBroker(nats.address, logger=None, drain_timeout=2)
     await broker.connect()
     try:
         await ensure_events_stream(
@@ -74,6 +74,7 @@ async def test_a_nats_outage_delays_events_but_fails_no_call(
             await m.ack()
         with pytest.raises(asyncio.TimeoutError):
             await sub.fetch(1, timeout=0.5)
+        await sub.unsubscribe()  # else the broker's drain may wait for a late 408 for it
     finally:
         await broker.stop()
     names = [json.loads(m.data)["data"]["name"] for m in messages]

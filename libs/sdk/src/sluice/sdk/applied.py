@@ -84,6 +84,7 @@ class AppliedWatcher:
             nats_url,
             name="sluice-cli",
             connect_timeout=CONNECT_TIMEOUT_S,
+            drain_timeout=2,  # a CLI command never waits nats-py's 30 s to end
             error_cb=self._on_error,
             logger=None,
         )

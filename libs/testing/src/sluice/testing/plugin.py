@@ -214,7 +214,9 @@ async def mongo_db(sluice_settings: Settings) -> AsyncIterator[AsyncDatabase[Doc
 async def nats_broker(sluice_settings: Settings) -> AsyncIterator[NatsBroker]:
     """A connected broker with this test's events stream declared."""
     assert sluice_settings.nats_url
-    broker = NatsBroker(sluice_settings.nats_url, logger=None)
+    # A test's pull subscription may leave a late message (the server's 408 for an expired
+    # fetch) that nobody takes: the broker's drain at the end would wait 30 s for it.
+    broker = NatsBroker(sluice_settings.nats_url, logger=None, drain_timeout=2)
     await broker.connect()
     await ensure_events_stream(
         broker,

@@ -24,6 +24,9 @@ log = get_logger(__name__)
 PUBLISH_TIMEOUT_S = 5.0
 DUPLICATE_WINDOW_S = 120  # JetStream drops a repeated Nats-Msg-Id within this window
 MAX_DELIVER = 10  # a message a handler keeps failing on is given up after this many tries
+# How long a stopping broker waits for its subscriptions' messages to be handled (nats-py's
+# default, 30 s, is past the 10 s a supervisor gives a stopping service before its SIGKILL).
+DRAIN_TIMEOUT_S = 5
 
 
 def create_broker(settings: Settings, *, client_name: str) -> NatsBroker:
@@ -34,7 +37,13 @@ def create_broker(settings: Settings, *, client_name: str) -> NatsBroker:
     # Its own inboxes when it connects as a user of the platform's: that user may receive
     # on no other (nats_auth's permissions).
     prefix = user_inbox(user) if user else "_INBOX"
-    broker = NatsBroker(settings.nats_url, name=client_name, logger=None, inbox_prefix=prefix)
+    broker = NatsBroker(
+        settings.nats_url,
+        name=client_name,
+        logger=None,
+        inbox_prefix=prefix,
+        drain_timeout=DRAIN_TIMEOUT_S,
+    )
     _INBOXES[broker] = f"{prefix}.".encode()
     return broker
 
