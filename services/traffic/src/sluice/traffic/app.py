@@ -180,7 +180,9 @@ async def serve(settings: Settings, traffic: TrafficSettings) -> None:
         signal = await wait_for_shutdown_signal()
         log.info("traffic_stopping", signal=signal.name)
         reconciler.cancel()
-        await server.stop(grace=1.0)
+        # Its only calls are Envoys' ADS streams, which never end by themselves: a grace
+        # period would only be waited out (they reconnect to the next controller).
+        await server.stop(grace=0.1)
     finally:
         await broker.stop()
         await mongo.close()
