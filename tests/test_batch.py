@@ -309,6 +309,11 @@ def test_folder_of_csvs_every_row_once_in_order(cli: Cli, batch: RunningService)
     assert job["workers"] == 2
     assert job["cost"]["worker_seconds"] > 0 and job["cost"]["cost"] > 0
     assert job["cost"]["instance_type"] == "Standard_DS3_v2"
+    # One instance ran both workers (max_concurrency_per_instance: 2): billed once, as Azure
+    # bills a node, not per worker process.
+    cost = job["cost"]
+    assert cost["instance_seconds"] == pytest.approx(cost["worker_seconds"] / 2, abs=0.002)
+    assert cost["cost"] == pytest.approx(cost["worker_seconds"] / 2 / 3600 * 0.293, abs=2e-6)
     # Jobs are listed per endpoint and per deployment, and their logs kept and streamable.
     assert [j["name"] for j in cli.json("batch-endpoint", "list-jobs", "-n", "csv-batch")] == [
         job["name"]
@@ -341,6 +346,7 @@ def test_folder_of_csvs_every_row_once_in_order(cli: Cli, batch: RunningService)
     assert len(records) == 2
     assert {r["kind"] for r in records} == {"batch"}
     assert all(r["stopped_at"] and r["price_per_hour"] == 0.293 for r in records)
+    assert [r["instance_share"] for r in records] == [0.5, 0.5]
 
 
 async def test_state_changes_are_events(cli: Cli, batch: RunningService) -> None:

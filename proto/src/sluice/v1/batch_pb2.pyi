@@ -300,7 +300,9 @@ Global___Job: _TypeAlias = Job  # noqa: Y015
 
 @_typing.final
 class JobCost(_message.Message):
-    """What a job's compute cost: its workers' seconds at the instance type's hourly price."""
+    """What a job's compute cost: its instances' seconds at the instance type's hourly price
+    (an instance runs max_concurrency_per_instance workers: worker_seconds / that).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -308,11 +310,13 @@ class JobCost(_message.Message):
     WORKER_SECONDS_FIELD_NUMBER: _builtins.int
     PRICE_PER_HOUR_FIELD_NUMBER: _builtins.int
     COST_FIELD_NUMBER: _builtins.int
+    INSTANCE_SECONDS_FIELD_NUMBER: _builtins.int
     instance_type: _builtins.str
     worker_seconds: _builtins.float
     price_per_hour: _builtins.float
     cost: _builtins.float
-    """USD"""
+    """USD: instance_seconds / 3600 x price_per_hour"""
+    instance_seconds: _builtins.float
     def __init__(
         self,
         *,
@@ -320,10 +324,11 @@ class JobCost(_message.Message):
         worker_seconds: _builtins.float = ...,
         price_per_hour: _builtins.float = ...,
         cost: _builtins.float = ...,
+        instance_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "instance_type", b"instance_type", "price_per_hour", b"price_per_hour", "worker_seconds", b"worker_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "instance_seconds", b"instance_seconds", "instance_type", b"instance_type", "price_per_hour", b"price_per_hour", "worker_seconds", b"worker_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -144,6 +144,7 @@ def job_view(job: Any) -> dict[str, Any]:
         "cost": {
             "instance_type": job.cost.instance_type,
             "worker_seconds": round(job.cost.worker_seconds, 3),
+            "instance_seconds": round(job.cost.instance_seconds, 3),
             "price_per_hour": job.cost.price_per_hour,
             "cost": job.cost.cost,
         },

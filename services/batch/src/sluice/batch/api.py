@@ -83,6 +83,7 @@ def to_proto(job: Job) -> batch_pb2.Job:
             worker_seconds=job.cost.worker_seconds,
             price_per_hour=job.cost.price_per_hour,
             cost=job.cost.cost,
+            instance_seconds=job.cost.instance_seconds,
         ),
         output_file_name=job.settings.output_file_name,
         workers=job.workers,

@@ -78,13 +78,22 @@ class JobError(_Model):
 
 
 class Cost(_Model):
+    """Instance-hours at the instance type's price, as Azure bills a job's nodes: an
+    instance runs `workers_per_instance` workers (max_concurrency_per_instance), so its
+    time is its workers' seconds shared among them."""
+
     instance_type: str = ""
     worker_seconds: float = 0.0
     price_per_hour: float = 0.0
+    workers_per_instance: int = 1
+
+    @property
+    def instance_seconds(self) -> float:
+        return self.worker_seconds / max(1, self.workers_per_instance)
 
     @property
     def cost(self) -> float:
-        return round(self.worker_seconds / 3600 * self.price_per_hour, 6)
+        return round(self.instance_seconds / 3600 * self.price_per_hour, 6)
 
 
 class Job(_Model):
@@ -144,7 +153,11 @@ def emit_state(tx: Transaction, job: Job) -> None:
             deployment=job.deployment_name,
             state=job.state.value,
             progress=job.progress.model_dump(),
-            cost={**job.cost.model_dump(), "cost": job.cost.cost},
+            cost={
+                **job.cost.model_dump(),
+                "instance_seconds": job.cost.instance_seconds,
+                "cost": job.cost.cost,
+            },
         ),
         subject=job.name,
         actor=job.created_by or ACTOR,
@@ -222,6 +235,8 @@ class JobStore:
                 "deployment": job.deployment_name,
                 "instance_type": job.cost.instance_type,
                 "price_per_hour": job.cost.price_per_hour,
+                # The part of an instance it is (one of max_concurrency_per_instance workers).
+                "instance_share": 1 / max(1, job.cost.workers_per_instance),
                 "started_at": utcnow().isoformat(),
                 "stopped_at": None,
             }

@@ -334,7 +334,11 @@ class BatchService:
             settings=settings,
             instance_count=instance_count,
             instance_type=instance_type,
-            cost=Cost(instance_type=instance_type, price_per_hour=price),
+            cost=Cost(
+                instance_type=instance_type,
+                price_per_hour=price,
+                workers_per_instance=settings.max_concurrency_per_instance,
+            ),
             created_by=actor,
             trace=tracing.inject(),
         )

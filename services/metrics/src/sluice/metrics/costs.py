@@ -9,11 +9,13 @@ counts up to the end of the window (at most now).
 
 Other compute is priced the same way: the batch runner writes one record per
 worker with `kind: "batch"` (endpoint and deployment being the batch ones), which
-shows up as its own line.
+shows up as its own line; a worker is `instance_share` of an instance (one of its
+max_concurrency_per_instance), so its time counts for that share.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,7 +36,12 @@ class CostLine:
     hourly_price: float
     kind: str
     seconds: float = 0.0
-    running: int = 0
+    running_share: float = 0.0  # instances (or parts of one) running at the window's end
+
+    @property
+    def running(self) -> int:
+        """Instances running: one whose any worker still runs counts."""
+        return math.ceil(round(self.running_share, 6))
 
     @property
     def instance_hours(self) -> float:
@@ -66,6 +73,7 @@ def cost_lines(
         stopped = _time(rec.get("stopped_at"))
         overlap = (min(stopped or until, until) - max(started, start)).total_seconds()
         price = float(rec.get("price_per_hour", 0.0))
+        share = float(rec.get("instance_share", 1.0))
         key = (
             str(rec["endpoint"]),
             str(rec["deployment"]),
@@ -76,9 +84,9 @@ def cost_lines(
         line = lines.get(key)
         if line is None:
             line = lines[key] = CostLine(*key)
-        line.seconds += max(0.0, overlap)
+        line.seconds += max(0.0, overlap) * share
         if started <= until and (stopped is None or stopped > until):
-            line.running += 1
+            line.running_share += share
     return [lines[k] for k in sorted(lines)]
 
 
