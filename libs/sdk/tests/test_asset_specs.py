@@ -9,9 +9,9 @@ import pytest
 
 from sluice.common.artifacts import artifact_uri
 from sluice.common.assets import AssetKind, AssetSpec
-from sluice.common.resources import ArtifactRef
+from sluice.common.resources import ArtifactRef, EnvironmentSpec
 from sluice.sdk.asset_specs import load_asset
-from sluice.sdk.specs import SpecError, load_online_deployment
+from sluice.sdk.specs import Loaded, SpecError, load_batch_deployment, load_online_deployment
 
 
 def fake_upload(path: Path) -> ArtifactRef:
@@ -115,3 +115,104 @@ def test_an_uploaded_artifact_is_taken_back_by_the_uri_show_prints(tmp_path: Pat
 def test_a_malformed_artifact_uri_is_refused(tmp_path: Path, uri: str) -> None:
     with pytest.raises(SpecError, match="is not an uploaded artifact"):
         load(AssetKind.model, tmp_path, f"name: m\npath: {uri}\n")
+
+
+# ---- a deployment's inline `environment: {build: ...}` ---------------------------------------
+
+CONTEXTS = {
+    "pip and conda lines": (
+        {
+            "ctx/Dockerfile": "FROM python:3.11-slim\nCOPY requirements.txt .\n"
+            "RUN pip install -r requirements.txt && \\\n    pip install 'scikit-learn==1.5.2'\n"
+            "RUN conda install -c conda-forge numpy=1.26\nEXPOSE 5001\n",
+            "ctx/requirements.txt": "pandas>=2  # data frames\n",
+        },
+        "  path: ctx\n",
+    ),
+    "dockerfile_path and a conda file": (
+        {
+            "ctx/docker/Alt.Dockerfile": "FROM ubuntu:22.04\nCOPY env.yml .\n"
+            "RUN conda env create -f env.yml\n",
+            "ctx/env.yml": "dependencies:\n  - python=3.11\n  - pip:\n    - joblib\n",
+        },
+        "  path: ./ctx\n  dockerfile_path: docker/Alt.Dockerfile\n",
+    ),
+}
+
+
+def build_context(folder: Path, files: dict[str, str], build: str) -> None:
+    """The context's files, its environment asset YAML and deployments that inline it, all
+    in `folder`; the build's relative paths are the YAML's, not the working folder's."""
+    for name, text in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text)
+    (folder / "env.yml").write_text("name: built\nversion: 1\nbuild:\n" + build)
+    inline = "environment:\n  name: built\n  version: 1\n  build:\n" + build.replace("  ", "    ")
+    (folder / "online.yml").write_text("name: blue\nendpoint_name: e\n" + inline)
+    (folder / "batch.yml").write_text("name: nightly\nendpoint_name: be\n" + inline)
+
+
+def registered(folder: Path) -> Loaded[AssetSpec]:
+    return load_asset(AssetKind.environment, folder / "env.yml", fake_upload, fields={})
+
+
+@pytest.mark.parametrize("context", CONTEXTS.values(), ids=CONTEXTS.keys())
+def test_an_inline_build_context_deploys_as_registering_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, context: tuple[dict[str, str], str]
+) -> None:
+    folder = tmp_path / "yaml"
+    folder.mkdir()
+    build_context(folder, *context)
+    monkeypatch.chdir(tmp_path)  # not the YAML's folder
+    asset = registered(folder)
+    # What the registry hands a deployment of `azureml:built:1` (its resolve_environment).
+    expected = EnvironmentSpec(
+        conda_file=asset.spec.conda_file,
+        image=asset.spec.image,
+        pip_requirements=asset.spec.pip_requirements,
+    )
+    assert expected.image and (expected.pip_requirements or expected.conda_file)
+    online = load_online_deployment(folder / "online.yml", fake_upload)
+    batch = load_batch_deployment(folder / "batch.yml", fake_upload)
+    assert online.spec.environment == expected
+    assert batch.spec.environment == expected
+    said = [f"environment.{warning}" for warning in asset.warnings]
+    assert online.warnings == said and batch.warnings == said
+
+
+def test_the_inline_build_reads_pip_conda_and_from_lines(tmp_path: Path) -> None:
+    build_context(tmp_path, *CONTEXTS["pip and conda lines"])
+    spec = load_online_deployment(tmp_path / "online.yml", fake_upload)
+    assert spec.spec.environment == EnvironmentSpec(
+        image="python:3.11-slim",
+        pip_requirements=("pandas>=2", "scikit-learn==1.5.2", "numpy==1.26.*"),
+    )
+    assert spec.warnings == ["environment.build: `EXPOSE 5001` is ignored (no Docker build here)"]
+
+
+@pytest.mark.parametrize(
+    ("files", "named", "why"),
+    [
+        ({}, "ctx", "build.path: 'ctx' does not exist"),
+        ({"ctx/requirements.txt": "numpy\n"}, "ctx/Dockerfile", "build.dockerfile_path: "
+         "'Dockerfile' does not exist"),
+        ({"ctx/Dockerfile": "FROM ubuntu\nRUN apt-get install -y curl\n"}, "ctx/Dockerfile",
+         "has no `pip install`, `conda install` or `conda env create -f` line Sluice can honour"),
+    ],
+    ids=["no context folder", "no Dockerfile", "nothing to install"],
+)  # fmt: skip
+def test_an_unusable_inline_build_is_refused_as_registering_it(
+    tmp_path: Path, files: dict[str, str], named: str, why: str
+) -> None:
+    build_context(tmp_path, files, "  path: ctx\n")
+    with pytest.raises(SpecError) as refused:
+        registered(tmp_path)
+    message = str(refused.value)
+    assert why in message and str(tmp_path.resolve() / named) in message
+    for load_deployment, yml in (
+        (load_online_deployment, "online.yml"),
+        (load_batch_deployment, "batch.yml"),
+    ):
+        with pytest.raises(SpecError) as caught:
+            load_deployment(tmp_path / yml, fake_upload)
+        assert str(caught.value) == f"environment.{message}"

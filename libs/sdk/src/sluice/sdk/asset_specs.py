@@ -32,7 +32,16 @@ from sluice.common.assets import (
 )
 from sluice.common.conda import CondaSpecError, is_system_package, package_name, parse_match_spec
 from sluice.common.resources import ArtifactRef
-from sluice.sdk.specs import Loaded, SpecError, Uploader, _Azure, _prepare, _validate, resolve_path
+from sluice.sdk.specs import (
+    AzureBuild,
+    Loaded,
+    SpecError,
+    Uploader,
+    _Azure,
+    _prepare,
+    _validate,
+    resolve_path,
+)
 
 
 class _AzureAsset(_Azure):
@@ -56,11 +65,6 @@ class AzureModelAsset(_AzureAsset):
     type: str = "custom_model"
     flavors: dict[str, Any] | None = None  # read from the model's MLmodel file instead
     job_name: str | None = None  # refused, as REST refuses jobName
-
-
-class AzureBuild(_Azure):
-    path: str
-    dockerfile_path: str = "Dockerfile"
 
 
 class AzureEnvironmentAsset(_AzureAsset):
@@ -136,7 +140,9 @@ def _install_lines(
     return pip, conda_file
 
 
-def _from_build(base: Path, build: AzureBuild, warnings: list[str]) -> tuple[str, list[str], str]:
+def from_build(base: Path, build: AzureBuild, warnings: list[str]) -> tuple[str, list[str], str]:
+    """The FROM image, pip requirements and conda file of a build context; what Sluice does
+    not honour goes to `warnings`. Also read for a deployment's inline `environment.build`."""
     context = resolve_path(base, build.path, "build.path")
     dockerfile = resolve_path(context, build.dockerfile_path, "build.dockerfile_path")
     image, commands, others = _run_commands(dockerfile.read_text())
@@ -216,7 +222,7 @@ def load_asset(
             raise SpecError(f"{source}: {INFERENCE_CONFIG.format(field='inference_config')}")
         image, pip, conda = env.image or "", list[str](), ""
         if env.build is not None:
-            image, pip, conda = _from_build(base, env.build, warnings)
+            image, pip, conda = from_build(base, env.build, warnings)
             image = env.image or image
         if env.conda_file:
             conda = _read_conda(resolve_path(base, env.conda_file, "conda_file"))

@@ -129,13 +129,20 @@ class AzureCode(_Azure):
     scoring_script: str
 
 
+class AzureBuild(_Azure):
+    """A Docker build context (`environment.build`, or an environment asset's `build:`)."""
+
+    path: str
+    dockerfile_path: str = "Dockerfile"
+
+
 class AzureEnvironment(_Azure):
     conda_file: str | None = None
     image: str | None = None
     name: str | None = None
     version: str | int | None = None
     description: str | None = None
-    build: dict[str, Any] | None = None
+    build: AzureBuild | None = None
     inference_config: dict[str, Any] | None = None
     os_type: str | None = None
 
@@ -186,6 +193,7 @@ class _Resolver:
     def __init__(self, base: Path, upload: Uploader):
         self.base = base
         self._upload = upload
+        self.warnings: list[str] = []  # what an inline build context does not honour
 
     def path(self, value: str, field: str) -> Path:
         return resolve_path(self.base, value, field)
@@ -219,17 +227,24 @@ class _Resolver:
             return EnvironmentSpec()
         if isinstance(env, str):
             return EnvironmentSpec(registered=_strip_azureml(env))
-        if env.conda_file is None and env.image is None and env.name and env.version:
+        inline = env.conda_file is not None or env.image is not None or env.build is not None
+        if not inline and env.name and env.version:
             return EnvironmentSpec(registered=f"{env.name}:{env.version}")
-        conda = ""
+        image, pip, conda = env.image or "", list[str](), ""
+        if env.build is not None:
+            # Read as `environment create` reads an environment's `build:` (asset_specs).
+            from sluice.sdk.asset_specs import from_build  # not at the top: it imports this module
+
+            found: list[str] = []
+            try:
+                built, pip, conda = from_build(self.base, env.build, found)
+            except SpecError as exc:
+                raise SpecError(f"environment.{exc}") from None
+            self.warnings.extend(f"environment.{warning}" for warning in found)
+            image = env.image or built
         if env.conda_file:
             conda = self.path(env.conda_file, "environment.conda_file").read_text()
-        if env.build:
-            raise SpecError(
-                "environment.build (a Docker build context) is not supported; "
-                "use conda_file and/or image"
-            )
-        return EnvironmentSpec(conda_file=conda, image=env.image or "")
+        return EnvironmentSpec(conda_file=conda, image=image, pip_requirements=tuple(pip))
 
 
 def mlflow_environment(folder: Path) -> EnvironmentSpec:
@@ -651,8 +666,9 @@ def load_online_deployment(
     model: AzureOnlineDeployment = _validate(AzureOnlineDeployment, data, source)
     if model.data_collector is not None:
         warnings += model.data_collector.ignored(source, model.endpoint_name, model.name)
-    base = path.parent if path else Path.cwd()
-    return Loaded(model.to_spec(_Resolver(base, upload)), warnings)
+    resolver = _Resolver(path.parent if path else Path.cwd(), upload)
+    spec = model.to_spec(resolver)
+    return Loaded(spec, warnings + resolver.warnings)
 
 
 def load_batch_endpoint(
@@ -720,8 +736,9 @@ def load_batch_deployment(
         settings.update(legacy)
     _fold_batch_resources(data, warnings, source)
     model: AzureBatchDeployment = _validate(AzureBatchDeployment, data, source)
-    base = path.parent if path else Path.cwd()
-    return Loaded(model.to_spec(_Resolver(base, upload)), warnings)
+    resolver = _Resolver(path.parent if path else Path.cwd(), upload)
+    spec = model.to_spec(resolver)
+    return Loaded(spec, warnings + resolver.warnings)
 
 
 @dataclass(frozen=True)
