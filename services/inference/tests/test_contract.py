@@ -147,6 +147,12 @@ def test_request_id_is_echoed_or_generated(server: Server) -> None:
     first, second = server.post({"op": "echo"}), server.post({"op": "echo"})
     assert first.headers["x-request-id"]
     assert first.headers["x-request-id"] != second.headers["x-request-id"]
+    # Up to 100 characters, as on Azure; a longer one is refused before run() sees it.
+    assert server.post({"op": "echo"}, headers={"x-request-id": "r" * 100}).status == 200
+    refused = server.post({"op": "echo"}, headers={"x-request-id": "r" * 101})
+    assert refused.status == 431
+    assert refused.json() == {"message": "x-request-id is longer than 100 characters"}
+    assert refused.headers["x-request-id"] != "r" * 101
 
 
 def test_values_that_are_not_plain_json(server: Server) -> None:

@@ -63,6 +63,9 @@ EXIT_INIT_FAILED = 3
 MAX_REQUEST_ID = 100  # Azure's limit on x-request-id
 TEXT: Header = (b"content-type", b"text/plain; charset=utf-8")
 FORBIDDEN = Reply(403, [JSON], b'{"message":"only the gateway may call this instance"}')
+ID_TOO_LONG = Reply(
+    431, [JSON], b'{"message":"x-request-id is longer than 100 characters"}'
+)  # as Azure's server answers it
 GATEWAY_HEADER = gateway_auth.HEADER.encode()
 REQUESTS_HEADER = b"x-sluice-requests"  # in liveness answers: requests seen so far
 HEALTH_PATHS = frozenset({"/", "/ready", "/v2/health/live", "/v2/health/ready"})
@@ -128,6 +131,9 @@ class InferenceApp:
     def handle(self, request: HttpRequest, conn: Responder) -> None:
         started = time.perf_counter()
         request_id = self._ids.for_request(request)
+        if request_id is None:
+            self._send(request, conn, self._ids.new(), started, "other", ID_TOO_LONG)
+            return
         path = request.path
         if path not in HEALTH_PATHS:
             self.requests_seen += 1
@@ -495,11 +501,15 @@ class RequestIds:
         self._prefix = uuid.uuid4().hex[:16]
         self._count = itertools.count(1)
 
-    def for_request(self, request: HttpRequest) -> str:
-        """The caller's `x-request-id` when it has one (up to 100 characters), else a new id."""
+    def for_request(self, request: HttpRequest) -> str | None:
+        """The caller's `x-request-id` when it has one, else a new id; None when the caller's
+        is longer than 100 characters (answered 431, as Azure's server does)."""
         given = request.header(b"x-request-id")
-        if given and len(given) <= MAX_REQUEST_ID:
-            return given.decode("latin-1")
+        if given:
+            return given.decode("latin-1") if len(given) <= MAX_REQUEST_ID else None
+        return self.new()
+
+    def new(self) -> str:
         return f"{self._prefix}-{next(self._count):08x}"
 
 
