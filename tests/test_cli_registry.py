@@ -299,3 +299,29 @@ def test_the_local_platform_runs_the_registry(
     assert isinstance(shown, dict) and shown["properties"]["createdBy"]
     cli("online-endpoint", "delete", "-n", "platform-check")
     assert "does not exist" in cli.error("online-endpoint", "show", "-n", "platform-check")
+
+
+def test_az_flags_create_auth_mode_update_r_skip_script_validation(
+    cli: Cli, examples: Path
+) -> None:
+    """az's `online-endpoint create --auth-mode`, `update -r` and `online-deployment create
+    --skip-script-validation`, against a real registry."""
+    bad = cli.error("online-endpoint", "create", "-f", "endpoint.yml", "--auth-mode", "cert")
+    assert bad == (
+        "error: endpoint.yml: auth_mode: Input should be 'key', 'aml_token' or 'aad_token'"
+    )
+    assert bad == cli.error(
+        "online-endpoint", "create", "-f", "endpoint.yml", "--set", "auth_mode=cert"
+    )
+    assert cli.json("online-endpoint", "list") == []  # nothing was created
+    ep = cli.json("online-endpoint", "create", "-f", "endpoint.yml", "--auth-mode", "aml_token")
+    assert isinstance(ep, dict) and ep["auth_mode"] == "aml_token"
+    # az would refuse this script before creating (a syntax check Sluice does not make).
+    (examples / "online/model-1/onlinescoring/score.py").write_text("def init(:\n")
+    dep = cli.json(
+        "online-deployment", "create", "-f", "blue-deployment.yml", "--skip-script-validation",
+        "--no-wait",
+    )  # fmt: skip
+    assert isinstance(dep, dict) and dep["provisioning_state"] == "Creating"
+    ep = cli.json("az", "ml", "online-endpoint", "update", "-n", "my-endpoint", "-r", "blue=100")
+    assert isinstance(ep, dict) and ep["traffic"] == {"blue": 100}

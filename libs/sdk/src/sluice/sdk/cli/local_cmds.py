@@ -89,9 +89,22 @@ def show_endpoint(endpoint: str, output: OutputFormat) -> None:
     deployments = [d for d in runner().list() if d.endpoint == endpoint]
     if not deployments:
         raise CliError(f"no local endpoint {endpoint} (`sluice online-deployment list --local`)")
+    render(_endpoint_view(endpoint, deployments), output)
+
+
+def list_endpoints(output: OutputFormat) -> None:
+    """`online-endpoint list --local`: one row per endpoint with local deployments."""
+    by_endpoint: dict[str, list[LocalDeployment]] = {}
+    for dep in runner().list():
+        by_endpoint.setdefault(dep.endpoint, []).append(dep)
+    rows = [_endpoint_view(name, deps) for name, deps in by_endpoint.items()]
+    render(rows, output, title="Local endpoints")
+
+
+def _endpoint_view(endpoint: str, deployments: list[LocalDeployment]) -> dict[str, object]:
     alive = [d for d in deployments if d.alive]
     uri = (alive or deployments)[0].scoring_uri
-    shown = {
+    return {
         "name": endpoint,
         "auth_mode": "key",  # not enforced locally, as on Azure's local endpoints
         "provisioning_state": "Succeeded" if alive else "Stopped",
@@ -99,7 +112,6 @@ def show_endpoint(endpoint: str, output: OutputFormat) -> None:
         "swagger_uri": uri.removesuffix("/score") + "/swagger.json",
         "deployments": ", ".join(d.deployment for d in deployments),
     }
-    render(shown, output)
 
 
 def show_deployment(endpoint: str, deployment: str, output: OutputFormat) -> None:

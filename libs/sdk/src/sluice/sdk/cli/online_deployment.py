@@ -44,6 +44,14 @@ LocalOption = typer.Option(
 COLUMNS = ["name", "endpoint", "state", "instances", "instance_type", "model", "version"]
 NameOption = typer.Option(None, "--name", "-n", help="deployment name (overrides the YAML's)")
 EndpointOption = typer.Option(None, "--endpoint-name", "-e", help="endpoint (overrides the YAML's)")
+SkipScriptValidationOption = typer.Option(
+    False,
+    "--skip-script-validation",
+    help="accepted for az compatibility and changes nothing: az checks the scoring script's "
+    "Python syntax before it creates the deployment, Sluice does not (it only checks that the "
+    "script file exists, with or without this flag); a broken script fails when the "
+    "deployment starts",
+)
 
 
 def view(doc: OnlineDeployment) -> dict[str, Any]:
@@ -108,11 +116,13 @@ def create(
     endpoint_name: str | None = EndpointOption,
     set_: list[str] = SetOption,
     all_traffic: bool = typer.Option(False, "--all-traffic", help="send 100% of traffic to it"),
+    skip_script_validation: bool = SkipScriptValidationOption,
     no_wait: bool = NoWaitOption,
     local: bool = LocalOption,
     output: OutputFormat = OutputOption,
 ) -> None:
     """Create a deployment from an Azure ML deployment YAML (model and code are uploaded)."""
+    del skip_script_validation  # Sluice has no pre-create script check to skip (see its help)
     if local:
         local_cmds.create(optional_path(file), set_, name, endpoint_name, output)
         return
@@ -151,6 +161,7 @@ def update(
     set_: list[str] = SetOption,
     add: list[str] = AddOption,
     remove: list[str] = RemoveOption,
+    skip_script_validation: bool = SkipScriptValidationOption,
     no_wait: bool = NoWaitOption,
     output: OutputFormat = OutputOption,
 ) -> None:
@@ -160,6 +171,7 @@ def update(
     are edited as az does (`--set instance_count=2`); the model, code and
     environment then stay as they are.
     """
+    del skip_script_validation  # as on create: nothing to skip
     edits = generic_edits(set_, add, remove)
     if file is None and not (name and endpoint_name):
         raise CliError("give --file, or --name and --endpoint-name with --set/--add/--remove")

@@ -43,7 +43,7 @@ app = typer.Typer(
 COLUMNS = ["name", "auth_mode", "traffic", "mirror_traffic", "state", "scoring_uri"]
 NameOption = typer.Option(None, "--name", "-n", help="endpoint name (overrides the YAML's)")
 TrafficOption = typer.Option(
-    [], "--traffic", help="merge shares into the split, e.g. --traffic 'blue=90 green=10'"
+    [], "--traffic", "-r", help="merge shares into the split, e.g. --traffic 'blue=90 green=10'"
 )
 MirrorOption = typer.Option(
     [], "--mirror-traffic", help="merge mirror shares, e.g. --mirror-traffic green=10"
@@ -72,6 +72,15 @@ def show_one(endpoint: OnlineEndpoint, output: OutputFormat) -> None:
 
 
 LocalOption = typer.Option(False, "--local", help="the local endpoint (no control plane)")
+ListLocalOption = typer.Option(
+    False, "--local", help="the local endpoints (those `online-deployment create --local` runs)"
+)
+AuthModeOption = typer.Option(
+    None,
+    "--auth-mode",
+    help="key, aml_token or aad_token (served as aml_token): the same as --set auth_mode=MODE, "
+    "and it wins over a --set of it, as in az",
+)
 RequestFileOption = typer.Option(..., "--request-file", "-r", help="the request body")
 
 
@@ -80,10 +89,13 @@ def create(
     file: Path | None = FileOption,
     name: str | None = NameOption,
     set_: list[str] = SetOption,
+    auth_mode: str | None = AuthModeOption,
     local: bool = LocalOption,
     output: OutputFormat = OutputOption,
 ) -> None:
     """Create an endpoint from an Azure ML endpoint YAML."""
+    if auth_mode is not None:  # az appends it after --set's overrides: it wins
+        set_ = [*set_, f"auth_mode={auth_mode}"]
     if local:
         spec = load_online_endpoint(optional_path(file), set_, name=name).spec
         err_console.print(
@@ -185,8 +197,11 @@ def show(
 
 
 @app.command("list")
-def list_(output: OutputFormat = OutputOption) -> None:
-    """List every online endpoint."""
+def list_(local: bool = ListLocalOption, output: OutputFormat = OutputOption) -> None:
+    """List every online endpoint (with --local, the endpoints run on this machine)."""
+    if local:
+        local_cmds.list_endpoints(output)
+        return
     with registry() as client:
         endpoints = client.list_online_endpoints()
     if output is OutputFormat.table:
