@@ -314,7 +314,11 @@ def test_az_flags_create_auth_mode_update_r_skip_script_validation(
         "online-endpoint", "create", "-f", "endpoint.yml", "--set", "auth_mode=cert"
     )
     assert cli.json("online-endpoint", "list") == []  # nothing was created
-    ep = cli.json("online-endpoint", "create", "-f", "endpoint.yml", "--auth-mode", "aml_token")
+    # Given after --set's overrides, as az adds it; any case; aad_token is taken as aml_token.
+    ep = cli.json(
+        "online-endpoint", "create", "-f", "endpoint.yml", "--set", "auth_mode=key",
+        "--auth-mode", "AAD_TOKEN",
+    )  # fmt: skip
     assert isinstance(ep, dict) and ep["auth_mode"] == "aml_token"
     # az would refuse this script before creating (a syntax check Sluice does not make).
     (examples / "online/model-1/onlinescoring/score.py").write_text("def init(:\n")
