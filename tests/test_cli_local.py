@@ -1,4 +1,6 @@
-"""`--local`: a deployment on this machine with no control plane, driven through the CLI."""
+"""`--local`: a deployment on this machine with no control plane, driven through the CLI,
+in the deployment's own environment (built as the platform builds it; here in the session's
+folder of environments, as the platform's provisioner shares its own)."""
 
 from __future__ import annotations
 
@@ -8,9 +10,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def shared_envs(envs_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("SLUICE_ENVS_DIR", str(envs_dir))
+    return envs_dir
 
 
 def sluice(state: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -26,7 +35,9 @@ def sluice(state: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess[st
     )
 
 
-def test_local_create_invoke_logs_delete(trained_examples: Path, tmp_path: Path) -> None:
+def test_local_create_invoke_logs_delete(
+    trained_examples: Path, tmp_path: Path, shared_envs: Path
+) -> None:
     online = trained_examples / "online"
     state = tmp_path / "state"
     created = sluice(
@@ -34,6 +45,11 @@ def test_local_create_invoke_logs_delete(trained_examples: Path, tmp_path: Path)
     )
     assert created.returncode == 0, created.stderr
     assert "is ready" in created.stderr
+    # It runs in the environment its conda file describes, not in the CLI's.
+    [record] = (state / "local" / "my-endpoint").glob("blue.json")
+    server = psutil.Process(json.loads(record.read_text())["process"]["pid"])
+    assert server.cmdline()[0].startswith(str(shared_envs)), server.cmdline()
+    assert "lacks" not in created.stderr  # no "this Python environment lacks ..." warning
     shown = json.loads(sluice(state, online, "online-endpoint", "show", "--local",
                               "-n", "my-endpoint", "-o", "json").stdout)  # fmt: skip
     assert shown["provisioning_state"] == "Succeeded" and shown["deployments"] == "blue"

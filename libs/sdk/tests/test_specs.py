@@ -7,11 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from sluice.common.resources import ArtifactRef, AuthMode, ComputeKind, OutputAction
+from sluice.common.resources import (
+    ArtifactRef,
+    AuthMode,
+    ComputeKind,
+    EnvironmentSpec,
+    OutputAction,
+)
 from sluice.sdk.specs import (
     SpecError,
     apply_sets,
     load_batch_deployment,
+    load_local_deployment,
     load_online_deployment,
     load_online_endpoint,
 )
@@ -400,3 +407,24 @@ def test_egress_public_network_access_is_read_in_any_case_and_kept_by_updates(
     assert edit_online_deployment(current, ["instance_count=2"]).spec.egress_disabled
     edited = edit_online_deployment(current, ["egress_public_network_access=enabled"]).spec
     assert not edited.egress_disabled
+
+
+def test_local_deployments_get_the_environment_the_platform_would_build(tmp_path: Path) -> None:
+    """--local builds what the platform builds: the same EnvironmentSpec as a create's (inline
+    conda file, an MLflow model's own); a registered environment cannot be read without the
+    registry: a warning, and the CLI's own Python."""
+    copy = tmp_path / "examples"
+    shutil.copytree(EXAMPLES, copy, ignore=shutil.ignore_patterns("model"))
+    (copy / "online/model-1/model").mkdir(parents=True)
+    blue = copy / "online/blue-deployment.yml"
+    local = load_local_deployment(blue)
+    assert local.environment == load_online_deployment(blue, fake_upload).spec.environment
+    assert "scikit-learn" in local.environment.conda_file and local.warnings == []
+    mlflow = no_code_deployment(tmp_path, {"conda.yaml": MLFLOW_CONDA})
+    assert load_local_deployment(mlflow).environment.conda_file == MLFLOW_CONDA
+    registered = load_local_deployment(blue, ["environment=azureml:my-env:1"])
+    assert registered.environment == EnvironmentSpec()
+    assert registered.warnings == [
+        "the registered environment my-env:1 cannot be built locally; the deployment runs in "
+        "this Python environment"
+    ]

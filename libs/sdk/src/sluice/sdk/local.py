@@ -5,8 +5,10 @@ model, code and request settings as a detached background process (the same
 server the provisioner runs per instance), waits until init() has returned,
 and records it in `<state_dir>/local/<endpoint>/<deployment>.json` with its
 log next to it, so later commands (`invoke`, `get-logs`, `delete`) find it.
-It runs in the current Python environment; `missing_requirements` tells which
-of the environment's conda/pip requirements that environment lacks.
+It runs in the deployment's environment when the caller built one (`python`, the
+CLI builds it as the platform does: sluice.common.environments), else in the
+current Python environment; then `missing_requirements` tells which of the
+environment's conda/pip requirements that environment lacks.
 """
 
 from __future__ import annotations
@@ -110,15 +112,19 @@ class LocalRunner:
         requirements: str | Path | Sequence[str] | None = None,
         environment_variables: Mapping[str, str] | None = None,
         port: int | None = None,
+        python: str | None = None,
     ) -> LocalDeployment:
-        """Start (or replace) a deployment and wait until its init() has returned."""
+        """Start (or replace) a deployment and wait until its init() has returned; in
+        `python`'s environment (built for the deployment), else in this one."""
         settings = request_settings or RequestSettings()
-        missing = missing_requirements(requirements) if requirements is not None else []
+        missing = []
+        if python is None and requirements is not None:
+            missing = missing_requirements(requirements)
         self.stop(endpoint, deployment)
         port = port or free_port(self.host)
         metrics_port = free_port(self.host)
         argv = [
-            sys.executable, "-m", "sluice.inference",
+            python or sys.executable, "-m", "sluice.inference",
             "--host", self.host,
             "--port", str(port),
             "--metrics-port", str(metrics_port),

@@ -10,6 +10,7 @@ unknown fields are errors. Relative paths resolve against the YAML's folder.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -754,6 +755,9 @@ class LocalFiles:
     request_settings: RequestSettings
     environment_variables: dict[str, str]
     warnings: list[str]
+    # The environment the platform would build for it (inline conda file, build context or
+    # an MLflow model's own); empty for none, or for a registered one (not readable here).
+    environment: EnvironmentSpec = dataclasses.field(default_factory=EnvironmentSpec)
 
 
 def load_local_deployment(
@@ -778,6 +782,16 @@ def load_local_deployment(
     conda: Path | None = None
     if isinstance(model.environment, AzureEnvironment) and model.environment.conda_file:
         conda = resolve_path(base, model.environment.conda_file, "environment.conda_file")
+    resolver = _Resolver(base, _local_only)
+    mlflow = model.mlflow_folder(resolver) if model.environment is None else None
+    environment = mlflow_environment(mlflow) if mlflow else resolver.environment(model.environment)
+    warnings += resolver.warnings
+    if environment.registered:
+        warnings.append(
+            f"the registered environment {environment.registered} cannot be built locally; "
+            "the deployment runs in this Python environment"
+        )
+        environment = EnvironmentSpec()
     return LocalFiles(
         name=model.name,
         endpoint_name=model.endpoint_name,
@@ -788,7 +802,12 @@ def load_local_deployment(
         request_settings=RequestSettings(**model.request_settings.model_dump(exclude={"schema_"})),
         environment_variables=model.environment_variables,
         warnings=warnings,
+        environment=environment,
     )
+
+
+def _local_only(path: Path) -> ArtifactRef:
+    raise SpecError(f"{path}: a local deployment uploads nothing")
 
 
 # ---- update by name (no file) ------------------------------------------------------------------

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
+from sluice.common.environments import EnvironmentBuilder, EnvironmentError_
+from sluice.common.resources import EnvironmentSpec
 from sluice.common.settings import Settings
 from sluice.sdk.cli.common import warn
 from sluice.sdk.cli.errors import CliError
@@ -14,6 +17,24 @@ from sluice.sdk.specs import load_local_deployment
 
 def runner() -> LocalRunner:
     return LocalRunner(Settings().state_dir.absolute())
+
+
+def build(environment: EnvironmentSpec) -> str | None:
+    """The deployment's environment, built (or found built) as the platform builds it, in
+    the platform's folder of environments (shared with its provisioner): its Python, or
+    None when the deployment names none (it runs in this Python environment)."""
+    if environment == EnvironmentSpec():
+        return None
+    settings = Settings()
+    folder = (settings.envs_dir or settings.state_dir / "envs").absolute()
+    builder = EnvironmentBuilder(folder)
+    with err_console.status("Building the deployment's environment (once; then cached)…"):
+        try:
+            built = asyncio.run(builder.ensure(environment))
+        except EnvironmentError_ as exc:
+            raise CliError(f"the deployment's environment could not be built: {exc}") from None
+    warn([f"environment: {w}" for w in built.warnings])
+    return built.python
 
 
 def view(dep: LocalDeployment) -> dict[str, object]:
@@ -35,6 +56,7 @@ def create(
 ) -> None:
     files = load_local_deployment(file, sets, name=name, endpoint_name=endpoint_name)
     warn(files.warnings)
+    python = build(files.environment)
     with err_console.status(f"Starting {files.name} locally (init() runs now)…"):
         try:
             dep = runner().start(
@@ -46,6 +68,7 @@ def create(
                 files.request_settings,
                 requirements=files.conda_file,
                 environment_variables=files.environment_variables,
+                python=python,
             )
         except LocalRunError as exc:
             raise CliError(str(exc)) from None
