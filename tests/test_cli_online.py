@@ -129,6 +129,15 @@ def test_deployment_lifecycle_through_the_cli(
 
     logs = cli.ok("online-deployment", "get-logs", "-n", "blue", "-e", endpoint, "--lines", "50")
     assert "model 1: request received" in logs.stdout
+    # A replaced instance's log is still there, by its id; an unknown id lists those there are.
+    old = sorted(before)[0]
+    kept = cli.ok("online-deployment", "get-logs", "-n", "blue", "-e", endpoint,
+                  "--instance-id", old)  # fmt: skip
+    assert f"instance {old} " in kept.stderr and kept.stdout.strip()
+    unknown = cli.run("online-deployment", "get-logs", "-n", "blue", "-e", endpoint,
+                      "--instance-id", "blue-nosuch")  # fmt: skip
+    assert unknown.returncode == 1
+    assert "no log of instance 'blue-nosuch'" in unknown.stderr and old in unknown.stderr
 
 
 def test_failures_say_why(local_platform: PlatformState, trained_examples: Path) -> None:

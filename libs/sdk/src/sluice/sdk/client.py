@@ -510,11 +510,17 @@ def get_logs(
     *,
     lines: int = 0,
     container: str = "",
+    instance_id: str = "",
     settings: Settings | None = None,
 ) -> InstanceLogs:
-    """The log of a deployment's newest instance (or of its environment build)."""
+    """The log of a deployment's newest instance, or of `instance_id` (also one that has
+    stopped: a crashed one auto-recovery replaced), or of its environment build."""
     request = provisioner_pb2.GetLogsRequest(
-        endpoint_name=endpoint, deployment_name=deployment, lines=lines, container=container
+        endpoint_name=endpoint,
+        deployment_name=deployment,
+        lines=lines,
+        container=container,
+        instance_id=instance_id,
     )
     reply: provisioner_pb2.Logs = _provisioner_call("GetLogs", request, settings)
     return InstanceLogs(text=reply.text, instance_id=reply.instance_id, path=reply.path)

@@ -63,6 +63,12 @@ class ProvisionerApi(provisioner_pb2_grpc.ProvisionerServicer):
         logs = (
             sorted(folder.glob("*.log"), key=lambda p: p.stat().st_mtime) if folder.exists() else []
         )
+        if request.instance_id and logs and request.instance_id not in {p.stem for p in logs}:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"no log of instance {request.instance_id!r} of {key}; instances with logs "
+                f"(oldest first): {', '.join(p.stem for p in logs)}",
+            )
         if request.instance_id:
             logs = [p for p in logs if p.stem == request.instance_id]
         if not logs:

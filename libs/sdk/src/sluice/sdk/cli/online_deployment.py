@@ -41,6 +41,11 @@ PICKUP_TIMEOUT_S = 15.0
 LocalOption = typer.Option(
     False, "--local", help="run on this machine with no control plane (the same inference server)"
 )
+InstanceIdOption = typer.Option(
+    "",
+    "--instance-id",
+    help="this instance's log (ids: `show`; also one that has stopped), not the newest's",
+)
 COLUMNS = ["name", "endpoint", "state", "instances", "instance_type", "model", "version"]
 NameOption = typer.Option(None, "--name", "-n", help="deployment name (overrides the YAML's)")
 EndpointOption = typer.Option(None, "--endpoint-name", "-e", help="endpoint (overrides the YAML's)")
@@ -256,13 +261,14 @@ def get_logs_(
     container: str = typer.Option(
         "inference-server", "--container", "-c", help="inference-server or storage-initializer"
     ),
+    instance_id: str = InstanceIdOption,
     local: bool = LocalOption,
 ) -> None:
     """Print the log of the deployment's newest instance (or of its environment build)."""
     if local:
         sys.stdout.write(local_cmds.logs(endpoint_name, name, lines or None) + "\n")
         return
-    logs = get_logs(endpoint_name, name, lines=lines, container=container)
+    logs = get_logs(endpoint_name, name, lines=lines, container=container, instance_id=instance_id)
     if logs.instance_id:
         err_console.print(f"instance {logs.instance_id} ({logs.path})")
     sys.stdout.write(logs.text + "\n")
