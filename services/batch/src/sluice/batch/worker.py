@@ -204,39 +204,45 @@ class Worker:
             await self._failed(msg, batch, attempt, last, traceback.format_exc(), started)
             return
         seconds = time.monotonic() - started
-        await self._report(
-            MiniBatchResult(
-                index=batch.index,
-                ok=True,
-                files=len(batch.files),
-                rows=rows,
-                attempts=attempt,
-                worker=self.cfg.worker,
-                seconds=seconds,
-            )
-        )
-        await msg.ack()
+        await self._settle(msg, batch, ok=True, attempts=attempt, rows=rows, seconds=seconds)
         say(f"mini-batch {batch.index} done: {rows} rows in {seconds * 1000:.1f} ms")
 
+    async def _settle(
+        self,
+        msg: Msg,
+        batch: MiniBatch,
+        *,
+        ok: bool,
+        attempts: int,
+        rows: int = 0,
+        error: str = "",
+        seconds: float = 0.0,
+    ) -> None:
+        """Report the mini-batch's outcome, then ack it (the result is stored first: a worker
+        dying between the two leaves a mini-batch that runs again, counted once)."""
+        result = MiniBatchResult(
+            index=batch.index,
+            ok=ok,
+            files=len(batch.files),
+            rows=rows,
+            error=error,
+            attempts=attempts,
+            worker=self.cfg.worker,
+            seconds=seconds,
+        )
+        await self._report(result)
+        await msg.ack()
+
     async def _failed(
-        self, msg: Any, batch: MiniBatch, attempt: int, last: bool, error: str, started: float
+        self, msg: Msg, batch: MiniBatch, attempt: int, last: bool, error: str, started: float
     ) -> None:
         say(f"mini-batch {batch.index} attempt {attempt} failed:\n{error.rstrip()}")
         if not last:
             await msg.nak()
             return
-        await self._report(
-            MiniBatchResult(
-                index=batch.index,
-                ok=False,
-                files=len(batch.files),
-                error=error.strip().splitlines()[-1] if error.strip() else "failed",
-                attempts=attempt,
-                worker=self.cfg.worker,
-                seconds=time.monotonic() - started,
-            )
-        )
-        await msg.ack()
+        last_line = error.strip().splitlines()[-1] if error.strip() else "failed"
+        seconds = time.monotonic() - started
+        await self._settle(msg, batch, ok=False, attempts=attempt, error=last_line, seconds=seconds)
 
     async def _given_up(self, msg: Msg, batch: MiniBatch) -> None:
         error = (
@@ -244,17 +250,7 @@ class Worker:
             "attempt or stopped answering (max_retries used up)"
         )
         say(f"mini-batch {batch.index}: {error}")
-        await self._report(
-            MiniBatchResult(
-                index=batch.index,
-                ok=False,
-                files=len(batch.files),
-                error=error,
-                attempts=self.cfg.attempts,
-                worker=self.cfg.worker,
-            )
-        )
-        await msg.ack()
+        await self._settle(msg, batch, ok=False, attempts=self.cfg.attempts, error=error)
 
     async def _interrupted(self, msg: Msg, batch: MiniBatch) -> None:
         """The mini-batch in hand goes back to the queue without costing it an attempt."""
