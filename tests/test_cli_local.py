@@ -69,6 +69,20 @@ def test_local_create_invoke_logs_delete(
     logs = sluice(state, online, "online-deployment", "get-logs", "--local", "-n", "blue",
                   "-e", "my-endpoint")  # fmt: skip
     assert "model 1: request received" in logs.stdout
+    # `update --local -f` (as az's) restarts it from its YAML: the changed script answers.
+    script = online / "model-1/onlinescoring/score.py"
+    script.write_text(
+        script.read_text().replace("return result.tolist()", 'return {"v2": result.tolist()}')
+    )
+    refused = sluice(state, online, "online-deployment", "update", "--local", "-n", "blue",
+                     "-e", "my-endpoint")  # fmt: skip
+    assert refused.returncode == 1 and "give --file" in refused.stderr
+    updated = sluice(state, online, "online-deployment", "update", "--local",
+                     "-f", "blue-deployment.yml")  # fmt: skip
+    assert updated.returncode == 0, updated.stderr
+    rescored = sluice(state, online, "online-endpoint", "invoke", "--local", "-n", "my-endpoint",
+                      "--request-file", "sample-request.json")  # fmt: skip
+    assert "v2" in json.loads(rescored.stdout)
     (online / "bad.json").write_text("{not json")
     failed = sluice(state, online, "online-endpoint", "invoke", "--local", "-n", "my-endpoint",
                     "--request-file", "bad.json")  # fmt: skip

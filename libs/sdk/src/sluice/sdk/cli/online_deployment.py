@@ -168,15 +168,25 @@ def update(
     remove: list[str] = RemoveOption,
     skip_script_validation: bool = SkipScriptValidationOption,
     no_wait: bool = NoWaitOption,
+    local: bool = LocalOption,
     output: OutputFormat = OutputOption,
 ) -> None:
     """Update a deployment from its YAML, or by name with --set/--add/--remove.
 
     Instances roll without downtime. Without --file the stored deployment's fields
     are edited as az does (`--set instance_count=2`); the model, code and
-    environment then stay as they are.
+    environment then stay as they are. With --local: the local deployment restarts
+    from its YAML (--file).
     """
     del skip_script_validation  # as on create: nothing to skip
+    if local:
+        if file is None or add or remove:
+            raise CliError(
+                "update --local restarts the local deployment from its YAML: give --file "
+                "(and --set; not --add/--remove)"
+            )
+        local_cmds.create(optional_path(file), set_, name, endpoint_name, output)
+        return
     edits = generic_edits(set_, add, remove)
     if file is None and not (name and endpoint_name):
         raise CliError("give --file, or --name and --endpoint-name with --set/--add/--remove")
