@@ -221,6 +221,11 @@ class Settings(BaseSettings):
     def pki_folder(self) -> Path:
         return self.pki_dir or self.state_dir / "pki"
 
+    @property
+    def envs_folder(self) -> Path:
+        """Built environments, shared by the provisioner, the batch runner and `--local`."""
+        return (self.envs_dir or self.state_dir / "envs").absolute()
+
 
 def with_nats_user(url: str, user: str, password: str) -> str:
     """`nats://host:port` -> `nats://user:password@host:port`."""

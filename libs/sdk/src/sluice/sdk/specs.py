@@ -782,7 +782,7 @@ def load_local_deployment(
     conda: Path | None = None
     if isinstance(model.environment, AzureEnvironment) and model.environment.conda_file:
         conda = resolve_path(base, model.environment.conda_file, "environment.conda_file")
-    resolver = _Resolver(base, _local_only)
+    resolver = _Resolver(base, _no_upload)
     mlflow = model.mlflow_folder(resolver) if model.environment is None else None
     environment = mlflow_environment(mlflow) if mlflow else resolver.environment(model.environment)
     warnings += resolver.warnings
@@ -804,10 +804,6 @@ def load_local_deployment(
         warnings=warnings,
         environment=environment,
     )
-
-
-def _local_only(path: Path) -> ArtifactRef:
-    raise SpecError(f"{path}: a local deployment uploads nothing")
 
 
 # ---- update by name (no file) ------------------------------------------------------------------
@@ -839,7 +835,8 @@ def _edited(fields: dict[str, Any], sets: Edits, what: str) -> dict[str, Any]:
 
 
 def _no_upload(path: Path) -> ArtifactRef:
-    raise SpecError(f"{path}: nothing is uploaded by an update without --file")
+    """The uploader of what uploads nothing: an update without --file, a --local run."""
+    raise SpecError(f"{path}: nothing is uploaded here")
 
 
 def edit_online_deployment(

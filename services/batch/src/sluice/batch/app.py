@@ -141,7 +141,7 @@ async def serve(settings: Settings) -> None:
             state_dir=state_dir,
             jobs_dir=state_dir / "jobs",
             environments=EnvironmentBuilder(
-                (settings.envs_dir or state_dir / "envs").absolute(),
+                settings.envs_folder,
                 landlock=settings.landlock,
                 sources=[state_dir / "artifacts"],
             ),

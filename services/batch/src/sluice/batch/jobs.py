@@ -88,8 +88,13 @@ class Cost(_Model):
     workers_per_instance: int = 1
 
     @property
+    def instance_share(self) -> float:
+        """The part of an instance one worker is."""
+        return 1 / max(1, self.workers_per_instance)
+
+    @property
     def instance_seconds(self) -> float:
-        return self.worker_seconds / max(1, self.workers_per_instance)
+        return self.worker_seconds * self.instance_share
 
     @property
     def cost(self) -> float:
@@ -235,8 +240,7 @@ class JobStore:
                 "deployment": job.deployment_name,
                 "instance_type": job.cost.instance_type,
                 "price_per_hour": job.cost.price_per_hour,
-                # The part of an instance it is (one of max_concurrency_per_instance workers).
-                "instance_share": 1 / max(1, job.cost.workers_per_instance),
+                "instance_share": job.cost.instance_share,
                 "started_at": utcnow().isoformat(),
                 "stopped_at": None,
             }

@@ -85,7 +85,7 @@ async def serve(settings: Settings) -> None:
         )
         db = database(mongo, settings)
         environments = EnvironmentBuilder(
-            (settings.envs_dir or state_dir / "envs").absolute(),
+            settings.envs_folder,
             landlock=settings.landlock,
             sources=[state_dir / "artifacts"],
         )

@@ -52,7 +52,6 @@ from sluice.v1 import workspace_pb2 as ws
 
 LOCATION = "local"
 PROVIDER = "Microsoft.MachineLearningServices/workspaces"
-ARTIFACT_PREFIX = ARTIFACT_URI_PREFIX
 _DURATION = re.compile(r"^P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?$")
 
 Auth = ws.EndpointAuthMode
@@ -154,7 +153,7 @@ def _model_out(model: ModelRef) -> str:
 def _model_in(text: str) -> dict[str, Any]:
     if not text:
         return {}
-    if text.startswith(ARTIFACT_PREFIX):
+    if text.startswith(ARTIFACT_URI_PREFIX):
         return {"artifact": parse_artifact(text, "model")}
     return {"registered": text}
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sluice.common.artifacts import artifact_uri
+from sluice.common.artifacts import ARTIFACT_URI_PREFIX, artifact_uri
 from sluice.common.assets import (
     DATA_TYPES,
     INFERENCE_CONFIG,
@@ -27,7 +27,6 @@ from sluice.common.assets import (
 )
 from sluice.common.azure_ids import resource_id
 from sluice.registry.arm import (
-    ARTIFACT_PREFIX,
     PROVIDER,
     build_spec,
     parse_artifact,
@@ -188,7 +187,7 @@ def version_spec(kind: AssetKind, name: str, version_: str, resource: VersionRes
         if not props.model_uri:
             raise InvalidArgument(
                 f"properties.modelUri is required: the uploaded model file or folder "
-                f"({ARTIFACT_PREFIX}sha256:<hex>/<name>)"
+                f"({ARTIFACT_URI_PREFIX}sha256:<hex>/<name>)"
             )
         data["artifact"] = parse_artifact(props.model_uri, "properties.modelUri")
         data["type"] = props.model_type or "custom_model"
@@ -216,7 +215,7 @@ def version_spec(kind: AssetKind, name: str, version_: str, resource: VersionRes
                 "properties.dataUri is required (an uploaded file or folder, or a URI)"
             )
         data["type"] = props.data_type
-        if props.data_uri.startswith(ARTIFACT_PREFIX):
+        if props.data_uri.startswith(ARTIFACT_URI_PREFIX):
             data["artifact"] = parse_artifact(props.data_uri, "properties.dataUri")
         elif URI_RE.match(props.data_uri):
             data["path"] = props.data_uri

@@ -25,9 +25,7 @@ def build(environment: EnvironmentSpec) -> str | None:
     None when the deployment names none (it runs in this Python environment)."""
     if environment == EnvironmentSpec():
         return None
-    settings = Settings()
-    folder = (settings.envs_dir or settings.state_dir / "envs").absolute()
-    builder = EnvironmentBuilder(folder)
+    builder = EnvironmentBuilder(Settings().envs_folder)
     with err_console.status("Building the deployment's environment (once; then cached)…"):
         try:
             built = asyncio.run(builder.ensure(environment))
