@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from enum import StrEnum
 
 from sluice.common.resources import (
     BatchDeploymentSpec,
@@ -56,6 +57,27 @@ class FailedPrecondition(DomainError):
 
 class Conflict(DomainError):
     """Someone else changed the resource since the caller read it (optimistic concurrency)."""
+
+
+class EndpointKind(StrEnum):
+    """Online and batch endpoints share one name space: a name is one host name
+    (`<name>.<region>.inference.ml.azure.com` on Azure, `/endpoints/<name>/` here), under
+    which an online endpoint answers `/score` and a batch endpoint `/jobs`."""
+
+    online = "online"
+    batch = "batch"
+
+    @property
+    def other(self) -> EndpointKind:
+        return EndpointKind.batch if self is EndpointKind.online else EndpointKind.online
+
+
+def name_taken(name: str, holder: EndpointKind, holder_name: str) -> AlreadyExists:
+    """The refusal of an endpoint name that an endpoint of the other kind holds."""
+    return AlreadyExists(
+        f"endpoint name {name!r} is taken by the {holder} endpoint {holder_name!r}: online and "
+        "batch endpoint names share one namespace (one host name); choose another name"
+    )
 
 
 def check_name(kind: str, name: str) -> None:

@@ -39,7 +39,13 @@ from sluice.common.secretbox import SecretBox
 from sluice.registry import domain
 from sluice.registry.assets import AssetService
 from sluice.registry.credentials import Token, TokenIssuer, new_key
-from sluice.registry.domain import Conflict, FailedPrecondition, InvalidArgument, NotFound
+from sluice.registry.domain import (
+    Conflict,
+    EndpointKind,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
 from sluice.registry.store import Page, RegistryStore
 
 log = get_logger(__name__)
@@ -129,10 +135,16 @@ class RegistryService:
                 "secondary": self._secrets.encrypt(new_key()),
             },
         )
-        async with self._store.transaction() as tx:
-            await tx.online_endpoints.insert(spec.name, doc)
-            data = ev.EndpointChanged(name=spec.name, version=1)
-            tx.emit(ev.ENDPOINT_CREATED, data, subject=spec.name, actor=actor)
+
+        async def attempt() -> None:
+            async with self._store.transaction() as tx:
+                await tx.online_endpoints.insert(spec.name, doc)
+                await tx.endpoint_names.reserve(spec.name, EndpointKind.online)
+                data = ev.EndpointChanged(name=spec.name, version=1)
+                tx.emit(ev.ENDPOINT_CREATED, data, subject=spec.name, actor=actor)
+
+        # A create that lost a race for the name is retried: it then says who holds it.
+        await _with_retries(None, attempt)
         log.info("endpoint_created", endpoint=spec.name, actor=actor)
         return doc
 
@@ -259,6 +271,7 @@ class RegistryService:
                 deployments = await tx.online_deployments.find({"spec.endpoint_name": name})
                 await tx.online_deployments.delete_many({"spec.endpoint_name": name})
                 await tx.online_endpoints.delete(name)
+                await tx.endpoint_names.release(name, EndpointKind.online)
                 for dep in deployments:
                     data = ev.DeploymentChanged(
                         name=dep.spec.name, endpoint=name, version=dep.meta.version
@@ -438,10 +451,15 @@ class RegistryService:
         doc = BatchEndpointDoc(
             spec=spec, meta=Meta(created_by=actor, provisioning_state=ProvisioningState.succeeded)
         )
-        async with self._store.transaction() as tx:
-            await tx.batch_endpoints.insert(spec.name, doc)
-            data = ev.BatchEndpointChanged(name=spec.name, version=1)
-            tx.emit(ev.BATCH_ENDPOINT_CREATED, data, subject=spec.name, actor=actor)
+
+        async def attempt() -> None:
+            async with self._store.transaction() as tx:
+                await tx.batch_endpoints.insert(spec.name, doc)
+                await tx.endpoint_names.reserve(spec.name, EndpointKind.batch)
+                data = ev.BatchEndpointChanged(name=spec.name, version=1)
+                tx.emit(ev.BATCH_ENDPOINT_CREATED, data, subject=spec.name, actor=actor)
+
+        await _with_retries(None, attempt)
         return doc
 
     async def get_batch_endpoint(self, name: str) -> BatchEndpointDoc:
@@ -492,6 +510,7 @@ class RegistryService:
                 deployments = await tx.batch_deployments.find({"spec.endpoint_name": name})
                 await tx.batch_deployments.delete_many({"spec.endpoint_name": name})
                 await tx.batch_endpoints.delete(name)
+                await tx.endpoint_names.release(name, EndpointKind.batch)
                 for dep in deployments:
                     data = ev.BatchDeploymentChanged(
                         name=dep.spec.name, endpoint=name, version=dep.meta.version

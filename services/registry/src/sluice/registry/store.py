@@ -2,7 +2,8 @@
 
 Writes are conditional on `meta.version` (optimistic concurrency): a replace
 names the version it was computed from and fails with `Conflict` if the
-stored one moved on. Names are `_id`s, so uniqueness is the database's job.
+stored one moved on. Names are `_id`s, so uniqueness is the database's job;
+`endpoint_names` makes an endpoint name unique across online and batch endpoints.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 
 from sluice.common.assets import ASSETS, AssetDoc
 from sluice.common.events import Outbox, Transaction
+from sluice.common.log import get_logger
 from sluice.common.mongo import Document
 from sluice.common.resources import (
     BATCH_DEPLOYMENTS,
@@ -43,10 +45,14 @@ from sluice.common.resources import (
     from_document,
     to_document,
 )
-from sluice.registry.domain import AlreadyExists, Conflict
+from sluice.registry.domain import AlreadyExists, Conflict, EndpointKind, name_taken
 
+log = get_logger(__name__)
 SIGNING_KEYS = "signing_keys"
 KEY = "_key"  # the case-folded `_id`, unique: names differing only by case are one name
+# {_id: <case-folded name>, kind: "online" | "batch", name: <as written>}: who holds a name.
+ENDPOINT_NAMES = "endpoint_names"
+ENDPOINTS = {EndpointKind.online: ONLINE_ENDPOINTS, EndpointKind.batch: BATCH_ENDPOINTS}
 
 DocT = TypeVar("DocT", bound=BaseModel)
 
@@ -167,11 +173,66 @@ class Collections:
         self.assets = Collection(db[ASSETS], AssetDoc, "asset", session)
 
 
+def _reservation(name: str, kind: EndpointKind) -> Document:
+    return {"_id": name.casefold(), "kind": kind.value, "name": name}
+
+
+class EndpointNames:
+    """`endpoint_names`: which endpoint, online or batch, holds each name.
+
+    Creating an endpoint writes its name's document in the endpoint's transaction, so
+    two creates of one name, of either kind, write the same `_id` and MongoDB commits
+    only one of them (a check that only read would let both through). Deleting the
+    endpoint deletes the document in its transaction: the name is free at once.
+    """
+
+    def __init__(self, db: AsyncDatabase[Document], session: AsyncClientSession):
+        self._c = db[ENDPOINT_NAMES]
+        self._endpoints = {kind: db[name] for kind, name in ENDPOINTS.items()}
+        self._s = session
+
+    async def _stored(self, kind: EndpointKind, key: str) -> str | None:
+        """The name of the `kind` endpoint whose case-folded name is `key`, if one exists."""
+        raw = await self._endpoints[kind].find_one({KEY: key}, {"_id": 1}, session=self._s)
+        return None if raw is None else str(raw["_id"])
+
+    async def reserve(self, name: str, kind: EndpointKind) -> None:
+        """Claim `name` for the `kind` endpoint this transaction creates (insert it first, so a
+        same-kind duplicate gets that collection's message); refused while an endpoint of the
+        other kind holds it. A document whose endpoint is gone (an older registry deleted it
+        without releasing the name) is taken over."""
+        key = name.casefold()
+        held = await self._c.find_one({"_id": key}, session=self._s)
+        if held is None:
+            try:
+                await self._c.insert_one(_reservation(name, kind), session=self._s)
+            except DuplicateKeyError as exc:
+                raise Conflict(f"endpoint name {name!r} was claimed meanwhile; retry") from exc
+            return
+        holder = EndpointKind(held["kind"])
+        if holder is not kind and await self._stored(holder, key) is not None:
+            raise name_taken(name, holder, str(held["name"]))
+        await self._c.replace_one({"_id": key}, _reservation(name, kind), session=self._s)
+
+    async def release(self, name: str, kind: EndpointKind) -> None:
+        """Free `name` as this transaction deletes its `kind` endpoint. If an endpoint of the
+        other kind has the same name (both were stored before names were one namespace),
+        that one holds it from now on."""
+        key = name.casefold()
+        released = await self._c.delete_one({"_id": key, "kind": kind.value}, session=self._s)
+        if released.deleted_count == 0:
+            return
+        heir = await self._stored(kind.other, key)
+        if heir is not None:
+            await self._c.insert_one(_reservation(heir, kind.other), session=self._s)
+
+
 class Writes(Collections):
     """The collections inside a transaction, and the events that commit with it."""
 
     def __init__(self, db: AsyncDatabase[Document], tx: Transaction):
         super().__init__(db, tx.session)
+        self.endpoint_names = EndpointNames(db, tx.session)
         self.emit = tx.emit
 
 
@@ -215,6 +276,7 @@ class RegistryStore(Collections):
         for name in (ONLINE_ENDPOINTS, ONLINE_DEPLOYMENTS, BATCH_ENDPOINTS, BATCH_DEPLOYMENTS):
             await self._migrate(self._db[name])
             await self._db[name].create_index([(KEY, ASCENDING)], unique=True, sparse=True)
+        await self._reserve_endpoint_names()
         await self._db[ASSETS].create_index(
             [("spec.asset_kind", ASCENDING), ("spec.name", ASCENDING), ("spec.version", ASCENDING)],
             unique=True,
@@ -230,6 +292,40 @@ class RegistryStore(Collections):
         await collection.update_many(
             {"instances": {"$exists": True}}, {"$unset": {"instances": ""}}
         )
+
+    async def _reserve_endpoint_names(self) -> None:
+        """Give every stored endpoint its `endpoint_names` document (endpoints stored before
+        names were one namespace have none). An old database may hold a name in both kinds:
+        both endpoints stay, the online one holds the name, and a warning says so."""
+        names = self._db[ENDPOINT_NAMES]
+        held = {str(raw["_id"]): raw async for raw in names.find({})}
+        for kind in (EndpointKind.online, EndpointKind.batch):  # online first: it keeps a name
+            async for raw in self._db[ENDPOINTS[kind]].find({}, {"_id": 1}):
+                name = str(raw["_id"])
+                mine, current = _reservation(name, kind), held.get(name.casefold())
+                if current == mine:
+                    continue
+                if current is None:
+                    with contextlib.suppress(DuplicateKeyError):  # another replica did it
+                        await names.insert_one(mine)
+                elif current["kind"] != kind and await self._held(current):
+                    log.warning(
+                        "endpoint_name_in_both_kinds",
+                        name=name,
+                        holder=f"{current['kind']} endpoint {current['name']}",
+                        other=f"{kind} endpoint {name}",
+                        consequence="both endpoints stay; the holder keeps the name, the other "
+                        "gets it when the holder is deleted",
+                    )
+                    continue
+                else:  # left by an endpoint that is gone
+                    await names.replace_one(current, mine)
+                held[mine["_id"]] = mine
+
+    async def _held(self, reservation: Mapping[str, Any]) -> bool:
+        """Whether the endpoint that `reservation` names still exists."""
+        collection = self._db[ENDPOINTS[EndpointKind(reservation["kind"])]]
+        return await collection.find_one({KEY: reservation["_id"]}, {"_id": 1}) is not None
 
     async def jobs_using(self, key: str) -> list[tuple[str, str]]:
         """(name, state) of the batch jobs whose `assets` hold `key` (written by the batch
