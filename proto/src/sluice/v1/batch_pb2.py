@@ -23,12 +23,13 @@ _sym_db = _symbol_database.Default()
 
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from sluice.v1 import common_pb2 as sluice_dot_v1_dot_common__pb2
 from sluice.v1 import workspace_pb2 as sluice_dot_v1_dot_workspace__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15sluice/v1/batch.proto\x12\tsluice.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16sluice/v1/common.proto\x1a\x19sluice/v1/workspace.proto\"\xf2\x02\n\x0cJobOverrides\x12\x1c\n\x0fmini_batch_size\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x1b\n\x0einstance_count\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x1c\n\x0f\x65rror_threshold\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x18\n\x0bmax_retries\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x16\n\ttimeout_s\x18\x05 \x01(\x05H\x04\x88\x01\x01\x12\x1d\n\x10output_file_name\x18\x06 \x01(\tH\x05\x88\x01\x01\x12)\n\x1cmax_concurrency_per_instance\x18\x07 \x01(\x05H\x06\x88\x01\x01\x42\x12\n\x10_mini_batch_sizeB\x11\n\x0f_instance_countB\x12\n\x10_error_thresholdB\x0e\n\x0c_max_retriesB\x0c\n\n_timeout_sB\x13\n\x11_output_file_nameB\x1f\n\x1d_max_concurrency_per_instance\"\xf2\x01\n\x1aInvokeBatchEndpointRequest\x12\x15\n\rendpoint_name\x18\x01 \x01(\t\x12\x17\n\x0f\x64\x65ployment_name\x18\x02 \x01(\t\x12\r\n\x05input\x18\x03 \x01(\t\x12\x13\n\x0boutput_path\x18\x04 \x01(\t\x12*\n\toverrides\x18\x05 \x01(\x0b\x32\x17.sluice.v1.JobOverrides\x12\x10\n\x08job_name\x18\x06 \x01(\t\x12\x12\n\ninput_type\x18\x07 \x01(\t\x12.\n\x0einput_artifact\x18\x08 \x01(\x0b\x32\x16.sluice.v1.ArtifactRef\"\xa5\x01\n\x0bJobProgress\x12\x1a\n\x12mini_batches_total\x18\x01 \x01(\x05\x12\x19\n\x11mini_batches_done\x18\x02 \x01(\x05\x12\x1b\n\x13mini_batches_failed\x18\x03 \x01(\x05\x12\x13\n\x0b\x66iles_total\x18\x04 \x01(\x05\x12\x17\n\x0f\x66iles_succeeded\x18\x05 \x01(\x05\x12\x14\n\x0c\x66iles_failed\x18\x06 \x01(\x05\"R\n\x08JobError\x12\x12\n\nmini_batch\x18\x01 \x01(\x05\x12\r\n\x05\x66iles\x18\x02 \x03(\t\x12\x11\n\texception\x18\x03 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\x05\"\xcd\x03\n\x03Job\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rendpoint_name\x18\x02 \x01(\t\x12\x17\n\x0f\x64\x65ployment_name\x18\x03 \x01(\t\x12\"\n\x05state\x18\x04 \x01(\x0e\x32\x13.sluice.v1.JobState\x12(\n\x08progress\x18\x05 \x01(\x0b\x32\x16.sluice.v1.JobProgress\x12\r\n\x05input\x18\x06 \x01(\t\x12\x13\n\x0boutput_path\x18\x07 \x01(\t\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\x06\x65rrors\x18\x0b \x03(\x0b\x32\x13.sluice.v1.JobError\x12\x16\n\x0estatus_message\x18\x0c \x01(\t\x12 \n\x04\x63ost\x18\r \x01(\x0b\x32\x12.sluice.v1.JobCost\x12\x18\n\x10output_file_name\x18\x0e \x01(\t\x12\x0f\n\x07workers\x18\x0f \x01(\x05\"x\n\x07JobCost\x12\x15\n\rinstance_type\x18\x01 \x01(\t\x12\x16\n\x0eworker_seconds\x18\x02 \x01(\x01\x12\x16\n\x0eprice_per_hour\x18\x03 \x01(\x01\x12\x0c\n\x04\x63ost\x18\x04 \x01(\x01\x12\x18\n\x10instance_seconds\x18\x05 \x01(\x01\"\x1d\n\rGetJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"g\n\x0fListJobsRequest\x12\x15\n\rendpoint_name\x18\x01 \x01(\t\x12\x17\n\x0f\x64\x65ployment_name\x18\x02 \x01(\t\x12$\n\x04page\x18\x03 \x01(\x0b\x32\x16.sluice.v1.PageRequest\"W\n\x10ListJobsResponse\x12\x1c\n\x04jobs\x18\x01 \x03(\x0b\x32\x0e.sluice.v1.Job\x12%\n\x04page\x18\x02 \x01(\x0b\x32\x17.sluice.v1.PageResponse\" \n\x10\x43\x61ncelJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"4\n\x14StreamJobLogsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\"T\n\nJobLogLine\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0c\n\x04line\x18\x03 \x01(\t\"l\n\tJobStatus\"_\n\x05Value\x12\x14\n\x10JOB_STATUS_UNSET\x10\x00\x12\n\n\x06Queued\x10\x01\x12\x0b\n\x07Running\x10\x02\x12\r\n\tCompleted\x10\x03\x12\n\n\x06\x46\x61iled\x10\x04\x12\x0c\n\x08\x43\x61nceled\x10\x05\"\xfc\x01\n\rJobProperties\x12\x10\n\x08job_type\x18\x01 \x01(\t\x12*\n\x06status\x18\x02 \x01(\x0e\x32\x1a.sluice.v1.JobStatus.Value\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x17\n\x0f\x65xperiment_name\x18\x04 \x01(\t\x12\x30\n\x04tags\x18\x05 \x03(\x0b\x32\".sluice.v1.JobProperties.TagsEntry\x12\x1f\n\x07\x64\x65tails\x18\x06 \x01(\x0b\x32\x0e.sluice.v1.Job\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8f\x01\n\x0bJobResource\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12,\n\nproperties\x18\x04 \x01(\x0b\x32\x18.sluice.v1.JobProperties\x12*\n\x0bsystem_data\x18\x05 \x01(\x0b\x32\x15.sluice.v1.SystemData\"K\n\x0fJobResourceList\x12%\n\x05value\x18\x01 \x03(\x0b\x32\x16.sluice.v1.JobResource\x12\x11\n\tnext_link\x18\x02 \x01(\t*\x99\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_COMPLETED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x16\n\x12JOB_STATE_CANCELED\x10\x05\x32\x9c\x06\n\x05\x42\x61tch\x12L\n\x13InvokeBatchEndpoint\x12%.sluice.v1.InvokeBatchEndpointRequest\x1a\x0e.sluice.v1.Job\x12\x32\n\x06GetJob\x12\x18.sluice.v1.GetJobRequest\x1a\x0e.sluice.v1.Job\x12\x43\n\x08ListJobs\x12\x1a.sluice.v1.ListJobsRequest\x1a\x1b.sluice.v1.ListJobsResponse\x12\x38\n\tCancelJob\x12\x1b.sluice.v1.CancelJobRequest\x1a\x0e.sluice.v1.Job\x12\x64\n\rStreamJobLogs\x12\x1f.sluice.v1.StreamJobLogsRequest\x1a\x15.sluice.v1.JobLogLine\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/jobs/{name}/logs0\x01\x12\x8f\x01\n\x1bInvokeBatchEndpointResource\x12%.sluice.v1.InvokeBatchEndpointRequest\x1a\x16.sluice.v1.JobResource\"1\x82\xd3\xe4\x93\x02+\"&/batchEndpoints/{endpoint_name}/invoke:\x01*\x12X\n\x0eGetJobResource\x12\x18.sluice.v1.GetJobRequest\x1a\x16.sluice.v1.JobResource\"\x14\x82\xd3\xe4\x93\x02\x0e\x12\x0c/jobs/{name}\x12Y\n\x10ListJobResources\x12\x1a.sluice.v1.ListJobsRequest\x1a\x1a.sluice.v1.JobResourceList\"\r\x82\xd3\xe4\x93\x02\x07\x12\x05/jobs\x12\x65\n\x11\x43\x61ncelJobResource\x12\x1b.sluice.v1.CancelJobRequest\x1a\x16.sluice.v1.JobResource\"\x1b\x82\xd3\xe4\x93\x02\x15\"\x13/jobs/{name}/cancelb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15sluice/v1/batch.proto\x12\tsluice.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16sluice/v1/common.proto\x1a\x19sluice/v1/workspace.proto\"\xf2\x02\n\x0cJobOverrides\x12\x1c\n\x0fmini_batch_size\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x1b\n\x0einstance_count\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x1c\n\x0f\x65rror_threshold\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x18\n\x0bmax_retries\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x16\n\ttimeout_s\x18\x05 \x01(\x05H\x04\x88\x01\x01\x12\x1d\n\x10output_file_name\x18\x06 \x01(\tH\x05\x88\x01\x01\x12)\n\x1cmax_concurrency_per_instance\x18\x07 \x01(\x05H\x06\x88\x01\x01\x42\x12\n\x10_mini_batch_sizeB\x11\n\x0f_instance_countB\x12\n\x10_error_thresholdB\x0e\n\x0c_max_retriesB\x0c\n\n_timeout_sB\x13\n\x11_output_file_nameB\x1f\n\x1d_max_concurrency_per_instance\"\xf2\x01\n\x1aInvokeBatchEndpointRequest\x12\x15\n\rendpoint_name\x18\x01 \x01(\t\x12\x17\n\x0f\x64\x65ployment_name\x18\x02 \x01(\t\x12\r\n\x05input\x18\x03 \x01(\t\x12\x13\n\x0boutput_path\x18\x04 \x01(\t\x12*\n\toverrides\x18\x05 \x01(\x0b\x32\x17.sluice.v1.JobOverrides\x12\x10\n\x08job_name\x18\x06 \x01(\t\x12\x12\n\ninput_type\x18\x07 \x01(\t\x12.\n\x0einput_artifact\x18\x08 \x01(\x0b\x32\x16.sluice.v1.ArtifactRef\"X\n\x18\x43reateEndpointJobRequest\x12\x15\n\rendpoint_name\x18\x01 \x01(\t\x12%\n\x04\x62ody\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xa5\x01\n\x0bJobProgress\x12\x1a\n\x12mini_batches_total\x18\x01 \x01(\x05\x12\x19\n\x11mini_batches_done\x18\x02 \x01(\x05\x12\x1b\n\x13mini_batches_failed\x18\x03 \x01(\x05\x12\x13\n\x0b\x66iles_total\x18\x04 \x01(\x05\x12\x17\n\x0f\x66iles_succeeded\x18\x05 \x01(\x05\x12\x14\n\x0c\x66iles_failed\x18\x06 \x01(\x05\"R\n\x08JobError\x12\x12\n\nmini_batch\x18\x01 \x01(\x05\x12\r\n\x05\x66iles\x18\x02 \x03(\t\x12\x11\n\texception\x18\x03 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\x05\"\xcd\x03\n\x03Job\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rendpoint_name\x18\x02 \x01(\t\x12\x17\n\x0f\x64\x65ployment_name\x18\x03 \x01(\t\x12\"\n\x05state\x18\x04 \x01(\x0e\x32\x13.sluice.v1.JobState\x12(\n\x08progress\x18\x05 \x01(\x0b\x32\x16.sluice.v1.JobProgress\x12\r\n\x05input\x18\x06 \x01(\t\x12\x13\n\x0boutput_path\x18\x07 \x01(\t\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\x06\x65rrors\x18\x0b \x03(\x0b\x32\x13.sluice.v1.JobError\x12\x16\n\x0estatus_message\x18\x0c \x01(\t\x12 \n\x04\x63ost\x18\r \x01(\x0b\x32\x12.sluice.v1.JobCost\x12\x18\n\x10output_file_name\x18\x0e \x01(\t\x12\x0f\n\x07workers\x18\x0f \x01(\x05\"x\n\x07JobCost\x12\x15\n\rinstance_type\x18\x01 \x01(\t\x12\x16\n\x0eworker_seconds\x18\x02 \x01(\x01\x12\x16\n\x0eprice_per_hour\x18\x03 \x01(\x01\x12\x0c\n\x04\x63ost\x18\x04 \x01(\x01\x12\x18\n\x10instance_seconds\x18\x05 \x01(\x01\"\x1d\n\rGetJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"g\n\x0fListJobsRequest\x12\x15\n\rendpoint_name\x18\x01 \x01(\t\x12\x17\n\x0f\x64\x65ployment_name\x18\x02 \x01(\t\x12$\n\x04page\x18\x03 \x01(\x0b\x32\x16.sluice.v1.PageRequest\"W\n\x10ListJobsResponse\x12\x1c\n\x04jobs\x18\x01 \x03(\x0b\x32\x0e.sluice.v1.Job\x12%\n\x04page\x18\x02 \x01(\x0b\x32\x17.sluice.v1.PageResponse\" \n\x10\x43\x61ncelJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"4\n\x14StreamJobLogsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\"T\n\nJobLogLine\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0c\n\x04line\x18\x03 \x01(\t\"l\n\tJobStatus\"_\n\x05Value\x12\x14\n\x10JOB_STATUS_UNSET\x10\x00\x12\n\n\x06Queued\x10\x01\x12\x0b\n\x07Running\x10\x02\x12\r\n\tCompleted\x10\x03\x12\n\n\x06\x46\x61iled\x10\x04\x12\x0c\n\x08\x43\x61nceled\x10\x05\"\xfc\x01\n\rJobProperties\x12\x10\n\x08job_type\x18\x01 \x01(\t\x12*\n\x06status\x18\x02 \x01(\x0e\x32\x1a.sluice.v1.JobStatus.Value\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x17\n\x0f\x65xperiment_name\x18\x04 \x01(\t\x12\x30\n\x04tags\x18\x05 \x03(\x0b\x32\".sluice.v1.JobProperties.TagsEntry\x12\x1f\n\x07\x64\x65tails\x18\x06 \x01(\x0b\x32\x0e.sluice.v1.Job\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8f\x01\n\x0bJobResource\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12,\n\nproperties\x18\x04 \x01(\x0b\x32\x18.sluice.v1.JobProperties\x12*\n\x0bsystem_data\x18\x05 \x01(\x0b\x32\x15.sluice.v1.SystemData\"K\n\x0fJobResourceList\x12%\n\x05value\x18\x01 \x03(\x0b\x32\x16.sluice.v1.JobResource\x12\x11\n\tnext_link\x18\x02 \x01(\t*\x99\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_COMPLETED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x16\n\x12JOB_STATE_CANCELED\x10\x05\x32\xad\x07\n\x05\x42\x61tch\x12L\n\x13InvokeBatchEndpoint\x12%.sluice.v1.InvokeBatchEndpointRequest\x1a\x0e.sluice.v1.Job\x12\x32\n\x06GetJob\x12\x18.sluice.v1.GetJobRequest\x1a\x0e.sluice.v1.Job\x12\x43\n\x08ListJobs\x12\x1a.sluice.v1.ListJobsRequest\x1a\x1b.sluice.v1.ListJobsResponse\x12\x38\n\tCancelJob\x12\x1b.sluice.v1.CancelJobRequest\x1a\x0e.sluice.v1.Job\x12\x64\n\rStreamJobLogs\x12\x1f.sluice.v1.StreamJobLogsRequest\x1a\x15.sluice.v1.JobLogLine\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/jobs/{name}/logs0\x01\x12\x8f\x01\n\x1bInvokeBatchEndpointResource\x12%.sluice.v1.InvokeBatchEndpointRequest\x1a\x16.sluice.v1.JobResource\"1\x82\xd3\xe4\x93\x02+\"&/batchEndpoints/{endpoint_name}/invoke:\x01*\x12X\n\x0eGetJobResource\x12\x18.sluice.v1.GetJobRequest\x1a\x16.sluice.v1.JobResource\"\x14\x82\xd3\xe4\x93\x02\x0e\x12\x0c/jobs/{name}\x12Y\n\x10ListJobResources\x12\x1a.sluice.v1.ListJobsRequest\x1a\x1a.sluice.v1.JobResourceList\"\r\x82\xd3\xe4\x93\x02\x07\x12\x05/jobs\x12\x65\n\x11\x43\x61ncelJobResource\x12\x1b.sluice.v1.CancelJobRequest\x1a\x16.sluice.v1.JobResource\"\x1b\x82\xd3\xe4\x93\x02\x15\"\x13/jobs/{name}/cancel\x12\x8e\x01\n\x11\x43reateEndpointJob\x12#.sluice.v1.CreateEndpointJobRequest\x1a\x16.sluice.v1.JobResource\"<\x82\xd3\xe4\x93\x02\x36\"\x1f/endpoints/{endpoint_name}/jobs:\x04\x62odyZ\r\"\x05/jobs:\x04\x62odyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,44 +48,48 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BATCH'].methods_by_name['ListJobResources']._serialized_options = b'\202\323\344\223\002\007\022\005/jobs'
   _globals['_BATCH'].methods_by_name['CancelJobResource']._loaded_options = None
   _globals['_BATCH'].methods_by_name['CancelJobResource']._serialized_options = b'\202\323\344\223\002\025\"\023/jobs/{name}/cancel'
-  _globals['_JOBSTATE']._serialized_start=2594
-  _globals['_JOBSTATE']._serialized_end=2747
-  _globals['_JOBOVERRIDES']._serialized_start=151
-  _globals['_JOBOVERRIDES']._serialized_end=521
-  _globals['_INVOKEBATCHENDPOINTREQUEST']._serialized_start=524
-  _globals['_INVOKEBATCHENDPOINTREQUEST']._serialized_end=766
-  _globals['_JOBPROGRESS']._serialized_start=769
-  _globals['_JOBPROGRESS']._serialized_end=934
-  _globals['_JOBERROR']._serialized_start=936
-  _globals['_JOBERROR']._serialized_end=1018
-  _globals['_JOB']._serialized_start=1021
-  _globals['_JOB']._serialized_end=1482
-  _globals['_JOBCOST']._serialized_start=1484
-  _globals['_JOBCOST']._serialized_end=1604
-  _globals['_GETJOBREQUEST']._serialized_start=1606
-  _globals['_GETJOBREQUEST']._serialized_end=1635
-  _globals['_LISTJOBSREQUEST']._serialized_start=1637
-  _globals['_LISTJOBSREQUEST']._serialized_end=1740
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1742
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1829
-  _globals['_CANCELJOBREQUEST']._serialized_start=1831
-  _globals['_CANCELJOBREQUEST']._serialized_end=1863
-  _globals['_STREAMJOBLOGSREQUEST']._serialized_start=1865
-  _globals['_STREAMJOBLOGSREQUEST']._serialized_end=1917
-  _globals['_JOBLOGLINE']._serialized_start=1919
-  _globals['_JOBLOGLINE']._serialized_end=2003
-  _globals['_JOBSTATUS']._serialized_start=2005
-  _globals['_JOBSTATUS']._serialized_end=2113
-  _globals['_JOBSTATUS_VALUE']._serialized_start=2018
-  _globals['_JOBSTATUS_VALUE']._serialized_end=2113
-  _globals['_JOBPROPERTIES']._serialized_start=2116
-  _globals['_JOBPROPERTIES']._serialized_end=2368
-  _globals['_JOBPROPERTIES_TAGSENTRY']._serialized_start=2325
-  _globals['_JOBPROPERTIES_TAGSENTRY']._serialized_end=2368
-  _globals['_JOBRESOURCE']._serialized_start=2371
-  _globals['_JOBRESOURCE']._serialized_end=2514
-  _globals['_JOBRESOURCELIST']._serialized_start=2516
-  _globals['_JOBRESOURCELIST']._serialized_end=2591
-  _globals['_BATCH']._serialized_start=2750
-  _globals['_BATCH']._serialized_end=3546
+  _globals['_BATCH'].methods_by_name['CreateEndpointJob']._loaded_options = None
+  _globals['_BATCH'].methods_by_name['CreateEndpointJob']._serialized_options = b'\202\323\344\223\0026\"\037/endpoints/{endpoint_name}/jobs:\004bodyZ\r\"\005/jobs:\004body'
+  _globals['_JOBSTATE']._serialized_start=2714
+  _globals['_JOBSTATE']._serialized_end=2867
+  _globals['_JOBOVERRIDES']._serialized_start=181
+  _globals['_JOBOVERRIDES']._serialized_end=551
+  _globals['_INVOKEBATCHENDPOINTREQUEST']._serialized_start=554
+  _globals['_INVOKEBATCHENDPOINTREQUEST']._serialized_end=796
+  _globals['_CREATEENDPOINTJOBREQUEST']._serialized_start=798
+  _globals['_CREATEENDPOINTJOBREQUEST']._serialized_end=886
+  _globals['_JOBPROGRESS']._serialized_start=889
+  _globals['_JOBPROGRESS']._serialized_end=1054
+  _globals['_JOBERROR']._serialized_start=1056
+  _globals['_JOBERROR']._serialized_end=1138
+  _globals['_JOB']._serialized_start=1141
+  _globals['_JOB']._serialized_end=1602
+  _globals['_JOBCOST']._serialized_start=1604
+  _globals['_JOBCOST']._serialized_end=1724
+  _globals['_GETJOBREQUEST']._serialized_start=1726
+  _globals['_GETJOBREQUEST']._serialized_end=1755
+  _globals['_LISTJOBSREQUEST']._serialized_start=1757
+  _globals['_LISTJOBSREQUEST']._serialized_end=1860
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1862
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1949
+  _globals['_CANCELJOBREQUEST']._serialized_start=1951
+  _globals['_CANCELJOBREQUEST']._serialized_end=1983
+  _globals['_STREAMJOBLOGSREQUEST']._serialized_start=1985
+  _globals['_STREAMJOBLOGSREQUEST']._serialized_end=2037
+  _globals['_JOBLOGLINE']._serialized_start=2039
+  _globals['_JOBLOGLINE']._serialized_end=2123
+  _globals['_JOBSTATUS']._serialized_start=2125
+  _globals['_JOBSTATUS']._serialized_end=2233
+  _globals['_JOBSTATUS_VALUE']._serialized_start=2138
+  _globals['_JOBSTATUS_VALUE']._serialized_end=2233
+  _globals['_JOBPROPERTIES']._serialized_start=2236
+  _globals['_JOBPROPERTIES']._serialized_end=2488
+  _globals['_JOBPROPERTIES_TAGSENTRY']._serialized_start=2445
+  _globals['_JOBPROPERTIES_TAGSENTRY']._serialized_end=2488
+  _globals['_JOBRESOURCE']._serialized_start=2491
+  _globals['_JOBRESOURCE']._serialized_end=2634
+  _globals['_JOBRESOURCELIST']._serialized_start=2636
+  _globals['_JOBRESOURCELIST']._serialized_end=2711
+  _globals['_BATCH']._serialized_start=2870
+  _globals['_BATCH']._serialized_end=3811
 # @@protoc_insertion_point(module_scope)

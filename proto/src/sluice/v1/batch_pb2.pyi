@@ -6,6 +6,7 @@ The batch runner: asynchronous jobs that score data sets in parallel mini-batche
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -163,6 +164,35 @@ class InvokeBatchEndpointRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___InvokeBatchEndpointRequest: _TypeAlias = InvokeBatchEndpointRequest  # noqa: Y015
+
+@_typing.final
+class CreateEndpointJobRequest(_message.Message):
+    """A job started at a batch endpoint's scoring URI. At `/endpoints/<e>/jobs` the path
+    names the endpoint; at `https://<e>.<domain>/jobs` its host does (the gateway passes it
+    on as the `x-sluice-endpoint-host` header). The body is Azure's, read by the service
+    (sluice.batch.scoring_uri) so that a mistake gets a message naming the field.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENDPOINT_NAME_FIELD_NUMBER: _builtins.int
+    BODY_FIELD_NUMBER: _builtins.int
+    endpoint_name: _builtins.str
+    @_builtins.property
+    def body(self) -> _struct_pb2.Struct: ...
+    def __init__(
+        self,
+        *,
+        endpoint_name: _builtins.str = ...,
+        body: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "endpoint_name", b"endpoint_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateEndpointJobRequest: _TypeAlias = CreateEndpointJobRequest  # noqa: Y015
 
 @_typing.final
 class JobProgress(_message.Message):

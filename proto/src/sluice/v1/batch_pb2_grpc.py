@@ -79,6 +79,11 @@ class BatchStub:
                 request_serializer=sluice_dot_v1_dot_batch__pb2.CancelJobRequest.SerializeToString,
                 response_deserializer=sluice_dot_v1_dot_batch__pb2.JobResource.FromString,
                 _registered_method=True)
+        self.CreateEndpointJob = channel.unary_unary(
+                '/sluice.v1.Batch/CreateEndpointJob',
+                request_serializer=sluice_dot_v1_dot_batch__pb2.CreateEndpointJobRequest.SerializeToString,
+                response_deserializer=sluice_dot_v1_dot_batch__pb2.JobResource.FromString,
+                _registered_method=True)
 
 
 class BatchServicer:
@@ -141,6 +146,15 @@ class BatchServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateEndpointJob(self, request, context):
+        """A batch endpoint's scoring URI, as Azure's: `POST <scoring_uri>` (`.../jobs`) with
+        `{"properties": {"InputData": {...}, "OutputData": {...}}}` and optionally the
+        `azureml-model-deployment` header; the gateway serves it (and so does REST).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BatchServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -187,6 +201,11 @@ def add_BatchServicer_to_server(servicer, server):
             'CancelJobResource': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelJobResource,
                     request_deserializer=sluice_dot_v1_dot_batch__pb2.CancelJobRequest.FromString,
+                    response_serializer=sluice_dot_v1_dot_batch__pb2.JobResource.SerializeToString,
+            ),
+            'CreateEndpointJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateEndpointJob,
+                    request_deserializer=sluice_dot_v1_dot_batch__pb2.CreateEndpointJobRequest.FromString,
                     response_serializer=sluice_dot_v1_dot_batch__pb2.JobResource.SerializeToString,
             ),
     }
@@ -432,6 +451,33 @@ class Batch:
             target,
             '/sluice.v1.Batch/CancelJobResource',
             sluice_dot_v1_dot_batch__pb2.CancelJobRequest.SerializeToString,
+            sluice_dot_v1_dot_batch__pb2.JobResource.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateEndpointJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sluice.v1.Batch/CreateEndpointJob',
+            sluice_dot_v1_dot_batch__pb2.CreateEndpointJobRequest.SerializeToString,
             sluice_dot_v1_dot_batch__pb2.JobResource.FromString,
             options,
             channel_credentials,

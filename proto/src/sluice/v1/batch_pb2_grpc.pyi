@@ -43,6 +43,11 @@ class BatchStub:
     GetJobResource: _grpc.UnaryUnaryMultiCallable[_batch_pb2.GetJobRequest, _batch_pb2.JobResource]
     ListJobResources: _grpc.UnaryUnaryMultiCallable[_batch_pb2.ListJobsRequest, _batch_pb2.JobResourceList]
     CancelJobResource: _grpc.UnaryUnaryMultiCallable[_batch_pb2.CancelJobRequest, _batch_pb2.JobResource]
+    CreateEndpointJob: _grpc.UnaryUnaryMultiCallable[_batch_pb2.CreateEndpointJobRequest, _batch_pb2.JobResource]
+    """A batch endpoint's scoring URI, as Azure's: `POST <scoring_uri>` (`.../jobs`) with
+    `{"properties": {"InputData": {...}, "OutputData": {...}}}` and optionally the
+    `azureml-model-deployment` header; the gateway serves it (and so does REST).
+    """
 
 @_typing.type_check_only
 class BatchAsyncStub(BatchStub):
@@ -59,6 +64,11 @@ class BatchAsyncStub(BatchStub):
     GetJobResource: _aio.UnaryUnaryMultiCallable[_batch_pb2.GetJobRequest, _batch_pb2.JobResource]  # type: ignore[assignment]
     ListJobResources: _aio.UnaryUnaryMultiCallable[_batch_pb2.ListJobsRequest, _batch_pb2.JobResourceList]  # type: ignore[assignment]
     CancelJobResource: _aio.UnaryUnaryMultiCallable[_batch_pb2.CancelJobRequest, _batch_pb2.JobResource]  # type: ignore[assignment]
+    CreateEndpointJob: _aio.UnaryUnaryMultiCallable[_batch_pb2.CreateEndpointJobRequest, _batch_pb2.JobResource]  # type: ignore[assignment]
+    """A batch endpoint's scoring URI, as Azure's: `POST <scoring_uri>` (`.../jobs`) with
+    `{"properties": {"InputData": {...}, "OutputData": {...}}}` and optionally the
+    `azureml-model-deployment` header; the gateway serves it (and so does REST).
+    """
 
 class BatchServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -126,5 +136,16 @@ class BatchServicer(metaclass=_abc_1.ABCMeta):
         request: _batch_pb2.CancelJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_batch_pb2.JobResource, _abc.Awaitable[_batch_pb2.JobResource]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateEndpointJob(
+        self,
+        request: _batch_pb2.CreateEndpointJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_batch_pb2.JobResource, _abc.Awaitable[_batch_pb2.JobResource]]:
+        """A batch endpoint's scoring URI, as Azure's: `POST <scoring_uri>` (`.../jobs`) with
+        `{"properties": {"InputData": {...}, "OutputData": {...}}}` and optionally the
+        `azureml-model-deployment` header; the gateway serves it (and so does REST).
+        """
 
 def add_BatchServicer_to_server(servicer: BatchServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -9,8 +9,10 @@ from typing import Any
 from urllib.parse import urlencode
 
 import grpc
+from google.protobuf.json_format import MessageToDict
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from sluice.batch import scoring_uri
 from sluice.batch.jobs import Job
 from sluice.batch.service import (
     AlreadyExists,
@@ -165,9 +167,17 @@ def _next_link(request: Any, token: str) -> str:
     return "/jobs?" + urlencode({**kept, "page.pageToken": token})
 
 
+def _metadata(context: Any, key: str) -> str:
+    for name, value in context.invocation_metadata() or ():
+        if name == key and isinstance(value, str):
+            return value.strip()
+    return ""
+
+
 class BatchApi(batch_pb2_grpc.BatchServicer):
-    def __init__(self, service: BatchService):
+    def __init__(self, service: BatchService, domain: str = "localhost"):
         self._svc = service
+        self._domain = domain  # batch endpoints' hosts are `<endpoint>.<domain>`
 
     async def _invoke(self, request: Any, context: Any) -> Job:
         return await self._svc.invoke(
@@ -233,6 +243,26 @@ class BatchApi(batch_pb2_grpc.BatchServicer):
     @errors
     async def CancelJobResource(self, request: Any, context: Any) -> Any:
         return to_resource(await self._svc.cancel(request.name))
+
+    @errors
+    async def CreateEndpointJob(self, request: Any, context: Any) -> Any:
+        """`POST <scoring_uri>`: Azure's body, the deployment in its header (scoring_uri.py)."""
+        endpoint = request.endpoint_name or scoring_uri.endpoint_from_host(
+            _metadata(context, scoring_uri.HOST_HEADER), self._domain
+        )
+        wanted = scoring_uri.job_input(MessageToDict(request.body))
+        job = await self._svc.invoke(
+            InvokeRequest(
+                endpoint_name=endpoint,
+                deployment_name=_metadata(context, scoring_uri.DEPLOYMENT_HEADER),
+                input=wanted.uri,
+                input_type=wanted.input_type,
+                output_path=wanted.output_path,
+                overrides=Overrides(output_file_name=wanted.output_file_name),
+            ),
+            actor_of(context),
+        )
+        return to_resource(job)
 
     async def StreamJobLogs(self, request: Any, context: Any) -> AsyncIterator[Any]:
         try:

@@ -158,7 +158,7 @@ async def serve(settings: Settings) -> None:
         roots = [Path(p) for p in settings.batch_path_roots.split(os.pathsep) if p]
         urls = UrlPolicy.parse(settings.batch_url_allow, own_addresses([settings.host]))
         service = BatchService(ctx, Path(state_dir), registry, settings.admin_token, roots, urls)
-        api = BatchApi(service)
+        api = BatchApi(service, settings.domain)
         server = GrpcServer(
             host=settings.host,
             port=settings.ports.batch,

@@ -246,7 +246,10 @@ class BatchService:
         return checked
 
     async def invoke(self, request: InvokeRequest, actor: str) -> Job:
-        raw = await self.ctx.db[BATCH_ENDPOINTS].find_one({"_id": request.endpoint_name})
+        endpoints = self.ctx.db[BATCH_ENDPOINTS]
+        raw = await endpoints.find_one({"_id": request.endpoint_name})
+        if raw is None:  # names ignore case (a host name gives them lower-cased)
+            raw = await endpoints.find_one({"_key": request.endpoint_name.casefold()})
         if raw is None:
             raise NotFound(
                 f"batch endpoint {request.endpoint_name!r} does not exist "
@@ -256,7 +259,8 @@ class BatchService:
         name = request.deployment_name or endpoint.spec.default_deployment
         if not name:
             raise InvalidArgument(
-                "Set a default deployment or provide a deployment name through cli command."
+                "Set a default deployment or provide a deployment name through cli command "
+                "(at the scoring URI: the azureml-model-deployment header)."
             )
         raw = await self.ctx.db[BATCH_DEPLOYMENTS].find_one(
             {"_id": deployment_id(endpoint.spec.name, name)}

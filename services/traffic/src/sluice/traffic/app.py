@@ -20,7 +20,7 @@ from sluice.common.secretbox import SecretBox
 from sluice.common.settings import Settings
 from sluice.traffic import openapi, portal
 from sluice.traffic.controller import Controller, Timing
-from sluice.traffic.domain import Gateway, Limits, Listen, Management
+from sluice.traffic.domain import BatchJobs, Gateway, Limits, Listen, Management
 from sluice.traffic.events import NatsOutcomes, subscribe_routing_events
 from sluice.traffic.jwks import StoredJwks
 from sluice.traffic.settings import TrafficSettings
@@ -61,6 +61,19 @@ SERVICES = {
 _WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}  # noqa: S104 - a lookup
 
 
+def _address(settings: Settings, component: str) -> str | None:
+    """Where `component`'s gRPC server listens: its configured address, else its port here."""
+    address = getattr(settings, f"{component}_address", None)
+    port = getattr(settings.ports, component)
+    return address or (f"{settings.host}:{port}" if port else None)
+
+
+def batch_jobs(settings: Settings) -> BatchJobs | None:
+    """The batch service behind batch endpoints' scoring URIs, when its address is known."""
+    address = _address(settings, "batch")
+    return BatchJobs(address, openapi.descriptor_set()) if address else None
+
+
 def management(settings: Settings, gateway: Listen | None, host: str) -> Management | None:
     """The management listener (REST, OpenAPI, portal), or None when no port is set.
 
@@ -71,10 +84,9 @@ def management(settings: Settings, gateway: Listen | None, host: str) -> Managem
         return None
     services = []
     for service, component in SERVICES.items():
-        address = getattr(settings, f"{component}_address", None)
-        port = getattr(settings.ports, component)
-        if address or port:
-            services.append((service, address or f"{settings.host}:{port}"))
+        address = _address(settings, component)
+        if address:
+            services.append((service, address))
     data = openapi.descriptor_set()
     return Management(
         listen=Listen(host, settings.envoy.management_port),
@@ -102,6 +114,7 @@ class GatewaySource:
         self._access_log = access_log_on(settings, traffic)
         self._access_log_buffer_bytes = traffic.access_log_buffer_bytes
         self._management = management(settings, self._http, host)
+        self._batch_jobs = batch_jobs(settings)
         self._limits = Limits(
             max_request_bytes=traffic.max_request_bytes,
             headers_timeout_s=traffic.request_headers_timeout_s,
@@ -121,6 +134,7 @@ class GatewaySource:
             access_log_buffer_bytes=self._access_log_buffer_bytes,
             limits=self._limits,
             management=self._management,
+            batch_jobs=self._batch_jobs,
         )
 
 

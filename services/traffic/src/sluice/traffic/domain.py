@@ -231,6 +231,16 @@ class Management:
 
 
 @dataclass(frozen=True)
+class BatchJobs:
+    """Where the gateway sends a batch endpoint's scoring URI, `POST /endpoints/<e>/jobs`
+    (and `<e>.<domain>/jobs`): the batch service's gRPC server, through Envoy's gRPC-JSON
+    transcoder with the protos' descriptor set (xds/batch_jobs.py)."""
+
+    address: str  # host:port
+    descriptor_set: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
 class Gateway:
     """Gateway-wide settings: listeners, certificate, token keys, access-log sink."""
 
@@ -243,3 +253,4 @@ class Gateway:
     access_log_buffer_bytes: int = 256 * 1024  # Envoy's batch of records to it
     limits: Limits = Limits()
     management: Management | None = None  # None: no management listener
+    batch_jobs: BatchJobs | None = None  # None: batch endpoints' scoring URIs answer 404

@@ -66,12 +66,18 @@ class SnapshotBuilder:
             CLUSTER: [c for p in parts for c in p.clusters] + base[CLUSTER],
             ENDPOINT: [a for p in parts for a in p.assignments],
             LISTENER: base[LISTENER],
-            ROUTE: [(r.ROUTE_CONFIG, r.route_configuration(p.routes for p in parts))],
+            ROUTE: [
+                (
+                    r.ROUTE_CONFIG,
+                    r.route_configuration((p.routes for p in parts), gateway.batch_jobs),
+                )
+            ],
             SECRET: base[SECRET],
             EXTENSION: [self._router(gateway, self._mirror_log(eps))],
         }
         routes = [p.routes for p in parts]
-        return Snapshot.build(resources, {r.ROUTE_CONFIG: r.route_clusters(routes)})
+        clusters = r.route_clusters(routes, gateway.batch_jobs)
+        return Snapshot.build(resources, {r.ROUTE_CONFIG: clusters})
 
     def _mirror_log(self, endpoints: list[Endpoint]) -> bool:
         """Whether the router logs mirrored copies: while an endpoint mirrors, and until the
@@ -103,6 +109,13 @@ class SnapshotBuilder:
             LISTENER: [(lst.name, r.pack(lst)) for lst in r.listeners(gateway)],
             SECRET: [(r.TLS_SECRET, r.pack(r.tls_secret(gateway)))],
         }
+        if gateway.batch_jobs is not None:
+            cluster = management.upstream_cluster(
+                r.BATCH_JOBS_CLUSTER,
+                *management.split_address(gateway.batch_jobs.address),
+                http2=True,
+            )
+            built[CLUSTER].append((cluster.name, r.pack(cluster)))
         if gateway.management is not None:
             built[CLUSTER] += [(c.name, r.pack(c)) for c in management.clusters(gateway.management)]
             built[LISTENER].append(

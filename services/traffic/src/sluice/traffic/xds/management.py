@@ -94,7 +94,7 @@ def _address(host: str, port: int) -> address_pb2.Address:
     )
 
 
-def _cluster(name: str, host: str, port: int, *, http2: bool) -> cluster_pb2.Cluster:
+def upstream_cluster(name: str, host: str, port: int, *, http2: bool) -> cluster_pb2.Cluster:
     explicit = http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
         http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
     )
@@ -131,7 +131,7 @@ def _cluster(name: str, host: str, port: int, *, http2: bool) -> cluster_pb2.Clu
     )
 
 
-def _split(address: str) -> tuple[str, int]:
+def split_address(address: str) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
     return host.strip("[]"), int(port)
 
@@ -139,9 +139,13 @@ def _split(address: str) -> tuple[str, int]:
 def clusters(m: Management) -> list[cluster_pb2.Cluster]:
     """One HTTP/2 cluster per service process, and one to the scoring listener."""
     addresses = sorted({address for _, address in m.services})
-    result = [_cluster(service_cluster(a), *_split(a), http2=True) for a in addresses]
+    result = [
+        upstream_cluster(service_cluster(a), *split_address(a), http2=True) for a in addresses
+    ]
     if m.gateway is not None:
-        result.append(_cluster(GATEWAY_CLUSTER, m.gateway.host, m.gateway.port, http2=False))
+        result.append(
+            upstream_cluster(GATEWAY_CLUSTER, m.gateway.host, m.gateway.port, http2=False)
+        )
     return result
 
 

@@ -58,6 +58,7 @@ from envoy.config.rbac.v3 import rbac_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.access_loggers.fluentd.v3 import fluentd_pb2
 from envoy.extensions.filters.http.buffer.v3 import buffer_pb2
+from envoy.extensions.filters.http.grpc_json_transcoder.v3 import transcoder_pb2
 from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
 from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_pb2
 from envoy.extensions.filters.http.lua.v3 import lua_pb2
@@ -71,7 +72,7 @@ from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2 as tls_common_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
-from envoy.type.matcher.v3 import metadata_pb2, string_pb2, value_pb2
+from envoy.type.matcher.v3 import metadata_pb2, regex_pb2, string_pb2, value_pb2
 from envoy.type.v3 import percent_pb2
 from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
 from google.protobuf.message import Message
@@ -85,6 +86,7 @@ from sluice.traffic.domain import (
     DEPLOYMENT_HEADER,
     GRPC_SERVICE_PREFIX,
     PATH_PREFIX,
+    BatchJobs,
     Deployment,
     Endpoint,
     Gateway,
@@ -101,6 +103,12 @@ TLS_SECRET = "sluice_tls"  # noqa: S105 - the name of an SDS resource, not a sec
 JWT_FILTER = "envoy.filters.http.jwt_authn"
 RBAC_FILTER = "envoy.filters.http.rbac"
 LUA_FILTER = "envoy.filters.http.lua"
+TRANSCODER_FILTER = "envoy.filters.http.grpc_json_transcoder"
+BATCH_JOBS_CLUSTER = "sluice_batch_jobs"
+BATCH_SERVICE = "sluice.v1.Batch"
+# The host a `POST /jobs` came to, for the batch service to name its endpoint by
+# (sluice.batch.scoring_uri.HOST_HEADER); always the gateway's, never the client's.
+ENDPOINT_HOST_HEADER = "x-sluice-endpoint-host"
 JWT_PROVIDER = "sluice"
 JWT_REQUIREMENT = "endpoint-token"
 JWT_PAYLOAD_KEY = "jwt_payload"
@@ -608,6 +616,72 @@ def path_routes(ep: Endpoint) -> list[route_components_pb2.Route]:
     return endpoint_routes(ep, f"{PATH_PREFIX}{ep.name}/")
 
 
+# ---- batch endpoints' scoring URIs ------------------------------------------------------
+
+
+def _transcoder(batch: BatchJobs) -> transcoder_pb2.GrpcJsonTranscoder:
+    """Envoy's gRPC-JSON transcoder for the batch service alone, as the management
+    listener's (xds/management.py): JSON errors with the gRPC code's HTTP status."""
+    return transcoder_pb2.GrpcJsonTranscoder(
+        proto_descriptor_bin=batch.descriptor_set,
+        services=[BATCH_SERVICE],
+        print_options=transcoder_pb2.GrpcJsonTranscoder.PrintOptions(
+            always_print_primitive_fields=True
+        ),
+        convert_grpc_status=True,
+        ignore_unknown_query_parameters=True,
+    )
+
+
+def batch_job_routes(batch: BatchJobs | None) -> list[route_components_pb2.Route]:
+    """`POST /endpoints/<e>/jobs` and `POST <e>.<domain>/jobs`: a batch endpoint's scoring
+    URI, to Batch.CreateEndpointJob. The batch service checks the caller's Sluice token as
+    it does for any call, so Envoy's endpoint auth (JWT, RBAC) is off on these routes, and
+    so is the model-error Lua (the service's own 400/401/404 stay as they are). Last in
+    the catch-all host: an online endpoint's routes are matched first (the names are
+    unique across both kinds), and a scoring request never evaluates the regex."""
+    if batch is None:
+        return []
+    post = route_components_pb2.HeaderMatcher(
+        name=":method", string_match=string_pb2.StringMatcher(exact="POST")
+    )
+    filters = {
+        **_filters(None),
+        LUA_FILTER: pack(lua_pb2.LuaPerRoute(disabled=True)),
+        TRANSCODER_FILTER: pack(route_components_pb2.FilterConfig(config=any_pb2.Any())),
+    }
+    host = base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key=ENDPOINT_HOST_HEADER, value="%REQ(:AUTHORITY)%"),
+        append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+    )
+    by_path = route_components_pb2.RouteMatch(
+        safe_regex=regex_pb2.RegexMatcher(regex=f"^{PATH_PREFIX}[^/]+/jobs$"), headers=[post]
+    )
+    by_host = route_components_pb2.RouteMatch(path="/jobs", headers=[post])
+    # The transcoder turns the request into the gRPC call and routes it again, by its
+    # new path: that route is the one that sends it (and adds the host header).
+    transcoded = route_components_pb2.RouteMatch(
+        path=f"/{BATCH_SERVICE}/CreateEndpointJob",
+        grpc=route_components_pb2.RouteMatch.GrpcRouteMatchOptions(),
+    )
+    return [
+        route_components_pb2.Route(
+            name=name,
+            match=match,
+            # Inputs are listed (and downloaded) before the job is created.
+            route=route_components_pb2.RouteAction(cluster=BATCH_JOBS_CLUSTER, timeout=_s(300)),
+            request_headers_to_add=[host],
+            request_headers_to_remove=[key_hash.HEADER],
+            typed_per_filter_config=filters,
+        )
+        for name, match in (
+            ("batch-jobs@path", by_path),
+            ("batch-jobs@host", by_host),
+            ("batch-jobs@grpc", transcoded),
+        )
+    ]
+
+
 # The route table is assembled from serialized pieces (route_configuration).
 _VIRTUAL_HOSTS = route_pb2.RouteConfiguration.VIRTUAL_HOSTS_FIELD_NUMBER
 _ROUTES = route_components_pb2.VirtualHost.ROUTES_FIELD_NUMBER
@@ -678,11 +752,11 @@ def route_piece(ep: Endpoint, domain: str) -> RoutePiece:
 
 
 @functools.cache
-def _table_parts() -> tuple[bytes, bytes, bytes, bytes]:
+def _table_parts(batch: BatchJobs | None) -> tuple[bytes, bytes, bytes, bytes]:
     """The serialized fields of the table around its endpoints' pieces, in field order: its
-    name; the catch-all host's fields before its routes; the catch-all's last route (a 404)
-    and fields after its routes (the retry policy of the `/endpoints/<name>/` routes); the
-    table's fields after its hosts."""
+    name; the catch-all host's fields before its routes; the catch-all's last routes (the
+    batch endpoints' scoring URIs, a 404) and fields after its routes (the retry policy of
+    the `/endpoints/<name>/` routes); the table's fields after its hosts."""
     unknown = _not_found(
         "unknown-endpoint",
         _match(None),
@@ -699,18 +773,21 @@ def _table_parts() -> tuple[bytes, bytes, bytes, bytes]:
     return (
         _serialized(route_pb2.RouteConfiguration(name=ROUTE_CONFIG)),
         _serialized(route_components_pb2.VirtualHost(name=CATCH_ALL_VHOST, domains=["*"])),
-        _field(_ROUTES, _serialized(unknown))
+        b"".join(_field(_ROUTES, _serialized(r)) for r in [*batch_job_routes(batch), unknown])
         + _serialized(route_components_pb2.VirtualHost(retry_policy=_retry_policy())),
         _serialized(after),
     )
 
 
-def route_clusters(pieces: Iterable[RoutePiece]) -> frozenset[str]:
+def route_clusters(pieces: Iterable[RoutePiece], batch: BatchJobs | None = None) -> frozenset[str]:
     """The clusters the route table of `pieces` names (its own 404 names none)."""
-    return frozenset().union(*(p.clusters for p in pieces))
+    own = {BATCH_JOBS_CLUSTER} if batch is not None else set()
+    return frozenset(own).union(*(p.clusters for p in pieces))
 
 
-def route_configuration(pieces: Iterable[RoutePiece]) -> any_pb2.Any:
+def route_configuration(
+    pieces: Iterable[RoutePiece], batch: BatchJobs | None = None
+) -> any_pb2.Any:
     """The one route table (packed): every endpoint's virtual host, then the catch-all host
     with every endpoint's `/endpoints/<name>/` routes and a 404 for any other request.
 
@@ -719,7 +796,7 @@ def route_configuration(pieces: Iterable[RoutePiece]) -> any_pb2.Any:
     endpoints. Deterministic serialization writes fields in field-number order, and so
     does this join, so the bytes (and the content hash) are the same either way."""
     pieces = list(pieces)
-    name, catch_all_head, catch_all_tail, after = _table_parts()
+    name, catch_all_head, catch_all_tail, after = _table_parts(batch)
     catch_all = b"".join([catch_all_head, *(p.path_routes for p in pieces), catch_all_tail])
     table = b"".join([name, *(p.vhost for p in pieces), _field(_VIRTUAL_HOSTS, catch_all), after])
     return any_pb2.Any(
@@ -889,6 +966,18 @@ def _http_filters(gateway: Gateway) -> list[hcm_pb2.HttpFilter]:
         # routes enable it.
         hcm_pb2.HttpFilter(
             name=grpc_bridge.FILTER, typed_config=pack(grpc_bridge.config()), disabled=True
+        ),
+        # Only the batch endpoints' scoring URIs enable it (batch_job_routes).
+        *(
+            [
+                hcm_pb2.HttpFilter(
+                    name=TRANSCODER_FILTER,
+                    typed_config=pack(_transcoder(gateway.batch_jobs)),
+                    disabled=True,
+                )
+            ]
+            if gateway.batch_jobs is not None
+            else []
         ),
         # Its configuration comes by itself (ECDS, `router_config`): adding or removing the
         # mirror log then applies to the next request, without replacing the listeners
