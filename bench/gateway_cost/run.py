@@ -49,7 +49,17 @@ from sluice.common.gateway_auth import ENV, HEADER
 from sluice.common.health import HttpCheck
 from sluice.common.supervisor import ProcessSpec, Supervisor, free_port, stop_process
 from sluice.testing.envoy_static import static_bootstrap
-from sluice.traffic.domain import Deployment, Endpoint, Gateway, KeyAuth, Listen, Share, Upstream
+from sluice.traffic import openapi
+from sluice.traffic.domain import (
+    BatchJobs,
+    Deployment,
+    Endpoint,
+    Gateway,
+    KeyAuth,
+    Listen,
+    Share,
+    Upstream,
+)
 from sluice.traffic.jwks import PLACEHOLDER_JWKS
 from sluice.traffic.tls import ensure_local_certificate, load_material
 from sluice.traffic.xds import grpc_bridge, key_hash
@@ -59,6 +69,7 @@ from sluice.traffic.xds.resources import (
     LUA_FILTER,
     MODEL_ERROR_LUA,
     RBAC_FILTER,
+    TRANSCODER_FILTER,
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -313,6 +324,8 @@ VARIANTS: dict[str, Variant] = {
     "-both lua": Variant(both(rbac_on_raw_key, drop_filter(LUA_FILTER))),
     "one lua (hash + 424)": Variant(one_lua),
     "-grpc bridge": Variant(drop_filter(grpc_bridge.FILTER)),
+    # Batch endpoints' scoring URIs: a transcoder in the chain, enabled on their routes only.
+    "-batch jobs transcoder": Variant(drop_filter(TRANSCODER_FILTER)),
     "-retry policy": Variant(no_retries),
     "-served-by header": Variant(no_served_by),
     "secret on route (no upstream filters)": Variant(secret_on_route),
@@ -449,6 +462,9 @@ def envoy_config(
         tls=load_material(cert, key),
         jwks=PLACEHOLDER_JWKS,
         access_log=variant.access_log,
+        # As the controller builds it with the batch service's address known (no process
+        # behind it here: scoring requests never reach it).
+        batch_jobs=BatchJobs("127.0.0.1:9", openapi.descriptor_set()),
     )
     snapshot = SnapshotBuilder().build(gateway, [endpoint(model_port, mirrors=variant.mirrors)])
     config = copy.deepcopy({**static_bootstrap(snapshot, admin_port=admin), **stats_config()})
