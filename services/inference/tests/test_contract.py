@@ -153,6 +153,13 @@ def test_request_id_is_echoed_or_generated(server: Server) -> None:
     assert refused.status == 431
     assert refused.json() == {"message": "x-request-id is longer than 100 characters"}
     assert refused.headers["x-request-id"] != "r" * 101
+    # The caller's own id is echoed, within the same limit (Azure's server's).
+    mine = server.post({"op": "echo"}, headers={"x-ms-client-request-id": "client-7"})
+    assert mine.headers["x-ms-client-request-id"] == "client-7" and mine.status == 200
+    assert "x-ms-client-request-id" not in first.headers
+    refused = server.post({"op": "echo"}, headers={"x-ms-client-request-id": "c" * 101})
+    assert refused.status == 431
+    assert refused.json() == {"message": "x-ms-client-request-id is longer than 100 characters"}
 
 
 def test_values_that_are_not_plain_json(server: Server) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import gc
 import hmac
 import itertools
@@ -60,12 +61,11 @@ from sluice.inference.script import (
 from sluice.inference.swagger import SwaggerDocuments, swagger_documents
 
 EXIT_INIT_FAILED = 3
-MAX_REQUEST_ID = 100  # Azure's limit on x-request-id
+MAX_REQUEST_ID = 100  # Azure's limit on x-request-id and x-ms-client-request-id
+REQUEST_ID = b"x-request-id"
+CLIENT_REQUEST_ID = b"x-ms-client-request-id"  # the caller's own id: echoed, as Azure's
 TEXT: Header = (b"content-type", b"text/plain; charset=utf-8")
 FORBIDDEN = Reply(403, [JSON], b'{"message":"only the gateway may call this instance"}')
-ID_TOO_LONG = Reply(
-    431, [JSON], b'{"message":"x-request-id is longer than 100 characters"}'
-)  # as Azure's server answers it
 GATEWAY_HEADER = gateway_auth.HEADER.encode()
 REQUESTS_HEADER = b"x-sluice-requests"  # in liveness answers: requests seen so far
 HEALTH_PATHS = frozenset({"/", "/ready", "/v2/health/live", "/v2/health/ready"})
@@ -131,8 +131,8 @@ class InferenceApp:
     def handle(self, request: HttpRequest, conn: Responder) -> None:
         started = time.perf_counter()
         request_id = self._ids.for_request(request)
-        if request_id is None:
-            self._send(request, conn, self._ids.new(), started, "other", ID_TOO_LONG)
+        if isinstance(request_id, Reply):
+            self._send(request, conn, self._ids.new(), started, "other", request_id)
             return
         path = request.path
         if path not in HEALTH_PATHS:
@@ -480,13 +480,19 @@ class InferenceApp:
         reply: Reply,
         span: LeanSpan | None = None,
     ) -> None:
-        headers = [*reply.headers, (b"x-request-id", rid.encode("latin-1"))]
+        headers = [*reply.headers, (REQUEST_ID, rid.encode("latin-1")), *request.echoed]
         if span is not None and self.tracing is not None:
             self.tracing.answered(span, reply.status, rid, headers)
         conn.respond(request, reply.status, headers, reply.body)
         self.metrics.observe(route, reply.status, time.perf_counter() - started)
         if span is not None:
             span.end()  # after the answer left: the spans it may write do not delay it
+
+
+@functools.cache
+def _too_long(header: bytes) -> Reply:
+    message = f"{header.decode()} is longer than {MAX_REQUEST_ID} characters"
+    return json_reply(431, {"message": message})  # as Azure's server answers it
 
 
 def _run_failed(reply: Reply) -> Reply:
@@ -501,13 +507,23 @@ class RequestIds:
         self._prefix = uuid.uuid4().hex[:16]
         self._count = itertools.count(1)
 
-    def for_request(self, request: HttpRequest) -> str | None:
-        """The caller's `x-request-id` when it has one, else a new id; None when the caller's
-        is longer than 100 characters (answered 431, as Azure's server does)."""
-        given = request.header(b"x-request-id")
-        if given:
-            return given.decode("latin-1") if len(given) <= MAX_REQUEST_ID else None
-        return self.new()
+    def for_request(self, request: HttpRequest) -> str | Reply:
+        """The caller's `x-request-id` when it has one, else a new id; and its
+        `x-ms-client-request-id`, to echo (`request.echoed`). One of them longer than 100
+        characters is refused with 431, as Azure's server does. One pass over the headers."""
+        given: bytes | None = None
+        client: bytes | None = None
+        for key, value in request.headers:
+            if key == REQUEST_ID and given is None:
+                given = value
+            elif key == CLIENT_REQUEST_ID and client is None:
+                client = value
+        for name, found in ((REQUEST_ID, given), (CLIENT_REQUEST_ID, client)):
+            if found is not None and len(found) > MAX_REQUEST_ID:
+                return _too_long(name)
+        if client is not None:
+            request.echoed = ((CLIENT_REQUEST_ID, client),)
+        return given.decode("latin-1") if given else self.new()
 
     def new(self) -> str:
         return f"{self._prefix}-{next(self._count):08x}"

@@ -45,6 +45,7 @@ class HttpRequest:
     headers: list[Header] = field(default_factory=list)  # names lower-cased
     body: bytes = b""
     keep_alive: bool = True
+    echoed: tuple[Header, ...] = ()  # request headers the answer repeats
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of the (lower-case) header `name`, or None."""
