@@ -19,7 +19,7 @@ may reach only these: `worker_permissions`.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from faststream.nats import NatsBroker
@@ -103,7 +103,7 @@ class JobQueue:
             ),
         )
         try:
-            await js.consumer_info(self.work_stream, DURABLE)
+            info = await js.consumer_info(self.work_stream, DURABLE)
         except NotFoundError:
             await js.add_consumer(
                 self.work_stream,
@@ -116,6 +116,13 @@ class JobQueue:
                     max_ack_pending=-1,
                 ),
             )
+            return
+        if info.config.max_deliver not in (None, -1):
+            # A job that was running across the upgrade to workers that count attempts: its
+            # consumer gave up after max_retries + 1 deliveries, and nothing listens for
+            # that any more (a mini-batch would never get a result). max_deliver is one of
+            # a consumer's editable fields: the same config, without the limit.
+            await js.add_consumer(self.work_stream, replace(info.config, max_deliver=-1))
 
     async def publish(self, broker: NatsBroker, index: int, body: bytes) -> None:
         await broker.publish(
