@@ -45,6 +45,52 @@ def test_a_data_assets_long_uri_becomes_its_reference() -> None:
         assert job_input(body).uri == reference
 
 
+def test_the_older_dataset_body() -> None:
+    """`dataset` / `outputDataset` / `outputFileName`, as azureml-examples' scripts send."""
+
+    def dataset(**entry: str) -> dict[str, Any]:
+        return {"properties": {"dataset": entry}}
+
+    url = "https://pipelinedata.blob.core.windows.net/sampledata"
+    assert job_input(dataset(dataInputType="DataUrl", Path=f"{url}/mnist")) == JobInput(
+        f"{url}/mnist", "uri_folder"
+    )
+    taxi = dataset(dataInputType="DataUrl", Path=f"{url}/nytaxi/taxi-tip-data.csv")
+    assert job_input(taxi).input_type == "uri_file"
+    long = "azureml://subscriptions/s/resourcegroups/rg/workspaces/ws/data/mnist/versions/1"
+    assert job_input(dataset(dataInputType="DataUrl", Path=long)) == JobInput("azureml:mnist:1", "")
+    store = "azureml://subscriptions/s/resourcegroups/rg/workspaces/ws/datastores/d/paths/in/"
+    assert job_input(dataset(dataInputType="DataUrl", Path=store)).uri == (
+        "azureml://datastores/d/paths/in/"
+    )
+    named = dataset(dataInputType="DatasetVersion", datasetName="mnist", datasetVersion="7")
+    assert job_input(named) == JobInput("azureml:mnist:7", "")
+    named["properties"]["outputDataset"] = {
+        "datastoreId": "/subscriptions/s/resourceGroups/rg/providers/x/workspaces/ws/"
+        "datastores/workspaceblobstore",
+        "path": "/out/here/",
+    }
+    named["properties"]["outputFileName"] = "scores.csv"
+    assert job_input(named) == JobInput(
+        "azureml:mnist:7",
+        "",
+        "azureml://datastores/workspaceblobstore/paths/out/here",
+        "scores.csv",
+    )
+    for bad, says in [
+        (dataset(dataInputType="DatasetId", id="x"), "use DataUrl or DatasetVersion"),
+        (dataset(dataInputType="DataUrl"), "dataset.Path must be"),
+        (
+            {"properties": {"dataset": {"dataInputType": "DataUrl", "Path": "u"}, "InputData": {}}},
+            "not both",
+        ),
+        ({"properties": {"InputData": {}, "outputFileName": "x.csv"}}, "go with dataset"),
+    ]:
+        with pytest.raises(InvalidArgument) as refused:
+            job_input(bad)
+        assert says in str(refused.value)
+
+
 @pytest.mark.parametrize(
     ("body", "says"),
     [

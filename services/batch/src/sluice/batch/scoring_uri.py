@@ -33,10 +33,15 @@ DEPLOYMENT_HEADER = "azureml-model-deployment"
 HOST_HEADER = "x-sluice-endpoint-host"  # set by the gateway on `<endpoint>.<domain>/jobs`
 
 INPUT_TYPES = {"urifolder": "uri_folder", "urifile": "uri_file"}
-# A registered data asset by its long URI, as Azure's REST examples give it.
-DATA_ASSET_URI = re.compile(
-    r"^azureml://locations/[^/]+/workspaces/[^/]+/data/([^/]+)/versions/(.+)$", re.IGNORECASE
+# The workspace part of Azure's long URIs, in either of its spellings.
+_WORKSPACE = (
+    r"azureml://(?:locations/[^/]+|subscriptions/[^/]+/resourcegroups/[^/]+)/workspaces/[^/]+"
 )
+# A registered data asset, or a datastore path, by its long URI, as Azure's examples give them.
+DATA_ASSET_URI = re.compile(rf"^{_WORKSPACE}/data/([^/]+)/versions/(.+)$", re.IGNORECASE)
+DATASTORE_URI = re.compile(rf"^{_WORKSPACE}/(datastores/.+)$", re.IGNORECASE)
+# The older body's `outputDataset.datastoreId`: `azureml:<ds>` or an ARM id ending in it.
+DATASTORE_ID = re.compile(r"^(?:azureml:|.*/datastores/)([^/]+)/?$", re.IGNORECASE)
 EXAMPLE = (
     '{"properties": {"InputData": {"input": {"JobInputType": "UriFolder", '
     '"Uri": "azureml://datastores/<datastore>/paths/<folder>"}}}}'
@@ -93,10 +98,12 @@ def _single(fields: Mapping[str, Any], key: str, *, required: bool) -> tuple[str
 
 
 def _data_asset(uri: str) -> str:
-    """Azure's long data-asset URI as the `azureml:` reference the service resolves."""
+    """Azure's long URIs as what the service resolves: a data asset's as its `azureml:`
+    reference, a datastore path's as `azureml://datastores/<ds>/paths/<p>`."""
     match = DATA_ASSET_URI.match(uri)
     if match is None:
-        return uri
+        store = DATASTORE_URI.match(uri)
+        return f"azureml://{store.group(1)}" if store else uri
     name, version = match.group(1), match.group(2)
     if version.lower() == "labels/latest":
         return f"azureml:{name}@latest"
@@ -138,6 +145,47 @@ def _output(fields: Mapping[str, Any]) -> tuple[str, str | None]:
     raise InvalidArgument(f"{where}.JobOutputType {kind!r}: use UriFolder or UriFile")
 
 
+def _dataset(fields: Mapping[str, Any]) -> tuple[str, str]:
+    """The older body's input (Azure's examples still send it): `dataset` with
+    `dataInputType` DataUrl (`Path`: a file or a folder, told apart by a file extension
+    on its last segment, as the body does not say) or DatasetVersion (`datasetName`,
+    `datasetVersion`)."""
+    where = "properties.dataset"
+    entry = _object(fields["dataset"], where)
+    kind = _string(entry, "dataInputType", where).lower()
+    if kind == "dataurl":
+        uri = _data_asset(_string(entry, "Path", where))
+        if uri.startswith("azureml:") and not uri.startswith("azureml://"):
+            return uri, ""  # a data asset: its own type
+        last = uri.rstrip("/").rpartition("/")[2]
+        return uri, "uri_file" if "." in last and not uri.endswith("/") else "uri_folder"
+    if kind == "datasetversion":
+        name = _string(entry, "datasetName", where)
+        version = _string(entry, "datasetVersion", where)
+        return f"azureml:{name}:{version}", ""
+    raise InvalidArgument(f"{where}.dataInputType {kind!r}: use DataUrl or DatasetVersion")
+
+
+def _output_dataset(fields: Mapping[str, Any]) -> tuple[str, str | None]:
+    """The older body's output: `outputDataset` {datastoreId, path} and `outputFileName`."""
+    file_name = fields.get("outputfilename")
+    if file_name is not None and (not isinstance(file_name, str) or not file_name.strip()):
+        raise InvalidArgument("properties.outputFileName must be a non-empty string")
+    if "outputdataset" not in fields:
+        return "", file_name
+    where = "properties.outputDataset"
+    entry = _object(fields["outputdataset"], where)
+    store = DATASTORE_ID.match(_string(entry, "datastoreId", where))
+    if store is None:
+        raise InvalidArgument(f"{where}.datastoreId: use azureml:<datastore> or its resource id")
+    path = _string(entry, "path", where).strip("/")
+    return f"azureml://datastores/{store.group(1)}/paths/{path}", file_name
+
+
+NEW_FIELDS = {"inputdata", "outputdata"}
+OLD_FIELDS = {"dataset", "outputdataset", "outputfilename"}
+
+
 def job_input(body: Mapping[str, Any]) -> JobInput:
     """The job that Azure's request `body` asks for, or InvalidArgument saying what is wrong."""
     top = _object(body, "the request body")
@@ -145,11 +193,20 @@ def job_input(body: Mapping[str, Any]) -> JobInput:
     if extra:
         raise InvalidArgument(f"the request body takes only 'properties', not {', '.join(extra)}")
     fields = _object(top.get("properties"), "properties")
-    extra = sorted(set(fields) - {"inputdata", "outputdata"})
+    extra = sorted(set(fields) - NEW_FIELDS - OLD_FIELDS)
     if extra:
         raise InvalidArgument(
-            f"properties.{extra[0]} is not understood: a job request takes InputData and OutputData"
+            f"properties.{extra[0]} is not understood: a job request takes InputData and "
+            "OutputData (or the older dataset, outputDataset and outputFileName)"
         )
+    if "dataset" in fields:
+        if set(fields) & NEW_FIELDS:
+            raise InvalidArgument("properties: give InputData/OutputData or dataset, not both")
+        uri, input_type = _dataset(fields)
+        output_path, output_file_name = _output_dataset(fields)
+        return JobInput(uri, input_type, output_path, output_file_name)
+    if set(fields) & (OLD_FIELDS - {"dataset"}):
+        raise InvalidArgument("properties: outputDataset and outputFileName go with dataset")
     uri, input_type = _input(fields)
     output_path, output_file_name = _output(fields)
     return JobInput(uri, input_type, output_path, output_file_name)
