@@ -428,3 +428,23 @@ def test_local_deployments_get_the_environment_the_platform_would_build(tmp_path
         "the registered environment my-env:1 cannot be built locally; the deployment runs in "
         "this Python environment"
     ]
+
+
+def test_tags_that_are_numbers_or_booleans_are_stored_as_text(tmp_path: Path) -> None:
+    """batch/deploy-models/imagenet-classifier/deployment-by-batch.yml writes
+    `tags: {device_batching: 16}`; az stores every tag as a string."""
+    from sluice.sdk.specs import load_batch_endpoint
+
+    tags = "tags:\n  device_batching: 16\n  ratio: 0.5\n  gpu: true\n  team: ml\n"
+    expected = {"device_batching": "16", "ratio": "0.5", "gpu": "True", "team": "ml"}
+    (tmp_path / "model").mkdir()
+    assert load_online_endpoint(write(tmp_path, f"name: ep\n{tags}")).spec.tags == expected
+    assert load_batch_endpoint(write(tmp_path, f"name: ep\n{tags}")).spec.tags == expected
+    for load in (load_online_deployment, load_batch_deployment):
+        path = write(tmp_path, f"name: d\nendpoint_name: ep\nmodel:\n  path: model\n{tags}")
+        assert load(path, fake_upload).spec.tags == expected
+    # --set parses its value as az does (16 is a number): the same text
+    spec = load_online_endpoint(None, ["tags.device_batching=16"], name="ep").spec
+    assert spec.tags == {"device_batching": "16"}
+    with pytest.raises(SpecError, match=r"tags\.nested: Input should be a valid string"):
+        load_online_endpoint(write(tmp_path, "name: ep\ntags:\n  nested: [1, 2]\n"))

@@ -73,6 +73,14 @@ def _lower_mode(value: object) -> object:
     return value.lower() if isinstance(value, str) else value
 
 
+def _scalars_as_text(value: object) -> object:
+    """`tags: {device_batching: 16}`: az stores a tag's number or boolean as its text.
+    Anything else (a list, a mapping) is left for validation to refuse."""
+    if not isinstance(value, Mapping):
+        return value
+    return {k: str(v) if isinstance(v, bool | int | float) else v for k, v in value.items()}
+
+
 class _Azure(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -91,6 +99,7 @@ class AzureOnlineEndpoint(_Azure):
     name: str
     description: str = ""
     tags: dict[str, str] = Field(default_factory=dict)
+    _tags_as_text = field_validator("tags", mode="before")(_scalars_as_text)
     auth_mode: Literal["key", "aml_token", "aad_token"] = "key"
     traffic: dict[str, int] | None = None
     mirror_traffic: dict[str, int] | None = None
@@ -391,6 +400,7 @@ class AzureOnlineDeployment(_Azure):
     endpoint_name: str
     description: str = ""
     tags: dict[str, str] = Field(default_factory=dict)
+    _tags_as_text = field_validator("tags", mode="before")(_scalars_as_text)
     type: Literal["managed", "kubernetes"] | None = None
     model: str | AzureModel | None = None
     code_configuration: AzureCode | None = None
@@ -477,6 +487,7 @@ class AzureBatchEndpoint(_Azure):
     name: str
     description: str = ""
     tags: dict[str, str] = Field(default_factory=dict)
+    _tags_as_text = field_validator("tags", mode="before")(_scalars_as_text)
     auth_mode: Literal["aad_token", "aml_token", "key"] = "aad_token"
     defaults: AzureBatchDefaults = AzureBatchDefaults()
 
@@ -535,6 +546,7 @@ class AzureBatchDeployment(_Azure):
     endpoint_name: str
     description: str = ""
     tags: dict[str, str] = Field(default_factory=dict)
+    _tags_as_text = field_validator("tags", mode="before")(_scalars_as_text)
     type: Literal["model"] = "model"
     model: str | AzureModel | None = None
     code_configuration: AzureCode | None = None
