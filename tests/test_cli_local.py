@@ -56,7 +56,7 @@ def test_local_create_invoke_logs_delete(
     assert shown["scoring_uri"].startswith("http://127.0.0.1:")
     dep = json.loads(sluice(state, online, "online-deployment", "show", "--local", "-n", "blue",
                             "-e", "my-endpoint", "-o", "json").stdout)  # fmt: skip
-    assert (dep["name"], dep["state"], dep["scoring_uri"]) == (
+    assert (dep["name"], dep["provisioning_state"], dep["scoring_uri"]) == (
         "blue", "Succeeded", shown["scoring_uri"])  # fmt: skip
     missing = sluice(state, online, "online-deployment", "show", "--local", "-n", "red",
                      "-e", "my-endpoint")  # fmt: skip

@@ -97,3 +97,21 @@ def test_skip_script_validation_is_accepted_and_says_it_changes_nothing(
     help_text = " ".join(done.stdout.replace("│", " ").split())
     assert "--skip-script-validation" in help_text
     assert "changes nothing" in help_text and "Sluice does not" in help_text
+
+
+def test_local_views_have_azures_keys(cli: Cli, state: Path) -> None:
+    # deploy-local-endpoint.sh polls `--query provisioning_state -o tsv` for "Succeeded"
+    write_local(state, "alpha", "blue", psutil.Process().pid, 5001)
+    code, out, err = cli.run(
+        "online-deployment", "show", "--local", "-n", "blue", "-e", "alpha",
+        "--query", "provisioning_state", "-o", "tsv",
+    )  # fmt: skip
+    assert (code, out) == (0, "Succeeded\n"), err
+    shown = cli.json("online-deployment", "show", "--local", "-n", "blue", "-e", "alpha")
+    assert (shown["endpoint_name"], shown["name"]) == ("alpha", "blue")
+    endpoint = cli.json("online-endpoint", "show", "--local", "-n", "alpha")
+    assert endpoint["openapi_uri"] == "http://127.0.0.1:5001/swagger.json"
+    assert "swagger_uri" not in endpoint
+    # tables keep the platform's short headers
+    code, out, _ = cli.run("online-deployment", "list", "--local", "-o", "table")
+    assert code == 0 and "endpoint" in out and "state" in out and "provisioning_state" not in out

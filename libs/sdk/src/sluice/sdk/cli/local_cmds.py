@@ -35,14 +35,32 @@ def build(environment: EnvironmentSpec) -> str | None:
     return built.python
 
 
+# Tables name Azure's keys as the platform's own tables do (`online-deployment show`).
+TABLE_HEADERS = {"endpoint_name": "endpoint", "provisioning_state": "state"}
+
+
 def view(dep: LocalDeployment) -> dict[str, object]:
+    """A local deployment under Azure's keys, as `az ml online-deployment show --local`
+    prints it (scripts poll `--query provisioning_state`); `scoring_uri` and `log` are
+    Sluice's additions."""
     return {
-        "endpoint": dep.endpoint,
+        "endpoint_name": dep.endpoint,
         "name": dep.deployment,
-        "state": "Succeeded" if dep.alive else "Stopped",
+        "provisioning_state": "Succeeded" if dep.alive else "Stopped",
         "scoring_uri": dep.scoring_uri,
         "log": str(dep.log_path),
     }
+
+
+def _render(
+    data: dict[str, object] | list[dict[str, object]],
+    output: OutputFormat,
+    title: str | None = None,
+) -> None:
+    if output is OutputFormat.table:
+        rows = data if isinstance(data, list) else [data]
+        data = [{TABLE_HEADERS.get(k, k): v for k, v in row.items()} for row in rows]
+    render(data, output, title=title)
 
 
 def create(
@@ -79,7 +97,7 @@ def create(
             ]
         )
     err_console.print(f"Local deployment {dep.deployment} of {dep.endpoint} is ready.")
-    render(view(dep), output)
+    _render(view(dep), output)
 
 
 def invoke(endpoint: str, deployment: str | None, body: bytes) -> tuple[int, bytes]:
@@ -110,7 +128,7 @@ def show_endpoint(endpoint: str, output: OutputFormat) -> None:
     deployments = [d for d in runner().list() if d.endpoint == endpoint]
     if not deployments:
         raise CliError(f"no local endpoint {endpoint} (`sluice online-deployment list --local`)")
-    render(_endpoint_view(endpoint, deployments), output)
+    _render(_endpoint_view(endpoint, deployments), output)
 
 
 def list_endpoints(output: OutputFormat) -> None:
@@ -119,7 +137,7 @@ def list_endpoints(output: OutputFormat) -> None:
     for dep in runner().list():
         by_endpoint.setdefault(dep.endpoint, []).append(dep)
     rows = [_endpoint_view(name, deps) for name, deps in by_endpoint.items()]
-    render(rows, output, title="Local endpoints")
+    _render(rows, output, "Local endpoints")
 
 
 def _endpoint_view(endpoint: str, deployments: list[LocalDeployment]) -> dict[str, object]:
@@ -130,7 +148,7 @@ def _endpoint_view(endpoint: str, deployments: list[LocalDeployment]) -> dict[st
         "auth_mode": "key",  # not enforced locally, as on Azure's local endpoints
         "provisioning_state": "Succeeded" if alive else "Stopped",
         "scoring_uri": uri,
-        "swagger_uri": uri.removesuffix("/score") + "/swagger.json",
+        "openapi_uri": uri.removesuffix("/score") + "/swagger.json",
         "deployments": ", ".join(d.deployment for d in deployments),
     }
 
@@ -143,8 +161,8 @@ def show_deployment(endpoint: str, deployment: str, output: OutputFormat) -> Non
             f"no local deployment {deployment} of {endpoint} "
             "(`sluice online-deployment list --local`)"
         )
-    render(view(found[0]), output)
+    _render(view(found[0]), output)
 
 
 def list_(output: OutputFormat) -> None:
-    render([view(d) for d in runner().list()], output, title="Local deployments")
+    _render([view(d) for d in runner().list()], output, "Local deployments")
