@@ -545,7 +545,7 @@ def test_the_provisioner_can_neither_touch_the_platforms_objects_nor_mount_its_s
 
 def test_the_provisioners_role_grants_what_its_client_calls_and_reads_no_secret() -> None:
     """KubernetesBackend: server-side apply of each rendered kind (create, patch), deletes,
-    one read of its Deployment, one list of its pods."""
+    one read of its Deployment, one list of its pods, reads of their logs."""
     role = next(o for n, o in k8s_objects() if n.endswith("Role/sluice-provisioner"))
     granted = {
         (group, resource, verb)
@@ -558,7 +558,7 @@ def test_the_provisioners_role_grants_what_its_client_calls_and_reads_no_secret(
         (group, resource, verb)
         for group, _, resource in RESOURCES.values()
         for verb in ("create", "patch", "delete")
-    } | {("apps", "deployments", "get"), ("", "pods", "list")}
+    } | {("apps", "deployments", "get"), ("", "pods", "list"), ("", "pods/log", "get")}
     assert granted == needed
     assert not {v for g, r, v in granted if r == "secrets"} & {"get", "list", "watch"}
 

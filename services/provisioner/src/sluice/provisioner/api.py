@@ -1,5 +1,6 @@
-"""gRPC face of the provisioner: the logs of instances and environment builds, and what
-deployments' data collectors wrote (files only the provisioner's host has)."""
+"""gRPC face of the provisioner: the logs of instances (a kubernetes deployment's: its pods',
+through the cluster's API) and environment builds, and what deployments' data collectors
+wrote (files only the provisioner's host has)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import grpc
 
 from sluice.common.collected import collected_dir, read_collected
 from sluice.common.environments import EnvironmentBuilder
-from sluice.common.resources import COLLECTIONS
+from sluice.common.resources import COLLECTIONS, ComputeKind, OnlineDeploymentDoc
+from sluice.provisioner.kubernetes import NO_CLUSTER, ClusterError, KubernetesBackend, NoInstance
 from sluice.provisioner.local import LocalBackend, tail
 from sluice.provisioner.store import ProvisionerStore
 from sluice.v1 import provisioner_pb2, provisioner_pb2_grpc
@@ -23,13 +25,25 @@ CONTAINER_TYPES = {
     "inferenceserver": "inference-server",
     "storageinitializer": "storage-initializer",
 }
+NO_STORAGE_INITIALIZER = (
+    "kubernetes deployment: no storage initializer runs; its pods run the platform's image "
+    "and mount their model and code read-only from the state volume"
+)
 
 
 class ProvisionerApi(provisioner_pb2_grpc.ProvisionerServicer):
-    def __init__(self, store: ProvisionerStore, backend: LocalBackend, envs: EnvironmentBuilder):
+    def __init__(
+        self,
+        store: ProvisionerStore,
+        backend: LocalBackend,
+        envs: EnvironmentBuilder,
+        cluster: KubernetesBackend | None = None,
+    ):
+        """`cluster`: where kubernetes deployments run (None: no cluster configured)."""
         self._store = store
         self._backend = backend
         self._envs = envs
+        self._cluster = cluster
 
     async def GetLogs(
         self, request: provisioner_pb2.GetLogsRequest, context: grpc.aio.ServicerContext
@@ -50,6 +64,8 @@ class ProvisionerApi(provisioner_pb2_grpc.ProvisionerServicer):
                 f"{request.endpoint_name!r}",
             )
             raise AssertionError("unreachable: abort raises")
+        if doc.spec.kind is ComputeKind.kubernetes:
+            return await self._pod_logs(request, doc, container, lines, context)
         if container == "storage-initializer":
             resolved = self._envs.resolve(doc.spec.environment)
             if not resolved.requirements:
@@ -80,6 +96,42 @@ class ProvisionerApi(provisioner_pb2_grpc.ProvisionerServicer):
         return provisioner_pb2.Logs(
             text=tail(newest, lines), instance_id=newest.stem, path=str(newest)
         )
+
+    async def _pod_logs(
+        self,
+        request: provisioner_pb2.GetLogsRequest,
+        doc: OnlineDeploymentDoc,
+        container: str,
+        lines: int,
+        context: grpc.aio.ServicerContext,
+    ) -> provisioner_pb2.Logs:
+        """A kubernetes deployment's log: its newest pod's, or pod `instance_id`'s."""
+        if container == "storage-initializer":
+            return provisioner_pb2.Logs(text=NO_STORAGE_INITIALIZER)
+        if self._cluster is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, NO_CLUSTER)
+            raise AssertionError("unreachable: abort raises")
+        key = f"{request.endpoint_name}/{request.deployment_name}"
+        try:
+            pod, text = await asyncio.to_thread(
+                self._cluster.instance_log,
+                request.endpoint_name,
+                request.deployment_name,
+                lines,
+                request.instance_id,
+            )
+        except NoInstance as exc:
+            state = doc.meta.provisioning_state.value
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"{key}: {exc} (state {state})")
+            raise AssertionError("unreachable: abort raises") from exc
+        except ClusterError as exc:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"the cluster gives no log of {key}'s pod: {exc}",
+            )
+            raise AssertionError("unreachable: abort raises") from exc
+        namespace = self._cluster.cluster.namespace
+        return provisioner_pb2.Logs(text=text, instance_id=pod, path=f"pod {namespace}/{pod}")
 
     async def GetDeploymentLogs(
         self, request: provisioner_pb2.DeploymentLogsRequest, context: grpc.aio.ServicerContext

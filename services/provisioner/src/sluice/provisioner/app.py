@@ -27,7 +27,12 @@ from sluice.provisioner.activator import Activator
 from sluice.provisioner.api import ProvisionerApi
 from sluice.provisioner.autoscale_counts import AutoscaleCounts, subscribe_autoscale
 from sluice.provisioner.events import SOURCE, UsagePublisher, subscribe_registry_events
-from sluice.provisioner.kubernetes import ClusterSettings, KubernetesBackend, KubernetesCompute
+from sluice.provisioner.kubernetes import (
+    ClusterSettings,
+    KubernetesBackend,
+    KubernetesCompute,
+    connect,
+)
 from sluice.provisioner.local import LocalBackend
 from sluice.provisioner.local_deployment import LocalCompute, LocalServices
 from sluice.provisioner.preparer import Preparer
@@ -53,7 +58,7 @@ def kubernetes_backend(settings: Settings) -> KubernetesBackend | None:
         otlp_endpoint=settings.tracing.otlp_endpoint,
     )
     return KubernetesBackend(
-        settings.kubeconfig, cluster, settings.secret_key, state_dir=settings.state_dir
+        connect(settings.kubeconfig), cluster, settings.secret_key, state_dir=settings.state_dir
     )
 
 
@@ -105,6 +110,7 @@ async def serve(settings: Settings) -> None:
         preparer = Preparer(
             environments, ArtifactStore(state_dir / "artifacts"), Catalogue.load(), backend
         )
+        cluster = kubernetes_backend(settings)
         counts = AutoscaleCounts(db)
         await counts.load()
         activator = Activator(settings.host, settings.secret_key)
@@ -126,9 +132,7 @@ async def serve(settings: Settings) -> None:
             store=store,
             backends={
                 ComputeKind.managed: local,
-                ComputeKind.kubernetes: KubernetesCompute(
-                    kubernetes_backend(settings), routing, counts
-                ),
+                ComputeKind.kubernetes: KubernetesCompute(cluster, routing, counts),
             },
         )
         reconciler = Reconciler(ctx)
@@ -158,7 +162,7 @@ async def serve(settings: Settings) -> None:
             prefix=settings.events_subject_prefix,
             wakeups=reconciler,
         )
-        api = ProvisionerApi(store, backend, environments)
+        api = ProvisionerApi(store, backend, environments, cluster)
         server = GrpcServer(
             host=settings.host,
             port=settings.ports.provisioner,

@@ -16,22 +16,35 @@ instance (its IP: Envoy balances over pods and sizes the in-flight limit by
 their number) and says when the rollout is complete, from the same status
 fields `kubectl rollout status` reads (`pod_instances`, `rollout_complete`:
 pure, tested on the API's JSON).
+
+A rollout that cannot complete fails the version with the reason, as the local
+backend fails one whose instance exits before it is ready (`rollout_failure`, pure):
+a pod of the current pod template whose container crash-loops (init() raised, or
+OOMKilled), cannot pull its image or cannot be created, or a Deployment past its
+progress deadline. The message names the pod, the reason and exit code and ends
+with the crashed container's last log lines. Kubernetes keeps the previous pods
+of a failed update running (maxUnavailable 0): they stay instances and serve, as
+the local backend's previous version does. `get-logs` reads a pod's log
+(`KubernetesBackend.instance_log`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sluice.common import gateway_auth
+from sluice.common.access import with_log_tail
 from sluice.common.autoscale.model import AutoscaleProfile, AutoscaleSetting
 from sluice.common.collected import collected_dir, collector_argv
-from sluice.common.log import get_logger
+from sluice.common.log import get_logger, readable_log
 from sluice.common.resources import (
     ArtifactRef,
     Instance,
@@ -43,6 +56,7 @@ from sluice.common.tracing import otlp_port
 from sluice.provisioner.autoscale_counts import AutoscaleCounts
 from sluice.provisioner.compute import Observation
 from sluice.provisioner.kubernetes_autoscale import render_hpa
+from sluice.provisioner.local_deployment import LOG_LINES_IN_ERRORS
 from sluice.provisioner.routing import ROUTE_WAIT_S, RoutingView
 
 log = get_logger(__name__)
@@ -53,6 +67,10 @@ MANAGED_BY = "sluice-provisioner"
 RUN_AS = 10001  # an unprivileged uid/gid for deployment code (no root in the image needed)
 GATEWAY_LABEL = "app.kubernetes.io/name"  # = "envoy" on the gateway's pods
 INSTANCE_LABEL = "app.kubernetes.io/instance"
+CONTAINER = "inference-server"
+# On the pod template, and so on each pod made from it: a digest of the template, which tells
+# the pods of the current spec from the previous one's during (and after) a rolling update.
+TEMPLATE_ANNOTATION = "sluice.dev/pod-template"
 IN_CLUSTER = "in-cluster"  # SLUICE_KUBECONFIG value: use the pod's service account
 NO_CLUSTER = (
     "this is a kubernetes deployment, but the provisioner has no cluster: set "
@@ -76,6 +94,13 @@ class ClusterSettings:
     tracing: bool = False
     trace_sampling_ratio: float = 0.01
     otlp_endpoint: str | None = None
+
+
+def template_digest(template: Mapping[str, Any]) -> str:
+    """A digest of a pod template: equal templates, equal digests, so a version that changes
+    only the count does not roll the pods."""
+    canonical = json.dumps(template, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 def _artifact_mount(ref: ArtifactRef, mount: str) -> tuple[str, dict[str, Any]]:
@@ -153,7 +178,7 @@ def render(
             "--trace-otlp-endpoint", cluster.otlp_endpoint,
         ]  # fmt: skip
     container: dict[str, Any] = {
-        "name": "inference-server",
+        "name": CONTAINER,
         "image": cluster.image,
         "args": args,
         "ports": [
@@ -237,6 +262,8 @@ def render(
             },
         },
     }
+    template = deployment["spec"]["template"]
+    template["metadata"]["annotations"] = {TEMPLATE_ANNOTATION: template_digest(template)}
     service = {
         "apiVersion": "v1",
         "kind": "Service",
@@ -315,27 +342,68 @@ def render(
     return objects
 
 
+@dataclass(frozen=True)
+class KubernetesApis:
+    """The official client's objects the backend calls (`connect`); offline tests pass
+    stand-ins, since no API server runs here."""
+
+    client: Any  # ApiClient: an answer as the API's JSON (sanitize_for_serialization)
+    apps: Any  # AppsV1Api
+    core: Any  # CoreV1Api
+    autoscaling: Any  # AutoscalingV2Api
+    networking: Any  # NetworkingV1Api
+    # Makes a DynamicClient (server-side apply of any kind); it reads the API server's
+    # discovery when made, so it is made when applying, not when the provisioner starts.
+    dynamic: Callable[[], Any]
+
+
+def connect(kubeconfig: str) -> KubernetesApis:
+    """The official client for `kubeconfig` (a file, or IN_CLUSTER: the pod's account)."""
+    from kubernetes import client, config, dynamic  # imported only when a cluster is configured
+
+    if kubeconfig == IN_CLUSTER:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    else:
+        config.load_kube_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+    api = client.ApiClient()
+
+    def dynamic_client() -> Any:
+        return dynamic.DynamicClient(api)  # type: ignore[no-untyped-call]
+
+    return KubernetesApis(
+        client=api,
+        apps=client.AppsV1Api(api),
+        core=client.CoreV1Api(api),
+        autoscaling=client.AutoscalingV2Api(api),
+        networking=client.NetworkingV1Api(api),
+        dynamic=dynamic_client,
+    )
+
+
+class NoInstance(LookupError):
+    """No pod of the deployment is the one asked for (the message says which there are)."""
+
+
+class ClusterError(RuntimeError):
+    """The API server refused a read, or could not be reached (the message says why)."""
+
+
 class KubernetesBackend:
     """Applies rendered objects with the official client (server-side apply)."""
 
     def __init__(
         self,
-        kubeconfig: str,
+        apis: KubernetesApis,
         cluster: ClusterSettings,
         secret_key: str | None = None,
         state_dir: Path | None = None,
     ):
-        from kubernetes import client, config  # imported only when a cluster is configured
-
-        if kubeconfig == IN_CLUSTER:
-            config.load_incluster_config()  # type: ignore[no-untyped-call]
-        else:
-            config.load_kube_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
-        self._api = client.ApiClient()
-        self._apps = client.AppsV1Api(self._api)
-        self._core = client.CoreV1Api(self._api)
-        self._autoscaling = client.AutoscalingV2Api(self._api)
-        self._networking = client.NetworkingV1Api(self._api)
+        self._api = apis.client
+        self._apps = apis.apps
+        self._core = apis.core
+        self._autoscaling = apis.autoscaling
+        self._networking = apis.networking
+        self._dynamic = apis.dynamic
         self.cluster = cluster
         self._secret_key = secret_key  # derives each deployment's gateway secret
         self._state_dir = state_dir  # the shared state volume, as this process mounts it
@@ -345,9 +413,7 @@ class KubernetesBackend:
         doc: OnlineDeploymentDoc,
         autoscale: tuple[AutoscaleSetting, AutoscaleProfile] | None = None,
     ) -> None:
-        from kubernetes import dynamic
-
-        client = dynamic.DynamicClient(self._api)  # type: ignore[no-untyped-call]
+        client = self._dynamic()
         secret = None
         if self._secret_key:
             secret = gateway_auth.secret_for(
@@ -378,14 +444,44 @@ class KubernetesBackend:
     def state(self, endpoint: str, deployment: str) -> ClusterState:
         """The Deployment's status and its pods, as the API's JSON."""
         name = object_name(endpoint, deployment)
-        ns = self.cluster.namespace
-        raw = self._apps.read_namespaced_deployment(name, ns)
-        pods = self._core.list_namespaced_pod(ns, label_selector=f"{INSTANCE_LABEL}={name}")
+        raw = self._apps.read_namespaced_deployment(name, self.cluster.namespace)
         as_json = self._api.sanitize_for_serialization  # the API's own JSON (camelCase)
-        return ClusterState(
-            deployment=as_json(raw),  # type: ignore[no-untyped-call]
-            pods=as_json(pods).get("items", []),  # type: ignore[no-untyped-call]
+        return ClusterState(deployment=as_json(raw), pods=self.pods(endpoint, deployment))
+
+    def pods(self, endpoint: str, deployment: str) -> list[Mapping[str, Any]]:
+        """The deployment's pods (terminating ones too), as the API's JSON."""
+        name = object_name(endpoint, deployment)
+        pods = self._core.list_namespaced_pod(
+            self.cluster.namespace, label_selector=f"{INSTANCE_LABEL}={name}"
         )
+        items: list[Mapping[str, Any]] = self._api.sanitize_for_serialization(pods).get("items", [])
+        return items
+
+    def pod_log(self, pod: str, lines: int, previous: bool = False) -> str:
+        """The last `lines` lines of the inference server's log in `pod`; `previous`: of
+        the container that ran before the current one (the one that crashed)."""
+        text: str = self._core.read_namespaced_pod_log(
+            pod,
+            self.cluster.namespace,
+            container=CONTAINER,
+            previous=previous,
+            tail_lines=lines,
+        )
+        return text
+
+    def instance_log(
+        self, endpoint: str, deployment: str, lines: int, instance_id: str = ""
+    ) -> tuple[str, str]:
+        """`get-logs`: (pod, its last `lines` lines) of pod `instance_id`, or of the newest
+        pod. Raises NoInstance when there is no such pod, ClusterError when the API server
+        does not give the log (e.g. its container is waiting for its image)."""
+        try:
+            pod = log_pod(self.pods(endpoint, deployment), instance_id)
+            return pod, self.pod_log(pod, lines)
+        except NoInstance:
+            raise
+        except Exception as exc:  # the API server's answer (or its absence) is what to show
+            raise ClusterError(cluster_message(exc)) from exc
 
     def delete(self, endpoint: str, deployment: str) -> None:
         """Every object `render` can make for the deployment (gone already is fine)."""
@@ -420,16 +516,12 @@ def pod_instances(pods: list[Mapping[str, Any]]) -> list[Instance]:
         ip = status.get("podIP")
         if not ip or meta.get("deletionTimestamp"):
             continue
-        ready = any(
-            c.get("type") == "Ready" and c.get("status") == "True"
-            for c in status.get("conditions") or []
-        )
         host = f"[{ip}]" if ":" in ip else ip
         instances.append(
             Instance(
                 id=meta["name"],
                 address=f"{host}:{INFERENCE_PORT}",
-                ready=ready,
+                ready=_pod_ready(pod),
             )
         )
     return sorted(instances, key=lambda i: i.id)
@@ -449,6 +541,168 @@ def rollout_complete(deployment: Mapping[str, Any]) -> bool:
     )
 
 
+# A container waiting for one of these will not start without a change: its image cannot be
+# had, or its container cannot be made (ContainerCreating, PodInitializing: starting normally).
+CANNOT_START = {
+    "ErrImagePull": "cannot pull its image",
+    "ImagePullBackOff": "cannot pull its image",
+    "InvalidImageName": "cannot pull its image",
+    "ErrImageNeverPull": "cannot pull its image",
+    "CreateContainerConfigError": "cannot create its container",
+    "CreateContainerError": "cannot create its container",
+    "RunContainerError": "cannot start its container",
+}
+# A container that is terminated again after this many restarts crash-loops, even before the
+# kubelet says CrashLoopBackOff (it says so once a run ends within its back-off, 10 s doubling
+# per restart: an init() that takes 30 s to raise restarts three times first). One exit is
+# not enough: a pod that served for days and was OOMKilled once is restarted, not a failure.
+RESTARTS_BEFORE_FAILED = 2
+DEFAULT_PROGRESS_DEADLINE_S = 600  # the Deployment's progressDeadlineSeconds when unset
+
+
+@dataclass(frozen=True)
+class RolloutFailure:
+    """Why the current rollout cannot complete, and whose log tells more."""
+
+    message: str
+    pod: str | None = None  # the pod whose log to show (None: no container of it ran)
+    previous: bool = False  # that log is its previous container's (the one that crashed)
+
+
+def rollout_failure(
+    deployment: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]
+) -> RolloutFailure | None:
+    """Why the Deployment's current pod template cannot roll out (None: nothing failed, or
+    not yet), from the API's JSON: a not-ready pod of that template (TEMPLATE_ANNOTATION)
+    whose container crash-loops, cannot pull its image or cannot be created; else the
+    Deployment's Progressing condition at ProgressDeadlineExceeded. Pods of an earlier
+    template (an update's old pods, a failed version's) are not looked at."""
+    template = _digest(deployment.get("spec", {}).get("template", {}))
+    current = [p for p in pods if _digest(p) == template and not _terminating(p)]
+    for pod in sorted(current, key=_name):
+        if _pod_ready(pod):
+            continue
+        for status in pod.get("status", {}).get("containerStatuses") or []:
+            failure = _container_failure(_name(pod), status)
+            if failure is not None:
+                return failure
+    return _deadline_failure(deployment, current)
+
+
+def _container_failure(pod: str, status: Mapping[str, Any]) -> RolloutFailure | None:
+    state = status.get("state") or {}
+    waiting = state.get("waiting") or {}
+    reason = waiting.get("reason", "")
+    if reason in CANNOT_START:
+        detail = f": {waiting['message']}" if waiting.get("message") else ""
+        return RolloutFailure(f"instance {pod} {CANNOT_START[reason]} ({reason}){detail}.")
+    restarts = status.get("restartCount", 0)
+    now = state.get("terminated")  # exited, not restarted yet
+    last = now or (status.get("lastState") or {}).get("terminated")
+    looping = reason == "CrashLoopBackOff" or bool(now and restarts >= RESTARTS_BEFORE_FAILED)
+    if not looping or not last:
+        return None
+    code = last.get("exitCode")
+    if last.get("reason") == "OOMKilled":
+        what = (
+            f"was killed for using more memory than its limit (OOMKilled, exit code {code}) "
+            "before it was ready"
+        )
+    else:
+        what = f"exited with code {code} before it was ready (init() failed?)"
+    times = "once" if restarts == 1 else f"{restarts} times"
+    message = f"instance {pod} {what}; Kubernetes restarted it {times} ({reason or 'terminated'})."
+    if last.get("message"):  # what the container wrote to its termination-message file
+        message += f" Termination message: {str(last['message']).strip()}"
+    return RolloutFailure(message, pod=pod, previous=now is None)
+
+
+def _deadline_failure(
+    deployment: Mapping[str, Any], current: Sequence[Mapping[str, Any]]
+) -> RolloutFailure | None:
+    meta, spec, status = (deployment.get(k, {}) for k in ("metadata", "spec", "status"))
+    if status.get("observedGeneration", 0) < meta.get("generation", 1):
+        return None  # the conditions are still those of an earlier spec
+    stalled = [
+        c
+        for c in status.get("conditions") or []
+        if c.get("type") == "Progressing" and c.get("reason") == "ProgressDeadlineExceeded"
+    ]
+    if not stalled:
+        return None
+    seconds = spec.get("progressDeadlineSeconds", DEFAULT_PROGRESS_DEADLINE_S)
+    said = str(stalled[0].get("message", "")).rstrip(".")
+    lines = [f"the rollout made no progress for {seconds} s (ProgressDeadlineExceeded: {said})."]
+    waiting = sorted((p for p in current if not _pod_ready(p)), key=_name)
+    lines += [f"instance {_name(p)} {_not_ready_because(p)}." for p in waiting]
+    running = [p for p in waiting if p.get("status", {}).get("phase") == "Running"]
+    return RolloutFailure(" ".join(lines), pod=_name(running[0]) if running else None)
+
+
+def _not_ready_because(pod: Mapping[str, Any]) -> str:
+    """Why a pod past the deadline is not ready: not scheduled (the scheduler says why), its
+    container still waiting (e.g. for a volume), or its readiness probe (GET /ready: init()
+    has not returned) never passed."""
+    status = pod.get("status", {})
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+            why = condition.get("message") or condition.get("reason", "")
+            return f"is not scheduled: {why}"
+    for container in status.get("containerStatuses") or []:
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason"):
+            detail = f": {waiting['message']}" if waiting.get("message") else ""
+            return f"is waiting ({waiting['reason']}){detail}"
+    return "never became ready (its readiness probe, GET /ready, did not pass)"
+
+
+def _digest(obj: Mapping[str, Any]) -> Any:
+    """The template digest a pod, or a pod template, carries (None: none)."""
+    return (obj.get("metadata", {}).get("annotations") or {}).get(TEMPLATE_ANNOTATION)
+
+
+def _name(pod: Mapping[str, Any]) -> str:
+    return str(pod.get("metadata", {}).get("name", ""))
+
+
+def _terminating(pod: Mapping[str, Any]) -> bool:
+    return bool(pod.get("metadata", {}).get("deletionTimestamp"))
+
+
+def _pod_ready(pod: Mapping[str, Any]) -> bool:
+    return any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in pod.get("status", {}).get("conditions") or []
+    )
+
+
+def log_pod(pods: Sequence[Mapping[str, Any]], instance_id: str = "") -> str:
+    """The pod whose log `get-logs` shows: `instance_id` (a pod's name, as `pod_instances`
+    reports it), or the newest pod."""
+    by_age = sorted(
+        pods, key=lambda p: (p.get("metadata", {}).get("creationTimestamp", ""), _name(p))
+    )
+    names = [_name(p) for p in by_age]
+    if not names:
+        raise NoInstance("no pod of this deployment exists")
+    if not instance_id:
+        return names[-1]
+    if instance_id not in names:
+        raise NoInstance(
+            f"no pod {instance_id!r} in this deployment; its pods (oldest first): "
+            f"{', '.join(names)}"
+        )
+    return instance_id
+
+
+def cluster_message(exc: Exception) -> str:
+    """What the API server said (its Status' message), else the error itself."""
+    try:
+        return str(json.loads(getattr(exc, "body", None) or "")["message"])
+    except (TypeError, ValueError, KeyError):
+        return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
 class KubernetesDeployment:
     """One deployment on a cluster (the DeploymentCompute protocol)."""
 
@@ -466,7 +720,10 @@ class KubernetesDeployment:
         self._autoscale = autoscale
         # (spec version, autoscale setting marker) of what was applied last
         self._applied: tuple[int, str] | None = None
-        self._failed: tuple[int, str] | None = None
+        # (spec version, why): it could not be applied / its rollout failed. Either stays
+        # the version's verdict, as on the local backend.
+        self._apply_failed: tuple[int, str] | None = None
+        self._rollout_failed: tuple[int, str] | None = None
         self._instances: list[Instance] = []
         self._removing_since: float | None = None
 
@@ -474,8 +731,8 @@ class KubernetesDeployment:
         version = doc.meta.version
         if self._backend is None:
             return Observation(failure=NO_CLUSTER)
-        if self._failed is not None and self._failed[0] == version:
-            return Observation(instances=self._instances, failure=self._failed[1])
+        if self._apply_failed is not None and self._apply_failed[0] == version:
+            return Observation(instances=self._instances, failure=self._apply_failed[1])
         active = self._autoscale.active(self.key) if self._autoscale else None
         marker = (version, active[2] if active else "")
         if self._applied != marker:
@@ -483,12 +740,41 @@ class KubernetesDeployment:
                 autoscale = (active[0], active[1]) if active else None
                 await asyncio.to_thread(self._backend.apply, doc, autoscale)
             except Exception as exc:  # the API server's answer is the reason to show
-                self._failed = (version, f"applying to the cluster failed: {exc}")
+                self._apply_failed = (version, f"applying to the cluster failed: {exc}")
                 log.error("kubernetes_apply_failed", deployment=self.key, error=str(exc))
-                return Observation(instances=self._instances, failure=self._failed[1])
+                return Observation(instances=self._instances, failure=self._apply_failed[1])
             self._applied = marker
         state = await asyncio.to_thread(self._backend.state, self.endpoint, self.name)
-        return self._observed(state)
+        seen = self._observed(state)
+        seen.failure = await self._failure(version, state)
+        if seen.failure is not None:
+            seen.busy = False  # a failed rollout changes only when the spec does
+        return seen
+
+    async def _failure(self, version: int, state: ClusterState) -> str | None:
+        """Why `version`'s rollout failed, with the failed pod's last log lines (None: it
+        did not). Found once: the pods still there keep being observed, the verdict stays."""
+        if self._rollout_failed is not None and self._rollout_failed[0] == version:
+            return self._rollout_failed[1]
+        failure = rollout_failure(state.deployment, state.pods)
+        if failure is None:
+            return None
+        message = failure.message
+        if failure.pod is not None:
+            message = with_log_tail(message, await self._last_lines(failure.pod, failure.previous))
+        self._rollout_failed = (version, message)
+        log.error("deployment_failed", deployment=self.key, version=version, reason=failure.message)
+        return message
+
+    async def _last_lines(self, pod: str, previous: bool) -> str:
+        assert self._backend is not None
+        try:
+            text = await asyncio.to_thread(
+                self._backend.pod_log, pod, LOG_LINES_IN_ERRORS, previous
+            )
+        except Exception as exc:  # the failure is still worth reporting without its log
+            return f"(the log of {pod} could not be read: {cluster_message(exc)})"
+        return readable_log(text)
 
     def _observed(self, state: ClusterState) -> Observation:
         before = {i.id: i for i in self._instances}
