@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from sluice.common.conda import CondaSpecError, parse_conda_file, parse_match_spec
+from sluice.common.conda import (
+    CondaSpecError,
+    numpy_1_reasons,
+    parse_conda_file,
+    parse_match_spec,
+)
 
 
 @pytest.mark.parametrize(
@@ -191,3 +196,87 @@ def test_pip_options_are_reported_not_passed() -> None:
     )
     assert parsed.requirements == ("x",)
     assert "pip option '--extra-index-url https://example.org/simple'" in parsed.warnings[0]
+
+
+# cli/endpoints/online/managed/inference-schema/env.yml (azureml-examples): conda-forge's
+# scikit-learn 1.2.2 depends on numpy<2, PyPI's wheel only on numpy>=1.17.3.
+INFERENCE_SCHEMA = """
+name: amlex-infschema
+channels:
+  - conda-forge
+dependencies:
+  - python=3.10
+  - scikit-learn=1.2.2
+  - numpy
+  - pandas
+  - pip:
+    - joblib
+    - azureml-inference-server-http==0.7.6
+    - inference-schema==1.4
+"""
+
+
+def test_a_conda_pin_built_against_numpy_1_needs_numpy_1() -> None:
+    requirements = parse_conda_file(INFERENCE_SCHEMA).requirements
+    assert numpy_1_reasons(requirements) == (
+        "scikit-learn 1.2.2 predates its NumPy 2 build (1.4.2)",
+    )
+
+
+@pytest.mark.parametrize(
+    ("requirements", "reasons"),
+    [
+        (["scikit-learn==1.2.2"], ["scikit-learn 1.2.2 predates its NumPy 2 build (1.4.2)"]),
+        (["scikit-learn==1.2.*"], ["scikit-learn 1.2 predates its NumPy 2 build (1.4.2)"]),
+        (["scikit-learn~=1.2.0"], ["scikit-learn ~=1.2.0 predates its NumPy 2 build (1.4.2)"]),
+        (["scikit-learn<1.3"], ["scikit-learn <1.3 predates its NumPy 2 build (1.4.2)"]),
+        (["scikit-learn<1.4.2"], ["scikit-learn <1.4.2 predates its NumPy 2 build (1.4.2)"]),
+        (
+            ["scikit-learn>=1.0,<1.4"],
+            ["scikit-learn <1.4,>=1.0 predates its NumPy 2 build (1.4.2)"],
+        ),
+        (
+            ["Scikit_Learn == 1.1.3", "numpy"],
+            ["scikit-learn 1.1.3 predates its NumPy 2 build (1.4.2)"],
+        ),
+        (
+            ["scipy==1.10.1", "pandas==2.2.1", "torch==2.2.2"],
+            [
+                "scipy 1.10.1 predates its NumPy 2 build (1.13.0)",
+                "pandas 2.2.1 predates its NumPy 2 build (2.2.2)",
+                "torch 2.2.2 predates its NumPy 2 build (2.3.0)",
+            ],
+        ),
+        (["scikit-learn==1.4.2"], []),  # the first NumPy 2 build
+        (["scikit-learn==1.4.*"], []),  # admits 1.4.2
+        (["scikit-learn<=1.4.2"], []),
+        (["scikit-learn~=1.2"], []),  # >=1.2, <2
+        (["scikit-learn"], []),  # unpinned: uv picks a NumPy 2 build
+        (["scikit-learn>=1.0"], []),  # lower bounds only
+        (["scikit-learn!=1.5.0"], []),
+        (["scikit-learn==1.2.2", "numpy==1.26.4"], []),  # the user's numpy pin decides
+        (["scikit-learn==1.2.2", "numpy>=2"], []),  # even one that will not resolve
+        (["numpy~=1.22", "scipy==1.10.1"], []),
+        (["xgboost==1.5.0", "lightgbm==3.3.5"], []),  # ctypes, not NumPy's C API
+        (["/artifacts/code/pkg", "scikit-learn @ https://example.org/sklearn.whl"], []),
+    ],
+)
+def test_pins_of_releases_built_against_numpy_1(
+    requirements: list[str], reasons: list[str]
+) -> None:
+    assert numpy_1_reasons(requirements) == tuple(reasons)
+
+
+@pytest.mark.parametrize(
+    ("entry", "reason"),
+    [
+        ("scikit-learn=1.2.2=py310hf7d194e_1", "scikit-learn 1.2.2 predates"),  # env export
+        ("pytorch=1.11.0=py3.9_cpu_0", "torch 1.11.0 predates its NumPy 2 build (2.3.0)"),
+        ("matplotlib-base=3.5", "matplotlib 3.5 predates its NumPy 2 build (3.8.4)"),
+        ("pyarrow 15.0.2", "pyarrow 15.0.2 predates its NumPy 2 build (16.0.0)"),
+        ("scikit-image<0.23", "scikit-image <0.23 predates its NumPy 2 build (0.23.1)"),
+    ],
+)
+def test_conda_spellings_of_old_compiled_packages(entry: str, reason: str) -> None:
+    (found,) = numpy_1_reasons([parse_match_spec(entry).requirement()])
+    assert found.startswith(reason)

@@ -62,6 +62,50 @@ def test_same_requirements_share_one_environment() -> None:
     assert resolve(EnvironmentSpec(pip_requirements=("joblib",))).key != a.key
 
 
+# Azure's inference-schema sample (env.yml), less the runtime Sluice replaces: scikit-learn
+# pinned to a release built against NumPy 1.x, numpy left to the installer.
+OLD_SKLEARN = """
+name: amlex-infschema
+channels:
+  - conda-forge
+dependencies:
+  - python=3.11
+  - scikit-learn=1.2.2
+  - numpy
+  - pandas
+  - pip:
+    - joblib
+"""
+
+
+def test_a_release_built_against_numpy_1_gets_numpy_below_2_as_a_constraint() -> None:
+    """Conda would install NumPy 1.x beside scikit-learn 1.2.2 (its build says numpy<2);
+    PyPI's wheel says only numpy>=1.17.3, so uv would pick NumPy 2 and init() would fail."""
+    resolved = resolve(EnvironmentSpec(conda_file=OLD_SKLEARN))
+    assert resolved.constraints == ("numpy<2",)
+    assert "numpy<2" not in resolved.requirements  # a bound, not a package they asked for
+    assert "numpy<2: scikit-learn 1.2.2 predates its NumPy 2 build (1.4.2)" in resolved.warnings[-1]
+    unconstrained = ResolvedEnvironment(resolved.requirements, resolved.interpreter)
+    assert resolved.key != unconstrained.key  # one built before this cannot be reused
+
+
+@pytest.mark.parametrize(
+    "pip",
+    [
+        ("scikit-learn==1.2.2", "numpy==2.0.2"),  # the user's numpy pin is never overridden
+        ("scikit-learn==1.5.2",),
+        ("scikit-learn>=1.0",),
+        ("scikit-learn", "numpy"),
+    ],
+)
+def test_no_constraint_without_an_old_pin_or_with_a_numpy_pin(pip: tuple[str, ...]) -> None:
+    resolved = resolve(EnvironmentSpec(pip_requirements=pip))
+    assert resolved.constraints == ()
+    assert not any("numpy<2" in w for w in resolved.warnings)
+    # Environments without constraints keep the keys they were built under.
+    assert resolved.key == ResolvedEnvironment(resolved.requirements, resolved.interpreter).key
+
+
 def test_no_requirements_means_the_platform_environment() -> None:
     assert resolve(EnvironmentSpec()).requirements == ()
     ours = f"python={sys.version_info[0]}.{sys.version_info[1]}"
@@ -387,6 +431,29 @@ def test_two_processes_asking_for_one_environment_build_it_once() -> None:
             check=True,
         )
         assert ran.stdout.strip() == "42"
+
+
+@pytest.mark.integration  # builds an environment with uv from PyPI (about 15 s)
+@pytest.mark.timeout(300)
+def test_scikit_learn_1_2_2_is_built_with_numpy_1() -> None:
+    """The inference-schema sample's environment, built for real: uv honours the constraint,
+    so scikit-learn 1.2.2's compiled modules import (with NumPy 2 they fail: "numpy.dtype size
+    changed"), and the build log says why NumPy is held back."""
+    with traversable_dir("sluice-envs-") as folder:
+        builder = EnvironmentBuilder(folder / "envs")
+        env = asyncio.run(builder.ensure(EnvironmentSpec(conda_file=OLD_SKLEARN)))
+        ran = subprocess.run(
+            [env.python, "-c", "import numpy, sklearn.linear_model as m; "
+             "print(numpy.__version__, m.LinearRegression().fit([[0], [1]], [1, 3]).coef_[0])"],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        assert ran.returncode == 0, ran.stderr
+        numpy_version, coef = ran.stdout.split()
+        assert Version(numpy_version).major == 1 and float(coef) == pytest.approx(2.0)
+        assert env.log_path is not None
+        text = env.log_path.read_text()
+    assert "warning: numpy<2: scikit-learn 1.2.2 predates its NumPy 2 build (1.4.2)" in text
+    assert "constraints:\n  numpy<2\n" in text and "--constraints " in text
 
 
 @pytest.mark.integration  # runs a process

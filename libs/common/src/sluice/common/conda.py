@@ -16,6 +16,14 @@ translated to a PEP 508 requirement and checked with `packaging`:
 
 A spec that cannot be expressed for pip (`a|b` alternatives, a version that is
 not a version) is a `CondaSpecError` naming the entry, raised at create time.
+
+One thing conda knows that PyPI's metadata does not: a compiled package built
+against NumPy 1.x cannot run beside NumPy 2 (`ValueError: numpy.dtype size
+changed`). Conda's builds of such a release say `numpy<2`; its PyPI wheels say
+only `numpy>=1.x`, so uv would pick NumPy 2 (`scikit-learn=1.2.2` with `numpy`
+unpinned: Azure's inference-schema sample). `numpy_1_reasons` finds the pins
+that need NumPy 1.x (`NUMPY_2_BUILDS`), and the environment then installs with
+the constraint `numpy<2`, unless the user pinned numpy themselves.
 """
 
 from __future__ import annotations
@@ -27,8 +35,9 @@ from typing import Any
 
 import yaml
 from packaging.requirements import InvalidRequirement, Requirement
-from packaging.specifiers import InvalidSpecifier, Specifier
+from packaging.specifiers import InvalidSpecifier, Specifier, SpecifierSet
 from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
 
 # Conda package name -> PyPI project name, where they differ.
 PYPI_NAMES = {
@@ -93,6 +102,25 @@ SYSTEM_PACKAGES = frozenset(
         "zstd",
     }
 )
+# The first release of each compiled package (one that uses NumPy's C API) whose wheels
+# were built against NumPy 2, and so run with NumPy 1.x and 2 alike; any older release was
+# built against NumPy 1.x and fails to import beside NumPy 2. Each version is from the
+# package's release notes, as listed in NumPy's tracking issue numpy/numpy#26191.
+# xgboost and lightgbm are not here: they load their library with ctypes, not the C API.
+NUMPY_2_BUILDS = {
+    "scikit-learn": Version("1.4.2"),  # 1.4.2: "only includes support for numpy 2"
+    "scipy": Version("1.13.0"),  # 1.13.0: "aims to support NumPy 2.0.0"
+    "pandas": Version("2.2.2"),  # 2.2.2: "now compatible with numpy 2.0"
+    "matplotlib": Version("3.8.4"),  # 3.8.4: "released wheels are built against numpy 2"
+    "h5py": Version("3.11.0"),  # 3.11: "now compatible with Numpy 2.0"
+    "pyarrow": Version("16.0.0"),  # 16.0.0 closed apache/arrow#39532 (wheels built on NumPy 2)
+    "numba": Version("0.60.0"),  # 0.60.0: "binary support for NumPy 2.0"
+    "statsmodels": Version("0.14.2"),  # 0.14.2: "allow statsmodels to run ... using NumPy 2"
+    "scikit-image": Version("0.23.1"),  # 0.23.0 was never released; 0.23 builds on NumPy 2
+    "tensorflow": Version("2.18.0"),  # 2.18.0: "compiled with NumPy 2.0 by default"
+    "torch": Version("2.3.0"),  # "the first version that supports NumPy 2.0" (pytorch#132179)
+}
+NUMPY_1 = "numpy<2"  # the uv constraint an environment with such a pin gets
 OPERATORS = ("===", "==", "!=", "<=", ">=", "~=", "<", ">")
 SPEC_RE = re.compile(r"^(?P<name>[A-Za-z0-9_][A-Za-z0-9_.\-]*)\s*(?P<rest>.*)$")
 BRACKET_RE = re.compile(r"^(?P<head>[^\[]*)\[(?P<body>.*)\]\s*$")
@@ -287,3 +315,64 @@ def parse_conda_file(text: str) -> CondaRequirements:
     if builds:
         warnings.append(f"conda build strings ignored for {builds} package(s)")
     return CondaRequirements(tuple(requirements), python, tuple(warnings))
+
+
+def _release_after(prefix: str) -> Version:
+    """The first version past a prefix's series: `1.2.2` -> 1.2.3, `1` -> 2."""
+    *head, last = Version(prefix).release
+    return Version(".".join(str(part) for part in (*head, last + 1)))
+
+
+def _all_before(specifier: SpecifierSet, first: Version) -> bool:
+    """Whether a specifier admits only versions older than `first`: one clause caps it
+    below (`==1.2.2`, `==1.2.*`, `~=1.2.0`, `<1.3`, `<=1.3.2`); lower bounds never do."""
+    for clause in specifier:
+        version = clause.version
+        try:
+            if clause.operator in ("==", "===") and version.endswith(".*"):
+                capped = _release_after(version[:-2]) <= first
+            elif clause.operator in ("==", "==="):
+                capped = Version(version) < first
+            elif clause.operator == "~=":  # ~=1.2.0 is >=1.2.0, ==1.2.*
+                capped = _release_after(version.rsplit(".", 1)[0]) <= first
+            elif clause.operator == "<":
+                capped = Version(version) <= first
+            elif clause.operator == "<=":
+                capped = Version(version) < first
+            else:
+                capped = False
+        except InvalidVersion:  # `===` takes any string
+            capped = False
+        if capped:
+            return True
+    return False
+
+
+def _shown(specifier: SpecifierSet) -> str:
+    """A pin as a person reads it: `==1.2.2.*` is 1.2.2 (conda's `=1.2.2`), else as written."""
+    clauses = list(specifier)
+    if len(clauses) == 1 and clauses[0].operator == "==":
+        return clauses[0].version.removesuffix(".*")
+    return str(specifier)
+
+
+def numpy_1_reasons(requirements: Iterable[str]) -> tuple[str, ...]:
+    """Why these pip requirements need NumPy 1.x: one reason per requirement that admits
+    only releases built against it (`NUMPY_2_BUILDS`), e.g. "scikit-learn 1.2.2 predates
+    its NumPy 2 build (1.4.2)". None when a requirement pins numpy itself: the user's
+    choice is never overridden. A requirement pip cannot read (a path, a URL) is no pin."""
+    reasons: list[str] = []
+    for line in requirements:
+        try:
+            requirement = Requirement(line)
+        except InvalidRequirement:
+            continue
+        name = canonicalize_name(requirement.name)
+        if name == "numpy" and (requirement.specifier or requirement.url):
+            return ()
+        first = NUMPY_2_BUILDS.get(name)
+        if first is None or requirement.url or not _all_before(requirement.specifier, first):
+            continue
+        pin = _shown(requirement.specifier)
+        reasons.append(f"{name} {pin} predates its NumPy 2 build ({first})")
+    return tuple(reasons)

@@ -1,9 +1,11 @@
 """Environments: a deployment's conda file / pip list becomes a cached virtualenv.
 
 The environment is resolved to a sorted list of pip requirements (conda match
-specs are translated by `sluice.common.conda`) and an interpreter, hashed, and
-built once with uv into `<root>/<hash>/`; every deployment with the same
-requirements and interpreter shares it. The virtualenv also sees the
+specs are translated by `sluice.common.conda`), the constraints Sluice adds
+(`numpy<2` beside a pinned release built against NumPy 1.x, which conda would
+have honoured: `conda.numpy_1_reasons`) and an interpreter, hashed, and built
+once with uv into `<root>/<hash>/`; every deployment with the same requirements,
+constraints and interpreter shares it. The virtualenv also sees the
 platform's own packages (through a `.pth` hook placed *after* its
 site-packages), so the inference server runs in it while the user's pins take
 precedence. An environment of another Python minor than the platform's
@@ -50,7 +52,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
 from sluice.common import confine, interpreters
-from sluice.common.conda import CondaSpecError, parse_conda_file
+from sluice.common.conda import NUMPY_1, CondaSpecError, numpy_1_reasons, parse_conda_file
 from sluice.common.curated import CuratedCatalogue
 from sluice.common.interpreters import Interpreter
 from sluice.common.isolation import (
@@ -123,6 +125,8 @@ class ResolvedEnvironment:
     requirements: tuple[str, ...]
     interpreter: Interpreter
     warnings: tuple[str, ...] = ()
+    # uv constraints: they bound a package's version if it is installed, never install one
+    constraints: tuple[str, ...] = ()
 
     @property
     def foreign(self) -> bool:
@@ -131,8 +135,11 @@ class ResolvedEnvironment:
 
     @property
     def key(self) -> str:
-        text = "\n".join([f"python={self.interpreter.version}", *self.requirements])
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        lines = [f"python={self.interpreter.version}", *self.requirements]
+        # Only when there are some: an environment without constraints keeps the key it was
+        # built under, and one that gains `numpy<2` is built anew, not found with NumPy 2.
+        lines += [f"-c {constraint}" for constraint in self.constraints]
+        return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -199,7 +206,13 @@ def resolve(spec: EnvironmentSpec, available: Sequence[Interpreter] = ()) -> Res
             warnings.append(f"{req!r} is not installed: Sluice's inference server replaces it")
         elif req.strip() and req.strip() not in kept:
             kept.append(req.strip())
-    return ResolvedEnvironment(tuple(sorted(kept)), choice.interpreter, tuple(warnings))
+    constraints: tuple[str, ...] = ()
+    if reasons := numpy_1_reasons(kept):
+        constraints = (NUMPY_1,)
+        warnings.append(f"{NUMPY_1}: " + "; ".join(reasons) + " (pin numpy to choose another)")
+    return ResolvedEnvironment(
+        tuple(sorted(kept)), choice.interpreter, tuple(warnings), constraints
+    )
 
 
 def build_env(environ: Mapping[str, str]) -> dict[str, str]:
@@ -326,7 +339,14 @@ class EnvironmentBuilder:
                 out.write(f"warning: {warning}\n")
             out.write(f"python: {resolved.interpreter.path} ({resolved.interpreter.version})\n")
             out.write("requirements:\n" + "".join(f"  {r}\n" for r in resolved.requirements))
-        log.info("environment_building", key=resolved.key, requirements=resolved.requirements)
+            if resolved.constraints:
+                out.write("constraints:\n" + "".join(f"  {c}\n" for c in resolved.constraints))
+        log.info(
+            "environment_building",
+            key=resolved.key,
+            requirements=resolved.requirements,
+            constraints=resolved.constraints,
+        )
         builder = account_for("build", resolved.key) if isolating() else None
         sandboxed = self._landlock
         try:
@@ -414,7 +434,19 @@ class EnvironmentBuilder:
             # Bytecode compiled now: instances run as deployments' users, who cannot write
             # into the (platform's) environment, so they would compile every import again.
             install = [uv, "pip", "install", "--compile-bytecode", "--python", python]
+            if resolved.constraints:
+                constraints = await asyncio.to_thread(self._constraints_file, venv, resolved)
+                install += ["--constraints", str(constraints)]
             await run([*install, *resolved.requirements, *server])
+
+    @staticmethod
+    def _constraints_file(venv: Path, resolved: ResolvedEnvironment) -> Path:
+        """`resolved.constraints` as a file uv reads (it takes constraints from files only).
+        In the environment's folder: the build's user and its sandbox read it there."""
+        path = venv / "sluice-constraints.txt"
+        path.write_text("".join(f"{c}\n" for c in resolved.constraints))
+        path.chmod(0o644)
+        return path
 
     @staticmethod
     async def _run(
