@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -42,6 +43,15 @@ class Cli:
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
         return self.runner.complete(*args, env=self.env, cwd=self.cwd)
+
+    def elsewhere(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """As a CLI on another machine: the registry's address and token, but a state folder
+        of its own, empty, so no file of the platform's is there to copy from."""
+        empty = self.cwd.parent / "elsewhere"
+        empty.mkdir(exist_ok=True)
+        assert not any(empty.iterdir())
+        env = {**self.env, "SLUICE_STATE_DIR": str(empty)}
+        return self.runner.complete(*args, env=env, cwd=self.cwd)
 
     def json(self, *args: str) -> dict[str, object]:
         result = self.run(*args, "-o", "yaml")
@@ -237,9 +247,11 @@ def test_cli_model_environment_and_data(cli: Cli, tmp_path: Path) -> None:
     assert str(containers[1]["id"]).endswith("/models/my-model")  # type: ignore[index, call-overload]
     refused = cli.error("model", "create", "-n", "bad", "-p", "azureml://artifacts/sha256:1/m")
     assert "is not an uploaded artifact" in refused
-    result = cli.run("model", "download", "-n", "my-model", "-v", "1", "-p", str(tmp_path))
+    result = cli.elsewhere("model", "download", "-n", "my-model", "-v", "1", "-p", str(tmp_path))
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "my-model/model/sklearn_regression_model.pkl").read_bytes()
+    assert (tmp_path / "my-model/model/sklearn_regression_model.pkl").read_bytes() == (
+        cli.cwd / "model-1/model/sklearn_regression_model.pkl"
+    ).read_bytes()
     env = cli.json(
         "environment", "create", "-n", "my-env", "-v", "1",
         "--conda-file", "model-1/environment/conda.yaml", "--image", "ubuntu:22.04",
@@ -251,6 +263,66 @@ def test_cli_model_environment_and_data(cli: Cli, tmp_path: Path) -> None:
     assert "is uri_folder but its path is a file; use type: uri_file" in refused
     data = cli.json("data", "create", "-f", "data.yml", "--set", "type=uri_file")
     assert data["type"] == "uri_file" and not str(data["id"]).startswith("azureml:")
+
+
+def test_downloads_come_from_the_registry_wherever_it_runs(
+    cli: Cli, client: RegistryClient, tmp_path: Path
+) -> None:
+    """`model|data download` stream the stored files from the registry (DownloadArtifact), as
+    `az ml model download` works from any machine: a CLI whose state folder is not the
+    platform's gets every file byte for byte, a model of several chunks included, and a
+    download that cannot be made says why and writes nothing."""
+    model = cli.cwd / "big-model"
+    (model / "tokenizer").mkdir(parents=True)
+    (model / "weights.bin").write_bytes(os.urandom(3 * (1 << 20) + 4321))  # 4 chunks
+    (model / "tokenizer" / "vocab.txt").write_text("a\nb\n")
+    (model / "predict.sh").write_text("#!/bin/sh\n")
+    (model / "predict.sh").chmod(0o755)
+    (model / "latest.bin").symlink_to("weights.bin")
+    cli.json("model", "create", "-n", "big", "-v", "1", "-p", str(model))
+    (cli.cwd / "rows.csv").write_text("x\n1\n2\n")
+    cli.json("data", "create", "-n", "rows", "-v", "1", "-t", "uri_file", "-p", "rows.csv")
+    cli.json("data", "create", "-n", "web", "-v", "1", "-t", "uri_file", "-p", "https://x.y/a.csv")
+    dl = tmp_path / "dl"
+
+    result = cli.elsewhere("model", "download", "-n", "big", "-v", "1", "-p", str(dl))
+    assert result.returncode == 0, result.stderr
+    assert f"Downloaded model big to {dl / 'big' / 'big-model'}." in " ".join(result.stderr.split())
+    got = dl / "big" / "big-model"
+    files = sorted(p.relative_to(model) for p in model.rglob("*"))
+    assert sorted(p.relative_to(got) for p in got.rglob("*")) == files
+    for name in files:
+        if (model / name).is_file() and not (model / name).is_symlink():
+            assert (got / name).read_bytes() == (model / name).read_bytes(), name
+    assert (got / "latest.bin").readlink() == Path("weights.bin")
+    assert os.access(got / "predict.sh", os.X_OK)
+    result = cli.elsewhere("data", "download", "-n", "rows", "-v", "1", "-p", str(dl))
+    assert result.returncode == 0, result.stderr
+    assert (dl / "rows" / "rows.csv").read_text() == "x\n1\n2\n"
+    # Again into the same folder: files are replaced, other files stay (as a copy merges).
+    (got / "weights.bin").write_bytes(b"edited")
+    (got / "notes.txt").write_text("mine")
+    assert cli.elsewhere("model", "download", "-n", "big", "-v", "1", "-p", str(dl)).returncode == 0
+    assert (got / "weights.bin").read_bytes() == (model / "weights.bin").read_bytes()
+    assert (got / "notes.txt").read_text() == "mine"
+
+    nothing = tmp_path / "nothing"
+    result = cli.elsewhere(
+        "model", "download", "-n", "no-such-model", "-v", "1", "-p", str(nothing)
+    )
+    assert result.returncode == 1 and "no-such-model" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    result = cli.elsewhere("data", "download", "-n", "web", "-v", "1", "-p", str(nothing))
+    assert result.returncode == 1
+    assert "is a URI (https://x.y/a.csv); nothing to copy" in " ".join(result.stderr.split())
+    assert not nothing.exists()
+    with pytest.raises(SluiceError) as missing:
+        client.download("sha256:" + "0" * 64)
+    assert missing.value.code == "NOT_FOUND"
+    assert "no artifact sha256:000" in str(missing.value)
+    with pytest.raises(SluiceError) as bad:
+        client.download("sha256:../../admin-token")
+    assert bad.value.code == "INVALID_ARGUMENT"
 
 
 def test_az_verbs_and_options_for_assets(cli: Cli, client: RegistryClient) -> None:

@@ -132,6 +132,15 @@ class Cli:
     def json(self, *args: str) -> Any:
         return json.loads(self(*args, "-o", "json").stdout)
 
+    def elsewhere(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """As a CLI on another machine: the services' addresses and the token, but a state
+        folder of its own, empty, so no job folder or output path is there to copy from."""
+        empty = self.cwd / "elsewhere"
+        empty.mkdir(exist_ok=True)
+        assert not any(empty.iterdir())
+        env = {**self.env, "SLUICE_STATE_DIR": str(empty)}
+        return self.runner.complete(*args, env=env, cwd=self.cwd)
+
     def error(self, *args: str) -> str:
         result = self(*args, ok=False)
         assert result.returncode == 1, result.stdout + result.stderr
@@ -325,11 +334,20 @@ def test_folder_of_csvs_every_row_once_in_order(cli: Cli, batch: RunningService)
     assert "init() done" in logs and "mini-batch 3 done" in logs
     assert "worker-0 started from a warm spare" in logs
     assert "worker-1 started from a warm spare" in logs
-    # Downloaded as Azure's samples read it: named-outputs/score/<file>.
-    cli("job", "download", "-n", job["name"], "--download-path", "dl")
-    assert (cli.cwd / "dl/named-outputs/score/predictions.csv").read_text().splitlines() == (
-        expected
-    )
+    # Downloaded as Azure's samples read it, named-outputs/score/<file>, streamed by the batch
+    # service (DownloadJobOutput): the CLI's own state folder holds nothing to copy.
+    downloaded = cli.elsewhere("job", "download", "-n", job["name"], "--download-path", "dl")
+    assert downloaded.returncode == 0, downloaded.stderr
+    got = cli.cwd / "dl/named-outputs/score"
+    assert sorted(p.name for p in got.iterdir()) == ["predictions.csv"]
+    assert (got / "predictions.csv").read_bytes() == (
+        Path(job["output_path"]) / "predictions.csv"
+    ).read_bytes()
+    assert (got / "predictions.csv").read_text().splitlines() == expected
+    refused = cli.elsewhere("job", "download", "-n", "no-such-job", "-p", "none")
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert "job 'no-such-job' does not exist" in refused.stderr
+    assert not (cli.cwd / "none").exists()
     # Compute exists only while the job runs, and is recorded for the metrics service's costs.
     assert workers_of(cli, job["name"]) == {}
     # ... and 2 spares wait for the next job (started once this one was done).
@@ -571,6 +589,14 @@ def test_error_threshold_fails_or_completes(cli: Cli) -> None:
     assert "more than error_threshold=1" in failed["status_message"]
     assert "bad" in failed["status_message"] and "cannot score" in failed["status_message"]
     assert workers_of(cli, failed["name"]) == {}
+    # Every mini-batch failed: there is no output to download, and the CLI says so.
+    make_csvs(cli.cwd / "all-bad", 2, 1, bad=(0, 1))
+    none = cli.finished(invoke(cli, "err-batch", cli.cwd / "all-bad")["name"])
+    assert none["status"] == "Failed" and not Path(none["output_path"]).exists()
+    refused = cli.elsewhere("job", "download", "-n", none["name"], "-p", "dl")
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert f"job {none['name']} (Failed) wrote no output" in " ".join(refused.stderr.split())
+    assert not (cli.cwd / "dl").exists()
 
 
 # Azure's common pattern: a file it cannot read is logged and skipped, not raised.
@@ -687,8 +713,12 @@ def run_summary_only(cli: Cli, endpoint: str) -> None:
     for path in [output, *output.iterdir()]:  # handed back: the platform's, not writable
         assert path.stat().st_uid == os.geteuid(), path
         assert not path.stat().st_mode & 0o022, path
-    cli("job", "download", "-n", job["name"], "--download-path", "dl")
-    assert (cli.cwd / "dl/named-outputs/score/f000.csv").exists()
+    downloaded = cli.elsewhere("job", "download", "-n", job["name"], "--download-path", "dl")
+    assert downloaded.returncode == 0, downloaded.stderr
+    got = cli.cwd / "dl/named-outputs/score"
+    assert sorted(p.name for p in got.iterdir()) == sorted(p.name for p in output.iterdir())
+    for path in output.iterdir():
+        assert (got / path.name).read_bytes() == path.read_bytes(), path
 
 
 def test_summary_only_scripts_write_their_own_output(cli: Cli) -> None:
@@ -1016,6 +1046,12 @@ def test_jobs_are_in_the_lineage_of_their_model_and_data(cli: Cli, gates: Path) 
         shown = cli.json(kind, "show", "-n", name, "-v", "1")
         assert f"job {job}" in shown["used_by"], shown
     cli("data", "archive", "-n", "rows", "-v", "1")  # while the job reads it
+    refused = cli.elsewhere("job", "download", "-n", job, "-p", "early")
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert re.search(
+        f"job {job} is (Queued|Running): download it once it has ended", refused.stderr
+    )
+    assert not (cli.cwd / "early").exists()
     gate.touch()
     done = cli.finished(job)
     assert done["status"] == "Completed", done["status_message"]

@@ -94,9 +94,11 @@ async def test_roles_are_enforced_and_the_token_user_is_the_actor(
 ) -> None:
     reader = cli.ok("token", "create", "--user", "alice", "--role", "reader")["token"]
     assert registry.settings.admin_token
+    (cli.cwd / "model.txt").write_text("weights")
     with client(registry, registry.settings.admin_token) as admin:
         deployer = admin.create_token("bob", "deployer").secret
         admin.create_online_endpoint(OnlineEndpointSpec(name="tok-endpoint"))
+        model = admin.upload(cli.cwd / "model.txt")
 
     # reader: reads, but no changes, no keys, no tokens (the CLI shows the registry's words).
     message = cli.as_token(reader).error("online-endpoint", "create", "-f", "other.yml")
@@ -107,6 +109,10 @@ async def test_roles_are_enforced_and_the_token_user_is_the_actor(
             lambda: alice.get_credentials("tok-endpoint"), "PERMISSION_DENIED"
         )
         assert "may not call ListTokens" in refused(alice.list_tokens, "PERMISSION_DENIED")
+        # A model's files, as Azure's Reader downloads registered models.
+        download = alice.download(model.digest)
+        assert (download.name, download.is_directory) == ("model.txt", False)
+        assert b"weights" in b"".join(download.chunks)
         spec = OnlineEndpointSpec(name="tok-other")
         refused(lambda: alice.create_online_endpoint(spec), "PERMISSION_DENIED")
 
@@ -227,8 +233,13 @@ async def test_batch_and_metrics_check_role_tokens_like_the_registry(
         assert "alice (reader) may not call CancelJob" in refused(
             lambda: batch.cancel("nope"), "PERMISSION_DENIED"
         )
+        # A job's output is what a model made of callers' data: read as logs are.
+        assert "alice (reader) may not call DownloadJobOutput" in refused(
+            lambda: batch.download_output("nope"), "PERMISSION_DENIED"
+        )
     with BatchClient(batch_service.address, deployer) as batch:
         refused(lambda: batch.cancel("nope"), "NOT_FOUND")  # let in: the job does not exist
+        refused(lambda: batch.download_output("nope"), "NOT_FOUND")
     with MetricsClient(metrics_service.address, deployer) as metrics:
         refused(lambda: metrics.delete_alert_rule("nope"), "NOT_FOUND")
     await mongo_db["user_tokens"].update_one(

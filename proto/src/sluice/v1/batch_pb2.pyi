@@ -453,6 +453,55 @@ class CancelJobRequest(_message.Message):
 Global___CancelJobRequest: _TypeAlias = CancelJobRequest  # noqa: Y015
 
 @_typing.final
+class DownloadJobOutputRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DownloadJobOutputRequest: _TypeAlias = DownloadJobOutputRequest  # noqa: Y015
+
+@_typing.final
+class JobOutputChunk(_message.Message):
+    """As the registry's ArtifactChunk: the first chunk names the archive's one top-level entry."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    IS_DIRECTORY_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """first chunk only: the output's name, "score" """
+    is_directory: _builtins.bool
+    """first chunk only: true (an output is a folder)"""
+    data: _builtins.bytes
+    """a slice of an uncompressed tar archive"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        is_directory: _builtins.bool = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "is_directory", b"is_directory", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobOutputChunk: _TypeAlias = JobOutputChunk  # noqa: Y015
+
+@_typing.final
 class StreamJobLogsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

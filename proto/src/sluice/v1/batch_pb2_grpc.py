@@ -59,6 +59,11 @@ class BatchStub:
                 request_serializer=sluice_dot_v1_dot_batch__pb2.StreamJobLogsRequest.SerializeToString,
                 response_deserializer=sluice_dot_v1_dot_batch__pb2.JobLogLine.FromString,
                 _registered_method=True)
+        self.DownloadJobOutput = channel.unary_stream(
+                '/sluice.v1.Batch/DownloadJobOutput',
+                request_serializer=sluice_dot_v1_dot_batch__pb2.DownloadJobOutputRequest.SerializeToString,
+                response_deserializer=sluice_dot_v1_dot_batch__pb2.JobOutputChunk.FromString,
+                _registered_method=True)
         self.InvokeBatchEndpointResource = channel.unary_unary(
                 '/sluice.v1.Batch/InvokeBatchEndpointResource',
                 request_serializer=sluice_dot_v1_dot_batch__pb2.InvokeBatchEndpointRequest.SerializeToString,
@@ -116,6 +121,17 @@ class BatchServicer:
 
     def StreamJobLogs(self, request, context):
         """Follows a job's log until it ends (`sluice job stream`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DownloadJobOutput(self, request, context):
+        """An ended job's output folder as a tar stream (`sluice job download`): one folder,
+        `score`, the first chunk naming it. NOT_FOUND for an unknown job or a job that wrote no
+        output, FAILED_PRECONDITION while it is queued or running. gRPC only, no REST rule:
+        Envoy's transcoder would answer a server stream as one JSON array of chunks, the
+        bytes base64-encoded.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -182,6 +198,11 @@ def add_BatchServicer_to_server(servicer, server):
                     servicer.StreamJobLogs,
                     request_deserializer=sluice_dot_v1_dot_batch__pb2.StreamJobLogsRequest.FromString,
                     response_serializer=sluice_dot_v1_dot_batch__pb2.JobLogLine.SerializeToString,
+            ),
+            'DownloadJobOutput': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadJobOutput,
+                    request_deserializer=sluice_dot_v1_dot_batch__pb2.DownloadJobOutputRequest.FromString,
+                    response_serializer=sluice_dot_v1_dot_batch__pb2.JobOutputChunk.SerializeToString,
             ),
             'InvokeBatchEndpointResource': grpc.unary_unary_rpc_method_handler(
                     servicer.InvokeBatchEndpointResource,
@@ -344,6 +365,33 @@ class Batch:
             '/sluice.v1.Batch/StreamJobLogs',
             sluice_dot_v1_dot_batch__pb2.StreamJobLogsRequest.SerializeToString,
             sluice_dot_v1_dot_batch__pb2.JobLogLine.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadJobOutput(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/sluice.v1.Batch/DownloadJobOutput',
+            sluice_dot_v1_dot_batch__pb2.DownloadJobOutputRequest.SerializeToString,
+            sluice_dot_v1_dot_batch__pb2.JobOutputChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -38,6 +38,13 @@ class BatchStub:
     CancelJob: _grpc.UnaryUnaryMultiCallable[_batch_pb2.CancelJobRequest, _batch_pb2.Job]
     StreamJobLogs: _grpc.UnaryStreamMultiCallable[_batch_pb2.StreamJobLogsRequest, _batch_pb2.JobLogLine]
     """Follows a job's log until it ends (`sluice job stream`)."""
+    DownloadJobOutput: _grpc.UnaryStreamMultiCallable[_batch_pb2.DownloadJobOutputRequest, _batch_pb2.JobOutputChunk]
+    """An ended job's output folder as a tar stream (`sluice job download`): one folder,
+    `score`, the first chunk naming it. NOT_FOUND for an unknown job or a job that wrote no
+    output, FAILED_PRECONDITION while it is queued or running. gRPC only, no REST rule:
+    Envoy's transcoder would answer a server stream as one JSON array of chunks, the
+    bytes base64-encoded.
+    """
     InvokeBatchEndpointResource: _grpc.UnaryUnaryMultiCallable[_batch_pb2.InvokeBatchEndpointRequest, _batch_pb2.JobResource]
     """The same calls for the REST API: jobs in Azure Resource Manager's shape."""
     GetJobResource: _grpc.UnaryUnaryMultiCallable[_batch_pb2.GetJobRequest, _batch_pb2.JobResource]
@@ -59,6 +66,13 @@ class BatchAsyncStub(BatchStub):
     CancelJob: _aio.UnaryUnaryMultiCallable[_batch_pb2.CancelJobRequest, _batch_pb2.Job]  # type: ignore[assignment]
     StreamJobLogs: _aio.UnaryStreamMultiCallable[_batch_pb2.StreamJobLogsRequest, _batch_pb2.JobLogLine]  # type: ignore[assignment]
     """Follows a job's log until it ends (`sluice job stream`)."""
+    DownloadJobOutput: _aio.UnaryStreamMultiCallable[_batch_pb2.DownloadJobOutputRequest, _batch_pb2.JobOutputChunk]  # type: ignore[assignment]
+    """An ended job's output folder as a tar stream (`sluice job download`): one folder,
+    `score`, the first chunk naming it. NOT_FOUND for an unknown job or a job that wrote no
+    output, FAILED_PRECONDITION while it is queued or running. gRPC only, no REST rule:
+    Envoy's transcoder would answer a server stream as one JSON array of chunks, the
+    bytes base64-encoded.
+    """
     InvokeBatchEndpointResource: _aio.UnaryUnaryMultiCallable[_batch_pb2.InvokeBatchEndpointRequest, _batch_pb2.JobResource]  # type: ignore[assignment]
     """The same calls for the REST API: jobs in Azure Resource Manager's shape."""
     GetJobResource: _aio.UnaryUnaryMultiCallable[_batch_pb2.GetJobRequest, _batch_pb2.JobResource]  # type: ignore[assignment]
@@ -107,6 +121,19 @@ class BatchServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_batch_pb2.JobLogLine], _abc.AsyncIterator[_batch_pb2.JobLogLine]]:
         """Follows a job's log until it ends (`sluice job stream`)."""
+
+    @_abc_1.abstractmethod
+    def DownloadJobOutput(
+        self,
+        request: _batch_pb2.DownloadJobOutputRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_batch_pb2.JobOutputChunk], _abc.AsyncIterator[_batch_pb2.JobOutputChunk]]:
+        """An ended job's output folder as a tar stream (`sluice job download`): one folder,
+        `score`, the first chunk naming it. NOT_FOUND for an unknown job or a job that wrote no
+        output, FAILED_PRECONDITION while it is queued or running. gRPC only, no REST rule:
+        Envoy's transcoder would answer a server stream as one JSON array of chunks, the
+        bytes base64-encoded.
+        """
 
     @_abc_1.abstractmethod
     def InvokeBatchEndpointResource(

@@ -175,6 +175,11 @@ class RegistryStub:
                 request_serializer=sluice_dot_v1_dot_registry__pb2.ArtifactChunk.SerializeToString,
                 response_deserializer=sluice_dot_v1_dot_common__pb2.ArtifactRef.FromString,
                 _registered_method=True)
+        self.DownloadArtifact = channel.unary_stream(
+                '/sluice.v1.Registry/DownloadArtifact',
+                request_serializer=sluice_dot_v1_dot_registry__pb2.DownloadArtifactRequest.SerializeToString,
+                response_deserializer=sluice_dot_v1_dot_registry__pb2.ArtifactChunk.FromString,
+                _registered_method=True)
 
 
 class RegistryServicer:
@@ -356,6 +361,16 @@ class RegistryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DownloadArtifact(self, request, context):
+        """A stored artifact as the same canonical tar stream (`model|data download`), the first
+        chunk naming it. NOT_FOUND when nothing is stored under the digest. gRPC only, no REST
+        rule: Envoy's transcoder would answer a server stream as one JSON array of chunks,
+        the bytes base64-encoded.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -498,6 +513,11 @@ def add_RegistryServicer_to_server(servicer, server):
                     servicer.UploadArtifact,
                     request_deserializer=sluice_dot_v1_dot_registry__pb2.ArtifactChunk.FromString,
                     response_serializer=sluice_dot_v1_dot_common__pb2.ArtifactRef.SerializeToString,
+            ),
+            'DownloadArtifact': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadArtifact,
+                    request_deserializer=sluice_dot_v1_dot_registry__pb2.DownloadArtifactRequest.FromString,
+                    response_serializer=sluice_dot_v1_dot_registry__pb2.ArtifactChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1256,6 +1276,33 @@ class Registry:
             '/sluice.v1.Registry/UploadArtifact',
             sluice_dot_v1_dot_registry__pb2.ArtifactChunk.SerializeToString,
             sluice_dot_v1_dot_common__pb2.ArtifactRef.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadArtifact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/sluice.v1.Registry/DownloadArtifact',
+            sluice_dot_v1_dot_registry__pb2.DownloadArtifactRequest.SerializeToString,
+            sluice_dot_v1_dot_registry__pb2.ArtifactChunk.FromString,
             options,
             channel_credentials,
             insecure,

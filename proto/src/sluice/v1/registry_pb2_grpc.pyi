@@ -72,6 +72,12 @@ class RegistryStub:
     DeleteBatchDeployment: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DeleteDeploymentRequest, _registry_pb2.DeleteResponse]
     UploadArtifact: _grpc.StreamUnaryMultiCallable[_registry_pb2.ArtifactChunk, _common_pb2.ArtifactRef]
     """Artifacts: a tar stream of a model or code folder, stored by content digest."""
+    DownloadArtifact: _grpc.UnaryStreamMultiCallable[_registry_pb2.DownloadArtifactRequest, _registry_pb2.ArtifactChunk]
+    """A stored artifact as the same canonical tar stream (`model|data download`), the first
+    chunk naming it. NOT_FOUND when nothing is stored under the digest. gRPC only, no REST
+    rule: Envoy's transcoder would answer a server stream as one JSON array of chunks,
+    the bytes base64-encoded.
+    """
 
 @_typing.type_check_only
 class RegistryAsyncStub(RegistryStub):
@@ -112,6 +118,12 @@ class RegistryAsyncStub(RegistryStub):
     DeleteBatchDeployment: _aio.UnaryUnaryMultiCallable[_registry_pb2.DeleteDeploymentRequest, _registry_pb2.DeleteResponse]  # type: ignore[assignment]
     UploadArtifact: _aio.StreamUnaryMultiCallable[_registry_pb2.ArtifactChunk, _common_pb2.ArtifactRef]  # type: ignore[assignment]
     """Artifacts: a tar stream of a model or code folder, stored by content digest."""
+    DownloadArtifact: _aio.UnaryStreamMultiCallable[_registry_pb2.DownloadArtifactRequest, _registry_pb2.ArtifactChunk]  # type: ignore[assignment]
+    """A stored artifact as the same canonical tar stream (`model|data download`), the first
+    chunk naming it. NOT_FOUND when nothing is stored under the digest. gRPC only, no REST
+    rule: Envoy's transcoder would answer a server stream as one JSON array of chunks,
+    the bytes base64-encoded.
+    """
 
 class RegistryServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -317,5 +329,17 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_common_pb2.ArtifactRef, _abc.Awaitable[_common_pb2.ArtifactRef]]:
         """Artifacts: a tar stream of a model or code folder, stored by content digest."""
+
+    @_abc_1.abstractmethod
+    def DownloadArtifact(
+        self,
+        request: _registry_pb2.DownloadArtifactRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_registry_pb2.ArtifactChunk], _abc.AsyncIterator[_registry_pb2.ArtifactChunk]]:
+        """A stored artifact as the same canonical tar stream (`model|data download`), the first
+        chunk naming it. NOT_FOUND when nothing is stored under the digest. gRPC only, no REST
+        rule: Envoy's transcoder would answer a server stream as one JSON array of chunks,
+        the bytes base64-encoded.
+        """
 
 def add_RegistryServicer_to_server(servicer: RegistryServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -6,7 +6,8 @@ The registry, batch, metrics and provisioner services all accept them besides th
 admin token, with the same rules per role:
 
 - reader: Get*/List* calls and the read-only calls that are not named so
-  (`READ_ONLY_CALLS`: Cost Management's query, a POST over REST), except those that
+  (`READ_ONLY_CALLS`: Cost Management's query, a POST over REST; the download of a
+  stored artifact, as Azure's Reader may download registered models), except those that
   return secrets or what scoring code and callers wrote (`SECRET_READS`: endpoint
   keys — GetCredentials, and ListKeys of the Azure-shaped REST API (Workspace) —,
   scoring tokens, logs, collected data, request logs), as Azure's Reader role cannot
@@ -49,8 +50,13 @@ SECRET_READS = frozenset(
 )
 
 
-# Calls that change nothing although their names do not say Get or List.
-READ_ONLY_CALLS = frozenset({"/sluice.v1.Metrics/QueryCosts"})
+# Calls that change nothing although their names do not say Get or List. An artifact
+# (model, data, code) is read as its asset is, which a reader may: Azure's Reader role
+# downloads registered models. A job's output is not here: it is what a model made of
+# callers' data, read as logs are (`Batch/DownloadJobOutput`, deployers and admins).
+READ_ONLY_CALLS = frozenset(
+    {"/sluice.v1.Metrics/QueryCosts", "/sluice.v1.Registry/DownloadArtifact"}
+)
 # Who may call this may read logs, and so the log tail of a status message.
 LOGS_CALL = "/sluice.v1.Provisioner/GetLogs"
 # Between a status message and the last log lines of the instance or worker that failed.

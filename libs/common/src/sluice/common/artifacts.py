@@ -6,23 +6,34 @@ always gives the same bytes and the same digest. The registry stores the
 unpacked archive under `<root>/sha256/<hex>/<name>`, read-only; that path is
 what the provisioner and the batch runner read. Editing or deleting the
 user's folder after `create` changes nothing that runs.
+
+Downloads travel the other way in the same form: the registry packs a stored
+artifact again (`pack_chunks`), the batch service a job's output folder
+(`plain_folder_chunks`), chunk by chunk, and the client unpacks the stream with the
+checks an upload gets (`unpack_chunks`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import io
 import os
+import posixpath
 import stat
 import tarfile
 import tempfile
-from collections.abc import AsyncIterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Generator, Iterable, Iterator
 from pathlib import Path
+from typing import Any, BinaryIO
 
 from sluice.common.resources import ArtifactRef
+from sluice.common.untrusted import open_plain
 
 CHUNK_SIZE = 1 << 20
+# An archive a chunk at a time, as packing produces it (closed when no longer read).
+Chunks = Generator[bytes, None, None]
 # Never packed: caches and VCS folders that change without the content changing.
 IGNORED = frozenset({"__pycache__", ".git", ".ipynb_checkpoints", ".DS_Store"})
 
@@ -37,6 +48,10 @@ ARTIFACT_URI_PREFIX = "azureml://artifacts/"
 
 class ArtifactError(ValueError):
     """The artifact cannot be packed or stored; the message says why."""
+
+
+class ArtifactNotFound(ArtifactError):
+    """No artifact is stored under the digest asked for."""
 
 
 def _entries(root: Path) -> list[Path]:
@@ -60,19 +75,111 @@ def _normalised(info: tarfile.TarInfo) -> tarfile.TarInfo:
     return info
 
 
+def _members(path: Path) -> Iterator[tuple[Path, str]]:
+    """What `pack` puts in the archive: each entry under `path` and its name there."""
+    for entry in _entries(path):
+        if entry.is_symlink() and not entry.resolve().is_relative_to(path):
+            raise ArtifactError(f"{entry} links outside {path}; copy the file in instead")
+        yield entry, entry.relative_to(path.parent).as_posix()
+
+
 def pack(path: Path) -> bytes:
     """The canonical tar archive of `path` (a folder or a file), named by its basename."""
+    return b"".join(pack_chunks(path))
+
+
+def pack_chunks(path: Path) -> Chunks:
+    """`pack(path)`'s bytes, CHUNK_SIZE at a time, the archive never whole in memory."""
     path = path.resolve()
     if not path.exists():
         raise ArtifactError(f"{path} does not exist")
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for entry in _entries(path):
-            if entry.is_symlink() and not entry.resolve().is_relative_to(path):
-                raise ArtifactError(f"{entry} links outside {path}; copy the file in instead")
-            arcname = entry.relative_to(path.parent).as_posix()
-            tar.add(entry, arcname=arcname, recursive=False, filter=_normalised)
-    return buffer.getvalue()
+    return tar_chunks(_members(path))
+
+
+def plain_folder_chunks(folder: Path, name: str) -> Chunks:
+    """A canonical tar archive of `folder` as a folder called `name`, CHUNK_SIZE at a time,
+    holding only its plain folders and files: a link, FIFO or device in it (which code
+    the platform runs could have left) is neither followed nor sent."""
+    return tar_chunks(_plain_members(folder, name))
+
+
+def _plain_members(folder: Path, name: str) -> Iterator[tuple[Path, str]]:
+    yield folder, name
+    for entry in _entries(folder):
+        kind = entry.lstat().st_mode
+        if entry != folder and (stat.S_ISDIR(kind) or stat.S_ISREG(kind)):
+            yield entry, f"{name}/{entry.relative_to(folder).as_posix()}"
+
+
+def tar_chunks(members: Iterable[tuple[Path, str]]) -> Chunks:
+    """A tar archive of `members` (an entry on disk, its name in the archive), the bytes
+    `TarFile.add(entry, arcname, recursive=False, filter=_normalised)` writes, CHUNK_SIZE
+    at a time: tarfile itself hands nothing back until a whole file is in.
+
+    A file is read CHUNK_SIZE at a time, opened without following a link; one that
+    became shorter since it was listed is an ArtifactError (the header said more).
+    """
+    # Only for its bookkeeping (hard links, by inode) and its header settings.
+    tar = tarfile.TarFile(fileobj=io.BytesIO(), mode="w", format=tarfile.PAX_FORMAT)
+    out = _Chunker()
+    for entry, arcname in members:
+        info = tar.gettarinfo(str(entry), arcname)
+        if info is None:  # a socket: tar has no type for it
+            continue
+        info = _normalised(info)
+        yield from out.add(info.tobuf(tar.format, tar.encoding, tar.errors))
+        if info.isreg():
+            with open_plain(entry) as file:
+                for data in _read_exactly(file, info.size, entry):
+                    yield from out.add(data)
+            yield from out.add(bytes(-info.size % tarfile.BLOCKSIZE))
+    # The end of the archive, as TarFile.close writes it: two zero blocks, then zeros to
+    # a whole record.
+    yield from out.add(bytes(tarfile.BLOCKSIZE * 2))
+    yield from out.add(bytes(-out.total % tarfile.RECORDSIZE))
+    yield from out.rest()
+
+
+def _read_exactly(file: BinaryIO, size: int, entry: Path) -> Iterator[bytes]:
+    left = size
+    while left:
+        data = file.read(min(CHUNK_SIZE, left))
+        if not data:
+            raise ArtifactError(f"{entry} became shorter while it was being read")
+        left -= len(data)
+        yield data
+
+
+class _Chunker:
+    """Bytes gathered into pieces of exactly CHUNK_SIZE (the last one shorter)."""
+
+    def __init__(self) -> None:
+        self._pending = bytearray()
+        self.total = 0
+
+    def add(self, data: bytes) -> Iterator[bytes]:
+        self._pending += data
+        self.total += len(data)
+        while len(self._pending) >= CHUNK_SIZE:
+            yield bytes(self._pending[:CHUNK_SIZE])
+            del self._pending[:CHUNK_SIZE]
+
+    def rest(self) -> Iterator[bytes]:
+        if self._pending:
+            yield bytes(self._pending)
+
+
+async def in_thread(chunks: Chunks) -> AsyncIterator[bytes]:
+    """`chunks`, each one read in a worker thread: a server's event loop never waits on
+    the disk."""
+    try:
+        while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+            yield chunk
+    finally:
+        # Cancelled while a thread still reads: the generator closes when that read ends
+        # and drops it; closing it here would fail ("generator already executing").
+        with contextlib.suppress(ValueError):
+            chunks.close()
 
 
 def chunks(archive: bytes) -> Iterator[bytes]:
@@ -92,9 +199,22 @@ class ArtifactStore:
 
     def folder(self, digest: str) -> Path:
         algorithm, _, hexdigest = digest.partition(":")
-        if algorithm != "sha256" or len(hexdigest) != 64:
+        # Hex digits only: a digest is a caller's word, and `..` or `/` would leave the store.
+        if algorithm != "sha256" or len(hexdigest) != 64 or not _is_hex(hexdigest):
             raise ArtifactError(f"not a sha256 digest: {digest!r}")
         return self.root / "sha256" / hexdigest
+
+    def stored(self, digest: str) -> ArtifactRef:
+        """The artifact stored under `digest` (its folder holds exactly the uploaded file or
+        folder); ArtifactNotFound if none is, ArtifactError if `digest` is not one."""
+        folder = self.folder(digest)
+        found = sorted(folder.iterdir()) if folder.is_dir() else []
+        if len(found) != 1:
+            raise ArtifactNotFound(
+                f"no artifact {digest} is stored: it was never uploaded, or was removed once "
+                "nothing used it"
+            )
+        return ArtifactRef(digest=digest, name=found[0].name, is_directory=found[0].is_dir())
 
     def path_of(self, ref: ArtifactRef) -> Path:
         """Where the file or folder the user uploaded now lives."""
@@ -163,6 +283,84 @@ class ArtifactStore:
         _make_read_only(tree)
 
 
+def unpack_chunks(chunks: Iterable[bytes], name: str, is_directory: bool, into: Path) -> Path:
+    """Extract a streamed archive (a download) that must hold exactly `name`, a folder if
+    `is_directory` and a file otherwise, into the folder `into`; returns `into / name`.
+
+    The checks an upload gets (`ArtifactStore.ingest`): tarfile's "data" filter refuses
+    absolute names, `..`, links that leave `into`, devices and FIFOs, and clears set-uid
+    bits; an entry outside `name`, a link out of it or a wrong kind is an ArtifactError
+    (and `into` keeps what was written before: give an empty folder). What the sender
+    ends the call with (a gRPC error) comes out of `chunks` as it is.
+    """
+    if not name or "/" in name or name in {".", ".."}:
+        raise ArtifactError(f"artifact name {name!r} must be a plain file or folder name")
+
+    def only_name(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
+        if _top(member.name) != name:
+            raise ArtifactError(f"the archive holds {member.name!r}, outside {name!r}")
+        checked = tarfile.data_filter(member, dest)
+        # The filter keeps links inside `into`; the caller moves only `into / name` away,
+        # where a link to a sibling of `name` would point out of what was downloaded.
+        if member.issym() or member.islnk():
+            base = posixpath.dirname(member.name) if member.issym() else ""
+            if _top(posixpath.normpath(posixpath.join(base, member.linkname))) != name:
+                raise ArtifactError(
+                    f"the archive was refused: {member.name!r} links to {member.linkname!r}, "
+                    f"outside {name!r}"
+                )
+        return checked
+
+    reader = _ChunkReader(chunks)
+    try:
+        with tarfile.open(fileobj=reader, mode="r|") as tar:
+            tar.extractall(into, filter=only_name)  # noqa: S202 - "data" filter, name checked
+    except tarfile.FilterError as exc:
+        raise ArtifactError(f"the archive was refused: {exc}") from exc
+    except tarfile.TarError as exc:
+        raise ArtifactError(f"not a valid tar archive: {exc}") from exc
+    reader.drain()  # the end's padding: the sender's call ends, with its status
+    top = into / name
+    if top.is_symlink() or not top.exists() or top.is_dir() != is_directory:
+        kind = "folder" if is_directory else "file"
+        raise ArtifactError(f"the archive does not hold {name!r} as a {kind}")
+    return top
+
+
+def _top(member: str) -> str:
+    return member.split("/", 1)[0]
+
+
+class _ChunkReader(io.RawIOBase):
+    """An iterable of byte chunks as a file to read, for tarfile's stream mode."""
+
+    def __init__(self, chunks: Iterable[bytes]):
+        self._chunks = iter(chunks)
+        self._left = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._left:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return 0
+            self._left = memoryview(chunk)
+        size = min(len(buffer), len(self._left))
+        buffer[:size] = self._left[:size]
+        self._left = self._left[size:]
+        return size
+
+    def drain(self) -> None:
+        for _ in self._chunks:
+            pass
+
+
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdef" for c in text)
+
+
 def _make_read_only(tree: Path) -> None:
     for dirpath, _, filenames in os.walk(tree):
         for name in filenames:
@@ -183,7 +381,7 @@ def parse_artifact_uri(uri: str) -> ArtifactRef:
         not uri.strip().startswith(ARTIFACT_URI_PREFIX)
         or not digest.startswith("sha256:")
         or len(hexdigits) != 64
-        or not all(c in "0123456789abcdef" for c in hexdigits)
+        or not _is_hex(hexdigits)
         or not name.strip("/")
     ):
         raise ArtifactError(

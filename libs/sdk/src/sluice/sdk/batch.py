@@ -21,6 +21,7 @@ from sluice.common.platform import LocalPlatform
 from sluice.common.settings import Settings
 from sluice.sdk.channel import reads_channel, unreachable
 from sluice.sdk.client import PAGE_SIZE, RegistryClient, SluiceError, admin_token
+from sluice.sdk.download import Download, started
 from sluice.v1 import batch_pb2, batch_pb2_grpc, common_pb2
 
 T = TypeVar("T")
@@ -227,12 +228,13 @@ class BatchClient:
         try:
             return method(request, metadata=self._metadata, timeout=timeout)
         except grpc.RpcError as exc:
-            code = exc.code()
-            if code is grpc.StatusCode.UNAVAILABLE:
-                raise SluiceError(
-                    "UNAVAILABLE", unreachable("the batch service", self.address, exc)
-                ) from None
-            raise SluiceError(code.name, exc.details() or code.name) from None
+            raise self._error(exc) from None
+
+    def _error(self, exc: grpc.RpcError) -> SluiceError:
+        code = exc.code()
+        if code is grpc.StatusCode.UNAVAILABLE:
+            return SluiceError("UNAVAILABLE", unreachable("the batch service", self.address, exc))
+        return SluiceError(code.name, exc.details() or code.name)
 
     def invoke(
         self,
@@ -281,6 +283,13 @@ class BatchClient:
 
     def cancel(self, name: str) -> Any:
         return self._call(self._stub.CancelJob, batch_pb2.CancelJobRequest(name=name))
+
+    def download_output(self, name: str) -> Download:
+        """An ended job's output folder as a tar stream (`download.save` writes it); raises
+        SluiceError at once for an unknown job, one still running or one without output.
+        No deadline, as for a followed log."""
+        request = batch_pb2.DownloadJobOutputRequest(name=name)
+        return started(self._stub.DownloadJobOutput(request, metadata=self._metadata), self._error)
 
     def logs(self, name: str, *, follow: bool) -> Iterator[Any]:
         request = batch_pb2.StreamJobLogsRequest(name=name, follow=follow)

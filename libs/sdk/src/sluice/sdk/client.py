@@ -40,6 +40,7 @@ from sluice.common.resources import (
 )
 from sluice.common.settings import Settings
 from sluice.sdk.channel import reads_channel, unreachable
+from sluice.sdk.download import Download, started
 from sluice.v1 import (
     access_pb2,
     access_pb2_grpc,
@@ -171,17 +172,20 @@ class RegistryClient:
         try:
             return method(request, metadata=self._metadata, timeout=30)
         except grpc.RpcError as exc:
-            code = exc.code()
-            trailers = dict(exc.trailing_metadata() or ())
-            if code is grpc.StatusCode.UNAVAILABLE and DEPENDENCY_DOWN_KEY in trailers:
-                raise SluiceError("UNAVAILABLE", exc.details() or code.name) from None
-            if code is grpc.StatusCode.UNAVAILABLE:
-                raise SluiceError(
-                    "UNAVAILABLE",
-                    unreachable("the registry", self.address, exc)
-                    + ": is the platform up (`sluice status`)?",
-                ) from None
-            raise SluiceError(code.name, exc.details() or code.name) from None
+            raise self._error(exc) from None
+
+    def _error(self, exc: grpc.RpcError) -> SluiceError:
+        code = exc.code()
+        trailers = dict(exc.trailing_metadata() or ())
+        if code is grpc.StatusCode.UNAVAILABLE and DEPENDENCY_DOWN_KEY in trailers:
+            return SluiceError("UNAVAILABLE", exc.details() or code.name)
+        if code is grpc.StatusCode.UNAVAILABLE:
+            return SluiceError(
+                "UNAVAILABLE",
+                unreachable("the registry", self.address, exc)
+                + ": is the platform up (`sluice status`)?",
+            )
+        return SluiceError(code.name, exc.details() or code.name)
 
     def _paged(
         self, method: Callable[..., Any], request_type: Any, field: str, **fields: Any
@@ -216,6 +220,13 @@ class RegistryClient:
 
         ref = self._call(self._stub.UploadArtifact, requests())
         return ArtifactRef(digest=ref.digest, name=ref.name, is_directory=ref.is_directory)
+
+    def download(self, digest: str) -> Download:
+        """A stored artifact's files as a tar stream (`download.save` writes them); raises
+        SluiceError at once if nothing is stored under `digest`. No deadline: a large
+        model takes as long as the network needs, as a followed log does."""
+        request = registry_pb2.DownloadArtifactRequest(digest=digest)
+        return started(self._stub.DownloadArtifact(request, metadata=self._metadata), self._error)
 
     # ---- online endpoints ---------------------------------------------------------------
 

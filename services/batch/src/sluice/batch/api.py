@@ -17,12 +17,14 @@ from sluice.batch.jobs import Job
 from sluice.batch.service import (
     AlreadyExists,
     BatchService,
+    FailedPrecondition,
     InvalidArgument,
     InvokeRequest,
     NotFound,
     Overrides,
 )
 from sluice.common.access import status_for_caller
+from sluice.common.artifacts import ArtifactError, in_thread, plain_folder_chunks
 from sluice.common.azure_ids import resource_id
 from sluice.common.grpc_server import actor_of
 from sluice.common.resources import ArtifactRef
@@ -32,8 +34,10 @@ CODES: dict[type[Exception], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     NotFound: grpc.StatusCode.NOT_FOUND,
     AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
 }
 MAX_PAGE = 500
+OUTPUT_NAME = "score"  # a batch job's one output, as Azure names it
 Behaviour = Callable[..., Awaitable[Any]]
 
 
@@ -42,7 +46,7 @@ def errors(behaviour: Behaviour) -> Behaviour:
     async def call(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             return await behaviour(self, request, context)
-        except (InvalidArgument, NotFound, AlreadyExists) as exc:
+        except (InvalidArgument, NotFound, AlreadyExists, FailedPrecondition) as exc:
             await context.abort(CODES[type(exc)], str(exc))
 
     return call
@@ -270,3 +274,19 @@ class BatchApi(batch_pb2_grpc.BatchServicer):
                 yield batch_pb2.JobLogLine(source=source, line=line)
         except NotFound as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+
+    async def DownloadJobOutput(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        """The output folder as a tar stream holding it as `score` (what `job download`
+        writes to named-outputs/score/), read a chunk at a time in a worker thread."""
+        try:
+            folder = await self._svc.output(request.name)
+        except (NotFound, FailedPrecondition) as exc:
+            await context.abort(CODES[type(exc)], str(exc))
+            raise AssertionError("unreachable: abort raises") from exc
+        name, is_directory = OUTPUT_NAME, True
+        try:
+            async for data in in_thread(plain_folder_chunks(folder, OUTPUT_NAME)):
+                yield batch_pb2.JobOutputChunk(name=name, is_directory=is_directory, data=data)
+                name, is_directory = "", False  # only the first chunk names it
+        except (OSError, ArtifactError) as exc:  # changed while it was being sent
+            await context.abort(grpc.StatusCode.ABORTED, f"job {request.name}'s output: {exc}")

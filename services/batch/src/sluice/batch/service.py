@@ -68,6 +68,10 @@ class AlreadyExists(ValueError):
     pass
 
 
+class FailedPrecondition(ValueError):
+    pass
+
+
 @dataclass(frozen=True)
 class Overrides:
     """`--set` values of one invoke; None = the deployment's."""
@@ -411,6 +415,26 @@ class BatchService:
         if job is None:
             raise NotFound(f"job {name!r} does not exist (`sluice job list`)")
         return job
+
+    async def output(self, name: str) -> Path:
+        """An ended job's output folder, checked again to be the platform's all the way down
+        (`output_folder`): NotFound when the job or its output does not exist,
+        FailedPrecondition while it is queued or running."""
+        job = await self.get(name)
+        if not job.state.terminal:
+            raise FailedPrecondition(
+                f"job {name} is {job.state.value}: download it once it has ended"
+            )
+        try:
+            folder = output_folder(Path(job.output_path), create=False)
+        except OutputError as exc:
+            raise FailedPrecondition(str(exc)) from None
+        if not folder.is_dir():
+            raise NotFound(
+                f"job {name} ({job.state.value}) wrote no output "
+                f"(`sluice job show -n {name}` says why)"
+            )
+        return folder
 
     async def cancel(self, name: str) -> Job:
         job = await self.get(name)

@@ -13,7 +13,13 @@ import grpc
 from google.protobuf.message import Message
 
 from sluice.common.access import status_for_caller
-from sluice.common.artifacts import ArtifactError, ArtifactStore
+from sluice.common.artifacts import (
+    ArtifactError,
+    ArtifactNotFound,
+    ArtifactStore,
+    in_thread,
+    pack_chunks,
+)
 from sluice.common.grpc_server import actor_of
 from sluice.common.protoconv import ConversionError, M, to_model, to_proto
 from sluice.common.resources import (
@@ -415,3 +421,24 @@ class RegistryApi(registry_pb2_grpc.RegistryServicer):
         return common_pb2.ArtifactRef(
             digest=ref.digest, name=ref.name, is_directory=ref.is_directory
         )
+
+    async def DownloadArtifact(
+        self, request: registry_pb2.DownloadArtifactRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[registry_pb2.ArtifactChunk]:
+        """The stored artifact packed again (the same canonical archive as its upload's),
+        read from disk a chunk at a time in a worker thread."""
+        try:
+            ref = self._artifacts.stored(request.digest)
+        except ArtifactNotFound as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+            raise AssertionError("unreachable: abort raises") from exc
+        except ArtifactError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise AssertionError("unreachable: abort raises") from exc
+        name, is_directory = ref.name, ref.is_directory
+        try:
+            async for data in in_thread(pack_chunks(self._artifacts.path_of(ref))):
+                yield registry_pb2.ArtifactChunk(name=name, is_directory=is_directory, data=data)
+                name, is_directory = "", False  # only the first chunk names it
+        except (OSError, ArtifactError) as exc:  # removed or changed while it was being sent
+            await context.abort(grpc.StatusCode.ABORTED, f"{request.digest}: {exc}")

@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import typer
 import yaml
 
-from sluice.common.artifacts import ArtifactStore, artifact_uri
+from sluice.common.artifacts import artifact_uri
 from sluice.common.assets import AssetKind
 from sluice.common.azure_ids import asset_container_id, asset_id
-from sluice.common.settings import Settings
 from sluice.sdk import generic_update
 from sluice.sdk.asset_specs import load_asset
 from sluice.sdk.cli.common import (
@@ -31,6 +29,7 @@ from sluice.sdk.cli.common import (
     generic_edits,
     optional_path,
     registry,
+    save_download,
     warn,
 )
 from sluice.sdk.cli.errors import CliError
@@ -319,24 +318,17 @@ def make_app(kind: AssetKind) -> typer.Typer:
             version: str | None = VersionOption,
             download_path: Path = DownloadPathOption,
         ) -> None:
-            """Copy a version's files into --download-path/<name>/."""
+            """Copy a version's files into --download-path/<name>/ (from the registry, wherever
+            it runs)."""
             with registry() as client:
                 asset = client.get_asset(kind, _reference(name, version, None))
-            artifact = asset.doc.spec.artifact
-            if artifact is None:
-                raise CliError(f"{noun} {name!r} is a URI ({asset.doc.spec.path}); nothing to copy")
-            source = ArtifactStore(Settings().state_dir.absolute() / "artifacts").path_of(artifact)
-            if not source.exists():
-                raise CliError(
-                    f"the artifact store is not on this machine ({source} is missing); "
-                    "run the download where the platform runs"
-                )
-            target = download_path / name / artifact.name
-            if source.is_dir():
-                shutil.copytree(source, target, dirs_exist_ok=True)
-            else:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(source, target)
+                artifact = asset.doc.spec.artifact
+                if artifact is None:
+                    raise CliError(
+                        f"{noun} {name!r} is a URI ({asset.doc.spec.path}); nothing to copy"
+                    )
+                target = download_path / name / artifact.name
+                save_download(client.download(artifact.digest), target, f"{noun} {name}")
             err_console.print(f"Downloaded {noun} {name} to {target}.")
 
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -24,6 +25,7 @@ from sluice.sdk.applied import AppliedWatcher
 from sluice.sdk.cli.errors import CliError
 from sluice.sdk.cli.output import err_console
 from sluice.sdk.client import RegistryClient, SluiceError
+from sluice.sdk.download import Download, save
 from sluice.sdk.generic_update import Edit
 
 FileOption = typer.Option(None, "--file", "-f", help="Azure ML CLI v2 YAML file")
@@ -164,6 +166,23 @@ def wait_for_deployment(
             doc = fetch()
             status.update(f"{what}: {doc.meta.provisioning_state.value}…")
     return doc
+
+
+def save_download(download: Download, target: Path, what: str) -> None:
+    """Write a started download at `target`, with a spinner counting what has come."""
+    with err_console.status(f"Downloading {what}…") as status:
+
+        def counted() -> Iterator[bytes]:
+            received = 0
+            for chunk in download.chunks:
+                received += len(chunk)
+                status.update(f"Downloading {what}… {received / (1 << 20):.1f} MiB")
+                yield chunk
+
+        try:
+            save(dataclasses.replace(download, chunks=counted()), target)
+        except OSError as exc:  # the target's folder, not the platform
+            raise CliError(f"cannot write {target}: {exc}") from None
 
 
 def optional_path(value: Path | None) -> Path | None:

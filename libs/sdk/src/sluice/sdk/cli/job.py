@@ -9,7 +9,6 @@ manage it afterwards. `job download` copies the `score` output to
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,7 +28,7 @@ from sluice.sdk.batch import (
     state_name,
     upload_input,
 )
-from sluice.sdk.cli.common import registry
+from sluice.sdk.cli.common import registry, save_download
 from sluice.sdk.cli.errors import CliError
 from sluice.sdk.cli.output import OutputFormat, OutputOption, console, err_console, render
 from sluice.sdk.specs import read_yaml
@@ -241,19 +240,11 @@ def download(
     output_name: str = typer.Option("score", "--output-name", help="the job's output: score"),
     download_path: str = typer.Option(".", "--download-path", "-p", help="target folder"),
 ) -> None:
-    """Copy a finished job's output to <download-path>/named-outputs/score/."""
+    """Copy a finished job's output to <download-path>/named-outputs/score/ (from the batch
+    service, wherever it runs)."""
     if output_name != "score":
         raise CliError(f"--output-name {output_name!r}: a batch job has one output, 'score'")
-    with batch_client() as client:
-        job = client.get(name)
-    if state_name(job) not in TERMINAL:
-        raise CliError(f"job {name} is {state_name(job)}: download it once it has ended")
-    source = Path(job.output_path)
-    if not source.is_dir():
-        raise CliError(
-            f"job {name} has no output at {source} (no mini-batch wrote any, or the batch "
-            "service runs on another host)"
-        )
     target = Path(download_path).expanduser().resolve() / "named-outputs" / "score"
-    shutil.copytree(source, target, dirs_exist_ok=True)
+    with batch_client() as client:
+        save_download(client.download_output(name), target, f"{name}'s output")
     err_console.print(f"Downloaded {name}'s output to {target}")
