@@ -165,6 +165,27 @@ def test_post_to_the_scoring_uri_runs_a_job(
         headers={"azureml-model-deployment": "second"},
     )
     assert pinned.status_code == 200, pinned.text
+    # Polled as Azure's examples poll it: GET <scoring_uri>/<the last segment of its id>.
+    polled = f"{endpoint.scoring_uri}/{job['id'].rsplit('/', 1)[1]}"
+
+    def status() -> str | None:
+        answer = httpx.get(
+            polled,
+            verify=ssl.create_default_context(cafile=ca),
+            headers={"authorization": f"Bearer {endpoint.token}"},
+        )
+        assert answer.status_code == 200, answer.text
+        found = answer.json()["properties"]["status"]
+        return found if found in {"Completed", "Failed", "Canceled"} else None
+
+    assert wait_for(status, "the job ends, polled at its scoring URI", deadline=120) == "Completed"
+    elsewhere = httpx.get(
+        polled.replace(f"/{endpoint.name}/", "/another-endpoint/"),
+        verify=ssl.create_default_context(cafile=ca),
+        headers={"authorization": f"Bearer {endpoint.token}"},
+    )
+    assert elsewhere.status_code == 404, elsewhere.text
+    assert "is not a job of batch endpoint 'another-endpoint'" in elsewhere.json()["message"]
     with BatchClient.connect(endpoint.settings) as batch:
         done = _finished(batch, job["name"])
         assert done.state == batch_pb2.JOB_STATE_COMPLETED, done.status_message
@@ -189,6 +210,14 @@ def test_post_to_the_scoring_uri_runs_a_job(
     )
     assert by_host.status_code == 200, by_host.text
     assert by_host.json()["properties"]["experimentName"] == endpoint.name
+    read = httpx.get(
+        f"http://127.0.0.1:{local_platform.envoy_http_port}/jobs/{by_host.json()['name']}",
+        headers={
+            "host": f"{endpoint.name}.{local_platform.domain}",
+            "authorization": f"Bearer {endpoint.token}",
+        },
+    )
+    assert read.status_code == 200 and read.json()["name"] == by_host.json()["name"], read.text
 
 
 def test_mistakes_are_answered_and_create_no_job(
@@ -250,12 +279,17 @@ def test_mistakes_are_answered_and_create_no_job(
         answer = _post(url, body, token=token, ca=ca, headers=headers)
         assert answer.status_code == status, (body, headers, answer.text)
         assert says in answer.json()["message"], answer.text
-    # A GET is not a job request: the gateway's own 404, not the batch service.
-    got = httpx.get(
-        uri,
-        verify=ssl.create_default_context(cafile=ca),
-        headers={"authorization": f"Bearer {endpoint.token}"},
-    )
-    assert got.status_code == 404, got.text
+    # A GET of the jobs is not a job request: the gateway's own 404, not the batch service;
+    # one of an unknown job, or of a job of another endpoint, is the service's 404.
+    for url, says in [
+        (uri, "no online endpoint answers here"),
+        (f"{uri}/batchjob-nothing", "job 'batchjob-nothing' does not exist"),
+    ]:
+        got = httpx.get(
+            url,
+            verify=ssl.create_default_context(cafile=ca),
+            headers={"authorization": f"Bearer {endpoint.token}"},
+        )
+        assert got.status_code == 404 and says in got.json()["message"], got.text
     with BatchClient.connect(endpoint.settings) as batch:
         assert batch.list(endpoint.name) == []  # nothing was created

@@ -195,6 +195,28 @@ class CreateEndpointJobRequest(_message.Message):
 Global___CreateEndpointJobRequest: _TypeAlias = CreateEndpointJobRequest  # noqa: Y015
 
 @_typing.final
+class GetEndpointJobRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENDPOINT_NAME_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    endpoint_name: _builtins.str
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        endpoint_name: _builtins.str = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint_name", b"endpoint_name", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetEndpointJobRequest: _TypeAlias = GetEndpointJobRequest  # noqa: Y015
+
+@_typing.final
 class JobProgress(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

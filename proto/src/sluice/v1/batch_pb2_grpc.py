@@ -89,6 +89,11 @@ class BatchStub:
                 request_serializer=sluice_dot_v1_dot_batch__pb2.CreateEndpointJobRequest.SerializeToString,
                 response_deserializer=sluice_dot_v1_dot_batch__pb2.JobResource.FromString,
                 _registered_method=True)
+        self.GetEndpointJob = channel.unary_unary(
+                '/sluice.v1.Batch/GetEndpointJob',
+                request_serializer=sluice_dot_v1_dot_batch__pb2.GetEndpointJobRequest.SerializeToString,
+                response_deserializer=sluice_dot_v1_dot_batch__pb2.JobResource.FromString,
+                _registered_method=True)
 
 
 class BatchServicer:
@@ -171,6 +176,15 @@ class BatchServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetEndpointJob(self, request, context):
+        """A job of that endpoint, read back at its scoring URI: `GET <scoring_uri>/<job>` (Azure's
+        examples poll it for `properties.status`). At `<e>.<domain>/jobs/<job>` the gateway
+        sends GetJobResource instead.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BatchServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -227,6 +241,11 @@ def add_BatchServicer_to_server(servicer, server):
             'CreateEndpointJob': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateEndpointJob,
                     request_deserializer=sluice_dot_v1_dot_batch__pb2.CreateEndpointJobRequest.FromString,
+                    response_serializer=sluice_dot_v1_dot_batch__pb2.JobResource.SerializeToString,
+            ),
+            'GetEndpointJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEndpointJob,
+                    request_deserializer=sluice_dot_v1_dot_batch__pb2.GetEndpointJobRequest.FromString,
                     response_serializer=sluice_dot_v1_dot_batch__pb2.JobResource.SerializeToString,
             ),
     }
@@ -526,6 +545,33 @@ class Batch:
             target,
             '/sluice.v1.Batch/CreateEndpointJob',
             sluice_dot_v1_dot_batch__pb2.CreateEndpointJobRequest.SerializeToString,
+            sluice_dot_v1_dot_batch__pb2.JobResource.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEndpointJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sluice.v1.Batch/GetEndpointJob',
+            sluice_dot_v1_dot_batch__pb2.GetEndpointJobRequest.SerializeToString,
             sluice_dot_v1_dot_batch__pb2.JobResource.FromString,
             options,
             channel_credentials,

@@ -55,6 +55,11 @@ class BatchStub:
     `{"properties": {"InputData": {...}, "OutputData": {...}}}` and optionally the
     `azureml-model-deployment` header; the gateway serves it (and so does REST).
     """
+    GetEndpointJob: _grpc.UnaryUnaryMultiCallable[_batch_pb2.GetEndpointJobRequest, _batch_pb2.JobResource]
+    """A job of that endpoint, read back at its scoring URI: `GET <scoring_uri>/<job>` (Azure's
+    examples poll it for `properties.status`). At `<e>.<domain>/jobs/<job>` the gateway
+    sends GetJobResource instead.
+    """
 
 @_typing.type_check_only
 class BatchAsyncStub(BatchStub):
@@ -82,6 +87,11 @@ class BatchAsyncStub(BatchStub):
     """A batch endpoint's scoring URI, as Azure's: `POST <scoring_uri>` (`.../jobs`) with
     `{"properties": {"InputData": {...}, "OutputData": {...}}}` and optionally the
     `azureml-model-deployment` header; the gateway serves it (and so does REST).
+    """
+    GetEndpointJob: _aio.UnaryUnaryMultiCallable[_batch_pb2.GetEndpointJobRequest, _batch_pb2.JobResource]  # type: ignore[assignment]
+    """A job of that endpoint, read back at its scoring URI: `GET <scoring_uri>/<job>` (Azure's
+    examples poll it for `properties.status`). At `<e>.<domain>/jobs/<job>` the gateway
+    sends GetJobResource instead.
     """
 
 class BatchServicer(metaclass=_abc_1.ABCMeta):
@@ -173,6 +183,17 @@ class BatchServicer(metaclass=_abc_1.ABCMeta):
         """A batch endpoint's scoring URI, as Azure's: `POST <scoring_uri>` (`.../jobs`) with
         `{"properties": {"InputData": {...}, "OutputData": {...}}}` and optionally the
         `azureml-model-deployment` header; the gateway serves it (and so does REST).
+        """
+
+    @_abc_1.abstractmethod
+    def GetEndpointJob(
+        self,
+        request: _batch_pb2.GetEndpointJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_batch_pb2.JobResource, _abc.Awaitable[_batch_pb2.JobResource]]:
+        """A job of that endpoint, read back at its scoring URI: `GET <scoring_uri>/<job>` (Azure's
+        examples poll it for `properties.status`). At `<e>.<domain>/jobs/<job>` the gateway
+        sends GetJobResource instead.
         """
 
 def add_BatchServicer_to_server(servicer: BatchServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -268,6 +268,15 @@ class BatchApi(batch_pb2_grpc.BatchServicer):
         )
         return to_resource(job)
 
+    @errors
+    async def GetEndpointJob(self, request: Any, context: Any) -> Any:
+        job = await self._svc.get(request.name)
+        if job.endpoint_name.casefold() != request.endpoint_name.casefold():
+            raise NotFound(
+                f"job {request.name!r} is not a job of batch endpoint {request.endpoint_name!r}"
+            )
+        return to_resource(job)
+
     async def StreamJobLogs(self, request: Any, context: Any) -> AsyncIterator[Any]:
         try:
             async for source, line in self._svc.follow_logs(request.name, request.follow):

@@ -634,17 +634,15 @@ def _transcoder(batch: BatchJobs) -> transcoder_pb2.GrpcJsonTranscoder:
 
 
 def batch_job_routes(batch: BatchJobs | None) -> list[route_components_pb2.Route]:
-    """`POST /endpoints/<e>/jobs` and `POST <e>.<domain>/jobs`: a batch endpoint's scoring
-    URI, to Batch.CreateEndpointJob. The batch service checks the caller's Sluice token as
-    it does for any call, so Envoy's endpoint auth (JWT, RBAC) is off on these routes, and
-    so is the model-error Lua (the service's own 400/401/404 stay as they are). Last in
-    the catch-all host: an online endpoint's routes are matched first (the names are
-    unique across both kinds), and a scoring request never evaluates the regex."""
+    """A batch endpoint's scoring URI: `POST /endpoints/<e>/jobs` and `POST <e>.<domain>/jobs`
+    start a job (Batch.CreateEndpointJob), `GET` of `.../jobs/<job>` reads it back
+    (GetEndpointJob; GetJobResource at the host). The batch service checks the caller's
+    Sluice token as it does for any call, so Envoy's endpoint auth (JWT, RBAC) is off on
+    these routes, and so is the model-error Lua (the service's own 400/401/404 stay as they
+    are). Last in the catch-all host: an online endpoint's routes are matched first (the
+    names are unique across both kinds), and a scoring request never evaluates the regexes."""
     if batch is None:
         return []
-    post = route_components_pb2.HeaderMatcher(
-        name=":method", string_match=string_pb2.StringMatcher(exact="POST")
-    )
     filters = {
         **_filters(None),
         LUA_FILTER: pack(lua_pb2.LuaPerRoute(disabled=True)),
@@ -654,16 +652,35 @@ def batch_job_routes(batch: BatchJobs | None) -> list[route_components_pb2.Route
         header=base_pb2.HeaderValue(key=ENDPOINT_HOST_HEADER, value="%REQ(:AUTHORITY)%"),
         append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
     )
-    by_path = route_components_pb2.RouteMatch(
-        safe_regex=regex_pb2.RegexMatcher(regex=f"^{PATH_PREFIX}[^/]+/jobs$"), headers=[post]
-    )
-    by_host = route_components_pb2.RouteMatch(path="/jobs", headers=[post])
-    # The transcoder turns the request into the gRPC call and routes it again, by its
-    # new path: that route is the one that sends it (and adds the host header).
-    transcoded = route_components_pb2.RouteMatch(
-        path=f"/{BATCH_SERVICE}/CreateEndpointJob",
-        grpc=route_components_pb2.RouteMatch.GrpcRouteMatchOptions(),
-    )
+
+    def method(verb: str) -> route_components_pb2.HeaderMatcher:
+        return route_components_pb2.HeaderMatcher(
+            name=":method", string_match=string_pb2.StringMatcher(exact=verb)
+        )
+
+    def regex(pattern: str, verb: str) -> route_components_pb2.RouteMatch:
+        return route_components_pb2.RouteMatch(
+            safe_regex=regex_pb2.RegexMatcher(regex=pattern), headers=[method(verb)]
+        )
+
+    def transcoded(call: str) -> route_components_pb2.RouteMatch:
+        # The transcoder turns the request into the gRPC call and routes it again, by its
+        # new path: that route is the one that sends it (and adds the host header).
+        return route_components_pb2.RouteMatch(
+            path=f"/{BATCH_SERVICE}/{call}",
+            grpc=route_components_pb2.RouteMatch.GrpcRouteMatchOptions(),
+        )
+
+    matches = {
+        "batch-jobs@path": regex(f"^{PATH_PREFIX}[^/]+/jobs$", "POST"),
+        "batch-jobs@host": route_components_pb2.RouteMatch(path="/jobs", headers=[method("POST")]),
+        "batch-job@path": regex(f"^{PATH_PREFIX}[^/]+/jobs/[^/]+$", "GET"),
+        "batch-job@host": regex("^/jobs/[^/]+$", "GET"),
+        **{
+            f"batch-jobs@grpc/{call}": transcoded(call)
+            for call in ("CreateEndpointJob", "GetEndpointJob", "GetJobResource")
+        },
+    }
     return [
         route_components_pb2.Route(
             name=name,
@@ -674,11 +691,7 @@ def batch_job_routes(batch: BatchJobs | None) -> list[route_components_pb2.Route
             request_headers_to_remove=[key_hash.HEADER],
             typed_per_filter_config=filters,
         )
-        for name, match in (
-            ("batch-jobs@path", by_path),
-            ("batch-jobs@host", by_host),
-            ("batch-jobs@grpc", transcoded),
-        )
+        for name, match in matches.items()
     ]
 
 
