@@ -21,6 +21,8 @@ from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
+from xml.sax.saxutils import escape
 
 import psutil
 import pytest
@@ -626,8 +628,10 @@ def test_successes_are_the_items_run_returned(cli: Cli) -> None:
     assert progress["files_succeeded"] == 4 and progress["files_failed"] == 2
     assert job["status_message"] == "4 of 6 files scored; 2 failed"
     assert output_lines(job) == ["f000.csv", "f002.csv", "f003.csv", "f005.csv"]
-    table = cli("job", "show", "-n", job["name"]).stdout
-    assert "3/3 mini-batches, 2 files failed" in table
+    shown = cli("job", "show", "-n", job["name"], "--web")
+    assert "3/3 mini-batches, 2 files failed" in shown.stdout
+    # No `sluice up` platform here: the portal's page is named, not guessed.
+    assert "portal's address is not known here" in " ".join(shown.stderr.split())
     # The skipped files count toward the threshold as failures do.
     failed = cli.finished(
         invoke(cli, "skip-batch", cli.cwd / "data", "--set", "error_threshold=1")["name"]
@@ -947,21 +951,62 @@ def test_bad_inputs_are_refused_at_invoke(cli: Cli) -> None:
     assert cli.json("job", "list") == []
 
 
+class BlobAccount(SimpleHTTPRequestHandler):
+    """A stand-in for Azure Blob Storage (a third-party service): its files, and the
+    anonymous List Blobs answer of a folder (one page; paging and the rest are tried in
+    services/batch/tests/test_blob_folder.py)."""
+
+    def do_GET(self) -> None:
+        parts = urlsplit(self.path)
+        query = parse_qs(parts.query)
+        if query.get("comp") != ["list"]:
+            super().do_GET()
+            return
+        container = Path(self.directory) / parts.path.strip("/")
+        prefix = query.get("prefix", [""])[0]
+        blobs = "".join(
+            f"<Blob><Name>{escape(name)}</Name><Properties><Content-Length>"
+            f"{(container / name).stat().st_size}</Content-Length></Properties></Blob>"
+            for name in sorted(p.relative_to(container).as_posix() for p in container.rglob("*"))
+            if name.startswith(prefix) and (container / name).is_file()
+        )
+        body = (
+            '<?xml version="1.0" encoding="utf-8"?><EnumerationResults>'
+            f"<Blobs>{blobs}</Blobs><NextMarker /></EnumerationResults>"
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
 def test_http_and_data_asset_inputs(cli: Cli) -> None:
     deploy(cli, "http-batch")
     served = cli.cwd / "served"
     expected = make_csvs(served, 1, 3)
-    handler = partial(SimpleHTTPRequestHandler, directory=str(served))
+    in_blobs = make_csvs(cli.cwd / "data" / "csvs", 3, 2, prefix="b")  # container "data"
+    handler = partial(BlobAccount, directory=str(cli.cwd))
     server = ThreadingHTTPServer(("127.0.0.2", 0), handler)  # listed in batch_url_allow
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        url = f"http://127.0.0.2:{server.server_address[1]}/f000.csv"
-        job = cli.finished(invoke(cli, "http-batch", url, "--input-type", "uri_file")["name"])
+        url = f"http://127.0.0.2:{server.server_address[1]}"
+        job = cli.finished(
+            invoke(cli, "http-batch", f"{url}/served/f000.csv", "--input-type", "uri_file")["name"]
+        )
+        # A remote folder is a Blob Storage container path, as azureml-examples give it:
+        # https://azuremlexampledata.blob.core.windows.net/data/mnist/sample, uri_folder.
+        folder = f"{url}/data/csvs"
+        from_blobs = cli.finished(
+            invoke(cli, "http-batch", folder, "--input-type", "uri_folder")["name"]
+        )
     finally:
         server.shutdown()
     assert job["status"] == "Completed", job["status_message"]
     assert output_lines(job) == expected
+    assert from_blobs["status"] == "Completed", from_blobs["status_message"]
+    assert output_lines(from_blobs) == in_blobs
     # A registered data asset (uploaded folder) works as Azure's azureml:<name>:<version>.
     cli("data", "create", "-n", "served-csvs", "-v", "1", "-t", "uri_folder", "-p", str(served))
     job = cli.finished(invoke(cli, "http-batch", "azureml:served-csvs:1")["name"])

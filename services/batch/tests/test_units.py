@@ -75,10 +75,10 @@ async def test_local_inputs_outside_the_services_folders_are_refused(tmp_path: P
         ("s3://bucket/x.csv", "", "s3:// is not supported"),
         ("relative/path", "", "must be absolute"),
         ("http://127.0.0.1:9/x.csv", "", "127.0.0.1 is a loopback address"),
-        (
-            "http://127.0.0.1:9/x.csv",
+        (  # a remote folder's listing is guarded as a file is
+            "http://127.0.0.1:9/data/folder",
             "uri_folder",
-            "remote folders .uri_folder over http.s.. are not supported",
+            "folder .listing its container. is refused: 127.0.0.1 is a loopback address",
         ),
     ],
 )

@@ -22,7 +22,8 @@ import asyncio
 import ipaddress
 import re
 import socket
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -198,28 +199,71 @@ async def download(
     """Fetch one http(s) file into `scratch`, following at most MAX_REDIRECTS redirects
     (each checked like the first URL) and refusing more than `limit` bytes."""
     scratch.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - one small local mkdir
+    async with _answer(url, policy) as reply:
+        return await _save(reply, url, scratch, limit)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An answer read whole: its HTTP status, Content-Type and body."""
+
+    status: int
+    content_type: str
+    body: bytes
+
+
+async def read(
+    url: str,
+    policy: UrlPolicy,
+    *,
+    headers: Sequence[tuple[str, str]] = (),
+    limit: int,
+    what: str,
+) -> Answer:
+    """GET `url` as `download` does (same checks, same redirects), into memory: for a small
+    answer such as a listing, whatever its status; more than `limit` bytes is refused.
+    Errors name `what` (e.g. the input the request is made for) rather than `url`."""
+    async with _answer(url, policy, headers, what) as reply:
+        body = bytearray()
+        async for chunk in reply.aiter_stream():
+            body += chunk
+            if len(body) > limit:
+                raise FetchError(f"{what} answered more than the limit of {limit} bytes")
+        return Answer(reply.status, _header(reply, b"content-type") or "", bytes(body))
+
+
+@asynccontextmanager
+async def _answer(
+    url: str, policy: UrlPolicy, headers: Sequence[tuple[str, str]] = (), what: str = ""
+) -> AsyncIterator[httpcore.Response]:
+    """The answer to GET `url` once redirects are followed; its body is read inside the
+    block, where a network error or a timeout becomes a FetchError too, naming `what`."""
+    what = what or f"input {url}"
     timeout = dict.fromkeys(("connect", "read", "write", "pool"), DOWNLOAD_TIMEOUT_S)
     async with httpcore.AsyncConnectionPool(network_backend=GuardedBackend(policy)) as pool:
         current = url
         for _ in range(MAX_REDIRECTS + 1):
             try:
-                async with pool.stream("GET", current, extensions={"timeout": timeout}) as reply:
+                async with pool.stream(
+                    "GET", current, headers=list(headers), extensions={"timeout": timeout}
+                ) as reply:
                     location = _header(reply, b"location")
                     if reply.status in REDIRECTS and location:
                         current = urljoin(current, location)
                         if urlparse(current).scheme not in {"http", "https"}:
-                            raise FetchError(f"input {url} redirects to {current}: not http(s)")
+                            raise FetchError(f"{what} redirects to {current}: not http(s)")
                         continue
-                    return await _save(reply, url, scratch, limit)
+                    yield reply
+                    return
             except Refused as exc:
-                where = url if current == url else f"{url} (redirected to {current})"
-                raise FetchError(f"input {where} is refused: {exc}") from None
+                where = what if current == url else f"{what} (redirected to {current})"
+                raise FetchError(f"{where} is refused: {exc}") from None
             except httpcore.TimeoutException:
-                raise FetchError(f"input {url} cannot be downloaded: timed out") from None
+                raise FetchError(f"{what} cannot be downloaded: timed out") from None
             except (httpcore.NetworkError, httpcore.ProtocolError) as exc:
                 reason = str(exc) or type(exc).__name__
-                raise FetchError(f"input {url} cannot be downloaded: {reason}") from None
-    raise FetchError(f"input {url} redirects more than {MAX_REDIRECTS} times")
+                raise FetchError(f"{what} cannot be downloaded: {reason}") from None
+    raise FetchError(f"{what} redirects more than {MAX_REDIRECTS} times")
 
 
 def _header(reply: httpcore.Response, name: bytes) -> str | None:

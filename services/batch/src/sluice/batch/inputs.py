@@ -4,7 +4,8 @@ Resolved at invoke time, so an unknown, empty or unreadable input is refused
 with a clear message instead of becoming a job that fails later. Folders are
 walked recursively in a stable (sorted) order; hidden files are skipped.
 Remote files are downloaded into the job's scratch folder with a size limit, from
-public addresses only unless an operator allows more (fetch.py says why).
+public addresses only unless an operator allows more (fetch.py says why); a remote
+folder is an Azure Blob Storage container path, listed and downloaded by blob_folder.py.
 `azureml:` data assets are resolved by the service (it asks the registry) into
 the path or URI they name before they get here.
 
@@ -22,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from sluice.batch.blob_folder import download_folder
 from sluice.batch.fetch import PUBLIC_ONLY, FetchError, UrlPolicy, download
 from sluice.batch.jobs import MAX_FILES
 
@@ -107,13 +109,11 @@ async def resolve(
         raise InputError(f"input {text!r} is a data asset reference: resolve it first")
     scheme = urlparse(text).scheme
     if scheme in {"http", "https"}:
-        if _check_type(input_type) == "uri_folder" and input_type:
-            raise InputError(
-                f"input {text}: remote folders (uri_folder over http(s)) are not supported; "
-                "give one file's URL (--input-type uri_file), or copy the folder to a "
-                "datastore and give its azureml://datastores/... path"
-            )
         try:
+            # Without --input-type a URL is one file (what most URLs given name); a folder
+            # says uri_folder, as azureml-examples do.
+            if _check_type(input_type) == "uri_folder" and input_type:
+                return await download_folder(text, scratch / "inputs", urls, max_files=MAX_FILES)
             return [await download(text, scratch / "inputs", urls)]
         except FetchError as exc:
             raise InputError(str(exc)) from None
