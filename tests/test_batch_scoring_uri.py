@@ -9,6 +9,7 @@ JSON message naming it, and creates no job.
 
 from __future__ import annotations
 
+import json
 import ssl
 import uuid
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from sluice.common.settings import Settings
 from sluice.sdk.batch import BatchClient
 from sluice.sdk.client import RegistryClient
 from sluice.sdk.specs import load_batch_deployment, load_batch_endpoint
+from sluice.testing.cli import Cli
 from sluice.testing.rest import rest_of
 from sluice.testing.wait import wait_for
 from sluice.v1 import batch_pb2
@@ -145,7 +147,10 @@ def _finished(batch: BatchClient, job: str) -> Any:
 
 
 def test_post_to_the_scoring_uri_runs_a_job(
-    endpoint: BatchEndpoint, local_platform: PlatformState
+    endpoint: BatchEndpoint,
+    local_platform: PlatformState,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     ca = local_platform.state_dir / "tls" / "ca.crt"
     assert endpoint.scoring_uri.endswith(f"/endpoints/{endpoint.name}/jobs")
@@ -186,6 +191,21 @@ def test_post_to_the_scoring_uri_runs_a_job(
     )
     assert elsewhere.status_code == 404, elsewhere.text
     assert "is not a job of batch endpoint 'another-endpoint'" in elsewhere.json()["message"]
+    # az's `job show --web` opens Studio; Sluice's opens the portal's page of the job.
+    shown = Cli(capsys, monkeypatch).complete(
+        "job",
+        "show",
+        "-n",
+        job["name"],
+        "--web",
+        "-o",
+        "json",
+        env={"SLUICE_STATE_DIR": str(local_platform.state_dir), "BROWSER": "true"},
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["name"] == job["name"]
+    page = f"{local_platform.management_url}/portal/#/jobs/{job['name']}"
+    assert f"Opened: {page}" in " ".join(shown.stderr.split())
     with BatchClient.connect(endpoint.settings) as batch:
         done = _finished(batch, job["name"])
         assert done.state == batch_pb2.JOB_STATE_COMPLETED, done.status_message

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import json
 import time
+import webbrowser
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from sluice.common.platform import LocalPlatform
+from sluice.common.settings import Settings
 from sluice.sdk.batch import (
     TERMINAL,
     BatchClient,
@@ -38,6 +42,7 @@ app = typer.Typer(help="Batch jobs: show, list, follow, cancel, download.", no_a
 
 COLUMNS = ["name", "status", "endpoint_name", "deployment_name", "progress", "cost"]
 JobNameOption = typer.Option(..., "--name", "-n", help="the job's name")
+WebOption = typer.Option(False, "--web", "-w", help="open the job's page in the portal")
 
 
 @contextmanager
@@ -199,10 +204,33 @@ def invoke(
 
 
 @app.command()
-def show(name: str = JobNameOption, output: OutputFormat = OutputOption) -> None:
+def show(
+    name: str = JobNameOption,
+    output: OutputFormat = OutputOption,
+    web: bool = WebOption,
+) -> None:
     """Show a job: state, progress, errors, output and cost."""
     with batch_client() as client:
-        show_job(client.get(name), output)
+        job = client.get(name)
+    if web:
+        open_in_portal(f"jobs/{quote(name, safe='')}")
+    show_job(job, output)
+
+
+def open_in_portal(page: str) -> None:
+    """az's `--web` opens Studio; Sluice's studio is the portal: its page, in a browser when
+    this machine has one, and its address printed either way."""
+    state = LocalPlatform(Settings()).load_state()
+    if state is None or not state.management_url:
+        err_console.print(
+            "The portal's address is not known here (no local platform): open "
+            f"<management URL>/portal/#/{page}",
+            markup=False,
+        )
+        return
+    url = f"{state.management_url}/portal/#/{page}"
+    opened = webbrowser.open(url)
+    err_console.print(f"{'Opened' if opened else 'Portal'}: {url}", markup=False)
 
 
 @app.command("list")
