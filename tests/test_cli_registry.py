@@ -132,11 +132,36 @@ def test_generic_update_arguments_as_az(cli: Cli) -> None:
     for args, message in [
         (["--remove", "tags.nope"], "--remove tags.nope: no field 'nope'"),
         (["--set", "instance_count=many"], "instance_count: Input should be a valid integer"),
-        (["--set", "model=azureml:m:1"], "model of deployment blue can only be changed with"),
+        (["--set", "model=./model"], "model of deployment blue can only be changed with"),
         (["--add", "instance_count", "3"], "instance_count is the value 2, not a list"),
     ]:
         line = cli.error("online-deployment", "update", "-n", "blue", "-e", "my-endpoint", *args)
         assert message in line, line
+    assert cli.json("online-deployment", "show", "-n", "blue", "-e", "my-endpoint") == before
+
+
+def test_an_update_by_name_runs_another_script_of_the_stored_code(cli: Cli, examples: Path) -> None:
+    """deploy-moe-binary-payloads.sh: `update -n D -e E --set
+    code_configuration.scoring_script=X` without the YAML; the registry checks that the
+    stored code holds X, as the CLI checks the user's folder on create."""
+    scoring = examples / "online/model-1/onlinescoring"
+    (scoring / "score_binary.py").write_text(
+        "def init():\n    pass\n\ndef run(raw):\n    return raw\n"
+    )
+    cli("online-endpoint", "create", "-f", "endpoint.yml")
+    cli("online-deployment", "create", "-f", "blue-deployment.yml", "--no-wait")
+    update = ("az", "ml", "online-deployment", "update", "-n", "blue", "-e", "my-endpoint")
+    code = cli.json("online-deployment", "show", "-n", "blue", "-e", "my-endpoint", "--query",
+                    "code_configuration.code")  # fmt: skip
+    dep = cli.json(*update, "--set", "code_configuration.scoring_script=score_binary.py",
+                   "--no-wait")  # fmt: skip
+    assert isinstance(dep, dict)
+    assert dep["code_configuration"] == {"code": code, "scoring_script": "score_binary.py"}
+    before = cli.json("online-deployment", "show", "-n", "blue", "-e", "my-endpoint")
+    for script in ("missing.py", "../../../../etc/passwd"):
+        line = cli.error(*update, "--set", f"code_configuration.scoring_script={script}",
+                         "--no-wait")  # fmt: skip
+        assert f"code_configuration.scoring_script: {script!r} is not a file in the " in line
     assert cli.json("online-deployment", "show", "-n", "blue", "-e", "my-endpoint") == before
 
 

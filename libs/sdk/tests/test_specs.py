@@ -448,3 +448,57 @@ def test_tags_that_are_numbers_or_booleans_are_stored_as_text(tmp_path: Path) ->
     assert spec.tags == {"device_batching": "16"}
     with pytest.raises(SpecError, match=r"tags\.nested: Input should be a valid string"):
         load_online_endpoint(write(tmp_path, "name: ep\ntags:\n  nested: [1, 2]\n"))
+
+
+def test_an_update_without_a_file_changes_the_script_or_names_registered_assets() -> None:
+    """deploy-moe-binary-payloads.sh: `online-deployment update -n D -e E --set
+    code_configuration.scoring_script=X` keeps the stored code and runs another script of
+    it (the registry checks that it is there); a registered model or environment names no
+    file either. What would need a file stays refused."""
+    from sluice.common.resources import (
+        BatchDeploymentSpec,
+        CodeConfiguration,
+        ModelRef,
+        OnlineDeploymentSpec,
+    )
+    from sluice.sdk.specs import edit_batch_deployment, edit_online_deployment
+
+    code = ArtifactRef(digest="sha256:" + "1" * 64, name="src", is_directory=True)
+    stored = dict(
+        name="blue",
+        endpoint_name="ep",
+        model=ModelRef(registered="m:1"),
+        code_configuration=CodeConfiguration(code=code, scoring_script="score.py"),
+        environment=EnvironmentSpec(conda_file="dependencies: [python=3.12]\n"),
+    )
+    current = OnlineDeploymentSpec(**stored)
+    edited = edit_online_deployment(
+        current, ["code_configuration.scoring_script=score_binary.py", "instance_count=2"]
+    ).spec
+    assert edited.code_configuration == CodeConfiguration(
+        code=code, scoring_script="score_binary.py"
+    )
+    assert (edited.instance_count, edited.model, edited.environment) == (
+        2, current.model, current.environment
+    )  # fmt: skip
+    batch = edit_batch_deployment(
+        BatchDeploymentSpec(**stored), ["code_configuration.scoring_script=batch.py"]
+    ).spec
+    assert batch.code_configuration.scoring_script == "batch.py" and batch.code_configuration.code
+    named = edit_online_deployment(
+        current, ["model=azureml:m:2", "environment=azureml:sklearn-env@latest"]
+    ).spec
+    assert named.model == ModelRef(registered="m:2")
+    assert named.environment == EnvironmentSpec(registered="sklearn-env@latest")
+    assert named.code_configuration == current.code_configuration
+    for edit in (
+        "model=./model",
+        "environment.conda_file=conda.yml",
+        "code_configuration.code=./src",
+        "code_configuration.scoring_script=",
+    ):
+        with pytest.raises(SpecError, match="can only be changed with --file"):
+            edit_online_deployment(current, [edit])
+    no_code = current.model_copy(update={"code_configuration": CodeConfiguration()})
+    with pytest.raises(SpecError, match=r"has no code_configuration\.code to run 'x\.py' from"):
+        edit_online_deployment(no_code, ["code_configuration.scoring_script=x.py"])

@@ -820,8 +820,11 @@ def load_local_deployment(
 
 # ---- update by name (no file) ------------------------------------------------------------------
 
-# What a file-less update may change: the model, code and environment were uploaded
-# from files on the machine that created the deployment, so changing them needs --file.
+# The model, code and environment were uploaded from files on the machine that created
+# the deployment, so a file-less update changes them only to what names no file here: a
+# registered model or environment (`--set model=azureml:my-model:2`), and another script
+# of the stored code (`--set code_configuration.scoring_script=other.py`; the registry
+# checks that the code holds it). Anything else of them needs --file.
 _FILE_ONLY = ("model", "code_configuration", "environment")
 
 
@@ -835,15 +838,58 @@ def _probe_fields(probe: Probe) -> dict[str, int]:
     }
 
 
-def _edited(fields: dict[str, Any], sets: Edits, what: str) -> dict[str, Any]:
-    data = apply_sets(fields, sets)
-    touched = sorted(k for k in _FILE_ONLY if k in data)
-    if touched:
+def _is_reference(value: object) -> bool:
+    return isinstance(value, str) and value.startswith("azureml:")
+
+
+def _only_script(value: object) -> bool:
+    """`--set code_configuration.scoring_script=X` and nothing else of the code."""
+    return (
+        isinstance(value, dict)
+        and set(value) == {"scoring_script"}
+        and isinstance(value["scoring_script"], str)
+        and bool(value["scoring_script"])
+    )
+
+
+def _with_script(code: CodeConfiguration, script: str, what: str) -> CodeConfiguration:
+    if code.code is None:
         raise SpecError(
-            f"{', '.join(touched)} of {what} can only be changed with --file (its YAML, whose "
-            "paths name the files); --set/--add/--remove change the other fields"
+            f"{what} has no code_configuration.code to run {script!r} from; give its YAML "
+            "with --file"
         )
-    return data
+    return code.model_copy(update={"scoring_script": script})
+
+
+def _file_only_parts(
+    data: dict[str, Any], current: OnlineDeploymentSpec | BatchDeploymentSpec, what: str
+) -> dict[str, Any]:
+    """The edited deployment's model, code and environment (taken out of `data`): the
+    stored ones, or what the edits name without a file."""
+    parts = {key: getattr(current, key) for key in _FILE_ONLY}
+    resolve = _Resolver(Path.cwd(), _no_upload)
+    refused = []
+    for key in _FILE_ONLY:
+        if key not in data:
+            continue
+        value = data.pop(key)
+        if key == "model" and _is_reference(value):
+            parts[key] = resolve.model(value)
+        elif key == "environment" and _is_reference(value):
+            parts[key] = resolve.environment(value)
+        elif key == "code_configuration" and _only_script(value):
+            parts[key] = _with_script(current.code_configuration, value["scoring_script"], what)
+        else:
+            refused.append(key)
+    if refused:
+        raise SpecError(
+            f"{', '.join(refused)} of {what} can only be changed with --file (its YAML, whose "
+            "paths name the files), except to a registered model or environment "
+            "(--set model=azureml:<name>:<version>) or to another script of the stored code "
+            "(--set code_configuration.scoring_script=<file>); --set/--add/--remove change "
+            "the other fields"
+        )
+    return parts
 
 
 def _no_upload(path: Path) -> ArtifactRef:
@@ -881,14 +927,14 @@ def edit_online_deployment(
     }
     if current.data_collector.collections:
         fields["data_collector"] = azure_data_collector(current.data_collector)
-    what = f"deployment {current.name}"
-    data, warnings, source = _prepare(None, (), {}, _edited(fields, sets, what))
+    edits = apply_sets(fields, sets)
+    parts = _file_only_parts(edits, current, f"deployment {current.name}")
+    data, warnings, source = _prepare(None, (), {}, edits)
     model: AzureOnlineDeployment = _validate(AzureOnlineDeployment, data, source)
     if model.data_collector is not None:
         warnings += model.data_collector.ignored(source, model.endpoint_name, model.name)
     edited = model.to_spec(_Resolver(Path.cwd(), _no_upload))
-    keep = {k: getattr(current, k) for k in (*_FILE_ONLY, "kind")}
-    return Loaded(edited.model_copy(update=keep), warnings)
+    return Loaded(edited.model_copy(update={**parts, "kind": current.kind}), warnings)
 
 
 def edit_batch_deployment(current: BatchDeploymentSpec, sets: Edits) -> Loaded[BatchDeploymentSpec]:
@@ -917,8 +963,9 @@ def edit_batch_deployment(current: BatchDeploymentSpec, sets: Edits) -> Loaded[B
         "resources": {"instance_count": current.instance_count},
         **flat,
     }
-    what = f"batch deployment {current.name}"
-    data, warnings, source = _prepare(None, (), {}, _edited(fields, sets, what))
+    edits = apply_sets(fields, sets)
+    parts = _file_only_parts(edits, current, f"batch deployment {current.name}")
+    data, warnings, source = _prepare(None, (), {}, edits)
     nested = data.get("settings") or {}
     if not isinstance(nested, dict):
         raise SpecError(f"{source}: settings: expected a mapping")
@@ -926,8 +973,7 @@ def edit_batch_deployment(current: BatchDeploymentSpec, sets: Edits) -> Loaded[B
     data["settings"] = {**legacy, **nested}
     model: AzureBatchDeployment = _validate(AzureBatchDeployment, data, source)
     edited = model.to_spec(_Resolver(Path.cwd(), _no_upload))
-    keep = {k: getattr(current, k) for k in _FILE_ONLY}
-    return Loaded(edited.model_copy(update=keep), warnings)
+    return Loaded(edited.model_copy(update=parts), warnings)
 
 
 def azure_data_collector(dc: DataCollector) -> dict[str, Any]:

@@ -343,13 +343,30 @@ class RegistryService:
                     "upload it with UploadArtifact first (the CLI does this for you)"
                 )
 
+    def _check_files(self, spec: OnlineDeploymentSpec | BatchDeploymentSpec) -> None:
+        """The model and code were uploaded, and the scoring script is a file of the code.
+        The CLI checks the script in the user's folder before it uploads; an update that
+        names another script of the stored code (`--set code_configuration.scoring_script=
+        other.py`) or a REST PUT uploads nothing, so this is the check they get."""
+        code = spec.code_configuration
+        self._check_artifacts(spec.model.artifact, code.code)
+        if code.code is None or not code.scoring_script:
+            return
+        folder = self._artifacts.path_of(code.code).resolve()
+        script = (folder / code.scoring_script).resolve()
+        if not script.is_relative_to(folder) or not script.is_file():
+            raise InvalidArgument(
+                f"code_configuration.scoring_script: {code.scoring_script!r} is not a file in "
+                f"the deployment's code ({code.code.name!r}, {code.code.digest})"
+            )
+
     async def create_online_deployment(
         self, spec: OnlineDeploymentSpec, actor: str
     ) -> OnlineDeploymentDoc:
         endpoint = await self.get_online_endpoint(spec.endpoint_name)
         spec = await self._assets.resolve_deployment(spec)
         domain.check_online_deployment(spec, endpoint.spec)
-        self._check_artifacts(spec.model.artifact, spec.code_configuration.code)
+        self._check_files(spec)
         doc = OnlineDeploymentDoc(spec=spec, meta=Meta(created_by=actor))
 
         async def attempt() -> None:
@@ -395,7 +412,7 @@ class RegistryService:
         endpoint = await self.get_online_endpoint(spec.endpoint_name)
         spec = await self._assets.resolve_deployment(spec)
         domain.check_online_deployment(spec, endpoint.spec)
-        self._check_artifacts(spec.model.artifact, spec.code_configuration.code)
+        self._check_files(spec)
 
         async def attempt() -> OnlineDeploymentDoc:
             current = await self.get_online_deployment(spec.endpoint_name, spec.name)
@@ -530,7 +547,7 @@ class RegistryService:
         endpoint = await self.get_batch_endpoint(spec.endpoint_name)
         spec = await self._assets.resolve_deployment(spec)
         domain.check_batch_deployment(spec)
-        self._check_artifacts(spec.model.artifact, spec.code_configuration.code)
+        self._check_files(spec)
         doc = BatchDeploymentDoc(
             spec=spec, meta=Meta(created_by=actor, provisioning_state=ProvisioningState.succeeded)
         )
@@ -573,7 +590,7 @@ class RegistryService:
     ) -> BatchDeploymentDoc:
         spec = await self._assets.resolve_deployment(spec)
         domain.check_batch_deployment(spec)
-        self._check_artifacts(spec.model.artifact, spec.code_configuration.code)
+        self._check_files(spec)
 
         async def attempt() -> BatchDeploymentDoc:
             current = await self.get_batch_deployment(spec.endpoint_name, spec.name)

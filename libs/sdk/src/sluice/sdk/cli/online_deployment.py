@@ -175,8 +175,10 @@ def update(
 
     Instances roll without downtime. Without --file the stored deployment's fields
     are edited as az does (`--set instance_count=2`); the model, code and
-    environment then stay as they are. With --local: the local deployment restarts
-    from its YAML (--file).
+    environment then stay as they are, or change only to a registered model or
+    environment (`--set model=azureml:my-model:2`) or to another script of the
+    stored code (`--set code_configuration.scoring_script=other.py`). With --local:
+    the local deployment restarts from its YAML (--file).
     """
     del skip_script_validation  # as on create: nothing to skip
     if local:
