@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import os
 import subprocess
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
+from pymongo.asynchronous.database import AsyncDatabase
 
 from sluice.common import gateway_auth
 from sluice.common.assets import AssetKind, AssetSpec
+from sluice.common.mongo import Document
 from sluice.common.resources import OnlineDeployment, ProvisioningState
+from sluice.registry.assets import USED_BY_JOBS
 from sluice.sdk.client import RegistryClient, SluiceError
 from sluice.sdk.specs import load_online_deployment, load_online_endpoint
 from sluice.testing.cli import Cli as InProcessCli
@@ -602,3 +606,31 @@ def test_curated_sklearn_environment_builds_and_serves(
     answer = _serve(provisioner, doc.instances[0].address, b'{"data": [[3.0]]}')
     assert isinstance(answer, dict) and answer["sklearn"].startswith("1.5.")
     assert answer["predictions"] == pytest.approx([6.0])
+
+
+async def test_used_by_names_the_latest_jobs_only(
+    client: RegistryClient, mongo_db: AsyncDatabase[Document]
+) -> None:
+    """A data set scored every hour: its lineage names every deployment but only the
+    USED_BY_JOBS latest jobs, newest first, so reading it stays small."""
+    spec = AssetSpec(
+        asset_kind=AssetKind.data, name="hourly", version="1", type="uri_file",
+        path="https://example.com/rows.csv",
+    )  # fmt: skip
+    client.create_asset(spec)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    # The batch service's job records, as it writes them (lineage in `assets`).
+    await mongo_db["batch_jobs"].insert_many(
+        [
+            {
+                "_id": f"job-{i:03d}",
+                "assets": ["data:hourly:1"],
+                "state": "Completed",
+                "created_at": start + timedelta(hours=i),
+            }
+            for i in range(USED_BY_JOBS + 5)
+        ]
+    )
+    used = client.get_asset(AssetKind.data, "hourly:1").used_by
+    newest = USED_BY_JOBS + 4
+    assert list(used) == [f"job job-{i:03d}" for i in range(newest, newest - USED_BY_JOBS, -1)]

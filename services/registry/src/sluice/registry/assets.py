@@ -72,8 +72,8 @@ ASSET_VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,49}$")
 RETRIES = 5
 
 
-# Batch job states (the batch service's JobState values) in which a job still reads its inputs.
-LIVE_JOB_STATES = frozenset({"Queued", "Running"})
+# `used_by` names this many of the batch jobs that read a version, the latest.
+USED_BY_JOBS = 20
 
 
 def check_asset(spec: AssetSpec, curated: CuratedCatalogue) -> None:
@@ -280,12 +280,10 @@ class AssetService:
 
     async def used_by(self, kind: AssetKind, name: str, version: str) -> list[str]:
         """Who uses this version: `endpoint/deployment` of every online or batch deployment
-        that names it, then `job <name>` of every batch job that read it (model,
-        environment or data input)."""
-        return [user for user, _ in await self._users(kind, name, version)]
-
-    async def _users(self, kind: AssetKind, name: str, version: str) -> list[tuple[str, bool]]:
-        """(user, still using it): a deployment always, a job until it has ended."""
+        that names it, then `job <name>` of the latest USED_BY_JOBS batch jobs that read it
+        (model, environment or data input), newest first: a data set scored every hour
+        would otherwise make every read of it, and every list of its versions, grow
+        without end."""
         key = f"{name}:{version}"
         field = {
             AssetKind.model: "spec.model.asset",
@@ -296,10 +294,8 @@ class AssetService:
             for collection in (self._store.online_deployments, self._store.batch_deployments):
                 for dep in await collection.find({field: key}):
                     deployments.append(f"{dep.spec.endpoint_name}/{dep.spec.name}")
-        jobs = await self._store.jobs_using(f"{kind.value}:{key}")
-        return [(d, True) for d in sorted(deployments)] + [
-            (f"job {job}", state in LIVE_JOB_STATES) for job, state in sorted(jobs)
-        ]
+        jobs = await self._store.jobs_using(f"{kind.value}:{key}", USED_BY_JOBS)
+        return sorted(deployments) + [f"job {job}" for job in jobs]
 
     async def archive(self, kind: AssetKind, name: str, version: str, actor: str) -> list[AssetDoc]:
         """Archive one version, or every version of `name`. As on Azure, archiving only hides

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
-from pymongo import ASCENDING
+from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
@@ -327,11 +327,16 @@ class RegistryStore(Collections):
         collection = self._db[ENDPOINTS[EndpointKind(reservation["kind"])]]
         return await collection.find_one({KEY: reservation["_id"]}, {"_id": 1}) is not None
 
-    async def jobs_using(self, key: str) -> list[tuple[str, str]]:
-        """(name, state) of the batch jobs whose `assets` hold `key` (written by the batch
-        service, read here for lineage)."""
-        cursor = self._db[BATCH_JOBS].find({"assets": key}, {"_id": 1, "state": 1})
-        return [(str(raw["_id"]), str(raw.get("state", ""))) async for raw in cursor]
+    async def jobs_using(self, key: str, limit: int) -> list[str]:
+        """The names of the `limit` latest batch jobs whose `assets` hold `key` (written by
+        the batch service, read here for lineage), newest first."""
+        cursor = (
+            self._db[BATCH_JOBS]
+            .find({"assets": key}, {"_id": 1})
+            .sort([("created_at", DESCENDING), ("_id", DESCENDING)])
+            .limit(limit)
+        )
+        return [str(raw["_id"]) async for raw in cursor]
 
     async def with_instances(self, docs: list[OnlineDeploymentDoc]) -> list[OnlineDeployment]:
         """`docs` joined with the instances the provisioner stored (read here, written there)."""
