@@ -66,6 +66,40 @@ def test_normalise(argv: list[str], args: list[str], query: str | None) -> None:
     assert (line.args, line.query) == (args, query)
 
 
+@pytest.mark.parametrize(
+    ("argv", "args"),
+    [
+        (  # deploy-managed-online-endpoint-ncd.sh
+            ["az", "ml", "online-endpoint", "invoke", "-n", "e", "--deployment", "lightgbm",
+             "--request", "r.json"],
+            ["online-endpoint", "invoke", "-n", "e", "--deployment-name", "lightgbm",
+             "--request-file", "r.json"],
+        ),
+        (
+            ["az", "ml", "batch-endpoint", "invoke", "-n", "e", "--f", "inputs.yml", "--input",
+             "x", "--work", "ws", "--sub=s"],
+            ["batch-endpoint", "invoke", "-n", "e", "--file", "inputs.yml", "--input", "x"],
+        ),
+        (
+            ["online-deployment", "update", "-n", "b", "--endpoint=e", "--se", "a=1", "b=2"],
+            ["online-deployment", "update", "-n", "b", "--endpoint-name=e", "--set", "a=1",
+             "--set", "b=2"],
+        ),
+        (["model", "list", "--qu", "[].name"], ["model", "list"]),
+        (["model", "list", "--nope"], ["model", "list", "--nope"]),  # left for typer to refuse
+    ],
+)  # fmt: skip
+def test_a_unique_prefix_of_a_long_option_is_that_option(argv: list[str], args: list[str]) -> None:
+    assert normalise(argv, ROOT).args == args
+
+
+def test_an_ambiguous_prefix_names_the_options_it_could_be() -> None:
+    with pytest.raises(
+        CliError, match="ambiguous option: --out could match --output, --output-path, --outputs"
+    ):
+        normalise(["az", "ml", "batch-endpoint", "invoke", "-n", "e", "--out", "x"], ROOT)
+
+
 def test_az_setup_commands_do_nothing_and_others_are_refused() -> None:
     with pytest.raises(AzSetupCommand, match="az account set: nothing to do"):
         normalise(["az", "account", "set", "-s", "x"], ROOT)

@@ -13,8 +13,10 @@
 - `--set`, `--add` and `--remove` take several words as in az (`--set a=1 b=2`,
   `--add tags team=ml`, `--remove items 0`): `--set` becomes one `--set` per
   word, `--add`/`--remove` one option whose value is the words as a JSON list;
-- `--endpoint` means `--endpoint-name` (az accepts unambiguous prefixes), and
-  `--no-wait`/`--yes`/`-y` are dropped from commands that do not take them
+- a long option may be shortened to any prefix of one option alone, as az's
+  argparse allows (`--endpoint` is `--endpoint-name`, `--deployment`
+  `--deployment-name`, `--f` `--file`); a prefix of several is an error naming
+  them; `--no-wait`/`--yes`/`-y` are dropped from commands that do not take them
   (they have nothing to wait for or confirm);
 - `-o/--output FORMAT` is dropped from commands that do not take it (they print
   no resource; what they do print, such as `delete`'s message on stderr, is
@@ -87,7 +89,28 @@ def _options(args: Sequence[str], root: CommandGroup) -> set[str]:
         if not hasattr(node, "get_command") or word.startswith("-"):
             break
         node = node.get_command(None, word)
-    return {name for p in getattr(node, "params", []) for name in p.opts}
+    params = getattr(node, "params", [])
+    return {name for p in params for name in (*p.opts, *getattr(p, "secondary_opts", ()))}
+
+
+# What az's parser knows besides the command's own options: its global arguments.
+AZ_LONG = frozenset(
+    name
+    for name in (*GLOBAL_WITH_VALUE, *GLOBAL_FLAGS, *OPTIONAL_FLAGS, *OUTPUT, "--query")
+    if name.startswith("--")
+)
+
+
+def _expanded(name: str, options: set[str]) -> str:
+    """`name` as argparse reads a long option: itself if it is an option, else the one
+    option it is a prefix of (several: an error naming them, as argparse's); unknown
+    names are left for the command's parser to refuse."""
+    if not name.startswith("--") or name == "--" or name in options or name in AZ_LONG:
+        return name
+    matches = sorted(o for o in options | AZ_LONG if o.startswith("--") and o.startswith(name))
+    if len(matches) > 1:
+        raise CliError(f"ambiguous option: {name} could match {', '.join(matches)}")
+    return matches[0] if matches else name
 
 
 def _words(first: str, rest: list[str]) -> Iterator[str]:
@@ -124,8 +147,9 @@ def normalise(argv: Sequence[str], root: CommandGroup) -> CommandLine:
     query: str | None = None
     rest = list(args)
     while rest:
-        word = rest.pop(0)
-        name, eq, value = word.partition("=")
+        name, eq, value = rest.pop(0).partition("=")
+        name = _expanded(name, options)
+        word = name + eq + value
         if word in MULTI_WORD and word in options and rest:
             out += _multi_word(word, list(_words(rest.pop(0), rest)))
         elif name == "--query":
@@ -141,8 +165,6 @@ def normalise(argv: Sequence[str], root: CommandGroup) -> CommandLine:
                 raise CliError(
                     f"{name} {fmt!r}: not one of {', '.join(f.value for f in OutputFormat)}"
                 )
-        elif name == "--endpoint" and "--endpoint-name" in options:
-            out.append("--endpoint-name" + (f"={value}" if eq else ""))
         else:
             out.append(word)
     return CommandLine(out, query)
