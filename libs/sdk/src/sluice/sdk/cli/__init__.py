@@ -25,6 +25,7 @@ from sluice.sdk.cli import (
     az,
     batch_deployment,
     batch_endpoint,
+    compute,
     demo,
     job,
     monitor,
@@ -62,6 +63,7 @@ app.add_typer(tls_cmds.app, name="tls")
 app.add_typer(token_cmds.app, name="token")
 app.add_typer(alert.app, name="alert")
 app.add_typer(job.app, name="job")
+app.add_typer(compute.app, name="compute")
 app.add_typer(monitor.app, name="monitor")
 app.add_typer(trace_cmds.app, name="trace")
 for _kind in AssetKind:

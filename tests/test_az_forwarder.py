@@ -1,0 +1,79 @@
+"""az commands that need no platform, run as scripts run them: through the `az` forwarder
+`sluice shim az` writes, in a bash script under `set -euo pipefail`, with an empty state
+folder (what needs a platform: tests/test_az_script.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration  # CLI processes, no platform
+
+Script = Callable[[str], subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def run_script(tmp_path: Path) -> Script:
+    """Runs a script in `tmp_path` with the forwarder first on PATH."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")},
+        "SLUICE_STATE_DIR": str(tmp_path / "state"),
+        "NO_COLOR": "1",
+    }
+    shim = subprocess.run(
+        [sys.executable, "-m", "sluice.sdk.cli", "shim", "az", "--dir", str(tmp_path / "bin")],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert shim.returncode == 0, shim.stderr
+    env["PATH"] = f"{tmp_path / 'bin'}{os.pathsep}{env['PATH']}"
+
+    def run(script: str) -> subprocess.CompletedProcess[str]:
+        (tmp_path / "script.sh").write_text("set -euo pipefail\n" + script)
+        bash = shutil.which("bash") or "/bin/bash"
+        return subprocess.run(
+            [bash, "script.sh"], cwd=tmp_path, env=env, capture_output=True, text=True,
+            timeout=300, check=False,
+        )  # fmt: skip
+
+    return run
+
+
+def test_compute_commands_succeed_provision_nothing_and_say_so(
+    run_script: Script, tmp_path: Path
+) -> None:
+    """Azure's batch scripts start with `az ml compute create -n batch-cluster ...`."""
+    done = run_script(
+        "az ml compute create -n batch-cluster --type amlcompute --min-instances 0 "
+        "--max-instances 5 > created.json\n"
+        'echo "state: $(az ml compute show -n batch-cluster --query provisioning_state -o tsv)"\n'
+        "az ml compute update -n batch-cluster --max-instances 2 --query "
+        "'{name: name, max: max_instances}' -o json\n"
+        "az ml compute delete -n batch-cluster --yes\n"
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    created = json.loads((tmp_path / "created.json").read_text())
+    assert {k: created[k] for k in ("name", "type", "provisioning_state", "size")} == {
+        "name": "batch-cluster",
+        "type": "amlcompute",
+        "provisioning_state": "Succeeded",
+        "size": "STANDARD_DS3_V2",
+    }
+    assert (created["min_instances"], created["max_instances"]) == (0, 5)
+    assert created["id"].endswith("/computes/batch-cluster")
+    assert "state: Succeeded\n" in done.stdout
+    assert json.loads(done.stdout.split("state: Succeeded\n")[1]) == {
+        "name": "batch-cluster",
+        "max": 2,
+    }
+    said = " ".join(done.stderr.split())  # as wrapped at the terminal's width
+    for verb, did in [("create", "created"), ("show", "is stored"), ("update", "changed"),
+                      ("delete", "deleted")]:  # fmt: skip
+        assert f"compute {verb} batch-cluster: nothing {did}" in said
+    assert said.count("Sluice provisions no compute: online deployments run as") == 4
