@@ -77,3 +77,23 @@ def test_compute_commands_succeed_provision_nothing_and_say_so(
                       ("delete", "deleted")]:  # fmt: skip
         assert f"compute {verb} batch-cluster: nothing {did}" in said
     assert said.count("Sluice provisions no compute: online deployments run as") == 4
+
+
+def test_az_version_and_config_get(run_script: Script) -> None:
+    """`az --version` says what this az is; `az config get` answers as an az with nothing
+    configured (cli/endpoints/online/custom-container/r reads the default workspace so)."""
+    done = run_script(
+        "az --version\n"
+        'echo "config: $(az config get)"\n'
+        'echo "defaults: $(az config get defaults)"\n'
+        "WORKSPACE=$(az config get --query \"defaults[?name == 'workspace'].value\" -o tsv)\n"
+        'echo "workspace: [$WORKSPACE]"\n'
+        "if az config get defaults.workspace 2> unset.txt; then exit 1; fi\n"
+        "az config set defaults.workspace=ws\n"
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("sluice-sdk ") and "Sluice's forwarder" in done.stdout
+    assert "config: {}" in lines and "defaults: []" in lines and "workspace: []" in lines
+    said = " ".join(done.stderr.split())
+    assert "az config set: nothing to do for Sluice" in said

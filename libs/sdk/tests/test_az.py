@@ -6,7 +6,7 @@ import pytest
 import typer
 
 from sluice.sdk.cli import app
-from sluice.sdk.cli.az import GLOBAL_WITH_VALUE, AzSetupCommand, normalise
+from sluice.sdk.cli.az import GLOBAL_WITH_VALUE, AzReply, AzSetupCommand, normalise
 from sluice.sdk.cli.errors import CliError
 from sluice.sdk.cli.output import tsv
 
@@ -98,6 +98,13 @@ def test_an_ambiguous_prefix_names_the_options_it_could_be() -> None:
         CliError, match="ambiguous option: --out could match --output, --output-path, --outputs"
     ):
         normalise(["az", "ml", "batch-endpoint", "invoke", "-n", "e", "--out", "x"], ROOT)
+
+
+def test_az_version_and_config_get_are_answered() -> None:
+    with pytest.raises(AzReply, match=r"^sluice-sdk \d"):
+        normalise(["az", "--version"], ROOT)
+    line = normalise(["az", "config", "get", "defaults", "--query", "[0]", "-o", "tsv"], ROOT)
+    assert (line.args, line.query) == (["shim", "az-config-get", "defaults", "-o", "tsv"], "[0]")
 
 
 def test_az_setup_commands_do_nothing_and_others_are_refused() -> None:

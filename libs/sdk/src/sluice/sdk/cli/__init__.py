@@ -110,6 +110,8 @@ def main() -> None:
             app(args=line.args, prog_name="sluice")
     except az.AzSetupCommand as note:
         err_console.print(str(note), highlight=False)
+    except az.AzReply as reply:
+        sys.stdout.write(f"{reply}\n")
     except (CliError, ComponentError, SluiceError, SpecError, ArtifactError, NotApplied) as exc:
         err_console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(1)

@@ -5,8 +5,10 @@
 - `az ml <group> ...` (the forwarder `sluice shim az` installs) and
   `sluice ml <group> ...` become `sluice <group> ...`, and `az monitor autoscale
   ...` becomes `sluice monitor autoscale ...`; az's own set-up commands
-  (`az extension add`, `az configure --defaults`, `az account set`, `az login`)
-  do nothing here and say so; any other `az` command is refused by name;
+  (`az extension add`, `az configure --defaults`, `az config set`, `az account
+  set`, `az login`) do nothing here and say so; `az --version` says what this `az`
+  is, `az config get` answers as an az with nothing configured; any other `az`
+  command is refused by name;
 - az's global arguments that name Azure context (`--subscription`,
   `--resource-group/-g`, `--workspace-name/-w`) or tune its logging are dropped;
 - `--query EXPR` is taken off and returned (render applies it);
@@ -29,6 +31,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from importlib import metadata
 from typing import Any, Protocol
 
 from sluice.sdk.cli.errors import CliError
@@ -41,11 +44,24 @@ GLOBAL_FLAGS = frozenset({"--only-show-errors", "--debug", "--verbose"})
 OPTIONAL_FLAGS = frozenset({"--no-wait", "--yes", "-y"})
 OUTPUT = frozenset({"-o", "--output"})
 MULTI_WORD = frozenset({"--set", "--add", "--remove", "--tags"})
-AZ_SETUP = frozenset({"extension", "configure", "account", "login", "version"})
+AZ_SETUP = frozenset({"extension", "configure", "config", "account", "login", "version"})
 
 
 class AzSetupCommand(Exception):
     """An `az` set-up command with no meaning for Sluice; the message says so."""
+
+
+class AzReply(Exception):
+    """An `az` command the forwarder answers itself; the message is its standard output."""
+
+
+def _version() -> str:
+    """`az --version`: scripts run it to see that az is there; this one is not Azure's."""
+    return (
+        f"sluice-sdk {metadata.version('sluice-sdk')}\n\n"
+        "This `az` is Sluice's forwarder (`sluice shim az`), not the Azure CLI: it runs "
+        "`az ml` and `az monitor autoscale` commands against Sluice."
+    )
 
 
 @dataclass(frozen=True)
@@ -57,6 +73,10 @@ class CommandLine:
 def _az(args: list[str], groups: Sequence[str]) -> list[str]:
     if args[:1] == ["ml"]:
         return args[1:]
+    if args[:1] == ["--version"]:
+        raise AzReply(_version())
+    if args[:2] == ["config", "get"]:
+        return ["shim", "az-config-get", *args[2:]]
     if args[:2] == ["monitor", "autoscale"]:
         return args  # `sluice monitor autoscale ...` takes az's flags
     if args[:1] == ["monitor"]:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import typer
 
-from sluice.sdk.cli.output import err_console
+from sluice.sdk.cli.errors import CliError
+from sluice.sdk.cli.output import OutputFormat, OutputOption, err_console, render
 
 app = typer.Typer(help="Executables that let other tools' scripts drive Sluice.")
 DirOption = typer.Option(..., "--dir", help="folder to write the `az` forwarder into")
@@ -36,3 +37,19 @@ def az(
     target.write_text(FORWARDER.format(python=shlex.quote(sys.executable)))
     target.chmod(0o755)
     err_console.print(f"Wrote {target}; put {folder.resolve()} first on PATH to use it.")
+
+
+@app.command("az-config-get", hidden=True)
+def az_config_get(
+    key: str = typer.Argument("", help="a section (defaults) or section.name"),
+    output: OutputFormat = OutputOption,
+) -> None:
+    """`az config get [KEY]` through the forwarder, answered as az answers with nothing
+    configured (Sluice keeps no az configuration): no sections, `{}`; a section, `[]`;
+    a key, az's "is not set" error."""
+    section, _, name = key.partition(".")
+    if name:
+        raise CliError(
+            f"Configuration '{key}' is not set (Sluice's az forwarder keeps no az configuration)"
+        )
+    render([] if section else {}, output)
