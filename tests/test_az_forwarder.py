@@ -97,3 +97,25 @@ def test_az_version_and_config_get(run_script: Script) -> None:
     assert "config: {}" in lines and "defaults: []" in lines and "workspace: []" in lines
     said = " ".join(done.stderr.split())
     assert "az config set: nothing to do for Sluice" in said
+
+
+def test_a_request_file_may_be_a_pipe(run_script: Script, tmp_path: Path) -> None:
+    """`invoke --request-file <(...)` (bash's /dev/fd/63) is read as a stream; a missing
+    file is still named. (Scored through a pipe: tests/test_cli_local.py.)"""
+    done = run_script(
+        "if az ml online-endpoint invoke --local -n nowhere -r <(echo '{\"data\": [1]}') "
+        "2> piped.txt; then exit 1; fi\n"
+        "if az ml online-endpoint invoke --local -n nowhere -r missing.json 2> missing.txt; "
+        "then exit 1; fi\n"
+        "if az ml online-endpoint invoke --local -n nowhere -r . 2> folder.txt; then exit 1; fi\n"
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    def said(name: str) -> str:
+        return " ".join((tmp_path / name).read_text().split())
+
+    assert said("piped.txt").startswith("error: no local deployment")  # read, then no server
+    assert said("missing.txt") == "error: missing.json: no such file"
+    assert (
+        said("folder.txt") == "error: . is a folder; --request-file takes the request body's file"
+    )

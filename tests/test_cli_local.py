@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -66,6 +68,15 @@ def test_local_create_invoke_logs_delete(
     assert scored.returncode == 0, scored.stderr
     predictions = json.loads(scored.stdout)
     assert isinstance(predictions, list) and len(predictions) == 2
+    # A script's `--request-file <(...)`: bash passes a pipe, /dev/fd/63, no regular file.
+    env = {**os.environ, "SLUICE_STATE_DIR": str(state), "NO_COLOR": "1"}
+    command = (f"{shlex.quote(sys.executable)} -m sluice.sdk.cli online-endpoint invoke --local "
+               "-n my-endpoint --request-file <(cat sample-request.json)")  # fmt: skip
+    bash = shutil.which("bash") or "/bin/bash"
+    piped = subprocess.run([bash, "-c", command], cwd=online, env=env, capture_output=True,
+                           text=True, timeout=120, check=False)  # fmt: skip
+    assert piped.returncode == 0, piped.stderr
+    assert json.loads(piped.stdout) == predictions
     logs = sluice(state, online, "online-deployment", "get-logs", "--local", "-n", "blue",
                   "-e", "my-endpoint")  # fmt: skip
     assert "model 1: request received" in logs.stdout

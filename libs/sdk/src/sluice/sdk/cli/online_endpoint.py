@@ -257,6 +257,20 @@ AnswerOutputOption = typer.Option(
 )
 
 
+def _request_body(path: Path) -> bytes:
+    """The file's bytes, read as a stream: scripts also pass a pipe (`--request-file
+    <(jq ...)` is /dev/fd/63), which is no regular file."""
+    if not path.exists():
+        raise CliError(f"{path}: no such file")
+    if path.is_dir():
+        raise CliError(f"{path} is a folder; --request-file takes the request body's file")
+    try:
+        with path.open("rb") as stream:
+            return stream.read()
+    except OSError as exc:
+        raise CliError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+
+
 @app.command()
 def invoke(
     name: str = typer.Option(..., "--name", "-n"),
@@ -271,9 +285,7 @@ def invoke(
 
     az prints the answer as a JSON string (its default `-o json`, which the az forwarder
     keeps): scripts that unwrap it (`jq -r fromjson`) get the same here."""
-    if not request_file.is_file():
-        raise CliError(f"{request_file}: no such file")
-    body = request_file.read_bytes()
+    body = _request_body(request_file)
     if local:
         status, reply = local_cmds.invoke(name, deployment_name, body)
         served = deployment_name or ""
