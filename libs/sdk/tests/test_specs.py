@@ -502,3 +502,21 @@ def test_an_update_without_a_file_changes_the_script_or_names_registered_assets(
     no_code = current.model_copy(update={"code_configuration": CodeConfiguration()})
     with pytest.raises(SpecError, match=r"has no code_configuration\.code to run 'x\.py' from"):
         edit_online_deployment(no_code, ["code_configuration.scoring_script=x.py"])
+
+
+def test_a_pipeline_batch_deployment_is_refused_by_name(tmp_path: Path) -> None:
+    """cli/endpoints/batch/deploy-pipelines/*/deployment.yml: `type: pipeline` with a
+    `component:`; refused as what it is, not as an enum's wrong value."""
+    path = write(
+        tmp_path,
+        "name: hello-batch-dpl\nendpoint_name: hello-pipeline\ntype: pipeline\n"
+        "component: azureml:hello_batch@latest\n"
+        "settings:\n  default_compute: batch-cluster\n  continue_on_step_failure: false\n",
+    )
+    with pytest.raises(SpecError) as refused:
+        load_batch_deployment(path, fake_upload)
+    assert str(refused.value) == (
+        f"{path}: pipeline batch deployments (type: pipeline) are not supported by Sluice: only "
+        "model deployments run (type: model, with a model and, unless it is an MLflow model, a "
+        "code_configuration)"
+    )

@@ -735,6 +735,12 @@ def load_batch_deployment(
     endpoint_name: str | None = None,
 ) -> Loaded[BatchDeploymentSpec]:
     data, warnings, source = _prepare(path, sets, {"name": name, "endpoint_name": endpoint_name})
+    if str(data.get("type", "")).lower() == "pipeline":
+        raise SpecError(
+            f"{source}: pipeline batch deployments (type: pipeline) are not supported by "
+            "Sluice: only model deployments run (type: model, with a model and, unless it is "
+            "an MLflow model, a code_configuration)"
+        )
     # The older schema puts batch settings at the top level; fold them into `settings:`.
     legacy = {k: data.pop(k) for k in list(data) if k in BATCH_SETTING_KEYS}
     if legacy:
