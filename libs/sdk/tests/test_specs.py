@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -520,3 +521,43 @@ def test_a_pipeline_batch_deployment_is_refused_by_name(tmp_path: Path) -> None:
         "model deployments run (type: model, with a model and, unless it is an MLflow model, a "
         "code_configuration)"
     )
+
+
+CUSTOM_CONTAINER = (
+    "name: tfserving-deployment\nendpoint_name: tfserving-endpoint\n"
+    "model:\n  path: ./half_plus_two\n"
+    "environment:\n  image: docker.io/tensorflow/serving:latest\n  inference_config:\n"
+    "    liveness_route: {port: 8501, path: /v1/models/half_plus_two}\n"
+    "    readiness_route: {port: 8501, path: /v1/models/half_plus_two}\n"
+    "    scoring_route: {port: 8501, path: '/v1/models/half_plus_two:predict'}\n"
+)
+
+
+def test_a_custom_container_is_refused_and_with_a_script_warned(tmp_path: Path) -> None:
+    """custom-container/tfserving (the image's own server on its routes, no score.py) would
+    run something else here: refused. minimal/single-model gives a score.py too: Sluice's
+    server runs it, with a warning that the routes are not served."""
+    (tmp_path / "half_plus_two").mkdir()
+    path = write(tmp_path, CUSTOM_CONTAINER)
+    message = (
+        f"{path}: custom containers (environment.inference_config) are not run by Sluice: "
+        "it serves every deployment with its own inference server"
+    )
+    for load in (load_online_deployment, load_batch_deployment):
+        with pytest.raises(SpecError) as refused:
+            load(path, fake_upload)
+        assert str(refused.value).startswith(message)
+    with pytest.raises(SpecError, match=re.escape(message)):
+        load_local_deployment(path)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src/score.py").write_text("def init(): pass\n")
+    scripted = write(
+        tmp_path,
+        CUSTOM_CONTAINER + "code_configuration:\n  code: src\n  scoring_script: score.py\n",
+    )
+    warning = (
+        f"{scripted}: environment.inference_config is ignored: the container's routes are not "
+        "served; Sluice's inference server runs code_configuration's scoring script at /score"
+    )
+    assert warning in load_online_deployment(scripted, fake_upload).warnings
+    assert warning in load_local_deployment(scripted).warnings

@@ -667,6 +667,31 @@ def load_online_endpoint(
     return Loaded(model.to_spec(), warnings, frozenset(data))
 
 
+def _custom_container_warnings(
+    model: AzureOnlineDeployment | AzureBatchDeployment, source: str
+) -> list[str]:
+    """Azure runs an inline environment with `inference_config` as a custom container: the
+    image's own server (TF Serving, TorchServe, Triton, R plumber) on the routes it names.
+    Sluice runs its own inference server only, so such a deployment with no scoring script
+    would run something other than what it says: refused. With a scoring script, Sluice's
+    server runs it; the warning says the routes are not served."""
+    env = model.environment
+    if not isinstance(env, AzureEnvironment) or env.inference_config is None:
+        return []
+    if model.code_configuration is None:
+        raise SpecError(
+            f"{source}: custom containers (environment.inference_config) are not run by "
+            "Sluice: it serves every deployment with its own inference server (/score, "
+            "/liveness, /readiness) running a scoring script (code_configuration) or an "
+            "MLflow model, not the image's server; give the deployment a scoring script, or "
+            "deploy an MLflow model"
+        )
+    return [
+        f"{source}: environment.inference_config is ignored: the container's routes are not "
+        "served; Sluice's inference server runs code_configuration's scoring script at /score"
+    ]
+
+
 def load_online_deployment(
     path: Path | None,
     upload: Uploader,
@@ -677,6 +702,7 @@ def load_online_deployment(
 ) -> Loaded[OnlineDeploymentSpec]:
     data, warnings, source = _prepare(path, sets, {"name": name, "endpoint_name": endpoint_name})
     model: AzureOnlineDeployment = _validate(AzureOnlineDeployment, data, source)
+    warnings += _custom_container_warnings(model, source)
     if model.data_collector is not None:
         warnings += model.data_collector.ignored(source, model.endpoint_name, model.name)
     resolver = _Resolver(path.parent if path else Path.cwd(), upload)
@@ -755,6 +781,7 @@ def load_batch_deployment(
         settings.update(legacy)
     _fold_batch_resources(data, warnings, source)
     model: AzureBatchDeployment = _validate(AzureBatchDeployment, data, source)
+    warnings += _custom_container_warnings(model, source)
     resolver = _Resolver(path.parent if path else Path.cwd(), upload)
     spec = model.to_spec(resolver)
     return Loaded(spec, warnings + resolver.warnings)
@@ -787,6 +814,7 @@ def load_local_deployment(
 ) -> LocalFiles:
     data, warnings, source = _prepare(path, sets, {"name": name, "endpoint_name": endpoint_name})
     model: AzureOnlineDeployment = _validate(AzureOnlineDeployment, data, source)
+    warnings += _custom_container_warnings(model, source)
     base = path.parent if path else Path.cwd()
     model_path: Path | None = None
     if isinstance(model.model, AzureModel) and model.model.path:
