@@ -561,3 +561,18 @@ def test_a_custom_container_is_refused_and_with_a_script_warned(tmp_path: Path) 
     )
     assert warning in load_online_deployment(scripted, fake_upload).warnings
     assert warning in load_local_deployment(scripted).warnings
+
+
+def test_azure_only_fields_read_back_by_show_say_why_they_are_ignored() -> None:
+    """`update --set public_network_access=disabled` changes nothing that Sluice enforces;
+    `show` says enabled, and the warning says so rather than only 'ignored'."""
+    loaded = load_online_endpoint(
+        None, ["public_network_access=disabled", "identity.type=system_assigned"], name="ep"
+    )
+    assert loaded.warnings == [
+        "command line: identity is an Azure-only field; ignored (no managed identities: "
+        "deployments run as the platform's own users)",
+        "command line: public_network_access is an Azure-only field; ignored (not enforced: "
+        "the gateway serves every endpoint to whoever reaches it, so `show` keeps "
+        "public_network_access: enabled)",
+    ]

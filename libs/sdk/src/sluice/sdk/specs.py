@@ -64,6 +64,16 @@ AZURE_ONLY = frozenset(
 )
 
 
+# Why the Azure-only fields a script may read back with `show` are not what it set.
+AZURE_ONLY_WHY = {
+    "identity": " (no managed identities: deployments run as the platform's own users)",
+    "public_network_access": (
+        " (not enforced: the gateway serves every endpoint to whoever reaches it, so `show` "
+        "keeps public_network_access: enabled)"
+    ),
+}
+
+
 class SpecError(ValueError):
     """A YAML file Sluice cannot use; the message names the file and the field."""
 
@@ -650,7 +660,10 @@ def _prepare(
     data.update({k: v for k, v in overrides.items() if v})
     data, ignored = _split_azure_only(data)
     source = str(path) if path else "command line"
-    warnings = [f"{source}: {key} is an Azure-only field; ignored" for key in ignored]
+    warnings = [
+        f"{source}: {key} is an Azure-only field; ignored" + AZURE_ONLY_WHY.get(key, "")
+        for key in ignored
+    ]
     return data, warnings, source
 
 
