@@ -42,7 +42,7 @@ app = typer.Typer(help="Batch jobs: show, list, follow, cancel, download.", no_a
 
 COLUMNS = ["name", "status", "endpoint_name", "deployment_name", "progress", "cost"]
 JobNameOption = typer.Option(..., "--name", "-n", help="the job's name")
-WebOption = typer.Option(False, "--web", "-w", help="open the job's page in the portal")
+WebOption = typer.Option(False, "--web", help="open the job's page in the portal")
 
 
 @contextmanager
