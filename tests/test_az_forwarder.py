@@ -119,3 +119,27 @@ def test_a_request_file_may_be_a_pipe(run_script: Script, tmp_path: Path) -> Non
     assert (
         said("folder.txt") == "error: . is a folder; --request-file takes the request body's file"
     )
+
+
+def test_az_account_get_access_token_gives_the_sluice_token(
+    run_script: Script, tmp_path: Path
+) -> None:
+    """azureml-examples' REST calls take `az account get-access-token --resource
+    https://ml.azure.com --query accessToken -o tsv`: the token this CLI sends, which
+    Sluice's REST API and batch scoring URIs take; none at all is an error, not ''."""
+    missing = run_script("az account get-access-token --query accessToken -o tsv\n")
+    assert missing.returncode != 0 and missing.stdout == ""
+    assert "no admin token in" in missing.stderr
+    (tmp_path / "state").mkdir(exist_ok=True)
+    (tmp_path / "state" / "admin-token").write_text("the-admin-token\n")
+    done = run_script(
+        "GET='az account get-access-token'\n"
+        "TOKEN=$($GET --resource https://ml.azure.com --query accessToken -o tsv)\n"
+        'echo "token: [$TOKEN]"\n'
+        "$GET > whole.json\n"
+        'echo "user: [$(SLUICE_TOKEN=alices-token $GET --query accessToken -o tsv)]"\n'
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "token: [the-admin-token]" in done.stdout and "user: [alices-token]" in done.stdout
+    whole = json.loads((tmp_path / "whole.json").read_text())
+    assert whole["tokenType"] == "Bearer" and whole["accessToken"] == "the-admin-token"

@@ -7,7 +7,8 @@
   ...` becomes `sluice monitor autoscale ...`; az's own set-up commands
   (`az extension add`, `az configure --defaults`, `az config set`, `az account
   set`, `az login`) do nothing here and say so; `az --version` says what this `az`
-  is, `az config get` answers as an az with nothing configured; any other `az`
+  is, `az config get` answers as an az with nothing configured, `az account
+  get-access-token` gives the Sluice token this CLI sends; any other `az`
   command is refused by name;
 - az's global arguments that name Azure context (`--subscription`,
   `--resource-group/-g`, `--workspace-name/-w`) or tune its logging are dropped;
@@ -77,6 +78,8 @@ def _az(args: list[str], groups: Sequence[str]) -> list[str]:
         raise AzReply(_version())
     if args[:2] == ["config", "get"]:
         return ["shim", "az-config-get", *args[2:]]
+    if args[:2] == ["account", "get-access-token"]:
+        return ["shim", "az-access-token", *args[2:]]
     if args[:2] == ["monitor", "autoscale"]:
         return args  # `sluice monitor autoscale ...` takes az's flags
     if args[:1] == ["monitor"]:

@@ -13,8 +13,11 @@ from pathlib import Path
 
 import typer
 
+from sluice.common.azure_ids import SUBSCRIPTION
+from sluice.common.settings import Settings
 from sluice.sdk.cli.errors import CliError
 from sluice.sdk.cli.output import OutputFormat, OutputOption, err_console, render
+from sluice.sdk.client import admin_token
 
 app = typer.Typer(help="Executables that let other tools' scripts drive Sluice.")
 DirOption = typer.Option(..., "--dir", help="folder to write the `az` forwarder into")
@@ -53,3 +56,38 @@ def az_config_get(
             f"Configuration '{key}' is not set (Sluice's az forwarder keeps no az configuration)"
         )
     render([] if section else {}, output)
+
+
+ResourceOption = typer.Option("", "--resource", help="ignored: one token serves all")
+ScopeOption = typer.Option("", "--scope", help="ignored: one token serves all")
+
+
+@app.command("az-access-token", hidden=True)
+def az_access_token(
+    resource: str = ResourceOption,
+    scope: str = ScopeOption,
+    output: OutputFormat = OutputOption,
+) -> None:
+    """`az account get-access-token [--resource R]` through the forwarder: the token this CLI
+    sends (SLUICE_TOKEN, else the admin token), which is what Sluice's REST API and batch
+    endpoints' scoring URIs take where Azure takes an Entra token (for either resource,
+    https://ml.azure.com or https://management.azure.com), in az's shape."""
+    settings = Settings()
+    token = admin_token(settings, settings.state_dir)
+    err_console.print(
+        "Sluice's token (SLUICE_TOKEN, else the admin token): REST and batch scoring URIs "
+        "take it as Azure takes an Entra token; it does not expire unless `sluice token "
+        "create --expires-in` gave it an end.",
+        markup=False,
+    )
+    render(
+        {
+            "accessToken": token,
+            "expiresOn": None,
+            "expires_on": None,
+            "subscription": SUBSCRIPTION,
+            "tenant": SUBSCRIPTION,
+            "tokenType": "Bearer",
+        },
+        output,
+    )
