@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from sluice.common.azure_ids import SUBSCRIPTION
+
 pytestmark = pytest.mark.integration  # CLI processes, no platform
 
 Script = Callable[[str], subprocess.CompletedProcess[str]]
@@ -143,3 +145,6 @@ def test_az_account_get_access_token_gives_the_sluice_token(
     assert "token: [the-admin-token]" in done.stdout and "user: [alices-token]" in done.stdout
     whole = json.loads((tmp_path / "whole.json").read_text())
     assert whole["tokenType"] == "Bearer" and whole["accessToken"] == "the-admin-token"
+    # The subscription scripts put into Azure's long data URIs: the one Sluice's ids carry.
+    shown = run_script("az account show --query id -o tsv\n")
+    assert shown.stdout.strip() == SUBSCRIPTION, shown.stderr

@@ -59,6 +59,8 @@ def test_the_older_dataset_body() -> None:
     assert job_input(taxi).input_type == "uri_file"
     long = "azureml://subscriptions/s/resourcegroups/rg/workspaces/ws/data/mnist/versions/1"
     assert job_input(dataset(dataInputType="DataUrl", Path=long)) == JobInput("azureml:mnist:1", "")
+    unset = "azureml://subscriptions/s/resourcegroups//workspaces//data/mnist/versions/1"
+    assert job_input(dataset(dataInputType="DataUrl", Path=unset)).uri == "azureml:mnist:1"
     store = "azureml://subscriptions/s/resourcegroups/rg/workspaces/ws/datastores/d/paths/in/"
     assert job_input(dataset(dataInputType="DataUrl", Path=store)).uri == (
         "azureml://datastores/d/paths/in/"

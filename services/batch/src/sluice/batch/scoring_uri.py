@@ -33,9 +33,11 @@ DEPLOYMENT_HEADER = "azureml-model-deployment"
 HOST_HEADER = "x-sluice-endpoint-host"  # set by the gateway on `<endpoint>.<domain>/jobs`
 
 INPUT_TYPES = {"urifolder": "uri_folder", "urifile": "uri_file"}
-# The workspace part of Azure's long URIs, in either of its spellings.
+# The workspace part of Azure's long URIs, in either of its spellings (its parts may be
+# empty: scripts build them from `az account show` and `az configure -l`, which Sluice's
+# az forwarder answers without an Azure subscription or workspace).
 _WORKSPACE = (
-    r"azureml://(?:locations/[^/]+|subscriptions/[^/]+/resourcegroups/[^/]+)/workspaces/[^/]+"
+    r"azureml://(?:locations/[^/]*|subscriptions/[^/]*/resourcegroups/[^/]*)/workspaces/[^/]*"
 )
 # A registered data asset, or a datastore path, by its long URI, as Azure's examples give them.
 DATA_ASSET_URI = re.compile(rf"^{_WORKSPACE}/data/([^/]+)/versions/(.+)$", re.IGNORECASE)

@@ -8,7 +8,8 @@
   (`az extension add`, `az configure --defaults`, `az config set`, `az account
   set`, `az login`) do nothing here and say so; `az --version` says what this `az`
   is, `az config get` answers as an az with nothing configured, `az account
-  get-access-token` gives the Sluice token this CLI sends; any other `az`
+  get-access-token` gives the Sluice token this CLI sends and `az account show` the
+  subscription id Sluice's resource ids use; any other `az`
   command is refused by name;
 - az's global arguments that name Azure context (`--subscription`,
   `--resource-group/-g`, `--workspace-name/-w`) or tune its logging are dropped;
@@ -80,6 +81,8 @@ def _az(args: list[str], groups: Sequence[str]) -> list[str]:
         return ["shim", "az-config-get", *args[2:]]
     if args[:2] == ["account", "get-access-token"]:
         return ["shim", "az-access-token", *args[2:]]
+    if args[:2] == ["account", "show"]:
+        return ["shim", "az-account-show", *args[2:]]
     if args[:2] == ["monitor", "autoscale"]:
         return args  # `sluice monitor autoscale ...` takes az's flags
     if args[:1] == ["monitor"]:

@@ -91,3 +91,20 @@ def az_access_token(
         },
         output,
     )
+
+
+@app.command("az-account-show", hidden=True)
+def az_account_show(output: OutputFormat = OutputOption) -> None:
+    """`az account show`: scripts read `id` (and `tenantId`) to build Azure's long URIs;
+    the answer is the subscription Sluice's resource ids carry (sluice.common.azure_ids)."""
+    render(
+        {
+            "id": SUBSCRIPTION,
+            "name": "sluice",
+            "tenantId": SUBSCRIPTION,
+            "isDefault": True,
+            "state": "Enabled",
+            "environmentName": "Sluice",
+        },
+        output,
+    )
