@@ -9,7 +9,9 @@ Routes (Azure's, plus readiness and the Open Inference Protocol's health):
     POST /score              run(); GET /score passes the query parameters
     GET  /swagger.json       ?version=2|3|3.1: the code folder's file or one generated
     GET  /v2, /v2/models/<m>[/ready], POST /v2/models/<m>/infer
-                             the Open Inference Protocol around the same run() (oip.py)
+                             the Open Inference Protocol around the same run() (oip.py);
+                             a Triton repository's ONNX model under its own name, by
+                             its graph's tensors, as Triton answers (triton.py)
     POST /inference.GRPCInferenceService/<method>
                              OIP gRPC as the gateway's bridge sends it (oip_grpc_http.py)
 
@@ -50,15 +52,18 @@ from sluice.inference.config import ServerConfig
 from sluice.inference.dispatch import Dispatcher, Limits, Outcome, Withdraw
 from sluice.inference.http import Connection, Header, HttpRequest, Responder
 from sluice.inference.metrics import Metrics, scope_from_env, serve_metrics
+from sluice.inference.onnx_oip import Inference
 from sluice.inference.output import JSON, OCTETS, NotSerializable, Reply, encode, json_reply
 from sluice.inference.script import (
     BadInput,
     Scorer,
+    ScriptError,
     load_script,
     set_model_dir,
     set_script_variables,
 )
 from sluice.inference.swagger import SwaggerDocuments, swagger_documents
+from sluice.inference.triton import TritonModel, triton_model
 
 EXIT_INIT_FAILED = 3
 MAX_REQUEST_ID = 100  # Azure's limit on x-request-id and x-ms-client-request-id
@@ -95,7 +100,9 @@ class InferenceApp:
         # Through the gateway an endpoint's traffic may be split over deployments: its name
         # works as the model's in OIP routes too, whichever deployment answers.
         self.endpoint_name = os.environ.get("AZUREML_ENDPOINT_NAME") or model_name
+        self.oip_names: tuple[str, ...] = (model_name, self.endpoint_name)  # generic answers
         self.model_path: Path | None = None  # for OIP metadata from an MLflow signature
+        self.triton: TritonModel | None = None  # see serve_triton()
         self.scorer: Scorer | None = None
         self.dispatcher: Dispatcher | None = None
         self.batcher: Batcher | None = None  # adaptive batching, when configured and possible
@@ -115,6 +122,13 @@ class InferenceApp:
     @property
     def live(self) -> bool:
         return self.dispatcher is None or self.dispatcher.healthy
+
+    def serve_triton(self, model: TritonModel) -> None:
+        """Answer OIP calls of `model`'s name as Triton does (a no-code Triton deployment);
+        the deployment's and endpoint's names keep the generic answers, unless one of them
+        is that name too."""
+        self.triton = model
+        self.oip_names = tuple(name for name in self.oip_names if name != model.name)
 
     def start_scoring(
         self,
@@ -254,7 +268,11 @@ class InferenceApp:
         rid: str,
         started: float,
     ) -> None:
-        if route.model not in (self.model_name, self.endpoint_name):
+        if route.model not in self.oip_names:
+            triton = self.triton  # looked at only here: other models' requests pay nothing
+            if triton is not None and route.model == triton.name:
+                self._triton(triton, route, request, conn, rid, started)
+                return
             reply = self._no_model(route.model)
         elif route.action == "metadata":
             reply = Reply(200, [JSON], oip.model_metadata(self.model_name, self.model_path))
@@ -268,7 +286,117 @@ class InferenceApp:
         self._send(request, conn, rid, started, "/v2/infer", reply)
 
     def _no_model(self, model: str) -> Reply:
-        return json_reply(404, {"error": f"no model {model!r}; this is {self.model_name!r}"})
+        this = repr(self.model_name)
+        triton = self.triton
+        if triton is not None and triton.name != self.model_name:
+            this = f"{triton.name!r} (or {this})"
+        return json_reply(404, {"error": f"no model {model!r}; this is {this}"})
+
+    def _triton(
+        self,
+        model: TritonModel,
+        route: oip.OipRoute,
+        request: HttpRequest,
+        conn: Responder,
+        rid: str,
+        started: float,
+    ) -> None:
+        """OIP by the Triton model's own name: its version, its graph's tensors."""
+        version = oip.version_of(request.path)
+        if version is not None and version != model.version:
+            message = f"model {model.name!r} has no version {version!r}; it serves {model.version}"
+            reply = json_reply(404, {"error": message})
+        elif route.action == "ready":
+            reply = json_reply(200 if self.ready else 503, {"ready": self.ready})
+        elif self.scorer is None:  # the graph's tensors are known once it is loaded
+            reply = NOT_READY
+        elif route.action == "metadata":
+            reply = Reply(200, [JSON], model.metadata())
+        elif request.method != "POST":
+            reply = json_reply(405, {"error": "inference needs POST"})
+        else:
+            self._triton_infer(
+                model,
+                request,
+                conn,
+                rid,
+                started,
+                lambda: model.decode(request.body, request.header(oip_binary.HEADER)),
+                lambda inference, arrays: _tensors_reply(model.answer(inference, arrays)),
+            )
+            return
+        self._send(request, conn, rid, started, "/v2/infer", reply)
+
+    def _triton_grpc(
+        self,
+        model: TritonModel,
+        message: Any,  # the call's ModelInferRequest (protobuf stays in oip_grpc_http)
+        request: HttpRequest,
+        conn: Responder,
+        rid: str,
+        started: float,
+    ) -> None:
+        """gRPC ModelInfer by the Triton model's name: the same checks and graph as REST,
+        every output in `raw_output_contents`."""
+        version = message.model_version
+        if version and version != model.version:
+            error = f"model {model.name!r} has no version {version!r}; it serves {model.version}"
+            self._send(request, conn, rid, started, "/v2/infer", json_reply(404, {"error": error}))
+            return
+
+        def answer(inference: Inference, arrays: list[Any]) -> Reply:
+            outputs = model.raw_outputs(inference, arrays)
+            body = oip_grpc_http.tensors_answer(
+                model.name, model.version, inference.request_id, outputs
+            )
+            return Reply(200, [oip_grpc_http.GRPC_TYPE], body)
+
+        def decode() -> Inference:
+            return model.checked(*oip_grpc_http.rest_request(message))
+
+        self._triton_infer(model, request, conn, rid, started, decode, answer)
+
+    def _triton_infer(
+        self,
+        model: TritonModel,
+        request: HttpRequest,
+        conn: Responder,
+        rid: str,
+        started: float,
+        decode: Callable[[], Inference],
+        answer: Callable[[Inference, list[Any]], Reply],
+    ) -> None:
+        """An inference of the Triton model: the request's tensors checked against the graph
+        here (`decode`), the graph run where run() runs (same limits, timeout and metrics),
+        its outputs answered by `answer`."""
+        if self._not_scoring(request, conn, rid, started):
+            return
+        dispatcher = self.dispatcher
+        assert dispatcher is not None  # _not_scoring said so
+        try:
+            inference = decode()
+        except oip.OipError as exc:
+            self.metrics.error("bad_input")
+            reply = json_reply(400, {"error": str(exc)})
+            self._send(request, conn, rid, started, "/v2/infer", reply)
+            return
+        span = self.tracing.start(request, rid, "/v2/infer") if self.tracing else None
+        cid = self._collect_input(request, rid, request.body)
+
+        def finish(outcome: Outcome) -> None:
+            if outcome.kind == "ok":
+                self.metrics.observe_run(outcome.run_seconds)
+                reply = answer(inference, outcome.value)
+            else:
+                reply = self._scored(outcome, rid)
+            if cid is not None:
+                self._collect_output(cid, rid, None, reply)
+            self._send(request, conn, rid, started, "/v2/infer", reply, span)
+
+        around = span.run_inside if span is not None else None
+        self._queued(
+            request, conn, dispatcher.submit(lambda: model.infer(inference), finish, around)
+        )
 
     def _grpc_infer(self, request: HttpRequest, conn: Responder, rid: str, started: float) -> None:
         """gRPC ModelInfer, as the gateway's reverse bridge sends it (oip_grpc_http.py): the
@@ -277,19 +405,25 @@ class InferenceApp:
         if self._not_scoring(request, answers, rid, started):
             return
         try:
-            call = oip_grpc_http.parse(request.body)
+            message = oip_grpc_http.infer_message(request.body)
         except oip_grpc_http.Refused as refused:
             self.metrics.error("bad_input")
             conn.respond(request, *oip_grpc_http.status_answer(refused))
             self.metrics.observe("/v2/infer", 400, time.perf_counter() - started)
             return
+        model = message.model_name
+        if model and model not in self.oip_names:
+            triton = self.triton
+            if triton is not None and model == triton.name:
+                self._triton_grpc(triton, message, request, answers, rid, started)
+                return
+            self._send(request, answers, rid, started, "/v2/infer", self._no_model(model))
+            return
+        try:
+            call = oip_grpc_http.call_of(message)
         except oip.OipError as exc:
             self.metrics.error("bad_input")
             reply = json_reply(400, {"error": str(exc)})
-            self._send(request, answers, rid, started, "/v2/infer", reply)
-            return
-        if call.model and call.model not in (self.model_name, self.endpoint_name):
-            reply = self._no_model(call.model)
             self._send(request, answers, rid, started, "/v2/infer", reply)
             return
 
@@ -489,6 +623,14 @@ class InferenceApp:
             span.end()  # after the answer left: the spans it may write do not delay it
 
 
+def _tensors_reply(tensors: oip.InferAnswer) -> Reply:
+    """An OIP answer: JSON, or JSON and then raw tensor data (binary tensor data extension)."""
+    if tensors.header_length is None:
+        return Reply(200, [JSON], tensors.body)
+    length = str(tensors.header_length).encode()
+    return Reply(200, [OCTETS, (oip_binary.HEADER, length)], tensors.body)
+
+
 @functools.cache
 def _too_long(header: bytes) -> Reply:
     message = f"{header.decode()} is longer than {MAX_REQUEST_ID} characters"
@@ -529,8 +671,9 @@ class RequestIds:
         return f"{self._prefix}-{next(self._count):08x}"
 
 
-def load_scorer(config: ServerConfig) -> Scorer:
-    """Import the scoring script (or pick the built-in scorer), check it, and call init()."""
+def load_scorer(config: ServerConfig, triton: TritonModel | None = None) -> Scorer:
+    """Import the scoring script (or pick the built-in scorer: `triton`'s, when the model
+    is a Triton repository), check it, and call init()."""
     set_model_dir(config.model)
     set_script_variables(config.code, config.scoring_script)
     script = config.script_path
@@ -539,7 +682,7 @@ def load_scorer(config: ServerConfig) -> Scorer:
         functions = load_script(script, config.code)
     else:
         assert config.model is not None
-        functions = builtin_scorer(config.model)
+        functions = triton.functions() if triton is not None else builtin_scorer(config.model)
     scorer = Scorer(functions)
     log.info("init_started", script=functions.origin)
     started = time.perf_counter()
@@ -563,6 +706,11 @@ def model_name(model: Path | None) -> str:
 
 async def serve(config: ServerConfig, registry: CollectorRegistry | None = None) -> int:
     """Run the server until SIGTERM/SIGINT; return the process exit code."""
+    try:  # known before the server listens: its OIP name answers (not ready) during init()
+        triton = triton_model(config.model) if config.script_path is None else None
+    except ScriptError as exc:  # a Triton repository Sluice does not serve
+        log.error("init_failed", error=str(exc))
+        return EXIT_INIT_FAILED
     loop = asyncio.get_running_loop()
     registry = registry or CollectorRegistry()
     metrics = Metrics(registry, scope_from_env())
@@ -570,6 +718,8 @@ async def serve(config: ServerConfig, registry: CollectorRegistry | None = None)
         serve_metrics(config.host, config.metrics_port, registry)
     app = InferenceApp(metrics, model_name(config.model), config.gateway_secret)
     app.model_path = config.model
+    if triton is not None:
+        app.serve_triton(triton)
     app.collector = _collector(config, metrics)
     if config.tracing:
         from sluice.inference.tracing import start_tracing
@@ -595,7 +745,7 @@ async def serve(config: ServerConfig, registry: CollectorRegistry | None = None)
         model_dir=_model_dir_text(config.model),
     )
     stop = loop.create_task(wait_for_shutdown_signal())
-    init = loop.run_in_executor(None, contextvars.copy_context().run, load_scorer, config)
+    init = loop.run_in_executor(None, contextvars.copy_context().run, load_scorer, config, triton)
     first: list[asyncio.Future[Any]] = [stop, init]
     await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
     if not init.done():

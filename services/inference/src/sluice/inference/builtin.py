@@ -7,7 +7,9 @@
   list (an ndarray of the tensor signature's type) or named tensors; MLflow's
   own `dataframe_split`, `dataframe_records`, `inputs` and `instances` forms
   are taken too. The swagger document comes from the signature and example.
-- A `.onnx` file runs with onnxruntime (install the `onnx` extra).
+- A `.onnx` file runs with onnxruntime (install the `onnx` extra). A Triton model
+  repository (`<model>/<version>/model.onnx`) is served by triton.py, which scores
+  /score the same way.
 - Any other file (`.pkl`, `.pickle`, `.joblib`, ...) is loaded with joblib
   (or pickle when joblib is absent) and must have `predict()`.
 
@@ -56,7 +58,8 @@ def _single_model_file(model: Path) -> Path:
     return files[0]
 
 
-def _rows(raw: str) -> Any:
+def request_rows(raw: str) -> Any:
+    """The rows of a `{"data": [[...], ...]}` (or `{"input_data": ...}`) request body."""
     body = parse_json(raw.encode())
     if isinstance(body, dict):
         for key in ("data", "input_data"):
@@ -79,7 +82,12 @@ class GenericModel:
 
     def init(self) -> None:
         if self.path.suffix == ".onnx":
-            self._predict = _onnx_predictor(self.path)
+            import onnxruntime  # type: ignore[import-untyped]
+
+            session = onnxruntime.InferenceSession(
+                str(self.path), providers=["CPUExecutionProvider"]
+            )
+            self._predict = onnx_predictor(session)
             return
         try:
             import joblib  # type: ignore[import-untyped]
@@ -95,15 +103,15 @@ class GenericModel:
     def run(self, raw_data: str) -> Any:
         import numpy as np
 
-        rows = np.asarray(_rows(raw_data))
+        rows = np.asarray(request_rows(raw_data))
         return self._predict(rows)
 
 
-def _onnx_predictor(path: Path) -> Any:
+def onnx_predictor(session: Any) -> Any:
+    """predict(rows) of an onnxruntime session: the rows as its first input (float32, or
+    float64 for a double input), its first output as the answer."""
     import numpy as np
-    import onnxruntime  # type: ignore[import-untyped]
 
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     first = session.get_inputs()[0]
     dtype = np.float64 if first.type == "tensor(double)" else np.float32
 

@@ -13,7 +13,9 @@ signature when there is one. Tensors may travel as raw bytes after the JSON
 Metadata routes: `GET /v2` (server), `GET /v2/models/<name>` (model),
 `GET /v2/models/<name>/ready`. `<name>` is the deployment's name
 (`AZUREML_DEPLOYMENT_NAME`) or the model file/folder's; `/versions/<v>` is
-accepted and ignored (one version per deployment).
+accepted and ignored (one version per deployment). A Triton repository's ONNX
+model answers under its own name by its graph's tensors instead (triton.py,
+onnx_oip.py).
 """
 
 from __future__ import annotations
@@ -49,6 +51,12 @@ class OipRoute:
     action: str  # "metadata", "ready" or "infer"
 
 
+def version_of(path: str) -> str | None:
+    """The version an OIP model route names (`/versions/<v>`), or None."""
+    match = PATH_RE.match(path)
+    return match.group("version") if match is not None else None
+
+
 def route(path: str) -> OipRoute | None:
     """Which OIP model route `path` is, or None for anything else."""
     match = PATH_RE.match(path)
@@ -66,9 +74,10 @@ def _reshape(flat: list[Any], shape: list[int]) -> Any:
     return [_reshape(flat[i * step : (i + 1) * step], shape[1:]) for i in range(shape[0])]
 
 
-def _flatten(value: Any) -> list[Any]:
+def flat_values(value: Any) -> list[Any]:
+    """Nested lists' values in row-major order."""
     if isinstance(value, list):
-        return [item for part in value for item in _flatten(part)]
+        return [item for part in value for item in flat_values(part)]
     return [value]
 
 
@@ -92,24 +101,25 @@ def _tensor_rows(tensor: Any) -> Any:
         raise OipError(f'input {name!r} needs "shape" (a list) and "data" (a list)')
     if datatype not in ALL_TYPES:
         raise OipError(f"input {name!r}: datatype {datatype!r} is not one of {sorted(ALL_TYPES)}")
-    dims = _dims(name, shape)
-    flat = _flatten(data)
+    dims = tensor_dims(name, shape)
+    flat = flat_values(data)
     expected = math.prod(dims)
     if expected != len(flat):
         raise OipError(f"input {name!r}: shape {shape} needs {expected} values, got {len(flat)}")
-    if not all(_fits(value, datatype) for value in flat):
+    if not all(fits_datatype(value, datatype) for value in flat):
         raise OipError(f"input {name!r}: data does not fit datatype {datatype}")
     return _reshape(flat, dims)
 
 
-def _dims(name: Any, shape: list[Any]) -> list[int]:
+def tensor_dims(name: Any, shape: list[Any]) -> list[int]:
     """A tensor's shape as sizes; OipError unless every one is a whole number >= 0."""
     if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise OipError(f"input {name!r}: shape {shape} is not a list of sizes (integers >= 0)")
     return list(shape)
 
 
-def _fits(value: Any, datatype: str) -> bool:
+def fits_datatype(value: Any, datatype: str) -> bool:
+    """Whether a JSON value is one of `datatype`'s values."""
     if datatype == "BOOL":
         return isinstance(value, bool)
     if datatype == "BYTES":
@@ -143,7 +153,7 @@ def _binary_inputs(inputs: list[Any], tail: bytes) -> None:
             raise OipError(f"input {name!r}: binary_data_size {size!r} overruns the binary data")
         if datatype not in ALL_TYPES or not isinstance(shape, list):
             raise OipError(f'input {name!r} needs "shape" and a datatype of {sorted(ALL_TYPES)}')
-        count = math.prod(_dims(name, shape))
+        count = math.prod(tensor_dims(name, shape))
         try:
             tensor["data"] = oip_binary.decode(datatype, tail[at : at + size], count, str(name))
         except BinaryError as exc:
@@ -224,7 +234,7 @@ def infer_request(
 def _output(name: str, value: Any) -> dict[str, Any]:
     if not isinstance(value, list):
         value = [value]
-    flat = _flatten(value)
+    flat = flat_values(value)
     kinds = {type(v) for v in flat}
     if kinds <= {int, float} and float in kinds:
         datatype = "FP64"

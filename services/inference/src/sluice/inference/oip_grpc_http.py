@@ -128,7 +128,17 @@ def message(body: bytes, kind: type[M]) -> M:
 def parse(body: bytes) -> Call:
     """The call in a bridged request body: Refused when it is no ModelInferRequest, OipError
     when its tensors break the protocol."""
-    request = message(body, pb.ModelInferRequest)
+    return call_of(infer_message(body))
+
+
+def infer_message(body: bytes) -> pb.ModelInferRequest:
+    """The ModelInferRequest in a bridged request body; Refused when there is none."""
+    return message(body, pb.ModelInferRequest)
+
+
+def call_of(request: pb.ModelInferRequest) -> Call:
+    """The OIP inference a ModelInferRequest stands for; OipError when its tensors break
+    the protocol."""
     inputs, raw = request.inputs, request.raw_input_contents
     if raw and len(raw) != len(inputs):
         raise oip.OipError(f"raw_input_contents has {len(raw)} entries for {len(inputs)} inputs")
@@ -160,6 +170,58 @@ def _rows(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None) -> t
         if field == "bytes_contents":
             flat = [v.decode("utf-8", errors="replace") for v in flat]
     return name, oip.typed_rows(name, shape, flat)
+
+
+def rest_request(request: pb.ModelInferRequest) -> tuple[dict[str, Any], bytes]:
+    """A ModelInferRequest as the REST request of the same tensors: its JSON, and the
+    binary data after it (`raw_input_contents`, each input's `binary_data_size`)."""
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise oip.OipError(
+            f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs"
+        )
+    inputs: list[dict[str, Any]] = []
+    for i, tensor in enumerate(request.inputs):
+        entry: dict[str, Any] = {
+            "name": tensor.name,
+            "datatype": tensor.datatype,
+            "shape": list(tensor.shape),
+        }
+        if raw:
+            entry["parameters"] = {"binary_data_size": len(raw[i])}
+        else:
+            field = CONTENTS_FIELDS.get(tensor.datatype)
+            if field is None:
+                raise oip.OipError(
+                    f"input {tensor.name!r}: {tensor.datatype or 'no datatype'} values must "
+                    "come in raw_input_contents"
+                )
+            values = list(getattr(tensor.contents, field))
+            if field == "bytes_contents":
+                values = [v.decode("utf-8", errors="replace") for v in values]
+            entry["data"] = values
+        inputs.append(entry)
+    rest: dict[str, Any] = {
+        "inputs": inputs,
+        "outputs": [{"name": o.name} for o in request.outputs],
+    }
+    if request.id:
+        rest["id"] = request.id
+    return rest, b"".join(raw)
+
+
+def tensors_answer(
+    model: str,
+    version: str,
+    request_id: str | None,
+    outputs: list[tuple[str, str, list[int], bytes]],
+) -> bytes:
+    """Output tensors (name, datatype, shape, raw bytes) as a ModelInferResponse frame."""
+    response = pb.ModelInferResponse(model_name=model, model_version=version, id=request_id or "")
+    for name, datatype, shape, raw in outputs:
+        response.outputs.add(name=name, datatype=datatype, shape=shape)
+        response.raw_output_contents.append(raw)
+    return frame(response.SerializeToString())
 
 
 def answer(model: str, call: Call, value: Any) -> bytes:
