@@ -354,3 +354,41 @@ def test_az_flags_create_auth_mode_update_r_skip_script_validation(
     assert isinstance(dep, dict) and dep["provisioning_state"] == "Creating"
     ep = cli.json("az", "ml", "online-endpoint", "update", "-n", "my-endpoint", "-r", "blue=100")
     assert isinstance(ep, dict) and ep["traffic"] == {"blue": 100}
+
+
+def test_an_inline_model_with_a_name_is_registered_as_az_registers_it(
+    cli: Cli, examples: Path
+) -> None:
+    """`model: {name, version, path}` in a deployment YAML (azureml-examples' ncd and
+    tfserving deployments): the files become that model version, which the deployment then
+    names; the same files again reuse it, other files under the same version are refused
+    and nothing is created."""
+    online = examples / "online"
+    blue = (online / "blue-deployment.yml").read_text()
+    named = blue.replace(
+        "model:\n  path: model-1/model/\n",
+        "model:\n  name: sklearn-regression\n  version: 2\n  path: model-1/model/\n"
+        "  description: registered by its deployment\n",
+    )
+    assert named != blue
+    (online / "named.yml").write_text(named)
+    cli("online-endpoint", "create", "-f", "endpoint.yml")
+    cli("online-deployment", "create", "-f", "named.yml", "--no-wait")
+    model = cli.json("model", "show", "-n", "sklearn-regression", "-v", "2")
+    assert isinstance(model, dict)
+    assert model["description"] == "registered by its deployment"
+    assert model["used_by"] == ["my-endpoint/blue"]
+    # The same files under the same version: reused by a second deployment.
+    cli("online-deployment", "create", "-f", "named.yml", "--set", "name=green", "--no-wait")
+    again = cli.json("model", "show", "-n", "sklearn-regression", "-v", "2")
+    assert isinstance(again, dict) and again["used_by"] == ["my-endpoint/blue", "my-endpoint/green"]
+    # Other files under the same version: refused, nothing created.
+    (online / "model-1" / "model" / "extra.txt").write_text("changed\n")
+    line = cli.error(
+        "online-deployment", "create", "-f", "named.yml", "--set", "name=red", "--no-wait"
+    )
+    assert "model 'sklearn-regression' version '2' is already registered with other files" in line
+    listed = cli.json("online-deployment", "list", "-e", "my-endpoint")
+    assert isinstance(listed, list) and sorted(d["name"] for d in listed) == ["blue", "green"]
+    versions = cli.json("model", "list", "-n", "sklearn-regression")
+    assert isinstance(versions, list) and [v["version"] for v in versions] == ["2"]

@@ -441,6 +441,27 @@ class RegistryClient:
         request = assets_pb2.CreateAssetRequest(spec=to_proto(spec, assets_pb2.AssetSpec()))
         return _asset(self._call(self._assets.CreateAsset, request))
 
+    def register_inline_model(self, spec: AssetSpec) -> str:
+        """A deployment YAML's inline model with a name (`model: {name, version, path}`) is
+        registered as that model version, as az registers it; a version already registered
+        with the same files is reused, one with other files is refused (versions are
+        immutable). Returns the `name:version` the deployment then names."""
+        reference = f"{spec.name}:{spec.version}"
+        try:
+            self.create_asset(spec)
+            return reference
+        except SluiceError as exc:
+            if exc.code != "ALREADY_EXISTS":
+                raise
+        existing = self.get_asset(AssetKind.model, reference).doc.spec.artifact
+        if existing is None or spec.artifact is None or existing.digest != spec.artifact.digest:
+            raise SluiceError(
+                "ALREADY_EXISTS",
+                f"model {spec.name!r} version {spec.version!r} is already registered with other "
+                "files: versions are immutable; give the deployment's model a new version",
+            )
+        return reference
+
     def get_asset(self, kind: AssetKind, reference: str) -> Asset:
         """One version by reference: `name:version`, `name@latest`, `azureml:...`."""
         request = assets_pb2.GetAssetRequest(kind=kind.value, reference=reference)

@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from sluice.common.artifacts import ARTIFACT_URI_PREFIX, ArtifactError, parse_artifact_uri
+from sluice.common.assets import AssetKind, AssetSpec
 from sluice.common.collected import COLLECTOR_PATH, DATASTORE, DEFAULT_DATASTORE
 from sluice.common.resources import (
     ArtifactRef,
@@ -48,6 +49,8 @@ from sluice.sdk import generic_update
 from sluice.sdk.generic_update import Edit, GenericUpdateError
 
 Uploader = Callable[[Path], ArtifactRef]
+# Registers a deployment's inline named model; returns the `name:version` to reference.
+ModelRegistrar = Callable[[AssetSpec], str]
 S = TypeVar("S")
 
 # Fields that name Azure resources or features with no local meaning.
@@ -210,9 +213,10 @@ def _uploaded(uri: str, field: str) -> ArtifactRef:
 class _Resolver:
     """Resolves relative paths against the YAML's folder and uploads artifacts."""
 
-    def __init__(self, base: Path, upload: Uploader):
+    def __init__(self, base: Path, upload: Uploader, register: ModelRegistrar | None = None):
         self.base = base
         self._upload = upload
+        self._register = register
         self.warnings: list[str] = []  # what an inline build context does not honour
 
     def path(self, value: str, field: str) -> Path:
@@ -227,14 +231,31 @@ class _Resolver:
             if model.startswith("azureml:"):
                 return ModelRef(registered=_strip_azureml(model))
             return ModelRef(artifact=self._upload(self.path(model, "model")))
-        if model.path and model.path.startswith(ARTIFACT_URI_PREFIX):
-            return ModelRef(artifact=_uploaded(model.path, "model.path"))
         if model.path:
-            return ModelRef(artifact=self._upload(self.path(model.path, "model.path")))
+            if model.path.startswith(ARTIFACT_URI_PREFIX):
+                artifact = _uploaded(model.path, "model.path")
+            else:
+                artifact = self._upload(self.path(model.path, "model.path"))
+            return self._inline(model, artifact)
         if model.name:
             version = f":{model.version}" if model.version else "@latest"
             return ModelRef(registered=f"{model.name}{version}")
         raise SpecError("model needs `path` (a file or folder) or `name` and `version`")
+
+    def _inline(self, model: AzureModel, artifact: ArtifactRef) -> ModelRef:
+        """An inline model: with a `name`, registered as that model's `version` ("1" when
+        none is given), as az does; without one, anonymous."""
+        if not model.name or self._register is None:
+            return ModelRef(artifact=artifact)
+        spec = AssetSpec(
+            asset_kind=AssetKind.model,
+            name=model.name,
+            version=str(model.version) if model.version is not None else "1",
+            description=model.description or "",
+            type=model.type or "custom_model",
+            artifact=artifact,
+        )
+        return ModelRef(registered=self._register(spec))
 
     def code(self, code: AzureCode | None) -> CodeConfiguration:
         if code is None:
@@ -712,13 +733,14 @@ def load_online_deployment(
     *,
     name: str | None = None,
     endpoint_name: str | None = None,
+    register: ModelRegistrar | None = None,
 ) -> Loaded[OnlineDeploymentSpec]:
     data, warnings, source = _prepare(path, sets, {"name": name, "endpoint_name": endpoint_name})
     model: AzureOnlineDeployment = _validate(AzureOnlineDeployment, data, source)
     warnings += _custom_container_warnings(model, source)
     if model.data_collector is not None:
         warnings += model.data_collector.ignored(source, model.endpoint_name, model.name)
-    resolver = _Resolver(path.parent if path else Path.cwd(), upload)
+    resolver = _Resolver(path.parent if path else Path.cwd(), upload, register)
     spec = model.to_spec(resolver)
     return Loaded(spec, warnings + resolver.warnings)
 
@@ -772,6 +794,7 @@ def load_batch_deployment(
     *,
     name: str | None = None,
     endpoint_name: str | None = None,
+    register: ModelRegistrar | None = None,
 ) -> Loaded[BatchDeploymentSpec]:
     data, warnings, source = _prepare(path, sets, {"name": name, "endpoint_name": endpoint_name})
     if str(data.get("type", "")).lower() == "pipeline":
@@ -795,7 +818,7 @@ def load_batch_deployment(
     _fold_batch_resources(data, warnings, source)
     model: AzureBatchDeployment = _validate(AzureBatchDeployment, data, source)
     warnings += _custom_container_warnings(model, source)
-    resolver = _Resolver(path.parent if path else Path.cwd(), upload)
+    resolver = _Resolver(path.parent if path else Path.cwd(), upload, register)
     spec = model.to_spec(resolver)
     return Loaded(spec, warnings + resolver.warnings)
 

@@ -66,7 +66,12 @@ def create(
     """Create a batch deployment from an Azure ML batch deployment YAML."""
     with registry() as client:
         loaded = load_batch_deployment(
-            optional_path(file), client.upload, set_, name=name, endpoint_name=endpoint_name
+            optional_path(file),
+            client.upload,
+            set_,
+            name=name,
+            endpoint_name=endpoint_name,
+            register=client.register_inline_model,
         )
         warn(loaded.warnings + archived_references(client, loaded.spec))
         doc = client.create_batch_deployment(loaded.spec, set_default=set_default)
@@ -95,7 +100,12 @@ def update(
             loaded = edit_batch_deployment(current, edits)
         else:
             loaded = load_batch_deployment(
-                optional_path(file), client.upload, edits, name=name, endpoint_name=endpoint_name
+                optional_path(file),
+                client.upload,
+                edits,
+                name=name,
+                endpoint_name=endpoint_name,
+                register=client.register_inline_model,
             )
         warn(loaded.warnings + archived_references(client, loaded.spec))
         doc = client.update_batch_deployment(loaded.spec)

@@ -138,7 +138,12 @@ def create(
         )
     with registry() as client:
         loaded = load_online_deployment(
-            optional_path(file), client.upload, set_, name=name, endpoint_name=endpoint_name
+            optional_path(file),
+            client.upload,
+            set_,
+            name=name,
+            endpoint_name=endpoint_name,
+            register=client.register_inline_model,
         )
         warn(loaded.warnings + archived_references(client, loaded.spec))
         doc = client.create_online_deployment(loaded.spec)
@@ -199,7 +204,12 @@ def update(
             loaded = edit_online_deployment(current, edits)
         else:
             loaded = load_online_deployment(
-                optional_path(file), client.upload, edits, name=name, endpoint_name=endpoint_name
+                optional_path(file),
+                client.upload,
+                edits,
+                name=name,
+                endpoint_name=endpoint_name,
+                register=client.register_inline_model,
             )
         warn(loaded.warnings + archived_references(client, loaded.spec))
         doc = client.update_online_deployment(loaded.spec)
