@@ -467,3 +467,25 @@ async def test_an_installer_killed_by_a_signal_runs_once_more(tmp_path: Path) ->
     assert log.read_text().rstrip().endswith("installed")
     with pytest.raises(EnvironmentError_, match="exited -11"):
         await EnvironmentBuilder._run(["/bin/sh", "-c", "kill -SEGV $$"], log)
+
+
+@pytest.mark.integration  # runs uv
+def test_a_failed_build_says_its_warnings_first() -> None:
+    """The build log starts with its warnings and the failure's message ends with the
+    installer's last lines, which no longer reach them: the message carries both (a batch
+    job's status and a deployment's error show it)."""
+    with traversable_dir("sluice-build-") as folder:
+        builder = EnvironmentBuilder(folder / "envs")
+        usable, _ = interpreters.for_deployment_users(
+            interpreters.platform_interpreter(), builder.interpreters
+        )
+        warning = "conda asks for python==3.8.5.*; no such interpreter is on this machine"
+        resolved = ResolvedEnvironment(
+            ("sluice-no-such-package-anywhere==9.9.9",), usable, warnings=(warning,)
+        )
+        with pytest.raises(EnvironmentError_) as failure:
+            asyncio.run(builder._build(folder / "envs" / resolved.key, resolved))
+    lines = str(failure.value).splitlines()
+    assert lines[0].startswith("environment build failed (")
+    assert lines[1] == f"warning: {warning}"
+    assert "sluice-no-such-package-anywhere" in "\n".join(lines[2:])

@@ -260,6 +260,17 @@ def _uv() -> str:
 BUILD_LOCK_POLL_S = 0.2
 
 
+def _with_warnings(failure: EnvironmentError_, warnings: Sequence[str]) -> EnvironmentError_:
+    """A failed build's message with the build's warnings after its first line: they head
+    the build log, where the installer's last lines (the message's) no longer reach them,
+    and one often says why (`python=3.8.5` asked, another Python used)."""
+    if not warnings:
+        return failure
+    head, _, tail = str(failure).partition("\n")
+    said = "".join(f"warning: {warning}\n" for warning in warnings)
+    return EnvironmentError_(f"{head}\n{said}{tail}")
+
+
 class EnvironmentBuilder:
     """Builds and caches virtualenvs under `root`, one per distinct requirement set."""
 
@@ -351,6 +362,8 @@ class EnvironmentBuilder:
         sandboxed = self._landlock
         try:
             await self._install(venv, resolved, log_path, builder, sandboxed)
+        except EnvironmentError_ as failure:
+            raise _with_warnings(failure, resolved.warnings) from None
         finally:
             if builder is not None:
                 await asyncio.to_thread(self._end_build, venv, resolved.key, builder)
