@@ -654,9 +654,10 @@ class JobRunner:
             self.ctx.spares.want(self.spare_key, self.job.workers)
         if ended is not None:
             self.job = ended
+            # The cost before the message: a failed build's message ends with log lines.
             self.log(
-                f"job {state.value}: {message} (cost {ended.cost.cost:.6f} USD for "
-                f"{ended.cost.worker_seconds:.1f} worker-seconds)"
+                f"job {state.value} (cost {ended.cost.cost:.6f} USD for "
+                f"{ended.cost.worker_seconds:.1f} worker-seconds): {message}"
             )
 
 
