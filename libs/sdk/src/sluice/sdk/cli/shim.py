@@ -58,8 +58,10 @@ def az_config_get(
     render([] if section else {}, output)
 
 
-ResourceOption = typer.Option("", "--resource", help="ignored: one token serves all")
-ScopeOption = typer.Option("", "--scope", help="ignored: one token serves all")
+ResourceOption = typer.Option("", "--resource", help="https://ml.azure.com (the only one)")
+ScopeOption = typer.Option("", "--scope", help="https://ml.azure.com/.default (the only one)")
+# The audience Azure's batch scoring URIs take (Sluice's take its own token there).
+ML_AUDIENCE = "https://ml.azure.com"
 
 
 @app.command("az-access-token", hidden=True)
@@ -68,16 +70,26 @@ def az_access_token(
     scope: str = ScopeOption,
     output: OutputFormat = OutputOption,
 ) -> None:
-    """`az account get-access-token [--resource R]` through the forwarder: the token this CLI
-    sends (SLUICE_TOKEN, else the admin token), which is what Sluice's REST API and batch
-    endpoints' scoring URIs take where Azure takes an Entra token (for either resource,
-    https://ml.azure.com or https://management.azure.com), in az's shape."""
+    """`az account get-access-token --resource https://ml.azure.com` through the forwarder:
+    the token this CLI sends (SLUICE_TOKEN, else the admin token), which a batch endpoint's
+    scoring URI takes where Azure takes an Entra token, in az's shape. Only for that
+    audience: without --resource az's token is for Azure Resource Manager, and a script
+    that asks for one sends it to https://management.azure.com, which is Azure, not
+    Sluice; Sluice's token must never leave for it."""
+    asked = (resource or scope.removesuffix("/.default")).rstrip("/")
+    if asked.lower() != ML_AUDIENCE:
+        raise CliError(
+            f"az account get-access-token for {asked or 'Azure Resource Manager (the default)'}: "
+            f"Sluice's az forwarder gives its token only for --resource {ML_AUDIENCE} "
+            "(batch endpoints' scoring URIs); a token for another audience would be sent to "
+            "Azure itself (Sluice's REST API takes `sluice token create` tokens directly)"
+        )
     settings = Settings()
     token = admin_token(settings, settings.state_dir)
     err_console.print(
-        "Sluice's token (SLUICE_TOKEN, else the admin token): REST and batch scoring URIs "
-        "take it as Azure takes an Entra token; it does not expire unless `sluice token "
-        "create --expires-in` gave it an end.",
+        "Sluice's token (SLUICE_TOKEN, else the admin token): batch scoring URIs take it as "
+        "Azure takes an Entra token; it does not expire unless `sluice token create "
+        "--expires-in` gave it an end.",
         markup=False,
     )
     render(
