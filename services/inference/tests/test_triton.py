@@ -256,6 +256,8 @@ def test_requests_that_do_not_fit_the_graph_are_400s(triton: Server) -> None:
     assert "does not fit datatype FP32" in refused({"inputs": [{**good, "data": ["a"] * 12}]})
     error = refused({"inputs": [good], "outputs": [{"name": "predict"}]})
     assert "unexpected inference output 'predict'" in error and "'fc6_1'" in error
+    error = refused({"inputs": [good], "outputs": [{"name": ["fc6_1"]}]})  # not a string
+    assert "unexpected inference output ['fc6_1']" in error
     assert "needs the inputs ['data_0']" in refused({"inputs": []})
     # Binary data that does not match its header says so.
     short = tritonclient_infer(triton, "model_1", [("data_0", image()[:, :2], "FP32")])

@@ -102,3 +102,22 @@ def test_inconsistent_snapshots_are_refused() -> None:
     orphan = Snapshot.build({ENDPOINT: [(d.cluster, r.pack(r.load_assignment(d)))]})
     with pytest.raises(InconsistentSnapshot, match="without cluster"):
         orphan.check()
+
+
+def test_batch_job_routes_retry_only_what_never_reached_the_service() -> None:
+    """A job request that reached the batch service may have made a job: unlike the
+    catch-all host's policy (which retries a reset connection), only a refused or failed
+    connection is tried again; an online endpoint's routes are not among them."""
+    from sluice.traffic.domain import BatchJobs
+
+    routes = r.batch_job_routes(BatchJobs("127.0.0.1:1", b""))
+    assert [route.name for route in routes][:4] == [
+        "batch-jobs@path",
+        "batch-jobs@host",
+        "batch-job@path",
+        "batch-job@host",
+    ]
+    for route in routes:
+        assert route.route.retry_policy.retry_on == "connect-failure,refused-stream", route.name
+        assert route.route.cluster == r.BATCH_JOBS_CLUSTER
+    assert r.batch_job_routes(None) == []

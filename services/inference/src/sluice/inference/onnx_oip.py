@@ -202,7 +202,7 @@ class OnnxGraph:
         binary: set[str] = set()
         for output in wanted:
             name = output.get("name")
-            if name not in self.outputs:
+            if not isinstance(name, str) or name not in self.outputs:
                 raise OipError(
                     f"unexpected inference output {name!r} for model {model!r}: "
                     f"its outputs are {list(self.outputs)}"

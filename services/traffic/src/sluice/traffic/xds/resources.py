@@ -633,6 +633,15 @@ def _transcoder(batch: BatchJobs) -> transcoder_pb2.GrpcJsonTranscoder:
     )
 
 
+@functools.cache
+def _batch_retries() -> route_components_pb2.RetryPolicy:
+    """The batch routes' own policy, instead of the catch-all host's (which also retries a
+    reset connection: a job request would then make a second job)."""
+    return route_components_pb2.RetryPolicy(
+        retry_on="connect-failure,refused-stream", num_retries=wrappers_pb2.UInt32Value(value=2)
+    )
+
+
 def batch_job_routes(batch: BatchJobs | None) -> list[route_components_pb2.Route]:
     """A batch endpoint's scoring URI: `POST /endpoints/<e>/jobs` and `POST <e>.<domain>/jobs`
     start a job (Batch.CreateEndpointJob), `GET` of `.../jobs/<job>` reads it back
@@ -685,8 +694,11 @@ def batch_job_routes(batch: BatchJobs | None) -> list[route_components_pb2.Route
         route_components_pb2.Route(
             name=name,
             match=match,
-            # Inputs are listed (and downloaded) before the job is created.
-            route=route_components_pb2.RouteAction(cluster=BATCH_JOBS_CLUSTER, timeout=_s(300)),
+            # Inputs are listed (and downloaded) before the job is created. Retried only when
+            # the request never reached the service: a POST that did may have made a job.
+            route=route_components_pb2.RouteAction(
+                cluster=BATCH_JOBS_CLUSTER, timeout=_s(300), retry_policy=_batch_retries()
+            ),
             request_headers_to_add=[host],
             request_headers_to_remove=[key_hash.HEADER],
             typed_per_filter_config=filters,
