@@ -268,3 +268,29 @@ def test_a_folder_url_is_a_container_and_a_prefix() -> None:
         locate(f"{account}/")
     with pytest.raises(FetchError, match=r"without a query"):
         locate(f"{account}/data/x?sv=2021&sig=secret")
+
+
+async def test_a_folder_over_its_total_limit_or_with_an_unwritable_name_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Together the files may not exceed MAX_FOLDER_BYTES (refused before any download); a
+    name no file can have (a 300-character segment) is a FetchError naming it, not an
+    error of the service."""
+    from sluice.batch import blob_folder
+
+    monkeypatch.setattr(blob_folder, "MAX_FOLDER_BYTES", 5)
+    server = BlobStandIn("127.0.0.1", {"f/a.csv": Stored(b"abc"), "f/b.csv": Stored(b"def")})
+    try:
+        with pytest.raises(FetchError, match="over 5 bytes together"):
+            await download_folder(f"{server.url}/data/f", tmp_path, LOOPBACK, max_files=3)
+    finally:
+        server.http.shutdown()
+    assert server.files() == []
+    monkeypatch.undo()
+    long = "n" * 300 + ".csv"
+    server = BlobStandIn("127.0.0.1", {f"f/{long}": Stored(b"x")})
+    try:
+        with pytest.raises(FetchError, match="cannot be written"):
+            await download_folder(f"{server.url}/data/f", tmp_path, LOOPBACK, max_files=3)
+    finally:
+        server.http.shutdown()

@@ -31,6 +31,9 @@ API_VERSION = "2021-08-06"
 MAX_LISTING_BYTES = 16 << 20  # a page of 5,000 blobs is a few MB
 MAX_PAGES = 1_000  # Azure answers up to 5,000 blobs a page: a job's files take far fewer
 DOWNLOADS_AT_ONCE = 8
+# A whole folder, as listed (each file is also held to fetch.MAX_DOWNLOAD_BYTES): one
+# invoke cannot fill the platform's disk.
+MAX_FOLDER_BYTES = 16 << 30
 SHAPE = "https://<account>.blob.core.windows.net/<container>/<folder>"
 ADLS_SUFFIX = ".dfs.core.windows.net"
 BLOB_SUFFIX = ".blob.core.windows.net"
@@ -205,7 +208,18 @@ def _check(url: str, folder: Folder, blobs: list[Blob]) -> None:
             "(folder markers and hidden files aside)"
         )
     folders = {str(parent) for blob in blobs for parent in PurePosixPath(blob.path).parents}
+    seen: set[str] = set()
+    total = 0
     for blob in blobs:
+        if blob.path in seen:
+            raise _not_a_container(url, f"listing it answered {blob.path!r} twice")
+        seen.add(blob.path)
+        total += blob.size or 0
+        if total > MAX_FOLDER_BYTES:
+            raise FetchError(
+                f"input {url}: its files are over {MAX_FOLDER_BYTES} bytes together, the "
+                "limit for a remote folder; split the job's input"
+            )
         if blob.path in folders:
             raise FetchError(
                 f"input {url}: {blob.path!r} is both a file and a folder there (blobs "
@@ -239,12 +253,16 @@ async def _download_all(
 
 
 async def _download_one(folder: Folder, blob: Blob, target: Path, policy: UrlPolicy) -> Path:
-    if blob.size == 0:
-        return _empty_file(target)
-    # download() names the file after the URL's last segment, in the folder it is given.
-    return await download(
-        f"{folder.container}/{quote(folder.prefix + blob.path)}", target.parent, policy
-    )
+    try:
+        if blob.size == 0:
+            return _empty_file(target)
+        # download() names the file after the URL's last segment, in the folder it is given.
+        return await download(
+            f"{folder.container}/{quote(folder.prefix + blob.path)}", target.parent, policy
+        )
+    except (OSError, ValueError) as exc:  # a name no file can have, a full disk
+        where = f"{folder.container}/{folder.prefix}"
+        raise FetchError(f"input {where}: {blob.path!r} cannot be written: {exc}") from None
 
 
 def _empty_file(target: Path) -> Path:

@@ -329,6 +329,9 @@ class BatchService:
         except (inputs.InputError, ArtifactError) as exc:
             shutil.rmtree(scratch, ignore_errors=True)
             raise InvalidArgument(str(exc)) from None
+        except BaseException:  # anything else, a cancelled call too: no job, no scratch left
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
         instance_type, price = instance_type_of(self.ctx.catalogue, spec.compute)
         job = Job(
             name=job_name,
