@@ -435,17 +435,11 @@ FAILED_PODS = [
         None,
     ),
     (
-        "ErrImagePull",
+        "InvalidImageName",
         container(
-            {
-                "waiting": {
-                    "reason": "ErrImagePull",
-                    "message": "rpc error: code = NotFound desc = failed to pull and unpack image "
-                    '"reg.example/sluice:1": reg.example/sluice:1: not found',
-                }
-            }
+            {"waiting": {"reason": "InvalidImageName", "message": 'invalid image "Reg/X:1"'}}
         ),
-        ["cannot pull its image (ErrImagePull)", "not found"],
+        ["cannot pull its image (InvalidImageName)", 'invalid image "Reg/X:1"'],
         None,
     ),
     (
@@ -485,6 +479,8 @@ def test_a_failed_pod_fails_the_rollout_saying_why(
 
 STARTING = [
     ("ContainerCreating", container({"waiting": {"reason": "ContainerCreating"}})),
+    # A first failed pull is retried by the kubelet (ImagePullBackOff if it keeps failing).
+    ("ErrImagePull once", container({"waiting": {"reason": "ErrImagePull", "message": "429"}})),
     ("first start, init() running", container(RUNNING)),
     ("exited once and restarted (not a loop yet)", container(RUNNING, exited(1), restarts=1)),
     ("exited once, being restarted", container({"terminated": exited(1)}, restarts=1)),

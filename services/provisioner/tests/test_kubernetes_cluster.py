@@ -408,3 +408,28 @@ async def test_get_logs_of_a_kubernetes_deployment_reads_its_pods(
         await no_cluster.GetLogs(request())
     assert without.value.code() is grpc.StatusCode.FAILED_PRECONDITION
     assert without.value.details() == NO_CLUSTER
+
+
+async def test_a_version_that_rolled_out_is_not_failed_by_later_pods() -> None:
+    """Once a version's rollout completed, a pod of it that crash-loops later (or a scale-up
+    pod that cannot pull) is Kubernetes' to restart: the version does not turn Failed."""
+    api = StandInApi()
+    blue = KubernetesCompute(backend(api), RoutingView()).deployment(KEY)
+    doc = OnlineDeploymentDoc(spec=spec(), meta=Meta(version=1))
+    await blue.converge(doc)
+    api.pods = [pod("blue-a", api.template(), SERVING), pod("blue-b", api.template(), SERVING)]
+    rolled_out(api, ready=2, replicas=2)
+    assert (await blue.converge(doc)).failure is None
+    api.pods = [
+        pod("blue-a", api.template(), CRASH_LOOPING),
+        pod("blue-b", api.template(), IMAGE_MISSING),
+    ]
+    rolled_out(api, ready=0, replicas=2)
+    seen = await blue.converge(doc)
+    assert seen.failure is None
+    assert [(i.id, i.ready) for i in seen.instances] == [("blue-a", False), ("blue-b", False)]
+    # A new version is judged afresh.
+    changed = OnlineDeploymentDoc(spec=spec(instance_count=3), meta=Meta(version=2))
+    await blue.converge(changed)
+    api.pods = [pod("blue-c", api.template(), IMAGE_MISSING)]
+    assert (await blue.converge(changed)).failure is not None

@@ -543,8 +543,9 @@ def rollout_complete(deployment: Mapping[str, Any]) -> bool:
 
 # A container waiting for one of these will not start without a change: its image cannot be
 # had, or its container cannot be made (ContainerCreating, PodInitializing: starting normally).
+# Not ErrImagePull: a first failed pull (a registry's rate limit) is retried by the kubelet,
+# which says ImagePullBackOff once it keeps failing.
 CANNOT_START = {
-    "ErrImagePull": "cannot pull its image",
     "ImagePullBackOff": "cannot pull its image",
     "InvalidImageName": "cannot pull its image",
     "ErrImageNeverPull": "cannot pull its image",
@@ -724,6 +725,9 @@ class KubernetesDeployment:
         # the version's verdict, as on the local backend.
         self._apply_failed: tuple[int, str] | None = None
         self._rollout_failed: tuple[int, str] | None = None
+        # The spec version whose rollout completed: its later pod trouble (a scale-up pod
+        # that cannot pull, an OOMKill days later) is Kubernetes' to restart, not a verdict.
+        self._rolled_out: int | None = None
         self._instances: list[Instance] = []
         self._removing_since: float | None = None
 
@@ -749,6 +753,8 @@ class KubernetesDeployment:
         seen.failure = await self._failure(version, state)
         if seen.failure is not None:
             seen.busy = False  # a failed rollout changes only when the spec does
+        elif seen.settled:
+            self._rolled_out = version
         return seen
 
     async def _failure(self, version: int, state: ClusterState) -> str | None:
@@ -756,6 +762,8 @@ class KubernetesDeployment:
         did not). Found once: the pods still there keep being observed, the verdict stays."""
         if self._rollout_failed is not None and self._rollout_failed[0] == version:
             return self._rollout_failed[1]
+        if self._rolled_out == version:
+            return None
         failure = rollout_failure(state.deployment, state.pods)
         if failure is None:
             return None
