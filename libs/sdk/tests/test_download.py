@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sluice.common.artifacts import pack_chunks
+from sluice.common.artifacts import ArtifactError, pack_chunks
 from sluice.sdk.download import Download, save
 
 
@@ -48,3 +48,21 @@ def test_a_download_that_fails_midway_writes_nothing(output: Path, tmp_path: Pat
     with pytest.raises(ConnectionError):
         save(broken, tmp_path / "dl" / "named-outputs" / "score")
     assert sorted(tmp_path.iterdir()) == before
+
+
+def test_a_merge_that_would_put_a_file_on_a_folder_changes_nothing(
+    output: Path, tmp_path: Path
+) -> None:
+    """`predictions.csv` is a folder where the download goes, `parts` a file: refused before
+    anything moves, so the files that would have merged first are still the old ones."""
+    target = tmp_path / "dl" / "score"
+    (target / "a-first.txt").parent.mkdir(parents=True)
+    (target / "a-first.txt").write_text("old")
+    (output / "a-first.txt").write_text("new")
+    (target / "predictions.csv").mkdir()
+    with pytest.raises(ArtifactError, match="is a file in one and a folder in the other"):
+        save(download_of(output), target)
+    assert (target / "a-first.txt").read_text() == "old"
+    assert (target / "predictions.csv").is_dir()
+    assert sorted(p.name for p in target.iterdir()) == ["a-first.txt", "predictions.csv"]
+    assert [p.name for p in (tmp_path / "dl").iterdir()] == ["score"]  # no temporary left

@@ -60,8 +60,27 @@ def save(download: Download, target: Path) -> Path:
     base = next(parent for parent in target.parents if parent.is_dir())
     with tempfile.TemporaryDirectory(dir=base, prefix=".sluice-download-") as tmp:
         unpacked = unpack_chunks(download.chunks, download.name, download.is_directory, Path(tmp))
+        clashes = list(_clashes(unpacked, target))
+        if clashes:  # found before anything moves: a refused merge changes nothing
+            raise ArtifactError(
+                f"cannot merge the download into {target}: {clashes[0]} is a file in one and "
+                "a folder in the other; nothing was written"
+            )
         _move(unpacked, target)
     return target
+
+
+def _clashes(source: Path, target: Path) -> Iterator[Path]:
+    """The paths under `target` where the merge would put a file on a folder, or a folder
+    on a file: `Path.replace` cannot, and would fail halfway through."""
+    if _plain_dir(source):
+        if _plain_dir(target):
+            for child in source.iterdir():
+                yield from _clashes(child, target / child.name)
+        elif target.exists() or target.is_symlink():
+            yield target
+    elif _plain_dir(target):
+        yield target
 
 
 def _move(source: Path, target: Path) -> None:
