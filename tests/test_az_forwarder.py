@@ -127,35 +127,30 @@ def test_az_account_get_access_token_gives_the_sluice_token(
     run_script: Script, tmp_path: Path
 ) -> None:
     """azureml-examples' batch REST calls take `az account get-access-token --resource
-    https://ml.azure.com --query accessToken -o tsv`: the token this CLI sends, which a
-    batch scoring URI takes. For any other audience (the default is Azure Resource
-    Manager, whose scripts call management.azure.com) it is refused: Sluice's token must
-    not be sent to Azure. No token at all is an error, not ''."""
+    https://ml.azure.com --query accessToken -o tsv`: with SLUICE_TOKEN set, the user's own
+    token (without it, a deployer token made for the script: tests/test_tokens.py). For any
+    other audience (the default is Azure Resource Manager, whose scripts call
+    management.azure.com) it is refused: Sluice's token must not be sent to Azure."""
     get = "az account get-access-token --resource https://ml.azure.com"
-    missing = run_script(f"{get} --query accessToken -o tsv\n")
-    assert missing.returncode != 0 and missing.stdout == ""
-    assert "no admin token in" in missing.stderr
-    (tmp_path / "state").mkdir(exist_ok=True)
-    (tmp_path / "state" / "admin-token").write_text("the-admin-token\n")
     done = run_script(
-        f"GET='{get}'\n"
-        "TOKEN=$($GET --query accessToken -o tsv)\n"
-        'echo "token: [$TOKEN]"\n'
+        f"export SLUICE_TOKEN=alices-token\nGET='{get}'\n"
+        'echo "user: [$($GET --query accessToken -o tsv)]"\n'
         "$GET > whole.json\n"
-        'echo "user: [$(SLUICE_TOKEN=alices-token $GET --query accessToken -o tsv)]"\n'
         'echo "scope: [$(az account get-access-token --scope https://ml.azure.com/.default '
         '--query accessToken -o tsv)]"\n'
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "token: [the-admin-token]" in done.stdout and "user: [alices-token]" in done.stdout
-    assert "scope: [the-admin-token]" in done.stdout
+    assert "user: [alices-token]" in done.stdout and "scope: [alices-token]" in done.stdout
     whole = json.loads((tmp_path / "whole.json").read_text())
-    assert whole["tokenType"] == "Bearer" and whole["accessToken"] == "the-admin-token"
+    assert whole["tokenType"] == "Bearer" and whole["accessToken"] == "alices-token"
     for other in ("", " --resource https://management.azure.com"):
-        refused = run_script(f"az account get-access-token{other} --query accessToken -o tsv\n")
+        refused = run_script(
+            f"SLUICE_TOKEN=alices-token az account get-access-token{other} "
+            "--query accessToken -o tsv\n"
+        )
         assert refused.returncode != 0 and refused.stdout == "", refused.stdout
         said = " ".join(refused.stderr.split())
-        assert "gives its token only for --resource https://ml.azure.com" in said
+        assert "gives a token only for --resource https://ml.azure.com" in said
     # The subscription scripts put into Azure's long data URIs: the one Sluice's ids carry.
     shown = run_script("az account show --query id -o tsv\n")
     assert shown.stdout.strip() == SUBSCRIPTION, shown.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -284,3 +285,21 @@ async def test_a_reader_sees_why_a_deployment_failed_but_not_its_log_lines(
     assert shown == listed.meta.status_message == why + LOG_TAIL_HIDDEN
     with client(registry, deployer) as dan:
         assert dan.get_online_deployment("tok-failed", "blue").meta.status_message == message
+
+
+def test_az_access_token_is_a_short_lived_deployer_token_never_the_admin_token(
+    cli: Cli, registry: RunningService
+) -> None:
+    """`az account get-access-token --resource https://ml.azure.com` (through the az
+    forwarder) while the CLI holds the admin token: a deployer token made for the script,
+    expiring in an hour, since scripts send that token to other hosts too."""
+    got = cli.ok("az", "account", "get-access-token", "--resource", "https://ml.azure.com")
+    token = got["accessToken"]
+    assert token and token != registry.settings.admin_token
+    assert 3500 < got["expires_on"] - time.time() <= 3600
+    [made] = [t for t in cli.ok("token", "list") if t["user"] == "az-account-get-access-token"]
+    assert made["role"] == "deployer" and made["expires_at"]
+    scripted = cli.as_token(token)
+    assert scripted.ok("online-endpoint", "list") == []  # a deployer reads and deploys
+    said = scripted.error("token", "create", "--user", "x", "--role", "admin")
+    assert "(deployer) may not call CreateToken" in said

@@ -7,17 +7,18 @@ prints JSON unless `-o` says otherwise (SLUICE_OUTPUT=json).
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
+from datetime import UTC
 from pathlib import Path
 
 import typer
 
 from sluice.common.azure_ids import SUBSCRIPTION
-from sluice.common.settings import Settings
+from sluice.sdk.cli.common import registry
 from sluice.sdk.cli.errors import CliError
 from sluice.sdk.cli.output import OutputFormat, OutputOption, err_console, render
-from sluice.sdk.client import admin_token
 
 app = typer.Typer(help="Executables that let other tools' scripts drive Sluice.")
 DirOption = typer.Option(..., "--dir", help="folder to write the `az` forwarder into")
@@ -64,6 +65,10 @@ ScopeOption = typer.Option("", "--scope", help="https://ml.azure.com/.default (t
 ML_AUDIENCE = "https://ml.azure.com"
 
 
+# What `az account get-access-token` hands out when the CLI holds the admin token.
+SCRIPT_TOKEN_S = 3600
+
+
 @app.command("az-access-token", hidden=True)
 def az_access_token(
     resource: str = ResourceOption,
@@ -71,32 +76,42 @@ def az_access_token(
     output: OutputFormat = OutputOption,
 ) -> None:
     """`az account get-access-token --resource https://ml.azure.com` through the forwarder:
-    the token this CLI sends (SLUICE_TOKEN, else the admin token), which a batch endpoint's
-    scoring URI takes where Azure takes an Entra token, in az's shape. Only for that
-    audience: without --resource az's token is for Azure Resource Manager, and a script
-    that asks for one sends it to https://management.azure.com, which is Azure, not
-    Sluice; Sluice's token must never leave for it."""
+    a token a batch endpoint's scoring URI takes where Azure takes an Entra token, in az's
+    shape. Scripts send what they get here to other hosts too (Azure's own ml.azure.com
+    APIs), so it is never the admin token: SLUICE_TOKEN when the user set one (their own
+    token), else a deployer token made for the script that expires in an hour. Only for
+    that audience: without --resource az's token is for Azure Resource Manager, which a
+    script sends to https://management.azure.com."""
     asked = (resource or scope.removesuffix("/.default")).rstrip("/")
     if asked.lower() != ML_AUDIENCE:
         raise CliError(
             f"az account get-access-token for {asked or 'Azure Resource Manager (the default)'}: "
-            f"Sluice's az forwarder gives its token only for --resource {ML_AUDIENCE} "
+            f"Sluice's az forwarder gives a token only for --resource {ML_AUDIENCE} "
             "(batch endpoints' scoring URIs); a token for another audience would be sent to "
             "Azure itself (Sluice's REST API takes `sluice token create` tokens directly)"
         )
-    settings = Settings()
-    token = admin_token(settings, settings.state_dir)
-    err_console.print(
-        "Sluice's token (SLUICE_TOKEN, else the admin token): batch scoring URIs take it as "
-        "Azure takes an Entra token; it does not expire unless `sluice token create "
-        "--expires-in` gave it an end.",
-        markup=False,
-    )
+    if os.environ.get("SLUICE_TOKEN"):
+        token, expires = os.environ["SLUICE_TOKEN"], None
+    else:
+        with registry() as client:
+            created = client.create_token(
+                "az-account-get-access-token",
+                "deployer",
+                "made by `az account get-access-token` for a script",
+                SCRIPT_TOKEN_S,
+            )
+        token = created.secret
+        expires = created.token.expires_at.ToDatetime(tzinfo=UTC)
+        err_console.print(
+            f"A deployer token for this script, expiring at {expires:%Y-%m-%d %H:%M:%S} UTC "
+            "(never the admin token: scripts send it to other hosts too).",
+            markup=False,
+        )
     render(
         {
             "accessToken": token,
-            "expiresOn": None,
-            "expires_on": None,
+            "expiresOn": f"{expires:%Y-%m-%d %H:%M:%S.%f}" if expires else None,
+            "expires_on": int(expires.timestamp()) if expires else None,
             "subscription": SUBSCRIPTION,
             "tenant": SUBSCRIPTION,
             "tokenType": "Bearer",
