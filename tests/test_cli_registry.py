@@ -267,13 +267,21 @@ def test_batch_endpoint_and_both_settings_forms(cli: Cli, examples: Path) -> Non
     cli("batch-deployment", "create", "-f", str(batch / "legacy.yml"))
     old = cli.json("batch-deployment", "show", "-n", "legacy", "-e", "diabetes-batch")
     assert isinstance(old, dict) and old["error_threshold"] == 0
+    # `create` of an existing batch deployment replaces it, as az's does (create or update:
+    # imagenet-classifier's script creates its second deployment under the same name).
+    legacy["error_threshold"] = 3
+    (batch / "legacy.yml").write_text(yaml.safe_dump(legacy))
+    again = cli("batch-deployment", "create", "-f", str(batch / "legacy.yml"))
+    assert "Updated batch deployment legacy" in " ".join(again.stderr.split())
+    old = cli.json("batch-deployment", "show", "-n", "legacy", "-e", "diabetes-batch")
+    assert isinstance(old, dict) and old["error_threshold"] == 3
     # By name, flat as `show` prints it or under settings:, as az's generic update does.
     edited = cli.json(
         "batch-deployment", "update", "-n", "legacy", "-e", "diabetes-batch",
         "--set", "mini_batch_size=5", "settings.retry_settings.max_retries=1",
     )  # fmt: skip
     assert isinstance(edited, dict) and edited["mini_batch_size"] == 5
-    assert edited["retry_settings"]["max_retries"] == 1 and edited["error_threshold"] == 0
+    assert edited["retry_settings"]["max_retries"] == 1 and edited["error_threshold"] == 3
     endpoint = cli.json("batch-endpoint", "show", "-n", "diabetes-batch")
     assert isinstance(endpoint, dict) and endpoint["defaults"]["deployment_name"] == "ridge"
     line = cli.error("batch-deployment", "delete", "-n", "ridge", "-e", "diabetes-batch")

@@ -23,6 +23,7 @@ from sluice.sdk.cli.common import (
 )
 from sluice.sdk.cli.errors import CliError
 from sluice.sdk.cli.output import OutputFormat, OutputOption, err_console, render
+from sluice.sdk.client import SluiceError
 from sluice.sdk.specs import edit_batch_deployment, load_batch_deployment
 
 app = typer.Typer(
@@ -74,8 +75,22 @@ def create(
             register=client.register_inline_model,
         )
         warn(loaded.warnings + archived_references(client, loaded.spec))
-        doc = client.create_batch_deployment(loaded.spec, set_default=set_default)
-    err_console.print(f"Created batch deployment {doc.spec.name} of {doc.spec.endpoint_name}.")
+        verb = "Created"
+        try:
+            doc = client.create_batch_deployment(loaded.spec, set_default=set_default)
+        except SluiceError as exc:
+            # As az's `batch-deployment create` (create or update, unlike online's): the
+            # same name again replaces it (a name differing only by case is still refused).
+            if exc.code != "ALREADY_EXISTS" or "already exists" not in str(exc):
+                raise
+            doc = client.update_batch_deployment(loaded.spec)
+            verb = "Updated"
+            if set_default:
+                endpoint = client.get_batch_endpoint(doc.spec.endpoint_name).doc.spec
+                client.update_batch_endpoint(
+                    endpoint.model_copy(update={"default_deployment": doc.spec.name})
+                )
+    err_console.print(f"{verb} batch deployment {doc.spec.name} of {doc.spec.endpoint_name}.")
     show_one(doc, output)
 
 
