@@ -118,6 +118,20 @@ def test_missing_scoring_script_is_named(tmp_path: Path) -> None:
         load_online_deployment(path, fake_upload)
 
 
+def test_a_scoring_script_that_is_not_python_is_refused(tmp_path: Path) -> None:
+    """azureml-examples' R plumber deployment names `plumber.R`: refused at load, not an
+    instance that dies importing it."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "plumber.R").write_text("#* @get /score\n")
+    path = write(
+        tmp_path,
+        "name: blue\nendpoint_name: ep1\n"
+        "code_configuration:\n  code: src\n  scoring_script: plumber.R\n",
+    )
+    with pytest.raises(SpecError, match=r"'plumber\.R' is not a Python file"):
+        load_online_deployment(path, fake_upload)
+
+
 def test_errors_name_the_field(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match="instance_count: Input should be a valid integer"):
         load_online_deployment(

@@ -193,8 +193,16 @@ def resolve_path(base: Path, value: str, field: str) -> Path:
 
 
 def code_folder(base: Path, code: AzureCode) -> Path:
-    """The code folder, checked to hold the scoring script."""
+    """The code folder, checked to hold the scoring script (a Python file: Sluice's
+    inference server imports it; an R or shell entry point belongs to a custom container,
+    which Sluice does not run)."""
     folder = resolve_path(base, code.code, "code_configuration.code")
+    if not code.scoring_script.endswith(".py"):
+        raise SpecError(
+            f"code_configuration.scoring_script: {code.scoring_script!r} is not a Python file: "
+            "Sluice's inference server imports the scoring script (custom containers with "
+            "their own server, such as R plumber, are not run)"
+        )
     if not (folder / code.scoring_script).is_file():
         raise SpecError(
             f"code_configuration.scoring_script: {code.scoring_script!r} is not a file in {folder}"
