@@ -58,6 +58,9 @@ def test_compute_commands_succeed_provision_nothing_and_say_so(
         "az ml compute update -n batch-cluster --max-instances 2 --query "
         "'{name: name, max: max_instances}' -o json\n"
         "az ml compute delete -n batch-cluster --yes\n"
+        # deploy-mlcompute-create_with-system-identity.sh: the identity is echoed, none made.
+        "az ml compute create -n id-cluster --size STANDARD_D3_V2 --identity-type "
+        "system_assigned --query identity.type -o tsv > identity.txt\n"
     )
     assert done.returncode == 0, done.stdout + done.stderr
     created = json.loads((tmp_path / "created.json").read_text())
@@ -68,6 +71,7 @@ def test_compute_commands_succeed_provision_nothing_and_say_so(
         "size": "STANDARD_DS3_V2",
     }
     assert (created["min_instances"], created["max_instances"]) == (0, 5)
+    assert (tmp_path / "identity.txt").read_text().strip() == "system_assigned"
     assert created["id"].endswith("/computes/batch-cluster")
     assert "state: Succeeded\n" in done.stdout
     assert json.loads(done.stdout.split("state: Succeeded\n")[1]) == {
@@ -78,7 +82,7 @@ def test_compute_commands_succeed_provision_nothing_and_say_so(
     for verb, did in [("create", "created"), ("show", "is stored"), ("update", "changed"),
                       ("delete", "deleted")]:  # fmt: skip
         assert f"compute {verb} batch-cluster: nothing {did}" in said
-    assert said.count("Sluice provisions no compute: online deployments run as") == 4
+    assert said.count("Sluice provisions no compute: online deployments run as") == 5
 
 
 def test_az_version_and_config_get(run_script: Script) -> None:

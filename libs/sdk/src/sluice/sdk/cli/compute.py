@@ -61,8 +61,29 @@ def _view(name: str, fields: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+IdentityTypeOption = typer.Option(
+    None, "--identity-type", help="system_assigned or user_assigned; echoed (no identities here)"
+)
+UserIdentitiesOption = typer.Option(
+    None, "--user-assigned-identities", help="identity resource ids; echoed"
+)
+
+
 def _given(**flags: Any) -> dict[str, Any]:
     return {key: value for key, value in flags.items() if value is not None}
+
+
+def _identity(kind: str | None, user_assigned: str | None) -> dict[str, Any]:
+    """az's `identity` of a compute, as given: Sluice has no managed identities, so none is
+    made (deploy-mlcompute-*.sh create computes with one)."""
+    if kind is None and user_assigned is None:
+        return {}
+    identity: dict[str, Any] = {"type": kind or "user_assigned"}
+    if user_assigned:
+        identity["user_assigned_identities"] = [
+            {"resource_id": rid} for rid in user_assigned.split(",") if rid
+        ]
+    return {"identity": identity}
 
 
 @app.command()
@@ -76,6 +97,8 @@ def create(
     idle_time_before_scale_down: int | None = IdleOption,
     tier: str | None = typer.Option(None, "--tier", help="dedicated or low_priority; echoed"),
     description: str | None = typer.Option(None, "--description", "-d"),
+    identity_type: str | None = IdentityTypeOption,
+    user_assigned_identities: str | None = UserIdentitiesOption,
     set_: list[str] = SetOption,
     no_wait: bool = NoWaitOption,
     output: OutputFormat = OutputOption,
@@ -94,6 +117,7 @@ def create(
         tier=tier,
         description=description,
     )
+    flags |= _identity(identity_type, user_assigned_identities)
     fields = {"type": "amlcompute", **fields, **flags}
     if str(fields["type"]).lower() == "amlcompute":
         fields = {**AMLCOMPUTE_DEFAULTS, **fields}
@@ -117,6 +141,8 @@ def update(
     max_instances: int | None = MaxOption,
     idle_time_before_scale_down: int | None = IdleOption,
     description: str | None = typer.Option(None, "--description", "-d"),
+    identity_type: str | None = IdentityTypeOption,
+    user_assigned_identities: str | None = UserIdentitiesOption,
     no_wait: bool = NoWaitOption,
     output: OutputFormat = OutputOption,
 ) -> None:
@@ -127,7 +153,7 @@ def update(
         max_instances=max_instances,
         idle_time_before_scale_down=idle_time_before_scale_down,
         description=description,
-    )
+    ) | _identity(identity_type, user_assigned_identities)
     err_console.print(f"compute update {name}: nothing changed. {NOTHING_PROVISIONED}.")
     render(_view(name, fields), output)
 
