@@ -57,3 +57,46 @@ def test_every_answer_sent_is_a_response_record(supervisor: Supervisor, tmp_path
     sent = by[("oip", "response")]["data"]
     assert sent == oip.json() and sent["outputs"][0]["data"] == [2.0, 4.0]
     assert by[("good", "response")]["data"] == [[2.0, 4.0]]
+
+
+CONFIG_SCRIPT = """
+import json, os
+
+def init():
+    global seen
+    path = os.environ.get("AZUREML_MDC_CONFIG_PATH")
+    seen = json.load(open(path)) if path else None
+
+def run(data):
+    return seen
+"""
+
+
+def test_azures_collector_package_finds_its_collections_enabled(
+    supervisor: Supervisor, tmp_path: Path
+) -> None:
+    """A score.py written for Azure calls `azureml-ai-monitoring`'s Collector, which refuses
+    to start unless AZUREML_MDC_CONFIG_PATH's file enables the collection: the server writes
+    it for the collections it collects (`runMode: local`, so the package logs instead of
+    sending to Azure's sidecar), and only when it collects."""
+    code = write_script(tmp_path / "code", CONFIG_SCRIPT)
+    collecting = start_server(
+        supervisor,
+        "mdc",
+        code=code,
+        extra=[
+            "--collect-dir", str(tmp_path / "collected"),
+            "--collect", "model_inputs,model_outputs",
+            "--collect-sampling-rate", "0.25",
+        ],
+        scope=("ep", "blue"),
+    )  # fmt: skip
+    assert collecting.post({"data": 1}).json() == {
+        "collections": {
+            "model_inputs": {"enabled": True, "sampleRatePercentage": 25.0},
+            "model_outputs": {"enabled": True, "sampleRatePercentage": 25.0},
+        },
+        "runMode": "local",
+    }
+    plain = start_server(supervisor, "no-mdc", code=code, scope=("ep", "green"))
+    assert plain.post({"data": 1}).json() is None

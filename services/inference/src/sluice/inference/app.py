@@ -28,8 +28,10 @@ import functools
 import gc
 import hmac
 import itertools
+import json
 import os
 import socket
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -721,6 +723,8 @@ async def serve(config: ServerConfig, registry: CollectorRegistry | None = None)
     if triton is not None:
         app.serve_triton(triton)
     app.collector = _collector(config, metrics)
+    if app.collector is not None:
+        _configure_azure_collector(config)
     if config.tracing:
         from sluice.inference.tracing import start_tracing
 
@@ -788,6 +792,28 @@ async def serve(config: ServerConfig, registry: CollectorRegistry | None = None)
 
         shutdown()
     return 0
+
+
+def _configure_azure_collector(config: ServerConfig) -> None:
+    """A score.py written for Azure collects through `azureml-ai-monitoring`'s `Collector`
+    (`Collector(name="model_inputs").collect(df)`), which refuses to start unless its
+    configuration enables the collection. Sluice's collector already writes the enabled
+    collections from each request and answer, so the package is configured as Azure's
+    local runs configure it (`runMode: local`: it logs instead of sending to a sidecar):
+    the script runs unchanged and nothing is collected twice."""
+    if "AZUREML_MDC_CONFIG_PATH" in os.environ:
+        return
+    percent = round(config.collect_sampling_rate * 100, 3)
+    settings = {
+        "collections": {
+            name: {"enabled": True, "sampleRatePercentage": percent} for name in config.collect
+        },
+        "runMode": "local",
+    }
+    handle, path = tempfile.mkstemp(prefix="sluice-mdc-config-", suffix=".json")
+    with os.fdopen(handle, "w") as out:
+        json.dump(settings, out)
+    os.environ["AZUREML_MDC_CONFIG_PATH"] = path
 
 
 def _collector(config: ServerConfig, metrics: Metrics) -> CollectorFeed | None:
