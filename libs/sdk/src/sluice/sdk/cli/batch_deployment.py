@@ -17,7 +17,7 @@ from sluice.sdk.cli.common import (
     SetOption,
     archived_references,
     generic_edits,
-    optional_path,
+    load_deployment,
     registry,
     warn,
 )
@@ -66,14 +66,7 @@ def create(
 ) -> None:
     """Create a batch deployment from an Azure ML batch deployment YAML."""
     with registry() as client:
-        loaded = load_batch_deployment(
-            optional_path(file),
-            client.upload,
-            set_,
-            name=name,
-            endpoint_name=endpoint_name,
-            register=client.register_inline_model,
-        )
+        loaded = load_deployment(load_batch_deployment, client, file, set_, name, endpoint_name)
         warn(loaded.warnings + archived_references(client, loaded.spec))
         verb = "Created"
         try:
@@ -114,13 +107,8 @@ def update(
             current = client.get_batch_deployment(endpoint_name, name).spec
             loaded = edit_batch_deployment(current, edits)
         else:
-            loaded = load_batch_deployment(
-                optional_path(file),
-                client.upload,
-                edits,
-                name=name,
-                endpoint_name=endpoint_name,
-                register=client.register_inline_model,
+            loaded = load_deployment(
+                load_batch_deployment, client, file, edits, name, endpoint_name
             )
         warn(loaded.warnings + archived_references(client, loaded.spec))
         doc = client.update_batch_deployment(loaded.spec)

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import typer
 from rich.markup import escape
@@ -27,6 +28,9 @@ from sluice.sdk.cli.output import err_console
 from sluice.sdk.client import RegistryClient, SluiceError
 from sluice.sdk.download import Download, save
 from sluice.sdk.generic_update import Edit
+from sluice.sdk.specs import Edits, Loaded
+
+S = TypeVar("S")  # a deployment spec
 
 FileOption = typer.Option(None, "--file", "-f", help="Azure ML CLI v2 YAML file")
 SetOption = typer.Option(
@@ -187,6 +191,26 @@ def save_download(download: Download, target: Path, what: str) -> None:
 
 def optional_path(value: Path | None) -> Path | None:
     return value.expanduser() if value else None
+
+
+def load_deployment(
+    loader: Callable[..., Loaded[S]],
+    client: RegistryClient,
+    file: Path | None,
+    edits: Edits,
+    name: str | None,
+    endpoint_name: str | None,
+) -> Loaded[S]:
+    """A deployment YAML as the platform takes it (`load_online_deployment` or
+    `load_batch_deployment`): its folders uploaded, an inline named model registered."""
+    return loader(
+        optional_path(file),
+        client.upload,
+        edits,
+        name=name,
+        endpoint_name=endpoint_name,
+        register=client.register_inline_model,
+    )
 
 
 def shares_text(shares: dict[str, int]) -> str:

@@ -21,6 +21,7 @@ from sluice.sdk.cli.common import (
     SetOption,
     archived_references,
     generic_edits,
+    load_deployment,
     optional_path,
     provisioner_running,
     registry,
@@ -137,14 +138,7 @@ def create(
             "used with --no-wait; drop one of them"
         )
     with registry() as client:
-        loaded = load_online_deployment(
-            optional_path(file),
-            client.upload,
-            set_,
-            name=name,
-            endpoint_name=endpoint_name,
-            register=client.register_inline_model,
-        )
+        loaded = load_deployment(load_online_deployment, client, file, set_, name, endpoint_name)
         warn(loaded.warnings + archived_references(client, loaded.spec))
         doc = client.create_online_deployment(loaded.spec)
         doc = _finish(client, doc, no_wait, "Created")
@@ -203,13 +197,8 @@ def update(
             current = client.get_online_deployment(endpoint_name, name).spec
             loaded = edit_online_deployment(current, edits)
         else:
-            loaded = load_online_deployment(
-                optional_path(file),
-                client.upload,
-                edits,
-                name=name,
-                endpoint_name=endpoint_name,
-                register=client.register_inline_model,
+            loaded = load_deployment(
+                load_online_deployment, client, file, edits, name, endpoint_name
             )
         warn(loaded.warnings + archived_references(client, loaded.spec))
         doc = client.update_online_deployment(loaded.spec)
