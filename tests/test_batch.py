@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,6 +30,7 @@ import pytest
 from faststream.nats import NatsBroker
 from pymongo import MongoClient
 
+from sluice.common.resources import BatchEndpointSpec
 from sluice.common.settings import TracingSettings
 from sluice.common.supervisor import ComponentError
 from sluice.common.trace_files import trace_spans
@@ -1040,6 +1042,34 @@ def test_mlflow_model_without_script(cli: Cli, mlflow_model: Path) -> None:
         ("1", 5.0, "a.csv"),
         ("0", 21.0, "b.csv"),
     ]
+
+
+def test_a_models_old_pin_of_a_platform_dependency_does_not_break_the_worker(
+    cli: Cli, mlflow_model: Path
+) -> None:
+    """azureml-examples' heart-classifier MLflow model pins typing-extensions==4.1.1: its
+    environment gets it first, which broke the platform's pydantic in the worker
+    (`ImportError: cannot import name 'Sentinel'`); the worker's own imports now come
+    from the platform (sluice.common.platform_link)."""
+    model = cli.cwd / "pinned-model"
+    shutil.copytree(mlflow_model, model)
+    with (model / "requirements.txt").open("a") as out:
+        out.write("\ntyping-extensions==4.1.1\n")
+    (cli.cwd / "pinned.yml").write_text(
+        "name: pinned\nendpoint_name: pinned-batch\ntype: model\n"
+        f"model:\n  path: {model}\nsettings: {{mini_batch_size: 2}}\n"
+    )
+    with RegistryClient(cli.env["SLUICE_REGISTRY_ADDRESS"], cli.env["SLUICE_ADMIN_TOKEN"]) as c:
+        c.create_batch_endpoint(BatchEndpointSpec(name="pinned-batch"))
+        c.create_batch_deployment(
+            load_batch_deployment(cli.cwd / "pinned.yml", c.upload).spec, set_default=True
+        )
+    data = cli.cwd / "pinned-data"
+    data.mkdir()
+    (data / "a.csv").write_text("x\n1.0\n")
+    job = cli.finished(invoke(cli, "pinned-batch", data)["name"])
+    assert job["status"] == "Completed", job["status_message"]
+    assert [line.split(",")[2] for line in output_lines(job)] == ["a.csv"]
 
 
 @pytest.fixture(scope="session")

@@ -51,7 +51,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
-from sluice.common import confine, interpreters
+from sluice.common import confine, interpreters, platform_link
 from sluice.common.conda import NUMPY_1, CondaSpecError, numpy_1_reasons, parse_conda_file
 from sluice.common.curated import CuratedCatalogue
 from sluice.common.interpreters import Interpreter
@@ -505,9 +505,8 @@ class EnvironmentBuilder:
 
     @staticmethod
     def _link_platform(venv: Path) -> None:
-        """Let the venv import the platform's packages, after its own (user pins win)."""
+        """Let the venv import the platform's packages, after its own (user pins win;
+        the platform's code running there puts them first: platform_link.py)."""
         site = next((venv / "lib").glob("python3*/site-packages"))
         platform_site = sysconfig.get_paths()["purelib"]
-        (site / "zz_sluice_platform.pth").write_text(
-            f"import site; site.addsitedir({platform_site!r})\n"
-        )
+        (site / platform_link.PTH).write_text(platform_link.link_line(platform_site))

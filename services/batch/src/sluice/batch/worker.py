@@ -45,13 +45,18 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-import nats
-import nats.errors
-from nats.aio.msg import Msg
-from pydantic import BaseModel
+from sluice.common.platform_link import platform_first
 
-from sluice.batch.output import write_part
-from sluice.common.runtime import wait_for_shutdown_signal
+# In a deployment's environment the worker's own dependencies come from the platform,
+# whatever the model pins (platform_link.py says why).
+with platform_first():
+    import nats
+    import nats.errors
+    from nats.aio.msg import Msg
+    from pydantic import BaseModel
+
+    from sluice.batch.output import write_part
+    from sluice.common.runtime import wait_for_shutdown_signal
 
 CONFIG_ENV = "SLUICE_BATCH_WORKER"
 EXIT_INIT_FAILED = 3
