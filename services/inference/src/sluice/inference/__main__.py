@@ -6,13 +6,19 @@ import dataclasses
 import os
 import sys
 
-import uvloop
+from sluice.common.platform_link import platform_first
 
-from sluice.common import gateway_auth
-from sluice.common.log import configure_logging
-from sluice.inference.app import serve
-from sluice.inference.config import parse_args
-from sluice.inference.workers import run_workers
+# In a deployment's environment the server's own dependencies come from the platform,
+# whatever the deployment pins (platform_link.py says why); numpy and the like, which the
+# scoring code shares, are imported later, from the deployment's environment.
+with platform_first():
+    import uvloop
+
+    from sluice.common import gateway_auth
+    from sluice.common.log import configure_logging
+    from sluice.inference.app import serve
+    from sluice.inference.config import parse_args
+    from sluice.inference.workers import run_workers
 
 
 def main() -> None:
