@@ -4,8 +4,9 @@ An environment built for a deployment (environments.py) is a virtualenv whose
 site-packages holds PTH, a `.pth` line that appends the platform's own site-packages to
 `sys.path`: after the environment's, so the deployment's pins win for its code. The
 platform's code that runs in the environment (the batch worker, the inference server)
-needs the opposite for its own imports: a model's requirements pinning an old `typing-extensions` would
-otherwise break the platform's pydantic (`ImportError: cannot import name 'Sentinel'`).
+needs the opposite for its own imports: a model's requirements pinning an old
+`typing-extensions` would otherwise break the platform's pydantic (`ImportError: cannot
+import name 'Sentinel'`).
 `platform_first()` puts the platform's site-packages first while those imports run;
 what they load stays loaded (one copy per process), and the deployment's code imports
 everything else from its own environment as before. Neither imports numpy, pandas or
