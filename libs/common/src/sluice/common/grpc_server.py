@@ -307,16 +307,19 @@ def _deny_message(reason: str) -> str:
     )
 
 
+def metadata_value(context: grpc.aio.ServicerContext, key: str) -> str:
+    """The call's first text metadata `key` (an HTTP header through the transcoder),
+    stripped; "" when absent."""
+    for name, value in context.invocation_metadata() or ():
+        if name == key and isinstance(value, str):
+            return value.strip()
+    return ""
+
+
 def actor_of(context: grpc.aio.ServicerContext) -> str:
     """Who made the call, for the audit trail: a user token's user, else the `actor`
     metadata the SDK sets from the user name (trusted from admin-token holders)."""
-    caller = CALLER.get()
-    if caller:
-        return caller
-    for key, value in context.invocation_metadata() or ():
-        if key == ACTOR_KEY and isinstance(value, str) and value:
-            return value
-    return "admin"
+    return CALLER.get() or metadata_value(context, ACTOR_KEY) or "admin"
 
 
 def peer_name(context: grpc.aio.ServicerContext) -> str | None:

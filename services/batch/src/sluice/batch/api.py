@@ -26,7 +26,7 @@ from sluice.batch.service import (
 from sluice.common.access import status_for_caller
 from sluice.common.artifacts import ArtifactError, in_thread, plain_folder_chunks
 from sluice.common.azure_ids import resource_id
-from sluice.common.grpc_server import actor_of
+from sluice.common.grpc_server import actor_of, metadata_value
 from sluice.common.resources import ArtifactRef
 from sluice.v1 import batch_pb2, batch_pb2_grpc, common_pb2, workspace_pb2
 
@@ -171,13 +171,6 @@ def _next_link(request: Any, token: str) -> str:
     return "/jobs?" + urlencode({**kept, "page.pageToken": token})
 
 
-def _metadata(context: Any, key: str) -> str:
-    for name, value in context.invocation_metadata() or ():
-        if name == key and isinstance(value, str):
-            return value.strip()
-    return ""
-
-
 class BatchApi(batch_pb2_grpc.BatchServicer):
     def __init__(self, service: BatchService, domain: str = "localhost"):
         self._svc = service
@@ -252,13 +245,13 @@ class BatchApi(batch_pb2_grpc.BatchServicer):
     async def CreateEndpointJob(self, request: Any, context: Any) -> Any:
         """`POST <scoring_uri>`: Azure's body, the deployment in its header (scoring_uri.py)."""
         endpoint = request.endpoint_name or scoring_uri.endpoint_from_host(
-            _metadata(context, scoring_uri.HOST_HEADER), self._domain
+            metadata_value(context, scoring_uri.HOST_HEADER), self._domain
         )
         wanted = scoring_uri.job_input(MessageToDict(request.body))
         job = await self._svc.invoke(
             InvokeRequest(
                 endpoint_name=endpoint,
-                deployment_name=_metadata(context, scoring_uri.DEPLOYMENT_HEADER),
+                deployment_name=metadata_value(context, scoring_uri.DEPLOYMENT_HEADER),
                 input=wanted.uri,
                 input_type=wanted.input_type,
                 output_path=wanted.output_path,

@@ -82,12 +82,7 @@ class GenericModel:
 
     def init(self) -> None:
         if self.path.suffix == ".onnx":
-            import onnxruntime  # type: ignore[import-untyped]
-
-            session = onnxruntime.InferenceSession(
-                str(self.path), providers=["CPUExecutionProvider"]
-            )
-            self._predict = onnx_predictor(session)
+            self._predict = onnx_predictor(onnx_session(self.path))
             return
         try:
             import joblib  # type: ignore[import-untyped]
@@ -101,10 +96,21 @@ class GenericModel:
         self._predict = model.predict
 
     def run(self, raw_data: str) -> Any:
-        import numpy as np
+        return predict_request(self._predict, raw_data)
 
-        rows = np.asarray(request_rows(raw_data))
-        return self._predict(rows)
+
+def predict_request(predict: Any, raw_data: str) -> Any:
+    """`predict` of the request's rows (`{"data": [[...], ...]}`) as one array."""
+    import numpy as np
+
+    return predict(np.asarray(request_rows(raw_data)))
+
+
+def onnx_session(path: Path) -> Any:
+    """An onnxruntime session of the model file `path`, on the CPU."""
+    import onnxruntime  # type: ignore[import-untyped]
+
+    return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
 def onnx_predictor(session: Any) -> Any:

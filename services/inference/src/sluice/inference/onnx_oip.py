@@ -24,6 +24,7 @@ import orjson
 import structlog
 
 from sluice.inference import oip, oip_binary
+from sluice.inference.builtin import onnx_session
 from sluice.inference.oip import OipError
 from sluice.inference.script import ScriptError
 
@@ -83,11 +84,7 @@ class OnnxGraph:
         self.outputs: dict[str, TensorSpec] = {}
 
     def load(self) -> None:
-        import onnxruntime  # type: ignore[import-untyped]
-
-        self.session = onnxruntime.InferenceSession(
-            str(self.path), providers=["CPUExecutionProvider"]
-        )
+        self.session = onnx_session(self.path)
         for arg in self.session.get_inputs():
             spec = _spec(arg)
             if spec is None:

@@ -22,7 +22,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from sluice.inference.builtin import onnx_predictor, request_rows
+from sluice.inference.builtin import onnx_predictor, predict_request
 from sluice.inference.oip import InferAnswer
 from sluice.inference.onnx_oip import Inference, OnnxGraph
 from sluice.inference.script import ScoringFunctions, ScriptError
@@ -75,9 +75,7 @@ class TritonModel:
         self._metadata = self.graph.metadata(self.name, self.version)
 
     def score(self, raw_data: str) -> Any:
-        import numpy as np
-
-        return self._predict(np.asarray(request_rows(raw_data)))
+        return predict_request(self._predict, raw_data)
 
     def metadata(self) -> bytes:
         return self._metadata
