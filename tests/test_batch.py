@@ -27,6 +27,7 @@ from xml.sax.saxutils import escape
 
 import psutil
 import pytest
+import yaml
 from faststream.nats import NatsBroker
 from pymongo import MongoClient
 
@@ -1053,8 +1054,10 @@ def test_a_models_old_pin_of_a_platform_dependency_does_not_break_the_worker(
     from the platform (sluice.common.platform_link)."""
     model = cli.cwd / "pinned-model"
     shutil.copytree(mlflow_model, model)
-    with (model / "requirements.txt").open("a") as out:
-        out.write("\ntyping-extensions==4.1.1\n")
+    conda = yaml.safe_load((model / "conda.yaml").read_text())  # read first, as online
+    pip = next(dep for dep in conda["dependencies"] if isinstance(dep, dict))
+    pip["pip"].append("typing-extensions==4.1.1")
+    (model / "conda.yaml").write_text(yaml.safe_dump(conda))
     (cli.cwd / "pinned.yml").write_text(
         "name: pinned\nendpoint_name: pinned-batch\ntype: model\n"
         f"model:\n  path: {model}\nsettings: {{mini_batch_size: 2}}\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -23,7 +24,7 @@ from sluice.batch.workspace import open_plain_file
 from sluice.common.access import LOG_TAIL_HIDDEN, with_log_tail
 from sluice.common.grpc_server import CALLER_READS_LOGS
 from sluice.common.isolation import IsolationError
-from sluice.common.resources import BatchSettings
+from sluice.common.resources import BatchSettings, EnvironmentSpec
 
 
 async def test_folder_files_recursive_in_stable_order(tmp_path: Path) -> None:
@@ -214,6 +215,30 @@ def test_mlflow_requirements_met_by_the_platform_are_left_out(tmp_path: Path) ->
         "pandas-extra-thing==1.0\n# comment\n"
     )
     assert model_environment(tmp_path).pip_requirements == ("pandas-extra-thing==1.0",)
+
+
+def test_mlflow_conda_yaml_is_read_first_as_online(tmp_path: Path) -> None:
+    """MLflow's conda.yaml wins over requirements.txt (as for online deployments); met
+    requirements are left out when it asks for the platform's Python; a model of another
+    Python gets its whole conda file built."""
+    from importlib import metadata
+
+    from sluice.batch.environment import model_environment
+
+    pandas = metadata.version("pandas")
+    minor = ".".join(map(str, sys.version_info[:2]))
+    (tmp_path / "requirements.txt").write_text("only-in-requirements==1.0\n")
+    conda = (
+        f"channels: [conda-forge]\ndependencies:\n- python={minor}.0\n- pip<=24\n"
+        f"- pip:\n  - pandas=={pandas}\n  - lightgbm-not-here==4.0\n"
+    )
+    (tmp_path / "conda.yaml").write_text(conda)
+    assert model_environment(tmp_path) == EnvironmentSpec(
+        pip_requirements=("lightgbm-not-here==4.0",)
+    )
+    older = conda.replace(f"python={minor}.0", "python=3.8.10")
+    (tmp_path / "conda.yaml").write_text(older)
+    assert model_environment(tmp_path) == EnvironmentSpec(conda_file=older)
 
 
 def test_each_platform_gives_jobs_workers_nats_users_of_their_own(tmp_path: Path) -> None:

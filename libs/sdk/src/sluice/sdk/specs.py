@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sluice.common.artifacts import ARTIFACT_URI_PREFIX, ArtifactError, parse_artifact_uri
 from sluice.common.assets import AssetKind, AssetSpec
 from sluice.common.collected import COLLECTOR_PATH, DATASTORE, DEFAULT_DATASTORE
+from sluice.common.mlflow_env import mlflow_environment
 from sluice.common.resources import (
     ArtifactRef,
     AuthMode,
@@ -294,34 +295,6 @@ class _Resolver:
         if env.conda_file:
             conda = self.path(env.conda_file, "environment.conda_file").read_text()
         return EnvironmentSpec(conda_file=conda, image=image, pip_requirements=tuple(pip))
-
-
-def mlflow_environment(folder: Path) -> EnvironmentSpec:
-    """A no-code MLflow deployment runs in the model's own environment, as on Azure.
-
-    MLflow writes it three ways; the first found is used: `conda.yaml` (what Azure
-    reads), else `requirements.txt` with the Python version of `python_env.yaml`.
-    The platform builds and caches it like any other environment; with none of the
-    files the deployment runs in the platform's own environment.
-    """
-    conda = folder / "conda.yaml"
-    if conda.is_file():
-        return EnvironmentSpec(conda_file=conda.read_text())
-    requirements = folder / "requirements.txt"
-    if not requirements.is_file():
-        return EnvironmentSpec()
-    pins = [
-        line.strip()
-        for line in requirements.read_text().splitlines()
-        if line.strip() and not line.lstrip().startswith(("#", "-"))
-    ]
-    dependencies: list[Any] = [{"pip": pins}]
-    python_env = folder / "python_env.yaml"
-    if python_env.is_file():
-        declared = yaml.safe_load(python_env.read_text()) or {}
-        if isinstance(declared, dict) and declared.get("python"):
-            dependencies.insert(0, f"python={declared['python']}")
-    return EnvironmentSpec(conda_file=yaml.safe_dump({"dependencies": dependencies}))
 
 
 # ---- online deployment -----------------------------------------------------------------------
