@@ -1075,6 +1075,44 @@ def test_a_models_old_pin_of_a_platform_dependency_does_not_break_the_worker(
     assert [line.split(",")[2] for line in output_lines(job)] == ["a.csv"]
 
 
+def test_a_deployment_whose_environment_does_not_build_fails_at_create(cli: Cli) -> None:
+    """As az: `batch-deployment create` waits until the deployment's environment is built.
+    A pin no index has fails the create with the installer's message, the deployment shows
+    Failed, a job is refused with the reason (none created); an update without the pin
+    Succeeds, shows the environment's warnings, and runs jobs."""
+    folder = cli.cwd / "env-batch"
+    (folder / "code").mkdir(parents=True)
+    (folder / "code" / "score.py").write_text(SCRIPT)
+    (folder / "bad-env.yml").write_text(
+        "dependencies:\n  - pip:\n      - sluice-no-such-package-anywhere==9.9.9\n"
+    )
+    (folder / "old-python.yml").write_text("dependencies:\n  - python=3.8\n")
+    (folder / "deployment.yml").write_text(
+        "name: score\nendpoint_name: env-batch\ntype: model\n"
+        "code_configuration: {code: code/, scoring_script: score.py}\n"
+        "environment: {conda_file: bad-env.yml}\nsettings: {mini_batch_size: 2}\n"
+    )
+    cli("batch-endpoint", "create", "-n", "env-batch")
+    failed = cli.error("batch-deployment", "create", "-f", str(folder / "deployment.yml"))
+    assert "batch deployment score of env-batch failed" in failed, failed
+    assert "sluice-no-such-package-anywhere" in failed, failed
+    shown = cli.json("batch-deployment", "show", "-n", "score", "-e", "env-batch")
+    assert shown["provisioning_state"] == "Failed"
+    make_csvs(folder / "data", 2, 1)
+    refused = cli.error("batch-endpoint", "invoke", "-n", "env-batch", "--input", "env-batch/data")
+    assert "deployment 'score' failed" in refused and "batch-deployment update" in refused
+    assert cli.json("batch-endpoint", "list-jobs", "-n", "env-batch") == []
+
+    updated = cli("batch-deployment", "update", "-f", str(folder / "deployment.yml"),
+                  "--set", "environment.conda_file=old-python.yml")  # fmt: skip
+    assert "Updated batch deployment score of env-batch: Succeeded." in updated.stderr
+    assert "conda asks for python" in updated.stderr  # the build's warning, as online
+    shown = cli.json("batch-deployment", "show", "-n", "score", "-e", "env-batch")
+    assert shown["provisioning_state"] == "Succeeded"
+    job = cli.finished(invoke(cli, "env-batch", "env-batch/data")["name"])
+    assert job["status"] == "Completed", job["status_message"]
+
+
 @pytest.fixture(scope="session")
 def mlflow_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """y = 2x + 1 as an MLflow sklearn model (saved in a subprocess: MLflow imports slowly)."""

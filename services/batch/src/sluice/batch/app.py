@@ -177,6 +177,7 @@ async def serve(settings: Settings) -> None:
             warmer=service,
         )
         await deployments.start()
+        await service.settle_waiting()  # created or updated while no batch service ran
         tasks.append(asyncio.create_task(prune_spares(spares), name="prune-spares"))
         keeping = asyncio.create_task(lease.keep(), name="lease")
         tasks.append(keeping)

@@ -25,9 +25,24 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import ConnectionFailure, PyMongoError
 
 from sluice.common.events import Outbox, Transaction
-from sluice.common.events.catalogue import BATCH_JOB, BatchJobChanged
+from sluice.common.events.catalogue import (
+    BATCH_DEPLOYMENT_FAILED,
+    BATCH_DEPLOYMENT_READY,
+    BATCH_JOB,
+    BatchDeploymentChanged,
+    BatchDeploymentFailed,
+    BatchJobChanged,
+)
 from sluice.common.mongo import Document
-from sluice.common.resources import BATCH_JOBS, BatchSettings, utcnow
+from sluice.common.resources import (
+    BATCH_DEPLOYMENTS,
+    BATCH_JOBS,
+    STATUS_WARNING_PREFIX,
+    BatchSettings,
+    ProvisioningState,
+    deployment_id,
+    utcnow,
+)
 
 # Compute records the metrics service prices (sluice.metrics.costs): one per worker process.
 INSTANCE_HISTORY = "instance_history"
@@ -172,6 +187,7 @@ def emit_state(tx: Transaction, job: Job) -> None:
 class JobStore:
     def __init__(self, db: AsyncDatabase[Document], outbox: Outbox):
         self._jobs = db[BATCH_JOBS]
+        self._deployments = db[BATCH_DEPLOYMENTS]
         self._history = db[INSTANCE_HISTORY]
         self._outbox = outbox
 
@@ -188,6 +204,52 @@ class JobStore:
                 if not raced or attempt == TRANSACTION_ATTEMPTS:
                     raise
         raise AssertionError("unreachable")
+
+    async def settle_deployment(
+        self,
+        endpoint: str,
+        name: str,
+        version: int,
+        *,
+        failure: str | None = None,
+        warnings: tuple[str, ...] = (),
+    ) -> bool:
+        """A batch deployment version whose environment was built (or `failure`: was not)
+        goes from Creating/Updating to Succeeded (its warnings in the status message) or
+        Failed, with `batch_deployment.ready` / `.failed`; False if that version is no
+        longer the one waiting (updated, deleted, or settled before)."""
+        state = ProvisioningState.failed if failure is not None else ProvisioningState.succeeded
+        message = (
+            failure
+            if failure is not None
+            else "\n".join(f"{STATUS_WARNING_PREFIX}{w}" for w in warnings)
+        )
+        waiting = [ProvisioningState.creating.value, ProvisioningState.updating.value]
+
+        async def write(tx: Transaction) -> bool:
+            found = await self._deployments.find_one_and_update(
+                {
+                    "_id": deployment_id(endpoint, name),
+                    "meta.version": version,
+                    "meta.provisioning_state": {"$in": waiting},
+                },
+                {"$set": {"meta.provisioning_state": state.value, "meta.status_message": message}},
+                session=tx.session,
+            )
+            if found is None:
+                return False
+            subject = f"{endpoint}/{name}"
+            if failure is not None:
+                failed = BatchDeploymentFailed(
+                    name=name, endpoint=endpoint, version=version, reason=failure[:2000]
+                )
+                tx.emit(BATCH_DEPLOYMENT_FAILED, failed, subject=subject, actor=ACTOR)
+            else:
+                ready = BatchDeploymentChanged(name=name, endpoint=endpoint, version=version)
+                tx.emit(BATCH_DEPLOYMENT_READY, ready, subject=subject, actor=ACTOR)
+            return True
+
+        return await self._transaction(write)
 
     async def ensure_indexes(self) -> None:
         await self._jobs.create_index([("endpoint_name", 1), ("created_at", DESCENDING)])

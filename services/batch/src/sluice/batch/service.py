@@ -45,6 +45,7 @@ from sluice.common.resources import (
     BatchEndpointDoc,
     BatchSettings,
     OutputAction,
+    ProvisioningState,
     deployment_id,
     from_document,
 )
@@ -185,13 +186,23 @@ class BatchService:
         task.add_done_callback(self._background.discard)
 
     async def warm(self, endpoint: str, deployment: str) -> None:
-        """Have the deployment's `instance_count x max_concurrency_per_instance` workers
-        waiting as spares, so its first job starts without the workers' start-up."""
+        """Build the deployment's environment and settle its version (Succeeded, or Failed
+        with the build's message), then have its `instance_count x
+        max_concurrency_per_instance` workers waiting as spares, so its first job starts
+        without the workers' start-up."""
+        raw = await self.ctx.db[BATCH_DEPLOYMENTS].find_one(
+            {"_id": deployment_id(endpoint, deployment)}, {"meta.version": 1}
+        )
+        if raw is None:
+            return  # deleted since
+        version = int(raw["meta"]["version"])
         try:
             runtime = await deployment_runtime(self.ctx, endpoint, deployment)
         except JobAborted as exc:  # deleted since, or its environment does not build
             log.info("warm_up_skipped", endpoint=endpoint, deployment=deployment, reason=str(exc))
+            await self.store.settle_deployment(endpoint, deployment, version, failure=str(exc))
             return
+        await self.store.settle_deployment(endpoint, deployment, version, warnings=runtime.warnings)
         spec = runtime.spec
         try:
             key = await asyncio.to_thread(spare_key_for, self.ctx, runtime)
@@ -202,6 +213,16 @@ class BatchService:
         log.info(
             "warm_up", endpoint=endpoint, deployment=deployment, spares=self.ctx.spares.waiting(key)
         )
+
+    async def settle_waiting(self) -> None:
+        """Warm every batch deployment still Creating or Updating: its event may have come
+        while no batch service ran (at start-up)."""
+        waiting = [ProvisioningState.creating.value, ProvisioningState.updating.value]
+        cursor = self.ctx.db[BATCH_DEPLOYMENTS].find(
+            {"meta.provisioning_state": {"$in": waiting}}, {"spec.endpoint_name": 1, "spec.name": 1}
+        )
+        async for raw in cursor:
+            self.warm_soon(raw["spec"]["endpoint_name"], raw["spec"]["name"])
 
     def forget_soon(self, endpoint: str, deployment: str) -> None:
         """A deleted batch deployment: stop its spares, remove their folder and its user."""
@@ -274,6 +295,11 @@ class BatchService:
                 f"deployment {name!r} does not exist in batch endpoint {endpoint.spec.name!r}"
             )
         deployment = from_document(BatchDeploymentDoc, raw)
+        if deployment.meta.provisioning_state is ProvisioningState.failed:
+            raise FailedPrecondition(
+                f"deployment {name!r} failed: {deployment.meta.status_message} (fix it and "
+                "`sluice batch-deployment update`, which builds it again)"
+            )
         spec = deployment.spec
         if spec.model.registered:
             raise InvalidArgument(

@@ -548,8 +548,10 @@ class RegistryService:
         spec = await self._assets.resolve_deployment(spec)
         domain.check_batch_deployment(spec)
         self._check_files(spec)
+        # Creating until the batch service has built its environment (Succeeded) or could
+        # not (Failed, with the installer's message), as Azure's deployments.
         doc = BatchDeploymentDoc(
-            spec=spec, meta=Meta(created_by=actor, provisioning_state=ProvisioningState.succeeded)
+            spec=spec, meta=Meta(created_by=actor, provisioning_state=ProvisioningState.creating)
         )
 
         async def attempt() -> None:
@@ -595,7 +597,8 @@ class RegistryService:
         async def attempt() -> BatchDeploymentDoc:
             current = await self.get_batch_deployment(spec.endpoint_name, spec.name)
             _check_expected(current.meta, expected_version, f"deployment {spec.name!r}")
-            doc = current.model_copy(update={"spec": spec, "meta": _bump(current.meta)})
+            meta = _bump(current.meta, ProvisioningState.updating)
+            doc = current.model_copy(update={"spec": spec, "meta": meta})
             async with self._store.transaction() as tx:
                 await tx.batch_deployments.replace(
                     deployment_id(spec.endpoint_name, spec.name),

@@ -73,6 +73,10 @@ class BatchDeploymentChanged(Payload):
     version: int
 
 
+class BatchDeploymentFailed(BatchDeploymentChanged):
+    reason: str = Field(description="why its environment does not build (the installer's end)")
+
+
 # ---- provisioner: what happened to instances ---------------------------------------
 
 
@@ -238,6 +242,20 @@ BATCH_ENDPOINT_CREATED, BATCH_ENDPOINT_UPDATED, BATCH_ENDPOINT_DELETED = _change
 BATCH_DEPLOYMENT_CREATED, BATCH_DEPLOYMENT_UPDATED, BATCH_DEPLOYMENT_DELETED = _changes(
     "batch_deployment", BatchDeploymentChanged, "a batch deployment"
 )
+BATCH_DEPLOYMENT_READY = EventSpec(
+    "batch_deployment",
+    "ready",
+    BatchDeploymentChanged,
+    BATCH,
+    "the version's environment is built: its jobs start at once",
+)
+BATCH_DEPLOYMENT_FAILED = EventSpec(
+    "batch_deployment",
+    "failed",
+    BatchDeploymentFailed,
+    BATCH,
+    "the version's environment does not build: its jobs are refused until an update",
+)
 ASSET_EVENTS = {
     (kind, verb): EventSpec(
         kind, verb, AssetChanged, REGISTRY, f"a registered {kind} version was {verb}"
@@ -321,6 +339,8 @@ ALL: tuple[EventSpec[Any], ...] = (
     BATCH_DEPLOYMENT_CREATED,
     BATCH_DEPLOYMENT_UPDATED,
     BATCH_DEPLOYMENT_DELETED,
+    BATCH_DEPLOYMENT_READY,
+    BATCH_DEPLOYMENT_FAILED,
     DEPLOYMENT_PROVISIONING,
     DEPLOYMENT_UPDATING,
     DEPLOYMENT_READY,

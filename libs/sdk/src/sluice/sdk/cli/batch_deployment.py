@@ -7,31 +7,45 @@ from typing import Any
 
 import typer
 
-from sluice.common.resources import BatchDeploymentDoc
+from sluice.common.resources import BatchDeploymentDoc, ProvisioningState
+from sluice.common.settings import Settings
 from sluice.sdk import azure_views
 from sluice.sdk.cli import job as jobs
 from sluice.sdk.cli.common import (
     AddOption,
     FileOption,
+    NoWaitOption,
     RemoveOption,
     SetOption,
     archived_references,
     generic_edits,
     load_deployment,
     registry,
+    service_running,
+    wait_for_deployment,
     warn,
 )
 from sluice.sdk.cli.errors import CliError
 from sluice.sdk.cli.output import OutputFormat, OutputOption, err_console, render
-from sluice.sdk.client import SluiceError
+from sluice.sdk.client import RegistryClient, SluiceError
 from sluice.sdk.specs import edit_batch_deployment, load_batch_deployment
 
 app = typer.Typer(
     help="Batch deployments: the model and code a batch job runs.", no_args_is_help=True
 )
 
-COLUMNS = ["name", "endpoint", "instances", "mini_batch_size", "output_action", "error_threshold"]
+COLUMNS = [
+    "name",
+    "endpoint",
+    "state",
+    "instances",
+    "mini_batch_size",
+    "output_action",
+    "error_threshold",
+]
 NameOption = typer.Option(None, "--name", "-n", help="deployment name (overrides the YAML's)")
+PICKUP_TIMEOUT_S = 15.0
+WAITING = frozenset({ProvisioningState.creating, ProvisioningState.updating})
 EndpointOption = typer.Option(None, "--endpoint-name", "-e", help="endpoint (overrides the YAML's)")
 
 
@@ -40,12 +54,52 @@ def view(doc: BatchDeploymentDoc) -> dict[str, Any]:
     return {
         "name": doc.spec.name,
         "endpoint": doc.spec.endpoint_name,
+        "state": doc.meta.provisioning_state.value,
         "instances": doc.spec.instance_count,
         "mini_batch_size": s.mini_batch_size,
         "output_action": s.output_action.value,
         "error_threshold": s.error_threshold,
         "version": doc.meta.version,
     }
+
+
+def _finish(
+    client: RegistryClient, doc: BatchDeploymentDoc, no_wait: bool, verb: str
+) -> BatchDeploymentDoc:
+    """Wait, as az does, until the batch service has built the deployment's environment:
+    Succeeded (with its warnings), or Failed with the build's message (exit code 1)."""
+    spec = doc.spec
+    what = f"batch deployment {spec.name} of {spec.endpoint_name}"
+    state = doc.meta.provisioning_state.value
+    if no_wait:
+        err_console.print(f"{verb} {what}; it is {state} (--no-wait).")
+        return doc
+    running = service_running(Settings(), "batch")
+    if running is False:
+        err_console.print(
+            f"{verb} {what}. It is {state}: it is stored, but no batch service runs on this "
+            "platform to build its environment."
+        )
+        return doc
+    doc = wait_for_deployment(
+        lambda: client.get_batch_deployment(spec.endpoint_name, spec.name),
+        what=what,
+        pickup_timeout_s=None if running else PICKUP_TIMEOUT_S,
+        unclaimed=WAITING,
+        logs_hint="the batch service's log",
+    )
+    state = doc.meta.provisioning_state.value
+    if doc.meta.provisioning_state in WAITING:
+        err_console.print(
+            f"{verb} {what}, but it is still {state} after {PICKUP_TIMEOUT_S:.0f}s: no batch "
+            "service has picked it up. Check the platform's batch service."
+        )
+        return doc
+    if doc.meta.provisioning_state is ProvisioningState.failed:
+        raise CliError(f"{what} failed: {doc.meta.status_message}")
+    warn(doc.meta.warnings)
+    err_console.print(f"{verb} {what}: {state}.")
+    return doc
 
 
 def show_one(doc: BatchDeploymentDoc, output: OutputFormat) -> None:
@@ -62,9 +116,11 @@ def create(
     endpoint_name: str | None = EndpointOption,
     set_: list[str] = SetOption,
     set_default: bool = typer.Option(False, "--set-default", help="make it the endpoint's default"),
+    no_wait: bool = NoWaitOption,
     output: OutputFormat = OutputOption,
 ) -> None:
-    """Create a batch deployment from an Azure ML batch deployment YAML."""
+    """Create a batch deployment from an Azure ML batch deployment YAML; wait until its
+    environment is built (--no-wait: return at once)."""
     with registry() as client:
         loaded = load_deployment(load_batch_deployment, client, file, set_, name, endpoint_name)
         warn(loaded.warnings + archived_references(client, loaded.spec))
@@ -83,7 +139,7 @@ def create(
                 client.update_batch_endpoint(
                     endpoint.model_copy(update={"default_deployment": doc.spec.name})
                 )
-    err_console.print(f"{verb} batch deployment {doc.spec.name} of {doc.spec.endpoint_name}.")
+        doc = _finish(client, doc, no_wait, verb)
     show_one(doc, output)
 
 
@@ -95,9 +151,11 @@ def update(
     set_: list[str] = SetOption,
     add: list[str] = AddOption,
     remove: list[str] = RemoveOption,
+    no_wait: bool = NoWaitOption,
     output: OutputFormat = OutputOption,
 ) -> None:
-    """Update a batch deployment from its YAML, or by name with --set/--add/--remove."""
+    """Update a batch deployment from its YAML, or by name with --set/--add/--remove; wait
+    until its environment is built (--no-wait: return at once)."""
     edits = generic_edits(set_, add, remove)
     if file is None and not (name and endpoint_name):
         raise CliError("give --file, or --name and --endpoint-name with --set/--add/--remove")
@@ -111,8 +169,7 @@ def update(
                 load_batch_deployment, client, file, edits, name, endpoint_name
             )
         warn(loaded.warnings + archived_references(client, loaded.spec))
-        doc = client.update_batch_deployment(loaded.spec)
-    err_console.print(f"Updated batch deployment {doc.spec.name} of {doc.spec.endpoint_name}.")
+        doc = _finish(client, client.update_batch_deployment(loaded.spec), no_wait, "Updated")
     show_one(doc, output)
 
 

@@ -16,6 +16,7 @@ from rich.markup import escape
 from sluice.common.assets import AssetKind, ReferenceError_, parse_reference
 from sluice.common.platform import LocalPlatform
 from sluice.common.resources import (
+    BatchDeploymentDoc,
     BatchDeploymentSpec,
     OnlineDeployment,
     OnlineDeploymentSpec,
@@ -31,6 +32,7 @@ from sluice.sdk.generic_update import Edit
 from sluice.sdk.specs import Edits, Loaded
 
 S = TypeVar("S")  # a deployment spec
+D = TypeVar("D", OnlineDeployment, BatchDeploymentDoc)  # a stored deployment
 
 FileOption = typer.Option(None, "--file", "-f", help="Azure ML CLI v2 YAML file")
 SetOption = typer.Option(
@@ -129,25 +131,31 @@ def generic_edits(sets: Sequence[str], adds: Sequence[str], removes: Sequence[st
     ]
 
 
-def provisioner_running(settings: Settings) -> bool | None:
-    """Whether the local platform runs a provisioner; None when it cannot be told (remote)."""
+def service_running(settings: Settings, service: str) -> bool | None:
+    """Whether the local platform runs `service`; None when it cannot be told (remote)."""
     state = LocalPlatform(settings).load_state()
     if state is None:
         return None if settings.registry_address else False
-    return any(p.name == "provisioner" for p in state.processes)
+    return any(p.name == service for p in state.processes)
+
+
+def provisioner_running(settings: Settings) -> bool | None:
+    return service_running(settings, "provisioner")
 
 
 def wait_for_deployment(
-    fetch: Callable[[], OnlineDeployment],
+    fetch: Callable[[], D],
     *,
     what: str,
     timeout_s: float = 900,
     pickup_timeout_s: float | None = None,
-) -> OnlineDeployment:
+    unclaimed: frozenset[ProvisioningState] = frozenset({ProvisioningState.creating}),
+    logs_hint: str = "`sluice online-deployment get-logs`",
+) -> D:
     """Poll until the deployment reaches a terminal state, with a spinner.
 
-    With `pickup_timeout_s`, give up early (returning the doc) if nothing moves it
-    out of `Creating` in that time: no provisioner is watching.
+    With `pickup_timeout_s`, give up early (returning the doc) if it stays in an
+    `unclaimed` state that long: no service is watching.
     """
     started = time.monotonic()
     deadline = started + timeout_s
@@ -158,13 +166,13 @@ def wait_for_deployment(
             if (
                 pickup_timeout_s is not None
                 and waited > pickup_timeout_s
-                and doc.meta.provisioning_state is ProvisioningState.creating
+                and doc.meta.provisioning_state in unclaimed
             ):
                 return doc
             if time.monotonic() > deadline:
                 raise CliError(
                     f"{what} is still {doc.meta.provisioning_state.value} after {timeout_s:.0f}s; "
-                    "check `sluice online-deployment get-logs`"
+                    f"check {logs_hint}"
                 )
             time.sleep(0.3)
             doc = fetch()
