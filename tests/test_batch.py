@@ -31,7 +31,7 @@ import yaml
 from faststream.nats import NatsBroker
 from pymongo import MongoClient
 
-from sluice.common.resources import BatchEndpointSpec
+from sluice.common.resources import BatchEndpointSpec, ProvisioningState
 from sluice.common.settings import TracingSettings
 from sluice.common.supervisor import ComponentError
 from sluice.common.trace_files import trace_spans
@@ -1111,6 +1111,32 @@ def test_a_deployment_whose_environment_does_not_build_fails_at_create(cli: Cli)
     assert shown["provisioning_state"] == "Succeeded"
     job = cli.finished(invoke(cli, "env-batch", "env-batch/data")["name"])
     assert job["status"] == "Completed", job["status_message"]
+
+
+def test_a_deployment_created_while_no_batch_service_ran_settles_when_one_starts(
+    client: RegistryClient, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The batch service hears of new deployments from an ephemeral consumer: one created
+    while it was down stays Creating until a batch service starts and settles it."""
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "score.py").write_text(SCRIPT)
+    (tmp_path / "deployment.yml").write_text(
+        "name: score\nendpoint_name: later-batch\ntype: model\n"
+        "code_configuration: {code: code/, scoring_script: score.py}\n"
+    )
+    client.create_batch_endpoint(BatchEndpointSpec(name="later-batch"))
+    spec = load_batch_deployment(tmp_path / "deployment.yml", client.upload).spec
+    created = client.create_batch_deployment(spec, set_default=True)
+    assert created.meta.provisioning_state is ProvisioningState.creating
+    request.getfixturevalue("batch")  # starts the batch service
+    wait_for(
+        lambda: (
+            client.get_batch_deployment("later-batch", "score").meta.provisioning_state
+            is ProvisioningState.succeeded
+        ),
+        "the batch service to settle the waiting deployment",
+        30,
+    )
 
 
 @pytest.fixture(scope="session")
