@@ -12,6 +12,7 @@ from urllib.parse import urlparse
 
 import grpc
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pymongo.errors import PyMongoError
 
 from sluice.batch.api import BatchApi
 from sluice.batch.events import subscribe_deployment_events
@@ -46,6 +47,7 @@ log = get_logger(__name__)
 SERVICE_NAME = batch_pb2.DESCRIPTOR.services_by_name["Batch"].full_name
 SOURCE = "sluice/batch"
 PRUNE_EVERY_S = 60.0
+SETTLE_EVERY_S = 30.0
 
 
 class BatchServiceSettings(BaseSettings):
@@ -86,6 +88,17 @@ async def prune_spares(spares: SparePool) -> None:
     while True:
         await asyncio.sleep(PRUNE_EVERY_S)
         spares.prune()
+
+
+async def settle_deployments(service: BatchService) -> None:
+    """Now and then, settle deployments left waiting: an event a consumer never got (a NATS
+    outage) would otherwise leave one Creating until the next start."""
+    while True:
+        await asyncio.sleep(SETTLE_EVERY_S)
+        try:
+            await service.settle_waiting()
+        except PyMongoError as exc:
+            log.warning("settle_waiting_failed", error=str(exc))
 
 
 async def serve(settings: Settings) -> None:
@@ -178,6 +191,7 @@ async def serve(settings: Settings) -> None:
         )
         await deployments.start()
         await service.settle_waiting()  # created or updated while no batch service ran
+        tasks.append(asyncio.create_task(settle_deployments(service), name="settle"))
         tasks.append(asyncio.create_task(prune_spares(spares), name="prune-spares"))
         keeping = asyncio.create_task(lease.keep(), name="lease")
         tasks.append(keeping)

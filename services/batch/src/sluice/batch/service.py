@@ -156,6 +156,8 @@ class BatchService:
         self.urls = urls  # the hosts http(s) inputs may come from (fetch.py says why)
         self._runners: dict[str, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[None]] = set()
+        # (endpoint, deployment) warming now -> whether to warm it again once done
+        self._warming: dict[tuple[str, str], bool] = {}
 
     # ---- runners -----------------------------------------------------------------------
 
@@ -177,7 +179,23 @@ class BatchService:
 
     def warm_soon(self, endpoint: str, deployment: str) -> None:
         """Start `warm` in the background (it may build the deployment's environment)."""
-        self._in_background(self.warm(endpoint, deployment))
+        key = (endpoint, deployment)
+        if key in self._warming:  # one at a time, then once more: it read an older version
+            self._warming[key] = True
+            return
+        self._warming[key] = False
+
+        async def warm() -> None:
+            try:
+                while True:
+                    await self.warm(endpoint, deployment)
+                    if not self._warming[key]:
+                        break
+                    self._warming[key] = False
+            finally:
+                del self._warming[key]
+
+        self._in_background(warm())
 
     def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
         """Run `work` as a task kept until it ends (and cancelled at shutdown)."""

@@ -399,6 +399,13 @@ async function metricsTab(panel, ep) {
 
 // ---- batch, jobs, assets -----------------------------------------------------------------
 
+// A batch deployment's name, with its state unless Succeeded (Creating while its environment
+// builds; Failed when it did not build: its jobs are refused).
+function deploymentName(d) {
+  const state = d.properties.provisioningState;
+  return state === "Succeeded" ? esc(d.name) : `${esc(d.name)} <span class="state-${esc(state)}">(${esc(state)})</span>`;
+}
+
 async function batchPage() {
   view.innerHTML = `<h1>Batch endpoints</h1><div id="batch"><p class="muted">Loading…</p></div>`;
   const box = document.getElementById("batch");
@@ -406,7 +413,7 @@ async function batchPage() {
     const { value: endpoints } = await api("GET", "/batchEndpoints?count=1000");
     const rows = await Promise.all(endpoints.map(async (e) => {
       const { value: deployments } = await api("GET", `/batchEndpoints/${enc(e.name)}/deployments`);
-      return `<tr><td>${esc(e.name)}</td><td>${esc(e.properties.defaults.deploymentName)}</td><td>${deployments.map((d) => esc(d.name)).join(", ")}</td>
+      return `<tr><td>${esc(e.name)}</td><td>${esc(e.properties.defaults.deploymentName)}</td><td>${deployments.map(deploymentName).join(", ")}</td>
         <td><a href="#/jobs">jobs</a></td></tr>`;
     }));
     box.innerHTML = `<div class="table-wrap"><table><thead><tr><th scope="col">Name</th><th scope="col">Default deployment</th><th scope="col">Deployments</th><th scope="col"></th></tr></thead>
