@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from sluice.batch.api import to_proto, to_resource
 from sluice.batch.inputs import InputError, resolve
@@ -206,6 +206,7 @@ def test_mlflow_requirements_met_by_the_platform_are_left_out(tmp_path: Path) ->
     from importlib import metadata
 
     from sluice.batch.environment import model_environment
+    from sluice.common.environments import resolve
 
     pandas = metadata.version("pandas")
     skinny = metadata.version("mlflow-skinny")
@@ -214,31 +215,43 @@ def test_mlflow_requirements_met_by_the_platform_are_left_out(tmp_path: Path) ->
         'colorama==0.4.6; sys_platform == "win32"\n'
         "pandas-extra-thing==1.0\n# comment\n"
     )
-    assert model_environment(tmp_path).pip_requirements == ("pandas-extra-thing==1.0",)
+    assert model_environment(tmp_path, resolve) == EnvironmentSpec(
+        conda_file=yaml.safe_dump({"dependencies": [{"pip": ["pandas-extra-thing==1.0"]}]})
+    )
 
 
 def test_mlflow_conda_yaml_is_read_first_as_online(tmp_path: Path) -> None:
-    """MLflow's conda.yaml wins over requirements.txt (as for online deployments); met
-    requirements are left out when it asks for the platform's Python; a model of another
-    Python gets its whole conda file built."""
+    """MLflow's conda.yaml wins over requirements.txt (as for online deployments). When the
+    workers would run the platform's Python, met requirements are left out and the `python`
+    line stays (the build warns if that Python is not the one asked for); a model whose
+    Python is another one this machine has gets its whole conda file built."""
     from importlib import metadata
 
+    from packaging.version import Version
+
     from sluice.batch.environment import model_environment
+    from sluice.common.environments import ResolvedEnvironment, resolve
+    from sluice.common.interpreters import Interpreter
 
     pandas = metadata.version("pandas")
-    minor = ".".join(map(str, sys.version_info[:2]))
     (tmp_path / "requirements.txt").write_text("only-in-requirements==1.0\n")
     conda = (
-        f"channels: [conda-forge]\ndependencies:\n- python={minor}.0\n- pip<=24\n"
-        f"- pip:\n  - pandas=={pandas}\n  - lightgbm-not-here==4.0\n"
+        "channels: [conda-forge]\ndependencies:\n- python=3.8.5\n- pip<=24\n"
+        f"- pip:\n  - mlflow\n  - pandas=={pandas}\n  - lightgbm-not-here==4.0\n"
     )
     (tmp_path / "conda.yaml").write_text(conda)
-    assert model_environment(tmp_path) == EnvironmentSpec(
-        pip_requirements=("lightgbm-not-here==4.0",)
+    kept = model_environment(tmp_path, resolve)
+    assert kept == EnvironmentSpec(
+        conda_file=yaml.safe_dump(
+            {"dependencies": ["python=3.8.5", {"pip": ["lightgbm-not-here==4.0"]}]}
+        )
     )
-    older = conda.replace(f"python={minor}.0", "python=3.8.10")
-    (tmp_path / "conda.yaml").write_text(older)
-    assert model_environment(tmp_path) == EnvironmentSpec(conda_file=older)
+    assert any("conda asks for python" in w for w in resolve(kept).warnings)
+
+    def python_3_13_is_here(spec: EnvironmentSpec) -> ResolvedEnvironment:
+        return ResolvedEnvironment((), Interpreter("/opt/python3.13", Version("3.13.0")))
+
+    assert model_environment(tmp_path, python_3_13_is_here) == EnvironmentSpec(conda_file=conda)
 
 
 def test_each_platform_gives_jobs_workers_nats_users_of_their_own(tmp_path: Path) -> None:

@@ -1,33 +1,33 @@
 """The environment of an MLflow model scored without a script: the model's own.
 
 It is read as online deployments read it (`sluice.common.mlflow_env`:
-`conda.yaml`, else `requirements.txt`). When the model asks for the
-platform's Python, requirements the platform already satisfies (its
-installed version matches the specifier) and those whose environment marker
-does not apply here are left out, so a model logged with the platform's own
-packages runs at once in the platform's environment, and only real
-differences build a virtualenv (in the provisioner's shared cache). A model
-of another Python gets its whole environment built, as online.
+`conda.yaml`, else `requirements.txt`). When its workers run the platform's
+Python (the model asks for it, or for a Python this machine does not have, and
+then the build warns that the platform's is used), requirements the platform
+already satisfies (its installed version matches the specifier) and those
+whose environment marker does not apply here are left out, so a model logged
+with the platform's own packages runs at once in the platform's environment,
+and only real differences build a virtualenv (in the provisioner's shared
+cache). A model whose Python is another one this machine has gets its whole
+environment built, as online.
 """
 
 from __future__ import annotations
 
-import re
-import sys
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
+import yaml
 from packaging.requirements import InvalidRequirement, Requirement
-from packaging.specifiers import SpecifierSet
 
-from sluice.common.conda import CondaSpecError, parse_conda_file
+from sluice.common.conda import package_name
+from sluice.common.environments import EnvironmentError_, ResolvedEnvironment
 from sluice.common.mlflow_env import mlflow_environment
 from sluice.common.resources import EnvironmentSpec
 
 # A requirement is met by any of these distributions (MLflow logs `mlflow`; Sluice ships
 # the same code as `mlflow-skinny`).
-PLATFORM_PYTHON = ".".join(map(str, sys.version_info[:3]))
-
 PROVIDERS = {"mlflow": ("mlflow", "mlflow-skinny")}
 
 
@@ -50,24 +50,29 @@ def needed(line: str) -> bool:
     return True
 
 
-def platform_python(specifier: str) -> bool:
-    """Whether `python<specifier>` is the platform's Python: it fits, or names its minor
-    (MLflow writes the patch release it was logged on, `python=3.11.5`)."""
-    if SpecifierSet(specifier).contains(PLATFORM_PYTHON, prereleases=True):
-        return True
-    minors = re.findall(r"(\d+)\.(\d+)", specifier)
-    return bool(minors) and all(tuple(map(int, m)) == sys.version_info[:2] for m in minors)
-
-
-def model_environment(model: Path) -> EnvironmentSpec:
+def model_environment(
+    model: Path, resolve: Callable[[EnvironmentSpec], ResolvedEnvironment]
+) -> EnvironmentSpec:
+    """The model's environment, without what the platform already has when its workers
+    run the platform's Python (`resolve`: the environment builder's choice of Python)."""
     folder = model if model.is_dir() else model.parent
     spec = mlflow_environment(folder)
     if not spec.conda_file:
         return spec
     try:
-        conda = parse_conda_file(spec.conda_file)
-    except CondaSpecError:
+        resolved = resolve(spec)
+        declared = yaml.safe_load(spec.conda_file)
+    except (EnvironmentError_, yaml.YAMLError):
         return spec  # the build says what is wrong with it
-    if conda.python and not platform_python(conda.python):
+    if resolved.foreign:
         return spec
-    return EnvironmentSpec(pip_requirements=tuple(r for r in conda.requirements if needed(r)))
+    # The `python=` line stays: the build warns when it is not the Python used.
+    pythons = [
+        dep
+        for dep in declared.get("dependencies") or []
+        if isinstance(dep, str) and package_name(dep) == "python"
+    ]
+    pins = [requirement for requirement in resolved.requirements if needed(requirement)]
+    if not pins and not pythons:
+        return EnvironmentSpec()
+    return EnvironmentSpec(conda_file=yaml.safe_dump({"dependencies": [*pythons, {"pip": pins}]}))

@@ -22,6 +22,7 @@ import signal
 import subprocess
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,7 @@ from sluice.common import confine
 from sluice.common.access import with_log_tail
 from sluice.common.artifacts import ArtifactStore
 from sluice.common.catalogue import Catalogue, UnknownInstanceType
-from sluice.common.environments import EnvironmentBuilder, EnvironmentError_
+from sluice.common.environments import EnvironmentBuilder, EnvironmentError_, ResolvedEnvironment
 from sluice.common.handover import hand_over
 from sluice.common.isolation import IsolationError
 from sluice.common.log import get_logger
@@ -690,7 +691,9 @@ async def deployment_runtime(ctx: RunnerContext, endpoint: str, name: str) -> Ru
     if deployment.code_configuration.code:
         code = ctx.artifacts.path_of(deployment.code_configuration.code)
     try:
-        env = await ctx.environments.ensure(environment_for(deployment, model))
+        env = await ctx.environments.ensure(
+            environment_for(deployment, model, ctx.environments.resolve)
+        )
     except EnvironmentError_ as exc:
         raise JobAborted(str(exc)) from exc
     return Runtime(deployment, model, code, env.python, tuple(env.warnings))
@@ -706,13 +709,18 @@ def spare_key_for(ctx: RunnerContext, runtime: Runtime, space: JobSpace | None =
     return SpareKey.of(runtime.python, spec.settings.environment_variables, account, home)
 
 
-def environment_for(deployment: BatchDeploymentSpec, model: Path | None) -> EnvironmentSpec:
-    """The deployment's environment; for a script-less MLflow model, the model's own."""
+def environment_for(
+    deployment: BatchDeploymentSpec,
+    model: Path | None,
+    resolve: Callable[[EnvironmentSpec], ResolvedEnvironment],
+) -> EnvironmentSpec:
+    """The deployment's environment; for a script-less MLflow model, the model's own
+    (`resolve`: the environment builder's, which says which Python it would run)."""
     spec = deployment.environment
     if spec.conda_file or spec.pip_requirements or spec.image or spec.registered:
         return spec
     if model is not None and not deployment.code_configuration.scoring_script:
-        return model_environment(model)
+        return model_environment(model, resolve)
     return spec
 
 
