@@ -248,6 +248,31 @@ def test_endpoint_and_deployment_crud(
     assert status == 404 and gone["code"] == 5
 
 
+def test_azure_resource_manager_paths_name_the_same_resources(rest: Rest, test_id: str) -> None:
+    """A call copied from Azure's REST docs keeps its ARM path (azureml-examples'
+    deploy-rest.sh: `/subscriptions/<s>/resourceGroups/<rg>/providers/
+    Microsoft.MachineLearningServices/workspaces/<w>/onlineEndpoints/<e>`, whatever the
+    subscription, group and workspace, in any case), and a resource's `id` is a path the
+    API answers; other paths that start alike are not rewritten."""
+    name = f"arm-{test_id}"
+    scope = "/subscriptions/1234/resourceGroups/rg/providers/Microsoft.MachineLearningServices"
+    scope += "/workspaces/ws"
+    made = rest.send("PUT", f"{scope}/onlineEndpoints/{name}?api-version=2022-05-01", {})
+    assert made.status_code == 201, made.text
+    endpoint_id = made.json()["id"]
+    assert endpoint_id == f"{WORKSPACE}/onlineEndpoints/{name}"
+    status, got = rest.call("GET", f"{endpoint_id}?api-version=2022-05-01")
+    assert status == 200 and got["name"] == name, got
+    lower = "/SUBSCRIPTIONS/x/resourcegroups/rg/providers/microsoft.machinelearningservices/"
+    status, keys = rest.call("POST", f"{lower}workspaces/ws/onlineEndpoints/{name}/listKeys")
+    assert status == 200 and keys["primaryKey"], keys
+    status, error = rest.call("GET", f"/subscriptions/1234/onlineEndpoints/{name}")
+    assert status == 404 and "no such REST path" in error["message"], error
+    status, _ = rest.call("DELETE", endpoint_id)
+    assert status == 200
+    assert rest.call("GET", f"/onlineEndpoints/{name}")[0] == 404
+
+
 def test_errors_are_json_and_leave_state_unchanged(rest: Rest, test_id: str) -> None:
     name = f"rest-err-{test_id}"
     status, body = rest.call("GET", "/onlineEndpoints", auth=False)

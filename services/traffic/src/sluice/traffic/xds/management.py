@@ -55,10 +55,31 @@ GATEWAY_CLUSTER = "sluice_management_gateway"
 PORTAL_PREFIX = "/portal/"
 OPENAPI_PATH = "/openapi.json"
 
-# A PUT that created its resource says so in a header (sluice.registry.workspace_api):
-# Azure's 201 Created. ABORTED (10) is a stale If-Match ETag: HTTP's 412, not the
-# transcoder's 409.
+# On the way in, Azure Resource Manager's workspace scope in front of a path is taken off
+# (`/subscriptions/<s>/resourceGroups/<rg>/providers/Microsoft.MachineLearningServices/
+# workspaces/<w>/onlineEndpoints/e` is `/onlineEndpoints/e`, whatever <s>, <rg> and <w>;
+# ARM paths are case-insensitive), so a call copied from Azure's REST docs and a resource's
+# own `id` reach the transcoder's rules. An empty part is not read: the listener merges
+# slashes first, so `resourceGroups//providers` no longer names a resource group.
+# On the way out, a PUT that created its resource says so in a header
+# (sluice.registry.workspace_api): Azure's 201 Created. ABORTED (10) is a stale If-Match
+# ETag: HTTP's 412, not the transcoder's 409.
 STATUS_LUA = """\
+local ARM_SCOPE = "^/subscriptions/[^/?]+/resourcegroups/[^/?]+/providers/"
+  .. "microsoft%.machinelearningservices/workspaces/[^/?]+/"
+
+function envoy_on_request(handle)
+  local headers = handle:headers()
+  local path = headers:get(":path")
+  if path == nil then
+    return
+  end
+  local _, last = string.find(string.lower(path), ARM_SCOPE)
+  if last ~= nil then
+    headers:replace(":path", string.sub(path, last))
+  end
+end
+
 function envoy_on_response(handle)
   local headers = handle:headers()
   if headers:get("x-sluice-created") ~= nil then
