@@ -250,9 +250,10 @@ def test_every_rule_reports_one_clear_line(cli: Cli, examples: Path) -> None:
 
 
 def test_batch_endpoint_and_both_settings_forms(cli: Cli, examples: Path) -> None:
+    """(No batch service runs here: the deployments stay Creating, so --no-wait.)"""
     batch = examples / "batch"
     cli("batch-endpoint", "create", "-f", str(batch / "endpoint.yml"))
-    cli("batch-deployment", "create", "-f", str(batch / "deployment.yml"))
+    cli("batch-deployment", "create", "-f", str(batch / "deployment.yml"), "--no-wait")
     dep = cli.json("batch-deployment", "show", "-n", "ridge", "-e", "diabetes-batch")
     assert isinstance(dep, dict)
     assert dep["mini_batch_size"] == 10  # Azure prints batch deployments flat
@@ -264,21 +265,21 @@ def test_batch_endpoint_and_both_settings_forms(cli: Cli, examples: Path) -> Non
     legacy.update(name="legacy", **settings)
     legacy["error_threshold"] = 0
     (batch / "legacy.yml").write_text(yaml.safe_dump(legacy))
-    cli("batch-deployment", "create", "-f", str(batch / "legacy.yml"))
+    cli("batch-deployment", "create", "-f", str(batch / "legacy.yml"), "--no-wait")
     old = cli.json("batch-deployment", "show", "-n", "legacy", "-e", "diabetes-batch")
     assert isinstance(old, dict) and old["error_threshold"] == 0
     # `create` of an existing batch deployment replaces it, as az's does (create or update:
     # imagenet-classifier's script creates its second deployment under the same name).
     legacy["error_threshold"] = 3
     (batch / "legacy.yml").write_text(yaml.safe_dump(legacy))
-    again = cli("batch-deployment", "create", "-f", str(batch / "legacy.yml"))
+    again = cli("batch-deployment", "create", "-f", str(batch / "legacy.yml"), "--no-wait")
     assert "Updated batch deployment legacy" in " ".join(again.stderr.split())
     old = cli.json("batch-deployment", "show", "-n", "legacy", "-e", "diabetes-batch")
     assert isinstance(old, dict) and old["error_threshold"] == 3
     # By name, flat as `show` prints it or under settings:, as az's generic update does.
     edited = cli.json(
         "batch-deployment", "update", "-n", "legacy", "-e", "diabetes-batch",
-        "--set", "mini_batch_size=5", "settings.retry_settings.max_retries=1",
+        "--set", "mini_batch_size=5", "settings.retry_settings.max_retries=1", "--no-wait",
     )  # fmt: skip
     assert isinstance(edited, dict) and edited["mini_batch_size"] == 5
     assert edited["retry_settings"]["max_retries"] == 1 and edited["error_threshold"] == 3

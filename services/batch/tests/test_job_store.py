@@ -135,3 +135,52 @@ async def test_rest_job_list_next_link_keeps_the_filters_and_the_page_size(
     assert [j.name for j in second.value] == ["job-2", "job-0"]
     assert second.next_link == ""
     assert {j.properties.details.endpoint_name for j in second.value} == {"e1"}
+
+
+async def test_a_deployment_is_settled_once_and_only_as_the_version_that_was_built(
+    mongo_db: AsyncDatabase[Document], nats_broker: NatsBroker
+) -> None:
+    """Claimed, then settled with its event; never twice, never an updated version, and
+    never a namesake deleted and created again meanwhile (version 1 too: `created_at`)."""
+    from sluice.batch.jobs import DeploymentVersion
+    from sluice.common.resources import (
+        BATCH_DEPLOYMENTS,
+        ENVIRONMENT_BUILDING,
+        BatchDeploymentDoc,
+        BatchDeploymentSpec,
+        Meta,
+        to_document,
+    )
+
+    store = store_of(mongo_db, nats_broker)
+    deployments = mongo_db[BATCH_DEPLOYMENTS]
+
+    async def created(at: datetime) -> DeploymentVersion:
+        doc = BatchDeploymentDoc(
+            spec=BatchDeploymentSpec(name="d", endpoint_name="ep"), meta=Meta(created_at=at)
+        )
+        await deployments.replace_one({"_id": "ep/d"}, to_document(doc, "ep/d"), upsert=True)
+        raw = await deployments.find_one({"_id": "ep/d"})
+        assert raw is not None
+        return DeploymentVersion.of(raw)
+
+    async def meta() -> tuple[str, str]:
+        raw = await deployments.find_one({"_id": "ep/d"})
+        assert raw is not None
+        return raw["meta"]["provisioning_state"], raw["meta"]["status_message"]
+
+    first = await created(datetime(2026, 11, 29, 13, 0, tzinfo=UTC))
+    await store.claim_deployment(first)
+    assert await meta() == ("Creating", ENVIRONMENT_BUILDING)
+    # Deleted and created again while the first one's environment built: same name, v1.
+    again = await created(datetime(2026, 11, 29, 13, 1, tzinfo=UTC))
+    assert again.version == first.version == 1
+    assert not await store.settle_deployment(first, failure="the first one's build failed")
+    assert await meta() == ("Creating", "")
+    assert await store.settle_deployment(again, warnings=("python 3.8 asked, 3.11 used",))
+    assert await meta() == ("Succeeded", "warning: python 3.8 asked, 3.11 used")
+    assert not await store.settle_deployment(again, failure="settled already")
+    events = [json.loads(raw["body"]) async for raw in mongo_db[OUTBOX].find().sort("seq", 1)]
+    assert [(e["type"], e["subject"], e["data"]["version"]) for e in events] == [
+        ("sluice.batch_deployment.ready", "ep/d", 1)
+    ]

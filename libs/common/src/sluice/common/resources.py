@@ -284,6 +284,8 @@ def utcnow() -> datetime:
 # A Succeeded deployment's status message holds one line per substitution the platform made
 # (python version, ignored image, replaced environment), each starting with this prefix.
 STATUS_WARNING_PREFIX = "warning: "
+# A batch deployment's status message while a batch service builds its environment.
+ENVIRONMENT_BUILDING = "building its environment"
 
 
 class Meta(_Model):

@@ -12,7 +12,6 @@ from urllib.parse import urlparse
 
 import grpc
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from pymongo.errors import PyMongoError
 
 from sluice.batch.api import BatchApi
 from sluice.batch.events import subscribe_deployment_events
@@ -97,8 +96,8 @@ async def settle_deployments(service: BatchService) -> None:
         await asyncio.sleep(SETTLE_EVERY_S)
         try:
             await service.settle_waiting()
-        except PyMongoError as exc:
-            log.warning("settle_waiting_failed", error=str(exc))
+        except Exception as exc:  # the loop must outlive a bad pass (Mongo down)
+            log.warning("settle_waiting_failed", error=repr(exc))
 
 
 async def serve(settings: Settings) -> None:

@@ -56,7 +56,10 @@ def model_environment(
     """The model's environment, without what the platform already has when its workers
     run the platform's Python (`resolve`: the environment builder's choice of Python)."""
     folder = model if model.is_dir() else model.parent
-    spec = mlflow_environment(folder)
+    try:
+        spec = mlflow_environment(folder)
+    except yaml.YAMLError as exc:
+        raise EnvironmentError_(f"the MLflow model's python_env.yaml: {exc}") from None
     if not spec.conda_file:
         return spec
     try:

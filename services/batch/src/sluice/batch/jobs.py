@@ -14,7 +14,8 @@ without its event, and NATS being down delays events but fails no job.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, TypeVar
@@ -37,6 +38,7 @@ from sluice.common.mongo import Document
 from sluice.common.resources import (
     BATCH_DEPLOYMENTS,
     BATCH_JOBS,
+    ENVIRONMENT_BUILDING,
     STATUS_WARNING_PREFIX,
     BatchSettings,
     ProvisioningState,
@@ -184,6 +186,29 @@ def emit_state(tx: Transaction, job: Job) -> None:
     )
 
 
+# A batch deployment version is waiting for its environment in these states.
+WAITING = (ProvisioningState.creating.value, ProvisioningState.updating.value)
+
+
+@dataclass(frozen=True)
+class DeploymentVersion:
+    """One version of one batch deployment, as stored (`created_at` as the document has it)."""
+
+    endpoint: str
+    name: str
+    version: int
+    created_at: str
+
+    @classmethod
+    def of(cls, raw: Mapping[str, Any]) -> DeploymentVersion:
+        return cls(
+            raw["spec"]["endpoint_name"],
+            raw["spec"]["name"],
+            int(raw["meta"]["version"]),
+            raw["meta"]["created_at"],
+        )
+
+
 class JobStore:
     def __init__(self, db: AsyncDatabase[Document], outbox: Outbox):
         self._jobs = db[BATCH_JOBS]
@@ -205,11 +230,27 @@ class JobStore:
                     raise
         raise AssertionError("unreachable")
 
+    def _waiting(self, version: DeploymentVersion) -> dict[str, Any]:
+        """The filter of a deployment version still waiting for its environment (`created_at`
+        tells it from a namesake deleted and created again, which starts at version 1 too)."""
+        return {
+            "_id": deployment_id(version.endpoint, version.name),
+            "meta.version": version.version,
+            "meta.created_at": version.created_at,
+            "meta.provisioning_state": {"$in": list(WAITING)},
+        }
+
+    async def claim_deployment(self, version: DeploymentVersion) -> None:
+        """Say that a batch service builds this version's environment now (so a waiting
+        CLI knows it was picked up); the settle replaces the message."""
+        await self._deployments.update_one(
+            {**self._waiting(version), "meta.status_message": ""},
+            {"$set": {"meta.status_message": ENVIRONMENT_BUILDING}},
+        )
+
     async def settle_deployment(
         self,
-        endpoint: str,
-        name: str,
-        version: int,
+        version: DeploymentVersion,
         *,
         failure: str | None = None,
         warnings: tuple[str, ...] = (),
@@ -224,28 +265,31 @@ class JobStore:
             if failure is not None
             else "\n".join(f"{STATUS_WARNING_PREFIX}{w}" for w in warnings)
         )
-        waiting = [ProvisioningState.creating.value, ProvisioningState.updating.value]
+        endpoint, name = version.endpoint, version.name
 
         async def write(tx: Transaction) -> bool:
             found = await self._deployments.find_one_and_update(
+                self._waiting(version),
                 {
-                    "_id": deployment_id(endpoint, name),
-                    "meta.version": version,
-                    "meta.provisioning_state": {"$in": waiting},
+                    "$set": {
+                        "meta.provisioning_state": state.value,
+                        "meta.status_message": message,
+                        "meta.updated_at": utcnow().isoformat(),
+                    }
                 },
-                {"$set": {"meta.provisioning_state": state.value, "meta.status_message": message}},
                 session=tx.session,
             )
             if found is None:
                 return False
             subject = f"{endpoint}/{name}"
+            number = version.version
             if failure is not None:
                 failed = BatchDeploymentFailed(
-                    name=name, endpoint=endpoint, version=version, reason=failure[:2000]
+                    name=name, endpoint=endpoint, version=number, reason=failure[:2000]
                 )
                 tx.emit(BATCH_DEPLOYMENT_FAILED, failed, subject=subject, actor=ACTOR)
             else:
-                ready = BatchDeploymentChanged(name=name, endpoint=endpoint, version=version)
+                ready = BatchDeploymentChanged(name=name, endpoint=endpoint, version=number)
                 tx.emit(BATCH_DEPLOYMENT_READY, ready, subject=subject, actor=ACTOR)
             return True
 

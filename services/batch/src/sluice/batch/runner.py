@@ -684,7 +684,11 @@ async def deployment_runtime(ctx: RunnerContext, endpoint: str, name: str) -> Ru
     raw = await ctx.db[BATCH_DEPLOYMENTS].find_one({"_id": deployment_id(endpoint, name)})
     if raw is None:
         raise JobAborted(f"deployment {name!r} was deleted")
-    deployment = from_document(BatchDeploymentDoc, raw).spec
+    return await runtime_of(ctx, from_document(BatchDeploymentDoc, raw).spec)
+
+
+async def runtime_of(ctx: RunnerContext, deployment: BatchDeploymentSpec) -> Runtime:
+    """Build (or reuse) a deployment's environment; JobAborted if it does not build."""
     model = code = None
     if deployment.model.artifact:
         model = ctx.artifacts.path_of(deployment.model.artifact)

@@ -21,15 +21,15 @@ import grpc
 
 from sluice.batch import inputs
 from sluice.batch.fetch import PUBLIC_ONLY, UrlPolicy
-from sluice.batch.jobs import Cost, Job, JobState, JobStore
+from sluice.batch.jobs import WAITING, Cost, DeploymentVersion, Job, JobState, JobStore
 from sluice.batch.output import OutputError, output_folder
 from sluice.batch.runner import (
     JobAborted,
     JobRunner,
     RunnerContext,
-    deployment_runtime,
     instance_type_of,
     job_dir,
+    runtime_of,
     spare_key_for,
 )
 from sluice.batch.workspace import existing_account, remove_deployment
@@ -133,6 +133,11 @@ def apply_overrides(settings: BatchSettings, o: Overrides) -> BatchSettings:
     return settings.model_copy(update={**update, "retry_settings": retry})
 
 
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.error("background_task_failed", error=repr(error), exc_info=error)
+
+
 class BatchService:
     def __init__(
         self,
@@ -185,7 +190,7 @@ class BatchService:
             return
         self._warming[key] = False
 
-        async def warm() -> None:
+        async def warm_until_current() -> None:
             try:
                 while True:
                     await self.warm(endpoint, deployment)
@@ -195,32 +200,49 @@ class BatchService:
             finally:
                 del self._warming[key]
 
-        self._in_background(warm())
+        self._in_background(warm_until_current())
 
     def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
-        """Run `work` as a task kept until it ends (and cancelled at shutdown)."""
+        """Run `work` as a task kept until it ends (and cancelled at shutdown); what it
+        raises is logged."""
         task = asyncio.create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        task.add_done_callback(_log_failure)
 
     async def warm(self, endpoint: str, deployment: str) -> None:
-        """Build the deployment's environment and settle its version (Succeeded, or Failed
-        with the build's message), then have its `instance_count x
+        """Build the deployment's environment and settle a waiting version (Succeeded, or
+        Failed with the build's message), then have its `instance_count x
         max_concurrency_per_instance` workers waiting as spares, so its first job starts
-        without the workers' start-up."""
+        without the workers' start-up. A Failed version is left alone: an update builds it
+        again."""
         raw = await self.ctx.db[BATCH_DEPLOYMENTS].find_one(
-            {"_id": deployment_id(endpoint, deployment)}, {"meta.version": 1}
+            {"_id": deployment_id(endpoint, deployment)}
         )
         if raw is None:
             return  # deleted since
-        version = int(raw["meta"]["version"])
-        try:
-            runtime = await deployment_runtime(self.ctx, endpoint, deployment)
-        except JobAborted as exc:  # deleted since, or its environment does not build
-            log.info("warm_up_skipped", endpoint=endpoint, deployment=deployment, reason=str(exc))
-            await self.store.settle_deployment(endpoint, deployment, version, failure=str(exc))
+        doc = from_document(BatchDeploymentDoc, raw)
+        if doc.meta.provisioning_state is ProvisioningState.failed:
             return
-        await self.store.settle_deployment(endpoint, deployment, version, warnings=runtime.warnings)
+        version = DeploymentVersion.of(raw)
+        waiting = doc.meta.provisioning_state.value in WAITING
+        if waiting:
+            await self.store.claim_deployment(version)
+        failure: str | None = None
+        try:
+            runtime = await runtime_of(self.ctx, doc.spec)
+        except JobAborted as exc:  # its environment does not build
+            failure = str(exc)
+        except Exception as exc:  # e.g. a model folder it cannot read: say so, not hang
+            log.exception("warm_up_failed", endpoint=endpoint, deployment=deployment)
+            failure = f"{type(exc).__name__}: {exc}"
+        if failure is not None:
+            log.info("warm_up_skipped", endpoint=endpoint, deployment=deployment, reason=failure)
+            if waiting:
+                await self.store.settle_deployment(version, failure=failure)
+            return
+        if waiting and not await self.store.settle_deployment(version, warnings=runtime.warnings):
+            return  # updated (its own warm-up follows) or deleted meanwhile: no spares for it
         spec = runtime.spec
         try:
             key = await asyncio.to_thread(spare_key_for, self.ctx, runtime)
@@ -233,14 +255,17 @@ class BatchService:
         )
 
     async def settle_waiting(self) -> None:
-        """Warm every batch deployment still Creating or Updating: its event may have come
-        while no batch service ran (at start-up)."""
-        waiting = [ProvisioningState.creating.value, ProvisioningState.updating.value]
+        """Warm every batch deployment still Creating or Updating that no warm-up here is
+        building: its event may have come while no batch service ran (at start-up), or been
+        lost (app.py runs this every SETTLE_EVERY_S too)."""
         cursor = self.ctx.db[BATCH_DEPLOYMENTS].find(
-            {"meta.provisioning_state": {"$in": waiting}}, {"spec.endpoint_name": 1, "spec.name": 1}
+            {"meta.provisioning_state": {"$in": list(WAITING)}},
+            {"spec.endpoint_name": 1, "spec.name": 1},
         )
         async for raw in cursor:
-            self.warm_soon(raw["spec"]["endpoint_name"], raw["spec"]["name"])
+            key = (raw["spec"]["endpoint_name"], raw["spec"]["name"])
+            if key not in self._warming:
+                self.warm_soon(*key)
 
     def forget_soon(self, endpoint: str, deployment: str) -> None:
         """A deleted batch deployment: stop its spares, remove their folder and its user."""

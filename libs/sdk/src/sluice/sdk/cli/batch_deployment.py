@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from sluice.common.resources import BatchDeploymentDoc, ProvisioningState
+from sluice.common.resources import ENVIRONMENT_BUILDING, BatchDeploymentDoc, ProvisioningState
 from sluice.common.settings import Settings
 from sluice.sdk import azure_views
 from sluice.sdk.cli import job as jobs
@@ -60,7 +60,14 @@ def view(doc: BatchDeploymentDoc) -> dict[str, Any]:
         "output_action": s.output_action.value,
         "error_threshold": s.error_threshold,
         "version": doc.meta.version,
+        "message": doc.meta.status_message,
     }
+
+
+def unclaimed(doc: BatchDeploymentDoc) -> bool:
+    """Waiting, and no batch service has said it builds its environment."""
+    meta = doc.meta
+    return meta.provisioning_state in WAITING and meta.status_message != ENVIRONMENT_BUILDING
 
 
 def _finish(
@@ -85,7 +92,7 @@ def _finish(
         lambda: client.get_batch_deployment(spec.endpoint_name, spec.name),
         what=what,
         pickup_timeout_s=None if running else PICKUP_TIMEOUT_S,
-        unclaimed=WAITING,
+        unclaimed=unclaimed,
         logs_hint="the batch service's log",
     )
     state = doc.meta.provisioning_state.value
@@ -104,7 +111,8 @@ def _finish(
 
 def show_one(doc: BatchDeploymentDoc, output: OutputFormat) -> None:
     if output is OutputFormat.table:
-        render(view(doc), output, columns=COLUMNS)
+        row = view(doc)
+        render(row, output, columns=COLUMNS + (["message"] if row["message"] else []))
     else:
         render(azure_views.batch_deployment(doc), output)
 

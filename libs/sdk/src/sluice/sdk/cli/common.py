@@ -149,13 +149,15 @@ def wait_for_deployment(
     what: str,
     timeout_s: float = 900,
     pickup_timeout_s: float | None = None,
-    unclaimed: frozenset[ProvisioningState] = frozenset({ProvisioningState.creating}),
+    unclaimed: Callable[[D], bool] = lambda doc: (
+        doc.meta.provisioning_state is ProvisioningState.creating
+    ),
     logs_hint: str = "`sluice online-deployment get-logs`",
 ) -> D:
     """Poll until the deployment reaches a terminal state, with a spinner.
 
-    With `pickup_timeout_s`, give up early (returning the doc) if it stays in an
-    `unclaimed` state that long: no service is watching.
+    With `pickup_timeout_s`, give up early (returning the doc) if it stays `unclaimed`
+    that long: no service is watching.
     """
     started = time.monotonic()
     deadline = started + timeout_s
@@ -163,11 +165,7 @@ def wait_for_deployment(
     with err_console.status(f"{what}: {doc.meta.provisioning_state.value}…") as status:
         while doc.meta.provisioning_state not in TERMINAL:
             waited = time.monotonic() - started
-            if (
-                pickup_timeout_s is not None
-                and waited > pickup_timeout_s
-                and doc.meta.provisioning_state in unclaimed
-            ):
+            if pickup_timeout_s is not None and waited > pickup_timeout_s and unclaimed(doc):
                 return doc
             if time.monotonic() > deadline:
                 raise CliError(

@@ -403,7 +403,8 @@ async function metricsTab(panel, ep) {
 // builds; Failed when it did not build: its jobs are refused).
 function deploymentName(d) {
   const state = d.properties.provisioningState;
-  return state === "Succeeded" ? esc(d.name) : `${esc(d.name)} <span class="state-${esc(state)}">(${esc(state)})</span>`;
+  const why = d.properties.statusMessage ? ` title="${esc(d.properties.statusMessage)}"` : "";
+  return state === "Succeeded" ? esc(d.name) : `${esc(d.name)} <span class="state-${esc(state)}"${why}>(${esc(state)})</span>`;
 }
 
 async function batchPage() {
