@@ -187,13 +187,19 @@ class BatchService:
         key = (endpoint, deployment)
         if key in self._warming:  # one at a time, then once more: it read an older version
             self._warming[key] = True
+            # Say at once that the newer version is taken care of (a waiting CLI would
+            # otherwise think no batch service runs while the older build goes on).
+            self._in_background(self._claim(endpoint, deployment))
             return
         self._warming[key] = False
 
         async def warm_until_current() -> None:
             try:
                 while True:
-                    await self.warm(endpoint, deployment)
+                    try:
+                        await self.warm(endpoint, deployment)
+                    except Exception:  # Mongo away: the 30-s pass warms it again
+                        log.exception("warm_up_failed", endpoint=endpoint, deployment=deployment)
                     if not self._warming[key]:
                         break
                     self._warming[key] = False
@@ -221,23 +227,26 @@ class BatchService:
         )
         if raw is None:
             return  # deleted since
-        doc = from_document(BatchDeploymentDoc, raw)
-        if doc.meta.provisioning_state is ProvisioningState.failed:
-            return
         version = DeploymentVersion.of(raw)
-        waiting = doc.meta.provisioning_state.value in WAITING
+        state = raw["meta"]["provisioning_state"]
+        if state == ProvisioningState.failed.value:
+            return
+        waiting = state in WAITING
         if waiting:
             await self.store.claim_deployment(version)
         failure: str | None = None
         try:
+            doc = from_document(BatchDeploymentDoc, raw)
             runtime = await runtime_of(self.ctx, doc.spec)
         except JobAborted as exc:  # its environment does not build
             failure = str(exc)
+            log.info("warm_up_skipped", endpoint=endpoint, deployment=deployment, reason=failure)
         except Exception as exc:  # e.g. a model folder it cannot read: say so, not hang
             log.exception("warm_up_failed", endpoint=endpoint, deployment=deployment)
-            failure = f"{type(exc).__name__}: {exc}"
+            failure = (
+                f"the batch service could not prepare it ({type(exc).__name__}); its log says why"
+            )
         if failure is not None:
-            log.info("warm_up_skipped", endpoint=endpoint, deployment=deployment, reason=failure)
             if waiting:
                 await self.store.settle_deployment(version, failure=failure)
             return
@@ -253,6 +262,13 @@ class BatchService:
         log.info(
             "warm_up", endpoint=endpoint, deployment=deployment, spares=self.ctx.spares.waiting(key)
         )
+
+    async def _claim(self, endpoint: str, deployment: str) -> None:
+        raw = await self.ctx.db[BATCH_DEPLOYMENTS].find_one(
+            {"_id": deployment_id(endpoint, deployment)}
+        )
+        if raw is not None and raw["meta"]["provisioning_state"] in WAITING:
+            await self.store.claim_deployment(DeploymentVersion.of(raw))
 
     async def settle_waiting(self) -> None:
         """Warm every batch deployment still Creating or Updating that no warm-up here is

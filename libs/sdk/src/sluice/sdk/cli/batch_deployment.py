@@ -60,7 +60,9 @@ def view(doc: BatchDeploymentDoc) -> dict[str, Any]:
         "output_action": s.output_action.value,
         "error_threshold": s.error_threshold,
         "version": doc.meta.version,
-        "message": doc.meta.status_message,
+        # Its first line: a failed build's message ends with the installer's lines (json
+        # and yaml have them all).
+        "message": doc.meta.status_message.partition("\n")[0],
     }
 
 
