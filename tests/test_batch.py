@@ -1098,6 +1098,11 @@ def test_a_deployment_whose_environment_does_not_build_fails_at_create(cli: Cli)
     assert "sluice-no-such-package-anywhere" in failed, failed
     shown = cli.json("batch-deployment", "show", "-n", "score", "-e", "env-batch")
     assert shown["provisioning_state"] == "Failed"
+    table = " ".join(
+        cli("batch-deployment", "show", "-n", "score", "-e", "env-batch").stdout.split()
+    )
+    assert "Failed" in table and "environment build failed" in table  # the message's 1st line
+    assert "sluice-no-such-package-anywhere" not in table  # the installer's lines: json/yaml
     make_csvs(folder / "data", 2, 1)
     refused = cli.error("batch-endpoint", "invoke", "-n", "env-batch", "--input", "env-batch/data")
     assert "deployment 'score' failed" in refused and "batch-deployment update" in refused

@@ -114,7 +114,9 @@ def _finish(
 def show_one(doc: BatchDeploymentDoc, output: OutputFormat) -> None:
     if output is OutputFormat.table:
         row = view(doc)
-        render(row, output, columns=COLUMNS + (["message"] if row["message"] else []))
+        # Why it is not Succeeded (a Succeeded one's warnings were printed at create).
+        why = row["message"] and doc.meta.provisioning_state is not ProvisioningState.succeeded
+        render(row, output, columns=COLUMNS + (["message"] if why else []))
     else:
         render(azure_views.batch_deployment(doc), output)
 
