@@ -143,6 +143,14 @@ def provisioner_running(settings: Settings) -> bool | None:
     return service_running(settings, "provisioner")
 
 
+def _progress(what: str, doc: OnlineDeployment | BatchDeploymentDoc) -> str:
+    """`<what>: Creating…`, with a one-line status message (a batch deployment's
+    "building its environment")."""
+    message = doc.meta.status_message
+    detail = f" ({message})" if message and "\n" not in message else ""
+    return f"{what}: {doc.meta.provisioning_state.value}{detail}…"
+
+
 def wait_for_deployment(
     fetch: Callable[[], D],
     *,
@@ -162,7 +170,7 @@ def wait_for_deployment(
     started = time.monotonic()
     deadline = started + timeout_s
     doc = fetch()
-    with err_console.status(f"{what}: {doc.meta.provisioning_state.value}…") as status:
+    with err_console.status(_progress(what, doc)) as status:
         while doc.meta.provisioning_state not in TERMINAL:
             waited = time.monotonic() - started
             if pickup_timeout_s is not None and waited > pickup_timeout_s and unclaimed(doc):
@@ -174,7 +182,7 @@ def wait_for_deployment(
                 )
             time.sleep(0.3)
             doc = fetch()
-            status.update(f"{what}: {doc.meta.provisioning_state.value}…")
+            status.update(_progress(what, doc))
     return doc
 
 
