@@ -254,6 +254,18 @@ def test_mlflow_conda_yaml_is_read_first_as_online(tmp_path: Path) -> None:
     assert model_environment(tmp_path, python_3_13_is_here) == EnvironmentSpec(conda_file=conda)
 
 
+def test_an_mlflow_models_unreadable_python_env_is_a_build_error(tmp_path: Path) -> None:
+    """A malformed python_env.yaml fails the deployment (and its jobs) with a message naming
+    the file, as the environment's build errors do, not with a bare YAML traceback."""
+    from sluice.batch.environment import model_environment
+    from sluice.common.environments import EnvironmentError_, resolve
+
+    (tmp_path / "requirements.txt").write_text("pandas\n")
+    (tmp_path / "python_env.yaml").write_text("python: [3.11\n")
+    with pytest.raises(EnvironmentError_, match=r"the MLflow model's python_env\.yaml"):
+        model_environment(tmp_path, resolve)
+
+
 def test_each_platform_gives_jobs_workers_nats_users_of_their_own(tmp_path: Path) -> None:
     """`sluice up`: a reloaded configuration; compose and Kubernetes: the auth callout this
     service answers with its seed; an operator's NATS (URL alone): none of the platform's."""
