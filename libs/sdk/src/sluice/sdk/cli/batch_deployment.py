@@ -12,6 +12,7 @@ from sluice.common.settings import Settings
 from sluice.sdk import azure_views
 from sluice.sdk.cli import job as jobs
 from sluice.sdk.cli.common import (
+    PICKUP_TIMEOUT_S,
     AddOption,
     FileOption,
     NoWaitOption,
@@ -21,6 +22,7 @@ from sluice.sdk.cli.common import (
     generic_edits,
     load_deployment,
     registry,
+    report_settled,
     service_running,
     wait_for_deployment,
     warn,
@@ -44,7 +46,6 @@ COLUMNS = [
     "error_threshold",
 ]
 NameOption = typer.Option(None, "--name", "-n", help="deployment name (overrides the YAML's)")
-PICKUP_TIMEOUT_S = 15.0
 WAITING = frozenset({ProvisioningState.creating, ProvisioningState.updating})
 EndpointOption = typer.Option(None, "--endpoint-name", "-e", help="endpoint (overrides the YAML's)")
 
@@ -104,10 +105,7 @@ def _finish(
             "service has picked it up. Check the platform's batch service."
         )
         return doc
-    if doc.meta.provisioning_state is ProvisioningState.failed:
-        raise CliError(f"{what} failed: {doc.meta.status_message}")
-    warn(doc.meta.warnings)
-    err_console.print(f"{verb} {what}: {state}.")
+    report_settled(doc, what, verb)
     return doc
 
 

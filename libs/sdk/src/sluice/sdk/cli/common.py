@@ -46,6 +46,8 @@ RemoveOption = typer.Option(
 )
 NoWaitOption = typer.Option(False, "--no-wait", help="return at once instead of waiting")
 
+# How long a wait on a platform it cannot see (remote) gives a deployment nobody has claimed.
+PICKUP_TIMEOUT_S = 15.0
 TERMINAL = {ProvisioningState.succeeded, ProvisioningState.failed, ProvisioningState.canceled}
 
 
@@ -139,16 +141,21 @@ def service_running(settings: Settings, service: str) -> bool | None:
     return any(p.name == service for p in state.processes)
 
 
-def provisioner_running(settings: Settings) -> bool | None:
-    return service_running(settings, "provisioner")
-
-
 def _progress(what: str, doc: OnlineDeployment | BatchDeploymentDoc) -> str:
     """`<what>: Creating…`, with a one-line status message (a batch deployment's
     "building its environment")."""
     message = doc.meta.status_message
     detail = f" ({message})" if message and "\n" not in message else ""
     return f"{what}: {doc.meta.provisioning_state.value}{detail}…"
+
+
+def report_settled(doc: OnlineDeployment | BatchDeploymentDoc, what: str, verb: str) -> None:
+    """After a wait: a Failed deployment's reason as the CLI's error (exit 1), else its
+    warnings and state."""
+    if doc.meta.provisioning_state is ProvisioningState.failed:
+        raise CliError(f"{what} failed: {doc.meta.status_message}")
+    warn(doc.meta.warnings)
+    err_console.print(f"{verb} {what}: {doc.meta.provisioning_state.value}.")
 
 
 def wait_for_deployment(

@@ -14,6 +14,7 @@ from sluice.common.settings import Settings
 from sluice.sdk import azure_views
 from sluice.sdk.cli import local_cmds
 from sluice.sdk.cli.common import (
+    PICKUP_TIMEOUT_S,
     AddOption,
     FileOption,
     NoWaitOption,
@@ -23,8 +24,9 @@ from sluice.sdk.cli.common import (
     generic_edits,
     load_deployment,
     optional_path,
-    provisioner_running,
     registry,
+    report_settled,
+    service_running,
     wait_for_deployment,
     warn,
 )
@@ -38,7 +40,6 @@ app = typer.Typer(
     help="Online deployments: the model, code and compute behind an endpoint.", no_args_is_help=True
 )
 
-PICKUP_TIMEOUT_S = 15.0
 LocalOption = typer.Option(
     False, "--local", help="run on this machine with no control plane (the same inference server)"
 )
@@ -90,7 +91,7 @@ def _finish(
     if no_wait:
         err_console.print(f"{verb} {what}; it is {doc.meta.provisioning_state.value} (--no-wait).")
         return doc
-    running = provisioner_running(Settings())
+    running = service_running(Settings(), "provisioner")
     if running is False:
         err_console.print(
             f"{verb} {what}. It is {doc.meta.provisioning_state.value}: it is stored, but no "
@@ -108,10 +109,7 @@ def _finish(
             "provisioner has picked it up. Check the platform's provisioner."
         )
         return doc
-    if doc.meta.provisioning_state is ProvisioningState.failed:
-        raise CliError(f"{what} failed: {doc.meta.status_message}")
-    warn(doc.meta.warnings)
-    err_console.print(f"{verb} {what}: {doc.meta.provisioning_state.value}.")
+    report_settled(doc, what, verb)
     return doc
 
 
