@@ -101,6 +101,22 @@ def test_endpoint_and_deployment_crud(
     made = rest.send("PUT", f"/onlineEndpoints/{name}/deployments/blue", body)
     assert made.status_code == 201, made.text
     dep = made.json()
+    # As Azure's, the answer names the operation to poll, an absolute URI (deploy-rest.sh
+    # curls it until its status is Succeeded or Failed).
+    operation = made.headers["azure-asyncoperation"]
+    assert dep["properties"]["properties"]["AzureAsyncOperationUri"] == operation
+    assert operation.startswith(f"{rest.base}/subscriptions/"), operation
+    assert f"/locations/local/mfeOperationsStatus/od:{name}:blue:" in operation
+    auth = {"authorization": f"Bearer {rest.admin_token}"}
+
+    def finished() -> dict[str, Any] | None:
+        got = httpx.get(operation, headers=auth, timeout=30).json()
+        assert got["status"] in ("InProgress", "Succeeded"), got
+        return got if got["status"] != "InProgress" else None
+
+    done = wait_for(finished, "the deployment's operation to finish", 240)
+    assert done["name"] == operation.rpartition("/")[2] and "error" not in done, done
+    assert operation.endswith(done["id"]), done
     assert dep["sku"] == {"name": "Default", "capacity": 1}
     assert dep["properties"]["model"].startswith("azureml://artifacts/sha256:")
     assert dep["properties"]["livenessProbe"]["initialDelay"] == "PT10S"
@@ -273,6 +289,64 @@ def test_azure_resource_manager_paths_name_the_same_resources(rest: Rest, test_i
     assert rest.call("GET", f"/onlineEndpoints/{name}")[0] == 404
 
 
+def test_a_failed_deployment_s_operation_says_why_and_a_deleted_one_s_is_gone(
+    rest: Rest, local_platform: PlatformState, trained_examples: Path, tmp_path: Path, test_id: str
+) -> None:
+    """Azure's operation status: an endpoint's is Succeeded at once; a deployment whose
+    init() raises ends Failed with the reason; ids that are not an operation's are refused
+    saying so; a deleted resource's operation is not found (nor is it its namesake's)."""
+    name = f"ops-{test_id}"
+    made = rest.send("PUT", f"/onlineEndpoints/{name}", {})
+    assert made.status_code == 201, made.text
+    operation = made.headers["azure-asyncoperation"]
+    path = operation.removeprefix(rest.base)
+    status, got = rest.call("GET", path)
+    assert status == 200 and got["status"] == "Succeeded" and got["name"].startswith("oe:"), got
+    status, got = rest.call("GET", "/locations/" + path.split("/locations/", 1)[1])
+    assert status == 200 and got["status"] == "Succeeded", got  # without the ARM prefix too
+
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "score.py").write_text(
+        "def init():\n    raise RuntimeError('no model here: ops test')\n\n"
+        "def run(data):\n    return data\n"
+    )
+    assert local_platform.registry_address
+    with RegistryClient(local_platform.registry_address, rest.admin_token) as client:
+        code_id = arm.artifact_uri(client.upload(code))
+    body = deployment_body(local_platform, trained_examples, name)
+    body["properties"]["codeConfiguration"]["codeId"] = code_id
+    made = rest.send("PUT", f"/onlineEndpoints/{name}/deployments/broken", body)
+    assert made.status_code == 201, made.text
+    path = made.headers["azure-asyncoperation"].removeprefix(rest.base)
+
+    def finished() -> dict[str, Any] | None:
+        got = rest.call("GET", path)[1]
+        return got if got["status"] != "InProgress" else None
+
+    failed = wait_for(finished, "the broken deployment's operation to finish", 240)
+    assert failed["status"] == "Failed", failed
+    assert failed["error"]["code"] == "ResourceOperationFailure"
+    assert "no model here: ops test" in failed["error"]["message"], failed
+
+    op_id = path.rpartition("/")[2]
+    for bad, code_, says in [
+        ("od:nope", 400, "not an operation id"),
+        (f"oe:{name}:blue:1", 400, "not an operation id"),  # an endpoint's has no deployment
+        (op_id.replace(":broken:", ":ghost:"), 404, "ghost"),
+        (op_id[:-1] + ("1" if op_id[-1] != "1" else "2"), 404, "no longer exists"),
+    ]:
+        status, error = rest.call("GET", path.replace(op_id, bad))
+        assert status == code_ and says in error["message"], (bad, error)
+    status, error = rest.call("GET", path.replace("/locations/local/", "/locations/eastus/"))
+    assert status == 404 and "'local'" in error["message"], error
+
+    assert rest.call("DELETE", f"/onlineEndpoints/{name}/deployments/broken")[0] == 200
+    gone = wait_for(lambda: rest.call("GET", path)[0] == 404 or None, "the operation to go", 60)
+    assert gone
+    assert rest.call("DELETE", f"/onlineEndpoints/{name}")[0] == 200
+
+
 def test_errors_are_json_and_leave_state_unchanged(rest: Rest, test_id: str) -> None:
     name = f"rest-err-{test_id}"
     status, body = rest.call("GET", "/onlineEndpoints", auth=False)
@@ -398,6 +472,14 @@ def test_batch_endpoint_put_get_list_delete(
     assert made.status_code == 201, made.text
     props = made.json()["properties"]
     assert props["codeConfiguration"]["codeId"] == code and props["miniBatchSize"] == 2
+    operation = made.headers["azure-asyncoperation"].removeprefix(rest.base)
+    assert props["properties"]["AzureAsyncOperationUri"].endswith(operation)
+    built = wait_for(
+        lambda: (got := rest.call("GET", operation)[1])["status"] != "InProgress" and got,
+        "the batch service to build the deployment's environment",
+        120,
+    )
+    assert built["status"] == "Succeeded" and built["name"].startswith("bd:"), built
     assert props["outputAction"] == "SummaryOnly" and props["errorThreshold"] == 0
     assert props["retrySettings"] == {"maxRetries": 3, "timeout": "PT45S"}
     endpoint = rest.call("GET", f"/batchEndpoints/{name}")[1]

@@ -160,6 +160,11 @@ class WorkspaceStub:
                 request_serializer=sluice_dot_v1_dot_workspace__pb2.PatchBatchDeploymentRequest.SerializeToString,
                 response_deserializer=sluice_dot_v1_dot_workspace__pb2.BatchDeploymentTrackedResource.FromString,
                 _registered_method=True)
+        self.GetOperationStatus = channel.unary_unary(
+                '/sluice.v1.Workspace/GetOperationStatus',
+                request_serializer=sluice_dot_v1_dot_workspace__pb2.GetOperationStatusRequest.SerializeToString,
+                response_deserializer=sluice_dot_v1_dot_workspace__pb2.OperationStatus.FromString,
+                _registered_method=True)
         self.UploadArtifactArchive = channel.unary_unary(
                 '/sluice.v1.Workspace/UploadArtifactArchive',
                 request_serializer=sluice_dot_v1_dot_workspace__pb2.UploadArtifactArchiveRequest.SerializeToString,
@@ -420,6 +425,18 @@ class WorkspaceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetOperationStatus(self, request, context):
+        """The status of a write to an endpoint or deployment, as Azure's long-running
+        operations answer it: a PUT or PATCH names it in the `Azure-AsyncOperation` header
+        and in properties.properties.AzureAsyncOperationUri, and a client polls it until
+        `status` is Succeeded, Failed (with `error`) or Canceled. The path is Azure's
+        subscription-scoped one (`/subscriptions/<s>/providers/Microsoft.MachineLearningServices`
+        in front, as the URI has it, or not).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def UploadArtifactArchive(self, request, context):
         """Uploads a file or folder: the body is an uncompressed tar archive holding exactly
         `name` (`tar -cf - model/`), what `az` uploads to blob storage before a PUT names it.
@@ -671,6 +688,11 @@ def add_WorkspaceServicer_to_server(servicer, server):
                     servicer.PatchBatchDeployment,
                     request_deserializer=sluice_dot_v1_dot_workspace__pb2.PatchBatchDeploymentRequest.FromString,
                     response_serializer=sluice_dot_v1_dot_workspace__pb2.BatchDeploymentTrackedResource.SerializeToString,
+            ),
+            'GetOperationStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetOperationStatus,
+                    request_deserializer=sluice_dot_v1_dot_workspace__pb2.GetOperationStatusRequest.FromString,
+                    response_serializer=sluice_dot_v1_dot_workspace__pb2.OperationStatus.SerializeToString,
             ),
             'UploadArtifactArchive': grpc.unary_unary_rpc_method_handler(
                     servicer.UploadArtifactArchive,
@@ -1443,6 +1465,33 @@ class Workspace:
             '/sluice.v1.Workspace/PatchBatchDeployment',
             sluice_dot_v1_dot_workspace__pb2.PatchBatchDeploymentRequest.SerializeToString,
             sluice_dot_v1_dot_workspace__pb2.BatchDeploymentTrackedResource.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetOperationStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sluice.v1.Workspace/GetOperationStatus',
+            sluice_dot_v1_dot_workspace__pb2.GetOperationStatusRequest.SerializeToString,
+            sluice_dot_v1_dot_workspace__pb2.OperationStatus.FromString,
             options,
             channel_credentials,
             insecure,

@@ -80,6 +80,14 @@ class WorkspaceStub:
     DeleteBatchDeployment: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.GetChildRequest, _empty_pb2.Empty]
     PatchBatchDeployment: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.PatchBatchDeploymentRequest, _workspace_pb2.BatchDeploymentTrackedResource]
     """Replaces the tags (when the body names them) and properties.description (when given)."""
+    GetOperationStatus: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.GetOperationStatusRequest, _workspace_pb2.OperationStatus]
+    """The status of a write to an endpoint or deployment, as Azure's long-running
+    operations answer it: a PUT or PATCH names it in the `Azure-AsyncOperation` header
+    and in properties.properties.AzureAsyncOperationUri, and a client polls it until
+    `status` is Succeeded, Failed (with `error`) or Canceled. The path is Azure's
+    subscription-scoped one (`/subscriptions/<s>/providers/Microsoft.MachineLearningServices`
+    in front, as the URI has it, or not).
+    """
     UploadArtifactArchive: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.UploadArtifactArchiveRequest, _workspace_pb2.UploadedArtifact]
     """Uploads a file or folder: the body is an uncompressed tar archive holding exactly
     `name` (`tar -cf - model/`), what `az` uploads to blob storage before a PUT names it.
@@ -152,6 +160,14 @@ class WorkspaceAsyncStub(WorkspaceStub):
     DeleteBatchDeployment: _aio.UnaryUnaryMultiCallable[_workspace_pb2.GetChildRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     PatchBatchDeployment: _aio.UnaryUnaryMultiCallable[_workspace_pb2.PatchBatchDeploymentRequest, _workspace_pb2.BatchDeploymentTrackedResource]  # type: ignore[assignment]
     """Replaces the tags (when the body names them) and properties.description (when given)."""
+    GetOperationStatus: _aio.UnaryUnaryMultiCallable[_workspace_pb2.GetOperationStatusRequest, _workspace_pb2.OperationStatus]  # type: ignore[assignment]
+    """The status of a write to an endpoint or deployment, as Azure's long-running
+    operations answer it: a PUT or PATCH names it in the `Azure-AsyncOperation` header
+    and in properties.properties.AzureAsyncOperationUri, and a client polls it until
+    `status` is Succeeded, Failed (with `error`) or Canceled. The path is Azure's
+    subscription-scoped one (`/subscriptions/<s>/providers/Microsoft.MachineLearningServices`
+    in front, as the URI has it, or not).
+    """
     UploadArtifactArchive: _aio.UnaryUnaryMultiCallable[_workspace_pb2.UploadArtifactArchiveRequest, _workspace_pb2.UploadedArtifact]  # type: ignore[assignment]
     """Uploads a file or folder: the body is an uncompressed tar archive holding exactly
     `name` (`tar -cf - model/`), what `az` uploads to blob storage before a PUT names it.
@@ -371,6 +387,20 @@ class WorkspaceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_workspace_pb2.BatchDeploymentTrackedResource, _abc.Awaitable[_workspace_pb2.BatchDeploymentTrackedResource]]:
         """Replaces the tags (when the body names them) and properties.description (when given)."""
+
+    @_abc_1.abstractmethod
+    def GetOperationStatus(
+        self,
+        request: _workspace_pb2.GetOperationStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workspace_pb2.OperationStatus, _abc.Awaitable[_workspace_pb2.OperationStatus]]:
+        """The status of a write to an endpoint or deployment, as Azure's long-running
+        operations answer it: a PUT or PATCH names it in the `Azure-AsyncOperation` header
+        and in properties.properties.AzureAsyncOperationUri, and a client polls it until
+        `status` is Succeeded, Failed (with `error`) or Canceled. The path is Azure's
+        subscription-scoped one (`/subscriptions/<s>/providers/Microsoft.MachineLearningServices`
+        in front, as the URI has it, or not).
+        """
 
     @_abc_1.abstractmethod
     def UploadArtifactArchive(

@@ -8,7 +8,10 @@ response metadata leaves as HTTP headers, which gives Azure's write semantics:
   filter turns into the status) or replaces (200 OK);
 - `If-Match: "<etag>"` makes a write conditional; a stale ETag, or one for a resource
   that does not exist, answers ABORTED, which the listener maps to 412;
-- every resource answer carries its `ETag` header.
+- every resource answer carries its `ETag` header;
+- an endpoint or deployment names its operation (properties.properties'
+  `AzureAsyncOperationUri`, and a write's `Azure-AsyncOperation` header), which
+  GetOperationStatus answers (sluice.registry.operations).
 
 The use cases, validation and events are RegistryService's, as for sluice.v1.Registry.
 """
@@ -22,12 +25,20 @@ from google.protobuf import empty_pb2
 
 from sluice.common.artifacts import ArtifactError, ArtifactStore, artifact_uri
 from sluice.common.grpc_server import actor_of
-from sluice.registry import arm
+from sluice.common.resources import (
+    BatchDeploymentDoc,
+    BatchEndpointDoc,
+    Meta,
+    OnlineDeployment,
+    OnlineEndpointDoc,
+)
+from sluice.registry import arm, operations
 from sluice.registry.api import domain_errors
 from sluice.registry.assets import AssetService
 from sluice.registry.assets_arm_api import AssetResources
 from sluice.registry.domain import Conflict, InvalidArgument, NotFound
-from sluice.registry.http_meta import Ctx, answer, if_match
+from sluice.registry.http_meta import Ctx, answer, header, if_match
+from sluice.registry.operations import Operation
 from sluice.registry.service import RegistryService
 from sluice.v1 import workspace_pb2 as ws
 from sluice.v1 import workspace_pb2_grpc
@@ -58,6 +69,39 @@ def _next_link(path: str, count: int, token: str) -> str:
     return f"{path}?skipToken={token}" + (f"&count={count}" if count else "")
 
 
+Tracked = (
+    ws.OnlineEndpointTrackedResource
+    | ws.OnlineDeploymentTrackedResource
+    | ws.BatchEndpointTrackedResource
+    | ws.BatchDeploymentTrackedResource
+)
+R = TypeVar("R", bound=Tracked)
+
+
+def _with_operation(context: Ctx, resource: R, kind: str, meta: Meta, *names: str) -> R:
+    """`resource` with its operation's URI in properties.properties, absolute when the call
+    came through the REST listener (which passes the host the client called)."""
+    base = header(context, operations.BASE_HEADER) or ""
+    uri = Operation.of(kind, meta, *names).uri(base)
+    resource.properties.properties[operations.PROPERTY] = uri
+    return resource
+
+
+def _online_deployment(context: Ctx, doc: OnlineDeployment) -> ws.OnlineDeploymentTrackedResource:
+    resource = arm.online_deployment(doc)
+    return _with_operation(context, resource, "od", doc.meta, doc.spec.endpoint_name, doc.spec.name)
+
+
+def _batch_deployment(context: Ctx, doc: BatchDeploymentDoc) -> ws.BatchDeploymentTrackedResource:
+    resource = arm.batch_deployment(doc)
+    return _with_operation(context, resource, "bd", doc.meta, doc.spec.endpoint_name, doc.spec.name)
+
+
+async def _answer_write(context: Ctx, resource: Tracked, meta: Meta, *, created: bool) -> None:
+    uri = resource.properties.properties[operations.PROPERTY]
+    await answer(context, meta, created=created, operation=uri)
+
+
 class WorkspaceApi(AssetResources, workspace_pb2_grpc.WorkspaceServicer):
     def __init__(
         self,
@@ -73,10 +117,11 @@ class WorkspaceApi(AssetResources, workspace_pb2_grpc.WorkspaceServicer):
 
     # ---- online endpoints -------------------------------------------------------------------
 
-    async def _online_endpoint(self, name: str) -> ws.OnlineEndpointTrackedResource:
-        doc = await self._svc.get_online_endpoint(name)
-        applied = await self._svc.applied_version(name)
-        return arm.online_endpoint(doc, self._scoring_base, applied)
+    def _online_endpoint(
+        self, context: Ctx, doc: OnlineEndpointDoc, applied: int = 0
+    ) -> ws.OnlineEndpointTrackedResource:
+        resource = arm.online_endpoint(doc, self._scoring_base, applied)
+        return _with_operation(context, resource, "oe", doc.meta, doc.spec.name)
 
     @domain_errors
     async def PutOnlineEndpoint(
@@ -99,14 +144,17 @@ class WorkspaceApi(AssetResources, workspace_pb2_grpc.WorkspaceServicer):
                 actor=actor,
                 replace=True,  # a PUT's split is the whole split (Azure's PUT replaces)
             )
-        await answer(context, doc.meta, created=current is None)
-        return arm.online_endpoint(doc, self._scoring_base)
+        resource = self._online_endpoint(context, doc)
+        await _answer_write(context, resource, doc.meta, created=current is None)
+        return resource
 
     @domain_errors
     async def GetOnlineEndpoint(
         self, request: ws.GetResourceRequest, context: Ctx
     ) -> ws.OnlineEndpointTrackedResource:
-        resource = await self._online_endpoint(request.name)
+        doc = await self._svc.get_online_endpoint(request.name)
+        applied = await self._svc.applied_version(request.name)
+        resource = self._online_endpoint(context, doc, applied)
         await context.send_initial_metadata([("etag", f'"{resource.etag}"')])
         return resource
 
@@ -116,7 +164,7 @@ class WorkspaceApi(AssetResources, workspace_pb2_grpc.WorkspaceServicer):
     ) -> ws.OnlineEndpointList:
         page = await self._svc.list_online_endpoints(_page(request.count), request.skip_token)
         return ws.OnlineEndpointList(
-            value=[arm.online_endpoint(d, self._scoring_base) for d in page.items],
+            value=[self._online_endpoint(context, d) for d in page.items],
             next_link=_next_link("/onlineEndpoints", request.count, page.next_token),
         )
 
@@ -143,8 +191,9 @@ class WorkspaceApi(AssetResources, workspace_pb2_grpc.WorkspaceServicer):
             expected_version=expected,
             actor=actor_of(context),
         )
-        await answer(context, doc.meta)
-        return arm.online_endpoint(doc, self._scoring_base)
+        resource = self._online_endpoint(context, doc)
+        await _answer_write(context, resource, doc.meta, created=False)
+        return resource
 
     @staticmethod
     def _patched_tags(
@@ -194,8 +243,9 @@ class WorkspaceApi(AssetResources, workspace_pb2_grpc.WorkspaceServicer):
             expected_version=expected,
             actor=actor_of(context),
         )
-        await answer(context, doc.meta)
-        return arm.online_endpoint(doc, self._scoring_base)
+        resource = self._online_endpoint(context, doc)
+        await _answer_write(context, resource, doc.meta, created=False)
+        return resource
 
     @domain_errors
     async def SetTraffic(
@@ -228,8 +278,9 @@ class WorkspaceApi(AssetResources, workspace_pb2_grpc.WorkspaceServicer):
         else:
             await self._svc.update_online_deployment(spec, expected, actor)
         doc = await self._svc.get_online_deployment(request.endpoint_name, request.name)
-        await answer(context, doc.meta, created=current is None)
-        return arm.online_deployment(doc)
+        resource = _online_deployment(context, doc)
+        await _answer_write(context, resource, doc.meta, created=current is None)
+        return resource
 
     @domain_errors
     async def GetOnlineDeployment(
@@ -237,7 +288,7 @@ class WorkspaceApi(AssetResources, workspace_pb2_grpc.WorkspaceServicer):
     ) -> ws.OnlineDeploymentTrackedResource:
         doc = await self._svc.get_online_deployment(request.endpoint_name, request.name)
         await answer(context, doc.meta)
-        return arm.online_deployment(doc)
+        return _online_deployment(context, doc)
 
     @domain_errors
     async def ListOnlineDeployments(
@@ -248,7 +299,7 @@ class WorkspaceApi(AssetResources, workspace_pb2_grpc.WorkspaceServicer):
         )
         path = f"/onlineEndpoints/{request.endpoint_name}/deployments"
         return ws.OnlineDeploymentList(
-            value=[arm.online_deployment(d) for d in page.items],
+            value=[_online_deployment(context, d) for d in page.items],
             next_link=_next_link(path, request.count, page.next_token),
         )
 
@@ -271,8 +322,9 @@ class WorkspaceApi(AssetResources, workspace_pb2_grpc.WorkspaceServicer):
             current.spec.model_copy(update=changes), expected, actor_of(context)
         )
         doc = await self._svc.get_online_deployment(request.endpoint_name, request.name)
-        await answer(context, doc.meta)
-        return arm.online_deployment(doc)
+        resource = _online_deployment(context, doc)
+        await _answer_write(context, resource, doc.meta, created=False)
+        return resource
 
     @domain_errors
     async def DeleteOnlineDeployment(
@@ -299,8 +351,9 @@ class WorkspaceApi(AssetResources, workspace_pb2_grpc.WorkspaceServicer):
             doc = await self._svc.create_batch_endpoint(spec, actor)
         else:
             doc = await self._svc.update_batch_endpoint(spec, expected, actor)
-        await answer(context, doc.meta, created=current is None)
-        return arm.batch_endpoint(doc, self._scoring_base)
+        resource = self._batch_endpoint(context, doc)
+        await _answer_write(context, resource, doc.meta, created=current is None)
+        return resource
 
     @domain_errors
     async def GetBatchEndpoint(
@@ -308,7 +361,7 @@ class WorkspaceApi(AssetResources, workspace_pb2_grpc.WorkspaceServicer):
     ) -> ws.BatchEndpointTrackedResource:
         doc = await self._svc.get_batch_endpoint(request.name)
         await answer(context, doc.meta)
-        return arm.batch_endpoint(doc, self._scoring_base)
+        return self._batch_endpoint(context, doc)
 
     @domain_errors
     async def ListBatchEndpoints(
@@ -316,7 +369,7 @@ class WorkspaceApi(AssetResources, workspace_pb2_grpc.WorkspaceServicer):
     ) -> ws.BatchEndpointList:
         page = await self._svc.list_batch_endpoints(_page(request.count), request.skip_token)
         return ws.BatchEndpointList(
-            value=[arm.batch_endpoint(d, self._scoring_base) for d in page.items],
+            value=[self._batch_endpoint(context, d) for d in page.items],
             next_link=_next_link("/batchEndpoints", request.count, page.next_token),
         )
 
@@ -339,8 +392,15 @@ class WorkspaceApi(AssetResources, workspace_pb2_grpc.WorkspaceServicer):
         doc = await self._svc.update_batch_endpoint(
             current.spec.model_copy(update={"tags": tags}), expected, actor_of(context)
         )
-        await answer(context, doc.meta)
-        return arm.batch_endpoint(doc, self._scoring_base)
+        resource = self._batch_endpoint(context, doc)
+        await _answer_write(context, resource, doc.meta, created=False)
+        return resource
+
+    def _batch_endpoint(
+        self, context: Ctx, doc: BatchEndpointDoc
+    ) -> ws.BatchEndpointTrackedResource:
+        resource = arm.batch_endpoint(doc, self._scoring_base)
+        return _with_operation(context, resource, "be", doc.meta, doc.spec.name)
 
     # ---- batch deployments ------------------------------------------------------------------
 
@@ -358,8 +418,9 @@ class WorkspaceApi(AssetResources, workspace_pb2_grpc.WorkspaceServicer):
         doc = await self._svc.update_batch_deployment(
             current.spec.model_copy(update=changes), expected, actor_of(context)
         )
-        await answer(context, doc.meta)
-        return arm.batch_deployment(doc)
+        resource = _batch_deployment(context, doc)
+        await _answer_write(context, resource, doc.meta, created=False)
+        return resource
 
     @domain_errors
     async def PutBatchDeployment(
@@ -377,8 +438,9 @@ class WorkspaceApi(AssetResources, workspace_pb2_grpc.WorkspaceServicer):
             doc = await self._svc.create_batch_deployment(spec, False, actor)
         else:
             doc = await self._svc.update_batch_deployment(spec, expected, actor)
-        await answer(context, doc.meta, created=current is None)
-        return arm.batch_deployment(doc)
+        resource = _batch_deployment(context, doc)
+        await _answer_write(context, resource, doc.meta, created=current is None)
+        return resource
 
     @domain_errors
     async def GetBatchDeployment(
@@ -386,7 +448,7 @@ class WorkspaceApi(AssetResources, workspace_pb2_grpc.WorkspaceServicer):
     ) -> ws.BatchDeploymentTrackedResource:
         doc = await self._svc.get_batch_deployment(request.endpoint_name, request.name)
         await answer(context, doc.meta)
-        return arm.batch_deployment(doc)
+        return _batch_deployment(context, doc)
 
     @domain_errors
     async def ListBatchDeployments(
@@ -397,7 +459,7 @@ class WorkspaceApi(AssetResources, workspace_pb2_grpc.WorkspaceServicer):
         )
         path = f"/batchEndpoints/{request.endpoint_name}/deployments"
         return ws.BatchDeploymentList(
-            value=[arm.batch_deployment(d) for d in page.items],
+            value=[_batch_deployment(context, d) for d in page.items],
             next_link=_next_link(path, request.count, page.next_token),
         )
 
@@ -409,6 +471,40 @@ class WorkspaceApi(AssetResources, workspace_pb2_grpc.WorkspaceServicer):
             request.endpoint_name, request.name, actor_of(context)
         )
         return empty_pb2.Empty()
+
+    # ---- operations ---------------------------------------------------------------------------
+
+    @domain_errors
+    async def GetOperationStatus(
+        self, request: ws.GetOperationStatusRequest, context: Ctx
+    ) -> ws.OperationStatus:
+        if request.location.lower() != operations.LOCATION:
+            raise NotFound(
+                f"location {request.location!r}: this workspace's is {operations.LOCATION!r}"
+            )
+        op = Operation.parse(request.name)
+        meta = await _exists(lambda: self._meta_of(op))
+        if meta is None or not op.is_of(meta):
+            raise NotFound(
+                f"operation {op.name} is not found: its resource no longer exists (deleted, "
+                "or deleted and created again)"
+            )
+        status = operations.status_of(meta)
+        reply = ws.OperationStatus(id=op.path, name=op.name, status=status)
+        if status == "Failed":
+            reply.error.code = "ResourceOperationFailure"
+            reply.error.message = meta.status_message or "it failed (no message was kept)"
+        return reply
+
+    async def _meta_of(self, op: Operation) -> Meta:
+        """The meta of the resource `op` names (NotFound when there is none)."""
+        if op.kind == "oe":
+            return (await self._svc.get_online_endpoint(op.endpoint)).meta
+        if op.kind == "od":
+            return (await self._svc.get_online_deployment(op.endpoint, op.deployment)).meta
+        if op.kind == "be":
+            return (await self._svc.get_batch_endpoint(op.endpoint)).meta
+        return (await self._svc.get_batch_deployment(op.endpoint, op.deployment)).meta
 
     # ---- artifacts ----------------------------------------------------------------------------
 

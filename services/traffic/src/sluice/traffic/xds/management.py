@@ -61,6 +61,11 @@ OPENAPI_PATH = "/openapi.json"
 # ARM paths are case-insensitive), so a call copied from Azure's REST docs and a resource's
 # own `id` reach the transcoder's rules. An empty part is not read: the listener merges
 # slashes first, so `resourceGroups//providers` no longer names a resource group.
+# Azure's operation status URIs are subscription-scoped
+# (`/subscriptions/<s>/providers/Microsoft.MachineLearningServices/locations/...`): that
+# prefix is taken off too. The services are told the scheme and host the client called
+# (`x-sluice-base`, whatever the client sent in it), for the absolute URIs Azure answers
+# (an operation's `Azure-AsyncOperation`).
 # On the way out, a PUT that created its resource says so in a header
 # (sluice.registry.workspace_api): Azure's 201 Created. ABORTED (10) is a stale If-Match
 # ETag: HTTP's 412, not the transcoder's 409.
@@ -68,13 +73,28 @@ STATUS_LUA = """\
 local ARM_SCOPE = "^/subscriptions/[^/?]+/resourcegroups/[^/?]+/providers/"
   .. "microsoft%.machinelearningservices/workspaces/[^/?]+/"
 
+local ARM_LOCATIONS = "^/subscriptions/[^/?]+/providers/"
+  .. "microsoft%.machinelearningservices/locations/"
+
 function envoy_on_request(handle)
   local headers = handle:headers()
+  headers:remove("x-sluice-base")
   local path = headers:get(":path")
   if path == nil then
     return
   end
-  local _, last = string.find(string.lower(path), ARM_SCOPE)
+  local host = headers:get(":authority")
+  if host ~= nil and string.sub(path, 1, 9) ~= "/gateway/" then
+    headers:add("x-sluice-base", (headers:get(":scheme") or "http") .. "://" .. host)
+  end
+  local lower = string.lower(path)
+  local _, last = string.find(lower, ARM_SCOPE)
+  if last == nil then
+    _, last = string.find(lower, ARM_LOCATIONS)
+    if last ~= nil then
+      last = last - string.len("locations/")  -- keep "/locations/..."
+    end
+  end
   if last ~= nil then
     headers:replace(":path", string.sub(path, last))
   end
