@@ -24,6 +24,7 @@ from sluice.common.environments import (
     resolve,
 )
 from sluice.common.interpreters import Interpreter, choose
+from sluice.common.platform_link import PTH
 from sluice.common.resources import EnvironmentSpec
 from sluice.common.supervisor import free_port
 from sluice.testing.plugin import traversable_dir
@@ -431,6 +432,28 @@ def test_two_processes_asking_for_one_environment_build_it_once() -> None:
             check=True,
         )
         assert ran.stdout.strip() == "42"
+
+
+@pytest.mark.integration  # builds an environment with uv
+def test_an_environment_built_by_another_checkout_is_linked_to_this_one() -> None:
+    """Environments live in the state folder, which outlives a checkout: re-cloned or
+    moved, the platform finds its environments linked to a site-packages that is gone, and
+    every deployment's server failed with "No module named 'sluice'" (seen after a
+    re-clone). Found ready, an environment is linked to the running platform again."""
+    with traversable_dir("sluice-envs-") as folder:
+        spec = EnvironmentSpec(pip_requirements=(str(tiny_wheel(folder)),))
+        builder = EnvironmentBuilder(folder / "envs")
+        env = asyncio.run(builder.ensure(spec))
+        site = next(Path(env.python).parent.parent.glob("lib/python3*/site-packages"))
+        pth = site / PTH
+        linked = pth.read_text()
+        pth.write_text("import site; site.addsitedir('/gone/checkout/.venv/site-packages')\n")
+        check = [env.python, "-c", "import tinypkg, sluice.common.platform_link"]
+        assert subprocess.run(check, capture_output=True).returncode != 0
+        again = asyncio.run(EnvironmentBuilder(folder / "envs").ensure(spec))
+        assert again.python == env.python and pth.read_text() == linked
+        ran = subprocess.run(check, capture_output=True, text=True)
+        assert ran.returncode == 0, ran.stderr
 
 
 @pytest.mark.integration  # builds an environment with uv from PyPI (about 15 s)

@@ -315,12 +315,15 @@ class EnvironmentBuilder:
         venv = self.root / key
         python = venv / "bin" / "python"
         ready = Environment(str(python), key, self.log_path(key), resolved.warnings)
-        if (venv / ".ready").exists():
-            return ready
-        async with self._locks.setdefault(key, asyncio.Lock()), self._build_lock(key):
-            if not (venv / ".ready").exists():  # else another process built it meanwhile
-                await self._build(venv, resolved)
-            return ready
+        if not (venv / ".ready").exists():
+            async with self._locks.setdefault(key, asyncio.Lock()), self._build_lock(key):
+                if not (venv / ".ready").exists():  # else another process built it meanwhile
+                    await self._build(venv, resolved)
+        if not resolved.foreign:
+            # Built by this platform, or by another checkout of it that shared the state
+            # folder (re-cloned, moved, deleted since): link it to the one running now.
+            self._link_platform(venv)
+        return ready
 
     @contextlib.asynccontextmanager
     async def _build_lock(self, key: str) -> AsyncIterator[None]:
@@ -369,8 +372,6 @@ class EnvironmentBuilder:
                 await asyncio.to_thread(self._end_build, venv, resolved.key, builder)
             else:
                 shutil.rmtree(self._build_home(resolved.key), ignore_errors=True)
-        if not resolved.foreign:
-            self._link_platform(venv)
         (venv / ".ready").write_text("\n".join(resolved.requirements) + "\n")
         log.info("environment_ready", key=resolved.key)
 
@@ -506,7 +507,14 @@ class EnvironmentBuilder:
     @staticmethod
     def _link_platform(venv: Path) -> None:
         """Let the venv import the platform's packages, after its own (user pins win;
-        the platform's code running there puts them first: platform_link.py)."""
+        the platform's code running there puts them first: platform_link.py). Written only
+        when it links elsewhere, and atomically: instances may be starting from it."""
         site = next((venv / "lib").glob("python3*/site-packages"))
-        platform_site = sysconfig.get_paths()["purelib"]
-        (site / platform_link.PTH).write_text(platform_link.link_line(platform_site))
+        line = platform_link.link_line(sysconfig.get_paths()["purelib"])
+        pth = site / platform_link.PTH
+        with contextlib.suppress(FileNotFoundError):
+            if pth.read_text() == line:
+                return
+        staged = site / f".{platform_link.PTH}.{os.getpid()}"
+        staged.write_text(line)
+        staged.replace(pth)
