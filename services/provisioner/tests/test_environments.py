@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import pwd
@@ -23,7 +24,7 @@ from sluice.common.environments import (
     ResolvedEnvironment,
     resolve,
 )
-from sluice.common.interpreters import Interpreter, choose
+from sluice.common.interpreters import Interpreter, choose, server_digest, sources_digest
 from sluice.common.platform_link import PTH
 from sluice.common.resources import EnvironmentSpec
 from sluice.common.supervisor import free_port
@@ -61,6 +62,36 @@ def test_same_requirements_share_one_environment() -> None:
     )
     assert a.key == b.key
     assert resolve(EnvironmentSpec(pip_requirements=("joblib",))).key != a.key
+
+
+def test_an_environment_of_another_minor_is_keyed_by_the_server_it_holds(tmp_path: Path) -> None:
+    """Such an environment holds a copy of the inference server: after the platform is
+    updated (git pull) it is built anew, not kept running the old server. An environment of
+    the platform's minor imports the platform's own server and keeps its key."""
+    project = tmp_path / "inference"
+    (project / "src" / "pkg" / "__pycache__").mkdir(parents=True)
+    (project / "pyproject.toml").write_text("[project]\nname = 'pkg'\n")
+    module = project / "src" / "pkg" / "server.py"
+    module.write_text("A = 1\n")
+    before = sources_digest([str(project)])
+    (project / "src" / "pkg" / "__pycache__" / "server.cpython-311.pyc").write_bytes(b"\0")
+    (project / "tests").mkdir()
+    (project / "tests" / "test_server.py").write_text("def test(): pass\n")
+    assert sources_digest([str(project)]) == before  # bytecode and tests are not the server
+    module.write_text("A = 2\n")
+    assert sources_digest([str(project)]) != before
+
+    def key(*lines: str) -> str:
+        return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+
+    platform = interpreters.platform_interpreter()
+    other = Interpreter("/opt/python3.9/bin/python3.9", Version("3.9.18"))
+    assert other.minor != platform.minor
+    own = ResolvedEnvironment(("joblib",), platform)
+    foreign = ResolvedEnvironment(("joblib",), other)
+    assert own.key == key(f"python={platform.version}", "joblib")
+    assert foreign.key == key("python=3.9.18", "joblib", f"server={server_digest()}")
+    assert server_digest() == sources_digest(interpreters.server_sources() or [])
 
 
 # Azure's inference-schema sample (env.yml), less the runtime Sluice replaces: scikit-learn

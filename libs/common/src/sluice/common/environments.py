@@ -139,6 +139,8 @@ class ResolvedEnvironment:
         # Only when there are some: an environment without constraints keeps the key it was
         # built under, and one that gains `numpy<2` is built anew, not found with NumPy 2.
         lines += [f"-c {constraint}" for constraint in self.constraints]
+        if self.foreign:  # it holds a copy of the server: a newer platform needs a new one
+            lines.append(f"server={interpreters.server_digest()}")
         return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
 

@@ -15,6 +15,8 @@ not reachable here.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -105,6 +107,27 @@ def server_sources() -> list[str] | None:
             return None
         folders.append(url.removeprefix("file://"))
     return folders
+
+
+@functools.cache
+def server_digest() -> str:
+    """A digest of the server's sources as this platform has them ("" without sources):
+    part of the key of an environment of another minor, which holds a copy of them, so
+    a platform updated since builds it anew instead of running the old server."""
+    return sources_digest(server_sources() or [])
+
+
+def sources_digest(folders: Sequence[str]) -> str:
+    """sha256 of each project folder's pyproject.toml and the files under its `src/`
+    (names and contents; tests and bytecode caches left out)."""
+    digest = hashlib.sha256()
+    for folder in folders:
+        root = Path(folder)
+        files = [*(root / "src").rglob("*"), *root.glob("pyproject.toml")]
+        for path in sorted(p for p in files if p.is_file() and "__pycache__" not in p.parts):
+            digest.update(str(path.relative_to(root)).encode() + b"\0")
+            digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16] if folders else ""
 
 
 def choose(
