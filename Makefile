@@ -1,13 +1,12 @@
 # The front door. Every target installs what it needs through `make setup`;
 # nothing depends on software installed by hand.
 SHELL := /bin/bash
-UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
+UV := "$(CURDIR)/scripts/uv"
 PYTEST_ARGS ?=
 
 .PHONY: setup up down status test test-unit lint format proto proto-check events-doc events-doc-check bench clean
 
-setup: ## install uv (with pip) if missing, then the workspace and its binaries (nats-server, envoy, SecantusDB)
-	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
+setup: ## install uv if missing (scripts/uv), then the workspace and its binaries (nats-server, envoy, SecantusDB)
 	@# Bytecode compiled at install: a machine with PYTHONDONTWRITEBYTECODE set (and a
 	@# deployment's user, who cannot write the platform's folders) would otherwise compile
 	@# every module again in every process it starts (the CLI took 2.6 s instead of 1.6 s).
