@@ -22,14 +22,19 @@ import io
 import os
 import posixpath
 import stat
-import tarfile
+import sys
 import tempfile
 from collections.abc import AsyncIterable, AsyncIterator, Generator, Iterable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from sluice.common.resources import ArtifactRef
 from sluice.common.untrusted import open_plain
+
+if TYPE_CHECKING or sys.version_info >= (3, 11, 4):
+    import tarfile
+else:  # extraction filters came in 3.11.4 (Debian 12's python3 is 3.11.2): the same module
+    from backports import tarfile
 
 CHUNK_SIZE = 1 << 20
 # An archive a chunk at a time, as packing produces it (closed when no longer read).

@@ -243,12 +243,17 @@ async def _download_all(
         for index, blob in pending:
             files[index] = await _download_one(folder, blob, files[index], policy)
 
+    first: Exception | None = None
     try:
         async with asyncio.TaskGroup() as group:
             for _ in range(min(DOWNLOADS_AT_ONCE, len(blobs))):
                 group.create_task(worker())
     except* FetchError as failed:
-        raise failed.exceptions[0] from None
+        # Raised after the block: before Python 3.11.4, one raised in an except* clause
+        # came out wrapped in an ExceptionGroup.
+        first = failed.exceptions[0]
+    if first is not None:
+        raise first from None
     return files
 
 
