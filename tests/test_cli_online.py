@@ -181,7 +181,13 @@ def test_make_up_demo_then_traffic_and_invoke(
 ) -> None:
     """What the README's first command ends with, then the lines it tells the user to try."""
     cli = Cli(local_platform, tmp_path)
+    examples = Path(__file__).resolve().parents[1] / "examples/online"
+    # A first `make up` that stopped after making the endpoint (a deployment's upload or
+    # environment that failed, Ctrl-C): the next one finishes the demo.
+    cli.ok("online-endpoint", "create", "-f", str(examples / "endpoint.yml"))
     demo = cli.ok("demo")
+    assert "exists (the demo did not finish)" in demo.stderr, demo.stderr
+    assert "deployment green: Succeeded" in demo.stderr and "traffic blue=90" in demo.stderr
     assert "answered through Envoy" in demo.stdout
     assert "/endpoints/my-endpoint/score" in demo.stdout and "get-credentials" in demo.stdout
     moved = cli.ok(

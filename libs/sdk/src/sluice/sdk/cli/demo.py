@@ -4,8 +4,11 @@ Trains the example models (scikit-learn's diabetes data, no download),
 creates `my-endpoint` with `blue` and `green` from the Azure-format YAML in
 examples/online at 90/10, scores one request through Envoy and prints what
 to try next. Run again (every `make up` does), it changes nothing the user
-may have changed: once `my-endpoint` exists, its deployments and traffic are
-left as they are, even a deployment the user deleted.
+may have changed: once the demo has been deployed (a marker in the state folder
+says so), `my-endpoint`'s deployments and traffic are left as they are, even a
+deployment the user deleted. A first run that stopped half-way (an environment
+that did not build, Ctrl-C during the first build) is finished by the next one:
+the deployments missing are created and an empty split is set.
 """
 
 from __future__ import annotations
@@ -25,13 +28,14 @@ from sluice.common.settings import Settings
 from sluice.sdk.cli.common import registry, wait_for_deployment
 from sluice.sdk.cli.errors import CliError
 from sluice.sdk.cli.output import console, err_console
-from sluice.sdk.client import RegistryClient, SluiceError
+from sluice.sdk.client import OnlineEndpoint, RegistryClient, SluiceError
 from sluice.sdk.invoke import DEPLOYMENT_HEADER, invoke
 from sluice.sdk.specs import load_online_deployment, load_online_endpoint
 
 ENDPOINT = "my-endpoint"
 SPLIT = {"blue": 90, "green": 10}
 SERVE_TIMEOUT_S = 60.0
+DEPLOYED_MARKER = "demo-deployed"  # in the state folder, once the demo is deployed
 
 
 def _examples() -> Path:
@@ -49,24 +53,35 @@ def _train(examples: Path) -> None:
         )
 
 
-def _ensure_deployments(client: RegistryClient, examples: Path) -> bool:
-    """Create the demo endpoint, its deployments and split; False when it existed (kept as is)."""
+def _ensure_deployments(client: RegistryClient, examples: Path, deployed: Path) -> bool:
+    """Create the demo endpoint, its deployments and split, then the `deployed` marker;
+    False when the demo was deployed before (kept as it is)."""
     try:
-        endpoint = client.get_online_endpoint(ENDPOINT)
+        endpoint: OnlineEndpoint | None = client.get_online_endpoint(ENDPOINT)
     except SluiceError as exc:
         if exc.code != "NOT_FOUND":
             raise
-    else:
+        endpoint = None
+    if endpoint is not None and deployed.exists():
         split = " ".join(f"{k}={v}" for k, v in sorted(endpoint.doc.spec.traffic.items()))
         err_console.print(
             f"  [green]✓[/] endpoint {ENDPOINT} exists: kept as it is (traffic {split or 'none'})"
         )
         return False
-    client.create_online_endpoint(load_online_endpoint(examples / "endpoint.yml").spec)
-    err_console.print(f"  [green]✓[/] endpoint {ENDPOINT}")
+    if endpoint is None:
+        client.create_online_endpoint(load_online_endpoint(examples / "endpoint.yml").spec)
+        err_console.print(f"  [green]✓[/] endpoint {ENDPOINT}")
+    else:
+        err_console.print(f"  [green]✓[/] endpoint {ENDPOINT} exists (the demo did not finish)")
+    existing = {d.spec.name: d for d in client.list_online_deployments(ENDPOINT)}
     for name in SPLIT:
-        spec = load_online_deployment(examples / f"{name}-deployment.yml", client.upload).spec
-        client.create_online_deployment(spec)
+        found = existing.get(name)
+        if found is None or found.meta.provisioning_state is ProvisioningState.failed:
+            spec = load_online_deployment(examples / f"{name}-deployment.yml", client.upload).spec
+            if found is None:
+                client.create_online_deployment(spec)
+            else:  # it failed in the run that did not finish: once more
+                client.update_online_deployment(spec)
         doc = wait_for_deployment(
             functools.partial(client.get_online_deployment, ENDPOINT, name),
             what=f"deployment {name} (first time: builds its environment)",
@@ -75,8 +90,10 @@ def _ensure_deployments(client: RegistryClient, examples: Path) -> bool:
             raise CliError(f"deployment {name} is {doc.meta.provisioning_state.value}: "
                            f"{doc.meta.status_message}")  # fmt: skip
         err_console.print(f"  [green]✓[/] deployment {name}: Succeeded")
-    client.set_traffic(ENDPOINT, SPLIT)
-    err_console.print(f"  [green]✓[/] traffic blue={SPLIT['blue']} green={SPLIT['green']}")
+    if endpoint is None or not any(client.get_online_endpoint(ENDPOINT).doc.spec.traffic.values()):
+        client.set_traffic(ENDPOINT, SPLIT)
+        err_console.print(f"  [green]✓[/] traffic blue={SPLIT['blue']} green={SPLIT['green']}")
+    deployed.write_text(f"{ENDPOINT}\n")
     return True
 
 
@@ -107,7 +124,7 @@ def demo() -> None:
     _train(examples)
     request = examples / "sample-request.json"
     with registry() as client:
-        _ensure_deployments(client, examples)
+        _ensure_deployments(client, examples, state.state_dir / DEPLOYED_MARKER)
         endpoint = client.get_online_endpoint(ENDPOINT)
         uri = endpoint.scoring_uri
         if not any(endpoint.doc.spec.traffic.values()):
