@@ -18,6 +18,11 @@ from sluice.sdk.invoke import send
 from .conftest import ENDPOINT, VICTIM_SECRET, Attacked, wait_for
 
 pytestmark = pytest.mark.integration
+NOT_ROOT = (
+    "run as another user than root, the platform cannot switch users: deployments run "
+    "as its user and their code can read its files (docs/security.md; "
+    "SLUICE_LANDLOCK=true confines them)"
+)
 
 
 def findings(attacked: Attacked) -> dict:
@@ -37,6 +42,8 @@ def findings(attacked: Attacked) -> dict:
 def test_score_py_finds_no_platform_secret_and_no_other_deployments_files(
     attacked: Attacked,
 ) -> None:
+    if os.geteuid() != 0:
+        pytest.skip(NOT_ROOT)
     state_dir = attacked.state.state_dir
     platform = LocalPlatform(Settings(state_dir=state_dir))
     secrets = {

@@ -82,10 +82,16 @@ def write_bundle(ca: Path) -> Path:
     return bundle
 
 
+SBIN = ("/usr/local/sbin", "/usr/sbin", "/sbin")
+
+
 def find_system_store() -> SystemStore | None:
-    """The first store of this machine whose refresh command is installed."""
+    """The first store of this machine whose refresh command is installed (looked for in
+    the sbin folders too: a normal user's PATH on Debian has none, and it is that user who
+    is told the `sudo` line)."""
+    path = os.pathsep.join([os.environ.get("PATH", ""), *SBIN])
     for store in SYSTEM_STORES:
-        if shutil.which(store.refresh[0]) is not None:
+        if shutil.which(store.refresh[0], path=path) is not None:
             return store
     return None
 
