@@ -22,16 +22,10 @@ Ctx: TypeAlias = grpc.aio.ServicerContext
 
 def if_match(context: Ctx) -> tuple[bool, int | None]:
     """(an If-Match header was sent, the version it names; None for `*`)."""
-    value = header(context, "if-match")
-    return (False, None) if value is None else (True, arm.parse_etag(value))
-
-
-def header(context: Ctx, name: str) -> str | None:
-    """A request header (gRPC metadata keys are lower case)."""
     for key, value in context.invocation_metadata() or ():
-        if key == name and isinstance(value, str):
-            return value
-    return None
+        if key == "if-match" and isinstance(value, str):
+            return True, arm.parse_etag(value)
+    return False, None
 
 
 async def answer(context: Ctx, meta: Meta, *, created: bool = False, operation: str = "") -> None:

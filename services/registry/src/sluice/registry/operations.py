@@ -24,18 +24,18 @@ from datetime import datetime
 
 from sluice.common.azure_ids import SUBSCRIPTION
 from sluice.common.resources import Meta, ProvisioningState
+from sluice.registry.arm import LOCATION
 from sluice.registry.domain import InvalidArgument
 
 BASE_HEADER = "x-sluice-base"
 HEADER = "azure-asyncoperation"
 PROPERTY = "AzureAsyncOperationUri"
-LOCATION = "local"  # every resource's `location` (arm.LOCATION)
 PATH = (
     f"/subscriptions/{SUBSCRIPTION}/providers/Microsoft.MachineLearningServices"
     f"/locations/{LOCATION}/mfeOperationsStatus/"
 )
-# Azure's operation ids start with the kind of resource: oe (online endpoint), ...
-KINDS = ("oe", "od", "be", "bd")
+# Azure's operation ids start with the kind of resource: oe (online endpoint), od (online
+# deployment), be and bd (batch).
 _ID = re.compile(r"^(oe|od|be|bd):([A-Za-z0-9-]+)(?::([A-Za-z0-9-]+))?:([0-9]{1,20})$")
 
 STATUS = {
@@ -56,7 +56,7 @@ def _micros(at: datetime) -> int:
 
 @dataclass(frozen=True)
 class Operation:
-    kind: str  # one of KINDS
+    kind: str  # oe, od, be or bd
     endpoint: str
     deployment: str  # "" for an endpoint
     created: int  # its resource's creation time, microseconds since the epoch

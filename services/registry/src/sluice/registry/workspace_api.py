@@ -24,7 +24,7 @@ from typing import TypeVar
 from google.protobuf import empty_pb2
 
 from sluice.common.artifacts import ArtifactError, ArtifactStore, artifact_uri
-from sluice.common.grpc_server import actor_of
+from sluice.common.grpc_server import actor_of, metadata_value
 from sluice.common.resources import (
     BatchDeploymentDoc,
     BatchEndpointDoc,
@@ -37,7 +37,7 @@ from sluice.registry.api import domain_errors
 from sluice.registry.assets import AssetService
 from sluice.registry.assets_arm_api import AssetResources
 from sluice.registry.domain import Conflict, InvalidArgument, NotFound
-from sluice.registry.http_meta import Ctx, answer, header, if_match
+from sluice.registry.http_meta import Ctx, answer, if_match
 from sluice.registry.operations import Operation
 from sluice.registry.service import RegistryService
 from sluice.v1 import workspace_pb2 as ws
@@ -81,7 +81,7 @@ R = TypeVar("R", bound=Tracked)
 def _with_operation(context: Ctx, resource: R, kind: str, meta: Meta, *names: str) -> R:
     """`resource` with its operation's URI in properties.properties, absolute when the call
     came through the REST listener (which passes the host the client called)."""
-    base = header(context, operations.BASE_HEADER) or ""
+    base = metadata_value(context, operations.BASE_HEADER)
     uri = Operation.of(kind, meta, *names).uri(base)
     resource.properties.properties[operations.PROPERTY] = uri
     return resource
@@ -478,10 +478,8 @@ class WorkspaceApi(AssetResources, workspace_pb2_grpc.WorkspaceServicer):
     async def GetOperationStatus(
         self, request: ws.GetOperationStatusRequest, context: Ctx
     ) -> ws.OperationStatus:
-        if request.location.lower() != operations.LOCATION:
-            raise NotFound(
-                f"location {request.location!r}: this workspace's is {operations.LOCATION!r}"
-            )
+        if request.location.lower() != arm.LOCATION:
+            raise NotFound(f"location {request.location!r}: this workspace's is {arm.LOCATION!r}")
         op = Operation.parse(request.name)
         meta = await _exists(lambda: self._meta_of(op))
         if meta is None or not op.is_of(meta):

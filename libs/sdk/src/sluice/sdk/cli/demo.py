@@ -90,7 +90,7 @@ def _ensure_deployments(client: RegistryClient, examples: Path, deployed: Path) 
             raise CliError(f"deployment {name} is {doc.meta.provisioning_state.value}: "
                            f"{doc.meta.status_message}")  # fmt: skip
         err_console.print(f"  [green]✓[/] deployment {name}: Succeeded")
-    if endpoint is None or not any(client.get_online_endpoint(ENDPOINT).doc.spec.traffic.values()):
+    if endpoint is None or not any(endpoint.doc.spec.traffic.values()):
         client.set_traffic(ENDPOINT, SPLIT)
         err_console.print(f"  [green]✓[/] traffic blue={SPLIT['blue']} green={SPLIT['green']}")
     deployed.write_text(f"{ENDPOINT}\n")
