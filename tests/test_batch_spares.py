@@ -28,7 +28,15 @@ def test_want_take_cap_and_prune(tmp_path: Path) -> None:
         pool.want(key, 2)
         assert pool.waiting(key) == 2 and pool.waiting(other) == 0
         # Started with the deployment's variables and nothing of the platform's.
-        env = psutil.Process(pool.take(key, 1)[0].pid).environ()
+        spare = psutil.Process(pool.take(key, 1)[0].pid)
+
+        # Just started, it may not have exec'd yet (its environ is then the test's, copied
+        # by the fork): read it once the spare's own interpreter runs.
+        def exec_d() -> dict[str, str] | None:
+            environ = spare.environ()
+            return environ if "OMP_NUM_THREADS" in environ else None
+
+        env = wait_for(exec_d, "the spare to run with its own environment", deadline=10)
         assert env["OMP_NUM_THREADS"] == "1" and "SLUICE_ADMIN_TOKEN" not in env
         assert pool.waiting(key) == 1
         pool.want(key, 10)  # capped
